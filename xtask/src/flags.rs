@@ -1,0 +1,166 @@
+//! Command-line flags. The doc comments below are the `--help` text.
+
+use std::path::PathBuf;
+
+xflags::xflags! {
+    /// Repository automation for the Ameide monorepo.
+    ///
+    /// Exit codes: 0 ok, 1 failed, 2 usage error, 3 partial (some writes
+    /// landed, some did not: re-run to finish).
+    cmd xtask {
+        /// Install the pinned tools (bao, helm, helmfile) into .tools/bin.
+        ///
+        /// Example: cargo xtask tools
+        cmd tools {
+            /// Report what is installed and where; install nothing.
+            optional --check
+        }
+
+        /// Install the tools, then run fmt, clippy and every test with them on PATH.
+        ///
+        /// Example: cargo xtask test -- seed
+        cmd test {
+            /// Arguments passed through to `cargo test` (a test name filter, say).
+            repeated args: String
+        }
+
+        /// Benchmarks: seed and check throughput against a local OpenBao.
+        ///
+        /// Example: cargo xtask bench --secrets 1000
+        cmd bench {
+            /// How many synthetic secrets to seed (default: 1000 and 10000).
+            repeated --secrets n: usize
+            /// Requests in flight at once (default: 16).
+            optional --concurrency n: usize
+        }
+
+        /// Local secret stores: seed fixtures, prove coverage, move a cluster between
+        /// Azure Key Vault and Vault.
+        cmd secrets {
+            /// Load the fixtures into the local store (Vault, a file store, or Azure Key Vault).
+            ///
+            /// Examples:
+            ///   cargo xtask secrets seed --provider file
+            ///   cargo xtask secrets seed --dry-run
+            ///   VAULT_ADDR=http://127.0.0.1:8200 cargo xtask secrets seed --provider vault
+            cmd seed {
+                /// vault (default), file or azure.
+                optional --provider provider: String
+                /// Environment the store serves; fixtures only ever go to local.
+                optional --env env: String
+                /// Fixtures file (default: scripts/azure/default-local-keyvault-secrets.json).
+                optional --fixtures path: PathBuf
+                /// Vault KV mount (default: secret).
+                optional --mount mount: String
+                /// Print the plan and stop; write nothing.
+                optional --dry-run
+                /// Overwrite entries that were changed outside the seed (conflicts).
+                optional --force
+                /// Requests in flight at once (default: 16).
+                optional --concurrency n: usize
+                /// text (default) or json.
+                optional --output format: String
+                /// Allow a Vault that is not local: name its host exactly.
+                optional --allow-non-local host: String
+                /// File provider: also write manifests, eso-fake or secrets.
+                optional --render kind: String
+                /// Where --render writes (mode 0600); '-' for standard output.
+                optional --out path: PathBuf
+                /// Print only errors.
+                optional -q, --quiet
+                /// Print every entry, unchanged ones too.
+                optional -v, --verbose
+            }
+
+            /// Prove that every key the charts need exists in the fixtures (and with --live, in the store).
+            ///
+            /// Examples:
+            ///   cargo xtask secrets check
+            ///   cargo xtask secrets check --render --env local
+            ///   cargo xtask secrets check --live --fail-on missing,drift
+            cmd check {
+                /// Environment to check (default: local).
+                optional --env env: String
+                /// Use real `helmfile template` output instead of the static scan.
+                optional --render
+                /// Also compare against the live store.
+                optional --live
+                /// Store to compare with --live: vault, file or azure.
+                optional --provider provider: String
+                /// Fixtures file (default: scripts/azure/default-local-keyvault-secrets.json).
+                optional --fixtures path: PathBuf
+                /// Infra tree to scan (default: infra/kubernetes).
+                optional --infra path: PathBuf
+                /// Vault KV mount for --live (default: secret).
+                optional --mount mount: String
+                /// Allow a Vault that is not local: name its host exactly.
+                optional --allow-non-local host: String
+                /// text (default), json or junit.
+                optional --output format: String
+                /// Comma-separated: missing, drift, unused (default: missing).
+                optional --fail-on list: String
+                /// Print only the summary and problems.
+                optional -q, --quiet
+                /// Also list every satisfied key.
+                optional -v, --verbose
+            }
+
+            /// Move a cluster's ClusterSecretStore/ameide-vault to another provider, journaled.
+            ///
+            /// Examples:
+            ///   cargo xtask secrets migrate --to vault --dry-run
+            ///   cargo xtask secrets migrate --to vault --yes
+            ///   cargo xtask secrets migrate --resume --yes
+            cmd migrate {
+                /// Target provider: vault or azure.
+                optional --to provider: String
+                /// Environment (default: local).
+                optional --env env: String
+                /// Print every command and the flag file diff; change nothing.
+                optional --dry-run
+                /// Do not ask for confirmation.
+                optional --yes
+                /// Continue an interrupted migration from its journal.
+                optional --resume
+                /// On failure after the flag flip, leave things as they are.
+                optional --no-rollback
+                /// Polls while waiting for ExternalSecrets (env EXTERNALSECRET_WAIT_ATTEMPTS, default 60).
+                optional --wait-attempts n: u32
+                /// Seconds between polls (env EXTERNALSECRET_WAIT_SLEEP, default 5).
+                optional --wait-sleep secs: f64
+                /// Allow a Vault that is not local: name its host exactly.
+                optional --allow-non-local host: String
+            }
+
+            /// Undo the last completed migration, or go to an explicit provider.
+            ///
+            /// Examples:
+            ///   cargo xtask secrets rollback --yes
+            ///   cargo xtask secrets rollback --to azure --yes
+            cmd rollback {
+                /// Environment (default: local).
+                optional --env env: String
+                /// Go to this provider instead of the journal's previous one.
+                optional --to provider: String
+                /// Do not ask for confirmation.
+                optional --yes
+                /// Print the plan; change nothing.
+                optional --dry-run
+                /// Polls while waiting for ExternalSecrets (env EXTERNALSECRET_WAIT_ATTEMPTS, default 60).
+                optional --wait-attempts n: u32
+                /// Seconds between polls (env EXTERNALSECRET_WAIT_SLEEP, default 5).
+                optional --wait-sleep secs: f64
+            }
+
+            /// Show the provider flag per environment, the last migration, Vault health and config sources.
+            ///
+            /// Example: cargo xtask secrets status
+            cmd status {
+                /// Environment (default: local).
+                optional --env env: String
+                /// text (default) or json.
+                optional --output format: String
+            }
+        }
+    }
+}

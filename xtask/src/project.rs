@@ -1,0 +1,69 @@
+//! Where things live in the repository.
+
+use std::path::{Path, PathBuf};
+
+/// The repository root. `XTASK_PROJECT_ROOT` overrides it (tests run the
+/// tool against scratch copies of the repository).
+pub fn project_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("XTASK_PROJECT_ROOT") {
+        return PathBuf::from(root);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the root")
+        .to_path_buf()
+}
+
+/// The default fixtures: secret name to value, deterministic and weak by design.
+pub const DEFAULT_FIXTURES: &str = "scripts/azure/default-local-keyvault-secrets.json";
+/// The coverage contract.
+pub const CONTRACT: &str = "infra/kubernetes/values/platform/azure-keyvault-secrets.yaml";
+/// The infra tree that `check` scans.
+pub const INFRA: &str = "infra/kubernetes";
+/// Layer 15: secrets and certificates.
+pub const LAYER15_HELMFILE: &str = "infra/kubernetes/helmfiles/15-secrets-certificates.yaml";
+/// Committed defaults for `cargo xtask secrets`.
+pub const REPO_CONFIG: &str = "secrets.toml";
+/// Per-developer state; git-ignored.
+pub const LOCAL_DIR: &str = ".local";
+/// Pinned tools; git-ignored.
+pub const TOOLS_BIN: &str = ".tools/bin";
+
+/// The per-environment values file that holds the `secrets.provider` flag.
+pub fn flag_file(env: &str) -> PathBuf {
+    PathBuf::from(format!(
+        "infra/kubernetes/environments/{env}/platform/15-secrets.values.yaml"
+    ))
+}
+
+/// The environments that have a layer 15 values file, sorted.
+pub fn environments(root: &Path) -> Vec<String> {
+    let dir = root.join("infra/kubernetes/environments");
+    let mut envs: Vec<String> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("platform/15-secrets.values.yaml").is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    envs.sort();
+    envs
+}
+
+/// `PATH` with the pinned tools first.
+pub fn path_with_tools(root: &Path) -> std::ffi::OsString {
+    let mut paths = vec![root.join(TOOLS_BIN)];
+    if let Some(path) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&path));
+    }
+    std::env::join_paths(paths).expect("PATH entries have no separators")
+}
+
+/// A path as shown to humans: relative to the repository root when inside it.
+pub fn shown(path: &Path) -> String {
+    let root = project_root();
+    path.strip_prefix(&root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}

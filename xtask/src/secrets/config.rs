@@ -1,0 +1,639 @@
+//! Effective configuration, and where each value came from.
+//!
+//! Precedence, highest first: command-line flag; environment
+//! (`SECRETS_PROVIDER`, `VAULT_ADDR`, `VAULT_TOKEN`, `VAULT_NAMESPACE`);
+//! the developer's git-ignored `.local/secrets.toml`; the committed
+//! `secrets.toml`; built-in defaults. The Vault token may also come from
+//! `~/.vault-token`, and never from a committed file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::project;
+
+/// Which store the seed writes to and `check --live` reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderKind {
+    Vault,
+    File,
+    Azure,
+}
+
+impl ProviderKind {
+    pub fn parse(s: &str) -> Option<ProviderKind> {
+        match s {
+            "vault" => Some(ProviderKind::Vault),
+            "file" => Some(ProviderKind::File),
+            "azure" => Some(ProviderKind::Azure),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Vault => "vault",
+            ProviderKind::File => "file",
+            ProviderKind::Azure => "azure",
+        }
+    }
+}
+
+/// Where a configuration value came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Flag(&'static str),
+    Env(&'static str),
+    LocalFile,
+    RepoFile,
+    TokenFile(PathBuf),
+    /// The dev-mode Vault chart's root token, used with a port-forward to it.
+    DevChart,
+    Builtin,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Flag(flag) => write!(f, "flag {flag}"),
+            Source::Env(var) => write!(f, "env {var}"),
+            Source::LocalFile => write!(f, "{}/secrets.toml", project::LOCAL_DIR),
+            Source::RepoFile => write!(f, "{}", project::REPO_CONFIG),
+            Source::TokenFile(p) => write!(f, "{}", p.display()),
+            Source::DevChart => write!(
+                f,
+                "dev chart default (infra/kubernetes/charts/platform/vault)"
+            ),
+            Source::Builtin => write!(f, "built-in default"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Setting<T> {
+    pub value: T,
+    pub source: Source,
+}
+
+/// A secret string: its Debug and Display never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Secret {
+        Secret(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The layout of `secrets.toml` and `.local/secrets.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    provider: Option<String>,
+    fixtures: Option<PathBuf>,
+    overrides: Option<PathBuf>,
+    concurrency: Option<usize>,
+    #[serde(default)]
+    vault: VaultFile,
+    #[serde(default)]
+    file: FileFile,
+    #[serde(default)]
+    azure: AzureFile,
+    #[serde(default)]
+    guardrail: GuardrailFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VaultFile {
+    addr: Option<String>,
+    token: Option<String>,
+    namespace: Option<String>,
+    mount: Option<String>,
+    timeout_secs: Option<f64>,
+    retries: Option<u32>,
+    #[serde(default)]
+    port_forward: PortForwardFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortForwardFile {
+    namespace: Option<String>,
+    service: Option<String>,
+    port: Option<u16>,
+    dev_root_token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFile {
+    store: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AzureFile {
+    vault_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GuardrailFile {
+    local_contexts: Option<Vec<String>>,
+}
+
+/// Values the command line may set.
+#[derive(Default)]
+pub struct FlagValues {
+    pub provider: Option<String>,
+    pub fixtures: Option<PathBuf>,
+    pub mount: Option<String>,
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PortForward {
+    pub namespace: String,
+    pub service: String,
+    pub port: u16,
+    pub dev_root_token: String,
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub root: PathBuf,
+    pub provider: Setting<ProviderKind>,
+    pub fixtures: Setting<PathBuf>,
+    pub overrides: Setting<PathBuf>,
+    pub concurrency: Setting<usize>,
+    pub vault_addr: Option<Setting<String>>,
+    pub vault_token: Option<Setting<Secret>>,
+    pub vault_namespace: Option<Setting<String>>,
+    pub vault_mount: Setting<String>,
+    pub vault_timeout_secs: f64,
+    pub vault_retries: u32,
+    pub port_forward: PortForward,
+    pub file_store: Setting<PathBuf>,
+    pub azure_vault_name: Option<Setting<String>>,
+    pub local_contexts: Vec<String>,
+}
+
+/// The environment as a function, so tests can pass their own.
+pub type EnvFn<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Config {
+    /// Loads the configuration for the repository at `root`.
+    pub fn load(root: &Path, flags: &FlagValues) -> Result<Config> {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        Config::load_with(root, flags, &process_env, home.as_deref())
+    }
+
+    pub fn load_with(
+        root: &Path,
+        flags: &FlagValues,
+        env: EnvFn<'_>,
+        home: Option<&Path>,
+    ) -> Result<Config> {
+        let repo = read_file_config(&root.join(project::REPO_CONFIG))?;
+        let local_path = root.join(project::LOCAL_DIR).join("secrets.toml");
+        let local = read_file_config(&local_path)?;
+        if repo.vault.token.is_some() {
+            bail!(
+                "{} sets vault.token: a committed file must never hold a token. Remove it; put it in \
+                 .local/secrets.toml (git-ignored) or VAULT_TOKEN.",
+                project::REPO_CONFIG
+            );
+        }
+
+        // One value through the layers: flag, env, local file, repo file, default.
+        fn pick<T: Clone>(
+            flag: Option<(T, &'static str)>,
+            env: Option<(T, &'static str)>,
+            local: Option<T>,
+            repo: Option<T>,
+        ) -> Option<Setting<T>> {
+            if let Some((value, name)) = flag {
+                return Some(Setting {
+                    value,
+                    source: Source::Flag(name),
+                });
+            }
+            if let Some((value, name)) = env {
+                return Some(Setting {
+                    value,
+                    source: Source::Env(name),
+                });
+            }
+            if let Some(value) = local {
+                return Some(Setting {
+                    value,
+                    source: Source::LocalFile,
+                });
+            }
+            repo.map(|value| Setting {
+                value,
+                source: Source::RepoFile,
+            })
+        }
+        fn or_builtin<T>(s: Option<Setting<T>>, value: T) -> Setting<T> {
+            s.unwrap_or(Setting {
+                value,
+                source: Source::Builtin,
+            })
+        }
+
+        let provider_raw = or_builtin(
+            pick(
+                flags.provider.clone().map(|v| (v, "--provider")),
+                env("SECRETS_PROVIDER").map(|v| (v, "SECRETS_PROVIDER")),
+                local.provider.clone(),
+                repo.provider.clone(),
+            ),
+            "vault".to_string(),
+        );
+        let Some(kind) = ProviderKind::parse(&provider_raw.value) else {
+            let msg = format!(
+                "unknown provider {:?} (from {}): use vault, file or azure",
+                provider_raw.value, provider_raw.source
+            );
+            if provider_raw.source == Source::Flag("--provider") {
+                return Err(anyhow::Error::new(crate::UsageError(msg)));
+            }
+            bail!(msg);
+        };
+        let provider = Setting {
+            value: kind,
+            source: provider_raw.source,
+        };
+
+        let fixtures = or_builtin(
+            pick(
+                flags.fixtures.clone().map(|v| (v, "--fixtures")),
+                None,
+                local.fixtures.clone(),
+                repo.fixtures.clone(),
+            ),
+            PathBuf::from(project::DEFAULT_FIXTURES),
+        );
+        let overrides = or_builtin(
+            pick(None, None, local.overrides.clone(), repo.overrides.clone()),
+            PathBuf::from(".local/secrets/overrides.json"),
+        );
+        let concurrency = or_builtin(
+            pick(
+                flags.concurrency.map(|v| (v, "--concurrency")),
+                None,
+                local.concurrency,
+                repo.concurrency,
+            ),
+            16,
+        );
+        if concurrency.value == 0 || concurrency.value > 256 {
+            let msg = format!(
+                "concurrency must be 1 to 256, got {} (from {})",
+                concurrency.value, concurrency.source
+            );
+            return Err(anyhow::Error::new(crate::UsageError(msg)));
+        }
+        let vault_addr = pick(
+            None,
+            env("VAULT_ADDR").map(|v| (v, "VAULT_ADDR")),
+            local.vault.addr.clone(),
+            repo.vault.addr.clone(),
+        );
+        let mut vault_token = pick(
+            None,
+            env("VAULT_TOKEN").map(|v| (Secret(v), "VAULT_TOKEN")),
+            local.vault.token.clone().map(Secret),
+            None,
+        );
+        if vault_token.is_none() {
+            if let Some(home) = home {
+                let path = home.join(".vault-token");
+                if let Ok(token) = std::fs::read_to_string(&path) {
+                    let token = token.trim().to_string();
+                    if !token.is_empty() {
+                        vault_token = Some(Setting {
+                            value: Secret(token),
+                            source: Source::TokenFile(path),
+                        });
+                    }
+                }
+            }
+        }
+        let vault_namespace = pick(
+            None,
+            env("VAULT_NAMESPACE").map(|v| (v, "VAULT_NAMESPACE")),
+            local.vault.namespace.clone(),
+            repo.vault.namespace.clone(),
+        );
+        let vault_mount = or_builtin(
+            pick(
+                flags.mount.clone().map(|v| (v, "--mount")),
+                None,
+                local.vault.mount.clone(),
+                repo.vault.mount.clone(),
+            ),
+            "secret".to_string(),
+        );
+        let mount = vault_mount.value.trim_matches('/');
+        if mount.is_empty() || mount.contains("..") {
+            return Err(anyhow::Error::new(crate::UsageError(format!(
+                "invalid Vault mount {:?} (from {})",
+                vault_mount.value, vault_mount.source
+            ))));
+        }
+        let vault_mount = Setting {
+            value: mount.to_string(),
+            source: vault_mount.source,
+        };
+        let pf_local = &local.vault.port_forward;
+        let pf_repo = &repo.vault.port_forward;
+        let port_forward = PortForward {
+            namespace: pf_local
+                .namespace
+                .clone()
+                .or(pf_repo.namespace.clone())
+                .unwrap_or_else(|| "vault".into()),
+            service: pf_local
+                .service
+                .clone()
+                .or(pf_repo.service.clone())
+                .unwrap_or_else(|| "vault".into()),
+            port: pf_local.port.or(pf_repo.port).unwrap_or(8200),
+            dev_root_token: pf_local
+                .dev_root_token
+                .clone()
+                .or(pf_repo.dev_root_token.clone())
+                .unwrap_or_else(|| "root".into()),
+        };
+        let file_store = or_builtin(
+            pick(
+                None,
+                None,
+                local.file.store.clone(),
+                repo.file.store.clone(),
+            ),
+            PathBuf::from(".local/secrets/store.json"),
+        );
+        let azure_vault_name = pick(
+            None,
+            env("AZURE_KEYVAULT_NAME").map(|v| (v, "AZURE_KEYVAULT_NAME")),
+            local.azure.vault_name.clone(),
+            repo.azure.vault_name.clone(),
+        );
+        let local_contexts = local
+            .guardrail
+            .local_contexts
+            .clone()
+            .or(repo.guardrail.local_contexts.clone())
+            .unwrap_or_else(|| {
+                [
+                    "k3d-*",
+                    "kind-*",
+                    "docker-desktop",
+                    "minikube",
+                    "rancher-desktop",
+                    "orbstack",
+                    "colima*",
+                ]
+                .map(String::from)
+                .to_vec()
+            });
+        let vault_timeout_secs = local
+            .vault
+            .timeout_secs
+            .or(repo.vault.timeout_secs)
+            .unwrap_or(15.0);
+        let vault_retries = local.vault.retries.or(repo.vault.retries).unwrap_or(6);
+        Ok(Config {
+            root: root.to_path_buf(),
+            provider,
+            fixtures,
+            overrides,
+            concurrency,
+            vault_addr,
+            vault_token,
+            vault_namespace,
+            vault_mount,
+            vault_timeout_secs,
+            vault_retries,
+            port_forward,
+            file_store,
+            azure_vault_name,
+            local_contexts,
+        })
+    }
+
+    /// A path from the configuration, relative to the repository root.
+    pub fn abs(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.root.join(p)
+        }
+    }
+
+    /// Every effective value with its source; the token by source only.
+    pub fn describe(&self) -> Vec<(String, String, String)> {
+        let mut rows = vec![
+            (
+                "provider".into(),
+                self.provider.value.as_str().into(),
+                self.provider.source.to_string(),
+            ),
+            (
+                "fixtures".into(),
+                self.fixtures.value.display().to_string(),
+                self.fixtures.source.to_string(),
+            ),
+            (
+                "overrides".into(),
+                self.overrides.value.display().to_string(),
+                self.overrides.source.to_string(),
+            ),
+            (
+                "concurrency".into(),
+                self.concurrency.value.to_string(),
+                self.concurrency.source.to_string(),
+            ),
+        ];
+        match &self.vault_addr {
+            Some(s) => rows.push(("vault.addr".into(), s.value.clone(), s.source.to_string())),
+            None => rows.push((
+                "vault.addr".into(),
+                format!(
+                    "(unset: port-forward svc/{} in namespace {})",
+                    self.port_forward.service, self.port_forward.namespace
+                ),
+                Source::Builtin.to_string(),
+            )),
+        }
+        match &self.vault_token {
+            Some(s) => rows.push((
+                "vault.token".into(),
+                "(set, not shown)".into(),
+                s.source.to_string(),
+            )),
+            None => rows.push((
+                "vault.token".into(),
+                "(unset: dev chart token with a port-forward)".into(),
+                Source::Builtin.to_string(),
+            )),
+        }
+        if let Some(s) = &self.vault_namespace {
+            rows.push((
+                "vault.namespace".into(),
+                s.value.clone(),
+                s.source.to_string(),
+            ));
+        }
+        rows.push((
+            "vault.mount".into(),
+            self.vault_mount.value.clone(),
+            self.vault_mount.source.to_string(),
+        ));
+        rows.push((
+            "file.store".into(),
+            self.file_store.value.display().to_string(),
+            self.file_store.source.to_string(),
+        ));
+        match &self.azure_vault_name {
+            Some(s) => rows.push((
+                "azure.vault_name".into(),
+                s.value.clone(),
+                s.source.to_string(),
+            )),
+            None => rows.push((
+                "azure.vault_name".into(),
+                "(unset)".into(),
+                Source::Builtin.to_string(),
+            )),
+        }
+        rows
+    }
+}
+
+fn read_file_config(path: &Path) -> Result<FileConfig> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileConfig::default()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xtask-config-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join(".local")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn precedence_is_flag_env_local_repo_builtin() {
+        let root = scratch("precedence");
+        std::fs::write(
+            root.join("secrets.toml"),
+            "provider = \"azure\"\n[vault]\nmount = \"repo\"\naddr = \"http://repo:8200\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join(".local/secrets.toml"),
+            "[vault]\nmount = \"local\"\n",
+        )
+        .unwrap();
+        let env = |name: &str| (name == "SECRETS_PROVIDER").then(|| "file".to_string());
+        let flags = FlagValues::default();
+        let cfg = Config::load_with(&root, &flags, &env, None).unwrap();
+        assert_eq!(cfg.provider.value, ProviderKind::File);
+        assert_eq!(cfg.provider.source, Source::Env("SECRETS_PROVIDER"));
+        assert_eq!(cfg.vault_mount.value, "local");
+        assert_eq!(cfg.vault_mount.source, Source::LocalFile);
+        assert_eq!(cfg.vault_addr.as_ref().unwrap().source, Source::RepoFile);
+        assert_eq!(cfg.concurrency.source, Source::Builtin);
+
+        let flags = FlagValues {
+            provider: Some("vault".into()),
+            mount: Some("kv/".into()),
+            ..Default::default()
+        };
+        let cfg = Config::load_with(&root, &flags, &env, None).unwrap();
+        assert_eq!(cfg.provider.value, ProviderKind::Vault);
+        assert_eq!(cfg.provider.source, Source::Flag("--provider"));
+        assert_eq!(cfg.vault_mount.value, "kv", "slashes are trimmed");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn token_never_from_a_committed_file_and_never_shown() {
+        let root = scratch("token");
+        std::fs::write(
+            root.join("secrets.toml"),
+            "[vault]\ntoken = \"s.committed\"\n",
+        )
+        .unwrap();
+        let err = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap_err();
+        assert!(err.to_string().contains("must never hold a token"), "{err}");
+        assert!(!err.to_string().contains("s.committed"));
+
+        std::fs::remove_file(root.join("secrets.toml")).unwrap();
+        let home = root.join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::write(home.join(".vault-token"), "s.fromfile\n").unwrap();
+        let cfg = Config::load_with(&root, &FlagValues::default(), &|_| None, Some(&home)).unwrap();
+        let token = cfg.vault_token.as_ref().unwrap();
+        assert_eq!(token.value.expose(), "s.fromfile");
+        assert_eq!(token.source, Source::TokenFile(home.join(".vault-token")));
+        let shown = format!("{:?} {:?}", cfg.describe(), cfg);
+        assert!(!shown.contains("s.fromfile"), "{shown}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_named() {
+        let root = scratch("typo");
+        std::fs::write(
+            root.join(".local/secrets.toml"),
+            "[vault]\nadress = \"x\"\n",
+        )
+        .unwrap();
+        let err = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains(".local/secrets.toml") && msg.contains("adress"),
+            "{msg}"
+        );
+
+        std::fs::remove_file(root.join(".local/secrets.toml")).unwrap();
+        let flags = FlagValues {
+            provider: Some("consul".into()),
+            ..Default::default()
+        };
+        let err = Config::load_with(&root, &flags, &|_| None, None).unwrap_err();
+        assert!(err.downcast_ref::<crate::UsageError>().is_some());
+        assert!(err.to_string().contains("use vault, file or azure"));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -1,0 +1,369 @@
+//! The fixtures: a JSON object of secret name to string value, plus the
+//! developer's git-ignored overrides layered on top.
+//!
+//! Every problem is reported with file:line:col and nothing is written
+//! unless the whole input is valid.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+
+use crate::fsutil::sha256_hex;
+
+/// Azure Key Vault accepts values up to 25 KiB; keep parity.
+pub const MAX_VALUE_BYTES: usize = 25 * 1024;
+/// Larger fixture files are a mistake, not a fixture set.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+/// Azure Key Vault's limit on a secret name.
+pub const MAX_NAME_LEN: usize = 127;
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub value: String,
+    pub sha256: String,
+    /// The value comes from the overrides file.
+    pub overridden: bool,
+}
+
+/// The desired state: secret name to value, sorted by name.
+#[derive(Debug, Default, Clone)]
+pub struct SecretSet {
+    pub entries: BTreeMap<String, Entry>,
+    /// Names the overrides file added that the fixtures do not have.
+    pub added_by_overrides: Vec<String>,
+}
+
+impl SecretSet {
+    pub fn names(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// Is `name` a valid Azure Key Vault secret name (`^[0-9a-zA-Z-]{1,127}$`)?
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Loads the fixtures and, if the file exists, the overrides.
+pub fn load(root: &Path, fixtures: &Path, is_default: bool, overrides: &Path) -> Result<SecretSet> {
+    if is_default {
+        refuse_escaping_symlink(root, fixtures)?;
+    }
+    let base = parse_file(fixtures)?;
+    let mut set = SecretSet::default();
+    for (name, value) in base {
+        let sha256 = sha256_hex(value.as_bytes());
+        set.entries.insert(
+            name,
+            Entry {
+                value,
+                sha256,
+                overridden: false,
+            },
+        );
+    }
+    if overrides.exists() {
+        crate::secrets::guard::require_git_ignored(root, overrides, "the overrides file")?;
+        for (name, value) in parse_file(overrides)? {
+            let sha256 = sha256_hex(value.as_bytes());
+            if !set.entries.contains_key(&name) {
+                set.added_by_overrides.push(name.clone());
+            }
+            set.entries.insert(
+                name,
+                Entry {
+                    value,
+                    sha256,
+                    overridden: true,
+                },
+            );
+        }
+    }
+    Ok(set)
+}
+
+/// The default fixtures must be a file in the repository: a symlink that
+/// leads outside it could feed anything to a seed. (An explicit --fixtures
+/// path may be anywhere.)
+fn refuse_escaping_symlink(root: &Path, path: &Path) -> Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let real = std::fs::canonicalize(path)
+        .with_context(|| format!("{} is a dangling symlink", path.display()))?;
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    if !real.starts_with(&root) {
+        bail!(
+            "{} is a symlink to {}, outside the repository. Replace it with the real file, or pass the path \
+             explicitly with --fixtures if you mean it.",
+            path.display(),
+            real.display()
+        );
+    }
+    Ok(())
+}
+
+/// Reads and validates one fixtures-format file.
+pub fn parse_file(path: &Path) -> Result<Vec<(String, String)>> {
+    let meta = std::fs::metadata(path).with_context(|| {
+        format!(
+            "cannot read fixtures file {}: check the path (see --fixtures)",
+            path.display()
+        )
+    })?;
+    if meta.len() > MAX_FILE_BYTES {
+        bail!(
+            "{}: {} bytes is larger than the {} MiB limit for a fixtures file",
+            path.display(),
+            meta.len(),
+            MAX_FILE_BYTES >> 20
+        );
+    }
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read fixtures file {}", path.display()))?;
+    parse(&bytes).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))
+}
+
+/// A parse problem at a position: `line:col: message`.
+#[derive(Debug, PartialEq)]
+pub struct ParseError {
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.line, self.col, self.message)
+    }
+}
+
+/// Parses fixture bytes into (name, value) pairs in file order.
+pub fn parse(bytes: &[u8]) -> std::result::Result<Vec<(String, String)>, ParseError> {
+    let at = |line, col, message: String| ParseError { line, col, message };
+    if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        return Err(at(
+            1,
+            1,
+            "the file starts with a UTF-8 byte order mark (BOM); save it as UTF-8 without BOM"
+                .into(),
+        ));
+    }
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let (line, col) = line_col(bytes, e.valid_up_to());
+            return Err(at(
+                line,
+                col,
+                "the file is not valid UTF-8; save it as UTF-8".into(),
+            ));
+        }
+    };
+    if text.trim().is_empty() {
+        return Err(at(
+            1,
+            1,
+            "the file is empty; it must hold a JSON object of secret name to string value".into(),
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let pairs = match de
+        .deserialize_map(FixtureVisitor)
+        .and_then(|p| de.end().map(|()| p))
+    {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = e.to_string();
+            let msg = msg
+                .rsplit_once(" at line ")
+                .map(|(m, _)| m.to_string())
+                .unwrap_or(msg);
+            return Err(at(e.line(), e.column(), msg));
+        }
+    };
+    if pairs.is_empty() {
+        return Err(at(1, 1, "the object has no secrets".into()));
+    }
+    Ok(pairs)
+}
+
+fn line_col(bytes: &[u8], offset: usize) -> (usize, usize) {
+    let before = &bytes[..offset.min(bytes.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let col = offset
+        - before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map(|p| p + 1)
+            .unwrap_or(0)
+        + 1;
+    (line, col)
+}
+
+struct FixtureVisitor;
+
+impl<'de> Visitor<'de> for FixtureVisitor {
+    type Value = Vec<(String, String)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object of secret name to string value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if !seen.insert(name.clone()) {
+                return Err(de::Error::custom(format_args!(
+                    "duplicate secret name {name:?}; each name may appear once"
+                )));
+            }
+            if !valid_name(&name) {
+                return Err(de::Error::custom(format_args!(
+                    "invalid secret name {:?}: names must match ^[0-9a-zA-Z-]{{1,127}}$ (Azure Key Vault's rule)",
+                    truncate(&name, 140)
+                )));
+            }
+            let value: serde_json::Value = map.next_value()?;
+            let serde_json::Value::String(value) = value else {
+                return Err(de::Error::custom(format_args!(
+                    "the value of {name:?} is {}; every value must be a JSON string",
+                    kind_of(&value)
+                )));
+            };
+            if value.len() > MAX_VALUE_BYTES {
+                return Err(de::Error::custom(format_args!(
+                    "the value of {name:?} is {} bytes; Azure Key Vault's limit is {MAX_VALUE_BYTES}",
+                    value.len()
+                )));
+            }
+            out.push((name, value));
+        }
+        Ok(out)
+    }
+}
+
+fn kind_of(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(max).collect::<String>())
+    }
+}
+
+/// The fixtures path as configured, and whether it is the repository default.
+pub fn resolve(cfg: &crate::secrets::config::Config) -> (PathBuf, bool) {
+    let is_default = cfg.fixtures.source == crate::secrets::config::Source::Builtin;
+    (cfg.abs(&cfg.fixtures.value), is_default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(input: &str) -> ParseError {
+        parse(input.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn parses_names_and_values_in_order() {
+        let pairs = parse(br#"{"b-key": "two", "a-key": "line1\nline2"}"#).unwrap();
+        assert_eq!(
+            pairs,
+            vec![
+                ("b-key".into(), "two".into()),
+                ("a-key".into(), "line1\nline2".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn reports_position_of_malformed_json() {
+        let e = err("{\n  \"a\": \"x\",\n  \"b\": \n}");
+        assert_eq!((e.line, e.col), (4, 1), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_are_refused_at_their_line() {
+        let e = err("{\n\"dup\": \"1\",\n\"dup\": \"2\"\n}");
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.message.contains("duplicate secret name \"dup\""), "{e}");
+    }
+
+    #[test]
+    fn non_string_values_name_the_key() {
+        let e = err(r#"{"port": 5432}"#);
+        assert!(e.message.contains("\"port\" is a number"), "{e}");
+        let e = err(r#"{"nested": {"a": "b"}}"#);
+        assert!(e.message.contains("is an object"), "{e}");
+    }
+
+    #[test]
+    fn names_follow_azure_rules() {
+        assert!(valid_name("platform-db-password"));
+        assert!(!valid_name("has_underscore"));
+        assert!(!valid_name("has.dot"));
+        assert!(!valid_name(&"a".repeat(128)));
+        assert!(valid_name(&"a".repeat(127)));
+        let e = err(r#"{"bad name": "x"}"#);
+        assert!(
+            e.message.contains("invalid secret name \"bad name\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn refuses_empty_bom_non_utf8_and_oversized_values() {
+        assert!(err("  \n").message.contains("empty"));
+        assert!(err("{}").message.contains("no secrets"));
+        assert!(parse(b"\xEF\xBB\xBF{\"a\":\"b\"}")
+            .unwrap_err()
+            .message
+            .contains("byte order mark"));
+        let e = parse(b"{\"a\":\n\"\xff\"}").unwrap_err();
+        assert_eq!((e.line, e.col), (2, 2));
+        assert!(e.message.contains("not valid UTF-8"));
+        let big = format!("{{\"big\": \"{}\"}}", "x".repeat(MAX_VALUE_BYTES + 1));
+        assert!(err(&big).message.contains("limit is 25600"));
+        assert!(err("[\"a\"]").message.contains("JSON object"));
+        assert!(err("{\"a\": \"b\"} trailing").message.contains("trailing"));
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let deep = format!("{{\"a\": {}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(err(&deep).message.contains("recursion limit"));
+    }
+
+    #[test]
+    fn errors_never_echo_values() {
+        let e = err(r#"{"name": "s3cr3t-value", "name": "s3cr3t-value"}"#);
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+    }
+}

@@ -1,0 +1,209 @@
+//! Guardrails: fixtures are weak by design and must only reach stores on the
+//! developer's machine or local cluster, and files holding values must stay
+//! out of git.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+/// Refuses unless git ignores `path`: files holding secret values must never
+/// be committable.
+pub fn require_git_ignored(root: &Path, path: &Path, what: &str) -> Result<()> {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["check-ignore", "-q", "--no-index", "--"])
+        .arg(rel)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) if o.status.code() == Some(1) => bail!(
+            "{what} {} is not ignored by git, so its secret values could be committed. Keep it under .local/ \
+             (ignored by the repository's .gitignore) or add it to .gitignore.",
+            path.display()
+        ),
+        Ok(o) => bail!(
+            "cannot tell whether git ignores {what} {}: `git check-ignore` failed: {}. Run inside the repository's \
+             git checkout.",
+            path.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => bail!("cannot run git to check that {what} {} is ignored: {e}. Install git.", path.display()),
+    }
+}
+
+/// Seeding writes fixtures, which only belong in local environments.
+pub fn require_local_env(env: &str) -> Result<()> {
+    if env != "local" {
+        bail!(
+            "refusing to seed fixtures for environment {env:?}: fixtures are weak by design and only seed local \
+             clusters. Shared environments keep their own secrets in Azure Key Vault."
+        );
+    }
+    Ok(())
+}
+
+/// Is `host` this machine (loopback)?
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The host of an http(s) URL.
+pub fn url_host(addr: &str) -> Option<String> {
+    let rest = addr.split_once("://").map(|(_, r)| r).unwrap_or(addr);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority
+        .rsplit_once('@')
+        .map(|(_, a)| a)
+        .unwrap_or(authority);
+    let host = if let Some(stripped) = authority.strip_prefix('[') {
+        stripped.split(']').next()?.to_string()
+    } else {
+        authority.split(':').next()?.to_string()
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+/// Refuses a Vault address that is not local unless `allow` names its host.
+pub fn check_vault_addr(addr: &str, allow: Option<&str>) -> Result<()> {
+    let Some(host) = url_host(addr) else {
+        bail!("cannot read a host from the Vault address {addr:?}; use e.g. http://127.0.0.1:8200");
+    };
+    if is_loopback_host(&host) {
+        return Ok(());
+    }
+    if allow.is_some_and(|a| a.eq_ignore_ascii_case(&host)) {
+        return Ok(());
+    }
+    bail!(
+        "refusing Vault at {addr}: {host} is not local, and fixtures are weak by design. Use a loopback address \
+         or a port-forward (unset VAULT_ADDR with a local kube context). If this really is your own dev Vault, \
+         pass --allow-non-local {host}."
+    )
+}
+
+/// Does the kube context name look like a local cluster?
+pub fn is_local_context(context: &str, patterns: &[String]) -> bool {
+    patterns.iter().any(|p| glob_match(p, context))
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Refuses a kube context that does not look local.
+pub fn check_context(context: &str, patterns: &[String]) -> Result<()> {
+    if is_local_context(context, patterns) {
+        return Ok(());
+    }
+    bail!(
+        "refusing kube context {context:?}: it does not look like a local cluster (local patterns: {}). Switch with \
+         `kubectl config use-context <local context>`, or add your context's pattern to guardrail.local_contexts in \
+         .local/secrets.toml.",
+        patterns.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "localhost",
+            "127.0.0.1",
+            "127.8.9.1",
+            "::1",
+            "[::1]",
+            "LOCALHOST",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in ["10.0.0.1", "vault.example.com", "192.168.1.2", "0.0.0.0"] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn hosts_from_urls() {
+        assert_eq!(
+            url_host("http://127.0.0.1:8200").as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(
+            url_host("https://vault.shared.example:8200/v1").as_deref(),
+            Some("vault.shared.example")
+        );
+        assert_eq!(url_host("http://[::1]:8200").as_deref(), Some("::1"));
+        assert_eq!(url_host("http://user@host:1").as_deref(), Some("host"));
+        assert_eq!(url_host("http://"), None);
+    }
+
+    #[test]
+    fn non_local_vault_needs_its_host_named() {
+        assert!(check_vault_addr("http://127.0.0.1:8200", None).is_ok());
+        let err = check_vault_addr("https://vault.shared.example:8200", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--allow-non-local vault.shared.example"),
+            "{err}"
+        );
+        assert!(check_vault_addr(
+            "https://vault.shared.example:8200",
+            Some("vault.shared.example")
+        )
+        .is_ok());
+        assert!(
+            check_vault_addr("https://vault.shared.example:8200", Some("other.example")).is_err()
+        );
+    }
+
+    #[test]
+    fn context_patterns() {
+        let p: Vec<String> = ["k3d-*", "kind-*", "docker-desktop", "colima*"]
+            .map(String::from)
+            .to_vec();
+        assert!(is_local_context("k3d-ameide", &p));
+        assert!(is_local_context("kind-kind", &p));
+        assert!(is_local_context("docker-desktop", &p));
+        assert!(is_local_context("colima", &p));
+        assert!(!is_local_context("aks-ameide-staging", &p));
+        assert!(!is_local_context("docker-desktop-2", &p));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "acb"));
+        assert!(check_context("aks-prod", &p)
+            .unwrap_err()
+            .to_string()
+            .contains("use-context"));
+    }
+
+    #[test]
+    fn only_local_env_is_seeded() {
+        assert!(require_local_env("local").is_ok());
+        assert!(require_local_env("staging").is_err());
+    }
+}

@@ -1,0 +1,260 @@
+//! What the seed will do: the desired fixtures against the store's state.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::secrets::fixtures::SecretSet;
+use crate::secrets::provider::Current;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "reason")]
+pub enum Action {
+    /// Not in the store.
+    Create,
+    /// In the store with a stale value the seed itself wrote.
+    Update,
+    /// In the store with the right value and checksum: nothing to do.
+    Unchanged,
+    /// The value is right but the recorded checksum is missing or stale.
+    Restamp,
+    /// Changed outside the seed: not overwritten without --force.
+    Conflict(String),
+}
+
+impl Action {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Unchanged => "unchanged",
+            Action::Restamp => "restamp",
+            Action::Conflict(_) => "conflict",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Item {
+    pub name: String,
+    pub action: Action,
+    pub overridden: bool,
+    /// sha256 of the desired value.
+    pub sha256: String,
+    /// sha256 of what the store holds now.
+    pub current_sha256: Option<String>,
+    #[serde(skip)]
+    pub cas: Option<u64>,
+}
+
+impl Item {
+    pub fn writes(&self) -> bool {
+        matches!(
+            self.action,
+            Action::Create | Action::Update | Action::Restamp
+        )
+    }
+}
+
+/// Plans every desired entry. `force` turns conflicts into updates.
+pub fn plan(
+    desired: &SecretSet,
+    current: &BTreeMap<String, Option<Current>>,
+    records_checksums: bool,
+    force: bool,
+) -> Vec<Item> {
+    desired
+        .entries
+        .iter()
+        .map(|(name, entry)| {
+            let cur = current.get(name).cloned().flatten();
+            let (action, cas) = match &cur {
+                None => (Action::Create, Some(0)),
+                // A KV v2 entry whose latest version was deleted: re-create on top of it.
+                Some(c) if c.sha256.is_none() && c.properties.is_empty() => {
+                    (Action::Create, Some(c.version.unwrap_or(0)))
+                }
+                Some(c) if c.sha256.as_deref() == Some(entry.sha256.as_str()) => {
+                    let stamped = !records_checksums
+                        || c.seeded_sha256.as_deref() == Some(entry.sha256.as_str());
+                    (
+                        if stamped {
+                            Action::Unchanged
+                        } else {
+                            Action::Restamp
+                        },
+                        c.version,
+                    )
+                }
+                Some(c) => {
+                    // The seed may replace only what it wrote itself and nobody touched since.
+                    let ours =
+                        !records_checksums || (c.sha256.is_some() && c.seeded_sha256 == c.sha256);
+                    if ours || force {
+                        (Action::Update, c.version)
+                    } else {
+                        (Action::Conflict(conflict_reason(c)), c.version)
+                    }
+                }
+            };
+            Item {
+                name: name.clone(),
+                action,
+                overridden: entry.overridden,
+                sha256: entry.sha256.clone(),
+                current_sha256: cur.and_then(|c| c.sha256),
+                cas,
+            }
+        })
+        .collect()
+}
+
+fn conflict_reason(c: &Current) -> String {
+    let short = |s: &Option<String>| s.as_deref().map(|s| s[..8].to_string());
+    match (&c.sha256, &c.seeded_sha256) {
+        (None, _) => format!(
+            "the entry has no string property `value` (properties: {}); --force replaces it",
+            if c.properties.is_empty() { "none".to_string() } else { c.properties.join(", ") }
+        ),
+        (Some(_), None) => "the entry was not written by the seed; --force overwrites it, or copy your value into \
+                            .local/secrets/overrides.json to keep it"
+            .to_string(),
+        (Some(_), Some(_)) => format!(
+            "changed outside the seed (store {}, last seeded {}); --force overwrites it, or copy your value into \
+             .local/secrets/overrides.json to keep it",
+            short(&c.sha256).unwrap_or_default(),
+            short(&c.seeded_sha256).unwrap_or_default()
+        ),
+    }
+}
+
+/// Counts by action, in a fixed order.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub create: usize,
+    pub update: usize,
+    pub unchanged: usize,
+    pub restamp: usize,
+    pub conflict: usize,
+    pub overridden: usize,
+}
+
+pub fn counts(items: &[Item]) -> Counts {
+    let mut c = Counts::default();
+    for i in items {
+        match i.action {
+            Action::Create => c.create += 1,
+            Action::Update => c.update += 1,
+            Action::Unchanged => c.unchanged += 1,
+            Action::Restamp => c.restamp += 1,
+            Action::Conflict(_) => c.conflict += 1,
+        }
+        c.overridden += usize::from(i.overridden);
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsutil::sha256_hex;
+    use crate::secrets::fixtures::Entry;
+
+    fn set(pairs: &[(&str, &str)]) -> SecretSet {
+        let mut s = SecretSet::default();
+        for (n, v) in pairs {
+            s.entries.insert(
+                n.to_string(),
+                Entry {
+                    value: v.to_string(),
+                    sha256: sha256_hex(v.as_bytes()),
+                    overridden: false,
+                },
+            );
+        }
+        s
+    }
+
+    fn cur(value: &str, seeded: Option<&str>, version: u64) -> Option<Current> {
+        Some(Current {
+            sha256: Some(sha256_hex(value.as_bytes())),
+            properties: vec!["value".into()],
+            version: Some(version),
+            seeded_sha256: seeded.map(|s| sha256_hex(s.as_bytes())),
+        })
+    }
+
+    #[test]
+    fn classifies_every_case() {
+        let desired = set(&[
+            ("new", "a"),
+            ("same", "b"),
+            ("stale", "c2"),
+            ("edited", "d"),
+            ("unstamped", "e"),
+        ]);
+        let mut current = BTreeMap::new();
+        current.insert("new".to_string(), None);
+        current.insert("same".to_string(), cur("b", Some("b"), 3));
+        current.insert("stale".to_string(), cur("c1", Some("c1"), 2));
+        current.insert("edited".to_string(), cur("d-by-hand", Some("d-old"), 5));
+        current.insert("unstamped".to_string(), cur("e", None, 1));
+        let items = plan(&desired, &current, true, false);
+        let got: Vec<(&str, &str, Option<u64>)> = items
+            .iter()
+            .map(|i| (i.name.as_str(), i.action.label(), i.cas))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("edited", "conflict", Some(5)),
+                ("new", "create", Some(0)),
+                ("same", "unchanged", Some(3)),
+                ("stale", "update", Some(2)),
+                ("unstamped", "restamp", Some(1)),
+            ]
+        );
+        let forced = plan(&desired, &current, true, true);
+        assert_eq!(forced[0].action, Action::Update);
+        let c = counts(&items);
+        assert_eq!(
+            (c.create, c.update, c.unchanged, c.restamp, c.conflict),
+            (1, 1, 1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn stores_without_checksums_update_freely() {
+        let desired = set(&[("k", "new")]);
+        let mut current = BTreeMap::new();
+        current.insert("k".to_string(), cur("old", None, 1));
+        assert_eq!(
+            plan(&desired, &current, false, false)[0].action,
+            Action::Update
+        );
+        current.insert("k".to_string(), cur("new", None, 1));
+        assert_eq!(
+            plan(&desired, &current, false, false)[0].action,
+            Action::Unchanged
+        );
+    }
+
+    #[test]
+    fn conflict_reasons_hold_checksums_not_values() {
+        let desired = set(&[("k", "wanted-value")]);
+        let mut current = BTreeMap::new();
+        current.insert(
+            "k".to_string(),
+            cur("hand-edited-value", Some("older-value"), 4),
+        );
+        let items = plan(&desired, &current, true, false);
+        let Action::Conflict(reason) = &items[0].action else {
+            panic!("expected a conflict")
+        };
+        assert!(
+            reason.contains(&sha256_hex(b"hand-edited-value")[..8]),
+            "{reason}"
+        );
+        assert!(!reason.contains("hand-edited-value") && !reason.contains("older-value"));
+    }
+}

@@ -1,0 +1,267 @@
+//! Azure Key Vault through the `az` CLI: legacy and parity. Values travel in
+//! 0600 temp files (`--file`), never in argv; the seed's checksum is a tag.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use super::{Current, Outcome, SecretProvider, Write, MANAGED_BY};
+use crate::fsutil::{sha256_hex, PrivateTempFile};
+use crate::secrets::config::Config;
+use crate::secrets::provider::vault_http::backoff;
+
+pub struct AzureProvider {
+    vault_name: String,
+    concurrency: usize,
+    retries: u32,
+}
+
+impl AzureProvider {
+    /// Refuses a vault that a shared environment uses, unless `allow` names it.
+    pub fn open(cfg: &Config, allow_non_local: Option<&str>) -> Result<AzureProvider> {
+        let Some(name) = &cfg.azure_vault_name else {
+            bail!(
+                "no Azure Key Vault name: set AZURE_KEYVAULT_NAME or azure.vault_name in .local/secrets.toml to your \
+                 own per-developer vault"
+            );
+        };
+        let vault_name = name.value.clone();
+        if let Some(env) = shared_env_using(&cfg.root, &vault_name) {
+            if allow_non_local != Some(vault_name.as_str()) {
+                bail!(
+                    "refusing Azure Key Vault {vault_name:?} (from {}): the {env} environment uses it, and fixtures \
+                     are weak by design. Use your own per-developer vault, or pass --allow-non-local {vault_name} if \
+                     you really mean it.",
+                    name.source
+                );
+            }
+        }
+        Ok(AzureProvider {
+            vault_name,
+            concurrency: cfg.concurrency.value.min(8),
+            retries: cfg.vault_retries,
+        })
+    }
+
+    fn az(&self, args: &[&str]) -> Result<Output> {
+        let mut attempt = 0;
+        loop {
+            let out = Command::new("az")
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .context("running `az`: is the Azure CLI installed and on PATH?")?;
+            let stderr = String::from_utf8_lossy(&out.stderr).to_ascii_lowercase();
+            let throttled = stderr.contains("429")
+                || stderr.contains("too many requests")
+                || stderr.contains("throttl");
+            if out.status.success() || !throttled || attempt >= self.retries {
+                return Ok(out);
+            }
+            std::thread::sleep(backoff(attempt));
+            attempt += 1;
+        }
+    }
+
+    fn show(&self, name: &str) -> Result<Option<Current>> {
+        let out = self.az(&[
+            "keyvault",
+            "secret",
+            "show",
+            "--vault-name",
+            &self.vault_name,
+            "--name",
+            name,
+            "--output",
+            "json",
+        ])?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if stderr.contains("SecretNotFound") || stderr.contains("was not found") {
+                return Ok(None);
+            }
+            bail!(
+                "`az keyvault secret show --name {name}` failed: {}",
+                az_hint(&stderr)
+            );
+        }
+        let body: Value = serde_json::from_slice(&out.stdout)
+            .context("`az keyvault secret show` printed no JSON")?;
+        let tags = &body["tags"];
+        let seeded = (tags["managed-by"].as_str() == Some(MANAGED_BY))
+            .then(|| tags["fixture-sha256"].as_str().map(String::from))
+            .flatten();
+        Ok(Some(Current {
+            sha256: body["value"].as_str().map(|v| sha256_hex(v.as_bytes())),
+            properties: vec!["value".into()],
+            version: None,
+            seeded_sha256: seeded,
+        }))
+    }
+
+    fn set(&self, w: &Write<'_>) -> Outcome {
+        let tags = [
+            format!("managed-by={MANAGED_BY}"),
+            format!("fixture-sha256={}", w.sha256),
+        ];
+        let result = if w.metadata_only {
+            self.az(&[
+                "keyvault",
+                "secret",
+                "set-attributes",
+                "--vault-name",
+                &self.vault_name,
+                "--name",
+                w.name,
+                "--tags",
+                &tags[0],
+                &tags[1],
+                "--output",
+                "none",
+            ])
+        } else {
+            let file = match PrivateTempFile::new(w.value.as_bytes()) {
+                Ok(f) => f,
+                Err(e) => return Outcome::Failed(format!("{e:#}")),
+            };
+            let path = file.path().to_string_lossy().to_string();
+            self.az(&[
+                "keyvault",
+                "secret",
+                "set",
+                "--vault-name",
+                &self.vault_name,
+                "--name",
+                w.name,
+                "--file",
+                &path,
+                "--encoding",
+                "utf-8",
+                "--tags",
+                &tags[0],
+                &tags[1],
+                "--output",
+                "none",
+            ])
+        };
+        match result {
+            Ok(out) if out.status.success() => Outcome::Written,
+            Ok(out) => Outcome::Failed(format!(
+                "`az keyvault secret set --name {}` failed: {}",
+                w.name,
+                az_hint(&String::from_utf8_lossy(&out.stderr))
+            )),
+            Err(e) => Outcome::Failed(format!("{e:#}")),
+        }
+    }
+
+    /// Runs `f` over `items` on a few threads.
+    fn parallel<T: Sync, R: Send>(&self, items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+        let next = AtomicUsize::new(0);
+        let results = Mutex::new(Vec::with_capacity(items.len()));
+        std::thread::scope(|s| {
+            for _ in 0..self.concurrency.min(items.len()).max(1) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    results.lock().unwrap().push((i, r));
+                });
+            }
+        });
+        let mut results = results.into_inner().unwrap();
+        results.sort_by_key(|(i, _)| *i);
+        results.into_iter().map(|(_, r)| r).collect()
+    }
+}
+
+/// The first line of az's error, with the usual fix.
+fn az_hint(stderr: &str) -> String {
+    let first = stderr
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no output")
+        .trim()
+        .to_string();
+    if stderr.contains("az login") {
+        format!("{first} (run `az login`)")
+    } else if stderr.contains("Forbidden") || stderr.contains("does not have secrets") {
+        format!("{first} (your identity lacks secret get/set permission on this vault)")
+    } else {
+        first
+    }
+}
+
+/// The shared (non-local) environment whose values name this vault, if any.
+fn shared_env_using(root: &Path, vault_name: &str) -> Option<String> {
+    let needle = format!(
+        "https://{}.vault.azure.net",
+        vault_name.to_ascii_lowercase()
+    );
+    crate::project::environments(root)
+        .into_iter()
+        .filter(|e| e != "local")
+        .find(|env| {
+            std::fs::read_to_string(root.join(crate::project::flag_file(env)))
+                .is_ok_and(|text| text.to_ascii_lowercase().contains(&needle))
+        })
+}
+
+impl SecretProvider for AzureProvider {
+    fn target(&self) -> String {
+        format!("azure key vault {}", self.vault_name)
+    }
+
+    fn records_checksums(&self) -> bool {
+        true
+    }
+
+    fn read(&mut self, names: &[String]) -> Result<BTreeMap<String, Option<Current>>> {
+        let existing: std::collections::HashSet<String> = self.list()?.into_iter().collect();
+        let present: Vec<&String> = names.iter().filter(|n| existing.contains(*n)).collect();
+        let shown = self.parallel(&present, |n| self.show(n));
+        let mut out: BTreeMap<String, Option<Current>> =
+            names.iter().map(|n| (n.clone(), None)).collect();
+        for (name, cur) in present.into_iter().zip(shown) {
+            out.insert(name.clone(), cur?);
+        }
+        Ok(out)
+    }
+
+    fn write(&mut self, writes: &[Write<'_>]) -> Result<Vec<(String, Outcome)>> {
+        let outcomes = self.parallel(writes, |w| self.set(w));
+        Ok(writes
+            .iter()
+            .map(|w| w.name.to_string())
+            .zip(outcomes)
+            .collect())
+    }
+
+    fn list(&mut self) -> Result<Vec<String>> {
+        let out = self.az(&[
+            "keyvault",
+            "secret",
+            "list",
+            "--vault-name",
+            &self.vault_name,
+            "--query",
+            "[].name",
+            "--output",
+            "json",
+        ])?;
+        if !out.status.success() {
+            bail!(
+                "`az keyvault secret list --vault-name {}` failed: {}",
+                self.vault_name,
+                az_hint(&String::from_utf8_lossy(&out.stderr))
+            );
+        }
+        serde_json::from_slice(&out.stdout)
+            .context("`az keyvault secret list` printed no JSON list of names")
+    }
+}

