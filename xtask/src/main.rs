@@ -7,6 +7,7 @@
 mod bench;
 mod flags;
 mod fsutil;
+mod help;
 mod output;
 mod project;
 mod secrets;
@@ -55,7 +56,12 @@ fn main() -> ExitCode {
     let flags = match flags::Xtask::from_env() {
         Ok(flags) => flags,
         Err(err) if err.is_help() => {
-            println!("{err}");
+            let path: Vec<String> = std::env::args()
+                .skip(1)
+                .take_while(|a| a != "--help" && a != "-h")
+                .filter(|a| !a.starts_with('-'))
+                .collect();
+            print!("{}", help::focused(&err.to_string(), &path));
             return ExitCode::SUCCESS;
         }
         Err(err) => {

@@ -478,8 +478,19 @@ pub fn render_helmfile(
         .output()
         .context("running helmfile: run `cargo xtask tools` to install it into .tools/bin")?;
     if !out.status.success() {
+        // helmfile repeats helm's error under STDERR and COMBINED OUTPUT: keep each line once.
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let mut lines: Vec<&str> = Vec::new();
+        for line in stderr.lines().map(str::trim) {
+            let noise = line.is_empty()
+                || line == "EXIT STATUS"
+                || line.ends_with("OUTPUT:")
+                || line == "STDERR:"
+                || line.parse::<i32>().is_ok();
+            if !noise && !lines.contains(&line) {
+                lines.push(line);
+            }
+        }
         bail!(
             "helmfile template failed (exit {}):\n  {}",
             out.status.code().unwrap_or(-1),

@@ -1,0 +1,300 @@
+//! `secrets check`: static and rendered coverage, and --live drift.
+
+use std::collections::HashMap;
+
+use crate::support::{block_on, OpenBao, Sandbox};
+
+fn tree(sb: &Sandbox, name: &str) -> String {
+    sb.path(&format!("fixtures/check/{name}"))
+        .display()
+        .to_string()
+}
+
+#[test]
+fn shipped_fixtures_cover_the_shipped_infra_statically() {
+    let sb = Sandbox::new();
+    let run = sb.xtask(&["secrets", "check"]).ok();
+    assert!(
+        run.stdout.contains("0 missing, 0 wrong property"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("PASS"), "{}", run.stdout);
+}
+
+#[test]
+fn shipped_fixtures_cover_every_rendered_environment() {
+    if !crate::support::require_tools(&["helm", "helmfile"]) {
+        return;
+    }
+    let sb = Sandbox::new();
+    for env in ["local", "staging", "production"] {
+        let run = sb
+            .xtask(&[
+                "secrets", "check", "--render", "--env", env, "--output", "json",
+            ])
+            .ok();
+        let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(report["mode"], "rendered");
+        assert_eq!(report["failed"], false, "{env}: {}", run.stdout);
+        assert!(
+            report["external_secrets"].as_u64().unwrap() >= 20,
+            "{env}: {}",
+            report["external_secrets"]
+        );
+    }
+}
+
+#[test]
+fn names_each_missing_key_with_every_reference() {
+    let sb = Sandbox::new();
+    let run = sb
+        .xtask(&["secrets", "check", "--infra", &tree(&sb, "coverage")])
+        .code(1);
+    let out = &run.stdout;
+    assert!(
+        out.contains("MISSING (1)\n  graph-db-replica-password: not in the fixtures\n"),
+        "{out}"
+    );
+    assert!(out.contains("fixtures/check/coverage/manifests/externalsecrets.yaml:15  ameide/db-migrations-credentials"), "{out}");
+    assert!(out.contains("fixtures/check/coverage/values/platform/azure-keyvault-secrets.yaml:13  ameide/graph-db-credentials"), "{out}");
+    assert!(
+        out.contains("redis-password: reads property \"password\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("^tempo-admin-: dataFrom.find matches no fixture"),
+        "{out}"
+    );
+    assert!(
+        out.contains("team-a/team-tokens  uses SecretStore/team-a-store"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("team-a-token-not-in-fixtures"),
+        "out of scope keys are not required: {out}"
+    );
+    assert!(
+        run.stderr
+            .contains("coverage check failed: 1 missing, 1 wrong property"),
+        "{}",
+        run.stderr
+    );
+
+    let run = sb
+        .xtask(&[
+            "secrets",
+            "check",
+            "--infra",
+            &tree(&sb, "coverage"),
+            "--output",
+            "junit",
+        ])
+        .code(1);
+    assert!(run.stdout.contains("<testcase classname=\"secrets.local.static\" name=\"graph-db-replica-password\"><failure"), "{}", run.stdout);
+    let run = sb
+        .xtask(&[
+            "secrets",
+            "check",
+            "--infra",
+            &tree(&sb, "coverage"),
+            "--output",
+            "json",
+        ])
+        .code(1);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let missing = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["status"] == "missing")
+        .unwrap();
+    assert_eq!(missing["sites"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn installed_false_bundles_do_not_count_when_rendered() {
+    if !crate::support::require_tools(&["helm", "helmfile"]) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let infra = tree(&sb, "installed-toggle");
+    let run = sb
+        .xtask(&["secrets", "check", "--infra", &infra, "--render"])
+        .ok();
+    assert!(
+        !run.stdout.contains("only-in-a-disabled-bundle"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("1 required keys"), "{}", run.stdout);
+    // The static scan cannot evaluate toggles, so it counts the key.
+    let run = sb.xtask(&["secrets", "check", "--infra", &infra]).code(1);
+    assert!(
+        run.stdout
+            .contains("only-in-a-disabled-bundle: not in the fixtures"),
+        "{}",
+        run.stdout
+    );
+    // Enabling the bundle makes the render see it, with release and environment.
+    sb.write(
+        "fixtures/check/installed-toggle/environments/local/values.yaml",
+        "bundles:\n  enabled:\n    installed: true\n  disabled:\n    installed: true\n",
+    );
+    let run = sb
+        .xtask(&["secrets", "check", "--infra", &infra, "--render"])
+        .code(1);
+    assert!(
+        run.stdout.contains("[release disabled-bundle, env local]"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn bad_input_is_an_error_never_a_pass() {
+    let sb = Sandbox::new();
+    let run = sb
+        .xtask(&["secrets", "check", "--infra", &tree(&sb, "malformed")])
+        .code(1);
+    assert!(
+        run.stderr
+            .contains("fixtures/check/malformed/values/broken.yaml:6:"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("malformed YAML"), "{}", run.stderr);
+    let run = sb
+        .xtask(&["secrets", "check", "--infra", &tree(&sb, "bad-api")])
+        .code(1);
+    assert!(
+        run.stderr
+            .contains("unknown apiVersion \"external-secrets.io/v2alpha1\""),
+        "{}",
+        run.stderr
+    );
+    if crate::support::require_tools(&["helm", "helmfile"]) {
+        let run = sb
+            .xtask(&[
+                "secrets",
+                "check",
+                "--infra",
+                &tree(&sb, "broken-chart"),
+                "--render",
+            ])
+            .code(1);
+        assert!(
+            run.stderr.contains(
+                "rendering fixtures/check/broken-chart/helmfiles/10-broken.yaml for local"
+            ),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains("broken/templates/es.yaml"),
+            "the chart is named: {}",
+            run.stderr
+        );
+        assert_eq!(
+            run.stderr.matches("nil pointer").count(),
+            1,
+            "said once: {}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn live_check_finds_drift_missing_entries_and_properties() {
+    if !crate::support::require_tools(&["bao"]) {
+        return;
+    }
+    let bao = OpenBao::start();
+    let sb = Sandbox::new();
+    let env = [
+        ("VAULT_ADDR", bao.addr.as_str()),
+        ("VAULT_TOKEN", bao.token.as_str()),
+    ];
+    let run = sb
+        .xtask_env(&["secrets", "check", "--live", "--provider", "vault"], &env)
+        .code(1);
+    assert!(
+        run.stdout.contains("graph-db-url: not in the store (vault"),
+        "before seeding: {}",
+        run.stdout
+    );
+
+    sb.xtask_env(&["secrets", "seed", "--provider", "vault"], &env)
+        .ok();
+    sb.xtask_env(
+        &[
+            "secrets",
+            "check",
+            "--live",
+            "--provider",
+            "vault",
+            "--fail-on",
+            "missing,drift",
+        ],
+        &env,
+    )
+    .ok();
+
+    let client = bao.client();
+    let mut edited = HashMap::new();
+    edited.insert("value", "changed-by-hand");
+    block_on(vaultrs::kv2::set(
+        &client,
+        "secret",
+        "graph-db-url",
+        &edited,
+    ))
+    .unwrap();
+    let mut wrong = HashMap::new();
+    wrong.insert("password", "no-value-property");
+    block_on(vaultrs::kv2::set(
+        &client,
+        "secret",
+        "redis-password",
+        &wrong,
+    ))
+    .unwrap();
+
+    let run = sb
+        .xtask_env(
+            &[
+                "secrets",
+                "check",
+                "--live",
+                "--provider",
+                "vault",
+                "--fail-on",
+                "drift",
+            ],
+            &env,
+        )
+        .code(1);
+    assert!(
+        run.stdout
+            .contains("DRIFT (store differs from fixtures) (1)\n  graph-db-url: store "),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains(
+            "redis-password: the store's entry has no string property \"value\" (has: password)"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.all().contains("changed-by-hand") && !run.all().contains("no-value-property"));
+    // Drift alone does not fail the default gate; the missing property does.
+    let run = sb
+        .xtask_env(&["secrets", "check", "--live", "--provider", "vault"], &env)
+        .code(1);
+    assert!(
+        run.stderr.contains("1 missing property (store)"),
+        "{}",
+        run.stderr
+    );
+}

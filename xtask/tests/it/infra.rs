@@ -1,0 +1,171 @@
+//! The infra tree renders offline with the real helm and helmfile.
+
+use crate::support::{tools_path, Sandbox, TempDir};
+
+fn run(cmd: &str, args: &[&str], sb: &Sandbox) -> (bool, String, String) {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .current_dir(&sb.root)
+        .env("PATH", tools_path())
+        .env("HELM_CACHE_HOME", sb.home.join("cache"))
+        .env("HELM_CONFIG_HOME", sb.home.join("config"))
+        .env("HELM_DATA_HOME", sb.home.join("data"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The ClusterSecretStore document of a rendering.
+fn store_doc(rendered: &str) -> String {
+    rendered
+        .split("\n---")
+        .find(|d| d.contains("kind: ClusterSecretStore"))
+        .unwrap_or_else(|| panic!("no ClusterSecretStore in:\n{rendered}"))
+        .to_string()
+}
+
+#[test]
+fn layer15_renders_the_store_for_every_environment_and_flag_value() {
+    if !crate::support::require_tools(&["helm", "helmfile"]) {
+        return;
+    }
+    let sb = Sandbox::new();
+    for env in ["local", "staging", "production"] {
+        let flag_file =
+            format!("infra/kubernetes/environments/{env}/platform/15-secrets.values.yaml");
+        let original = sb.read(&flag_file);
+        for provider in ["vault", "azure"] {
+            let edited = original
+                .lines()
+                .map(|l| {
+                    if l.trim_start().starts_with("provider:") {
+                        format!("  provider: {provider}")
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            sb.write(&flag_file, &edited);
+            let (ok, out, err) = run(
+                "helmfile",
+                &[
+                    "-f",
+                    "infra/kubernetes/helmfiles/15-secrets-certificates.yaml",
+                    "-e",
+                    env,
+                    "template",
+                    "--skip-deps",
+                ],
+                &sb,
+            );
+            assert!(ok, "{env}/{provider}: {err}");
+            let store = store_doc(&out);
+            assert!(
+                store.contains("name: ameide-vault"),
+                "{env}/{provider}: {store}"
+            );
+            assert!(
+                store.contains(&format!("ameide.io/secrets-provider: {provider}")),
+                "{store}"
+            );
+            match provider {
+                "vault" => {
+                    assert!(
+                        store.contains("    vault:\n")
+                            && store.contains("version: \"v2\"")
+                            && store.contains("kubernetes:"),
+                        "{store}"
+                    );
+                    assert!(!store.contains("azurekv"), "{store}");
+                }
+                _ => {
+                    assert!(store.contains("    azurekv:\n"), "{store}");
+                    assert!(store.contains(&format!("vault.azure.net")), "{store}");
+                }
+            }
+        }
+        sb.write(&flag_file, &original);
+    }
+}
+
+#[test]
+fn presync_hook_seeds_the_selected_provider_in_local_only() {
+    if !crate::support::require_tools(&["helm", "helmfile"]) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let (ok, out, err) = run(
+        "helmfile",
+        &[
+            "-f",
+            "infra/kubernetes/helmfiles/15-secrets-certificates.yaml",
+            "-e",
+            "local",
+            "build",
+        ],
+        &sb,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("presync"), "{out}");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert!(
+        lines
+            .windows(4)
+            .any(|w| w == ["- seed", "- --provider", "- vault", "- --env"]),
+        "{out}"
+    );
+    let (ok, out, err) = run(
+        "helmfile",
+        &[
+            "-f",
+            "infra/kubernetes/helmfiles/15-secrets-certificates.yaml",
+            "-e",
+            "staging",
+            "build",
+        ],
+        &sb,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        !out.contains("presync"),
+        "fixtures never seed a shared environment:\n{out}"
+    );
+}
+
+#[test]
+fn every_chart_lints() {
+    if !crate::support::require_tools(&["helm"]) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let charts = sb.path("infra/kubernetes/charts/platform");
+    let mut n = 0;
+    for chart in std::fs::read_dir(&charts).unwrap().flatten() {
+        let (ok, out, err) = run(
+            "helm",
+            &["lint", "--strict", chart.path().to_str().unwrap()],
+            &sb,
+        );
+        assert!(ok, "{}: {out}{err}", chart.path().display());
+        n += 1;
+    }
+    assert!(n >= 9, "found {n} charts");
+}
+
+#[test]
+fn openbao_starts_and_answers() {
+    if !crate::support::require_tools(&["bao"]) {
+        return;
+    }
+    let bao = crate::support::OpenBao::start();
+    let out = bao.bao(&["status", "-format=json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["sealed"], false);
+    assert_eq!(status["initialized"], true);
+    let _unused = TempDir::new("x");
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the real `xtask` binary against real OpenBao, real
+//! helm and helmfile, and honest fakes of kubectl, helmfile sync and az.
+
+mod support;
+
+mod check;
+mod cli;
+mod infra;
+mod seed_azure;
+mod seed_file;
+mod seed_vault;

@@ -1,0 +1,445 @@
+//! `secrets seed --provider vault` against real OpenBao.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::support::{block_on, Action, OpenBao, Proxy, Sandbox};
+
+fn fixtures(sb: &Sandbox) -> serde_json::Map<String, serde_json::Value> {
+    serde_json::from_str(&sb.read("scripts/azure/default-local-keyvault-secrets.json")).unwrap()
+}
+
+fn sha256(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn seed(sb: &Sandbox, bao: &OpenBao, extra: &[&str]) -> crate::support::Run {
+    let mut args = vec!["secrets", "seed", "--provider", "vault"];
+    args.extend_from_slice(extra);
+    sb.xtask_env(
+        &args,
+        &[("VAULT_ADDR", &bao.addr), ("VAULT_TOKEN", &bao.token)],
+    )
+}
+
+fn json(run: &crate::support::Run) -> serde_json::Value {
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout))
+}
+
+#[test]
+fn seeds_kv2_once_then_writes_nothing() {
+    if !crate::support::require_tools(&["bao"]) {
+        return;
+    }
+    let bao = OpenBao::start();
+    let sb = Sandbox::new();
+    let fx = fixtures(&sb);
+    let run = seed(&sb, &bao, &["--output", "json"]).ok();
+    let report = json(&run);
+    assert_eq!(report["counts"]["create"], fx.len());
+    assert_eq!(report["written"].as_array().unwrap().len(), fx.len());
+
+    let client = bao.client();
+    for (name, value) in &fx {
+        let data: HashMap<String, String> =
+            block_on(vaultrs::kv2::read(&client, "secret", name)).unwrap();
+        assert_eq!(
+            data.get("value").map(String::as_str),
+            value.as_str(),
+            "{name}"
+        );
+        assert_eq!(data.len(), 1, "only the `value` property: {name}");
+        let meta = block_on(vaultrs::kv2::read_metadata(&client, "secret", name)).unwrap();
+        assert_eq!(meta.current_version, 1);
+        let custom = meta.custom_metadata.unwrap();
+        assert_eq!(custom["managed-by"], "cargo-xtask-secrets");
+        assert_eq!(custom["fixture-sha256"], sha256(value.as_str().unwrap()));
+    }
+
+    let again = json(&seed(&sb, &bao, &["--output", "json"]).ok());
+    assert_eq!(again["counts"]["unchanged"], fx.len());
+    assert_eq!(again["writes"], 0, "a no-op re-seed sends no write");
+    for name in fx.keys() {
+        let meta = block_on(vaultrs::kv2::read_metadata(&client, "secret", name)).unwrap();
+        assert_eq!(meta.current_version, 1, "no new version for {name}");
+    }
+    let text = seed(&sb, &bao, &[]).ok();
+    assert!(
+        text.stdout
+            .contains(&format!("({} unchanged; --verbose lists them)", fx.len())),
+        "{}",
+        text.stdout
+    );
+}
+
+#[test]
+fn kv1_mount_is_written_without_data_prefix() {
+    if !crate::support::require_tools(&["bao"]) {
+        return;
+    }
+    let bao = OpenBao::start();
+    let out = bao.bao(&["secrets", "enable", "-path=legacy", "-version=1", "kv"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sb = Sandbox::new();
+    let run = seed(&sb, &bao, &["--mount", "legacy"]).ok();
+    assert!(run.stdout.contains("mount legacy, kv v1"), "{}", run.stdout);
+    let client = bao.client();
+    let data: HashMap<String, String> =
+        block_on(vaultrs::kv1::get(&client, "legacy", "graph-db-url")).unwrap();
+    assert!(data["value"].starts_with("postgres://graph:"));
+    // Nothing landed in the KV v2 mount, and nothing under a data/ prefix.
+    assert!(block_on(vaultrs::kv2::list(&client, "secret", "")).is_err());
+    assert!(block_on(vaultrs::kv1::list(&client, "legacy", "data")).is_err());
+    let again = json(&seed(&sb, &bao, &["--mount", "legacy", "--output", "json"]).ok());
+    assert_eq!(again["writes"], 0);
+}
+
+#[test]
+fn stale_values_update_and_hand_edits_conflict_until_forced() {
+    if !crate::support::require_tools(&["bao"]) {
+        return;
+    }
+    let bao = OpenBao::start();
+    let sb = Sandbox::new();
+    seed(&sb, &bao, &[]).ok();
+    let client = bao.client();
+    // A developer edits one entry by hand.
+    let mut hand = HashMap::new();
+    hand.insert("value", "edited-by-hand");
+    block_on(vaultrs::kv2::set(
+        &client,
+        "secret",
+        "redis-password",
+        &hand,
+    ))
+    .unwrap();
+    // The fixtures change another.
+    let mut fx = fixtures(&sb);
+    fx.insert("graph-db-password".into(), "rotated-fixture".into());
+    sb.write(
+        "scripts/azure/default-local-keyvault-secrets.json",
+        &serde_json::to_string_pretty(&fx).unwrap(),
+    );
+
+    let run = seed(&sb, &bao, &[]).code(1);
+    assert!(
+        run.stdout.contains("update     graph-db-password"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("conflict   redis-password"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr
+            .contains("1 conflicts not written (redis-password)"),
+        "{}",
+        run.stderr
+    );
+    let kept: HashMap<String, String> =
+        block_on(vaultrs::kv2::read(&client, "secret", "redis-password")).unwrap();
+    assert_eq!(
+        kept["value"], "edited-by-hand",
+        "a hand edit is never clobbered without --force"
+    );
+    let meta = block_on(vaultrs::kv2::read_metadata(
+        &client,
+        "secret",
+        "graph-db-password",
+    ))
+    .unwrap();
+    assert_eq!(meta.current_version, 2);
+
+    seed(&sb, &bao, &["--force"]).ok();
+    let forced: HashMap<String, String> =
+        block_on(vaultrs::kv2::read(&client, "secret", "redis-password")).unwrap();
+    assert_eq!(forced["value"], fx["redis-password"].as_str().unwrap());
+}
+
+#[test]
+fn concurrent_edit_between_read_and_write_is_a_conflict() {
+    if !crate::support::require_tools(&["bao"]) {
+        return;
+    }
+    let bao = OpenBao::start();
+    let sb = Sandbox::new();
+    seed(&sb, &bao, &[]).ok();
+    let mut fx = fixtures(&sb);
+    fx.insert(
+        "graph-db-url".into(),
+        "postgres://graph:new@db:5432/graph".into(),
+    );
+    sb.write(
+        "scripts/azure/default-local-keyvault-secrets.json",
+        &serde_json::to_string_pretty(&fx).unwrap(),
+    );
+
+    // When the seed's write arrives, someone else writes first.
+    let (addr, token) = (bao.addr.clone(), bao.token.clone());
+    let fired = Arc::new(AtomicBool::new(false));
+    let f = fired.clone();
+    let proxy = Proxy::start(
+        bao.port,
+        Arc::new(move |req| {
+            if req.method == "POST"
+                && req.path == "/v1/secret/data/graph-db-url"
+                && !f.swap(true, Ordering::SeqCst)
+            {
+                let client = vaultrs::client::VaultClient::new(
+                    vaultrs::client::VaultClientSettingsBuilder::default()
+                        .address(&addr)
+                        .token(&token)
+                        .build()
+                        .unwrap(),
+                )
+                .unwrap();
+                let mut v = HashMap::new();
+                v.insert("value", "racing-writer");
+                block_on(vaultrs::kv2::set(&client, "secret", "graph-db-url", &v)).unwrap();
+            }
+            Action::Forward
+        }),
+    );
+    let run = sb.xtask_env(
+        &["secrets", "seed", "--provider", "vault"],
+        &[("VAULT_ADDR", &proxy.addr()), ("VAULT_TOKEN", &bao.token)],
+    );
+    assert!(fired.load(Ordering::SeqCst));
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr.contains("graph-db-url: changed by someone else"),
+        "{}",
+        run.stderr
+    );
+    let client = bao.client();
+    let kept: HashMap<String, String> =
+        block_on(vaultrs::kv2::read(&client, "secret", "graph-db-url")).unwrap();
+    assert_eq!(
+        kept["value"], "racing-writer",
+        "check-and-set kept the concurrent write"
+    );
+}
+
+#[test]
+fn errors_name_the_problem_and_the_fix() {
+    if !crate::support::require_tools(&["bao"]) {
+        return;
+    }
+    let bao = OpenBao::start();
+    let sb = Sandbox::new();
+    let run = seed(&sb, &bao, &["--mount", "nope"]).code(1);
+    assert!(
+        run.stderr.contains("no secrets engine is mounted at nope/"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("bao secrets enable -path=nope -version=2 kv"),
+        "{}",
+        run.stderr
+    );
+
+    let run = sb.xtask_env(
+        &["secrets", "seed", "--provider", "vault"],
+        &[("VAULT_ADDR", &bao.addr), ("VAULT_TOKEN", "not-a-token")],
+    );
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("invalid or expired"), "{}", run.stderr);
+    assert!(
+        !run.all().contains("not-a-token"),
+        "the token is never printed"
+    );
+
+    bao.bao(&["secrets", "enable", "-path=pki", "pki"]);
+    let run = seed(&sb, &bao, &["--mount", "pki"]).code(1);
+    assert!(
+        run.stderr.contains("is a \"pki\" engine, not kv"),
+        "{}",
+        run.stderr
+    );
+
+    let out = bao.bao(&["operator", "seal"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = seed(&sb, &bao, &[]).code(1);
+    assert!(
+        run.stderr.contains("is sealed") && run.stderr.contains("operator unseal"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn guardrail_refuses_a_vault_that_is_not_local() {
+    let sb = Sandbox::new();
+    let run = sb.xtask_env(
+        &["secrets", "seed", "--provider", "vault"],
+        &[
+            ("VAULT_ADDR", "https://vault.shared.example:8200"),
+            ("VAULT_TOKEN", "t"),
+        ],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("--allow-non-local vault.shared.example"),
+        "{}",
+        run.stderr
+    );
+    let run = sb.xtask(&["secrets", "seed", "--env", "staging"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("only seed local clusters"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn port_forwards_through_a_local_kube_context_and_cleans_up() {
+    if !crate::support::require_tools(&["bao"]) {
+        return;
+    }
+    let bao = OpenBao::start();
+    let sb = Sandbox::new();
+    sb.scenario(serde_json::json!({"kubectl": {"context": "k3d-ameide", "vault_addr": bao.addr}}));
+    let run = sb
+        .xtask_env(
+            &["secrets", "seed", "--provider", "vault"],
+            &[("VAULT_TOKEN", &bao.token)],
+        )
+        .ok();
+    assert!(
+        run.stdout.contains("-> vault http://127.0.0.1:"),
+        "{}",
+        run.stdout
+    );
+    let calls = sb.calls();
+    let pf = calls
+        .iter()
+        .find(|c| c.argv.first().map(String::as_str) == Some("port-forward"))
+        .expect("port-forward");
+    assert_eq!(
+        pf.argv,
+        [
+            "port-forward",
+            "--namespace",
+            "vault",
+            "--address",
+            "127.0.0.1",
+            "svc/vault",
+            ":8200"
+        ]
+    );
+    let pid: i32 = std::fs::read_to_string(sb.fake_dir.join("port-forward.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the port-forward was stopped"
+    );
+
+    sb.scenario(
+        serde_json::json!({"kubectl": {"context": "aks-ameide-prod", "vault_addr": bao.addr}}),
+    );
+    let run = sb.xtask_env(
+        &["secrets", "seed", "--provider", "vault"],
+        &[("VAULT_TOKEN", &bao.token)],
+    );
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains("refusing kube context \"aks-ameide-prod\""),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_canary_value_never_reaches_output_or_argv() {
+    if !crate::support::require_tools(&["bao"]) {
+        return;
+    }
+    let canary = "CANARY-7f3e9d1c-never-print-me";
+    let bao = OpenBao::start();
+    let sb = Sandbox::new();
+    sb.write(
+        ".local/secrets/overrides.json",
+        &format!("{{\"graph-db-password\": \"{canary}\"}}"),
+    );
+    let mut outputs = Vec::new();
+    for args in [
+        vec!["secrets", "seed", "--provider", "vault", "--dry-run"],
+        vec!["secrets", "seed", "--provider", "vault"],
+        vec![
+            "secrets",
+            "seed",
+            "--provider",
+            "vault",
+            "--output",
+            "json",
+            "--verbose",
+        ],
+        vec![
+            "secrets",
+            "check",
+            "--live",
+            "--provider",
+            "vault",
+            "--verbose",
+        ],
+        vec![
+            "secrets",
+            "check",
+            "--live",
+            "--provider",
+            "vault",
+            "--output",
+            "json",
+        ],
+        vec![
+            "secrets",
+            "check",
+            "--live",
+            "--provider",
+            "vault",
+            "--output",
+            "junit",
+        ],
+    ] {
+        let run = sb.xtask_env(
+            &args,
+            &[("VAULT_ADDR", &bao.addr), ("VAULT_TOKEN", &bao.token)],
+        );
+        outputs.push(run.all());
+    }
+    assert!(
+        outputs[1].contains("graph-db-password (override)"),
+        "{}",
+        outputs[1]
+    );
+    for out in &outputs {
+        assert!(!out.contains(canary), "canary leaked:\n{out}");
+    }
+    let client = bao.client();
+    let data: HashMap<String, String> =
+        block_on(vaultrs::kv2::read(&client, "secret", "graph-db-password")).unwrap();
+    assert_eq!(data["value"], canary, "the override was seeded");
+}

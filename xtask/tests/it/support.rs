@@ -1,0 +1,549 @@
+//! Test harness: real OpenBao on a free loopback port, a scratch git copy
+//! of the repository, and fake kubectl/helmfile/az first on PATH that
+//! record what they were called with.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn fakes_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes")
+}
+
+/// PATH with the pinned tools first.
+pub fn tools_path() -> String {
+    let mut parts = vec![repo_root().join(".tools/bin").display().to_string()];
+    parts.push(std::env::var("PATH").unwrap_or_default());
+    parts.join(":")
+}
+
+fn find_on(path: &str, name: &str) -> Option<PathBuf> {
+    path.split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// Whether the real tools are installed. Under CI a missing tool fails the
+/// test; elsewhere the test says it is skipped (run `cargo xtask tools`).
+pub fn require_tools(names: &[&str]) -> bool {
+    let path = tools_path();
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| find_on(&path, n).is_none())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("missing tools {missing:?}: run `cargo xtask tools` (or `cargo xtask test`)");
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    false
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh folder under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "xtask-it-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `bao server -dev` on a free loopback port, stopped on drop.
+pub struct OpenBao {
+    child: Child,
+    pub addr: String,
+    pub port: u16,
+    pub token: String,
+    _dir: TempDir,
+}
+
+impl OpenBao {
+    pub fn start() -> OpenBao {
+        for _ in 0..3 {
+            let dir = TempDir::new("bao");
+            let port = free_port();
+            let token = format!("root-{port}");
+            let log = std::fs::File::create(dir.0.join("bao.log")).unwrap();
+            let child = Command::new(find_on(&tools_path(), "bao").expect("bao is installed"))
+                .args(["server", "-dev", &format!("-dev-root-token-id={token}")])
+                .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+                .env("HOME", &dir.0)
+                .env_remove("VAULT_ADDR")
+                .env_remove("BAO_ADDR")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("starting bao");
+            let mut bao = OpenBao {
+                child,
+                addr: format!("http://127.0.0.1:{port}"),
+                port,
+                token,
+                _dir: dir,
+            };
+            if bao.wait_healthy(Duration::from_secs(10)) {
+                return bao;
+            }
+        }
+        panic!("OpenBao did not become healthy on three ports");
+    }
+
+    fn wait_healthy(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if http_status(self.port, "/v1/sys/health") == Some(200) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Runs the bao CLI against this server.
+    pub fn bao(&self, args: &[&str]) -> std::process::Output {
+        Command::new(find_on(&tools_path(), "bao").unwrap())
+            .args(args)
+            .env("VAULT_ADDR", &self.addr)
+            .env("VAULT_TOKEN", &self.token)
+            .env("HOME", &self._dir.0)
+            .output()
+            .unwrap()
+    }
+
+    /// Stops the server (for fault tests).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A vaultrs client: an independent reader of what the seed wrote.
+    pub fn client(&self) -> vaultrs::client::VaultClient {
+        vaultrs::client::VaultClient::new(
+            vaultrs::client::VaultClientSettingsBuilder::default()
+                .address(&self.addr)
+                .token(&self.token)
+                .build()
+                .unwrap(),
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The HTTP status of a GET on loopback, by hand (no client to trust).
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+            .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    std::str::from_utf8(&buf[..n])
+        .ok()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A block_on for vaultrs calls in tests.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// The result of one `xtask` run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+    pub fn code(self, code: i32) -> Run {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// One call a fake recorded.
+#[derive(Debug, serde::Deserialize)]
+pub struct Call {
+    pub tool: String,
+    pub argv: Vec<String>,
+    pub stdin: String,
+}
+
+/// A scratch git copy of the repository with fakes on PATH.
+pub struct Sandbox {
+    pub root: PathBuf,
+    pub fake_dir: PathBuf,
+    pub home: PathBuf,
+    _dir: TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let dir = TempDir::new("repo");
+        let root = dir.0.join("repo");
+        let fake_dir = dir.0.join("fake");
+        let home = dir.0.join("home");
+        for d in [&root, &fake_dir, &home] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let src = repo_root();
+        for item in ["infra", "scripts", "fixtures", ".gitignore", "secrets.toml"] {
+            if src.join(item).exists() {
+                let ok = Command::new("cp")
+                    .arg("-R")
+                    .arg(src.join(item))
+                    .arg(&root)
+                    .status()
+                    .unwrap();
+                assert!(ok.success());
+            }
+        }
+        let git = |args: &[&str]| {
+            let out = Command::new("git")
+                .args(args)
+                .current_dir(&root)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        git(&["init", "-q"]);
+        git(&[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t.invalid",
+            "add",
+            "-A",
+        ]);
+        git(&[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t.invalid",
+            "commit",
+            "-q",
+            "-m",
+            "scratch",
+        ]);
+        Sandbox {
+            root,
+            fake_dir,
+            home,
+            _dir: dir,
+        }
+    }
+
+    /// What the fakes replay.
+    pub fn scenario(&self, scenario: serde_json::Value) {
+        std::fs::write(self.fake_dir.join("scenario.json"), scenario.to_string()).unwrap();
+        for e in std::fs::read_dir(&self.fake_dir).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with("counter-") {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        cmd.args(args)
+            .current_dir(&self.root)
+            .env("XTASK_PROJECT_ROOT", &self.root)
+            .env(
+                "PATH",
+                format!("{}:{}", fakes_dir().display(), tools_path()),
+            )
+            .env("FAKE_DIR", &self.fake_dir)
+            .env("HOME", &self.home)
+            .env("HELM_CACHE_HOME", self.home.join(".cache/helm"))
+            .env("HELM_CONFIG_HOME", self.home.join(".config/helm"))
+            .env("HELM_DATA_HOME", self.home.join(".local/share/helm"))
+            .stdin(Stdio::null());
+        for var in [
+            "VAULT_ADDR",
+            "VAULT_TOKEN",
+            "VAULT_NAMESPACE",
+            "SECRETS_PROVIDER",
+            "AZURE_KEYVAULT_NAME",
+            "EXTERNALSECRET_WAIT_ATTEMPTS",
+            "EXTERNALSECRET_WAIT_SLEEP",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd
+    }
+
+    pub fn xtask(&self, args: &[&str]) -> Run {
+        self.xtask_env(args, &[])
+    }
+
+    pub fn xtask_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
+        let mut cmd = self.command(args);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Every call the fakes recorded, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        std::fs::read_to_string(self.fake_dir.join("calls.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    pub fn write(&self, rel: &str, text: &str) {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap()
+    }
+}
+
+/// One HTTP request the proxy saw.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub body: Vec<u8>,
+}
+
+/// What the proxy does with a request.
+pub enum Action {
+    Forward,
+    Reply {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+}
+
+pub type Hook = std::sync::Arc<dyn Fn(&Request) -> Action + Send + Sync>;
+
+/// A loopback HTTP/1.1 proxy in front of a server, with a hook that may
+/// act before forwarding (a concurrent edit) or answer itself (429, 503).
+pub struct Proxy {
+    pub port: u16,
+}
+
+impl Proxy {
+    pub fn start(upstream: u16, hook: Hook) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let hook = hook.clone();
+                std::thread::spawn(move || {
+                    let _ = serve(client, upstream, hook);
+                });
+            }
+        });
+        Proxy { port }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+fn serve(mut client: TcpStream, upstream: u16, hook: Hook) -> std::io::Result<()> {
+    let mut up: Option<TcpStream> = None;
+    let mut reader = std::io::BufReader::new(client.try_clone()?);
+    loop {
+        let Some((head, body)) = read_message(&mut reader, true)? else {
+            return Ok(());
+        };
+        let first = String::from_utf8_lossy(&head)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let mut parts = first.split_whitespace();
+        let req = Request {
+            method: parts.next().unwrap_or_default().to_string(),
+            path: parts.next().unwrap_or_default().to_string(),
+            body: body.clone(),
+        };
+        match hook(&req) {
+            Action::Reply {
+                status,
+                headers,
+                body,
+            } => {
+                let mut resp = format!(
+                    "HTTP/1.1 {status} Hooked\r\nContent-Length: {}\r\n",
+                    body.len()
+                );
+                for (k, v) in headers {
+                    resp.push_str(&format!("{k}: {v}\r\n"));
+                }
+                resp.push_str("Content-Type: application/json\r\n\r\n");
+                resp.push_str(&body);
+                client.write_all(resp.as_bytes())?;
+            }
+            Action::Forward => {
+                if up.is_none() {
+                    up = Some(TcpStream::connect(("127.0.0.1", upstream))?);
+                }
+                let u = up.as_mut().unwrap();
+                u.write_all(&head)?;
+                u.write_all(&body)?;
+                let mut ur = std::io::BufReader::new(u.try_clone()?);
+                let Some((rhead, rbody)) = read_message(&mut ur, false)? else {
+                    return Ok(());
+                };
+                // Re-frame the body with a Content-Length (it may have come chunked).
+                let text = String::from_utf8_lossy(&rhead).to_string();
+                let mut out = String::new();
+                for line in text.split("\r\n").filter(|l| !l.is_empty()) {
+                    let lower = line.to_ascii_lowercase();
+                    if !lower.starts_with("transfer-encoding")
+                        && !lower.starts_with("content-length")
+                    {
+                        out.push_str(line);
+                        out.push_str("\r\n");
+                    }
+                }
+                out.push_str(&format!("Content-Length: {}\r\n\r\n", rbody.len()));
+                client.write_all(out.as_bytes())?;
+                client.write_all(&rbody)?;
+            }
+        }
+    }
+}
+
+/// Reads one HTTP message: head bytes (with the blank line) and the body.
+fn read_message<R: std::io::BufRead>(
+    r: &mut R,
+    request: bool,
+) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    let mut head = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        if r.read_until(b'\n', &mut line)? == 0 {
+            return Ok(None);
+        }
+        head.extend_from_slice(&line);
+        if line == b"\r\n" {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let header = |name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(&format!("{name}:"))
+                .map(|v| v.trim().to_string())
+        })
+    };
+    let status_no_body = !request && {
+        let code = text.split_whitespace().nth(1).unwrap_or("");
+        code == "204" || code == "304" || code.starts_with('1')
+    };
+    let mut body = Vec::new();
+    if status_no_body {
+    } else if let Some(len) = header("content-length") {
+        body.resize(len.parse().unwrap_or(0), 0);
+        r.read_exact(&mut body)?;
+    } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            let mut chunk = vec![0u8; n + 2];
+            r.read_exact(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    Ok(Some((head, body)))
+}
