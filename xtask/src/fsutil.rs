@@ -98,6 +98,7 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
 }
 
 /// The mode bits of a file.
+#[cfg(test)]
 pub fn mode(path: &Path) -> Result<u32> {
     Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
 }
@@ -107,7 +108,6 @@ pub fn mode(path: &Path) -> Result<u32> {
 /// kernel releases the lock when the holder exits, however it exits.
 pub struct Lock {
     file: File,
-    path: PathBuf,
 }
 
 impl Lock {
@@ -148,14 +148,7 @@ impl Lock {
             now_rfc3339()
         )?;
         file.sync_all()?;
-        Ok(Lock {
-            file,
-            path: path.to_path_buf(),
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Lock { file })
     }
 }
 

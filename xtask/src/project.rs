@@ -16,8 +16,8 @@ pub fn project_root() -> PathBuf {
 
 /// The default fixtures: secret name to value, deterministic and weak by design.
 pub const DEFAULT_FIXTURES: &str = "scripts/azure/default-local-keyvault-secrets.json";
-/// The coverage contract.
-pub const CONTRACT: &str = "infra/kubernetes/values/platform/azure-keyvault-secrets.yaml";
+/// The coverage contract, inside the infra tree.
+pub const CONTRACT_IN_INFRA: &str = "values/platform/azure-keyvault-secrets.yaml";
 /// The infra tree that `check` scans.
 pub const INFRA: &str = "infra/kubernetes";
 /// Layer 15: secrets and certificates.

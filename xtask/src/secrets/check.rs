@@ -252,7 +252,7 @@ pub fn collect(
         return scan::scan_static(infra, root);
     }
     let mut scan = scan::scan_rendered(infra, root, env, &project::path_with_tools(root))?;
-    let contract: PathBuf = infra.join("values/platform/azure-keyvault-secrets.yaml");
+    let contract: PathBuf = infra.join(project::CONTRACT_IN_INFRA);
     if contract.is_file() {
         let text = std::fs::read_to_string(&contract)?;
         let shown = contract

@@ -277,10 +277,11 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-/// The fixtures path as configured, and whether it is the repository default.
+/// The fixtures path as configured, and whether the symlink guard applies:
+/// only an explicit `--fixtures` may point anywhere.
 pub fn resolve(cfg: &crate::secrets::config::Config) -> (PathBuf, bool) {
-    let is_default = cfg.fixtures.source == crate::secrets::config::Source::Builtin;
-    (cfg.abs(&cfg.fixtures.value), is_default)
+    let guarded = cfg.fixtures.source != crate::secrets::config::Source::Flag("--fixtures");
+    (cfg.abs(&cfg.fixtures.value), guarded)
 }
 
 #[cfg(test)]

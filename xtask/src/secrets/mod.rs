@@ -3,15 +3,19 @@
 pub mod check;
 pub mod config;
 pub mod fixtures;
+pub mod flagfile;
 pub mod guard;
+pub mod journal;
 pub mod kube;
 pub mod manifests;
+pub mod migrate;
 pub mod plan;
 pub mod provider;
 pub mod scan;
 pub mod seed;
+pub mod status;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::flags;
 
@@ -19,8 +23,8 @@ pub fn run(cmd: flags::Secrets) -> Result<()> {
     match cmd.subcommand {
         flags::SecretsCmd::Seed(f) => seed::run(&f),
         flags::SecretsCmd::Check(f) => check::run(&f),
-        flags::SecretsCmd::Migrate(_) => bail!("`secrets migrate` is not built yet"),
-        flags::SecretsCmd::Rollback(_) => bail!("`secrets rollback` is not built yet"),
-        flags::SecretsCmd::Status(_) => bail!("`secrets status` is not built yet"),
+        flags::SecretsCmd::Migrate(f) => migrate::run_migrate(&f),
+        flags::SecretsCmd::Rollback(f) => migrate::run_rollback(&f),
+        flags::SecretsCmd::Status(f) => status::run(&f),
     }
 }

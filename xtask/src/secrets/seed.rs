@@ -11,8 +11,9 @@ use serde::Serialize;
 
 use crate::output::{parse_format, Format};
 use crate::secrets::config::{Config, FlagValues, ProviderKind};
+use crate::secrets::fixtures::SecretSet;
 use crate::secrets::plan::{self, Action, Counts, Item};
-use crate::secrets::provider::{self, Outcome, Write};
+use crate::secrets::provider::{self, Outcome, SecretProvider, Write};
 use crate::secrets::{fixtures, guard, manifests};
 use crate::{flags, project_root, PartialError};
 
@@ -26,6 +27,7 @@ struct Report<'a> {
     counts: Counts,
     written: Vec<String>,
     not_written: Vec<NotWritten>,
+    unstamped: Vec<NotWritten>,
     elapsed_ms: u128,
     #[serde(skip_serializing_if = "Option::is_none")]
     requests: Option<u64>,
@@ -35,10 +37,10 @@ struct Report<'a> {
     retries: Option<u64>,
 }
 
-#[derive(Serialize, Clone)]
-struct NotWritten {
-    name: String,
-    reason: String,
+#[derive(Serialize, Clone, Debug)]
+pub struct NotWritten {
+    pub name: String,
+    pub reason: String,
 }
 
 pub fn run(flags: &flags::Seed) -> Result<()> {
@@ -81,9 +83,6 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
 
     let started = Instant::now();
     let mut store = provider::open(&cfg, flags.allow_non_local.as_deref())?;
-    let current = store.read(&desired.names())?;
-    let items = plan::plan(&desired, &current, store.records_checksums(), flags.force);
-    let counts = plan::counts(&items);
     let show = Show {
         quiet: flags.quiet,
         verbose: flags.verbose,
@@ -94,6 +93,8 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
         .unwrap_or(&fixtures_path)
         .display()
         .to_string();
+    let items = plan_for(store.as_mut(), &desired, flags.force)?;
+    let counts = plan::counts(&items);
     if show.text && !show.quiet {
         println!(
             "seed: {} secrets from {fixtures_shown}{} -> {}",
@@ -108,43 +109,14 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
         print_plan(&items, show.verbose);
         println!("plan: {}", counts_line(&counts));
     }
-
-    let mut written = Vec::new();
-    let mut not_written: Vec<NotWritten> = items
-        .iter()
-        .filter_map(|i| match &i.action {
-            Action::Conflict(reason) => Some(NotWritten {
-                name: i.name.clone(),
-                reason: reason.clone(),
-            }),
-            _ => None,
-        })
-        .collect();
+    store.set_progress(show.text && !show.quiet && std::io::stderr().is_terminal());
+    let result = if flags.dry_run {
+        SeedRun::planned(&items)
+    } else {
+        apply(store.as_mut(), &desired, &items)?
+    };
+    let (written, not_written) = (result.written.clone(), result.not_written.clone());
     if !flags.dry_run {
-        let writes: Vec<Write<'_>> = items
-            .iter()
-            .filter(|i| i.writes())
-            .map(|i| Write {
-                name: &i.name,
-                value: &desired.entries[&i.name].value,
-                sha256: &i.sha256,
-                cas: i.cas,
-                metadata_only: i.action == Action::Restamp,
-            })
-            .collect();
-        store.set_progress(show.text && !show.quiet && std::io::stderr().is_terminal());
-        if !writes.is_empty() {
-            for (name, outcome) in store.write(&writes)? {
-                match outcome {
-                    Outcome::Written => written.push(name),
-                    Outcome::Conflict(reason) | Outcome::Failed(reason) => {
-                        not_written.push(NotWritten { name, reason })
-                    }
-                }
-            }
-        }
-        written.sort();
-        not_written.sort_by(|a, b| a.name.cmp(&b.name));
         if let Some(kind) = render {
             let out = flags.out.as_deref().expect("checked above");
             manifests::write(&root, kind, &desired, out)?;
@@ -159,27 +131,27 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
     }
     let elapsed = started.elapsed();
     let stats = store.stats();
+    let target = store.target();
     drop(store);
 
     match format {
         Format::Json => {
             let report = Report {
                 provider: cfg.provider.value.as_str(),
-                target: String::new(),
+                target,
                 fixtures: fixtures_shown,
                 dry_run: flags.dry_run,
                 plan: &items,
                 counts: counts.clone(),
                 written: written.clone(),
                 not_written: not_written.clone(),
+                unstamped: result.unstamped.clone(),
                 elapsed_ms: elapsed.as_millis(),
                 requests: stats.map(|s| s.0),
                 writes: stats.map(|s| s.1),
                 retries: stats.map(|s| s.2),
             };
-            let mut value = serde_json::to_value(&report)?;
-            value["target"] = serde_json::Value::String(target_for_json(&cfg));
-            println!("{}", serde_json::to_string_pretty(&value)?);
+            println!("{}", serde_json::to_string_pretty(&report)?);
         }
         _ if flags.dry_run => {
             if !show.quiet {
@@ -205,65 +177,148 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
         }
     }
 
-    if flags.dry_run || not_written.is_empty() {
+    if flags.dry_run {
         return Ok(());
     }
-    let failed: Vec<&NotWritten> = not_written
-        .iter()
-        .filter(|nw| {
-            !items
-                .iter()
-                .any(|i| i.name == nw.name && matches!(i.action, Action::Conflict(_)))
-        })
-        .collect();
-    let names = |v: &[&NotWritten]| {
-        v.iter()
-            .map(|n| n.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if !written.is_empty() && !failed.is_empty() {
-        let all: Vec<&NotWritten> = not_written.iter().collect();
-        return Err(PartialError(format!(
-            "partial seed: {} written ({}); {} not written ({}). Re-run the same command to finish: it writes only \
-             what is still missing.",
-            written.len(),
-            written.join(", "),
-            all.len(),
-            names(&all)
-        ))
-        .into());
-    }
-    if !failed.is_empty() {
-        bail!(
-            "{} secrets not written ({}); nothing was changed",
-            failed.len(),
-            names(&failed)
-        );
-    }
-    let all: Vec<&NotWritten> = not_written.iter().collect();
-    bail!(
-        "{} conflicts not written ({}): they were changed outside the seed. Keep them in \
-         .local/secrets/overrides.json, or overwrite with --force.",
-        all.len(),
-        names(&all)
-    )
+    result.into_result()
 }
 
-fn target_for_json(cfg: &Config) -> String {
-    match cfg.provider.value {
-        ProviderKind::Vault => cfg
-            .vault_addr
-            .as_ref()
-            .map(|a| a.value.clone())
-            .unwrap_or_else(|| "port-forward".into()),
-        ProviderKind::File => cfg.file_store.value.display().to_string(),
-        ProviderKind::Azure => cfg
-            .azure_vault_name
-            .as_ref()
-            .map(|a| a.value.clone())
-            .unwrap_or_default(),
+/// What a seed did: written, and not written with the reason.
+#[derive(Debug, Clone, Default)]
+pub struct SeedRun {
+    pub written: Vec<String>,
+    pub not_written: Vec<NotWritten>,
+    /// Names whose write failed (not conflicts).
+    pub failed: Vec<String>,
+    /// Values written whose checksum was not recorded (also in `written`).
+    pub unstamped: Vec<NotWritten>,
+}
+
+impl SeedRun {
+    /// A dry run: the planned conflicts are all that is "not written".
+    fn planned(items: &[Item]) -> SeedRun {
+        let mut run = SeedRun::default();
+        for i in items {
+            if let Action::Conflict(reason) = &i.action {
+                run.not_written.push(NotWritten {
+                    name: i.name.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+        run
     }
+
+    /// Exit status: partial (3) when some writes failed after others landed,
+    /// failed (1) when nothing landed or conflicts remain, ok otherwise.
+    pub fn into_result(self) -> Result<()> {
+        if self.not_written.is_empty() && self.unstamped.is_empty() {
+            return Ok(());
+        }
+        let names = |v: &[NotWritten]| {
+            v.iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // The first failure's reason: the cause a human needs (sealed, 403, unreachable).
+        let cause = self
+            .not_written
+            .iter()
+            .find(|n| self.failed.contains(&n.name))
+            .or(self.unstamped.first())
+            .map(|n| format!(" First failure: {}: {}", n.name, n.reason))
+            .unwrap_or_default();
+        if !self.written.is_empty() && (!self.failed.is_empty() || !self.unstamped.is_empty()) {
+            let unstamped = if self.unstamped.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} of them without their checksum: {})",
+                    self.unstamped.len(),
+                    names(&self.unstamped)
+                )
+            };
+            return Err(PartialError(format!(
+                "partial seed: {} written{unstamped} ({}); {} not written ({}).{cause} Re-run the same command to \
+                 finish: it writes only what is still missing.",
+                self.written.len(),
+                self.written.join(", "),
+                self.not_written.len(),
+                names(&self.not_written)
+            ))
+            .into());
+        }
+        if !self.failed.is_empty() {
+            bail!(
+                "{} secrets not written ({}); the store is unchanged.{cause}",
+                self.failed.len(),
+                self.failed.join(", ")
+            );
+        }
+        bail!(
+            "{} conflicts not written ({}): they were changed outside the seed. Keep them in \
+             .local/secrets/overrides.json, or overwrite with --force.",
+            self.not_written.len(),
+            names(&self.not_written)
+        )
+    }
+}
+
+/// Reads the store and plans every fixture.
+pub fn plan_for(
+    store: &mut dyn SecretProvider,
+    desired: &SecretSet,
+    force: bool,
+) -> Result<Vec<Item>> {
+    let current = store.read(&desired.names())?;
+    Ok(plan::plan(
+        desired,
+        &current,
+        store.records_checksums(),
+        force,
+    ))
+}
+
+/// Writes what the plan says; never a value in the result.
+pub fn apply(
+    store: &mut dyn SecretProvider,
+    desired: &SecretSet,
+    items: &[Item],
+) -> Result<SeedRun> {
+    let mut run = SeedRun::planned(items);
+    let writes: Vec<Write<'_>> = items
+        .iter()
+        .filter(|i| i.writes())
+        .map(|i| Write {
+            name: &i.name,
+            value: &desired.entries[&i.name].value,
+            sha256: &i.sha256,
+            cas: i.cas,
+            metadata_only: i.action == Action::Restamp,
+        })
+        .collect();
+    if !writes.is_empty() {
+        for (name, outcome) in store.write(&writes)? {
+            match outcome {
+                Outcome::Written => run.written.push(name),
+                Outcome::ValueOnly(reason) => {
+                    run.written.push(name.clone());
+                    run.unstamped.push(NotWritten { name, reason });
+                }
+                Outcome::Conflict(reason) => run.not_written.push(NotWritten { name, reason }),
+                Outcome::Failed(reason) => {
+                    run.failed.push(name.clone());
+                    run.not_written.push(NotWritten { name, reason });
+                }
+            }
+        }
+    }
+    run.written.sort();
+    run.failed.sort();
+    run.unstamped.sort_by(|a, b| a.name.cmp(&b.name));
+    run.not_written.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(run)
 }
 
 struct Show {

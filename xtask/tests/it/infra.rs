@@ -85,7 +85,7 @@ fn layer15_renders_the_store_for_every_environment_and_flag_value() {
                 }
                 _ => {
                     assert!(store.contains("    azurekv:\n"), "{store}");
-                    assert!(store.contains(&format!("vault.azure.net")), "{store}");
+                    assert!(store.contains("vault.azure.net"), "{store}");
                 }
             }
         }

@@ -5,7 +5,9 @@ mod support;
 
 mod check;
 mod cli;
+mod faults;
 mod infra;
+mod migrate;
 mod seed_azure;
 mod seed_file;
 mod seed_vault;

@@ -55,6 +55,11 @@ fn seeds_azure_through_private_files_and_retries_throttling() {
             !argv.contains(canary) && !argv.contains("local-graph-db-pass"),
             "a value in argv: {argv}"
         );
+        assert!(
+            !c.stdin.contains(canary),
+            "a value on az's stdin: {}",
+            c.stdin
+        );
     }
     assert!(!run.all().contains(canary));
 

@@ -150,6 +150,10 @@ impl OpenBao {
             .unwrap()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the server (for fault tests).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -393,10 +397,12 @@ impl Sandbox {
 pub struct Request {
     pub method: String,
     pub path: String,
+    #[allow(dead_code)] // for hooks that match on the payload
     pub body: Vec<u8>,
 }
 
-/// What the proxy does with a request.
+/// What the proxy does with a request. `Reply` with status 0 drops the
+/// connection without an answer, as a dead server would.
 pub enum Action {
     Forward,
     Reply {

@@ -47,10 +47,6 @@ impl FileProvider {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The whole store (empty if it does not exist yet).
     pub fn load(&self) -> Result<StoreFile> {
         load(&self.path)

@@ -41,6 +41,8 @@ pub struct Write<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Written,
+    /// The value landed but its checksum did not: a re-run restamps it.
+    ValueOnly(String),
     /// Someone else changed the entry between our read and our write.
     Conflict(String),
     Failed(String),

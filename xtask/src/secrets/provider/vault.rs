@@ -31,7 +31,6 @@ pub struct VaultProvider {
     mount: String,
     kv: KvVersion,
     concurrency: usize,
-    token_source: Source,
     /// Progress on standard error while writing (a TTY and a long run).
     pub progress: bool,
     /// Held for the provider's lifetime; stopped on drop.
@@ -130,18 +129,9 @@ impl VaultProvider {
             mount,
             kv,
             concurrency,
-            token_source: endpoint.token.source,
             progress: false,
             _port_forward: endpoint.port_forward,
         })
-    }
-
-    pub fn kv_version(&self) -> KvVersion {
-        self.kv
-    }
-
-    pub fn token_source(&self) -> &Source {
-        &self.token_source
     }
 
     /// Requests, writes and retries so far.
@@ -433,13 +423,13 @@ async fn write_one(
             Ok(r) if (200..300).contains(&r.status) => {}
             // The value is written; only the checksum is missing. A re-run restamps it.
             Ok(r) => {
-                return Outcome::Failed(format!(
-                    "value written, but POST {meta_path} failed with HTTP {}: {}; re-run to record the checksum",
+                return Outcome::ValueOnly(format!(
+                    "POST {meta_path} failed with HTTP {}: {}",
                     r.status,
                     r.errors()
                 ))
             }
-            Err(e) => return Outcome::Failed(format!("value written, but recording the checksum failed: {e}")),
+            Err(e) => return Outcome::ValueOnly(e.to_string()),
         }
     }
     Outcome::Written

@@ -119,7 +119,6 @@ pub enum Method {
     Get,
     List,
     Post,
-    Put,
 }
 
 pub struct VaultHttp {
@@ -189,7 +188,7 @@ impl VaultHttp {
                 });
             }
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            if matches!(method, Method::Post | Method::Put) {
+            if method == Method::Post {
                 self.stats.writes.fetch_add(1, Ordering::Relaxed);
             }
             let (err, wait) = match self.once(method, path, body).await {
@@ -261,7 +260,6 @@ impl VaultHttp {
             Method::Get => self.client.get(&url),
             Method::List => self.client.get(format!("{url}?list=true")),
             Method::Post => self.client.post(&url),
-            Method::Put => self.client.put(&url),
         };
         req = req
             .header("X-Vault-Token", self.token.expose())
@@ -373,7 +371,6 @@ fn describe(method: Method, path: &str) -> String {
         Method::Get => "GET",
         Method::List => "LIST",
         Method::Post => "POST",
-        Method::Put => "PUT",
     };
     format!("{verb} {}", path.split('?').next().unwrap_or(path))
 }

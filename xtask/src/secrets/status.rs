@@ -1,0 +1,185 @@
+//! `cargo xtask secrets status`: where things stand, without changing anything.
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::output::{parse_format, Format};
+use crate::secrets::config::{Config, FlagValues};
+use crate::secrets::journal::Journal;
+use crate::secrets::kube;
+use crate::secrets::provider::vault_http::VaultHttp;
+use crate::secrets::scan::STORE_NAME;
+use crate::secrets::{flagfile, guard};
+use crate::{flags, project, project_root};
+
+pub fn run(flags: &flags::Status) -> Result<()> {
+    let format = parse_format(flags.output.as_deref(), &[Format::Text, Format::Json])?;
+    let env = flags.env.clone().unwrap_or_else(|| "local".into());
+    let root = project_root();
+    let cfg = Config::load(&root, &FlagValues::default())?;
+
+    let mut flags_by_env = Vec::new();
+    for e in project::environments(&root) {
+        let rel = project::flag_file(&e).display().to_string();
+        let value = std::fs::read_to_string(root.join(&rel))
+            .map_err(anyhow::Error::from)
+            .and_then(|t| flagfile::provider(&t, &rel).map(|p| p.as_str().to_string()))
+            .unwrap_or_else(|e| format!("error: {e:#}"));
+        flags_by_env.push((e, value));
+    }
+    let journal = Journal::load(&root, &env)?;
+    let last = journal.current().cloned();
+    let context = kube::current_context();
+    let context_local = context
+        .as_ref()
+        .map(|c| guard::is_local_context(c, &cfg.local_contexts));
+    let vault = vault_health(&cfg);
+    let eso = match (&context, context_local) {
+        (Some(_), Some(true)) => Some(kube::external_secrets().map_err(|e| format!("{e:#}"))),
+        _ => None,
+    };
+
+    match format {
+        Format::Json => {
+            let eso_json = match &eso {
+                None => json!(null),
+                Some(Ok(list)) => json!(list
+                    .iter()
+                    .filter(|e| e.store == format!("ClusterSecretStore/{STORE_NAME}"))
+                    .collect::<Vec<_>>()),
+                Some(Err(e)) => json!({ "error": e }),
+            };
+            let cfg_rows: Vec<_> = cfg
+                .describe()
+                .into_iter()
+                .map(|(k, v, s)| json!({"key": k, "value": v, "source": s}))
+                .collect();
+            let value = json!({
+                "env": env,
+                "providers": flags_by_env.iter().map(|(e, v)| json!({"env": e, "provider": v})).collect::<Vec<_>>(),
+                "last_migration": last,
+                "kube_context": context,
+                "kube_context_local": context_local,
+                "vault": vault,
+                "external_secrets": eso_json,
+                "config": cfg_rows,
+            });
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
+        _ => {
+            println!("provider flag (secrets.provider) per environment:");
+            for (e, v) in &flags_by_env {
+                println!("  {e:<12} {v}{}", if *e == env { "   <-" } else { "" });
+            }
+            println!("\nlast migration of {env}:");
+            match &last {
+                None => println!(
+                    "  none in {}",
+                    project::shown(&crate::secrets::journal::path(&root, &env))
+                ),
+                Some(m) => {
+                    println!(
+                        "  {} {} -> {}: {:?}, started {}",
+                        m.kind, m.from, m.to, m.state, m.started
+                    );
+                    for s in &m.steps {
+                        println!(
+                            "    {:<18} {:?}{}",
+                            s.name,
+                            s.outcome,
+                            if s.detail.is_empty() {
+                                String::new()
+                            } else {
+                                format!(": {}", first_line(&s.detail))
+                            }
+                        );
+                    }
+                }
+            }
+            println!(
+                "\nkube context: {}",
+                match (&context, context_local) {
+                    (Some(c), Some(true)) => format!("{c} (local)"),
+                    (Some(c), _) => format!("{c} (not local: migrate and port-forward refuse it)"),
+                    (None, _) => "none".into(),
+                }
+            );
+            println!("vault: {}", vault["summary"].as_str().unwrap_or_default());
+            match &eso {
+                None => println!("external secrets: no local cluster reachable"),
+                Some(Err(e)) => println!("external secrets: {}", first_line(e)),
+                Some(Ok(list)) => {
+                    let ours: Vec<_> = list
+                        .iter()
+                        .filter(|e| e.store == format!("ClusterSecretStore/{STORE_NAME}"))
+                        .collect();
+                    let ready = ours.iter().filter(|e| e.ready == Some(true)).count();
+                    println!(
+                        "external secrets on {STORE_NAME}: {ready}/{} Ready",
+                        ours.len()
+                    );
+                    for e in ours.iter().filter(|e| e.ready != Some(true)) {
+                        println!("  {}: {}: {}", e.id(), e.reason, e.message);
+                    }
+                }
+            }
+            println!("\neffective configuration (highest precedence wins: flag, env, .local/secrets.toml, secrets.toml, built-in):");
+            for (k, v, s) in cfg.describe() {
+                println!("  {k:<18} {v:<52} {s}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or_default()
+}
+
+/// Vault health and seal status when an address is configured; status
+/// never starts a port-forward (it must not need a cluster).
+fn vault_health(cfg: &Config) -> serde_json::Value {
+    let Some(addr) = &cfg.vault_addr else {
+        return json!({"summary": "VAULT_ADDR unset (seed port-forwards through a local kube context)"});
+    };
+    if let Err(e) = guard::check_vault_addr(&addr.value, None) {
+        return json!({"addr": addr.value, "summary": format!("not checked: {e}")});
+    }
+    let token = cfg
+        .vault_token
+        .as_ref()
+        .map(|t| t.value.clone())
+        .unwrap_or_else(|| crate::secrets::config::Secret::new(String::new()));
+    let result = (|| -> anyhow::Result<serde_json::Value> {
+        let http = VaultHttp::new(
+            &addr.value,
+            token,
+            None,
+            std::time::Duration::from_secs(5),
+            0,
+            1,
+        )?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let health = rt.block_on(http.health())?;
+        Ok(json!({
+            "addr": addr.value,
+            "initialized": health.initialized,
+            "sealed": health.sealed,
+            "standby": health.standby,
+            "version": health.version,
+            "summary": format!(
+                "{} ({}): {}{}, version {}",
+                addr.value,
+                addr.source,
+                if health.sealed { "SEALED" } else { "unsealed" },
+                if health.standby { ", standby" } else { "" },
+                health.version.as_deref().unwrap_or("?")
+            ),
+        }))
+    })();
+    result.unwrap_or_else(
+        |e| json!({"addr": addr.value, "summary": format!("{} unreachable: {e:#}", addr.value)}),
+    )
+}
