@@ -152,6 +152,16 @@ xflags::xflags! {
                 optional --wait-sleep secs: f64
             }
 
+            /// Print shell completions for `cargo xtask` (bash, zsh or fish).
+            ///
+            /// Examples:
+            ///   cargo xtask secrets completions bash > ~/.local/share/bash-completion/completions/cargo-xtask
+            ///   cargo xtask secrets completions fish > ~/.config/fish/completions/cargo-xtask.fish
+            cmd completions {
+                /// bash, zsh or fish.
+                required shell: String
+            }
+
             /// Show the provider flag per environment, the last migration, Vault health and config sources.
             ///
             /// Example: cargo xtask secrets status

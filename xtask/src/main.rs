@@ -5,6 +5,7 @@
 //! for the layout.
 
 mod bench;
+mod completions;
 mod flags;
 mod fsutil;
 mod help;

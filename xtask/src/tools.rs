@@ -132,6 +132,12 @@ pub enum Found {
 }
 
 impl Found {
+    pub fn path(&self) -> &Path {
+        match self {
+            Found::Pinned(p) | Found::OnPath(p) => p,
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
             Found::Pinned(p) => format!("{} (sha256 verified)", p.display()),

@@ -26,5 +26,6 @@ pub fn run(cmd: flags::Secrets) -> Result<()> {
         flags::SecretsCmd::Migrate(f) => migrate::run_migrate(&f),
         flags::SecretsCmd::Rollback(f) => migrate::run_rollback(&f),
         flags::SecretsCmd::Status(f) => status::run(&f),
+        flags::SecretsCmd::Completions(f) => crate::completions::run(&f.shell),
     }
 }

@@ -11,3 +11,4 @@ mod migrate;
 mod seed_azure;
 mod seed_file;
 mod seed_vault;
+mod shims;

@@ -236,6 +236,34 @@ async fn kv_version(http: &VaultHttp, mount: &str) -> Result<KvVersion> {
     }
 }
 
+/// Runs `f` over `items` with at most `limit` tasks alive at once. Tasks are
+/// spawned as others finish, so memory stays flat however many items there are.
+async fn bounded<I, F, Fut, T>(items: I, limit: usize, f: F) -> Result<Vec<T>>
+where
+    I: IntoIterator,
+    F: Fn(I::Item) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut items = items.into_iter();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut out = Vec::new();
+    loop {
+        while tasks.len() < limit.max(1) {
+            match items.next() {
+                Some(item) => {
+                    tasks.spawn(f(item));
+                }
+                None => break,
+            }
+        }
+        match tasks.join_next().await {
+            Some(joined) => out.push(joined.map_err(|e| anyhow!("a task failed: {e}"))?),
+            None => return Ok(out),
+        }
+    }
+}
+
 /// Reads one entry into a [`Current`].
 fn current_from(kv: KvVersion, reply: &Value) -> Option<Current> {
     let (data, meta) = match kv {
@@ -280,7 +308,7 @@ impl SecretProvider for VaultProvider {
             .iter()
             .map(|n| (n.clone(), self.data_path(n)))
             .collect();
-        let sem = Arc::new(tokio::sync::Semaphore::new(self.concurrency));
+        let limit = self.concurrency;
         self.rt.block_on(async move {
             let existing: std::collections::HashSet<String> =
                 VaultProvider::list_async(&http, &list_path)
@@ -288,36 +316,38 @@ impl SecretProvider for VaultProvider {
                     .into_iter()
                     .collect();
             let mut out: BTreeMap<String, Option<Current>> = BTreeMap::new();
-            let mut tasks = tokio::task::JoinSet::new();
-            for (name, path) in paths {
-                if !existing.contains(&name) {
-                    out.insert(name, None);
-                    continue;
-                }
-                let (http, sem) = (http.clone(), sem.clone());
-                tasks.spawn(async move {
-                    let _permit = sem.acquire_owned().await;
+            let (present, absent): (Vec<_>, Vec<_>) =
+                paths.into_iter().partition(|(n, _)| existing.contains(n));
+            out.extend(absent.into_iter().map(|(n, _)| (n, None)));
+            // Each task keeps only the small `Current`, not the whole reply.
+            let currents = bounded(present, limit, |(name, path)| {
+                let http = http.clone();
+                async move {
                     let reply = http.call(Method::Get, &path, None).await;
-                    (name, path, reply)
-                });
-            }
-            while let Some(joined) = tasks.join_next().await {
-                let (name, path, reply) = joined.map_err(|e| anyhow!("a read task failed: {e}"))?;
-                let reply = reply
-                    .map_err(anyhow::Error::from)
-                    .with_context(|| format!("reading {name}"))?;
-                let current = match reply.status {
-                    200 => current_from(kv, &reply.body),
-                    // KV v2 answers 404 for a deleted latest version but still
-                    // returns its metadata: re-creating needs that version for CAS.
-                    404 => reply.body["data"]["metadata"]["version"]
-                        .as_u64()
-                        .map(|v| Current {
-                            version: Some(v),
-                            ..Current::default()
-                        }),
-                    code => bail!("GET {path} failed with HTTP {code}: {}", reply.errors()),
-                };
+                    let current =
+                        reply
+                            .map_err(anyhow::Error::from)
+                            .and_then(|reply| match reply.status {
+                                200 => Ok(current_from(kv, &reply.body)),
+                                // KV v2 answers 404 for a deleted latest version but still
+                                // returns its metadata: re-creating needs that version for CAS.
+                                404 => Ok(reply.body["data"]["metadata"]["version"].as_u64().map(
+                                    |v| Current {
+                                        version: Some(v),
+                                        ..Current::default()
+                                    },
+                                )),
+                                code => Err(anyhow!(
+                                    "GET {path} failed with HTTP {code}: {}",
+                                    reply.errors()
+                                )),
+                            });
+                    (name, current)
+                }
+            })
+            .await?;
+            for (name, current) in currents {
+                let current = current.with_context(|| format!("reading {name}"))?;
                 out.insert(name, current);
             }
             Ok(out)
@@ -331,30 +361,29 @@ impl SecretProvider for VaultProvider {
         let total = writes.len();
         let show = self.progress && total >= 200;
         let done = Arc::new(AtomicUsize::new(0));
-        let jobs: Vec<(String, String, Option<Value>, Option<Value>)> = writes
+        let jobs: Vec<Job> = writes
             .iter()
-            .map(|w| {
-                let data = (!w.metadata_only).then(|| match (kv, w.cas) {
-                    (KvVersion::V2, Some(cas)) => json!({"options": {"cas": cas}, "data": {"value": w.value}}),
-                    (KvVersion::V2, None) => json!({"data": {"value": w.value}}),
-                    (KvVersion::V1, _) => json!({"value": w.value}),
-                });
-                let meta = (kv == KvVersion::V2).then(|| {
-                    json!({"custom_metadata": {"managed-by": MANAGED_BY, "fixture-sha256": w.sha256}})
-                });
-                (w.name.to_string(), self.data_path(w.name), data, meta)
+            .map(|w| Job {
+                name: w.name.to_string(),
+                path: self.data_path(w.name),
+                value: (!w.metadata_only).then(|| w.value.to_string()),
+                sha256: w.sha256.to_string(),
+                cas: w.cas,
             })
             .collect();
-        let sem = Arc::new(tokio::sync::Semaphore::new(self.concurrency));
+        let limit = self.concurrency;
         self.rt.block_on(async move {
-            let mut tasks = tokio::task::JoinSet::new();
-            for (name, path, data, meta) in jobs {
-                let (http, sem, mount, done) =
-                    (http.clone(), sem.clone(), mount.clone(), done.clone());
-                tasks.spawn(async move {
-                    let _permit = sem.acquire_owned().await;
-                    let outcome =
-                        write_one(&http, &mount, &name, &path, data.as_ref(), meta.as_ref()).await;
+            bounded(jobs, limit, |job| {
+                let (http, mount, done) = (http.clone(), mount.clone(), done.clone());
+                async move {
+                    let data = job.value.as_ref().map(|value| match (kv, job.cas) {
+                        (KvVersion::V2, Some(cas)) => json!({"options": {"cas": cas}, "data": {"value": value}}),
+                        (KvVersion::V2, None) => json!({"data": {"value": value}}),
+                        (KvVersion::V1, _) => json!({"value": value}),
+                    });
+                    let meta = (kv == KvVersion::V2)
+                        .then(|| json!({"custom_metadata": {"managed-by": MANAGED_BY, "fixture-sha256": job.sha256}}));
+                    let outcome = write_one(&http, &mount, &job.name, &job.path, data.as_ref(), meta.as_ref()).await;
                     let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                     if show && (n % 100 == 0 || n == total) {
                         eprint!("\r  writing {n}/{total}");
@@ -362,14 +391,10 @@ impl SecretProvider for VaultProvider {
                             eprintln!();
                         }
                     }
-                    (name, outcome)
-                });
-            }
-            let mut out = Vec::with_capacity(total);
-            while let Some(joined) = tasks.join_next().await {
-                out.push(joined.map_err(|e| anyhow!("a write task failed: {e}"))?);
-            }
-            Ok(out)
+                    (job.name, outcome)
+                }
+            })
+            .await
         })
     }
 
@@ -387,6 +412,16 @@ impl SecretProvider for VaultProvider {
     fn set_progress(&mut self, on: bool) {
         self.progress = on;
     }
+}
+
+/// One write, owned so a task can carry it.
+struct Job {
+    name: String,
+    path: String,
+    /// `None`: only record the checksum.
+    value: Option<String>,
+    sha256: String,
+    cas: Option<u64>,
 }
 
 async fn write_one(

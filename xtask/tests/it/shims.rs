@@ -1,0 +1,104 @@
+//! The legacy scripts are thin shims over `cargo xtask secrets seed`.
+
+use crate::support::{OpenBao, Sandbox};
+
+fn shim(sb: &Sandbox, script: &str, args: &[&str], envs: &[(&str, &str)]) -> crate::support::Run {
+    let mut cmd = std::process::Command::new(sb.path(script));
+    cmd.args(args)
+        .env("XTASK_BIN", env!("CARGO_BIN_EXE_xtask"))
+        .env("XTASK_PROJECT_ROOT", &sb.root)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                crate::support::fakes_dir().display(),
+                crate::support::tools_path()
+            ),
+        )
+        .env("FAKE_DIR", &sb.fake_dir)
+        .env("HOME", &sb.home)
+        .env_remove("VAULT_ADDR")
+        .env_remove("VAULT_TOKEN")
+        .env_remove("AZURE_KEYVAULT_NAME");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    crate::support::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn the_azure_script_delegates_with_its_old_flags() {
+    let sb = Sandbox::new();
+    let run = shim(
+        &sb,
+        "scripts/azure/sync-local-keyvault-secrets.sh",
+        &["--vault-name", "kv-dev-bob", "--dry-run"],
+        &[],
+    )
+    .ok();
+    assert_eq!(
+        run.stderr
+            .lines()
+            .filter(|l| l.contains("deprecated"))
+            .count(),
+        1,
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stdout.contains("-> azure key vault kv-dev-bob"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("dry run: nothing written"));
+    let run = shim(
+        &sb,
+        "scripts/azure/sync-local-keyvault-secrets.sh",
+        &["--bogus"],
+        &[],
+    )
+    .code(2);
+    assert!(run.stderr.contains("unknown option: --bogus"));
+    // A refusal keeps its exit code through the shim.
+    shim(
+        &sb,
+        "scripts/azure/sync-local-keyvault-secrets.sh",
+        &["--vault-name", "ameide-production"],
+        &[],
+    )
+    .code(1);
+}
+
+#[test]
+fn the_vault_script_delegates_with_its_old_flags() {
+    if !crate::support::require_tools(&["bao"]) {
+        return;
+    }
+    let bao = OpenBao::start();
+    let sb = Sandbox::new();
+    let run = shim(
+        &sb,
+        "scripts/vault/ensure-local-secrets.py",
+        &["--vault-addr", &bao.addr],
+        &[("VAULT_TOKEN", &bao.token)],
+    )
+    .ok();
+    assert!(
+        run.stderr.contains("ensure-local-secrets.py is deprecated"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.contains("47 written"), "{}", run.stdout);
+    shim(
+        &sb,
+        "scripts/vault/ensure-local-secrets.py",
+        &["--nope"],
+        &[],
+    )
+    .code(2);
+}
