@@ -152,6 +152,14 @@ xflags::xflags! {
                 optional --wait-sleep secs: f64
             }
 
+            /// Check everything the local secret flow needs, each finding with its fix.
+            ///
+            /// Example: cargo xtask secrets doctor
+            cmd doctor {
+                /// Environment (default: local).
+                optional --env env: String
+            }
+
             /// Print shell completions for `cargo xtask` (bash, zsh or fish).
             ///
             /// Examples:

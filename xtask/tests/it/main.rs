@@ -4,6 +4,7 @@
 mod support;
 
 mod check;
+mod docs;
 mod cli;
 mod faults;
 mod infra;
