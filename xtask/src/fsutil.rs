@@ -122,20 +122,28 @@ impl Lock {
             .mode(0o600)
             .open(path)
             .with_context(|| format!("opening lock {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
-                bail!(
+        // Wait up to a second: a quick holder (a no-op seed) is done by then.
+        let mut holder = String::new();
+        let mut attempts = 0;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if attempts < 20 => {
+                    let now = std::fs::read_to_string(path).unwrap_or_default().trim().to_string();
+                    if !now.is_empty() {
+                        holder = now;
+                    }
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => bail!(
                     "another {what} is running ({}). Wait for it to finish; the lock {} frees itself when that process exits.",
-                    if holder.is_empty() { "holder unknown" } else { holder },
+                    if holder.is_empty() { "holder unknown" } else { holder.as_str() },
                     path.display()
-                );
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", path.display()));
+                ),
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("locking {}", path.display()));
+                }
             }
         }
         file.set_len(0)?;

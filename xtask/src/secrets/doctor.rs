@@ -23,13 +23,28 @@ struct Finding {
 }
 
 fn ok(area: &'static str, text: impl Into<String>) -> Finding {
-    Finding { level: Level::Ok, area, text: text.into(), fix: String::new() }
+    Finding {
+        level: Level::Ok,
+        area,
+        text: text.into(),
+        fix: String::new(),
+    }
 }
 fn warn(area: &'static str, text: impl Into<String>, fix: impl Into<String>) -> Finding {
-    Finding { level: Level::Warn, area, text: text.into(), fix: fix.into() }
+    Finding {
+        level: Level::Warn,
+        area,
+        text: text.into(),
+        fix: fix.into(),
+    }
 }
 fn fail(area: &'static str, text: impl Into<String>, fix: impl Into<String>) -> Finding {
-    Finding { level: Level::Fail, area, text: text.into(), fix: fix.into() }
+    Finding {
+        level: Level::Fail,
+        area,
+        text: text.into(),
+        fix: fix.into(),
+    }
 }
 
 pub fn run(flags: &flags::Doctor) -> Result<()> {
@@ -39,13 +54,32 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
 
     for tool in tools::TOOLS {
         match tools::locate(&root, tool) {
-            Some(found) => out.push(ok("tools", format!("{} {} at {}", tool.name, tool.version, project::shown(found.path())))),
-            None => out.push(fail("tools", format!("{} {} missing", tool.name, tool.version), "cargo xtask tools")),
+            Some(found) => out.push(ok(
+                "tools",
+                format!(
+                    "{} {} at {}",
+                    tool.name,
+                    tool.version,
+                    project::shown(found.path())
+                ),
+            )),
+            None => out.push(fail(
+                "tools",
+                format!("{} {} missing", tool.name, tool.version),
+                "cargo xtask tools",
+            )),
         }
     }
-    for (name, why) in [("kubectl", "to reach a cluster"), ("az", "only for --provider azure")] {
+    for (name, why) in [
+        ("kubectl", "to reach a cluster"),
+        ("az", "only for --provider azure"),
+    ] {
         if tools::which(name).is_none() {
-            out.push(warn("tools", format!("{name} not on PATH ({why})"), format!("install {name} if you need it")));
+            out.push(warn(
+                "tools",
+                format!("{name} not on PATH ({why})"),
+                format!("install {name} if you need it"),
+            ));
         }
     }
 
@@ -57,15 +91,29 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
         }
     };
     let flag_rel = project::flag_file(&env).display().to_string();
-    match std::fs::read_to_string(root.join(&flag_rel)).map_err(anyhow::Error::from).and_then(|t| flagfile::provider(&t, &flag_rel)) {
-        Ok(p) => out.push(ok("flag", format!("{flag_rel}: secrets.provider = {}", p.as_str()))),
-        Err(e) => out.push(fail("flag", format!("{e:#}"), "restore it: git checkout -- ".to_string() + &flag_rel)),
+    match std::fs::read_to_string(root.join(&flag_rel))
+        .map_err(anyhow::Error::from)
+        .and_then(|t| flagfile::provider(&t, &flag_rel))
+    {
+        Ok(p) => out.push(ok(
+            "flag",
+            format!("{flag_rel}: secrets.provider = {}", p.as_str()),
+        )),
+        Err(e) => out.push(fail(
+            "flag",
+            format!("{e:#}"),
+            "restore it: git checkout -- ".to_string() + &flag_rel,
+        )),
     }
 
     let context = kube::current_context();
     let local = match &context {
         None => {
-            out.push(warn("cluster", "no kube context", "kubectl config use-context <your local cluster> (k3d-..., kind-...)"));
+            out.push(warn(
+                "cluster",
+                "no kube context",
+                "kubectl config use-context <your local cluster> (k3d-..., kind-...)",
+            ));
             false
         }
         Some(c) if guard::is_local_context(c, &cfg.local_contexts) => {
@@ -83,10 +131,23 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
     };
 
     if cfg.vault_addr.is_some() || local {
-        let vault_cfg = Config::load(&root, &FlagValues { provider: Some("vault".into()), ..FlagValues::default() })?;
+        let vault_cfg = Config::load(
+            &root,
+            &FlagValues {
+                provider: Some("vault".into()),
+                ..FlagValues::default()
+            },
+        )?;
         match provider::open(&vault_cfg, None) {
-            Ok(p) => out.push(ok("vault", format!("{} reachable, unsealed, token valid", p.target()))),
-            Err(e) => out.push(fail("vault", format!("{e:#}"), "see the message; docs/secrets.md#troubleshooting")),
+            Ok(p) => out.push(ok(
+                "vault",
+                format!("{} reachable, unsealed, token valid", p.target()),
+            )),
+            Err(e) => out.push(fail(
+                "vault",
+                format!("{e:#}"),
+                "see the message; docs/secrets.md#troubleshooting",
+            )),
         }
     } else {
         out.push(warn(
@@ -99,7 +160,11 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
     if local {
         match kube::crd_present("externalsecrets.external-secrets.io") {
             Ok(true) => out.push(ok("eso", "ExternalSecret CRDs installed")),
-            Ok(false) => out.push(fail("eso", "External Secrets Operator is not installed", "install ESO on the cluster")),
+            Ok(false) => out.push(fail(
+                "eso",
+                "External Secrets Operator is not installed",
+                "install ESO on the cluster",
+            )),
             Err(e) => out.push(fail("eso", format!("{e:#}"), "check kubectl access")),
         }
         match kube::kubectl(&["get", "clustersecretstore", "ameide-vault", "--output", "json"]) {
@@ -126,16 +191,31 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
 
     let (path, guarded) = fixtures::resolve(&cfg);
     match fixtures::load(&root, &path, guarded, &cfg.abs(&cfg.overrides.value)) {
-        Err(e) => out.push(fail("fixtures", format!("{e:#}"), "fix the file at the position shown")),
+        Err(e) => out.push(fail(
+            "fixtures",
+            format!("{e:#}"),
+            "fix the file at the position shown",
+        )),
         Ok(set) => match check::collect(&root, &root.join(project::INFRA), &env, false) {
             Err(e) => out.push(fail("coverage", format!("{e:#}"), "fix the file it names")),
             Ok(scan) => {
                 let report = check::compare(&scan, &env, &set, None);
                 let missing = report.failures(&check::parse_fail_on(None)?).len();
                 if missing == 0 {
-                    out.push(ok("coverage", format!("{} fixtures cover {} required keys (static)", set.len(), report.required_keys)));
+                    out.push(ok(
+                        "coverage",
+                        format!(
+                            "{} fixtures cover {} required keys (static)",
+                            set.len(),
+                            report.required_keys
+                        ),
+                    ));
                 } else {
-                    out.push(fail("coverage", format!("{missing} keys missing or unusable"), "cargo xtask secrets check"));
+                    out.push(fail(
+                        "coverage",
+                        format!("{missing} keys missing or unusable"),
+                        "cargo xtask secrets check",
+                    ));
                 }
             }
         },
@@ -143,12 +223,27 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
 
     let store = cfg.abs(&cfg.file_store.value);
     if store.exists() {
-        let mode = std::fs::metadata(&store).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777).unwrap_or(0);
+        let mode = std::fs::metadata(&store)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+            .unwrap_or(0);
         if mode & 0o077 != 0 {
-            out.push(fail("file store", format!("{} has mode {mode:o}", project::shown(&store)), format!("chmod 600 {}", project::shown(&store))));
+            out.push(fail(
+                "file store",
+                format!("{} has mode {mode:o}", project::shown(&store)),
+                format!("chmod 600 {}", project::shown(&store)),
+            ));
         } else {
-            match guard::require_git_ignored(&root, &store, "the file store").and_then(|()| file::load(&store)) {
-                Ok(s) => out.push(ok("file store", format!("{}: {} secrets, 0600, git-ignored", project::shown(&store), s.secrets.len()))),
+            match guard::require_git_ignored(&root, &store, "the file store")
+                .and_then(|()| file::load(&store))
+            {
+                Ok(s) => out.push(ok(
+                    "file store",
+                    format!(
+                        "{}: {} secrets, 0600, git-ignored",
+                        project::shown(&store),
+                        s.secrets.len()
+                    ),
+                )),
                 Err(e) => out.push(fail("file store", format!("{e:#}"), "see the message")),
             }
         }

@@ -48,7 +48,11 @@ fn every_quickstart_command_works_on_a_clean_copy() {
             }
             let mut words: Vec<&str> = line.split_whitespace().collect();
             let mut envs: Vec<(String, String)> = vec![("VAULT_TOKEN".into(), bao.token.clone())];
-            while let Some((k, v)) = words.first().and_then(|w| w.split_once('=')).filter(|(k, _)| k.chars().all(|c| c.is_ascii_uppercase() || c == '_')) {
+            while let Some((k, v)) = words
+                .first()
+                .and_then(|w| w.split_once('='))
+                .filter(|(k, _)| k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+            {
                 let v = match k {
                     "VAULT_ADDR" => bao.addr.clone(),
                     "VAULT_TOKEN" => bao.token.clone(),
@@ -57,18 +61,29 @@ fn every_quickstart_command_works_on_a_clean_copy() {
                 envs.push((k.to_string(), v));
                 words.remove(0);
             }
-            assert_eq!(&words[..2], ["cargo", "xtask"], "{doc}: a quickstart line that is not `cargo xtask`: {line}");
-            let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            assert_eq!(
+                &words[..2],
+                ["cargo", "xtask"],
+                "{doc}: a quickstart line that is not `cargo xtask`: {line}"
+            );
+            let envs: Vec<(&str, &str)> =
+                envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             let run = sb.xtask_env(&words[2..], &envs);
             assert_eq!(run.code, 0, "{doc}: `{line}` failed:\n{}", run.all());
             ran += 1;
         }
     }
-    assert!(ran >= 7, "the quickstarts hold {ran} commands; expected the README's and docs/secrets.md's");
+    assert!(
+        ran >= 7,
+        "the quickstarts hold {ran} commands; expected the README's and docs/secrets.md's"
+    );
 }
 
 #[test]
 fn finds_commands_in_sh_blocks_only() {
     let md = "text\n```sh\ncargo xtask a   # comment\n\n# only a comment\n```\n```toml\nx = 1\n```\n```sh\nVAULT_ADDR=x cargo xtask b\n```\n";
-    assert_eq!(commands(md), ["cargo xtask a", "VAULT_ADDR=x cargo xtask b"]);
+    assert_eq!(
+        commands(md),
+        ["cargo xtask a", "VAULT_ADDR=x cargo xtask b"]
+    );
 }

@@ -3,9 +3,10 @@
 
 mod support;
 
+mod bad_input;
 mod check;
-mod docs;
 mod cli;
+mod docs;
 mod faults;
 mod infra;
 mod migrate;

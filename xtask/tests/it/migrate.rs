@@ -519,14 +519,32 @@ fn doctor_reports_each_finding_with_its_fix() {
             "reason": if ready { "Valid" } else { "InvalidProviderConfig" }, "message": if ready { "store validated" } else { "unable to log in to auth method" }}]}})
     };
     sb.scenario(json!({"kubectl": {"context": "k3d-ameide", "crds": ["externalsecrets.external-secrets.io"], "clustersecretstore": store(true)}}));
-    let env = [("VAULT_ADDR", bao.addr.as_str()), ("VAULT_TOKEN", bao.token.as_str())];
+    let env = [
+        ("VAULT_ADDR", bao.addr.as_str()),
+        ("VAULT_TOKEN", bao.token.as_str()),
+    ];
     let run = sb.xtask_env(&["secrets", "doctor"], &env).ok();
-    for line in ["ok    cluster    context k3d-ameide is local", "ok    eso        ClusterSecretStore/ameide-vault Ready", "reachable, unsealed, token valid", "all checks passed"] {
+    for line in [
+        "ok    cluster    context k3d-ameide is local",
+        "ok    eso        ClusterSecretStore/ameide-vault Ready",
+        "reachable, unsealed, token valid",
+        "all checks passed",
+    ] {
         assert!(run.stdout.contains(line), "{line}:\n{}", run.stdout);
     }
     sb.scenario(json!({"kubectl": {"context": "k3d-ameide", "crds": [], "clustersecretstore": store(false)}}));
     let run = sb.xtask_env(&["secrets", "doctor"], &env).code(1);
-    assert!(run.stdout.contains("FAIL  eso        External Secrets Operator is not installed"), "{}", run.stdout);
-    assert!(run.stdout.contains("not Ready: InvalidProviderConfig: unable to log in to auth method"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("FAIL  eso        External Secrets Operator is not installed"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("not Ready: InvalidProviderConfig: unable to log in to auth method"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stderr.contains("2 checks failed"), "{}", run.stderr);
 }
