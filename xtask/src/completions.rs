@@ -145,6 +145,7 @@ mod tests {
                 "check",
                 "migrate",
                 "rollback",
+                "doctor",
                 "completions",
                 "status"
             ]
@@ -166,7 +167,7 @@ mod tests {
         );
         assert!(b.contains("complete -o default -F _cargo_xtask cargo"));
         let f = fish(&tree);
-        assert!(f.contains("__fish_seen_subcommand_from xtask; and __fish_seen_subcommand_from secrets; and not __fish_seen_subcommand_from seed check migrate rollback completions status' -a migrate"), "{f}");
+        assert!(f.contains("__fish_seen_subcommand_from xtask; and __fish_seen_subcommand_from secrets; and not __fish_seen_subcommand_from seed check migrate rollback doctor completions status' -a migrate"), "{f}");
         assert!(f.contains("-l allow-non-local"));
     }
 }

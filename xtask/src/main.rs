@@ -16,6 +16,9 @@ mod test_cmd;
 mod tools;
 mod yaml;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::process::ExitCode;
 
 pub use project::project_root;

@@ -421,7 +421,7 @@ impl Config {
             .timeout_secs
             .or(repo.vault.timeout_secs)
             .unwrap_or(15.0);
-        let vault_retries = local.vault.retries.or(repo.vault.retries).unwrap_or(6);
+        let vault_retries = local.vault.retries.or(repo.vault.retries).unwrap_or(8);
         Ok(Config {
             root: root.to_path_buf(),
             provider,

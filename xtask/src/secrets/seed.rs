@@ -243,7 +243,7 @@ impl SeedRun {
                 "partial seed: {} written{unstamped} ({}); {} not written ({}).{cause} Re-run the same command to \
                  finish: it writes only what is still missing.",
                 self.written.len(),
-                self.written.join(", "),
+                capped(&self.written),
                 self.not_written.len(),
                 names(&self.not_written)
             ))
@@ -253,7 +253,7 @@ impl SeedRun {
             bail!(
                 "{} secrets not written ({}); the store is unchanged.{cause}",
                 self.failed.len(),
-                self.failed.join(", ")
+                capped(&self.failed)
             );
         }
         bail!(
@@ -263,6 +263,20 @@ impl SeedRun {
             names(&self.not_written)
         )
     }
+}
+
+/// Names for a message: the first 20, then how many more (`--output json`
+/// lists every one).
+fn capped(names: &[String]) -> String {
+    const SHOWN: usize = 20;
+    if names.len() <= SHOWN {
+        return names.join(", ");
+    }
+    format!(
+        "{}, and {} more; --output json lists them all",
+        names[..SHOWN].join(", "),
+        names.len() - SHOWN
+    )
 }
 
 /// Reads the store and plans every fixture.

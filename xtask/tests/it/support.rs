@@ -553,3 +553,199 @@ fn read_message<R: std::io::BufRead>(
     }
     Ok(Some((head, body)))
 }
+
+/// A 3-node OpenBao cluster with integrated Raft storage on loopback:
+/// init, unseal, `raft join`, all three voters. Stopped on drop.
+pub struct RaftCluster {
+    nodes: Vec<Option<Child>>,
+    pub addrs: Vec<String>,
+    pub token: String,
+    _dir: TempDir,
+}
+
+impl RaftCluster {
+    pub fn start() -> RaftCluster {
+        let dir = TempDir::new("raft");
+        let bao = find_on(&tools_path(), "bao").expect("bao is installed");
+        let mut nodes = Vec::new();
+        let mut addrs = Vec::new();
+        for i in 0..3 {
+            let (api, cluster) = (free_port(), free_port());
+            let data = dir.0.join(format!("node{i}"));
+            std::fs::create_dir_all(&data).unwrap();
+            let config = dir.0.join(format!("node{i}.hcl"));
+            std::fs::write(
+                &config,
+                format!(
+                    "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"node{i}\"\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{api}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\napi_addr = \"http://127.0.0.1:{api}\"\ncluster_addr = \"http://127.0.0.1:{cluster}\"\ndisable_mlock = true\n",
+                    data.display()
+                ),
+            )
+            .unwrap();
+            let log = std::fs::File::create(dir.0.join(format!("node{i}.log"))).unwrap();
+            let child = Command::new(&bao)
+                .arg("server")
+                .arg(format!("-config={}", config.display()))
+                .env("HOME", &dir.0)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            nodes.push(Some(child));
+            addrs.push(format!("http://127.0.0.1:{api}"));
+        }
+        let run = |addr: &str, token: Option<&str>, args: &[&str]| -> std::process::Output {
+            let mut cmd = Command::new(&bao);
+            cmd.args(args).env("VAULT_ADDR", addr).env("HOME", &dir.0);
+            if let Some(t) = token {
+                cmd.env("VAULT_TOKEN", t);
+            }
+            cmd.output().unwrap()
+        };
+        let until = |what: &str, f: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !f() {
+                assert!(
+                    Instant::now() < deadline,
+                    "raft cluster: timed out waiting for {what}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        };
+        until("node0 to listen", &|| {
+            http_status(port_of(&addrs[0]), "/v1/sys/health").is_some()
+        });
+        let init = run(
+            &addrs[0],
+            None,
+            &[
+                "operator",
+                "init",
+                "-key-shares=1",
+                "-key-threshold=1",
+                "-format=json",
+            ],
+        );
+        assert!(
+            init.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let init: serde_json::Value = serde_json::from_slice(&init.stdout).unwrap();
+        let key = init["unseal_keys_b64"][0].as_str().unwrap().to_string();
+        let token = init["root_token"].as_str().unwrap().to_string();
+        assert!(run(&addrs[0], None, &["operator", "unseal", &key])
+            .status
+            .success());
+        until("node0 to lead", &|| {
+            http_status(port_of(&addrs[0]), "/v1/sys/health") == Some(200)
+        });
+        // Promote joiners to voters quickly.
+        let out = run(
+            &addrs[0],
+            Some(&token),
+            &[
+                "operator",
+                "raft",
+                "autopilot",
+                "set-config",
+                "-server-stabilization-time=1s",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "autopilot: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for addr in &addrs[1..] {
+            until("a node to listen", &|| {
+                http_status(port_of(addr), "/v1/sys/health").is_some()
+            });
+            let out = run(addr, None, &["operator", "raft", "join", &addrs[0]]);
+            assert!(
+                out.status.success(),
+                "join: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(run(addr, None, &["operator", "unseal", &key])
+                .status
+                .success());
+        }
+        until("three voters", &|| {
+            let out = run(
+                &addrs[0],
+                Some(&token),
+                &["operator", "raft", "list-peers", "-format=json"],
+            );
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .ok()
+                .is_some_and(|v| {
+                    v["data"]["config"]["servers"]
+                        .as_array()
+                        .is_some_and(|s| s.len() == 3 && s.iter().all(|n| n["voter"] == true))
+                })
+        });
+        let out = run(
+            &addrs[0],
+            Some(&token),
+            &["secrets", "enable", "-path=secret", "kv-v2"],
+        );
+        assert!(
+            out.status.success(),
+            "enable kv: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        RaftCluster {
+            nodes,
+            addrs,
+            token,
+            _dir: dir,
+        }
+    }
+
+    /// Index of the active node (sys/health 200).
+    pub fn leader(&self) -> Option<usize> {
+        self.addrs
+            .iter()
+            .position(|a| http_status(port_of(a), "/v1/sys/health") == Some(200))
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].as_ref().map(|c| c.id())
+    }
+
+    pub fn client(&self, i: usize) -> vaultrs::client::VaultClient {
+        vaultrs::client::VaultClient::new(
+            vaultrs::client::VaultClientSettingsBuilder::default()
+                .address(&self.addrs[i])
+                .token(&self.token)
+                .build()
+                .unwrap(),
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for RaftCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// The port of an http://host:port address.
+pub fn http_port(addr: &str) -> u16 {
+    port_of(addr)
+}

@@ -383,7 +383,8 @@ impl SecretProvider for VaultProvider {
                     });
                     let meta = (kv == KvVersion::V2)
                         .then(|| json!({"custom_metadata": {"managed-by": MANAGED_BY, "fixture-sha256": job.sha256}}));
-                    let outcome = write_one(&http, &mount, &job.name, &job.path, data.as_ref(), meta.as_ref()).await;
+                    let outcome =
+                        write_one(&http, &mount, &job.name, &job.path, &job.sha256, data.as_ref(), meta.as_ref()).await;
                     let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                     if show && (n % 100 == 0 || n == total) {
                         eprint!("\r  writing {n}/{total}");
@@ -429,6 +430,7 @@ async fn write_one(
     mount: &str,
     name: &str,
     path: &str,
+    sha256: &str,
     data: Option<&Value>,
     meta: Option<&Value>,
 ) -> Outcome {
@@ -436,11 +438,22 @@ async fn write_one(
         match http.call(Method::Post, path, Some(data)).await {
             Ok(r) if (200..300).contains(&r.status) => {}
             Ok(r) if r.status == 400 && r.errors().contains("check-and-set") => {
-                return Outcome::Conflict(
-                    "changed by someone else between the seed's read and its write (check-and-set failed); re-run to \
-                     see the new state"
-                        .into(),
-                );
+                // After a failover a retried write can lose to itself: the old
+                // leader committed it and died before answering. If the entry
+                // now holds exactly our value, the write is ours.
+                let landed = match http.call(Method::Get, path, None).await {
+                    Ok(r) if r.status == 200 => r.body["data"]["data"]["value"]
+                        .as_str()
+                        .is_some_and(|v| sha256_hex(v.as_bytes()) == sha256),
+                    _ => false,
+                };
+                if !landed {
+                    return Outcome::Conflict(
+                        "changed by someone else between the seed's read and its write (check-and-set failed); \
+                         re-run to see the new state"
+                            .into(),
+                    );
+                }
             }
             Ok(r) => {
                 return Outcome::Failed(format!(

@@ -192,6 +192,20 @@ impl VaultHttp {
                 self.stats.writes.fetch_add(1, Ordering::Relaxed);
             }
             let (err, wait) = match self.once(method, path, body).await {
+                // A KV v2 mount that was just enabled upgrades itself and
+                // answers 400 for a moment: wait for it like any transient.
+                Ok((400, _, body))
+                    if errors_of(&body).contains("Waiting for the primary to upgrade") =>
+                {
+                    (
+                        VaultError::Status {
+                            call: call.clone(),
+                            code: 400,
+                            errors: errors_of(&body),
+                        },
+                        None,
+                    )
+                }
                 Ok((status, _, body))
                     if (200..300).contains(&status) || status == 400 || status == 404 =>
                 {
