@@ -12,8 +12,10 @@ use anyhow::{bail, Context, Result};
 
 use crate::fsutil::{self, now_rfc3339, sha256_hex, Lock};
 use crate::secrets::config::{Config, FlagValues, ProviderKind};
+use crate::secrets::fixtures::SecretSet;
 use crate::secrets::journal::{self, Journal, Migration, Outcome, State};
 use crate::secrets::kube::{self, EsStatus};
+use crate::secrets::provider::SecretProvider;
 use crate::secrets::scan::STORE_NAME;
 use crate::secrets::{check, fixtures, flagfile, guard, provider, seed};
 use crate::{flags, project, project_root};
@@ -74,9 +76,53 @@ struct Ctx {
     flag_rel: String,
     wait: Wait,
     allow_non_local: Option<String>,
+    /// The target store, opened once (a port-forward is started once).
+    store: std::cell::RefCell<Option<Box<dyn SecretProvider>>>,
+    /// The fixtures and overrides, loaded once.
+    desired: std::cell::OnceCell<SecretSet>,
 }
 
 impl Ctx {
+    fn new(env: Option<String>, wait: Wait, allow_non_local: Option<String>) -> Ctx {
+        let env = env.unwrap_or_else(|| "local".into());
+        Ctx {
+            flag_rel: project::flag_file(&env).display().to_string(),
+            root: project_root(),
+            env,
+            wait,
+            allow_non_local,
+            store: std::cell::RefCell::new(None),
+            desired: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Runs `f` with the target store, opening it on first use.
+    fn with_store<T>(
+        &self,
+        to: ProviderKind,
+        f: impl FnOnce(&mut dyn SecretProvider) -> Result<T>,
+    ) -> Result<T> {
+        let mut slot = self.store.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(provider::open(
+                &self.config_for(to)?,
+                self.allow_non_local.as_deref(),
+            )?);
+        }
+        f(slot.as_mut().expect("opened above").as_mut())
+    }
+
+    /// The fixtures and overrides, loaded on first use.
+    fn desired(&self, to: ProviderKind) -> Result<&SecretSet> {
+        if let Some(set) = self.desired.get() {
+            return Ok(set);
+        }
+        let cfg = self.config_for(to)?;
+        let (path, guarded) = fixtures::resolve(&cfg);
+        let set = fixtures::load(&self.root, &path, guarded, &cfg.abs(&cfg.overrides.value))?;
+        Ok(self.desired.get_or_init(|| set))
+    }
+
     fn flag_path(&self) -> PathBuf {
         self.root.join(&self.flag_rel)
     }
@@ -128,15 +174,8 @@ fn confirm(yes: bool, question: &str) -> Result<()> {
 }
 
 pub fn run_migrate(flags: &flags::Migrate) -> Result<()> {
-    let env = flags.env.clone().unwrap_or_else(|| "local".into());
-    let root = project_root();
-    let ctx = Ctx {
-        flag_rel: project::flag_file(&env).display().to_string(),
-        root,
-        env,
-        wait: Wait::resolve(flags.wait_attempts, flags.wait_sleep)?,
-        allow_non_local: flags.allow_non_local.clone(),
-    };
+    let wait = Wait::resolve(flags.wait_attempts, flags.wait_sleep)?;
+    let ctx = Ctx::new(flags.env.clone(), wait, flags.allow_non_local.clone());
     let target = flags.to.as_deref().map(parse_target).transpose()?;
     if target.is_none() && !flags.resume {
         crate::usage!(
@@ -206,15 +245,8 @@ pub fn run_migrate(flags: &flags::Migrate) -> Result<()> {
 }
 
 pub fn run_rollback(flags: &flags::Rollback) -> Result<()> {
-    let env = flags.env.clone().unwrap_or_else(|| "local".into());
-    let root = project_root();
-    let ctx = Ctx {
-        flag_rel: project::flag_file(&env).display().to_string(),
-        root,
-        env,
-        wait: Wait::resolve(flags.wait_attempts, flags.wait_sleep)?,
-        allow_non_local: None,
-    };
+    let wait = Wait::resolve(flags.wait_attempts, flags.wait_sleep)?;
+    let ctx = Ctx::new(flags.env.clone(), wait, None);
     let text = ctx.read_flag()?;
     let current = flagfile::provider(&text, &ctx.flag_rel)?;
     let journal_now = Journal::load(&ctx.root, &ctx.env)?;
@@ -498,11 +530,13 @@ fn preflight(ctx: &Ctx, journal: &Journal, to: ProviderKind) -> Result<String> {
     // A migration seeds and checks the target, so it must reach it. A
     // rollback only moves ESO back to a store ESO itself reaches.
     let store = if m.kind == "migrate" {
-        let mut p = provider::open(&cfg, ctx.allow_non_local.as_deref())?;
-        if to == ProviderKind::Azure {
-            p.list()?;
-        }
-        format!("; {} reachable", p.target())
+        let target = ctx.with_store(to, |p| {
+            if to == ProviderKind::Azure {
+                p.list()?;
+            }
+            Ok(p.target())
+        })?;
+        format!("; {target} reachable")
     } else {
         String::new()
     };
@@ -513,12 +547,12 @@ fn preflight(ctx: &Ctx, journal: &Journal, to: ProviderKind) -> Result<String> {
 
 fn seed_target(ctx: &Ctx, to: ProviderKind) -> Result<String> {
     guard::require_local_env(&ctx.env)?;
-    let cfg = ctx.config_for(to)?;
-    let (path, is_default) = fixtures::resolve(&cfg);
-    let desired = fixtures::load(&ctx.root, &path, is_default, &cfg.abs(&cfg.overrides.value))?;
-    let mut store = provider::open(&cfg, ctx.allow_non_local.as_deref())?;
-    let items = seed::plan_for(store.as_mut(), &desired, false)?;
-    let run = seed::apply(store.as_mut(), &desired, &items)?;
+    let desired = ctx.desired(to)?;
+    let (items, run) = ctx.with_store(to, |store| {
+        let items = seed::plan_for(store, desired, false)?;
+        let run = seed::apply(store, desired, &items)?;
+        Ok((items, run))
+    })?;
     if !run.failed.is_empty() {
         return Err(run.into_result().expect_err("failed writes are an error"));
     }
@@ -540,11 +574,8 @@ fn seed_target(ctx: &Ctx, to: ProviderKind) -> Result<String> {
 }
 
 fn coverage(ctx: &Ctx, to: ProviderKind) -> Result<String> {
-    let cfg = ctx.config_for(to)?;
     let scan = check::collect(&ctx.root, &ctx.root.join(project::INFRA), &ctx.env, true)?;
-    let (path, is_default) = fixtures::resolve(&cfg);
-    let desired = fixtures::load(&ctx.root, &path, is_default, &cfg.abs(&cfg.overrides.value))?;
-    let mut store = provider::open(&cfg, ctx.allow_non_local.as_deref())?;
+    let desired = ctx.desired(to)?;
     let mut wanted: Vec<String> = desired.names();
     for es in scan.external_secrets.iter().filter(|e| e.in_scope()) {
         wanted.extend(
@@ -556,12 +587,14 @@ fn coverage(ctx: &Ctx, to: ProviderKind) -> Result<String> {
     }
     wanted.sort();
     wanted.dedup();
-    let live = check::Live {
-        target: store.target(),
-        entries: store.read(&wanted)?,
-        names: store.list()?,
-    };
-    let report = check::compare(&scan, &ctx.env, &desired, Some(&live));
+    let live = ctx.with_store(to, |store| {
+        Ok(check::Live {
+            target: store.target(),
+            entries: store.read(&wanted)?,
+            names: store.list()?,
+        })
+    })?;
+    let report = check::compare(&scan, &ctx.env, desired, Some(&live));
     let fail_on = check::parse_fail_on(Some("missing"))?;
     let failures = report.failures(&fail_on);
     if !failures.is_empty() {

@@ -548,3 +548,59 @@ fn doctor_reports_each_finding_with_its_fix() {
     );
     assert!(run.stderr.contains("2 checks failed"), "{}", run.stderr);
 }
+
+#[test]
+fn a_canary_never_reaches_the_journal_output_or_any_child() {
+    if !tools() {
+        return;
+    }
+    let canary = "CANARY-migrate-5d6e7f";
+    let bao = OpenBao::start();
+    let sb = on_azure();
+    sb.write(
+        ".local/secrets/overrides.json",
+        &format!("{{\"graph-db-password\": \"{canary}\"}}"),
+    );
+    sb.scenario(json!({"kubectl": {"context": "k3d-ameide", "crds": ["externalsecrets.external-secrets.io"], "externalsecrets": [stuck(), stuck(), ready()],
+        "clustersecretstore": {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}}}));
+    let mut outputs = vec![migrate(
+        &sb,
+        &bao,
+        &["--to", "vault", "--yes", "--wait-attempts", "1"],
+    )
+    .all()];
+    outputs.push(migrate(&sb, &bao, &["--to", "vault", "--yes"]).all());
+    let env = [
+        ("VAULT_ADDR", bao.addr.as_str()),
+        ("VAULT_TOKEN", bao.token.as_str()),
+    ];
+    for args in [
+        &["secrets", "status"][..],
+        &["secrets", "status", "--output", "json"],
+        &["secrets", "doctor"],
+    ] {
+        outputs.push(sb.xtask_env(args, &env).all());
+    }
+    let journal = sb.read(".local/secrets/journal/local.json");
+    assert!(
+        journal.contains("rolled-back") && journal.contains("completed"),
+        "both runs are journaled"
+    );
+    for text in outputs.iter().chain(std::iter::once(&journal)) {
+        assert!(!text.contains(canary), "canary leaked:\n{text}");
+        assert!(!text.contains(&bao.token), "token leaked:\n{text}");
+    }
+    for call in sb.calls() {
+        assert!(
+            !call.argv.join(" ").contains(canary) && !call.stdin.contains(canary),
+            "{} argv/stdin: {:?}",
+            call.tool,
+            call.argv
+        );
+    }
+    let journal_path = sb.path(".local/secrets/journal/local.json");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(journal_path).unwrap().permissions(),
+    ) & 0o777;
+    assert_eq!(mode, 0o600, "the journal is private");
+}

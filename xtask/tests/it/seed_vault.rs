@@ -196,14 +196,7 @@ fn concurrent_edit_between_read_and_write_is_a_conflict() {
                 && req.path == "/v1/secret/data/graph-db-url"
                 && !f.swap(true, Ordering::SeqCst)
             {
-                let client = vaultrs::client::VaultClient::new(
-                    vaultrs::client::VaultClientSettingsBuilder::default()
-                        .address(&addr)
-                        .token(&token)
-                        .build()
-                        .unwrap(),
-                )
-                .unwrap();
+                let client = crate::support::vault_client(&addr, &token);
                 let mut v = HashMap::new();
                 v.insert("value", "racing-writer");
                 block_on(vaultrs::kv2::set(&client, "secret", "graph-db-url", &v)).unwrap();

@@ -162,14 +162,7 @@ impl OpenBao {
 
     /// A vaultrs client: an independent reader of what the seed wrote.
     pub fn client(&self) -> vaultrs::client::VaultClient {
-        vaultrs::client::VaultClient::new(
-            vaultrs::client::VaultClientSettingsBuilder::default()
-                .address(&self.addr)
-                .token(&self.token)
-                .build()
-                .unwrap(),
-        )
-        .unwrap()
+        vault_client(&self.addr, &self.token)
     }
 }
 
@@ -722,14 +715,7 @@ impl RaftCluster {
     }
 
     pub fn client(&self, i: usize) -> vaultrs::client::VaultClient {
-        vaultrs::client::VaultClient::new(
-            vaultrs::client::VaultClientSettingsBuilder::default()
-                .address(&self.addrs[i])
-                .token(&self.token)
-                .build()
-                .unwrap(),
-        )
-        .unwrap()
+        vault_client(&self.addrs[i], &self.token)
     }
 }
 
@@ -748,4 +734,16 @@ fn port_of(addr: &str) -> u16 {
 /// The port of an http://host:port address.
 pub fn http_port(addr: &str) -> u16 {
     port_of(addr)
+}
+
+/// A vaultrs client for `addr`: tests read back through it, not our code.
+pub fn vault_client(addr: &str, token: &str) -> vaultrs::client::VaultClient {
+    vaultrs::client::VaultClient::new(
+        vaultrs::client::VaultClientSettingsBuilder::default()
+            .address(addr)
+            .token(token)
+            .build()
+            .unwrap(),
+    )
+    .unwrap()
 }
