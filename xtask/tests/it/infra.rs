@@ -119,6 +119,32 @@ fn presync_hook_seeds_the_selected_provider_in_local_only() {
             .any(|w| w == ["- seed", "- --provider", "- vault", "- --env"]),
         "{out}"
     );
+    // With the flag on azure, the same hook seeds azure: one command, branched by the flag.
+    let flag = "infra/kubernetes/environments/local/platform/15-secrets.values.yaml";
+    sb.write(
+        flag,
+        &sb.read(flag)
+            .replace("  provider: vault\n", "  provider: azure\n"),
+    );
+    let (ok, out, err) = run(
+        "helmfile",
+        &[
+            "-f",
+            "infra/kubernetes/helmfiles/15-secrets-certificates.yaml",
+            "-e",
+            "local",
+            "build",
+        ],
+        &sb,
+    );
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert!(
+        lines
+            .windows(4)
+            .any(|w| w == ["- seed", "- --provider", "- azure", "- --env"]),
+        "{out}"
+    );
     let (ok, out, err) = run(
         "helmfile",
         &[
