@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn the_tree_matches_the_flags() {
         let tree = tree();
-        assert_eq!(tree[""].0, ["tools", "test", "bench", "secrets"]);
+        assert_eq!(tree[""].0, ["tools", "test", "fuzz", "bench", "secrets"]);
         assert_eq!(
             tree["secrets"].0,
             [

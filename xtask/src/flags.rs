@@ -24,6 +24,16 @@ xflags::xflags! {
             repeated args: String
         }
 
+        /// Fuzz the fixture parser, manifest scanner and flag editor (cargo fuzz, nightly).
+        ///
+        /// Example: cargo xtask fuzz --seconds 60 --target flag_editor
+        cmd fuzz {
+            /// Seconds per target (default: 10).
+            optional --seconds n: u64
+            /// Only this target: fixtures, manifests or flag_editor.
+            optional --target name: String
+        }
+
         /// Benchmarks: seed and check throughput against a local OpenBao.
         ///
         /// Example: cargo xtask bench --secrets 1000

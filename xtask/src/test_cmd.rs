@@ -1,5 +1,6 @@
 //! `cargo xtask test`: what CI runs. Installs the pinned tools, then checks
-//! formatting and lints, then runs every test with the tools first on PATH.
+//! formatting and lints, fuzzes each target briefly (with CI=true a missing
+//! fuzz toolchain fails), then runs every test with the tools first on PATH.
 
 use anyhow::{Context, Result};
 use xshell::{cmd, Shell};

@@ -43,6 +43,9 @@ impl SecretSet {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
 }
 
 /// Is `name` a valid Azure Key Vault secret name (`^[0-9a-zA-Z-]{1,127}$`)?

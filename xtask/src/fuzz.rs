@@ -1,0 +1,92 @@
+//! `cargo xtask fuzz`: cargo fuzz (libFuzzer) over the fixture parser, the
+//! manifest scanner and the flag editor, seeded from `fuzz/corpus/`. New
+//! inputs go to a scratch folder, so the committed corpus only grows on
+//! purpose. Needs the nightly toolchain and cargo-fuzz (installed on demand).
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::{flags, project_root};
+
+pub const TARGETS: &[&str] = &["fixtures", "manifests", "flag_editor"];
+
+pub fn run(flags: &flags::Fuzz) -> Result<()> {
+    let targets: Vec<&str> = match flags.target.as_deref() {
+        None => TARGETS.to_vec(),
+        Some(t) if TARGETS.contains(&t) => vec![t],
+        Some(t) => crate::usage!("unknown fuzz target {t:?}: use {}", TARGETS.join(", ")),
+    };
+    let root = project_root();
+    ensure_tools(true)?;
+    run_targets(&root, &targets, flags.seconds.unwrap_or(10))
+}
+
+/// Whether nightly and cargo-fuzz are there; with `install`, installs
+/// cargo-fuzz from crates.io when missing.
+pub fn ensure_tools(install: bool) -> Result<bool> {
+    let sh = Shell::new()?;
+    if cmd!(sh, "cargo +nightly --version")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_err()
+    {
+        if install {
+            bail!("fuzzing needs the nightly toolchain: `rustup toolchain install nightly`");
+        }
+        return Ok(false);
+    }
+    if cmd!(sh, "cargo fuzz --version")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_err()
+    {
+        if !install {
+            return Ok(false);
+        }
+        eprintln!("installing cargo-fuzz from crates.io ...");
+        cmd!(sh, "cargo install cargo-fuzz --locked --quiet")
+            .run()
+            .context("installing cargo-fuzz")?;
+    }
+    Ok(true)
+}
+
+/// Runs each target for `seconds`; a crash fails with its artifact path.
+pub fn run_targets(root: &Path, targets: &[&str], seconds: u64) -> Result<()> {
+    let sh = Shell::new()?;
+    sh.change_dir(root);
+    for target in targets {
+        let scratch =
+            std::env::temp_dir().join(format!("xtask-fuzz-{target}-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch)?;
+        let corpus = root.join("fuzz/corpus").join(target);
+        let max = format!("-max_total_time={seconds}");
+        eprintln!("fuzz {target}: {seconds}s");
+        let result = cmd!(
+            sh,
+            "cargo +nightly fuzz run {target} {scratch} {corpus} -- {max}"
+        )
+        .quiet()
+        .ignore_stdout()
+        .output();
+        let _ = std::fs::remove_dir_all(&scratch);
+        match result {
+            Ok(out) => {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let runs = stderr.lines().rev().find(|l| l.starts_with("Done ")).unwrap_or("done");
+                eprintln!("fuzz {target}: {runs}");
+            }
+            Err(e) => bail!(
+                "fuzz target {target} failed: {e}. The crashing input is under fuzz/artifacts/{target}/; reproduce \
+                 with `cargo +nightly fuzz run {target} <that file>` and add it to fuzz/corpus/{target}/ once fixed."
+            ),
+        }
+    }
+    Ok(())
+}

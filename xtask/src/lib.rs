@@ -1,0 +1,100 @@
+//! `cargo xtask`: repository automation, in the style of rust-analyzer's xtask.
+//!
+//! [`run_cli`] parses flags and dispatches; each command lives in its own
+//! module with a `run`. See `flags.rs` for the `--help` text and DEVELOPERS.md
+//! for the layout. A library so the fuzz targets in `fuzz/` can call the
+//! parsers; `main.rs` is one line.
+
+mod bench;
+mod completions;
+mod flags;
+pub mod fsutil;
+mod fuzz;
+mod help;
+mod output;
+mod project;
+pub mod secrets;
+mod test_cmd;
+mod tools;
+pub mod yaml;
+
+#[cfg(test)]
+mod fuzz_tests;
+
+use std::process::ExitCode;
+
+pub use project::project_root;
+
+/// Exit code for a bad flag, value or command: fix the command line.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code when some writes landed and some did not: re-run to finish.
+pub const EXIT_PARTIAL: u8 = 3;
+
+/// A mistake in the command line. Exits 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for UsageError {}
+
+/// Some of the work landed and some did not; the message lists both. Exits 3.
+#[derive(Debug)]
+pub struct PartialError(pub String);
+
+impl std::fmt::Display for PartialError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for PartialError {}
+
+/// Shorthand for returning a [`UsageError`].
+#[macro_export]
+macro_rules! usage {
+    ($($arg:tt)*) => { return Err(anyhow::Error::new($crate::UsageError(format!($($arg)*)))) };
+}
+
+/// Parses the command line, runs the command, and maps errors to exit codes.
+pub fn run_cli() -> ExitCode {
+    let flags = match flags::Xtask::from_env() {
+        Ok(flags) => flags,
+        Err(err) if err.is_help() => {
+            let path: Vec<String> = std::env::args()
+                .skip(1)
+                .take_while(|a| a != "--help" && a != "-h")
+                .filter(|a| !a.starts_with('-'))
+                .collect();
+            print!("{}", help::focused(&err.to_string(), &path));
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            eprintln!("error: {err}\nRun `cargo xtask --help` (or `cargo xtask secrets --help`) for usage.");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let result = match flags.subcommand {
+        flags::XtaskCmd::Tools(cmd) => tools::run(&cmd),
+        flags::XtaskCmd::Test(cmd) => test_cmd::run(&cmd),
+        flags::XtaskCmd::Bench(cmd) => bench::run(&cmd),
+        flags::XtaskCmd::Fuzz(cmd) => fuzz::run(&cmd),
+        flags::XtaskCmd::Secrets(cmd) => secrets::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let code = if err.downcast_ref::<UsageError>().is_some() {
+                EXIT_USAGE
+            } else if err.downcast_ref::<PartialError>().is_some() {
+                EXIT_PARTIAL
+            } else {
+                1
+            };
+            eprintln!("error: {err:#}");
+            ExitCode::from(code)
+        }
+    }
+}
