@@ -16,7 +16,7 @@ xflags::xflags! {
             optional --check
         }
 
-        /// Install the tools, then run fmt, clippy and every test with them on PATH.
+        /// Install the tools, then run fmt, clippy, a short fuzz and every test (what CI runs).
         ///
         /// Example: cargo xtask test -- seed
         cmd test {
@@ -44,8 +44,7 @@ xflags::xflags! {
             optional --concurrency n: usize
         }
 
-        /// Local secret stores: seed fixtures, prove coverage, move a cluster between
-        /// Azure Key Vault and Vault.
+        /// Local secret stores: seed, check coverage, migrate between Azure Key Vault and Vault.
         cmd secrets {
             /// Load the fixtures into the local store (Vault, a file store, or Azure Key Vault).
             ///
