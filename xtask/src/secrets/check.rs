@@ -147,13 +147,7 @@ pub fn run(flags: &flags::Check) -> Result<()> {
     }
     let started = Instant::now();
     let scan = collect(&root, &infra, &env, flags.render)?;
-    let (fixtures_path, is_default) = fixtures::resolve(&cfg);
-    let desired = fixtures::load(
-        &root,
-        &fixtures_path,
-        is_default,
-        &cfg.abs(&cfg.overrides.value),
-    )?;
+    let (fixtures_path, desired) = fixtures::load_configured(&cfg)?;
     let live = if flags.live {
         let mut store = provider::open(&cfg, flags.allow_non_local.as_deref())?;
         let mut wanted: BTreeSet<String> = desired.entries.keys().cloned().collect();

@@ -189,8 +189,7 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
         }
     }
 
-    let (path, guarded) = fixtures::resolve(&cfg);
-    match fixtures::load(&root, &path, guarded, &cfg.abs(&cfg.overrides.value)) {
+    match fixtures::load_configured(&cfg).map(|(_, set)| set) {
         Err(e) => out.push(fail(
             "fixtures",
             format!("{e:#}"),

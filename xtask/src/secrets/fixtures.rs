@@ -56,8 +56,8 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// Loads the fixtures and, if the file exists, the overrides.
-pub fn load(root: &Path, fixtures: &Path, is_default: bool, overrides: &Path) -> Result<SecretSet> {
-    if is_default {
+pub fn load(root: &Path, fixtures: &Path, guarded: bool, overrides: &Path) -> Result<SecretSet> {
+    if guarded {
         refuse_escaping_symlink(root, fixtures)?;
     }
     let base = parse_file(fixtures)?;
@@ -278,6 +278,13 @@ fn truncate(s: &str, max: usize) -> String {
     } else {
         format!("{}…", s.chars().take(max).collect::<String>())
     }
+}
+
+/// The configured fixtures and overrides: the path and the desired set.
+pub fn load_configured(cfg: &crate::secrets::config::Config) -> Result<(PathBuf, SecretSet)> {
+    let (path, guarded) = resolve(cfg);
+    let set = load(&cfg.root, &path, guarded, &cfg.abs(&cfg.overrides.value))?;
+    Ok((path, set))
 }
 
 /// The fixtures path as configured, and whether the symlink guard applies:

@@ -118,8 +118,7 @@ impl Ctx {
             return Ok(set);
         }
         let cfg = self.config_for(to)?;
-        let (path, guarded) = fixtures::resolve(&cfg);
-        let set = fixtures::load(&self.root, &path, guarded, &cfg.abs(&cfg.overrides.value))?;
+        let (_, set) = fixtures::load_configured(&cfg)?;
         Ok(self.desired.get_or_init(|| set))
     }
 

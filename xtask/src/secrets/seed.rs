@@ -73,13 +73,7 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
             "--render works with --provider file (the manifests carry the file store's values)"
         );
     }
-    let (fixtures_path, is_default) = fixtures::resolve(&cfg);
-    let desired = fixtures::load(
-        &root,
-        &fixtures_path,
-        is_default,
-        &cfg.abs(&cfg.overrides.value),
-    )?;
+    let (fixtures_path, desired) = fixtures::load_configured(&cfg)?;
 
     let started = Instant::now();
     let mut store = provider::open(&cfg, flags.allow_non_local.as_deref())?;
