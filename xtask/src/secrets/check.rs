@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::output::{parse_format, xml_escape, Format};
 use crate::secrets::config::{Config, FlagValues};
 use crate::secrets::fixtures::{self, SecretSet};
-use crate::secrets::provider::{self, Current};
+use crate::secrets::provider::{self, Current, SecretProvider};
 use crate::secrets::scan::{self, ExternalSecret, RefKind, Scan};
 use crate::{flags, project, project_root};
 
@@ -150,21 +150,7 @@ pub fn run(flags: &flags::Check) -> Result<()> {
     let (fixtures_path, desired) = fixtures::load_configured(&cfg)?;
     let live = if flags.live {
         let mut store = provider::open(&cfg, flags.allow_non_local.as_deref())?;
-        let mut wanted: BTreeSet<String> = desired.entries.keys().cloned().collect();
-        for es in scan.external_secrets.iter().filter(|e| e.in_scope()) {
-            for r in es.refs.iter().filter(|r| r.kind != RefKind::Find) {
-                if fixtures::valid_name(&r.key) {
-                    wanted.insert(r.key.clone());
-                }
-            }
-        }
-        let names = store.list()?;
-        let wanted: Vec<String> = wanted.into_iter().collect();
-        Some(Live {
-            target: store.target(),
-            entries: store.read(&wanted)?,
-            names,
-        })
+        Some(read_live(store.as_mut(), &scan, &desired)?)
     } else {
         None
     };
@@ -214,6 +200,28 @@ pub fn run(flags: &flags::Check) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Reads what `compare` needs from the store: every fixture and every key
+/// an in-scope ExternalSecret names, plus the store's listing (for
+/// `dataFrom.find`).
+pub fn read_live(store: &mut dyn SecretProvider, scan: &Scan, desired: &SecretSet) -> Result<Live> {
+    let mut wanted: BTreeSet<String> = desired.entries.keys().cloned().collect();
+    for es in scan.external_secrets.iter().filter(|e| e.in_scope()) {
+        for r in es
+            .refs
+            .iter()
+            .filter(|r| r.kind != RefKind::Find && fixtures::valid_name(&r.key))
+        {
+            wanted.insert(r.key.clone());
+        }
+    }
+    let wanted: Vec<String> = wanted.into_iter().collect();
+    Ok(Live {
+        target: store.target(),
+        entries: store.read(&wanted)?,
+        names: store.list()?,
+    })
 }
 
 pub fn parse_fail_on(value: Option<&str>) -> Result<BTreeSet<String>> {

@@ -16,7 +16,7 @@ use crate::secrets::fixtures::SecretSet;
 use crate::secrets::journal::{self, Journal, Migration, Outcome, State};
 use crate::secrets::kube::{self, EsStatus};
 use crate::secrets::provider::SecretProvider;
-use crate::secrets::scan::STORE_NAME;
+use crate::secrets::scan::{self, STORE_NAME};
 use crate::secrets::{check, fixtures, flagfile, guard, provider, seed};
 use crate::{flags, project, project_root};
 
@@ -575,24 +575,7 @@ fn seed_target(ctx: &Ctx, to: ProviderKind) -> Result<String> {
 fn coverage(ctx: &Ctx, to: ProviderKind) -> Result<String> {
     let scan = check::collect(&ctx.root, &ctx.root.join(project::INFRA), &ctx.env, true)?;
     let desired = ctx.desired(to)?;
-    let mut wanted: Vec<String> = desired.names();
-    for es in scan.external_secrets.iter().filter(|e| e.in_scope()) {
-        wanted.extend(
-            es.refs
-                .iter()
-                .filter(|r| fixtures::valid_name(&r.key))
-                .map(|r| r.key.clone()),
-        );
-    }
-    wanted.sort();
-    wanted.dedup();
-    let live = ctx.with_store(to, |store| {
-        Ok(check::Live {
-            target: store.target(),
-            entries: store.read(&wanted)?,
-            names: store.list()?,
-        })
-    })?;
+    let live = ctx.with_store(to, |store| check::read_live(store, &scan, desired))?;
     let report = check::compare(&scan, &ctx.env, desired, Some(&live));
     let fail_on = check::parse_fail_on(Some("missing"))?;
     let failures = report.failures(&fail_on);
@@ -664,14 +647,12 @@ fn sync(ctx: &Ctx) -> Result<String> {
         .output()
         .context("running helmfile: run `cargo xtask tools`")?;
     if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         bail!(
             "`helmfile --file {} --environment {} sync` failed (exit {}):\n  {}",
             project::LAYER15_HELMFILE,
             ctx.env,
             out.status.code().unwrap_or(-1),
-            tail[tail.len().saturating_sub(10)..].join("\n  ")
+            scan::helmfile_errors(&String::from_utf8_lossy(&out.stderr))
         );
     }
     Ok("layer 15 synced".into())
@@ -683,7 +664,7 @@ fn wait_ready(ctx: &Ctx) -> Result<String> {
     let stamp = now_rfc3339();
     let ours = |all: Vec<EsStatus>| -> Vec<EsStatus> {
         all.into_iter()
-            .filter(|e| e.store == format!("ClusterSecretStore/{STORE_NAME}"))
+            .filter(|e| scan::is_our_store(&e.store))
             .collect()
     };
     let listed = ours(kube::external_secrets()?);

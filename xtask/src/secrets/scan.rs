@@ -69,9 +69,17 @@ pub struct ExternalSecret {
     pub refs: Vec<KeyRef>,
 }
 
+/// Whether `Kind/name` is the store every in-scope ExternalSecret uses.
+pub fn is_our_store(store: &str) -> bool {
+    store
+        .strip_prefix(STORE_KIND)
+        .and_then(|s| s.strip_prefix('/'))
+        == Some(STORE_NAME)
+}
+
 impl ExternalSecret {
     pub fn in_scope(&self) -> bool {
-        self.store == format!("{STORE_KIND}/{STORE_NAME}")
+        is_our_store(&self.store)
     }
 
     /// `namespace/name`, or the name alone.
@@ -450,6 +458,23 @@ fn collect_all_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// helmfile's error output, each line once: it repeats helm's error under
+/// STDERR and COMBINED OUTPUT. The last 8 lines, indented for a message.
+pub fn helmfile_errors(stderr: &str) -> String {
+    let mut lines: Vec<&str> = Vec::new();
+    for line in stderr.lines().map(str::trim) {
+        let noise = line.is_empty()
+            || line == "EXIT STATUS"
+            || line.ends_with("OUTPUT:")
+            || line == "STDERR:"
+            || line.parse::<i32>().is_ok();
+        if !noise && !lines.contains(&line) {
+            lines.push(line);
+        }
+    }
+    lines[lines.len().saturating_sub(8)..].join("\n  ")
+}
+
 /// `helmfile template` into one folder per release.
 pub fn render_helmfile(
     helmfile: &Path,
@@ -478,23 +503,10 @@ pub fn render_helmfile(
         .output()
         .context("running helmfile: run `cargo xtask tools` to install it into .tools/bin")?;
     if !out.status.success() {
-        // helmfile repeats helm's error under STDERR and COMBINED OUTPUT: keep each line once.
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let mut lines: Vec<&str> = Vec::new();
-        for line in stderr.lines().map(str::trim) {
-            let noise = line.is_empty()
-                || line == "EXIT STATUS"
-                || line.ends_with("OUTPUT:")
-                || line == "STDERR:"
-                || line.parse::<i32>().is_ok();
-            if !noise && !lines.contains(&line) {
-                lines.push(line);
-            }
-        }
         bail!(
             "helmfile template failed (exit {}):\n  {}",
             out.status.code().unwrap_or(-1),
-            lines[lines.len().saturating_sub(8)..].join("\n  ")
+            helmfile_errors(&String::from_utf8_lossy(&out.stderr))
         );
     }
     Ok(())
@@ -508,6 +520,19 @@ mod tests {
         let mut out = Vec::new();
         scan_text(text, "f.yaml", None, None, values, &mut out)?;
         Ok(out)
+    }
+
+    #[test]
+    fn helmfile_errors_are_said_once() {
+        let stderr = "in ./x.yaml: release \"r\" failed\nEXIT STATUS\n  1\nSTDERR:\n  Error: boom\nCOMBINED OUTPUT:\n  Error: boom\n";
+        assert_eq!(
+            helmfile_errors(stderr),
+            "in ./x.yaml: release \"r\" failed\n  Error: boom"
+        );
+        assert!(is_our_store("ClusterSecretStore/ameide-vault"));
+        assert!(
+            !is_our_store("SecretStore/ameide-vault") && !is_our_store("ClusterSecretStore/other")
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::secrets::config::{Config, FlagValues};
 use crate::secrets::journal::Journal;
 use crate::secrets::kube;
 use crate::secrets::provider::vault_http::VaultHttp;
-use crate::secrets::scan::STORE_NAME;
+use crate::secrets::scan::{self, STORE_NAME};
 use crate::secrets::{flagfile, guard};
 use crate::{flags, project, project_root};
 
@@ -45,7 +45,7 @@ pub fn run(flags: &flags::Status) -> Result<()> {
                 None => json!(null),
                 Some(Ok(list)) => json!(list
                     .iter()
-                    .filter(|e| e.store == format!("ClusterSecretStore/{STORE_NAME}"))
+                    .filter(|e| scan::is_our_store(&e.store))
                     .collect::<Vec<_>>()),
                 Some(Err(e)) => json!({ "error": e }),
             };
@@ -111,7 +111,7 @@ pub fn run(flags: &flags::Status) -> Result<()> {
                 Some(Ok(list)) => {
                     let ours: Vec<_> = list
                         .iter()
-                        .filter(|e| e.store == format!("ClusterSecretStore/{STORE_NAME}"))
+                        .filter(|e| scan::is_our_store(&e.store))
                         .collect();
                     let ready = ours.iter().filter(|e| e.ready == Some(true)).count();
                     println!(
