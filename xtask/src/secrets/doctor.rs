@@ -4,7 +4,7 @@
 use anyhow::{bail, Result};
 
 use crate::secrets::config::{Config, FlagValues};
-use crate::secrets::provider::{self, file};
+use crate::secrets::provider::{file, vault, SecretProvider};
 use crate::secrets::{check, fixtures, flagfile, guard, kube};
 use crate::{flags, project, project_root, tools};
 
@@ -138,11 +138,23 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
                 ..FlagValues::default()
             },
         )?;
-        match provider::open(&vault_cfg, None) {
-            Ok(p) => out.push(ok(
-                "vault",
-                format!("{} reachable, unsealed, token valid", p.target()),
-            )),
+        match vault::VaultProvider::connect(&vault_cfg, None) {
+            Ok(p) => {
+                out.push(ok(
+                    "vault",
+                    format!("{} reachable, unsealed, token valid", p.target()),
+                ));
+                if let Ok(true) = p.detailed_listing_denied() {
+                    out.push(warn(
+                        "vault",
+                        format!(
+                            "the token may not list {}/detailed-metadata/: every re-seed reads each entry",
+                            vault_cfg.vault_mount.value
+                        ),
+                        "grant `list` on that path for one-request re-seeds (docs/secrets.md, how the seed reads Vault)",
+                    ));
+                }
+            }
             Err(e) => out.push(fail(
                 "vault",
                 format!("{e:#}"),

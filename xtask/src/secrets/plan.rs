@@ -76,7 +76,8 @@ pub fn plan(
                 }
                 Some(c) if c.sha256.as_deref() == Some(entry.sha256.as_str()) => {
                     let stamped = !records_checksums
-                        || c.seeded_sha256.as_deref() == Some(entry.sha256.as_str());
+                        || (c.seeded_sha256.as_deref() == Some(entry.sha256.as_str())
+                            && !c.stamp_stale);
                     (
                         if stamped {
                             Action::Unchanged
@@ -181,6 +182,7 @@ mod tests {
             properties: vec!["value".into()],
             version: Some(version),
             seeded_sha256: seeded.map(|s| sha256_hex(s.as_bytes())),
+            stamp_stale: false,
         })
     }
 

@@ -13,5 +13,6 @@ mod migrate;
 mod raft;
 mod seed_azure;
 mod seed_file;
+mod seed_listing;
 mod seed_vault;
 mod shims;

@@ -101,6 +101,7 @@ impl AzureProvider {
             properties: vec!["value".into()],
             version: None,
             seeded_sha256: seeded,
+            stamp_stale: false,
         }))
     }
 

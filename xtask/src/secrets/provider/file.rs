@@ -113,6 +113,7 @@ impl SecretProvider for FileProvider {
                     properties: vec!["value".into()],
                     version: Some(e.version),
                     seeded_sha256: Some(e.fixture_sha256.clone()),
+                    stamp_stale: false,
                 });
                 (n.clone(), cur)
             })

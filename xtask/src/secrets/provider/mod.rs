@@ -23,6 +23,9 @@ pub struct Current {
     pub version: Option<u64>,
     /// The fixture checksum the seed last recorded for it, if any.
     pub seeded_sha256: Option<String>,
+    /// The recorded checksum names another version than the current one (or
+    /// none): the value may still be right, but the record needs renewing.
+    pub stamp_stale: bool,
 }
 
 /// One write the seed asks for.

@@ -2,8 +2,15 @@
 //! property `value` (what charts read with `remoteRef.property: value`).
 //!
 //! KV v2: `<mount>/data/<name>`, written with check-and-set on the version
-//! just read, with `managed-by` and `fixture-sha256` in `custom_metadata`.
+//! just read, with `managed-by`, `fixture-sha256` and `fixture-version` (the
+//! KV version that checksum describes) in `custom_metadata`.
 //! KV v1: `<mount>/<name>`, no versions and no metadata.
+//!
+//! Reading: one `LIST <mount>/detailed-metadata/` (OpenBao 2.2 and later),
+//! paged, gives every key's current version and custom metadata at once. An
+//! entry whose record names its current version is known without reading it;
+//! only the others get a GET. Where that endpoint is missing or the policy
+//! does not grant it, a plain LIST plus one GET per entry does the same job.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::vault_http::{Method, VaultError, VaultHttp};
@@ -144,6 +152,17 @@ impl VaultProvider {
         )
     }
 
+    /// Whether the token is refused the detailed listing that makes
+    /// re-seeds read one page instead of every entry (KV v2 only).
+    pub fn detailed_listing_denied(&self) -> Result<bool> {
+        if self.kv != KvVersion::V2 {
+            return Ok(false);
+        }
+        let path = format!("{}/detailed-metadata/?limit=1", self.mount);
+        let reply = self.rt.block_on(self.http.probe(Method::List, &path))?;
+        Ok(matches!(reply.status, 401 | 403))
+    }
+
     fn data_path(&self, name: &str) -> String {
         match self.kv {
             KvVersion::V2 => format!("{}/data/{name}", self.mount),
@@ -187,7 +206,9 @@ impl VaultProvider {
 /// per-mount endpoint that needs no sudo policy).
 async fn kv_version(http: &VaultHttp, mount: &str) -> Result<KvVersion> {
     let key = format!("{mount}/");
-    let info = match http.call(Method::Get, "sys/mounts", None).await {
+    // `sys/mounts` needs a sudo-less read a developer's policy may lack: a
+    // 403 here is an answer, not the end of the run.
+    let info = match http.probe(Method::Get, "sys/mounts").await {
         Ok(reply) if reply.status == 200 => {
             let mounts = reply
                 .body
@@ -276,15 +297,153 @@ fn current_from(kv: KvVersion, reply: &Value) -> Option<Current> {
         .unwrap_or_default();
     let sha256 = data["value"].as_str().map(|v| sha256_hex(v.as_bytes()));
     let custom = &meta["custom_metadata"];
-    let seeded_sha256 = (custom["managed-by"].as_str() == Some(MANAGED_BY))
+    let ours = custom["managed-by"].as_str() == Some(MANAGED_BY);
+    let seeded_sha256 = ours
         .then(|| custom["fixture-sha256"].as_str().map(String::from))
         .flatten();
+    let version = meta["version"].as_u64();
+    let stamped_version = custom["fixture-version"]
+        .as_str()
+        .and_then(|v| v.parse::<u64>().ok());
     Some(Current {
         sha256,
         properties,
-        version: meta["version"].as_u64(),
+        version,
+        stamp_stale: kv == KvVersion::V2
+            && (stamped_version.is_none() || stamped_version != version),
         seeded_sha256,
     })
+}
+
+/// Keys per page of the detailed listing: bounds the size of one reply.
+const DETAILED_PAGE: usize = 1000;
+
+/// One page of `LIST <mount>/detailed-metadata/`.
+#[derive(Deserialize)]
+struct DetailedPage {
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    key_info: std::collections::HashMap<String, KeyInfo>,
+}
+
+/// What the detailed listing says about one key; unknown fields are skipped.
+#[derive(Deserialize)]
+struct KeyInfo {
+    #[serde(default)]
+    current_version: u64,
+    #[serde(default)]
+    custom_metadata: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    versions: BTreeMap<String, VersionInfo>,
+}
+
+#[derive(Deserialize)]
+struct VersionInfo {
+    #[serde(default)]
+    deletion_time: String,
+    #[serde(default)]
+    destroyed: bool,
+}
+
+impl KeyInfo {
+    /// The entry as the seed left it, when its record names the current,
+    /// live version: then the value's checksum is the recorded one and no
+    /// read is needed. `None`: read the entry to know.
+    fn known(&self) -> Option<Current> {
+        let custom = self.custom_metadata.as_ref()?;
+        if custom.get("managed-by").map(String::as_str) != Some(MANAGED_BY) {
+            return None;
+        }
+        let sha = custom.get("fixture-sha256")?;
+        let stamped: u64 = custom.get("fixture-version")?.parse().ok()?;
+        let live = self
+            .versions
+            .get(&self.current_version.to_string())
+            .is_some_and(|v| v.deletion_time.is_empty() && !v.destroyed);
+        (stamped == self.current_version && self.current_version > 0 && live).then(|| Current {
+            sha256: Some(sha.clone()),
+            properties: vec!["value".into()],
+            version: Some(self.current_version),
+            seeded_sha256: Some(sha.clone()),
+            stamp_stale: false,
+        })
+    }
+}
+
+/// Percent-encodes a key for a query string.
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The keys of a KV v2 mount that `wanted` names, page by page: each with
+/// its state when the listing alone tells it ([`KeyInfo::known`]), else
+/// `None` (read the entry). `None` overall when the server has no detailed
+/// listing or the token may not use it: then list and read entry by entry.
+async fn detailed_listing(
+    http: &VaultHttp,
+    mount: &str,
+    wanted: &std::collections::HashSet<&str>,
+) -> Result<Option<BTreeMap<String, Option<Current>>>, VaultError> {
+    let mut out = BTreeMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            None => format!("{mount}/detailed-metadata/?limit={DETAILED_PAGE}"),
+            Some(a) => format!(
+                "{mount}/detailed-metadata/?limit={DETAILED_PAGE}&after={}",
+                query_escape(a)
+            ),
+        };
+        let reply = match http.probe(Method::List, &path).await {
+            Ok(r) => r,
+            // An older server may not route the path at all.
+            Err(VaultError::Status { code: 405, .. }) if after.is_none() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match reply.status {
+            200 => {}
+            // 404 on the first page: an empty mount, or a server without the
+            // endpoint; the plain listing tells which. Later: past the end.
+            404 if after.is_none() => return Ok(None),
+            404 => return Ok(Some(out)),
+            401 | 403 if after.is_none() => return Ok(None),
+            code => {
+                return Err(VaultError::Status {
+                    call: format!("LIST {mount}/detailed-metadata/"),
+                    code,
+                    errors: reply.errors(),
+                })
+            }
+        }
+        let mut body = reply.body;
+        let page: DetailedPage =
+            serde_json::from_value(body["data"].take()).map_err(|e| VaultError::Status {
+                call: format!("LIST {mount}/detailed-metadata/"),
+                code: 200,
+                errors: format!("unexpected reply: {e}"),
+            })?;
+        let full = page.keys.len() >= DETAILED_PAGE;
+        after = page.keys.last().cloned();
+        let mut info = page.key_info;
+        for key in page.keys {
+            if wanted.contains(key.as_str()) {
+                let known = info.remove(&key).and_then(|i| i.known());
+                out.insert(key, known);
+            }
+        }
+        if !full || after.is_none() {
+            return Ok(Some(out));
+        }
+    }
 }
 
 impl SecretProvider for VaultProvider {
@@ -309,15 +468,40 @@ impl SecretProvider for VaultProvider {
             .map(|n| (n.clone(), self.data_path(n)))
             .collect();
         let limit = self.concurrency;
+        let mount = self.mount.clone();
         self.rt.block_on(async move {
-            let existing: std::collections::HashSet<String> =
-                VaultProvider::list_async(&http, &list_path)
-                    .await?
-                    .into_iter()
-                    .collect();
             let mut out: BTreeMap<String, Option<Current>> = BTreeMap::new();
-            let (present, absent): (Vec<_>, Vec<_>) =
-                paths.into_iter().partition(|(n, _)| existing.contains(n));
+            let detailed = match kv {
+                KvVersion::V2 => {
+                    let wanted = paths.iter().map(|(n, _)| n.as_str()).collect();
+                    detailed_listing(&http, &mount, &wanted).await?
+                }
+                KvVersion::V1 => None,
+            };
+            let (present, absent): (Vec<_>, Vec<_>) = match detailed {
+                Some(mut info) => {
+                    let mut present = Vec::new();
+                    let mut absent = Vec::new();
+                    for (name, path) in paths {
+                        match info.remove(&name) {
+                            None => absent.push((name, path)),
+                            Some(Some(current)) => {
+                                out.insert(name, Some(current));
+                            }
+                            Some(None) => present.push((name, path)),
+                        }
+                    }
+                    (present, absent)
+                }
+                None => {
+                    let existing: std::collections::HashSet<String> =
+                        VaultProvider::list_async(&http, &list_path)
+                            .await?
+                            .into_iter()
+                            .collect();
+                    paths.into_iter().partition(|(n, _)| existing.contains(n))
+                }
+            };
             out.extend(absent.into_iter().map(|(n, _)| (n, None)));
             // Each task keeps only the small `Current`, not the whole reply.
             let currents = bounded(present, limit, |(name, path)| {
@@ -377,14 +561,13 @@ impl SecretProvider for VaultProvider {
                 let (http, mount, done) = (http.clone(), mount.clone(), done.clone());
                 async move {
                     let data = job.value.as_ref().map(|value| match (kv, job.cas) {
-                        (KvVersion::V2, Some(cas)) => json!({"options": {"cas": cas}, "data": {"value": value}}),
+                        (KvVersion::V2, Some(cas)) => {
+                            json!({"options": {"cas": cas}, "data": {"value": value}})
+                        }
                         (KvVersion::V2, None) => json!({"data": {"value": value}}),
                         (KvVersion::V1, _) => json!({"value": value}),
                     });
-                    let meta = (kv == KvVersion::V2)
-                        .then(|| json!({"custom_metadata": {"managed-by": MANAGED_BY, "fixture-sha256": job.sha256}}));
-                    let outcome =
-                        write_one(&http, &mount, &job.name, &job.path, &job.sha256, data.as_ref(), meta.as_ref()).await;
+                    let outcome = write_one(&http, &mount, kv, &job, data.as_ref()).await;
                     let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                     if show && (n % 100 == 0 || n == total) {
                         eprint!("\r  writing {n}/{total}");
@@ -425,18 +608,29 @@ struct Job {
     cas: Option<u64>,
 }
 
+/// The record kept in `custom_metadata`: which checksum the seed wrote, and
+/// at which KV version (unknown: the next run reads the entry and renews it).
+fn stamp(sha256: &str, version: Option<u64>) -> Value {
+    let mut custom = json!({"managed-by": MANAGED_BY, "fixture-sha256": sha256});
+    if let Some(v) = version {
+        custom["fixture-version"] = v.to_string().into();
+    }
+    json!({ "custom_metadata": custom })
+}
+
 async fn write_one(
     http: &VaultHttp,
     mount: &str,
-    name: &str,
-    path: &str,
-    sha256: &str,
+    kv: KvVersion,
+    job: &Job,
     data: Option<&Value>,
-    meta: Option<&Value>,
 ) -> Outcome {
+    let (name, path, sha256) = (&job.name, &job.path, &job.sha256);
+    // The version the record will name: for a value-only restamp, the one read.
+    let mut version = job.cas;
     if let Some(data) = data {
         match http.call(Method::Post, path, Some(data)).await {
-            Ok(r) if (200..300).contains(&r.status) => {}
+            Ok(r) if (200..300).contains(&r.status) => version = r.body["data"]["version"].as_u64(),
             Ok(r) if r.status == 400 && r.errors().contains("check-and-set") => {
                 // After a failover a retried write can lose to itself: the old
                 // leader committed it and died before answering. If the entry
@@ -444,10 +638,13 @@ async fn write_one(
                 let landed = match http.call(Method::Get, path, None).await {
                     Ok(r) if r.status == 200 => r.body["data"]["data"]["value"]
                         .as_str()
-                        .is_some_and(|v| sha256_hex(v.as_bytes()) == sha256),
-                    _ => false,
+                        .is_some_and(|v| sha256_hex(v.as_bytes()) == *sha256)
+                        .then(|| r.body["data"]["metadata"]["version"].as_u64()),
+                    _ => None,
                 };
-                if !landed {
+                if let Some(v) = landed {
+                    version = v;
+                } else {
                     return Outcome::Conflict(
                         "changed by someone else between the seed's read and its write (check-and-set failed); \
                          re-run to see the new state"
@@ -465,9 +662,12 @@ async fn write_one(
             Err(e) => return Outcome::Failed(e.to_string()),
         }
     }
-    if let Some(meta) = meta {
+    if kv == KvVersion::V2 {
         let meta_path = format!("{mount}/metadata/{name}");
-        match http.call(Method::Post, &meta_path, Some(meta)).await {
+        match http
+            .call(Method::Post, &meta_path, Some(&stamp(sha256, version)))
+            .await
+        {
             Ok(r) if (200..300).contains(&r.status) => {}
             // The value is written; only the checksum is missing. A re-run restamps it.
             Ok(r) => {
@@ -496,6 +696,86 @@ mod tests {
         assert_eq!(c.version, Some(3));
         assert_eq!(c.seeded_sha256.as_deref(), Some("abc"));
         assert_eq!(c.properties, vec!["other".to_string(), "value".to_string()]);
+    }
+
+    #[test]
+    fn a_record_without_the_read_version_is_stale() {
+        let at = |custom: Value| json!({"data": {"data": {"value": "x"}, "metadata": {"version": 3, "custom_metadata": custom}}});
+        let fresh =
+            at(json!({"managed-by": MANAGED_BY, "fixture-sha256": "abc", "fixture-version": "3"}));
+        assert!(!current_from(KvVersion::V2, &fresh).unwrap().stamp_stale);
+        let older =
+            at(json!({"managed-by": MANAGED_BY, "fixture-sha256": "abc", "fixture-version": "2"}));
+        assert!(current_from(KvVersion::V2, &older).unwrap().stamp_stale);
+        let none = at(json!({"managed-by": MANAGED_BY, "fixture-sha256": "abc"}));
+        assert!(current_from(KvVersion::V2, &none).unwrap().stamp_stale);
+        assert!(
+            !current_from(KvVersion::V1, &json!({"data": {"value": "x"}}))
+                .unwrap()
+                .stamp_stale
+        );
+    }
+
+    fn info(v: Value) -> KeyInfo {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn the_listing_is_trusted_only_for_a_live_recorded_version() {
+        let live = json!({"1": {"deletion_time": "", "destroyed": false},
+                          "2": {"deletion_time": "", "destroyed": false}});
+        let custom =
+            json!({"managed-by": MANAGED_BY, "fixture-sha256": "abc", "fixture-version": "2"});
+        let known = info(
+            json!({"current_version": 2, "custom_metadata": custom, "versions": live,
+                                "cas_required": false, "updated_time": "ignored"}),
+        )
+        .known()
+        .unwrap();
+        assert_eq!(known.sha256.as_deref(), Some("abc"));
+        assert_eq!(known.seeded_sha256.as_deref(), Some("abc"));
+        assert_eq!((known.version, known.stamp_stale), (Some(2), false));
+        assert_eq!(known.properties, vec!["value".to_string()]);
+
+        // Written since the record (by hand, a rollback, a patch).
+        let edited = json!({"current_version": 3, "custom_metadata": custom,
+            "versions": {"2": {"deletion_time": ""}, "3": {"deletion_time": ""}}});
+        assert!(info(edited).known().is_none());
+        // The recorded version deleted or destroyed.
+        let deleted = json!({"current_version": 2, "custom_metadata": custom,
+            "versions": {"2": {"deletion_time": "2026-11-28T04:29:19Z", "destroyed": false}}});
+        assert!(info(deleted).known().is_none());
+        let destroyed = json!({"current_version": 2, "custom_metadata": custom,
+            "versions": {"2": {"deletion_time": "", "destroyed": true}}});
+        assert!(info(destroyed).known().is_none());
+        // Somebody else's record, no record, or a record without a version.
+        let foreign = json!({"current_version": 2, "versions": live,
+            "custom_metadata": {"managed-by": "someone", "fixture-sha256": "abc", "fixture-version": "2"}});
+        assert!(info(foreign).known().is_none());
+        assert!(
+            info(json!({"current_version": 2, "custom_metadata": null, "versions": live}))
+                .known()
+                .is_none()
+        );
+        let unversioned = json!({"current_version": 2, "versions": live,
+            "custom_metadata": {"managed-by": MANAGED_BY, "fixture-sha256": "abc"}});
+        assert!(info(unversioned).known().is_none());
+    }
+
+    #[test]
+    fn records_name_the_version_when_known() {
+        let s = stamp("abc", Some(7));
+        assert_eq!(s["custom_metadata"]["fixture-version"], "7");
+        assert_eq!(s["custom_metadata"]["managed-by"], MANAGED_BY);
+        assert!(stamp("abc", None)["custom_metadata"]
+            .get("fixture-version")
+            .is_none());
+    }
+
+    #[test]
+    fn escapes_keys_for_the_page_cursor() {
+        assert_eq!(query_escape("graph-db_url.v2~"), "graph-db_url.v2~");
+        assert_eq!(query_escape("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
     }
 
     #[test]

@@ -177,6 +177,22 @@ impl VaultHttp {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Reply, VaultError> {
+        self.call_with(method, path, body, true).await
+    }
+
+    /// Like [`VaultHttp::call`], but 401/403 is an answer, not the end of the
+    /// run: for optional endpoints a policy may not grant.
+    pub async fn probe(&self, method: Method, path: &str) -> Result<Reply, VaultError> {
+        self.call_with(method, path, None, false).await
+    }
+
+    async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        forbidden_stops: bool,
+    ) -> Result<Reply, VaultError> {
         let call = describe(method, path);
         let mut attempt = 0u32;
         loop {
@@ -215,6 +231,9 @@ impl VaultHttp {
                     return Err(self.stop(VaultError::Sealed {
                         addr: self.addr.clone(),
                     }));
+                }
+                Ok((status, _, body)) if (status == 401 || status == 403) && !forbidden_stops => {
+                    return Ok(Reply { status, body });
                 }
                 Ok((status, _, body)) if status == 401 || status == 403 => {
                     return Err(self.stop(VaultError::Forbidden {
@@ -272,6 +291,7 @@ impl VaultHttp {
         let url = format!("{}/v1/{}", self.addr, path);
         let mut req = match method {
             Method::Get => self.client.get(&url),
+            Method::List if url.contains('?') => self.client.get(format!("{url}&list=true")),
             Method::List => self.client.get(format!("{url}?list=true")),
             Method::Post => self.client.post(&url),
         };
