@@ -5,6 +5,7 @@ pub mod azure;
 pub mod file;
 pub mod vault;
 pub mod vault_http;
+mod vault_listing;
 
 use std::collections::BTreeMap;
 

@@ -6,11 +6,10 @@
 //! KV version that checksum describes) in `custom_metadata`.
 //! KV v1: `<mount>/<name>`, no versions and no metadata.
 //!
-//! Reading: one `LIST <mount>/detailed-metadata/` (OpenBao 2.2 and later),
-//! paged, gives every key's current version and custom metadata at once. An
-//! entry whose record names its current version is known without reading it;
-//! only the others get a GET. Where that endpoint is missing or the policy
-//! does not grant it, a plain LIST plus one GET per entry does the same job.
+//! Reading: one paged detailed listing of the mount ([`super::vault_listing`])
+//! tells most entries without reading them; only the others get a GET. Where
+//! that endpoint is missing or the policy does not grant it, a plain LIST
+//! plus one GET per entry does the same job.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,10 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::vault_http::{Method, VaultError, VaultHttp};
+use super::vault_listing::detailed_listing;
 use super::{Current, Outcome, SecretProvider, Write, MANAGED_BY};
 use crate::fsutil::sha256_hex;
 use crate::secrets::config::{Config, Secret, Setting, Source};
@@ -315,137 +314,6 @@ fn current_from(kv: KvVersion, reply: &Value) -> Option<Current> {
     })
 }
 
-/// Keys per page of the detailed listing: bounds the size of one reply.
-const DETAILED_PAGE: usize = 1000;
-
-/// One page of `LIST <mount>/detailed-metadata/`.
-#[derive(Deserialize)]
-struct DetailedPage {
-    #[serde(default)]
-    keys: Vec<String>,
-    #[serde(default)]
-    key_info: std::collections::HashMap<String, KeyInfo>,
-}
-
-/// What the detailed listing says about one key; unknown fields are skipped.
-#[derive(Deserialize)]
-struct KeyInfo {
-    #[serde(default)]
-    current_version: u64,
-    #[serde(default)]
-    custom_metadata: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    versions: BTreeMap<String, VersionInfo>,
-}
-
-#[derive(Deserialize)]
-struct VersionInfo {
-    #[serde(default)]
-    deletion_time: String,
-    #[serde(default)]
-    destroyed: bool,
-}
-
-impl KeyInfo {
-    /// The entry as the seed left it, when its record names the current,
-    /// live version: then the value's checksum is the recorded one and no
-    /// read is needed. `None`: read the entry to know.
-    fn known(&self) -> Option<Current> {
-        let custom = self.custom_metadata.as_ref()?;
-        if custom.get("managed-by").map(String::as_str) != Some(MANAGED_BY) {
-            return None;
-        }
-        let sha = custom.get("fixture-sha256")?;
-        let stamped: u64 = custom.get("fixture-version")?.parse().ok()?;
-        let live = self
-            .versions
-            .get(&self.current_version.to_string())
-            .is_some_and(|v| v.deletion_time.is_empty() && !v.destroyed);
-        (stamped == self.current_version && self.current_version > 0 && live).then(|| Current {
-            sha256: Some(sha.clone()),
-            properties: vec!["value".into()],
-            version: Some(self.current_version),
-            seeded_sha256: Some(sha.clone()),
-            stamp_stale: false,
-        })
-    }
-}
-
-/// Percent-encodes a key for a query string.
-fn query_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// The keys of a KV v2 mount that `wanted` names, page by page: each with
-/// its state when the listing alone tells it ([`KeyInfo::known`]), else
-/// `None` (read the entry). `None` overall when the server has no detailed
-/// listing or the token may not use it: then list and read entry by entry.
-async fn detailed_listing(
-    http: &VaultHttp,
-    mount: &str,
-    wanted: &std::collections::HashSet<&str>,
-) -> Result<Option<BTreeMap<String, Option<Current>>>, VaultError> {
-    let mut out = BTreeMap::new();
-    let mut after: Option<String> = None;
-    loop {
-        let path = match &after {
-            None => format!("{mount}/detailed-metadata/?limit={DETAILED_PAGE}"),
-            Some(a) => format!(
-                "{mount}/detailed-metadata/?limit={DETAILED_PAGE}&after={}",
-                query_escape(a)
-            ),
-        };
-        let reply = match http.probe(Method::List, &path).await {
-            Ok(r) => r,
-            // An older server may not route the path at all.
-            Err(VaultError::Status { code: 405, .. }) if after.is_none() => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        match reply.status {
-            200 => {}
-            // 404 on the first page: an empty mount, or a server without the
-            // endpoint; the plain listing tells which. Later: past the end.
-            404 if after.is_none() => return Ok(None),
-            404 => return Ok(Some(out)),
-            401 | 403 if after.is_none() => return Ok(None),
-            code => {
-                return Err(VaultError::Status {
-                    call: format!("LIST {mount}/detailed-metadata/"),
-                    code,
-                    errors: reply.errors(),
-                })
-            }
-        }
-        let mut body = reply.body;
-        let page: DetailedPage =
-            serde_json::from_value(body["data"].take()).map_err(|e| VaultError::Status {
-                call: format!("LIST {mount}/detailed-metadata/"),
-                code: 200,
-                errors: format!("unexpected reply: {e}"),
-            })?;
-        let full = page.keys.len() >= DETAILED_PAGE;
-        after = page.keys.last().cloned();
-        let mut info = page.key_info;
-        for key in page.keys {
-            if wanted.contains(key.as_str()) {
-                let known = info.remove(&key).and_then(|i| i.known());
-                out.insert(key, known);
-            }
-        }
-        if !full || after.is_none() {
-            return Ok(Some(out));
-        }
-    }
-}
-
 impl SecretProvider for VaultProvider {
     fn target(&self) -> String {
         let kv = match self.kv {
@@ -716,52 +584,6 @@ mod tests {
         );
     }
 
-    fn info(v: Value) -> KeyInfo {
-        serde_json::from_value(v).unwrap()
-    }
-
-    #[test]
-    fn the_listing_is_trusted_only_for_a_live_recorded_version() {
-        let live = json!({"1": {"deletion_time": "", "destroyed": false},
-                          "2": {"deletion_time": "", "destroyed": false}});
-        let custom =
-            json!({"managed-by": MANAGED_BY, "fixture-sha256": "abc", "fixture-version": "2"});
-        let known = info(
-            json!({"current_version": 2, "custom_metadata": custom, "versions": live,
-                                "cas_required": false, "updated_time": "ignored"}),
-        )
-        .known()
-        .unwrap();
-        assert_eq!(known.sha256.as_deref(), Some("abc"));
-        assert_eq!(known.seeded_sha256.as_deref(), Some("abc"));
-        assert_eq!((known.version, known.stamp_stale), (Some(2), false));
-        assert_eq!(known.properties, vec!["value".to_string()]);
-
-        // Written since the record (by hand, a rollback, a patch).
-        let edited = json!({"current_version": 3, "custom_metadata": custom,
-            "versions": {"2": {"deletion_time": ""}, "3": {"deletion_time": ""}}});
-        assert!(info(edited).known().is_none());
-        // The recorded version deleted or destroyed.
-        let deleted = json!({"current_version": 2, "custom_metadata": custom,
-            "versions": {"2": {"deletion_time": "2026-11-28T04:29:19Z", "destroyed": false}}});
-        assert!(info(deleted).known().is_none());
-        let destroyed = json!({"current_version": 2, "custom_metadata": custom,
-            "versions": {"2": {"deletion_time": "", "destroyed": true}}});
-        assert!(info(destroyed).known().is_none());
-        // Somebody else's record, no record, or a record without a version.
-        let foreign = json!({"current_version": 2, "versions": live,
-            "custom_metadata": {"managed-by": "someone", "fixture-sha256": "abc", "fixture-version": "2"}});
-        assert!(info(foreign).known().is_none());
-        assert!(
-            info(json!({"current_version": 2, "custom_metadata": null, "versions": live}))
-                .known()
-                .is_none()
-        );
-        let unversioned = json!({"current_version": 2, "versions": live,
-            "custom_metadata": {"managed-by": MANAGED_BY, "fixture-sha256": "abc"}});
-        assert!(info(unversioned).known().is_none());
-    }
-
     #[test]
     fn records_name_the_version_when_known() {
         let s = stamp("abc", Some(7));
@@ -770,12 +592,6 @@ mod tests {
         assert!(stamp("abc", None)["custom_metadata"]
             .get("fixture-version")
             .is_none());
-    }
-
-    #[test]
-    fn escapes_keys_for_the_page_cursor() {
-        assert_eq!(query_escape("graph-db_url.v2~"), "graph-db_url.v2~");
-        assert_eq!(query_escape("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
     }
 
     #[test]
