@@ -403,6 +403,14 @@ pub fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<&Live>)
                         format!("not in the store ({})", live.target),
                         s,
                     ),
+                    Some(cur) if cur.raw_sha256.is_some() => add(
+                        Status::MissingProperty,
+                        &r.key,
+                        "the store holds a bare value, not {\"value\": ...}, so the property lookup fails: re-seed \
+                         to rewrite it"
+                            .to_string(),
+                        s,
+                    ),
                     Some(cur) if cur.sha256.is_none() => add(
                         Status::MissingProperty,
                         &r.key,

@@ -70,6 +70,17 @@ pub fn plan(
             let cur = current.get(name).cloned().flatten();
             let (action, cas) = match &cur {
                 None => (Action::Create, Some(0)),
+                // A bare value where `{"value": ...}` belongs: rewrite it when it
+                // is the fixture's or the seed's own, else it is someone's.
+                Some(c) if c.raw_sha256.is_some() => {
+                    let ours = c.raw_sha256.as_deref() == Some(entry.sha256.as_str())
+                        || c.raw_sha256 == c.seeded_sha256;
+                    if ours || force {
+                        (Action::Update, c.version)
+                    } else {
+                        (Action::Conflict(RAW_CONFLICT.to_string()), c.version)
+                    }
+                }
                 // A KV v2 entry whose latest version was deleted: re-create on top of it.
                 Some(c) if c.sha256.is_none() && c.properties.is_empty() => {
                     (Action::Create, Some(c.version.unwrap_or(0)))
@@ -109,6 +120,9 @@ pub fn plan(
         })
         .collect()
 }
+
+const RAW_CONFLICT: &str = "holds a bare value where {\"value\": ...} belongs, and not the fixture's; --force \
+                            replaces it, or copy your value into .local/secrets/overrides.json to keep it";
 
 fn conflict_reason(c: &Current) -> String {
     let short = |s: &Option<String>| s.as_deref().map(|s| s[..8].to_string());
@@ -183,6 +197,7 @@ mod tests {
             version: Some(version),
             seeded_sha256: seeded.map(|s| sha256_hex(s.as_bytes())),
             stamp_stale: false,
+            raw_sha256: None,
         })
     }
 
@@ -222,6 +237,52 @@ mod tests {
         assert_eq!(
             (c.create, c.update, c.unchanged, c.restamp, c.conflict),
             (1, 1, 1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn bare_values_are_rewritten_only_when_ours_or_forced() {
+        let desired = set(&[
+            ("fixture", "f"),
+            ("seeded", "s2"),
+            ("foreign", "x"),
+            ("stale-stamp", "t"),
+        ]);
+        let raw = |value: &str, seeded: Option<&str>| {
+            Some(Current {
+                raw_sha256: Some(sha256_hex(value.as_bytes())),
+                seeded_sha256: seeded.map(|s| sha256_hex(s.as_bytes())),
+                ..Current::default()
+            })
+        };
+        let mut current = BTreeMap::new();
+        current.insert("fixture".to_string(), raw("f", None));
+        current.insert("seeded".to_string(), raw("s1", Some("s1")));
+        current.insert("foreign".to_string(), raw("by-hand", None));
+        current.insert("stale-stamp".to_string(), raw("by-hand", Some("t-old")));
+        let labels = |force| {
+            plan(&desired, &current, true, force)
+                .into_iter()
+                .map(|i| (i.name, i.action.label()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            labels(false),
+            vec![
+                ("fixture".to_string(), "update"),
+                ("foreign".to_string(), "conflict"),
+                ("seeded".to_string(), "update"),
+                ("stale-stamp".to_string(), "conflict"),
+            ]
+        );
+        assert!(labels(true).iter().all(|(_, l)| *l == "update"));
+        let reason = match &plan(&desired, &current, true, false)[1].action {
+            Action::Conflict(r) => r.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            reason.contains("bare value") && !reason.contains("by-hand"),
+            "{reason}"
         );
     }
 

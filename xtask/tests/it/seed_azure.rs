@@ -37,7 +37,12 @@ fn seeds_azure_through_private_files_and_retries_throttling() {
         } else {
             value.as_str().unwrap()
         };
-        assert_eq!(kv["kv-dev-alice"][name]["value"], want, "{name}");
+        // Stored as {"value": ...}: ESO's Azure provider resolves
+        // `remoteRef.property: value` as a JSON path into the secret.
+        let doc: serde_json::Value =
+            serde_json::from_str(kv["kv-dev-alice"][name]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(doc, serde_json::json!({ "value": want }), "{name}");
+        assert_eq!(kv["kv-dev-alice"][name]["contentType"], "application/json");
         assert_eq!(
             kv["kv-dev-alice"][name]["tags"]["managed-by"],
             "cargo-xtask-secrets"
@@ -91,4 +96,98 @@ fn refuses_a_vault_that_a_shared_environment_uses() {
         .xtask(&["secrets", "seed", "--provider", "azure"])
         .code(1);
     assert!(run.stderr.contains("AZURE_KEYVAULT_NAME"), "{}", run.stderr);
+}
+
+#[test]
+fn bare_values_from_the_legacy_script_are_rewritten_or_kept() {
+    let sb = Sandbox::new();
+    let fixtures: serde_json::Value =
+        serde_json::from_str(&sb.read("scripts/azure/default-local-keyvault-secrets.json"))
+            .unwrap();
+    // What sync-local-keyvault-secrets.sh left behind: bare values, no tags.
+    let mut vault = serde_json::Map::new();
+    for (name, value) in fixtures.as_object().unwrap() {
+        vault.insert(
+            name.clone(),
+            serde_json::json!({"value": value, "version": 1}),
+        );
+    }
+    vault.insert(
+        "redis-password".into(),
+        serde_json::json!({"value": "set-by-hand", "version": 2}),
+    );
+    std::fs::write(
+        sb.fake_dir.join("keyvault.json"),
+        serde_json::json!({ "kv-dev-bob": vault }).to_string(),
+    )
+    .unwrap();
+    let env = [("AZURE_KEYVAULT_NAME", "kv-dev-bob")];
+
+    // check --live names what ESO would trip over.
+    let check = sb
+        .xtask_env(&["secrets", "check", "--live", "--provider", "azure"], &env)
+        .code(1);
+    assert!(
+        check.stdout.contains(
+            "the store holds a bare value, not {\"value\": ...}, so the property lookup fails: re-seed to rewrite it"
+        ),
+        "{}",
+        check.all()
+    );
+
+    let run = sb
+        .xtask_env(&["secrets", "seed", "--provider", "azure"], &env)
+        .code(1);
+    assert!(
+        run.stdout.contains("update     graph-db-password"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("conflict   redis-password"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr
+            .contains("holds a bare value where {\"value\": ...} belongs, and not the fixture's"),
+        "{}",
+        run.stderr
+    );
+    let kv = keyvault(&sb);
+    let doc: serde_json::Value = serde_json::from_str(
+        kv["kv-dev-bob"]["graph-db-password"]["value"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(doc["value"], fixtures["graph-db-password"]);
+    assert_eq!(
+        kv["kv-dev-bob"]["redis-password"]["value"], "set-by-hand",
+        "a value that is not the fixture's is kept"
+    );
+
+    sb.xtask_env(&["secrets", "seed", "--provider", "azure", "--force"], &env)
+        .ok();
+    let kv = keyvault(&sb);
+    let doc: serde_json::Value = serde_json::from_str(
+        kv["kv-dev-bob"]["redis-password"]["value"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(doc["value"], fixtures["redis-password"]);
+    let again = sb
+        .xtask_env(
+            &["secrets", "seed", "--provider", "azure", "--output", "json"],
+            &env,
+        )
+        .ok();
+    let report: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(
+        report["counts"]["unchanged"],
+        fixtures.as_object().unwrap().len()
+    );
+    sb.xtask_env(&["secrets", "check", "--live", "--provider", "azure"], &env)
+        .ok();
 }

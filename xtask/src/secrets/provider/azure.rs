@@ -1,5 +1,10 @@
 //! Azure Key Vault through the `az` CLI: legacy and parity. Values travel in
 //! 0600 temp files (`--file`), never in argv; the seed's checksum is a tag.
+//!
+//! Each secret is stored as the JSON document `{"value": "..."}`, as in
+//! Vault: charts read `remoteRef.property: value`, and ESO's Azure provider
+//! looks a property up as a JSON path in the secret's value. A bare value
+//! (what the legacy script wrote) would fail every such ExternalSecret.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -96,12 +101,10 @@ impl AzureProvider {
         let seeded = (tags["managed-by"].as_str() == Some(MANAGED_BY))
             .then(|| tags["fixture-sha256"].as_str().map(String::from))
             .flatten();
+        let stored = body["value"].as_str().unwrap_or_default();
         Ok(Some(Current {
-            sha256: body["value"].as_str().map(|v| sha256_hex(v.as_bytes())),
-            properties: vec!["value".into()],
-            version: None,
             seeded_sha256: seeded,
-            stamp_stale: false,
+            ..current_of(stored)
         }))
     }
 
@@ -126,7 +129,8 @@ impl AzureProvider {
                 "none",
             ])
         } else {
-            let file = match PrivateTempFile::new(w.value.as_bytes()) {
+            let document = serde_json::json!({ "value": w.value }).to_string();
+            let file = match PrivateTempFile::new(document.as_bytes()) {
                 Ok(f) => f,
                 Err(e) => return Outcome::Failed(format!("{e:#}")),
             };
@@ -143,6 +147,8 @@ impl AzureProvider {
                 &path,
                 "--encoding",
                 "utf-8",
+                "--content-type",
+                "application/json",
                 "--tags",
                 &tags[0],
                 &tags[1],
@@ -178,6 +184,33 @@ impl AzureProvider {
         let mut results = results.into_inner().unwrap();
         results.sort_by_key(|(i, _)| *i);
         results.into_iter().map(|(_, r)| r).collect()
+    }
+}
+
+/// What a stored secret holds: the checksum of a JSON document's string
+/// `value`, or else the checksum of the stored text as a bare value (what
+/// the legacy script wrote, a JSON document among them).
+fn current_of(stored: &str) -> Current {
+    let doc = serde_json::from_str::<Value>(stored).ok();
+    let properties = match &doc {
+        Some(Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    match doc
+        .as_ref()
+        .and_then(|d| d.get("value"))
+        .and_then(Value::as_str)
+    {
+        Some(value) => Current {
+            sha256: Some(sha256_hex(value.as_bytes())),
+            properties,
+            ..Current::default()
+        },
+        None => Current {
+            raw_sha256: Some(sha256_hex(stored.as_bytes())),
+            properties,
+            ..Current::default()
+        },
     }
 }
 
@@ -264,5 +297,35 @@ impl SecretProvider for AzureProvider {
         }
         serde_json::from_slice(&out.stdout)
             .context("`az keyvault secret list` printed no JSON list of names")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_documents_and_bare_values() {
+        let doc = current_of(r#"{"value":"s3cr3t"}"#);
+        assert_eq!(doc.sha256, Some(sha256_hex(b"s3cr3t")));
+        assert_eq!(
+            (doc.properties, doc.raw_sha256),
+            (vec!["value".to_string()], None)
+        );
+        for bare in [
+            "s3cr3t",
+            "12",
+            r#"{"realm":"ameide"}"#,
+            r#"{"value":7}"#,
+            "",
+        ] {
+            let c = current_of(bare);
+            assert_eq!(c.sha256, None, "{bare}");
+            assert_eq!(c.raw_sha256, Some(sha256_hex(bare.as_bytes())), "{bare}");
+        }
+        assert_eq!(
+            current_of(r#"{"realm":"ameide"}"#).properties,
+            vec!["realm".to_string()]
+        );
     }
 }

@@ -114,6 +114,7 @@ impl SecretProvider for FileProvider {
                     version: Some(e.version),
                     seeded_sha256: Some(e.fixture_sha256.clone()),
                     stamp_stale: false,
+                    raw_sha256: None,
                 });
                 (n.clone(), cur)
             })

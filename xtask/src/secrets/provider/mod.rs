@@ -27,6 +27,9 @@ pub struct Current {
     /// The recorded checksum names another version than the current one (or
     /// none): the value may still be right, but the record needs renewing.
     pub stamp_stale: bool,
+    /// sha256 of a bare value stored where `{"value": ...}` belongs (Azure
+    /// entries written before values were wrapped); `sha256` is then `None`.
+    pub raw_sha256: Option<String>,
 }
 
 /// One write the seed asks for.

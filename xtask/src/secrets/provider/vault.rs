@@ -311,6 +311,7 @@ fn current_from(kv: KvVersion, reply: &Value) -> Option<Current> {
         stamp_stale: kv == KvVersion::V2
             && (stamped_version.is_none() || stamped_version != version),
         seeded_sha256,
+        raw_sha256: None,
     })
 }
 

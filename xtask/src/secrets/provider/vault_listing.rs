@@ -63,6 +63,7 @@ impl KeyInfo {
             version: Some(self.current_version),
             seeded_sha256: Some(sha.clone()),
             stamp_stale: false,
+            raw_sha256: None,
         })
     }
 }
