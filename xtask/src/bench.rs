@@ -61,37 +61,36 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
         let fixtures = dir.join(format!("fixtures-{n}.json"));
         write_fixtures(&fixtures, n, 0)?;
 
-        // The ceiling: raw concurrent KV v2 writes of the same values.
-        let mount = format!("ceiling-{n}");
-        rt.block_on(enable_kv2(&http, &mount))?;
-        let t = Instant::now();
-        rt.block_on(raw_puts(&http, &mount, n, concurrency, false))?;
-        let ceiling = t.elapsed();
-        rows.push(Row {
-            name: "server ceiling: raw KV v2 writes".into(),
-            secrets: n,
-            wall_ms: ms(ceiling),
-            per_sec: n as f64 / ceiling.as_secs_f64(),
-            peak_rss_mb: 0.0,
-            writes: Some(n as u64),
-            note: format!("{concurrency} in flight, keep-alive, one write per secret"),
-        });
-        // The same, plus the custom_metadata record the seed keeps per
-        // secret: the best any seed that records checksums can do.
-        let mount = format!("ceiling-recorded-{n}");
-        rt.block_on(enable_kv2(&http, &mount))?;
-        let t = Instant::now();
-        rt.block_on(raw_puts(&http, &mount, n, concurrency, true))?;
-        let recorded = t.elapsed();
-        rows.push(Row {
-            name: "server ceiling: value + record".into(),
-            secrets: n,
-            wall_ms: ms(recorded),
-            per_sec: n as f64 / recorded.as_secs_f64(),
-            peak_rss_mb: 0.0,
-            writes: Some(2 * n as u64),
-            note: "raw writes as above, each followed by its custom_metadata write".into(),
-        });
+        // The ceiling: raw concurrent KV v2 writes of the same values, into a
+        // fresh mount; with `record`, each followed by the custom_metadata
+        // write the seed keeps per secret (the best a recording seed can do).
+        let mut ceiling_of = |record: bool, name: &str, note: String| -> Result<Duration> {
+            let mount = format!("ceiling-{n}{}", if record { "-recorded" } else { "" });
+            rt.block_on(enable_kv2(&http, &mount))?;
+            let t = Instant::now();
+            rt.block_on(raw_puts(&http, &mount, n, concurrency, record))?;
+            let took = t.elapsed();
+            rows.push(Row {
+                name: name.into(),
+                secrets: n,
+                wall_ms: ms(took),
+                per_sec: n as f64 / took.as_secs_f64(),
+                peak_rss_mb: 0.0,
+                writes: Some(if record { 2 * n } else { n } as u64),
+                note,
+            });
+            Ok(took)
+        };
+        let ceiling = ceiling_of(
+            false,
+            "server ceiling: raw KV v2 writes",
+            format!("{concurrency} in flight, keep-alive, one write per secret"),
+        )?;
+        let recorded = ceiling_of(
+            true,
+            "server ceiling: value + record",
+            "raw writes as above, each followed by its custom_metadata write".into(),
+        )?;
 
         let mount = format!("seed-{n}");
         rt.block_on(enable_kv2(&http, &mount))?;

@@ -33,6 +33,35 @@ fn report(run: &Run) -> serde_json::Value {
     serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.all()))
 }
 
+/// OpenBao, a sandbox and a recording proxy, after a first seed through
+/// it: the number of fixtures, with the proxy's log emptied.
+struct Seeded {
+    bao: OpenBao,
+    sb: Sandbox,
+    proxy: Proxy,
+    seen: Arc<Mutex<Vec<String>>>,
+    n: usize,
+    cold_calls: Vec<String>,
+}
+
+fn seeded() -> Seeded {
+    let bao = OpenBao::start();
+    let sb = Sandbox::new();
+    let (proxy, seen) = recording(&bao);
+    let cold = report(&seed_via(&sb, &proxy.addr(), &bao.token, &[]).ok());
+    let n = cold["counts"]["create"].as_u64().unwrap() as usize;
+    assert!(n > 40, "{cold}");
+    let cold_calls = taken(&seen);
+    Seeded {
+        bao,
+        sb,
+        proxy,
+        seen,
+        n,
+        cold_calls,
+    }
+}
+
 fn taken(seen: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
     std::mem::take(&mut *seen.lock().unwrap())
 }
@@ -64,13 +93,14 @@ fn a_no_op_re_seed_reads_one_listing_and_no_entry() {
     if !crate::support::require_tools(&["bao"]) {
         return;
     }
-    let bao = OpenBao::start();
-    let sb = Sandbox::new();
-    let (proxy, seen) = recording(&bao);
-    let cold = report(&seed_via(&sb, &proxy.addr(), &bao.token, &[]).ok());
-    let n = cold["counts"]["create"].as_u64().unwrap() as usize;
-    assert!(n > 40, "{cold}");
-    let calls = taken(&seen);
+    let Seeded {
+        bao,
+        sb,
+        proxy,
+        seen,
+        n,
+        cold_calls: calls,
+    } = seeded();
     assert_eq!(
         entry_reads(&calls),
         Vec::<String>::new(),
@@ -275,11 +305,14 @@ fn records_from_before_versions_are_renewed_once() {
     if !crate::support::require_tools(&["bao"]) {
         return;
     }
-    let bao = OpenBao::start();
-    let sb = Sandbox::new();
-    let (proxy, seen) = recording(&bao);
-    let cold = report(&seed_via(&sb, &proxy.addr(), &bao.token, &[]).ok());
-    let n = cold["counts"]["create"].as_u64().unwrap() as usize;
+    let Seeded {
+        bao,
+        sb,
+        proxy,
+        seen,
+        n,
+        ..
+    } = seeded();
     // Rewrite three records as an earlier release left them: no version.
     let fx: serde_json::Value =
         serde_json::from_str(&sb.read("scripts/azure/default-local-keyvault-secrets.json"))
