@@ -89,7 +89,7 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
         let recorded = ceiling_of(
             true,
             "server ceiling: value + record",
-            "raw writes as above, each followed by its custom_metadata write".into(),
+            "raw writes as above, each followed by its custom_metadata PATCH (as the seed)".into(),
         )?;
 
         let mount = format!("seed-{n}");
@@ -431,7 +431,7 @@ async fn raw_puts(
             if record {
                 let custom = json!({"custom_metadata": {"managed-by": "bench",
                     "fixture-sha256": "0".repeat(64), "fixture-version": "1"}});
-                return http.call(Method::Post, &meta_path, Some(&custom)).await;
+                return http.call(Method::Patch, &meta_path, Some(&custom)).await;
             }
             Ok(reply)
         });

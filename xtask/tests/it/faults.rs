@@ -250,7 +250,7 @@ fn a_value_written_without_its_checksum_is_reported_and_restamped() {
         bao.port,
         Arc::new(move |req| {
             if f.load(Ordering::SeqCst)
-                && req.method == "POST"
+                && req.method == "PATCH"
                 && req.path == "/v1/secret/metadata/graph-db-url"
             {
                 return Action::Reply {

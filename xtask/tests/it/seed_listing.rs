@@ -84,8 +84,12 @@ fn listings(calls: &[String]) -> usize {
         .count()
 }
 
-fn posts(calls: &[String]) -> usize {
-    calls.iter().filter(|c| c.starts_with("POST ")).count()
+/// Writes: POST of a value, PATCH of a record.
+fn writes(calls: &[String]) -> usize {
+    calls
+        .iter()
+        .filter(|c| c.starts_with("POST ") || c.starts_with("PATCH "))
+        .count()
 }
 
 #[test]
@@ -106,14 +110,14 @@ fn a_no_op_re_seed_reads_one_listing_and_no_entry() {
         Vec::<String>::new(),
         "nothing to read in an empty mount"
     );
-    assert_eq!(posts(&calls), 2 * n, "a value and its record per secret");
+    assert_eq!(writes(&calls), 2 * n, "a value and its record per secret");
 
     let again = report(&seed_via(&sb, &proxy.addr(), &bao.token, &[]).ok());
     assert_eq!(again["counts"]["unchanged"], n);
     let calls = taken(&seen);
     assert_eq!(entry_reads(&calls), Vec::<String>::new(), "{calls:#?}");
     assert_eq!(listings(&calls), 1, "{calls:#?}");
-    assert_eq!(posts(&calls), 0);
+    assert_eq!(writes(&calls), 0);
     assert_eq!(again["writes"], 0);
 
     // The record names a version, so anything done to an entry since the
@@ -181,6 +185,18 @@ fn a_no_op_re_seed_reads_one_listing_and_no_entry() {
     let kept: HashMap<String, String> =
         block_on(vaultrs::kv2::read(&client, "secret", "redis-password")).unwrap();
     assert_eq!(kept["value"], "edited-by-hand");
+    let meta = block_on(vaultrs::kv2::read_metadata(
+        &client,
+        "secret",
+        "graph-db-url",
+    ))
+    .unwrap();
+    let custom = meta.custom_metadata.unwrap();
+    assert_eq!(
+        custom["owner"], "me",
+        "a key someone added survives the restamp"
+    );
+    assert_eq!(custom["fixture-version"], "1");
     let back: HashMap<String, String> =
         block_on(vaultrs::kv2::read(&client, "secret", "graph-db-password")).unwrap();
     assert_eq!(back["value"], sb_fixture(&sb, "graph-db-password"));
@@ -235,7 +251,7 @@ fn listing_pages_past_a_thousand_keys() {
         "the second page starts after the first: {calls:#?}"
     );
     assert_eq!(entry_reads(&calls).len(), 0);
-    assert_eq!(posts(&calls), 0);
+    assert_eq!(writes(&calls), 0);
 }
 
 #[test]
@@ -244,8 +260,8 @@ fn a_token_without_the_detailed_listing_reads_entry_by_entry() {
         return;
     }
     let bao = OpenBao::start();
-    // The narrow policy docs/secrets.md shows, without its optional line:
-    // data and metadata of the mount, no `sys/mounts`, no `detailed-metadata`.
+    // Narrower than the policy docs/secrets.md shows: data and metadata of
+    // the mount, no `sys/mounts`, no `detailed-metadata`, no `patch`.
     let policy = r#"
 path "secret/data/*" { capabilities = ["create", "read", "update"] }
 path "secret/metadata/*" { capabilities = ["create", "read", "update", "list"] }
@@ -278,6 +294,14 @@ path "secret/metadata/" { capabilities = ["list"] }
     let calls = taken(&seen);
     assert_eq!(listings(&calls), 1, "tried once: {calls:#?}");
     assert_eq!(entry_reads(&calls).len(), n, "then one read per entry");
+    // Without the `patch` capability the record is written whole instead.
+    let meta = block_on(vaultrs::kv2::read_metadata(
+        &bao.client(),
+        "secret",
+        "redis-password",
+    ))
+    .unwrap();
+    assert_eq!(meta.custom_metadata.unwrap()["fixture-version"], "1");
 
     // doctor names the missing grant and the fix; with a full token it is quiet.
     let doctor = |token: &str| {
@@ -346,11 +370,18 @@ fn records_from_before_versions_are_renewed_once() {
     let calls = taken(&seen);
     assert_eq!(entry_reads(&calls), old.to_vec());
     assert!(
+        !calls
+            .iter()
+            .any(|c| c.contains("/v1/secret/data/") && !c.starts_with("GET ")),
+        "a renewal writes no value: {calls:#?}"
+    );
+    assert_eq!(
         calls
             .iter()
-            .filter(|c| c.starts_with("POST "))
-            .all(|c| c.contains("/v1/secret/metadata/")),
-        "a renewal writes no value: {calls:#?}"
+            .filter(|c| c.starts_with("PATCH /v1/secret/metadata/"))
+            .count(),
+        3,
+        "{calls:#?}"
     );
     let client = bao.client();
     for name in old {

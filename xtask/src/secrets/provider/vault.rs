@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::vault_http::{Method, VaultError, VaultHttp};
+use super::vault_http::{Method, Reply, VaultError, VaultHttp};
 use super::vault_listing::detailed_listing;
 use super::{Current, Outcome, SecretProvider, Write, MANAGED_BY};
 use crate::fsutil::sha256_hex;
@@ -477,6 +477,22 @@ struct Job {
     cas: Option<u64>,
 }
 
+/// Writes the record, merged into the entry's `custom_metadata` so keys a
+/// person added there stay. A policy without the `patch` capability (or a
+/// server without PATCH) gets a plain metadata write, which replaces
+/// `custom_metadata` whole.
+async fn record(http: &VaultHttp, meta_path: &str, record: &Value) -> Result<Reply, VaultError> {
+    match http.try_write(Method::Patch, meta_path, record).await {
+        Ok(r) if matches!(r.status, 401 | 403) => {
+            http.call(Method::Post, meta_path, Some(record)).await
+        }
+        Err(VaultError::Status { code: 405, .. }) => {
+            http.call(Method::Post, meta_path, Some(record)).await
+        }
+        other => other,
+    }
+}
+
 /// The record kept in `custom_metadata`: which checksum the seed wrote, and
 /// at which KV version (unknown: the next run reads the entry and renews it).
 fn stamp(sha256: &str, version: Option<u64>) -> Value {
@@ -533,10 +549,7 @@ async fn write_one(
     }
     if kv == KvVersion::V2 {
         let meta_path = format!("{mount}/metadata/{name}");
-        match http
-            .call(Method::Post, &meta_path, Some(&stamp(sha256, version)))
-            .await
-        {
+        match record(http, &meta_path, &stamp(sha256, version)).await {
             Ok(r) if (200..300).contains(&r.status) => {}
             // The value is written; only the checksum is missing. A re-run restamps it.
             Ok(r) => {

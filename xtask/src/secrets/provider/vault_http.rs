@@ -119,6 +119,8 @@ pub enum Method {
     Get,
     List,
     Post,
+    /// A JSON merge patch (`application/merge-patch+json`).
+    Patch,
 }
 
 pub struct VaultHttp {
@@ -186,6 +188,17 @@ impl VaultHttp {
         self.call_with(method, path, None, false).await
     }
 
+    /// A write a policy may not allow (PATCH needs its own capability):
+    /// 401/403 comes back as an answer, so the caller can fall back.
+    pub async fn try_write(
+        &self,
+        method: Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<Reply, VaultError> {
+        self.call_with(method, path, Some(body), false).await
+    }
+
     async fn call_with(
         &self,
         method: Method,
@@ -204,7 +217,7 @@ impl VaultHttp {
                 });
             }
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            if method == Method::Post {
+            if matches!(method, Method::Post | Method::Patch) {
                 self.stats.writes.fetch_add(1, Ordering::Relaxed);
             }
             let (err, wait) = match self.once(method, path, body).await {
@@ -294,6 +307,7 @@ impl VaultHttp {
             Method::List if url.contains('?') => self.client.get(format!("{url}&list=true")),
             Method::List => self.client.get(format!("{url}?list=true")),
             Method::Post => self.client.post(&url),
+            Method::Patch => self.client.patch(&url),
         };
         req = req
             .header("X-Vault-Token", self.token.expose())
@@ -303,7 +317,14 @@ impl VaultHttp {
         }
         if let Some(body) = body {
             req = req
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    if method == Method::Patch {
+                        "application/merge-patch+json"
+                    } else {
+                        "application/json"
+                    },
+                )
                 .body(serde_json::to_vec(body).expect("JSON values serialise"));
         }
         let resp = req.send().await?;
@@ -405,6 +426,7 @@ fn describe(method: Method, path: &str) -> String {
         Method::Get => "GET",
         Method::List => "LIST",
         Method::Post => "POST",
+        Method::Patch => "PATCH",
     };
     format!("{verb} {}", path.split('?').next().unwrap_or(path))
 }
