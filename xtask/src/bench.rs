@@ -2,8 +2,10 @@
 //! next to the server's own ceiling. No cluster needed.
 //!
 //! Each measured run is the real `xtask` binary as a child process (what a
-//! developer runs), timed from spawn to exit, with its peak RSS from
-//! `wait4`. The ceiling is a minimal client sending the same number of raw
+//! developer runs), timed from spawn to exit. Its peak RSS is the child's
+//! own `VmHWM`, which it writes to the file named by `XTASK_PEAK_RSS_FILE`
+//! as it exits: `wait4`'s `ru_maxrss` would also count the benchmark
+//! process itself, whose pages the child holds until its `exec`. The ceiling is a minimal client sending the same number of raw
 //! concurrent KV v2 writes (keep-alive, same concurrency) to a fresh mount.
 //! Figures go to standard output and `target/bench/results.json`.
 
@@ -50,9 +52,6 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
         3,
         concurrency,
     )?);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
     let mut ratios = serde_json::Map::new();
@@ -66,9 +65,9 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
         // write the seed keeps per secret (the best a recording seed can do).
         let mut ceiling_of = |record: bool, name: &str, note: String| -> Result<Duration> {
             let mount = format!("ceiling-{n}{}", if record { "-recorded" } else { "" });
-            rt.block_on(enable_kv2(&http, &mount))?;
+            enable_kv2(&http, &mount)?;
             let t = Instant::now();
-            rt.block_on(raw_puts(&http, &mount, n, concurrency, record))?;
+            raw_puts(&http, &mount, n, concurrency, record)?;
             let took = t.elapsed();
             rows.push(Row {
                 name: name.into(),
@@ -93,7 +92,7 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
         )?;
 
         let mount = format!("seed-{n}");
-        rt.block_on(enable_kv2(&http, &mount))?;
+        enable_kv2(&http, &mount)?;
         let seed = |fixtures: &Path| -> Result<Measured> {
             let conc = concurrency.to_string();
             measure(
@@ -233,7 +232,7 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
     // What the seed replaces: a shell loop of `bao kv put`, one process per
     // secret (values on stdin, as the seed would). 100 are enough to see it.
     let loop_n = 100;
-    rt.block_on(enable_kv2(&http, "shell-loop"))?;
+    enable_kv2(&http, "shell-loop")?;
     let t = Instant::now();
     for i in 0..loop_n {
         bao.kv_put_via_cli(
@@ -280,6 +279,25 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
     Ok(())
 }
 
+/// Where a measured child reports its peak RSS (see the module docs).
+const PEAK_RSS_ENV: &str = "XTASK_PEAK_RSS_FILE";
+
+/// Writes this process's peak RSS in KiB (`VmHWM`, counted from its `exec`)
+/// to the file `XTASK_PEAK_RSS_FILE` names, if it names one.
+pub fn report_peak_rss() {
+    let Some(path) = std::env::var_os(PEAK_RSS_ENV) else {
+        return;
+    };
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(kib) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    {
+        let _ = std::fs::write(path, kib.to_string());
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0 * 10.0).round() / 10.0
 }
@@ -306,47 +324,43 @@ impl Measured {
 
 /// Runs the xtask binary, timing it and reading its peak RSS.
 fn measure(exe: &Path, args: &[&str], fixtures: &Path, bao: &Bao, dir: &Path) -> Result<Measured> {
-    use std::os::unix::process::ExitStatusExt;
     let mut all: Vec<&str> = args.to_vec();
     let f = fixtures.to_str().unwrap();
     all.extend_from_slice(&["--fixtures", f]);
-    // Output goes to files: a pipe would fill up while we wait4.
+    // Output goes to files: a pipe could fill up while we wait.
     let out_path = dir.join("last-stdout.json");
     let err_path = dir.join("last-stderr.txt");
+    let rss_path = dir.join("last-peak-rss-kib");
+    let _ = std::fs::remove_file(&rss_path);
     let t = Instant::now();
-    let child = std::process::Command::new(exe)
+    let status = std::process::Command::new(exe)
         .args(&all)
         .env("XTASK_PROJECT_ROOT", dir.join("root"))
         .env("VAULT_ADDR", &bao.addr)
         .env("VAULT_TOKEN", &bao.token)
+        .env(PEAK_RSS_ENV, &rss_path)
         .stdout(std::fs::File::create(&out_path)?)
         .stderr(std::fs::File::create(&err_path)?)
-        .spawn()?;
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain old data; zeroed is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child; `status` and `usage` are valid out-params.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        .status()?;
     let wall = t.elapsed();
-    if waited != pid {
-        bail!("wait4 failed: {}", std::io::Error::last_os_error());
-    }
-    let stdout = std::fs::read_to_string(&out_path)?;
-    let st = std::process::ExitStatus::from_raw(status);
-    if !st.success() {
+    if !status.success() {
         bail!(
-            "`xtask {}` failed ({st}): {}",
+            "`xtask {}` failed ({status}): {}",
             args.join(" "),
             std::fs::read_to_string(&err_path)?
         );
     }
+    let stdout = std::fs::read_to_string(&out_path)?;
     let writes = serde_json::from_str::<serde_json::Value>(&stdout)
         .ok()
         .and_then(|v| v["writes"].as_u64());
+    let kib: f64 = std::fs::read_to_string(&rss_path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .context("the measured run reported no peak RSS (is /proc mounted?)")?;
     Ok(Measured {
         wall,
-        peak_rss_mb: usage.ru_maxrss as f64 / 1024.0,
+        peak_rss_mb: kib / 1024.0,
         writes,
     })
 }
@@ -395,14 +409,12 @@ fn write_infra(dir: &Path, es: usize, keys: usize) -> Result<()> {
     Ok(())
 }
 
-async fn enable_kv2(http: &VaultHttp, mount: &str) -> Result<()> {
-    let reply = http
-        .call(
-            Method::Post,
-            &format!("sys/mounts/{mount}"),
-            Some(&json!({"type": "kv", "options": {"version": "2"}})),
-        )
-        .await?;
+fn enable_kv2(http: &VaultHttp, mount: &str) -> Result<()> {
+    let reply = http.call(
+        Method::Post,
+        &format!("sys/mounts/{mount}"),
+        Some(&json!({"type": "kv", "options": {"version": "2"}})),
+    )?;
     if !(200..300).contains(&reply.status) {
         bail!("enabling {mount}: {}", reply.errors());
     }
@@ -411,33 +423,30 @@ async fn enable_kv2(http: &VaultHttp, mount: &str) -> Result<()> {
 
 /// The ceiling: `n` KV v2 writes with `concurrency` in flight; with
 /// `record`, each followed by a `custom_metadata` write as the seed's.
-async fn raw_puts(
-    http: &Arc<VaultHttp>,
+fn raw_puts(
+    http: &VaultHttp,
     mount: &str,
     n: usize,
     concurrency: usize,
     record: bool,
 ) -> Result<()> {
-    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let (http, sem) = (http.clone(), sem.clone());
-        let path = format!("{mount}/data/bench-secret-{i:06}");
-        let meta_path = format!("{mount}/metadata/bench-secret-{i:06}");
-        tasks.spawn(async move {
-            let _p = sem.acquire_owned().await;
-            let body = json!({"data": {"value": bench_value(i, false)}});
-            let reply = http.call(Method::Post, &path, Some(&body)).await?;
-            if record {
-                let custom = json!({"custom_metadata": {"managed-by": "bench",
-                    "fixture-sha256": "0".repeat(64), "fixture-version": "1"}});
-                return http.call(Method::Patch, &meta_path, Some(&custom)).await;
-            }
-            Ok(reply)
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.context("a write task failed")??;
+    let results = crate::pool::bounded((0..n).collect(), concurrency, |i| {
+        let body = json!({"data": {"value": bench_value(i, false)}});
+        let reply = http.call(
+            Method::Post,
+            &format!("{mount}/data/bench-secret-{i:06}"),
+            Some(&body),
+        )?;
+        if record {
+            let custom = json!({"custom_metadata": {"managed-by": "bench",
+                "fixture-sha256": "0".repeat(64), "fixture-version": "1"}});
+            let meta_path = format!("{mount}/metadata/bench-secret-{i:06}");
+            return http.call(Method::Patch, &meta_path, Some(&custom));
+        }
+        Ok(reply)
+    });
+    for r in results {
+        r.context("a ceiling write failed")?;
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ pub mod fsutil;
 mod fuzz;
 mod help;
 mod output;
+mod pool;
 mod project;
 pub mod secrets;
 mod test_cmd;
@@ -83,6 +84,7 @@ pub fn run_cli() -> ExitCode {
         flags::XtaskCmd::Fuzz(cmd) => fuzz::run(&cmd),
         flags::XtaskCmd::Secrets(cmd) => secrets::run(cmd),
     };
+    bench::report_peak_rss();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -159,10 +159,7 @@ fn vault_health(cfg: &Config) -> serde_json::Value {
             0,
             1,
         )?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let health = rt.block_on(http.health())?;
+        let health = http.health()?;
         Ok(json!({
             "addr": addr.value,
             "initialized": health.initialized,

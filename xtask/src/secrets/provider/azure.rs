@@ -9,8 +9,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -169,21 +167,7 @@ impl AzureProvider {
 
     /// Runs `f` over `items` on a few threads.
     fn parallel<T: Sync, R: Send>(&self, items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-        let next = AtomicUsize::new(0);
-        let results = Mutex::new(Vec::with_capacity(items.len()));
-        std::thread::scope(|s| {
-            for _ in 0..self.concurrency.min(items.len()).max(1) {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(item) = items.get(i) else { break };
-                    let r = f(item);
-                    results.lock().unwrap().push((i, r));
-                });
-            }
-        });
-        let mut results = results.into_inner().unwrap();
-        results.sort_by_key(|(i, _)| *i);
-        results.into_iter().map(|(_, r)| r).collect()
+        crate::pool::bounded(items.iter().collect(), self.concurrency, f)
     }
 }
 

@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -23,6 +22,7 @@ use super::vault_http::{Method, Reply, VaultError, VaultHttp};
 use super::vault_listing::detailed_listing;
 use super::{Current, Outcome, SecretProvider, Write, MANAGED_BY};
 use crate::fsutil::sha256_hex;
+use crate::pool::bounded;
 use crate::secrets::config::{Config, Secret, Setting, Source};
 use crate::secrets::{guard, kube};
 
@@ -33,8 +33,7 @@ pub enum KvVersion {
 }
 
 pub struct VaultProvider {
-    rt: tokio::runtime::Runtime,
-    http: Arc<VaultHttp>,
+    http: VaultHttp,
     mount: String,
     kv: KvVersion,
     concurrency: usize,
@@ -100,10 +99,6 @@ impl VaultProvider {
     /// Connects, checks the seal and the token, and finds the KV version.
     pub fn connect(cfg: &Config, allow_non_local: Option<&str>) -> Result<VaultProvider> {
         let endpoint = resolve_endpoint(cfg, allow_non_local)?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?;
         let concurrency = cfg.concurrency.value;
         let http = VaultHttp::new(
             &endpoint.addr,
@@ -113,25 +108,24 @@ impl VaultProvider {
             cfg.vault_retries,
             concurrency,
         )?;
-        let http = Arc::new(http);
         let mount = cfg.vault_mount.value.clone();
         let token_source = endpoint.token.source.clone();
-        let kv = rt.block_on(async {
-            let seal = http.seal_status().await?;
-            if seal.sealed {
-                return Err(VaultError::Sealed { addr: http.addr().to_string() }.into());
+        let seal = http.seal_status()?;
+        if seal.sealed {
+            return Err(VaultError::Sealed {
+                addr: http.addr().to_string(),
             }
-            let me = http.call(Method::Get, "auth/token/lookup-self", None).await;
-            if let Err(VaultError::Forbidden { .. }) = me {
-                bail!(
-                    "the Vault token from {token_source} is invalid or expired (permission denied on \
-                     auth/token/lookup-self). Get a fresh one: `bao login`, or export VAULT_TOKEN."
-                );
-            }
-            kv_version(&http, &mount).await
-        })?;
+            .into());
+        }
+        let me = http.call(Method::Get, "auth/token/lookup-self", None);
+        if let Err(VaultError::Forbidden { .. }) = me {
+            bail!(
+                "the Vault token from {token_source} is invalid or expired (permission denied on \
+                 auth/token/lookup-self). Get a fresh one: `bao login`, or export VAULT_TOKEN."
+            );
+        }
+        let kv = kv_version(&http, &mount)?;
         Ok(VaultProvider {
-            rt,
             http,
             mount,
             kv,
@@ -158,7 +152,7 @@ impl VaultProvider {
             return Ok(false);
         }
         let path = format!("{}/detailed-metadata/?limit=1", self.mount);
-        let reply = self.rt.block_on(self.http.probe(Method::List, &path))?;
+        let reply = self.http.probe(Method::List, &path)?;
         Ok(matches!(reply.status, 401 | 403))
     }
 
@@ -176,8 +170,8 @@ impl VaultProvider {
         }
     }
 
-    async fn list_async(http: &VaultHttp, path: &str) -> Result<Vec<String>, VaultError> {
-        let reply = http.call(Method::List, path, None).await?;
+    fn list_at(http: &VaultHttp, path: &str) -> Result<Vec<String>, VaultError> {
+        let reply = http.call(Method::List, path, None)?;
         if reply.status == 404 {
             return Ok(Vec::new());
         }
@@ -203,11 +197,11 @@ impl VaultProvider {
 
 /// Finds the KV version of `mount` from `sys/mounts` (falling back to the
 /// per-mount endpoint that needs no sudo policy).
-async fn kv_version(http: &VaultHttp, mount: &str) -> Result<KvVersion> {
+fn kv_version(http: &VaultHttp, mount: &str) -> Result<KvVersion> {
     let key = format!("{mount}/");
     // `sys/mounts` needs a sudo-less read a developer's policy may lack: a
     // 403 here is an answer, not the end of the run.
-    let info = match http.probe(Method::Get, "sys/mounts").await {
+    let info = match http.probe(Method::Get, "sys/mounts") {
         Ok(reply) if reply.status == 200 => {
             let mounts = reply
                 .body
@@ -217,13 +211,11 @@ async fn kv_version(http: &VaultHttp, mount: &str) -> Result<KvVersion> {
             mounts.get(&key).cloned()
         }
         Ok(_) | Err(VaultError::Forbidden { .. }) => {
-            let reply = http
-                .call(
-                    Method::Get,
-                    &format!("sys/internal/ui/mounts/{mount}"),
-                    None,
-                )
-                .await;
+            let reply = http.call(
+                Method::Get,
+                &format!("sys/internal/ui/mounts/{mount}"),
+                None,
+            );
             match reply {
                 Ok(r)
                     if r.status == 200 && r.body["data"]["path"].as_str() == Some(key.as_str()) =>
@@ -252,34 +244,6 @@ async fn kv_version(http: &VaultHttp, mount: &str) -> Result<KvVersion> {
         Some("1") | None => Ok(KvVersion::V1),
         Some(other) => {
             bail!("the mount {key} reports KV version {other:?}; only 1 and 2 are known")
-        }
-    }
-}
-
-/// Runs `f` over `items` with at most `limit` tasks alive at once. Tasks are
-/// spawned as others finish, so memory stays flat however many items there are.
-async fn bounded<I, F, Fut, T>(items: I, limit: usize, f: F) -> Result<Vec<T>>
-where
-    I: IntoIterator,
-    F: Fn(I::Item) -> Fut,
-    Fut: std::future::Future<Output = T> + Send + 'static,
-    T: Send + 'static,
-{
-    let mut items = items.into_iter();
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut out = Vec::new();
-    loop {
-        while tasks.len() < limit.max(1) {
-            match items.next() {
-                Some(item) => {
-                    tasks.spawn(f(item));
-                }
-                None => break,
-            }
-        }
-        match tasks.join_next().await {
-            Some(joined) => out.push(joined.map_err(|e| anyhow!("a task failed: {e}"))?),
-            None => return Ok(out),
         }
     }
 }
@@ -329,91 +293,83 @@ impl SecretProvider for VaultProvider {
     }
 
     fn read(&mut self, names: &[String]) -> Result<BTreeMap<String, Option<Current>>> {
-        let http = self.http.clone();
-        let kv = self.kv;
-        let list_path = self.list_path();
+        let (http, kv) = (&self.http, self.kv);
         let paths: Vec<(String, String)> = names
             .iter()
             .map(|n| (n.clone(), self.data_path(n)))
             .collect();
-        let limit = self.concurrency;
-        let mount = self.mount.clone();
-        self.rt.block_on(async move {
-            let mut out: BTreeMap<String, Option<Current>> = BTreeMap::new();
-            let detailed = match kv {
-                KvVersion::V2 => {
-                    let wanted = paths.iter().map(|(n, _)| n.as_str()).collect();
-                    detailed_listing(&http, &mount, &wanted).await?
-                }
-                KvVersion::V1 => None,
-            };
-            let (present, absent): (Vec<_>, Vec<_>) = match detailed {
-                Some(mut info) => {
-                    let mut present = Vec::new();
-                    let mut absent = Vec::new();
-                    for (name, path) in paths {
-                        match info.remove(&name) {
-                            None => absent.push((name, path)),
-                            Some(Some(current)) => {
-                                out.insert(name, Some(current));
-                            }
-                            Some(None) => present.push((name, path)),
-                        }
-                    }
-                    (present, absent)
-                }
-                None => {
-                    let existing: std::collections::HashSet<String> =
-                        VaultProvider::list_async(&http, &list_path)
-                            .await?
-                            .into_iter()
-                            .collect();
-                    paths.into_iter().partition(|(n, _)| existing.contains(n))
-                }
-            };
-            out.extend(absent.into_iter().map(|(n, _)| (n, None)));
-            // Each task keeps only the small `Current`, not the whole reply.
-            let currents = bounded(present, limit, |(name, path)| {
-                let http = http.clone();
-                async move {
-                    let reply = http.call(Method::Get, &path, None).await;
-                    let current =
-                        reply
-                            .map_err(anyhow::Error::from)
-                            .and_then(|reply| match reply.status {
-                                200 => Ok(current_from(kv, &reply.body)),
-                                // KV v2 answers 404 for a deleted latest version but still
-                                // returns its metadata: re-creating needs that version for CAS.
-                                404 => Ok(reply.body["data"]["metadata"]["version"].as_u64().map(
-                                    |v| Current {
-                                        version: Some(v),
-                                        ..Current::default()
-                                    },
-                                )),
-                                code => Err(anyhow!(
-                                    "GET {path} failed with HTTP {code}: {}",
-                                    reply.errors()
-                                )),
-                            });
-                    (name, current)
-                }
-            })
-            .await?;
-            for (name, current) in currents {
-                let current = current.with_context(|| format!("reading {name}"))?;
-                out.insert(name, current);
+        let mut out: BTreeMap<String, Option<Current>> = BTreeMap::new();
+        let detailed = match kv {
+            KvVersion::V2 => {
+                let wanted = paths.iter().map(|(n, _)| n.as_str()).collect();
+                detailed_listing(http, &self.mount, &wanted)?
             }
-            Ok(out)
-        })
+            KvVersion::V1 => None,
+        };
+        // Entries to read one by one; the absent ones go straight to `out`.
+        let mut present = Vec::new();
+        match detailed {
+            Some(mut info) => {
+                for (name, path) in paths {
+                    match info.remove(&name) {
+                        None => {
+                            out.insert(name, None);
+                        }
+                        Some(Some(current)) => {
+                            out.insert(name, Some(current));
+                        }
+                        Some(None) => present.push((name, path)),
+                    }
+                }
+            }
+            None => {
+                let existing: std::collections::HashSet<String> =
+                    VaultProvider::list_at(http, &self.list_path())?
+                        .into_iter()
+                        .collect();
+                for (name, path) in paths {
+                    if existing.contains(&name) {
+                        present.push((name, path));
+                    } else {
+                        out.insert(name, None);
+                    }
+                }
+            }
+        }
+        // Each thread keeps only the small `Current`, not the whole reply.
+        let currents = bounded(present, self.concurrency, |(name, path)| {
+            let current =
+                http.call(Method::Get, &path, None)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|reply| match reply.status {
+                        200 => Ok(current_from(kv, &reply.body)),
+                        // KV v2 answers 404 for a deleted latest version but still
+                        // returns its metadata: re-creating needs that version for CAS.
+                        404 => Ok(reply.body["data"]["metadata"]["version"].as_u64().map(|v| {
+                            Current {
+                                version: Some(v),
+                                ..Current::default()
+                            }
+                        })),
+                        code => Err(anyhow!(
+                            "GET {path} failed with HTTP {code}: {}",
+                            reply.errors()
+                        )),
+                    });
+            (name, current)
+        });
+        for (name, current) in currents {
+            let current = current.with_context(|| format!("reading {name}"))?;
+            out.insert(name, current);
+        }
+        Ok(out)
     }
 
     fn write(&mut self, writes: &[Write<'_>]) -> Result<Vec<(String, Outcome)>> {
-        let http = self.http.clone();
-        let kv = self.kv;
-        let mount = self.mount.clone();
+        let (http, kv, mount) = (&self.http, self.kv, self.mount.as_str());
         let total = writes.len();
         let show = self.progress && total >= 200;
-        let done = Arc::new(AtomicUsize::new(0));
+        let done = AtomicUsize::new(0);
         let jobs: Vec<Job> = writes
             .iter()
             .map(|w| Job {
@@ -424,38 +380,28 @@ impl SecretProvider for VaultProvider {
                 cas: w.cas,
             })
             .collect();
-        let limit = self.concurrency;
-        self.rt.block_on(async move {
-            bounded(jobs, limit, |job| {
-                let (http, mount, done) = (http.clone(), mount.clone(), done.clone());
-                async move {
-                    let data = job.value.as_ref().map(|value| match (kv, job.cas) {
-                        (KvVersion::V2, Some(cas)) => {
-                            json!({"options": {"cas": cas}, "data": {"value": value}})
-                        }
-                        (KvVersion::V2, None) => json!({"data": {"value": value}}),
-                        (KvVersion::V1, _) => json!({"value": value}),
-                    });
-                    let outcome = write_one(&http, &mount, kv, &job, data.as_ref()).await;
-                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    if show && (n % 100 == 0 || n == total) {
-                        eprint!("\r  writing {n}/{total}");
-                        if n == total {
-                            eprintln!();
-                        }
-                    }
-                    (job.name, outcome)
+        Ok(bounded(jobs, self.concurrency, |job| {
+            let data = job.value.as_ref().map(|value| match (kv, job.cas) {
+                (KvVersion::V2, Some(cas)) => {
+                    json!({"options": {"cas": cas}, "data": {"value": value}})
                 }
-            })
-            .await
-        })
+                (KvVersion::V2, None) => json!({"data": {"value": value}}),
+                (KvVersion::V1, _) => json!({"value": value}),
+            });
+            let outcome = write_one(http, mount, kv, &job, data.as_ref());
+            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+            if show && (n.is_multiple_of(100) || n == total) {
+                eprint!("\r  writing {n}/{total}");
+                if n == total {
+                    eprintln!();
+                }
+            }
+            (job.name, outcome)
+        }))
     }
 
     fn list(&mut self) -> Result<Vec<String>> {
-        let http = self.http.clone();
-        let path = self.list_path();
-        self.rt
-            .block_on(async move { Ok(VaultProvider::list_async(&http, &path).await?) })
+        Ok(VaultProvider::list_at(&self.http, &self.list_path())?)
     }
 
     fn stats(&self) -> Option<(u64, u64, u64)> {
@@ -478,18 +424,24 @@ struct Job {
 }
 
 /// Writes the record, merged into the entry's `custom_metadata` so keys a
-/// person added there stay. A policy without the `patch` capability (or a
-/// server without PATCH) gets a plain metadata write, which replaces
-/// `custom_metadata` whole.
-async fn record(http: &VaultHttp, meta_path: &str, record: &Value) -> Result<Reply, VaultError> {
-    match http.try_write(Method::Patch, meta_path, record).await {
-        Ok(r) if matches!(r.status, 401 | 403) => {
-            http.call(Method::Post, meta_path, Some(record)).await
+/// person added there stay; returns the verb that answered. A plain
+/// metadata write (which replaces `custom_metadata` whole) stands in when
+/// the merge is refused: a policy without the `patch` capability, a server
+/// without PATCH, or a 404 from a Raft standby that has not yet applied
+/// the entry the value write just created.
+fn record(
+    http: &VaultHttp,
+    meta_path: &str,
+    record: &Value,
+) -> (&'static str, Result<Reply, VaultError>) {
+    match http.try_write(Method::Patch, meta_path, record) {
+        Ok(r) if matches!(r.status, 401 | 403 | 404) => {
+            ("POST", http.call(Method::Post, meta_path, Some(record)))
         }
         Err(VaultError::Status { code: 405, .. }) => {
-            http.call(Method::Post, meta_path, Some(record)).await
+            ("POST", http.call(Method::Post, meta_path, Some(record)))
         }
-        other => other,
+        other => ("PATCH", other),
     }
 }
 
@@ -503,7 +455,7 @@ fn stamp(sha256: &str, version: Option<u64>) -> Value {
     json!({ "custom_metadata": custom })
 }
 
-async fn write_one(
+fn write_one(
     http: &VaultHttp,
     mount: &str,
     kv: KvVersion,
@@ -514,13 +466,13 @@ async fn write_one(
     // The version the record will name: for a value-only restamp, the one read.
     let mut version = job.cas;
     if let Some(data) = data {
-        match http.call(Method::Post, path, Some(data)).await {
+        match http.call(Method::Post, path, Some(data)) {
             Ok(r) if (200..300).contains(&r.status) => version = r.body["data"]["version"].as_u64(),
             Ok(r) if r.status == 400 && r.errors().contains("check-and-set") => {
                 // After a failover a retried write can lose to itself: the old
                 // leader committed it and died before answering. If the entry
                 // now holds exactly our value, the write is ours.
-                let landed = match http.call(Method::Get, path, None).await {
+                let landed = match http.call(Method::Get, path, None) {
                     Ok(r) if r.status == 200 => r.body["data"]["data"]["value"]
                         .as_str()
                         .is_some_and(|v| sha256_hex(v.as_bytes()) == *sha256)
@@ -549,12 +501,13 @@ async fn write_one(
     }
     if kv == KvVersion::V2 {
         let meta_path = format!("{mount}/metadata/{name}");
-        match record(http, &meta_path, &stamp(sha256, version)).await {
+        let (verb, written) = record(http, &meta_path, &stamp(sha256, version));
+        match written {
             Ok(r) if (200..300).contains(&r.status) => {}
             // The value is written; only the checksum is missing. A re-run restamps it.
             Ok(r) => {
                 return Outcome::ValueOnly(format!(
-                    "POST {meta_path} failed with HTTP {}: {}",
+                    "{verb} {meta_path} failed with HTTP {}: {}",
                     r.status,
                     r.errors()
                 ))

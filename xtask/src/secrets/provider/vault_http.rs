@@ -124,7 +124,7 @@ pub enum Method {
 }
 
 pub struct VaultHttp {
-    client: reqwest::Client,
+    client: ureq::Agent,
     addr: String,
     token: Secret,
     namespace: Option<String>,
@@ -137,6 +137,8 @@ pub struct VaultHttp {
 
 /// Longest pause a `Retry-After` may ask for.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// Largest reply read: a page of the detailed listing is well under 1 MiB.
+const MAX_REPLY_BYTES: u64 = 64 << 20;
 /// First backoff step; doubles each retry, with full jitter.
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 
@@ -149,13 +151,24 @@ impl VaultHttp {
         retries: u32,
         pool: usize,
     ) -> anyhow::Result<VaultHttp> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .pool_max_idle_per_host(pool)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))?;
+        // No proxy from the environment: Vault here is on loopback or a
+        // port-forward, and a corporate HTTP_PROXY must not see the token.
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .proxy(None)
+            .timeout_global(Some(timeout))
+            .timeout_connect(Some(timeout.min(Duration::from_secs(5))))
+            .max_idle_connections_per_host(pool.max(1))
+            .max_idle_connections(pool.max(1) * 2)
+            .no_delay(true)
+            .tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .provider(ureq::tls::TlsProvider::NativeTls)
+                    .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+                    .build(),
+            )
+            .build();
+        let client = ureq::Agent::new_with_config(config);
         Ok(VaultHttp {
             client,
             addr: addr.trim_end_matches('/').to_string(),
@@ -173,33 +186,28 @@ impl VaultHttp {
     }
 
     /// One API call with retries. `path` is below `/v1/`.
-    pub async fn call(
+    pub fn call(
         &self,
         method: Method,
         path: &str,
         body: Option<&Value>,
     ) -> Result<Reply, VaultError> {
-        self.call_with(method, path, body, true).await
+        self.call_with(method, path, body, true)
     }
 
     /// Like [`VaultHttp::call`], but 401/403 is an answer, not the end of the
     /// run: for optional endpoints a policy may not grant.
-    pub async fn probe(&self, method: Method, path: &str) -> Result<Reply, VaultError> {
-        self.call_with(method, path, None, false).await
+    pub fn probe(&self, method: Method, path: &str) -> Result<Reply, VaultError> {
+        self.call_with(method, path, None, false)
     }
 
     /// A write a policy may not allow (PATCH needs its own capability):
     /// 401/403 comes back as an answer, so the caller can fall back.
-    pub async fn try_write(
-        &self,
-        method: Method,
-        path: &str,
-        body: &Value,
-    ) -> Result<Reply, VaultError> {
-        self.call_with(method, path, Some(body), false).await
+    pub fn try_write(&self, method: Method, path: &str, body: &Value) -> Result<Reply, VaultError> {
+        self.call_with(method, path, Some(body), false)
     }
 
-    async fn call_with(
+    fn call_with(
         &self,
         method: Method,
         path: &str,
@@ -220,7 +228,7 @@ impl VaultHttp {
             if matches!(method, Method::Post | Method::Patch) {
                 self.stats.writes.fetch_add(1, Ordering::Relaxed);
             }
-            let (err, wait) = match self.once(method, path, body).await {
+            let (err, wait) = match self.once(method, path, body) {
                 // A KV v2 mount that was just enabled upgrades itself and
                 // answers 400 for a moment: wait for it like any transient.
                 Ok((400, _, body))
@@ -266,17 +274,17 @@ impl VaultHttp {
                     }
                     (err, retry_after)
                 }
-                Err(e) if e.is_timeout() => (
+                Err(Transport::Timeout) => (
                     VaultError::Timeout {
                         call: call.clone(),
                         secs: self.timeout.as_secs_f64(),
                     },
                     None,
                 ),
-                Err(e) => (
+                Err(Transport::Failed(detail)) => (
                     VaultError::Unreachable {
                         addr: self.addr.clone(),
-                        detail: root_cause(&e),
+                        detail,
                     },
                     None,
                 ),
@@ -285,8 +293,21 @@ impl VaultHttp {
                 return Err(if err.is_fatal() { self.stop(err) } else { err });
             }
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(wait.unwrap_or_else(|| backoff(attempt))).await;
+            std::thread::sleep(wait.unwrap_or_else(|| backoff(attempt)));
             attempt += 1;
+        }
+    }
+
+    fn transport_error(&self, call: &str, e: Transport) -> VaultError {
+        match e {
+            Transport::Timeout => VaultError::Timeout {
+                call: call.into(),
+                secs: self.timeout.as_secs_f64(),
+            },
+            Transport::Failed(detail) => VaultError::Unreachable {
+                addr: self.addr.clone(),
+                detail,
+            },
         }
     }
 
@@ -295,48 +316,68 @@ impl VaultHttp {
         err
     }
 
-    async fn once(
+    fn once(
         &self,
         method: Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<(u16, Option<Duration>, Value), reqwest::Error> {
+    ) -> Result<(u16, Option<Duration>, Value), Transport> {
         let url = format!("{}/v1/{}", self.addr, path);
-        let mut req = match method {
-            Method::Get => self.client.get(&url),
-            Method::List if url.contains('?') => self.client.get(format!("{url}&list=true")),
-            Method::List => self.client.get(format!("{url}?list=true")),
-            Method::Post => self.client.post(&url),
-            Method::Patch => self.client.patch(&url),
+        let url = match method {
+            Method::List if url.contains('?') => format!("{url}&list=true"),
+            Method::List => format!("{url}?list=true"),
+            _ => url,
         };
-        req = req
-            .header("X-Vault-Token", self.token.expose())
-            .header("X-Vault-Request", "true");
-        if let Some(ns) = &self.namespace {
-            req = req.header("X-Vault-Namespace", ns);
-        }
-        if let Some(body) = body {
-            req = req
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    if method == Method::Patch {
-                        "application/merge-patch+json"
-                    } else {
-                        "application/json"
-                    },
-                )
-                .body(serde_json::to_vec(body).expect("JSON values serialise"));
-        }
-        let resp = req.send().await?;
+        let token = self.token.expose();
+        let namespace = self.namespace.as_deref();
+        let content_type = if method == Method::Patch {
+            "application/merge-patch+json"
+        } else {
+            "application/json"
+        };
+        let sent = match method {
+            Method::Get | Method::List => {
+                let mut req = self
+                    .client
+                    .get(&url)
+                    .header("X-Vault-Token", token)
+                    .header("X-Vault-Request", "true");
+                if let Some(ns) = namespace {
+                    req = req.header("X-Vault-Namespace", ns);
+                }
+                req.call()
+            }
+            Method::Post | Method::Patch => {
+                let mut req = if method == Method::Post {
+                    self.client.post(&url)
+                } else {
+                    self.client.patch(&url)
+                }
+                .header("X-Vault-Token", token)
+                .header("X-Vault-Request", "true")
+                .header("Content-Type", content_type);
+                if let Some(ns) = namespace {
+                    req = req.header("X-Vault-Namespace", ns);
+                }
+                let bytes = body.map(|b| serde_json::to_vec(b).expect("JSON values serialise"));
+                req.send(bytes.as_deref().unwrap_or(b"{}"))
+            }
+        };
+        let mut resp = sent.map_err(Transport::from)?;
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
-            .get(reqwest::header::RETRY_AFTER)
+            .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(|s| Duration::from_secs_f64(s).min(MAX_RETRY_AFTER));
-        let bytes = resp.bytes().await?;
+        let bytes = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_REPLY_BYTES)
+            .read_to_vec()
+            .map_err(Transport::from)?;
         let body = if bytes.is_empty() {
             Value::Null
         } else {
@@ -346,23 +387,10 @@ impl VaultHttp {
     }
 
     /// `GET sys/seal-status` without retries or token: `Some(sealed)`, or the error.
-    pub async fn seal_status(&self) -> Result<SealStatus, VaultError> {
+    pub fn seal_status(&self) -> Result<SealStatus, VaultError> {
         let (status, _, body) = self
             .once(Method::Get, "sys/seal-status", None)
-            .await
-            .map_err(|e| {
-                if e.is_timeout() {
-                    VaultError::Timeout {
-                        call: "GET sys/seal-status".into(),
-                        secs: self.timeout.as_secs_f64(),
-                    }
-                } else {
-                    VaultError::Unreachable {
-                        addr: self.addr.clone(),
-                        detail: root_cause(&e),
-                    }
-                }
-            })?;
+            .map_err(|e| self.transport_error("GET sys/seal-status", e))?;
         if status != 200 {
             return Err(VaultError::Status {
                 call: "GET sys/seal-status".into(),
@@ -379,15 +407,11 @@ impl VaultHttp {
 
     /// `GET sys/health`, read with our own struct: vaultrs 0.8 cannot parse
     /// OpenBao's answer, which has no `performance_standby` field.
-    pub async fn health(&self) -> Result<Health, VaultError> {
+    pub fn health(&self) -> Result<Health, VaultError> {
         let path = "sys/health?standbyok=true&perfstandbyok=true&sealedcode=200&uninitcode=200";
-        let (status, _, body) =
-            self.once(Method::Get, path, None)
-                .await
-                .map_err(|e| VaultError::Unreachable {
-                    addr: self.addr.clone(),
-                    detail: root_cause(&e),
-                })?;
+        let (status, _, body) = self
+            .once(Method::Get, path, None)
+            .map_err(|e| self.transport_error("GET sys/health", e))?;
         serde_json::from_value(body).map_err(|e| VaultError::Status {
             call: "GET sys/health".into(),
             code: status,
@@ -431,12 +455,22 @@ fn describe(method: Method, path: &str) -> String {
     format!("{verb} {}", path.split('?').next().unwrap_or(path))
 }
 
-fn root_cause(e: &reqwest::Error) -> String {
-    let mut source: &dyn std::error::Error = e;
-    while let Some(next) = source.source() {
-        source = next;
+/// A request that got no HTTP answer.
+#[derive(Debug)]
+enum Transport {
+    Timeout,
+    Failed(String),
+}
+
+impl From<ureq::Error> for Transport {
+    fn from(e: ureq::Error) -> Transport {
+        match e {
+            ureq::Error::Timeout(_) => Transport::Timeout,
+            ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => Transport::Timeout,
+            ureq::Error::Io(io) => Transport::Failed(io.to_string()),
+            other => Transport::Failed(other.to_string()),
+        }
     }
-    source.to_string()
 }
 
 /// Exponential backoff with full jitter: a random pause in [0, base * 2^attempt].

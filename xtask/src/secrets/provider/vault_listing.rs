@@ -85,7 +85,7 @@ fn query_escape(s: &str) -> String {
 /// its state when the listing alone tells it ([`KeyInfo::known`]), else
 /// `None` (read the entry). `None` overall when the server has no detailed
 /// listing or the token may not use it: then list and read entry by entry.
-pub(super) async fn detailed_listing(
+pub(super) fn detailed_listing(
     http: &VaultHttp,
     mount: &str,
     wanted: &HashSet<&str>,
@@ -100,7 +100,7 @@ pub(super) async fn detailed_listing(
                 query_escape(a)
             ),
         };
-        let reply = match http.probe(Method::List, &path).await {
+        let reply = match http.probe(Method::List, &path) {
             Ok(r) => r,
             // An older server may not route the path at all.
             Err(VaultError::Status { code: 405, .. }) if after.is_none() => return Ok(None),
