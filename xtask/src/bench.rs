@@ -51,6 +51,7 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
         Duration::from_secs(30),
         3,
         concurrency,
+        None,
     )?);
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();

@@ -120,6 +120,7 @@ struct VaultFile {
     addr: Option<String>,
     token: Option<String>,
     namespace: Option<String>,
+    ca_cert: Option<PathBuf>,
     mount: Option<String>,
     timeout_secs: Option<f64>,
     retries: Option<u32>,
@@ -181,6 +182,8 @@ pub struct Config {
     pub vault_addr: Option<Setting<String>>,
     pub vault_token: Option<Setting<Secret>>,
     pub vault_namespace: Option<Setting<String>>,
+    /// PEM file of the CA that signed an HTTPS Vault's certificate.
+    pub vault_ca_cert: Option<Setting<PathBuf>>,
     pub vault_mount: Setting<String>,
     pub vault_timeout_secs: f64,
     pub vault_retries: u32,
@@ -343,6 +346,12 @@ impl Config {
             local.vault.namespace.clone(),
             repo.vault.namespace.clone(),
         );
+        let vault_ca_cert = pick(
+            None,
+            env("VAULT_CACERT").map(|v| (PathBuf::from(v), "VAULT_CACERT")),
+            local.vault.ca_cert.clone(),
+            repo.vault.ca_cert.clone(),
+        );
         let vault_mount = or_builtin(
             pick(
                 flags.mount.clone().map(|v| (v, "--mount")),
@@ -431,6 +440,7 @@ impl Config {
             vault_addr,
             vault_token,
             vault_namespace,
+            vault_ca_cert,
             vault_mount,
             vault_timeout_secs,
             vault_retries,
@@ -501,6 +511,13 @@ impl Config {
             rows.push((
                 "vault.namespace".into(),
                 s.value.clone(),
+                s.source.to_string(),
+            ));
+        }
+        if let Some(s) = &self.vault_ca_cert {
+            rows.push((
+                "vault.ca_cert".into(),
+                s.value.display().to_string(),
                 s.source.to_string(),
             ));
         }

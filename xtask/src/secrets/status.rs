@@ -154,10 +154,14 @@ fn vault_health(cfg: &Config) -> serde_json::Value {
         let http = VaultHttp::new(
             &addr.value,
             token,
-            None,
+            cfg.vault_namespace.as_ref().map(|s| s.value.clone()),
             std::time::Duration::from_secs(5),
             0,
             1,
+            cfg.vault_ca_cert
+                .as_ref()
+                .map(|c| cfg.abs(&c.value))
+                .as_deref(),
         )?;
         let health = http.health()?;
         Ok(json!({

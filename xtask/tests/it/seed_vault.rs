@@ -504,3 +504,57 @@ fn two_seeds_at_once_lose_no_update_and_corrupt_nothing() {
         .expect("the file store is valid JSON");
     assert_eq!(store["secrets"].as_object().unwrap().len(), 47);
 }
+
+#[test]
+fn an_https_vault_with_its_own_ca_needs_vault_cacert() {
+    if !crate::support::require_tools(&["bao"]) {
+        return;
+    }
+    let bao = OpenBao::start_tls();
+    let ca = bao.ca_cert.clone().unwrap();
+    let sb = Sandbox::new();
+    let env = [
+        ("VAULT_ADDR", bao.addr.as_str()),
+        ("VAULT_TOKEN", bao.token.as_str()),
+    ];
+    let run = sb
+        .xtask_env(&["secrets", "seed", "--provider", "vault"], &env)
+        .code(1);
+    assert!(
+        run.stderr.contains("certificate")
+            && run.stderr.contains("export VAULT_CACERT=<its CA file>"),
+        "{}",
+        run.stderr
+    );
+    let ca = ca.to_str().unwrap();
+    let with_ca = [env[0], env[1], ("VAULT_CACERT", ca)];
+    let seeded = json(
+        &sb.xtask_env(
+            &["secrets", "seed", "--provider", "vault", "--output", "json"],
+            &with_ca,
+        )
+        .ok(),
+    );
+    assert_eq!(seeded["counts"]["create"], fixtures(&sb).len());
+    let status = sb.xtask_env(&["secrets", "status"], &with_ca).ok();
+    assert!(status.stdout.contains("unsealed"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("vault.ca_cert") && status.stdout.contains("env VAULT_CACERT"),
+        "{}",
+        status.stdout
+    );
+    // A file with no certificate in it is named, with the fix.
+    sb.write("not-a-ca.pem", "hello\n");
+    let bad = sb.path("not-a-ca.pem");
+    let run = sb
+        .xtask_env(
+            &["secrets", "seed", "--provider", "vault"],
+            &[env[0], env[1], ("VAULT_CACERT", bad.to_str().unwrap())],
+        )
+        .code(1);
+    assert!(
+        run.stderr.contains("holds no PEM certificate"),
+        "{}",
+        run.stderr
+    );
+}

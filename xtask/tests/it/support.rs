@@ -91,19 +91,37 @@ pub struct OpenBao {
     pub addr: String,
     pub port: u16,
     pub token: String,
+    /// With `start_tls`: the CA file of the server's self-signed certificate.
+    pub ca_cert: Option<PathBuf>,
     _dir: TempDir,
 }
 
 impl OpenBao {
     pub fn start() -> OpenBao {
+        OpenBao::start_with(false)
+    }
+
+    /// `bao server -dev -dev-tls`: HTTPS with a CA of its own.
+    pub fn start_tls() -> OpenBao {
+        OpenBao::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> OpenBao {
         for _ in 0..3 {
             let dir = TempDir::new("bao");
             let port = free_port();
             let token = format!("root-{port}");
             let log = std::fs::File::create(dir.0.join("bao.log")).unwrap();
-            let child = Command::new(find_on(&tools_path(), "bao").expect("bao is installed"))
-                .args(["server", "-dev", &format!("-dev-root-token-id={token}")])
-                .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+            let certs = dir.0.join("tls");
+            let mut cmd = Command::new(find_on(&tools_path(), "bao").expect("bao is installed"));
+            cmd.args(["server", "-dev", &format!("-dev-root-token-id={token}")])
+                .arg(format!("-dev-listen-address=127.0.0.1:{port}"));
+            if tls {
+                std::fs::create_dir_all(&certs).unwrap();
+                cmd.arg("-dev-tls")
+                    .arg(format!("-dev-tls-cert-dir={}", certs.display()));
+            }
+            let child = cmd
                 .env("HOME", &dir.0)
                 .env_remove("VAULT_ADDR")
                 .env_remove("BAO_ADDR")
@@ -113,9 +131,10 @@ impl OpenBao {
                 .expect("starting bao");
             let mut bao = OpenBao {
                 child,
-                addr: format!("http://127.0.0.1:{port}"),
+                addr: format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" }),
                 port,
                 token,
+                ca_cert: tls.then(|| certs.join("vault-ca.pem")),
                 _dir: dir,
             };
             if bao.wait_healthy(Duration::from_secs(10)) {
@@ -131,8 +150,15 @@ impl OpenBao {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if http_status(self.port, "/v1/sys/health") == Some(200) {
-                return true;
+            match &self.ca_cert {
+                // TLS: ready once it listens and has written its CA.
+                Some(ca) if ca.exists() && TcpStream::connect(("127.0.0.1", self.port)).is_ok() => {
+                    std::thread::sleep(Duration::from_millis(300));
+                    return true;
+                }
+                Some(_) => {}
+                None if http_status(self.port, "/v1/sys/health") == Some(200) => return true,
+                None => {}
             }
             std::thread::sleep(Duration::from_millis(50));
         }

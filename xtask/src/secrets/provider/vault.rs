@@ -107,6 +107,10 @@ impl VaultProvider {
             Duration::from_secs_f64(cfg.vault_timeout_secs),
             cfg.vault_retries,
             concurrency,
+            cfg.vault_ca_cert
+                .as_ref()
+                .map(|c| cfg.abs(&c.value))
+                .as_deref(),
         )?;
         let mount = cfg.vault_mount.value.clone();
         let token_source = endpoint.token.source.clone();

@@ -150,7 +150,12 @@ impl VaultHttp {
         timeout: Duration,
         retries: u32,
         pool: usize,
+        ca_cert: Option<&std::path::Path>,
     ) -> anyhow::Result<VaultHttp> {
+        let roots = match ca_cert {
+            None => ureq::tls::RootCerts::PlatformVerifier,
+            Some(path) => ureq::tls::RootCerts::new_with_certs(&read_ca_certs(path)?),
+        };
         // No proxy from the environment: Vault here is on loopback or a
         // port-forward, and a corporate HTTP_PROXY must not see the token.
         let config = ureq::Agent::config_builder()
@@ -164,7 +169,7 @@ impl VaultHttp {
             .tls_config(
                 ureq::tls::TlsConfig::builder()
                     .provider(ureq::tls::TlsProvider::NativeTls)
-                    .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+                    .root_certs(roots)
                     .build(),
             )
             .build();
@@ -455,6 +460,30 @@ fn describe(method: Method, path: &str) -> String {
     format!("{verb} {}", path.split('?').next().unwrap_or(path))
 }
 
+/// The certificates of a PEM file (VAULT_CACERT), or an error naming it.
+fn read_ca_certs(path: &std::path::Path) -> anyhow::Result<Vec<ureq::tls::Certificate<'static>>> {
+    let pem = std::fs::read(path).map_err(|e| {
+        anyhow::anyhow!(
+            "reading the Vault CA certificate {} (VAULT_CACERT or vault.ca_cert): {e}",
+            path.display()
+        )
+    })?;
+    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        anyhow::bail!(
+            "{} holds no PEM certificate; point VAULT_CACERT at the CA file your Vault prints (for `bao server \
+             -dev-tls`, vault-ca.pem in its -dev-tls-cert-dir)",
+            path.display()
+        );
+    }
+    Ok(certs)
+}
+
 /// A request that got no HTTP answer.
 #[derive(Debug)]
 enum Transport {
@@ -468,6 +497,9 @@ impl From<ureq::Error> for Transport {
             ureq::Error::Timeout(_) => Transport::Timeout,
             ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => Transport::Timeout,
             ureq::Error::Io(io) => Transport::Failed(io.to_string()),
+            other if other.to_string().contains("certificate") => Transport::Failed(format!(
+                "{other}; for a Vault with its own CA, such as `bao server -dev-tls`, export VAULT_CACERT=<its CA file>"
+            )),
             other => Transport::Failed(other.to_string()),
         }
     }
