@@ -83,6 +83,15 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// Takes the environment's migration lock, then loads its journal.
+    fn lock_journal(&self) -> Result<(Lock, Journal)> {
+        let lock = Lock::acquire(
+            &journal::lock_path(&self.root, &self.env),
+            &format!("migration of {}", self.env),
+        )?;
+        Ok((lock, Journal::load(&self.root, &self.env)?))
+    }
+
     fn new(env: Option<String>, wait: Wait, allow_non_local: Option<String>) -> Ctx {
         let env = env.unwrap_or_else(|| "local".into());
         Ctx {
@@ -190,11 +199,7 @@ pub fn run_migrate(flags: &flags::Migrate) -> Result<()> {
         return Ok(());
     }
 
-    let _lock = Lock::acquire(
-        &journal::lock_path(&ctx.root, &ctx.env),
-        &format!("migration of {}", ctx.env),
-    )?;
-    let mut journal = Journal::load(&ctx.root, &ctx.env)?;
+    let (_lock, mut journal) = ctx.lock_journal()?;
     let open = journal
         .current()
         .filter(|m| m.state == State::InProgress)
@@ -278,11 +283,7 @@ pub fn run_rollback(flags: &flags::Rollback) -> Result<()> {
         );
         return Ok(());
     }
-    let _lock = Lock::acquire(
-        &journal::lock_path(&ctx.root, &ctx.env),
-        &format!("migration of {}", ctx.env),
-    )?;
-    let mut journal = Journal::load(&ctx.root, &ctx.env)?;
+    let (_lock, mut journal) = ctx.lock_journal()?;
     confirm(
         flags.yes,
         &format!(

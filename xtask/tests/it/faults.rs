@@ -6,21 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{block_on, Action, OpenBao, Proxy, Run, Sandbox};
+use crate::support::{block_on, json as report, vault_seed, Action, OpenBao, Proxy, Sandbox};
 
 fn is_data_write(req: &crate::support::Request) -> bool {
     req.method == "POST" && req.path.starts_with("/v1/secret/data/")
-}
-
-fn seed_via(sb: &Sandbox, addr: &str, token: &str) -> Run {
-    sb.xtask_env(
-        &["secrets", "seed", "--provider", "vault", "--output", "json"],
-        &[("VAULT_ADDR", addr), ("VAULT_TOKEN", token)],
-    )
-}
-
-fn report(run: &Run) -> serde_json::Value {
-    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.all()))
 }
 
 fn versions(bao: &OpenBao) -> HashMap<String, u64> {
@@ -84,7 +73,7 @@ fn throttling_is_retried_honouring_retry_after_and_bounded() {
             Action::Forward
         }),
     );
-    let run = seed_via(&sb, &proxy.addr(), &bao.token).ok();
+    let run = vault_seed(&sb, &proxy.addr(), &bao.token, &[]).ok();
     let r = report(&run);
     assert_eq!(r["counts"]["create"], 47);
     assert_eq!(r["written"].as_array().unwrap().len(), 47);
@@ -148,7 +137,7 @@ fn a_server_outage_mid_seed_exits_3_with_exact_lists_and_a_rerun_finishes() {
             Action::Forward
         }),
     );
-    let run = seed_via(&sb, &proxy.addr(), &bao.token).code(3);
+    let run = vault_seed(&sb, &proxy.addr(), &bao.token, &[]).code(3);
     let r = report(&run);
     let written: Vec<String> = r["written"]
         .as_array()
@@ -176,7 +165,7 @@ fn a_server_outage_mid_seed_exits_3_with_exact_lists_and_a_rerun_finishes() {
 
     down.store(false, Ordering::SeqCst);
     writes.store(1000, Ordering::SeqCst);
-    let again = report(&seed_via(&sb, &proxy.addr(), &bao.token).ok());
+    let again = report(&vault_seed(&sb, &proxy.addr(), &bao.token, &[]).ok());
     assert_eq!(again["counts"]["create"], 27);
     assert_eq!(again["counts"]["unchanged"], 20);
     let v = versions(&bao);
@@ -211,7 +200,7 @@ fn a_killed_server_is_reported_as_unreachable() {
             Action::Forward
         }),
     );
-    let run = seed_via(&sb, &proxy.addr(), &bao.token);
+    let run = vault_seed(&sb, &proxy.addr(), &bao.token, &[]);
     bao.kill();
     assert_eq!(run.code, 3, "{}", run.all());
     assert!(
@@ -262,7 +251,7 @@ fn a_value_written_without_its_checksum_is_reported_and_restamped() {
             Action::Forward
         }),
     );
-    let run = seed_via(&sb, &proxy.addr(), &bao.token).code(3);
+    let run = vault_seed(&sb, &proxy.addr(), &bao.token, &[]).code(3);
     let r = report(&run);
     assert_eq!(
         r["written"].as_array().unwrap().len(),
@@ -277,7 +266,7 @@ fn a_value_written_without_its_checksum_is_reported_and_restamped() {
         run.stderr
     );
     fail_meta.store(false, Ordering::SeqCst);
-    let again = report(&seed_via(&sb, &proxy.addr(), &bao.token).ok());
+    let again = report(&vault_seed(&sb, &proxy.addr(), &bao.token, &[]).ok());
     assert_eq!(again["counts"]["restamp"], 1);
     assert_eq!(again["counts"]["unchanged"], 46);
     assert_eq!(
@@ -323,7 +312,7 @@ fn sealing_or_revoking_the_token_mid_run_stops_cleanly() {
                 Action::Forward
             }),
         );
-        let run = seed_via(&sb, &proxy.addr(), &child);
+        let run = vault_seed(&sb, &proxy.addr(), &child, &[]);
         assert_eq!(run.code, 3, "{fault}: {}", run.all());
         let expected = if fault == "seal" {
             "First failure: "
@@ -375,7 +364,7 @@ fn a_slow_server_times_out_naming_the_call() {
             Action::Forward
         }),
     );
-    let run = seed_via(&sb, &proxy.addr(), &bao.token).code(1);
+    let run = vault_seed(&sb, &proxy.addr(), &bao.token, &[]).code(1);
     assert!(
         run.stderr
             .contains("LIST secret/metadata/ timed out after 0.5s"),

@@ -28,9 +28,7 @@ fn seeds_azure_through_private_files_and_retries_throttling() {
         run.stdout
     );
     let kv = keyvault(&sb);
-    let fixtures: serde_json::Value =
-        serde_json::from_str(&sb.read("scripts/azure/default-local-keyvault-secrets.json"))
-            .unwrap();
+    let fixtures = serde_json::Value::Object(crate::support::fixtures(&sb));
     for (name, value) in fixtures.as_object().unwrap() {
         let want = if name == "redis-password" {
             canary
@@ -101,9 +99,7 @@ fn refuses_a_vault_that_a_shared_environment_uses() {
 #[test]
 fn bare_values_from_the_legacy_script_are_rewritten_or_kept() {
     let sb = Sandbox::new();
-    let fixtures: serde_json::Value =
-        serde_json::from_str(&sb.read("scripts/azure/default-local-keyvault-secrets.json"))
-            .unwrap();
+    let fixtures = serde_json::Value::Object(crate::support::fixtures(&sb));
     // What sync-local-keyvault-secrets.sh left behind: bare values, no tags.
     let mut vault = serde_json::Map::new();
     for (name, value) in fixtures.as_object().unwrap() {

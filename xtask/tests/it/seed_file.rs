@@ -30,9 +30,7 @@ fn seeds_a_private_store_idempotently() {
     assert_eq!(mode(&sb, ".local/secrets/store.json"), 0o600);
     let store: serde_json::Value =
         serde_json::from_str(&sb.read(".local/secrets/store.json")).unwrap();
-    let fixtures: serde_json::Value =
-        serde_json::from_str(&sb.read("scripts/azure/default-local-keyvault-secrets.json"))
-            .unwrap();
+    let fixtures = serde_json::Value::Object(crate::support::fixtures(&sb));
     for (name, value) in fixtures.as_object().unwrap() {
         assert_eq!(&store["secrets"][name]["value"], value, "{name}");
         assert_eq!(store["secrets"][name]["version"], 1);

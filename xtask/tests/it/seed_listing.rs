@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::support::{block_on, Action, OpenBao, Proxy, Run, Sandbox};
+use crate::support::{block_on, json as report, vault_seed, Action, OpenBao, Proxy, Sandbox};
 
 /// A proxy in front of `bao` that records `METHOD path` of every request.
 fn recording(bao: &OpenBao) -> (Proxy, Arc<Mutex<Vec<String>>>) {
@@ -23,16 +23,6 @@ fn recording(bao: &OpenBao) -> (Proxy, Arc<Mutex<Vec<String>>>) {
     (proxy, seen)
 }
 
-fn seed_via(sb: &Sandbox, addr: &str, token: &str, extra: &[&str]) -> Run {
-    let mut args = vec!["secrets", "seed", "--provider", "vault", "--output", "json"];
-    args.extend_from_slice(extra);
-    sb.xtask_env(&args, &[("VAULT_ADDR", addr), ("VAULT_TOKEN", token)])
-}
-
-fn report(run: &Run) -> serde_json::Value {
-    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.all()))
-}
-
 /// OpenBao, a sandbox and a recording proxy, after a first seed through
 /// it: the number of fixtures, with the proxy's log emptied.
 struct Seeded {
@@ -48,7 +38,7 @@ fn seeded() -> Seeded {
     let bao = OpenBao::start();
     let sb = Sandbox::new();
     let (proxy, seen) = recording(&bao);
-    let cold = report(&seed_via(&sb, &proxy.addr(), &bao.token, &[]).ok());
+    let cold = report(&vault_seed(&sb, &proxy.addr(), &bao.token, &[]).ok());
     let n = cold["counts"]["create"].as_u64().unwrap() as usize;
     assert!(n > 40, "{cold}");
     let cold_calls = taken(&seen);
@@ -112,7 +102,7 @@ fn a_no_op_re_seed_reads_one_listing_and_no_entry() {
     );
     assert_eq!(writes(&calls), 2 * n, "a value and its record per secret");
 
-    let again = report(&seed_via(&sb, &proxy.addr(), &bao.token, &[]).ok());
+    let again = report(&vault_seed(&sb, &proxy.addr(), &bao.token, &[]).ok());
     assert_eq!(again["counts"]["unchanged"], n);
     let calls = taken(&seen);
     assert_eq!(entry_reads(&calls), Vec::<String>::new(), "{calls:#?}");
@@ -155,7 +145,7 @@ fn a_no_op_re_seed_reads_one_listing_and_no_entry() {
         "-custom-metadata=owner=me",
         "graph-db-url",
     ]));
-    let run = seed_via(&sb, &proxy.addr(), &bao.token, &[]).code(1);
+    let run = vault_seed(&sb, &proxy.addr(), &bao.token, &[]).code(1);
     let after = report(&run);
     let calls = taken(&seen);
     assert_eq!(
@@ -203,10 +193,10 @@ fn a_no_op_re_seed_reads_one_listing_and_no_entry() {
 }
 
 fn sb_fixture(sb: &Sandbox, name: &str) -> String {
-    let fx: serde_json::Value =
-        serde_json::from_str(&sb.read("scripts/azure/default-local-keyvault-secrets.json"))
-            .unwrap();
-    fx[name].as_str().unwrap().to_string()
+    crate::support::fixtures(sb)[name]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -236,9 +226,9 @@ fn listing_pages_past_a_thousand_keys() {
     }
     let (proxy, seen) = recording(&bao);
     let fixtures = ["--fixtures", "fixtures-1500.json", "--concurrency", "32"];
-    seed_via(&sb, &proxy.addr(), &bao.token, &fixtures).ok();
+    vault_seed(&sb, &proxy.addr(), &bao.token, &fixtures).ok();
     taken(&seen);
-    let again = report(&seed_via(&sb, &proxy.addr(), &bao.token, &fixtures).ok());
+    let again = report(&vault_seed(&sb, &proxy.addr(), &bao.token, &fixtures).ok());
     assert_eq!(again["counts"]["unchanged"], 1500, "{again}");
     let calls = taken(&seen);
     assert_eq!(
@@ -285,10 +275,10 @@ path "secret/metadata/" { capabilities = ["list"] }
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
 
     let (proxy, seen) = recording(&bao);
-    let cold = report(&seed_via(&sb, &proxy.addr(), &token, &[]).ok());
+    let cold = report(&vault_seed(&sb, &proxy.addr(), &token, &[]).ok());
     let n = cold["counts"]["create"].as_u64().unwrap() as usize;
     taken(&seen);
-    let again = report(&seed_via(&sb, &proxy.addr(), &token, &[]).ok());
+    let again = report(&vault_seed(&sb, &proxy.addr(), &token, &[]).ok());
     assert_eq!(again["counts"]["unchanged"], n, "{again}");
     assert_eq!(again["writes"], 0);
     let calls = taken(&seen);
@@ -338,16 +328,10 @@ fn records_from_before_versions_are_renewed_once() {
         ..
     } = seeded();
     // Rewrite three records as an earlier release left them: no version.
-    let fx: serde_json::Value =
-        serde_json::from_str(&sb.read("scripts/azure/default-local-keyvault-secrets.json"))
-            .unwrap();
+    let fx = crate::support::fixtures(&sb);
     let old = ["graph-db-url", "redis-password", "threads-db-password"];
     for name in old {
-        let sha = {
-            use sha2::Digest;
-            let d = sha2::Sha256::digest(fx[name].as_str().unwrap().as_bytes());
-            d.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        };
+        let sha = crate::support::sha256_hex(fx[name].as_str().unwrap());
         let out = bao.bao(&[
             "kv",
             "metadata",
@@ -364,7 +348,7 @@ fn records_from_before_versions_are_renewed_once() {
         );
     }
     taken(&seen);
-    let renew = report(&seed_via(&sb, &proxy.addr(), &bao.token, &[]).ok());
+    let renew = report(&vault_seed(&sb, &proxy.addr(), &bao.token, &[]).ok());
     assert_eq!(renew["counts"]["restamp"], 3, "{renew}");
     assert_eq!(renew["counts"]["unchanged"], n - 3);
     let calls = taken(&seen);
@@ -389,7 +373,7 @@ fn records_from_before_versions_are_renewed_once() {
         assert_eq!(meta.current_version, 1, "{name}");
         assert_eq!(meta.custom_metadata.unwrap()["fixture-version"], "1");
     }
-    let quiet = report(&seed_via(&sb, &proxy.addr(), &bao.token, &[]).ok());
+    let quiet = report(&vault_seed(&sb, &proxy.addr(), &bao.token, &[]).ok());
     assert_eq!(quiet["writes"], 0);
     assert_eq!(entry_reads(&taken(&seen)).len(), 0);
 }

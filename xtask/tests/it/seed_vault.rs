@@ -4,19 +4,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::support::{block_on, Action, OpenBao, Proxy, Sandbox};
-
-fn fixtures(sb: &Sandbox) -> serde_json::Map<String, serde_json::Value> {
-    serde_json::from_str(&sb.read("scripts/azure/default-local-keyvault-secrets.json")).unwrap()
-}
-
-fn sha256(s: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+use crate::support::{
+    block_on, fixtures, json, sha256_hex as sha256, Action, OpenBao, Proxy, Sandbox,
+};
 
 fn seed(sb: &Sandbox, bao: &OpenBao, extra: &[&str]) -> crate::support::Run {
     let mut args = vec!["secrets", "seed", "--provider", "vault"];
@@ -25,10 +15,6 @@ fn seed(sb: &Sandbox, bao: &OpenBao, extra: &[&str]) -> crate::support::Run {
         &args,
         &[("VAULT_ADDR", &bao.addr), ("VAULT_TOKEN", &bao.token)],
     )
-}
-
-fn json(run: &crate::support::Run) -> serde_json::Value {
-    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout))
 }
 
 #[test]

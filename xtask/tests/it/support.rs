@@ -255,6 +255,32 @@ impl Run {
     }
 }
 
+/// A run's standard output as JSON (`--output json`).
+pub fn json(run: &Run) -> serde_json::Value {
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.all()))
+}
+
+/// The sandbox's shipped fixtures, name to value.
+pub fn fixtures(sb: &Sandbox) -> serde_json::Map<String, serde_json::Value> {
+    serde_json::from_str(&sb.read("scripts/azure/default-local-keyvault-secrets.json")).unwrap()
+}
+
+/// sha256 in hex, computed here rather than by the code under test.
+pub fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `secrets seed --provider vault --output json` against `addr`.
+pub fn vault_seed(sb: &Sandbox, addr: &str, token: &str, extra: &[&str]) -> Run {
+    let mut args = vec!["secrets", "seed", "--provider", "vault", "--output", "json"];
+    args.extend_from_slice(extra);
+    sb.xtask_env(&args, &[("VAULT_ADDR", addr), ("VAULT_TOKEN", token)])
+}
+
 /// One call a fake recorded.
 #[derive(Debug, serde::Deserialize)]
 pub struct Call {

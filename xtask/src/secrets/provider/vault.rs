@@ -156,7 +156,7 @@ impl VaultProvider {
             return Ok(false);
         }
         let path = format!("{}/detailed-metadata/?limit=1", self.mount);
-        let reply = self.http.probe(Method::List, &path)?;
+        let reply = self.http.try_call(Method::List, &path, None)?;
         Ok(matches!(reply.status, 401 | 403))
     }
 
@@ -205,7 +205,7 @@ fn kv_version(http: &VaultHttp, mount: &str) -> Result<KvVersion> {
     let key = format!("{mount}/");
     // `sys/mounts` needs a sudo-less read a developer's policy may lack: a
     // 403 here is an answer, not the end of the run.
-    let info = match http.probe(Method::Get, "sys/mounts") {
+    let info = match http.try_call(Method::Get, "sys/mounts", None) {
         Ok(reply) if reply.status == 200 => {
             let mounts = reply
                 .body
@@ -263,22 +263,18 @@ fn current_from(kv: KvVersion, reply: &Value) -> Option<Current> {
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default();
     let sha256 = data["value"].as_str().map(|v| sha256_hex(v.as_bytes()));
-    let custom = &meta["custom_metadata"];
-    let ours = custom["managed-by"].as_str() == Some(MANAGED_BY);
-    let seeded_sha256 = ours
-        .then(|| custom["fixture-sha256"].as_str().map(String::from))
-        .flatten();
+    let record = Record::read(&meta["custom_metadata"]);
     let version = meta["version"].as_u64();
-    let stamped_version = custom["fixture-version"]
-        .as_str()
-        .and_then(|v| v.parse::<u64>().ok());
     Some(Current {
         sha256,
         properties,
         version,
         stamp_stale: kv == KvVersion::V2
-            && (stamped_version.is_none() || stamped_version != version),
-        seeded_sha256,
+            && record
+                .as_ref()
+                .and_then(|r| r.version)
+                .is_none_or(|v| Some(v) != version),
+        seeded_sha256: record.map(|r| r.sha256),
         raw_sha256: None,
     })
 }
@@ -438,7 +434,7 @@ fn record(
     meta_path: &str,
     record: &Value,
 ) -> (&'static str, Result<Reply, VaultError>) {
-    match http.try_write(Method::Patch, meta_path, record) {
+    match http.try_call(Method::Patch, meta_path, Some(record)) {
         Ok(r) if matches!(r.status, 401 | 403 | 404) => {
             ("POST", http.call(Method::Post, meta_path, Some(record)))
         }
@@ -449,8 +445,30 @@ fn record(
     }
 }
 
-/// The record kept in `custom_metadata`: which checksum the seed wrote, and
-/// at which KV version (unknown: the next run reads the entry and renews it).
+/// The seed's record in an entry's `custom_metadata`: which checksum it
+/// wrote, and at which KV version (unknown: the next run reads the entry and
+/// renews the record). Written by [`stamp`], read by [`Record::read`].
+pub(super) struct Record {
+    pub sha256: String,
+    pub version: Option<u64>,
+}
+
+impl Record {
+    /// The record in `custom_metadata`, if the seed wrote it.
+    pub(super) fn read(custom: &Value) -> Option<Record> {
+        if custom["managed-by"].as_str() != Some(MANAGED_BY) {
+            return None;
+        }
+        Some(Record {
+            sha256: custom["fixture-sha256"].as_str()?.to_string(),
+            version: custom["fixture-version"]
+                .as_str()
+                .and_then(|v| v.parse().ok()),
+        })
+    }
+}
+
+/// The metadata write that records `sha256` at `version`.
 fn stamp(sha256: &str, version: Option<u64>) -> Value {
     let mut custom = json!({"managed-by": MANAGED_BY, "fixture-sha256": sha256});
     if let Some(v) = version {

@@ -201,15 +201,15 @@ impl VaultHttp {
     }
 
     /// Like [`VaultHttp::call`], but 401/403 is an answer, not the end of the
-    /// run: for optional endpoints a policy may not grant.
-    pub fn probe(&self, method: Method, path: &str) -> Result<Reply, VaultError> {
-        self.call_with(method, path, None, false)
-    }
-
-    /// A write a policy may not allow (PATCH needs its own capability):
-    /// 401/403 comes back as an answer, so the caller can fall back.
-    pub fn try_write(&self, method: Method, path: &str, body: &Value) -> Result<Reply, VaultError> {
-        self.call_with(method, path, Some(body), false)
+    /// run: for optional endpoints or verbs a policy may not grant, so the
+    /// caller can fall back.
+    pub fn try_call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Reply, VaultError> {
+        self.call_with(method, path, body, false)
     }
 
     fn call_with(

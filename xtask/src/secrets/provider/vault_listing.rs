@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Deserialize;
 
+use super::vault::Record;
 use super::vault_http::{Method, VaultError, VaultHttp};
-use super::{Current, MANAGED_BY};
+use super::Current;
 
 /// Keys per page of the detailed listing: bounds the size of one reply.
 const DETAILED_PAGE: usize = 1000;
@@ -29,7 +30,7 @@ struct KeyInfo {
     #[serde(default)]
     current_version: u64,
     #[serde(default)]
-    custom_metadata: Option<BTreeMap<String, String>>,
+    custom_metadata: serde_json::Value,
     #[serde(default)]
     versions: BTreeMap<String, VersionInfo>,
 }
@@ -47,12 +48,8 @@ impl KeyInfo {
     /// live version: then the value's checksum is the recorded one and no
     /// read is needed. `None`: read the entry to know.
     fn known(&self) -> Option<Current> {
-        let custom = self.custom_metadata.as_ref()?;
-        if custom.get("managed-by").map(String::as_str) != Some(MANAGED_BY) {
-            return None;
-        }
-        let sha = custom.get("fixture-sha256")?;
-        let stamped: u64 = custom.get("fixture-version")?.parse().ok()?;
+        let record = Record::read(&self.custom_metadata)?;
+        let (sha, stamped) = (record.sha256, record.version?);
         let live = self
             .versions
             .get(&self.current_version.to_string())
@@ -61,7 +58,7 @@ impl KeyInfo {
             sha256: Some(sha.clone()),
             properties: vec!["value".into()],
             version: Some(self.current_version),
-            seeded_sha256: Some(sha.clone()),
+            seeded_sha256: Some(sha),
             stamp_stale: false,
             raw_sha256: None,
         })
@@ -100,7 +97,7 @@ pub(super) fn detailed_listing(
                 query_escape(a)
             ),
         };
-        let reply = match http.probe(Method::List, &path) {
+        let reply = match http.try_call(Method::List, &path, None) {
             Ok(r) => r,
             // An older server may not route the path at all.
             Err(VaultError::Status { code: 405, .. }) if after.is_none() => return Ok(None),
@@ -146,6 +143,7 @@ pub(super) fn detailed_listing(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secrets::provider::MANAGED_BY;
     use serde_json::{json, Value};
 
     fn info(v: Value) -> KeyInfo {
