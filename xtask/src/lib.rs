@@ -13,6 +13,7 @@ mod fuzz;
 mod help;
 mod output;
 mod pool;
+mod process;
 mod project;
 pub mod secrets;
 mod test_cmd;

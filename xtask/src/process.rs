@@ -1,0 +1,425 @@
+//! Every child process of `secrets` (kubectl, helmfile, az, git, bao): one
+//! way to run them, on duct, with a deadline, drained pipes, the tool's own
+//! words on failure, and long-running children killed on drop.
+//!
+//! Never put a secret value in [`Tool`]'s arguments or environment: pass it
+//! with [`Tool::stdin`] or in a `fsutil::PrivateTempFile`.
+
+use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::Output;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// The deadline of a call that does not set its own.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How many of a child's last output lines an error message quotes.
+const TAIL_LINES: usize = 8;
+
+/// One child process to run: program, arguments, stdin, environment and a
+/// deadline. Build it, then [`Tool::output`], [`Tool::run`] or
+/// [`Tool::spawn`].
+#[derive(Clone)]
+pub struct Tool {
+    program: OsString,
+    args: Vec<OsString>,
+    stdin: Option<Vec<u8>>,
+    dir: Option<PathBuf>,
+    env: Vec<(OsString, OsString)>,
+    env_remove: Vec<OsString>,
+    deadline: Duration,
+    /// What to tell a user whose machine lacks the program.
+    install_hint: Option<String>,
+}
+
+impl Tool {
+    pub fn new(program: impl AsRef<OsStr>) -> Tool {
+        Tool {
+            program: program.as_ref().to_owned(),
+            args: Vec::new(),
+            stdin: None,
+            dir: None,
+            env: Vec::new(),
+            env_remove: Vec::new(),
+            deadline: DEFAULT_DEADLINE,
+            install_hint: None,
+        }
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Tool {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Tool
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Bytes for the child's stdin (the one place a value may go). Without
+    /// it, stdin is `/dev/null`.
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Tool {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Tool {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    pub fn env(mut self, name: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Tool {
+        self.env
+            .push((name.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Keeps a variable of ours (a token, say) from a child that has no use
+    /// for it.
+    pub fn env_remove(mut self, name: impl AsRef<OsStr>) -> Tool {
+        self.env_remove.push(name.as_ref().to_owned());
+        self
+    }
+
+    /// Kill the child and fail when it runs longer than this.
+    pub fn deadline(mut self, deadline: Duration) -> Tool {
+        self.deadline = deadline;
+        self
+    }
+
+    /// What to do when the program is not installed, e.g. "run `cargo xtask
+    /// tools`".
+    pub fn install_hint(mut self, hint: impl Into<String>) -> Tool {
+        self.install_hint = Some(hint.into());
+        self
+    }
+
+    /// `program arg arg ...` for messages (arguments never hold values).
+    pub fn display(&self) -> String {
+        let mut s = self.program.to_string_lossy().into_owned();
+        for a in &self.args {
+            s.push(' ');
+            s.push_str(&a.to_string_lossy());
+        }
+        s
+    }
+
+    fn expression(&self) -> duct::Expression {
+        let mut e = duct::cmd(&self.program, &self.args).unchecked();
+        e = match &self.stdin {
+            Some(bytes) => e.stdin_bytes(bytes.clone()),
+            None => e.stdin_null(),
+        };
+        if let Some(dir) = &self.dir {
+            e = e.dir(dir);
+        }
+        for name in &self.env_remove {
+            e = e.env_remove(name);
+        }
+        for (k, v) in &self.env {
+            e = e.env(k, v);
+        }
+        e
+    }
+
+    fn spawn_error(&self, err: std::io::Error) -> anyhow::Error {
+        let program = self.program.to_string_lossy();
+        let hint = self
+            .install_hint
+            .clone()
+            .unwrap_or_else(|| format!("install {program} and put it on PATH"));
+        if err.kind() == std::io::ErrorKind::NotFound {
+            anyhow!("{program} is not installed or not on PATH: {hint}")
+        } else {
+            anyhow!("cannot start `{}`: {err}. {hint}", self.display())
+        }
+    }
+
+    /// Runs to completion with both pipes captured, whatever the exit
+    /// status. Fails only when the program cannot start or outlives its
+    /// deadline (it is then killed).
+    pub fn output(&self) -> Result<Output> {
+        let handle = self
+            .expression()
+            .stdout_capture()
+            .stderr_capture()
+            .start()
+            .map_err(|e| self.spawn_error(e))?;
+        match handle
+            .wait_timeout(self.deadline)
+            .with_context(|| format!("waiting for `{}`", self.display()))?
+        {
+            Some(out) => Ok(out.clone()),
+            None => {
+                let _ = handle.kill();
+                bail!(
+                    "`{}` did not finish within {} s and was stopped. Is the cluster reachable? \
+                     A longer deadline: see `timeout_secs` in secrets.toml",
+                    self.display(),
+                    self.deadline.as_secs()
+                )
+            }
+        }
+    }
+
+    /// Runs to completion and returns stdout; a non-zero exit is an error
+    /// that quotes the last lines the tool wrote to stderr.
+    pub fn run(&self) -> Result<String> {
+        let out = self.output()?;
+        if !out.status.success() {
+            return Err(self.failure(&out));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The error for a finished call that failed: exit code and the tail of
+    /// stderr (or stdout, when stderr is empty).
+    pub fn failure(&self, out: &Output) -> anyhow::Error {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let text = if stderr.trim().is_empty() {
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        } else {
+            stderr.into_owned()
+        };
+        anyhow!(
+            "`{}` failed ({}): {}",
+            self.display(),
+            exit_text(out.status),
+            tail(&text, TAIL_LINES)
+        )
+    }
+
+    /// Starts a long-running child. Its stdout and stderr are drained for
+    /// its whole life (a Go program dies of SIGPIPE once its stdout is
+    /// closed); every line goes to [`Running::lines`] and the last few are
+    /// kept for error messages. Killed on drop.
+    pub fn spawn(&self) -> Result<Running> {
+        let reader = self
+            .expression()
+            .stderr_to_stdout()
+            .reader()
+            .map_err(|e| self.spawn_error(e))?;
+        let reader = Arc::new(reader);
+        let last = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+        let (tx, rx) = mpsc::channel();
+        let drain = {
+            let reader = Arc::clone(&reader);
+            let last = Arc::clone(&last);
+            std::thread::spawn(move || {
+                for line in BufReader::new(&*reader).lines() {
+                    let Ok(line) = line else { break };
+                    {
+                        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+                        if last.len() == TAIL_LINES {
+                            last.pop_front();
+                        }
+                        last.push_back(line.clone());
+                    }
+                    // The receiver may be gone; keep draining regardless.
+                    let _ = tx.send(line);
+                }
+            })
+        };
+        Ok(Running {
+            display: self.display(),
+            reader,
+            last,
+            lines: rx,
+            drain: Some(drain),
+        })
+    }
+}
+
+/// A long-running child from [`Tool::spawn`], killed on drop.
+pub struct Running {
+    display: String,
+    reader: Arc<duct::ReaderHandle>,
+    last: Arc<Mutex<VecDeque<String>>>,
+    lines: mpsc::Receiver<String>,
+    drain: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Waits up to `timeout` for an output line for which `pick` returns
+    /// `Some`, skipping others. `None` when the time runs out or the child
+    /// exits first.
+    pub fn wait_for_line<T>(
+        &self,
+        timeout: Duration,
+        mut pick: impl FnMut(&str) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(t) = pick(&line) {
+                        return Some(t);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Whether the child is still running.
+    pub fn is_running(&self) -> bool {
+        matches!(self.reader.try_wait(), Ok(None))
+    }
+
+    /// The last lines the child wrote (stdout and stderr), oldest first.
+    pub fn last_lines(&self) -> String {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_empty() {
+            return "no output".to_string();
+        }
+        last.iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    }
+
+    /// `program args...`, for messages.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    /// The child's pid(s).
+    pub fn pids(&self) -> Vec<u32> {
+        self.reader.pids()
+    }
+
+    /// Stops the child and waits for the drain thread.
+    pub fn stop(&mut self) {
+        let _ = self.reader.kill();
+        // The drain thread reaps the child at EOF. A grandchild that kept
+        // the pipe open would hold it up: wait briefly, never forever.
+        if let Some(drain) = self.drain.take() {
+            let until = Instant::now() + Duration::from_secs(2);
+            while !drain.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if drain.is_finished() {
+                let _ = drain.join();
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn exit_text(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "unknown status".to_string(),
+    }
+}
+
+/// The last `n` non-empty lines of `text`, joined for one message.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return "no output".to_string();
+    }
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.trim_end())
+        .collect::<Vec<_>>()
+        .join("\n  ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_returns_stdout_and_fails_with_the_tools_words() {
+        let out = Tool::new("sh").args(["-c", "echo hi"]).run().unwrap();
+        assert_eq!(out, "hi\n");
+        let err = Tool::new("sh")
+            .args(["-c", "echo first >&2; echo boom >&2; exit 3"])
+            .run()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exit 3"), "{err}");
+        assert!(err.contains("first\n  boom"), "{err}");
+    }
+
+    #[test]
+    fn stdin_reaches_the_child_and_not_its_argv() {
+        let out = Tool::new("sh")
+            .args(["-c", "cat"])
+            .stdin(b"on stdin".to_vec())
+            .run()
+            .unwrap();
+        assert_eq!(out, "on stdin");
+    }
+
+    #[test]
+    fn a_call_past_its_deadline_is_killed() {
+        let start = Instant::now();
+        let err = Tool::new("sleep")
+            .arg("30")
+            .deadline(Duration::from_millis(200))
+            .output()
+            .unwrap_err()
+            .to_string();
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert!(err.contains("did not finish within"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_program_says_how_to_install_it() {
+        let err = Tool::new("xtask-no-such-tool")
+            .install_hint("run `cargo xtask tools`")
+            .run()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not installed"), "{err}");
+        assert!(err.contains("cargo xtask tools"), "{err}");
+    }
+
+    #[test]
+    fn a_spawned_child_is_drained_for_its_whole_life_and_killed_on_drop() {
+        // Writes a line every 5 ms: if nobody drained the pipe, the writes
+        // would block (or, with the pipe closed, kill the child).
+        let running = Tool::new("sh")
+            .args([
+                "-c",
+                "echo ready; i=0; while :; do echo line $i; i=$((i+1)); sleep 0.005; done",
+            ])
+            .spawn()
+            .unwrap();
+        assert_eq!(
+            running.wait_for_line(Duration::from_secs(5), |l| (l == "ready").then_some(())),
+            Some(())
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(running.is_running());
+        assert!(running.last_lines().contains("line "));
+        let pid = running.pids()[0];
+        drop(running);
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "the child outlived its handle"
+        );
+    }
+}
