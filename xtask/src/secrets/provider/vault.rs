@@ -4,7 +4,9 @@
 //! KV v2: `<mount>/data/<name>`, written with check-and-set on the version
 //! just read, with `managed-by`, `fixture-sha256` and `fixture-version` (the
 //! KV version that checksum describes) in `custom_metadata`.
-//! KV v1: `<mount>/<name>`, no versions and no metadata.
+//! KV v1: `<mount>/<name>`, no versions and no metadata: the mount's record
+//! entry ([`super::vault_record`]) says what the seed wrote, so hand edits
+//! are conflicts there too.
 //!
 //! Reading: one paged detailed listing of the mount ([`super::vault_listing`])
 //! tells most entries without reading them; only the others get a GET. Where
