@@ -317,8 +317,7 @@ pub(super) fn update_record(
         let reply = http.call(Method::Post, &path, Some(&rec.to_json()))?;
         if !(200..300).contains(&reply.status) {
             bail!(
-                "POST {path} failed with HTTP {}: {}. The token needs create and update on {path}, where the seed \
-                 records what it wrote on a KV v1 mount.",
+                "POST {path} (the seed's record of what it wrote on this KV v1 mount) failed with HTTP {}: {}",
                 reply.status,
                 reply.errors()
             );
