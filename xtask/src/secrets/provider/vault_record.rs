@@ -469,6 +469,11 @@ mod tests {
     }
 
     #[test]
+    fn the_record_name_can_be_no_fixture_name() {
+        assert!(!crate::secrets::fixtures::valid_name(RECORD_NAME));
+    }
+
+    #[test]
     fn only_the_seeds_own_record_parses() {
         let rec = MountRecord::new("k".repeat(64));
         let mut v = rec.to_json();
