@@ -69,7 +69,7 @@ xflags::xflags! {
                 optional --concurrency n: usize
                 /// text (default) or json.
                 optional --output format: String
-                /// Allow a Vault that is not local: name its host exactly.
+                /// Allow a Vault that is not local, or a loopback one under a non-local kube context: its exact host.
                 optional --allow-non-local host: String
                 /// File provider: also write manifests, eso-fake or secrets.
                 optional --render kind: String
@@ -102,7 +102,7 @@ xflags::xflags! {
                 optional --infra path: PathBuf
                 /// Vault KV mount for --live (default: secret).
                 optional --mount mount: String
-                /// Allow a Vault that is not local: name its host exactly.
+                /// Allow a Vault that is not local, or a loopback one under a non-local kube context: its exact host.
                 optional --allow-non-local host: String
                 /// text (default), json or junit.
                 optional --output format: String
@@ -137,7 +137,7 @@ xflags::xflags! {
                 optional --wait-attempts n: u32
                 /// Seconds between polls (env EXTERNALSECRET_WAIT_SLEEP, default 5).
                 optional --wait-sleep secs: f64
-                /// Allow a Vault that is not local: name its host exactly.
+                /// Allow a Vault that is not local, or a loopback one under a non-local kube context: its exact host.
                 optional --allow-non-local host: String
             }
 

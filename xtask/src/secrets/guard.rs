@@ -88,6 +88,39 @@ pub fn check_vault_addr(addr: &str, allow: Option<&str>) -> Result<()> {
     )
 }
 
+/// The host of a loopback Vault address that `--allow-non-local` does not
+/// name: such a Vault may be a port-forward, so the kube context matters.
+pub fn unvouched_loopback(addr: &str, allow: Option<&str>) -> Option<String> {
+    let host = url_host(addr)?;
+    (is_loopback_host(&host) && !allow.is_some_and(|a| a.eq_ignore_ascii_case(&host)))
+        .then_some(host)
+}
+
+/// A loopback Vault under a kube context that does not look local is taken
+/// only when it is plainly a laptop server: a dev server, whose storage is
+/// in memory. Anything else may be `kubectl port-forward` into that cluster.
+pub fn require_dev_server(
+    addr: &str,
+    host: &str,
+    context: &str,
+    storage_type: Option<&str>,
+) -> Result<()> {
+    if storage_type == Some("inmem") {
+        return Ok(());
+    }
+    let storage = match storage_type {
+        Some(s) => format!("keeps its data in {s:?} storage"),
+        None => "does not report its storage type".to_string(),
+    };
+    bail!(
+        "refusing Vault at {addr} under kube context {context:?}: the context does not look like a local cluster, \
+         and this loopback Vault {storage}, so it may be a port-forward into that cluster (only a dev server, \
+         storage \"inmem\", is taken as this machine's). Fixtures are weak by design. Switch to your local cluster \
+         (`kubectl config use-context <local context>`), or, if this Vault really is your own, pass \
+         --allow-non-local {host}."
+    )
+}
+
 /// Does the kube context name look like a local cluster?
 pub fn is_local_context(context: &str, patterns: &[String]) -> bool {
     patterns.iter().any(|p| glob_match(p, context))
@@ -111,6 +144,22 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
         }
     }
     true
+}
+
+/// Refuses to port-forward to Vault through a kube context that does not
+/// look local. `--allow-non-local` names a Vault host, never a context.
+pub fn check_port_forward_context(context: &str, patterns: &[String]) -> Result<()> {
+    if is_local_context(context, patterns) {
+        return Ok(());
+    }
+    bail!(
+        "refusing kube context {context:?}: it does not look like a local cluster (local patterns: {}), and the seed \
+         would port-forward into its Vault. Switch with `kubectl config use-context <local context>`, or add your \
+         context's pattern to guardrail.local_contexts in .local/secrets.toml. --allow-non-local names a Vault \
+         host, not a context: for a Vault of that cluster that really is yours, port-forward it yourself, set \
+         VAULT_ADDR=http://127.0.0.1:<port> and pass --allow-non-local 127.0.0.1.",
+        patterns.join(", ")
+    )
 }
 
 /// Refuses a kube context that does not look local.
@@ -180,6 +229,50 @@ mod tests {
         assert!(
             check_vault_addr("https://vault.shared.example:8200", Some("other.example")).is_err()
         );
+    }
+
+    #[test]
+    fn a_loopback_vault_under_a_non_local_context_must_be_a_dev_server() {
+        assert_eq!(
+            unvouched_loopback("http://127.0.0.1:8200", None).as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(
+            unvouched_loopback("http://localhost:8200", Some("127.0.0.1")).as_deref(),
+            Some("localhost"),
+            "the flag names the exact host"
+        );
+        assert_eq!(
+            unvouched_loopback("http://127.0.0.1:8200", Some("127.0.0.1")),
+            None
+        );
+        assert_eq!(unvouched_loopback("http://[::1]:8200", Some("::1")), None);
+        assert_eq!(unvouched_loopback("https://vault.example:8200", None), None);
+
+        let addr = "http://127.0.0.1:8200";
+        assert!(require_dev_server(addr, "127.0.0.1", "aks-prod", Some("inmem")).is_ok());
+        for storage in [Some("raft"), Some("file"), None] {
+            let err = require_dev_server(addr, "127.0.0.1", "aks-prod", storage)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("\"aks-prod\""), "{err}");
+            assert!(err.contains("--allow-non-local 127.0.0.1"), "{err}");
+            assert!(err.contains("port-forward"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_port_forward_needs_a_local_context_and_the_refusal_names_the_flag() {
+        let p = vec!["k3d-*".to_string()];
+        assert!(check_port_forward_context("k3d-dev", &p).is_ok());
+        let err = check_port_forward_context("aks-prod", &p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"aks-prod\"") && err.contains("--allow-non-local"),
+            "{err}"
+        );
+        assert!(err.contains("guardrail.local_contexts"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::fsutil;
 use crate::secrets::fixtures::SecretSet;
 use crate::secrets::provider::Current;
 
@@ -39,12 +40,29 @@ pub struct Item {
     pub name: String,
     pub action: Action,
     pub overridden: bool,
-    /// sha256 of the desired value.
+    /// sha256 of the desired value. Output shows its first 8 hex digits
+    /// (`checksum` in JSON), never the whole digest: a full, unsalted sha256
+    /// of a weak value gives the value away to a dictionary.
+    #[serde(rename = "checksum", serialize_with = "short_checksum")]
     pub sha256: String,
-    /// sha256 of what the store holds now.
+    /// sha256 of what the store holds now; output as `current_checksum`,
+    /// 8 hex digits.
+    #[serde(rename = "current_checksum", serialize_with = "short_checksum_opt")]
     pub current_sha256: Option<String>,
     #[serde(skip)]
     pub cas: Option<u64>,
+}
+
+/// A checksum as output shows it: the first 8 hex digits ([`fsutil::short`]).
+fn short_checksum<S: serde::Serializer>(sha: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(fsutil::short(sha))
+}
+
+fn short_checksum_opt<S: serde::Serializer>(sha: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match sha {
+        Some(sha) => short_checksum(sha, s),
+        None => s.serialize_none(),
+    }
 }
 
 impl Item {
@@ -125,8 +143,19 @@ const RAW_CONFLICT: &str = "holds a bare value where {\"value\": ...} belongs, a
                             replaces it, or copy your value into .local/secrets/overrides.json to keep it";
 
 fn conflict_reason(c: &Current) -> String {
-    let short = |s: &Option<String>| s.as_deref().map(|s| s[..8].to_string());
+    let short = |s: &Option<String>| s.as_deref().map(|s| fsutil::short(s).to_string());
+    // A store that knows only that it wrote something else (KV v1's record
+    // keeps keyed digests, not checksums) names no last-seeded checksum.
+    let seeded_checksum = c
+        .seeded_sha256
+        .as_deref()
+        .filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()));
     match (&c.sha256, &c.seeded_sha256) {
+        (Some(_), Some(_)) if seeded_checksum.is_none() => format!(
+            "changed outside the seed (store {}, not what the seed last wrote); --force overwrites it, or copy \
+             your value into .local/secrets/overrides.json to keep it",
+            short(&c.sha256).unwrap_or_default()
+        ),
         (None, _) => format!(
             "the entry has no string property `value` (properties: {}); --force replaces it",
             if c.properties.is_empty() { "none".to_string() } else { c.properties.join(", ") }
@@ -319,5 +348,118 @@ mod tests {
             "{reason}"
         );
         assert!(!reason.contains("hand-edited-value") && !reason.contains("older-value"));
+    }
+
+    /// Every output built from a plan (the JSON of its items, the text
+    /// plan, conflict reasons, the run's error) over known values: none
+    /// holds a value, its full sha256, or any hex run longer than the 8
+    /// digits output shows.
+    #[test]
+    fn no_output_carries_a_value_or_a_full_digest() {
+        use crate::secrets::provider::SEEDED_ANOTHER_VALUE;
+        use crate::secrets::seed::{counts_line, render_plan, NotWritten, SeedRun};
+        let values = [
+            "canary-create",
+            "canary-fixture-2",
+            "canary-seeded-1",
+            "canary-same",
+            "canary-hand-edit",
+            "canary-last-seeded",
+            "canary-restamp",
+            "canary-bare",
+            "canary-v1-hand-edit",
+            "canary-no-value",
+        ];
+        let desired = set(&[
+            ("created", values[0]),
+            ("updated", values[1]),
+            ("same", values[3]),
+            ("edited", values[1]),
+            ("restamped", values[6]),
+            ("bare", values[1]),
+            ("v1-edited", values[1]),
+            ("no-value", values[1]),
+        ]);
+        let mut current = BTreeMap::new();
+        current.insert("created".to_string(), None);
+        current.insert("updated".to_string(), cur(values[2], Some(values[2]), 2));
+        current.insert("same".to_string(), cur(values[3], Some(values[3]), 1));
+        current.insert("edited".to_string(), cur(values[4], Some(values[5]), 4));
+        current.insert("restamped".to_string(), cur(values[6], None, 1));
+        current.insert(
+            "bare".to_string(),
+            Some(Current {
+                raw_sha256: Some(sha256_hex(values[7].as_bytes())),
+                ..Current::default()
+            }),
+        );
+        current.insert(
+            "v1-edited".to_string(),
+            Some(Current {
+                seeded_sha256: Some(SEEDED_ANOTHER_VALUE.to_string()),
+                ..cur(values[8], None, 0).unwrap()
+            }),
+        );
+        current.insert(
+            "no-value".to_string(),
+            Some(Current {
+                properties: vec!["password".into()],
+                ..Current::default()
+            }),
+        );
+        let mut outputs = Vec::new();
+        for force in [false, true] {
+            let items = plan(&desired, &current, true, force);
+            assert!(
+                items
+                    .iter()
+                    .any(|i| matches!(i.action, Action::Conflict(_)))
+                    != force
+            );
+            outputs.push(serde_json::to_string_pretty(&items).unwrap());
+            outputs.push(render_plan(&items, true));
+            outputs.push(render_plan(&items, false));
+            outputs.push(counts_line(&counts(&items)));
+            let conflicts: Vec<NotWritten> = items
+                .iter()
+                .filter_map(|i| match &i.action {
+                    Action::Conflict(reason) => Some(NotWritten {
+                        name: i.name.clone(),
+                        reason: reason.clone(),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            outputs.push(serde_json::to_string(&conflicts).unwrap());
+            let run = SeedRun {
+                not_written: conflicts,
+                ..SeedRun::default()
+            };
+            if let Err(e) = run.into_result() {
+                outputs.push(format!("{e:#}"));
+            }
+        }
+        let all = outputs.join("\n");
+        assert!(all.contains("\"checksum\""), "{all}");
+        for value in values {
+            assert!(!all.contains(value), "the value {value} leaks:\n{all}");
+            let digest = sha256_hex(value.as_bytes());
+            assert!(
+                !all.contains(&digest),
+                "the sha256 of {value} leaks:\n{all}"
+            );
+            assert!(
+                !all.contains(&digest[..9]),
+                "more than 8 hex of {value}'s sha256:\n{all}"
+            );
+        }
+        let longest = all
+            .split(|c: char| !c.is_ascii_hexdigit())
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        assert!(longest <= 8, "a hex run of {longest} digits:\n{all}");
+        // The 8-digit prefix is what output shows.
+        assert!(all.contains(&sha256_hex(values[1].as_bytes())[..8]));
     }
 }

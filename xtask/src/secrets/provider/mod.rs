@@ -6,6 +6,9 @@ pub mod file;
 pub mod vault;
 pub mod vault_http;
 mod vault_listing;
+mod vault_record;
+
+pub use vault_record::{RECORD_NAME, SEEDED_ANOTHER_VALUE};
 
 use std::collections::BTreeMap;
 

@@ -4,7 +4,9 @@
 //! KV v2: `<mount>/data/<name>`, written with check-and-set on the version
 //! just read, with `managed-by`, `fixture-sha256` and `fixture-version` (the
 //! KV version that checksum describes) in `custom_metadata`.
-//! KV v1: `<mount>/<name>`, no versions and no metadata.
+//! KV v1: `<mount>/<name>`, no versions and no metadata: the mount's record
+//! entry ([`super::vault_record`]) says what the seed wrote, so hand edits
+//! are conflicts there too.
 //!
 //! Reading: one paged detailed listing of the mount ([`super::vault_listing`])
 //! tells most entries without reading them; only the others get a GET. Where
@@ -18,9 +20,12 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::vault_http::{Method, Reply, VaultError, VaultHttp};
+use super::vault_http::{Method, VaultError, VaultHttp};
 use super::vault_listing::detailed_listing;
-use super::{Current, Outcome, SecretProvider, Write, MANAGED_BY};
+use super::vault_record::{
+    read_record, stamp, update_record, write_stamp, Change, MountRecord, Phase, Record, RECORD_NAME,
+};
+use super::{Current, Outcome, SecretProvider, Write};
 use crate::fsutil::sha256_hex;
 use crate::pool::bounded;
 use crate::secrets::config::{Config, Secret, Setting, Source};
@@ -39,6 +44,11 @@ pub struct VaultProvider {
     concurrency: usize,
     /// Progress on standard error while writing (a TTY and a long run).
     pub progress: bool,
+    /// KV v1: the mount's record entry as [`SecretProvider::read`] found it.
+    record: Option<MountRecord>,
+    /// KV v1: the local lock that seeds from this checkout take in turn to
+    /// update the record entry.
+    record_lock: std::path::PathBuf,
     /// Held for the provider's lifetime; stopped on drop.
     _port_forward: Option<kube::PortForward>,
 }
@@ -51,12 +61,34 @@ pub struct Endpoint {
 }
 
 /// Resolves the address (config, else a port-forward through a local kube
-/// context) and the token, applying the guardrail.
+/// context) and the token, applying the guardrail: a Vault that is not on
+/// loopback needs `--allow-non-local <host>`; a loopback one under a kube
+/// context that does not look local (it may be a port-forward into that
+/// cluster) must be a dev server (in-memory storage) or be named the same
+/// way; the seed port-forwards only through a local context.
 pub fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<Endpoint> {
     let (addr, port_forward) = match &cfg.vault_addr {
         Some(addr) => {
             guard::check_vault_addr(&addr.value, allow_non_local)
                 .with_context(|| format!("Vault address from {}", addr.source))?;
+            if let Some(host) = guard::unvouched_loopback(&addr.value, allow_non_local) {
+                // A dev server is taken under any context, so the common case
+                // costs one seal-status call and no kubectl. Unreachable:
+                // unknown here; connecting reports it.
+                let storage = storage_type(cfg, &addr.value).ok().flatten();
+                if storage.as_deref() != Some("inmem") {
+                    let context = kube::current_context()
+                        .filter(|c| !guard::is_local_context(c, &cfg.local_contexts));
+                    if let Some(context) = context {
+                        guard::require_dev_server(
+                            &addr.value,
+                            &host,
+                            &context,
+                            storage.as_deref(),
+                        )?;
+                    }
+                }
+            }
             (addr.value.clone(), None)
         }
         None => {
@@ -69,9 +101,7 @@ pub fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<E
                     cfg.port_forward.namespace
                 );
             };
-            if allow_non_local != Some(context.as_str()) {
-                guard::check_context(&context, &cfg.local_contexts)?;
-            }
+            guard::check_port_forward_context(&context, &cfg.local_contexts)?;
             let pf = kube::PortForward::start(
                 &cfg.port_forward.namespace,
                 &cfg.port_forward.service,
@@ -93,6 +123,24 @@ pub fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<E
         token,
         port_forward,
     })
+}
+
+/// The storage type `sys/seal-status` reports (`inmem` for a dev server);
+/// the call needs no token.
+fn storage_type(cfg: &Config, addr: &str) -> Result<Option<String>> {
+    let http = VaultHttp::new(
+        addr,
+        Secret::new(String::new()),
+        cfg.vault_namespace.as_ref().map(|s| s.value.clone()),
+        Duration::from_secs_f64(cfg.vault_timeout_secs),
+        0,
+        1,
+        cfg.vault_ca_cert
+            .as_ref()
+            .map(|c| cfg.abs(&c.value))
+            .as_deref(),
+    )?;
+    Ok(http.seal_status()?.storage_type)
 }
 
 impl VaultProvider {
@@ -135,6 +183,8 @@ impl VaultProvider {
             kv,
             concurrency,
             progress: false,
+            record: None,
+            record_lock: cfg.root.join(".local/secrets/kv1-record.lock"),
             _port_forward: endpoint.port_forward,
         })
     }
@@ -252,8 +302,14 @@ fn kv_version(http: &VaultHttp, mount: &str) -> Result<KvVersion> {
     }
 }
 
-/// Reads one entry into a [`Current`].
-fn current_from(kv: KvVersion, reply: &Value) -> Option<Current> {
+/// Reads one entry into a [`Current`]; on KV v1, `record` (the mount's
+/// record entry) tells whether the seed wrote the value there.
+fn current_from(
+    kv: KvVersion,
+    name: &str,
+    reply: &Value,
+    record: Option<&MountRecord>,
+) -> Option<Current> {
     let (data, meta) = match kv {
         KvVersion::V2 => (&reply["data"]["data"], &reply["data"]["metadata"]),
         KvVersion::V1 => (&reply["data"], &Value::Null),
@@ -263,17 +319,30 @@ fn current_from(kv: KvVersion, reply: &Value) -> Option<Current> {
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default();
     let sha256 = data["value"].as_str().map(|v| sha256_hex(v.as_bytes()));
+    if kv == KvVersion::V1 {
+        let (seeded_sha256, stamp_stale) = match (record, data["value"].as_str()) {
+            (Some(rec), Some(value)) => rec.judge(name, value),
+            _ => (None, false),
+        };
+        return Some(Current {
+            sha256,
+            properties,
+            version: None,
+            seeded_sha256,
+            stamp_stale,
+            raw_sha256: None,
+        });
+    }
     let record = Record::read(&meta["custom_metadata"]);
     let version = meta["version"].as_u64();
     Some(Current {
         sha256,
         properties,
         version,
-        stamp_stale: kv == KvVersion::V2
-            && record
-                .as_ref()
-                .and_then(|r| r.version)
-                .is_none_or(|v| Some(v) != version),
+        stamp_stale: record
+            .as_ref()
+            .and_then(|r| r.version)
+            .is_none_or(|v| Some(v) != version),
         seeded_sha256: record.map(|r| r.sha256),
         raw_sha256: None,
     })
@@ -289,7 +358,7 @@ impl SecretProvider for VaultProvider {
     }
 
     fn records_checksums(&self) -> bool {
-        self.kv == KvVersion::V2
+        true
     }
 
     fn read(&mut self, names: &[String]) -> Result<BTreeMap<String, Option<Current>>> {
@@ -304,8 +373,12 @@ impl SecretProvider for VaultProvider {
                 let wanted = paths.iter().map(|(n, _)| n.as_str()).collect();
                 detailed_listing(http, &self.mount, &wanted)?
             }
-            KvVersion::V1 => None,
+            KvVersion::V1 => {
+                self.record = read_record(http, &self.mount)?;
+                None
+            }
         };
+        let record = self.record.as_ref();
         // Entries to read one by one; the absent ones go straight to `out`.
         let mut present = Vec::new();
         match detailed {
@@ -342,7 +415,7 @@ impl SecretProvider for VaultProvider {
                 http.call(Method::Get, &path, None)
                     .map_err(anyhow::Error::from)
                     .and_then(|reply| match reply.status {
-                        200 => Ok(current_from(kv, &reply.body)),
+                        200 => Ok(current_from(kv, &name, &reply.body, record)),
                         // KV v2 answers 404 for a deleted latest version but still
                         // returns its metadata: re-creating needs that version for CAS.
                         404 => Ok(reply.body["data"]["metadata"]["version"].as_u64().map(|v| {
@@ -365,7 +438,85 @@ impl SecretProvider for VaultProvider {
         Ok(out)
     }
 
-    fn write(&mut self, writes: &[Write<'_>]) -> Result<Vec<(String, Outcome)>> {
+    fn write<'a>(&mut self, writes: &[Write<'a>]) -> Result<Vec<(String, Outcome)>> {
+        if self.kv == KvVersion::V2 {
+            return Ok(self.write_entries(writes));
+        }
+        // KV v1 has no metadata: the mount's record entry says what the seed
+        // wrote. Before the values, it learns each new value as a candidate,
+        // so a run killed mid-way leaves every value it wrote recognised.
+        let record = self.record.as_ref();
+        let change = |w: &Write<'a>| Change {
+            name: w.name,
+            value: w.value,
+            seen: record
+                .and_then(|r| r.digests.get(w.name))
+                .map_or(&[][..], Vec::as_slice),
+            seen_key: record.map(MountRecord::key),
+        };
+        let intents: Vec<Change<'_>> = writes
+            .iter()
+            .filter(|w| !w.metadata_only)
+            .map(change)
+            .collect();
+        update_record(&self.http, &self.mount, &self.record_lock, &intents, Phase::Intend).with_context(|| {
+            format!(
+                "recording the values about to be written in {}/{RECORD_NAME} (KV v1); nothing was written",
+                self.mount
+            )
+        })?;
+        let mut outcomes = self.write_entries(writes);
+        // After: each name written names its new value alone. A value whose
+        // write failed keeps both candidates: it may have landed.
+        let written: BTreeMap<&str, &Write<'_>> = writes.iter().map(|w| (w.name, w)).collect();
+        let settle: Vec<Change<'_>> = outcomes
+            .iter()
+            .filter(|(_, o)| *o == Outcome::Written)
+            .filter_map(|(name, _)| written.get(name.as_str()).map(|w| change(w)))
+            .collect();
+        if let Err(e) = update_record(
+            &self.http,
+            &self.mount,
+            &self.record_lock,
+            &settle,
+            Phase::Settle,
+        ) {
+            let reason = format!("{}/{RECORD_NAME} not updated: {e:#}", self.mount);
+            for (name, outcome) in outcomes.iter_mut() {
+                if *outcome != Outcome::Written {
+                    continue;
+                }
+                *outcome = if written[name.as_str()].metadata_only {
+                    Outcome::Failed(reason.clone())
+                } else {
+                    // The value landed and is recognised (the intent above): a re-run restamps it.
+                    Outcome::ValueOnly(reason.clone())
+                };
+            }
+        }
+        Ok(outcomes)
+    }
+
+    fn list(&mut self) -> Result<Vec<String>> {
+        let mut names = VaultProvider::list_at(&self.http, &self.list_path())?;
+        if self.kv == KvVersion::V1 {
+            names.retain(|n| n != RECORD_NAME);
+        }
+        Ok(names)
+    }
+
+    fn stats(&self) -> Option<(u64, u64, u64)> {
+        Some(VaultProvider::stats(self))
+    }
+
+    fn set_progress(&mut self, on: bool) {
+        self.progress = on;
+    }
+}
+
+impl VaultProvider {
+    /// Writes each entry (a KV v2 stamp with it); one outcome per write.
+    fn write_entries(&self, writes: &[Write<'_>]) -> Vec<(String, Outcome)> {
         let (http, kv, mount) = (&self.http, self.kv, self.mount.as_str());
         let total = writes.len();
         let show = self.progress && total >= 200;
@@ -380,7 +531,7 @@ impl SecretProvider for VaultProvider {
                 cas: w.cas,
             })
             .collect();
-        Ok(bounded(jobs, self.concurrency, |job| {
+        bounded(jobs, self.concurrency, |job| {
             let data = job.value.as_ref().map(|value| match (kv, job.cas) {
                 (KvVersion::V2, Some(cas)) => {
                     json!({"options": {"cas": cas}, "data": {"value": value}})
@@ -397,19 +548,7 @@ impl SecretProvider for VaultProvider {
                 }
             }
             (job.name, outcome)
-        }))
-    }
-
-    fn list(&mut self) -> Result<Vec<String>> {
-        Ok(VaultProvider::list_at(&self.http, &self.list_path())?)
-    }
-
-    fn stats(&self) -> Option<(u64, u64, u64)> {
-        Some(VaultProvider::stats(self))
-    }
-
-    fn set_progress(&mut self, on: bool) {
-        self.progress = on;
+        })
     }
 }
 
@@ -421,60 +560,6 @@ struct Job {
     value: Option<String>,
     sha256: String,
     cas: Option<u64>,
-}
-
-/// Writes the record, merged into the entry's `custom_metadata` so keys a
-/// person added there stay; returns the verb that answered. A plain
-/// metadata write (which replaces `custom_metadata` whole) stands in when
-/// the merge is refused: a policy without the `patch` capability, a server
-/// without PATCH, or a 404 from a Raft standby that has not yet applied
-/// the entry the value write just created.
-fn record(
-    http: &VaultHttp,
-    meta_path: &str,
-    record: &Value,
-) -> (&'static str, Result<Reply, VaultError>) {
-    match http.try_call(Method::Patch, meta_path, Some(record)) {
-        Ok(r) if matches!(r.status, 401 | 403 | 404) => {
-            ("POST", http.call(Method::Post, meta_path, Some(record)))
-        }
-        Err(VaultError::Status { code: 405, .. }) => {
-            ("POST", http.call(Method::Post, meta_path, Some(record)))
-        }
-        other => ("PATCH", other),
-    }
-}
-
-/// The seed's record in an entry's `custom_metadata`: which checksum it
-/// wrote, and at which KV version (unknown: the next run reads the entry and
-/// renews the record). Written by [`stamp`], read by [`Record::read`].
-pub(super) struct Record {
-    pub sha256: String,
-    pub version: Option<u64>,
-}
-
-impl Record {
-    /// The record in `custom_metadata`, if the seed wrote it.
-    pub(super) fn read(custom: &Value) -> Option<Record> {
-        if custom["managed-by"].as_str() != Some(MANAGED_BY) {
-            return None;
-        }
-        Some(Record {
-            sha256: custom["fixture-sha256"].as_str()?.to_string(),
-            version: custom["fixture-version"]
-                .as_str()
-                .and_then(|v| v.parse().ok()),
-        })
-    }
-}
-
-/// The metadata write that records `sha256` at `version`.
-fn stamp(sha256: &str, version: Option<u64>) -> Value {
-    let mut custom = json!({"managed-by": MANAGED_BY, "fixture-sha256": sha256});
-    if let Some(v) = version {
-        custom["fixture-version"] = v.to_string().into();
-    }
-    json!({ "custom_metadata": custom })
 }
 
 fn write_one(
@@ -523,7 +608,7 @@ fn write_one(
     }
     if kv == KvVersion::V2 {
         let meta_path = format!("{mount}/metadata/{name}");
-        let (verb, written) = record(http, &meta_path, &stamp(sha256, version));
+        let (verb, written) = write_stamp(http, &meta_path, &stamp(sha256, version));
         match written {
             Ok(r) if (200..300).contains(&r.status) => {}
             // The value is written; only the checksum is missing. A re-run restamps it.
@@ -543,12 +628,13 @@ fn write_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secrets::provider::MANAGED_BY;
 
     #[test]
     fn reads_v2_entries_with_metadata() {
         let reply = json!({"data": {"data": {"value": "x", "other": "y"}, "metadata": {"version": 3,
             "custom_metadata": {"managed-by": MANAGED_BY, "fixture-sha256": "abc"}}}});
-        let c = current_from(KvVersion::V2, &reply).unwrap();
+        let c = current_from(KvVersion::V2, "n", &reply, None).unwrap();
         assert_eq!(c.sha256.as_deref(), Some(sha256_hex(b"x").as_str()));
         assert_eq!(c.version, Some(3));
         assert_eq!(c.seeded_sha256.as_deref(), Some("abc"));
@@ -560,27 +646,29 @@ mod tests {
         let at = |custom: Value| json!({"data": {"data": {"value": "x"}, "metadata": {"version": 3, "custom_metadata": custom}}});
         let fresh =
             at(json!({"managed-by": MANAGED_BY, "fixture-sha256": "abc", "fixture-version": "3"}));
-        assert!(!current_from(KvVersion::V2, &fresh).unwrap().stamp_stale);
-        let older =
-            at(json!({"managed-by": MANAGED_BY, "fixture-sha256": "abc", "fixture-version": "2"}));
-        assert!(current_from(KvVersion::V2, &older).unwrap().stamp_stale);
-        let none = at(json!({"managed-by": MANAGED_BY, "fixture-sha256": "abc"}));
-        assert!(current_from(KvVersion::V2, &none).unwrap().stamp_stale);
         assert!(
-            !current_from(KvVersion::V1, &json!({"data": {"value": "x"}}))
+            !current_from(KvVersion::V2, "n", &fresh, None)
                 .unwrap()
                 .stamp_stale
         );
-    }
-
-    #[test]
-    fn records_name_the_version_when_known() {
-        let s = stamp("abc", Some(7));
-        assert_eq!(s["custom_metadata"]["fixture-version"], "7");
-        assert_eq!(s["custom_metadata"]["managed-by"], MANAGED_BY);
-        assert!(stamp("abc", None)["custom_metadata"]
-            .get("fixture-version")
-            .is_none());
+        let older =
+            at(json!({"managed-by": MANAGED_BY, "fixture-sha256": "abc", "fixture-version": "2"}));
+        assert!(
+            current_from(KvVersion::V2, "n", &older, None)
+                .unwrap()
+                .stamp_stale
+        );
+        let none = at(json!({"managed-by": MANAGED_BY, "fixture-sha256": "abc"}));
+        assert!(
+            current_from(KvVersion::V2, "n", &none, None)
+                .unwrap()
+                .stamp_stale
+        );
+        assert!(
+            !current_from(KvVersion::V1, "n", &json!({"data": {"value": "x"}}), None)
+                .unwrap()
+                .stamp_stale
+        );
     }
 
     #[test]
@@ -588,11 +676,13 @@ mod tests {
         let reply = json!({"data": {"data": {"value": "x"}, "metadata": {"version": 1,
             "custom_metadata": {"fixture-sha256": "abc"}}}});
         assert_eq!(
-            current_from(KvVersion::V2, &reply).unwrap().seeded_sha256,
+            current_from(KvVersion::V2, "n", &reply, None)
+                .unwrap()
+                .seeded_sha256,
             None
         );
         let v1 = json!({"data": {"password": "x"}});
-        let c = current_from(KvVersion::V1, &v1).unwrap();
+        let c = current_from(KvVersion::V1, "n", &v1, None).unwrap();
         assert_eq!((c.sha256, c.version), (None, None));
         assert_eq!(c.properties, vec!["password".to_string()]);
     }

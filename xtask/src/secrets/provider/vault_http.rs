@@ -432,6 +432,9 @@ pub struct SealStatus {
     pub initialized: bool,
     #[serde(default)]
     pub version: Option<String>,
+    /// `inmem` for a dev server (`bao server -dev`), else `raft`, `file`, ...
+    #[serde(default)]
+    pub storage_type: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]

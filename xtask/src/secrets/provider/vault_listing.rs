@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Deserialize;
 
-use super::vault::Record;
 use super::vault_http::{Method, VaultError, VaultHttp};
+use super::vault_record::Record;
 use super::Current;
 
 /// Keys per page of the detailed listing: bounds the size of one reply.

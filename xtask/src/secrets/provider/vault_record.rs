@@ -1,0 +1,498 @@
+//! What the seed records about the values it wrote, so that a later run can
+//! tell its own writes from hand edits: on KV v2 a stamp in each entry's
+//! `custom_metadata`; on KV v1, which has no metadata, one record entry per
+//! mount holding a keyed digest of each value the seed wrote.
+//!
+//! Both [`super::vault`] and [`super::vault_listing`] read these; neither
+//! imports the other.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::vault_http::{backoff, Method, Reply, VaultError, VaultHttp};
+use super::MANAGED_BY;
+use crate::fsutil::{sha256_hex, Lock};
+
+// ---------------------------------------------------------------------------
+// KV v2: a stamp in each entry's custom_metadata.
+
+/// The seed's record in an entry's `custom_metadata`: which checksum it
+/// wrote, and at which KV version (unknown: the next run reads the entry and
+/// renews the record). Written by [`stamp`], read by [`Record::read`].
+pub(super) struct Record {
+    pub sha256: String,
+    pub version: Option<u64>,
+}
+
+impl Record {
+    /// The record in `custom_metadata`, if the seed wrote it.
+    pub(super) fn read(custom: &Value) -> Option<Record> {
+        if custom["managed-by"].as_str() != Some(MANAGED_BY) {
+            return None;
+        }
+        Some(Record {
+            sha256: custom["fixture-sha256"].as_str()?.to_string(),
+            version: custom["fixture-version"]
+                .as_str()
+                .and_then(|v| v.parse().ok()),
+        })
+    }
+}
+
+/// The metadata write that records `sha256` at `version`.
+pub(super) fn stamp(sha256: &str, version: Option<u64>) -> Value {
+    let mut custom = json!({"managed-by": MANAGED_BY, "fixture-sha256": sha256});
+    if let Some(v) = version {
+        custom["fixture-version"] = v.to_string().into();
+    }
+    json!({ "custom_metadata": custom })
+}
+
+/// Writes a stamp, merged into the entry's `custom_metadata` so keys a
+/// person added there stay; returns the verb that answered. A plain
+/// metadata write (which replaces `custom_metadata` whole) stands in when
+/// the merge is refused: a policy without the `patch` capability, a server
+/// without PATCH, or a 404 from a Raft standby that has not yet applied
+/// the entry the value write just created.
+pub(super) fn write_stamp(
+    http: &VaultHttp,
+    meta_path: &str,
+    stamp: &Value,
+) -> (&'static str, Result<Reply, VaultError>) {
+    match http.try_call(Method::Patch, meta_path, Some(stamp)) {
+        Ok(r) if matches!(r.status, 401 | 403 | 404) => {
+            ("POST", http.call(Method::Post, meta_path, Some(stamp)))
+        }
+        Err(VaultError::Status { code: 405, .. }) => {
+            ("POST", http.call(Method::Post, meta_path, Some(stamp)))
+        }
+        other => ("PATCH", other),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// KV v1: one record entry per mount.
+
+/// The record entry's name in a KV v1 mount. The underscore keeps it out of
+/// the fixture namespace (`^[0-9a-zA-Z-]{1,127}$`), so no fixture can
+/// collide with it; listings and `check` leave it out.
+pub const RECORD_NAME: &str = "_cargo-xtask-secrets";
+
+/// What the record entry's `format` says: HMAC-SHA256 keyed with the
+/// record's own random key, over `name NUL value`, first 128 bits in hex.
+const FORMAT: &str = "hmac-sha256-128/1";
+
+/// Stands in for the checksum the seed last wrote when the record holds a
+/// digest for the name but not of the value there now: the seed wrote
+/// something, and this is not it. Never equal to a sha256.
+pub const SEEDED_ANOTHER_VALUE: &str = "another value";
+
+/// The record entry of a KV v1 mount: for each name, the digests of the
+/// values the seed may have written last (one after a clean run; more while
+/// a run is under way or after one stopped mid-way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct MountRecord {
+    /// Hex; the HMAC key. Random per mount, so the digests match nothing
+    /// outside this record and equal values under two names look unrelated.
+    key: String,
+    pub digests: BTreeMap<String, Vec<String>>,
+}
+
+impl MountRecord {
+    fn new(key: String) -> MountRecord {
+        MountRecord {
+            key,
+            digests: BTreeMap::new(),
+        }
+    }
+
+    /// The record in a KV v1 entry's data, if the seed wrote it.
+    fn parse(data: &Value) -> Option<MountRecord> {
+        if data["managed-by"].as_str() != Some(MANAGED_BY)
+            || data["format"].as_str() != Some(FORMAT)
+        {
+            return None;
+        }
+        let key = data["key"].as_str().filter(|k| k.len() >= 32)?.to_string();
+        let mut digests = BTreeMap::new();
+        for line in data["digests"].as_str()?.lines().filter(|l| !l.is_empty()) {
+            let (name, ds) = line.split_once(' ')?;
+            let ds = ds
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(String::from)
+                .collect();
+            digests.insert(name.to_string(), ds);
+        }
+        Some(MountRecord { key, digests })
+    }
+
+    /// The entry's data. The digests are one string, a line per name
+    /// (`<name> <digest>[,<digest>...]`; names hold no space): OpenBao
+    /// refuses a request body with more than 1,000 JSON strings
+    /// (`max_request_json_strings`), and a mount holds more names than that.
+    fn to_json(&self) -> Value {
+        let mut lines = String::new();
+        for (name, ds) in &self.digests {
+            lines.push_str(name);
+            lines.push(' ');
+            lines.push_str(&ds.join(","));
+            lines.push('\n');
+        }
+        json!({
+            "managed-by": MANAGED_BY,
+            "format": FORMAT,
+            "key": self.key,
+            "digests": lines,
+        })
+    }
+
+    pub(super) fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The record's digest of `value` under `name`.
+    pub(super) fn digest(&self, name: &str, value: &str) -> String {
+        let mut msg = Vec::with_capacity(name.len() + 1 + value.len());
+        msg.extend_from_slice(name.as_bytes());
+        msg.push(0);
+        msg.extend_from_slice(value.as_bytes());
+        hmac_sha256(self.key.as_bytes(), &msg)[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// What the record says about `value`, now under `name`: the checksum
+    /// the seed last wrote there (the value's own when the record knows it,
+    /// [`SEEDED_ANOTHER_VALUE`] when it knows only others, `None` when it
+    /// knows nothing of the name), and whether the record needs renewing
+    /// (it still lists other candidates).
+    pub(super) fn judge(&self, name: &str, value: &str) -> (Option<String>, bool) {
+        match self.digests.get(name) {
+            None => (None, false),
+            Some(ds) if ds.is_empty() => (None, false),
+            Some(ds) if ds.contains(&self.digest(name, value)) => {
+                (Some(sha256_hex(value.as_bytes())), ds.len() > 1)
+            }
+            Some(_) => (Some(SEEDED_ANOTHER_VALUE.to_string()), false),
+        }
+    }
+}
+
+/// HMAC-SHA256 (RFC 2104).
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    const BLOCK: usize = 64;
+    let mut k = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(k.map(|b| b ^ 0x36));
+    inner.update(msg);
+    let mut outer = Sha256::new();
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+/// A fresh random HMAC key, hex.
+fn new_key() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom for the KV v1 record's key")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn record_path(mount: &str) -> String {
+    format!("{mount}/{RECORD_NAME}")
+}
+
+/// The mount's record entry: `Ok(None)` when there is none, it is not the
+/// seed's, or the token may not read it (then every entry that differs from
+/// its fixture is a conflict, the safe side).
+pub(super) fn read_record(
+    http: &VaultHttp,
+    mount: &str,
+) -> Result<Option<MountRecord>, VaultError> {
+    let path = record_path(mount);
+    let reply = http.try_call(Method::Get, &path, None)?;
+    match reply.status {
+        200 => Ok(MountRecord::parse(&reply.body["data"])),
+        401 | 403 | 404 => Ok(None),
+        code => Err(VaultError::Status {
+            call: format!("GET {path}"),
+            code,
+            errors: reply.errors(),
+        }),
+    }
+}
+
+/// One name whose record changes: the value the seed writes (or found right),
+/// and the digests this run read for it (and under which key).
+pub(super) struct Change<'a> {
+    pub name: &'a str,
+    pub value: &'a str,
+    pub seen: &'a [String],
+    pub seen_key: Option<&'a str>,
+}
+
+/// When a record update happens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Before the values are written: add each new value's digest next to
+    /// what is there, so a run killed mid-way leaves every value it may have
+    /// written recognised.
+    Intend,
+    /// After: each name that was written names its new value, without the
+    /// digests this run had read (others' concurrent additions stay).
+    Settle,
+}
+
+/// `fresh` (the record as it is now, or a new one with `key`) with `changes`.
+fn merge(
+    fresh: Option<MountRecord>,
+    key: &str,
+    changes: &[Change<'_>],
+    phase: Phase,
+) -> MountRecord {
+    let mut rec = fresh.unwrap_or_else(|| MountRecord::new(key.to_string()));
+    for c in changes {
+        let digest = rec.digest(c.name, c.value);
+        let key_now = rec.key.clone();
+        let set = rec.digests.entry(c.name.to_string()).or_default();
+        if phase == Phase::Settle && c.seen_key == Some(key_now.as_str()) {
+            set.retain(|d| !c.seen.contains(d));
+        }
+        if !set.contains(&digest) {
+            set.push(digest);
+        }
+    }
+    rec
+}
+
+/// Whether `rec` holds the new digest of every change.
+fn holds(rec: &MountRecord, changes: &[Change<'_>]) -> bool {
+    changes.iter().all(|c| {
+        rec.digests
+            .get(c.name)
+            .is_some_and(|ds| ds.contains(&rec.digest(c.name, c.value)))
+    })
+}
+
+/// Updates the mount's record entry with `changes`. KV v1 has no
+/// check-and-set, so this comes as close as it allows: under a local lock
+/// (seeds from this checkout take turns), read the entry as it is now, merge,
+/// write, read back, and start again if a concurrent writer's version
+/// replaced ours.
+pub(super) fn update_record(
+    http: &VaultHttp,
+    mount: &str,
+    lock: &Path,
+    changes: &[Change<'_>],
+    phase: Phase,
+) -> Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let path = record_path(mount);
+    let _lock = Lock::acquire(lock, "update of the KV v1 seed record")?;
+    let key = new_key()?;
+    const ATTEMPTS: u32 = 5;
+    for attempt in 0..ATTEMPTS {
+        let fresh = read_for_update(http, &path)?;
+        let rec = merge(fresh.clone(), &key, changes, phase);
+        if fresh.as_ref() == Some(&rec) {
+            return Ok(());
+        }
+        let reply = http.call(Method::Post, &path, Some(&rec.to_json()))?;
+        if !(200..300).contains(&reply.status) {
+            bail!(
+                "POST {path} (the seed's record of what it wrote on this KV v1 mount) failed with HTTP {}: {}",
+                reply.status,
+                reply.errors()
+            );
+        }
+        if read_for_update(http, &path)?.is_some_and(|now| holds(&now, changes)) {
+            return Ok(());
+        }
+        std::thread::sleep(backoff(attempt).max(Duration::from_millis(20)));
+    }
+    Err(anyhow!(
+        "the seed record {path} kept changing under concurrent writers ({ATTEMPTS} attempts); re-run the seed"
+    ))
+}
+
+/// The record for an update: like [`read_record`], but an entry that is not
+/// the seed's, or a token that may not read it, stops the update.
+fn read_for_update(http: &VaultHttp, path: &str) -> Result<Option<MountRecord>> {
+    let reply = http.try_call(Method::Get, path, None)?;
+    match reply.status {
+        200 => match MountRecord::parse(&reply.body["data"]) {
+            Some(rec) => Ok(Some(rec)),
+            None => bail!(
+                "{path} holds something that is not the seed's record (the seed keeps the checksums of what it \
+                 wrote to a KV v1 mount there). Move that entry elsewhere, then re-run."
+            ),
+        },
+        404 => Ok(None),
+        401 | 403 => bail!(
+            "permission denied reading {path} ({}). On a KV v1 mount the seed records what it wrote in that entry: \
+             grant read, create and update on it.",
+            reply.errors()
+        ),
+        code => bail!("GET {path} failed with HTTP {code}: {}", reply.errors()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // Test case 2.
+        assert_eq!(
+            hex(&hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // Test case 6: a key longer than the block.
+        assert_eq!(
+            hex(&hmac_sha256(
+                &[0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    #[test]
+    fn digests_are_keyed_bound_to_the_name_and_short() {
+        let a = MountRecord::new("a".repeat(64));
+        let b = MountRecord::new("b".repeat(64));
+        let d = a.digest("db-password", "true");
+        assert_eq!(d.len(), 32);
+        assert_ne!(
+            d,
+            b.digest("db-password", "true"),
+            "another key, another digest"
+        );
+        assert_ne!(d, a.digest("other-name", "true"), "same value, other name");
+        assert!(!sha256_hex(b"true").contains(&d));
+    }
+
+    #[test]
+    fn judges_values_against_the_record() {
+        let mut rec = MountRecord::new("k".repeat(64));
+        let ours = rec.digest("n", "seeded");
+        rec.digests.insert("n".into(), vec![ours.clone()]);
+        assert_eq!(
+            rec.judge("n", "seeded"),
+            (Some(sha256_hex(b"seeded")), false)
+        );
+        assert_eq!(
+            rec.judge("n", "by-hand"),
+            (Some(SEEDED_ANOTHER_VALUE.to_string()), false)
+        );
+        assert_eq!(rec.judge("unknown", "x"), (None, false));
+        // Two candidates (a run stopped mid-way): either is ours, and the
+        // record needs renewing.
+        let next = rec.digest("n", "next");
+        rec.digests.insert("n".into(), vec![ours, next]);
+        assert_eq!(rec.judge("n", "next"), (Some(sha256_hex(b"next")), true));
+        assert!(rec.judge("n", "seeded").1);
+    }
+
+    #[test]
+    fn intents_add_and_settling_drops_only_what_this_run_read() {
+        let key = "k".repeat(64);
+        let mut start = MountRecord::new(key.clone());
+        let old = start.digest("a", "old");
+        start.digests.insert("a".into(), vec![old.clone()]);
+        let seen = vec![old.clone()];
+        let change = [Change {
+            name: "a",
+            value: "new",
+            seen: &seen,
+            seen_key: Some(&key),
+        }];
+        let intended = merge(Some(start.clone()), "unused", &change, Phase::Intend);
+        let new = start.digest("a", "new");
+        assert_eq!(intended.digests["a"], vec![old.clone(), new.clone()]);
+        // A concurrent seed added its own candidate meanwhile: it stays.
+        let mut concurrent = intended.clone();
+        let theirs = start.digest("a", "theirs");
+        concurrent
+            .digests
+            .get_mut("a")
+            .unwrap()
+            .push(theirs.clone());
+        let settled = merge(Some(concurrent), "unused", &change, Phase::Settle);
+        assert_eq!(settled.digests["a"], vec![new.clone(), theirs]);
+        assert!(holds(&settled, &change));
+        // Under another key (a concurrent first seed won the race to create
+        // the record), what this run read means nothing there: keep all.
+        let other = MountRecord::new("o".repeat(64));
+        let settled = merge(Some(other.clone()), "unused", &change, Phase::Settle);
+        assert_eq!(settled.digests["a"], vec![other.digest("a", "new")]);
+        // No record yet: a new one with the given key.
+        let created = merge(None, &key, &change, Phase::Intend);
+        assert_eq!(created.key(), key);
+        assert_eq!(MountRecord::parse(&created.to_json()), Some(created));
+    }
+
+    #[test]
+    fn the_entry_stays_a_handful_of_json_strings_however_many_names() {
+        let mut rec = MountRecord::new("k".repeat(64));
+        for i in 0..5000 {
+            let name = format!("name-{i}");
+            let ds = vec![rec.digest(&name, "a"), rec.digest(&name, "b")];
+            rec.digests.insert(name, ds);
+        }
+        let json = rec.to_json();
+        let strings = json.as_object().unwrap().len() * 2;
+        assert!(strings < 20, "{strings} strings");
+        assert_eq!(MountRecord::parse(&json), Some(rec));
+    }
+
+    #[test]
+    fn the_record_name_can_be_no_fixture_name() {
+        assert!(!crate::secrets::fixtures::valid_name(RECORD_NAME));
+    }
+
+    #[test]
+    fn only_the_seeds_own_record_parses() {
+        let rec = MountRecord::new("k".repeat(64));
+        let mut v = rec.to_json();
+        assert!(MountRecord::parse(&v).is_some());
+        v["managed-by"] = "someone".into();
+        assert!(MountRecord::parse(&v).is_none());
+        assert!(MountRecord::parse(&json!({"value": "x"})).is_none());
+        let short_key =
+            json!({"managed-by": MANAGED_BY, "format": FORMAT, "key": "k", "digests": ""});
+        assert!(MountRecord::parse(&short_key).is_none());
+    }
+
+    #[test]
+    fn records_name_the_version_when_known() {
+        let s = stamp("abc", Some(7));
+        assert_eq!(s["custom_metadata"]["fixture-version"], "7");
+        assert_eq!(s["custom_metadata"]["managed-by"], MANAGED_BY);
+        assert!(stamp("abc", None)["custom_metadata"]
+            .get("fixture-version")
+            .is_none());
+    }
+}
