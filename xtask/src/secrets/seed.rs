@@ -6,11 +6,11 @@
 use std::io::IsTerminal;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, Result};
 use serde::Serialize;
 
-use crate::output::{parse_format, Format};
-use crate::secrets::config::{Config, FlagValues, ProviderKind};
+use crate::output::{capped, count, one_line_errors, parse_format, Format, NAMES_SHOWN};
+use crate::secrets::config::{self, Config, FlagValues, ProviderKind};
 use crate::secrets::fixtures::SecretSet;
 use crate::secrets::plan::{self, Action, Counts, Item};
 use crate::secrets::provider::{self, Outcome, SecretProvider, Write};
@@ -55,6 +55,9 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
     if render.is_none() && flags.out.is_some() {
         crate::usage!("--out goes with --render eso-fake|secrets");
     }
+    if flags.quiet && flags.verbose {
+        crate::usage!("--quiet and --verbose contradict each other: pass one of them");
+    }
     let env = flags.env.as_deref().unwrap_or("local");
     guard::require_local_env(env)?;
 
@@ -64,10 +67,12 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
         &FlagValues {
             provider: flags.provider.clone(),
             fixtures: flags.fixtures.clone(),
+            overrides: flags.overrides.clone(),
             mount: flags.mount.clone(),
             concurrency: flags.concurrency,
         },
     )?;
+    require_mount_fits(flags.mount.as_deref(), &cfg)?;
     if render.is_some() && cfg.provider.value != ProviderKind::File {
         crate::usage!(
             "--render works with --provider file (the manifests carry the file store's values)"
@@ -82,17 +87,13 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
         verbose: flags.verbose,
         text: format == Format::Text,
     };
-    let fixtures_shown = fixtures_path
-        .strip_prefix(&root)
-        .unwrap_or(&fixtures_path)
-        .display()
-        .to_string();
+    let fixtures_shown = cfg.shown(&fixtures_path);
     let items = plan_for(store.as_mut(), &desired, flags.force)?;
     let counts = plan::counts(&items);
     if show.text && !show.quiet {
         println!(
-            "seed: {} secrets from {fixtures_shown}{} -> {}",
-            desired.len(),
+            "seed: {} from {fixtures_shown}{} -> {}",
+            count(desired.len(), "secret", "secrets"),
             if counts.overridden > 0 {
                 format!(" ({} overridden)", counts.overridden)
             } else {
@@ -113,12 +114,17 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
     if !flags.dry_run {
         if let Some(kind) = render {
             let out = flags.out.as_deref().expect("checked above");
-            manifests::write(&root, kind, &desired, out)?;
+            let out = if out.as_os_str() == "-" {
+                out.to_path_buf()
+            } else {
+                config::from_cwd(out)
+            };
+            manifests::write(&root, kind, &desired, &out)?;
             if show.text && !show.quiet && out.as_os_str() != "-" {
                 println!(
                     "rendered {} manifests to {} (mode 0600)",
                     kind.as_str(),
-                    out.display()
+                    cfg.shown(&out)
                 );
             }
         }
@@ -148,27 +154,23 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         _ if flags.dry_run => {
-            if !show.quiet {
-                println!("dry run: nothing written");
+            if show.quiet {
+                println!("plan: {}", counts_line(&counts));
             }
+            println!("dry run: nothing written");
         }
-        _ => {
-            if !show.quiet || !not_written.is_empty() {
-                println!(
-                    "done in {:.2}s: {} written, {} unchanged, {} not written{}",
-                    elapsed.as_secs_f64(),
-                    written.len(),
-                    counts.unchanged,
-                    not_written.len(),
-                    stats
-                        .map(|(r, w, t)| format!(" ({r} requests, {w} writes, {t} retries)"))
-                        .unwrap_or_default()
-                );
-            }
-            for nw in &not_written {
-                eprintln!("  not written: {}: {}", nw.name, nw.reason);
-            }
-        }
+        // The summary, counts only: the error below names the cause and the
+        // names (at most 20 per list; `--output json` has every one).
+        _ => println!(
+            "done in {:.2}s: {} written, {} unchanged, {} not written{}",
+            elapsed.as_secs_f64(),
+            written.len(),
+            counts.unchanged,
+            not_written.len(),
+            stats
+                .map(|(r, w, t)| format!(" ({r} requests, {w} writes, {t} retries)"))
+                .unwrap_or_default()
+        ),
     }
 
     if flags.dry_run {
@@ -205,72 +207,125 @@ impl SeedRun {
 
     /// Exit status: partial (3) when some writes failed after others landed,
     /// failed (1) when nothing landed or conflicts remain, ok otherwise.
+    ///
+    /// The message names the cause first, then one line per kind of
+    /// failure with at most 20 names (`--output json` lists every one).
     pub fn into_result(self) -> Result<()> {
         if self.not_written.is_empty() && self.unstamped.is_empty() {
             return Ok(());
         }
-        let names = |v: &[NotWritten]| {
-            v.iter()
-                .map(|n| n.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        // The first failure's reason: the cause a human needs (sealed, 403, unreachable).
-        let cause = self
+        let failed: Vec<&NotWritten> = self
             .not_written
             .iter()
-            .find(|n| self.failed.contains(&n.name))
-            .or(self.unstamped.first())
-            .map(|n| format!(" First failure: {}: {}", n.name, n.reason))
-            .unwrap_or_default();
-        if !self.written.is_empty() && (!self.failed.is_empty() || !self.unstamped.is_empty()) {
-            let unstamped = if self.unstamped.is_empty() {
-                String::new()
+            .filter(|n| self.failed.contains(&n.name))
+            .collect();
+        let conflicts: Vec<&NotWritten> = self
+            .not_written
+            .iter()
+            .filter(|n| !self.failed.contains(&n.name))
+            .collect();
+        let mut lines: Vec<String> = Vec::new();
+        let cause = cause_of(&failed);
+        for (reason, names) in by_reason(&failed) {
+            let label = if reason == NOT_ATTEMPTED {
+                "not attempted after that failure".to_string()
+            } else if Some(reason.as_str()) == cause.as_deref() {
+                "failed for that reason".to_string()
             } else {
-                format!(
-                    " ({} of them without their checksum: {})",
-                    self.unstamped.len(),
-                    names(&self.unstamped)
-                )
+                format!("failed: {reason}")
             };
+            lines.push(format!("  {label} ({}): {}", names.len(), capped(&names)));
+        }
+        if !conflicts.is_empty() {
+            let names: Vec<&str> = conflicts.iter().map(|n| n.name.as_str()).collect();
+            lines.push(format!(
+                "  {} kept, changed outside the seed: {}. Keep them in .local/secrets/overrides.json, or \
+                 overwrite with --force.",
+                count(names.len(), "conflict", "conflicts"),
+                capped(&names)
+            ));
+        }
+        if !self.unstamped.is_empty() {
+            let names: Vec<&str> = self.unstamped.iter().map(|n| n.name.as_str()).collect();
+            let reason = &self.unstamped[0].reason;
+            lines.push(format!(
+                "  written without their checksum ({}; the next seed records it): {} ({reason})",
+                names.len(),
+                capped(&names)
+            ));
+        }
+        let more = if self.not_written.len() + self.unstamped.len() > NAMES_SHOWN {
+            " `--output json` lists every name."
+        } else {
+            ""
+        };
+        let body = lines.join("\n");
+        if !self.written.is_empty() && (!self.failed.is_empty() || !self.unstamped.is_empty()) {
+            let cause = cause
+                .or_else(|| self.unstamped.first().map(|n| n.reason.clone()))
+                .unwrap_or_default();
             return Err(PartialError(format!(
-                "partial seed: {} written{unstamped} ({}); {} not written ({}).{cause} Re-run the same command to \
-                 finish: it writes only what is still missing.",
+                "partial seed: {cause}\n  {} written, {} not written. Re-run the same command to finish: it \
+                 writes only what is still missing.{more}\n{body}",
                 self.written.len(),
-                capped(&self.written),
                 self.not_written.len(),
-                names(&self.not_written)
             ))
             .into());
         }
-        if !self.failed.is_empty() {
-            bail!(
-                "{} secrets not written ({}); the store is unchanged.{cause}",
-                self.failed.len(),
-                capped(&self.failed)
-            );
+        if let Some(cause) = cause {
+            return Err(anyhow!(
+                "{cause}\n  {} not written; the store is unchanged.{more}\n{body}",
+                count(self.failed.len(), "secret", "secrets"),
+            ));
         }
-        bail!(
-            "{} conflicts not written ({}): they were changed outside the seed. Keep them in \
-             .local/secrets/overrides.json, or overwrite with --force.",
-            self.not_written.len(),
-            names(&self.not_written)
-        )
+        let names: Vec<&str> = conflicts.iter().map(|n| n.name.as_str()).collect();
+        Err(anyhow!(
+            "{} not written ({}): they were changed outside the seed. Keep them in \
+             .local/secrets/overrides.json, or overwrite with --force.{more}",
+            count(names.len(), "conflict", "conflicts"),
+            capped(&names)
+        ))
     }
 }
 
-/// Names for a message: the first 20, then how many more (`--output json`
-/// lists every one).
-fn capped(names: &[String]) -> String {
-    const SHOWN: usize = 20;
-    if names.len() <= SHOWN {
-        return names.join(", ");
+/// The reason the transport gives entries it skipped once the run stopped.
+const NOT_ATTEMPTED: &str = "not attempted: the run stopped";
+
+/// The cause of the failures: the reason most failed writes give, leaving
+/// out the writes that were skipped because of it.
+fn cause_of(failed: &[&NotWritten]) -> Option<String> {
+    by_reason(failed)
+        .into_iter()
+        .filter(|(reason, _)| reason != NOT_ATTEMPTED)
+        .max_by_key(|(_, names)| names.len())
+        .map(|(reason, _)| reason)
+        .or_else(|| (!failed.is_empty()).then(|| NOT_ATTEMPTED.to_string()))
+}
+
+/// Names grouped by reason, the largest group first (then by reason).
+fn by_reason<'a>(entries: &[&'a NotWritten]) -> Vec<(String, Vec<&'a str>)> {
+    let mut groups: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for n in entries {
+        groups.entry(&n.reason).or_default().push(&n.name);
     }
-    format!(
-        "{}, and {} more; --output json lists them all",
-        names[..SHOWN].join(", "),
-        names.len() - SHOWN
-    )
+    let mut out: Vec<(String, Vec<&str>)> = groups
+        .into_iter()
+        .map(|(r, names)| (r.to_string(), names))
+        .collect();
+    out.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
+    out
+}
+
+/// `--mount` names a Vault KV mount: refuse it with another provider.
+pub(crate) fn require_mount_fits(mount: Option<&str>, cfg: &Config) -> Result<()> {
+    if mount.is_some() && cfg.provider.value != ProviderKind::Vault {
+        crate::usage!(
+            "--mount is a Vault KV mount, and the provider is {} (from {}): drop --mount, or use --provider vault",
+            cfg.provider.value.as_str(),
+            cfg.provider.source
+        );
+    }
+    Ok(())
 }
 
 /// Reads the store and plans every fixture.
@@ -308,6 +363,13 @@ pub fn apply(
         .collect();
     if !writes.is_empty() {
         for (name, outcome) in store.write(&writes)? {
+            // One line per server error: Vault's multi-error text, collapsed.
+            let outcome = match outcome {
+                Outcome::ValueOnly(r) => Outcome::ValueOnly(one_line_errors(&r)),
+                Outcome::Conflict(r) => Outcome::Conflict(one_line_errors(&r)),
+                Outcome::Failed(r) => Outcome::Failed(one_line_errors(&r)),
+                other => other,
+            };
             match outcome {
                 Outcome::Written => run.written.push(name),
                 Outcome::ValueOnly(reason) => {
@@ -345,9 +407,21 @@ pub fn render_plan(items: &[Item], verbose: bool) -> String {
         .unwrap_or(0);
     let mut out = String::new();
     let mut unchanged = 0;
+    // Without --verbose, at most NAMES_SHOWN entries per action.
+    let mut shown: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut hidden: Vec<(&str, usize)> = Vec::new();
     for i in items {
         if i.action == Action::Unchanged && !verbose {
             unchanged += 1;
+            continue;
+        }
+        let n = shown.entry(i.action.label()).or_default();
+        *n += 1;
+        if *n > NAMES_SHOWN && !verbose {
+            match hidden.iter_mut().find(|(l, _)| *l == i.action.label()) {
+                Some((_, k)) => *k += 1,
+                None => hidden.push((i.action.label(), 1)),
+            }
             continue;
         }
         let name = if i.overridden {
@@ -362,6 +436,9 @@ pub fn render_plan(items: &[Item], verbose: bool) -> String {
             _ => short(&i.sha256),
         };
         let _ = writeln!(out, "  {:<10} {name:<width$}  {detail}", i.action.label());
+    }
+    for (label, n) in hidden {
+        let _ = writeln!(out, "  (and {n} more {label}; --verbose lists them)");
     }
     if unchanged > 0 {
         let _ = writeln!(out, "  ({unchanged} unchanged; --verbose lists them)");
