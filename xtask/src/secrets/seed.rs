@@ -226,7 +226,18 @@ impl SeedRun {
             .collect();
         let mut lines: Vec<String> = Vec::new();
         let cause = cause_of(&failed);
-        for (reason, names) in by_reason(&failed) {
+        // The cause's own group first, the writes skipped after it last.
+        let mut groups = by_reason(&failed);
+        groups.sort_by_key(|(reason, _)| {
+            if Some(reason.as_str()) == cause.as_deref() {
+                0
+            } else if reason == NOT_ATTEMPTED {
+                2
+            } else {
+                1
+            }
+        });
+        for (reason, names) in groups {
             let label = if reason == NOT_ATTEMPTED {
                 "not attempted after that failure".to_string()
             } else if Some(reason.as_str()) == cause.as_deref() {
@@ -512,5 +523,110 @@ mod tests {
             assert!(!render_plan(&items, true).contains(&format!(" {secret}\n")));
         }
         assert!(render_plan(&items, true).contains("unchanged  redis-password"));
+    }
+
+    fn nw(name: &str, reason: &str) -> NotWritten {
+        NotWritten {
+            name: name.into(),
+            reason: reason.into(),
+        }
+    }
+
+    const UNREACHABLE: &str =
+        "cannot reach Vault at http://127.0.0.1:9 (Connection refused). Is it running?";
+
+    /// A run killed mid-way: the cause first, counts, at most 20 names a
+    /// line, no name twice, and the skipped writes not blamed for it.
+    #[test]
+    fn partial_error_snapshot() {
+        let mut run = SeedRun {
+            written: (0..30).map(|i| format!("done-{i:02}")).collect(),
+            ..SeedRun::default()
+        };
+        for i in 0..3 {
+            run.failed.push(format!("k-{i:02}"));
+            run.not_written.push(nw(&format!("k-{i:02}"), UNREACHABLE));
+        }
+        for i in 3..40 {
+            run.failed.push(format!("k-{i:02}"));
+            run.not_written
+                .push(nw(&format!("k-{i:02}"), NOT_ATTEMPTED));
+        }
+        let err = run.into_result().unwrap_err();
+        assert!(err.downcast_ref::<PartialError>().is_some());
+        let expected = "partial seed: cannot reach Vault at http://127.0.0.1:9 (Connection refused). Is it running?
+  30 written, 40 not written. Re-run the same command to finish: it writes only what is still missing. `--output json` lists every name.
+  failed for that reason (3): k-00, k-01, k-02
+  not attempted after that failure (37): k-03, k-04, k-05, k-06, k-07, k-08, k-09, k-10, k-11, k-12, k-13, k-14, k-15, k-16, k-17, k-18, k-19, k-20, k-21, k-22, and 17 more";
+        assert_eq!(err.to_string(), expected);
+        assert!(
+            !err.to_string().contains("done-"),
+            "written names are counted, not listed"
+        );
+    }
+
+    #[test]
+    fn failed_and_conflict_error_snapshots() {
+        let run = SeedRun {
+            failed: vec!["a".into(), "b".into()],
+            not_written: vec![
+                nw(
+                    "a",
+                    "permission denied for POST secret/data/a (permission denied).",
+                ),
+                nw("b", NOT_ATTEMPTED),
+                nw("c", "changed outside the seed"),
+            ],
+            ..SeedRun::default()
+        };
+        assert_eq!(
+            run.into_result().unwrap_err().to_string(),
+            "permission denied for POST secret/data/a (permission denied).
+  2 secrets not written; the store is unchanged.
+  failed for that reason (1): a
+  not attempted after that failure (1): b
+  1 conflict kept, changed outside the seed: c. Keep them in .local/secrets/overrides.json, or overwrite with --force."
+        );
+        let run = SeedRun {
+            not_written: vec![nw("redis-password", "changed outside the seed")],
+            ..SeedRun::default()
+        };
+        assert_eq!(
+            run.into_result().unwrap_err().to_string(),
+            "1 conflict not written (redis-password): they were changed outside the seed. Keep them in \
+             .local/secrets/overrides.json, or overwrite with --force."
+        );
+        let run = SeedRun {
+            written: vec!["a".into(), "b".into()],
+            unstamped: vec![nw(
+                "a",
+                "PATCH secret/metadata/a failed with HTTP 500: storage hiccup",
+            )],
+            ..SeedRun::default()
+        };
+        assert_eq!(
+            run.into_result().unwrap_err().to_string(),
+            "partial seed: PATCH secret/metadata/a failed with HTTP 500: storage hiccup
+  2 written, 0 not written. Re-run the same command to finish: it writes only what is still missing.
+  written without their checksum (1; the next seed records it): a (PATCH secret/metadata/a failed with HTTP 500: storage hiccup)"
+        );
+    }
+
+    /// Without --verbose, at most 20 entries per action in the plan.
+    #[test]
+    fn long_plans_are_capped_per_action() {
+        let items: Vec<Item> = (0..25)
+            .map(|i| item(&format!("new-{i:02}"), Action::Create, "v", None, false))
+            .chain((0..3).map(|i| item(&format!("old-{i}"), Action::Update, "n", Some("o"), false)))
+            .collect();
+        let text = render_plan(&items, false);
+        assert_eq!(text.lines().count(), 20 + 3 + 1, "{text}");
+        assert!(text.contains("  create     new-19"), "{text}");
+        assert!(!text.contains("new-20"), "{text}");
+        assert!(
+            text.ends_with("  (and 5 more create; --verbose lists them)\n"),
+            "{text}"
+        );
+        assert_eq!(render_plan(&items, true).lines().count(), 28);
     }
 }
