@@ -551,6 +551,8 @@ pub fn render_text(
         );
     }
     let mut status: Option<Status> = None;
+    let mut unused_shown = 0;
+    let unused = report.count(Status::Unused);
     for f in &report.findings {
         let show = match f.status {
             Status::Ok => verbose,
@@ -563,6 +565,20 @@ pub fn render_text(
         if status != Some(f.status) {
             status = Some(f.status);
             let _ = writeln!(out, "\n{} ({})", f.status.heading(), report.count(f.status));
+        }
+        // Unused fixtures are information: at most NAMES_SHOWN without --verbose.
+        if f.status == Status::Unused && !verbose {
+            unused_shown += 1;
+            if unused_shown > crate::output::NAMES_SHOWN {
+                if unused_shown == unused {
+                    let _ = writeln!(
+                        out,
+                        "  (and {} more; --verbose or --output json lists them)",
+                        unused - crate::output::NAMES_SHOWN
+                    );
+                }
+                continue;
+            }
         }
         if f.detail.is_empty() {
             let _ = writeln!(out, "  {}", f.key);

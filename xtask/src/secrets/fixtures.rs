@@ -84,7 +84,7 @@ pub fn load(root: &Path, fixtures: &Path, guarded: bool, overrides: &Path) -> Re
                 bail!(
                     "{}: secret name {name:?} differs from the fixture {other:?} only in letter case; Azure Key \
                      Vault ignores case, so they are one secret. Spell it {other:?} in the overrides file.",
-                    overrides.display()
+                    shown(overrides)
                 );
             }
             let sha256 = sha256_hex(value.as_bytes());
@@ -139,26 +139,31 @@ pub fn parse_file(path: &Path, what: &str) -> Result<Vec<(String, String)>> {
     let meta = std::fs::metadata(path).with_context(|| {
         format!(
             "cannot read {what} {}: check the path (see {flag}; a relative path is from the working directory)",
-            path.display()
+            shown(path)
         )
     })?;
     if meta.is_dir() {
         bail!(
             "the {what} {} is a directory; it must be a JSON file (see {flag})",
-            path.display()
+            shown(path)
         );
     }
     if meta.len() > MAX_FILE_BYTES {
         bail!(
             "{}: {} bytes is larger than the {} MiB limit for a {what}",
-            path.display(),
+            shown(path),
             meta.len(),
             MAX_FILE_BYTES >> 20
         );
     }
     let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
-    parse(&bytes).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))
+        std::fs::read(path).with_context(|| format!("cannot read {what} {}", shown(path)))?;
+    parse(&bytes).map_err(|e| anyhow::anyhow!("{}:{e}", shown(path)))
+}
+
+/// A path for a message: relative to the repository root when inside it.
+fn shown(path: &Path) -> String {
+    crate::secrets::config::shown_from(&crate::project_root(), path)
 }
 
 /// A parse problem at a position: `line:col: message`.

@@ -224,28 +224,35 @@ impl SeedRun {
             .iter()
             .filter(|n| !self.failed.contains(&n.name))
             .collect();
+        let unstamped: Vec<&NotWritten> = self.unstamped.iter().collect();
+        let everything: Vec<&NotWritten> = failed.iter().chain(&unstamped).copied().collect();
+        let cause = cause_of(&everything);
         let mut lines: Vec<String> = Vec::new();
-        let cause = cause_of(&failed);
-        // The cause's own group first, the writes skipped after it last.
-        let mut groups = by_reason(&failed);
-        groups.sort_by_key(|(reason, _)| {
-            if Some(reason.as_str()) == cause.as_deref() {
-                0
-            } else if reason == NOT_ATTEMPTED {
-                2
-            } else {
-                1
+        for (what, entries) in [
+            ("not written", &failed),
+            ("written without their checksum", &unstamped),
+        ] {
+            // The cause's own group first, the writes skipped after it last.
+            let mut groups = by_reason(entries);
+            groups.sort_by_key(|(reason, _)| {
+                if Some(reason.as_str()) == cause.as_deref() {
+                    0
+                } else if reason == NOT_ATTEMPTED {
+                    2
+                } else {
+                    1
+                }
+            });
+            for (reason, names) in groups {
+                let label = if reason == NOT_ATTEMPTED {
+                    format!("{what}, not attempted after that failure")
+                } else if Some(reason.as_str()) == cause.as_deref() {
+                    format!("{what}, for that reason")
+                } else {
+                    format!("{what}: {reason}")
+                };
+                lines.push(format!("  {label} ({}): {}", names.len(), capped(&names)));
             }
-        });
-        for (reason, names) in groups {
-            let label = if reason == NOT_ATTEMPTED {
-                "not attempted after that failure".to_string()
-            } else if Some(reason.as_str()) == cause.as_deref() {
-                "failed for that reason".to_string()
-            } else {
-                format!("failed: {reason}")
-            };
-            lines.push(format!("  {label} ({}): {}", names.len(), capped(&names)));
         }
         if !conflicts.is_empty() {
             let names: Vec<&str> = conflicts.iter().map(|n| n.name.as_str()).collect();
@@ -256,34 +263,28 @@ impl SeedRun {
                 capped(&names)
             ));
         }
-        if !self.unstamped.is_empty() {
-            let names: Vec<&str> = self.unstamped.iter().map(|n| n.name.as_str()).collect();
-            let reason = &self.unstamped[0].reason;
-            lines.push(format!(
-                "  written without their checksum ({}; the next seed records it): {} ({reason})",
-                names.len(),
-                capped(&names)
-            ));
-        }
         let more = if self.not_written.len() + self.unstamped.len() > NAMES_SHOWN {
             " `--output json` lists every name."
         } else {
             ""
         };
         let body = lines.join("\n");
+        let cause = cause.unwrap_or_default();
         if !self.written.is_empty() && (!self.failed.is_empty() || !self.unstamped.is_empty()) {
-            let cause = cause
-                .or_else(|| self.unstamped.first().map(|n| n.reason.clone()))
-                .unwrap_or_default();
+            let without = if self.unstamped.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} without their checksum)", self.unstamped.len())
+            };
             return Err(PartialError(format!(
-                "partial seed: {cause}\n  {} written, {} not written. Re-run the same command to finish: it \
-                 writes only what is still missing.{more}\n{body}",
+                "partial seed: {cause}\n  {} written{without}, {} not written. Re-run the same command to \
+                 finish: it writes only what is still missing, and records missing checksums.{more}\n{body}",
                 self.written.len(),
                 self.not_written.len(),
             ))
             .into());
         }
-        if let Some(cause) = cause {
+        if !self.failed.is_empty() {
             return Err(anyhow!(
                 "{cause}\n  {} not written; the store is unchanged.{more}\n{body}",
                 count(self.failed.len(), "secret", "secrets"),
@@ -313,17 +314,51 @@ fn cause_of(failed: &[&NotWritten]) -> Option<String> {
         .or_else(|| (!failed.is_empty()).then(|| NOT_ATTEMPTED.to_string()))
 }
 
-/// Names grouped by reason, the largest group first (then by reason).
+/// Names grouped by reason, the largest group first (then by reason). A
+/// reason that names its entry's path (`POST secret/data/<name> ...`) is
+/// grouped with the same reason for other entries.
 fn by_reason<'a>(entries: &[&'a NotWritten]) -> Vec<(String, Vec<&'a str>)> {
-    let mut groups: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    let mut groups: std::collections::BTreeMap<String, (&str, Vec<&str>)> = Default::default();
     for n in entries {
-        groups.entry(&n.reason).or_default().push(&n.name);
+        let reason = if n.reason.ends_with(NOT_ATTEMPTED) {
+            NOT_ATTEMPTED.to_string()
+        } else {
+            generic_reason(&n.reason, &n.name)
+        };
+        groups
+            .entry(reason)
+            .or_insert((&n.reason, vec![]))
+            .1
+            .push(&n.name);
     }
+    // A reason only one entry gives is shown as it was said.
     let mut out: Vec<(String, Vec<&str>)> = groups
         .into_iter()
-        .map(|(r, names)| (r.to_string(), names))
+        .map(|(generic, (first, names))| {
+            if names.len() == 1 && generic != NOT_ATTEMPTED {
+                (first.to_string(), names)
+            } else {
+                (generic, names)
+            }
+        })
         .collect();
     out.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
+    out
+}
+
+/// `reason` with its own entry's path segment (`/<name>`) written `/<name>`.
+fn generic_reason(reason: &str, name: &str) -> String {
+    let needle = format!("/{name}");
+    let mut out = String::with_capacity(reason.len());
+    let mut rest = reason;
+    while let Some(i) = rest.find(&needle) {
+        let after = &rest[i + needle.len()..];
+        let whole = !after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-');
+        out.push_str(&rest[..i]);
+        out.push_str(if whole { "/<name>" } else { &needle });
+        rest = after;
+    }
+    out.push_str(rest);
     out
 }
 
@@ -555,9 +590,9 @@ mod tests {
         let err = run.into_result().unwrap_err();
         assert!(err.downcast_ref::<PartialError>().is_some());
         let expected = "partial seed: cannot reach Vault at http://127.0.0.1:9 (Connection refused). Is it running?
-  30 written, 40 not written. Re-run the same command to finish: it writes only what is still missing. `--output json` lists every name.
-  failed for that reason (3): k-00, k-01, k-02
-  not attempted after that failure (37): k-03, k-04, k-05, k-06, k-07, k-08, k-09, k-10, k-11, k-12, k-13, k-14, k-15, k-16, k-17, k-18, k-19, k-20, k-21, k-22, and 17 more";
+  30 written, 40 not written. Re-run the same command to finish: it writes only what is still missing, and records missing checksums. `--output json` lists every name.
+  not written, for that reason (3): k-00, k-01, k-02
+  not written, not attempted after that failure (37): k-03, k-04, k-05, k-06, k-07, k-08, k-09, k-10, k-11, k-12, k-13, k-14, k-15, k-16, k-17, k-18, k-19, k-20, k-21, k-22, and 17 more";
         assert_eq!(err.to_string(), expected);
         assert!(
             !err.to_string().contains("done-"),
@@ -583,8 +618,8 @@ mod tests {
             run.into_result().unwrap_err().to_string(),
             "permission denied for POST secret/data/a (permission denied).
   2 secrets not written; the store is unchanged.
-  failed for that reason (1): a
-  not attempted after that failure (1): b
+  not written, for that reason (1): a
+  not written, not attempted after that failure (1): b
   1 conflict kept, changed outside the seed: c. Keep them in .local/secrets/overrides.json, or overwrite with --force."
         );
         let run = SeedRun {
@@ -607,8 +642,35 @@ mod tests {
         assert_eq!(
             run.into_result().unwrap_err().to_string(),
             "partial seed: PATCH secret/metadata/a failed with HTTP 500: storage hiccup
-  2 written, 0 not written. Re-run the same command to finish: it writes only what is still missing.
-  written without their checksum (1; the next seed records it): a (PATCH secret/metadata/a failed with HTTP 500: storage hiccup)"
+  2 written (1 without their checksum), 0 not written. Re-run the same command to finish: it writes only what is still missing, and records missing checksums.
+  written without their checksum, for that reason (1): a"
+        );
+    }
+
+    #[test]
+    fn reasons_naming_their_entry_are_grouped() {
+        let entries = [
+            nw("a-1", "POST secret/data/a-1 timed out after 2s."),
+            nw("a-2", "POST secret/data/a-2 timed out after 2s."),
+            nw(
+                "a",
+                "POST secret/data/a failed with HTTP 0: not attempted: the run stopped",
+            ),
+        ];
+        let refs: Vec<&NotWritten> = entries.iter().collect();
+        assert_eq!(
+            by_reason(&refs),
+            vec![
+                (
+                    "POST secret/data/<name> timed out after 2s.".to_string(),
+                    vec!["a-1", "a-2"]
+                ),
+                (NOT_ATTEMPTED.to_string(), vec!["a"]),
+            ]
+        );
+        assert_eq!(
+            generic_reason("x /a-1 /a /a)", "a"),
+            "x /a-1 /<name> /<name>)"
         );
     }
 

@@ -216,7 +216,8 @@ fn a_killed_server_is_reported_as_unreachable() {
     );
     assert_eq!(r["not_written"].as_array().unwrap().len(), 37);
     assert!(
-        run.stderr.contains("error: partial seed: cannot reach Vault"),
+        run.stderr
+            .contains("error: partial seed: cannot reach Vault"),
         "the cause comes first: {}",
         run.stderr
     );
@@ -261,7 +262,7 @@ fn a_value_written_without_its_checksum_is_reported_and_restamped() {
     assert_eq!(r["unstamped"][0]["name"], "graph-db-url");
     assert!(
         run.stderr
-            .contains("written without their checksum (1; the next seed records it): graph-db-url"),
+            .contains("written without their checksum, for that reason (1): graph-db-url"),
         "{}",
         run.stderr
     );
