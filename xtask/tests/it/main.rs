@@ -19,3 +19,4 @@ mod seed_file;
 mod seed_listing;
 mod seed_vault;
 mod shims;
+mod status;
