@@ -114,3 +114,50 @@ fn a_server_killed_mid_seed_of_many_secrets_gives_short_output_cause_first() {
     assert!(run.stdout.starts_with("done in "), "{}", run.stdout);
     assert!(bytes < 2_500, "{bytes} bytes:\n{}", run.all());
 }
+
+/// A token whose policy may read but not write: Vault answers each write
+/// with `1 error occurred:\n\t* permission denied\n\n`; the output says it
+/// on one line.
+#[test]
+fn a_server_error_is_one_line() {
+    if !crate::support::require_tools(&["bao"]) {
+        return;
+    }
+    let bao = OpenBao::start();
+    let dir = crate::support::TempDir::new("policy");
+    let policy = dir.0.join("readonly.hcl");
+    std::fs::write(
+        &policy,
+        "path \"secret/*\" { capabilities = [\"read\", \"list\"] }\n",
+    )
+    .unwrap();
+    let out = bao.bao(&["policy", "write", "readonly", policy.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = bao.bao(&["token", "create", "-policy=readonly", "-field=token"]);
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let sb = Sandbox::new();
+    for extra in [&[][..], &["--output", "json"]] {
+        let mut args = vec!["secrets", "seed"];
+        args.extend_from_slice(extra);
+        let run = sb.xtask_env(&args, &[("VAULT_ADDR", &bao.addr), ("VAULT_TOKEN", &token)]);
+        assert_eq!(run.code, 1, "{}", run.all());
+        assert!(
+            run.stderr
+                .starts_with("error: permission denied for POST secret/data/")
+                && run.stderr.contains("(permission denied). The token"),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            !run.all().contains("error occurred")
+                && !run.all().contains("\\t*")
+                && !run.all().contains("\t*"),
+            "{}",
+            run.all()
+        );
+    }
+}
