@@ -176,7 +176,8 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
     if flags.dry_run {
         return Ok(());
     }
-    result.into_result()
+    // The plan printed above already names its conflicts and why.
+    result.into_result_after_plan(show.text && !show.quiet)
 }
 
 /// What a seed did: written, and not written with the reason.
@@ -188,6 +189,8 @@ pub struct SeedRun {
     pub failed: Vec<String>,
     /// Values written whose checksum was not recorded (also in `written`).
     pub unstamped: Vec<NotWritten>,
+    /// Conflicts the plan already named (not those found while writing).
+    pub planned_conflicts: Vec<String>,
 }
 
 impl SeedRun {
@@ -196,6 +199,7 @@ impl SeedRun {
         let mut run = SeedRun::default();
         for i in items {
             if let Action::Conflict(reason) = &i.action {
+                run.planned_conflicts.push(i.name.clone());
                 run.not_written.push(NotWritten {
                     name: i.name.clone(),
                     reason: reason.clone(),
@@ -211,6 +215,12 @@ impl SeedRun {
     /// The message names the cause first, then one line per kind of
     /// failure with at most 20 names (`--output json` lists every one).
     pub fn into_result(self) -> Result<()> {
+        self.into_result_after_plan(false)
+    }
+
+    /// Like [`SeedRun::into_result`]; with `plan_shown`, conflicts the
+    /// printed plan named are counted, not listed again.
+    pub fn into_result_after_plan(self, plan_shown: bool) -> Result<()> {
         if self.not_written.is_empty() && self.unstamped.is_empty() {
             return Ok(());
         }
@@ -254,13 +264,35 @@ impl SeedRun {
                 lines.push(format!("  {label} ({}): {}", names.len(), capped(&names)));
             }
         }
-        if !conflicts.is_empty() {
-            let names: Vec<&str> = conflicts.iter().map(|n| n.name.as_str()).collect();
+        let (in_plan, listed): (Vec<&NotWritten>, Vec<&NotWritten>) = conflicts
+            .iter()
+            .partition(|n| plan_shown && self.planned_conflicts.contains(&n.name));
+        let conflict_line = if conflicts.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "{} not written{}: changed outside the seed, so kept. Keep your own values in \
+                 .local/secrets/overrides.json, or overwrite with --force.",
+                count(conflicts.len(), "conflict", "conflicts"),
+                if in_plan.is_empty() {
+                    String::new()
+                } else if listed.is_empty() {
+                    " (listed in the plan above)".to_string()
+                } else {
+                    format!(" ({} listed in the plan above)", in_plan.len())
+                }
+            )
+        };
+        if !conflicts.is_empty() && (!failed.is_empty() || !unstamped.is_empty()) {
+            lines.push(format!("  {conflict_line}"));
+        }
+        for n in listed.iter().take(NAMES_SHOWN) {
+            lines.push(format!("  {}: {}", n.name, n.reason));
+        }
+        if listed.len() > NAMES_SHOWN {
             lines.push(format!(
-                "  {} kept, changed outside the seed: {}. Keep them in .local/secrets/overrides.json, or \
-                 overwrite with --force.",
-                count(names.len(), "conflict", "conflicts"),
-                capped(&names)
+                "  and {} more conflicts",
+                listed.len() - NAMES_SHOWN
             ));
         }
         let more = if self.not_written.len() + self.unstamped.len() > NAMES_SHOWN {
@@ -290,12 +322,9 @@ impl SeedRun {
                 count(self.failed.len(), "secret", "secrets"),
             ));
         }
-        let names: Vec<&str> = conflicts.iter().map(|n| n.name.as_str()).collect();
         Err(anyhow!(
-            "{} not written ({}): they were changed outside the seed. Keep them in \
-             .local/secrets/overrides.json, or overwrite with --force.{more}",
-            count(names.len(), "conflict", "conflicts"),
-            capped(&names)
+            "{conflict_line}{more}{}{body}",
+            if body.is_empty() { "" } else { "\n" }
         ))
     }
 }
@@ -620,16 +649,36 @@ mod tests {
   2 secrets not written; the store is unchanged.
   not written, for that reason (1): a
   not written, not attempted after that failure (1): b
-  1 conflict kept, changed outside the seed: c. Keep them in .local/secrets/overrides.json, or overwrite with --force."
+  1 conflict not written: changed outside the seed, so kept. Keep your own values in .local/secrets/overrides.json, or overwrite with --force.
+  c: changed outside the seed"
         );
-        let run = SeedRun {
-            not_written: vec![nw("redis-password", "changed outside the seed")],
+        let conflicts = || SeedRun {
+            not_written: vec![
+                nw(
+                    "raced",
+                    "changed by someone else between the read and the write",
+                ),
+                nw(
+                    "redis-password",
+                    "changed outside the seed (store 1234abcd)",
+                ),
+            ],
+            planned_conflicts: vec!["redis-password".into()],
             ..SeedRun::default()
         };
         assert_eq!(
-            run.into_result().unwrap_err().to_string(),
-            "1 conflict not written (redis-password): they were changed outside the seed. Keep them in \
-             .local/secrets/overrides.json, or overwrite with --force."
+            conflicts().into_result().unwrap_err().to_string(),
+            "2 conflicts not written: changed outside the seed, so kept. Keep your own values in \
+             .local/secrets/overrides.json, or overwrite with --force.
+  raced: changed by someone else between the read and the write
+  redis-password: changed outside the seed (store 1234abcd)"
+        );
+        // After a printed plan, its own conflicts are not listed twice.
+        assert_eq!(
+            conflicts().into_result_after_plan(true).unwrap_err().to_string(),
+            "2 conflicts not written (1 listed in the plan above): changed outside the seed, so kept. Keep your \
+             own values in .local/secrets/overrides.json, or overwrite with --force.
+  raced: changed by someone else between the read and the write"
         );
         let run = SeedRun {
             written: vec!["a".into(), "b".into()],
