@@ -176,7 +176,7 @@ xflags::xflags! {
             /// Print shell completions for `cargo xtask` (bash, zsh or fish).
             ///
             /// Examples:
-            ///   cargo xtask secrets completions bash > ~/.local/share/bash-completion/completions/cargo-xtask
+            ///   cargo xtask secrets completions bash > ~/.cargo-xtask.bash && echo 'source ~/.cargo-xtask.bash' >> ~/.bashrc
             ///   cargo xtask secrets completions fish > ~/.config/fish/completions/cargo-xtask.fish
             cmd completions {
                 /// bash, zsh or fish.
