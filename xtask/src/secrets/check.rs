@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use crate::output::{parse_format, xml_escape, Format};
+use crate::output::{count, parse_format, xml_escape, Format};
 use crate::secrets::config::{self, Config, FlagValues};
 use crate::secrets::fixtures::{self, SecretSet};
 use crate::secrets::provider::{self, Current, SecretProvider};
@@ -155,9 +155,9 @@ pub fn run(flags: &flags::Check) -> Result<()> {
     let scan = collect(&root, &infra, &env, flags.render)?;
     if scan.external_secrets.is_empty() {
         eprintln!(
-            "warning: no ExternalSecret found in {} ({} files read): is --infra the right folder?",
+            "warning: no ExternalSecret found in {} ({} read): is --infra the right folder?",
             cfg.shown(&infra),
-            scan.files
+            count(scan.files, "file", "files")
         );
     }
     let (fixtures_path, desired) = fixtures::load_configured(&cfg)?;
@@ -537,16 +537,16 @@ pub fn render_text(
     use std::fmt::Write;
     let mut out = String::new();
     if !quiet {
-        let _ = writeln!(
+        let _ =
+            writeln!(
             out,
-            "check ({} scan, env {}): {} files, {} ExternalSecrets on ClusterSecretStore/{}, {} required keys; \
-             against {fixtures}{}",
+            "check ({} scan, env {}): {}, {} on ClusterSecretStore/{}, {}; against {fixtures}{}",
             report.mode,
             report.env,
-            report.files,
-            report.external_secrets,
+            count(report.files, "file", "files"),
+            count(report.external_secrets, "ExternalSecret", "ExternalSecrets"),
             scan::STORE_NAME,
-            report.required_keys,
+            count(report.required_keys, "required key", "required keys"),
             report.live.as_deref().map(|t| format!(" and {t}")).unwrap_or_default()
         );
     }
@@ -846,7 +846,7 @@ mod tests {
             false,
             0.001,
         );
-        let expected = "check (static scan, env local): 1 files, 4 ExternalSecrets on ClusterSecretStore/ameide-vault, 3 required keys; against fixtures.json
+        let expected = "check (static scan, env local): 1 file, 4 ExternalSecrets on ClusterSecretStore/ameide-vault, 3 required keys; against fixtures.json
 
 MISSING (1)
   app-password: not in the fixtures

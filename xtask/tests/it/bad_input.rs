@@ -93,7 +93,7 @@ fn yaml_bombs_are_refused_and_anchors_are_read() {
     // also counts the anchor's own definition (`ref:`), conservatively.
     assert!(
         run.stdout
-            .contains("3 ExternalSecrets on ClusterSecretStore/ameide-vault, 1 required keys"),
+            .contains("3 ExternalSecrets on ClusterSecretStore/ameide-vault, 1 required key;"),
         "{}",
         run.stdout
     );

@@ -127,7 +127,7 @@ fn installed_false_bundles_do_not_count_when_rendered() {
         "{}",
         run.stdout
     );
-    assert!(run.stdout.contains("1 required keys"), "{}", run.stdout);
+    assert!(run.stdout.contains("1 required key;"), "{}", run.stdout);
     // The static scan cannot evaluate toggles, so it counts the key.
     let run = sb.xtask(&["secrets", "check", "--infra", &infra]).code(1);
     assert!(
@@ -359,7 +359,7 @@ fn an_infra_tree_without_external_secrets_warns() {
         .ok();
     assert!(
         run.stderr
-            .contains("warning: no ExternalSecret found in empty-infra (1 files read)"),
+            .contains("warning: no ExternalSecret found in empty-infra (1 file read)"),
         "{}",
         run.stderr
     );

@@ -211,3 +211,20 @@ fn an_overrides_directory_is_called_the_overrides_file() {
     );
     assert!(!run.stderr.contains("fixtures file"), "{}", run.stderr);
 }
+
+#[test]
+fn an_override_differing_from_a_fixture_only_in_case_is_refused() {
+    let sb = Sandbox::new();
+    sb.write(
+        ".local/secrets/overrides.json",
+        "{\"Redis-Password\": \"mine\"}",
+    );
+    let run = sb
+        .xtask(&["secrets", "seed", "--provider", "file", "--dry-run"])
+        .code(1);
+    assert!(
+        run.stderr.contains(".local/secrets/overrides.json: secret name \"Redis-Password\" differs from the fixture \"redis-password\" only in letter case"),
+        "{}",
+        run.stderr
+    );
+}
