@@ -7,13 +7,20 @@ use crate::support::Sandbox;
 /// completion, then completes each line (the cursor at its end) and prints
 /// one `COMPREPLY` per line, words separated by spaces.
 fn complete(sb: &Sandbox, lines: &[&str]) -> (Vec<String>, String) {
+    complete_after(
+        sb,
+        "_cargo() { COMPREPLY=(from-cargos-own-completer); }\n\
+         complete -o bashdefault -o nospace -F _cargo cargo\n",
+        lines,
+    )
+}
+
+/// Like [`complete`], with `setup` run before the script is sourced.
+fn complete_after(sb: &Sandbox, setup: &str, lines: &[&str]) -> (Vec<String>, String) {
     let script = sb.xtask(&["secrets", "completions", "bash"]).ok().stdout;
     let path = sb.path("completion.bash");
     std::fs::write(&path, script).unwrap();
-    let mut program = String::from(
-        "_cargo() { COMPREPLY=(from-cargos-own-completer); }\n\
-         complete -o bashdefault -o nospace -F _cargo cargo\n",
-    );
+    let mut program = String::from(setup);
     program.push_str(&format!("source '{}'\n", path.display()));
     program.push_str("echo \"spec: $(complete -p cargo)\"\n");
     for line in lines {
@@ -76,5 +83,23 @@ fn bash_completes_values_and_words_after_valued_flags() {
     assert_eq!(
         spec,
         "spec: complete -o bashdefault -o nospace -F _cargo_xtask cargo"
+    );
+}
+
+/// With bash-completion 2, cargo's completion is loaded on first use by
+/// `_completion_loader cargo`: the script loads it first, then wraps it.
+#[test]
+fn bash_loads_cargos_lazy_completion_before_wrapping_it() {
+    let sb = Sandbox::new();
+    let (got, spec) = complete_after(
+        &sb,
+        // What bash-completion's loader does: source the command's completion file.
+        "_completion_loader() { [[ $1 == cargo ]] && { _cargo() { COMPREPLY=(loaded-lazily); }; complete -o bashdefault -o default -F _cargo cargo; }; }\n",
+        &["cargo bui", "cargo xtask secrets completions z"],
+    );
+    assert_eq!(got, ["loaded-lazily", "zsh"]);
+    assert_eq!(
+        spec,
+        "spec: complete -o bashdefault -o default -F _cargo_xtask cargo"
     );
 }
