@@ -15,13 +15,17 @@ usage: scripts/azure/sync-local-keyvault-secrets.sh [--vault-name NAME] [--secre
 USAGE
 }
 
+# Paths are from where you stand, as with any command; made absolute here
+# because the tool runs from the repository root below.
+abspath() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s/%s' "$PWD" "$1" ;; esac; }
+
 args=(secrets seed --provider azure)
 while [ $# -gt 0 ]; do
   case "$1" in
     --vault-name) [ $# -ge 2 ] || { usage >&2; exit 2; }; export AZURE_KEYVAULT_NAME="$2"; shift 2 ;;
     --vault-name=*) export AZURE_KEYVAULT_NAME="${1#*=}"; shift ;;
-    --secrets-file) [ $# -ge 2 ] || { usage >&2; exit 2; }; args+=(--fixtures "$2"); shift 2 ;;
-    --secrets-file=*) args+=(--fixtures "${1#*=}"); shift ;;
+    --secrets-file) [ $# -ge 2 ] || { usage >&2; exit 2; }; args+=(--fixtures "$(abspath "$2")"); shift 2 ;;
+    --secrets-file=*) args+=(--fixtures "$(abspath "${1#*=}")"); shift ;;
     --dry-run) args+=(--dry-run); shift ;;
     --force) args+=(--force); shift ;;
     -h|--help) usage; exit 0 ;;

@@ -57,9 +57,11 @@ xflags::xflags! {
                 optional --provider provider: String
                 /// Environment the store serves; fixtures only ever go to local.
                 optional --env env: String
-                /// Fixtures file (default: scripts/azure/default-local-keyvault-secrets.json).
+                /// Fixtures file, from the working directory (default: scripts/azure/default-local-keyvault-secrets.json).
                 optional --fixtures path: PathBuf
-                /// Vault KV mount (default: secret).
+                /// Your own values on top of the fixtures (default: .local/secrets/overrides.json).
+                optional --overrides path: PathBuf
+                /// Vault KV mount (default: secret); not with --provider file.
                 optional --mount mount: String
                 /// Print the plan and stop; write nothing.
                 optional --dry-run
@@ -73,9 +75,9 @@ xflags::xflags! {
                 optional --allow-non-local host: String
                 /// File provider: also write manifests, eso-fake or secrets.
                 optional --render kind: String
-                /// Where --render writes (mode 0600); '-' for standard output.
+                /// Where --render writes (mode 0600), from the working directory; '-' for standard output.
                 optional --out path: PathBuf
-                /// Print only errors.
+                /// Print only the summary and errors (not with --verbose).
                 optional -q, --quiet
                 /// Print every entry, unchanged ones too.
                 optional -v, --verbose
@@ -96,9 +98,11 @@ xflags::xflags! {
                 optional --live
                 /// Store to compare with --live: vault, file or azure.
                 optional --provider provider: String
-                /// Fixtures file (default: scripts/azure/default-local-keyvault-secrets.json).
+                /// Fixtures file, from the working directory (default: scripts/azure/default-local-keyvault-secrets.json).
                 optional --fixtures path: PathBuf
-                /// Infra tree to scan (default: infra/kubernetes).
+                /// Your own values on top of the fixtures (default: .local/secrets/overrides.json).
+                optional --overrides path: PathBuf
+                /// Infra tree to scan, from the working directory (default: infra/kubernetes).
                 optional --infra path: PathBuf
                 /// Vault KV mount for --live (default: secret).
                 optional --mount mount: String
@@ -108,7 +112,7 @@ xflags::xflags! {
                 optional --output format: String
                 /// Comma-separated: missing, drift, unused (default: missing).
                 optional --fail-on list: String
-                /// Print only the summary and problems.
+                /// Print only the summary and problems (not with --verbose).
                 optional -q, --quiet
                 /// Also list every satisfied key.
                 optional -v, --verbose
@@ -172,7 +176,7 @@ xflags::xflags! {
             /// Print shell completions for `cargo xtask` (bash, zsh or fish).
             ///
             /// Examples:
-            ///   cargo xtask secrets completions bash > ~/.local/share/bash-completion/completions/cargo-xtask
+            ///   cargo xtask secrets completions bash > ~/.cargo-xtask.bash && echo 'source ~/.cargo-xtask.bash' >> ~/.bashrc
             ///   cargo xtask secrets completions fish > ~/.config/fish/completions/cargo-xtask.fish
             cmd completions {
                 /// bash, zsh or fish.

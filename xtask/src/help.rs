@@ -10,7 +10,7 @@ pub fn focused(full: &str, path: &[String]) -> String {
         .collect::<Vec<_>>()
         .join(" ");
     let Some((_, body)) = sections.iter().find(|(head, _)| *head == want) else {
-        return full.to_string();
+        return with_newline(full.to_string());
     };
     let mut out = format!("{want}\n{}", body.trim_end_matches('\n'));
     let children: Vec<(&str, &str)> = sections
@@ -43,7 +43,14 @@ pub fn focused(full: &str, path: &[String]) -> String {
             "\nRun `cargo {want} <command> --help` for a command's flags and examples.\n"
         ));
     }
-    out
+    with_newline(out)
+}
+
+/// Help ends with exactly one newline, so the shell prompt starts on its own line.
+fn with_newline(mut text: String) -> String {
+    text.truncate(text.trim_end().len());
+    text.push('\n');
+    text
 }
 
 /// Splits the help into (command path, text) sections.
@@ -75,6 +82,10 @@ mod tests {
         );
         let leaf = focused(FULL, &["secrets".to_string(), "seed".to_string()]);
         assert!(leaf.starts_with("xtask secrets seed\n  Seed it.") && leaf.contains("--x"));
+        assert!(
+            leaf.ends_with("--x\n") && !leaf.ends_with("\n\n"),
+            "{leaf:?}"
+        );
         assert!(focused(FULL, &[]).contains("    secrets  Secrets."));
     }
 }

@@ -61,7 +61,21 @@ macro_rules! usage {
 }
 
 /// Parses the command line, runs the command, and maps errors to exit codes.
+///
+/// A closed standard output or error (`status | head -1`) ends the command
+/// quietly with exit 0, as `rg` and `fd` do: `print!` panics on a broken
+/// pipe, and we catch that one panic (so destructors still stop any
+/// port-forward) and say nothing about it.
 pub fn run_cli() -> ExitCode {
+    quiet_broken_pipe_panics();
+    match std::panic::catch_unwind(run_cli_inner) {
+        Ok(code) => code,
+        Err(payload) if is_broken_pipe(panic_message(&*payload)) => ExitCode::SUCCESS,
+        Err(payload) => std::panic::resume_unwind(payload),
+    }
+}
+
+fn run_cli_inner() -> ExitCode {
     let flags = match flags::Xtask::from_env() {
         Ok(flags) => flags,
         Err(err) if err.is_help() => {
@@ -74,7 +88,9 @@ pub fn run_cli() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(err) => {
-            eprintln!("error: {err}\nRun `cargo xtask --help` (or `cargo xtask secrets --help`) for usage.");
+            say_error(&format!(
+                "{err}\nRun `cargo xtask --help` (or `cargo xtask secrets --help`) for usage."
+            ));
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -96,8 +112,59 @@ pub fn run_cli() -> ExitCode {
             } else {
                 1
             };
-            eprintln!("error: {err:#}");
+            say_error(&output::one_line_errors(&format!("{err:#}")));
             ExitCode::from(code)
         }
+    }
+}
+
+/// `error: ...` on stderr; a closed stderr must not change the exit code.
+fn say_error(message: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "error: {message}");
+}
+
+/// The text of a panic payload (`panic!` with a literal or a format).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or_default()
+}
+
+/// `print!`'s panic when the reader of stdout or stderr has gone away.
+fn is_broken_pipe(message: &str) -> bool {
+    (message.starts_with("failed printing to stdout")
+        || message.starts_with("failed printing to stderr"))
+        && message.contains("Broken pipe")
+}
+
+/// Keeps the default panic report for every panic but a broken pipe.
+fn quiet_broken_pipe_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_broken_pipe(panic_message(info.payload())) {
+            default(info);
+        }
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_closed_pipe_is_quiet() {
+        assert!(is_broken_pipe(
+            "failed printing to stdout: Broken pipe (os error 32)"
+        ));
+        assert!(is_broken_pipe(
+            "failed printing to stderr: Broken pipe (os error 32)"
+        ));
+        assert!(!is_broken_pipe("index out of bounds"));
+        assert!(!is_broken_pipe(
+            "failed printing to stdout: No space left on device (os error 28)"
+        ));
     }
 }

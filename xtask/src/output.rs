@@ -39,6 +39,47 @@ fn names(allowed: &[Format]) -> String {
         .join(", ")
 }
 
+/// Collapses Vault's multi-error text (`1 error occurred:\n\t* permission
+/// denied\n\n`, from hashicorp/go-multierror) into its items on one line:
+/// `permission denied`. Other text is left as it is.
+pub fn one_line_errors(text: &str) -> String {
+    use std::sync::OnceLock;
+    static RE: OnceLock<regex::Regex> = OnceLock::new();
+    let re = RE.get_or_init(|| {
+        regex::Regex::new(r"\d+ errors? occurred:\s*\n((?:[ \t]*\* [^\n]*(?:\n|$))+)\n*")
+            .expect("a valid regexp")
+    });
+    re.replace_all(text, |caps: &regex::Captures<'_>| {
+        caps[1]
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("* "))
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+    .into_owned()
+}
+
+/// `1 secret`, `2 secrets`: a count with its noun.
+pub fn count(n: usize, singular: &str, plural: &str) -> String {
+    format!("{n} {}", if n == 1 { singular } else { plural })
+}
+
+/// At most this many names per list in text output; `--output json` has them all.
+pub const NAMES_SHOWN: usize = 20;
+
+/// A list of names for text output: the first [`NAMES_SHOWN`], then
+/// `and N more`.
+pub fn capped<S: AsRef<str>>(names: &[S]) -> String {
+    let shown: Vec<&str> = names.iter().take(NAMES_SHOWN).map(AsRef::as_ref).collect();
+    let mut out = shown.join(", ");
+    if names.len() > NAMES_SHOWN {
+        out.push_str(&format!(", and {} more", names.len() - NAMES_SHOWN));
+    }
+    out
+}
+
 /// Escapes text for XML attributes and content.
 pub fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -71,5 +112,35 @@ mod tests {
         assert!(e.downcast_ref::<crate::UsageError>().is_some());
         assert!(parse_format(Some("yaml"), &[Format::Text]).is_err());
         assert_eq!(xml_escape("a<b & \"c\"\u{1}"), "a&lt;b &amp; &quot;c&quot;");
+    }
+
+    #[test]
+    fn vault_multi_errors_fit_on_one_line() {
+        assert_eq!(
+            one_line_errors("1 error occurred:\n\t* permission denied\n\n"),
+            "permission denied"
+        );
+        assert_eq!(
+            one_line_errors(
+                "permission denied for GET x (2 errors occurred:\n\t* a\n\t* b\n\n). Get a token."
+            ),
+            "permission denied for GET x (a; b). Get a token."
+        );
+        let helm = "helmfile template failed:\n  Error: boom";
+        assert_eq!(one_line_errors(helm), helm, "other text is kept");
+    }
+
+    #[test]
+    fn counts_and_capped_lists() {
+        assert_eq!(count(1, "secret", "secrets"), "1 secret");
+        assert_eq!(count(0, "secret", "secrets"), "0 secrets");
+        assert_eq!(count(2, "conflict", "conflicts"), "2 conflicts");
+        let names: Vec<String> = (0..25).map(|i| format!("n{i}")).collect();
+        let text = capped(&names);
+        assert!(
+            text.starts_with("n0, n1,") && text.ends_with("n19, and 5 more"),
+            "{text}"
+        );
+        assert_eq!(capped(&["a", "b"]), "a, b");
     }
 }

@@ -104,14 +104,15 @@ pub fn run(flags: &flags::Tools) -> Result<()> {
                     println!("{:<9} {:<8} {}", tool.name, tool.version, found.describe())
                 }
                 None => {
-                    println!("{:<9} {:<8} missing", tool.name, tool.version);
-                    missing.push(tool.name);
+                    let state = not_usable(&root, tool);
+                    println!("{:<9} {:<8} {state}", tool.name, tool.version);
+                    missing.push(format!("{} ({state})", tool.name));
                 }
             }
         }
         if !missing.is_empty() {
             bail!(
-                "missing: {}. Run `cargo xtask tools` to install them.",
+                "not usable: {}. Run `cargo xtask tools` to install the pinned versions.",
                 missing.join(", ")
             );
         }
@@ -148,6 +149,21 @@ impl Found {
             Found::Pinned(p) => format!("{} (sha256 verified)", p.display()),
             Found::OnPath(p) => format!("{} (on PATH, version matches)", p.display()),
         }
+    }
+}
+
+/// Why [`locate`] found no usable tool: `missing`, or a `.tools/bin` binary
+/// whose checksum is not the pinned one.
+pub fn not_usable(root: &Path, tool: &Tool) -> String {
+    let pinned = root.join(project::TOOLS_BIN).join(tool.name);
+    match sha256_file(&pinned) {
+        Ok(got) => format!(
+            "{} has the wrong sha256 ({}, pinned {})",
+            project::shown(&pinned),
+            &got[..8],
+            &tool.sha256[..8]
+        ),
+        Err(_) => "missing".to_string(),
     }
 }
 

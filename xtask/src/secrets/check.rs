@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use crate::output::{parse_format, xml_escape, Format};
-use crate::secrets::config::{Config, FlagValues};
+use crate::output::{count, parse_format, xml_escape, Format};
+use crate::secrets::config::{self, Config, FlagValues};
 use crate::secrets::fixtures::{self, SecretSet};
 use crate::secrets::provider::{self, Current, SecretProvider};
 use crate::secrets::scan::{self, ExternalSecret, RefKind, Scan};
@@ -123,6 +123,9 @@ pub fn run(flags: &flags::Check) -> Result<()> {
         &[Format::Text, Format::Json, Format::Junit],
     )?;
     let fail_on = parse_fail_on(flags.fail_on.as_deref())?;
+    if flags.quiet && flags.verbose {
+        crate::usage!("--quiet and --verbose contradict each other: pass one of them");
+    }
     let env = flags.env.clone().unwrap_or_else(|| "local".into());
     let root = project_root();
     let cfg = Config::load(
@@ -130,23 +133,33 @@ pub fn run(flags: &flags::Check) -> Result<()> {
         &FlagValues {
             provider: flags.provider.clone(),
             fixtures: flags.fixtures.clone(),
+            overrides: flags.overrides.clone(),
             mount: flags.mount.clone(),
             concurrency: None,
         },
     )?;
+    crate::secrets::seed::require_mount_fits(flags.mount.as_deref(), &cfg)?;
     let infra = flags
         .infra
-        .as_ref()
-        .map(|p| cfg.abs(p))
+        .as_deref()
+        .map(config::from_cwd)
         .unwrap_or_else(|| root.join(project::INFRA));
     if !infra.is_dir() {
         crate::usage!(
             "no infra tree at {}: pass --infra with a folder",
-            infra.display()
+            cfg.shown(&infra)
         );
     }
+    require_known_env(&root, &infra, &env)?;
     let started = Instant::now();
     let scan = collect(&root, &infra, &env, flags.render)?;
+    if scan.external_secrets.is_empty() {
+        eprintln!(
+            "warning: no ExternalSecret found in {} ({} read): is --infra the right folder?",
+            cfg.shown(&infra),
+            count(scan.files, "file", "files")
+        );
+    }
     let (fixtures_path, desired) = fixtures::load_configured(&cfg)?;
     let live = if flags.live {
         let mut store = provider::open(&cfg, flags.allow_non_local.as_deref())?;
@@ -156,11 +169,7 @@ pub fn run(flags: &flags::Check) -> Result<()> {
     };
     let report = compare(&scan, &env, &desired, live.as_ref());
     let elapsed = started.elapsed();
-    let fixtures_shown = fixtures_path
-        .strip_prefix(&root)
-        .unwrap_or(&fixtures_path)
-        .display()
-        .to_string();
+    let fixtures_shown = cfg.shown(&fixtures_path);
     match format {
         Format::Text => print!(
             "{}",
@@ -222,6 +231,36 @@ pub fn read_live(store: &mut dyn SecretProvider, scan: &Scan, desired: &SecretSe
         entries: store.read(&wanted)?,
         names: store.list()?,
     })
+}
+
+/// The environments `check` knows: the infra tree's `environments/`
+/// folders, or the repository's.
+pub fn known_envs(root: &std::path::Path, infra: &std::path::Path) -> Vec<String> {
+    let dir = infra.join("environments");
+    let mut envs: Vec<String> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    if envs.is_empty() {
+        envs = project::environments(root);
+    }
+    envs.sort();
+    envs
+}
+
+/// Refuses an `--env` that no environment folder defines.
+fn require_known_env(root: &std::path::Path, infra: &std::path::Path, env: &str) -> Result<()> {
+    let known = known_envs(root, infra);
+    if !known.is_empty() && !known.iter().any(|k| k == env) {
+        crate::usage!(
+            "unknown environment {env:?}: known environments are {}",
+            known.join(", ")
+        );
+    }
+    Ok(())
 }
 
 pub fn parse_fail_on(value: Option<&str>) -> Result<BTreeSet<String>> {
@@ -498,20 +537,22 @@ pub fn render_text(
     use std::fmt::Write;
     let mut out = String::new();
     if !quiet {
-        let _ = writeln!(
+        let _ =
+            writeln!(
             out,
-            "check ({} scan, env {}): {} files, {} ExternalSecrets on ClusterSecretStore/{}, {} required keys; \
-             against {fixtures}{}",
+            "check ({} scan, env {}): {}, {} on ClusterSecretStore/{}, {}; against {fixtures}{}",
             report.mode,
             report.env,
-            report.files,
-            report.external_secrets,
+            count(report.files, "file", "files"),
+            count(report.external_secrets, "ExternalSecret", "ExternalSecrets"),
             scan::STORE_NAME,
-            report.required_keys,
+            count(report.required_keys, "required key", "required keys"),
             report.live.as_deref().map(|t| format!(" and {t}")).unwrap_or_default()
         );
     }
     let mut status: Option<Status> = None;
+    let mut unused_shown = 0;
+    let unused = report.count(Status::Unused);
     for f in &report.findings {
         let show = match f.status {
             Status::Ok => verbose,
@@ -524,6 +565,20 @@ pub fn render_text(
         if status != Some(f.status) {
             status = Some(f.status);
             let _ = writeln!(out, "\n{} ({})", f.status.heading(), report.count(f.status));
+        }
+        // Unused fixtures are information: at most NAMES_SHOWN without --verbose.
+        if f.status == Status::Unused && !verbose {
+            unused_shown += 1;
+            if unused_shown > crate::output::NAMES_SHOWN {
+                if unused_shown == unused {
+                    let _ = writeln!(
+                        out,
+                        "  (and {} more; --verbose or --output json lists them)",
+                        unused - crate::output::NAMES_SHOWN
+                    );
+                }
+                continue;
+            }
         }
         if f.detail.is_empty() {
             let _ = writeln!(out, "  {}", f.key);
@@ -791,7 +846,7 @@ mod tests {
             false,
             0.001,
         );
-        let expected = "check (static scan, env local): 1 files, 4 ExternalSecrets on ClusterSecretStore/ameide-vault, 3 required keys; against fixtures.json
+        let expected = "check (static scan, env local): 1 file, 4 ExternalSecrets on ClusterSecretStore/ameide-vault, 3 required keys; against fixtures.json
 
 MISSING (1)
   app-password: not in the fixtures

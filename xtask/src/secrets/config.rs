@@ -5,6 +5,11 @@
 //! the developer's git-ignored `.local/secrets.toml`; the committed
 //! `secrets.toml`; built-in defaults. The Vault token may also come from
 //! `~/.vault-token`, and never from a committed file.
+//!
+//! Paths: one given on the command line or in the environment is relative
+//! to the working directory, as with every CLI; one in `secrets.toml` or
+//! `.local/secrets.toml` is relative to the repository root. Output shows
+//! paths relative to the root ([`Config::shown`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -160,6 +165,7 @@ struct GuardrailFile {
 pub struct FlagValues {
     pub provider: Option<String>,
     pub fixtures: Option<PathBuf>,
+    pub overrides: Option<PathBuf>,
     pub mount: Option<String>,
     pub concurrency: Option<usize>,
 }
@@ -275,7 +281,9 @@ impl Config {
                 "unknown provider {:?} (from {}): use vault, file or azure",
                 provider_raw.value, provider_raw.source
             );
-            if provider_raw.source == Source::Flag("--provider") {
+            // A flag or SECRETS_PROVIDER is how this run was invoked: a usage
+            // error (2). A bad value in a config file is the file's fault (1).
+            if matches!(provider_raw.source, Source::Flag(_) | Source::Env(_)) {
                 return Err(anyhow::Error::new(crate::UsageError(msg)));
             }
             bail!(msg);
@@ -287,7 +295,10 @@ impl Config {
 
         let fixtures = or_builtin(
             pick(
-                flags.fixtures.clone().map(|v| (v, "--fixtures")),
+                flags
+                    .fixtures
+                    .as_deref()
+                    .map(|v| (from_cwd(v), "--fixtures")),
                 None,
                 local.fixtures.clone(),
                 repo.fixtures.clone(),
@@ -295,7 +306,15 @@ impl Config {
             PathBuf::from(project::DEFAULT_FIXTURES),
         );
         let overrides = or_builtin(
-            pick(None, None, local.overrides.clone(), repo.overrides.clone()),
+            pick(
+                flags
+                    .overrides
+                    .as_deref()
+                    .map(|v| (from_cwd(v), "--overrides")),
+                None,
+                local.overrides.clone(),
+                repo.overrides.clone(),
+            ),
             PathBuf::from(".local/secrets/overrides.json"),
         );
         let concurrency = or_builtin(
@@ -348,7 +367,7 @@ impl Config {
         );
         let vault_ca_cert = pick(
             None,
-            env("VAULT_CACERT").map(|v| (PathBuf::from(v), "VAULT_CACERT")),
+            env("VAULT_CACERT").map(|v| (from_cwd(Path::new(&v)), "VAULT_CACERT")),
             local.vault.ca_cert.clone(),
             repo.vault.ca_cert.clone(),
         );
@@ -451,13 +470,20 @@ impl Config {
         })
     }
 
-    /// A path from the configuration, relative to the repository root.
+    /// A path from the configuration: flag and environment paths are
+    /// already absolute (from the working directory); a config file's are
+    /// relative to the repository root.
     pub fn abs(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
-            p.to_path_buf()
+            normalize(p)
         } else {
-            self.root.join(p)
+            normalize(&self.root.join(p))
         }
+    }
+
+    /// A path as output shows it: relative to the repository root when inside it.
+    pub fn shown(&self, p: &Path) -> String {
+        shown_from(&self.root, &self.abs(p))
     }
 
     /// Every effective value with its source; the token by source only.
@@ -470,12 +496,12 @@ impl Config {
             ),
             (
                 "fixtures".into(),
-                self.fixtures.value.display().to_string(),
+                self.shown(&self.fixtures.value),
                 self.fixtures.source.to_string(),
             ),
             (
                 "overrides".into(),
-                self.overrides.value.display().to_string(),
+                self.shown(&self.overrides.value),
                 self.overrides.source.to_string(),
             ),
             (
@@ -517,7 +543,7 @@ impl Config {
         if let Some(s) = &self.vault_ca_cert {
             rows.push((
                 "vault.ca_cert".into(),
-                s.value.display().to_string(),
+                self.shown(&s.value),
                 s.source.to_string(),
             ));
         }
@@ -528,7 +554,7 @@ impl Config {
         ));
         rows.push((
             "file.store".into(),
-            self.file_store.value.display().to_string(),
+            self.shown(&self.file_store.value),
             self.file_store.source.to_string(),
         ));
         match &self.azure_vault_name {
@@ -544,6 +570,68 @@ impl Config {
             )),
         }
         rows
+    }
+}
+
+/// A path given on the command line or in the environment, made absolute
+/// from the working directory (as every CLI reads it).
+pub fn from_cwd(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        return normalize(p);
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => normalize(&cwd.join(p)),
+        Err(_) => p.to_path_buf(),
+    }
+}
+
+/// Removes `.` and `..` components without touching the file system, so
+/// `infra/../scripts/x.json` shows as `scripts/x.json`.
+pub fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// `path` relative to `root` when inside it (also when one of them is
+/// reached through a symlink, such as a temp folder), else as given.
+pub fn shown_from(root: &Path, path: &Path) -> String {
+    if let Ok(rel) = path.strip_prefix(root) {
+        return rel.display().to_string();
+    }
+    if let (Ok(root), Some(real)) = (std::fs::canonicalize(root), canonical_prefix(path)) {
+        if let Ok(rel) = real.strip_prefix(&root) {
+            return rel.display().to_string();
+        }
+    }
+    path.display().to_string()
+}
+
+/// The canonical form of the longest existing ancestor of `path`, with the rest appended.
+fn canonical_prefix(path: &Path) -> Option<PathBuf> {
+    let mut rest = Vec::new();
+    let mut cur = path;
+    loop {
+        if let Ok(real) = std::fs::canonicalize(cur) {
+            let mut out = real;
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return Some(out);
+        }
+        rest.push(cur.file_name()?.to_os_string());
+        cur = cur.parent()?;
     }
 }
 
@@ -651,6 +739,49 @@ mod tests {
         let err = Config::load_with(&root, &flags, &|_| None, None).unwrap_err();
         assert!(err.downcast_ref::<crate::UsageError>().is_some());
         assert!(err.to_string().contains("use vault, file or azure"));
+        // From SECRETS_PROVIDER: the same usage error (exit 2) as the flag.
+        let env = |name: &str| (name == "SECRETS_PROVIDER").then(|| "consul".to_string());
+        let err = Config::load_with(&root, &FlagValues::default(), &env, None).unwrap_err();
+        assert!(err.downcast_ref::<crate::UsageError>().is_some(), "{err}");
+        assert!(
+            err.to_string().contains("from env SECRETS_PROVIDER"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn flag_paths_are_from_the_working_directory_and_shown_from_the_root() {
+        let root = scratch("paths");
+        std::fs::write(
+            root.join(".local/secrets.toml"),
+            "overrides = \"mine/overrides.json\"\n[file]\nstore = \"mine/store.json\"\n",
+        )
+        .unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let flags = FlagValues {
+            fixtures: Some("../x.json".into()),
+            ..Default::default()
+        };
+        let cfg = Config::load_with(&root, &flags, &|_| None, None).unwrap();
+        assert_eq!(cfg.fixtures.value, normalize(&cwd.join("../x.json")));
+        assert!(!cfg.fixtures.value.starts_with(&root), "not from the root");
+        // Config file paths stay relative to the root.
+        assert_eq!(cfg.abs(&cfg.file_store.value), root.join("mine/store.json"));
+        assert_eq!(cfg.shown(&cfg.overrides.value), "mine/overrides.json");
+        assert_eq!(
+            shown_from(&root, &root.join("infra/../scripts/a.json")),
+            "infra/../scripts/a.json",
+            "shown_from takes normalized paths"
+        );
+        assert_eq!(
+            cfg.shown(&root.join("infra/../scripts/a.json")),
+            "scripts/a.json"
+        );
+        assert_eq!(
+            normalize(Path::new("/a/b/../c/./d")),
+            PathBuf::from("/a/c/d")
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

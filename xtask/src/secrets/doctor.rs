@@ -65,7 +65,12 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
             )),
             None => out.push(fail(
                 "tools",
-                format!("{} {} missing", tool.name, tool.version),
+                format!(
+                    "{} {} {}",
+                    tool.name,
+                    tool.version,
+                    tools::not_usable(&root, tool)
+                ),
                 "cargo xtask tools",
             )),
         }

@@ -60,7 +60,7 @@ pub fn load(root: &Path, fixtures: &Path, guarded: bool, overrides: &Path) -> Re
     if guarded {
         refuse_escaping_symlink(root, fixtures)?;
     }
-    let base = parse_file(fixtures)?;
+    let base = parse_file(fixtures, "fixtures file")?;
     let mut set = SecretSet::default();
     for (name, value) in base {
         let sha256 = sha256_hex(value.as_bytes());
@@ -75,7 +75,18 @@ pub fn load(root: &Path, fixtures: &Path, guarded: bool, overrides: &Path) -> Re
     }
     if overrides.exists() {
         crate::secrets::guard::require_git_ignored(root, overrides, "the overrides file")?;
-        for (name, value) in parse_file(overrides)? {
+        for (name, value) in parse_file(overrides, "overrides file")? {
+            if let Some(other) = set
+                .entries
+                .keys()
+                .find(|k| *k != &name && k.eq_ignore_ascii_case(&name))
+            {
+                bail!(
+                    "{}: secret name {name:?} differs from the fixture {other:?} only in letter case; Azure Key \
+                     Vault ignores case, so they are one secret. Spell it {other:?} in the overrides file.",
+                    shown(overrides)
+                );
+            }
             let sha256 = sha256_hex(value.as_bytes());
             if !set.entries.contains_key(&name) {
                 set.added_by_overrides.push(name.clone());
@@ -117,25 +128,42 @@ fn refuse_escaping_symlink(root: &Path, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Reads and validates one fixtures-format file.
-pub fn parse_file(path: &Path) -> Result<Vec<(String, String)>> {
+/// Reads and validates one fixtures-format file; `what` names it in errors
+/// ("fixtures file", "overrides file").
+pub fn parse_file(path: &Path, what: &str) -> Result<Vec<(String, String)>> {
+    let flag = if what == "overrides file" {
+        "--overrides"
+    } else {
+        "--fixtures"
+    };
     let meta = std::fs::metadata(path).with_context(|| {
         format!(
-            "cannot read fixtures file {}: check the path (see --fixtures)",
-            path.display()
+            "cannot read {what} {}: check the path (see {flag}; a relative path is from the working directory)",
+            shown(path)
         )
     })?;
+    if meta.is_dir() {
+        bail!(
+            "the {what} {} is a directory; it must be a JSON file (see {flag})",
+            shown(path)
+        );
+    }
     if meta.len() > MAX_FILE_BYTES {
         bail!(
-            "{}: {} bytes is larger than the {} MiB limit for a fixtures file",
-            path.display(),
+            "{}: {} bytes is larger than the {} MiB limit for a {what}",
+            shown(path),
             meta.len(),
             MAX_FILE_BYTES >> 20
         );
     }
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read fixtures file {}", path.display()))?;
-    parse(&bytes).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read {what} {}", shown(path)))?;
+    parse(&bytes).map_err(|e| anyhow::anyhow!("{}:{e}", shown(path)))
+}
+
+/// A path for a message: relative to the repository root when inside it.
+fn shown(path: &Path) -> String {
+    crate::secrets::config::shown_from(&crate::project_root(), path)
 }
 
 /// A parse problem at a position: `line:col: message`.
@@ -193,13 +221,59 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<Vec<(String, String)>, ParseEr
                 .rsplit_once(" at line ")
                 .map(|(m, _)| m.to_string())
                 .unwrap_or(msg);
-            return Err(at(e.line(), e.column(), msg));
+            return Err(at(e.line(), e.column(), in_words(&msg)));
         }
     };
     if pairs.is_empty() {
         return Err(at(1, 1, "the object has no secrets".into()));
     }
     Ok(pairs)
+}
+
+/// serde_json's parser messages, said for a person editing the file. Our
+/// own messages (duplicate or invalid names, non-string values) pass through.
+fn in_words(msg: &str) -> String {
+    let said = match msg {
+        "EOF while parsing a value" | "EOF while parsing an object" | "EOF while parsing a list" => {
+            "the file ends too early: a value or a closing `}` is missing"
+        }
+        "EOF while parsing a string" => "a string is not closed: its closing `\"` is missing",
+        "expected `:`" => "expected `:` between a secret name and its value",
+        "expected `,` or `}`" => {
+            "expected `,` or `}` after a value: a comma is missing between two entries, or the object is not closed"
+        }
+        "expected `,` or `]`" => "expected `,` or `]` in a list",
+        "trailing comma" => "trailing comma: remove the comma after the last entry",
+        "key must be a string" => "a secret name must be a string in double quotes",
+        "expected value" => "expected a value here: a string in double quotes",
+        "expected ident" => "unknown word: write values as strings in double quotes",
+        "trailing characters" => {
+            "trailing characters after the closing `}`: the file must hold exactly one JSON object"
+        }
+        "recursion limit exceeded" => {
+            "recursion limit exceeded: the value is nested too deep (every value must be a string)"
+        }
+        "invalid escape" => "invalid escape in a string: use \\\\, \\\", \\n, \\t or \\uXXXX",
+        "invalid unicode code point" | "lone leading surrogate in hex escape" | "unexpected end of hex escape" => {
+            "invalid \\u escape in a string"
+        }
+        m if m.starts_with("control character") => {
+            "a raw control character (a line break or tab) inside a string: write it as \\n or \\t"
+        }
+        m if m.starts_with("invalid type: ") => {
+            let found = m["invalid type: ".len()..].split(',').next().unwrap_or("something else");
+            let found = match found {
+                "sequence" => "a list (JSON array)",
+                "string" | "integer" | "floating point" | "boolean" | "null" => "a single value",
+                other => other,
+            };
+            return format!(
+                "the file holds {found}; expected a JSON object of secret name to string value"
+            );
+        }
+        other => return other.to_string(),
+    };
+    said.to_string()
 }
 
 fn line_col(bytes: &[u8], offset: usize) -> (usize, usize) {
@@ -229,11 +303,19 @@ impl<'de> Visitor<'de> for FixtureVisitor {
         mut map: A,
     ) -> std::result::Result<Self::Value, A::Error> {
         let mut seen = std::collections::HashSet::new();
+        // Lower-cased name to the name as written: Azure Key Vault ignores case.
+        let mut folded: std::collections::HashMap<String, String> = Default::default();
         let mut out = Vec::new();
         while let Some(name) = map.next_key::<String>()? {
             if !seen.insert(name.clone()) {
                 return Err(de::Error::custom(format_args!(
                     "duplicate secret name {name:?}; each name may appear once"
+                )));
+            }
+            if let Some(first) = folded.insert(name.to_ascii_lowercase(), name.clone()) {
+                return Err(de::Error::custom(format_args!(
+                    "secret names {first:?} and {name:?} differ only in letter case; Azure Key Vault ignores \
+                     case, so they are one secret: keep one"
                 )));
             }
             if !valid_name(&name) {
@@ -370,6 +452,58 @@ mod tests {
     fn deep_nesting_is_an_error_not_a_crash() {
         let deep = format!("{{\"a\": {}{}}}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(err(&deep).message.contains("recursion limit"));
+    }
+
+    #[test]
+    fn names_differing_only_in_case_are_refused_naming_both() {
+        let e = err("{\n\"Caps-Name\": \"a\",\n\"caps-name\": \"b\"\n}");
+        assert_eq!(e.line, 3, "{e}");
+        assert!(
+            e.message
+                .contains("\"Caps-Name\" and \"caps-name\" differ only in letter case"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn parser_errors_are_said_in_words_with_their_position() {
+        let e = err("{\"a\": \"x\"");
+        assert_eq!(
+            e.to_string(),
+            "1:9: the file ends too early: a value or a closing `}` is missing"
+        );
+        let e = err("{\"a\": \"x\" \"b\": \"y\"}");
+        assert!(
+            e.message.contains("a comma is missing between two entries"),
+            "{e}"
+        );
+        let e = err("{\"a\": \"x");
+        assert!(e.message.contains("its closing `\"` is missing"), "{e}");
+        let e = err("{a: \"x\"}");
+        assert!(
+            e.message.contains("must be a string in double quotes"),
+            "{e}"
+        );
+        let e = err("[\"a\"]");
+        assert!(e.message.starts_with("the file holds a list"), "{e}");
+        for raw in ["EOF while", "invalid type", "sequence,"] {
+            for input in ["{\"a\": ", "[1]", "{\"a\": \"x\"", "\"s\""] {
+                assert!(!err(input).message.contains(raw), "{input}: {}", err(input));
+            }
+        }
+    }
+
+    #[test]
+    fn a_directory_is_named_by_what_it_stands_for() {
+        let dir = std::env::temp_dir().join(format!("xtask-fixtures-dir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let e = parse_file(&dir, "overrides file").unwrap_err().to_string();
+        assert!(
+            e.contains("the overrides file") && e.contains("is a directory"),
+            "{e}"
+        );
+        assert!(!e.contains("fixtures file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

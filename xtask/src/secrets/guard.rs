@@ -121,6 +121,25 @@ pub fn require_dev_server(
     )
 }
 
+/// An Azure Key Vault's name from any way people write it: the name, the
+/// `<name>.vault.azure.net` host, or the `https://<name>.vault.azure.net/`
+/// URL, with spaces around and in any letter case (Azure ignores case).
+/// `None` when what is left is not a vault name (3-24 of a-z, 0-9, `-`).
+pub fn azure_vault_name(input: &str) -> Option<String> {
+    let mut s = input.trim().to_ascii_lowercase();
+    for scheme in ["https://", "http://"] {
+        if let Some(rest) = s.strip_prefix(scheme) {
+            s = rest.to_string();
+        }
+    }
+    let s = s.trim_end_matches('/');
+    let s = s.strip_suffix(".vault.azure.net").unwrap_or(s);
+    let valid = (3..=24).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && s.starts_with(|c: char| c.is_ascii_alphabetic());
+    valid.then(|| s.to_string())
+}
+
 /// Does the kube context name look like a local cluster?
 pub fn is_local_context(context: &str, patterns: &[String]) -> bool {
     patterns.iter().any(|p| glob_match(p, context))
@@ -292,6 +311,26 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("use-context"));
+    }
+
+    #[test]
+    fn azure_vault_names_are_normalised() {
+        for spelling in [
+            "ameide-production",
+            "  ameide-production ",
+            "AMEIDE-Production",
+            "ameide-production.vault.azure.net",
+            "https://ameide-production.vault.azure.net/",
+            "HTTPS://Ameide-Production.Vault.Azure.Net",
+        ] {
+            assert_eq!(
+                azure_vault_name(spelling).as_deref(),
+                Some("ameide-production"),
+                "{spelling:?}"
+            );
+        }
+        assert_eq!(azure_vault_name("https://x.example.com/"), None);
+        assert_eq!(azure_vault_name("a"), None);
     }
 
     #[test]

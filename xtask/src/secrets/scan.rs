@@ -4,6 +4,10 @@
 //! - static: parse values files and plain manifests, no rendering. Any
 //!   `remoteRef`, `dataFrom.extract` or `dataFrom.find` counts; chart
 //!   templates are not evaluated, so conditionals count as if enabled.
+//!   ExternalSecrets written literally in chart templates count too: a
+//!   template is read as YAML with its `{{ ... }}` actions blanked out, or,
+//!   where that does not parse, searched for literal `remoteRef.key` lines.
+//!   A key the template language builds is left for `--render`.
 //! - rendered: the real `helmfile template` output of every layer for one
 //!   environment, honouring `installed:` toggles.
 
@@ -112,29 +116,51 @@ const ESO_KINDS: &[&str] = &[
 /// Static scan of `infra` (files relative to `base` in reports).
 pub fn scan_static(infra: &Path, base: &Path) -> Result<Scan> {
     let mut files = Vec::new();
-    collect_yaml(infra, &mut files).with_context(|| format!("listing {}", infra.display()))?;
+    let mut templates = Vec::new();
+    collect_yaml(infra, false, &mut files, &mut templates)
+        .with_context(|| format!("listing {}", infra.display()))?;
     files.sort();
+    templates.sort();
     let mut scan = Scan {
         mode: "static",
-        files: files.len(),
+        files: files.len() + templates.len(),
         ..Scan::default()
+    };
+    let shown = |file: &Path| {
+        file.strip_prefix(base)
+            .unwrap_or(file)
+            .display()
+            .to_string()
     };
     for file in &files {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        let shown = file
-            .strip_prefix(base)
-            .unwrap_or(file)
-            .display()
-            .to_string();
-        scan_text(&text, &shown, None, None, true, &mut scan.external_secrets)?;
+        scan_text(
+            &text,
+            &shown(file),
+            None,
+            None,
+            true,
+            &mut scan.external_secrets,
+        )?;
+    }
+    for file in &templates {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        scan_template(&text, &shown(file), &mut scan.external_secrets);
     }
     Ok(scan)
 }
 
-/// YAML files below `dir`, skipping Go templates (`templates/`, `helmfiles/`)
-/// that only rendering can read.
-fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// YAML files below `dir` into `out`, and chart template files (`.yaml`,
+/// `.yml`, `.tpl` below a chart's `templates/`) into `templates`. Helmfiles
+/// (`helmfiles/`) are Go templates of releases, not of manifests: skipped.
+fn collect_yaml(
+    dir: &Path,
+    in_templates: bool,
+    out: &mut Vec<PathBuf>,
+    templates: &mut Vec<PathBuf>,
+) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
@@ -142,14 +168,248 @@ fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         let name = name.to_string_lossy();
         let ft = entry.file_type()?;
         if ft.is_dir() {
-            if name != "templates" && name != "helmfiles" && !name.starts_with('.') {
-                collect_yaml(&path, out)?;
+            if name != "helmfiles" && !name.starts_with('.') {
+                let is_templates =
+                    in_templates || (name == "templates" && dir.join("Chart.yaml").is_file());
+                collect_yaml(&path, is_templates, out, templates)?;
+            }
+        } else if ft.is_file() && in_templates {
+            if name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".tpl") {
+                templates.push(path);
             }
         } else if ft.is_file() && (name.ends_with(".yaml") || name.ends_with(".yml")) {
             out.push(path);
         }
     }
     Ok(())
+}
+
+/// What a template action (`{{ ... }}`) becomes when a template is read as
+/// YAML: a plain word no key can contain, so a key built by the template
+/// language is recognised and left for `--render`.
+const TEMPLATED: &str = "__templated__";
+
+fn templated(s: &str) -> bool {
+    s.contains(TEMPLATED)
+}
+
+/// Reads a chart template statically: the ExternalSecrets written in it
+/// with literal keys. Never fails: what cannot be read is left for `--render`.
+pub fn scan_template(text: &str, file: &str, out: &mut Vec<ExternalSecret>) {
+    let yaml = blank_actions(text);
+    let Ok(docs) = parse_documents(&yaml) else {
+        out.extend(literal_refs(&yaml, file));
+        return;
+    };
+    let ctx = Ctx {
+        file,
+        release: None,
+        env: None,
+    };
+    for doc in docs {
+        let spec = match doc.str_at("kind") {
+            Some("ExternalSecret") => doc.get("spec"),
+            Some("ClusterExternalSecret") => {
+                doc.get("spec").and_then(|s| s.get("externalSecretSpec"))
+            }
+            _ => continue,
+        };
+        if !doc
+            .str_at("apiVersion")
+            .is_some_and(|a| a.starts_with(ESO_GROUP))
+        {
+            continue;
+        }
+        let Ok(mut es) = manifest_es(&doc, spec, &ctx) else {
+            continue;
+        };
+        if let Some(es) = literal_only(&mut es) {
+            out.push(es.clone());
+        }
+    }
+}
+
+/// Drops the references whose key the template builds; `None` when none
+/// is left. A store the template names counts as ours (conservative).
+fn literal_only(es: &mut ExternalSecret) -> Option<&ExternalSecret> {
+    es.refs.retain(|r| !templated(&r.key) && !r.key.is_empty());
+    if es.refs.is_empty() {
+        return None;
+    }
+    if templated(&es.store) {
+        es.store = format!("{STORE_KIND}/{STORE_NAME}");
+    }
+    if templated(&es.name) {
+        es.name = "(templated name)".into();
+    }
+    if es.namespace.as_deref().is_some_and(templated) {
+        es.namespace = None;
+    }
+    for r in &mut es.refs {
+        if let RefKind::Data { property, .. } | RefKind::Extract { property } = &mut r.kind {
+            // `property: {{ .p | default "value" }}`: unknown until rendered; assume value.
+            if property.as_deref().is_some_and(templated) {
+                *property = Some("value".into());
+            }
+        }
+    }
+    Some(es)
+}
+
+/// The template with every action blanked, keeping line numbers: a line
+/// holding only actions (`{{- range }}`, `{{- end }}`) becomes empty, an
+/// action inside a line becomes [`TEMPLATED`].
+fn blank_actions(text: &str) -> String {
+    let mut in_action = vec![false; text.len()];
+    let mut starts = vec![false; text.len()];
+    let mut i = 0;
+    while let Some(open) = text[i..].find("{{") {
+        let open = i + open;
+        let close = text[open + 2..]
+            .find("}}")
+            .map(|c| open + 2 + c + 2)
+            .unwrap_or(text.len());
+        starts[open] = true;
+        for b in &mut in_action[open..close] {
+            *b = true;
+        }
+        i = close;
+        if i >= text.len() {
+            break;
+        }
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let range = offset..offset + line.len();
+        offset += line.len();
+        let only_actions = line
+            .char_indices()
+            .all(|(j, c)| c.is_whitespace() || in_action[range.start + j]);
+        if only_actions {
+            if line.ends_with('\n') {
+                out.push('\n');
+            }
+            continue;
+        }
+        for (j, c) in line.char_indices() {
+            let at = range.start + j;
+            if starts[at] {
+                out.push_str(TEMPLATED);
+            } else if !in_action[at] {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Where a blanked template is still not YAML: every literal
+/// `remoteRef.key` (block or flow form), one ExternalSecret per document.
+fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
+    let mut out: Vec<ExternalSecret> = Vec::new();
+    let mut doc_refs: Vec<KeyRef> = Vec::new();
+    let mut doc_line = 1;
+    let mut remote_indent: Option<usize> = None;
+    let unquote = |v: &str| {
+        let v = v.trim().split(" #").next().unwrap_or("").trim();
+        v.trim_matches(|c| c == '"' || c == '\'').to_string()
+    };
+    let flush = |refs: &mut Vec<KeyRef>, line: usize, out: &mut Vec<ExternalSecret>| {
+        if !refs.is_empty() {
+            out.push(ExternalSecret {
+                name: "(template)".into(),
+                namespace: None,
+                target: None,
+                store: format!("{STORE_KIND}/{STORE_NAME}"),
+                release: None,
+                env: None,
+                at: Location {
+                    file: file.to_string(),
+                    line,
+                },
+                refs: std::mem::take(refs),
+            });
+        }
+    };
+    for (n, line) in text.lines().enumerate() {
+        let n = n + 1;
+        if line.starts_with("---") {
+            flush(&mut doc_refs, doc_line, &mut out);
+            doc_line = n + 1;
+            remote_indent = None;
+            continue;
+        }
+        let body = line.trim_start();
+        let indent = line.len() - body.len();
+        let body = body.strip_prefix("- ").map(str::trim_start).unwrap_or(body);
+        if let Some(rest) = body.strip_prefix("remoteRef:") {
+            let rest = rest.trim();
+            if rest.starts_with('{') {
+                // Flow form: remoteRef: {key: k, property: value}
+                let inner = rest.trim_start_matches('{').trim_end_matches('}');
+                let field = |name: &str| {
+                    inner
+                        .split(',')
+                        .filter_map(|kv| kv.split_once(':'))
+                        .find(|(k, _)| k.trim() == name)
+                        .map(|(_, v)| unquote(v))
+                };
+                if let Some(key) = field("key").filter(|k| !k.is_empty() && !templated(k)) {
+                    doc_refs.push(KeyRef {
+                        key,
+                        kind: RefKind::Data {
+                            property: field("property")
+                                .filter(|p| !templated(p))
+                                .or(Some("value".into())),
+                            secret_key: None,
+                        },
+                        at: Location {
+                            file: file.to_string(),
+                            line: n,
+                        },
+                    });
+                }
+                remote_indent = None;
+            } else {
+                remote_indent = Some(indent);
+            }
+            continue;
+        }
+        match remote_indent {
+            Some(r) if indent > r && !body.is_empty() => {
+                if let Some(v) = body.strip_prefix("key:") {
+                    let key = unquote(v);
+                    if !key.is_empty() && !templated(&key) {
+                        doc_refs.push(KeyRef {
+                            key,
+                            kind: RefKind::Data {
+                                property: Some("value".into()),
+                                secret_key: None,
+                            },
+                            at: Location {
+                                file: file.to_string(),
+                                line: n,
+                            },
+                        });
+                    }
+                } else if let Some(v) = body.strip_prefix("property:") {
+                    let p = unquote(v);
+                    if let Some(RefKind::Data { property, .. }) =
+                        doc_refs.last_mut().map(|r| &mut r.kind)
+                    {
+                        if !templated(&p) && !p.is_empty() {
+                            *property = Some(p);
+                        }
+                    }
+                }
+            }
+            Some(_) if !body.is_empty() => remote_indent = None,
+            _ => {}
+        }
+    }
+    flush(&mut doc_refs, doc_line, &mut out);
+    out
 }
 
 /// Scans one file's text. `values` also reads ExternalSecret-shaped entries
@@ -660,5 +920,86 @@ realmImport:
             ]
         );
         assert_eq!(es[0].target.as_deref(), Some("app-secret"));
+    }
+
+    const TEMPLATE: &str = "{{- range .Values.externalSecrets }}
+---
+apiVersion: external-secrets.io/v1
+kind: ExternalSecret
+metadata:
+  name: {{ .name }}
+spec:
+  secretStoreRef: {kind: ClusterSecretStore, name: ameide-vault}
+  data:
+    {{- range .data }}
+    - secretKey: {{ .secretKey }}
+      remoteRef:
+        key: {{ .remoteRef.key }}
+        property: {{ .remoteRef.property | default \"value\" }}
+    {{- end }}
+{{- end }}
+{{- if .Values.extra.enabled }}
+---
+apiVersion: external-secrets.io/v1
+kind: ExternalSecret
+metadata:
+  name: {{ .Release.Name }}-extra
+  namespace: {{ .Release.Namespace }}
+spec:
+  secretStoreRef:
+    kind: ClusterSecretStore
+    name: ameide-vault
+  data:
+    - secretKey: token
+      remoteRef:
+        key: literal-extra-token
+        property: value
+    - secretKey: built
+      remoteRef:
+        key: {{ printf \"%s-key\" .Release.Name }}
+        property: value
+{{- end }}
+";
+
+    #[test]
+    fn templates_yield_their_literal_keys_only() {
+        let mut out = Vec::new();
+        scan_template(TEMPLATE, "t.yaml", &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let es = &out[0];
+        assert!(es.in_scope());
+        let keys: Vec<(&str, usize)> = es
+            .refs
+            .iter()
+            .map(|r| (r.key.as_str(), r.at.line))
+            .collect();
+        assert_eq!(keys, vec![("literal-extra-token", 31)]);
+        assert_eq!(
+            es.refs[0].kind,
+            RefKind::Data {
+                property: Some("value".into()),
+                secret_key: Some("token".into())
+            }
+        );
+    }
+
+    #[test]
+    fn templates_that_are_not_yaml_are_searched_line_by_line() {
+        // A flow mapping cut by an action: not YAML even with actions blanked.
+        let text = "apiVersion: external-secrets.io/v1\nkind: ExternalSecret\nspec:\n  data:\n    - secretKey: a\n      remoteRef:\n        key: \"line-key\"\n        property: value\n    - secretKey: b\n      remoteRef: {key: flow-key, property: value}\n    - secretKey: c\n      remoteRef:\n        key: {{ .k }}\n  broken: [unclosed\n";
+        let mut out = Vec::new();
+        scan_template(text, "t.yaml", &mut out);
+        let keys: Vec<(&str, usize)> = out
+            .iter()
+            .flat_map(|e| e.refs.iter().map(|r| (r.key.as_str(), r.at.line)))
+            .collect();
+        assert_eq!(keys, vec![("line-key", 7), ("flow-key", 10)]);
+    }
+
+    #[test]
+    fn blanking_keeps_line_numbers() {
+        let blanked =
+            blank_actions("a: 1\n{{- if x }}\nb: {{ .v }}-x\n{{/* multi\nline */}}\nc: 3\n");
+        assert_eq!(blanked, "a: 1\n\nb: __templated__-x\n\n\nc: 3\n");
     }
 }

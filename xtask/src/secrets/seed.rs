@@ -6,11 +6,11 @@
 use std::io::IsTerminal;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, Result};
 use serde::Serialize;
 
-use crate::output::{parse_format, Format};
-use crate::secrets::config::{Config, FlagValues, ProviderKind};
+use crate::output::{capped, count, one_line_errors, parse_format, Format, NAMES_SHOWN};
+use crate::secrets::config::{self, Config, FlagValues, ProviderKind};
 use crate::secrets::fixtures::SecretSet;
 use crate::secrets::plan::{self, Action, Counts, Item};
 use crate::secrets::provider::{self, Outcome, SecretProvider, Write};
@@ -55,6 +55,9 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
     if render.is_none() && flags.out.is_some() {
         crate::usage!("--out goes with --render eso-fake|secrets");
     }
+    if flags.quiet && flags.verbose {
+        crate::usage!("--quiet and --verbose contradict each other: pass one of them");
+    }
     let env = flags.env.as_deref().unwrap_or("local");
     guard::require_local_env(env)?;
 
@@ -64,10 +67,12 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
         &FlagValues {
             provider: flags.provider.clone(),
             fixtures: flags.fixtures.clone(),
+            overrides: flags.overrides.clone(),
             mount: flags.mount.clone(),
             concurrency: flags.concurrency,
         },
     )?;
+    require_mount_fits(flags.mount.as_deref(), &cfg)?;
     if render.is_some() && cfg.provider.value != ProviderKind::File {
         crate::usage!(
             "--render works with --provider file (the manifests carry the file store's values)"
@@ -82,17 +87,13 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
         verbose: flags.verbose,
         text: format == Format::Text,
     };
-    let fixtures_shown = fixtures_path
-        .strip_prefix(&root)
-        .unwrap_or(&fixtures_path)
-        .display()
-        .to_string();
+    let fixtures_shown = cfg.shown(&fixtures_path);
     let items = plan_for(store.as_mut(), &desired, flags.force)?;
     let counts = plan::counts(&items);
     if show.text && !show.quiet {
         println!(
-            "seed: {} secrets from {fixtures_shown}{} -> {}",
-            desired.len(),
+            "seed: {} from {fixtures_shown}{} -> {}",
+            count(desired.len(), "secret", "secrets"),
             if counts.overridden > 0 {
                 format!(" ({} overridden)", counts.overridden)
             } else {
@@ -113,12 +114,17 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
     if !flags.dry_run {
         if let Some(kind) = render {
             let out = flags.out.as_deref().expect("checked above");
-            manifests::write(&root, kind, &desired, out)?;
+            let out = if out.as_os_str() == "-" {
+                out.to_path_buf()
+            } else {
+                config::from_cwd(out)
+            };
+            manifests::write(&root, kind, &desired, &out)?;
             if show.text && !show.quiet && out.as_os_str() != "-" {
                 println!(
                     "rendered {} manifests to {} (mode 0600)",
                     kind.as_str(),
-                    out.display()
+                    cfg.shown(&out)
                 );
             }
         }
@@ -148,33 +154,30 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         _ if flags.dry_run => {
-            if !show.quiet {
-                println!("dry run: nothing written");
+            if show.quiet {
+                println!("plan: {}", counts_line(&counts));
             }
+            println!("dry run: nothing written");
         }
-        _ => {
-            if !show.quiet || !not_written.is_empty() {
-                println!(
-                    "done in {:.2}s: {} written, {} unchanged, {} not written{}",
-                    elapsed.as_secs_f64(),
-                    written.len(),
-                    counts.unchanged,
-                    not_written.len(),
-                    stats
-                        .map(|(r, w, t)| format!(" ({r} requests, {w} writes, {t} retries)"))
-                        .unwrap_or_default()
-                );
-            }
-            for nw in &not_written {
-                eprintln!("  not written: {}: {}", nw.name, nw.reason);
-            }
-        }
+        // The summary, counts only: the error below names the cause and the
+        // names (at most 20 per list; `--output json` has every one).
+        _ => println!(
+            "done in {:.2}s: {} written, {} unchanged, {} not written{}",
+            elapsed.as_secs_f64(),
+            written.len(),
+            counts.unchanged,
+            not_written.len(),
+            stats
+                .map(|(r, w, t)| format!(" ({r} requests, {w} writes, {t} retries)"))
+                .unwrap_or_default()
+        ),
     }
 
     if flags.dry_run {
         return Ok(());
     }
-    result.into_result()
+    // The plan printed above already names its conflicts and why.
+    result.into_result_after_plan(show.text && !show.quiet)
 }
 
 /// What a seed did: written, and not written with the reason.
@@ -186,6 +189,8 @@ pub struct SeedRun {
     pub failed: Vec<String>,
     /// Values written whose checksum was not recorded (also in `written`).
     pub unstamped: Vec<NotWritten>,
+    /// Conflicts the plan already named (not those found while writing).
+    pub planned_conflicts: Vec<String>,
 }
 
 impl SeedRun {
@@ -194,6 +199,7 @@ impl SeedRun {
         let mut run = SeedRun::default();
         for i in items {
             if let Action::Conflict(reason) = &i.action {
+                run.planned_conflicts.push(i.name.clone());
                 run.not_written.push(NotWritten {
                     name: i.name.clone(),
                     reason: reason.clone(),
@@ -205,72 +211,196 @@ impl SeedRun {
 
     /// Exit status: partial (3) when some writes failed after others landed,
     /// failed (1) when nothing landed or conflicts remain, ok otherwise.
+    ///
+    /// The message names the cause first, then one line per kind of
+    /// failure with at most 20 names (`--output json` lists every one).
     pub fn into_result(self) -> Result<()> {
+        self.into_result_after_plan(false)
+    }
+
+    /// Like [`SeedRun::into_result`]; with `plan_shown`, conflicts the
+    /// printed plan named are counted, not listed again.
+    pub fn into_result_after_plan(self, plan_shown: bool) -> Result<()> {
         if self.not_written.is_empty() && self.unstamped.is_empty() {
             return Ok(());
         }
-        let names = |v: &[NotWritten]| {
-            v.iter()
-                .map(|n| n.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        // The first failure's reason: the cause a human needs (sealed, 403, unreachable).
-        let cause = self
+        let failed: Vec<&NotWritten> = self
             .not_written
             .iter()
-            .find(|n| self.failed.contains(&n.name))
-            .or(self.unstamped.first())
-            .map(|n| format!(" First failure: {}: {}", n.name, n.reason))
-            .unwrap_or_default();
+            .filter(|n| self.failed.contains(&n.name))
+            .collect();
+        let conflicts: Vec<&NotWritten> = self
+            .not_written
+            .iter()
+            .filter(|n| !self.failed.contains(&n.name))
+            .collect();
+        let unstamped: Vec<&NotWritten> = self.unstamped.iter().collect();
+        let everything: Vec<&NotWritten> = failed.iter().chain(&unstamped).copied().collect();
+        let cause = cause_of(&everything);
+        let mut lines: Vec<String> = Vec::new();
+        for (what, entries) in [
+            ("not written", &failed),
+            ("written without their checksum", &unstamped),
+        ] {
+            // The cause's own group first, the writes skipped after it last.
+            let mut groups = by_reason(entries);
+            groups.sort_by_key(|(reason, _)| {
+                if Some(reason.as_str()) == cause.as_deref() {
+                    0
+                } else if reason == NOT_ATTEMPTED {
+                    2
+                } else {
+                    1
+                }
+            });
+            for (reason, names) in groups {
+                let label = if reason == NOT_ATTEMPTED {
+                    format!("{what}, not attempted after that failure")
+                } else if Some(reason.as_str()) == cause.as_deref() {
+                    format!("{what}, for that reason")
+                } else {
+                    format!("{what}: {reason}")
+                };
+                lines.push(format!("  {label} ({}): {}", names.len(), capped(&names)));
+            }
+        }
+        let (in_plan, listed): (Vec<&NotWritten>, Vec<&NotWritten>) = conflicts
+            .iter()
+            .partition(|n| plan_shown && self.planned_conflicts.contains(&n.name));
+        let conflict_line = if conflicts.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "{} not written{}: changed outside the seed, so kept. Keep your own values in \
+                 .local/secrets/overrides.json, or overwrite with --force.",
+                count(conflicts.len(), "conflict", "conflicts"),
+                if in_plan.is_empty() {
+                    String::new()
+                } else if listed.is_empty() {
+                    " (listed in the plan above)".to_string()
+                } else {
+                    format!(" ({} listed in the plan above)", in_plan.len())
+                }
+            )
+        };
+        if !conflicts.is_empty() && (!failed.is_empty() || !unstamped.is_empty()) {
+            lines.push(format!("  {conflict_line}"));
+        }
+        for n in listed.iter().take(NAMES_SHOWN) {
+            lines.push(format!("  {}: {}", n.name, n.reason));
+        }
+        if listed.len() > NAMES_SHOWN {
+            lines.push(format!(
+                "  and {} more conflicts",
+                listed.len() - NAMES_SHOWN
+            ));
+        }
+        let more = if self.not_written.len() + self.unstamped.len() > NAMES_SHOWN {
+            " `--output json` lists every name."
+        } else {
+            ""
+        };
+        let body = lines.join("\n");
+        let cause = cause.unwrap_or_default();
         if !self.written.is_empty() && (!self.failed.is_empty() || !self.unstamped.is_empty()) {
-            let unstamped = if self.unstamped.is_empty() {
+            let without = if self.unstamped.is_empty() {
                 String::new()
             } else {
-                format!(
-                    " ({} of them without their checksum: {})",
-                    self.unstamped.len(),
-                    names(&self.unstamped)
-                )
+                format!(" ({} without their checksum)", self.unstamped.len())
             };
             return Err(PartialError(format!(
-                "partial seed: {} written{unstamped} ({}); {} not written ({}).{cause} Re-run the same command to \
-                 finish: it writes only what is still missing.",
+                "partial seed: {cause}\n  {} written{without}, {} not written. Re-run the same command to \
+                 finish: it writes only what is still missing, and records missing checksums.{more}\n{body}",
                 self.written.len(),
-                capped(&self.written),
                 self.not_written.len(),
-                names(&self.not_written)
             ))
             .into());
         }
         if !self.failed.is_empty() {
-            bail!(
-                "{} secrets not written ({}); the store is unchanged.{cause}",
-                self.failed.len(),
-                capped(&self.failed)
-            );
+            return Err(anyhow!(
+                "{cause}\n  {} not written; the store is unchanged.{more}\n{body}",
+                count(self.failed.len(), "secret", "secrets"),
+            ));
         }
-        bail!(
-            "{} conflicts not written ({}): they were changed outside the seed. Keep them in \
-             .local/secrets/overrides.json, or overwrite with --force.",
-            self.not_written.len(),
-            names(&self.not_written)
-        )
+        Err(anyhow!(
+            "{conflict_line}{more}{}{body}",
+            if body.is_empty() { "" } else { "\n" }
+        ))
     }
 }
 
-/// Names for a message: the first 20, then how many more (`--output json`
-/// lists every one).
-fn capped(names: &[String]) -> String {
-    const SHOWN: usize = 20;
-    if names.len() <= SHOWN {
-        return names.join(", ");
+/// The reason the transport gives entries it skipped once the run stopped.
+const NOT_ATTEMPTED: &str = "not attempted: the run stopped";
+
+/// The cause of the failures: the reason most failed writes give, leaving
+/// out the writes that were skipped because of it.
+fn cause_of(failed: &[&NotWritten]) -> Option<String> {
+    by_reason(failed)
+        .into_iter()
+        .filter(|(reason, _)| reason != NOT_ATTEMPTED)
+        .max_by_key(|(_, names)| names.len())
+        .map(|(reason, _)| reason)
+        .or_else(|| (!failed.is_empty()).then(|| NOT_ATTEMPTED.to_string()))
+}
+
+/// Names grouped by reason, the largest group first (then by reason). A
+/// reason that names its entry's path (`POST secret/data/<name> ...`) is
+/// grouped with the same reason for other entries.
+fn by_reason<'a>(entries: &[&'a NotWritten]) -> Vec<(String, Vec<&'a str>)> {
+    let mut groups: std::collections::BTreeMap<String, (&str, Vec<&str>)> = Default::default();
+    for n in entries {
+        let reason = if n.reason.ends_with(NOT_ATTEMPTED) {
+            NOT_ATTEMPTED.to_string()
+        } else {
+            generic_reason(&n.reason, &n.name)
+        };
+        groups
+            .entry(reason)
+            .or_insert((&n.reason, vec![]))
+            .1
+            .push(&n.name);
     }
-    format!(
-        "{}, and {} more; --output json lists them all",
-        names[..SHOWN].join(", "),
-        names.len() - SHOWN
-    )
+    // A reason only one entry gives is shown as it was said.
+    let mut out: Vec<(String, Vec<&str>)> = groups
+        .into_iter()
+        .map(|(generic, (first, names))| {
+            if names.len() == 1 && generic != NOT_ATTEMPTED {
+                (first.to_string(), names)
+            } else {
+                (generic, names)
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
+    out
+}
+
+/// `reason` with its own entry's path segment (`/<name>`) written `/<name>`.
+fn generic_reason(reason: &str, name: &str) -> String {
+    let needle = format!("/{name}");
+    let mut out = String::with_capacity(reason.len());
+    let mut rest = reason;
+    while let Some(i) = rest.find(&needle) {
+        let after = &rest[i + needle.len()..];
+        let whole = !after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-');
+        out.push_str(&rest[..i]);
+        out.push_str(if whole { "/<name>" } else { &needle });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `--mount` names a Vault KV mount: refuse it with another provider.
+pub(crate) fn require_mount_fits(mount: Option<&str>, cfg: &Config) -> Result<()> {
+    if mount.is_some() && cfg.provider.value != ProviderKind::Vault {
+        crate::usage!(
+            "--mount is a Vault KV mount, and the provider is {} (from {}): drop --mount, or use --provider vault",
+            cfg.provider.value.as_str(),
+            cfg.provider.source
+        );
+    }
+    Ok(())
 }
 
 /// Reads the store and plans every fixture.
@@ -308,6 +438,13 @@ pub fn apply(
         .collect();
     if !writes.is_empty() {
         for (name, outcome) in store.write(&writes)? {
+            // One line per server error: Vault's multi-error text, collapsed.
+            let outcome = match outcome {
+                Outcome::ValueOnly(r) => Outcome::ValueOnly(one_line_errors(&r)),
+                Outcome::Conflict(r) => Outcome::Conflict(one_line_errors(&r)),
+                Outcome::Failed(r) => Outcome::Failed(one_line_errors(&r)),
+                other => other,
+            };
             match outcome {
                 Outcome::Written => run.written.push(name),
                 Outcome::ValueOnly(reason) => {
@@ -345,9 +482,21 @@ pub fn render_plan(items: &[Item], verbose: bool) -> String {
         .unwrap_or(0);
     let mut out = String::new();
     let mut unchanged = 0;
+    // Without --verbose, at most NAMES_SHOWN entries per action.
+    let mut shown: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut hidden: Vec<(&str, usize)> = Vec::new();
     for i in items {
         if i.action == Action::Unchanged && !verbose {
             unchanged += 1;
+            continue;
+        }
+        let n = shown.entry(i.action.label()).or_default();
+        *n += 1;
+        if *n > NAMES_SHOWN && !verbose {
+            match hidden.iter_mut().find(|(l, _)| *l == i.action.label()) {
+                Some((_, k)) => *k += 1,
+                None => hidden.push((i.action.label(), 1)),
+            }
             continue;
         }
         let name = if i.overridden {
@@ -362,6 +511,9 @@ pub fn render_plan(items: &[Item], verbose: bool) -> String {
             _ => short(&i.sha256),
         };
         let _ = writeln!(out, "  {:<10} {name:<width$}  {detail}", i.action.label());
+    }
+    for (label, n) in hidden {
+        let _ = writeln!(out, "  (and {n} more {label}; --verbose lists them)");
     }
     if unchanged > 0 {
         let _ = writeln!(out, "  ({unchanged} unchanged; --verbose lists them)");
@@ -435,5 +587,157 @@ mod tests {
             assert!(!render_plan(&items, true).contains(&format!(" {secret}\n")));
         }
         assert!(render_plan(&items, true).contains("unchanged  redis-password"));
+    }
+
+    fn nw(name: &str, reason: &str) -> NotWritten {
+        NotWritten {
+            name: name.into(),
+            reason: reason.into(),
+        }
+    }
+
+    const UNREACHABLE: &str =
+        "cannot reach Vault at http://127.0.0.1:9 (Connection refused). Is it running?";
+
+    /// A run killed mid-way: the cause first, counts, at most 20 names a
+    /// line, no name twice, and the skipped writes not blamed for it.
+    #[test]
+    fn partial_error_snapshot() {
+        let mut run = SeedRun {
+            written: (0..30).map(|i| format!("done-{i:02}")).collect(),
+            ..SeedRun::default()
+        };
+        for i in 0..3 {
+            run.failed.push(format!("k-{i:02}"));
+            run.not_written.push(nw(&format!("k-{i:02}"), UNREACHABLE));
+        }
+        for i in 3..40 {
+            run.failed.push(format!("k-{i:02}"));
+            run.not_written
+                .push(nw(&format!("k-{i:02}"), NOT_ATTEMPTED));
+        }
+        let err = run.into_result().unwrap_err();
+        assert!(err.downcast_ref::<PartialError>().is_some());
+        let expected = "partial seed: cannot reach Vault at http://127.0.0.1:9 (Connection refused). Is it running?
+  30 written, 40 not written. Re-run the same command to finish: it writes only what is still missing, and records missing checksums. `--output json` lists every name.
+  not written, for that reason (3): k-00, k-01, k-02
+  not written, not attempted after that failure (37): k-03, k-04, k-05, k-06, k-07, k-08, k-09, k-10, k-11, k-12, k-13, k-14, k-15, k-16, k-17, k-18, k-19, k-20, k-21, k-22, and 17 more";
+        assert_eq!(err.to_string(), expected);
+        assert!(
+            !err.to_string().contains("done-"),
+            "written names are counted, not listed"
+        );
+    }
+
+    #[test]
+    fn failed_and_conflict_error_snapshots() {
+        let run = SeedRun {
+            failed: vec!["a".into(), "b".into()],
+            not_written: vec![
+                nw(
+                    "a",
+                    "permission denied for POST secret/data/a (permission denied).",
+                ),
+                nw("b", NOT_ATTEMPTED),
+                nw("c", "changed outside the seed"),
+            ],
+            ..SeedRun::default()
+        };
+        assert_eq!(
+            run.into_result().unwrap_err().to_string(),
+            "permission denied for POST secret/data/a (permission denied).
+  2 secrets not written; the store is unchanged.
+  not written, for that reason (1): a
+  not written, not attempted after that failure (1): b
+  1 conflict not written: changed outside the seed, so kept. Keep your own values in .local/secrets/overrides.json, or overwrite with --force.
+  c: changed outside the seed"
+        );
+        let conflicts = || SeedRun {
+            not_written: vec![
+                nw(
+                    "raced",
+                    "changed by someone else between the read and the write",
+                ),
+                nw(
+                    "redis-password",
+                    "changed outside the seed (store 1234abcd)",
+                ),
+            ],
+            planned_conflicts: vec!["redis-password".into()],
+            ..SeedRun::default()
+        };
+        assert_eq!(
+            conflicts().into_result().unwrap_err().to_string(),
+            "2 conflicts not written: changed outside the seed, so kept. Keep your own values in \
+             .local/secrets/overrides.json, or overwrite with --force.
+  raced: changed by someone else between the read and the write
+  redis-password: changed outside the seed (store 1234abcd)"
+        );
+        // After a printed plan, its own conflicts are not listed twice.
+        assert_eq!(
+            conflicts().into_result_after_plan(true).unwrap_err().to_string(),
+            "2 conflicts not written (1 listed in the plan above): changed outside the seed, so kept. Keep your \
+             own values in .local/secrets/overrides.json, or overwrite with --force.
+  raced: changed by someone else between the read and the write"
+        );
+        let run = SeedRun {
+            written: vec!["a".into(), "b".into()],
+            unstamped: vec![nw(
+                "a",
+                "PATCH secret/metadata/a failed with HTTP 500: storage hiccup",
+            )],
+            ..SeedRun::default()
+        };
+        assert_eq!(
+            run.into_result().unwrap_err().to_string(),
+            "partial seed: PATCH secret/metadata/a failed with HTTP 500: storage hiccup
+  2 written (1 without their checksum), 0 not written. Re-run the same command to finish: it writes only what is still missing, and records missing checksums.
+  written without their checksum, for that reason (1): a"
+        );
+    }
+
+    #[test]
+    fn reasons_naming_their_entry_are_grouped() {
+        let entries = [
+            nw("a-1", "POST secret/data/a-1 timed out after 2s."),
+            nw("a-2", "POST secret/data/a-2 timed out after 2s."),
+            nw(
+                "a",
+                "POST secret/data/a failed with HTTP 0: not attempted: the run stopped",
+            ),
+        ];
+        let refs: Vec<&NotWritten> = entries.iter().collect();
+        assert_eq!(
+            by_reason(&refs),
+            vec![
+                (
+                    "POST secret/data/<name> timed out after 2s.".to_string(),
+                    vec!["a-1", "a-2"]
+                ),
+                (NOT_ATTEMPTED.to_string(), vec!["a"]),
+            ]
+        );
+        assert_eq!(
+            generic_reason("x /a-1 /a /a)", "a"),
+            "x /a-1 /<name> /<name>)"
+        );
+    }
+
+    /// Without --verbose, at most 20 entries per action in the plan.
+    #[test]
+    fn long_plans_are_capped_per_action() {
+        let items: Vec<Item> = (0..25)
+            .map(|i| item(&format!("new-{i:02}"), Action::Create, "v", None, false))
+            .chain((0..3).map(|i| item(&format!("old-{i}"), Action::Update, "n", Some("o"), false)))
+            .collect();
+        let text = render_plan(&items, false);
+        assert_eq!(text.lines().count(), 20 + 3 + 1, "{text}");
+        assert!(text.contains("  create     new-19"), "{text}");
+        assert!(!text.contains("new-20"), "{text}");
+        assert!(
+            text.ends_with("  (and 5 more create; --verbose lists them)\n"),
+            "{text}"
+        );
+        assert_eq!(render_plan(&items, true).lines().count(), 28);
     }
 }

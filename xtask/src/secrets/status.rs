@@ -164,23 +164,73 @@ fn vault_health(cfg: &Config) -> serde_json::Value {
                 .as_deref(),
         )?;
         let health = http.health()?;
+        let mount = &cfg.vault_mount.value;
+        let kv = if health.sealed {
+            "unknown (sealed)".to_string()
+        } else {
+            kv_version(&http, mount)
+        };
         Ok(json!({
             "addr": addr.value,
             "initialized": health.initialized,
             "sealed": health.sealed,
             "standby": health.standby,
             "version": health.version,
+            "mount": mount,
+            "kv_version": kv,
             "summary": format!(
-                "{} ({}): {}{}, version {}",
+                "{} ({}): {}{}, version {}; mount {mount}/: {}",
                 addr.value,
                 addr.source,
                 if health.sealed { "SEALED" } else { "unsealed" },
                 if health.standby { ", standby" } else { "" },
-                health.version.as_deref().unwrap_or("?")
+                health.version.as_deref().unwrap_or("?"),
+                if kv.starts_with(char::is_numeric) { format!("KV v{kv}") } else { format!("KV version {kv}") }
             ),
         }))
     })();
     result.unwrap_or_else(
         |e| json!({"addr": addr.value, "summary": format!("{} unreachable: {e:#}", addr.value)}),
     )
+}
+
+/// The KV version of `mount` ("1", "2"), or why it is not known: from
+/// `sys/mounts`, or the per-mount endpoint a policy without sudo may read.
+fn kv_version(http: &VaultHttp, mount: &str) -> String {
+    use crate::secrets::provider::vault_http::Method;
+    let key = format!("{mount}/");
+    let info = match http.try_call(Method::Get, "sys/mounts", None) {
+        Ok(r) if r.status == 200 => {
+            let data = r
+                .body
+                .get("data")
+                .filter(|d| d.is_object())
+                .unwrap_or(&r.body);
+            data.get(&key).cloned()
+        }
+        _ => match http.try_call(
+            Method::Get,
+            &format!("sys/internal/ui/mounts/{mount}"),
+            None,
+        ) {
+            Ok(r) if r.status == 200 && r.body["data"]["path"].as_str() == Some(key.as_str()) => {
+                Some(r.body["data"].clone())
+            }
+            Ok(r) if r.status == 401 || r.status == 403 => {
+                return "unknown (the token may not read the mount)".into()
+            }
+            Ok(_) => None,
+            Err(e) => return format!("unknown ({})", first_line(&e.to_string())),
+        },
+    };
+    match info {
+        None => "none: nothing is mounted there".into(),
+        Some(i) if i["type"] != "kv" && i["type"] != "generic" => {
+            format!(
+                "none: a {} engine is mounted there",
+                i["type"].as_str().unwrap_or("?")
+            )
+        }
+        Some(i) => i["options"]["version"].as_str().unwrap_or("1").to_string(),
+    }
 }

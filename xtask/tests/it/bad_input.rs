@@ -93,7 +93,7 @@ fn yaml_bombs_are_refused_and_anchors_are_read() {
     // also counts the anchor's own definition (`ref:`), conservatively.
     assert!(
         run.stdout
-            .contains("3 ExternalSecrets on ClusterSecretStore/ameide-vault, 1 required keys"),
+            .contains("3 ExternalSecrets on ClusterSecretStore/ameide-vault, 1 required key;"),
         "{}",
         run.stdout
     );
@@ -150,4 +150,44 @@ fn a_flag_file_without_exactly_one_provider_is_refused() {
         );
         sb.write(flag, &original);
     }
+}
+
+/// Every way of writing a shared environment's Azure Key Vault is refused
+/// before `az` runs: the name, the host, the URL, spaces, any letter case.
+#[test]
+fn shared_azure_vaults_are_refused_however_they_are_spelled() {
+    let sb = Sandbox::new();
+    let expected: BTreeMap<String, String> =
+        serde_json::from_str(&sb.read("fixtures/bad/shared-vault-names.json")).unwrap();
+    let mut wrong = Vec::new();
+    for (spelling, want) in &expected {
+        let run = sb.xtask_env(
+            &["secrets", "seed", "--provider", "azure", "--dry-run"],
+            &[("AZURE_KEYVAULT_NAME", spelling)],
+        );
+        if run.code != 1 || !run.stderr.contains(want.as_str()) {
+            wrong.push(format!(
+                "{spelling:?}: exit {} wanted {want:?}, got: {}",
+                run.code,
+                run.all().trim()
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert!(sb.calls().is_empty(), "az never ran: {:?}", sb.calls());
+    // Your own vault, spelled as a URL, is used by its name.
+    let run = sb
+        .xtask_env(
+            &["secrets", "seed", "--provider", "azure", "--dry-run"],
+            &[(
+                "AZURE_KEYVAULT_NAME",
+                " https://KV-Dev-Bob.vault.azure.net/ ",
+            )],
+        )
+        .ok();
+    assert!(
+        run.stdout.contains("-> azure key vault kv-dev-bob"),
+        "{}",
+        run.stdout
+    );
 }

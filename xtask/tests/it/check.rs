@@ -127,7 +127,7 @@ fn installed_false_bundles_do_not_count_when_rendered() {
         "{}",
         run.stdout
     );
-    assert!(run.stdout.contains("1 required keys"), "{}", run.stdout);
+    assert!(run.stdout.contains("1 required key;"), "{}", run.stdout);
     // The static scan cannot evaluate toggles, so it counts the key.
     let run = sb.xtask(&["secrets", "check", "--infra", &infra]).code(1);
     assert!(
@@ -297,4 +297,72 @@ fn live_check_finds_drift_missing_entries_and_properties() {
         "{}",
         run.stderr
     );
+}
+
+/// The static scan reads ExternalSecrets written literally in chart
+/// templates (as YAML, or line by line where the template is not YAML);
+/// keys the template language builds are left for --render.
+#[test]
+fn the_static_scan_finds_literal_keys_in_chart_templates() {
+    let sb = Sandbox::new();
+    let run = sb
+        .xtask(&[
+            "secrets",
+            "check",
+            "--infra",
+            &tree(&sb, "chart-templates"),
+            "--verbose",
+        ])
+        .code(1);
+    let out = &run.stdout;
+    let at = "fixtures/check/chart-templates/charts/app/templates";
+    for (key, site) in [
+        (
+            "app-template-only-key",
+            format!("{at}/externalsecret.yaml:16"),
+        ),
+        ("app-odd-template-key", format!("{at}/odd.yaml:10")),
+        ("app-helper-key", format!("{at}/_helpers.tpl:16")),
+    ] {
+        assert!(
+            out.contains(&format!("  {key}: not in the fixtures\n      {site}  ")),
+            "{key}: {out}"
+        );
+    }
+    assert!(out.contains("OK (1)\n  redis-password\n"), "{out}");
+    assert!(
+        out.contains("3 ExternalSecrets on ClusterSecretStore/ameide-vault, 4 required keys"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("templated__") && !out.contains("built-by-the-template"),
+        "{out}"
+    );
+    // Unused fixtures: 20 names without --verbose.
+    let run = sb
+        .xtask(&["secrets", "check", "--infra", &tree(&sb, "chart-templates")])
+        .code(1);
+    assert!(
+        run.stdout.contains("UNUSED FIXTURES (info) (46)")
+            && run.stdout.contains("  (and 26 more; --verbose"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn an_infra_tree_without_external_secrets_warns() {
+    let sb = Sandbox::new();
+    sb.write("empty-infra/values/readme.yaml", "nothing: here\n");
+    let run = sb
+        .xtask(&["secrets", "check", "--infra", "empty-infra"])
+        .ok();
+    assert!(
+        run.stderr
+            .contains("warning: no ExternalSecret found in empty-infra (1 file read)"),
+        "{}",
+        run.stderr
+    );
+    let run = sb.xtask(&["secrets", "check"]).ok();
+    assert!(!run.stderr.contains("warning"), "{}", run.stderr);
 }

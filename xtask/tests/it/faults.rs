@@ -154,7 +154,7 @@ fn a_server_outage_mid_seed_exits_3_with_exact_lists_and_a_rerun_finishes() {
     assert_eq!(written.len(), 20, "{}", run.stderr);
     assert_eq!(written.len() + not_written.len(), 47);
     assert!(
-        run.stderr.contains("partial seed: 20 written"),
+        run.stderr.contains("  20 written, 27 not written."),
         "{}",
         run.stderr
     );
@@ -216,8 +216,9 @@ fn a_killed_server_is_reported_as_unreachable() {
     );
     assert_eq!(r["not_written"].as_array().unwrap().len(), 37);
     assert!(
-        run.stderr.contains("First failure:") && run.stderr.contains("cannot reach Vault"),
-        "{}",
+        run.stderr
+            .contains("error: partial seed: cannot reach Vault"),
+        "the cause comes first: {}",
         run.stderr
     );
 }
@@ -261,7 +262,7 @@ fn a_value_written_without_its_checksum_is_reported_and_restamped() {
     assert_eq!(r["unstamped"][0]["name"], "graph-db-url");
     assert!(
         run.stderr
-            .contains("1 of them without their checksum: graph-db-url"),
+            .contains("written without their checksum, for that reason (1): graph-db-url"),
         "{}",
         run.stderr
     );
@@ -314,11 +315,7 @@ fn sealing_or_revoking_the_token_mid_run_stops_cleanly() {
         );
         let run = vault_seed(&sb, &proxy.addr(), &child, &[]);
         assert_eq!(run.code, 3, "{fault}: {}", run.all());
-        let expected = if fault == "seal" {
-            "First failure: "
-        } else {
-            "permission denied"
-        };
+        let expected = "error: partial seed: ";
         let expected_cause = if fault == "seal" {
             "is sealed"
         } else {

@@ -145,10 +145,10 @@ fn bare_values_from_the_legacy_script_are_rewritten_or_kept() {
         run.stdout
     );
     assert!(
-        run.stderr
+        run.stdout
             .contains("holds a bare value where {\"value\": ...} belongs, and not the fixture's"),
-        "{}",
-        run.stderr
+        "the plan names the conflict and why: {}",
+        run.stdout
     );
     let kv = keyvault(&sb);
     let doc: serde_json::Value = serde_json::from_str(

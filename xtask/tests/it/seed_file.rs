@@ -193,7 +193,10 @@ fn overrides_are_layered_and_reported() {
         ".local/secrets/overrides.json",
         "{\"redis-password\": \"my-own\", \"my-extra-key\": \"x\"}",
     );
-    let run = sb.xtask(&["secrets", "seed", "--provider", "file"]).ok();
+    // --verbose: the plan lists every entry (without it, 20 per action).
+    let run = sb
+        .xtask(&["secrets", "seed", "--provider", "file", "--verbose"])
+        .ok();
     assert!(
         run.stdout.contains(
             "48 secrets from scripts/azure/default-local-keyvault-secrets.json (2 overridden)"

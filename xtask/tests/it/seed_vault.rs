@@ -129,7 +129,7 @@ fn stale_values_update_and_hand_edits_conflict_until_forced() {
     );
     assert!(
         run.stderr
-            .contains("1 conflicts not written (redis-password)"),
+            .contains("1 conflict not written (listed in the plan above)"),
         "{}",
         run.stderr
     );

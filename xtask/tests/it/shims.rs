@@ -3,8 +3,20 @@
 use crate::support::{OpenBao, Sandbox};
 
 fn shim(sb: &Sandbox, script: &str, args: &[&str], envs: &[(&str, &str)]) -> crate::support::Run {
+    shim_in(sb, ".", script, args, envs)
+}
+
+/// Runs a shim with `cwd` (relative to the sandbox root) as the working directory.
+fn shim_in(
+    sb: &Sandbox,
+    cwd: &str,
+    script: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> crate::support::Run {
     let mut cmd = std::process::Command::new(sb.path(script));
-    cmd.args(args)
+    cmd.current_dir(sb.path(cwd))
+        .args(args)
         .env("XTASK_BIN", env!("CARGO_BIN_EXE_xtask"))
         .env("XTASK_PROJECT_ROOT", &sb.root)
         .env(
@@ -101,4 +113,71 @@ fn the_vault_script_delegates_with_its_old_flags() {
         &[],
     )
     .code(2);
+}
+
+/// Both shims read a relative --secrets-file from where the caller stands,
+/// although they run the tool from the repository root.
+#[test]
+fn the_shims_pass_paths_from_the_callers_directory() {
+    let sb = Sandbox::new();
+    sb.write("x.json", "{\"only-at-the-root\": \"v\"}");
+    sb.write(
+        "infra/x.json",
+        "{\"one-in-infra\": \"v\", \"two-in-infra\": \"w\"}",
+    );
+    let run = shim_in(
+        &sb,
+        "infra",
+        "scripts/azure/sync-local-keyvault-secrets.sh",
+        &[
+            "--vault-name",
+            "kv-dev-bob",
+            "--dry-run",
+            "--secrets-file",
+            "x.json",
+        ],
+        &[],
+    )
+    .ok();
+    assert!(
+        run.stdout.contains("seed: 2 secrets from infra/x.json"),
+        "{}",
+        run.all()
+    );
+    let run = shim_in(
+        &sb,
+        "infra",
+        "scripts/azure/sync-local-keyvault-secrets.sh",
+        &[
+            "--vault-name",
+            "kv-dev-bob",
+            "--dry-run",
+            "--secrets-file=../scripts/azure/default-local-keyvault-secrets.json",
+        ],
+        &[],
+    )
+    .ok();
+    assert!(
+        run.stdout
+            .contains("seed: 47 secrets from scripts/azure/default-local-keyvault-secrets.json"),
+        "{}",
+        run.all()
+    );
+    // The python shim, against a Vault address nobody listens on: the
+    // fixtures are read (from infra/) before Vault is reached.
+    let run = shim_in(
+        &sb,
+        "infra",
+        "scripts/vault/ensure-local-secrets.py",
+        &[
+            "--vault-addr",
+            "http://127.0.0.1:9",
+            "--dry-run",
+            "--secrets-file",
+            "missing.json",
+        ],
+        &[("VAULT_TOKEN", "t")],
+    )
+    .code(1);
+    assert!(run.stderr.contains("infra/missing.json"), "{}", run.all());
 }

@@ -33,9 +33,17 @@ impl AzureProvider {
                  own per-developer vault"
             );
         };
-        let vault_name = name.value.clone();
+        let Some(vault_name) = crate::secrets::guard::azure_vault_name(&name.value) else {
+            bail!(
+                "{:?} (from {}) is not an Azure Key Vault name: use the name (3-24 letters, digits and dashes), \
+                 <name>.vault.azure.net or https://<name>.vault.azure.net/",
+                name.value,
+                name.source
+            );
+        };
         if let Some(env) = shared_env_using(&cfg.root, &vault_name) {
-            if allow_non_local != Some(vault_name.as_str()) {
+            let allowed = allow_non_local.and_then(crate::secrets::guard::azure_vault_name);
+            if allowed.as_deref() != Some(vault_name.as_str()) {
                 bail!(
                     "refusing Azure Key Vault {vault_name:?} (from {}): the {env} environment uses it, and fixtures \
                      are weak by design. Use your own per-developer vault, or pass --allow-non-local {vault_name} if \
