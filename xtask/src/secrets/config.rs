@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -112,6 +113,8 @@ struct FileConfig {
     azure: AzureFile,
     #[serde(default)]
     guardrail: GuardrailFile,
+    #[serde(default)]
+    helmfile: HelmfileFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +138,13 @@ struct PortForwardFile {
     service: Option<String>,
     port: Option<u16>,
     dev_root_token: Option<String>,
+    start_timeout_secs: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HelmfileFile {
+    sync_timeout_secs: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -170,6 +180,8 @@ pub struct PortForward {
     pub service: String,
     pub port: u16,
     pub dev_root_token: String,
+    /// How long kubectl may take to print `Forwarding from ...`.
+    pub start_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -188,6 +200,8 @@ pub struct Config {
     pub vault_timeout_secs: f64,
     pub vault_retries: u32,
     pub port_forward: PortForward,
+    /// The deadline of one `helmfile sync` (`helmfile.sync_timeout_secs`).
+    pub helmfile_sync_timeout: Duration,
     pub file_store: Setting<PathBuf>,
     pub azure_vault_name: Option<Setting<String>>,
     pub local_contexts: Vec<String>,
@@ -391,7 +405,20 @@ impl Config {
                 .clone()
                 .or(pf_repo.dev_root_token.clone())
                 .unwrap_or_else(|| "root".into()),
+            start_timeout: secs_setting(
+                "vault.port_forward.start_timeout_secs",
+                pf_local.start_timeout_secs.or(pf_repo.start_timeout_secs),
+                30.0,
+            )?,
         };
+        let helmfile_sync_timeout = secs_setting(
+            "helmfile.sync_timeout_secs",
+            local
+                .helmfile
+                .sync_timeout_secs
+                .or(repo.helmfile.sync_timeout_secs),
+            600.0,
+        )?;
         let file_store = or_builtin(
             pick(
                 None,
@@ -445,10 +472,17 @@ impl Config {
             vault_timeout_secs,
             vault_retries,
             port_forward,
+            helmfile_sync_timeout,
             file_store,
             azure_vault_name,
             local_contexts,
         })
+    }
+
+    /// The deadline of one `helmfile sync`: `helmfile.sync_timeout_secs`
+    /// (default 600 s), after which helmfile is stopped.
+    pub fn helmfile_sync_deadline(&self) -> Duration {
+        self.helmfile_sync_timeout
     }
 
     /// A path from the configuration, relative to the repository root.
@@ -545,6 +579,15 @@ impl Config {
         }
         rows
     }
+}
+
+/// A timeout in seconds from a file, or the default: positive and finite.
+fn secs_setting(key: &str, value: Option<f64>, default: f64) -> Result<Duration> {
+    let secs = value.unwrap_or(default);
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
+        bail!("{key} must be a number of seconds above 0 (up to 86400), got {secs}");
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn read_file_config(path: &Path) -> Result<FileConfig> {

@@ -215,11 +215,16 @@ impl SeedRun {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        // The first failure's reason: the cause a human needs (sealed, 403, unreachable).
-        let cause = self
-            .not_written
-            .iter()
-            .find(|n| self.failed.contains(&n.name))
+        // The first failure's reason: the cause a human needs (sealed, 403,
+        // unreachable), not a write skipped because of it.
+        let failed = || {
+            self.not_written
+                .iter()
+                .filter(|n| self.failed.contains(&n.name))
+        };
+        let cause = failed()
+            .find(|n| !n.reason.contains("not attempted"))
+            .or_else(|| failed().next())
             .or(self.unstamped.first())
             .map(|n| format!(" First failure: {}: {}", n.name, n.reason))
             .unwrap_or_default();

@@ -10,6 +10,7 @@ mod docs;
 mod faults;
 mod infra;
 mod migrate;
+mod port_forward;
 mod raft;
 mod seed_azure;
 mod seed_file;
