@@ -121,11 +121,6 @@ impl Tool {
         self
     }
 
-    /// The deadline this call runs under.
-    pub fn deadline_of(&self) -> Duration {
-        self.deadline
-    }
-
     /// `program arg arg ...` for messages (arguments never hold values).
     pub fn display(&self) -> String {
         let mut s = self.program.to_string_lossy().into_owned();

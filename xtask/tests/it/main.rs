@@ -5,6 +5,7 @@ mod support;
 
 mod bad_input;
 mod check;
+mod children;
 mod cli;
 mod docs;
 mod faults;
