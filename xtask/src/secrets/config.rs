@@ -696,4 +696,42 @@ mod tests {
         assert!(err.to_string().contains("use vault, file or azure"));
         std::fs::remove_dir_all(&root).unwrap();
     }
+
+    #[test]
+    fn child_deadlines_come_from_the_files_and_must_be_positive() {
+        let root = scratch("deadlines");
+        let cfg = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap();
+        assert_eq!(cfg.helmfile_sync_deadline(), Duration::from_secs(600));
+        assert_eq!(cfg.port_forward.start_timeout, Duration::from_secs(30));
+
+        std::fs::write(
+            root.join("secrets.toml"),
+            "[helmfile]\nsync_timeout_secs = 900\n[vault.port_forward]\nstart_timeout_secs = 5\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join(".local/secrets.toml"),
+            "[helmfile]\nsync_timeout_secs = 1200.5\n",
+        )
+        .unwrap();
+        let cfg = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap();
+        assert_eq!(
+            cfg.helmfile_sync_deadline(),
+            Duration::from_secs_f64(1200.5)
+        );
+        assert_eq!(cfg.port_forward.start_timeout, Duration::from_secs(5));
+
+        std::fs::write(
+            root.join(".local/secrets.toml"),
+            "[helmfile]\nsync_timeout_secs = 0\n",
+        )
+        .unwrap();
+        let err = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("helmfile.sync_timeout_secs must be"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -213,3 +213,52 @@ fn a_missing_service_fails_with_kubectls_words_and_the_fix() {
         run.stderr
     );
 }
+
+#[test]
+fn migrate_to_vault_goes_through_the_port_forward_too() {
+    if !crate::support::require_tools(&["bao", "helm", "helmfile"]) {
+        return;
+    }
+    let bao = OpenBao::start();
+    let sb = Sandbox::new();
+    // The local environment starts on Azure Key Vault (committed).
+    let flag = "infra/kubernetes/environments/local/platform/15-secrets.values.yaml";
+    sb.write(
+        flag,
+        &sb.read(flag)
+            .replace("  provider: vault\n", "  provider: azure\n"),
+    );
+    let git = std::process::Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@t.invalid"])
+        .args(["commit", "-qam", "local on azure"])
+        .current_dir(&sb.root)
+        .output()
+        .unwrap();
+    assert!(git.status.success());
+    let mut sc = scenario(&bao, json!({"die_after": [4, null]}));
+    sc["kubectl"]["crds"] = json!(["externalsecrets.external-secrets.io"]);
+    sb.scenario(sc);
+    let run = sb
+        .xtask_env(
+            &["secrets", "migrate", "--to", "vault", "--yes"],
+            &[
+                ("VAULT_TOKEN", &bao.token),
+                ("EXTERNALSECRET_WAIT_SLEEP", "0"),
+            ],
+        )
+        .ok();
+    assert!(
+        run.stdout.contains("migrated local to vault"),
+        "{}",
+        run.all()
+    );
+    assert!(sb.read(flag).contains("  provider: vault\n"));
+    assert_every_fixture_written(&sb, &bao);
+    assert_eq!(
+        sb.port_forward_pids().len(),
+        2,
+        "one restart: {}",
+        run.stderr
+    );
+    assert_no_forward_left(&sb);
+}
