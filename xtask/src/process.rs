@@ -44,6 +44,8 @@ pub struct Tool {
     install_hint: Option<String>,
     /// What to tell a user whose call ran out of time (how to give it longer).
     timeout_hint: Option<String>,
+    /// Linux: the child is sent SIGTERM when the thread that started it ends.
+    die_with_parent: bool,
 }
 
 impl Tool {
@@ -58,6 +60,7 @@ impl Tool {
             deadline: DEFAULT_DEADLINE,
             install_hint: None,
             timeout_hint: None,
+            die_with_parent: false,
         }
     }
 
@@ -121,6 +124,15 @@ impl Tool {
         self
     }
 
+    /// On Linux, the child gets SIGTERM when the thread that starts it
+    /// ends, however it ends: a process killed with SIGKILL leaves no
+    /// long-running child behind. Start it from a thread that lives as long
+    /// as the child is wanted. Elsewhere, only [`Running`]'s drop stops it.
+    pub fn die_with_parent(mut self) -> Tool {
+        self.die_with_parent = true;
+        self
+    }
+
     /// `program arg arg ...` for messages (arguments never hold values).
     pub fn display(&self) -> String {
         let mut s = self.program.to_string_lossy().into_owned();
@@ -145,6 +157,10 @@ impl Tool {
         }
         for (k, v) in &self.env {
             e = e.env(k, v);
+        }
+        #[cfg(target_os = "linux")]
+        if self.die_with_parent {
+            e = e.before_spawn(die_with_parent);
         }
         e
     }
@@ -389,6 +405,29 @@ pub fn seconds(d: Duration) -> String {
     }
 }
 
+/// Between fork and exec: ask the kernel for SIGTERM when the parent thread
+/// ends, and give up if the parent is already gone.
+#[cfg(target_os = "linux")]
+fn die_with_parent(cmd: &mut std::process::Command) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only async-signal-safe functions (prctl, getppid); it allocates
+    // nothing on success.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::other("its parent exited while it started"));
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 fn exit_text(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
@@ -536,5 +575,28 @@ mod tests {
     fn deadlines_read_as_seconds() {
         assert_eq!(seconds(Duration::from_secs(600)), "600 s");
         assert_eq!(seconds(Duration::from_millis(1500)), "1.5 s");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_child_that_dies_with_its_parent_goes_when_the_starting_thread_ends() {
+        let start = |die: bool| {
+            std::thread::spawn(move || {
+                let tool = Tool::new("sleep").arg("30");
+                let tool = if die { tool.die_with_parent() } else { tool };
+                tool.spawn().unwrap()
+            })
+            .join()
+            .unwrap()
+        };
+        // Held here, never dropped while we look: only the kernel can stop it.
+        let bound = start(true);
+        let free = start(false);
+        let until = Instant::now() + Duration::from_secs(5);
+        while bound.is_running() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(bound.exit_status().as_deref(), Some("killed by signal 15"));
+        assert!(free.is_running(), "without it, the child stays");
     }
 }

@@ -75,15 +75,18 @@ impl ForwardSpec {
     /// loopback port the first time, the same one on a restart.
     fn tool(&self, local: Option<u16>) -> Tool {
         let local = local.map(|p| p.to_string()).unwrap_or_default();
-        Tool::new("kubectl").install_hint(INSTALL_HINT).args([
-            "port-forward".to_string(),
-            "--namespace".into(),
-            self.namespace.clone(),
-            "--address".into(),
-            "127.0.0.1".into(),
-            format!("svc/{}", self.service),
-            format!("{local}:{}", self.port),
-        ])
+        Tool::new("kubectl")
+            .install_hint(INSTALL_HINT)
+            .die_with_parent()
+            .args([
+                "port-forward".to_string(),
+                "--namespace".into(),
+                self.namespace.clone(),
+                "--address".into(),
+                "127.0.0.1".into(),
+                format!("svc/{}", self.service),
+                format!("{local}:{}", self.port),
+            ])
     }
 
     /// What to check when the forward does not start or does not last.
@@ -179,17 +182,38 @@ impl PortForward {
     /// kubectl itself reports.
     pub fn start(spec: &ForwardSpec) -> Result<PortForward> {
         let watch = Arc::new(Watch::default());
-        let (running, local_port) = spec.launch(None, &watch.stop).map_err(anyhow::Error::msg)?;
+        let (started, port) = std::sync::mpsc::channel();
+        // Every kubectl of this forward is started by its watcher thread,
+        // which lives exactly as long as the forward: with
+        // `die_with_parent`, a run killed outright takes kubectl with it.
         let watcher = {
             let spec = spec.clone();
             let watch = Arc::clone(&watch);
-            std::thread::spawn(move || supervise(&spec, running, local_port, &watch))
+            std::thread::spawn(move || match spec.launch(None, &watch.stop) {
+                Ok((running, local_port)) => {
+                    let _ = started.send(Ok(local_port));
+                    supervise(&spec, running, local_port, &watch);
+                }
+                Err(e) => {
+                    let _ = started.send(Err(e));
+                }
+            })
         };
-        Ok(PortForward {
-            local_port,
+        let mut forward = PortForward {
+            local_port: 0,
             watch,
             watcher: Some(watcher),
-        })
+        };
+        match port.recv() {
+            Ok(Ok(local_port)) => {
+                forward.local_port = local_port;
+                Ok(forward)
+            }
+            Ok(Err(e)) => Err(anyhow::Error::msg(e)),
+            Err(_) => Err(anyhow::anyhow!(
+                "the port-forward's watcher stopped unexpectedly"
+            )),
+        }
     }
 
     pub fn addr(&self) -> String {

@@ -262,3 +262,63 @@ fn migrate_to_vault_goes_through_the_port_forward_too() {
     );
     assert_no_forward_left(&sb);
 }
+
+#[test]
+fn a_seed_killed_outright_takes_its_forward_with_it() {
+    if !crate::support::require_tools(&["bao"]) {
+        return;
+    }
+    let bao = OpenBao::start();
+    // A slow Vault: the seed is still running when it is killed.
+    let slow = crate::support::Proxy::start(
+        bao.port,
+        std::sync::Arc::new(|_: &crate::support::Request| {
+            std::thread::sleep(Duration::from_millis(300));
+            crate::support::Action::Forward
+        }),
+    );
+    let sb = Sandbox::new();
+    sb.scenario(json!({"kubectl": {"context": "k3d-ameide", "vault_addr": slow.addr()}}));
+    let mut seed = sb
+        .command(&["secrets", "seed", "--provider", "vault"])
+        .env("VAULT_TOKEN", &bao.token)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    let kubectl = loop {
+        if let Some(pid) = sb
+            .port_forward_pids()
+            .first()
+            .copied()
+            .filter(|p| alive(*p))
+        {
+            break pid;
+        }
+        assert!(Instant::now() < until, "no port-forward started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        seed.try_wait().unwrap().is_none(),
+        "the seed is still running"
+    );
+    seed.kill().unwrap(); // SIGKILL: no drop, no cleanup of ours runs
+    seed.wait().unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    while alive(kubectl) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = alive(kubectl);
+    if left {
+        // Do not leave it behind for the next test run.
+        let _ = std::process::Command::new("kill")
+            .arg(kubectl.to_string())
+            .status();
+    }
+    assert!(
+        !left,
+        "kubectl port-forward {kubectl} outlived a killed seed"
+    );
+}
