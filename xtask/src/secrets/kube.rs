@@ -3,7 +3,7 @@
 //! call goes through `process::Tool`, with a deadline.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -155,7 +155,6 @@ fn ended(running: &Running) -> String {
 struct Watch {
     /// Why the forward is gone for good, once it is.
     down: Mutex<Option<String>>,
-    restarts: AtomicU32,
     stop: AtomicBool,
 }
 
@@ -170,7 +169,8 @@ struct Watch {
 /// same local port, so the address stays valid and the HTTP client's
 /// retries carry over the gap. A second failure is final: [`Self::lifeline`]
 /// then says why, in kubectl's words. Stopped on drop, on every exit path
-/// that unwinds; on Ctrl-C the terminal signals kubectl too.
+/// that unwinds; on Ctrl-C the terminal signals kubectl too; on Linux a
+/// process killed outright takes kubectl with it (`Tool::die_with_parent`).
 pub struct PortForward {
     pub local_port: u16,
     watch: Arc<Watch>,
@@ -218,11 +218,6 @@ impl PortForward {
 
     pub fn addr(&self) -> String {
         format!("http://127.0.0.1:{}", self.local_port)
-    }
-
-    /// How many times kubectl was started again.
-    pub fn restarts(&self) -> u32 {
-        self.watch.restarts.load(Ordering::Relaxed)
     }
 
     /// `Some(why)` once the forward is gone for good: for the HTTP client,
@@ -311,7 +306,6 @@ fn supervise(spec: &ForwardSpec, mut running: Running, port: u16, watch: &Watch)
             return;
         }
         eprintln!("note: {failure}\n  restarting it once, on the same port {port}");
-        watch.restarts.fetch_add(1, Ordering::Relaxed);
         first_failure = Some(failure);
         said.clear();
         display = spec.tool(Some(port)).display();
