@@ -3,7 +3,10 @@
 //! words on failure, and long-running children killed on drop.
 //!
 //! Never put a secret value in [`Tool`]'s arguments or environment: pass it
-//! with [`Tool::stdin`] or in a `fsutil::PrivateTempFile`.
+//! with [`Tool::stdin`] or in a `fsutil::PrivateTempFile`. A child does not
+//! inherit our Vault token ([`TOKEN_VARS`]): none of kubectl, helmfile, helm,
+//! az or git needs it, and a child that does (a `bao` CLI) gets it with an
+//! explicit [`Tool::env`].
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
@@ -17,6 +20,10 @@ use anyhow::{anyhow, bail, Context, Result};
 
 /// The deadline of a call that does not set its own.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Variables that hold a Vault token: removed from every child's
+/// environment unless the call sets them itself.
+pub const TOKEN_VARS: [&str; 2] = ["VAULT_TOKEN", "BAO_TOKEN"];
 
 /// How many of a child's last output lines an error message quotes.
 const TAIL_LINES: usize = 8;
@@ -35,6 +42,10 @@ pub struct Tool {
     deadline: Duration,
     /// What to tell a user whose machine lacks the program.
     install_hint: Option<String>,
+    /// What to tell a user whose call ran out of time (how to give it longer).
+    timeout_hint: Option<String>,
+    /// Linux: the child is sent SIGTERM when the thread that started it ends.
+    die_with_parent: bool,
 }
 
 impl Tool {
@@ -45,9 +56,11 @@ impl Tool {
             stdin: None,
             dir: None,
             env: Vec::new(),
-            env_remove: Vec::new(),
+            env_remove: TOKEN_VARS.iter().map(OsString::from).collect(),
             deadline: DEFAULT_DEADLINE,
             install_hint: None,
+            timeout_hint: None,
+            die_with_parent: false,
         }
     }
 
@@ -104,6 +117,22 @@ impl Tool {
         self
     }
 
+    /// What to do when the call outlives its deadline, e.g. "raise
+    /// helmfile.sync_timeout_secs in .local/secrets.toml".
+    pub fn timeout_hint(mut self, hint: impl Into<String>) -> Tool {
+        self.timeout_hint = Some(hint.into());
+        self
+    }
+
+    /// On Linux, the child gets SIGTERM when the thread that starts it
+    /// ends, however it ends: a process killed with SIGKILL leaves no
+    /// long-running child behind. Start it from a thread that lives as long
+    /// as the child is wanted. Elsewhere, only [`Running`]'s drop stops it.
+    pub fn die_with_parent(mut self) -> Tool {
+        self.die_with_parent = true;
+        self
+    }
+
     /// `program arg arg ...` for messages (arguments never hold values).
     pub fn display(&self) -> String {
         let mut s = self.program.to_string_lossy().into_owned();
@@ -128,6 +157,10 @@ impl Tool {
         }
         for (k, v) in &self.env {
             e = e.env(k, v);
+        }
+        #[cfg(target_os = "linux")]
+        if self.die_with_parent {
+            e = e.before_spawn(die_with_parent);
         }
         e
     }
@@ -162,11 +195,22 @@ impl Tool {
             Some(out) => Ok(out.clone()),
             None => {
                 let _ = handle.kill();
+                // What it said before it hung is often the reason.
+                let said = match handle.wait_timeout(Duration::from_secs(2)) {
+                    Ok(Some(out)) => {
+                        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+                        text.push_str(&String::from_utf8_lossy(&out.stderr));
+                        tail(&text, TAIL_LINES)
+                    }
+                    _ => "no output".to_string(),
+                };
                 bail!(
-                    "`{}` did not finish within {} s and was stopped. Is the cluster reachable? \
-                     A longer deadline: see `timeout_secs` in secrets.toml",
+                    "`{}` did not finish within {} and was stopped (it said: {said}). {}",
                     self.display(),
-                    self.deadline.as_secs()
+                    seconds(self.deadline),
+                    self.timeout_hint
+                        .as_deref()
+                        .unwrap_or("Run it by hand to see where it hangs.")
                 )
             }
         }
@@ -240,6 +284,17 @@ impl Tool {
     }
 }
 
+/// What a [`Running`] child did next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// One line of its stdout or stderr.
+    Line(String),
+    /// Nothing within the time given.
+    Quiet,
+    /// It closed its output: it has exited, and every line was read.
+    Ended,
+}
+
 /// A long-running child from [`Tool::spawn`], killed on drop.
 pub struct Running {
     display: String,
@@ -269,6 +324,24 @@ impl Running {
                 }
                 Err(_) => return None,
             }
+        }
+    }
+
+    /// The next line the child writes, waiting up to `timeout`.
+    pub fn next_line(&self, timeout: Duration) -> Next {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => Next::Line(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => Next::Quiet,
+            Err(mpsc::RecvTimeoutError::Disconnected) => Next::Ended,
+        }
+    }
+
+    /// How the child ended (`exit 1`, `killed by signal 13`), or `None`
+    /// while it runs.
+    pub fn exit_status(&self) -> Option<String> {
+        match self.reader.try_wait() {
+            Ok(Some(out)) => Some(exit_text(out.status)),
+            _ => None,
         }
     }
 
@@ -320,6 +393,39 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `1.5 s`, `30 s`: a deadline for messages.
+pub fn seconds(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs.fract() == 0.0 {
+        format!("{secs:.0} s")
+    } else {
+        format!("{secs:.1} s")
+    }
+}
+
+/// Between fork and exec: ask the kernel for SIGTERM when the parent thread
+/// ends, and give up if the parent is already gone.
+#[cfg(target_os = "linux")]
+fn die_with_parent(cmd: &mut std::process::Command) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only async-signal-safe functions (prctl, getppid); it allocates
+    // nothing on success.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::other("its parent exited while it started"));
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 fn exit_text(status: std::process::ExitStatus) -> String {
@@ -421,5 +527,76 @@ mod tests {
                     .is_ok_and(|s| s.contains(") Z ")),
             "the child outlived its handle"
         );
+    }
+
+    #[test]
+    fn a_call_past_its_deadline_says_what_it_said_and_how_to_give_it_longer() {
+        let err = Tool::new("sh")
+            .args(["-c", "echo waiting for the lock >&2; exec sleep 30"])
+            .deadline(Duration::from_millis(300))
+            .timeout_hint("raise helmfile.sync_timeout_secs")
+            .output()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did not finish within 0.3 s"), "{err}");
+        assert!(err.contains("waiting for the lock"), "{err}");
+        assert!(err.contains("raise helmfile.sync_timeout_secs"), "{err}");
+    }
+
+    #[test]
+    fn a_spawned_child_reports_its_lines_its_end_and_its_exit() {
+        let running = Tool::new("sh")
+            .args(["-c", "echo one; echo two >&2; sleep 0.2; exit 4"])
+            .spawn()
+            .unwrap();
+        let mut lines = Vec::new();
+        loop {
+            match running.next_line(Duration::from_secs(5)) {
+                Next::Line(l) => lines.push(l),
+                Next::Quiet => panic!("no end within 5 s"),
+                Next::Ended => break,
+            }
+        }
+        lines.sort();
+        assert_eq!(lines, ["one", "two"]);
+        assert_eq!(running.exit_status().as_deref(), Some("exit 4"));
+        assert!(!running.is_running());
+        assert_eq!(running.last_lines().lines().count(), 2);
+    }
+
+    #[test]
+    fn a_quiet_child_is_quiet_not_ended() {
+        let running = Tool::new("sleep").arg("30").spawn().unwrap();
+        assert_eq!(running.next_line(Duration::from_millis(100)), Next::Quiet);
+        assert_eq!(running.exit_status(), None);
+    }
+
+    #[test]
+    fn deadlines_read_as_seconds() {
+        assert_eq!(seconds(Duration::from_secs(600)), "600 s");
+        assert_eq!(seconds(Duration::from_millis(1500)), "1.5 s");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_child_that_dies_with_its_parent_goes_when_the_starting_thread_ends() {
+        let start = |die: bool| {
+            std::thread::spawn(move || {
+                let tool = Tool::new("sleep").arg("30");
+                let tool = if die { tool.die_with_parent() } else { tool };
+                tool.spawn().unwrap()
+            })
+            .join()
+            .unwrap()
+        };
+        // Held here, never dropped while we look: only the kernel can stop it.
+        let bound = start(true);
+        let free = start(false);
+        let until = Instant::now() + Duration::from_secs(5);
+        while bound.is_running() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(bound.exit_status().as_deref(), Some("killed by signal 15"));
+        assert!(free.is_running(), "without it, the child stays");
     }
 }

@@ -302,8 +302,9 @@ fn verified(bin: &Path, tool: &Tool) -> bool {
 }
 
 fn version_matches(bin: &Path, tool: &Tool) -> bool {
-    let out = std::process::Command::new(bin)
+    let out = crate::process::Tool::new(bin)
         .args(tool.version_args)
+        .deadline(std::time::Duration::from_secs(30))
         .output();
     out.is_ok_and(|o| {
         let text = String::from_utf8_lossy(&o.stdout) + String::from_utf8_lossy(&o.stderr);

@@ -13,6 +13,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -117,6 +118,8 @@ struct FileConfig {
     azure: AzureFile,
     #[serde(default)]
     guardrail: GuardrailFile,
+    #[serde(default)]
+    helmfile: HelmfileFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,6 +143,13 @@ struct PortForwardFile {
     service: Option<String>,
     port: Option<u16>,
     dev_root_token: Option<String>,
+    start_timeout_secs: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HelmfileFile {
+    sync_timeout_secs: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -176,6 +186,8 @@ pub struct PortForward {
     pub service: String,
     pub port: u16,
     pub dev_root_token: String,
+    /// How long kubectl may take to print `Forwarding from ...`.
+    pub start_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -194,6 +206,8 @@ pub struct Config {
     pub vault_timeout_secs: f64,
     pub vault_retries: u32,
     pub port_forward: PortForward,
+    /// The deadline of one `helmfile sync` (`helmfile.sync_timeout_secs`).
+    pub helmfile_sync_timeout: Duration,
     pub file_store: Setting<PathBuf>,
     pub azure_vault_name: Option<Setting<String>>,
     pub local_contexts: Vec<String>,
@@ -410,7 +424,20 @@ impl Config {
                 .clone()
                 .or(pf_repo.dev_root_token.clone())
                 .unwrap_or_else(|| "root".into()),
+            start_timeout: secs_setting(
+                "vault.port_forward.start_timeout_secs",
+                pf_local.start_timeout_secs.or(pf_repo.start_timeout_secs),
+                30.0,
+            )?,
         };
+        let helmfile_sync_timeout = secs_setting(
+            "helmfile.sync_timeout_secs",
+            local
+                .helmfile
+                .sync_timeout_secs
+                .or(repo.helmfile.sync_timeout_secs),
+            600.0,
+        )?;
         let file_store = or_builtin(
             pick(
                 None,
@@ -464,10 +491,17 @@ impl Config {
             vault_timeout_secs,
             vault_retries,
             port_forward,
+            helmfile_sync_timeout,
             file_store,
             azure_vault_name,
             local_contexts,
         })
+    }
+
+    /// The deadline of one `helmfile sync`: `helmfile.sync_timeout_secs`
+    /// (default 600 s), after which helmfile is stopped.
+    pub fn helmfile_sync_deadline(&self) -> Duration {
+        self.helmfile_sync_timeout
     }
 
     /// A path from the configuration: flag and environment paths are
@@ -635,6 +669,15 @@ fn canonical_prefix(path: &Path) -> Option<PathBuf> {
     }
 }
 
+/// A timeout in seconds from a file, or the default: positive and finite.
+fn secs_setting(key: &str, value: Option<f64>, default: f64) -> Result<Duration> {
+    let secs = value.unwrap_or(default);
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
+        bail!("{key} must be a number of seconds above 0 (up to 86400), got {secs}");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 fn read_file_config(path: &Path) -> Result<FileConfig> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -781,6 +824,44 @@ mod tests {
         assert_eq!(
             normalize(Path::new("/a/b/../c/./d")),
             PathBuf::from("/a/c/d")
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn child_deadlines_come_from_the_files_and_must_be_positive() {
+        let root = scratch("deadlines");
+        let cfg = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap();
+        assert_eq!(cfg.helmfile_sync_deadline(), Duration::from_secs(600));
+        assert_eq!(cfg.port_forward.start_timeout, Duration::from_secs(30));
+
+        std::fs::write(
+            root.join("secrets.toml"),
+            "[helmfile]\nsync_timeout_secs = 900\n[vault.port_forward]\nstart_timeout_secs = 5\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join(".local/secrets.toml"),
+            "[helmfile]\nsync_timeout_secs = 1200.5\n",
+        )
+        .unwrap();
+        let cfg = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap();
+        assert_eq!(
+            cfg.helmfile_sync_deadline(),
+            Duration::from_secs_f64(1200.5)
+        );
+        assert_eq!(cfg.port_forward.start_timeout, Duration::from_secs(5));
+
+        std::fs::write(
+            root.join(".local/secrets.toml"),
+            "[helmfile]\nsync_timeout_secs = 0\n",
+        )
+        .unwrap();
+        let err = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("helmfile.sync_timeout_secs must be"),
+            "{err}"
         );
         std::fs::remove_dir_all(&root).unwrap();
     }

@@ -3,33 +3,41 @@
 //! out of git.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{bail, Result};
+
+use crate::process::Tool;
 
 /// Refuses unless git ignores `path`: files holding secret values must never
 /// be committable.
 pub fn require_git_ignored(root: &Path, path: &Path, what: &str) -> Result<()> {
     let rel = path.strip_prefix(root).unwrap_or(path);
-    let out = std::process::Command::new("git")
+    let git = Tool::new("git")
         .arg("-C")
         .arg(root)
         .args(["check-ignore", "-q", "--no-index", "--"])
         .arg(rel)
-        .output();
-    match out {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) if o.status.code() == Some(1) => bail!(
+        .deadline(Duration::from_secs(20))
+        .install_hint("install git");
+    let out = git.output().map_err(|e| {
+        anyhow::anyhow!(
+            "cannot check that git ignores {what} {}: {e:#}",
+            path.display()
+        )
+    })?;
+    match out.status.code() {
+        Some(0) => Ok(()),
+        Some(1) => bail!(
             "{what} {} is not ignored by git, so its secret values could be committed. Keep it under .local/ \
              (ignored by the repository's .gitignore) or add it to .gitignore.",
             path.display()
         ),
-        Ok(o) => bail!(
-            "cannot tell whether git ignores {what} {}: `git check-ignore` failed: {}. Run inside the repository's \
-             git checkout.",
+        _ => bail!(
+            "cannot tell whether git ignores {what} {}: {:#}. Run inside the repository's git checkout.",
             path.display(),
-            String::from_utf8_lossy(&o.stderr).trim()
+            git.failure(&out)
         ),
-        Err(e) => bail!("cannot run git to check that {what} {} is ignored: {e}. Install git.", path.display()),
     }
 }
 

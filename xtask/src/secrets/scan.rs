@@ -735,6 +735,10 @@ pub fn helmfile_errors(stderr: &str) -> String {
     lines[lines.len().saturating_sub(8)..].join("\n  ")
 }
 
+/// How long one `helmfile template` may take (this repository renders a
+/// helmfile in seconds).
+pub const TEMPLATE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// `helmfile template` into one folder per release.
 pub fn render_helmfile(
     helmfile: &Path,
@@ -742,7 +746,7 @@ pub fn render_helmfile(
     out_dir: &Path,
     path_env: &std::ffi::OsStr,
 ) -> Result<()> {
-    let out = std::process::Command::new("helmfile")
+    let out = crate::process::Tool::new("helmfile")
         .arg("--file")
         .arg(helmfile)
         .args([
@@ -759,9 +763,13 @@ pub fn render_helmfile(
         ])
         .env("PATH", path_env)
         .env("HELM_CACHE_HOME", out_dir.with_extension("helm-cache"))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .context("running helmfile: run `cargo xtask tools` to install it into .tools/bin")?;
+        .deadline(TEMPLATE_DEADLINE)
+        .install_hint("run `cargo xtask tools` to install it into .tools/bin")
+        .timeout_hint(
+            "Rendering uses local charts only; a template that waits on the network (a remote chart, a \
+             `fetch`) hangs here.",
+        )
+        .output()?;
     if !out.status.success() {
         bail!(
             "helmfile template failed (exit {}):\n  {}",

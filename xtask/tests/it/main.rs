@@ -5,6 +5,7 @@ mod support;
 
 mod bad_input;
 mod check;
+mod children;
 mod cli;
 mod completions;
 mod docs;
@@ -15,6 +16,7 @@ mod kv1;
 mod migrate;
 mod partial_output;
 mod paths;
+mod port_forward;
 mod raft;
 mod seed_azure;
 mod seed_file;

@@ -287,6 +287,14 @@ pub struct Call {
     pub tool: String,
     pub argv: Vec<String>,
     pub stdin: String,
+    /// The token variables (names) the tool found in its environment.
+    #[serde(default)]
+    pub env: Vec<String>,
+}
+
+/// Whether process `pid` still runs (a zombie does not count).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
 /// A scratch git copy of the repository with fakes on PATH.
@@ -411,6 +419,15 @@ impl Sandbox {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
+    }
+
+    /// Every `kubectl port-forward` the fake started, by pid, in order.
+    pub fn port_forward_pids(&self) -> Vec<u32> {
+        std::fs::read_to_string(self.fake_dir.join("port-forward.pids"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect()
     }
 
     /// Every call the fakes recorded, in order.

@@ -8,13 +8,15 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use super::{Current, Outcome, SecretProvider, Write, MANAGED_BY};
 use crate::fsutil::{sha256_hex, PrivateTempFile};
+use crate::process::Tool;
 use crate::secrets::config::Config;
 use crate::secrets::provider::vault_http::backoff;
 
@@ -62,11 +64,7 @@ impl AzureProvider {
     fn az(&self, args: &[&str]) -> Result<Output> {
         let mut attempt = 0;
         loop {
-            let out = Command::new("az")
-                .args(args)
-                .stdin(std::process::Stdio::null())
-                .output()
-                .context("running `az`: is the Azure CLI installed and on PATH?")?;
+            let out = az_tool(args).output()?;
             let stderr = String::from_utf8_lossy(&out.stderr).to_ascii_lowercase();
             let throttled = stderr.contains("429")
                 || stderr.contains("too many requests")
@@ -204,6 +202,21 @@ fn current_of(stored: &str) -> Current {
             ..Current::default()
         },
     }
+}
+
+/// How long one `az` call may take (a Key Vault call is a few seconds; a
+/// token refresh can add more).
+const AZ_DEADLINE: Duration = Duration::from_secs(120);
+
+/// One `az` call: its deadline, and no Vault token in its environment.
+fn az_tool(args: &[&str]) -> Tool {
+    Tool::new("az")
+        .args(args)
+        .deadline(AZ_DEADLINE)
+        .install_hint(
+            "install the Azure CLI (https://learn.microsoft.com/cli/azure/install-azure-cli) and run `az login`",
+        )
+        .timeout_hint("Is Azure reachable from here? `az account show` checks your login.")
 }
 
 /// The first line of az's error, with the usual fix.

@@ -92,7 +92,7 @@ pub fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<E
             (addr.value.clone(), None)
         }
         None => {
-            let Some(context) = kube::current_context() else {
+            let Some(context) = kube::context()? else {
                 bail!(
                     "no Vault address: set VAULT_ADDR (for example http://127.0.0.1:8200 for `bao server -dev`), or \
                      point kubectl at your local cluster so the seed can port-forward to svc/{} in namespace {}. \
@@ -102,11 +102,12 @@ pub fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<E
                 );
             };
             guard::check_port_forward_context(&context, &cfg.local_contexts)?;
-            let pf = kube::PortForward::start(
-                &cfg.port_forward.namespace,
-                &cfg.port_forward.service,
-                cfg.port_forward.port,
-            )?;
+            let pf = kube::PortForward::start(&kube::ForwardSpec {
+                namespace: cfg.port_forward.namespace.clone(),
+                service: cfg.port_forward.service.clone(),
+                port: cfg.port_forward.port,
+                start_deadline: cfg.port_forward.start_timeout,
+            })?;
             (pf.addr(), Some(pf))
         }
     };
@@ -148,7 +149,7 @@ impl VaultProvider {
     pub fn connect(cfg: &Config, allow_non_local: Option<&str>) -> Result<VaultProvider> {
         let endpoint = resolve_endpoint(cfg, allow_non_local)?;
         let concurrency = cfg.concurrency.value;
-        let http = VaultHttp::new(
+        let mut http = VaultHttp::new(
             &endpoint.addr,
             endpoint.token.value.clone(),
             cfg.vault_namespace.as_ref().map(|s| s.value.clone()),
@@ -160,6 +161,9 @@ impl VaultProvider {
                 .map(|c| cfg.abs(&c.value))
                 .as_deref(),
         )?;
+        if let Some(pf) = &endpoint.port_forward {
+            http.set_lifeline(Box::new(pf.lifeline()));
+        }
         let mount = cfg.vault_mount.value.clone();
         let token_source = endpoint.token.source.clone();
         let seal = http.seal_status()?;

@@ -133,7 +133,14 @@ pub struct VaultHttp {
     pub stats: Stats,
     /// Set after a fatal error: later calls fail at once.
     stopped: AtomicBool,
+    /// The way to Vault, when it can die under us (a port-forward).
+    lifeline: Option<Lifeline>,
 }
+
+/// Says why the way to Vault is gone for good (`Some`), such as a
+/// port-forward that failed twice: a call then stops at once with that
+/// reason instead of retrying.
+pub type Lifeline = Box<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// Longest pause a `Retry-After` may ask for.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -183,7 +190,33 @@ impl VaultHttp {
             timeout,
             stats: Stats::default(),
             stopped: AtomicBool::new(false),
+            lifeline: None,
         })
+    }
+
+    /// Watch the way to Vault: see [`Lifeline`].
+    pub fn set_lifeline(&mut self, lifeline: Lifeline) {
+        self.lifeline = Some(lifeline);
+    }
+
+    /// A connection failure, with why the way to Vault is gone if it is.
+    fn unreachable(&self, detail: String) -> (VaultError, bool) {
+        match self.lifeline.as_ref().and_then(|alive| alive()) {
+            Some(why) => (
+                VaultError::Unreachable {
+                    addr: self.addr.clone(),
+                    detail: format!("{detail}; {why}"),
+                },
+                true,
+            ),
+            None => (
+                VaultError::Unreachable {
+                    addr: self.addr.clone(),
+                    detail,
+                },
+                false,
+            ),
+        }
     }
 
     pub fn addr(&self) -> &str {
@@ -286,13 +319,10 @@ impl VaultHttp {
                     },
                     None,
                 ),
-                Err(Transport::Failed(detail)) => (
-                    VaultError::Unreachable {
-                        addr: self.addr.clone(),
-                        detail,
-                    },
-                    None,
-                ),
+                Err(Transport::Failed(detail)) => match self.unreachable(detail) {
+                    (err, true) => return Err(self.stop(err)),
+                    (err, false) => (err, None),
+                },
             };
             if attempt >= self.retries {
                 return Err(if err.is_fatal() { self.stop(err) } else { err });
@@ -309,10 +339,7 @@ impl VaultHttp {
                 call: call.into(),
                 secs: self.timeout.as_secs_f64(),
             },
-            Transport::Failed(detail) => VaultError::Unreachable {
-                addr: self.addr.clone(),
-                detail,
-            },
+            Transport::Failed(detail) => self.unreachable(detail).0,
         }
     }
 
