@@ -3,6 +3,8 @@
 pub mod check;
 pub mod config;
 pub mod doctor;
+pub mod eso_access;
+pub mod eso_read;
 pub mod fixtures;
 pub mod flagfile;
 pub mod guard;

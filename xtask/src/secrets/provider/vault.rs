@@ -411,6 +411,10 @@ impl SecretProvider for VaultProvider {
     fn set_progress(&mut self, on: bool) {
         self.progress = on;
     }
+
+    fn vault_http(&self) -> Option<&VaultHttp> {
+        Some(&self.http)
+    }
 }
 
 /// One write, owned so a task can carry it.

@@ -190,6 +190,21 @@ impl VaultHttp {
         &self.addr
     }
 
+    /// The same server, connection settings and pool, with another token
+    /// (reading as ESO's role would); its own counters.
+    pub fn with_token(&self, token: Secret) -> VaultHttp {
+        VaultHttp {
+            client: self.client.clone(),
+            addr: self.addr.clone(),
+            token,
+            namespace: self.namespace.clone(),
+            retries: self.retries,
+            timeout: self.timeout,
+            stats: Stats::default(),
+            stopped: AtomicBool::new(false),
+        }
+    }
+
     /// One API call with retries. `path` is below `/v1/`.
     pub fn call(
         &self,
