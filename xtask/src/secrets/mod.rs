@@ -17,6 +17,7 @@ pub mod provider;
 pub mod scan;
 pub mod seed;
 pub mod status;
+pub mod vault_checks;
 
 use anyhow::Result;
 
