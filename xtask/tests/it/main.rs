@@ -7,6 +7,7 @@ mod bad_input;
 mod check;
 mod cli;
 mod docs;
+mod eso_access;
 mod faults;
 mod infra;
 mod migrate;
