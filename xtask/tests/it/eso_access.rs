@@ -30,6 +30,9 @@ fn tools() -> bool {
     crate::support::require_tools(&["bao"])
 }
 
+/// Tokens the stand-in minted: JWT to (namespace, name, uid).
+type Minted = Arc<Mutex<HashMap<String, (String, String, String)>>>;
+
 /// One TokenReview the stand-in answered.
 #[derive(Debug, Clone)]
 struct Review {
@@ -44,7 +47,7 @@ struct Review {
 /// without a known bearer gets 401, as from an API server.
 struct ApiServer {
     port: u16,
-    minted: Arc<Mutex<HashMap<String, (String, String, String)>>>,
+    minted: Minted,
     reviews: Arc<Mutex<Vec<Review>>>,
 }
 
@@ -52,7 +55,7 @@ impl ApiServer {
     fn start() -> ApiServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let minted: Arc<Mutex<HashMap<String, (String, String, String)>>> = Arc::default();
+        let minted: Minted = Arc::default();
         let reviews: Arc<Mutex<Vec<Review>>> = Arc::default();
         let (m, r) = (minted.clone(), reviews.clone());
         std::thread::spawn(move || {
@@ -228,7 +231,7 @@ fn sandbox_with_cluster(api: Option<&ApiServer>) -> Sandbox {
 /// Standard base64 (padded), as kubeconfig holds CA data.
 fn b64(bytes: &[u8]) -> String {
     let mut s = b64url(bytes).replace('-', "+").replace('_', "/");
-    while s.len() % 4 != 0 {
+    while !s.len().is_multiple_of(4) {
         s.push('=');
     }
     s
