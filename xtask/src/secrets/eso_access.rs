@@ -653,6 +653,15 @@ pub fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
             ),
         };
         let mut reply = http.try_call(Method::Post, &path, Some(&body))?;
+        // A Raft standby answers for a mount just enabled only once it has
+        // applied it: "no handler for route" until then.
+        let mut waited = 0;
+        while reply.status == 404 && reply.errors().contains("no handler for route") && waited < 50
+        {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            waited += 1;
+            reply = http.try_call(Method::Post, &path, Some(&body))?;
+        }
         // Outside a pod Vault has no service-account CA of its own: it then
         // reviews tokens with the kube context's API server and CA.
         if item.kind == "config"
@@ -680,6 +689,18 @@ pub fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
                 item.label(),
                 api.server
             ));
+        }
+        // A concurrent seed enabled it between our read and our write.
+        if item.kind == "auth" && reply.status == 400 && reply.errors().contains("already in use") {
+            let auths = http.try_call(Method::Get, "sys/auth", None)?;
+            let table = auths
+                .body
+                .get("data")
+                .filter(|d| d.is_object())
+                .unwrap_or(&auths.body);
+            if table[format!("{mount}/")]["type"] == "kubernetes" {
+                continue;
+            }
         }
         if denied(&reply) {
             done.not_written
