@@ -330,6 +330,32 @@ pub fn plan_for(
     ))
 }
 
+/// ESO's access to a Vault store, planned and applied in one go (for
+/// `migrate`, which seeds without printing a plan): what it did, for the
+/// journal. `None` for stores other than Vault.
+pub fn ensure_eso_access(store: &dyn SecretProvider, env: &str) -> Result<Option<String>> {
+    let Some(http) = store.vault_http() else {
+        return Ok(None);
+    };
+    let plan = eso_access::plan(http, &eso_access::EsoNames::load(&project_root(), env)?)?;
+    let done = eso_access::apply(http, &plan)?;
+    let mut parts = vec![if done.written.is_empty() {
+        "ESO's access in place".to_string()
+    } else {
+        format!("ESO's access: ensured {}", done.written.join(", "))
+    }];
+    parts.extend(done.notes);
+    for item in &plan.items {
+        if let eso_access::State::Skipped(why) = &item.state {
+            parts.push(format!("{} skipped: {why}", item.label()));
+        }
+    }
+    for (what, why) in done.not_written {
+        parts.push(format!("{what} not set up: {why}"));
+    }
+    Ok(Some(parts.join("; ")))
+}
+
 /// Writes what the plan says; never a value in the result.
 pub fn apply(
     store: &mut dyn SecretProvider,

@@ -188,6 +188,16 @@ fn migrates_to_vault_when_everything_is_ready() {
         ]
     );
     assert_eq!(m["before_content"].as_str().unwrap(), before);
+    // The seed step lets ESO in too (eso_access.rs tests the details).
+    let seeded = m["steps"][1]["detail"].as_str().unwrap();
+    assert!(
+        seeded.contains("ESO's access: ensured auth kubernetes/"),
+        "{seeded}"
+    );
+    assert!(bao
+        .bao(&["read", "auth/kubernetes/role/external-secrets"])
+        .status
+        .success());
 
     assert_eq!(
         argvs(&sb, "helmfile"),
