@@ -213,13 +213,17 @@ fn serve(
     }
 }
 
+/// The kube context's credential, which `kubectl config view --raw` prints
+/// beside the CA the seed wants: it must never show.
+const KUBE_CANARY: &str = "kube-credential-canary-5d41402a";
+
 /// A sandbox whose kube context (fake kubectl) names `api` as its server.
 fn sandbox_with_cluster(api: Option<&ApiServer>) -> Sandbox {
     let sb = Sandbox::new();
     let ready = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Valid",
                                                   "message": "store validated"}]}});
     let mut kubectl = json!({"context": "k3d-eso", "crds": ["externalsecrets.external-secrets.io"],
-                             "clustersecretstore": ready});
+                             "clustersecretstore": ready, "user": {"token": KUBE_CANARY}});
     if let Some(api) = api {
         let ca = std::fs::read(crate::support::fakes_dir().join("kube-ca.pem")).unwrap();
         kubectl["cluster"] = json!({"server": api.url(), "certificate-authority-data": b64(&ca)});
@@ -311,6 +315,10 @@ fn a_seed_sets_up_esos_access_and_a_second_seed_writes_nothing() {
     let (proxy, seen) = recording(&bao);
     let first = report(&vault_seed(&sb, &proxy.addr(), &bao.token, &[]).ok());
     let applied = &first["eso_access"]["applied"]["written"];
+    assert!(
+        !dry.all().contains(KUBE_CANARY) && !first.to_string().contains(KUBE_CANARY),
+        "the kube context's credential leaked"
+    );
     assert_eq!(
         applied,
         &json!([
