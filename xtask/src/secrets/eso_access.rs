@@ -779,6 +779,31 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_value_names_the_file_and_key() {
+        let dir = std::env::temp_dir().join(format!("eso-missing-{}", std::process::id()));
+        let root = crate::project_root();
+        for rel in [
+            STORE_CHART_VALUES,
+            "infra/kubernetes/environments/local/platform/15-secrets.values.yaml",
+        ] {
+            let to = dir.join(rel);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(root.join(rel), to).unwrap();
+        }
+        let chart = dir.join(STORE_CHART_VALUES);
+        let text = std::fs::read_to_string(&chart)
+            .unwrap()
+            .replace("    policy: external-secrets\n", "");
+        std::fs::write(&chart, text).unwrap();
+        let err = EsoNames::load(&dir, "local").unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            err.contains(STORE_CHART_VALUES) && err.contains("`vault.auth.policy`"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_policy_reads_and_lists_only() {
         let names = EsoNames::load(&crate::project_root(), "local").unwrap();
         let text = names.policy_text();
