@@ -89,6 +89,7 @@ xflags::xflags! {
             ///   cargo xtask secrets check
             ///   cargo xtask secrets check --render --env local
             ///   cargo xtask secrets check --live --fail-on missing,drift
+            ///   cargo xtask secrets check --live --as-eso
             cmd check {
                 /// Environment to check (default: local).
                 optional --env env: String
@@ -96,6 +97,8 @@ xflags::xflags! {
                 optional --render
                 /// Also compare against the live store.
                 optional --live
+                /// Also read Vault as ESO would (implies --live): a token with only the role's policies must read every key and write none.
+                optional --as-eso
                 /// Store to compare with --live: vault, file or azure.
                 optional --provider provider: String
                 /// Fixtures file, from the working directory (default: scripts/azure/default-local-keyvault-secrets.json).

@@ -9,7 +9,9 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use crate::output::{count, parse_format, xml_escape, Format};
-use crate::secrets::config::{self, Config, FlagValues};
+use crate::secrets::config::{self, Config, FlagValues, ProviderKind};
+use crate::secrets::eso_access::EsoNames;
+use crate::secrets::eso_read;
 use crate::secrets::fixtures::{self, SecretSet};
 use crate::secrets::provider::{self, Current, SecretProvider};
 use crate::secrets::scan::{self, ExternalSecret, RefKind, Scan};
@@ -161,9 +163,19 @@ pub fn run(flags: &flags::Check) -> Result<()> {
         );
     }
     let (fixtures_path, desired) = fixtures::load_configured(&cfg)?;
-    let live = if flags.live {
+    if flags.as_eso && cfg.provider.value != ProviderKind::Vault {
+        crate::usage!("--as-eso reads Vault as ESO's role would: it goes with --provider vault");
+    }
+    let mut as_eso = None;
+    let live = if flags.live || flags.as_eso {
         let mut store = provider::open(&cfg, flags.allow_non_local.as_deref())?;
-        Some(read_live(store.as_mut(), &scan, &desired)?)
+        let live = read_live(store.as_mut(), &scan, &desired)?;
+        if flags.as_eso {
+            let http = store.vault_http().expect("a vault store");
+            let names = EsoNames::load(&root, &env)?;
+            as_eso = Some(eso_read::read_as_eso(http, &names, &eso_keys(&scan))?);
+        }
+        Some(live)
     } else {
         None
     };
@@ -188,11 +200,39 @@ pub fn run(flags: &flags::Check) -> Result<()> {
             value["fail_on"] = serde_json::to_value(&fail_on)?;
             value["failed"] = (!report.failures(&fail_on).is_empty()).into();
             value["elapsed_ms"] = (elapsed.as_millis() as u64).into();
+            if let Some(a) = &as_eso {
+                value["as_eso"] = serde_json::to_value(a)?;
+            }
             println!("{}", serde_json::to_string_pretty(&value)?);
         }
         Format::Junit => print!("{}", render_junit(&report, &fail_on)),
     }
+    if let (Some(a), Format::Text) = (&as_eso, format) {
+        println!("{}", a.summary());
+        for (key, why) in &a.unreadable {
+            println!("  unreadable as ESO: {key}: {why}");
+        }
+    }
     let failures = report.failures(&fail_on);
+    if let Some(a) = as_eso.as_ref().filter(|a| !a.ok()) {
+        let mut problems = Vec::new();
+        if !a.unreadable.is_empty() {
+            let keys: Vec<&str> = a.unreadable.iter().map(|(k, _)| k.as_str()).collect();
+            problems.push(format!(
+                "{} keys ESO cannot read ({})",
+                keys.len(),
+                keys.join(", ")
+            ));
+        }
+        if !a.write_refused {
+            problems.push(format!("ESO's policy lets it write: {}", a.write_answer));
+        }
+        bail!(
+            "reading as ESO failed: {}. `cargo xtask secrets seed` restores ESO's policy and role and the \
+             missing keys; see docs/secrets.md#esos-access-to-vault",
+            problems.join("; ")
+        );
+    }
     if !failures.is_empty() {
         let mut by_status: BTreeMap<Status, usize> = BTreeMap::new();
         for f in &failures {
@@ -209,6 +249,20 @@ pub fn run(flags: &flags::Check) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The keys ESO reads by name: every `remoteRef.key` and `extract` of an
+/// in-scope ExternalSecret (a `find` lists instead).
+pub fn eso_keys(scan: &Scan) -> Vec<String> {
+    let keys: BTreeSet<String> = scan
+        .external_secrets
+        .iter()
+        .filter(|e| e.in_scope())
+        .flat_map(|e| e.refs.iter())
+        .filter(|r| r.kind != RefKind::Find && fixtures::valid_name(&r.key))
+        .map(|r| r.key.clone())
+        .collect();
+    keys.into_iter().collect()
 }
 
 /// Reads what `compare` needs from the store: every fixture and every key

@@ -4,8 +4,10 @@
 use anyhow::{bail, Result};
 
 use crate::secrets::config::{Config, FlagValues};
+use crate::secrets::eso_access::{self, EsoNames};
 use crate::secrets::provider::{file, vault, SecretProvider};
-use crate::secrets::{check, fixtures, flagfile, guard, kube};
+use crate::secrets::scan::{self, STORE_NAME};
+use crate::secrets::{check, eso_read, fixtures, flagfile, guard, kube, vault_checks};
 use crate::{flags, project, project_root, tools};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -144,11 +146,12 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
             },
         )?;
         match vault::VaultProvider::connect(&vault_cfg, None) {
-            Ok(p) => {
+            Ok(mut p) => {
                 out.push(ok(
                     "vault",
                     format!("{} reachable, unsealed, token valid", p.target()),
                 ));
+                vault_findings(&mut out, &mut p, &vault_cfg, &env);
                 if let Ok(true) = p.detailed_listing_denied() {
                     out.push(warn(
                         "vault",
@@ -204,6 +207,7 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
                 "helmfile --file infra/kubernetes/helmfiles/15-secrets-certificates.yaml --environment local sync",
             )),
         }
+        external_secret_findings(&mut out);
     }
 
     match fixtures::load_configured(&cfg).map(|(_, set)| set) {
@@ -265,6 +269,233 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
         }
     }
     report(out)
+}
+
+/// Past "reachable": the fixtures still there, the token's capabilities on
+/// what the seed writes, ESO's access, and reading as ESO.
+fn vault_findings(out: &mut Vec<Finding>, p: &mut vault::VaultProvider, cfg: &Config, env: &str) {
+    let mount = cfg.vault_mount.value.clone();
+    let kv_v2 = p.records_checksums();
+    let fixtures = fixtures::load_configured(cfg).map(|(_, set)| set.names());
+    let names = EsoNames::load(&cfg.root, env);
+    if let Ok(fixture_names) = &fixtures {
+        match p.list() {
+            Ok(listed) => {
+                let held = vault_checks::Held::count(fixture_names, &listed);
+                if held.complete() {
+                    out.push(ok("vault", format!("{mount}/ {}", held.describe())));
+                } else {
+                    out.push(fail(
+                        "vault",
+                        format!("{mount}/ {}", held.describe()),
+                        vault_checks::RESEED,
+                    ));
+                }
+            }
+            Err(e) => out.push(fail(
+                "vault",
+                format!("listing {mount}/: {e:#}"),
+                "grant `list` on the mount's metadata (docs/secrets.md, how the seed reads Vault)",
+            )),
+        }
+    }
+    let http = p.vault_http().expect("a vault store");
+    let sample = fixtures
+        .as_ref()
+        .ok()
+        .and_then(|f| f.first().cloned())
+        .unwrap_or_else(|| "any".into());
+    match vault_checks::lacking(http, &mount, kv_v2, &sample, names.as_ref().ok()) {
+        Ok((kv, eso)) => {
+            if kv.is_empty() {
+                out.push(ok(
+                    "vault",
+                    format!("the token may write what the seed writes to {mount}/"),
+                ));
+            } else {
+                out.push(fail(
+                    "vault",
+                    format!(
+                        "the token lacks {}: the seed's writes would be refused (403)",
+                        vault_checks::describe_lacks(&kv)
+                    ),
+                    "use a token with the policy in docs/secrets.md (how the seed reads Vault); on a dev server, the \
+                     root token",
+                ));
+            }
+            if !eso.is_empty() {
+                out.push(warn(
+                    "vault",
+                    format!(
+                        "the token lacks {}: the seed cannot set up ESO's access with it",
+                        vault_checks::describe_lacks(&eso)
+                    ),
+                    "run the seed once with a root token (the port-forward uses the dev chart's)",
+                ));
+            }
+        }
+        Err(e) => out.push(warn(
+            "vault",
+            format!("capabilities not checked: {e:#}"),
+            "see the message",
+        )),
+    }
+    let names = match names {
+        Ok(n) => n,
+        Err(e) => {
+            out.push(fail(
+                "eso access",
+                format!("{e:#}"),
+                "restore the file it names from git",
+            ));
+            return;
+        }
+    };
+    let plan = match eso_access::plan(http, &names) {
+        Ok(plan) => plan,
+        Err(e) => {
+            out.push(fail("eso access", format!("{e:#}"), "see the message"));
+            return;
+        }
+    };
+    let missing: Vec<String> = plan
+        .items
+        .iter()
+        .filter(|i| i.state == eso_access::State::Ensure)
+        .map(|i| i.label())
+        .collect();
+    for item in &plan.items {
+        if let eso_access::State::Skipped(why) = &item.state {
+            out.push(warn(
+                "eso access",
+                format!("{}: not checked: {why}", item.label()),
+                "see the message",
+            ));
+        }
+    }
+    if !missing.is_empty() {
+        out.push(fail(
+            "eso access",
+            format!(
+                "ESO cannot log in to Vault as ClusterSecretStore/{} does: missing or different: {}",
+                names.store,
+                missing.join(", ")
+            ),
+            vault_checks::RESEED,
+        ));
+        return;
+    }
+    if plan.complete() {
+        out.push(ok(
+            "eso access",
+            format!(
+                "auth {}/, policy {}, role {} (service account {}) in place",
+                names.auth_mount,
+                names.policy,
+                names.role,
+                names.subject()
+            ),
+        ));
+    }
+    // Reading as ESO needs only the policy and the role.
+    if plan
+        .items
+        .iter()
+        .any(|i| matches!(i.kind, "policy" | "role") && i.state != eso_access::State::InPlace)
+    {
+        return;
+    }
+    let keys = match check::collect(&cfg.root, &cfg.root.join(project::INFRA), env, false) {
+        Ok(scan) => check::eso_keys(&scan),
+        Err(_) => return, // the coverage finding below names the file
+    };
+    match eso_read::read_as_eso(http, &names, &keys) {
+        Ok(a) if a.ok() => out.push(ok("eso access", a.summary())),
+        Ok(a) => {
+            let mut text = a.summary();
+            for (key, why) in a.unreadable.iter().take(10) {
+                text.push_str(&format!("\n{:<16}{key}: {why}", ""));
+            }
+            out.push(fail(
+                "eso access",
+                text,
+                "cargo xtask secrets check --live --as-eso; cargo xtask secrets seed",
+            ));
+        }
+        Err(e) => out.push(warn(
+            "eso access",
+            format!("not read as ESO: {e:#}"),
+            "see the message",
+        )),
+    }
+}
+
+/// ExternalSecrets on the store that ESO does not report Ready, with its reason.
+fn external_secret_findings(out: &mut Vec<Finding>) {
+    let list = match kube::external_secrets() {
+        Ok(list) => list,
+        Err(e) => {
+            out.push(fail("eso", format!("{e:#}"), "check kubectl access"));
+            return;
+        }
+    };
+    let ours: Vec<_> = list
+        .iter()
+        .filter(|e| scan::is_our_store(&e.store))
+        .collect();
+    let bad: Vec<_> = ours.iter().filter(|e| e.ready != Some(true)).collect();
+    if ours.is_empty() {
+        out.push(warn(
+            "eso",
+            format!("no ExternalSecret on ClusterSecretStore/{STORE_NAME} in the cluster yet"),
+            "sync layer 15 and the services (helmfile ... sync)",
+        ));
+        return;
+    }
+    if bad.is_empty() {
+        out.push(ok(
+            "eso",
+            format!("{} ExternalSecrets on {STORE_NAME} Ready", ours.len()),
+        ));
+        return;
+    }
+    for e in bad.iter().take(20) {
+        let state = match e.ready {
+            None => "no Ready condition yet".to_string(),
+            _ => format!("{}: {}", e.reason, e.message),
+        };
+        out.push(fail(
+            "eso",
+            format!("ExternalSecret {} not Ready: {state}", e.id()),
+            external_secret_fix(&e.namespace, &e.name, &e.message),
+        ));
+    }
+    if bad.len() > 20 {
+        out.push(fail(
+            "eso",
+            format!("and {} more ExternalSecrets not Ready", bad.len() - 20),
+            "cargo xtask secrets status lists them all",
+        ));
+    }
+}
+
+/// The fix for an ExternalSecret's failure, from ESO's message.
+fn external_secret_fix(namespace: &str, name: &str, message: &str) -> String {
+    let m = message.to_ascii_lowercase();
+    let resync = format!("kubectl annotate externalsecret {name} --namespace {namespace} force-sync=$(date +%s) --overwrite");
+    if m.contains("permission denied") || m.contains("403") {
+        format!(
+            "{} (ESO's policy and role), then {resync}",
+            vault_checks::RESEED
+        )
+    } else if m.contains("does not exist") || m.contains("not found") || m.contains("404") {
+        format!(
+            "cargo xtask secrets check --live names the key; {}, then {resync}",
+            vault_checks::RESEED
+        )
+    } else {
+        format!("kubectl describe externalsecret {name} --namespace {namespace}; docs/secrets.md#troubleshooting")
+    }
 }
 
 fn report(findings: Vec<Finding>) -> Result<()> {

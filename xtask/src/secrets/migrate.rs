@@ -548,10 +548,16 @@ fn preflight(ctx: &Ctx, journal: &Journal, to: ProviderKind) -> Result<String> {
 fn seed_target(ctx: &Ctx, to: ProviderKind) -> Result<String> {
     guard::require_local_env(&ctx.env)?;
     let desired = ctx.desired(to)?;
-    let (items, run) = ctx.with_store(to, |store| {
+    let (items, run, eso) = ctx.with_store(to, |store| {
         let items = seed::plan_for(store, desired, false)?;
         let run = seed::apply(store, desired, &items)?;
-        Ok((items, run))
+        // ESO's way in, as `seed` sets it up (the presync hook does too).
+        let eso = if run.failed.is_empty() {
+            seed::ensure_eso_access(store, &ctx.env)?
+        } else {
+            None
+        };
+        Ok((items, run, eso))
     })?;
     if !run.failed.is_empty() {
         return Err(run.into_result().expect_err("failed writes are an error"));
@@ -562,6 +568,9 @@ fn seed_target(ctx: &Ctx, to: ProviderKind) -> Result<String> {
         run.written.len(),
         counts.unchanged
     );
+    if let Some(eso) = eso {
+        detail.push_str(&format!("; {eso}"));
+    }
     if counts.conflict > 0 {
         let kept: Vec<&str> = run.not_written.iter().map(|n| n.name.as_str()).collect();
         detail.push_str(&format!(

@@ -3,6 +3,8 @@
 pub mod check;
 pub mod config;
 pub mod doctor;
+pub mod eso_access;
+pub mod eso_read;
 pub mod fixtures;
 pub mod flagfile;
 pub mod guard;
@@ -15,6 +17,7 @@ pub mod provider;
 pub mod scan;
 pub mod seed;
 pub mod status;
+pub mod vault_checks;
 
 use anyhow::Result;
 

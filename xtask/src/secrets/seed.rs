@@ -14,7 +14,7 @@ use crate::secrets::config::{self, Config, FlagValues, ProviderKind};
 use crate::secrets::fixtures::SecretSet;
 use crate::secrets::plan::{self, Action, Counts, Item};
 use crate::secrets::provider::{self, Outcome, SecretProvider, Write};
-use crate::secrets::{fixtures, guard, manifests};
+use crate::secrets::{eso_access, fixtures, guard, manifests};
 use crate::{flags, project_root, PartialError};
 
 #[derive(Serialize)]
@@ -35,6 +35,15 @@ struct Report<'a> {
     writes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retries: Option<u64>,
+    /// Vault only: ESO's access (auth method, config, policy, role).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eso_access: Option<EsoReport<'a>>,
+}
+
+#[derive(Serialize)]
+struct EsoReport<'a> {
+    plan: &'a [eso_access::Item],
+    applied: Option<eso_access::Applied>,
 }
 
 #[derive(Serialize, Clone, Debug)]
@@ -90,6 +99,14 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
     let fixtures_shown = cfg.shown(&fixtures_path);
     let items = plan_for(store.as_mut(), &desired, flags.force)?;
     let counts = plan::counts(&items);
+    // Vault: ESO's way in (auth method, config, policy, role), planned like the secrets.
+    let eso = match store.vault_http() {
+        Some(http) => Some(eso_access::plan(
+            http,
+            &eso_access::EsoNames::load(&root, env)?,
+        )?),
+        None => None,
+    };
     if show.text && !show.quiet {
         println!(
             "seed: {} from {fixtures_shown}{} -> {}",
@@ -103,6 +120,9 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
         );
         print_plan(&items, show.verbose);
         println!("plan: {}", counts_line(&counts));
+        if let Some(eso) = &eso {
+            print!("{}", eso.render(show.verbose));
+        }
     }
     store.set_progress(show.text && !show.quiet && std::io::stderr().is_terminal());
     let result = if flags.dry_run {
@@ -111,6 +131,13 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
         apply(store.as_mut(), &desired, &items)?
     };
     let (written, not_written) = (result.written.clone(), result.not_written.clone());
+    // After the secrets, and only when every write got through (a stopped run stays exit 3).
+    let eso_done = match (&eso, store.vault_http()) {
+        (Some(p), Some(http)) if !flags.dry_run && result.failed.is_empty() => {
+            Some(eso_access::apply(http, p)?)
+        }
+        _ => None,
+    };
     if !flags.dry_run {
         if let Some(kind) = render {
             let out = flags.out.as_deref().expect("checked above");
@@ -150,6 +177,10 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
                 requests: stats.map(|s| s.0),
                 writes: stats.map(|s| s.1),
                 retries: stats.map(|s| s.2),
+                eso_access: eso.as_ref().map(|p| EsoReport {
+                    plan: &p.items,
+                    applied: eso_done.clone(),
+                }),
             };
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
@@ -171,6 +202,17 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
                 .map(|(r, w, t)| format!(" ({r} requests, {w} writes, {t} retries)"))
                 .unwrap_or_default()
         ),
+    }
+    if let (Some(done), Format::Text) = (&eso_done, format) {
+        if !done.written.is_empty() && !show.quiet {
+            println!("eso access: ensured {}", done.written.join(", "));
+        }
+        for note in done.notes.iter().filter(|_| !show.quiet) {
+            println!("eso access: {note}");
+        }
+        for (what, why) in &done.not_written {
+            eprintln!("  eso access not set up: {what}: {why}");
+        }
     }
 
     if flags.dry_run {
@@ -416,6 +458,32 @@ pub fn plan_for(
         store.records_checksums(),
         force,
     ))
+}
+
+/// ESO's access to a Vault store, planned and applied in one go (for
+/// `migrate`, which seeds without printing a plan): what it did, for the
+/// journal. `None` for stores other than Vault.
+pub fn ensure_eso_access(store: &dyn SecretProvider, env: &str) -> Result<Option<String>> {
+    let Some(http) = store.vault_http() else {
+        return Ok(None);
+    };
+    let plan = eso_access::plan(http, &eso_access::EsoNames::load(&project_root(), env)?)?;
+    let done = eso_access::apply(http, &plan)?;
+    let mut parts = vec![if done.written.is_empty() {
+        "ESO's access in place".to_string()
+    } else {
+        format!("ESO's access: ensured {}", done.written.join(", "))
+    }];
+    parts.extend(done.notes);
+    for item in &plan.items {
+        if let eso_access::State::Skipped(why) = &item.state {
+            parts.push(format!("{} skipped: {why}", item.label()));
+        }
+    }
+    for (what, why) in done.not_written {
+        parts.push(format!("{what} not set up: {why}"));
+    }
+    Ok(Some(parts.join("; ")))
 }
 
 /// Writes what the plan says; never a value in the result.

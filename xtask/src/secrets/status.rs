@@ -8,8 +8,9 @@ use crate::secrets::config::{Config, FlagValues};
 use crate::secrets::journal::Journal;
 use crate::secrets::kube;
 use crate::secrets::provider::vault_http::VaultHttp;
+use crate::secrets::provider::{vault::VaultProvider, SecretProvider};
 use crate::secrets::scan::{self, STORE_NAME};
-use crate::secrets::{flagfile, guard};
+use crate::secrets::{fixtures, flagfile, guard, vault_checks};
 use crate::{flags, project, project_root};
 
 pub fn run(flags: &flags::Status) -> Result<()> {
@@ -132,6 +133,15 @@ pub fn run(flags: &flags::Status) -> Result<()> {
     Ok(())
 }
 
+/// How many fixtures the configured Vault holds; `None` when it cannot
+/// tell (no token, a refused listing): the health line says enough then.
+fn fixtures_held(cfg: &Config) -> Option<vault_checks::Held> {
+    let (_, desired) = fixtures::load_configured(cfg).ok()?;
+    let mut vault = VaultProvider::connect(cfg, None).ok()?;
+    let listed = vault.list().ok()?;
+    Some(vault_checks::Held::count(&desired.names(), &listed))
+}
+
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or_default()
 }
@@ -140,7 +150,7 @@ fn first_line(s: &str) -> &str {
 /// never starts a port-forward (it must not need a cluster).
 fn vault_health(cfg: &Config) -> serde_json::Value {
     let Some(addr) = &cfg.vault_addr else {
-        return json!({"summary": "VAULT_ADDR unset (seed port-forwards through a local kube context)"});
+        return json!({"summary": "VAULT_ADDR unset (seed port-forwards through a local kube context; `cargo xtask secrets doctor` checks that Vault, and whether it still holds the fixtures)"});
     };
     if let Err(e) = guard::check_vault_addr(&addr.value, None) {
         return json!({"addr": addr.value, "summary": format!("not checked: {e}")});
@@ -170,7 +180,12 @@ fn vault_health(cfg: &Config) -> serde_json::Value {
         } else {
             kv_version(&http, mount)
         };
+        let held = (!health.sealed).then(|| fixtures_held(cfg)).flatten();
         Ok(json!({
+            "fixtures": held.as_ref().map(|h| json!({
+                "present": h.present, "total": h.total, "missing": h.missing,
+                "fix": (!h.complete()).then_some(vault_checks::RESEED),
+            })),
             "addr": addr.value,
             "initialized": health.initialized,
             "sealed": health.sealed,
@@ -179,13 +194,22 @@ fn vault_health(cfg: &Config) -> serde_json::Value {
             "mount": mount,
             "kv_version": kv,
             "summary": format!(
-                "{} ({}): {}{}, version {}; mount {mount}/: {}",
+                "{} ({}): {}{}, version {}; mount {mount}/: {}{}",
                 addr.value,
                 addr.source,
                 if health.sealed { "SEALED" } else { "unsealed" },
                 if health.standby { ", standby" } else { "" },
                 health.version.as_deref().unwrap_or("?"),
-                if kv.starts_with(char::is_numeric) { format!("KV v{kv}") } else { format!("KV version {kv}") }
+                if kv.starts_with(char::is_numeric) { format!("KV v{kv}") } else { format!("KV version {kv}") },
+                match &held {
+                    Some(h) if h.complete() => format!(", {}", h.describe()),
+                    Some(h) => format!(
+                        ", {}. Fix: {}",
+                        h.describe(),
+                        vault_checks::RESEED
+                    ),
+                    None => String::new(),
+                }
             ),
         }))
     })();

@@ -195,3 +195,64 @@ fn openbao_starts_and_answers() {
     assert_eq!(status["initialized"], true);
     let _unused = TempDir::new("x");
 }
+
+/// The documents of `kind` in a rendering.
+fn docs_of<'a>(rendered: &'a str, kind: &str) -> Vec<&'a str> {
+    rendered
+        .split("\n---")
+        .filter(|d| d.contains(&format!("\nkind: {kind}\n")))
+        .collect()
+}
+
+#[test]
+fn vault_runs_as_its_own_service_account_bound_to_auth_delegator() {
+    if !crate::support::require_tools(&["helm", "helmfile"]) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let (ok, out, err) = run(
+        "helmfile",
+        &[
+            "-f",
+            "infra/kubernetes/helmfiles/15-secrets-certificates.yaml",
+            "-e",
+            "local",
+            "template",
+            "--skip-deps",
+        ],
+        &sb,
+    );
+    assert!(ok, "{err}");
+    let accounts = docs_of(&out, "ServiceAccount");
+    assert_eq!(accounts.len(), 1, "{out}");
+    assert!(
+        accounts[0].contains("  name: vault\n")
+            && accounts[0].contains("automountServiceAccountToken: true"),
+        "{}",
+        accounts[0]
+    );
+    let sts = docs_of(&out, "StatefulSet");
+    assert!(
+        sts[0].contains("      serviceAccountName: vault\n"),
+        "Vault's pod runs as that account, so its token and CA review ESO's: {}",
+        sts[0]
+    );
+    let bindings = docs_of(&out, "ClusterRoleBinding");
+    assert_eq!(bindings.len(), 1, "{out}");
+    let b = bindings[0];
+    assert!(
+        b.contains("roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: system:auth-delegator\n"),
+        "{b}"
+    );
+    assert!(
+        b.contains("subjects:\n  - kind: ServiceAccount\n    name: vault\n    namespace: vault"),
+        "{b}"
+    );
+    // The store's login names the auth mount the seed sets up, from the same values.
+    let store = store_doc(&out);
+    assert!(
+        store.contains("          mountPath: \"kubernetes\"\n")
+            && store.contains("          role: \"external-secrets\"\n"),
+        "{store}"
+    );
+}

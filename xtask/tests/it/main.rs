@@ -9,6 +9,7 @@ mod children;
 mod cli;
 mod completions;
 mod docs;
+mod eso_access;
 mod faults;
 mod guardrail;
 mod infra;

@@ -188,6 +188,16 @@ fn migrates_to_vault_when_everything_is_ready() {
         ]
     );
     assert_eq!(m["before_content"].as_str().unwrap(), before);
+    // The seed step lets ESO in too (eso_access.rs tests the details).
+    let seeded = m["steps"][1]["detail"].as_str().unwrap();
+    assert!(
+        seeded.contains("ESO's access: ensured auth kubernetes/"),
+        "{seeded}"
+    );
+    assert!(bao
+        .bao(&["read", "auth/kubernetes/role/external-secrets"])
+        .status
+        .success());
 
     assert_eq!(
         argvs(&sb, "helmfile"),
@@ -523,6 +533,8 @@ fn doctor_reports_each_finding_with_its_fix() {
         ("VAULT_ADDR", bao.addr.as_str()),
         ("VAULT_TOKEN", bao.token.as_str()),
     ];
+    // An empty Vault is a finding of its own (eso_access.rs): seed it first.
+    sb.xtask_env(&["secrets", "seed"], &env).ok();
     let run = sb.xtask_env(&["secrets", "doctor"], &env).ok();
     for line in [
         "ok    cluster    context k3d-ameide is local",

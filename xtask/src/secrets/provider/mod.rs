@@ -77,6 +77,10 @@ pub trait SecretProvider {
     }
     /// Show progress on standard error during long writes.
     fn set_progress(&mut self, _on: bool) {}
+    /// The Vault client, for what the seed sets up besides secrets (ESO's access).
+    fn vault_http(&self) -> Option<&vault_http::VaultHttp> {
+        None
+    }
 }
 
 /// Opens the configured store. `allow_non_local` names a host (or kube

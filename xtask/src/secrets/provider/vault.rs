@@ -162,7 +162,7 @@ impl VaultProvider {
                 .as_deref(),
         )?;
         if let Some(pf) = &endpoint.port_forward {
-            http.set_lifeline(Box::new(pf.lifeline()));
+            http.set_lifeline(std::sync::Arc::new(pf.lifeline()));
         }
         let mount = cfg.vault_mount.value.clone();
         let token_source = endpoint.token.source.clone();
@@ -553,6 +553,10 @@ impl VaultProvider {
             }
             (job.name, outcome)
         })
+    }
+
+    fn vault_http(&self) -> Option<&VaultHttp> {
+        Some(&self.http)
     }
 }
 

@@ -140,7 +140,7 @@ pub struct VaultHttp {
 /// Says why the way to Vault is gone for good (`Some`), such as a
 /// port-forward that failed twice: a call then stops at once with that
 /// reason instead of retrying.
-pub type Lifeline = Box<dyn Fn() -> Option<String> + Send + Sync>;
+pub type Lifeline = std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// Longest pause a `Retry-After` may ask for.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -221,6 +221,22 @@ impl VaultHttp {
 
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The same server, connection settings and pool, with another token
+    /// (reading as ESO's role would); its own counters.
+    pub fn with_token(&self, token: Secret) -> VaultHttp {
+        VaultHttp {
+            client: self.client.clone(),
+            addr: self.addr.clone(),
+            token,
+            namespace: self.namespace.clone(),
+            retries: self.retries,
+            timeout: self.timeout,
+            stats: Stats::default(),
+            stopped: AtomicBool::new(false),
+            lifeline: self.lifeline.clone(),
+        }
     }
 
     /// One API call with retries. `path` is below `/v1/`.

@@ -1,0 +1,868 @@
+//! External Secrets Operator's way into Vault: the Kubernetes auth method
+//! at the store's `mountPath`, its config, a read-only policy on the store's
+//! KV path, and the role the store names, bound to ESO's service account.
+//!
+//! Every name comes from one place, [`EsoNames::load`]: the
+//! `vault-secret-store` chart's values overlaid with the environment's
+//! layer-15 `vault.store` block, as the helmfile passes them. [`plan`]
+//! reads Vault and says what differs; [`apply`] writes only that, so a
+//! second seed writes nothing. A token that may not read or write these
+//! paths is not an error here: the step is reported as not done, and
+//! `doctor` says so.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::process::Tool;
+use crate::secrets::kube;
+use crate::secrets::provider::vault_http::{Method, Reply, VaultHttp};
+use crate::{project, yaml};
+
+/// The store chart, whose defaults the layer-15 values overlay.
+pub const STORE_CHART_VALUES: &str =
+    "infra/kubernetes/charts/platform/vault-secret-store/values.yaml";
+
+/// What ESO logs in as and may read, from the store chart and layer 15.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EsoNames {
+    /// `ClusterSecretStore/<store>`.
+    pub store: String,
+    /// The auth method's mount (`auth.kubernetes.mountPath`), without slashes.
+    pub auth_mount: String,
+    pub role: String,
+    pub policy: String,
+    /// The KV mount the store reads (`provider.vault.path`).
+    pub kv_path: String,
+    /// `v1` or `v2`.
+    pub kv_version: String,
+    pub service_account: String,
+    pub namespace: String,
+    /// The API server an in-cluster Vault sends ESO's token to for review.
+    pub kubernetes_host: String,
+    /// As written in the values (e.g. `15m`), and in seconds.
+    pub token_ttl: String,
+    pub token_ttl_secs: u64,
+}
+
+impl EsoNames {
+    /// Reads the names for `env`: the store chart's values, overlaid with
+    /// `vault.store` from the environment's layer-15 values.
+    pub fn load(root: &Path, env: &str) -> Result<EsoNames> {
+        let chart = read_yaml(root, Path::new(STORE_CHART_VALUES))?;
+        let layer = project::flag_file(env);
+        let layer15 = read_yaml(root, &layer)?;
+        let store_over = layer15.get("vault").and_then(|v| v.get("store"));
+        let chart_vault = chart.get("vault");
+        // One value: layer 15's `vault.store.<path>`, else the chart's `vault.<path>`.
+        let vault_value = |path: &[&str]| -> Option<String> {
+            let walk = |mut node: Option<&std::rc::Rc<yaml::Node>>| {
+                for key in path {
+                    node = node.and_then(|n| n.get(key));
+                }
+                node.and_then(|n| n.as_str()).map(str::to_string)
+            };
+            walk(store_over).or_else(|| walk(chart_vault))
+        };
+        let need = |value: Option<String>, key: &str, file: &Path| -> Result<String> {
+            match value {
+                Some(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
+                _ => bail!(
+                    "{} has no `{key}`: ESO's access to Vault is set up from it. Restore it from git.",
+                    file.display()
+                ),
+            }
+        };
+        let chart_path = Path::new(STORE_CHART_VALUES);
+        let v = |path: &[&str]| {
+            need(
+                vault_value(path),
+                &format!("vault.{}", path.join(".")),
+                chart_path,
+            )
+        };
+        let token_ttl = v(&["auth", "tokenTTL"])?;
+        let token_ttl_secs = parse_duration(&token_ttl).with_context(|| {
+            format!("vault.auth.tokenTTL in {STORE_CHART_VALUES}: use a duration such as 15m, 900s or 1h")
+        })?;
+        let kv_version = v(&["version"])?;
+        if kv_version != "v1" && kv_version != "v2" {
+            bail!(
+                "vault.version is {kv_version:?} in {}: the store knows v1 and v2",
+                layer.display()
+            );
+        }
+        let sa = chart.get("serviceAccount");
+        Ok(EsoNames {
+            store: need(
+                chart.str_at("storeName").map(String::from),
+                "storeName",
+                chart_path,
+            )?,
+            auth_mount: v(&["auth", "mountPath"])?.trim_matches('/').to_string(),
+            role: v(&["role"])?,
+            policy: v(&["auth", "policy"])?,
+            kv_path: v(&["path"])?.trim_matches('/').to_string(),
+            kv_version,
+            service_account: need(
+                sa.and_then(|s| s.str_at("name")).map(String::from),
+                "serviceAccount.name",
+                chart_path,
+            )?,
+            namespace: need(
+                sa.and_then(|s| s.str_at("namespace")).map(String::from),
+                "serviceAccount.namespace",
+                chart_path,
+            )?,
+            kubernetes_host: v(&["auth", "kubernetesHost"])?,
+            token_ttl,
+            token_ttl_secs,
+        })
+    }
+
+    /// The policy: read the store's entries, read and list their metadata.
+    pub fn policy_text(&self) -> String {
+        let header = format!(
+            "# Written by `cargo xtask secrets seed`: what ClusterSecretStore/{} (role {}) may do. Read only.\n",
+            self.store, self.role
+        );
+        let p = &self.kv_path;
+        if self.kv_version == "v1" {
+            return format!(
+                "{header}path \"{p}/*\" {{\n  capabilities = [\"read\", \"list\"]\n}}\n"
+            );
+        }
+        format!(
+            "{header}path \"{p}/data/*\" {{\n  capabilities = [\"read\"]\n}}\n\npath \"{p}/metadata/*\" {{\n  \
+             capabilities = [\"read\", \"list\"]\n}}\n"
+        )
+    }
+
+    /// The path ESO reads `key` at.
+    pub fn data_path(&self, key: &str) -> String {
+        match self.kv_version.as_str() {
+            "v1" => format!("{}/{key}", self.kv_path),
+            _ => format!("{}/data/{key}", self.kv_path),
+        }
+    }
+
+    /// `<namespace>/<name>` of ESO's service account.
+    pub fn subject(&self) -> String {
+        format!("{}/{}", self.namespace, self.service_account)
+    }
+}
+
+fn read_yaml(root: &Path, rel: &Path) -> Result<std::rc::Rc<yaml::Node>> {
+    let path = root.join(rel);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading {} (ESO's access to Vault is set up from it)",
+            rel.display()
+        )
+    })?;
+    let docs = yaml::parse_documents(&text)
+        .map_err(|e| anyhow::anyhow!("{}:{}:{}: {}", rel.display(), e.line, e.col, e.message))?;
+    docs.into_iter()
+        .next()
+        .with_context(|| format!("{} is empty", rel.display()))
+}
+
+/// `15m`, `900s`, `1h` or bare seconds.
+pub fn parse_duration(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let (num, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("{text:?} is not a duration"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        other => bail!("{text:?}: unknown unit {other:?} (s, m or h)"),
+    };
+    if secs == 0 {
+        bail!("{text:?}: a token TTL must be more than zero");
+    }
+    Ok(secs)
+}
+
+/// What the seed does for one piece of ESO's access.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// Already as wanted: nothing written.
+    InPlace,
+    /// Missing or different: written by the seed.
+    Ensure,
+    /// Not done, and why (a token without the right, no cluster).
+    Skipped(String),
+}
+
+/// One piece of ESO's access: the auth method, its config, the policy, the role.
+#[derive(Debug, Clone, Serialize)]
+pub struct Item {
+    /// `auth`, `config`, `policy` or `role`.
+    pub kind: &'static str,
+    /// What it is called in Vault.
+    pub name: String,
+    pub state: State,
+    /// What the wanted state is, for the plan.
+    pub detail: String,
+}
+
+impl Item {
+    /// The plan line's `<kind> <name>`, e.g. `auth kubernetes/`.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.kind, self.name)
+    }
+}
+
+/// The auth config as Vault holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct KubeConfig {
+    host: String,
+    ca_cert: String,
+    reviewer_jwt_set: bool,
+    disable_local_ca_jwt: bool,
+}
+
+/// The plan: every piece, in the order [`apply`] writes them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub names: EsoNames,
+    pub items: Vec<Item>,
+    /// The kube context's API server and CA, for a Vault outside a pod.
+    #[serde(skip)]
+    outside: Option<ApiServer>,
+}
+
+impl Plan {
+    pub fn to_ensure(&self) -> usize {
+        self.items
+            .iter()
+            .filter(|i| i.state == State::Ensure)
+            .count()
+    }
+
+    /// Every piece is in place: ESO can log in and read.
+    pub fn complete(&self) -> bool {
+        self.items.iter().all(|i| i.state == State::InPlace)
+    }
+
+    /// The plan's lines: what is ensured, what was skipped and why, and
+    /// (verbose) what is already in place.
+    pub fn render(&self, verbose: bool) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let in_place = self
+            .items
+            .iter()
+            .filter(|i| i.state == State::InPlace)
+            .count();
+        let _ = writeln!(
+            out,
+            "eso access (ClusterSecretStore/{} -> role {}, service account {}): {} to ensure, {in_place} in place",
+            self.names.store,
+            self.names.role,
+            self.names.subject(),
+            self.to_ensure()
+        );
+        let width = self
+            .items
+            .iter()
+            .map(|i| i.label().len())
+            .max()
+            .unwrap_or(0);
+        for i in &self.items {
+            let (tag, detail) = match &i.state {
+                State::Ensure => ("ensure", i.detail.clone()),
+                State::Skipped(why) => ("skipped", why.clone()),
+                State::InPlace if verbose => ("in place", i.detail.clone()),
+                State::InPlace => continue,
+            };
+            let _ = writeln!(out, "  {tag:<10} {:<width$}  {detail}", i.label());
+        }
+        out
+    }
+}
+
+/// An answer that means "this token may not": 401 or 403.
+fn denied(reply: &Reply) -> bool {
+    matches!(reply.status, 401 | 403)
+}
+
+fn denial(call: &str, reply: &Reply) -> String {
+    format!(
+        "the token may not {call} ({}); run the seed once with a token that may (the dev chart's root token, or \
+         `bao login` as root), or see docs/secrets.md#esos-access-to-vault",
+        reply.errors()
+    )
+}
+
+fn status_error(call: &str, reply: &Reply) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{call} failed with HTTP {}: {}",
+        reply.status,
+        reply.errors()
+    )
+}
+
+/// Reads Vault and plans each piece of ESO's access.
+pub fn plan(http: &VaultHttp, names: &EsoNames) -> Result<Plan> {
+    let mount = &names.auth_mount;
+    let auth_name = format!("{mount}/");
+    let config_name = format!("auth/{mount}/config");
+    let mut items = Vec::new();
+    let mut outside = None;
+
+    let auths = http.try_call(Method::Get, "sys/auth", None)?;
+    let auth_state = if denied(&auths) {
+        State::Skipped(denial("read sys/auth", &auths))
+    } else if auths.status != 200 {
+        return Err(status_error("GET sys/auth", &auths));
+    } else {
+        let table = auths
+            .body
+            .get("data")
+            .filter(|d| d.is_object())
+            .unwrap_or(&auths.body);
+        match table.get(&auth_name) {
+            None => State::Ensure,
+            Some(m) if m["type"] == "kubernetes" => State::InPlace,
+            Some(m) => bail!(
+                "the auth method at {auth_name} is {:?}, not kubernetes: ClusterSecretStore/{} logs in there with \
+                 Kubernetes auth. Disable it (`bao auth disable {mount}`) or change vault.auth.mountPath in {}",
+                m["type"].as_str().unwrap_or("unknown"),
+                names.store,
+                STORE_CHART_VALUES
+            ),
+        }
+    };
+    let mounted = auth_state == State::InPlace;
+    items.push(Item {
+        kind: "auth",
+        name: auth_name.clone(),
+        state: auth_state.clone(),
+        detail: "the kubernetes auth method ESO logs in with".into(),
+    });
+
+    // The config: in a pod, Vault reviews tokens with its own service
+    // account and CA; outside one, with the kube context's API server.
+    let config_detail = format!(
+        "kubernetes_host {}; Vault's own service-account token and CA review ESO's token",
+        names.kubernetes_host
+    );
+    let config_state = if let State::Skipped(why) = &auth_state {
+        State::Skipped(why.clone())
+    } else if !mounted {
+        config_state(names, None, &mut outside)
+    } else {
+        let reply = http.try_call(Method::Get, &config_name, None)?;
+        let current = if denied(&reply) {
+            return Ok(skipped_rest(
+                names,
+                items,
+                denial(&format!("read {config_name}"), &reply),
+            ));
+        } else if reply.status == 200 && reply.body["data"].is_object() {
+            let d = &reply.body["data"];
+            Some(KubeConfig {
+                host: d["kubernetes_host"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                ca_cert: d["kubernetes_ca_cert"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+                reviewer_jwt_set: d["token_reviewer_jwt_set"].as_bool().unwrap_or(false),
+                disable_local_ca_jwt: d["disable_local_ca_jwt"].as_bool().unwrap_or(false),
+            })
+        } else if reply.status == 200 || reply.status == 404 {
+            None
+        } else {
+            return Err(status_error(&format!("GET {config_name}"), &reply));
+        };
+        config_state(names, current.as_ref(), &mut outside)
+    };
+    items.push(Item {
+        kind: "config",
+        name: config_name,
+        state: config_state,
+        detail: config_detail,
+    });
+
+    // The policy.
+    let policy_path = format!("sys/policies/acl/{}", names.policy);
+    let reply = http.try_call(Method::Get, &policy_path, None)?;
+    let policy_state = if denied(&reply) {
+        State::Skipped(denial(&format!("read {policy_path}"), &reply))
+    } else if reply.status == 404 {
+        State::Ensure
+    } else if reply.status == 200 {
+        let current = reply.body["data"]["policy"].as_str().unwrap_or_default();
+        if current == names.policy_text() {
+            State::InPlace
+        } else {
+            State::Ensure
+        }
+    } else {
+        return Err(status_error(&format!("GET {policy_path}"), &reply));
+    };
+    let policy_detail = if names.kv_version == "v1" {
+        format!("read and list {}/*, nothing else", names.kv_path)
+    } else {
+        format!(
+            "read {0}/data/*, read and list {0}/metadata/*, nothing else",
+            names.kv_path
+        )
+    };
+    items.push(Item {
+        kind: "policy",
+        name: names.policy.clone(),
+        state: policy_state,
+        detail: policy_detail,
+    });
+
+    // The role.
+    let role_path = format!("auth/{mount}/role/{}", names.role);
+    let role_state = if let State::Skipped(why) = &auth_state {
+        State::Skipped(why.clone())
+    } else if !mounted {
+        State::Ensure
+    } else {
+        let reply = http.try_call(Method::Get, &role_path, None)?;
+        if denied(&reply) {
+            State::Skipped(denial(&format!("read {role_path}"), &reply))
+        } else if reply.status == 404 {
+            State::Ensure
+        } else if reply.status == 200 {
+            if role_matches(names, &reply.body["data"]) {
+                State::InPlace
+            } else {
+                State::Ensure
+            }
+        } else {
+            return Err(status_error(&format!("GET {role_path}"), &reply));
+        }
+    };
+    items.push(Item {
+        kind: "role",
+        name: names.role.clone(),
+        state: role_state,
+        detail: format!(
+            "service account {} only, policy {}, token TTL {}",
+            names.subject(),
+            names.policy,
+            names.token_ttl
+        ),
+    });
+    Ok(Plan {
+        names: names.clone(),
+        items,
+        outside,
+    })
+}
+
+/// The items after the auth mount, all skipped for one reason.
+fn skipped_rest(names: &EsoNames, mut items: Vec<Item>, why: String) -> Plan {
+    for (kind, name) in [
+        ("config", format!("auth/{}/config", names.auth_mount)),
+        ("policy", names.policy.clone()),
+        ("role", names.role.clone()),
+    ] {
+        items.push(Item {
+            kind,
+            name,
+            state: State::Skipped(why.clone()),
+            detail: String::new(),
+        });
+    }
+    Plan {
+        names: names.clone(),
+        items,
+        outside: None,
+    }
+}
+
+/// Whether the config is as wanted: the in-pod one (the values' host, no
+/// CA or reviewer JWT given: Vault's own), or, for a Vault outside a pod,
+/// the kube context's API server and CA. With no kube context there is no
+/// cluster whose ESO could log in, and nothing to configure.
+fn config_state(
+    names: &EsoNames,
+    current: Option<&KubeConfig>,
+    outside: &mut Option<ApiServer>,
+) -> State {
+    let in_pod = KubeConfig {
+        host: names.kubernetes_host.clone(),
+        ..KubeConfig::default()
+    };
+    if current == Some(&in_pod) {
+        return State::InPlace;
+    }
+    if kube::current_context().is_none() {
+        return State::Skipped(
+            "no kube context, so no cluster whose ESO could log in (a Vault outside a pod reviews ESO's token \
+             with the kube context's API server and CA)"
+                .into(),
+        );
+    }
+    match api_server_of_context() {
+        Ok(api) => {
+            let wanted = KubeConfig {
+                host: api.server.clone(),
+                ca_cert: api.ca_pem.trim().to_string(),
+                ..KubeConfig::default()
+            };
+            *outside = Some(api);
+            if current == Some(&wanted) {
+                State::InPlace
+            } else {
+                State::Ensure
+            }
+        }
+        // Only a Vault outside a pod needs it; one in a pod takes the in-pod config.
+        Err(_) => State::Ensure,
+    }
+}
+
+fn role_matches(names: &EsoNames, d: &Value) -> bool {
+    let list = |v: &Value| -> Vec<String> {
+        let mut l: Vec<String> = v
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        l.sort();
+        l
+    };
+    list(&d["bound_service_account_names"]) == [names.service_account.clone()]
+        && list(&d["bound_service_account_namespaces"]) == [names.namespace.clone()]
+        && list(&d["token_policies"]) == [names.policy.clone()]
+        && d["token_ttl"].as_u64() == Some(names.token_ttl_secs)
+}
+
+/// The kube context's API server, for a Vault outside a pod.
+#[derive(Debug, Clone)]
+struct ApiServer {
+    server: String,
+    ca_pem: String,
+}
+
+/// `kubectl config view --minify --raw --output json`: the current
+/// context's server and CA (inline data or a file).
+fn api_server_of_context() -> Result<ApiServer> {
+    // `--raw` prints the context's credentials too: they stay in memory,
+    // and an error quotes kubectl's stderr only.
+    let tool = Tool::new("kubectl")
+        .args(["config", "view", "--minify", "--raw", "--output", "json"])
+        .deadline(std::time::Duration::from_secs(15));
+    let out = tool.output()?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            tool.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(&text).context("kubectl config view printed no JSON")?;
+    let cluster = &v["clusters"][0]["cluster"];
+    let server = cluster["server"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .context("the kube context names no API server")?
+        .to_string();
+    let ca_pem = if let Some(data) = cluster["certificate-authority-data"].as_str() {
+        String::from_utf8(base64_decode(data).context("certificate-authority-data is not base64")?)
+            .context("certificate-authority-data is not PEM text")?
+    } else if let Some(file) = cluster["certificate-authority"].as_str() {
+        std::fs::read_to_string(file)
+            .with_context(|| format!("reading the kube context's CA {file}"))?
+    } else {
+        bail!("the kube context has no CA for {server}: Vault needs one to review tokens there")
+    };
+    Ok(ApiServer { server, ca_pem })
+}
+
+/// Standard base64 (with or without padding).
+fn base64_decode(text: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+    {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => bail!("not base64: byte {c:#x}"),
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Ok(out)
+}
+
+/// What [`apply`] did, one line per piece it touched.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Applied {
+    pub written: Vec<String>,
+    /// Pieces not written, with the reason (a refused token): ESO cannot log in yet.
+    pub not_written: Vec<(String, String)>,
+    /// Notes for humans (e.g. a Vault outside a pod).
+    pub notes: Vec<String>,
+}
+
+/// Writes the pieces the plan marks `ensure`, in order.
+pub fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
+    let names = &plan.names;
+    let mount = &names.auth_mount;
+    let mut done = Applied::default();
+    for item in plan.items.iter().filter(|i| i.state == State::Ensure) {
+        let (path, body) = match item.kind {
+            "auth" => (
+                format!("sys/auth/{mount}"),
+                json!({"type": "kubernetes", "description": format!("ESO's login for ClusterSecretStore/{}", names.store)}),
+            ),
+            "config" => (
+                format!("auth/{mount}/config"),
+                json!({"kubernetes_host": names.kubernetes_host, "kubernetes_ca_cert": "", "token_reviewer_jwt": "",
+                       "disable_local_ca_jwt": false}),
+            ),
+            "policy" => (
+                format!("sys/policies/acl/{}", names.policy),
+                json!({"policy": names.policy_text()}),
+            ),
+            _ => (
+                format!("auth/{mount}/role/{}", names.role),
+                json!({
+                    "bound_service_account_names": [names.service_account],
+                    "bound_service_account_namespaces": [names.namespace],
+                    "token_policies": [names.policy],
+                    "token_ttl": names.token_ttl_secs,
+                }),
+            ),
+        };
+        let mut reply = http.try_call(Method::Post, &path, Some(&body))?;
+        // A Raft standby answers for a mount just enabled only once it has
+        // applied it: "no handler for route" until then.
+        let mut waited = 0;
+        while reply.status == 404 && reply.errors().contains("no handler for route") && waited < 50
+        {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            waited += 1;
+            reply = http.try_call(Method::Post, &path, Some(&body))?;
+        }
+        // Outside a pod Vault has no service-account CA of its own: it then
+        // reviews tokens with the kube context's API server and CA.
+        if item.kind == "config"
+            && reply.status == 400
+            && reply.errors().contains("serviceaccount/ca.crt")
+        {
+            let api = match &plan.outside {
+                Some(api) => api.clone(),
+                None => match api_server_of_context() {
+                    Ok(api) => api,
+                    Err(e) => {
+                        done.not_written.push((
+                            item.label(),
+                            format!("Vault runs outside a pod and the kube context gives no API server: {e:#}"),
+                        ));
+                        continue;
+                    }
+                },
+            };
+            let body = json!({"kubernetes_host": api.server, "kubernetes_ca_cert": api.ca_pem, "token_reviewer_jwt": "",
+                              "disable_local_ca_jwt": false});
+            reply = http.try_call(Method::Post, &path, Some(&body))?;
+            done.notes.push(format!(
+                "Vault runs outside a pod: {} reviews ESO's tokens with {} and the kube context's CA",
+                item.label(),
+                api.server
+            ));
+        }
+        // A concurrent seed enabled it between our read and our write.
+        if item.kind == "auth" && reply.status == 400 && reply.errors().contains("already in use") {
+            let auths = http.try_call(Method::Get, "sys/auth", None)?;
+            let table = auths
+                .body
+                .get("data")
+                .filter(|d| d.is_object())
+                .unwrap_or(&auths.body);
+            if table[format!("{mount}/")]["type"] == "kubernetes" {
+                continue;
+            }
+        }
+        if denied(&reply) {
+            done.not_written
+                .push((item.label(), denial(&format!("write {path}"), &reply)));
+        } else if (200..300).contains(&reply.status) {
+            done.written.push(item.label());
+        } else {
+            bail!(
+                "POST {path} ({}) failed with HTTP {}: {}",
+                item.label(),
+                reply.status,
+                reply.errors()
+            );
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_come_from_the_store_chart_and_layer_15() {
+        let root = crate::project_root();
+        let names = EsoNames::load(&root, "local").unwrap();
+        assert_eq!(names.store, "ameide-vault");
+        assert_eq!(names.auth_mount, "kubernetes");
+        assert_eq!(names.role, "external-secrets");
+        assert_eq!(names.policy, "external-secrets");
+        assert_eq!(names.kv_path, "secret");
+        assert_eq!(names.subject(), "external-secrets/external-secrets");
+        assert_eq!(names.kubernetes_host, "https://kubernetes.default.svc");
+        assert_eq!(names.token_ttl_secs, 900);
+    }
+
+    #[test]
+    fn layer_15_overrides_the_chart() {
+        let dir = std::env::temp_dir().join(format!("eso-names-{}", std::process::id()));
+        let root = crate::project_root();
+        for rel in [
+            STORE_CHART_VALUES,
+            "infra/kubernetes/environments/local/platform/15-secrets.values.yaml",
+        ] {
+            let to = dir.join(rel);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(root.join(rel), to).unwrap();
+        }
+        let layer = dir.join("infra/kubernetes/environments/local/platform/15-secrets.values.yaml");
+        let text = std::fs::read_to_string(&layer).unwrap().replace(
+            "    path: secret\n",
+            "    path: kv\n    auth:\n      mountPath: k3d-auth\n",
+        );
+        std::fs::write(&layer, text).unwrap();
+        let names = EsoNames::load(&dir, "local").unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            (names.kv_path.as_str(), names.auth_mount.as_str()),
+            ("kv", "k3d-auth")
+        );
+        assert_eq!(
+            names.policy, "external-secrets",
+            "the rest stays the chart's"
+        );
+        assert!(names.policy_text().contains("path \"kv/data/*\""));
+    }
+
+    #[test]
+    fn a_missing_value_names_the_file_and_key() {
+        let dir = std::env::temp_dir().join(format!("eso-missing-{}", std::process::id()));
+        let root = crate::project_root();
+        for rel in [
+            STORE_CHART_VALUES,
+            "infra/kubernetes/environments/local/platform/15-secrets.values.yaml",
+        ] {
+            let to = dir.join(rel);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(root.join(rel), to).unwrap();
+        }
+        let chart = dir.join(STORE_CHART_VALUES);
+        let text = std::fs::read_to_string(&chart)
+            .unwrap()
+            .replace("    policy: external-secrets\n", "");
+        std::fs::write(&chart, text).unwrap();
+        let err = EsoNames::load(&dir, "local").unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            err.contains(STORE_CHART_VALUES) && err.contains("`vault.auth.policy`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_policy_reads_and_lists_only() {
+        let names = EsoNames::load(&crate::project_root(), "local").unwrap();
+        let text = names.policy_text();
+        assert!(
+            text.contains("path \"secret/data/*\" {\n  capabilities = [\"read\"]\n}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("path \"secret/metadata/*\" {\n  capabilities = [\"read\", \"list\"]\n}"),
+            "{text}"
+        );
+        for verb in ["create", "update", "delete", "sudo", "patch"] {
+            assert!(!text.contains(&format!("\"{verb}\"")), "{text}");
+        }
+    }
+
+    #[test]
+    fn durations_and_base64() {
+        assert_eq!(parse_duration("15m").unwrap(), 900);
+        assert_eq!(parse_duration("1h").unwrap(), 3600);
+        assert_eq!(parse_duration("90").unwrap(), 90);
+        assert!(parse_duration("0s").is_err() && parse_duration("5d").is_err());
+        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(base64_decode("aGVsbG8hIQ").unwrap(), b"hello!!");
+    }
+
+    /// Snapshot of the plan lines.
+    #[test]
+    fn plan_snapshot() {
+        let names = EsoNames::load(&crate::project_root(), "local").unwrap();
+        let item = |kind, name: &str, state| Item {
+            kind,
+            name: name.into(),
+            state,
+            detail: format!("{kind} detail"),
+        };
+        let plan = Plan {
+            names,
+            items: vec![
+                item("auth", "kubernetes/", State::Ensure),
+                item("config", "auth/kubernetes/config", State::InPlace),
+                item("policy", "external-secrets", State::Ensure),
+                item(
+                    "role",
+                    "external-secrets",
+                    State::Skipped("the token may not".into()),
+                ),
+            ],
+            outside: None,
+        };
+        let expected = "eso access (ClusterSecretStore/ameide-vault -> role external-secrets, service account \
+                        external-secrets/external-secrets): 2 to ensure, 1 in place
+  ensure     auth kubernetes/               auth detail
+  ensure     policy external-secrets        policy detail
+  skipped    role external-secrets          the token may not
+";
+        assert_eq!(plan.render(false), expected);
+        assert!(plan
+            .render(true)
+            .contains("  in place   config auth/kubernetes/config  config detail\n"));
+    }
+}
