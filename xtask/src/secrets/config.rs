@@ -112,6 +112,14 @@ struct FileConfig {
     azure: AzureFile,
     #[serde(default)]
     guardrail: GuardrailFile,
+    #[serde(default)]
+    helmfile: HelmfileFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HelmfileFile {
+    sync_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -191,6 +199,8 @@ pub struct Config {
     pub file_store: Setting<PathBuf>,
     pub azure_vault_name: Option<Setting<String>>,
     pub local_contexts: Vec<String>,
+    /// How long `helmfile sync` of layer 15 may run before it is stopped.
+    pub helmfile_sync_timeout: std::time::Duration,
 }
 
 /// The environment as a function, so tests can pass their own.
@@ -431,6 +441,13 @@ impl Config {
             .or(repo.vault.timeout_secs)
             .unwrap_or(15.0);
         let vault_retries = local.vault.retries.or(repo.vault.retries).unwrap_or(8);
+        let helmfile_sync_timeout = std::time::Duration::from_secs(
+            local
+                .helmfile
+                .sync_timeout_secs
+                .or(repo.helmfile.sync_timeout_secs)
+                .unwrap_or(600),
+        );
         Ok(Config {
             root: root.to_path_buf(),
             provider,
@@ -448,6 +465,7 @@ impl Config {
             file_store,
             azure_vault_name,
             local_contexts,
+            helmfile_sync_timeout,
         })
     }
 

@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod fixtures;
 pub mod flagfile;
 pub mod guard;
+pub mod helmfile;
 pub mod journal;
 pub mod kube;
 pub mod manifests;
