@@ -163,9 +163,13 @@ impl Migration {
         self.step(name).is_some_and(|s| s.outcome == Outcome::Ok)
     }
 
-    /// The checksum the flag file has when this entry left it.
+    /// The checksum the flag file has where this entry left it: before
+    /// the flip, flipped, or restored by the automatic rollback.
     pub fn flag_sha_now(&self) -> &str {
-        self.after_sha256.as_deref().unwrap_or(&self.before_sha256)
+        match &self.after_sha256 {
+            Some(after) if !self.step_ok(Step::RollbackRestore) => after,
+            _ => &self.before_sha256,
+        }
     }
 
     /// The one command that finishes or follows up this entry, if any.
@@ -430,6 +434,32 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_flag_is_expected_where_the_entry_left_it() {
+        let mut j = Journal::default();
+        j.begin(entry(Kind::Migrate, State::InProgress));
+        j.migrations[0].after_sha256 = Some("flipped".into());
+        assert_eq!(j.migrations[0].flag_sha_now(), "flipped");
+        j.record(
+            "migrate-1",
+            Step::RollbackRestore,
+            now_rfc3339(),
+            Outcome::Failed,
+            "x",
+        )
+        .unwrap();
+        assert_eq!(j.migrations[0].flag_sha_now(), "flipped");
+        j.record(
+            "migrate-1",
+            Step::RollbackRestore,
+            now_rfc3339(),
+            Outcome::Ok,
+            "",
+        )
+        .unwrap();
+        assert_eq!(j.migrations[0].flag_sha_now(), "x", "restored");
+    }
+
     impl Migration {
         fn with(&self, state: State) -> Migration {
             Migration {
@@ -465,6 +495,7 @@ mod tests {
         assert_eq!(back.migrations.len(), 2);
         let cur = back.current().unwrap();
         assert!(cur.step_ok(Step::Sync) && !cur.step_ok(Step::Wait));
+        assert_eq!(cur.flag_sha_now(), "x", "not flipped: as before");
         assert_eq!(cur.state, State::RollbackFailed);
         assert!(cur.ended.is_some());
         assert_eq!(fsutil::mode(&path(&root, "local")).unwrap(), 0o600);

@@ -270,8 +270,8 @@ fn fail(
                 let restored = m.step_ok(Step::RollbackRestore);
                 return Ok(format!(
                     "The automatic rollback failed too, at {rstep}: {e:#}\nThe journal marks the migration {}; \
-                     {}. Fix the cause, then finish with `{}`: it re-runs sync and wait on the restored flag. \
-                     `cargo xtask secrets status` shows where things stand.",
+                     {}; `cargo xtask secrets status` shows where things stand. Fix the cause, then finish with \
+                     `{}`: it re-runs sync and wait on the restored flag.",
                     m.state.as_str(),
                     if restored {
                         format!("{} is restored byte for byte", ctx.flag_rel)
