@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use crate::output::{parse_format, xml_escape, Format};
-use crate::secrets::config::{Config, FlagValues};
+use crate::secrets::config::FlagValues;
 use crate::secrets::fixtures::{self, SecretSet};
 use crate::secrets::provider::{self, Current, SecretProvider};
 use crate::secrets::scan::{self, ExternalSecret, RefKind, Scan};
@@ -125,15 +125,12 @@ pub fn run(flags: &flags::Check) -> Result<()> {
     let fail_on = parse_fail_on(flags.fail_on.as_deref())?;
     let env = flags.env.clone().unwrap_or_else(|| "local".into());
     let root = project_root();
-    let cfg = Config::load(
-        &root,
-        &FlagValues {
-            provider: flags.provider.clone(),
-            fixtures: flags.fixtures.clone(),
-            mount: flags.mount.clone(),
-            concurrency: None,
-        },
-    )?;
+    let cfg = crate::secrets::config::load(&FlagValues {
+        provider: flags.provider.clone(),
+        fixtures: flags.fixtures.clone(),
+        mount: flags.mount.clone(),
+        concurrency: None,
+    })?;
     let infra = flags
         .infra
         .as_ref()

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 
-use crate::secrets::config::{Config, FlagValues};
+use crate::secrets::config::FlagValues;
 use crate::secrets::provider::{file, vault, SecretProvider};
 use crate::secrets::{check, fixtures, flagfile, guard, kube};
 use crate::{flags, project, project_root, tools};
@@ -83,7 +83,7 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
         }
     }
 
-    let cfg = match Config::load(&root, &FlagValues::default()) {
+    let cfg = match crate::secrets::config::load(&FlagValues::default()) {
         Ok(cfg) => cfg,
         Err(e) => {
             out.push(fail("config", format!("{e:#}"), "fix the file it names"));
@@ -131,14 +131,8 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
     };
 
     if cfg.vault_addr.is_some() || local {
-        let vault_cfg = Config::load(
-            &root,
-            &FlagValues {
-                provider: Some("vault".into()),
-                ..FlagValues::default()
-            },
-        )?;
-        match vault::VaultProvider::connect(&vault_cfg, None) {
+        let vault_cfg = &cfg;
+        match vault::VaultProvider::connect(vault_cfg, None) {
             Ok(p) => {
                 out.push(ok(
                     "vault",

@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use crate::output::{parse_format, Format};
-use crate::secrets::config::{Config, FlagValues, ProviderKind};
+use crate::secrets::config::{FlagValues, ProviderKind};
 use crate::secrets::fixtures::SecretSet;
 use crate::secrets::plan::{self, Action, Counts, Item};
 use crate::secrets::provider::{self, Outcome, SecretProvider, Write};
@@ -59,15 +59,12 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
     guard::require_local_env(env)?;
 
     let root = project_root();
-    let cfg = Config::load(
-        &root,
-        &FlagValues {
-            provider: flags.provider.clone(),
-            fixtures: flags.fixtures.clone(),
-            mount: flags.mount.clone(),
-            concurrency: flags.concurrency,
-        },
-    )?;
+    let cfg = crate::secrets::config::load(&FlagValues {
+        provider: flags.provider.clone(),
+        fixtures: flags.fixtures.clone(),
+        mount: flags.mount.clone(),
+        concurrency: flags.concurrency,
+    })?;
     if render.is_some() && cfg.provider.value != ProviderKind::File {
         crate::usage!(
             "--render works with --provider file (the manifests carry the file store's values)"

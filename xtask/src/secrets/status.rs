@@ -16,7 +16,7 @@ pub fn run(flags: &flags::Status) -> Result<()> {
     let format = parse_format(flags.output.as_deref(), &[Format::Text, Format::Json])?;
     let env = flags.env.clone().unwrap_or_else(|| "local".into());
     let root = project_root();
-    let cfg = Config::load(&root, &FlagValues::default())?;
+    let cfg = crate::secrets::config::load(&FlagValues::default())?;
 
     let mut flags_by_env = Vec::new();
     for e in project::environments(&root) {

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 pub use plan::Step;
 
 use crate::fsutil::Lock;
-use crate::secrets::config::{Config, FlagValues, ProviderKind};
+use crate::secrets::config::{self, Config, FlagValues, ProviderKind};
 use crate::secrets::fixtures::{self, SecretSet};
 use crate::secrets::flagfile;
 use crate::secrets::journal::{self, Journal};
@@ -200,13 +200,10 @@ fn run(request: Request, c: Common<'_>) -> Result<()> {
             return Ok(());
         }
     };
-    let cfg = Config::load(
-        &root,
-        &FlagValues {
-            provider: Some(plan.to.as_str().into()),
-            ..FlagValues::default()
-        },
-    )?;
+    let cfg = config::load(&FlagValues {
+        provider: Some(plan.to.as_str().into()),
+        ..FlagValues::default()
+    })?;
     let ctx = Ctx {
         root,
         env,
