@@ -110,8 +110,9 @@ fn journal(sb: &Sandbox) -> Value {
     serde_json::from_str(&sb.read(JOURNAL)).unwrap()
 }
 
-fn journal_bytes(sb: &Sandbox) -> Option<Vec<u8>> {
-    std::fs::read(sb.path(JOURNAL)).ok()
+/// The journal's exact text (its bytes: it is UTF-8 JSON), if there is one.
+fn journal_bytes(sb: &Sandbox) -> Option<String> {
+    std::fs::read_to_string(sb.path(JOURNAL)).ok()
 }
 
 /// An entry's steps as `name outcome`.
