@@ -180,14 +180,31 @@ impl Migration {
             format!(" --env {}", self.env)
         };
         match (self.kind, self.state) {
-            (_, State::RollbackFailed) | (Kind::Rollback, State::InProgress) => Some(format!(
-                "cargo xtask secrets rollback --resume --yes{env}"
-            )),
-            (Kind::Migrate, State::InProgress) => Some(format!(
-                "cargo xtask secrets migrate --resume --yes{env} (or undo it: cargo xtask secrets rollback --yes{env})"
-            )),
+            (_, State::RollbackFailed) | (Kind::Rollback, State::InProgress) => {
+                Some(format!("cargo xtask secrets rollback --resume --yes{env}"))
+            }
+            (Kind::Migrate, State::InProgress) => {
+                Some(format!("cargo xtask secrets migrate --resume --yes{env}"))
+            }
             _ => None,
         }
+    }
+
+    /// What to tell the user about an open entry: the command that finishes
+    /// it, in backticks, and for an unfinished migration the way to undo it.
+    pub fn next_step_text(&self) -> Option<String> {
+        let next = self.next_command()?;
+        Some(
+            if (self.kind, self.state) == (Kind::Migrate, State::InProgress) {
+                format!(
+                    "`{}` (or undo it with `{}`)",
+                    next,
+                    next.replace("migrate --resume", "rollback")
+                )
+            } else {
+                format!("`{next}`")
+            },
+        )
     }
 }
 
@@ -414,10 +431,14 @@ mod tests {
             Some("cargo xtask secrets rollback --resume --yes")
         );
         m.state = State::InProgress;
-        assert!(m
-            .next_command()
-            .unwrap()
-            .starts_with("cargo xtask secrets migrate --resume --yes"));
+        assert_eq!(
+            m.next_command().as_deref(),
+            Some("cargo xtask secrets migrate --resume --yes")
+        );
+        assert_eq!(
+            m.next_step_text().as_deref(),
+            Some("`cargo xtask secrets migrate --resume --yes` (or undo it with `cargo xtask secrets rollback --yes`)")
+        );
         m.env = "dev".into();
         assert!(m.next_command().unwrap().contains("--yes --env dev"));
         for state in [State::Completed, State::Failed, State::RolledBack] {

@@ -87,8 +87,8 @@ pub fn run(flags: &flags::Status) -> Result<()> {
                         m.state.as_str(),
                         m.started
                     );
-                    if let Some(next) = m.next_command() {
-                        println!("  unfinished: finish it with `{next}`");
+                    if let Some(next) = m.next_step_text() {
+                        println!("  unfinished: finish it with {next}");
                     }
                     for s in &m.steps {
                         println!(

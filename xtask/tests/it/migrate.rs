@@ -802,8 +802,19 @@ fn dry_run_prints_the_plan_the_real_run_executes() {
 
     // --no-rollback leaves an unfinished migration; resume it.
     sb.scenario(cluster("k3d-ameide", eso(0, unhealthy("vault")), sync_ok()));
-    migrate(&sb, &bao, &["--to", "vault", "--yes", "--no-rollback"]).code(1);
+    let run = migrate(&sb, &bao, &["--to", "vault", "--yes", "--no-rollback"]).code(1);
     assert_eq!(journal(&sb)["migrations"][0]["state"], "in-progress");
+    assert!(
+        run.stderr.contains(
+            "finish with `cargo xtask secrets migrate --resume --yes` (or undo it with `cargo xtask secrets rollback --yes`)"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        sb.read(FLAG).contains("  provider: vault\n"),
+        "left flipped"
+    );
     sb.scenario(cluster("k3d-ameide", eso(0, healthy()), sync_ok()));
     let dry = migrate(&sb, &bao, &["--resume", "--dry-run"]).ok();
     let real = migrate(&sb, &bao, &["--resume", "--yes"]).ok();

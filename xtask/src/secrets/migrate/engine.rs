@@ -245,7 +245,7 @@ fn fail(
                 journal.save(&ctx.root, &ctx.env)?;
                 let m = journal.get(id).expect("the entry is in the journal");
                 return Ok(format!(
-                    "The journal marks it {}. {} says secrets.provider = {}. Fix the cause, then finish with `{}`.",
+                    "The journal marks it {}. {} says secrets.provider = {}. Fix the cause, then finish with {}.",
                     m.state.as_str(),
                     ctx.flag_rel,
                     ctx.read_flag()
@@ -253,7 +253,7 @@ fn fail(
                         .and_then(|t| crate::secrets::flagfile::provider(&t, &ctx.flag_rel).ok())
                         .map(|p| p.as_str())
                         .unwrap_or("?"),
-                    m.next_command().unwrap_or_default()
+                    m.next_step_text().unwrap_or_default()
                 ));
             }
             OnFailure::AutoRollback(back) => back,
@@ -271,14 +271,14 @@ fn fail(
                 return Ok(format!(
                     "The automatic rollback failed too, at {rstep}: {e:#}\nThe journal marks the migration {}; \
                      {}; `cargo xtask secrets status` shows where things stand. Fix the cause, then finish with \
-                     `{}`: it re-runs sync and wait on the restored flag.",
+                     {}: it re-runs sync and wait on the restored flag.",
                     m.state.as_str(),
                     if restored {
                         format!("{} is restored byte for byte", ctx.flag_rel)
                     } else {
                         format!("{} is NOT restored", ctx.flag_rel)
                     },
-                    m.next_command().unwrap_or_default()
+                    m.next_step_text().unwrap_or_default()
                 ));
             }
             journal.save(&ctx.root, &ctx.env)?;
@@ -296,5 +296,110 @@ fn fail(
         Err(journal_err) => anyhow!(
             "{what}\nWriting the journal failed too: {journal_err:#}. See `cargo xtask secrets status`."
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::config::{Config, FlagValues, ProviderKind};
+    use crate::secrets::migrate::plan::{build, Decision, Request};
+    use crate::secrets::migrate::Wait;
+
+    fn ctx() -> Ctx {
+        let root = crate::project_root();
+        Ctx {
+            cfg: Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap(),
+            root,
+            env: "local".into(),
+            flag_rel: crate::project::flag_file("local").display().to_string(),
+            wait: Wait {
+                attempts: 60,
+                sleep: std::time::Duration::from_secs(5),
+            },
+            allow_non_local: None,
+            store: Default::default(),
+            desired: Default::default(),
+        }
+    }
+
+    fn plan(request: Request, flag_now: ProviderKind) -> Plan {
+        match build(request, "local", flag_now, &Journal::default()).unwrap() {
+            Decision::Run(p) => p,
+            Decision::Nothing(m) => panic!("{m}"),
+        }
+    }
+
+    /// Snapshot of the dry run: every step the engine runs, described.
+    #[test]
+    fn dry_run_snapshot() {
+        let flag = "secrets:\n  provider: azure # the flag\n";
+        let migrate = plan(
+            Request::Migrate {
+                to: Some(ProviderKind::Vault),
+                resume: false,
+                auto_rollback: true,
+            },
+            ProviderKind::Azure,
+        );
+        let expected = "plan: migrate local: azure -> vault (dry run: nothing changes)
+  [1/7] preflight: helm version --short; helmfile --version; kubectl version --client --output json;
+      kubectl config current-context (must be local); kubectl get crd externalsecrets.external-secrets.io;
+      infra/kubernetes/environments/local/platform/15-secrets.values.yaml: no uncommitted change (git status --porcelain);
+      Vault reachable (sys/seal-status, auth/token/lookup-self, sys/mounts)
+  [2/7] seed: the equivalent of `cargo xtask secrets seed --provider vault --env local`
+  [3/7] coverage: the equivalent of `cargo xtask secrets check --render --live --provider vault --env local` (gate)
+  [4/7] flip: infra/kubernetes/environments/local/platform/15-secrets.values.yaml: secrets.provider = vault
+        --- a/infra/kubernetes/environments/local/platform/15-secrets.values.yaml
+        +++ b/infra/kubernetes/environments/local/platform/15-secrets.values.yaml
+        @@ -2,1 +2,1 @@
+        -  provider: azure # the flag
+        +  provider: vault # the flag
+  [5/7] sync: helmfile --file infra/kubernetes/helmfiles/15-secrets-certificates.yaml --environment local sync
+  [6/7] wait: kubectl annotate externalsecret <each on ameide-vault> --namespace <ns> force-sync=<new value> --overwrite;
+      poll `kubectl get externalsecrets --all-namespaces --output json` up to 60 times, 5s apart,
+      until each has a new status.refreshTime (or syncedResourceVersion) and Ready=True
+  [7/7] record: mark the migrate completed in .local/secrets/journal/local.json
+  on a failure after the flip, roll back to azure (unless --no-rollback):
+  [r1/3] rollback-restore: infra/kubernetes/environments/local/platform/15-secrets.values.yaml back to the journal's before_content, byte for byte
+  [r2/3] rollback-sync: helmfile --file infra/kubernetes/helmfiles/15-secrets-certificates.yaml --environment local sync
+  [r3/3] rollback-wait: kubectl annotate externalsecret <each on ameide-vault> --namespace <ns> force-sync=<new value> --overwrite;
+      poll `kubectl get externalsecrets --all-namespaces --output json` up to 60 times, 5s apart,
+      until each has a new status.refreshTime (or syncedResourceVersion) and Ready=True
+";
+        assert_eq!(render(&ctx(), &migrate, flag).unwrap(), expected);
+
+        // A rollback --to: its own five steps; no store to reach, no seed.
+        let rollback = plan(
+            Request::Rollback {
+                to: Some(ProviderKind::Vault),
+                resume: false,
+            },
+            ProviderKind::Azure,
+        );
+        let out = render(&ctx(), &rollback, flag).unwrap();
+        let heads: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("  ["))
+            .map(|l| l.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            heads,
+            [
+                "  [1/5] preflight",
+                "  [2/5] flip",
+                "  [3/5] sync",
+                "  [4/5] wait",
+                "  [5/5] record"
+            ]
+        );
+        assert!(!out.contains("reachable") && !out.contains("seed"), "{out}");
+        assert!(
+            out.contains("no uncommitted change, or as the journal left it"),
+            "{out}"
+        );
+        assert!(out.ends_with(
+            "  on a failure after the flip: stop, and name the command that finishes the job\n"
+        ));
     }
 }

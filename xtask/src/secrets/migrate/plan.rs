@@ -231,12 +231,12 @@ pub fn build(
             };
             match (open, resume) {
                 (Some(m), false) => bail!(
-                    "an unfinished {} of {env} to {} is in the journal ({}, last step: {}). Finish it first: `{}`.",
+                    "an unfinished {} of {env} to {} is in the journal ({}, last step: {}). Finish it first: {}.",
                     m.kind.as_str(),
                     m.to,
                     m.state.as_str(),
                     m.steps.last().map(|s| s.name.as_str()).unwrap_or("none"),
-                    m.next_command().unwrap_or_default()
+                    m.next_step_text().unwrap_or_default()
                 ),
                 (None, true) => bail!(
                     "nothing to resume: the journal has no unfinished migration of {env}"
@@ -244,9 +244,9 @@ pub fn build(
                 (Some(m), true) => {
                     if m.kind != Kind::Migrate || m.state != State::InProgress {
                         bail!(
-                            "the unfinished operation is a rollback ({}): finish it with `{}`",
+                            "the unfinished operation is a rollback ({}): finish it with {}",
                             m.state.as_str(),
-                            m.next_command().unwrap_or_default()
+                            m.next_step_text().unwrap_or_default()
                         );
                     }
                     let journaled = provider(&m.to)?;
@@ -345,10 +345,10 @@ pub fn build(
         Request::Rollback { to, resume: false } => {
             if let Some(m) = open.filter(|m| m.kind == Kind::Rollback) {
                 bail!(
-                    "an unfinished rollback of {env} to {} is in the journal ({}): finish it with `{}`",
+                    "an unfinished rollback of {env} to {} is in the journal ({}): finish it with {}",
                     m.to,
                     m.state.as_str(),
-                    m.next_command().unwrap_or_default()
+                    m.next_step_text().unwrap_or_default()
                 );
             }
             let candidate = journal.undo_candidate();

@@ -75,8 +75,8 @@ pub fn describe(ctx: &Ctx, plan: &Plan, flag_text: &str, step: Step) -> Result<S
             },
             if plan.has(Step::Seed) || plan.has(Step::Coverage) {
                 match plan.to {
-                    ProviderKind::Vault => "; Vault reachable (sys/seal-status, auth/token/lookup-self, sys/mounts)",
-                    _ => "; Azure Key Vault reachable (az keyvault secret list)",
+                    ProviderKind::Vault => ";\n      Vault reachable (sys/seal-status, auth/token/lookup-self, sys/mounts)",
+                    _ => ";\n      Azure Key Vault reachable (az keyvault secret list)",
                 }
             } else {
                 ""
@@ -96,7 +96,7 @@ pub fn describe(ctx: &Ctx, plan: &Plan, flag_text: &str, step: Step) -> Result<S
         }
         Step::Sync | Step::RollbackSync => helmfile::sync_display(env),
         Step::Wait | Step::RollbackWait => format!(
-            "kubectl annotate externalsecret <each on {STORE_NAME}> --namespace <ns> force-sync=<now> --overwrite;\n      \
+            "kubectl annotate externalsecret <each on {STORE_NAME}> --namespace <ns> force-sync=<new value> --overwrite;\n      \
              poll `kubectl get externalsecrets --all-namespaces --output json` up to {} times, {:.0}s apart,\n      \
              until each has a new status.refreshTime (or syncedResourceVersion) and Ready=True",
             ctx.wait.attempts,
@@ -119,6 +119,7 @@ fn tool_version(tool: &str, args: &[&str]) -> Result<String> {
     Ok(Tool::new(tool)
         .args(args)
         .env("PATH", project::path_with_tools(&project::project_root()))
+        .env_remove("VAULT_TOKEN")
         .install_hint("run `cargo xtask tools` (kubectl: your cluster's)")
         .run()?
         .trim()
@@ -194,6 +195,7 @@ fn check_flag_file(
         .arg(&ctx.root)
         .args(["status", "--porcelain", "--"])
         .arg(&ctx.flag_rel)
+        .env_remove("VAULT_TOKEN")
         .run()
         .with_context(|| {
             format!(
