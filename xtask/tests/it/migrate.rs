@@ -396,6 +396,14 @@ fn tmp_path(sb: &Sandbox) -> std::path::PathBuf {
 
 const CASES: &[Case] = &[
     Case {
+        name: "preflight",
+        break_it: |sb| sb.scenario(cluster("aks-prod", eso(0, healthy()), sync_ok())),
+        fix_it: |sb| sb.scenario(cluster("k3d-ameide", eso(0, healthy()), sync_ok())),
+        steps: &[],
+        state: "",
+        finishes_on: "vault",
+    },
+    Case {
         name: "seed",
         break_it: |sb| {
             sb.scenario(cluster("k3d-ameide", eso(0, healthy()), sync_ok()));
@@ -541,6 +549,21 @@ fn fail_and_finish(name: &str) {
         let before = sb.read(FLAG);
         (case.break_it)(&sb);
         let run = migrate(&sb, &bao, &["--to", "vault", "--yes"]).code(1);
+        if case.steps.is_empty() {
+            // Stopped at preflight: nothing journaled, nothing changed; the
+            // same command works once the cause is fixed.
+            assert!(
+                run.stderr.contains("Nothing in the cluster changed"),
+                "{}",
+                run.stderr
+            );
+            assert_eq!(journal_bytes(&sb), None);
+            assert_eq!(sb.read(FLAG), before);
+            (case.fix_it)(&sb);
+            migrate(&sb, &bao, &["--to", "vault", "--yes"]).ok();
+            assert_eq!(steps(&journal(&sb)["migrations"][0]), MIGRATED);
+            return;
+        }
         let m = &journal(&sb)["migrations"][0];
         assert_eq!(steps(m), case.steps, "{}:\n{}", case.name, run.stderr);
         assert_eq!(m["state"], case.state, "{}", case.name);
@@ -597,6 +620,11 @@ fn fail_and_finish(name: &str) {
             );
         }
     }
+}
+
+#[test]
+fn a_refused_preflight_journals_nothing_and_the_same_command_finishes() {
+    fail_and_finish("preflight");
 }
 
 #[test]
@@ -686,6 +714,25 @@ fn a_failed_rollback_is_finished_by_the_command_it_names() {
     sb.scenario(cluster("k3d-ameide", eso(0, healthy()), sync_ok()));
     migrate(&sb, &bao, &["--to", "vault", "--yes"]).ok();
 
+    // Its flip fails (something in the way of the temp file): nothing changed.
+    let flipped = sb.read(FLAG);
+    std::fs::create_dir_all(tmp_path(&sb).join("in-the-way")).unwrap();
+    let run = rollback(&sb, &bao, &["--yes"]).code(1);
+    let j = journal(&sb);
+    assert_eq!(steps(&j["migrations"][0]), ["preflight ok", "flip failed"]);
+    assert_eq!(j["migrations"][0]["state"], "failed");
+    assert_eq!(j["migrations"][1]["state"], "completed");
+    assert_eq!(
+        sb.read(FLAG),
+        flipped,
+        "the migration's target, byte for byte"
+    );
+    assert_eq!(
+        named_command(&run.stderr),
+        ["secrets", "rollback", "--to", "azure", "--yes"]
+    );
+    std::fs::remove_dir_all(tmp_path(&sb)).unwrap();
+
     // Its sync fails.
     sb.scenario(cluster(
         "k3d-ameide",
@@ -699,7 +746,7 @@ fn a_failed_rollback_is_finished_by_the_command_it_names() {
         ["preflight ok", "flip ok", "sync failed"]
     );
     assert_eq!(j["migrations"][0]["state"], "rollback-failed");
-    assert_eq!(j["migrations"][1]["state"], "completed", "not undone yet");
+    assert_eq!(j["migrations"][2]["state"], "completed", "not undone yet");
     assert_eq!(sb.read(FLAG), before);
     assert_eq!(
         named_command(&run.stderr),
@@ -721,7 +768,8 @@ fn a_failed_rollback_is_finished_by_the_command_it_names() {
     );
     let j = journal(&sb);
     assert_eq!(j["migrations"][0]["state"], "completed");
-    assert_eq!(j["migrations"][1]["state"], "rolled-back");
+    assert_eq!(j["migrations"][1]["state"], "failed", "the refused flip");
+    assert_eq!(j["migrations"][2]["state"], "rolled-back");
     assert_eq!(sb.read(FLAG), before);
 }
 
@@ -925,6 +973,18 @@ fn an_interrupted_migration_resumes_and_a_second_one_is_refused() {
         "{}",
         run.stderr
     );
+    // An edit the tool did not make: resume refuses and journals nothing.
+    let flipped = sb.read(FLAG);
+    let journal_before = journal_bytes(&sb);
+    sb.write(FLAG, &format!("{flipped}# edited by hand\n"));
+    let run = migrate(&sb, &bao, &["--resume", "--yes"]).code(1);
+    assert!(
+        run.stderr.contains("changed since the journal's last step"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(journal_bytes(&sb), journal_before);
+    sb.write(FLAG, &flipped);
     let run = migrate(&sb, &bao, &["--resume", "--yes"]).ok();
     assert!(
         run.stdout.contains("[4/7] flip: done earlier"),
