@@ -142,7 +142,8 @@ pub struct Plan {
     pub kind: Kind,
     pub env: String,
     pub entry: Entry,
-    /// The provider the flag says now.
+    /// Where the entry started: the provider the flag said before it (for
+    /// a new entry, what it says now). An automatic rollback goes back here.
     pub from: ProviderKind,
     pub to: ProviderKind,
     pub steps: Vec<Planned>,
@@ -207,11 +208,17 @@ pub fn build(
 ) -> Result<Decision> {
     let newest = journal.current();
     let open = newest.filter(|m| m.state.is_open());
-    let plan = |kind, entry, to, steps, on_success, on_failure, title: String| Plan {
+    let plan = |kind, entry: Entry, to, steps, on_success, on_failure, title: String| Plan {
+        from: match &entry {
+            Entry::Continue { id } => journal
+                .get(id)
+                .and_then(|m| ProviderKind::parse(&m.from))
+                .unwrap_or(flag_now),
+            Entry::New { .. } => flag_now,
+        },
         kind,
         env: env.to_string(),
         entry,
-        from: flag_now,
         to,
         steps,
         on_success,
@@ -359,9 +366,6 @@ pub fn build(
                     "no migration of {env} in the journal to undo; pass --to vault or --to azure"
                 ),
             };
-            if matches!(to, ProviderKind::File) {
-                crate::usage!("the file store is not a cluster store: use vault or azure");
-            }
             let undoes = candidate
                 .filter(|m| m.from == to.as_str())
                 .map(|m| m.id.clone());
@@ -610,6 +614,11 @@ mod tests {
             Entry::Continue {
                 id: killed.id.clone()
             }
+        );
+        assert_eq!(
+            (p.from, p.to),
+            (Azure, Vault),
+            "an automatic rollback goes back to azure"
         );
         // A new migration is refused while one is unfinished, naming the command.
         let err = build(
