@@ -1194,3 +1194,38 @@ fn a_canary_never_reaches_the_journal_output_or_any_child() {
     ) & 0o777;
     assert_eq!(mode, 0o600, "the journal is private");
 }
+
+/// A hung `helmfile sync` is stopped at the configured deadline, and the
+/// migration rolls back instead of hanging.
+#[test]
+fn a_hung_sync_is_stopped_at_its_deadline() {
+    if !tools() {
+        return;
+    }
+    let bao = OpenBao::start();
+    let sb = on_azure();
+    let before = sb.read(FLAG);
+    sb.write(".local/secrets.toml", "[helmfile]\nsync_timeout_secs = 2\n");
+    sb.scenario(cluster(
+        "k3d-ameide",
+        eso(0, healthy()),
+        json!([{"sleep": 60}, {"exit": 0}]),
+    ));
+    let t = Instant::now();
+    let run = migrate(&sb, &bao, &["--to", "vault", "--yes"]).code(1);
+    assert!(t.elapsed() < Duration::from_secs(50), "{:?}", t.elapsed());
+    assert!(
+        run.stderr.contains("did not finish within 2 s"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("helmfile.sync_timeout_secs"),
+        "{}",
+        run.stderr
+    );
+    let m = &journal(&sb)["migrations"][0];
+    assert_eq!(m["state"], "rolled-back");
+    assert_eq!(steps(m)[4], "sync failed");
+    assert_eq!(sb.read(FLAG), before);
+}
