@@ -132,11 +132,11 @@ xflags::xflags! {
                 optional --to provider: String
                 /// Environment (default: local).
                 optional --env env: String
-                /// Print every command and the flag file diff; change nothing.
+                /// Print the plan (every step, command and the flag file diff); change nothing.
                 optional --dry-run
                 /// Do not ask for confirmation.
                 optional --yes
-                /// Continue an interrupted migration from its journal.
+                /// Continue an unfinished migration from its journal.
                 optional --resume
                 /// On failure after the flag flip, leave things as they are.
                 optional --no-rollback
@@ -148,11 +148,12 @@ xflags::xflags! {
                 optional --allow-non-local host: String
             }
 
-            /// Undo the last completed migration, or go to an explicit provider.
+            /// Undo the last migration, or go to an explicit provider with the rollback's steps.
             ///
             /// Examples:
             ///   cargo xtask secrets rollback --yes
             ///   cargo xtask secrets rollback --to azure --yes
+            ///   cargo xtask secrets rollback --resume --yes
             cmd rollback {
                 /// Environment (default: local).
                 optional --env env: String
@@ -160,6 +161,8 @@ xflags::xflags! {
                 optional --to provider: String
                 /// Do not ask for confirmation.
                 optional --yes
+                /// Finish a rollback that failed (re-run sync and wait on the restored flag).
+                optional --resume
                 /// Print the plan; change nothing.
                 optional --dry-run
                 /// Polls while waiting for ExternalSecrets (env EXTERNALSECRET_WAIT_ATTEMPTS, default 60).

@@ -22,6 +22,8 @@ pub mod yaml;
 
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod tidy;
 
 use std::process::ExitCode;
 

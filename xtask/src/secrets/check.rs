@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use crate::output::{count, parse_format, xml_escape, Format};
-use crate::secrets::config::{self, Config, FlagValues, ProviderKind};
+use crate::secrets::config::{self, FlagValues, ProviderKind};
 use crate::secrets::eso_access::EsoNames;
 use crate::secrets::eso_read;
 use crate::secrets::fixtures::{self, SecretSet};
@@ -130,16 +130,13 @@ pub fn run(flags: &flags::Check) -> Result<()> {
     }
     let env = flags.env.clone().unwrap_or_else(|| "local".into());
     let root = project_root();
-    let cfg = Config::load(
-        &root,
-        &FlagValues {
-            provider: flags.provider.clone(),
-            fixtures: flags.fixtures.clone(),
-            overrides: flags.overrides.clone(),
-            mount: flags.mount.clone(),
-            concurrency: None,
-        },
-    )?;
+    let cfg = config::load(&FlagValues {
+        provider: flags.provider.clone(),
+        fixtures: flags.fixtures.clone(),
+        overrides: flags.overrides.clone(),
+        mount: flags.mount.clone(),
+        concurrency: None,
+    })?;
     crate::secrets::seed::require_mount_fits(flags.mount.as_deref(), &cfg)?;
     let infra = flags
         .infra

@@ -220,6 +220,12 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// The one way a command loads its configuration: once, at its start, for
+/// the repository it runs in. Everything after reads the [`Config`] it got.
+pub fn load(flags: &FlagValues) -> Result<Config> {
+    Config::load(&crate::project_root(), flags)
+}
+
 impl Config {
     /// Loads the configuration for the repository at `root`.
     pub fn load(root: &Path, flags: &FlagValues) -> Result<Config> {

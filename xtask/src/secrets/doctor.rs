@@ -90,7 +90,7 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
         }
     }
 
-    let cfg = match Config::load(&root, &FlagValues::default()) {
+    let cfg = match crate::secrets::config::load(&FlagValues::default()) {
         Ok(cfg) => cfg,
         Err(e) => {
             out.push(fail("config", format!("{e:#}"), "fix the file it names"));
@@ -138,14 +138,8 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
     };
 
     if cfg.vault_addr.is_some() || local {
-        let vault_cfg = Config::load(
-            &root,
-            &FlagValues {
-                provider: Some("vault".into()),
-                ..FlagValues::default()
-            },
-        )?;
-        match vault::VaultProvider::connect(&vault_cfg, None) {
+        let vault_cfg = &cfg;
+        match vault::VaultProvider::connect(vault_cfg, None) {
             Ok(mut p) => {
                 out.push(ok(
                     "vault",

@@ -1,47 +1,141 @@
-//! The migration journal: `.local/secrets/journal/<env>.json`, written
-//! atomically after every step. It holds step outcomes and the state before
-//! the change (the flag file's bytes and checksum), never a secret value.
+//! The migration journal, `.local/secrets/journal/<env>.json`: one entry
+//! per migrate or rollback, newest first, each an explicit state machine
+//! ([`State::next`]). It records only outcomes: a step is written after it
+//! finished, with what it changed. It holds the flag file's bytes from
+//! before the change and checksums, never a secret value.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{self, now_rfc3339};
+use crate::secrets::migrate::Step;
 
+/// What an entry is: a migration, or a rollback (undoing one, or going
+/// `--to` a provider with the rollback's steps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    Migrate,
+    Rollback,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Migrate => "migrate",
+            Kind::Rollback => "rollback",
+        }
+    }
+}
+
+/// Where an entry stands. See [`State::next`] for every transition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum State {
+    /// Started and not finished: running, interrupted, or stopped after the
+    /// flip with `--no-rollback`. `migrate --resume` continues a migration.
     InProgress,
+    /// Every step succeeded.
     Completed,
+    /// A step failed before the cluster changed (preflight passed, the flag
+    /// was not written): nothing to undo.
     Failed,
+    /// The migration was undone: by its automatic rollback, by `rollback
+    /// --resume`, or by a later rollback that completed.
     RolledBack,
+    /// The automatic rollback (or a rollback) failed after the flag was
+    /// restored or flipped: `rollback --resume` re-runs sync and wait.
+    RollbackFailed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::InProgress => "in-progress",
+            State::Completed => "completed",
+            State::Failed => "failed",
+            State::RolledBack => "rolled-back",
+            State::RollbackFailed => "rollback-failed",
+        }
+    }
+
+    /// An entry that still needs a command to finish it.
+    pub fn is_open(self) -> bool {
+        matches!(self, State::InProgress | State::RollbackFailed)
+    }
+
+    /// The state an entry of `kind` moves to on `event`; an error for a
+    /// transition the machine does not have.
+    pub fn next(self, kind: Kind, event: Event) -> Result<State> {
+        use Event as E;
+        use Kind as K;
+        use State as S;
+        let to = match (kind, self, event) {
+            (_, S::InProgress, E::Succeeded) => S::Completed,
+            (K::Rollback, S::RollbackFailed, E::Succeeded) => S::Completed,
+            (_, S::InProgress, E::FailedBeforeFlip) => S::Failed,
+            (K::Migrate, S::InProgress, E::FailedAfterFlip) => S::InProgress,
+            (K::Rollback, S::InProgress | S::RollbackFailed, E::FailedAfterFlip) => {
+                S::RollbackFailed
+            }
+            (K::Migrate, S::InProgress | S::RollbackFailed, E::RollbackSucceeded) => S::RolledBack,
+            (K::Migrate, S::InProgress | S::RollbackFailed, E::RollbackFailed) => S::RollbackFailed,
+            (K::Migrate, S::InProgress | S::Completed | S::RollbackFailed, E::Undone) => {
+                S::RolledBack
+            }
+            (kind, state, event) => bail!(
+                "the journal has no transition from {} on {event:?} for a {}",
+                state.as_str(),
+                kind.as_str()
+            ),
+        };
+        Ok(to)
+    }
+}
+
+/// What happened to an entry, as the engine reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Every step of the plan succeeded.
+    Succeeded,
+    /// A step failed before the cluster changed.
+    FailedBeforeFlip,
+    /// A step failed after the flip, and nothing rolls it back.
+    FailedAfterFlip,
+    /// The automatic rollback, or `rollback --resume`, put everything back.
+    RollbackSucceeded,
+    /// The automatic rollback, or `rollback --resume`, failed.
+    RollbackFailed,
+    /// A later rollback that undoes this migration completed.
+    Undone,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
-    Running,
     Ok,
     Failed,
-    Skipped,
 }
 
+/// One finished step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Step {
-    pub name: String,
+pub struct StepRecord {
+    pub name: Step,
     pub started: String,
-    pub ended: Option<String>,
+    pub ended: String,
     pub outcome: Outcome,
+    /// What the step changed, or why it failed.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
 }
 
+/// One migrate or rollback.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Migration {
     pub id: String,
-    /// `migrate` or `rollback`.
-    pub kind: String,
+    pub kind: Kind,
     pub env: String,
     pub from: String,
     pub to: String,
@@ -54,16 +148,63 @@ pub struct Migration {
     pub before_sha256: String,
     /// The flag file's checksum after the flip.
     pub after_sha256: Option<String>,
-    pub steps: Vec<Step>,
+    /// For a rollback: the id of the migration it undoes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undoes: Option<String>,
+    pub steps: Vec<StepRecord>,
 }
 
 impl Migration {
-    pub fn step(&self, name: &str) -> Option<&Step> {
+    pub fn step(&self, name: Step) -> Option<&StepRecord> {
         self.steps.iter().rev().find(|s| s.name == name)
     }
 
-    pub fn step_ok(&self, name: &str) -> bool {
+    pub fn step_ok(&self, name: Step) -> bool {
         self.step(name).is_some_and(|s| s.outcome == Outcome::Ok)
+    }
+
+    /// The checksum the flag file has where this entry left it: before
+    /// the flip, flipped, or restored by the automatic rollback.
+    pub fn flag_sha_now(&self) -> &str {
+        match &self.after_sha256 {
+            Some(after) if !self.step_ok(Step::RollbackRestore) => after,
+            _ => &self.before_sha256,
+        }
+    }
+
+    /// The one command that finishes or follows up this entry, if any.
+    pub fn next_command(&self) -> Option<String> {
+        let env = if self.env == "local" {
+            String::new()
+        } else {
+            format!(" --env {}", self.env)
+        };
+        match (self.kind, self.state) {
+            (_, State::RollbackFailed) | (Kind::Rollback, State::InProgress) => {
+                Some(format!("cargo xtask secrets rollback --resume --yes{env}"))
+            }
+            (Kind::Migrate, State::InProgress) => {
+                Some(format!("cargo xtask secrets migrate --resume --yes{env}"))
+            }
+            _ => None,
+        }
+    }
+
+    /// What to tell the user about an open entry: the command that finishes
+    /// it, in backticks, and for an unfinished migration the way to undo it.
+    pub fn next_step_text(&self) -> Option<String> {
+        let next = self.next_command()?;
+        Some(
+            if (self.kind, self.state) == (Kind::Migrate, State::InProgress) {
+                format!(
+                    "`{}` (or undo it with `{}`)",
+                    next,
+                    next.replace("migrate --resume", "rollback")
+                )
+            } else {
+                format!("`{next}`")
+            },
+        )
     }
 }
 
@@ -108,53 +249,62 @@ impl Journal {
         self.migrations.first()
     }
 
-    pub fn current_mut(&mut self) -> Option<&mut Migration> {
-        self.migrations.first_mut()
+    pub fn get(&self, id: &str) -> Option<&Migration> {
+        self.migrations.iter().find(|m| m.id == id)
     }
 
-    /// The newest completed migration (not rollback).
-    pub fn last_completed_migration(&self) -> Option<&Migration> {
+    fn get_mut(&mut self, id: &str) -> Result<&mut Migration> {
         self.migrations
-            .iter()
-            .find(|m| m.kind == "migrate" && m.state == State::Completed)
+            .iter_mut()
+            .find(|m| m.id == id)
+            .with_context(|| format!("no entry {id} in the journal"))
     }
 
-    /// Starts a step in the current migration and saves.
-    pub fn start_step(&mut self, root: &Path, env: &str, name: &str) -> Result<()> {
-        let m = self.current_mut().expect("a migration is open");
-        m.steps.push(Step {
-            name: name.into(),
-            started: now_rfc3339(),
-            ended: None,
-            outcome: Outcome::Running,
-            detail: String::new(),
-        });
-        self.save(root, env)
+    /// The newest migration a rollback would undo: completed, unfinished,
+    /// or whose automatic rollback failed.
+    pub fn undo_candidate(&self) -> Option<&Migration> {
+        self.migrations.iter().find(|m| {
+            m.kind == Kind::Migrate
+                && matches!(
+                    m.state,
+                    State::Completed | State::InProgress | State::RollbackFailed
+                )
+        })
     }
 
-    /// Ends the newest step and saves.
-    pub fn end_step(
+    /// Adds a new entry (newest first).
+    pub fn begin(&mut self, entry: Migration) {
+        self.migrations.insert(0, entry);
+    }
+
+    /// Appends a finished step to entry `id`.
+    pub fn record(
         &mut self,
-        root: &Path,
-        env: &str,
+        id: &str,
+        name: Step,
+        started: String,
         outcome: Outcome,
         detail: &str,
     ) -> Result<()> {
-        let m = self.current_mut().expect("a migration is open");
-        if let Some(step) = m.steps.last_mut() {
-            step.ended = Some(now_rfc3339());
-            step.outcome = outcome;
-            step.detail = detail.to_string();
-        }
-        self.save(root, env)
+        self.get_mut(id)?.steps.push(StepRecord {
+            name,
+            started,
+            ended: now_rfc3339(),
+            outcome,
+            detail: detail.to_string(),
+        });
+        Ok(())
     }
 
-    /// Sets the state of the current migration and saves.
-    pub fn finish(&mut self, root: &Path, env: &str, state: State) -> Result<()> {
-        let m = self.current_mut().expect("a migration is open");
-        m.state = state;
-        m.ended = Some(now_rfc3339());
-        self.save(root, env)
+    /// Moves entry `id` through the state machine.
+    pub fn apply(&mut self, id: &str, event: Event) -> Result<State> {
+        let m = self.get_mut(id)?;
+        let next = m.state.next(m.kind, event)?;
+        m.state = next;
+        if next != State::InProgress {
+            m.ended = Some(now_rfc3339());
+        }
+        Ok(next)
     }
 }
 
@@ -162,13 +312,10 @@ impl Journal {
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trips_and_finds_the_last_completed_migration() {
-        let root = std::env::temp_dir().join(format!("xtask-journal-{}", std::process::id()));
-        let mut j = Journal::default();
-        let m = |kind: &str, state| Migration {
-            id: format!("{kind}-1"),
-            kind: kind.into(),
+    fn entry(kind: Kind, state: State) -> Migration {
+        Migration {
+            id: format!("{}-1", kind.as_str()),
+            kind,
             env: "local".into(),
             from: "azure".into(),
             to: "vault".into(),
@@ -179,18 +326,203 @@ mod tests {
             before_content: "secrets:\n  provider: azure\n".into(),
             before_sha256: "x".into(),
             after_sha256: None,
+            undoes: None,
             steps: vec![],
-        };
-        j.migrations.insert(0, m("migrate", State::Completed));
-        j.migrations.insert(0, m("rollback", State::Completed));
-        j.start_step(&root, "local", "sync").unwrap();
-        j.end_step(&root, "local", Outcome::Ok, "3 releases")
-            .unwrap();
+        }
+    }
+
+    const STATES: [State; 5] = [
+        State::InProgress,
+        State::Completed,
+        State::Failed,
+        State::RolledBack,
+        State::RollbackFailed,
+    ];
+    const EVENTS: [Event; 6] = [
+        Event::Succeeded,
+        Event::FailedBeforeFlip,
+        Event::FailedAfterFlip,
+        Event::RollbackSucceeded,
+        Event::RollbackFailed,
+        Event::Undone,
+    ];
+
+    /// Every transition the machine has, and that it has no other.
+    #[test]
+    fn every_transition_and_no_other() {
+        use Event as E;
+        use Kind as K;
+        use State as S;
+        let allowed = [
+            (K::Migrate, S::InProgress, E::Succeeded, S::Completed),
+            (K::Rollback, S::InProgress, E::Succeeded, S::Completed),
+            (K::Rollback, S::RollbackFailed, E::Succeeded, S::Completed),
+            (K::Migrate, S::InProgress, E::FailedBeforeFlip, S::Failed),
+            (K::Rollback, S::InProgress, E::FailedBeforeFlip, S::Failed),
+            (K::Migrate, S::InProgress, E::FailedAfterFlip, S::InProgress),
+            (
+                K::Rollback,
+                S::InProgress,
+                E::FailedAfterFlip,
+                S::RollbackFailed,
+            ),
+            (
+                K::Rollback,
+                S::RollbackFailed,
+                E::FailedAfterFlip,
+                S::RollbackFailed,
+            ),
+            (
+                K::Migrate,
+                S::InProgress,
+                E::RollbackSucceeded,
+                S::RolledBack,
+            ),
+            (
+                K::Migrate,
+                S::RollbackFailed,
+                E::RollbackSucceeded,
+                S::RolledBack,
+            ),
+            (
+                K::Migrate,
+                S::InProgress,
+                E::RollbackFailed,
+                S::RollbackFailed,
+            ),
+            (
+                K::Migrate,
+                S::RollbackFailed,
+                E::RollbackFailed,
+                S::RollbackFailed,
+            ),
+            (K::Migrate, S::InProgress, E::Undone, S::RolledBack),
+            (K::Migrate, S::Completed, E::Undone, S::RolledBack),
+            (K::Migrate, S::RollbackFailed, E::Undone, S::RolledBack),
+        ];
+        let mut seen = 0;
+        for kind in [K::Migrate, K::Rollback] {
+            for state in STATES {
+                for event in EVENTS {
+                    let want = allowed
+                        .iter()
+                        .find(|(k, s, e, _)| *k == kind && *s == state && *e == event)
+                        .map(|t| t.3);
+                    let got = state.next(kind, event).ok();
+                    assert_eq!(got, want, "{kind:?} {state:?} on {event:?}");
+                    seen += usize::from(want.is_some());
+                }
+            }
+        }
+        assert_eq!(seen, allowed.len());
+        // Terminal states move only when a later rollback undoes a completed migration.
+        for state in [S::Failed, S::RolledBack] {
+            for event in EVENTS {
+                assert!(state.next(K::Migrate, event).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn open_states_name_the_command_that_finishes_them() {
+        let mut m = entry(Kind::Migrate, State::RollbackFailed);
+        assert_eq!(
+            m.next_command().as_deref(),
+            Some("cargo xtask secrets rollback --resume --yes")
+        );
+        m.state = State::InProgress;
+        assert_eq!(
+            m.next_command().as_deref(),
+            Some("cargo xtask secrets migrate --resume --yes")
+        );
+        assert_eq!(
+            m.next_step_text().as_deref(),
+            Some("`cargo xtask secrets migrate --resume --yes` (or undo it with `cargo xtask secrets rollback --yes`)")
+        );
+        m.env = "dev".into();
+        assert!(m.next_command().unwrap().contains("--yes --env dev"));
+        for state in [State::Completed, State::Failed, State::RolledBack] {
+            m.state = state;
+            assert_eq!(m.next_command(), None, "{state:?}");
+        }
+        let r = entry(Kind::Rollback, State::InProgress);
+        assert_eq!(
+            r.next_command().as_deref(),
+            Some("cargo xtask secrets rollback --resume --yes")
+        );
+        for state in STATES {
+            assert_eq!(state.is_open(), m.with(state).next_command().is_some());
+        }
+    }
+
+    #[test]
+    fn the_flag_is_expected_where_the_entry_left_it() {
+        let mut j = Journal::default();
+        j.begin(entry(Kind::Migrate, State::InProgress));
+        j.migrations[0].after_sha256 = Some("flipped".into());
+        assert_eq!(j.migrations[0].flag_sha_now(), "flipped");
+        j.record(
+            "migrate-1",
+            Step::RollbackRestore,
+            now_rfc3339(),
+            Outcome::Failed,
+            "x",
+        )
+        .unwrap();
+        assert_eq!(j.migrations[0].flag_sha_now(), "flipped");
+        j.record(
+            "migrate-1",
+            Step::RollbackRestore,
+            now_rfc3339(),
+            Outcome::Ok,
+            "",
+        )
+        .unwrap();
+        assert_eq!(j.migrations[0].flag_sha_now(), "x", "restored");
+    }
+
+    impl Migration {
+        fn with(&self, state: State) -> Migration {
+            Migration {
+                state,
+                env: "local".into(),
+                ..self.clone()
+            }
+        }
+    }
+
+    #[test]
+    fn round_trips_records_outcomes_and_finds_what_to_undo() {
+        let root = std::env::temp_dir().join(format!("xtask-journal-{}", std::process::id()));
+        let mut j = Journal::default();
+        j.begin(entry(Kind::Migrate, State::Completed));
+        j.begin(entry(Kind::Rollback, State::InProgress));
+        assert_eq!(j.undo_candidate().unwrap().kind, Kind::Migrate);
+        j.record(
+            "rollback-1",
+            Step::Sync,
+            now_rfc3339(),
+            Outcome::Ok,
+            "3 releases",
+        )
+        .unwrap();
+        assert_eq!(
+            j.apply("rollback-1", Event::FailedAfterFlip).unwrap(),
+            State::RollbackFailed
+        );
+        assert!(j.apply("rollback-1", Event::Undone).is_err());
+        j.save(&root, "local").unwrap();
         let back = Journal::load(&root, "local").unwrap();
         assert_eq!(back.migrations.len(), 2);
-        assert!(back.current().unwrap().step_ok("sync"));
-        assert_eq!(back.last_completed_migration().unwrap().kind, "migrate");
+        let cur = back.current().unwrap();
+        assert!(cur.step_ok(Step::Sync) && !cur.step_ok(Step::Wait));
+        assert_eq!(cur.flag_sha_now(), "x", "not flipped: as before");
+        assert_eq!(cur.state, State::RollbackFailed);
+        assert!(cur.ended.is_some());
         assert_eq!(fsutil::mode(&path(&root, "local")).unwrap(), 0o600);
+        let text = std::fs::read_to_string(path(&root, "local")).unwrap();
+        assert!(text.contains("\"state\": \"rollback-failed\""), "{text}");
+        assert!(text.contains("\"kind\": \"rollback\""), "{text}");
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

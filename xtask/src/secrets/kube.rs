@@ -363,8 +363,10 @@ pub struct EsStatus {
     pub ready: Option<bool>,
     pub reason: String,
     pub message: String,
-    /// When ESO last synced it (RFC 3339), if it says.
+    /// When ESO last synced it (RFC 3339, the cluster's clock), if it says.
     pub refresh_time: Option<String>,
+    /// The object version ESO last synced (changes with its annotations).
+    pub synced_resource_version: Option<String>,
 }
 
 impl EsStatus {
@@ -412,6 +414,9 @@ pub fn parse_external_secrets(text: &str) -> Result<Vec<EsStatus>> {
             reason: ready.as_ref().map(|c| s(&c["reason"])).unwrap_or_default(),
             message: ready.as_ref().map(|c| s(&c["message"])).unwrap_or_default(),
             refresh_time: item["status"]["refreshTime"].as_str().map(String::from),
+            synced_resource_version: item["status"]["syncedResourceVersion"]
+                .as_str()
+                .map(String::from),
         });
     }
     Ok(out)

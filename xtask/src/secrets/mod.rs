@@ -8,6 +8,7 @@ pub mod eso_read;
 pub mod fixtures;
 pub mod flagfile;
 pub mod guard;
+pub mod helmfile;
 pub mod journal;
 pub mod kube;
 pub mod manifests;

@@ -674,7 +674,7 @@ pub fn scan_rendered(
             .unwrap_or(helmfile)
             .display()
             .to_string();
-        render_helmfile(helmfile, env, &out_dir, path_env)
+        crate::secrets::helmfile::template(helmfile, env, &out_dir, path_env)
             .with_context(|| format!("rendering {shown} for {env}"))?;
         let mut files = Vec::new();
         if out_dir.is_dir() {
@@ -718,68 +718,6 @@ fn collect_all_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// helmfile's error output, each line once: it repeats helm's error under
-/// STDERR and COMBINED OUTPUT. The last 8 lines, indented for a message.
-pub fn helmfile_errors(stderr: &str) -> String {
-    let mut lines: Vec<&str> = Vec::new();
-    for line in stderr.lines().map(str::trim) {
-        let noise = line.is_empty()
-            || line == "EXIT STATUS"
-            || line.ends_with("OUTPUT:")
-            || line == "STDERR:"
-            || line.parse::<i32>().is_ok();
-        if !noise && !lines.contains(&line) {
-            lines.push(line);
-        }
-    }
-    lines[lines.len().saturating_sub(8)..].join("\n  ")
-}
-
-/// How long one `helmfile template` may take (this repository renders a
-/// helmfile in seconds).
-pub const TEMPLATE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
-
-/// `helmfile template` into one folder per release.
-pub fn render_helmfile(
-    helmfile: &Path,
-    env: &str,
-    out_dir: &Path,
-    path_env: &std::ffi::OsStr,
-) -> Result<()> {
-    let out = crate::process::Tool::new("helmfile")
-        .arg("--file")
-        .arg(helmfile)
-        .args([
-            "--environment",
-            env,
-            "template",
-            "--skip-deps",
-            "--output-dir",
-        ])
-        .arg(out_dir)
-        .args([
-            "--output-dir-template",
-            "{{ .OutputDir }}/{{ .Release.Name }}",
-        ])
-        .env("PATH", path_env)
-        .env("HELM_CACHE_HOME", out_dir.with_extension("helm-cache"))
-        .deadline(TEMPLATE_DEADLINE)
-        .install_hint("run `cargo xtask tools` to install it into .tools/bin")
-        .timeout_hint(
-            "Rendering uses local charts only; a template that waits on the network (a remote chart, a \
-             `fetch`) hangs here.",
-        )
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "helmfile template failed (exit {}):\n  {}",
-            out.status.code().unwrap_or(-1),
-            helmfile_errors(&String::from_utf8_lossy(&out.stderr))
-        );
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -791,12 +729,7 @@ mod tests {
     }
 
     #[test]
-    fn helmfile_errors_are_said_once() {
-        let stderr = "in ./x.yaml: release \"r\" failed\nEXIT STATUS\n  1\nSTDERR:\n  Error: boom\nCOMBINED OUTPUT:\n  Error: boom\n";
-        assert_eq!(
-            helmfile_errors(stderr),
-            "in ./x.yaml: release \"r\" failed\n  Error: boom"
-        );
+    fn our_store_is_the_cluster_store_ameide_vault() {
         assert!(is_our_store("ClusterSecretStore/ameide-vault"));
         assert!(
             !is_our_store("SecretStore/ameide-vault") && !is_our_store("ClusterSecretStore/other")

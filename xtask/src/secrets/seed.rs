@@ -71,16 +71,13 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
     guard::require_local_env(env)?;
 
     let root = project_root();
-    let cfg = Config::load(
-        &root,
-        &FlagValues {
-            provider: flags.provider.clone(),
-            fixtures: flags.fixtures.clone(),
-            overrides: flags.overrides.clone(),
-            mount: flags.mount.clone(),
-            concurrency: flags.concurrency,
-        },
-    )?;
+    let cfg = config::load(&FlagValues {
+        provider: flags.provider.clone(),
+        fixtures: flags.fixtures.clone(),
+        overrides: flags.overrides.clone(),
+        mount: flags.mount.clone(),
+        concurrency: flags.concurrency,
+    })?;
     require_mount_fits(flags.mount.as_deref(), &cfg)?;
     if render.is_some() && cfg.provider.value != ProviderKind::File {
         crate::usage!(

@@ -17,7 +17,7 @@ pub fn run(flags: &flags::Status) -> Result<()> {
     let format = parse_format(flags.output.as_deref(), &[Format::Text, Format::Json])?;
     let env = flags.env.clone().unwrap_or_else(|| "local".into());
     let root = project_root();
-    let cfg = Config::load(&root, &FlagValues::default())?;
+    let cfg = crate::secrets::config::load(&FlagValues::default())?;
 
     let mut flags_by_env = Vec::new();
     for e in project::environments(&root) {
@@ -59,6 +59,7 @@ pub fn run(flags: &flags::Status) -> Result<()> {
                 "env": env,
                 "providers": flags_by_env.iter().map(|(e, v)| json!({"env": e, "provider": v})).collect::<Vec<_>>(),
                 "last_migration": last,
+                "next_command": last.as_ref().and_then(|m| m.next_command()),
                 "kube_context": context,
                 "kube_context_local": context_local,
                 "vault": vault,
@@ -80,13 +81,20 @@ pub fn run(flags: &flags::Status) -> Result<()> {
                 ),
                 Some(m) => {
                     println!(
-                        "  {} {} -> {}: {:?}, started {}",
-                        m.kind, m.from, m.to, m.state, m.started
+                        "  {} {} -> {}: {}, started {}",
+                        m.kind.as_str(),
+                        m.from,
+                        m.to,
+                        m.state.as_str(),
+                        m.started
                     );
+                    if let Some(next) = m.next_step_text() {
+                        println!("  unfinished: finish it with {next}");
+                    }
                     for s in &m.steps {
                         println!(
                             "    {:<18} {:?}{}",
-                            s.name,
+                            s.name.as_str(),
                             s.outcome,
                             if s.detail.is_empty() {
                                 String::new()

@@ -365,6 +365,10 @@ impl SecretProvider for VaultProvider {
         true
     }
 
+    fn vault_http(&self) -> Option<&VaultHttp> {
+        Some(&self.http)
+    }
+
     fn read(&mut self, names: &[String]) -> Result<BTreeMap<String, Option<Current>>> {
         let (http, kv) = (&self.http, self.kv);
         let paths: Vec<(String, String)> = names
@@ -553,10 +557,6 @@ impl VaultProvider {
             }
             (job.name, outcome)
         })
-    }
-
-    fn vault_http(&self) -> Option<&VaultHttp> {
-        Some(&self.http)
     }
 }
 

@@ -1,0 +1,405 @@
+//! Runs a [`Plan`] step by step and journals each outcome after the step
+//! finished; [`render`] prints the same plan for `--dry-run`. A plan that
+//! stops at preflight leaves the journal as it was, byte for byte.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::time::Instant;
+
+use anyhow::{anyhow, Result};
+
+use super::plan::{Entry, OnFailure, Plan, Step};
+use super::{steps, Ctx};
+use crate::fsutil::{now_rfc3339, sha256_hex};
+use crate::project;
+use crate::secrets::journal::{self, Event, Journal, Kind, Migration, Outcome, State};
+
+/// `[2/7] seed`: the label a step has in the dry run and the real run.
+fn label(prefix: &str, i: usize, n: usize, step: Step) -> String {
+    format!("[{prefix}{}/{n}] {step}", i + 1)
+}
+
+/// The dry run: exactly the steps [`execute`] runs, each described.
+pub fn render(ctx: &Ctx, plan: &Plan, flag_text: &str) -> Result<String> {
+    let mut out = String::new();
+    let _ = writeln!(out, "plan: {} (dry run: nothing changes)", plan.title);
+    let n = plan.steps.len();
+    for (i, p) in plan.steps.iter().enumerate() {
+        let what = if p.done_earlier {
+            "done earlier".to_string()
+        } else {
+            steps::describe(ctx, plan, flag_text, p.step)?
+        };
+        let _ = writeln!(out, "  {}: {what}", label("", i, n, p.step));
+    }
+    match &plan.on_failure {
+        OnFailure::AutoRollback(back) => {
+            let _ = writeln!(
+                out,
+                "  on a failure after the flip, roll back to {} (unless --no-rollback):",
+                plan.from.as_str()
+            );
+            for (i, &step) in back.iter().enumerate() {
+                let what = steps::describe(ctx, plan, flag_text, step)?;
+                let _ = writeln!(out, "  {}: {what}", label("r", i, back.len(), step));
+            }
+        }
+        OnFailure::Stop(_) => {
+            let _ = writeln!(
+                out,
+                "  on a failure after the flip: stop, and name the command that finishes the job"
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn new_entry(ctx: &Ctx, plan: &Plan, text: &str, undoes: Option<String>) -> Migration {
+    let started = now_rfc3339();
+    Migration {
+        id: format!(
+            "{}-{started}-{}-{}",
+            plan.kind.as_str(),
+            plan.to.as_str(),
+            std::process::id()
+        ),
+        kind: plan.kind,
+        env: ctx.env.clone(),
+        from: plan.from.as_str().into(),
+        to: plan.to.as_str().into(),
+        state: State::InProgress,
+        started,
+        ended: None,
+        flag_file: ctx.flag_rel.clone(),
+        before_content: text.to_string(),
+        before_sha256: sha256_hex(text.as_bytes()),
+        after_sha256: None,
+        undoes,
+        steps: Vec::new(),
+    }
+}
+
+/// Runs one step with its progress line; journals nothing.
+fn attempt(
+    ctx: &Ctx,
+    journal: &Journal,
+    id: Option<&str>,
+    plan: &Plan,
+    step: Step,
+    label: &str,
+) -> (String, Result<steps::Done>) {
+    print!("  {label} ... ");
+    let _ = std::io::stdout().flush();
+    let started = now_rfc3339();
+    let t = Instant::now();
+    let entry = id.and_then(|id| journal.get(id));
+    let result = steps::run(ctx, journal, entry, plan, step);
+    match &result {
+        Ok(d) if d.detail.is_empty() => println!("ok ({:.1}s)", t.elapsed().as_secs_f64()),
+        Ok(d) => println!("ok ({:.1}s): {}", t.elapsed().as_secs_f64(), d.detail),
+        Err(_) => println!("FAILED"),
+    }
+    (started, result)
+}
+
+/// Writes a step's outcome (and a flip's checksum) and saves.
+fn journal_step(
+    journal: &mut Journal,
+    id: &str,
+    step: Step,
+    started: String,
+    result: &Result<steps::Done>,
+) -> Result<()> {
+    match result {
+        Ok(done) => {
+            journal.record(id, step, started, Outcome::Ok, &done.detail)?;
+            if let Some(sha) = &done.flipped_to {
+                if let Some(m) = journal.migrations.iter_mut().find(|m| m.id == id) {
+                    m.after_sha256 = Some(sha.clone());
+                }
+            }
+        }
+        Err(e) => journal.record(id, step, started, Outcome::Failed, &format!("{e:#}"))?,
+    }
+    Ok(())
+}
+
+/// The success transitions: the entry's own, and a migration this
+/// rollback undoes.
+fn succeed(journal: &mut Journal, id: &str, plan: &Plan) -> Result<()> {
+    journal.apply(id, plan.on_success)?;
+    let undoes = journal.get(id).and_then(|m| m.undoes.clone());
+    if let Some(undone) = undoes {
+        if journal
+            .get(&undone)
+            .is_some_and(|m| m.state != State::RolledBack)
+        {
+            journal.apply(&undone, Event::Undone)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `plan`: each step, journaled after it finished; on a failure past
+/// the flip, the plan's automatic rollback or the event it names.
+pub fn execute(ctx: &Ctx, journal: &mut Journal, plan: &Plan) -> Result<()> {
+    let total = Instant::now();
+    println!("{}", plan.title);
+    let mut id = match &plan.entry {
+        Entry::Continue { id } => Some(id.clone()),
+        Entry::New { .. } => None,
+    };
+    let n = plan.steps.len();
+    for (i, p) in plan.steps.iter().enumerate() {
+        let label = label("", i, n, p.step);
+        if p.done_earlier {
+            println!("  {label}: done earlier");
+            continue;
+        }
+        let (started, result) = attempt(ctx, journal, id.as_deref(), plan, p.step, &label);
+        if p.step == Step::Preflight {
+            if let Err(err) = result {
+                return Err(anyhow!(
+                    "{err:#}\nNothing in the cluster changed; {} and the journal are as they were.",
+                    ctx.flag_rel
+                ));
+            }
+            if let Entry::New { undoes } = &plan.entry {
+                let entry = new_entry(ctx, plan, &ctx.read_flag()?, undoes.clone());
+                id = Some(entry.id.clone());
+                journal.begin(entry);
+            }
+        }
+        let id = id.clone().expect("an entry exists after preflight");
+        journal_step(journal, &id, p.step, started, &result)?;
+        if p.step == Step::Record && result.is_ok() {
+            succeed(journal, &id, plan)?;
+        }
+        journal.save(&ctx.root, &ctx.env)?;
+        if let Err(err) = result {
+            return Err(fail(ctx, journal, plan, &id, p.step, err));
+        }
+    }
+    let id = id.expect("an entry exists after preflight");
+    if !plan.steps.iter().any(|p| p.step == Step::Record) {
+        succeed(journal, &id, plan)?;
+        journal.save(&ctx.root, &ctx.env)?;
+    }
+    let m = journal.get(&id).expect("the entry is in the journal");
+    println!(
+        "{} {} to {} in {:.1}s ({}). Commit {} to share the switch; the journal is {}.",
+        match m.state {
+            State::RolledBack => "rolled back",
+            _ if plan.kind == Kind::Rollback => "rolled back",
+            _ => "migrated",
+        },
+        ctx.env,
+        plan.to.as_str(),
+        total.elapsed().as_secs_f64(),
+        m.state.as_str(),
+        ctx.flag_rel,
+        project::shown(&journal::path(&ctx.root, &ctx.env))
+    );
+    Ok(())
+}
+
+/// After `step` failed: journal the event, run an automatic rollback if
+/// the plan has one, and say what happened and the one command that
+/// finishes the job.
+fn fail(
+    ctx: &Ctx,
+    journal: &mut Journal,
+    plan: &Plan,
+    id: &str,
+    step: Step,
+    err: anyhow::Error,
+) -> anyhow::Error {
+    let what = format!(
+        "{} of {} to {} stopped at {step}: {err:#}",
+        plan.kind.as_str(),
+        ctx.env,
+        plan.to.as_str()
+    );
+    let again = format!(
+        "cargo xtask secrets {} --to {} --yes{}",
+        plan.kind.as_str(),
+        plan.to.as_str(),
+        if ctx.env == "local" {
+            String::new()
+        } else {
+            format!(" --env {}", ctx.env)
+        }
+    );
+    let result = (|| -> Result<String> {
+        if step.fails_before_any_change() {
+            journal.apply(id, Event::FailedBeforeFlip)?;
+            journal.save(&ctx.root, &ctx.env)?;
+            return Ok(format!(
+                "Nothing in the cluster changed and {} is as it was; fix the cause and run `{again}` again.",
+                ctx.flag_rel
+            ));
+        }
+        let back = match &plan.on_failure {
+            OnFailure::Stop(event) => {
+                journal.apply(id, *event)?;
+                journal.save(&ctx.root, &ctx.env)?;
+                let m = journal.get(id).expect("the entry is in the journal");
+                return Ok(format!(
+                    "The journal marks it {}. {} says secrets.provider = {}. Fix the cause, then finish with {}.",
+                    m.state.as_str(),
+                    ctx.flag_rel,
+                    ctx.read_flag()
+                        .ok()
+                        .and_then(|t| crate::secrets::flagfile::provider(&t, &ctx.flag_rel).ok())
+                        .map(|p| p.as_str())
+                        .unwrap_or("?"),
+                    m.next_step_text().unwrap_or_default()
+                ));
+            }
+            OnFailure::AutoRollback(back) => back,
+        };
+        println!("  rolling back to {}", plan.from.as_str());
+        for (i, &rstep) in back.iter().enumerate() {
+            let label = label("r", i, back.len(), rstep);
+            let (started, result) = attempt(ctx, journal, Some(id), plan, rstep, &label);
+            journal_step(journal, id, rstep, started, &result)?;
+            if let Err(e) = result {
+                journal.apply(id, Event::RollbackFailed)?;
+                journal.save(&ctx.root, &ctx.env)?;
+                let m = journal.get(id).expect("the entry is in the journal");
+                let restored = m.step_ok(Step::RollbackRestore);
+                return Ok(format!(
+                    "The automatic rollback failed too, at {rstep}: {e:#}\nThe journal marks the migration {}; \
+                     {}; `cargo xtask secrets status` shows where things stand. Fix the cause, then finish with \
+                     {}: it re-runs sync and wait on the restored flag.",
+                    m.state.as_str(),
+                    if restored {
+                        format!("{} is restored byte for byte", ctx.flag_rel)
+                    } else {
+                        format!("{} is NOT restored", ctx.flag_rel)
+                    },
+                    m.next_step_text().unwrap_or_default()
+                ));
+            }
+            journal.save(&ctx.root, &ctx.env)?;
+        }
+        journal.apply(id, Event::RollbackSucceeded)?;
+        journal.save(&ctx.root, &ctx.env)?;
+        Ok(format!(
+            "The migration was rolled back: {} restored byte for byte, synced, and the ExternalSecrets are Ready \
+             again. Fix the cause and run `{again}` again.",
+            ctx.flag_rel
+        ))
+    })();
+    match result {
+        Ok(next) => anyhow!("{what}\n{next}"),
+        Err(journal_err) => anyhow!(
+            "{what}\nWriting the journal failed too: {journal_err:#}. See `cargo xtask secrets status`."
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::config::{Config, FlagValues, ProviderKind};
+    use crate::secrets::migrate::plan::{build, Decision, Request};
+    use crate::secrets::migrate::Wait;
+
+    fn ctx() -> Ctx {
+        let root = crate::project_root();
+        Ctx {
+            cfg: Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap(),
+            root,
+            env: "local".into(),
+            flag_rel: crate::project::flag_file("local").display().to_string(),
+            wait: Wait {
+                attempts: 60,
+                sleep: std::time::Duration::from_secs(5),
+            },
+            allow_non_local: None,
+            store: Default::default(),
+            desired: Default::default(),
+        }
+    }
+
+    fn plan(request: Request, flag_now: ProviderKind) -> Plan {
+        match build(request, "local", flag_now, &Journal::default()).unwrap() {
+            Decision::Run(p) => p,
+            Decision::Nothing(m) => panic!("{m}"),
+        }
+    }
+
+    /// Snapshot of the dry run: every step the engine runs, described.
+    #[test]
+    fn dry_run_snapshot() {
+        let flag = "secrets:\n  provider: azure # the flag\n";
+        let migrate = plan(
+            Request::Migrate {
+                to: Some(ProviderKind::Vault),
+                resume: false,
+                auto_rollback: true,
+            },
+            ProviderKind::Azure,
+        );
+        let expected = "plan: migrate local: azure -> vault (dry run: nothing changes)
+  [1/7] preflight: helm version --short; helmfile --version; kubectl version --client --output json;
+      kubectl config current-context (must be local); kubectl get crd externalsecrets.external-secrets.io;
+      infra/kubernetes/environments/local/platform/15-secrets.values.yaml: no uncommitted change (git status --porcelain);
+      Vault reachable (sys/seal-status, auth/token/lookup-self, sys/mounts)
+  [2/7] seed: the equivalent of `cargo xtask secrets seed --provider vault --env local`
+  [3/7] coverage: the equivalent of `cargo xtask secrets check --render --live --provider vault --env local` (gate)
+  [4/7] flip: infra/kubernetes/environments/local/platform/15-secrets.values.yaml: secrets.provider = vault
+        --- a/infra/kubernetes/environments/local/platform/15-secrets.values.yaml
+        +++ b/infra/kubernetes/environments/local/platform/15-secrets.values.yaml
+        @@ -2,1 +2,1 @@
+        -  provider: azure # the flag
+        +  provider: vault # the flag
+  [5/7] sync: helmfile --file infra/kubernetes/helmfiles/15-secrets-certificates.yaml --environment local sync
+  [6/7] wait: kubectl annotate externalsecret <each on ameide-vault> --namespace <ns> force-sync=<new value> --overwrite;
+      poll `kubectl get externalsecrets --all-namespaces --output json` up to 60 times, 5s apart,
+      until each has a new status.refreshTime (or syncedResourceVersion) and Ready=True
+  [7/7] record: mark the migrate completed in .local/secrets/journal/local.json
+  on a failure after the flip, roll back to azure (unless --no-rollback):
+  [r1/3] rollback-restore: infra/kubernetes/environments/local/platform/15-secrets.values.yaml back to the journal's before_content, byte for byte
+  [r2/3] rollback-sync: helmfile --file infra/kubernetes/helmfiles/15-secrets-certificates.yaml --environment local sync
+  [r3/3] rollback-wait: kubectl annotate externalsecret <each on ameide-vault> --namespace <ns> force-sync=<new value> --overwrite;
+      poll `kubectl get externalsecrets --all-namespaces --output json` up to 60 times, 5s apart,
+      until each has a new status.refreshTime (or syncedResourceVersion) and Ready=True
+";
+        assert_eq!(render(&ctx(), &migrate, flag).unwrap(), expected);
+
+        // A rollback --to: its own five steps; no store to reach, no seed.
+        let rollback = plan(
+            Request::Rollback {
+                to: Some(ProviderKind::Vault),
+                resume: false,
+            },
+            ProviderKind::Azure,
+        );
+        let out = render(&ctx(), &rollback, flag).unwrap();
+        let heads: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("  ["))
+            .map(|l| l.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            heads,
+            [
+                "  [1/5] preflight",
+                "  [2/5] flip",
+                "  [3/5] sync",
+                "  [4/5] wait",
+                "  [5/5] record"
+            ]
+        );
+        assert!(!out.contains("reachable") && !out.contains("seed"), "{out}");
+        assert!(
+            out.contains("no uncommitted change, or as the journal left it"),
+            "{out}"
+        );
+        assert!(out.ends_with(
+            "  on a failure after the flip: stop, and name the command that finishes the job\n"
+        ));
+    }
+}

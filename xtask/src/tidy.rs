@@ -1,0 +1,154 @@
+//! Tidy: tests that hold the conventions that keep this code easy to
+//! change (in the spirit of rust-analyzer's `xtask/src/tidy.rs`): child
+//! processes only through `process.rs`, a `//!` line opening every module,
+//! and migration step names spelled only by the `Step` enum.
+
+use std::path::{Path, PathBuf};
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+/// Every `.rs` file under `dir`, sorted, as (path relative to src, text).
+fn rust_files(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| e == "rs") {
+                let rel = p.strip_prefix(src()).unwrap().display().to_string();
+                out.push((rel, std::fs::read_to_string(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The text before the file's `#[cfg(test)]` module, if it has one.
+fn without_tests(text: &str) -> &str {
+    text.find("\n#[cfg(test)]\nmod ")
+        .map_or(text, |i| &text[..i])
+}
+
+/// Lines that start a child process without `process::Tool`.
+fn command_uses(text: &str) -> Vec<usize> {
+    let needles = [
+        concat!("process", "::", "Command"),
+        concat!("Command", "::", "new("),
+    ];
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let code = l.split("//").next().unwrap_or_default();
+            needles.iter().any(|n| code.contains(n))
+                || (code.contains("use std::process::{") && code.contains("Command"))
+        })
+        .map(|(i, _)| i + 1)
+        .collect()
+}
+
+#[test]
+fn child_processes_go_through_the_process_module() {
+    // `process.rs` is the one way; this file names what it looks for.
+    let allowed = ["process.rs", "tidy.rs"];
+    let offenders: Vec<String> = rust_files(&src())
+        .into_iter()
+        .filter(|(rel, _)| !allowed.contains(&rel.as_str()))
+        .flat_map(|(rel, text)| {
+            command_uses(&text)
+                .into_iter()
+                .map(move |line| format!("{rel}:{line}"))
+        })
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "std::process::Command outside process.rs (use process::Tool, or Tool::spawn for a long-running child):\n  {}",
+        offenders.join("\n  ")
+    );
+}
+
+#[test]
+fn every_module_starts_with_a_doc_line() {
+    let missing: Vec<String> = rust_files(&src())
+        .into_iter()
+        .filter(|(_, text)| !text.starts_with("//! "))
+        .map(|(rel, _)| rel)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "modules whose first line is not a `//! ` line saying what they hold:\n  {}",
+        missing.join("\n  ")
+    );
+}
+
+#[test]
+fn step_names_are_spelled_only_by_the_step_enum() {
+    use crate::secrets::migrate::Step;
+    let names: Vec<String> = [
+        Step::Preflight,
+        Step::Seed,
+        Step::Coverage,
+        Step::Flip,
+        Step::Sync,
+        Step::Wait,
+        Step::Record,
+        Step::RollbackRestore,
+        Step::RollbackSync,
+        Step::RollbackWait,
+    ]
+    .iter()
+    .map(|s| format!("\"{}\"", s.as_str()))
+    .collect();
+    let mut offenders = Vec::new();
+    for (rel, text) in rust_files(&src().join("secrets")) {
+        let in_scope = rel.starts_with("secrets/migrate/")
+            || rel == "secrets/journal.rs"
+            || rel == "secrets/status.rs";
+        if !in_scope {
+            continue;
+        }
+        let code = without_tests(&text);
+        // In plan.rs, the enum and its `as_str` are the one place.
+        let (enum_start, enum_end) = if rel == "secrets/migrate/plan.rs" {
+            let start = code
+                .find("pub enum Step {")
+                .expect("plan.rs holds the Step enum");
+            let end = code
+                .find("impl fmt::Display for Step")
+                .expect("and its Display");
+            (start, end)
+        } else {
+            (0, 0)
+        };
+        for name in &names {
+            for (at, _) in code.match_indices(name.as_str()) {
+                if !(enum_start..enum_end).contains(&at) {
+                    let line = code[..at].lines().count();
+                    offenders.push(format!("{rel}:{line}: {name}"));
+                }
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "step names as string literals outside the Step enum (use Step::...):\n  {}",
+        offenders.join("\n  ")
+    );
+}
+
+#[test]
+fn the_checks_see_what_they_look_for() {
+    let bad = concat!("let x = std::process::", "Command::new(\"kubectl\");");
+    assert_eq!(command_uses(bad), [1]);
+    assert_eq!(
+        command_uses(concat!("use std::process::{", "Command, Stdio};")),
+        [1]
+    );
+    assert!(command_uses("let code = std::process::ExitCode::SUCCESS;").is_empty());
+    assert!(command_uses("// see std::process::Command").is_empty());
+    assert_eq!(without_tests("a\n#[cfg(test)]\nmod tests {}"), "a");
+}
