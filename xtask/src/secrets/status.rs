@@ -210,9 +210,9 @@ fn vault_health(cfg: &Config) -> serde_json::Value {
                 health.version.as_deref().unwrap_or("?"),
                 if kv.starts_with(char::is_numeric) { format!("KV v{kv}") } else { format!("KV version {kv}") },
                 match &held {
-                    Some(h) if h.complete() => format!(", {}", h.describe()),
+                    Some(h) if h.complete() => format!("; {mount}/ {}", h.describe()),
                     Some(h) => format!(
-                        ", {}. Fix: {}",
+                        "; {mount}/ {}. Fix: {}",
                         h.describe(),
                         vault_checks::RESEED
                     ),

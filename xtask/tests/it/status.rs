@@ -21,7 +21,7 @@ fn status_shows_the_kv_version_of_the_mount() {
     ];
     let run = sb.xtask_env(&["secrets", "status"], &env).ok();
     assert!(
-        run.stdout.contains("; mount secret/: KV v2\n"),
+        run.stdout.contains("; mount secret/: KV v2;"),
         "{}",
         run.stdout
     );
@@ -29,7 +29,7 @@ fn status_shows_the_kv_version_of_the_mount() {
     sb.write(".local/secrets.toml", "[vault]\nmount = \"kv1\"\n");
     let run = sb.xtask_env(&["secrets", "status"], &env).ok();
     assert!(
-        run.stdout.contains("; mount kv1/: KV v1\n"),
+        run.stdout.contains("; mount kv1/: KV v1;"),
         "{}",
         run.stdout
     );

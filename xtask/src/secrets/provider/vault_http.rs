@@ -95,11 +95,14 @@ impl Reply {
     }
 }
 
+/// Vault's `errors`, one line: its multi-error text (`1 error occurred:\n\t*
+/// permission denied\n\n`) becomes `permission denied`.
 fn errors_of(body: &Value) -> String {
     match body.get("errors").and_then(Value::as_array) {
         Some(errs) if !errs.is_empty() => errs
             .iter()
             .filter_map(Value::as_str)
+            .map(|e| crate::output::one_line_errors(e).trim().to_string())
             .collect::<Vec<_>>()
             .join("; "),
         _ => "no error message".to_string(),
@@ -613,6 +616,12 @@ mod tests {
         assert_eq!(
             errors_of(&serde_json::json!({"errors": ["a", "b"]})),
             "a; b"
+        );
+        assert_eq!(
+            errors_of(
+                &serde_json::json!({"errors": ["1 error occurred:\n\t* permission denied\n\n"]})
+            ),
+            "permission denied"
         );
         assert!(is_sealed(
             &serde_json::json!({"errors": ["Vault is sealed"]})
