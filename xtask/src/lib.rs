@@ -78,6 +78,8 @@ pub fn run_cli() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    // Reports peak RSS at the end, in the benchmark's measured runs only.
+    let _peak_rss = bench::PeakRssReport::from_env();
     let result = match flags.subcommand {
         flags::XtaskCmd::Tools(cmd) => tools::run(&cmd),
         flags::XtaskCmd::Test(cmd) => test_cmd::run(&cmd),
@@ -85,7 +87,6 @@ pub fn run_cli() -> ExitCode {
         flags::XtaskCmd::Fuzz(cmd) => fuzz::run(&cmd),
         flags::XtaskCmd::Secrets(cmd) => secrets::run(cmd),
     };
-    bench::report_peak_rss();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
