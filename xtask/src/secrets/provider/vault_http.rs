@@ -1,4 +1,5 @@
-//! A small Vault HTTP client: one keep-alive connection pool, the token in a
+//! A small Vault HTTP client: keep-alive connections (our own HTTP/1.1 for
+//! `http://`, ureq for `https://`), the token in a
 //! header (never in a URL or argv), retries with exponential backoff and
 //! jitter on connection errors, timeouts, 429 and 5xx, honouring
 //! `Retry-After`. Errors name the call and the fix, never a value.
@@ -9,6 +10,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::secrets::config::Secret;
+
+mod plain;
 
 /// What went wrong talking to Vault.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,8 +126,15 @@ pub enum Method {
     Patch,
 }
 
+/// How requests travel: our own HTTP/1.1 for `http://` (see
+/// `vault_http/plain.rs`), ureq with the system's TLS for `https://`.
+enum Client {
+    Plain(plain::Plain),
+    Ureq(ureq::Agent),
+}
+
 pub struct VaultHttp {
-    client: ureq::Agent,
+    client: Client,
     addr: String,
     token: Secret,
     namespace: Option<String>,
@@ -152,32 +162,23 @@ impl VaultHttp {
         pool: usize,
         ca_cert: Option<&std::path::Path>,
     ) -> anyhow::Result<VaultHttp> {
-        let roots = match ca_cert {
-            None => ureq::tls::RootCerts::PlatformVerifier,
-            Some(path) => ureq::tls::RootCerts::new_with_certs(&read_ca_certs(path)?),
+        let connect_timeout = timeout.min(Duration::from_secs(5));
+        let trimmed = addr.trim_end_matches('/');
+        let plain_rest = trimmed
+            .get(..7)
+            .filter(|scheme| scheme.eq_ignore_ascii_case("http://"))
+            .map(|_| &trimmed[7..]);
+        let client = match plain_rest {
+            Some(rest) => {
+                // A CA file for plain HTTP is unused, but a broken one is
+                // still a mistake worth naming.
+                if let Some(path) = ca_cert {
+                    read_ca_certs(path)?;
+                }
+                Client::Plain(plain::Plain::new(rest, timeout, connect_timeout, pool))
+            }
+            None => Client::Ureq(tls_agent(timeout, connect_timeout, pool, ca_cert)?),
         };
-        // No proxy from the environment: Vault here is on loopback or a
-        // port-forward, and a corporate HTTP_PROXY must not see the token.
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .proxy(None)
-            .timeout_global(Some(timeout))
-            .timeout_connect(Some(timeout.min(Duration::from_secs(5))))
-            .max_idle_connections_per_host(pool.max(1))
-            .max_idle_connections(pool.max(1) * 2)
-            .no_delay(true)
-            .tls_config(
-                ureq::tls::TlsConfig::builder()
-                    .provider(ureq::tls::TlsProvider::NativeTls)
-                    .root_certs(roots)
-                    .build(),
-            )
-            .build();
-        let client = ureq::Agent::with_parts(
-            config,
-            ureq::unversioned::transport::DefaultConnector::new(),
-            OnceResolver::default(),
-        );
         Ok(VaultHttp {
             client,
             addr: addr.trim_end_matches('/').to_string(),
@@ -331,62 +332,90 @@ impl VaultHttp {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Option<Duration>, Value), Transport> {
-        let url = format!("{}/v1/{}", self.addr, path);
-        let url = match method {
-            Method::List if url.contains('?') => format!("{url}&list=true"),
-            Method::List => format!("{url}?list=true"),
-            _ => url,
+        let path = match method {
+            Method::List if path.contains('?') => format!("{path}&list=true"),
+            Method::List => format!("{path}?list=true"),
+            _ => path.to_string(),
         };
-        let token = self.token.expose();
-        let namespace = self.namespace.as_deref();
+        let mut headers = vec![
+            ("X-Vault-Token", self.token.expose()),
+            ("X-Vault-Request", "true"),
+        ];
+        if let Some(ns) = self.namespace.as_deref() {
+            headers.push(("X-Vault-Namespace", ns));
+        }
         let content_type = if method == Method::Patch {
             "application/merge-patch+json"
         } else {
             "application/json"
         };
-        let sent = match method {
-            Method::Get | Method::List => {
-                let mut req = self
-                    .client
-                    .get(&url)
-                    .header("X-Vault-Token", token)
-                    .header("X-Vault-Request", "true");
-                if let Some(ns) = namespace {
-                    req = req.header("X-Vault-Namespace", ns);
-                }
-                req.call()
+        let verb = match method {
+            Method::Get | Method::List => "GET",
+            Method::Post => "POST",
+            Method::Patch => "PATCH",
+        };
+        let sent_body = match method {
+            Method::Get | Method::List => None,
+            Method::Post | Method::Patch => Some(
+                body.map(|b| serde_json::to_vec(b).expect("JSON values serialise"))
+                    .unwrap_or_else(|| b"{}".to_vec()),
+            ),
+        };
+        let (status, retry_after, bytes) = match &self.client {
+            Client::Plain(plain) => {
+                let answer = plain.send(
+                    &plain::Request {
+                        method: verb,
+                        path: &path,
+                        headers: &headers,
+                        body: sent_body.as_deref().map(|b| (content_type, b)),
+                    },
+                    MAX_REPLY_BYTES,
+                )?;
+                (answer.status, answer.retry_after, answer.body)
             }
-            Method::Post | Method::Patch => {
-                let mut req = if method == Method::Post {
-                    self.client.post(&url)
-                } else {
-                    self.client.patch(&url)
-                }
-                .header("X-Vault-Token", token)
-                .header("X-Vault-Request", "true")
-                .header("Content-Type", content_type);
-                if let Some(ns) = namespace {
-                    req = req.header("X-Vault-Namespace", ns);
-                }
-                let bytes = body.map(|b| serde_json::to_vec(b).expect("JSON values serialise"));
-                req.send(bytes.as_deref().unwrap_or(b"{}"))
+            Client::Ureq(agent) => {
+                let url = format!("{}/v1/{}", self.addr, path);
+                let sent = match &sent_body {
+                    None => {
+                        let mut req = agent.get(&url);
+                        for (k, v) in &headers {
+                            req = req.header(*k, *v);
+                        }
+                        req.call()
+                    }
+                    Some(bytes) => {
+                        let mut req = if method == Method::Post {
+                            agent.post(&url)
+                        } else {
+                            agent.patch(&url)
+                        };
+                        for (k, v) in &headers {
+                            req = req.header(*k, *v);
+                        }
+                        req.header("Content-Type", content_type)
+                            .send(bytes.as_slice())
+                    }
+                };
+                let mut resp = sent.map_err(Transport::from)?;
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let bytes = resp
+                    .body_mut()
+                    .with_config()
+                    .limit(MAX_REPLY_BYTES)
+                    .read_to_vec()
+                    .map_err(Transport::from)?;
+                (resp.status().as_u16(), retry_after, bytes)
             }
         };
-        let mut resp = sent.map_err(Transport::from)?;
-        let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
+        let retry_after = retry_after
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(|s| Duration::from_secs_f64(s).min(MAX_RETRY_AFTER));
-        let bytes = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_REPLY_BYTES)
-            .read_to_vec()
-            .map_err(Transport::from)?;
         let body = if bytes.is_empty() {
             Value::Null
         } else {
@@ -486,6 +515,42 @@ fn read_ca_certs(path: &std::path::Path) -> anyhow::Result<Vec<ureq::tls::Certif
         );
     }
     Ok(certs)
+}
+
+/// The ureq agent for an `https://` Vault: the system's TLS, `ca_cert` as
+/// the only root when given, no proxy from the environment (Vault here is
+/// on loopback or a port-forward, and a corporate HTTP_PROXY must not see
+/// the token).
+fn tls_agent(
+    timeout: Duration,
+    connect_timeout: Duration,
+    pool: usize,
+    ca_cert: Option<&std::path::Path>,
+) -> anyhow::Result<ureq::Agent> {
+    let roots = match ca_cert {
+        None => ureq::tls::RootCerts::PlatformVerifier,
+        Some(path) => ureq::tls::RootCerts::new_with_certs(&read_ca_certs(path)?),
+    };
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .timeout_global(Some(timeout))
+        .timeout_connect(Some(connect_timeout))
+        .max_idle_connections_per_host(pool.max(1))
+        .max_idle_connections(pool.max(1) * 2)
+        .no_delay(true)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .provider(ureq::tls::TlsProvider::NativeTls)
+                .root_certs(roots)
+                .build(),
+        )
+        .build();
+    Ok(ureq::Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::new(),
+        OnceResolver::default(),
+    ))
 }
 
 /// How long a resolved address is reused before it is looked up again.
