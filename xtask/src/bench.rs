@@ -228,7 +228,7 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
             best = Some(m);
         }
     }
-    let mut row = best.context("five static checks ran")?.row(
+    let row = best.context("five static checks ran")?.row(
         "check, static",
         1000,
         "1,000 ExternalSecrets, best of 5 (process start included)",
