@@ -70,45 +70,18 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
         let fixtures = dir.join(format!("fixtures-{n}.json"));
         write_fixtures(&fixtures, n, 0)?;
 
-        let mut ceiling_of = |mix: raw::Mix, name: &str, note: &str| -> Result<raw::Ceiling> {
-            let mount = format!(
-                "ceiling-{n}{}",
-                if mix == raw::Mix::Recorded {
-                    "-recorded"
-                } else {
-                    ""
-                }
-            );
+        let ceiling_of = |mix: raw::Mix, round: usize| -> Result<raw::Ceiling> {
+            let kind = if mix == raw::Mix::Recorded {
+                "recorded"
+            } else {
+                "bare"
+            };
+            let mount = format!("ceiling-{n}-{kind}-{round}");
             bao.enable_kv2(&mount)?;
-            let c = raw::ceiling(&bao.addr, &bao.token, &mount, n, concurrency, mix, &|i| {
+            raw::ceiling(&bao.addr, &bao.token, &mount, n, concurrency, mix, &|i| {
                 bench_value(i, false)
-            })?;
-            rows.push(Row {
-                name: name.into(),
-                secrets: n,
-                wall_ms: ms(c.wall),
-                per_sec: n as f64 / c.wall.as_secs_f64(),
-                writes: Some(c.requests),
-                requests: Some(c.requests),
-                cpu_ms: Some(ms(c.cpu)),
-                cpu_us_per_request: Some(per_request(c.cpu, c.requests)),
-                threads_started: Some(concurrency.min(n) as u64),
-                note: note.into(),
-                ..Row::default()
-            });
-            Ok(c)
+            })
         };
-        let bare = ceiling_of(
-            raw::Mix::Bare,
-            "ceiling: bare writes",
-            "independent raw HTTP/1.1 client, 16 keep-alive connections: data write with cas",
-        )?;
-        let recorded = ceiling_of(
-            raw::Mix::Recorded,
-            "ceiling: value + record",
-            "the same, each write followed by the seed's custom_metadata merge PATCH",
-        )?;
-
         let seed_args = |mount: &str| -> Vec<String> {
             [
                 "secrets",
@@ -126,9 +99,63 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
             .map(|s| s.to_string())
             .collect()
         };
-        let mount = format!("seed-{n}");
-        bao.enable_kv2(&mount)?;
-        let cold = measure(&exe, &seed_args(&mount), &fixtures, &bao, &dir)?;
+        // The ceiling and the cold seed take turns, each on fresh mounts,
+        // ROUNDS times; each keeps its best. On a shared machine a single
+        // run of either can land in someone else's build.
+        let (mut bare, mut recorded, mut cold): (
+            Option<raw::Ceiling>,
+            Option<raw::Ceiling>,
+            Option<Measured>,
+        ) = (None, None, None);
+        let mut mount = String::new();
+        for round in 0..ROUNDS {
+            let b = ceiling_of(raw::Mix::Bare, round)?;
+            if bare.as_ref().is_none_or(|x| b.wall < x.wall) {
+                bare = Some(b);
+            }
+            let r = ceiling_of(raw::Mix::Recorded, round)?;
+            if recorded.as_ref().is_none_or(|x| r.wall < x.wall) {
+                recorded = Some(r);
+            }
+            let m = format!("seed-{n}-{round}");
+            bao.enable_kv2(&m)?;
+            let c = measure(&exe, &seed_args(&m), &fixtures, &bao, &dir)?;
+            if cold.as_ref().is_none_or(|x| c.wall < x.wall) {
+                cold = Some(c);
+                mount = m;
+            }
+        }
+        let (bare, recorded, cold) = (
+            bare.context("a ceiling ran")?,
+            recorded.context("a ceiling ran")?,
+            cold.context("a seed ran")?,
+        );
+        for (c, name, note) in [
+            (
+                &bare,
+                "ceiling: bare writes",
+                "independent raw HTTP/1.1 client, 16 keep-alive connections: data write with cas",
+            ),
+            (
+                &recorded,
+                "ceiling: value + record",
+                "the same, each write followed by the seed's custom_metadata merge PATCH",
+            ),
+        ] {
+            rows.push(Row {
+                name: name.into(),
+                secrets: n,
+                wall_ms: ms(c.wall),
+                per_sec: n as f64 / c.wall.as_secs_f64(),
+                writes: Some(c.requests),
+                requests: Some(c.requests),
+                cpu_ms: Some(ms(c.cpu)),
+                cpu_us_per_request: Some(per_request(c.cpu, c.requests)),
+                threads_started: Some(concurrency.min(n) as u64),
+                note: format!("{note}; best of {ROUNDS}"),
+                ..Row::default()
+            });
+        }
         // The same cold seed again on a fresh mount, in a PID namespace of
         // its own, to count the threads it starts (not timed).
         let threads_mount = format!("seed-{n}-threads");
@@ -137,7 +164,7 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
         let mut cold_row = cold.row(
             "seed from empty",
             n,
-            "read (one paged LIST), then value + record per secret",
+            &format!("read (one paged LIST), then value + record per secret; best of {ROUNDS}"),
         );
         cold_row.threads_started = threads;
         rows.push(cold_row);
@@ -363,6 +390,9 @@ fn peer_rows(rows: &mut Vec<Row>, root: &Path, dir: &Path, bao: &Bao, n: usize) 
     }
     Ok(())
 }
+
+/// How many times the ceiling and the cold seed each run, taking turns.
+const ROUNDS: usize = 2;
 
 /// Where a measured child reports its peak RSS (see the module docs).
 const PEAK_RSS_ENV: &str = "XTASK_PEAK_RSS_FILE";
