@@ -111,16 +111,25 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
         let rounds = rounds(n);
         for round in 0..rounds {
             let b = ceiling_of(raw::Mix::Bare, round)?;
+            let b_wall = b.wall;
             if bare.as_ref().is_none_or(|x| b.wall < x.wall) {
                 bare = Some(b);
             }
             let r = ceiling_of(raw::Mix::Recorded, round)?;
+            let r_wall = r.wall;
             if recorded.as_ref().is_none_or(|x| r.wall < x.wall) {
                 recorded = Some(r);
             }
             let m = format!("seed-{n}-{round}");
             bao.enable_kv2(&m)?;
             let c = measure(&exe, &seed_args(&m), &fixtures, &bao, &dir)?;
+            eprintln!(
+                "{n} secrets, round {}: bare ceiling {:.2} s, value + record ceiling {:.2} s, seed {:.2} s",
+                round + 1,
+                b_wall.as_secs_f64(),
+                r_wall.as_secs_f64(),
+                c.wall.as_secs_f64()
+            );
             if cold.as_ref().is_none_or(|x| c.wall < x.wall) {
                 cold = Some(c);
                 mount = m;
@@ -190,8 +199,9 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
                 "seed_vs_recorded_ceiling_throughput": recorded.wall.as_secs_f64() / cold.wall.as_secs_f64(),
                 "seed_vs_bare_ceiling_throughput": bare.wall.as_secs_f64() / cold.wall.as_secs_f64(),
                 "seed_cpu_per_request_vs_ceiling": cold.cpu_per_request().map(|c| c / recorded_cpu),
-                // What each request adds, start-up and planning (a no-op's
-                // CPU) taken out.
+                // What the requests cost: the cold seed's CPU less a no-op
+                // run's (start-up, fixtures, the listing, the plan, the
+                // report), per request the no-op does not send.
                 "seed_marginal_cpu_per_request_vs_ceiling": match (cold.requests, noop.requests) {
                     (Some(c), Some(z)) if c > z => Some(per_request(cold.cpu.saturating_sub(noop.cpu), c - z) / recorded_cpu),
                     _ => None,
@@ -292,7 +302,7 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         println!(
             "  {n:>6} secrets: seed / value + record ceiling = {:.2} (>= 0.85; / bare-write ceiling {:.2}); \
-             client CPU per request / ceiling's = {:.2} (<= 2; without start-up {:.2}); threads started {} (<= 64); \
+             client CPU per request / ceiling's = {:.2} (<= 2; less a no-op's reading, planning and report {:.2}); threads started {} (<= 64); \
              no-op / cold time = {:.2} (<= 0.3) with {} writes (0); peak RSS {:.1} MB (<= 60)",
             f("seed_vs_recorded_ceiling_throughput"),
             f("seed_vs_bare_ceiling_throughput"),
