@@ -68,7 +68,7 @@ pub fn require_tools(names: &[&str]) -> bool {
         record_skip(&line);
         return false;
     }
-    install_tools_once();
+    install_tools_once(&missing_tools(names));
     let missing = missing_tools(names);
     assert!(
         missing.is_empty(),
@@ -90,7 +90,7 @@ fn missing_tools<'a>(names: &[&'a str]) -> Vec<&'a str> {
 
 /// Runs `xtask tools` once per test process; every later caller waits for
 /// that one run and sees its outcome.
-fn install_tools_once() {
+fn install_tools_once(missing: &[&str]) {
     static DONE: std::sync::Mutex<Option<Result<(), String>>> = std::sync::Mutex::new(None);
     let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
     if done.is_none() {
@@ -112,8 +112,9 @@ fn install_tools_once() {
     }
     if let Some(Err(why)) = done.as_ref() {
         panic!(
-            "this test needs the pinned tools, and `cargo xtask tools` failed:\n{why}\nRun `cargo xtask \
-             tools` to see why, or set {SKIP_TOOL_TESTS}=1 to skip tests that need tools"
+            "this test needs {}, and `cargo xtask tools` failed:\n{why}\nRun `cargo xtask tools` to see \
+             why, or set {SKIP_TOOL_TESTS}=1 to skip tests that need tools",
+            missing.join(", ")
         );
     }
 }
