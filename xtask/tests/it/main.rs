@@ -10,6 +10,7 @@ mod docs;
 mod faults;
 mod harness;
 mod infra;
+mod keepalive;
 mod migrate;
 mod raft;
 mod seed_azure;

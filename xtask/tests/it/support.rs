@@ -527,12 +527,18 @@ pub struct Request {
     pub path: String,
     #[allow(dead_code)] // for hooks that match on the payload
     pub body: Vec<u8>,
+    /// How many requests came before this one on its connection.
+    #[allow(dead_code)] // for hooks about keep-alive
+    pub on_connection: usize,
 }
 
 /// What the proxy does with a request. `Reply` with status 0 drops the
 /// connection without an answer, as a dead server would.
 pub enum Action {
     Forward,
+    /// Close the client's connection without forwarding or answering, as
+    /// a server does with a keep-alive connection it deems idle.
+    Close,
     Reply {
         status: u16,
         headers: Vec<(String, String)>,
@@ -571,7 +577,7 @@ impl Proxy {
 fn serve(mut client: TcpStream, upstream: u16, hook: Hook) -> std::io::Result<()> {
     let mut up: Option<TcpStream> = None;
     let mut reader = std::io::BufReader::new(client.try_clone()?);
-    loop {
+    for on_connection in 0.. {
         let Some((head, body)) = read_message(&mut reader, true)? else {
             return Ok(());
         };
@@ -585,8 +591,10 @@ fn serve(mut client: TcpStream, upstream: u16, hook: Hook) -> std::io::Result<()
             method: parts.next().unwrap_or_default().to_string(),
             path: parts.next().unwrap_or_default().to_string(),
             body: body.clone(),
+            on_connection,
         };
         match hook(&req) {
+            Action::Close => return Ok(()),
             Action::Reply {
                 status,
                 headers,
@@ -632,6 +640,7 @@ fn serve(mut client: TcpStream, upstream: u16, hook: Hook) -> std::io::Result<()
             }
         }
     }
+    Ok(())
 }
 
 /// Reads one HTTP message: head bytes (with the blank line) and the body.
