@@ -1,34 +1,52 @@
 //! `cargo xtask bench`: seed and check throughput against a local OpenBao,
-//! next to the server's own ceiling. No cluster needed.
+//! next to the server's ceiling measured by an independent client, and next
+//! to the tools a user would pick instead. No cluster needed.
 //!
-//! Each measured run is the real `xtask` binary as a child process (what a
-//! developer runs), timed from spawn to exit. Its peak RSS is the child's
-//! own `VmHWM`, which it writes to the file named by `XTASK_PEAK_RSS_FILE`
-//! as it exits: `wait4`'s `ru_maxrss` would also count the benchmark
-//! process itself, whose pages the child holds until its `exec`. The ceiling is a minimal client sending the same number of raw
-//! concurrent KV v2 writes (keep-alive, same concurrency) to a fresh mount.
+//! What measures stays apart from what is measured:
+//! - Each measured run is the real `xtask` binary as a child process (what a
+//!   developer runs), timed from spawn to exit. Its CPU (user + system, all
+//!   threads) is the `RUSAGE_CHILDREN` difference across its wait.
+//! - Its peak RSS is the child's own `VmHWM`, which it writes as it exits to
+//!   the file that [`PEAK_RSS_ENV`] names (set only on the bench's children):
+//!   `wait4`'s `ru_maxrss` would also count the benchmark process itself,
+//!   whose pages the child holds until its `exec`.
+//! - Threads started: a second cold seed on a fresh mount, run as the first
+//!   process of a new PID namespace (`unshare --pid --fork`), where every
+//!   task gets the next PID: the namespace's last PID when it exits counts
+//!   every thread and process it started. Never the timed run.
+//! - The ceiling is `raw.rs`: hand-written HTTP/1.1 on `TcpStream`s, sharing
+//!   no code with the seed's client, sending the seed's own requests.
+//!
 //! Figures go to standard output and `target/bench/results.json`.
 
+mod peers;
+mod raw;
+
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::secrets::config::Secret;
-use crate::secrets::provider::vault_http::{Method, VaultHttp};
+use crate::process::{Running, Tool};
 use crate::{flags, project, project_root};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Default)]
 struct Row {
     name: String,
     secrets: usize,
     wall_ms: f64,
     per_sec: f64,
-    peak_rss_mb: f64,
+    peak_rss_mb: Option<f64>,
     writes: Option<u64>,
+    requests: Option<u64>,
+    /// Client CPU (user + system, all threads), in milliseconds.
+    cpu_ms: Option<f64>,
+    /// Client CPU (user + system) per request, in microseconds.
+    cpu_us_per_request: Option<f64>,
+    /// Threads and processes the run started, its main thread not counted.
+    threads_started: Option<u64>,
     note: String,
 }
 
@@ -44,15 +62,6 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("root"))?;
     let bao = Bao::start(&root, &dir)?;
-    let http = Arc::new(VaultHttp::new(
-        &bao.addr,
-        Secret::new(bao.token.clone()),
-        None,
-        Duration::from_secs(30),
-        3,
-        concurrency,
-        None,
-    )?);
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
     let mut ratios = serde_json::Map::new();
@@ -61,67 +70,115 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
         let fixtures = dir.join(format!("fixtures-{n}.json"));
         write_fixtures(&fixtures, n, 0)?;
 
-        // The ceiling: raw concurrent KV v2 writes of the same values, into a
-        // fresh mount; with `record`, each followed by the custom_metadata
-        // write the seed keeps per secret (the best a recording seed can do).
-        let mut ceiling_of = |record: bool, name: &str, note: String| -> Result<Duration> {
-            let mount = format!("ceiling-{n}{}", if record { "-recorded" } else { "" });
-            enable_kv2(&http, &mount)?;
-            let t = Instant::now();
-            raw_puts(&http, &mount, n, concurrency, record)?;
-            let took = t.elapsed();
+        let ceiling_of = |mix: raw::Mix, round: usize| -> Result<raw::Ceiling> {
+            let kind = if mix == raw::Mix::Recorded {
+                "recorded"
+            } else {
+                "bare"
+            };
+            let mount = format!("ceiling-{n}-{kind}-{round}");
+            bao.enable_kv2(&mount)?;
+            raw::ceiling(&bao.addr, &bao.token, &mount, n, concurrency, mix, &|i| {
+                bench_value(i, false)
+            })
+        };
+        let seed_args = |mount: &str| -> Vec<String> {
+            [
+                "secrets",
+                "seed",
+                "--provider",
+                "vault",
+                "--mount",
+                mount,
+                "--concurrency",
+                &concurrency.to_string(),
+                "--output",
+                "json",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        };
+        // The ceiling and the cold seed take turns, each on fresh mounts,
+        // `rounds(n)` times; each keeps its best. On a shared machine a single
+        // run of either can land in someone else's build.
+        let (mut bare, mut recorded, mut cold): (
+            Option<raw::Ceiling>,
+            Option<raw::Ceiling>,
+            Option<Measured>,
+        ) = (None, None, None);
+        let mut mount = String::new();
+        let rounds = rounds(n);
+        for round in 0..rounds {
+            let b = ceiling_of(raw::Mix::Bare, round)?;
+            let b_wall = b.wall;
+            if bare.as_ref().is_none_or(|x| b.wall < x.wall) {
+                bare = Some(b);
+            }
+            let r = ceiling_of(raw::Mix::Recorded, round)?;
+            let r_wall = r.wall;
+            if recorded.as_ref().is_none_or(|x| r.wall < x.wall) {
+                recorded = Some(r);
+            }
+            let m = format!("seed-{n}-{round}");
+            bao.enable_kv2(&m)?;
+            let c = measure(&exe, &seed_args(&m), &fixtures, &bao, &dir)?;
+            eprintln!(
+                "{n} secrets, round {}: bare ceiling {:.2} s, value + record ceiling {:.2} s, seed {:.2} s",
+                round + 1,
+                b_wall.as_secs_f64(),
+                r_wall.as_secs_f64(),
+                c.wall.as_secs_f64()
+            );
+            if cold.as_ref().is_none_or(|x| c.wall < x.wall) {
+                cold = Some(c);
+                mount = m;
+            }
+        }
+        let (bare, recorded, cold) = (
+            bare.context("a ceiling ran")?,
+            recorded.context("a ceiling ran")?,
+            cold.context("a seed ran")?,
+        );
+        for (c, name, note) in [
+            (
+                &bare,
+                "ceiling: bare writes",
+                "independent raw HTTP/1.1 client, 16 keep-alive connections: data write with cas",
+            ),
+            (
+                &recorded,
+                "ceiling: value + record",
+                "the same, each write followed by the seed's custom_metadata merge PATCH",
+            ),
+        ] {
             rows.push(Row {
                 name: name.into(),
                 secrets: n,
-                wall_ms: ms(took),
-                per_sec: n as f64 / took.as_secs_f64(),
-                peak_rss_mb: 0.0,
-                writes: Some(if record { 2 * n } else { n } as u64),
-                note,
+                wall_ms: ms(c.wall),
+                per_sec: n as f64 / c.wall.as_secs_f64(),
+                writes: Some(c.requests),
+                requests: Some(c.requests),
+                cpu_ms: Some(ms(c.cpu)),
+                cpu_us_per_request: Some(per_request(c.cpu, c.requests)),
+                threads_started: Some(concurrency.min(n) as u64),
+                note: format!("{note}; best of {rounds}"),
+                ..Row::default()
             });
-            Ok(took)
-        };
-        let ceiling = ceiling_of(
-            false,
-            "server ceiling: raw KV v2 writes",
-            format!("{concurrency} in flight, keep-alive, one write per secret"),
-        )?;
-        let recorded = ceiling_of(
-            true,
-            "server ceiling: value + record",
-            "raw writes as above, each followed by its custom_metadata PATCH (as the seed)".into(),
-        )?;
-
-        let mount = format!("seed-{n}");
-        enable_kv2(&http, &mount)?;
-        let seed = |fixtures: &Path| -> Result<Measured> {
-            let conc = concurrency.to_string();
-            measure(
-                &exe,
-                &[
-                    "secrets",
-                    "seed",
-                    "--provider",
-                    "vault",
-                    "--mount",
-                    &mount,
-                    "--concurrency",
-                    &conc,
-                    "--output",
-                    "json",
-                ],
-                fixtures,
-                &bao,
-                &dir,
-            )
-        };
-        let cold = seed(&fixtures)?;
-        rows.push(cold.row(
+        }
+        // The same cold seed again on a fresh mount, in a PID namespace of
+        // its own, to count the threads it starts (not timed).
+        let threads_mount = format!("seed-{n}-threads");
+        bao.enable_kv2(&threads_mount)?;
+        let threads = tasks_started(&exe, &seed_args(&threads_mount), &fixtures, &bao, &dir)?;
+        let mut cold_row = cold.row(
             "seed from empty",
             n,
-            "read (LIST), then value + checksum writes",
-        ));
-        let noop = seed(&fixtures)?;
+            &format!("read (one paged LIST), then value + record per secret; best of {rounds}"),
+        );
+        cold_row.threads_started = threads;
+        rows.push(cold_row);
+        let noop = measure(&exe, &seed_args(&mount), &fixtures, &bao, &dir)?;
         rows.push(noop.row(
             "seed, no-op re-seed",
             n,
@@ -129,19 +186,27 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
         ));
         let changed = dir.join(format!("fixtures-{n}-changed.json"));
         write_fixtures(&changed, n, 10)?;
-        let ten = seed(&changed)?;
+        let ten = measure(&exe, &seed_args(&mount), &changed, &bao, &dir)?;
         rows.push(ten.row(
             "seed, 10% changed",
             n,
             "check-and-set updates of the changed tenth",
         ));
+        let recorded_cpu = per_request(recorded.cpu, recorded.requests);
         ratios.insert(
             format!("{n}"),
             json!({
-                "seed_vs_ceiling_throughput": ceiling.as_secs_f64() / cold.wall.as_secs_f64(),
-                "seed_vs_recorded_ceiling_throughput": recorded.as_secs_f64() / cold.wall.as_secs_f64(),
-                "seed_writes_per_sec_vs_ceiling": cold.writes.unwrap_or(0) as f64 / cold.wall.as_secs_f64()
-                    / (n as f64 / ceiling.as_secs_f64()),
+                "seed_vs_recorded_ceiling_throughput": recorded.wall.as_secs_f64() / cold.wall.as_secs_f64(),
+                "seed_vs_bare_ceiling_throughput": bare.wall.as_secs_f64() / cold.wall.as_secs_f64(),
+                "seed_cpu_per_request_vs_ceiling": cold.cpu_per_request().map(|c| c / recorded_cpu),
+                // What the requests cost: the cold seed's CPU less a no-op
+                // run's (start-up, fixtures, the listing, the plan, the
+                // report), per request the no-op does not send.
+                "seed_marginal_cpu_per_request_vs_ceiling": match (cold.requests, noop.requests) {
+                    (Some(c), Some(z)) if c > z => Some(per_request(cold.cpu.saturating_sub(noop.cpu), c - z) / recorded_cpu),
+                    _ => None,
+                },
+                "seed_threads_started": threads,
                 "noop_vs_cold_time": noop.wall.as_secs_f64() / cold.wall.as_secs_f64(),
                 "noop_writes": noop.writes,
                 "seed_peak_rss_mb": cold.peak_rss_mb.max(noop.peak_rss_mb).max(ten.peak_rss_mb),
@@ -152,7 +217,7 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
         write_infra(&infra, n.min(1000), n)?;
         let live = measure(
             &exe,
-            &[
+            &strings(&[
                 "secrets",
                 "check",
                 "--live",
@@ -161,9 +226,9 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
                 "--mount",
                 &mount,
                 "--infra",
-                infra.to_str().unwrap(),
+                &infra.display().to_string(),
                 "--quiet",
-            ],
+            ]),
             &changed,
             &bao,
             &dir,
@@ -186,13 +251,13 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
     for _ in 0..5 {
         let m = measure(
             &exe,
-            &[
+            &strings(&[
                 "secrets",
                 "check",
                 "--infra",
-                infra.to_str().unwrap(),
+                &infra.display().to_string(),
                 "--quiet",
-            ],
+            ]),
             &fixtures,
             &bao,
             &dir,
@@ -201,70 +266,52 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
             best = Some(m);
         }
     }
-    rows.push(best.unwrap().row(
+    let row = best.context("five static checks ran")?.row(
         "check, static",
         1000,
         "1,000 ExternalSecrets, best of 5 (process start included)",
-    ));
+    );
+    rows.push(row);
     let repo = {
         let t = Instant::now();
-        let st = std::process::Command::new(&exe)
+        Tool::new(&exe)
             .args(["secrets", "check", "--quiet"])
             .env("XTASK_PROJECT_ROOT", &root)
-            .output()?;
-        if !st.status.success() {
-            bail!(
-                "the repository's own static check failed: {}",
-                String::from_utf8_lossy(&st.stderr)
-            );
-        }
+            .run()
+            .context("the repository's own static check failed")?;
         t.elapsed()
     };
     rows.push(Row {
         name: "check, static, this repository".into(),
-        secrets: 0,
         wall_ms: ms(repo),
-        per_sec: 0.0,
-        peak_rss_mb: 0.0,
-        writes: None,
         note: "process start included".into(),
+        ..Row::default()
     });
 
-    // What the seed replaces: a shell loop of `bao kv put`, one process per
-    // secret (values on stdin, as the seed would). 100 are enough to see it.
-    let loop_n = 100;
-    enable_kv2(&http, "shell-loop")?;
-    let t = Instant::now();
-    for i in 0..loop_n {
-        bao.kv_put_via_cli(
-            "shell-loop",
-            &format!("bench-secret-{i:06}"),
-            &bench_value(i, false),
-            &dir,
-        )?;
-    }
-    let shell = t.elapsed();
-    rows.push(Row {
-        name: "shell loop: `bao kv put` per secret".into(),
-        secrets: loop_n,
-        wall_ms: ms(shell),
-        per_sec: loop_n as f64 / shell.as_secs_f64(),
-        peak_rss_mb: 0.0,
-        writes: Some(loop_n as u64),
-        note: "what the seed replaces: one CLI process per secret, in sequence".into(),
-    });
+    peer_rows(
+        &mut rows,
+        &root,
+        &dir,
+        &bao,
+        sizes.iter().copied().min().unwrap_or(1000).min(1000),
+    )?;
 
     print_table(&rows);
     println!("\nratios (targets in parentheses):");
     for (n, r) in &ratios {
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         println!(
-            "  {n:>6} secrets: seed throughput / value + record ceiling = {:.2} (>= 0.8; / bare-write ceiling: {:.2}, per request: {:.2}); no-op / cold time = {:.2} (<= 0.3) with {} writes (0); peak RSS {:.1} MB (<= 60)",
-            r["seed_vs_recorded_ceiling_throughput"].as_f64().unwrap_or(0.0),
-            r["seed_vs_ceiling_throughput"].as_f64().unwrap_or(0.0),
-            r["seed_writes_per_sec_vs_ceiling"].as_f64().unwrap_or(0.0),
-            r["noop_vs_cold_time"].as_f64().unwrap_or(0.0),
+            "  {n:>6} secrets: seed / value + record ceiling = {:.2} (>= 0.85; / bare-write ceiling {:.2}); \
+             client CPU per request / ceiling's = {:.2} (<= 2; less a no-op's reading, planning and report {:.2}); threads started {} (<= 64); \
+             no-op / cold time = {:.2} (<= 0.3) with {} writes (0); peak RSS {:.1} MB (<= 60)",
+            f("seed_vs_recorded_ceiling_throughput"),
+            f("seed_vs_bare_ceiling_throughput"),
+            f("seed_cpu_per_request_vs_ceiling"),
+            f("seed_marginal_cpu_per_request_vs_ceiling"),
+            r["seed_threads_started"],
+            f("noop_vs_cold_time"),
             r["noop_writes"],
-            r["seed_peak_rss_mb"].as_f64().unwrap_or(0.0)
+            f("seed_peak_rss_mb"),
         );
     }
     let results = json!({
@@ -280,22 +327,117 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
     Ok(())
 }
 
+/// The rows of what a user would run instead: the legacy shell loop, and
+/// hvac one request at a time and on 16 threads (`n` secrets each).
+fn peer_rows(rows: &mut Vec<Row>, root: &Path, dir: &Path, bao: &Bao, n: usize) -> Result<()> {
+    // The legacy loop: one `bao kv put` process per secret, in sequence,
+    // the value on stdin; it writes the value only (no record, no cas).
+    // 100 are enough to see it.
+    let loop_n = n.min(100);
+    bao.enable_kv2("shell-loop")?;
+    let cpu0 = children_cpu();
+    let t = Instant::now();
+    for i in 0..loop_n {
+        bao.kv_put_via_cli(
+            "shell-loop",
+            &format!("bench-secret-{i:06}"),
+            &bench_value(i, false),
+            dir,
+        )?;
+    }
+    let took = t.elapsed();
+    let cpu = children_cpu().saturating_sub(cpu0);
+    rows.push(Row {
+        name: "peer: `bao kv put` per secret".into(),
+        secrets: loop_n,
+        wall_ms: ms(took),
+        per_sec: loop_n as f64 / took.as_secs_f64(),
+        writes: Some(loop_n as u64),
+        requests: Some(loop_n as u64),
+        cpu_ms: Some(ms(cpu)),
+        cpu_us_per_request: Some(per_request(cpu, loop_n as u64)),
+        note: "the legacy loop: one CLI process per secret in sequence, value only".into(),
+        ..Row::default()
+    });
+
+    let python = match peers::hvac_python(root) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("no hvac rows: {e:#}");
+            return Ok(());
+        }
+    };
+    for (threads, name, note) in [
+        (
+            1,
+            "peer: hvac, one request at a time",
+            "the legacy Python pattern: one client, value (cas) then metadata POST per secret",
+        ),
+        (
+            16,
+            "peer: hvac, 16 threads",
+            "the same requests, a client per thread",
+        ),
+    ] {
+        let mount = format!("hvac-{threads}");
+        bao.enable_kv2(&mount)?;
+        let tool = peers::hvac_tool(&python, dir, &mount, n, threads)?
+            .env("VAULT_ADDR", &bao.addr)
+            .env("VAULT_TOKEN", &bao.token);
+        let m = timed(&tool)?;
+        let requests = 2 * n as u64;
+        rows.push(Row {
+            name: name.into(),
+            secrets: n,
+            wall_ms: ms(m.wall),
+            per_sec: n as f64 / m.wall.as_secs_f64(),
+            writes: Some(requests),
+            requests: Some(requests),
+            cpu_ms: Some(ms(m.cpu)),
+            cpu_us_per_request: Some(per_request(m.cpu, requests)),
+            note: format!("{note} ({}, interpreter start included)", peers::HVAC),
+            ..Row::default()
+        });
+    }
+    Ok(())
+}
+
+/// How many times the ceiling and the cold seed each run, taking turns:
+/// three at up to 1,000 secrets (a second each), two above.
+fn rounds(n: usize) -> usize {
+    if n <= 1000 {
+        3
+    } else {
+        2
+    }
+}
+
 /// Where a measured child reports its peak RSS (see the module docs).
 const PEAK_RSS_ENV: &str = "XTASK_PEAK_RSS_FILE";
 
-/// Writes this process's peak RSS in KiB (`VmHWM`, counted from its `exec`)
-/// to the file `XTASK_PEAK_RSS_FILE` names, if it names one.
-pub fn report_peak_rss() {
-    let Some(path) = std::env::var_os(PEAK_RSS_ENV) else {
-        return;
-    };
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    if let Some(kib) = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-    {
-        let _ = std::fs::write(path, kib.to_string());
+/// Armed only in the benchmark's measured children (the bench sets
+/// [`PEAK_RSS_ENV`] on them and nowhere else): when dropped, at the end of
+/// the command, writes the process's peak RSS in KiB (`VmHWM`, counted from
+/// its `exec`) to that file.
+pub struct PeakRssReport(Option<std::ffi::OsString>);
+
+impl PeakRssReport {
+    pub fn from_env() -> PeakRssReport {
+        PeakRssReport(std::env::var_os(PEAK_RSS_ENV))
+    }
+}
+
+impl Drop for PeakRssReport {
+    fn drop(&mut self) {
+        let Some(path) = self.0.take() else { return };
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        if let Some(kib) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            let _ = std::fs::write(path, kib.to_string());
+        }
     }
 }
 
@@ -303,67 +445,172 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0 * 10.0).round() / 10.0
 }
 
+fn per_request(cpu: Duration, requests: u64) -> f64 {
+    cpu.as_secs_f64() * 1e6 / requests.max(1) as f64
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// User + system CPU of `who` (`RUSAGE_THREAD`, `RUSAGE_CHILDREN`, ...).
+fn rusage(who: libc::c_int) -> Duration {
+    // SAFETY: getrusage only writes the struct we hand it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(who, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// CPU of every child reaped so far.
+fn children_cpu() -> Duration {
+    rusage(libc::RUSAGE_CHILDREN)
+}
+
+/// A finished child: wall time from spawn to exit, its CPU, its output.
+struct Timed {
+    wall: Duration,
+    cpu: Duration,
+    stdout: Vec<u8>,
+}
+
+/// Runs `tool` to completion (it must succeed), timing it. The only
+/// children reaped meanwhile are its own, so the `RUSAGE_CHILDREN`
+/// difference is its CPU.
+fn timed(tool: &Tool) -> Result<Timed> {
+    let tool = tool.clone().deadline(Duration::from_secs(900));
+    let cpu0 = children_cpu();
+    let t = Instant::now();
+    let out = tool.output()?;
+    let wall = t.elapsed();
+    let cpu = children_cpu().saturating_sub(cpu0);
+    if !out.status.success() {
+        return Err(tool.failure(&out));
+    }
+    Ok(Timed {
+        wall,
+        cpu,
+        stdout: out.stdout,
+    })
+}
+
 struct Measured {
     wall: Duration,
+    cpu: Duration,
     peak_rss_mb: f64,
     writes: Option<u64>,
+    requests: Option<u64>,
 }
 
 impl Measured {
+    fn cpu_per_request(&self) -> Option<f64> {
+        self.requests.map(|q| per_request(self.cpu, q))
+    }
+
     fn row(&self, name: &str, n: usize, note: &str) -> Row {
         Row {
             name: name.into(),
             secrets: n,
             wall_ms: ms(self.wall),
             per_sec: n as f64 / self.wall.as_secs_f64(),
-            peak_rss_mb: self.peak_rss_mb,
+            peak_rss_mb: Some(self.peak_rss_mb),
             writes: self.writes,
+            requests: self.requests,
+            cpu_ms: Some(ms(self.cpu)),
+            // Per request only where requests are the work: a run of a
+            // few requests is mostly start-up.
+            cpu_us_per_request: self
+                .cpu_per_request()
+                .filter(|_| self.writes.unwrap_or(0) >= 100),
+            threads_started: None,
             note: note.into(),
         }
     }
 }
 
-/// Runs the xtask binary, timing it and reading its peak RSS.
-fn measure(exe: &Path, args: &[&str], fixtures: &Path, bao: &Bao, dir: &Path) -> Result<Measured> {
-    let mut all: Vec<&str> = args.to_vec();
-    let f = fixtures.to_str().unwrap();
-    all.extend_from_slice(&["--fixtures", f]);
-    // Output goes to files: a pipe could fill up while we wait.
-    let out_path = dir.join("last-stdout.json");
-    let err_path = dir.join("last-stderr.txt");
-    let rss_path = dir.join("last-peak-rss-kib");
-    let _ = std::fs::remove_file(&rss_path);
-    let t = Instant::now();
-    let status = std::process::Command::new(exe)
-        .args(&all)
+/// The `xtask` child for `args` against the bench's OpenBao.
+fn xtask(exe: &Path, args: &[String], fixtures: &Path, bao: &Bao, dir: &Path) -> Tool {
+    Tool::new(exe)
+        .args(args)
+        .arg("--fixtures")
+        .arg(fixtures)
         .env("XTASK_PROJECT_ROOT", dir.join("root"))
         .env("VAULT_ADDR", &bao.addr)
         .env("VAULT_TOKEN", &bao.token)
-        .env(PEAK_RSS_ENV, &rss_path)
-        .stdout(std::fs::File::create(&out_path)?)
-        .stderr(std::fs::File::create(&err_path)?)
-        .status()?;
-    let wall = t.elapsed();
-    if !status.success() {
-        bail!(
-            "`xtask {}` failed ({status}): {}",
-            args.join(" "),
-            std::fs::read_to_string(&err_path)?
-        );
-    }
-    let stdout = std::fs::read_to_string(&out_path)?;
-    let writes = serde_json::from_str::<serde_json::Value>(&stdout)
-        .ok()
-        .and_then(|v| v["writes"].as_u64());
+}
+
+/// Runs the xtask binary, timing it and reading its peak RSS and counters.
+fn measure(
+    exe: &Path,
+    args: &[String],
+    fixtures: &Path,
+    bao: &Bao,
+    dir: &Path,
+) -> Result<Measured> {
+    let rss_path = dir.join("last-peak-rss-kib");
+    let _ = std::fs::remove_file(&rss_path);
+    let run = timed(&xtask(exe, args, fixtures, bao, dir).env(PEAK_RSS_ENV, &rss_path))?;
+    let reply = serde_json::from_slice::<serde_json::Value>(&run.stdout).ok();
+    let counter = |k: &str| reply.as_ref().and_then(|v| v[k].as_u64());
     let kib: f64 = std::fs::read_to_string(&rss_path)
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .context("the measured run reported no peak RSS (is /proc mounted?)")?;
     Ok(Measured {
-        wall,
+        wall: run.wall,
+        cpu: run.cpu,
         peak_rss_mb: kib / 1024.0,
-        writes,
+        writes: counter("writes"),
+        requests: counter("requests"),
     })
+}
+
+/// Threads and processes started by the xtask run for `args`, its main
+/// thread not counted: it runs as PID 2 of a new PID namespace, after the
+/// `sh` that runs it (PID 1) and before the `cat` that prints the
+/// namespace's last PID, which is then its own. `None` where this machine
+/// does not let us make a PID namespace.
+fn tasks_started(
+    exe: &Path,
+    args: &[String],
+    fixtures: &Path,
+    bao: &Bao,
+    dir: &Path,
+) -> Result<Option<u64>> {
+    // `cat`, not the shell's `read`: a sysctl file answers only its first
+    // read call, and `read` takes one byte per call.
+    let script =
+        r#""$@" >/dev/null || exit $?; printf 'tasks-started '; cat /proc/sys/kernel/ns_last_pid"#;
+    let mut all: Vec<std::ffi::OsString> = vec![exe.into()];
+    all.extend(args.iter().map(Into::into));
+    all.push("--fixtures".into());
+    all.push(fixtures.into());
+    let tool = Tool::new("unshare")
+        .args(["--pid", "--fork", "sh", "-c", script, "sh"])
+        .args(all)
+        .env("XTASK_PROJECT_ROOT", dir.join("root"))
+        .env("VAULT_ADDR", &bao.addr)
+        .env("VAULT_TOKEN", &bao.token)
+        .deadline(Duration::from_secs(900));
+    let out = tool.output()?;
+    if !out.status.success() {
+        eprintln!(
+            "threads not counted (no PID namespace here?): {}",
+            tool.failure(&out)
+        );
+        return Ok(None);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tasks-started "))
+        .and_then(|n| n.trim().parse().ok())
+        .context("the PID-namespace run printed no count")?;
+    Ok(Some(last.saturating_sub(3)))
 }
 
 /// `n` secrets; with `changed_pct`, that share of values differs.
@@ -410,72 +657,49 @@ fn write_infra(dir: &Path, es: usize, keys: usize) -> Result<()> {
     Ok(())
 }
 
-fn enable_kv2(http: &VaultHttp, mount: &str) -> Result<()> {
-    let reply = http.call(
-        Method::Post,
-        &format!("sys/mounts/{mount}"),
-        Some(&json!({"type": "kv", "options": {"version": "2"}})),
-    )?;
-    if !(200..300).contains(&reply.status) {
-        bail!("enabling {mount}: {}", reply.errors());
-    }
-    Ok(())
-}
-
-/// The ceiling: `n` KV v2 writes with `concurrency` in flight; with
-/// `record`, each followed by a `custom_metadata` write as the seed's.
-fn raw_puts(
-    http: &VaultHttp,
-    mount: &str,
-    n: usize,
-    concurrency: usize,
-    record: bool,
-) -> Result<()> {
-    let results = crate::pool::bounded((0..n).collect(), concurrency, |i| {
-        let body = json!({"data": {"value": bench_value(i, false)}});
-        let reply = http.call(
-            Method::Post,
-            &format!("{mount}/data/bench-secret-{i:06}"),
-            Some(&body),
-        )?;
-        if record {
-            let custom = json!({"custom_metadata": {"managed-by": "bench",
-                "fixture-sha256": "0".repeat(64), "fixture-version": "1"}});
-            let meta_path = format!("{mount}/metadata/bench-secret-{i:06}");
-            return http.call(Method::Patch, &meta_path, Some(&custom));
-        }
-        Ok(reply)
-    });
-    for r in results {
-        r.context("a ceiling write failed")?;
-    }
-    Ok(())
-}
-
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<36} {:>8} {:>11} {:>11} {:>9} {:>7}  note",
-        "measurement", "secrets", "wall ms", "per second", "RSS MB", "writes"
+        "{:<36} {:>7} {:>10} {:>9} {:>7} {:>7} {:>8} {:>9} {:>8}  note",
+        "measurement",
+        "secrets",
+        "wall ms",
+        "per sec",
+        "RSS MB",
+        "writes",
+        "CPU ms",
+        "µs/req",
+        "threads"
     );
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for r in rows {
         println!(
-            "{:<36} {:>8} {:>11.1} {:>11.0} {:>9.1} {:>7}  {}",
+            "{:<36} {:>7} {:>10.1} {:>9} {:>7} {:>7} {:>8} {:>9} {:>8}  {}",
             r.name,
-            r.secrets,
+            if r.secrets == 0 {
+                "-".into()
+            } else {
+                r.secrets.to_string()
+            },
             r.wall_ms,
-            r.per_sec,
-            r.peak_rss_mb,
-            r.writes
-                .map(|w| w.to_string())
-                .unwrap_or_else(|| "-".into()),
+            if r.per_sec == 0.0 {
+                "-".into()
+            } else {
+                format!("{:.0}", r.per_sec)
+            },
+            opt(r.peak_rss_mb.map(|m| format!("{m:.1}"))),
+            opt(r.writes.map(|w| w.to_string())),
+            opt(r.cpu_ms.map(|c| format!("{c:.0}"))),
+            opt(r.cpu_us_per_request.map(|c| format!("{c:.0}"))),
+            opt(r.threads_started.map(|t| t.to_string())),
             r.note
         );
     }
 }
 
-/// `bao server -dev` on a free loopback port for the benchmark.
+/// `bao server -dev` on a free loopback port for the benchmark, stopped
+/// on drop.
 struct Bao {
-    child: std::process::Child,
+    _server: Running,
     bin: PathBuf,
     addr: String,
     token: String,
@@ -493,8 +717,7 @@ impl Bao {
             .local_addr()?
             .port();
         let token = format!("bench-{port}");
-        let log = std::fs::File::create(dir.join("bao.log"))?;
-        let child = std::process::Command::new(&bin)
+        let server = Tool::new(&bin)
             .args([
                 "server",
                 "-dev",
@@ -502,64 +725,63 @@ impl Bao {
                 &format!("-dev-listen-address=127.0.0.1:{port}"),
             ])
             .env("HOME", dir)
-            .stdout(log.try_clone()?)
-            .stderr(log)
+            .install_hint("run `cargo xtask tools`")
             .spawn()?;
-        let bao = Bao {
-            child,
-            bin,
-            addr: format!("http://127.0.0.1:{port}"),
-            token,
-        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
+        while Instant::now() < deadline && server.is_running() {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 std::thread::sleep(Duration::from_millis(200));
-                return Ok(bao);
+                return Ok(Bao {
+                    _server: server,
+                    bin,
+                    addr: format!("http://127.0.0.1:{port}"),
+                    token,
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!(
-            "OpenBao did not start; see {}",
-            dir.join("bao.log").display()
+            "OpenBao did not start on 127.0.0.1:{port}: {}",
+            server.last_lines()
         )
     }
-}
 
-impl Bao {
+    /// Mounts a KV v2 engine at `mount`, through the bench's own client.
+    fn enable_kv2(&self, mount: &str) -> Result<()> {
+        let mut conn = raw::Conn::open(&self.addr, &self.token)?;
+        let a = conn.send(
+            "POST",
+            &format!("sys/mounts/{mount}"),
+            br#"{"type":"kv","options":{"version":"2"}}"#,
+        )?;
+        if !(200..300).contains(&a.status) {
+            bail!(
+                "enabling {mount}: HTTP {}: {}",
+                a.status,
+                String::from_utf8_lossy(&a.body)
+            );
+        }
+        // A new KV v2 mount upgrades itself for a moment: wait until it
+        // takes a read, so no measured run sees the upgrade.
+        for _ in 0..100 {
+            let a = conn.send("GET", &format!("{mount}/config"), b"")?;
+            if a.status == 200 {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("the KV v2 mount {mount} did not become ready")
+    }
+
     /// `bao kv put <name> value=-`, the value on standard input.
     fn kv_put_via_cli(&self, mount: &str, name: &str, value: &str, home: &Path) -> Result<()> {
-        use std::io::Write;
-        use std::process::Stdio;
-        let mut child = std::process::Command::new(&self.bin)
+        Tool::new(&self.bin)
             .args(["kv", "put", &format!("-mount={mount}"), name, "value=-"])
             .env("VAULT_ADDR", &self.addr)
             .env("VAULT_TOKEN", &self.token)
             .env("HOME", home)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting `bao kv put`")?;
-        child
-            .stdin
-            .take()
-            .context("bao's standard input")?
-            .write_all(value.as_bytes())?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "`bao kv put -mount={mount} {name}` failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+            .stdin(value.as_bytes().to_vec())
+            .run()?;
         Ok(())
-    }
-}
-
-impl Drop for Bao {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

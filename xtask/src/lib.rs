@@ -96,6 +96,8 @@ fn run_cli_inner() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    // Reports peak RSS at the end, in the benchmark's measured runs only.
+    let _peak_rss = bench::PeakRssReport::from_env();
     let result = match flags.subcommand {
         flags::XtaskCmd::Tools(cmd) => tools::run(&cmd),
         flags::XtaskCmd::Test(cmd) => test_cmd::run(&cmd),
@@ -103,7 +105,6 @@ fn run_cli_inner() -> ExitCode {
         flags::XtaskCmd::Fuzz(cmd) => fuzz::run(&cmd),
         flags::XtaskCmd::Secrets(cmd) => secrets::run(cmd),
     };
-    bench::report_peak_rss();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

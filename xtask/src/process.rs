@@ -275,7 +275,6 @@ impl Tool {
             })
         };
         Ok(Running {
-            display: self.display(),
             reader,
             last,
             lines: rx,
@@ -297,7 +296,6 @@ pub enum Next {
 
 /// A long-running child from [`Tool::spawn`], killed on drop.
 pub struct Running {
-    display: String,
     reader: Arc<duct::ReaderHandle>,
     last: Arc<Mutex<VecDeque<String>>>,
     lines: mpsc::Receiver<String>,
@@ -305,28 +303,6 @@ pub struct Running {
 }
 
 impl Running {
-    /// Waits up to `timeout` for an output line for which `pick` returns
-    /// `Some`, skipping others. `None` when the time runs out or the child
-    /// exits first.
-    pub fn wait_for_line<T>(
-        &self,
-        timeout: Duration,
-        mut pick: impl FnMut(&str) -> Option<T>,
-    ) -> Option<T> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(t) = pick(&line) {
-                        return Some(t);
-                    }
-                }
-                Err(_) => return None,
-            }
-        }
-    }
-
     /// The next line the child writes, waiting up to `timeout`.
     pub fn next_line(&self, timeout: Duration) -> Next {
         match self.lines.recv_timeout(timeout) {
@@ -362,13 +338,9 @@ impl Running {
             .join("\n  ")
     }
 
-    /// `program args...`, for messages.
-    pub fn display(&self) -> &str {
-        &self.display
-    }
-
     /// The child's pid(s).
-    pub fn pids(&self) -> Vec<u32> {
+    #[cfg(test)]
+    fn pids(&self) -> Vec<u32> {
         self.reader.pids()
     }
 
@@ -513,8 +485,8 @@ mod tests {
             .spawn()
             .unwrap();
         assert_eq!(
-            running.wait_for_line(Duration::from_secs(5), |l| (l == "ready").then_some(())),
-            Some(())
+            running.next_line(Duration::from_secs(5)),
+            Next::Line("ready".to_string())
         );
         std::thread::sleep(Duration::from_millis(300));
         assert!(running.is_running());

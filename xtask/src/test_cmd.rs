@@ -1,6 +1,8 @@
 //! `cargo xtask test`: what CI runs. Installs the pinned tools, then checks
 //! formatting and lints, fuzzes each target briefly (with CI=true a missing
 //! fuzz toolchain fails), then runs every test with the tools first on PATH.
+//! Tests skipped for missing tools (only with `XTASK_SKIP_TOOL_TESTS=1`)
+//! are listed in a log the harness writes, and counted at the end.
 
 use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
@@ -10,9 +12,18 @@ use crate::{flags, fuzz, project, project_root, tools};
 /// Seconds of fuzzing per target in a full test run.
 const FUZZ_SECONDS: u64 = 10;
 
+/// Where the integration harness lists tests it skipped for missing tools
+/// (`xtask/tests/it/support.rs` reads the same variable).
+const SKIP_LOG_ENV: &str = "XTASK_TOOL_SKIP_LOG";
+
 pub fn run(flags: &flags::Test) -> Result<()> {
     let root = project_root();
-    tools::ensure_all(&root).context("the tests need bao, helm and helmfile")?;
+    let skipping = std::env::var("XTASK_SKIP_TOOL_TESTS").is_ok_and(|v| v == "1");
+    if skipping {
+        eprintln!("XTASK_SKIP_TOOL_TESTS=1: tests that need bao, helm or helmfile are skipped if they are missing");
+    } else {
+        tools::ensure_all(&root).context("the tests need bao, helm and helmfile")?;
+    }
     let sh = Shell::new()?;
     sh.change_dir(&root);
     sh.set_var("PATH", project::path_with_tools(&root));
@@ -37,9 +48,47 @@ pub fn run(flags: &flags::Test) -> Result<()> {
             );
         }
     }
-    // Last, so the test runner's summary closes the output.
-    cmd!(sh, "cargo test --workspace {args...}")
+    let skip_log = root.join("target/tool-test-skips.txt");
+    let _ = std::fs::remove_file(&skip_log);
+    sh.set_var(SKIP_LOG_ENV, &skip_log);
+    let tested = cmd!(sh, "cargo test --workspace {args...}")
         .run()
-        .context("tests failed (see above)")?;
-    Ok(())
+        .context("tests failed (see above)");
+    let skipped = std::fs::read_to_string(&skip_log).unwrap_or_default();
+    print!("{}", skip_summary(&skipped));
+    tested
+}
+
+/// The closing lines about tests skipped for missing tools: none, or how
+/// many and which.
+fn skip_summary(log: &str) -> String {
+    let mut names: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    names.sort_unstable();
+    if names.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\nSKIPPED {} tests for missing tools (XTASK_SKIP_TOOL_TESTS=1; `cargo xtask tools` installs them):\n",
+        names.len()
+    );
+    for n in names {
+        out.push_str(&format!("  {n}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_names_the_skipped_tests() {
+        assert_eq!(skip_summary(""), "");
+        let text = skip_summary("seed_vault::b: needs bao\ncheck::a: needs helm, helmfile\n");
+        assert!(text.contains("SKIPPED 2 tests for missing tools"), "{text}");
+        assert!(
+            text.find("check::a").unwrap() < text.find("seed_vault::b").unwrap(),
+            "{text}"
+        );
+    }
 }

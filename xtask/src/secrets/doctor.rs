@@ -145,7 +145,7 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
                     "vault",
                     format!("{} reachable, unsealed, token valid", p.target()),
                 ));
-                vault_findings(&mut out, &mut p, &vault_cfg, &env);
+                vault_findings(&mut out, &mut p, vault_cfg, &env);
                 if let Ok(true) = p.detailed_listing_denied() {
                     out.push(warn(
                         "vault",

@@ -285,7 +285,12 @@ fn sealing_or_revoking_the_token_mid_run_stops_cleanly() {
     for fault in ["seal", "revoke"] {
         let bao = OpenBao::start();
         let sb = Sandbox::new();
-        fast_failing(&sb);
+        // One write at a time: the fault lands before the next write
+        // leaves, so "stopped early" does not race the other workers.
+        sb.write(
+            ".local/secrets.toml",
+            "concurrency = 1\n[vault]\nretries = 1\ntimeout_secs = 2\n",
+        );
         let out = bao.bao(&["token", "create", "-policy=root", "-field=token"]);
         let child = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let (addr, root_token, child_token) = (bao.addr.clone(), bao.token.clone(), child.clone());

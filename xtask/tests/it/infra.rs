@@ -1,6 +1,6 @@
 //! The infra tree renders offline with the real helm and helmfile.
 
-use crate::support::{tools_path, Sandbox, TempDir};
+use crate::support::{tools_path, Sandbox};
 
 fn run(cmd: &str, args: &[&str], sb: &Sandbox) -> (bool, String, String) {
     let out = std::process::Command::new(cmd)
@@ -182,20 +182,6 @@ fn every_chart_lints() {
     }
     assert!(n >= 9, "found {n} charts");
 }
-
-#[test]
-fn openbao_starts_and_answers() {
-    if !crate::support::require_tools(&["bao"]) {
-        return;
-    }
-    let bao = crate::support::OpenBao::start();
-    let out = bao.bao(&["status", "-format=json"]);
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status["sealed"], false);
-    assert_eq!(status["initialized"], true);
-    let _unused = TempDir::new("x");
-}
-
 /// The documents of `kind` in a rendering.
 fn docs_of<'a>(rendered: &'a str, kind: &str) -> Vec<&'a str> {
     rendered

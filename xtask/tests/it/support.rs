@@ -20,9 +20,14 @@ pub fn fakes_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes")
 }
 
-/// PATH with the pinned tools first.
+/// PATH with the pinned tools first: `.tools/bin`, or the folder that
+/// `XTASK_TEST_TOOLS_BIN` names (the harness's own tests point it at an
+/// empty one).
 pub fn tools_path() -> String {
-    let mut parts = vec![repo_root().join(".tools/bin").display().to_string()];
+    let bin = std::env::var_os("XTASK_TEST_TOOLS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".tools/bin"));
+    let mut parts = vec![bin.display().to_string()];
     parts.push(std::env::var("PATH").unwrap_or_default());
     parts.join(":")
 }
@@ -33,24 +38,102 @@ fn find_on(path: &str, name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Whether the real tools are installed. Under CI a missing tool fails the
-/// test; elsewhere the test says it is skipped (run `cargo xtask tools`).
+/// The variable that turns tests needing tools we lack into visible skips.
+pub const SKIP_TOOL_TESTS: &str = "XTASK_SKIP_TOOL_TESTS";
+/// Where skipped tests are listed, one per line (`cargo xtask test` sets
+/// it and counts them); by default `target/tool-test-skips.txt`.
+pub const SKIP_LOG: &str = "XTASK_TOOL_SKIP_LOG";
+
+/// Makes sure the pinned tools `names` are there for the calling test.
+///
+/// A missing tool is installed by the built binary's `tools` command (the
+/// code of `cargo xtask tools`), once per test process; if that fails, the
+/// test fails naming the tool and the command. Only with
+/// `XTASK_SKIP_TOOL_TESTS=1` does a missing tool skip the test: it returns
+/// `false`, prints `SKIPPED`, and the skip is listed in the skip log for
+/// `cargo xtask test` to count. No test passes silently without its tools.
 pub fn require_tools(names: &[&str]) -> bool {
+    if missing_tools(names).is_empty() {
+        return true;
+    }
+    if std::env::var(SKIP_TOOL_TESTS).is_ok_and(|v| v == "1") {
+        let missing = missing_tools(names);
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("an unnamed test")
+            .to_string();
+        let line = format!("{test}: needs {}", missing.join(", "));
+        println!("SKIPPED {line} ({SKIP_TOOL_TESTS}=1)");
+        eprintln!("SKIPPED {line} ({SKIP_TOOL_TESTS}=1)");
+        record_skip(&line);
+        return false;
+    }
+    install_tools_once(&missing_tools(names));
+    let missing = missing_tools(names);
+    assert!(
+        missing.is_empty(),
+        "this test needs {} and `cargo xtask tools` did not install it: run `cargo xtask tools` \
+         and see what it says (or set {SKIP_TOOL_TESTS}=1 to skip tests that need tools)",
+        missing.join(", ")
+    );
+    true
+}
+
+fn missing_tools<'a>(names: &[&'a str]) -> Vec<&'a str> {
     let path = tools_path();
-    let missing: Vec<&str> = names
+    names
         .iter()
         .copied()
         .filter(|n| find_on(&path, n).is_none())
-        .collect();
-    if missing.is_empty() {
-        return true;
+        .collect()
+}
+
+/// Runs `xtask tools` once per test process; every later caller waits for
+/// that one run and sees its outcome.
+fn install_tools_once(missing: &[&str]) {
+    static DONE: std::sync::Mutex<Option<Result<(), String>>> = std::sync::Mutex::new(None);
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if done.is_none() {
+        eprintln!("installing the pinned tools for the tests: `cargo xtask tools`");
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .arg("tools")
+            .env("XTASK_PROJECT_ROOT", repo_root())
+            .stdin(Stdio::null())
+            .output();
+        *done = Some(match out {
+            Ok(out) if out.status.success() => Ok(()),
+            Ok(out) => Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )),
+            Err(e) => Err(e.to_string()),
+        });
     }
-    let msg = format!("missing tools {missing:?}: run `cargo xtask tools` (or `cargo xtask test`)");
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{msg}");
+    if let Some(Err(why)) = done.as_ref() {
+        panic!(
+            "this test needs {}, and `cargo xtask tools` failed:\n{why}\nRun `cargo xtask tools` to see \
+             why, or set {SKIP_TOOL_TESTS}=1 to skip tests that need tools",
+            missing.join(", ")
+        );
     }
-    eprintln!("SKIPPED: {msg}");
-    false
+}
+
+/// Appends one skipped test to the skip log.
+fn record_skip(line: &str) {
+    let log = std::env::var_os(SKIP_LOG)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/tool-test-skips.txt"));
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+    {
+        let _ = writeln!(f, "{line}");
+    }
 }
 
 fn free_port() -> u16 {
@@ -461,12 +544,18 @@ pub struct Request {
     pub path: String,
     #[allow(dead_code)] // for hooks that match on the payload
     pub body: Vec<u8>,
+    /// How many requests came before this one on its connection.
+    #[allow(dead_code)] // for hooks about keep-alive
+    pub on_connection: usize,
 }
 
 /// What the proxy does with a request. `Reply` with status 0 drops the
 /// connection without an answer, as a dead server would.
 pub enum Action {
     Forward,
+    /// Close the client's connection without forwarding or answering, as
+    /// a server does with a keep-alive connection it deems idle.
+    Close,
     Reply {
         status: u16,
         headers: Vec<(String, String)>,
@@ -505,7 +594,7 @@ impl Proxy {
 fn serve(mut client: TcpStream, upstream: u16, hook: Hook) -> std::io::Result<()> {
     let mut up: Option<TcpStream> = None;
     let mut reader = std::io::BufReader::new(client.try_clone()?);
-    loop {
+    for on_connection in 0.. {
         let Some((head, body)) = read_message(&mut reader, true)? else {
             return Ok(());
         };
@@ -519,8 +608,10 @@ fn serve(mut client: TcpStream, upstream: u16, hook: Hook) -> std::io::Result<()
             method: parts.next().unwrap_or_default().to_string(),
             path: parts.next().unwrap_or_default().to_string(),
             body: body.clone(),
+            on_connection,
         };
         match hook(&req) {
+            Action::Close => return Ok(()),
             Action::Reply {
                 status,
                 headers,
@@ -566,6 +657,7 @@ fn serve(mut client: TcpStream, upstream: u16, hook: Hook) -> std::io::Result<()
             }
         }
     }
+    Ok(())
 }
 
 /// Reads one HTTP message: head bytes (with the blank line) and the body.

@@ -1,0 +1,89 @@
+//! The peer rows of `cargo xtask bench`: what a user would run instead of
+//! the seed. The legacy shell loop (`bao kv put` per secret), and hvac, the
+//! Python Vault client, one request at a time and on 16 threads. hvac is
+//! pinned and installed from PyPI into a git-ignored venv under `target/`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::process::Tool;
+
+/// The hvac release the peer rows use.
+pub const HVAC: &str = "hvac==2.4.0";
+
+/// The Python script of the hvac rows: the same secrets and the same two
+/// writes per secret as a cold seed (the value with `cas: 0`, then the
+/// record in `custom_metadata`). hvac 2.4 has no metadata PATCH, so the
+/// record is its `update_metadata` POST, which the server treats alike.
+/// Each thread has its own client (its own keep-alive connection).
+const HVAC_SCRIPT: &str = r#"
+import os, sys, threading
+from concurrent.futures import ThreadPoolExecutor
+import hvac
+
+addr, token, mount = os.environ["VAULT_ADDR"], os.environ["VAULT_TOKEN"], sys.argv[1]
+n, threads = int(sys.argv[2]), int(sys.argv[3])
+local = threading.local()
+
+def client():
+    if not hasattr(local, "c"):
+        local.c = hvac.Client(url=addr, token=token)
+    return local.c
+
+def one(i):
+    c, name = client(), "bench-secret-%06d" % i
+    value = "bench-value-%06d-v1-%s" % (i, "x" * 48)
+    c.secrets.kv.v2.create_or_update_secret(path=name, secret={"value": value}, cas=0, mount_point=mount)
+    c.secrets.kv.v2.update_metadata(path=name, mount_point=mount, custom_metadata={
+        "fixture-sha256": "0" * 64, "fixture-version": "1", "managed-by": "cargo-xtask-secrets"})
+
+if threads == 1:
+    for i in range(n):
+        one(i)
+else:
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, range(n)))
+"#;
+
+/// A venv with the pinned hvac, made on first use; its python.
+pub fn hvac_python(root: &Path) -> Result<PathBuf> {
+    let venv = root.join("target/bench-peers/venv");
+    let python = venv.join("bin/python");
+    let stamp = venv.join("installed.txt");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == HVAC) {
+        return Ok(python);
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    Tool::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .install_hint(
+            "the hvac rows need Python 3 with venv (Debian: apt-get install python3-venv)",
+        )
+        .run()
+        .context("creating the hvac venv")?;
+    Tool::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            HVAC,
+        ])
+        .deadline(std::time::Duration::from_secs(300))
+        .run()
+        .with_context(|| format!("installing {HVAC} from PyPI into {}", venv.display()))?;
+    std::fs::write(&stamp, HVAC)?;
+    Ok(python)
+}
+
+/// The hvac run as a [`Tool`]: `n` secrets into `mount` on `threads`.
+pub fn hvac_tool(python: &Path, dir: &Path, mount: &str, n: usize, threads: usize) -> Result<Tool> {
+    let script = dir.join("hvac_peer.py");
+    std::fs::write(&script, HVAC_SCRIPT)?;
+    Ok(Tool::new(python)
+        .arg(&script)
+        .args([mount.to_string(), n.to_string(), threads.to_string()]))
+}
