@@ -152,11 +152,13 @@ impl Tool {
         if let Some(dir) = &self.dir {
             e = e.dir(dir);
         }
-        for name in &self.env_remove {
-            e = e.env_remove(name);
-        }
+        // duct applies the outermost setting first: the explicit variables
+        // go on the inside, so they win over the token removal.
         for (k, v) in &self.env {
             e = e.env(k, v);
+        }
+        for name in &self.env_remove {
+            e = e.env_remove(name);
         }
         #[cfg(target_os = "linux")]
         if self.die_with_parent {
@@ -425,6 +427,16 @@ pub fn tail(text: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_explicit_token_reaches_the_child_and_no_other_does() {
+        let out = Tool::new("sh")
+            .args(["-c", "echo \"${VAULT_TOKEN-unset} ${BAO_TOKEN-unset}\""])
+            .env("VAULT_TOKEN", "given")
+            .run()
+            .unwrap();
+        assert_eq!(out.trim(), "given unset");
+    }
 
     #[test]
     fn run_returns_stdout_and_fails_with_the_tools_words() {
