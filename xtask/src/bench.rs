@@ -61,6 +61,17 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
     let dir = root.join("target/bench");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("root"))?;
+    // The seed sets up ESO's access from the store chart's values and the
+    // local layer 15.
+    for file in [
+        crate::secrets::eso_access::STORE_CHART_VALUES,
+        "infra/kubernetes/environments/local/platform/15-secrets.values.yaml",
+    ] {
+        let to = dir.join("root").join(file);
+        std::fs::create_dir_all(to.parent().context("a parent directory")?)?;
+        std::fs::copy(root.join(file), &to)
+            .with_context(|| format!("copying {file} into the bench's project"))?;
+    }
     let bao = Bao::start(&root, &dir)?;
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
