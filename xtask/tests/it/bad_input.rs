@@ -25,14 +25,7 @@ fn every_bad_fixture_fails_with_its_error_and_writes_nothing() {
     let mut wrong = Vec::new();
     for (file, want) in &expected {
         let path = dir.join(file);
-        let run = sb.xtask(&[
-            "secrets",
-            "seed",
-            "--provider",
-            "file",
-            "--fixtures",
-            path.to_str().unwrap(),
-        ]);
+        let run = sb.seed_file(&["--fixtures", path.to_str().unwrap()]);
         if run.code != 1 || !run.stderr.contains(want.as_str()) {
             wrong.push(format!(
                 "{file}: exit {} wanted {want:?}, got: {}",
@@ -52,14 +45,7 @@ fn every_bad_fixture_fails_with_its_error_and_writes_nothing() {
     let f = std::fs::File::create(&huge).unwrap();
     f.set_len(17 * 1024 * 1024).unwrap();
     let run = sb
-        .xtask(&[
-            "secrets",
-            "seed",
-            "--provider",
-            "file",
-            "--fixtures",
-            huge.to_str().unwrap(),
-        ])
+        .seed_file(&["--fixtures", huge.to_str().unwrap()])
         .code(1);
     assert!(
         run.stderr.contains("larger than the 16 MiB limit"),

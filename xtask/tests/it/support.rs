@@ -7,6 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub fn repo_root() -> PathBuf {
@@ -338,6 +339,28 @@ impl Run {
     }
 }
 
+impl From<std::process::Output> for Run {
+    fn from(out: std::process::Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// The real OpenBao dev server and a fresh sandbox, or `None` (skip the
+/// test) when `bao` is missing.
+pub fn with_bao() -> Option<(OpenBao, Sandbox)> {
+    require_tools(&["bao"]).then(|| (OpenBao::start(), Sandbox::new()))
+}
+
+/// Fails the test unless `text` contains `needle`, showing both.
+#[track_caller]
+pub fn assert_contains(text: &str, needle: &str) {
+    assert!(text.contains(needle), "expected {needle:?} in:\n{text}");
+}
+
 /// A run's standard output as JSON (`--output json`).
 pub fn json(run: &Run) -> serde_json::Value {
     serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.all()))
@@ -487,6 +510,13 @@ impl Sandbox {
         cmd
     }
 
+    /// `secrets seed --provider file` with `extra` flags.
+    pub fn seed_file(&self, extra: &[&str]) -> Run {
+        let mut args = vec!["secrets", "seed", "--provider", "file"];
+        args.extend_from_slice(extra);
+        self.xtask(&args)
+    }
+
     pub fn xtask(&self, args: &[&str]) -> Run {
         self.xtask_env(args, &[])
     }
@@ -496,12 +526,7 @@ impl Sandbox {
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let out = cmd.output().unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        cmd.output().unwrap().into()
     }
 
     /// Every `kubectl port-forward` the fake started, by pid, in order.
@@ -564,6 +589,22 @@ pub enum Action {
 }
 
 pub type Hook = std::sync::Arc<dyn Fn(&Request) -> Action + Send + Sync>;
+
+/// A proxy in front of `bao` that records `METHOD path` of every request.
+pub fn recording(bao: &OpenBao) -> (Proxy, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let proxy = Proxy::start(
+        bao.port,
+        Arc::new(move |req| {
+            log.lock()
+                .unwrap()
+                .push(format!("{} {}", req.method, req.path));
+            Action::Forward
+        }),
+    );
+    (proxy, seen)
+}
 
 /// A loopback HTTP/1.1 proxy in front of a server, with a hook that may
 /// act before forwarding (a concurrent edit) or answer itself (429, 503).
