@@ -7,13 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    assert_contains, block_on, json as report, vault_seed, with_bao, Action, OpenBao, Proxy,
-    Sandbox,
+    assert_contains, block_on, is_data_write, json as report, killing_at_write, vault_seed,
+    with_bao, Action, OpenBao, Proxy, Sandbox,
 };
-
-fn is_data_write(req: &crate::support::Request) -> bool {
-    req.method == "POST" && req.path.starts_with("/v1/secret/data/")
-}
 
 fn versions(bao: &OpenBao) -> HashMap<String, u64> {
     let client = bao.client();
@@ -177,22 +173,7 @@ fn a_killed_server_is_reported_as_unreachable() {
         ".local/secrets.toml",
         "concurrency = 1\n[vault]\nretries = 1\ntimeout_secs = 2\n",
     );
-    let pid = bao.pid();
-    let writes = Arc::new(AtomicUsize::new(0));
-    let w = writes.clone();
-    let proxy = Proxy::start(
-        bao.port,
-        Arc::new(move |req| {
-            if is_data_write(req) && w.fetch_add(1, Ordering::SeqCst) == 10 {
-                let _ = std::process::Command::new("kill")
-                    .arg("-9")
-                    .arg(pid.to_string())
-                    .status();
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Action::Forward
-        }),
-    );
+    let proxy = killing_at_write(&bao, 10);
     let run = vault_seed(&sb, &proxy.addr(), &bao.token, &[]);
     bao.kill();
     assert_eq!(run.code, 3, "{}", run.all());

@@ -590,6 +590,28 @@ pub enum Action {
 
 pub type Hook = std::sync::Arc<dyn Fn(&Request) -> Action + Send + Sync>;
 
+/// A KV v2 data write.
+pub fn is_data_write(req: &Request) -> bool {
+    req.method == "POST" && req.path.starts_with("/v1/secret/data/")
+}
+
+/// A proxy in front of `bao` that kills the server (SIGKILL) as data write
+/// number `n` (from 0) reaches it, as a crash mid-seed would.
+pub fn killing_at_write(bao: &OpenBao, n: usize) -> Proxy {
+    let pid = bao.pid();
+    let writes = std::sync::atomic::AtomicUsize::new(0);
+    Proxy::start(
+        bao.port,
+        Arc::new(move |req| {
+            if is_data_write(req) && writes.fetch_add(1, Ordering::SeqCst) == n {
+                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Action::Forward
+        }),
+    )
+}
+
 /// A proxy in front of `bao` that records `METHOD path` of every request.
 pub fn recording(bao: &OpenBao) -> (Proxy, Arc<Mutex<Vec<String>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
