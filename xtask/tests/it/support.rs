@@ -33,7 +33,8 @@ pub fn tools_path() -> String {
     parts.join(":")
 }
 
-fn find_on(path: &str, name: &str) -> Option<PathBuf> {
+/// The first file `name` in the `:`-separated `path`.
+pub fn find_on(path: &str, name: &str) -> Option<PathBuf> {
     path.split(':')
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
@@ -137,7 +138,8 @@ fn record_skip(line: &str) {
     }
 }
 
-fn free_port() -> u16 {
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -773,6 +775,32 @@ fn read_message<R: std::io::BufRead>(
 
 /// A 3-node OpenBao cluster with integrated Raft storage on loopback:
 /// init, unseal, `raft join`, all three voters. Stopped on drop.
+/// Starts one `bao server` on Raft storage below `dir` (data, config and
+/// log named after `node_id`), its API on `api` and Raft traffic on
+/// `cluster`, both on loopback.
+pub fn spawn_raft_node(bao: &Path, dir: &Path, node_id: &str, api: u16, cluster: u16) -> Child {
+    let data = dir.join(node_id);
+    std::fs::create_dir_all(&data).unwrap();
+    let config = dir.join(format!("{node_id}.hcl"));
+    std::fs::write(
+        &config,
+        format!(
+            "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"{node_id}\"\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{api}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\napi_addr = \"http://127.0.0.1:{api}\"\ncluster_addr = \"http://127.0.0.1:{cluster}\"\ndisable_mlock = true\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join(format!("{node_id}.log"))).unwrap();
+    Command::new(bao)
+        .arg("server")
+        .arg(format!("-config={}", config.display()))
+        .env("HOME", dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
 pub struct RaftCluster {
     nodes: Vec<Option<Child>>,
     pub addrs: Vec<String>,
@@ -788,26 +816,7 @@ impl RaftCluster {
         let mut addrs = Vec::new();
         for i in 0..3 {
             let (api, cluster) = (free_port(), free_port());
-            let data = dir.0.join(format!("node{i}"));
-            std::fs::create_dir_all(&data).unwrap();
-            let config = dir.0.join(format!("node{i}.hcl"));
-            std::fs::write(
-                &config,
-                format!(
-                    "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"node{i}\"\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{api}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\napi_addr = \"http://127.0.0.1:{api}\"\ncluster_addr = \"http://127.0.0.1:{cluster}\"\ndisable_mlock = true\n",
-                    data.display()
-                ),
-            )
-            .unwrap();
-            let log = std::fs::File::create(dir.0.join(format!("node{i}.log"))).unwrap();
-            let child = Command::new(&bao)
-                .arg("server")
-                .arg(format!("-config={}", config.display()))
-                .env("HOME", &dir.0)
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap();
+            let child = spawn_raft_node(&bao, &dir.0, &format!("node{i}"), api, cluster);
             nodes.push(Some(child));
             addrs.push(format!("http://127.0.0.1:{api}"));
         }
