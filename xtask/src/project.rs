@@ -59,11 +59,8 @@ pub fn path_with_tools(root: &Path) -> std::ffi::OsString {
     std::env::join_paths(paths).expect("PATH entries have no separators")
 }
 
-/// A path as shown to humans: relative to the repository root when inside it.
+/// A path as shown to humans: relative to the repository root when inside it
+/// (see [`crate::secrets::config::shown_from`]).
 pub fn shown(path: &Path) -> String {
-    let root = project_root();
-    path.strip_prefix(&root)
-        .unwrap_or(path)
-        .display()
-        .to_string()
+    crate::secrets::config::shown_from(&project_root(), path)
 }

@@ -160,8 +160,8 @@ pub fn not_usable(root: &Path, tool: &Tool) -> String {
         Ok(got) => format!(
             "{} has the wrong sha256 ({}, pinned {})",
             project::shown(&pinned),
-            &got[..8],
-            &tool.sha256[..8]
+            crate::fsutil::short(&got),
+            crate::fsutil::short(tool.sha256)
         ),
         Err(_) => "missing".to_string(),
     }

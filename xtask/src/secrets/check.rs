@@ -15,7 +15,7 @@ use crate::secrets::eso_read;
 use crate::secrets::fixtures::{self, SecretSet};
 use crate::secrets::provider::{self, Current, SecretProvider};
 use crate::secrets::scan::{self, ExternalSecret, RefKind, Scan};
-use crate::{flags, project, project_root};
+use crate::{flags, fsutil, project, project_root};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -518,8 +518,8 @@ pub fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<&Live>)
                                     &r.key,
                                     format!(
                                         "store {} != fixture {}: changed by hand, or the seed is stale (re-seed)",
-                                        &cur.sha256.as_deref().unwrap_or_default()[..8],
-                                        &f.sha256[..8]
+                                        fsutil::short(cur.sha256.as_deref().unwrap_or_default()),
+                                        fsutil::short(&f.sha256)
                                     ),
                                     s,
                                 );

@@ -533,17 +533,22 @@ fn config_state(
     }
 }
 
+/// The strings in a JSON array (none when `v` is not one), as Vault lists
+/// policies, bound names and capabilities.
+pub fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn role_matches(names: &EsoNames, d: &Value) -> bool {
     let list = |v: &Value| -> Vec<String> {
-        let mut l: Vec<String> = v
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(String::from)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut l = strings(v);
         l.sort();
         l
     };
@@ -733,6 +738,20 @@ pub fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
 mod tests {
     use super::*;
 
+    /// Copies the store chart's values and the local layer-15 values into
+    /// `dir`, at their paths in the repo.
+    fn copy_store_values(dir: &Path) {
+        let root = crate::project_root();
+        for rel in [STORE_CHART_VALUES, LAYER_15_LOCAL] {
+            let to = dir.join(rel);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(root.join(rel), to).unwrap();
+        }
+    }
+
+    const LAYER_15_LOCAL: &str =
+        "infra/kubernetes/environments/local/platform/15-secrets.values.yaml";
+
     #[test]
     fn names_come_from_the_store_chart_and_layer_15() {
         let root = crate::project_root();
@@ -750,16 +769,8 @@ mod tests {
     #[test]
     fn layer_15_overrides_the_chart() {
         let dir = std::env::temp_dir().join(format!("eso-names-{}", std::process::id()));
-        let root = crate::project_root();
-        for rel in [
-            STORE_CHART_VALUES,
-            "infra/kubernetes/environments/local/platform/15-secrets.values.yaml",
-        ] {
-            let to = dir.join(rel);
-            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-            std::fs::copy(root.join(rel), to).unwrap();
-        }
-        let layer = dir.join("infra/kubernetes/environments/local/platform/15-secrets.values.yaml");
+        copy_store_values(&dir);
+        let layer = dir.join(LAYER_15_LOCAL);
         let text = std::fs::read_to_string(&layer).unwrap().replace(
             "    path: secret\n",
             "    path: kv\n    auth:\n      mountPath: k3d-auth\n",
@@ -781,15 +792,7 @@ mod tests {
     #[test]
     fn a_missing_value_names_the_file_and_key() {
         let dir = std::env::temp_dir().join(format!("eso-missing-{}", std::process::id()));
-        let root = crate::project_root();
-        for rel in [
-            STORE_CHART_VALUES,
-            "infra/kubernetes/environments/local/platform/15-secrets.values.yaml",
-        ] {
-            let to = dir.join(rel);
-            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-            std::fs::copy(root.join(rel), to).unwrap();
-        }
+        copy_store_values(&dir);
         let chart = dir.join(STORE_CHART_VALUES);
         let text = std::fs::read_to_string(&chart)
             .unwrap()

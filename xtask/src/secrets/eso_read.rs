@@ -9,11 +9,11 @@
 
 use anyhow::{bail, Result};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::pool::bounded;
 use crate::secrets::config::Secret;
-use crate::secrets::eso_access::EsoNames;
+use crate::secrets::eso_access::{strings, EsoNames};
 use crate::secrets::provider::vault_http::{Method, VaultHttp};
 
 /// A check-and-set version no KV entry reaches (2^53 - 1, exact in JSON).
@@ -78,15 +78,7 @@ pub fn read_as_eso(http: &VaultHttp, names: &EsoNames, keys: &[String]) -> Resul
         code => bail!("GET {role_path} failed with HTTP {code}: {}", role.errors()),
     }
     let data = &role.body["data"];
-    let mut policies: Vec<String> = data["token_policies"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut policies = strings(&data["token_policies"]);
     let no_default = data["token_no_default_policy"].as_bool().unwrap_or(false);
     let created = http.try_call(
         Method::Post,
@@ -111,12 +103,8 @@ pub fn read_as_eso(http: &VaultHttp, names: &EsoNames, keys: &[String]) -> Resul
     let Some(token) = created.body["auth"]["client_token"].as_str() else {
         bail!("auth/token/create answered without a token");
     };
-    if let Some(got) = created.body["auth"]["policies"].as_array() {
-        policies = got
-            .iter()
-            .filter_map(Value::as_str)
-            .map(String::from)
-            .collect();
+    if created.body["auth"]["policies"].is_array() {
+        policies = strings(&created.body["auth"]["policies"]);
     }
     let eso = http.with_token(Secret::new(token.to_string()));
     let result = probe(&eso, names, keys);
@@ -185,16 +173,11 @@ fn write_probe(eso: &VaultHttp, names: &EsoNames, key: &str) -> Result<(bool, St
             "sys/capabilities-self",
             Some(&json!({"paths": [path]})),
         )?;
-        let caps: Vec<String> = reply.body[&path]
-            .as_array()
-            .or_else(|| reply.body["data"][&path].as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(String::from)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let caps = if reply.body[&path].is_array() {
+            strings(&reply.body[&path])
+        } else {
+            strings(&reply.body["data"][&path])
+        };
         let writes = caps
             .iter()
             .any(|c| ["create", "update", "root", "sudo"].contains(&c.as_str()));

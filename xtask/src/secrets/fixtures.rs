@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use crate::fsutil::sha256_hex;
+use crate::project::shown;
 
 /// Azure Key Vault accepts values up to 25 KiB; keep parity.
 pub const MAX_VALUE_BYTES: usize = 25 * 1024;
@@ -159,11 +160,6 @@ pub fn parse_file(path: &Path, what: &str) -> Result<Vec<(String, String)>> {
     let bytes =
         std::fs::read(path).with_context(|| format!("cannot read {what} {}", shown(path)))?;
     parse(&bytes).map_err(|e| anyhow::anyhow!("{}:{e}", shown(path)))
-}
-
-/// A path for a message: relative to the repository root when inside it.
-fn shown(path: &Path) -> String {
-    crate::secrets::config::shown_from(&crate::project_root(), path)
 }
 
 /// A parse problem at a position: `line:col: message`.

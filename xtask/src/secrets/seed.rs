@@ -15,7 +15,7 @@ use crate::secrets::fixtures::SecretSet;
 use crate::secrets::plan::{self, Action, Counts, Item};
 use crate::secrets::provider::{self, Outcome, SecretProvider, Write};
 use crate::secrets::{eso_access, fixtures, guard, manifests};
-use crate::{flags, project_root, PartialError};
+use crate::{flags, fsutil, project_root, PartialError};
 
 #[derive(Serialize)]
 struct Report<'a> {
@@ -569,7 +569,7 @@ pub fn render_plan(items: &[Item], verbose: bool) -> String {
         } else {
             i.name.clone()
         };
-        let short = |s: &str| s[..8].to_string();
+        let short = |s: &str| fsutil::short(s).to_string();
         let detail = match (&i.action, &i.current_sha256) {
             (Action::Update, Some(cur)) => format!("{} -> {}", short(cur), short(&i.sha256)),
             (Action::Conflict(reason), _) => format!("{}: {reason}", short(&i.sha256)),

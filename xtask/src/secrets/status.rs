@@ -7,8 +7,11 @@ use crate::output::{parse_format, Format};
 use crate::secrets::config::{Config, FlagValues};
 use crate::secrets::journal::Journal;
 use crate::secrets::kube;
-use crate::secrets::provider::vault_http::VaultHttp;
-use crate::secrets::provider::{vault::VaultProvider, SecretProvider};
+use crate::secrets::provider::vault_http::{VaultError, VaultHttp};
+use crate::secrets::provider::{
+    vault::{self, VaultProvider},
+    SecretProvider,
+};
 use crate::secrets::scan::{self, STORE_NAME};
 use crate::secrets::{fixtures, flagfile, guard, vault_checks};
 use crate::{flags, project, project_root};
@@ -226,34 +229,15 @@ fn vault_health(cfg: &Config) -> serde_json::Value {
     )
 }
 
-/// The KV version of `mount` ("1", "2"), or why it is not known: from
-/// `sys/mounts`, or the per-mount endpoint a policy without sudo may read.
+/// The KV version of `mount` ("1", "2"), or why it is not known (see
+/// [`vault::mount_info`]).
 fn kv_version(http: &VaultHttp, mount: &str) -> String {
-    use crate::secrets::provider::vault_http::Method;
-    let key = format!("{mount}/");
-    let info = match http.try_call(Method::Get, "sys/mounts", None) {
-        Ok(r) if r.status == 200 => {
-            let data = r
-                .body
-                .get("data")
-                .filter(|d| d.is_object())
-                .unwrap_or(&r.body);
-            data.get(&key).cloned()
+    let info = match vault::mount_info(http, mount) {
+        Ok(info) => info,
+        Err(VaultError::Forbidden { .. }) => {
+            return "unknown (the token may not read the mount)".into()
         }
-        _ => match http.try_call(
-            Method::Get,
-            &format!("sys/internal/ui/mounts/{mount}"),
-            None,
-        ) {
-            Ok(r) if r.status == 200 && r.body["data"]["path"].as_str() == Some(key.as_str()) => {
-                Some(r.body["data"].clone())
-            }
-            Ok(r) if r.status == 401 || r.status == 403 => {
-                return "unknown (the token may not read the mount)".into()
-            }
-            Ok(_) => None,
-            Err(e) => return format!("unknown ({})", first_line(&e.to_string())),
-        },
+        Err(e) => return format!("unknown ({})", first_line(&e.to_string())),
     };
     match info {
         None => "none: nothing is mounted there".into(),

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::support::Sandbox;
+use crate::support::{assert_contains, Sandbox};
 
 #[test]
 fn every_bad_fixture_fails_with_its_error_and_writes_nothing() {
@@ -25,14 +25,7 @@ fn every_bad_fixture_fails_with_its_error_and_writes_nothing() {
     let mut wrong = Vec::new();
     for (file, want) in &expected {
         let path = dir.join(file);
-        let run = sb.xtask(&[
-            "secrets",
-            "seed",
-            "--provider",
-            "file",
-            "--fixtures",
-            path.to_str().unwrap(),
-        ]);
+        let run = sb.seed_file(&["--fixtures", path.to_str().unwrap()]);
         if run.code != 1 || !run.stderr.contains(want.as_str()) {
             wrong.push(format!(
                 "{file}: exit {} wanted {want:?}, got: {}",
@@ -52,20 +45,9 @@ fn every_bad_fixture_fails_with_its_error_and_writes_nothing() {
     let f = std::fs::File::create(&huge).unwrap();
     f.set_len(17 * 1024 * 1024).unwrap();
     let run = sb
-        .xtask(&[
-            "secrets",
-            "seed",
-            "--provider",
-            "file",
-            "--fixtures",
-            huge.to_str().unwrap(),
-        ])
+        .seed_file(&["--fixtures", huge.to_str().unwrap()])
         .code(1);
-    assert!(
-        run.stderr.contains("larger than the 16 MiB limit"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "larger than the 16 MiB limit");
 }
 
 #[test]
@@ -91,17 +73,11 @@ fn yaml_bombs_are_refused_and_anchors_are_read() {
         .ok();
     // Both entries resolve their merged store and reference; the static scan
     // also counts the anchor's own definition (`ref:`), conservatively.
-    assert!(
-        run.stdout
-            .contains("3 ExternalSecrets on ClusterSecretStore/ameide-vault, 1 required key;"),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        "3 ExternalSecrets on ClusterSecretStore/ameide-vault, 1 required key;",
     );
-    assert!(
-        run.stdout.contains("OK (1)\n  graph-db-url"),
-        "{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, "OK (1)\n  graph-db-url");
     let json = sb
         .xtask(&[
             "secrets",
@@ -185,9 +161,5 @@ fn shared_azure_vaults_are_refused_however_they_are_spelled() {
             )],
         )
         .ok();
-    assert!(
-        run.stdout.contains("-> azure key vault kv-dev-bob"),
-        "{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, "-> azure key vault kv-dev-bob");
 }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::support::{block_on, OpenBao, Sandbox};
+use crate::support::{assert_contains, block_on, with_bao, Sandbox};
 
 fn tree(sb: &Sandbox, name: &str) -> String {
     sb.path(&format!("fixtures/check/{name}"))
@@ -14,11 +14,7 @@ fn tree(sb: &Sandbox, name: &str) -> String {
 fn shipped_fixtures_cover_the_shipped_infra_statically() {
     let sb = Sandbox::new();
     let run = sb.xtask(&["secrets", "check"]).ok();
-    assert!(
-        run.stdout.contains("0 missing, 0 wrong property"),
-        "{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, "0 missing, 0 wrong property");
     assert!(run.stdout.contains("PASS"), "{}", run.stdout);
 }
 
@@ -74,11 +70,9 @@ fn names_each_missing_key_with_every_reference() {
         !out.contains("team-a-token-not-in-fixtures"),
         "out of scope keys are not required: {out}"
     );
-    assert!(
-        run.stderr
-            .contains("coverage check failed: 1 missing, 1 wrong property"),
-        "{}",
-        run.stderr
+    assert_contains(
+        &run.stderr,
+        "coverage check failed: 1 missing, 1 wrong property",
     );
 
     let run = sb
@@ -130,11 +124,9 @@ fn installed_false_bundles_do_not_count_when_rendered() {
     assert!(run.stdout.contains("1 required key;"), "{}", run.stdout);
     // The static scan cannot evaluate toggles, so it counts the key.
     let run = sb.xtask(&["secrets", "check", "--infra", &infra]).code(1);
-    assert!(
-        run.stdout
-            .contains("only-in-a-disabled-bundle: not in the fixtures"),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        "only-in-a-disabled-bundle: not in the fixtures",
     );
     // Enabling the bundle makes the render see it, with release and environment.
     sb.write(
@@ -144,11 +136,7 @@ fn installed_false_bundles_do_not_count_when_rendered() {
     let run = sb
         .xtask(&["secrets", "check", "--infra", &infra, "--render"])
         .code(1);
-    assert!(
-        run.stdout.contains("[release disabled-bundle, env local]"),
-        "{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, "[release disabled-bundle, env local]");
 }
 
 #[test]
@@ -157,21 +145,17 @@ fn bad_input_is_an_error_never_a_pass() {
     let run = sb
         .xtask(&["secrets", "check", "--infra", &tree(&sb, "malformed")])
         .code(1);
-    assert!(
-        run.stderr
-            .contains("fixtures/check/malformed/values/broken.yaml:6:"),
-        "{}",
-        run.stderr
+    assert_contains(
+        &run.stderr,
+        "fixtures/check/malformed/values/broken.yaml:6:",
     );
     assert!(run.stderr.contains("malformed YAML"), "{}", run.stderr);
     let run = sb
         .xtask(&["secrets", "check", "--infra", &tree(&sb, "bad-api")])
         .code(1);
-    assert!(
-        run.stderr
-            .contains("unknown apiVersion \"external-secrets.io/v2alpha1\""),
-        "{}",
-        run.stderr
+    assert_contains(
+        &run.stderr,
+        "unknown apiVersion \"external-secrets.io/v2alpha1\"",
     );
     if crate::support::require_tools(&["helm", "helmfile"]) {
         let run = sb
@@ -206,11 +190,9 @@ fn bad_input_is_an_error_never_a_pass() {
 
 #[test]
 fn live_check_finds_drift_missing_entries_and_properties() {
-    if !crate::support::require_tools(&["bao"]) {
+    let Some((bao, sb)) = with_bao() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = Sandbox::new();
+    };
     let env = [
         ("VAULT_ADDR", bao.addr.as_str()),
         ("VAULT_TOKEN", bao.token.as_str()),
@@ -274,11 +256,9 @@ fn live_check_finds_drift_missing_entries_and_properties() {
             &env,
         )
         .code(1);
-    assert!(
-        run.stdout
-            .contains("DRIFT (store differs from fixtures) (1)\n  graph-db-url: store "),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        "DRIFT (store differs from fixtures) (1)\n  graph-db-url: store ",
     );
     assert!(
         run.stdout.contains(
@@ -292,11 +272,7 @@ fn live_check_finds_drift_missing_entries_and_properties() {
     let run = sb
         .xtask_env(&["secrets", "check", "--live", "--provider", "vault"], &env)
         .code(1);
-    assert!(
-        run.stderr.contains("1 missing property (store)"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "1 missing property (store)");
 }
 
 /// The static scan reads ExternalSecrets written literally in chart
@@ -357,11 +333,9 @@ fn an_infra_tree_without_external_secrets_warns() {
     let run = sb
         .xtask(&["secrets", "check", "--infra", "empty-infra"])
         .ok();
-    assert!(
-        run.stderr
-            .contains("warning: no ExternalSecret found in empty-infra (1 file read)"),
-        "{}",
-        run.stderr
+    assert_contains(
+        &run.stderr,
+        "warning: no ExternalSecret found in empty-infra (1 file read)",
     );
     let run = sb.xtask(&["secrets", "check"]).ok();
     assert!(!run.stderr.contains("warning"), "{}", run.stderr);

@@ -1,6 +1,6 @@
 //! Command-line behaviour: help, usage errors, exit codes.
 
-use crate::support::Sandbox;
+use crate::support::{assert_contains, Sandbox};
 
 #[test]
 fn help_lists_every_secrets_command() {
@@ -62,11 +62,9 @@ fn an_unknown_provider_from_the_environment_exits_2_like_the_flag() {
     let sb = Sandbox::new();
     let run = sb.xtask_env(&["secrets", "seed"], &[("SECRETS_PROVIDER", "consul")]);
     assert_eq!(run.code, 2, "{}", run.all());
-    assert!(
-        run.stderr
-            .contains("unknown provider \"consul\" (from env SECRETS_PROVIDER)"),
-        "{}",
-        run.stderr
+    assert_contains(
+        &run.stderr,
+        "unknown provider \"consul\" (from env SECRETS_PROVIDER)",
     );
 }
 
@@ -81,20 +79,10 @@ fn usage_errors_say_why() {
         "{}",
         run.stderr
     );
-    let run = sb
-        .xtask(&["secrets", "seed", "--provider", "file", "--mount", "kv"])
-        .code(2);
-    assert!(
-        run.stderr.contains("--mount is a Vault KV mount"),
-        "{}",
-        run.stderr
-    );
+    let run = sb.seed_file(&["--mount", "kv"]).code(2);
+    assert_contains(&run.stderr, "--mount is a Vault KV mount");
     let run = sb.xtask(&["secrets", "seed", "-q", "-v"]).code(2);
-    assert!(
-        run.stderr.contains("--quiet and --verbose"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "--quiet and --verbose");
 }
 
 #[test]
@@ -155,16 +143,7 @@ fn a_closed_pipe_ends_every_command_quietly() {
 fn counts_of_one_are_singular() {
     let sb = Sandbox::new();
     sb.write(".local/one.json", "{\"only-key\": \"v\"}");
-    let run = sb
-        .xtask(&[
-            "secrets",
-            "seed",
-            "--provider",
-            "file",
-            "--fixtures",
-            ".local/one.json",
-        ])
-        .ok();
+    let run = sb.seed_file(&["--fixtures", ".local/one.json"]).ok();
     assert!(
         run.stdout
             .starts_with("seed: 1 secret from .local/one.json"),
@@ -189,26 +168,16 @@ fn a_pinned_tool_with_the_wrong_checksum_is_named_so() {
         "{}",
         run.stdout
     );
-    assert!(
-        run.stderr
-            .contains("helm (.tools/bin/helm has the wrong sha256"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "helm (.tools/bin/helm has the wrong sha256");
 }
 
 #[test]
 fn an_overrides_directory_is_called_the_overrides_file() {
     let sb = Sandbox::new();
     std::fs::create_dir_all(sb.path(".local/secrets/overrides.json")).unwrap();
-    let run = sb
-        .xtask(&["secrets", "seed", "--provider", "file", "--dry-run"])
-        .code(1);
-    assert!(
-        run.stderr.contains("the overrides file") && run.stderr.contains("is a directory"),
-        "{}",
-        run.stderr
-    );
+    let run = sb.seed_file(&["--dry-run"]).code(1);
+    assert_contains(&run.stderr, "the overrides file");
+    assert_contains(&run.stderr, "is a directory");
     assert!(!run.stderr.contains("fixtures file"), "{}", run.stderr);
 }
 
@@ -219,12 +188,6 @@ fn an_override_differing_from_a_fixture_only_in_case_is_refused() {
         ".local/secrets/overrides.json",
         "{\"Redis-Password\": \"mine\"}",
     );
-    let run = sb
-        .xtask(&["secrets", "seed", "--provider", "file", "--dry-run"])
-        .code(1);
-    assert!(
-        run.stderr.contains(".local/secrets/overrides.json: secret name \"Redis-Password\" differs from the fixture \"redis-password\" only in letter case"),
-        "{}",
-        run.stderr
-    );
+    let run = sb.seed_file(&["--dry-run"]).code(1);
+    assert_contains(&run.stderr, ".local/secrets/overrides.json: secret name \"Redis-Password\" differs from the fixture \"redis-password\" only in letter case");
 }

@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 
 use crate::support::{
-    block_on, fixtures, json as report, vault_client, vault_seed, Action, OpenBao, Proxy, Sandbox,
+    assert_contains, block_on, fixtures, json as report, recording, vault_client, vault_seed,
+    OpenBao, Sandbox,
 };
 
 fn tools() -> bool {
@@ -260,22 +261,6 @@ fn bao_ok(bao: &OpenBao, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A proxy that records every request's method and path.
-fn recording(bao: &OpenBao) -> (Proxy, Arc<Mutex<Vec<String>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    let proxy = Proxy::start(
-        bao.port,
-        Arc::new(move |req| {
-            log.lock()
-                .unwrap()
-                .push(format!("{} {}", req.method, req.path));
-            Action::Forward
-        }),
-    );
-    (proxy, seen)
 }
 
 fn is_write(call: &str) -> bool {
@@ -576,12 +561,7 @@ fn check_as_eso_reads_every_key_and_fails_on_a_policy_that_writes() {
         sb.xtask_env(&args, &env)
     };
     let ok = check(&[]).ok();
-    assert!(
-        ok.stdout
-            .contains("as ESO (role external-secrets, policies default, external-secrets): 44 of 44 keys read, write refused"),
-        "{}",
-        ok.stdout
-    );
+    assert_contains(&ok.stdout, "as ESO (role external-secrets, policies default, external-secrets): 44 of 44 keys read, write refused");
     let j = report(&check(&["--output", "json"]).ok());
     assert_eq!(j["as_eso"]["write_refused"], true);
     assert_eq!(j["as_eso"]["read"].as_array().unwrap().len(), 44);
@@ -720,11 +700,7 @@ fn status_and_doctor_notice_a_vault_that_forgot_everything() {
         sb.xtask_env(args, &e)
     };
     let status = run(&["secrets", "status"], &bao).ok();
-    assert!(
-        status.stdout.contains("secret/ holds all 47 fixtures"),
-        "{}",
-        status.stdout
-    );
+    assert_contains(&status.stdout, "secret/ holds all 47 fixtures");
     let doctor = run(&["secrets", "doctor"], &bao).ok();
     assert!(
         doctor
@@ -733,11 +709,7 @@ fn status_and_doctor_notice_a_vault_that_forgot_everything() {
         "{}",
         doctor.stdout
     );
-    assert!(
-        doctor.stdout.contains("ok    eso access as ESO"),
-        "{}",
-        doctor.stdout
-    );
+    assert_contains(&doctor.stdout, "ok    eso access as ESO");
 
     // Some entries gone (deleted by hand, or a partial restore).
     bao_ok(&bao, &["kv", "metadata", "delete", "secret/redis-password"]);
@@ -893,9 +865,5 @@ fn doctor_reports_external_secrets_that_are_not_ready_with_esos_reason() {
         !out.contains("other/elsewhere"),
         "another store's is not ours:\n{out}"
     );
-    assert!(
-        doctor.stderr.contains("2 checks failed"),
-        "{}",
-        doctor.stderr
-    );
+    assert_contains(&doctor.stderr, "2 checks failed");
 }

@@ -6,11 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{block_on, json as report, vault_seed, Action, OpenBao, Proxy, Sandbox};
-
-fn is_data_write(req: &crate::support::Request) -> bool {
-    req.method == "POST" && req.path.starts_with("/v1/secret/data/")
-}
+use crate::support::{
+    assert_contains, block_on, is_data_write, json as report, killing_at_write, vault_seed,
+    with_bao, Action, OpenBao, Proxy, Sandbox,
+};
 
 fn versions(bao: &OpenBao) -> HashMap<String, u64> {
     let client = bao.client();
@@ -35,11 +34,9 @@ fn fast_failing(sb: &Sandbox) {
 
 #[test]
 fn throttling_is_retried_honouring_retry_after_and_bounded() {
-    if !crate::support::require_tools(&["bao"]) {
+    let Some((bao, sb)) = with_bao() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = Sandbox::new();
+    };
     let seen = Arc::new(Mutex::new(Vec::<(String, Instant)>::new()));
     let count = Arc::new(AtomicUsize::new(0));
     let (s, c) = (seen.clone(), count.clone());
@@ -107,11 +104,9 @@ fn throttling_is_retried_honouring_retry_after_and_bounded() {
 
 #[test]
 fn a_server_outage_mid_seed_exits_3_with_exact_lists_and_a_rerun_finishes() {
-    if !crate::support::require_tools(&["bao"]) {
+    let Some((bao, sb)) = with_bao() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = Sandbox::new();
+    };
     fast_failing(&sb);
     sb.write(
         ".local/secrets.toml",
@@ -153,11 +148,7 @@ fn a_server_outage_mid_seed_exits_3_with_exact_lists_and_a_rerun_finishes() {
         .collect();
     assert_eq!(written.len(), 20, "{}", run.stderr);
     assert_eq!(written.len() + not_written.len(), 47);
-    assert!(
-        run.stderr.contains("  20 written, 27 not written."),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "  20 written, 27 not written.");
     // What the tool says it wrote is exactly what the server has.
     let mut stored: Vec<String> = versions(&bao).into_keys().collect();
     stored.sort();
@@ -175,39 +166,19 @@ fn a_server_outage_mid_seed_exits_3_with_exact_lists_and_a_rerun_finishes() {
 
 #[test]
 fn a_killed_server_is_reported_as_unreachable() {
-    if !crate::support::require_tools(&["bao"]) {
+    let Some((mut bao, sb)) = with_bao() else {
         return;
-    }
-    let mut bao = OpenBao::start();
-    let sb = Sandbox::new();
+    };
     sb.write(
         ".local/secrets.toml",
         "concurrency = 1\n[vault]\nretries = 1\ntimeout_secs = 2\n",
     );
-    let pid = bao.pid();
-    let writes = Arc::new(AtomicUsize::new(0));
-    let w = writes.clone();
-    let proxy = Proxy::start(
-        bao.port,
-        Arc::new(move |req| {
-            if is_data_write(req) && w.fetch_add(1, Ordering::SeqCst) == 10 {
-                let _ = std::process::Command::new("kill")
-                    .arg("-9")
-                    .arg(pid.to_string())
-                    .status();
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Action::Forward
-        }),
-    );
+    let proxy = killing_at_write(&bao, 10);
     let run = vault_seed(&sb, &proxy.addr(), &bao.token, &[]);
     bao.kill();
     assert_eq!(run.code, 3, "{}", run.all());
-    assert!(
-        run.stderr.contains("10 written") && run.stderr.contains("cannot reach Vault"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "10 written");
+    assert_contains(&run.stderr, "cannot reach Vault");
     let r = report(&run);
     assert_eq!(
         r["written"].as_array().unwrap().len(),
@@ -225,11 +196,9 @@ fn a_killed_server_is_reported_as_unreachable() {
 
 #[test]
 fn a_value_written_without_its_checksum_is_reported_and_restamped() {
-    if !crate::support::require_tools(&["bao"]) {
+    let Some((bao, sb)) = with_bao() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = Sandbox::new();
+    };
     sb.write(
         ".local/secrets.toml",
         "concurrency = 1\n[vault]\nretries = 0\n",
@@ -260,11 +229,9 @@ fn a_value_written_without_its_checksum_is_reported_and_restamped() {
         "the value landed"
     );
     assert_eq!(r["unstamped"][0]["name"], "graph-db-url");
-    assert!(
-        run.stderr
-            .contains("written without their checksum, for that reason (1): graph-db-url"),
-        "{}",
-        run.stderr
+    assert_contains(
+        &run.stderr,
+        "written without their checksum, for that reason (1): graph-db-url",
     );
     fail_meta.store(false, Ordering::SeqCst);
     let again = report(&vault_seed(&sb, &proxy.addr(), &bao.token, &[]).ok());
@@ -332,11 +299,7 @@ fn sealing_or_revoking_the_token_mid_run_stops_cleanly() {
             run.stderr
         );
         assert!(run.stderr.contains(expected), "{fault}: {}", run.stderr);
-        assert!(
-            run.stderr.contains("Re-run the same command to finish"),
-            "{}",
-            run.stderr
-        );
+        assert_contains(&run.stderr, "Re-run the same command to finish");
         let attempted = writes.load(Ordering::SeqCst);
         assert!(
             attempted < 47,
@@ -348,11 +311,9 @@ fn sealing_or_revoking_the_token_mid_run_stops_cleanly() {
 
 #[test]
 fn a_slow_server_times_out_naming_the_call() {
-    if !crate::support::require_tools(&["bao"]) {
+    let Some((bao, sb)) = with_bao() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = Sandbox::new();
+    };
     sb.write(
         ".local/secrets.toml",
         "[vault]\nretries = 0\ntimeout_secs = 0.5\n",
@@ -367,10 +328,5 @@ fn a_slow_server_times_out_naming_the_call() {
         }),
     );
     let run = vault_seed(&sb, &proxy.addr(), &bao.token, &[]).code(1);
-    assert!(
-        run.stderr
-            .contains("LIST secret/metadata/ timed out after 0.5s"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "LIST secret/metadata/ timed out after 0.5s");
 }

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use crate::support::{http_status, tools_path, OpenBao, Run, Sandbox, TempDir};
+use crate::support::{
+    find_on, free_port, http_status, spawn_raft_node, tools_path, OpenBao, Run, Sandbox, TempDir,
+};
 
 /// A persistent OpenBao (one Raft node, initialised and unsealed) on
 /// loopback, as a port-forward to a real cluster's Vault would look.
@@ -22,36 +24,8 @@ impl PersistentBao {
     fn start() -> PersistentBao {
         let bao = bao_path();
         let dir = TempDir::new("bao-raft");
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
-        let (port, cluster) = (free(), free());
-        let data = dir.0.join("data");
-        std::fs::create_dir_all(&data).unwrap();
-        let config = dir.0.join("server.hcl");
-        std::fs::write(
-            &config,
-            format!(
-                "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"solo\"\n}}\nlistener \"tcp\" {{\n  \
-                 address = \"127.0.0.1:{port}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\n\
-                 api_addr = \"http://127.0.0.1:{port}\"\ncluster_addr = \"http://127.0.0.1:{cluster}\"\n",
-                data.display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.0.join("bao.log")).unwrap();
-        let child = Command::new(&bao)
-            .arg("server")
-            .arg(format!("-config={}", config.display()))
-            .env("HOME", &dir.0)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let (port, cluster) = (free_port(), free_port());
+        let child = spawn_raft_node(&bao, &dir.0, "solo", port, cluster);
         let addr = format!("http://127.0.0.1:{port}");
         let mut server = PersistentBao {
             child,
@@ -126,11 +100,7 @@ impl Drop for PersistentBao {
 }
 
 fn bao_path() -> PathBuf {
-    tools_path()
-        .split(':')
-        .map(|d| std::path::Path::new(d).join("bao"))
-        .find(|p| p.is_file())
-        .expect("bao is installed")
+    find_on(&tools_path(), "bao").expect("bao is installed")
 }
 
 fn seed(sb: &Sandbox, addr: &str, token: &str, extra: &[&str]) -> Run {

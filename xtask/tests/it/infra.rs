@@ -19,6 +19,18 @@ fn run(cmd: &str, args: &[&str], sb: &Sandbox) -> (bool, String, String) {
     )
 }
 
+/// `helmfile -f <layer 15> -e <env>` with `args`.
+fn helmfile_layer15(sb: &Sandbox, env: &str, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec![
+        "-f",
+        "infra/kubernetes/helmfiles/15-secrets-certificates.yaml",
+        "-e",
+        env,
+    ];
+    all.extend_from_slice(args);
+    run("helmfile", &all, sb)
+}
+
 /// The ClusterSecretStore document of a rendering.
 fn store_doc(rendered: &str) -> String {
     rendered
@@ -51,18 +63,7 @@ fn layer15_renders_the_store_for_every_environment_and_flag_value() {
                 .collect::<Vec<_>>()
                 .join("\n");
             sb.write(&flag_file, &edited);
-            let (ok, out, err) = run(
-                "helmfile",
-                &[
-                    "-f",
-                    "infra/kubernetes/helmfiles/15-secrets-certificates.yaml",
-                    "-e",
-                    env,
-                    "template",
-                    "--skip-deps",
-                ],
-                &sb,
-            );
+            let (ok, out, err) = helmfile_layer15(&sb, env, &["template", "--skip-deps"]);
             assert!(ok, "{env}/{provider}: {err}");
             let store = store_doc(&out);
             assert!(
@@ -99,17 +100,7 @@ fn presync_hook_seeds_the_selected_provider_in_local_only() {
         return;
     }
     let sb = Sandbox::new();
-    let (ok, out, err) = run(
-        "helmfile",
-        &[
-            "-f",
-            "infra/kubernetes/helmfiles/15-secrets-certificates.yaml",
-            "-e",
-            "local",
-            "build",
-        ],
-        &sb,
-    );
+    let (ok, out, err) = helmfile_layer15(&sb, "local", &["build"]);
     assert!(ok, "{err}");
     assert!(out.contains("presync"), "{out}");
     let lines: Vec<&str> = out.lines().map(str::trim).collect();
@@ -126,17 +117,7 @@ fn presync_hook_seeds_the_selected_provider_in_local_only() {
         &sb.read(flag)
             .replace("  provider: vault\n", "  provider: azure\n"),
     );
-    let (ok, out, err) = run(
-        "helmfile",
-        &[
-            "-f",
-            "infra/kubernetes/helmfiles/15-secrets-certificates.yaml",
-            "-e",
-            "local",
-            "build",
-        ],
-        &sb,
-    );
+    let (ok, out, err) = helmfile_layer15(&sb, "local", &["build"]);
     assert!(ok, "{err}");
     let lines: Vec<&str> = out.lines().map(str::trim).collect();
     assert!(
@@ -145,17 +126,7 @@ fn presync_hook_seeds_the_selected_provider_in_local_only() {
             .any(|w| w == ["- seed", "- --provider", "- azure", "- --env"]),
         "{out}"
     );
-    let (ok, out, err) = run(
-        "helmfile",
-        &[
-            "-f",
-            "infra/kubernetes/helmfiles/15-secrets-certificates.yaml",
-            "-e",
-            "staging",
-            "build",
-        ],
-        &sb,
-    );
+    let (ok, out, err) = helmfile_layer15(&sb, "staging", &["build"]);
     assert!(ok, "{err}");
     assert!(
         !out.contains("presync"),
@@ -196,18 +167,7 @@ fn vault_runs_as_its_own_service_account_bound_to_auth_delegator() {
         return;
     }
     let sb = Sandbox::new();
-    let (ok, out, err) = run(
-        "helmfile",
-        &[
-            "-f",
-            "infra/kubernetes/helmfiles/15-secrets-certificates.yaml",
-            "-e",
-            "local",
-            "template",
-            "--skip-deps",
-        ],
-        &sb,
-    );
+    let (ok, out, err) = helmfile_layer15(&sb, "local", &["template", "--skip-deps"]);
     assert!(ok, "{err}");
     let accounts = docs_of(&out, "ServiceAccount");
     assert_eq!(accounts.len(), 1, "{out}");

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{OpenBao, Run, Sandbox};
+use crate::support::{assert_contains, OpenBao, Run, Sandbox};
 
 const FLAG: &str = "infra/kubernetes/environments/local/platform/15-secrets.values.yaml";
 const JOURNAL: &str = ".local/secrets/journal/local.json";
@@ -43,6 +43,12 @@ fn cluster(context: &str, eso: Value, syncs: Value) -> Value {
     json!({"kubectl": {"context": context, "crds": [CRD], "eso": eso,
         "clustersecretstore": {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}},
         "helmfile": {"sync": syncs}})
+}
+
+/// The local cluster, on our clock, whose `helmfile sync` succeeds;
+/// `stores` as for [`eso`].
+fn local(stores: Value) -> Value {
+    cluster("k3d-ameide", eso(0, stores), sync_ok())
 }
 
 fn sync_ok() -> Value {
@@ -98,6 +104,11 @@ fn migrate(sb: &Sandbox, bao: &OpenBao, args: &[&str]) -> Run {
     let mut all = vec!["secrets", "migrate"];
     all.extend_from_slice(args);
     xt(sb, bao, &all)
+}
+
+/// `secrets migrate --to vault --yes`.
+fn to_vault(sb: &Sandbox, bao: &OpenBao) -> Run {
+    migrate(sb, bao, &["--to", "vault", "--yes"])
 }
 
 fn rollback(sb: &Sandbox, bao: &OpenBao, args: &[&str]) -> Run {
@@ -175,6 +186,12 @@ fn tools() -> bool {
     crate::support::require_tools(&["bao", "helm", "helmfile"])
 }
 
+/// The test's Vault and a sandbox on Azure Key Vault, or `None` (skip the
+/// test) when the tools are missing.
+fn start() -> Option<(OpenBao, Sandbox)> {
+    tools().then(|| (OpenBao::start(), on_azure()))
+}
+
 fn store_provider(sb: &Sandbox) -> String {
     let out = std::process::Command::new("helmfile")
         .args([
@@ -223,20 +240,14 @@ const MIGRATED: [&str; 7] = [
 
 #[test]
 fn migrates_to_vault_and_back_when_everything_is_ready() {
-    if !tools() {
+    let Some((bao, sb)) = start() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = on_azure();
+    };
     let before = sb.read(FLAG);
     assert_eq!(store_provider(&sb), "azure");
-    sb.scenario(cluster("k3d-ameide", eso(0, healthy()), sync_ok()));
-    let run = migrate(&sb, &bao, &["--to", "vault", "--yes"]).ok();
-    assert!(
-        run.stdout.contains("migrated local to vault"),
-        "{}",
-        run.stdout
-    );
+    sb.scenario(local(healthy()));
+    let run = to_vault(&sb, &bao).ok();
+    assert_contains(&run.stdout, "migrated local to vault");
 
     let after = sb.read(FLAG);
     assert_eq!(
@@ -313,11 +324,7 @@ fn migrates_to_vault_and_back_when_everything_is_ready() {
 
     // Undo it: the flag file comes back byte for byte.
     let run = rollback(&sb, &bao, &["--yes"]).ok();
-    assert!(
-        run.stdout.contains("rolled back local to azure"),
-        "{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, "rolled back local to azure");
     assert_eq!(sb.read(FLAG), before);
     let j = journal(&sb);
     assert_eq!(j["migrations"][0]["kind"], "rollback");
@@ -329,12 +336,7 @@ fn migrates_to_vault_and_back_when_everything_is_ready() {
     assert_eq!(j["migrations"][0]["undoes"], j["migrations"][1]["id"]);
     assert_eq!(j["migrations"][1]["state"], "rolled-back");
     let run = rollback(&sb, &bao, &["--yes"]).code(1);
-    assert!(
-        run.stderr
-            .contains("no migration of local in the journal to undo"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "no migration of local in the journal to undo");
 }
 
 /// The cluster's clock 30 s behind ours, then 30 s ahead: freshness is
@@ -348,7 +350,7 @@ fn a_migration_succeeds_whatever_the_cluster_clock_says() {
     for offset in [-30, 30] {
         let sb = on_azure();
         sb.scenario(cluster("k3d-ameide", eso(offset, healthy()), sync_ok()));
-        let run = migrate(&sb, &bao, &["--to", "vault", "--yes"]).ok();
+        let run = to_vault(&sb, &bao).ok();
         assert!(
             run.stdout.contains("migrated local to vault"),
             "{offset}: {}",
@@ -362,11 +364,9 @@ fn a_migration_succeeds_whatever_the_cluster_clock_says() {
 /// force (a stuck controller) must not count as synced.
 #[test]
 fn ready_but_never_refreshed_is_not_done() {
-    if !tools() {
+    let Some((bao, sb)) = start() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = on_azure();
+    };
     let before = sb.read(FLAG);
     let mut cluster_eso = eso(0, healthy());
     cluster_eso["externalsecrets"]
@@ -374,12 +374,10 @@ fn ready_but_never_refreshed_is_not_done() {
         .unwrap()
         .push(json!({"namespace": "ameide", "name": "frozen", "frozen": true}));
     sb.scenario(cluster("k3d-ameide", cluster_eso, sync_ok()));
-    let run = migrate(&sb, &bao, &["--to", "vault", "--yes"]).code(1);
-    assert!(
-        run.stderr
-            .contains("ameide/frozen: Ready, but not refreshed since the force-sync"),
-        "{}",
-        run.stderr
+    let run = to_vault(&sb, &bao).code(1);
+    assert_contains(
+        &run.stderr,
+        "ameide/frozen: Ready, but not refreshed since the force-sync",
     );
     let m = &journal(&sb)["migrations"][0];
     assert_eq!(steps(m)[5], "wait failed");
@@ -408,7 +406,7 @@ const CASES: &[Case] = &[
     Case {
         name: "preflight",
         break_it: |sb| sb.scenario(cluster("aks-prod", eso(0, healthy()), sync_ok())),
-        fix_it: |sb| sb.scenario(cluster("k3d-ameide", eso(0, healthy()), sync_ok())),
+        fix_it: |sb| sb.scenario(local(healthy())),
         steps: &[],
         state: "",
         finishes_on: "vault",
@@ -416,7 +414,7 @@ const CASES: &[Case] = &[
     Case {
         name: "seed",
         break_it: |sb| {
-            sb.scenario(cluster("k3d-ameide", eso(0, healthy()), sync_ok()));
+            sb.scenario(local(healthy()));
             sb.write(".local/secrets/overrides.json", "{not json");
         },
         fix_it: |sb| std::fs::remove_file(sb.path(".local/secrets/overrides.json")).unwrap(),
@@ -427,7 +425,7 @@ const CASES: &[Case] = &[
     Case {
         name: "coverage",
         break_it: |sb| {
-            sb.scenario(cluster("k3d-ameide", eso(0, healthy()), sync_ok()));
+            sb.scenario(local(healthy()));
             let path = "scripts/azure/default-local-keyvault-secrets.json";
             let mut fixtures: serde_json::Map<String, Value> =
                 serde_json::from_str(&sb.read(path)).unwrap();
@@ -449,7 +447,7 @@ const CASES: &[Case] = &[
     Case {
         name: "flip",
         break_it: |sb| {
-            sb.scenario(cluster("k3d-ameide", eso(0, healthy()), sync_ok()));
+            sb.scenario(local(healthy()));
             std::fs::create_dir_all(tmp_path(sb).join("in-the-way")).unwrap();
         },
         fix_it: |sb| std::fs::remove_dir_all(tmp_path(sb)).unwrap(),
@@ -466,7 +464,7 @@ const CASES: &[Case] = &[
                 json!([sync_fails(), {"exit": 0}]),
             ));
         },
-        fix_it: |sb| sb.scenario(cluster("k3d-ameide", eso(0, healthy()), sync_ok())),
+        fix_it: |sb| sb.scenario(local(healthy())),
         steps: &[
             "preflight ok",
             "seed ok",
@@ -483,9 +481,9 @@ const CASES: &[Case] = &[
     Case {
         name: "wait",
         break_it: |sb| {
-            sb.scenario(cluster("k3d-ameide", eso(0, unhealthy("vault")), sync_ok()));
+            sb.scenario(local(unhealthy("vault")));
         },
-        fix_it: |sb| sb.scenario(cluster("k3d-ameide", eso(0, healthy()), sync_ok())),
+        fix_it: |sb| sb.scenario(local(healthy())),
         steps: &[
             "preflight ok",
             "seed ok",
@@ -509,7 +507,7 @@ const CASES: &[Case] = &[
                 json!([sync_fails()]),
             ));
         },
-        fix_it: |sb| sb.scenario(cluster("k3d-ameide", eso(0, healthy()), sync_ok())),
+        fix_it: |sb| sb.scenario(local(healthy())),
         steps: &[
             "preflight ok",
             "seed ok",
@@ -526,9 +524,9 @@ const CASES: &[Case] = &[
         name: "the automatic rollback's wait",
         break_it: |sb| {
             let both = json!({"vault": {"ready": false}, "azure": {"ready": false}});
-            sb.scenario(cluster("k3d-ameide", eso(0, both), sync_ok()));
+            sb.scenario(local(both));
         },
-        fix_it: |sb| sb.scenario(cluster("k3d-ameide", eso(0, healthy()), sync_ok())),
+        fix_it: |sb| sb.scenario(local(healthy())),
         steps: &[
             "preflight ok",
             "seed ok",
@@ -558,19 +556,15 @@ fn fail_and_finish(name: &str) {
         let sb = on_azure();
         let before = sb.read(FLAG);
         (case.break_it)(&sb);
-        let run = migrate(&sb, &bao, &["--to", "vault", "--yes"]).code(1);
+        let run = to_vault(&sb, &bao).code(1);
         if case.steps.is_empty() {
             // Stopped at preflight: nothing journaled, nothing changed; the
             // same command works once the cause is fixed.
-            assert!(
-                run.stderr.contains("Nothing in the cluster changed"),
-                "{}",
-                run.stderr
-            );
+            assert_contains(&run.stderr, "Nothing in the cluster changed");
             assert_eq!(journal_bytes(&sb), None);
             assert_eq!(sb.read(FLAG), before);
             (case.fix_it)(&sb);
-            migrate(&sb, &bao, &["--to", "vault", "--yes"]).ok();
+            to_vault(&sb, &bao).ok();
             assert_eq!(steps(&journal(&sb)["migrations"][0]), MIGRATED);
             return;
         }
@@ -676,14 +670,12 @@ fn a_failed_automatic_rollback_wait_is_finished_by_rollback_resume() {
 /// migration can still be undone afterwards.
 #[test]
 fn a_refused_rollback_records_nothing() {
-    if !tools() {
+    let Some((bao, sb)) = start() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = on_azure();
+    };
     let before = sb.read(FLAG);
-    sb.scenario(cluster("k3d-ameide", eso(0, healthy()), sync_ok()));
-    migrate(&sb, &bao, &["--to", "vault", "--yes"]).ok();
+    sb.scenario(local(healthy()));
+    to_vault(&sb, &bao).ok();
     let flipped = sb.read(FLAG);
     let journal_before = journal_bytes(&sb);
 
@@ -704,7 +696,7 @@ fn a_refused_rollback_records_nothing() {
         assert_eq!(sb.read(FLAG), flipped);
     }
 
-    sb.scenario(cluster("k3d-ameide", eso(0, healthy()), sync_ok()));
+    sb.scenario(local(healthy()));
     rollback(&sb, &bao, &["--yes"]).ok();
     assert_eq!(sb.read(FLAG), before);
     let j = journal(&sb);
@@ -715,14 +707,12 @@ fn a_refused_rollback_records_nothing() {
 /// the flag is the committed one, and `rollback --resume` finishes it.
 #[test]
 fn a_failed_rollback_is_finished_by_the_command_it_names() {
-    if !tools() {
+    let Some((bao, sb)) = start() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = on_azure();
+    };
     let before = sb.read(FLAG);
-    sb.scenario(cluster("k3d-ameide", eso(0, healthy()), sync_ok()));
-    migrate(&sb, &bao, &["--to", "vault", "--yes"]).ok();
+    sb.scenario(local(healthy()));
+    to_vault(&sb, &bao).ok();
 
     // Its flip fails (something in the way of the temp file): nothing changed.
     let flipped = sb.read(FLAG);
@@ -763,19 +753,15 @@ fn a_failed_rollback_is_finished_by_the_command_it_names() {
         ["secrets", "rollback", "--resume", "--yes"]
     );
     // Then its wait fails (Azure Key Vault is down): still rollback-failed.
-    sb.scenario(cluster("k3d-ameide", eso(0, unhealthy("azure")), sync_ok()));
+    sb.scenario(local(unhealthy("azure")));
     let run = run_named(&sb, &bao, &run.stderr).code(1);
     let j = journal(&sb);
     assert_eq!(j["migrations"][0]["state"], "rollback-failed");
     assert!(steps(&j["migrations"][0]).ends_with(&["wait failed".to_string()]));
     // Fixed: the named command finishes the job.
-    sb.scenario(cluster("k3d-ameide", eso(0, healthy()), sync_ok()));
+    sb.scenario(local(healthy()));
     let out = run_named(&sb, &bao, &run.stderr).ok();
-    assert!(
-        out.stdout.contains("[2/5] flip: done earlier"),
-        "{}",
-        out.stdout
-    );
+    assert_contains(&out.stdout, "[2/5] flip: done earlier");
     let j = journal(&sb);
     assert_eq!(j["migrations"][0]["state"], "completed");
     assert_eq!(j["migrations"][1]["state"], "failed", "the refused flip");
@@ -787,21 +773,19 @@ fn a_failed_rollback_is_finished_by_the_command_it_names() {
 /// --to azure` still syncs and waits, and closes the migration.
 #[test]
 fn rollback_to_the_restored_provider_still_syncs() {
-    if !tools() {
+    let Some((bao, sb)) = start() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = on_azure();
+    };
     let before = sb.read(FLAG);
     sb.scenario(cluster(
         "k3d-ameide",
         eso(0, healthy()),
         json!([sync_fails()]),
     ));
-    migrate(&sb, &bao, &["--to", "vault", "--yes"]).code(1);
+    to_vault(&sb, &bao).code(1);
     assert_eq!(journal(&sb)["migrations"][0]["state"], "rollback-failed");
 
-    sb.scenario(cluster("k3d-ameide", eso(0, healthy()), sync_ok()));
+    sb.scenario(local(healthy()));
     let synced = argvs(&sb, "helmfile").len();
     let run = rollback(&sb, &bao, &["--to", "azure", "--yes"]).ok();
     assert!(
@@ -819,26 +803,20 @@ fn rollback_to_the_restored_provider_still_syncs() {
     assert_eq!(sb.read(FLAG), before);
     // Now settled: nothing to roll back.
     let run = rollback(&sb, &bao, &["--to", "azure", "--yes"]).ok();
-    assert!(
-        run.stdout.contains("nothing to roll back"),
-        "{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, "nothing to roll back");
 }
 
 /// `--dry-run` prints the steps the real run then executes, for migrate,
 /// rollback and resume (and the automatic rollback's).
 #[test]
 fn dry_run_prints_the_plan_the_real_run_executes() {
-    if !tools() {
+    let Some((bao, sb)) = start() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = on_azure();
-    sb.scenario(cluster("k3d-ameide", eso(0, unhealthy("vault")), sync_ok()));
+    };
+    sb.scenario(local(unhealthy("vault")));
     let dry = migrate(&sb, &bao, &["--to", "vault", "--dry-run"]).ok();
     assert!(sb.calls().is_empty(), "a dry run calls nothing");
-    let real = migrate(&sb, &bao, &["--to", "vault", "--yes"]).code(1);
+    let real = to_vault(&sb, &bao).code(1);
     assert_eq!(
         labels(&dry.stdout),
         [
@@ -859,7 +837,7 @@ fn dry_run_prints_the_plan_the_real_run_executes() {
     assert_eq!(labels(&real.stdout), want, "{}", real.stdout);
 
     // --no-rollback leaves an unfinished migration; resume it.
-    sb.scenario(cluster("k3d-ameide", eso(0, unhealthy("vault")), sync_ok()));
+    sb.scenario(local(unhealthy("vault")));
     let run = migrate(&sb, &bao, &["--to", "vault", "--yes", "--no-rollback"]).code(1);
     assert_eq!(journal(&sb)["migrations"][0]["state"], "in-progress");
     assert!(
@@ -873,7 +851,7 @@ fn dry_run_prints_the_plan_the_real_run_executes() {
         sb.read(FLAG).contains("  provider: vault\n"),
         "left flipped"
     );
-    sb.scenario(cluster("k3d-ameide", eso(0, healthy()), sync_ok()));
+    sb.scenario(local(healthy()));
     let dry = migrate(&sb, &bao, &["--resume", "--dry-run"]).ok();
     let real = migrate(&sb, &bao, &["--resume", "--yes"]).ok();
     assert_eq!(
@@ -883,11 +861,7 @@ fn dry_run_prints_the_plan_the_real_run_executes() {
         dry.stdout,
         real.stdout
     );
-    assert!(
-        dry.stdout.contains("[4/7] flip: done earlier"),
-        "{}",
-        dry.stdout
-    );
+    assert_contains(&dry.stdout, "[4/7] flip: done earlier");
 
     // A rollback's own plan: five steps, no seed or coverage gate.
     let dry = rollback(&sb, &bao, &["--dry-run"]).ok();
@@ -912,11 +886,9 @@ fn dry_run_prints_the_plan_the_real_run_executes() {
 
 #[test]
 fn an_interrupted_migration_resumes_and_a_second_one_is_refused() {
-    if !tools() {
+    let Some((bao, sb)) = start() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = on_azure();
+    };
     sb.scenario(cluster(
         "k3d-ameide",
         eso(0, healthy()),
@@ -950,7 +922,7 @@ fn an_interrupted_migration_resumes_and_a_second_one_is_refused() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // While it runs, a second migration is refused and told who holds the lock.
-    let run = migrate(&sb, &bao, &["--to", "vault", "--yes"]).code(1);
+    let run = to_vault(&sb, &bao).code(1);
     assert!(
         run.stderr.contains(&format!(
             "another migration of local is running (pid {}",
@@ -976,31 +948,19 @@ fn an_interrupted_migration_resumes_and_a_second_one_is_refused() {
     assert_eq!(m["state"], "in-progress");
     assert_eq!(steps(m), MIGRATED[..4], "only finished steps are journaled");
 
-    sb.scenario(cluster("k3d-ameide", eso(0, healthy()), sync_ok()));
-    let run = migrate(&sb, &bao, &["--to", "vault", "--yes"]).code(1);
-    assert!(
-        run.stderr.contains("migrate --resume --yes"),
-        "{}",
-        run.stderr
-    );
+    sb.scenario(local(healthy()));
+    let run = to_vault(&sb, &bao).code(1);
+    assert_contains(&run.stderr, "migrate --resume --yes");
     // An edit the tool did not make: resume refuses and journals nothing.
     let flipped = sb.read(FLAG);
     let journal_before = journal_bytes(&sb);
     sb.write(FLAG, &format!("{flipped}# edited by hand\n"));
     let run = migrate(&sb, &bao, &["--resume", "--yes"]).code(1);
-    assert!(
-        run.stderr.contains("changed since the journal's last step"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "changed since the journal's last step");
     assert_eq!(journal_bytes(&sb), journal_before);
     sb.write(FLAG, &flipped);
     let run = migrate(&sb, &bao, &["--resume", "--yes"]).ok();
-    assert!(
-        run.stdout.contains("[4/7] flip: done earlier"),
-        "{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, "[4/7] flip: done earlier");
     assert!(run.stdout.contains("[5/7] sync ... ok"), "{}", run.stdout);
     let m = &journal(&sb)["migrations"][0];
     assert_eq!(m["state"], "completed");
@@ -1008,19 +968,14 @@ fn an_interrupted_migration_resumes_and_a_second_one_is_refused() {
 
 #[test]
 fn dry_run_changes_nothing_and_preflight_refuses_unsafe_states() {
-    if !tools() {
+    let Some((bao, sb)) = start() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = on_azure();
+    };
     let before = sb.read(FLAG);
-    sb.scenario(cluster("k3d-ameide", eso(0, healthy()), sync_ok()));
+    sb.scenario(local(healthy()));
     let run = migrate(&sb, &bao, &["--to", "vault", "--dry-run"]).ok();
-    assert!(
-        run.stdout.contains("-  provider: azure\n") && run.stdout.contains("+  provider: vault\n"),
-        "{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, "-  provider: azure\n");
+    assert_contains(&run.stdout, "+  provider: vault\n");
     assert!(run.stdout.contains("helmfile --file infra/kubernetes/helmfiles/15-secrets-certificates.yaml --environment local sync"));
     assert_eq!(sb.read(FLAG), before);
     assert!(!sb.path(JOURNAL).exists());
@@ -1030,7 +985,7 @@ fn dry_run_changes_nothing_and_preflight_refuses_unsafe_states() {
     assert!(run.stderr.contains("Pass --yes"), "{}", run.stderr);
 
     sb.scenario(cluster("aks-prod", eso(0, healthy()), sync_ok()));
-    let run = migrate(&sb, &bao, &["--to", "vault", "--yes"]).code(1);
+    let run = to_vault(&sb, &bao).code(1);
     assert!(
         run.stderr.contains("refusing kube context \"aks-prod\"")
             && run.stderr.contains("Nothing in the cluster changed"),
@@ -1043,22 +998,13 @@ fn dry_run_changes_nothing_and_preflight_refuses_unsafe_states() {
     );
 
     sb.scenario(json!({"kubectl": {"context": "kind-dev", "crds": []}}));
-    let run = migrate(&sb, &bao, &["--to", "vault", "--yes"]).code(1);
-    assert!(
-        run.stderr
-            .contains("External Secrets Operator is not installed"),
-        "{}",
-        run.stderr
-    );
+    let run = to_vault(&sb, &bao).code(1);
+    assert_contains(&run.stderr, "External Secrets Operator is not installed");
 
     sb.scenario(cluster("kind-dev", eso(0, healthy()), sync_ok()));
     sb.write(FLAG, &format!("{before}# my local tweak\n"));
-    let run = migrate(&sb, &bao, &["--to", "vault", "--yes"]).code(1);
-    assert!(
-        run.stderr.contains("has an uncommitted change"),
-        "{}",
-        run.stderr
-    );
+    let run = to_vault(&sb, &bao).code(1);
+    assert_contains(&run.stderr, "has an uncommitted change");
     assert_eq!(sb.read(FLAG), format!("{before}# my local tweak\n"));
     assert!(argvs(&sb, "helmfile").is_empty(), "nothing synced");
     assert!(
@@ -1069,12 +1015,10 @@ fn dry_run_changes_nothing_and_preflight_refuses_unsafe_states() {
 
 #[test]
 fn status_shows_flags_migration_and_config_sources() {
-    if !tools() {
+    let Some((bao, sb)) = start() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = on_azure();
-    sb.scenario(cluster("k3d-ameide", eso(0, unhealthy("azure")), sync_ok()));
+    };
+    sb.scenario(local(unhealthy("azure")));
     let run = sb
         .xtask_env(
             &["secrets", "status"],
@@ -1141,17 +1085,13 @@ fn doctor_reports_each_finding_with_its_fix() {
     }
     sb.scenario(json!({"kubectl": {"context": "k3d-ameide", "crds": [], "clustersecretstore": store(false)}}));
     let run = sb.xtask_env(&["secrets", "doctor"], &env).code(1);
-    assert!(
-        run.stdout
-            .contains("FAIL  eso        External Secrets Operator is not installed"),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        "FAIL  eso        External Secrets Operator is not installed",
     );
-    assert!(
-        run.stdout
-            .contains("not Ready: InvalidProviderConfig: unable to log in to auth method"),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        "not Ready: InvalidProviderConfig: unable to log in to auth method",
     );
     assert!(run.stderr.contains("2 checks failed"), "{}", run.stderr);
 }
@@ -1168,10 +1108,10 @@ fn a_canary_never_reaches_the_journal_output_or_any_child() {
         ".local/secrets/overrides.json",
         &format!("{{\"graph-db-password\": \"{canary}\"}}"),
     );
-    sb.scenario(cluster("k3d-ameide", eso(0, unhealthy("vault")), sync_ok()));
-    let mut outputs = vec![migrate(&sb, &bao, &["--to", "vault", "--yes"]).all()];
-    sb.scenario(cluster("k3d-ameide", eso(0, healthy()), sync_ok()));
-    outputs.push(migrate(&sb, &bao, &["--to", "vault", "--yes"]).all());
+    sb.scenario(local(unhealthy("vault")));
+    let mut outputs = vec![to_vault(&sb, &bao).all()];
+    sb.scenario(local(healthy()));
+    outputs.push(to_vault(&sb, &bao).all());
     let env = [
         ("VAULT_ADDR", bao.addr.as_str()),
         ("VAULT_TOKEN", bao.token.as_str()),
@@ -1211,11 +1151,9 @@ fn a_canary_never_reaches_the_journal_output_or_any_child() {
 /// migration rolls back instead of hanging.
 #[test]
 fn a_hung_sync_is_stopped_at_its_deadline() {
-    if !tools() {
+    let Some((bao, sb)) = start() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = on_azure();
+    };
     let before = sb.read(FLAG);
     sb.write(".local/secrets.toml", "[helmfile]\nsync_timeout_secs = 2\n");
     sb.scenario(cluster(
@@ -1224,18 +1162,10 @@ fn a_hung_sync_is_stopped_at_its_deadline() {
         json!([{"sleep": 60}, {"exit": 0}]),
     ));
     let t = Instant::now();
-    let run = migrate(&sb, &bao, &["--to", "vault", "--yes"]).code(1);
+    let run = to_vault(&sb, &bao).code(1);
     assert!(t.elapsed() < Duration::from_secs(50), "{:?}", t.elapsed());
-    assert!(
-        run.stderr.contains("did not finish within 2 s"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("helmfile.sync_timeout_secs"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "did not finish within 2 s");
+    assert_contains(&run.stderr, "helmfile.sync_timeout_secs");
     let m = &journal(&sb)["migrations"][0];
     assert_eq!(m["state"], "rolled-back");
     assert_eq!(steps(m)[4], "sync failed");

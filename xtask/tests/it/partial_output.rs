@@ -1,11 +1,7 @@
 //! What a person reads after a partial run of many secrets: the cause
 //! first, counts, at most 20 names per list, and small output.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-
-use crate::support::{Action, OpenBao, Proxy, Run, Sandbox};
+use crate::support::{killing_at_write, OpenBao, Run, Sandbox};
 
 const SECRETS: usize = 3000;
 const KILL_AFTER: usize = 200;
@@ -26,25 +22,7 @@ fn seed_killed_midway(extra: &[&str]) -> Run {
         ".local/many.json",
         &serde_json::to_string(&fixtures).unwrap(),
     );
-    let pid = bao.pid();
-    let writes = Arc::new(AtomicUsize::new(0));
-    let w = writes.clone();
-    let proxy = Proxy::start(
-        bao.port,
-        Arc::new(move |req| {
-            if req.method == "POST"
-                && req.path.starts_with("/v1/secret/data/")
-                && w.fetch_add(1, Ordering::SeqCst) == KILL_AFTER
-            {
-                let _ = std::process::Command::new("kill")
-                    .arg("-9")
-                    .arg(pid.to_string())
-                    .status();
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Action::Forward
-        }),
-    );
+    let proxy = killing_at_write(&bao, KILL_AFTER);
     let mut args = vec![
         "secrets",
         "seed",

@@ -1,29 +1,31 @@
 //! Path flags are read from the working directory, as with every CLI, and
 //! output shows paths relative to the repository root.
 
-use crate::support::{Run, Sandbox};
+use crate::support::{assert_contains, Run, Sandbox};
 
 /// Runs the binary with `cwd` (relative to the sandbox root) as its working directory.
 fn xtask_in(sb: &Sandbox, cwd: &str, args: &[&str]) -> Run {
-    let out = sb.command(args).current_dir(sb.path(cwd)).output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    sb.command(args)
+        .current_dir(sb.path(cwd))
+        .output()
+        .unwrap()
+        .into()
+}
+
+/// `secrets seed --provider file` with `extra` flags, run from `cwd`.
+fn seed_file_in(sb: &Sandbox, cwd: &str, extra: &[&str]) -> Run {
+    let mut args = vec!["secrets", "seed", "--provider", "file"];
+    args.extend_from_slice(extra);
+    xtask_in(sb, cwd, &args)
 }
 
 #[test]
 fn fixtures_from_a_subdirectory_are_read_from_there() {
     let sb = Sandbox::new();
-    let run = xtask_in(
+    let run = seed_file_in(
         &sb,
         "infra",
         &[
-            "secrets",
-            "seed",
-            "--provider",
-            "file",
             "--dry-run",
             "--fixtures",
             "../scripts/azure/default-local-keyvault-secrets.json",
@@ -40,20 +42,7 @@ fn fixtures_from_a_subdirectory_are_read_from_there() {
 
     // x.json exists at the root only: from infra/, `--fixtures x.json` is infra/x.json.
     sb.write("x.json", "{\"only-at-the-root\": \"v\"}");
-    let run = xtask_in(
-        &sb,
-        "infra",
-        &[
-            "secrets",
-            "seed",
-            "--provider",
-            "file",
-            "--dry-run",
-            "--fixtures",
-            "x.json",
-        ],
-    )
-    .code(1);
+    let run = seed_file_in(&sb, "infra", &["--dry-run", "--fixtures", "x.json"]).code(1);
     assert!(
         run.stderr.contains("cannot read fixtures file")
             && run.stderr.contains("infra/x.json")
@@ -62,36 +51,18 @@ fn fixtures_from_a_subdirectory_are_read_from_there() {
         run.all()
     );
     // From the root the same flag reads the root's file.
-    let run = sb
-        .xtask(&[
-            "secrets",
-            "seed",
-            "--provider",
-            "file",
-            "--dry-run",
-            "--fixtures",
-            "x.json",
-        ])
-        .ok();
-    assert!(
-        run.stdout.contains("seed: 1 secret from x.json"),
-        "{}",
-        run.stdout
-    );
+    let run = sb.seed_file(&["--dry-run", "--fixtures", "x.json"]).ok();
+    assert_contains(&run.stdout, "seed: 1 secret from x.json");
 }
 
 #[test]
 fn overrides_infra_and_out_are_read_from_the_working_directory() {
     let sb = Sandbox::new();
     sb.write(".local/mine.json", "{\"redis-password\": \"my-own\"}");
-    let run = xtask_in(
+    let run = seed_file_in(
         &sb,
         "scripts",
         &[
-            "secrets",
-            "seed",
-            "--provider",
-            "file",
             "--overrides",
             "../.local/mine.json",
             "--render",
@@ -102,11 +73,9 @@ fn overrides_infra_and_out_are_read_from_the_working_directory() {
     )
     .ok();
     assert!(run.stdout.contains("(1 overridden)"), "{}", run.stdout);
-    assert!(
-        run.stdout
-            .contains("rendered eso-fake manifests to .local/eso.yaml (mode 0600)"),
-        "{}",
-        run.stdout
+    assert_contains(
+        &run.stdout,
+        "rendered eso-fake manifests to .local/eso.yaml (mode 0600)",
     );
     assert!(sb.path(".local/eso.yaml").is_file());
     assert!(
@@ -141,9 +110,5 @@ fn overrides_infra_and_out_are_read_from_the_working_directory() {
         "scripts/azure/default-local-keyvault-secrets.json"
     );
     let run = xtask_in(&sb, "infra", &["secrets", "check", "--infra", "nowhere"]).code(2);
-    assert!(
-        run.stderr.contains("no infra tree at infra/nowhere"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "no infra tree at infra/nowhere");
 }

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{alive, block_on, fixtures, json, OpenBao, Run, Sandbox};
+use crate::support::{
+    alive, assert_contains, block_on, fixtures, json, with_bao, OpenBao, Run, Sandbox,
+};
 
 /// `seed --output json` with no VAULT_ADDR: only the kube context says where
 /// Vault is. The token is in the environment (as a developer's would be),
@@ -54,11 +56,9 @@ fn assert_no_forward_left(sb: &Sandbox) {
 
 #[test]
 fn a_seed_through_a_kubectl_faithful_port_forward_writes_every_fixture() {
-    if !crate::support::require_tools(&["bao"]) {
+    let Some((bao, sb)) = with_bao() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = Sandbox::new();
+    };
     sb.scenario(scenario(&bao, json!({})));
     let run = seed_via_kube(&sb, &bao).ok();
     let report = json(&run);
@@ -85,24 +85,14 @@ fn a_seed_through_a_kubectl_faithful_port_forward_writes_every_fixture() {
 
 #[test]
 fn a_forward_that_dies_is_restarted_once_and_the_seed_completes() {
-    if !crate::support::require_tools(&["bao"]) {
+    let Some((bao, sb)) = with_bao() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = Sandbox::new();
+    };
     // The first kubectl loses its pod on its third connection; the second lives.
     sb.scenario(scenario(&bao, json!({"die_after": [2, null]})));
     let run = seed_via_kube(&sb, &bao).ok();
-    assert!(
-        run.stderr.contains("restarting it once, on the same port"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("lost connection to pod"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "restarting it once, on the same port");
+    assert_contains(&run.stderr, "lost connection to pod");
     assert_every_fixture_written(&sb, &bao);
     let argv: Vec<Vec<String>> = sb
         .calls()
@@ -128,11 +118,9 @@ fn a_forward_that_dies_is_restarted_once_and_the_seed_completes() {
 
 #[test]
 fn a_forward_that_keeps_dying_fails_with_kubectls_own_words() {
-    if !crate::support::require_tools(&["bao"]) {
+    let Some((bao, sb)) = with_bao() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = Sandbox::new();
+    };
     sb.scenario(scenario(&bao, json!({"die_after": [1]})));
     let start = Instant::now();
     let run = seed_via_kube(&sb, &bao);
@@ -157,11 +145,9 @@ fn a_forward_that_keeps_dying_fails_with_kubectls_own_words() {
 
 #[test]
 fn a_port_forward_that_never_starts_hits_its_deadline() {
-    if !crate::support::require_tools(&["bao"]) {
+    let Some((bao, sb)) = with_bao() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = Sandbox::new();
+    };
     sb.write(
         ".local/secrets.toml",
         // Long enough for the Python stand-in to start on a loaded machine.
@@ -197,22 +183,12 @@ fn a_missing_service_fails_with_kubectls_words_and_the_fix() {
             &[("VAULT_TOKEN", "unused")],
         )
         .code(1);
-    assert!(
-        run.stderr
-            .contains("Error from server (NotFound): services \"vault\" not found"),
-        "{}",
-        run.stderr
+    assert_contains(
+        &run.stderr,
+        "Error from server (NotFound): services \"vault\" not found",
     );
-    assert!(
-        run.stderr.contains("exited (exit 1) before forwarding"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("Is Vault deployed (layer 15)"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "exited (exit 1) before forwarding");
+    assert_contains(&run.stderr, "Is Vault deployed (layer 15)");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use crate::support::Sandbox;
+use crate::support::{assert_contains, Sandbox};
 
 fn mode(sb: &Sandbox, rel: &str) -> u32 {
     std::fs::metadata(sb.path(rel))
@@ -15,17 +15,11 @@ fn mode(sb: &Sandbox, rel: &str) -> u32 {
 #[test]
 fn seeds_a_private_store_idempotently() {
     let sb = Sandbox::new();
-    let run = sb.xtask(&["secrets", "seed", "--provider", "file"]).ok();
-    assert!(
-        run.stdout.contains("-> file .local/secrets/store.json"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout
-            .contains("plan: 47 create, 0 update, 0 unchanged, 0 restamp, 0 conflict"),
-        "{}",
-        run.stdout
+    let run = sb.seed_file(&[]).ok();
+    assert_contains(&run.stdout, "-> file .local/secrets/store.json");
+    assert_contains(
+        &run.stdout,
+        "plan: 47 create, 0 update, 0 unchanged, 0 restamp, 0 conflict",
     );
     assert_eq!(mode(&sb, ".local/secrets/store.json"), 0o600);
     let store: serde_json::Value =
@@ -36,12 +30,8 @@ fn seeds_a_private_store_idempotently() {
         assert_eq!(store["secrets"][name]["version"], 1);
     }
     let before = sb.read(".local/secrets/store.json");
-    let again = sb.xtask(&["secrets", "seed", "--provider", "file"]).ok();
-    assert!(
-        again.stdout.contains("0 written, 47 unchanged"),
-        "{}",
-        again.stdout
-    );
+    let again = sb.seed_file(&[]).ok();
+    assert_contains(&again.stdout, "0 written, 47 unchanged");
     assert_eq!(
         before,
         sb.read(".local/secrets/store.json"),
@@ -53,41 +43,30 @@ fn seeds_a_private_store_idempotently() {
 fn refuses_a_store_git_would_commit() {
     let sb = Sandbox::new();
     sb.write(".gitignore", "/target/\n");
-    let run = sb.xtask(&["secrets", "seed", "--provider", "file"]).code(1);
-    assert!(
-        run.stderr.contains("is not ignored by git"),
-        "{}",
-        run.stderr
-    );
+    let run = sb.seed_file(&[]).code(1);
+    assert_contains(&run.stderr, "is not ignored by git");
     assert!(!sb.path(".local/secrets/store.json").exists());
 }
 
 #[test]
 fn hand_edits_conflict_and_corrupt_stores_are_kept() {
     let sb = Sandbox::new();
-    sb.xtask(&["secrets", "seed", "--provider", "file"]).ok();
+    sb.seed_file(&[]).ok();
     let mut store: serde_json::Value =
         serde_json::from_str(&sb.read(".local/secrets/store.json")).unwrap();
     store["secrets"]["redis-password"]["value"] = "mine".into();
     sb.write(".local/secrets/store.json", &store.to_string());
-    let run = sb.xtask(&["secrets", "seed", "--provider", "file"]).code(1);
-    assert!(
-        run.stdout.contains("conflict   redis-password"),
-        "{}",
-        run.stdout
-    );
+    let run = sb.seed_file(&[]).code(1);
+    assert_contains(&run.stdout, "conflict   redis-password");
     assert!(!run.all().contains("mine"));
 
     sb.write(
         ".local/secrets/store.json",
         "{\"format\": \"ameide-local-secrets/v1\", \"secrets\": {",
     );
-    let run = sb.xtask(&["secrets", "seed", "--provider", "file"]).code(1);
-    assert!(
-        run.stderr.contains(".local/secrets/store.json:1:") && run.stderr.contains("is corrupt"),
-        "{}",
-        run.stderr
-    );
+    let run = sb.seed_file(&[]).code(1);
+    assert_contains(&run.stderr, ".local/secrets/store.json:1:");
+    assert_contains(&run.stderr, "is corrupt");
     assert!(
         sb.read(".local/secrets/store.json")
             .ends_with("{\"secrets\": {")
@@ -128,14 +107,7 @@ fn bad_fixtures_are_reported_with_position_and_nothing_is_written() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, bytes).unwrap();
         let run = sb
-            .xtask(&[
-                "secrets",
-                "seed",
-                "--provider",
-                "file",
-                "--fixtures",
-                path.to_str().unwrap(),
-            ])
+            .seed_file(&["--fixtures", path.to_str().unwrap()])
             .code(1);
         assert!(run.stderr.contains(expected), "{file}: {}", run.stderr);
         assert!(
@@ -143,21 +115,8 @@ fn bad_fixtures_are_reported_with_position_and_nothing_is_written() {
             "{file}: nothing is written"
         );
     }
-    let run = sb
-        .xtask(&[
-            "secrets",
-            "seed",
-            "--provider",
-            "file",
-            "--fixtures",
-            "does/not/exist.json",
-        ])
-        .code(1);
-    assert!(
-        run.stderr.contains("cannot read fixtures file"),
-        "{}",
-        run.stderr
-    );
+    let run = sb.seed_file(&["--fixtures", "does/not/exist.json"]).code(1);
+    assert_contains(&run.stderr, "cannot read fixtures file");
 }
 
 #[test]
@@ -168,22 +127,11 @@ fn default_fixtures_may_not_link_outside_the_repo() {
     let fixtures = sb.path("scripts/azure/default-local-keyvault-secrets.json");
     std::fs::remove_file(&fixtures).unwrap();
     std::os::unix::fs::symlink(&outside, &fixtures).unwrap();
-    let run = sb.xtask(&["secrets", "seed", "--provider", "file"]).code(1);
-    assert!(
-        run.stderr.contains("outside the repository"),
-        "{}",
-        run.stderr
-    );
+    let run = sb.seed_file(&[]).code(1);
+    assert_contains(&run.stderr, "outside the repository");
     // An explicit path may be anywhere.
-    sb.xtask(&[
-        "secrets",
-        "seed",
-        "--provider",
-        "file",
-        "--fixtures",
-        outside.to_str().unwrap(),
-    ])
-    .ok();
+    sb.seed_file(&["--fixtures", outside.to_str().unwrap()])
+        .ok();
 }
 
 #[test]
@@ -194,9 +142,7 @@ fn overrides_are_layered_and_reported() {
         "{\"redis-password\": \"my-own\", \"my-extra-key\": \"x\"}",
     );
     // --verbose: the plan lists every entry (without it, 20 per action).
-    let run = sb
-        .xtask(&["secrets", "seed", "--provider", "file", "--verbose"])
-        .ok();
+    let run = sb.seed_file(&["--verbose"]).ok();
     assert!(
         run.stdout.contains(
             "48 secrets from scripts/azure/default-local-keyvault-secrets.json (2 overridden)"
@@ -204,11 +150,7 @@ fn overrides_are_layered_and_reported() {
         "{}",
         run.stdout
     );
-    assert!(
-        run.stdout.contains("redis-password (override)"),
-        "{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, "redis-password (override)");
     let store: serde_json::Value =
         serde_json::from_str(&sb.read(".local/secrets/store.json")).unwrap();
     assert_eq!(store["secrets"]["redis-password"]["value"], "my-own");
@@ -220,76 +162,26 @@ fn renders_eso_fake_and_plain_secrets() {
         return;
     }
     let sb = Sandbox::new();
-    sb.xtask(&[
-        "secrets",
-        "seed",
-        "--provider",
-        "file",
-        "--render",
-        "eso-fake",
-        "--out",
-        ".local/eso-fake.yaml",
-    ])
-    .ok();
+    sb.seed_file(&["--render", "eso-fake", "--out", ".local/eso-fake.yaml"])
+        .ok();
     assert_eq!(mode(&sb, ".local/eso-fake.yaml"), 0o600);
     let text = sb.read(".local/eso-fake.yaml");
     assert!(text.contains("kind: ClusterSecretStore") && text.contains("name: ameide-vault"));
     assert!(text.contains("- key: \"graph-db-url\""), "{text}");
 
-    let run = sb
-        .xtask(&[
-            "secrets",
-            "seed",
-            "--provider",
-            "file",
-            "--render",
-            "secrets",
-            "--out",
-            "-",
-        ])
-        .ok();
-    assert!(
-        run.stdout.contains("name: \"graph-db-credentials\""),
-        "{}",
-        run.stdout
-    );
+    let run = sb.seed_file(&["--render", "secrets", "--out", "-"]).ok();
+    assert_contains(&run.stdout, "name: \"graph-db-credentials\"");
     assert!(
         run.stdout.contains("\"realm\": \"ameide\""),
         "extracted JSON keys become Secret keys"
     );
 
     let run = sb
-        .xtask(&[
-            "secrets",
-            "seed",
-            "--provider",
-            "file",
-            "--render",
-            "eso-fake",
-            "--out",
-            "committed.yaml",
-        ])
+        .seed_file(&["--render", "eso-fake", "--out", "committed.yaml"])
         .code(1);
-    assert!(
-        run.stderr.contains("is not ignored by git"),
-        "{}",
-        run.stderr
-    );
-    let run = sb
-        .xtask(&[
-            "secrets",
-            "seed",
-            "--provider",
-            "file",
-            "--render",
-            "eso-fake",
-        ])
-        .code(2);
-    assert!(
-        run.stderr.contains("--render needs --out"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "is not ignored by git");
+    let run = sb.seed_file(&["--render", "eso-fake"]).code(2);
+    assert_contains(&run.stderr, "--render needs --out");
 }
 
 #[test]
@@ -309,15 +201,13 @@ fn a_held_lock_is_refused_and_names_its_holder() {
         &mut line,
     )
     .unwrap();
-    let run = sb.xtask(&["secrets", "seed", "--provider", "file"]);
+    let run = sb.seed_file(&[]);
     let _ = holder.kill();
     let _ = holder.wait();
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(
-        run.stderr
-            .contains("another seed of the file store is running (pid 4242"),
-        "{}",
-        run.stderr
+    assert_contains(
+        &run.stderr,
+        "another seed of the file store is running (pid 4242",
     );
-    sb.xtask(&["secrets", "seed", "--provider", "file"]).ok();
+    sb.seed_file(&[]).ok();
 }

@@ -5,23 +5,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::support::{block_on, json as report, vault_seed, Action, OpenBao, Proxy, Sandbox};
-
-/// A proxy in front of `bao` that records `METHOD path` of every request.
-fn recording(bao: &OpenBao) -> (Proxy, Arc<Mutex<Vec<String>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    let proxy = Proxy::start(
-        bao.port,
-        Arc::new(move |req| {
-            log.lock()
-                .unwrap()
-                .push(format!("{} {}", req.method, req.path));
-            Action::Forward
-        }),
-    );
-    (proxy, seen)
-}
+use crate::support::{
+    block_on, json as report, recording, vault_seed, with_bao, OpenBao, Proxy, Sandbox,
+};
 
 /// OpenBao, a sandbox and a recording proxy, after a first seed through
 /// it: the number of fixtures, with the proxy's log emptied.
@@ -202,11 +188,9 @@ fn sb_fixture(sb: &Sandbox, name: &str) -> String {
 
 #[test]
 fn listing_pages_past_a_thousand_keys() {
-    if !crate::support::require_tools(&["bao"]) {
+    let Some((bao, sb)) = with_bao() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = Sandbox::new();
+    };
     // 1,500 fixtures plus 300 keys the fixtures don't name, interleaved.
     let mut fx = serde_json::Map::new();
     for i in 0..1500 {

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::support::{
-    block_on, fixtures, json, sha256_hex as sha256, Action, OpenBao, Proxy, Sandbox,
+    assert_contains, block_on, fixtures, json, sha256_hex as sha256, with_bao, Action, OpenBao,
+    Proxy, Sandbox,
 };
 
 fn seed(sb: &Sandbox, bao: &OpenBao, extra: &[&str]) -> crate::support::Run {
@@ -19,11 +20,9 @@ fn seed(sb: &Sandbox, bao: &OpenBao, extra: &[&str]) -> crate::support::Run {
 
 #[test]
 fn seeds_kv2_once_then_writes_nothing() {
-    if !crate::support::require_tools(&["bao"]) {
+    let Some((bao, sb)) = with_bao() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = Sandbox::new();
+    };
     let fx = fixtures(&sb);
     let run = seed(&sb, &bao, &["--output", "json"]).ok();
     let report = json(&run);
@@ -55,11 +54,9 @@ fn seeds_kv2_once_then_writes_nothing() {
         assert_eq!(meta.current_version, 1, "no new version for {name}");
     }
     let text = seed(&sb, &bao, &[]).ok();
-    assert!(
-        text.stdout
-            .contains(&format!("({} unchanged; --verbose lists them)", fx.len())),
-        "{}",
-        text.stdout
+    assert_contains(
+        &text.stdout,
+        &format!("({} unchanged; --verbose lists them)", fx.len()),
     );
 }
 
@@ -91,11 +88,9 @@ fn kv1_mount_is_written_without_data_prefix() {
 
 #[test]
 fn stale_values_update_and_hand_edits_conflict_until_forced() {
-    if !crate::support::require_tools(&["bao"]) {
+    let Some((bao, sb)) = with_bao() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = Sandbox::new();
+    };
     seed(&sb, &bao, &[]).ok();
     let client = bao.client();
     // A developer edits one entry by hand.
@@ -117,21 +112,11 @@ fn stale_values_update_and_hand_edits_conflict_until_forced() {
     );
 
     let run = seed(&sb, &bao, &[]).code(1);
-    assert!(
-        run.stdout.contains("update     graph-db-password"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains("conflict   redis-password"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stderr
-            .contains("1 conflict not written (listed in the plan above)"),
-        "{}",
-        run.stderr
+    assert_contains(&run.stdout, "update     graph-db-password");
+    assert_contains(&run.stdout, "conflict   redis-password");
+    assert_contains(
+        &run.stderr,
+        "1 conflict not written (listed in the plan above)",
     );
     let kept: HashMap<String, String> =
         block_on(vaultrs::kv2::read(&client, "secret", "redis-password")).unwrap();
@@ -155,11 +140,9 @@ fn stale_values_update_and_hand_edits_conflict_until_forced() {
 
 #[test]
 fn concurrent_edit_between_read_and_write_is_a_conflict() {
-    if !crate::support::require_tools(&["bao"]) {
+    let Some((bao, sb)) = with_bao() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = Sandbox::new();
+    };
     seed(&sb, &bao, &[]).ok();
     let mut fx = fixtures(&sb);
     fx.insert(
@@ -196,11 +179,7 @@ fn concurrent_edit_between_read_and_write_is_a_conflict() {
     );
     assert!(fired.load(Ordering::SeqCst));
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(
-        run.stderr.contains("graph-db-url: changed by someone else"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "graph-db-url: changed by someone else");
     let client = bao.client();
     let kept: HashMap<String, String> =
         block_on(vaultrs::kv2::read(&client, "secret", "graph-db-url")).unwrap();
@@ -212,23 +191,12 @@ fn concurrent_edit_between_read_and_write_is_a_conflict() {
 
 #[test]
 fn errors_name_the_problem_and_the_fix() {
-    if !crate::support::require_tools(&["bao"]) {
+    let Some((bao, sb)) = with_bao() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = Sandbox::new();
+    };
     let run = seed(&sb, &bao, &["--mount", "nope"]).code(1);
-    assert!(
-        run.stderr.contains("no secrets engine is mounted at nope/"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr
-            .contains("bao secrets enable -path=nope -version=2 kv"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "no secrets engine is mounted at nope/");
+    assert_contains(&run.stderr, "bao secrets enable -path=nope -version=2 kv");
 
     let run = sb.xtask_env(
         &["secrets", "seed", "--provider", "vault"],
@@ -243,11 +211,7 @@ fn errors_name_the_problem_and_the_fix() {
 
     bao.bao(&["secrets", "enable", "-path=pki", "pki"]);
     let run = seed(&sb, &bao, &["--mount", "pki"]).code(1);
-    assert!(
-        run.stderr.contains("is a \"pki\" engine, not kv"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "is a \"pki\" engine, not kv");
 
     let out = bao.bao(&["operator", "seal"]);
     assert!(
@@ -274,28 +238,17 @@ fn guardrail_refuses_a_vault_that_is_not_local() {
         ],
     );
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(
-        run.stderr
-            .contains("--allow-non-local vault.shared.example"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "--allow-non-local vault.shared.example");
     let run = sb.xtask(&["secrets", "seed", "--env", "staging"]);
     assert_eq!(run.code, 1);
-    assert!(
-        run.stderr.contains("only seed local clusters"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "only seed local clusters");
 }
 
 #[test]
 fn port_forwards_through_a_local_kube_context_and_cleans_up() {
-    if !crate::support::require_tools(&["bao"]) {
+    let Some((bao, sb)) = with_bao() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = Sandbox::new();
+    };
     sb.scenario(serde_json::json!({"kubectl": {"context": "k3d-ameide", "vault_addr": bao.addr}}));
     let run = sb
         .xtask_env(
@@ -303,11 +256,7 @@ fn port_forwards_through_a_local_kube_context_and_cleans_up() {
             &[("VAULT_TOKEN", &bao.token)],
         )
         .ok();
-    assert!(
-        run.stdout.contains("-> vault http://127.0.0.1:"),
-        "{}",
-        run.stdout
-    );
+    assert_contains(&run.stdout, "-> vault http://127.0.0.1:");
     let calls = sb.calls();
     let pf = calls
         .iter()
@@ -343,12 +292,7 @@ fn port_forwards_through_a_local_kube_context_and_cleans_up() {
         &[("VAULT_TOKEN", &bao.token)],
     );
     assert_eq!(run.code, 1);
-    assert!(
-        run.stderr
-            .contains("refusing kube context \"aks-ameide-prod\""),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "refusing kube context \"aks-ameide-prod\"");
 }
 
 #[test]
@@ -409,11 +353,7 @@ fn a_canary_value_never_reaches_output_or_argv() {
         );
         outputs.push(run.all());
     }
-    assert!(
-        outputs[1].contains("graph-db-password (override)"),
-        "{}",
-        outputs[1]
-    );
+    assert_contains(&outputs[1], "graph-db-password (override)");
     for out in &outputs {
         assert!(!out.contains(canary), "canary leaked:\n{out}");
     }
@@ -425,11 +365,9 @@ fn a_canary_value_never_reaches_output_or_argv() {
 
 #[test]
 fn two_seeds_at_once_lose_no_update_and_corrupt_nothing() {
-    if !crate::support::require_tools(&["bao"]) {
+    let Some((bao, sb)) = with_bao() else {
         return;
-    }
-    let bao = OpenBao::start();
-    let sb = Sandbox::new();
+    };
     let spawn = |provider: &str| {
         sb.command(&["secrets", "seed", "--provider", provider, "--quiet"])
             .env("VAULT_ADDR", &bao.addr)
@@ -538,9 +476,5 @@ fn an_https_vault_with_its_own_ca_needs_vault_cacert() {
             &[env[0], env[1], ("VAULT_CACERT", bad.to_str().unwrap())],
         )
         .code(1);
-    assert!(
-        run.stderr.contains("holds no PEM certificate"),
-        "{}",
-        run.stderr
-    );
+    assert_contains(&run.stderr, "holds no PEM certificate");
 }

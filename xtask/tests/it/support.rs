@@ -7,6 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub fn repo_root() -> PathBuf {
@@ -32,7 +33,8 @@ pub fn tools_path() -> String {
     parts.join(":")
 }
 
-fn find_on(path: &str, name: &str) -> Option<PathBuf> {
+/// The first file `name` in the `:`-separated `path`.
+pub fn find_on(path: &str, name: &str) -> Option<PathBuf> {
     path.split(':')
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
@@ -136,7 +138,8 @@ fn record_skip(line: &str) {
     }
 }
 
-fn free_port() -> u16 {
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -338,6 +341,28 @@ impl Run {
     }
 }
 
+impl From<std::process::Output> for Run {
+    fn from(out: std::process::Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// The real OpenBao dev server and a fresh sandbox, or `None` (skip the
+/// test) when `bao` is missing.
+pub fn with_bao() -> Option<(OpenBao, Sandbox)> {
+    require_tools(&["bao"]).then(|| (OpenBao::start(), Sandbox::new()))
+}
+
+/// Fails the test unless `text` contains `needle`, showing both.
+#[track_caller]
+pub fn assert_contains(text: &str, needle: &str) {
+    assert!(text.contains(needle), "expected {needle:?} in:\n{text}");
+}
+
 /// A run's standard output as JSON (`--output json`).
 pub fn json(run: &Run) -> serde_json::Value {
     serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.all()))
@@ -487,6 +512,13 @@ impl Sandbox {
         cmd
     }
 
+    /// `secrets seed --provider file` with `extra` flags.
+    pub fn seed_file(&self, extra: &[&str]) -> Run {
+        let mut args = vec!["secrets", "seed", "--provider", "file"];
+        args.extend_from_slice(extra);
+        self.xtask(&args)
+    }
+
     pub fn xtask(&self, args: &[&str]) -> Run {
         self.xtask_env(args, &[])
     }
@@ -496,12 +528,7 @@ impl Sandbox {
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let out = cmd.output().unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        cmd.output().unwrap().into()
     }
 
     /// Every `kubectl port-forward` the fake started, by pid, in order.
@@ -564,6 +591,44 @@ pub enum Action {
 }
 
 pub type Hook = std::sync::Arc<dyn Fn(&Request) -> Action + Send + Sync>;
+
+/// A KV v2 data write.
+pub fn is_data_write(req: &Request) -> bool {
+    req.method == "POST" && req.path.starts_with("/v1/secret/data/")
+}
+
+/// A proxy in front of `bao` that kills the server (SIGKILL) as data write
+/// number `n` (from 0) reaches it, as a crash mid-seed would.
+pub fn killing_at_write(bao: &OpenBao, n: usize) -> Proxy {
+    let pid = bao.pid();
+    let writes = std::sync::atomic::AtomicUsize::new(0);
+    Proxy::start(
+        bao.port,
+        Arc::new(move |req| {
+            if is_data_write(req) && writes.fetch_add(1, Ordering::SeqCst) == n {
+                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Action::Forward
+        }),
+    )
+}
+
+/// A proxy in front of `bao` that records `METHOD path` of every request.
+pub fn recording(bao: &OpenBao) -> (Proxy, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let proxy = Proxy::start(
+        bao.port,
+        Arc::new(move |req| {
+            log.lock()
+                .unwrap()
+                .push(format!("{} {}", req.method, req.path));
+            Action::Forward
+        }),
+    );
+    (proxy, seen)
+}
 
 /// A loopback HTTP/1.1 proxy in front of a server, with a hook that may
 /// act before forwarding (a concurrent edit) or answer itself (429, 503).
@@ -710,6 +775,32 @@ fn read_message<R: std::io::BufRead>(
 
 /// A 3-node OpenBao cluster with integrated Raft storage on loopback:
 /// init, unseal, `raft join`, all three voters. Stopped on drop.
+/// Starts one `bao server` on Raft storage below `dir` (data, config and
+/// log named after `node_id`), its API on `api` and Raft traffic on
+/// `cluster`, both on loopback.
+pub fn spawn_raft_node(bao: &Path, dir: &Path, node_id: &str, api: u16, cluster: u16) -> Child {
+    let data = dir.join(node_id);
+    std::fs::create_dir_all(&data).unwrap();
+    let config = dir.join(format!("{node_id}.hcl"));
+    std::fs::write(
+        &config,
+        format!(
+            "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"{node_id}\"\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{api}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\napi_addr = \"http://127.0.0.1:{api}\"\ncluster_addr = \"http://127.0.0.1:{cluster}\"\ndisable_mlock = true\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join(format!("{node_id}.log"))).unwrap();
+    Command::new(bao)
+        .arg("server")
+        .arg(format!("-config={}", config.display()))
+        .env("HOME", dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
 pub struct RaftCluster {
     nodes: Vec<Option<Child>>,
     pub addrs: Vec<String>,
@@ -725,26 +816,7 @@ impl RaftCluster {
         let mut addrs = Vec::new();
         for i in 0..3 {
             let (api, cluster) = (free_port(), free_port());
-            let data = dir.0.join(format!("node{i}"));
-            std::fs::create_dir_all(&data).unwrap();
-            let config = dir.0.join(format!("node{i}.hcl"));
-            std::fs::write(
-                &config,
-                format!(
-                    "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"node{i}\"\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{api}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\napi_addr = \"http://127.0.0.1:{api}\"\ncluster_addr = \"http://127.0.0.1:{cluster}\"\ndisable_mlock = true\n",
-                    data.display()
-                ),
-            )
-            .unwrap();
-            let log = std::fs::File::create(dir.0.join(format!("node{i}.log"))).unwrap();
-            let child = Command::new(&bao)
-                .arg("server")
-                .arg(format!("-config={}", config.display()))
-                .env("HOME", &dir.0)
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap();
+            let child = spawn_raft_node(&bao, &dir.0, &format!("node{i}"), api, cluster);
             nodes.push(Some(child));
             addrs.push(format!("http://127.0.0.1:{api}"));
         }

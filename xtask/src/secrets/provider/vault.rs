@@ -253,39 +253,39 @@ impl VaultProvider {
     }
 }
 
-/// Finds the KV version of `mount` from `sys/mounts` (falling back to the
-/// per-mount endpoint that needs no sudo policy).
+/// What is mounted at `mount` (its `sys/mounts` entry: `type`, `options`),
+/// or `None` when nothing is. `sys/mounts` needs a sudo-less read a
+/// developer's policy may lack, so a refusal there falls back to the
+/// per-mount endpoint; a refusal there too is [`VaultError::Forbidden`].
+pub fn mount_info(http: &VaultHttp, mount: &str) -> Result<Option<Value>, VaultError> {
+    let key = format!("{mount}/");
+    let reply = http.try_call(Method::Get, "sys/mounts", None)?;
+    if reply.status == 200 {
+        let mounts = reply
+            .body
+            .get("data")
+            .filter(|d| d.is_object())
+            .unwrap_or(&reply.body);
+        return Ok(mounts.get(&key).cloned());
+    }
+    let path = format!("sys/internal/ui/mounts/{mount}");
+    let r = http.try_call(Method::Get, &path, None)?;
+    match r.status {
+        200 if r.body["data"]["path"].as_str() == Some(key.as_str()) => {
+            Ok(Some(r.body["data"].clone()))
+        }
+        401 | 403 => Err(VaultError::Forbidden {
+            call: format!("GET {path}"),
+            errors: r.errors(),
+        }),
+        _ => Ok(None),
+    }
+}
+
+/// Finds the KV version of `mount` (see [`mount_info`]).
 fn kv_version(http: &VaultHttp, mount: &str) -> Result<KvVersion> {
     let key = format!("{mount}/");
-    // `sys/mounts` needs a sudo-less read a developer's policy may lack: a
-    // 403 here is an answer, not the end of the run.
-    let info = match http.try_call(Method::Get, "sys/mounts", None) {
-        Ok(reply) if reply.status == 200 => {
-            let mounts = reply
-                .body
-                .get("data")
-                .filter(|d| d.is_object())
-                .unwrap_or(&reply.body);
-            mounts.get(&key).cloned()
-        }
-        Ok(_) | Err(VaultError::Forbidden { .. }) => {
-            let reply = http.call(
-                Method::Get,
-                &format!("sys/internal/ui/mounts/{mount}"),
-                None,
-            );
-            match reply {
-                Ok(r)
-                    if r.status == 200 && r.body["data"]["path"].as_str() == Some(key.as_str()) =>
-                {
-                    Some(r.body["data"].clone())
-                }
-                Ok(_) => None,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let info = mount_info(http, mount)?;
     let Some(info) = info else {
         bail!(
             "no secrets engine is mounted at {key} on {}. Enable KV v2 there: `bao secrets enable -path={mount} \
