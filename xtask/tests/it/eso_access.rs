@@ -867,3 +867,47 @@ fn doctor_reports_external_secrets_that_are_not_ready_with_esos_reason() {
     );
     assert_contains(&doctor.stderr, "2 checks failed");
 }
+
+#[test]
+fn without_a_kubeconfig_the_seed_starts_no_kubectl() {
+    if !tools() {
+        return;
+    }
+    let bao = OpenBao::start();
+    let sb = sandbox_with_cluster(None);
+    let env = [
+        ("VAULT_ADDR", bao.addr.as_str()),
+        ("VAULT_TOKEN", bao.token.as_str()),
+    ];
+    let kubectl_calls = |sb: &Sandbox| sb.calls().iter().filter(|c| c.tool == "kubectl").count();
+
+    // No ~/.kube/config and no KUBECONFIG: real kubectl has no context, so
+    // the seed does not ask it (the fake would have answered one).
+    std::fs::remove_file(sb.home.join(".kube/config")).unwrap();
+    let run = sb.xtask_env(&["secrets", "seed", "--dry-run"], &env).ok();
+    assert!(
+        run.stdout
+            .contains("skipped    config auth/kubernetes/config"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(kubectl_calls(&sb), 0, "{:?}", sb.calls());
+
+    // A kubeconfig named by KUBECONFIG (a list; the first one missing): kubectl is asked.
+    std::fs::write(sb.home.join("kc"), "# read by the fake's scenario\n").unwrap();
+    let list = format!(
+        "{}:{}",
+        sb.home.join("missing").display(),
+        sb.home.join("kc").display()
+    );
+    let mut env2 = env.to_vec();
+    env2.push(("KUBECONFIG", list.as_str()));
+    let run = sb.xtask_env(&["secrets", "seed", "--dry-run"], &env2).ok();
+    assert!(
+        run.stdout
+            .contains("ensure     config auth/kubernetes/config"),
+        "{}",
+        run.stdout
+    );
+    assert!(kubectl_calls(&sb) > 0, "{:?}", sb.calls());
+}

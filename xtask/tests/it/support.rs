@@ -422,6 +422,14 @@ impl Sandbox {
         for d in [&root, &fake_dir, &home] {
             std::fs::create_dir_all(d).unwrap();
         }
+        // Real kubectl has a context only with a kubeconfig, and the seed
+        // asks it only then: the fake's context comes from the scenario.
+        std::fs::create_dir_all(home.join(".kube")).unwrap();
+        std::fs::write(
+            home.join(".kube/config"),
+            "# the fake kubectl reads scenario.json\n",
+        )
+        .unwrap();
         let src = repo_root();
         for item in ["infra", "scripts", "fixtures", ".gitignore", "secrets.toml"] {
             if src.join(item).exists() {
@@ -494,6 +502,7 @@ impl Sandbox {
             )
             .env("FAKE_DIR", &self.fake_dir)
             .env("HOME", &self.home)
+            .env_remove("KUBECONFIG")
             .env("HELM_CACHE_HOME", self.home.join(".cache/helm"))
             .env("HELM_CONFIG_HOME", self.home.join(".config/helm"))
             .env("HELM_DATA_HOME", self.home.join(".local/share/helm"))
