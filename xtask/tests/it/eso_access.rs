@@ -364,6 +364,12 @@ fn a_seed_sets_up_esos_access_and_a_second_seed_writes_nothing() {
     let calls = seen.lock().unwrap().clone();
     let writes: Vec<&String> = calls.iter().filter(|c| is_write(c)).collect();
     assert!(writes.is_empty(), "a second seed wrote: {writes:#?}");
+    // The guardrail's seal-status answer is the one connecting uses.
+    let seals = calls
+        .iter()
+        .filter(|c| c.contains("sys/seal-status"))
+        .count();
+    assert_eq!(seals, 1, "{calls:#?}");
 
     // Someone loosens the policy by hand: the next seed puts it back, and only it.
     std::fs::write(

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::vault_http::{Method, VaultError, VaultHttp};
+use super::vault_http::{Method, SealStatus, VaultError, VaultHttp};
 use super::vault_listing::detailed_listing;
 use super::vault_record::{
     read_record, stamp, update_record, write_stamp, Change, MountRecord, Phase, Record, RECORD_NAME,
@@ -58,6 +58,9 @@ pub struct Endpoint {
     pub addr: String,
     pub token: Setting<Secret>,
     pub port_forward: Option<kube::PortForward>,
+    /// `sys/seal-status` as the guardrail's check read it (that call needs
+    /// no token), so connecting does not ask again.
+    pub seal: Option<SealStatus>,
 }
 
 /// Resolves the address (config, else a port-forward through a local kube
@@ -67,6 +70,7 @@ pub struct Endpoint {
 /// cluster) must be a dev server (in-memory storage) or be named the same
 /// way; the seed port-forwards only through a local context.
 pub fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<Endpoint> {
+    let mut seal = None;
     let (addr, port_forward) = match &cfg.vault_addr {
         Some(addr) => {
             guard::check_vault_addr(&addr.value, allow_non_local)
@@ -75,7 +79,8 @@ pub fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<E
                 // A dev server is taken under any context, so the common case
                 // costs one seal-status call and no kubectl. Unreachable:
                 // unknown here; connecting reports it.
-                let storage = storage_type(cfg, &addr.value).ok().flatten();
+                seal = seal_status(cfg, &addr.value).ok();
+                let storage = seal.as_ref().and_then(|s| s.storage_type.clone());
                 if storage.as_deref() != Some("inmem") {
                     let context = kube::current_context()
                         .filter(|c| !guard::is_local_context(c, &cfg.local_contexts));
@@ -123,12 +128,13 @@ pub fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<E
         addr,
         token,
         port_forward,
+        seal,
     })
 }
 
-/// The storage type `sys/seal-status` reports (`inmem` for a dev server);
-/// the call needs no token.
-fn storage_type(cfg: &Config, addr: &str) -> Result<Option<String>> {
+/// `sys/seal-status`, whose storage type is `inmem` for a dev server; the
+/// call needs no token.
+fn seal_status(cfg: &Config, addr: &str) -> Result<SealStatus> {
     let http = VaultHttp::new(
         addr,
         Secret::new(String::new()),
@@ -141,7 +147,7 @@ fn storage_type(cfg: &Config, addr: &str) -> Result<Option<String>> {
             .map(|c| cfg.abs(&c.value))
             .as_deref(),
     )?;
-    Ok(http.seal_status()?.storage_type)
+    Ok(http.seal_status()?)
 }
 
 impl VaultProvider {
@@ -166,7 +172,10 @@ impl VaultProvider {
         }
         let mount = cfg.vault_mount.value.clone();
         let token_source = endpoint.token.source.clone();
-        let seal = http.seal_status()?;
+        let seal = match endpoint.seal {
+            Some(seal) => seal,
+            None => http.seal_status()?,
+        };
         if seal.sealed {
             return Err(VaultError::Sealed {
                 addr: http.addr().to_string(),
