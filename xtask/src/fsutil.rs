@@ -10,11 +10,18 @@ use sha2::{Digest, Sha256};
 
 /// Hex sha256 of some bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        use std::fmt::Write;
-        let _ = write!(out, "{b:02x}");
+    hex(&Sha256::digest(bytes))
+}
+
+/// Lowercase hex, by table: this runs for every secret of a seed, and
+/// `write!("{b:02x}")` per byte costs more than the hash in our
+/// unoptimised dev build.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
     }
     out
 }
@@ -40,8 +47,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 }
 
 fn sha256_hex_of(hasher: Sha256) -> String {
-    let digest = hasher.finalize();
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&hasher.finalize())
 }
 
 /// Writes `bytes` to `path` atomically with mode 0600: a private temp file in
