@@ -54,16 +54,17 @@ pub fn context() -> Result<Option<String>> {
     Ok((!ctx.is_empty()).then_some(ctx))
 }
 
-/// Whether kubectl could find a kubeconfig: a file named in `KUBECONFIG`
-/// (a `:`-separated list; empty counts as unset), else `~/.kube/config`.
+/// Whether kubectl could find a kubeconfig: a path in `KUBECONFIG` that
+/// exists (a `:`-separated list; empty counts as unset; a pipe such as
+/// `<(sops -d ...)` counts), else `~/.kube/config`.
 /// Without one kubectl has no current context, and the answer costs no
 /// kubectl child (a Go binary's start: about 50 ms of CPU per seed). Where
 /// we cannot tell (no `HOME`), kubectl decides.
 fn kubeconfig_exists() -> bool {
     match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
-        Some(list) => std::env::split_paths(&list).any(|p| p.is_file()),
+        Some(list) => std::env::split_paths(&list).any(|p| p.exists()),
         None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-            Some(home) => std::path::Path::new(&home).join(".kube/config").is_file(),
+            Some(home) => std::path::Path::new(&home).join(".kube/config").exists(),
             None => true,
         },
     }
