@@ -229,19 +229,14 @@ impl Tool {
     }
 
     /// The error for a finished call that failed: exit code and the tail of
-    /// stderr (or stdout, when stderr is empty).
+    /// stderr. Never stdout: some children print what they read there
+    /// (`kubectl config view --raw`, `az keyvault secret show`).
     pub fn failure(&self, out: &Output) -> anyhow::Error {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let text = if stderr.trim().is_empty() {
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        } else {
-            stderr.into_owned()
-        };
         anyhow!(
             "`{}` failed ({}): {}",
             self.display(),
             exit_text(out.status),
-            tail(&text, TAIL_LINES)
+            tail(&String::from_utf8_lossy(&out.stderr), TAIL_LINES)
         )
     }
 

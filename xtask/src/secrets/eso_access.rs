@@ -16,7 +16,6 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::process::Tool;
 use crate::secrets::kube;
 use crate::secrets::provider::vault_http::{Method, Reply, VaultHttp};
 use crate::{project, yaml};
@@ -568,20 +567,7 @@ struct ApiServer {
 /// `kubectl config view --minify --raw --output json`: the current
 /// context's server and CA (inline data or a file).
 fn api_server_of_context() -> Result<ApiServer> {
-    // `--raw` prints the context's credentials too: they stay in memory,
-    // and an error quotes kubectl's stderr only.
-    let tool = Tool::new("kubectl")
-        .args(["config", "view", "--minify", "--raw", "--output", "json"])
-        .deadline(std::time::Duration::from_secs(15));
-    let out = tool.output()?;
-    if !out.status.success() {
-        bail!(
-            "`{}` failed: {}",
-            tool.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = crate::secrets::kube::raw_minified_config()?;
     let v: Value = serde_json::from_str(&text).context("kubectl config view printed no JSON")?;
     let cluster = &v["clusters"][0]["cluster"];
     let server = cluster["server"]

@@ -352,6 +352,15 @@ pub fn kubectl(args: &[&str]) -> Result<String> {
     kubectl_tool().args(args).run()
 }
 
+/// `kubectl config view --minify --raw --output json`: the current context
+/// with its cluster's CA inline. It carries the context's credentials too:
+/// keep it in memory; a failure quotes kubectl's stderr only.
+pub fn raw_minified_config() -> Result<String> {
+    kubectl_tool()
+        .args(["config", "view", "--minify", "--raw", "--output", "json"])
+        .run()
+}
+
 /// Is the CRD installed? `kubectl get crd NAME` answers `Error from server
 /// (NotFound): customresourcedefinitions.apiextensions.k8s.io "NAME" not
 /// found` when it is not.

@@ -480,24 +480,12 @@ fn a_real_login_is_bound_to_esos_service_account_and_reads_only() {
     let mut data = HashMap::new();
     data.insert("value", "written-by-eso");
     let write = block_on(vaultrs::kv2::set(&eso, "secret", "redis-password", &data));
-    assert!(
-        matches!(
-            write,
-            Err(vaultrs::error::ClientError::APIError { code: 403, .. })
-        ),
-        "{write:?}"
-    );
+    assert_forbidden(&write, "a write of an existing key as ESO");
     let write = block_on(vaultrs::kv2::set(&eso, "secret", "brand-new", &data));
     assert!(write.is_err(), "{write:?}");
     let outside: Result<HashMap<String, String>, _> =
         block_on(vaultrs::kv2::read(&eso, "other", "elsewhere"));
-    assert!(
-        matches!(
-            outside,
-            Err(vaultrs::error::ClientError::APIError { code: 403, .. })
-        ),
-        "{outside:?}"
-    );
+    assert_forbidden(&outside, "a read outside the mount as ESO");
     let policies = block_on(vaultrs::sys::policy::list(&eso));
     assert!(policies.is_err(), "{policies:?}");
 
@@ -514,13 +502,7 @@ fn a_real_login_is_bound_to_esos_service_account_and_reads_only() {
             "external-secrets",
             &other,
         ));
-        assert!(
-            matches!(
-                login,
-                Err(vaultrs::error::ClientError::APIError { code: 403, .. })
-            ),
-            "{ns}/{name}: {login:?}"
-        );
+        assert_forbidden(&login, &format!("a login as {ns}/{name}"));
     }
     // A token the API server does not know (forged claims) is refused at review.
     let before = api.reviews().len();
@@ -535,13 +517,7 @@ fn a_real_login_is_bound_to_esos_service_account_and_reads_only() {
         "external-secrets",
         &forged,
     ));
-    assert!(
-        matches!(
-            login,
-            Err(vaultrs::error::ClientError::APIError { code: 403, .. })
-        ),
-        "{login:?}"
-    );
+    assert_forbidden(&login, "a login with a forged token");
     assert_eq!(
         api.reviews().len(),
         before + 1,
@@ -916,4 +892,18 @@ fn without_a_kubeconfig_the_seed_starts_no_kubectl() {
         run.stdout
     );
     assert!(kubectl_calls(&sb) > 0, "{:?}", sb.calls());
+}
+
+/// Vault answered 403: the call was refused by policy or by the role.
+fn assert_forbidden<T: std::fmt::Debug>(
+    result: &Result<T, vaultrs::error::ClientError>,
+    what: &str,
+) {
+    assert!(
+        matches!(
+            result,
+            Err(vaultrs::error::ClientError::APIError { code: 403, .. })
+        ),
+        "{what}: {result:?}"
+    );
 }
