@@ -447,6 +447,20 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_never_quotes_stdout() {
+        // Some children print what they read on stdout (kubectl config view
+        // --raw, az keyvault secret show): a failure must not repeat it.
+        let err = Tool::new("sh")
+            .args(["-c", "echo \"$V\"; exit 1"])
+            .env("V", "canary-on-stdout")
+            .run()
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("canary-on-stdout"), "{err}");
+        assert!(err.contains("exit 1"), "{err}");
+    }
+
+    #[test]
     fn stdin_reaches_the_child_and_not_its_argv() {
         let out = Tool::new("sh")
             .args(["-c", "cat"])
