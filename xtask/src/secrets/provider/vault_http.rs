@@ -185,7 +185,11 @@ impl VaultHttp {
             .build();
         let client = ureq::Agent::with_parts(
             config,
-            ureq::unversioned::transport::DefaultConnector::new(),
+            // No proxy, so no proxy connectors: our TCP, then TLS for https.
+            ureq::unversioned::transport::Connector::chain(
+                super::lean_tcp::LeanTcpConnector,
+                ureq::unversioned::transport::NativeTlsConnector::default(),
+            ),
             OnceResolver::default(),
         );
         Ok(VaultHttp {
