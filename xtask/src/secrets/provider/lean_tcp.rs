@@ -3,6 +3,10 @@
 //! head and body leave in one write, and a pooled connection's liveness is
 //! one non-blocking peek. The HTTP framing stays ureq's.
 //!
+//! A keep-alive connection the server closes as a request arrives (its
+//! idle timeout) fails that request with [`ClosedUnanswered`], so the
+//! caller can send it again at once on a new connection.
+//!
 //! ureq's own `TcpConnector` sets SO_SNDTIMEO and SO_RCVTIMEO to the call's
 //! remaining time before every write and read (it shrinks, so each is a
 //! syscall), sends the head and the body with a write each, and probes a
@@ -25,6 +29,32 @@ use ureq::unversioned::transport::{
 const SLACK: Duration = Duration::from_millis(50);
 /// Output held back for one write with what follows; more is sent at once.
 const MAX_PENDING: usize = 64 << 10;
+
+/// The server closed a connection that had answered before without a byte
+/// of answer to the request just sent, as a server does with a keep-alive
+/// connection it deems idle: sending the request again on a new connection
+/// is what a retry would do, without the wait.
+#[derive(Debug)]
+pub struct ClosedUnanswered;
+
+impl std::fmt::Display for ClosedUnanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the server closed a keep-alive connection without answering")
+    }
+}
+
+impl std::error::Error for ClosedUnanswered {}
+
+impl ClosedUnanswered {
+    /// Whether `e` is this.
+    pub fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|e| e.is::<ClosedUnanswered>())
+    }
+
+    fn error() -> ureq::Error {
+        io::Error::new(io::ErrorKind::ConnectionAborted, ClosedUnanswered).into()
+    }
+}
 
 /// Opens plain TCP connections (TLS wraps them after, in the chain).
 #[derive(Debug, Default)]
@@ -66,6 +96,8 @@ impl<In: Transport> Connector<In> for LeanTcpConnector {
                         pending: Vec::new(),
                         read_timeout: None,
                         write_timeout: None,
+                        answered: false,
+                        waiting: false,
                     })));
                 }
                 Err(e) if is_timeout(&e) => {
@@ -91,6 +123,10 @@ pub struct LeanTcp {
     /// The socket's SO_RCVTIMEO and SO_SNDTIMEO as last set.
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
+    /// An answer came on this connection before.
+    answered: bool,
+    /// A request went out and no byte of its answer came yet.
+    waiting: bool,
 }
 
 impl std::fmt::Debug for LeanTcp {
@@ -121,6 +157,16 @@ fn is_timeout(e: &io::Error) -> bool {
 
 /// `TcpStream::set_read_timeout` or `set_write_timeout`.
 type SetTimeout = fn(&TcpStream, Option<Duration>) -> io::Result<()>;
+
+/// The peer closed or reset the connection.
+fn is_closed(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
+}
 
 enum Dir {
     Read,
@@ -160,6 +206,7 @@ impl LeanTcp {
         let limit = timeout.not_zero().map(|t| *t);
         let started = Instant::now();
         let mut sent = 0;
+        self.waiting = true;
         let result = loop {
             if sent == self.pending.len() {
                 break Ok(());
@@ -176,6 +223,7 @@ impl LeanTcp {
                 // Woken before the deadline (the socket timeout may be
                 // shorter than the time left): go on with the time left.
                 Err(e) if is_timeout(&e) && limit.is_some() => {}
+                Err(e) if self.answered && is_closed(&e) => break Err(ClosedUnanswered::error()),
                 Err(e) => break Err(e.into()),
             }
         };
@@ -220,14 +268,21 @@ impl Transport for LeanTcp {
             }
             self.fit(Dir::Read, left)?;
             let mut stream = &*self.stream;
+            let stale = self.answered && self.waiting;
             match stream.read(self.buffers.input_append_buf()) {
+                Ok(0) if stale => return Err(ClosedUnanswered::error()),
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // Woken before the deadline: read on with the time left.
                 Err(e) if is_timeout(&e) && limit.is_some() => {}
+                Err(e) if stale && is_closed(&e) => return Err(ClosedUnanswered::error()),
                 Err(e) => return Err(e.into()),
             }
         };
+        if amount > 0 {
+            self.answered = true;
+            self.waiting = false;
+        }
         self.buffers.input_appended(amount);
         Ok(amount > 0)
     }

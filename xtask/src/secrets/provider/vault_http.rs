@@ -149,6 +149,9 @@ pub type Lifeline = std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Largest reply read: a page of the detailed listing is well under 1 MiB.
 const MAX_REPLY_BYTES: u64 = 64 << 20;
+/// How often a call is sent again at once after its keep-alive connection
+/// was closed under it, before that counts as a failed attempt.
+const MAX_RESENDS: u32 = 2;
 /// First backoff step; doubles each retry, with full jitter.
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 
@@ -281,6 +284,7 @@ impl VaultHttp {
     ) -> Result<Reply, VaultError> {
         let call = describe(method, path);
         let mut attempt = 0u32;
+        let mut resent = 0u32;
         loop {
             if self.stopped.load(Ordering::Relaxed) {
                 return Err(VaultError::Status {
@@ -346,10 +350,20 @@ impl VaultHttp {
                     },
                     None,
                 ),
-                Err(Transport::Failed(detail)) => match self.unreachable(detail) {
-                    (err, true) => return Err(self.stop(err)),
-                    (err, false) => (err, None),
-                },
+                // A keep-alive connection closed under the request: send it
+                // again at once on a new one, as a retry would, but without
+                // its wait (bounded: a server that keeps doing it gets the
+                // retries).
+                Err(Transport::ClosedUnanswered(_)) if resent < MAX_RESENDS => {
+                    resent += 1;
+                    continue;
+                }
+                Err(Transport::Failed(detail) | Transport::ClosedUnanswered(detail)) => {
+                    match self.unreachable(detail) {
+                        (err, true) => return Err(self.stop(err)),
+                        (err, false) => (err, None),
+                    }
+                }
             };
             if attempt >= self.retries {
                 return Err(if err.is_fatal() { self.stop(err) } else { err });
@@ -366,7 +380,9 @@ impl VaultHttp {
                 call: call.into(),
                 secs: self.timeout.as_secs_f64(),
             },
-            Transport::Failed(detail) => self.unreachable(detail).0,
+            Transport::Failed(detail) | Transport::ClosedUnanswered(detail) => {
+                self.unreachable(detail).0
+            }
         }
     }
 
@@ -605,6 +621,8 @@ impl ureq::unversioned::resolver::Resolver for OnceResolver {
 enum Transport {
     Timeout,
     Failed(String),
+    /// See [`super::lean_tcp::ClosedUnanswered`].
+    ClosedUnanswered(String),
 }
 
 impl From<ureq::Error> for Transport {
@@ -612,6 +630,9 @@ impl From<ureq::Error> for Transport {
         match e {
             ureq::Error::Timeout(_) => Transport::Timeout,
             ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => Transport::Timeout,
+            ureq::Error::Io(io) if super::lean_tcp::ClosedUnanswered::is(&io) => {
+                Transport::ClosedUnanswered(io.to_string())
+            }
             ureq::Error::Io(io) => Transport::Failed(io.to_string()),
             other if other.to_string().contains("certificate") => Transport::Failed(format!(
                 "{other}; for a Vault with its own CA, such as `bao server -dev-tls`, export VAULT_CACERT=<its CA file>"
