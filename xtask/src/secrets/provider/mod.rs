@@ -3,7 +3,6 @@
 
 pub mod azure;
 pub mod file;
-mod lean_tcp;
 pub mod vault;
 pub mod vault_http;
 mod vault_listing;

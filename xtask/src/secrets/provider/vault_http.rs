@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
+use vault_wire::{Verb, WireError};
 
 use crate::secrets::config::Secret;
 
@@ -127,7 +128,8 @@ pub enum Method {
 }
 
 pub struct VaultHttp {
-    client: ureq::Agent,
+    /// Shared with [`VaultHttp::with_token`]'s copies: one connection pool.
+    wire: std::sync::Arc<vault_wire::Wire>,
     addr: String,
     token: Secret,
     namespace: Option<String>,
@@ -147,8 +149,6 @@ pub type Lifeline = std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// Longest pause a `Retry-After` may ask for.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
-/// Largest reply read: a page of the detailed listing is well under 1 MiB.
-const MAX_REPLY_BYTES: u64 = 64 << 20;
 /// How often a call is sent again at once after its keep-alive connection
 /// was closed under it, before that counts as a failed attempt.
 const MAX_RESENDS: u32 = 2;
@@ -165,38 +165,16 @@ impl VaultHttp {
         pool: usize,
         ca_cert: Option<&std::path::Path>,
     ) -> anyhow::Result<VaultHttp> {
-        let roots = match ca_cert {
-            None => ureq::tls::RootCerts::PlatformVerifier,
-            Some(path) => ureq::tls::RootCerts::new_with_certs(&read_ca_certs(path)?),
-        };
-        // No proxy from the environment: Vault here is on loopback or a
-        // port-forward, and a corporate HTTP_PROXY must not see the token.
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .proxy(None)
-            .timeout_global(Some(timeout))
-            .timeout_connect(Some(timeout.min(Duration::from_secs(5))))
-            .max_idle_connections_per_host(pool.max(1))
-            .max_idle_connections(pool.max(1) * 2)
-            .no_delay(true)
-            .tls_config(
-                ureq::tls::TlsConfig::builder()
-                    .provider(ureq::tls::TlsProvider::NativeTls)
-                    .root_certs(roots)
-                    .build(),
+        let ca_pem = ca_cert.map(read_ca_pem).transpose()?;
+        let wire = vault_wire::Wire::new(timeout, pool, ca_pem.as_deref()).map_err(|_| {
+            let path = ca_cert.map(|p| p.display().to_string()).unwrap_or_default();
+            anyhow::anyhow!(
+                "{path} holds no PEM certificate; point VAULT_CACERT at the CA file your Vault prints (for `bao \
+                 server -dev-tls`, vault-ca.pem in its -dev-tls-cert-dir)"
             )
-            .build();
-        let client = ureq::Agent::with_parts(
-            config,
-            // No proxy, so no proxy connectors: our TCP, then TLS for https.
-            ureq::unversioned::transport::Connector::chain(
-                super::lean_tcp::LeanTcpConnector,
-                ureq::unversioned::transport::NativeTlsConnector::default(),
-            ),
-            OnceResolver::default(),
-        );
+        })?;
         Ok(VaultHttp {
-            client,
+            wire: std::sync::Arc::new(wire),
             addr: addr.trim_end_matches('/').to_string(),
             token,
             namespace,
@@ -241,7 +219,7 @@ impl VaultHttp {
     /// (reading as ESO's role would); its own counters.
     pub fn with_token(&self, token: Secret) -> VaultHttp {
         VaultHttp {
-            client: self.client.clone(),
+            wire: self.wire.clone(),
             addr: self.addr.clone(),
             token,
             namespace: self.namespace.clone(),
@@ -343,7 +321,7 @@ impl VaultHttp {
                     }
                     (err, retry_after)
                 }
-                Err(Transport::Timeout) => (
+                Err(WireError::Timeout) => (
                     VaultError::Timeout {
                         call: call.clone(),
                         secs: self.timeout.as_secs_f64(),
@@ -354,11 +332,11 @@ impl VaultHttp {
                 // again at once on a new one, as a retry would, but without
                 // its wait (bounded: a server that keeps doing it gets the
                 // retries).
-                Err(Transport::ClosedUnanswered(_)) if resent < MAX_RESENDS => {
+                Err(WireError::ClosedUnanswered(_)) if resent < MAX_RESENDS => {
                     resent += 1;
                     continue;
                 }
-                Err(Transport::Failed(detail) | Transport::ClosedUnanswered(detail)) => {
+                Err(WireError::Failed(detail) | WireError::ClosedUnanswered(detail)) => {
                     match self.unreachable(detail) {
                         (err, true) => return Err(self.stop(err)),
                         (err, false) => (err, None),
@@ -374,13 +352,13 @@ impl VaultHttp {
         }
     }
 
-    fn transport_error(&self, call: &str, e: Transport) -> VaultError {
+    fn transport_error(&self, call: &str, e: WireError) -> VaultError {
         match e {
-            Transport::Timeout => VaultError::Timeout {
+            WireError::Timeout => VaultError::Timeout {
                 call: call.into(),
                 secs: self.timeout.as_secs_f64(),
             },
-            Transport::Failed(detail) | Transport::ClosedUnanswered(detail) => {
+            WireError::Failed(detail) | WireError::ClosedUnanswered(detail) => {
                 self.unreachable(detail).0
             }
         }
@@ -396,69 +374,65 @@ impl VaultHttp {
         method: Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<(u16, Option<Duration>, Value), Transport> {
+    ) -> Result<(u16, Option<Duration>, Value), WireError> {
         let url = format!("{}/v1/{}", self.addr, path);
         let url = match method {
             Method::List if url.contains('?') => format!("{url}&list=true"),
             Method::List => format!("{url}?list=true"),
             _ => url,
         };
-        let token = self.token.expose();
-        let namespace = self.namespace.as_deref();
-        let content_type = if method == Method::Patch {
-            "application/merge-patch+json"
-        } else {
-            "application/json"
-        };
-        let sent = match method {
-            Method::Get | Method::List => {
-                let mut req = self
-                    .client
-                    .get(&url)
-                    .header("X-Vault-Token", token)
-                    .header("X-Vault-Request", "true");
-                if let Some(ns) = namespace {
-                    req = req.header("X-Vault-Namespace", ns);
-                }
-                req.call()
+        let token = ("X-Vault-Token", self.token.expose());
+        let vault_request = ("X-Vault-Request", "true");
+        let with_ns;
+        let headers: &[(&'static str, &str)] = match self.namespace.as_deref() {
+            Some(ns) => {
+                with_ns = [token, vault_request, ("X-Vault-Namespace", ns)];
+                &with_ns
             }
+            None => &[token, vault_request],
+        };
+        // `Display` and `FromStr` (below) run serde_json's own optimised
+        // code; `to_vec`/`from_slice` are generic, so they would be built in
+        // this unoptimised crate.
+        let text;
+        let (verb, body) = match method {
+            Method::Get | Method::List => (Verb::Get, None),
             Method::Post | Method::Patch => {
-                let mut req = if method == Method::Post {
-                    self.client.post(&url)
+                text = body.map_or_else(|| "{}".to_string(), Value::to_string);
+                let content_type = if method == Method::Patch {
+                    "application/merge-patch+json"
                 } else {
-                    self.client.patch(&url)
-                }
-                .header("X-Vault-Token", token)
-                .header("X-Vault-Request", "true")
-                .header("Content-Type", content_type);
-                if let Some(ns) = namespace {
-                    req = req.header("X-Vault-Namespace", ns);
-                }
-                let bytes = body.map(|b| serde_json::to_vec(b).expect("JSON values serialise"));
-                req.send(bytes.as_deref().unwrap_or(b"{}"))
+                    "application/json"
+                };
+                let verb = if method == Method::Post {
+                    Verb::Post
+                } else {
+                    Verb::Patch
+                };
+                (verb, Some((content_type, text.as_bytes())))
             }
         };
-        let mut resp = sent.map_err(Transport::from)?;
-        let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
+        let answer = self
+            .wire
+            .exchange(&vault_wire::Request {
+                verb,
+                url: &url,
+                headers,
+                body,
+            })
+            .map_err(transport)?;
+        let retry_after = answer
+            .retry_after
+            .as_deref()
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(|s| Duration::from_secs_f64(s).min(MAX_RETRY_AFTER));
-        let bytes = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_REPLY_BYTES)
-            .read_to_vec()
-            .map_err(Transport::from)?;
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-        };
-        Ok((status, retry_after, body))
+        let body = std::str::from_utf8(&answer.body)
+            .ok()
+            .filter(|text| !text.is_empty())
+            .and_then(|text| text.parse::<Value>().ok())
+            .unwrap_or(Value::Null);
+        Ok((answer.status, retry_after, body))
     }
 
     /// `GET sys/seal-status` without retries or token: `Some(sealed)`, or the error.
@@ -533,112 +507,24 @@ fn describe(method: Method, path: &str) -> String {
     format!("{verb} {}", path.split('?').next().unwrap_or(path))
 }
 
-/// The certificates of a PEM file (VAULT_CACERT), or an error naming it.
-fn read_ca_certs(path: &std::path::Path) -> anyhow::Result<Vec<ureq::tls::Certificate<'static>>> {
-    let pem = std::fs::read(path).map_err(|e| {
+/// The PEM text of VAULT_CACERT, or an error naming the file.
+fn read_ca_pem(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
         anyhow::anyhow!(
             "reading the Vault CA certificate {} (VAULT_CACERT or vault.ca_cert): {e}",
             path.display()
         )
-    })?;
-    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-        .filter_map(|item| match item {
-            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-            _ => None,
-        })
-        .collect();
-    if certs.is_empty() {
-        anyhow::bail!(
-            "{} holds no PEM certificate; point VAULT_CACERT at the CA file your Vault prints (for `bao server \
-             -dev-tls`, vault-ca.pem in its -dev-tls-cert-dir)",
-            path.display()
-        );
-    }
-    Ok(certs)
+    })
 }
 
-/// How long a resolved address is reused before it is looked up again.
-const RESOLVE_TTL: Duration = Duration::from_secs(60);
-
-/// Looks each host up once and reuses the answer for [`RESOLVE_TTL`].
-///
-/// ureq resolves the host before every request, pooled connection or not,
-/// and with a timeout set (ours always is) its default resolver does each
-/// lookup on a new thread: a thread per request, 2,000 `clone3` calls for a
-/// 1,000-secret seed. Here only the first request of a host (per TTL) pays
-/// for that thread. The URI keeps its host name, so TLS still verifies it
-/// and sends it as SNI.
-#[derive(Debug, Default)]
-struct OnceResolver {
-    inner: ureq::unversioned::resolver::DefaultResolver,
-    cache: std::sync::Mutex<Vec<ResolvedHost>>,
-}
-
-#[derive(Debug)]
-struct ResolvedHost {
-    key: String,
-    at: std::time::Instant,
-    addrs: ureq::unversioned::resolver::ResolvedSocketAddrs,
-}
-
-impl ureq::unversioned::resolver::Resolver for OnceResolver {
-    fn resolve(
-        &self,
-        uri: &ureq::http::Uri,
-        config: &ureq::config::Config,
-        timeout: ureq::unversioned::transport::NextTimeout,
-    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
-        let key = format!(
-            "{}://{}",
-            uri.scheme_str().unwrap_or(""),
-            uri.authority().map(|a| a.as_str()).unwrap_or("")
-        );
-        {
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(hit) = cache
-                .iter()
-                .find(|h| h.key == key && h.at.elapsed() < RESOLVE_TTL)
-            {
-                return Ok(hit.addrs.clone());
-            }
-        }
-        // Concurrent first requests may each look up: harmless, and bounded
-        // by the pool size.
-        let addrs = self.inner.resolve(uri, config, timeout)?;
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.retain(|h| h.key != key);
-        cache.push(ResolvedHost {
-            key,
-            at: std::time::Instant::now(),
-            addrs: addrs.clone(),
-        });
-        Ok(addrs)
-    }
-}
-
-/// A request that got no HTTP answer.
-#[derive(Debug)]
-enum Transport {
-    Timeout,
-    Failed(String),
-    /// See [`super::lean_tcp::ClosedUnanswered`].
-    ClosedUnanswered(String),
-}
-
-impl From<ureq::Error> for Transport {
-    fn from(e: ureq::Error) -> Transport {
-        match e {
-            ureq::Error::Timeout(_) => Transport::Timeout,
-            ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => Transport::Timeout,
-            ureq::Error::Io(io) if super::lean_tcp::ClosedUnanswered::is(&io) => {
-                Transport::ClosedUnanswered(io.to_string())
-            }
-            ureq::Error::Io(io) => Transport::Failed(io.to_string()),
-            other if other.to_string().contains("certificate") => Transport::Failed(format!(
-                "{other}; for a Vault with its own CA, such as `bao server -dev-tls`, export VAULT_CACERT=<its CA file>"
-            )),
-            other => Transport::Failed(other.to_string()),
-        }
+/// A request that got no HTTP answer: the wire's error, with the fix for
+/// an untrusted certificate.
+fn transport(e: WireError) -> WireError {
+    match e {
+        WireError::Failed(detail) if detail.contains("certificate") => WireError::Failed(format!(
+            "{detail}; for a Vault with its own CA, such as `bao server -dev-tls`, export VAULT_CACERT=<its CA file>"
+        )),
+        other => other,
     }
 }
 

@@ -15,6 +15,7 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,7 +59,10 @@ impl ClosedUnanswered {
 
 /// Opens plain TCP connections (TLS wraps them after, in the chain).
 #[derive(Debug, Default)]
-pub struct LeanTcpConnector;
+pub struct LeanTcpConnector {
+    /// Writes made by all its connections (see [`crate::Wire::tcp_writes`]).
+    pub writes: Arc<AtomicU64>,
+}
 
 impl<In: Transport> Connector<In> for LeanTcpConnector {
     type Out = Either<In, LeanTcp>;
@@ -98,6 +102,7 @@ impl<In: Transport> Connector<In> for LeanTcpConnector {
                         write_timeout: None,
                         answered: false,
                         waiting: false,
+                        writes: self.writes.clone(),
                     })));
                 }
                 Err(e) if is_timeout(&e) => {
@@ -127,6 +132,7 @@ pub struct LeanTcp {
     answered: bool,
     /// A request went out and no byte of its answer came yet.
     waiting: bool,
+    writes: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for LeanTcp {
@@ -218,7 +224,10 @@ impl LeanTcp {
             self.fit(Dir::Write, left)?;
             match (&*self.stream).write(&self.pending[sent..]) {
                 Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero).into()),
-                Ok(n) => sent += n,
+                Ok(n) => {
+                    sent += n;
+                    self.writes.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // Woken before the deadline (the socket timeout may be
                 // shorter than the time left): go on with the time left.
