@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::vault_http::{Method, SealStatus, VaultError, VaultHttp};
+use super::vault_http::{json_string, Method, SealStatus, VaultError, VaultHttp};
 use super::vault_listing::detailed_listing;
 use super::vault_record::{
     read_record, stamp, update_record, write_stamp, Change, MountRecord, Phase, Record, RECORD_NAME,
@@ -549,14 +549,19 @@ impl VaultProvider {
             })
             .collect();
         bounded(jobs, self.concurrency, |job| {
-            let data = job.value.as_ref().map(|value| match (kv, job.cas) {
-                (KvVersion::V2, Some(cas)) => {
-                    json!({"options": {"cas": cas}, "data": {"value": value}})
+            // JSON text, not a `Value`: this runs per secret, and our crate
+            // is built unoptimised (see `json_string`).
+            let data = job.value.as_deref().map(|value| {
+                let value = json_string(value);
+                match (kv, job.cas) {
+                    (KvVersion::V2, Some(cas)) => {
+                        format!(r#"{{"options":{{"cas":{cas}}},"data":{{"value":{value}}}}}"#)
+                    }
+                    (KvVersion::V2, None) => format!(r#"{{"data":{{"value":{value}}}}}"#),
+                    (KvVersion::V1, _) => format!(r#"{{"value":{value}}}"#),
                 }
-                (KvVersion::V2, None) => json!({"data": {"value": value}}),
-                (KvVersion::V1, _) => json!({"value": value}),
             });
-            let outcome = write_one(http, mount, kv, &job, data.as_ref());
+            let outcome = write_one(http, mount, kv, &job, data.as_deref());
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
             if show && (n.is_multiple_of(100) || n == total) {
                 eprint!("\r  writing {n}/{total}");
@@ -584,13 +589,13 @@ fn write_one(
     mount: &str,
     kv: KvVersion,
     job: &Job,
-    data: Option<&Value>,
+    data: Option<&str>,
 ) -> Outcome {
     let (name, path, sha256) = (&job.name, &job.path, &job.sha256);
     // The version the record will name: for a value-only restamp, the one read.
     let mut version = job.cas;
     if let Some(data) = data {
-        match http.call(Method::Post, path, Some(data)) {
+        match http.call_text(Method::Post, path, data) {
             Ok(r) if (200..300).contains(&r.status) => version = r.body["data"]["version"].as_u64(),
             Ok(r) if r.status == 400 && r.errors().contains("check-and-set") => {
                 // After a failover a retried write can lose to itself: the old
@@ -646,6 +651,7 @@ fn write_one(
 mod tests {
     use super::*;
     use crate::secrets::provider::MANAGED_BY;
+    use serde_json::json;
 
     #[test]
     fn reads_v2_entries_with_metadata() {

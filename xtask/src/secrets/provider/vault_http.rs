@@ -238,7 +238,8 @@ impl VaultHttp {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Reply, VaultError> {
-        self.call_with(method, path, body, true)
+        let text = body.map(Value::to_string);
+        self.call_with(method, path, text.as_deref(), true)
     }
 
     /// Like [`VaultHttp::call`], but 401/403 is an answer, not the end of the
@@ -250,23 +251,41 @@ impl VaultHttp {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Reply, VaultError> {
-        self.call_with(method, path, body, false)
+        let text = body.map(Value::to_string);
+        self.call_with(method, path, text.as_deref(), false)
+    }
+
+    /// [`VaultHttp::call`] with a body that is JSON text already: the seed's
+    /// per-secret writes, built without a `Value` (see [`json_string`]).
+    pub fn call_text(&self, method: Method, path: &str, json: &str) -> Result<Reply, VaultError> {
+        self.call_with(method, path, Some(json), true)
+    }
+
+    /// [`VaultHttp::try_call`] with a body that is JSON text already.
+    pub fn try_call_text(
+        &self,
+        method: Method,
+        path: &str,
+        json: &str,
+    ) -> Result<Reply, VaultError> {
+        self.call_with(method, path, Some(json), false)
     }
 
     fn call_with(
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&str>,
         forbidden_stops: bool,
     ) -> Result<Reply, VaultError> {
-        let call = describe(method, path);
+        // Named only on failure: this runs for every request.
+        let call = || describe(method, path);
         let mut attempt = 0u32;
         let mut resent = 0u32;
         loop {
             if self.stopped.load(Ordering::Relaxed) {
                 return Err(VaultError::Status {
-                    call,
+                    call: call(),
                     code: 0,
                     errors: "not attempted: the run stopped".into(),
                 });
@@ -283,7 +302,7 @@ impl VaultHttp {
                 {
                     (
                         VaultError::Status {
-                            call: call.clone(),
+                            call: call(),
                             code: 400,
                             errors: errors_of(&body),
                         },
@@ -305,13 +324,13 @@ impl VaultHttp {
                 }
                 Ok((status, _, body)) if status == 401 || status == 403 => {
                     return Err(self.stop(VaultError::Forbidden {
-                        call,
+                        call: call(),
                         errors: errors_of(&body),
                     }));
                 }
                 Ok((status, retry_after, body)) => {
                     let err = VaultError::Status {
-                        call: call.clone(),
+                        call: call(),
                         code: status,
                         errors: errors_of(&body),
                     };
@@ -323,7 +342,7 @@ impl VaultHttp {
                 }
                 Err(WireError::Timeout) => (
                     VaultError::Timeout {
-                        call: call.clone(),
+                        call: call(),
                         secs: self.timeout.as_secs_f64(),
                     },
                     None,
@@ -373,7 +392,7 @@ impl VaultHttp {
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&str>,
     ) -> Result<(u16, Option<Duration>, Value), WireError> {
         let url = format!("{}/v1/{}", self.addr, path);
         let url = match method {
@@ -391,14 +410,10 @@ impl VaultHttp {
             }
             None => &[token, vault_request],
         };
-        // `Display` and `FromStr` (below) run serde_json's own optimised
-        // code; `to_vec`/`from_slice` are generic, so they would be built in
-        // this unoptimised crate.
-        let text;
         let (verb, body) = match method {
             Method::Get | Method::List => (Verb::Get, None),
             Method::Post | Method::Patch => {
-                text = body.map_or_else(|| "{}".to_string(), Value::to_string);
+                let text = body.unwrap_or("{}");
                 let content_type = if method == Method::Patch {
                     "application/merge-patch+json"
                 } else {
@@ -427,6 +442,9 @@ impl VaultHttp {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(|s| Duration::from_secs_f64(s).min(MAX_RETRY_AFTER));
+        // `FromStr` (and `Display`, in `call`) run serde_json's own
+        // optimised code; `from_slice`/`to_vec` are generic, so they would
+        // be built in this unoptimised crate.
         let body = std::str::from_utf8(&answer.body)
             .ok()
             .filter(|text| !text.is_empty())
@@ -491,6 +509,12 @@ pub struct Health {
     pub version: Option<String>,
     #[serde(default)]
     pub cluster_name: Option<String>,
+}
+
+/// `s` as a JSON string, quotes and escapes included, by serde_json's own
+/// (optimised) code: for bodies built as text.
+pub fn json_string(s: &str) -> String {
+    Value::String(s.to_string()).to_string()
 }
 
 fn is_sealed(body: &Value) -> bool {

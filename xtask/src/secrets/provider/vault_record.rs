@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::vault_http::{backoff, Method, Reply, VaultError, VaultHttp};
+use super::vault_http::{backoff, json_string, Method, Reply, VaultError, VaultHttp};
 use super::MANAGED_BY;
 use crate::fsutil::{sha256_hex, Lock};
 
@@ -44,13 +44,18 @@ impl Record {
     }
 }
 
-/// The metadata write that records `sha256` at `version`.
-pub(super) fn stamp(sha256: &str, version: Option<u64>) -> Value {
-    let mut custom = json!({"managed-by": MANAGED_BY, "fixture-sha256": sha256});
-    if let Some(v) = version {
-        custom["fixture-version"] = v.to_string().into();
+/// The metadata write (JSON text) that records `sha256` at `version`.
+pub(super) fn stamp(sha256: &str, version: Option<u64>) -> String {
+    let sha256 = json_string(sha256);
+    let managed_by = json_string(MANAGED_BY);
+    match version {
+        Some(v) => format!(
+            r#"{{"custom_metadata":{{"managed-by":{managed_by},"fixture-sha256":{sha256},"fixture-version":"{v}"}}}}"#
+        ),
+        None => format!(
+            r#"{{"custom_metadata":{{"managed-by":{managed_by},"fixture-sha256":{sha256}}}}}"#
+        ),
     }
-    json!({ "custom_metadata": custom })
 }
 
 /// Writes a stamp, merged into the entry's `custom_metadata` so keys a
@@ -62,14 +67,14 @@ pub(super) fn stamp(sha256: &str, version: Option<u64>) -> Value {
 pub(super) fn write_stamp(
     http: &VaultHttp,
     meta_path: &str,
-    stamp: &Value,
+    stamp: &str,
 ) -> (&'static str, Result<Reply, VaultError>) {
-    match http.try_call(Method::Patch, meta_path, Some(stamp)) {
+    match http.try_call_text(Method::Patch, meta_path, stamp) {
         Ok(r) if matches!(r.status, 401 | 403 | 404) => {
-            ("POST", http.call(Method::Post, meta_path, Some(stamp)))
+            ("POST", http.call_text(Method::Post, meta_path, stamp))
         }
         Err(VaultError::Status { code: 405, .. }) => {
-            ("POST", http.call(Method::Post, meta_path, Some(stamp)))
+            ("POST", http.call_text(Method::Post, meta_path, stamp))
         }
         other => ("PATCH", other),
     }
@@ -488,11 +493,15 @@ mod tests {
 
     #[test]
     fn records_name_the_version_when_known() {
-        let s = stamp("abc", Some(7));
+        let s: Value = stamp("abc", Some(7)).parse().unwrap();
         assert_eq!(s["custom_metadata"]["fixture-version"], "7");
         assert_eq!(s["custom_metadata"]["managed-by"], MANAGED_BY);
-        assert!(stamp("abc", None)["custom_metadata"]
-            .get("fixture-version")
-            .is_none());
+        assert_eq!(s["custom_metadata"]["fixture-sha256"], "abc");
+        let s: Value = stamp("a\"b", None).parse().unwrap();
+        assert!(s["custom_metadata"].get("fixture-version").is_none());
+        assert_eq!(s["custom_metadata"]["fixture-sha256"], "a\"b", "escaped");
+        // What the seed writes reads back as its record.
+        let record = Record::read(&s["custom_metadata"]).unwrap();
+        assert_eq!((record.sha256.as_str(), record.version), ("a\"b", None));
     }
 }
