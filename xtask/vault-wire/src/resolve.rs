@@ -17,7 +17,9 @@ const RESOLVE_TTL: Duration = Duration::from_secs(60);
 #[derive(Debug, Default)]
 pub struct OnceResolver {
     inner: ureq::unversioned::resolver::DefaultResolver,
-    cache: std::sync::Mutex<Vec<ResolvedHost>>,
+    /// Read by every request of every thread: a read lock never waits
+    /// unless a lookup is being stored.
+    cache: std::sync::RwLock<Vec<ResolvedHost>>,
 }
 
 #[derive(Debug)]
@@ -40,7 +42,7 @@ impl ureq::unversioned::resolver::Resolver for OnceResolver {
             uri.authority().map(|a| a.as_str()).unwrap_or("")
         );
         {
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
             if let Some(hit) = cache
                 .iter()
                 .find(|h| h.key == key && h.at.elapsed() < RESOLVE_TTL)
@@ -51,7 +53,7 @@ impl ureq::unversioned::resolver::Resolver for OnceResolver {
         // Concurrent first requests may each look up: harmless, and bounded
         // by the pool size.
         let addrs = self.inner.resolve(uri, config, timeout)?;
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         cache.retain(|h| h.key != key);
         cache.push(ResolvedHost {
             key,
