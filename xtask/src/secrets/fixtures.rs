@@ -298,17 +298,18 @@ impl<'de> Visitor<'de> for FixtureVisitor {
         self,
         mut map: A,
     ) -> std::result::Result<Self::Value, A::Error> {
-        let mut seen = std::collections::HashSet::new();
-        // Lower-cased name to the name as written: Azure Key Vault ignores case.
+        // Lower-cased name to the name as written: Azure Key Vault ignores
+        // case. The same name twice is a duplicate; two spellings of one
+        // name differ only in case.
         let mut folded: std::collections::HashMap<String, String> = Default::default();
         let mut out = Vec::new();
         while let Some(name) = map.next_key::<String>()? {
-            if !seen.insert(name.clone()) {
-                return Err(de::Error::custom(format_args!(
-                    "duplicate secret name {name:?}; each name may appear once"
-                )));
-            }
             if let Some(first) = folded.insert(name.to_ascii_lowercase(), name.clone()) {
+                if first == name {
+                    return Err(de::Error::custom(format_args!(
+                        "duplicate secret name {name:?}; each name may appear once"
+                    )));
+                }
                 return Err(de::Error::custom(format_args!(
                     "secret names {first:?} and {name:?} differ only in letter case; Azure Key Vault ignores \
                      case, so they are one secret: keep one"
