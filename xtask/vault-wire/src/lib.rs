@@ -24,8 +24,8 @@ pub enum Verb {
     Patch,
 }
 
-/// One request.
-#[derive(Debug)]
+/// One request. Its `Debug` shows no header value and no body: the token
+/// and secret values travel here.
 pub struct Request<'a> {
     pub verb: Verb,
     pub url: &'a str,
@@ -36,13 +36,41 @@ pub struct Request<'a> {
     pub body: Option<(&'static str, &'a [u8])>,
 }
 
-/// An answer, whatever its status.
-#[derive(Debug)]
+/// An answer, whatever its status. Its `Debug` shows the body's length
+/// only: a read's answer holds a secret value.
 pub struct Answer {
     pub status: u16,
     /// The `Retry-After` header, as sent.
     pub retry_after: Option<String>,
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("verb", &self.verb)
+            .field("url", &self.url)
+            .field(
+                "headers",
+                &self
+                    .headers
+                    .iter()
+                    .map(|(name, _)| *name)
+                    .collect::<Vec<_>>(),
+            )
+            .field("body_bytes", &self.body.map(|(_, b)| b.len()))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer")
+            .field("status", &self.status)
+            .field("retry_after", &self.retry_after)
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
 }
 
 /// A request that got no answer.
@@ -361,6 +389,30 @@ mod tests {
         assert!(
             took >= timeout && took < timeout + Duration::from_millis(300),
             "took {took:?}"
+        );
+    }
+
+    #[test]
+    fn debug_shows_neither_the_token_nor_a_value() {
+        let req = Request {
+            verb: Verb::Post,
+            url: "http://127.0.0.1:8200/v1/secret/data/db-password",
+            headers: &[("X-Vault-Token", "s.the-token")],
+            body: Some(("application/json", b"{\"data\":{\"value\":\"hunter2\"}}")),
+        };
+        let answer = Answer {
+            status: 200,
+            retry_after: None,
+            body: b"{\"data\":{\"data\":{\"value\":\"hunter2\"}}}".to_vec(),
+        };
+        let shown = format!("{req:?} {answer:?}");
+        assert!(
+            !shown.contains("the-token") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("X-Vault-Token") && shown.contains("db-password"),
+            "{shown}"
         );
     }
 

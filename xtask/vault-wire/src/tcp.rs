@@ -1,11 +1,15 @@
 //! ureq's TCP transport, leaner per request: the socket timeouts are set at
-//! connect and only changed when a call's deadline needs it, a request's
+//! the first read or write and only changed when a call's deadline needs
+//! it, a request's
 //! head and body leave in one write, and a pooled connection's liveness is
 //! one non-blocking peek. The HTTP framing stays ureq's.
 //!
 //! A keep-alive connection the server closes as a request arrives (its
 //! idle timeout) fails that request with [`ClosedUnanswered`], so the
-//! caller can send it again at once on a new connection.
+//! caller can send it again at once on a new connection. Over https this
+//! rarely applies: a server sends TLS's close_notify as it closes, which is
+//! an answer of sorts, and the call fails as ureq reports it (the caller's
+//! retry with backoff covers it).
 //!
 //! ureq's own `TcpConnector` sets SO_SNDTIMEO and SO_RCVTIMEO to the call's
 //! remaining time before every write and read (it shrinks, so each is a
@@ -100,7 +104,7 @@ impl<In: Transport> Connector<In> for LeanTcpConnector {
                         pending: Vec::new(),
                         read_timeout: None,
                         write_timeout: None,
-                        answered: false,
+                        reused: false,
                         waiting: false,
                         writes: self.writes.clone(),
                     })));
@@ -128,8 +132,11 @@ pub struct LeanTcp {
     /// The socket's SO_RCVTIMEO and SO_SNDTIMEO as last set.
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
-    /// An answer came on this connection before.
-    answered: bool,
+    /// ureq found it open after an exchange (it asks only then, as the
+    /// connection goes back to its pool and as it comes out): it was kept
+    /// alive. A fresh connection closed under its first request, perhaps
+    /// in the TLS handshake, is a plain failure.
+    reused: bool,
     /// A request went out and no byte of its answer came yet.
     waiting: bool,
     writes: Arc<AtomicU64>,
@@ -209,6 +216,10 @@ impl LeanTcp {
     /// Sends the pending output within `timeout`.
     fn flush_pending(&mut self, timeout: NextTimeout) -> Result<(), ureq::Error> {
         let timeout = timeout.for_write();
+        if timeout.after.is_zero() {
+            self.pending.clear();
+            return Err(ureq::Error::Timeout(timeout.reason));
+        }
         let limit = timeout.not_zero().map(|t| *t);
         let started = Instant::now();
         let mut sent = 0;
@@ -232,7 +243,7 @@ impl LeanTcp {
                 // Woken before the deadline (the socket timeout may be
                 // shorter than the time left): go on with the time left.
                 Err(e) if is_timeout(&e) && limit.is_some() => {}
-                Err(e) if self.answered && is_closed(&e) => break Err(ClosedUnanswered::error()),
+                Err(e) if self.reused && is_closed(&e) => break Err(ClosedUnanswered::error()),
                 Err(e) => break Err(e.into()),
             }
         };
@@ -261,15 +272,18 @@ impl Transport for LeanTcp {
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        let read = timeout.for_read();
+        if read.after.is_zero() {
+            return Err(ureq::Error::Timeout(read.reason));
+        }
+        // The held output goes first, within the same budget: the read gets
+        // what the write leaves of it.
+        let started = Instant::now();
         if !self.pending.is_empty() {
             self.flush_pending(timeout)?;
         }
-        let timeout = timeout.for_read();
-        if timeout.after.is_zero() {
-            return Err(ureq::Error::Timeout(timeout.reason));
-        }
+        let timeout = read;
         let limit = timeout.not_zero().map(|t| *t);
-        let started = Instant::now();
         let amount = loop {
             let left = limit.map(|l| l.saturating_sub(started.elapsed()));
             if left.is_some_and(|l| l.is_zero()) {
@@ -277,7 +291,7 @@ impl Transport for LeanTcp {
             }
             self.fit(Dir::Read, left)?;
             let mut stream = &*self.stream;
-            let stale = self.answered && self.waiting;
+            let stale = self.reused && self.waiting;
             match stream.read(self.buffers.input_append_buf()) {
                 Ok(0) if stale => return Err(ClosedUnanswered::error()),
                 Ok(n) => break n,
@@ -289,7 +303,6 @@ impl Transport for LeanTcp {
             }
         };
         if amount > 0 {
-            self.answered = true;
             self.waiting = false;
         }
         self.buffers.input_appended(amount);
@@ -302,6 +315,15 @@ impl Transport for LeanTcp {
         if !self.pending.is_empty() {
             return false;
         }
+        let open = self.peek_finds_nothing();
+        self.reused |= open;
+        open
+    }
+}
+
+impl LeanTcp {
+    /// A non-blocking one-byte peek would block: nothing to read, no EOF.
+    fn peek_finds_nothing(&self) -> bool {
         let mut byte = 0u8;
         // SAFETY: a one-byte buffer we own, on a socket we own.
         let got = unsafe {

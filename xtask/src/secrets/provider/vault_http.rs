@@ -351,8 +351,15 @@ impl VaultHttp {
                 // again at once on a new one, as a retry would, but without
                 // its wait (bounded: a server that keeps doing it gets the
                 // retries).
+                //
+                // Like a retry, it may send a POST the server acted on before
+                // it died: the seed's writes are safe to repeat (check-and-set
+                // writes, whose 400 write_one reads back; metadata and record
+                // merges of the same content); a repeated token create for
+                // `check --as-eso` leaves a token that lapses in two minutes.
                 Err(WireError::ClosedUnanswered(_)) if resent < MAX_RESENDS => {
                     resent += 1;
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 Err(WireError::Failed(detail) | WireError::ClosedUnanswered(detail)) => {
