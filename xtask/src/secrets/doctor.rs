@@ -269,7 +269,7 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
 /// what the seed writes, ESO's access, and reading as ESO.
 fn vault_findings(out: &mut Vec<Finding>, p: &mut vault::VaultProvider, cfg: &Config, env: &str) {
     let mount = cfg.vault_mount.value.clone();
-    let kv_v2 = p.records_checksums();
+    let kv_v2 = p.kv_version() == vault::KvVersion::V2;
     let fixtures = fixtures::load_configured(cfg).map(|(_, set)| set.names());
     let names = EsoNames::load(&cfg.root, env);
     if let Ok(fixture_names) = &fixtures {

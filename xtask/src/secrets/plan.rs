@@ -78,7 +78,6 @@ impl Item {
 pub fn plan(
     desired: &SecretSet,
     current: &BTreeMap<String, Option<Current>>,
-    records_checksums: bool,
     force: bool,
 ) -> Vec<Item> {
     desired
@@ -104,9 +103,8 @@ pub fn plan(
                     (Action::Create, Some(c.version.unwrap_or(0)))
                 }
                 Some(c) if c.sha256.as_deref() == Some(entry.sha256.as_str()) => {
-                    let stamped = !records_checksums
-                        || (c.seeded_sha256.as_deref() == Some(entry.sha256.as_str())
-                            && !c.stamp_stale);
+                    let stamped =
+                        c.seeded_sha256.as_deref() == Some(entry.sha256.as_str()) && !c.stamp_stale;
                     (
                         if stamped {
                             Action::Unchanged
@@ -118,8 +116,7 @@ pub fn plan(
                 }
                 Some(c) => {
                     // The seed may replace only what it wrote itself and nobody touched since.
-                    let ours =
-                        !records_checksums || (c.sha256.is_some() && c.seeded_sha256 == c.sha256);
+                    let ours = c.sha256.is_some() && c.seeded_sha256 == c.sha256;
                     if ours || force {
                         (Action::Update, c.version)
                     } else {
@@ -245,7 +242,7 @@ mod tests {
         current.insert("stale".to_string(), cur("c1", Some("c1"), 2));
         current.insert("edited".to_string(), cur("d-by-hand", Some("d-old"), 5));
         current.insert("unstamped".to_string(), cur("e", None, 1));
-        let items = plan(&desired, &current, true, false);
+        let items = plan(&desired, &current, false);
         let got: Vec<(&str, &str, Option<u64>)> = items
             .iter()
             .map(|i| (i.name.as_str(), i.action.label(), i.cas))
@@ -260,7 +257,7 @@ mod tests {
                 ("unstamped", "restamp", Some(1)),
             ]
         );
-        let forced = plan(&desired, &current, true, true);
+        let forced = plan(&desired, &current, true);
         assert_eq!(forced[0].action, Action::Update);
         let c = counts(&items);
         assert_eq!(
@@ -290,7 +287,7 @@ mod tests {
         current.insert("foreign".to_string(), raw("by-hand", None));
         current.insert("stale-stamp".to_string(), raw("by-hand", Some("t-old")));
         let labels = |force| {
-            plan(&desired, &current, true, force)
+            plan(&desired, &current, force)
                 .into_iter()
                 .map(|i| (i.name, i.action.label()))
                 .collect::<Vec<_>>()
@@ -305,29 +302,13 @@ mod tests {
             ]
         );
         assert!(labels(true).iter().all(|(_, l)| *l == "update"));
-        let reason = match &plan(&desired, &current, true, false)[1].action {
+        let reason = match &plan(&desired, &current, false)[1].action {
             Action::Conflict(r) => r.clone(),
             other => panic!("{other:?}"),
         };
         assert!(
             reason.contains("bare value") && !reason.contains("by-hand"),
             "{reason}"
-        );
-    }
-
-    #[test]
-    fn stores_without_checksums_update_freely() {
-        let desired = set(&[("k", "new")]);
-        let mut current = BTreeMap::new();
-        current.insert("k".to_string(), cur("old", None, 1));
-        assert_eq!(
-            plan(&desired, &current, false, false)[0].action,
-            Action::Update
-        );
-        current.insert("k".to_string(), cur("new", None, 1));
-        assert_eq!(
-            plan(&desired, &current, false, false)[0].action,
-            Action::Unchanged
         );
     }
 
@@ -339,7 +320,7 @@ mod tests {
             "k".to_string(),
             cur("hand-edited-value", Some("older-value"), 4),
         );
-        let items = plan(&desired, &current, true, false);
+        let items = plan(&desired, &current, false);
         let Action::Conflict(reason) = &items[0].action else {
             panic!("expected a conflict")
         };
@@ -409,7 +390,7 @@ mod tests {
         );
         let mut outputs = Vec::new();
         for force in [false, true] {
-            let items = plan(&desired, &current, true, force);
+            let items = plan(&desired, &current, force);
             assert!(
                 items
                     .iter()

@@ -449,12 +449,7 @@ pub fn plan_for(
     force: bool,
 ) -> Result<Vec<Item>> {
     let current = store.read(&desired.names())?;
-    Ok(plan::plan(
-        desired,
-        &current,
-        store.records_checksums(),
-        force,
-    ))
+    Ok(plan::plan(desired, &current, force))
 }
 
 /// ESO's access to a Vault store, planned and applied in one go (for

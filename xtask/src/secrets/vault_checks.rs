@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::secrets::eso_access::EsoNames;
 use crate::secrets::provider::vault_http::{Method, VaultHttp};
+use crate::secrets::provider::RECORD_NAME;
 
 /// The one command that puts back what a restarted dev-mode Vault forgot:
 /// the fixtures and ESO's access.
@@ -119,6 +120,12 @@ pub fn seed_paths(
                 format!("{mount}/{sample}"),
                 vec!["create", "update", "read"],
                 "write each secret",
+                true,
+            ),
+            (
+                format!("{mount}/{RECORD_NAME}"),
+                vec!["create", "update", "read"],
+                "record what the seed wrote (KV v1 has no metadata)",
                 true,
             ),
             (
@@ -246,5 +253,20 @@ mod tests {
         let p = seed_paths("kv", false, "x", Some(&eso));
         assert!(p.iter().any(|p| p.0 == "sys/auth/kubernetes" && !p.3));
         assert_eq!(p[0].0, "kv/x");
+    }
+
+    #[test]
+    fn kv1_seed_paths_include_the_record_entry() {
+        let p = seed_paths("kv", false, "x", None);
+        let got: Vec<(&str, &[&str])> = p.iter().map(|p| (p.0.as_str(), &p.1[..])).collect();
+        assert_eq!(
+            got,
+            [
+                ("kv/x", &["create", "update", "read"][..]),
+                ("kv/_cargo-xtask-secrets", &["create", "update", "read"][..]),
+                ("kv/", &["list"][..]),
+            ]
+        );
+        assert!(p.iter().all(|p| p.3), "every KV path is the seed's own");
     }
 }

@@ -256,10 +256,6 @@ impl SecretProvider for AzureProvider {
         format!("azure key vault {}", self.vault_name)
     }
 
-    fn records_checksums(&self) -> bool {
-        true
-    }
-
     fn read(&mut self, names: &[String]) -> Result<BTreeMap<String, Option<Current>>> {
         let existing: std::collections::HashSet<String> = self.list()?.into_iter().collect();
         let present: Vec<&String> = names.iter().filter(|n| existing.contains(*n)).collect();

@@ -99,10 +99,6 @@ impl SecretProvider for FileProvider {
         format!("file {}", crate::project::shown(&self.path))
     }
 
-    fn records_checksums(&self) -> bool {
-        true
-    }
-
     fn read(&mut self, names: &[String]) -> Result<BTreeMap<String, Option<Current>>> {
         let store = self.load()?;
         Ok(names

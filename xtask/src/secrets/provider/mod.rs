@@ -62,8 +62,6 @@ pub enum Outcome {
 pub trait SecretProvider {
     /// What it writes to, for humans: never holds a value or token.
     fn target(&self) -> String;
-    /// Whether the store keeps the seed's checksum next to each entry.
-    fn records_checksums(&self) -> bool;
     /// The current state of `names` (absent names map to `None`).
     fn read(&mut self, names: &[String]) -> Result<BTreeMap<String, Option<Current>>>;
     /// Applies the writes; one outcome per write. An `Err` means nothing was

@@ -212,6 +212,11 @@ impl VaultProvider {
         )
     }
 
+    /// The mount's KV version, found on connect.
+    pub fn kv_version(&self) -> KvVersion {
+        self.kv
+    }
+
     /// Whether the token is refused the detailed listing that makes
     /// re-seeds read one page instead of every entry (KV v2 only).
     pub fn detailed_listing_denied(&self) -> Result<bool> {
@@ -368,10 +373,6 @@ impl SecretProvider for VaultProvider {
             KvVersion::V2 => "kv v2",
         };
         format!("vault {} (mount {}, {kv})", self.http.addr(), self.mount)
-    }
-
-    fn records_checksums(&self) -> bool {
-        true
     }
 
     fn vault_http(&self) -> Option<&VaultHttp> {
