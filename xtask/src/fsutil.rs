@@ -16,7 +16,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Lowercase hex, by table: this runs for every secret of a seed, and
 /// `write!("{b:02x}")` per byte costs more than the hash in our
 /// unoptimised dev build.
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for &b in bytes {

@@ -9,10 +9,11 @@ use std::time::Instant;
 use anyhow::{anyhow, Result};
 use serde::Serialize;
 
-use crate::output::{capped, count, one_line_errors, parse_format, Format, NAMES_SHOWN};
+use crate::output::{capped, count, parse_format, Format, NAMES_SHOWN};
 use crate::secrets::config::{self, Config, FlagValues, ProviderKind};
 use crate::secrets::fixtures::SecretSet;
 use crate::secrets::plan::{self, Action, Counts, Item};
+use crate::secrets::provider::vault_http::NOT_ATTEMPTED;
 use crate::secrets::provider::{self, Outcome, SecretProvider, Write};
 use crate::secrets::{eso_access, fixtures, guard, manifests};
 use crate::{flags, fsutil, project_root, PartialError};
@@ -263,16 +264,13 @@ impl SeedRun {
         if self.not_written.is_empty() && self.unstamped.is_empty() {
             return Ok(());
         }
-        let failed: Vec<&NotWritten> = self
+        // A set, not `Vec::contains`: a run may fail 10,000 writes.
+        let failed_names: std::collections::HashSet<&str> =
+            self.failed.iter().map(String::as_str).collect();
+        let (failed, conflicts): (Vec<&NotWritten>, Vec<&NotWritten>) = self
             .not_written
             .iter()
-            .filter(|n| self.failed.contains(&n.name))
-            .collect();
-        let conflicts: Vec<&NotWritten> = self
-            .not_written
-            .iter()
-            .filter(|n| !self.failed.contains(&n.name))
-            .collect();
+            .partition(|n| failed_names.contains(n.name.as_str()));
         let unstamped: Vec<&NotWritten> = self.unstamped.iter().collect();
         let everything: Vec<&NotWritten> = failed.iter().chain(&unstamped).copied().collect();
         let cause = cause_of(&everything);
@@ -367,9 +365,6 @@ impl SeedRun {
         ))
     }
 }
-
-/// The reason the transport gives entries it skipped once the run stopped.
-const NOT_ATTEMPTED: &str = "not attempted: the run stopped";
 
 /// The cause of the failures: the reason most failed writes give, leaving
 /// out the writes that were skipped because of it.
@@ -497,14 +492,9 @@ pub fn apply(
         })
         .collect();
     if !writes.is_empty() {
+        // Every reason is one line already: Vault's multi-error text is
+        // collapsed where it is parsed (`vault_http::errors_of`).
         for (name, outcome) in store.write(&writes)? {
-            // One line per server error: Vault's multi-error text, collapsed.
-            let outcome = match outcome {
-                Outcome::ValueOnly(r) => Outcome::ValueOnly(one_line_errors(&r)),
-                Outcome::Conflict(r) => Outcome::Conflict(one_line_errors(&r)),
-                Outcome::Failed(r) => Outcome::Failed(one_line_errors(&r)),
-                other => other,
-            };
             match outcome {
                 Outcome::Written => run.written.push(name),
                 Outcome::ValueOnly(reason) => {

@@ -135,19 +135,31 @@ pub fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<E
 /// `sys/seal-status`, whose storage type is `inmem` for a dev server; the
 /// call needs no token.
 fn seal_status(cfg: &Config, addr: &str) -> Result<SealStatus> {
-    let http = VaultHttp::new(
+    let http = configured_http(cfg, addr, Secret::new(String::new()), 0, 1)?;
+    Ok(http.seal_status()?)
+}
+
+/// A client for `addr` with the configured namespace, timeout and CA
+/// certificate (relative to the project root).
+fn configured_http(
+    cfg: &Config,
+    addr: &str,
+    token: Secret,
+    retries: u32,
+    pool: usize,
+) -> Result<VaultHttp> {
+    VaultHttp::new(
         addr,
-        Secret::new(String::new()),
+        token,
         cfg.vault_namespace.as_ref().map(|s| s.value.clone()),
         Duration::from_secs_f64(cfg.vault_timeout_secs),
-        0,
-        1,
+        retries,
+        pool,
         cfg.vault_ca_cert
             .as_ref()
             .map(|c| cfg.abs(&c.value))
             .as_deref(),
-    )?;
-    Ok(http.seal_status()?)
+    )
 }
 
 impl VaultProvider {
@@ -155,17 +167,12 @@ impl VaultProvider {
     pub fn connect(cfg: &Config, allow_non_local: Option<&str>) -> Result<VaultProvider> {
         let endpoint = resolve_endpoint(cfg, allow_non_local)?;
         let concurrency = cfg.concurrency.value;
-        let mut http = VaultHttp::new(
+        let mut http = configured_http(
+            cfg,
             &endpoint.addr,
             endpoint.token.value.clone(),
-            cfg.vault_namespace.as_ref().map(|s| s.value.clone()),
-            Duration::from_secs_f64(cfg.vault_timeout_secs),
             cfg.vault_retries,
             concurrency,
-            cfg.vault_ca_cert
-                .as_ref()
-                .map(|c| cfg.abs(&c.value))
-                .as_deref(),
         )?;
         if let Some(pf) = &endpoint.port_forward {
             http.set_lifeline(std::sync::Arc::new(pf.lifeline()));
@@ -338,8 +345,8 @@ fn current_from(
         .unwrap_or_default();
     let sha256 = data["value"].as_str().map(|v| sha256_hex(v.as_bytes()));
     if kv == KvVersion::V1 {
-        let (seeded_sha256, stamp_stale) = match (record, data["value"].as_str()) {
-            (Some(rec), Some(value)) => rec.judge(name, value),
+        let (seeded_sha256, stamp_stale) = match (record, data["value"].as_str(), &sha256) {
+            (Some(rec), Some(value), Some(sha256)) => rec.judge(name, value, sha256),
             _ => (None, false),
         };
         return Some(Current {

@@ -82,6 +82,11 @@ impl std::fmt::Display for VaultError {
 
 impl std::error::Error for VaultError {}
 
+/// The error of a call skipped because the run had stopped (a fatal error
+/// elsewhere): each such write's reason ends with it, so the seed groups
+/// them apart from the failure that stopped the run.
+pub const NOT_ATTEMPTED: &str = "not attempted: the run stopped";
+
 /// A response with a status Vault uses for answers, not failures (2xx, 400, 404).
 #[derive(Debug)]
 pub struct Reply {
@@ -287,7 +292,7 @@ impl VaultHttp {
                 return Err(VaultError::Status {
                     call: call(),
                     code: 0,
-                    errors: "not attempted: the run stopped".into(),
+                    errors: NOT_ATTEMPTED.into(),
                 });
             }
             self.stats.requests.fetch_add(1, Ordering::Relaxed);

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::vault_http::{backoff, json_string, Method, Reply, VaultError, VaultHttp};
 use super::MANAGED_BY;
-use crate::fsutil::{sha256_hex, Lock};
+use crate::fsutil::{hex, Lock};
 
 // ---------------------------------------------------------------------------
 // KV v2: a stamp in each entry's custom_metadata.
@@ -167,23 +167,21 @@ impl MountRecord {
         msg.extend_from_slice(name.as_bytes());
         msg.push(0);
         msg.extend_from_slice(value.as_bytes());
-        hmac_sha256(self.key.as_bytes(), &msg)[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hex(&hmac_sha256(self.key.as_bytes(), &msg)[..16])
     }
 
     /// What the record says about `value`, now under `name`: the checksum
     /// the seed last wrote there (the value's own when the record knows it,
     /// [`SEEDED_ANOTHER_VALUE`] when it knows only others, `None` when it
     /// knows nothing of the name), and whether the record needs renewing
-    /// (it still lists other candidates).
-    pub(super) fn judge(&self, name: &str, value: &str) -> (Option<String>, bool) {
+    /// (it still lists other candidates). `sha256` is the value's checksum,
+    /// which the caller has computed already.
+    pub(super) fn judge(&self, name: &str, value: &str, sha256: &str) -> (Option<String>, bool) {
         match self.digests.get(name) {
             None => (None, false),
             Some(ds) if ds.is_empty() => (None, false),
             Some(ds) if ds.contains(&self.digest(name, value)) => {
-                (Some(sha256_hex(value.as_bytes())), ds.len() > 1)
+                (Some(sha256.to_string()), ds.len() > 1)
             }
             Some(_) => (Some(SEEDED_ANOTHER_VALUE.to_string()), false),
         }
@@ -215,7 +213,7 @@ fn new_key() -> Result<String> {
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
         .context("reading /dev/urandom for the KV v1 record's key")?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&bytes))
 }
 
 fn record_path(mount: &str) -> String {
@@ -362,10 +360,7 @@ fn read_for_update(http: &VaultHttp, path: &str) -> Result<Option<MountRecord>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
+    use crate::fsutil::sha256_hex;
 
     #[test]
     fn hmac_matches_rfc_4231() {
@@ -405,20 +400,23 @@ mod tests {
         let ours = rec.digest("n", "seeded");
         rec.digests.insert("n".into(), vec![ours.clone()]);
         assert_eq!(
-            rec.judge("n", "seeded"),
+            rec.judge("n", "seeded", &sha256_hex(b"seeded")),
             (Some(sha256_hex(b"seeded")), false)
         );
         assert_eq!(
-            rec.judge("n", "by-hand"),
+            rec.judge("n", "by-hand", &sha256_hex(b"by-hand")),
             (Some(SEEDED_ANOTHER_VALUE.to_string()), false)
         );
-        assert_eq!(rec.judge("unknown", "x"), (None, false));
+        assert_eq!(rec.judge("unknown", "x", &sha256_hex(b"x")), (None, false));
         // Two candidates (a run stopped mid-way): either is ours, and the
         // record needs renewing.
         let next = rec.digest("n", "next");
         rec.digests.insert("n".into(), vec![ours, next]);
-        assert_eq!(rec.judge("n", "next"), (Some(sha256_hex(b"next")), true));
-        assert!(rec.judge("n", "seeded").1);
+        assert_eq!(
+            rec.judge("n", "next", &sha256_hex(b"next")),
+            (Some(sha256_hex(b"next")), true)
+        );
+        assert!(rec.judge("n", "seeded", &sha256_hex(b"seeded")).1);
     }
 
     #[test]
