@@ -151,16 +151,26 @@ pub fn run(flags: &flags::Bench) -> Result<()> {
             recorded.context("a ceiling ran")?,
             cold.context("a seed ran")?,
         );
+        // One keep-alive connection per worker: --concurrency of them, at most one per secret.
+        let connections = concurrency.min(n).max(1);
         for (c, name, note) in [
             (
                 &bare,
                 "ceiling: bare writes",
-                "independent raw HTTP/1.1 client, 16 keep-alive connections: data write with cas",
+                format!(
+                    "independent raw HTTP/1.1 client, {}: data write with cas",
+                    crate::output::count(
+                        connections,
+                        "keep-alive connection",
+                        "keep-alive connections"
+                    )
+                ),
             ),
             (
                 &recorded,
                 "ceiling: value + record",
-                "the same, each write followed by the seed's custom_metadata merge PATCH",
+                "the same, each write followed by the seed's custom_metadata merge PATCH"
+                    .to_string(),
             ),
         ] {
             rows.push(Row {

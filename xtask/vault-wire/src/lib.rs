@@ -386,8 +386,10 @@ mod tests {
         let started = Instant::now();
         assert_eq!(post(&wire, &addr, "{}").unwrap_err(), WireError::Timeout);
         let took = started.elapsed();
+        // A second of slack for a busy machine; an ignored timeout waits
+        // out the server's 5 s hang instead.
         assert!(
-            took >= timeout && took < timeout + Duration::from_millis(300),
+            took >= timeout && took < timeout + Duration::from_secs(1),
             "took {took:?}"
         );
     }
