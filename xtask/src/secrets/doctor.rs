@@ -7,7 +7,7 @@ use crate::secrets::config::{Config, FlagValues};
 use crate::secrets::eso_access::{self, EsoNames};
 use crate::secrets::provider::{file, vault, SecretProvider};
 use crate::secrets::scan::{self, STORE_NAME};
-use crate::secrets::{check, eso_read, fixtures, flagfile, guard, kube, vault_checks};
+use crate::secrets::{check, eso_read, fixtures, flagfile, guard, helmfile, kube, vault_checks};
 use crate::{flags, project, project_root, tools};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -97,6 +97,10 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
             return report(out);
         }
     };
+    // Read once, used by the Vault checks and the coverage check: loading
+    // the fixtures asks git about the overrides file, the scan reads infra/.
+    let fixture_set = fixtures::load_configured(&cfg).map(|(_, set)| set);
+    let infra_scan = check::collect(&root, &root.join(project::INFRA), &env, false);
     let flag_rel = project::flag_file(&env).display().to_string();
     match std::fs::read_to_string(root.join(&flag_rel))
         .map_err(anyhow::Error::from)
@@ -145,7 +149,7 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
                     "vault",
                     format!("{} reachable, unsealed, token valid", p.target()),
                 ));
-                vault_findings(&mut out, &mut p, vault_cfg, &env);
+                vault_findings(&mut out, &mut p, vault_cfg, &env, &fixture_set, &infra_scan);
                 if let Ok(true) = p.detailed_listing_denied() {
                     out.push(warn(
                         "vault",
@@ -181,39 +185,23 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
             )),
             Err(e) => out.push(fail("eso", format!("{e:#}"), "check kubectl access")),
         }
-        match kube::kubectl(&["get", "clustersecretstore", "ameide-vault", "--output", "json"]) {
-            Ok(json) => {
-                let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
-                let ready = v["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "Ready")).cloned();
-                match ready {
-                    Some(c) if c["status"] == "True" => out.push(ok("eso", "ClusterSecretStore/ameide-vault Ready")),
-                    Some(c) => out.push(fail(
-                        "eso",
-                        format!("ClusterSecretStore/ameide-vault not Ready: {}: {}", c["reason"].as_str().unwrap_or(""), c["message"].as_str().unwrap_or("")),
-                        "kubectl describe clustersecretstore ameide-vault; docs/secrets.md#troubleshooting",
-                    )),
-                    None => out.push(warn("eso", "ClusterSecretStore/ameide-vault has no Ready condition yet", "wait, then run doctor again")),
-                }
-            }
-            Err(e) => out.push(fail(
-                "eso",
-                format!("ClusterSecretStore/ameide-vault: {e:#}"),
-                "helmfile --file infra/kubernetes/helmfiles/15-secrets-certificates.yaml --environment local sync",
-            )),
-        }
+        out.push(store_finding(
+            kube::kubectl(&["get", "clustersecretstore", STORE_NAME, "--output", "json"]),
+            &env,
+        ));
         external_secret_findings(&mut out);
     }
 
-    match fixtures::load_configured(&cfg).map(|(_, set)| set) {
+    match &fixture_set {
         Err(e) => out.push(fail(
             "fixtures",
             format!("{e:#}"),
             "fix the file at the position shown",
         )),
-        Ok(set) => match check::collect(&root, &root.join(project::INFRA), &env, false) {
+        Ok(set) => match &infra_scan {
             Err(e) => out.push(fail("coverage", format!("{e:#}"), "fix the file it names")),
             Ok(scan) => {
-                let report = check::compare(&scan, &env, &set, None);
+                let report = check::compare(scan, &env, set, None);
                 let missing = report.failures(&check::parse_fail_on(None)?).len();
                 if missing == 0 {
                     out.push(ok(
@@ -267,10 +255,18 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
 
 /// Past "reachable": the fixtures still there, the token's capabilities on
 /// what the seed writes, ESO's access, and reading as ESO.
-fn vault_findings(out: &mut Vec<Finding>, p: &mut vault::VaultProvider, cfg: &Config, env: &str) {
+/// `fixture_set` and `infra_scan` are what `run` read for the coverage check.
+fn vault_findings(
+    out: &mut Vec<Finding>,
+    p: &mut vault::VaultProvider,
+    cfg: &Config,
+    env: &str,
+    fixture_set: &Result<fixtures::SecretSet>,
+    infra_scan: &Result<scan::Scan>,
+) {
     let mount = cfg.vault_mount.value.clone();
     let kv_v2 = p.kv_version() == vault::KvVersion::V2;
-    let fixtures = fixtures::load_configured(cfg).map(|(_, set)| set.names());
+    let fixtures = fixture_set.as_ref().map(|set| set.names());
     let names = EsoNames::load(&cfg.root, env);
     if let Ok(fixture_names) = &fixtures {
         match p.list() {
@@ -399,8 +395,8 @@ fn vault_findings(out: &mut Vec<Finding>, p: &mut vault::VaultProvider, cfg: &Co
     {
         return;
     }
-    let keys = match check::collect(&cfg.root, &cfg.root.join(project::INFRA), env, false) {
-        Ok(scan) => check::eso_keys(&scan),
+    let keys = match infra_scan {
+        Ok(scan) => check::eso_keys(scan),
         Err(_) => return, // the coverage finding below names the file
     };
     match eso_read::read_as_eso(http, &names, &keys) {
@@ -421,6 +417,47 @@ fn vault_findings(out: &mut Vec<Finding>, p: &mut vault::VaultProvider, cfg: &Co
             format!("not read as ESO: {e:#}"),
             "see the message",
         )),
+    }
+}
+
+/// The store's Ready condition, from `kubectl get clustersecretstore
+/// <STORE_NAME> --output json` (`got`); a failed get is fixed by syncing
+/// layer 15 of `env`.
+fn store_finding(got: Result<String>, env: &str) -> Finding {
+    let json = match got {
+        Ok(json) => json,
+        Err(e) => {
+            return fail(
+                "eso",
+                format!("ClusterSecretStore/{STORE_NAME}: {e:#}"),
+                helmfile::sync_display(env),
+            )
+        }
+    };
+    // The store's status has an ExternalSecret's shape: read it as one.
+    let ready = kube::parse_external_secrets(&format!("{{\"items\": [{json}]}}"))
+        .ok()
+        .and_then(|list| list.into_iter().next())
+        .filter(|s| s.ready.is_some());
+    match ready {
+        Some(s) if s.ready == Some(true) => {
+            ok("eso", format!("ClusterSecretStore/{STORE_NAME} Ready"))
+        }
+        Some(s) => fail(
+            "eso",
+            format!(
+                "ClusterSecretStore/{STORE_NAME} not Ready: {}: {}",
+                s.reason, s.message
+            ),
+            format!(
+                "kubectl describe clustersecretstore {STORE_NAME}; docs/secrets.md#troubleshooting"
+            ),
+        ),
+        None => warn(
+            "eso",
+            format!("ClusterSecretStore/{STORE_NAME} has no Ready condition yet"),
+            "wait, then run doctor again",
+        ),
     }
 }
 
@@ -513,4 +550,63 @@ fn report(findings: Vec<Finding>) -> Result<()> {
     }
     println!("all checks passed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(json: &str) -> Finding {
+        store_finding(Ok(json.to_string()), "local")
+    }
+
+    #[test]
+    fn the_store_finding_reads_the_ready_condition() {
+        let ready = store(r#"{"status": {"conditions": [{"type": "Ready", "status": "True"}]}}"#);
+        assert!(ready.level == Level::Ok && ready.fix.is_empty());
+        assert_eq!(ready.text, "ClusterSecretStore/ameide-vault Ready");
+
+        let not = store(
+            r#"{"status": {"conditions": [{"type": "Other", "status": "True"},
+                {"type": "Ready", "status": "False", "reason": "InvalidProviderConfig", "message": "no role"}]}}"#,
+        );
+        assert!(not.level == Level::Fail);
+        assert_eq!(
+            (not.text.as_str(), not.fix.as_str()),
+            (
+                "ClusterSecretStore/ameide-vault not Ready: InvalidProviderConfig: no role",
+                "kubectl describe clustersecretstore ameide-vault; docs/secrets.md#troubleshooting"
+            )
+        );
+
+        for pending in [
+            r#"{"status": {}}"#,
+            r#"{"status": {"conditions": [{"type": "Other", "status": "True"}]}}"#,
+            "not json",
+            "",
+        ] {
+            let f = store(pending);
+            assert!(f.level == Level::Warn, "{pending:?}: {}", f.text);
+            assert_eq!(
+                (f.text.as_str(), f.fix.as_str()),
+                (
+                    "ClusterSecretStore/ameide-vault has no Ready condition yet",
+                    "wait, then run doctor again"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn a_store_kubectl_cannot_get_is_fixed_by_syncing_layer_15() {
+        let f = store_finding(Err(anyhow::anyhow!("NotFound")), "local");
+        assert!(f.level == Level::Fail);
+        assert_eq!(f.text, "ClusterSecretStore/ameide-vault: NotFound");
+        assert_eq!(
+            f.fix,
+            "helmfile --file infra/kubernetes/helmfiles/15-secrets-certificates.yaml --environment local sync"
+        );
+        let dev = store_finding(Err(anyhow::anyhow!("NotFound")), "dev");
+        assert!(dev.fix.contains("--environment dev sync"), "{}", dev.fix);
+    }
 }

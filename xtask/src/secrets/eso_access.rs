@@ -311,6 +311,17 @@ fn status_error(call: &str, reply: &Reply) -> anyhow::Error {
     )
 }
 
+/// The table a `sys/auth` or `sys/mounts` read answers with, keyed by
+/// `<path>/`: under `data` when that is an object, else the body itself
+/// (the table also sits at the top level of the body).
+pub fn mount_table(reply: &Reply) -> &Value {
+    reply
+        .body
+        .get("data")
+        .filter(|d| d.is_object())
+        .unwrap_or(&reply.body)
+}
+
 /// Reads Vault and plans each piece of ESO's access.
 pub fn plan(http: &VaultHttp, names: &EsoNames) -> Result<Plan> {
     let mount = &names.auth_mount;
@@ -325,12 +336,7 @@ pub fn plan(http: &VaultHttp, names: &EsoNames) -> Result<Plan> {
     } else if auths.status != 200 {
         return Err(status_error("GET sys/auth", &auths));
     } else {
-        let table = auths
-            .body
-            .get("data")
-            .filter(|d| d.is_object())
-            .unwrap_or(&auths.body);
-        match table.get(&auth_name) {
+        match mount_table(&auths).get(&auth_name) {
             None => State::Ensure,
             Some(m) if m["type"] == "kubernetes" => State::InPlace,
             Some(m) => bail!(
@@ -499,6 +505,25 @@ fn config_state(
     current: Option<&KubeConfig>,
     outside: &mut Option<ApiServer>,
 ) -> State {
+    decide_config(
+        names,
+        current,
+        || kube::current_context().is_some(),
+        api_server_of_context,
+        outside,
+    )
+}
+
+/// [`config_state`] with the kube context's presence and API server as
+/// calls: the API server is asked for (`kubectl config view --raw`) only
+/// to compare it with a config Vault holds.
+fn decide_config(
+    names: &EsoNames,
+    current: Option<&KubeConfig>,
+    has_context: impl FnOnce() -> bool,
+    context_api: impl FnOnce() -> Result<ApiServer>,
+    outside: &mut Option<ApiServer>,
+) -> State {
     let in_pod = KubeConfig {
         host: names.kubernetes_host.clone(),
         ..KubeConfig::default()
@@ -506,14 +531,19 @@ fn config_state(
     if current == Some(&in_pod) {
         return State::InPlace;
     }
-    if kube::current_context().is_none() {
+    if !has_context() {
         return State::Skipped(
             "no kube context, so no cluster whose ESO could log in (a Vault outside a pod reviews ESO's token \
              with the kube context's API server and CA)"
                 .into(),
         );
     }
-    match api_server_of_context() {
+    // No config yet (a first seed): it is written either way, and [`apply`]
+    // asks for the API server itself if Vault turns out to run outside a pod.
+    let Some(current) = current else {
+        return State::Ensure;
+    };
+    match context_api() {
         Ok(api) => {
             let wanted = KubeConfig {
                 host: api.server.clone(),
@@ -521,7 +551,7 @@ fn config_state(
                 ..KubeConfig::default()
             };
             *outside = Some(api);
-            if current == Some(&wanted) {
+            if *current == wanted {
                 State::InPlace
             } else {
                 State::Ensure
@@ -694,12 +724,7 @@ pub fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
         // A concurrent seed enabled it between our read and our write.
         if item.kind == "auth" && reply.status == 400 && reply.errors().contains("already in use") {
             let auths = http.try_call(Method::Get, "sys/auth", None)?;
-            let table = auths
-                .body
-                .get("data")
-                .filter(|d| d.is_object())
-                .unwrap_or(&auths.body);
-            if table[format!("{mount}/")]["type"] == "kubernetes" {
+            if mount_table(&auths)[format!("{mount}/")]["type"] == "kubernetes" {
                 continue;
             }
         }
@@ -807,6 +832,74 @@ mod tests {
         for verb in ["create", "update", "delete", "sudo", "patch"] {
             assert!(!text.contains(&format!("\"{verb}\"")), "{text}");
         }
+    }
+
+    #[test]
+    fn the_mount_table_is_data_when_it_is_an_object() {
+        let reply = |body: Value| Reply { status: 200, body };
+        let nested = reply(
+            json!({"data": {"kubernetes/": {"type": "kubernetes"}}, "kubernetes/": {"type": "x"}}),
+        );
+        assert_eq!(mount_table(&nested)["kubernetes/"]["type"], "kubernetes");
+        let flat = reply(json!({"kubernetes/": {"type": "kubernetes"}, "data": null}));
+        assert_eq!(mount_table(&flat)["kubernetes/"]["type"], "kubernetes");
+        let bare = reply(json!({"token/": {"type": "token"}}));
+        assert_eq!(mount_table(&bare)["token/"]["type"], "token");
+    }
+
+    #[test]
+    fn a_first_seed_plans_the_config_without_asking_kubectl_for_the_api_server() {
+        let names = EsoNames::load(&crate::project_root(), "local").unwrap();
+        let api = || ApiServer {
+            server: "https://127.0.0.1:6443".into(),
+            ca_pem: "PEM\n".into(),
+        };
+        let not_asked = || -> Result<ApiServer> { panic!("kubectl config view was run") };
+        let mut outside = None;
+        // Nothing configured yet: written, the API server left to apply.
+        let state = decide_config(&names, None, || true, not_asked, &mut outside);
+        assert_eq!(state, State::Ensure);
+        assert!(outside.is_none());
+        // The in-pod config in place: nothing asked.
+        let in_pod = KubeConfig {
+            host: names.kubernetes_host.clone(),
+            ..KubeConfig::default()
+        };
+        let state = decide_config(
+            &names,
+            Some(&in_pod),
+            || panic!("context"),
+            not_asked,
+            &mut outside,
+        );
+        assert_eq!(state, State::InPlace);
+        // No kube context: skipped, whatever Vault holds.
+        let state = decide_config(&names, None, || false, not_asked, &mut outside);
+        assert!(matches!(state, State::Skipped(why) if why.starts_with("no kube context")));
+        // A config Vault holds is compared with the context's API server.
+        let outside_cfg = KubeConfig {
+            host: "https://127.0.0.1:6443".into(),
+            ca_cert: "PEM".into(),
+            ..KubeConfig::default()
+        };
+        let state = decide_config(
+            &names,
+            Some(&outside_cfg),
+            || true,
+            || Ok(api()),
+            &mut outside,
+        );
+        assert_eq!(state, State::InPlace);
+        assert_eq!(
+            outside.as_ref().map(|a| a.server.as_str()),
+            Some("https://127.0.0.1:6443")
+        );
+        let stale = KubeConfig {
+            host: "https://10.0.0.1".into(),
+            ..KubeConfig::default()
+        };
+        let state = decide_config(&names, Some(&stale), || true, || Ok(api()), &mut outside);
+        assert_eq!(state, State::Ensure);
     }
 
     #[test]

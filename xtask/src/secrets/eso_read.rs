@@ -15,6 +15,7 @@ use crate::pool::bounded;
 use crate::secrets::config::Secret;
 use crate::secrets::eso_access::{strings, EsoNames};
 use crate::secrets::provider::vault_http::{Method, VaultHttp};
+use crate::secrets::vault_checks;
 
 /// A check-and-set version no KV entry reaches (2^53 - 1, exact in JSON).
 const NO_SUCH_VERSION: u64 = (1 << 53) - 1;
@@ -173,11 +174,7 @@ fn write_probe(eso: &VaultHttp, names: &EsoNames, key: &str) -> Result<(bool, St
             "sys/capabilities-self",
             Some(&json!({"paths": [path]})),
         )?;
-        let caps = if reply.body[&path].is_array() {
-            strings(&reply.body[&path])
-        } else {
-            strings(&reply.body["data"][&path])
-        };
+        let caps = vault_checks::capabilities(&reply, &path);
         let writes = caps
             .iter()
             .any(|c| ["create", "update", "root", "sudo"].contains(&c.as_str()));

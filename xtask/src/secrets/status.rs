@@ -7,13 +7,10 @@ use crate::output::{parse_format, Format};
 use crate::secrets::config::{Config, FlagValues};
 use crate::secrets::journal::Journal;
 use crate::secrets::kube;
-use crate::secrets::provider::vault_http::{VaultError, VaultHttp};
-use crate::secrets::provider::{
-    vault::{self, VaultProvider},
-    SecretProvider,
-};
+use crate::secrets::provider::vault;
+use crate::secrets::provider::vault_http::{Method, Reply, VaultError, VaultHttp};
 use crate::secrets::scan::{self, STORE_NAME};
-use crate::secrets::{fixtures, flagfile, guard, vault_checks};
+use crate::secrets::{eso_access, fixtures, flagfile, guard, vault_checks};
 use crate::{flags, project, project_root};
 
 pub fn run(flags: &flags::Status) -> Result<()> {
@@ -144,13 +141,41 @@ pub fn run(flags: &flags::Status) -> Result<()> {
     Ok(())
 }
 
-/// How many fixtures the configured Vault holds; `None` when it cannot
-/// tell (no token, a refused listing): the health line says enough then.
-fn fixtures_held(cfg: &Config) -> Option<vault_checks::Held> {
+/// How many fixtures the configured Vault holds, listed through `http`
+/// (status's own client: 5 s, no retries) at the mount's KV version `kv`
+/// as [`kv_version`] found it; `None` when it cannot tell (no token, a Vault
+/// the seed's guardrail refuses, a refused listing, no KV mount): the health
+/// line says enough then.
+fn fixtures_held(cfg: &Config, http: &VaultHttp, kv: &str) -> Option<vault_checks::Held> {
     let (_, desired) = fixtures::load_configured(cfg).ok()?;
-    let mut vault = VaultProvider::connect(cfg, None).ok()?;
-    let listed = vault.list().ok()?;
+    // The seed's own rules for this address and token; connects to nothing
+    // (the address is set, so no port-forward).
+    vault::resolve_endpoint(cfg, None).ok()?;
+    let mount = &cfg.vault_mount.value;
+    let path = match kv {
+        "2" => format!("{mount}/metadata/"),
+        "1" => format!("{mount}/"),
+        _ => return None,
+    };
+    let listed = listed_names(&http.try_call(Method::List, &path, None).ok()?)?;
+    // On KV v1 the listing holds the seed's record entry too; no fixture
+    // can have its name (`_` is not allowed in one), so it counts as nothing.
     Some(vault_checks::Held::count(&desired.names(), &listed))
+}
+
+/// The entry names a LIST answered with, sub-folders left out; a 404 is
+/// an empty mount, any other refusal `None`.
+fn listed_names(reply: &Reply) -> Option<Vec<String>> {
+    match reply.status {
+        404 => Some(Vec::new()),
+        200 => Some(
+            eso_access::strings(&reply.body["data"]["keys"])
+                .into_iter()
+                .filter(|k| !k.ends_with('/'))
+                .collect(),
+        ),
+        _ => None,
+    }
 }
 
 fn first_line(s: &str) -> &str {
@@ -191,7 +216,9 @@ fn vault_health(cfg: &Config) -> serde_json::Value {
         } else {
             kv_version(&http, mount)
         };
-        let held = (!health.sealed).then(|| fixtures_held(cfg)).flatten();
+        let held = (!health.sealed)
+            .then(|| fixtures_held(cfg, &http, &kv))
+            .flatten();
         Ok(json!({
             "fixtures": held.as_ref().map(|h| json!({
                 "present": h.present, "total": h.total, "missing": h.missing,
@@ -248,5 +275,40 @@ fn kv_version(http: &VaultHttp, mount: &str) -> String {
             )
         }
         Some(i) => i["options"]["version"].as_str().unwrap_or("1").to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_gives_the_entries_not_the_folders() {
+        let reply = |status, body| Reply { status, body };
+        let keys = json!({"data": {"keys": ["b", "team/", "a", "_cargo-xtask-secrets"]}});
+        assert_eq!(
+            listed_names(&reply(200, keys)).unwrap(),
+            ["b", "a", "_cargo-xtask-secrets"]
+        );
+        assert_eq!(
+            listed_names(&reply(404, json!({"errors": []}))),
+            Some(vec![])
+        );
+        assert_eq!(
+            listed_names(&reply(403, json!({"errors": ["permission denied"]}))),
+            None
+        );
+        let held = vault_checks::Held::count(
+            &["a".to_string(), "c".to_string()],
+            &listed_names(&reply(
+                200,
+                json!({"data": {"keys": ["a", "_cargo-xtask-secrets"]}}),
+            ))
+            .unwrap(),
+        );
+        assert_eq!(
+            (held.present, held.total, held.missing),
+            (1, 2, vec!["c".to_string()])
+        );
     }
 }

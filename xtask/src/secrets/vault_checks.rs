@@ -7,10 +7,10 @@ use std::collections::BTreeSet;
 
 use anyhow::Result;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::secrets::eso_access::EsoNames;
-use crate::secrets::provider::vault_http::{Method, VaultHttp};
+use crate::secrets::eso_access::{strings, EsoNames};
+use crate::secrets::provider::vault_http::{Method, Reply, VaultHttp};
 use crate::secrets::provider::RECORD_NAME;
 
 /// The one command that puts back what a restarted dev-mode Vault forgot:
@@ -187,17 +187,13 @@ pub fn lacking(
     }
     let (mut kv, mut eso_lacks) = (Vec::new(), Vec::new());
     for (path, needed, why, is_kv) in paths {
-        let caps: Vec<&str> = reply.body[&path]
-            .as_array()
-            .or_else(|| reply.body["data"][&path].as_array())
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        if caps.contains(&"root") {
+        let caps = capabilities(&reply, &path);
+        if caps.iter().any(|c| c == "root") {
             continue;
         }
         let missing: Vec<String> = needed
             .iter()
-            .filter(|c| !caps.contains(c))
+            .filter(|c| !caps.iter().any(|held| held == *c))
             .map(|c| c.to_string())
             .collect();
         if !missing.is_empty() {
@@ -210,6 +206,17 @@ pub fn lacking(
         }
     }
     Ok((kv, eso_lacks))
+}
+
+/// The capabilities a `sys/capabilities-self` answer grants on `path`:
+/// the list keyed by the path at the top level of the body, else under
+/// `data`; none when neither is a list.
+pub fn capabilities(reply: &Reply, path: &str) -> Vec<String> {
+    if reply.body[path].is_array() {
+        strings(&reply.body[path])
+    } else {
+        strings(&reply.body["data"][path])
+    }
 }
 
 /// `update on secret/data/x (write each secret); ...`
@@ -239,6 +246,16 @@ mod tests {
         assert!(none.describe().contains("forgot"), "{}", none.describe());
         let some = Held::count(&fixtures, &names(&["b"]));
         assert_eq!(some.describe(), "holds 1 of 3 fixtures; missing: a, c");
+    }
+
+    #[test]
+    fn capabilities_are_read_at_the_top_level_or_under_data() {
+        let reply = |body| Reply { status: 200, body };
+        let top = reply(json!({"kv/x": ["read", "list"], "data": {"kv/x": ["deny"]}}));
+        assert_eq!(capabilities(&top, "kv/x"), ["read", "list"]);
+        let nested = reply(json!({"kv/x": "not a list", "data": {"kv/x": ["update"]}}));
+        assert_eq!(capabilities(&nested, "kv/x"), ["update"]);
+        assert!(capabilities(&nested, "kv/y").is_empty());
     }
 
     #[test]
