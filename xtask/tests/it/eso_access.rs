@@ -31,6 +31,11 @@ fn tools() -> bool {
     crate::support::require_tools(&["bao"])
 }
 
+/// For tests that run `doctor`, which also checks helm and helmfile.
+fn doctor_tools() -> bool {
+    crate::support::require_tools(&["bao", "helm", "helmfile"])
+}
+
 /// Tokens the stand-in minted: JWT to (namespace, name, uid).
 type Minted = Arc<Mutex<HashMap<String, (String, String, String)>>>;
 
@@ -298,10 +303,11 @@ fn a_seed_sets_up_esos_access_and_a_second_seed_writes_nothing() {
     );
 
     let (proxy, seen) = recording(&bao);
-    let first = report(&vault_seed(&sb, &proxy.addr(), &bao.token, &[]).ok());
+    let seeded = vault_seed(&sb, &proxy.addr(), &bao.token, &[]).ok();
+    let first = report(&seeded);
     let applied = &first["eso_access"]["applied"]["written"];
     assert!(
-        !dry.all().contains(KUBE_CANARY) && !first.to_string().contains(KUBE_CANARY),
+        !dry.all().contains(KUBE_CANARY) && !seeded.all().contains(KUBE_CANARY),
         "the kube context's credential leaked"
     );
     assert_eq!(
@@ -664,7 +670,7 @@ fn a_token_that_may_not_manage_auth_still_seeds_and_says_what_it_skipped() {
 
 #[test]
 fn status_and_doctor_notice_a_vault_that_forgot_everything() {
-    if !tools() {
+    if !doctor_tools() {
         return;
     }
     let sb = sandbox_with_cluster(None);
@@ -744,7 +750,7 @@ fn status_and_doctor_notice_a_vault_that_forgot_everything() {
 
 #[test]
 fn doctor_names_the_capabilities_a_read_only_token_lacks() {
-    if !tools() {
+    if !doctor_tools() {
         return;
     }
     let bao = OpenBao::start();
@@ -798,7 +804,7 @@ fn doctor_names_the_capabilities_a_read_only_token_lacks() {
 
 #[test]
 fn doctor_reports_external_secrets_that_are_not_ready_with_esos_reason() {
-    if !tools() {
+    if !doctor_tools() {
         return;
     }
     let bao = OpenBao::start();
