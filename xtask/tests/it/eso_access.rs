@@ -284,10 +284,7 @@ fn a_seed_sets_up_esos_access_and_a_second_seed_writes_nothing() {
     let sb = sandbox_with_cluster(Some(&api));
 
     // The dry run shows the four steps and changes nothing.
-    let dry = sb.xtask_env(
-        &["secrets", "seed", "--dry-run"],
-        &[("VAULT_ADDR", &bao.addr), ("VAULT_TOKEN", &bao.token)],
-    );
+    let dry = sb.xtask_env(&["secrets", "seed", "--dry-run"], &bao.env());
     let dry = dry.ok();
     for line in [
         "ensure     auth kubernetes/",
@@ -538,10 +535,7 @@ fn check_as_eso_reads_every_key_and_fails_on_a_policy_that_writes() {
     }
     let bao = OpenBao::start();
     let sb = sandbox_with_cluster(None);
-    let env = [
-        ("VAULT_ADDR", bao.addr.as_str()),
-        ("VAULT_TOKEN", bao.token.as_str()),
-    ];
+    let env = bao.env();
     vault_seed(&sb, &bao.addr, &bao.token, &[]).ok();
     let check = |extra: &[&str]| {
         let mut args = vec!["secrets", "check", "--live", "--as-eso"];
@@ -831,10 +825,7 @@ fn doctor_reports_external_secrets_that_are_not_ready_with_esos_reason() {
             es("other", "elsewhere", "another-store", false, "SecretSyncedError", "not ours"),
         ]}],
     }}));
-    let env = [
-        ("VAULT_ADDR", bao.addr.as_str()),
-        ("VAULT_TOKEN", bao.token.as_str()),
-    ];
+    let env = bao.env();
     let doctor = sb.xtask_env(&["secrets", "doctor"], &env).code(1);
     let out = &doctor.stdout;
     assert!(
@@ -863,10 +854,7 @@ fn without_a_kubeconfig_the_seed_starts_no_kubectl() {
     }
     let bao = OpenBao::start();
     let sb = sandbox_with_cluster(None);
-    let env = [
-        ("VAULT_ADDR", bao.addr.as_str()),
-        ("VAULT_TOKEN", bao.token.as_str()),
-    ];
+    let env = bao.env();
     let kubectl_calls = |sb: &Sandbox| sb.calls().iter().filter(|c| c.tool == "kubectl").count();
 
     // No ~/.kube/config and no KUBECONFIG: real kubectl has no context, so

@@ -1019,12 +1019,7 @@ fn status_shows_flags_migration_and_config_sources() {
         return;
     };
     sb.scenario(local(unhealthy("azure")));
-    let run = sb
-        .xtask_env(
-            &["secrets", "status"],
-            &[("VAULT_ADDR", &bao.addr), ("VAULT_TOKEN", &bao.token)],
-        )
-        .ok();
+    let run = sb.xtask_env(&["secrets", "status"], &bao.env()).ok();
     let out = &run.stdout;
     assert!(out.contains("  local        azure   <-"), "{out}");
     assert!(out.contains("  staging      azure"), "{out}");
@@ -1046,10 +1041,7 @@ fn status_shows_flags_migration_and_config_sources() {
         "the token is shown by source only"
     );
     let run = sb
-        .xtask_env(
-            &["secrets", "status", "--output", "json"],
-            &[("VAULT_ADDR", &bao.addr), ("VAULT_TOKEN", &bao.token)],
-        )
+        .xtask_env(&["secrets", "status", "--output", "json"], &bao.env())
         .ok();
     let v: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(v["vault"]["sealed"], false);
@@ -1068,10 +1060,7 @@ fn doctor_reports_each_finding_with_its_fix() {
             "reason": if ready { "Valid" } else { "InvalidProviderConfig" }, "message": if ready { "store validated" } else { "unable to log in to auth method" }}]}})
     };
     sb.scenario(json!({"kubectl": {"context": "k3d-ameide", "crds": ["externalsecrets.external-secrets.io"], "clustersecretstore": store(true)}}));
-    let env = [
-        ("VAULT_ADDR", bao.addr.as_str()),
-        ("VAULT_TOKEN", bao.token.as_str()),
-    ];
+    let env = bao.env();
     // An empty Vault is a finding of its own (eso_access.rs): seed it first.
     sb.xtask_env(&["secrets", "seed"], &env).ok();
     let run = sb.xtask_env(&["secrets", "doctor"], &env).ok();
@@ -1125,10 +1114,7 @@ fn a_canary_never_reaches_the_journal_output_or_any_child() {
         held.get("value").map(String::as_str) == Some(canary),
         "Vault holds the override for graph-db-password"
     );
-    let env = [
-        ("VAULT_ADDR", bao.addr.as_str()),
-        ("VAULT_TOKEN", bao.token.as_str()),
-    ];
+    let env = bao.env();
     for args in [
         &["secrets", "status"][..],
         &["secrets", "status", "--output", "json"],

@@ -272,6 +272,11 @@ impl OpenBao {
         let _ = self.child.wait();
     }
 
+    /// `VAULT_ADDR` and `VAULT_TOKEN` for this server, for `xtask_env`.
+    pub fn env(&self) -> [(&'static str, &str); 2] {
+        [("VAULT_ADDR", &self.addr), ("VAULT_TOKEN", &self.token)]
+    }
+
     /// A vaultrs client: an independent reader of what the seed wrote.
     pub fn client(&self) -> vaultrs::client::VaultClient {
         vault_client(&self.addr, &self.token)
