@@ -193,10 +193,7 @@ fn live_check_finds_drift_missing_entries_and_properties() {
     let Some((bao, sb)) = with_bao() else {
         return;
     };
-    let env = [
-        ("VAULT_ADDR", bao.addr.as_str()),
-        ("VAULT_TOKEN", bao.token.as_str()),
-    ];
+    let env = bao.env();
     let run = sb
         .xtask_env(&["secrets", "check", "--live", "--provider", "vault"], &env)
         .code(1);

@@ -31,6 +31,11 @@ fn tools() -> bool {
     crate::support::require_tools(&["bao"])
 }
 
+/// For tests that run `doctor`, which also checks helm and helmfile.
+fn doctor_tools() -> bool {
+    crate::support::require_tools(&["bao", "helm", "helmfile"])
+}
+
 /// Tokens the stand-in minted: JWT to (namespace, name, uid).
 type Minted = Arc<Mutex<HashMap<String, (String, String, String)>>>;
 
@@ -279,10 +284,7 @@ fn a_seed_sets_up_esos_access_and_a_second_seed_writes_nothing() {
     let sb = sandbox_with_cluster(Some(&api));
 
     // The dry run shows the four steps and changes nothing.
-    let dry = sb.xtask_env(
-        &["secrets", "seed", "--dry-run"],
-        &[("VAULT_ADDR", &bao.addr), ("VAULT_TOKEN", &bao.token)],
-    );
+    let dry = sb.xtask_env(&["secrets", "seed", "--dry-run"], &bao.env());
     let dry = dry.ok();
     for line in [
         "ensure     auth kubernetes/",
@@ -298,10 +300,11 @@ fn a_seed_sets_up_esos_access_and_a_second_seed_writes_nothing() {
     );
 
     let (proxy, seen) = recording(&bao);
-    let first = report(&vault_seed(&sb, &proxy.addr(), &bao.token, &[]).ok());
+    let seeded = vault_seed(&sb, &proxy.addr(), &bao.token, &[]).ok();
+    let first = report(&seeded);
     let applied = &first["eso_access"]["applied"]["written"];
     assert!(
-        !dry.all().contains(KUBE_CANARY) && !first.to_string().contains(KUBE_CANARY),
+        !dry.all().contains(KUBE_CANARY) && !seeded.all().contains(KUBE_CANARY),
         "the kube context's credential leaked"
     );
     assert_eq!(
@@ -532,10 +535,7 @@ fn check_as_eso_reads_every_key_and_fails_on_a_policy_that_writes() {
     }
     let bao = OpenBao::start();
     let sb = sandbox_with_cluster(None);
-    let env = [
-        ("VAULT_ADDR", bao.addr.as_str()),
-        ("VAULT_TOKEN", bao.token.as_str()),
-    ];
+    let env = bao.env();
     vault_seed(&sb, &bao.addr, &bao.token, &[]).ok();
     let check = |extra: &[&str]| {
         let mut args = vec!["secrets", "check", "--live", "--as-eso"];
@@ -664,7 +664,7 @@ fn a_token_that_may_not_manage_auth_still_seeds_and_says_what_it_skipped() {
 
 #[test]
 fn status_and_doctor_notice_a_vault_that_forgot_everything() {
-    if !tools() {
+    if !doctor_tools() {
         return;
     }
     let sb = sandbox_with_cluster(None);
@@ -744,7 +744,7 @@ fn status_and_doctor_notice_a_vault_that_forgot_everything() {
 
 #[test]
 fn doctor_names_the_capabilities_a_read_only_token_lacks() {
-    if !tools() {
+    if !doctor_tools() {
         return;
     }
     let bao = OpenBao::start();
@@ -798,7 +798,7 @@ fn doctor_names_the_capabilities_a_read_only_token_lacks() {
 
 #[test]
 fn doctor_reports_external_secrets_that_are_not_ready_with_esos_reason() {
-    if !tools() {
+    if !doctor_tools() {
         return;
     }
     let bao = OpenBao::start();
@@ -825,10 +825,7 @@ fn doctor_reports_external_secrets_that_are_not_ready_with_esos_reason() {
             es("other", "elsewhere", "another-store", false, "SecretSyncedError", "not ours"),
         ]}],
     }}));
-    let env = [
-        ("VAULT_ADDR", bao.addr.as_str()),
-        ("VAULT_TOKEN", bao.token.as_str()),
-    ];
+    let env = bao.env();
     let doctor = sb.xtask_env(&["secrets", "doctor"], &env).code(1);
     let out = &doctor.stdout;
     assert!(
@@ -857,10 +854,7 @@ fn without_a_kubeconfig_the_seed_starts_no_kubectl() {
     }
     let bao = OpenBao::start();
     let sb = sandbox_with_cluster(None);
-    let env = [
-        ("VAULT_ADDR", bao.addr.as_str()),
-        ("VAULT_TOKEN", bao.token.as_str()),
-    ];
+    let env = bao.env();
     let kubectl_calls = |sb: &Sandbox| sb.calls().iter().filter(|c| c.tool == "kubectl").count();
 
     // No ~/.kube/config and no KUBECONFIG: real kubectl has no context, so

@@ -4,11 +4,11 @@
 //! or named with `--allow-non-local <host>`.
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Child;
 
 use crate::support::{
-    find_on, free_port, http_status, spawn_raft_node, tools_path, OpenBao, Run, Sandbox, TempDir,
+    bao_at, enable_kv2, find_on, free_port, init_and_unseal, spawn_raft_node, tools_path, OpenBao,
+    Run, Sandbox, TempDir,
 };
 
 /// A persistent OpenBao (one Raft node, initialised and unsealed) on
@@ -27,67 +27,28 @@ impl PersistentBao {
         let (port, cluster) = (free_port(), free_port());
         let child = spawn_raft_node(&bao, &dir.0, "solo", port, cluster);
         let addr = format!("http://127.0.0.1:{port}");
+        // Owned before the setup, so a failed setup still stops the server.
         let mut server = PersistentBao {
             child,
             addr,
             token: String::new(),
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http_status(port, "/v1/sys/seal-status") != Some(200) {
-            assert!(Instant::now() < deadline, "the Raft OpenBao did not listen");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let init = server.bao(&[
-            "operator",
-            "init",
-            "-key-shares=1",
-            "-key-threshold=1",
-            "-format=json",
-        ]);
-        let init: serde_json::Value = serde_json::from_slice(&init.stdout).unwrap();
-        server.token = init["root_token"].as_str().unwrap().to_string();
-        let key = init["unseal_keys_b64"][0].as_str().unwrap().to_string();
-        assert!(server.bao(&["operator", "unseal", &key]).status.success());
-        while http_status(port, "/v1/sys/health") != Some(200) {
-            assert!(Instant::now() < deadline, "the Raft OpenBao did not unseal");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let out = server.bao(&["secrets", "enable", "-path=secret", "kv-v2"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (_, token) = init_and_unseal(&bao, &server._dir.0, &server.addr);
+        enable_kv2(&bao, &server._dir.0, &server.addr, &token);
+        server.token = token;
         server
-    }
-
-    fn bao(&self, args: &[&str]) -> std::process::Output {
-        let mut cmd = Command::new(bao_path());
-        cmd.args(args)
-            .env("VAULT_ADDR", &self.addr)
-            .env("HOME", &self._dir.0);
-        if !self.token.is_empty() {
-            cmd.env("VAULT_TOKEN", &self.token);
-        }
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "bao {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
     }
 
     /// The names in `secret/`, read with the bao CLI.
     fn names(&self) -> Vec<String> {
-        let out = Command::new(bao_path())
-            .args(["kv", "list", "-format=json", "secret/"])
-            .env("VAULT_ADDR", &self.addr)
-            .env("VAULT_TOKEN", &self.token)
-            .env("HOME", &self._dir.0)
-            .output()
-            .unwrap();
+        let out = bao_at(
+            &bao_path(),
+            &self._dir.0,
+            &self.addr,
+            Some(&self.token),
+            &["kv", "list", "-format=json", "secret/"],
+        );
         serde_json::from_slice(&out.stdout).unwrap_or_default()
     }
 }

@@ -181,10 +181,7 @@ fn kv1_hand_edits_are_conflicts_until_forced_and_stale_values_update() {
          \x20     remoteRef:\n        key: redis-password\n        property: value\n  dataFrom:\n    - find:\n\
          \x20       name:\n          regexp: \"^_cargo-xtask\"\n",
     );
-    let env = [
-        ("VAULT_ADDR", bao.addr.as_str()),
-        ("VAULT_TOKEN", bao.token.as_str()),
-    ];
+    let env = bao.env();
     let check = |infra: &[&str]| {
         let mut args = vec![
             "secrets",

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{assert_contains, OpenBao, Run, Sandbox};
+use crate::support::{assert_contains, block_on, OpenBao, Run, Sandbox};
 
 const FLAG: &str = "infra/kubernetes/environments/local/platform/15-secrets.values.yaml";
 const JOURNAL: &str = ".local/secrets/journal/local.json";
@@ -1019,12 +1019,7 @@ fn status_shows_flags_migration_and_config_sources() {
         return;
     };
     sb.scenario(local(unhealthy("azure")));
-    let run = sb
-        .xtask_env(
-            &["secrets", "status"],
-            &[("VAULT_ADDR", &bao.addr), ("VAULT_TOKEN", &bao.token)],
-        )
-        .ok();
+    let run = sb.xtask_env(&["secrets", "status"], &bao.env()).ok();
     let out = &run.stdout;
     assert!(out.contains("  local        azure   <-"), "{out}");
     assert!(out.contains("  staging      azure"), "{out}");
@@ -1046,10 +1041,7 @@ fn status_shows_flags_migration_and_config_sources() {
         "the token is shown by source only"
     );
     let run = sb
-        .xtask_env(
-            &["secrets", "status", "--output", "json"],
-            &[("VAULT_ADDR", &bao.addr), ("VAULT_TOKEN", &bao.token)],
-        )
+        .xtask_env(&["secrets", "status", "--output", "json"], &bao.env())
         .ok();
     let v: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(v["vault"]["sealed"], false);
@@ -1068,10 +1060,7 @@ fn doctor_reports_each_finding_with_its_fix() {
             "reason": if ready { "Valid" } else { "InvalidProviderConfig" }, "message": if ready { "store validated" } else { "unable to log in to auth method" }}]}})
     };
     sb.scenario(json!({"kubectl": {"context": "k3d-ameide", "crds": ["externalsecrets.external-secrets.io"], "clustersecretstore": store(true)}}));
-    let env = [
-        ("VAULT_ADDR", bao.addr.as_str()),
-        ("VAULT_TOKEN", bao.token.as_str()),
-    ];
+    let env = bao.env();
     // An empty Vault is a finding of its own (eso_access.rs): seed it first.
     sb.xtask_env(&["secrets", "seed"], &env).ok();
     let run = sb.xtask_env(&["secrets", "doctor"], &env).ok();
@@ -1108,14 +1097,24 @@ fn a_canary_never_reaches_the_journal_output_or_any_child() {
         ".local/secrets/overrides.json",
         &format!("{{\"graph-db-password\": \"{canary}\"}}"),
     );
+    // The first run rolls back (Vault's store is not Ready), the second completes.
     sb.scenario(local(unhealthy("vault")));
-    let mut outputs = vec![to_vault(&sb, &bao).all()];
+    let mut outputs = vec![to_vault(&sb, &bao).code(1).all()];
     sb.scenario(local(healthy()));
-    outputs.push(to_vault(&sb, &bao).all());
-    let env = [
-        ("VAULT_ADDR", bao.addr.as_str()),
-        ("VAULT_TOKEN", bao.token.as_str()),
-    ];
+    outputs.push(to_vault(&sb, &bao).ok().all());
+    // The canary did go through the pipeline: Vault holds it, read back
+    // independently.
+    let held: std::collections::HashMap<String, String> = block_on(vaultrs::kv2::read(
+        &bao.client(),
+        "secret",
+        "graph-db-password",
+    ))
+    .expect("graph-db-password is in Vault");
+    assert!(
+        held.get("value").map(String::as_str) == Some(canary),
+        "Vault holds the override for graph-db-password"
+    );
+    let env = bao.env();
     for args in [
         &["secrets", "status"][..],
         &["secrets", "status", "--output", "json"],

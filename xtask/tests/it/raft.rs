@@ -59,7 +59,7 @@ fn seeds_through_a_standby_and_through_a_leader_failover() {
     let writes = Arc::new(AtomicUsize::new(0));
     let w = writes.clone();
     let proxy = Proxy::start(
-        crate::support::http_port(&cluster.addrs[standby]),
+        crate::support::port_of(&cluster.addrs[standby]),
         Arc::new(move |req| {
             if req.method == "POST"
                 && req.path.starts_with("/v1/secret/data/")

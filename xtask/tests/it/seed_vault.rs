@@ -12,10 +12,7 @@ use crate::support::{
 fn seed(sb: &Sandbox, bao: &OpenBao, extra: &[&str]) -> crate::support::Run {
     let mut args = vec!["secrets", "seed", "--provider", "vault"];
     args.extend_from_slice(extra);
-    sb.xtask_env(
-        &args,
-        &[("VAULT_ADDR", &bao.addr), ("VAULT_TOKEN", &bao.token)],
-    )
+    sb.xtask_env(&args, &bao.env())
 }
 
 #[test]
@@ -347,10 +344,7 @@ fn a_canary_value_never_reaches_output_or_argv() {
             "junit",
         ],
     ] {
-        let run = sb.xtask_env(
-            &args,
-            &[("VAULT_ADDR", &bao.addr), ("VAULT_TOKEN", &bao.token)],
-        );
+        let run = sb.xtask_env(&args, &bao.env());
         outputs.push(run.all());
     }
     assert_contains(&outputs[1], "graph-db-password (override)");
@@ -408,7 +402,7 @@ fn two_seeds_at_once_lose_no_update_and_corrupt_nothing() {
                 "--output",
                 "json",
             ],
-            &[("VAULT_ADDR", &bao.addr), ("VAULT_TOKEN", &bao.token)],
+            &bao.env(),
         ));
         assert_eq!(again["counts"]["create"], 0, "{provider}: nothing lost");
         assert_eq!(again["counts"]["update"], 0, "{provider}");
@@ -437,10 +431,7 @@ fn an_https_vault_with_its_own_ca_needs_vault_cacert() {
     let bao = OpenBao::start_tls();
     let ca = bao.ca_cert.clone().unwrap();
     let sb = Sandbox::new();
-    let env = [
-        ("VAULT_ADDR", bao.addr.as_str()),
-        ("VAULT_TOKEN", bao.token.as_str()),
-    ];
+    let env = bao.env();
     let run = sb
         .xtask_env(&["secrets", "seed", "--provider", "vault"], &env)
         .code(1);

@@ -6,7 +6,9 @@ fn shim(sb: &Sandbox, script: &str, args: &[&str], envs: &[(&str, &str)]) -> cra
     shim_in(sb, ".", script, args, envs)
 }
 
-/// Runs a shim with `cwd` (relative to the sandbox root) as the working directory.
+/// Runs a shim with `cwd` (relative to the sandbox root) as the working
+/// directory, in the environment the sandbox gives `xtask`, with
+/// `XTASK_BIN` pointing the shim at the built binary.
 fn shim_in(
     sb: &Sandbox,
     cwd: &str,
@@ -14,24 +16,9 @@ fn shim_in(
     args: &[&str],
     envs: &[(&str, &str)],
 ) -> crate::support::Run {
-    let mut cmd = std::process::Command::new(sb.path(script));
+    let mut cmd = sb.command_of(&sb.path(script), args);
     cmd.current_dir(sb.path(cwd))
-        .args(args)
-        .env("XTASK_BIN", env!("CARGO_BIN_EXE_xtask"))
-        .env("XTASK_PROJECT_ROOT", &sb.root)
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                crate::support::fakes_dir().display(),
-                crate::support::tools_path()
-            ),
-        )
-        .env("FAKE_DIR", &sb.fake_dir)
-        .env("HOME", &sb.home)
-        .env_remove("VAULT_ADDR")
-        .env_remove("VAULT_TOKEN")
-        .env_remove("AZURE_KEYVAULT_NAME");
+        .env("XTASK_BIN", env!("CARGO_BIN_EXE_xtask"));
     for (k, v) in envs {
         cmd.env(k, v);
     }

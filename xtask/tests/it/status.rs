@@ -15,10 +15,7 @@ fn status_shows_the_kv_version_of_the_mount() {
         String::from_utf8_lossy(&out.stderr)
     );
     let sb = Sandbox::new();
-    let env = [
-        ("VAULT_ADDR", bao.addr.as_str()),
-        ("VAULT_TOKEN", bao.token.as_str()),
-    ];
+    let env = bao.env();
     let run = sb.xtask_env(&["secrets", "status"], &env).ok();
     assert!(
         run.stdout.contains("; mount secret/: KV v2;"),

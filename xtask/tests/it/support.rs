@@ -272,6 +272,11 @@ impl OpenBao {
         let _ = self.child.wait();
     }
 
+    /// `VAULT_ADDR` and `VAULT_TOKEN` for this server, for `xtask_env`.
+    pub fn env(&self) -> [(&'static str, &str); 2] {
+        [("VAULT_ADDR", &self.addr), ("VAULT_TOKEN", &self.token)]
+    }
+
     /// A vaultrs client: an independent reader of what the seed wrote.
     pub fn client(&self) -> vaultrs::client::VaultClient {
         vault_client(&self.addr, &self.token)
@@ -491,8 +496,18 @@ impl Sandbox {
         }
     }
 
+    /// The built `xtask` with `args`, run as [`Sandbox::command_of`] runs
+    /// any program.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        self.command_of(Path::new(env!("CARGO_BIN_EXE_xtask")), args)
+    }
+
+    /// `program` with `args` in the sandbox: run from its root
+    /// (`XTASK_PROJECT_ROOT` too), the fakes and pinned tools on PATH, its
+    /// own HOME and helm homes, stdin closed, and none of the caller's
+    /// variables that the tool's config or kubectl would read.
+    pub fn command_of(&self, program: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .current_dir(&self.root)
             .env("XTASK_PROJECT_ROOT", &self.root)
@@ -511,6 +526,7 @@ impl Sandbox {
             "VAULT_ADDR",
             "VAULT_TOKEN",
             "VAULT_NAMESPACE",
+            "VAULT_CACERT",
             "SECRETS_PROVIDER",
             "AZURE_KEYVAULT_NAME",
             "EXTERNALSECRET_WAIT_ATTEMPTS",
@@ -578,10 +594,7 @@ impl Sandbox {
 pub struct Request {
     pub method: String,
     pub path: String,
-    #[allow(dead_code)] // for hooks that match on the payload
-    pub body: Vec<u8>,
     /// How many requests came before this one on its connection.
-    #[allow(dead_code)] // for hooks about keep-alive
     pub on_connection: usize,
 }
 
@@ -681,7 +694,6 @@ fn serve(mut client: TcpStream, upstream: u16, hook: Hook) -> std::io::Result<()
         let req = Request {
             method: parts.next().unwrap_or_default().to_string(),
             path: parts.next().unwrap_or_default().to_string(),
-            body: body.clone(),
             on_connection,
         };
         match hook(&req) {
@@ -782,8 +794,6 @@ fn read_message<R: std::io::BufRead>(
     Ok(Some((head, body)))
 }
 
-/// A 3-node OpenBao cluster with integrated Raft storage on loopback:
-/// init, unseal, `raft join`, all three voters. Stopped on drop.
 /// Starts one `bao server` on Raft storage below `dir` (data, config and
 /// log named after `node_id`), its API on `api` and Raft traffic on
 /// `cluster`, both on loopback.
@@ -810,6 +820,92 @@ pub fn spawn_raft_node(bao: &Path, dir: &Path, node_id: &str, api: u16, cluster:
         .unwrap()
 }
 
+/// The bao CLI at `bin` against `addr`, with `token` if any and HOME at
+/// `home`.
+pub fn bao_at(
+    bin: &Path,
+    home: &Path,
+    addr: &str,
+    token: Option<&str>,
+    args: &[&str],
+) -> std::process::Output {
+    let mut cmd = Command::new(bin);
+    cmd.args(args).env("VAULT_ADDR", addr).env("HOME", home);
+    if let Some(t) = token {
+        cmd.env("VAULT_TOKEN", t);
+    }
+    cmd.output().unwrap()
+}
+
+/// Waits for the new OpenBao at `addr` to listen, initialises it with one
+/// unseal key, unseals it and waits until it is active. Returns the unseal
+/// key and the root token.
+pub fn init_and_unseal(bin: &Path, home: &Path, addr: &str) -> (String, String) {
+    let port = port_of(addr);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let until = |what: &str, f: &dyn Fn() -> bool| {
+        while !f() {
+            assert!(
+                Instant::now() < deadline,
+                "OpenBao at {addr}: timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    until("it to listen", &|| {
+        http_status(port, "/v1/sys/health").is_some()
+    });
+    let init = bao_at(
+        bin,
+        home,
+        addr,
+        None,
+        &[
+            "operator",
+            "init",
+            "-key-shares=1",
+            "-key-threshold=1",
+            "-format=json",
+        ],
+    );
+    assert!(
+        init.status.success(),
+        "init: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let init: serde_json::Value = serde_json::from_slice(&init.stdout).unwrap();
+    let key = init["unseal_keys_b64"][0].as_str().unwrap().to_string();
+    let token = init["root_token"].as_str().unwrap().to_string();
+    let out = bao_at(bin, home, addr, None, &["operator", "unseal", &key]);
+    assert!(
+        out.status.success(),
+        "unseal: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    until("it to be active", &|| {
+        http_status(port, "/v1/sys/health") == Some(200)
+    });
+    (key, token)
+}
+
+/// Enables KV v2 at `secret/` on the OpenBao at `addr`.
+pub fn enable_kv2(bin: &Path, home: &Path, addr: &str, token: &str) {
+    let out = bao_at(
+        bin,
+        home,
+        addr,
+        Some(token),
+        &["secrets", "enable", "-path=secret", "kv-v2"],
+    );
+    assert!(
+        out.status.success(),
+        "enable kv: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A 3-node OpenBao cluster with integrated Raft storage on loopback:
+/// init, unseal, `raft join`, all three voters. Stopped on drop.
 pub struct RaftCluster {
     nodes: Vec<Option<Child>>,
     pub addrs: Vec<String>,
@@ -829,13 +925,8 @@ impl RaftCluster {
             nodes.push(Some(child));
             addrs.push(format!("http://127.0.0.1:{api}"));
         }
-        let run = |addr: &str, token: Option<&str>, args: &[&str]| -> std::process::Output {
-            let mut cmd = Command::new(&bao);
-            cmd.args(args).env("VAULT_ADDR", addr).env("HOME", &dir.0);
-            if let Some(t) = token {
-                cmd.env("VAULT_TOKEN", t);
-            }
-            cmd.output().unwrap()
+        let run = |addr: &str, token: Option<&str>, args: &[&str]| {
+            bao_at(&bao, &dir.0, addr, token, args)
         };
         let until = |what: &str, f: &dyn Fn() -> bool| {
             let deadline = Instant::now() + Duration::from_secs(60);
@@ -847,34 +938,7 @@ impl RaftCluster {
                 std::thread::sleep(Duration::from_millis(200));
             }
         };
-        until("node0 to listen", &|| {
-            http_status(port_of(&addrs[0]), "/v1/sys/health").is_some()
-        });
-        let init = run(
-            &addrs[0],
-            None,
-            &[
-                "operator",
-                "init",
-                "-key-shares=1",
-                "-key-threshold=1",
-                "-format=json",
-            ],
-        );
-        assert!(
-            init.status.success(),
-            "init: {}",
-            String::from_utf8_lossy(&init.stderr)
-        );
-        let init: serde_json::Value = serde_json::from_slice(&init.stdout).unwrap();
-        let key = init["unseal_keys_b64"][0].as_str().unwrap().to_string();
-        let token = init["root_token"].as_str().unwrap().to_string();
-        assert!(run(&addrs[0], None, &["operator", "unseal", &key])
-            .status
-            .success());
-        until("node0 to lead", &|| {
-            http_status(port_of(&addrs[0]), "/v1/sys/health") == Some(200)
-        });
+        let (key, token) = init_and_unseal(&bao, &dir.0, &addrs[0]);
         // Promote joiners to voters quickly.
         let out = run(
             &addrs[0],
@@ -920,16 +984,7 @@ impl RaftCluster {
                         .is_some_and(|s| s.len() == 3 && s.iter().all(|n| n["voter"] == true))
                 })
         });
-        let out = run(
-            &addrs[0],
-            Some(&token),
-            &["secrets", "enable", "-path=secret", "kv-v2"],
-        );
-        assert!(
-            out.status.success(),
-            "enable kv: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        enable_kv2(&bao, &dir.0, &addrs[0], &token);
         RaftCluster {
             nodes,
             addrs,
@@ -969,13 +1024,9 @@ impl Drop for RaftCluster {
     }
 }
 
-fn port_of(addr: &str) -> u16 {
-    addr.rsplit(':').next().unwrap().parse().unwrap()
-}
-
 /// The port of an http://host:port address.
-pub fn http_port(addr: &str) -> u16 {
-    port_of(addr)
+pub fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':').next().unwrap().parse().unwrap()
 }
 
 /// A vaultrs client for `addr`: tests read back through it, not our code.
