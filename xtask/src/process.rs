@@ -197,13 +197,11 @@ impl Tool {
             Some(out) => Ok(out.clone()),
             None => {
                 let _ = handle.kill();
-                // What it said before it hung is often the reason.
+                // What it said on stderr before it hung is often the
+                // reason. Never stdout, as in `failure`: a child may print
+                // what it read there (a secret value, a credential).
                 let said = match handle.wait_timeout(Duration::from_secs(2)) {
-                    Ok(Some(out)) => {
-                        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-                        text.push_str(&String::from_utf8_lossy(&out.stderr));
-                        tail(&text, TAIL_LINES)
-                    }
+                    Ok(Some(out)) => tail(&String::from_utf8_lossy(&out.stderr), TAIL_LINES),
                     _ => "no output".to_string(),
                 };
                 bail!(
@@ -534,6 +532,22 @@ mod tests {
         assert!(err.contains("did not finish within 0.3 s"), "{err}");
         assert!(err.contains("waiting for the lock"), "{err}");
         assert!(err.contains("raise helmfile.sync_timeout_secs"), "{err}");
+    }
+
+    #[test]
+    fn a_call_past_its_deadline_never_quotes_stdout() {
+        // A child that printed a value on stdout and then hung: the timeout
+        // message quotes its stderr, never what it printed.
+        let err = Tool::new("sh")
+            .args(["-c", "echo \"$V\"; echo stuck on stderr >&2; exec sleep 30"])
+            .env("V", "canary-on-stdout")
+            .deadline(Duration::from_millis(300))
+            .output()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did not finish within"), "{err}");
+        assert!(!err.contains("canary-on-stdout"), "{err}");
+        assert!(err.contains("stuck on stderr"), "{err}");
     }
 
     #[test]
