@@ -494,18 +494,34 @@ mod tests {
 
     #[test]
     fn a_spawned_child_is_drained_for_its_whole_life_and_killed_on_drop() {
-        // Writes a line every 5 ms: if nobody drained the pipe, the writes
-        // would block (or, with the pipe closed, kill the child).
+        // Writes about 120 KiB at once, more than a pipe holds (64 KiB on
+        // Linux), then a marker, then a line every 5 ms: if nobody drained
+        // the pipe, the writes would block before the marker (or, with the
+        // pipe closed, kill the child).
         let running = Tool::new("sh")
             .args([
                 "-c",
-                "echo ready; i=0; while :; do echo line $i; i=$((i+1)); sleep 0.005; done",
+                "echo ready; yes 0123456789012345678901234567890123456789 | head -n 3000; \
+                 echo marker; i=0; while :; do echo line $i; i=$((i+1)); sleep 0.005; done",
             ])
             .spawn()
             .unwrap();
         assert_eq!(
             running.next_line(Duration::from_secs(5)),
             Next::Line("ready".to_string())
+        );
+        let mut bytes = 0;
+        loop {
+            match running.next_line(Duration::from_secs(5)) {
+                Next::Line(l) if l == "marker" => break,
+                Next::Line(l) => bytes += l.len() + 1,
+                other => panic!("no marker after {bytes} bytes: {other:?}"),
+            }
+        }
+        assert!(bytes > 64 * 1024, "only {bytes} bytes before the marker");
+        assert!(
+            running.is_running(),
+            "the child ended before its marker was read"
         );
         std::thread::sleep(Duration::from_millis(300));
         assert!(running.is_running());
