@@ -395,7 +395,8 @@ fn die_with_parent(cmd: &mut std::process::Command) -> std::io::Result<()> {
     Ok(())
 }
 
-fn exit_text(status: std::process::ExitStatus) -> String {
+/// How a child ended, for messages: `exit 3`, `killed by signal 9`.
+pub(crate) fn exit_text(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit {code}"),
