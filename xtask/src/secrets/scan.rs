@@ -663,6 +663,8 @@ pub fn scan_rendered(
         .collect();
     helmfiles.sort();
     let out_dir = std::env::temp_dir().join(format!("xtask-render-{}-{env}", std::process::id()));
+    // Removed however this ends: rendered manifests and helm's cache.
+    let _dirs = RenderDirs::new(&out_dir);
     let mut scan = Scan {
         mode: "rendered",
         ..Scan::default()
@@ -702,8 +704,32 @@ pub fn scan_rendered(
             )?;
         }
     }
-    let _ = std::fs::remove_dir_all(&out_dir);
     Ok(scan)
+}
+
+/// The folders `helmfile template` writes (its output and helm's cache),
+/// removed on drop: after the scan, and when rendering fails.
+struct RenderDirs {
+    dirs: [PathBuf; 2],
+}
+
+impl RenderDirs {
+    fn new(out_dir: &Path) -> RenderDirs {
+        RenderDirs {
+            dirs: [
+                out_dir.to_path_buf(),
+                crate::secrets::helmfile::helm_cache_dir(out_dir),
+            ],
+        }
+    }
+}
+
+impl Drop for RenderDirs {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 fn collect_all_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -726,6 +752,55 @@ mod tests {
         let mut out = Vec::new();
         scan_text(text, "f.yaml", None, None, values, &mut out)?;
         Ok(out)
+    }
+
+    /// Renders a tree of one helmfile with a fake `helmfile` that writes an
+    /// output folder and helm's cache, then exits with `code`.
+    fn render_with_fake_helmfile(env: &str, code: i32) -> (Result<Scan>, PathBuf) {
+        let root = std::env::temp_dir().join(format!("xtask-scan-{env}-{}", std::process::id()));
+        let infra = root.join("infra");
+        std::fs::create_dir_all(infra.join("helmfiles")).unwrap();
+        std::fs::write(infra.join("helmfiles/a.yaml"), "releases: []\n").unwrap();
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let fake = bin.join("helmfile");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\nwhile [ \"$1\" != --output-dir ]; do shift; done\n\
+                 mkdir -p \"$2/r\" \"$HELM_CACHE_HOME/repo\"\n\
+                 echo 'kind: ConfigMap' > \"$2/r/cm.yaml\"\n\
+                 echo cached > \"$HELM_CACHE_HOME/repo/index.yaml\"\nexit {code}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let path = std::env::join_paths([bin.as_path(), Path::new("/usr/bin"), Path::new("/bin")])
+            .unwrap();
+        let result = scan_rendered(&infra, &root, env, &path);
+        std::fs::remove_dir_all(&root).unwrap();
+        let out_dir =
+            std::env::temp_dir().join(format!("xtask-render-{}-{env}", std::process::id()));
+        (result, out_dir)
+    }
+
+    #[test]
+    fn rendering_leaves_no_output_or_helm_cache_behind() {
+        for (env, code) in [("scan-ok", 0), ("scan-fails", 1)] {
+            let (result, out_dir) = render_with_fake_helmfile(env, code);
+            assert_eq!(result.is_ok(), code == 0, "{env}: {:?}", result.err());
+            if let Ok(scan) = result {
+                assert_eq!(scan.files, 1, "the fake rendered one file");
+            }
+            let cache = crate::secrets::helmfile::helm_cache_dir(&out_dir);
+            assert!(
+                !out_dir.exists(),
+                "{env}: {} left behind",
+                out_dir.display()
+            );
+            assert!(!cache.exists(), "{env}: {} left behind", cache.display());
+        }
     }
 
     #[test]
