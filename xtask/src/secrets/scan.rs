@@ -306,14 +306,28 @@ fn blank_actions(text: &str) -> String {
 
 /// Where a blanked template is still not YAML: every literal
 /// `remoteRef.key` (block or flow form), one ExternalSecret per document.
+/// The property reads as the YAML path reads it: `None` when the
+/// `remoteRef` has none, `value` when the template builds it (as
+/// [`literal_only`] assumes).
 fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
     let mut out: Vec<ExternalSecret> = Vec::new();
     let mut doc_refs: Vec<KeyRef> = Vec::new();
     let mut doc_line = 1;
     let mut remote_indent: Option<usize> = None;
+    // In a block `remoteRef`: the index of its ref in `doc_refs` once its
+    // key is read, and its property if that came first.
+    let mut block_ref: Option<usize> = None;
+    let mut block_property: Option<String> = None;
     let unquote = |v: &str| {
         let v = v.trim().split(" #").next().unwrap_or("").trim();
         v.trim_matches(|c| c == '"' || c == '\'').to_string()
+    };
+    let property_of = |p: String| {
+        if templated(&p) {
+            Some("value".to_string())
+        } else {
+            Some(p).filter(|p| !p.is_empty())
+        }
     };
     let flush = |refs: &mut Vec<KeyRef>, line: usize, out: &mut Vec<ExternalSecret>| {
         if !refs.is_empty() {
@@ -359,9 +373,7 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
                     doc_refs.push(KeyRef {
                         key,
                         kind: RefKind::Data {
-                            property: field("property")
-                                .filter(|p| !templated(p))
-                                .or(Some("value".into())),
+                            property: field("property").and_then(property_of),
                             secret_key: None,
                         },
                         at: Location {
@@ -373,6 +385,8 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
                 remote_indent = None;
             } else {
                 remote_indent = Some(indent);
+                block_ref = None;
+                block_property = None;
             }
             continue;
         }
@@ -384,7 +398,7 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
                         doc_refs.push(KeyRef {
                             key,
                             kind: RefKind::Data {
-                                property: Some("value".into()),
+                                property: block_property.take(),
                                 secret_key: None,
                             },
                             at: Location {
@@ -392,15 +406,16 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
                                 line: n,
                             },
                         });
+                        block_ref = Some(doc_refs.len() - 1);
                     }
                 } else if let Some(v) = body.strip_prefix("property:") {
-                    let p = unquote(v);
-                    if let Some(RefKind::Data { property, .. }) =
-                        doc_refs.last_mut().map(|r| &mut r.kind)
-                    {
-                        if !templated(&p) && !p.is_empty() {
-                            *property = Some(p);
-                        }
+                    let p = property_of(unquote(v));
+                    match block_ref.and_then(|i| doc_refs.get_mut(i)) {
+                        Some(KeyRef {
+                            kind: RefKind::Data { property, .. },
+                            ..
+                        }) => *property = p,
+                        _ => block_property = p,
                     }
                 }
             }
@@ -1010,6 +1025,35 @@ spec:
             .flat_map(|e| e.refs.iter().map(|r| (r.key.as_str(), r.at.line)))
             .collect();
         assert_eq!(keys, vec![("line-key", 7), ("flow-key", 10)]);
+    }
+
+    #[test]
+    fn the_line_by_line_search_reads_properties_as_the_yaml_path_does() {
+        // Not YAML (an unclosed flow sequence): searched line by line. A
+        // remoteRef without a property has none (check reports it), a
+        // templated one is assumed `value`, a literal one is kept, in either
+        // order and either form.
+        let text = "kind: ExternalSecret\nspec:\n  data:\n    - secretKey: a\n      remoteRef:\n        key: no-property\n    - secretKey: b\n      remoteRef:\n        key: templated-property\n        property: {{ .p }}\n    - secretKey: c\n      remoteRef:\n        property: first\n        key: property-first\n    - secretKey: d\n      remoteRef:\n        key: {{ .k }}\n        property: not-for-another-key\n    - secretKey: e\n      remoteRef: {key: flow-no-property}\n    - secretKey: f\n      remoteRef: {key: flow-templated, property: {{ .p }}}\n  broken: [unclosed\n";
+        let mut out = Vec::new();
+        scan_template(text, "t.yaml", &mut out);
+        let props: Vec<(&str, Option<&str>)> = out
+            .iter()
+            .flat_map(|e| e.refs.iter())
+            .map(|r| match &r.kind {
+                RefKind::Data { property, .. } => (r.key.as_str(), property.as_deref()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            props,
+            vec![
+                ("no-property", None),
+                ("templated-property", Some("value")),
+                ("property-first", Some("first")),
+                ("flow-no-property", None),
+                ("flow-templated", Some("value")),
+            ]
+        );
     }
 
     #[test]
