@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -29,15 +29,36 @@ fn kubectl_tool() -> Tool {
 }
 
 /// The current kube context, or `None` when kubectl is missing, has none,
-/// or fails (see [`context`] for the reason).
+/// or fails (see [`context`] for the reason). Asked once per process.
 pub fn current_context() -> Option<String> {
     context().ok().flatten()
 }
 
+/// The answer of the first [`context`] call: a run never changes the
+/// kubeconfig, and doctor, seed and migrate ask several times.
+static CONTEXT: OnceLock<Result<Option<String>, String>> = OnceLock::new();
+
 /// The current kube context: `Ok(None)` when kubectl is not installed or
 /// no context is set; an error with kubectl's words when it fails
-/// otherwise (a broken kubeconfig) or outlives its deadline.
+/// otherwise (a broken kubeconfig) or outlives its deadline. kubectl is
+/// asked once per process; later calls repeat its answer, error included
+/// (a kubectl that timed out once is not waited for again).
 pub fn context() -> Result<Option<String>> {
+    once(&CONTEXT, ask_context)
+}
+
+/// `cell`'s answer, from `ask` the first time. An error is kept as its
+/// message (with its causes), as anyhow errors cannot be cloned.
+fn once<T: Clone>(
+    cell: &OnceLock<Result<T, String>>,
+    ask: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    cell.get_or_init(|| ask().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn ask_context() -> Result<Option<String>> {
     if crate::tools::which("kubectl").is_none() || !kubeconfig_exists() {
         return Ok(None);
     }
@@ -495,6 +516,34 @@ mod tests {
         );
         assert_eq!((es[2].ready, es[2].store.as_str()), (None, "SecretStore/"));
         assert_eq!(es[1].id(), "ameide/b");
+    }
+
+    #[test]
+    fn the_context_is_asked_once_and_its_answer_repeated() {
+        let asked = std::cell::Cell::new(0);
+        let cell = OnceLock::new();
+        for _ in 0..3 {
+            let ctx = once(&cell, || {
+                asked.set(asked.get() + 1);
+                Ok(Some("k3d-ameide".to_string()))
+            });
+            assert_eq!(ctx.unwrap().as_deref(), Some("k3d-ameide"));
+        }
+        assert_eq!(asked.get(), 1);
+        // A failure too, in kubectl's words and with its causes.
+        let cell: OnceLock<Result<Option<String>, String>> = OnceLock::new();
+        for _ in 0..2 {
+            let err = once(&cell, || {
+                asked.set(asked.get() + 1);
+                Err(anyhow::anyhow!("error: broken kubeconfig").context("kubectl config"))
+            })
+            .unwrap_err();
+            assert_eq!(
+                format!("{err:#}"),
+                "kubectl config: error: broken kubeconfig"
+            );
+        }
+        assert_eq!(asked.get(), 2);
     }
 
     #[test]
