@@ -46,6 +46,8 @@ pub struct Tool {
     timeout_hint: Option<String>,
     /// Linux: the child is sent SIGTERM when the thread that started it ends.
     die_with_parent: bool,
+    /// For [`Tool::spawn`]: lines not worth quoting in a message.
+    noise: Option<fn(&str) -> bool>,
 }
 
 impl Tool {
@@ -61,6 +63,7 @@ impl Tool {
             install_hint: None,
             timeout_hint: None,
             die_with_parent: false,
+            noise: None,
         }
     }
 
@@ -130,6 +133,15 @@ impl Tool {
     /// as the child is wanted. Elsewhere, only [`Running`]'s drop stops it.
     pub fn die_with_parent(mut self) -> Tool {
         self.die_with_parent = true;
+        self
+    }
+
+    /// For [`Tool::spawn`]: the lines `is_noise` picks still reach
+    /// [`Running::next_line`] but are not kept for [`Running::last_lines`],
+    /// e.g. the `Handling connection for N` kubectl port-forward writes for
+    /// every connection, which would crowd out its error.
+    pub fn noise(mut self, is_noise: fn(&str) -> bool) -> Tool {
+        self.noise = Some(is_noise);
         self
     }
 
@@ -240,8 +252,8 @@ impl Tool {
 
     /// Starts a long-running child. Its stdout and stderr are drained for
     /// its whole life (a Go program dies of SIGPIPE once its stdout is
-    /// closed); every line goes to [`Running::lines`] and the last few are
-    /// kept for error messages. Killed on drop.
+    /// closed); every line goes to [`Running::lines`] and the last few
+    /// (less any [`Tool::noise`]) are kept for error messages. Killed on drop.
     pub fn spawn(&self) -> Result<Running> {
         let reader = self
             .expression()
@@ -251,13 +263,14 @@ impl Tool {
         let reader = Arc::new(reader);
         let last = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
         let (tx, rx) = mpsc::channel();
+        let noise = self.noise;
         let drain = {
             let reader = Arc::clone(&reader);
             let last = Arc::clone(&last);
             std::thread::spawn(move || {
                 for line in BufReader::new(&*reader).lines() {
                     let Ok(line) = line else { break };
-                    {
+                    if !noise.is_some_and(|is_noise| is_noise(&line)) {
                         let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
                         if last.len() == TAIL_LINES {
                             last.pop_front();
@@ -586,6 +599,24 @@ mod tests {
         assert_eq!(running.exit_status().as_deref(), Some("exit 4"));
         assert!(!running.is_running());
         assert_eq!(running.last_lines().lines().count(), 2);
+    }
+
+    #[test]
+    fn noise_reaches_the_reader_but_is_not_kept_for_messages() {
+        let running = Tool::new("sh")
+            .args([
+                "-c",
+                "echo kept one; echo noise 1; echo kept two; echo noise 2",
+            ])
+            .noise(|line| line.starts_with("noise"))
+            .spawn()
+            .unwrap();
+        let mut lines = Vec::new();
+        while let Next::Line(l) = running.next_line(Duration::from_secs(5)) {
+            lines.push(l);
+        }
+        assert_eq!(lines, ["kept one", "noise 1", "kept two", "noise 2"]);
+        assert_eq!(running.last_lines(), "kept one\n  kept two");
     }
 
     #[test]

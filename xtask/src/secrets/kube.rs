@@ -2,7 +2,6 @@
 //! (watched, restarted once, stopped on drop), ExternalSecret status. Every
 //! call goes through `process::Tool`, with a deadline.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -94,9 +93,6 @@ fn kubeconfig_exists() -> bool {
 /// How long to wait for kubectl's next line before looking at the stop flag.
 const POLL: Duration = Duration::from_millis(50);
 
-/// Lines of kubectl's output kept for messages.
-const KEPT_LINES: usize = 6;
-
 /// What to forward: `svc/<service>:<port>` in `namespace`.
 #[derive(Clone, Debug)]
 pub struct ForwardSpec {
@@ -115,6 +111,7 @@ impl ForwardSpec {
         Tool::new("kubectl")
             .install_hint(INSTALL_HINT)
             .die_with_parent()
+            .noise(|line| line.starts_with("Handling connection for"))
             .args([
                 "port-forward".to_string(),
                 "--namespace".into(),
@@ -282,19 +279,10 @@ fn reports_broken(line: &str) -> bool {
     l.contains("an error occurred forwarding") || l.contains("lost connection to pod")
 }
 
-/// Watches one forward: drains kubectl's output, keeps its last lines
-/// (without the per-connection noise), restarts it once, and records why
-/// it is gone when it fails again.
+/// Watches one forward: reads kubectl's output (its last lines, without
+/// the per-connection noise, are kept by `Running`), restarts it once, and
+/// records why it is gone when it fails again.
 fn supervise(spec: &ForwardSpec, mut running: Running, port: u16, watch: &Watch) {
-    let mut said: VecDeque<String> = VecDeque::new();
-    let keep = |said: &mut VecDeque<String>, line: String| {
-        if !line.starts_with("Handling connection for") {
-            if said.len() == KEPT_LINES {
-                said.pop_front();
-            }
-            said.push_back(line);
-        }
-    };
     let mut first_failure: Option<String> = None;
     let mut display = spec.tool(None).display();
     loop {
@@ -304,15 +292,11 @@ fn supervise(spec: &ForwardSpec, mut running: Running, port: u16, watch: &Watch)
         match running.next_line(POLL) {
             Next::Quiet => continue,
             Next::Line(line) => {
-                let broken = reports_broken(&line);
-                keep(&mut said, line);
-                if !broken {
+                if !reports_broken(&line) {
                     continue;
                 }
                 // Let it finish saying why (and exit, if it does).
-                while let Next::Line(more) = running.next_line(Duration::from_millis(300)) {
-                    keep(&mut said, more);
-                }
+                while let Next::Line(_) = running.next_line(Duration::from_millis(300)) {}
             }
             Next::Ended => {}
         }
@@ -322,11 +306,7 @@ fn supervise(spec: &ForwardSpec, mut running: Running, port: u16, watch: &Watch)
             "reported a broken forward".to_string()
         };
         running.stop();
-        let words = if said.is_empty() {
-            "no output".to_string()
-        } else {
-            said.iter().cloned().collect::<Vec<_>>().join("\n  ")
-        };
+        let words = running.last_lines();
         let failure = format!("`{display}` {how}; kubectl said:\n  {words}");
         if let Some(first) = &first_failure {
             let why = format!(
@@ -344,7 +324,6 @@ fn supervise(spec: &ForwardSpec, mut running: Running, port: u16, watch: &Watch)
         }
         eprintln!("note: {failure}\n  restarting it once, on the same port {port}");
         first_failure = Some(failure);
-        said.clear();
         display = spec.tool(Some(port)).display();
         match spec.launch(Some(port), &watch.stop) {
             Ok((next, p)) if p == port => running = next,
