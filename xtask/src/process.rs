@@ -46,6 +46,8 @@ pub struct Tool {
     timeout_hint: Option<String>,
     /// Linux: the child is sent SIGTERM when the thread that started it ends.
     die_with_parent: bool,
+    /// For [`Tool::spawn`]: lines not worth quoting in a message.
+    noise: Option<fn(&str) -> bool>,
 }
 
 impl Tool {
@@ -61,6 +63,7 @@ impl Tool {
             install_hint: None,
             timeout_hint: None,
             die_with_parent: false,
+            noise: None,
         }
     }
 
@@ -133,6 +136,15 @@ impl Tool {
         self
     }
 
+    /// For [`Tool::spawn`]: the lines `is_noise` picks still reach
+    /// [`Running::next_line`] but are not kept for [`Running::last_lines`],
+    /// e.g. the `Handling connection for N` kubectl port-forward writes for
+    /// every connection, which would crowd out its error.
+    pub fn noise(mut self, is_noise: fn(&str) -> bool) -> Tool {
+        self.noise = Some(is_noise);
+        self
+    }
+
     /// `program arg arg ...` for messages (arguments never hold values).
     pub fn display(&self) -> String {
         let mut s = self.program.to_string_lossy().into_owned();
@@ -197,13 +209,11 @@ impl Tool {
             Some(out) => Ok(out.clone()),
             None => {
                 let _ = handle.kill();
-                // What it said before it hung is often the reason.
+                // What it said on stderr before it hung is often the
+                // reason. Never stdout, as in `failure`: a child may print
+                // what it read there (a secret value, a credential).
                 let said = match handle.wait_timeout(Duration::from_secs(2)) {
-                    Ok(Some(out)) => {
-                        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-                        text.push_str(&String::from_utf8_lossy(&out.stderr));
-                        tail(&text, TAIL_LINES)
-                    }
+                    Ok(Some(out)) => tail(&String::from_utf8_lossy(&out.stderr), TAIL_LINES),
                     _ => "no output".to_string(),
                 };
                 bail!(
@@ -242,8 +252,8 @@ impl Tool {
 
     /// Starts a long-running child. Its stdout and stderr are drained for
     /// its whole life (a Go program dies of SIGPIPE once its stdout is
-    /// closed); every line goes to [`Running::lines`] and the last few are
-    /// kept for error messages. Killed on drop.
+    /// closed); every line goes to [`Running::lines`] and the last few
+    /// (less any [`Tool::noise`]) are kept for error messages. Killed on drop.
     pub fn spawn(&self) -> Result<Running> {
         let reader = self
             .expression()
@@ -253,13 +263,14 @@ impl Tool {
         let reader = Arc::new(reader);
         let last = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
         let (tx, rx) = mpsc::channel();
+        let noise = self.noise;
         let drain = {
             let reader = Arc::clone(&reader);
             let last = Arc::clone(&last);
             std::thread::spawn(move || {
                 for line in BufReader::new(&*reader).lines() {
                     let Ok(line) = line else { break };
-                    {
+                    if !noise.is_some_and(|is_noise| is_noise(&line)) {
                         let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
                         if last.len() == TAIL_LINES {
                             last.pop_front();
@@ -397,7 +408,8 @@ fn die_with_parent(cmd: &mut std::process::Command) -> std::io::Result<()> {
     Ok(())
 }
 
-fn exit_text(status: std::process::ExitStatus) -> String {
+/// How a child ended, for messages: `exit 3`, `killed by signal 9`.
+pub(crate) fn exit_text(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit {code}"),
@@ -496,18 +508,34 @@ mod tests {
 
     #[test]
     fn a_spawned_child_is_drained_for_its_whole_life_and_killed_on_drop() {
-        // Writes a line every 5 ms: if nobody drained the pipe, the writes
-        // would block (or, with the pipe closed, kill the child).
+        // Writes about 120 KiB at once, more than a pipe holds (64 KiB on
+        // Linux), then a marker, then a line every 5 ms: if nobody drained
+        // the pipe, the writes would block before the marker (or, with the
+        // pipe closed, kill the child).
         let running = Tool::new("sh")
             .args([
                 "-c",
-                "echo ready; i=0; while :; do echo line $i; i=$((i+1)); sleep 0.005; done",
+                "echo ready; yes 0123456789012345678901234567890123456789 | head -n 3000; \
+                 echo marker; i=0; while :; do echo line $i; i=$((i+1)); sleep 0.005; done",
             ])
             .spawn()
             .unwrap();
         assert_eq!(
             running.next_line(Duration::from_secs(5)),
             Next::Line("ready".to_string())
+        );
+        let mut bytes = 0;
+        loop {
+            match running.next_line(Duration::from_secs(5)) {
+                Next::Line(l) if l == "marker" => break,
+                Next::Line(l) => bytes += l.len() + 1,
+                other => panic!("no marker after {bytes} bytes: {other:?}"),
+            }
+        }
+        assert!(bytes > 64 * 1024, "only {bytes} bytes before the marker");
+        assert!(
+            running.is_running(),
+            "the child ended before its marker was read"
         );
         std::thread::sleep(Duration::from_millis(300));
         assert!(running.is_running());
@@ -537,6 +565,22 @@ mod tests {
     }
 
     #[test]
+    fn a_call_past_its_deadline_never_quotes_stdout() {
+        // A child that printed a value on stdout and then hung: the timeout
+        // message quotes its stderr, never what it printed.
+        let err = Tool::new("sh")
+            .args(["-c", "echo \"$V\"; echo stuck on stderr >&2; exec sleep 30"])
+            .env("V", "canary-on-stdout")
+            .deadline(Duration::from_millis(300))
+            .output()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did not finish within"), "{err}");
+        assert!(!err.contains("canary-on-stdout"), "{err}");
+        assert!(err.contains("stuck on stderr"), "{err}");
+    }
+
+    #[test]
     fn a_spawned_child_reports_its_lines_its_end_and_its_exit() {
         let running = Tool::new("sh")
             .args(["-c", "echo one; echo two >&2; sleep 0.2; exit 4"])
@@ -555,6 +599,24 @@ mod tests {
         assert_eq!(running.exit_status().as_deref(), Some("exit 4"));
         assert!(!running.is_running());
         assert_eq!(running.last_lines().lines().count(), 2);
+    }
+
+    #[test]
+    fn noise_reaches_the_reader_but_is_not_kept_for_messages() {
+        let running = Tool::new("sh")
+            .args([
+                "-c",
+                "echo kept one; echo noise 1; echo kept two; echo noise 2",
+            ])
+            .noise(|line| line.starts_with("noise"))
+            .spawn()
+            .unwrap();
+        let mut lines = Vec::new();
+        while let Next::Line(l) = running.next_line(Duration::from_secs(5)) {
+            lines.push(l);
+        }
+        assert_eq!(lines, ["kept one", "noise 1", "kept two", "noise 2"]);
+        assert_eq!(running.last_lines(), "kept one\n  kept two");
     }
 
     #[test]

@@ -2,9 +2,8 @@
 //! (watched, restarted once, stopped on drop), ExternalSecret status. Every
 //! call goes through `process::Tool`, with a deadline.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -29,15 +28,36 @@ fn kubectl_tool() -> Tool {
 }
 
 /// The current kube context, or `None` when kubectl is missing, has none,
-/// or fails (see [`context`] for the reason).
+/// or fails (see [`context`] for the reason). Asked once per process.
 pub fn current_context() -> Option<String> {
     context().ok().flatten()
 }
 
+/// The answer of the first [`context`] call: a run never changes the
+/// kubeconfig, and doctor, seed and migrate ask several times.
+static CONTEXT: OnceLock<Result<Option<String>, String>> = OnceLock::new();
+
 /// The current kube context: `Ok(None)` when kubectl is not installed or
 /// no context is set; an error with kubectl's words when it fails
-/// otherwise (a broken kubeconfig) or outlives its deadline.
+/// otherwise (a broken kubeconfig) or outlives its deadline. kubectl is
+/// asked once per process; later calls repeat its answer, error included
+/// (a kubectl that timed out once is not waited for again).
 pub fn context() -> Result<Option<String>> {
+    once(&CONTEXT, ask_context)
+}
+
+/// `cell`'s answer, from `ask` the first time. An error is kept as its
+/// message (with its causes), as anyhow errors cannot be cloned.
+fn once<T: Clone>(
+    cell: &OnceLock<Result<T, String>>,
+    ask: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    cell.get_or_init(|| ask().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn ask_context() -> Result<Option<String>> {
     if crate::tools::which("kubectl").is_none() || !kubeconfig_exists() {
         return Ok(None);
     }
@@ -73,9 +93,6 @@ fn kubeconfig_exists() -> bool {
 /// How long to wait for kubectl's next line before looking at the stop flag.
 const POLL: Duration = Duration::from_millis(50);
 
-/// Lines of kubectl's output kept for messages.
-const KEPT_LINES: usize = 6;
-
 /// What to forward: `svc/<service>:<port>` in `namespace`.
 #[derive(Clone, Debug)]
 pub struct ForwardSpec {
@@ -94,6 +111,7 @@ impl ForwardSpec {
         Tool::new("kubectl")
             .install_hint(INSTALL_HINT)
             .die_with_parent()
+            .noise(|line| line.starts_with("Handling connection for"))
             .args([
                 "port-forward".to_string(),
                 "--namespace".into(),
@@ -261,19 +279,10 @@ fn reports_broken(line: &str) -> bool {
     l.contains("an error occurred forwarding") || l.contains("lost connection to pod")
 }
 
-/// Watches one forward: drains kubectl's output, keeps its last lines
-/// (without the per-connection noise), restarts it once, and records why
-/// it is gone when it fails again.
+/// Watches one forward: reads kubectl's output (its last lines, without
+/// the per-connection noise, are kept by `Running`), restarts it once, and
+/// records why it is gone when it fails again.
 fn supervise(spec: &ForwardSpec, mut running: Running, port: u16, watch: &Watch) {
-    let mut said: VecDeque<String> = VecDeque::new();
-    let keep = |said: &mut VecDeque<String>, line: String| {
-        if !line.starts_with("Handling connection for") {
-            if said.len() == KEPT_LINES {
-                said.pop_front();
-            }
-            said.push_back(line);
-        }
-    };
     let mut first_failure: Option<String> = None;
     let mut display = spec.tool(None).display();
     loop {
@@ -283,15 +292,11 @@ fn supervise(spec: &ForwardSpec, mut running: Running, port: u16, watch: &Watch)
         match running.next_line(POLL) {
             Next::Quiet => continue,
             Next::Line(line) => {
-                let broken = reports_broken(&line);
-                keep(&mut said, line);
-                if !broken {
+                if !reports_broken(&line) {
                     continue;
                 }
                 // Let it finish saying why (and exit, if it does).
-                while let Next::Line(more) = running.next_line(Duration::from_millis(300)) {
-                    keep(&mut said, more);
-                }
+                while let Next::Line(_) = running.next_line(Duration::from_millis(300)) {}
             }
             Next::Ended => {}
         }
@@ -301,11 +306,7 @@ fn supervise(spec: &ForwardSpec, mut running: Running, port: u16, watch: &Watch)
             "reported a broken forward".to_string()
         };
         running.stop();
-        let words = if said.is_empty() {
-            "no output".to_string()
-        } else {
-            said.iter().cloned().collect::<Vec<_>>().join("\n  ")
-        };
+        let words = running.last_lines();
         let failure = format!("`{display}` {how}; kubectl said:\n  {words}");
         if let Some(first) = &first_failure {
             let why = format!(
@@ -323,7 +324,6 @@ fn supervise(spec: &ForwardSpec, mut running: Running, port: u16, watch: &Watch)
         }
         eprintln!("note: {failure}\n  restarting it once, on the same port {port}");
         first_failure = Some(failure);
-        said.clear();
         display = spec.tool(Some(port)).display();
         match spec.launch(Some(port), &watch.stop) {
             Ok((next, p)) if p == port => running = next,
@@ -495,6 +495,34 @@ mod tests {
         );
         assert_eq!((es[2].ready, es[2].store.as_str()), (None, "SecretStore/"));
         assert_eq!(es[1].id(), "ameide/b");
+    }
+
+    #[test]
+    fn the_context_is_asked_once_and_its_answer_repeated() {
+        let asked = std::cell::Cell::new(0);
+        let cell = OnceLock::new();
+        for _ in 0..3 {
+            let ctx = once(&cell, || {
+                asked.set(asked.get() + 1);
+                Ok(Some("k3d-ameide".to_string()))
+            });
+            assert_eq!(ctx.unwrap().as_deref(), Some("k3d-ameide"));
+        }
+        assert_eq!(asked.get(), 1);
+        // A failure too, in kubectl's words and with its causes.
+        let cell: OnceLock<Result<Option<String>, String>> = OnceLock::new();
+        for _ in 0..2 {
+            let err = once(&cell, || {
+                asked.set(asked.get() + 1);
+                Err(anyhow::anyhow!("error: broken kubeconfig").context("kubectl config"))
+            })
+            .unwrap_err();
+            assert_eq!(
+                format!("{err:#}"),
+                "kubectl config: error: broken kubeconfig"
+            );
+        }
+        assert_eq!(asked.get(), 2);
     }
 
     #[test]

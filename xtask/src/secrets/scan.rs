@@ -306,14 +306,28 @@ fn blank_actions(text: &str) -> String {
 
 /// Where a blanked template is still not YAML: every literal
 /// `remoteRef.key` (block or flow form), one ExternalSecret per document.
+/// The property reads as the YAML path reads it: `None` when the
+/// `remoteRef` has none, `value` when the template builds it (as
+/// [`literal_only`] assumes).
 fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
     let mut out: Vec<ExternalSecret> = Vec::new();
     let mut doc_refs: Vec<KeyRef> = Vec::new();
     let mut doc_line = 1;
     let mut remote_indent: Option<usize> = None;
+    // In a block `remoteRef`: the index of its ref in `doc_refs` once its
+    // key is read, and its property if that came first.
+    let mut block_ref: Option<usize> = None;
+    let mut block_property: Option<String> = None;
     let unquote = |v: &str| {
         let v = v.trim().split(" #").next().unwrap_or("").trim();
         v.trim_matches(|c| c == '"' || c == '\'').to_string()
+    };
+    let property_of = |p: String| {
+        if templated(&p) {
+            Some("value".to_string())
+        } else {
+            Some(p).filter(|p| !p.is_empty())
+        }
     };
     let flush = |refs: &mut Vec<KeyRef>, line: usize, out: &mut Vec<ExternalSecret>| {
         if !refs.is_empty() {
@@ -359,9 +373,7 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
                     doc_refs.push(KeyRef {
                         key,
                         kind: RefKind::Data {
-                            property: field("property")
-                                .filter(|p| !templated(p))
-                                .or(Some("value".into())),
+                            property: field("property").and_then(property_of),
                             secret_key: None,
                         },
                         at: Location {
@@ -373,6 +385,8 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
                 remote_indent = None;
             } else {
                 remote_indent = Some(indent);
+                block_ref = None;
+                block_property = None;
             }
             continue;
         }
@@ -384,7 +398,7 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
                         doc_refs.push(KeyRef {
                             key,
                             kind: RefKind::Data {
-                                property: Some("value".into()),
+                                property: block_property.take(),
                                 secret_key: None,
                             },
                             at: Location {
@@ -392,15 +406,16 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
                                 line: n,
                             },
                         });
+                        block_ref = Some(doc_refs.len() - 1);
                     }
                 } else if let Some(v) = body.strip_prefix("property:") {
-                    let p = unquote(v);
-                    if let Some(RefKind::Data { property, .. }) =
-                        doc_refs.last_mut().map(|r| &mut r.kind)
-                    {
-                        if !templated(&p) && !p.is_empty() {
-                            *property = Some(p);
-                        }
+                    let p = property_of(unquote(v));
+                    match block_ref.and_then(|i| doc_refs.get_mut(i)) {
+                        Some(KeyRef {
+                            kind: RefKind::Data { property, .. },
+                            ..
+                        }) => *property = p,
+                        _ => block_property = p,
                     }
                 }
             }
@@ -663,6 +678,8 @@ pub fn scan_rendered(
         .collect();
     helmfiles.sort();
     let out_dir = std::env::temp_dir().join(format!("xtask-render-{}-{env}", std::process::id()));
+    // Removed however this ends: rendered manifests and helm's cache.
+    let _dirs = RenderDirs::new(&out_dir);
     let mut scan = Scan {
         mode: "rendered",
         ..Scan::default()
@@ -702,8 +719,32 @@ pub fn scan_rendered(
             )?;
         }
     }
-    let _ = std::fs::remove_dir_all(&out_dir);
     Ok(scan)
+}
+
+/// The folders `helmfile template` writes (its output and helm's cache),
+/// removed on drop: after the scan, and when rendering fails.
+struct RenderDirs {
+    dirs: [PathBuf; 2],
+}
+
+impl RenderDirs {
+    fn new(out_dir: &Path) -> RenderDirs {
+        RenderDirs {
+            dirs: [
+                out_dir.to_path_buf(),
+                crate::secrets::helmfile::helm_cache_dir(out_dir),
+            ],
+        }
+    }
+}
+
+impl Drop for RenderDirs {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 fn collect_all_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -726,6 +767,55 @@ mod tests {
         let mut out = Vec::new();
         scan_text(text, "f.yaml", None, None, values, &mut out)?;
         Ok(out)
+    }
+
+    /// Renders a tree of one helmfile with a fake `helmfile` that writes an
+    /// output folder and helm's cache, then exits with `code`.
+    fn render_with_fake_helmfile(env: &str, code: i32) -> (Result<Scan>, PathBuf) {
+        let root = std::env::temp_dir().join(format!("xtask-scan-{env}-{}", std::process::id()));
+        let infra = root.join("infra");
+        std::fs::create_dir_all(infra.join("helmfiles")).unwrap();
+        std::fs::write(infra.join("helmfiles/a.yaml"), "releases: []\n").unwrap();
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let fake = bin.join("helmfile");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\nwhile [ \"$1\" != --output-dir ]; do shift; done\n\
+                 mkdir -p \"$2/r\" \"$HELM_CACHE_HOME/repo\"\n\
+                 echo 'kind: ConfigMap' > \"$2/r/cm.yaml\"\n\
+                 echo cached > \"$HELM_CACHE_HOME/repo/index.yaml\"\nexit {code}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let path = std::env::join_paths([bin.as_path(), Path::new("/usr/bin"), Path::new("/bin")])
+            .unwrap();
+        let result = scan_rendered(&infra, &root, env, &path);
+        std::fs::remove_dir_all(&root).unwrap();
+        let out_dir =
+            std::env::temp_dir().join(format!("xtask-render-{}-{env}", std::process::id()));
+        (result, out_dir)
+    }
+
+    #[test]
+    fn rendering_leaves_no_output_or_helm_cache_behind() {
+        for (env, code) in [("scan-ok", 0), ("scan-fails", 1)] {
+            let (result, out_dir) = render_with_fake_helmfile(env, code);
+            assert_eq!(result.is_ok(), code == 0, "{env}: {:?}", result.err());
+            if let Ok(scan) = result {
+                assert_eq!(scan.files, 1, "the fake rendered one file");
+            }
+            let cache = crate::secrets::helmfile::helm_cache_dir(&out_dir);
+            assert!(
+                !out_dir.exists(),
+                "{env}: {} left behind",
+                out_dir.display()
+            );
+            assert!(!cache.exists(), "{env}: {} left behind", cache.display());
+        }
     }
 
     #[test]
@@ -935,6 +1025,35 @@ spec:
             .flat_map(|e| e.refs.iter().map(|r| (r.key.as_str(), r.at.line)))
             .collect();
         assert_eq!(keys, vec![("line-key", 7), ("flow-key", 10)]);
+    }
+
+    #[test]
+    fn the_line_by_line_search_reads_properties_as_the_yaml_path_does() {
+        // Not YAML (an unclosed flow sequence): searched line by line. A
+        // remoteRef without a property has none (check reports it), a
+        // templated one is assumed `value`, a literal one is kept, in either
+        // order and either form.
+        let text = "kind: ExternalSecret\nspec:\n  data:\n    - secretKey: a\n      remoteRef:\n        key: no-property\n    - secretKey: b\n      remoteRef:\n        key: templated-property\n        property: {{ .p }}\n    - secretKey: c\n      remoteRef:\n        property: first\n        key: property-first\n    - secretKey: d\n      remoteRef:\n        key: {{ .k }}\n        property: not-for-another-key\n    - secretKey: e\n      remoteRef: {key: flow-no-property}\n    - secretKey: f\n      remoteRef: {key: flow-templated, property: {{ .p }}}\n  broken: [unclosed\n";
+        let mut out = Vec::new();
+        scan_template(text, "t.yaml", &mut out);
+        let props: Vec<(&str, Option<&str>)> = out
+            .iter()
+            .flat_map(|e| e.refs.iter())
+            .map(|r| match &r.kind {
+                RefKind::Data { property, .. } => (r.key.as_str(), property.as_deref()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            props,
+            vec![
+                ("no-property", None),
+                ("templated-property", Some("value")),
+                ("property-first", Some("first")),
+                ("flow-no-property", None),
+                ("flow-templated", Some("value")),
+            ]
+        );
     }
 
     #[test]
