@@ -119,7 +119,6 @@ fn tool_version(tool: &str, args: &[&str]) -> Result<String> {
     Ok(Tool::new(tool)
         .args(args)
         .env("PATH", project::path_with_tools(&project::project_root()))
-        .env_remove("VAULT_TOKEN")
         .install_hint("run `cargo xtask tools` (kubectl: your cluster's)")
         .run()?
         .trim()
@@ -139,7 +138,7 @@ fn preflight(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>, plan: &Pla
         .as_str()
         .unwrap_or("unknown")
         .to_string();
-    let Some(context) = kube::current_context() else {
+    let Some(context) = kube::context()? else {
         bail!("no kube context: point kubectl at your local cluster (`kubectl config use-context k3d-...`)");
     };
     guard::check_context(&context, &ctx.cfg.local_contexts)?;
@@ -195,7 +194,6 @@ fn check_flag_file(
         .arg(&ctx.root)
         .args(["status", "--porcelain", "--"])
         .arg(&ctx.flag_rel)
-        .env_remove("VAULT_TOKEN")
         .run()
         .with_context(|| {
             format!(
@@ -342,12 +340,13 @@ fn restore(ctx: &Ctx, m: &Migration) -> Result<String> {
 
 /// Writes a non-secret repository file atomically, keeping its mode.
 fn write_keep_mode(path: &Path, bytes: &[u8]) -> Result<()> {
-    let perms = std::fs::metadata(path)?.permissions();
-    let tmp = path.with_extension("yaml.xtask-tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::set_permissions(&tmp, perms)?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    Ok(())
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("reading the mode of {}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    fsutil::write_atomic(path, bytes, mode)
 }
 
 fn sync(ctx: &Ctx) -> Result<String> {
