@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use super::plan::{Plan, Step};
 use super::Ctx;
 use crate::fsutil::{self, sha256_hex};
+use crate::output;
 use crate::process::Tool;
 use crate::project;
 use crate::secrets::config::ProviderKind;
@@ -242,7 +243,7 @@ fn seed_target(ctx: &Ctx, to: ProviderKind) -> Result<String> {
         detail.push_str(&format!(
             "; kept {} changed by hand ({})",
             kept.len(),
-            kept.join(", ")
+            output::capped(&kept)
         ));
     }
     Ok(detail)
@@ -256,14 +257,19 @@ fn coverage(ctx: &Ctx, to: ProviderKind) -> Result<String> {
     let fail_on = check::parse_fail_on(Some("missing"))?;
     let failures = report.failures(&fail_on);
     if !failures.is_empty() {
-        let keys: Vec<String> = failures
+        // Capped like output::capped, but "; " apart: a detail may hold a comma.
+        let mut keys: Vec<String> = failures
             .iter()
+            .take(output::NAMES_SHOWN)
             .map(|f| format!("{} ({})", f.key, f.detail))
             .collect();
+        if failures.len() > output::NAMES_SHOWN {
+            keys.push(format!("and {} more", failures.len() - output::NAMES_SHOWN));
+        }
         bail!(
             "{} keys the charts need are not usable in {}: {}. Run `cargo xtask secrets check --render --live --provider {}` \
              for every reference.",
-            keys.len(),
+            failures.len(),
             live.target,
             keys.join("; "),
             to.as_str()
