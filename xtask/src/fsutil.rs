@@ -50,14 +50,11 @@ fn sha256_hex_of(hasher: Sha256) -> String {
     hex(&hasher.finalize())
 }
 
-/// Writes `bytes` to `path` atomically with mode 0600: a private temp file in
-/// the same folder, fsync, rename over the target, fsync the folder. A crash
-/// leaves either the old file or the new one, never half of either.
+/// Writes `bytes` to `path` atomically with mode 0600, in a folder only the
+/// owner can enter (created if missing). The temp file's name carries our
+/// pid: some callers (a manifest) write without a lock.
 pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = parent_dir(path);
     create_private_dir(dir)?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
@@ -66,29 +63,58 @@ pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             .unwrap_or_default(),
         std::process::id()
     ));
+    write_atomic_via(path, &tmp, bytes, 0o600)
+}
+
+/// Writes `bytes` to `path` atomically with `mode` (a repository file the
+/// caller changes under its command's lock): through `<path>.xtask-tmp`,
+/// see [`write_atomic_via`]. The folder must exist.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".xtask-tmp");
+    write_atomic_via(path, Path::new(&tmp), bytes, mode)
+}
+
+/// Writes `bytes` to the temp file `tmp` (in `path`'s folder) with `mode`,
+/// fsyncs it, renames it over `path` and fsyncs the folder. A crash leaves
+/// either the old file or the new one, never half of either; a failure
+/// removes the temp file.
+fn write_atomic_via(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let result = (|| -> Result<()> {
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
+            .mode(mode)
+            .open(tmp)
             .with_context(|| format!("creating {}", tmp.display()))?;
-        // An existing temp file keeps its old mode: make sure.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        // An existing temp file keeps its old mode, and the umask narrows a
+        // new one's: set it explicitly.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {}", tmp.display()))?;
+        file.write_all(bytes)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("syncing {}", tmp.display()))?;
+        std::fs::rename(tmp, path)
             .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-        if let Ok(d) = File::open(dir) {
+        if let Ok(d) = File::open(parent_dir(path)) {
             let _ = d.sync_all();
         }
         Ok(())
     })();
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        // Never a folder: remove_file leaves one in place.
+        let _ = std::fs::remove_file(tmp);
     }
     result.with_context(|| format!("writing {}", path.display()))
+}
+
+/// The folder a file sits in (`.` for a bare name).
+fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 /// Creates a folder (and parents) that only the owner can enter.
@@ -267,6 +293,48 @@ mod tests {
         assert_eq!(mode(&path).unwrap(), 0o600);
         let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp file is left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn failed_atomic_write_leaves_no_temp_file() {
+        let dir = std::env::temp_dir().join(format!("xtask-fsutil-fail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A folder where the file should be: the rename fails.
+        let path = dir.join("values.yaml");
+        std::fs::create_dir_all(path.join("in-the-way")).unwrap();
+        let err = write_atomic(&path, b"new", 0o644).unwrap_err();
+        assert!(format!("{err:#}").contains("renaming"), "{err:#}");
+        let private = dir.join("store.json");
+        std::fs::create_dir_all(private.join("in-the-way")).unwrap();
+        write_private_atomic(&private, b"new").unwrap_err();
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["store.json", "values.yaml"],
+            "no temp file is left behind"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn atomic_write_keeps_the_mode_it_is_given() {
+        let dir = std::env::temp_dir().join(format!("xtask-fsutil-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("values.yaml");
+        write_atomic(&path, b"one", 0o640).unwrap();
+        write_atomic(&path, b"two", 0o666).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(mode(&path).unwrap(), 0o666, "not narrowed by the umask");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temp file is left behind"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

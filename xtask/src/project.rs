@@ -38,12 +38,25 @@ pub fn flag_file(env: &str) -> PathBuf {
 
 /// The environments that have a layer 15 values file, sorted.
 pub fn environments(root: &Path) -> Vec<String> {
-    let dir = root.join("infra/kubernetes/environments");
-    let mut envs: Vec<String> = std::fs::read_dir(&dir)
+    environment_dirs(&root.join(INFRA), |dir| {
+        dir.join("platform/15-secrets.values.yaml").is_file()
+    })
+}
+
+/// Every folder under an infra tree's `environments/`, sorted (`check`
+/// reads infra trees that are not the repository's).
+pub fn environment_folders(infra: &Path) -> Vec<String> {
+    environment_dirs(infra, Path::is_dir)
+}
+
+/// The names of the entries under `infra/environments` for which `keep`
+/// holds, sorted.
+fn environment_dirs(infra: &Path, keep: impl Fn(&Path) -> bool) -> Vec<String> {
+    let mut envs: Vec<String> = std::fs::read_dir(infra.join("environments"))
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.path().join("platform/15-secrets.values.yaml").is_file())
+        .filter(|e| keep(&e.path()))
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
     envs.sort();

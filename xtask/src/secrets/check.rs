@@ -287,19 +287,12 @@ pub fn read_live(store: &mut dyn SecretProvider, scan: &Scan, desired: &SecretSe
 /// The environments `check` knows: the infra tree's `environments/`
 /// folders, or the repository's.
 pub fn known_envs(root: &std::path::Path, infra: &std::path::Path) -> Vec<String> {
-    let dir = infra.join("environments");
-    let mut envs: Vec<String> = std::fs::read_dir(&dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
+    let envs = project::environment_folders(infra);
     if envs.is_empty() {
-        envs = project::environments(root);
+        project::environments(root)
+    } else {
+        envs
     }
-    envs.sort();
-    envs
 }
 
 /// Refuses an `--env` that no environment folder defines.

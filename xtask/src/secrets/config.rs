@@ -432,16 +432,15 @@ impl Config {
                 .unwrap_or_else(|| "root".into()),
             start_timeout: secs_setting(
                 "vault.port_forward.start_timeout_secs",
-                pf_local.start_timeout_secs.or(pf_repo.start_timeout_secs),
+                pf_local.start_timeout_secs,
+                pf_repo.start_timeout_secs,
                 30.0,
             )?,
         };
         let helmfile_sync_timeout = secs_setting(
             "helmfile.sync_timeout_secs",
-            local
-                .helmfile
-                .sync_timeout_secs
-                .or(repo.helmfile.sync_timeout_secs),
+            local.helmfile.sync_timeout_secs,
+            repo.helmfile.sync_timeout_secs,
             600.0,
         )?;
         let file_store = or_builtin(
@@ -477,11 +476,15 @@ impl Config {
                 .map(String::from)
                 .to_vec()
             });
-        let vault_timeout_secs = local
-            .vault
-            .timeout_secs
-            .or(repo.vault.timeout_secs)
-            .unwrap_or(15.0);
+        // Checked here: a negative, NaN or infinite value would panic where
+        // the client turns it into a Duration.
+        let vault_timeout_secs = secs_setting(
+            "vault.timeout_secs",
+            local.vault.timeout_secs,
+            repo.vault.timeout_secs,
+            15.0,
+        )?
+        .as_secs_f64();
         let vault_retries = local.vault.retries.or(repo.vault.retries).unwrap_or(8);
         Ok(Config {
             root: root.to_path_buf(),
@@ -675,11 +678,24 @@ fn canonical_prefix(path: &Path) -> Option<PathBuf> {
     }
 }
 
-/// A timeout in seconds from a file, or the default: positive and finite.
-fn secs_setting(key: &str, value: Option<f64>, default: f64) -> Result<Duration> {
-    let secs = value.unwrap_or(default);
+/// A timeout in seconds from `.local/secrets.toml`, else `secrets.toml`,
+/// else the default: positive, finite, at most a day.
+fn secs_setting(
+    key: &str,
+    local: Option<f64>,
+    repo: Option<f64>,
+    default: f64,
+) -> Result<Duration> {
+    let (secs, source) = match (local, repo) {
+        (Some(v), _) => (v, Source::LocalFile),
+        (None, Some(v)) => (v, Source::RepoFile),
+        (None, None) => (default, Source::Builtin),
+    };
     if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
-        bail!("{key} must be a number of seconds above 0 (up to 86400), got {secs}");
+        bail!(
+            "{key} must be a number of seconds above 0 (up to 86400), got {secs} (from {source}): \
+             fix it there, or remove it for the default of {default} s"
+        );
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -869,6 +885,30 @@ mod tests {
                 .contains("helmfile.sync_timeout_secs must be"),
             "{err}"
         );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn vault_timeout_must_be_a_positive_finite_number_of_seconds() {
+        let root = scratch("vault-timeout");
+        let cfg = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap();
+        assert_eq!(cfg.vault_timeout_secs, 15.0);
+        std::fs::write(root.join("secrets.toml"), "[vault]\ntimeout_secs = 2.5\n").unwrap();
+        let cfg = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap();
+        assert_eq!(cfg.vault_timeout_secs, 2.5);
+        for (file, bad) in [
+            ("secrets.toml", "-1"),
+            (".local/secrets.toml", "nan"),
+            (".local/secrets.toml", "inf"),
+            (".local/secrets.toml", "0"),
+        ] {
+            std::fs::write(root.join(file), format!("[vault]\ntimeout_secs = {bad}\n")).unwrap();
+            let err = Config::load_with(&root, &FlagValues::default(), &|_| None, None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("vault.timeout_secs must be"), "{bad}: {err}");
+            assert!(err.contains(&format!("(from {file})")), "{bad}: {err}");
+        }
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -174,17 +174,12 @@ impl Migration {
 
     /// The one command that finishes or follows up this entry, if any.
     pub fn next_command(&self) -> Option<String> {
-        let env = if self.env == "local" {
-            String::new()
-        } else {
-            format!(" --env {}", self.env)
-        };
         match (self.kind, self.state) {
             (_, State::RollbackFailed) | (Kind::Rollback, State::InProgress) => {
-                Some(format!("cargo xtask secrets rollback --resume --yes{env}"))
+                Some(command("rollback --resume --yes", &self.env))
             }
             (Kind::Migrate, State::InProgress) => {
-                Some(format!("cargo xtask secrets migrate --resume --yes{env}"))
+                Some(command("migrate --resume --yes", &self.env))
             }
             _ => None,
         }
@@ -197,14 +192,23 @@ impl Migration {
         Some(
             if (self.kind, self.state) == (Kind::Migrate, State::InProgress) {
                 format!(
-                    "`{}` (or undo it with `{}`)",
-                    next,
-                    next.replace("migrate --resume", "rollback")
+                    "`{next}` (or undo it with `{}`)",
+                    command("rollback --yes", &self.env)
                 )
             } else {
                 format!("`{next}`")
             },
         )
+    }
+}
+
+/// A `cargo xtask secrets` command line for environment `env`: `args`,
+/// then `--env <env>` unless it is `local` (the default).
+pub fn command(args: &str, env: &str) -> String {
+    if env == "local" {
+        format!("cargo xtask secrets {args}")
+    } else {
+        format!("cargo xtask secrets {args} --env {env}")
     }
 }
 
@@ -270,6 +274,12 @@ impl Journal {
                     State::Completed | State::InProgress | State::RollbackFailed
                 )
         })
+    }
+
+    /// Records the flag file's checksum after entry `id`'s flip.
+    pub fn set_flipped_to(&mut self, id: &str, sha: &str) -> Result<()> {
+        self.get_mut(id)?.after_sha256 = Some(sha.to_string());
+        Ok(())
     }
 
     /// Adds a new entry (newest first).
@@ -441,6 +451,10 @@ mod tests {
         );
         m.env = "dev".into();
         assert!(m.next_command().unwrap().contains("--yes --env dev"));
+        assert_eq!(
+            m.next_step_text().as_deref(),
+            Some("`cargo xtask secrets migrate --resume --yes --env dev` (or undo it with `cargo xtask secrets rollback --yes --env dev`)")
+        );
         for state in [State::Completed, State::Failed, State::RolledBack] {
             m.state = state;
             assert_eq!(m.next_command(), None, "{state:?}");
@@ -459,7 +473,8 @@ mod tests {
     fn the_flag_is_expected_where_the_entry_left_it() {
         let mut j = Journal::default();
         j.begin(entry(Kind::Migrate, State::InProgress));
-        j.migrations[0].after_sha256 = Some("flipped".into());
+        j.set_flipped_to("migrate-1", "flipped").unwrap();
+        assert!(j.set_flipped_to("migrate-0", "flipped").is_err());
         assert_eq!(j.migrations[0].flag_sha_now(), "flipped");
         j.record(
             "migrate-1",

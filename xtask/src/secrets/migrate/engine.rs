@@ -114,9 +114,7 @@ fn journal_step(
         Ok(done) => {
             journal.record(id, step, started, Outcome::Ok, &done.detail)?;
             if let Some(sha) = &done.flipped_to {
-                if let Some(m) = journal.migrations.iter_mut().find(|m| m.id == id) {
-                    m.after_sha256 = Some(sha.clone());
-                }
+                journal.set_flipped_to(id, sha)?;
             }
         }
         Err(e) => journal.record(id, step, started, Outcome::Failed, &format!("{e:#}"))?,
@@ -220,15 +218,9 @@ fn fail(
         ctx.env,
         plan.to.as_str()
     );
-    let again = format!(
-        "cargo xtask secrets {} --to {} --yes{}",
-        plan.kind.as_str(),
-        plan.to.as_str(),
-        if ctx.env == "local" {
-            String::new()
-        } else {
-            format!(" --env {}", ctx.env)
-        }
+    let again = journal::command(
+        &format!("{} --to {} --yes", plan.kind.as_str(), plan.to.as_str()),
+        &ctx.env,
     );
     let result = (|| -> Result<String> {
         if step.fails_before_any_change() {

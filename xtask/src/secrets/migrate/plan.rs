@@ -13,42 +13,47 @@ use crate::secrets::journal::{Event, Journal, Kind, Migration, State};
 /// One step of a migration or rollback. Its name is what the journal, the
 /// output and `--dry-run` show; nothing else spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Step {
     /// Tools, a local kube context, ESO's CRDs, the flag file as expected,
     /// and (when seeding) the target store reachable. Changes nothing.
-    #[serde(rename = "preflight")]
     Preflight,
     /// The fixtures into the target store.
-    #[serde(rename = "seed")]
     Seed,
     /// Every key the charts need, present in the target store: a gate.
-    #[serde(rename = "coverage")]
     Coverage,
     /// `secrets.provider` in the flag file set to the target.
-    #[serde(rename = "flip")]
     Flip,
     /// `helmfile sync` of layer 15.
-    #[serde(rename = "sync")]
     Sync,
     /// Force-sync every ExternalSecret on the store; wait until each has
     /// refreshed and is Ready.
-    #[serde(rename = "wait")]
     Wait,
     /// The journal marks the operation done.
-    #[serde(rename = "record")]
     Record,
     /// Automatic rollback: the flag file back byte for byte.
-    #[serde(rename = "rollback-restore")]
     RollbackRestore,
     /// Automatic rollback: `helmfile sync` of layer 15 on the restored flag.
-    #[serde(rename = "rollback-sync")]
     RollbackSync,
     /// Automatic rollback: wait for the ExternalSecrets again.
-    #[serde(rename = "rollback-wait")]
     RollbackWait,
 }
 
 impl Step {
+    /// Every step, in declaration order.
+    pub const ALL: [Step; 10] = [
+        Step::Preflight,
+        Step::Seed,
+        Step::Coverage,
+        Step::Flip,
+        Step::Sync,
+        Step::Wait,
+        Step::Record,
+        Step::RollbackRestore,
+        Step::RollbackSync,
+        Step::RollbackWait,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Step::Preflight => "preflight",
@@ -96,6 +101,24 @@ pub const AUTO_ROLLBACK: [Step; 3] = [
     Step::RollbackSync,
     Step::RollbackWait,
 ];
+/// Finishing a migration's failed automatic rollback: preflight, then
+/// [`AUTO_ROLLBACK`].
+const RESUME_AUTO_ROLLBACK: [Step; 4] = [
+    Step::Preflight,
+    AUTO_ROLLBACK[0],
+    AUTO_ROLLBACK[1],
+    AUTO_ROLLBACK[2],
+];
+/// A rollback that sets the flag back.
+const ROLLBACK_WITH_FLIP: [Step; 5] = [
+    Step::Preflight,
+    Step::Flip,
+    Step::Sync,
+    Step::Wait,
+    Step::Record,
+];
+/// A rollback whose flag already says where to: the cluster synced again.
+const ROLLBACK_NO_FLIP: [Step; 4] = [Step::Preflight, Step::Sync, Step::Wait, Step::Record];
 
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +163,6 @@ pub enum OnFailure {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub kind: Kind,
-    pub env: String,
     pub entry: Entry,
     /// Where the entry started: the provider the flag said before it (for
     /// a new entry, what it says now). An automatic rollback goes back here.
@@ -208,17 +230,10 @@ pub fn build(
 ) -> Result<Decision> {
     let newest = journal.current();
     let open = newest.filter(|m| m.state.is_open());
-    let plan = |kind, entry: Entry, to, steps, on_success, on_failure, title: String| Plan {
-        from: match &entry {
-            Entry::Continue { id } => journal
-                .get(id)
-                .and_then(|m| ProviderKind::parse(&m.from))
-                .unwrap_or(flag_now),
-            Entry::New { .. } => flag_now,
-        },
+    let plan = |kind, entry, from, to, steps, on_success, on_failure, title| Plan {
         kind,
-        env: env.to_string(),
         entry,
+        from,
         to,
         steps,
         on_success,
@@ -267,6 +282,7 @@ pub fn build(
                     Ok(Decision::Run(plan(
                         Kind::Migrate,
                         Entry::Continue { id: m.id.clone() },
+                        provider(&m.from)?,
                         journaled,
                         resumed(m, &MIGRATE),
                         Event::Succeeded,
@@ -287,6 +303,7 @@ pub fn build(
                     Ok(Decision::Run(plan(
                         Kind::Migrate,
                         Entry::New { undoes: None },
+                        flag_now,
                         to,
                         fresh(&MIGRATE),
                         Event::Succeeded,
@@ -310,15 +327,8 @@ pub fn build(
                         Kind::Migrate,
                         Entry::Continue { id: m.id.clone() },
                         back,
-                        resumed(
-                            m,
-                            &[
-                                Step::Preflight,
-                                Step::RollbackRestore,
-                                Step::RollbackSync,
-                                Step::RollbackWait,
-                            ],
-                        ),
+                        back,
+                        resumed(m, &RESUME_AUTO_ROLLBACK),
                         Event::RollbackSucceeded,
                         OnFailure::Stop(Event::RollbackFailed),
                         format!(
@@ -328,16 +338,17 @@ pub fn build(
                     )))
                 }
                 (Kind::Rollback, _) => {
-                    let steps: Vec<Step> = if m.from == m.to {
-                        vec![Step::Preflight, Step::Sync, Step::Wait, Step::Record]
+                    let steps: &[Step] = if m.from == m.to {
+                        &ROLLBACK_NO_FLIP
                     } else {
-                        vec![Step::Preflight, Step::Flip, Step::Sync, Step::Wait, Step::Record]
+                        &ROLLBACK_WITH_FLIP
                     };
                     Ok(Decision::Run(plan(
                         Kind::Rollback,
                         Entry::Continue { id: m.id.clone() },
+                        provider(&m.from)?,
                         provider(&m.to)?,
-                        resumed(m, &steps),
+                        resumed(m, steps),
                         Event::Succeeded,
                         OnFailure::Stop(Event::FailedAfterFlip),
                         format!("finish the rollback of {env} to {} ({})", m.to, m.id),
@@ -372,16 +383,10 @@ pub fn build(
             // The flag already says `to`: nothing to flip, but an unfinished
             // or failed operation may have left the cluster half-synced.
             let unsettled = newest.is_some_and(|m| m.state.is_open() || m.state == State::Failed);
-            let steps: Vec<Step> = if to != flag_now {
-                vec![
-                    Step::Preflight,
-                    Step::Flip,
-                    Step::Sync,
-                    Step::Wait,
-                    Step::Record,
-                ]
+            let steps: &[Step] = if to != flag_now {
+                &ROLLBACK_WITH_FLIP
             } else if unsettled || undoes.is_some() {
-                vec![Step::Preflight, Step::Sync, Step::Wait, Step::Record]
+                &ROLLBACK_NO_FLIP
             } else {
                 return Ok(Decision::Nothing(format!(
                     "{env} already uses {} and the journal's last operation finished: nothing to roll back",
@@ -391,8 +396,9 @@ pub fn build(
             Ok(Decision::Run(plan(
                 Kind::Rollback,
                 Entry::New { undoes },
+                flag_now,
                 to,
-                fresh(&steps),
+                fresh(steps),
                 Event::Succeeded,
                 OnFailure::Stop(Event::FailedAfterFlip),
                 format!("rollback {env}: {} -> {}", flag_now.as_str(), to.as_str()),
@@ -690,5 +696,38 @@ mod tests {
         let err = build(ROLLBACK, "local", Azure, &j).unwrap_err().to_string();
         assert!(err.contains("rollback --resume --yes"), "{err}");
         assert!(build(ROLLBACK_RESUME, "local", Azure, &Journal::default()).is_err());
+    }
+
+    #[test]
+    fn every_step_has_one_name_in_the_journal_and_the_output() {
+        let mut seen = std::collections::HashSet::new();
+        for step in Step::ALL {
+            assert!(seen.insert(step.as_str()), "{step} twice in Step::ALL");
+            // The journal's spelling (serde) is the output's (as_str), both ways.
+            let json = serde_json::to_string(&step).unwrap();
+            assert_eq!(json, format!("\"{}\"", step.as_str()));
+            assert_eq!(serde_json::from_str::<Step>(&json).unwrap(), step);
+        }
+    }
+
+    #[test]
+    fn resuming_an_entry_from_an_unknown_provider_is_an_error() {
+        let mut killed = entry(
+            Kind::Migrate,
+            State::InProgress,
+            "azure",
+            "vault",
+            &[Step::Preflight, Step::Seed],
+        );
+        killed.from = "hashicorp".into();
+        let resume = Request::Migrate {
+            to: None,
+            resume: true,
+            auto_rollback: true,
+        };
+        let err = build(resume, "local", Vault, &journal(vec![killed]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown provider \"hashicorp\""), "{err}");
     }
 }

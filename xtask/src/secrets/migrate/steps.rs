@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use super::plan::{Plan, Step};
 use super::Ctx;
 use crate::fsutil::{self, sha256_hex};
+use crate::output;
 use crate::process::Tool;
 use crate::project;
 use crate::secrets::config::ProviderKind;
@@ -119,7 +120,6 @@ fn tool_version(tool: &str, args: &[&str]) -> Result<String> {
     Ok(Tool::new(tool)
         .args(args)
         .env("PATH", project::path_with_tools(&project::project_root()))
-        .env_remove("VAULT_TOKEN")
         .install_hint("run `cargo xtask tools` (kubectl: your cluster's)")
         .run()?
         .trim()
@@ -139,7 +139,7 @@ fn preflight(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>, plan: &Pla
         .as_str()
         .unwrap_or("unknown")
         .to_string();
-    let Some(context) = kube::current_context() else {
+    let Some(context) = kube::context()? else {
         bail!("no kube context: point kubectl at your local cluster (`kubectl config use-context k3d-...`)");
     };
     guard::check_context(&context, &ctx.cfg.local_contexts)?;
@@ -195,7 +195,6 @@ fn check_flag_file(
         .arg(&ctx.root)
         .args(["status", "--porcelain", "--"])
         .arg(&ctx.flag_rel)
-        .env_remove("VAULT_TOKEN")
         .run()
         .with_context(|| {
             format!(
@@ -244,7 +243,7 @@ fn seed_target(ctx: &Ctx, to: ProviderKind) -> Result<String> {
         detail.push_str(&format!(
             "; kept {} changed by hand ({})",
             kept.len(),
-            kept.join(", ")
+            output::capped(&kept)
         ));
     }
     Ok(detail)
@@ -258,14 +257,19 @@ fn coverage(ctx: &Ctx, to: ProviderKind) -> Result<String> {
     let fail_on = check::parse_fail_on(Some("missing"))?;
     let failures = report.failures(&fail_on);
     if !failures.is_empty() {
-        let keys: Vec<String> = failures
+        // Capped like output::capped, but "; " apart: a detail may hold a comma.
+        let mut keys: Vec<String> = failures
             .iter()
+            .take(output::NAMES_SHOWN)
             .map(|f| format!("{} ({})", f.key, f.detail))
             .collect();
+        if failures.len() > output::NAMES_SHOWN {
+            keys.push(format!("and {} more", failures.len() - output::NAMES_SHOWN));
+        }
         bail!(
             "{} keys the charts need are not usable in {}: {}. Run `cargo xtask secrets check --render --live --provider {}` \
              for every reference.",
-            keys.len(),
+            failures.len(),
             live.target,
             keys.join("; "),
             to.as_str()
@@ -342,12 +346,13 @@ fn restore(ctx: &Ctx, m: &Migration) -> Result<String> {
 
 /// Writes a non-secret repository file atomically, keeping its mode.
 fn write_keep_mode(path: &Path, bytes: &[u8]) -> Result<()> {
-    let perms = std::fs::metadata(path)?.permissions();
-    let tmp = path.with_extension("yaml.xtask-tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::set_permissions(&tmp, perms)?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    Ok(())
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("reading the mode of {}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    fsutil::write_atomic(path, bytes, mode)
 }
 
 fn sync(ctx: &Ctx) -> Result<String> {
