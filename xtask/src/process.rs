@@ -100,13 +100,6 @@ impl Tool {
         self
     }
 
-    /// Keeps a variable of ours (a token, say) from a child that has no use
-    /// for it.
-    pub fn env_remove(mut self, name: impl AsRef<OsStr>) -> Tool {
-        self.env_remove.push(name.as_ref().to_owned());
-        self
-    }
-
     /// Kill the child and fail when it runs longer than this.
     pub fn deadline(mut self, deadline: Duration) -> Tool {
         self.deadline = deadline;

@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::secrets::config::ProviderKind;
-use crate::secrets::journal::{Event, Journal, Kind, Migration, State};
+use crate::secrets::journal::{self, Event, Journal, Kind, Migration, State};
 
 /// One step of a migration or rollback. Its name is what the journal, the
 /// output and `--dry-run` show; nothing else spells it.
@@ -355,8 +355,9 @@ pub fn build(
                     )))
                 }
                 (Kind::Migrate, _) => bail!(
-                    "the unfinished operation is a migration: continue it with `cargo xtask secrets migrate \
-                     --resume --yes`, or undo it with `cargo xtask secrets rollback --yes`"
+                    "the unfinished operation is a migration: continue it with `{}`, or undo it with `{}`",
+                    journal::command("migrate --resume --yes", env),
+                    journal::command("rollback --yes", env)
                 ),
             }
         }
