@@ -197,17 +197,13 @@ fn vault_health(cfg: &Config) -> serde_json::Value {
         .map(|t| t.value.clone())
         .unwrap_or_else(|| crate::secrets::config::Secret::new(String::new()));
     let result = (|| -> anyhow::Result<serde_json::Value> {
-        let http = VaultHttp::new(
+        let http = crate::secrets::provider::vault::configured_http(
+            cfg,
             &addr.value,
             token,
-            cfg.vault_namespace.as_ref().map(|s| s.value.clone()),
             std::time::Duration::from_secs(5),
             0,
             1,
-            cfg.vault_ca_cert
-                .as_ref()
-                .map(|c| cfg.abs(&c.value))
-                .as_deref(),
         )?;
         let health = http.health()?;
         let mount = &cfg.vault_mount.value;

@@ -135,16 +135,18 @@ pub fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<E
 /// `sys/seal-status`, whose storage type is `inmem` for a dev server; the
 /// call needs no token.
 fn seal_status(cfg: &Config, addr: &str) -> Result<SealStatus> {
-    let http = configured_http(cfg, addr, Secret::new(String::new()), 0, 1)?;
+    let timeout = Duration::from_secs_f64(cfg.vault_timeout_secs);
+    let http = configured_http(cfg, addr, Secret::new(String::new()), timeout, 0, 1)?;
     Ok(http.seal_status()?)
 }
 
-/// A client for `addr` with the configured namespace, timeout and CA
-/// certificate (relative to the project root).
-fn configured_http(
+/// A client for `addr` with the configured namespace and CA certificate
+/// (relative to the project root).
+pub fn configured_http(
     cfg: &Config,
     addr: &str,
     token: Secret,
+    timeout: Duration,
     retries: u32,
     pool: usize,
 ) -> Result<VaultHttp> {
@@ -152,7 +154,7 @@ fn configured_http(
         addr,
         token,
         cfg.vault_namespace.as_ref().map(|s| s.value.clone()),
-        Duration::from_secs_f64(cfg.vault_timeout_secs),
+        timeout,
         retries,
         pool,
         cfg.vault_ca_cert
@@ -171,6 +173,7 @@ impl VaultProvider {
             cfg,
             &endpoint.addr,
             endpoint.token.value.clone(),
+            Duration::from_secs_f64(cfg.vault_timeout_secs),
             cfg.vault_retries,
             concurrency,
         )?;
