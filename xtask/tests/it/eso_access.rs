@@ -28,12 +28,12 @@ use crate::support::{
 };
 
 fn tools() -> bool {
-    crate::support::require_tools(&["bao"])
+    crate::support::require_tools(&["bao", "kubectl"])
 }
 
 /// For tests that run `doctor`, which also checks helm and helmfile.
 fn doctor_tools() -> bool {
-    crate::support::require_tools(&["bao", "helm", "helmfile"])
+    crate::support::require_tools(&["bao", "kubectl", "helm", "helmfile"])
 }
 
 /// Tokens the stand-in minted: JWT to (namespace, name, uid).

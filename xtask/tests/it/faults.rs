@@ -246,7 +246,7 @@ fn a_value_written_without_its_checksum_is_reported_and_restamped() {
 
 #[test]
 fn sealing_or_revoking_the_token_mid_run_stops_cleanly() {
-    if !crate::support::require_tools(&["bao"]) {
+    if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
     for fault in ["seal", "revoke"] {

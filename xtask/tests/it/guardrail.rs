@@ -72,7 +72,7 @@ fn seed(sb: &Sandbox, addr: &str, token: &str, extra: &[&str]) -> Run {
 
 #[test]
 fn a_persistent_loopback_vault_under_a_non_local_context_is_refused_unless_named() {
-    if !crate::support::require_tools(&["bao"]) {
+    if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
     let bao = PersistentBao::start();
@@ -139,7 +139,7 @@ fn a_persistent_loopback_vault_under_a_non_local_context_is_refused_unless_named
 
 #[test]
 fn a_dev_server_under_a_non_local_context_is_accepted() {
-    if !crate::support::require_tools(&["bao"]) {
+    if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
     let bao = OpenBao::start();
@@ -155,7 +155,7 @@ fn a_dev_server_under_a_non_local_context_is_accepted() {
 
 #[test]
 fn the_port_forward_refuses_a_non_local_context_and_takes_no_context_as_allowed() {
-    if !crate::support::require_tools(&["bao"]) {
+    if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
     let bao = OpenBao::start();

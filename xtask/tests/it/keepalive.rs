@@ -8,7 +8,7 @@ use crate::support::{json, vault_seed, Action, OpenBao, Proxy, Sandbox};
 
 #[test]
 fn a_closed_keep_alive_connection_costs_a_retry_and_loses_nothing() {
-    if !crate::support::require_tools(&["bao"]) {
+    if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
     let bao = OpenBao::start();

@@ -70,7 +70,7 @@ fn assert_no_value_or_digest(out: &str, values: &[&str], names: &[&str]) {
 
 #[test]
 fn kv1_hand_edits_are_conflicts_until_forced_and_stale_values_update() {
-    if !crate::support::require_tools(&["bao"]) {
+    if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
     let bao = kv1_server();
@@ -221,7 +221,7 @@ fn kv1_hand_edits_are_conflicts_until_forced_and_stale_values_update() {
 
 #[test]
 fn a_kv1_seed_stopped_mid_way_leaves_every_value_it_wrote_recognised() {
-    if !crate::support::require_tools(&["bao"]) {
+    if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
     let bao = kv1_server();
@@ -296,7 +296,7 @@ fn a_kv1_seed_stopped_mid_way_leaves_every_value_it_wrote_recognised() {
 
 #[test]
 fn concurrent_kv1_seeds_keep_each_others_records() {
-    if !crate::support::require_tools(&["bao"]) {
+    if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
     let bao = kv1_server();

@@ -1,6 +1,8 @@
 //! Integration tests: the real `xtask` binary against real OpenBao, real
-//! helm and helmfile, and honest fakes of kubectl, helmfile sync and az.
+//! helm, helmfile and kubectl (talking to the cluster stand-in of
+//! `tests/cluster/`), and honest fakes of helmfile sync and az.
 
+mod cluster;
 mod support;
 
 mod bad_input;

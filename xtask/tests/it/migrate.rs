@@ -183,7 +183,7 @@ fn run_named(sb: &Sandbox, bao: &OpenBao, text: &str) -> Run {
 }
 
 fn tools() -> bool {
-    crate::support::require_tools(&["bao", "helm", "helmfile"])
+    crate::support::require_tools(&["bao", "kubectl", "helm", "helmfile"])
 }
 
 /// The test's Vault and a sandbox on Azure Key Vault, or `None` (skip the

@@ -65,7 +65,7 @@ fn check_common(run: &Run) {
 
 #[test]
 fn a_server_killed_mid_seed_of_many_secrets_gives_short_output_cause_first() {
-    if !crate::support::require_tools(&["bao"]) {
+    if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
     let run = seed_killed_midway(&[]);
@@ -98,7 +98,7 @@ fn a_server_killed_mid_seed_of_many_secrets_gives_short_output_cause_first() {
 /// on one line.
 #[test]
 fn a_server_error_is_one_line() {
-    if !crate::support::require_tools(&["bao"]) {
+    if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
     let bao = OpenBao::start();

@@ -196,7 +196,7 @@ fn a_missing_service_fails_with_kubectls_words_and_the_fix() {
 
 #[test]
 fn migrate_to_vault_goes_through_the_port_forward_too() {
-    if !crate::support::require_tools(&["bao", "helm", "helmfile"]) {
+    if !crate::support::require_tools(&["bao", "kubectl", "helm", "helmfile"]) {
         return;
     }
     let bao = OpenBao::start();
@@ -245,7 +245,7 @@ fn migrate_to_vault_goes_through_the_port_forward_too() {
 
 #[test]
 fn a_seed_killed_outright_takes_its_forward_with_it() {
-    if !crate::support::require_tools(&["bao"]) {
+    if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
     let bao = OpenBao::start();

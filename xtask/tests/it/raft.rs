@@ -20,7 +20,7 @@ fn fixtures(n: usize, version: &str) -> serde_json::Map<String, serde_json::Valu
 
 #[test]
 fn seeds_through_a_standby_and_through_a_leader_failover() {
-    if !crate::support::require_tools(&["bao"]) {
+    if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
     let mut cluster = RaftCluster::start();

@@ -71,7 +71,7 @@ fn writes(calls: &[String]) -> usize {
 
 #[test]
 fn a_no_op_re_seed_reads_one_listing_and_no_entry() {
-    if !crate::support::require_tools(&["bao"]) {
+    if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
     let Seeded {
@@ -231,7 +231,7 @@ fn listing_pages_past_a_thousand_keys() {
 
 #[test]
 fn a_token_without_the_detailed_listing_reads_entry_by_entry() {
-    if !crate::support::require_tools(&["bao"]) {
+    if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
     let bao = OpenBao::start();
@@ -301,7 +301,7 @@ path "secret/metadata/" { capabilities = ["list"] }
 
 #[test]
 fn records_from_before_versions_are_renewed_once() {
-    if !crate::support::require_tools(&["bao"]) {
+    if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
     let Seeded {

@@ -59,7 +59,7 @@ fn seeds_kv2_once_then_writes_nothing() {
 
 #[test]
 fn kv1_mount_is_written_without_data_prefix() {
-    if !crate::support::require_tools(&["bao"]) {
+    if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
     let bao = OpenBao::start();
@@ -294,7 +294,7 @@ fn port_forwards_through_a_local_kube_context_and_cleans_up() {
 
 #[test]
 fn a_canary_value_never_reaches_output_or_argv() {
-    if !crate::support::require_tools(&["bao"]) {
+    if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
     let canary = "CANARY-7f3e9d1c-never-print-me";
@@ -425,7 +425,7 @@ fn two_seeds_at_once_lose_no_update_and_corrupt_nothing() {
 
 #[test]
 fn an_https_vault_with_its_own_ca_needs_vault_cacert() {
-    if !crate::support::require_tools(&["bao"]) {
+    if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
     let bao = OpenBao::start_tls();

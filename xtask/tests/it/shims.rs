@@ -70,7 +70,7 @@ fn the_azure_script_delegates_with_its_old_flags() {
 
 #[test]
 fn the_vault_script_delegates_with_its_old_flags() {
-    if !crate::support::require_tools(&["bao"]) {
+    if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
     let bao = OpenBao::start();

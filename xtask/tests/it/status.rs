@@ -4,7 +4,7 @@ use crate::support::{json, OpenBao, Sandbox};
 
 #[test]
 fn status_shows_the_kv_version_of_the_mount() {
-    if !crate::support::require_tools(&["bao"]) {
+    if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
     let bao = OpenBao::start();

@@ -1,6 +1,8 @@
 //! Test harness: real OpenBao on a free loopback port, a scratch git copy
-//! of the repository, and fake kubectl/helmfile/az first on PATH that
-//! record what they were called with.
+//! of the repository, the real kubectl behind a wrapper that records its
+//! argv (talking to the cluster stand-in, `cluster.rs`), and fake
+//! `helmfile sync` and `az` first on PATH that record what they were
+//! called with.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -359,7 +361,7 @@ impl From<std::process::Output> for Run {
 /// The real OpenBao dev server and a fresh sandbox, or `None` (skip the
 /// test) when `bao` is missing.
 pub fn with_bao() -> Option<(OpenBao, Sandbox)> {
-    require_tools(&["bao"]).then(|| (OpenBao::start(), Sandbox::new()))
+    require_tools(&["bao", "kubectl"]).then(|| (OpenBao::start(), Sandbox::new()))
 }
 
 /// Fails the test unless `text` contains `needle`, showing both.
@@ -415,6 +417,8 @@ pub struct Sandbox {
     pub root: PathBuf,
     pub fake_dir: PathBuf,
     pub home: PathBuf,
+    /// The cluster stand-in, once a scenario describes a cluster.
+    cluster: std::sync::OnceLock<crate::cluster::Cluster>,
     _dir: TempDir,
 }
 
@@ -428,11 +432,11 @@ impl Sandbox {
             std::fs::create_dir_all(d).unwrap();
         }
         // Real kubectl has a context only with a kubeconfig, and the seed
-        // asks it only then: the fake's context comes from the scenario.
+        // asks it only then: a scenario's cluster writes one with a context.
         std::fs::create_dir_all(home.join(".kube")).unwrap();
         std::fs::write(
             home.join(".kube/config"),
-            "# the fake kubectl reads scenario.json\n",
+            "# no context until a scenario describes a cluster\n",
         )
         .unwrap();
         let src = repo_root();
@@ -482,18 +486,30 @@ impl Sandbox {
             root,
             fake_dir,
             home,
+            cluster: std::sync::OnceLock::new(),
             _dir: dir,
         }
     }
 
-    /// What the fakes replay.
+    /// What the fakes (helmfile sync, az) replay, and the cluster that the
+    /// real kubectl finds: the `kubectl` part sets up the cluster stand-in
+    /// (started on first use) as [`crate::cluster::apply`] describes.
     pub fn scenario(&self, scenario: serde_json::Value) {
+        if scenario["kubectl"].is_object() {
+            crate::cluster::apply(self, self.cluster(), &scenario["kubectl"]);
+        }
         std::fs::write(self.fake_dir.join("scenario.json"), scenario.to_string()).unwrap();
         for e in std::fs::read_dir(&self.fake_dir).unwrap().flatten() {
             if e.file_name().to_string_lossy().starts_with("counter-") {
                 std::fs::remove_file(e.path()).unwrap();
             }
         }
+    }
+
+    /// The sandbox's cluster stand-in, started on first use.
+    pub fn cluster(&self) -> &crate::cluster::Cluster {
+        self.cluster
+            .get_or_init(|| crate::cluster::Cluster::start(&self.fake_dir.join("cluster")))
     }
 
     /// The built `xtask` with `args`, run as [`Sandbox::command_of`] runs
@@ -556,7 +572,7 @@ impl Sandbox {
         cmd.output().unwrap().into()
     }
 
-    /// Every `kubectl port-forward` the fake started, by pid, in order.
+    /// Every `kubectl port-forward` started, by pid, in order.
     pub fn port_forward_pids(&self) -> Vec<u32> {
         std::fs::read_to_string(self.fake_dir.join("port-forward.pids"))
             .unwrap_or_default()

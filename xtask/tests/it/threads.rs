@@ -7,7 +7,7 @@ use crate::support::{OpenBao, Sandbox};
 
 #[test]
 fn a_seed_starts_a_bounded_number_of_threads() {
-    if !crate::support::require_tools(&["bao"]) {
+    if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
     let bao = OpenBao::start();

@@ -29,7 +29,7 @@ use super::{Current, Outcome, SecretProvider, Write};
 use crate::fsutil::sha256_hex;
 use crate::pool::bounded;
 use crate::secrets::config::{Config, Secret, Setting, Source};
-use crate::secrets::{guard, kube};
+use crate::secrets::{guard, kube, port_forward};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KvVersion {
@@ -50,14 +50,14 @@ pub struct VaultProvider {
     /// update the record entry.
     record_lock: std::path::PathBuf,
     /// Held for the provider's lifetime; stopped on drop.
-    _port_forward: Option<kube::PortForward>,
+    _port_forward: Option<port_forward::PortForward>,
 }
 
 /// Where to reach Vault, and with which token.
 pub struct Endpoint {
     pub addr: String,
     pub token: Setting<Secret>,
-    pub port_forward: Option<kube::PortForward>,
+    pub port_forward: Option<port_forward::PortForward>,
     /// `sys/seal-status` as the guardrail's check read it (that call needs
     /// no token), so connecting does not ask again.
     pub seal: Option<SealStatus>,
@@ -107,7 +107,7 @@ pub fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<E
                 );
             };
             guard::check_port_forward_context(&context, &cfg.local_contexts)?;
-            let pf = kube::PortForward::start(&kube::ForwardSpec {
+            let pf = port_forward::PortForward::start(&port_forward::ForwardSpec {
                 namespace: cfg.port_forward.namespace.clone(),
                 service: cfg.port_forward.service.clone(),
                 port: cfg.port_forward.port,
