@@ -144,6 +144,7 @@ struct PortForwardFile {
     port: Option<u16>,
     dev_root_token: Option<String>,
     start_timeout_secs: Option<f64>,
+    pod_wait_secs: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,8 +187,12 @@ pub struct PortForward {
     pub service: String,
     pub port: u16,
     pub dev_root_token: String,
-    /// How long kubectl may take to print `Forwarding from ...`.
+    /// How long kubectl may take to print `Forwarding from ...`, once a
+    /// pod behind the service runs.
     pub start_timeout: Duration,
+    /// How long to wait for a pod behind the service to run (none yet, or
+    /// Pending) before starting kubectl.
+    pub pod_wait: Duration,
 }
 
 #[derive(Debug)]
@@ -435,6 +440,12 @@ impl Config {
                 pf_local.start_timeout_secs,
                 pf_repo.start_timeout_secs,
                 30.0,
+            )?,
+            pod_wait: secs_setting(
+                "vault.port_forward.pod_wait_secs",
+                pf_local.pod_wait_secs,
+                pf_repo.pod_wait_secs,
+                120.0,
             )?,
         };
         let helmfile_sync_timeout = secs_setting(
@@ -856,15 +867,16 @@ mod tests {
         let cfg = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap();
         assert_eq!(cfg.helmfile_sync_deadline(), Duration::from_secs(600));
         assert_eq!(cfg.port_forward.start_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.port_forward.pod_wait, Duration::from_secs(120));
 
         std::fs::write(
             root.join("secrets.toml"),
-            "[helmfile]\nsync_timeout_secs = 900\n[vault.port_forward]\nstart_timeout_secs = 5\n",
+            "[helmfile]\nsync_timeout_secs = 900\n[vault.port_forward]\nstart_timeout_secs = 5\npod_wait_secs = 60\n",
         )
         .unwrap();
         std::fs::write(
             root.join(".local/secrets.toml"),
-            "[helmfile]\nsync_timeout_secs = 1200.5\n",
+            "[helmfile]\nsync_timeout_secs = 1200.5\n[vault.port_forward]\npod_wait_secs = 2.5\n",
         )
         .unwrap();
         let cfg = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap();
@@ -873,6 +885,23 @@ mod tests {
             Duration::from_secs_f64(1200.5)
         );
         assert_eq!(cfg.port_forward.start_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.port_forward.pod_wait, Duration::from_secs_f64(2.5));
+
+        std::fs::write(
+            root.join(".local/secrets.toml"),
+            "[vault.port_forward]\npod_wait_secs = -1\n",
+        )
+        .unwrap();
+        let err = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("vault.port_forward.pod_wait_secs must be a number of seconds above 0"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("(from .local/secrets.toml)"),
+            "{err}"
+        );
 
         std::fs::write(
             root.join(".local/secrets.toml"),

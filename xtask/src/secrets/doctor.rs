@@ -176,20 +176,41 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
     }
 
     if local {
-        match kube::crd_present("externalsecrets.external-secrets.io") {
-            Ok(true) => out.push(ok("eso", "ExternalSecret CRDs installed")),
-            Ok(false) => out.push(fail(
-                "eso",
-                "External Secrets Operator is not installed",
-                "install ESO on the cluster",
-            )),
-            Err(e) => out.push(fail("eso", format!("{e:#}"), "check kubectl access")),
+        let installed = match kube::eso_api() {
+            Ok(api) => match api.problem() {
+                None => {
+                    out.push(ok(
+                        "eso",
+                        format!("External Secrets Operator serves {}", kube::ESO_V1),
+                    ));
+                    true
+                }
+                Some((what, fix)) => {
+                    out.push(fail("eso", what, fix));
+                    api != kube::EsoApi::Missing
+                }
+            },
+            Err(e) => {
+                out.push(fail(
+                    "eso",
+                    format!("{e:#}"),
+                    "check kubectl access: `kubectl cluster-info`",
+                ));
+                false
+            }
+        };
+        // Without ESO every question about its objects has one answer,
+        // already given.
+        if installed {
+            let denied = denied_checks(&root, &env, &cfg);
+            out.push(store_finding(
+                kube::kubectl(&["get", "clustersecretstore", STORE_NAME, "--output", "json"]),
+                store_event(),
+                &env,
+                &denied,
+            ));
+            external_secret_findings(&mut out, &denied, &env);
         }
-        out.push(store_finding(
-            kube::kubectl(&["get", "clustersecretstore", STORE_NAME, "--output", "json"]),
-            &env,
-        ));
-        external_secret_findings(&mut out);
     }
 
     match &fixture_set {
@@ -420,10 +441,63 @@ fn vault_findings(
     }
 }
 
+/// ESO's newest Warning Event about the store, if kubectl can tell.
+fn store_event() -> Option<kube::Event> {
+    kube::warning_events(None, "ClusterSecretStore", Some(STORE_NAME))
+        .ok()
+        .and_then(|e| kube::newest_by_object(e).remove(STORE_NAME))
+}
+
+/// `; ESO's last warning (Reason): message`, or nothing.
+fn said(event: Option<&kube::Event>) -> String {
+    event.map(|e| format!("; {}", e.said())).unwrap_or_default()
+}
+
+/// Vault's answer to a login it refused (every failed TokenReview
+/// included) or a read its policy does not allow.
+fn permission_denied(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("permission denied") || t.contains("code: 403")
+}
+
+/// What to check when Vault says `permission denied` to ESO: the role's
+/// bound service account (names and namespaces) against the one the store
+/// logs in as, and the TokenReview right (`system:auth-delegator`) of the
+/// reviewer. Names from the store chart and layer 15 of `env`.
+pub fn denied_checks(root: &std::path::Path, env: &str, cfg: &Config) -> String {
+    let (role, subject, mount) = match EsoNames::load(root, env) {
+        Ok(n) => (n.role.clone(), n.subject(), n.auth_mount.clone()),
+        Err(_) => (
+            "external-secrets".to_string(),
+            "external-secrets/external-secrets".to_string(),
+            "kubernetes".to_string(),
+        ),
+    };
+    let vault_ns = &cfg.port_forward.namespace;
+    format!(
+        "Vault answers `permission denied` to every ESO login it refuses (a failed TokenReview included) and \
+         to every read ESO's policy does not allow. Check (1) that role auth/{mount}/role/{role} binds the \
+         service account the store logs in as, {subject} (bound_service_account_names and \
+         bound_service_account_namespaces): `cargo xtask secrets doctor` compares them on its `eso access` \
+         lines and `cargo xtask secrets seed` writes the role and ESO's policy again; (2) that Vault's \
+         reviewer may create TokenReviews: `kubectl get clusterrolebindings --output wide | grep \
+         system:auth-delegator` must list {vault_ns}/vault (a Vault outside the cluster reviews with ESO's own \
+         token: then {subject}); `{}` brings that binding, then `kubectl --namespace {vault_ns} delete pod \
+         vault-0` and `cargo xtask secrets seed`.",
+        helmfile::sync_display(env)
+    )
+}
+
 /// The store's Ready condition, from `kubectl get clustersecretstore
-/// <STORE_NAME> --output json` (`got`); a failed get is fixed by syncing
-/// layer 15 of `env`.
-fn store_finding(got: Result<String>, env: &str) -> Finding {
+/// <STORE_NAME> --output json` (`got`), with ESO's last Warning Event about
+/// it (`event`: its condition says only `unable to validate store`); a
+/// failed get is fixed by syncing layer 15 of `env`.
+fn store_finding(
+    got: Result<String>,
+    event: Option<kube::Event>,
+    env: &str,
+    denied: &str,
+) -> Finding {
     let json = match got {
         Ok(json) => json,
         Err(e) => {
@@ -434,25 +508,33 @@ fn store_finding(got: Result<String>, env: &str) -> Finding {
             )
         }
     };
-    // The store's status has an ExternalSecret's shape: read it as one.
-    let ready = kube::parse_external_secrets(&format!("{{\"items\": [{json}]}}"))
-        .ok()
-        .and_then(|list| list.into_iter().next())
-        .filter(|s| s.ready.is_some());
-    match ready {
-        Some(s) if s.ready == Some(true) => {
-            ok("eso", format!("ClusterSecretStore/{STORE_NAME} Ready"))
+    let object: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+    let ready = kube::Ready::of(&object);
+    match ready.ready {
+        Some(true) => ok("eso", format!("ClusterSecretStore/{STORE_NAME} Ready")),
+        Some(false) => {
+            let denied_here = permission_denied(&ready.message)
+                || event
+                    .as_ref()
+                    .is_some_and(|e| permission_denied(&e.message));
+            fail(
+                "eso",
+                format!(
+                    "ClusterSecretStore/{STORE_NAME} not Ready: {}{}",
+                    ready.describe(),
+                    said(event.as_ref())
+                ),
+                if denied_here {
+                    denied.to_string()
+                } else {
+                    format!(
+                        "kubectl describe clustersecretstore {STORE_NAME}; docs/secrets.md#troubleshooting; once \
+                         fixed, `kubectl annotate clustersecretstore {STORE_NAME} force-sync=$(date +%s) \
+                         --overwrite` has ESO validate it at once"
+                    )
+                },
+            )
         }
-        Some(s) => fail(
-            "eso",
-            format!(
-                "ClusterSecretStore/{STORE_NAME} not Ready: {}: {}",
-                s.reason, s.message
-            ),
-            format!(
-                "kubectl describe clustersecretstore {STORE_NAME}; docs/secrets.md#troubleshooting"
-            ),
-        ),
         None => warn(
             "eso",
             format!("ClusterSecretStore/{STORE_NAME} has no Ready condition yet"),
@@ -461,12 +543,17 @@ fn store_finding(got: Result<String>, env: &str) -> Finding {
     }
 }
 
-/// ExternalSecrets on the store that ESO does not report Ready, with its reason.
-fn external_secret_findings(out: &mut Vec<Finding>) {
+/// ExternalSecrets on the store that ESO does not report Ready, with its
+/// reason and ESO's last Warning Event about each (the real cause).
+fn external_secret_findings(out: &mut Vec<Finding>, denied: &str, env: &str) {
     let list = match kube::external_secrets() {
         Ok(list) => list,
         Err(e) => {
-            out.push(fail("eso", format!("{e:#}"), "check kubectl access"));
+            out.push(fail(
+                "eso",
+                format!("{e:#}"),
+                "check kubectl access: `kubectl cluster-info`",
+            ));
             return;
         }
     };
@@ -490,15 +577,30 @@ fn external_secret_findings(out: &mut Vec<Finding>) {
         ));
         return;
     }
+    let mut events: std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<String, kube::Event>,
+    > = Default::default();
     for e in bad.iter().take(20) {
+        let newest = events.entry(e.namespace.clone()).or_insert_with(|| {
+            kube::warning_events(Some(&e.namespace), "ExternalSecret", None)
+                .map(kube::newest_by_object)
+                .unwrap_or_default()
+        });
+        let event = newest.get(&e.name).filter(|_| e.ready == Some(false));
         let state = match e.ready {
             None => "no Ready condition yet".to_string(),
             _ => format!("{}: {}", e.reason, e.message),
         };
+        let cause = event.map(|ev| ev.message.as_str()).unwrap_or(&e.message);
         out.push(fail(
             "eso",
-            format!("ExternalSecret {} not Ready: {state}", e.id()),
-            external_secret_fix(&e.namespace, &e.name, &e.message),
+            format!(
+                "ExternalSecret {} not Ready: {state}{}",
+                e.id(),
+                said(event)
+            ),
+            external_secret_fix(&e.namespace, &e.name, cause, denied, env),
         ));
     }
     if bad.len() > 20 {
@@ -510,14 +612,29 @@ fn external_secret_findings(out: &mut Vec<Finding>) {
     }
 }
 
-/// The fix for an ExternalSecret's failure, from ESO's message.
-fn external_secret_fix(namespace: &str, name: &str, message: &str) -> String {
+/// The fix for an ExternalSecret's failure, from ESO's words (its last
+/// Warning Event, else its condition's message).
+fn external_secret_fix(
+    namespace: &str,
+    name: &str,
+    message: &str,
+    denied: &str,
+    env: &str,
+) -> String {
     let m = message.to_ascii_lowercase();
     let resync = format!("kubectl annotate externalsecret {name} --namespace {namespace} force-sync=$(date +%s) --overwrite");
-    if m.contains("permission denied") || m.contains("403") {
+    if permission_denied(&m) {
+        format!("{denied} Then {resync}")
+    } else if m.contains(&format!(
+        "could not get clustersecretstore \"{STORE_NAME}\""
+    )) {
         format!(
-            "{} (ESO's policy and role), then {resync}",
-            vault_checks::RESEED
+            "ClusterSecretStore/{STORE_NAME} is missing: {}; then {resync}",
+            helmfile::sync_display(env)
+        )
+    } else if m.contains(&format!("\"{STORE_NAME}\" is not ready")) {
+        format!(
+            "the store's line above says why ClusterSecretStore/{STORE_NAME} is not Ready; once it is, {resync}"
         )
     } else if m.contains("does not exist") || m.contains("not found") || m.contains("404") {
         format!(
@@ -556,8 +673,22 @@ fn report(findings: Vec<Finding>) -> Result<()> {
 mod tests {
     use super::*;
 
+    const DENIED: &str = "DENIED-CHECKS";
+
     fn store(json: &str) -> Finding {
-        store_finding(Ok(json.to_string()), "local")
+        store_finding(Ok(json.to_string()), None, "local", DENIED)
+    }
+
+    fn event(reason: &str, message: &str) -> kube::Event {
+        kube::Event {
+            id: "ameide-vault.1".into(),
+            count: 1,
+            object: STORE_NAME.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last: "2026-12-01T00:00:00Z".into(),
+            version: 1,
+        }
     }
 
     #[test]
@@ -575,7 +706,9 @@ mod tests {
             (not.text.as_str(), not.fix.as_str()),
             (
                 "ClusterSecretStore/ameide-vault not Ready: InvalidProviderConfig: no role",
-                "kubectl describe clustersecretstore ameide-vault; docs/secrets.md#troubleshooting"
+                "kubectl describe clustersecretstore ameide-vault; docs/secrets.md#troubleshooting; once fixed, \
+                 `kubectl annotate clustersecretstore ameide-vault force-sync=$(date +%s) --overwrite` has ESO \
+                 validate it at once"
             )
         );
 
@@ -597,16 +730,88 @@ mod tests {
         }
     }
 
+    /// ESO's condition is generic; its Warning Event says why, and a
+    /// `permission denied` there is explained by the login's checks.
+    #[test]
+    fn the_store_finding_shows_esos_event_and_maps_permission_denied() {
+        let json = r#"{"status": {"conditions": [{"type": "Ready", "status": "False",
+            "reason": "ValidationFailed", "message": "unable to validate store"}]}}"#;
+        let f = store_finding(
+            Ok(json.into()),
+            Some(event(
+                "ValidationFailed",
+                "unable to log in to auth method: Code: 403. Errors:\n\n* permission denied",
+            )),
+            "local",
+            DENIED,
+        );
+        assert!(f.level == Level::Fail);
+        assert_eq!(
+            f.text,
+            "ClusterSecretStore/ameide-vault not Ready: ValidationFailed: unable to validate store; ESO's last \
+             warning (ValidationFailed): unable to log in to auth method: Code: 403. Errors: * permission denied"
+        );
+        assert_eq!(f.fix, DENIED);
+        let f = store_finding(
+            Ok(json.into()),
+            Some(event("ValidationFailed", "vault is sealed")),
+            "local",
+            DENIED,
+        );
+        assert!(
+            f.fix.starts_with("kubectl describe clustersecretstore"),
+            "{}",
+            f.fix
+        );
+    }
+
+    #[test]
+    fn each_external_secret_failure_gets_the_fix_for_esos_words() {
+        let fix = |m: &str| external_secret_fix("ameide", "a", m, DENIED, "local");
+        assert!(fix(
+            "error processing spec.data[0] (key: k), err: Code: 403. Errors:\n* permission denied"
+        )
+        .starts_with("DENIED-CHECKS Then kubectl annotate externalsecret a --namespace ameide"));
+        assert!(fix("error processing spec.data[0] (key: k), err: ClusterSecretStore \"ameide-vault\" is not ready")
+            .starts_with("the store's line above says why"));
+        assert_eq!(
+            fix("error processing spec.data[0] (key: k), err: could not get ClusterSecretStore \"ameide-vault\", \
+                 ClusterSecretStore.external-secrets.io \"ameide-vault\" not found"),
+            "ClusterSecretStore/ameide-vault is missing: helmfile --file \
+             infra/kubernetes/helmfiles/15-secrets-certificates.yaml --environment local sync; then kubectl annotate \
+             externalsecret a --namespace ameide force-sync=$(date +%s) --overwrite"
+        );
+        assert!(fix("Secret does not exist").starts_with("cargo xtask secrets check --live"));
+        assert!(fix("something else")
+            .starts_with("kubectl describe externalsecret a --namespace ameide"));
+    }
+
+    #[test]
+    fn the_denied_checks_name_the_role_its_binding_and_the_reviewer() {
+        let root = crate::project_root();
+        let cfg = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap();
+        let text = denied_checks(&root, "local", &cfg);
+        for part in [
+            "role auth/kubernetes/role/external-secrets binds the service account the store logs in as, \
+             external-secrets/external-secrets",
+            "bound_service_account_names and bound_service_account_namespaces",
+            "kubectl get clusterrolebindings --output wide | grep system:auth-delegator` must list vault/vault",
+            "kubectl --namespace vault delete pod vault-0",
+        ] {
+            assert!(text.contains(part), "{part}:\n{text}");
+        }
+    }
+
     #[test]
     fn a_store_kubectl_cannot_get_is_fixed_by_syncing_layer_15() {
-        let f = store_finding(Err(anyhow::anyhow!("NotFound")), "local");
+        let f = store_finding(Err(anyhow::anyhow!("NotFound")), None, "local", DENIED);
         assert!(f.level == Level::Fail);
         assert_eq!(f.text, "ClusterSecretStore/ameide-vault: NotFound");
         assert_eq!(
             f.fix,
             "helmfile --file infra/kubernetes/helmfiles/15-secrets-certificates.yaml --environment local sync"
         );
-        let dev = store_finding(Err(anyhow::anyhow!("NotFound")), "dev");
+        let dev = store_finding(Err(anyhow::anyhow!("NotFound")), None, "dev", DENIED);
         assert!(dev.fix.contains("--environment dev sync"), "{}", dev.fix);
     }
 }

@@ -594,8 +594,8 @@ struct ApiServer {
     ca_pem: String,
 }
 
-/// `kubectl config view --minify --raw --output json`: the current
-/// context's server and CA (inline data or a file).
+/// `kubectl config view --minify --raw --flatten --output json`: the
+/// current context's server and CA (inline: kubectl reads a CA file).
 fn api_server_of_context() -> Result<ApiServer> {
     let text = crate::secrets::kube::raw_minified_config()?;
     let v: Value = serde_json::from_str(&text).context("kubectl config view printed no JSON")?;
@@ -605,15 +605,12 @@ fn api_server_of_context() -> Result<ApiServer> {
         .filter(|s| !s.is_empty())
         .context("the kube context names no API server")?
         .to_string();
-    let ca_pem = if let Some(data) = cluster["certificate-authority-data"].as_str() {
-        String::from_utf8(base64_decode(data).context("certificate-authority-data is not base64")?)
-            .context("certificate-authority-data is not PEM text")?
-    } else if let Some(file) = cluster["certificate-authority"].as_str() {
-        std::fs::read_to_string(file)
-            .with_context(|| format!("reading the kube context's CA {file}"))?
-    } else {
+    let Some(data) = cluster["certificate-authority-data"].as_str() else {
         bail!("the kube context has no CA for {server}: Vault needs one to review tokens there")
     };
+    let ca_pem =
+        String::from_utf8(base64_decode(data).context("certificate-authority-data is not base64")?)
+            .context("certificate-authority-data is not PEM text")?;
     Ok(ApiServer { server, ca_pem })
 }
 
@@ -716,9 +713,13 @@ pub fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
                               "disable_local_ca_jwt": false});
             reply = http.try_call(Method::Post, &path, Some(&body))?;
             done.notes.push(format!(
-                "Vault runs outside a pod: {} reviews ESO's tokens with {} and the kube context's CA",
+                "Vault runs outside a pod: {} reviews ESO's tokens with {} and the kube context's CA. \
+                 ESO's own token is then the reviewer, so service account {} needs a ClusterRoleBinding to \
+                 system:auth-delegator, and the store's server ({}) must be reachable from the pods",
                 item.label(),
-                api.server
+                api.server,
+                names.subject(),
+                names.kubernetes_host
             ));
         }
         // A concurrent seed enabled it between our read and our write.
@@ -742,7 +743,38 @@ pub fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
             );
         }
     }
+    if let Some(missing) = service_account_missing(names) {
+        done.notes.push(missing);
+    }
     Ok(done)
+}
+
+/// With a kube context: a note when the service account the role binds is
+/// not in the cluster (ESO installed under another name, such as
+/// `foundation-external-secrets`). Without one, or when kubectl cannot
+/// answer, nothing: `doctor` reports kubectl's trouble.
+pub fn service_account_missing(names: &EsoNames) -> Option<String> {
+    kube::current_context()?;
+    let field = format!("metadata.name={}", names.service_account);
+    let found = kube::kubectl(&[
+        "get",
+        "serviceaccounts",
+        "--namespace",
+        &names.namespace,
+        "--field-selector",
+        &field,
+        "--output",
+        "name",
+    ])
+    .ok()?;
+    found.trim().is_empty().then(|| {
+        format!(
+            "service account {} is not in the cluster, so ESO cannot log in as the role binds it. Find ESO's \
+             service account (`kubectl get serviceaccounts --all-namespaces | grep external-secrets`), set \
+             serviceAccount.name and serviceAccount.namespace in {STORE_CHART_VALUES}, and seed again",
+            names.subject()
+        )
+    })
 }
 
 #[cfg(test)]

@@ -1,19 +1,26 @@
-//! The port-forward to the in-cluster Vault: `kubectl port-forward
-//! svc/vault`, watched, restarted once, stopped on drop. Every kubectl runs
-//! through `process::Tool`.
+//! The port-forward to the in-cluster Vault: first the cluster is asked
+//! whether a pod behind `svc/vault` runs (waiting, with progress, for one
+//! that is Pending), then `kubectl port-forward svc/vault`, watched,
+//! restarted once, stopped on drop. Every kubectl runs through
+//! `process::Tool`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use serde_json::Value;
 
 use crate::process::{seconds, Next, Running, Tool};
-use crate::secrets::kube::INSTALL_HINT;
+use crate::secrets::kube::{INSTALL_HINT, KUBECTL_DEADLINE};
 
 /// How long to wait for kubectl's next line before looking at the stop flag.
 const POLL: Duration = Duration::from_millis(50);
+/// How often the cluster is asked about the pods while waiting for one.
+const POD_POLL: Duration = Duration::from_secs(1);
+/// How often the wait for a pod says so on stderr.
+const POD_NOTE_EVERY: Duration = Duration::from_secs(5);
 
 /// What to forward: `svc/<service>:<port>` in `namespace`.
 #[derive(Clone, Debug)]
@@ -23,11 +30,35 @@ pub struct ForwardSpec {
     pub port: u16,
     /// How long kubectl may take to print its `Forwarding from` line.
     pub start_deadline: Duration,
+    /// How long to wait for a pod behind the service to run.
+    pub pod_wait: Duration,
+}
+
+/// Why kubectl did not start forwarding.
+enum LaunchError {
+    /// The forward was dropped meanwhile.
+    Stopped,
+    /// kubectl exited before forwarding: its words, and our message.
+    Exited(String),
+    /// It could not start, or missed its deadline.
+    Failed(String),
+}
+
+impl LaunchError {
+    fn into_message(self) -> String {
+        match self {
+            LaunchError::Stopped => "stopped".into(),
+            LaunchError::Exited(m) | LaunchError::Failed(m) => m,
+        }
+    }
 }
 
 impl ForwardSpec {
     /// `kubectl port-forward ... svc/vault [LOCAL]:8200`: a random free
-    /// loopback port the first time, the same one on a restart.
+    /// loopback port the first time, the same one on a restart. kubectl's
+    /// own wait for a running pod (`--pod-running-timeout`, 60 s by default)
+    /// is kept within our start deadline, so kubectl says why it gave up
+    /// before we stop it.
     fn tool(&self, local: Option<u16>) -> Tool {
         let local = local.map(|p| p.to_string()).unwrap_or_default();
         Tool::new("kubectl")
@@ -40,17 +71,169 @@ impl ForwardSpec {
                 self.namespace.clone(),
                 "--address".into(),
                 "127.0.0.1".into(),
+                "--pod-running-timeout".into(),
+                go_duration(self.start_deadline / 2),
                 format!("svc/{}", self.service),
                 format!("{local}:{}", self.port),
             ])
     }
 
-    /// What to check when the forward does not start or does not last.
-    fn fix(&self) -> String {
+    /// What to check when the forward does not start or does not last,
+    /// given what kubectl said.
+    fn fix(&self, said: &str) -> String {
+        let ns = &self.namespace;
+        if said.contains("connection refused") {
+            // The kubelet reached the pod, but nothing listens on the port.
+            format!(
+                "Vault's pod runs but nothing in it listens on port {port} (Vault has not started yet, or \
+                 exited): `kubectl --namespace {ns} get pods`, then `kubectl --namespace {ns} logs <pod>`",
+                port = self.port
+            )
+        } else {
+            format!(
+                "Is Vault's pod running? `kubectl --namespace {ns} get pods`, `kubectl --namespace {ns} describe \
+                 svc {svc}`",
+                svc = self.service
+            )
+        }
+    }
+
+    /// kubectl for a question about the cluster (`get`), with its deadline.
+    fn kubectl(&self, args: &[&str]) -> Tool {
+        Tool::new("kubectl")
+            .deadline(KUBECTL_DEADLINE)
+            .install_hint(INSTALL_HINT)
+            .timeout_hint(
+                "Is the cluster up and reachable? `kubectl cluster-info` shows where kubectl looks.",
+            )
+            .args(args)
+    }
+
+    /// `kubectl get ARGS --output json`: the object, `None` when the API
+    /// says NotFound, or an error with kubectl's words.
+    fn get(&self, args: &[&str]) -> Result<Option<Value>, String> {
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--output", "json"]);
+        let tool = self.kubectl(&all);
+        let out = tool.output().map_err(|e| {
+            format!(
+                "asking the cluster about svc/{} in namespace {}: {e:#}",
+                self.service, self.namespace
+            )
+        })?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if stderr.contains("(NotFound)") {
+                return Ok(None);
+            }
+            return Err(format!(
+                "asking the cluster about svc/{} in namespace {}: {:#}",
+                self.service,
+                self.namespace,
+                tool.failure(&out)
+            ));
+        }
+        serde_json::from_slice(&out.stdout)
+            .map(Some)
+            .map_err(|e| format!("`{}` printed no JSON: {e}", tool.display()))
+    }
+
+    /// The service's pod selector (`app.kubernetes.io/name=vault`), or
+    /// what is wrong with the service, with its fix.
+    fn selector(&self) -> Result<String, String> {
+        let (ns, svc) = (&self.namespace, &self.service);
+        let Some(service) = self.get(&["service", svc, "--namespace", ns])? else {
+            return Err(format!(
+                "svc/{svc} not found in namespace {ns} (kubectl: Error from server (NotFound): services \"{svc}\" \
+                 not found): Vault is not deployed there. Deploy it with layer 15: `helmfile --file \
+                 infra/kubernetes/helmfiles/15-secrets-certificates.yaml --environment local sync`; if it runs \
+                 under another name, set namespace / service under [vault.port_forward] in .local/secrets.toml"
+            ));
+        };
+        selector_of(&service).ok_or_else(|| {
+            format!(
+                "svc/{svc} in namespace {ns} has no pod selector, so kubectl cannot pick a pod behind it: set \
+                 service under [vault.port_forward] in .local/secrets.toml to Vault's own service \
+                 (`kubectl --namespace {ns} get svc`)"
+            )
+        })
+    }
+
+    /// `kubectl get pods --selector SELECTOR`: the list.
+    fn pods_now(&self, selector: &str) -> Result<Value, LaunchError> {
+        self.get(&[
+            "pods",
+            "--namespace",
+            &self.namespace,
+            "--selector",
+            selector,
+        ])
+        .map(Option::unwrap_or_default)
+        .map_err(LaunchError::Failed)
+    }
+
+    /// Waits until a pod behind the service runs (kubectl forwards only
+    /// to a Running pod, and refuses a Pending one at once), saying every
+    /// few seconds on stderr what it waits for, until `until`.
+    fn wait_for_pod(&self, until: Instant, stop: &AtomicBool) -> Result<(), LaunchError> {
+        let selector = self.selector().map_err(LaunchError::Failed)?;
+        let began = Instant::now();
+        let mut noted: Option<Instant> = None;
+        loop {
+            let list = self.pods_now(&selector)?;
+            let state = match Behind::of(&list) {
+                Behind::Runs(name) => {
+                    if noted.is_some() {
+                        eprintln!(
+                            "pod {name} is Running (after {}); starting the port-forward",
+                            seconds(Duration::from_secs(began.elapsed().as_secs()))
+                        );
+                    }
+                    return Ok(());
+                }
+                behind => behind.describe(&self.service, &selector),
+            };
+            let now = Instant::now();
+            let Some(left) = until.checked_duration_since(now).filter(|d| !d.is_zero()) else {
+                return Err(LaunchError::Failed(self.pod_wait_failure(&state, &list)));
+            };
+            if noted.is_none_or(|t| now.duration_since(t) >= POD_NOTE_EVERY) {
+                eprintln!(
+                    "waiting for Vault's pod: {state}; {} s left (vault.port_forward.pod_wait_secs)",
+                    left.as_secs_f64().ceil()
+                );
+                noted = Some(now);
+            }
+            let nap_until = now + POD_POLL.min(left);
+            while Instant::now() < nap_until {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(LaunchError::Stopped);
+                }
+                std::thread::sleep(POLL);
+            }
+        }
+    }
+
+    /// The error once the wait for a pod is over: what is true, and its fix.
+    fn pod_wait_failure(&self, state: &str, list: &Value) -> String {
+        let ns = &self.namespace;
+        let waited = seconds(self.pod_wait);
+        let fix = match pods(list).first() {
+            Some(pod) => format!(
+                "`kubectl --namespace {ns} describe pod {name}` says why (its Events); if it is only slow (an \
+                 image still pulling), raise vault.port_forward.pod_wait_secs ({waited}) in .local/secrets.toml",
+                name = pod.name
+            ),
+            None => format!(
+                "Vault's StatefulSet creates it: `kubectl --namespace {ns} get statefulsets,pods`, \
+                 `kubectl --namespace {ns} get events`; if Vault is not fully deployed, sync layer 15 (`helmfile \
+                 --file infra/kubernetes/helmfiles/15-secrets-certificates.yaml --environment local sync`)"
+            ),
+        };
         format!(
-            "Is Vault deployed (layer 15) and its pod running? `kubectl --namespace {ns} get pods`, \
-             `kubectl --namespace {ns} get svc {svc}`",
-            ns = self.namespace,
+            "{state}, after waiting {waited} for a pod behind svc/{svc} in namespace {ns} to run, so no \
+             port-forward was started. {fix}; then run the command again",
             svc = self.service
         )
     }
@@ -58,23 +241,25 @@ impl ForwardSpec {
     /// Starts kubectl and waits for its `Forwarding from 127.0.0.1:N -> P`
     /// line: the child and N, or kubectl's own words. Gives up early when
     /// `stop` is set.
-    fn launch(&self, local: Option<u16>, stop: &AtomicBool) -> Result<(Running, u16), String> {
+    fn launch(&self, local: Option<u16>, stop: &AtomicBool) -> Result<(Running, u16), LaunchError> {
         let tool = self.tool(local);
-        let running = tool.spawn().map_err(|e| format!("{e:#}"))?;
+        let running = tool
+            .spawn()
+            .map_err(|e| LaunchError::Failed(format!("{e:#}")))?;
         let until = Instant::now() + self.start_deadline;
         loop {
             let Some(left) = until.checked_duration_since(Instant::now()) else {
-                return Err(format!(
+                return Err(LaunchError::Failed(format!(
                     "`{}` did not start forwarding within {} and was stopped; kubectl said: {}. {}. A slower \
                      cluster: raise vault.port_forward.start_timeout_secs in .local/secrets.toml",
                     tool.display(),
                     seconds(self.start_deadline),
                     running.last_lines(),
-                    self.fix()
-                ));
+                    self.fix(&running.last_lines())
+                )));
             };
             if stop.load(Ordering::Relaxed) {
-                return Err("stopped".into());
+                return Err(LaunchError::Stopped);
             }
             match running.next_line(left.min(POLL * 4)) {
                 Next::Line(line) => {
@@ -84,14 +269,185 @@ impl ForwardSpec {
                 }
                 Next::Quiet => {}
                 Next::Ended => {
-                    return Err(format!(
+                    return Err(LaunchError::Exited(format!(
                         "`{}` {} before forwarding; kubectl said: {}. {}",
                         tool.display(),
                         ended(&running),
                         running.last_lines(),
-                        self.fix()
-                    ))
+                        self.fix(&running.last_lines())
+                    )))
                 }
+            }
+        }
+    }
+
+    /// Waits for a running pod, then starts kubectl. A kubectl that exits
+    /// before forwarding because the pod stopped running meanwhile (it was
+    /// deleted, it restarts) sends us back to waiting, within the same
+    /// `pod_wait`.
+    fn bring_up(
+        &self,
+        local: Option<u16>,
+        stop: &AtomicBool,
+    ) -> Result<(Running, u16), LaunchError> {
+        let until = Instant::now() + self.pod_wait;
+        loop {
+            self.wait_for_pod(until, stop)?;
+            match self.launch(local, stop) {
+                Err(LaunchError::Exited(why)) if Instant::now() < until => {
+                    let selector = self.selector().map_err(LaunchError::Failed)?;
+                    if matches!(Behind::of(&self.pods_now(&selector)?), Behind::Runs(_)) {
+                        return Err(LaunchError::Exited(why));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// A duration as kubectl's flags take it: `15s`, `2500ms`.
+fn go_duration(d: Duration) -> String {
+    let ms = d.as_millis().max(1);
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// `app.kubernetes.io/name=vault,...` from a Service's `spec.selector`;
+/// `None` when it selects nothing (kubectl then cannot pick a pod).
+fn selector_of(service: &Value) -> Option<String> {
+    let map = service["spec"]["selector"].as_object()?;
+    let parts: Vec<String> = map
+        .iter()
+        .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(","))
+}
+
+/// One pod behind the service, as far as forwarding to it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pod {
+    name: String,
+    phase: String,
+    /// Why it is not running: a container's waiting or terminated reason,
+    /// the scheduler's, or `Terminating`.
+    reason: Option<String>,
+    terminating: bool,
+}
+
+impl Pod {
+    /// What kubectl needs: phase Running (and not on its way out).
+    fn runs(&self) -> bool {
+        self.phase == "Running" && !self.terminating
+    }
+
+    /// `vault-0 is Pending (ContainerCreating)`.
+    fn describe(&self) -> String {
+        match &self.reason {
+            Some(r) => format!("{} is {} ({r})", self.name, self.phase),
+            None => format!("{} is {}", self.name, self.phase),
+        }
+    }
+}
+
+/// The pods of a `kubectl get pods --output json` list.
+fn pods(list: &Value) -> Vec<Pod> {
+    let Some(items) = list["items"].as_array() else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .map(|p| {
+            let status = &p["status"];
+            let terminating = !p["metadata"]["deletionTimestamp"].is_null();
+            let reason_in = |key: &str| -> Option<String> {
+                status[key].as_array()?.iter().find_map(|c| {
+                    let state = &c["state"];
+                    state["waiting"]["reason"]
+                        .as_str()
+                        .or(state["terminated"]["reason"].as_str())
+                        .map(String::from)
+                })
+            };
+            let unschedulable = status["conditions"].as_array().and_then(|cs| {
+                cs.iter()
+                    .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+                    .map(|c| {
+                        let reason = c["reason"].as_str().unwrap_or("Unschedulable");
+                        match c["message"].as_str().filter(|m| !m.is_empty()) {
+                            Some(m) => format!("{reason}: {}", clip(m, 160)),
+                            None => reason.to_string(),
+                        }
+                    })
+            });
+            let reason = reason_in("initContainerStatuses")
+                .map(|r| format!("Init:{r}"))
+                .or_else(|| reason_in("containerStatuses"))
+                .or(unschedulable)
+                .or_else(|| status["reason"].as_str().map(String::from))
+                .or_else(|| terminating.then(|| "Terminating".to_string()));
+            Pod {
+                name: p["metadata"]["name"].as_str().unwrap_or("?").to_string(),
+                phase: status["phase"].as_str().unwrap_or("Pending").to_string(),
+                reason,
+                terminating,
+            }
+        })
+        .collect()
+}
+
+/// At most `max` characters of `s`, with `...` when cut.
+fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// What stands behind the service.
+#[derive(Debug, PartialEq, Eq)]
+enum Behind {
+    /// A pod runs: kubectl can forward to it.
+    Runs(String),
+    /// The selector matches no pod.
+    NoPod,
+    /// Pods, none of them running.
+    NotRunning(Vec<Pod>),
+}
+
+impl Behind {
+    fn of(list: &Value) -> Behind {
+        let pods = pods(list);
+        if let Some(p) = pods.iter().find(|p| p.runs()) {
+            return Behind::Runs(p.name.clone());
+        }
+        if pods.is_empty() {
+            Behind::NoPod
+        } else {
+            Behind::NotRunning(pods)
+        }
+    }
+
+    /// `svc/vault selects no pod (selector ...)`, `pod vault-0 is Pending
+    /// (ContainerCreating)`, or the first few of several.
+    fn describe(&self, service: &str, selector: &str) -> String {
+        match self {
+            Behind::Runs(name) => format!("pod {name} is Running"),
+            Behind::NoPod => format!("svc/{service} selects no pod (selector {selector})"),
+            Behind::NotRunning(pods) if pods.len() == 1 => format!("pod {}", pods[0].describe()),
+            Behind::NotRunning(pods) => {
+                let shown: Vec<String> = pods.iter().take(3).map(Pod::describe).collect();
+                let more = match pods.len().saturating_sub(3) {
+                    0 => String::new(),
+                    n => format!(" and {n} more"),
+                };
+                format!(
+                    "no pod of svc/{service} is running: {}{more}",
+                    shown.join(", ")
+                )
             }
         }
     }
@@ -111,22 +467,44 @@ fn ended(running: &Running) -> String {
 struct Watch {
     /// Why the forward is gone for good, once it is.
     down: Mutex<Option<String>>,
+    /// While the watcher brings kubectl back after a failure.
+    restarting: Mutex<bool>,
+    restarted: Condvar,
     stop: AtomicBool,
 }
 
+impl Watch {
+    fn set_down(&self, why: String) {
+        *self.down.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    fn set_restarting(&self, on: bool) {
+        *self.restarting.lock().unwrap_or_else(|e| e.into_inner()) = on;
+        self.restarted.notify_all();
+    }
+}
+
 /// A running `kubectl port-forward` to the in-cluster Vault.
+///
+/// Before kubectl starts, the cluster is asked (`kubectl get service`,
+/// `kubectl get pods --selector`) whether a pod behind the service runs:
+/// a missing service fails at once, and a pod that is not there yet or is
+/// Pending is waited for, up to `pod_wait`, with a line on stderr every
+/// few seconds.
 ///
 /// kubectl writes `Handling connection for N` to stdout for every
 /// connection, and a Go program whose stdout is closed dies of SIGPIPE: so
 /// its output is read for the forward's whole life (by a watcher thread),
 /// and the last lines are kept for messages. When kubectl exits (a pod that
-/// went away: `error: lost connection to pod`) or reports a broken forward
-/// (`an error occurred forwarding`), the watcher starts it once more on the
-/// same local port, so the address stays valid and the HTTP client's
-/// retries carry over the gap. A second failure is final: [`Self::lifeline`]
-/// then says why, in kubectl's words. Stopped on drop, on every exit path
-/// that unwinds; on Ctrl-C the terminal signals kubectl too; on Linux a
-/// process killed outright takes kubectl with it (`Tool::die_with_parent`).
+/// went away, or a connection the pod refused: `An error occurred
+/// forwarding`, `error: lost connection to pod`), the watcher starts it
+/// once more on the same local port (after waiting for a running pod
+/// again), so the address stays valid and the HTTP client's retries carry
+/// over the gap: [`Self::lifeline`] holds a failed call until the restart
+/// is done. A second failure is final: the lifeline then says why, in
+/// kubectl's words. Stopped on drop, on every exit path that unwinds; on
+/// Ctrl-C the terminal signals kubectl too; on Linux a process killed
+/// outright takes kubectl with it (`Tool::die_with_parent`).
 pub struct PortForward {
     pub local_port: u16,
     watch: Arc<Watch>,
@@ -145,13 +523,13 @@ impl PortForward {
         let watcher = {
             let spec = spec.clone();
             let watch = Arc::clone(&watch);
-            std::thread::spawn(move || match spec.launch(None, &watch.stop) {
+            std::thread::spawn(move || match spec.bring_up(None, &watch.stop) {
                 Ok((running, local_port)) => {
                     let _ = started.send(Ok(local_port));
                     supervise(&spec, running, local_port, &watch);
                 }
                 Err(e) => {
-                    let _ = started.send(Err(e));
+                    let _ = started.send(Err(e.into_message()));
                 }
             })
         };
@@ -176,11 +554,33 @@ impl PortForward {
         format!("http://127.0.0.1:{}", self.local_port)
     }
 
-    /// `Some(why)` once the forward is gone for good: for the HTTP client,
-    /// so a call through a dead forward stops at once with kubectl's words.
+    /// Whether the forward is gone for good (it failed twice).
+    pub fn is_gone(&self) -> bool {
+        self.watch
+            .down
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// For the HTTP client, called when a connection fails: waits while
+    /// the watcher restarts kubectl (bounded by the pod wait and the start
+    /// deadline), then `None` (try again) or, once the forward is gone for
+    /// good, `Some(why)` in kubectl's words, so the call stops at once.
     pub fn lifeline(&self) -> impl Fn() -> Option<String> + Send + Sync + 'static {
         let watch = Arc::clone(&self.watch);
-        move || watch.down.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        move || {
+            let mut restarting = watch.restarting.lock().unwrap_or_else(|e| e.into_inner());
+            while *restarting && !watch.stop.load(Ordering::Relaxed) {
+                restarting = watch
+                    .restarted
+                    .wait_timeout(restarting, POLL * 2)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            drop(restarting);
+            watch.down.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        }
     }
 }
 
@@ -195,7 +595,9 @@ impl Drop for PortForward {
 }
 
 /// Does this line of kubectl's say the forward is broken? Old kubectl
-/// (1.22 and earlier) keeps running after it; newer ones exit.
+/// (1.22 and earlier) keeps running after it; newer ones exit. kubectl 1.37
+/// writes `An error occurred forwarding`, older ones `an error occurred
+/// forwarding`: the match ignores case.
 fn reports_broken(line: &str) -> bool {
     let l = line.to_ascii_lowercase();
     l.contains("an error occurred forwarding") || l.contains("lost connection to pod")
@@ -217,10 +619,12 @@ fn supervise(spec: &ForwardSpec, mut running: Running, port: u16, watch: &Watch)
                 if !reports_broken(&line) {
                     continue;
                 }
+                // Calls that fail from now on wait for the restart.
+                watch.set_restarting(true);
                 // Let it finish saying why (and exit, if it does).
                 while let Next::Line(_) = running.next_line(Duration::from_millis(300)) {}
             }
-            Next::Ended => {}
+            Next::Ended => watch.set_restarting(true),
         }
         let how = if running.exit_status().is_some() {
             ended(&running)
@@ -231,40 +635,48 @@ fn supervise(spec: &ForwardSpec, mut running: Running, port: u16, watch: &Watch)
         let words = running.last_lines();
         let failure = format!("`{display}` {how}; kubectl said:\n  {words}");
         if let Some(first) = &first_failure {
-            let why = format!(
+            watch.set_down(format!(
                 "the port-forward to svc/{} in namespace {} failed twice (it was restarted once).\n\
                  First: {first}\nThen: {failure}\n{}; then run the command again",
                 spec.service,
                 spec.namespace,
-                spec.fix()
-            );
-            *watch.down.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                spec.fix(&words)
+            ));
+            watch.set_restarting(false);
             return;
         }
         if watch.stop.load(Ordering::Relaxed) {
+            watch.set_restarting(false);
             return;
         }
         eprintln!("note: {failure}\n  restarting it once, on the same port {port}");
         first_failure = Some(failure);
         display = spec.tool(Some(port)).display();
-        match spec.launch(Some(port), &watch.stop) {
+        match spec.bring_up(Some(port), &watch.stop) {
             Ok((next, p)) if p == port => running = next,
-            Ok((_next, p)) => {
-                *watch.down.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
-                    "the port-forward to svc/{} was restarted on port {p}, not {port}; run the command again",
-                    spec.service
-                ));
-                return;
-            }
+            Ok((_next, p)) => watch.set_down(format!(
+                "the port-forward to svc/{} was restarted on port {p}, not {port}; run the command again",
+                spec.service
+            )),
             Err(e) => {
-                let first = first_failure.unwrap_or_default();
-                *watch.down.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+                let first = first_failure.clone().unwrap_or_default();
+                watch.set_down(format!(
                     "the port-forward to svc/{} in namespace {} failed and could not be restarted.\n\
-                     First: {first}\nThen: {e}",
-                    spec.service, spec.namespace
+                     First: {first}\nThen: {}",
+                    spec.service,
+                    spec.namespace,
+                    e.into_message()
                 ));
-                return;
             }
+        }
+        watch.set_restarting(false);
+        if watch
+            .down
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            return;
         }
     }
 }
@@ -282,6 +694,7 @@ fn forwarding_from(line: &str) -> Option<(&str, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn parses_forwarding_lines() {
@@ -299,14 +712,151 @@ mod tests {
 
     #[test]
     fn knows_kubectls_words_for_a_broken_forward() {
+        // kubectl 1.37.1, from a connection the pod refused (nothing listens
+        // on its port yet), then as it exits.
         assert!(reports_broken(
-            r#"E1129 19:09:00.123456   4242 portforward.go:424] "Unhandled Error" err="an error occurred forwarding 41234 -> 8200: error forwarding port 8200 to pod 6f1c, uid : connection refused""#
+            r#"E1203 08:32:23.098577   16422 portforward.go:549] "An error occurred forwarding" err="error forwarding port 8200 to pod eb2307a93ae7af517dce6927366841540040c982c2d9d0cd93564890a40cfcef, uid : failed to connect to localhost:8200 inside namespace \"eb2307a93ae7af517dce6927366841540040c982c2d9d0cd93564890a40cfcef\", IPv4: dial tcp4 127.0.0.1:8200: connect: connection refused IPv6 dial tcp6 [::1]:8200: connect: connection refused " localPort=18299 remotePort=8200"#
         ));
+        assert!(reports_broken("error: lost connection to pod"));
+        // Older kubectl (1.22 and earlier kept running after it).
         assert!(reports_broken(
             "E0125 16:35:32.441184   17073 portforward.go:400] an error occurred forwarding 5432 -> 5432: ..."
         ));
-        assert!(reports_broken("error: lost connection to pod"));
-        assert!(!reports_broken("Handling connection for 41234"));
-        assert!(!reports_broken("Forwarding from 127.0.0.1:41234 -> 8200"));
+        // kubectl 1.37.1's lines of a working forward.
+        assert!(!reports_broken("Handling connection for 18299"));
+        assert!(!reports_broken("Forwarding from 127.0.0.1:18299 -> 8200"));
+    }
+
+    #[test]
+    fn kubectl_durations() {
+        assert_eq!(go_duration(Duration::from_secs(15)), "15s");
+        assert_eq!(go_duration(Duration::from_millis(2500)), "2500ms");
+        assert_eq!(go_duration(Duration::ZERO), "1ms");
+    }
+
+    #[test]
+    fn a_services_selector() {
+        let svc = json!({"spec": {"selector": {"app.kubernetes.io/name": "vault", "component": "server"}}});
+        assert_eq!(
+            selector_of(&svc).as_deref(),
+            Some("app.kubernetes.io/name=vault,component=server")
+        );
+        assert_eq!(
+            selector_of(&json!({"spec": {"type": "ExternalName"}})),
+            None
+        );
+        assert_eq!(selector_of(&json!({"spec": {"selector": {}}})), None);
+    }
+
+    fn pod(name: &str, phase: &str, status: Value) -> Value {
+        let mut status = status;
+        status["phase"] = json!(phase);
+        json!({"metadata": {"name": name}, "status": status})
+    }
+
+    #[test]
+    fn says_what_stands_behind_the_service() {
+        let sel = "app.kubernetes.io/name=vault";
+        let none = json!({"kind": "List", "items": []});
+        assert_eq!(Behind::of(&none), Behind::NoPod);
+        assert_eq!(
+            Behind::of(&none).describe("vault", sel),
+            "svc/vault selects no pod (selector app.kubernetes.io/name=vault)"
+        );
+
+        let creating = pod(
+            "vault-0",
+            "Pending",
+            json!({"containerStatuses": [{"name": "vault", "ready": false,
+                   "state": {"waiting": {"reason": "ContainerCreating"}}}]}),
+        );
+        let list = json!({"items": [creating]});
+        assert_eq!(
+            Behind::of(&list).describe("vault", sel),
+            "pod vault-0 is Pending (ContainerCreating)"
+        );
+
+        let unschedulable = pod(
+            "vault-1",
+            "Pending",
+            json!({"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                   "message": "0/1 nodes are available: 1 Insufficient memory."}]}),
+        );
+        let init = pod(
+            "vault-2",
+            "Pending",
+            json!({"initContainerStatuses": [{"state": {"waiting": {"reason": "PodInitializing"}}}]}),
+        );
+        let list = json!({"items": [list["items"][0], unschedulable, init]});
+        assert_eq!(
+            Behind::of(&list).describe("vault", sel),
+            "no pod of svc/vault is running: vault-0 is Pending (ContainerCreating), vault-1 is Pending \
+             (Unschedulable: 0/1 nodes are available: 1 Insufficient memory.), vault-2 is Pending \
+             (Init:PodInitializing)"
+        );
+
+        // One Running pod among others is enough: kubectl picks it.
+        let mut running = pod("vault-3", "Running", json!({}));
+        let list = json!({"items": [list["items"][0], running]});
+        assert_eq!(Behind::of(&list), Behind::Runs("vault-3".into()));
+        // ... unless it is on its way out.
+        running["metadata"]["deletionTimestamp"] = json!("2026-12-01T00:00:00Z");
+        let list = json!({"items": [running]});
+        assert_eq!(
+            Behind::of(&list).describe("vault", sel),
+            "pod vault-3 is Running (Terminating)"
+        );
+        let crashed = pod(
+            "vault-4",
+            "Failed",
+            json!({"containerStatuses": [{"state": {"terminated": {"reason": "Error", "exitCode": 1}}}]}),
+        );
+        assert_eq!(
+            Behind::of(&json!({"items": [crashed]})).describe("vault", sel),
+            "pod vault-4 is Failed (Error)"
+        );
+    }
+
+    #[test]
+    fn the_lifeline_holds_a_failed_call_until_the_restart_is_done() {
+        let forward = PortForward {
+            local_port: 1,
+            watch: Arc::new(Watch::default()),
+            watcher: None,
+        };
+        let alive = forward.lifeline();
+        assert_eq!(alive(), None, "up: try again");
+
+        forward.watch.set_restarting(true);
+        let watch = Arc::clone(&forward.watch);
+        let restart = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            watch.set_restarting(false);
+        });
+        let began = Instant::now();
+        assert_eq!(alive(), None, "restarted: try again");
+        assert!(
+            began.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            began.elapsed()
+        );
+        restart.join().unwrap();
+
+        forward.watch.set_restarting(true);
+        let watch = Arc::clone(&forward.watch);
+        let restart = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            watch.set_down("failed twice".into());
+            watch.set_restarting(false);
+        });
+        assert_eq!(alive().as_deref(), Some("failed twice"), "gone: stop");
+        assert!(forward.is_gone());
+        restart.join().unwrap();
+    }
+
+    #[test]
+    fn long_scheduler_messages_are_clipped() {
+        assert_eq!(clip("abcdef", 3), "abc...");
+        assert_eq!(clip("abc", 3), "abc");
     }
 }

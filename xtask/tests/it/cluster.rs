@@ -21,8 +21,13 @@ pub const STORE_CRD: &str = "clustersecretstores.external-secrets.io";
 /// A running stand-in, stopped on drop.
 pub struct Cluster {
     child: Child,
+    /// `https://127.0.0.1:PORT`: kubectl sends no token over plain HTTP.
     pub url: String,
     pub token: String,
+    /// The file holding the server certificate's CA (PEM).
+    pub ca_file: PathBuf,
+    /// Plain HTTP, `/_standin/` only: the tests' control calls.
+    control: String,
     pub dir: PathBuf,
 }
 
@@ -62,13 +67,15 @@ impl Cluster {
             child,
             url: text["url"].as_str().unwrap().to_string(),
             token: text["token"].as_str().unwrap().to_string(),
+            ca_file: PathBuf::from(text["ca_file"].as_str().unwrap()),
+            control: text["control_url"].as_str().unwrap().to_string(),
             dir: dir.to_path_buf(),
         }
     }
 
     /// One control call (`/_standin/...`), its JSON answer.
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
-        let port = crate::support::port_of(&self.url);
+        let port = crate::support::port_of(&self.control);
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let body = body.map(Value::to_string).unwrap_or_default();
@@ -153,11 +160,24 @@ impl Drop for Cluster {
 }
 
 /// A kubeconfig whose current context `context` (none when `None`) reaches
-/// `server` with `user`; `cluster` adds fields to the cluster entry.
-pub fn kubeconfig(context: Option<&str>, server: &str, user: &Value, cluster: &Value) -> Value {
+/// `server`, whose CA is in `ca_file`, with `user`; `cluster` adds or
+/// replaces fields of the cluster entry.
+pub fn kubeconfig(
+    context: Option<&str>,
+    server: &str,
+    ca_file: &Path,
+    user: &Value,
+    cluster: &Value,
+) -> Value {
     let name = context.unwrap_or("none");
-    let mut entry = json!({"server": server});
+    let mut entry = json!({"server": server, "certificate-authority": ca_file});
     if let Some(extra) = cluster.as_object() {
+        if extra.contains_key("certificate-authority-data") {
+            entry
+                .as_object_mut()
+                .unwrap()
+                .remove("certificate-authority");
+        }
         for (k, v) in extra {
             entry[k] = v.clone();
         }
@@ -206,25 +226,6 @@ pub fn pod(ns: &str, app: &str, port: u16, phase: &str) -> Value {
                       "conditions": [{"type": "Ready", "status": if running { "True" } else { "False" }}],
                       "containerStatuses": [{"name": app, "ready": running, "restartCount": 0,
                                              "state": state}]}})
-}
-
-/// ESO's two CRDs, serving `version`.
-pub fn eso_crds(version: &str) -> Vec<Value> {
-    [
-        ("externalsecrets", "ExternalSecret", "Namespaced", "es"),
-        ("clustersecretstores", "ClusterSecretStore", "Cluster", "css"),
-    ]
-    .iter()
-    .map(|(plural, kind, scope, short)| {
-        json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-               "metadata": {"name": format!("{plural}.external-secrets.io")},
-               "spec": {"group": "external-secrets.io", "scope": scope,
-                        "names": {"plural": plural, "singular": kind.to_ascii_lowercase(), "kind": kind,
-                                  "shortNames": [short], "categories": ["external-secrets"]},
-                        "versions": [{"name": version, "served": true, "storage": true,
-                                      "subresources": {"status": {}}}]}})
-    })
-    .collect()
 }
 
 /// ESO's service account `external-secrets/<name>`.
@@ -291,7 +292,7 @@ pub fn apply(sb: &Sandbox, cluster: &Cluster, sc: &Value) {
         json!({"token": cluster.token})
     };
     let server = sc["cluster"]["server"].as_str().unwrap_or(&cluster.url);
-    let config = kubeconfig(context, server, &user, &sc["cluster"]);
+    let config = kubeconfig(context, server, &cluster.ca_file, &user, &sc["cluster"]);
     std::fs::write(
         sb.home.join(".kube/config"),
         serde_json::to_string_pretty(&config).unwrap(),
@@ -334,7 +335,12 @@ pub fn apply(sb: &Sandbox, cluster: &Cluster, sc: &Value) {
     cluster.knobs(json!({ "portforward": portforward }));
     let crds = sc["crds"].as_array().cloned().unwrap_or_default();
     if crds.iter().any(|c| c == ESO_CRD) {
-        objects.extend(eso_crds(sc["eso_version"].as_str().unwrap_or("v1")));
+        let version = sc["eso_version"].as_str().unwrap_or("v1");
+        cluster.call(
+            "POST",
+            "/_standin/eso-crds",
+            Some(&json!({"served": [version], "storage": version})),
+        );
     }
     let eso = &sc["eso"];
     if eso.is_object() {

@@ -16,9 +16,6 @@
 //! namespace, name and uid as `system:serviceaccount:<ns>:<name>`.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
@@ -36,83 +33,43 @@ fn doctor_tools() -> bool {
     crate::support::require_tools(&["bao", "kubectl", "helm", "helmfile"])
 }
 
-/// Tokens the stand-in minted: JWT to (namespace, name, uid).
-type Minted = Arc<Mutex<HashMap<String, (String, String, String)>>>;
-
-/// One TokenReview the stand-in answered.
-#[derive(Debug, Clone)]
-struct Review {
-    path: String,
-    bearer: String,
-    body: Value,
+/// A token for service account `ns/name`, minted by the cluster stand-in
+/// through the real `kubectl create token` (the TokenRequest ESO's
+/// controller makes); the API server reviews it as its own.
+fn mint(sb: &Sandbox, ns: &str, name: &str) -> String {
+    let kubectl = crate::support::find_on(&crate::support::tools_path(), "kubectl").unwrap();
+    let out = sb
+        .command_of(&kubectl, &["create", "token", name, "--namespace", ns])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl create token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// A loopback stand-in for the Kubernetes API's TokenReview endpoint. It
-/// knows the tokens it minted, as an API server knows its service
-/// accounts' tokens; any other token is not authenticated, and a caller
-/// without a known bearer gets 401, as from an API server.
-struct ApiServer {
-    port: u16,
-    minted: Minted,
-    reviews: Arc<Mutex<Vec<Review>>>,
+/// The TokenReviews the API server answered, from its request log.
+fn reviews(sb: &Sandbox) -> usize {
+    sb.cluster()
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("POST /apis/authentication.k8s.io/v1/tokenreviews"))
+        .count()
 }
 
-impl ApiServer {
-    fn start() -> ApiServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let minted: Minted = Arc::default();
-        let reviews: Arc<Mutex<Vec<Review>>> = Arc::default();
-        let (m, r) = (minted.clone(), reviews.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let (m, r) = (m.clone(), r.clone());
-                std::thread::spawn(move || {
-                    let _ = serve(conn, &m, &r);
-                });
-            }
-        });
-        ApiServer {
-            port,
-            minted,
-            reviews,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// A service-account JWT in the projected-token shape the kubelet
-    /// mounts (`kubernetes.io.serviceaccount`), known to this server.
-    fn mint(&self, namespace: &str, name: &str) -> String {
-        let uid = format!("uid-{namespace}-{name}");
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let claims = json!({
-            "aud": ["https://kubernetes.default.svc.cluster.local"],
-            "exp": now + 600, "iat": now, "nbf": now,
-            "iss": "https://kubernetes.default.svc.cluster.local",
-            "sub": format!("system:serviceaccount:{namespace}:{name}"),
-            "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": name, "uid": uid}},
-        });
-        let jwt = unsigned_jwt(&claims);
-        self.minted
-            .lock()
-            .unwrap()
-            .insert(jwt.clone(), (namespace.into(), name.into(), uid));
-        jwt
-    }
-
-    fn reviews(&self) -> Vec<Review> {
-        self.reviews.lock().unwrap().clone()
-    }
+/// ClusterRoleBinding of service account `ns/name` to
+/// `system:auth-delegator`: it may review other tokens.
+fn auth_delegator(ns: &str, name: &str) -> Value {
+    json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+           "metadata": {"name": format!("{name}-auth-delegator")},
+           "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+           "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}]})
 }
 
-/// A JWT with an RS256 header and a signature nobody checks: OpenBao
-/// without `pem_keys` leaves that to the TokenReview.
+/// A JWT with an RS256 header and a signature nobody made: OpenBao
+/// without `pem_keys` leaves checking it to the TokenReview.
 fn unsigned_jwt(claims: &Value) -> String {
     let header = json!({"alg": "RS256", "kid": "test", "typ": "JWT"});
     format!(
@@ -138,113 +95,22 @@ fn b64url(bytes: &[u8]) -> String {
     out
 }
 
-fn serve(
-    conn: TcpStream,
-    minted: &Mutex<HashMap<String, (String, String, String)>>,
-    reviews: &Mutex<Vec<Review>>,
-) -> std::io::Result<()> {
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut conn = conn;
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line)? == 0 {
-            return Ok(());
-        }
-        let (mut length, mut bearer) = (0usize, String::new());
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line)?;
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            let (k, v) = line.split_once(':').unwrap_or((line, ""));
-            match k.to_ascii_lowercase().as_str() {
-                "content-length" => length = v.trim().parse().unwrap_or(0),
-                "authorization" => bearer = v.trim().trim_start_matches("Bearer ").to_string(),
-                _ => {}
-            }
-        }
-        let mut body = vec![0u8; length];
-        reader.read_exact(&mut body)?;
-        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let mut parts = request_line.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        reviews.lock().unwrap().push(Review {
-            path: path.to_string(),
-            bearer: bearer.clone(),
-            body: body.clone(),
-        });
-        let known = minted.lock().unwrap().clone();
-        let (status, answer) = if method != "POST"
-            || path != "/apis/authentication.k8s.io/v1/tokenreviews"
-        {
-            (
-                404,
-                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                          "message": "the server could not find the requested resource", "reason": "NotFound", "code": 404}),
-            )
-        } else if !known.contains_key(&bearer) {
-            (
-                401,
-                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                          "message": "Unauthorized", "reason": "Unauthorized", "code": 401}),
-            )
-        } else {
-            let token = body["spec"]["token"].as_str().unwrap_or_default();
-            let audiences = body["spec"]["audiences"].clone();
-            let status = match known.get(token) {
-                Some((ns, name, uid)) => json!({
-                    "authenticated": true,
-                    "user": {"username": format!("system:serviceaccount:{ns}:{name}"), "uid": uid,
-                             "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{ns}"), "system:authenticated"]},
-                    "audiences": audiences,
-                }),
-                None => {
-                    json!({"user": {}, "error": "[invalid bearer token, service account token has been invalidated]"})
-                }
-            };
-            (
-                201,
-                json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
-                          "metadata": {"creationTimestamp": null}, "spec": {"audiences": audiences}, "status": status}),
-            )
-        };
-        let text = answer.to_string();
-        write!(
-            conn,
-            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
-            text.len()
-        )?;
-    }
-}
-
 /// The kube context's credential, which `kubectl config view --raw` prints
 /// beside the CA the seed wants: it must never show.
 const KUBE_CANARY: &str = "kube-credential-canary-5d41402a";
 
-/// A sandbox whose kube context (fake kubectl) names `api` as its server.
-fn sandbox_with_cluster(api: Option<&ApiServer>) -> Sandbox {
+/// A sandbox whose kube context reaches the cluster stand-in (ESO
+/// installed, its store Ready) with [`KUBE_CANARY`] as its credential.
+fn sandbox_with_cluster() -> Sandbox {
     let sb = Sandbox::new();
     let ready = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Valid",
                                                   "message": "store validated"}]}});
-    let mut kubectl = json!({"context": "k3d-eso", "crds": ["externalsecrets.external-secrets.io"],
-                             "clustersecretstore": ready, "user": {"token": KUBE_CANARY}});
-    if let Some(api) = api {
-        let ca = std::fs::read(crate::support::fakes_dir().join("kube-ca.pem")).unwrap();
-        kubectl["cluster"] = json!({"server": api.url(), "certificate-authority-data": b64(&ca)});
-    }
-    sb.scenario(json!({ "kubectl": kubectl }));
+    sb.cluster().knobs(json!({"admin_tokens": [KUBE_CANARY]}));
+    sb.scenario(
+        json!({"kubectl": {"context": "k3d-eso", "crds": ["externalsecrets.external-secrets.io"],
+                                   "clustersecretstore": ready, "user": {"token": KUBE_CANARY}}}),
+    );
     sb
-}
-
-/// Standard base64 (padded), as kubeconfig holds CA data.
-fn b64(bytes: &[u8]) -> String {
-    let mut s = b64url(bytes).replace('-', "+").replace('_', "/");
-    while !s.len().is_multiple_of(4) {
-        s.push('=');
-    }
-    s
 }
 
 /// `bao read -format=json <path>`'s `data`.
@@ -280,8 +146,7 @@ fn a_seed_sets_up_esos_access_and_a_second_seed_writes_nothing() {
         return;
     }
     let bao = OpenBao::start();
-    let api = ApiServer::start();
-    let sb = sandbox_with_cluster(Some(&api));
+    let sb = sandbox_with_cluster();
 
     // The dry run shows the four steps and changes nothing.
     let dry = sb.xtask_env(&["secrets", "seed", "--dry-run"], &bao.env());
@@ -324,7 +189,11 @@ fn a_seed_sets_up_esos_access_and_a_second_seed_writes_nothing() {
     assert_eq!(auths["kubernetes/"]["type"], "kubernetes", "{auths}");
     let config = bao_read(&bao, "auth/kubernetes/config");
     // Outside a pod (this is `bao server -dev`), the kube context's server and CA.
-    assert_eq!(config["kubernetes_host"], api.url().as_str(), "{config}");
+    assert_eq!(
+        config["kubernetes_host"],
+        sb.cluster().url.as_str(),
+        "{config}"
+    );
     assert!(config["kubernetes_ca_cert"]
         .as_str()
         .unwrap()
@@ -410,7 +279,7 @@ fn names_come_from_the_values_not_the_code() {
         return;
     }
     let bao = OpenBao::start();
-    let sb = sandbox_with_cluster(None);
+    let sb = sandbox_with_cluster();
     // Another auth mount and service account in the store chart, and
     // another role in layer 15 (which overrides the chart, as in helmfile).
     let chart = "infra/kubernetes/charts/platform/vault-secret-store/values.yaml";
@@ -438,14 +307,25 @@ fn a_real_login_is_bound_to_esos_service_account_and_reads_only() {
         return;
     }
     let bao = OpenBao::start();
-    let api = ApiServer::start();
-    let sb = sandbox_with_cluster(Some(&api));
+    let sb = sandbox_with_cluster();
     vault_seed(&sb, &bao.addr, &bao.token, &[]).ok();
     bao_ok(&bao, &["secrets", "enable", "-path=other", "kv-v2"]);
     bao_ok(&bao, &["kv", "put", "other/elsewhere", "value=not-for-eso"]);
     let anon = vault_client(&bao.addr, "");
 
-    let jwt = api.mint("external-secrets", "external-secrets");
+    // Vault runs outside the cluster: ESO's own token is the reviewer, so
+    // without system:auth-delegator every login is refused at review.
+    let jwt = mint(&sb, "external-secrets", "external-secrets");
+    let login = block_on(vaultrs::auth::kubernetes::login(
+        &anon,
+        "kubernetes",
+        "external-secrets",
+        &jwt,
+    ));
+    assert_forbidden(&login, "a login whose reviewer may not review");
+    assert_eq!(reviews(&sb), 1, "OpenBao asked the API server");
+    sb.cluster()
+        .put(&[auth_delegator("external-secrets", "external-secrets")]);
     let auth = block_on(vaultrs::auth::kubernetes::login(
         &anon,
         "kubernetes",
@@ -457,19 +337,7 @@ fn a_real_login_is_bound_to_esos_service_account_and_reads_only() {
     policies.sort();
     assert_eq!(policies, ["default", "external-secrets"]);
     assert_eq!(auth.lease_duration, 900);
-    // What OpenBao sent: the login JWT as bearer and as the token under review.
-    let reviews = api.reviews();
-    assert_eq!(reviews.len(), 1, "{reviews:#?}");
-    assert_eq!(
-        reviews[0].path,
-        "/apis/authentication.k8s.io/v1/tokenreviews"
-    );
-    assert_eq!(reviews[0].bearer, jwt, "no reviewer JWT: the login JWT");
-    assert_eq!(reviews[0].body["spec"]["token"], jwt.as_str());
-    assert_eq!(
-        reviews[0].body["spec"]["audiences"],
-        json!(["https://kubernetes.default.svc.cluster.local"])
-    );
+    assert_eq!(reviews(&sb), 2);
 
     // ESO's token reads every fixture and nothing else, and writes nothing.
     let eso = vault_client(&bao.addr, &auth.client_token);
@@ -494,11 +362,15 @@ fn a_real_login_is_bound_to_esos_service_account_and_reads_only() {
 
     // The role's bindings: another service account, or ESO's name in
     // another namespace, is refused, though the API server knows both.
+    sb.cluster().put(&[crate::cluster::service_account(
+        "ameide",
+        "external-secrets",
+    )]);
     for (ns, name) in [
         ("external-secrets", "default"),
         ("ameide", "external-secrets"),
     ] {
-        let other = api.mint(ns, name);
+        let other = mint(&sb, ns, name);
         let login = block_on(vaultrs::auth::kubernetes::login(
             &anon,
             "kubernetes",
@@ -508,7 +380,7 @@ fn a_real_login_is_bound_to_esos_service_account_and_reads_only() {
         assert_forbidden(&login, &format!("a login as {ns}/{name}"));
     }
     // A token the API server does not know (forged claims) is refused at review.
-    let before = api.reviews().len();
+    let before = reviews(&sb);
     let forged = unsigned_jwt(&json!({
         "kubernetes.io": {"namespace": "external-secrets",
                           "serviceaccount": {"name": "external-secrets", "uid": "uid-external-secrets-external-secrets"}},
@@ -521,11 +393,7 @@ fn a_real_login_is_bound_to_esos_service_account_and_reads_only() {
         &forged,
     ));
     assert_forbidden(&login, "a login with a forged token");
-    assert_eq!(
-        api.reviews().len(),
-        before + 1,
-        "the forged token was reviewed"
-    );
+    assert_eq!(reviews(&sb), before + 1, "the forged token was reviewed");
 }
 
 #[test]
@@ -534,7 +402,7 @@ fn check_as_eso_reads_every_key_and_fails_on_a_policy_that_writes() {
         return;
     }
     let bao = OpenBao::start();
-    let sb = sandbox_with_cluster(None);
+    let sb = sandbox_with_cluster();
     let env = bao.env();
     vault_seed(&sb, &bao.addr, &bao.token, &[]).ok();
     let check = |extra: &[&str]| {
@@ -628,7 +496,7 @@ fn a_token_that_may_not_manage_auth_still_seeds_and_says_what_it_skipped() {
         return;
     }
     let bao = OpenBao::start();
-    let sb = sandbox_with_cluster(None);
+    let sb = sandbox_with_cluster();
     sb.write(
         "seeder.hcl",
         "path \"secret/data/*\" { capabilities = [\"create\", \"read\", \"update\"] }\n\
@@ -667,7 +535,7 @@ fn status_and_doctor_notice_a_vault_that_forgot_everything() {
     if !doctor_tools() {
         return;
     }
-    let sb = sandbox_with_cluster(None);
+    let sb = sandbox_with_cluster();
     let bao = OpenBao::start();
     vault_seed(&sb, &bao.addr, &bao.token, &[]).ok();
     let env = |b: &OpenBao| {
@@ -748,7 +616,7 @@ fn doctor_names_the_capabilities_a_read_only_token_lacks() {
         return;
     }
     let bao = OpenBao::start();
-    let sb = sandbox_with_cluster(None);
+    let sb = sandbox_with_cluster();
     vault_seed(&sb, &bao.addr, &bao.token, &[]).ok();
     sb.write(
         "reader.hcl",
@@ -802,39 +670,66 @@ fn doctor_reports_external_secrets_that_are_not_ready_with_esos_reason() {
         return;
     }
     let bao = OpenBao::start();
-    let sb = sandbox_with_cluster(None);
+    let sb = sandbox_with_cluster();
     vault_seed(&sb, &bao.addr, &bao.token, &[]).ok();
-    let es = |ns: &str, name: &str, store: &str, ready: bool, reason: &str, message: &str| {
+    // As ESO leaves them: a generic condition, the cause in a Warning
+    // Event on the ExternalSecret. Frozen, so the stand-in's ESO keeps them.
+    let es = |ns: &str, name: &str, store: &str, ready: bool| {
         json!({"apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
                "metadata": {"namespace": ns, "name": name},
-               "spec": {"secretStoreRef": {"kind": "ClusterSecretStore", "name": store}},
-               "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" },
-                                          "reason": reason, "message": message}]}})
+               "spec": {"refreshInterval": "1h", "secretStoreRef": {"kind": "ClusterSecretStore", "name": store},
+                        "target": {"name": name}, "data": [{"secretKey": "value", "remoteRef": {"key": name}}]},
+               "status": {"refreshTime": "2026-12-03T08:00:00Z", "syncedResourceVersion": "current",
+                          "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" },
+                                          "reason": if ready { "SecretSynced" } else { "SecretSyncedError" },
+                                          "message": if ready { "secret synced" } else { "could not get secret data from provider" }}]}})
     };
-    let ready_store = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Valid", "message": "store validated"}]}});
-    sb.scenario(json!({"kubectl": {
-        "context": "k3d-eso",
-        "crds": ["externalsecrets.external-secrets.io"],
-        "clustersecretstore": ready_store,
-        "externalsecrets": [{"apiVersion": "v1", "kind": "List", "items": [
-            es("ameide", "graph-db", "ameide-vault", true, "SecretSynced", "secret synced"),
-            es("ameide", "keycloak-admin", "ameide-vault", false, "SecretSyncedError",
-               "could not get secret data from provider: permission denied"),
-            es("ameide", "threads-db", "ameide-vault", false, "SecretSyncedError",
-               "could not get secret data from provider: Secret does not exist"),
-            es("other", "elsewhere", "another-store", false, "SecretSyncedError", "not ours"),
-        ]}],
-    }}));
+    let event = |ns: &str, name: &str, message: &str| {
+        json!({"apiVersion": "v1", "kind": "Event", "metadata": {"namespace": ns, "name": format!("{name}.17e2")},
+               "involvedObject": {"apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+                                  "namespace": ns, "name": name},
+               "type": "Warning", "reason": "UpdateFailed", "message": message, "count": 3,
+               "firstTimestamp": "2026-12-03T08:00:00Z", "lastTimestamp": "2026-12-03T08:05:00Z",
+               "source": {"component": "external-secrets"}})
+    };
+    sb.cluster()
+        .knobs(json!({"eso": {"running": true, "frozen": [
+        "ameide/graph-db", "ameide/keycloak-admin", "ameide/threads-db", "other/elsewhere"]}}));
+    sb.cluster().put(&[
+        es("ameide", "graph-db", "ameide-vault", true),
+        es("ameide", "keycloak-admin", "ameide-vault", false),
+        event("ameide", "keycloak-admin",
+              "error processing spec.data[0] (key: keycloak-admin), err: Error making API request.\n\nCode: 403. Errors:\n\n* permission denied"),
+        es("ameide", "threads-db", "ameide-vault", false),
+        event("ameide", "threads-db",
+              "error processing spec.data[0] (key: threads-db), err: Secret does not exist"),
+        es("other", "elsewhere", "another-store", false),
+    ]);
     let env = bao.env();
     let doctor = sb.xtask_env(&["secrets", "doctor"], &env).code(1);
     let out = &doctor.stdout;
+    // ESO's generic condition, then the cause from its newest Warning Event,
+    // and for Vault's `permission denied` the checks that explain it.
     assert!(
         out.contains(
             "FAIL  eso        ExternalSecret ameide/keycloak-admin not Ready: SecretSyncedError: could not get secret \
-             data from provider: permission denied\n                 fix: cargo xtask secrets seed (ESO's policy and role)"
+             data from provider; ESO's last warning (UpdateFailed): error processing spec.data[0] (key: keycloak-admin), \
+             err: Error making API request. Code: 403. Errors: * permission denied\n                 fix: "
         ),
         "{out}"
     );
+    let fix = out
+        .lines()
+        .skip_while(|l| !l.contains("ameide/keycloak-admin"))
+        .nth(1)
+        .unwrap();
+    for needle in [
+        "auth/kubernetes/role/external-secrets",
+        "external-secrets/external-secrets",
+        "system:auth-delegator",
+    ] {
+        assert_contains(fix, needle);
+    }
     assert!(
         out.contains("ExternalSecret ameide/threads-db not Ready: SecretSyncedError")
             && out.contains("fix: cargo xtask secrets check --live names the key"),
@@ -853,12 +748,13 @@ fn without_a_kubeconfig_the_seed_starts_no_kubectl() {
         return;
     }
     let bao = OpenBao::start();
-    let sb = sandbox_with_cluster(None);
+    let sb = sandbox_with_cluster();
     let env = bao.env();
     let kubectl_calls = |sb: &Sandbox| sb.calls().iter().filter(|c| c.tool == "kubectl").count();
 
-    // No ~/.kube/config and no KUBECONFIG: real kubectl has no context, so
-    // the seed does not ask it (the fake would have answered one).
+    // No ~/.kube/config and no KUBECONFIG: kubectl has no context, so the
+    // seed does not ask it.
+    let config = std::fs::read_to_string(sb.home.join(".kube/config")).unwrap();
     std::fs::remove_file(sb.home.join(".kube/config")).unwrap();
     let run = sb.xtask_env(&["secrets", "seed", "--dry-run"], &env).ok();
     assert!(
@@ -870,7 +766,7 @@ fn without_a_kubeconfig_the_seed_starts_no_kubectl() {
     assert_eq!(kubectl_calls(&sb), 0, "{:?}", sb.calls());
 
     // A kubeconfig named by KUBECONFIG (a list; the first one missing): kubectl is asked.
-    std::fs::write(sb.home.join("kc"), "# read by the fake's scenario\n").unwrap();
+    std::fs::write(sb.home.join("kc"), config).unwrap();
     let list = format!(
         "{}:{}",
         sb.home.join("missing").display(),
@@ -899,5 +795,91 @@ fn assert_forbidden<T: std::fmt::Debug>(
             Err(vaultrs::error::ClientError::APIError { code: 403, .. })
         ),
         "{what}: {result:?}"
+    );
+}
+
+#[test]
+fn a_relative_certificate_authority_is_read_from_the_kubeconfigs_folder() {
+    if !tools() {
+        return;
+    }
+    let bao = OpenBao::start();
+    let sb = sandbox_with_cluster();
+    // kubectl resolves a relative `certificate-authority` from the
+    // kubeconfig's folder, not from where the seed runs.
+    let ca = std::fs::read_to_string(&sb.cluster().ca_file).unwrap();
+    std::fs::write(sb.home.join(".kube/cluster-ca.pem"), &ca).unwrap();
+    let path = sb.home.join(".kube/config");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["clusters"][0]["cluster"]["certificate-authority"] = json!("cluster-ca.pem");
+    std::fs::write(&path, config.to_string()).unwrap();
+
+    let seeded = vault_seed(&sb, &bao.addr, &bao.token, &[]).ok();
+    assert!(
+        !seeded.all().contains("not set up"),
+        "ESO's access is set up: {}",
+        seeded.all()
+    );
+    let written = bao_read(&bao, "auth/kubernetes/config");
+    assert_eq!(
+        written["kubernetes_ca_cert"].as_str().unwrap().trim(),
+        ca.trim()
+    );
+    assert_eq!(written["kubernetes_host"], sb.cluster().url.as_str());
+}
+
+#[test]
+fn the_seed_names_esos_service_account_when_the_cluster_lacks_it() {
+    if !tools() {
+        return;
+    }
+    let bao = OpenBao::start();
+    let sb = sandbox_with_cluster();
+    let note = "service account external-secrets/external-secrets is not in the cluster";
+    sb.cluster().delete(
+        "v1",
+        "ServiceAccount",
+        Some("external-secrets"),
+        "external-secrets",
+    );
+    let run = sb
+        .xtask_env(&["secrets", "seed", "--provider", "vault"], &bao.env())
+        .ok();
+    assert_contains(&run.stdout, note);
+    assert_contains(
+        &run.stdout,
+        "set serviceAccount.name and serviceAccount.namespace in \
+         infra/kubernetes/charts/platform/vault-secret-store/values.yaml, and seed again",
+    );
+
+    // ESO installed under another name: following the advice binds the
+    // role to it, and the note goes.
+    sb.cluster().put(&[crate::cluster::service_account(
+        "foundation",
+        "foundation-external-secrets",
+    )]);
+    let values = "infra/kubernetes/charts/platform/vault-secret-store/values.yaml";
+    let text = sb.read(values).replace(
+        "serviceAccount:\n  name: external-secrets\n  namespace: external-secrets\n",
+        "serviceAccount:\n  name: foundation-external-secrets\n  namespace: foundation\n",
+    );
+    assert!(text.contains("foundation-external-secrets"));
+    sb.write(values, &text);
+    let run = sb
+        .xtask_env(&["secrets", "seed", "--provider", "vault"], &bao.env())
+        .ok();
+    assert!(
+        !run.stdout.contains("is not in the cluster"),
+        "{}",
+        run.stdout
+    );
+    let role = bao_read(&bao, "auth/kubernetes/role/external-secrets");
+    assert_eq!(
+        role["bound_service_account_names"],
+        json!(["foundation-external-secrets"])
+    );
+    assert_eq!(
+        role["bound_service_account_namespaces"],
+        json!(["foundation"])
     );
 }

@@ -13,6 +13,7 @@ mod completions;
 mod docs;
 mod eso_access;
 mod faults;
+mod first_contact;
 mod guardrail;
 mod harness;
 mod infra;

@@ -1,57 +1,114 @@
-//! `secrets migrate`, `rollback` and `status` with fake kubectl and helmfile
-//! sync (the fake kubectl runs a small ESO: `tests/fakes/_eso.py`), real
-//! OpenBao for seed and coverage, real helmfile for rendering.
+//! `secrets migrate`, `rollback` and `status` with the real kubectl talking
+//! to the cluster stand-in (`tests/cluster/`: ESO's controllers with
+//! external-secrets 0.16+ semantics), a fake helmfile sync that applies the
+//! flag's provider to the stand-in's store, real OpenBao for seed and
+//! coverage, real helmfile for rendering.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::cluster::namespace;
 use crate::support::{assert_contains, block_on, OpenBao, Run, Sandbox};
 
-const FLAG: &str = "infra/kubernetes/environments/local/platform/15-secrets.values.yaml";
-const JOURNAL: &str = ".local/secrets/journal/local.json";
-const CRD: &str = "externalsecrets.external-secrets.io";
+pub(crate) const FLAG: &str = "infra/kubernetes/environments/local/platform/15-secrets.values.yaml";
+pub(crate) const JOURNAL: &str = ".local/secrets/journal/local.json";
+pub(crate) const CRD: &str = "externalsecrets.external-secrets.io";
 
-/// A cluster whose ESO syncs two ExternalSecrets from ClusterSecretStore/
-/// ameide-vault (and one from a store of its own), on a clock
-/// `clock_offset` seconds off ours; `stores` gives a provider's health.
-fn eso(clock_offset: i64, stores: Value) -> Value {
+/// The namespaces of layer 15's ExternalSecrets that the stand-in does not
+/// make by itself (it makes `ameide`): helm would not create them either.
+pub(crate) const LAYER15_NAMESPACES: [&str; 3] = ["keycloak", "cert-manager", "minio"];
+
+/// A cluster whose ESO runs on a clock `clock_offset` seconds off ours;
+/// `stores` gives a provider's health. The store starts on Azure Key Vault.
+pub(crate) fn eso(clock_offset: i64, stores: Value) -> Value {
     json!({
         "clock_offset": clock_offset,
         "reconcile_delay": 0.2,
         "provider": "azure",
         "stores": stores,
-        "externalsecrets": [
-            {"namespace": "ameide", "name": "graph-db-credentials"},
-            {"namespace": "ameide", "name": "platform-db-credentials"},
-            {"namespace": "team", "name": "elsewhere", "store": {"kind": "SecretStore", "name": "team"}},
-        ],
     })
 }
 
-fn healthy() -> Value {
+/// An ExternalSecret that reads `key` from `store` (`Kind/name`), as the
+/// charts write them; `spec` adds fields (`refreshInterval`, ...).
+fn external_secret(ns: &str, name: &str, store: &str, key: &str, spec: Value) -> Value {
+    let (kind, store_name) = store.split_once('/').unwrap();
+    let mut o = json!({"apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+        "metadata": {"namespace": ns, "name": name},
+        "spec": {"refreshInterval": "1h", "secretStoreRef": {"kind": kind, "name": store_name},
+                 "target": {"name": name, "creationPolicy": "Owner"},
+                 "data": [{"secretKey": "value", "remoteRef": {"key": key, "property": "value"}}]}});
+    for (k, v) in spec.as_object().cloned().unwrap_or_default() {
+        o["spec"][k] = v;
+    }
+    o
+}
+
+/// Two ExternalSecrets on ClusterSecretStore/ameide-vault (both rendered
+/// by layer 15) and one on a store of its own, plus the namespaces layer
+/// 15 needs.
+pub(crate) fn objects() -> Vec<Value> {
+    let mut o: Vec<Value> = LAYER15_NAMESPACES.iter().map(|ns| namespace(ns)).collect();
+    o.push(external_secret(
+        "ameide",
+        "graph-db-credentials",
+        "ClusterSecretStore/ameide-vault",
+        "graph-db-password",
+        json!({}),
+    ));
+    o.push(external_secret(
+        "ameide",
+        "platform-db-credentials",
+        "ClusterSecretStore/ameide-vault",
+        "platform-db-password",
+        json!({}),
+    ));
+    o.push(external_secret(
+        "team",
+        "elsewhere",
+        "SecretStore/team",
+        "team-key",
+        json!({}),
+    ));
+    o
+}
+
+pub(crate) fn healthy() -> Value {
     json!({})
 }
 
+/// A provider that fails, in its own words (as ESO's store controller
+/// reports them in a Warning Event).
 fn unhealthy(provider: &str) -> Value {
-    json!({provider: {"ready": false, "message": format!("could not get secret data from provider: {provider} store is down")}})
+    json!({provider: {"ready": false, "message": down(provider)}})
 }
 
-/// The scenario the fakes replay: a local context with ESO, and what
-/// `helmfile sync` answers, call after call.
-fn cluster(context: &str, eso: Value, syncs: Value) -> Value {
-    json!({"kubectl": {"context": context, "crds": [CRD], "eso": eso,
-        "clustersecretstore": {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}},
+fn down(provider: &str) -> String {
+    match provider {
+        "vault" => "Get \"http://vault.vault.svc.cluster.local:8200/v1/sys/health\": dial tcp 10.43.0.10:8200: \
+                    connect: connection refused"
+            .into(),
+        _ => format!("{provider}: AADSTS7000215: Invalid client secret provided"),
+    }
+}
+
+/// The scenario: a local context with ESO (the store Ready as ESO last
+/// validated it), and what `helmfile sync` answers, call after call.
+pub(crate) fn cluster(context: &str, eso: Value, syncs: Value) -> Value {
+    json!({"kubectl": {"context": context, "crds": [CRD], "eso": eso, "objects": objects(),
+        "clustersecretstore": {"status": {"conditions": [{"type": "Ready", "status": "True",
+            "reason": "Valid", "message": "store validated"}]}}},
         "helmfile": {"sync": syncs}})
 }
 
 /// The local cluster, on our clock, whose `helmfile sync` succeeds;
 /// `stores` as for [`eso`].
-fn local(stores: Value) -> Value {
+pub(crate) fn local(stores: Value) -> Value {
     cluster("k3d-ameide", eso(0, stores), sync_ok())
 }
 
-fn sync_ok() -> Value {
+pub(crate) fn sync_ok() -> Value {
     json!([{"exit": 0}])
 }
 
@@ -88,7 +145,7 @@ fn commit(sb: &Sandbox, msg: &str) {
 }
 
 /// `cargo xtask <args>` with the test's Vault and a short wait.
-fn xt(sb: &Sandbox, bao: &OpenBao, args: &[&str]) -> Run {
+pub(crate) fn xt(sb: &Sandbox, bao: &OpenBao, args: &[&str]) -> Run {
     sb.xtask_env(
         args,
         &[
@@ -100,14 +157,14 @@ fn xt(sb: &Sandbox, bao: &OpenBao, args: &[&str]) -> Run {
     )
 }
 
-fn migrate(sb: &Sandbox, bao: &OpenBao, args: &[&str]) -> Run {
+pub(crate) fn migrate(sb: &Sandbox, bao: &OpenBao, args: &[&str]) -> Run {
     let mut all = vec!["secrets", "migrate"];
     all.extend_from_slice(args);
     xt(sb, bao, &all)
 }
 
 /// `secrets migrate --to vault --yes`.
-fn to_vault(sb: &Sandbox, bao: &OpenBao) -> Run {
+pub(crate) fn to_vault(sb: &Sandbox, bao: &OpenBao) -> Run {
     migrate(sb, bao, &["--to", "vault", "--yes"])
 }
 
@@ -117,17 +174,17 @@ fn rollback(sb: &Sandbox, bao: &OpenBao, args: &[&str]) -> Run {
     xt(sb, bao, &all)
 }
 
-fn journal(sb: &Sandbox) -> Value {
+pub(crate) fn journal(sb: &Sandbox) -> Value {
     serde_json::from_str(&sb.read(JOURNAL)).unwrap()
 }
 
 /// The journal's exact text (its bytes: it is UTF-8 JSON), if there is one.
-fn journal_bytes(sb: &Sandbox) -> Option<String> {
+pub(crate) fn journal_bytes(sb: &Sandbox) -> Option<String> {
     std::fs::read_to_string(sb.path(JOURNAL)).ok()
 }
 
 /// An entry's steps as `name outcome`.
-fn steps(entry: &Value) -> Vec<String> {
+pub(crate) fn steps(entry: &Value) -> Vec<String> {
     entry["steps"]
         .as_array()
         .unwrap()
@@ -142,7 +199,7 @@ fn steps(entry: &Value) -> Vec<String> {
         .collect()
 }
 
-fn argvs(sb: &Sandbox, tool: &str) -> Vec<Vec<String>> {
+pub(crate) fn argvs(sb: &Sandbox, tool: &str) -> Vec<Vec<String>> {
     sb.calls()
         .into_iter()
         .filter(|c| c.tool == tool)
@@ -182,13 +239,13 @@ fn run_named(sb: &Sandbox, bao: &OpenBao, text: &str) -> Run {
     xt(sb, bao, &args)
 }
 
-fn tools() -> bool {
+pub(crate) fn tools() -> bool {
     crate::support::require_tools(&["bao", "kubectl", "helm", "helmfile"])
 }
 
 /// The test's Vault and a sandbox on Azure Key Vault, or `None` (skip the
 /// test) when the tools are missing.
-fn start() -> Option<(OpenBao, Sandbox)> {
+pub(crate) fn start() -> Option<(OpenBao, Sandbox)> {
     tools().then(|| (OpenBao::start(), on_azure()))
 }
 
@@ -228,7 +285,7 @@ fn store_provider(sb: &Sandbox) -> String {
     }
 }
 
-const MIGRATED: [&str; 7] = [
+pub(crate) const MIGRATED: [&str; 7] = [
     "preflight ok",
     "seed ok",
     "coverage ok",
@@ -360,28 +417,286 @@ fn a_migration_succeeds_whatever_the_cluster_clock_says() {
     }
 }
 
-/// An ExternalSecret that is Ready but that ESO never refreshes after the
-/// force (a stuck controller) must not count as synced.
+/// An ExternalSecret that is Ready but that ESO never reconciles after the
+/// force (a stuck controller: the stand-in's `eso.frozen`) must not count
+/// as synced.
 #[test]
 fn ready_but_never_refreshed_is_not_done() {
     let Some((bao, sb)) = start() else {
         return;
     };
     let before = sb.read(FLAG);
-    let mut cluster_eso = eso(0, healthy());
-    cluster_eso["externalsecrets"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"namespace": "ameide", "name": "frozen", "frozen": true}));
-    sb.scenario(cluster("k3d-ameide", cluster_eso, sync_ok()));
+    sb.scenario(local(healthy()));
+    sb.cluster()
+        .knobs(json!({"eso": {"running": true, "frozen": ["ameide/graph-db-credentials"]}}));
     let run = to_vault(&sb, &bao).code(1);
     assert_contains(
         &run.stderr,
-        "ameide/frozen: Ready, but not refreshed since the force-sync",
+        "ameide/graph-db-credentials: Ready, but not refreshed since the force-sync (status.refreshTime still ",
     );
     let m = &journal(&sb)["migrations"][0];
     assert_eq!(steps(m)[5], "wait failed");
     assert_eq!(sb.read(FLAG), before);
+}
+
+/// The scenario of [`local`] with these fields in the `spec` of the named
+/// ExternalSecrets.
+fn with_specs(mut sc: Value, specs: &[(&str, Value)]) -> Value {
+    for o in sc["kubectl"]["objects"].as_array_mut().unwrap() {
+        for (name, spec) in specs {
+            if o["kind"] == "ExternalSecret" && o["metadata"]["name"] == *name {
+                for (k, v) in spec.as_object().unwrap() {
+                    o["spec"][k] = v.clone();
+                }
+            }
+        }
+    }
+    sc
+}
+
+/// The first backticked command on the line of `stderr` that starts with
+/// `  <id> `.
+fn advice_for(stderr: &str, id: &str) -> String {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with(&format!("  {id} ")))
+        .unwrap_or_else(|| panic!("no line for {id} in:\n{stderr}"));
+    let start = line.find('`').unwrap() + 1;
+    let len = line[start..].find('`').unwrap();
+    line[start..start + len].to_string()
+}
+
+/// `sh -c <command>` in the sandbox: the real kubectl (through the
+/// recording wrapper) against the stand-in, the fake helmfile sync, the
+/// real helmfile for everything else.
+pub(crate) fn shell(sb: &Sandbox, command: &str) -> Run {
+    sb.command_of(std::path::Path::new("sh"), &["-c", command])
+        .output()
+        .unwrap()
+        .into()
+}
+
+/// ESO 0.16+ does not re-read an ExternalSecret with `refreshInterval: 0`
+/// or `refreshPolicy: CreatedOnce` once it synced, force-sync or not. The
+/// migration used to wait out its whole budget on them, then roll back and
+/// wait again (rollback-failed). Now it names them, with a fix that works,
+/// and does not wait on them.
+#[test]
+fn external_secrets_eso_does_not_reread_are_named_with_a_fix_not_waited_on() {
+    let Some((bao, sb)) = start() else {
+        return;
+    };
+    sb.scenario(with_specs(
+        local(healthy()),
+        &[
+            ("graph-db-credentials", json!({"refreshInterval": "0"})),
+            (
+                "platform-db-credentials",
+                json!({"refreshPolicy": "CreatedOnce"}),
+            ),
+        ],
+    ));
+    let run = to_vault(&sb, &bao).ok();
+    assert_contains(&run.stdout, "migrated local to vault");
+    assert_contains(
+        &run.stderr,
+        "warning: ESO does not re-read 2 ExternalSecret(s) on ameide-vault when forced, so each keeps what it \
+         read from the store it used before; to read the store in use now:\n",
+    );
+    let fix = advice_for(&run.stderr, "ameide/graph-db-credentials");
+    assert_eq!(
+        fix,
+        "kubectl delete externalsecret graph-db-credentials --namespace ameide && helmfile --file \
+         infra/kubernetes/helmfiles/15-secrets-certificates.yaml --environment local --selector \
+         name=vault-secrets-platform sync"
+    );
+    assert_contains(
+        &run.stderr,
+        "  ameide/graph-db-credentials (refreshInterval: 0): `kubectl delete externalsecret",
+    );
+    assert_contains(
+        &run.stderr,
+        "  ameide/platform-db-credentials (refreshPolicy: CreatedOnce): `kubectl delete externalsecret \
+         platform-db-credentials --namespace ameide && helmfile",
+    );
+    let m = &journal(&sb)["migrations"][0];
+    assert_eq!(steps(m), MIGRATED);
+    let waited = m["steps"][5]["detail"].as_str().unwrap();
+    assert!(
+        waited.contains(
+            "not forced, as ESO does not re-read them: ameide/graph-db-credentials (refreshInterval: 0), \
+             ameide/platform-db-credentials (refreshPolicy: CreatedOnce)"
+        ),
+        "{waited}"
+    );
+    let annotated: Vec<String> = argvs(&sb, "kubectl")
+        .into_iter()
+        .filter(|a| a[0] == "annotate" && a[1] == "externalsecret")
+        .map(|a| a[2].clone())
+        .collect();
+    assert!(annotated.is_empty(), "{annotated:?}");
+
+    // The advice works. The selector picks the release that renders it
+    // (the real helmfile, rendering instead of syncing) ...
+    let template = fix
+        .split(" && ")
+        .nth(1)
+        .unwrap()
+        .replace(" sync", " template --skip-deps");
+    let rendered = shell(&sb, &template).ok();
+    assert_contains(&rendered.stdout, "name: graph-db-credentials\n");
+    // ... the real kubectl deletes it, the sync runs ...
+    let old = sb
+        .cluster()
+        .object("ExternalSecret", Some("ameide"), "graph-db-credentials")
+        .unwrap();
+    shell(&sb, &fix).ok();
+    assert!(sb
+        .cluster()
+        .object("ExternalSecret", Some("ameide"), "graph-db-credentials")
+        .is_none());
+    // ... helm creates it again (the fake sync does not: the stand-in plays
+    // helm), and ESO reads the new one at once, from the store in use.
+    let again = with_specs(
+        local(healthy()),
+        &[("graph-db-credentials", json!({"refreshInterval": "0"}))],
+    )["kubectl"]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["metadata"]["name"] == "graph-db-credentials")
+        .unwrap()
+        .clone();
+    sb.cluster().put(&[again]);
+    let until = Instant::now() + Duration::from_secs(10);
+    let new = loop {
+        let o = sb
+            .cluster()
+            .object("ExternalSecret", Some("ameide"), "graph-db-credentials")
+            .unwrap();
+        if o["status"]["refreshTime"].is_string() {
+            break o;
+        }
+        assert!(Instant::now() < until, "ESO never read it: {o}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_ne!(new["metadata"]["uid"], old["metadata"]["uid"]);
+    let ready = new["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["status"], "True", "{new}");
+    assert!(sb
+        .cluster()
+        .object("ClusterSecretStore", None, "ameide-vault")
+        .unwrap()["spec"]["provider"]["vault"]
+        .is_object());
+}
+
+/// After Vault restarted, ESO backs off a store that failed to validate:
+/// it stays not Ready for minutes once Vault is back, and every
+/// ExternalSecret on it waits. The wait forces the store (again after each
+/// poll that finds it not Ready), and then the ExternalSecrets.
+#[test]
+fn a_store_in_esos_backoff_is_forced_before_the_external_secrets() {
+    let Some((bao, sb)) = start() else {
+        return;
+    };
+    // Vault restarts as the sync switches the store to it: ESO's
+    // validation fails and it backs off.
+    let restarting = json!({"vault": {"ready": false, "backoff": true, "message": down("vault")}});
+    sb.scenario(local(restarting));
+    let child = sb
+        .command(&["secrets", "migrate", "--to", "vault", "--yes"])
+        .env("VAULT_ADDR", &bao.addr)
+        .env("VAULT_TOKEN", &bao.token)
+        .env("EXTERNALSECRET_WAIT_SLEEP", "0.25")
+        .env("EXTERNALSECRET_WAIT_ATTEMPTS", "40")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let store = sb
+            .cluster()
+            .object("ClusterSecretStore", None, "ameide-vault");
+        let failed_on_vault = store.as_ref().is_some_and(|s| {
+            s["spec"]["provider"]["vault"].is_object()
+                && s["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "False")
+                })
+        });
+        if failed_on_vault {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the store never failed on vault: {store:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Vault is back; ESO would retry the store only after its backoff.
+    sb.cluster()
+        .knobs(json!({"store_health": {"vault": {"ready": true, "backoff": true}}}));
+    let run: Run = child.wait_with_output().unwrap().into();
+    let run = run.ok();
+    assert_contains(&run.stdout, "migrated local to vault");
+    let m = &journal(&sb)["migrations"][0];
+    assert_eq!(steps(m), MIGRATED);
+    let waited = m["steps"][5]["detail"].as_str().unwrap();
+    assert!(
+        waited.contains("ClusterSecretStore/ameide-vault Ready (poll ")
+            && waited.contains("2 ExternalSecrets on ameide-vault refreshed and Ready"),
+        "{waited}"
+    );
+    // The store first, then the ExternalSecrets.
+    let annotations: Vec<String> = argvs(&sb, "kubectl")
+        .into_iter()
+        .filter(|a| a[0] == "annotate")
+        .map(|a| a[1].clone())
+        .collect();
+    let first_es = annotations
+        .iter()
+        .position(|k| k == "externalsecret")
+        .unwrap();
+    assert!(
+        first_es > 0
+            && annotations[..first_es]
+                .iter()
+                .all(|k| k == "clustersecretstore"),
+        "{annotations:?}"
+    );
+}
+
+/// A store that stays not Ready fails the wait with ESO's generic condition
+/// and, next to it, ESO's Warning Event with the real cause.
+#[test]
+fn a_store_that_stays_not_ready_fails_the_wait_with_esos_event() {
+    let Some((bao, sb)) = start() else {
+        return;
+    };
+    sb.scenario(local(unhealthy("vault")));
+    let run = migrate(&sb, &bao, &["--to", "vault", "--yes", "--no-rollback"]).code(1);
+    assert_contains(
+        &run.stderr,
+        "ClusterSecretStore/ameide-vault not Ready after 15 polls 0.1 s apart (forced with force-sync=",
+    );
+    assert_contains(
+        &run.stderr,
+        &format!(
+            "): ValidationFailed: unable to validate store; ESO's last warning (ValidationFailed): {}. Its \
+             ExternalSecrets cannot sync until it is; `kubectl describe clustersecretstore ameide-vault` shows \
+             ESO's events.",
+            down("vault")
+        ),
+    );
+    // ESO's own account, read the way the message says.
+    let described = shell(&sb, "kubectl describe clustersecretstore ameide-vault").ok();
+    assert_contains(&described.stdout, &down("vault"));
 }
 
 /// One failure case: how the cluster misbehaves, how to fix it, and what
@@ -997,7 +1312,16 @@ fn dry_run_changes_nothing_and_preflight_refuses_unsafe_states() {
         "a refused preflight journals nothing"
     );
 
-    sb.scenario(json!({"kubectl": {"context": "kind-dev", "crds": []}}));
+    // ESO goes away (first_contact.rs has the details).
+    for crd in [CRD, crate::cluster::STORE_CRD] {
+        sb.cluster().delete(
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            None,
+            crd,
+        );
+    }
+    sb.scenario(json!({"kubectl": {"context": "kind-dev"}}));
     let run = to_vault(&sb, &bao).code(1);
     assert_contains(&run.stderr, "External Secrets Operator is not installed");
 
@@ -1048,6 +1372,28 @@ fn status_shows_flags_migration_and_config_sources() {
     assert_eq!(v["kube_context_local"], true);
 }
 
+/// The Ready condition of `kind`/`name` (in `ns`) in the stand-in.
+fn condition(sb: &Sandbox, kind: &str, ns: Option<&str>, name: &str) -> Value {
+    let o = sb.cluster().object(kind, ns, name).unwrap();
+    o["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// Waits until `kind`/`name`'s Ready condition has `status`.
+fn wait_condition(sb: &Sandbox, kind: &str, ns: Option<&str>, name: &str, status: &str) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while condition(sb, kind, ns, name)["status"] != status {
+        assert!(
+            Instant::now() < until,
+            "{kind}/{name} never {status}: {}",
+            condition(sb, kind, ns, name)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn doctor_reports_each_finding_with_its_fix() {
     if !tools() {
@@ -1055,34 +1401,153 @@ fn doctor_reports_each_finding_with_its_fix() {
     }
     let bao = OpenBao::start();
     let sb = Sandbox::new();
-    let store = |ready: bool| {
-        json!({"status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" },
-            "reason": if ready { "Valid" } else { "InvalidProviderConfig" }, "message": if ready { "store validated" } else { "unable to log in to auth method" }}]}})
-    };
-    sb.scenario(json!({"kubectl": {"context": "k3d-ameide", "crds": ["externalsecrets.external-secrets.io"], "clustersecretstore": store(true)}}));
+    let mut sc = local(healthy());
+    sc["kubectl"]["eso"]["provider"] = json!("vault");
+    sb.scenario(sc);
     let env = bao.env();
     // An empty Vault is a finding of its own (eso_access.rs): seed it first.
     sb.xtask_env(&["secrets", "seed"], &env).ok();
     let run = sb.xtask_env(&["secrets", "doctor"], &env).ok();
     for line in [
         "ok    cluster    context k3d-ameide is local",
+        "ok    eso        External Secrets Operator serves external-secrets.io/v1",
         "ok    eso        ClusterSecretStore/ameide-vault Ready",
+        "ok    eso        2 ExternalSecrets on ameide-vault Ready",
         "reachable, unsealed, token valid",
         "all checks passed",
     ] {
         assert!(run.stdout.contains(line), "{line}:\n{}", run.stdout);
     }
-    sb.scenario(json!({"kubectl": {"context": "k3d-ameide", "crds": [], "clustersecretstore": store(false)}}));
+
+    // ESO's login now fails (Vault says `permission denied` to a failed
+    // TokenReview). The store was validated before: ESO reads with it,
+    // and the ExternalSecret's condition is generic; its event says why.
+    let denied = "error processing spec.data[0] (key: graph-db-password), err: unable to log in to auth method: \
+                  unable to log in with Kubernetes auth: Error making API request.\n\nURL: PUT \
+                  http://vault.vault.svc.cluster.local:8200/v1/auth/kubernetes/login\nCode: 403. Errors:\n\n* \
+                  permission denied";
+    sb.cluster()
+        .knobs(json!({"store_health": {"vault": {"ready": false, "message": denied}}}));
+    shell(
+        &sb,
+        "kubectl annotate externalsecret graph-db-credentials --namespace ameide force-sync=1 --overwrite",
+    )
+    .ok();
+    wait_condition(
+        &sb,
+        "ExternalSecret",
+        Some("ameide"),
+        "graph-db-credentials",
+        "False",
+    );
+    let run = sb.xtask_env(&["secrets", "doctor"], &env).code(1);
+    let one_line: Vec<&str> = denied.split_whitespace().collect();
+    assert_contains(
+        &run.stdout,
+        &format!(
+            "FAIL  eso        ExternalSecret ameide/graph-db-credentials not Ready: SecretSyncedError: could not \
+             get secret data from provider; ESO's last warning (UpdateFailed): {}\n",
+            one_line.join(" ")
+        ),
+    );
+    assert_contains(
+        &run.stdout,
+        "fix: Vault answers `permission denied` to every ESO login it refuses (a failed TokenReview included)",
+    );
+    assert_contains(
+        &run.stdout,
+        "`kubectl get clusterrolebindings --output wide | grep system:auth-delegator` must list vault/vault",
+    );
+    assert!(
+        !run.stdout.contains("check kubectl access"),
+        "{}",
+        run.stdout
+    );
+
+    // Then the store is validated again and fails: its own condition and
+    // ESO's event about it; the ExternalSecrets point at it.
+    let refused = "unable to log in to auth method: Code: 403. Errors:\n\n* permission denied";
+    sb.cluster().knobs(
+        json!({"store_health": {"vault": {"ready": false, "backoff": true, "message": refused}}}),
+    );
+    shell(
+        &sb,
+        "kubectl annotate clustersecretstore ameide-vault force-sync=2 --overwrite && \
+         kubectl annotate externalsecret platform-db-credentials --namespace ameide force-sync=2 --overwrite",
+    )
+    .ok();
+    wait_condition(&sb, "ClusterSecretStore", None, "ameide-vault", "False");
+    wait_condition(
+        &sb,
+        "ExternalSecret",
+        Some("ameide"),
+        "platform-db-credentials",
+        "False",
+    );
     let run = sb.xtask_env(&["secrets", "doctor"], &env).code(1);
     assert_contains(
         &run.stdout,
-        "FAIL  eso        External Secrets Operator is not installed",
+        "FAIL  eso        ClusterSecretStore/ameide-vault not Ready: ValidationFailed: unable to validate store; \
+         ESO's last warning (ValidationFailed): unable to log in to auth method: Code: 403. Errors: * permission \
+         denied\n",
     );
     assert_contains(
         &run.stdout,
-        "not Ready: InvalidProviderConfig: unable to log in to auth method",
+        "FAIL  eso        ExternalSecret ameide/platform-db-credentials not Ready: SecretSyncedError: could not \
+         get secret data from provider; ESO's last warning (UpdateFailed): error processing spec.data[0] (key: \
+         platform-db-password), err: ClusterSecretStore \"ameide-vault\" is not ready\n",
     );
-    assert!(run.stderr.contains("2 checks failed"), "{}", run.stderr);
+    assert_contains(
+        &run.stdout,
+        "fix: the store's line above says why ClusterSecretStore/ameide-vault is not Ready; once it is, kubectl \
+         annotate externalsecret platform-db-credentials --namespace ameide force-sync=$(date +%s) --overwrite",
+    );
+
+    // Vault is fine again, but ESO backs off the store: doctor's fix for a
+    // store that is not Ready has ESO validate it at once.
+    sb.cluster().knobs(
+        json!({"store_health": {"vault": {"ready": false, "backoff": true, "message": "sealed"}}}),
+    );
+    shell(
+        &sb,
+        "kubectl annotate clustersecretstore ameide-vault force-sync=3 --overwrite",
+    )
+    .ok();
+    let until = Instant::now() + Duration::from_secs(10);
+    while !sb
+        .xtask_env(&["secrets", "doctor"], &env)
+        .stdout
+        .contains("ESO's last warning (ValidationFailed): sealed")
+    {
+        assert!(
+            Instant::now() < until,
+            "ESO never validated the store again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sb.cluster()
+        .knobs(json!({"store_health": {"vault": {"ready": true, "backoff": true}}}));
+    std::thread::sleep(Duration::from_millis(600));
+    let run = sb.xtask_env(&["secrets", "doctor"], &env).code(1);
+    let fix = run
+        .stdout
+        .lines()
+        .skip_while(|l| !l.contains("ClusterSecretStore/ameide-vault not Ready"))
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let annotate = &fix[fix.find('`').unwrap() + 1..fix.rfind('`').unwrap()];
+    assert_eq!(
+        annotate,
+        "kubectl annotate clustersecretstore ameide-vault force-sync=$(date +%s) --overwrite"
+    );
+    shell(&sb, annotate).ok();
+    wait_condition(&sb, "ClusterSecretStore", None, "ameide-vault", "True");
+    let run = sb.xtask_env(&["secrets", "doctor"], &env).code(1);
+    assert_contains(
+        &run.stdout,
+        "ok    eso        ClusterSecretStore/ameide-vault Ready",
+    );
 }
 
 #[test]

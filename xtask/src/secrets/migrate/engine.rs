@@ -336,8 +336,9 @@ mod tests {
         );
         let expected = "plan: migrate local: azure -> vault (dry run: nothing changes)
   [1/7] preflight: helm version --short; helmfile --version; kubectl version --client --output json;
-      kubectl config current-context (must be local); kubectl get crd externalsecrets.external-secrets.io;
+      kubectl config current-context (must be local); kubectl api-versions (external-secrets.io/v1 served);
       infra/kubernetes/environments/local/platform/15-secrets.values.yaml: no uncommitted change (git status --porcelain);
+      every namespace of layer 15's ExternalSecrets exists (helmfile ... template; kubectl get namespaces --output json);
       Vault reachable (sys/seal-status, auth/token/lookup-self, sys/mounts)
   [2/7] seed: the equivalent of `cargo xtask secrets seed --provider vault --env local`
   [3/7] coverage: the equivalent of `cargo xtask secrets check --render --live --provider vault --env local` (gate)
@@ -348,15 +349,21 @@ mod tests {
         -  provider: azure # the flag
         +  provider: vault # the flag
   [5/7] sync: helmfile --file infra/kubernetes/helmfiles/15-secrets-certificates.yaml --environment local sync
-  [6/7] wait: kubectl annotate externalsecret <each on ameide-vault> --namespace <ns> force-sync=<new value> --overwrite;
-      poll `kubectl get externalsecrets --all-namespaces --output json` up to 60 times, 5s apart,
+  [6/7] wait: kubectl annotate clustersecretstore ameide-vault force-sync=<new value> --overwrite;
+      poll `kubectl get clustersecretstore ameide-vault --output json` up to 60 times, 5 s apart, until Ready=True;
+      kubectl annotate externalsecret <each on ameide-vault that ESO re-reads when forced> --namespace <ns> force-sync=<new value> --overwrite
+      (refreshInterval: 0 and refreshPolicy: CreatedOnce are named with their fix, not waited on);
+      poll `kubectl get externalsecrets --all-namespaces --output json` up to 60 times, 5 s apart,
       until each has a new status.refreshTime (or syncedResourceVersion) and Ready=True
   [7/7] record: mark the migrate completed in .local/secrets/journal/local.json
   on a failure after the flip, roll back to azure (unless --no-rollback):
   [r1/3] rollback-restore: infra/kubernetes/environments/local/platform/15-secrets.values.yaml back to the journal's before_content, byte for byte
   [r2/3] rollback-sync: helmfile --file infra/kubernetes/helmfiles/15-secrets-certificates.yaml --environment local sync
-  [r3/3] rollback-wait: kubectl annotate externalsecret <each on ameide-vault> --namespace <ns> force-sync=<new value> --overwrite;
-      poll `kubectl get externalsecrets --all-namespaces --output json` up to 60 times, 5s apart,
+  [r3/3] rollback-wait: kubectl annotate clustersecretstore ameide-vault force-sync=<new value> --overwrite;
+      poll `kubectl get clustersecretstore ameide-vault --output json` up to 60 times, 5 s apart, until Ready=True;
+      kubectl annotate externalsecret <each on ameide-vault that ESO re-reads when forced> --namespace <ns> force-sync=<new value> --overwrite
+      (refreshInterval: 0 and refreshPolicy: CreatedOnce are named with their fix, not waited on);
+      poll `kubectl get externalsecrets --all-namespaces --output json` up to 60 times, 5 s apart,
       until each has a new status.refreshTime (or syncedResourceVersion) and Ready=True
 ";
         assert_eq!(render(&ctx(), &migrate, flag).unwrap(), expected);

@@ -15,11 +15,9 @@ use crate::process::Tool;
 use crate::project;
 use crate::secrets::config::ProviderKind;
 use crate::secrets::journal::{self, Journal, Kind, Migration};
-use crate::secrets::kube::{self, EsStatus};
+use crate::secrets::kube::{self, EsStatus, ESO_V1};
 use crate::secrets::scan::{self, STORE_NAME};
 use crate::secrets::{check, flagfile, guard, helmfile, seed};
-
-pub const ESO_CRD: &str = "externalsecrets.external-secrets.io";
 
 /// What a step did.
 #[derive(Debug, Default)]
@@ -67,8 +65,9 @@ pub fn describe(ctx: &Ctx, plan: &Plan, flag_text: &str, step: Step) -> Result<S
     Ok(match step {
         Step::Preflight => format!(
             "helm version --short; helmfile --version; kubectl version --client --output json;\n      \
-             kubectl config current-context (must be local); kubectl get crd {ESO_CRD};\n      \
-             {flag}: {}{}",
+             kubectl config current-context (must be local); kubectl api-versions ({ESO_V1} served);\n      \
+             {flag}: {};\n      \
+             every namespace of layer 15's ExternalSecrets exists (helmfile ... template; kubectl get namespaces --output json){}",
             match &plan.entry {
                 super::plan::Entry::Continue { .. } => "as the journal left it",
                 _ if plan.kind == Kind::Migrate => "no uncommitted change (git status --porcelain)",
@@ -97,11 +96,15 @@ pub fn describe(ctx: &Ctx, plan: &Plan, flag_text: &str, step: Step) -> Result<S
         }
         Step::Sync | Step::RollbackSync => helmfile::sync_display(env),
         Step::Wait | Step::RollbackWait => format!(
-            "kubectl annotate externalsecret <each on {STORE_NAME}> --namespace <ns> force-sync=<new value> --overwrite;\n      \
-             poll `kubectl get externalsecrets --all-namespaces --output json` up to {} times, {:.0}s apart,\n      \
+            "kubectl annotate clustersecretstore {STORE_NAME} force-sync=<new value> --overwrite;\n      \
+             poll `kubectl get clustersecretstore {STORE_NAME} --output json` up to {n} times, {every} apart, until Ready=True;\n      \
+             kubectl annotate externalsecret <each on {STORE_NAME} that ESO re-reads when forced> --namespace <ns> \
+             force-sync=<new value> --overwrite\n      \
+             (refreshInterval: 0 and refreshPolicy: CreatedOnce are named with their fix, not waited on);\n      \
+             poll `kubectl get externalsecrets --all-namespaces --output json` up to {n} times, {every} apart,\n      \
              until each has a new status.refreshTime (or syncedResourceVersion) and Ready=True",
-            ctx.wait.attempts,
-            ctx.wait.sleep.as_secs_f64()
+            n = ctx.wait.attempts,
+            every = crate::process::seconds(ctx.wait.sleep)
         ),
         Step::Record => format!(
             "mark the {} completed{} in {}",
@@ -143,10 +146,15 @@ fn preflight(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>, plan: &Pla
         bail!("no kube context: point kubectl at your local cluster (`kubectl config use-context k3d-...`)");
     };
     guard::check_context(&context, &ctx.cfg.local_contexts)?;
-    if !kube::crd_present(ESO_CRD)? {
-        bail!("External Secrets Operator is not installed ({ESO_CRD} missing): install ESO on the cluster first");
+    let api = kube::eso_api().context(
+        "asking the cluster which APIs it serves (`kubectl api-versions`): is the cluster up? \
+         `kubectl cluster-info` shows where kubectl looks",
+    )?;
+    if let Some((what, fix)) = api.problem() {
+        bail!("{what}. {}", capitalised(&fix));
     }
     check_flag_file(ctx, journal, entry, plan)?;
+    let namespaces = layer15_namespaces(ctx)?;
     // Seeding and the coverage gate need the target store; a rollback only
     // moves ESO back to a store ESO itself reaches.
     let store = if plan.has(Step::Seed) || plan.has(Step::Coverage) {
@@ -161,8 +169,131 @@ fn preflight(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>, plan: &Pla
         String::new()
     };
     Ok(done(format!(
-        "context {context}; helm {helm}; {helmfile}; kubectl {kubectl}{store}; ESO CRDs present"
+        "context {context}; helm {helm}; {helmfile}; kubectl {kubectl}{store}; {ESO_V1} served; \
+         layer 15's namespaces exist ({namespaces})"
     )))
+}
+
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(first) => first.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// Every namespace that layer 15's ExternalSecrets live in must exist:
+/// helm creates only a release's own namespace, so `helmfile sync` would
+/// fail on any other (and so would the automatic rollback's sync). Layer
+/// 15 is rendered with the real `helmfile template`, as `check --render`
+/// does. Returns the namespaces, comma-separated.
+fn layer15_namespaces(ctx: &Ctx) -> Result<String> {
+    let rendered = render_layer15(ctx)?;
+    let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for es in &rendered {
+        if let Some(ns) = &es.namespace {
+            wanted.entry(ns.clone()).or_default().push(es.name.clone());
+        }
+    }
+    let have = kube::namespaces().context("listing the cluster's namespaces")?;
+    let missing: Vec<(&String, &Vec<String>)> = wanted
+        .iter()
+        .filter(|(ns, _)| !have.contains(*ns))
+        .collect();
+    if !missing.is_empty() {
+        let named: Vec<String> = missing
+            .iter()
+            .map(|(ns, names)| format!("{ns} (ExternalSecret {})", output::capped(names)))
+            .collect();
+        let create: Vec<String> = missing
+            .iter()
+            .map(|(ns, _)| format!("kubectl create namespace {ns}"))
+            .collect();
+        bail!(
+            "layer 15 puts ExternalSecrets in namespaces the cluster does not have: {}. helm creates only a \
+             release's own namespace, so `{}` would fail, and so would the rollback's. Create them first \
+             (`{}`), then run the same command again.",
+            named.join("; "),
+            helmfile::sync_display(&ctx.env),
+            create.join(" && ")
+        );
+    }
+    let names: Vec<&String> = wanted.keys().collect();
+    Ok(if names.is_empty() {
+        "none".to_string()
+    } else {
+        output::capped(&names)
+    })
+}
+
+/// The ExternalSecrets that layer 15 renders for the environment: the real
+/// `helmfile template` of its helmfile (helmfile.rs), each manifest read by
+/// the scanner of `check --render`.
+fn render_layer15(ctx: &Ctx) -> Result<Vec<scan::ExternalSecret>> {
+    /// The output folder and helm's cache, removed however this ends.
+    struct Scratch(std::path::PathBuf);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+            let _ = std::fs::remove_dir_all(helmfile::helm_cache_dir(&self.0));
+        }
+    }
+    let out = Scratch(std::env::temp_dir().join(format!(
+        "xtask-preflight-{}-{}",
+        std::process::id(),
+        ctx.env
+    )));
+    let _ = std::fs::remove_dir_all(&out.0);
+    helmfile::template(
+        &ctx.root.join(project::LAYER15_HELMFILE),
+        &ctx.env,
+        &out.0,
+        &project::path_with_tools(&ctx.root),
+    )
+    .with_context(|| {
+        format!(
+            "rendering {} for {} (to find the namespaces its ExternalSecrets need); \
+             `cargo xtask secrets check --render` shows the same error",
+            project::LAYER15_HELMFILE,
+            ctx.env
+        )
+    })?;
+    let mut files = Vec::new();
+    let mut dirs = vec![out.0.clone()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let mut found = Vec::new();
+    for file in files {
+        let rel = file.strip_prefix(&out.0).unwrap_or(&file);
+        let release = rel
+            .components()
+            .next()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        let label = format!("{} {}", project::LAYER15_HELMFILE, rel.display());
+        scan::scan_text(
+            &text,
+            &label,
+            Some(&release),
+            Some(&ctx.env),
+            false,
+            &mut found,
+        )?;
+    }
+    Ok(found)
 }
 
 /// The flag file must be as the journal left it (a continued entry), or
@@ -401,9 +532,171 @@ fn pending_reason(before: Option<&Seen>, es: &EsStatus) -> Option<String> {
     }
 }
 
-/// Forces ESO to re-read every ExternalSecret on the store, then polls
-/// until each has refreshed since the force and is Ready.
+/// A new value every time, so the annotation always changes and ESO
+/// always reconciles (its value is a label, never compared).
+fn stamp() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `N polls 0.1 s apart`.
+fn polls(ctx: &Ctx) -> String {
+    format!(
+        "{} polls {} apart",
+        ctx.wait.attempts,
+        crate::process::seconds(ctx.wait.sleep)
+    )
+}
+
+/// `; ESO's last warning (UpdateFailed): ...`, or nothing.
+fn said(event: Option<&kube::Event>) -> String {
+    event.map(|e| format!("; {}", e.said())).unwrap_or_default()
+}
+
+/// Forces ESO to validate ClusterSecretStore/ameide-vault now (a store that
+/// failed, as after a Vault restart, is retried only after ESO's backoff,
+/// minutes later), then polls until it is Ready, forcing it again after
+/// each poll that finds it not Ready. Every ExternalSecret on it waits for
+/// that.
+fn wait_store(ctx: &Ctx, stamp: &str) -> Result<String> {
+    let missing = || {
+        anyhow::anyhow!(
+            "ClusterSecretStore/{STORE_NAME} is not in the cluster after the sync of layer 15 \
+             (`kubectl get clustersecretstore {STORE_NAME}`): sync it again with `{}`",
+            helmfile::sync_display(&ctx.env)
+        )
+    };
+    if kube::cluster_secret_store(STORE_NAME)?.is_none() {
+        return Err(missing());
+    }
+    // ESO records an Event each time it validates the store ("store
+    // validated", or why not); a new one (or a higher count) says it has
+    // validated it since the force, so a Ready left from before the sync
+    // is not taken for a new one. Events can be dropped (client-go's spam
+    // filter): from the third poll on, the condition alone counts.
+    let events = || -> BTreeMap<String, (u64, String)> {
+        kube::events(None, "ClusterSecretStore", Some(STORE_NAME), None)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.id, (e.count, e.last)))
+            .collect()
+    };
+    let seen = events();
+    kube::force_sync_store(STORE_NAME, stamp)?;
+    let mut last = kube::Ready::default();
+    for attempt in 1..=ctx.wait.attempts {
+        match kube::cluster_secret_store(STORE_NAME)? {
+            None => return Err(missing()),
+            Some(r)
+                if r.ready == Some(true)
+                    && (attempt >= 3 || attempt == ctx.wait.attempts || events() != seen) =>
+            {
+                return Ok(format!(
+                    "ClusterSecretStore/{STORE_NAME} Ready (poll {attempt})"
+                ))
+            }
+            Some(r) => last = r,
+        }
+        if attempt < ctx.wait.attempts {
+            // Again, with a new value: ESO retries a store that failed
+            // only after a backoff that grows to minutes, but validates it
+            // at once on a change, such as Vault coming back meanwhile.
+            kube::force_sync_store(STORE_NAME, &format!("{stamp}-{attempt}"))?;
+            std::thread::sleep(ctx.wait.sleep);
+        }
+    }
+    let event = kube::warning_events(None, "ClusterSecretStore", Some(STORE_NAME))
+        .ok()
+        .and_then(|e| kube::newest_by_object(e).remove(STORE_NAME));
+    let denied = event
+        .as_ref()
+        .is_some_and(|e| permission_denied(&e.message))
+        || permission_denied(&last.message);
+    bail!(
+        "ClusterSecretStore/{STORE_NAME} not Ready after {} (forced with force-sync={stamp}): {}{}. Its \
+         ExternalSecrets cannot sync until it is; `kubectl describe clustersecretstore {STORE_NAME}` shows \
+         ESO's events.{}\nSee docs/secrets.md#troubleshooting.",
+        polls(ctx),
+        last.describe(),
+        said(event.as_ref()),
+        if denied {
+            format!("\n{}", crate::secrets::doctor::denied_checks(&ctx.root, &ctx.env, &ctx.cfg))
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// Vault's answer to a login it refused or a read its policy does not allow.
+fn permission_denied(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("permission denied") || m.contains("code: 403")
+}
+
+/// The ExternalSecrets on our store that ESO does not re-read when forced
+/// (`refreshInterval: 0`, `refreshPolicy: CreatedOnce`): each with why and
+/// the fix, as lines for a warning.
+fn not_forced_lines(ctx: &Ctx, frozen: &[(EsStatus, String)]) -> Vec<String> {
+    // Where each one comes from: every layer rendered, as `check --render`
+    // does, for the helmfile and release that make it again.
+    let rendered = scan::scan_rendered(
+        &ctx.root.join(project::INFRA),
+        &ctx.root,
+        &ctx.env,
+        &project::path_with_tools(&ctx.root),
+    )
+    .map(|s| s.external_secrets)
+    .unwrap_or_default();
+    frozen
+        .iter()
+        .take(output::NAMES_SHOWN)
+        .map(|(es, why)| {
+            let source = rendered.iter().find(|r| {
+                r.name == es.name && r.namespace.as_deref() == Some(es.namespace.as_str())
+            });
+            format!(
+                "  {} ({why}): {}",
+                es.id(),
+                recreate_fix(&ctx.env, es, source)
+            )
+        })
+        .chain(
+            (frozen.len() > output::NAMES_SHOWN)
+                .then(|| format!("  and {} more", frozen.len() - output::NAMES_SHOWN)),
+        )
+        .collect()
+}
+
+/// How to make ESO read an ExternalSecret it no longer refreshes: delete it
+/// and sync the helmfile release that renders it; helm creates it again
+/// (an upgrade creates what is missing), and ESO reads a new one at once.
+fn recreate_fix(env: &str, es: &EsStatus, source: Option<&scan::ExternalSecret>) -> String {
+    let delete = format!(
+        "kubectl delete externalsecret {} --namespace {}",
+        es.name, es.namespace
+    );
+    // A rendered location reads `<helmfile> <release>: <template>`.
+    let helmfile = source.and_then(|s| s.at.file.split_once(' ').map(|(h, _)| h.to_string()));
+    match (helmfile, source.and_then(|s| s.release.as_deref())) {
+        (Some(file), Some(release)) if file.ends_with(".yaml") || file.ends_with(".yml") => format!(
+            "`{delete} && helmfile --file {file} --environment {env} --selector name={release} sync` \
+             (helm creates it again and ESO reads it from the store in use)"
+        ),
+        _ => format!(
+            "`{delete}`, then apply it again from where it came from (ESO reads a new one from the store in use)"
+        ),
+    }
+}
+
+/// Forces ESO to validate the store and re-read every ExternalSecret on it,
+/// then polls until each has refreshed since the force and is Ready. Those
+/// ESO does not re-read when forced are named with their fix, not waited on.
 fn wait_ready(ctx: &Ctx) -> Result<String> {
+    let stamp = stamp();
+    let store = wait_store(ctx, &stamp)?;
     let ours = |all: Vec<EsStatus>| -> Vec<EsStatus> {
         all.into_iter()
             .filter(|e| scan::is_our_store(&e.store))
@@ -412,46 +705,124 @@ fn wait_ready(ctx: &Ctx) -> Result<String> {
     let listed = ours(kube::external_secrets()?);
     if listed.is_empty() {
         return Ok(format!(
-            "no ExternalSecrets use ClusterSecretStore/{STORE_NAME} yet"
+            "{store}; no ExternalSecrets use ClusterSecretStore/{STORE_NAME} yet"
         ));
     }
-    let before: BTreeMap<String, Seen> = listed.iter().map(|e| (e.id(), Seen::of(e))).collect();
-    // A new value every time, so the annotation always changes and ESO
-    // always reconciles (its value is a label, never compared).
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default()
-        .to_string();
-    for es in &listed {
+    let (frozen, forced): (Vec<EsStatus>, Vec<EsStatus>) = listed
+        .into_iter()
+        .partition(|e| e.ignores_force_sync().is_some());
+    let frozen: Vec<(EsStatus, String)> = frozen
+        .into_iter()
+        .map(|e| {
+            let why = e.ignores_force_sync().unwrap_or_default();
+            (e, why)
+        })
+        .collect();
+    let skipped: std::collections::BTreeSet<String> = frozen.iter().map(|(e, _)| e.id()).collect();
+    let before: BTreeMap<String, Seen> = forced.iter().map(|e| (e.id(), Seen::of(e))).collect();
+    for es in &forced {
         kube::force_sync(&es.namespace, &es.name, &stamp)?;
     }
-    let mut pending = Vec::new();
+    let mut pending: Vec<EsStatus> = Vec::new();
+    let mut done_at = None;
     for attempt in 1..=ctx.wait.attempts {
         pending = ours(kube::external_secrets()?)
             .into_iter()
-            .filter_map(|e| pending_reason(before.get(&e.id()), &e).map(|why| (e.id(), why)))
+            .filter(|e| !skipped.contains(&e.id()))
+            .filter(|e| pending_reason(before.get(&e.id()), e).is_some())
             .collect();
         if pending.is_empty() {
-            return Ok(format!(
-                "{} ExternalSecrets on {STORE_NAME} refreshed and Ready (poll {attempt})",
-                listed.len()
-            ));
+            done_at = Some(attempt);
+            break;
         }
         if attempt < ctx.wait.attempts {
             std::thread::sleep(ctx.wait.sleep);
         }
     }
-    let lines: Vec<String> = pending
-        .iter()
-        .map(|(id, why)| format!("  {id}: {why}"))
-        .collect();
-    bail!(
-        "{} ExternalSecrets not refreshed and Ready after {} polls {:.0}s apart:\n{}\nSee docs/secrets.md#troubleshooting for each reason.",
+    let Some(attempt) = done_at else {
+        return Err(not_ready(ctx, &before, &pending));
+    };
+    let mut detail = format!(
+        "{store}; {} ExternalSecrets on {STORE_NAME} refreshed and Ready (poll {attempt})",
+        forced.len()
+    );
+    if !frozen.is_empty() {
+        let ids: Vec<String> = frozen
+            .iter()
+            .map(|(e, why)| format!("{} ({why})", e.id()))
+            .collect();
+        detail.push_str(&format!(
+            "; not forced, as ESO does not re-read them: {}",
+            output::capped(&ids)
+        ));
+        eprintln!(
+            "warning: ESO does not re-read {} ExternalSecret(s) on {STORE_NAME} when forced, so each keeps what \
+             it read from the store it used before; to read the store in use now:\n{}",
+            frozen.len(),
+            not_forced_lines(ctx, &frozen).join("\n")
+        );
+    }
+    Ok(detail)
+}
+
+/// The wait's failure: each ExternalSecret still pending, with ESO's
+/// condition and, for one that failed, ESO's last Warning Event about it
+/// (the condition says only `could not get secret data from provider`).
+fn not_ready(ctx: &Ctx, before: &BTreeMap<String, Seen>, pending: &[EsStatus]) -> anyhow::Error {
+    let shown = &pending[..pending.len().min(output::NAMES_SHOWN)];
+    let mut events: BTreeMap<String, BTreeMap<String, kube::Event>> = BTreeMap::new();
+    for es in shown.iter().filter(|e| e.ready == Some(false)) {
+        if !events.contains_key(&es.namespace) {
+            let newest = kube::warning_events(Some(&es.namespace), "ExternalSecret", None)
+                .map(kube::newest_by_object)
+                .unwrap_or_default();
+            events.insert(es.namespace.clone(), newest);
+        }
+    }
+    let mut denied = false;
+    let mut lines: Vec<String> = Vec::new();
+    for es in shown {
+        let why = pending_reason(before.get(&es.id()), es).unwrap_or_default();
+        let event = events.get(&es.namespace).and_then(|n| n.get(&es.name));
+        denied |=
+            permission_denied(&es.message) || event.is_some_and(|e| permission_denied(&e.message));
+        lines.push(format!("  {}: {why}{}", es.id(), said(event)));
+    }
+    if pending.len() > shown.len() {
+        lines.push(format!("  and {} more", pending.len() - shown.len()));
+    }
+    // They wait for the store: say why it is not Ready.
+    let blocked = format!("\"{STORE_NAME}\" is not ready");
+    if lines.iter().any(|l| l.contains(&blocked)) {
+        if let Ok(Some(store)) = kube::cluster_secret_store(STORE_NAME) {
+            let event = kube::warning_events(None, "ClusterSecretStore", Some(STORE_NAME))
+                .ok()
+                .and_then(|e| kube::newest_by_object(e).remove(STORE_NAME));
+            denied |= event
+                .as_ref()
+                .is_some_and(|e| permission_denied(&e.message))
+                || permission_denied(&store.message);
+            lines.push(format!(
+                "  ClusterSecretStore/{STORE_NAME}: {}{}",
+                store.describe(),
+                said(event.as_ref())
+            ));
+        }
+    }
+    anyhow::anyhow!(
+        "{} ExternalSecrets not refreshed and Ready after {}:\n{}\n{}See docs/secrets.md#troubleshooting for each \
+         reason; `kubectl describe externalsecret <name> --namespace <ns>` shows ESO's events.",
         pending.len(),
-        ctx.wait.attempts,
-        ctx.wait.sleep.as_secs_f64(),
-        lines.join("\n")
+        polls(ctx),
+        lines.join("\n"),
+        if denied {
+            format!(
+                "{}\n",
+                crate::secrets::doctor::denied_checks(&ctx.root, &ctx.env, &ctx.cfg)
+            )
+        } else {
+            String::new()
+        }
     )
 }
 
@@ -474,6 +845,9 @@ mod tests {
             message: "m".into(),
             refresh_time: refresh.map(String::from),
             synced_resource_version: rv.map(String::from),
+            refresh_interval: Some("1h".into()),
+            refresh_policy: None,
+            target: "a".into(),
         }
     }
 

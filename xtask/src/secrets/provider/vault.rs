@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
-use super::vault_http::{json_string, Method, SealStatus, VaultError, VaultHttp};
+use super::vault_http::{backoff, json_string, Method, SealStatus, VaultError, VaultHttp};
 use super::vault_listing::detailed_listing;
 use super::vault_record::{
     read_record, stamp, update_record, write_stamp, Change, MountRecord, Phase, Record, RECORD_NAME,
@@ -112,6 +112,7 @@ pub fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<E
                 service: cfg.port_forward.service.clone(),
                 port: cfg.port_forward.port,
                 start_deadline: cfg.port_forward.start_timeout,
+                pod_wait: cfg.port_forward.pod_wait,
             })?;
             (pf.addr(), Some(pf))
         }
@@ -130,6 +131,29 @@ pub fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<E
         port_forward,
         seal,
     })
+}
+
+/// `sys/seal-status` through a port-forward that was just started: the
+/// forward's first connection. A pod that refuses it (Vault not listening
+/// yet) makes kubectl exit there, and the forward's watcher restarts it:
+/// retried like any later call (the client's lifeline holds a failed
+/// attempt until the restart is done, and ends the retries once the
+/// forward is gone for good). Other answers are final.
+fn first_seal_status(
+    http: &VaultHttp,
+    forward: &port_forward::PortForward,
+    retries: u32,
+) -> Result<SealStatus, VaultError> {
+    let mut attempt = 0;
+    loop {
+        match http.seal_status() {
+            Err(VaultError::Unreachable { .. }) if attempt < retries && !forward.is_gone() => {
+                std::thread::sleep(backoff(attempt));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// `sys/seal-status`, whose storage type is `inmem` for a dev server; the
@@ -182,9 +206,10 @@ impl VaultProvider {
         }
         let mount = cfg.vault_mount.value.clone();
         let token_source = endpoint.token.source.clone();
-        let seal = match endpoint.seal {
-            Some(seal) => seal,
-            None => http.seal_status()?,
+        let seal = match (endpoint.seal, &endpoint.port_forward) {
+            (Some(seal), _) => seal,
+            (None, Some(pf)) => first_seal_status(&http, pf, cfg.vault_retries)?,
+            (None, None) => http.seal_status()?,
         };
         if seal.sealed {
             return Err(VaultError::Sealed {
