@@ -98,7 +98,8 @@ fn down(provider: &str) -> String {
 pub(crate) fn cluster(context: &str, eso: Value, syncs: Value) -> Value {
     json!({"kubectl": {"context": context, "crds": [CRD], "eso": eso, "objects": objects(),
         "clustersecretstore": {"status": {"conditions": [{"type": "Ready", "status": "True",
-            "reason": "Valid", "message": "store validated"}]}}},
+            "reason": "Valid", "message": "store validated",
+            "lastTransitionTime": "2026-12-01T00:00:00Z"}]}}},
         "helmfile": {"sync": syncs}})
 }
 
@@ -362,12 +363,16 @@ fn migrates_to_vault_and_back_when_everything_is_ready() {
     let annotated: Vec<String> = argvs(&sb, "kubectl")
         .into_iter()
         .filter(|a| a[0] == "annotate")
-        .map(|a| a[2].clone())
+        .map(|a| format!("{}/{}", a[1], a[2]))
         .collect();
     assert_eq!(
         annotated,
-        ["graph-db-credentials", "platform-db-credentials"],
-        "only ExternalSecrets on ameide-vault are forced"
+        [
+            "clustersecretstore/ameide-vault",
+            "externalsecret/graph-db-credentials",
+            "externalsecret/platform-db-credentials"
+        ],
+        "the store first, then only ExternalSecrets on ameide-vault"
     );
     // The seed really happened.
     let client = bao.client();
