@@ -64,10 +64,12 @@ macro_rules! usage {
 
 /// Parses the command line, runs the command, and maps errors to exit codes.
 ///
-/// A closed standard output or error (`status | head -1`) ends the command
-/// quietly with exit 0, as `rg` and `fd` do: `print!` panics on a broken
-/// pipe, and we catch that one panic (so destructors still stop any
-/// port-forward) and say nothing about it.
+/// A closed standard output or error (`status | head -1`) ends a command
+/// that only reads quietly with exit 0, as `rg` and `fd` do: `print!`
+/// panics on a broken pipe, and we catch that one panic (so destructors
+/// still stop any port-forward) and say nothing about it. A command that
+/// changes state finishes instead, whatever happens to its output or its
+/// terminal, and exits with its own code ([`changes_state`]).
 pub fn run_cli() -> ExitCode {
     quiet_broken_pipe_panics();
     match std::panic::catch_unwind(run_cli_inner) {
@@ -98,6 +100,12 @@ fn run_cli_inner() -> ExitCode {
     };
     // Reports peak RSS at the end, in the benchmark's measured runs only.
     let _peak_rss = bench::PeakRssReport::from_env();
+    // Held to the end, past the error message: see `process::FinishRegardless`.
+    let _finish = changes_state(&flags.subcommand).then(process::finish_regardless);
+    if let Err(err) = check_env_flag(&flags.subcommand) {
+        say_error(&format!("{err:#}"));
+        return ExitCode::from(EXIT_USAGE);
+    }
     let result = match flags.subcommand {
         flags::XtaskCmd::Tools(cmd) => tools::run(&cmd),
         flags::XtaskCmd::Test(cmd) => test_cmd::run(&cmd),
@@ -118,6 +126,43 @@ fn run_cli_inner() -> ExitCode {
             say_error(&output::one_line_errors(&format!("{err:#}")));
             ExitCode::from(code)
         }
+    }
+}
+
+/// Whether the command writes to a store, the flag file or the journal: a
+/// seed that is not a dry run, `migrate` and `rollback`. Such a command
+/// runs to its end (or its rollback) when its output or terminal goes away.
+fn changes_state(cmd: &flags::XtaskCmd) -> bool {
+    let flags::XtaskCmd::Secrets(secrets) = cmd else {
+        return false;
+    };
+    match &secrets.subcommand {
+        flags::SecretsCmd::Seed(f) => !f.dry_run,
+        flags::SecretsCmd::Migrate(f) => !f.dry_run,
+        flags::SecretsCmd::Rollback(f) => !f.dry_run,
+        _ => false,
+    }
+}
+
+/// Refuses an `--env` that names no environment of the repository (exit 2).
+/// `check` may read another infra tree (`--infra`): there only the name's
+/// form is checked here, and `check` itself knows that tree's environments.
+fn check_env_flag(cmd: &flags::XtaskCmd) -> anyhow::Result<()> {
+    let flags::XtaskCmd::Secrets(secrets) = cmd else {
+        return Ok(());
+    };
+    let (env, known_here) = match &secrets.subcommand {
+        flags::SecretsCmd::Seed(f) => (&f.env, true),
+        flags::SecretsCmd::Migrate(f) => (&f.env, true),
+        flags::SecretsCmd::Rollback(f) => (&f.env, true),
+        flags::SecretsCmd::Status(f) => (&f.env, true),
+        flags::SecretsCmd::Doctor(f) => (&f.env, true),
+        flags::SecretsCmd::Check(f) => (&f.env, false),
+        flags::SecretsCmd::Completions(_) => return Ok(()),
+    };
+    match env {
+        Some(env) => project::require_env(&project_root(), env, known_here),
+        None => Ok(()),
     }
 }
 

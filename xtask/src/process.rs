@@ -424,6 +424,155 @@ pub fn tail(text: &str, n: usize) -> String {
         .join("\n  ")
 }
 
+/// Keeps a command that changes state (a seed that writes, `migrate`,
+/// `rollback`) running to its end and its real exit code when its output
+/// loses its reader: `| head` closed the pipe, or the terminal was closed.
+///
+/// SIGHUP is ignored; children inherit that, so a `helmfile sync` under
+/// way finishes too (their PR_SET_PDEATHSIG is untouched). Standard output
+/// and error are moved onto a pipe of ours: a thread copies what arrives to
+/// where they pointed and, once that fails, drops the rest, so `println!`
+/// never meets a closed pipe (it would panic). Two descriptors on the same
+/// file (a terminal, `2>&1`) share one pipe, which keeps their order.
+/// Dropping it puts both back and lets the copiers finish.
+pub struct FinishRegardless {
+    copies: Vec<Copier>,
+}
+
+/// One destination: the descriptors moved onto our pipe, where they
+/// pointed, and the thread copying to it.
+struct Copier {
+    fds: Vec<i32>,
+    original: std::os::fd::OwnedFd,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Whether standard error was a terminal before [`finish_regardless`]
+/// moved it onto a pipe.
+static STDERR_TERMINAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Starts [`FinishRegardless`] for the rest of the command.
+pub fn finish_regardless() -> FinishRegardless {
+    use std::io::IsTerminal;
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: SIG_IGN installs no handler; nothing runs in signal context.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+    STDERR_TERMINAL.store(
+        std::io::stderr().is_terminal(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    // Which file each descriptor is, before any of them moves.
+    let mut groups: Vec<((u64, u64), Vec<i32>, std::os::fd::OwnedFd)> = Vec::new();
+    for fd in [1, 2] {
+        let Some(original) = duplicate(fd) else {
+            continue;
+        };
+        let meta = original.try_clone().map(std::fs::File::from);
+        let Ok(meta) = meta.and_then(|f| f.metadata()) else {
+            continue;
+        };
+        let id = (meta.dev(), meta.ino());
+        match groups.iter_mut().find(|(g, _, _)| *g == id) {
+            Some((_, fds, _)) => fds.push(fd),
+            None => groups.push((id, vec![fd], original)),
+        }
+    }
+    let copies = groups
+        .into_iter()
+        .filter_map(|(_, fds, original)| Copier::start(fds, original).ok())
+        .collect();
+    FinishRegardless { copies }
+}
+
+/// Whether standard error is (or, under [`finish_regardless`], was) a
+/// terminal: for progress lines.
+pub fn stderr_is_terminal() -> bool {
+    use std::io::IsTerminal;
+    STDERR_TERMINAL.load(std::sync::atomic::Ordering::Relaxed) || std::io::stderr().is_terminal()
+}
+
+/// A close-on-exec duplicate of descriptor `fd`, if it is open.
+fn duplicate(fd: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl duplicates `fd` or fails (it is closed); the new
+    // descriptor is ours alone, so OwnedFd may close it.
+    unsafe {
+        let new = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3);
+        (new >= 0).then(|| std::os::fd::OwnedFd::from_raw_fd(new))
+    }
+}
+
+impl Copier {
+    fn start(fds: Vec<i32>, original: std::os::fd::OwnedFd) -> std::io::Result<Copier> {
+        use std::os::fd::AsRawFd;
+        let destination = std::fs::File::from(original.try_clone()?);
+        let (reader, writer) = std::io::pipe()?;
+        let thread = std::thread::Builder::new()
+            .name("output".into())
+            .spawn(move || copy_until_closed(reader, destination))?;
+        let mut moved = Vec::new();
+        for fd in fds {
+            // SAFETY: dup2 onto a standard descriptor we own; on failure it
+            // keeps pointing where it did.
+            if unsafe { libc::dup2(writer.as_raw_fd(), fd) } >= 0 {
+                moved.push(fd);
+            }
+        }
+        Ok(Copier {
+            fds: moved,
+            original,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// Copies `from` to `to` until every writer has closed the pipe; after the
+/// first failed write (the reader of `to` is gone), reads and drops.
+fn copy_until_closed(mut from: std::io::PipeReader, mut to: std::fs::File) {
+    use std::io::{Read, Write};
+    let mut buf = [0u8; 8192];
+    let mut open = true;
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => open = open && to.write_all(&buf[..n]).is_ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl Drop for FinishRegardless {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        for copier in &self.copies {
+            for fd in &copier.fds {
+                // SAFETY: puts the standard descriptor back where it pointed,
+                // which closes our pipe's write end there.
+                unsafe {
+                    libc::dup2(copier.original.as_raw_fd(), *fd);
+                }
+            }
+        }
+        // A child that inherited the pipe could hold it open: wait 2 s at most.
+        let until = Instant::now() + Duration::from_secs(2);
+        for copier in &mut self.copies {
+            if let Some(thread) = copier.thread.take() {
+                while !thread.is_finished() && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if thread.is_finished() {
+                    let _ = thread.join();
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

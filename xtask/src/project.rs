@@ -43,6 +43,33 @@ pub fn environments(root: &Path) -> Vec<String> {
     })
 }
 
+/// Refuses an `--env` the repository does not have (a usage error, exit 2):
+/// a name with a path in it (`../x`, `a/b`) always; with `known_here`, any
+/// name but the [`environments`] of `root`. The message lists them.
+pub fn require_env(root: &Path, env: &str, known_here: bool) -> anyhow::Result<()> {
+    let known = environments(root);
+    let listed = if known.is_empty() {
+        "none found under infra/kubernetes/environments".to_string()
+    } else {
+        known.join(", ")
+    };
+    let plain = !env.is_empty()
+        && !env.starts_with('.')
+        && env
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !plain {
+        crate::usage!(
+            "--env {env:?} is not an environment name (letters, digits, '-', '_' and '.', not a path): \
+             known environments are {listed}"
+        );
+    }
+    if known_here && !known.iter().any(|k| k == env) {
+        crate::usage!("unknown environment {env:?} (--env): known environments are {listed}");
+    }
+    Ok(())
+}
+
 /// Every folder under an infra tree's `environments/`, sorted (`check`
 /// reads infra trees that are not the repository's).
 pub fn environment_folders(infra: &Path) -> Vec<String> {
@@ -76,4 +103,34 @@ pub fn path_with_tools(root: &Path) -> std::ffi::OsString {
 /// (see [`crate::secrets::config::shown_from`]).
 pub fn shown(path: &Path) -> String {
     crate::secrets::config::shown_from(&project_root(), path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_env_must_be_a_known_name_not_a_path() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        assert!(require_env(root, "local", true).is_ok());
+        assert!(require_env(root, "staging", true).is_ok());
+        for bad in ["../local", "/etc", "a/b", "..", ".", ""] {
+            let err = require_env(root, bad, false).unwrap_err();
+            assert!(err.downcast_ref::<crate::UsageError>().is_some(), "{bad}");
+            assert!(
+                err.to_string().contains("local, production, staging"),
+                "{err}"
+            );
+        }
+        let err = require_env(root, "nope", true).unwrap_err();
+        assert!(err.downcast_ref::<crate::UsageError>().is_some());
+        assert_eq!(
+            err.to_string(),
+            "unknown environment \"nope\" (--env): known environments are local, production, staging"
+        );
+        assert!(
+            require_env(root, "nope", false).is_ok(),
+            "check decides for its own tree"
+        );
+    }
 }

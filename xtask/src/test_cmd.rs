@@ -1,6 +1,7 @@
 //! `cargo xtask test`: what CI runs. Installs the pinned tools, then checks
 //! formatting and lints, fuzzes each target briefly (with CI=true a missing
-//! fuzz toolchain fails), then runs every test with the tools first on PATH.
+//! fuzz toolchain fails; without, fuzzing is skipped and the run says so),
+//! then runs every test with the tools first on PATH.
 //! Tests skipped for missing tools (only with `XTASK_SKIP_TOOL_TESTS=1`)
 //! are listed in a log the harness writes, and counted at the end.
 
@@ -37,15 +38,18 @@ pub fn run(flags: &flags::Test) -> Result<()> {
     .run()
     .context("clippy found problems (see above)")?;
     let args = &flags.args;
-    // A filtered run is a developer's quick loop: no fuzzing then.
+    // A filtered run is a developer's quick loop: no fuzzing then. Without
+    // CI, a machine without nightly or cargo-fuzz skips it (said twice: now
+    // and after the tests); with CI=true it installs cargo-fuzz, and fails
+    // without nightly.
+    let mut fuzz_skipped = false;
     if args.is_empty() {
         let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
         if fuzz::ensure_tools(ci)? {
             fuzz::run_targets(&root, fuzz::TARGETS, FUZZ_SECONDS)?;
         } else {
-            eprintln!(
-                "SKIPPED fuzzing: needs the nightly toolchain and cargo-fuzz (`cargo xtask fuzz` installs cargo-fuzz)"
-            );
+            fuzz_skipped = true;
+            eprintln!("{FUZZ_SKIPPED}");
         }
     }
     let skip_log = root.join("target/tool-test-skips.txt");
@@ -56,8 +60,16 @@ pub fn run(flags: &flags::Test) -> Result<()> {
         .context("tests failed (see above)");
     let skipped = std::fs::read_to_string(&skip_log).unwrap_or_default();
     print!("{}", skip_summary(&skipped));
+    if fuzz_skipped {
+        println!("\n{FUZZ_SKIPPED}");
+    }
     tested
 }
+
+/// What a run without the fuzzing tools says, where CI would fuzz.
+const FUZZ_SKIPPED: &str = "SKIPPED fuzzing: needs the nightly toolchain (`rustup toolchain install nightly`) and \
+     cargo-fuzz (`cargo xtask fuzz` installs it). CI fuzzes: `CI=true cargo xtask test` installs cargo-fuzz and \
+     fails without nightly";
 
 /// The closing lines about tests skipped for missing tools: none, or how
 /// many and which.

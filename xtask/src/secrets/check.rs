@@ -170,7 +170,13 @@ pub fn run(flags: &flags::Check) -> Result<()> {
         if flags.as_eso {
             let http = store.vault_http().expect("a vault store");
             let names = EsoNames::load(&root, &env)?;
-            as_eso = Some(eso_read::read_as_eso(http, &names, &eso_keys(&scan))?);
+            as_eso = Some(eso_read::read_as_eso(
+                http,
+                &names,
+                &eso_keys(&scan),
+                &root,
+                &env,
+            )?);
         }
         Some(live)
     } else {
@@ -211,6 +217,13 @@ pub fn run(flags: &flags::Check) -> Result<()> {
         }
     }
     let failures = report.failures(&fail_on);
+    if let Some(refused) = as_eso.as_ref().and_then(|a| a.login_refused.as_ref()) {
+        bail!(
+            "ESO cannot log in to Vault: {}. Fix: {}; see docs/secrets.md#esos-login-to-vault",
+            refused.cause,
+            refused.fix
+        );
+    }
     if let Some(a) = as_eso.as_ref().filter(|a| !a.ok()) {
         let mut problems = Vec::new();
         if !a.unreadable.is_empty() {

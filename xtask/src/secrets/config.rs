@@ -102,6 +102,48 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A Vault address. It may carry a user and password
+/// (`http://user:pass@host`, sent as HTTP basic auth): `Display`, `Debug`
+/// and `Serialize` show them as `***` ([`super::guard::shown_addr`]); the
+/// address to connect to is [`VaultAddr::expose`] (or the `str` it derefs
+/// to). Never `to_string()` it to connect: that is the shown form.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VaultAddr(String);
+
+impl VaultAddr {
+    pub fn new(addr: String) -> VaultAddr {
+        VaultAddr(addr)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for VaultAddr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for VaultAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&super::guard::shown_addr(&self.0))
+    }
+}
+
+impl fmt::Debug for VaultAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VaultAddr({self})")
+    }
+}
+
+impl serde::Serialize for VaultAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
 /// The layout of `secrets.toml` and `.local/secrets.toml`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -202,7 +244,7 @@ pub struct Config {
     pub fixtures: Setting<PathBuf>,
     pub overrides: Setting<PathBuf>,
     pub concurrency: Setting<usize>,
-    pub vault_addr: Option<Setting<String>>,
+    pub vault_addr: Option<Setting<VaultAddr>>,
     pub vault_token: Option<Setting<Secret>>,
     pub vault_namespace: Option<Setting<String>>,
     /// PEM file of the CA that signed an HTTPS Vault's certificate.
@@ -302,16 +344,13 @@ impl Config {
             "vault".to_string(),
         );
         let Some(kind) = ProviderKind::parse(&provider_raw.value) else {
-            let msg = format!(
-                "unknown provider {:?} (from {}): use vault, file or azure",
-                provider_raw.value, provider_raw.source
-            );
-            // A flag or SECRETS_PROVIDER is how this run was invoked: a usage
-            // error (2). A bad value in a config file is the file's fault (1).
-            if matches!(provider_raw.source, Source::Flag(_) | Source::Env(_)) {
-                return Err(anyhow::Error::new(crate::UsageError(msg)));
-            }
-            bail!(msg);
+            return Err(bad_value(
+                &provider_raw.source,
+                format!(
+                    "unknown provider {:?} (from {}): use vault, file or azure",
+                    provider_raw.value, provider_raw.source
+                ),
+            ));
         };
         let provider = Setting {
             value: kind,
@@ -352,17 +391,19 @@ impl Config {
             16,
         );
         if concurrency.value == 0 || concurrency.value > 256 {
-            let msg = format!(
-                "concurrency must be 1 to 256, got {} (from {})",
-                concurrency.value, concurrency.source
-            );
-            return Err(anyhow::Error::new(crate::UsageError(msg)));
+            return Err(bad_value(
+                &concurrency.source,
+                format!(
+                    "concurrency must be 1 to 256, got {} (from {})",
+                    concurrency.value, concurrency.source
+                ),
+            ));
         }
         let vault_addr = pick(
             None,
-            env("VAULT_ADDR").map(|v| (v, "VAULT_ADDR")),
-            local.vault.addr.clone(),
-            repo.vault.addr.clone(),
+            env("VAULT_ADDR").map(|v| (VaultAddr(v), "VAULT_ADDR")),
+            local.vault.addr.clone().map(VaultAddr),
+            repo.vault.addr.clone().map(VaultAddr),
         );
         let mut vault_token = pick(
             None,
@@ -407,10 +448,13 @@ impl Config {
         );
         let mount = vault_mount.value.trim_matches('/');
         if mount.is_empty() || mount.contains("..") {
-            return Err(anyhow::Error::new(crate::UsageError(format!(
-                "invalid Vault mount {:?} (from {})",
-                vault_mount.value, vault_mount.source
-            ))));
+            return Err(bad_value(
+                &vault_mount.source,
+                format!(
+                    "invalid Vault mount {:?} (from {}): name a KV mount such as secret",
+                    vault_mount.value, vault_mount.source
+                ),
+            ));
         }
         let vault_mount = Setting {
             value: mount.to_string(),
@@ -565,7 +609,11 @@ impl Config {
             ),
         ];
         match &self.vault_addr {
-            Some(s) => rows.push(("vault.addr".into(), s.value.clone(), s.source.to_string())),
+            Some(s) => rows.push((
+                "vault.addr".into(),
+                s.value.to_string(),
+                s.source.to_string(),
+            )),
             None => rows.push((
                 "vault.addr".into(),
                 format!(
@@ -627,6 +675,18 @@ impl Config {
     }
 }
 
+/// A bad value's error. From a flag or the environment (how this run was
+/// invoked) it is a usage error, exit 2; from `secrets.toml` or
+/// `.local/secrets.toml` it is that file's error, exit 1, like every other
+/// error in those files. `msg` names where the value came from.
+fn bad_value(source: &Source, msg: String) -> anyhow::Error {
+    if matches!(source, Source::Flag(_) | Source::Env(_)) {
+        anyhow::Error::new(crate::UsageError(msg))
+    } else {
+        anyhow::anyhow!("{msg}: fix it there, or remove it for the default")
+    }
+}
+
 /// A path given on the command line or in the environment, made absolute
 /// from the working directory (as every CLI reads it).
 pub fn from_cwd(p: &Path) -> PathBuf {
@@ -673,7 +733,7 @@ pub fn shown_from(root: &Path, path: &Path) -> String {
 }
 
 /// The canonical form of the longest existing ancestor of `path`, with the rest appended.
-fn canonical_prefix(path: &Path) -> Option<PathBuf> {
+pub(crate) fn canonical_prefix(path: &Path) -> Option<PathBuf> {
     let mut rest = Vec::new();
     let mut cur = path;
     loop {
@@ -717,8 +777,24 @@ fn read_file_config(path: &Path) -> Result<FileConfig> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileConfig::default()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    toml::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))
+    // The error's position and message only: toml's own text quotes the
+    // line, which may hold vault.token.
+    toml::from_str(&text).map_err(|e| {
+        let (line, col) = e.span().map_or((1, 1), |span| line_col(&text, span.start));
+        anyhow::anyhow!(
+            "{}:{line}:{col}: {}. Fix the file (see secrets.toml for the keys)",
+            path.display(),
+            e.message().trim_end()
+        )
+    })
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, col)
 }
 
 #[cfg(test)]
@@ -789,6 +865,55 @@ mod tests {
         assert_eq!(token.source, Source::TokenFile(home.join(".vault-token")));
         let shown = format!("{:?} {:?}", cfg.describe(), cfg);
         assert!(!shown.contains("s.fromfile"), "{shown}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_password_in_vault_addr_shows_only_as_stars() {
+        let root = scratch("addr");
+        let env =
+            |name: &str| (name == "VAULT_ADDR").then(|| "http://u:pw-x@127.0.0.1:8200".into());
+        let cfg = Config::load_with(&root, &FlagValues::default(), &env, None).unwrap();
+        let addr = &cfg.vault_addr.as_ref().unwrap().value;
+        assert_eq!(
+            addr.expose(),
+            "http://u:pw-x@127.0.0.1:8200",
+            "connecting keeps it"
+        );
+        assert_eq!(addr.to_string(), "http://***@127.0.0.1:8200");
+        let shown = format!(
+            "{:?} {:?} {}",
+            cfg,
+            cfg.describe(),
+            serde_json::json!({ "addr": addr })
+        );
+        assert!(!shown.contains("pw-x"), "{shown}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_bad_value_in_a_config_file_is_that_files_error_never_a_usage_error() {
+        let root = scratch("file-errors");
+        for text in [
+            "concurrency = 0\n",
+            "[vault]\nmount = \"..\"\n",
+            "provider = \"consul\"\n",
+            "[vault]\ntoken = s.unquoted\n",
+        ] {
+            std::fs::write(root.join(".local/secrets.toml"), text).unwrap();
+            let err =
+                Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap_err();
+            assert!(
+                err.downcast_ref::<crate::UsageError>().is_none(),
+                "{text}: {err}"
+            );
+            let msg = format!("{err:#}");
+            assert!(msg.contains(".local/secrets.toml"), "{msg}");
+            assert!(
+                !msg.contains("s.unquoted"),
+                "a token line is never quoted: {msg}"
+            );
+        }
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -420,18 +420,14 @@ fn vault_findings(
         Ok(scan) => check::eso_keys(scan),
         Err(_) => return, // the coverage finding below names the file
     };
-    match eso_read::read_as_eso(http, &names, &keys) {
+    match eso_read::read_as_eso(http, &names, &keys, &cfg.root, env) {
         Ok(a) if a.ok() => out.push(ok("eso access", a.summary())),
         Ok(a) => {
             let mut text = a.summary();
             for (key, why) in a.unreadable.iter().take(10) {
                 text.push_str(&format!("\n{:<16}{key}: {why}", ""));
             }
-            out.push(fail(
-                "eso access",
-                text,
-                "cargo xtask secrets check --live --as-eso; cargo xtask secrets seed",
-            ));
+            out.push(fail("eso access", text, a.fix()));
         }
         Err(e) => out.push(warn(
             "eso access",

@@ -1,30 +1,85 @@
-//! Reading Vault as ESO would (`check --live --as-eso`, `doctor`): a
-//! short-lived token holding exactly the role's policies (minted with the
-//! caller's token through `auth/token/create`) reads every key the
-//! ExternalSecrets need, and a write with it must be refused.
+//! Reading Vault as ESO does (`check --live --as-eso`, `doctor`): ESO's
+//! login, end to end, then its reads.
+//!
+//! The login is the one ESO's controller makes: a TokenRequest for the
+//! store's service account (`kubectl create token`), `POST
+//! auth/<mountPath>/login` with that token, and Vault's TokenReview of it at
+//! the API server. The Vault token it gets reads every key the
+//! ExternalSecrets need, a write with it must be refused, and it is revoked
+//! at the end. A refused login is explained ([`Refused`]): with the
+//! caller's token, the role's bindings, the auth config and the reviewer's
+//! ClusterRoleBindings are read, in that order.
+//!
+//! With no cluster to log in through (no kube context, or kubectl cannot
+//! reach it) only the policy is checked: a token minted with the role's
+//! policies through `auth/token/create`, labelled `policy-only`, which
+//! proves nothing before the policy.
+//!
+//! The JWT and the Vault tokens stay in memory: kubectl prints the JWT on
+//! stdout (a failure quotes stderr only), and no argv, output or error holds
+//! either.
 //!
 //! The write probe cannot change anything: it is a KV v2 write with a
 //! check-and-set version no entry has, so a policy that allowed writes gets
 //! "check-and-set parameter did not match" (400) instead of 403.
 
-use anyhow::{bail, Result};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::pool::bounded;
+use crate::process::Tool;
 use crate::secrets::config::Secret;
-use crate::secrets::eso_access::{strings, EsoNames};
-use crate::secrets::provider::vault_http::{Method, VaultHttp};
-use crate::secrets::vault_checks;
+use crate::secrets::eso_access::{strings, EsoNames, STORE_CHART_VALUES};
+use crate::secrets::provider::vault_http::{Method, Reply, VaultHttp};
+use crate::secrets::{helmfile, kube, vault_checks};
 
 /// A check-and-set version no KV entry reaches (2^53 - 1, exact in JSON).
 const NO_SUCH_VERSION: u64 = (1 << 53) - 1;
 
-/// What a token with the role's policies could do.
+/// How long the service-account token lives: ESO's controller asks for 600 s.
+const TOKEN_DURATION: &str = "10m";
+
+/// The service account an in-cluster Vault reviews tokens with (the vault
+/// chart's, in layer 15's `vault` namespace).
+const VAULT_SA: (&str, &str) = ("vault", "vault");
+
+/// How the check got its Vault token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum How {
+    /// ESO's own login: TokenRequest, Vault login, TokenReview.
+    Login,
+    /// No cluster to log in through: a token minted with the role's policies.
+    PolicyOnly,
+}
+
+/// Why ESO's login fails, and what fixes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Refused {
+    pub cause: String,
+    pub fix: String,
+}
+
+/// What ESO could do: log in, read, write.
 #[derive(Debug, Clone, Serialize)]
 pub struct AsEso {
+    pub method: How,
     pub role: String,
-    /// The policies the token held (the role's, plus `default` unless the role drops it).
+    /// `<namespace>/<name>` of the service account ESO logs in as.
+    pub service_account: String,
+    /// `auth/<mountPath>`.
+    pub auth: String,
+    /// The kube context the login went through.
+    pub kube_context: Option<String>,
+    /// Policy only: why no login was tried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_only_reason: Option<String>,
+    /// The login failed: why, and the fix. Nothing was read then.
+    pub login_refused: Option<Refused>,
+    /// The policies the token held.
     pub policies: Vec<String>,
     /// Keys read back with a string `value`.
     pub read: Vec<String>,
@@ -38,15 +93,39 @@ pub struct AsEso {
 
 impl AsEso {
     pub fn ok(&self) -> bool {
-        self.unreadable.is_empty() && self.write_refused
+        self.login_refused.is_none() && self.unreadable.is_empty() && self.write_refused
     }
 
     /// One line for humans.
     pub fn summary(&self) -> String {
+        if let Some(refused) = &self.login_refused {
+            return format!(
+                "as ESO: the login as {} through {} (role {}) fails: {}",
+                self.service_account, self.auth, self.role, refused.cause
+            );
+        }
+        let how = match (self.method, &self.policy_only_reason) {
+            (How::Login, _) => format!(
+                "as ESO (logged in as {} through {}{}, role {}, policies {})",
+                self.service_account,
+                self.auth,
+                self.kube_context
+                    .as_deref()
+                    .map(|c| format!(" in kube context {c}"))
+                    .unwrap_or_default(),
+                self.role,
+                self.policies.join(", ")
+            ),
+            (How::PolicyOnly, why) => format!(
+                "as ESO, policy only: no cluster to log in through ({}) — this does not prove ESO's login (role {}, \
+                 policies {})",
+                why.as_deref().unwrap_or("no kube context"),
+                self.role,
+                self.policies.join(", ")
+            ),
+        };
         format!(
-            "as ESO (role {}, policies {}): {} of {} keys read, write {}",
-            self.role,
-            self.policies.join(", "),
+            "{how}: {} of {} keys read, write {}",
             self.read.len(),
             self.read.len() + self.unreadable.len(),
             if self.write_refused {
@@ -56,11 +135,663 @@ impl AsEso {
             }
         )
     }
+
+    /// What fixes a failed read: the login's own fix, else a re-seed.
+    pub fn fix(&self) -> String {
+        match &self.login_refused {
+            Some(refused) => refused.fix.clone(),
+            None => {
+                "cargo xtask secrets check --live --as-eso; cargo xtask secrets seed".to_string()
+            }
+        }
+    }
 }
 
-/// Mints a token with the role's policies, reads `keys` with it, probes a
-/// write, and revokes the token.
-pub fn read_as_eso(http: &VaultHttp, names: &EsoNames, keys: &[String]) -> Result<AsEso> {
+/// Logs in as ESO does and reads `keys` with the token it gets (or, with no
+/// cluster to log in through, with a token holding the role's policies),
+/// probes a write, and revokes the token. `root` and `env` locate the
+/// store's values and layer 15.
+pub fn read_as_eso(
+    http: &VaultHttp,
+    names: &EsoNames,
+    keys: &[String],
+    root: &Path,
+    env: &str,
+) -> Result<AsEso> {
+    let context = match kube::context() {
+        Ok(Some(context)) => context,
+        Ok(None) if crate::tools::which("kubectl").is_none() => {
+            return policy_only(http, names, keys, "kubectl is not installed".into())
+        }
+        Ok(None) => return policy_only(http, names, keys, "no kube context".into()),
+        Err(e) => {
+            return policy_only(
+                http,
+                names,
+                keys,
+                format!("kubectl cannot read its kube context: {e:#}"),
+            )
+        }
+    };
+    let mut as_eso = AsEso {
+        method: How::Login,
+        role: names.role.clone(),
+        service_account: names.subject(),
+        auth: format!("auth/{}", names.auth_mount),
+        kube_context: Some(context.clone()),
+        policy_only_reason: None,
+        login_refused: None,
+        policies: Vec::new(),
+        read: Vec::new(),
+        unreadable: Vec::new(),
+        write_refused: false,
+        write_answer: String::new(),
+    };
+    let (jwt, audiences) = match service_account_token(names, &audiences(root)?, &context)? {
+        Minted::Token { jwt, audiences } => (jwt, audiences),
+        Minted::Refused(refused) => {
+            as_eso.login_refused = Some(refused);
+            return Ok(as_eso);
+        }
+        Minted::NoCluster(why) => return policy_only(http, names, keys, why),
+    };
+    let login_path = format!("auth/{}/login", names.auth_mount);
+    let anonymous = http.with_token(Secret::new(String::new()));
+    let login = anonymous.try_call(
+        Method::Post,
+        &login_path,
+        Some(&json!({"role": names.role, "jwt": jwt.expose()})),
+    )?;
+    drop(jwt);
+    let token = login.body["auth"]["client_token"].as_str().unwrap_or("");
+    if login.status != 200 || token.is_empty() {
+        let why = Why {
+            http,
+            names,
+            context: &context,
+            env,
+        };
+        as_eso.login_refused = Some(why.refused(&login, &audiences));
+        return Ok(as_eso);
+    }
+    as_eso.policies = strings(&login.body["auth"]["policies"]);
+    let eso = http.with_token(Secret::new(token.to_string()));
+    let result = probe(&eso, names, keys);
+    let _ = eso.try_call(Method::Post, "auth/token/revoke-self", None);
+    let (read, unreadable, write_refused, write_answer) = result?;
+    as_eso.read = read;
+    as_eso.unreadable = unreadable;
+    as_eso.write_refused = write_refused;
+    as_eso.write_answer = write_answer;
+    Ok(as_eso)
+}
+
+/// `serviceAccount.audiences` of the store chart's values: the audiences
+/// ESO asks for in its TokenRequest (none: the API server's own).
+fn audiences(root: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(root.join(STORE_CHART_VALUES))
+        .with_context(|| format!("reading {STORE_CHART_VALUES} (ESO's login is set up from it)"))?;
+    let docs = crate::yaml::parse_documents(&text)
+        .map_err(|e| anyhow!("{STORE_CHART_VALUES}:{}:{}: {}", e.line, e.col, e.message))?;
+    let list = docs
+        .first()
+        .and_then(|d| d.get("serviceAccount"))
+        .and_then(|s| s.get("audiences"));
+    Ok(list
+        .map(|a| {
+            a.as_seq()
+                .iter()
+                .filter_map(|n| n.as_str())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// What the cluster answered to the TokenRequest.
+enum Minted {
+    /// The JWT, and the audiences the API server gave it.
+    Token { jwt: Secret, audiences: Vec<String> },
+    /// The cluster refused: the service account is missing, or the kube
+    /// context may not create tokens.
+    Refused(Refused),
+    /// kubectl cannot reach the cluster.
+    NoCluster(String),
+}
+
+/// Whether kubectl failed because it never reached the API server.
+fn unreachable(stderr: &str) -> bool {
+    [
+        "was refused - did you specify the right host or port",
+        "Unable to connect to the server",
+        "dial tcp",
+        "no such host",
+        "i/o timeout",
+        "TLS handshake timeout",
+        "context deadline exceeded",
+    ]
+    .iter()
+    .any(|s| stderr.contains(s))
+}
+
+/// `kubectl create token <sa> --namespace <ns>`, as ESO's controller asks
+/// for one (a TokenRequest of 10 minutes, with the store's audiences).
+fn service_account_token(names: &EsoNames, audiences: &[String], context: &str) -> Result<Minted> {
+    let mut tool = Tool::new("kubectl")
+        .deadline(kube::KUBECTL_DEADLINE)
+        .install_hint(kube::INSTALL_HINT)
+        .args([
+            "create",
+            "token",
+            &names.service_account,
+            "--namespace",
+            &names.namespace,
+            "--duration",
+            TOKEN_DURATION,
+            "--output",
+            "json",
+        ]);
+    for audience in audiences {
+        tool = tool.args(["--audience", audience]);
+    }
+    let out = match tool.output() {
+        Ok(out) => out,
+        Err(e) => {
+            return Ok(Minted::NoCluster(format!(
+                "kubectl cannot reach the cluster of kube context {context}: {e:#}"
+            )))
+        }
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said = crate::process::tail(&stderr, 1);
+    if !out.status.success() {
+        let subject = names.subject();
+        return Ok(if unreachable(&stderr) {
+            Minted::NoCluster(format!(
+                "kubectl cannot reach the cluster of kube context {context}: {said}"
+            ))
+        } else if stderr.contains("forbidden") {
+            Minted::Refused(Refused {
+                cause: format!(
+                    "kube context {context} may not create a token for service account {subject} (kubectl: {said}), \
+                     so the login ESO's controller makes cannot be tried from here"
+                ),
+                fix: "switch to a kube context whose user may create service-account tokens, such as the cluster's \
+                      admin context (`kubectl config get-contexts` lists them, `kubectl config use-context <name>` \
+                      picks one), and run this again"
+                    .into(),
+            })
+        } else if stderr.contains("not found") {
+            Minted::Refused(Refused {
+                cause: format!(
+                    "service account {subject} is not in the cluster of kube context {context} (kubectl: {said}), so \
+                     ESO's controller gets no token to log in with"
+                ),
+                fix: format!(
+                    "if ESO runs under another service account, find it (`kubectl get serviceaccounts \
+                     --all-namespaces | grep external-secrets`), set serviceAccount.name and \
+                     serviceAccount.namespace in {STORE_CHART_VALUES}, and run `cargo xtask secrets seed`; if ESO is \
+                     not installed: {}",
+                    kube::ESO_INSTALL
+                ),
+            })
+        } else {
+            bail!(
+                "{}. Run that command by hand to see what kubectl needs, fix it, and run this again",
+                tool.failure(&out)
+            )
+        });
+    }
+    // stdout holds the token: parse it here, never quote it.
+    let answer: Value = serde_json::from_slice(&out.stdout).map_err(|_| {
+        anyhow!(
+            "`{}` printed no TokenRequest: is kubectl 1.24 or later? Run `cargo xtask tools`",
+            tool.display()
+        )
+    })?;
+    let Some(jwt) = answer["status"]["token"].as_str().filter(|t| !t.is_empty()) else {
+        bail!(
+            "`{}` answered without a token; run `kubectl version` to see which API server answered",
+            tool.display()
+        );
+    };
+    Ok(Minted::Token {
+        jwt: Secret::new(jwt.to_string()),
+        audiences: strings(&answer["spec"]["audiences"]),
+    })
+}
+
+/// Names the cause of a refused login, reading with the caller's token.
+struct Why<'a> {
+    http: &'a VaultHttp,
+    names: &'a EsoNames,
+    context: &'a str,
+    env: &'a str,
+}
+
+fn seed_fix(what: &str) -> String {
+    format!("`cargo xtask secrets seed` {what}")
+}
+
+impl Why<'_> {
+    fn refused(&self, login: &Reply, audiences: &[String]) -> Refused {
+        let names = self.names;
+        let said = login.errors();
+        let role_path = format!("auth/{}/role/{}", names.auth_mount, names.role);
+        if said.contains("invalid role name") {
+            return Refused {
+                cause: format!(
+                    "{role_path} does not exist: ESO cannot log in to Vault (ClusterSecretStore/{} names role {}; \
+                     Vault: {said})",
+                    names.store, names.role
+                ),
+                fix: seed_fix("sets up ESO's access"),
+            };
+        }
+        if said.contains("not authorized") {
+            let bound = match self.read(&role_path) {
+                Ok(Some(role)) => bindings(&role),
+                _ => "another service account".into(),
+            };
+            return Refused {
+                cause: format!(
+                    "role {} binds {bound}, not {}, the service account ClusterSecretStore/{} logs in as (Vault: \
+                     {said})",
+                    names.role,
+                    names.subject(),
+                    names.store
+                ),
+                fix: seed_fix(&format!(
+                    "binds the role to {} again, from the store's values",
+                    names.subject()
+                )),
+            };
+        }
+        if said.contains("invalid audience") {
+            return self.audience(&role_path, audiences, &said);
+        }
+        if !said.contains("permission denied") {
+            return Refused {
+                cause: format!("Vault refused the login (HTTP {}: {said})", login.status),
+                fix: "see docs/secrets.md#esos-login-to-vault".into(),
+            };
+        }
+        self.denied(&role_path)
+    }
+
+    /// A path's `data`: `Ok(None)` when it does not exist, an error with
+    /// why when it cannot be read.
+    fn read(&self, path: &str) -> Result<Option<Value>, String> {
+        match self.http.try_call(Method::Get, path, None) {
+            Ok(r) if r.status == 200 => Ok(Some(r.body["data"].clone())),
+            Ok(r) if r.status == 404 => Ok(None),
+            Ok(r) if matches!(r.status, 401 | 403) => Err(format!("the token may not read {path}")),
+            Ok(r) => Err(format!("GET {path}: HTTP {}: {}", r.status, r.errors())),
+            Err(e) => Err(format!("GET {path}: {e}")),
+        }
+    }
+
+    fn audience(&self, role_path: &str, token: &[String], said: &str) -> Refused {
+        let names = self.names;
+        let wanted = match self.read(role_path) {
+            Ok(Some(role)) => format!("{:?}", role["audience"].as_str().unwrap_or("")),
+            _ => "an audience (not readable with this token)".into(),
+        };
+        let set_to = token
+            .iter()
+            .find(|a| !a.starts_with("https://kubernetes.default.svc"))
+            .map(String::as_str)
+            .unwrap_or("");
+        Refused {
+            cause: format!(
+                "audience mismatch: role {} wants audience {wanted}, but the token ESO's controller gets carries {:?} \
+                 (Vault: {said})",
+                names.role, token
+            ),
+            fix: format!(
+                "make the role accept the token's audience: `bao write {role_path} audience={set_to:?}` (with \
+                 VAULT_ADDR and VAULT_TOKEN of this Vault), or give the store the role's audience in \
+                 serviceAccount.audiences of {STORE_CHART_VALUES}"
+            ),
+        }
+    }
+
+    /// Vault said `permission denied`: the auth method, the role's
+    /// bindings, the auth config, the reviewer's right to review, in order.
+    fn denied(&self, role_path: &str) -> Refused {
+        let names = self.names;
+        // What was checked and found right, and what could not be read.
+        let mut fine = Vec::new();
+        let mut unchecked = Vec::new();
+        match self.read(role_path) {
+            Ok(Some(role)) => {
+                let name_ok = strings(&role["bound_service_account_names"])
+                    .iter()
+                    .any(|n| n == "*" || *n == names.service_account);
+                let ns_ok = strings(&role["bound_service_account_namespaces"])
+                    .iter()
+                    .any(|n| n == "*" || *n == names.namespace);
+                if !(name_ok && ns_ok) {
+                    return Refused {
+                        cause: format!(
+                            "role {} binds {}, not {}, the service account ClusterSecretStore/{} logs in as",
+                            names.role,
+                            bindings(&role),
+                            names.subject(),
+                            names.store
+                        ),
+                        fix: seed_fix(&format!(
+                            "binds the role to {} again, from the store's values",
+                            names.subject()
+                        )),
+                    };
+                }
+                fine.push(format!("role {} binds {}", names.role, names.subject()));
+            }
+            Ok(None) | Err(_) if self.mount_missing() => {
+                return Refused {
+                    cause: format!(
+                        "no auth method is enabled at auth/{}/, where ClusterSecretStore/{} logs in (Vault answers \
+                         that login with permission denied)",
+                        names.auth_mount, names.store
+                    ),
+                    fix: seed_fix("sets up ESO's access"),
+                };
+            }
+            Ok(None) => {
+                return Refused {
+                    cause: format!("{role_path} does not exist: ESO cannot log in to Vault"),
+                    fix: seed_fix("sets up ESO's access"),
+                };
+            }
+            Err(why) => unchecked.push(why),
+        }
+        let config_path = format!("auth/{}/config", names.auth_mount);
+        let reviewer = match self.read(&config_path) {
+            Ok(Some(config)) => match self.config(&config_path, &config) {
+                Ok(reviewer) => {
+                    fine.push(format!(
+                        "{config_path} reviews at {}",
+                        config["kubernetes_host"].as_str().unwrap_or("")
+                    ));
+                    Some(reviewer)
+                }
+                Err(refused) => return refused,
+            },
+            Ok(None) => {
+                return Refused {
+                    cause: format!(
+                        "{config_path} is not set: Vault has no API server to review tokens with"
+                    ),
+                    fix: seed_fix("writes it"),
+                }
+            }
+            Err(why) => {
+                unchecked.push(why);
+                None
+            }
+        };
+        match &reviewer {
+            Some(Reviewer::Jwt) => {
+                return Refused {
+                    cause: format!(
+                        "Vault reviews ESO's token with the token_reviewer_jwt set in {config_path}, whose service \
+                         account Vault does not show: it may lack system:auth-delegator, or the token may have \
+                         expired"
+                    ),
+                    fix: seed_fix(
+                        "writes the config without a reviewer JWT (Vault then reviews with its own service account \
+                         in a pod, or with ESO's token outside one)",
+                    ),
+                }
+            }
+            Some(Reviewer::Account { ns, name, in_pod }) => match self.auth_delegator(ns, name) {
+                Ok(true) => fine.push(format!(
+                    "the reviewer {ns}/{name} holds system:auth-delegator"
+                )),
+                Ok(false) => return self.unbound(ns, name, *in_pod),
+                Err(why) => unchecked.push(why),
+            },
+            None => {}
+        }
+        let mut cause = "Vault refused the login (permission denied)".to_string();
+        if !fine.is_empty() {
+            cause.push_str(&format!(", though {}", fine.join(", ")));
+        }
+        if !unchecked.is_empty() {
+            cause.push_str(&format!("; not checked: {}", unchecked.join("; ")));
+        }
+        Refused {
+            cause,
+            fix: if unchecked.is_empty() {
+                "Vault's log says why (for the in-cluster Vault: `kubectl --namespace vault logs vault-0`); see \
+                 docs/secrets.md#esos-login-to-vault"
+                    .into()
+            } else {
+                "run this with a token that may read ESO's role and auth config (the dev chart's root token) to have \
+                 the cause named; see docs/secrets.md#esos-login-to-vault"
+                    .into()
+            },
+        }
+    }
+
+    /// Whether nothing is mounted at the store's auth path.
+    fn mount_missing(&self) -> bool {
+        let path = format!("auth/{}/role/{}", self.names.auth_mount, self.names.role);
+        matches!(self.http.try_call(Method::Get, &path, None),
+                 Ok(r) if r.status == 404 && r.errors().contains("no handler for route"))
+    }
+
+    /// Checks the auth config against where Vault runs; answers who reviews
+    /// ESO's token.
+    fn config(&self, config_path: &str, config: &Value) -> Result<Reviewer, Refused> {
+        let names = self.names;
+        let host = config["kubernetes_host"].as_str().unwrap_or("");
+        let ca = config["kubernetes_ca_cert"].as_str().unwrap_or("").trim();
+        let jwt_set = config["token_reviewer_jwt_set"].as_bool().unwrap_or(false);
+        let own_ca = !ca.is_empty() || config["disable_local_ca_jwt"].as_bool().unwrap_or(false);
+        let fix = || {
+            seed_fix(&format!(
+                "writes {config_path} for where Vault runs (in a pod: {}; outside: the kube context's API server and \
+                 CA)",
+                names.kubernetes_host
+            ))
+        };
+        if !own_ca {
+            // In a pod: Vault's own CA and service account.
+            if host != names.kubernetes_host {
+                return Err(Refused {
+                    cause: format!(
+                        "{config_path} has Vault review ESO's token at {host}, not at {} (the API server as pods \
+                         reach it)",
+                        names.kubernetes_host
+                    ),
+                    fix: fix(),
+                });
+            }
+            return Ok(if jwt_set {
+                Reviewer::Jwt
+            } else {
+                Reviewer::Account {
+                    ns: VAULT_SA.0.into(),
+                    name: VAULT_SA.1.into(),
+                    in_pod: true,
+                }
+            });
+        }
+        // Outside the cluster: the kube context's API server and CA.
+        if let Ok((server, server_ca)) = context_api_server() {
+            let in_cluster = if host.contains(".svc") {
+                " (an in-cluster address, which only pods resolve)"
+            } else {
+                ""
+            };
+            if host.trim_end_matches('/') != server.trim_end_matches('/') {
+                return Err(Refused {
+                    cause: format!(
+                        "{config_path} has Vault review ESO's token at {host}{in_cluster}, but Vault runs outside \
+                         the cluster (the config carries a CA of its own) and kube context {} reaches the API server \
+                         at {server}",
+                        self.context
+                    ),
+                    fix: fix(),
+                });
+            }
+            if ca != server_ca.trim() {
+                return Err(Refused {
+                    cause: format!(
+                        "the CA in {config_path} is not the CA of kube context {}'s API server ({server}): Vault \
+                         cannot verify the server it sends ESO's token to",
+                        self.context
+                    ),
+                    fix: fix(),
+                });
+            }
+        }
+        Ok(if jwt_set {
+            Reviewer::Jwt
+        } else {
+            Reviewer::Account {
+                ns: names.namespace.clone(),
+                name: names.service_account.clone(),
+                in_pod: false,
+            }
+        })
+    }
+
+    /// Whether a ClusterRoleBinding gives service account `ns/name` the
+    /// right to create TokenReviews.
+    fn auth_delegator(&self, ns: &str, name: &str) -> Result<bool, String> {
+        let text = kube::kubectl(&["get", "clusterrolebindings", "--output", "json"])
+            .map_err(|e| format!("the ClusterRoleBindings ({e:#})"))?;
+        let list: Value = serde_json::from_str(&text)
+            .map_err(|_| "the ClusterRoleBindings (kubectl printed no JSON)".to_string())?;
+        Ok(reviews(&list, ns, name))
+    }
+
+    fn unbound(&self, ns: &str, name: &str, in_pod: bool) -> Refused {
+        let (who, fix) = if in_pod {
+            (
+                format!("Vault's own service account {ns}/{name}"),
+                format!(
+                    "`{}` (the vault chart binds {ns}/{name} to system:auth-delegator)",
+                    helmfile::sync_display(self.env)
+                ),
+            )
+        } else {
+            (
+                format!(
+                    "service account {ns}/{name} (Vault runs outside the cluster with no reviewer JWT, so ESO's own \
+                     token is the reviewer)"
+                ),
+                format!(
+                    "`kubectl create clusterrolebinding {ns}-{name}-auth-delegator \
+                     --clusterrole=system:auth-delegator --serviceaccount={ns}:{name}`"
+                ),
+            )
+        };
+        Refused {
+            cause: format!(
+                "the reviewer, {who}, has no ClusterRoleBinding to system:auth-delegator, so the API server refuses \
+                 Vault's TokenReview of ESO's token and Vault answers permission denied"
+            ),
+            fix,
+        }
+    }
+}
+
+/// Whose token Vault reviews ESO's token with.
+enum Reviewer {
+    /// The `token_reviewer_jwt` in the config.
+    Jwt,
+    /// A service account: Vault's own in a pod, ESO's outside one.
+    Account {
+        ns: String,
+        name: String,
+        in_pod: bool,
+    },
+}
+
+/// `names [a] in namespaces [b]` of a role.
+fn bindings(role: &Value) -> String {
+    format!(
+        "service account names {:?} in namespaces {:?}",
+        strings(&role["bound_service_account_names"]),
+        strings(&role["bound_service_account_namespaces"])
+    )
+}
+
+/// Whether `list` (`kubectl get clusterrolebindings -o json`) binds service
+/// account `ns/name`, or a group it is in, to `system:auth-delegator` (or
+/// `cluster-admin`).
+fn reviews(list: &Value, ns: &str, name: &str) -> bool {
+    let groups = [
+        "system:serviceaccounts".to_string(),
+        format!("system:serviceaccounts:{ns}"),
+    ];
+    list["items"].as_array().into_iter().flatten().any(|crb| {
+        let role = &crb["roleRef"];
+        role["kind"] == "ClusterRole"
+            && (role["name"] == "system:auth-delegator" || role["name"] == "cluster-admin")
+            && crb["subjects"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| match s["kind"].as_str() {
+                    Some("ServiceAccount") => s["name"] == name && s["namespace"] == ns,
+                    Some("Group") => groups.iter().any(|g| s["name"] == g.as_str()),
+                    _ => false,
+                })
+    })
+}
+
+/// The kube context's API server and its CA (PEM), from `kubectl config
+/// view --minify --raw --flatten` (which also holds the context's
+/// credentials: read here, never shown).
+fn context_api_server() -> Result<(String, String)> {
+    let v: Value = serde_json::from_str(&kube::raw_minified_config()?)
+        .context("kubectl config view printed no JSON")?;
+    let cluster = &v["clusters"][0]["cluster"];
+    let server = cluster["server"]
+        .as_str()
+        .context("the kube context names no API server")?;
+    let ca = cluster["certificate-authority-data"]
+        .as_str()
+        .context("the kube context has no CA")?;
+    let pem = String::from_utf8(base64_decode(ca)?).context("the kube context's CA is not PEM")?;
+    Ok((server.to_string(), pem))
+}
+
+/// Standard base64, padding and whitespace ignored.
+fn base64_decode(text: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+    {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => bail!("the kube context's CA is not base64"),
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Ok(out)
+}
+
+/// No cluster to log in through: mints a token with the role's policies
+/// (with the caller's token), reads `keys` with it, probes a write, and
+/// revokes it. Proves the policy, not the login.
+fn policy_only(http: &VaultHttp, names: &EsoNames, keys: &[String], why: String) -> Result<AsEso> {
     let role_path = format!("auth/{}/role/{}", names.auth_mount, names.role);
     let role = http.try_call(Method::Get, &role_path, None)?;
     match role.status {
@@ -112,7 +843,13 @@ pub fn read_as_eso(http: &VaultHttp, names: &EsoNames, keys: &[String]) -> Resul
     let _ = eso.try_call(Method::Post, "auth/token/revoke-self", None);
     let (read, unreadable, write_refused, write_answer) = result?;
     Ok(AsEso {
+        method: How::PolicyOnly,
         role: names.role.clone(),
+        service_account: names.subject(),
+        auth: format!("auth/{}", names.auth_mount),
+        kube_context: None,
+        policy_only_reason: Some(why),
+        login_refused: None,
         policies,
         read,
         unreadable,
@@ -195,4 +932,46 @@ fn write_probe(eso: &VaultHttp, names: &EsoNames, key: &str) -> Result<(bool, St
             ),
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binding_to_auth_delegator_lets_a_service_account_review() {
+        let crb = |role: &str, subject: Value| json!({"items": [{"roleRef": {"kind": "ClusterRole", "name": role}, "subjects": [subject]}]});
+        let sa = json!({"kind": "ServiceAccount", "name": "eso", "namespace": "es"});
+        assert!(reviews(
+            &crb("system:auth-delegator", sa.clone()),
+            "es",
+            "eso"
+        ));
+        assert!(!reviews(
+            &crb("system:auth-delegator", sa.clone()),
+            "other",
+            "eso"
+        ));
+        assert!(!reviews(&crb("view", sa), "es", "eso"));
+        let group = json!({"kind": "Group", "name": "system:serviceaccounts:es"});
+        assert!(reviews(&crb("system:auth-delegator", group), "es", "eso"));
+        assert!(!reviews(&json!({"items": []}), "es", "eso"));
+    }
+
+    #[test]
+    fn kubectl_that_never_reached_the_server_is_told_apart() {
+        assert!(unreachable(
+            "The connection to the server 127.0.0.1:1 was refused - did you specify the right host or port?"
+        ));
+        assert!(!unreachable(
+            "error: failed to create token: serviceaccounts \"x\" not found"
+        ));
+    }
+
+    #[test]
+    fn base64_reads_a_ca() {
+        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(base64_decode("aGVs\nbG8hIQ").unwrap(), b"hello!!");
+        assert!(base64_decode("a*b").is_err());
+    }
 }

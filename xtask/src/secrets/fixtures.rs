@@ -106,23 +106,24 @@ pub fn load(root: &Path, fixtures: &Path, guarded: bool, overrides: &Path) -> Re
 }
 
 /// The default fixtures must be a file in the repository: a symlink that
-/// leads outside it could feed anything to a seed. (An explicit --fixtures
-/// path may be anywhere.)
+/// leads outside it (the file's own, or a folder's on the way, such as a
+/// symlinked `scripts/azure`) could feed anything to a seed. (An explicit
+/// --fixtures path may be anywhere.)
 fn refuse_escaping_symlink(root: &Path, path: &Path) -> Result<()> {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return Ok(());
+        return Ok(()); // missing: reading it says so
     };
-    if !meta.file_type().is_symlink() {
-        return Ok(());
-    }
     let real = std::fs::canonicalize(path)
         .with_context(|| format!("{} is a dangling symlink", path.display()))?;
-    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-    if !real.starts_with(&root) {
+    let real_root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let escapes =
+        !real.starts_with(&real_root) && (path.starts_with(root) || meta.file_type().is_symlink());
+    if escapes {
         bail!(
-            "{} is a symlink to {}, outside the repository. Replace it with the real file, or pass the path \
-             explicitly with --fixtures if you mean it.",
-            path.display(),
+            "{} leads to {}, outside the repository, through a symlink (the file's or a folder's on the way). \
+             Replace the symlink with the real file or folder, or pass the path explicitly with --fixtures if you \
+             mean it.",
+            shown(path),
             real.display()
         );
     }
@@ -257,12 +258,20 @@ fn in_words(msg: &str) -> String {
             "a raw control character (a line break or tab) inside a string: write it as \\n or \\t"
         }
         m if m.starts_with("invalid type: ") => {
-            let found = m["invalid type: ".len()..].split(',').next().unwrap_or("something else");
-            let found = match found {
-                "sequence" => "a list (JSON array)",
-                "string" | "integer" | "floating point" | "boolean" | "null" => "a single value",
-                other => other,
-            };
+            // serde_json quotes what it found (`string "..."`, `integer `5``):
+            // it may be a value, so only its type is named.
+            let found = &m["invalid type: ".len()..];
+            let found = [
+                ("sequence", "a list (JSON array)"),
+                ("string", "a single JSON string"),
+                ("integer", "a single JSON number"),
+                ("floating point", "a single JSON number"),
+                ("boolean", "a single JSON boolean"),
+                ("null", "null"),
+            ]
+            .into_iter()
+            .find(|(kind, _)| found.starts_with(kind))
+            .map_or("something other than a JSON object", |(_, said)| said);
             return format!(
                 "the file holds {found}; expected a JSON object of secret name to string value"
             );
@@ -507,5 +516,20 @@ mod tests {
     fn errors_never_echo_values() {
         let e = err(r#"{"name": "s3cr3t-value", "name": "s3cr3t-value"}"#);
         assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        // A file that is one value: its type is named, never its content.
+        for (input, said) in [
+            ("\"s3cr3t-value\"", "a single JSON string"),
+            ("31415926", "a single JSON number"),
+            ("-3.1415926", "a single JSON number"),
+            ("false", "a single JSON boolean"),
+            ("null", "the file holds null"),
+        ] {
+            let e = err(input).to_string();
+            assert!(e.contains(said), "{input}: {e}");
+            assert!(
+                !e.contains("s3cr3t") && !e.contains("1415926"),
+                "{input}: {e}"
+            );
+        }
     }
 }

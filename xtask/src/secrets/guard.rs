@@ -2,43 +2,97 @@
 //! developer's machine or local cluster, and files holding values must stay
 //! out of git.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
 
 use crate::process::Tool;
+use crate::secrets::kube;
 
 /// Refuses unless git ignores `path`: files holding secret values must never
-/// be committable.
+/// be committable. Git is asked about where the file really is (every
+/// symlink on the way resolved, and the file's own when it is one), so a
+/// path under `.local/` that leads elsewhere is refused too. A path outside
+/// the repository is refused: git cannot say it is ignored there.
 pub fn require_git_ignored(root: &Path, path: &Path, what: &str) -> Result<()> {
-    let rel = path.strip_prefix(root).unwrap_or(path);
-    let git = Tool::new("git")
-        .arg("-C")
-        .arg(root)
-        .args(["check-ignore", "-q", "--no-index", "--"])
-        .arg(rel)
-        .deadline(Duration::from_secs(20))
-        .install_hint("install git");
-    let out = git.output().map_err(|e| {
-        anyhow::anyhow!(
-            "cannot check that git ignores {what} {}: {e:#}",
-            path.display()
-        )
-    })?;
-    match out.status.code() {
-        Some(0) => Ok(()),
-        Some(1) => bail!(
-            "{what} {} is not ignored by git, so its secret values could be committed. Keep it under .local/ \
-             (ignored by the repository's .gitignore) or add it to .gitignore.",
-            path.display()
-        ),
-        _ => bail!(
-            "cannot tell whether git ignores {what} {}: {:#}. Run inside the repository's git checkout.",
-            path.display(),
-            git.failure(&out)
-        ),
+    check_ignored(root, path, what, false)
+}
+
+/// [`require_git_ignored`] for a file that may also live outside the
+/// repository (`--render --out`): outside it, git has no say.
+pub fn require_git_ignored_if_inside(root: &Path, path: &Path, what: &str) -> Result<()> {
+    check_ignored(root, path, what, true)
+}
+
+fn check_ignored(root: &Path, path: &Path, what: &str, outside_ok: bool) -> Result<()> {
+    let real_root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let literal = path.strip_prefix(root).ok();
+    for real in real_locations(path) {
+        let inside = real.strip_prefix(&real_root).ok();
+        let via = if inside == literal {
+            String::new()
+        } else {
+            format!(" (through a symlink, it is {})", real.display())
+        };
+        let Some(rel) = inside else {
+            if outside_ok {
+                continue;
+            }
+            bail!(
+                "{what} {}{via} is outside the repository, so git cannot say it is ignored. Keep it under .local/ \
+                 in the repository (ignored by its .gitignore), e.g. .local/secrets/.",
+                path.display()
+            );
+        };
+        let git = Tool::new("git")
+            .arg("-C")
+            .arg(&real_root)
+            .args(["check-ignore", "-q", "--no-index", "--"])
+            .arg(rel)
+            .deadline(Duration::from_secs(20))
+            .install_hint("install git");
+        let out = git.output().map_err(|e| {
+            anyhow::anyhow!(
+                "cannot check that git ignores {what} {}: {e:#}",
+                path.display()
+            )
+        })?;
+        match out.status.code() {
+            Some(0) => {}
+            Some(1) => bail!(
+                "{what} {}{via} is not ignored by git, so its secret values could be committed. Keep it under \
+                 .local/ (ignored by the repository's .gitignore){}, or add {} to .gitignore.",
+                path.display(),
+                if via.is_empty() { "" } else { ", not behind a symlink that leads elsewhere" },
+                rel.display()
+            ),
+            _ => bail!(
+                "cannot tell whether git ignores {what} {}: {:#}. Run inside the repository's git checkout.",
+                path.display(),
+                git.failure(&out)
+            ),
+        }
     }
+    Ok(())
+}
+
+/// Where a file at `path` really is: its folder with every symlink
+/// resolved, plus its name (an atomic write replaces a symlink there); and
+/// where it leads when the name itself is a symlink (a read follows it).
+fn real_locations(path: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+        let dir =
+            crate::secrets::config::canonical_prefix(dir).unwrap_or_else(|| dir.to_path_buf());
+        out.push(dir.join(name));
+    }
+    if let Ok(real) = std::fs::canonicalize(path) {
+        if !out.contains(&real) {
+            out.push(real);
+        }
+    }
+    out
 }
 
 /// Seeding writes fixtures, which only belong in local environments.
@@ -78,11 +132,29 @@ pub fn url_host(addr: &str) -> Option<String> {
     (!host.is_empty()).then_some(host)
 }
 
+/// `addr` for messages: a user and password in it (`http://user:pass@host`,
+/// which the client sends as basic auth) read `***` (`http://***@host`).
+pub fn shown_addr(addr: &str) -> String {
+    let (scheme, rest) = match addr.split_once("://") {
+        Some((scheme, rest)) => (&addr[..scheme.len() + 3], rest),
+        None => ("", addr),
+    };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}***{}", &rest[at..]),
+        None => addr.to_string(),
+    }
+}
+
 /// Refuses a Vault address that is not local unless `allow` names its host.
 pub fn check_vault_addr(addr: &str, allow: Option<&str>) -> Result<()> {
     let Some(host) = url_host(addr) else {
-        bail!("cannot read a host from the Vault address {addr:?}; use e.g. http://127.0.0.1:8200");
+        bail!(
+            "cannot read a host from the Vault address {:?}; use e.g. http://127.0.0.1:8200",
+            shown_addr(addr)
+        );
     };
+    let addr = shown_addr(addr);
     if is_loopback_host(&host) {
         return Ok(());
     }
@@ -104,6 +176,87 @@ pub fn unvouched_loopback(addr: &str, allow: Option<&str>) -> Option<String> {
         .then_some(host)
 }
 
+/// What the guardrail knows of the current kube context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubeContext {
+    /// There is no kubeconfig, or it names no current context: no cluster
+    /// to port-forward into.
+    None,
+    Named(String),
+    /// A kubeconfig exists but which context it names cannot be known:
+    /// why, and what to do about it.
+    Unknown {
+        why: String,
+        fix: String,
+    },
+}
+
+/// The current kube context as far as it can be known. kubectl missing
+/// while a kubeconfig exists, or kubectl failing to read it, is
+/// [`KubeContext::Unknown`]: the guardrail then fails closed.
+pub fn kube_context() -> KubeContext {
+    match kube::context() {
+        Ok(Some(context)) => KubeContext::Named(context),
+        Ok(None) if crate::tools::which("kubectl").is_none() && kubeconfig_exists() => {
+            KubeContext::Unknown {
+                why: "kubectl is not on PATH to read your kubeconfig".into(),
+                fix: format!("To have the context checked, {}", kube::INSTALL_HINT),
+            }
+        }
+        Ok(None) => KubeContext::None,
+        Err(e) => KubeContext::Unknown {
+            why: format!("kubectl cannot read your kubeconfig: {e:#}"),
+            fix: "Fix the kubeconfig until `kubectl config current-context` answers".into(),
+        },
+    }
+}
+
+/// Whether kubectl would find a kubeconfig: a path in `KUBECONFIG` that
+/// exists, else `~/.kube/config` (as `kube.rs` decides whether to ask
+/// kubectl at all). Without `HOME`, assume one.
+fn kubeconfig_exists() -> bool {
+    match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
+        Some(list) => std::env::split_paths(&list).any(|p| p.exists()),
+        None => std::env::var_os("HOME")
+            .filter(|v| !v.is_empty())
+            .is_none_or(|home| Path::new(&home).join(".kube/config").exists()),
+    }
+}
+
+/// A loopback Vault under a kube context that does not look local, or
+/// that cannot be known, is taken only when it is plainly a laptop server:
+/// a dev server, whose storage is in memory. Anything else may be `kubectl
+/// port-forward` into a cluster that is not local.
+pub fn require_dev_server_under(
+    addr: &str,
+    host: &str,
+    context: &KubeContext,
+    local_contexts: &[String],
+    storage_type: Option<&str>,
+) -> Result<()> {
+    match context {
+        KubeContext::None => Ok(()),
+        KubeContext::Named(c) if is_local_context(c, local_contexts) => Ok(()),
+        KubeContext::Named(c) => require_dev_server(addr, host, c, storage_type),
+        KubeContext::Unknown { .. } if storage_type == Some("inmem") => Ok(()),
+        KubeContext::Unknown { why, fix } => bail!(
+            "refusing Vault at {}: the current kube context cannot be known ({why}), and this loopback Vault {}, \
+             so it may be a port-forward into a cluster that is not local (only a dev server, storage \"inmem\", \
+             is taken as this machine's then). Fixtures are weak by design. {fix}; or, if this Vault really is your \
+             own, pass --allow-non-local {host}.",
+            shown_addr(addr),
+            storage_words(storage_type)
+        ),
+    }
+}
+
+fn storage_words(storage_type: Option<&str>) -> String {
+    match storage_type {
+        Some(s) => format!("keeps its data in {s:?} storage"),
+        None => "does not report its storage type".to_string(),
+    }
+}
+
 /// A loopback Vault under a kube context that does not look local is taken
 /// only when it is plainly a laptop server: a dev server, whose storage is
 /// in memory. Anything else may be `kubectl port-forward` into that cluster.
@@ -116,10 +269,8 @@ pub fn require_dev_server(
     if storage_type == Some("inmem") {
         return Ok(());
     }
-    let storage = match storage_type {
-        Some(s) => format!("keeps its data in {s:?} storage"),
-        None => "does not report its storage type".to_string(),
-    };
+    let storage = storage_words(storage_type);
+    let addr = shown_addr(addr);
     bail!(
         "refusing Vault at {addr} under kube context {context:?}: the context does not look like a local cluster, \
          and this loopback Vault {storage}, so it may be a port-forward into that cluster (only a dev server, \
@@ -286,6 +437,65 @@ mod tests {
             assert!(err.contains("--allow-non-local 127.0.0.1"), "{err}");
             assert!(err.contains("port-forward"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_password_in_an_address_is_never_shown() {
+        assert_eq!(
+            shown_addr("http://alice:pw@127.0.0.1:8200/v1"),
+            "http://***@127.0.0.1:8200/v1"
+        );
+        assert_eq!(shown_addr("alice:pw@host:1"), "***@host:1");
+        for plain in [
+            "http://127.0.0.1:8200",
+            "http://host/p@th",
+            "https://[::1]:8200",
+        ] {
+            assert_eq!(shown_addr(plain), plain);
+        }
+        let err = check_vault_addr("https://u:pw-x@vault.example:8200", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("https://***@vault.example:8200") && !err.contains("pw-x"),
+            "{err}"
+        );
+        let err = require_dev_server("http://u:pw-x@127.0.0.1:1", "127.0.0.1", "aks", None)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("pw-x"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_context_takes_only_a_dev_server() {
+        let local = vec!["k3d-*".to_string()];
+        let unknown = KubeContext::Unknown {
+            why: "kubectl is not on PATH to read your kubeconfig".into(),
+            fix: "To have the context checked, install kubectl".into(),
+        };
+        let under = |context: &KubeContext, storage| {
+            require_dev_server_under(
+                "http://127.0.0.1:8200",
+                "127.0.0.1",
+                context,
+                &local,
+                storage,
+            )
+        };
+        assert!(under(&unknown, Some("inmem")).is_ok());
+        let err = under(&unknown, Some("raft")).unwrap_err().to_string();
+        for part in [
+            "the current kube context cannot be known (kubectl is not on PATH",
+            "\"raft\" storage",
+            "To have the context checked, install kubectl; or",
+            "--allow-non-local 127.0.0.1",
+        ] {
+            assert!(err.contains(part), "{part:?}: {err}");
+        }
+        assert!(under(&unknown, None).is_err(), "no storage type: refused");
+        assert!(under(&KubeContext::None, Some("raft")).is_ok());
+        assert!(under(&KubeContext::Named("k3d-x".into()), Some("raft")).is_ok());
+        assert!(under(&KubeContext::Named("aks".into()), Some("raft")).is_err());
     }
 
     #[test]

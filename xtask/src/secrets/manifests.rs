@@ -152,9 +152,7 @@ pub fn write(root: &Path, kind: Kind, set: &SecretSet, out: &Path) -> Result<()>
     } else {
         std::env::current_dir()?.join(out)
     };
-    if abs.starts_with(root) {
-        guard::require_git_ignored(root, &abs, "the rendered manifests")?;
-    }
+    guard::require_git_ignored_if_inside(root, &abs, "the rendered manifests")?;
     fsutil::write_private_atomic(&abs, text.as_bytes())
 }
 

@@ -3,7 +3,6 @@
 //! Reads the store, plans (create, update, unchanged, restamp, conflict),
 //! prints the plan by name and checksum, then writes only what changed.
 
-use std::io::IsTerminal;
 use std::time::Instant;
 
 use anyhow::{anyhow, Result};
@@ -122,7 +121,7 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
             print!("{}", eso.render(show.verbose));
         }
     }
-    store.set_progress(show.text && !show.quiet && std::io::stderr().is_terminal());
+    store.set_progress(show.text && !show.quiet && crate::process::stderr_is_terminal());
     let result = if flags.dry_run {
         SeedRun::planned(&items)
     } else {

@@ -973,7 +973,8 @@ def set_ready(obj, status, reason, message):
     conds = st.setdefault("conditions", [])
     old = next((c for c in conds if c.get("type") == "Ready"), None)
     cond = {"type": "Ready", "status": status, "reason": reason, "message": message,
-            "lastTransitionTime": old["lastTransitionTime"] if old and old.get("status") == status else rfc3339()}
+            "lastTransitionTime": (old.get("lastTransitionTime") if old and old.get("status") == status
+                                   else None) or rfc3339()}
     st["conditions"] = [c for c in conds if c.get("type") != "Ready"] + [cond]
 
 
@@ -1703,10 +1704,9 @@ class Handler(BaseHTTPRequestHandler):
                     new = copy.deepcopy(old)
                     new["metadata"].setdefault("labels", {}).update(labels)
                     new.setdefault("spec", {})["provider"] = body.get("block") or store_block(provider)
+                    # The same spec changes nothing, as a helm upgrade with
+                    # no diff does: no new generation, ESO is not told.
                     obj = update(r, old, new)
-                    if obj is old:   # same spec: a helm upgrade still bumps nothing; ESO is told anyway
-                        new["metadata"]["generation"] = int(old["metadata"].get("generation", 1)) + 1
-                        obj = commit(r, new, "MODIFIED")
             return self.reply(200, obj)
         if path == "/_standin/eso-crds" and m == "POST":
             body = self.body() or {}

@@ -33,6 +33,12 @@ fn a_cluster_without_eso_is_told_how_to_install_it() {
         .filter(|o| o["kind"] == "Namespace")
         .collect();
     sb.scenario(json!({"kubectl": {"context": "k3d-ameide", "objects": objects}}));
+    for crd in [crate::cluster::ESO_CRD, crate::cluster::STORE_CRD] {
+        assert!(sb
+            .cluster()
+            .object("CustomResourceDefinition", None, crd)
+            .is_none());
+    }
     // What kubectl itself says.
     let raw = shell(&sb, "kubectl get externalsecrets --all-namespaces").code(1);
     assert_contains(

@@ -183,3 +183,106 @@ fn the_port_forward_refuses_a_non_local_context_and_takes_no_context_as_allowed(
         );
     }
 }
+
+/// A kubeconfig kubectl can read, naming a context that does not look local
+/// (no cluster behind it: nothing here asks one).
+const PROD_KUBECONFIG: &str = "apiVersion: v1\nkind: Config\ncurrent-context: aks-ameide-prod\n\
+contexts:\n- name: aks-ameide-prod\n  context: {cluster: prod, user: prod}\n\
+clusters:\n- name: prod\n  cluster: {server: 'https://prod.example.invalid:443'}\n\
+users:\n- name: prod\n  user: {}\n";
+
+/// `seed --provider vault` with `extra` flags and `PATH` as given.
+fn seed_on_path(sb: &Sandbox, addr: &str, token: &str, extra: &[&str], path: &str) -> Run {
+    let mut args = vec!["secrets", "seed", "--provider", "vault"];
+    args.extend_from_slice(extra);
+    sb.xtask_env(
+        &args,
+        &[("VAULT_ADDR", addr), ("VAULT_TOKEN", token), ("PATH", path)],
+    )
+}
+
+#[test]
+fn an_unknown_kube_context_takes_only_a_dev_server_or_a_named_host() {
+    if !crate::support::require_tools(&["bao", "kubectl"]) {
+        return;
+    }
+    let bao = PersistentBao::start();
+    let dev = OpenBao::start();
+    let sb = Sandbox::new();
+    let kubeconfig = sb.home.join(".kube/config");
+
+    // kubectl is nowhere on PATH (no wrapper, no .tools/bin, no system
+    // one), and the kubeconfig names a production context.
+    std::fs::write(&kubeconfig, PROD_KUBECONFIG).unwrap();
+    let bin = TempDir::new("no-kubectl");
+    let git = find_on(&std::env::var("PATH").unwrap(), "git").expect("git is installed");
+    std::os::unix::fs::symlink(git, bin.0.join("git")).unwrap();
+    let no_kubectl = bin.0.display().to_string();
+    let run = seed_on_path(&sb, &bao.addr, &bao.token, &[], &no_kubectl);
+    assert_eq!(run.code, 1, "{}", run.all());
+    for part in [
+        "refusing Vault at http://127.0.0.1:",
+        "the current kube context cannot be known (kubectl is not on PATH to read your kubeconfig)",
+        "\"raft\" storage",
+        "To have the context checked, install kubectl",
+        "--allow-non-local 127.0.0.1",
+    ] {
+        assert!(
+            run.stderr.contains(part),
+            "missing {part:?}:\n{}",
+            run.stderr
+        );
+    }
+    assert!(
+        bao.names().is_empty(),
+        "nothing was written: {:?}",
+        bao.names()
+    );
+    seed_on_path(&sb, &dev.addr, &dev.token, &[], &no_kubectl).ok();
+
+    // kubectl is there but cannot parse the kubeconfig.
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\ncurrent-context: aks-ameide-prod\nclusters: [unclosed\n",
+    )
+    .unwrap();
+    let run = seed(&sb, &bao.addr, &bao.token, &[]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    for part in [
+        "the current kube context cannot be known (kubectl cannot read your kubeconfig: ",
+        "did not find expected",
+        "Fix the kubeconfig until `kubectl config current-context` answers",
+        "--allow-non-local 127.0.0.1",
+    ] {
+        assert!(
+            run.stderr.contains(part),
+            "missing {part:?}:\n{}",
+            run.stderr
+        );
+    }
+    assert!(
+        bao.names().is_empty(),
+        "nothing was written: {:?}",
+        bao.names()
+    );
+    seed(&sb, &dev.addr, &dev.token, &[]).ok();
+
+    // Named exactly: accepted, in either case.
+    seed(
+        &sb,
+        &bao.addr,
+        &bao.token,
+        &["--allow-non-local", "127.0.0.1"],
+    )
+    .ok();
+    assert!(!bao.names().is_empty());
+    std::fs::write(&kubeconfig, PROD_KUBECONFIG).unwrap();
+    seed_on_path(
+        &sb,
+        &bao.addr,
+        &bao.token,
+        &["--allow-non-local", "127.0.0.1"],
+        &no_kubectl,
+    )
+    .ok();
+}

@@ -6,12 +6,16 @@ mod cluster;
 mod support;
 
 mod bad_input;
+mod canary;
 mod check;
 mod children;
 mod cli;
 mod completions;
+mod digests;
 mod docs;
 mod eso_access;
+mod fail_closed;
+mod eso_login;
 mod faults;
 mod first_contact;
 mod guardrail;

@@ -1,5 +1,9 @@
 //! Azure Key Vault through the `az` CLI: legacy and parity. Values travel in
-//! 0600 temp files (`--file`), never in argv; the seed's checksum is a tag.
+//! 0600 temp files (`--file`), never in argv. The seed's stamp is two tags:
+//! `managed-by` and `fixture-hmac`, a keyed digest of the value, which
+//! reaches `az` in a file too (`fixture-hmac=@<file>`: az reads an argument
+//! `name=@path` from the file). Its key is the secret [`KEY_NAME`], which
+//! only those who may get values can read; whoever may only list sees tags.
 //!
 //! Each secret is stored as the JSON document `{"value": "..."}`, as in
 //! Vault: charts read `remoteRef.property: value`, and ESO's Azure provider
@@ -14,16 +18,27 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use super::{Current, Outcome, SecretProvider, Write, MANAGED_BY};
+use super::{Current, DigestKey, Outcome, SecretProvider, Stamp, Write, MANAGED_BY};
 use crate::fsutil::{sha256_hex, PrivateTempFile};
 use crate::process::Tool;
 use crate::secrets::config::Config;
 use crate::secrets::provider::vault_http::backoff;
 
+/// The secret that holds the key of the digests in the tags (as JSON, like
+/// Vault's record entry). Key Vault names allow no underscore, so unlike
+/// Vault's `_cargo-xtask-secrets` it could be a fixture's name: such a
+/// fixture is refused. Listings leave it out.
+pub const KEY_NAME: &str = "cargo-xtask-secrets-key";
+
 pub struct AzureProvider {
     vault_name: String,
     concurrency: usize,
     retries: u32,
+    /// The digests' key, as [`SecretProvider::read`] found it (or the first
+    /// write made it).
+    key: Option<DigestKey>,
+    /// [`KEY_NAME`] exists but is not the seed's: never overwritten.
+    key_foreign: bool,
 }
 
 impl AzureProvider {
@@ -58,6 +73,8 @@ impl AzureProvider {
             vault_name,
             concurrency: cfg.concurrency.value.min(8),
             retries: cfg.vault_retries,
+            key: None,
+            key_foreign: false,
         })
     }
 
@@ -77,7 +94,8 @@ impl AzureProvider {
         }
     }
 
-    fn show(&self, name: &str) -> Result<Option<Current>> {
+    /// The stored text of `name` and its tags; `None` when there is no such secret.
+    fn show_raw(&self, name: &str) -> Result<Option<(String, Value)>> {
         let out = self.az(&[
             "keyvault",
             "secret",
@@ -99,23 +117,84 @@ impl AzureProvider {
                 az_hint(&stderr)
             );
         }
-        let body: Value = serde_json::from_slice(&out.stdout)
+        let mut body: Value = serde_json::from_slice(&out.stdout)
             .context("`az keyvault secret show` printed no JSON")?;
-        let tags = &body["tags"];
-        let seeded = (tags["managed-by"].as_str() == Some(MANAGED_BY))
-            .then(|| tags["fixture-sha256"].as_str().map(String::from))
-            .flatten();
-        let stored = body["value"].as_str().unwrap_or_default();
-        Ok(Some(Current {
-            seeded_sha256: seeded,
-            ..current_of(stored)
-        }))
+        let stored = body["value"].as_str().unwrap_or_default().to_string();
+        Ok(Some((stored, body["tags"].take())))
     }
 
-    fn set(&self, w: &Write<'_>) -> Outcome {
+    fn show(&self, name: &str) -> Result<Option<Current>> {
+        Ok(self
+            .show_raw(name)?
+            .map(|(stored, tags)| current_of(name, &stored, &tags, self.key.as_ref())))
+    }
+
+    /// The digests' key: what [`KEY_NAME`] holds, made first if it is missing.
+    /// Key Vault has no check-and-set: two first seeds at once may each write
+    /// one, and each uses what it reads back; stamps made under the key that
+    /// lost count as not the seed's, which makes a value that is not the
+    /// fixture's a conflict (the safe side).
+    fn ensure_key(&mut self) -> Result<DigestKey> {
+        if let Some(key) = &self.key {
+            return Ok(key.clone());
+        }
+        if self.key_foreign {
+            bail!(
+                "Azure Key Vault {} holds a secret {KEY_NAME} that the seed did not write (the seed keeps the key of \
+                 the digests in its tags there). Rename or delete that secret, then re-run; nothing was written.",
+                self.vault_name
+            );
+        }
+        let entry = DigestKey::generate()?.entry().to_string();
+        let file = PrivateTempFile::new(entry.as_bytes())?;
+        let path = file.path().to_string_lossy().to_string();
+        let managed_by = format!("managed-by={MANAGED_BY}");
+        let out = self.az(&[
+            "keyvault",
+            "secret",
+            "set",
+            "--vault-name",
+            &self.vault_name,
+            "--name",
+            KEY_NAME,
+            "--file",
+            &path,
+            "--encoding",
+            "utf-8",
+            "--content-type",
+            "application/json",
+            "--tags",
+            &managed_by,
+            "--output",
+            "none",
+        ])?;
+        if !out.status.success() {
+            bail!(
+                "`az keyvault secret set --name {KEY_NAME}` (the key of the digests the seed tags values with) \
+                 failed: {}; nothing was written",
+                az_hint(&String::from_utf8_lossy(&out.stderr))
+            );
+        }
+        let stored = self.show_raw(KEY_NAME)?.map(|(stored, _)| stored);
+        let key = stored
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .and_then(|v| DigestKey::from_entry(&v))
+            .with_context(|| {
+                format!("{KEY_NAME} in Azure Key Vault {} did not read back as the seed's key; re-run", self.vault_name)
+            })?;
+        self.key = Some(key.clone());
+        Ok(key)
+    }
+
+    fn set(&self, key: &DigestKey, w: &Write<'_>) -> Outcome {
+        // The digest is not a value, but derived from one: in a file too.
+        let digest = match PrivateTempFile::new(key.digest(w.name, w.value).as_bytes()) {
+            Ok(f) => f,
+            Err(e) => return Outcome::Failed(format!("{e:#}")),
+        };
         let tags = [
             format!("managed-by={MANAGED_BY}"),
-            format!("fixture-sha256={}", w.sha256),
+            format!("fixture-hmac=@{}", digest.path().display()),
         ];
         let result = if w.metadata_only {
             self.az(&[
@@ -179,28 +258,34 @@ impl AzureProvider {
 
 /// What a stored secret holds: the checksum of a JSON document's string
 /// `value`, or else the checksum of the stored text as a bare value (what
-/// the legacy script wrote, a JSON document among them).
-fn current_of(stored: &str) -> Current {
+/// the legacy script wrote, a JSON document among them); and what its tags
+/// say the seed wrote there, verified with `key`.
+fn current_of(name: &str, stored: &str, tags: &Value, key: Option<&DigestKey>) -> Current {
     let doc = serde_json::from_str::<Value>(stored).ok();
     let properties = match &doc {
         Some(Value::Object(map)) => map.keys().cloned().collect(),
         _ => Vec::new(),
     };
-    match doc
+    let value = doc
         .as_ref()
         .and_then(|d| d.get("value"))
-        .and_then(Value::as_str)
-    {
-        Some(value) => Current {
-            sha256: Some(sha256_hex(value.as_bytes())),
-            properties,
-            ..Current::default()
-        },
-        None => Current {
-            raw_sha256: Some(sha256_hex(stored.as_bytes())),
-            properties,
-            ..Current::default()
-        },
+        .and_then(Value::as_str);
+    let sha256 = sha256_hex(value.unwrap_or(stored).as_bytes());
+    let (seeded_sha256, stamp_stale) = match Stamp::read(tags) {
+        Some(stamp) => stamp.judge(key, name, value.unwrap_or(stored), &sha256),
+        None => (None, false),
+    };
+    let (sha256, raw_sha256) = match value {
+        Some(_) => (Some(sha256), None),
+        None => (None, Some(sha256)),
+    };
+    Current {
+        sha256,
+        properties,
+        seeded_sha256,
+        stamp_stale,
+        raw_sha256,
+        ..Current::default()
     }
 }
 
@@ -257,7 +342,20 @@ impl SecretProvider for AzureProvider {
     }
 
     fn read(&mut self, names: &[String]) -> Result<BTreeMap<String, Option<Current>>> {
-        let existing: std::collections::HashSet<String> = self.list()?.into_iter().collect();
+        refuse_key_name(names)?;
+        let existing: std::collections::HashSet<String> = self.list_all()?.into_iter().collect();
+        let (key, foreign) = match existing.contains(KEY_NAME) {
+            false => (None, false),
+            true => {
+                let stored = self.show_raw(KEY_NAME)?.map(|(stored, _)| stored);
+                let key = stored
+                    .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+                    .and_then(|v| DigestKey::from_entry(&v));
+                let foreign = key.is_none();
+                (key, foreign)
+            }
+        };
+        (self.key, self.key_foreign) = (key, foreign);
         let present: Vec<&String> = names.iter().filter(|n| existing.contains(*n)).collect();
         let shown = self.parallel(&present, |n| self.show(n));
         let mut out: BTreeMap<String, Option<Current>> =
@@ -269,7 +367,13 @@ impl SecretProvider for AzureProvider {
     }
 
     fn write(&mut self, writes: &[Write<'_>]) -> Result<Vec<(String, Outcome)>> {
-        let outcomes = self.parallel(writes, |w| self.set(w));
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = writes.iter().map(|w| w.name.to_string()).collect();
+        refuse_key_name(&names)?;
+        let key = self.ensure_key()?;
+        let outcomes = self.parallel(writes, |w| self.set(&key, w));
         Ok(writes
             .iter()
             .map(|w| w.name.to_string())
@@ -278,6 +382,26 @@ impl SecretProvider for AzureProvider {
     }
 
     fn list(&mut self) -> Result<Vec<String>> {
+        let mut names = self.list_all()?;
+        names.retain(|n| n != KEY_NAME);
+        Ok(names)
+    }
+}
+
+/// The seed's key secret is no fixture's to take.
+fn refuse_key_name(names: &[String]) -> Result<()> {
+    if names.iter().any(|n| n.eq_ignore_ascii_case(KEY_NAME)) {
+        bail!(
+            "the secret name {KEY_NAME} is the seed's own on Azure Key Vault (the key of the digests it tags values \
+             with): rename that fixture or override"
+        );
+    }
+    Ok(())
+}
+
+impl AzureProvider {
+    /// Every secret's name, the seed's key among them.
+    fn list_all(&self) -> Result<Vec<String>> {
         let out = self.az(&[
             "keyvault",
             "secret",
@@ -304,14 +428,16 @@ impl SecretProvider for AzureProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secrets::provider::SEEDED_ANOTHER_VALUE;
+    use serde_json::json;
 
     #[test]
     fn reads_documents_and_bare_values() {
-        let doc = current_of(r#"{"value":"s3cr3t"}"#);
+        let doc = current_of("n", r#"{"value":"s3cr3t"}"#, &Value::Null, None);
         assert_eq!(doc.sha256, Some(sha256_hex(b"s3cr3t")));
         assert_eq!(
-            (doc.properties, doc.raw_sha256),
-            (vec!["value".to_string()], None)
+            (doc.properties, doc.raw_sha256, doc.seeded_sha256),
+            (vec!["value".to_string()], None, None)
         );
         for bare in [
             "s3cr3t",
@@ -320,13 +446,37 @@ mod tests {
             r#"{"value":7}"#,
             "",
         ] {
-            let c = current_of(bare);
+            let c = current_of("n", bare, &Value::Null, None);
             assert_eq!(c.sha256, None, "{bare}");
             assert_eq!(c.raw_sha256, Some(sha256_hex(bare.as_bytes())), "{bare}");
         }
         assert_eq!(
-            current_of(r#"{"realm":"ameide"}"#).properties,
+            current_of("n", r#"{"realm":"ameide"}"#, &Value::Null, None).properties,
             vec!["realm".to_string()]
         );
+    }
+
+    #[test]
+    fn tags_are_judged_by_the_key() {
+        let key = DigestKey::fixed(&"k".repeat(64));
+        let tags = json!({"managed-by": MANAGED_BY, "fixture-hmac": key.digest("n", "s3cr3t")});
+        let sha = sha256_hex(b"s3cr3t");
+        let ours = current_of("n", r#"{"value":"s3cr3t"}"#, &tags, Some(&key));
+        assert_eq!((ours.seeded_sha256.as_deref(), ours.stamp_stale), (Some(sha.as_str()), false));
+        let edited = current_of("n", r#"{"value":"mine"}"#, &tags, Some(&key));
+        assert_eq!(edited.seeded_sha256.as_deref(), Some(SEEDED_ANOTHER_VALUE));
+        assert_eq!(current_of("n", r#"{"value":"s3cr3t"}"#, &tags, None).seeded_sha256, None);
+        // An older release's tag: what it says, and renew it.
+        let old = json!({"managed-by": MANAGED_BY, "fixture-sha256": sha});
+        let c = current_of("n", "s3cr3t", &old, Some(&key));
+        assert_eq!(c.raw_sha256.as_deref(), Some(sha.as_str()));
+        assert_eq!((c.seeded_sha256.as_deref(), c.stamp_stale), (Some(sha.as_str()), true));
+    }
+
+    #[test]
+    fn the_key_secret_is_no_fixtures() {
+        assert!(crate::secrets::fixtures::valid_name(KEY_NAME));
+        assert!(refuse_key_name(&["Cargo-Xtask-Secrets-Key".to_string()]).is_err());
+        assert!(refuse_key_name(&["redis-password".to_string()]).is_ok());
     }
 }

@@ -2,8 +2,9 @@
 //! property `value` (what charts read with `remoteRef.property: value`).
 //!
 //! KV v2: `<mount>/data/<name>`, written with check-and-set on the version
-//! just read, with `managed-by`, `fixture-sha256` and `fixture-version` (the
-//! KV version that checksum describes) in `custom_metadata`.
+//! just read, with `managed-by`, `fixture-hmac` (a keyed digest of the
+//! value) and `fixture-version` (the KV version it describes) in
+//! `custom_metadata`; the digests' key is in the mount's record entry.
 //! KV v1: `<mount>/<name>`, no versions and no metadata: the mount's record
 //! entry ([`super::vault_record`]) says what the seed wrote, so hand edits
 //! are conflicts there too.
@@ -23,12 +24,14 @@ use serde_json::Value;
 use super::vault_http::{backoff, json_string, Method, SealStatus, VaultError, VaultHttp};
 use super::vault_listing::detailed_listing;
 use super::vault_record::{
-    read_record, stamp, update_record, write_stamp, Change, MountRecord, Phase, Record, RECORD_NAME,
+    create_key, read_key, read_record, update_record, write_stamp, Change, MountRecord, Phase,
+    Record, RECORD_NAME,
 };
-use super::{Current, Outcome, SecretProvider, Write};
+use super::{Current, DigestKey, Outcome, SecretProvider, Stamp, Write};
 use crate::fsutil::sha256_hex;
 use crate::pool::bounded;
 use crate::secrets::config::{Config, Secret, Setting, Source};
+use crate::secrets::fixtures::SecretSet;
 use crate::secrets::{guard, kube, port_forward};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +49,11 @@ pub struct VaultProvider {
     pub progress: bool,
     /// KV v1: the mount's record entry as [`SecretProvider::read`] found it.
     record: Option<MountRecord>,
+    /// KV v2: the key of the stamps' digests, from the mount's record entry
+    /// (read by [`SecretProvider::read`], made by the first write).
+    key: Option<DigestKey>,
+    /// The values this run expects ([`VaultProvider::expect`]).
+    expected: SecretSet,
     /// KV v1: the local lock that seeds from this checkout take in turn to
     /// update the record entry.
     record_lock: std::path::PathBuf,
@@ -73,28 +81,27 @@ pub fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<E
     let mut seal = None;
     let (addr, port_forward) = match &cfg.vault_addr {
         Some(addr) => {
-            guard::check_vault_addr(&addr.value, allow_non_local)
+            let addr_value = addr.value.expose();
+            guard::check_vault_addr(addr_value, allow_non_local)
                 .with_context(|| format!("Vault address from {}", addr.source))?;
-            if let Some(host) = guard::unvouched_loopback(&addr.value, allow_non_local) {
+            if let Some(host) = guard::unvouched_loopback(addr_value, allow_non_local) {
                 // A dev server is taken under any context, so the common case
                 // costs one seal-status call and no kubectl. Unreachable:
-                // unknown here; connecting reports it.
-                seal = seal_status(cfg, &addr.value).ok();
+                // unknown here; connecting reports it. A context that cannot
+                // be known (kubectl missing, a broken kubeconfig) fails closed.
+                seal = seal_status(cfg, addr_value).ok();
                 let storage = seal.as_ref().and_then(|s| s.storage_type.clone());
                 if storage.as_deref() != Some("inmem") {
-                    let context = kube::current_context()
-                        .filter(|c| !guard::is_local_context(c, &cfg.local_contexts));
-                    if let Some(context) = context {
-                        guard::require_dev_server(
-                            &addr.value,
-                            &host,
-                            &context,
-                            storage.as_deref(),
-                        )?;
-                    }
+                    guard::require_dev_server_under(
+                        addr_value,
+                        &host,
+                        &guard::kube_context(),
+                        &cfg.local_contexts,
+                        storage.as_deref(),
+                    )?;
                 }
             }
-            (addr.value.clone(), None)
+            (addr_value.to_string(), None)
         }
         None => {
             let Some(context) = kube::context()? else {
@@ -232,6 +239,8 @@ impl VaultProvider {
             concurrency,
             progress: false,
             record: None,
+            key: None,
+            expected: SecretSet::default(),
             record_lock: cfg.root.join(".local/secrets/kv1-record.lock"),
             _port_forward: endpoint.port_forward,
         })
@@ -245,6 +254,13 @@ impl VaultProvider {
             s.writes.load(Ordering::Relaxed),
             s.retries.load(Ordering::Relaxed),
         )
+    }
+
+    /// The values this run expects to find: the detailed listing then tells
+    /// an entry that holds its value from the entry's stamp alone, and reads
+    /// only the others. A hint: a stamp that does not match means a read.
+    pub fn expect(&mut self, desired: SecretSet) {
+        self.expected = desired;
     }
 
     /// The mount's KV version, found on connect.
@@ -356,12 +372,14 @@ fn kv_version(http: &VaultHttp, mount: &str) -> Result<KvVersion> {
 }
 
 /// Reads one entry into a [`Current`]; on KV v1, `record` (the mount's
-/// record entry) tells whether the seed wrote the value there.
+/// record entry) tells whether the seed wrote the value there; on KV v2 the
+/// stamp does, verified with `key`.
 fn current_from(
     kv: KvVersion,
     name: &str,
     reply: &Value,
     record: Option<&MountRecord>,
+    key: Option<&DigestKey>,
 ) -> Option<Current> {
     let (data, meta) = match kv {
         KvVersion::V2 => (&reply["data"]["data"], &reply["data"]["metadata"]),
@@ -388,15 +406,31 @@ fn current_from(
     }
     let record = Record::read(&meta["custom_metadata"]);
     let version = meta["version"].as_u64();
+    let (seeded_sha256, old_format) = match (&record, data["value"].as_str(), &sha256) {
+        (Some(r), Some(value), Some(sha256)) => r.stamp.judge(key, name, value, sha256),
+        // No string value: what the stamp says matters not (the plan
+        // replaces such an entry only with --force), but an older release's
+        // checksum still names what it wrote.
+        (
+            Some(Record {
+                stamp: Stamp::Sha256(old),
+                ..
+            }),
+            _,
+            _,
+        ) => (Some(old.clone()), true),
+        _ => (None, false),
+    };
     Some(Current {
         sha256,
         properties,
         version,
-        stamp_stale: record
-            .as_ref()
-            .and_then(|r| r.version)
-            .is_none_or(|v| Some(v) != version),
-        seeded_sha256: record.map(|r| r.sha256),
+        stamp_stale: old_format
+            || record
+                .as_ref()
+                .and_then(|r| r.version)
+                .is_none_or(|v| Some(v) != version),
+        seeded_sha256,
         raw_sha256: None,
     })
 }
@@ -423,15 +457,22 @@ impl SecretProvider for VaultProvider {
         let mut out: BTreeMap<String, Option<Current>> = BTreeMap::new();
         let detailed = match kv {
             KvVersion::V2 => {
+                self.key = read_key(http, &self.mount)?;
                 let wanted = paths.iter().map(|(n, _)| n.as_str()).collect();
-                detailed_listing(http, &self.mount, &wanted)?
+                detailed_listing(
+                    http,
+                    &self.mount,
+                    &wanted,
+                    self.key.as_ref(),
+                    &self.expected,
+                )?
             }
             KvVersion::V1 => {
                 self.record = read_record(http, &self.mount)?;
                 None
             }
         };
-        let record = self.record.as_ref();
+        let (record, key) = (self.record.as_ref(), self.key.as_ref());
         // Entries to read one by one; the absent ones go straight to `out`.
         let mut present = Vec::new();
         match detailed {
@@ -468,7 +509,7 @@ impl SecretProvider for VaultProvider {
                 http.call(Method::Get, &path, None)
                     .map_err(anyhow::Error::from)
                     .and_then(|reply| match reply.status {
-                        200 => Ok(current_from(kv, &name, &reply.body, record)),
+                        200 => Ok(current_from(kv, &name, &reply.body, record, key)),
                         // KV v2 answers 404 for a deleted latest version but still
                         // returns its metadata: re-creating needs that version for CAS.
                         404 => Ok(reply.body["data"]["metadata"]["version"].as_u64().map(|v| {
@@ -493,6 +534,18 @@ impl SecretProvider for VaultProvider {
 
     fn write<'a>(&mut self, writes: &[Write<'a>]) -> Result<Vec<(String, Outcome)>> {
         if self.kv == KvVersion::V2 {
+            if writes.is_empty() {
+                return Ok(Vec::new());
+            }
+            if self.key.is_none() {
+                let key = create_key(&self.http, &self.mount).with_context(|| {
+                    format!(
+                        "creating the seed's record entry {}/data/{RECORD_NAME}; nothing was written",
+                        self.mount
+                    )
+                })?;
+                self.key = Some(key);
+            }
             return Ok(self.write_entries(writes));
         }
         // KV v1 has no metadata: the mount's record entry says what the seed
@@ -552,9 +605,7 @@ impl SecretProvider for VaultProvider {
 
     fn list(&mut self) -> Result<Vec<String>> {
         let mut names = VaultProvider::list_at(&self.http, &self.list_path())?;
-        if self.kv == KvVersion::V1 {
-            names.retain(|n| n != RECORD_NAME);
-        }
+        names.retain(|n| n != RECORD_NAME);
         Ok(names)
     }
 
@@ -568,9 +619,11 @@ impl SecretProvider for VaultProvider {
 }
 
 impl VaultProvider {
-    /// Writes each entry (a KV v2 stamp with it); one outcome per write.
+    /// Writes each entry (a KV v2 stamp with it, under `self.key`); one
+    /// outcome per write.
     fn write_entries(&self, writes: &[Write<'_>]) -> Vec<(String, Outcome)> {
         let (http, kv, mount) = (&self.http, self.kv, self.mount.as_str());
+        let key = self.key.as_ref();
         let total = writes.len();
         let show = self.progress && total >= 200;
         let done = AtomicUsize::new(0);
@@ -581,6 +634,7 @@ impl VaultProvider {
                 path: self.data_path(w.name),
                 value: (!w.metadata_only).then(|| w.value.to_string()),
                 sha256: w.sha256.to_string(),
+                digest: key.map(|k| k.digest(w.name, w.value)),
                 cas: w.cas,
             })
             .collect();
@@ -617,6 +671,8 @@ struct Job {
     /// `None`: only record the checksum.
     value: Option<String>,
     sha256: String,
+    /// KV v2: the keyed digest the stamp records.
+    digest: Option<String>,
     cas: Option<u64>,
 }
 
@@ -664,9 +720,9 @@ fn write_one(
             Err(e) => return Outcome::Failed(e.to_string()),
         }
     }
-    if kv == KvVersion::V2 {
+    if let (KvVersion::V2, Some(digest)) = (kv, &job.digest) {
         let meta_path = format!("{mount}/metadata/{name}");
-        let (verb, written) = write_stamp(http, &meta_path, &stamp(sha256, version));
+        let (verb, written) = write_stamp(http, &meta_path, digest, version);
         match written {
             Ok(r) if (200..300).contains(&r.status) => {}
             // The value is written; only the checksum is missing. A re-run restamps it.
@@ -686,62 +742,111 @@ fn write_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secrets::provider::MANAGED_BY;
+    use crate::secrets::provider::{MANAGED_BY, SEEDED_ANOTHER_VALUE};
     use serde_json::json;
 
+    fn entry(value: &str, version: u64, custom: Value) -> Value {
+        json!({"data": {"data": {"value": value}, "metadata": {"version": version, "custom_metadata": custom}}})
+    }
+
     #[test]
-    fn reads_v2_entries_with_metadata() {
-        let reply = json!({"data": {"data": {"value": "x", "other": "y"}, "metadata": {"version": 3,
-            "custom_metadata": {"managed-by": MANAGED_BY, "fixture-sha256": "abc"}}}});
-        let c = current_from(KvVersion::V2, "n", &reply, None).unwrap();
+    fn reads_v2_entries_with_a_keyed_stamp() {
+        let key = DigestKey::fixed(&"k".repeat(64));
+        let stamped = json!({"managed-by": MANAGED_BY, "fixture-hmac": key.digest("n", "x"), "fixture-version": "3"});
+        let mut reply = entry("x", 3, stamped.clone());
+        reply["data"]["data"]["other"] = "y".into();
+        let c = current_from(KvVersion::V2, "n", &reply, None, Some(&key)).unwrap();
         assert_eq!(c.sha256.as_deref(), Some(sha256_hex(b"x").as_str()));
         assert_eq!(c.version, Some(3));
-        assert_eq!(c.seeded_sha256.as_deref(), Some("abc"));
+        assert_eq!(c.seeded_sha256, c.sha256, "the stamp is of the value there");
+        assert!(!c.stamp_stale);
         assert_eq!(c.properties, vec!["other".to_string(), "value".to_string()]);
+        // A value the stamp is not of: the seed wrote another one.
+        let edited = current_from(
+            KvVersion::V2,
+            "n",
+            &entry("by-hand", 4, stamped.clone()),
+            None,
+            Some(&key),
+        );
+        assert_eq!(
+            edited.unwrap().seeded_sha256.as_deref(),
+            Some(SEEDED_ANOTHER_VALUE)
+        );
+        // Without the key, a stamp proves nothing.
+        let unkeyed =
+            current_from(KvVersion::V2, "n", &entry("x", 3, stamped), None, None).unwrap();
+        assert_eq!(unkeyed.seeded_sha256, None);
+    }
+
+    #[test]
+    fn an_older_release_stamp_counts_and_is_renewed() {
+        let sha = sha256_hex(b"x");
+        let old = json!({"managed-by": MANAGED_BY, "fixture-sha256": sha, "fixture-version": "3"});
+        let key = DigestKey::fixed(&"k".repeat(64));
+        let c = current_from(
+            KvVersion::V2,
+            "n",
+            &entry("x", 3, old.clone()),
+            None,
+            Some(&key),
+        )
+        .unwrap();
+        assert_eq!(c.seeded_sha256.as_deref(), Some(sha.as_str()));
+        assert!(c.stamp_stale, "renewed into a keyed stamp");
+        let c = current_from(KvVersion::V2, "n", &entry("y", 4, old), None, None).unwrap();
+        assert_eq!(
+            c.seeded_sha256.as_deref(),
+            Some(sha.as_str()),
+            "what it says it wrote"
+        );
     }
 
     #[test]
     fn a_record_without_the_read_version_is_stale() {
-        let at = |custom: Value| json!({"data": {"data": {"value": "x"}, "metadata": {"version": 3, "custom_metadata": custom}}});
-        let fresh =
-            at(json!({"managed-by": MANAGED_BY, "fixture-sha256": "abc", "fixture-version": "3"}));
-        assert!(
-            !current_from(KvVersion::V2, "n", &fresh, None)
+        let key = DigestKey::fixed(&"k".repeat(64));
+        let at = |version: Option<&str>| {
+            let mut custom =
+                json!({"managed-by": MANAGED_BY, "fixture-hmac": key.digest("n", "x")});
+            if let Some(v) = version {
+                custom["fixture-version"] = v.into();
+            }
+            current_from(KvVersion::V2, "n", &entry("x", 3, custom), None, Some(&key))
                 .unwrap()
                 .stamp_stale
-        );
-        let older =
-            at(json!({"managed-by": MANAGED_BY, "fixture-sha256": "abc", "fixture-version": "2"}));
+        };
+        assert!(!at(Some("3")));
+        assert!(at(Some("2")));
+        assert!(at(None));
         assert!(
-            current_from(KvVersion::V2, "n", &older, None)
-                .unwrap()
-                .stamp_stale
-        );
-        let none = at(json!({"managed-by": MANAGED_BY, "fixture-sha256": "abc"}));
-        assert!(
-            current_from(KvVersion::V2, "n", &none, None)
-                .unwrap()
-                .stamp_stale
-        );
-        assert!(
-            !current_from(KvVersion::V1, "n", &json!({"data": {"value": "x"}}), None)
-                .unwrap()
-                .stamp_stale
+            !current_from(
+                KvVersion::V1,
+                "n",
+                &json!({"data": {"value": "x"}}),
+                None,
+                None
+            )
+            .unwrap()
+            .stamp_stale
         );
     }
 
     #[test]
     fn foreign_metadata_is_not_ours() {
-        let reply = json!({"data": {"data": {"value": "x"}, "metadata": {"version": 1,
-            "custom_metadata": {"fixture-sha256": "abc"}}}});
+        let reply = entry(
+            "x",
+            1,
+            json!({"fixture-sha256": "abc", "fixture-hmac": "abc"}),
+        );
+        let key = DigestKey::fixed(&"k".repeat(64));
         assert_eq!(
-            current_from(KvVersion::V2, "n", &reply, None)
+            current_from(KvVersion::V2, "n", &reply, None, Some(&key))
                 .unwrap()
                 .seeded_sha256,
             None
         );
         let v1 = json!({"data": {"password": "x"}});
-        let c = current_from(KvVersion::V1, "n", &v1, None).unwrap();
+        let c = current_from(KvVersion::V1, "n", &v1, None, None).unwrap();
         assert_eq!((c.sha256, c.version), (None, None));
         assert_eq!(c.properties, vec!["password".to_string()]);
     }

@@ -135,7 +135,11 @@ pub enum Method {
 pub struct VaultHttp {
     /// Shared with [`VaultHttp::with_token`]'s copies: one connection pool.
     wire: std::sync::Arc<vault_wire::Wire>,
-    addr: String,
+    /// Where requests go: the address as configured, basic-auth user and
+    /// password included.
+    base: String,
+    /// `base` for messages: a user and password in it read `***`.
+    shown: String,
     token: Secret,
     namespace: Option<String>,
     retries: u32,
@@ -178,9 +182,11 @@ impl VaultHttp {
                  server -dev-tls`, vault-ca.pem in its -dev-tls-cert-dir)"
             )
         })?;
+        let addr = addr.trim_end_matches('/').to_string();
         Ok(VaultHttp {
             wire: std::sync::Arc::new(wire),
-            addr: addr.trim_end_matches('/').to_string(),
+            shown: crate::secrets::guard::shown_addr(&addr),
+            base: addr,
             token,
             namespace,
             retries,
@@ -198,17 +204,18 @@ impl VaultHttp {
 
     /// A connection failure, with why the way to Vault is gone if it is.
     fn unreachable(&self, detail: String) -> (VaultError, bool) {
+        let detail = self.scrub(detail);
         match self.lifeline.as_ref().and_then(|alive| alive()) {
             Some(why) => (
                 VaultError::Unreachable {
-                    addr: self.addr.clone(),
+                    addr: self.shown.clone(),
                     detail: format!("{detail}; {why}"),
                 },
                 true,
             ),
             None => (
                 VaultError::Unreachable {
-                    addr: self.addr.clone(),
+                    addr: self.shown.clone(),
                     detail,
                 },
                 false,
@@ -216,8 +223,18 @@ impl VaultHttp {
         }
     }
 
+    /// The address for messages (a user and password in it read `***`).
     pub fn addr(&self) -> &str {
-        &self.addr
+        &self.shown
+    }
+
+    /// `text` with the address as [`VaultHttp::addr`] shows it, should the
+    /// transport have quoted it whole.
+    fn scrub(&self, text: String) -> String {
+        if self.shown == self.base {
+            return text;
+        }
+        text.replace(&self.base, &self.shown)
     }
 
     /// The same server, connection settings and pool, with another token
@@ -225,7 +242,8 @@ impl VaultHttp {
     pub fn with_token(&self, token: Secret) -> VaultHttp {
         VaultHttp {
             wire: self.wire.clone(),
-            addr: self.addr.clone(),
+            base: self.base.clone(),
+            shown: self.shown.clone(),
             token,
             namespace: self.namespace.clone(),
             retries: self.retries,
@@ -321,7 +339,7 @@ impl VaultHttp {
                 }
                 Ok((status, _, body)) if status == 503 && is_sealed(&body) => {
                     return Err(self.stop(VaultError::Sealed {
-                        addr: self.addr.clone(),
+                        addr: self.shown.clone(),
                     }));
                 }
                 Ok((status, _, body)) if (status == 401 || status == 403) && !forbidden_stops => {
@@ -406,7 +424,7 @@ impl VaultHttp {
         path: &str,
         body: Option<&str>,
     ) -> Result<(u16, Option<Duration>, Value), WireError> {
-        let url = format!("{}/v1/{}", self.addr, path);
+        let url = format!("{}/v1/{}", self.base, path);
         let url = match method {
             Method::List if url.contains('?') => format!("{url}&list=true"),
             Method::List => format!("{url}?list=true"),

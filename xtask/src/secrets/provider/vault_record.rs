@@ -1,7 +1,10 @@
 //! What the seed records about the values it wrote, so that a later run can
 //! tell its own writes from hand edits: on KV v2 a stamp in each entry's
-//! `custom_metadata`; on KV v1, which has no metadata, one record entry per
-//! mount holding a keyed digest of each value the seed wrote.
+//! `custom_metadata` (a keyed digest of the value, and the version); on KV
+//! v1, which has no metadata, the digests in the record entry. Either way
+//! the digests' key lives in the mount's record entry,
+//! `<mount>/_cargo-xtask-secrets` (KV v2: `<mount>/data/_cargo-xtask-secrets`),
+//! which only those who may read values can read.
 //!
 //! Both [`super::vault`] and [`super::vault_listing`] read these; neither
 //! imports the other.
@@ -10,33 +13,30 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
-use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use anyhow::{anyhow, bail, Result};
+use serde_json::Value;
 
 use super::vault_http::{backoff, json_string, Method, Reply, VaultError, VaultHttp};
-use super::MANAGED_BY;
-use crate::fsutil::{hex, Lock};
+use super::{DigestKey, Stamp, MANAGED_BY, SEEDED_ANOTHER_VALUE};
+use crate::fsutil::Lock;
 
 // ---------------------------------------------------------------------------
 // KV v2: a stamp in each entry's custom_metadata.
 
-/// The seed's record in an entry's `custom_metadata`: which checksum it
-/// wrote, and at which KV version (unknown: the next run reads the entry and
-/// renews the record). Written by [`stamp`], read by [`Record::read`].
+/// The seed's record in an entry's `custom_metadata`: its stamp (see
+/// [`Stamp`]), and the KV version that stamp describes (unknown: the next
+/// run reads the entry and renews the record). Written by [`stamp`], read
+/// by [`Record::read`].
 pub(super) struct Record {
-    pub sha256: String,
+    pub stamp: Stamp,
     pub version: Option<u64>,
 }
 
 impl Record {
     /// The record in `custom_metadata`, if the seed wrote it.
     pub(super) fn read(custom: &Value) -> Option<Record> {
-        if custom["managed-by"].as_str() != Some(MANAGED_BY) {
-            return None;
-        }
         Some(Record {
-            sha256: custom["fixture-sha256"].as_str()?.to_string(),
+            stamp: Stamp::read(custom)?,
             version: custom["fixture-version"]
                 .as_str()
                 .and_then(|v| v.parse().ok()),
@@ -44,39 +44,91 @@ impl Record {
     }
 }
 
-/// The metadata write (JSON text) that records `sha256` at `version`.
-pub(super) fn stamp(sha256: &str, version: Option<u64>) -> String {
-    let sha256 = json_string(sha256);
+/// The metadata write (JSON text) that records `digest` (the keyed digest
+/// of the value) at `version`. `merge`: for a merge PATCH, which also drops
+/// an older release's plain `fixture-sha256` (a plain write replaces
+/// `custom_metadata` whole, and refuses a null).
+pub(super) fn stamp(digest: &str, version: Option<u64>, merge: bool) -> String {
+    let digest = json_string(digest);
     let managed_by = json_string(MANAGED_BY);
-    match version {
-        Some(v) => format!(
-            r#"{{"custom_metadata":{{"managed-by":{managed_by},"fixture-sha256":{sha256},"fixture-version":"{v}"}}}}"#
-        ),
-        None => format!(
-            r#"{{"custom_metadata":{{"managed-by":{managed_by},"fixture-sha256":{sha256}}}}}"#
-        ),
-    }
+    let version = version
+        .map(|v| format!(r#","fixture-version":"{v}""#))
+        .unwrap_or_default();
+    let retire = if merge {
+        r#","fixture-sha256":null"#
+    } else {
+        ""
+    };
+    format!(
+        r#"{{"custom_metadata":{{"managed-by":{managed_by},"fixture-hmac":{digest}{version}{retire}}}}}"#
+    )
 }
 
-/// Writes a stamp, merged into the entry's `custom_metadata` so keys a
-/// person added there stay; returns the verb that answered. A plain
-/// metadata write (which replaces `custom_metadata` whole) stands in when
-/// the merge is refused: a policy without the `patch` capability, a server
-/// without PATCH, or a 404 from a Raft standby that has not yet applied
-/// the entry the value write just created.
+/// Writes the stamp of `digest` at `version`, merged into the entry's
+/// `custom_metadata` so keys a person added there stay; returns the verb
+/// that answered. A plain metadata write (which replaces `custom_metadata`
+/// whole) stands in when the merge is refused: a policy without the `patch`
+/// capability, a server without PATCH, or a 404 from a Raft standby that
+/// has not yet applied the entry the value write just created.
 pub(super) fn write_stamp(
     http: &VaultHttp,
     meta_path: &str,
-    stamp: &str,
+    digest: &str,
+    version: Option<u64>,
 ) -> (&'static str, Result<Reply, VaultError>) {
-    match http.try_call_text(Method::Patch, meta_path, stamp) {
-        Ok(r) if matches!(r.status, 401 | 403 | 404) => {
-            ("POST", http.call_text(Method::Post, meta_path, stamp))
-        }
-        Err(VaultError::Status { code: 405, .. }) => {
-            ("POST", http.call_text(Method::Post, meta_path, stamp))
-        }
+    let whole = || http.call_text(Method::Post, meta_path, &stamp(digest, version, false));
+    match http.try_call_text(Method::Patch, meta_path, &stamp(digest, version, true)) {
+        Ok(r) if matches!(r.status, 401 | 403 | 404) => ("POST", whole()),
+        Err(VaultError::Status { code: 405, .. }) => ("POST", whole()),
         other => ("PATCH", other),
+    }
+}
+
+/// KV v2: the key of the mount's record entry, `Ok(None)` when there is
+/// none, it is not the seed's, or the token may not read it (then no stamp
+/// can be verified: every entry that differs from its fixture is a
+/// conflict, the safe side). Only [`create_key`] makes one: reading never
+/// writes.
+pub(super) fn read_key(http: &VaultHttp, mount: &str) -> Result<Option<DigestKey>, VaultError> {
+    let path = format!("{mount}/data/{RECORD_NAME}");
+    let reply = http.try_call(Method::Get, &path, None)?;
+    match reply.status {
+        200 => Ok(DigestKey::from_entry(&reply.body["data"]["data"])),
+        401 | 403 | 404 => Ok(None),
+        code => Err(VaultError::Status {
+            call: format!("GET {path}"),
+            code,
+            errors: reply.errors(),
+        }),
+    }
+}
+
+/// KV v2: creates the mount's record entry with a new key, with
+/// check-and-set so that of two first seeds at once one key wins, and
+/// returns the key that is there.
+pub(super) fn create_key(http: &VaultHttp, mount: &str) -> Result<DigestKey> {
+    let path = format!("{mount}/data/{RECORD_NAME}");
+    let fresh = DigestKey::generate()?;
+    let body = serde_json::json!({"options": {"cas": 0}, "data": fresh.entry()});
+    let reply = http.try_call(Method::Post, &path, Some(&body))?;
+    let lost_race = reply.status == 400 && reply.errors().contains("check-and-set");
+    match reply.status {
+        200..=299 => return Ok(fresh),
+        401 | 403 => bail!(
+            "permission denied writing {path} ({}). The seed keeps the key of the digests it records beside each \
+             value there: grant create and read on it (the `{mount}/data/*` grant of docs/secrets.md does).",
+            reply.errors()
+        ),
+        _ if lost_race => {}
+        code => bail!("POST {path} failed with HTTP {code}: {}", reply.errors()),
+    }
+    match read_key(http, mount)? {
+        Some(key) => Ok(key),
+        None => bail!(
+            "{path} holds something that is not the seed's record (the seed keeps the key of the digests it \
+             records there), or its latest version is deleted. Move that entry elsewhere (`bao kv metadata delete \
+             -mount={mount} {RECORD_NAME}` if it is the seed's), then re-run."
+        ),
     }
 }
 
@@ -88,28 +140,19 @@ pub(super) fn write_stamp(
 /// collide with it; listings and `check` leave it out.
 pub const RECORD_NAME: &str = "_cargo-xtask-secrets";
 
-/// What the record entry's `format` says: HMAC-SHA256 keyed with the
-/// record's own random key, over `name NUL value`, first 128 bits in hex.
-const FORMAT: &str = "hmac-sha256-128/1";
-
-/// Stands in for the checksum the seed last wrote when the record holds a
-/// digest for the name but not of the value there now: the seed wrote
-/// something, and this is not it. Never equal to a sha256.
-pub const SEEDED_ANOTHER_VALUE: &str = "another value";
-
 /// The record entry of a KV v1 mount: for each name, the digests of the
 /// values the seed may have written last (one after a clean run; more while
 /// a run is under way or after one stopped mid-way).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct MountRecord {
-    /// Hex; the HMAC key. Random per mount, so the digests match nothing
-    /// outside this record and equal values under two names look unrelated.
-    key: String,
+    /// The HMAC key. Random per mount, so the digests match nothing outside
+    /// this record and equal values under two names look unrelated.
+    key: DigestKey,
     pub digests: BTreeMap<String, Vec<String>>,
 }
 
 impl MountRecord {
-    fn new(key: String) -> MountRecord {
+    fn new(key: DigestKey) -> MountRecord {
         MountRecord {
             key,
             digests: BTreeMap::new(),
@@ -118,12 +161,7 @@ impl MountRecord {
 
     /// The record in a KV v1 entry's data, if the seed wrote it.
     fn parse(data: &Value) -> Option<MountRecord> {
-        if data["managed-by"].as_str() != Some(MANAGED_BY)
-            || data["format"].as_str() != Some(FORMAT)
-        {
-            return None;
-        }
-        let key = data["key"].as_str().filter(|k| k.len() >= 32)?.to_string();
+        let key = DigestKey::from_entry(data)?;
         let mut digests = BTreeMap::new();
         for line in data["digests"].as_str()?.lines().filter(|l| !l.is_empty()) {
             let (name, ds) = line.split_once(' ')?;
@@ -149,25 +187,18 @@ impl MountRecord {
             lines.push_str(&ds.join(","));
             lines.push('\n');
         }
-        json!({
-            "managed-by": MANAGED_BY,
-            "format": FORMAT,
-            "key": self.key,
-            "digests": lines,
-        })
+        let mut entry = self.key.entry();
+        entry["digests"] = lines.into();
+        entry
     }
 
     pub(super) fn key(&self) -> &str {
-        &self.key
+        self.key.hex()
     }
 
     /// The record's digest of `value` under `name`.
     pub(super) fn digest(&self, name: &str, value: &str) -> String {
-        let mut msg = Vec::with_capacity(name.len() + 1 + value.len());
-        msg.extend_from_slice(name.as_bytes());
-        msg.push(0);
-        msg.extend_from_slice(value.as_bytes());
-        hex(&hmac_sha256(self.key.as_bytes(), &msg)[..16])
+        self.key.digest(name, value)
     }
 
     /// What the record says about `value`, now under `name`: the checksum
@@ -186,34 +217,6 @@ impl MountRecord {
             Some(_) => (Some(SEEDED_ANOTHER_VALUE.to_string()), false),
         }
     }
-}
-
-/// HMAC-SHA256 (RFC 2104).
-fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    const BLOCK: usize = 64;
-    let mut k = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(k.map(|b| b ^ 0x36));
-    inner.update(msg);
-    let mut outer = Sha256::new();
-    outer.update(k.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
-}
-
-/// A fresh random HMAC key, hex.
-fn new_key() -> Result<String> {
-    use std::io::Read;
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("reading /dev/urandom for the KV v1 record's key")?;
-    Ok(hex(&bytes))
 }
 
 fn record_path(mount: &str) -> String {
@@ -264,14 +267,14 @@ pub(super) enum Phase {
 /// `fresh` (the record as it is now, or a new one with `key`) with `changes`.
 fn merge(
     fresh: Option<MountRecord>,
-    key: &str,
+    key: &DigestKey,
     changes: &[Change<'_>],
     phase: Phase,
 ) -> MountRecord {
-    let mut rec = fresh.unwrap_or_else(|| MountRecord::new(key.to_string()));
+    let mut rec = fresh.unwrap_or_else(|| MountRecord::new(key.clone()));
     for c in changes {
         let digest = rec.digest(c.name, c.value);
-        let key_now = rec.key.clone();
+        let key_now = rec.key().to_string();
         let set = rec.digests.entry(c.name.to_string()).or_default();
         if phase == Phase::Settle && c.seen_key == Some(key_now.as_str()) {
             set.retain(|d| !c.seen.contains(d));
@@ -309,7 +312,7 @@ pub(super) fn update_record(
     }
     let path = record_path(mount);
     let _lock = Lock::acquire(lock, "update of the KV v1 seed record")?;
-    let key = new_key()?;
+    let key = DigestKey::generate()?;
     const ATTEMPTS: u32 = 5;
     for attempt in 0..ATTEMPTS {
         let fresh = read_for_update(http, &path)?;
@@ -362,41 +365,27 @@ mod tests {
     use super::*;
     use crate::fsutil::sha256_hex;
 
-    #[test]
-    fn hmac_matches_rfc_4231() {
-        // Test case 2.
-        assert_eq!(
-            hex(&hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
-        // Test case 6: a key longer than the block.
-        assert_eq!(
-            hex(&hmac_sha256(
-                &[0xaa; 131],
-                b"Test Using Larger Than Block-Size Key - Hash Key First"
-            )),
-            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
-        );
+    use crate::secrets::provider::MANAGED_BY;
+    use serde_json::json;
+
+    fn key(c: char) -> DigestKey {
+        DigestKey::fixed(&c.to_string().repeat(64))
     }
 
     #[test]
-    fn digests_are_keyed_bound_to_the_name_and_short() {
-        let a = MountRecord::new("a".repeat(64));
-        let b = MountRecord::new("b".repeat(64));
-        let d = a.digest("db-password", "true");
-        assert_eq!(d.len(), 32);
-        assert_ne!(
-            d,
-            b.digest("db-password", "true"),
-            "another key, another digest"
+    fn the_kv1_digest_is_unchanged_by_the_move_to_the_hmac_crate() {
+        // Computed by the hand-written HMAC of the release before: records
+        // it wrote must still verify.
+        let rec = MountRecord::new(key('k'));
+        assert_eq!(
+            rec.digest("n", "seeded"),
+            "ad500f2fde10aa64b37c39ee9e2fa278"
         );
-        assert_ne!(d, a.digest("other-name", "true"), "same value, other name");
-        assert!(!sha256_hex(b"true").contains(&d));
     }
 
     #[test]
     fn judges_values_against_the_record() {
-        let mut rec = MountRecord::new("k".repeat(64));
+        let mut rec = MountRecord::new(key('k'));
         let ours = rec.digest("n", "seeded");
         rec.digests.insert("n".into(), vec![ours.clone()]);
         assert_eq!(
@@ -421,8 +410,8 @@ mod tests {
 
     #[test]
     fn intents_add_and_settling_drops_only_what_this_run_read() {
-        let key = "k".repeat(64);
-        let mut start = MountRecord::new(key.clone());
+        let k = key('k');
+        let mut start = MountRecord::new(k.clone());
         let old = start.digest("a", "old");
         start.digests.insert("a".into(), vec![old.clone()]);
         let seen = vec![old.clone()];
@@ -430,9 +419,9 @@ mod tests {
             name: "a",
             value: "new",
             seen: &seen,
-            seen_key: Some(&key),
+            seen_key: Some(k.hex()),
         }];
-        let intended = merge(Some(start.clone()), "unused", &change, Phase::Intend);
+        let intended = merge(Some(start.clone()), &key('u'), &change, Phase::Intend);
         let new = start.digest("a", "new");
         assert_eq!(intended.digests["a"], vec![old.clone(), new.clone()]);
         // A concurrent seed added its own candidate meanwhile: it stays.
@@ -443,23 +432,23 @@ mod tests {
             .get_mut("a")
             .unwrap()
             .push(theirs.clone());
-        let settled = merge(Some(concurrent), "unused", &change, Phase::Settle);
+        let settled = merge(Some(concurrent), &key('u'), &change, Phase::Settle);
         assert_eq!(settled.digests["a"], vec![new.clone(), theirs]);
         assert!(holds(&settled, &change));
         // Under another key (a concurrent first seed won the race to create
         // the record), what this run read means nothing there: keep all.
-        let other = MountRecord::new("o".repeat(64));
-        let settled = merge(Some(other.clone()), "unused", &change, Phase::Settle);
+        let other = MountRecord::new(key('o'));
+        let settled = merge(Some(other.clone()), &key('u'), &change, Phase::Settle);
         assert_eq!(settled.digests["a"], vec![other.digest("a", "new")]);
         // No record yet: a new one with the given key.
-        let created = merge(None, &key, &change, Phase::Intend);
-        assert_eq!(created.key(), key);
+        let created = merge(None, &k, &change, Phase::Intend);
+        assert_eq!(created.key(), k.hex());
         assert_eq!(MountRecord::parse(&created.to_json()), Some(created));
     }
 
     #[test]
     fn the_entry_stays_a_handful_of_json_strings_however_many_names() {
-        let mut rec = MountRecord::new("k".repeat(64));
+        let mut rec = MountRecord::new(key('k'));
         for i in 0..5000 {
             let name = format!("name-{i}");
             let ds = vec![rec.digest(&name, "a"), rec.digest(&name, "b")];
@@ -478,28 +467,46 @@ mod tests {
 
     #[test]
     fn only_the_seeds_own_record_parses() {
-        let rec = MountRecord::new("k".repeat(64));
+        let rec = MountRecord::new(key('k'));
         let mut v = rec.to_json();
         assert!(MountRecord::parse(&v).is_some());
         v["managed-by"] = "someone".into();
         assert!(MountRecord::parse(&v).is_none());
         assert!(MountRecord::parse(&json!({"value": "x"})).is_none());
-        let short_key =
-            json!({"managed-by": MANAGED_BY, "format": FORMAT, "key": "k", "digests": ""});
+        let short_key = json!({"managed-by": MANAGED_BY, "format": DigestKey::FORMAT, "key": "k", "digests": ""});
         assert!(MountRecord::parse(&short_key).is_none());
     }
 
     #[test]
     fn records_name_the_version_when_known() {
-        let s: Value = stamp("abc", Some(7)).parse().unwrap();
+        let s: Value = stamp("abc", Some(7), false).parse().unwrap();
         assert_eq!(s["custom_metadata"]["fixture-version"], "7");
         assert_eq!(s["custom_metadata"]["managed-by"], MANAGED_BY);
-        assert_eq!(s["custom_metadata"]["fixture-sha256"], "abc");
-        let s: Value = stamp("a\"b", None).parse().unwrap();
+        assert_eq!(s["custom_metadata"]["fixture-hmac"], "abc");
+        assert!(
+            s["custom_metadata"].get("fixture-sha256").is_none(),
+            "a whole write carries no null"
+        );
+        let s: Value = stamp("a\"b", None, true).parse().unwrap();
         assert!(s["custom_metadata"].get("fixture-version").is_none());
-        assert_eq!(s["custom_metadata"]["fixture-sha256"], "a\"b", "escaped");
+        assert_eq!(s["custom_metadata"]["fixture-hmac"], "a\"b", "escaped");
+        assert!(
+            s["custom_metadata"]["fixture-sha256"].is_null()
+                && s["custom_metadata"].get("fixture-sha256").is_some(),
+            "a merge drops an older release's plain checksum"
+        );
         // What the seed writes reads back as its record.
         let record = Record::read(&s["custom_metadata"]).unwrap();
-        assert_eq!((record.sha256.as_str(), record.version), ("a\"b", None));
+        assert_eq!(
+            (record.stamp, record.version),
+            (Stamp::Keyed("a\"b".into()), None)
+        );
+        let old =
+            json!({"managed-by": MANAGED_BY, "fixture-sha256": "abc", "fixture-version": "2"});
+        let record = Record::read(&old).unwrap();
+        assert_eq!(
+            (record.stamp, record.version),
+            (Stamp::Sha256("abc".into()), Some(2))
+        );
     }
 }
