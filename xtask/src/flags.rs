@@ -8,7 +8,7 @@ xflags::xflags! {
     /// Exit codes: 0 ok, 1 failed, 2 usage error, 3 partial (some writes
     /// landed, some did not: re-run to finish).
     cmd xtask {
-        /// Install the pinned tools (bao, helm, helmfile) into .tools/bin.
+        /// Install the pinned tools (bao, kubectl, helm, helmfile) into .tools/bin.
         ///
         /// Example: cargo xtask tools
         cmd tools {

@@ -5,6 +5,11 @@
 //! for the layout. A library so the fuzz targets in `fuzz/` can call the
 //! parsers; `main.rs` is one line.
 
+// `unsafe` only where the process layer (signals, descriptors, prctl) and
+// the benchmark's getrusage need libc: every other module is refused it.
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
 mod bench;
 mod completions;
 mod flags;
@@ -13,6 +18,7 @@ mod fuzz;
 mod help;
 mod output;
 mod pool;
+#[allow(unsafe_code)]
 mod process;
 mod project;
 pub mod secrets;

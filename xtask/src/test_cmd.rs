@@ -21,9 +21,9 @@ pub fn run(flags: &flags::Test) -> Result<()> {
     let root = project_root();
     let skipping = std::env::var("XTASK_SKIP_TOOL_TESTS").is_ok_and(|v| v == "1");
     if skipping {
-        eprintln!("XTASK_SKIP_TOOL_TESTS=1: tests that need bao, helm or helmfile are skipped if they are missing");
+        eprintln!("XTASK_SKIP_TOOL_TESTS=1: tests that need bao, kubectl, helm or helmfile are skipped if they are missing");
     } else {
-        tools::ensure_all(&root).context("the tests need bao, helm and helmfile")?;
+        tools::ensure_all(&root).context("the tests need bao, kubectl, helm and helmfile")?;
     }
     let sh = Shell::new()?;
     sh.change_dir(&root);

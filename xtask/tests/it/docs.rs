@@ -38,7 +38,12 @@ fn every_quickstart_command_works_on_a_clean_copy() {
     let bao = OpenBao::start();
     let sb = Sandbox::new();
     sb.scenario(json!({"kubectl": {"context": "k3d-ameide", "vault_addr": bao.addr, "crds": ["externalsecrets.external-secrets.io"],
-        "clustersecretstore": {"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Valid", "message": "ok"}]}}}}));
+        "clustersecretstore": {"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Valid", "message": "ok"}]}},
+        // OpenBao runs outside the cluster: ESO's own token reviews itself at its login.
+        "objects": [{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                     "metadata": {"name": "external-secrets-auth-delegator"},
+                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+                     "subjects": [{"kind": "ServiceAccount", "name": "external-secrets", "namespace": "external-secrets"}]}]}}));
     let mut ran = 0;
     for doc in ["README.md", "docs/secrets.md"] {
         let text = std::fs::read_to_string(repo_root().join(doc)).unwrap();

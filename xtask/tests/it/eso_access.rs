@@ -405,13 +405,16 @@ fn check_as_eso_reads_every_key_and_fails_on_a_policy_that_writes() {
     let sb = sandbox_with_cluster();
     let env = bao.env();
     vault_seed(&sb, &bao.addr, &bao.token, &[]).ok();
+    // ESO's own token reviews itself (OpenBao runs outside the cluster).
+    sb.cluster()
+        .put(&[auth_delegator("external-secrets", "external-secrets")]);
     let check = |extra: &[&str]| {
         let mut args = vec!["secrets", "check", "--live", "--as-eso"];
         args.extend_from_slice(extra);
         sb.xtask_env(&args, &env)
     };
     let ok = check(&[]).ok();
-    assert_contains(&ok.stdout, "as ESO (role external-secrets, policies default, external-secrets): 44 of 44 keys read, write refused");
+    assert_contains(&ok.stdout, "as ESO (logged in as external-secrets/external-secrets through auth/kubernetes in kube context k3d-eso, role external-secrets, policies default, external-secrets): 44 of 44 keys read, write refused");
     let j = report(&check(&["--output", "json"]).ok());
     assert_eq!(j["as_eso"]["write_refused"], true);
     assert_eq!(j["as_eso"]["read"].as_array().unwrap().len(), 44);
@@ -538,6 +541,9 @@ fn status_and_doctor_notice_a_vault_that_forgot_everything() {
     let sb = sandbox_with_cluster();
     let bao = OpenBao::start();
     vault_seed(&sb, &bao.addr, &bao.token, &[]).ok();
+    // ESO's own token reviews itself (OpenBao runs outside the cluster).
+    sb.cluster()
+        .put(&[auth_delegator("external-secrets", "external-secrets")]);
     let env = |b: &OpenBao| {
         [
             ("VAULT_ADDR", b.addr.clone()),
@@ -672,6 +678,9 @@ fn doctor_reports_external_secrets_that_are_not_ready_with_esos_reason() {
     let bao = OpenBao::start();
     let sb = sandbox_with_cluster();
     vault_seed(&sb, &bao.addr, &bao.token, &[]).ok();
+    // ESO's own token reviews itself (OpenBao runs outside the cluster).
+    sb.cluster()
+        .put(&[auth_delegator("external-secrets", "external-secrets")]);
     // As ESO leaves them: a generic condition, the cause in a Warning
     // Event on the ExternalSecret. Frozen, so the stand-in's ESO keeps them.
     let es = |ns: &str, name: &str, store: &str, ready: bool| {
