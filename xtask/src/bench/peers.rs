@@ -36,7 +36,7 @@ def one(i):
     value = "bench-value-%06d-v1-%s" % (i, "x" * 48)
     c.secrets.kv.v2.create_or_update_secret(path=name, secret={"value": value}, cas=0, mount_point=mount)
     c.secrets.kv.v2.update_metadata(path=name, mount_point=mount, custom_metadata={
-        "fixture-sha256": "0" * 64, "fixture-version": "1", "managed-by": "cargo-xtask-secrets"})
+        "fixture-hmac": "0" * 32, "fixture-version": "1", "managed-by": "cargo-xtask-secrets"})
 
 if threads == 1:
     for i in range(n):

@@ -146,8 +146,10 @@ pub struct Ceiling {
 
 /// Writes secrets `0..n` into `mount` with `threads` connections, each
 /// taking the next secret as it finishes one. `value(i)` is secret i's
-/// value; the metadata record names a fixed 64-hex checksum (the seed's is
-/// the value's sha256: the same bytes on the wire).
+/// value; the metadata record names a fixed 32-hex digest (the seed's is
+/// a keyed HMAC of the value, cut to 128 bits) and clears an older
+/// release's `fixture-sha256`, as the seed's does: the same bytes on the
+/// wire.
 pub fn ceiling(
     addr: &str,
     token: &str,
@@ -158,7 +160,7 @@ pub fn ceiling(
     value: &(dyn Fn(usize) -> String + Sync),
 ) -> Result<Ceiling> {
     let next = AtomicUsize::new(0);
-    let checksum = "0".repeat(64);
+    let checksum = "0".repeat(32);
     let started = Instant::now();
     let results: Vec<Result<(u64, Duration)>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads.max(1).min(n.max(1)))
@@ -194,7 +196,7 @@ pub fn ceiling(
                             body.clear();
                             write!(
                                 body,
-                                r#"{{"custom_metadata":{{"fixture-sha256":"{checksum}","fixture-version":"1","managed-by":"{}"}}}}"#,
+                                r#"{{"custom_metadata":{{"fixture-hmac":"{checksum}","fixture-sha256":null,"fixture-version":"1","managed-by":"{}"}}}}"#,
                                 MANAGED_BY
                             )?;
                             let a =

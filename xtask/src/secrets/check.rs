@@ -252,13 +252,88 @@ pub fn run(flags: &flags::Check) -> Result<()> {
             .iter()
             .map(|(s, n)| format!("{n} {}", s.heading().to_lowercase()))
             .collect();
+        let overrides = cfg.shown(&cfg.abs(&cfg.overrides.value));
         bail!(
-            "coverage check failed: {}. Add the keys to {fixtures_shown} (or fix the references), then re-seed with \
-             `cargo xtask secrets seed`.",
-            parts.join(", ")
+            "coverage check failed: {}. To fix it:\n  {}",
+            parts.join(", "),
+            advice(&failures, &fixtures_shown, &overrides, &seed_command(flags)).join("\n  ")
         );
     }
     Ok(())
+}
+
+/// `cargo xtask secrets seed` with this check's flags that name the store
+/// and the fixtures.
+fn seed_command(flags: &flags::Check) -> String {
+    let path = |p: &PathBuf| p.display().to_string();
+    let mut cmd = "cargo xtask secrets seed".to_string();
+    for (flag, value) in [
+        ("--provider", flags.provider.clone()),
+        ("--fixtures", flags.fixtures.as_ref().map(path)),
+        ("--overrides", flags.overrides.as_ref().map(path)),
+        ("--mount", flags.mount.clone()),
+        ("--allow-non-local", flags.allow_non_local.clone()),
+    ] {
+        if let Some(value) = value {
+            cmd.push_str(&format!(" {flag} {value}"));
+        }
+    }
+    cmd
+}
+
+/// What fixes each kind of failure, one line per kind: the seed writes
+/// only what the fixtures hold and keeps what it did not write.
+fn advice(failures: &[&Finding], fixtures: &str, overrides: &str, seed: &str) -> Vec<String> {
+    let not_in_store = |f: &Finding| f.detail.starts_with("not in the store");
+    let keys = |keep: &dyn Fn(&Finding) -> bool| -> Vec<String> {
+        let set: BTreeSet<&str> = failures
+            .iter()
+            .filter(|f| keep(f))
+            .map(|f| f.key.as_str())
+            .collect();
+        set.into_iter().map(String::from).collect()
+    };
+    let unfixtured = keys(&|f| f.status == Status::Missing && !not_in_store(f));
+    let unseeded =
+        keys(&|f| f.status == Status::Missing && not_in_store(f) && !unfixtured.contains(&f.key));
+    let mut lines = Vec::new();
+    let mut say = |names: Vec<String>, what: String| {
+        if !names.is_empty() {
+            lines.push(format!("{}: {what}", crate::output::capped(&names)));
+        }
+    };
+    say(
+        unfixtured,
+        format!("not in the fixtures: add them to {fixtures} (or fix the references that name them), then `{seed}`"),
+    );
+    say(unseeded, format!("not in the store: `{seed}` writes them"));
+    say(
+        keys(&|f| f.status == Status::WrongProperty),
+        "fix the references shown above: the store keeps each secret under the property `value` \
+         (`remoteRef.property: value`)"
+            .into(),
+    );
+    say(
+        keys(&|f| f.status == Status::MissingProperty),
+        format!(
+            "the store's entries lack a string `value` and were not written by the seed, so `seed` keeps them: \
+             `{seed} --force` writes the fixtures over them (and over every other entry changed outside the seed)"
+        ),
+    );
+    say(
+        keys(&|f| f.status == Status::Drift),
+        format!(
+            "the store's values differ from the fixtures: to keep yours, put them in {overrides}; to use the \
+             fixtures', `{seed} --force` writes them over every entry changed outside the seed"
+        ),
+    );
+    say(
+        keys(&|f| f.status == Status::Unused),
+        format!(
+            "nothing reads them: remove them from {fixtures} (or {overrides}), or reference them"
+        ),
+    );
+    lines
 }
 
 /// The keys ESO reads by name: every `remoteRef.key` and `extract` of an

@@ -110,12 +110,9 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
             "flag",
             format!("{flag_rel}: secrets.provider = {}", p.as_str()),
         )),
-        Err(e) => out.push(fail(
-            "flag",
-            format!("{e:#}"),
-            "restore it: git checkout -- ".to_string() + &flag_rel,
-        )),
+        Err(e) => out.push(fail("flag", format!("{e:#}"), flag_fix(&root, &flag_rel))),
     }
+    out.push(journal_finding(&root, &env, &flag_rel));
 
     let context = kube::current_context();
     let local = match &context {
@@ -639,6 +636,68 @@ fn external_secret_fix(
         )
     } else {
         format!("kubectl describe externalsecret {name} --namespace {namespace}; docs/secrets.md#troubleshooting")
+    }
+}
+
+/// How to repair a flag file the editor cannot read: put back the
+/// committed one when git has it and it differs, else edit it as the
+/// message says.
+fn flag_fix(root: &std::path::Path, flag_rel: &str) -> String {
+    let status = crate::process::Tool::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["status", "--porcelain", "--", flag_rel])
+        .run()
+        .unwrap_or_default();
+    let tracked_and_changed = !status.trim().is_empty() && !status.starts_with("??");
+    if tracked_and_changed {
+        format!(
+            "`git checkout HEAD -- {flag_rel}` puts back the committed file (`git diff HEAD -- {flag_rel}` shows \
+             what that drops)"
+        )
+    } else {
+        format!("edit {flag_rel} as the message says: the committed file has the same problem")
+    }
+}
+
+/// The migration journal: readable, and whether its last entry is finished.
+fn journal_finding(root: &std::path::Path, env: &str, flag_rel: &str) -> Finding {
+    use crate::secrets::journal;
+    let journal = match journal::Journal::load(root, env) {
+        Ok(j) => j,
+        Err(e) => {
+            return fail(
+                "journal",
+                format!(
+                    "{} cannot be read as a journal: {}",
+                    project::shown(&journal::path(root, env)),
+                    e.root_cause()
+                ),
+                journal::unreadable_fix(root, env),
+            )
+        }
+    };
+    let Some(m) = journal.current() else {
+        return ok("journal", format!("no migration of {env} journaled"));
+    };
+    let text = format!(
+        "last {} of {env}: {} -> {}, {}",
+        m.kind.as_str(),
+        m.from,
+        m.to,
+        m.state.as_str()
+    );
+    let flag_now = std::fs::read_to_string(root.join(flag_rel))
+        .ok()
+        .and_then(|t| flagfile::provider(&t, flag_rel).ok())
+        .map_or("?", |p| p.as_str());
+    match m.next_step_text(flag_now) {
+        Some(next) => warn(
+            "journal",
+            format!("{text} (unfinished)"),
+            format!("finish it with {next}"),
+        ),
+        None => ok("journal", text),
     }
 }
 

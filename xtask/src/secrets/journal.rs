@@ -172,10 +172,37 @@ impl Migration {
         }
     }
 
-    /// The one command that finishes or follows up this entry, if any.
-    pub fn next_command(&self) -> Option<String> {
+    /// The journal's copy of the flag file from before this entry matches
+    /// the checksum stored beside it (a journal edited by hand, or damaged,
+    /// may not).
+    pub fn copy_intact(&self) -> bool {
+        fsutil::sha256_hex(self.before_content.as_bytes()) == self.before_sha256
+    }
+
+    /// An unfinished migration whose automatic rollback began: its flip is
+    /// journaled, and the flag file (whose provider is `flag_now`) says again
+    /// where it started. The restore wrote it back, journaled or not (the
+    /// run may have died before its record), or it was put back by hand.
+    pub fn rolling_back(&self, flag_now: &str) -> bool {
+        self.kind == Kind::Migrate
+            && self.state == State::InProgress
+            && self.step_ok(Step::Flip)
+            && flag_now == self.from
+    }
+
+    /// The one command that finishes or follows up this entry, if any,
+    /// given the provider the flag file names now.
+    pub fn next_command(&self, flag_now: &str) -> Option<String> {
         match (self.kind, self.state) {
+            // Its copy of the flag file cannot be restored from: set the value instead.
+            (Kind::Migrate, State::RollbackFailed) if !self.copy_intact() => Some(command(
+                &format!("rollback --to {} --yes", self.from),
+                &self.env,
+            )),
             (_, State::RollbackFailed) | (Kind::Rollback, State::InProgress) => {
+                Some(command("rollback --resume --yes", &self.env))
+            }
+            (Kind::Migrate, State::InProgress) if self.rolling_back(flag_now) => {
                 Some(command("rollback --resume --yes", &self.env))
             }
             (Kind::Migrate, State::InProgress) => {
@@ -187,10 +214,12 @@ impl Migration {
 
     /// What to tell the user about an open entry: the command that finishes
     /// it, in backticks, and for an unfinished migration the way to undo it.
-    pub fn next_step_text(&self) -> Option<String> {
-        let next = self.next_command()?;
+    pub fn next_step_text(&self, flag_now: &str) -> Option<String> {
+        let next = self.next_command(flag_now)?;
         Some(
-            if (self.kind, self.state) == (Kind::Migrate, State::InProgress) {
+            if (self.kind, self.state) == (Kind::Migrate, State::InProgress)
+                && !self.rolling_back(flag_now)
+            {
                 format!(
                     "`{next}` (or undo it with `{}`)",
                     command("rollback --yes", &self.env)
@@ -223,6 +252,15 @@ pub fn path(root: &Path, env: &str) -> PathBuf {
         .join(format!("{env}.json"))
 }
 
+/// How to get past a journal that cannot be read.
+pub fn unreadable_fix(root: &Path, env: &str) -> String {
+    format!(
+        "move it aside (`mv {p} {p}.unreadable`): the tool then starts a new journal, and `cargo xtask secrets \
+         status` shows the flag files and the cluster",
+        p = path(root, env).display()
+    )
+}
+
 pub fn lock_path(root: &Path, env: &str) -> PathBuf {
     root.join(".local/secrets/journal")
         .join(format!("{env}.lock"))
@@ -234,8 +272,9 @@ impl Journal {
         match std::fs::read_to_string(&p) {
             Ok(text) => serde_json::from_str(&text).with_context(|| {
                 format!(
-                    "{} is not a valid journal; move it aside to start afresh",
-                    p.display()
+                    "{} cannot be read as a journal; {}",
+                    p.display(),
+                    unreadable_fix(root, env)
                 )
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Journal::default()),
@@ -435,37 +474,71 @@ mod tests {
 
     #[test]
     fn open_states_name_the_command_that_finishes_them() {
+        // The flag says where the migration went (vault), or back where it
+        // started (azure).
         let mut m = entry(Kind::Migrate, State::RollbackFailed);
+        m.before_sha256 = fsutil::sha256_hex(m.before_content.as_bytes());
         assert_eq!(
-            m.next_command().as_deref(),
+            m.next_command("azure").as_deref(),
             Some("cargo xtask secrets rollback --resume --yes")
         );
         m.state = State::InProgress;
         assert_eq!(
-            m.next_command().as_deref(),
+            m.next_command("vault").as_deref(),
             Some("cargo xtask secrets migrate --resume --yes")
         );
         assert_eq!(
-            m.next_step_text().as_deref(),
+            m.next_step_text("vault").as_deref(),
             Some("`cargo xtask secrets migrate --resume --yes` (or undo it with `cargo xtask secrets rollback --yes`)")
         );
-        m.env = "dev".into();
-        assert!(m.next_command().unwrap().contains("--yes --env dev"));
+        // Flipped, then the flag says azure again: the automatic rollback
+        // began (restored, journaled or not), and only a rollback finishes it.
+        m.steps.push(StepRecord {
+            name: Step::Flip,
+            started: now_rfc3339(),
+            ended: now_rfc3339(),
+            outcome: Outcome::Ok,
+            detail: String::new(),
+        });
+        assert!(m.rolling_back("azure") && !m.rolling_back("vault"));
         assert_eq!(
-            m.next_step_text().as_deref(),
+            m.next_step_text("azure").as_deref(),
+            Some("`cargo xtask secrets rollback --resume --yes`")
+        );
+        assert_eq!(
+            m.next_command("vault").as_deref(),
+            Some("cargo xtask secrets migrate --resume --yes")
+        );
+        m.env = "dev".into();
+        assert!(m.next_command("vault").unwrap().contains("--yes --env dev"));
+        assert_eq!(
+            m.next_step_text("vault").as_deref(),
             Some("`cargo xtask secrets migrate --resume --yes --env dev` (or undo it with `cargo xtask secrets rollback --yes --env dev`)")
         );
         for state in [State::Completed, State::Failed, State::RolledBack] {
             m.state = state;
-            assert_eq!(m.next_command(), None, "{state:?}");
+            assert_eq!(m.next_command("vault"), None, "{state:?}");
         }
+        // A copy of the flag file that fails its checksum is never restored
+        // from: the value is set instead.
+        m.state = State::RollbackFailed;
+        m.env = "local".into();
+        m.before_content.push_str("# edited\n");
+        assert!(!m.copy_intact());
+        assert_eq!(
+            m.next_command("vault").as_deref(),
+            Some("cargo xtask secrets rollback --to azure --yes")
+        );
         let r = entry(Kind::Rollback, State::InProgress);
         assert_eq!(
-            r.next_command().as_deref(),
+            r.next_command("vault").as_deref(),
             Some("cargo xtask secrets rollback --resume --yes")
         );
         for state in STATES {
-            assert_eq!(state.is_open(), m.with(state).next_command().is_some());
+            assert_eq!(
+                state.is_open(),
+                m.with(state).next_command("vault").is_some()
+            );
         }
     }
 

@@ -28,8 +28,22 @@ pub fn run(flags: &flags::Status) -> Result<()> {
             .unwrap_or_else(|e| format!("error: {e:#}"));
         flags_by_env.push((e, value));
     }
-    let journal = Journal::load(&root, &env)?;
+    let flag_rel = project::flag_file(&env).display().to_string();
+    let flag_text = std::fs::read_to_string(root.join(&flag_rel)).unwrap_or_default();
+    let flag_now = flags_by_env
+        .iter()
+        .find(|(e, _)| *e == env)
+        .map_or("?".to_string(), |(_, v)| v.clone());
+    // A journal that cannot be read is reported, not a reason to show nothing.
+    let (journal, journal_error) = match Journal::load(&root, &env) {
+        Ok(j) => (j, None),
+        Err(e) => (Journal::default(), Some(format!("{e:#}"))),
+    };
     let last = journal.current().cloned();
+    // Whether the flag file is where the journal's last entry left it.
+    let fits = last
+        .as_ref()
+        .map(|m| crate::secrets::migrate::flag_fits(&journal, m, &flag_text));
     let context = kube::current_context();
     let context_local = context
         .as_ref()
@@ -59,7 +73,9 @@ pub fn run(flags: &flags::Status) -> Result<()> {
                 "env": env,
                 "providers": flags_by_env.iter().map(|(e, v)| json!({"env": e, "provider": v})).collect::<Vec<_>>(),
                 "last_migration": last,
-                "next_command": last.as_ref().and_then(|m| m.next_command()),
+                "journal_error": journal_error,
+                "flag_as_journaled": fits,
+                "next_command": last.as_ref().and_then(|m| m.next_command(&flag_now)),
                 "kube_context": context,
                 "kube_context_local": context_local,
                 "vault": vault,
@@ -74,12 +90,11 @@ pub fn run(flags: &flags::Status) -> Result<()> {
                 println!("  {e:<12} {v}{}", if *e == env { "   <-" } else { "" });
             }
             println!("\nlast migration of {env}:");
-            match &last {
-                None => println!(
-                    "  none in {}",
-                    project::shown(&crate::secrets::journal::path(&root, &env))
-                ),
-                Some(m) => {
+            let journal_path = project::shown(&crate::secrets::journal::path(&root, &env));
+            match (&last, &journal_error) {
+                (_, Some(e)) => println!("  the journal cannot be read: {e}"),
+                (None, None) => println!("  none in {journal_path}"),
+                (Some(m), None) => {
                     println!(
                         "  {} {} -> {}: {}, started {}",
                         m.kind.as_str(),
@@ -88,8 +103,19 @@ pub fn run(flags: &flags::Status) -> Result<()> {
                         m.state.as_str(),
                         m.started
                     );
-                    if let Some(next) = m.next_step_text() {
-                        println!("  unfinished: finish it with {next}");
+                    let fits = fits == Some(true);
+                    match m.next_step_text(&flag_now) {
+                        Some(next) if fits && m.rolling_back(&flag_now) => println!(
+                            "  unfinished: its automatic rollback began ({flag_rel} says {flag_now} again); finish it with {next}"
+                        ),
+                        Some(next) if fits => println!("  unfinished: finish it with {next}"),
+                        Some(next) => println!(
+                            "  unfinished, and {flag_rel} changed since the journal's last step (checksum {}, the journal \
+                             expects {}): put it back (`git diff -- {flag_rel}` shows what changed), then finish it with {next}",
+                            crate::fsutil::short(&crate::fsutil::sha256_hex(flag_text.as_bytes())),
+                            crate::fsutil::short(m.flag_sha_now())
+                        ),
+                        None => {}
                     }
                     for s in &m.steps {
                         println!(

@@ -68,7 +68,10 @@ fn assert_no_canary(sb: &Sandbox, outputs: &[String]) {
         if name == "overrides.json" || name == "store.json" {
             continue;
         }
-        texts.push((f.display().to_string(), std::fs::read_to_string(&f).unwrap_or_default()));
+        texts.push((
+            f.display().to_string(),
+            std::fs::read_to_string(&f).unwrap_or_default(),
+        ));
     }
     for c in sb.calls() {
         texts.push((format!("{} argv", c.tool), c.argv.join(" ")));
@@ -77,7 +80,10 @@ fn assert_no_canary(sb: &Sandbox, outputs: &[String]) {
     for (what, text) in &texts {
         for canary in CANARIES {
             assert!(!text.contains(canary), "{canary} in {what}:\n{text}");
-            assert!(!text.contains(&sha256_hex(canary)), "the sha256 of {canary} in {what}:\n{text}");
+            assert!(
+                !text.contains(&sha256_hex(canary)),
+                "the sha256 of {canary} in {what}:\n{text}"
+            );
         }
     }
 }
@@ -96,7 +102,10 @@ fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 /// A proxy in front of `bao` that answers `status` to every data write of
 /// `names`, as a Vault that refuses it would.
 fn failing_writes(bao: &OpenBao, names: &[&str], status: u16) -> Proxy {
-    let paths: Vec<String> = names.iter().map(|n| format!("/v1/secret/data/{n}")).collect();
+    let paths: Vec<String> = names
+        .iter()
+        .map(|n| format!("/v1/secret/data/{n}"))
+        .collect();
     Proxy::start(
         bao.port,
         Arc::new(move |req| {
@@ -104,7 +113,8 @@ fn failing_writes(bao: &OpenBao, names: &[&str], status: u16) -> Proxy {
                 Action::Reply {
                     status,
                     headers: vec![("Content-Type".into(), "application/json".into())],
-                    body: r#"{"errors":["1 error occurred:\n\t* storage refused the write"]}"#.into(),
+                    body: r#"{"errors":["1 error occurred:\n\t* storage refused the write"]}"#
+                        .into(),
                 }
             } else {
                 Action::Forward
@@ -127,12 +137,20 @@ fn a_canary_never_shows_in_a_drift_a_conflict_or_a_failed_write_on_vault() {
         return;
     };
     plant(&sb);
-    let seeded = sb.xtask_env(&["secrets", "seed", "--provider", "vault"], &bao.env()).ok();
+    let seeded = sb
+        .xtask_env(&["secrets", "seed", "--provider", "vault"], &bao.env())
+        .ok();
     let mut outputs = vec![seeded.all()];
     // Someone puts another canary where the fixture's was.
     let mut hand = HashMap::new();
     hand.insert("value", IN_STORE);
-    block_on(vaultrs::kv2::set(&bao.client(), "secret", "graph-db-password", &hand)).unwrap();
+    block_on(vaultrs::kv2::set(
+        &bao.client(),
+        "secret",
+        "graph-db-password",
+        &hand,
+    ))
+    .unwrap();
     change_a_fixture(&sb);
 
     let env = bao.env();
@@ -141,12 +159,58 @@ fn a_canary_never_shows_in_a_drift_a_conflict_or_a_failed_write_on_vault() {
         &env,
         &[
             &["secrets", "check", "--live", "--provider", "vault"],
-            &["secrets", "check", "--live", "--provider", "vault", "--verbose"],
-            &["secrets", "check", "--live", "--provider", "vault", "--output", "json"],
-            &["secrets", "check", "--live", "--provider", "vault", "--output", "junit"],
-            &["secrets", "check", "--live", "--provider", "vault", "--fail-on", "drift"],
-            &["secrets", "seed", "--provider", "vault", "--dry-run", "--verbose"],
-            &["secrets", "seed", "--provider", "vault", "--output", "json", "--dry-run"],
+            &[
+                "secrets",
+                "check",
+                "--live",
+                "--provider",
+                "vault",
+                "--verbose",
+            ],
+            &[
+                "secrets",
+                "check",
+                "--live",
+                "--provider",
+                "vault",
+                "--output",
+                "json",
+            ],
+            &[
+                "secrets",
+                "check",
+                "--live",
+                "--provider",
+                "vault",
+                "--output",
+                "junit",
+            ],
+            &[
+                "secrets",
+                "check",
+                "--live",
+                "--provider",
+                "vault",
+                "--fail-on",
+                "drift",
+            ],
+            &[
+                "secrets",
+                "seed",
+                "--provider",
+                "vault",
+                "--dry-run",
+                "--verbose",
+            ],
+            &[
+                "secrets",
+                "seed",
+                "--provider",
+                "vault",
+                "--output",
+                "json",
+                "--dry-run",
+            ],
         ],
         &mut outputs,
     );
@@ -158,11 +222,29 @@ fn a_canary_never_shows_in_a_drift_a_conflict_or_a_failed_write_on_vault() {
 
     // The writes fail: the update, and the conflict forced.
     let refusing = failing_writes(&bao, &["keycloak-admin-password", "graph-db-password"], 500);
-    let env = [("VAULT_ADDR", refusing.addr()), ("VAULT_TOKEN", bao.token.clone())];
+    let env = [
+        ("VAULT_ADDR", refusing.addr()),
+        ("VAULT_TOKEN", bao.token.clone()),
+    ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     for args in [
-        &["secrets", "seed", "--provider", "vault", "--force", "--verbose"][..],
-        &["secrets", "seed", "--provider", "vault", "--force", "--output", "json"][..],
+        &[
+            "secrets",
+            "seed",
+            "--provider",
+            "vault",
+            "--force",
+            "--verbose",
+        ][..],
+        &[
+            "secrets",
+            "seed",
+            "--provider",
+            "vault",
+            "--force",
+            "--output",
+            "json",
+        ][..],
     ] {
         let run = sb.xtask_env(args, &env);
         assert_ne!(run.code, 0, "{}", run.all());
@@ -173,7 +255,10 @@ fn a_canary_never_shows_in_a_drift_a_conflict_or_a_failed_write_on_vault() {
     let forbidding = failing_writes(&bao, &["keycloak-admin-password"], 403);
     let run = sb.xtask_env(
         &["secrets", "seed", "--provider", "vault", "--force"],
-        &[("VAULT_ADDR", &forbidding.addr()), ("VAULT_TOKEN", &bao.token)],
+        &[
+            ("VAULT_ADDR", &forbidding.addr()),
+            ("VAULT_TOKEN", &bao.token),
+        ],
     );
     assert_ne!(run.code, 0, "{}", run.all());
     outputs.push(run.all());
@@ -206,11 +291,17 @@ fn a_failed_write_names_the_entry_and_the_cause_but_not_the_value() {
             }
         }),
     );
-    let env = [("VAULT_ADDR", refusing.addr()), ("VAULT_TOKEN", bao.token.clone())];
+    let env = [
+        ("VAULT_ADDR", refusing.addr()),
+        ("VAULT_TOKEN", bao.token.clone()),
+    ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let run = sb.xtask_env(&["secrets", "seed", "--provider", "vault"], &env);
     assert_eq!(run.code, 3, "the rest landed: {}", run.all());
-    for (name, code) in [("graph-db-password", "HTTP 500"), ("redis-password", "HTTP 400")] {
+    for (name, code) in [
+        ("graph-db-password", "HTTP 500"),
+        ("redis-password", "HTTP 400"),
+    ] {
         let line = run
             .stderr
             .lines()
@@ -218,7 +309,10 @@ fn a_failed_write_names_the_entry_and_the_cause_but_not_the_value() {
             .unwrap_or_else(|| panic!("no {code} line for {name}:\n{}", run.stderr));
         assert_contains(line, "storage refused the write");
     }
-    let json = sb.xtask_env(&["secrets", "seed", "--provider", "vault", "--output", "json"], &env);
+    let json = sb.xtask_env(
+        &["secrets", "seed", "--provider", "vault", "--output", "json"],
+        &env,
+    );
     let report: Value =
         serde_json::from_str(&json.stdout).unwrap_or_else(|e| panic!("{e}: {}", json.all()));
     let reasons = report["not_written"].to_string();
@@ -227,7 +321,10 @@ fn a_failed_write_names_the_entry_and_the_cause_but_not_the_value() {
     for out in [run.all(), json.all()] {
         for canary in [IN_FIXTURE, IN_OVERRIDE] {
             assert!(!out.contains(canary), "{canary}:\n{out}");
-            assert!(!out.contains(&sha256_hex(canary)), "{canary}'s sha256:\n{out}");
+            assert!(
+                !out.contains(&sha256_hex(canary)),
+                "{canary}'s sha256:\n{out}"
+            );
         }
     }
 }
@@ -237,7 +334,9 @@ fn a_canary_never_shows_in_a_drift_a_conflict_or_a_failed_write_on_azure() {
     let sb = Sandbox::new();
     plant(&sb);
     let env = [("AZURE_KEYVAULT_NAME", "kv-dev-erin")];
-    let seeded = sb.xtask_env(&["secrets", "seed", "--provider", "azure"], &env).ok();
+    let seeded = sb
+        .xtask_env(&["secrets", "seed", "--provider", "azure"], &env)
+        .ok();
     let mut outputs = vec![seeded.all()];
     // Someone puts another canary where the fixture's was.
     let state = sb.fake_dir.join("keyvault.json");
@@ -249,8 +348,23 @@ fn a_canary_never_shows_in_a_drift_a_conflict_or_a_failed_write_on_azure() {
         &sb,
         &env,
         &[
-            &["secrets", "check", "--live", "--provider", "azure", "--verbose"],
-            &["secrets", "check", "--live", "--provider", "azure", "--output", "json"],
+            &[
+                "secrets",
+                "check",
+                "--live",
+                "--provider",
+                "azure",
+                "--verbose",
+            ],
+            &[
+                "secrets",
+                "check",
+                "--live",
+                "--provider",
+                "azure",
+                "--output",
+                "json",
+            ],
             &["secrets", "seed", "--provider", "azure", "--verbose"],
             &["secrets", "seed", "--provider", "azure", "--output", "json"],
         ],
@@ -262,7 +376,15 @@ fn a_canary_never_shows_in_a_drift_a_conflict_or_a_failed_write_on_azure() {
     sb.scenario(json!({"az": {"fail": {"set": "(Forbidden) The user does not have secrets set permission on key vault 'kv-dev-erin'."}}}));
     for args in [
         &["secrets", "seed", "--provider", "azure", "--force"][..],
-        &["secrets", "seed", "--provider", "azure", "--force", "--output", "json"][..],
+        &[
+            "secrets",
+            "seed",
+            "--provider",
+            "azure",
+            "--force",
+            "--output",
+            "json",
+        ][..],
     ] {
         let run = sb.xtask_env(args, &env);
         assert_ne!(run.code, 0, "{}", run.all());
@@ -278,19 +400,41 @@ fn esos_policy_on_a_kv1_mount_cannot_write() {
         return;
     };
     let out = bao.bao(&["secrets", "enable", "-path=kv1", "-version=1", "kv"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Layer 15 points the store at the KV v1 mount.
     let layer = "infra/kubernetes/environments/local/platform/15-secrets.values.yaml";
     let values = sb.read(layer);
-    assert!(values.contains("    path: secret\n    version: v2\n"), "{values}");
+    assert!(
+        values.contains("    path: secret\n    version: v2\n"),
+        "{values}"
+    );
     sb.write(
         layer,
-        &values.replace("    path: secret\n    version: v2\n", "    path: kv1\n    version: v1\n"),
+        &values.replace(
+            "    path: secret\n    version: v2\n",
+            "    path: kv1\n    version: v1\n",
+        ),
     );
-    sb.xtask_env(&["secrets", "seed", "--provider", "vault", "--mount", "kv1"], &bao.env())
-        .ok();
-    let out = bao.bao(&["token", "create", "-policy=external-secrets", "-field=token"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    sb.xtask_env(
+        &["secrets", "seed", "--provider", "vault", "--mount", "kv1"],
+        &bao.env(),
+    )
+    .ok();
+    let out = bao.bao(&[
+        "token",
+        "create",
+        "-policy=external-secrets",
+        "-field=token",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let eso = crate::support::vault_client(&bao.addr, String::from_utf8_lossy(&out.stdout).trim());
     // ESO reads...
     let read: HashMap<String, String> =
@@ -325,7 +469,8 @@ fn mount_state(bao: &OpenBao) -> BTreeMap<String, String> {
                 "v{} updated {} custom {:?}",
                 meta.current_version,
                 meta.updated_time,
-                meta.custom_metadata.map(|m| m.into_iter().collect::<BTreeMap<_, _>>())
+                meta.custom_metadata
+                    .map(|m| m.into_iter().collect::<BTreeMap<_, _>>())
             );
             (n, state)
         })
@@ -352,7 +497,10 @@ fn seed_dry_run_writes_nothing_to_vault() {
     let dry = |sb: &Sandbox, extra: &[&str]| -> Run {
         let mut args = vec!["secrets", "seed", "--provider", "vault", "--dry-run"];
         args.extend_from_slice(extra);
-        sb.xtask_env(&args, &[("VAULT_ADDR", &proxy.addr()), ("VAULT_TOKEN", &bao.token)])
+        sb.xtask_env(
+            &args,
+            &[("VAULT_ADDR", &proxy.addr()), ("VAULT_TOKEN", &bao.token)],
+        )
     };
     // An empty Vault stays empty: no entry, no record, no policy for ESO.
     let policies = acl_policies(&bao);
@@ -363,15 +511,38 @@ fn seed_dry_run_writes_nothing_to_vault() {
 
     // A seeded one with something for every action: a changed fixture, a
     // hand edit, a deleted entry, a record to renew.
-    sb.xtask_env(&["secrets", "seed", "--provider", "vault"], &bao.env()).ok();
+    sb.xtask_env(&["secrets", "seed", "--provider", "vault"], &bao.env())
+        .ok();
     change_a_fixture(&sb);
     let client = bao.client();
     let mut hand = HashMap::new();
     hand.insert("value", "edited-by-hand");
-    block_on(vaultrs::kv2::set(&client, "secret", "redis-password", &hand)).unwrap();
-    block_on(vaultrs::kv2::delete_metadata(&client, "secret", "graph-db-password")).unwrap();
-    let out = bao.bao(&["kv", "metadata", "put", "-mount=secret", "-custom-metadata=owner=me", "graph-db-url"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    block_on(vaultrs::kv2::set(
+        &client,
+        "secret",
+        "redis-password",
+        &hand,
+    ))
+    .unwrap();
+    block_on(vaultrs::kv2::delete_metadata(
+        &client,
+        "secret",
+        "graph-db-password",
+    ))
+    .unwrap();
+    let out = bao.bao(&[
+        "kv",
+        "metadata",
+        "put",
+        "-mount=secret",
+        "-custom-metadata=owner=me",
+        "graph-db-url",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let before = mount_state(&bao);
     let policies = acl_policies(&bao);
     writes(&seen);

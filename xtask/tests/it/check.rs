@@ -337,3 +337,146 @@ fn an_infra_tree_without_external_secrets_warns() {
     let run = sb.xtask(&["secrets", "check"]).ok();
     assert!(!run.stderr.contains("warning"), "{}", run.stderr);
 }
+
+/// The command in backticks on the advice line that names `key`, as args
+/// after `cargo xtask`.
+fn advised(stderr: &str, key: &str) -> Vec<String> {
+    let line = stderr
+        .lines()
+        .find(|l| {
+            l.starts_with("  ")
+                && l.split(": ")
+                    .next()
+                    .is_some_and(|names| names.trim().split(", ").any(|n| n == key))
+        })
+        .unwrap_or_else(|| panic!("no advice for {key}:\n{stderr}"));
+    let cmd = line
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .find_map(|c| c.strip_prefix("cargo xtask "))
+        .unwrap_or_else(|| panic!("no command in: {line}"));
+    cmd.split_whitespace().map(String::from).collect()
+}
+
+/// Each kind of failure gets the advice that fixes it (it used to be "add
+/// the keys, then seed" for all: `seed` answers a drift or a missing
+/// property with "conflict", and unused fixtures need removing), and the
+/// check passes once it is followed.
+#[test]
+fn each_failure_kind_gets_advice_that_works_when_followed() {
+    let Some((bao, sb)) = with_bao() else {
+        return;
+    };
+    let env = bao.env();
+    let run_env = |args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sb.xtask_env(&args, &env)
+    };
+    let fixtures_file = "scripts/azure/default-local-keyvault-secrets.json";
+    let edit_fixtures = |f: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+        let mut fixtures = crate::support::fixtures(&sb);
+        f(&mut fixtures);
+        sb.write(
+            fixtures_file,
+            &serde_json::to_string_pretty(&fixtures).unwrap(),
+        );
+    };
+
+    // Not in the fixtures, and a reference to the wrong property.
+    let infra = tree(&sb, "coverage");
+    let run = sb.xtask(&["secrets", "check", "--infra", &infra]).code(1);
+    assert_contains(
+        &run.stderr,
+        "coverage check failed: 1 missing, 1 wrong property. To fix it:\n  graph-db-replica-password: not in the \
+         fixtures: add them to scripts/azure/default-local-keyvault-secrets.json (or fix the references that name \
+         them), then `cargo xtask secrets seed`\n  redis-password: fix the references shown above: the store keeps \
+         each secret under the property `value` (`remoteRef.property: value`)\n",
+    );
+    edit_fixtures(&|f| {
+        f.insert("graph-db-replica-password".into(), "replica-local".into());
+    });
+    let values = "fixtures/check/coverage/values/platform/azure-keyvault-secrets.yaml";
+    sb.write(
+        values,
+        &sb.read(values)
+            .replace("property: password", "property: value"),
+    );
+    sb.xtask(&["secrets", "check", "--infra", &infra]).ok();
+
+    // Not in the store: the seed it names writes them.
+    let live = |extra: &[&str]| {
+        let mut args = vec!["secrets", "check", "--live", "--provider", "vault"];
+        args.extend_from_slice(extra);
+        sb.xtask_env(&args, &env)
+    };
+    let run = live(&[]).code(1);
+    let seed = advised(&run.stderr, "graph-db-url");
+    assert_eq!(seed, ["secrets", "seed", "--provider", "vault"]);
+    assert_contains(
+        &run.stderr,
+        "not in the store: `cargo xtask secrets seed --provider vault` writes them",
+    );
+    run_env(&seed).ok();
+    live(&["--fail-on", "missing,drift"]).ok();
+
+    // Drift: keep the store's value in the overrides, or write the fixtures'.
+    let client = bao.client();
+    let set = |key: &str, property: &str, value: &str| {
+        let mut data = HashMap::new();
+        data.insert(property.to_string(), value.to_string());
+        block_on(vaultrs::kv2::set(&client, "secret", key, &data)).unwrap();
+    };
+    set("graph-db-url", "value", "changed-by-hand");
+    let run = live(&["--fail-on", "drift"]).code(1);
+    assert_contains(
+        &run.stderr,
+        "  graph-db-url: the store's values differ from the fixtures: to keep yours, put them in \
+         .local/secrets/overrides.json; to use the fixtures', `cargo xtask secrets seed --provider vault --force` \
+         writes them over every entry changed outside the seed",
+    );
+    let force = advised(&run.stderr, "graph-db-url");
+    sb.write(
+        ".local/secrets/overrides.json",
+        "{\"graph-db-url\": \"changed-by-hand\"}",
+    );
+    live(&["--fail-on", "drift"]).ok();
+    std::fs::remove_file(sb.path(".local/secrets/overrides.json")).unwrap();
+    live(&["--fail-on", "drift"]).code(1);
+    run_env(&force).ok();
+    live(&["--fail-on", "missing,drift"]).ok();
+
+    // A missing property: only --force rewrites an entry the seed did not write.
+    set("redis-password", "password", "no-value-property");
+    let run = live(&[]).code(1);
+    assert_contains(
+        &run.stderr,
+        "  redis-password: the store's entries lack a string `value` and were not written by the seed, so `seed` \
+         keeps them: `cargo xtask secrets seed --provider vault --force` writes the fixtures over them (and over \
+         every other entry changed outside the seed)",
+    );
+    let seed_plain = run_env(&[
+        "secrets".into(),
+        "seed".into(),
+        "--provider".into(),
+        "vault".into(),
+    ]);
+    assert_contains(&seed_plain.all(), "conflict");
+    run_env(&advised(&run.stderr, "redis-password")).ok();
+    live(&["--fail-on", "missing,drift"]).ok();
+
+    // Unused fixtures (the one added above among them): remove them.
+    let run = sb
+        .xtask(&["secrets", "check", "--fail-on", "unused"])
+        .code(1);
+    assert_contains(
+        &run.stderr,
+        "  graph-db-replica-password, threads-openai-api-key: nothing reads them: remove them from \
+         scripts/azure/default-local-keyvault-secrets.json (or .local/secrets/overrides.json), or reference them",
+    );
+    edit_fixtures(&|f| {
+        f.remove("graph-db-replica-password").unwrap();
+        f.remove("threads-openai-api-key").unwrap();
+    });
+    sb.xtask(&["secrets", "check", "--fail-on", "unused"]).ok();
+}

@@ -52,7 +52,10 @@ fn vault_key(bao: &OpenBao) -> String {
 
 fn custom_metadata(bao: &OpenBao, name: &str) -> (u64, HashMap<String, String>) {
     let meta = block_on(vaultrs::kv2::read_metadata(&bao.client(), "secret", name)).unwrap();
-    (meta.current_version, meta.custom_metadata.unwrap_or_default())
+    (
+        meta.current_version,
+        meta.custom_metadata.unwrap_or_default(),
+    )
 }
 
 fn bao_ok(bao: &OpenBao, args: &[&str]) -> String {
@@ -105,10 +108,20 @@ fn kv2_metadata_holds_a_keyed_digest_that_a_metadata_reader_cannot_test() {
         "path \"secret/metadata/*\" { capabilities = [\"read\", \"list\"] }\n",
     );
     let policy = sb.path("meta-only.hcl");
-    bao_ok(&bao, &["policy", "write", "meta-only", policy.to_str().unwrap()]);
-    let token = bao_ok(&bao, &["token", "create", "-policy=meta-only", "-field=token"]);
+    bao_ok(
+        &bao,
+        &["policy", "write", "meta-only", policy.to_str().unwrap()],
+    );
+    let token = bao_ok(
+        &bao,
+        &["token", "create", "-policy=meta-only", "-field=token"],
+    );
     let reader = crate::support::vault_client(&bao.addr, token.trim());
-    let meta = block_on(vaultrs::kv2::read_metadata(&reader, "secret", "redis-password"));
+    let meta = block_on(vaultrs::kv2::read_metadata(
+        &reader,
+        "secret",
+        "redis-password",
+    ));
     assert!(meta.is_ok(), "{meta:?}");
     let denied: Result<HashMap<String, String>, _> =
         block_on(vaultrs::kv2::read(&reader, "secret", RECORD));
@@ -117,7 +130,17 @@ fn kv2_metadata_holds_a_keyed_digest_that_a_metadata_reader_cannot_test() {
         "a metadata reader reads the key: {denied:?}"
     );
     // `check --live` neither reports the record entry nor counts it.
-    let check = sb.xtask_env(&["secrets", "check", "--live", "--provider", "vault", "--verbose"], &bao.env());
+    let check = sb.xtask_env(
+        &[
+            "secrets",
+            "check",
+            "--live",
+            "--provider",
+            "vault",
+            "--verbose",
+        ],
+        &bao.env(),
+    );
     assert!(!check.all().contains(RECORD), "{}", check.all());
 }
 
@@ -146,7 +169,9 @@ fn azure_tags_and_az_argv_carry_no_unkeyed_digest() {
     }
     // No digest of any kind in argv: the keyed one goes through a file too.
     let calls = sb.calls();
-    assert!(calls.iter().any(|c| c.argv.iter().any(|a| a.starts_with("fixture-hmac=@"))));
+    assert!(calls
+        .iter()
+        .any(|c| c.argv.iter().any(|a| a.starts_with("fixture-hmac=@"))));
     for c in &calls {
         let argv = c.argv.join(" ");
         assert!(longest_hex_run(&argv) < 16, "a digest in az's argv: {argv}");
@@ -158,7 +183,14 @@ fn azure_tags_and_az_argv_carry_no_unkeyed_digest() {
     }
     // Listings leave the key out.
     let check = sb.xtask_env(
-        &["secrets", "check", "--live", "--provider", "azure", "--verbose"],
+        &[
+            "secrets",
+            "check",
+            "--live",
+            "--provider",
+            "azure",
+            "--verbose",
+        ],
         &env,
     );
     assert!(!check.all().contains(AZ_KEY), "{}", check.all());
@@ -189,7 +221,13 @@ fn seed_like_the_release_before(bao: &OpenBao, fx: &serde_json::Map<String, Valu
         .collect();
         let mut request = vaultrs::api::kv2::requests::SetSecretMetadataRequest::builder();
         request.custom_metadata(custom);
-        block_on(vaultrs::kv2::set_metadata(&client, "secret", name, Some(&mut request))).unwrap();
+        block_on(vaultrs::kv2::set_metadata(
+            &client,
+            "secret",
+            name,
+            Some(&mut request),
+        ))
+        .unwrap();
     }
 }
 
@@ -201,13 +239,22 @@ fn a_kv2_store_from_the_release_before_is_restamped_keyed_without_conflicts() {
     let mut fx = fixtures(&sb);
     // The release before seeded an older fixture for graph-db-password.
     let mut before = fx.clone();
-    before.insert("graph-db-password".into(), "fixture-of-the-release-before".into());
+    before.insert(
+        "graph-db-password".into(),
+        "fixture-of-the-release-before".into(),
+    );
     seed_like_the_release_before(&bao, &before);
     let client = bao.client();
     // Then someone edited redis-password by hand.
     let mut hand = HashMap::new();
     hand.insert("value", "edited-by-hand");
-    block_on(vaultrs::kv2::set(&client, "secret", "redis-password", &hand)).unwrap();
+    block_on(vaultrs::kv2::set(
+        &client,
+        "secret",
+        "redis-password",
+        &hand,
+    ))
+    .unwrap();
 
     // A dry run plans the takeover and writes nothing, not even the key.
     let dry = report(&vault_seed(&sb, &bao.addr, &bao.token, &["--dry-run"]).ok());
@@ -244,8 +291,16 @@ fn a_kv2_store_from_the_release_before_is_restamped_keyed_without_conflicts() {
         let (version, custom) = custom_metadata(&bao, name);
         let want_version = if name == "graph-db-password" { 2 } else { 1 };
         assert_eq!(version, want_version, "{name}");
-        assert_eq!(custom["fixture-hmac"], keyed(&key, name, value.as_str().unwrap()), "{name}");
-        assert_eq!(custom["fixture-version"], want_version.to_string(), "{name}");
+        assert_eq!(
+            custom["fixture-hmac"],
+            keyed(&key, name, value.as_str().unwrap()),
+            "{name}"
+        );
+        assert_eq!(
+            custom["fixture-version"],
+            want_version.to_string(),
+            "{name}"
+        );
         assert!(!custom.contains_key("fixture-sha256"), "{name}: {custom:?}");
     }
     let kept: HashMap<String, String> =
@@ -280,7 +335,11 @@ fn an_azure_vault_from_the_release_before_is_restamped_keyed_without_conflicts()
     let mut vault = serde_json::Map::new();
     for (name, value) in &fx {
         let value = value.as_str().unwrap();
-        let stored = if name == "redis-password" { "edited-by-hand" } else { value };
+        let stored = if name == "redis-password" {
+            "edited-by-hand"
+        } else {
+            value
+        };
         vault.insert(
             name.clone(),
             json!({"value": json!({"value": stored}).to_string(), "version": 1,
@@ -319,10 +378,17 @@ fn an_azure_vault_from_the_release_before_is_restamped_keyed_without_conflicts()
     for (name, value) in fx.iter().filter(|(n, _)| *n != "redis-password") {
         let entry = &vault[name];
         assert_eq!(entry["version"], 1, "{name}: no value written");
-        assert_eq!(entry["tags"]["fixture-hmac"], keyed(key, name, value.as_str().unwrap()));
+        assert_eq!(
+            entry["tags"]["fixture-hmac"],
+            keyed(key, name, value.as_str().unwrap())
+        );
         assert!(entry["tags"].get("fixture-sha256").is_none(), "{name}");
     }
-    assert_eq!(vault["redis-password"]["tags"]["fixture-sha256"], sha256_hex(fx["redis-password"].as_str().unwrap()), "a conflict is kept as it is");
+    assert_eq!(
+        vault["redis-password"]["tags"]["fixture-sha256"],
+        sha256_hex(fx["redis-password"].as_str().unwrap()),
+        "a conflict is kept as it is"
+    );
     for c in sb.calls() {
         let argv = c.argv.join(" ");
         assert!(longest_hex_run(&argv) < 16, "a digest in az's argv: {argv}");
@@ -341,7 +407,12 @@ fn an_azure_vault_from_the_release_before_is_restamped_keyed_without_conflicts()
     assert_eq!(action(&again, "redis-password"), "conflict");
     let writes = sb.calls()[before..]
         .iter()
-        .filter(|c| matches!(c.argv.get(2).map(String::as_str), Some("set" | "set-attributes")))
+        .filter(|c| {
+            matches!(
+                c.argv.get(2).map(String::as_str),
+                Some("set" | "set-attributes")
+            )
+        })
         .count();
     assert_eq!(writes, 0, "a no-op re-seed writes nothing");
 }

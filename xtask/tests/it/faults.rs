@@ -11,11 +11,13 @@ use crate::support::{
     with_bao, Action, OpenBao, Proxy, Sandbox,
 };
 
+/// Each secret's current version (not the seed's record entry's).
 fn versions(bao: &OpenBao) -> HashMap<String, u64> {
     let client = bao.client();
     let names = block_on(vaultrs::kv2::list(&client, "secret", "")).unwrap_or_default();
     names
         .into_iter()
+        .filter(|n| n != "_cargo-xtask-secrets")
         .map(|n| {
             let v = block_on(vaultrs::kv2::read_metadata(&client, "secret", &n))
                 .unwrap()

@@ -21,6 +21,7 @@ mod first_contact;
 mod guardrail;
 mod harness;
 mod infra;
+mod interrupt;
 mod keepalive;
 mod kv1;
 mod migrate;

@@ -80,11 +80,11 @@ pub(crate) fn healthy() -> Value {
 
 /// A provider that fails, in its own words (as ESO's store controller
 /// reports them in a Warning Event).
-fn unhealthy(provider: &str) -> Value {
+pub(crate) fn unhealthy(provider: &str) -> Value {
     json!({provider: {"ready": false, "message": down(provider)}})
 }
 
-fn down(provider: &str) -> String {
+pub(crate) fn down(provider: &str) -> String {
     match provider {
         "vault" => "Get \"http://vault.vault.svc.cluster.local:8200/v1/sys/health\": dial tcp 10.43.0.10:8200: \
                     connect: connection refused"
@@ -113,12 +113,12 @@ pub(crate) fn sync_ok() -> Value {
     json!([{"exit": 0}])
 }
 
-fn sync_fails() -> Value {
+pub(crate) fn sync_fails() -> Value {
     json!({"exit": 1, "stderr": "Error: UPGRADE FAILED: release vault-secret-store failed\n"})
 }
 
 /// A sandbox whose local environment starts on Azure Key Vault (committed).
-fn on_azure() -> Sandbox {
+pub(crate) fn on_azure() -> Sandbox {
     let sb = Sandbox::new();
     let text = sb
         .read(FLAG)
@@ -128,7 +128,7 @@ fn on_azure() -> Sandbox {
     sb
 }
 
-fn commit(sb: &Sandbox, msg: &str) {
+pub(crate) fn commit(sb: &Sandbox, msg: &str) {
     let out = std::process::Command::new("git")
         .args([
             "-c",
@@ -169,7 +169,7 @@ pub(crate) fn to_vault(sb: &Sandbox, bao: &OpenBao) -> Run {
     migrate(sb, bao, &["--to", "vault", "--yes"])
 }
 
-fn rollback(sb: &Sandbox, bao: &OpenBao, args: &[&str]) -> Run {
+pub(crate) fn rollback(sb: &Sandbox, bao: &OpenBao, args: &[&str]) -> Run {
     let mut all = vec!["secrets", "rollback"];
     all.extend_from_slice(args);
     xt(sb, bao, &all)
@@ -209,7 +209,7 @@ pub(crate) fn argvs(sb: &Sandbox, tool: &str) -> Vec<Vec<String>> {
 }
 
 /// The step labels a run printed, `[1/7] preflight`, in order.
-fn labels(out: &str) -> Vec<String> {
+pub(crate) fn labels(out: &str) -> Vec<String> {
     out.lines()
         .filter_map(|l| {
             let l = l.trim_start();
@@ -225,7 +225,7 @@ fn labels(out: &str) -> Vec<String> {
 }
 
 /// The last `cargo xtask ...` command the output names in backticks.
-fn named_command(text: &str) -> Vec<String> {
+pub(crate) fn named_command(text: &str) -> Vec<String> {
     let start = text
         .rfind("`cargo xtask secrets ")
         .unwrap_or_else(|| panic!("no command named in:\n{text}"));
@@ -234,7 +234,7 @@ fn named_command(text: &str) -> Vec<String> {
     cmd.split_whitespace().skip(2).map(String::from).collect()
 }
 
-fn run_named(sb: &Sandbox, bao: &OpenBao, text: &str) -> Run {
+pub(crate) fn run_named(sb: &Sandbox, bao: &OpenBao, text: &str) -> Run {
     let cmd = named_command(text);
     let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
     xt(sb, bao, &args)
@@ -1655,4 +1655,274 @@ fn a_hung_sync_is_stopped_at_its_deadline() {
     assert_eq!(m["state"], "rolled-back");
     assert_eq!(steps(m)[4], "sync failed");
     assert_eq!(sb.read(FLAG), before);
+}
+
+/// `xtask secrets <args>` stopped by SIGKILL at `point` (`<step>:<when>`,
+/// see interrupt.rs).
+fn killed_at(sb: &Sandbox, bao: &OpenBao, args: &[&str], point: &str) {
+    let mut all = vec!["secrets"];
+    all.extend_from_slice(args);
+    let out = sb
+        .command(&all)
+        .env("VAULT_ADDR", &bao.addr)
+        .env("VAULT_TOKEN", &bao.token)
+        .env("XTASK_TEST_STOP_AT", point)
+        .output()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(9),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The journal with its newest entry's copy of the flag file cut to its
+/// first two lines, the checksum beside it left as it was.
+fn tamper_journal(sb: &Sandbox) {
+    let mut j = journal(sb);
+    let before = j["migrations"][0]["before_content"].as_str().unwrap();
+    let cut: String = before.lines().take(2).map(|l| format!("{l}\n")).collect();
+    assert!(before.lines().count() > 20, "{before}");
+    j["migrations"][0]["before_content"] = json!(cut);
+    sb.write(JOURNAL, &serde_json::to_string_pretty(&j).unwrap());
+}
+
+/// `rollback` used to write a tampered copy of the flag file from the
+/// journal (the file lost its lines) and report "restored byte for byte".
+/// It checks the copy against its checksum first, refuses, and names the
+/// way out, which works.
+#[test]
+fn rollback_never_writes_a_tampered_journal_into_the_flag_file() {
+    let Some((bao, sb)) = start() else {
+        return;
+    };
+    let before = sb.read(FLAG);
+    sb.scenario(local(healthy()));
+    to_vault(&sb, &bao).ok();
+    let flipped = sb.read(FLAG);
+    tamper_journal(&sb);
+    let tampered = journal_bytes(&sb);
+    for args in [&["--dry-run"][..], &["--yes"]] {
+        let run = rollback(&sb, &bao, args).code(1);
+        assert_contains(
+            &run.stderr,
+            &format!(
+                "the journal's copy of {FLAG} from before {} does not match the checksum stored beside it (the \
+                 journal was edited or damaged): `rollback` restores that copy byte for byte, so it refuses, and \
+                 nothing changed. `cargo xtask secrets rollback --to azure --yes` sets only the value instead",
+                journal(&sb)["migrations"][0]["id"].as_str().unwrap()
+            ),
+        );
+        assert_eq!(sb.read(FLAG), flipped, "not written");
+        assert_eq!(journal_bytes(&sb), tampered, "nothing journaled");
+    }
+    // The way out it names.
+    let run = rollback(&sb, &bao, &["--yes"]).code(1);
+    let out = run_named(&sb, &bao, &run.stderr).ok();
+    assert_contains(&out.stdout, "rolled back local to azure");
+    assert_contains(
+        &out.stdout,
+        "secrets.provider = azure (set; the journal's copy of the file from before the migration does not \
+         match its checksum, so it is not used",
+    );
+    assert_eq!(
+        sb.read(FLAG),
+        before,
+        "the committed flag file, byte for byte"
+    );
+    let j = journal(&sb);
+    assert_eq!(j["migrations"][0]["state"], "completed");
+    assert_eq!(j["migrations"][1]["state"], "rolled-back");
+}
+
+/// The automatic rollback used to write a tampered copy first and check
+/// it afterwards, then name `rollback --resume --yes`, which refused even
+/// after `git checkout` of the flag file. It checks first, writes nothing,
+/// and names a way out that works.
+#[test]
+fn the_automatic_rollback_never_writes_a_tampered_journal_into_the_flag_file() {
+    let Some((bao, sb)) = start() else {
+        return;
+    };
+    let before = sb.read(FLAG);
+    sb.scenario(local(healthy()));
+    // Killed before its sync, then the journal is edited.
+    killed_at(
+        &sb,
+        &bao,
+        &["migrate", "--to", "vault", "--yes"],
+        "sync:before",
+    );
+    let flipped = sb.read(FLAG);
+    tamper_journal(&sb);
+    sb.scenario(cluster(
+        "k3d-ameide",
+        eso(0, healthy()),
+        json!([sync_fails(), {"exit": 0}]),
+    ));
+    let run = migrate(&sb, &bao, &["--resume", "--yes"]).code(1);
+    assert_contains(
+        &run.stderr,
+        &format!(
+            "The automatic rollback failed too, at rollback-restore: the journal's copy of {FLAG} from before the \
+             migration does not match its checksum (checksum "
+        ),
+    );
+    assert_contains(
+        &run.stderr,
+        &format!(
+            "): the journal was edited or damaged, so the copy is not written, and {FLAG} stays as the flip left \
+             it\nThe journal marks the migration rollback-failed; {FLAG} is NOT restored; `cargo xtask secrets \
+             status` shows where things stand. Fix the cause, then finish with `cargo xtask secrets rollback --to \
+             azure --yes`."
+        ),
+    );
+    assert_eq!(sb.read(FLAG), flipped, "nothing written");
+    let m = &journal(&sb)["migrations"][0];
+    assert_eq!(m["state"], "rollback-failed");
+    assert_eq!(steps(m).last().unwrap(), "rollback-restore failed");
+    let status = xt(&sb, &bao, &["secrets", "status"]).ok();
+    assert_contains(
+        &status.stdout,
+        "unfinished: finish it with `cargo xtask secrets rollback --to azure --yes`",
+    );
+    run_named(&sb, &bao, &run.stderr).ok();
+    assert_eq!(
+        sb.read(FLAG),
+        before,
+        "the committed flag file, byte for byte"
+    );
+    let j = journal(&sb);
+    assert_eq!(j["migrations"][0]["state"], "completed");
+    assert_eq!(j["migrations"][1]["state"], "rolled-back");
+}
+
+/// An edit of the flag file made while the sync runs is never reverted by
+/// the automatic rollback: it refuses, and its way out works.
+#[test]
+fn the_automatic_rollback_never_overwrites_an_edit_made_during_the_sync() {
+    let Some((bao, sb)) = start() else {
+        return;
+    };
+    let before = sb.read(FLAG);
+    let mut slow_failure = sync_fails();
+    slow_failure["sleep"] = json!(3);
+    sb.scenario(cluster(
+        "k3d-ameide",
+        eso(0, healthy()),
+        json!([slow_failure, {"exit": 0}]),
+    ));
+    let child = sb
+        .command(&["secrets", "migrate", "--to", "vault", "--yes"])
+        .env("VAULT_ADDR", &bao.addr)
+        .env("VAULT_TOKEN", &bao.token)
+        .env("EXTERNALSECRET_WAIT_SLEEP", "0.1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sb.fake_dir.join("helmfile.pid").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the migration never reached sync"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let edited = format!("{}# edited during the sync\n", sb.read(FLAG));
+    sb.write(FLAG, &edited);
+    let run: Run = child.wait_with_output().unwrap().into();
+    let run = run.code(1);
+    assert_contains(
+        &run.stderr,
+        &format!(
+            "The automatic rollback failed too, at rollback-restore: {FLAG} changed after the flip (checksum "
+        ),
+    );
+    assert_contains(
+        &run.stderr,
+        &format!(
+            "): it was edited during the migration, so the rollback does not overwrite it. Keep what you need of \
+             the edit (`git diff -- {FLAG}` shows it), then put back the file the migration started from: `git \
+             checkout -- {FLAG}`\n"
+        ),
+    );
+    assert_eq!(sb.read(FLAG), edited, "the edit is kept");
+    let m = &journal(&sb)["migrations"][0];
+    assert_eq!(m["state"], "rollback-failed");
+    assert_eq!(steps(m).last().unwrap(), "rollback-restore failed");
+    // The way out: put the file back, then the command named last.
+    shell(&sb, &format!("git checkout -- {FLAG}")).ok();
+    run_named(&sb, &bao, &run.stderr).ok();
+    assert_eq!(sb.read(FLAG), before);
+    assert_eq!(journal(&sb)["migrations"][0]["state"], "rolled-back");
+}
+
+/// An edit of the flag file made after the migration started (here while
+/// the seed writes) is never overwritten by the flip: it refuses before
+/// the cluster changed, and the same command works once the edit is
+/// committed.
+#[test]
+fn the_flip_never_overwrites_an_edit_made_since_the_migration_started() {
+    let Some((bao, sb)) = start() else {
+        return;
+    };
+    sb.scenario(local(healthy()));
+    let flag = sb.path(FLAG);
+    let edits = std::sync::atomic::AtomicUsize::new(0);
+    let proxy = crate::support::Proxy::start(
+        bao.port,
+        std::sync::Arc::new(move |req| {
+            if crate::support::is_data_write(req)
+                && edits.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0
+            {
+                let text = std::fs::read_to_string(&flag).unwrap();
+                std::fs::write(&flag, format!("{text}# edited during the seed\n")).unwrap();
+            }
+            crate::support::Action::Forward
+        }),
+    );
+    let env = [
+        ("VAULT_ADDR", proxy.addr()),
+        ("VAULT_TOKEN", bao.token.clone()),
+        ("EXTERNALSECRET_WAIT_SLEEP", "0.1".into()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let run = sb
+        .xtask_env(&["secrets", "migrate", "--to", "vault", "--yes"], &env)
+        .code(1);
+    assert_contains(
+        &run.stderr,
+        &format!("migrate of local to vault stopped at flip: {FLAG} changed since the migrate started (checksum "),
+    );
+    assert_contains(
+        &run.stderr,
+        &format!(
+            "): it was edited meanwhile, so the flip does not touch it. Commit the edit or drop it (`git diff -- \
+             {FLAG}` shows it), then run the same command again\nNothing in the cluster changed"
+        ),
+    );
+    let edited = sb.read(FLAG);
+    assert!(
+        edited.ends_with("# edited during the seed\n") && edited.contains("  provider: azure\n"),
+        "{edited}"
+    );
+    assert!(argvs(&sb, "helmfile").is_empty(), "nothing synced");
+    let m = &journal(&sb)["migrations"][0];
+    assert_eq!(m["state"], "failed");
+    assert_eq!(
+        steps(m),
+        ["preflight ok", "seed ok", "coverage ok", "flip failed"]
+    );
+    // Committed, the edit is where the next migration starts from.
+    commit(&sb, "the edit");
+    let run = sb
+        .xtask_env(&["secrets", "migrate", "--to", "vault", "--yes"], &env)
+        .ok();
+    assert_contains(&run.stdout, "migrated local to vault");
+    assert_eq!(
+        sb.read(FLAG),
+        edited.replace("  provider: azure\n", "  provider: vault\n")
+    );
 }

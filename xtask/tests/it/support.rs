@@ -630,9 +630,12 @@ pub enum Action {
 
 pub type Hook = std::sync::Arc<dyn Fn(&Request) -> Action + Send + Sync>;
 
-/// A KV v2 data write.
+/// A KV v2 data write of a secret (not of the seed's record entry, which
+/// the first seed of a mount writes once, before any secret).
 pub fn is_data_write(req: &Request) -> bool {
-    req.method == "POST" && req.path.starts_with("/v1/secret/data/")
+    req.method == "POST"
+        && req.path.starts_with("/v1/secret/data/")
+        && req.path != "/v1/secret/data/_cargo-xtask-secrets"
 }
 
 /// A proxy in front of `bao` that kills the server (SIGKILL) as data write

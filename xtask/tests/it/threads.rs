@@ -12,6 +12,9 @@ fn a_seed_starts_a_bounded_number_of_threads() {
     }
     let bao = OpenBao::start();
     let sb = Sandbox::new();
+    // No kubeconfig: no kubectl child, whose Go runtime would add threads
+    // of its own to the count (this counts the seed's).
+    std::fs::remove_file(sb.home.join(".kube/config")).unwrap();
     let n = 300;
     let fixtures: serde_json::Map<String, serde_json::Value> = (0..n)
         .map(|i| (format!("threads-{i:04}"), format!("value-{i}").into()))

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{anyhow, Result};
 
 use super::plan::{Entry, OnFailure, Plan, Step};
-use super::{steps, Ctx};
+use super::{steps, At, Ctx};
 use crate::fsutil::{now_rfc3339, sha256_hex};
 use crate::project;
 use crate::secrets::journal::{self, Event, Journal, Kind, Migration, Outcome, State};
@@ -154,7 +154,9 @@ pub fn execute(ctx: &Ctx, journal: &mut Journal, plan: &Plan) -> Result<()> {
             println!("  {label}: done earlier");
             continue;
         }
+        ctx.stop(p.step, At::Before);
         let (started, result) = attempt(ctx, journal, id.as_deref(), plan, p.step, &label);
+        ctx.stop(p.step, At::AfterEffect);
         if p.step == Step::Preflight {
             if let Err(err) = result {
                 return Err(anyhow!(
@@ -174,6 +176,7 @@ pub fn execute(ctx: &Ctx, journal: &mut Journal, plan: &Plan) -> Result<()> {
             succeed(journal, &id, plan)?;
         }
         journal.save(&ctx.root, &ctx.env)?;
+        ctx.stop(p.step, At::AfterRecord);
         if let Err(err) = result {
             return Err(fail(ctx, journal, plan, &id, p.step, err));
         }
@@ -184,8 +187,14 @@ pub fn execute(ctx: &Ctx, journal: &mut Journal, plan: &Plan) -> Result<()> {
         journal.save(&ctx.root, &ctx.env)?;
     }
     let m = journal.get(&id).expect("the entry is in the journal");
+    // Nothing to commit when the flag file is the committed one again.
+    let commit = if steps::uncommitted(ctx).unwrap_or(true) {
+        format!("Commit {} to share the switch", ctx.flag_rel)
+    } else {
+        format!("{} is the committed one", ctx.flag_rel)
+    };
     println!(
-        "{} {} to {} in {:.1}s ({}). Commit {} to share the switch; the journal is {}.",
+        "{} {} to {} in {:.1}s ({}). {commit}; the journal is {}.",
         match m.state {
             State::RolledBack => "rolled back",
             _ if plan.kind == Kind::Rollback => "rolled back",
@@ -195,7 +204,6 @@ pub fn execute(ctx: &Ctx, journal: &mut Journal, plan: &Plan) -> Result<()> {
         plan.to.as_str(),
         total.elapsed().as_secs_f64(),
         m.state.as_str(),
-        ctx.flag_rel,
         project::shown(&journal::path(&ctx.root, &ctx.env))
     );
     Ok(())
@@ -236,16 +244,12 @@ fn fail(
                 journal.apply(id, *event)?;
                 journal.save(&ctx.root, &ctx.env)?;
                 let m = journal.get(id).expect("the entry is in the journal");
+                let flag = ctx.flag_now();
                 return Ok(format!(
-                    "The journal marks it {}. {} says secrets.provider = {}. Fix the cause, then finish with {}.",
+                    "The journal marks it {}. {} says secrets.provider = {flag}. Fix the cause, then finish with {}.",
                     m.state.as_str(),
                     ctx.flag_rel,
-                    ctx.read_flag()
-                        .ok()
-                        .and_then(|t| crate::secrets::flagfile::provider(&t, &ctx.flag_rel).ok())
-                        .map(|p| p.as_str())
-                        .unwrap_or("?"),
-                    m.next_step_text().unwrap_or_default()
+                    m.next_step_text(&flag).unwrap_or_default()
                 ));
             }
             OnFailure::AutoRollback(back) => back,
@@ -253,27 +257,30 @@ fn fail(
         println!("  rolling back to {}", plan.from.as_str());
         for (i, &rstep) in back.iter().enumerate() {
             let label = label("r", i, back.len(), rstep);
+            ctx.stop(rstep, At::Before);
             let (started, result) = attempt(ctx, journal, Some(id), plan, rstep, &label);
+            ctx.stop(rstep, At::AfterEffect);
             journal_step(journal, id, rstep, started, &result)?;
-            if let Err(e) = result {
+            if result.is_err() {
                 journal.apply(id, Event::RollbackFailed)?;
-                journal.save(&ctx.root, &ctx.env)?;
+            }
+            journal.save(&ctx.root, &ctx.env)?;
+            ctx.stop(rstep, At::AfterRecord);
+            if let Err(e) = result {
                 let m = journal.get(id).expect("the entry is in the journal");
                 let restored = m.step_ok(Step::RollbackRestore);
                 return Ok(format!(
                     "The automatic rollback failed too, at {rstep}: {e:#}\nThe journal marks the migration {}; \
-                     {}; `cargo xtask secrets status` shows where things stand. Fix the cause, then finish with \
-                     {}: it re-runs sync and wait on the restored flag.",
+                     {}; `cargo xtask secrets status` shows where things stand. Fix the cause, then finish with {}.",
                     m.state.as_str(),
                     if restored {
                         format!("{} is restored byte for byte", ctx.flag_rel)
                     } else {
                         format!("{} is NOT restored", ctx.flag_rel)
                     },
-                    m.next_step_text().unwrap_or_default()
+                    m.next_step_text(&ctx.flag_now()).unwrap_or_default()
                 ));
             }
-            journal.save(&ctx.root, &ctx.env)?;
         }
         journal.apply(id, Event::RollbackSucceeded)?;
         journal.save(&ctx.root, &ctx.env)?;
@@ -312,6 +319,7 @@ mod tests {
             allow_non_local: None,
             store: Default::default(),
             desired: Default::default(),
+            stop_at: None,
         }
     }
 
@@ -337,7 +345,7 @@ mod tests {
         let expected = "plan: migrate local: azure -> vault (dry run: nothing changes)
   [1/7] preflight: helm version --short; helmfile --version; kubectl version --client --output json;
       kubectl config current-context (must be local); kubectl api-versions (external-secrets.io/v1 served);
-      infra/kubernetes/environments/local/platform/15-secrets.values.yaml: no uncommitted change (git status --porcelain);
+      infra/kubernetes/environments/local/platform/15-secrets.values.yaml: no uncommitted change (git status --porcelain), or as the journal's last operation left it;
       every namespace of layer 15's ExternalSecrets exists (helmfile ... template; kubectl get namespaces --output json);
       Vault reachable (sys/seal-status, auth/token/lookup-self, sys/mounts)
   [2/7] seed: the equivalent of `cargo xtask secrets seed --provider vault --env local`

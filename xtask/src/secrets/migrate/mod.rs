@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 pub use plan::Step;
+pub use steps::flag_fits;
 
 use crate::fsutil::Lock;
 use crate::secrets::config::{self, Config, FlagValues, ProviderKind};
@@ -63,6 +64,52 @@ impl Wait {
     }
 }
 
+/// Where in a step a run can be stopped: before it, after its effect and
+/// before its journal record, or after that record was saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum At {
+    Before,
+    AfterEffect,
+    AfterRecord,
+}
+
+/// The tests' interruption point, `XTASK_TEST_STOP_AT=<step>:<before|after-effect|after-record>`:
+/// the run has `kill -s KILL` stop it there, as `kill -9` or a closed laptop
+/// would (no destructor runs, nothing more is written). Read once, when the
+/// command starts; a value that names no point is a usage error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopAt {
+    step: Step,
+    at: At,
+}
+
+impl StopAt {
+    const VAR: &'static str = "XTASK_TEST_STOP_AT";
+
+    fn from_env() -> Result<Option<StopAt>> {
+        let Ok(value) = std::env::var(Self::VAR) else {
+            return Ok(None);
+        };
+        let parsed = value.split_once(':').and_then(|(step, at)| {
+            let step = Step::ALL.into_iter().find(|s| s.as_str() == step)?;
+            let at = match at {
+                "before" => At::Before,
+                "after-effect" => At::AfterEffect,
+                "after-record" => At::AfterRecord,
+                _ => return None,
+            };
+            Some(StopAt { step, at })
+        });
+        match parsed {
+            Some(stop) => Ok(Some(stop)),
+            None => crate::usage!(
+                "{}={value:?} names no point: <step>:<before|after-effect|after-record>",
+                Self::VAR
+            ),
+        }
+    }
+}
+
 /// What every step of one run shares: the configuration, loaded once, and
 /// the target store and fixtures, opened once on first use.
 pub struct Ctx {
@@ -74,6 +121,7 @@ pub struct Ctx {
     cfg: Config,
     store: RefCell<Option<Box<dyn SecretProvider>>>,
     desired: OnceCell<SecretSet>,
+    stop_at: Option<StopAt>,
 }
 
 impl Ctx {
@@ -103,6 +151,26 @@ impl Ctx {
     fn read_flag(&self) -> Result<String> {
         std::fs::read_to_string(self.flag_path())
             .with_context(|| format!("reading {}: is --env {} right?", self.flag_rel, self.env))
+    }
+
+    /// The provider the flag file names now, or `?` when it cannot be read.
+    fn flag_now(&self) -> String {
+        self.read_flag()
+            .ok()
+            .and_then(|t| flagfile::provider(&t, &self.flag_rel).ok())
+            .map_or("?".into(), |p| p.as_str().into())
+    }
+
+    /// The tests' interruption point ([`StopAt`]): dies here if it is this one.
+    fn stop(&self, step: Step, at: At) {
+        if self.stop_at == Some(StopAt { step, at }) {
+            // kill(1), a child like any other: SIGKILL lands while we wait for it.
+            let pid = std::process::id().to_string();
+            let _ = crate::process::Tool::new("kill")
+                .args(["-s", "KILL", &pid])
+                .run();
+            std::process::abort();
+        }
     }
 }
 
@@ -177,6 +245,7 @@ pub fn run_rollback(flags: &flags::Rollback) -> Result<()> {
 }
 
 fn run(request: Request, c: Common<'_>) -> Result<()> {
+    let stop_at = StopAt::from_env()?;
     let root = project_root();
     let env = c.env.unwrap_or("local").to_string();
     let flag_rel = project::flag_file(&env).display().to_string();
@@ -213,6 +282,7 @@ fn run(request: Request, c: Common<'_>) -> Result<()> {
         cfg,
         store: RefCell::new(None),
         desired: OnceCell::new(),
+        stop_at,
     };
     if c.dry_run {
         print!("{}", engine::render(&ctx, &plan, &text)?);

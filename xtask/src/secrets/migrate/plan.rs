@@ -220,6 +220,16 @@ fn provider(value: &str) -> Result<ProviderKind> {
     }
 }
 
+/// The journal's newest entry finished and left the flag file's provider
+/// (`flag`) where it is, so the cluster was synced to it.
+fn synced_to_flag(newest: Option<&Migration>, flag: &str) -> bool {
+    newest.is_some_and(|m| match m.state {
+        State::Completed => m.to == flag,
+        State::RolledBack => m.from == flag,
+        _ => false,
+    })
+}
+
 /// The plan for `request`, given the flag file's provider now and the
 /// journal. `migrate`, `rollback`, `--resume` and `--dry-run` all come here.
 pub fn build(
@@ -230,6 +240,7 @@ pub fn build(
 ) -> Result<Decision> {
     let newest = journal.current();
     let open = newest.filter(|m| m.state.is_open());
+    let flag = flag_now.as_str();
     let plan = |kind, entry, from, to, steps, on_success, on_failure, title| Plan {
         kind,
         entry,
@@ -258,7 +269,7 @@ pub fn build(
                     m.to,
                     m.state.as_str(),
                     m.steps.last().map(|s| s.name.as_str()).unwrap_or("none"),
-                    m.next_step_text().unwrap_or_default()
+                    m.next_step_text(flag).unwrap_or_default()
                 ),
                 (None, true) => bail!(
                     "nothing to resume: the journal has no unfinished migration of {env}"
@@ -268,7 +279,16 @@ pub fn build(
                         bail!(
                             "the unfinished operation is a rollback ({}): finish it with {}",
                             m.state.as_str(),
-                            m.next_step_text().unwrap_or_default()
+                            m.next_step_text(flag).unwrap_or_default()
+                        );
+                    }
+                    if m.rolling_back(flag) {
+                        bail!(
+                            "the migration's automatic rollback began ({} says {} again), so it is not continued: \
+                             finish the rollback with {}",
+                            m.flag_file,
+                            m.from,
+                            m.next_step_text(flag).unwrap_or_default()
                         );
                     }
                     let journaled = provider(&m.to)?;
@@ -294,10 +314,17 @@ pub fn build(
                     let Some(to) = to else {
                         crate::usage!("say where to: --to vault or --to azure (or --resume an unfinished migration)");
                     };
-                    if to == flag_now {
+                    if to == flag_now && synced_to_flag(newest, flag) {
                         return Ok(Decision::Nothing(format!(
                             "{env} already uses {}: nothing to migrate",
                             to.as_str()
+                        )));
+                    }
+                    if to == flag_now {
+                        return Ok(Decision::Nothing(format!(
+                            "the flag file already says {flag}, but the journal does not show the cluster \
+                             synced to it: `{}` syncs layer 15 and waits for the ExternalSecrets",
+                            journal::command(&format!("rollback --to {flag} --yes"), env)
                         )));
                     }
                     Ok(Decision::Run(plan(
@@ -321,7 +348,7 @@ pub fn build(
                 bail!("nothing to resume: the journal has no unfinished rollback of {env}");
             };
             match (m.kind, m.state) {
-                (Kind::Migrate, State::RollbackFailed) => {
+                (Kind::Migrate, state) if state == State::RollbackFailed || m.rolling_back(flag) => {
                     let back = provider(&m.from)?;
                     Ok(Decision::Run(plan(
                         Kind::Migrate,
@@ -355,7 +382,8 @@ pub fn build(
                     )))
                 }
                 (Kind::Migrate, _) => bail!(
-                    "the unfinished operation is a migration: continue it with `{}`, or undo it with `{}`",
+                    "the unfinished operation is a migration whose automatic rollback has not begun: continue it \
+                     with `{}`, or undo it with `{}`",
                     journal::command("migrate --resume --yes", env),
                     journal::command("rollback --yes", env)
                 ),
@@ -367,10 +395,22 @@ pub fn build(
                     "an unfinished rollback of {env} to {} is in the journal ({}): finish it with {}",
                     m.to,
                     m.state.as_str(),
-                    m.next_step_text().unwrap_or_default()
+                    m.next_step_text(flag).unwrap_or_default()
                 );
             }
             let candidate = journal.undo_candidate();
+            if let Some(m) = candidate
+                .filter(|m| to.is_none() && !m.copy_intact() && flag_now.as_str() != m.from)
+            {
+                bail!(
+                    "the journal's copy of {} from before {} does not match the checksum stored beside it (the \
+                     journal was edited or damaged): `rollback` restores that copy byte for byte, so it refuses, and \
+                     nothing changed. `{}` sets only the value instead",
+                    m.flag_file,
+                    m.id,
+                    journal::command(&format!("rollback --to {} --yes", m.from), env)
+                );
+            }
             let to = match (to, candidate) {
                 (Some(to), _) => to,
                 (None, Some(m)) => provider(&m.from)?,
@@ -381,12 +421,12 @@ pub fn build(
             let undoes = candidate
                 .filter(|m| m.from == to.as_str())
                 .map(|m| m.id.clone());
-            // The flag already says `to`: nothing to flip, but an unfinished
-            // or failed operation may have left the cluster half-synced.
-            let unsettled = newest.is_some_and(|m| m.state.is_open() || m.state == State::Failed);
+            // The flag already says `to`: nothing to flip, but the cluster
+            // may not follow it (an unfinished or failed operation, no
+            // journal): sync it.
             let steps: &[Step] = if to != flag_now {
                 &ROLLBACK_WITH_FLIP
-            } else if unsettled || undoes.is_some() {
+            } else if !synced_to_flag(newest, flag) || undoes.is_some() {
                 &ROLLBACK_NO_FLIP
             } else {
                 return Ok(Decision::Nothing(format!(
@@ -427,7 +467,7 @@ mod tests {
             ended: None,
             flag_file: "f".into(),
             before_content: String::new(),
-            before_sha256: "b".into(),
+            before_sha256: crate::fsutil::sha256_hex(b""),
             after_sha256: None,
             undoes: None,
             steps: ok
@@ -697,6 +737,77 @@ mod tests {
         let err = build(ROLLBACK, "local", Azure, &j).unwrap_err().to_string();
         assert!(err.contains("rollback --resume --yes"), "{err}");
         assert!(build(ROLLBACK_RESUME, "local", Azure, &Journal::default()).is_err());
+    }
+
+    /// Killed in its automatic rollback after the restore wrote the flag
+    /// back (journaled or not): the rollback is finished, never the
+    /// migration, which would record a switch that did not happen.
+    #[test]
+    fn an_interrupted_automatic_rollback_is_finished_not_the_migration() {
+        let resume = Request::Migrate {
+            to: None,
+            resume: true,
+            auto_rollback: true,
+        };
+        for ok in [
+            &[Step::Preflight, Step::Seed, Step::Coverage, Step::Flip][..],
+            &[
+                Step::Preflight,
+                Step::Seed,
+                Step::Coverage,
+                Step::Flip,
+                Step::RollbackRestore,
+            ],
+        ] {
+            let killed = entry(Kind::Migrate, State::InProgress, "azure", "vault", ok);
+            let j = journal(vec![killed.clone()]);
+            // The flag says azure again: the restore landed.
+            let err = build(resume, "local", Azure, &j).unwrap_err().to_string();
+            assert!(
+                err.contains("automatic rollback began")
+                    && err.contains("`cargo xtask secrets rollback --resume --yes`"),
+                "{err}"
+            );
+            let p = run(build(ROLLBACK_RESUME, "local", Azure, &j));
+            assert_eq!(p.steps[0].step, Step::Preflight);
+            assert_eq!(
+                p.steps[1..].iter().map(|s| s.step).collect::<Vec<_>>(),
+                AUTO_ROLLBACK
+            );
+            assert_eq!(p.steps[1].done_earlier, ok.contains(&Step::RollbackRestore));
+            assert_eq!((p.on_success, p.to), (Event::RollbackSucceeded, Azure));
+            assert_eq!(p.entry, Entry::Continue { id: killed.id });
+            // The flag still says vault: the migration continues.
+            assert!(matches!(
+                build(resume, "local", Vault, &j).unwrap(),
+                Decision::Run(_)
+            ));
+        }
+    }
+
+    /// A journal whose copy of the flag file fails its checksum is not
+    /// restored from: plain `rollback` refuses and names `--to`.
+    #[test]
+    fn a_damaged_copy_of_the_flag_file_is_refused_with_the_way_out() {
+        let mut done = entry(Kind::Migrate, State::Completed, "azure", "vault", &MIGRATE);
+        done.before_content = "secrets:\n".into();
+        let j = journal(vec![done]);
+        let err = build(ROLLBACK, "local", Vault, &j).unwrap_err().to_string();
+        assert!(
+            err.contains("does not match the checksum")
+                && err.ends_with(
+                    "`cargo xtask secrets rollback --to azure --yes` sets only the value instead"
+                ),
+            "{err}"
+        );
+        let to_azure = Request::Rollback {
+            to: Some(Azure),
+            resume: false,
+        };
+        assert_eq!(
+            names(&run(build(to_azure, "local", Vault, &j))),
+            ["preflight", "flip", "sync", "wait", "record"]
+        );
     }
 
     #[test]

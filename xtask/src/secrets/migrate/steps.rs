@@ -70,7 +70,9 @@ pub fn describe(ctx: &Ctx, plan: &Plan, flag_text: &str, step: Step) -> Result<S
              every namespace of layer 15's ExternalSecrets exists (helmfile ... template; kubectl get namespaces --output json){}",
             match &plan.entry {
                 super::plan::Entry::Continue { .. } => "as the journal left it",
-                _ if plan.kind == Kind::Migrate => "no uncommitted change (git status --porcelain)",
+                _ if plan.kind == Kind::Migrate => {
+                    "no uncommitted change (git status --porcelain), or as the journal's last operation left it"
+                }
                 _ => "no uncommitted change, or as the journal left it",
             },
             if plan.has(Step::Seed) || plan.has(Step::Coverage) {
@@ -296,20 +298,22 @@ fn render_layer15(ctx: &Ctx) -> Result<Vec<scan::ExternalSecret>> {
     Ok(found)
 }
 
-/// The flag file must be as the journal left it (a continued entry), or
-/// committed (a new migration), or either (a new rollback).
+/// The flag file must be as the journal left it (a continued entry, see
+/// [`flag_fits`]), or committed, or as the journal's last operation left it
+/// (a new entry; for a rollback, as any entry left it).
 fn check_flag_file(
     ctx: &Ctx,
     journal: &Journal,
     entry: Option<&Migration>,
     plan: &Plan,
 ) -> Result<()> {
-    let sha = sha256_hex(ctx.read_flag()?.as_bytes());
+    let text = ctx.read_flag()?;
+    let sha = sha256_hex(text.as_bytes());
     if let Some(m) = entry {
-        if m.flag_sha_now() != sha {
+        if !flag_fits(journal, m, &text) {
             bail!(
                 "{} changed since the journal's last step (checksum {}, the journal expects {}): put it back \
-                 (`git diff {}`) and run the same command again",
+                 (`git diff -- {}` shows what changed) and run the same command again",
                 ctx.flag_rel,
                 fsutil::short(&sha),
                 fsutil::short(m.flag_sha_now()),
@@ -318,9 +322,29 @@ fn check_flag_file(
         }
         return Ok(());
     }
-    if plan.kind == Kind::Rollback && journal.migrations.iter().any(|m| m.flag_sha_now() == sha) {
+    let newest_left_it = journal
+        .current()
+        .is_some_and(|m| flag_fits(journal, m, &text));
+    if newest_left_it
+        || (plan.kind == Kind::Rollback
+            && journal.migrations.iter().any(|m| m.flag_sha_now() == sha))
+    {
         return Ok(());
     }
+    if uncommitted(ctx)? {
+        bail!(
+            "{} has an uncommitted change that no migration in the journal made: commit it first (`git commit \
+             --message \"secrets flag\" -- {}`), so the migration's edit is the only one, then run the same command \
+             again",
+            ctx.flag_rel,
+            ctx.flag_rel
+        );
+    }
+    Ok(())
+}
+
+/// Whether the flag file differs from the committed one (`git status`).
+pub(super) fn uncommitted(ctx: &Ctx) -> Result<bool> {
     let status = Tool::new("git")
         .arg("-C")
         .arg(&ctx.root)
@@ -333,13 +357,7 @@ fn check_flag_file(
                 ctx.root.display()
             )
         })?;
-    if !status.trim().is_empty() {
-        bail!(
-            "{} has an uncommitted change: commit or stash it first, so the migration's edit is the only one",
-            ctx.flag_rel
-        );
-    }
-    Ok(())
+    Ok(!status.trim().is_empty())
 }
 
 fn seed_target(ctx: &Ctx, to: ProviderKind) -> Result<String> {
@@ -413,28 +431,84 @@ fn coverage(ctx: &Ctx, to: ProviderKind) -> Result<String> {
     ))
 }
 
-/// Sets the flag to `to`. A rollback that undoes a migration whose flip
-/// the file still holds puts back the exact bytes that migration replaced.
-fn flip(ctx: &Ctx, journal: &Journal, entry: &Migration, to: ProviderKind) -> Result<Done> {
-    let text = ctx.read_flag()?;
+/// What `entry`'s flip writes over `text`, the flag file as the entry found
+/// it, and how: the value set to `to`, or, for a rollback that undoes a
+/// migration whose flip `text` still is, that migration's copy of the file
+/// from before it, byte for byte, if the copy matches its checksum.
+fn flipped(
+    journal: &Journal,
+    entry: &Migration,
+    text: &str,
+    flag_rel: &str,
+    to: ProviderKind,
+) -> Result<(String, &'static str)> {
     let sha = sha256_hex(text.as_bytes());
-    if entry.before_sha256 != sha {
-        bail!(
-            "{} changed since the {} started; not touching it",
-            ctx.flag_rel,
-            entry.kind.as_str()
-        );
-    }
     let undone = entry
         .undoes
         .as_deref()
         .and_then(|id| journal.get(id))
         .filter(|u| u.after_sha256.as_deref() == Some(sha.as_str()) && u.from == to.as_str());
-    let (new, how) = match undone {
-        Some(u) => (u.before_content.clone(), "restored byte for byte"),
-        None => (flagfile::set(&text, &ctx.flag_rel, to)?, "set"),
+    Ok(match undone {
+        Some(u) if u.copy_intact() => (u.before_content.clone(), "restored byte for byte"),
+        Some(_) => (
+            flagfile::set(text, flag_rel, to)?,
+            "set; the journal's copy of the file from before the migration does not match its checksum, so it \
+             is not used",
+        ),
+        None => (flagfile::set(text, flag_rel, to)?, "set"),
+    })
+}
+
+/// Whether the flag file (`text`) is where entry `m` left it, or where the
+/// step the run was in when it died put it before the step's record: the
+/// flip's result, or (an automatic rollback) the file from before.
+pub fn flag_fits(journal: &Journal, m: &Migration, text: &str) -> bool {
+    let sha = sha256_hex(text.as_bytes());
+    if sha == m.flag_sha_now() {
+        return true;
+    }
+    if !m.state.is_open() {
+        return false;
+    }
+    if !m.step_ok(Step::Flip) {
+        let Some(to) = ProviderKind::parse(&m.to) else {
+            return false;
+        };
+        return m.copy_intact()
+            && flipped(journal, m, &m.before_content, &m.flag_file, to)
+                .is_ok_and(|(new, _)| sha256_hex(new.as_bytes()) == sha);
+    }
+    m.kind == Kind::Migrate && !m.step_ok(Step::RollbackRestore) && sha == m.before_sha256
+}
+
+/// Sets the flag to `to` (see [`flipped`]). A flag file that already holds
+/// what the flip writes is the flip's own work, from a run that died before
+/// its record.
+fn flip(ctx: &Ctx, journal: &Journal, entry: &Migration, to: ProviderKind) -> Result<Done> {
+    let text = ctx.read_flag()?;
+    let sha = sha256_hex(text.as_bytes());
+    let (new, how) = if sha == entry.before_sha256 {
+        flipped(journal, entry, &text, &ctx.flag_rel, to)?
+    } else if entry.copy_intact()
+        && flipped(journal, entry, &entry.before_content, &ctx.flag_rel, to)
+            .is_ok_and(|(new, _)| sha256_hex(new.as_bytes()) == sha)
+    {
+        (text, "already written by the interrupted run")
+    } else {
+        bail!(
+            "{} changed since the {} started (checksum {}, it started from {}): it was edited meanwhile, so the \
+             flip does not touch it. Commit the edit or drop it (`git diff -- {}` shows it), then run the same \
+             command again",
+            ctx.flag_rel,
+            entry.kind.as_str(),
+            fsutil::short(&sha),
+            fsutil::short(&entry.before_sha256),
+            ctx.flag_rel
+        );
     };
-    write_keep_mode(&ctx.flag_path(), new.as_bytes())?;
+    if sha256_hex(new.as_bytes()) != sha {
+        write_keep_mode(&ctx.flag_path(), new.as_bytes())?;
+    }
     let after = sha256_hex(new.as_bytes());
     Ok(Done {
         detail: format!(
@@ -447,7 +521,8 @@ fn flip(ctx: &Ctx, journal: &Journal, entry: &Migration, to: ProviderKind) -> Re
     })
 }
 
-/// Automatic rollback: the flag file back to the entry's before_content.
+/// Automatic rollback: the flag file back to the entry's before_content,
+/// which must match its checksum before it is written.
 fn restore(ctx: &Ctx, m: &Migration) -> Result<String> {
     let text = ctx.read_flag()?;
     let sha = sha256_hex(text.as_bytes());
@@ -460,7 +535,24 @@ fn restore(ctx: &Ctx, m: &Migration) -> Result<String> {
     }
     if m.after_sha256.as_deref() != Some(sha.as_str()) {
         bail!(
-            "{} changed after the flip; restore it by hand from the journal's before_content",
+            "{} changed after the flip (checksum {}, the flip wrote {}): it was edited during the migration, so \
+             the rollback does not overwrite it. Keep what you need of the edit (`git diff -- {}` shows it), then \
+             put back the file the migration started from: `git checkout -- {}`",
+            ctx.flag_rel,
+            fsutil::short(&sha),
+            fsutil::short(m.after_sha256.as_deref().unwrap_or("none")),
+            ctx.flag_rel,
+            ctx.flag_rel
+        );
+    }
+    if !m.copy_intact() {
+        bail!(
+            "the journal's copy of {} from before the migration does not match its checksum (checksum {}, \
+             before_sha256 {}): the journal was edited or damaged, so the copy is not written, and {} stays as the \
+             flip left it",
+            ctx.flag_rel,
+            fsutil::short(&sha256_hex(m.before_content.as_bytes())),
+            fsutil::short(&m.before_sha256),
             ctx.flag_rel
         );
     }

@@ -123,18 +123,20 @@ impl AzureProvider {
         Ok(Some((stored, body["tags"].take())))
     }
 
-    fn show(&self, name: &str) -> Result<Option<Current>> {
-        Ok(self
-            .show_raw(name)?
-            .map(|(stored, tags)| current_of(name, &stored, &tags, self.key.as_ref())))
-    }
-
     /// The digests' key: what [`KEY_NAME`] holds, made first if it is missing.
     /// Key Vault has no check-and-set: two first seeds at once may each write
     /// one, and each uses what it reads back; stamps made under the key that
     /// lost count as not the seed's, which makes a value that is not the
     /// fixture's a conflict (the safe side).
     fn ensure_key(&mut self) -> Result<DigestKey> {
+        if let Some(key) = &self.key {
+            return Ok(key.clone());
+        }
+        // Made since the read (another seed), or never read.
+        if let Some((stored, _)) = self.show_raw(KEY_NAME)? {
+            self.key = parse_key(&stored);
+            self.key_foreign = self.key.is_none();
+        }
         if let Some(key) = &self.key {
             return Ok(key.clone());
         }
@@ -176,12 +178,12 @@ impl AzureProvider {
             );
         }
         let stored = self.show_raw(KEY_NAME)?.map(|(stored, _)| stored);
-        let key = stored
-            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-            .and_then(|v| DigestKey::from_entry(&v))
-            .with_context(|| {
-                format!("{KEY_NAME} in Azure Key Vault {} did not read back as the seed's key; re-run", self.vault_name)
-            })?;
+        let key = stored.as_deref().and_then(parse_key).with_context(|| {
+            format!(
+                "{KEY_NAME} in Azure Key Vault {} did not read back as the seed's key; re-run",
+                self.vault_name
+            )
+        })?;
         self.key = Some(key.clone());
         Ok(key)
     }
@@ -344,26 +346,36 @@ impl SecretProvider for AzureProvider {
     fn read(&mut self, names: &[String]) -> Result<BTreeMap<String, Option<Current>>> {
         refuse_key_name(names)?;
         let existing: std::collections::HashSet<String> = self.list_all()?.into_iter().collect();
-        let (key, foreign) = match existing.contains(KEY_NAME) {
-            false => (None, false),
-            true => {
-                let stored = self.show_raw(KEY_NAME)?.map(|(stored, _)| stored);
-                let key = stored
-                    .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-                    .and_then(|v| DigestKey::from_entry(&v));
-                let foreign = key.is_none();
-                (key, foreign)
-            }
-        };
-        (self.key, self.key_foreign) = (key, foreign);
-        let present: Vec<&String> = names.iter().filter(|n| existing.contains(*n)).collect();
-        let shown = self.parallel(&present, |n| self.show(n));
-        let mut out: BTreeMap<String, Option<Current>> =
-            names.iter().map(|n| (n.clone(), None)).collect();
-        for (name, cur) in present.into_iter().zip(shown) {
-            out.insert(name.clone(), cur?);
+        // The key is read with the entries, not before them: one more call
+        // in the same parallel batch.
+        let mut present: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| existing.contains(*n))
+            .collect();
+        present.push(KEY_NAME);
+        let shown = self.parallel(&present, |n| match existing.contains(*n) {
+            true => self.show_raw(n),
+            false => Ok(None),
+        });
+        let mut stored = BTreeMap::new();
+        for (name, s) in present.into_iter().zip(shown) {
+            stored.insert(name, s?);
         }
-        Ok(out)
+        let key_entry = stored.remove(KEY_NAME).flatten();
+        self.key = key_entry.as_ref().and_then(|(s, _)| parse_key(s));
+        self.key_foreign = key_entry.is_some() && self.key.is_none();
+        let key = self.key.as_ref();
+        Ok(names
+            .iter()
+            .map(|n| {
+                let cur = stored
+                    .get(n.as_str())
+                    .and_then(Option::as_ref)
+                    .map(|(s, tags)| current_of(n, s, tags, key));
+                (n.clone(), cur)
+            })
+            .collect())
     }
 
     fn write(&mut self, writes: &[Write<'_>]) -> Result<Vec<(String, Outcome)>> {
@@ -386,6 +398,11 @@ impl SecretProvider for AzureProvider {
         names.retain(|n| n != KEY_NAME);
         Ok(names)
     }
+}
+
+/// The key in what [`KEY_NAME`] holds, if the seed wrote it.
+fn parse_key(stored: &str) -> Option<DigestKey> {
+    DigestKey::from_entry(&serde_json::from_str(stored).ok()?)
 }
 
 /// The seed's key secret is no fixture's to take.
@@ -462,15 +479,24 @@ mod tests {
         let tags = json!({"managed-by": MANAGED_BY, "fixture-hmac": key.digest("n", "s3cr3t")});
         let sha = sha256_hex(b"s3cr3t");
         let ours = current_of("n", r#"{"value":"s3cr3t"}"#, &tags, Some(&key));
-        assert_eq!((ours.seeded_sha256.as_deref(), ours.stamp_stale), (Some(sha.as_str()), false));
+        assert_eq!(
+            (ours.seeded_sha256.as_deref(), ours.stamp_stale),
+            (Some(sha.as_str()), false)
+        );
         let edited = current_of("n", r#"{"value":"mine"}"#, &tags, Some(&key));
         assert_eq!(edited.seeded_sha256.as_deref(), Some(SEEDED_ANOTHER_VALUE));
-        assert_eq!(current_of("n", r#"{"value":"s3cr3t"}"#, &tags, None).seeded_sha256, None);
+        assert_eq!(
+            current_of("n", r#"{"value":"s3cr3t"}"#, &tags, None).seeded_sha256,
+            None
+        );
         // An older release's tag: what it says, and renew it.
         let old = json!({"managed-by": MANAGED_BY, "fixture-sha256": sha});
         let c = current_of("n", "s3cr3t", &old, Some(&key));
         assert_eq!(c.raw_sha256.as_deref(), Some(sha.as_str()));
-        assert_eq!((c.seeded_sha256.as_deref(), c.stamp_stale), (Some(sha.as_str()), true));
+        assert_eq!(
+            (c.seeded_sha256.as_deref(), c.stamp_stale),
+            (Some(sha.as_str()), true)
+        );
     }
 
     #[test]

@@ -538,13 +538,8 @@ impl SecretProvider for VaultProvider {
                 return Ok(Vec::new());
             }
             if self.key.is_none() {
-                let key = create_key(&self.http, &self.mount).with_context(|| {
-                    format!(
-                        "creating the seed's record entry {}/data/{RECORD_NAME}; nothing was written",
-                        self.mount
-                    )
-                })?;
-                self.key = Some(key);
+                // Before any value: nothing is written without its stamp's key.
+                self.key = Some(create_key(&self.http, &self.mount)?);
             }
             return Ok(self.write_entries(writes));
         }

@@ -114,22 +114,39 @@ pub(super) fn create_key(http: &VaultHttp, mount: &str) -> Result<DigestKey> {
     let lost_race = reply.status == 400 && reply.errors().contains("check-and-set");
     match reply.status {
         200..=299 => return Ok(fresh),
-        401 | 403 => bail!(
-            "permission denied writing {path} ({}). The seed keeps the key of the digests it records beside each \
-             value there: grant create and read on it (the `{mount}/data/*` grant of docs/secrets.md does).",
-            reply.errors()
-        ),
+        // Vault's own words and the usual fix: the token may not write here.
+        401 | 403 => {
+            return Err(VaultError::Forbidden {
+                call: format!("POST {path}"),
+                errors: reply.errors(),
+            }
+            .into())
+        }
         _ if lost_race => {}
         code => bail!("POST {path} failed with HTTP {code}: {}", reply.errors()),
     }
-    match read_key(http, mount)? {
-        Some(key) => Ok(key),
-        None => bail!(
-            "{path} holds something that is not the seed's record (the seed keeps the key of the digests it \
-             records there), or its latest version is deleted. Move that entry elsewhere (`bao kv metadata delete \
-             -mount={mount} {RECORD_NAME}` if it is the seed's), then re-run."
-        ),
+    let reply = http.try_call(Method::Get, &path, None)?;
+    match reply.status {
+        200 => {
+            if let Some(key) = DigestKey::from_entry(&reply.body["data"]["data"]) {
+                return Ok(key);
+            }
+        }
+        401 | 403 => {
+            return Err(VaultError::Forbidden {
+                call: format!("GET {path}"),
+                errors: reply.errors(),
+            }
+            .into())
+        }
+        _ => {}
     }
+    bail!(
+        "{path} holds something that is not the seed's record (the seed keeps the key of the digests it records \
+         there), or its latest version is deleted. A deleted record: `bao kv undelete -mount={mount} \
+         -versions=<its latest> {RECORD_NAME}` brings its key back. Anything else: move that entry elsewhere, then \
+         re-run. Nothing was written."
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -374,8 +391,8 @@ mod tests {
 
     #[test]
     fn the_kv1_digest_is_unchanged_by_the_move_to_the_hmac_crate() {
-        // Computed by the hand-written HMAC of the release before: records
-        // it wrote must still verify.
+        // What the release before wrote (its own HMAC, checked against RFC
+        // 4231), here from Python's hmac: records it wrote still verify.
         let rec = MountRecord::new(key('k'));
         assert_eq!(
             rec.digest("n", "seeded"),
