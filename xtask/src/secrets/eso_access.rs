@@ -589,14 +589,14 @@ fn role_matches(names: &EsoNames, d: &Value) -> bool {
 
 /// The kube context's API server, for a Vault outside a pod.
 #[derive(Debug, Clone)]
-struct ApiServer {
-    server: String,
-    ca_pem: String,
+pub struct ApiServer {
+    pub server: String,
+    pub ca_pem: String,
 }
 
 /// `kubectl config view --minify --raw --flatten --output json`: the
 /// current context's server and CA (inline: kubectl reads a CA file).
-fn api_server_of_context() -> Result<ApiServer> {
+pub fn api_server_of_context() -> Result<ApiServer> {
     let text = crate::secrets::kube::raw_minified_config()?;
     let v: Value = serde_json::from_str(&text).context("kubectl config view printed no JSON")?;
     let cluster = &v["clusters"][0]["cluster"];
@@ -608,36 +608,12 @@ fn api_server_of_context() -> Result<ApiServer> {
     let Some(data) = cluster["certificate-authority-data"].as_str() else {
         bail!("the kube context has no CA for {server}: Vault needs one to review tokens there")
     };
-    let ca_pem =
-        String::from_utf8(base64_decode(data).context("certificate-authority-data is not base64")?)
-            .context("certificate-authority-data is not PEM text")?;
+    use base64::Engine;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .context("certificate-authority-data is not base64")?;
+    let ca_pem = String::from_utf8(der).context("certificate-authority-data is not PEM text")?;
     Ok(ApiServer { server, ca_pem })
-}
-
-/// Standard base64 (with or without padding).
-fn base64_decode(text: &str) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text
-        .bytes()
-        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
-    {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => bail!("not base64: byte {c:#x}"),
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Ok(out)
 }
 
 /// What [`apply`] did, one line per piece it touched.
@@ -935,13 +911,11 @@ mod tests {
     }
 
     #[test]
-    fn durations_and_base64() {
+    fn durations() {
         assert_eq!(parse_duration("15m").unwrap(), 900);
         assert_eq!(parse_duration("1h").unwrap(), 3600);
         assert_eq!(parse_duration("90").unwrap(), 90);
         assert!(parse_duration("0s").is_err() && parse_duration("5d").is_err());
-        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
-        assert_eq!(base64_decode("aGVsbG8hIQ").unwrap(), b"hello!!");
     }
 
     /// Snapshot of the plan lines.

@@ -34,7 +34,7 @@ use crate::process::Tool;
 use crate::secrets::config::Secret;
 use crate::secrets::eso_access::{strings, EsoNames, STORE_CHART_VALUES};
 use crate::secrets::provider::vault_http::{Method, Reply, VaultHttp};
-use crate::secrets::{helmfile, kube, vault_checks};
+use crate::secrets::{eso_access, helmfile, kube, vault_checks};
 
 /// A check-and-set version no KV entry reaches (2^53 - 1, exact in JSON).
 const NO_SUCH_VERSION: u64 = (1 << 53) - 1;
@@ -620,7 +620,11 @@ impl Why<'_> {
             });
         }
         // Outside the cluster: the kube context's API server and CA.
-        if let Ok((server, server_ca)) = context_api_server() {
+        if let Ok(eso_access::ApiServer {
+            server,
+            ca_pem: server_ca,
+        }) = eso_access::api_server_of_context()
+        {
             let in_cluster = if host.contains(".svc") {
                 " (an in-cluster address, which only pods resolve)"
             } else {
@@ -743,49 +747,6 @@ fn reviews(list: &Value, ns: &str, name: &str) -> bool {
                     _ => false,
                 })
     })
-}
-
-/// The kube context's API server and its CA (PEM), from `kubectl config
-/// view --minify --raw --flatten` (which also holds the context's
-/// credentials: read here, never shown).
-fn context_api_server() -> Result<(String, String)> {
-    let v: Value = serde_json::from_str(&kube::raw_minified_config()?)
-        .context("kubectl config view printed no JSON")?;
-    let cluster = &v["clusters"][0]["cluster"];
-    let server = cluster["server"]
-        .as_str()
-        .context("the kube context names no API server")?;
-    let ca = cluster["certificate-authority-data"]
-        .as_str()
-        .context("the kube context has no CA")?;
-    let pem = String::from_utf8(base64_decode(ca)?).context("the kube context's CA is not PEM")?;
-    Ok((server.to_string(), pem))
-}
-
-/// Standard base64, padding and whitespace ignored.
-fn base64_decode(text: &str) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text
-        .bytes()
-        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
-    {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => bail!("the kube context's CA is not base64"),
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Ok(out)
 }
 
 /// No cluster to log in through: mints a token with the role's policies
@@ -966,12 +927,5 @@ mod tests {
         assert!(!unreachable(
             "error: failed to create token: serviceaccounts \"x\" not found"
         ));
-    }
-
-    #[test]
-    fn base64_reads_a_ca() {
-        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
-        assert_eq!(base64_decode("aGVs\nbG8hIQ").unwrap(), b"hello!!");
-        assert!(base64_decode("a*b").is_err());
     }
 }

@@ -1926,3 +1926,88 @@ fn the_flip_never_overwrites_an_edit_made_since_the_migration_started() {
         edited.replace("  provider: azure\n", "  provider: vault\n")
     );
 }
+
+/// The advice around an uncommitted flag file works when followed. It
+/// used to say "commit or stash it first", and a stash led to "already
+/// uses azure: nothing to migrate" while the cluster was still on vault.
+#[test]
+fn every_way_out_of_an_uncommitted_flag_file_works() {
+    let Some((bao, sb)) = start() else {
+        return;
+    };
+    let before = sb.read(FLAG);
+    sb.scenario(local(healthy()));
+    to_vault(&sb, &bao).ok();
+    let store_provider = |sb: &Sandbox| {
+        let o = sb
+            .cluster()
+            .object("ClusterSecretStore", None, "ameide-vault")
+            .unwrap();
+        if o["spec"]["provider"]["vault"].is_object() {
+            "vault"
+        } else {
+            "azure"
+        }
+    };
+    // To azure: through the fake `az`, to a per-developer Key Vault.
+    let to_azure = || {
+        sb.xtask_env(
+            &["secrets", "migrate", "--to", "azure", "--yes"],
+            &[
+                ("VAULT_ADDR", &bao.addr),
+                ("VAULT_TOKEN", &bao.token),
+                ("AZURE_KEYVAULT_NAME", "kv-dev-alice"),
+                ("EXTERNALSECRET_WAIT_SLEEP", "0.1"),
+            ],
+        )
+    };
+    // The journal made the uncommitted flip: a migration back starts from it.
+    to_azure().ok();
+    assert_eq!(sb.read(FLAG), before);
+    assert_eq!(store_provider(&sb), "azure");
+
+    // An edit no migration made: commit it, as the message says.
+    let tweaked = format!("{before}# my local tweak\n");
+    sb.write(FLAG, &tweaked);
+    let run = to_vault(&sb, &bao).code(1);
+    assert_contains(
+        &run.stderr,
+        &format!(
+            "{FLAG} has an uncommitted change that no migration in the journal made: commit it first (`git commit \
+             --message \"secrets flag\" -- {FLAG}`), so the migration's edit is the only one, then run the same \
+             command again"
+        ),
+    );
+    assert!(!run.stderr.contains("stash"), "{}", run.stderr);
+    let start = run.stderr.find("(`git commit").unwrap() + 2;
+    let commit = &run.stderr[start..start + run.stderr[start..].find('`').unwrap()];
+    // (as a developer's git would, with who they are)
+    std::fs::write(
+        sb.home.join(".gitconfig"),
+        "[user]\n\tname = t\n\temail = t@t.invalid\n",
+    )
+    .unwrap();
+    shell(&sb, commit).ok();
+    to_vault(&sb, &bao).ok();
+    assert_eq!(store_provider(&sb), "vault");
+
+    // Without a journal that shows the cluster synced to the flag, a flag
+    // that already says the target is not "nothing to migrate".
+    shell(&sb, &format!("git checkout -- {FLAG} && rm {JOURNAL}")).ok();
+    assert!(sb.read(FLAG).contains("  provider: azure\n"));
+    let run = to_azure().ok();
+    assert_contains(
+        &run.stdout,
+        "the flag file already says azure, but the journal does not show the cluster synced to it: `cargo xtask \
+         secrets rollback --to azure --yes` syncs layer 15 and waits for the ExternalSecrets",
+    );
+    assert_eq!(
+        store_provider(&sb),
+        "vault",
+        "as the run said, nothing changed"
+    );
+    run_named(&sb, &bao, &run.stdout).ok();
+    assert_eq!(store_provider(&sb), "azure");
+    let run = to_azure().ok();
+    assert_contains(&run.stdout, "local already uses azure: nothing to migrate");
+}
