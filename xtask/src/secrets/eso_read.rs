@@ -30,7 +30,6 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::pool::bounded;
-use crate::process::Tool;
 use crate::secrets::config::Secret;
 use crate::secrets::eso_access::{strings, EsoNames, STORE_CHART_VALUES};
 use crate::secrets::provider::vault_http::{Method, Reply, VaultHttp};
@@ -277,20 +276,17 @@ fn unreachable(stderr: &str) -> bool {
 /// `kubectl create token <sa> --namespace <ns>`, as ESO's controller asks
 /// for one (a TokenRequest of 10 minutes, with the store's audiences).
 fn service_account_token(names: &EsoNames, audiences: &[String], context: &str) -> Result<Minted> {
-    let mut tool = Tool::new("kubectl")
-        .deadline(kube::KUBECTL_DEADLINE)
-        .install_hint(kube::INSTALL_HINT)
-        .args([
-            "create",
-            "token",
-            &names.service_account,
-            "--namespace",
-            &names.namespace,
-            "--duration",
-            TOKEN_DURATION,
-            "--output",
-            "json",
-        ]);
+    let mut tool = kube::kubectl_tool().args([
+        "create",
+        "token",
+        &names.service_account,
+        "--namespace",
+        &names.namespace,
+        "--duration",
+        TOKEN_DURATION,
+        "--output",
+        "json",
+    ]);
     for audience in audiences {
         tool = tool.args(["--audience", audience]);
     }

@@ -10,13 +10,14 @@ use anyhow::{Context, Result};
 use crate::process::Tool;
 
 /// The deadline of one kubectl call (`get`, `annotate`, `config`).
-pub const KUBECTL_DEADLINE: Duration = Duration::from_secs(30);
+const KUBECTL_DEADLINE: Duration = Duration::from_secs(30);
 
 pub const INSTALL_HINT: &str =
     "install kubectl (https://kubernetes.io/docs/tasks/tools/) and put it on PATH";
 
-/// kubectl, with its deadline and the hints for our messages.
-fn kubectl_tool() -> Tool {
+/// kubectl for one call (not the long-running port-forward), with its
+/// deadline and the hints for our messages.
+pub fn kubectl_tool() -> Tool {
     Tool::new("kubectl")
         .deadline(KUBECTL_DEADLINE)
         .install_hint(INSTALL_HINT)

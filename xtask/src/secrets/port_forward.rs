@@ -13,7 +13,7 @@ use anyhow::Result;
 use serde_json::Value;
 
 use crate::process::{seconds, Next, Running, Tool};
-use crate::secrets::kube::{INSTALL_HINT, KUBECTL_DEADLINE};
+use crate::secrets::kube::{self, INSTALL_HINT};
 
 /// How long to wait for kubectl's next line before looking at the stop flag.
 const POLL: Duration = Duration::from_millis(50);
@@ -98,24 +98,13 @@ impl ForwardSpec {
         }
     }
 
-    /// kubectl for a question about the cluster (`get`), with its deadline.
-    fn kubectl(&self, args: &[&str]) -> Tool {
-        Tool::new("kubectl")
-            .deadline(KUBECTL_DEADLINE)
-            .install_hint(INSTALL_HINT)
-            .timeout_hint(
-                "Is the cluster up and reachable? `kubectl cluster-info` shows where kubectl looks.",
-            )
-            .args(args)
-    }
-
     /// `kubectl get ARGS --output json`: the object, `None` when the API
     /// says NotFound, or an error with kubectl's words.
     fn get(&self, args: &[&str]) -> Result<Option<Value>, String> {
         let mut all = vec!["get"];
         all.extend_from_slice(args);
         all.extend_from_slice(&["--output", "json"]);
-        let tool = self.kubectl(&all);
+        let tool = kube::kubectl_tool().args(&all);
         let out = tool.output().map_err(|e| {
             format!(
                 "asking the cluster about svc/{} in namespace {}: {e:#}",
