@@ -142,15 +142,7 @@ fn a_canary_never_shows_in_a_drift_a_conflict_or_a_failed_write_on_vault() {
         .ok();
     let mut outputs = vec![seeded.all()];
     // Someone puts another canary where the fixture's was.
-    let mut hand = HashMap::new();
-    hand.insert("value", IN_STORE);
-    block_on(vaultrs::kv2::set(
-        &bao.client(),
-        "secret",
-        "graph-db-password",
-        &hand,
-    ))
-    .unwrap();
+    bao.hand_edit("graph-db-password", IN_STORE);
     change_a_fixture(&sb);
 
     let env = bao.env();
@@ -515,15 +507,7 @@ fn seed_dry_run_writes_nothing_to_vault() {
         .ok();
     change_a_fixture(&sb);
     let client = bao.client();
-    let mut hand = HashMap::new();
-    hand.insert("value", "edited-by-hand");
-    block_on(vaultrs::kv2::set(
-        &client,
-        "secret",
-        "redis-password",
-        &hand,
-    ))
-    .unwrap();
+    bao.hand_edit("redis-password", "edited-by-hand");
     block_on(vaultrs::kv2::delete_metadata(
         &client,
         "secret",

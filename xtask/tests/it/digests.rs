@@ -246,15 +246,7 @@ fn a_kv2_store_from_the_release_before_is_restamped_keyed_without_conflicts() {
     seed_like_the_release_before(&bao, &before);
     let client = bao.client();
     // Then someone edited redis-password by hand.
-    let mut hand = HashMap::new();
-    hand.insert("value", "edited-by-hand");
-    block_on(vaultrs::kv2::set(
-        &client,
-        "secret",
-        "redis-password",
-        &hand,
-    ))
-    .unwrap();
+    bao.hand_edit("redis-password", "edited-by-hand");
 
     // A dry run plans the takeover and writes nothing, not even the key.
     let dry = report(&vault_seed(&sb, &bao.addr, &bao.token, &["--dry-run"]).ok());
@@ -320,7 +312,7 @@ fn a_kv2_store_from_the_release_before_is_restamped_keyed_without_conflicts() {
     assert_eq!(reads, ["GET /v1/secret/data/redis-password"], "{calls:#?}");
 
     // A hand edit of a keyed entry is a conflict too.
-    block_on(vaultrs::kv2::set(&client, "secret", "graph-db-url", &hand)).unwrap();
+    bao.hand_edit("graph-db-url", "edited-by-hand");
     let edited = report(&vault_seed(&sb, &bao.addr, &bao.token, &[]).code(1));
     assert_eq!(action(&edited, "graph-db-url"), "conflict");
     assert_eq!(edited["writes"], 0);

@@ -116,15 +116,7 @@ fn a_no_op_re_seed_reads_one_listing_and_no_entry() {
     // The record names a version, so anything done to an entry since the
     // seed sends exactly that entry back to being read.
     let client = bao.client();
-    let mut hand = HashMap::new();
-    hand.insert("value", "edited-by-hand");
-    block_on(vaultrs::kv2::set(
-        &client,
-        "secret",
-        "redis-password",
-        &hand,
-    ))
-    .unwrap();
+    bao.hand_edit("redis-password", "edited-by-hand");
     let ok = |out: std::process::Output| {
         assert!(
             out.status.success(),

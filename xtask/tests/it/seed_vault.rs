@@ -98,15 +98,7 @@ fn stale_values_update_and_hand_edits_conflict_until_forced() {
     seed(&sb, &bao, &[]).ok();
     let client = bao.client();
     // A developer edits one entry by hand.
-    let mut hand = HashMap::new();
-    hand.insert("value", "edited-by-hand");
-    block_on(vaultrs::kv2::set(
-        &client,
-        "secret",
-        "redis-password",
-        &hand,
-    ))
-    .unwrap();
+    bao.hand_edit("redis-password", "edited-by-hand");
     // The fixtures change another.
     let mut fx = fixtures(&sb);
     fx.insert("graph-db-password".into(), "rotated-fixture".into());

@@ -279,6 +279,13 @@ impl OpenBao {
         [("VAULT_ADDR", &self.addr), ("VAULT_TOKEN", &self.token)]
     }
 
+    /// Sets `secret/<name>`'s `value` through vaultrs, as a person editing
+    /// the store by hand would.
+    pub fn hand_edit(&self, name: &str, value: &str) {
+        let data = std::collections::HashMap::from([("value", value)]);
+        block_on(vaultrs::kv2::set(&self.client(), "secret", name, &data)).unwrap();
+    }
+
     /// A vaultrs client: an independent reader of what the seed wrote.
     pub fn client(&self) -> vaultrs::client::VaultClient {
         vault_client(&self.addr, &self.token)
