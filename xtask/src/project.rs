@@ -100,9 +100,71 @@ pub fn path_with_tools(root: &Path) -> std::ffi::OsString {
 }
 
 /// A path as shown to humans: relative to the repository root when inside it
-/// (see [`crate::secrets::config::shown_from`]).
+/// (see [`shown_from`]).
 pub fn shown(path: &Path) -> String {
-    crate::secrets::config::shown_from(&project_root(), path)
+    shown_from(&project_root(), path)
+}
+
+/// A path given on the command line or in the environment, made absolute
+/// from the working directory (as every CLI reads it).
+pub fn from_cwd(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        return normalize(p);
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => normalize(&cwd.join(p)),
+        Err(_) => p.to_path_buf(),
+    }
+}
+
+/// Removes `.` and `..` components without touching the file system, so
+/// `infra/../scripts/x.json` shows as `scripts/x.json`.
+pub fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// `path` relative to `root` when inside it (also when one of them is
+/// reached through a symlink, such as a temp folder), else as given.
+pub fn shown_from(root: &Path, path: &Path) -> String {
+    if let Ok(rel) = path.strip_prefix(root) {
+        return rel.display().to_string();
+    }
+    if let (Ok(root), Some(real)) = (std::fs::canonicalize(root), canonical_prefix(path)) {
+        if let Ok(rel) = real.strip_prefix(&root) {
+            return rel.display().to_string();
+        }
+    }
+    path.display().to_string()
+}
+
+/// The canonical form of the longest existing ancestor of `path`, with the rest appended.
+pub fn canonical_prefix(path: &Path) -> Option<PathBuf> {
+    let mut rest = Vec::new();
+    let mut cur = path;
+    loop {
+        if let Ok(real) = std::fs::canonicalize(cur) {
+            let mut out = real;
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return Some(out);
+        }
+        rest.push(cur.file_name()?.to_os_string());
+        cur = cur.parent()?;
+    }
 }
 
 #[cfg(test)]

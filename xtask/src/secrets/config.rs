@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::project;
+use crate::project::{self, from_cwd, normalize, shown_from};
 
 /// Which store the seed writes to and `check --live` reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,7 +104,7 @@ impl fmt::Debug for Secret {
 
 /// A Vault address. It may carry a user and password
 /// (`http://user:pass@host`, sent as HTTP basic auth): `Display`, `Debug`
-/// and `Serialize` show them as `***` ([`super::guard::shown_addr`]); the
+/// and `Serialize` show them as `***` ([`shown_addr`]); the
 /// address to connect to is [`VaultAddr::expose`] (or the `str` it derefs
 /// to). Never `to_string()` it to connect: that is the shown form.
 #[derive(Clone, PartialEq, Eq)]
@@ -128,7 +128,7 @@ impl std::ops::Deref for VaultAddr {
 
 impl fmt::Display for VaultAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&super::guard::shown_addr(&self.0))
+        f.write_str(&shown_addr(&self.0))
     }
 }
 
@@ -356,6 +356,13 @@ impl Config {
             value: kind,
             source: provider_raw.source,
         };
+        if flags.mount.is_some() && provider.value != ProviderKind::Vault {
+            crate::usage!(
+                "--mount is a Vault KV mount, and the provider is {} (from {}): drop --mount, or use --provider vault",
+                provider.value.as_str(),
+                provider.source
+            );
+        }
 
         let fixtures = or_builtin(
             pick(
@@ -675,6 +682,20 @@ impl Config {
     }
 }
 
+/// `addr` for messages: a user and password in it (`http://user:pass@host`,
+/// which the client sends as basic auth) read `***` (`http://***@host`).
+pub fn shown_addr(addr: &str) -> String {
+    let (scheme, rest) = match addr.split_once("://") {
+        Some((scheme, rest)) => (&addr[..scheme.len() + 3], rest),
+        None => ("", addr),
+    };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}***{}", &rest[at..]),
+        None => addr.to_string(),
+    }
+}
+
 /// A bad value's error. From a flag or the environment (how this run was
 /// invoked) it is a usage error, exit 2; from `secrets.toml` or
 /// `.local/secrets.toml` it is that file's error, exit 1, like every other
@@ -684,68 +705,6 @@ fn bad_value(source: &Source, msg: String) -> anyhow::Error {
         anyhow::Error::new(crate::UsageError(msg))
     } else {
         anyhow::anyhow!("{msg}: fix it there, or remove it for the default")
-    }
-}
-
-/// A path given on the command line or in the environment, made absolute
-/// from the working directory (as every CLI reads it).
-pub fn from_cwd(p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        return normalize(p);
-    }
-    match std::env::current_dir() {
-        Ok(cwd) => normalize(&cwd.join(p)),
-        Err(_) => p.to_path_buf(),
-    }
-}
-
-/// Removes `.` and `..` components without touching the file system, so
-/// `infra/../scripts/x.json` shows as `scripts/x.json`.
-pub fn normalize(p: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    out.push("..");
-                }
-            }
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
-}
-
-/// `path` relative to `root` when inside it (also when one of them is
-/// reached through a symlink, such as a temp folder), else as given.
-pub fn shown_from(root: &Path, path: &Path) -> String {
-    if let Ok(rel) = path.strip_prefix(root) {
-        return rel.display().to_string();
-    }
-    if let (Ok(root), Some(real)) = (std::fs::canonicalize(root), canonical_prefix(path)) {
-        if let Ok(rel) = real.strip_prefix(&root) {
-            return rel.display().to_string();
-        }
-    }
-    path.display().to_string()
-}
-
-/// The canonical form of the longest existing ancestor of `path`, with the rest appended.
-pub(crate) fn canonical_prefix(path: &Path) -> Option<PathBuf> {
-    let mut rest = Vec::new();
-    let mut cur = path;
-    loop {
-        if let Ok(real) = std::fs::canonicalize(cur) {
-            let mut out = real;
-            for part in rest.iter().rev() {
-                out.push(part);
-            }
-            return Some(out);
-        }
-        rest.push(cur.file_name()?.to_os_string());
-        cur = cur.parent()?;
     }
 }
 

@@ -7,7 +7,7 @@ use crate::secrets::config::{Config, FlagValues};
 use crate::secrets::eso_access::{self, EsoNames};
 use crate::secrets::provider::{file, vault, SecretProvider};
 use crate::secrets::scan::{self, STORE_NAME};
-use crate::secrets::{check, eso_read, fixtures, flagfile, guard, helmfile, kube, vault_checks};
+use crate::secrets::{coverage, eso_read, fixtures, flagfile, guard, helmfile, kube, vault_checks};
 use crate::{flags, project, project_root, tools};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -100,7 +100,7 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
     // Read once, used by the Vault checks and the coverage check: loading
     // the fixtures asks git about the overrides file, the scan reads infra/.
     let fixture_set = fixtures::load_configured(&cfg).map(|(_, set)| set);
-    let infra_scan = check::collect(&root, &root.join(project::INFRA), &env, false);
+    let infra_scan = scan::collect(&root, &root.join(project::INFRA), &env, false);
     let flag_rel = project::flag_file(&env).display().to_string();
     match std::fs::read_to_string(root.join(&flag_rel))
         .map_err(anyhow::Error::from)
@@ -199,7 +199,7 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
         // Without ESO every question about its objects has one answer,
         // already given.
         if installed {
-            let denied = denied_checks(&root, &env, &cfg);
+            let denied = eso_access::denied_checks(&root, &env, &cfg);
             out.push(store_finding(
                 kube::kubectl(&["get", "clustersecretstore", STORE_NAME, "--output", "json"]),
                 store_event(),
@@ -219,8 +219,8 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
         Ok(set) => match &infra_scan {
             Err(e) => out.push(fail("coverage", format!("{e:#}"), "fix the file it names")),
             Ok(scan) => {
-                let report = check::compare(scan, &env, set, None);
-                let missing = report.failures(&check::parse_fail_on(None)?).len();
+                let report = coverage::compare(scan, &env, set, None);
+                let missing = report.failures(&coverage::parse_fail_on(None)?).len();
                 if missing == 0 {
                     out.push(ok(
                         "coverage",
@@ -414,7 +414,7 @@ fn vault_findings(
         return;
     }
     let keys = match infra_scan {
-        Ok(scan) => check::eso_keys(scan),
+        Ok(scan) => coverage::eso_keys(scan),
         Err(_) => return, // the coverage finding below names the file
     };
     match eso_read::read_as_eso(http, &names, &keys, &cfg.root, env) {
@@ -451,34 +451,6 @@ fn said(event: Option<&kube::Event>) -> String {
 fn permission_denied(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
     t.contains("permission denied") || t.contains("code: 403")
-}
-
-/// What to check when Vault says `permission denied` to ESO: the role's
-/// bound service account (names and namespaces) against the one the store
-/// logs in as, and the TokenReview right (`system:auth-delegator`) of the
-/// reviewer. Names from the store chart and layer 15 of `env`.
-pub fn denied_checks(root: &std::path::Path, env: &str, cfg: &Config) -> String {
-    let (role, subject, mount) = match EsoNames::load(root, env) {
-        Ok(n) => (n.role.clone(), n.subject(), n.auth_mount.clone()),
-        Err(_) => (
-            "external-secrets".to_string(),
-            "external-secrets/external-secrets".to_string(),
-            "kubernetes".to_string(),
-        ),
-    };
-    let vault_ns = &cfg.port_forward.namespace;
-    format!(
-        "Vault answers `permission denied` to every ESO login it refuses (a failed TokenReview included) and \
-         to every read ESO's policy does not allow. Check (1) that role auth/{mount}/role/{role} binds the \
-         service account the store logs in as, {subject} (bound_service_account_names and \
-         bound_service_account_namespaces): `cargo xtask secrets doctor` compares them on its `eso access` \
-         lines and `cargo xtask secrets seed` writes the role and ESO's policy again; (2) that Vault's \
-         reviewer may create TokenReviews: `kubectl get clusterrolebindings --output wide | grep \
-         system:auth-delegator` must list {vault_ns}/vault (a Vault outside the cluster reviews with ESO's own \
-         token: then {subject}); `{}` brings that binding, then `kubectl --namespace {vault_ns} delete pod \
-         vault-0` and `cargo xtask secrets seed`.",
-        helmfile::sync_display(env)
-    )
 }
 
 /// The store's Ready condition, from `kubectl get clustersecretstore
@@ -662,7 +634,7 @@ fn flag_fix(root: &std::path::Path, flag_rel: &str) -> String {
 
 /// The migration journal: readable, and whether its last entry is finished.
 fn journal_finding(root: &std::path::Path, env: &str, flag_rel: &str) -> Finding {
-    use crate::secrets::journal;
+    use crate::secrets::migrate::journal;
     let journal = match journal::Journal::load(root, env) {
         Ok(j) => j,
         Err(e) => {
@@ -845,7 +817,7 @@ mod tests {
     fn the_denied_checks_name_the_role_its_binding_and_the_reviewer() {
         let root = crate::project_root();
         let cfg = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap();
-        let text = denied_checks(&root, "local", &cfg);
+        let text = eso_access::denied_checks(&root, "local", &cfg);
         for part in [
             "role auth/kubernetes/role/external-secrets binds the service account the store logs in as, \
              external-secrets/external-secrets",

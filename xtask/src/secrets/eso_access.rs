@@ -753,6 +753,38 @@ pub fn service_account_missing(names: &EsoNames) -> Option<String> {
     })
 }
 
+/// What to check when Vault says `permission denied` to ESO: the role's
+/// bound service account (names and namespaces) against the one the store
+/// logs in as, and the TokenReview right (`system:auth-delegator`) of the
+/// reviewer. Names from the store chart and layer 15 of `env`.
+pub fn denied_checks(
+    root: &std::path::Path,
+    env: &str,
+    cfg: &crate::secrets::config::Config,
+) -> String {
+    let (role, subject, mount) = match EsoNames::load(root, env) {
+        Ok(n) => (n.role.clone(), n.subject(), n.auth_mount.clone()),
+        Err(_) => (
+            "external-secrets".to_string(),
+            "external-secrets/external-secrets".to_string(),
+            "kubernetes".to_string(),
+        ),
+    };
+    let vault_ns = &cfg.port_forward.namespace;
+    format!(
+        "Vault answers `permission denied` to every ESO login it refuses (a failed TokenReview included) and \
+         to every read ESO's policy does not allow. Check (1) that role auth/{mount}/role/{role} binds the \
+         service account the store logs in as, {subject} (bound_service_account_names and \
+         bound_service_account_namespaces): `cargo xtask secrets doctor` compares them on its `eso access` \
+         lines and `cargo xtask secrets seed` writes the role and ESO's policy again; (2) that Vault's \
+         reviewer may create TokenReviews: `kubectl get clusterrolebindings --output wide | grep \
+         system:auth-delegator` must list {vault_ns}/vault (a Vault outside the cluster reviews with ESO's own \
+         token: then {subject}); `{}` brings that binding, then `kubectl --namespace {vault_ns} delete pod \
+         vault-0` and `cargo xtask secrets seed`.",
+        crate::secrets::helmfile::sync_display(env)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 
 use crate::process::Tool;
+use crate::secrets::config::shown_addr;
 use crate::secrets::kube;
 
 /// Refuses unless git ignores `path`: files holding secret values must never
@@ -83,8 +84,7 @@ fn check_ignored(root: &Path, path: &Path, what: &str, outside_ok: bool) -> Resu
 fn real_locations(path: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
-        let dir =
-            crate::secrets::config::canonical_prefix(dir).unwrap_or_else(|| dir.to_path_buf());
+        let dir = crate::project::canonical_prefix(dir).unwrap_or_else(|| dir.to_path_buf());
         out.push(dir.join(name));
     }
     if let Ok(real) = std::fs::canonicalize(path) {
@@ -130,20 +130,6 @@ pub fn url_host(addr: &str) -> Option<String> {
         authority.split(':').next()?.to_string()
     };
     (!host.is_empty()).then_some(host)
-}
-
-/// `addr` for messages: a user and password in it (`http://user:pass@host`,
-/// which the client sends as basic auth) read `***` (`http://***@host`).
-pub fn shown_addr(addr: &str) -> String {
-    let (scheme, rest) = match addr.split_once("://") {
-        Some((scheme, rest)) => (&addr[..scheme.len() + 3], rest),
-        None => ("", addr),
-    };
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    match authority.rfind('@') {
-        Some(at) => format!("{scheme}***{}", &rest[at..]),
-        None => addr.to_string(),
-    }
 }
 
 /// Refuses a Vault address that is not local unless `allow` names its host.

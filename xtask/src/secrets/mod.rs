@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod config;
+pub mod coverage;
 pub mod doctor;
 pub mod eso_access;
 pub mod eso_read;
@@ -9,15 +10,14 @@ pub mod fixtures;
 pub mod flagfile;
 pub mod guard;
 pub mod helmfile;
-pub mod journal;
 pub mod kube;
 pub mod manifests;
 pub mod migrate;
-pub mod plan;
 pub mod port_forward;
 pub mod provider;
 pub mod scan;
 pub mod seed;
+pub mod seeding;
 pub mod status;
 pub mod vault_checks;
 

@@ -17,6 +17,7 @@ use std::rc::Rc;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+use crate::project;
 use crate::yaml::{parse_documents, Node};
 
 /// The store every in-scope ExternalSecret must use.
@@ -757,6 +758,34 @@ fn collect_all_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The ExternalSecrets to check: static or rendered, plus the contract,
+/// which always counts.
+pub fn collect(root: &Path, infra: &Path, env: &str, render: bool) -> Result<Scan> {
+    if !render {
+        return scan_static(infra, root);
+    }
+    let mut scan = scan_rendered(infra, root, env, &project::path_with_tools(root))?;
+    let contract: PathBuf = infra.join(project::CONTRACT_IN_INFRA);
+    if contract.is_file() {
+        let text = std::fs::read_to_string(&contract)?;
+        let shown = contract
+            .strip_prefix(root)
+            .unwrap_or(&contract)
+            .display()
+            .to_string();
+        scan_text(
+            &text,
+            &shown,
+            None,
+            Some(env),
+            true,
+            &mut scan.external_secrets,
+        )?;
+        scan.files += 1;
+    }
+    Ok(scan)
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@ use serde_json::json;
 
 use crate::output::{parse_format, Format};
 use crate::secrets::config::{Config, FlagValues};
-use crate::secrets::journal::Journal;
 use crate::secrets::kube;
+use crate::secrets::migrate::journal::Journal;
 use crate::secrets::provider::vault;
 use crate::secrets::provider::vault_http::{Method, Reply, VaultError, VaultHttp};
 use crate::secrets::scan::{self, STORE_NAME};
@@ -43,7 +43,7 @@ pub fn run(flags: &flags::Status) -> Result<()> {
     // Whether the flag file is where the journal's last entry left it.
     let fits = last
         .as_ref()
-        .map(|m| crate::secrets::migrate::flag_fits(&journal, m, &flag_text));
+        .map(|m| crate::secrets::migrate::journal::flag_fits(&journal, m, &flag_text));
     let context = kube::current_context();
     let context_local = context
         .as_ref()
@@ -90,7 +90,7 @@ pub fn run(flags: &flags::Status) -> Result<()> {
                 println!("  {e:<12} {v}{}", if *e == env { "   <-" } else { "" });
             }
             println!("\nlast migration of {env}:");
-            let journal_path = project::shown(&crate::secrets::journal::path(&root, &env));
+            let journal_path = project::shown(&crate::secrets::migrate::journal::path(&root, &env));
             match (&last, &journal_error) {
                 (_, Some(e)) => println!("  the journal cannot be read: {e}"),
                 (None, None) => println!("  none in {journal_path}"),

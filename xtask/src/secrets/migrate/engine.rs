@@ -8,11 +8,13 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Result};
 
-use super::plan::{Entry, OnFailure, Plan, Step};
-use super::{steps, At, Ctx};
+use super::ctx::{At, Ctx};
+use super::journal::Step;
+use super::journal::{self, Event, Journal, Kind, Migration, Outcome, State};
+use super::plan::{Entry, OnFailure, Plan};
+use super::steps;
 use crate::fsutil::{now_rfc3339, sha256_hex};
 use crate::project;
-use crate::secrets::journal::{self, Event, Journal, Kind, Migration, Outcome, State};
 
 /// `[2/7] seed`: the label a step has in the dry run and the real run.
 fn label(prefix: &str, i: usize, n: usize, step: Step) -> String {

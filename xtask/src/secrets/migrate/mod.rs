@@ -3,176 +3,24 @@
 //! the engine (`engine.rs`) run its steps (`steps.rs`), journaled in
 //! `journal.rs`.
 
+mod ctx;
 mod engine;
-pub mod plan;
+pub mod journal;
+mod plan;
 mod steps;
 
 use std::cell::{OnceCell, RefCell};
 use std::io::IsTerminal;
-use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-pub use plan::Step;
-pub use steps::flag_fits;
-
 use crate::fsutil::Lock;
-use crate::secrets::config::{self, Config, FlagValues, ProviderKind};
-use crate::secrets::fixtures::{self, SecretSet};
+use crate::secrets::config::{self, FlagValues, ProviderKind};
 use crate::secrets::flagfile;
-use crate::secrets::journal::{self, Journal};
-use crate::secrets::provider::{self, SecretProvider};
 use crate::{flags, project, project_root};
+use ctx::{Ctx, StopAt, Wait};
+use journal::Journal;
 use plan::{Decision, Request};
-
-/// How long to wait for ExternalSecrets.
-#[derive(Debug, Clone, Copy)]
-pub struct Wait {
-    pub attempts: u32,
-    pub sleep: Duration,
-}
-
-impl Wait {
-    /// Flags first, then EXTERNALSECRET_WAIT_ATTEMPTS / EXTERNALSECRET_WAIT_SLEEP, then 60 x 5 s.
-    pub fn resolve(attempts: Option<u32>, sleep: Option<f64>) -> Result<Wait> {
-        let env_num = |name: &str| -> Result<Option<f64>> {
-            match std::env::var(name) {
-                Ok(v) if !v.trim().is_empty() => v.trim().parse::<f64>().map(Some).map_err(|_| {
-                    anyhow::Error::new(crate::UsageError(format!("{name}={v:?} is not a number")))
-                }),
-                _ => Ok(None),
-            }
-        };
-        let attempts = match attempts {
-            Some(a) => a,
-            None => env_num("EXTERNALSECRET_WAIT_ATTEMPTS")?
-                .map(|a| a as u32)
-                .unwrap_or(60),
-        };
-        let sleep = match sleep {
-            Some(s) => s,
-            None => env_num("EXTERNALSECRET_WAIT_SLEEP")?.unwrap_or(5.0),
-        };
-        if attempts == 0 || !(0.0..=600.0).contains(&sleep) {
-            crate::usage!("wait attempts must be at least 1 and the sleep 0 to 600 seconds");
-        }
-        Ok(Wait {
-            attempts,
-            sleep: Duration::from_secs_f64(sleep),
-        })
-    }
-}
-
-/// Where in a step a run can be stopped: before it, after its effect and
-/// before its journal record, or after that record was saved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum At {
-    Before,
-    AfterEffect,
-    AfterRecord,
-}
-
-/// The tests' interruption point, `XTASK_TEST_STOP_AT=<step>:<before|after-effect|after-record>`:
-/// the run has `kill -s KILL` stop it there, as `kill -9` or a closed laptop
-/// would (no destructor runs, nothing more is written). Read once, when the
-/// command starts; a value that names no point is a usage error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StopAt {
-    step: Step,
-    at: At,
-}
-
-impl StopAt {
-    const VAR: &'static str = "XTASK_TEST_STOP_AT";
-
-    fn from_env() -> Result<Option<StopAt>> {
-        let Ok(value) = std::env::var(Self::VAR) else {
-            return Ok(None);
-        };
-        let parsed = value.split_once(':').and_then(|(step, at)| {
-            let step = Step::ALL.into_iter().find(|s| s.as_str() == step)?;
-            let at = match at {
-                "before" => At::Before,
-                "after-effect" => At::AfterEffect,
-                "after-record" => At::AfterRecord,
-                _ => return None,
-            };
-            Some(StopAt { step, at })
-        });
-        match parsed {
-            Some(stop) => Ok(Some(stop)),
-            None => crate::usage!(
-                "{}={value:?} names no point: <step>:<before|after-effect|after-record>",
-                Self::VAR
-            ),
-        }
-    }
-}
-
-/// What every step of one run shares: the configuration, loaded once, and
-/// the target store and fixtures, opened once on first use.
-pub struct Ctx {
-    root: PathBuf,
-    env: String,
-    flag_rel: String,
-    wait: Wait,
-    allow_non_local: Option<String>,
-    cfg: Config,
-    store: RefCell<Option<Box<dyn SecretProvider>>>,
-    desired: OnceCell<SecretSet>,
-    stop_at: Option<StopAt>,
-}
-
-impl Ctx {
-    /// Runs `f` with the target store, opening it on first use (a
-    /// port-forward is started once).
-    fn with_store<T>(&self, f: impl FnOnce(&mut dyn SecretProvider) -> Result<T>) -> Result<T> {
-        let mut slot = self.store.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(provider::open(&self.cfg, self.allow_non_local.as_deref())?);
-        }
-        f(slot.as_mut().expect("opened above").as_mut())
-    }
-
-    /// The fixtures and overrides, loaded on first use.
-    fn desired(&self) -> Result<&SecretSet> {
-        if let Some(set) = self.desired.get() {
-            return Ok(set);
-        }
-        let (_, set) = fixtures::load_configured(&self.cfg)?;
-        Ok(self.desired.get_or_init(|| set))
-    }
-
-    fn flag_path(&self) -> PathBuf {
-        self.root.join(&self.flag_rel)
-    }
-
-    fn read_flag(&self) -> Result<String> {
-        std::fs::read_to_string(self.flag_path())
-            .with_context(|| format!("reading {}: is --env {} right?", self.flag_rel, self.env))
-    }
-
-    /// The provider the flag file names now, or `?` when it cannot be read.
-    fn flag_now(&self) -> String {
-        self.read_flag()
-            .ok()
-            .and_then(|t| flagfile::provider(&t, &self.flag_rel).ok())
-            .map_or("?".into(), |p| p.as_str().into())
-    }
-
-    /// The tests' interruption point ([`StopAt`]): dies here if it is this one.
-    fn stop(&self, step: Step, at: At) {
-        if self.stop_at == Some(StopAt { step, at }) {
-            // kill(1), a child like any other: SIGKILL lands while we wait for it.
-            let pid = std::process::id().to_string();
-            let _ = crate::process::Tool::new("kill")
-                .args(["-s", "KILL", &pid])
-                .run();
-            std::process::abort();
-        }
-    }
-}
 
 fn parse_target(value: &str) -> Result<ProviderKind> {
     match ProviderKind::parse(value) {
@@ -295,6 +143,7 @@ fn run(request: Request, c: Common<'_>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn wait_settings_come_from_flags_then_env() {

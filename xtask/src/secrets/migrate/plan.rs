@@ -2,88 +2,10 @@
 //! that turns a request (migrate, rollback, rollback `--to`, `--resume`) and
 //! the journal into the plan that both `--dry-run` prints and the engine runs.
 
-use std::fmt;
-
 use anyhow::{bail, Result};
-use serde::{Deserialize, Serialize};
 
+use super::journal::{self, Event, Journal, Kind, Migration, State, Step};
 use crate::secrets::config::ProviderKind;
-use crate::secrets::journal::{self, Event, Journal, Kind, Migration, State};
-
-/// One step of a migration or rollback. Its name is what the journal, the
-/// output and `--dry-run` show; nothing else spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Step {
-    /// Tools, a local kube context, ESO's CRDs, the flag file as expected,
-    /// and (when seeding) the target store reachable. Changes nothing.
-    Preflight,
-    /// The fixtures into the target store.
-    Seed,
-    /// Every key the charts need, present in the target store: a gate.
-    Coverage,
-    /// `secrets.provider` in the flag file set to the target.
-    Flip,
-    /// `helmfile sync` of layer 15.
-    Sync,
-    /// Force-sync every ExternalSecret on the store; wait until each has
-    /// refreshed and is Ready.
-    Wait,
-    /// The journal marks the operation done.
-    Record,
-    /// Automatic rollback: the flag file back byte for byte.
-    RollbackRestore,
-    /// Automatic rollback: `helmfile sync` of layer 15 on the restored flag.
-    RollbackSync,
-    /// Automatic rollback: wait for the ExternalSecrets again.
-    RollbackWait,
-}
-
-impl Step {
-    /// Every step, in declaration order.
-    pub const ALL: [Step; 10] = [
-        Step::Preflight,
-        Step::Seed,
-        Step::Coverage,
-        Step::Flip,
-        Step::Sync,
-        Step::Wait,
-        Step::Record,
-        Step::RollbackRestore,
-        Step::RollbackSync,
-        Step::RollbackWait,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Step::Preflight => "preflight",
-            Step::Seed => "seed",
-            Step::Coverage => "coverage",
-            Step::Flip => "flip",
-            Step::Sync => "sync",
-            Step::Wait => "wait",
-            Step::Record => "record",
-            Step::RollbackRestore => "rollback-restore",
-            Step::RollbackSync => "rollback-sync",
-            Step::RollbackWait => "rollback-wait",
-        }
-    }
-
-    /// A failure at this step leaves the cluster and the flag file as they
-    /// were (the flip writes atomically, or not at all).
-    pub fn fails_before_any_change(self) -> bool {
-        matches!(
-            self,
-            Step::Preflight | Step::Seed | Step::Coverage | Step::Flip
-        )
-    }
-}
-
-impl fmt::Display for Step {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// The steps of a migration, in order.
 pub const MIGRATE: [Step; 7] = [
@@ -450,9 +372,9 @@ pub fn build(
 
 #[cfg(test)]
 mod tests {
+    use super::journal::{Outcome, StepRecord};
     use super::*;
     use crate::fsutil::now_rfc3339;
-    use crate::secrets::journal::{Outcome, StepRecord};
     use ProviderKind::{Azure, Vault};
 
     fn entry(kind: Kind, state: State, from: &str, to: &str, ok: &[Step]) -> Migration {

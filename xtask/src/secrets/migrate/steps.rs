@@ -7,17 +7,18 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::plan::{Plan, Step};
-use super::Ctx;
+use super::ctx::Ctx;
+use super::journal::Step;
+use super::journal::{self, flag_fits, flipped, Journal, Kind, Migration};
+use super::plan::Plan;
 use crate::fsutil::{self, sha256_hex};
 use crate::output;
 use crate::process::Tool;
 use crate::project;
 use crate::secrets::config::ProviderKind;
-use crate::secrets::journal::{self, Journal, Kind, Migration};
 use crate::secrets::kube::{self, EsStatus, ESO_V1};
 use crate::secrets::scan::{self, STORE_NAME};
-use crate::secrets::{check, flagfile, guard, helmfile, seed};
+use crate::secrets::{coverage, flagfile, guard, helmfile, seeding};
 
 /// What a step did.
 #[derive(Debug, Default)]
@@ -364,11 +365,11 @@ fn seed_target(ctx: &Ctx, to: ProviderKind) -> Result<String> {
     guard::require_local_env(&ctx.env)?;
     let desired = ctx.desired()?;
     let (items, run, eso) = ctx.with_store(|store| {
-        let items = seed::plan_for(store, desired, false)?;
-        let run = seed::apply(store, desired, &items)?;
+        let items = seeding::plan_for(store, desired, false)?;
+        let run = seeding::apply(store, desired, &items)?;
         // ESO's way in, as `seed` sets it up (the presync hook does too).
         let eso = if run.failed.is_empty() {
-            seed::ensure_eso_access(store, &ctx.env)?
+            seeding::ensure_eso_access(store, &ctx.env)?
         } else {
             None
         };
@@ -377,7 +378,7 @@ fn seed_target(ctx: &Ctx, to: ProviderKind) -> Result<String> {
     if !run.failed.is_empty() {
         return Err(run.into_result().expect_err("failed writes are an error"));
     }
-    let counts = crate::secrets::plan::counts(&items);
+    let counts = crate::secrets::seeding::counts(&items);
     let mut detail = format!(
         "{} written, {} unchanged in {}",
         run.written.len(),
@@ -399,11 +400,11 @@ fn seed_target(ctx: &Ctx, to: ProviderKind) -> Result<String> {
 }
 
 fn coverage(ctx: &Ctx, to: ProviderKind) -> Result<String> {
-    let scan = check::collect(&ctx.root, &ctx.root.join(project::INFRA), &ctx.env, true)?;
+    let scan = scan::collect(&ctx.root, &ctx.root.join(project::INFRA), &ctx.env, true)?;
     let desired = ctx.desired()?;
-    let live = ctx.with_store(|store| check::read_live(store, &scan, desired))?;
-    let report = check::compare(&scan, &ctx.env, desired, Some(&live));
-    let fail_on = check::parse_fail_on(Some("missing"))?;
+    let live = ctx.with_store(|store| coverage::read_live(store, &scan, desired))?;
+    let report = coverage::compare(&scan, &ctx.env, desired, Some(&live));
+    let fail_on = coverage::parse_fail_on(Some("missing"))?;
     let failures = report.failures(&fail_on);
     if !failures.is_empty() {
         // Capped like output::capped, but "; " apart: a detail may hold a comma.
@@ -426,59 +427,9 @@ fn coverage(ctx: &Ctx, to: ProviderKind) -> Result<String> {
     }
     Ok(format!(
         "{} keys present in {}",
-        report.count(check::Status::Ok),
+        report.count(coverage::Status::Ok),
         live.target
     ))
-}
-
-/// What `entry`'s flip writes over `text`, the flag file as the entry found
-/// it, and how: the value set to `to`, or, for a rollback that undoes a
-/// migration whose flip `text` still is, that migration's copy of the file
-/// from before it, byte for byte, if the copy matches its checksum.
-fn flipped(
-    journal: &Journal,
-    entry: &Migration,
-    text: &str,
-    flag_rel: &str,
-    to: ProviderKind,
-) -> Result<(String, &'static str)> {
-    let sha = sha256_hex(text.as_bytes());
-    let undone = entry
-        .undoes
-        .as_deref()
-        .and_then(|id| journal.get(id))
-        .filter(|u| u.after_sha256.as_deref() == Some(sha.as_str()) && u.from == to.as_str());
-    Ok(match undone {
-        Some(u) if u.copy_intact() => (u.before_content.clone(), "restored byte for byte"),
-        Some(_) => (
-            flagfile::set(text, flag_rel, to)?,
-            "set; the journal's copy of the file from before the migration does not match its checksum, so it \
-             is not used",
-        ),
-        None => (flagfile::set(text, flag_rel, to)?, "set"),
-    })
-}
-
-/// Whether the flag file (`text`) is where entry `m` left it, or where the
-/// step the run was in when it died put it before the step's record: the
-/// flip's result, or (an automatic rollback) the file from before.
-pub fn flag_fits(journal: &Journal, m: &Migration, text: &str) -> bool {
-    let sha = sha256_hex(text.as_bytes());
-    if sha == m.flag_sha_now() {
-        return true;
-    }
-    if !m.state.is_open() {
-        return false;
-    }
-    if !m.step_ok(Step::Flip) {
-        let Some(to) = ProviderKind::parse(&m.to) else {
-            return false;
-        };
-        return m.copy_intact()
-            && flipped(journal, m, &m.before_content, &m.flag_file, to)
-                .is_ok_and(|(new, _)| sha256_hex(new.as_bytes()) == sha);
-    }
-    m.kind == Kind::Migrate && !m.step_ok(Step::RollbackRestore) && sha == m.before_sha256
 }
 
 /// Sets the flag to `to` (see [`flipped`]). A flag file that already holds
@@ -715,7 +666,7 @@ fn wait_store(ctx: &Ctx, stamp: &str) -> Result<String> {
         last.describe(),
         said(event.as_ref()),
         if denied {
-            format!("\n{}", crate::secrets::doctor::denied_checks(&ctx.root, &ctx.env, &ctx.cfg))
+            format!("\n{}", crate::secrets::eso_access::denied_checks(&ctx.root, &ctx.env, &ctx.cfg))
         } else {
             String::new()
         }
@@ -910,7 +861,7 @@ fn not_ready(ctx: &Ctx, before: &BTreeMap<String, Seen>, pending: &[EsStatus]) -
         if denied {
             format!(
                 "{}\n",
-                crate::secrets::doctor::denied_checks(&ctx.root, &ctx.env, &ctx.cfg)
+                crate::secrets::eso_access::denied_checks(&ctx.root, &ctx.env, &ctx.cfg)
             )
         } else {
             String::new()

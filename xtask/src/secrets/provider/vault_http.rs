@@ -185,7 +185,7 @@ impl VaultHttp {
         let addr = addr.trim_end_matches('/').to_string();
         Ok(VaultHttp {
             wire: std::sync::Arc::new(wire),
-            shown: crate::secrets::guard::shown_addr(&addr),
+            shown: crate::secrets::config::shown_addr(&addr),
             base: addr,
             token,
             namespace,

@@ -4,13 +4,90 @@
 //! finished, with what it changed. It holds the flag file's bytes from
 //! before the change and checksums, never a secret value.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{self, now_rfc3339};
-use crate::secrets::migrate::Step;
+use crate::fsutil::{self, now_rfc3339, sha256_hex};
+use crate::secrets::config::ProviderKind;
+use crate::secrets::flagfile;
+
+/// One step of a migration or rollback. Its name is what the journal, the
+/// output and `--dry-run` show; nothing else spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    /// Tools, a local kube context, ESO's CRDs, the flag file as expected,
+    /// and (when seeding) the target store reachable. Changes nothing.
+    Preflight,
+    /// The fixtures into the target store.
+    Seed,
+    /// Every key the charts need, present in the target store: a gate.
+    Coverage,
+    /// `secrets.provider` in the flag file set to the target.
+    Flip,
+    /// `helmfile sync` of layer 15.
+    Sync,
+    /// Force-sync every ExternalSecret on the store; wait until each has
+    /// refreshed and is Ready.
+    Wait,
+    /// The journal marks the operation done.
+    Record,
+    /// Automatic rollback: the flag file back byte for byte.
+    RollbackRestore,
+    /// Automatic rollback: `helmfile sync` of layer 15 on the restored flag.
+    RollbackSync,
+    /// Automatic rollback: wait for the ExternalSecrets again.
+    RollbackWait,
+}
+
+impl Step {
+    /// Every step, in declaration order.
+    pub const ALL: [Step; 10] = [
+        Step::Preflight,
+        Step::Seed,
+        Step::Coverage,
+        Step::Flip,
+        Step::Sync,
+        Step::Wait,
+        Step::Record,
+        Step::RollbackRestore,
+        Step::RollbackSync,
+        Step::RollbackWait,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Preflight => "preflight",
+            Step::Seed => "seed",
+            Step::Coverage => "coverage",
+            Step::Flip => "flip",
+            Step::Sync => "sync",
+            Step::Wait => "wait",
+            Step::Record => "record",
+            Step::RollbackRestore => "rollback-restore",
+            Step::RollbackSync => "rollback-sync",
+            Step::RollbackWait => "rollback-wait",
+        }
+    }
+
+    /// A failure at this step leaves the cluster and the flag file as they
+    /// were (the flip writes atomically, or not at all).
+    pub fn fails_before_any_change(self) -> bool {
+        matches!(
+            self,
+            Step::Preflight | Step::Seed | Step::Coverage | Step::Flip
+        )
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// What an entry is: a migration, or a rollback (undoing one, or going
 /// `--to` a provider with the rollback's steps).
@@ -355,6 +432,56 @@ impl Journal {
         }
         Ok(next)
     }
+}
+
+/// What `entry`'s flip writes over `text`, the flag file as the entry found
+/// it, and how: the value set to `to`, or, for a rollback that undoes a
+/// migration whose flip `text` still is, that migration's copy of the file
+/// from before it, byte for byte, if the copy matches its checksum.
+pub fn flipped(
+    journal: &Journal,
+    entry: &Migration,
+    text: &str,
+    flag_rel: &str,
+    to: ProviderKind,
+) -> Result<(String, &'static str)> {
+    let sha = sha256_hex(text.as_bytes());
+    let undone = entry
+        .undoes
+        .as_deref()
+        .and_then(|id| journal.get(id))
+        .filter(|u| u.after_sha256.as_deref() == Some(sha.as_str()) && u.from == to.as_str());
+    Ok(match undone {
+        Some(u) if u.copy_intact() => (u.before_content.clone(), "restored byte for byte"),
+        Some(_) => (
+            flagfile::set(text, flag_rel, to)?,
+            "set; the journal's copy of the file from before the migration does not match its checksum, so it \
+             is not used",
+        ),
+        None => (flagfile::set(text, flag_rel, to)?, "set"),
+    })
+}
+
+/// Whether the flag file (`text`) is where entry `m` left it, or where the
+/// step the run was in when it died put it before the step's record: the
+/// flip's result, or (an automatic rollback) the file from before.
+pub fn flag_fits(journal: &Journal, m: &Migration, text: &str) -> bool {
+    let sha = sha256_hex(text.as_bytes());
+    if sha == m.flag_sha_now() {
+        return true;
+    }
+    if !m.state.is_open() {
+        return false;
+    }
+    if !m.step_ok(Step::Flip) {
+        let Some(to) = ProviderKind::parse(&m.to) else {
+            return false;
+        };
+        return m.copy_intact()
+            && flipped(journal, m, &m.before_content, &m.flag_file, to)
+                .is_ok_and(|(new, _)| sha256_hex(new.as_bytes()) == sha);
+    }
+    m.kind == Kind::Migrate && !m.step_ok(Step::RollbackRestore) && sha == m.before_sha256
 }
 
 #[cfg(test)]
