@@ -1,6 +1,72 @@
 //! Command-line flags. The doc comments below are the `--help` text.
+//!
+//! Values with a fixed set of names (`--provider`, `--to`, ...) are enums
+//! declared with [`named!`]: one table of names per enum, which `Display`,
+//! `FromStr` and serde all read.
 
 use std::path::PathBuf;
+
+/// Declares an enum whose variants each have one name: the only table of
+/// them. It derives `as_str`, `ALL`, `Display`, `FromStr` (an unknown name
+/// is refused with the known ones listed) and serde as that name.
+#[macro_export]
+macro_rules! named {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident ($what:literal) {
+        $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+
+    }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        $vis enum $name { $($(#[$vmeta])* $variant,)+ }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The variant's one name.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)+ }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<$name, String> {
+                $name::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
+                    let names: Vec<&str> = $name::ALL.iter().map(|v| v.as_str()).collect();
+                    format!("unknown {} {s:?}: use {}", $what, names.join(", "))
+                })
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$name, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+named! {
+    /// Which store the seed writes to and `check --live` reads.
+    pub enum ProviderKind ("provider") {
+        Vault = "vault",
+        File = "file",
+        Azure = "azure",
+    }
+}
 
 xflags::xflags! {
     /// Repository automation for the Ameide monorepo.

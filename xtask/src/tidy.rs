@@ -1,7 +1,7 @@
 //! Tidy: tests that hold the conventions that keep this code easy to
 //! change (in the spirit of rust-analyzer's `xtask/src/tidy.rs`): child
-//! processes only through `process.rs`, a `//!` line opening every module,
-//! and migration step names spelled only by the `Step` enum.
+//! processes only through `process.rs`, and a `//!` line opening every
+//! module.
 
 use std::path::{Path, PathBuf};
 
@@ -115,50 +115,6 @@ fn every_module_starts_with_a_doc_line() {
         missing.is_empty(),
         "modules whose first line is not a `//! ` line saying what they hold:\n  {}",
         missing.join("\n  ")
-    );
-}
-
-#[test]
-fn step_names_are_spelled_only_by_the_step_enum() {
-    use crate::secrets::migrate::journal::Step;
-    let names: Vec<String> = Step::ALL
-        .iter()
-        .map(|s| format!("\"{}\"", s.as_str()))
-        .collect();
-    let mut offenders = Vec::new();
-    for (rel, text) in rust_files(&src().join("secrets")) {
-        let in_scope = rel.starts_with("secrets/migrate/")
-            || rel == "secrets/migrate/journal.rs"
-            || rel == "secrets/status.rs";
-        if !in_scope {
-            continue;
-        }
-        let code = without_tests(&text);
-        // In plan.rs, the enum and its `as_str` are the one place.
-        let (enum_start, enum_end) = if rel == "secrets/migrate/journal.rs" {
-            let start = code
-                .find("pub enum Step {")
-                .expect("plan.rs holds the Step enum");
-            let end = code
-                .find("impl fmt::Display for Step")
-                .expect("and its Display");
-            (start, end)
-        } else {
-            (0, 0)
-        };
-        for name in &names {
-            for (at, _) in code.match_indices(name.as_str()) {
-                if !(enum_start..enum_end).contains(&at) {
-                    let line = code[..at].lines().count();
-                    offenders.push(format!("{rel}:{line}: {name}"));
-                }
-            }
-        }
-    }
-    assert!(
-        offenders.is_empty(),
-        "step names as string literals outside the Step enum (use Step::...):\n  {}",
-        offenders.join("\n  ")
     );
 }
 

@@ -18,34 +18,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+pub use crate::flags::ProviderKind;
 use crate::project::{self, from_cwd, normalize, shown_from};
-
-/// Which store the seed writes to and `check --live` reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProviderKind {
-    Vault,
-    File,
-    Azure,
-}
-
-impl ProviderKind {
-    pub fn parse(s: &str) -> Option<ProviderKind> {
-        match s {
-            "vault" => Some(ProviderKind::Vault),
-            "file" => Some(ProviderKind::File),
-            "azure" => Some(ProviderKind::Azure),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::Vault => "vault",
-            ProviderKind::File => "file",
-            ProviderKind::Azure => "azure",
-        }
-    }
-}
 
 /// Where a configuration value came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -343,7 +317,7 @@ impl Config {
             ),
             "vault".to_string(),
         );
-        let Some(kind) = ProviderKind::parse(&provider_raw.value) else {
+        let Some(kind) = provider_raw.value.parse::<ProviderKind>().ok() else {
             return Err(bad_value(
                 &provider_raw.source,
                 format!(

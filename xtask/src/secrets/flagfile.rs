@@ -119,7 +119,7 @@ pub fn find(text: &str, file: &str) -> Result<Flag> {
 /// The provider named by the flag.
 pub fn provider(text: &str, file: &str) -> Result<ProviderKind> {
     let flag = find(text, file)?;
-    match ProviderKind::parse(&flag.value) {
+    match flag.value.parse::<ProviderKind>().ok() {
         Some(p @ (ProviderKind::Vault | ProviderKind::Azure)) => Ok(p),
         _ => bail!(
             "{file}:{}: `secrets.provider: {}` must be vault or azure",

@@ -79,7 +79,7 @@ impl StopAt {
             return Ok(None);
         };
         let parsed = value.split_once(':').and_then(|(step, at)| {
-            let step = Step::ALL.into_iter().find(|s| s.as_str() == step)?;
+            let step: Step = step.parse().ok()?;
             let at = match at {
                 "before" => At::Before,
                 "after-effect" => At::AfterEffect,

@@ -4,7 +4,6 @@
 //! finished, with what it changed. It holds the flag file's bytes from
 //! before the change and checksums, never a secret value.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -14,65 +13,36 @@ use crate::fsutil::{self, now_rfc3339, sha256_hex};
 use crate::secrets::config::ProviderKind;
 use crate::secrets::flagfile;
 
-/// One step of a migration or rollback. Its name is what the journal, the
-/// output and `--dry-run` show; nothing else spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Step {
-    /// Tools, a local kube context, ESO's CRDs, the flag file as expected,
-    /// and (when seeding) the target store reachable. Changes nothing.
-    Preflight,
-    /// The fixtures into the target store.
-    Seed,
-    /// Every key the charts need, present in the target store: a gate.
-    Coverage,
-    /// `secrets.provider` in the flag file set to the target.
-    Flip,
-    /// `helmfile sync` of layer 15.
-    Sync,
-    /// Force-sync every ExternalSecret on the store; wait until each has
-    /// refreshed and is Ready.
-    Wait,
-    /// The journal marks the operation done.
-    Record,
-    /// Automatic rollback: the flag file back byte for byte.
-    RollbackRestore,
-    /// Automatic rollback: `helmfile sync` of layer 15 on the restored flag.
-    RollbackSync,
-    /// Automatic rollback: wait for the ExternalSecrets again.
-    RollbackWait,
+crate::named! {
+    /// One step of a migration or rollback. Its name is what the journal, the
+    /// output and `--dry-run` show; nothing else spells it.
+    pub enum Step ("step") {
+        /// Tools, a local kube context, ESO's CRDs, the flag file as expected,
+        /// and (when seeding) the target store reachable. Changes nothing.
+        Preflight = "preflight",
+        /// The fixtures into the target store.
+        Seed = "seed",
+        /// Every key the charts need, present in the target store: a gate.
+        Coverage = "coverage",
+        /// `secrets.provider` in the flag file set to the target.
+        Flip = "flip",
+        /// `helmfile sync` of layer 15.
+        Sync = "sync",
+        /// Force-sync every ExternalSecret on the store; wait until each has
+        /// refreshed and is Ready.
+        Wait = "wait",
+        /// The journal marks the operation done.
+        Record = "record",
+        /// Automatic rollback: the flag file back byte for byte.
+        RollbackRestore = "rollback-restore",
+        /// Automatic rollback: `helmfile sync` of layer 15 on the restored flag.
+        RollbackSync = "rollback-sync",
+        /// Automatic rollback: wait for the ExternalSecrets again.
+        RollbackWait = "rollback-wait",
+    }
 }
 
 impl Step {
-    /// Every step, in declaration order.
-    pub const ALL: [Step; 10] = [
-        Step::Preflight,
-        Step::Seed,
-        Step::Coverage,
-        Step::Flip,
-        Step::Sync,
-        Step::Wait,
-        Step::Record,
-        Step::RollbackRestore,
-        Step::RollbackSync,
-        Step::RollbackWait,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Step::Preflight => "preflight",
-            Step::Seed => "seed",
-            Step::Coverage => "coverage",
-            Step::Flip => "flip",
-            Step::Sync => "sync",
-            Step::Wait => "wait",
-            Step::Record => "record",
-            Step::RollbackRestore => "rollback-restore",
-            Step::RollbackSync => "rollback-sync",
-            Step::RollbackWait => "rollback-wait",
-        }
-    }
-
     /// A failure at this step leaves the cluster and the flag file as they
     /// were (the flip writes atomically, or not at all).
     pub fn fails_before_any_change(self) -> bool {
@@ -80,12 +50,6 @@ impl Step {
             self,
             Step::Preflight | Step::Seed | Step::Coverage | Step::Flip
         )
-    }
-}
-
-impl fmt::Display for Step {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -474,7 +438,7 @@ pub fn flag_fits(journal: &Journal, m: &Migration, text: &str) -> bool {
         return false;
     }
     if !m.step_ok(Step::Flip) {
-        let Some(to) = ProviderKind::parse(&m.to) else {
+        let Some(to) = m.to.parse::<ProviderKind>().ok() else {
             return false;
         };
         return m.copy_intact()

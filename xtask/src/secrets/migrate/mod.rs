@@ -23,7 +23,7 @@ use journal::Journal;
 use plan::{Decision, Request};
 
 fn parse_target(value: &str) -> Result<ProviderKind> {
-    match ProviderKind::parse(value) {
+    match value.parse::<ProviderKind>().ok() {
         Some(p @ (ProviderKind::Vault | ProviderKind::Azure)) => Ok(p),
         Some(ProviderKind::File) => crate::usage!(
             "the file store is not a cluster store; for a cluster without Vault use `seed --provider file --render eso-fake`"

@@ -136,7 +136,7 @@ fn resumed(entry: &Migration, steps: &[Step]) -> Vec<Planned> {
 }
 
 fn provider(value: &str) -> Result<ProviderKind> {
-    match ProviderKind::parse(value) {
+    match value.parse::<ProviderKind>().ok() {
         Some(p) => Ok(p),
         None => bail!("the journal names an unknown provider {value:?}"),
     }
@@ -735,7 +735,7 @@ mod tests {
     #[test]
     fn every_step_has_one_name_in_the_journal_and_the_output() {
         let mut seen = std::collections::HashSet::new();
-        for step in Step::ALL {
+        for &step in Step::ALL {
             assert!(seen.insert(step.as_str()), "{step} twice in Step::ALL");
             // The journal's spelling (serde) is the output's (as_str), both ways.
             let json = serde_json::to_string(&step).unwrap();
