@@ -39,7 +39,7 @@ macro_rules! named {
             fn from_str(s: &str) -> Result<$name, String> {
                 $name::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
                     let names: Vec<&str> = $name::ALL.iter().map(|v| v.as_str()).collect();
-                    format!("unknown {} {s:?}: use {}", $what, names.join(", "))
+                    format!("{s:?} is not a {}: use {}", $what, names.join(", "))
                 })
             }
         }
@@ -60,6 +60,117 @@ macro_rules! named {
 }
 
 named! {
+    /// `--output`: what a command prints.
+    pub enum Format ("format") {
+        Text = "text",
+        Json = "json",
+        Junit = "junit",
+    }
+}
+
+named! {
+    /// `seed --render`: the manifests written beside the file store.
+    pub enum RenderKind ("kind of manifest") {
+        EsoFake = "eso-fake",
+        Secrets = "secrets",
+    }
+}
+
+named! {
+    /// A class of `check` finding that `--fail-on` can make fail the run.
+    pub enum FailClass ("class of finding") {
+        Missing = "missing",
+        Drift = "drift",
+        Unused = "unused",
+    }
+}
+
+/// `--fail-on`: comma-separated [`FailClass`]es; `missing` by default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailOn(pub std::collections::BTreeSet<FailClass>);
+
+impl Default for FailOn {
+    fn default() -> FailOn {
+        FailOn([FailClass::Missing].into())
+    }
+}
+
+impl std::str::FromStr for FailOn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<FailOn, String> {
+        let parts = s.split(',').map(str::trim).filter(|p| !p.is_empty());
+        parts.map(str::parse).collect::<Result<_, _>>().map(FailOn)
+    }
+}
+
+/// How much a command prints: `-q`, neither, or `-v`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verbosity {
+    Quiet,
+    Normal,
+    Verbose,
+}
+
+fn verbosity(quiet: bool, verbose: bool) -> Verbosity {
+    match (quiet, verbose) {
+        (true, _) => Verbosity::Quiet,
+        (_, true) => Verbosity::Verbose,
+        _ => Verbosity::Normal,
+    }
+}
+
+impl Seed {
+    pub fn verbosity(&self) -> Verbosity {
+        verbosity(self.quiet, self.verbose)
+    }
+}
+
+impl Check {
+    pub fn verbosity(&self) -> Verbosity {
+        verbosity(self.quiet, self.verbose)
+    }
+}
+
+impl Xtask {
+    /// What xflags cannot check: flags that contradict each other, need
+    /// another, or name an `--output` the command does not print. Exit 2.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let XtaskCmd::Secrets(secrets) = &self.subcommand else {
+            return Ok(());
+        };
+        let (quiet_verbose, output, formats) = match &secrets.subcommand {
+            SecretsCmd::Seed(f) => {
+                if f.render.is_some() != f.out.is_some() {
+                    crate::usage!(
+                        "--render and --out go together: --render eso-fake|secrets --out PATH \
+                         (a file, written with mode 0600), or --out - for standard output"
+                    );
+                }
+                (
+                    f.quiet && f.verbose,
+                    f.output,
+                    &[Format::Text, Format::Json][..],
+                )
+            }
+            SecretsCmd::Check(f) => (f.quiet && f.verbose, f.output, &Format::ALL[..]),
+            SecretsCmd::Status(f) => (false, f.output, &[Format::Text, Format::Json][..]),
+            _ => return Ok(()),
+        };
+        if quiet_verbose {
+            crate::usage!("--quiet and --verbose contradict each other: pass one of them");
+        }
+        if let Some(format) = output.filter(|f| !formats.contains(f)) {
+            let names: Vec<&str> = formats.iter().map(|f| f.as_str()).collect();
+            crate::usage!(
+                "--output {format} is not supported here: use {}",
+                names.join(", ")
+            );
+        }
+        Ok(())
+    }
+}
+
+named! {
     /// Which store the seed writes to and `check --live` reads.
     pub enum ProviderKind ("provider") {
         Vault = "vault",
@@ -69,6 +180,8 @@ named! {
 }
 
 xflags::xflags! {
+    src "./src/flags.rs"
+
     /// Repository automation for the Ameide monorepo.
     ///
     /// Exit codes: 0 ok, 1 failed, 2 usage error, 3 partial (some writes
@@ -120,7 +233,7 @@ xflags::xflags! {
             ///   VAULT_ADDR=http://127.0.0.1:8200 cargo xtask secrets seed --provider vault
             cmd seed {
                 /// vault (default), file or azure.
-                optional --provider provider: String
+                optional --provider provider: ProviderKind
                 /// Environment the store serves; fixtures only ever go to local.
                 optional --env env: String
                 /// Fixtures file, from the working directory (default: scripts/azure/default-local-keyvault-secrets.json).
@@ -136,11 +249,11 @@ xflags::xflags! {
                 /// Requests in flight at once (default: 16).
                 optional --concurrency n: usize
                 /// text (default) or json.
-                optional --output format: String
+                optional --output format: Format
                 /// Allow a Vault that is not local, or a loopback one under a non-local kube context: its exact host.
                 optional --allow-non-local host: String
                 /// File provider: also write manifests, eso-fake or secrets.
-                optional --render kind: String
+                optional --render kind: RenderKind
                 /// Where --render writes (mode 0600), from the working directory; '-' for standard output.
                 optional --out path: PathBuf
                 /// Print only the summary and errors (not with --verbose).
@@ -166,7 +279,7 @@ xflags::xflags! {
                 /// Also read Vault as ESO would (implies --live): a token with only the role's policies must read every key and write none.
                 optional --as-eso
                 /// Store to compare with --live: vault, file or azure.
-                optional --provider provider: String
+                optional --provider provider: ProviderKind
                 /// Fixtures file, from the working directory (default: scripts/azure/default-local-keyvault-secrets.json).
                 optional --fixtures path: PathBuf
                 /// Your own values on top of the fixtures (default: .local/secrets/overrides.json).
@@ -178,9 +291,9 @@ xflags::xflags! {
                 /// Allow a Vault that is not local, or a loopback one under a non-local kube context: its exact host.
                 optional --allow-non-local host: String
                 /// text (default), json or junit.
-                optional --output format: String
+                optional --output format: Format
                 /// Comma-separated: missing, drift, unused (default: missing).
-                optional --fail-on list: String
+                optional --fail-on list: FailOn
                 /// Print only the summary and problems (not with --verbose).
                 optional -q, --quiet
                 /// Also list every satisfied key.
@@ -195,7 +308,7 @@ xflags::xflags! {
             ///   cargo xtask secrets migrate --resume --yes
             cmd migrate {
                 /// Target provider: vault or azure.
-                optional --to provider: String
+                optional --to provider: ProviderKind
                 /// Environment (default: local).
                 optional --env env: String
                 /// Print the plan (every step, command and the flag file diff); change nothing.
@@ -224,7 +337,7 @@ xflags::xflags! {
                 /// Environment (default: local).
                 optional --env env: String
                 /// Go to this provider instead of the journal's previous one.
-                optional --to provider: String
+                optional --to provider: ProviderKind
                 /// Do not ask for confirmation.
                 optional --yes
                 /// Finish a rollback that failed (re-run sync and wait on the restored flag).
@@ -245,16 +358,6 @@ xflags::xflags! {
                 optional --env env: String
             }
 
-            /// Print shell completions for `cargo xtask` (bash, zsh or fish).
-            ///
-            /// Examples:
-            ///   cargo xtask secrets completions bash > ~/.cargo-xtask.bash && echo 'source ~/.cargo-xtask.bash' >> ~/.bashrc
-            ///   cargo xtask secrets completions fish > ~/.config/fish/completions/cargo-xtask.fish
-            cmd completions {
-                /// bash, zsh or fish.
-                required shell: String
-            }
-
             /// Show the provider flag per environment, the last migration, Vault health and config sources.
             ///
             /// Example: cargo xtask secrets status
@@ -262,8 +365,150 @@ xflags::xflags! {
                 /// Environment (default: local).
                 optional --env env: String
                 /// text (default) or json.
-                optional --output format: String
+                optional --output format: Format
             }
         }
     }
 }
+// generated start
+// The following code is generated by `xflags` macro.
+// Run `env UPDATE_XFLAGS=1 cargo build` to regenerate.
+#[derive(Debug)]
+pub struct Xtask {
+    pub subcommand: XtaskCmd,
+}
+
+#[derive(Debug)]
+pub enum XtaskCmd {
+    Tools(Tools),
+    Test(Test),
+    Fuzz(Fuzz),
+    Bench(Bench),
+    Secrets(Secrets),
+}
+
+#[derive(Debug)]
+pub struct Tools {
+    pub check: bool,
+}
+
+#[derive(Debug)]
+pub struct Test {
+    pub args: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Fuzz {
+    pub seconds: Option<u64>,
+    pub target: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Bench {
+    pub secrets: Vec<usize>,
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Debug)]
+pub struct Secrets {
+    pub subcommand: SecretsCmd,
+}
+
+#[derive(Debug)]
+pub enum SecretsCmd {
+    Seed(Seed),
+    Check(Check),
+    Migrate(Migrate),
+    Rollback(Rollback),
+    Doctor(Doctor),
+    Status(Status),
+}
+
+#[derive(Debug)]
+pub struct Seed {
+    pub provider: Option<ProviderKind>,
+    pub env: Option<String>,
+    pub fixtures: Option<PathBuf>,
+    pub overrides: Option<PathBuf>,
+    pub mount: Option<String>,
+    pub dry_run: bool,
+    pub force: bool,
+    pub concurrency: Option<usize>,
+    pub output: Option<Format>,
+    pub allow_non_local: Option<String>,
+    pub render: Option<RenderKind>,
+    pub out: Option<PathBuf>,
+    pub quiet: bool,
+    pub verbose: bool,
+}
+
+#[derive(Debug)]
+pub struct Check {
+    pub env: Option<String>,
+    pub render: bool,
+    pub live: bool,
+    pub as_eso: bool,
+    pub provider: Option<ProviderKind>,
+    pub fixtures: Option<PathBuf>,
+    pub overrides: Option<PathBuf>,
+    pub infra: Option<PathBuf>,
+    pub mount: Option<String>,
+    pub allow_non_local: Option<String>,
+    pub output: Option<Format>,
+    pub fail_on: Option<FailOn>,
+    pub quiet: bool,
+    pub verbose: bool,
+}
+
+#[derive(Debug)]
+pub struct Migrate {
+    pub to: Option<ProviderKind>,
+    pub env: Option<String>,
+    pub dry_run: bool,
+    pub yes: bool,
+    pub resume: bool,
+    pub no_rollback: bool,
+    pub wait_attempts: Option<u32>,
+    pub wait_sleep: Option<f64>,
+    pub allow_non_local: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Rollback {
+    pub env: Option<String>,
+    pub to: Option<ProviderKind>,
+    pub yes: bool,
+    pub resume: bool,
+    pub dry_run: bool,
+    pub wait_attempts: Option<u32>,
+    pub wait_sleep: Option<f64>,
+}
+
+#[derive(Debug)]
+pub struct Doctor {
+    pub env: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Status {
+    pub env: Option<String>,
+    pub output: Option<Format>,
+}
+
+impl Xtask {
+    #[allow(dead_code)]
+    pub fn from_env_or_exit() -> Self {
+        Self::from_env_or_exit_()
+    }
+
+    #[allow(dead_code)]
+    pub fn from_env() -> xflags::Result<Self> {
+        Self::from_env_()
+    }
+
+    #[allow(dead_code)]
+    pub fn from_vec(args: Vec<std::ffi::OsString>) -> xflags::Result<Self> {
+        Self::from_vec_(args)
+    }
+}
+// generated end

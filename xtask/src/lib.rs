@@ -11,7 +11,6 @@
 
 #[allow(unsafe_code)]
 mod bench;
-mod completions;
 mod flags;
 pub mod fsutil;
 mod fuzz;
@@ -108,7 +107,10 @@ fn run_cli_inner() -> ExitCode {
     let _peak_rss = bench::PeakRssReport::from_env();
     // Held to the end, past the error message: see `process::FinishRegardless`.
     let _finish = changes_state(&flags.subcommand).then(process::finish_regardless);
-    if let Err(err) = check_env_flag(&flags.subcommand) {
+    if let Err(err) = flags
+        .validate()
+        .and_then(|()| check_env_flag(&flags.subcommand))
+    {
         say_error(&format!("{err:#}"));
         return ExitCode::from(EXIT_USAGE);
     }
@@ -164,7 +166,6 @@ fn check_env_flag(cmd: &flags::XtaskCmd) -> anyhow::Result<()> {
         flags::SecretsCmd::Status(f) => (&f.env, true),
         flags::SecretsCmd::Doctor(f) => (&f.env, true),
         flags::SecretsCmd::Check(f) => (&f.env, false),
-        flags::SecretsCmd::Completions(_) => return Ok(()),
     };
     match env {
         Some(env) => project::require_env(&project_root(), env, known_here),

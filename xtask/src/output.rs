@@ -1,44 +1,5 @@
 //! Output formats shared by the commands.
 
-use anyhow::Result;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Text,
-    Json,
-    Junit,
-}
-
-/// Parses `--output`, allowing only the formats a command supports.
-pub fn parse_format(value: Option<&str>, allowed: &[Format]) -> Result<Format> {
-    let format = match value.unwrap_or("text") {
-        "text" => Format::Text,
-        "json" => Format::Json,
-        "junit" => Format::Junit,
-        other => crate::usage!("unknown --output {other:?}: use {}", names(allowed)),
-    };
-    if !allowed.contains(&format) {
-        crate::usage!(
-            "--output {} is not supported here: use {}",
-            value.unwrap_or_default(),
-            names(allowed)
-        );
-    }
-    Ok(format)
-}
-
-fn names(allowed: &[Format]) -> String {
-    allowed
-        .iter()
-        .map(|f| match f {
-            Format::Text => "text",
-            Format::Json => "json",
-            Format::Junit => "junit",
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Collapses Vault's multi-error text (`1 error occurred:\n\t* permission
 /// denied\n\n`, from hashicorp/go-multierror) into its items on one line:
 /// `permission denied`. Other text is left as it is.
@@ -102,19 +63,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn formats_are_checked() {
-        assert_eq!(parse_format(None, &[Format::Text]).unwrap(), Format::Text);
-        assert_eq!(
-            parse_format(Some("json"), &[Format::Text, Format::Json]).unwrap(),
-            Format::Json
-        );
-        let e = parse_format(Some("junit"), &[Format::Text, Format::Json]).unwrap_err();
-        assert!(e.downcast_ref::<crate::UsageError>().is_some());
-        assert!(parse_format(Some("yaml"), &[Format::Text]).is_err());
-        assert_eq!(xml_escape("a<b & \"c\"\u{1}"), "a&lt;b &amp; &quot;c&quot;");
-    }
-
-    #[test]
     fn vault_multi_errors_fit_on_one_line() {
         assert_eq!(
             one_line_errors("1 error occurred:\n\t* permission denied\n\n"),
@@ -142,5 +90,6 @@ mod tests {
             "{text}"
         );
         assert_eq!(capped(&["a", "b"]), "a, b");
+        assert_eq!(xml_escape("a<b & \"c\"\u{1}"), "a&lt;b &amp; &quot;c&quot;");
     }
 }

@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
-use crate::output::{count, parse_format, Format};
+use crate::flags::{Format, Verbosity};
+use crate::output::count;
 use crate::secrets::config::{self, FlagValues, ProviderKind};
 use crate::secrets::coverage::{
-    compare, eso_keys, parse_fail_on, read_live, render_junit, render_text, Finding, Status,
+    compare, eso_keys, read_live, render_junit, render_text, Finding, Status,
 };
 use crate::secrets::eso_access::EsoNames;
 use crate::secrets::eso_read;
@@ -20,14 +21,16 @@ use crate::secrets::scan::collect;
 use crate::{flags, project, project_root};
 
 pub fn run(flags: &flags::Check) -> Result<()> {
-    let format = parse_format(
-        flags.output.as_deref(),
-        &[Format::Text, Format::Json, Format::Junit],
-    )?;
-    let fail_on = parse_fail_on(flags.fail_on.as_deref())?;
-    if flags.quiet && flags.verbose {
-        crate::usage!("--quiet and --verbose contradict each other: pass one of them");
-    }
+    let format = flags.output.unwrap_or(Format::Text);
+    // The classes' names: what coverage's report and its JSON speak.
+    let fail_on: BTreeSet<String> = flags
+        .fail_on
+        .clone()
+        .unwrap_or_default()
+        .0
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
     let env = flags.env.clone().unwrap_or_else(|| "local".into());
     let root = project_root();
     let cfg = config::load(&FlagValues {
@@ -91,8 +94,8 @@ pub fn run(flags: &flags::Check) -> Result<()> {
                 &report,
                 &fixtures_shown,
                 &fail_on,
-                flags.verbose,
-                flags.quiet,
+                flags.verbosity() == Verbosity::Verbose,
+                flags.verbosity() == Verbosity::Quiet,
                 elapsed.as_secs_f64()
             )
         ),
@@ -167,7 +170,7 @@ fn seed_command(flags: &flags::Check) -> String {
     let path = |p: &PathBuf| p.display().to_string();
     let mut cmd = "cargo xtask secrets seed".to_string();
     for (flag, value) in [
-        ("--provider", flags.provider.clone()),
+        ("--provider", flags.provider.map(|p| p.to_string())),
         ("--fixtures", flags.fixtures.as_ref().map(path)),
         ("--overrides", flags.overrides.as_ref().map(path)),
         ("--mount", flags.mount.clone()),

@@ -190,7 +190,7 @@ struct GuardrailFile {
 /// Values the command line may set.
 #[derive(Default)]
 pub struct FlagValues {
-    pub provider: Option<String>,
+    pub provider: Option<ProviderKind>,
     pub fixtures: Option<PathBuf>,
     pub overrides: Option<PathBuf>,
     pub mount: Option<String>,
@@ -310,7 +310,7 @@ impl Config {
 
         let provider_raw = or_builtin(
             pick(
-                flags.provider.clone().map(|v| (v, "--provider")),
+                flags.provider.map(|v| (v.to_string(), "--provider")),
                 env("SECRETS_PROVIDER").map(|v| (v, "SECRETS_PROVIDER")),
                 local.provider.clone(),
                 repo.provider.clone(),
@@ -765,7 +765,7 @@ mod tests {
         assert_eq!(cfg.concurrency.source, Source::Builtin);
 
         let flags = FlagValues {
-            provider: Some("vault".into()),
+            provider: Some(ProviderKind::Vault),
             mount: Some("kv/".into()),
             ..Default::default()
         };
@@ -866,14 +866,7 @@ mod tests {
         );
 
         std::fs::remove_file(root.join(".local/secrets.toml")).unwrap();
-        let flags = FlagValues {
-            provider: Some("consul".into()),
-            ..Default::default()
-        };
-        let err = Config::load_with(&root, &flags, &|_| None, None).unwrap_err();
-        assert!(err.downcast_ref::<crate::UsageError>().is_some());
-        assert!(err.to_string().contains("use vault, file or azure"));
-        // From SECRETS_PROVIDER: the same usage error (exit 2) as the flag.
+        // From SECRETS_PROVIDER: a usage error (exit 2), as the flag's is.
         let env = |name: &str| (name == "SECRETS_PROVIDER").then(|| "consul".to_string());
         let err = Config::load_with(&root, &FlagValues::default(), &env, None).unwrap_err();
         assert!(err.downcast_ref::<crate::UsageError>().is_some(), "{err}");

@@ -12,34 +12,12 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
+use crate::flags::RenderKind;
 use crate::fsutil;
 use crate::secrets::fixtures::SecretSet;
 use crate::secrets::guard;
 use crate::secrets::scan;
 use crate::secrets::scan::RefKind;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    EsoFake,
-    Secrets,
-}
-
-impl Kind {
-    pub fn parse(s: &str) -> Result<Kind> {
-        match s {
-            "eso-fake" => Ok(Kind::EsoFake),
-            "secrets" => Ok(Kind::Secrets),
-            other => crate::usage!("unknown --render {other:?}: use eso-fake or secrets"),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::EsoFake => "eso-fake",
-            Kind::Secrets => "secrets",
-        }
-    }
-}
 
 /// A JSON string is a valid YAML double-quoted scalar.
 fn q(s: &str) -> String {
@@ -138,10 +116,10 @@ pub fn plain_secrets(root: &Path, set: &SecretSet) -> Result<String> {
 }
 
 /// Writes the manifests to `out` (mode 0600), or to standard output for `-`.
-pub fn write(root: &Path, kind: Kind, set: &SecretSet, out: &Path) -> Result<()> {
+pub fn write(root: &Path, kind: RenderKind, set: &SecretSet, out: &Path) -> Result<()> {
     let text = match kind {
-        Kind::EsoFake => eso_fake(set),
-        Kind::Secrets => plain_secrets(root, set)?,
+        RenderKind::EsoFake => eso_fake(set),
+        RenderKind::Secrets => plain_secrets(root, set)?,
     };
     if out.as_os_str() == "-" {
         print!("{text}");

@@ -33,6 +33,5 @@ pub fn run(cmd: flags::Secrets) -> Result<()> {
         flags::SecretsCmd::Rollback(f) => migrate::run_rollback(&f),
         flags::SecretsCmd::Status(f) => status::run(&f),
         flags::SecretsCmd::Doctor(f) => doctor::run(&f),
-        flags::SecretsCmd::Completions(f) => crate::completions::run(&f.shell),
     }
 }

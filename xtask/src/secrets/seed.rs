@@ -8,7 +8,8 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::output::{count, parse_format, Format};
+use crate::flags::{Format, Verbosity};
+use crate::output::count;
 use crate::secrets::config::{self, FlagValues, ProviderKind};
 use crate::secrets::provider;
 use crate::secrets::seeding::{
@@ -47,20 +48,8 @@ struct EsoReport<'a> {
 }
 
 pub fn run(flags: &flags::Seed) -> Result<()> {
-    let format = parse_format(flags.output.as_deref(), &[Format::Text, Format::Json])?;
-    let render = match flags.render.as_deref() {
-        None => None,
-        Some(kind) => Some(manifests::Kind::parse(kind)?),
-    };
-    if render.is_some() && flags.out.is_none() {
-        crate::usage!("--render needs --out PATH (a file, written with mode 0600), or --out - for standard output");
-    }
-    if render.is_none() && flags.out.is_some() {
-        crate::usage!("--out goes with --render eso-fake|secrets");
-    }
-    if flags.quiet && flags.verbose {
-        crate::usage!("--quiet and --verbose contradict each other: pass one of them");
-    }
+    let format = flags.output.unwrap_or(Format::Text);
+    let render = flags.render;
     let env = flags.env.as_deref().unwrap_or("local");
     guard::require_local_env(env)?;
 
@@ -82,8 +71,8 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
     let started = Instant::now();
     let mut store = provider::open(&cfg, flags.allow_non_local.as_deref())?;
     let show = Show {
-        quiet: flags.quiet,
-        verbose: flags.verbose,
+        quiet: flags.verbosity() == Verbosity::Quiet,
+        verbose: flags.verbosity() == Verbosity::Verbose,
         text: format == Format::Text,
     };
     let fixtures_shown = cfg.shown(&fixtures_path);

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde_json::json;
 
-use crate::output::{parse_format, Format};
+use crate::flags::Format;
 use crate::secrets::config::{Config, FlagValues};
 use crate::secrets::kube;
 use crate::secrets::migrate::journal::Journal;
@@ -14,7 +14,7 @@ use crate::secrets::{eso_access, fixtures, flagfile, guard, vault_checks};
 use crate::{flags, project, project_root};
 
 pub fn run(flags: &flags::Status) -> Result<()> {
-    let format = parse_format(flags.output.as_deref(), &[Format::Text, Format::Json])?;
+    let format = flags.output.unwrap_or(Format::Text);
     let env = flags.env.clone().unwrap_or_else(|| "local".into());
     let root = project_root();
     let cfg = crate::secrets::config::load(&FlagValues::default())?;

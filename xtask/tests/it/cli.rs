@@ -118,7 +118,6 @@ fn a_closed_pipe_ends_every_command_quietly() {
             "--dry-run",
             "--verbose",
         ],
-        &["secrets", "completions", "fish"],
         &["secrets", "seed", "--help"],
     ] {
         let mut child = sb

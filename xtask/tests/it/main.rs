@@ -10,7 +10,6 @@ mod canary;
 mod check;
 mod children;
 mod cli;
-mod completions;
 mod digests;
 mod docs;
 mod eso_access;

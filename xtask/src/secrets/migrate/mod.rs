@@ -22,13 +22,12 @@ use ctx::{Ctx, StopAt, Wait};
 use journal::Journal;
 use plan::{Decision, Request};
 
-fn parse_target(value: &str) -> Result<ProviderKind> {
-    match value.parse::<ProviderKind>().ok() {
-        Some(p @ (ProviderKind::Vault | ProviderKind::Azure)) => Ok(p),
-        Some(ProviderKind::File) => crate::usage!(
+fn cluster_store(to: ProviderKind) -> Result<ProviderKind> {
+    match to {
+        ProviderKind::Vault | ProviderKind::Azure => Ok(to),
+        ProviderKind::File => crate::usage!(
             "the file store is not a cluster store; for a cluster without Vault use `seed --provider file --render eso-fake`"
         ),
-        None => crate::usage!("unknown provider {value:?}: use vault or azure"),
     }
 }
 
@@ -59,7 +58,7 @@ struct Common<'a> {
 
 pub fn run_migrate(flags: &flags::Migrate) -> Result<()> {
     let request = Request::Migrate {
-        to: flags.to.as_deref().map(parse_target).transpose()?,
+        to: flags.to.map(cluster_store).transpose()?,
         resume: flags.resume,
         auto_rollback: !flags.no_rollback,
     };
@@ -77,7 +76,7 @@ pub fn run_migrate(flags: &flags::Migrate) -> Result<()> {
 
 pub fn run_rollback(flags: &flags::Rollback) -> Result<()> {
     let request = Request::Rollback {
-        to: flags.to.as_deref().map(parse_target).transpose()?,
+        to: flags.to.map(cluster_store).transpose()?,
         resume: flags.resume,
     };
     run(
@@ -118,7 +117,7 @@ fn run(request: Request, c: Common<'_>) -> Result<()> {
         }
     };
     let cfg = config::load(&FlagValues {
-        provider: Some(plan.to.as_str().into()),
+        provider: Some(plan.to),
         ..FlagValues::default()
     })?;
     let ctx = Ctx {
@@ -150,10 +149,13 @@ mod tests {
         let w = Wait::resolve(Some(3), Some(0.5)).unwrap();
         assert_eq!((w.attempts, w.sleep), (3, Duration::from_millis(500)));
         assert!(Wait::resolve(Some(0), None).is_err());
-        assert!(parse_target("file")
+        assert!(cluster_store(ProviderKind::File)
             .unwrap_err()
             .downcast_ref::<crate::UsageError>()
             .is_some());
-        assert_eq!(parse_target("azure").unwrap(), ProviderKind::Azure);
+        assert_eq!(
+            cluster_store(ProviderKind::Azure).unwrap(),
+            ProviderKind::Azure
+        );
     }
 }
