@@ -107,9 +107,11 @@ fn run_cli_inner() -> ExitCode {
     let _peak_rss = bench::PeakRssReport::from_env();
     // Held to the end, past the error message: see `process::FinishRegardless`.
     let _finish = changes_state(&flags.subcommand).then(process::finish_regardless);
+    // The process state every command reads: read once, here.
+    let state = project::Process::read();
     if let Err(err) = flags
         .validate()
-        .and_then(|()| check_env_flag(&flags.subcommand))
+        .and_then(|()| check_env_flag(&flags.subcommand, &state.root))
     {
         say_error(&format!("{err:#}"));
         return ExitCode::from(EXIT_USAGE);
@@ -119,7 +121,7 @@ fn run_cli_inner() -> ExitCode {
         flags::XtaskCmd::Test(cmd) => test_cmd::run(&cmd),
         flags::XtaskCmd::Bench(cmd) => bench::run(&cmd),
         flags::XtaskCmd::Fuzz(cmd) => fuzz::run(&cmd),
-        flags::XtaskCmd::Secrets(cmd) => secrets::run(cmd),
+        flags::XtaskCmd::Secrets(cmd) => secrets::run(cmd, &state),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -155,7 +157,7 @@ fn changes_state(cmd: &flags::XtaskCmd) -> bool {
 /// Refuses an `--env` that names no environment of the repository (exit 2).
 /// `check` may read another infra tree (`--infra`): there only the name's
 /// form is checked here, and `check` itself knows that tree's environments.
-fn check_env_flag(cmd: &flags::XtaskCmd) -> anyhow::Result<()> {
+fn check_env_flag(cmd: &flags::XtaskCmd, root: &std::path::Path) -> anyhow::Result<()> {
     let flags::XtaskCmd::Secrets(secrets) = cmd else {
         return Ok(());
     };
@@ -168,7 +170,7 @@ fn check_env_flag(cmd: &flags::XtaskCmd) -> anyhow::Result<()> {
         flags::SecretsCmd::Check(f) => (&f.env, false),
     };
     match env {
-        Some(env) => project::require_env(&project_root(), env, known_here),
+        Some(env) => project::require_env(root, env, known_here),
         None => Ok(()),
     }
 }

@@ -1,17 +1,84 @@
 //! Where things live in the repository.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// The repository root. `XTASK_PROJECT_ROOT` overrides it (tests run the
-/// tool against scratch copies of the repository).
-pub fn project_root() -> PathBuf {
-    if let Some(root) = std::env::var_os("XTASK_PROJECT_ROOT") {
-        return PathBuf::from(root);
+/// What a run reads from its process, once, at its start: the repository
+/// root, the working directory and the environment. Commands take it (or
+/// the `Config` made from it) instead of asking the process again.
+#[derive(Clone)]
+pub struct Process {
+    pub root: PathBuf,
+    pub cwd: PathBuf,
+    vars: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Process {
+    /// The root and working directory only: the environment holds tokens.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Process")
+            .field("root", &self.root)
+            .field("cwd", &self.cwd)
+            .finish_non_exhaustive()
     }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives one level below the root")
-        .to_path_buf()
+}
+
+impl Process {
+    /// Reads this process. The root is the checkout this xtask was built
+    /// in; `XTASK_PROJECT_ROOT` overrides it (tests run against copies).
+    pub fn read() -> Process {
+        let vars: BTreeMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        let root = match vars.get("XTASK_PROJECT_ROOT").filter(|r| !r.is_empty()) {
+            Some(root) => PathBuf::from(root),
+            None => Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("xtask lives one level below the root")
+                .to_path_buf(),
+        };
+        let cwd = std::env::current_dir().unwrap_or_else(|_| root.clone());
+        Process { root, cwd, vars }
+    }
+
+    /// A process with only `vars` in its environment (for tests).
+    pub fn with(root: &Path, cwd: &Path, vars: &[(&str, &str)]) -> Process {
+        Process {
+            root: root.to_path_buf(),
+            cwd: cwd.to_path_buf(),
+            vars: vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    /// An environment variable; an empty one counts as unset.
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.vars
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A path given on the command line or in the environment, made
+    /// absolute from the working directory (as every CLI reads it).
+    pub fn from_cwd(&self, p: &Path) -> PathBuf {
+        normalize(&self.cwd.join(p))
+    }
+
+    /// `PATH` with the pinned tools first.
+    pub fn path_with_tools(&self) -> std::ffi::OsString {
+        let mut paths = vec![self.root.join(TOOLS_BIN)];
+        paths.extend(std::env::split_paths(self.var("PATH").unwrap_or_default()));
+        std::env::join_paths(paths).expect("PATH entries have no separators")
+    }
+}
+
+/// The repository root (see [`Process::read`]); prefer the `root` of the
+/// [`Process`] a command was given.
+pub fn project_root() -> PathBuf {
+    Process::read().root
 }
 
 /// The default fixtures: secret name to value, deterministic and weak by design.
@@ -103,18 +170,6 @@ pub fn path_with_tools(root: &Path) -> std::ffi::OsString {
 /// (see [`shown_from`]).
 pub fn shown(path: &Path) -> String {
     shown_from(&project_root(), path)
-}
-
-/// A path given on the command line or in the environment, made absolute
-/// from the working directory (as every CLI reads it).
-pub fn from_cwd(p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        return normalize(p);
-    }
-    match std::env::current_dir() {
-        Ok(cwd) => normalize(&cwd.join(p)),
-        Err(_) => p.to_path_buf(),
-    }
 }
 
 /// Removes `.` and `..` components without touching the file system, so

@@ -7,9 +7,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
+use crate::flags;
 use crate::flags::{Format, Verbosity};
 use crate::output::count;
-use crate::secrets::config::{self, FlagValues, ProviderKind};
+use crate::project::{self, Process};
+use crate::secrets::config::{Config, FlagValues, ProviderKind};
 use crate::secrets::coverage::{
     compare, eso_keys, read_live, render_junit, render_text, Finding, Status,
 };
@@ -18,9 +20,8 @@ use crate::secrets::eso_read;
 use crate::secrets::fixtures::{self};
 use crate::secrets::provider;
 use crate::secrets::scan::collect;
-use crate::{flags, project, project_root};
 
-pub fn run(flags: &flags::Check) -> Result<()> {
+pub fn run(flags: &flags::Check, process: &Process) -> Result<()> {
     let format = flags.output.unwrap_or(Format::Text);
     // The classes' names: what coverage's report and its JSON speak.
     let fail_on: BTreeSet<String> = flags
@@ -32,18 +33,21 @@ pub fn run(flags: &flags::Check) -> Result<()> {
         .map(|c| c.to_string())
         .collect();
     let env = flags.env.clone().unwrap_or_else(|| "local".into());
-    let root = project_root();
-    let cfg = config::load(&FlagValues {
-        provider: flags.provider.clone(),
-        fixtures: flags.fixtures.clone(),
-        overrides: flags.overrides.clone(),
-        mount: flags.mount.clone(),
-        concurrency: None,
-    })?;
+    let root = process.root.clone();
+    let cfg = Config::load(
+        process,
+        &FlagValues {
+            provider: flags.provider.clone(),
+            fixtures: flags.fixtures.clone(),
+            overrides: flags.overrides.clone(),
+            mount: flags.mount.clone(),
+            ..FlagValues::default()
+        },
+    )?;
     let infra = flags
         .infra
         .as_deref()
-        .map(crate::project::from_cwd)
+        .map(|p| process.from_cwd(p))
         .unwrap_or_else(|| root.join(project::INFRA));
     if !infra.is_dir() {
         crate::usage!(

@@ -1,25 +1,26 @@
 //! Effective configuration, and where each value came from.
 //!
-//! Precedence, highest first: command-line flag; environment
-//! (`SECRETS_PROVIDER`, `VAULT_ADDR`, `VAULT_TOKEN`, `VAULT_NAMESPACE`);
-//! the developer's git-ignored `.local/secrets.toml`; the committed
-//! `secrets.toml`; built-in defaults. The Vault token may also come from
-//! `~/.vault-token`, and never from a committed file.
+//! Every setting is a row of [`SETTINGS`]: its key in `secrets.toml`, and
+//! the flag and environment variable that may set it. Loading and
+//! `status`'s listing both read that table. Precedence, highest first:
+//! flag; environment; the developer's git-ignored `.local/secrets.toml`;
+//! the committed `secrets.toml`; built-in default. The Vault token may
+//! also come from `~/.vault-token`, and never from a committed file.
 //!
 //! Paths: one given on the command line or in the environment is relative
-//! to the working directory, as with every CLI; one in `secrets.toml` or
-//! `.local/secrets.toml` is relative to the repository root. Output shows
-//! paths relative to the root ([`Config::shown`]).
+//! to the working directory, as with every CLI; one in a config file is
+//! relative to the repository root. Output shows paths relative to the
+//! root ([`Config::shown`]).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
 
 pub use crate::flags::ProviderKind;
-use crate::project::{self, from_cwd, normalize, shown_from};
+use crate::project::{self, normalize, shown_from, Process};
 
 /// Where a configuration value came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,9 +79,8 @@ impl fmt::Debug for Secret {
 
 /// A Vault address. It may carry a user and password
 /// (`http://user:pass@host`, sent as HTTP basic auth): `Display`, `Debug`
-/// and `Serialize` show them as `***` ([`shown_addr`]); the
-/// address to connect to is [`VaultAddr::expose`] (or the `str` it derefs
-/// to). Never `to_string()` it to connect: that is the shown form.
+/// and `Serialize` show them as `***` ([`shown_addr`]); the address to
+/// connect to is [`VaultAddr::expose`] (or the `str` it derefs to).
 #[derive(Clone, PartialEq, Eq)]
 pub struct VaultAddr(String);
 
@@ -118,74 +118,113 @@ impl serde::Serialize for VaultAddr {
     }
 }
 
-/// The layout of `secrets.toml` and `.local/secrets.toml`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    provider: Option<String>,
-    fixtures: Option<PathBuf>,
-    overrides: Option<PathBuf>,
-    concurrency: Option<usize>,
-    #[serde(default)]
-    vault: VaultFile,
-    #[serde(default)]
-    file: FileFile,
-    #[serde(default)]
-    azure: AzureFile,
-    #[serde(default)]
-    guardrail: GuardrailFile,
-    #[serde(default)]
-    helmfile: HelmfileFile,
+/// `addr` for messages: a user and password in it (`http://user:pass@host`,
+/// which the client sends as basic auth) read `***` (`http://***@host`).
+pub fn shown_addr(addr: &str) -> String {
+    let (scheme, rest) = match addr.split_once("://") {
+        Some((scheme, rest)) => (&addr[..scheme.len() + 3], rest),
+        None => ("", addr),
+    };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}***{}", &rest[at..]),
+        None => addr.to_string(),
+    }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VaultFile {
-    addr: Option<String>,
-    token: Option<String>,
-    namespace: Option<String>,
-    ca_cert: Option<PathBuf>,
-    mount: Option<String>,
-    timeout_secs: Option<f64>,
-    retries: Option<u32>,
-    #[serde(default)]
-    port_forward: PortForwardFile,
+/// One setting: its key in the config files (`None`: not settable there),
+/// the flag and the environment variable that may set it, and its
+/// built-in default.
+struct Key {
+    key: &'static str,
+    in_files: bool,
+    flag: Option<&'static str>,
+    env: Option<&'static str>,
+    default: Option<&'static str>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PortForwardFile {
-    namespace: Option<String>,
-    service: Option<String>,
-    port: Option<u16>,
-    dev_root_token: Option<String>,
-    start_timeout_secs: Option<f64>,
-    pod_wait_secs: Option<f64>,
+const fn key(key: &'static str, default: Option<&'static str>) -> Key {
+    Key {
+        key,
+        in_files: true,
+        flag: None,
+        env: None,
+        default,
+    }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HelmfileFile {
-    sync_timeout_secs: Option<f64>,
+const fn flag(k: Key, flag: &'static str) -> Key {
+    Key {
+        flag: Some(flag),
+        ..k
+    }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileFile {
-    store: Option<PathBuf>,
+const fn env(k: Key, var: &'static str) -> Key {
+    Key {
+        env: Some(var),
+        ..k
+    }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AzureFile {
-    vault_name: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GuardrailFile {
-    local_contexts: Option<Vec<String>>,
-}
+/// Every setting, in the order `status` lists them.
+const SETTINGS: &[Key] = &[
+    env(
+        flag(key("provider", Some("vault")), "--provider"),
+        "SECRETS_PROVIDER",
+    ),
+    flag(
+        key("fixtures", Some(project::DEFAULT_FIXTURES)),
+        "--fixtures",
+    ),
+    flag(
+        key("overrides", Some(".local/secrets/overrides.json")),
+        "--overrides",
+    ),
+    flag(key("concurrency", Some("16")), "--concurrency"),
+    env(key("vault.addr", None), "VAULT_ADDR"),
+    env(key("vault.token", None), "VAULT_TOKEN"),
+    env(key("vault.namespace", None), "VAULT_NAMESPACE"),
+    env(key("vault.ca_cert", None), "VAULT_CACERT"),
+    flag(key("vault.mount", Some("secret")), "--mount"),
+    key("vault.timeout_secs", Some("15")),
+    key("vault.retries", Some("8")),
+    key("vault.port_forward.namespace", Some("vault")),
+    key("vault.port_forward.service", Some("vault")),
+    key("vault.port_forward.port", Some("8200")),
+    key("vault.port_forward.dev_root_token", Some("root")),
+    key("vault.port_forward.start_timeout_secs", Some("30")),
+    key("vault.port_forward.pod_wait_secs", Some("120")),
+    key("helmfile.sync_timeout_secs", Some("600")),
+    key("file.store", Some(".local/secrets/store.json")),
+    env(key("azure.vault_name", None), "AZURE_KEYVAULT_NAME"),
+    key(
+        "guardrail.local_contexts",
+        Some("k3d-*, kind-*, docker-desktop, minikube, rancher-desktop, orbstack, colima*"),
+    ),
+    env(
+        flag(
+            key("externalsecret.wait_attempts", Some("60")),
+            "--wait-attempts",
+        ),
+        "EXTERNALSECRET_WAIT_ATTEMPTS",
+    ),
+    env(
+        flag(
+            key("externalsecret.wait_sleep_secs", Some("5")),
+            "--wait-sleep",
+        ),
+        "EXTERNALSECRET_WAIT_SLEEP",
+    ),
+    Key {
+        in_files: false,
+        ..env(key("kubeconfig", None), "KUBECONFIG")
+    },
+    Key {
+        in_files: false,
+        ..env(key("home", None), "HOME")
+    },
+];
 
 /// Values the command line may set.
 #[derive(Default)]
@@ -195,6 +234,25 @@ pub struct FlagValues {
     pub overrides: Option<PathBuf>,
     pub mount: Option<String>,
     pub concurrency: Option<usize>,
+    pub wait_attempts: Option<u32>,
+    pub wait_sleep: Option<f64>,
+}
+
+impl FlagValues {
+    /// The flag's value as the config files would spell it.
+    fn get(&self, flag: &str) -> Option<String> {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        match flag {
+            "--provider" => self.provider.map(|p| p.to_string()),
+            "--fixtures" => path(&self.fixtures),
+            "--overrides" => path(&self.overrides),
+            "--mount" => self.mount.clone(),
+            "--concurrency" => self.concurrency.map(|n| n.to_string()),
+            "--wait-attempts" => self.wait_attempts.map(|n| n.to_string()),
+            "--wait-sleep" => self.wait_sleep.map(|n| n.to_string()),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -209,6 +267,13 @@ pub struct PortForward {
     /// How long to wait for a pod behind the service to run (none yet, or
     /// Pending) before starting kubectl.
     pub pod_wait: Duration,
+}
+
+/// How long `migrate` and `rollback` wait for ExternalSecrets.
+#[derive(Debug, Clone, Copy)]
+pub struct Wait {
+    pub attempts: u32,
+    pub sleep: Duration,
 }
 
 #[derive(Debug)]
@@ -232,146 +297,87 @@ pub struct Config {
     pub file_store: Setting<PathBuf>,
     pub azure_vault_name: Option<Setting<String>>,
     pub local_contexts: Vec<String>,
+    pub wait: Wait,
+    /// The kubeconfig files kubectl reads: `KUBECONFIG` (a `:`-separated
+    /// list), else `~/.kube/config`; empty when neither can be known.
+    pub kubeconfig: Vec<PathBuf>,
+    /// Every setting as [`Config::describe`] lists it: no secret in it.
+    listing: Vec<(String, String, String)>,
 }
 
-/// The environment as a function, so tests can pass their own.
-pub type EnvFn<'a> = &'a dyn Fn(&str) -> Option<String>;
-
-pub fn process_env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-/// The one way a command loads its configuration: once, at its start, for
-/// the repository it runs in. Everything after reads the [`Config`] it got.
+/// Loads the configuration of this process. Transitional: commands that
+/// were given a [`Process`] call [`Config::load`] with it.
 pub fn load(flags: &FlagValues) -> Result<Config> {
-    Config::load(&crate::project_root(), flags)
+    Config::load(&Process::read(), flags)
 }
 
 impl Config {
-    /// Loads the configuration for the repository at `root`.
-    pub fn load(root: &Path, flags: &FlagValues) -> Result<Config> {
-        let home = std::env::var_os("HOME").map(PathBuf::from);
-        Config::load_with(root, flags, &process_env, home.as_deref())
-    }
-
-    pub fn load_with(
-        root: &Path,
-        flags: &FlagValues,
-        env: EnvFn<'_>,
-        home: Option<&Path>,
-    ) -> Result<Config> {
-        let repo = read_file_config(&root.join(project::REPO_CONFIG))?;
-        let local_path = root.join(project::LOCAL_DIR).join("secrets.toml");
-        let local = read_file_config(&local_path)?;
-        if repo.vault.token.is_some() {
+    /// The one way a command loads its configuration: once, at its start,
+    /// from the process state read at the entry. Everything after reads it.
+    pub fn load(process: &Process, flags: &FlagValues) -> Result<Config> {
+        let root = &process.root;
+        let repo = read_file(&root.join(project::REPO_CONFIG))?;
+        let local = read_file(&root.join(project::LOCAL_DIR).join("secrets.toml"))?;
+        if repo.contains_key("vault.token") {
             bail!(
                 "{} sets vault.token: a committed file must never hold a token. Remove it; put it in \
                  .local/secrets.toml (git-ignored) or VAULT_TOKEN.",
                 project::REPO_CONFIG
             );
         }
-
-        // One value through the layers: flag, env, local file, repo file, default.
-        fn pick<T: Clone>(
-            flag: Option<(T, &'static str)>,
-            env: Option<(T, &'static str)>,
-            local: Option<T>,
-            repo: Option<T>,
-        ) -> Option<Setting<T>> {
-            if let Some((value, name)) = flag {
-                return Some(Setting {
-                    value,
-                    source: Source::Flag(name),
-                });
-            }
-            if let Some((value, name)) = env {
-                return Some(Setting {
-                    value,
-                    source: Source::Env(name),
-                });
-            }
-            if let Some(value) = local {
-                return Some(Setting {
-                    value,
-                    source: Source::LocalFile,
-                });
-            }
-            repo.map(|value| Setting {
-                value,
-                source: Source::RepoFile,
-            })
-        }
-        fn or_builtin<T>(s: Option<Setting<T>>, value: T) -> Setting<T> {
-            s.unwrap_or(Setting {
-                value,
-                source: Source::Builtin,
-            })
-        }
-
-        let provider_raw = or_builtin(
-            pick(
-                flags.provider.map(|v| (v.to_string(), "--provider")),
-                env("SECRETS_PROVIDER").map(|v| (v, "SECRETS_PROVIDER")),
-                local.provider.clone(),
-                repo.provider.clone(),
-            ),
-            "vault".to_string(),
-        );
-        let Some(kind) = provider_raw.value.parse::<ProviderKind>().ok() else {
-            return Err(bad_value(
-                &provider_raw.source,
-                format!(
-                    "unknown provider {:?} (from {}): use vault, file or azure",
-                    provider_raw.value, provider_raw.source
-                ),
-            ));
+        let pick = |k: &Key| -> Option<Setting<String>> {
+            let from = |value: Option<String>, source: Source| {
+                value.map(|value| Setting { value, source })
+            };
+            k.flag
+                .and_then(|f| from(flags.get(f), Source::Flag(f)))
+                .or_else(|| {
+                    k.env
+                        .and_then(|v| from(process.var(v).map(String::from), Source::Env(v)))
+                })
+                .or_else(|| from(local.get(k.key).cloned(), Source::LocalFile))
+                .or_else(|| from(repo.get(k.key).cloned(), Source::RepoFile))
+                .or_else(|| from(k.default.map(String::from), Source::Builtin))
         };
+        let raw: Vec<(&'static str, Option<Setting<String>>)> =
+            SETTINGS.iter().map(|k| (k.key, pick(k))).collect();
+        let get = |key: &str| -> Option<Setting<String>> {
+            raw.iter()
+                .find(|(k, _)| *k == key)
+                .and_then(|(_, s)| s.clone())
+        };
+        let set = |key: &str| get(key).expect("a setting with a built-in default");
+        // A path from a flag or the environment is from the working directory.
+        let path = |s: Setting<String>| Setting {
+            value: match s.source {
+                Source::Flag(_) | Source::Env(_) => process.from_cwd(Path::new(&s.value)),
+                _ => PathBuf::from(&s.value),
+            },
+            source: s.source,
+        };
+
+        let provider_raw = set("provider");
         let provider = Setting {
-            value: kind,
+            value: provider_raw.value.parse::<ProviderKind>().map_err(|_| {
+                bad_value(
+                    &provider_raw.source,
+                    format!(
+                        "unknown provider {:?} (from {}): use vault, file or azure",
+                        provider_raw.value, provider_raw.source
+                    ),
+                )
+            })?,
             source: provider_raw.source,
         };
         if flags.mount.is_some() && provider.value != ProviderKind::Vault {
             crate::usage!(
                 "--mount is a Vault KV mount, and the provider is {} (from {}): drop --mount, or use --provider vault",
-                provider.value.as_str(),
+                provider.value,
                 provider.source
             );
         }
-
-        let fixtures = or_builtin(
-            pick(
-                flags
-                    .fixtures
-                    .as_deref()
-                    .map(|v| (from_cwd(v), "--fixtures")),
-                None,
-                local.fixtures.clone(),
-                repo.fixtures.clone(),
-            ),
-            PathBuf::from(project::DEFAULT_FIXTURES),
-        );
-        let overrides = or_builtin(
-            pick(
-                flags
-                    .overrides
-                    .as_deref()
-                    .map(|v| (from_cwd(v), "--overrides")),
-                None,
-                local.overrides.clone(),
-                repo.overrides.clone(),
-            ),
-            PathBuf::from(".local/secrets/overrides.json"),
-        );
-        let concurrency = or_builtin(
-            pick(
-                flags.concurrency.map(|v| (v, "--concurrency")),
-                None,
-                local.concurrency,
-                repo.concurrency,
-            ),
-            16,
-        );
-        if concurrency.value == 0 || concurrency.value > 256 {
+        let concurrency = parsed::<usize>(&set("concurrency"), "concurrency", "1 to 256")?;
+        if !(1..=256).contains(&concurrency.value) {
             return Err(bad_value(
                 &concurrency.source,
                 format!(
@@ -380,167 +386,116 @@ impl Config {
                 ),
             ));
         }
-        let vault_addr = pick(
-            None,
-            env("VAULT_ADDR").map(|v| (VaultAddr(v), "VAULT_ADDR")),
-            local.vault.addr.clone().map(VaultAddr),
-            repo.vault.addr.clone().map(VaultAddr),
-        );
-        let mut vault_token = pick(
-            None,
-            env("VAULT_TOKEN").map(|v| (Secret(v), "VAULT_TOKEN")),
-            local.vault.token.clone().map(Secret),
-            None,
-        );
-        if vault_token.is_none() {
-            if let Some(home) = home {
-                let path = home.join(".vault-token");
-                if let Ok(token) = std::fs::read_to_string(&path) {
-                    let token = token.trim().to_string();
-                    if !token.is_empty() {
-                        vault_token = Some(Setting {
-                            value: Secret(token),
-                            source: Source::TokenFile(path),
-                        });
-                    }
-                }
-            }
-        }
-        let vault_namespace = pick(
-            None,
-            env("VAULT_NAMESPACE").map(|v| (v, "VAULT_NAMESPACE")),
-            local.vault.namespace.clone(),
-            repo.vault.namespace.clone(),
-        );
-        let vault_ca_cert = pick(
-            None,
-            env("VAULT_CACERT").map(|v| (from_cwd(Path::new(&v)), "VAULT_CACERT")),
-            local.vault.ca_cert.clone(),
-            repo.vault.ca_cert.clone(),
-        );
-        let vault_mount = or_builtin(
-            pick(
-                flags.mount.clone().map(|v| (v, "--mount")),
-                None,
-                local.vault.mount.clone(),
-                repo.vault.mount.clone(),
-            ),
-            "secret".to_string(),
-        );
-        let mount = vault_mount.value.trim_matches('/');
-        if mount.is_empty() || mount.contains("..") {
+        let mount = set("vault.mount");
+        let trimmed = mount.value.trim_matches('/');
+        if trimmed.is_empty() || trimmed.contains("..") {
             return Err(bad_value(
-                &vault_mount.source,
+                &mount.source,
                 format!(
                     "invalid Vault mount {:?} (from {}): name a KV mount such as secret",
-                    vault_mount.value, vault_mount.source
+                    mount.value, mount.source
                 ),
             ));
         }
         let vault_mount = Setting {
-            value: mount.to_string(),
-            source: vault_mount.source,
+            value: trimmed.to_string(),
+            source: mount.source,
         };
-        let pf_local = &local.vault.port_forward;
-        let pf_repo = &repo.vault.port_forward;
-        let port_forward = PortForward {
-            namespace: pf_local
-                .namespace
-                .clone()
-                .or(pf_repo.namespace.clone())
-                .unwrap_or_else(|| "vault".into()),
-            service: pf_local
-                .service
-                .clone()
-                .or(pf_repo.service.clone())
-                .unwrap_or_else(|| "vault".into()),
-            port: pf_local.port.or(pf_repo.port).unwrap_or(8200),
-            dev_root_token: pf_local
-                .dev_root_token
-                .clone()
-                .or(pf_repo.dev_root_token.clone())
-                .unwrap_or_else(|| "root".into()),
-            start_timeout: secs_setting(
-                "vault.port_forward.start_timeout_secs",
-                pf_local.start_timeout_secs,
-                pf_repo.start_timeout_secs,
-                30.0,
-            )?,
-            pod_wait: secs_setting(
-                "vault.port_forward.pod_wait_secs",
-                pf_local.pod_wait_secs,
-                pf_repo.pod_wait_secs,
-                120.0,
-            )?,
+        let mut vault_token = get("vault.token").map(|s| Setting {
+            value: Secret(s.value),
+            source: s.source,
+        });
+        let home = get("home").map(|s| PathBuf::from(s.value));
+        if vault_token.is_none() {
+            if let Some(path) = home.as_ref().map(|h| h.join(".vault-token")) {
+                let token = std::fs::read_to_string(&path).unwrap_or_default();
+                if !token.trim().is_empty() {
+                    vault_token = Some(Setting {
+                        value: Secret(token.trim().to_string()),
+                        source: Source::TokenFile(path),
+                    });
+                }
+            }
+        }
+        let kubeconfig = match get("kubeconfig") {
+            Some(list) => std::env::split_paths(&list.value).collect(),
+            None => home.iter().map(|h| h.join(".kube/config")).collect(),
         };
-        let helmfile_sync_timeout = secs_setting(
-            "helmfile.sync_timeout_secs",
-            local.helmfile.sync_timeout_secs,
-            repo.helmfile.sync_timeout_secs,
-            600.0,
+        let attempts = parsed::<u32>(
+            &set("externalsecret.wait_attempts"),
+            "the wait's attempts",
+            "a whole number",
         )?;
-        let file_store = or_builtin(
-            pick(
-                None,
-                None,
-                local.file.store.clone(),
-                repo.file.store.clone(),
-            ),
-            PathBuf::from(".local/secrets/store.json"),
-        );
-        let azure_vault_name = pick(
-            None,
-            env("AZURE_KEYVAULT_NAME").map(|v| (v, "AZURE_KEYVAULT_NAME")),
-            local.azure.vault_name.clone(),
-            repo.azure.vault_name.clone(),
-        );
-        let local_contexts = local
-            .guardrail
-            .local_contexts
-            .clone()
-            .or(repo.guardrail.local_contexts.clone())
-            .unwrap_or_else(|| {
-                [
-                    "k3d-*",
-                    "kind-*",
-                    "docker-desktop",
-                    "minikube",
-                    "rancher-desktop",
-                    "orbstack",
-                    "colima*",
-                ]
-                .map(String::from)
-                .to_vec()
-            });
-        // Checked here: a negative, NaN or infinite value would panic where
-        // the client turns it into a Duration.
-        let vault_timeout_secs = secs_setting(
-            "vault.timeout_secs",
-            local.vault.timeout_secs,
-            repo.vault.timeout_secs,
-            15.0,
-        )?
-        .as_secs_f64();
-        let vault_retries = local.vault.retries.or(repo.vault.retries).unwrap_or(8);
+        let sleep = parsed::<f64>(
+            &set("externalsecret.wait_sleep_secs"),
+            "the wait's sleep",
+            "a number of seconds",
+        )?;
+        if attempts.value == 0 || !(0.0..=600.0).contains(&sleep.value) {
+            return Err(bad_value(
+                &attempts.source,
+                "wait attempts must be at least 1 and the sleep 0 to 600 seconds".into(),
+            ));
+        }
+        let port_forward = PortForward {
+            namespace: set("vault.port_forward.namespace").value,
+            service: set("vault.port_forward.service").value,
+            port: parsed(
+                &set("vault.port_forward.port"),
+                "vault.port_forward.port",
+                "a port number",
+            )?
+            .value,
+            dev_root_token: set("vault.port_forward.dev_root_token").value,
+            start_timeout: secs(
+                &set("vault.port_forward.start_timeout_secs"),
+                "vault.port_forward.start_timeout_secs",
+            )?,
+            pod_wait: secs(
+                &set("vault.port_forward.pod_wait_secs"),
+                "vault.port_forward.pod_wait_secs",
+            )?,
+        };
         Ok(Config {
-            root: root.to_path_buf(),
+            root: root.clone(),
             provider,
-            fixtures,
-            overrides,
+            fixtures: path(set("fixtures")),
+            overrides: path(set("overrides")),
             concurrency,
-            vault_addr,
+            vault_addr: get("vault.addr").map(|s| Setting {
+                value: VaultAddr(s.value),
+                source: s.source,
+            }),
             vault_token,
-            vault_namespace,
-            vault_ca_cert,
+            vault_namespace: get("vault.namespace"),
+            vault_ca_cert: get("vault.ca_cert").map(path),
             vault_mount,
-            vault_timeout_secs,
-            vault_retries,
+            // Checked here: a negative, NaN or infinite value would panic
+            // where the client turns it into a Duration.
+            vault_timeout_secs: secs(&set("vault.timeout_secs"), "vault.timeout_secs")?
+                .as_secs_f64(),
+            vault_retries: parsed(&set("vault.retries"), "vault.retries", "a whole number")?.value,
             port_forward,
-            helmfile_sync_timeout,
-            file_store,
-            azure_vault_name,
-            local_contexts,
-        })
+            helmfile_sync_timeout: secs(
+                &set("helmfile.sync_timeout_secs"),
+                "helmfile.sync_timeout_secs",
+            )?,
+            file_store: path(set("file.store")),
+            azure_vault_name: get("azure.vault_name"),
+            local_contexts: set("guardrail.local_contexts")
+                .value
+                .split(',')
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())
+                .collect(),
+            wait: Wait {
+                attempts: attempts.value,
+                sleep: Duration::from_secs_f64(sleep.value),
+            },
+            kubeconfig,
+            listing: Vec::new(),
+        }
+        .listed(&raw))
     }
 
     /// The deadline of one `helmfile sync`: `helmfile.sync_timeout_secs`
@@ -553,11 +508,7 @@ impl Config {
     /// already absolute (from the working directory); a config file's are
     /// relative to the repository root.
     pub fn abs(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            normalize(p)
-        } else {
-            normalize(&self.root.join(p))
-        }
+        normalize(&self.root.join(p))
     }
 
     /// A path as output shows it: relative to the repository root when inside it.
@@ -565,108 +516,58 @@ impl Config {
         shown_from(&self.root, &self.abs(p))
     }
 
-    /// Every effective value with its source; the token by source only.
+    /// Every setting of [`SETTINGS`], in its order: key, value as shown,
+    /// source. A token by its source only; an address without its password.
     pub fn describe(&self) -> Vec<(String, String, String)> {
-        let mut rows = vec![
-            (
-                "provider".into(),
-                self.provider.value.as_str().into(),
-                self.provider.source.to_string(),
-            ),
-            (
-                "fixtures".into(),
-                self.shown(&self.fixtures.value),
-                self.fixtures.source.to_string(),
-            ),
-            (
-                "overrides".into(),
-                self.shown(&self.overrides.value),
-                self.overrides.source.to_string(),
-            ),
-            (
-                "concurrency".into(),
-                self.concurrency.value.to_string(),
-                self.concurrency.source.to_string(),
-            ),
-        ];
-        match &self.vault_addr {
-            Some(s) => rows.push((
-                "vault.addr".into(),
-                s.value.to_string(),
-                s.source.to_string(),
-            )),
-            None => rows.push((
-                "vault.addr".into(),
-                format!(
-                    "(unset: port-forward svc/{} in namespace {})",
-                    self.port_forward.service, self.port_forward.namespace
-                ),
-                Source::Builtin.to_string(),
-            )),
-        }
-        match &self.vault_token {
-            Some(s) => rows.push((
-                "vault.token".into(),
-                "(set, not shown)".into(),
-                s.source.to_string(),
-            )),
-            None => rows.push((
-                "vault.token".into(),
-                "(unset: dev chart token with a port-forward)".into(),
-                Source::Builtin.to_string(),
-            )),
-        }
-        if let Some(s) = &self.vault_namespace {
-            rows.push((
-                "vault.namespace".into(),
-                s.value.clone(),
-                s.source.to_string(),
-            ));
-        }
-        if let Some(s) = &self.vault_ca_cert {
-            rows.push((
-                "vault.ca_cert".into(),
-                self.shown(&s.value),
-                s.source.to_string(),
-            ));
-        }
-        rows.push((
-            "vault.mount".into(),
-            self.vault_mount.value.clone(),
-            self.vault_mount.source.to_string(),
-        ));
-        rows.push((
-            "file.store".into(),
-            self.shown(&self.file_store.value),
-            self.file_store.source.to_string(),
-        ));
-        match &self.azure_vault_name {
-            Some(s) => rows.push((
-                "azure.vault_name".into(),
-                s.value.clone(),
-                s.source.to_string(),
-            )),
-            None => rows.push((
-                "azure.vault_name".into(),
-                "(unset)".into(),
-                Source::Builtin.to_string(),
-            )),
-        }
-        rows
+        self.listing.clone()
     }
-}
 
-/// `addr` for messages: a user and password in it (`http://user:pass@host`,
-/// which the client sends as basic auth) read `***` (`http://***@host`).
-pub fn shown_addr(addr: &str) -> String {
-    let (scheme, rest) = match addr.split_once("://") {
-        Some((scheme, rest)) => (&addr[..scheme.len() + 3], rest),
-        None => ("", addr),
-    };
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    match authority.rfind('@') {
-        Some(at) => format!("{scheme}***{}", &rest[at..]),
-        None => addr.to_string(),
+    /// `self` with its listing made from the settings as loaded (`raw`).
+    fn listed(mut self, raw: &[(&'static str, Option<Setting<String>>)]) -> Config {
+        self.listing = raw
+            .iter()
+            .map(|(key, setting)| {
+                let Some(s) = setting else {
+                    let unset = match *key {
+                        "vault.addr" => format!(
+                            "(unset: port-forward svc/{} in namespace {})",
+                            self.port_forward.service, self.port_forward.namespace
+                        ),
+                        "vault.token" => match &self.vault_token {
+                            Some(t) => {
+                                return (
+                                    key.to_string(),
+                                    "(set, not shown)".into(),
+                                    t.source.to_string(),
+                                )
+                            }
+                            None => "(unset: dev chart token with a port-forward)".into(),
+                        },
+                        _ => "(unset)".into(),
+                    };
+                    return (key.to_string(), unset, Source::Builtin.to_string());
+                };
+                let shown_path = |p: &Path| self.shown(p);
+                let (value, source) = match *key {
+                    "vault.token" => match &self.vault_token {
+                        Some(t) => ("(set, not shown)".to_string(), t.source.to_string()),
+                        None => ("(unset)".to_string(), Source::Builtin.to_string()),
+                    },
+                    k if k.ends_with("token") => ("(set, not shown)".into(), s.source.to_string()),
+                    "vault.addr" => (shown_addr(&s.value), s.source.to_string()),
+                    "fixtures" => (shown_path(&self.fixtures.value), s.source.to_string()),
+                    "overrides" => (shown_path(&self.overrides.value), s.source.to_string()),
+                    "file.store" => (shown_path(&self.file_store.value), s.source.to_string()),
+                    "vault.ca_cert" => match &self.vault_ca_cert {
+                        Some(c) => (shown_path(&c.value), s.source.to_string()),
+                        None => (s.value.clone(), s.source.to_string()),
+                    },
+                    _ => (s.value.clone(), s.source.to_string()),
+                };
+                (key.to_string(), value, source)
+            })
+            .collect();
+        self
     }
 }
 
@@ -682,44 +583,101 @@ fn bad_value(source: &Source, msg: String) -> anyhow::Error {
     }
 }
 
-/// A timeout in seconds from `.local/secrets.toml`, else `secrets.toml`,
-/// else the default: positive, finite, at most a day.
-fn secs_setting(
-    key: &str,
-    local: Option<f64>,
-    repo: Option<f64>,
-    default: f64,
-) -> Result<Duration> {
-    let (secs, source) = match (local, repo) {
-        (Some(v), _) => (v, Source::LocalFile),
-        (None, Some(v)) => (v, Source::RepoFile),
-        (None, None) => (default, Source::Builtin),
-    };
+/// `s` parsed as a `T`, or an error naming `what` it must be and its source.
+fn parsed<T: std::str::FromStr>(s: &Setting<String>, key: &str, what: &str) -> Result<Setting<T>> {
+    match s.value.trim().parse() {
+        Ok(value) => Ok(Setting {
+            value,
+            source: s.source.clone(),
+        }),
+        Err(_) => Err(bad_value(
+            &s.source,
+            format!(
+                "{key} must be {what}, got {:?} (from {})",
+                s.value, s.source
+            ),
+        )),
+    }
+}
+
+/// A timeout in seconds: positive, finite, at most a day.
+fn secs(s: &Setting<String>, key: &str) -> Result<Duration> {
+    let secs = parsed::<f64>(s, key, "a number of seconds")?.value;
     if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
-        bail!(
-            "{key} must be a number of seconds above 0 (up to 86400), got {secs} (from {source}): \
-             fix it there, or remove it for the default of {default} s"
-        );
+        return Err(bad_value(
+            &s.source,
+            format!(
+                "{key} must be a number of seconds above 0 (up to 86400), got {secs} (from {})",
+                s.source
+            ),
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }
 
-fn read_file_config(path: &Path) -> Result<FileConfig> {
+/// A config file's settings by dotted key, each value as text (a list
+/// joined with `, `); a missing file has none. A key [`SETTINGS`] does not
+/// have in the files is an error naming it.
+fn read_file(path: &Path) -> Result<BTreeMap<String, String>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileConfig::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     // The error's position and message only: toml's own text quotes the
     // line, which may hold vault.token.
-    toml::from_str(&text).map_err(|e| {
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
         let (line, col) = e.span().map_or((1, 1), |span| line_col(&text, span.start));
         anyhow::anyhow!(
             "{}:{line}:{col}: {}. Fix the file (see secrets.toml for the keys)",
             path.display(),
             e.message().trim_end()
         )
-    })
+    })?;
+    let mut out = BTreeMap::new();
+    flatten("", &table, &mut out);
+    if let Some(unknown) = out
+        .keys()
+        .find(|k| !SETTINGS.iter().any(|s| s.in_files && s.key == k.as_str()))
+    {
+        bail!(
+            "{}: unknown key {unknown}. Fix the file (see secrets.toml for the keys)",
+            path.display()
+        );
+    }
+    Ok(out)
+}
+
+fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        let text = match v {
+            toml::Value::Table(t) => {
+                flatten(&key, t, out);
+                continue;
+            }
+            toml::Value::Array(items) => items.iter().map(scalar).collect::<Vec<_>>().join(", "),
+            other => scalar(other),
+        };
+        out.insert(key, text);
+    }
+}
+
+/// A value of a config file as text; a table or list as its kind.
+fn scalar(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Datetime(d) => d.to_string(),
+        toml::Value::Array(_) => "[list]".into(),
+        toml::Value::Table(_) => "[table]".into(),
+    }
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.
@@ -733,6 +691,12 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Loads `root`'s configuration with only `vars` in the environment.
+    fn load(root: &Path, flags: &FlagValues, vars: &[(&str, &str)]) -> Result<Config> {
+        let cwd = std::env::current_dir().unwrap();
+        Config::load(&Process::with(root, &cwd, vars), flags)
+    }
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("xtask-config-{name}-{}", std::process::id()));
@@ -754,9 +718,8 @@ mod tests {
             "[vault]\nmount = \"local\"\n",
         )
         .unwrap();
-        let env = |name: &str| (name == "SECRETS_PROVIDER").then(|| "file".to_string());
-        let flags = FlagValues::default();
-        let cfg = Config::load_with(&root, &flags, &env, None).unwrap();
+        let env = [("SECRETS_PROVIDER", "file")];
+        let cfg = load(&root, &FlagValues::default(), &env).unwrap();
         assert_eq!(cfg.provider.value, ProviderKind::File);
         assert_eq!(cfg.provider.source, Source::Env("SECRETS_PROVIDER"));
         assert_eq!(cfg.vault_mount.value, "local");
@@ -769,10 +732,54 @@ mod tests {
             mount: Some("kv/".into()),
             ..Default::default()
         };
-        let cfg = Config::load_with(&root, &flags, &env, None).unwrap();
+        let cfg = load(&root, &flags, &env).unwrap();
         assert_eq!(cfg.provider.value, ProviderKind::Vault);
         assert_eq!(cfg.provider.source, Source::Flag("--provider"));
         assert_eq!(cfg.vault_mount.value, "kv", "slashes are trimmed");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn wait_settings_come_from_flags_then_env_and_are_listed() {
+        let root = scratch("wait");
+        let env = [
+            ("EXTERNALSECRET_WAIT_ATTEMPTS", "7"),
+            ("EXTERNALSECRET_WAIT_SLEEP", "0.5"),
+        ];
+        let cfg = load(&root, &FlagValues::default(), &env).unwrap();
+        assert_eq!(
+            (cfg.wait.attempts, cfg.wait.sleep),
+            (7, Duration::from_millis(500))
+        );
+        let flags = FlagValues {
+            wait_attempts: Some(3),
+            ..Default::default()
+        };
+        let cfg = load(&root, &flags, &env).unwrap();
+        assert_eq!(cfg.wait.attempts, 3);
+        let listed = cfg.describe();
+        assert_eq!(listed.len(), SETTINGS.len(), "status lists every setting");
+        assert!(listed.contains(&(
+            "externalsecret.wait_sleep_secs".into(),
+            "0.5".into(),
+            "env EXTERNALSECRET_WAIT_SLEEP".into()
+        )));
+        let flags = FlagValues {
+            wait_attempts: Some(0),
+            ..Default::default()
+        };
+        let err = load(&root, &flags, &[]).unwrap_err();
+        assert!(err.downcast_ref::<crate::UsageError>().is_some(), "{err}");
+        let err = load(
+            &root,
+            &FlagValues::default(),
+            &[("EXTERNALSECRET_WAIT_SLEEP", "soon")],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("env EXTERNALSECRET_WAIT_SLEEP"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 
@@ -784,7 +791,7 @@ mod tests {
             "[vault]\ntoken = \"s.committed\"\n",
         )
         .unwrap();
-        let err = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap_err();
+        let err = load(&root, &FlagValues::default(), &[]).unwrap_err();
         assert!(err.to_string().contains("must never hold a token"), "{err}");
         assert!(!err.to_string().contains("s.committed"));
 
@@ -792,7 +799,8 @@ mod tests {
         let home = root.join("home");
         std::fs::create_dir_all(&home).unwrap();
         std::fs::write(home.join(".vault-token"), "s.fromfile\n").unwrap();
-        let cfg = Config::load_with(&root, &FlagValues::default(), &|_| None, Some(&home)).unwrap();
+        let home_var = [("HOME", home.to_str().unwrap())];
+        let cfg = load(&root, &FlagValues::default(), &home_var).unwrap();
         let token = cfg.vault_token.as_ref().unwrap();
         assert_eq!(token.value.expose(), "s.fromfile");
         assert_eq!(token.source, Source::TokenFile(home.join(".vault-token")));
@@ -804,9 +812,8 @@ mod tests {
     #[test]
     fn a_password_in_vault_addr_shows_only_as_stars() {
         let root = scratch("addr");
-        let env =
-            |name: &str| (name == "VAULT_ADDR").then(|| "http://u:pw-x@127.0.0.1:8200".into());
-        let cfg = Config::load_with(&root, &FlagValues::default(), &env, None).unwrap();
+        let env = [("VAULT_ADDR", "http://u:pw-x@127.0.0.1:8200")];
+        let cfg = load(&root, &FlagValues::default(), &env).unwrap();
         let addr = &cfg.vault_addr.as_ref().unwrap().value;
         assert_eq!(
             addr.expose(),
@@ -834,8 +841,7 @@ mod tests {
             "[vault]\ntoken = s.unquoted\n",
         ] {
             std::fs::write(root.join(".local/secrets.toml"), text).unwrap();
-            let err =
-                Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap_err();
+            let err = load(&root, &FlagValues::default(), &[]).unwrap_err();
             assert!(
                 err.downcast_ref::<crate::UsageError>().is_none(),
                 "{text}: {err}"
@@ -858,7 +864,7 @@ mod tests {
             "[vault]\nadress = \"x\"\n",
         )
         .unwrap();
-        let err = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap_err();
+        let err = load(&root, &FlagValues::default(), &[]).unwrap_err();
         let msg = format!("{err:#}");
         assert!(
             msg.contains(".local/secrets.toml") && msg.contains("adress"),
@@ -867,8 +873,8 @@ mod tests {
 
         std::fs::remove_file(root.join(".local/secrets.toml")).unwrap();
         // From SECRETS_PROVIDER: a usage error (exit 2), as the flag's is.
-        let env = |name: &str| (name == "SECRETS_PROVIDER").then(|| "consul".to_string());
-        let err = Config::load_with(&root, &FlagValues::default(), &env, None).unwrap_err();
+        let env = [("SECRETS_PROVIDER", "consul")];
+        let err = load(&root, &FlagValues::default(), &env).unwrap_err();
         assert!(err.downcast_ref::<crate::UsageError>().is_some(), "{err}");
         assert!(
             err.to_string().contains("from env SECRETS_PROVIDER"),
@@ -890,7 +896,7 @@ mod tests {
             fixtures: Some("../x.json".into()),
             ..Default::default()
         };
-        let cfg = Config::load_with(&root, &flags, &|_| None, None).unwrap();
+        let cfg = load(&root, &flags, &[]).unwrap();
         assert_eq!(cfg.fixtures.value, normalize(&cwd.join("../x.json")));
         assert!(!cfg.fixtures.value.starts_with(&root), "not from the root");
         // Config file paths stay relative to the root.
@@ -915,7 +921,7 @@ mod tests {
     #[test]
     fn child_deadlines_come_from_the_files_and_must_be_positive() {
         let root = scratch("deadlines");
-        let cfg = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap();
+        let cfg = load(&root, &FlagValues::default(), &[]).unwrap();
         assert_eq!(cfg.helmfile_sync_deadline(), Duration::from_secs(600));
         assert_eq!(cfg.port_forward.start_timeout, Duration::from_secs(30));
         assert_eq!(cfg.port_forward.pod_wait, Duration::from_secs(120));
@@ -930,7 +936,7 @@ mod tests {
             "[helmfile]\nsync_timeout_secs = 1200.5\n[vault.port_forward]\npod_wait_secs = 2.5\n",
         )
         .unwrap();
-        let cfg = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap();
+        let cfg = load(&root, &FlagValues::default(), &[]).unwrap();
         assert_eq!(
             cfg.helmfile_sync_deadline(),
             Duration::from_secs_f64(1200.5)
@@ -943,7 +949,7 @@ mod tests {
             "[vault.port_forward]\npod_wait_secs = -1\n",
         )
         .unwrap();
-        let err = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap_err();
+        let err = load(&root, &FlagValues::default(), &[]).unwrap_err();
         assert!(
             err.to_string()
                 .contains("vault.port_forward.pod_wait_secs must be a number of seconds above 0"),
@@ -959,7 +965,7 @@ mod tests {
             "[helmfile]\nsync_timeout_secs = 0\n",
         )
         .unwrap();
-        let err = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap_err();
+        let err = load(&root, &FlagValues::default(), &[]).unwrap_err();
         assert!(
             err.to_string()
                 .contains("helmfile.sync_timeout_secs must be"),
@@ -971,10 +977,10 @@ mod tests {
     #[test]
     fn vault_timeout_must_be_a_positive_finite_number_of_seconds() {
         let root = scratch("vault-timeout");
-        let cfg = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap();
+        let cfg = load(&root, &FlagValues::default(), &[]).unwrap();
         assert_eq!(cfg.vault_timeout_secs, 15.0);
         std::fs::write(root.join("secrets.toml"), "[vault]\ntimeout_secs = 2.5\n").unwrap();
-        let cfg = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap();
+        let cfg = load(&root, &FlagValues::default(), &[]).unwrap();
         assert_eq!(cfg.vault_timeout_secs, 2.5);
         for (file, bad) in [
             ("secrets.toml", "-1"),
@@ -983,7 +989,7 @@ mod tests {
             (".local/secrets.toml", "0"),
         ] {
             std::fs::write(root.join(file), format!("[vault]\ntimeout_secs = {bad}\n")).unwrap();
-            let err = Config::load_with(&root, &FlagValues::default(), &|_| None, None)
+            let err = load(&root, &FlagValues::default(), &[])
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("vault.timeout_secs must be"), "{bad}: {err}");

@@ -816,7 +816,8 @@ mod tests {
     #[test]
     fn the_denied_checks_name_the_role_its_binding_and_the_reviewer() {
         let root = crate::project_root();
-        let cfg = Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap();
+        let process = crate::project::Process::with(&root, &root, &[]);
+        let cfg = Config::load(&process, &FlagValues::default()).unwrap();
         let text = eso_access::denied_checks(&root, "local", &cfg);
         for part in [
             "role auth/kubernetes/role/external-secrets binds the service account the store logs in as, \

@@ -24,14 +24,15 @@ pub mod vault_checks;
 use anyhow::Result;
 
 use crate::flags;
+use crate::project::Process;
 
-pub fn run(cmd: flags::Secrets) -> Result<()> {
+pub fn run(cmd: flags::Secrets, process: &Process) -> Result<()> {
     match cmd.subcommand {
-        flags::SecretsCmd::Seed(f) => seed::run(&f),
-        flags::SecretsCmd::Check(f) => check::run(&f),
-        flags::SecretsCmd::Migrate(f) => migrate::run_migrate(&f),
-        flags::SecretsCmd::Rollback(f) => migrate::run_rollback(&f),
-        flags::SecretsCmd::Status(f) => status::run(&f),
+        flags::SecretsCmd::Seed(f) => seed::run(&f, process),
+        flags::SecretsCmd::Check(f) => check::run(&f, process),
+        flags::SecretsCmd::Migrate(f) => migrate::run_migrate(&f, process),
+        flags::SecretsCmd::Rollback(f) => migrate::run_rollback(&f, process),
+        flags::SecretsCmd::Status(f) => status::run(&f, process),
         flags::SecretsCmd::Doctor(f) => doctor::run(&f),
     }
 }

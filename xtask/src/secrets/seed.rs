@@ -8,15 +8,16 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::flags;
 use crate::flags::{Format, Verbosity};
 use crate::output::count;
-use crate::secrets::config::{self, FlagValues, ProviderKind};
+use crate::project::Process;
+use crate::secrets::config::{Config, FlagValues, ProviderKind};
 use crate::secrets::provider;
 use crate::secrets::seeding::{
     self, apply, counts_line, plan_for, render_plan, Counts, Item, NotWritten, SeedRun,
 };
 use crate::secrets::{eso_access, fixtures, guard, manifests};
-use crate::{flags, project_root};
 
 #[derive(Serialize)]
 struct Report<'a> {
@@ -47,20 +48,24 @@ struct EsoReport<'a> {
     applied: Option<eso_access::Applied>,
 }
 
-pub fn run(flags: &flags::Seed) -> Result<()> {
+pub fn run(flags: &flags::Seed, process: &Process) -> Result<()> {
     let format = flags.output.unwrap_or(Format::Text);
     let render = flags.render;
     let env = flags.env.as_deref().unwrap_or("local");
     guard::require_local_env(env)?;
 
-    let root = project_root();
-    let cfg = config::load(&FlagValues {
-        provider: flags.provider.clone(),
-        fixtures: flags.fixtures.clone(),
-        overrides: flags.overrides.clone(),
-        mount: flags.mount.clone(),
-        concurrency: flags.concurrency,
-    })?;
+    let root = process.root.clone();
+    let cfg = Config::load(
+        process,
+        &FlagValues {
+            provider: flags.provider.clone(),
+            fixtures: flags.fixtures.clone(),
+            overrides: flags.overrides.clone(),
+            mount: flags.mount.clone(),
+            concurrency: flags.concurrency,
+            ..FlagValues::default()
+        },
+    )?;
     if render.is_some() && cfg.provider.value != ProviderKind::File {
         crate::usage!(
             "--render works with --provider file (the manifests carry the file store's values)"
@@ -123,7 +128,7 @@ pub fn run(flags: &flags::Seed) -> Result<()> {
             let out = if out.as_os_str() == "-" {
                 out.to_path_buf()
             } else {
-                crate::project::from_cwd(out)
+                process.from_cwd(out)
             };
             manifests::write(&root, kind, &desired, &out)?;
             if show.text && !show.quiet && out.as_os_str() != "-" {

@@ -3,7 +3,9 @@
 use anyhow::Result;
 use serde_json::json;
 
+use crate::flags;
 use crate::flags::Format;
+use crate::project::{self, Process};
 use crate::secrets::config::{Config, FlagValues};
 use crate::secrets::kube;
 use crate::secrets::migrate::journal::Journal;
@@ -11,13 +13,12 @@ use crate::secrets::provider::vault;
 use crate::secrets::provider::vault_http::{Method, Reply, VaultError, VaultHttp};
 use crate::secrets::scan::{self, STORE_NAME};
 use crate::secrets::{eso_access, fixtures, flagfile, guard, vault_checks};
-use crate::{flags, project, project_root};
 
-pub fn run(flags: &flags::Status) -> Result<()> {
+pub fn run(flags: &flags::Status, process: &Process) -> Result<()> {
     let format = flags.output.unwrap_or(Format::Text);
     let env = flags.env.clone().unwrap_or_else(|| "local".into());
-    let root = project_root();
-    let cfg = crate::secrets::config::load(&FlagValues::default())?;
+    let root = process.root.clone();
+    let cfg = Config::load(process, &FlagValues::default())?;
 
     let mut flags_by_env = Vec::new();
     for e in project::environments(&root) {

@@ -1,56 +1,17 @@
-//! What every step of one migrate or rollback shares ([`Ctx`]), how long
-//! to wait for ExternalSecrets ([`Wait`]), and the tests' interruption
-//! point ([`StopAt`]).
+//! What every step of one migrate or rollback shares ([`Ctx`]), and the
+//! tests' interruption point ([`StopAt`]).
 
 use std::cell::{OnceCell, RefCell};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use super::journal::Step;
-use crate::secrets::config::Config;
+use crate::project::Process;
+use crate::secrets::config::{Config, Wait};
 use crate::secrets::fixtures::{self, SecretSet};
 use crate::secrets::flagfile;
 use crate::secrets::provider::{self, SecretProvider};
-
-/// How long to wait for ExternalSecrets.
-#[derive(Debug, Clone, Copy)]
-pub struct Wait {
-    pub attempts: u32,
-    pub sleep: Duration,
-}
-
-impl Wait {
-    /// Flags first, then EXTERNALSECRET_WAIT_ATTEMPTS / EXTERNALSECRET_WAIT_SLEEP, then 60 x 5 s.
-    pub fn resolve(attempts: Option<u32>, sleep: Option<f64>) -> Result<Wait> {
-        let env_num = |name: &str| -> Result<Option<f64>> {
-            match std::env::var(name) {
-                Ok(v) if !v.trim().is_empty() => v.trim().parse::<f64>().map(Some).map_err(|_| {
-                    anyhow::Error::new(crate::UsageError(format!("{name}={v:?} is not a number")))
-                }),
-                _ => Ok(None),
-            }
-        };
-        let attempts = match attempts {
-            Some(a) => a,
-            None => env_num("EXTERNALSECRET_WAIT_ATTEMPTS")?
-                .map(|a| a as u32)
-                .unwrap_or(60),
-        };
-        let sleep = match sleep {
-            Some(s) => s,
-            None => env_num("EXTERNALSECRET_WAIT_SLEEP")?.unwrap_or(5.0),
-        };
-        if attempts == 0 || !(0.0..=600.0).contains(&sleep) {
-            crate::usage!("wait attempts must be at least 1 and the sleep 0 to 600 seconds");
-        }
-        Ok(Wait {
-            attempts,
-            sleep: Duration::from_secs_f64(sleep),
-        })
-    }
-}
 
 /// Where in a step a run can be stopped: before it, after its effect and
 /// before its journal record, or after that record was saved.
@@ -74,8 +35,8 @@ pub struct StopAt {
 impl StopAt {
     const VAR: &'static str = "XTASK_TEST_STOP_AT";
 
-    pub(super) fn from_env() -> Result<Option<StopAt>> {
-        let Ok(value) = std::env::var(Self::VAR) else {
+    pub(super) fn from(process: &Process) -> Result<Option<StopAt>> {
+        let Some(value) = process.var(Self::VAR) else {
             return Ok(None);
         };
         let parsed = value.split_once(':').and_then(|(step, at)| {

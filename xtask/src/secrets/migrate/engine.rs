@@ -305,19 +305,20 @@ mod tests {
     use super::*;
     use crate::secrets::config::{Config, FlagValues, ProviderKind};
     use crate::secrets::migrate::plan::{build, Decision, Request};
-    use crate::secrets::migrate::Wait;
 
     fn ctx() -> Ctx {
         let root = crate::project_root();
+        let cfg = Config::load(
+            &crate::project::Process::with(&root, &root, &[]),
+            &FlagValues::default(),
+        )
+        .unwrap();
         Ctx {
-            cfg: Config::load_with(&root, &FlagValues::default(), &|_| None, None).unwrap(),
+            wait: cfg.wait,
+            cfg,
             root,
             env: "local".into(),
             flag_rel: crate::project::flag_file("local").display().to_string(),
-            wait: Wait {
-                attempts: 60,
-                sleep: std::time::Duration::from_secs(5),
-            },
             allow_non_local: None,
             store: Default::default(),
             desired: Default::default(),

@@ -14,11 +14,12 @@ use std::io::IsTerminal;
 
 use anyhow::{bail, Context, Result};
 
+use crate::flags;
 use crate::fsutil::Lock;
-use crate::secrets::config::{self, FlagValues, ProviderKind};
+use crate::project::{self, Process};
+use crate::secrets::config::{Config, FlagValues, ProviderKind};
 use crate::secrets::flagfile;
-use crate::{flags, project, project_root};
-use ctx::{Ctx, StopAt, Wait};
+use ctx::{Ctx, StopAt};
 use journal::Journal;
 use plan::{Decision, Request};
 
@@ -50,13 +51,15 @@ fn confirm(yes: bool, question: &str) -> Result<()> {
 /// What both commands pass on.
 struct Common<'a> {
     env: Option<&'a str>,
-    wait: Wait,
+    wait_attempts: Option<u32>,
+    wait_sleep: Option<f64>,
+    process: &'a Process,
     allow_non_local: Option<&'a str>,
     dry_run: bool,
     yes: bool,
 }
 
-pub fn run_migrate(flags: &flags::Migrate) -> Result<()> {
+pub fn run_migrate(flags: &flags::Migrate, process: &Process) -> Result<()> {
     let request = Request::Migrate {
         to: flags.to.map(cluster_store).transpose()?,
         resume: flags.resume,
@@ -66,7 +69,9 @@ pub fn run_migrate(flags: &flags::Migrate) -> Result<()> {
         request,
         Common {
             env: flags.env.as_deref(),
-            wait: Wait::resolve(flags.wait_attempts, flags.wait_sleep)?,
+            wait_attempts: flags.wait_attempts,
+            wait_sleep: flags.wait_sleep,
+            process,
             allow_non_local: flags.allow_non_local.as_deref(),
             dry_run: flags.dry_run,
             yes: flags.yes,
@@ -74,7 +79,7 @@ pub fn run_migrate(flags: &flags::Migrate) -> Result<()> {
     )
 }
 
-pub fn run_rollback(flags: &flags::Rollback) -> Result<()> {
+pub fn run_rollback(flags: &flags::Rollback, process: &Process) -> Result<()> {
     let request = Request::Rollback {
         to: flags.to.map(cluster_store).transpose()?,
         resume: flags.resume,
@@ -83,7 +88,9 @@ pub fn run_rollback(flags: &flags::Rollback) -> Result<()> {
         request,
         Common {
             env: flags.env.as_deref(),
-            wait: Wait::resolve(flags.wait_attempts, flags.wait_sleep)?,
+            wait_attempts: flags.wait_attempts,
+            wait_sleep: flags.wait_sleep,
+            process,
             allow_non_local: None,
             dry_run: flags.dry_run,
             yes: flags.yes,
@@ -92,8 +99,8 @@ pub fn run_rollback(flags: &flags::Rollback) -> Result<()> {
 }
 
 fn run(request: Request, c: Common<'_>) -> Result<()> {
-    let stop_at = StopAt::from_env()?;
-    let root = project_root();
+    let stop_at = StopAt::from(c.process)?;
+    let root = c.process.root.clone();
     let env = c.env.unwrap_or("local").to_string();
     let flag_rel = project::flag_file(&env).display().to_string();
     let text = std::fs::read_to_string(root.join(&flag_rel))
@@ -116,15 +123,20 @@ fn run(request: Request, c: Common<'_>) -> Result<()> {
             return Ok(());
         }
     };
-    let cfg = config::load(&FlagValues {
-        provider: Some(plan.to),
-        ..FlagValues::default()
-    })?;
+    let cfg = Config::load(
+        c.process,
+        &FlagValues {
+            provider: Some(plan.to),
+            wait_attempts: c.wait_attempts,
+            wait_sleep: c.wait_sleep,
+            ..FlagValues::default()
+        },
+    )?;
     let ctx = Ctx {
         root,
         env,
         flag_rel,
-        wait: c.wait,
+        wait: cfg.wait,
         allow_non_local: c.allow_non_local.map(String::from),
         cfg,
         store: RefCell::new(None),
@@ -142,13 +154,9 @@ fn run(request: Request, c: Common<'_>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
-    fn wait_settings_come_from_flags_then_env() {
-        let w = Wait::resolve(Some(3), Some(0.5)).unwrap();
-        assert_eq!((w.attempts, w.sleep), (3, Duration::from_millis(500)));
-        assert!(Wait::resolve(Some(0), None).is_err());
+    fn only_cluster_stores_are_targets() {
         assert!(cluster_store(ProviderKind::File)
             .unwrap_err()
             .downcast_ref::<crate::UsageError>()
