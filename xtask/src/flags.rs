@@ -140,11 +140,13 @@ impl Xtask {
         };
         let (quiet_verbose, output, formats) = match &secrets.subcommand {
             SecretsCmd::Seed(f) => {
-                if f.render.is_some() != f.out.is_some() {
+                if f.render.is_some() && f.out.is_none() {
                     crate::usage!(
-                        "--render and --out go together: --render eso-fake|secrets --out PATH \
-                         (a file, written with mode 0600), or --out - for standard output"
+                        "--render needs --out PATH (a file, written with mode 0600), or --out - for standard output"
                     );
+                }
+                if f.render.is_none() && f.out.is_some() {
+                    crate::usage!("--out goes with --render eso-fake|secrets");
                 }
                 (
                     f.quiet && f.verbose,
