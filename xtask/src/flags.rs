@@ -154,7 +154,7 @@ impl Xtask {
                     &[Format::Text, Format::Json][..],
                 )
             }
-            SecretsCmd::Check(f) => (f.quiet && f.verbose, f.output, &Format::ALL[..]),
+            SecretsCmd::Check(f) => (f.quiet && f.verbose, f.output, Format::ALL),
             SecretsCmd::Status(f) => (false, f.output, &[Format::Text, Format::Json][..]),
             _ => return Ok(()),
         };

@@ -3,6 +3,9 @@
 //! inputs go to a scratch folder, so the committed corpus only grows on
 //! purpose. Needs the nightly toolchain and cargo-fuzz (installed on demand).
 
+// A developer command: its children run through xshell (see clippy.toml).
+#![allow(clippy::disallowed_macros)]
+
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};

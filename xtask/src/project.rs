@@ -63,7 +63,7 @@ impl Process {
 
     /// A path given on the command line or in the environment, made
     /// absolute from the working directory (as every CLI reads it).
-    pub fn from_cwd(&self, p: &Path) -> PathBuf {
+    pub fn cli_path(&self, p: &Path) -> PathBuf {
         normalize(&self.cwd.join(p))
     }
 

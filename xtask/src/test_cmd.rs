@@ -5,6 +5,9 @@
 //! Tests skipped for missing tools (only with `XTASK_SKIP_TOOL_TESTS=1`)
 //! are listed in a log the harness writes, and counted at the end.
 
+// A developer command: its children run through xshell (see clippy.toml).
+#![allow(clippy::disallowed_macros)]
+
 use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 

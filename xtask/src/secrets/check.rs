@@ -37,7 +37,7 @@ pub fn run(flags: &flags::Check, process: &Process) -> Result<()> {
     let cfg = Config::load(
         process,
         &FlagValues {
-            provider: flags.provider.clone(),
+            provider: flags.provider,
             fixtures: flags.fixtures.clone(),
             overrides: flags.overrides.clone(),
             mount: flags.mount.clone(),
@@ -47,7 +47,7 @@ pub fn run(flags: &flags::Check, process: &Process) -> Result<()> {
     let infra = flags
         .infra
         .as_deref()
-        .map(|p| process.from_cwd(p))
+        .map(|p| process.cli_path(p))
         .unwrap_or_else(|| root.join(project::INFRA));
     if !infra.is_dir() {
         crate::usage!(

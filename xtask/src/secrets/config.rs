@@ -350,7 +350,7 @@ impl Config {
         // A path from a flag or the environment is from the working directory.
         let path = |s: Setting<String>| Setting {
             value: match s.source {
-                Source::Flag(_) | Source::Env(_) => process.from_cwd(Path::new(&s.value)),
+                Source::Flag(_) | Source::Env(_) => process.cli_path(Path::new(&s.value)),
                 _ => PathBuf::from(&s.value),
             },
             source: s.source,

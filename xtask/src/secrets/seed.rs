@@ -58,7 +58,7 @@ pub fn run(flags: &flags::Seed, process: &Process) -> Result<()> {
     let cfg = Config::load(
         process,
         &FlagValues {
-            provider: flags.provider.clone(),
+            provider: flags.provider,
             fixtures: flags.fixtures.clone(),
             overrides: flags.overrides.clone(),
             mount: flags.mount.clone(),
@@ -128,7 +128,7 @@ pub fn run(flags: &flags::Seed, process: &Process) -> Result<()> {
             let out = if out.as_os_str() == "-" {
                 out.to_path_buf()
             } else {
-                process.from_cwd(out)
+                process.cli_path(out)
             };
             manifests::write(&root, kind, &desired, &out)?;
             if show.text && !show.quiet && out.as_os_str() != "-" {

@@ -2,6 +2,9 @@
 //! helm, helmfile and kubectl (talking to the cluster stand-in of
 //! `tests/cluster/`), and honest fakes of helmfile sync and az.
 
+// The tests start the real tools and the product as a user would.
+#![allow(clippy::disallowed_methods)]
+
 mod cluster;
 mod support;
 
