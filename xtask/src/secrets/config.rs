@@ -543,6 +543,18 @@ impl Config {
                             }
                             None => "(unset: dev chart token with a port-forward)".into(),
                         },
+                        "kubeconfig" if !self.kubeconfig.is_empty() => {
+                            let paths: Vec<String> = self
+                                .kubeconfig
+                                .iter()
+                                .map(|p| p.display().to_string())
+                                .collect();
+                            return (
+                                key.to_string(),
+                                paths.join(":"),
+                                "built-in default (from HOME)".into(),
+                            );
+                        }
                         _ => "(unset)".into(),
                     };
                     return (key.to_string(), unset, Source::Builtin.to_string());

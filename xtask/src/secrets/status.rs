@@ -161,7 +161,9 @@ pub fn run(flags: &flags::Status, process: &Process) -> Result<()> {
             }
             println!("\neffective configuration (highest precedence wins: flag, env, .local/secrets.toml, secrets.toml, built-in):");
             for (k, v, s) in cfg.describe() {
-                println!("  {k:<18} {v:<52} {s}");
+                // The source column stays put as long as key and value fit.
+                let width = 71usize.saturating_sub(k.len().max(18) + 1);
+                println!("  {k:<18} {v:<width$} {s}");
             }
         }
     }
