@@ -141,9 +141,9 @@ pub fn scan_static(infra: &Path, base: &Path) -> Result<Scan> {
         ..Scan::default()
     };
     for file in &files {
-        let shown = shown(file, base);
+        let (text, shown) = (read(file)?, shown(file, base));
         scan_docs(
-            &read(file)?,
+            &text,
             &Ctx::new(&shown, None, None),
             true,
             &mut scan.external_secrets,
@@ -195,28 +195,10 @@ fn templated(s: &str) -> bool {
 /// with literal keys. Never fails: what cannot be read is left for `--render`.
 pub fn scan_template(text: &str, file: &str, out: &mut Vec<ExternalSecret>) {
     let yaml = blank_actions(text);
-    let Ok(docs) = parse_documents(&yaml) else {
-        out.extend(literal_refs(&yaml, file));
-        return;
-    };
-    let ctx = Ctx::new(file, None, None);
-    for doc in docs {
-        if !doc
-            .str_at("apiVersion")
-            .is_some_and(|a| a.starts_with(ESO_GROUP))
-        {
-            continue;
-        }
-        let spec = match doc.str_at("kind") {
-            Some("ExternalSecret") => doc.get("spec"),
-            Some("ClusterExternalSecret") => {
-                doc.get("spec").and_then(|s| s.get("externalSecretSpec"))
-            }
-            _ => continue,
-        };
-        if let Ok(es) = manifest_es(&doc, spec, &ctx) {
-            out.extend(literal_only(es));
-        }
+    let mut found = Vec::new();
+    match scan_docs(&yaml, &Ctx::new(file, None, None), false, &mut found) {
+        Ok(()) => out.extend(found.into_iter().filter_map(literal_only)),
+        Err(_) => out.extend(literal_refs(&yaml, file)),
     }
 }
 
@@ -270,7 +252,7 @@ fn blank_actions(text: &str) -> String {
         .collect()
 }
 
-/// Where a blanked template is still not YAML: every literal `remoteRef.key`
+/// Where a blanked template is not YAML (or not ESO's): every literal `remoteRef.key`
 /// (block or flow form), one ExternalSecret per document. The property reads
 /// as the YAML path reads it: `None` when absent, `value` when templated.
 fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
@@ -314,7 +296,8 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
         }
         if line.starts_with("---") {
             if !refs.is_empty() {
-                out.push(ctx.es("(template)".into(), our_store(), doc_line, take(&mut refs)));
+                let refs = std::mem::take(&mut refs);
+                out.push(ctx.es("(template)".into(), our_store(), doc_line, refs));
             }
             doc_line = n + 1;
         } else if let Some(inner) = remote.and_then(|r| r.strip_prefix('{')) {
@@ -345,10 +328,6 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
         out.push(ctx.es("(template)".into(), our_store(), doc_line, refs));
     }
     out
-}
-
-fn take<T>(v: &mut Vec<T>) -> Vec<T> {
-    std::mem::take(v)
 }
 
 /// Scans one file's text. `values` also reads ExternalSecret-shaped entries
