@@ -410,54 +410,40 @@ pub fn render_text(
 
 /// JUnit XML: one test case per required key, plus one per other finding.
 pub fn render_junit(report: &Report, fail_on: &BTreeSet<String>) -> String {
-    use std::fmt::Write;
-    let cases: Vec<&Finding> = report
-        .findings
-        .iter()
+    let cases = report.findings.iter();
+    let cases: Vec<&Finding> = cases
         .filter(|f| f.status != Status::Unused || fail_on.contains("unused"))
         .collect();
     let failures = cases.iter().filter(|f| f.status.fails(fail_on)).count();
-    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let _ = writeln!(
-        out,
-        "<testsuites><testsuite name=\"secrets-coverage.{}\" tests=\"{}\" failures=\"{failures}\">",
-        xml_escape(&report.env),
-        cases.len()
+    let (env, tests) = (xml_escape(&report.env), cases.len());
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites><testsuite name=\"secrets-coverage.{env}\" \
+         tests=\"{tests}\" failures=\"{failures}\">\n"
     );
     for f in cases {
-        let _ = write!(
-            out,
-            "  <testcase classname=\"secrets.{}.{}\" name=\"{}\"",
-            xml_escape(&report.env),
-            report.mode,
-            xml_escape(&f.key)
-        );
-        let sites = f
-            .sites
-            .iter()
-            .map(|s| format!("{}:{} {}", s.file, s.line, s.external_secret));
-        let sites: Vec<String> = sites.collect();
-        if f.status.fails(fail_on) {
-            let _ = writeln!(
-                out,
-                "><failure type=\"{:?}\" message=\"{}\">{}</failure></testcase>",
-                f.status,
-                xml_escape(&f.detail),
-                xml_escape(&sites.join("\n"))
-            );
+        let (key, detail) = (xml_escape(&f.key), xml_escape(&f.detail));
+        let end = if f.status.fails(fail_on) {
+            let sites = f
+                .sites
+                .iter()
+                .map(|s| format!("{}:{} {}", s.file, s.line, s.external_secret));
+            let sites = xml_escape(&sites.collect::<Vec<_>>().join("\n"));
+            let status = f.status;
+            format!(
+                "><failure type=\"{status:?}\" message=\"{detail}\">{sites}</failure></testcase>"
+            )
         } else if f.status != Status::Ok {
-            let _ = writeln!(
-                out,
-                "><system-out>{}: {}</system-out></testcase>",
-                f.status.heading(),
-                xml_escape(&f.detail)
-            );
+            format!(
+                "><system-out>{}: {detail}</system-out></testcase>",
+                f.status.heading()
+            )
         } else {
-            let _ = writeln!(out, "/>");
-        }
+            "/>".into()
+        };
+        let mode = report.mode;
+        out += &format!("  <testcase classname=\"secrets.{env}.{mode}\" name=\"{key}\"{end}\n");
     }
-    out.push_str("</testsuite></testsuites>\n");
-    out
+    out + "</testsuite></testsuites>\n"
 }
 
 #[cfg(test)]
