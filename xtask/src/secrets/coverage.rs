@@ -8,8 +8,8 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::fsutil;
-use crate::output::{count, xml_escape};
-use crate::secrets::fixtures::{self, SecretSet};
+use crate::output::{count, xml_escape, NAMES_SHOWN};
+use crate::secrets::fixtures::{self, Entry, SecretSet};
 use crate::secrets::provider::{Current, SecretProvider};
 use crate::secrets::scan::{self, ExternalSecret, RefKind, Scan};
 
@@ -44,14 +44,15 @@ impl Status {
         }
     }
 
-    /// The `--fail-on` class this status belongs to.
-    fn class(self) -> Option<&'static str> {
-        match self {
-            Status::Missing | Status::WrongProperty | Status::MissingProperty => Some("missing"),
-            Status::Drift => Some("drift"),
-            Status::Unused => Some("unused"),
-            Status::FindEmpty | Status::Ok => None,
-        }
+    /// Whether `--fail-on` (its classes: missing, drift, unused) fails on this status.
+    fn fails(self, fail_on: &BTreeSet<String>) -> bool {
+        let class = match self {
+            Status::Missing | Status::WrongProperty | Status::MissingProperty => "missing",
+            Status::Drift => "drift",
+            Status::Unused => "unused",
+            Status::FindEmpty | Status::Ok => return false,
+        };
+        fail_on.contains(class)
     }
 }
 
@@ -103,7 +104,7 @@ impl Report {
     pub fn failures(&self, fail_on: &BTreeSet<String>) -> Vec<&Finding> {
         self.findings
             .iter()
-            .filter(|f| f.status.class().is_some_and(|c| fail_on.contains(c)))
+            .filter(|f| f.status.fails(fail_on))
             .collect()
     }
 }
@@ -115,35 +116,26 @@ pub struct Live {
     pub names: Vec<String>,
 }
 
-/// The keys ESO reads by name: every `remoteRef.key` and `extract` of an
-/// in-scope ExternalSecret (a `find` lists instead).
+/// The keys in-scope ExternalSecrets name (every `remoteRef.key` and
+/// `extract`; a `find` lists instead), valid store names only.
+fn named_keys(scan: &Scan) -> impl Iterator<Item = &String> {
+    let refs = scan.external_secrets.iter().filter(|e| e.in_scope());
+    let refs = refs.flat_map(|e| e.refs.iter());
+    let refs = refs.filter(|r| r.kind != RefKind::Find && fixtures::valid_name(&r.key));
+    refs.map(|r| &r.key)
+}
+
+/// The keys ESO reads by name, sorted, each once.
 pub fn eso_keys(scan: &Scan) -> Vec<String> {
-    let keys: BTreeSet<String> = scan
-        .external_secrets
-        .iter()
-        .filter(|e| e.in_scope())
-        .flat_map(|e| e.refs.iter())
-        .filter(|r| r.kind != RefKind::Find && fixtures::valid_name(&r.key))
-        .map(|r| r.key.clone())
-        .collect();
-    keys.into_iter().collect()
+    let keys: BTreeSet<&String> = named_keys(scan).collect();
+    keys.into_iter().cloned().collect()
 }
 
 /// Reads what `compare` needs from the store: every fixture and every key
-/// an in-scope ExternalSecret names, plus the store's listing (for
-/// `dataFrom.find`).
+/// an in-scope ExternalSecret names, plus the listing (for `dataFrom.find`).
 pub fn read_live(store: &mut dyn SecretProvider, scan: &Scan, desired: &SecretSet) -> Result<Live> {
-    let mut wanted: BTreeSet<String> = desired.entries.keys().cloned().collect();
-    for es in scan.external_secrets.iter().filter(|e| e.in_scope()) {
-        for r in es
-            .refs
-            .iter()
-            .filter(|r| r.kind != RefKind::Find && fixtures::valid_name(&r.key))
-        {
-            wanted.insert(r.key.clone());
-        }
-    }
-    let wanted: Vec<String> = wanted.into_iter().collect();
+    let wanted: BTreeSet<&String> = desired.entries.keys().chain(named_keys(scan)).collect();
+    let wanted: Vec<String> = wanted.into_iter().cloned().collect();
     Ok(Live {
         target: store.target(),
         entries: store.read(&wanted)?,
@@ -153,12 +145,10 @@ pub fn read_live(store: &mut dyn SecretProvider, scan: &Scan, desired: &SecretSe
 
 pub fn parse_fail_on(value: Option<&str>) -> Result<BTreeSet<String>> {
     let mut set = BTreeSet::new();
-    for part in value
-        .unwrap_or("missing")
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-    {
+    for part in value.unwrap_or("missing").split(',').map(str::trim) {
+        if part.is_empty() {
+            continue;
+        }
         if !["missing", "drift", "unused"].contains(&part) {
             crate::usage!(
                 "unknown --fail-on {part:?}: use missing, drift and/or unused, comma-separated"
@@ -169,205 +159,117 @@ pub fn parse_fail_on(value: Option<&str>) -> Result<BTreeSet<String>> {
     Ok(set)
 }
 
-fn site(es: &ExternalSecret, at: &scan::Location) -> Site {
-    Site {
-        file: at.file.clone(),
-        line: at.line,
-        external_secret: es.display_name(),
-        release: es.release.clone(),
-        env: es.env.clone(),
-    }
-}
-
 /// Compares the references with the fixtures and, if given, the live store.
 pub fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<&Live>) -> Report {
     let mut by_key: BTreeMap<(Status, String, String), Vec<Site>> = BTreeMap::new();
-    let mut add = |status: Status, key: &str, detail: String, s: Site| {
-        by_key
-            .entry((status, key.to_string(), detail))
-            .or_default()
-            .push(s);
-    };
     let mut referenced: BTreeSet<String> = BTreeSet::new();
     let mut required: BTreeSet<String> = BTreeSet::new();
-    let mut out_of_scope = Vec::new();
-    let in_scope: Vec<&ExternalSecret> = scan
-        .external_secrets
-        .iter()
-        .filter(|e| e.in_scope())
-        .collect();
-    for es in &scan.external_secrets {
-        if !es.in_scope() {
-            out_of_scope.push(OutOfScope {
-                external_secret: es.display_name(),
-                store: es.store.clone(),
-                at: es.at.to_string(),
-            });
-        }
-    }
-    let live_names: Option<&[String]> = live.map(|l| l.names.as_slice());
+    let (in_scope, others): (Vec<&ExternalSecret>, Vec<&ExternalSecret>) =
+        scan.external_secrets.iter().partition(|e| e.in_scope());
     for es in &in_scope {
         for r in &es.refs {
-            let s = site(es, &r.at);
+            let mut found: Vec<(Status, String)> = Vec::new();
             if r.kind == RefKind::Find {
                 match regex::Regex::new(&r.key) {
-                    Err(e) => add(
+                    Err(e) => found.push((
                         Status::WrongProperty,
-                        &r.key,
                         format!("invalid dataFrom.find regexp: {e}"),
-                        s,
-                    ),
+                    )),
                     Ok(re) => {
                         let matched: Vec<&String> =
                             desired.entries.keys().filter(|n| re.is_match(n)).collect();
-                        referenced.extend(matched.iter().map(|n| n.to_string()));
                         if matched.is_empty() {
-                            add(
+                            found.push((
                                 Status::FindEmpty,
-                                &r.key,
                                 "dataFrom.find matches no fixture".into(),
-                                s.clone(),
-                            );
+                            ));
                         }
-                        if let Some(names) = live_names {
-                            if !names.iter().any(|n| re.is_match(n)) {
-                                add(
-                                    Status::FindEmpty,
-                                    &r.key,
-                                    "dataFrom.find matches nothing in the store".into(),
-                                    s,
-                                );
-                            }
+                        referenced.extend(matched.into_iter().cloned());
+                        if live.is_some_and(|l| !l.names.iter().any(|n| re.is_match(n))) {
+                            found.push((
+                                Status::FindEmpty,
+                                "dataFrom.find matches nothing in the store".into(),
+                            ));
                         }
                     }
                 }
-                continue;
-            }
-            referenced.insert(r.key.clone());
-            required.insert(r.key.clone());
-            let fixture = desired.entries.get(&r.key);
-            if fixture.is_none() {
-                add(
-                    Status::Missing,
-                    &r.key,
-                    "not in the fixtures".into(),
-                    s.clone(),
-                );
-            }
-            match &r.kind {
-                RefKind::Data { property: Some(p), .. } if p == "value" => {}
-                RefKind::Data { property: Some(p), .. } => add(
-                    Status::WrongProperty,
-                    &r.key,
-                    format!("reads property {p:?}; the store keeps each secret under \"value\""),
-                    s.clone(),
-                ),
-                RefKind::Data { property: None, .. } => add(
-                    Status::WrongProperty,
-                    &r.key,
-                    "no remoteRef.property: ESO would return the whole entry as JSON; set property: value".into(),
-                    s.clone(),
-                ),
-                RefKind::Extract { property: Some(p) } if p == "value" => {
-                    let is_object = fixture.is_none_or(|f| {
-                        serde_json::from_str::<serde_json::Value>(&f.value).is_ok_and(|v| v.is_object())
-                    });
-                    if !is_object {
-                        add(
-                            Status::WrongProperty,
-                            &r.key,
-                            "dataFrom.extract with property value needs a JSON object as the value".into(),
-                            s.clone(),
-                        );
-                    }
+            } else {
+                referenced.insert(r.key.clone());
+                required.insert(r.key.clone());
+                let fixture = desired.entries.get(&r.key);
+                if fixture.is_none() {
+                    found.push((Status::Missing, "not in the fixtures".into()));
                 }
-                RefKind::Extract { property: Some(p) } => add(
-                    Status::WrongProperty,
-                    &r.key,
-                    format!("extracts property {p:?}; the store keeps each secret under \"value\""),
-                    s.clone(),
-                ),
-                RefKind::Extract { property: None } | RefKind::Find => {}
+                let wrong = |what: &str, p: &str| {
+                    format!("{what} property {p:?}; the store keeps each secret under \"value\"")
+                };
+                let not_object = || {
+                    fixture.is_some_and(|f| {
+                        !serde_json::from_str::<serde_json::Value>(&f.value)
+                            .is_ok_and(|v| v.is_object())
+                    })
+                };
+                let wrong = match &r.kind {
+                    RefKind::Data { property: Some(p), .. } if p != "value" => Some(wrong("reads", p)),
+                    RefKind::Data { property: None, .. } => Some(
+                        "no remoteRef.property: ESO would return the whole entry as JSON; set property: value".into(),
+                    ),
+                    RefKind::Extract { property: Some(p) } if p != "value" => Some(wrong("extracts", p)),
+                    RefKind::Extract { property: Some(_) } if not_object() => Some(
+                        "dataFrom.extract with property value needs a JSON object as the value".into(),
+                    ),
+                    _ => None,
+                };
+                found.extend(wrong.map(|d| (Status::WrongProperty, d)));
+                found.extend(live.and_then(|l| live_problem(l, &r.key, fixture)));
             }
-            if let Some(live) = live {
-                match live.entries.get(&r.key).cloned().flatten() {
-                    None => add(
-                        Status::Missing,
-                        &r.key,
-                        format!("not in the store ({})", live.target),
-                        s,
-                    ),
-                    Some(cur) if cur.raw_sha256.is_some() => add(
-                        Status::MissingProperty,
-                        &r.key,
-                        "the store holds a bare value, not {\"value\": ...}, so the property lookup fails: re-seed \
-                         to rewrite it"
-                            .to_string(),
-                        s,
-                    ),
-                    Some(cur) if cur.sha256.is_none() => add(
-                        Status::MissingProperty,
-                        &r.key,
-                        format!(
-                            "the store's entry has no string property \"value\" (has: {})",
-                            cur.properties.join(", ")
-                        ),
-                        s,
-                    ),
-                    Some(cur) => {
-                        if let Some(f) = fixture {
-                            if cur.sha256.as_deref() != Some(f.sha256.as_str()) {
-                                add(
-                                    Status::Drift,
-                                    &r.key,
-                                    format!(
-                                        "store {} != fixture {}: changed by hand, or the seed is stale (re-seed)",
-                                        fsutil::short(cur.sha256.as_deref().unwrap_or_default()),
-                                        fsutil::short(&f.sha256)
-                                    ),
-                                    s,
-                                );
-                            }
-                        }
-                    }
-                }
+            for (status, detail) in found {
+                let site = Site {
+                    file: r.at.file.clone(),
+                    line: r.at.line,
+                    external_secret: es.display_name(),
+                    release: es.release.clone(),
+                    env: es.env.clone(),
+                };
+                by_key
+                    .entry((status, r.key.clone(), detail))
+                    .or_default()
+                    .push(site);
             }
         }
     }
+    let finding = |status, key: &str, detail: &str, sites| Finding {
+        status,
+        key: key.to_string(),
+        detail: detail.to_string(),
+        sites,
+    };
     let mut findings: Vec<Finding> = by_key
         .into_iter()
         .map(|((status, key, detail), mut sites)| {
             sites.sort();
             sites.dedup();
-            Finding {
-                status,
-                key,
-                detail,
-                sites,
-            }
+            finding(status, &key, &detail, sites)
         })
         .collect();
-    let problem_keys: BTreeSet<&str> = findings.iter().map(|f| f.key.as_str()).collect();
-    let mut ok: Vec<Finding> = required
-        .iter()
-        .filter(|k| !problem_keys.contains(k.as_str()))
-        .map(|k| Finding {
-            status: Status::Ok,
-            key: k.clone(),
-            detail: String::new(),
-            sites: Vec::new(),
-        })
-        .collect();
+    let problem_keys: BTreeSet<String> = findings.iter().map(|f| f.key.clone()).collect();
     for name in desired.entries.keys().filter(|n| !referenced.contains(*n)) {
-        findings.push(Finding {
-            status: Status::Unused,
-            key: name.clone(),
-            detail: "no ExternalSecret references it".into(),
-            sites: Vec::new(),
-        });
+        findings.push(finding(
+            Status::Unused,
+            name,
+            "no ExternalSecret references it",
+            vec![],
+        ));
     }
-    findings.append(&mut ok);
+    for key in required.difference(&problem_keys) {
+        findings.push(finding(Status::Ok, key, "", vec![]));
+    }
     findings.sort_by(|a, b| (a.status, &a.key).cmp(&(b.status, &b.key)));
+    let out_of_scope = others.iter().map(|es| OutOfScope {
+        external_secret: es.display_name(),
+        store: es.store.clone(),
+        at: es.at.to_string(),
+    });
     Report {
         mode: scan.mode,
         env: env.to_string(),
@@ -376,8 +278,35 @@ pub fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<&Live>)
         external_secrets: in_scope.len(),
         required_keys: required.len(),
         findings,
-        out_of_scope,
+        out_of_scope: out_of_scope.collect(),
     }
+}
+
+/// What the store holds for a referenced key, when that is a problem.
+fn live_problem(live: &Live, key: &str, fixture: Option<&Entry>) -> Option<(Status, String)> {
+    let Some(cur) = live.entries.get(key).and_then(Option::as_ref) else {
+        return Some((
+            Status::Missing,
+            format!("not in the store ({})", live.target),
+        ));
+    };
+    if cur.raw_sha256.is_some() {
+        let said = "the store holds a bare value, not {\"value\": ...}, so the property lookup fails: re-seed to \
+                    rewrite it";
+        return Some((Status::MissingProperty, said.into()));
+    }
+    let Some(sha) = &cur.sha256 else {
+        let has = cur.properties.join(", ");
+        let said = format!("the store's entry has no string property \"value\" (has: {has})");
+        return Some((Status::MissingProperty, said));
+    };
+    let f = fixture.filter(|f| f.sha256 != *sha)?;
+    let said = format!(
+        "store {} != fixture {}: changed by hand, or the seed is stale (re-seed)",
+        fsutil::short(sha),
+        fsutil::short(&f.sha256)
+    );
+    Some((Status::Drift, said))
 }
 
 /// The human report: grouped by status, each key with every place it is referenced.
@@ -406,8 +335,7 @@ pub fn render_text(
         );
     }
     let mut status: Option<Status> = None;
-    let mut unused_shown = 0;
-    let unused = report.count(Status::Unused);
+    let (mut unused_seen, unused) = (0, report.count(Status::Unused));
     for f in &report.findings {
         let show = match f.status {
             Status::Ok => verbose,
@@ -423,28 +351,28 @@ pub fn render_text(
         }
         // Unused fixtures are information: at most NAMES_SHOWN without --verbose.
         if f.status == Status::Unused && !verbose {
-            unused_shown += 1;
-            if unused_shown > crate::output::NAMES_SHOWN {
-                if unused_shown == unused {
-                    let _ = writeln!(
-                        out,
-                        "  (and {} more; --verbose or --output json lists them)",
-                        unused - crate::output::NAMES_SHOWN
-                    );
-                }
+            unused_seen += 1;
+            if unused_seen == NAMES_SHOWN + 1 {
+                let more = unused - NAMES_SHOWN;
+                let _ = writeln!(
+                    out,
+                    "  (and {more} more; --verbose or --output json lists them)"
+                );
+            }
+            if unused_seen > NAMES_SHOWN {
                 continue;
             }
         }
-        if f.detail.is_empty() {
-            let _ = writeln!(out, "  {}", f.key);
+        let detail = if f.detail.is_empty() {
+            String::new()
         } else {
-            let _ = writeln!(out, "  {}: {}", f.key, f.detail);
-        }
+            format!(": {}", f.detail)
+        };
+        let _ = writeln!(out, "  {}{detail}", f.key);
         for s in &f.sites {
-            let mut extra = String::new();
-            if let Some(r) = &s.release {
-                extra = format!(" [release {r}, env {}]", s.env.as_deref().unwrap_or("?"));
-            }
+            let env = s.env.as_deref().unwrap_or("?");
+            let extra = (s.release.as_ref()).map(|r| format!(" [release {r}, env {env}]"));
+            let extra = extra.unwrap_or_default();
             let _ = writeln!(
                 out,
                 "      {}:{}  {}{extra}",
@@ -482,98 +410,46 @@ pub fn render_text(
 
 /// JUnit XML: one test case per required key, plus one per other finding.
 pub fn render_junit(report: &Report, fail_on: &BTreeSet<String>) -> String {
-    use std::fmt::Write;
-    let cases: Vec<&Finding> = report
-        .findings
-        .iter()
+    let cases = report.findings.iter();
+    let cases: Vec<&Finding> = cases
         .filter(|f| f.status != Status::Unused || fail_on.contains("unused"))
         .collect();
-    let failures = cases
-        .iter()
-        .filter(|f| f.status.class().is_some_and(|c| fail_on.contains(c)))
-        .count();
-    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let _ = writeln!(
-        out,
-        "<testsuites><testsuite name=\"secrets-coverage.{}\" tests=\"{}\" failures=\"{failures}\">",
-        xml_escape(&report.env),
-        cases.len()
+    let failures = cases.iter().filter(|f| f.status.fails(fail_on)).count();
+    let (env, tests) = (xml_escape(&report.env), cases.len());
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites><testsuite name=\"secrets-coverage.{env}\" \
+         tests=\"{tests}\" failures=\"{failures}\">\n"
     );
     for f in cases {
-        let _ = write!(
-            out,
-            "  <testcase classname=\"secrets.{}.{}\" name=\"{}\"",
-            xml_escape(&report.env),
-            report.mode,
-            xml_escape(&f.key)
-        );
-        let sites: Vec<String> = f
-            .sites
-            .iter()
-            .map(|s| format!("{}:{} {}", s.file, s.line, s.external_secret))
-            .collect();
-        let fails = f.status.class().is_some_and(|c| fail_on.contains(c));
-        if fails {
-            let _ = writeln!(
-                out,
-                "><failure type=\"{:?}\" message=\"{}\">{}</failure></testcase>",
-                f.status,
-                xml_escape(&f.detail),
-                xml_escape(&sites.join("\n"))
-            );
+        let (key, detail) = (xml_escape(&f.key), xml_escape(&f.detail));
+        let end = if f.status.fails(fail_on) {
+            let sites = f
+                .sites
+                .iter()
+                .map(|s| format!("{}:{} {}", s.file, s.line, s.external_secret));
+            let sites = xml_escape(&sites.collect::<Vec<_>>().join("\n"));
+            let status = f.status;
+            format!(
+                "><failure type=\"{status:?}\" message=\"{detail}\">{sites}</failure></testcase>"
+            )
         } else if f.status != Status::Ok {
-            let _ = writeln!(
-                out,
-                "><system-out>{}: {}</system-out></testcase>",
-                f.status.heading(),
-                xml_escape(&f.detail)
-            );
+            format!(
+                "><system-out>{}: {detail}</system-out></testcase>",
+                f.status.heading()
+            )
         } else {
-            let _ = writeln!(out, "/>");
-        }
+            "/>".into()
+        };
+        let mode = report.mode;
+        out += &format!("  <testcase classname=\"secrets.{env}.{mode}\" name=\"{key}\"{end}\n");
     }
-    out.push_str("</testsuite></testsuites>\n");
-    out
+    out + "</testsuite></testsuites>\n"
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fsutil::sha256_hex;
-    use crate::secrets::fixtures::Entry;
-
-    fn fixtures(pairs: &[(&str, &str)]) -> SecretSet {
-        let mut s = SecretSet::default();
-        for (n, v) in pairs {
-            s.entries.insert(
-                n.to_string(),
-                Entry {
-                    value: v.to_string(),
-                    sha256: sha256_hex(v.as_bytes()),
-                    overridden: false,
-                },
-            );
-        }
-        s
-    }
-
-    fn scan_of(text: &str) -> Scan {
-        let mut scan = Scan {
-            mode: "static",
-            files: 1,
-            ..Scan::default()
-        };
-        scan::scan_text(
-            text,
-            "values.yaml",
-            None,
-            None,
-            true,
-            &mut scan.external_secrets,
-        )
-        .unwrap();
-        scan
-    }
 
     const VALUES: &str = "externalSecrets:
   - name: app
@@ -596,111 +472,33 @@ mod tests {
       - extract: {key: realm, property: value}
 ";
 
-    #[test]
-    fn finds_missing_wrong_property_empty_find_and_unused() {
-        let report = compare(
-            &scan_of(VALUES),
-            "local",
-            &fixtures(&[("app-url", "u"), ("spare", "s"), ("realm", "not json")]),
-            None,
-        );
-        let got: Vec<(Status, &str, usize)> = report
-            .findings
-            .iter()
-            .map(|f| (f.status, f.key.as_str(), f.sites.len()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                (Status::Missing, "app-password", 2),
-                (Status::WrongProperty, "app-url", 1),
-                (Status::WrongProperty, "realm", 1),
-                (Status::FindEmpty, "^grafana-", 1),
-                (Status::Unused, "spare", 0),
-            ]
-        );
-        let missing = &report.findings[0];
-        assert_eq!(missing.sites[0].line, 6);
-        assert_eq!(missing.sites[0].external_secret, "ameide/app");
-        assert_eq!(missing.sites[1].external_secret, "ameide/other");
-        let fail_on = parse_fail_on(None).unwrap();
-        assert_eq!(report.failures(&fail_on).len(), 3);
-    }
-
-    #[test]
-    fn live_reports_drift_and_missing_property() {
-        let text = "externalSecrets:\n  - name: a\n    data:\n      - {secretKey: x, remoteRef: {key: k1, property: value}}\n      - {secretKey: y, remoteRef: {key: k2, property: value}}\n      - {secretKey: z, remoteRef: {key: k3, property: value}}\n";
-        let desired = fixtures(&[("k1", "v1"), ("k2", "v2"), ("k3", "v3")]);
-        let mut entries = BTreeMap::new();
-        entries.insert(
-            "k1".to_string(),
-            Some(Current {
-                sha256: Some(sha256_hex(b"v1")),
-                properties: vec!["value".into()],
-                ..Default::default()
-            }),
-        );
-        entries.insert(
-            "k2".to_string(),
-            Some(Current {
-                sha256: Some(sha256_hex(b"edited")),
-                properties: vec!["value".into()],
-                ..Default::default()
-            }),
-        );
-        entries.insert(
-            "k3".to_string(),
-            Some(Current {
-                sha256: None,
-                properties: vec!["password".into()],
-                ..Default::default()
-            }),
-        );
-        let live = Live {
-            target: "vault test".into(),
-            entries,
-            names: vec!["k1".into(), "k2".into(), "k3".into()],
+    fn report(fixtures: &[(&str, &str)]) -> Report {
+        let mut desired = SecretSet::default();
+        for (n, v) in fixtures {
+            let (value, sha256) = (v.to_string(), sha256_hex(v.as_bytes()));
+            let entry = Entry {
+                value,
+                sha256,
+                overridden: false,
+            };
+            desired.entries.insert(n.to_string(), entry);
+        }
+        let mut scan = Scan {
+            mode: "static",
+            files: 1,
+            ..Scan::default()
         };
-        let report = compare(&scan_of(text), "local", &desired, Some(&live));
-        let got: Vec<(Status, &str)> = report
-            .findings
-            .iter()
-            .map(|f| (f.status, f.key.as_str()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                (Status::MissingProperty, "k3"),
-                (Status::Drift, "k2"),
-                (Status::Ok, "k1")
-            ]
-        );
-        let drift = parse_fail_on(Some("drift")).unwrap();
-        assert_eq!(report.failures(&drift).len(), 1);
-        assert!(parse_fail_on(Some("missing,bogus")).is_err());
+        let es = &mut scan.external_secrets;
+        scan::scan_text(VALUES, "values.yaml", None, None, true, es).unwrap();
+        compare(&scan, "local", &desired, None)
     }
 
-    /// Snapshot of the human report.
+    /// Every static finding, in a snapshot of the human report and in JUnit.
     #[test]
     fn text_snapshot() {
-        let report = compare(
-            &scan_of(VALUES),
-            "local",
-            &fixtures(&[
-                ("app-url", "u"),
-                ("realm", "{\"a\":\"b\"}"),
-                ("grafana-admin", "g"),
-            ]),
-            None,
-        );
-        let text = render_text(
-            &report,
-            "fixtures.json",
-            &parse_fail_on(None).unwrap(),
-            false,
-            false,
-            0.001,
-        );
+        let report = report(&[("app-url", "u"), ("spare", "s"), ("realm", "not json")]);
+        let fail_on = parse_fail_on(None).unwrap();
+        let text = render_text(&report, "fixtures.json", &fail_on, true, false, 0.001);
         let expected = "check (static scan, env local): 1 file, 4 ExternalSecrets on ClusterSecretStore/ameide-vault, 3 required keys; against fixtures.json
 
 MISSING (1)
@@ -708,18 +506,24 @@ MISSING (1)
       values.yaml:6  ameide/app
       values.yaml:13  ameide/other
 
-WRONG PROPERTY (1)
+WRONG PROPERTY (2)
   app-url: reads property \"url\"; the store keeps each secret under \"value\"
       values.yaml:8  ameide/app
+  realm: dataFrom.extract with property value needs a JSON object as the value
+      values.yaml:19  realm
 
-summary: 1 ok, 1 missing, 1 wrong property, 0 missing property, 0 drift, 0 find-empty, 0 unused; fail on missing: FAIL (0.001s)
+FIND MATCHES NOTHING (warning) (1)
+  ^grafana-: dataFrom.find matches no fixture
+      values.yaml:16  grafana
+
+UNUSED FIXTURES (info) (1)
+  spare: no ExternalSecret references it
+
+summary: 0 ok, 1 missing, 2 wrong property, 0 missing property, 0 drift, 1 find-empty, 1 unused; fail on missing: FAIL (0.001s)
 ";
         assert_eq!(text, expected);
-        let junit = render_junit(&report, &parse_fail_on(None).unwrap());
-        assert!(junit.contains("tests=\"3\" failures=\"2\""), "{junit}");
-        assert!(
-            junit.contains("<testcase classname=\"secrets.local.static\" name=\"realm\"/>"),
-            "{junit}"
-        );
+        assert!(parse_fail_on(Some("missing,bogus")).is_err());
+        let junit = render_junit(&report, &fail_on);
+        assert!(junit.contains("tests=\"4\" failures=\"3\""), "{junit}");
     }
 }

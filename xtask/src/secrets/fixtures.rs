@@ -1,8 +1,6 @@
 //! The fixtures: a JSON object of secret name to string value, plus the
-//! developer's git-ignored overrides layered on top.
-//!
-//! Every problem is reported with file:line:col and nothing is written
-//! unless the whole input is valid.
+//! developer's git-ignored overrides on top. Problems are reported with
+//! file:line:col, and nothing is written unless the whole input is valid.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -61,54 +59,39 @@ pub fn load(root: &Path, fixtures: &Path, guarded: bool, overrides: &Path) -> Re
     if guarded {
         refuse_escaping_symlink(root, fixtures)?;
     }
-    let base = parse_file(fixtures, "fixtures file")?;
     let mut set = SecretSet::default();
-    for (name, value) in base {
-        let sha256 = sha256_hex(value.as_bytes());
-        set.entries.insert(
-            name,
-            Entry {
-                value,
-                sha256,
-                overridden: false,
-            },
-        );
-    }
+    let mut layers = vec![(parse_file(fixtures, "fixtures file")?, false)];
     if overrides.exists() {
         crate::secrets::guard::require_git_ignored(root, overrides, "the overrides file")?;
-        for (name, value) in parse_file(overrides, "overrides file")? {
-            if let Some(other) = set
-                .entries
-                .keys()
-                .find(|k| *k != &name && k.eq_ignore_ascii_case(&name))
-            {
+        layers.push((parse_file(overrides, "overrides file")?, true));
+    }
+    for (pairs, overridden) in layers {
+        for (name, value) in pairs {
+            let mut others = set.entries.keys().filter(|_| overridden);
+            if let Some(other) = others.find(|k| *k != &name && k.eq_ignore_ascii_case(&name)) {
                 bail!(
                     "{}: secret name {name:?} differs from the fixture {other:?} only in letter case; Azure Key \
                      Vault ignores case, so they are one secret. Spell it {other:?} in the overrides file.",
                     shown(overrides)
                 );
             }
-            let sha256 = sha256_hex(value.as_bytes());
-            if !set.entries.contains_key(&name) {
+            if overridden && !set.entries.contains_key(&name) {
                 set.added_by_overrides.push(name.clone());
             }
-            set.entries.insert(
-                name,
-                Entry {
-                    value,
-                    sha256,
-                    overridden: true,
-                },
-            );
+            let sha256 = sha256_hex(value.as_bytes());
+            let entry = Entry {
+                value,
+                sha256,
+                overridden,
+            };
+            set.entries.insert(name, entry);
         }
     }
     Ok(set)
 }
 
-/// The default fixtures must be a file in the repository: a symlink that
-/// leads outside it (the file's own, or a folder's on the way, such as a
-/// symlinked `scripts/azure`) could feed anything to a seed. (An explicit
-/// --fixtures path may be anywhere.)
+/// The default fixtures must be a file in the repository: a symlink out of it
+/// (the file's, or a folder's on the way) could feed anything to a seed.
 fn refuse_escaping_symlink(root: &Path, path: &Path) -> Result<()> {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(()); // missing: reading it says so
@@ -179,50 +162,37 @@ impl fmt::Display for ParseError {
 
 /// Parses fixture bytes into (name, value) pairs in file order.
 pub fn parse(bytes: &[u8]) -> std::result::Result<Vec<(String, String)>, ParseError> {
-    let at = |line, col, message: String| ParseError { line, col, message };
-    if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
-        return Err(at(
-            1,
-            1,
-            "the file starts with a UTF-8 byte order mark (BOM); save it as UTF-8 without BOM"
-                .into(),
-        ));
-    }
-    let text = match std::str::from_utf8(bytes) {
-        Ok(t) => t,
-        Err(e) => {
-            let (line, col) = line_col(bytes, e.valid_up_to());
-            return Err(at(
-                line,
-                col,
-                "the file is not valid UTF-8; save it as UTF-8".into(),
-            ));
-        }
+    let at = |(line, col), message: &str| ParseError {
+        line,
+        col,
+        message: message.into(),
     };
+    if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        let said =
+            "the file starts with a UTF-8 byte order mark (BOM); save it as UTF-8 without BOM";
+        return Err(at((1, 1), said));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let said = "the file is not valid UTF-8; save it as UTF-8";
+        at(line_col(bytes, e.valid_up_to()), said)
+    })?;
     if text.trim().is_empty() {
-        return Err(at(
-            1,
-            1,
-            "the file is empty; it must hold a JSON object of secret name to string value".into(),
-        ));
+        let said = "the file is empty; it must hold a JSON object of secret name to string value";
+        return Err(at((1, 1), said));
     }
     let mut de = serde_json::Deserializer::from_str(text);
-    let pairs = match de
+    let pairs = de
         .deserialize_map(FixtureVisitor)
-        .and_then(|p| de.end().map(|()| p))
-    {
-        Ok(p) => p,
-        Err(e) => {
-            let msg = e.to_string();
-            let msg = msg
-                .rsplit_once(" at line ")
-                .map(|(m, _)| m.to_string())
-                .unwrap_or(msg);
-            return Err(at(e.line(), e.column(), in_words(&msg)));
-        }
-    };
+        .and_then(|p| de.end().map(|()| p));
+    let pairs = pairs.map_err(|e| {
+        let msg = e.to_string();
+        let msg = msg
+            .rsplit_once(" at line ")
+            .map_or(msg.as_str(), |(m, _)| m);
+        at((e.line(), e.column()), &in_words(msg))
+    })?;
     if pairs.is_empty() {
-        return Err(at(1, 1, "the object has no secrets".into()));
+        return Err(at((1, 1), "the object has no secrets"));
     }
     Ok(pairs)
 }
@@ -282,16 +252,15 @@ fn in_words(msg: &str) -> String {
 }
 
 fn line_col(bytes: &[u8], offset: usize) -> (usize, usize) {
-    let before = &bytes[..offset.min(bytes.len())];
-    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let col = offset
-        - before
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map(|p| p + 1)
-            .unwrap_or(0)
-        + 1;
-    (line, col)
+    let before = &bytes[..offset];
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
+    (
+        before.iter().filter(|&&b| b == b'\n').count() + 1,
+        offset - line_start + 1,
+    )
 }
 
 struct FixtureVisitor;
@@ -307,41 +276,43 @@ impl<'de> Visitor<'de> for FixtureVisitor {
         self,
         mut map: A,
     ) -> std::result::Result<Self::Value, A::Error> {
-        // Lower-cased name to the name as written: Azure Key Vault ignores
-        // case. The same name twice is a duplicate; two spellings of one
-        // name differ only in case.
+        let fail = |message: String| Err(de::Error::custom(message));
+        // Lower-cased name to the name as written: Azure Key Vault ignores case.
         let mut folded: std::collections::HashMap<String, String> = Default::default();
         let mut out = Vec::new();
         while let Some(name) = map.next_key::<String>()? {
-            if let Some(first) = folded.insert(name.to_ascii_lowercase(), name.clone()) {
-                if first == name {
-                    return Err(de::Error::custom(format_args!(
-                        "duplicate secret name {name:?}; each name may appear once"
-                    )));
+            match folded.insert(name.to_ascii_lowercase(), name.clone()) {
+                Some(first) if first == name => {
+                    return fail(format!("duplicate secret name {name:?}; each name may appear once"));
                 }
-                return Err(de::Error::custom(format_args!(
+                Some(first) => return fail(format!(
                     "secret names {first:?} and {name:?} differ only in letter case; Azure Key Vault ignores \
                      case, so they are one secret: keep one"
-                )));
+                )),
+                None => {}
             }
             if !valid_name(&name) {
-                return Err(de::Error::custom(format_args!(
-                    "invalid secret name {:?}: names must match ^[0-9a-zA-Z-]{{1,127}}$ (Azure Key Vault's rule)",
-                    truncate(&name, 140)
-                )));
+                let mut shown: String = name.chars().take(140).collect();
+                if shown.len() < name.len() {
+                    shown.push('…');
+                }
+                return fail(format!(
+                    "invalid secret name {shown:?}: names must match ^[0-9a-zA-Z-]{{1,127}}$ (Azure Key Vault's \
+                     rule)"
+                ));
             }
             let value: serde_json::Value = map.next_value()?;
             let serde_json::Value::String(value) = value else {
-                return Err(de::Error::custom(format_args!(
-                    "the value of {name:?} is {}; every value must be a JSON string",
-                    kind_of(&value)
-                )));
+                let kind = kind_of(&value);
+                return fail(format!(
+                    "the value of {name:?} is {kind}; every value must be a JSON string"
+                ));
             };
             if value.len() > MAX_VALUE_BYTES {
-                return Err(de::Error::custom(format_args!(
-                    "the value of {name:?} is {} bytes; Azure Key Vault's limit is {MAX_VALUE_BYTES}",
-                    value.len()
-                )));
+                let len = value.len();
+                return fail(format!(
+                    "the value of {name:?} is {len} bytes; Azure Key Vault's limit is {MAX_VALUE_BYTES}"
+                ));
             }
             out.push((name, value));
         }
@@ -357,14 +328,6 @@ fn kind_of(v: &serde_json::Value) -> &'static str {
         serde_json::Value::String(_) => "a string",
         serde_json::Value::Array(_) => "an array",
         serde_json::Value::Object(_) => "an object",
-    }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(max).collect::<String>())
     }
 }
 
@@ -386,8 +349,8 @@ pub fn resolve(cfg: &crate::secrets::config::Config) -> (PathBuf, bool) {
 mod tests {
     use super::*;
 
-    fn err(input: &str) -> ParseError {
-        parse(input.as_bytes()).unwrap_err()
+    fn err(input: &str) -> String {
+        parse(input.as_bytes()).unwrap_err().to_string()
     }
 
     #[test]
@@ -395,127 +358,46 @@ mod tests {
         let pairs = parse(br#"{"b-key": "two", "a-key": "line1\nline2"}"#).unwrap();
         assert_eq!(
             pairs,
-            vec![
+            [
                 ("b-key".into(), "two".into()),
                 ("a-key".into(), "line1\nline2".into())
             ]
         );
+        assert!(valid_name(&"a".repeat(127)) && !valid_name("has.dot"));
     }
 
-    #[test]
-    fn reports_position_of_malformed_json() {
-        let e = err("{\n  \"a\": \"x\",\n  \"b\": \n}");
-        assert_eq!((e.line, e.col), (4, 1), "{e}");
-    }
-
-    #[test]
-    fn duplicate_names_are_refused_at_their_line() {
-        let e = err("{\n\"dup\": \"1\",\n\"dup\": \"2\"\n}");
-        assert_eq!(e.line, 3, "{e}");
-        assert!(e.message.contains("duplicate secret name \"dup\""), "{e}");
-    }
-
-    #[test]
-    fn non_string_values_name_the_key() {
-        let e = err(r#"{"port": 5432}"#);
-        assert!(e.message.contains("\"port\" is a number"), "{e}");
-        let e = err(r#"{"nested": {"a": "b"}}"#);
-        assert!(e.message.contains("is an object"), "{e}");
-    }
-
-    #[test]
-    fn names_follow_azure_rules() {
-        assert!(valid_name("platform-db-password"));
-        assert!(!valid_name("has_underscore"));
-        assert!(!valid_name("has.dot"));
-        assert!(!valid_name(&"a".repeat(128)));
-        assert!(valid_name(&"a".repeat(127)));
-        let e = err(r#"{"bad name": "x"}"#);
-        assert!(
-            e.message.contains("invalid secret name \"bad name\""),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn refuses_empty_bom_non_utf8_and_oversized_values() {
-        assert!(err("  \n").message.contains("empty"));
-        assert!(err("{}").message.contains("no secrets"));
-        assert!(parse(b"\xEF\xBB\xBF{\"a\":\"b\"}")
-            .unwrap_err()
-            .message
-            .contains("byte order mark"));
-        let e = parse(b"{\"a\":\n\"\xff\"}").unwrap_err();
-        assert_eq!((e.line, e.col), (2, 2));
-        assert!(e.message.contains("not valid UTF-8"));
-        let big = format!("{{\"big\": \"{}\"}}", "x".repeat(MAX_VALUE_BYTES + 1));
-        assert!(err(&big).message.contains("limit is 25600"));
-        assert!(err("[\"a\"]").message.contains("JSON object"));
-        assert!(err("{\"a\": \"b\"} trailing").message.contains("trailing"));
-    }
-
-    #[test]
-    fn deep_nesting_is_an_error_not_a_crash() {
-        let deep = format!("{{\"a\": {}{}}}", "[".repeat(10_000), "]".repeat(10_000));
-        assert!(err(&deep).message.contains("recursion limit"));
-    }
-
-    #[test]
-    fn names_differing_only_in_case_are_refused_naming_both() {
-        let e = err("{\n\"Caps-Name\": \"a\",\n\"caps-name\": \"b\"\n}");
-        assert_eq!(e.line, 3, "{e}");
-        assert!(
-            e.message
-                .contains("\"Caps-Name\" and \"caps-name\" differ only in letter case"),
-            "{e}"
-        );
-    }
-
+    /// The bad-input corpus (it/bad_input.rs) holds the rest.
     #[test]
     fn parser_errors_are_said_in_words_with_their_position() {
-        let e = err("{\"a\": \"x\"");
-        assert_eq!(
-            e.to_string(),
-            "1:9: the file ends too early: a value or a closing `}` is missing"
-        );
-        let e = err("{\"a\": \"x\" \"b\": \"y\"}");
-        assert!(
-            e.message.contains("a comma is missing between two entries"),
-            "{e}"
-        );
-        let e = err("{\"a\": \"x");
-        assert!(e.message.contains("its closing `\"` is missing"), "{e}");
-        let e = err("{a: \"x\"}");
-        assert!(
-            e.message.contains("must be a string in double quotes"),
-            "{e}"
-        );
-        let e = err("[\"a\"]");
-        assert!(e.message.starts_with("the file holds a list"), "{e}");
+        for (input, said) in [
+            (
+                "{\"a\": \"x\"",
+                "1:9: the file ends too early: a value or a closing `}` is missing",
+            ),
+            (
+                "{\"a\": \"x\" \"b\": \"y\"}",
+                "a comma is missing between two entries",
+            ),
+            ("{a: \"x\"}", "must be a string in double quotes"),
+            ("[\"a\"]", "the file holds a list"),
+            (
+                "{\"a\": \"b\"} x",
+                "trailing characters after the closing `}`",
+            ),
+        ] {
+            assert!(err(input).contains(said), "{input}: {}", err(input));
+        }
         for raw in ["EOF while", "invalid type", "sequence,"] {
             for input in ["{\"a\": ", "[1]", "{\"a\": \"x\"", "\"s\""] {
-                assert!(!err(input).message.contains(raw), "{input}: {}", err(input));
+                assert!(!err(input).contains(raw), "{input}: {}", err(input));
             }
         }
     }
 
     #[test]
-    fn a_directory_is_named_by_what_it_stands_for() {
-        let dir = std::env::temp_dir().join(format!("xtask-fixtures-dir-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let e = parse_file(&dir, "overrides file").unwrap_err().to_string();
-        assert!(
-            e.contains("the overrides file") && e.contains("is a directory"),
-            "{e}"
-        );
-        assert!(!e.contains("fixtures file"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
     fn errors_never_echo_values() {
         let e = err(r#"{"name": "s3cr3t-value", "name": "s3cr3t-value"}"#);
-        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        assert!(!e.contains("s3cr3t"), "{e}");
         // A file that is one value: its type is named, never its content.
         for (input, said) in [
             ("\"s3cr3t-value\"", "a single JSON string"),
@@ -524,7 +406,7 @@ mod tests {
             ("false", "a single JSON boolean"),
             ("null", "the file holds null"),
         ] {
-            let e = err(input).to_string();
+            let e = err(input);
             assert!(e.contains(said), "{input}: {e}");
             assert!(
                 !e.contains("s3cr3t") && !e.contains("1415926"),

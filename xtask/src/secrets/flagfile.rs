@@ -1,9 +1,7 @@
 //! The feature flag `secrets.provider` in
 //! `infra/kubernetes/environments/<env>/platform/15-secrets.values.yaml`.
-//!
-//! Edits are minimal: the only bytes that change are the value's. Comments,
-//! order, spacing, quoting style and line endings stay as they were; a file
-//! the editor cannot change that way is refused, never rewritten.
+//! An edit changes the value's bytes only; a file that cannot be edited so
+//! is refused, never rewritten.
 
 use anyhow::{bail, Result};
 
@@ -26,14 +24,9 @@ pub fn find(text: &str, file: &str) -> Result<Flag> {
     let [doc] = docs.as_slice() else {
         bail!("{file}: expected one YAML document, found {}", docs.len());
     };
-    let secrets: Vec<&Node> = doc
-        .entries()
-        .iter()
-        .filter(|(k, _)| k.as_str() == Some("secrets"))
-        .map(|(_, v)| &**v)
-        .collect();
+    let secrets = entries(doc, "secrets");
     let secrets = match secrets.as_slice() {
-        [one] if one.is_map() => *one,
+        [(_, one)] if one.is_map() => *one,
         [] => bail!(
             "{file}: no top-level `secrets:` mapping; add `secrets:` with `provider: vault|azure`"
         ),
@@ -43,13 +36,7 @@ pub fn find(text: &str, file: &str) -> Result<Flag> {
             secrets.len()
         ),
     };
-    let providers: Vec<(&Node, &Node)> = secrets
-        .entries()
-        .iter()
-        .filter(|(k, _)| k.as_str() == Some("provider"))
-        .map(|(k, v)| (&**k, &**v))
-        .collect();
-    let (key, value) = match providers.as_slice() {
+    let (key, value) = match entries(secrets, "provider").as_slice() {
         [one] => *one,
         [] => bail!("{file}: `secrets.provider` is missing; add `provider: vault` (or azure) under `secrets:`"),
         many => bail!(
@@ -58,61 +45,44 @@ pub fn find(text: &str, file: &str) -> Result<Flag> {
             many.iter().map(|(k, _)| k.line().to_string()).collect::<Vec<_>>().join(", ")
         ),
     };
+    let line = key.line();
     let Some(parsed) = value.as_str() else {
-        bail!(
-            "{file}:{}: `secrets.provider` must be a single scalar (vault or azure)",
-            value.line()
-        );
+        let at = value.line();
+        bail!("{file}:{at}: `secrets.provider` must be a single scalar (vault or azure)");
     };
-    if key.line() != value.line() {
-        bail!(
-            "{file}:{}: keep `provider: <value>` on one line; the migration edits only the value",
-            key.line()
-        );
+    if line != value.line() {
+        bail!("{file}:{line}: keep `provider: <value>` on one line; the migration edits only the value");
     }
-    let line_start = line_offset(text, key.line())
-        .ok_or_else(|| anyhow::anyhow!("{file}:{}: cannot locate the line", key.line()))?;
-    let line_end = text[line_start..]
-        .find('\n')
-        .map(|i| line_start + i)
-        .unwrap_or(text.len());
-    let line = &text[line_start..line_end];
-    let Some(colon) = line.find("provider:").map(|i| i + "provider:".len()) else {
-        bail!(
-            "{file}:{}: expected `provider: <value>` on this line",
-            key.line()
-        );
+    let (line_start, line_end) = line_span(text, line);
+    let Some(colon) = text[line_start..line_end].find("provider:") else {
+        bail!("{file}:{line}: expected `provider: <value>` on this line");
     };
-    let rest = &line[colon..];
-    let lead = rest.len() - rest.trim_start().len();
-    let rest_trim = rest.trim_start();
-    let (start, len) = match rest_trim.chars().next() {
+    let rest = text[line_start + colon + "provider:".len()..line_end].trim_start();
+    // The value's bytes, inside its quotes if quoted.
+    let mut start = line_end - rest.len();
+    let len = match rest.chars().next() {
         Some(q @ ('"' | '\'')) => {
-            let Some(close) = rest_trim[1..].find(q) else {
-                bail!("{file}:{}: unterminated quote in `provider:`", key.line());
-            };
-            (colon + lead + 1, close)
+            start += 1;
+            let close = rest[1..].find(q);
+            close.ok_or_else(|| {
+                anyhow::anyhow!("{file}:{line}: unterminated quote in `provider:`")
+            })?
         }
-        _ => {
-            let len = rest_trim
-                .find([' ', '\t', '#', '\r'])
-                .unwrap_or(rest_trim.len());
-            (colon + lead, len)
-        }
+        _ => rest.find([' ', '\t', '#', '\r']).unwrap_or(rest.len()),
     };
-    let (start, end) = (line_start + start, line_start + start + len);
+    let end = start + len;
     if &text[start..end] != parsed {
         bail!(
-            "{file}:{}: `provider:` uses YAML the editor does not change safely (escapes, block scalars); write it as \
-             `provider: vault`",
-            key.line()
+            "{file}:{line}: `provider:` uses YAML the editor does not change safely (escapes, block scalars); write \
+             it as `provider: vault`"
         );
     }
+    let value = parsed.to_string();
     Ok(Flag {
-        value: parsed.to_string(),
+        value,
         start,
         end,
-        line: key.line(),
+        line,
     })
 }
 
@@ -132,10 +102,12 @@ pub fn provider(text: &str, file: &str) -> Result<ProviderKind> {
 /// The text with the flag set to `to`; every other byte unchanged.
 pub fn set(text: &str, file: &str, to: ProviderKind) -> Result<String> {
     let flag = find(text, file)?;
-    let mut out = String::with_capacity(text.len() + 8);
-    out.push_str(&text[..flag.start]);
-    out.push_str(to.as_str());
-    out.push_str(&text[flag.end..]);
+    let out = format!(
+        "{}{}{}",
+        &text[..flag.start],
+        to.as_str(),
+        &text[flag.end..]
+    );
     // The edit must read back as the new value and nothing else.
     let check = find(&out, file)?;
     if check.value != to.as_str()
@@ -153,11 +125,7 @@ pub fn set(text: &str, file: &str, to: ProviderKind) -> Result<String> {
 /// A one-line unified diff of a flag change, for plans.
 pub fn diff(text: &str, file: &str, to: ProviderKind) -> Result<String> {
     let flag = find(text, file)?;
-    let start = line_offset(text, flag.line).unwrap_or(0);
-    let end = text[start..]
-        .find('\n')
-        .map(|i| start + i)
-        .unwrap_or(text.len());
+    let (start, end) = line_span(text, flag.line);
     let old = &text[start..end];
     let new = format!(
         "{}{}{}",
@@ -171,11 +139,24 @@ pub fn diff(text: &str, file: &str, to: ProviderKind) -> Result<String> {
     ))
 }
 
-fn line_offset(text: &str, line: usize) -> Option<usize> {
-    if line == 1 {
-        return Some(0);
-    }
-    text.match_indices('\n').nth(line - 2).map(|(i, _)| i + 1)
+/// The entries under `key` in a mapping, every one (YAML may repeat a key).
+fn entries<'a>(map: &'a Node, key: &str) -> Vec<(&'a Node, &'a Node)> {
+    let all = map
+        .entries()
+        .iter()
+        .filter(|(k, _)| k.as_str() == Some(key));
+    all.map(|(k, v)| (&**k, &**v)).collect()
+}
+
+/// The byte range of a 1-based line of `text` (a line the parser reported), without its `\n`.
+fn line_span(text: &str, line: usize) -> (usize, usize) {
+    let start: usize = text
+        .split_inclusive('\n')
+        .take(line - 1)
+        .map(str::len)
+        .sum();
+    let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    (start, end)
 }
 
 #[cfg(test)]
@@ -185,55 +166,43 @@ mod tests {
     const FILE: &str = "# Layer 15.\nsecrets:\n  # The flag.\n  provider: azure   # feature flag\n  # after\nvault:\n  provider: not-this-one\n";
 
     #[test]
-    fn golden_edit_changes_only_the_value() {
-        let out = set(FILE, "f", ProviderKind::Vault).unwrap();
-        assert_eq!(out, FILE.replace("provider: azure ", "provider: vault "));
-        assert_eq!(out.len(), FILE.len());
-        let back = set(&out, "f", ProviderKind::Azure).unwrap();
-        assert_eq!(back, FILE, "flipping back restores the file byte for byte");
-    }
-
-    #[test]
-    fn keeps_quotes_and_crlf() {
-        let crlf = "secrets:\r\n  provider: \"azure\"\r\n  x: 1\r\n";
-        let out = set(crlf, "f", ProviderKind::Vault).unwrap();
-        assert_eq!(out, "secrets:\r\n  provider: \"vault\"\r\n  x: 1\r\n");
-        let single = "secrets: {provider: 'vault'}\n";
-        assert_eq!(
-            set(single, "f", ProviderKind::Azure).unwrap(),
-            "secrets: {provider: 'azure'}\n"
-        );
-    }
-
-    #[test]
-    fn refuses_what_it_cannot_edit_minimally() {
-        let missing = find("secrets:\n  other: 1\n", "f").unwrap_err().to_string();
-        assert!(
-            missing.contains("`secrets.provider` is missing"),
-            "{missing}"
-        );
-        let dup = find("secrets:\n  provider: vault\n  provider: azure\n", "f")
-            .unwrap_err()
-            .to_string();
-        assert!(dup.contains("appears 2 times (lines 2, 3)"), "{dup}");
-        let split = find("secrets:\n  provider:\n    vault\n", "f")
-            .unwrap_err()
-            .to_string();
-        assert!(split.contains("on one line"), "{split}");
-        let nested = find("secrets:\n  provider: [vault]\n", "f")
-            .unwrap_err()
-            .to_string();
-        assert!(nested.contains("single scalar"), "{nested}");
-        let escaped = find("secrets:\n  provider: \"va\\u0075lt\"\n", "f")
-            .unwrap_err()
-            .to_string();
-        assert!(escaped.contains("does not change safely"), "{escaped}");
-        assert!(provider("secrets:\n  provider: consul\n", "f").is_err());
-    }
-
-    #[test]
-    fn diff_shows_one_line() {
+    fn edits_change_only_the_value_keeping_quotes_and_crlf() {
+        let crlf = "secrets:\r\n  provider: \"azure\"\r\n";
+        let flow = "secrets: {provider: 'vault'}\n";
+        for (text, to) in [
+            (FILE, ProviderKind::Vault),
+            (crlf, ProviderKind::Vault),
+            (flow, ProviderKind::Azure),
+        ] {
+            let from = if to == ProviderKind::Vault {
+                "azure"
+            } else {
+                "vault"
+            };
+            assert_eq!(
+                set(text, "f", to).unwrap(),
+                text.replacen(from, to.as_str(), 1)
+            );
+        }
         let d = diff(FILE, "f.yaml", ProviderKind::Vault).unwrap();
         assert_eq!(d, "--- a/f.yaml\n+++ b/f.yaml\n@@ -4,1 +4,1 @@\n-  provider: azure   # feature flag\n+  provider: vault   # feature flag\n");
+    }
+
+    /// A missing or repeated flag: it/bad_input.rs.
+    #[test]
+    fn refuses_what_it_cannot_edit_minimally() {
+        for (text, said) in [
+            ("secrets:\n  provider:\n    vault\n", "on one line"),
+            ("secrets:\n  provider: [vault]\n", "single scalar"),
+            (
+                "secrets:\n  provider: \"va\\u0075lt\"\n",
+                "does not change safely",
+            ),
+            ("secrets: [provider]\n", "must be a mapping"),
+        ] {
+            let err = find(text, "f").unwrap_err().to_string();
+            assert!(err.contains(said), "{text:?}: {err}");
+        }
+        assert!(provider("secrets:\n  provider: consul\n", "f").is_err());
     }
 }

@@ -24,7 +24,8 @@ pub fn sync_display(env: &str) -> String {
     )
 }
 
-/// `helmfile sync` of layer 15 for `env`, killed after `deadline`.
+/// `helmfile sync` of layer 15 for `env`, killed after `deadline` (the
+/// error then names the setting to raise, once).
 pub fn sync(root: &Path, env: &str, deadline: Duration) -> Result<()> {
     let tool = Tool::new("helmfile")
         .arg("--file")
@@ -33,21 +34,8 @@ pub fn sync(root: &Path, env: &str, deadline: Duration) -> Result<()> {
         .dir(root)
         .env("PATH", project::path_with_tools(root))
         .deadline(deadline)
-        .install_hint(INSTALL_HINT)
         .timeout_hint("raise helmfile.sync_timeout_secs in .local/secrets.toml");
-    // A hung sync is stopped with the command, its deadline and the
-    // setting to raise (the timeout hint); a missing helmfile says how to
-    // install it. Either says so once.
-    let out = tool.output()?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "`{}` failed ({}):\n  {}",
-            sync_display(env),
-            exit_text(out.status),
-            errors(&String::from_utf8_lossy(&out.stderr))
-        );
-    }
-    Ok(())
+    run(tool, &format!("`{}`", sync_display(env)))
 }
 
 /// The `HELM_CACHE_HOME` that [`template`] gives helm for `out_dir`: a
@@ -61,36 +49,29 @@ pub fn helm_cache_dir(out_dir: &Path) -> PathBuf {
 /// `helmfile template` of one helmfile into one folder per release, with
 /// helm's cache in [`helm_cache_dir`].
 pub fn template(helmfile: &Path, env: &str, out_dir: &Path, path_env: &OsStr) -> Result<()> {
-    let out = Tool::new("helmfile")
+    let tool = Tool::new("helmfile")
         .arg("--file")
         .arg(helmfile)
-        .args([
-            "--environment",
-            env,
-            "template",
-            "--skip-deps",
-            "--output-dir",
-        ])
+        .args(["--environment", env, "template", "--skip-deps"])
+        .arg("--output-dir")
         .arg(out_dir)
-        .args([
-            "--output-dir-template",
-            "{{ .OutputDir }}/{{ .Release.Name }}",
-        ])
+        .args(["--output-dir-template", "{{ .OutputDir }}/{{ .Release.Name }}"])
         .env("PATH", path_env)
         .env("HELM_CACHE_HOME", helm_cache_dir(out_dir))
         .deadline(TEMPLATE_DEADLINE)
-        .install_hint(INSTALL_HINT)
         .timeout_hint(
             "Rendering uses local charts only; a template that waits on the network (a remote chart, a \
              `fetch`) hangs here.",
-        )
-        .output()?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "helmfile template failed ({}):\n  {}",
-            exit_text(out.status),
-            errors(&String::from_utf8_lossy(&out.stderr))
         );
+    run(tool, "helmfile template")
+}
+
+/// Runs helmfile; a failure says `what` failed, how, and helmfile's errors.
+fn run(tool: Tool, what: &str) -> Result<()> {
+    let out = tool.install_hint(INSTALL_HINT).output()?;
+    if !out.status.success() {
+        let errors = errors(&String::from_utf8_lossy(&out.stderr));
+        anyhow::bail!("{what} failed ({}):\n  {errors}", exit_text(out.status));
     }
     Ok(())
 }
@@ -125,28 +106,26 @@ mod tests {
         );
     }
 
-    /// A project root in a temp folder named after `name`, with a fake
-    /// `helmfile` in .tools/bin that runs `script`.
-    fn fake_root(name: &str, script: &str) -> std::path::PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("xtask-helmfile-{name}-{}", std::process::id()));
-        let bin = dir.join(".tools/bin");
+    /// A project root in a temp folder with a fake `helmfile` in .tools/bin
+    /// that runs `script`.
+    fn fake_root(script: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join(".tools/bin");
         std::fs::create_dir_all(&bin).unwrap();
-        let fake = bin.join("helmfile");
-        std::fs::write(&fake, format!("#!/bin/sh\n{script}\n")).unwrap();
-        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        std::fs::write(bin.join("helmfile"), format!("#!/bin/sh\n{script}\n")).unwrap();
+        let exec = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        std::fs::set_permissions(bin.join("helmfile"), exec).unwrap();
         dir
     }
 
     #[test]
-    fn a_stopped_sync_names_the_setting_once() {
-        let dir = fake_root("once", "exec sleep 30");
-        let err = format!(
-            "{:#}",
-            sync(&dir, "local", Duration::from_millis(300)).unwrap_err()
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
+    fn a_sync_past_its_deadline_is_stopped_and_names_the_setting_once() {
+        let dir = fake_root("exec sleep 30");
+        let t = std::time::Instant::now();
+        let err = sync(dir.path(), "local", Duration::from_millis(300)).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(t.elapsed() < Duration::from_secs(10), "{err}");
+        assert!(err.contains("did not finish within"), "{err}");
         assert_eq!(
             err.matches("helmfile.sync_timeout_secs").count(),
             1,
@@ -155,67 +134,17 @@ mod tests {
     }
 
     #[test]
-    fn a_helmfile_killed_by_a_signal_says_so() {
-        let dir = fake_root("signal", "echo 'Error: boom' >&2; kill -9 $$");
-        let err = format!(
-            "{:#}",
-            sync(&dir, "local", Duration::from_secs(30)).unwrap_err()
-        );
-        assert!(err.contains("failed (killed by signal 9)"), "{err}");
-        assert!(err.contains("Error: boom"), "{err}");
-        let path = std::env::join_paths([dir.join(".tools/bin")]).unwrap();
-        let out_dir = dir.join("out");
-        let err = format!(
-            "{:#}",
-            template(&dir.join("h.yaml"), "local", &out_dir, &path).unwrap_err()
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert!(
-            err.contains("helmfile template failed (killed by signal 9)"),
-            "{err}"
-        );
-        assert!(!err.contains("exit -1"), "{err}");
-    }
-
-    #[test]
-    fn an_exit_code_reads_as_before() {
-        let dir = fake_root("exit", "echo 'Error: boom' >&2; exit 3");
-        let err = format!(
-            "{:#}",
-            sync(&dir, "local", Duration::from_secs(30)).unwrap_err()
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert!(
-            err.contains("sync` failed (exit 3):\n  Error: boom"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn the_helm_cache_sits_beside_the_output_folder() {
-        assert_eq!(
-            helm_cache_dir(Path::new("/tmp/xtask-render-1-dev.eu")),
-            Path::new("/tmp/xtask-render-1-dev.eu.helm-cache")
-        );
-    }
-
-    #[test]
-    fn a_sync_past_its_deadline_is_stopped_and_says_which_setting_to_raise() {
-        let dir = std::env::temp_dir().join(format!("xtask-helmfile-{}", std::process::id()));
-        let bin = dir.join(".tools/bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        let fake = bin.join("helmfile");
-        std::fs::write(&fake, "#!/bin/sh\nexec sleep 30\n").unwrap();
-        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        let t = std::time::Instant::now();
-        let err = format!(
-            "{:#}",
-            sync(&dir, "local", Duration::from_millis(300)).unwrap_err()
-        );
-        assert!(t.elapsed() < Duration::from_secs(10), "{err}");
-        assert!(err.contains("did not finish within"), "{err}");
-        assert!(err.contains("helmfile.sync_timeout_secs"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
+    fn a_failed_helmfile_says_how_it_ended_and_its_error() {
+        for (end, said) in [("kill -9 $$", "killed by signal 9"), ("exit 3", "exit 3")] {
+            let dir = fake_root(&format!("echo 'Error: boom' >&2; {end}"));
+            let err = sync(dir.path(), "local", Duration::from_secs(30)).unwrap_err();
+            let want = format!("sync` failed ({said}):\n  Error: boom");
+            assert!(format!("{err:#}").contains(&want), "{err:#}");
+            let path = std::env::join_paths([dir.path().join(".tools/bin")]).unwrap();
+            let out_dir = dir.path().join("out");
+            let err = template(&dir.path().join("h.yaml"), "local", &out_dir, &path).unwrap_err();
+            let want = format!("helmfile template failed ({said})");
+            assert!(format!("{err:#}").contains(&want), "{err:#}");
+        }
     }
 }

@@ -1,18 +1,16 @@
 //! Finding the keys the charts need: every ExternalSecret in the infra tree.
 //!
-//! Two modes:
-//! - static: parse values files and plain manifests, no rendering. Any
-//!   `remoteRef`, `dataFrom.extract` or `dataFrom.find` counts; chart
-//!   templates are not evaluated, so conditionals count as if enabled.
-//!   ExternalSecrets written literally in chart templates count too: a
-//!   template is read as YAML with its `{{ ... }}` actions blanked out, or,
-//!   where that does not parse, searched for literal `remoteRef.key` lines.
-//!   A key the template language builds is left for `--render`.
-//! - rendered: the real `helmfile template` output of every layer for one
+//! - static: values files and plain manifests, unrendered (conditionals count
+//!   as if enabled), plus ExternalSecrets written literally in chart
+//!   templates: read as YAML with `{{ ... }}` blanked, or, where that is not
+//!   YAML, searched for literal `remoteRef.key` lines. Keys the template
+//!   language builds are left for `--render`.
+//! - rendered: the real `helmfile template` of every layer for one
 //!   environment, honouring `installed:` toggles.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::LazyLock;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -82,6 +80,10 @@ pub fn is_our_store(store: &str) -> bool {
         == Some(STORE_NAME)
 }
 
+fn our_store() -> String {
+    format!("{STORE_KIND}/{STORE_NAME}")
+}
+
 impl ExternalSecret {
     pub fn in_scope(&self) -> bool {
         is_our_store(&self.store)
@@ -114,10 +116,21 @@ const ESO_KINDS: &[&str] = &[
     "ClusterPushSecret",
 ];
 
+/// `file` as reports show it: relative to `base` where it is inside.
+fn shown(file: &Path, base: &Path) -> String {
+    file.strip_prefix(base)
+        .unwrap_or(file)
+        .display()
+        .to_string()
+}
+
+fn read(file: &Path) -> Result<String> {
+    std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
+}
+
 /// Static scan of `infra` (files relative to `base` in reports).
 pub fn scan_static(infra: &Path, base: &Path) -> Result<Scan> {
-    let mut files = Vec::new();
-    let mut templates = Vec::new();
+    let (mut files, mut templates) = (Vec::new(), Vec::new());
     collect_yaml(infra, false, &mut files, &mut templates)
         .with_context(|| format!("listing {}", infra.display()))?;
     files.sort();
@@ -127,28 +140,17 @@ pub fn scan_static(infra: &Path, base: &Path) -> Result<Scan> {
         files: files.len() + templates.len(),
         ..Scan::default()
     };
-    let shown = |file: &Path| {
-        file.strip_prefix(base)
-            .unwrap_or(file)
-            .display()
-            .to_string()
-    };
     for file in &files {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        scan_text(
+        let (text, shown) = (read(file)?, shown(file, base));
+        scan_docs(
             &text,
-            &shown(file),
-            None,
-            None,
+            &Ctx::new(&shown, None, None),
             true,
             &mut scan.external_secrets,
         )?;
     }
     for file in &templates {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        scan_template(&text, &shown(file), &mut scan.external_secrets);
+        scan_template(&read(file)?, &shown(file, base), &mut scan.external_secrets);
     }
     Ok(scan)
 }
@@ -165,29 +167,24 @@ fn collect_yaml(
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
         let ft = entry.file_type()?;
-        if ft.is_dir() {
-            if name != "helmfiles" && !name.starts_with('.') {
-                let is_templates =
-                    in_templates || (name == "templates" && dir.join("Chart.yaml").is_file());
-                collect_yaml(&path, is_templates, out, templates)?;
-            }
-        } else if ft.is_file() && in_templates {
-            if name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".tpl") {
-                templates.push(path);
-            }
-        } else if ft.is_file() && (name.ends_with(".yaml") || name.ends_with(".yml")) {
+        if ft.is_dir() && name != "helmfiles" && !name.starts_with('.') {
+            let is_templates =
+                in_templates || (name == "templates" && dir.join("Chart.yaml").is_file());
+            collect_yaml(&path, is_templates, out, templates)?;
+        } else if ft.is_file() && in_templates && (yaml || name.ends_with(".tpl")) {
+            templates.push(path);
+        } else if ft.is_file() && !in_templates && yaml {
             out.push(path);
         }
     }
     Ok(())
 }
 
-/// What a template action (`{{ ... }}`) becomes when a template is read as
-/// YAML: a plain word no key can contain, so a key built by the template
-/// language is recognised and left for `--render`.
+/// What a template action becomes when a template is read as YAML: a plain
+/// word no key contains, so a key the template builds is recognised.
 const TEMPLATED: &str = "__templated__";
 
 fn templated(s: &str) -> bool {
@@ -198,47 +195,22 @@ fn templated(s: &str) -> bool {
 /// with literal keys. Never fails: what cannot be read is left for `--render`.
 pub fn scan_template(text: &str, file: &str, out: &mut Vec<ExternalSecret>) {
     let yaml = blank_actions(text);
-    let Ok(docs) = parse_documents(&yaml) else {
-        out.extend(literal_refs(&yaml, file));
-        return;
-    };
-    let ctx = Ctx {
-        file,
-        release: None,
-        env: None,
-    };
-    for doc in docs {
-        let spec = match doc.str_at("kind") {
-            Some("ExternalSecret") => doc.get("spec"),
-            Some("ClusterExternalSecret") => {
-                doc.get("spec").and_then(|s| s.get("externalSecretSpec"))
-            }
-            _ => continue,
-        };
-        if !doc
-            .str_at("apiVersion")
-            .is_some_and(|a| a.starts_with(ESO_GROUP))
-        {
-            continue;
-        }
-        let Ok(mut es) = manifest_es(&doc, spec, &ctx) else {
-            continue;
-        };
-        if let Some(es) = literal_only(&mut es) {
-            out.push(es.clone());
-        }
+    let mut found = Vec::new();
+    match scan_docs(&yaml, &Ctx::new(file, None, None), false, &mut found) {
+        Ok(()) => out.extend(found.into_iter().filter_map(literal_only)),
+        Err(_) => out.extend(literal_refs(&yaml, file)),
     }
 }
 
 /// Drops the references whose key the template builds; `None` when none
 /// is left. A store the template names counts as ours (conservative).
-fn literal_only(es: &mut ExternalSecret) -> Option<&ExternalSecret> {
+fn literal_only(mut es: ExternalSecret) -> Option<ExternalSecret> {
     es.refs.retain(|r| !templated(&r.key) && !r.key.is_empty());
     if es.refs.is_empty() {
         return None;
     }
     if templated(&es.store) {
-        es.store = format!("{STORE_KIND}/{STORE_NAME}");
+        es.store = our_store();
     }
     if templated(&es.name) {
         es.name = "(templated name)".into();
@@ -257,174 +229,104 @@ fn literal_only(es: &mut ExternalSecret) -> Option<&ExternalSecret> {
     Some(es)
 }
 
-/// The template with every action blanked, keeping line numbers: a line
-/// holding only actions (`{{- range }}`, `{{- end }}`) becomes empty, an
-/// action inside a line becomes [`TEMPLATED`].
+/// The template with every action blanked, keeping line numbers: a line of
+/// only actions (`{{- end }}`) becomes empty, an action inside a line
+/// becomes [`TEMPLATED`].
 fn blank_actions(text: &str) -> String {
-    let mut in_action = vec![false; text.len()];
-    let mut starts = vec![false; text.len()];
-    let mut i = 0;
-    while let Some(open) = text[i..].find("{{") {
-        let open = i + open;
-        let close = text[open + 2..]
-            .find("}}")
-            .map(|c| open + 2 + c + 2)
-            .unwrap_or(text.len());
-        starts[open] = true;
-        for b in &mut in_action[open..close] {
-            *b = true;
-        }
-        i = close;
-        if i >= text.len() {
-            break;
-        }
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        let range = offset..offset + line.len();
-        offset += line.len();
-        let only_actions = line
-            .char_indices()
-            .all(|(j, c)| c.is_whitespace() || in_action[range.start + j]);
-        if only_actions {
-            if line.ends_with('\n') {
-                out.push('\n');
+    const MARK: char = '\u{1}';
+    static ACTION: LazyLock<regex::Regex> =
+        LazyLock::new(|| regex::Regex::new(r"(?s)\{\{.*?(?:\}\}|\z)").unwrap());
+    // Each action becomes MARK, followed by the line breaks inside it.
+    let marked = ACTION.replace_all(text, |c: &regex::Captures| {
+        format!("{MARK}{}", "\n".repeat(c[0].matches('\n').count()))
+    });
+    marked
+        .split_inclusive('\n')
+        .map(|line| {
+            if line.chars().all(|c| c.is_whitespace() || c == MARK) {
+                if line.ends_with('\n') { "\n" } else { "" }.to_string()
+            } else {
+                line.replace(MARK, TEMPLATED)
             }
-            continue;
-        }
-        for (j, c) in line.char_indices() {
-            let at = range.start + j;
-            if starts[at] {
-                out.push_str(TEMPLATED);
-            } else if !in_action[at] {
-                out.push(c);
-            }
-        }
-    }
-    out
+        })
+        .collect()
 }
 
-/// Where a blanked template is still not YAML: every literal
-/// `remoteRef.key` (block or flow form), one ExternalSecret per document.
-/// The property reads as the YAML path reads it: `None` when the
-/// `remoteRef` has none, `value` when the template builds it (as
-/// [`literal_only`] assumes).
+/// Where a blanked template is not YAML (or not ESO's): every literal `remoteRef.key`
+/// (block or flow form), one ExternalSecret per document. The property reads
+/// as the YAML path reads it: `None` when absent, `value` when templated.
 fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
-    let mut out: Vec<ExternalSecret> = Vec::new();
-    let mut doc_refs: Vec<KeyRef> = Vec::new();
-    let mut doc_line = 1;
-    let mut remote_indent: Option<usize> = None;
-    // In a block `remoteRef`: the index of its ref in `doc_refs` once its
-    // key is read, and its property if that came first.
-    let mut block_ref: Option<usize> = None;
-    let mut block_property: Option<String> = None;
+    let ctx = Ctx::new(file, None, None);
+    let data = |key: String, property: Option<String>, line| KeyRef {
+        key,
+        kind: RefKind::Data {
+            property,
+            secret_key: None,
+        },
+        at: ctx.loc(line),
+    };
     let unquote = |v: &str| {
         let v = v.trim().split(" #").next().unwrap_or("").trim();
         v.trim_matches(|c| c == '"' || c == '\'').to_string()
     };
-    let property_of = |p: String| {
-        if templated(&p) {
-            Some("value".to_string())
-        } else {
-            Some(p).filter(|p| !p.is_empty())
+    let property_of = |p: String| match p {
+        p if templated(&p) => Some("value".to_string()),
+        p => Some(p).filter(|p| !p.is_empty()),
+    };
+    let literal = |k: &String| !k.is_empty() && !templated(k);
+    let (mut out, mut refs, mut doc_line) = (Vec::new(), Vec::new(), 1);
+    // An open block `remoteRef:`: its indent, its key with its line, its property.
+    let mut block: Option<(usize, Option<(String, usize)>, Option<String>)> = None;
+    let close = |block: &mut Option<_>, refs: &mut Vec<KeyRef>| {
+        if let Some((_, Some((key, line)), property)) = block.take() {
+            refs.push(data(key, property, line));
         }
     };
-    let flush = |refs: &mut Vec<KeyRef>, line: usize, out: &mut Vec<ExternalSecret>| {
-        if !refs.is_empty() {
-            out.push(ExternalSecret {
-                name: "(template)".into(),
-                namespace: None,
-                target: None,
-                store: format!("{STORE_KIND}/{STORE_NAME}"),
-                release: None,
-                env: None,
-                at: Location {
-                    file: file.to_string(),
-                    line,
-                },
-                refs: std::mem::take(refs),
-            });
-        }
-    };
-    for (n, line) in text.lines().enumerate() {
-        let n = n + 1;
-        if line.starts_with("---") {
-            flush(&mut doc_refs, doc_line, &mut out);
-            doc_line = n + 1;
-            remote_indent = None;
-            continue;
-        }
+    for (n, line) in (1..).zip(text.lines()) {
         let body = line.trim_start();
         let indent = line.len() - body.len();
-        let body = body.strip_prefix("- ").map(str::trim_start).unwrap_or(body);
-        if let Some(rest) = body.strip_prefix("remoteRef:") {
-            let rest = rest.trim();
-            if rest.starts_with('{') {
-                // Flow form: remoteRef: {key: k, property: value}
-                let inner = rest.trim_start_matches('{').trim_end_matches('}');
-                let field = |name: &str| {
-                    inner
-                        .split(',')
-                        .filter_map(|kv| kv.split_once(':'))
-                        .find(|(k, _)| k.trim() == name)
-                        .map(|(_, v)| unquote(v))
-                };
-                if let Some(key) = field("key").filter(|k| !k.is_empty() && !templated(k)) {
-                    doc_refs.push(KeyRef {
-                        key,
-                        kind: RefKind::Data {
-                            property: field("property").and_then(property_of),
-                            secret_key: None,
-                        },
-                        at: Location {
-                            file: file.to_string(),
-                            line: n,
-                        },
-                    });
-                }
-                remote_indent = None;
-            } else {
-                remote_indent = Some(indent);
-                block_ref = None;
-                block_property = None;
-            }
-            continue;
+        let body = body.strip_prefix("- ").map_or(body, str::trim_start);
+        let remote = body.strip_prefix("remoteRef:").map(str::trim);
+        if block
+            .as_ref()
+            .is_some_and(|b| !body.is_empty() && indent <= b.0)
+            || remote.is_some()
+        {
+            close(&mut block, &mut refs);
         }
-        match remote_indent {
-            Some(r) if indent > r && !body.is_empty() => {
-                if let Some(v) = body.strip_prefix("key:") {
-                    let key = unquote(v);
-                    if !key.is_empty() && !templated(&key) {
-                        doc_refs.push(KeyRef {
-                            key,
-                            kind: RefKind::Data {
-                                property: block_property.take(),
-                                secret_key: None,
-                            },
-                            at: Location {
-                                file: file.to_string(),
-                                line: n,
-                            },
-                        });
-                        block_ref = Some(doc_refs.len() - 1);
-                    }
-                } else if let Some(v) = body.strip_prefix("property:") {
-                    let p = property_of(unquote(v));
-                    match block_ref.and_then(|i| doc_refs.get_mut(i)) {
-                        Some(KeyRef {
-                            kind: RefKind::Data { property, .. },
-                            ..
-                        }) => *property = p,
-                        _ => block_property = p,
-                    }
-                }
+        if line.starts_with("---") {
+            if !refs.is_empty() {
+                let refs = std::mem::take(&mut refs);
+                out.push(ctx.es("(template)".into(), our_store(), doc_line, refs));
             }
-            Some(_) if !body.is_empty() => remote_indent = None,
-            _ => {}
+            doc_line = n + 1;
+        } else if let Some(inner) = remote.and_then(|r| r.strip_prefix('{')) {
+            // Flow form: remoteRef: {key: k, property: value}
+            let inner = inner.trim_end_matches('}');
+            let field = |name: &str| {
+                inner
+                    .split(',')
+                    .filter_map(|kv| kv.split_once(':'))
+                    .find(|(k, _)| k.trim() == name)
+                    .map(|(_, v)| unquote(v))
+            };
+            if let Some(key) = field("key").filter(literal) {
+                refs.push(data(key, field("property").and_then(property_of), n));
+            }
+        } else if remote.is_some() {
+            block = Some((indent, None, None));
+        } else if let Some((_, key, property)) = &mut block {
+            if let Some(k) = body.strip_prefix("key:").map(unquote).filter(literal) {
+                *key = Some((k, n));
+            } else if let Some(p) = body.strip_prefix("property:") {
+                *property = property_of(unquote(p));
+            }
         }
     }
-    flush(&mut doc_refs, doc_line, &mut out);
+    close(&mut block, &mut refs);
+    if !refs.is_empty() {
+        out.push(ctx.es("(template)".into(), our_store(), doc_line, refs));
+    }
     out
 }
 
@@ -438,10 +340,14 @@ pub fn scan_text(
     values: bool,
     out: &mut Vec<ExternalSecret>,
 ) -> Result<()> {
+    scan_docs(text, &Ctx::new(file, release, env), values, out)
+}
+
+fn scan_docs(text: &str, ctx: &Ctx, values: bool, out: &mut Vec<ExternalSecret>) -> Result<()> {
+    let file = ctx.file;
     let docs = parse_documents(text)
         .map_err(|e| anyhow::anyhow!("{file}:{e}: malformed YAML; fix the file"))?;
     for doc in docs {
-        let ctx = Ctx { file, release, env };
         if let Some(api) = doc.str_at("apiVersion") {
             let kind = doc.str_at("kind").unwrap_or("");
             if api.starts_with(ESO_GROUP) {
@@ -454,52 +360,71 @@ pub fn scan_text(
                 if !ESO_KINDS.contains(&kind) {
                     bail!("{file}:{}: unknown kind {kind:?} in {api}", doc.line());
                 }
+                let spec = doc.get("spec");
                 match kind {
-                    "ExternalSecret" => out.push(manifest_es(&doc, doc.get("spec"), &ctx)?),
+                    "ExternalSecret" => out.push(manifest_es(&doc, spec, ctx)?),
                     "ClusterExternalSecret" => {
-                        let spec = doc.get("spec").and_then(|s| s.get("externalSecretSpec"));
-                        out.push(manifest_es(&doc, spec, &ctx)?);
+                        let spec = spec.and_then(|s| s.get("externalSecretSpec"));
+                        out.push(manifest_es(&doc, spec, ctx)?);
                     }
                     _ => {}
                 }
                 continue;
             }
             if doc.get("kind").is_some() {
-                // Some other Kubernetes object.
-                continue;
+                continue; // some other Kubernetes object
             }
         }
         if values {
-            let store = doc.str_at("storeName").unwrap_or(STORE_NAME).to_string();
-            let mut found = Vec::new();
-            walk_values(&doc, &ctx, &store, &mut Vec::new(), &mut found);
-            out.extend(found);
+            let store = doc.str_at("storeName").unwrap_or(STORE_NAME);
+            walk_values(&doc, ctx, store, &mut Vec::new(), out);
         }
     }
     Ok(())
 }
 
+/// Where references are read: the file (as reports name it), and the
+/// release and environment of a rendered one.
 struct Ctx<'a> {
     file: &'a str,
     release: Option<&'a str>,
     env: Option<&'a str>,
 }
 
-impl Ctx<'_> {
-    fn at(&self, node: &Node) -> Location {
+impl<'a> Ctx<'a> {
+    fn new(file: &'a str, release: Option<&'a str>, env: Option<&'a str>) -> Self {
+        Ctx { file, release, env }
+    }
+
+    fn loc(&self, line: usize) -> Location {
         Location {
             file: self.file.to_string(),
-            line: node.line(),
+            line,
+        }
+    }
+
+    fn es(&self, name: String, store: String, line: usize, refs: Vec<KeyRef>) -> ExternalSecret {
+        ExternalSecret {
+            name,
+            namespace: None,
+            target: None,
+            store,
+            release: self.release.map(String::from),
+            env: self.env.map(String::from),
+            at: self.loc(line),
+            refs,
         }
     }
 }
 
-fn manifest_es(doc: &Node, spec: Option<&Rc<Node>>, ctx: &Ctx<'_>) -> Result<ExternalSecret> {
+fn string(node: &Node, key: &str) -> Option<String> {
+    node.str_at(key).map(String::from)
+}
+
+fn manifest_es(doc: &Node, spec: Option<&Rc<Node>>, ctx: &Ctx) -> Result<ExternalSecret> {
     let meta = doc.get("metadata");
-    let name = meta
-        .and_then(|m| m.str_at("name"))
-        .unwrap_or("(unnamed)")
-        .to_string();
+    let name = meta.and_then(|m| string(m, "name"));
+    let name = name.unwrap_or_else(|| "(unnamed)".into());
     let Some(spec) = spec else {
         bail!(
             "{}:{}: ExternalSecret {name} has no spec",
@@ -515,67 +440,50 @@ fn manifest_es(doc: &Node, spec: Option<&Rc<Node>>, ctx: &Ctx<'_>) -> Result<Ext
             .unwrap_or("SecretStore"),
         store_ref.and_then(|s| s.str_at("name")).unwrap_or("(none)")
     );
+    let mut es = ctx.es(name, store, doc.line(), spec_refs(spec, ctx));
+    es.namespace = meta.and_then(|m| string(m, "namespace"));
+    es.target = spec.get("target").and_then(|t| string(t, "name"));
+    Ok(es)
+}
+
+fn spec_refs(spec: &Node, ctx: &Ctx) -> Vec<KeyRef> {
+    let items = |key| spec.get(key).map(|d| d.as_seq()).unwrap_or_default();
+    let items = items("data").iter().chain(items("dataFrom"));
+    items.flat_map(|item| item_refs(item, ctx)).collect()
+}
+
+/// The references of one `data[]` or `dataFrom[]` item (or of a bare
+/// mapping in values): `remoteRef`, `extract`, `find.name.regexp`.
+fn item_refs(item: &Node, ctx: &Ctx) -> Vec<KeyRef> {
     let mut refs = Vec::new();
-    refs_of_spec(spec, ctx, &mut refs);
-    Ok(ExternalSecret {
-        name,
-        namespace: meta.and_then(|m| m.str_at("namespace")).map(String::from),
-        target: spec
-            .get("target")
-            .and_then(|t| t.str_at("name"))
-            .map(String::from),
-        store,
-        release: ctx.release.map(String::from),
-        env: ctx.env.map(String::from),
-        at: ctx.at(doc),
-        refs,
-    })
-}
-
-fn refs_of_spec(spec: &Node, ctx: &Ctx<'_>, refs: &mut Vec<KeyRef>) {
-    for item in spec.get("data").map(|d| d.as_seq()).unwrap_or_default() {
-        if let Some(r) = data_ref(item, ctx) {
-            refs.push(r);
+    let mut add = |key: Option<&Rc<Node>>, kind| {
+        if let Some((node, key)) = key.and_then(|k| Some((k, k.as_str()?))) {
+            let at = ctx.loc(node.line());
+            refs.push(KeyRef {
+                key: key.into(),
+                kind,
+                at,
+            });
         }
+    };
+    if let Some(remote) = item.get("remoteRef") {
+        let property = string(remote, "property");
+        let secret_key = string(item, "secretKey");
+        add(
+            remote.get("key"),
+            RefKind::Data {
+                property,
+                secret_key,
+            },
+        );
     }
-    for item in spec.get("dataFrom").map(|d| d.as_seq()).unwrap_or_default() {
-        refs.extend(extract_ref(item, ctx));
-        refs.extend(find_ref(item, ctx));
+    if let Some(extract) = item.get("extract") {
+        let property = string(extract, "property");
+        add(extract.get("key"), RefKind::Extract { property });
     }
-}
-
-fn data_ref(item: &Node, ctx: &Ctx<'_>) -> Option<KeyRef> {
-    let remote = item.get("remoteRef")?;
-    let key = remote.get("key")?;
-    Some(KeyRef {
-        key: key.as_str()?.to_string(),
-        kind: RefKind::Data {
-            property: remote.str_at("property").map(String::from),
-            secret_key: item.str_at("secretKey").map(String::from),
-        },
-        at: ctx.at(key),
-    })
-}
-
-fn extract_ref(item: &Node, ctx: &Ctx<'_>) -> Option<KeyRef> {
-    let extract = item.get("extract")?;
-    let key = extract.get("key")?;
-    Some(KeyRef {
-        key: key.as_str()?.to_string(),
-        kind: RefKind::Extract {
-            property: extract.str_at("property").map(String::from),
-        },
-        at: ctx.at(key),
-    })
-}
-
-fn find_ref(item: &Node, ctx: &Ctx<'_>) -> Option<KeyRef> {
-    let regexp = item.get("find")?.get("name")?.get("regexp")?;
-    Some(KeyRef {
-        key: regexp.as_str()?.to_string(),
-        kind: RefKind::Find,
-        at: ctx.at(regexp),
-    })
+    let find = item.get("find").and_then(|f| f.get("name"));
+    add(find.and_then(|n| n.get("regexp")), RefKind::Find);
+    refs
 }
 
 /// Walks Helm values for ExternalSecret-shaped entries. An entry is the
@@ -583,79 +491,56 @@ fn find_ref(item: &Node, ctx: &Ctx<'_>) -> Option<KeyRef> {
 /// values path.
 fn walk_values(
     node: &Rc<Node>,
-    ctx: &Ctx<'_>,
+    ctx: &Ctx,
     store: &str,
     path: &mut Vec<String>,
     out: &mut Vec<ExternalSecret>,
 ) {
-    match &**node {
+    let children: Vec<(String, &Rc<Node>)> = match &**node {
         Node::Map(entries, _) => {
-            let is_entry = node.str_at("name").is_some()
-                && (node.get("data").is_some() || node.get("dataFrom").is_some());
-            if is_entry {
-                let store_name = node
-                    .get("secretStoreRef")
-                    .and_then(|s| s.str_at("name"))
-                    .unwrap_or(store);
-                let kind = node
-                    .get("secretStoreRef")
-                    .and_then(|s| s.str_at("kind"))
-                    .unwrap_or(STORE_KIND);
-                let mut refs = Vec::new();
-                refs_of_spec(node, ctx, &mut refs);
-                out.push(ExternalSecret {
-                    name: node.str_at("name").unwrap_or_default().to_string(),
-                    namespace: node.str_at("namespace").map(String::from),
-                    target: node
-                        .str_at("target")
-                        .or_else(|| node.get("target").and_then(|t| t.str_at("name")))
-                        .map(String::from),
-                    store: format!("{kind}/{store_name}"),
-                    release: ctx.release.map(String::from),
-                    env: ctx.env.map(String::from),
-                    at: ctx.at(node),
-                    refs,
-                });
+            if let Some(name) = node
+                .str_at("name")
+                .filter(|_| node.get("data").is_some() || node.get("dataFrom").is_some())
+            {
+                let store_ref = node.get("secretStoreRef");
+                let store = format!(
+                    "{}/{}",
+                    store_ref
+                        .and_then(|s| s.str_at("kind"))
+                        .unwrap_or(STORE_KIND),
+                    store_ref.and_then(|s| s.str_at("name")).unwrap_or(store)
+                );
+                let mut es = ctx.es(name.into(), store, node.line(), spec_refs(node, ctx));
+                es.namespace = string(node, "namespace");
+                es.target = string(node, "target")
+                    .or_else(|| node.get("target").and_then(|t| string(t, "name")));
+                out.push(es);
                 return;
             }
             // Bare refs in values, like `realmImport.extract`.
-            let mut refs = Vec::new();
-            if let Some(r) = data_ref(node, ctx) {
-                refs.push(r);
-            }
-            refs.extend(extract_ref(node, ctx));
-            refs.extend(find_ref(node, ctx));
+            let refs = item_refs(node, ctx);
             if !refs.is_empty() {
-                out.push(ExternalSecret {
-                    name: if path.is_empty() {
-                        "(values)".into()
-                    } else {
-                        path.join(".")
-                    },
-                    namespace: None,
-                    target: None,
-                    store: format!("{STORE_KIND}/{store}"),
-                    release: ctx.release.map(String::from),
-                    env: ctx.env.map(String::from),
-                    at: ctx.at(node),
-                    refs,
-                });
+                let name = match path.is_empty() {
+                    true => "(values)".into(),
+                    false => path.join("."),
+                };
+                out.push(ctx.es(name, format!("{STORE_KIND}/{store}"), node.line(), refs));
                 return;
             }
-            for (k, v) in entries {
-                path.push(k.as_str().unwrap_or("?").to_string());
-                walk_values(v, ctx, store, path, out);
-                path.pop();
-            }
+            let key = |k: &Rc<Node>| k.as_str().unwrap_or("?").to_string();
+            entries.iter().map(|(k, v)| (key(k), v)).collect()
         }
-        Node::Seq(items, _) => {
-            for (i, item) in items.iter().enumerate() {
-                path.push(i.to_string());
-                walk_values(item, ctx, store, path, out);
-                path.pop();
-            }
-        }
-        Node::Scalar(..) => {}
+        Node::Seq(items, _) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i.to_string(), v))
+            .collect(),
+        Node::Scalar(..) => Vec::new(),
+    };
+    for (key, child) in children {
+        path.push(key);
+        walk_values(child, ctx, store, path, out);
+        path.pop();
     }
 }
 
@@ -678,86 +563,39 @@ pub fn scan_rendered(
         })
         .collect();
     helmfiles.sort();
-    let out_dir = std::env::temp_dir().join(format!("xtask-render-{}-{env}", std::process::id()));
-    // Removed however this ends: rendered manifests and helm's cache.
-    let _dirs = RenderDirs::new(&out_dir);
+    // The rendered manifests and helm's cache (beside them), removed however this ends.
+    let scratch = tempfile::Builder::new()
+        .prefix("xtask-render-")
+        .tempdir()
+        .context("creating a temp folder to render into")?;
+    let out_dir = scratch.path().join("out");
     let mut scan = Scan {
         mode: "rendered",
         ..Scan::default()
     };
     for helmfile in &helmfiles {
         let _ = std::fs::remove_dir_all(&out_dir);
-        let shown = helmfile
-            .strip_prefix(base)
-            .unwrap_or(helmfile)
-            .display()
-            .to_string();
+        let shown = shown(helmfile, base);
         crate::secrets::helmfile::template(helmfile, env, &out_dir, path_env)
             .with_context(|| format!("rendering {shown} for {env}"))?;
-        let mut files = Vec::new();
+        let (mut files, mut none) = (Vec::new(), Vec::new());
         if out_dir.is_dir() {
-            collect_all_yaml(&out_dir, &mut files)?;
+            collect_yaml(&out_dir, false, &mut files, &mut none)?;
         }
         files.sort();
         scan.files += files.len();
         for file in files {
+            // <out_dir>/<release>/<the chart's template path>
             let rel = file.strip_prefix(&out_dir).unwrap_or(&file);
             let mut parts = rel.components();
-            let release = parts
-                .next()
-                .map(|c| c.as_os_str().to_string_lossy().to_string())
-                .unwrap_or_default();
-            let template = parts.as_path().display().to_string();
-            let text = std::fs::read_to_string(&file)?;
-            let label = format!("{shown} {release}: {template}");
-            scan_text(
-                &text,
-                &label,
-                Some(&release),
-                Some(env),
-                false,
-                &mut scan.external_secrets,
-            )?;
+            let release = parts.next().map(|c| c.as_os_str().to_string_lossy());
+            let release = release.unwrap_or_default().to_string();
+            let label = format!("{shown} {release}: {}", parts.as_path().display());
+            let ctx = Ctx::new(&label, Some(&release), Some(env));
+            scan_docs(&read(&file)?, &ctx, false, &mut scan.external_secrets)?;
         }
     }
     Ok(scan)
-}
-
-/// The folders `helmfile template` writes (its output and helm's cache),
-/// removed on drop: after the scan, and when rendering fails.
-struct RenderDirs {
-    dirs: [PathBuf; 2],
-}
-
-impl RenderDirs {
-    fn new(out_dir: &Path) -> RenderDirs {
-        RenderDirs {
-            dirs: [
-                out_dir.to_path_buf(),
-                crate::secrets::helmfile::helm_cache_dir(out_dir),
-            ],
-        }
-    }
-}
-
-impl Drop for RenderDirs {
-    fn drop(&mut self) {
-        for dir in &self.dirs {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-fn collect_all_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir)?.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            collect_all_yaml(&path, out)?;
-        } else if path.extension().is_some_and(|x| x == "yaml" || x == "yml") {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 /// The ExternalSecrets to check: static or rendered, plus the contract,
@@ -769,20 +607,9 @@ pub fn collect(root: &Path, infra: &Path, env: &str, render: bool) -> Result<Sca
     let mut scan = scan_rendered(infra, root, env, &project::path_with_tools(root))?;
     let contract: PathBuf = infra.join(project::CONTRACT_IN_INFRA);
     if contract.is_file() {
-        let text = std::fs::read_to_string(&contract)?;
-        let shown = contract
-            .strip_prefix(root)
-            .unwrap_or(&contract)
-            .display()
-            .to_string();
-        scan_text(
-            &text,
-            &shown,
-            None,
-            Some(env),
-            true,
-            &mut scan.external_secrets,
-        )?;
+        let shown = shown(&contract, root);
+        let ctx = Ctx::new(&shown, None, Some(env));
+        scan_docs(&read(&contract)?, &ctx, true, &mut scan.external_secrets)?;
         scan.files += 1;
     }
     Ok(scan)
@@ -798,147 +625,55 @@ mod tests {
         Ok(out)
     }
 
-    /// Renders a tree of one helmfile with a fake `helmfile` that writes an
-    /// output folder and helm's cache, then exits with `code`.
-    fn render_with_fake_helmfile(env: &str, code: i32) -> (Result<Scan>, PathBuf) {
-        let root = std::env::temp_dir().join(format!("xtask-scan-{env}-{}", std::process::id()));
-        let infra = root.join("infra");
-        std::fs::create_dir_all(infra.join("helmfiles")).unwrap();
-        std::fs::write(infra.join("helmfiles/a.yaml"), "releases: []\n").unwrap();
-        let bin = root.join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        let fake = bin.join("helmfile");
-        std::fs::write(
-            &fake,
-            format!(
-                "#!/bin/sh\nwhile [ \"$1\" != --output-dir ]; do shift; done\n\
-                 mkdir -p \"$2/r\" \"$HELM_CACHE_HOME/repo\"\n\
-                 echo 'kind: ConfigMap' > \"$2/r/cm.yaml\"\n\
-                 echo cached > \"$HELM_CACHE_HOME/repo/index.yaml\"\nexit {code}\n"
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        let path = std::env::join_paths([bin.as_path(), Path::new("/usr/bin"), Path::new("/bin")])
-            .unwrap();
-        let result = scan_rendered(&infra, &root, env, &path);
-        std::fs::remove_dir_all(&root).unwrap();
-        let out_dir =
-            std::env::temp_dir().join(format!("xtask-render-{}-{env}", std::process::id()));
-        (result, out_dir)
-    }
-
-    #[test]
-    fn rendering_leaves_no_output_or_helm_cache_behind() {
-        for (env, code) in [("scan-ok", 0), ("scan-fails", 1)] {
-            let (result, out_dir) = render_with_fake_helmfile(env, code);
-            assert_eq!(result.is_ok(), code == 0, "{env}: {:?}", result.err());
-            if let Ok(scan) = result {
-                assert_eq!(scan.files, 1, "the fake rendered one file");
-            }
-            let cache = crate::secrets::helmfile::helm_cache_dir(&out_dir);
-            assert!(
-                !out_dir.exists(),
-                "{env}: {} left behind",
-                out_dir.display()
-            );
-            assert!(!cache.exists(), "{env}: {} left behind", cache.display());
-        }
-    }
-
-    #[test]
-    fn our_store_is_the_cluster_store_ameide_vault() {
-        assert!(is_our_store("ClusterSecretStore/ameide-vault"));
-        assert!(
-            !is_our_store("SecretStore/ameide-vault") && !is_our_store("ClusterSecretStore/other")
-        );
+    fn keys(es: &[ExternalSecret]) -> Vec<(&str, usize)> {
+        let refs = es.iter().flat_map(|e| &e.refs);
+        refs.map(|r| (r.key.as_str(), r.at.line)).collect()
     }
 
     #[test]
     fn reads_manifest_refs_with_lines() {
         let text = "apiVersion: external-secrets.io/v1
 kind: ExternalSecret
-metadata:
-  name: graph-db
-  namespace: ameide
+metadata: {name: graph-db, namespace: ameide}
 spec:
-  secretStoreRef:
-    kind: ClusterSecretStore
-    name: ameide-vault
-  target:
-    name: graph-db-credentials
+  secretStoreRef: {kind: ClusterSecretStore, name: ameide-vault}
+  target: {name: graph-db-credentials}
   data:
     - secretKey: password
-      remoteRef:
-        key: graph-db-password
-        property: value
+      remoteRef: {key: graph-db-password, property: value}
   dataFrom:
-    - extract:
-        key: graph-config
-    - find:
-        name:
-          regexp: \"^graph-\"
+    - extract: {key: graph-config}
+    - find: {name: {regexp: \"^graph-\"}}
 ";
         let es = scan(text, false).unwrap();
-        assert_eq!(es.len(), 1);
-        let es = &es[0];
-        assert!(es.in_scope());
-        assert_eq!(es.display_name(), "ameide/graph-db");
-        assert_eq!(es.target.as_deref(), Some("graph-db-credentials"));
-        let keys: Vec<(&str, usize)> = es
-            .refs
-            .iter()
-            .map(|r| (r.key.as_str(), r.at.line))
-            .collect();
-        assert_eq!(
-            keys,
-            vec![
-                ("graph-db-password", 15),
-                ("graph-config", 19),
-                ("^graph-", 22)
-            ]
-        );
-        assert_eq!(
-            es.refs[0].kind,
-            RefKind::Data {
-                property: Some("value".into()),
-                secret_key: Some("password".into())
-            }
-        );
+        assert!(es[0].in_scope() && !is_our_store("SecretStore/ameide-vault"));
+        assert_eq!(es[0].display_name(), "ameide/graph-db");
+        assert_eq!(es[0].target.as_deref(), Some("graph-db-credentials"));
+        let want = [
+            ("graph-db-password", 9),
+            ("graph-config", 11),
+            ("^graph-", 12),
+        ];
+        assert_eq!(keys(&es), want);
+        let kinds: Vec<&RefKind> = es[0].refs.iter().map(|r| &r.kind).collect();
+        let data = RefKind::Data {
+            property: Some("value".into()),
+            secret_key: Some("password".into()),
+        };
+        let extract = RefKind::Extract { property: None };
+        assert_eq!(kinds, [&data, &extract, &RefKind::Find]);
     }
 
     #[test]
-    fn other_stores_are_out_of_scope() {
-        let text = "apiVersion: external-secrets.io/v1beta1
-kind: ExternalSecret
-metadata: {name: x}
-spec:
-  secretStoreRef: {kind: SecretStore, name: team-store}
-  data: [{secretKey: a, remoteRef: {key: k}}]
-";
-        assert!(!scan(text, false).unwrap()[0].in_scope());
-    }
-
-    #[test]
-    fn unknown_api_versions_and_kinds_are_errors() {
-        let e = scan(
-            "apiVersion: external-secrets.io/v2alpha9\nkind: ExternalSecret\n",
-            false,
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("unknown apiVersion"), "{e}");
-        let e = scan(
-            "apiVersion: external-secrets.io/v1\nkind: ExternalSecrett\n",
-            false,
-        )
-        .unwrap_err();
-        assert!(
-            e.to_string().contains("unknown kind \"ExternalSecrett\""),
-            "{e}"
-        );
-        let e = scan("a: [\n", true).unwrap_err();
-        assert!(e.to_string().starts_with("f.yaml:"), "{e}");
+    fn unknown_kinds_of_external_secrets_io_are_errors() {
+        for (api, kind, said) in [
+            ("v2alpha9", "ExternalSecret", "unknown apiVersion"),
+            ("v1", "ExternalSecrett", "unknown kind \"ExternalSecrett\""),
+        ] {
+            let text = format!("apiVersion: external-secrets.io/{api}\nkind: {kind}\n");
+            let e = scan(&text, false).unwrap_err().to_string();
+            assert!(e.starts_with("f.yaml:1: ") && e.contains(said), "{e}");
+        }
     }
 
     #[test]
@@ -961,99 +696,14 @@ realmImport:
     property: value
 ";
         let es = scan(text, true).unwrap();
-        let got: Vec<(&str, bool, Vec<&str>)> = es
-            .iter()
-            .map(|e| {
-                (
-                    e.name.as_str(),
-                    e.in_scope(),
-                    e.refs.iter().map(|r| r.key.as_str()).collect(),
-                )
-            })
-            .collect();
+        let got: Vec<(&str, bool)> = es.iter().map(|e| (e.name.as_str(), e.in_scope())).collect();
+        let want = [("app", true), ("elsewhere", false), ("realmImport", true)];
+        assert_eq!(got, want);
         assert_eq!(
-            got,
-            vec![
-                ("app", true, vec!["app-url"]),
-                ("elsewhere", false, vec!["other-key"]),
-                ("realmImport", true, vec!["realm-config"]),
-            ]
+            keys(&es),
+            [("app-url", 7), ("other-key", 12), ("realm-config", 15)]
         );
         assert_eq!(es[0].target.as_deref(), Some("app-secret"));
-    }
-
-    const TEMPLATE: &str = "{{- range .Values.externalSecrets }}
----
-apiVersion: external-secrets.io/v1
-kind: ExternalSecret
-metadata:
-  name: {{ .name }}
-spec:
-  secretStoreRef: {kind: ClusterSecretStore, name: ameide-vault}
-  data:
-    {{- range .data }}
-    - secretKey: {{ .secretKey }}
-      remoteRef:
-        key: {{ .remoteRef.key }}
-        property: {{ .remoteRef.property | default \"value\" }}
-    {{- end }}
-{{- end }}
-{{- if .Values.extra.enabled }}
----
-apiVersion: external-secrets.io/v1
-kind: ExternalSecret
-metadata:
-  name: {{ .Release.Name }}-extra
-  namespace: {{ .Release.Namespace }}
-spec:
-  secretStoreRef:
-    kind: ClusterSecretStore
-    name: ameide-vault
-  data:
-    - secretKey: token
-      remoteRef:
-        key: literal-extra-token
-        property: value
-    - secretKey: built
-      remoteRef:
-        key: {{ printf \"%s-key\" .Release.Name }}
-        property: value
-{{- end }}
-";
-
-    #[test]
-    fn templates_yield_their_literal_keys_only() {
-        let mut out = Vec::new();
-        scan_template(TEMPLATE, "t.yaml", &mut out);
-        assert_eq!(out.len(), 1, "{out:?}");
-        let es = &out[0];
-        assert!(es.in_scope());
-        let keys: Vec<(&str, usize)> = es
-            .refs
-            .iter()
-            .map(|r| (r.key.as_str(), r.at.line))
-            .collect();
-        assert_eq!(keys, vec![("literal-extra-token", 31)]);
-        assert_eq!(
-            es.refs[0].kind,
-            RefKind::Data {
-                property: Some("value".into()),
-                secret_key: Some("token".into())
-            }
-        );
-    }
-
-    #[test]
-    fn templates_that_are_not_yaml_are_searched_line_by_line() {
-        // A flow mapping cut by an action: not YAML even with actions blanked.
-        let text = "apiVersion: external-secrets.io/v1\nkind: ExternalSecret\nspec:\n  data:\n    - secretKey: a\n      remoteRef:\n        key: \"line-key\"\n        property: value\n    - secretKey: b\n      remoteRef: {key: flow-key, property: value}\n    - secretKey: c\n      remoteRef:\n        key: {{ .k }}\n  broken: [unclosed\n";
-        let mut out = Vec::new();
-        scan_template(text, "t.yaml", &mut out);
-        let keys: Vec<(&str, usize)> = out
-            .iter()
-            .flat_map(|e| e.refs.iter().map(|r| (r.key.as_str(), r.at.line)))
-            .collect();
-        assert_eq!(keys, vec![("line-key", 7), ("flow-key", 10)]);
     }
 
     #[test]
@@ -1061,34 +711,30 @@ spec:
         // Not YAML (an unclosed flow sequence): searched line by line. A
         // remoteRef without a property has none (check reports it), a
         // templated one is assumed `value`, a literal one is kept, in either
-        // order and either form.
-        let text = "kind: ExternalSecret\nspec:\n  data:\n    - secretKey: a\n      remoteRef:\n        key: no-property\n    - secretKey: b\n      remoteRef:\n        key: templated-property\n        property: {{ .p }}\n    - secretKey: c\n      remoteRef:\n        property: first\n        key: property-first\n    - secretKey: d\n      remoteRef:\n        key: {{ .k }}\n        property: not-for-another-key\n    - secretKey: e\n      remoteRef: {key: flow-no-property}\n    - secretKey: f\n      remoteRef: {key: flow-templated, property: {{ .p }}}\n  broken: [unclosed\n";
+        // order and either form; a templated key is left for --render.
+        let text = "kind: ExternalSecret\nspec:\n  data:\n    - secretKey: a\n      remoteRef:\n        key: no-property\n    - secretKey: b\n      remoteRef:\n        key: \"templated-property\"\n        property: {{ .p }}\n    - secretKey: c\n      remoteRef:\n        property: first\n        key: property-first\n    - secretKey: d\n      remoteRef:\n        key: {{ .k }}\n        property: not-for-another-key\n    - secretKey: e\n      remoteRef: {key: flow-no-property}\n    - secretKey: f\n      remoteRef: {key: flow-templated, property: {{ .p }}}\n  broken: [unclosed\n";
         let mut out = Vec::new();
         scan_template(text, "t.yaml", &mut out);
-        let props: Vec<(&str, Option<&str>)> = out
-            .iter()
-            .flat_map(|e| e.refs.iter())
+        let props: Vec<(&str, usize, Option<&str>)> = (out.iter().flat_map(|e| &e.refs))
             .map(|r| match &r.kind {
-                RefKind::Data { property, .. } => (r.key.as_str(), property.as_deref()),
+                RefKind::Data { property, .. } => (r.key.as_str(), r.at.line, property.as_deref()),
                 other => panic!("{other:?}"),
             })
             .collect();
-        assert_eq!(
-            props,
-            vec![
-                ("no-property", None),
-                ("templated-property", Some("value")),
-                ("property-first", Some("first")),
-                ("flow-no-property", None),
-                ("flow-templated", Some("value")),
-            ]
-        );
+        let want = [
+            ("no-property", 6, None),
+            ("templated-property", 9, Some("value")),
+            ("property-first", 14, Some("first")),
+            ("flow-no-property", 20, None),
+            ("flow-templated", 22, Some("value")),
+        ];
+        assert_eq!(props, want);
     }
 
     #[test]
     fn blanking_keeps_line_numbers() {
         let blanked =
-            blank_actions("a: 1\n{{- if x }}\nb: {{ .v }}-x\n{{/* multi\nline */}}\nc: 3\n");
+            blank_actions("a: 1\n{{- if x }}\nb: {{ .v }}-x\n{{/* multi\nline */}}\nc: 3\n{{ open");
         assert_eq!(blanked, "a: 1\n\nb: __templated__-x\n\n\nc: 3\n");
     }
 }
