@@ -1,16 +1,11 @@
 //! External Secrets Operator's way into Vault: the Kubernetes auth method
 //! at the store's `mountPath`, its config, a read-only policy on the store's
 //! KV path, and the role the store names, bound to ESO's service account.
-//!
-//! Every name comes from one place, [`EsoNames::load`]: the
-//! `vault-secret-store` chart's values overlaid with the environment's
-//! layer-15 `vault.store` block, as the helmfile passes them. [`plan`]
-//! reads Vault and says what differs; [`apply`] writes only that, so a
-//! second seed writes nothing. A token that may not read or write these
-//! paths is not an error here: the step is reported as not done, and
-//! `doctor` says so.
+//! Names come from [`EsoNames::load`]; [`plan`] reads Vault and [`apply`]
+//! writes only what differs. A token that may not is reported, not an error.
 
 use std::path::Path;
+use std::rc::Rc;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -48,39 +43,34 @@ pub struct EsoNames {
 
 impl EsoNames {
     /// Reads the names for `env`: the store chart's values, overlaid with
-    /// `vault.store` from the environment's layer-15 values.
+    /// `vault.store` from the environment's layer-15 values (as the helmfile passes them).
     pub fn load(root: &Path, env: &str) -> Result<EsoNames> {
         let chart = read_yaml(root, Path::new(STORE_CHART_VALUES))?;
         let layer = project::flag_file(env);
         let layer15 = read_yaml(root, &layer)?;
         let store_over = layer15.get("vault").and_then(|v| v.get("store"));
-        let chart_vault = chart.get("vault");
-        // One value: layer 15's `vault.store.<path>`, else the chart's `vault.<path>`.
+        // Layer 15's `vault.store.<path>`, else the chart's `vault.<path>`.
         let vault_value = |path: &[&str]| -> Option<String> {
-            let walk = |mut node: Option<&std::rc::Rc<yaml::Node>>| {
+            let walk = |mut node: Option<&Rc<yaml::Node>>| {
                 for key in path {
                     node = node.and_then(|n| n.get(key));
                 }
                 node.and_then(|n| n.as_str()).map(str::to_string)
             };
-            walk(store_over).or_else(|| walk(chart_vault))
+            walk(store_over).or_else(|| walk(chart.get("vault")))
         };
-        let need = |value: Option<String>, key: &str, file: &Path| -> Result<String> {
+        let need = |value: Option<String>, key: &str| -> Result<String> {
             match value {
                 Some(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
                 _ => bail!(
-                    "{} has no `{key}`: ESO's access to Vault is set up from it. Restore it from git.",
-                    file.display()
+                    "{STORE_CHART_VALUES} has no `{key}`: ESO's access to Vault is set up from it. Restore it from git."
                 ),
             }
         };
-        let chart_path = Path::new(STORE_CHART_VALUES);
-        let v = |path: &[&str]| {
-            need(
-                vault_value(path),
-                &format!("vault.{}", path.join(".")),
-                chart_path,
-            )
+        let v = |path: &[&str]| need(vault_value(path), &format!("vault.{}", path.join(".")));
+        let sa = |key: &str| {
+            let value = chart.get("serviceAccount").and_then(|s| s.str_at(key));
+            need(value.map(String::from), &format!("serviceAccount.{key}"))
         };
         let token_ttl = v(&["auth", "tokenTTL"])?;
         let token_ttl_secs = parse_duration(&token_ttl).with_context(|| {
@@ -93,28 +83,15 @@ impl EsoNames {
                 layer.display()
             );
         }
-        let sa = chart.get("serviceAccount");
         Ok(EsoNames {
-            store: need(
-                chart.str_at("storeName").map(String::from),
-                "storeName",
-                chart_path,
-            )?,
+            store: need(chart.str_at("storeName").map(String::from), "storeName")?,
             auth_mount: v(&["auth", "mountPath"])?.trim_matches('/').to_string(),
             role: v(&["role"])?,
             policy: v(&["auth", "policy"])?,
             kv_path: v(&["path"])?.trim_matches('/').to_string(),
             kv_version,
-            service_account: need(
-                sa.and_then(|s| s.str_at("name")).map(String::from),
-                "serviceAccount.name",
-                chart_path,
-            )?,
-            namespace: need(
-                sa.and_then(|s| s.str_at("namespace")).map(String::from),
-                "serviceAccount.namespace",
-                chart_path,
-            )?,
+            service_account: sa("name")?,
+            namespace: sa("namespace")?,
             kubernetes_host: v(&["auth", "kubernetesHost"])?,
             token_ttl,
             token_ttl_secs,
@@ -153,9 +130,8 @@ impl EsoNames {
     }
 }
 
-fn read_yaml(root: &Path, rel: &Path) -> Result<std::rc::Rc<yaml::Node>> {
-    let path = root.join(rel);
-    let text = std::fs::read_to_string(&path).with_context(|| {
+fn read_yaml(root: &Path, rel: &Path) -> Result<Rc<yaml::Node>> {
+    let text = std::fs::read_to_string(root.join(rel)).with_context(|| {
         format!(
             "reading {} (ESO's access to Vault is set up from it)",
             rel.display()
@@ -168,26 +144,20 @@ fn read_yaml(root: &Path, rel: &Path) -> Result<std::rc::Rc<yaml::Node>> {
         .with_context(|| format!("{} is empty", rel.display()))
 }
 
-/// `15m`, `900s`, `1h` or bare seconds.
+/// A token TTL in seconds: a Go duration (`15m`, `1h30m`) or bare seconds,
+/// as Vault takes it.
 pub fn parse_duration(text: &str) -> Result<u64> {
     let t = text.trim();
-    let (num, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => t.split_at(i),
-        None => (t, "s"),
-    };
-    let n: u64 = num
-        .parse()
-        .with_context(|| format!("{text:?} is not a duration"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        other => bail!("{text:?}: unknown unit {other:?} (s, m or h)"),
-    };
-    if secs == 0 {
-        bail!("{text:?}: a token TTL must be more than zero");
+    let secs = t
+        .parse::<u64>()
+        .map(|n| n as f64)
+        .ok()
+        .or_else(|| kube::go_seconds(t));
+    match secs {
+        Some(s) if s >= 1.0 => Ok(s as u64),
+        Some(_) => bail!("{text:?}: a token TTL must be one second or more"),
+        None => bail!("{text:?} is not a duration"),
     }
-    Ok(secs)
 }
 
 /// What the seed does for one piece of ESO's access.
@@ -242,10 +212,11 @@ pub struct Plan {
 
 impl Plan {
     pub fn to_ensure(&self) -> usize {
-        self.items
-            .iter()
-            .filter(|i| i.state == State::Ensure)
-            .count()
+        self.count(State::Ensure)
+    }
+
+    fn count(&self, state: State) -> usize {
+        self.items.iter().filter(|i| i.state == state).count()
     }
 
     /// Every piece is in place: ESO can log in and read.
@@ -256,20 +227,14 @@ impl Plan {
     /// The plan's lines: what is ensured, what was skipped and why, and
     /// (verbose) what is already in place.
     pub fn render(&self, verbose: bool) -> String {
-        use std::fmt::Write;
-        let mut out = String::new();
-        let in_place = self
-            .items
-            .iter()
-            .filter(|i| i.state == State::InPlace)
-            .count();
-        let _ = writeln!(
-            out,
-            "eso access (ClusterSecretStore/{} -> role {}, service account {}): {} to ensure, {in_place} in place",
-            self.names.store,
-            self.names.role,
-            self.names.subject(),
-            self.to_ensure()
+        let names = &self.names;
+        let mut out = format!(
+            "eso access (ClusterSecretStore/{} -> role {}, service account {}): {} to ensure, {} in place\n",
+            names.store,
+            names.role,
+            names.subject(),
+            self.to_ensure(),
+            self.count(State::InPlace)
         );
         let width = self
             .items
@@ -279,12 +244,12 @@ impl Plan {
             .unwrap_or(0);
         for i in &self.items {
             let (tag, detail) = match &i.state {
-                State::Ensure => ("ensure", i.detail.clone()),
-                State::Skipped(why) => ("skipped", why.clone()),
-                State::InPlace if verbose => ("in place", i.detail.clone()),
+                State::Ensure => ("ensure", &i.detail),
+                State::Skipped(why) => ("skipped", why),
+                State::InPlace if verbose => ("in place", &i.detail),
                 State::InPlace => continue,
             };
-            let _ = writeln!(out, "  {tag:<10} {:<width$}  {detail}", i.label());
+            out.push_str(&format!("  {tag:<10} {:<width$}  {detail}\n", i.label()));
         }
         out
     }
@@ -303,40 +268,49 @@ fn denial(call: &str, reply: &Reply) -> String {
     )
 }
 
-fn status_error(call: &str, reply: &Reply) -> anyhow::Error {
-    anyhow::anyhow!(
-        "{call} failed with HTTP {}: {}",
-        reply.status,
-        reply.errors()
-    )
+/// What a GET of one piece found.
+enum Found {
+    /// The token may not read it: the denial.
+    Denied(String),
+    Missing,
+    Body(Value),
 }
 
-/// The table a `sys/auth` or `sys/mounts` read answers with, keyed by
-/// `<path>/`: under `data` when that is an object, else the body itself
-/// (the table also sits at the top level of the body).
-pub fn mount_table(reply: &Reply) -> &Value {
-    reply
-        .body
-        .get("data")
-        .filter(|d| d.is_object())
-        .unwrap_or(&reply.body)
+/// GET `path`; an error for an answer other than 200, 404 or a denial.
+fn get(http: &VaultHttp, path: &str) -> Result<Found> {
+    let reply = http.try_call(Method::Get, path, None)?;
+    Ok(match reply.status {
+        _ if denied(&reply) => Found::Denied(denial(&format!("read {path}"), &reply)),
+        404 => Found::Missing,
+        200 => Found::Body(reply.body),
+        code => bail!("GET {path} failed with HTTP {code}: {}", reply.errors()),
+    })
+}
+
+/// The state of a piece Vault holds `found`, in place when `as_wanted`.
+fn state_of(found: Found, as_wanted: impl FnOnce(&Value) -> bool) -> State {
+    match found {
+        Found::Denied(why) => State::Skipped(why),
+        Found::Body(body) if as_wanted(&body) => State::InPlace,
+        Found::Body(_) | Found::Missing => State::Ensure,
+    }
+}
+
+/// The table a `sys/auth` read answers with, keyed by `<path>/`: under
+/// `data` when that is an object, else the body itself.
+pub fn mount_table(body: &Value) -> &Value {
+    body.get("data").filter(|d| d.is_object()).unwrap_or(body)
 }
 
 /// Reads Vault and plans each piece of ESO's access.
 pub fn plan(http: &VaultHttp, names: &EsoNames) -> Result<Plan> {
     let mount = &names.auth_mount;
     let auth_name = format!("{mount}/");
-    let config_name = format!("auth/{mount}/config");
-    let mut items = Vec::new();
     let mut outside = None;
-
-    let auths = http.try_call(Method::Get, "sys/auth", None)?;
-    let auth_state = if denied(&auths) {
-        State::Skipped(denial("read sys/auth", &auths))
-    } else if auths.status != 200 {
-        return Err(status_error("GET sys/auth", &auths));
-    } else {
-        match mount_table(&auths).get(&auth_name) {
+    let auth_state = match get(http, "sys/auth")? {
+        Found::Denied(why) => State::Skipped(why),
+        Found::Missing => State::Ensure,
+        Found::Body(body) => match mount_table(&body).get(&auth_name) {
             None => State::Ensure,
             Some(m) if m["type"] == "kubernetes" => State::InPlace,
             Some(m) => bail!(
@@ -346,115 +320,72 @@ pub fn plan(http: &VaultHttp, names: &EsoNames) -> Result<Plan> {
                 names.store,
                 STORE_CHART_VALUES
             ),
-        }
+        },
     };
-    let mounted = auth_state == State::InPlace;
-    items.push(Item {
+    let mut items = vec![Item {
         kind: "auth",
-        name: auth_name.clone(),
+        name: auth_name,
         state: auth_state.clone(),
         detail: "the kubernetes auth method ESO logs in with".into(),
-    });
+    }];
 
     // The config: in a pod, Vault reviews tokens with its own service
     // account and CA; outside one, with the kube context's API server.
-    let config_detail = format!(
-        "kubernetes_host {}; Vault's own service-account token and CA review ESO's token",
-        names.kubernetes_host
-    );
-    let config_state = if let State::Skipped(why) = &auth_state {
-        State::Skipped(why.clone())
-    } else if !mounted {
-        config_state(names, None, &mut outside)
-    } else {
-        let reply = http.try_call(Method::Get, &config_name, None)?;
-        let current = if denied(&reply) {
-            return Ok(skipped_rest(
-                names,
-                items,
-                denial(&format!("read {config_name}"), &reply),
-            ));
-        } else if reply.status == 200 && reply.body["data"].is_object() {
-            let d = &reply.body["data"];
-            Some(KubeConfig {
-                host: d["kubernetes_host"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                ca_cert: d["kubernetes_ca_cert"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string(),
-                reviewer_jwt_set: d["token_reviewer_jwt_set"].as_bool().unwrap_or(false),
-                disable_local_ca_jwt: d["disable_local_ca_jwt"].as_bool().unwrap_or(false),
-            })
-        } else if reply.status == 200 || reply.status == 404 {
-            None
-        } else {
-            return Err(status_error(&format!("GET {config_name}"), &reply));
-        };
-        config_state(names, current.as_ref(), &mut outside)
+    let config_name = format!("auth/{mount}/config");
+    let config_state = match &auth_state {
+        State::Skipped(why) => State::Skipped(why.clone()),
+        State::Ensure => config_state(names, None, &mut outside),
+        State::InPlace => match get(http, &config_name)? {
+            Found::Denied(why) => return Ok(skipped_rest(names, items, why)),
+            Found::Body(body) if body["data"].is_object() => {
+                let d = &body["data"];
+                let current = KubeConfig {
+                    host: d["kubernetes_host"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    ca_cert: d["kubernetes_ca_cert"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
+                    reviewer_jwt_set: d["token_reviewer_jwt_set"].as_bool().unwrap_or(false),
+                    disable_local_ca_jwt: d["disable_local_ca_jwt"].as_bool().unwrap_or(false),
+                };
+                config_state(names, Some(&current), &mut outside)
+            }
+            Found::Body(_) | Found::Missing => config_state(names, None, &mut outside),
+        },
     };
     items.push(Item {
         kind: "config",
         name: config_name,
         state: config_state,
-        detail: config_detail,
+        detail: format!(
+            "kubernetes_host {}; Vault's own service-account token and CA review ESO's token",
+            names.kubernetes_host
+        ),
     });
 
-    // The policy.
-    let policy_path = format!("sys/policies/acl/{}", names.policy);
-    let reply = http.try_call(Method::Get, &policy_path, None)?;
-    let policy_state = if denied(&reply) {
-        State::Skipped(denial(&format!("read {policy_path}"), &reply))
-    } else if reply.status == 404 {
-        State::Ensure
-    } else if reply.status == 200 {
-        let current = reply.body["data"]["policy"].as_str().unwrap_or_default();
-        if current == names.policy_text() {
-            State::InPlace
-        } else {
-            State::Ensure
-        }
-    } else {
-        return Err(status_error(&format!("GET {policy_path}"), &reply));
-    };
-    let policy_detail = if names.kv_version == "v1" {
-        format!("read and list {}/*, nothing else", names.kv_path)
-    } else {
-        format!(
-            "read {0}/data/*, read and list {0}/metadata/*, nothing else",
-            names.kv_path
-        )
-    };
+    let policy = get(http, &format!("sys/policies/acl/{}", names.policy))?;
+    let policy_state = state_of(policy, |b| b["data"]["policy"] == names.policy_text());
+    let p = &names.kv_path;
     items.push(Item {
         kind: "policy",
         name: names.policy.clone(),
         state: policy_state,
-        detail: policy_detail,
+        detail: match names.kv_version.as_str() {
+            "v1" => format!("read and list {p}/*, nothing else"),
+            _ => format!("read {p}/data/*, read and list {p}/metadata/*, nothing else"),
+        },
     });
 
-    // The role.
-    let role_path = format!("auth/{mount}/role/{}", names.role);
-    let role_state = if let State::Skipped(why) = &auth_state {
-        State::Skipped(why.clone())
-    } else if !mounted {
-        State::Ensure
-    } else {
-        let reply = http.try_call(Method::Get, &role_path, None)?;
-        if denied(&reply) {
-            State::Skipped(denial(&format!("read {role_path}"), &reply))
-        } else if reply.status == 404 {
-            State::Ensure
-        } else if reply.status == 200 {
-            if role_matches(names, &reply.body["data"]) {
-                State::InPlace
-            } else {
-                State::Ensure
-            }
-        } else {
-            return Err(status_error(&format!("GET {role_path}"), &reply));
+    let role_state = match &auth_state {
+        State::Skipped(why) => State::Skipped(why.clone()),
+        State::Ensure => State::Ensure,
+        State::InPlace => {
+            let role = get(http, &format!("auth/{mount}/role/{}", names.role))?;
+            state_of(role, |b| role_matches(names, &b["data"]))
         }
     };
     items.push(Item {
@@ -482,11 +413,13 @@ fn skipped_rest(names: &EsoNames, mut items: Vec<Item>, why: String) -> Plan {
         ("policy", names.policy.clone()),
         ("role", names.role.clone()),
     ] {
+        let state = State::Skipped(why.clone());
+        let detail = String::new();
         items.push(Item {
             kind,
             name,
-            state: State::Skipped(why.clone()),
-            detail: String::new(),
+            state,
+            detail,
         });
     }
     Plan {
@@ -496,27 +429,21 @@ fn skipped_rest(names: &EsoNames, mut items: Vec<Item>, why: String) -> Plan {
     }
 }
 
-/// Whether the config is as wanted: the in-pod one (the values' host, no
-/// CA or reviewer JWT given: Vault's own), or, for a Vault outside a pod,
-/// the kube context's API server and CA. With no kube context there is no
-/// cluster whose ESO could log in, and nothing to configure.
+/// Whether the config is as wanted: the in-pod one (the values' host, no CA
+/// or reviewer JWT: Vault's own), or, for a Vault outside a pod, the kube
+/// context's API server and CA. Without a kube context there is no cluster
+/// whose ESO could log in.
 fn config_state(
     names: &EsoNames,
     current: Option<&KubeConfig>,
     outside: &mut Option<ApiServer>,
 ) -> State {
-    decide_config(
-        names,
-        current,
-        || kube::current_context().is_some(),
-        api_server_of_context,
-        outside,
-    )
+    let has_context = || kube::current_context().is_some();
+    decide_config(names, current, has_context, api_server_of_context, outside)
 }
 
-/// [`config_state`] with the kube context's presence and API server as
-/// calls: the API server is asked for (`kubectl config view --raw`) only
-/// to compare it with a config Vault holds.
+/// [`config_state`] with the kube context as calls: the API server is asked
+/// for (`kubectl config view --raw`) only to compare it with a config Vault holds.
 fn decide_config(
     names: &EsoNames,
     current: Option<&KubeConfig>,
@@ -543,47 +470,38 @@ fn decide_config(
     let Some(current) = current else {
         return State::Ensure;
     };
-    match context_api() {
-        Ok(api) => {
-            let wanted = KubeConfig {
-                host: api.server.clone(),
-                ca_cert: api.ca_pem.trim().to_string(),
-                ..KubeConfig::default()
-            };
-            *outside = Some(api);
-            if *current == wanted {
-                State::InPlace
-            } else {
-                State::Ensure
-            }
-        }
-        // Only a Vault outside a pod needs it; one in a pod takes the in-pod config.
-        Err(_) => State::Ensure,
+    // Without it, only an in-pod config can be wanted.
+    let Ok(api) = context_api() else {
+        return State::Ensure;
+    };
+    let wanted = KubeConfig {
+        host: api.server.clone(),
+        ca_cert: api.ca_pem.trim().to_string(),
+        ..KubeConfig::default()
+    };
+    *outside = Some(api);
+    if *current == wanted {
+        State::InPlace
+    } else {
+        State::Ensure
     }
 }
 
 /// The strings in a JSON array (none when `v` is not one), as Vault lists
 /// policies, bound names and capabilities.
 pub fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default()
+    let all = v.as_array().map(Vec::as_slice).unwrap_or_default();
+    all.iter()
+        .filter_map(Value::as_str)
+        .map(String::from)
+        .collect()
 }
 
 fn role_matches(names: &EsoNames, d: &Value) -> bool {
-    let list = |v: &Value| -> Vec<String> {
-        let mut l = strings(v);
-        l.sort();
-        l
-    };
-    list(&d["bound_service_account_names"]) == [names.service_account.clone()]
-        && list(&d["bound_service_account_namespaces"]) == [names.namespace.clone()]
-        && list(&d["token_policies"]) == [names.policy.clone()]
+    let is = |v: &Value, want: &str| strings(v) == [want];
+    is(&d["bound_service_account_names"], &names.service_account)
+        && is(&d["bound_service_account_namespaces"], &names.namespace)
+        && is(&d["token_policies"], &names.policy)
         && d["token_ttl"].as_u64() == Some(names.token_ttl_secs)
 }
 
@@ -594,10 +512,9 @@ pub struct ApiServer {
     pub ca_pem: String,
 }
 
-/// `kubectl config view --minify --raw --flatten --output json`: the
-/// current context's server and CA (inline: kubectl reads a CA file).
+/// The current kube context's server and CA (inline: kubectl reads a CA file).
 pub fn api_server_of_context() -> Result<ApiServer> {
-    let text = crate::secrets::kube::raw_minified_config()?;
+    let text = kube::raw_minified_config()?;
     let v: Value = serde_json::from_str(&text).context("kubectl config view printed no JSON")?;
     let cluster = &v["clusters"][0]["cluster"];
     let server = cluster["server"]
@@ -659,11 +576,11 @@ pub fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
         let mut reply = http.try_call(Method::Post, &path, Some(&body))?;
         // A Raft standby answers for a mount just enabled only once it has
         // applied it: "no handler for route" until then.
-        let mut waited = 0;
-        while reply.status == 404 && reply.errors().contains("no handler for route") && waited < 50
-        {
+        for _ in 0..50 {
+            if reply.status != 404 || !reply.errors().contains("no handler for route") {
+                break;
+            }
             std::thread::sleep(std::time::Duration::from_millis(100));
-            waited += 1;
             reply = http.try_call(Method::Post, &path, Some(&body))?;
         }
         // Outside a pod Vault has no service-account CA of its own: it then
@@ -672,18 +589,20 @@ pub fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
             && reply.status == 400
             && reply.errors().contains("serviceaccount/ca.crt")
         {
-            let api = match &plan.outside {
-                Some(api) => api.clone(),
-                None => match api_server_of_context() {
-                    Ok(api) => api,
-                    Err(e) => {
-                        done.not_written.push((
-                            item.label(),
-                            format!("Vault runs outside a pod and the kube context gives no API server: {e:#}"),
-                        ));
-                        continue;
-                    }
-                },
+            let api = match plan
+                .outside
+                .clone()
+                .map(Ok)
+                .unwrap_or_else(api_server_of_context)
+            {
+                Ok(api) => api,
+                Err(e) => {
+                    let why = format!(
+                        "Vault runs outside a pod and the kube context gives no API server: {e:#}"
+                    );
+                    done.not_written.push((item.label(), why));
+                    continue;
+                }
             };
             let body = json!({"kubernetes_host": api.server, "kubernetes_ca_cert": api.ca_pem, "token_reviewer_jwt": "",
                               "disable_local_ca_jwt": false});
@@ -701,13 +620,13 @@ pub fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
         // A concurrent seed enabled it between our read and our write.
         if item.kind == "auth" && reply.status == 400 && reply.errors().contains("already in use") {
             let auths = http.try_call(Method::Get, "sys/auth", None)?;
-            if mount_table(&auths)[format!("{mount}/")]["type"] == "kubernetes" {
+            if mount_table(&auths.body)[format!("{mount}/")]["type"] == "kubernetes" {
                 continue;
             }
         }
         if denied(&reply) {
-            done.not_written
-                .push((item.label(), denial(&format!("write {path}"), &reply)));
+            let why = denial(&format!("write {path}"), &reply);
+            done.not_written.push((item.label(), why));
         } else if (200..300).contains(&reply.status) {
             done.written.push(item.label());
         } else {
@@ -719,30 +638,21 @@ pub fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
             );
         }
     }
-    if let Some(missing) = service_account_missing(names) {
-        done.notes.push(missing);
-    }
+    done.notes.extend(service_account_missing(names));
     Ok(done)
 }
 
 /// With a kube context: a note when the service account the role binds is
-/// not in the cluster (ESO installed under another name, such as
-/// `foundation-external-secrets`). Without one, or when kubectl cannot
-/// answer, nothing: `doctor` reports kubectl's trouble.
+/// not in the cluster (ESO installed under another name). Without one, or
+/// when kubectl cannot answer, nothing: `doctor` reports kubectl's trouble.
 pub fn service_account_missing(names: &EsoNames) -> Option<String> {
     kube::current_context()?;
     let field = format!("metadata.name={}", names.service_account);
-    let found = kube::kubectl(&[
-        "get",
-        "serviceaccounts",
-        "--namespace",
-        &names.namespace,
-        "--field-selector",
-        &field,
-        "--output",
-        "name",
-    ])
-    .ok()?;
+    let found = kube::kubectl_tool()
+        .args(["get", "serviceaccounts", "--namespace", &names.namespace])
+        .args(["--field-selector", &field, "--output", "name"])
+        .run()
+        .ok()?;
     found.trim().is_empty().then(|| {
         format!(
             "service account {} is not in the cluster, so ESO cannot log in as the role binds it. Find ESO's \
@@ -754,9 +664,8 @@ pub fn service_account_missing(names: &EsoNames) -> Option<String> {
 }
 
 /// What to check when Vault says `permission denied` to ESO: the role's
-/// bound service account (names and namespaces) against the one the store
-/// logs in as, and the TokenReview right (`system:auth-delegator`) of the
-/// reviewer. Names from the store chart and layer 15 of `env`.
+/// bound service account against the one the store logs in as, and the
+/// reviewer's TokenReview right. Names from the store chart and layer 15 of `env`.
 pub fn denied_checks(
     root: &std::path::Path,
     env: &str,
@@ -789,66 +698,18 @@ pub fn denied_checks(
 mod tests {
     use super::*;
 
-    /// Copies the store chart's values and the local layer-15 values into
-    /// `dir`, at their paths in the repo.
-    fn copy_store_values(dir: &Path) {
-        let root = crate::project_root();
-        for rel in [STORE_CHART_VALUES, LAYER_15_LOCAL] {
-            let to = dir.join(rel);
-            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-            std::fs::copy(root.join(rel), to).unwrap();
-        }
-    }
-
-    const LAYER_15_LOCAL: &str =
-        "infra/kubernetes/environments/local/platform/15-secrets.values.yaml";
-
-    #[test]
-    fn names_come_from_the_store_chart_and_layer_15() {
-        let root = crate::project_root();
-        let names = EsoNames::load(&root, "local").unwrap();
-        assert_eq!(names.store, "ameide-vault");
-        assert_eq!(names.auth_mount, "kubernetes");
-        assert_eq!(names.role, "external-secrets");
-        assert_eq!(names.policy, "external-secrets");
-        assert_eq!(names.kv_path, "secret");
-        assert_eq!(names.subject(), "external-secrets/external-secrets");
-        assert_eq!(names.kubernetes_host, "https://kubernetes.default.svc");
-        assert_eq!(names.token_ttl_secs, 900);
-    }
-
-    #[test]
-    fn layer_15_overrides_the_chart() {
-        let dir = std::env::temp_dir().join(format!("eso-names-{}", std::process::id()));
-        copy_store_values(&dir);
-        let layer = dir.join(LAYER_15_LOCAL);
-        let text = std::fs::read_to_string(&layer).unwrap().replace(
-            "    path: secret\n",
-            "    path: kv\n    auth:\n      mountPath: k3d-auth\n",
-        );
-        std::fs::write(&layer, text).unwrap();
-        let names = EsoNames::load(&dir, "local").unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(
-            (names.kv_path.as_str(), names.auth_mount.as_str()),
-            ("kv", "k3d-auth")
-        );
-        assert_eq!(
-            names.policy, "external-secrets",
-            "the rest stays the chart's"
-        );
-        assert!(names.policy_text().contains("path \"kv/data/*\""));
-    }
-
     #[test]
     fn a_missing_value_names_the_file_and_key() {
         let dir = std::env::temp_dir().join(format!("eso-missing-{}", std::process::id()));
-        copy_store_values(&dir);
+        let root = crate::project_root();
+        let layer = project::flag_file("local");
+        for rel in [Path::new(STORE_CHART_VALUES), &layer] {
+            std::fs::create_dir_all(dir.join(rel).parent().unwrap()).unwrap();
+            std::fs::copy(root.join(rel), dir.join(rel)).unwrap();
+        }
         let chart = dir.join(STORE_CHART_VALUES);
-        let text = std::fs::read_to_string(&chart)
-            .unwrap()
-            .replace("    policy: external-secrets\n", "");
-        std::fs::write(&chart, text).unwrap();
+        let text = std::fs::read_to_string(&chart).unwrap();
+        std::fs::write(&chart, text.replace("    policy: external-secrets\n", "")).unwrap();
         let err = EsoNames::load(&dir, "local").unwrap_err().to_string();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(
@@ -858,51 +719,31 @@ mod tests {
     }
 
     #[test]
-    fn the_policy_reads_and_lists_only() {
-        let names = EsoNames::load(&crate::project_root(), "local").unwrap();
-        let text = names.policy_text();
-        assert!(
-            text.contains("path \"secret/data/*\" {\n  capabilities = [\"read\"]\n}"),
-            "{text}"
-        );
-        assert!(
-            text.contains("path \"secret/metadata/*\" {\n  capabilities = [\"read\", \"list\"]\n}"),
-            "{text}"
-        );
-        for verb in ["create", "update", "delete", "sudo", "patch"] {
-            assert!(!text.contains(&format!("\"{verb}\"")), "{text}");
-        }
-    }
-
-    #[test]
     fn the_mount_table_is_data_when_it_is_an_object() {
-        let reply = |body: Value| Reply { status: 200, body };
-        let nested = reply(
-            json!({"data": {"kubernetes/": {"type": "kubernetes"}}, "kubernetes/": {"type": "x"}}),
-        );
-        assert_eq!(mount_table(&nested)["kubernetes/"]["type"], "kubernetes");
-        let flat = reply(json!({"kubernetes/": {"type": "kubernetes"}, "data": null}));
-        assert_eq!(mount_table(&flat)["kubernetes/"]["type"], "kubernetes");
-        let bare = reply(json!({"token/": {"type": "token"}}));
-        assert_eq!(mount_table(&bare)["token/"]["type"], "token");
+        let nested =
+            json!({"data": {"kubernetes/": {"type": "kubernetes"}}, "kubernetes/": {"type": "x"}});
+        let flat = json!({"kubernetes/": {"type": "kubernetes"}, "data": null});
+        for body in [nested, flat] {
+            assert_eq!(mount_table(&body)["kubernetes/"]["type"], "kubernetes");
+        }
     }
 
     #[test]
     fn a_first_seed_plans_the_config_without_asking_kubectl_for_the_api_server() {
         let names = EsoNames::load(&crate::project_root(), "local").unwrap();
-        let api = || ApiServer {
-            server: "https://127.0.0.1:6443".into(),
-            ca_pem: "PEM\n".into(),
+        let api = || {
+            let (server, ca_pem) = ("https://127.0.0.1:6443".into(), "PEM\n".into());
+            Ok(ApiServer { server, ca_pem })
         };
         let not_asked = || -> Result<ApiServer> { panic!("kubectl config view was run") };
         let mut outside = None;
         // Nothing configured yet: written, the API server left to apply.
         let state = decide_config(&names, None, || true, not_asked, &mut outside);
-        assert_eq!(state, State::Ensure);
-        assert!(outside.is_none());
+        assert_eq!((state, outside.is_none()), (State::Ensure, true));
         // The in-pod config in place: nothing asked.
+        let host = names.kubernetes_host.clone();
         let in_pod = KubeConfig {
-            host: names.kubernetes_host.clone(),
+            host,
             ..KubeConfig::default()
         };
         let state = decide_config(
@@ -917,37 +758,35 @@ mod tests {
         let state = decide_config(&names, None, || false, not_asked, &mut outside);
         assert!(matches!(state, State::Skipped(why) if why.starts_with("no kube context")));
         // A config Vault holds is compared with the context's API server.
+        let (host, ca_cert) = ("https://127.0.0.1:6443".into(), "PEM".into());
         let outside_cfg = KubeConfig {
-            host: "https://127.0.0.1:6443".into(),
-            ca_cert: "PEM".into(),
+            host,
+            ca_cert,
             ..KubeConfig::default()
         };
-        let state = decide_config(
-            &names,
-            Some(&outside_cfg),
-            || true,
-            || Ok(api()),
-            &mut outside,
-        );
+        let state = decide_config(&names, Some(&outside_cfg), || true, api, &mut outside);
         assert_eq!(state, State::InPlace);
         assert_eq!(
-            outside.as_ref().map(|a| a.server.as_str()),
-            Some("https://127.0.0.1:6443")
+            outside.map(|a| a.server),
+            Some("https://127.0.0.1:6443".into())
         );
+        let host = "https://10.0.0.1".into();
         let stale = KubeConfig {
-            host: "https://10.0.0.1".into(),
+            host,
             ..KubeConfig::default()
         };
-        let state = decide_config(&names, Some(&stale), || true, || Ok(api()), &mut outside);
+        let state = decide_config(&names, Some(&stale), || true, api, &mut None);
         assert_eq!(state, State::Ensure);
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("15m").unwrap(), 900);
-        assert_eq!(parse_duration("1h").unwrap(), 3600);
-        assert_eq!(parse_duration("90").unwrap(), 90);
-        assert!(parse_duration("0s").is_err() && parse_duration("5d").is_err());
+    fn token_ttls() {
+        for (ttl, secs) in [("15m", 900), ("1h30m", 5400), ("1.5h", 5400), ("90", 90)] {
+            assert_eq!(parse_duration(ttl).unwrap(), secs, "{ttl}");
+        }
+        for bad in ["0s", "500ms", "5d", ""] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 
     /// Snapshot of the plan lines.

@@ -1,27 +1,12 @@
 //! Reading Vault as ESO does (`check --live --as-eso`, `doctor`): ESO's
-//! login, end to end, then its reads.
-//!
-//! The login is the one ESO's controller makes: a TokenRequest for the
-//! store's service account (`kubectl create token`), `POST
-//! auth/<mountPath>/login` with that token, and Vault's TokenReview of it at
-//! the API server. The Vault token it gets reads every key the
-//! ExternalSecrets need, a write with it must be refused, and it is revoked
-//! at the end. A refused login is explained ([`Refused`]): with the
-//! caller's token, the role's bindings, the auth config and the reviewer's
-//! ClusterRoleBindings are read, in that order.
-//!
-//! With no cluster to log in through (no kube context, or kubectl cannot
-//! reach it) only the policy is checked: a token minted with the role's
-//! policies through `auth/token/create`, labelled `policy-only`, which
-//! proves nothing before the policy.
-//!
-//! The JWT and the Vault tokens stay in memory: kubectl prints the JWT on
-//! stdout (a failure quotes stderr only), and no argv, output or error holds
-//! either.
-//!
-//! The write probe cannot change anything: it is a KV v2 write with a
-//! check-and-set version no entry has, so a policy that allowed writes gets
-//! "check-and-set parameter did not match" (400) instead of 403.
+//! login (a TokenRequest for the store's service account, `POST
+//! auth/<mountPath>/login`, Vault's TokenReview), its reads, a write that
+//! must be refused, and the token revoked. A refused login is explained
+//! ([`Refused`]) from what the caller's token may read. With no cluster to
+//! log in through, a token minted with the role's policies (`policy-only`)
+//! proves the policy only. The JWT and Vault tokens stay in memory: no
+//! argv, output or error holds either. The write probe is a KV v2 write
+//! with a check-and-set version no entry has: it cannot land.
 
 use std::path::Path;
 
@@ -91,6 +76,23 @@ pub struct AsEso {
 }
 
 impl AsEso {
+    fn new(method: How, names: &EsoNames, kube_context: Option<String>) -> AsEso {
+        AsEso {
+            method,
+            role: names.role.clone(),
+            service_account: names.subject(),
+            auth: format!("auth/{}", names.auth_mount),
+            kube_context,
+            policy_only_reason: None,
+            login_refused: None,
+            policies: Vec::new(),
+            read: Vec::new(),
+            unreadable: Vec::new(),
+            write_refused: false,
+            write_answer: String::new(),
+        }
+    }
+
     pub fn ok(&self) -> bool {
         self.login_refused.is_none() && self.unreadable.is_empty() && self.write_refused
     }
@@ -172,20 +174,7 @@ pub fn read_as_eso(
             )
         }
     };
-    let mut as_eso = AsEso {
-        method: How::Login,
-        role: names.role.clone(),
-        service_account: names.subject(),
-        auth: format!("auth/{}", names.auth_mount),
-        kube_context: Some(context.clone()),
-        policy_only_reason: None,
-        login_refused: None,
-        policies: Vec::new(),
-        read: Vec::new(),
-        unreadable: Vec::new(),
-        write_refused: false,
-        write_answer: String::new(),
-    };
+    let mut as_eso = AsEso::new(How::Login, names, Some(context.clone()));
     let (jwt, audiences) = match service_account_token(names, &audiences(root)?, &context)? {
         Minted::Token { jwt, audiences } => (jwt, audiences),
         Minted::Refused(refused) => {
@@ -214,14 +203,12 @@ pub fn read_as_eso(
         return Ok(as_eso);
     }
     as_eso.policies = strings(&login.body["auth"]["policies"]);
-    let eso = http.with_token(Secret::new(token.to_string()));
-    let result = probe(&eso, names, keys);
-    let _ = eso.try_call(Method::Post, "auth/token/revoke-self", None);
-    let (read, unreadable, write_refused, write_answer) = result?;
-    as_eso.read = read;
-    as_eso.unreadable = unreadable;
-    as_eso.write_refused = write_refused;
-    as_eso.write_answer = write_answer;
+    probe(
+        &http.with_token(Secret::new(token.to_string())),
+        names,
+        keys,
+        &mut as_eso,
+    )?;
     Ok(as_eso)
 }
 
@@ -276,17 +263,15 @@ fn unreachable(stderr: &str) -> bool {
 /// `kubectl create token <sa> --namespace <ns>`, as ESO's controller asks
 /// for one (a TokenRequest of 10 minutes, with the store's audiences).
 fn service_account_token(names: &EsoNames, audiences: &[String], context: &str) -> Result<Minted> {
-    let mut tool = kube::kubectl_tool().args([
-        "create",
-        "token",
-        &names.service_account,
-        "--namespace",
-        &names.namespace,
-        "--duration",
-        TOKEN_DURATION,
-        "--output",
-        "json",
-    ]);
+    let mut tool = kube::kubectl_tool()
+        .args([
+            "create",
+            "token",
+            &names.service_account,
+            "--namespace",
+            &names.namespace,
+        ])
+        .args(["--duration", TOKEN_DURATION, "--output", "json"]);
     for audience in audiences {
         tool = tool.args(["--audience", audience]);
     }
@@ -795,29 +780,31 @@ fn policy_only(http: &VaultHttp, names: &EsoNames, keys: &[String], why: String)
     if created.body["auth"]["policies"].is_array() {
         policies = strings(&created.body["auth"]["policies"]);
     }
-    let eso = http.with_token(Secret::new(token.to_string()));
-    let result = probe(&eso, names, keys);
-    let _ = eso.try_call(Method::Post, "auth/token/revoke-self", None);
-    let (read, unreadable, write_refused, write_answer) = result?;
-    Ok(AsEso {
-        method: How::PolicyOnly,
-        role: names.role.clone(),
-        service_account: names.subject(),
-        auth: format!("auth/{}", names.auth_mount),
-        kube_context: None,
-        policy_only_reason: Some(why),
-        login_refused: None,
-        policies,
-        read,
-        unreadable,
-        write_refused,
-        write_answer,
-    })
+    let mut as_eso = AsEso::new(How::PolicyOnly, names, None);
+    as_eso.policy_only_reason = Some(why);
+    as_eso.policies = policies;
+    probe(
+        &http.with_token(Secret::new(token.to_string())),
+        names,
+        keys,
+        &mut as_eso,
+    )?;
+    Ok(as_eso)
 }
 
-type Probe = (Vec<String>, Vec<(String, String)>, bool, String);
+/// Reads `keys` with ESO's token, probes a write, then revokes the token.
+fn probe(eso: &VaultHttp, names: &EsoNames, keys: &[String], into: &mut AsEso) -> Result<()> {
+    let result = read_and_write(eso, names, keys, into);
+    let _ = eso.try_call(Method::Post, "auth/token/revoke-self", None);
+    result
+}
 
-fn probe(eso: &VaultHttp, names: &EsoNames, keys: &[String]) -> Result<Probe> {
+fn read_and_write(
+    eso: &VaultHttp,
+    names: &EsoNames,
+    keys: &[String],
+    into: &mut AsEso,
+) -> Result<()> {
     let answers = bounded(keys.to_vec(), 8, |key| {
         let path = names.data_path(&key);
         let verdict = match eso.try_call(Method::Get, &path, None) {
@@ -840,22 +827,17 @@ fn probe(eso: &VaultHttp, names: &EsoNames, keys: &[String]) -> Result<Probe> {
         };
         (key, verdict)
     });
-    let mut read = Vec::new();
-    let mut unreadable = Vec::new();
     for (key, verdict) in answers {
         match verdict {
-            Ok(()) => read.push(key),
-            Err(why) => unreadable.push((key, why)),
+            Ok(()) => into.read.push(key),
+            Err(why) => into.unreadable.push((key, why)),
         }
     }
-    read.sort();
-    unreadable.sort();
-    let target = keys
-        .first()
-        .map(String::as_str)
-        .unwrap_or("xtask-eso-write-probe");
-    let (write_refused, write_answer) = write_probe(eso, names, target)?;
-    Ok((read, unreadable, write_refused, write_answer))
+    into.read.sort();
+    into.unreadable.sort();
+    let target = keys.first().map_or("xtask-eso-write-probe", String::as_str);
+    (into.write_refused, into.write_answer) = write_probe(eso, names, target)?;
+    Ok(())
 }
 
 /// Tries a write that cannot land; `true` when the policy refused it.

@@ -1,57 +1,40 @@
-//! kubectl: the current context, the kubeconfig, ESO's objects and their
-//! status. Every call goes through `process::Tool`, with a deadline. The
-//! port-forward lives in `port_forward.rs`.
+//! kubectl: the current context, the kubeconfig, ESO's objects and events.
+//! Every call goes through `process::Tool`, with a deadline.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use serde_json::Value;
 
 use crate::process::Tool;
-
-/// The deadline of one kubectl call (`get`, `annotate`, `config`).
-const KUBECTL_DEADLINE: Duration = Duration::from_secs(30);
 
 pub const INSTALL_HINT: &str =
     "install kubectl (https://kubernetes.io/docs/tasks/tools/) and put it on PATH";
 
-/// kubectl for one call (not the long-running port-forward), with its
-/// deadline and the hints for our messages.
+/// kubectl for one call (not the port-forward), with a 30 s deadline.
 pub fn kubectl_tool() -> Tool {
     Tool::new("kubectl")
-        .deadline(KUBECTL_DEADLINE)
+        .deadline(Duration::from_secs(30))
         .install_hint(INSTALL_HINT)
         .timeout_hint(
             "Is the cluster up and reachable? `kubectl cluster-info` shows where kubectl looks.",
         )
 }
 
-/// The current kube context, or `None` when kubectl is missing, has none,
-/// or fails (see [`context`] for the reason). Asked once per process.
+/// The current kube context, or `None` when kubectl is missing, has none, or fails.
 pub fn current_context() -> Option<String> {
     context().ok().flatten()
 }
 
-/// The answer of the first [`context`] call: a run never changes the
-/// kubeconfig, and doctor, seed and migrate ask several times.
-static CONTEXT: OnceLock<Result<Option<String>, String>> = OnceLock::new();
-
-/// The current kube context: `Ok(None)` when kubectl is not installed or
-/// no context is set; an error with kubectl's words when it fails
-/// otherwise (a broken kubeconfig) or outlives its deadline. kubectl is
-/// asked once per process; later calls repeat its answer, error included
-/// (a kubectl that timed out once is not waited for again).
+/// The current kube context: `Ok(None)` without kubectl or a context set;
+/// kubectl's words when it fails. Asked once per process (a run never
+/// changes the kubeconfig); later calls repeat the answer, error included.
 pub fn context() -> Result<Option<String>> {
-    once(&CONTEXT, ask_context)
-}
-
-/// `cell`'s answer, from `ask` the first time. An error is kept as its
-/// message (with its causes), as anyhow errors cannot be cloned.
-fn once<T: Clone>(
-    cell: &OnceLock<Result<T, String>>,
-    ask: impl FnOnce() -> Result<T>,
-) -> Result<T> {
-    cell.get_or_init(|| ask().map_err(|e| format!("{e:#}")))
+    static CONTEXT: OnceLock<Result<Option<String>, String>> = OnceLock::new();
+    CONTEXT
+        .get_or_init(|| ask_context().map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(anyhow::Error::msg)
 }
@@ -63,8 +46,7 @@ fn ask_context() -> Result<Option<String>> {
     let tool = kubectl_tool().args(["config", "current-context"]);
     let out = tool.output()?;
     if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if stderr.contains("current-context is not set") {
+        if String::from_utf8_lossy(&out.stderr).contains("current-context is not set") {
             return Ok(None);
         }
         return Err(tool.failure(&out));
@@ -73,11 +55,8 @@ fn ask_context() -> Result<Option<String>> {
     Ok((!ctx.is_empty()).then_some(ctx))
 }
 
-/// Whether kubectl could find a kubeconfig: a path in `KUBECONFIG` that
-/// exists (a `:`-separated list; empty counts as unset; a pipe such as
-/// `<(sops -d ...)` counts), else `~/.kube/config`.
-/// Without one kubectl has no current context, and the answer costs no
-/// kubectl child (a Go binary's start: about 50 ms of CPU per seed). Where
+/// Whether kubectl could find a kubeconfig (`KUBECONFIG`'s paths, else
+/// `~/.kube/config`): without one the answer costs no kubectl child. Where
 /// we cannot tell (no `HOME`), kubectl decides.
 fn kubeconfig_exists() -> bool {
     match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
@@ -94,31 +73,12 @@ pub fn kubectl(args: &[&str]) -> Result<String> {
     kubectl_tool().args(args).run()
 }
 
-/// `kubectl config view --minify --raw --flatten --output json`: the current
-/// context with its cluster's CA inline (`--flatten` reads a CA file the way
-/// kubectl does, relative to the kubeconfig's folder). It carries the context's credentials too:
-/// keep it in memory; a failure quotes kubectl's stderr only.
+/// The current context with its cluster's CA inline (`--flatten` reads a CA
+/// file as kubectl does). It holds credentials: keep it in memory.
 pub fn raw_minified_config() -> Result<String> {
     kubectl_tool()
-        .args([
-            "config",
-            "view",
-            "--minify",
-            "--raw",
-            "--flatten",
-            "--output",
-            "json",
-        ])
+        .args("config view --minify --raw --flatten --output json".split(' '))
         .run()
-}
-
-/// kubectl failed because the cluster does not know the resource type:
-/// `error: the server doesn't have a resource type "externalsecrets"`, or
-/// (a group the discovery cache still lists) `the server could not find the
-/// requested resource`.
-fn unknown_resource_type(stderr: &str) -> bool {
-    stderr.contains("the server doesn't have a resource type")
-        || stderr.contains("the server could not find the requested resource")
 }
 
 /// ESO's API group, as `kubectl api-versions` lists it.
@@ -127,15 +87,13 @@ pub const ESO_GROUP: &str = "external-secrets.io";
 /// The version of ESO's API that layer 15's manifests use (ESO 0.16+).
 pub const ESO_V1: &str = "external-secrets.io/v1";
 
-/// Installs External Secrets Operator with its official Helm chart (CRDs
-/// included), as its getting-started guide does.
+/// Installs External Secrets Operator with its official Helm chart.
 pub const ESO_INSTALL: &str =
     "helm repo add external-secrets https://charts.external-secrets.io && \
      helm install external-secrets external-secrets/external-secrets --namespace external-secrets \
      --create-namespace --wait";
 
-/// Upgrades an ESO that the official Helm chart installed (the release and
-/// namespace `helm list --all-namespaces` shows) to the chart's latest.
+/// Upgrades an ESO the official Helm chart installed to the chart's latest.
 pub const ESO_UPGRADE: &str = "helm repo add external-secrets https://charts.external-secrets.io; \
      helm repo update external-secrets && helm upgrade external-secrets external-secrets/external-secrets \
      --namespace external-secrets --wait";
@@ -147,7 +105,6 @@ pub enum EsoApi {
     Missing,
     /// Versions, but not `v1`: an ESO older than 0.16.
     Old(Vec<String>),
-    /// `external-secrets.io/v1` is served.
     V1,
 }
 
@@ -189,16 +146,28 @@ impl EsoApi {
     }
 }
 
-/// `kubectl api-versions` (it asks the server afresh, not its discovery
-/// cache), read for ESO's group.
+/// `kubectl api-versions` (the server's answer, not the discovery cache).
 pub fn eso_api() -> Result<EsoApi> {
     Ok(EsoApi::parse(&kubectl(&["api-versions"])?))
+}
+
+/// A JSON string field, or empty.
+fn text(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+/// The `items` of a `kubectl get ... --output json` list.
+fn items(list: &Value) -> &[Value] {
+    list["items"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
 }
 
 /// An object's Ready condition, as ESO writes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Ready {
-    /// `Some(true)`, `Some(false)`, or `None` when there is no Ready condition.
+    /// `None` when there is no Ready condition.
     pub ready: Option<bool>,
     pub reason: String,
     pub message: String,
@@ -206,16 +175,13 @@ pub struct Ready {
 
 impl Ready {
     /// The Ready condition in `object["status"]["conditions"]`.
-    pub fn of(object: &serde_json::Value) -> Ready {
-        let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-        match object["status"]["conditions"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-        {
+    pub fn of(object: &Value) -> Ready {
+        let conditions = object["status"]["conditions"].as_array();
+        match conditions.and_then(|c| c.iter().find(|c| c["type"] == "Ready")) {
             Some(c) => Ready {
                 ready: Some(c["status"] == "True"),
-                reason: s(&c["reason"]),
-                message: s(&c["message"]),
+                reason: text(&c["reason"]),
+                message: text(&c["message"]),
             },
             None => Ready::default(),
         }
@@ -237,7 +203,6 @@ pub struct EsStatus {
     pub name: String,
     /// `Kind/name` of its store.
     pub store: String,
-    /// The Ready condition: `Some(true)`, `Some(false)`, or `None` when absent.
     pub ready: Option<bool>,
     pub reason: String,
     pub message: String,
@@ -258,11 +223,9 @@ impl EsStatus {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// Why ESO will not re-read it when its force-sync annotation changes,
-    /// as ESO 0.16+ decides (`shouldRefresh`): once synced, an
-    /// ExternalSecret with `refreshPolicy: CreatedOnce`, or a periodic one
-    /// with `refreshInterval: 0`, is never read again while its Secret is
-    /// intact. `None` when the annotation makes ESO read it.
+    /// Why ESO 0.16+ will not re-read it when its force-sync annotation
+    /// changes (`shouldRefresh`): once synced, `refreshPolicy: CreatedOnce`
+    /// or a periodic `refreshInterval: 0` is never read again.
     pub fn ignores_force_sync(&self) -> Option<String> {
         let synced = self
             .synced_resource_version
@@ -274,7 +237,7 @@ impl EsStatus {
             }
             Some("OnChange") => None,
             _ => match self.refresh_interval.as_deref() {
-                Some(every) if synced && not_positive(every) => {
+                Some(every) if synced && go_seconds(every).is_some_and(|s| s <= 0.0) => {
                     Some(format!("refreshInterval: {every}"))
                 }
                 _ => None,
@@ -283,122 +246,122 @@ impl EsStatus {
     }
 }
 
-/// Whether a Go duration (`0`, `0s`, `0h0m0s`, `-1m`) is zero or less.
-/// An empty one is ESO's default (1h).
-fn not_positive(duration: &str) -> bool {
+/// A Go duration (`time.ParseDuration`: `0`, `1h30m`, `500ms`, `-1.5h`) in
+/// seconds; `None` when it is not one.
+pub fn go_seconds(duration: &str) -> Option<f64> {
     let d = duration.trim();
-    d.starts_with('-')
-        || (d.chars().any(|c| c.is_ascii_digit())
-            && d.chars().filter(|c| c.is_ascii_digit()).all(|c| c == '0'))
+    let (sign, mut rest) = match d.strip_prefix('-') {
+        Some(rest) => (-1.0, rest),
+        None => (1.0, d.strip_prefix('+').unwrap_or(d)),
+    };
+    if rest == "0" {
+        return Some(0.0);
+    }
+    let mut total = None;
+    while !rest.is_empty() {
+        let end = rest.find(|c: char| !c.is_ascii_digit() && c != '.');
+        let (number, unit) = rest.split_at(end?);
+        let end = unit.find(|c: char| c.is_ascii_digit() || c == '.');
+        let (unit, next) = unit.split_at(end.unwrap_or(unit.len()));
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total = Some(total.unwrap_or(0.0) + number.parse::<f64>().ok()? * scale);
+        rest = next;
+    }
+    total.map(|t| sign * t)
 }
 
-/// A failed kubectl call about ESO's objects: a cluster without ESO is
-/// said in those words, with kubectl's and the install command.
+/// A failed kubectl call about ESO's objects: a cluster without ESO (`the
+/// server doesn't have a resource type`, or a group the discovery cache
+/// still lists) is said in those words, with the install command.
 fn eso_failure(tool: &Tool, out: &std::process::Output) -> anyhow::Error {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if !unknown_resource_type(&stderr) {
+    if !stderr.contains("the server doesn't have a resource type")
+        && !stderr.contains("the server could not find the requested resource")
+    {
         return tool.failure(out);
     }
     let (what, fix) = EsoApi::Missing.problem().expect("a problem");
-    anyhow::anyhow!(
-        "{what} (`{}`: {}); {fix}",
-        tool.display(),
-        crate::process::tail(&stderr, 1)
-    )
+    let said = crate::process::tail(&stderr, 1);
+    anyhow::anyhow!("{what} (`{}`: {said}); {fix}", tool.display())
 }
 
-/// `kubectl <args>` whose object type is ESO's: a cluster without ESO is
-/// said in those words, with the install command.
-fn kubectl_eso(args: &[&str]) -> Result<String> {
-    let tool = kubectl_tool().args(args);
-    let out = tool.output()?;
-    if out.status.success() {
-        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-    }
-    Err(eso_failure(&tool, &out))
-}
-
-/// Every ExternalSecret in the cluster (`kubectl get externalsecrets -A -o json`).
+/// Every ExternalSecret in the cluster.
 pub fn external_secrets() -> Result<Vec<EsStatus>> {
-    let text = kubectl_eso(&[
-        "get",
-        "externalsecrets",
-        "--all-namespaces",
-        "--output",
-        "json",
-    ])?;
-    parse_external_secrets(&text)
+    let tool = kubectl_tool().args("get externalsecrets --all-namespaces --output json".split(' '));
+    let out = tool.output()?;
+    if !out.status.success() {
+        return Err(eso_failure(&tool, &out));
+    }
+    parse_external_secrets(&String::from_utf8_lossy(&out.stdout))
 }
 
-pub fn parse_external_secrets(text: &str) -> Result<Vec<EsStatus>> {
-    let list: serde_json::Value =
-        serde_json::from_str(text).context("kubectl printed no JSON list")?;
-    let mut out = Vec::new();
-    for item in list["items"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    {
-        let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-        let opt = |v: &serde_json::Value| v.as_str().map(String::from);
-        let spec = &item["spec"];
+pub fn parse_external_secrets(json: &str) -> Result<Vec<EsStatus>> {
+    let list: Value = serde_json::from_str(json).context("kubectl printed no JSON list")?;
+    let opt = |v: &Value| v.as_str().map(String::from);
+    let statuses = items(&list).iter().map(|item| {
+        let (spec, status) = (&item["spec"], &item["status"]);
         let store_ref = &spec["secretStoreRef"];
         let ready = Ready::of(item);
-        let name = s(&item["metadata"]["name"]);
-        out.push(EsStatus {
-            namespace: s(&item["metadata"]["namespace"]),
+        let name = text(&item["metadata"]["name"]);
+        EsStatus {
+            namespace: text(&item["metadata"]["namespace"]),
             store: format!(
                 "{}/{}",
                 store_ref["kind"].as_str().unwrap_or("SecretStore"),
-                store_ref["name"].as_str().unwrap_or_default()
+                text(&store_ref["name"])
             ),
             ready: ready.ready,
             reason: ready.reason,
             message: ready.message,
-            refresh_time: opt(&item["status"]["refreshTime"]),
-            synced_resource_version: opt(&item["status"]["syncedResourceVersion"]),
+            refresh_time: opt(&status["refreshTime"]),
+            synced_resource_version: opt(&status["syncedResourceVersion"]),
             refresh_interval: match &spec["refreshInterval"] {
-                serde_json::Value::Number(n) => Some(n.to_string()),
+                Value::Number(n) => Some(n.to_string()),
                 v => opt(v),
             },
             refresh_policy: opt(&spec["refreshPolicy"]),
-            target: spec["target"]["name"]
-                .as_str()
+            target: opt(&spec["target"]["name"])
                 .filter(|t| !t.is_empty())
-                .unwrap_or(&name)
-                .to_string(),
+                .unwrap_or_else(|| name.clone()),
             name,
-        });
-    }
-    Ok(out)
+        }
+    });
+    Ok(statuses.collect())
 }
 
-/// `ClusterSecretStore/<name>`'s Ready condition; `None` when there is no
-/// such store (kubectl: `Error from server (NotFound)`).
+/// `ClusterSecretStore/<name>`'s Ready condition; `None` when there is no such store.
 pub fn cluster_secret_store(name: &str) -> Result<Option<Ready>> {
     let tool = kubectl_tool().args(["get", "clustersecretstore", name, "--output", "json"]);
     let out = tool.output()?;
     if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if stderr.contains("(NotFound)") {
+        if String::from_utf8_lossy(&out.stderr).contains("(NotFound)") {
             return Ok(None);
         }
         return Err(eso_failure(&tool, &out));
     }
-    let object: serde_json::Value = serde_json::from_slice(&out.stdout)
+    let object: Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("`{}` printed no JSON", tool.display()))?;
     Ok(Some(Ready::of(&object)))
 }
 
 /// Asks ESO to re-read an ExternalSecret now.
 pub fn force_sync(namespace: &str, name: &str, stamp: &str) -> Result<()> {
+    let stamp = format!("force-sync={stamp}");
     kubectl(&[
         "annotate",
         "externalsecret",
         name,
         "--namespace",
         namespace,
-        &format!("force-sync={stamp}"),
+        &stamp,
         "--overwrite",
     ])?;
     Ok(())
@@ -407,27 +370,25 @@ pub fn force_sync(namespace: &str, name: &str, stamp: &str) -> Result<()> {
 /// Asks ESO to validate a ClusterSecretStore now: any change to the object
 /// queues it at once, ahead of the backoff of a store that failed.
 pub fn force_sync_store(name: &str, stamp: &str) -> Result<()> {
+    let stamp = format!("force-sync={stamp}");
     kubectl(&[
         "annotate",
         "clustersecretstore",
         name,
-        &format!("force-sync={stamp}"),
+        &stamp,
         "--overwrite",
     ])?;
     Ok(())
 }
 
-/// Every namespace in the cluster (`kubectl get namespaces -o json`).
-pub fn namespaces() -> Result<std::collections::BTreeSet<String>> {
-    let text = kubectl(&["get", "namespaces", "--output", "json"])?;
-    let list: serde_json::Value =
-        serde_json::from_str(&text).context("kubectl get namespaces printed no JSON list")?;
-    Ok(list["items"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+/// Every namespace in the cluster.
+pub fn namespaces() -> Result<BTreeSet<String>> {
+    let json = kubectl(&["get", "namespaces", "--output", "json"])?;
+    let list: Value =
+        serde_json::from_str(&json).context("kubectl get namespaces printed no JSON list")?;
+    Ok(items(&list)
         .iter()
-        .filter_map(|n| n["metadata"]["name"].as_str().map(String::from))
+        .map(|n| text(&n["metadata"]["name"]))
         .collect())
 }
 
@@ -435,7 +396,7 @@ pub fn namespaces() -> Result<std::collections::BTreeSet<String>> {
 /// Ready condition is generic: `could not get secret data from provider`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    /// The Event's own name (`metadata.name`).
+    /// `metadata.name`.
     pub id: String,
     /// How many times it happened (identical events are counted in one).
     pub count: u64,
@@ -450,8 +411,7 @@ pub struct Event {
 }
 
 impl Event {
-    /// `ESO's last warning (Reason): message`, on one line (Vault's errors
-    /// span several).
+    /// `ESO's last warning (Reason): message`, on one line (Vault's errors span several).
     pub fn said(&self) -> String {
         let message: Vec<&str> = self.message.split_whitespace().collect();
         format!(
@@ -462,11 +422,8 @@ impl Event {
     }
 }
 
-/// Warning Events about objects of `kind` (`ExternalSecret`,
-/// `ClusterSecretStore`) in `namespace` (`None`: every namespace; a
-/// cluster-scoped object's events live in `default`), about `name` only
-/// when given: `kubectl get events --field-selector
-/// involvedObject.kind=KIND[,involvedObject.name=NAME],type=Warning -o json`.
+/// Warning Events about objects of `kind` in `namespace` (`None`: every
+/// namespace; a cluster-scoped object's live in `default`), about `name` only when given.
 pub fn warning_events(
     namespace: Option<&str>,
     kind: &str,
@@ -475,8 +432,7 @@ pub fn warning_events(
     events(namespace, kind, name, Some("Warning"))
 }
 
-/// Events about objects of `kind` (as [`warning_events`]), of `type_` only
-/// when given.
+/// Events about objects of `kind` (as [`warning_events`]), of `type_` only when given.
 pub fn events(
     namespace: Option<&str>,
     kind: &str,
@@ -499,68 +455,53 @@ pub fn events(
     parse_events(&kubectl(&args)?)
 }
 
-pub fn parse_events(text: &str) -> Result<Vec<Event>> {
-    let list: serde_json::Value =
-        serde_json::from_str(text).context("kubectl get events printed no JSON list")?;
-    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-    Ok(list["items"]
-        .as_array()
-        .map(Vec::as_slice)
+pub fn parse_events(json: &str) -> Result<Vec<Event>> {
+    let list: Value =
+        serde_json::from_str(json).context("kubectl get events printed no JSON list")?;
+    let events = items(&list).iter().map(|e| Event {
+        id: text(&e["metadata"]["name"]),
+        count: e["count"]
+            .as_u64()
+            .or(e["series"]["count"].as_u64())
+            .unwrap_or(1),
+        object: text(&e["involvedObject"]["name"]),
+        reason: text(&e["reason"]),
+        message: text(&e["message"]),
+        // core/v1 Events carry lastTimestamp; events.k8s.io ones eventTime
+        // (and a series); the creation time as a last resort.
+        last: [
+            &e["series"]["lastObservedTime"],
+            &e["lastTimestamp"],
+            &e["eventTime"],
+            &e["metadata"]["creationTimestamp"],
+        ]
+        .into_iter()
+        .find_map(|v| v.as_str().filter(|t| !t.is_empty()))
         .unwrap_or_default()
-        .iter()
-        .map(|e| Event {
-            id: s(&e["metadata"]["name"]),
-            count: e["count"]
-                .as_u64()
-                .or_else(|| e["series"]["count"].as_u64())
-                .unwrap_or(1),
-            object: s(&e["involvedObject"]["name"]),
-            reason: s(&e["reason"]),
-            message: s(&e["message"]),
-            // core/v1 Events carry lastTimestamp; events.k8s.io ones
-            // eventTime (and a series); the creation time as a last resort.
-            last: [
-                &e["series"]["lastObservedTime"],
-                &e["lastTimestamp"],
-                &e["eventTime"],
-                &e["metadata"]["creationTimestamp"],
-            ]
-            .into_iter()
-            .find_map(|v| v.as_str().filter(|t| !t.is_empty()))
-            .unwrap_or_default()
-            .to_string(),
-            version: e["metadata"]["resourceVersion"]
-                .as_str()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-        })
-        .collect())
+        .to_string(),
+        version: text(&e["metadata"]["resourceVersion"]).parse().unwrap_or(0),
+    });
+    Ok(events.collect())
 }
 
-/// When an event last happened, comparable: `2026-11-29T10:00:00.5Z` as
-/// (seconds part, nanoseconds; lastTimestamp has no fraction, eventTime
-/// has microseconds), then its resourceVersion for events of one second.
-fn instant(e: &Event) -> (String, u32, u64) {
+/// When an event last happened, comparable: the API server writes UTC
+/// (`...:09Z`, `...:09.500000Z`), so the fraction padded to nanoseconds
+/// orders as text; then its resourceVersion for events of one second.
+fn instant(e: &Event) -> (String, u64) {
     let t = e.last.trim_end_matches('Z');
     let (secs, frac) = t.split_once('.').unwrap_or((t, ""));
-    let digits: String = frac
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .take(9)
-        .collect();
-    let nanos = format!("{digits:0<9}").parse().unwrap_or(0);
-    (secs.to_string(), nanos, e.version)
+    (format!("{secs}.{frac:0<9}"), e.version)
 }
 
 /// The newest event about each object, by name.
-pub fn newest_by_object(events: Vec<Event>) -> std::collections::BTreeMap<String, Event> {
-    let mut newest: std::collections::BTreeMap<String, Event> = Default::default();
+pub fn newest_by_object(events: Vec<Event>) -> BTreeMap<String, Event> {
+    let mut newest: BTreeMap<String, Event> = BTreeMap::new();
     for e in events {
-        match newest.get(&e.object) {
-            Some(have) if instant(have) >= instant(&e) => {}
-            _ => {
-                newest.insert(e.object.clone(), e);
-            }
+        if newest
+            .get(&e.object)
+            .is_none_or(|have| instant(have) < instant(&e))
+        {
+            newest.insert(e.object.clone(), e);
         }
     }
     newest
@@ -571,35 +512,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_eso_conditions() {
-        let text = r#"{"items": [
-          {"metadata": {"namespace": "ameide", "name": "a"},
-           "spec": {"secretStoreRef": {"kind": "ClusterSecretStore", "name": "ameide-vault"}},
-           "status": {"refreshTime": "2026-11-28T03:00:00Z", "conditions": [{"type": "Ready", "status": "True", "reason": "SecretSynced", "message": "ok"}]}},
-          {"metadata": {"namespace": "ameide", "name": "b"},
-           "spec": {"secretStoreRef": {"kind": "ClusterSecretStore", "name": "ameide-vault"}},
-           "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "SecretSyncedError", "message": "could not get secret data from provider"}]}},
-          {"metadata": {"namespace": "x", "name": "c"}, "spec": {}}
-        ]}"#;
-        let es = parse_external_secrets(text).unwrap();
-        assert_eq!(es[0].ready, Some(true));
-        assert_eq!(es[0].refresh_time.as_deref(), Some("2026-11-28T03:00:00Z"));
-        assert_eq!(
-            (es[1].ready, es[1].reason.as_str()),
-            (Some(false), "SecretSyncedError")
-        );
-        assert_eq!((es[2].ready, es[2].store.as_str()), (None, "SecretStore/"));
-        assert_eq!(es[1].id(), "ameide/b");
+    fn go_durations() {
+        for (d, secs) in [
+            ("0", Some(0.0)),
+            ("0h0m0s", Some(0.0)),
+            ("-1m", Some(-60.0)),
+            ("1h30m", Some(5400.0)),
+            ("1.5h", Some(5400.0)),
+            ("500ms", Some(0.5)),
+            ("", None),
+            ("90", None),
+            ("5d", None),
+            ("h", None),
+        ] {
+            assert_eq!(go_seconds(d), secs, "{d:?}");
+        }
     }
 
     #[test]
     fn reads_what_decides_whether_eso_rereads_it() {
         let text = r#"{"items": [
           {"metadata": {"namespace": "ameide", "name": "zero"},
-           "spec": {"refreshInterval": "0", "target": {"name": "zero-secret"}},
-           "status": {"refreshTime": "2026-11-28T03:00:00Z", "syncedResourceVersion": "1-abc"}},
-          {"metadata": {"namespace": "ameide", "name": "once"},
-           "spec": {"refreshInterval": "1h", "refreshPolicy": "CreatedOnce"},
+           "spec": {"refreshInterval": 0, "target": {"name": "zero-secret"}},
            "status": {"refreshTime": "2026-11-28T03:00:00Z", "syncedResourceVersion": "1-abc"}},
           {"metadata": {"namespace": "ameide", "name": "never-synced"}, "spec": {"refreshInterval": "0s"}},
           {"metadata": {"namespace": "ameide", "name": "hourly"},
@@ -613,71 +547,21 @@ mod tests {
            "status": {"syncedResourceVersion": "1-abc"}}
         ]}"#;
         let es = parse_external_secrets(text).unwrap();
-        let ignored: Vec<(String, Option<String>)> = es
-            .iter()
-            .map(|e| (e.name.clone(), e.ignores_force_sync()))
-            .collect();
+        let ignored: Vec<Option<String>> = es.iter().map(EsStatus::ignores_force_sync).collect();
+        let periodic = Some("refreshInterval: 0h0m0s".to_string());
         assert_eq!(
             ignored,
             [
-                ("zero".into(), Some("refreshInterval: 0".into())),
-                ("once".into(), Some("refreshPolicy: CreatedOnce".into())),
-                ("never-synced".into(), None),
-                ("hourly".into(), None),
-                ("on-change".into(), None),
-                (
-                    "periodic-zero".into(),
-                    Some("refreshInterval: 0h0m0s".into())
-                ),
+                Some("refreshInterval: 0".into()),
+                None,
+                None,
+                None,
+                periodic
             ]
         );
-        assert_eq!(es[0].target, "zero-secret");
-        assert_eq!(es[1].target, "once");
-        for (d, zero) in [
-            ("0", true),
-            ("0s", true),
-            ("-1m", true),
-            ("", false),
-            ("1h", false),
-            ("10m0s", false),
-        ] {
-            assert_eq!(not_positive(d), zero, "{d:?}");
-        }
-    }
-
-    #[test]
-    fn the_api_versions_say_whether_eso_serves_v1() {
-        let served = "apps/v1\nexternal-secrets.io/v1\nexternal-secrets.io/v1beta1\nv1\n";
-        assert_eq!(EsoApi::parse(served), EsoApi::V1);
-        assert_eq!(EsoApi::parse("apps/v1\nv1\n"), EsoApi::Missing);
-        let old = EsoApi::parse("external-secrets.io/v1alpha1\nexternal-secrets.io/v1beta1\n");
         assert_eq!(
-            old,
-            EsoApi::Old(vec![
-                "external-secrets.io/v1alpha1".into(),
-                "external-secrets.io/v1beta1".into()
-            ])
-        );
-        let (what, fix) = old.problem().unwrap();
-        assert!(
-            what.contains("older than 0.16") && what.contains("external-secrets.io/v1beta1"),
-            "{what}"
-        );
-        assert!(fix.contains("helm upgrade external-secrets"), "{fix}");
-        let (what, fix) = EsoApi::Missing.problem().unwrap();
-        assert!(
-            what.starts_with("External Secrets Operator is not installed"),
-            "{what}"
-        );
-        assert!(
-            fix.contains("helm install external-secrets external-secrets/external-secrets"),
-            "{fix}"
-        );
-        assert_eq!(EsoApi::V1.problem(), None);
-        // Not a group that merely starts with ESO's name.
-        assert_eq!(
-            EsoApi::parse("external-secrets.io.example/v1\n"),
-            EsoApi::Missing
+            (es[0].target.as_str(), es[1].target.as_str()),
+            ("zero-secret", "never-synced")
         );
     }
 
@@ -701,43 +585,12 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_resource_type_means_eso_is_missing() {
-        assert!(unknown_resource_type(
-            "error: the server doesn't have a resource type \"externalsecrets\"\n"
-        ));
-        assert!(unknown_resource_type(
-            "Error from server (NotFound): the server could not find the requested resource\n"
-        ));
-        assert!(!unknown_resource_type(
-            "Error from server (NotFound): clustersecretstores.external-secrets.io \"ameide-vault\" not found"
-        ));
-    }
-
-    #[test]
-    fn the_context_is_asked_once_and_its_answer_repeated() {
-        let asked = std::cell::Cell::new(0);
-        let cell = OnceLock::new();
-        for _ in 0..3 {
-            let ctx = once(&cell, || {
-                asked.set(asked.get() + 1);
-                Ok(Some("k3d-ameide".to_string()))
-            });
-            assert_eq!(ctx.unwrap().as_deref(), Some("k3d-ameide"));
-        }
-        assert_eq!(asked.get(), 1);
-        // A failure too, in kubectl's words and with its causes.
-        let cell: OnceLock<Result<Option<String>, String>> = OnceLock::new();
-        for _ in 0..2 {
-            let err = once(&cell, || {
-                asked.set(asked.get() + 1);
-                Err(anyhow::anyhow!("error: broken kubeconfig").context("kubectl config"))
-            })
-            .unwrap_err();
-            assert_eq!(
-                format!("{err:#}"),
-                "kubectl config: error: broken kubeconfig"
-            );
-        }
-        assert_eq!(asked.get(), 2);
+    fn only_esos_own_group_counts() {
+        let prefixed = "external-secrets.io.example/v1\napps/v1\n";
+        assert_eq!(EsoApi::parse(prefixed), EsoApi::Missing);
+        assert_eq!(
+            EsoApi::parse("external-secrets.io/v1beta1\nexternal-secrets.io/v1\n"),
+            EsoApi::V1
+        );
     }
 }

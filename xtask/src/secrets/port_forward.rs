@@ -1,8 +1,7 @@
-//! The port-forward to the in-cluster Vault: first the cluster is asked
-//! whether a pod behind `svc/vault` runs (waiting, with progress, for one
-//! that is Pending), then `kubectl port-forward svc/vault`, watched,
-//! restarted once, stopped on drop. Every kubectl runs through
-//! `process::Tool`.
+//! The port-forward to the in-cluster Vault: the cluster is asked whether a
+//! pod behind `svc/vault` runs (waiting, with progress, for a Pending one),
+//! then `kubectl port-forward svc/vault` runs, watched, restarted once,
+//! stopped on drop.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -38,7 +37,7 @@ pub struct ForwardSpec {
 enum LaunchError {
     /// The forward was dropped meanwhile.
     Stopped,
-    /// kubectl exited before forwarding: its words, and our message.
+    /// kubectl exited before forwarding: our message, with its words.
     Exited(String),
     /// It could not start, or missed its deadline.
     Failed(String),
@@ -54,25 +53,19 @@ impl LaunchError {
 }
 
 impl ForwardSpec {
-    /// `kubectl port-forward ... svc/vault [LOCAL]:8200`: a random free
-    /// loopback port the first time, the same one on a restart. kubectl's
-    /// own wait for a running pod (`--pod-running-timeout`, 60 s by default)
-    /// is kept within our start deadline, so kubectl says why it gave up
-    /// before we stop it.
+    /// `kubectl port-forward ... svc/vault [LOCAL]:8200`: a free port the
+    /// first time, the same one on a restart. kubectl's own wait for a
+    /// running pod is kept within our deadline, so it says why it gave up.
     fn tool(&self, local: Option<u16>) -> Tool {
         let local = local.map(|p| p.to_string()).unwrap_or_default();
         Tool::new("kubectl")
             .install_hint(INSTALL_HINT)
             .die_with_parent()
             .noise(|line| line.starts_with("Handling connection for"))
+            .args(["port-forward", "--namespace", &self.namespace])
+            .args(["--address", "127.0.0.1", "--pod-running-timeout"])
+            .arg(go_duration(self.start_deadline / 2))
             .args([
-                "port-forward".to_string(),
-                "--namespace".into(),
-                self.namespace.clone(),
-                "--address".into(),
-                "127.0.0.1".into(),
-                "--pod-running-timeout".into(),
-                go_duration(self.start_deadline / 2),
                 format!("svc/{}", self.service),
                 format!("{local}:{}", self.port),
             ])
@@ -98,30 +91,25 @@ impl ForwardSpec {
         }
     }
 
-    /// `kubectl get ARGS --output json`: the object, `None` when the API
-    /// says NotFound, or an error with kubectl's words.
+    /// `kubectl get ARGS --namespace NS --output json`: the object, `None`
+    /// when the API says NotFound, or an error with kubectl's words.
     fn get(&self, args: &[&str]) -> Result<Option<Value>, String> {
-        let mut all = vec!["get"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["--output", "json"]);
-        let tool = kube::kubectl_tool().args(&all);
-        let out = tool.output().map_err(|e| {
-            format!(
-                "asking the cluster about svc/{} in namespace {}: {e:#}",
-                self.service, self.namespace
-            )
-        })?;
+        let tool = kube::kubectl_tool().arg("get").args(args).args([
+            "--namespace",
+            &self.namespace,
+            "--output",
+            "json",
+        ]);
+        let asking = format!(
+            "asking the cluster about svc/{} in namespace {}",
+            self.service, self.namespace
+        );
+        let out = tool.output().map_err(|e| format!("{asking}: {e:#}"))?;
         if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            if stderr.contains("(NotFound)") {
+            if String::from_utf8_lossy(&out.stderr).contains("(NotFound)") {
                 return Ok(None);
             }
-            return Err(format!(
-                "asking the cluster about svc/{} in namespace {}: {:#}",
-                self.service,
-                self.namespace,
-                tool.failure(&out)
-            ));
+            return Err(format!("{asking}: {:#}", tool.failure(&out)));
         }
         serde_json::from_slice(&out.stdout)
             .map(Some)
@@ -132,7 +120,7 @@ impl ForwardSpec {
     /// what is wrong with the service, with its fix.
     fn selector(&self) -> Result<String, String> {
         let (ns, svc) = (&self.namespace, &self.service);
-        let Some(service) = self.get(&["service", svc, "--namespace", ns])? else {
+        let Some(service) = self.get(&["service", svc])? else {
             return Err(format!(
                 "svc/{svc} not found in namespace {ns} (kubectl: Error from server (NotFound): services \"{svc}\" \
                  not found): Vault is not deployed there. Deploy it with layer 15: `helmfile --file \
@@ -151,20 +139,13 @@ impl ForwardSpec {
 
     /// `kubectl get pods --selector SELECTOR`: the list.
     fn pods_now(&self, selector: &str) -> Result<Value, LaunchError> {
-        self.get(&[
-            "pods",
-            "--namespace",
-            &self.namespace,
-            "--selector",
-            selector,
-        ])
-        .map(Option::unwrap_or_default)
-        .map_err(LaunchError::Failed)
+        let list = self.get(&["pods", "--selector", selector]);
+        list.map(Option::unwrap_or_default)
+            .map_err(LaunchError::Failed)
     }
 
-    /// Waits until a pod behind the service runs (kubectl forwards only
-    /// to a Running pod, and refuses a Pending one at once), saying every
-    /// few seconds on stderr what it waits for, until `until`.
+    /// Waits until a pod behind the service runs (kubectl refuses a Pending
+    /// one at once), saying every few seconds on stderr what it waits for.
     fn wait_for_pod(&self, until: Instant, stop: &AtomicBool) -> Result<(), LaunchError> {
         let selector = self.selector().map_err(LaunchError::Failed)?;
         let began = Instant::now();
@@ -174,9 +155,9 @@ impl ForwardSpec {
             let state = match Behind::of(&list) {
                 Behind::Runs(name) => {
                     if noted.is_some() {
+                        let after = seconds(Duration::from_secs(began.elapsed().as_secs()));
                         eprintln!(
-                            "pod {name} is Running (after {}); starting the port-forward",
-                            seconds(Duration::from_secs(began.elapsed().as_secs()))
+                            "pod {name} is Running (after {after}); starting the port-forward"
                         );
                     }
                     return Ok(());
@@ -228,8 +209,7 @@ impl ForwardSpec {
     }
 
     /// Starts kubectl and waits for its `Forwarding from 127.0.0.1:N -> P`
-    /// line: the child and N, or kubectl's own words. Gives up early when
-    /// `stop` is set.
+    /// line: the child and N, or kubectl's own words.
     fn launch(&self, local: Option<u16>, stop: &AtomicBool) -> Result<(Running, u16), LaunchError> {
         let tool = self.tool(local);
         let running = tool
@@ -237,14 +217,15 @@ impl ForwardSpec {
             .map_err(|e| LaunchError::Failed(format!("{e:#}")))?;
         let until = Instant::now() + self.start_deadline;
         loop {
+            let said = || running.last_lines();
             let Some(left) = until.checked_duration_since(Instant::now()) else {
                 return Err(LaunchError::Failed(format!(
                     "`{}` did not start forwarding within {} and was stopped; kubectl said: {}. {}. A slower \
                      cluster: raise vault.port_forward.start_timeout_secs in .local/secrets.toml",
                     tool.display(),
                     seconds(self.start_deadline),
-                    running.last_lines(),
-                    self.fix(&running.last_lines())
+                    said(),
+                    self.fix(&said())
                 )));
             };
             if stop.load(Ordering::Relaxed) {
@@ -262,8 +243,8 @@ impl ForwardSpec {
                         "`{}` {} before forwarding; kubectl said: {}. {}",
                         tool.display(),
                         ended(&running),
-                        running.last_lines(),
-                        self.fix(&running.last_lines())
+                        said(),
+                        self.fix(&said())
                     )))
                 }
             }
@@ -271,9 +252,8 @@ impl ForwardSpec {
     }
 
     /// Waits for a running pod, then starts kubectl. A kubectl that exits
-    /// before forwarding because the pod stopped running meanwhile (it was
-    /// deleted, it restarts) sends us back to waiting, within the same
-    /// `pod_wait`.
+    /// before forwarding because the pod stopped running meanwhile sends us
+    /// back to waiting, within the same `pod_wait`.
     fn bring_up(
         &self,
         local: Option<u16>,
@@ -297,11 +277,9 @@ impl ForwardSpec {
 
 /// A duration as kubectl's flags take it: `15s`, `2500ms`.
 fn go_duration(d: Duration) -> String {
-    let ms = d.as_millis().max(1);
-    if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
+    match d.as_millis().max(1) {
+        ms if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
     }
 }
 
@@ -328,11 +306,6 @@ struct Pod {
 }
 
 impl Pod {
-    /// What kubectl needs: phase Running (and not on its way out).
-    fn runs(&self) -> bool {
-        self.phase == "Running" && !self.terminating
-    }
-
     /// `vault-0 is Pending (ContainerCreating)`.
     fn describe(&self) -> String {
         match &self.reason {
@@ -344,62 +317,60 @@ impl Pod {
 
 /// The pods of a `kubectl get pods --output json` list.
 fn pods(list: &Value) -> Vec<Pod> {
-    let Some(items) = list["items"].as_array() else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .map(|p| {
-            let status = &p["status"];
-            let terminating = !p["metadata"]["deletionTimestamp"].is_null();
-            let reason_in = |key: &str| -> Option<String> {
-                status[key].as_array()?.iter().find_map(|c| {
-                    let state = &c["state"];
-                    state["waiting"]["reason"]
-                        .as_str()
-                        .or(state["terminated"]["reason"].as_str())
-                        .map(String::from)
-                })
-            };
-            let unschedulable = status["conditions"].as_array().and_then(|cs| {
-                cs.iter()
-                    .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
-                    .map(|c| {
-                        let reason = c["reason"].as_str().unwrap_or("Unschedulable");
-                        match c["message"].as_str().filter(|m| !m.is_empty()) {
-                            Some(m) => format!("{reason}: {}", clip(m, 160)),
-                            None => reason.to_string(),
-                        }
-                    })
-            });
-            let reason = reason_in("initContainerStatuses")
-                .map(|r| format!("Init:{r}"))
-                .or_else(|| reason_in("containerStatuses"))
-                .or(unschedulable)
-                .or_else(|| status["reason"].as_str().map(String::from))
-                .or_else(|| terminating.then(|| "Terminating".to_string()));
-            Pod {
-                name: p["metadata"]["name"].as_str().unwrap_or("?").to_string(),
-                phase: status["phase"].as_str().unwrap_or("Pending").to_string(),
-                reason,
-                terminating,
-            }
-        })
-        .collect()
+    let items = list["items"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    items.iter().map(pod).collect()
 }
 
-/// At most `max` characters of `s`, with `...` when cut.
-fn clip(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => format!("{}...", &s[..i]),
-        None => s.to_string(),
+fn pod(p: &Value) -> Pod {
+    let status = &p["status"];
+    let terminating = !p["metadata"]["deletionTimestamp"].is_null();
+    let reason_in = |key: &str| -> Option<String> {
+        status[key].as_array()?.iter().find_map(|c| {
+            let state = &c["state"];
+            let reason = state["waiting"]["reason"].as_str();
+            reason
+                .or(state["terminated"]["reason"].as_str())
+                .map(String::from)
+        })
+    };
+    let conditions = status["conditions"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let unschedulable = conditions
+        .iter()
+        .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+        .map(|c| {
+            let reason = c["reason"].as_str().unwrap_or("Unschedulable");
+            match c["message"].as_str().filter(|m| !m.is_empty()) {
+                Some(m) if m.chars().count() > 160 => {
+                    format!("{reason}: {}...", m.chars().take(160).collect::<String>())
+                }
+                Some(m) => format!("{reason}: {m}"),
+                None => reason.to_string(),
+            }
+        });
+    let reason = reason_in("initContainerStatuses")
+        .map(|r| format!("Init:{r}"))
+        .or_else(|| reason_in("containerStatuses"))
+        .or(unschedulable)
+        .or_else(|| status["reason"].as_str().map(String::from))
+        .or_else(|| terminating.then(|| "Terminating".to_string()));
+    Pod {
+        name: p["metadata"]["name"].as_str().unwrap_or("?").to_string(),
+        phase: status["phase"].as_str().unwrap_or("Pending").to_string(),
+        reason,
+        terminating,
     }
 }
 
 /// What stands behind the service.
 #[derive(Debug, PartialEq, Eq)]
 enum Behind {
-    /// A pod runs: kubectl can forward to it.
+    /// A pod runs (phase Running, not on its way out): kubectl can forward to it.
     Runs(String),
     /// The selector matches no pod.
     NoPod,
@@ -410,7 +381,7 @@ enum Behind {
 impl Behind {
     fn of(list: &Value) -> Behind {
         let pods = pods(list);
-        if let Some(p) = pods.iter().find(|p| p.runs()) {
+        if let Some(p) = pods.iter().find(|p| p.phase == "Running" && !p.terminating) {
             return Behind::Runs(p.name.clone());
         }
         if pods.is_empty() {
@@ -463,6 +434,10 @@ struct Watch {
 }
 
 impl Watch {
+    fn down(&self) -> Option<String> {
+        self.down.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn set_down(&self, why: String) {
         *self.down.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
     }
@@ -475,24 +450,13 @@ impl Watch {
 
 /// A running `kubectl port-forward` to the in-cluster Vault.
 ///
-/// Before kubectl starts, the cluster is asked (`kubectl get service`,
-/// `kubectl get pods --selector`) whether a pod behind the service runs:
-/// a missing service fails at once, and a pod that is not there yet or is
-/// Pending is waited for, up to `pod_wait`, with a line on stderr every
-/// few seconds.
-///
-/// kubectl writes `Handling connection for N` to stdout for every
-/// connection, and a Go program whose stdout is closed dies of SIGPIPE: so
-/// its output is read for the forward's whole life (by a watcher thread),
-/// and the last lines are kept for messages. When kubectl exits (a pod that
-/// went away, or a connection the pod refused: `An error occurred
-/// forwarding`, `error: lost connection to pod`), the watcher starts it
-/// once more on the same local port (after waiting for a running pod
-/// again), so the address stays valid and the HTTP client's retries carry
-/// over the gap: [`Self::lifeline`] holds a failed call until the restart
-/// is done. A second failure is final: the lifeline then says why, in
-/// kubectl's words. Stopped on drop, on every exit path that unwinds; on
-/// Ctrl-C the terminal signals kubectl too; on Linux a process killed
+/// A watcher thread reads kubectl's output for the forward's whole life (a
+/// Go program whose stdout is closed dies of SIGPIPE at its next `Handling
+/// connection` line) and keeps the last lines for messages. When kubectl
+/// fails (`An error occurred forwarding`, `lost connection to pod`, an
+/// exit), the watcher starts it once more on the same local port, after
+/// waiting for a running pod again; [`Self::lifeline`] holds failed calls
+/// until then. A second failure is final. Stopped on drop; a run killed
 /// outright takes kubectl with it (`Tool::die_with_parent`).
 pub struct PortForward {
     pub local_port: u16,
@@ -501,14 +465,12 @@ pub struct PortForward {
 }
 
 impl PortForward {
-    /// Forwards a free loopback port to `svc/<service>:<port>`, with the port
-    /// kubectl itself reports.
+    /// Forwards a free loopback port to `svc/<service>:<port>`.
     pub fn start(spec: &ForwardSpec) -> Result<PortForward> {
         let watch = Arc::new(Watch::default());
         let (started, port) = std::sync::mpsc::channel();
-        // Every kubectl of this forward is started by its watcher thread,
-        // which lives exactly as long as the forward: with
-        // `die_with_parent`, a run killed outright takes kubectl with it.
+        // Every kubectl of this forward is started by its watcher thread, which
+        // lives as long as the forward: `die_with_parent` is per thread.
         let watcher = {
             let spec = spec.clone();
             let watch = Arc::clone(&watch);
@@ -545,17 +507,12 @@ impl PortForward {
 
     /// Whether the forward is gone for good (it failed twice).
     pub fn is_gone(&self) -> bool {
-        self.watch
-            .down
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+        self.watch.down().is_some()
     }
 
-    /// For the HTTP client, called when a connection fails: waits while
-    /// the watcher restarts kubectl (bounded by the pod wait and the start
-    /// deadline), then `None` (try again) or, once the forward is gone for
-    /// good, `Some(why)` in kubectl's words, so the call stops at once.
+    /// For the HTTP client, when a connection fails: waits while the watcher
+    /// restarts kubectl, then `None` (try again) or, once the forward is
+    /// gone for good, `Some(why)` in kubectl's words.
     pub fn lifeline(&self) -> impl Fn() -> Option<String> + Send + Sync + 'static {
         let watch = Arc::clone(&self.watch);
         move || {
@@ -568,7 +525,7 @@ impl PortForward {
                     .0;
             }
             drop(restarting);
-            watch.down.lock().unwrap_or_else(|e| e.into_inner()).clone()
+            watch.down()
         }
     }
 }
@@ -583,18 +540,15 @@ impl Drop for PortForward {
     }
 }
 
-/// Does this line of kubectl's say the forward is broken? Old kubectl
-/// (1.22 and earlier) keeps running after it; newer ones exit. kubectl 1.37
-/// writes `An error occurred forwarding`, older ones `an error occurred
-/// forwarding`: the match ignores case.
+/// Does this line of kubectl's say the forward is broken? kubectl 1.22 and
+/// earlier keep running after it (and write `an error occurred forwarding`).
 fn reports_broken(line: &str) -> bool {
     let l = line.to_ascii_lowercase();
     l.contains("an error occurred forwarding") || l.contains("lost connection to pod")
 }
 
-/// Watches one forward: reads kubectl's output (its last lines, without
-/// the per-connection noise, are kept by `Running`), restarts it once, and
-/// records why it is gone when it fails again.
+/// Watches one forward: restarts it once, and records why it is gone when
+/// it fails again.
 fn supervise(spec: &ForwardSpec, mut running: Running, port: u16, watch: &Watch) {
     let mut first_failure: Option<String> = None;
     let mut display = spec.tool(None).display();
@@ -604,10 +558,8 @@ fn supervise(spec: &ForwardSpec, mut running: Running, port: u16, watch: &Watch)
         }
         match running.next_line(POLL) {
             Next::Quiet => continue,
-            Next::Line(line) => {
-                if !reports_broken(&line) {
-                    continue;
-                }
+            Next::Line(line) if !reports_broken(&line) => continue,
+            Next::Line(_) => {
                 // Calls that fail from now on wait for the restart.
                 watch.set_restarting(true);
                 // Let it finish saying why (and exit, if it does).
@@ -615,20 +567,18 @@ fn supervise(spec: &ForwardSpec, mut running: Running, port: u16, watch: &Watch)
             }
             Next::Ended => watch.set_restarting(true),
         }
-        let how = if running.exit_status().is_some() {
-            ended(&running)
-        } else {
-            "reported a broken forward".to_string()
+        let how = match running.exit_status() {
+            Some(_) => ended(&running),
+            None => "reported a broken forward".to_string(),
         };
         running.stop();
         let words = running.last_lines();
         let failure = format!("`{display}` {how}; kubectl said:\n  {words}");
+        let (service, ns) = (&spec.service, &spec.namespace);
         if let Some(first) = &first_failure {
             watch.set_down(format!(
-                "the port-forward to svc/{} in namespace {} failed twice (it was restarted once).\n\
+                "the port-forward to svc/{service} in namespace {ns} failed twice (it was restarted once).\n\
                  First: {first}\nThen: {failure}\n{}; then run the command again",
-                spec.service,
-                spec.namespace,
                 spec.fix(&words)
             ));
             watch.set_restarting(false);
@@ -639,32 +589,21 @@ fn supervise(spec: &ForwardSpec, mut running: Running, port: u16, watch: &Watch)
             return;
         }
         eprintln!("note: {failure}\n  restarting it once, on the same port {port}");
-        first_failure = Some(failure);
         display = spec.tool(Some(port)).display();
         match spec.bring_up(Some(port), &watch.stop) {
             Ok((next, p)) if p == port => running = next,
             Ok((_next, p)) => watch.set_down(format!(
-                "the port-forward to svc/{} was restarted on port {p}, not {port}; run the command again",
-                spec.service
+                "the port-forward to svc/{service} was restarted on port {p}, not {port}; run the command again"
             )),
-            Err(e) => {
-                let first = first_failure.clone().unwrap_or_default();
-                watch.set_down(format!(
-                    "the port-forward to svc/{} in namespace {} failed and could not be restarted.\n\
-                     First: {first}\nThen: {}",
-                    spec.service,
-                    spec.namespace,
-                    e.into_message()
-                ));
-            }
+            Err(e) => watch.set_down(format!(
+                "the port-forward to svc/{service} in namespace {ns} failed and could not be restarted.\n\
+                 First: {failure}\nThen: {}",
+                e.into_message()
+            )),
         }
+        first_failure = Some(failure);
         watch.set_restarting(false);
-        if watch
-            .down
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
-        {
+        if watch.down().is_some() {
             return;
         }
     }
@@ -686,39 +625,23 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn parses_forwarding_lines() {
-        assert_eq!(
-            forwarding_from("Forwarding from 127.0.0.1:41234 -> 8200"),
-            Some(("127.0.0.1", 41234))
-        );
-        assert_eq!(
-            forwarding_from("Forwarding from [::1]:41234 -> 8200"),
-            Some(("::1", 41234))
-        );
-        assert_eq!(forwarding_from("Handling connection for 41234"), None);
-        assert_eq!(forwarding_from("Forwarding from 127.0.0.1:x -> 8200"), None);
-    }
-
-    #[test]
-    fn knows_kubectls_words_for_a_broken_forward() {
-        // kubectl 1.37.1, from a connection the pod refused (nothing listens
-        // on its port yet), then as it exits.
-        assert!(reports_broken(
-            r#"E1203 08:32:23.098577   16422 portforward.go:549] "An error occurred forwarding" err="error forwarding port 8200 to pod eb2307a93ae7af517dce6927366841540040c982c2d9d0cd93564890a40cfcef, uid : failed to connect to localhost:8200 inside namespace \"eb2307a93ae7af517dce6927366841540040c982c2d9d0cd93564890a40cfcef\", IPv4: dial tcp4 127.0.0.1:8200: connect: connection refused IPv6 dial tcp6 [::1]:8200: connect: connection refused " localPort=18299 remotePort=8200"#
-        ));
-        assert!(reports_broken("error: lost connection to pod"));
-        // Older kubectl (1.22 and earlier kept running after it).
+    fn kubectls_lines() {
+        for (line, from) in [
+            (
+                "Forwarding from 127.0.0.1:41234 -> 8200",
+                Some(("127.0.0.1", 41234)),
+            ),
+            ("Forwarding from [::1]:41234 -> 8200", Some(("::1", 41234))),
+            ("Forwarding from 127.0.0.1:x -> 8200", None),
+            ("Handling connection for 41234", None),
+        ] {
+            assert_eq!(forwarding_from(line), from, "{line}");
+            assert!(!reports_broken(line), "{line}");
+        }
+        // kubectl 1.22 and earlier; 1.37's words are in the integration tests.
         assert!(reports_broken(
             "E0125 16:35:32.441184   17073 portforward.go:400] an error occurred forwarding 5432 -> 5432: ..."
         ));
-        // kubectl 1.37.1's lines of a working forward.
-        assert!(!reports_broken("Handling connection for 18299"));
-        assert!(!reports_broken("Forwarding from 127.0.0.1:18299 -> 8200"));
-    }
-
-    #[test]
-    fn kubectl_durations() {
-        assert_eq!(go_duration(Duration::from_secs(15)), "15s");
         assert_eq!(go_duration(Duration::from_millis(2500)), "2500ms");
         assert_eq!(go_duration(Duration::ZERO), "1ms");
     }
@@ -726,10 +649,8 @@ mod tests {
     #[test]
     fn a_services_selector() {
         let svc = json!({"spec": {"selector": {"app.kubernetes.io/name": "vault", "component": "server"}}});
-        assert_eq!(
-            selector_of(&svc).as_deref(),
-            Some("app.kubernetes.io/name=vault,component=server")
-        );
+        let want = "app.kubernetes.io/name=vault,component=server";
+        assert_eq!(selector_of(&svc).as_deref(), Some(want));
         assert_eq!(
             selector_of(&json!({"spec": {"type": "ExternalName"}})),
             None
@@ -737,115 +658,58 @@ mod tests {
         assert_eq!(selector_of(&json!({"spec": {"selector": {}}})), None);
     }
 
-    fn pod(name: &str, phase: &str, status: Value) -> Value {
-        let mut status = status;
+    fn pod(name: &str, phase: &str, mut status: Value) -> Value {
         status["phase"] = json!(phase);
         json!({"metadata": {"name": name}, "status": status})
     }
 
     #[test]
     fn says_what_stands_behind_the_service() {
-        let sel = "app.kubernetes.io/name=vault";
-        let none = json!({"kind": "List", "items": []});
-        assert_eq!(Behind::of(&none), Behind::NoPod);
-        assert_eq!(
-            Behind::of(&none).describe("vault", sel),
-            "svc/vault selects no pod (selector app.kubernetes.io/name=vault)"
-        );
-
         let creating = pod(
             "vault-0",
             "Pending",
-            json!({"containerStatuses": [{"name": "vault", "ready": false,
-                   "state": {"waiting": {"reason": "ContainerCreating"}}}]}),
+            json!({"containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]}),
         );
-        let list = json!({"items": [creating]});
-        assert_eq!(
-            Behind::of(&list).describe("vault", sel),
-            "pod vault-0 is Pending (ContainerCreating)"
-        );
-
+        let long = format!("0/1 nodes are available: {}", "x".repeat(200));
         let unschedulable = pod(
             "vault-1",
             "Pending",
             json!({"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                   "message": "0/1 nodes are available: 1 Insufficient memory."}]}),
+                   "message": long}]}),
         );
         let init = pod(
             "vault-2",
             "Pending",
             json!({"initContainerStatuses": [{"state": {"waiting": {"reason": "PodInitializing"}}}]}),
         );
-        let list = json!({"items": [list["items"][0], unschedulable, init]});
+        let list = json!({"items": [creating, unschedulable, init]});
+        let clipped = &long[..160];
         assert_eq!(
-            Behind::of(&list).describe("vault", sel),
-            "no pod of svc/vault is running: vault-0 is Pending (ContainerCreating), vault-1 is Pending \
-             (Unschedulable: 0/1 nodes are available: 1 Insufficient memory.), vault-2 is Pending \
-             (Init:PodInitializing)"
+            Behind::of(&list).describe("vault", "sel"),
+            format!(
+                "no pod of svc/vault is running: vault-0 is Pending (ContainerCreating), vault-1 is Pending \
+                 (Unschedulable: {clipped}...), vault-2 is Pending (Init:PodInitializing)"
+            )
         );
-
         // One Running pod among others is enough: kubectl picks it.
         let mut running = pod("vault-3", "Running", json!({}));
         let list = json!({"items": [list["items"][0], running]});
         assert_eq!(Behind::of(&list), Behind::Runs("vault-3".into()));
         // ... unless it is on its way out.
         running["metadata"]["deletionTimestamp"] = json!("2026-12-01T00:00:00Z");
-        let list = json!({"items": [running]});
-        assert_eq!(
-            Behind::of(&list).describe("vault", sel),
-            "pod vault-3 is Running (Terminating)"
-        );
         let crashed = pod(
             "vault-4",
             "Failed",
             json!({"containerStatuses": [{"state": {"terminated": {"reason": "Error", "exitCode": 1}}}]}),
         );
-        assert_eq!(
-            Behind::of(&json!({"items": [crashed]})).describe("vault", sel),
-            "pod vault-4 is Failed (Error)"
-        );
-    }
-
-    #[test]
-    fn the_lifeline_holds_a_failed_call_until_the_restart_is_done() {
-        let forward = PortForward {
-            local_port: 1,
-            watch: Arc::new(Watch::default()),
-            watcher: None,
-        };
-        let alive = forward.lifeline();
-        assert_eq!(alive(), None, "up: try again");
-
-        forward.watch.set_restarting(true);
-        let watch = Arc::clone(&forward.watch);
-        let restart = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
-            watch.set_restarting(false);
-        });
-        let began = Instant::now();
-        assert_eq!(alive(), None, "restarted: try again");
-        assert!(
-            began.elapsed() >= Duration::from_millis(250),
-            "{:?}",
-            began.elapsed()
-        );
-        restart.join().unwrap();
-
-        forward.watch.set_restarting(true);
-        let watch = Arc::clone(&forward.watch);
-        let restart = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(100));
-            watch.set_down("failed twice".into());
-            watch.set_restarting(false);
-        });
-        assert_eq!(alive().as_deref(), Some("failed twice"), "gone: stop");
-        assert!(forward.is_gone());
-        restart.join().unwrap();
-    }
-
-    #[test]
-    fn long_scheduler_messages_are_clipped() {
-        assert_eq!(clip("abcdef", 3), "abc...");
-        assert_eq!(clip("abc", 3), "abc");
+        for (pod, said) in [
+            (running, "pod vault-3 is Running (Terminating)"),
+            (crashed, "pod vault-4 is Failed (Error)"),
+        ] {
+            assert_eq!(
+                Behind::of(&json!({"items": [pod]})).describe("vault", "sel"),
+                said
+            );
+        }
     }
 }
