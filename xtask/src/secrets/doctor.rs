@@ -654,15 +654,11 @@ fn journal_finding(root: &std::path::Path, env: &str, flag_rel: &str) -> Finding
     };
     let text = format!(
         "last {} of {env}: {} -> {}, {}",
-        m.kind.as_str(),
-        m.from,
-        m.to,
-        m.state.as_str()
+        m.kind, m.from, m.to, m.state
     );
     let flag_now = std::fs::read_to_string(root.join(flag_rel))
         .ok()
-        .and_then(|t| flagfile::provider(&t, flag_rel).ok())
-        .map_or("?", |p| p.as_str());
+        .and_then(|t| flagfile::provider(&t, flag_rel).ok());
     match m.next_step_text(flag_now) {
         Some(next) => warn(
             "journal",
