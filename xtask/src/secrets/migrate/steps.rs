@@ -89,12 +89,9 @@ pub fn describe(ctx: &Ctx, plan: &Plan, flag_text: &str, step: Step) -> Result<S
             "the equivalent of `cargo xtask secrets check --render --live --provider {to} --env {env}` (gate)"
         ),
         Step::Flip => {
-            let mut s = format!("{flag}: secrets.provider = {to}");
-            for line in flagfile::diff(flag_text, flag, plan.to)?.lines() {
-                s.push_str("\n        ");
-                s.push_str(line);
-            }
-            s
+            let diff = flagfile::diff(flag_text, flag, to)?;
+            let diff: String = diff.lines().map(|l| format!("\n        {l}")).collect();
+            format!("{flag}: secrets.provider = {to}{diff}")
         }
         Step::Sync | Step::RollbackSync => helmfile::sync_display(env),
         Step::Wait | Step::RollbackWait => format!(
@@ -142,8 +139,7 @@ fn preflight(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>, plan: &Pla
     let kubectl: serde_json::Value = serde_json::from_str(&kubectl).unwrap_or_default();
     let kubectl = kubectl["clientVersion"]["gitVersion"]
         .as_str()
-        .unwrap_or("unknown")
-        .to_string();
+        .unwrap_or("unknown");
     let Some(context) = kube::context()? else {
         bail!("no kube context: point kubectl at your local cluster (`kubectl config use-context k3d-...`)");
     };
@@ -290,17 +286,15 @@ fn check_flag_file(
     entry: Option<&Migration>,
     plan: &Plan,
 ) -> Result<()> {
-    let text = ctx.read_flag()?;
+    let (text, f) = (ctx.read_flag()?, &ctx.flag_rel);
     let sha = sha256_hex(text.as_bytes());
     if let Some(m) = entry {
         if !flag_fits(journal, m, &text) {
             bail!(
-                "{} changed since the journal's last step (checksum {}, the journal expects {}): put it back \
-                 (`git diff -- {}` shows what changed) and run the same command again",
-                ctx.flag_rel,
+                "{f} changed since the journal's last step (checksum {}, the journal expects {}): put it back \
+                 (`git diff -- {f}` shows what changed) and run the same command again",
                 fsutil::short(&sha),
                 fsutil::short(m.flag_sha_now()),
-                ctx.flag_rel
             );
         }
         return Ok(());
@@ -316,11 +310,9 @@ fn check_flag_file(
     }
     if uncommitted(ctx)? {
         bail!(
-            "{} has an uncommitted change that no migration in the journal made: commit it first (`git commit \
-             --message \"secrets flag\" -- {}`), so the migration's edit is the only one, then run the same command \
-             again",
-            ctx.flag_rel,
-            ctx.flag_rel
+            "{f} has an uncommitted change that no migration in the journal made: commit it first (`git commit \
+             --message \"secrets flag\" -- {f}`), so the migration's edit is the only one, then run the same command \
+             again"
         );
     }
     Ok(())
@@ -360,13 +352,9 @@ fn seed_target(ctx: &Ctx, to: ProviderKind) -> Result<String> {
     if !run.failed.is_empty() {
         return Err(run.into_result().expect_err("failed writes are an error"));
     }
-    let counts = crate::secrets::seeding::counts(&items);
-    let mut detail = format!(
-        "{} written, {} unchanged in {}",
-        run.written.len(),
-        counts.unchanged,
-        to.as_str()
-    );
+    let counts = seeding::counts(&items);
+    let written = run.written.len();
+    let mut detail = format!("{written} written, {} unchanged in {to}", counts.unchanged);
     if let Some(eso) = eso {
         detail.push_str(&format!("; {eso}"));
     }
@@ -404,7 +392,7 @@ fn coverage(ctx: &Ctx, to: ProviderKind) -> Result<String> {
             failures.len(),
             live.target,
             keys.join("; "),
-            to.as_str()
+            to
         );
     }
     Ok(format!(
@@ -418,36 +406,32 @@ fn coverage(ctx: &Ctx, to: ProviderKind) -> Result<String> {
 /// what the flip writes is the flip's own work, from a run that died before
 /// its record.
 fn flip(ctx: &Ctx, journal: &Journal, entry: &Migration, to: ProviderKind) -> Result<Done> {
-    let text = ctx.read_flag()?;
+    let (text, f) = (ctx.read_flag()?, &ctx.flag_rel);
     let sha = sha256_hex(text.as_bytes());
     let (new, how) = if sha == entry.before_sha256 {
-        flipped(journal, entry, &text, &ctx.flag_rel, to)?
+        flipped(journal, entry, &text, f, to)?
     } else if entry.copy_intact()
-        && flipped(journal, entry, &entry.before_content, &ctx.flag_rel, to)
+        && flipped(journal, entry, &entry.before_content, f, to)
             .is_ok_and(|(new, _)| sha256_hex(new.as_bytes()) == sha)
     {
         (text, "already written by the interrupted run")
     } else {
         bail!(
-            "{} changed since the {} started (checksum {}, it started from {}): it was edited meanwhile, so the \
-             flip does not touch it. Commit the edit or drop it (`git diff -- {}` shows it), then run the same \
+            "{f} changed since the {} started (checksum {}, it started from {}): it was edited meanwhile, so the \
+             flip does not touch it. Commit the edit or drop it (`git diff -- {f}` shows it), then run the same \
              command again",
-            ctx.flag_rel,
-            entry.kind.as_str(),
+            entry.kind,
             fsutil::short(&sha),
             fsutil::short(&entry.before_sha256),
-            ctx.flag_rel
         );
     };
-    if sha256_hex(new.as_bytes()) != sha {
+    let after = sha256_hex(new.as_bytes());
+    if after != sha {
         write_keep_mode(&ctx.flag_path(), new.as_bytes())?;
     }
-    let after = sha256_hex(new.as_bytes());
     Ok(Done {
         detail: format!(
-            "{}: secrets.provider = {} ({how}, {})",
-            ctx.flag_rel,
-            to.as_str(),
+            "{f}: secrets.provider = {to} ({how}, {})",
             fsutil::short(&after)
         ),
         flipped_to: Some(after),
@@ -457,47 +441,34 @@ fn flip(ctx: &Ctx, journal: &Journal, entry: &Migration, to: ProviderKind) -> Re
 /// Automatic rollback: the flag file back to the entry's before_content,
 /// which must match its checksum before it is written.
 fn restore(ctx: &Ctx, m: &Migration) -> Result<String> {
-    let text = ctx.read_flag()?;
-    let sha = sha256_hex(text.as_bytes());
+    let f = &ctx.flag_rel;
+    let sha = sha256_hex(ctx.read_flag()?.as_bytes());
+    let before = fsutil::short(&m.before_sha256);
     if sha == m.before_sha256 {
-        return Ok(format!(
-            "{} already as before ({})",
-            ctx.flag_rel,
-            fsutil::short(&sha)
-        ));
+        return Ok(format!("{f} already as before ({before})"));
     }
     if m.after_sha256.as_deref() != Some(sha.as_str()) {
         bail!(
-            "{} changed after the flip (checksum {}, the flip wrote {}): it was edited during the migration, so \
-             the rollback does not overwrite it. Keep what you need of the edit (`git diff -- {}` shows it), then \
-             put back the file the migration started from: `git checkout -- {}`",
-            ctx.flag_rel,
+            "{f} changed after the flip (checksum {}, the flip wrote {}): it was edited during the migration, so \
+             the rollback does not overwrite it. Keep what you need of the edit (`git diff -- {f}` shows it), then \
+             put back the file the migration started from: `git checkout -- {f}`",
             fsutil::short(&sha),
             fsutil::short(m.after_sha256.as_deref().unwrap_or("none")),
-            ctx.flag_rel,
-            ctx.flag_rel
         );
     }
     if !m.copy_intact() {
         bail!(
-            "the journal's copy of {} from before the migration does not match its checksum (checksum {}, \
-             before_sha256 {}): the journal was edited or damaged, so the copy is not written, and {} stays as the \
-             flip left it",
-            ctx.flag_rel,
+            "the journal's copy of {f} from before the migration does not match its checksum (checksum {}, \
+             before_sha256 {before}): the journal was edited or damaged, so the copy is not written, and {f} stays \
+             as the flip left it",
             fsutil::short(&sha256_hex(m.before_content.as_bytes())),
-            fsutil::short(&m.before_sha256),
-            ctx.flag_rel
         );
     }
     write_keep_mode(&ctx.flag_path(), m.before_content.as_bytes())?;
     if sha256_hex(ctx.read_flag()?.as_bytes()) != m.before_sha256 {
-        bail!("{} does not read back as before", ctx.flag_rel);
+        bail!("{f} does not read back as before");
     }
-    Ok(format!(
-        "{} restored byte for byte ({})",
-        ctx.flag_rel,
-        fsutil::short(&m.before_sha256)
-    ))
+    Ok(format!("{f} restored byte for byte ({before})"))
 }
 
 /// Writes a non-secret repository file atomically, keeping its mode.
@@ -549,11 +520,8 @@ fn pending_reason(before: Option<&Seen>, es: &EsStatus) -> Option<String> {
 /// A new value every time, so the annotation always changes and ESO
 /// always reconciles (its value is a label, never compared).
 fn stamp() -> String {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default()
-        .to_string()
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.unwrap_or_default().as_nanos().to_string()
 }
 
 fn polls(ctx: &Ctx) -> String {
