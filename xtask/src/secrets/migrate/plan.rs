@@ -385,20 +385,6 @@ mod tests {
         }
     }
 
-    fn names(d: Result<Decision>) -> String {
-        match d.unwrap() {
-            Decision::Run(p) => {
-                let steps: Vec<String> = p
-                    .steps
-                    .iter()
-                    .map(|s| format!("{}{}", s.step, if s.done_earlier { " (done)" } else { "" }))
-                    .collect();
-                steps.join(", ")
-            }
-            Decision::Nothing(m) => panic!("nothing: {m}"),
-        }
-    }
-
     const fn migrate(to: Option<ProviderKind>, resume: bool) -> Request {
         Request::Migrate {
             to,
@@ -413,48 +399,46 @@ mod tests {
     /// A resumed entry redoes preflight, sync and wait, not what it did.
     #[test]
     fn resume_continues_what_the_journal_left() {
-        let killed = entry(
-            Kind::Migrate,
-            State::InProgress,
-            &[Step::Preflight, Step::Seed, Step::Coverage, Step::Flip],
-        );
-        assert_eq!(
-            names(build(
+        let cases = [
+            (
                 migrate(None, true),
-                "local",
                 Vault,
-                &journal(vec![killed])
-            )),
-            "preflight, seed (done), coverage (done), flip (done), sync, wait, record"
-        );
-        let failed = entry(
-            Kind::Migrate,
-            State::RollbackFailed,
-            &[Step::Preflight, Step::Flip, Step::RollbackRestore],
-        );
-        assert_eq!(
-            names(build(
+                entry(Kind::Migrate, State::InProgress, &MIGRATE[..4]),
+                "preflight, seed (done), coverage (done), flip (done), sync, wait, record",
+            ),
+            (
                 rollback(None, true),
-                "local",
                 Azure,
-                &journal(vec![failed])
-            )),
-            "preflight, rollback-restore (done), rollback-sync, rollback-wait"
-        );
-        let rb = entry(
-            Kind::Rollback,
-            State::RollbackFailed,
-            &[Step::Preflight, Step::Flip],
-        );
-        assert_eq!(
-            names(build(
+                entry(
+                    Kind::Migrate,
+                    State::RollbackFailed,
+                    &[Step::Flip, Step::RollbackRestore],
+                ),
+                "preflight, rollback-restore (done), rollback-sync, rollback-wait",
+            ),
+            (
                 rollback(None, true),
-                "local",
                 Azure,
-                &journal(vec![rb])
-            )),
-            "preflight, flip (done), sync, wait, record"
-        );
+                entry(
+                    Kind::Rollback,
+                    State::RollbackFailed,
+                    &[Step::Preflight, Step::Flip],
+                ),
+                "preflight, flip (done), sync, wait, record",
+            ),
+        ];
+        for (request, flag, m, want) in cases {
+            let Decision::Run(plan) = build(request, "local", flag, &journal(vec![m])).unwrap()
+            else {
+                panic!("{request:?}: nothing to do");
+            };
+            let steps: Vec<String> = plan
+                .steps
+                .iter()
+                .map(|s| format!("{}{}", s.step, if s.done_earlier { " (done)" } else { "" }))
+                .collect();
+            assert_eq!(steps.join(", "), want);
+        }
     }
 
     /// Each refusal names why and the command that gets past it.
