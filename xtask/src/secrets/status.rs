@@ -76,7 +76,7 @@ pub fn run(flags: &flags::Status, process: &Process) -> Result<()> {
                 "last_migration": last,
                 "journal_error": journal_error,
                 "flag_as_journaled": fits,
-                "next_command": last.as_ref().and_then(|m| m.next_command(&flag_now)),
+                "next_command": last.as_ref().and_then(|m| m.next_command(flag_now.parse().ok())),
                 "kube_context": context,
                 "kube_context_local": context_local,
                 "vault": vault,
@@ -105,8 +105,8 @@ pub fn run(flags: &flags::Status, process: &Process) -> Result<()> {
                         m.started
                     );
                     let fits = fits == Some(true);
-                    match m.next_step_text(&flag_now) {
-                        Some(next) if fits && m.rolling_back(&flag_now) => println!(
+                    match m.next_step_text(flag_now.parse().ok()) {
+                        Some(next) if fits && m.rolling_back(flag_now.parse().ok()) => println!(
                             "  unfinished: its automatic rollback began ({flag_rel} says {flag_now} again); finish it with {next}"
                         ),
                         Some(next) if fits => println!("  unfinished: finish it with {next}"),

@@ -1,8 +1,7 @@
-//! The migration journal, `.local/secrets/journal/<env>.json`: one entry
-//! per migrate or rollback, newest first, each an explicit state machine
-//! ([`State::next`]). It records only outcomes: a step is written after it
-//! finished, with what it changed. It holds the flag file's bytes from
-//! before the change and checksums, never a secret value.
+//! The migration journal, `.local/secrets/journal/<env>.json`: one entry per
+//! migrate or rollback, newest first, each a state machine ([`State::next`]).
+//! A step is written after it finished; it holds checksums and the flag
+//! file's bytes from before, never a secret value.
 
 use std::path::{Path, PathBuf};
 
@@ -43,8 +42,8 @@ crate::named! {
 }
 
 impl Step {
-    /// A failure at this step leaves the cluster and the flag file as they
-    /// were (the flip writes atomically, or not at all).
+    /// A failure here leaves the cluster and the flag file as they were
+    /// (the flip writes atomically, or not at all).
     pub fn fails_before_any_change(self) -> bool {
         matches!(
             self,
@@ -53,55 +52,34 @@ impl Step {
     }
 }
 
-/// What an entry is: a migration, or a rollback (undoing one, or going
-/// `--to` a provider with the rollback's steps).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    Migrate,
-    Rollback,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Migrate => "migrate",
-            Kind::Rollback => "rollback",
-        }
+crate::named! {
+    /// A migration, or a rollback (undoing one, or going `--to` a provider).
+    pub enum Kind ("kind") {
+        Migrate = "migrate",
+        Rollback = "rollback",
     }
 }
 
-/// Where an entry stands. See [`State::next`] for every transition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum State {
-    /// Started and not finished: running, interrupted, or stopped after the
-    /// flip with `--no-rollback`. `migrate --resume` continues a migration.
-    InProgress,
-    /// Every step succeeded.
-    Completed,
-    /// A step failed before the cluster changed (preflight passed, the flag
-    /// was not written): nothing to undo.
-    Failed,
-    /// The migration was undone: by its automatic rollback, by `rollback
-    /// --resume`, or by a later rollback that completed.
-    RolledBack,
-    /// The automatic rollback (or a rollback) failed after the flag was
-    /// restored or flipped: `rollback --resume` re-runs sync and wait.
-    RollbackFailed,
+crate::named! {
+    /// Where an entry stands. See [`State::next`] for every transition.
+    pub enum State ("state") {
+        /// Running, interrupted, or stopped after the flip with
+        /// `--no-rollback`. `migrate --resume` continues a migration.
+        InProgress = "in-progress",
+        /// Every step succeeded.
+        Completed = "completed",
+        /// A step failed before the cluster changed: nothing to undo.
+        Failed = "failed",
+        /// Undone: by its automatic rollback, `rollback --resume`, or a later
+        /// rollback that completed.
+        RolledBack = "rolled-back",
+        /// The (automatic) rollback failed after the flag was restored or
+        /// flipped: `rollback --resume` re-runs sync and wait.
+        RollbackFailed = "rollback-failed",
+    }
 }
 
 impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::InProgress => "in-progress",
-            State::Completed => "completed",
-            State::Failed => "failed",
-            State::RolledBack => "rolled-back",
-            State::RollbackFailed => "rollback-failed",
-        }
-    }
-
     /// An entry that still needs a command to finish it.
     pub fn is_open(self) -> bool {
         matches!(self, State::InProgress | State::RollbackFailed)
@@ -126,11 +104,9 @@ impl State {
             (K::Migrate, S::InProgress | S::Completed | S::RollbackFailed, E::Undone) => {
                 S::RolledBack
             }
-            (kind, state, event) => bail!(
-                "the journal has no transition from {} on {event:?} for a {}",
-                state.as_str(),
-                kind.as_str()
-            ),
+            (kind, state, event) => {
+                bail!("the journal has no transition from {state} on {event:?} for a {kind}")
+            }
         };
         Ok(to)
     }
@@ -153,11 +129,11 @@ pub enum Event {
     Undone,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Outcome {
-    Ok,
-    Failed,
+crate::named! {
+    pub enum Outcome ("outcome") {
+        Ok = "ok",
+        Failed = "failed",
+    }
 }
 
 /// One finished step.
@@ -178,8 +154,8 @@ pub struct Migration {
     pub id: String,
     pub kind: Kind,
     pub env: String,
-    pub from: String,
-    pub to: String,
+    pub from: ProviderKind,
+    pub to: ProviderKind,
     pub state: State,
     pub started: String,
     pub ended: Option<String>,
@@ -204,8 +180,8 @@ impl Migration {
         self.step(name).is_some_and(|s| s.outcome == Outcome::Ok)
     }
 
-    /// The checksum the flag file has where this entry left it: before
-    /// the flip, flipped, or restored by the automatic rollback.
+    /// The flag file's checksum where this entry left it: before the flip,
+    /// flipped, or restored by the automatic rollback.
     pub fn flag_sha_now(&self) -> &str {
         match &self.after_sha256 {
             Some(after) if !self.step_ok(Step::RollbackRestore) => after,
@@ -213,67 +189,58 @@ impl Migration {
         }
     }
 
-    /// The journal's copy of the flag file from before this entry matches
-    /// the checksum stored beside it (a journal edited by hand, or damaged,
-    /// may not).
+    /// The journal's copy of the flag file matches the checksum beside it
+    /// (a journal edited by hand, or damaged, may not).
     pub fn copy_intact(&self) -> bool {
         fsutil::sha256_hex(self.before_content.as_bytes()) == self.before_sha256
     }
 
     /// An unfinished migration whose automatic rollback began: its flip is
-    /// journaled, and the flag file (whose provider is `flag_now`) says again
-    /// where it started. The restore wrote it back, journaled or not (the
-    /// run may have died before its record), or it was put back by hand.
-    pub fn rolling_back(&self, flag_now: &str) -> bool {
+    /// journaled and the flag file (naming `flag_now`) says `from` again,
+    /// restored by the rollback (journaled or not) or by hand.
+    pub fn rolling_back(&self, flag_now: Option<ProviderKind>) -> bool {
         self.kind == Kind::Migrate
             && self.state == State::InProgress
             && self.step_ok(Step::Flip)
-            && flag_now == self.from
+            && flag_now == Some(self.from)
     }
 
     /// The one command that finishes or follows up this entry, if any,
     /// given the provider the flag file names now.
-    pub fn next_command(&self, flag_now: &str) -> Option<String> {
-        match (self.kind, self.state) {
+    pub fn next_command(&self, flag_now: Option<ProviderKind>) -> Option<String> {
+        let args = match (self.kind, self.state) {
             // Its copy of the flag file cannot be restored from: set the value instead.
-            (Kind::Migrate, State::RollbackFailed) if !self.copy_intact() => Some(command(
-                &format!("rollback --to {} --yes", self.from),
-                &self.env,
-            )),
+            (Kind::Migrate, State::RollbackFailed) if !self.copy_intact() => {
+                format!("rollback --to {} --yes", self.from)
+            }
             (_, State::RollbackFailed) | (Kind::Rollback, State::InProgress) => {
-                Some(command("rollback --resume --yes", &self.env))
+                "rollback --resume --yes".into()
             }
             (Kind::Migrate, State::InProgress) if self.rolling_back(flag_now) => {
-                Some(command("rollback --resume --yes", &self.env))
+                "rollback --resume --yes".into()
             }
-            (Kind::Migrate, State::InProgress) => {
-                Some(command("migrate --resume --yes", &self.env))
-            }
-            _ => None,
-        }
+            (Kind::Migrate, State::InProgress) => "migrate --resume --yes".into(),
+            _ => return None,
+        };
+        Some(command(&args, &self.env))
     }
 
-    /// What to tell the user about an open entry: the command that finishes
-    /// it, in backticks, and for an unfinished migration the way to undo it.
-    pub fn next_step_text(&self, flag_now: &str) -> Option<String> {
+    /// The command that finishes an open entry, in backticks, and for an
+    /// unfinished migration the way to undo it.
+    pub fn next_step_text(&self, flag_now: Option<ProviderKind>) -> Option<String> {
         let next = self.next_command(flag_now)?;
-        Some(
-            if (self.kind, self.state) == (Kind::Migrate, State::InProgress)
-                && !self.rolling_back(flag_now)
-            {
-                format!(
-                    "`{next}` (or undo it with `{}`)",
-                    command("rollback --yes", &self.env)
-                )
-            } else {
-                format!("`{next}`")
-            },
-        )
+        if (self.kind, self.state) == (Kind::Migrate, State::InProgress)
+            && !self.rolling_back(flag_now)
+        {
+            let undo = command("rollback --yes", &self.env);
+            return Some(format!("`{next}` (or undo it with `{undo}`)"));
+        }
+        Some(format!("`{next}`"))
     }
 }
 
-/// A `cargo xtask secrets` command line for environment `env`: `args`,
-/// then `--env <env>` unless it is `local` (the default).
+/// A `cargo xtask secrets` command line: `args`, then `--env <env>` unless
+/// it is `local` (the default).
 pub fn command(args: &str, env: &str) -> String {
     if env == "local" {
         format!("cargo xtask secrets {args}")
@@ -398,8 +365,8 @@ impl Journal {
     }
 }
 
-/// What `entry`'s flip writes over `text`, the flag file as the entry found
-/// it, and how: the value set to `to`, or, for a rollback that undoes a
+/// What `entry`'s flip writes over `text` (the flag file as the entry found
+/// it), and how: the value set to `to`, or, for a rollback undoing a
 /// migration whose flip `text` still is, that migration's copy of the file
 /// from before it, byte for byte, if the copy matches its checksum.
 pub fn flipped(
@@ -414,7 +381,7 @@ pub fn flipped(
         .undoes
         .as_deref()
         .and_then(|id| journal.get(id))
-        .filter(|u| u.after_sha256.as_deref() == Some(sha.as_str()) && u.from == to.as_str());
+        .filter(|u| u.after_sha256.as_deref() == Some(sha.as_str()) && u.from == to);
     Ok(match undone {
         Some(u) if u.copy_intact() => (u.before_content.clone(), "restored byte for byte"),
         Some(_) => (
@@ -427,8 +394,8 @@ pub fn flipped(
 }
 
 /// Whether the flag file (`text`) is where entry `m` left it, or where the
-/// step the run was in when it died put it before the step's record: the
-/// flip's result, or (an automatic rollback) the file from before.
+/// step the run died in put it before its record: the flip's result, or
+/// (an automatic rollback) the file from before.
 pub fn flag_fits(journal: &Journal, m: &Migration, text: &str) -> bool {
     let sha = sha256_hex(text.as_bytes());
     if sha == m.flag_sha_now() {
@@ -438,11 +405,8 @@ pub fn flag_fits(journal: &Journal, m: &Migration, text: &str) -> bool {
         return false;
     }
     if !m.step_ok(Step::Flip) {
-        let Some(to) = m.to.parse::<ProviderKind>().ok() else {
-            return false;
-        };
         return m.copy_intact()
-            && flipped(journal, m, &m.before_content, &m.flag_file, to)
+            && flipped(journal, m, &m.before_content, &m.flag_file, m.to)
                 .is_ok_and(|(new, _)| sha256_hex(new.as_bytes()) == sha);
     }
     m.kind == Kind::Migrate && !m.step_ok(Step::RollbackRestore) && sha == m.before_sha256
@@ -451,14 +415,15 @@ pub fn flag_fits(journal: &Journal, m: &Migration, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ProviderKind::{Azure, Vault};
 
     fn entry(kind: Kind, state: State) -> Migration {
         Migration {
-            id: format!("{}-1", kind.as_str()),
+            id: format!("{kind}-1"),
             kind,
             env: "local".into(),
-            from: "azure".into(),
-            to: "vault".into(),
+            from: Azure,
+            to: Vault,
             state,
             started: now_rfc3339(),
             ended: None,
@@ -471,13 +436,6 @@ mod tests {
         }
     }
 
-    const STATES: [State; 5] = [
-        State::InProgress,
-        State::Completed,
-        State::Failed,
-        State::RolledBack,
-        State::RollbackFailed,
-    ];
     const EVENTS: [Event; 6] = [
         Event::Succeeded,
         Event::FailedBeforeFlip,
@@ -490,183 +448,48 @@ mod tests {
     /// Every transition the machine has, and that it has no other.
     #[test]
     fn every_transition_and_no_other() {
-        use Event as E;
-        use Kind as K;
-        use State as S;
-        let allowed = [
-            (K::Migrate, S::InProgress, E::Succeeded, S::Completed),
-            (K::Rollback, S::InProgress, E::Succeeded, S::Completed),
-            (K::Rollback, S::RollbackFailed, E::Succeeded, S::Completed),
-            (K::Migrate, S::InProgress, E::FailedBeforeFlip, S::Failed),
-            (K::Rollback, S::InProgress, E::FailedBeforeFlip, S::Failed),
-            (K::Migrate, S::InProgress, E::FailedAfterFlip, S::InProgress),
-            (
-                K::Rollback,
-                S::InProgress,
-                E::FailedAfterFlip,
-                S::RollbackFailed,
-            ),
-            (
-                K::Rollback,
-                S::RollbackFailed,
-                E::FailedAfterFlip,
-                S::RollbackFailed,
-            ),
-            (
-                K::Migrate,
-                S::InProgress,
-                E::RollbackSucceeded,
-                S::RolledBack,
-            ),
-            (
-                K::Migrate,
-                S::RollbackFailed,
-                E::RollbackSucceeded,
-                S::RolledBack,
-            ),
-            (
-                K::Migrate,
-                S::InProgress,
-                E::RollbackFailed,
-                S::RollbackFailed,
-            ),
-            (
-                K::Migrate,
-                S::RollbackFailed,
-                E::RollbackFailed,
-                S::RollbackFailed,
-            ),
-            (K::Migrate, S::InProgress, E::Undone, S::RolledBack),
-            (K::Migrate, S::Completed, E::Undone, S::RolledBack),
-            (K::Migrate, S::RollbackFailed, E::Undone, S::RolledBack),
-        ];
-        let mut seen = 0;
-        for kind in [K::Migrate, K::Rollback] {
-            for state in STATES {
+        let mut got = Vec::new();
+        for &kind in Kind::ALL {
+            for &state in State::ALL {
                 for event in EVENTS {
-                    let want = allowed
-                        .iter()
-                        .find(|(k, s, e, _)| *k == kind && *s == state && *e == event)
-                        .map(|t| t.3);
-                    let got = state.next(kind, event).ok();
-                    assert_eq!(got, want, "{kind:?} {state:?} on {event:?}");
-                    seen += usize::from(want.is_some());
+                    if let Ok(to) = state.next(kind, event) {
+                        got.push(format!("{kind} {state} {event:?} -> {to}"));
+                    }
                 }
             }
         }
-        assert_eq!(seen, allowed.len());
-        // Terminal states move only when a later rollback undoes a completed migration.
-        for state in [S::Failed, S::RolledBack] {
-            for event in EVENTS {
-                assert!(state.next(K::Migrate, event).is_err());
-            }
-        }
+        let want = [
+            "migrate in-progress Succeeded -> completed",
+            "migrate in-progress FailedBeforeFlip -> failed",
+            "migrate in-progress FailedAfterFlip -> in-progress",
+            "migrate in-progress RollbackSucceeded -> rolled-back",
+            "migrate in-progress RollbackFailed -> rollback-failed",
+            "migrate in-progress Undone -> rolled-back",
+            "migrate completed Undone -> rolled-back",
+            "migrate rollback-failed RollbackSucceeded -> rolled-back",
+            "migrate rollback-failed RollbackFailed -> rollback-failed",
+            "migrate rollback-failed Undone -> rolled-back",
+            "rollback in-progress Succeeded -> completed",
+            "rollback in-progress FailedBeforeFlip -> failed",
+            "rollback in-progress FailedAfterFlip -> rollback-failed",
+            "rollback rollback-failed Succeeded -> completed",
+            "rollback rollback-failed FailedAfterFlip -> rollback-failed",
+        ];
+        assert_eq!(got, want);
     }
 
+    /// The commands outside `local` carry `--env`; only open states have one.
     #[test]
     fn open_states_name_the_command_that_finishes_them() {
-        // The flag says where the migration went (vault), or back where it
-        // started (azure).
-        let mut m = entry(Kind::Migrate, State::RollbackFailed);
-        m.before_sha256 = fsutil::sha256_hex(m.before_content.as_bytes());
-        assert_eq!(
-            m.next_command("azure").as_deref(),
-            Some("cargo xtask secrets rollback --resume --yes")
-        );
-        m.state = State::InProgress;
-        assert_eq!(
-            m.next_command("vault").as_deref(),
-            Some("cargo xtask secrets migrate --resume --yes")
-        );
-        assert_eq!(
-            m.next_step_text("vault").as_deref(),
-            Some("`cargo xtask secrets migrate --resume --yes` (or undo it with `cargo xtask secrets rollback --yes`)")
-        );
-        // Flipped, then the flag says azure again: the automatic rollback
-        // began (restored, journaled or not), and only a rollback finishes it.
-        m.steps.push(StepRecord {
-            name: Step::Flip,
-            started: now_rfc3339(),
-            ended: now_rfc3339(),
-            outcome: Outcome::Ok,
-            detail: String::new(),
-        });
-        assert!(m.rolling_back("azure") && !m.rolling_back("vault"));
-        assert_eq!(
-            m.next_step_text("azure").as_deref(),
-            Some("`cargo xtask secrets rollback --resume --yes`")
-        );
-        assert_eq!(
-            m.next_command("vault").as_deref(),
-            Some("cargo xtask secrets migrate --resume --yes")
-        );
+        let mut m = entry(Kind::Migrate, State::InProgress);
         m.env = "dev".into();
-        assert!(m.next_command("vault").unwrap().contains("--yes --env dev"));
         assert_eq!(
-            m.next_step_text("vault").as_deref(),
+            m.next_step_text(Some(Vault)).as_deref(),
             Some("`cargo xtask secrets migrate --resume --yes --env dev` (or undo it with `cargo xtask secrets rollback --yes --env dev`)")
         );
-        for state in [State::Completed, State::Failed, State::RolledBack] {
+        for &state in State::ALL {
             m.state = state;
-            assert_eq!(m.next_command("vault"), None, "{state:?}");
-        }
-        // A copy of the flag file that fails its checksum is never restored
-        // from: the value is set instead.
-        m.state = State::RollbackFailed;
-        m.env = "local".into();
-        m.before_content.push_str("# edited\n");
-        assert!(!m.copy_intact());
-        assert_eq!(
-            m.next_command("vault").as_deref(),
-            Some("cargo xtask secrets rollback --to azure --yes")
-        );
-        let r = entry(Kind::Rollback, State::InProgress);
-        assert_eq!(
-            r.next_command("vault").as_deref(),
-            Some("cargo xtask secrets rollback --resume --yes")
-        );
-        for state in STATES {
-            assert_eq!(
-                state.is_open(),
-                m.with(state).next_command("vault").is_some()
-            );
-        }
-    }
-
-    #[test]
-    fn the_flag_is_expected_where_the_entry_left_it() {
-        let mut j = Journal::default();
-        j.begin(entry(Kind::Migrate, State::InProgress));
-        j.set_flipped_to("migrate-1", "flipped").unwrap();
-        assert!(j.set_flipped_to("migrate-0", "flipped").is_err());
-        assert_eq!(j.migrations[0].flag_sha_now(), "flipped");
-        j.record(
-            "migrate-1",
-            Step::RollbackRestore,
-            now_rfc3339(),
-            Outcome::Failed,
-            "x",
-        )
-        .unwrap();
-        assert_eq!(j.migrations[0].flag_sha_now(), "flipped");
-        j.record(
-            "migrate-1",
-            Step::RollbackRestore,
-            now_rfc3339(),
-            Outcome::Ok,
-            "",
-        )
-        .unwrap();
-        assert_eq!(j.migrations[0].flag_sha_now(), "x", "restored");
-    }
-
-    impl Migration {
-        fn with(&self, state: State) -> Migration {
-            Migration {
-                state,
-                env: "local".into(),
-                ..self.clone()
-            }
+            assert_eq!(state.is_open(), m.next_command(None).is_some(), "{state}");
         }
     }
 
@@ -677,14 +500,23 @@ mod tests {
         j.begin(entry(Kind::Migrate, State::Completed));
         j.begin(entry(Kind::Rollback, State::InProgress));
         assert_eq!(j.undo_candidate().unwrap().kind, Kind::Migrate);
+        j.set_flipped_to("rollback-1", "flipped").unwrap();
+        assert!(j.set_flipped_to("rollback-0", "flipped").is_err());
+        let now = now_rfc3339;
+        j.record("rollback-1", Step::Sync, now(), Outcome::Ok, "3")
+            .unwrap();
         j.record(
             "rollback-1",
-            Step::Sync,
-            now_rfc3339(),
-            Outcome::Ok,
-            "3 releases",
+            Step::RollbackRestore,
+            now(),
+            Outcome::Failed,
+            "",
         )
         .unwrap();
+        assert_eq!(j.migrations[0].flag_sha_now(), "flipped");
+        j.record("rollback-1", Step::RollbackRestore, now(), Outcome::Ok, "")
+            .unwrap();
+        assert_eq!(j.migrations[0].flag_sha_now(), "x", "restored");
         assert_eq!(
             j.apply("rollback-1", Event::FailedAfterFlip).unwrap(),
             State::RollbackFailed
@@ -692,16 +524,26 @@ mod tests {
         assert!(j.apply("rollback-1", Event::Undone).is_err());
         j.save(&root, "local").unwrap();
         let back = Journal::load(&root, "local").unwrap();
-        assert_eq!(back.migrations.len(), 2);
         let cur = back.current().unwrap();
         assert!(cur.step_ok(Step::Sync) && !cur.step_ok(Step::Wait));
-        assert_eq!(cur.flag_sha_now(), "x", "not flipped: as before");
-        assert_eq!(cur.state, State::RollbackFailed);
+        assert_eq!(
+            (cur.state, cur.from, back.migrations.len()),
+            (State::RollbackFailed, Azure, 2)
+        );
         assert!(cur.ended.is_some());
         assert_eq!(fsutil::mode(&path(&root, "local")).unwrap(), 0o600);
+        // The spellings on disk, which journals written before must still load with.
         let text = std::fs::read_to_string(path(&root, "local")).unwrap();
-        assert!(text.contains("\"state\": \"rollback-failed\""), "{text}");
-        assert!(text.contains("\"kind\": \"rollback\""), "{text}");
+        for field in [
+            r#""state": "rollback-failed""#,
+            r#""kind": "rollback""#,
+            r#""from": "azure""#,
+            r#""to": "vault""#,
+            r#""outcome": "failed""#,
+            r#""name": "rollback-restore""#,
+        ] {
+            assert!(text.contains(field), "{field} in {text}");
+        }
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

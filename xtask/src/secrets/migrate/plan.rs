@@ -1,6 +1,6 @@
-//! The [`Step`]s of a migration or rollback, and [`build`]: the one function
-//! that turns a request (migrate, rollback, rollback `--to`, `--resume`) and
-//! the journal into the plan that both `--dry-run` prints and the engine runs.
+//! [`build`]: the one function that turns a request (migrate, rollback,
+//! rollback `--to`, `--resume`) and the journal into the [`Plan`] that both
+//! `--dry-run` prints and the engine runs.
 
 use anyhow::{bail, Result};
 
@@ -23,13 +23,12 @@ pub const AUTO_ROLLBACK: [Step; 3] = [
     Step::RollbackSync,
     Step::RollbackWait,
 ];
-/// Finishing a migration's failed automatic rollback: preflight, then
-/// [`AUTO_ROLLBACK`].
+/// Finishing a migration's failed automatic rollback.
 const RESUME_AUTO_ROLLBACK: [Step; 4] = [
     Step::Preflight,
-    AUTO_ROLLBACK[0],
-    AUTO_ROLLBACK[1],
-    AUTO_ROLLBACK[2],
+    Step::RollbackRestore,
+    Step::RollbackSync,
+    Step::RollbackWait,
 ];
 /// A rollback that sets the flag back.
 const ROLLBACK_WITH_FLIP: [Step; 5] = [
@@ -86,8 +85,8 @@ pub enum OnFailure {
 pub struct Plan {
     pub kind: Kind,
     pub entry: Entry,
-    /// Where the entry started: the provider the flag said before it (for
-    /// a new entry, what it says now). An automatic rollback goes back here.
+    /// Where the entry started (the flag before it); an automatic rollback
+    /// goes back here.
     pub from: ProviderKind,
     pub to: ProviderKind,
     pub steps: Vec<Planned>,
@@ -110,41 +109,27 @@ pub enum Decision {
     Nothing(String),
 }
 
-fn fresh(steps: &[Step]) -> Vec<Planned> {
+/// The plan's steps. On resume, what succeeded is not redone, except what
+/// must be re-checked: preflight, sync and wait (the cluster may have moved).
+fn planned(steps: &[Step], resumed: Option<&Migration>) -> Vec<Planned> {
+    let skippable = |step| {
+        matches!(
+            step,
+            Step::Seed | Step::Coverage | Step::Flip | Step::RollbackRestore
+        )
+    };
     steps
         .iter()
         .map(|&step| Planned {
             step,
-            done_earlier: false,
+            done_earlier: skippable(step) && resumed.is_some_and(|m| m.step_ok(step)),
         })
         .collect()
-}
-
-/// On resume, what already succeeded is not redone, except what must be
-/// re-checked: preflight, and sync and wait (the cluster may have moved).
-fn resumed(entry: &Migration, steps: &[Step]) -> Vec<Planned> {
-    steps
-        .iter()
-        .map(|&step| Planned {
-            step,
-            done_earlier: matches!(
-                step,
-                Step::Seed | Step::Coverage | Step::Flip | Step::RollbackRestore
-            ) && entry.step_ok(step),
-        })
-        .collect()
-}
-
-fn provider(value: &str) -> Result<ProviderKind> {
-    match value.parse::<ProviderKind>().ok() {
-        Some(p) => Ok(p),
-        None => bail!("the journal names an unknown provider {value:?}"),
-    }
 }
 
 /// The journal's newest entry finished and left the flag file's provider
-/// (`flag`) where it is, so the cluster was synced to it.
-fn synced_to_flag(newest: Option<&Migration>, flag: &str) -> bool {
+/// where it is, so the cluster was synced to it.
+fn synced_to_flag(newest: Option<&Migration>, flag: ProviderKind) -> bool {
     newest.is_some_and(|m| match m.state {
         State::Completed => m.to == flag,
         State::RolledBack => m.from == flag,
@@ -162,16 +147,18 @@ pub fn build(
 ) -> Result<Decision> {
     let newest = journal.current();
     let open = newest.filter(|m| m.state.is_open());
-    let flag = flag_now.as_str();
-    let plan = |kind, entry, from, to, steps, on_success, on_failure, title| Plan {
-        kind,
-        entry,
-        from,
-        to,
-        steps,
-        on_success,
-        on_failure,
-        title,
+    let flag = Some(flag_now);
+    let plan = |kind, entry, from, to, steps, on_success, on_failure, title| {
+        Ok(Decision::Run(Plan {
+            kind,
+            entry,
+            from,
+            to,
+            steps,
+            on_success,
+            on_failure,
+            title,
+        }))
     };
     match request {
         Request::Migrate {
@@ -187,10 +174,10 @@ pub fn build(
             match (open, resume) {
                 (Some(m), false) => bail!(
                     "an unfinished {} of {env} to {} is in the journal ({}, last step: {}). Finish it first: {}.",
-                    m.kind.as_str(),
+                    m.kind,
                     m.to,
-                    m.state.as_str(),
-                    m.steps.last().map(|s| s.name.as_str()).unwrap_or("none"),
+                    m.state,
+                    m.steps.last().map_or("none", |s| s.name.as_str()),
                     m.next_step_text(flag).unwrap_or_default()
                 ),
                 (None, true) => bail!(
@@ -200,7 +187,7 @@ pub fn build(
                     if m.kind != Kind::Migrate || m.state != State::InProgress {
                         bail!(
                             "the unfinished operation is a rollback ({}): finish it with {}",
-                            m.state.as_str(),
+                            m.state,
                             m.next_step_text(flag).unwrap_or_default()
                         );
                     }
@@ -213,52 +200,46 @@ pub fn build(
                             m.next_step_text(flag).unwrap_or_default()
                         );
                     }
-                    let journaled = provider(&m.to)?;
-                    if let Some(t) = to.filter(|t| *t != journaled) {
-                        bail!(
-                            "the unfinished migration goes to {}, not {}",
-                            m.to,
-                            t.as_str()
-                        );
+                    if let Some(t) = to.filter(|t| *t != m.to) {
+                        bail!("the unfinished migration goes to {}, not {t}", m.to);
                     }
-                    Ok(Decision::Run(plan(
+                    plan(
                         Kind::Migrate,
                         Entry::Continue { id: m.id.clone() },
-                        provider(&m.from)?,
-                        journaled,
-                        resumed(m, &MIGRATE),
+                        m.from,
+                        m.to,
+                        planned(&MIGRATE, Some(m)),
                         Event::Succeeded,
                         on_failure,
                         format!("resume the migration of {env} to {} ({})", m.to, m.id),
-                    )))
+                    )
                 }
                 (None, false) => {
                     let Some(to) = to else {
                         crate::usage!("say where to: --to vault or --to azure (or --resume an unfinished migration)");
                     };
-                    if to == flag_now && synced_to_flag(newest, flag) {
+                    if to == flag_now && synced_to_flag(newest, flag_now) {
                         return Ok(Decision::Nothing(format!(
-                            "{env} already uses {}: nothing to migrate",
-                            to.as_str()
+                            "{env} already uses {to}: nothing to migrate"
                         )));
                     }
                     if to == flag_now {
                         return Ok(Decision::Nothing(format!(
-                            "the flag file already says {flag}, but the journal does not show the cluster \
+                            "the flag file already says {to}, but the journal does not show the cluster \
                              synced to it: `{}` syncs layer 15 and waits for the ExternalSecrets",
-                            journal::command(&format!("rollback --to {flag} --yes"), env)
+                            journal::command(&format!("rollback --to {to} --yes"), env)
                         )));
                     }
-                    Ok(Decision::Run(plan(
+                    plan(
                         Kind::Migrate,
                         Entry::New { undoes: None },
                         flag_now,
                         to,
-                        fresh(&MIGRATE),
+                        planned(&MIGRATE, None),
                         Event::Succeeded,
                         on_failure,
-                        format!("migrate {env}: {} -> {}", flag_now.as_str(), to.as_str()),
-                    )))
+                        format!("migrate {env}: {flag_now} -> {to}"),
+                    )
                 }
             }
         }
@@ -269,41 +250,35 @@ pub fn build(
             let Some(m) = open else {
                 bail!("nothing to resume: the journal has no unfinished rollback of {env}");
             };
-            match (m.kind, m.state) {
-                (Kind::Migrate, state) if state == State::RollbackFailed || m.rolling_back(flag) => {
-                    let back = provider(&m.from)?;
-                    Ok(Decision::Run(plan(
-                        Kind::Migrate,
-                        Entry::Continue { id: m.id.clone() },
-                        back,
-                        back,
-                        resumed(m, &RESUME_AUTO_ROLLBACK),
-                        Event::RollbackSucceeded,
-                        OnFailure::Stop(Event::RollbackFailed),
-                        format!(
-                            "finish the rollback of {env} to {} ({})",
-                            m.from, m.id
-                        ),
-                    )))
-                }
-                (Kind::Rollback, _) => {
+            match m.kind {
+                Kind::Migrate if m.state == State::RollbackFailed || m.rolling_back(flag) => plan(
+                    Kind::Migrate,
+                    Entry::Continue { id: m.id.clone() },
+                    m.from,
+                    m.from,
+                    planned(&RESUME_AUTO_ROLLBACK, Some(m)),
+                    Event::RollbackSucceeded,
+                    OnFailure::Stop(Event::RollbackFailed),
+                    format!("finish the rollback of {env} to {} ({})", m.from, m.id),
+                ),
+                Kind::Rollback => {
                     let steps: &[Step] = if m.from == m.to {
                         &ROLLBACK_NO_FLIP
                     } else {
                         &ROLLBACK_WITH_FLIP
                     };
-                    Ok(Decision::Run(plan(
+                    plan(
                         Kind::Rollback,
                         Entry::Continue { id: m.id.clone() },
-                        provider(&m.from)?,
-                        provider(&m.to)?,
-                        resumed(m, steps),
+                        m.from,
+                        m.to,
+                        planned(steps, Some(m)),
                         Event::Succeeded,
                         OnFailure::Stop(Event::FailedAfterFlip),
                         format!("finish the rollback of {env} to {} ({})", m.to, m.id),
-                    )))
+                    )
                 }
-                (Kind::Migrate, _) => bail!(
+                Kind::Migrate => bail!(
                     "the unfinished operation is a migration whose automatic rollback has not begun: continue it \
                      with `{}`, or undo it with `{}`",
                     journal::command("migrate --resume --yes", env),
@@ -316,13 +291,13 @@ pub fn build(
                 bail!(
                     "an unfinished rollback of {env} to {} is in the journal ({}): finish it with {}",
                     m.to,
-                    m.state.as_str(),
+                    m.state,
                     m.next_step_text(flag).unwrap_or_default()
                 );
             }
             let candidate = journal.undo_candidate();
-            if let Some(m) = candidate
-                .filter(|m| to.is_none() && !m.copy_intact() && flag_now.as_str() != m.from)
+            if let Some(m) =
+                candidate.filter(|m| to.is_none() && !m.copy_intact() && flag_now != m.from)
             {
                 bail!(
                     "the journal's copy of {} from before {} does not match the checksum stored beside it (the \
@@ -333,39 +308,34 @@ pub fn build(
                     journal::command(&format!("rollback --to {} --yes", m.from), env)
                 );
             }
-            let to = match (to, candidate) {
-                (Some(to), _) => to,
-                (None, Some(m)) => provider(&m.from)?,
-                (None, None) => bail!(
+            let Some(to) = to.or(candidate.map(|m| m.from)) else {
+                bail!(
                     "no migration of {env} in the journal to undo; pass --to vault or --to azure"
-                ),
+                );
             };
-            let undoes = candidate
-                .filter(|m| m.from == to.as_str())
-                .map(|m| m.id.clone());
+            let undoes = candidate.filter(|m| m.from == to).map(|m| m.id.clone());
             // The flag already says `to`: nothing to flip, but the cluster
             // may not follow it (an unfinished or failed operation, no
             // journal): sync it.
             let steps: &[Step] = if to != flag_now {
                 &ROLLBACK_WITH_FLIP
-            } else if !synced_to_flag(newest, flag) || undoes.is_some() {
+            } else if !synced_to_flag(newest, flag_now) || undoes.is_some() {
                 &ROLLBACK_NO_FLIP
             } else {
                 return Ok(Decision::Nothing(format!(
-                    "{env} already uses {} and the journal's last operation finished: nothing to roll back",
-                    to.as_str()
+                    "{env} already uses {to} and the journal's last operation finished: nothing to roll back"
                 )));
             };
-            Ok(Decision::Run(plan(
+            plan(
                 Kind::Rollback,
                 Entry::New { undoes },
                 flag_now,
                 to,
-                fresh(steps),
+                planned(steps, None),
                 Event::Succeeded,
                 OnFailure::Stop(Event::FailedAfterFlip),
-                format!("rollback {env}: {} -> {}", flag_now.as_str(), to.as_str()),
-            )))
+                format!("rollback {env}: {flag_now} -> {to}"),
+            )
         }
     }
 }
@@ -377,13 +347,17 @@ mod tests {
     use crate::fsutil::now_rfc3339;
     use ProviderKind::{Azure, Vault};
 
-    fn entry(kind: Kind, state: State, from: &str, to: &str, ok: &[Step]) -> Migration {
+    fn entry(kind: Kind, state: State, ok: &[Step]) -> Migration {
+        let (from, to) = match kind {
+            Kind::Migrate => (Azure, Vault),
+            Kind::Rollback => (Vault, Azure),
+        };
         Migration {
-            id: format!("{}-{from}-{to}", kind.as_str()),
+            id: format!("{kind}-{from}-{to}"),
             kind,
             env: "local".into(),
-            from: from.into(),
-            to: to.into(),
+            from,
+            to,
             state,
             started: now_rfc3339(),
             ended: None,
@@ -411,357 +385,79 @@ mod tests {
         }
     }
 
-    fn run(d: Result<Decision>) -> Plan {
-        match d.unwrap() {
-            Decision::Run(p) => p,
-            Decision::Nothing(m) => panic!("nothing: {m}"),
+    const fn migrate(to: Option<ProviderKind>, resume: bool) -> Request {
+        Request::Migrate {
+            to,
+            resume,
+            auto_rollback: true,
         }
     }
-
-    fn names(p: &Plan) -> Vec<String> {
-        p.steps
-            .iter()
-            .map(|s| format!("{}{}", s.step, if s.done_earlier { " (done)" } else { "" }))
-            .collect()
+    const fn rollback(to: Option<ProviderKind>, resume: bool) -> Request {
+        Request::Rollback { to, resume }
     }
 
-    const MIGRATE_TO_VAULT: Request = Request::Migrate {
-        to: Some(Vault),
-        resume: false,
-        auto_rollback: true,
-    };
-    const ROLLBACK: Request = Request::Rollback {
-        to: None,
-        resume: false,
-    };
-    const ROLLBACK_RESUME: Request = Request::Rollback {
-        to: None,
-        resume: true,
-    };
-
-    #[test]
-    fn a_migration_has_seven_steps_and_an_automatic_rollback() {
-        let p = run(build(MIGRATE_TO_VAULT, "local", Azure, &Journal::default()));
-        assert_eq!(
-            names(&p),
-            [
-                "preflight",
-                "seed",
-                "coverage",
-                "flip",
-                "sync",
-                "wait",
-                "record"
-            ]
-        );
-        assert_eq!(
-            p.on_failure,
-            OnFailure::AutoRollback(AUTO_ROLLBACK.to_vec())
-        );
-        assert_eq!(p.entry, Entry::New { undoes: None });
-        let no_rb = Request::Migrate {
-            to: Some(Vault),
-            resume: false,
-            auto_rollback: false,
-        };
-        let p = run(build(no_rb, "local", Azure, &Journal::default()));
-        assert_eq!(p.on_failure, OnFailure::Stop(Event::FailedAfterFlip));
-        assert!(matches!(
-            build(MIGRATE_TO_VAULT, "local", Vault, &Journal::default()).unwrap(),
-            Decision::Nothing(_)
-        ));
-    }
-
-    #[test]
-    fn a_rollback_has_its_own_steps_and_undoes_the_last_migration() {
-        let done = entry(Kind::Migrate, State::Completed, "azure", "vault", &MIGRATE);
-        let p = run(build(
-            ROLLBACK,
-            "local",
-            Vault,
-            &journal(vec![done.clone()]),
-        ));
-        assert_eq!(names(&p), ["preflight", "flip", "sync", "wait", "record"]);
-        assert_eq!((p.kind, p.to), (Kind::Rollback, Azure));
-        assert_eq!(
-            p.entry,
-            Entry::New {
-                undoes: Some(done.id.clone())
-            }
-        );
-        assert_eq!(p.on_failure, OnFailure::Stop(Event::FailedAfterFlip));
-        // --to the other provider: a rollback's steps, undoing nothing.
-        let to_vault = Request::Rollback {
-            to: Some(Vault),
-            resume: false,
-        };
-        let p = run(build(
-            to_vault,
-            "local",
-            Azure,
-            &journal(vec![done.clone()]),
-        ));
-        assert_eq!(p.entry, Entry::New { undoes: None });
-        // Nothing in the journal: say so.
-        assert!(build(ROLLBACK, "local", Vault, &Journal::default()).is_err());
-    }
-
-    #[test]
-    fn rollback_to_where_the_flag_already_is_still_syncs_after_a_failure() {
-        let failed = entry(
-            Kind::Migrate,
-            State::RollbackFailed,
-            "azure",
-            "vault",
-            &[
-                Step::Preflight,
-                Step::Seed,
-                Step::Coverage,
-                Step::Flip,
-                Step::RollbackRestore,
-            ],
-        );
-        let to_azure = Request::Rollback {
-            to: Some(Azure),
-            resume: false,
-        };
-        let p = run(build(
-            to_azure,
-            "local",
-            Azure,
-            &journal(vec![failed.clone()]),
-        ));
-        assert_eq!(names(&p), ["preflight", "sync", "wait", "record"]);
-        assert_eq!(
-            p.entry,
-            Entry::New {
-                undoes: Some(failed.id.clone())
-            }
-        );
-        // After a clean rolled-back migration there is nothing to do.
-        let settled = entry(Kind::Migrate, State::RolledBack, "azure", "vault", &[]);
-        assert!(matches!(
-            build(to_azure, "local", Azure, &journal(vec![settled])).unwrap(),
-            Decision::Nothing(_)
-        ));
-    }
-
+    /// A resumed entry redoes preflight, sync and wait, not what it did.
     #[test]
     fn resume_continues_what_the_journal_left() {
-        let killed = entry(
-            Kind::Migrate,
-            State::InProgress,
-            "azure",
-            "vault",
-            &[Step::Preflight, Step::Seed, Step::Coverage, Step::Flip],
-        );
-        let resume = Request::Migrate {
-            to: None,
-            resume: true,
-            auto_rollback: true,
-        };
-        let p = run(build(
-            resume,
-            "local",
-            Vault,
-            &journal(vec![killed.clone()]),
-        ));
-        assert_eq!(
-            names(&p),
-            [
-                "preflight",
-                "seed (done)",
-                "coverage (done)",
-                "flip (done)",
-                "sync",
-                "wait",
-                "record"
-            ]
-        );
-        assert_eq!(
-            p.entry,
-            Entry::Continue {
-                id: killed.id.clone()
-            }
-        );
-        assert_eq!(
-            (p.from, p.to),
-            (Azure, Vault),
-            "an automatic rollback goes back to azure"
-        );
-        // A new migration is refused while one is unfinished, naming the command.
-        let err = build(
-            MIGRATE_TO_VAULT,
-            "local",
-            Vault,
-            &journal(vec![killed.clone()]),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("migrate --resume --yes"), "{err}");
-        // rollback --resume of an unfinished migration points at the two ways out.
-        let err = build(ROLLBACK_RESUME, "local", Vault, &journal(vec![killed]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("rollback --yes"), "{err}");
-    }
-
-    #[test]
-    fn rollback_resume_finishes_a_failed_automatic_rollback() {
-        let failed = entry(
-            Kind::Migrate,
-            State::RollbackFailed,
-            "azure",
-            "vault",
-            &[Step::Preflight, Step::Flip, Step::RollbackRestore],
-        );
-        let p = run(build(
-            ROLLBACK_RESUME,
-            "local",
-            Azure,
-            &journal(vec![failed.clone()]),
-        ));
-        assert_eq!(
-            names(&p),
-            [
-                "preflight",
-                "rollback-restore (done)",
-                "rollback-sync",
-                "rollback-wait"
-            ]
-        );
-        assert_eq!(p.on_success, Event::RollbackSucceeded);
-        assert_eq!(p.on_failure, OnFailure::Stop(Event::RollbackFailed));
-        assert_eq!(p.to, Azure);
-        // A new migration is refused and told to finish the rollback.
-        let err = build(MIGRATE_TO_VAULT, "local", Azure, &journal(vec![failed]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("rollback --resume --yes"), "{err}");
-        // A failed rollback operation resumes with its own steps.
-        let mut rb = entry(
-            Kind::Rollback,
-            State::RollbackFailed,
-            "vault",
-            "azure",
-            &[Step::Preflight, Step::Flip],
-        );
-        rb.undoes = Some("migrate-azure-vault".into());
-        let done = entry(Kind::Migrate, State::Completed, "azure", "vault", &MIGRATE);
-        let j = journal(vec![rb.clone(), done]);
-        let p = run(build(ROLLBACK_RESUME, "local", Azure, &j));
-        assert_eq!(
-            names(&p),
-            ["preflight", "flip (done)", "sync", "wait", "record"]
-        );
-        assert_eq!(p.kind, Kind::Rollback);
-        // ... and a plain rollback is told to finish it first.
-        let err = build(ROLLBACK, "local", Azure, &j).unwrap_err().to_string();
-        assert!(err.contains("rollback --resume --yes"), "{err}");
-        assert!(build(ROLLBACK_RESUME, "local", Azure, &Journal::default()).is_err());
-    }
-
-    /// Killed in its automatic rollback after the restore wrote the flag
-    /// back (journaled or not): the rollback is finished, never the
-    /// migration, which would record a switch that did not happen.
-    #[test]
-    fn an_interrupted_automatic_rollback_is_finished_not_the_migration() {
-        let resume = Request::Migrate {
-            to: None,
-            resume: true,
-            auto_rollback: true,
-        };
-        for ok in [
-            &[Step::Preflight, Step::Seed, Step::Coverage, Step::Flip][..],
-            &[
-                Step::Preflight,
-                Step::Seed,
-                Step::Coverage,
-                Step::Flip,
-                Step::RollbackRestore,
-            ],
-        ] {
-            let killed = entry(Kind::Migrate, State::InProgress, "azure", "vault", ok);
-            let j = journal(vec![killed.clone()]);
-            // The flag says azure again: the restore landed.
-            let err = build(resume, "local", Azure, &j).unwrap_err().to_string();
-            assert!(
-                err.contains("automatic rollback began")
-                    && err.contains("`cargo xtask secrets rollback --resume --yes`"),
-                "{err}"
-            );
-            let p = run(build(ROLLBACK_RESUME, "local", Azure, &j));
-            assert_eq!(p.steps[0].step, Step::Preflight);
-            assert_eq!(
-                p.steps[1..].iter().map(|s| s.step).collect::<Vec<_>>(),
-                AUTO_ROLLBACK
-            );
-            assert_eq!(p.steps[1].done_earlier, ok.contains(&Step::RollbackRestore));
-            assert_eq!((p.on_success, p.to), (Event::RollbackSucceeded, Azure));
-            assert_eq!(p.entry, Entry::Continue { id: killed.id });
-            // The flag still says vault: the migration continues.
-            assert!(matches!(
-                build(resume, "local", Vault, &j).unwrap(),
-                Decision::Run(_)
-            ));
-        }
-    }
-
-    /// A journal whose copy of the flag file fails its checksum is not
-    /// restored from: plain `rollback` refuses and names `--to`.
-    #[test]
-    fn a_damaged_copy_of_the_flag_file_is_refused_with_the_way_out() {
-        let mut done = entry(Kind::Migrate, State::Completed, "azure", "vault", &MIGRATE);
-        done.before_content = "secrets:\n".into();
-        let j = journal(vec![done]);
-        let err = build(ROLLBACK, "local", Vault, &j).unwrap_err().to_string();
-        assert!(
-            err.contains("does not match the checksum")
-                && err.ends_with(
-                    "`cargo xtask secrets rollback --to azure --yes` sets only the value instead"
+        let cases = [
+            (
+                migrate(None, true),
+                Vault,
+                entry(Kind::Migrate, State::InProgress, &MIGRATE[..4]),
+                "preflight, seed (done), coverage (done), flip (done), sync, wait, record",
+            ),
+            (
+                rollback(None, true),
+                Azure,
+                entry(
+                    Kind::Migrate,
+                    State::RollbackFailed,
+                    &[Step::Flip, Step::RollbackRestore],
                 ),
-            "{err}"
-        );
-        let to_azure = Request::Rollback {
-            to: Some(Azure),
-            resume: false,
-        };
-        assert_eq!(
-            names(&run(build(to_azure, "local", Vault, &j))),
-            ["preflight", "flip", "sync", "wait", "record"]
-        );
-    }
-
-    #[test]
-    fn every_step_has_one_name_in_the_journal_and_the_output() {
-        let mut seen = std::collections::HashSet::new();
-        for &step in Step::ALL {
-            assert!(seen.insert(step.as_str()), "{step} twice in Step::ALL");
-            // The journal's spelling (serde) is the output's (as_str), both ways.
-            let json = serde_json::to_string(&step).unwrap();
-            assert_eq!(json, format!("\"{}\"", step.as_str()));
-            assert_eq!(serde_json::from_str::<Step>(&json).unwrap(), step);
+                "preflight, rollback-restore (done), rollback-sync, rollback-wait",
+            ),
+            (
+                rollback(None, true),
+                Azure,
+                entry(
+                    Kind::Rollback,
+                    State::RollbackFailed,
+                    &[Step::Preflight, Step::Flip],
+                ),
+                "preflight, flip (done), sync, wait, record",
+            ),
+        ];
+        for (request, flag, m, want) in cases {
+            let Decision::Run(plan) = build(request, "local", flag, &journal(vec![m])).unwrap()
+            else {
+                panic!("{request:?}: nothing to do");
+            };
+            let steps: Vec<String> = plan
+                .steps
+                .iter()
+                .map(|s| format!("{}{}", s.step, if s.done_earlier { " (done)" } else { "" }))
+                .collect();
+            assert_eq!(steps.join(", "), want);
         }
     }
 
+    /// Each refusal names why and the command that gets past it.
     #[test]
-    fn resuming_an_entry_from_an_unknown_provider_is_an_error() {
-        let mut killed = entry(
-            Kind::Migrate,
-            State::InProgress,
-            "azure",
-            "vault",
-            &[Step::Preflight, Step::Seed],
-        );
-        killed.from = "hashicorp".into();
-        let resume = Request::Migrate {
-            to: None,
-            resume: true,
-            auto_rollback: true,
-        };
-        let err = build(resume, "local", Vault, &journal(vec![killed]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("unknown provider \"hashicorp\""), "{err}");
+    fn what_the_journal_does_not_allow_is_refused_with_the_way_out() {
+        let killed = || entry(Kind::Migrate, State::InProgress, &[Step::Flip]);
+        let rb = entry(Kind::Rollback, State::InProgress, &[]);
+        let cases: [(Request, ProviderKind, Vec<Migration>, &str); 7] = [
+            (migrate(None, true), Vault, vec![], "nothing to resume: the journal has no unfinished migration"),
+            (rollback(None, true), Vault, vec![], "nothing to resume: the journal has no unfinished rollback"),
+            (migrate(Some(Azure), true), Vault, vec![killed()], "the unfinished migration goes to vault, not azure"),
+            (rollback(Some(Azure), true), Vault, vec![killed()], "--resume continues the journal's rollback: leave out --to"),
+            (rollback(None, true), Vault, vec![killed()], "continue it with `cargo xtask secrets migrate --resume --yes`, or undo it with `cargo xtask secrets rollback --yes`"),
+            (migrate(None, true), Azure, vec![rb.clone()], "the unfinished operation is a rollback (in-progress): finish it with `cargo xtask secrets rollback --resume --yes`"),
+            (rollback(None, false), Azure, vec![rb], "an unfinished rollback of local to azure is in the journal (in-progress)"),
+        ];
+        for (request, flag, entries, want) in cases {
+            let err = build(request, "local", flag, &journal(entries)).unwrap_err();
+            assert!(format!("{err:#}").contains(want), "{request:?}: {err:#}");
+        }
     }
 }

@@ -2,15 +2,14 @@
 //! ([`describe`]). A step changes at most one thing and returns what it
 //! changed; the engine journals it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
 use super::ctx::Ctx;
-use super::journal::Step;
-use super::journal::{self, flag_fits, flipped, Journal, Kind, Migration};
-use super::plan::Plan;
+use super::journal::{self, flag_fits, flipped, Journal, Kind, Migration, Step};
+use super::plan::{Entry, Plan};
 use crate::fsutil::{self, sha256_hex};
 use crate::output;
 use crate::process::Tool;
@@ -61,7 +60,7 @@ pub fn run(
 /// One or two lines saying what the step will do, for `--dry-run`.
 pub fn describe(ctx: &Ctx, plan: &Plan, flag_text: &str, step: Step) -> Result<String> {
     let env = &ctx.env;
-    let to = plan.to.as_str();
+    let to = plan.to;
     let flag = &ctx.flag_rel;
     Ok(match step {
         Step::Preflight => format!(
@@ -70,7 +69,7 @@ pub fn describe(ctx: &Ctx, plan: &Plan, flag_text: &str, step: Step) -> Result<S
              {flag}: {};\n      \
              every namespace of layer 15's ExternalSecrets exists (helmfile ... template; kubectl get namespaces --output json){}",
             match &plan.entry {
-                super::plan::Entry::Continue { .. } => "as the journal left it",
+                Entry::Continue { .. } => "as the journal left it",
                 _ if plan.kind == Kind::Migrate => {
                     "no uncommitted change (git status --porcelain), or as the journal's last operation left it"
                 }
@@ -90,12 +89,9 @@ pub fn describe(ctx: &Ctx, plan: &Plan, flag_text: &str, step: Step) -> Result<S
             "the equivalent of `cargo xtask secrets check --render --live --provider {to} --env {env}` (gate)"
         ),
         Step::Flip => {
-            let mut s = format!("{flag}: secrets.provider = {to}");
-            for line in flagfile::diff(flag_text, flag, plan.to)?.lines() {
-                s.push_str("\n        ");
-                s.push_str(line);
-            }
-            s
+            let diff = flagfile::diff(flag_text, flag, to)?;
+            let diff: String = diff.lines().map(|l| format!("\n        {l}")).collect();
+            format!("{flag}: secrets.provider = {to}{diff}")
         }
         Step::Sync | Step::RollbackSync => helmfile::sync_display(env),
         Step::Wait | Step::RollbackWait => format!(
@@ -111,9 +107,9 @@ pub fn describe(ctx: &Ctx, plan: &Plan, flag_text: &str, step: Step) -> Result<S
         ),
         Step::Record => format!(
             "mark the {} completed{} in {}",
-            plan.kind.as_str(),
+            plan.kind,
             match &plan.entry {
-                super::plan::Entry::New { undoes: Some(id) } => format!(" and {id} rolled back"),
+                Entry::New { undoes: Some(id) } => format!(" and {id} rolled back"),
                 _ => String::new(),
             },
             project::shown(&journal::path(&ctx.root, env))
@@ -143,8 +139,7 @@ fn preflight(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>, plan: &Pla
     let kubectl: serde_json::Value = serde_json::from_str(&kubectl).unwrap_or_default();
     let kubectl = kubectl["clientVersion"]["gitVersion"]
         .as_str()
-        .unwrap_or("unknown")
-        .to_string();
+        .unwrap_or("unknown");
     let Some(context) = kube::context()? else {
         bail!("no kube context: point kubectl at your local cluster (`kubectl config use-context k3d-...`)");
     };
@@ -153,8 +148,11 @@ fn preflight(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>, plan: &Pla
         "asking the cluster which APIs it serves (`kubectl api-versions`): is the cluster up? \
          `kubectl cluster-info` shows where kubectl looks",
     )?;
-    if let Some((what, fix)) = api.problem() {
-        bail!("{what}. {}", capitalised(&fix));
+    if let Some((what, mut fix)) = api.problem() {
+        if let Some(first) = fix.get_mut(..1) {
+            first.make_ascii_uppercase();
+        }
+        bail!("{what}. {fix}");
     }
     check_flag_file(ctx, journal, entry, plan)?;
     let namespaces = layer15_namespaces(ctx)?;
@@ -177,41 +175,23 @@ fn preflight(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>, plan: &Pla
     )))
 }
 
-fn capitalised(s: &str) -> String {
-    let mut c = s.chars();
-    match c.next() {
-        Some(first) => first.to_uppercase().chain(c).collect(),
-        None => String::new(),
-    }
-}
-
-/// Every namespace that layer 15's ExternalSecrets live in must exist:
-/// helm creates only a release's own namespace, so `helmfile sync` would
-/// fail on any other (and so would the automatic rollback's sync). Layer
-/// 15 is rendered with the real `helmfile template`, as `check --render`
-/// does. Returns the namespaces, comma-separated.
+/// Every namespace of layer 15's ExternalSecrets (rendered with the real
+/// `helmfile template`) must exist: helm creates only a release's own, so
+/// the sync (and the rollback's) would fail. Returns them, comma-separated.
 fn layer15_namespaces(ctx: &Ctx) -> Result<String> {
-    let rendered = render_layer15(ctx)?;
     let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for es in &rendered {
-        if let Some(ns) = &es.namespace {
-            wanted.entry(ns.clone()).or_default().push(es.name.clone());
+    for es in render_layer15(ctx)? {
+        if let Some(ns) = es.namespace {
+            wanted.entry(ns).or_default().push(es.name);
         }
     }
     let have = kube::namespaces().context("listing the cluster's namespaces")?;
-    let missing: Vec<(&String, &Vec<String>)> = wanted
-        .iter()
-        .filter(|(ns, _)| !have.contains(*ns))
-        .collect();
-    if !missing.is_empty() {
-        let named: Vec<String> = missing
-            .iter()
-            .map(|(ns, names)| format!("{ns} (ExternalSecret {})", output::capped(names)))
-            .collect();
-        let create: Vec<String> = missing
-            .iter()
-            .map(|(ns, _)| format!("kubectl create namespace {ns}"))
-            .collect();
+    let (mut named, mut create) = (Vec::new(), Vec::new());
+    for (ns, names) in wanted.iter().filter(|(ns, _)| !have.contains(*ns)) {
+        named.push(format!("{ns} (ExternalSecret {})", output::capped(names)));
+        create.push(format!("kubectl create namespace {ns}"));
+    }
+    if !named.is_empty() {
         bail!(
             "layer 15 puts ExternalSecrets in namespaces the cluster does not have: {}. helm creates only a \
              release's own namespace, so `{}` would fail, and so would the rollback's. Create them first \
@@ -229,9 +209,8 @@ fn layer15_namespaces(ctx: &Ctx) -> Result<String> {
     })
 }
 
-/// The ExternalSecrets that layer 15 renders for the environment: the real
-/// `helmfile template` of its helmfile (helmfile.rs), each manifest read by
-/// the scanner of `check --render`.
+/// The ExternalSecrets layer 15 renders for the environment, read by the
+/// scanner of `check --render`.
 fn render_layer15(ctx: &Ctx) -> Result<Vec<scan::ExternalSecret>> {
     /// The output folder and helm's cache, removed however this ends.
     struct Scratch(std::path::PathBuf);
@@ -264,10 +243,12 @@ fn render_layer15(ctx: &Ctx) -> Result<Vec<scan::ExternalSecret>> {
     let mut files = Vec::new();
     let mut dirs = vec![out.0.clone()];
     while let Some(dir) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for path in entries.flatten().map(|e| e.path()) {
+        for path in std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+        {
             if path.is_dir() {
                 dirs.push(path);
             } else if path.extension().is_some_and(|x| x == "yaml" || x == "yml") {
@@ -279,18 +260,15 @@ fn render_layer15(ctx: &Ctx) -> Result<Vec<scan::ExternalSecret>> {
     let mut found = Vec::new();
     for file in files {
         let rel = file.strip_prefix(&out.0).unwrap_or(&file);
-        let release = rel
-            .components()
-            .next()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .unwrap_or_default();
+        // `helmfile template` writes <out>/<release>/.../<manifest>.yaml.
+        let release = rel.iter().next().map(|c| c.to_string_lossy().into_owned());
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;
         let label = format!("{} {}", project::LAYER15_HELMFILE, rel.display());
         scan::scan_text(
             &text,
             &label,
-            Some(&release),
+            release.as_deref(),
             Some(&ctx.env),
             false,
             &mut found,
@@ -308,17 +286,15 @@ fn check_flag_file(
     entry: Option<&Migration>,
     plan: &Plan,
 ) -> Result<()> {
-    let text = ctx.read_flag()?;
+    let (text, f) = (ctx.read_flag()?, &ctx.flag_rel);
     let sha = sha256_hex(text.as_bytes());
     if let Some(m) = entry {
         if !flag_fits(journal, m, &text) {
             bail!(
-                "{} changed since the journal's last step (checksum {}, the journal expects {}): put it back \
-                 (`git diff -- {}` shows what changed) and run the same command again",
-                ctx.flag_rel,
+                "{f} changed since the journal's last step (checksum {}, the journal expects {}): put it back \
+                 (`git diff -- {f}` shows what changed) and run the same command again",
                 fsutil::short(&sha),
                 fsutil::short(m.flag_sha_now()),
-                ctx.flag_rel
             );
         }
         return Ok(());
@@ -334,11 +310,9 @@ fn check_flag_file(
     }
     if uncommitted(ctx)? {
         bail!(
-            "{} has an uncommitted change that no migration in the journal made: commit it first (`git commit \
-             --message \"secrets flag\" -- {}`), so the migration's edit is the only one, then run the same command \
-             again",
-            ctx.flag_rel,
-            ctx.flag_rel
+            "{f} has an uncommitted change that no migration in the journal made: commit it first (`git commit \
+             --message \"secrets flag\" -- {f}`), so the migration's edit is the only one, then run the same command \
+             again"
         );
     }
     Ok(())
@@ -378,13 +352,9 @@ fn seed_target(ctx: &Ctx, to: ProviderKind) -> Result<String> {
     if !run.failed.is_empty() {
         return Err(run.into_result().expect_err("failed writes are an error"));
     }
-    let counts = crate::secrets::seeding::counts(&items);
-    let mut detail = format!(
-        "{} written, {} unchanged in {}",
-        run.written.len(),
-        counts.unchanged,
-        to.as_str()
-    );
+    let counts = seeding::counts(&items);
+    let written = run.written.len();
+    let mut detail = format!("{written} written, {} unchanged in {to}", counts.unchanged);
     if let Some(eso) = eso {
         detail.push_str(&format!("; {eso}"));
     }
@@ -422,7 +392,7 @@ fn coverage(ctx: &Ctx, to: ProviderKind) -> Result<String> {
             failures.len(),
             live.target,
             keys.join("; "),
-            to.as_str()
+            to
         );
     }
     Ok(format!(
@@ -436,36 +406,32 @@ fn coverage(ctx: &Ctx, to: ProviderKind) -> Result<String> {
 /// what the flip writes is the flip's own work, from a run that died before
 /// its record.
 fn flip(ctx: &Ctx, journal: &Journal, entry: &Migration, to: ProviderKind) -> Result<Done> {
-    let text = ctx.read_flag()?;
+    let (text, f) = (ctx.read_flag()?, &ctx.flag_rel);
     let sha = sha256_hex(text.as_bytes());
     let (new, how) = if sha == entry.before_sha256 {
-        flipped(journal, entry, &text, &ctx.flag_rel, to)?
+        flipped(journal, entry, &text, f, to)?
     } else if entry.copy_intact()
-        && flipped(journal, entry, &entry.before_content, &ctx.flag_rel, to)
+        && flipped(journal, entry, &entry.before_content, f, to)
             .is_ok_and(|(new, _)| sha256_hex(new.as_bytes()) == sha)
     {
         (text, "already written by the interrupted run")
     } else {
         bail!(
-            "{} changed since the {} started (checksum {}, it started from {}): it was edited meanwhile, so the \
-             flip does not touch it. Commit the edit or drop it (`git diff -- {}` shows it), then run the same \
+            "{f} changed since the {} started (checksum {}, it started from {}): it was edited meanwhile, so the \
+             flip does not touch it. Commit the edit or drop it (`git diff -- {f}` shows it), then run the same \
              command again",
-            ctx.flag_rel,
-            entry.kind.as_str(),
+            entry.kind,
             fsutil::short(&sha),
             fsutil::short(&entry.before_sha256),
-            ctx.flag_rel
         );
     };
-    if sha256_hex(new.as_bytes()) != sha {
+    let after = sha256_hex(new.as_bytes());
+    if after != sha {
         write_keep_mode(&ctx.flag_path(), new.as_bytes())?;
     }
-    let after = sha256_hex(new.as_bytes());
     Ok(Done {
         detail: format!(
-            "{}: secrets.provider = {} ({how}, {})",
-            ctx.flag_rel,
-            to.as_str(),
+            "{f}: secrets.provider = {to} ({how}, {})",
             fsutil::short(&after)
         ),
         flipped_to: Some(after),
@@ -475,47 +441,34 @@ fn flip(ctx: &Ctx, journal: &Journal, entry: &Migration, to: ProviderKind) -> Re
 /// Automatic rollback: the flag file back to the entry's before_content,
 /// which must match its checksum before it is written.
 fn restore(ctx: &Ctx, m: &Migration) -> Result<String> {
-    let text = ctx.read_flag()?;
-    let sha = sha256_hex(text.as_bytes());
+    let f = &ctx.flag_rel;
+    let sha = sha256_hex(ctx.read_flag()?.as_bytes());
+    let before = fsutil::short(&m.before_sha256);
     if sha == m.before_sha256 {
-        return Ok(format!(
-            "{} already as before ({})",
-            ctx.flag_rel,
-            fsutil::short(&sha)
-        ));
+        return Ok(format!("{f} already as before ({before})"));
     }
     if m.after_sha256.as_deref() != Some(sha.as_str()) {
         bail!(
-            "{} changed after the flip (checksum {}, the flip wrote {}): it was edited during the migration, so \
-             the rollback does not overwrite it. Keep what you need of the edit (`git diff -- {}` shows it), then \
-             put back the file the migration started from: `git checkout -- {}`",
-            ctx.flag_rel,
+            "{f} changed after the flip (checksum {}, the flip wrote {}): it was edited during the migration, so \
+             the rollback does not overwrite it. Keep what you need of the edit (`git diff -- {f}` shows it), then \
+             put back the file the migration started from: `git checkout -- {f}`",
             fsutil::short(&sha),
             fsutil::short(m.after_sha256.as_deref().unwrap_or("none")),
-            ctx.flag_rel,
-            ctx.flag_rel
         );
     }
     if !m.copy_intact() {
         bail!(
-            "the journal's copy of {} from before the migration does not match its checksum (checksum {}, \
-             before_sha256 {}): the journal was edited or damaged, so the copy is not written, and {} stays as the \
-             flip left it",
-            ctx.flag_rel,
+            "the journal's copy of {f} from before the migration does not match its checksum (checksum {}, \
+             before_sha256 {before}): the journal was edited or damaged, so the copy is not written, and {f} stays \
+             as the flip left it",
             fsutil::short(&sha256_hex(m.before_content.as_bytes())),
-            fsutil::short(&m.before_sha256),
-            ctx.flag_rel
         );
     }
     write_keep_mode(&ctx.flag_path(), m.before_content.as_bytes())?;
     if sha256_hex(ctx.read_flag()?.as_bytes()) != m.before_sha256 {
-        bail!("{} does not read back as before", ctx.flag_rel);
+        bail!("{f} does not read back as before");
     }
-    Ok(format!(
-        "{} restored byte for byte ({})",
-        ctx.flag_rel,
-        fsutil::short(&m.before_sha256)
-    ))
+    Ok(format!("{f} restored byte for byte ({before})"))
 }
 
 /// Writes a non-secret repository file atomically, keeping its mode.
@@ -534,30 +487,19 @@ fn sync(ctx: &Ctx) -> Result<String> {
     Ok("layer 15 synced".into())
 }
 
-/// What the cluster said about an ExternalSecret before the force.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Seen {
-    refresh_time: Option<String>,
-    synced_resource_version: Option<String>,
-}
+/// What the cluster said about an ExternalSecret before the force: its
+/// `refreshTime` and `syncedResourceVersion`.
+type Seen = (Option<String>, Option<String>);
 
-impl Seen {
-    fn of(es: &EsStatus) -> Seen {
-        Seen {
-            refresh_time: es.refresh_time.clone(),
-            synced_resource_version: es.synced_resource_version.clone(),
-        }
-    }
+fn seen(es: &EsStatus) -> Seen {
+    (es.refresh_time.clone(), es.synced_resource_version.clone())
 }
 
 /// Whether ESO has synced `now` since `before` was read, judged by the
-/// cluster alone: its own `refreshTime` or `syncedResourceVersion` moved.
-/// The laptop's clock is never compared with the cluster's.
+/// cluster alone (either value moved), never by the laptop's clock.
 fn refreshed(before: &Seen, now: &EsStatus) -> bool {
-    let seen = Seen::of(now);
-    (seen.refresh_time.is_some() && seen.refresh_time != before.refresh_time)
-        || (seen.synced_resource_version.is_some()
-            && seen.synced_resource_version != before.synced_resource_version)
+    let moved = |now: &Option<String>, was: &Option<String>| now.is_some() && now != was;
+    moved(&now.refresh_time, &before.0) || moved(&now.synced_resource_version, &before.1)
 }
 
 /// Why an ExternalSecret is not done yet.
@@ -578,14 +520,10 @@ fn pending_reason(before: Option<&Seen>, es: &EsStatus) -> Option<String> {
 /// A new value every time, so the annotation always changes and ESO
 /// always reconciles (its value is a label, never compared).
 fn stamp() -> String {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default()
-        .to_string()
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.unwrap_or_default().as_nanos().to_string()
 }
 
-/// `N polls 0.1 s apart`.
 fn polls(ctx: &Ctx) -> String {
     format!(
         "{} polls {} apart",
@@ -597,6 +535,24 @@ fn polls(ctx: &Ctx) -> String {
 /// `; ESO's last warning (UpdateFailed): ...`, or nothing.
 fn said(event: Option<&kube::Event>) -> String {
     event.map(|e| format!("; {}", e.said())).unwrap_or_default()
+}
+
+/// ESO's newest Warning Event about the store, if kubectl can tell.
+fn store_event() -> Option<kube::Event> {
+    kube::warning_events(None, "ClusterSecretStore", Some(STORE_NAME))
+        .ok()
+        .and_then(|e| kube::newest_by_object(e).remove(STORE_NAME))
+}
+
+/// Vault's answer to a login it refused or a read its policy does not allow.
+fn permission_denied(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("permission denied") || m.contains("code: 403")
+}
+
+/// What to check when ESO's login or read was denied.
+fn denied_checks(ctx: &Ctx) -> String {
+    crate::secrets::eso_access::denied_checks(&ctx.root, &ctx.env, &ctx.cfg)
 }
 
 /// Forces ESO to validate ClusterSecretStore/ameide-vault now (a store that
@@ -651,13 +607,9 @@ fn wait_store(ctx: &Ctx, stamp: &str) -> Result<String> {
             std::thread::sleep(ctx.wait.sleep);
         }
     }
-    let event = kube::warning_events(None, "ClusterSecretStore", Some(STORE_NAME))
-        .ok()
-        .and_then(|e| kube::newest_by_object(e).remove(STORE_NAME));
-    let denied = event
-        .as_ref()
-        .is_some_and(|e| permission_denied(&e.message))
-        || permission_denied(&last.message);
+    let event = store_event();
+    let denied =
+        event.iter().any(|e| permission_denied(&e.message)) || permission_denied(&last.message);
     bail!(
         "ClusterSecretStore/{STORE_NAME} not Ready after {} (forced with force-sync={stamp}): {}{}. Its \
          ExternalSecrets cannot sync until it is; `kubectl describe clustersecretstore {STORE_NAME}` shows \
@@ -665,18 +617,8 @@ fn wait_store(ctx: &Ctx, stamp: &str) -> Result<String> {
         polls(ctx),
         last.describe(),
         said(event.as_ref()),
-        if denied {
-            format!("\n{}", crate::secrets::eso_access::denied_checks(&ctx.root, &ctx.env, &ctx.cfg))
-        } else {
-            String::new()
-        }
+        if denied { format!("\n{}", denied_checks(ctx)) } else { String::new() }
     )
-}
-
-/// Vault's answer to a login it refused or a read its policy does not allow.
-fn permission_denied(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    m.contains("permission denied") || m.contains("code: 403")
 }
 
 /// The ExternalSecrets on our store that ESO does not re-read when forced
@@ -751,18 +693,15 @@ fn wait_ready(ctx: &Ctx) -> Result<String> {
             "{store}; no ExternalSecrets use ClusterSecretStore/{STORE_NAME} yet"
         ));
     }
-    let (frozen, forced): (Vec<EsStatus>, Vec<EsStatus>) = listed
-        .into_iter()
-        .partition(|e| e.ignores_force_sync().is_some());
-    let frozen: Vec<(EsStatus, String)> = frozen
-        .into_iter()
-        .map(|e| {
-            let why = e.ignores_force_sync().unwrap_or_default();
-            (e, why)
-        })
-        .collect();
-    let skipped: std::collections::BTreeSet<String> = frozen.iter().map(|(e, _)| e.id()).collect();
-    let before: BTreeMap<String, Seen> = forced.iter().map(|e| (e.id(), Seen::of(e))).collect();
+    let (mut frozen, mut forced) = (Vec::new(), Vec::new());
+    for e in listed {
+        match e.ignores_force_sync() {
+            Some(why) => frozen.push((e, why)),
+            None => forced.push(e),
+        }
+    }
+    let skipped: BTreeSet<String> = frozen.iter().map(|(e, _)| e.id()).collect();
+    let before: BTreeMap<String, Seen> = forced.iter().map(|e| (e.id(), seen(e))).collect();
     for es in &forced {
         kube::force_sync(&es.namespace, &es.name, &stamp)?;
     }
@@ -838,12 +777,8 @@ fn not_ready(ctx: &Ctx, before: &BTreeMap<String, Seen>, pending: &[EsStatus]) -
     let blocked = format!("\"{STORE_NAME}\" is not ready");
     if lines.iter().any(|l| l.contains(&blocked)) {
         if let Ok(Some(store)) = kube::cluster_secret_store(STORE_NAME) {
-            let event = kube::warning_events(None, "ClusterSecretStore", Some(STORE_NAME))
-                .ok()
-                .and_then(|e| kube::newest_by_object(e).remove(STORE_NAME));
-            denied |= event
-                .as_ref()
-                .is_some_and(|e| permission_denied(&e.message))
+            let event = store_event();
+            denied |= event.iter().any(|e| permission_denied(&e.message))
                 || permission_denied(&store.message);
             lines.push(format!(
                 "  ClusterSecretStore/{STORE_NAME}: {}{}",
@@ -858,14 +793,7 @@ fn not_ready(ctx: &Ctx, before: &BTreeMap<String, Seen>, pending: &[EsStatus]) -
         pending.len(),
         polls(ctx),
         lines.join("\n"),
-        if denied {
-            format!(
-                "{}\n",
-                crate::secrets::eso_access::denied_checks(&ctx.root, &ctx.env, &ctx.cfg)
-            )
-        } else {
-            String::new()
-        }
+        if denied { format!("{}\n", denied_checks(ctx)) } else { String::new() }
     )
 }
 
@@ -894,31 +822,32 @@ mod tests {
         }
     }
 
+    /// Fresh is the cluster's own values moving, whatever the clocks say.
     #[test]
-    fn freshness_is_the_clusters_own_value_moving_whatever_the_clocks_say() {
-        let before = Seen::of(&es(true, Some("2026-11-29T10:00:00Z"), Some("1-aaaa")));
-        // Ready with the same refreshTime and version: not refreshed yet.
-        let same = es(true, Some("2026-11-29T10:00:00Z"), Some("1-aaaa"));
-        assert!(pending_reason(Some(&before), &same)
-            .unwrap()
-            .contains("not refreshed since the force-sync"));
-        // A cluster clock far behind the laptop's: an older-looking time still counts.
-        let behind = es(true, Some("2020-01-01T00:00:00Z"), Some("1-aaaa"));
-        assert_eq!(pending_reason(Some(&before), &behind), None);
-        // The same second, but ESO synced the new annotations.
-        let same_second = es(true, Some("2026-11-29T10:00:00Z"), Some("1-bbbb"));
-        assert_eq!(pending_reason(Some(&before), &same_second), None);
-        // Refreshed, but failing: ESO's own words.
-        let failing = es(false, Some("2026-11-29T10:00:00Z"), Some("1-bbbb"));
-        assert_eq!(
-            pending_reason(Some(&before), &failing).as_deref(),
-            Some("SecretSyncedError: m")
-        );
-        // Never synced before, synced now.
-        let never = Seen::of(&es(false, None, None));
-        assert_eq!(pending_reason(Some(&never), &behind), None);
-        // One that appeared after the force: fresh once ESO has synced it.
-        assert_eq!(pending_reason(None, &behind), None);
-        assert!(pending_reason(None, &es(true, None, None)).is_some());
+    fn freshness_is_the_clusters_own_value_moving() {
+        const T: Option<&str> = Some("2026-11-29T10:00:00Z");
+        const OLD: Option<&str> = Some("2020-01-01T00:00:00Z");
+        let before = seen(&es(true, T, Some("1-aaaa")));
+        let never = seen(&es(false, None, None));
+        let stale = "Ready, but not refreshed since the force-sync (status.refreshTime still 2026-11-29T10:00:00Z)";
+        let cases = [
+            (Some(&before), es(true, T, Some("1-aaaa")), Some(stale)),
+            // A cluster clock far behind the laptop's.
+            (Some(&before), es(true, OLD, Some("1-aaaa")), None),
+            // The same second, but ESO synced the new annotations.
+            (Some(&before), es(true, T, Some("1-bbbb")), None),
+            (Some(&before), es(false, T, Some("1-bbbb")), Some("SecretSyncedError: m")),
+            (Some(&never), es(true, OLD, None), None),
+            // One that appeared after the force: fresh once ESO synced it.
+            (None, es(true, OLD, None), None),
+            (
+                None,
+                es(true, None, None),
+                Some("Ready, but not refreshed since the force-sync (status.refreshTime still unset)"),
+            ),
+        ];
+        for (i, (before, now, want)) in cases.into_iter().enumerate() {
+            assert_eq!(pending_reason(before, &now).as_deref(), want, "case {i}");
+        }
     }
 }
