@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 
 use super::journal::Step;
 use crate::project::Process;
-use crate::secrets::config::{Config, Wait};
+use crate::secrets::config::{Config, ProviderKind, Wait};
 use crate::secrets::fixtures::{self, SecretSet};
 use crate::secrets::flagfile;
 use crate::secrets::provider::{self, SecretProvider};
@@ -105,12 +105,10 @@ impl Ctx {
             .with_context(|| format!("reading {}: is --env {} right?", self.flag_rel, self.env))
     }
 
-    /// The provider the flag file names now, or `?` when it cannot be read.
-    pub(super) fn flag_now(&self) -> String {
-        self.read_flag()
-            .ok()
-            .and_then(|t| flagfile::provider(&t, &self.flag_rel).ok())
-            .map_or("?".into(), |p| p.as_str().into())
+    /// The provider the flag file names now; `None` when it cannot be read.
+    pub(super) fn flag_now(&self) -> Option<ProviderKind> {
+        let text = self.read_flag().ok()?;
+        flagfile::provider(&text, &self.flag_rel).ok()
     }
 
     /// The tests' interruption point ([`StopAt`]): dies here if it is this one.

@@ -232,10 +232,11 @@ fn fail(
                 let m = journal.get(id).expect("the entry is in the journal");
                 let flag = ctx.flag_now();
                 return Ok(format!(
-                    "The journal marks it {}. {} says secrets.provider = {flag}. Fix the cause, then finish with {}.",
+                    "The journal marks it {}. {} says secrets.provider = {}. Fix the cause, then finish with {}.",
                     m.state,
                     ctx.flag_rel,
-                    m.next_step_text(flag.parse().ok()).unwrap_or_default()
+                    flag.map_or("?".into(), |p| p.to_string()),
+                    m.next_step_text(flag).unwrap_or_default()
                 ));
             }
             OnFailure::AutoRollback(back) => back,
@@ -265,7 +266,7 @@ fn fail(
                      finish with {}.",
                     m.state,
                     ctx.flag_rel,
-                    m.next_step_text(ctx.flag_now().parse().ok()).unwrap_or_default()
+                    m.next_step_text(ctx.flag_now()).unwrap_or_default()
                 ));
             }
         }
