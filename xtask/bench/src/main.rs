@@ -834,6 +834,7 @@ impl Bao {
             .port();
         let token = format!("bench-{port}");
         let log = dir.join("bao.log");
+        let out = std::fs::File::create(&log)?;
         let mut server = Command::new(&bin)
             .args([
                 "server",
@@ -843,8 +844,8 @@ impl Bao {
             ])
             .env("HOME", dir)
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log)?)
-            .stderr(Stdio::inherit())
+            .stdout(out.try_clone()?)
+            .stderr(out)
             .spawn()
             .with_context(|| format!("starting {}: run `cargo xtask tools`", bin.display()))?;
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -650,6 +650,34 @@ mod tests {
     }
 
     #[test]
+    fn a_server_that_never_answers_times_out_on_time() {
+        // Accepts, reads nothing, answers nothing (for 5 s).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                std::thread::spawn(move || {
+                    let _held = conn;
+                    std::thread::sleep(Duration::from_secs(5));
+                });
+            }
+        });
+        let timeout = Duration::from_millis(400);
+        let http =
+            VaultHttp::new(&addr, Secret::new("t".into()), None, timeout, 0, 4, None).unwrap();
+        let started = std::time::Instant::now();
+        let err = http.call(Method::Get, "sys/mounts", None).unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(err, VaultError::Timeout { .. }), "{err:?}");
+        // A second of slack for a busy machine; an ignored timeout waits
+        // out the server's 5 s.
+        assert!(
+            took >= timeout && took < timeout + Duration::from_secs(1),
+            "took {took:?}"
+        );
+    }
+
+    #[test]
     fn error_messages_name_the_call_and_the_fix() {
         let e = VaultError::Timeout {
             call: "POST secret/data/x".into(),
