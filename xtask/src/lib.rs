@@ -5,11 +5,10 @@
 //! for the layout. A library so the fuzz targets in `fuzz/` can call the
 //! parsers; `main.rs` is one line.
 
-// `unsafe` only where the process layer (signals, descriptors, prctl) and
-// the benchmark's getrusage need libc: every other module is refused it.
+// `unsafe` only where the process layer (signals, descriptors, prctl) needs
+// libc: every other module is refused it.
 #![deny(unsafe_code)]
 
-#[allow(unsafe_code)]
 mod bench;
 mod flags;
 pub mod fsutil;
@@ -103,8 +102,6 @@ fn run_cli_inner() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    // Reports peak RSS at the end, in the benchmark's measured runs only.
-    let _peak_rss = bench::PeakRssReport::from_env();
     // Held to the end, past the error message: see `process::FinishRegardless`.
     let _finish = changes_state(&flags.subcommand).then(process::finish_regardless);
     // The process state every command reads: read once, here.

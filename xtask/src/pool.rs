@@ -6,7 +6,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-/// Runs `f` over `items` on at most `limit` threads and returns the results
+/// Most threads one map starts, whatever `--concurrency` asks (up to 256):
+/// with the main thread and a port-forward's few, a seed stays within 64
+/// (`tests/it/threads.rs`).
+pub const MAX_THREADS: usize = 48;
+
+/// Runs `f` over `items` on at most `limit` (and [`MAX_THREADS`]) threads and returns the results
 /// in the order of `items`. Threads take the next item as they finish one,
 /// so a slow item never holds up the rest.
 ///
@@ -21,7 +26,7 @@ pub fn bounded<T: Send, R: Send>(items: Vec<T>, limit: usize, f: impl Fn(T) -> R
     let done: Vec<Mutex<Option<R>>> = (0..n).map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
-        for _ in 0..limit.max(1).min(n) {
+        for _ in 0..limit.clamp(1, MAX_THREADS).min(n) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(slot) = items.get(i) else { break };
@@ -62,5 +67,13 @@ mod tests {
         let peak = peak.load(Ordering::SeqCst);
         assert!((2..=7).contains(&peak), "peak {peak}");
         assert!(bounded(Vec::<u32>::new(), 4, |i| i).is_empty());
+        let live = AtomicUsize::new(0);
+        let peak = AtomicUsize::new(0);
+        bounded((0..400).collect(), 256, |_: u32| {
+            peak.fetch_max(live.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            live.fetch_sub(1, Ordering::SeqCst);
+        });
+        assert!(peak.load(Ordering::SeqCst) <= MAX_THREADS);
     }
 }

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use vault_wire::{Verb, WireError};
 
 use crate::secrets::config::Secret;
 
@@ -134,7 +133,7 @@ pub enum Method {
 
 pub struct VaultHttp {
     /// Shared with [`VaultHttp::with_token`]'s copies: one connection pool.
-    wire: std::sync::Arc<vault_wire::Wire>,
+    agent: ureq::Agent,
     /// Where requests go: the address as configured, basic-auth user and
     /// password included.
     base: String,
@@ -158,9 +157,8 @@ pub type Lifeline = std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// Longest pause a `Retry-After` may ask for.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
-/// How often a call is sent again at once after its keep-alive connection
-/// was closed under it, before that counts as a failed attempt.
-const MAX_RESENDS: u32 = 2;
+/// Largest answer read: a page of Vault's detailed listing is well under 1 MiB.
+const MAX_ANSWER_BYTES: u64 = 64 << 20;
 /// First backoff step; doubles each retry, with full jitter.
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 
@@ -174,17 +172,57 @@ impl VaultHttp {
         pool: usize,
         ca_cert: Option<&std::path::Path>,
     ) -> anyhow::Result<VaultHttp> {
-        let ca_pem = ca_cert.map(read_ca_pem).transpose()?;
-        let wire = vault_wire::Wire::new(timeout, pool, ca_pem.as_deref()).map_err(|_| {
-            let path = ca_cert.map(|p| p.display().to_string()).unwrap_or_default();
-            anyhow::anyhow!(
-                "{path} holds no PEM certificate; point VAULT_CACERT at the CA file your Vault prints (for `bao \
-                 server -dev-tls`, vault-ca.pem in its -dev-tls-cert-dir)"
+        let roots = match ca_cert {
+            None => ureq::tls::RootCerts::PlatformVerifier,
+            Some(path) => {
+                let pem = read_ca_pem(path)?;
+                let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+                    .filter_map(|item| match item {
+                        Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                        _ => None,
+                    })
+                    .collect();
+                if certs.is_empty() {
+                    anyhow::bail!(
+                        "{} holds no PEM certificate; point VAULT_CACERT at the CA file your Vault prints (for \
+                         `bao server -dev-tls`, vault-ca.pem in its -dev-tls-cert-dir)",
+                        path.display()
+                    );
+                }
+                ureq::tls::RootCerts::new_with_certs(&certs)
+            }
+        };
+        // Every phase of an exchange has the timeout (connecting at most
+        // 5 s of it), never the whole call: with a whole-call or resolve
+        // timeout, ureq resolves the host on a new thread per request.
+        // A host that is an IP address (loopback, a port-forward) is not
+        // looked up at all. No proxy from the environment: Vault here is on
+        // loopback or a port-forward, and a corporate HTTP_PROXY must not
+        // see the token. At most `pool` idle connections are kept: one per
+        // worker of the seed's bounded pool (`crate::pool`).
+        let phase = Some(timeout);
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .proxy(None)
+            .timeout_connect(Some(timeout.min(Duration::from_secs(5))))
+            .timeout_send_request(phase)
+            .timeout_send_body(phase)
+            .timeout_recv_response(phase)
+            .timeout_recv_body(phase)
+            .max_idle_connections_per_host(pool.max(1))
+            .max_idle_connections(pool.max(1))
+            .no_delay(true)
+            .tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .provider(ureq::tls::TlsProvider::NativeTls)
+                    .root_certs(roots)
+                    .build(),
             )
-        })?;
+            .build()
+            .new_agent();
         let addr = addr.trim_end_matches('/').to_string();
         Ok(VaultHttp {
-            wire: std::sync::Arc::new(wire),
+            agent,
             shown: crate::secrets::config::shown_addr(&addr),
             base: addr,
             token,
@@ -241,7 +279,7 @@ impl VaultHttp {
     /// (reading as ESO's role would); its own counters.
     pub fn with_token(&self, token: Secret) -> VaultHttp {
         VaultHttp {
-            wire: self.wire.clone(),
+            agent: self.agent.clone(),
             base: self.base.clone(),
             shown: self.shown.clone(),
             token,
@@ -304,7 +342,6 @@ impl VaultHttp {
         // Named only on failure: this runs for every request.
         let call = || describe(method, path);
         let mut attempt = 0u32;
-        let mut resent = 0u32;
         loop {
             if self.stopped.load(Ordering::Relaxed) {
                 return Err(VaultError::Status {
@@ -363,34 +400,24 @@ impl VaultHttp {
                     }
                     (err, retry_after)
                 }
-                Err(WireError::Timeout) => (
+                Err(Transport::Timeout) => (
                     VaultError::Timeout {
                         call: call(),
                         secs: self.timeout.as_secs_f64(),
                     },
                     None,
                 ),
-                // A keep-alive connection closed under the request: send it
-                // again at once on a new one, as a retry would, but without
-                // its wait (bounded: a server that keeps doing it gets the
-                // retries).
-                //
-                // Like a retry, it may send a POST the server acted on before
-                // it died: the seed's writes are safe to repeat (check-and-set
-                // writes, whose 400 write_one reads back; metadata and record
-                // merges of the same content); a repeated token create for
-                // `check --as-eso` leaves a token that lapses in two minutes.
-                Err(WireError::ClosedUnanswered(_)) if resent < MAX_RESENDS => {
-                    resent += 1;
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                Err(WireError::Failed(detail) | WireError::ClosedUnanswered(detail)) => {
-                    match self.unreachable(detail) {
-                        (err, true) => return Err(self.stop(err)),
-                        (err, false) => (err, None),
-                    }
-                }
+                // Refused, reset, TLS, or a keep-alive connection the server
+                // closed under the request. A retry may send a POST the
+                // server acted on before it died: the seed's writes are safe
+                // to repeat (check-and-set writes, whose 400 write_one reads
+                // back; metadata and record merges of the same content); a
+                // repeated token create for `check --as-eso` leaves a token
+                // that lapses in two minutes.
+                Err(Transport::Failed(detail)) => match self.unreachable(detail) {
+                    (err, true) => return Err(self.stop(err)),
+                    (err, false) => (err, None),
+                },
             };
             if attempt >= self.retries {
                 return Err(if err.is_fatal() { self.stop(err) } else { err });
@@ -401,15 +428,13 @@ impl VaultHttp {
         }
     }
 
-    fn transport_error(&self, call: &str, e: WireError) -> VaultError {
+    fn transport_error(&self, call: &str, e: Transport) -> VaultError {
         match e {
-            WireError::Timeout => VaultError::Timeout {
+            Transport::Timeout => VaultError::Timeout {
                 call: call.into(),
                 secs: self.timeout.as_secs_f64(),
             },
-            WireError::Failed(detail) | WireError::ClosedUnanswered(detail) => {
-                self.unreachable(detail).0
-            }
+            Transport::Failed(detail) => self.unreachable(detail).0,
         }
     }
 
@@ -418,69 +443,67 @@ impl VaultHttp {
         err
     }
 
+    /// One exchange, no retry: the status, `Retry-After` and the body
+    /// (at most [`MAX_ANSWER_BYTES`]), whatever the status.
     fn once(
         &self,
         method: Method,
         path: &str,
         body: Option<&str>,
-    ) -> Result<(u16, Option<Duration>, Value), WireError> {
+    ) -> Result<(u16, Option<Duration>, Value), Transport> {
         let url = format!("{}/v1/{}", self.base, path);
         let url = match method {
             Method::List if url.contains('?') => format!("{url}&list=true"),
             Method::List => format!("{url}?list=true"),
             _ => url,
         };
-        let token = ("X-Vault-Token", self.token.expose());
-        let vault_request = ("X-Vault-Request", "true");
-        let with_ns;
-        let headers: &[(&'static str, &str)] = match self.namespace.as_deref() {
-            Some(ns) => {
-                with_ns = [token, vault_request, ("X-Vault-Namespace", ns)];
-                &with_ns
+        let token = self.token.expose();
+        let namespace = self.namespace.as_deref();
+        let sent = match method {
+            Method::Get | Method::List => {
+                let mut b = self.agent.get(&url);
+                b = b.header("X-Vault-Token", token);
+                b = b.header("X-Vault-Request", "true");
+                if let Some(ns) = namespace {
+                    b = b.header("X-Vault-Namespace", ns);
+                }
+                b.call()
             }
-            None => &[token, vault_request],
-        };
-        let (verb, body) = match method {
-            Method::Get | Method::List => (Verb::Get, None),
             Method::Post | Method::Patch => {
-                let text = body.unwrap_or("{}");
-                let content_type = if method == Method::Patch {
-                    "application/merge-patch+json"
+                let (mut b, content_type) = if method == Method::Post {
+                    (self.agent.post(&url), "application/json")
                 } else {
-                    "application/json"
+                    (self.agent.patch(&url), "application/merge-patch+json")
                 };
-                let verb = if method == Method::Post {
-                    Verb::Post
-                } else {
-                    Verb::Patch
-                };
-                (verb, Some((content_type, text.as_bytes())))
+                b = b.header("X-Vault-Token", token);
+                b = b.header("X-Vault-Request", "true");
+                if let Some(ns) = namespace {
+                    b = b.header("X-Vault-Namespace", ns);
+                }
+                b.header("Content-Type", content_type)
+                    .send(body.unwrap_or("{}").as_bytes())
             }
         };
-        let answer = self
-            .wire
-            .exchange(&vault_wire::Request {
-                verb,
-                url: &url,
-                headers,
-                body,
-            })
-            .map_err(transport)?;
+        let mut answer = sent.map_err(transport)?;
         let retry_after = answer
-            .retry_after
-            .as_deref()
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(|s| Duration::from_secs_f64(s).min(MAX_RETRY_AFTER));
-        // `FromStr` (and `Display`, in `call`) run serde_json's own
-        // optimised code; `from_slice`/`to_vec` are generic, so they would
-        // be built in this unoptimised crate.
-        let body = std::str::from_utf8(&answer.body)
+        let bytes = answer
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER_BYTES)
+            .read_to_vec()
+            .map_err(transport)?;
+        let body = std::str::from_utf8(&bytes)
             .ok()
             .filter(|text| !text.is_empty())
             .and_then(|text| text.parse::<Value>().ok())
             .unwrap_or(Value::Null);
-        Ok((answer.status, retry_after, body))
+        Ok((answer.status().as_u16(), retry_after, body))
     }
 
     /// `GET sys/seal-status` without retries or token: `Some(sealed)`, or the error.
@@ -571,30 +594,40 @@ fn read_ca_pem(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     })
 }
 
-/// A request that got no HTTP answer: the wire's error, with the fix for
-/// an untrusted certificate.
-fn transport(e: WireError) -> WireError {
-    match e {
-        WireError::Failed(detail) if detail.contains("certificate") => WireError::Failed(format!(
+/// A request that got no HTTP answer.
+#[derive(Debug)]
+enum Transport {
+    /// A phase of the exchange outlived the timeout.
+    Timeout,
+    /// Refused, reset, closed, TLS, a malformed answer; for an untrusted
+    /// certificate, with the fix.
+    Failed(String),
+}
+
+fn transport(e: ureq::Error) -> Transport {
+    let detail = match e {
+        ureq::Error::Timeout(_) => return Transport::Timeout,
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+            return Transport::Timeout
+        }
+        ureq::Error::Io(io) => io.to_string(),
+        other => other.to_string(),
+    };
+    Transport::Failed(if detail.contains("certificate") {
+        format!(
             "{detail}; for a Vault with its own CA, such as `bao server -dev-tls`, export VAULT_CACERT=<its CA file>"
-        )),
-        other => other,
-    }
+        )
+    } else {
+        detail
+    })
 }
 
 /// Exponential backoff with full jitter: a random pause in [0, base * 2^attempt].
 pub fn backoff(attempt: u32) -> Duration {
     let cap = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(8));
-    let frac = (random_u64() % 10_000) as f64 / 10_000.0;
-    Duration::from_secs_f64(cap.as_secs_f64() * (0.5 + frac / 2.0))
-}
-
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.finish()
+    // 53 random bits: a fraction in [0, 1].
+    let frac = (getrandom::u64().unwrap_or(0) >> 11) as f64 / ((1u64 << 53) - 1) as f64;
+    cap.mul_f64(frac)
 }
 
 #[cfg(test)]
@@ -606,13 +639,42 @@ mod tests {
         for attempt in 0..6 {
             let cap = BACKOFF_BASE.as_secs_f64() * f64::from(1u32 << attempt);
             let d = backoff(attempt).as_secs_f64();
-            assert!(
-                d >= cap / 2.0 && d <= cap,
-                "attempt {attempt}: {d} not in [{}, {cap}]",
-                cap / 2.0
-            );
+            assert!(d <= cap, "attempt {attempt}: {d} not in [0, {cap}]");
         }
         assert!(backoff(30) <= BACKOFF_BASE * 256, "capped");
+        // Full jitter: pauses spread over the whole range, short ones too.
+        let pauses: Vec<f64> = (0..200).map(|_| backoff(3).as_secs_f64()).collect();
+        let cap = BACKOFF_BASE.as_secs_f64() * 8.0;
+        assert!(pauses.iter().any(|&d| d < cap / 4.0), "{pauses:?}");
+        assert!(pauses.iter().any(|&d| d > cap * 3.0 / 4.0), "{pauses:?}");
+    }
+
+    #[test]
+    fn a_server_that_never_answers_times_out_on_time() {
+        // Accepts, reads nothing, answers nothing (for 5 s).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                std::thread::spawn(move || {
+                    let _held = conn;
+                    std::thread::sleep(Duration::from_secs(5));
+                });
+            }
+        });
+        let timeout = Duration::from_millis(400);
+        let http =
+            VaultHttp::new(&addr, Secret::new("t".into()), None, timeout, 0, 4, None).unwrap();
+        let started = std::time::Instant::now();
+        let err = http.call(Method::Get, "sys/mounts", None).unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(err, VaultError::Timeout { .. }), "{err:?}");
+        // A second of slack for a busy machine; an ignored timeout waits
+        // out the server's 5 s.
+        assert!(
+            took >= timeout && took < timeout + Duration::from_secs(1),
+            "took {took:?}"
+        );
     }
 
     #[test]

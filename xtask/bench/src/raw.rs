@@ -239,7 +239,7 @@ pub fn ceiling(
 
 /// This thread's CPU time so far (user + system).
 fn thread_cpu() -> Duration {
-    super::rusage(libc::RUSAGE_THREAD)
+    crate::rusage(libc::RUSAGE_THREAD)
 }
 
 #[cfg(test)]

@@ -4,10 +4,9 @@
 //! pinned and installed from PyPI into a git-ignored venv under `target/`.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use anyhow::{Context, Result};
-
-use crate::process::Tool;
+use anyhow::{bail, Context, Result};
 
 /// The hvac release the peer rows use.
 pub const HVAC: &str = "hvac==2.4.0";
@@ -55,35 +54,47 @@ pub fn hvac_python(root: &Path) -> Result<PathBuf> {
         return Ok(python);
     }
     let _ = std::fs::remove_dir_all(&venv);
-    Tool::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .install_hint(
-            "the hvac rows need Python 3 with venv (Debian: apt-get install python3-venv)",
-        )
-        .run()
-        .context("creating the hvac venv")?;
-    Tool::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            HVAC,
-        ])
-        .deadline(std::time::Duration::from_secs(300))
-        .run()
-        .with_context(|| format!("installing {HVAC} from PyPI into {}", venv.display()))?;
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv)).context(
+        "creating the hvac venv (needs Python 3 with venv; Debian: apt-get install python3-venv)",
+    )?;
+    run(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        HVAC,
+    ]))
+    .with_context(|| format!("installing {HVAC} from PyPI into {}", venv.display()))?;
     std::fs::write(&stamp, HVAC)?;
     Ok(python)
 }
 
-/// The hvac run as a [`Tool`]: `n` secrets into `mount` on `threads`.
-pub fn hvac_tool(python: &Path, dir: &Path, mount: &str, n: usize, threads: usize) -> Result<Tool> {
+/// Runs `cmd` to its end; a failure quotes its stderr.
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The hvac run: `n` secrets into `mount` on `threads`.
+pub fn hvac_command(
+    python: &Path,
+    dir: &Path,
+    mount: &str,
+    n: usize,
+    threads: usize,
+) -> Result<Command> {
     let script = dir.join("hvac_peer.py");
     std::fs::write(&script, HVAC_SCRIPT)?;
-    Ok(Tool::new(python)
-        .arg(&script)
-        .args([mount.to_string(), n.to_string(), threads.to_string()]))
+    let mut cmd = Command::new(python);
+    cmd.arg(&script)
+        .args([mount.to_string(), n.to_string(), threads.to_string()]);
+    Ok(cmd)
 }
