@@ -40,32 +40,51 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 }
 
 /// Writes `bytes` to `path` atomically with mode 0600, in a folder only the
-/// owner can enter (created if missing).
+/// owner can enter (created if missing). The temp file's name carries our
+/// pid: some callers (a manifest) write without a lock.
 pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    create_private_dir(parent_dir(path))?;
-    write_atomic(path, bytes, 0o600)
+    let dir = parent_dir(path);
+    create_private_dir(dir)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    write_atomic_via(path, &tmp, bytes, 0o600)
 }
 
-/// Writes `bytes` to a temp file beside `path` with `mode`, fsyncs it,
-/// renames it over `path` and fsyncs the folder: a crash leaves the old file
-/// or the new one, never half of either. A failure removes the temp file.
+/// Writes `bytes` to `path` atomically with `mode` (a repository file the
+/// caller changes under its command's lock), through `<path>.xtask-tmp`.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let dir = parent_dir(path);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".xtask-tmp");
+    write_atomic_via(path, Path::new(&tmp), bytes, mode)
+}
+
+/// Writes `bytes` to the temp file `tmp` beside `path` with `mode`, fsyncs
+/// it, renames it over `path` and fsyncs the folder: a crash leaves the old
+/// file or the new one, never half of either. A failure removes the temp file.
+fn write_atomic_via(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let result = (|| -> Result<()> {
-        let mut tmp = NamedTempFile::new_in(dir).context("creating a temp file beside it")?;
-        // The umask narrows a new file's mode: set it explicitly.
-        tmp.as_file()
-            .set_permissions(Permissions::from_mode(mode))?;
-        tmp.write_all(bytes)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(path)
-            .map_err(|e| e.error)
-            .context("renaming the temp file over it")?;
-        if let Ok(d) = File::open(dir) {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        // An existing temp file keeps its old mode, and the umask narrows a
+        // new one's: set it explicitly.
+        file.set_permissions(Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        if let Ok(d) = File::open(parent_dir(path)) {
             let _ = d.sync_all();
         }
         Ok(())
     })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(tmp); // never a folder: one in the way stays
+    }
     result.with_context(|| format!("writing {}", path.display()))
 }
 
@@ -216,6 +235,7 @@ mod tests {
         std::fs::create_dir_all(blocked.join("in-the-way")).unwrap();
         let err = write_private_atomic(&blocked, b"new").unwrap_err();
         assert!(format!("{err:#}").contains("renaming"), "{err:#}");
+        write_atomic(&blocked, b"new", 0o644).unwrap_err();
         let names = std::fs::read_dir(dir.path().join("sub")).unwrap().count();
         assert_eq!(names, 3, "no temp file is left behind");
     }

@@ -252,6 +252,14 @@ fn blank_actions(text: &str) -> String {
         .collect()
 }
 
+/// An open block `remoteRef:` in the line search: its indent, its key (with
+/// its line) and its property.
+struct Block {
+    indent: usize,
+    key: Option<(String, usize)>,
+    property: Option<String>,
+}
+
 /// Where a blanked template is not YAML (or not ESO's): every literal `remoteRef.key`
 /// (block or flow form), one ExternalSecret per document. The property reads
 /// as the YAML path reads it: `None` when absent, `value` when templated.
@@ -275,10 +283,14 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
     };
     let literal = |k: &String| !k.is_empty() && !templated(k);
     let (mut out, mut refs, mut doc_line) = (Vec::new(), Vec::new(), 1);
-    // An open block `remoteRef:`: its indent, its key with its line, its property.
-    let mut block: Option<(usize, Option<(String, usize)>, Option<String>)> = None;
-    let close = |block: &mut Option<_>, refs: &mut Vec<KeyRef>| {
-        if let Some((_, Some((key, line)), property)) = block.take() {
+    let mut block: Option<Block> = None;
+    let close = |block: &mut Option<Block>, refs: &mut Vec<KeyRef>| {
+        if let Some(Block {
+            key: Some((key, line)),
+            property,
+            ..
+        }) = block.take()
+        {
             refs.push(data(key, property, line));
         }
     };
@@ -289,7 +301,7 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
         let remote = body.strip_prefix("remoteRef:").map(str::trim);
         if block
             .as_ref()
-            .is_some_and(|b| !body.is_empty() && indent <= b.0)
+            .is_some_and(|b| !body.is_empty() && indent <= b.indent)
             || remote.is_some()
         {
             close(&mut block, &mut refs);
@@ -314,8 +326,12 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
                 refs.push(data(key, field("property").and_then(property_of), n));
             }
         } else if remote.is_some() {
-            block = Some((indent, None, None));
-        } else if let Some((_, key, property)) = &mut block {
+            block = Some(Block {
+                indent,
+                key: None,
+                property: None,
+            });
+        } else if let Some(Block { key, property, .. }) = &mut block {
             if let Some(k) = body.strip_prefix("key:").map(unquote).filter(literal) {
                 *key = Some((k, n));
             } else if let Some(p) = body.strip_prefix("property:") {
