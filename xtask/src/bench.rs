@@ -6,11 +6,12 @@
 use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::{flags, project_root};
+use crate::flags;
+use crate::project::Process;
 
-pub fn run(flags: &flags::Bench) -> Result<()> {
+pub fn run(flags: &flags::Bench, process: &Process) -> Result<()> {
     let sh = Shell::new()?;
-    sh.change_dir(project_root());
+    sh.change_dir(&process.root);
     let mut args: Vec<String> = Vec::new();
     for n in &flags.secrets {
         args.extend(["--secrets".to_string(), n.to_string()]);

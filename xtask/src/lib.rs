@@ -115,8 +115,8 @@ fn run_cli_inner() -> ExitCode {
     }
     let result = match flags.subcommand {
         flags::XtaskCmd::Tools(cmd) => tools::run(&cmd),
-        flags::XtaskCmd::Test(cmd) => test_cmd::run(&cmd),
-        flags::XtaskCmd::Bench(cmd) => bench::run(&cmd),
+        flags::XtaskCmd::Test(cmd) => test_cmd::run(&cmd, &state),
+        flags::XtaskCmd::Bench(cmd) => bench::run(&cmd, &state),
         flags::XtaskCmd::Fuzz(cmd) => fuzz::run(&cmd),
         flags::XtaskCmd::Secrets(cmd) => secrets::run(cmd, &state),
     };

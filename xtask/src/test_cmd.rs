@@ -11,7 +11,8 @@
 use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::{flags, fuzz, project, project_root, tools};
+use crate::project::Process;
+use crate::{flags, fuzz, tools};
 
 /// Seconds of fuzzing per target in a full test run.
 const FUZZ_SECONDS: u64 = 10;
@@ -20,9 +21,9 @@ const FUZZ_SECONDS: u64 = 10;
 /// (`xtask/tests/it/support.rs` reads the same variable).
 const SKIP_LOG_ENV: &str = "XTASK_TOOL_SKIP_LOG";
 
-pub fn run(flags: &flags::Test) -> Result<()> {
-    let root = project_root();
-    let skipping = std::env::var("XTASK_SKIP_TOOL_TESTS").is_ok_and(|v| v == "1");
+pub fn run(flags: &flags::Test, process: &Process) -> Result<()> {
+    let root = process.root.clone();
+    let skipping = process.var("XTASK_SKIP_TOOL_TESTS") == Some("1");
     if skipping {
         eprintln!("XTASK_SKIP_TOOL_TESTS=1: tests that need bao, kubectl, helm or helmfile are skipped if they are missing");
     } else {
@@ -30,7 +31,7 @@ pub fn run(flags: &flags::Test) -> Result<()> {
     }
     let sh = Shell::new()?;
     sh.change_dir(&root);
-    sh.set_var("PATH", project::path_with_tools(&root));
+    sh.set_var("PATH", process.path_with_tools());
     cmd!(sh, "cargo fmt --all -- --check")
         .run()
         .context("formatting differs: run `cargo fmt --all`")?;
@@ -47,7 +48,7 @@ pub fn run(flags: &flags::Test) -> Result<()> {
     // without nightly.
     let mut fuzz_skipped = false;
     if args.is_empty() {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        let ci = matches!(process.var("CI"), Some("true" | "1"));
         if fuzz::ensure_tools(ci)? {
             fuzz::run_targets(&root, fuzz::TARGETS, FUZZ_SECONDS)?;
         } else {

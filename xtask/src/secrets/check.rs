@@ -82,6 +82,7 @@ pub fn run(flags: &flags::Check, process: &Process) -> Result<()> {
                 &eso_keys(&scan),
                 &root,
                 &env,
+                &cfg.kubeconfig,
             )?);
         }
         Some(live)

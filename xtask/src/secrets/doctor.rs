@@ -6,12 +6,13 @@ use std::os::unix::fs::PermissionsExt;
 
 use anyhow::{bail, Result};
 
+use crate::project::{self, Process};
 use crate::secrets::config::{Config, FlagValues};
 use crate::secrets::eso_access::{self, EsoNames};
 use crate::secrets::provider::{file, vault, SecretProvider};
 use crate::secrets::scan::{self, STORE_NAME};
 use crate::secrets::{coverage, eso_read, fixtures, flagfile, guard, helmfile, kube, vault_checks};
-use crate::{flags, project, project_root, tools};
+use crate::{flags, tools};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Level {
@@ -51,9 +52,9 @@ fn fail(area: &'static str, text: impl Into<String>, fix: impl Into<String>) -> 
     finding(Level::Fail, area, text, fix)
 }
 
-pub fn run(flags: &flags::Doctor) -> Result<()> {
+pub fn run(flags: &flags::Doctor, process: &Process) -> Result<()> {
     let env = flags.env.clone().unwrap_or_else(|| "local".into());
-    let root = project_root();
+    let root = process.root.clone();
     let mut out: Vec<Finding> = Vec::new();
 
     for tool in tools::TOOLS {
@@ -61,7 +62,10 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
         out.push(match tools::locate(&root, tool) {
             Some(found) => ok(
                 "tools",
-                format!("{name} {version} at {}", project::shown(found.path())),
+                format!(
+                    "{name} {version} at {}",
+                    project::shown_from(&root, found.path())
+                ),
             ),
             None => fail(
                 "tools",
@@ -103,7 +107,7 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
     });
     out.push(journal_finding(&root, &env, &flag_rel));
 
-    let context = kube::current_context();
+    let context = kube::current_context(&cfg.kubeconfig);
     let local = match &context {
         None => {
             out.push(warn(
@@ -224,7 +228,7 @@ pub fn run(flags: &flags::Doctor) -> Result<()> {
 
     let store = cfg.abs(&cfg.file_store.value);
     if store.exists() {
-        let shown = project::shown(&store);
+        let shown = cfg.shown(&store);
         let mode = std::fs::metadata(&store).map_or(0, |m| m.permissions().mode() & 0o777);
         let loaded = || {
             guard::require_git_ignored(&root, &store, "the file store")
@@ -327,7 +331,7 @@ fn vault_findings(
             return;
         }
     };
-    let plan = match eso_access::plan(http, &names) {
+    let plan = match eso_access::plan(http, &names, &cfg.kubeconfig) {
         Ok(plan) => plan,
         Err(e) => {
             out.push(fail("eso access", format!("{e:#}"), "see the message"));
@@ -382,7 +386,7 @@ fn vault_findings(
         Ok(scan) => coverage::eso_keys(scan),
         Err(_) => return, // the coverage finding below names the file
     };
-    match eso_read::read_as_eso(http, &names, &keys, &cfg.root, env) {
+    match eso_read::read_as_eso(http, &names, &keys, &cfg.root, env, &cfg.kubeconfig) {
         Ok(a) if a.ok() => out.push(ok("eso access", a.summary())),
         Ok(a) => {
             let mut text = a.summary();
@@ -604,7 +608,7 @@ fn journal_finding(root: &std::path::Path, env: &str, flag_rel: &str) -> Finding
                 "journal",
                 format!(
                     "{} cannot be read as a journal: {}",
-                    project::shown(&journal::path(root, env)),
+                    project::shown_from(root, &journal::path(root, env)),
                     e.root_cause()
                 ),
                 journal::unreadable_fix(root, env),

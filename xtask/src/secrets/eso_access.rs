@@ -4,7 +4,7 @@
 //! Names come from [`EsoNames::load`]; [`plan`] reads Vault and [`apply`]
 //! writes only what differs. A token that may not is reported, not an error.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use anyhow::{bail, Context, Result};
@@ -208,6 +208,8 @@ pub struct Plan {
     /// The kube context's API server and CA, for a Vault outside a pod.
     #[serde(skip)]
     outside: Option<ApiServer>,
+    #[serde(skip)]
+    kubeconfig: Vec<PathBuf>,
 }
 
 impl Plan {
@@ -303,7 +305,7 @@ pub fn mount_table(body: &Value) -> &Value {
 }
 
 /// Reads Vault and plans each piece of ESO's access.
-pub fn plan(http: &VaultHttp, names: &EsoNames) -> Result<Plan> {
+pub fn plan(http: &VaultHttp, names: &EsoNames, kubeconfig: &[PathBuf]) -> Result<Plan> {
     let mount = &names.auth_mount;
     let auth_name = format!("{mount}/");
     let mut outside = None;
@@ -334,7 +336,7 @@ pub fn plan(http: &VaultHttp, names: &EsoNames) -> Result<Plan> {
     let config_name = format!("auth/{mount}/config");
     let config_state = match &auth_state {
         State::Skipped(why) => State::Skipped(why.clone()),
-        State::Ensure => config_state(names, None, &mut outside),
+        State::Ensure => config_state(names, kubeconfig, None, &mut outside),
         State::InPlace => match get(http, &config_name)? {
             Found::Denied(why) => return Ok(skipped_rest(names, items, why)),
             Found::Body(body) if body["data"].is_object() => {
@@ -352,9 +354,9 @@ pub fn plan(http: &VaultHttp, names: &EsoNames) -> Result<Plan> {
                     reviewer_jwt_set: d["token_reviewer_jwt_set"].as_bool().unwrap_or(false),
                     disable_local_ca_jwt: d["disable_local_ca_jwt"].as_bool().unwrap_or(false),
                 };
-                config_state(names, Some(&current), &mut outside)
+                config_state(names, kubeconfig, Some(&current), &mut outside)
             }
-            Found::Body(_) | Found::Missing => config_state(names, None, &mut outside),
+            Found::Body(_) | Found::Missing => config_state(names, kubeconfig, None, &mut outside),
         },
     };
     items.push(Item {
@@ -403,6 +405,7 @@ pub fn plan(http: &VaultHttp, names: &EsoNames) -> Result<Plan> {
         names: names.clone(),
         items,
         outside,
+        kubeconfig: kubeconfig.to_vec(),
     })
 }
 
@@ -426,6 +429,7 @@ fn skipped_rest(names: &EsoNames, mut items: Vec<Item>, why: String) -> Plan {
         names: names.clone(),
         items,
         outside: None,
+        kubeconfig: Vec::new(),
     }
 }
 
@@ -435,10 +439,11 @@ fn skipped_rest(names: &EsoNames, mut items: Vec<Item>, why: String) -> Plan {
 /// whose ESO could log in.
 fn config_state(
     names: &EsoNames,
+    kubeconfig: &[PathBuf],
     current: Option<&KubeConfig>,
     outside: &mut Option<ApiServer>,
 ) -> State {
-    let has_context = || kube::current_context().is_some();
+    let has_context = || kube::current_context(kubeconfig).is_some();
     decide_config(names, current, has_context, api_server_of_context, outside)
 }
 
@@ -638,15 +643,16 @@ pub fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
             );
         }
     }
-    done.notes.extend(service_account_missing(names));
+    done.notes
+        .extend(service_account_missing(names, &plan.kubeconfig));
     Ok(done)
 }
 
 /// With a kube context: a note when the service account the role binds is
 /// not in the cluster (ESO installed under another name). Without one, or
 /// when kubectl cannot answer, nothing: `doctor` reports kubectl's trouble.
-pub fn service_account_missing(names: &EsoNames) -> Option<String> {
-    kube::current_context()?;
+pub fn service_account_missing(names: &EsoNames, kubeconfig: &[PathBuf]) -> Option<String> {
+    kube::current_context(kubeconfig)?;
     let field = format!("metadata.name={}", names.service_account);
     let found = kube::kubectl_tool()
         .args(["get", "serviceaccounts", "--namespace", &names.namespace])
@@ -812,6 +818,7 @@ mod tests {
                 ),
             ],
             outside: None,
+            kubeconfig: Vec::new(),
         };
         let expected = "eso access (ClusterSecretStore/ameide-vault -> role external-secrets, service account \
                         external-secrets/external-secrets): 2 to ensure, 1 in place

@@ -158,8 +158,9 @@ pub fn read_as_eso(
     keys: &[String],
     root: &Path,
     env: &str,
+    kubeconfig: &[std::path::PathBuf],
 ) -> Result<AsEso> {
-    let context = match kube::context() {
+    let context = match kube::context(kubeconfig) {
         Ok(Some(context)) => context,
         Ok(None) if crate::tools::which("kubectl").is_none() => {
             return policy_only(http, names, keys, "kubectl is not installed".into())

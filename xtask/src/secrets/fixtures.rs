@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use crate::fsutil::sha256_hex;
-use crate::project::shown;
+use crate::project::shown_from;
 
 /// Azure Key Vault accepts values up to 25 KiB; keep parity.
 pub const MAX_VALUE_BYTES: usize = 25 * 1024;
@@ -60,10 +60,10 @@ pub fn load(root: &Path, fixtures: &Path, guarded: bool, overrides: &Path) -> Re
         refuse_escaping_symlink(root, fixtures)?;
     }
     let mut set = SecretSet::default();
-    let mut layers = vec![(parse_file(fixtures, "fixtures file")?, false)];
+    let mut layers = vec![(parse_file(root, fixtures, "fixtures file")?, false)];
     if overrides.exists() {
         crate::secrets::guard::require_git_ignored(root, overrides, "the overrides file")?;
-        layers.push((parse_file(overrides, "overrides file")?, true));
+        layers.push((parse_file(root, overrides, "overrides file")?, true));
     }
     for (pairs, overridden) in layers {
         for (name, value) in pairs {
@@ -72,7 +72,7 @@ pub fn load(root: &Path, fixtures: &Path, guarded: bool, overrides: &Path) -> Re
                 bail!(
                     "{}: secret name {name:?} differs from the fixture {other:?} only in letter case; Azure Key \
                      Vault ignores case, so they are one secret. Spell it {other:?} in the overrides file.",
-                    shown(overrides)
+                    shown_from(root, overrides)
                 );
             }
             if overridden && !set.entries.contains_key(&name) {
@@ -106,7 +106,7 @@ fn refuse_escaping_symlink(root: &Path, path: &Path) -> Result<()> {
             "{} leads to {}, outside the repository, through a symlink (the file's or a folder's on the way). \
              Replace the symlink with the real file or folder, or pass the path explicitly with --fixtures if you \
              mean it.",
-            shown(path),
+            shown_from(root, path),
             real.display()
         );
     }
@@ -115,7 +115,8 @@ fn refuse_escaping_symlink(root: &Path, path: &Path) -> Result<()> {
 
 /// Reads and validates one fixtures-format file; `what` names it in errors
 /// ("fixtures file", "overrides file").
-pub fn parse_file(path: &Path, what: &str) -> Result<Vec<(String, String)>> {
+pub fn parse_file(root: &Path, path: &Path, what: &str) -> Result<Vec<(String, String)>> {
+    let shown = |p: &Path| shown_from(root, p);
     let flag = if what == "overrides file" {
         "--overrides"
     } else {

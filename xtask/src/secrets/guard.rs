@@ -171,10 +171,12 @@ pub enum KubeContext {
 
 /// The current kube context as far as it can be known; kubectl missing or
 /// failing beside a kubeconfig is `Unknown`, and the guardrail fails closed.
-pub fn kube_context() -> KubeContext {
-    match kube::context() {
+pub fn kube_context(kubeconfig: &[PathBuf]) -> KubeContext {
+    match kube::context(kubeconfig) {
         Ok(Some(context)) => KubeContext::Named(context),
-        Ok(None) if crate::tools::which("kubectl").is_none() && kubeconfig_exists() => {
+        Ok(None)
+            if crate::tools::which("kubectl").is_none() && kube::kubeconfig_exists(kubeconfig) =>
+        {
             KubeContext::Unknown {
                 why: "kubectl is not on PATH to read your kubeconfig".into(),
                 fix: format!("To have the context checked, {}", kube::INSTALL_HINT),
@@ -185,17 +187,6 @@ pub fn kube_context() -> KubeContext {
             why: format!("kubectl cannot read your kubeconfig: {e:#}"),
             fix: "Fix the kubeconfig until `kubectl config current-context` answers".into(),
         },
-    }
-}
-
-/// Whether kubectl would find a kubeconfig (`KUBECONFIG`, else
-/// `~/.kube/config`, as `kube.rs` decides). Without `HOME`, assume one.
-fn kubeconfig_exists() -> bool {
-    match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
-        Some(list) => std::env::split_paths(&list).any(|p| p.exists()),
-        None => std::env::var_os("HOME")
-            .filter(|v| !v.is_empty())
-            .is_none_or(|home| Path::new(&home).join(".kube/config").exists()),
     }
 }
 

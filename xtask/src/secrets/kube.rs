@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result};
 use serde_json::Value;
 
@@ -24,23 +26,23 @@ pub fn kubectl_tool() -> Tool {
 }
 
 /// The current kube context, or `None` when kubectl is missing, has none, or fails.
-pub fn current_context() -> Option<String> {
-    context().ok().flatten()
+pub fn current_context(kubeconfig: &[PathBuf]) -> Option<String> {
+    context(kubeconfig).ok().flatten()
 }
 
 /// The current kube context: `Ok(None)` without kubectl or a context set;
 /// kubectl's words when it fails. Asked once per process (a run never
 /// changes the kubeconfig); later calls repeat the answer, error included.
-pub fn context() -> Result<Option<String>> {
+pub fn context(kubeconfig: &[PathBuf]) -> Result<Option<String>> {
     static CONTEXT: OnceLock<Result<Option<String>, String>> = OnceLock::new();
     CONTEXT
-        .get_or_init(|| ask_context().map_err(|e| format!("{e:#}")))
+        .get_or_init(|| ask_context(kubeconfig).map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(anyhow::Error::msg)
 }
 
-fn ask_context() -> Result<Option<String>> {
-    if crate::tools::which("kubectl").is_none() || !kubeconfig_exists() {
+fn ask_context(kubeconfig: &[PathBuf]) -> Result<Option<String>> {
+    if crate::tools::which("kubectl").is_none() || !kubeconfig_exists(kubeconfig) {
         return Ok(None);
     }
     let tool = kubectl_tool().args(["config", "current-context"]);
@@ -55,17 +57,11 @@ fn ask_context() -> Result<Option<String>> {
     Ok((!ctx.is_empty()).then_some(ctx))
 }
 
-/// Whether kubectl could find a kubeconfig (`KUBECONFIG`'s paths, else
-/// `~/.kube/config`): without one the answer costs no kubectl child. Where
-/// we cannot tell (no `HOME`), kubectl decides.
-fn kubeconfig_exists() -> bool {
-    match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
-        Some(list) => std::env::split_paths(&list).any(|p| p.exists()),
-        None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-            Some(home) => std::path::Path::new(&home).join(".kube/config").exists(),
-            None => true,
-        },
-    }
+/// Whether kubectl could find a kubeconfig (`Config::kubeconfig`: the
+/// paths of `KUBECONFIG`, else `~/.kube/config`): without one the answer
+/// costs no kubectl child. Where we cannot tell (no `HOME`), kubectl decides.
+pub fn kubeconfig_exists(kubeconfig: &[PathBuf]) -> bool {
+    kubeconfig.is_empty() || kubeconfig.iter().any(|p| p.exists())
 }
 
 /// Runs kubectl, returning stdout or an error with kubectl's own message.

@@ -33,6 +33,6 @@ pub fn run(cmd: flags::Secrets, process: &Process) -> Result<()> {
         flags::SecretsCmd::Migrate(f) => migrate::run_migrate(&f, process),
         flags::SecretsCmd::Rollback(f) => migrate::run_rollback(&f, process),
         flags::SecretsCmd::Status(f) => status::run(&f, process),
-        flags::SecretsCmd::Doctor(f) => doctor::run(&f),
+        flags::SecretsCmd::Doctor(f) => doctor::run(&f, process),
     }
 }

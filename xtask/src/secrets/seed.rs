@@ -88,6 +88,7 @@ pub fn run(flags: &flags::Seed, process: &Process) -> Result<()> {
         Some(http) => Some(eso_access::plan(
             http,
             &eso_access::EsoNames::load(&root, env)?,
+            &cfg.kubeconfig,
         )?),
         None => None,
     };

@@ -8,11 +8,12 @@ use anyhow::{anyhow, Result};
 use serde::Serialize;
 
 use crate::output::{capped, count, NAMES_SHOWN};
+use crate::secrets::config::Config;
 use crate::secrets::eso_access;
 use crate::secrets::fixtures::SecretSet;
 use crate::secrets::provider::vault_http::NOT_ATTEMPTED;
 use crate::secrets::provider::{Current, Outcome, SecretProvider, Write};
-use crate::{fsutil, project_root, PartialError};
+use crate::{fsutil, PartialError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "kind", content = "reason")]
@@ -425,11 +426,16 @@ pub fn plan_for(
 /// ESO's access to a Vault store, planned and applied in one go (for
 /// `migrate`, which seeds without printing a plan): what it did, for the
 /// journal. `None` for stores other than Vault.
-pub fn ensure_eso_access(store: &dyn SecretProvider, env: &str) -> Result<Option<String>> {
+pub fn ensure_eso_access(
+    store: &dyn SecretProvider,
+    cfg: &Config,
+    env: &str,
+) -> Result<Option<String>> {
     let Some(http) = store.vault_http() else {
         return Ok(None);
     };
-    let plan = eso_access::plan(http, &eso_access::EsoNames::load(&project_root(), env)?)?;
+    let names = eso_access::EsoNames::load(&cfg.root, env)?;
+    let plan = eso_access::plan(http, &names, &cfg.kubeconfig)?;
     let done = eso_access::apply(http, &plan)?;
     let mut parts = vec![if done.written.is_empty() {
         "ESO's access in place".to_string()

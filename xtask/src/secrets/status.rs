@@ -45,7 +45,7 @@ pub fn run(flags: &flags::Status, process: &Process) -> Result<()> {
     let fits = last
         .as_ref()
         .map(|m| crate::secrets::migrate::journal::flag_fits(&journal, m, &flag_text));
-    let context = kube::current_context();
+    let context = kube::current_context(&cfg.kubeconfig);
     let context_local = context
         .as_ref()
         .map(|c| guard::is_local_context(c, &cfg.local_contexts));
@@ -91,7 +91,8 @@ pub fn run(flags: &flags::Status, process: &Process) -> Result<()> {
                 println!("  {e:<12} {v}{}", if *e == env { "   <-" } else { "" });
             }
             println!("\nlast migration of {env}:");
-            let journal_path = project::shown(&crate::secrets::migrate::journal::path(&root, &env));
+            let journal_path =
+                project::shown_from(&root, &crate::secrets::migrate::journal::path(&root, &env));
             match (&last, &journal_error) {
                 (_, Some(e)) => println!("  the journal cannot be read: {e}"),
                 (None, None) => println!("  none in {journal_path}"),

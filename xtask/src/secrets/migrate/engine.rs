@@ -198,7 +198,7 @@ pub fn execute(ctx: &Ctx, journal: &mut Journal, plan: &Plan) -> Result<()> {
         plan.to,
         total.elapsed().as_secs_f64(),
         m.state,
-        project::shown(&journal::path(&ctx.root, &ctx.env))
+        project::shown_from(&ctx.root, &journal::path(&ctx.root, &ctx.env))
     );
     Ok(())
 }

@@ -52,7 +52,10 @@ pub fn run(
         Step::Flip => flip(ctx, journal, entry()?, plan.to),
         Step::Sync | Step::RollbackSync => sync(ctx).map(done),
         Step::Wait | Step::RollbackWait => wait_ready(ctx).map(done),
-        Step::Record => Ok(done(project::shown(&journal::path(&ctx.root, &ctx.env)))),
+        Step::Record => Ok(done(project::shown_from(
+            &ctx.root,
+            &journal::path(&ctx.root, &ctx.env),
+        ))),
         Step::RollbackRestore => restore(ctx, entry()?).map(done),
     }
 }
@@ -112,16 +115,16 @@ pub fn describe(ctx: &Ctx, plan: &Plan, flag_text: &str, step: Step) -> Result<S
                 Entry::New { undoes: Some(id) } => format!(" and {id} rolled back"),
                 _ => String::new(),
             },
-            project::shown(&journal::path(&ctx.root, env))
+            project::shown_from(&ctx.root, &journal::path(&ctx.root, env))
         ),
         Step::RollbackRestore => format!("{flag} back to the journal's before_content, byte for byte"),
     })
 }
 
-fn tool_version(tool: &str, args: &[&str]) -> Result<String> {
+fn tool_version(ctx: &Ctx, tool: &str, args: &[&str]) -> Result<String> {
     Ok(Tool::new(tool)
         .args(args)
-        .env("PATH", project::path_with_tools(&project::project_root()))
+        .env("PATH", project::path_with_tools(&ctx.root))
         .install_hint("run `cargo xtask tools` (kubectl: your cluster's)")
         .run()?
         .trim()
@@ -130,17 +133,17 @@ fn tool_version(tool: &str, args: &[&str]) -> Result<String> {
 
 /// Checks everything the plan needs; changes nothing.
 fn preflight(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>, plan: &Plan) -> Result<Done> {
-    let helm = tool_version("helm", &["version", "--short"])?;
+    let helm = tool_version(ctx, "helm", &["version", "--short"])?;
     if !helm.starts_with("v3.") {
         bail!("helm {helm} found; helmfile 0.166 needs helm 3. Run `cargo xtask tools` and put .tools/bin first on PATH.");
     }
-    let helmfile = tool_version("helmfile", &["--version"])?;
-    let kubectl = tool_version("kubectl", &["version", "--client", "--output", "json"])?;
+    let helmfile = tool_version(ctx, "helmfile", &["--version"])?;
+    let kubectl = tool_version(ctx, "kubectl", &["version", "--client", "--output", "json"])?;
     let kubectl: serde_json::Value = serde_json::from_str(&kubectl).unwrap_or_default();
     let kubectl = kubectl["clientVersion"]["gitVersion"]
         .as_str()
         .unwrap_or("unknown");
-    let Some(context) = kube::context()? else {
+    let Some(context) = kube::context(&ctx.cfg.kubeconfig)? else {
         bail!("no kube context: point kubectl at your local cluster (`kubectl config use-context k3d-...`)");
     };
     guard::check_context(&context, &ctx.cfg.local_contexts)?;
@@ -343,7 +346,7 @@ fn seed_target(ctx: &Ctx, to: ProviderKind) -> Result<String> {
         let run = seeding::apply(store, desired, &items)?;
         // ESO's way in, as `seed` sets it up (the presync hook does too).
         let eso = if run.failed.is_empty() {
-            seeding::ensure_eso_access(store, &ctx.env)?
+            seeding::ensure_eso_access(store, &ctx.cfg, &ctx.env)?
         } else {
             None
         };

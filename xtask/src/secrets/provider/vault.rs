@@ -95,7 +95,7 @@ pub fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<E
                     guard::require_dev_server_under(
                         addr_value,
                         &host,
-                        &guard::kube_context(),
+                        &guard::kube_context(&cfg.kubeconfig),
                         &cfg.local_contexts,
                         storage.as_deref(),
                     )?;
@@ -104,7 +104,7 @@ pub fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<E
             (addr_value.to_string(), None)
         }
         None => {
-            let Some(context) = kube::context()? else {
+            let Some(context) = kube::context(&cfg.kubeconfig)? else {
                 bail!(
                     "no Vault address: set VAULT_ADDR (for example http://127.0.0.1:8200 for `bao server -dev`), or \
                      point kubectl at your local cluster so the seed can port-forward to svc/{} in namespace {}. \
