@@ -1,4 +1,8 @@
-//! Output formats shared by the commands.
+//! Output rules shared by the commands: counts and capped lists, one-line
+//! errors, XML escaping, and the types that keep a secret out of output
+//! ([`Secret`], [`VaultAddr`]).
+
+use std::fmt;
 
 /// Collapses Vault's multi-error text (`1 error occurred:\n\t* permission
 /// denied\n\n`, from hashicorp/go-multierror) into its items on one line:
@@ -56,6 +60,80 @@ pub fn xml_escape(s: &str) -> String {
         }
     }
     out
+}
+
+/// A secret string: its Debug and Display never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Secret {
+        Secret(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A Vault address. It may carry a user and password
+/// (`http://user:pass@host`, sent as HTTP basic auth): `Display`, `Debug`
+/// and `Serialize` show them as `***` ([`shown_addr`]); the address to
+/// connect to is [`VaultAddr::expose`] (or the `str` it derefs to).
+#[derive(Clone, PartialEq, Eq)]
+pub struct VaultAddr(String);
+
+impl VaultAddr {
+    pub fn new(addr: String) -> VaultAddr {
+        VaultAddr(addr)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for VaultAddr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for VaultAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&shown_addr(&self.0))
+    }
+}
+
+impl fmt::Debug for VaultAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VaultAddr({self})")
+    }
+}
+
+impl serde::Serialize for VaultAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+/// `addr` for messages: a user and password in it (`http://user:pass@host`,
+/// which the client sends as basic auth) read `***` (`http://***@host`).
+pub fn shown_addr(addr: &str) -> String {
+    let (scheme, rest) = match addr.split_once("://") {
+        Some((scheme, rest)) => (&addr[..scheme.len() + 3], rest),
+        None => ("", addr),
+    };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}***{}", &rest[at..]),
+        None => addr.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 pub use crate::flags::ProviderKind;
+use crate::output::{shown_addr, Secret, VaultAddr};
 use crate::project::{self, normalize, shown_from, Process};
 
 /// Where a configuration value came from.
@@ -56,80 +57,6 @@ impl fmt::Display for Source {
 pub struct Setting<T> {
     pub value: T,
     pub source: Source,
-}
-
-/// A secret string: its Debug and Display never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: String) -> Secret {
-        Secret(s)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-/// A Vault address. It may carry a user and password
-/// (`http://user:pass@host`, sent as HTTP basic auth): `Display`, `Debug`
-/// and `Serialize` show them as `***` ([`shown_addr`]); the address to
-/// connect to is [`VaultAddr::expose`] (or the `str` it derefs to).
-#[derive(Clone, PartialEq, Eq)]
-pub struct VaultAddr(String);
-
-impl VaultAddr {
-    pub fn new(addr: String) -> VaultAddr {
-        VaultAddr(addr)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::ops::Deref for VaultAddr {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for VaultAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&shown_addr(&self.0))
-    }
-}
-
-impl fmt::Debug for VaultAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "VaultAddr({self})")
-    }
-}
-
-impl serde::Serialize for VaultAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-/// `addr` for messages: a user and password in it (`http://user:pass@host`,
-/// which the client sends as basic auth) read `***` (`http://***@host`).
-pub fn shown_addr(addr: &str) -> String {
-    let (scheme, rest) = match addr.split_once("://") {
-        Some((scheme, rest)) => (&addr[..scheme.len() + 3], rest),
-        None => ("", addr),
-    };
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    match authority.rfind('@') {
-        Some(at) => format!("{scheme}***{}", &rest[at..]),
-        None => addr.to_string(),
-    }
 }
 
 /// One setting: its key in the config files (`None`: not settable there),
@@ -402,7 +329,7 @@ impl Config {
             source: mount.source,
         };
         let mut vault_token = get("vault.token").map(|s| Setting {
-            value: Secret(s.value),
+            value: Secret::new(s.value),
             source: s.source,
         });
         let home = get("home").map(|s| PathBuf::from(s.value));
@@ -411,7 +338,7 @@ impl Config {
                 let token = std::fs::read_to_string(&path).unwrap_or_default();
                 if !token.trim().is_empty() {
                     vault_token = Some(Setting {
-                        value: Secret(token.trim().to_string()),
+                        value: Secret::new(token.trim().to_string()),
                         source: Source::TokenFile(path),
                     });
                 }
@@ -463,7 +390,7 @@ impl Config {
             overrides: path(set("overrides")),
             concurrency,
             vault_addr: get("vault.addr").map(|s| Setting {
-                value: VaultAddr(s.value),
+                value: VaultAddr::new(s.value),
                 source: s.source,
             }),
             vault_token,

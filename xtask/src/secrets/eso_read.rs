@@ -14,8 +14,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::output::Secret;
 use crate::pool::bounded;
-use crate::secrets::config::Secret;
 use crate::secrets::eso_access::{strings, EsoNames, STORE_CHART_VALUES};
 use crate::secrets::provider::vault_http::{Method, Reply, VaultHttp};
 use crate::secrets::{eso_access, helmfile, kube, vault_checks};

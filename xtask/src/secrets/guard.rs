@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
+use crate::output::shown_addr;
 use crate::process::Tool;
-use crate::secrets::config::shown_addr;
-use crate::secrets::kube;
 
 /// Refuses unless git ignores `path` (files holding values must never be
 /// committable), asked where the file really is (every symlink on the way
@@ -167,27 +166,6 @@ pub enum KubeContext {
         why: String,
         fix: String,
     },
-}
-
-/// The current kube context as far as it can be known; kubectl missing or
-/// failing beside a kubeconfig is `Unknown`, and the guardrail fails closed.
-pub fn kube_context(kubeconfig: &[PathBuf]) -> KubeContext {
-    match kube::context(kubeconfig) {
-        Ok(Some(context)) => KubeContext::Named(context),
-        Ok(None)
-            if crate::tools::which("kubectl").is_none() && kube::kubeconfig_exists(kubeconfig) =>
-        {
-            KubeContext::Unknown {
-                why: "kubectl is not on PATH to read your kubeconfig".into(),
-                fix: format!("To have the context checked, {}", kube::INSTALL_HINT),
-            }
-        }
-        Ok(None) => KubeContext::None,
-        Err(e) => KubeContext::Unknown {
-            why: format!("kubectl cannot read your kubeconfig: {e:#}"),
-            fix: "Fix the kubeconfig until `kubectl config current-context` answers".into(),
-        },
-    }
 }
 
 /// A loopback Vault under a kube context that does not look local, or cannot

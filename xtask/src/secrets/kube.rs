@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use std::path::PathBuf;
 
+use crate::secrets::guard::KubeContext;
+
 use anyhow::{Context, Result};
 use serde_json::Value;
 
@@ -55,6 +57,25 @@ fn ask_context(kubeconfig: &[PathBuf]) -> Result<Option<String>> {
     }
     let ctx = String::from_utf8_lossy(&out.stdout).trim().to_string();
     Ok((!ctx.is_empty()).then_some(ctx))
+}
+
+/// The current kube context as far as it can be known; kubectl missing or
+/// failing beside a kubeconfig is `Unknown`, and the guardrail fails closed.
+pub fn guard_context(kubeconfig: &[PathBuf]) -> KubeContext {
+    match context(kubeconfig) {
+        Ok(Some(context)) => KubeContext::Named(context),
+        Ok(None) if crate::tools::which("kubectl").is_none() && kubeconfig_exists(kubeconfig) => {
+            KubeContext::Unknown {
+                why: "kubectl is not on PATH to read your kubeconfig".into(),
+                fix: format!("To have the context checked, {}", INSTALL_HINT),
+            }
+        }
+        Ok(None) => KubeContext::None,
+        Err(e) => KubeContext::Unknown {
+            why: format!("kubectl cannot read your kubeconfig: {e:#}"),
+            fix: "Fix the kubeconfig until `kubectl config current-context` answers".into(),
+        },
+    }
 }
 
 /// Whether kubectl could find a kubeconfig (`Config::kubeconfig`: the

@@ -225,7 +225,7 @@ fn vault_health(cfg: &Config) -> serde_json::Value {
         .vault_token
         .as_ref()
         .map(|t| t.value.clone())
-        .unwrap_or_else(|| crate::secrets::config::Secret::new(String::new()));
+        .unwrap_or_else(|| crate::output::Secret::new(String::new()));
     let result = (|| -> anyhow::Result<serde_json::Value> {
         let http = crate::secrets::provider::vault::configured_http(
             cfg,

@@ -1,10 +1,9 @@
-//! `cargo xtask secrets migrate` and `rollback`: the command line. Each run
-//! builds one [`plan::Plan`] (`plan.rs`), prints it for `--dry-run` or has
-//! the engine (`engine.rs`) run its steps (`steps.rs`), journaled in
-//! `journal.rs`.
+//! `cargo xtask secrets migrate` and `rollback`: the command line and the
+//! engine. Each run builds one [`plan::Plan`] (`plan.rs`), prints it for
+//! `--dry-run` or runs its steps (`steps.rs`), journaling each outcome in
+//! `journal.rs` after the step finished.
 
 mod ctx;
-mod engine;
 pub mod journal;
 mod plan;
 mod steps;
@@ -12,16 +11,21 @@ mod steps;
 use std::cell::{OnceCell, RefCell};
 use std::io::IsTerminal;
 
-use anyhow::{bail, Context, Result};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
 
 use crate::flags;
 use crate::fsutil::Lock;
+use crate::fsutil::{now_rfc3339, sha256_hex};
 use crate::project::{self, Process};
 use crate::secrets::config::{Config, FlagValues, ProviderKind};
 use crate::secrets::flagfile;
-use ctx::{Ctx, StopAt};
-use journal::Journal;
-use plan::{Decision, Request};
+use ctx::{At, Ctx, StopAt};
+use journal::{Event, Journal, Kind, Migration, Outcome, State, Step};
+use plan::{Decision, Entry, OnFailure, Plan, Request};
 
 fn cluster_store(to: ProviderKind) -> Result<ProviderKind> {
     match to {
@@ -144,11 +148,286 @@ fn run(request: Request, c: Common<'_>) -> Result<()> {
         stop_at,
     };
     if c.dry_run {
-        print!("{}", engine::render(&ctx, &plan, &text)?);
+        print!("{}", render(&ctx, &plan, &text)?);
         return Ok(());
     }
     confirm(c.yes, &format!("{}?", plan.title))?;
-    engine::execute(&ctx, &mut journal, &plan)
+    execute(&ctx, &mut journal, &plan)
+}
+
+// The engine: runs a plan step by step and journals each outcome after the
+// step finished; `render` prints the same plan for `--dry-run`. A plan that
+// stops at preflight leaves the journal as it was, byte for byte.
+
+/// `[2/7] seed`: the label a step has in the dry run and the real run.
+fn label(prefix: &str, i: usize, n: usize, step: Step) -> String {
+    format!("[{prefix}{}/{n}] {step}", i + 1)
+}
+
+/// The dry run: exactly the steps [`execute`] runs, each described.
+pub fn render(ctx: &Ctx, plan: &Plan, flag_text: &str) -> Result<String> {
+    let mut out = String::new();
+    writeln!(out, "plan: {} (dry run: nothing changes)", plan.title)?;
+    let n = plan.steps.len();
+    for (i, p) in plan.steps.iter().enumerate() {
+        let what = if p.done_earlier {
+            "done earlier".to_string()
+        } else {
+            steps::describe(ctx, plan, flag_text, p.step)?
+        };
+        writeln!(out, "  {}: {what}", label("", i, n, p.step))?;
+    }
+    match &plan.on_failure {
+        OnFailure::AutoRollback(back) => {
+            let to = plan.from;
+            writeln!(
+                out,
+                "  on a failure after the flip, roll back to {to} (unless --no-rollback):"
+            )?;
+            for (i, &step) in back.iter().enumerate() {
+                let what = steps::describe(ctx, plan, flag_text, step)?;
+                writeln!(out, "  {}: {what}", label("r", i, back.len(), step))?;
+            }
+        }
+        OnFailure::Stop(_) => writeln!(
+            out,
+            "  on a failure after the flip: stop, and name the command that finishes the job"
+        )?,
+    }
+    Ok(out)
+}
+
+fn new_entry(ctx: &Ctx, plan: &Plan, text: &str, undoes: Option<String>) -> Migration {
+    let started = now_rfc3339();
+    Migration {
+        id: format!("{}-{started}-{}-{}", plan.kind, plan.to, std::process::id()),
+        kind: plan.kind,
+        env: ctx.env.clone(),
+        from: plan.from,
+        to: plan.to,
+        state: State::InProgress,
+        started,
+        ended: None,
+        flag_file: ctx.flag_rel.clone(),
+        before_content: text.to_string(),
+        before_sha256: sha256_hex(text.as_bytes()),
+        after_sha256: None,
+        undoes,
+        steps: Vec::new(),
+    }
+}
+
+/// Runs one step with its progress line; journals nothing.
+fn attempt(
+    ctx: &Ctx,
+    journal: &Journal,
+    id: Option<&str>,
+    plan: &Plan,
+    step: Step,
+    label: &str,
+) -> (String, Result<steps::Done>) {
+    print!("  {label} ... ");
+    let _ = std::io::stdout().flush();
+    let started = now_rfc3339();
+    let t = Instant::now();
+    let entry = id.and_then(|id| journal.get(id));
+    let result = steps::run(ctx, journal, entry, plan, step);
+    let secs = t.elapsed().as_secs_f64();
+    match &result {
+        Ok(d) if d.detail.is_empty() => println!("ok ({secs:.1}s)"),
+        Ok(d) => println!("ok ({secs:.1}s): {}", d.detail),
+        Err(_) => println!("FAILED"),
+    }
+    (started, result)
+}
+
+/// Writes a step's outcome (and a flip's checksum) and saves.
+fn journal_step(
+    journal: &mut Journal,
+    id: &str,
+    step: Step,
+    started: String,
+    result: &Result<steps::Done>,
+) -> Result<()> {
+    match result {
+        Ok(done) => {
+            journal.record(id, step, started, Outcome::Ok, &done.detail)?;
+            if let Some(sha) = &done.flipped_to {
+                journal.set_flipped_to(id, sha)?;
+            }
+        }
+        Err(e) => journal.record(id, step, started, Outcome::Failed, &format!("{e:#}"))?,
+    }
+    Ok(())
+}
+
+/// The success transitions: the entry's own, and the migration it undoes.
+fn succeed(journal: &mut Journal, id: &str, plan: &Plan) -> Result<()> {
+    journal.apply(id, plan.on_success)?;
+    let undoes = journal.get(id).and_then(|m| m.undoes.clone());
+    if let Some(undone) = undoes {
+        if journal
+            .get(&undone)
+            .is_some_and(|m| m.state != State::RolledBack)
+        {
+            journal.apply(&undone, Event::Undone)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `plan`: each step, journaled after it finished; on a failure past
+/// the flip, the plan's automatic rollback or the event it names.
+pub fn execute(ctx: &Ctx, journal: &mut Journal, plan: &Plan) -> Result<()> {
+    let total = Instant::now();
+    println!("{}", plan.title);
+    let mut id = match &plan.entry {
+        Entry::Continue { id } => Some(id.clone()),
+        Entry::New { .. } => None,
+    };
+    let n = plan.steps.len();
+    for (i, p) in plan.steps.iter().enumerate() {
+        let label = label("", i, n, p.step);
+        if p.done_earlier {
+            println!("  {label}: done earlier");
+            continue;
+        }
+        ctx.stop(p.step, At::Before);
+        let (started, result) = attempt(ctx, journal, id.as_deref(), plan, p.step, &label);
+        ctx.stop(p.step, At::AfterEffect);
+        if p.step == Step::Preflight {
+            if let Err(err) = result {
+                return Err(anyhow!(
+                    "{err:#}\nNothing in the cluster changed; {} and the journal are as they were.",
+                    ctx.flag_rel
+                ));
+            }
+            if let Entry::New { undoes } = &plan.entry {
+                let entry = new_entry(ctx, plan, &ctx.read_flag()?, undoes.clone());
+                id = Some(entry.id.clone());
+                journal.begin(entry);
+            }
+        }
+        let id = id.clone().expect("an entry exists after preflight");
+        journal_step(journal, &id, p.step, started, &result)?;
+        if p.step == Step::Record && result.is_ok() {
+            succeed(journal, &id, plan)?;
+        }
+        journal.save(&ctx.root, &ctx.env)?;
+        ctx.stop(p.step, At::AfterRecord);
+        if let Err(err) = result {
+            return Err(fail(ctx, journal, plan, &id, p.step, err));
+        }
+    }
+    let id = id.expect("an entry exists after preflight");
+    if !plan.steps.iter().any(|p| p.step == Step::Record) {
+        succeed(journal, &id, plan)?;
+        journal.save(&ctx.root, &ctx.env)?;
+    }
+    let m = journal.get(&id).expect("the entry is in the journal");
+    // Nothing to commit when the flag file is the committed one again.
+    let commit = if steps::uncommitted(ctx).unwrap_or(true) {
+        format!("Commit {} to share the switch", ctx.flag_rel)
+    } else {
+        format!("{} is the committed one", ctx.flag_rel)
+    };
+    let done = if m.state == State::RolledBack || plan.kind == Kind::Rollback {
+        "rolled back"
+    } else {
+        "migrated"
+    };
+    println!(
+        "{done} {} to {} in {:.1}s ({}). {commit}; the journal is {}.",
+        ctx.env,
+        plan.to,
+        total.elapsed().as_secs_f64(),
+        m.state,
+        project::shown_from(&ctx.root, &journal::path(&ctx.root, &ctx.env))
+    );
+    Ok(())
+}
+
+/// After `step` failed: journal the event, run the automatic rollback if
+/// the plan has one, and say what happened and the command that finishes.
+fn fail(
+    ctx: &Ctx,
+    journal: &mut Journal,
+    plan: &Plan,
+    id: &str,
+    step: Step,
+    err: anyhow::Error,
+) -> anyhow::Error {
+    let (kind, to) = (plan.kind, plan.to);
+    let what = format!("{kind} of {} to {to} stopped at {step}: {err:#}", ctx.env);
+    let again = journal::command(&format!("{kind} --to {to} --yes"), &ctx.env);
+    let result = (|| -> Result<String> {
+        if step.fails_before_any_change() {
+            journal.apply(id, Event::FailedBeforeFlip)?;
+            journal.save(&ctx.root, &ctx.env)?;
+            return Ok(format!(
+                "Nothing in the cluster changed and {} is as it was; fix the cause and run `{again}` again.",
+                ctx.flag_rel
+            ));
+        }
+        let back = match &plan.on_failure {
+            OnFailure::Stop(event) => {
+                journal.apply(id, *event)?;
+                journal.save(&ctx.root, &ctx.env)?;
+                let m = journal.get(id).expect("the entry is in the journal");
+                let flag = ctx.flag_now();
+                return Ok(format!(
+                    "The journal marks it {}. {} says secrets.provider = {}. Fix the cause, then finish with {}.",
+                    m.state,
+                    ctx.flag_rel,
+                    flag.map_or("?".into(), |p| p.to_string()),
+                    m.next_step_text(flag).unwrap_or_default()
+                ));
+            }
+            OnFailure::AutoRollback(back) => back,
+        };
+        println!("  rolling back to {}", plan.from);
+        for (i, &rstep) in back.iter().enumerate() {
+            let label = label("r", i, back.len(), rstep);
+            ctx.stop(rstep, At::Before);
+            let (started, result) = attempt(ctx, journal, Some(id), plan, rstep, &label);
+            ctx.stop(rstep, At::AfterEffect);
+            journal_step(journal, id, rstep, started, &result)?;
+            if result.is_err() {
+                journal.apply(id, Event::RollbackFailed)?;
+            }
+            journal.save(&ctx.root, &ctx.env)?;
+            ctx.stop(rstep, At::AfterRecord);
+            if let Err(e) = result {
+                let m = journal.get(id).expect("the entry is in the journal");
+                let restored = if m.step_ok(Step::RollbackRestore) {
+                    "is restored byte for byte"
+                } else {
+                    "is NOT restored"
+                };
+                return Ok(format!(
+                    "The automatic rollback failed too, at {rstep}: {e:#}\nThe journal marks the migration {}; \
+                     {} {restored}; `cargo xtask secrets status` shows where things stand. Fix the cause, then \
+                     finish with {}.",
+                    m.state,
+                    ctx.flag_rel,
+                    m.next_step_text(ctx.flag_now()).unwrap_or_default()
+                ));
+            }
+        }
+        journal.apply(id, Event::RollbackSucceeded)?;
+        journal.save(&ctx.root, &ctx.env)?;
+        Ok(format!(
+            "The migration was rolled back: {} restored byte for byte, synced, and the ExternalSecrets are Ready \
+             again. Fix the cause and run `{again}` again.",
+            ctx.flag_rel
+        ))
+    })();
+    match result {
+        Ok(next) => anyhow!("{what}\n{next}"),
+        Err(journal_err) => anyhow!(
+            "{what}\nWriting the journal failed too: {journal_err:#}. See `cargo xtask secrets status`."
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -165,5 +444,81 @@ mod tests {
             cluster_store(ProviderKind::Azure).unwrap(),
             ProviderKind::Azure
         );
+    }
+}
+
+#[cfg(test)]
+mod engine_tests {
+    use super::*;
+    use crate::secrets::config::{Config, FlagValues, ProviderKind};
+    use crate::secrets::migrate::plan::{build, Decision, Request};
+
+    fn ctx() -> Ctx {
+        let root = crate::project_root();
+        let cfg = Config::load(
+            &crate::project::Process::with(&root, &root, &[]),
+            &FlagValues::default(),
+        )
+        .unwrap();
+        Ctx {
+            wait: cfg.wait,
+            cfg,
+            root,
+            env: "local".into(),
+            flag_rel: crate::project::flag_file("local").display().to_string(),
+            allow_non_local: None,
+            store: Default::default(),
+            desired: Default::default(),
+            stop_at: None,
+        }
+    }
+
+    /// Snapshot of the dry run: every step the engine runs, described.
+    #[test]
+    fn dry_run_snapshot() {
+        let flag = "secrets:\n  provider: azure # the flag\n";
+        let request = Request::Migrate {
+            to: Some(ProviderKind::Vault),
+            resume: false,
+            auto_rollback: true,
+        };
+        let Decision::Run(migrate) =
+            build(request, "local", ProviderKind::Azure, &Journal::default()).unwrap()
+        else {
+            panic!("a plan")
+        };
+        let expected = "plan: migrate local: azure -> vault (dry run: nothing changes)
+  [1/7] preflight: helm version --short; helmfile --version; kubectl version --client --output json;
+      kubectl config current-context (must be local); kubectl api-versions (external-secrets.io/v1 served);
+      infra/kubernetes/environments/local/platform/15-secrets.values.yaml: no uncommitted change (git status --porcelain), or as the journal's last operation left it;
+      every namespace of layer 15's ExternalSecrets exists (helmfile ... template; kubectl get namespaces --output json);
+      Vault reachable (sys/seal-status, auth/token/lookup-self, sys/mounts)
+  [2/7] seed: the equivalent of `cargo xtask secrets seed --provider vault --env local`
+  [3/7] coverage: the equivalent of `cargo xtask secrets check --render --live --provider vault --env local` (gate)
+  [4/7] flip: infra/kubernetes/environments/local/platform/15-secrets.values.yaml: secrets.provider = vault
+        --- a/infra/kubernetes/environments/local/platform/15-secrets.values.yaml
+        +++ b/infra/kubernetes/environments/local/platform/15-secrets.values.yaml
+        @@ -2,1 +2,1 @@
+        -  provider: azure # the flag
+        +  provider: vault # the flag
+  [5/7] sync: helmfile --file infra/kubernetes/helmfiles/15-secrets-certificates.yaml --environment local sync
+  [6/7] wait: kubectl annotate clustersecretstore ameide-vault force-sync=<new value> --overwrite;
+      poll `kubectl get clustersecretstore ameide-vault --output json` up to 60 times, 5 s apart, until Ready=True;
+      kubectl annotate externalsecret <each on ameide-vault that ESO re-reads when forced> --namespace <ns> force-sync=<new value> --overwrite
+      (refreshInterval: 0 and refreshPolicy: CreatedOnce are named with their fix, not waited on);
+      poll `kubectl get externalsecrets --all-namespaces --output json` up to 60 times, 5 s apart,
+      until each has a new status.refreshTime (or syncedResourceVersion) and Ready=True
+  [7/7] record: mark the migrate completed in .local/secrets/journal/local.json
+  on a failure after the flip, roll back to azure (unless --no-rollback):
+  [r1/3] rollback-restore: infra/kubernetes/environments/local/platform/15-secrets.values.yaml back to the journal's before_content, byte for byte
+  [r2/3] rollback-sync: helmfile --file infra/kubernetes/helmfiles/15-secrets-certificates.yaml --environment local sync
+  [r3/3] rollback-wait: kubectl annotate clustersecretstore ameide-vault force-sync=<new value> --overwrite;
+      poll `kubectl get clustersecretstore ameide-vault --output json` up to 60 times, 5 s apart, until Ready=True;
+      kubectl annotate externalsecret <each on ameide-vault that ESO re-reads when forced> --namespace <ns> force-sync=<new value> --overwrite
+      (refreshInterval: 0 and refreshPolicy: CreatedOnce are named with their fix, not waited on);
+      poll `kubectl get externalsecrets --all-namespaces --output json` up to 60 times, 5 s apart,
+      until each has a new status.refreshTime (or syncedResourceVersion) and Ready=True
+";
+        assert_eq!(render(&ctx(), &migrate, flag).unwrap(), expected);
     }
 }

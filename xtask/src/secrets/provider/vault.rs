@@ -29,8 +29,9 @@ use super::vault_record::{
 };
 use super::{Current, DigestKey, Outcome, SecretProvider, Stamp, Write};
 use crate::fsutil::sha256_hex;
+use crate::output::Secret;
 use crate::pool::bounded;
-use crate::secrets::config::{Config, Secret, Setting, Source};
+use crate::secrets::config::{Config, Setting, Source};
 use crate::secrets::fixtures::SecretSet;
 use crate::secrets::{guard, kube, port_forward};
 
@@ -95,7 +96,7 @@ pub fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<E
                     guard::require_dev_server_under(
                         addr_value,
                         &host,
-                        &guard::kube_context(&cfg.kubeconfig),
+                        &kube::guard_context(&cfg.kubeconfig),
                         &cfg.local_contexts,
                         storage.as_deref(),
                     )?;

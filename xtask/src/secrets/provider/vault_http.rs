@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::secrets::config::Secret;
+use crate::output::Secret;
 
 /// What went wrong talking to Vault.
 #[derive(Debug, Clone, PartialEq)]
@@ -223,7 +223,7 @@ impl VaultHttp {
         let addr = addr.trim_end_matches('/').to_string();
         Ok(VaultHttp {
             agent,
-            shown: crate::secrets::config::shown_addr(&addr),
+            shown: crate::output::shown_addr(&addr),
             base: addr,
             token,
             namespace,
