@@ -193,7 +193,7 @@ pub fn run(flags: &flags::Doctor, process: &Process) -> Result<()> {
             let denied = eso_access::denied_checks(&root, &env, &cfg);
             out.push(store_finding(
                 kube::kubectl(&["get", "clustersecretstore", STORE_NAME, "--output", "json"]),
-                store_event(),
+                kube::store_event(),
                 &env,
                 &denied,
             ));
@@ -403,25 +403,6 @@ fn vault_findings(
     }
 }
 
-/// ESO's newest Warning Event about the store, if kubectl can tell.
-fn store_event() -> Option<kube::Event> {
-    kube::warning_events(None, "ClusterSecretStore", Some(STORE_NAME))
-        .ok()
-        .and_then(|e| kube::newest_by_object(e).remove(STORE_NAME))
-}
-
-/// `; ESO's last warning (Reason): message`, or nothing.
-fn said(event: Option<&kube::Event>) -> String {
-    event.map(|e| format!("; {}", e.said())).unwrap_or_default()
-}
-
-/// Vault's answer to a login it refused (every failed TokenReview
-/// included) or a read its policy does not allow.
-fn permission_denied(text: &str) -> bool {
-    let t = text.to_ascii_lowercase();
-    t.contains("permission denied") || t.contains("code: 403")
-}
-
 /// The store's Ready condition, from `kubectl get clustersecretstore
 /// <STORE_NAME> --output json` (`got`), with ESO's last Warning Event about
 /// it (`event`: its condition says only `unable to validate store`); a
@@ -447,16 +428,16 @@ fn store_finding(
     match ready.ready {
         Some(true) => ok("eso", format!("ClusterSecretStore/{STORE_NAME} Ready")),
         Some(false) => {
-            let denied_here = permission_denied(&ready.message)
+            let denied_here = kube::permission_denied(&ready.message)
                 || event
                     .as_ref()
-                    .is_some_and(|e| permission_denied(&e.message));
+                    .is_some_and(|e| kube::permission_denied(&e.message));
             fail(
                 "eso",
                 format!(
                     "ClusterSecretStore/{STORE_NAME} not Ready: {}{}",
                     ready.describe(),
-                    said(event.as_ref())
+                    kube::said(event.as_ref())
                 ),
                 if denied_here {
                     denied.to_string()
@@ -529,7 +510,7 @@ fn external_secret_findings(out: &mut Vec<Finding>, denied: &str, env: &str) {
             format!(
                 "ExternalSecret {} not Ready: {state}{}",
                 e.id(),
-                said(event)
+                kube::said(event)
             ),
             external_secret_fix(&e.namespace, &e.name, cause, denied, env),
         ));
@@ -554,7 +535,7 @@ fn external_secret_fix(
 ) -> String {
     let m = message.to_ascii_lowercase();
     let resync = format!("kubectl annotate externalsecret {name} --namespace {namespace} force-sync=$(date +%s) --overwrite");
-    if permission_denied(&m) {
+    if kube::permission_denied(&m) {
         format!("{denied} Then {resync}")
     } else if m.contains(&format!(
         "could not get clustersecretstore \"{STORE_NAME}\""

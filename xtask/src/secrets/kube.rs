@@ -427,6 +427,29 @@ pub struct Event {
     pub version: u64,
 }
 
+/// ESO's newest Warning Event about the store, if kubectl can tell.
+pub fn store_event() -> Option<Event> {
+    warning_events(
+        None,
+        "ClusterSecretStore",
+        Some(crate::secrets::scan::STORE_NAME),
+    )
+    .ok()
+    .and_then(|e| newest_by_object(e).remove(crate::secrets::scan::STORE_NAME))
+}
+
+/// `; ESO's last warning (Reason): message`, or nothing.
+pub fn said(event: Option<&Event>) -> String {
+    event.map(|e| format!("; {}", e.said())).unwrap_or_default()
+}
+
+/// Vault's answer to a login it refused (every failed TokenReview
+/// included) or a read its policy does not allow, in ESO's words.
+pub fn permission_denied(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("permission denied") || t.contains("code: 403")
+}
+
 impl Event {
     /// `ESO's last warning (Reason): message`, on one line (Vault's errors span several).
     pub fn said(&self) -> String {

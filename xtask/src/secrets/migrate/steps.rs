@@ -535,24 +535,6 @@ fn polls(ctx: &Ctx) -> String {
     )
 }
 
-/// `; ESO's last warning (UpdateFailed): ...`, or nothing.
-fn said(event: Option<&kube::Event>) -> String {
-    event.map(|e| format!("; {}", e.said())).unwrap_or_default()
-}
-
-/// ESO's newest Warning Event about the store, if kubectl can tell.
-fn store_event() -> Option<kube::Event> {
-    kube::warning_events(None, "ClusterSecretStore", Some(STORE_NAME))
-        .ok()
-        .and_then(|e| kube::newest_by_object(e).remove(STORE_NAME))
-}
-
-/// Vault's answer to a login it refused or a read its policy does not allow.
-fn permission_denied(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    m.contains("permission denied") || m.contains("code: 403")
-}
-
 /// What to check when ESO's login or read was denied.
 fn denied_checks(ctx: &Ctx) -> String {
     crate::secrets::eso_access::denied_checks(&ctx.root, &ctx.env, &ctx.cfg)
@@ -610,16 +592,16 @@ fn wait_store(ctx: &Ctx, stamp: &str) -> Result<String> {
             std::thread::sleep(ctx.wait.sleep);
         }
     }
-    let event = store_event();
-    let denied =
-        event.iter().any(|e| permission_denied(&e.message)) || permission_denied(&last.message);
+    let event = kube::store_event();
+    let denied = event.iter().any(|e| kube::permission_denied(&e.message))
+        || kube::permission_denied(&last.message);
     bail!(
         "ClusterSecretStore/{STORE_NAME} not Ready after {} (forced with force-sync={stamp}): {}{}. Its \
          ExternalSecrets cannot sync until it is; `kubectl describe clustersecretstore {STORE_NAME}` shows \
          ESO's events.{}\nSee docs/secrets.md#troubleshooting.",
         polls(ctx),
         last.describe(),
-        said(event.as_ref()),
+        kube::said(event.as_ref()),
         if denied { format!("\n{}", denied_checks(ctx)) } else { String::new() }
     )
 }
@@ -769,9 +751,9 @@ fn not_ready(ctx: &Ctx, before: &BTreeMap<String, Seen>, pending: &[EsStatus]) -
     for es in shown {
         let why = pending_reason(before.get(&es.id()), es).unwrap_or_default();
         let event = events.get(&es.namespace).and_then(|n| n.get(&es.name));
-        denied |=
-            permission_denied(&es.message) || event.is_some_and(|e| permission_denied(&e.message));
-        lines.push(format!("  {}: {why}{}", es.id(), said(event)));
+        denied |= kube::permission_denied(&es.message)
+            || event.is_some_and(|e| kube::permission_denied(&e.message));
+        lines.push(format!("  {}: {why}{}", es.id(), kube::said(event)));
     }
     if pending.len() > shown.len() {
         lines.push(format!("  and {} more", pending.len() - shown.len()));
@@ -780,13 +762,13 @@ fn not_ready(ctx: &Ctx, before: &BTreeMap<String, Seen>, pending: &[EsStatus]) -
     let blocked = format!("\"{STORE_NAME}\" is not ready");
     if lines.iter().any(|l| l.contains(&blocked)) {
         if let Ok(Some(store)) = kube::cluster_secret_store(STORE_NAME) {
-            let event = store_event();
-            denied |= event.iter().any(|e| permission_denied(&e.message))
-                || permission_denied(&store.message);
+            let event = kube::store_event();
+            denied |= event.iter().any(|e| kube::permission_denied(&e.message))
+                || kube::permission_denied(&store.message);
             lines.push(format!(
                 "  ClusterSecretStore/{STORE_NAME}: {}{}",
                 store.describe(),
-                said(event.as_ref())
+                kube::said(event.as_ref())
             ));
         }
     }
