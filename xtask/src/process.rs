@@ -298,10 +298,8 @@ impl Running {
 
     /// How the child ended (`exit 1`, `killed by signal 13`), or `None` while it runs.
     pub fn exit_status(&self) -> Option<String> {
-        match self.reader.try_wait() {
-            Ok(Some(out)) => Some(exit_text(out.status)),
-            _ => None,
-        }
+        let out = self.reader.try_wait().ok().flatten();
+        out.map(|out| exit_text(out.status))
     }
 
     pub fn is_running(&self) -> bool {
@@ -311,10 +309,7 @@ impl Running {
     /// The last lines the child wrote (stdout and stderr), oldest first.
     pub fn last_lines(&self) -> String {
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_empty() {
-            return "no output".to_string();
-        }
-        Vec::from(last.clone()).join("\n  ")
+        tail(&Vec::from(last.clone()).join("\n"), TAIL_LINES)
     }
 
     /// Kills the child and waits until every line is read and the child
@@ -368,10 +363,9 @@ fn die_with_parent(cmd: &mut std::process::Command) -> std::io::Result<()> {
 /// How a child ended, for messages: `exit 3`, `killed by signal 9`.
 pub(crate) fn exit_text(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit {code}"),
-        (None, Some(sig)) => format!("killed by signal {sig}"),
-        _ => "unknown status".to_string(),
+    match status.code() {
+        Some(code) => format!("exit {code}"),
+        None => format!("killed by signal {}", status.signal().unwrap_or(0)),
     }
 }
 
@@ -421,26 +415,26 @@ pub fn finish_regardless() -> FinishRegardless {
     unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     STDERR_TERMINAL.store(std::io::stderr().is_terminal(), Ordering::Relaxed);
     let _ = std::io::stdout().flush();
-    // Which file each descriptor is, before any of them moves (a closed one stays).
-    let originals = [
-        (1, std::io::stdout().as_fd().try_clone_to_owned()),
-        (2, std::io::stderr().as_fd().try_clone_to_owned()),
-    ];
-    let mut groups: Vec<((u64, u64), Vec<i32>, File)> = Vec::new();
-    for (fd, original) in originals {
-        let Ok(file) = original.map(File::from) else {
-            continue;
-        };
-        let Ok(meta) = file.metadata() else { continue };
-        let id = (meta.dev(), meta.ino());
-        match groups.iter_mut().find(|(g, _, _)| *g == id) {
-            Some((_, fds, _)) => fds.push(fd),
-            None => groups.push((id, vec![fd], file)),
-        }
-    }
+    // Which file each descriptor is, before either moves (a closed one stays).
+    let out = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(File::from);
+    let err = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(File::from);
+    let id = |f: &File| f.metadata().ok().map(|m| (m.dev(), m.ino()));
+    let groups: Vec<(Vec<i32>, File)> = match (out, err) {
+        (Ok(out), Ok(err)) if id(&out).is_some() && id(&out) == id(&err) => vec![(vec![1, 2], out)],
+        (out, err) => [(1, out), (2, err)]
+            .into_iter()
+            .filter_map(|(fd, file)| Some((vec![fd], file.ok()?)))
+            .collect(),
+    };
     let copies = groups
         .into_iter()
-        .filter_map(|(_, fds, original)| Copier::start(fds, original).ok())
+        .filter_map(|(fds, original)| Copier::start(fds, original).ok())
         .collect();
     FinishRegardless { copies }
 }
@@ -588,49 +582,26 @@ mod tests {
     }
 
     #[test]
-    fn a_spawned_child_reports_its_lines_its_end_and_its_exit() {
+    fn a_spawned_child_reports_its_lines_its_quiet_its_end_and_its_exit() {
         let running = Tool::new("sh")
             .args([
                 "-c",
-                "echo one; echo noise 1; echo two >&2; sleep 0.2; exit 4",
+                "echo one; echo noise 1; echo two >&2; sleep 1; exit 4",
             ])
             .noise(|line| line.starts_with("noise"))
             .spawn()
             .unwrap();
-        let mut lines = Vec::new();
-        loop {
-            match running.next_line(Duration::from_secs(5)) {
-                Next::Line(l) => lines.push(l),
-                Next::Quiet => panic!("no end within 5 s"),
-                Next::Ended => break,
-            }
-        }
-        assert_eq!(lines, ["one", "noise 1", "two"]);
+        let lines: Vec<Next> = (0..3)
+            .map(|_| running.next_line(Duration::from_secs(5)))
+            .collect();
+        assert_eq!(
+            lines,
+            ["one", "noise 1", "two"].map(|l| Next::Line(l.into()))
+        );
+        assert_eq!(running.next_line(Duration::from_millis(100)), Next::Quiet);
+        assert_eq!(running.exit_status(), None);
+        assert_eq!(running.next_line(Duration::from_secs(5)), Next::Ended);
         assert_eq!(running.exit_status().as_deref(), Some("exit 4"));
         assert_eq!(running.last_lines(), "one\n  two", "noise is not kept");
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn a_child_that_dies_with_its_parent_goes_when_the_starting_thread_ends() {
-        let start = |die: bool| {
-            std::thread::spawn(move || {
-                let tool = Tool::new("sleep").arg("30");
-                let tool = if die { tool.die_with_parent() } else { tool };
-                tool.spawn().unwrap()
-            })
-            .join()
-            .unwrap()
-        };
-        // Held here, never dropped while we look: only the kernel can stop it.
-        let bound = start(true);
-        let free = start(false);
-        let until = Instant::now() + Duration::from_secs(5);
-        while bound.is_running() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(bound.exit_status().as_deref(), Some("killed by signal 15"));
-        assert_eq!(free.next_line(Duration::from_millis(100)), Next::Quiet);
-        assert_eq!(free.exit_status(), None, "without it, the child stays");
     }
 }
