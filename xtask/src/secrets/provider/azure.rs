@@ -193,22 +193,7 @@ impl AzureProvider {
     }
 
     fn set(&self, key: &DigestKey, w: &Write<'_>) -> Outcome {
-        // The digest is not a value, but derived from one: in a file too.
-        let result =
-            PrivateTempFile::new(key.digest(w.name, w.value).as_bytes()).and_then(|digest| {
-                let hmac = format!("fixture-hmac=@{}", digest.path().display());
-                let tags = [&format!("managed-by={MANAGED_BY}"), &hmac];
-                let tags = tags.map(String::as_str);
-                if w.metadata_only {
-                    let args = [
-                        "--name", w.name, "--output", "none", "--tags", tags[0], tags[1],
-                    ];
-                    self.az("set-attributes", &args)
-                } else {
-                    self.set_document(w.name, &json!({ "value": w.value }).to_string(), &tags)
-                }
-            });
-        match result {
+        match self.try_set(key, w) {
             Ok(out) if out.status.success() => Outcome::Written,
             Ok(out) => Outcome::Failed(failed(
                 &format!("az keyvault secret set --name {}", w.name),
@@ -216,6 +201,21 @@ impl AzureProvider {
             )),
             Err(e) => Outcome::Failed(format!("{e:#}")),
         }
+    }
+
+    fn try_set(&self, key: &DigestKey, w: &Write<'_>) -> Result<Output> {
+        // The digest is not a value, but derived from one: in a file too.
+        let digest = PrivateTempFile::new(key.digest(w.name, w.value).as_bytes())?;
+        let managed_by = format!("managed-by={MANAGED_BY}");
+        let hmac = format!("fixture-hmac=@{}", digest.path().display());
+        let tags = [managed_by.as_str(), hmac.as_str()];
+        if w.metadata_only {
+            let args = [
+                "--name", w.name, "--output", "none", "--tags", tags[0], tags[1],
+            ];
+            return self.az("set-attributes", &args);
+        }
+        self.set_document(w.name, &json!({ "value": w.value }).to_string(), &tags)
     }
 }
 
