@@ -32,7 +32,7 @@ const TAIL_LINES: usize = 8;
 
 /// One child process to run. Build it, then [`Tool::output`],
 /// [`Tool::run`] or [`Tool::spawn`].
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Tool {
     program: OsString,
     args: Vec<OsString>,
@@ -50,15 +50,8 @@ impl Tool {
     pub fn new(program: impl AsRef<OsStr>) -> Tool {
         Tool {
             program: program.as_ref().to_owned(),
-            args: Vec::new(),
-            stdin: None,
-            dir: None,
-            env: Vec::new(),
             deadline: DEFAULT_DEADLINE,
-            install_hint: None,
-            timeout_hint: None,
-            die_with_parent: false,
-            noise: None,
+            ..Tool::default()
         }
     }
 
@@ -130,12 +123,9 @@ impl Tool {
 
     /// `program arg arg ...` for messages (arguments never hold values).
     pub fn display(&self) -> String {
-        let mut s = self.program.to_string_lossy().into_owned();
-        for a in &self.args {
-            s.push(' ');
-            s.push_str(&a.to_string_lossy());
-        }
-        s
+        let words = std::iter::once(&self.program).chain(&self.args);
+        let words: Vec<_> = words.map(|w| w.to_string_lossy()).collect();
+        words.join(" ")
     }
 
     fn expression(&self) -> duct::Expression {
