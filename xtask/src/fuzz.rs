@@ -21,34 +21,22 @@ pub fn run(flags: &flags::Fuzz) -> Result<()> {
         Some(t) if TARGETS.contains(&t) => vec![t],
         Some(t) => crate::usage!("unknown fuzz target {t:?}: use {}", TARGETS.join(", ")),
     };
-    let root = project_root();
     ensure_tools(true)?;
-    run_targets(&root, &targets, flags.seconds.unwrap_or(10))
+    run_targets(&project_root(), &targets, flags.seconds.unwrap_or(10))
 }
 
 /// Whether nightly and cargo-fuzz are there; with `install`, installs
 /// cargo-fuzz from crates.io when missing.
 pub fn ensure_tools(install: bool) -> Result<bool> {
     let sh = Shell::new()?;
-    if cmd!(sh, "cargo +nightly --version")
-        .quiet()
-        .ignore_stdout()
-        .ignore_stderr()
-        .run()
-        .is_err()
-    {
+    let works = |cmd: xshell::Cmd| cmd.quiet().ignore_stdout().ignore_stderr().run().is_ok();
+    if !works(cmd!(sh, "cargo +nightly --version")) {
         if install {
             bail!("fuzzing needs the nightly toolchain: `rustup toolchain install nightly`");
         }
         return Ok(false);
     }
-    if cmd!(sh, "cargo fuzz --version")
-        .quiet()
-        .ignore_stdout()
-        .ignore_stderr()
-        .run()
-        .is_err()
-    {
+    if !works(cmd!(sh, "cargo fuzz --version")) {
         if !install {
             return Ok(false);
         }
@@ -71,25 +59,25 @@ pub fn run_targets(root: &Path, targets: &[&str], seconds: u64) -> Result<()> {
         let corpus = root.join("fuzz/corpus").join(target);
         let max = format!("-max_total_time={seconds}");
         eprintln!("fuzz {target}: {seconds}s");
-        let result = cmd!(
+        let fuzz = cmd!(
             sh,
             "cargo +nightly fuzz run {target} {scratch} {corpus} -- {max}"
-        )
-        .quiet()
-        .ignore_stdout()
-        .output();
+        );
+        let result = fuzz.quiet().ignore_stdout().output();
         let _ = std::fs::remove_dir_all(&scratch);
-        match result {
-            Ok(out) => {
-                let stderr = String::from_utf8_lossy(&out.stderr);
-                let runs = stderr.lines().rev().find(|l| l.starts_with("Done ")).unwrap_or("done");
-                eprintln!("fuzz {target}: {runs}");
-            }
-            Err(e) => bail!(
+        let out = result.map_err(|e| {
+            anyhow::anyhow!(
                 "fuzz target {target} failed: {e}. The crashing input is under fuzz/artifacts/{target}/; reproduce \
                  with `cargo +nightly fuzz run {target} <that file>` and add it to fuzz/corpus/{target}/ once fixed."
-            ),
-        }
+            )
+        })?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let runs = stderr
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("Done "))
+            .unwrap_or("done");
+        eprintln!("fuzz {target}: {runs}");
     }
     Ok(())
 }

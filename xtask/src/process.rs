@@ -1,18 +1,20 @@
-//! Every child process of `secrets` (kubectl, helmfile, az, git, bao): one
-//! way to run them, on duct, with a deadline, drained pipes, the tool's own
-//! words on failure, and long-running children killed on drop.
+//! Every child process (kubectl, helmfile, az, git, bao): one way to run
+//! them, on duct, with a deadline, drained pipes, the tool's own words on
+//! failure, and long-running children killed on drop.
 //!
 //! Never put a secret value in [`Tool`]'s arguments or environment: pass it
-//! with [`Tool::stdin`] or in a `fsutil::PrivateTempFile`. A child does not
-//! inherit our Vault token ([`TOKEN_VARS`]): none of kubectl, helmfile, helm,
-//! az or git needs it, and a child that does (a `bao` CLI) gets it with an
-//! explicit [`Tool::env`].
+//! with [`Tool::stdin`] or in a `fsutil::PrivateTempFile`. No child inherits
+//! our Vault token ([`TOKEN_VARS`]); one that needs it (a `bao` CLI) gets it
+//! with an explicit [`Tool::env`].
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
-use std::io::{BufRead, BufReader};
+use std::fs::File;
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::process::Output;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,25 +30,19 @@ pub const TOKEN_VARS: [&str; 2] = ["VAULT_TOKEN", "BAO_TOKEN"];
 /// How many of a child's last output lines an error message quotes.
 const TAIL_LINES: usize = 8;
 
-/// One child process to run: program, arguments, stdin, environment and a
-/// deadline. Build it, then [`Tool::output`], [`Tool::run`] or
-/// [`Tool::spawn`].
-#[derive(Clone)]
+/// One child process to run. Build it, then [`Tool::output`],
+/// [`Tool::run`] or [`Tool::spawn`].
+#[derive(Clone, Default)]
 pub struct Tool {
     program: OsString,
     args: Vec<OsString>,
     stdin: Option<Vec<u8>>,
     dir: Option<PathBuf>,
     env: Vec<(OsString, OsString)>,
-    env_remove: Vec<OsString>,
     deadline: Duration,
-    /// What to tell a user whose machine lacks the program.
     install_hint: Option<String>,
-    /// What to tell a user whose call ran out of time (how to give it longer).
     timeout_hint: Option<String>,
-    /// Linux: the child is sent SIGTERM when the thread that started it ends.
     die_with_parent: bool,
-    /// For [`Tool::spawn`]: lines not worth quoting in a message.
     noise: Option<fn(&str) -> bool>,
 }
 
@@ -54,16 +50,8 @@ impl Tool {
     pub fn new(program: impl AsRef<OsStr>) -> Tool {
         Tool {
             program: program.as_ref().to_owned(),
-            args: Vec::new(),
-            stdin: None,
-            dir: None,
-            env: Vec::new(),
-            env_remove: TOKEN_VARS.iter().map(OsString::from).collect(),
             deadline: DEFAULT_DEADLINE,
-            install_hint: None,
-            timeout_hint: None,
-            die_with_parent: false,
-            noise: None,
+            ..Tool::default()
         }
     }
 
@@ -82,8 +70,7 @@ impl Tool {
         self
     }
 
-    /// Bytes for the child's stdin (the one place a value may go). Without
-    /// it, stdin is `/dev/null`.
+    /// Bytes for the child's stdin (the one place a value may go); else `/dev/null`.
     pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Tool {
         self.stdin = Some(bytes.into());
         self
@@ -106,33 +93,29 @@ impl Tool {
         self
     }
 
-    /// What to do when the program is not installed, e.g. "run `cargo xtask
-    /// tools`".
+    /// What to do when the program is not installed, e.g. "run `cargo xtask tools`".
     pub fn install_hint(mut self, hint: impl Into<String>) -> Tool {
         self.install_hint = Some(hint.into());
         self
     }
 
-    /// What to do when the call outlives its deadline, e.g. "raise
-    /// helmfile.sync_timeout_secs in .local/secrets.toml".
+    /// What to do when the call outlives its deadline (how to give it longer).
     pub fn timeout_hint(mut self, hint: impl Into<String>) -> Tool {
         self.timeout_hint = Some(hint.into());
         self
     }
 
-    /// On Linux, the child gets SIGTERM when the thread that starts it
-    /// ends, however it ends: a process killed with SIGKILL leaves no
-    /// long-running child behind. Start it from a thread that lives as long
-    /// as the child is wanted. Elsewhere, only [`Running`]'s drop stops it.
+    /// Linux: the child gets SIGTERM when the thread that starts it ends,
+    /// however it ends, so a process killed with SIGKILL leaves no
+    /// long-running child behind. Elsewhere only [`Running`]'s drop stops it.
     pub fn die_with_parent(mut self) -> Tool {
         self.die_with_parent = true;
         self
     }
 
-    /// For [`Tool::spawn`]: the lines `is_noise` picks still reach
-    /// [`Running::next_line`] but are not kept for [`Running::last_lines`],
-    /// e.g. the `Handling connection for N` kubectl port-forward writes for
-    /// every connection, which would crowd out its error.
+    /// For [`Tool::spawn`]: lines that still reach [`Running::next_line`] but
+    /// are not kept for [`Running::last_lines`] (kubectl port-forward's
+    /// `Handling connection for N` would crowd out its error).
     pub fn noise(mut self, is_noise: fn(&str) -> bool) -> Tool {
         self.noise = Some(is_noise);
         self
@@ -140,12 +123,9 @@ impl Tool {
 
     /// `program arg arg ...` for messages (arguments never hold values).
     pub fn display(&self) -> String {
-        let mut s = self.program.to_string_lossy().into_owned();
-        for a in &self.args {
-            s.push(' ');
-            s.push_str(&a.to_string_lossy());
-        }
-        s
+        let words = std::iter::once(&self.program).chain(&self.args);
+        let words: Vec<_> = words.map(|w| w.to_string_lossy()).collect();
+        words.join(" ")
     }
 
     fn expression(&self) -> duct::Expression {
@@ -163,7 +143,7 @@ impl Tool {
         for (k, v) in &self.env {
             e = e.env(k, v);
         }
-        for name in &self.env_remove {
+        for name in TOKEN_VARS {
             e = e.env_remove(name);
         }
         #[cfg(target_os = "linux")]
@@ -196,30 +176,25 @@ impl Tool {
             .stderr_capture()
             .start()
             .map_err(|e| self.spawn_error(e))?;
-        match handle
-            .wait_timeout(self.deadline)
-            .with_context(|| format!("waiting for `{}`", self.display()))?
-        {
-            Some(out) => Ok(out.clone()),
-            None => {
-                let _ = handle.kill();
-                // What it said on stderr before it hung is often the
-                // reason. Never stdout, as in `failure`: a child may print
-                // what it read there (a secret value, a credential).
-                let said = match handle.wait_timeout(Duration::from_secs(2)) {
-                    Ok(Some(out)) => tail(&String::from_utf8_lossy(&out.stderr), TAIL_LINES),
-                    _ => "no output".to_string(),
-                };
-                bail!(
-                    "`{}` did not finish within {} and was stopped (it said: {said}). {}",
-                    self.display(),
-                    seconds(self.deadline),
-                    self.timeout_hint
-                        .as_deref()
-                        .unwrap_or("Run it by hand to see where it hangs.")
-                )
-            }
+        let waited = handle.wait_timeout(self.deadline);
+        if let Some(out) = waited.with_context(|| format!("waiting for `{}`", self.display()))? {
+            return Ok(out.clone());
         }
+        let _ = handle.kill();
+        // What it said on stderr before it hung is often the reason. Never
+        // stdout, as in `failure`.
+        let said = match handle.wait_timeout(Duration::from_secs(2)) {
+            Ok(Some(out)) => tail(&String::from_utf8_lossy(&out.stderr), TAIL_LINES),
+            _ => "no output".to_string(),
+        };
+        bail!(
+            "`{}` did not finish within {} and was stopped (it said: {said}). {}",
+            self.display(),
+            seconds(self.deadline),
+            self.timeout_hint
+                .as_deref()
+                .unwrap_or("Run it by hand to see where it hangs.")
+        )
     }
 
     /// Runs to completion and returns stdout; a non-zero exit is an error
@@ -244,10 +219,10 @@ impl Tool {
         )
     }
 
-    /// Starts a long-running child. Its stdout and stderr are drained for
-    /// its whole life (a Go program dies of SIGPIPE once its stdout is
-    /// closed); every line goes to [`Running::lines`] and the last few
-    /// (less any [`Tool::noise`]) are kept for error messages. Killed on drop.
+    /// Starts a long-running child, killed on drop. Its stdout and stderr
+    /// are drained for its whole life (a Go program dies of SIGPIPE once its
+    /// stdout is closed) into [`Running::next_line`], the last few (less any
+    /// [`Tool::noise`]) kept for messages.
     pub fn spawn(&self) -> Result<Running> {
         let reader = self
             .expression()
@@ -257,30 +232,29 @@ impl Tool {
         let reader = Arc::new(reader);
         let last = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
         let (tx, rx) = mpsc::channel();
-        let noise = self.noise;
-        let drain = {
-            let reader = Arc::clone(&reader);
-            let last = Arc::clone(&last);
-            std::thread::spawn(move || {
-                for line in BufReader::new(&*reader).lines() {
-                    let Ok(line) = line else { break };
-                    if !noise.is_some_and(|is_noise| is_noise(&line)) {
-                        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
-                        if last.len() == TAIL_LINES {
-                            last.pop_front();
-                        }
-                        last.push_back(line.clone());
+        let (drained, kept, noise) = (Arc::clone(&reader), Arc::clone(&last), self.noise);
+        // At EOF duct reaps the child; then the thread ends and `tx` hangs up.
+        std::thread::spawn(move || {
+            for line in BufReader::new(&*drained).split(b'\n') {
+                let Ok(line) = line else { break };
+                let line = String::from_utf8_lossy(&line)
+                    .trim_end_matches('\r')
+                    .to_string();
+                if !noise.is_some_and(|is_noise| is_noise(&line)) {
+                    let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                    if kept.len() == TAIL_LINES {
+                        kept.pop_front();
                     }
-                    // The receiver may be gone; keep draining regardless.
-                    let _ = tx.send(line);
+                    kept.push_back(line.clone());
                 }
-            })
-        };
+                // The receiver may be gone; keep draining regardless.
+                let _ = tx.send(line);
+            }
+        });
         Ok(Running {
             reader,
             last,
             lines: rx,
-            drain: Some(drain),
         })
     }
 }
@@ -301,7 +275,6 @@ pub struct Running {
     reader: Arc<duct::ReaderHandle>,
     last: Arc<Mutex<VecDeque<String>>>,
     lines: mpsc::Receiver<String>,
-    drain: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
@@ -314,16 +287,12 @@ impl Running {
         }
     }
 
-    /// How the child ended (`exit 1`, `killed by signal 13`), or `None`
-    /// while it runs.
+    /// How the child ended (`exit 1`, `killed by signal 13`), or `None` while it runs.
     pub fn exit_status(&self) -> Option<String> {
-        match self.reader.try_wait() {
-            Ok(Some(out)) => Some(exit_text(out.status)),
-            _ => None,
-        }
+        let out = self.reader.try_wait().ok().flatten();
+        out.map(|out| exit_text(out.status))
     }
 
-    /// Whether the child is still running.
     pub fn is_running(&self) -> bool {
         matches!(self.reader.try_wait(), Ok(None))
     }
@@ -331,35 +300,15 @@ impl Running {
     /// The last lines the child wrote (stdout and stderr), oldest first.
     pub fn last_lines(&self) -> String {
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_empty() {
-            return "no output".to_string();
-        }
-        last.iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .join("\n  ")
+        tail(&Vec::from(last.clone()).join("\n"), TAIL_LINES)
     }
 
-    /// The child's pid(s).
-    #[cfg(test)]
-    fn pids(&self) -> Vec<u32> {
-        self.reader.pids()
-    }
-
-    /// Stops the child and waits for the drain thread.
+    /// Kills the child and waits until every line is read and the child
+    /// reaped: 2 s at most, as a grandchild may hold the pipe open.
     pub fn stop(&mut self) {
         let _ = self.reader.kill();
-        // The drain thread reaps the child at EOF. A grandchild that kept
-        // the pipe open would hold it up: wait briefly, never forever.
-        if let Some(drain) = self.drain.take() {
-            let until = Instant::now() + Duration::from_secs(2);
-            while !drain.is_finished() && Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if drain.is_finished() {
-                let _ = drain.join();
-            }
-        }
+        let until = Instant::now() + Duration::from_secs(2);
+        while let Next::Line(_) = self.next_line(until.saturating_duration_since(Instant::now())) {}
     }
 }
 
@@ -405,85 +354,78 @@ fn die_with_parent(cmd: &mut std::process::Command) -> std::io::Result<()> {
 /// How a child ended, for messages: `exit 3`, `killed by signal 9`.
 pub(crate) fn exit_text(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit {code}"),
-        (None, Some(sig)) => format!("killed by signal {sig}"),
-        _ => "unknown status".to_string(),
+    match status.code() {
+        Some(code) => format!("exit {code}"),
+        None => format!("killed by signal {}", status.signal().unwrap_or(0)),
     }
 }
 
 /// The last `n` non-empty lines of `text`, joined for one message.
 pub fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::trim_end)
+        .collect();
     if lines.is_empty() {
         return "no output".to_string();
     }
-    lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|l| l.trim_end())
-        .collect::<Vec<_>>()
-        .join("\n  ")
+    lines[lines.len().saturating_sub(n)..].join("\n  ")
 }
 
 /// Keeps a command that changes state (a seed that writes, `migrate`,
 /// `rollback`) running to its end and its real exit code when its output
 /// loses its reader: `| head` closed the pipe, or the terminal was closed.
 ///
-/// SIGHUP is ignored; children inherit that, so a `helmfile sync` under
-/// way finishes too (their PR_SET_PDEATHSIG is untouched). Standard output
-/// and error are moved onto a pipe of ours: a thread copies what arrives to
-/// where they pointed and, once that fails, drops the rest, so `println!`
-/// never meets a closed pipe (it would panic). Two descriptors on the same
-/// file (a terminal, `2>&1`) share one pipe, which keeps their order.
-/// Dropping it puts both back and lets the copiers finish.
+/// SIGHUP is ignored; children inherit that, so a `helmfile sync` under way
+/// finishes too (their PR_SET_PDEATHSIG is untouched). Standard output and
+/// error are moved onto a pipe of ours whose thread copies to where they
+/// pointed and, once that fails, drops the rest, so `println!` never meets a
+/// closed pipe (it would panic). Both on one file (a terminal, `2>&1`) share
+/// one pipe, which keeps their order. Dropping it puts both back.
 pub struct FinishRegardless {
     copies: Vec<Copier>,
 }
 
-/// One destination: the descriptors moved onto our pipe, where they
-/// pointed, and the thread copying to it.
+/// The descriptors moved onto one pipe, the file they pointed to, and the
+/// thread copying there.
 struct Copier {
     fds: Vec<i32>,
-    original: std::os::fd::OwnedFd,
-    thread: Option<std::thread::JoinHandle<()>>,
+    original: File,
+    thread: std::thread::JoinHandle<()>,
 }
 
 /// Whether standard error was a terminal before [`finish_regardless`]
 /// moved it onto a pipe.
-static STDERR_TERMINAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static STDERR_TERMINAL: AtomicBool = AtomicBool::new(false);
 
 /// Starts [`FinishRegardless`] for the rest of the command.
 pub fn finish_regardless() -> FinishRegardless {
-    use std::io::IsTerminal;
     use std::os::unix::fs::MetadataExt;
     // SAFETY: SIG_IGN installs no handler; nothing runs in signal context.
-    unsafe {
-        libc::signal(libc::SIGHUP, libc::SIG_IGN);
-    }
-    STDERR_TERMINAL.store(
-        std::io::stderr().is_terminal(),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    let _ = std::io::Write::flush(&mut std::io::stdout());
-    // Which file each descriptor is, before any of them moves.
-    let mut groups: Vec<((u64, u64), Vec<i32>, std::os::fd::OwnedFd)> = Vec::new();
-    for fd in [1, 2] {
-        let Some(original) = duplicate(fd) else {
-            continue;
-        };
-        let meta = original.try_clone().map(std::fs::File::from);
-        let Ok(meta) = meta.and_then(|f| f.metadata()) else {
-            continue;
-        };
-        let id = (meta.dev(), meta.ino());
-        match groups.iter_mut().find(|(g, _, _)| *g == id) {
-            Some((_, fds, _)) => fds.push(fd),
-            None => groups.push((id, vec![fd], original)),
-        }
-    }
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    STDERR_TERMINAL.store(std::io::stderr().is_terminal(), Ordering::Relaxed);
+    let _ = std::io::stdout().flush();
+    // Which file each descriptor is, before either moves (a closed one stays).
+    let out = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(File::from);
+    let err = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(File::from);
+    let id = |f: &File| f.metadata().ok().map(|m| (m.dev(), m.ino()));
+    let groups: Vec<(Vec<i32>, File)> = match (out, err) {
+        (Ok(out), Ok(err)) if id(&out).is_some() && id(&out) == id(&err) => vec![(vec![1, 2], out)],
+        (out, err) => [(1, out), (2, err)]
+            .into_iter()
+            .filter_map(|(fd, file)| Some((vec![fd], file.ok()?)))
+            .collect(),
+    };
     let copies = groups
         .into_iter()
-        .filter_map(|(_, fds, original)| Copier::start(fds, original).ok())
+        .filter_map(|(fds, original)| Copier::start(fds, original).ok())
         .collect();
     FinishRegardless { copies }
 }
@@ -491,84 +433,48 @@ pub fn finish_regardless() -> FinishRegardless {
 /// Whether standard error is (or, under [`finish_regardless`], was) a
 /// terminal: for progress lines.
 pub fn stderr_is_terminal() -> bool {
-    use std::io::IsTerminal;
-    STDERR_TERMINAL.load(std::sync::atomic::Ordering::Relaxed) || std::io::stderr().is_terminal()
-}
-
-/// A close-on-exec duplicate of descriptor `fd`, if it is open.
-fn duplicate(fd: i32) -> Option<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: fcntl duplicates `fd` or fails (it is closed); the new
-    // descriptor is ours alone, so OwnedFd may close it.
-    unsafe {
-        let new = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3);
-        (new >= 0).then(|| std::os::fd::OwnedFd::from_raw_fd(new))
-    }
+    STDERR_TERMINAL.load(Ordering::Relaxed) || std::io::stderr().is_terminal()
 }
 
 impl Copier {
-    fn start(fds: Vec<i32>, original: std::os::fd::OwnedFd) -> std::io::Result<Copier> {
-        use std::os::fd::AsRawFd;
-        let destination = std::fs::File::from(original.try_clone()?);
-        let (reader, writer) = std::io::pipe()?;
+    fn start(fds: Vec<i32>, original: File) -> std::io::Result<Copier> {
+        let (mut from, writer) = std::io::pipe()?;
+        let mut to = original.try_clone()?;
         let thread = std::thread::Builder::new()
             .name("output".into())
-            .spawn(move || copy_until_closed(reader, destination))?;
-        let mut moved = Vec::new();
-        for fd in fds {
-            // SAFETY: dup2 onto a standard descriptor we own; on failure it
-            // keeps pointing where it did.
-            if unsafe { libc::dup2(writer.as_raw_fd(), fd) } >= 0 {
-                moved.push(fd);
-            }
-        }
+            .spawn(move || {
+                // Once the reader of `to` is gone, read and drop the rest.
+                if std::io::copy(&mut from, &mut to).is_err() {
+                    let _ = std::io::copy(&mut from, &mut std::io::sink());
+                }
+            })?;
+        // SAFETY: dup2 onto a standard descriptor of ours; on failure it
+        // keeps pointing where it did.
+        let moved = |fd: &i32| unsafe { libc::dup2(writer.as_raw_fd(), *fd) } >= 0;
+        let fds = fds.into_iter().filter(moved).collect();
         Ok(Copier {
-            fds: moved,
+            fds,
             original,
-            thread: Some(thread),
+            thread,
         })
-    }
-}
-
-/// Copies `from` to `to` until every writer has closed the pipe; after the
-/// first failed write (the reader of `to` is gone), reads and drops.
-fn copy_until_closed(mut from: std::io::PipeReader, mut to: std::fs::File) {
-    use std::io::{Read, Write};
-    let mut buf = [0u8; 8192];
-    let mut open = true;
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => open = open && to.write_all(&buf[..n]).is_ok(),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return,
-        }
     }
 }
 
 impl Drop for FinishRegardless {
     fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let _ = std::io::stdout().flush();
         for copier in &self.copies {
             for fd in &copier.fds {
                 // SAFETY: puts the standard descriptor back where it pointed,
                 // which closes our pipe's write end there.
-                unsafe {
-                    libc::dup2(copier.original.as_raw_fd(), *fd);
-                }
+                unsafe { libc::dup2(copier.original.as_raw_fd(), *fd) };
             }
         }
         // A child that inherited the pipe could hold it open: wait 2 s at most.
         let until = Instant::now() + Duration::from_secs(2);
-        for copier in &mut self.copies {
-            if let Some(thread) = copier.thread.take() {
-                while !thread.is_finished() && Instant::now() < until {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                if thread.is_finished() {
-                    let _ = thread.join();
-                }
+        for copier in &self.copies {
+            while !copier.thread.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
             }
         }
     }
@@ -579,63 +485,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_explicit_token_reaches_the_child_and_no_other_does() {
+    fn run_returns_stdout_and_fails_with_stderr_only() {
         let out = Tool::new("sh")
-            .args(["-c", "echo \"${VAULT_TOKEN-unset} ${BAO_TOKEN-unset}\""])
+            .args([
+                "-c",
+                "cat; echo \" ${VAULT_TOKEN-unset} ${BAO_TOKEN-unset}\"",
+            ])
             .env("VAULT_TOKEN", "given")
+            .stdin(b"on stdin".to_vec())
             .run()
             .unwrap();
-        assert_eq!(out.trim(), "given unset");
-    }
-
-    #[test]
-    fn run_returns_stdout_and_fails_with_the_tools_words() {
-        let out = Tool::new("sh").args(["-c", "echo hi"]).run().unwrap();
-        assert_eq!(out, "hi\n");
+        assert_eq!(out, "on stdin given unset\n", "explicit token only");
+        // Some children print what they read on stdout: a failure never repeats it.
         let err = Tool::new("sh")
-            .args(["-c", "echo first >&2; echo boom >&2; exit 3"])
-            .run()
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("exit 3"), "{err}");
-        assert!(err.contains("first\n  boom"), "{err}");
-    }
-
-    #[test]
-    fn a_failure_never_quotes_stdout() {
-        // Some children print what they read on stdout (kubectl config view
-        // --raw, az keyvault secret show): a failure must not repeat it.
-        let err = Tool::new("sh")
-            .args(["-c", "echo \"$V\"; exit 1"])
+            .args(["-c", "echo \"$V\"; echo first >&2; echo boom >&2; exit 3"])
             .env("V", "canary-on-stdout")
             .run()
             .unwrap_err()
             .to_string();
+        assert!(err.contains("(exit 3): first\n  boom"), "{err}");
         assert!(!err.contains("canary-on-stdout"), "{err}");
-        assert!(err.contains("exit 1"), "{err}");
     }
 
     #[test]
-    fn stdin_reaches_the_child_and_not_its_argv() {
-        let out = Tool::new("sh")
-            .args(["-c", "cat"])
-            .stdin(b"on stdin".to_vec())
-            .run()
-            .unwrap();
-        assert_eq!(out, "on stdin");
-    }
-
-    #[test]
-    fn a_call_past_its_deadline_is_killed() {
+    fn a_call_past_its_deadline_is_killed_and_quotes_only_its_stderr() {
         let start = Instant::now();
-        let err = Tool::new("sleep")
-            .arg("30")
-            .deadline(Duration::from_millis(200))
+        let err = Tool::new("sh")
+            .args([
+                "-c",
+                "echo \"$V\"; echo waiting for the lock >&2; exec sleep 30",
+            ])
+            .env("V", "canary-on-stdout")
+            .deadline(Duration::from_millis(300))
+            .timeout_hint("raise helmfile.sync_timeout_secs")
             .output()
             .unwrap_err()
             .to_string();
         assert!(start.elapsed() < Duration::from_secs(5));
-        assert!(err.contains("did not finish within"), "{err}");
+        assert!(err.contains("did not finish within 0.3 s"), "{err}");
+        assert!(err.contains("waiting for the lock"), "{err}");
+        assert!(err.contains("raise helmfile.sync_timeout_secs"), "{err}");
+        assert!(!err.contains("canary-on-stdout"), "{err}");
+        assert_eq!(seconds(Duration::from_secs(600)), "600 s");
     }
 
     #[test]
@@ -651,22 +542,16 @@ mod tests {
 
     #[test]
     fn a_spawned_child_is_drained_for_its_whole_life_and_killed_on_drop() {
-        // Writes about 120 KiB at once, more than a pipe holds (64 KiB on
-        // Linux), then a marker, then a line every 5 ms: if nobody drained
-        // the pipe, the writes would block before the marker (or, with the
-        // pipe closed, kill the child).
+        // About 120 KiB at once, more than a pipe holds (64 KiB), then a
+        // marker, then a line every 5 ms: undrained, the writes would block.
         let running = Tool::new("sh")
             .args([
                 "-c",
-                "echo ready; yes 0123456789012345678901234567890123456789 | head -n 3000; \
+                "yes 0123456789012345678901234567890123456789 | head -n 3000; \
                  echo marker; i=0; while :; do echo line $i; i=$((i+1)); sleep 0.005; done",
             ])
             .spawn()
             .unwrap();
-        assert_eq!(
-            running.next_line(Duration::from_secs(5)),
-            Next::Line("ready".to_string())
-        );
         let mut bytes = 0;
         loop {
             match running.next_line(Duration::from_secs(5)) {
@@ -676,125 +561,38 @@ mod tests {
             }
         }
         assert!(bytes > 64 * 1024, "only {bytes} bytes before the marker");
-        assert!(
-            running.is_running(),
-            "the child ended before its marker was read"
-        );
         std::thread::sleep(Duration::from_millis(300));
         assert!(running.is_running());
         assert!(running.last_lines().contains("line "));
-        let pid = running.pids()[0];
+        let pid = running.reader.pids()[0];
         drop(running);
         assert!(
-            !std::path::Path::new(&format!("/proc/{pid}")).exists()
-                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .is_ok_and(|s| s.contains(") Z ")),
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
             "the child outlived its handle"
         );
     }
 
     #[test]
-    fn a_call_past_its_deadline_says_what_it_said_and_how_to_give_it_longer() {
-        let err = Tool::new("sh")
-            .args(["-c", "echo waiting for the lock >&2; exec sleep 30"])
-            .deadline(Duration::from_millis(300))
-            .timeout_hint("raise helmfile.sync_timeout_secs")
-            .output()
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("did not finish within 0.3 s"), "{err}");
-        assert!(err.contains("waiting for the lock"), "{err}");
-        assert!(err.contains("raise helmfile.sync_timeout_secs"), "{err}");
-    }
-
-    #[test]
-    fn a_call_past_its_deadline_never_quotes_stdout() {
-        // A child that printed a value on stdout and then hung: the timeout
-        // message quotes its stderr, never what it printed.
-        let err = Tool::new("sh")
-            .args(["-c", "echo \"$V\"; echo stuck on stderr >&2; exec sleep 30"])
-            .env("V", "canary-on-stdout")
-            .deadline(Duration::from_millis(300))
-            .output()
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("did not finish within"), "{err}");
-        assert!(!err.contains("canary-on-stdout"), "{err}");
-        assert!(err.contains("stuck on stderr"), "{err}");
-    }
-
-    #[test]
-    fn a_spawned_child_reports_its_lines_its_end_and_its_exit() {
-        let running = Tool::new("sh")
-            .args(["-c", "echo one; echo two >&2; sleep 0.2; exit 4"])
-            .spawn()
-            .unwrap();
-        let mut lines = Vec::new();
-        loop {
-            match running.next_line(Duration::from_secs(5)) {
-                Next::Line(l) => lines.push(l),
-                Next::Quiet => panic!("no end within 5 s"),
-                Next::Ended => break,
-            }
-        }
-        lines.sort();
-        assert_eq!(lines, ["one", "two"]);
-        assert_eq!(running.exit_status().as_deref(), Some("exit 4"));
-        assert!(!running.is_running());
-        assert_eq!(running.last_lines().lines().count(), 2);
-    }
-
-    #[test]
-    fn noise_reaches_the_reader_but_is_not_kept_for_messages() {
+    fn a_spawned_child_reports_its_lines_its_quiet_its_end_and_its_exit() {
         let running = Tool::new("sh")
             .args([
                 "-c",
-                "echo kept one; echo noise 1; echo kept two; echo noise 2",
+                "echo one; echo noise 1; echo two >&2; sleep 1; exit 4",
             ])
             .noise(|line| line.starts_with("noise"))
             .spawn()
             .unwrap();
-        let mut lines = Vec::new();
-        while let Next::Line(l) = running.next_line(Duration::from_secs(5)) {
-            lines.push(l);
-        }
-        assert_eq!(lines, ["kept one", "noise 1", "kept two", "noise 2"]);
-        assert_eq!(running.last_lines(), "kept one\n  kept two");
-    }
-
-    #[test]
-    fn a_quiet_child_is_quiet_not_ended() {
-        let running = Tool::new("sleep").arg("30").spawn().unwrap();
+        let lines: Vec<Next> = (0..3)
+            .map(|_| running.next_line(Duration::from_secs(5)))
+            .collect();
+        assert_eq!(
+            lines,
+            ["one", "noise 1", "two"].map(|l| Next::Line(l.into()))
+        );
         assert_eq!(running.next_line(Duration::from_millis(100)), Next::Quiet);
         assert_eq!(running.exit_status(), None);
-    }
-
-    #[test]
-    fn deadlines_read_as_seconds() {
-        assert_eq!(seconds(Duration::from_secs(600)), "600 s");
-        assert_eq!(seconds(Duration::from_millis(1500)), "1.5 s");
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn a_child_that_dies_with_its_parent_goes_when_the_starting_thread_ends() {
-        let start = |die: bool| {
-            std::thread::spawn(move || {
-                let tool = Tool::new("sleep").arg("30");
-                let tool = if die { tool.die_with_parent() } else { tool };
-                tool.spawn().unwrap()
-            })
-            .join()
-            .unwrap()
-        };
-        // Held here, never dropped while we look: only the kernel can stop it.
-        let bound = start(true);
-        let free = start(false);
-        let until = Instant::now() + Duration::from_secs(5);
-        while bound.is_running() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(bound.exit_status().as_deref(), Some("killed by signal 15"));
-        assert!(free.is_running(), "without it, the child stays");
+        assert_eq!(running.next_line(Duration::from_secs(5)), Next::Ended);
+        assert_eq!(running.exit_status().as_deref(), Some("exit 4"));
+        assert_eq!(running.last_lines(), "one\n  two", "noise is not kept");
     }
 }

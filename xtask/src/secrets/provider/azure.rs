@@ -1,22 +1,21 @@
 //! Azure Key Vault through the `az` CLI: legacy and parity. Values travel in
 //! 0600 temp files (`--file`), never in argv. The seed's stamp is two tags:
 //! `managed-by` and `fixture-hmac`, a keyed digest of the value, which
-//! reaches `az` in a file too (`fixture-hmac=@<file>`: az reads an argument
-//! `name=@path` from the file). Its key is the secret [`KEY_NAME`], which
-//! only those who may get values can read; whoever may only list sees tags.
+//! reaches `az` in a file too (az reads an argument `name=@path` from the
+//! file). Its key is the secret [`KEY_NAME`], which only those who may get
+//! values can read; whoever may only list sees tags.
 //!
-//! Each secret is stored as the JSON document `{"value": "..."}`, as in
-//! Vault: charts read `remoteRef.property: value`, and ESO's Azure provider
-//! looks a property up as a JSON path in the secret's value. A bare value
-//! (what the legacy script wrote) would fail every such ExternalSecret.
+//! Each secret is the JSON document `{"value": "..."}`, as in Vault: ESO's
+//! Azure provider looks `remoteRef.property: value` up as a JSON path in the
+//! secret's value, so a bare value (the legacy script's) fails every lookup.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::{Current, DigestKey, Outcome, SecretProvider, Stamp, Write, MANAGED_BY};
 use crate::fsutil::{sha256_hex, PrivateTempFile};
@@ -25,17 +24,18 @@ use crate::secrets::config::Config;
 use crate::secrets::provider::vault_http::backoff;
 
 /// The secret that holds the key of the digests in the tags (as JSON, like
-/// Vault's record entry). Key Vault names allow no underscore, so unlike
-/// Vault's `_cargo-xtask-secrets` it could be a fixture's name: such a
-/// fixture is refused. Listings leave it out.
+/// Vault's record entry). Key Vault names allow no underscore, so it could
+/// be a fixture's name: such a fixture is refused. Listings leave it out.
 pub const KEY_NAME: &str = "cargo-xtask-secrets-key";
+
+/// How long one `az` call may take (a token refresh can add to a few seconds).
+const AZ_DEADLINE: Duration = Duration::from_secs(120);
 
 pub struct AzureProvider {
     vault_name: String,
     concurrency: usize,
     retries: u32,
-    /// The digests' key, as [`SecretProvider::read`] found it (or the first
-    /// write made it).
+    /// The digests' key, as `read` found it (or the first write made it).
     key: Option<DigestKey>,
     /// [`KEY_NAME`] exists but is not the seed's: never overwritten.
     key_foreign: bool,
@@ -78,14 +78,23 @@ impl AzureProvider {
         })
     }
 
-    fn az(&self, args: &[&str]) -> Result<Output> {
+    /// `az keyvault secret <verb> --vault-name <vault> <args>`, retried while throttled.
+    fn az(&self, verb: &str, args: &[&str]) -> Result<Output> {
+        let tool = Tool::new("az")
+            .args(["keyvault", "secret", verb, "--vault-name", &self.vault_name])
+            .args(args)
+            .deadline(AZ_DEADLINE)
+            .install_hint(
+                "install the Azure CLI (https://learn.microsoft.com/cli/azure/install-azure-cli) and run `az login`",
+            )
+            .timeout_hint("Is Azure reachable from here? `az account show` checks your login.");
         let mut attempt = 0;
         loop {
-            let out = az_tool(args).output()?;
+            let out = tool.output()?;
             let stderr = String::from_utf8_lossy(&out.stderr).to_ascii_lowercase();
-            let throttled = stderr.contains("429")
-                || stderr.contains("too many requests")
-                || stderr.contains("throttl");
+            let throttled = ["429", "too many requests", "throttl"]
+                .iter()
+                .any(|s| stderr.contains(s));
             if out.status.success() || !throttled || attempt >= self.retries {
                 return Ok(out);
             }
@@ -94,33 +103,50 @@ impl AzureProvider {
         }
     }
 
+    /// Sets `name` to the JSON `document`, through a private file, with `tags`.
+    fn set_document(&self, name: &str, document: &str, tags: &[&str]) -> Result<Output> {
+        let file = PrivateTempFile::new(document.as_bytes())?;
+        let path = file.path().to_string_lossy().to_string();
+        let mut args = vec!["--name", name, "--file", &path, "--encoding", "utf-8"];
+        args.extend([
+            "--content-type",
+            "application/json",
+            "--output",
+            "none",
+            "--tags",
+        ]);
+        args.extend(tags);
+        self.az("set", &args)
+    }
+
     /// The stored text of `name` and its tags; `None` when there is no such secret.
     fn show_raw(&self, name: &str) -> Result<Option<(String, Value)>> {
-        let out = self.az(&[
-            "keyvault",
-            "secret",
-            "show",
-            "--vault-name",
-            &self.vault_name,
-            "--name",
-            name,
-            "--output",
-            "json",
-        ])?;
+        let out = self.az("show", &["--name", name, "--output", "json"])?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             if stderr.contains("SecretNotFound") || stderr.contains("was not found") {
                 return Ok(None);
             }
-            bail!(
-                "`az keyvault secret show --name {name}` failed: {}",
-                az_hint(&stderr)
-            );
+            bail!(failed(
+                &format!("az keyvault secret show --name {name}"),
+                &out
+            ));
         }
         let mut body: Value = serde_json::from_slice(&out.stdout)
             .context("`az keyvault secret show` printed no JSON")?;
         let stored = body["value"].as_str().unwrap_or_default().to_string();
         Ok(Some((stored, body["tags"].take())))
+    }
+
+    /// Every secret's name, the seed's key among them.
+    fn list_all(&self) -> Result<Vec<String>> {
+        let out = self.az("list", &["--query", "[].name", "--output", "json"])?;
+        if !out.status.success() {
+            let call = format!("az keyvault secret list --vault-name {}", self.vault_name);
+            bail!(failed(&call, &out));
+        }
+        serde_json::from_slice(&out.stdout)
+            .context("`az keyvault secret list` printed no JSON list of names")
     }
 
     /// The digests' key: what [`KEY_NAME`] holds, made first if it is missing.
@@ -137,141 +163,72 @@ impl AzureProvider {
             self.key = parse_key(&stored);
             self.key_foreign = self.key.is_none();
         }
-        if let Some(key) = &self.key {
-            return Ok(key.clone());
+        if self.key.is_none() {
+            if self.key_foreign {
+                bail!(
+                    "Azure Key Vault {} holds a secret {KEY_NAME} that the seed did not write (the seed keeps the \
+                     key of the digests in its tags there). Rename or delete that secret, then re-run; nothing was \
+                     written.",
+                    self.vault_name
+                );
+            }
+            let entry = DigestKey::generate()?.entry().to_string();
+            let out =
+                self.set_document(KEY_NAME, &entry, &[&format!("managed-by={MANAGED_BY}")])?;
+            if !out.status.success() {
+                bail!(
+                    "{} (the key of the digests the seed tags values with); nothing was written",
+                    failed(&format!("az keyvault secret set --name {KEY_NAME}"), &out)
+                );
+            }
+            let stored = self.show_raw(KEY_NAME)?;
+            self.key = stored.and_then(|(stored, _)| parse_key(&stored));
         }
-        if self.key_foreign {
-            bail!(
-                "Azure Key Vault {} holds a secret {KEY_NAME} that the seed did not write (the seed keeps the key of \
-                 the digests in its tags there). Rename or delete that secret, then re-run; nothing was written.",
-                self.vault_name
-            );
-        }
-        let entry = DigestKey::generate()?.entry().to_string();
-        let file = PrivateTempFile::new(entry.as_bytes())?;
-        let path = file.path().to_string_lossy().to_string();
-        let managed_by = format!("managed-by={MANAGED_BY}");
-        let out = self.az(&[
-            "keyvault",
-            "secret",
-            "set",
-            "--vault-name",
-            &self.vault_name,
-            "--name",
-            KEY_NAME,
-            "--file",
-            &path,
-            "--encoding",
-            "utf-8",
-            "--content-type",
-            "application/json",
-            "--tags",
-            &managed_by,
-            "--output",
-            "none",
-        ])?;
-        if !out.status.success() {
-            bail!(
-                "`az keyvault secret set --name {KEY_NAME}` (the key of the digests the seed tags values with) \
-                 failed: {}; nothing was written",
-                az_hint(&String::from_utf8_lossy(&out.stderr))
-            );
-        }
-        let stored = self.show_raw(KEY_NAME)?.map(|(stored, _)| stored);
-        let key = stored.as_deref().and_then(parse_key).with_context(|| {
+        self.key.clone().with_context(|| {
             format!(
                 "{KEY_NAME} in Azure Key Vault {} did not read back as the seed's key; re-run",
                 self.vault_name
             )
-        })?;
-        self.key = Some(key.clone());
-        Ok(key)
+        })
     }
 
     fn set(&self, key: &DigestKey, w: &Write<'_>) -> Outcome {
-        // The digest is not a value, but derived from one: in a file too.
-        let digest = match PrivateTempFile::new(key.digest(w.name, w.value).as_bytes()) {
-            Ok(f) => f,
-            Err(e) => return Outcome::Failed(format!("{e:#}")),
-        };
-        let tags = [
-            format!("managed-by={MANAGED_BY}"),
-            format!("fixture-hmac=@{}", digest.path().display()),
-        ];
-        let result = if w.metadata_only {
-            self.az(&[
-                "keyvault",
-                "secret",
-                "set-attributes",
-                "--vault-name",
-                &self.vault_name,
-                "--name",
-                w.name,
-                "--tags",
-                &tags[0],
-                &tags[1],
-                "--output",
-                "none",
-            ])
-        } else {
-            let document = serde_json::json!({ "value": w.value }).to_string();
-            let file = match PrivateTempFile::new(document.as_bytes()) {
-                Ok(f) => f,
-                Err(e) => return Outcome::Failed(format!("{e:#}")),
-            };
-            let path = file.path().to_string_lossy().to_string();
-            self.az(&[
-                "keyvault",
-                "secret",
-                "set",
-                "--vault-name",
-                &self.vault_name,
-                "--name",
-                w.name,
-                "--file",
-                &path,
-                "--encoding",
-                "utf-8",
-                "--content-type",
-                "application/json",
-                "--tags",
-                &tags[0],
-                &tags[1],
-                "--output",
-                "none",
-            ])
-        };
-        match result {
+        match self.try_set(key, w) {
             Ok(out) if out.status.success() => Outcome::Written,
-            Ok(out) => Outcome::Failed(format!(
-                "`az keyvault secret set --name {}` failed: {}",
-                w.name,
-                az_hint(&String::from_utf8_lossy(&out.stderr))
+            Ok(out) => Outcome::Failed(failed(
+                &format!("az keyvault secret set --name {}", w.name),
+                &out,
             )),
             Err(e) => Outcome::Failed(format!("{e:#}")),
         }
     }
 
-    /// Runs `f` over `items` on a few threads.
-    fn parallel<T: Sync, R: Send>(&self, items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-        crate::pool::bounded(items.iter().collect(), self.concurrency, f)
+    fn try_set(&self, key: &DigestKey, w: &Write<'_>) -> Result<Output> {
+        // The digest is not a value, but derived from one: in a file too.
+        let digest = PrivateTempFile::new(key.digest(w.name, w.value).as_bytes())?;
+        let managed_by = format!("managed-by={MANAGED_BY}");
+        let hmac = format!("fixture-hmac=@{}", digest.path().display());
+        let tags = [managed_by.as_str(), hmac.as_str()];
+        if w.metadata_only {
+            let args = [
+                "--name", w.name, "--output", "none", "--tags", tags[0], tags[1],
+            ];
+            return self.az("set-attributes", &args);
+        }
+        self.set_document(w.name, &json!({ "value": w.value }).to_string(), &tags)
     }
 }
 
 /// What a stored secret holds: the checksum of a JSON document's string
-/// `value`, or else the checksum of the stored text as a bare value (what
-/// the legacy script wrote, a JSON document among them); and what its tags
-/// say the seed wrote there, verified with `key`.
+/// `value`, or else of the stored text as a bare value (what the legacy
+/// script wrote); and what its tags say the seed wrote there.
 fn current_of(name: &str, stored: &str, tags: &Value, key: Option<&DigestKey>) -> Current {
     let doc = serde_json::from_str::<Value>(stored).ok();
     let properties = match &doc {
         Some(Value::Object(map)) => map.keys().cloned().collect(),
         _ => Vec::new(),
     };
-    let value = doc
-        .as_ref()
-        .and_then(|d| d.get("value"))
-        .and_then(Value::as_str);
+    let value = doc.as_ref().and_then(|d| d["value"].as_str());
     let sha256 = sha256_hex(value.unwrap_or(stored).as_bytes());
     let (seeded_sha256, stamp_stale) = match Stamp::read(tags) {
         Some(stamp) => stamp.judge(key, name, value.unwrap_or(stored), &sha256),
@@ -291,36 +248,18 @@ fn current_of(name: &str, stored: &str, tags: &Value, key: Option<&DigestKey>) -
     }
 }
 
-/// How long one `az` call may take (a Key Vault call is a few seconds; a
-/// token refresh can add more).
-const AZ_DEADLINE: Duration = Duration::from_secs(120);
-
-/// One `az` call: its deadline, and no Vault token in its environment.
-fn az_tool(args: &[&str]) -> Tool {
-    Tool::new("az")
-        .args(args)
-        .deadline(AZ_DEADLINE)
-        .install_hint(
-            "install the Azure CLI (https://learn.microsoft.com/cli/azure/install-azure-cli) and run `az login`",
-        )
-        .timeout_hint("Is Azure reachable from here? `az account show` checks your login.")
-}
-
-/// The first line of az's error, with the usual fix.
-fn az_hint(stderr: &str) -> String {
-    let first = stderr
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("no output")
-        .trim()
-        .to_string();
-    if stderr.contains("az login") {
-        format!("{first} (run `az login`)")
+/// "`<call>` failed: " az's first line, with the usual fix.
+fn failed(call: &str, out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = stderr.lines().map(str::trim).find(|l| !l.is_empty());
+    let fix = if stderr.contains("az login") {
+        " (run `az login`)"
     } else if stderr.contains("Forbidden") || stderr.contains("does not have secrets") {
-        format!("{first} (your identity lacks secret get/set permission on this vault)")
+        " (your identity lacks secret get/set permission on this vault)"
     } else {
-        first
-    }
+        ""
+    };
+    format!("`{call}` failed: {}{fix}", first.unwrap_or("no output"))
 }
 
 /// The shared (non-local) environment whose values name this vault, if any.
@@ -345,37 +284,27 @@ impl SecretProvider for AzureProvider {
 
     fn read(&mut self, names: &[String]) -> Result<BTreeMap<String, Option<Current>>> {
         refuse_key_name(names)?;
-        let existing: std::collections::HashSet<String> = self.list_all()?.into_iter().collect();
-        // The key is read with the entries, not before them: one more call
-        // in the same parallel batch.
-        let mut present: Vec<&str> = names
-            .iter()
-            .map(String::as_str)
+        let existing: HashSet<String> = self.list_all()?.into_iter().collect();
+        // The key is read with the entries: one more call in the same batch.
+        let present: Vec<&str> = (names.iter().map(String::as_str))
+            .chain([KEY_NAME])
             .filter(|n| existing.contains(*n))
             .collect();
-        present.push(KEY_NAME);
-        let shown = self.parallel(&present, |n| match existing.contains(*n) {
-            true => self.show_raw(n),
-            false => Ok(None),
-        });
+        let shown = crate::pool::bounded(present.clone(), self.concurrency, |n| self.show_raw(n));
         let mut stored = BTreeMap::new();
-        for (name, s) in present.into_iter().zip(shown) {
-            stored.insert(name, s?);
+        for (name, shown) in present.into_iter().zip(shown) {
+            if let Some(s) = shown? {
+                stored.insert(name, s);
+            }
         }
-        let key_entry = stored.remove(KEY_NAME).flatten();
+        let key_entry = stored.remove(KEY_NAME);
         self.key = key_entry.as_ref().and_then(|(s, _)| parse_key(s));
         self.key_foreign = key_entry.is_some() && self.key.is_none();
-        let key = self.key.as_ref();
-        Ok(names
-            .iter()
-            .map(|n| {
-                let cur = stored
-                    .get(n.as_str())
-                    .and_then(Option::as_ref)
-                    .map(|(s, tags)| current_of(n, s, tags, key));
-                (n.clone(), cur)
-            })
-            .collect())
+        let current = |n: &String| {
+            let (s, tags) = stored.get(n.as_str())?;
+            Some(current_of(n, s, tags, self.key.as_ref()))
+        };
+        Ok(names.iter().map(|n| (n.clone(), current(n))).collect())
     }
 
     fn write(&mut self, writes: &[Write<'_>]) -> Result<Vec<(String, Outcome)>> {
@@ -385,12 +314,10 @@ impl SecretProvider for AzureProvider {
         let names: Vec<String> = writes.iter().map(|w| w.name.to_string()).collect();
         refuse_key_name(&names)?;
         let key = self.ensure_key()?;
-        let outcomes = self.parallel(writes, |w| self.set(&key, w));
-        Ok(writes
-            .iter()
-            .map(|w| w.name.to_string())
-            .zip(outcomes)
-            .collect())
+        let outcomes = crate::pool::bounded(writes.iter().collect(), self.concurrency, |w| {
+            self.set(&key, w)
+        });
+        Ok(names.into_iter().zip(outcomes).collect())
     }
 
     fn list(&mut self) -> Result<Vec<String>> {
@@ -416,45 +343,18 @@ fn refuse_key_name(names: &[String]) -> Result<()> {
     Ok(())
 }
 
-impl AzureProvider {
-    /// Every secret's name, the seed's key among them.
-    fn list_all(&self) -> Result<Vec<String>> {
-        let out = self.az(&[
-            "keyvault",
-            "secret",
-            "list",
-            "--vault-name",
-            &self.vault_name,
-            "--query",
-            "[].name",
-            "--output",
-            "json",
-        ])?;
-        if !out.status.success() {
-            bail!(
-                "`az keyvault secret list --vault-name {}` failed: {}",
-                self.vault_name,
-                az_hint(&String::from_utf8_lossy(&out.stderr))
-            );
-        }
-        serde_json::from_slice(&out.stdout)
-            .context("`az keyvault secret list` printed no JSON list of names")
-    }
-}
-
+// Stamps, keys and restamping: it/digests.rs; bare values: it/seed_azure.rs.
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secrets::provider::SEEDED_ANOTHER_VALUE;
-    use serde_json::json;
 
     #[test]
     fn reads_documents_and_bare_values() {
         let doc = current_of("n", r#"{"value":"s3cr3t"}"#, &Value::Null, None);
         assert_eq!(doc.sha256, Some(sha256_hex(b"s3cr3t")));
         assert_eq!(
-            (doc.properties, doc.raw_sha256, doc.seeded_sha256),
-            (vec!["value".to_string()], None, None)
+            (doc.properties, doc.raw_sha256),
+            (vec!["value".into()], None)
         );
         for bare in [
             "s3cr3t",
@@ -467,36 +367,6 @@ mod tests {
             assert_eq!(c.sha256, None, "{bare}");
             assert_eq!(c.raw_sha256, Some(sha256_hex(bare.as_bytes())), "{bare}");
         }
-        assert_eq!(
-            current_of("n", r#"{"realm":"ameide"}"#, &Value::Null, None).properties,
-            vec!["realm".to_string()]
-        );
-    }
-
-    #[test]
-    fn tags_are_judged_by_the_key() {
-        let key = DigestKey::fixed(&"k".repeat(64));
-        let tags = json!({"managed-by": MANAGED_BY, "fixture-hmac": key.digest("n", "s3cr3t")});
-        let sha = sha256_hex(b"s3cr3t");
-        let ours = current_of("n", r#"{"value":"s3cr3t"}"#, &tags, Some(&key));
-        assert_eq!(
-            (ours.seeded_sha256.as_deref(), ours.stamp_stale),
-            (Some(sha.as_str()), false)
-        );
-        let edited = current_of("n", r#"{"value":"mine"}"#, &tags, Some(&key));
-        assert_eq!(edited.seeded_sha256.as_deref(), Some(SEEDED_ANOTHER_VALUE));
-        assert_eq!(
-            current_of("n", r#"{"value":"s3cr3t"}"#, &tags, None).seeded_sha256,
-            None
-        );
-        // An older release's tag: what it says, and renew it.
-        let old = json!({"managed-by": MANAGED_BY, "fixture-sha256": sha});
-        let c = current_of("n", "s3cr3t", &old, Some(&key));
-        assert_eq!(c.raw_sha256.as_deref(), Some(sha.as_str()));
-        assert_eq!(
-            (c.seeded_sha256.as_deref(), c.stamp_stale),
-            (Some(sha.as_str()), true)
-        );
     }
 
     #[test]

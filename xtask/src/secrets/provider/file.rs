@@ -37,51 +37,40 @@ pub struct FileProvider {
 }
 
 impl FileProvider {
-    /// Opens the store at `path` and holds its lock until drop.
+    /// Opens the store at `path` and holds its lock (`<path>.lock`) until drop.
     pub fn open(root: &Path, path: &Path) -> Result<FileProvider> {
         guard::require_git_ignored(root, path, "the file store")?;
-        let lock = Lock::acquire(&lock_path(path), "seed of the file store")?;
+        let mut lock = path.as_os_str().to_owned();
+        lock.push(".lock");
         Ok(FileProvider {
+            _lock: Lock::acquire(Path::new(&lock), "seed of the file store")?,
             path: path.to_path_buf(),
-            _lock: lock,
         })
     }
-
-    /// The whole store (empty if it does not exist yet).
-    pub fn load(&self) -> Result<StoreFile> {
-        load(&self.path)
-    }
-}
-
-fn lock_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".lock");
-    path.with_file_name(name)
 }
 
 /// Reads a store file; a missing file is an empty store, a corrupt one an
 /// error (never silently replaced: it may hold a developer's values).
 pub fn load(path: &Path) -> Result<StoreFile> {
     let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secrets = BTreeMap::new();
             return Ok(StoreFile {
                 format: FORMAT.into(),
-                secrets: BTreeMap::new(),
-            })
+                secrets,
+            });
         }
-        Err(e) => {
-            return Err(e).with_context(|| format!("reading the file store {}", path.display()))
-        }
+        read => read.with_context(|| format!("reading the file store {}", path.display()))?,
     };
     let store: StoreFile = serde_json::from_str(&text).map_err(|e| {
+        let what = e.to_string();
         anyhow::anyhow!(
             "{}:{}:{}: the file store is corrupt ({}). Nothing was changed. Move it aside and seed again to \
              recreate it; copy any values you need into .local/secrets/overrides.json first.",
             path.display(),
             e.line(),
             e.column(),
-            e.to_string().rsplit_once(" at line ").map(|(m, _)| m.to_string()).unwrap_or_default()
+            what.rsplit_once(" at line ").map_or("", |(m, _)| m)
         )
     })?;
     if store.format != FORMAT {
@@ -100,36 +89,30 @@ impl SecretProvider for FileProvider {
     }
 
     fn read(&mut self, names: &[String]) -> Result<BTreeMap<String, Option<Current>>> {
-        let store = self.load()?;
-        Ok(names
+        let store = load(&self.path)?;
+        let current = |e: &StoredEntry| Current {
+            sha256: Some(sha256_hex(e.value.as_bytes())),
+            properties: vec!["value".into()],
+            version: Some(e.version),
+            seeded_sha256: Some(e.fixture_sha256.clone()),
+            ..Current::default()
+        };
+        let read = names
             .iter()
-            .map(|n| {
-                let cur = store.secrets.get(n).map(|e| Current {
-                    sha256: Some(sha256_hex(e.value.as_bytes())),
-                    properties: vec!["value".into()],
-                    version: Some(e.version),
-                    seeded_sha256: Some(e.fixture_sha256.clone()),
-                    stamp_stale: false,
-                    raw_sha256: None,
-                });
-                (n.clone(), cur)
-            })
-            .collect())
+            .map(|n| (n.clone(), store.secrets.get(n).map(current)));
+        Ok(read.collect())
     }
 
     fn write(&mut self, writes: &[Write<'_>]) -> Result<Vec<(String, Outcome)>> {
         // Re-read under the lock: a hand edit since `read` is a conflict.
-        let mut store = self.load()?;
+        let mut store = load(&self.path)?;
         let now = fsutil::now_rfc3339();
         let mut outcomes = Vec::with_capacity(writes.len());
         for w in writes {
-            let existing = store.secrets.get(w.name);
-            let version = existing.map(|e| e.version).unwrap_or(0);
+            let version = store.secrets.get(w.name).map_or(0, |e| e.version);
             if w.cas.is_some_and(|cas| cas != version) {
-                outcomes.push((
-                    w.name.to_string(),
-                    Outcome::Conflict("the store changed since it was read".into()),
-                ));
+                let why = "the store changed since it was read".to_string();
+                outcomes.push((w.name.to_string(), Outcome::Conflict(why)));
                 continue;
             }
             let entry = StoredEntry {
@@ -149,26 +132,16 @@ impl SecretProvider for FileProvider {
             let mut json = serde_json::to_vec_pretty(&store)?;
             json.push(b'\n');
             if let Err(e) = fsutil::write_private_atomic(&self.path, &json) {
-                let msg = format!("{e:#}");
-                return Ok(outcomes
-                    .into_iter()
-                    .map(|(n, o)| {
-                        (
-                            n,
-                            if o == Outcome::Written {
-                                Outcome::Failed(msg.clone())
-                            } else {
-                                o
-                            },
-                        )
-                    })
-                    .collect());
+                let failed = Outcome::Failed(format!("{e:#}"));
+                for (_, o) in outcomes.iter_mut().filter(|(_, o)| *o == Outcome::Written) {
+                    *o = failed.clone();
+                }
             }
         }
         Ok(outcomes)
     }
 
     fn list(&mut self) -> Result<Vec<String>> {
-        Ok(self.load()?.secrets.into_keys().collect())
+        Ok(load(&self.path)?.secrets.into_keys().collect())
     }
 }
