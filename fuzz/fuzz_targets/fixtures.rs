@@ -2,14 +2,14 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use xtask::secrets::fixtures;
+use xtask::fuzzing::{parse_fixtures, valid_name, MAX_VALUE_BYTES};
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(pairs) = fixtures::parse(data) {
+    if let Ok(pairs) = parse_fixtures(data) {
         assert!(!pairs.is_empty());
         for (name, value) in pairs {
-            assert!(fixtures::valid_name(&name));
-            assert!(value.len() <= fixtures::MAX_VALUE_BYTES);
+            assert!(valid_name(&name));
+            assert!(value.len() <= MAX_VALUE_BYTES);
         }
     }
 });

@@ -12,7 +12,7 @@ use xshell::{cmd, Shell};
 use crate::flags;
 use crate::project::Process;
 
-pub fn run(flags: &flags::Bench, process: &Process) -> Result<()> {
+pub(crate) fn run(flags: &flags::Bench, process: &Process) -> Result<()> {
     let sh = Shell::new()?;
     sh.change_dir(&process.root);
     let mut args: Vec<String> = Vec::new();

@@ -20,10 +20,10 @@ macro_rules! named {
 
         impl $name {
             /// Every variant, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+            $vis const ALL: &'static [$name] = &[$($name::$variant,)+];
 
             /// The variant's one name.
-            pub fn as_str(self) -> &'static str {
+            $vis fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $text,)+ }
             }
         }
@@ -61,7 +61,7 @@ macro_rules! named {
 
 named! {
     /// `--output`: what a command prints.
-    pub enum Format ("format") {
+    pub(crate) enum Format ("format") {
         Text = "text",
         Json = "json",
         Junit = "junit",
@@ -70,7 +70,7 @@ named! {
 
 named! {
     /// `seed --render`: the manifests written beside the file store.
-    pub enum RenderKind ("kind of manifest") {
+    pub(crate) enum RenderKind ("kind of manifest") {
         EsoFake = "eso-fake",
         Secrets = "secrets",
     }
@@ -78,7 +78,7 @@ named! {
 
 named! {
     /// A class of `check` finding that `--fail-on` can make fail the run.
-    pub enum FailClass ("class of finding") {
+    pub(crate) enum FailClass ("class of finding") {
         Missing = "missing",
         Drift = "drift",
         Unused = "unused",
@@ -87,7 +87,7 @@ named! {
 
 /// `--fail-on`: comma-separated [`FailClass`]es; `missing` by default.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FailOn(pub std::collections::BTreeSet<FailClass>);
+pub(crate) struct FailOn(pub std::collections::BTreeSet<FailClass>);
 
 impl Default for FailOn {
     fn default() -> FailOn {
@@ -105,7 +105,7 @@ impl std::str::FromStr for FailOn {
 
 /// How much a command prints: `-q`, neither, or `-v`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verbosity {
+pub(crate) enum Verbosity {
     Quiet,
     Normal,
     Verbose,
@@ -120,13 +120,13 @@ fn verbosity(quiet: bool, verbose: bool) -> Verbosity {
 }
 
 impl Seed {
-    pub fn verbosity(&self) -> Verbosity {
+    pub(crate) fn verbosity(&self) -> Verbosity {
         verbosity(self.quiet, self.verbose)
     }
 }
 
 impl Check {
-    pub fn verbosity(&self) -> Verbosity {
+    pub(crate) fn verbosity(&self) -> Verbosity {
         verbosity(self.quiet, self.verbose)
     }
 }
@@ -134,7 +134,7 @@ impl Check {
 impl Xtask {
     /// What xflags cannot check: flags that contradict each other, need
     /// another, or name an `--output` the command does not print. Exit 2.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
         let XtaskCmd::Secrets(secrets) = &self.subcommand else {
             return Ok(());
         };

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
 /// Hex sha256 of some bytes.
-pub fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
@@ -27,12 +27,12 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 /// The first 8 hex digits: what humans see instead of a value.
-pub fn short(sha: &str) -> &str {
+pub(crate) fn short(sha: &str) -> &str {
     &sha[..sha.len().min(8)]
 }
 
 /// Hex sha256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> Result<String> {
+pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher).with_context(|| format!("reading {}", path.display()))?;
@@ -42,7 +42,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// Writes `bytes` to `path` atomically with mode 0600, in a folder only the
 /// owner can enter (created if missing). The temp file's name carries our
 /// pid: some callers (a manifest) write without a lock.
-pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_private_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = parent_dir(path);
     create_private_dir(dir)?;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -52,7 +52,7 @@ pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Writes `bytes` to `path` atomically with `mode` (a repository file the
 /// caller changes under its command's lock), through `<path>.xtask-tmp`.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".xtask-tmp");
     write_atomic_via(path, Path::new(&tmp), bytes, mode)
@@ -96,7 +96,7 @@ fn parent_dir(path: &Path) -> &Path {
 }
 
 /// Creates a folder (and parents) that only the owner can enter.
-pub fn create_private_dir(dir: &Path) -> Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -109,19 +109,19 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
 
 /// The mode bits of a file.
 #[cfg(test)]
-pub fn mode(path: &Path) -> Result<u32> {
+pub(crate) fn mode(path: &Path) -> Result<u32> {
     Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
 }
 
 /// An exclusive advisory lock on `<path>`, held until drop (or until the
 /// holder exits, however it exits). The file names the holder for a refused contender.
-pub struct Lock {
+pub(crate) struct Lock {
     file: File,
 }
 
 impl Lock {
     /// Takes the lock within a second (a quick holder is done by then) or fails, naming the holder.
-    pub fn acquire(path: &Path, what: &str) -> Result<Lock> {
+    pub(crate) fn acquire(path: &Path, what: &str) -> Result<Lock> {
         create_private_dir(parent_dir(path))?;
         let mut file = OpenOptions::new()
             .read(true)
@@ -175,10 +175,10 @@ impl Drop for Lock {
 
 /// A file only the owner can read (0600, a random name in the temp folder),
 /// deleted on drop: how a value reaches a child process without its argv.
-pub struct PrivateTempFile(NamedTempFile);
+pub(crate) struct PrivateTempFile(NamedTempFile);
 
 impl PrivateTempFile {
-    pub fn new(contents: &[u8]) -> Result<PrivateTempFile> {
+    pub(crate) fn new(contents: &[u8]) -> Result<PrivateTempFile> {
         let mut file = tempfile::Builder::new()
             .prefix("xtask-secrets-")
             .tempfile()
@@ -188,13 +188,13 @@ impl PrivateTempFile {
         Ok(PrivateTempFile(file))
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.0.path()
     }
 }
 
 /// The current UTC time as RFC 3339, to the second.
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 

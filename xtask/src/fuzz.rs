@@ -13,9 +13,9 @@ use xshell::{cmd, Shell};
 
 use crate::{flags, project_root};
 
-pub const TARGETS: &[&str] = &["fixtures", "manifests", "flag_editor"];
+pub(crate) const TARGETS: &[&str] = &["fixtures", "manifests", "flag_editor"];
 
-pub fn run(flags: &flags::Fuzz) -> Result<()> {
+pub(crate) fn run(flags: &flags::Fuzz) -> Result<()> {
     let targets: Vec<&str> = match flags.target.as_deref() {
         None => TARGETS.to_vec(),
         Some(t) if TARGETS.contains(&t) => vec![t],
@@ -27,7 +27,7 @@ pub fn run(flags: &flags::Fuzz) -> Result<()> {
 
 /// Whether nightly and cargo-fuzz are there; with `install`, installs
 /// cargo-fuzz from crates.io when missing.
-pub fn ensure_tools(install: bool) -> Result<bool> {
+pub(crate) fn ensure_tools(install: bool) -> Result<bool> {
     let sh = Shell::new()?;
     let works = |cmd: xshell::Cmd| cmd.quiet().ignore_stdout().ignore_stderr().run().is_ok();
     if !works(cmd!(sh, "cargo +nightly --version")) {
@@ -49,7 +49,7 @@ pub fn ensure_tools(install: bool) -> Result<bool> {
 }
 
 /// Runs each target for `seconds`; a crash fails with its artifact path.
-pub fn run_targets(root: &Path, targets: &[&str], seconds: u64) -> Result<()> {
+pub(crate) fn run_targets(root: &Path, targets: &[&str], seconds: u64) -> Result<()> {
     let sh = Shell::new()?;
     sh.change_dir(root);
     for target in targets {

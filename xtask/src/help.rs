@@ -3,7 +3,7 @@
 //! subcommands one line each.
 
 /// `full`: xflags' help; `path`: the command words before `--help`.
-pub fn focused(full: &str, path: &[String]) -> String {
+pub(crate) fn focused(full: &str, path: &[String]) -> String {
     let sections = sections(full);
     let want = std::iter::once("xtask".to_string())
         .chain(path.iter().cloned())

@@ -7,7 +7,7 @@ use std::fmt;
 /// Collapses Vault's multi-error text (`1 error occurred:\n\t* permission
 /// denied\n\n`, from hashicorp/go-multierror) into its items on one line:
 /// `permission denied`. Other text is left as it is.
-pub fn one_line_errors(text: &str) -> String {
+pub(crate) fn one_line_errors(text: &str) -> String {
     use std::sync::OnceLock;
     static RE: OnceLock<regex::Regex> = OnceLock::new();
     let re = RE.get_or_init(|| {
@@ -27,16 +27,16 @@ pub fn one_line_errors(text: &str) -> String {
 }
 
 /// `1 secret`, `2 secrets`: a count with its noun.
-pub fn count(n: usize, singular: &str, plural: &str) -> String {
+pub(crate) fn count(n: usize, singular: &str, plural: &str) -> String {
     format!("{n} {}", if n == 1 { singular } else { plural })
 }
 
 /// At most this many names per list in text output; `--output json` has them all.
-pub const NAMES_SHOWN: usize = 20;
+pub(crate) const NAMES_SHOWN: usize = 20;
 
 /// A list of names for text output: the first [`NAMES_SHOWN`], then
 /// `and N more`.
-pub fn capped<S: AsRef<str>>(names: &[S]) -> String {
+pub(crate) fn capped<S: AsRef<str>>(names: &[S]) -> String {
     let shown: Vec<&str> = names.iter().take(NAMES_SHOWN).map(AsRef::as_ref).collect();
     let mut out = shown.join(", ");
     if names.len() > NAMES_SHOWN {
@@ -46,7 +46,7 @@ pub fn capped<S: AsRef<str>>(names: &[S]) -> String {
 }
 
 /// Escapes text for XML attributes and content.
-pub fn xml_escape(s: &str) -> String {
+pub(crate) fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -64,13 +64,13 @@ pub fn xml_escape(s: &str) -> String {
 
 /// A secret string: its Debug and Display never show it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub(crate) struct Secret(String);
 
 impl Secret {
-    pub fn new(s: String) -> Secret {
+    pub(crate) fn new(s: String) -> Secret {
         Secret(s)
     }
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -86,13 +86,13 @@ impl fmt::Debug for Secret {
 /// and `Serialize` show them as `***` ([`shown_addr`]); the address to
 /// connect to is [`VaultAddr::expose`] (or the `str` it derefs to).
 #[derive(Clone, PartialEq, Eq)]
-pub struct VaultAddr(String);
+pub(crate) struct VaultAddr(String);
 
 impl VaultAddr {
-    pub fn new(addr: String) -> VaultAddr {
+    pub(crate) fn new(addr: String) -> VaultAddr {
         VaultAddr(addr)
     }
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -124,7 +124,7 @@ impl serde::Serialize for VaultAddr {
 
 /// `addr` for messages: a user and password in it (`http://user:pass@host`,
 /// which the client sends as basic auth) read `***` (`http://***@host`).
-pub fn shown_addr(addr: &str) -> String {
+pub(crate) fn shown_addr(addr: &str) -> String {
     let (scheme, rest) = match addr.split_once("://") {
         Some((scheme, rest)) => (&addr[..scheme.len() + 3], rest),
         None => ("", addr),

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 /// Most threads one map starts, whatever `--concurrency` asks (up to 256):
 /// with the main thread and a port-forward's few, a seed stays within 64
 /// (`tests/it/threads.rs`).
-pub const MAX_THREADS: usize = 48;
+pub(crate) const MAX_THREADS: usize = 48;
 
 /// Runs `f` over `items` on at most `limit` (and [`MAX_THREADS`]) threads and returns the results
 /// in the order of `items`. Threads take the next item as they finish one,
@@ -19,7 +19,11 @@ pub const MAX_THREADS: usize = 48;
 /// of its own, so the threads never wait on one another: with 16 threads on
 /// two cores, a shared queue lock made them sleep and wake on futexes for
 /// every item.
-pub fn bounded<T: Send, R: Send>(items: Vec<T>, limit: usize, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+pub(crate) fn bounded<T: Send, R: Send>(
+    items: Vec<T>,
+    limit: usize,
+    f: impl Fn(T) -> R + Sync,
+) -> Vec<R> {
     let n = items.len();
     // Each slot is taken exactly once, so its lock is never contended.
     let items: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();

@@ -3,7 +3,7 @@
 //! failure, and long-running children killed on drop.
 //!
 //! Never put a secret value in [`Tool`]'s arguments or environment: pass it
-//! with [`Tool::stdin`] or in a `fsutil::PrivateTempFile`. No child inherits
+//! in a `fsutil::PrivateTempFile`; a child's stdin is `/dev/null`. No child inherits
 //! our Vault token ([`TOKEN_VARS`]); one that needs it (a `bao` CLI) gets it
 //! with an explicit [`Tool::env`].
 
@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 /// The deadline of a call that does not set its own.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Variables that hold a Vault token: removed from every child's
 /// environment unless the call sets them itself.
-pub const TOKEN_VARS: [&str; 2] = ["VAULT_TOKEN", "BAO_TOKEN"];
+pub(crate) const TOKEN_VARS: [&str; 2] = ["VAULT_TOKEN", "BAO_TOKEN"];
 
 /// How many of a child's last output lines an error message quotes.
 const TAIL_LINES: usize = 8;
@@ -33,10 +33,9 @@ const TAIL_LINES: usize = 8;
 /// One child process to run. Build it, then [`Tool::output`],
 /// [`Tool::run`] or [`Tool::spawn`].
 #[derive(Clone, Default)]
-pub struct Tool {
+pub(crate) struct Tool {
     program: OsString,
     args: Vec<OsString>,
-    stdin: Option<Vec<u8>>,
     dir: Option<PathBuf>,
     env: Vec<(OsString, OsString)>,
     deadline: Duration,
@@ -47,7 +46,7 @@ pub struct Tool {
 }
 
 impl Tool {
-    pub fn new(program: impl AsRef<OsStr>) -> Tool {
+    pub(crate) fn new(program: impl AsRef<OsStr>) -> Tool {
         Tool {
             program: program.as_ref().to_owned(),
             deadline: DEFAULT_DEADLINE,
@@ -55,12 +54,12 @@ impl Tool {
         }
     }
 
-    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Tool {
+    pub(crate) fn arg(mut self, arg: impl AsRef<OsStr>) -> Tool {
         self.args.push(arg.as_ref().to_owned());
         self
     }
 
-    pub fn args<I, S>(mut self, args: I) -> Tool
+    pub(crate) fn args<I, S>(mut self, args: I) -> Tool
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -70,37 +69,31 @@ impl Tool {
         self
     }
 
-    /// Bytes for the child's stdin (the one place a value may go); else `/dev/null`.
-    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Tool {
-        self.stdin = Some(bytes.into());
-        self
-    }
-
-    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Tool {
+    pub(crate) fn dir(mut self, dir: impl Into<PathBuf>) -> Tool {
         self.dir = Some(dir.into());
         self
     }
 
-    pub fn env(mut self, name: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Tool {
+    pub(crate) fn env(mut self, name: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Tool {
         self.env
             .push((name.as_ref().to_owned(), value.as_ref().to_owned()));
         self
     }
 
     /// Kill the child and fail when it runs longer than this.
-    pub fn deadline(mut self, deadline: Duration) -> Tool {
+    pub(crate) fn deadline(mut self, deadline: Duration) -> Tool {
         self.deadline = deadline;
         self
     }
 
     /// What to do when the program is not installed, e.g. "run `cargo xtask tools`".
-    pub fn install_hint(mut self, hint: impl Into<String>) -> Tool {
+    pub(crate) fn install_hint(mut self, hint: impl Into<String>) -> Tool {
         self.install_hint = Some(hint.into());
         self
     }
 
     /// What to do when the call outlives its deadline (how to give it longer).
-    pub fn timeout_hint(mut self, hint: impl Into<String>) -> Tool {
+    pub(crate) fn timeout_hint(mut self, hint: impl Into<String>) -> Tool {
         self.timeout_hint = Some(hint.into());
         self
     }
@@ -108,7 +101,7 @@ impl Tool {
     /// Linux: the child gets SIGTERM when the thread that starts it ends,
     /// however it ends, so a process killed with SIGKILL leaves no
     /// long-running child behind. Elsewhere only [`Running`]'s drop stops it.
-    pub fn die_with_parent(mut self) -> Tool {
+    pub(crate) fn die_with_parent(mut self) -> Tool {
         self.die_with_parent = true;
         self
     }
@@ -116,13 +109,13 @@ impl Tool {
     /// For [`Tool::spawn`]: lines that still reach [`Running::next_line`] but
     /// are not kept for [`Running::last_lines`] (kubectl port-forward's
     /// `Handling connection for N` would crowd out its error).
-    pub fn noise(mut self, is_noise: fn(&str) -> bool) -> Tool {
+    pub(crate) fn noise(mut self, is_noise: fn(&str) -> bool) -> Tool {
         self.noise = Some(is_noise);
         self
     }
 
     /// `program arg arg ...` for messages (arguments never hold values).
-    pub fn display(&self) -> String {
+    pub(crate) fn display(&self) -> String {
         let words = std::iter::once(&self.program).chain(&self.args);
         let words: Vec<_> = words.map(|w| w.to_string_lossy()).collect();
         words.join(" ")
@@ -131,10 +124,7 @@ impl Tool {
     fn expression(&self) -> duct::Expression {
         #[allow(clippy::disallowed_methods)] // The one place that builds a duct expression.
         let mut e = duct::cmd(&self.program, &self.args).unchecked();
-        e = match &self.stdin {
-            Some(bytes) => e.stdin_bytes(bytes.clone()),
-            None => e.stdin_null(),
-        };
+        e = e.stdin_null();
         if let Some(dir) = &self.dir {
             e = e.dir(dir);
         }
@@ -169,7 +159,7 @@ impl Tool {
     /// Runs to completion with both pipes captured, whatever the exit
     /// status. Fails only when the program cannot start or outlives its
     /// deadline (it is then killed).
-    pub fn output(&self) -> Result<Output> {
+    pub(crate) fn output(&self) -> Result<Output> {
         let handle = self
             .expression()
             .stdout_capture()
@@ -199,7 +189,7 @@ impl Tool {
 
     /// Runs to completion and returns stdout; a non-zero exit is an error
     /// that quotes the last lines the tool wrote to stderr.
-    pub fn run(&self) -> Result<String> {
+    pub(crate) fn run(&self) -> Result<String> {
         let out = self.output()?;
         if !out.status.success() {
             return Err(self.failure(&out));
@@ -210,7 +200,7 @@ impl Tool {
     /// The error for a finished call that failed: exit code and the tail of
     /// stderr. Never stdout: some children print what they read there
     /// (`kubectl config view --raw`, `az keyvault secret show`).
-    pub fn failure(&self, out: &Output) -> anyhow::Error {
+    pub(crate) fn failure(&self, out: &Output) -> anyhow::Error {
         anyhow!(
             "`{}` failed ({}): {}",
             self.display(),
@@ -223,7 +213,7 @@ impl Tool {
     /// are drained for its whole life (a Go program dies of SIGPIPE once its
     /// stdout is closed) into [`Running::next_line`], the last few (less any
     /// [`Tool::noise`]) kept for messages.
-    pub fn spawn(&self) -> Result<Running> {
+    pub(crate) fn spawn(&self) -> Result<Running> {
         let reader = self
             .expression()
             .stderr_to_stdout()
@@ -261,7 +251,7 @@ impl Tool {
 
 /// What a [`Running`] child did next.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Next {
+pub(crate) enum Next {
     /// One line of its stdout or stderr.
     Line(String),
     /// Nothing within the time given.
@@ -271,7 +261,7 @@ pub enum Next {
 }
 
 /// A long-running child from [`Tool::spawn`], killed on drop.
-pub struct Running {
+pub(crate) struct Running {
     reader: Arc<duct::ReaderHandle>,
     last: Arc<Mutex<VecDeque<String>>>,
     lines: mpsc::Receiver<String>,
@@ -279,7 +269,7 @@ pub struct Running {
 
 impl Running {
     /// The next line the child writes, waiting up to `timeout`.
-    pub fn next_line(&self, timeout: Duration) -> Next {
+    pub(crate) fn next_line(&self, timeout: Duration) -> Next {
         match self.lines.recv_timeout(timeout) {
             Ok(line) => Next::Line(line),
             Err(mpsc::RecvTimeoutError::Timeout) => Next::Quiet,
@@ -288,24 +278,20 @@ impl Running {
     }
 
     /// How the child ended (`exit 1`, `killed by signal 13`), or `None` while it runs.
-    pub fn exit_status(&self) -> Option<String> {
+    pub(crate) fn exit_status(&self) -> Option<String> {
         let out = self.reader.try_wait().ok().flatten();
         out.map(|out| exit_text(out.status))
     }
 
-    pub fn is_running(&self) -> bool {
-        matches!(self.reader.try_wait(), Ok(None))
-    }
-
     /// The last lines the child wrote (stdout and stderr), oldest first.
-    pub fn last_lines(&self) -> String {
+    pub(crate) fn last_lines(&self) -> String {
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         tail(&Vec::from(last.clone()).join("\n"), TAIL_LINES)
     }
 
     /// Kills the child and waits until every line is read and the child
     /// reaped: 2 s at most, as a grandchild may hold the pipe open.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let _ = self.reader.kill();
         let until = Instant::now() + Duration::from_secs(2);
         while let Next::Line(_) = self.next_line(until.saturating_duration_since(Instant::now())) {}
@@ -319,7 +305,7 @@ impl Drop for Running {
 }
 
 /// `1.5 s`, `30 s`: a deadline for messages.
-pub fn seconds(d: Duration) -> String {
+pub(crate) fn seconds(d: Duration) -> String {
     let secs = d.as_secs_f64();
     if secs.fract() == 0.0 {
         format!("{secs:.0} s")
@@ -361,7 +347,7 @@ pub(crate) fn exit_text(status: std::process::ExitStatus) -> String {
 }
 
 /// The last `n` non-empty lines of `text`, joined for one message.
-pub fn tail(text: &str, n: usize) -> String {
+pub(crate) fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -383,7 +369,7 @@ pub fn tail(text: &str, n: usize) -> String {
 /// pointed and, once that fails, drops the rest, so `println!` never meets a
 /// closed pipe (it would panic). Both on one file (a terminal, `2>&1`) share
 /// one pipe, which keeps their order. Dropping it puts both back.
-pub struct FinishRegardless {
+pub(crate) struct FinishRegardless {
     copies: Vec<Copier>,
 }
 
@@ -400,7 +386,7 @@ struct Copier {
 static STDERR_TERMINAL: AtomicBool = AtomicBool::new(false);
 
 /// Starts [`FinishRegardless`] for the rest of the command.
-pub fn finish_regardless() -> FinishRegardless {
+pub(crate) fn finish_regardless() -> FinishRegardless {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: SIG_IGN installs no handler; nothing runs in signal context.
     unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
@@ -432,7 +418,7 @@ pub fn finish_regardless() -> FinishRegardless {
 
 /// Whether standard error is (or, under [`finish_regardless`], was) a
 /// terminal: for progress lines.
-pub fn stderr_is_terminal() -> bool {
+pub(crate) fn stderr_is_terminal() -> bool {
     STDERR_TERMINAL.load(Ordering::Relaxed) || std::io::stderr().is_terminal()
 }
 
@@ -487,15 +473,11 @@ mod tests {
     #[test]
     fn run_returns_stdout_and_fails_with_stderr_only() {
         let out = Tool::new("sh")
-            .args([
-                "-c",
-                "cat; echo \" ${VAULT_TOKEN-unset} ${BAO_TOKEN-unset}\"",
-            ])
+            .args(["-c", "echo \"${VAULT_TOKEN-unset} ${BAO_TOKEN-unset}\""])
             .env("VAULT_TOKEN", "given")
-            .stdin(b"on stdin".to_vec())
             .run()
             .unwrap();
-        assert_eq!(out, "on stdin given unset\n", "explicit token only");
+        assert_eq!(out, "given unset\n", "explicit token only");
         // Some children print what they read on stdout: a failure never repeats it.
         let err = Tool::new("sh")
             .args(["-c", "echo \"$V\"; echo first >&2; echo boom >&2; exit 3"])
@@ -562,7 +544,10 @@ mod tests {
         }
         assert!(bytes > 64 * 1024, "only {bytes} bytes before the marker");
         std::thread::sleep(Duration::from_millis(300));
-        assert!(running.is_running());
+        assert!(
+            matches!(running.reader.try_wait(), Ok(None)),
+            "still running"
+        );
         assert!(running.last_lines().contains("line "));
         let pid = running.reader.pids()[0];
         drop(running);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 /// root, the working directory and the environment. Commands take it (or
 /// the `Config` made from it) instead of asking the process again.
 #[derive(Clone)]
-pub struct Process {
+pub(crate) struct Process {
     pub root: PathBuf,
     pub cwd: PathBuf,
     vars: BTreeMap<String, String>,
@@ -26,7 +26,7 @@ impl std::fmt::Debug for Process {
 impl Process {
     /// Reads this process. The root is the checkout this xtask was built
     /// in; `XTASK_PROJECT_ROOT` overrides it (tests run against copies).
-    pub fn read() -> Process {
+    pub(crate) fn read() -> Process {
         let vars: BTreeMap<String, String> = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect();
@@ -42,7 +42,8 @@ impl Process {
     }
 
     /// A process with only `vars` in its environment (for tests).
-    pub fn with(root: &Path, cwd: &Path, vars: &[(&str, &str)]) -> Process {
+    #[cfg(test)]
+    pub(crate) fn with(root: &Path, cwd: &Path, vars: &[(&str, &str)]) -> Process {
         Process {
             root: root.to_path_buf(),
             cwd: cwd.to_path_buf(),
@@ -54,7 +55,7 @@ impl Process {
     }
 
     /// An environment variable; an empty one counts as unset.
-    pub fn var(&self, name: &str) -> Option<&str> {
+    pub(crate) fn var(&self, name: &str) -> Option<&str> {
         self.vars
             .get(name)
             .map(String::as_str)
@@ -63,12 +64,12 @@ impl Process {
 
     /// A path given on the command line or in the environment, made
     /// absolute from the working directory (as every CLI reads it).
-    pub fn cli_path(&self, p: &Path) -> PathBuf {
+    pub(crate) fn cli_path(&self, p: &Path) -> PathBuf {
         normalize(&self.cwd.join(p))
     }
 
     /// `PATH` with the pinned tools first.
-    pub fn path_with_tools(&self) -> std::ffi::OsString {
+    pub(crate) fn path_with_tools(&self) -> std::ffi::OsString {
         let mut paths = vec![self.root.join(TOOLS_BIN)];
         paths.extend(std::env::split_paths(self.var("PATH").unwrap_or_default()));
         std::env::join_paths(paths).expect("PATH entries have no separators")
@@ -77,34 +78,34 @@ impl Process {
 
 /// The repository root (see [`Process::read`]); prefer the `root` of the
 /// [`Process`] a command was given.
-pub fn project_root() -> PathBuf {
+pub(crate) fn project_root() -> PathBuf {
     Process::read().root
 }
 
 /// The default fixtures: secret name to value, deterministic and weak by design.
-pub const DEFAULT_FIXTURES: &str = "scripts/azure/default-local-keyvault-secrets.json";
+pub(crate) const DEFAULT_FIXTURES: &str = "scripts/azure/default-local-keyvault-secrets.json";
 /// The coverage contract, inside the infra tree.
-pub const CONTRACT_IN_INFRA: &str = "values/platform/azure-keyvault-secrets.yaml";
+pub(crate) const CONTRACT_IN_INFRA: &str = "values/platform/azure-keyvault-secrets.yaml";
 /// The infra tree that `check` scans.
-pub const INFRA: &str = "infra/kubernetes";
+pub(crate) const INFRA: &str = "infra/kubernetes";
 /// Layer 15: secrets and certificates.
-pub const LAYER15_HELMFILE: &str = "infra/kubernetes/helmfiles/15-secrets-certificates.yaml";
+pub(crate) const LAYER15_HELMFILE: &str = "infra/kubernetes/helmfiles/15-secrets-certificates.yaml";
 /// Committed defaults for `cargo xtask secrets`.
-pub const REPO_CONFIG: &str = "secrets.toml";
+pub(crate) const REPO_CONFIG: &str = "secrets.toml";
 /// Per-developer state; git-ignored.
-pub const LOCAL_DIR: &str = ".local";
+pub(crate) const LOCAL_DIR: &str = ".local";
 /// Pinned tools; git-ignored.
-pub const TOOLS_BIN: &str = ".tools/bin";
+pub(crate) const TOOLS_BIN: &str = ".tools/bin";
 
 /// The per-environment values file that holds the `secrets.provider` flag.
-pub fn flag_file(env: &str) -> PathBuf {
+pub(crate) fn flag_file(env: &str) -> PathBuf {
     PathBuf::from(format!(
         "infra/kubernetes/environments/{env}/platform/15-secrets.values.yaml"
     ))
 }
 
 /// The environments that have a layer 15 values file, sorted.
-pub fn environments(root: &Path) -> Vec<String> {
+pub(crate) fn environments(root: &Path) -> Vec<String> {
     environment_dirs(&root.join(INFRA), |dir| {
         dir.join("platform/15-secrets.values.yaml").is_file()
     })
@@ -113,7 +114,7 @@ pub fn environments(root: &Path) -> Vec<String> {
 /// Refuses an `--env` the repository does not have (a usage error, exit 2):
 /// a name with a path in it (`../x`, `a/b`) always; with `known_here`, any
 /// name but the [`environments`] of `root`. The message lists them.
-pub fn require_env(root: &Path, env: &str, known_here: bool) -> anyhow::Result<()> {
+pub(crate) fn require_env(root: &Path, env: &str, known_here: bool) -> anyhow::Result<()> {
     let known = environments(root);
     let listed = if known.is_empty() {
         "none found under infra/kubernetes/environments".to_string()
@@ -139,7 +140,7 @@ pub fn require_env(root: &Path, env: &str, known_here: bool) -> anyhow::Result<(
 
 /// Every folder under an infra tree's `environments/`, sorted (`check`
 /// reads infra trees that are not the repository's).
-pub fn environment_folders(infra: &Path) -> Vec<String> {
+pub(crate) fn environment_folders(infra: &Path) -> Vec<String> {
     environment_dirs(infra, Path::is_dir)
 }
 
@@ -158,7 +159,7 @@ fn environment_dirs(infra: &Path, keep: impl Fn(&Path) -> bool) -> Vec<String> {
 }
 
 /// `PATH` with the pinned tools first.
-pub fn path_with_tools(root: &Path) -> std::ffi::OsString {
+pub(crate) fn path_with_tools(root: &Path) -> std::ffi::OsString {
     let mut paths = vec![root.join(TOOLS_BIN)];
     if let Some(path) = std::env::var_os("PATH") {
         paths.extend(std::env::split_paths(&path));
@@ -168,13 +169,13 @@ pub fn path_with_tools(root: &Path) -> std::ffi::OsString {
 
 /// A path as shown to humans: relative to the repository root when inside it
 /// (see [`shown_from`]).
-pub fn shown(path: &Path) -> String {
+pub(crate) fn shown(path: &Path) -> String {
     shown_from(&project_root(), path)
 }
 
 /// Removes `.` and `..` components without touching the file system, so
 /// `infra/../scripts/x.json` shows as `scripts/x.json`.
-pub fn normalize(p: &Path) -> PathBuf {
+pub(crate) fn normalize(p: &Path) -> PathBuf {
     use std::path::Component;
     let mut out = PathBuf::new();
     for c in p.components() {
@@ -193,7 +194,7 @@ pub fn normalize(p: &Path) -> PathBuf {
 
 /// `path` relative to `root` when inside it (also when one of them is
 /// reached through a symlink, such as a temp folder), else as given.
-pub fn shown_from(root: &Path, path: &Path) -> String {
+pub(crate) fn shown_from(root: &Path, path: &Path) -> String {
     if let Ok(rel) = path.strip_prefix(root) {
         return rel.display().to_string();
     }
@@ -206,7 +207,7 @@ pub fn shown_from(root: &Path, path: &Path) -> String {
 }
 
 /// The canonical form of the longest existing ancestor of `path`, with the rest appended.
-pub fn canonical_prefix(path: &Path) -> Option<PathBuf> {
+pub(crate) fn canonical_prefix(path: &Path) -> Option<PathBuf> {
     let mut rest = Vec::new();
     let mut cur = path;
     loop {

@@ -21,7 +21,7 @@ const FUZZ_SECONDS: u64 = 10;
 /// (`xtask/tests/it/support.rs` reads the same variable).
 const SKIP_LOG_ENV: &str = "XTASK_TOOL_SKIP_LOG";
 
-pub fn run(flags: &flags::Test, process: &Process) -> Result<()> {
+pub(crate) fn run(flags: &flags::Test, process: &Process) -> Result<()> {
     let root = process.root.clone();
     let skipping = process.var("XTASK_SKIP_TOOL_TESTS") == Some("1");
     if skipping {

@@ -26,7 +26,7 @@ enum Layer {
     Tgz(&'static str),
 }
 
-pub struct Tool {
+pub(crate) struct Tool {
     pub name: &'static str,
     /// The version the project pins.
     pub version: &'static str,
@@ -41,7 +41,7 @@ pub struct Tool {
     sha256: &'static str,
 }
 
-pub const TOOLS: &[Tool] = &[
+pub(crate) const TOOLS: &[Tool] = &[
     Tool {
         name: "bao",
         version: "2.7.2",
@@ -100,7 +100,7 @@ src = zipfile.ZipFile(archive).open(member) if kind == 'zip' else tarfile.open(a
 with open(out, 'wb') as f:
     shutil.copyfileobj(src, f)";
 
-pub fn run(flags: &flags::Tools) -> Result<()> {
+pub(crate) fn run(flags: &flags::Tools) -> Result<()> {
     let root = project_root();
     if !flags.check {
         return ensure_all(&root);
@@ -127,7 +127,7 @@ pub fn run(flags: &flags::Tools) -> Result<()> {
 }
 
 /// Installs whatever is missing; prints one line per tool.
-pub fn ensure_all(root: &Path) -> Result<()> {
+pub(crate) fn ensure_all(root: &Path) -> Result<()> {
     for tool in TOOLS {
         let found = match locate(root, tool) {
             Some(found) => found,
@@ -149,7 +149,7 @@ pub fn ensure_all(root: &Path) -> Result<()> {
     Ok(())
 }
 
-pub enum Found {
+pub(crate) enum Found {
     /// Verified in .tools/bin.
     Pinned(PathBuf),
     /// A matching version elsewhere on PATH.
@@ -157,7 +157,7 @@ pub enum Found {
 }
 
 impl Found {
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         match self {
             Found::Pinned(p) | Found::OnPath(p) => p,
         }
@@ -177,7 +177,7 @@ fn pinned(root: &Path, tool: &Tool) -> PathBuf {
 
 /// Why [`locate`] found no usable tool: `missing`, or a `.tools/bin` binary
 /// whose checksum is not the pinned one.
-pub fn not_usable(root: &Path, tool: &Tool) -> String {
+pub(crate) fn not_usable(root: &Path, tool: &Tool) -> String {
     let pinned = pinned(root, tool);
     match sha256_file(&pinned) {
         Ok(got) => format!(
@@ -191,7 +191,7 @@ pub fn not_usable(root: &Path, tool: &Tool) -> String {
 }
 
 /// The tool if it is installed and verified, or a matching version on PATH.
-pub fn locate(root: &Path, tool: &Tool) -> Option<Found> {
+pub(crate) fn locate(root: &Path, tool: &Tool) -> Option<Found> {
     let pinned = pinned(root, tool);
     if pinned.is_file() && verified(&pinned, tool) {
         return Some(Found::Pinned(pinned));
@@ -311,7 +311,7 @@ fn version_matches(bin: &Path, tool: &Tool) -> bool {
 }
 
 /// The first executable called `name` on PATH.
-pub fn which(name: &str) -> Option<PathBuf> {
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))

@@ -9,7 +9,7 @@ use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
 #[derive(Debug)]
-pub enum Node {
+pub(crate) enum Node {
     Scalar(String, usize),
     Seq(Vec<Rc<Node>>, usize),
     Map(Vec<(Rc<Node>, Rc<Node>)>, usize),
@@ -17,32 +17,32 @@ pub enum Node {
 
 impl Node {
     /// 1-based line where the node starts.
-    pub fn line(&self) -> usize {
+    pub(crate) fn line(&self) -> usize {
         match self {
             Node::Scalar(_, l) | Node::Seq(_, l) | Node::Map(_, l) => *l,
         }
     }
 
-    pub fn as_str(&self) -> Option<&str> {
+    pub(crate) fn as_str(&self) -> Option<&str> {
         match self {
             Node::Scalar(s, _) => Some(s),
             _ => None,
         }
     }
 
-    pub fn as_seq(&self) -> &[Rc<Node>] {
+    pub(crate) fn as_seq(&self) -> &[Rc<Node>] {
         match self {
             Node::Seq(items, _) => items,
             _ => &[],
         }
     }
 
-    pub fn is_map(&self) -> bool {
+    pub(crate) fn is_map(&self) -> bool {
         matches!(self, Node::Map(..))
     }
 
     /// The value under `key` in a mapping, honouring `<<` merge keys.
-    pub fn get(&self, key: &str) -> Option<&Rc<Node>> {
+    pub(crate) fn get(&self, key: &str) -> Option<&Rc<Node>> {
         let Node::Map(entries, _) = self else {
             return None;
         };
@@ -60,11 +60,11 @@ impl Node {
     }
 
     /// A scalar under `key`.
-    pub fn str_at(&self, key: &str) -> Option<&str> {
+    pub(crate) fn str_at(&self, key: &str) -> Option<&str> {
         self.get(key).and_then(|n| n.as_str())
     }
 
-    pub fn entries(&self) -> &[(Rc<Node>, Rc<Node>)] {
+    pub(crate) fn entries(&self) -> &[(Rc<Node>, Rc<Node>)] {
         match self {
             Node::Map(entries, _) => entries,
             _ => &[],
@@ -74,7 +74,7 @@ impl Node {
 
 /// A YAML problem at a line.
 #[derive(Debug, PartialEq, Eq)]
-pub struct YamlError {
+pub(crate) struct YamlError {
     pub line: usize,
     pub col: usize,
     pub message: String,
@@ -87,7 +87,7 @@ impl std::fmt::Display for YamlError {
 }
 
 /// Most nodes a document may expand to through aliases.
-pub const NODE_BUDGET: usize = 1_000_000;
+pub(crate) const NODE_BUDGET: usize = 1_000_000;
 
 /// A sequence or mapping being read: its items (a mapping's keys and values
 /// alternate), its line and its anchor.
@@ -149,7 +149,7 @@ impl MarkedEventReceiver for Builder {
 }
 
 /// Parses every document in `text`. Empty documents are skipped.
-pub fn parse_documents(text: &str) -> Result<Vec<Rc<Node>>, YamlError> {
+pub(crate) fn parse_documents(text: &str) -> Result<Vec<Rc<Node>>, YamlError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
     parser.load(&mut builder, true).map_err(|e| YamlError {

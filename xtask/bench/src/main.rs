@@ -24,6 +24,8 @@
 //!
 //! Figures go to standard output and `target/bench/results.json`.
 
+// getrusage through libc: the bench is not the product.
+#![allow(unsafe_code)]
 // The bench is not the product: it starts its children with std (see clippy.toml).
 #![allow(clippy::disallowed_methods)]
 

@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 /// The hvac release the peer rows use.
-pub const HVAC: &str = "hvac==2.4.0";
+pub(crate) const HVAC: &str = "hvac==2.4.0";
 
 /// The Python script of the hvac rows: the same secrets and the same two
 /// writes per secret as a cold seed (the value with `cas: 0`, then the
@@ -46,7 +46,7 @@ else:
 "#;
 
 /// A venv with the pinned hvac, made on first use; its python.
-pub fn hvac_python(root: &Path) -> Result<PathBuf> {
+pub(crate) fn hvac_python(root: &Path) -> Result<PathBuf> {
     let venv = root.join("target/bench-peers/venv");
     let python = venv.join("bin/python");
     let stamp = venv.join("installed.txt");
@@ -84,7 +84,7 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// The hvac run: `n` secrets into `mount` on `threads`.
-pub fn hvac_command(
+pub(crate) fn hvac_command(
     python: &Path,
     dir: &Path,
     mount: &str,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 /// One keep-alive connection to `host:port`, sending Vault API requests.
-pub struct Conn {
+pub(crate) struct Conn {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
     host: String,
@@ -20,14 +20,14 @@ pub struct Conn {
 }
 
 /// What the server answered: status and body.
-pub struct Answer {
+pub(crate) struct Answer {
     pub status: u16,
     pub body: Vec<u8>,
 }
 
 impl Conn {
     /// `addr` is `http://host:port` (plain HTTP only: the bench's own server).
-    pub fn open(addr: &str, token: &str) -> Result<Conn> {
+    pub(crate) fn open(addr: &str, token: &str) -> Result<Conn> {
         let host = addr
             .strip_prefix("http://")
             .with_context(|| format!("the bench client speaks plain HTTP only, not {addr}"))?
@@ -46,7 +46,7 @@ impl Conn {
     }
 
     /// `method /v1/path` with `body` (JSON, or a JSON merge patch for PATCH).
-    pub fn send(&mut self, method: &str, path: &str, body: &[u8]) -> Result<Answer> {
+    pub(crate) fn send(&mut self, method: &str, path: &str, body: &[u8]) -> Result<Answer> {
         let content_type = if method == "PATCH" {
             "application/merge-patch+json"
         } else {
@@ -129,7 +129,7 @@ const MANAGED_BY: &str = "cargo-xtask-secrets";
 
 /// Which requests the ceiling sends per secret.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Mix {
+pub(crate) enum Mix {
     /// The KV v2 data write with `cas: 0`, as the seed sends for a new entry.
     Bare,
     /// That write, then the `custom_metadata` merge PATCH the seed sends.
@@ -138,7 +138,7 @@ pub enum Mix {
 
 /// What a ceiling run took: wall time, requests, and its own CPU (user +
 /// system of the worker threads, connection setup included).
-pub struct Ceiling {
+pub(crate) struct Ceiling {
     pub wall: Duration,
     pub requests: u64,
     pub cpu: Duration,
@@ -150,7 +150,7 @@ pub struct Ceiling {
 /// a keyed HMAC of the value, cut to 128 bits) and clears an older
 /// release's `fixture-sha256`, as the seed's does: the same bytes on the
 /// wire.
-pub fn ceiling(
+pub(crate) fn ceiling(
     addr: &str,
     token: &str,
     mount: &str,

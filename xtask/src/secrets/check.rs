@@ -21,7 +21,7 @@ use crate::secrets::fixtures::{self};
 use crate::secrets::provider;
 use crate::secrets::scan::collect;
 
-pub fn run(flags: &flags::Check, process: &Process) -> Result<()> {
+pub(crate) fn run(flags: &flags::Check, process: &Process) -> Result<()> {
     let format = flags.output.unwrap_or(Format::Text);
     // The classes' names: what coverage's report and its JSON speak.
     let fail_on: BTreeSet<String> = flags
@@ -245,7 +245,7 @@ fn advice(failures: &[&Finding], fixtures: &str, overrides: &str, seed: &str) ->
 
 /// The environments `check` knows: the infra tree's `environments/`
 /// folders, or the repository's.
-pub fn known_envs(root: &std::path::Path, infra: &std::path::Path) -> Vec<String> {
+pub(crate) fn known_envs(root: &std::path::Path, infra: &std::path::Path) -> Vec<String> {
     let envs = project::environment_folders(infra);
     if envs.is_empty() {
         project::environments(root)

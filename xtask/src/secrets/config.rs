@@ -19,13 +19,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-pub use crate::flags::ProviderKind;
+pub(crate) use crate::flags::ProviderKind;
 use crate::output::{shown_addr, Secret, VaultAddr};
 use crate::project::{self, normalize, shown_from, Process};
 
 /// Where a configuration value came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     Flag(&'static str),
     Env(&'static str),
     LocalFile,
@@ -54,7 +54,7 @@ impl fmt::Display for Source {
 }
 
 #[derive(Clone, Debug)]
-pub struct Setting<T> {
+pub(crate) struct Setting<T> {
     pub value: T,
     pub source: Source,
 }
@@ -155,7 +155,7 @@ const SETTINGS: &[Key] = &[
 
 /// Values the command line may set.
 #[derive(Default)]
-pub struct FlagValues {
+pub(crate) struct FlagValues {
     pub provider: Option<ProviderKind>,
     pub fixtures: Option<PathBuf>,
     pub overrides: Option<PathBuf>,
@@ -183,7 +183,7 @@ impl FlagValues {
 }
 
 #[derive(Clone, Debug)]
-pub struct PortForward {
+pub(crate) struct PortForward {
     pub namespace: String,
     pub service: String,
     pub port: u16,
@@ -198,13 +198,13 @@ pub struct PortForward {
 
 /// How long `migrate` and `rollback` wait for ExternalSecrets.
 #[derive(Debug, Clone, Copy)]
-pub struct Wait {
+pub(crate) struct Wait {
     pub attempts: u32,
     pub sleep: Duration,
 }
 
 #[derive(Debug)]
-pub struct Config {
+pub(crate) struct Config {
     pub root: PathBuf,
     pub provider: Setting<ProviderKind>,
     pub fixtures: Setting<PathBuf>,
@@ -234,14 +234,14 @@ pub struct Config {
 
 /// Loads the configuration of this process. Transitional: commands that
 /// were given a [`Process`] call [`Config::load`] with it.
-pub fn load(flags: &FlagValues) -> Result<Config> {
+pub(crate) fn load(flags: &FlagValues) -> Result<Config> {
     Config::load(&Process::read(), flags)
 }
 
 impl Config {
     /// The one way a command loads its configuration: once, at its start,
     /// from the process state read at the entry. Everything after reads it.
-    pub fn load(process: &Process, flags: &FlagValues) -> Result<Config> {
+    pub(crate) fn load(process: &Process, flags: &FlagValues) -> Result<Config> {
         let root = &process.root;
         let repo = read_file(&root.join(project::REPO_CONFIG))?;
         let local = read_file(&root.join(project::LOCAL_DIR).join("secrets.toml"))?;
@@ -425,27 +425,21 @@ impl Config {
         .listed(&raw))
     }
 
-    /// The deadline of one `helmfile sync`: `helmfile.sync_timeout_secs`
-    /// (default 600 s), after which helmfile is stopped.
-    pub fn helmfile_sync_deadline(&self) -> Duration {
-        self.helmfile_sync_timeout
-    }
-
     /// A path from the configuration: flag and environment paths are
     /// already absolute (from the working directory); a config file's are
     /// relative to the repository root.
-    pub fn abs(&self, p: &Path) -> PathBuf {
+    pub(crate) fn abs(&self, p: &Path) -> PathBuf {
         normalize(&self.root.join(p))
     }
 
     /// A path as output shows it: relative to the repository root when inside it.
-    pub fn shown(&self, p: &Path) -> String {
+    pub(crate) fn shown(&self, p: &Path) -> String {
         shown_from(&self.root, &self.abs(p))
     }
 
     /// Every setting of [`SETTINGS`], in its order: key, value as shown,
     /// source. A token by its source only; an address without its password.
-    pub fn describe(&self) -> Vec<(String, String, String)> {
+    pub(crate) fn describe(&self) -> Vec<(String, String, String)> {
         self.listing.clone()
     }
 
@@ -861,7 +855,7 @@ mod tests {
     fn child_deadlines_come_from_the_files_and_must_be_positive() {
         let root = scratch("deadlines");
         let cfg = load(&root, &FlagValues::default(), &[]).unwrap();
-        assert_eq!(cfg.helmfile_sync_deadline(), Duration::from_secs(600));
+        assert_eq!(cfg.helmfile_sync_timeout, Duration::from_secs(600));
         assert_eq!(cfg.port_forward.start_timeout, Duration::from_secs(30));
         assert_eq!(cfg.port_forward.pod_wait, Duration::from_secs(120));
 
@@ -876,10 +870,7 @@ mod tests {
         )
         .unwrap();
         let cfg = load(&root, &FlagValues::default(), &[]).unwrap();
-        assert_eq!(
-            cfg.helmfile_sync_deadline(),
-            Duration::from_secs_f64(1200.5)
-        );
+        assert_eq!(cfg.helmfile_sync_timeout, Duration::from_secs_f64(1200.5));
         assert_eq!(cfg.port_forward.start_timeout, Duration::from_secs(5));
         assert_eq!(cfg.port_forward.pod_wait, Duration::from_secs_f64(2.5));
 

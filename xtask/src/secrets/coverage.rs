@@ -15,7 +15,7 @@ use crate::secrets::scan::{self, ExternalSecret, RefKind, Scan};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Status {
+pub(crate) enum Status {
     /// The key is not in the fixtures or the store.
     Missing,
     /// The reference reads a property the store does not keep, or extracts a non-object.
@@ -32,7 +32,7 @@ pub enum Status {
 }
 
 impl Status {
-    pub fn heading(self) -> &'static str {
+    pub(crate) fn heading(self) -> &'static str {
         match self {
             Status::Missing => "MISSING",
             Status::WrongProperty => "WRONG PROPERTY",
@@ -58,7 +58,7 @@ impl Status {
 
 /// Where a key is referenced.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Site {
+pub(crate) struct Site {
     pub file: String,
     pub line: usize,
     pub external_secret: String,
@@ -69,7 +69,7 @@ pub struct Site {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Finding {
+pub(crate) struct Finding {
     pub status: Status,
     pub key: String,
     pub detail: String,
@@ -77,14 +77,14 @@ pub struct Finding {
 }
 
 #[derive(Debug, Serialize)]
-pub struct OutOfScope {
+pub(crate) struct OutOfScope {
     pub external_secret: String,
     pub store: String,
     pub at: String,
 }
 
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub mode: &'static str,
     pub env: String,
     pub live: Option<String>,
@@ -96,12 +96,12 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn count(&self, status: Status) -> usize {
+    pub(crate) fn count(&self, status: Status) -> usize {
         self.findings.iter().filter(|f| f.status == status).count()
     }
 
     /// Findings that fail under `fail_on`.
-    pub fn failures(&self, fail_on: &BTreeSet<String>) -> Vec<&Finding> {
+    pub(crate) fn failures(&self, fail_on: &BTreeSet<String>) -> Vec<&Finding> {
         self.findings
             .iter()
             .filter(|f| f.status.fails(fail_on))
@@ -110,7 +110,7 @@ impl Report {
 }
 
 /// What `--live` read from the store.
-pub struct Live {
+pub(crate) struct Live {
     pub target: String,
     pub entries: BTreeMap<String, Option<Current>>,
     pub names: Vec<String>,
@@ -126,14 +126,18 @@ fn named_keys(scan: &Scan) -> impl Iterator<Item = &String> {
 }
 
 /// The keys ESO reads by name, sorted, each once.
-pub fn eso_keys(scan: &Scan) -> Vec<String> {
+pub(crate) fn eso_keys(scan: &Scan) -> Vec<String> {
     let keys: BTreeSet<&String> = named_keys(scan).collect();
     keys.into_iter().cloned().collect()
 }
 
 /// Reads what `compare` needs from the store: every fixture and every key
 /// an in-scope ExternalSecret names, plus the listing (for `dataFrom.find`).
-pub fn read_live(store: &mut dyn SecretProvider, scan: &Scan, desired: &SecretSet) -> Result<Live> {
+pub(crate) fn read_live(
+    store: &mut dyn SecretProvider,
+    scan: &Scan,
+    desired: &SecretSet,
+) -> Result<Live> {
     let wanted: BTreeSet<&String> = desired.entries.keys().chain(named_keys(scan)).collect();
     let wanted: Vec<String> = wanted.into_iter().cloned().collect();
     Ok(Live {
@@ -143,7 +147,7 @@ pub fn read_live(store: &mut dyn SecretProvider, scan: &Scan, desired: &SecretSe
     })
 }
 
-pub fn parse_fail_on(value: Option<&str>) -> Result<BTreeSet<String>> {
+pub(crate) fn parse_fail_on(value: Option<&str>) -> Result<BTreeSet<String>> {
     let mut set = BTreeSet::new();
     for part in value.unwrap_or("missing").split(',').map(str::trim) {
         if part.is_empty() {
@@ -160,7 +164,7 @@ pub fn parse_fail_on(value: Option<&str>) -> Result<BTreeSet<String>> {
 }
 
 /// Compares the references with the fixtures and, if given, the live store.
-pub fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<&Live>) -> Report {
+pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<&Live>) -> Report {
     let mut by_key: BTreeMap<(Status, String, String), Vec<Site>> = BTreeMap::new();
     let mut referenced: BTreeSet<String> = BTreeSet::new();
     let mut required: BTreeSet<String> = BTreeSet::new();
@@ -310,7 +314,7 @@ fn live_problem(live: &Live, key: &str, fixture: Option<&Entry>) -> Option<(Stat
 }
 
 /// The human report: grouped by status, each key with every place it is referenced.
-pub fn render_text(
+pub(crate) fn render_text(
     report: &Report,
     fixtures: &str,
     fail_on: &BTreeSet<String>,
@@ -409,7 +413,7 @@ pub fn render_text(
 }
 
 /// JUnit XML: one test case per required key, plus one per other finding.
-pub fn render_junit(report: &Report, fail_on: &BTreeSet<String>) -> String {
+pub(crate) fn render_junit(report: &Report, fail_on: &BTreeSet<String>) -> String {
     let cases = report.findings.iter();
     let cases: Vec<&Finding> = cases
         .filter(|f| f.status != Status::Unused || fail_on.contains("unused"))

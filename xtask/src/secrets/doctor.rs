@@ -52,7 +52,7 @@ fn fail(area: &'static str, text: impl Into<String>, fix: impl Into<String>) -> 
     finding(Level::Fail, area, text, fix)
 }
 
-pub fn run(flags: &flags::Doctor, process: &Process) -> Result<()> {
+pub(crate) fn run(flags: &flags::Doctor, process: &Process) -> Result<()> {
     let env = flags.env.clone().unwrap_or_else(|| "local".into());
     let root = process.root.clone();
     let mut out: Vec<Finding> = Vec::new();

@@ -16,12 +16,12 @@ use crate::secrets::provider::vault_http::{Method, Reply, VaultHttp};
 use crate::{project, yaml};
 
 /// The store chart, whose defaults the layer-15 values overlay.
-pub const STORE_CHART_VALUES: &str =
+pub(crate) const STORE_CHART_VALUES: &str =
     "infra/kubernetes/charts/platform/vault-secret-store/values.yaml";
 
 /// What ESO logs in as and may read, from the store chart and layer 15.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct EsoNames {
+pub(crate) struct EsoNames {
     /// `ClusterSecretStore/<store>`.
     pub store: String,
     /// The auth method's mount (`auth.kubernetes.mountPath`), without slashes.
@@ -44,7 +44,7 @@ pub struct EsoNames {
 impl EsoNames {
     /// Reads the names for `env`: the store chart's values, overlaid with
     /// `vault.store` from the environment's layer-15 values (as the helmfile passes them).
-    pub fn load(root: &Path, env: &str) -> Result<EsoNames> {
+    pub(crate) fn load(root: &Path, env: &str) -> Result<EsoNames> {
         let chart = read_yaml(root, Path::new(STORE_CHART_VALUES))?;
         let layer = project::flag_file(env);
         let layer15 = read_yaml(root, &layer)?;
@@ -99,7 +99,7 @@ impl EsoNames {
     }
 
     /// The policy: read the store's entries, read and list their metadata.
-    pub fn policy_text(&self) -> String {
+    pub(crate) fn policy_text(&self) -> String {
         let header = format!(
             "# Written by `cargo xtask secrets seed`: what ClusterSecretStore/{} (role {}) may do. Read only.\n",
             self.store, self.role
@@ -117,7 +117,7 @@ impl EsoNames {
     }
 
     /// The path ESO reads `key` at.
-    pub fn data_path(&self, key: &str) -> String {
+    pub(crate) fn data_path(&self, key: &str) -> String {
         match self.kv_version.as_str() {
             "v1" => format!("{}/{key}", self.kv_path),
             _ => format!("{}/data/{key}", self.kv_path),
@@ -125,7 +125,7 @@ impl EsoNames {
     }
 
     /// `<namespace>/<name>` of ESO's service account.
-    pub fn subject(&self) -> String {
+    pub(crate) fn subject(&self) -> String {
         format!("{}/{}", self.namespace, self.service_account)
     }
 }
@@ -146,7 +146,7 @@ fn read_yaml(root: &Path, rel: &Path) -> Result<Rc<yaml::Node>> {
 
 /// A token TTL in seconds: a Go duration (`15m`, `1h30m`) or bare seconds,
 /// as Vault takes it.
-pub fn parse_duration(text: &str) -> Result<u64> {
+pub(crate) fn parse_duration(text: &str) -> Result<u64> {
     let t = text.trim();
     let secs = t
         .parse::<u64>()
@@ -163,7 +163,7 @@ pub fn parse_duration(text: &str) -> Result<u64> {
 /// What the seed does for one piece of ESO's access.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum State {
+pub(crate) enum State {
     /// Already as wanted: nothing written.
     InPlace,
     /// Missing or different: written by the seed.
@@ -174,7 +174,7 @@ pub enum State {
 
 /// One piece of ESO's access: the auth method, its config, the policy, the role.
 #[derive(Debug, Clone, Serialize)]
-pub struct Item {
+pub(crate) struct Item {
     /// `auth`, `config`, `policy` or `role`.
     pub kind: &'static str,
     /// What it is called in Vault.
@@ -186,7 +186,7 @@ pub struct Item {
 
 impl Item {
     /// The plan line's `<kind> <name>`, e.g. `auth kubernetes/`.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         format!("{} {}", self.kind, self.name)
     }
 }
@@ -202,7 +202,7 @@ struct KubeConfig {
 
 /// The plan: every piece, in the order [`apply`] writes them.
 #[derive(Debug, Clone, Serialize)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub names: EsoNames,
     pub items: Vec<Item>,
     /// The kube context's API server and CA, for a Vault outside a pod.
@@ -213,7 +213,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn to_ensure(&self) -> usize {
+    pub(crate) fn to_ensure(&self) -> usize {
         self.count(State::Ensure)
     }
 
@@ -222,13 +222,13 @@ impl Plan {
     }
 
     /// Every piece is in place: ESO can log in and read.
-    pub fn complete(&self) -> bool {
+    pub(crate) fn complete(&self) -> bool {
         self.items.iter().all(|i| i.state == State::InPlace)
     }
 
     /// The plan's lines: what is ensured, what was skipped and why, and
     /// (verbose) what is already in place.
-    pub fn render(&self, verbose: bool) -> String {
+    pub(crate) fn render(&self, verbose: bool) -> String {
         let names = &self.names;
         let mut out = format!(
             "eso access (ClusterSecretStore/{} -> role {}, service account {}): {} to ensure, {} in place\n",
@@ -300,12 +300,12 @@ fn state_of(found: Found, as_wanted: impl FnOnce(&Value) -> bool) -> State {
 
 /// The table a `sys/auth` read answers with, keyed by `<path>/`: under
 /// `data` when that is an object, else the body itself.
-pub fn mount_table(body: &Value) -> &Value {
+pub(crate) fn mount_table(body: &Value) -> &Value {
     body.get("data").filter(|d| d.is_object()).unwrap_or(body)
 }
 
 /// Reads Vault and plans each piece of ESO's access.
-pub fn plan(http: &VaultHttp, names: &EsoNames, kubeconfig: &[PathBuf]) -> Result<Plan> {
+pub(crate) fn plan(http: &VaultHttp, names: &EsoNames, kubeconfig: &[PathBuf]) -> Result<Plan> {
     let mount = &names.auth_mount;
     let auth_name = format!("{mount}/");
     let mut outside = None;
@@ -494,7 +494,7 @@ fn decide_config(
 
 /// The strings in a JSON array (none when `v` is not one), as Vault lists
 /// policies, bound names and capabilities.
-pub fn strings(v: &Value) -> Vec<String> {
+pub(crate) fn strings(v: &Value) -> Vec<String> {
     let all = v.as_array().map(Vec::as_slice).unwrap_or_default();
     all.iter()
         .filter_map(Value::as_str)
@@ -512,13 +512,13 @@ fn role_matches(names: &EsoNames, d: &Value) -> bool {
 
 /// The kube context's API server, for a Vault outside a pod.
 #[derive(Debug, Clone)]
-pub struct ApiServer {
+pub(crate) struct ApiServer {
     pub server: String,
     pub ca_pem: String,
 }
 
 /// The current kube context's server and CA (inline: kubectl reads a CA file).
-pub fn api_server_of_context() -> Result<ApiServer> {
+pub(crate) fn api_server_of_context() -> Result<ApiServer> {
     let text = kube::raw_minified_config()?;
     let v: Value = serde_json::from_str(&text).context("kubectl config view printed no JSON")?;
     let cluster = &v["clusters"][0]["cluster"];
@@ -540,7 +540,7 @@ pub fn api_server_of_context() -> Result<ApiServer> {
 
 /// What [`apply`] did, one line per piece it touched.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Applied {
+pub(crate) struct Applied {
     pub written: Vec<String>,
     /// Pieces not written, with the reason (a refused token): ESO cannot log in yet.
     pub not_written: Vec<(String, String)>,
@@ -549,7 +549,7 @@ pub struct Applied {
 }
 
 /// Writes the pieces the plan marks `ensure`, in order.
-pub fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
+pub(crate) fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
     let names = &plan.names;
     let mount = &names.auth_mount;
     let mut done = Applied::default();
@@ -651,7 +651,7 @@ pub fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
 /// With a kube context: a note when the service account the role binds is
 /// not in the cluster (ESO installed under another name). Without one, or
 /// when kubectl cannot answer, nothing: `doctor` reports kubectl's trouble.
-pub fn service_account_missing(names: &EsoNames, kubeconfig: &[PathBuf]) -> Option<String> {
+pub(crate) fn service_account_missing(names: &EsoNames, kubeconfig: &[PathBuf]) -> Option<String> {
     kube::current_context(kubeconfig)?;
     let field = format!("metadata.name={}", names.service_account);
     let found = kube::kubectl_tool()
@@ -672,7 +672,7 @@ pub fn service_account_missing(names: &EsoNames, kubeconfig: &[PathBuf]) -> Opti
 /// What to check when Vault says `permission denied` to ESO: the role's
 /// bound service account against the one the store logs in as, and the
 /// reviewer's TokenReview right. Names from the store chart and layer 15 of `env`.
-pub fn denied_checks(
+pub(crate) fn denied_checks(
     root: &std::path::Path,
     env: &str,
     cfg: &crate::secrets::config::Config,

@@ -33,7 +33,7 @@ const VAULT_SA: (&str, &str) = ("vault", "vault");
 /// How the check got its Vault token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum How {
+pub(crate) enum How {
     /// ESO's own login: TokenRequest, Vault login, TokenReview.
     Login,
     /// No cluster to log in through: a token minted with the role's policies.
@@ -42,14 +42,14 @@ pub enum How {
 
 /// Why ESO's login fails, and what fixes it.
 #[derive(Debug, Clone, Serialize)]
-pub struct Refused {
+pub(crate) struct Refused {
     pub cause: String,
     pub fix: String,
 }
 
 /// What ESO could do: log in, read, write.
 #[derive(Debug, Clone, Serialize)]
-pub struct AsEso {
+pub(crate) struct AsEso {
     pub method: How,
     pub role: String,
     /// `<namespace>/<name>` of the service account ESO logs in as.
@@ -93,12 +93,12 @@ impl AsEso {
         }
     }
 
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.login_refused.is_none() && self.unreadable.is_empty() && self.write_refused
     }
 
     /// One line for humans.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         if let Some(refused) = &self.login_refused {
             return format!(
                 "as ESO: the login as {} through {} (role {}) fails: {}",
@@ -138,7 +138,7 @@ impl AsEso {
     }
 
     /// What fixes a failed read: the login's own fix, else a re-seed.
-    pub fn fix(&self) -> String {
+    pub(crate) fn fix(&self) -> String {
         match &self.login_refused {
             Some(refused) => refused.fix.clone(),
             None => {
@@ -152,7 +152,7 @@ impl AsEso {
 /// cluster to log in through, with a token holding the role's policies),
 /// probes a write, and revokes the token. `root` and `env` locate the
 /// store's values and layer 15.
-pub fn read_as_eso(
+pub(crate) fn read_as_eso(
     http: &VaultHttp,
     names: &EsoNames,
     keys: &[String],

@@ -15,12 +15,12 @@ use crate::project::shown_from;
 /// Azure Key Vault accepts values up to 25 KiB; keep parity.
 pub const MAX_VALUE_BYTES: usize = 25 * 1024;
 /// Larger fixture files are a mistake, not a fixture set.
-pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+pub(crate) const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 /// Azure Key Vault's limit on a secret name.
-pub const MAX_NAME_LEN: usize = 127;
+pub(crate) const MAX_NAME_LEN: usize = 127;
 
 #[derive(Debug, Clone)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub value: String,
     pub sha256: String,
     /// The value comes from the overrides file.
@@ -29,21 +29,18 @@ pub struct Entry {
 
 /// The desired state: secret name to value, sorted by name.
 #[derive(Debug, Default, Clone)]
-pub struct SecretSet {
+pub(crate) struct SecretSet {
     pub entries: BTreeMap<String, Entry>,
     /// Names the overrides file added that the fixtures do not have.
     pub added_by_overrides: Vec<String>,
 }
 
 impl SecretSet {
-    pub fn names(&self) -> Vec<String> {
+    pub(crate) fn names(&self) -> Vec<String> {
         self.entries.keys().cloned().collect()
     }
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 
@@ -55,7 +52,12 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// Loads the fixtures and, if the file exists, the overrides.
-pub fn load(root: &Path, fixtures: &Path, guarded: bool, overrides: &Path) -> Result<SecretSet> {
+pub(crate) fn load(
+    root: &Path,
+    fixtures: &Path,
+    guarded: bool,
+    overrides: &Path,
+) -> Result<SecretSet> {
     if guarded {
         refuse_escaping_symlink(root, fixtures)?;
     }
@@ -115,7 +117,7 @@ fn refuse_escaping_symlink(root: &Path, path: &Path) -> Result<()> {
 
 /// Reads and validates one fixtures-format file; `what` names it in errors
 /// ("fixtures file", "overrides file").
-pub fn parse_file(root: &Path, path: &Path, what: &str) -> Result<Vec<(String, String)>> {
+pub(crate) fn parse_file(root: &Path, path: &Path, what: &str) -> Result<Vec<(String, String)>> {
     let shown = |p: &Path| shown_from(root, p);
     let flag = if what == "overrides file" {
         "--overrides"
@@ -333,7 +335,9 @@ fn kind_of(v: &serde_json::Value) -> &'static str {
 }
 
 /// The configured fixtures and overrides: the path and the desired set.
-pub fn load_configured(cfg: &crate::secrets::config::Config) -> Result<(PathBuf, SecretSet)> {
+pub(crate) fn load_configured(
+    cfg: &crate::secrets::config::Config,
+) -> Result<(PathBuf, SecretSet)> {
     let (path, guarded) = resolve(cfg);
     let set = load(&cfg.root, &path, guarded, &cfg.abs(&cfg.overrides.value))?;
     Ok((path, set))
@@ -341,7 +345,7 @@ pub fn load_configured(cfg: &crate::secrets::config::Config) -> Result<(PathBuf,
 
 /// The fixtures path as configured, and whether the symlink guard applies:
 /// only an explicit `--fixtures` may point anywhere.
-pub fn resolve(cfg: &crate::secrets::config::Config) -> (PathBuf, bool) {
+pub(crate) fn resolve(cfg: &crate::secrets::config::Config) -> (PathBuf, bool) {
     let guarded = cfg.fixtures.source != crate::secrets::config::Source::Flag("--fixtures");
     (cfg.abs(&cfg.fixtures.value), guarded)
 }

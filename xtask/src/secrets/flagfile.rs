@@ -87,7 +87,7 @@ pub fn find(text: &str, file: &str) -> Result<Flag> {
 }
 
 /// The provider named by the flag.
-pub fn provider(text: &str, file: &str) -> Result<ProviderKind> {
+pub(crate) fn provider(text: &str, file: &str) -> Result<ProviderKind> {
     let flag = find(text, file)?;
     match flag.value.parse::<ProviderKind>().ok() {
         Some(p @ (ProviderKind::Vault | ProviderKind::Azure)) => Ok(p),
@@ -123,7 +123,7 @@ pub fn set(text: &str, file: &str, to: ProviderKind) -> Result<String> {
 }
 
 /// A one-line unified diff of a flag change, for plans.
-pub fn diff(text: &str, file: &str, to: ProviderKind) -> Result<String> {
+pub(crate) fn diff(text: &str, file: &str, to: ProviderKind) -> Result<String> {
     let flag = find(text, file)?;
     let (start, end) = line_span(text, flag.line);
     let old = &text[start..end];

@@ -13,13 +13,13 @@ use crate::process::Tool;
 /// Refuses unless git ignores `path` (files holding values must never be
 /// committable), asked where the file really is (every symlink on the way
 /// resolved). A path outside the repository is refused: git has no say there.
-pub fn require_git_ignored(root: &Path, path: &Path, what: &str) -> Result<()> {
+pub(crate) fn require_git_ignored(root: &Path, path: &Path, what: &str) -> Result<()> {
     check_ignored(root, path, what, false)
 }
 
 /// [`require_git_ignored`] for a file that may also live outside the
 /// repository (`--render --out`): outside it, git has no say.
-pub fn require_git_ignored_if_inside(root: &Path, path: &Path, what: &str) -> Result<()> {
+pub(crate) fn require_git_ignored_if_inside(root: &Path, path: &Path, what: &str) -> Result<()> {
     check_ignored(root, path, what, true)
 }
 
@@ -92,7 +92,7 @@ fn real_locations(path: &Path) -> Vec<PathBuf> {
 }
 
 /// Seeding writes fixtures, which only belong in local environments.
-pub fn require_local_env(env: &str) -> Result<()> {
+pub(crate) fn require_local_env(env: &str) -> Result<()> {
     if env != "local" {
         bail!(
             "refusing to seed fixtures for environment {env:?}: fixtures are weak by design and only seed local \
@@ -103,7 +103,7 @@ pub fn require_local_env(env: &str) -> Result<()> {
 }
 
 /// Is `host` this machine (loopback)?
-pub fn is_loopback_host(host: &str) -> bool {
+pub(crate) fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.eq_ignore_ascii_case("localhost") {
         return true;
@@ -113,7 +113,7 @@ pub fn is_loopback_host(host: &str) -> bool {
 }
 
 /// The host of an http(s) URL.
-pub fn url_host(addr: &str) -> Option<String> {
+pub(crate) fn url_host(addr: &str) -> Option<String> {
     let rest = addr.split_once("://").map(|(_, r)| r).unwrap_or(addr);
     let authority = rest.split(['/', '?', '#']).next()?;
     let authority = authority
@@ -129,7 +129,7 @@ pub fn url_host(addr: &str) -> Option<String> {
 }
 
 /// Refuses a Vault address that is not local unless `allow` names its host.
-pub fn check_vault_addr(addr: &str, allow: Option<&str>) -> Result<()> {
+pub(crate) fn check_vault_addr(addr: &str, allow: Option<&str>) -> Result<()> {
     let shown = shown_addr(addr);
     let Some(host) = url_host(addr) else {
         bail!(
@@ -149,7 +149,7 @@ pub fn check_vault_addr(addr: &str, allow: Option<&str>) -> Result<()> {
 
 /// The host of a loopback Vault address that `--allow-non-local` does not
 /// name: such a Vault may be a port-forward, so the kube context matters.
-pub fn unvouched_loopback(addr: &str, allow: Option<&str>) -> Option<String> {
+pub(crate) fn unvouched_loopback(addr: &str, allow: Option<&str>) -> Option<String> {
     let host = url_host(addr)?;
     (is_loopback_host(&host) && !allow.is_some_and(|a| a.eq_ignore_ascii_case(&host)))
         .then_some(host)
@@ -157,7 +157,7 @@ pub fn unvouched_loopback(addr: &str, allow: Option<&str>) -> Option<String> {
 
 /// What the guardrail knows of the current kube context.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KubeContext {
+pub(crate) enum KubeContext {
     /// No kubeconfig, or no current context: no cluster to port-forward into.
     None,
     Named(String),
@@ -171,7 +171,7 @@ pub enum KubeContext {
 /// A loopback Vault under a kube context that does not look local, or cannot
 /// be known, is taken only as a dev server (storage in memory): anything else
 /// may be `kubectl port-forward` into a cluster that is not local.
-pub fn require_dev_server_under(
+pub(crate) fn require_dev_server_under(
     addr: &str,
     host: &str,
     context: &KubeContext,
@@ -202,7 +202,7 @@ fn storage_words(storage_type: Option<&str>) -> String {
 }
 
 /// [`require_dev_server_under`] a named context that does not look local.
-pub fn require_dev_server(
+pub(crate) fn require_dev_server(
     addr: &str,
     host: &str,
     context: &str,
@@ -223,7 +223,7 @@ pub fn require_dev_server(
 
 /// An Azure Key Vault's name however it is written (name, host or URL, any
 /// case, spaces around); `None` unless a vault name (3-24 of a-z, 0-9, `-`).
-pub fn azure_vault_name(input: &str) -> Option<String> {
+pub(crate) fn azure_vault_name(input: &str) -> Option<String> {
     let mut s = input.trim().to_ascii_lowercase();
     for scheme in ["https://", "http://"] {
         if let Some(rest) = s.strip_prefix(scheme) {
@@ -239,12 +239,12 @@ pub fn azure_vault_name(input: &str) -> Option<String> {
 }
 
 /// Does the kube context name look like a local cluster?
-pub fn is_local_context(context: &str, patterns: &[String]) -> bool {
+pub(crate) fn is_local_context(context: &str, patterns: &[String]) -> bool {
     patterns.iter().any(|p| glob_match(p, context))
 }
 
 /// `*` matches any run of characters; everything else matches itself.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     let parts: Vec<String> = pattern.split('*').map(regex::escape).collect();
     let re = format!("(?s)^{}$", parts.join(".*"));
     regex::Regex::new(&re).is_ok_and(|re| re.is_match(text))
@@ -252,7 +252,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 
 /// Refuses to port-forward to Vault through a kube context that does not
 /// look local. `--allow-non-local` names a Vault host, never a context.
-pub fn check_port_forward_context(context: &str, patterns: &[String]) -> Result<()> {
+pub(crate) fn check_port_forward_context(context: &str, patterns: &[String]) -> Result<()> {
     if is_local_context(context, patterns) {
         return Ok(());
     }
@@ -267,7 +267,7 @@ pub fn check_port_forward_context(context: &str, patterns: &[String]) -> Result<
 }
 
 /// Refuses a kube context that does not look local.
-pub fn check_context(context: &str, patterns: &[String]) -> Result<()> {
+pub(crate) fn check_context(context: &str, patterns: &[String]) -> Result<()> {
     if is_local_context(context, patterns) {
         return Ok(());
     }

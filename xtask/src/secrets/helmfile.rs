@@ -17,7 +17,7 @@ const INSTALL_HINT: &str = "run `cargo xtask tools` to install it into .tools/bi
 const TEMPLATE_DEADLINE: Duration = Duration::from_secs(300);
 
 /// `helmfile ... sync` of layer 15 for `env`, as plans show it.
-pub fn sync_display(env: &str) -> String {
+pub(crate) fn sync_display(env: &str) -> String {
     format!(
         "helmfile --file {} --environment {env} sync",
         project::LAYER15_HELMFILE
@@ -26,7 +26,7 @@ pub fn sync_display(env: &str) -> String {
 
 /// `helmfile sync` of layer 15 for `env`, killed after `deadline` (the
 /// error then names the setting to raise, once).
-pub fn sync(root: &Path, env: &str, deadline: Duration) -> Result<()> {
+pub(crate) fn sync(root: &Path, env: &str, deadline: Duration) -> Result<()> {
     let tool = Tool::new("helmfile")
         .arg("--file")
         .arg(root.join(project::LAYER15_HELMFILE))
@@ -40,7 +40,7 @@ pub fn sync(root: &Path, env: &str, deadline: Duration) -> Result<()> {
 
 /// The `HELM_CACHE_HOME` that [`template`] gives helm for `out_dir`: a
 /// sibling, `<out_dir>.helm-cache`. The caller removes it with `out_dir`.
-pub fn helm_cache_dir(out_dir: &Path) -> PathBuf {
+pub(crate) fn helm_cache_dir(out_dir: &Path) -> PathBuf {
     let mut name = out_dir.as_os_str().to_owned();
     name.push(".helm-cache");
     PathBuf::from(name)
@@ -48,7 +48,7 @@ pub fn helm_cache_dir(out_dir: &Path) -> PathBuf {
 
 /// `helmfile template` of one helmfile into one folder per release, with
 /// helm's cache in [`helm_cache_dir`].
-pub fn template(helmfile: &Path, env: &str, out_dir: &Path, path_env: &OsStr) -> Result<()> {
+pub(crate) fn template(helmfile: &Path, env: &str, out_dir: &Path, path_env: &OsStr) -> Result<()> {
     let tool = Tool::new("helmfile")
         .arg("--file")
         .arg(helmfile)
@@ -78,7 +78,7 @@ fn run(tool: Tool, what: &str) -> Result<()> {
 
 /// helmfile's error output, each line once: it repeats helm's error under
 /// STDERR and COMBINED OUTPUT. The last 8 lines, indented for a message.
-pub fn errors(stderr: &str) -> String {
+pub(crate) fn errors(stderr: &str) -> String {
     let mut lines: Vec<&str> = Vec::new();
     for line in stderr.lines().map(str::trim) {
         let noise = line.is_empty()

@@ -14,11 +14,11 @@ use serde_json::Value;
 
 use crate::process::Tool;
 
-pub const INSTALL_HINT: &str =
+pub(crate) const INSTALL_HINT: &str =
     "install kubectl (https://kubernetes.io/docs/tasks/tools/) and put it on PATH";
 
 /// kubectl for one call (not the port-forward), with a 30 s deadline.
-pub fn kubectl_tool() -> Tool {
+pub(crate) fn kubectl_tool() -> Tool {
     Tool::new("kubectl")
         .deadline(Duration::from_secs(30))
         .install_hint(INSTALL_HINT)
@@ -28,14 +28,14 @@ pub fn kubectl_tool() -> Tool {
 }
 
 /// The current kube context, or `None` when kubectl is missing, has none, or fails.
-pub fn current_context(kubeconfig: &[PathBuf]) -> Option<String> {
+pub(crate) fn current_context(kubeconfig: &[PathBuf]) -> Option<String> {
     context(kubeconfig).ok().flatten()
 }
 
 /// The current kube context: `Ok(None)` without kubectl or a context set;
 /// kubectl's words when it fails. Asked once per process (a run never
 /// changes the kubeconfig); later calls repeat the answer, error included.
-pub fn context(kubeconfig: &[PathBuf]) -> Result<Option<String>> {
+pub(crate) fn context(kubeconfig: &[PathBuf]) -> Result<Option<String>> {
     static CONTEXT: OnceLock<Result<Option<String>, String>> = OnceLock::new();
     CONTEXT
         .get_or_init(|| ask_context(kubeconfig).map_err(|e| format!("{e:#}")))
@@ -61,7 +61,7 @@ fn ask_context(kubeconfig: &[PathBuf]) -> Result<Option<String>> {
 
 /// The current kube context as far as it can be known; kubectl missing or
 /// failing beside a kubeconfig is `Unknown`, and the guardrail fails closed.
-pub fn guard_context(kubeconfig: &[PathBuf]) -> KubeContext {
+pub(crate) fn guard_context(kubeconfig: &[PathBuf]) -> KubeContext {
     match context(kubeconfig) {
         Ok(Some(context)) => KubeContext::Named(context),
         Ok(None) if crate::tools::which("kubectl").is_none() && kubeconfig_exists(kubeconfig) => {
@@ -81,43 +81,43 @@ pub fn guard_context(kubeconfig: &[PathBuf]) -> KubeContext {
 /// Whether kubectl could find a kubeconfig (`Config::kubeconfig`: the
 /// paths of `KUBECONFIG`, else `~/.kube/config`): without one the answer
 /// costs no kubectl child. Where we cannot tell (no `HOME`), kubectl decides.
-pub fn kubeconfig_exists(kubeconfig: &[PathBuf]) -> bool {
+pub(crate) fn kubeconfig_exists(kubeconfig: &[PathBuf]) -> bool {
     kubeconfig.is_empty() || kubeconfig.iter().any(|p| p.exists())
 }
 
 /// Runs kubectl, returning stdout or an error with kubectl's own message.
-pub fn kubectl(args: &[&str]) -> Result<String> {
+pub(crate) fn kubectl(args: &[&str]) -> Result<String> {
     kubectl_tool().args(args).run()
 }
 
 /// The current context with its cluster's CA inline (`--flatten` reads a CA
 /// file as kubectl does). It holds credentials: keep it in memory.
-pub fn raw_minified_config() -> Result<String> {
+pub(crate) fn raw_minified_config() -> Result<String> {
     kubectl_tool()
         .args("config view --minify --raw --flatten --output json".split(' '))
         .run()
 }
 
 /// ESO's API group, as `kubectl api-versions` lists it.
-pub const ESO_GROUP: &str = "external-secrets.io";
+pub(crate) const ESO_GROUP: &str = "external-secrets.io";
 
 /// The version of ESO's API that layer 15's manifests use (ESO 0.16+).
-pub const ESO_V1: &str = "external-secrets.io/v1";
+pub(crate) const ESO_V1: &str = "external-secrets.io/v1";
 
 /// Installs External Secrets Operator with its official Helm chart.
-pub const ESO_INSTALL: &str =
+pub(crate) const ESO_INSTALL: &str =
     "helm repo add external-secrets https://charts.external-secrets.io && \
      helm install external-secrets external-secrets/external-secrets --namespace external-secrets \
      --create-namespace --wait";
 
 /// Upgrades an ESO the official Helm chart installed to the chart's latest.
-pub const ESO_UPGRADE: &str = "helm repo add external-secrets https://charts.external-secrets.io; \
+pub(crate) const ESO_UPGRADE: &str = "helm repo add external-secrets https://charts.external-secrets.io; \
      helm repo update external-secrets && helm upgrade external-secrets external-secrets/external-secrets \
      --namespace external-secrets --wait";
 
 /// What the cluster serves of ESO's API group.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EsoApi {
+pub(crate) enum EsoApi {
     /// No `external-secrets.io` version at all: ESO is not installed.
     Missing,
     /// Versions, but not `v1`: an ESO older than 0.16.
@@ -127,7 +127,7 @@ pub enum EsoApi {
 
 impl EsoApi {
     /// From `kubectl api-versions`' output, one `group/version` a line.
-    pub fn parse(api_versions: &str) -> EsoApi {
+    pub(crate) fn parse(api_versions: &str) -> EsoApi {
         let ours: Vec<String> = api_versions
             .lines()
             .map(str::trim)
@@ -144,7 +144,7 @@ impl EsoApi {
     }
 
     /// What is wrong and the command that fixes it; `None` when v1 is served.
-    pub fn problem(&self) -> Option<(String, String)> {
+    pub(crate) fn problem(&self) -> Option<(String, String)> {
         match self {
             EsoApi::V1 => None,
             EsoApi::Missing => Some((
@@ -164,7 +164,7 @@ impl EsoApi {
 }
 
 /// `kubectl api-versions` (the server's answer, not the discovery cache).
-pub fn eso_api() -> Result<EsoApi> {
+pub(crate) fn eso_api() -> Result<EsoApi> {
     Ok(EsoApi::parse(&kubectl(&["api-versions"])?))
 }
 
@@ -183,7 +183,7 @@ fn items(list: &Value) -> &[Value] {
 
 /// An object's Ready condition, as ESO writes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Ready {
+pub(crate) struct Ready {
     /// `None` when there is no Ready condition.
     pub ready: Option<bool>,
     pub reason: String,
@@ -192,7 +192,7 @@ pub struct Ready {
 
 impl Ready {
     /// The Ready condition in `object["status"]["conditions"]`.
-    pub fn of(object: &Value) -> Ready {
+    pub(crate) fn of(object: &Value) -> Ready {
         let conditions = object["status"]["conditions"].as_array();
         match conditions.and_then(|c| c.iter().find(|c| c["type"] == "Ready")) {
             Some(c) => Ready {
@@ -205,7 +205,7 @@ impl Ready {
     }
 
     /// `reason: message`, or that there is no condition yet.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self.ready {
             None => "no Ready condition yet".to_string(),
             Some(_) => format!("{}: {}", self.reason, self.message),
@@ -215,7 +215,7 @@ impl Ready {
 
 /// One ExternalSecret's readiness, as ESO reports it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct EsStatus {
+pub(crate) struct EsStatus {
     pub namespace: String,
     pub name: String,
     /// `Kind/name` of its store.
@@ -236,14 +236,14 @@ pub struct EsStatus {
 }
 
 impl EsStatus {
-    pub fn id(&self) -> String {
+    pub(crate) fn id(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
 
     /// Why ESO 0.16+ will not re-read it when its force-sync annotation
     /// changes (`shouldRefresh`): once synced, `refreshPolicy: CreatedOnce`
     /// or a periodic `refreshInterval: 0` is never read again.
-    pub fn ignores_force_sync(&self) -> Option<String> {
+    pub(crate) fn ignores_force_sync(&self) -> Option<String> {
         let synced = self
             .synced_resource_version
             .as_deref()
@@ -265,7 +265,7 @@ impl EsStatus {
 
 /// A Go duration (`time.ParseDuration`: `0`, `1h30m`, `500ms`, `-1.5h`) in
 /// seconds; `None` when it is not one.
-pub fn go_seconds(duration: &str) -> Option<f64> {
+pub(crate) fn go_seconds(duration: &str) -> Option<f64> {
     let d = duration.trim();
     let (sign, mut rest) = match d.strip_prefix('-') {
         Some(rest) => (-1.0, rest),
@@ -311,7 +311,7 @@ fn eso_failure(tool: &Tool, out: &std::process::Output) -> anyhow::Error {
 }
 
 /// Every ExternalSecret in the cluster.
-pub fn external_secrets() -> Result<Vec<EsStatus>> {
+pub(crate) fn external_secrets() -> Result<Vec<EsStatus>> {
     let tool = kubectl_tool().args("get externalsecrets --all-namespaces --output json".split(' '));
     let out = tool.output()?;
     if !out.status.success() {
@@ -320,7 +320,7 @@ pub fn external_secrets() -> Result<Vec<EsStatus>> {
     parse_external_secrets(&String::from_utf8_lossy(&out.stdout))
 }
 
-pub fn parse_external_secrets(json: &str) -> Result<Vec<EsStatus>> {
+pub(crate) fn parse_external_secrets(json: &str) -> Result<Vec<EsStatus>> {
     let list: Value = serde_json::from_str(json).context("kubectl printed no JSON list")?;
     let opt = |v: &Value| v.as_str().map(String::from);
     let statuses = items(&list).iter().map(|item| {
@@ -355,7 +355,7 @@ pub fn parse_external_secrets(json: &str) -> Result<Vec<EsStatus>> {
 }
 
 /// `ClusterSecretStore/<name>`'s Ready condition; `None` when there is no such store.
-pub fn cluster_secret_store(name: &str) -> Result<Option<Ready>> {
+pub(crate) fn cluster_secret_store(name: &str) -> Result<Option<Ready>> {
     let tool = kubectl_tool().args(["get", "clustersecretstore", name, "--output", "json"]);
     let out = tool.output()?;
     if !out.status.success() {
@@ -370,7 +370,7 @@ pub fn cluster_secret_store(name: &str) -> Result<Option<Ready>> {
 }
 
 /// Asks ESO to re-read an ExternalSecret now.
-pub fn force_sync(namespace: &str, name: &str, stamp: &str) -> Result<()> {
+pub(crate) fn force_sync(namespace: &str, name: &str, stamp: &str) -> Result<()> {
     let stamp = format!("force-sync={stamp}");
     kubectl(&[
         "annotate",
@@ -386,7 +386,7 @@ pub fn force_sync(namespace: &str, name: &str, stamp: &str) -> Result<()> {
 
 /// Asks ESO to validate a ClusterSecretStore now: any change to the object
 /// queues it at once, ahead of the backoff of a store that failed.
-pub fn force_sync_store(name: &str, stamp: &str) -> Result<()> {
+pub(crate) fn force_sync_store(name: &str, stamp: &str) -> Result<()> {
     let stamp = format!("force-sync={stamp}");
     kubectl(&[
         "annotate",
@@ -399,7 +399,7 @@ pub fn force_sync_store(name: &str, stamp: &str) -> Result<()> {
 }
 
 /// Every namespace in the cluster.
-pub fn namespaces() -> Result<BTreeSet<String>> {
+pub(crate) fn namespaces() -> Result<BTreeSet<String>> {
     let json = kubectl(&["get", "namespaces", "--output", "json"])?;
     let list: Value =
         serde_json::from_str(&json).context("kubectl get namespaces printed no JSON list")?;
@@ -412,7 +412,7 @@ pub fn namespaces() -> Result<BTreeSet<String>> {
 /// A Kubernetes Event about one object: where ESO says why it failed (its
 /// Ready condition is generic: `could not get secret data from provider`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
+pub(crate) struct Event {
     /// `metadata.name`.
     pub id: String,
     /// How many times it happened (identical events are counted in one).
@@ -428,7 +428,7 @@ pub struct Event {
 }
 
 /// ESO's newest Warning Event about the store, if kubectl can tell.
-pub fn store_event() -> Option<Event> {
+pub(crate) fn store_event() -> Option<Event> {
     warning_events(
         None,
         "ClusterSecretStore",
@@ -439,20 +439,20 @@ pub fn store_event() -> Option<Event> {
 }
 
 /// `; ESO's last warning (Reason): message`, or nothing.
-pub fn said(event: Option<&Event>) -> String {
+pub(crate) fn said(event: Option<&Event>) -> String {
     event.map(|e| format!("; {}", e.said())).unwrap_or_default()
 }
 
 /// Vault's answer to a login it refused (every failed TokenReview
 /// included) or a read its policy does not allow, in ESO's words.
-pub fn permission_denied(text: &str) -> bool {
+pub(crate) fn permission_denied(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
     t.contains("permission denied") || t.contains("code: 403")
 }
 
 impl Event {
     /// `ESO's last warning (Reason): message`, on one line (Vault's errors span several).
-    pub fn said(&self) -> String {
+    pub(crate) fn said(&self) -> String {
         let message: Vec<&str> = self.message.split_whitespace().collect();
         format!(
             "ESO's last warning ({}): {}",
@@ -464,7 +464,7 @@ impl Event {
 
 /// Warning Events about objects of `kind` in `namespace` (`None`: every
 /// namespace; a cluster-scoped object's live in `default`), about `name` only when given.
-pub fn warning_events(
+pub(crate) fn warning_events(
     namespace: Option<&str>,
     kind: &str,
     name: Option<&str>,
@@ -473,7 +473,7 @@ pub fn warning_events(
 }
 
 /// Events about objects of `kind` (as [`warning_events`]), of `type_` only when given.
-pub fn events(
+pub(crate) fn events(
     namespace: Option<&str>,
     kind: &str,
     name: Option<&str>,
@@ -495,7 +495,7 @@ pub fn events(
     parse_events(&kubectl(&args)?)
 }
 
-pub fn parse_events(json: &str) -> Result<Vec<Event>> {
+pub(crate) fn parse_events(json: &str) -> Result<Vec<Event>> {
     let list: Value =
         serde_json::from_str(json).context("kubectl get events printed no JSON list")?;
     let events = items(&list).iter().map(|e| Event {
@@ -534,7 +534,7 @@ fn instant(e: &Event) -> (String, u64) {
 }
 
 /// The newest event about each object, by name.
-pub fn newest_by_object(events: Vec<Event>) -> BTreeMap<String, Event> {
+pub(crate) fn newest_by_object(events: Vec<Event>) -> BTreeMap<String, Event> {
     let mut newest: BTreeMap<String, Event> = BTreeMap::new();
     for e in events {
         if newest

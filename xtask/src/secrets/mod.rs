@@ -1,32 +1,32 @@
 //! `cargo xtask secrets`: seed the local store, check coverage, migrate.
 
-pub mod check;
-pub mod config;
-pub mod coverage;
-pub mod doctor;
-pub mod eso_access;
-pub mod eso_read;
-pub mod fixtures;
-pub mod flagfile;
-pub mod guard;
-pub mod helmfile;
-pub mod kube;
-pub mod manifests;
-pub mod migrate;
-pub mod port_forward;
-pub mod provider;
-pub mod scan;
-pub mod seed;
-pub mod seeding;
-pub mod status;
-pub mod vault_checks;
+pub(crate) mod check;
+pub(crate) mod config;
+pub(crate) mod coverage;
+pub(crate) mod doctor;
+pub(crate) mod eso_access;
+pub(crate) mod eso_read;
+pub(crate) mod fixtures;
+pub(crate) mod flagfile;
+pub(crate) mod guard;
+pub(crate) mod helmfile;
+pub(crate) mod kube;
+pub(crate) mod manifests;
+pub(crate) mod migrate;
+pub(crate) mod port_forward;
+pub(crate) mod provider;
+pub(crate) mod scan;
+pub(crate) mod seed;
+pub(crate) mod seeding;
+pub(crate) mod status;
+pub(crate) mod vault_checks;
 
 use anyhow::Result;
 
 use crate::flags;
 use crate::project::Process;
 
-pub fn run(cmd: flags::Secrets, process: &Process) -> Result<()> {
+pub(crate) fn run(cmd: flags::Secrets, process: &Process) -> Result<()> {
     match cmd.subcommand {
         flags::SecretsCmd::Seed(f) => seed::run(&f, process),
         flags::SecretsCmd::Check(f) => check::run(&f, process),

@@ -23,7 +23,7 @@ const POD_NOTE_EVERY: Duration = Duration::from_secs(5);
 
 /// What to forward: `svc/<service>:<port>` in `namespace`.
 #[derive(Clone, Debug)]
-pub struct ForwardSpec {
+pub(crate) struct ForwardSpec {
     pub namespace: String,
     pub service: String,
     pub port: u16,
@@ -458,7 +458,7 @@ impl Watch {
 /// waiting for a running pod again; [`Self::lifeline`] holds failed calls
 /// until then. A second failure is final. Stopped on drop; a run killed
 /// outright takes kubectl with it (`Tool::die_with_parent`).
-pub struct PortForward {
+pub(crate) struct PortForward {
     pub local_port: u16,
     watch: Arc<Watch>,
     watcher: Option<JoinHandle<()>>,
@@ -466,7 +466,7 @@ pub struct PortForward {
 
 impl PortForward {
     /// Forwards a free loopback port to `svc/<service>:<port>`.
-    pub fn start(spec: &ForwardSpec) -> Result<PortForward> {
+    pub(crate) fn start(spec: &ForwardSpec) -> Result<PortForward> {
         let watch = Arc::new(Watch::default());
         let (started, port) = std::sync::mpsc::channel();
         // Every kubectl of this forward is started by its watcher thread, which
@@ -501,19 +501,19 @@ impl PortForward {
         }
     }
 
-    pub fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         format!("http://127.0.0.1:{}", self.local_port)
     }
 
     /// Whether the forward is gone for good (it failed twice).
-    pub fn is_gone(&self) -> bool {
+    pub(crate) fn is_gone(&self) -> bool {
         self.watch.down().is_some()
     }
 
     /// For the HTTP client, when a connection fails: waits while the watcher
     /// restarts kubectl, then `None` (try again) or, once the forward is
     /// gone for good, `Some(why)` in kubectl's words.
-    pub fn lifeline(&self) -> impl Fn() -> Option<String> + Send + Sync + 'static {
+    pub(crate) fn lifeline(&self) -> impl Fn() -> Option<String> + Send + Sync + 'static {
         let watch = Arc::clone(&self.watch);
         move || {
             let mut restarting = watch.restarting.lock().unwrap_or_else(|e| e.into_inner());

@@ -19,7 +19,7 @@ use crate::project;
 use crate::yaml::{parse_documents, Node};
 
 /// The store every in-scope ExternalSecret must use.
-pub const STORE_NAME: &str = "ameide-vault";
+pub(crate) const STORE_NAME: &str = "ameide-vault";
 const STORE_KIND: &str = "ClusterSecretStore";
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -73,7 +73,7 @@ pub struct ExternalSecret {
 }
 
 /// Whether `Kind/name` is the store every in-scope ExternalSecret uses.
-pub fn is_our_store(store: &str) -> bool {
+pub(crate) fn is_our_store(store: &str) -> bool {
     store
         .strip_prefix(STORE_KIND)
         .and_then(|s| s.strip_prefix('/'))
@@ -99,7 +99,7 @@ impl ExternalSecret {
 }
 
 #[derive(Debug, Default, Serialize)]
-pub struct Scan {
+pub(crate) struct Scan {
     pub mode: &'static str,
     pub files: usize,
     pub external_secrets: Vec<ExternalSecret>,
@@ -129,7 +129,7 @@ fn read(file: &Path) -> Result<String> {
 }
 
 /// Static scan of `infra` (files relative to `base` in reports).
-pub fn scan_static(infra: &Path, base: &Path) -> Result<Scan> {
+pub(crate) fn scan_static(infra: &Path, base: &Path) -> Result<Scan> {
     let (mut files, mut templates) = (Vec::new(), Vec::new());
     collect_yaml(infra, false, &mut files, &mut templates)
         .with_context(|| format!("listing {}", infra.display()))?;
@@ -193,7 +193,7 @@ fn templated(s: &str) -> bool {
 
 /// Reads a chart template statically: the ExternalSecrets written in it
 /// with literal keys. Never fails: what cannot be read is left for `--render`.
-pub fn scan_template(text: &str, file: &str, out: &mut Vec<ExternalSecret>) {
+pub(crate) fn scan_template(text: &str, file: &str, out: &mut Vec<ExternalSecret>) {
     let yaml = blank_actions(text);
     let mut found = Vec::new();
     match scan_docs(&yaml, &Ctx::new(file, None, None), false, &mut found) {
@@ -562,7 +562,7 @@ fn walk_values(
 
 /// Renders every helmfile in `infra/helmfiles` for `env` with the real
 /// helmfile (offline: local charts only) and scans the ExternalSecrets.
-pub fn scan_rendered(
+pub(crate) fn scan_rendered(
     infra: &Path,
     base: &Path,
     env: &str,
@@ -616,7 +616,7 @@ pub fn scan_rendered(
 
 /// The ExternalSecrets to check: static or rendered, plus the contract,
 /// which always counts.
-pub fn collect(root: &Path, infra: &Path, env: &str, render: bool) -> Result<Scan> {
+pub(crate) fn collect(root: &Path, infra: &Path, env: &str, render: bool) -> Result<Scan> {
     if !render {
         return scan_static(infra, root);
     }

@@ -48,7 +48,7 @@ struct EsoReport<'a> {
     applied: Option<eso_access::Applied>,
 }
 
-pub fn run(flags: &flags::Seed, process: &Process) -> Result<()> {
+pub(crate) fn run(flags: &flags::Seed, process: &Process) -> Result<()> {
     let format = flags.output.unwrap_or(Format::Text);
     let render = flags.render;
     let env = flags.env.as_deref().unwrap_or("local");

@@ -17,7 +17,7 @@ use crate::{fsutil, PartialError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "kind", content = "reason")]
-pub enum Action {
+pub(crate) enum Action {
     /// Not in the store.
     Create,
     /// In the store with a stale value the seed itself wrote.
@@ -31,7 +31,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Action::Create => "create",
             Action::Update => "update",
@@ -43,7 +43,7 @@ impl Action {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Item {
+pub(crate) struct Item {
     pub name: String,
     pub action: Action,
     pub overridden: bool,
@@ -73,7 +73,7 @@ fn short_checksum_opt<S: serde::Serializer>(sha: &Option<String>, s: S) -> Resul
 }
 
 impl Item {
-    pub fn writes(&self) -> bool {
+    pub(crate) fn writes(&self) -> bool {
         matches!(
             self.action,
             Action::Create | Action::Update | Action::Restamp
@@ -82,7 +82,7 @@ impl Item {
 }
 
 /// Plans every desired entry. `force` turns conflicts into updates.
-pub fn plan(
+pub(crate) fn plan(
     desired: &SecretSet,
     current: &BTreeMap<String, Option<Current>>,
     force: bool,
@@ -178,7 +178,7 @@ fn conflict_reason(c: &Current) -> String {
 
 /// Counts by action, in a fixed order.
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
-pub struct Counts {
+pub(crate) struct Counts {
     pub create: usize,
     pub update: usize,
     pub unchanged: usize,
@@ -187,7 +187,7 @@ pub struct Counts {
     pub overridden: usize,
 }
 
-pub fn counts(items: &[Item]) -> Counts {
+pub(crate) fn counts(items: &[Item]) -> Counts {
     let mut c = Counts::default();
     for i in items {
         match i.action {
@@ -203,14 +203,14 @@ pub fn counts(items: &[Item]) -> Counts {
 }
 
 #[derive(Serialize, Clone, Debug)]
-pub struct NotWritten {
+pub(crate) struct NotWritten {
     pub name: String,
     pub reason: String,
 }
 
 /// What a seed did: written, and not written with the reason.
 #[derive(Debug, Clone, Default)]
-pub struct SeedRun {
+pub(crate) struct SeedRun {
     pub written: Vec<String>,
     pub not_written: Vec<NotWritten>,
     /// Names whose write failed (not conflicts).
@@ -223,7 +223,7 @@ pub struct SeedRun {
 
 impl SeedRun {
     /// A dry run: the planned conflicts are all that is "not written".
-    pub fn planned(items: &[Item]) -> SeedRun {
+    pub(crate) fn planned(items: &[Item]) -> SeedRun {
         let mut run = SeedRun::default();
         for i in items {
             if let Action::Conflict(reason) = &i.action {
@@ -242,13 +242,13 @@ impl SeedRun {
     ///
     /// The message names the cause first, then one line per kind of
     /// failure with at most 20 names (`--output json` lists every one).
-    pub fn into_result(self) -> Result<()> {
+    pub(crate) fn into_result(self) -> Result<()> {
         self.into_result_after_plan(false)
     }
 
     /// Like [`SeedRun::into_result`]; with `plan_shown`, conflicts the
     /// printed plan named are counted, not listed again.
-    pub fn into_result_after_plan(self, plan_shown: bool) -> Result<()> {
+    pub(crate) fn into_result_after_plan(self, plan_shown: bool) -> Result<()> {
         if self.not_written.is_empty() && self.unstamped.is_empty() {
             return Ok(());
         }
@@ -414,7 +414,7 @@ fn generic_reason(reason: &str, name: &str) -> String {
 }
 
 /// Reads the store and plans every fixture.
-pub fn plan_for(
+pub(crate) fn plan_for(
     store: &mut dyn SecretProvider,
     desired: &SecretSet,
     force: bool,
@@ -426,7 +426,7 @@ pub fn plan_for(
 /// ESO's access to a Vault store, planned and applied in one go (for
 /// `migrate`, which seeds without printing a plan): what it did, for the
 /// journal. `None` for stores other than Vault.
-pub fn ensure_eso_access(
+pub(crate) fn ensure_eso_access(
     store: &dyn SecretProvider,
     cfg: &Config,
     env: &str,
@@ -455,7 +455,7 @@ pub fn ensure_eso_access(
 }
 
 /// Writes what the plan says; never a value in the result.
-pub fn apply(
+pub(crate) fn apply(
     store: &mut dyn SecretProvider,
     desired: &SecretSet,
     items: &[Item],
@@ -498,7 +498,7 @@ pub fn apply(
 }
 
 /// The plan by name and 8-character checksum; never a value.
-pub fn render_plan(items: &[Item], verbose: bool) -> String {
+pub(crate) fn render_plan(items: &[Item], verbose: bool) -> String {
     use std::fmt::Write;
     let width = items
         .iter()
@@ -546,7 +546,7 @@ pub fn render_plan(items: &[Item], verbose: bool) -> String {
     out
 }
 
-pub fn counts_line(c: &Counts) -> String {
+pub(crate) fn counts_line(c: &Counts) -> String {
     format!(
         "{} create, {} update, {} unchanged, {} restamp, {} conflict",
         c.create, c.update, c.unchanged, c.restamp, c.conflict

@@ -14,7 +14,7 @@ use crate::secrets::provider::vault_http::{Method, Reply, VaultError, VaultHttp}
 use crate::secrets::scan::{self, STORE_NAME};
 use crate::secrets::{eso_access, fixtures, flagfile, guard, vault_checks};
 
-pub fn run(flags: &flags::Status, process: &Process) -> Result<()> {
+pub(crate) fn run(flags: &flags::Status, process: &Process) -> Result<()> {
     let format = flags.output.unwrap_or(Format::Text);
     let env = flags.env.clone().unwrap_or_else(|| "local".into());
     let root = process.root.clone();

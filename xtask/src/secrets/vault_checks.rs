@@ -13,11 +13,11 @@ use crate::secrets::provider::vault_http::{Method, Reply, VaultHttp};
 use crate::secrets::provider::RECORD_NAME;
 
 /// The one command that puts back what a restarted dev-mode Vault forgot.
-pub const RESEED: &str = "cargo xtask secrets seed";
+pub(crate) const RESEED: &str = "cargo xtask secrets seed";
 
 /// How many of the fixtures the store holds.
 #[derive(Debug, Clone, Serialize)]
-pub struct Held {
+pub(crate) struct Held {
     pub present: usize,
     pub total: usize,
     /// Fixture names the store lacks, sorted.
@@ -26,7 +26,7 @@ pub struct Held {
 
 impl Held {
     /// Counts `fixtures` among `listed` (the store's names).
-    pub fn count(fixtures: &[String], listed: &[String]) -> Held {
+    pub(crate) fn count(fixtures: &[String], listed: &[String]) -> Held {
         let listed: BTreeSet<&String> = listed.iter().collect();
         let mut missing: Vec<String> = fixtures
             .iter()
@@ -41,12 +41,12 @@ impl Held {
         }
     }
 
-    pub fn complete(&self) -> bool {
+    pub(crate) fn complete(&self) -> bool {
         self.missing.is_empty()
     }
 
     /// `holds all 47 fixtures`, or what is missing and why it may be.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         if self.complete() {
             return format!("holds all {} fixtures", self.total);
         }
@@ -74,7 +74,7 @@ impl Held {
 
 /// A capability the seed needs on a path, and whether the token has it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Lack {
+pub(crate) struct Lack {
     pub path: String,
     /// Capabilities needed and not granted.
     pub missing: Vec<String>,
@@ -84,7 +84,7 @@ pub struct Lack {
 
 /// The paths the seed writes: (path, capabilities needed, why, whether it
 /// is KV's), KV first, then ESO's access. `sample` is one fixture name.
-pub fn seed_paths(
+pub(crate) fn seed_paths(
     mount: &str,
     kv_v2: bool,
     sample: &str,
@@ -148,7 +148,7 @@ pub fn seed_paths(
 
 /// What the token lacks on the seed's paths, split into the secrets' paths
 /// (the seed fails with 403) and ESO's (the seed skips them).
-pub fn lacking(
+pub(crate) fn lacking(
     http: &VaultHttp,
     mount: &str,
     kv_v2: bool,
@@ -188,7 +188,7 @@ pub fn lacking(
 
 /// The capabilities a `sys/capabilities-self` answer grants on `path`: at
 /// the top level of the body, else under `data`.
-pub fn capabilities(reply: &Reply, path: &str) -> Vec<String> {
+pub(crate) fn capabilities(reply: &Reply, path: &str) -> Vec<String> {
     match &reply.body[path] {
         list if list.is_array() => strings(list),
         _ => strings(&reply.body["data"][path]),
@@ -196,7 +196,7 @@ pub fn capabilities(reply: &Reply, path: &str) -> Vec<String> {
 }
 
 /// `update on secret/data/x (write each secret); ...`
-pub fn describe_lacks(lacks: &[Lack]) -> String {
+pub(crate) fn describe_lacks(lacks: &[Lack]) -> String {
     let each: Vec<String> = lacks
         .iter()
         .map(|l| format!("{} on {} ({})", l.missing.join("+"), l.path, l.why))

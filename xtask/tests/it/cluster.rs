@@ -15,11 +15,11 @@ use serde_json::{json, Value};
 
 use crate::support::Sandbox;
 
-pub const ESO_CRD: &str = "externalsecrets.external-secrets.io";
-pub const STORE_CRD: &str = "clustersecretstores.external-secrets.io";
+pub(crate) const ESO_CRD: &str = "externalsecrets.external-secrets.io";
+pub(crate) const STORE_CRD: &str = "clustersecretstores.external-secrets.io";
 
 /// A running stand-in, stopped on drop.
-pub struct Cluster {
+pub(crate) struct Cluster {
     child: Child,
     /// `https://127.0.0.1:PORT`: kubectl sends no token over plain HTTP.
     pub url: String,
@@ -33,7 +33,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts the stand-in with its state and logs in `dir`.
-    pub fn start(dir: &Path) -> Cluster {
+    pub(crate) fn start(dir: &Path) -> Cluster {
         std::fs::create_dir_all(dir).unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/standin.py");
         let log = std::fs::File::create(dir.join("standin.log")).unwrap();
@@ -74,7 +74,7 @@ impl Cluster {
     }
 
     /// One control call (`/_standin/...`), its JSON answer.
-    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+    pub(crate) fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
         let port = crate::support::port_of(&self.control);
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -100,11 +100,17 @@ impl Cluster {
     }
 
     /// Creates or replaces these objects.
-    pub fn put(&self, objects: &[Value]) {
+    pub(crate) fn put(&self, objects: &[Value]) {
         self.call("POST", "/_standin/objects", Some(&json!(objects)));
     }
 
-    pub fn delete(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) {
+    pub(crate) fn delete(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) {
         let mut o = json!({"apiVersion": api_version, "kind": kind, "name": name});
         if let Some(ns) = namespace {
             o["namespace"] = json!(ns);
@@ -113,7 +119,7 @@ impl Cluster {
     }
 
     /// Every object the cluster holds.
-    pub fn objects(&self) -> Vec<Value> {
+    pub(crate) fn objects(&self) -> Vec<Value> {
         match self.call("GET", "/_standin/objects", None) {
             Value::Array(items) => items,
             other => other["items"].as_array().cloned().unwrap_or_default(),
@@ -121,7 +127,7 @@ impl Cluster {
     }
 
     /// The object of `kind` named `name` (in `namespace`), if any.
-    pub fn object(&self, kind: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+    pub(crate) fn object(&self, kind: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
         self.objects().into_iter().find(|o| {
             o["kind"] == kind
                 && o["metadata"]["name"] == name
@@ -130,12 +136,12 @@ impl Cluster {
     }
 
     /// Merges `knobs` into the stand-in's knobs.
-    pub fn knobs(&self, knobs: Value) {
+    pub(crate) fn knobs(&self, knobs: Value) {
         self.call("PUT", "/_standin/knobs", Some(&knobs));
     }
 
     /// The port-forward sessions the kubelet served.
-    pub fn forwards(&self) -> Vec<Value> {
+    pub(crate) fn forwards(&self) -> Vec<Value> {
         self.call("GET", "/_standin/portforward", None)["sessions"]
             .as_array()
             .cloned()
@@ -143,7 +149,7 @@ impl Cluster {
     }
 
     /// `METHOD path -> status` of every API request so far.
-    pub fn requests(&self) -> Vec<String> {
+    pub(crate) fn requests(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.join("requests.log"))
             .unwrap_or_default()
             .lines()
@@ -162,7 +168,7 @@ impl Drop for Cluster {
 /// A kubeconfig whose current context `context` (none when `None`) reaches
 /// `server`, whose CA is in `ca_file`, with `user`; `cluster` adds or
 /// replaces fields of the cluster entry.
-pub fn kubeconfig(
+pub(crate) fn kubeconfig(
     context: Option<&str>,
     server: &str,
     ca_file: &Path,
@@ -194,14 +200,14 @@ pub fn kubeconfig(
     config
 }
 
-pub fn namespace(name: &str) -> Value {
+pub(crate) fn namespace(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name},
            "status": {"phase": "Active"}})
 }
 
 /// `svc/<name>` in `ns`, selecting `app.kubernetes.io/name=<name>`, port
 /// `port` to the pod's port of the same number.
-pub fn service(ns: &str, name: &str, port: u16) -> Value {
+pub(crate) fn service(ns: &str, name: &str, port: u16) -> Value {
     json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": ns, "name": name},
            "spec": {"type": "ClusterIP", "clusterIP": "10.43.0.10",
                     "selector": {"app.kubernetes.io/name": name},
@@ -210,7 +216,7 @@ pub fn service(ns: &str, name: &str, port: u16) -> Value {
 
 /// A pod `<app>-0` behind [`service`]`(ns, app, port)`, in `phase`
 /// (`Pending` waits in ContainerCreating).
-pub fn pod(ns: &str, app: &str, port: u16, phase: &str) -> Value {
+pub(crate) fn pod(ns: &str, app: &str, port: u16, phase: &str) -> Value {
     let running = phase == "Running";
     let state = if running {
         json!({"running": {"startedAt": "2026-12-01T00:00:00Z"}})
@@ -230,13 +236,13 @@ pub fn pod(ns: &str, app: &str, port: u16, phase: &str) -> Value {
 }
 
 /// ESO's service account `external-secrets/<name>`.
-pub fn service_account(ns: &str, name: &str) -> Value {
+pub(crate) fn service_account(ns: &str, name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"namespace": ns, "name": name}})
 }
 
 /// `ClusterSecretStore/ameide-vault` on `provider` (`vault` or `azure`);
 /// `ready` sets the Ready condition ESO last wrote.
-pub fn store(provider: &str, ready: Option<(bool, &str)>) -> Value {
+pub(crate) fn store(provider: &str, ready: Option<(bool, &str)>) -> Value {
     let spec = if provider == "vault" {
         json!({"provider": {"vault": {"server": "http://vault.vault.svc.cluster.local:8200",
                                       "path": "secret", "version": "v2",
@@ -257,7 +263,7 @@ pub fn store(provider: &str, ready: Option<(bool, &str)>) -> Value {
 
 /// An ExternalSecret on `store` (`Kind/name`), last synced ESO's way:
 /// Ready, `refreshTime` set and `syncedResourceVersion` current.
-pub fn external_secret(ns: &str, name: &str, store: &str) -> Value {
+pub(crate) fn external_secret(ns: &str, name: &str, store: &str) -> Value {
     let (kind, store_name) = store.split_once('/').unwrap();
     json!({"apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
            "metadata": {"namespace": ns, "name": name},
@@ -285,7 +291,7 @@ pub fn external_secret(ns: &str, name: &str, store: &str) -> Value {
 ///
 /// Objects persist across calls, as a cluster's would: a later scenario
 /// changes knobs and adds what is missing.
-pub fn apply(sb: &Sandbox, cluster: &Cluster, sc: &Value) {
+pub(crate) fn apply(sb: &Sandbox, cluster: &Cluster, sc: &Value) {
     let context = sc["context"].as_str();
     let user = if sc["user"].is_object() {
         sc["user"].clone()
@@ -401,7 +407,7 @@ pub fn apply(sb: &Sandbox, cluster: &Cluster, sc: &Value) {
 
 /// Waits until ESO has reconciled every new ExternalSecret once (each has
 /// a Ready condition), as a cluster that has been up a while would be.
-pub fn wait_settled(cluster: &Cluster) {
+pub(crate) fn wait_settled(cluster: &Cluster) {
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         let pending: Vec<String> = cluster

@@ -12,21 +12,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
         .to_path_buf()
 }
 
-pub fn fakes_dir() -> PathBuf {
+pub(crate) fn fakes_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes")
 }
 
 /// PATH with the pinned tools first: `.tools/bin`, or the folder that
 /// `XTASK_TEST_TOOLS_BIN` names (the harness's own tests point it at an
 /// empty one).
-pub fn tools_path() -> String {
+pub(crate) fn tools_path() -> String {
     let bin = std::env::var_os("XTASK_TEST_TOOLS_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join(".tools/bin"));
@@ -36,17 +36,17 @@ pub fn tools_path() -> String {
 }
 
 /// The first file `name` in the `:`-separated `path`.
-pub fn find_on(path: &str, name: &str) -> Option<PathBuf> {
+pub(crate) fn find_on(path: &str, name: &str) -> Option<PathBuf> {
     path.split(':')
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
 }
 
 /// The variable that turns tests needing tools we lack into visible skips.
-pub const SKIP_TOOL_TESTS: &str = "XTASK_SKIP_TOOL_TESTS";
+pub(crate) const SKIP_TOOL_TESTS: &str = "XTASK_SKIP_TOOL_TESTS";
 /// Where skipped tests are listed, one per line (`cargo xtask test` sets
 /// it and counts them); by default `target/tool-test-skips.txt`.
-pub const SKIP_LOG: &str = "XTASK_TOOL_SKIP_LOG";
+pub(crate) const SKIP_LOG: &str = "XTASK_TOOL_SKIP_LOG";
 
 /// Makes sure the pinned tools `names` are there for the calling test.
 ///
@@ -56,7 +56,7 @@ pub const SKIP_LOG: &str = "XTASK_TOOL_SKIP_LOG";
 /// `XTASK_SKIP_TOOL_TESTS=1` does a missing tool skip the test: it returns
 /// `false`, prints `SKIPPED`, and the skip is listed in the skip log for
 /// `cargo xtask test` to count. No test passes silently without its tools.
-pub fn require_tools(names: &[&str]) -> bool {
+pub(crate) fn require_tools(names: &[&str]) -> bool {
     if missing_tools(names).is_empty() {
         return true;
     }
@@ -141,7 +141,7 @@ fn record_skip(line: &str) {
 }
 
 /// A loopback port free at the time of asking.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -152,10 +152,10 @@ pub fn free_port() -> u16 {
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A fresh folder under the system temp dir, removed on drop.
-pub struct TempDir(pub PathBuf);
+pub(crate) struct TempDir(pub PathBuf);
 
 impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
+    pub(crate) fn new(tag: &str) -> TempDir {
         let dir = std::env::temp_dir().join(format!(
             "xtask-it-{tag}-{}-{}",
             std::process::id(),
@@ -174,7 +174,7 @@ impl Drop for TempDir {
 }
 
 /// `bao server -dev` on a free loopback port, stopped on drop.
-pub struct OpenBao {
+pub(crate) struct OpenBao {
     child: Child,
     pub addr: String,
     pub port: u16,
@@ -185,12 +185,12 @@ pub struct OpenBao {
 }
 
 impl OpenBao {
-    pub fn start() -> OpenBao {
+    pub(crate) fn start() -> OpenBao {
         OpenBao::start_with(false)
     }
 
     /// `bao server -dev -dev-tls`: HTTPS with a CA of its own.
-    pub fn start_tls() -> OpenBao {
+    pub(crate) fn start_tls() -> OpenBao {
         OpenBao::start_with(true)
     }
 
@@ -254,7 +254,7 @@ impl OpenBao {
     }
 
     /// Runs the bao CLI against this server.
-    pub fn bao(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) fn bao(&self, args: &[&str]) -> std::process::Output {
         Command::new(find_on(&tools_path(), "bao").unwrap())
             .args(args)
             .env("VAULT_ADDR", &self.addr)
@@ -264,30 +264,30 @@ impl OpenBao {
             .unwrap()
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Stops the server (for fault tests).
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// `VAULT_ADDR` and `VAULT_TOKEN` for this server, for `xtask_env`.
-    pub fn env(&self) -> [(&'static str, &str); 2] {
+    pub(crate) fn env(&self) -> [(&'static str, &str); 2] {
         [("VAULT_ADDR", &self.addr), ("VAULT_TOKEN", &self.token)]
     }
 
     /// Sets `secret/<name>`'s `value` through vaultrs, as a person editing
     /// the store by hand would.
-    pub fn hand_edit(&self, name: &str, value: &str) {
+    pub(crate) fn hand_edit(&self, name: &str, value: &str) {
         let data = std::collections::HashMap::from([("value", value)]);
         block_on(vaultrs::kv2::set(&self.client(), "secret", name, &data)).unwrap();
     }
 
     /// A vaultrs client: an independent reader of what the seed wrote.
-    pub fn client(&self) -> vaultrs::client::VaultClient {
+    pub(crate) fn client(&self) -> vaultrs::client::VaultClient {
         vault_client(&self.addr, &self.token)
     }
 }
@@ -300,7 +300,7 @@ impl Drop for OpenBao {
 }
 
 /// The HTTP status of a GET on loopback, by hand (no client to trust).
-pub fn http_status(port: u16, path: &str) -> Option<u16> {
+pub(crate) fn http_status(port: u16, path: &str) -> Option<u16> {
     let mut s =
         TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
             .ok()?;
@@ -317,7 +317,7 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
 }
 
 /// A block_on for vaultrs calls in tests.
-pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -327,14 +327,14 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 /// The result of one `xtask` run.
 #[derive(Debug)]
-pub struct Run {
+pub(crate) struct Run {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
 }
 
 impl Run {
-    pub fn ok(self) -> Run {
+    pub(crate) fn ok(self) -> Run {
         assert_eq!(
             self.code, 0,
             "expected success\nstdout:\n{}\nstderr:\n{}",
@@ -342,7 +342,7 @@ impl Run {
         );
         self
     }
-    pub fn code(self, code: i32) -> Run {
+    pub(crate) fn code(self, code: i32) -> Run {
         assert_eq!(
             self.code, code,
             "expected exit {code}\nstdout:\n{}\nstderr:\n{}",
@@ -350,7 +350,7 @@ impl Run {
         );
         self
     }
-    pub fn all(&self) -> String {
+    pub(crate) fn all(&self) -> String {
         format!("{}{}", self.stdout, self.stderr)
     }
 }
@@ -367,28 +367,28 @@ impl From<std::process::Output> for Run {
 
 /// The real OpenBao dev server and a fresh sandbox, or `None` (skip the
 /// test) when `bao` is missing.
-pub fn with_bao() -> Option<(OpenBao, Sandbox)> {
+pub(crate) fn with_bao() -> Option<(OpenBao, Sandbox)> {
     require_tools(&["bao", "kubectl"]).then(|| (OpenBao::start(), Sandbox::new()))
 }
 
 /// Fails the test unless `text` contains `needle`, showing both.
 #[track_caller]
-pub fn assert_contains(text: &str, needle: &str) {
+pub(crate) fn assert_contains(text: &str, needle: &str) {
     assert!(text.contains(needle), "expected {needle:?} in:\n{text}");
 }
 
 /// A run's standard output as JSON (`--output json`).
-pub fn json(run: &Run) -> serde_json::Value {
+pub(crate) fn json(run: &Run) -> serde_json::Value {
     serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.all()))
 }
 
 /// The sandbox's shipped fixtures, name to value.
-pub fn fixtures(sb: &Sandbox) -> serde_json::Map<String, serde_json::Value> {
+pub(crate) fn fixtures(sb: &Sandbox) -> serde_json::Map<String, serde_json::Value> {
     serde_json::from_str(&sb.read("scripts/azure/default-local-keyvault-secrets.json")).unwrap()
 }
 
 /// sha256 in hex, computed here rather than by the code under test.
-pub fn sha256_hex(s: &str) -> String {
+pub(crate) fn sha256_hex(s: &str) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(s.as_bytes())
         .iter()
@@ -397,7 +397,7 @@ pub fn sha256_hex(s: &str) -> String {
 }
 
 /// `secrets seed --provider vault --output json` against `addr`.
-pub fn vault_seed(sb: &Sandbox, addr: &str, token: &str, extra: &[&str]) -> Run {
+pub(crate) fn vault_seed(sb: &Sandbox, addr: &str, token: &str, extra: &[&str]) -> Run {
     let mut args = vec!["secrets", "seed", "--provider", "vault", "--output", "json"];
     args.extend_from_slice(extra);
     sb.xtask_env(&args, &[("VAULT_ADDR", addr), ("VAULT_TOKEN", token)])
@@ -405,7 +405,7 @@ pub fn vault_seed(sb: &Sandbox, addr: &str, token: &str, extra: &[&str]) -> Run 
 
 /// One call a fake recorded.
 #[derive(Debug, serde::Deserialize)]
-pub struct Call {
+pub(crate) struct Call {
     pub tool: String,
     pub argv: Vec<String>,
     pub stdin: String,
@@ -415,12 +415,12 @@ pub struct Call {
 }
 
 /// Whether process `pid` still runs (a zombie does not count).
-pub fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
 /// A scratch git copy of the repository with fakes on PATH.
-pub struct Sandbox {
+pub(crate) struct Sandbox {
     pub root: PathBuf,
     pub fake_dir: PathBuf,
     pub home: PathBuf,
@@ -430,7 +430,7 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    pub fn new() -> Sandbox {
+    pub(crate) fn new() -> Sandbox {
         let dir = TempDir::new("repo");
         let root = dir.0.join("repo");
         let fake_dir = dir.0.join("fake");
@@ -501,7 +501,7 @@ impl Sandbox {
     /// What the fakes (helmfile sync, az) replay, and the cluster that the
     /// real kubectl finds: the `kubectl` part sets up the cluster stand-in
     /// (started on first use) as [`crate::cluster::apply`] describes.
-    pub fn scenario(&self, scenario: serde_json::Value) {
+    pub(crate) fn scenario(&self, scenario: serde_json::Value) {
         if scenario["kubectl"].is_object() {
             crate::cluster::apply(self, self.cluster(), &scenario["kubectl"]);
         }
@@ -514,14 +514,14 @@ impl Sandbox {
     }
 
     /// The sandbox's cluster stand-in, started on first use.
-    pub fn cluster(&self) -> &crate::cluster::Cluster {
+    pub(crate) fn cluster(&self) -> &crate::cluster::Cluster {
         self.cluster
             .get_or_init(|| crate::cluster::Cluster::start(&self.fake_dir.join("cluster")))
     }
 
     /// The built `xtask` with `args`, run as [`Sandbox::command_of`] runs
     /// any program.
-    pub fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         self.command_of(Path::new(env!("CARGO_BIN_EXE_xtask")), args)
     }
 
@@ -529,7 +529,7 @@ impl Sandbox {
     /// (`XTASK_PROJECT_ROOT` too), the fakes and pinned tools on PATH, its
     /// own HOME and helm homes, stdin closed, and none of the caller's
     /// variables that the tool's config or kubectl would read.
-    pub fn command_of(&self, program: &Path, args: &[&str]) -> Command {
+    pub(crate) fn command_of(&self, program: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new(program);
         cmd.args(args)
             .current_dir(&self.root)
@@ -561,17 +561,17 @@ impl Sandbox {
     }
 
     /// `secrets seed --provider file` with `extra` flags.
-    pub fn seed_file(&self, extra: &[&str]) -> Run {
+    pub(crate) fn seed_file(&self, extra: &[&str]) -> Run {
         let mut args = vec!["secrets", "seed", "--provider", "file"];
         args.extend_from_slice(extra);
         self.xtask(&args)
     }
 
-    pub fn xtask(&self, args: &[&str]) -> Run {
+    pub(crate) fn xtask(&self, args: &[&str]) -> Run {
         self.xtask_env(args, &[])
     }
 
-    pub fn xtask_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
+    pub(crate) fn xtask_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
         let mut cmd = self.command(args);
         for (k, v) in envs {
             cmd.env(k, v);
@@ -580,7 +580,7 @@ impl Sandbox {
     }
 
     /// Every `kubectl port-forward` started, by pid, in order.
-    pub fn port_forward_pids(&self) -> Vec<u32> {
+    pub(crate) fn port_forward_pids(&self) -> Vec<u32> {
         std::fs::read_to_string(self.fake_dir.join("port-forward.pids"))
             .unwrap_or_default()
             .lines()
@@ -589,7 +589,7 @@ impl Sandbox {
     }
 
     /// Every call the fakes recorded, in order.
-    pub fn calls(&self) -> Vec<Call> {
+    pub(crate) fn calls(&self) -> Vec<Call> {
         std::fs::read_to_string(self.fake_dir.join("calls.jsonl"))
             .unwrap_or_default()
             .lines()
@@ -597,24 +597,24 @@ impl Sandbox {
             .collect()
     }
 
-    pub fn path(&self, rel: &str) -> PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
     }
 
-    pub fn write(&self, rel: &str, text: &str) {
+    pub(crate) fn write(&self, rel: &str, text: &str) {
         let p = self.path(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, text).unwrap();
     }
 
-    pub fn read(&self, rel: &str) -> String {
+    pub(crate) fn read(&self, rel: &str) -> String {
         std::fs::read_to_string(self.path(rel)).unwrap()
     }
 }
 
 /// One HTTP request the proxy saw.
 #[derive(Debug, Clone)]
-pub struct Request {
+pub(crate) struct Request {
     pub method: String,
     pub path: String,
     /// How many requests came before this one on its connection.
@@ -623,7 +623,7 @@ pub struct Request {
 
 /// What the proxy does with a request. `Reply` with status 0 drops the
 /// connection without an answer, as a dead server would.
-pub enum Action {
+pub(crate) enum Action {
     Forward,
     /// Close the client's connection without forwarding or answering, as
     /// a server does with a keep-alive connection it deems idle.
@@ -635,11 +635,11 @@ pub enum Action {
     },
 }
 
-pub type Hook = std::sync::Arc<dyn Fn(&Request) -> Action + Send + Sync>;
+pub(crate) type Hook = std::sync::Arc<dyn Fn(&Request) -> Action + Send + Sync>;
 
 /// A KV v2 data write of a secret (not of the seed's record entry, which
 /// the first seed of a mount writes once, before any secret).
-pub fn is_data_write(req: &Request) -> bool {
+pub(crate) fn is_data_write(req: &Request) -> bool {
     req.method == "POST"
         && req.path.starts_with("/v1/secret/data/")
         && req.path != "/v1/secret/data/_cargo-xtask-secrets"
@@ -647,7 +647,7 @@ pub fn is_data_write(req: &Request) -> bool {
 
 /// A proxy in front of `bao` that kills the server (SIGKILL) as data write
 /// number `n` (from 0) reaches it, as a crash mid-seed would.
-pub fn killing_at_write(bao: &OpenBao, n: usize) -> Proxy {
+pub(crate) fn killing_at_write(bao: &OpenBao, n: usize) -> Proxy {
     let pid = bao.pid();
     let writes = std::sync::atomic::AtomicUsize::new(0);
     Proxy::start(
@@ -663,7 +663,7 @@ pub fn killing_at_write(bao: &OpenBao, n: usize) -> Proxy {
 }
 
 /// A proxy in front of `bao` that records `METHOD path` of every request.
-pub fn recording(bao: &OpenBao) -> (Proxy, Arc<Mutex<Vec<String>>>) {
+pub(crate) fn recording(bao: &OpenBao) -> (Proxy, Arc<Mutex<Vec<String>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     let proxy = Proxy::start(
@@ -680,12 +680,12 @@ pub fn recording(bao: &OpenBao) -> (Proxy, Arc<Mutex<Vec<String>>>) {
 
 /// A loopback HTTP/1.1 proxy in front of a server, with a hook that may
 /// act before forwarding (a concurrent edit) or answer itself (429, 503).
-pub struct Proxy {
+pub(crate) struct Proxy {
     pub port: u16,
 }
 
 impl Proxy {
-    pub fn start(upstream: u16, hook: Hook) -> Proxy {
+    pub(crate) fn start(upstream: u16, hook: Hook) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         std::thread::spawn(move || {
@@ -699,7 +699,7 @@ impl Proxy {
         Proxy { port }
     }
 
-    pub fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 }
@@ -823,7 +823,13 @@ fn read_message<R: std::io::BufRead>(
 /// Starts one `bao server` on Raft storage below `dir` (data, config and
 /// log named after `node_id`), its API on `api` and Raft traffic on
 /// `cluster`, both on loopback.
-pub fn spawn_raft_node(bao: &Path, dir: &Path, node_id: &str, api: u16, cluster: u16) -> Child {
+pub(crate) fn spawn_raft_node(
+    bao: &Path,
+    dir: &Path,
+    node_id: &str,
+    api: u16,
+    cluster: u16,
+) -> Child {
     let data = dir.join(node_id);
     std::fs::create_dir_all(&data).unwrap();
     let config = dir.join(format!("{node_id}.hcl"));
@@ -848,7 +854,7 @@ pub fn spawn_raft_node(bao: &Path, dir: &Path, node_id: &str, api: u16, cluster:
 
 /// The bao CLI at `bin` against `addr`, with `token` if any and HOME at
 /// `home`.
-pub fn bao_at(
+pub(crate) fn bao_at(
     bin: &Path,
     home: &Path,
     addr: &str,
@@ -866,7 +872,7 @@ pub fn bao_at(
 /// Waits for the new OpenBao at `addr` to listen, initialises it with one
 /// unseal key, unseals it and waits until it is active. Returns the unseal
 /// key and the root token.
-pub fn init_and_unseal(bin: &Path, home: &Path, addr: &str) -> (String, String) {
+pub(crate) fn init_and_unseal(bin: &Path, home: &Path, addr: &str) -> (String, String) {
     let port = port_of(addr);
     let deadline = Instant::now() + Duration::from_secs(60);
     let until = |what: &str, f: &dyn Fn() -> bool| {
@@ -915,7 +921,7 @@ pub fn init_and_unseal(bin: &Path, home: &Path, addr: &str) -> (String, String) 
 }
 
 /// Enables KV v2 at `secret/` on the OpenBao at `addr`.
-pub fn enable_kv2(bin: &Path, home: &Path, addr: &str, token: &str) {
+pub(crate) fn enable_kv2(bin: &Path, home: &Path, addr: &str, token: &str) {
     let out = bao_at(
         bin,
         home,
@@ -932,7 +938,7 @@ pub fn enable_kv2(bin: &Path, home: &Path, addr: &str, token: &str) {
 
 /// A 3-node OpenBao cluster with integrated Raft storage on loopback:
 /// init, unseal, `raft join`, all three voters. Stopped on drop.
-pub struct RaftCluster {
+pub(crate) struct RaftCluster {
     nodes: Vec<Option<Child>>,
     pub addrs: Vec<String>,
     pub token: String,
@@ -940,7 +946,7 @@ pub struct RaftCluster {
 }
 
 impl RaftCluster {
-    pub fn start() -> RaftCluster {
+    pub(crate) fn start() -> RaftCluster {
         let dir = TempDir::new("raft");
         let bao = find_on(&tools_path(), "bao").expect("bao is installed");
         let mut nodes = Vec::new();
@@ -1020,24 +1026,24 @@ impl RaftCluster {
     }
 
     /// Index of the active node (sys/health 200).
-    pub fn leader(&self) -> Option<usize> {
+    pub(crate) fn leader(&self) -> Option<usize> {
         self.addrs
             .iter()
             .position(|a| http_status(port_of(a), "/v1/sys/health") == Some(200))
     }
 
-    pub fn kill(&mut self, i: usize) {
+    pub(crate) fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    pub fn pid(&self, i: usize) -> Option<u32> {
+    pub(crate) fn pid(&self, i: usize) -> Option<u32> {
         self.nodes[i].as_ref().map(|c| c.id())
     }
 
-    pub fn client(&self, i: usize) -> vaultrs::client::VaultClient {
+    pub(crate) fn client(&self, i: usize) -> vaultrs::client::VaultClient {
         vault_client(&self.addrs[i], &self.token)
     }
 }
@@ -1051,12 +1057,12 @@ impl Drop for RaftCluster {
 }
 
 /// The port of an http://host:port address.
-pub fn port_of(addr: &str) -> u16 {
+pub(crate) fn port_of(addr: &str) -> u16 {
     addr.rsplit(':').next().unwrap().parse().unwrap()
 }
 
 /// A vaultrs client for `addr`: tests read back through it, not our code.
-pub fn vault_client(addr: &str, token: &str) -> vaultrs::client::VaultClient {
+pub(crate) fn vault_client(addr: &str, token: &str) -> vaultrs::client::VaultClient {
     vaultrs::client::VaultClient::new(
         vaultrs::client::VaultClientSettingsBuilder::default()
             .address(addr)

@@ -16,7 +16,7 @@ use crate::secrets::provider::{self, SecretProvider};
 /// Where in a step a run can be stopped: before it, after its effect and
 /// before its journal record, or after that record was saved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum At {
+pub(super) enum At {
     Before,
     AfterEffect,
     AfterRecord,
@@ -27,7 +27,7 @@ pub enum At {
 /// would (no destructor runs, nothing more is written). Read once, when the
 /// command starts; a value that names no point is a usage error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StopAt {
+pub(super) struct StopAt {
     pub(super) step: Step,
     pub(super) at: At,
 }
@@ -61,7 +61,7 @@ impl StopAt {
 
 /// What every step of one run shares: the configuration, loaded once, and
 /// the target store and fixtures, opened once on first use.
-pub struct Ctx {
+pub(crate) struct Ctx {
     pub(super) root: PathBuf,
     pub(super) env: String,
     pub(super) flag_rel: String,

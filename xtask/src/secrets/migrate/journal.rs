@@ -15,7 +15,7 @@ use crate::secrets::flagfile;
 crate::named! {
     /// One step of a migration or rollback. Its name is what the journal, the
     /// output and `--dry-run` show; nothing else spells it.
-    pub enum Step ("step") {
+    pub(crate) enum Step ("step") {
         /// Tools, a local kube context, ESO's CRDs, the flag file as expected,
         /// and (when seeding) the target store reachable. Changes nothing.
         Preflight = "preflight",
@@ -44,7 +44,7 @@ crate::named! {
 impl Step {
     /// A failure here leaves the cluster and the flag file as they were
     /// (the flip writes atomically, or not at all).
-    pub fn fails_before_any_change(self) -> bool {
+    pub(crate) fn fails_before_any_change(self) -> bool {
         matches!(
             self,
             Step::Preflight | Step::Seed | Step::Coverage | Step::Flip
@@ -54,7 +54,7 @@ impl Step {
 
 crate::named! {
     /// A migration, or a rollback (undoing one, or going `--to` a provider).
-    pub enum Kind ("kind") {
+    pub(crate) enum Kind ("kind") {
         Migrate = "migrate",
         Rollback = "rollback",
     }
@@ -62,7 +62,7 @@ crate::named! {
 
 crate::named! {
     /// Where an entry stands. See [`State::next`] for every transition.
-    pub enum State ("state") {
+    pub(crate) enum State ("state") {
         /// Running, interrupted, or stopped after the flip with
         /// `--no-rollback`. `migrate --resume` continues a migration.
         InProgress = "in-progress",
@@ -81,13 +81,13 @@ crate::named! {
 
 impl State {
     /// An entry that still needs a command to finish it.
-    pub fn is_open(self) -> bool {
+    pub(crate) fn is_open(self) -> bool {
         matches!(self, State::InProgress | State::RollbackFailed)
     }
 
     /// The state an entry of `kind` moves to on `event`; an error for a
     /// transition the machine does not have.
-    pub fn next(self, kind: Kind, event: Event) -> Result<State> {
+    pub(crate) fn next(self, kind: Kind, event: Event) -> Result<State> {
         use Event as E;
         use Kind as K;
         use State as S;
@@ -114,7 +114,7 @@ impl State {
 
 /// What happened to an entry, as the engine reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     /// Every step of the plan succeeded.
     Succeeded,
     /// A step failed before the cluster changed.
@@ -130,7 +130,7 @@ pub enum Event {
 }
 
 crate::named! {
-    pub enum Outcome ("outcome") {
+    pub(crate) enum Outcome ("outcome") {
         Ok = "ok",
         Failed = "failed",
     }
@@ -138,7 +138,7 @@ crate::named! {
 
 /// One finished step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StepRecord {
+pub(crate) struct StepRecord {
     pub name: Step,
     pub started: String,
     pub ended: String,
@@ -150,7 +150,7 @@ pub struct StepRecord {
 
 /// One migrate or rollback.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Migration {
+pub(crate) struct Migration {
     pub id: String,
     pub kind: Kind,
     pub env: String,
@@ -172,17 +172,17 @@ pub struct Migration {
 }
 
 impl Migration {
-    pub fn step(&self, name: Step) -> Option<&StepRecord> {
+    pub(crate) fn step(&self, name: Step) -> Option<&StepRecord> {
         self.steps.iter().rev().find(|s| s.name == name)
     }
 
-    pub fn step_ok(&self, name: Step) -> bool {
+    pub(crate) fn step_ok(&self, name: Step) -> bool {
         self.step(name).is_some_and(|s| s.outcome == Outcome::Ok)
     }
 
     /// The flag file's checksum where this entry left it: before the flip,
     /// flipped, or restored by the automatic rollback.
-    pub fn flag_sha_now(&self) -> &str {
+    pub(crate) fn flag_sha_now(&self) -> &str {
         match &self.after_sha256 {
             Some(after) if !self.step_ok(Step::RollbackRestore) => after,
             _ => &self.before_sha256,
@@ -191,14 +191,14 @@ impl Migration {
 
     /// The journal's copy of the flag file matches the checksum beside it
     /// (a journal edited by hand, or damaged, may not).
-    pub fn copy_intact(&self) -> bool {
+    pub(crate) fn copy_intact(&self) -> bool {
         fsutil::sha256_hex(self.before_content.as_bytes()) == self.before_sha256
     }
 
     /// An unfinished migration whose automatic rollback began: its flip is
     /// journaled and the flag file (naming `flag_now`) says `from` again,
     /// restored by the rollback (journaled or not) or by hand.
-    pub fn rolling_back(&self, flag_now: Option<ProviderKind>) -> bool {
+    pub(crate) fn rolling_back(&self, flag_now: Option<ProviderKind>) -> bool {
         self.kind == Kind::Migrate
             && self.state == State::InProgress
             && self.step_ok(Step::Flip)
@@ -207,7 +207,7 @@ impl Migration {
 
     /// The one command that finishes or follows up this entry, if any,
     /// given the provider the flag file names now.
-    pub fn next_command(&self, flag_now: Option<ProviderKind>) -> Option<String> {
+    pub(crate) fn next_command(&self, flag_now: Option<ProviderKind>) -> Option<String> {
         let args = match (self.kind, self.state) {
             // Its copy of the flag file cannot be restored from: set the value instead.
             (Kind::Migrate, State::RollbackFailed) if !self.copy_intact() => {
@@ -227,7 +227,7 @@ impl Migration {
 
     /// The command that finishes an open entry, in backticks, and for an
     /// unfinished migration the way to undo it.
-    pub fn next_step_text(&self, flag_now: Option<ProviderKind>) -> Option<String> {
+    pub(crate) fn next_step_text(&self, flag_now: Option<ProviderKind>) -> Option<String> {
         let next = self.next_command(flag_now)?;
         if (self.kind, self.state) == (Kind::Migrate, State::InProgress)
             && !self.rolling_back(flag_now)
@@ -241,7 +241,7 @@ impl Migration {
 
 /// A `cargo xtask secrets` command line: `args`, then `--env <env>` unless
 /// it is `local` (the default).
-pub fn command(args: &str, env: &str) -> String {
+pub(crate) fn command(args: &str, env: &str) -> String {
     if env == "local" {
         format!("cargo xtask secrets {args}")
     } else {
@@ -250,18 +250,18 @@ pub fn command(args: &str, env: &str) -> String {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Journal {
+pub(crate) struct Journal {
     /// The newest migration or rollback first.
     pub migrations: Vec<Migration>,
 }
 
-pub fn path(root: &Path, env: &str) -> PathBuf {
+pub(crate) fn path(root: &Path, env: &str) -> PathBuf {
     root.join(".local/secrets/journal")
         .join(format!("{env}.json"))
 }
 
 /// How to get past a journal that cannot be read.
-pub fn unreadable_fix(root: &Path, env: &str) -> String {
+pub(crate) fn unreadable_fix(root: &Path, env: &str) -> String {
     format!(
         "move it aside (`mv {p} {p}.unreadable`): the tool then starts a new journal, and `cargo xtask secrets \
          status` shows the flag files and the cluster",
@@ -269,13 +269,13 @@ pub fn unreadable_fix(root: &Path, env: &str) -> String {
     )
 }
 
-pub fn lock_path(root: &Path, env: &str) -> PathBuf {
+pub(crate) fn lock_path(root: &Path, env: &str) -> PathBuf {
     root.join(".local/secrets/journal")
         .join(format!("{env}.lock"))
 }
 
 impl Journal {
-    pub fn load(root: &Path, env: &str) -> Result<Journal> {
+    pub(crate) fn load(root: &Path, env: &str) -> Result<Journal> {
         let p = path(root, env);
         match std::fs::read_to_string(&p) {
             Ok(text) => serde_json::from_str(&text).with_context(|| {
@@ -290,17 +290,17 @@ impl Journal {
         }
     }
 
-    pub fn save(&self, root: &Path, env: &str) -> Result<()> {
+    pub(crate) fn save(&self, root: &Path, env: &str) -> Result<()> {
         let mut json = serde_json::to_vec_pretty(self)?;
         json.push(b'\n');
         fsutil::write_private_atomic(&path(root, env), &json)
     }
 
-    pub fn current(&self) -> Option<&Migration> {
+    pub(crate) fn current(&self) -> Option<&Migration> {
         self.migrations.first()
     }
 
-    pub fn get(&self, id: &str) -> Option<&Migration> {
+    pub(crate) fn get(&self, id: &str) -> Option<&Migration> {
         self.migrations.iter().find(|m| m.id == id)
     }
 
@@ -313,7 +313,7 @@ impl Journal {
 
     /// The newest migration a rollback would undo: completed, unfinished,
     /// or whose automatic rollback failed.
-    pub fn undo_candidate(&self) -> Option<&Migration> {
+    pub(crate) fn undo_candidate(&self) -> Option<&Migration> {
         self.migrations.iter().find(|m| {
             m.kind == Kind::Migrate
                 && matches!(
@@ -324,18 +324,18 @@ impl Journal {
     }
 
     /// Records the flag file's checksum after entry `id`'s flip.
-    pub fn set_flipped_to(&mut self, id: &str, sha: &str) -> Result<()> {
+    pub(crate) fn set_flipped_to(&mut self, id: &str, sha: &str) -> Result<()> {
         self.get_mut(id)?.after_sha256 = Some(sha.to_string());
         Ok(())
     }
 
     /// Adds a new entry (newest first).
-    pub fn begin(&mut self, entry: Migration) {
+    pub(crate) fn begin(&mut self, entry: Migration) {
         self.migrations.insert(0, entry);
     }
 
     /// Appends a finished step to entry `id`.
-    pub fn record(
+    pub(crate) fn record(
         &mut self,
         id: &str,
         name: Step,
@@ -354,7 +354,7 @@ impl Journal {
     }
 
     /// Moves entry `id` through the state machine.
-    pub fn apply(&mut self, id: &str, event: Event) -> Result<State> {
+    pub(crate) fn apply(&mut self, id: &str, event: Event) -> Result<State> {
         let m = self.get_mut(id)?;
         let next = m.state.next(m.kind, event)?;
         m.state = next;
@@ -369,7 +369,7 @@ impl Journal {
 /// it), and how: the value set to `to`, or, for a rollback undoing a
 /// migration whose flip `text` still is, that migration's copy of the file
 /// from before it, byte for byte, if the copy matches its checksum.
-pub fn flipped(
+pub(crate) fn flipped(
     journal: &Journal,
     entry: &Migration,
     text: &str,
@@ -396,7 +396,7 @@ pub fn flipped(
 /// Whether the flag file (`text`) is where entry `m` left it, or where the
 /// step the run died in put it before its record: the flip's result, or
 /// (an automatic rollback) the file from before.
-pub fn flag_fits(journal: &Journal, m: &Migration, text: &str) -> bool {
+pub(crate) fn flag_fits(journal: &Journal, m: &Migration, text: &str) -> bool {
     let sha = sha256_hex(text.as_bytes());
     if sha == m.flag_sha_now() {
         return true;

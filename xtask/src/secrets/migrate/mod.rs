@@ -4,7 +4,7 @@
 //! `journal.rs` after the step finished.
 
 mod ctx;
-pub mod journal;
+pub(crate) mod journal;
 mod plan;
 mod steps;
 
@@ -63,7 +63,7 @@ struct Common<'a> {
     yes: bool,
 }
 
-pub fn run_migrate(flags: &flags::Migrate, process: &Process) -> Result<()> {
+pub(crate) fn run_migrate(flags: &flags::Migrate, process: &Process) -> Result<()> {
     let request = Request::Migrate {
         to: flags.to.map(cluster_store).transpose()?,
         resume: flags.resume,
@@ -83,7 +83,7 @@ pub fn run_migrate(flags: &flags::Migrate, process: &Process) -> Result<()> {
     )
 }
 
-pub fn run_rollback(flags: &flags::Rollback, process: &Process) -> Result<()> {
+pub(crate) fn run_rollback(flags: &flags::Rollback, process: &Process) -> Result<()> {
     let request = Request::Rollback {
         to: flags.to.map(cluster_store).transpose()?,
         resume: flags.resume,
@@ -165,7 +165,7 @@ fn label(prefix: &str, i: usize, n: usize, step: Step) -> String {
 }
 
 /// The dry run: exactly the steps [`execute`] runs, each described.
-pub fn render(ctx: &Ctx, plan: &Plan, flag_text: &str) -> Result<String> {
+pub(crate) fn render(ctx: &Ctx, plan: &Plan, flag_text: &str) -> Result<String> {
     let mut out = String::new();
     writeln!(out, "plan: {} (dry run: nothing changes)", plan.title)?;
     let n = plan.steps.len();
@@ -278,7 +278,7 @@ fn succeed(journal: &mut Journal, id: &str, plan: &Plan) -> Result<()> {
 
 /// Runs `plan`: each step, journaled after it finished; on a failure past
 /// the flip, the plan's automatic rollback or the event it names.
-pub fn execute(ctx: &Ctx, journal: &mut Journal, plan: &Plan) -> Result<()> {
+pub(crate) fn execute(ctx: &Ctx, journal: &mut Journal, plan: &Plan) -> Result<()> {
     let total = Instant::now();
     println!("{}", plan.title);
     let mut id = match &plan.entry {

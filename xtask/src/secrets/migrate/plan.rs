@@ -8,7 +8,7 @@ use super::journal::{self, Event, Journal, Kind, Migration, State, Step};
 use crate::secrets::config::ProviderKind;
 
 /// The steps of a migration, in order.
-pub const MIGRATE: [Step; 7] = [
+pub(super) const MIGRATE: [Step; 7] = [
     Step::Preflight,
     Step::Seed,
     Step::Coverage,
@@ -18,7 +18,7 @@ pub const MIGRATE: [Step; 7] = [
     Step::Record,
 ];
 /// A migration's automatic rollback after a failure past the flip.
-pub const AUTO_ROLLBACK: [Step; 3] = [
+pub(super) const AUTO_ROLLBACK: [Step; 3] = [
     Step::RollbackRestore,
     Step::RollbackSync,
     Step::RollbackWait,
@@ -43,7 +43,7 @@ const ROLLBACK_NO_FLIP: [Step; 4] = [Step::Preflight, Step::Sync, Step::Wait, St
 
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Request {
+pub(super) enum Request {
     Migrate {
         to: Option<ProviderKind>,
         resume: bool,
@@ -57,14 +57,14 @@ pub enum Request {
 
 /// A step of a plan; `done_earlier` when a resumed entry already has it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Planned {
+pub(crate) struct Planned {
     pub step: Step,
     pub done_earlier: bool,
 }
 
 /// The journal entry a plan writes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Entry {
+pub(crate) enum Entry {
     /// A new entry, added once preflight has passed.
     New { undoes: Option<String> },
     /// An entry already in the journal, continued.
@@ -73,7 +73,7 @@ pub enum Entry {
 
 /// What happens when a step past the flip fails.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OnFailure {
+pub(crate) enum OnFailure {
     /// Run these steps to put things back (a migration's automatic rollback).
     AutoRollback(Vec<Step>),
     /// Record this event and stop.
@@ -82,7 +82,7 @@ pub enum OnFailure {
 
 /// Everything one run will do, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub kind: Kind,
     pub entry: Entry,
     /// Where the entry started (the flag before it); an automatic rollback
@@ -97,14 +97,14 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn has(&self, step: Step) -> bool {
+    pub(crate) fn has(&self, step: Step) -> bool {
         self.steps.iter().any(|p| p.step == step && !p.done_earlier)
     }
 }
 
 /// A plan, or why there is nothing to do.
 #[derive(Debug)]
-pub enum Decision {
+pub(super) enum Decision {
     Run(Plan),
     Nothing(String),
 }
@@ -139,7 +139,7 @@ fn synced_to_flag(newest: Option<&Migration>, flag: ProviderKind) -> bool {
 
 /// The plan for `request`, given the flag file's provider now and the
 /// journal. `migrate`, `rollback`, `--resume` and `--dry-run` all come here.
-pub fn build(
+pub(super) fn build(
     request: Request,
     env: &str,
     flag_now: ProviderKind,

@@ -21,7 +21,7 @@ use crate::secrets::{coverage, flagfile, guard, helmfile, seeding};
 
 /// What a step did.
 #[derive(Debug, Default)]
-pub struct Done {
+pub(super) struct Done {
     /// What changed, for the output and the journal.
     pub detail: String,
     /// The flag file's checksum after a flip.
@@ -37,7 +37,7 @@ fn done(detail: impl Into<String>) -> Done {
 
 /// Runs one step of `plan`. `entry` is the journal entry, once there is one
 /// (every step but a new plan's preflight).
-pub fn run(
+pub(super) fn run(
     ctx: &Ctx,
     journal: &Journal,
     entry: Option<&Migration>,
@@ -61,7 +61,7 @@ pub fn run(
 }
 
 /// One or two lines saying what the step will do, for `--dry-run`.
-pub fn describe(ctx: &Ctx, plan: &Plan, flag_text: &str, step: Step) -> Result<String> {
+pub(super) fn describe(ctx: &Ctx, plan: &Plan, flag_text: &str, step: Step) -> Result<String> {
     let env = &ctx.env;
     let to = plan.to;
     let flag = &ctx.flag_rel;

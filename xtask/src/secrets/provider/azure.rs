@@ -26,12 +26,12 @@ use crate::secrets::provider::vault_http::backoff;
 /// The secret that holds the key of the digests in the tags (as JSON, like
 /// Vault's record entry). Key Vault names allow no underscore, so it could
 /// be a fixture's name: such a fixture is refused. Listings leave it out.
-pub const KEY_NAME: &str = "cargo-xtask-secrets-key";
+pub(crate) const KEY_NAME: &str = "cargo-xtask-secrets-key";
 
 /// How long one `az` call may take (a token refresh can add to a few seconds).
 const AZ_DEADLINE: Duration = Duration::from_secs(120);
 
-pub struct AzureProvider {
+pub(crate) struct AzureProvider {
     vault_name: String,
     concurrency: usize,
     retries: u32,
@@ -43,7 +43,7 @@ pub struct AzureProvider {
 
 impl AzureProvider {
     /// Refuses a vault that a shared environment uses, unless `allow` names it.
-    pub fn open(cfg: &Config, allow_non_local: Option<&str>) -> Result<AzureProvider> {
+    pub(crate) fn open(cfg: &Config, allow_non_local: Option<&str>) -> Result<AzureProvider> {
         let Some(name) = &cfg.azure_vault_name else {
             bail!(
                 "no Azure Key Vault name: set AZURE_KEYVAULT_NAME or azure.vault_name in .local/secrets.toml to your \

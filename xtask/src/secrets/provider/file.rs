@@ -12,18 +12,18 @@ use super::{Current, Outcome, SecretProvider, Write};
 use crate::fsutil::{self, sha256_hex, Lock};
 use crate::secrets::guard;
 
-pub const FORMAT: &str = "ameide-local-secrets/v1";
+pub(crate) const FORMAT: &str = "ameide-local-secrets/v1";
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StoreFile {
+pub(crate) struct StoreFile {
     pub format: String,
     pub secrets: BTreeMap<String, StoredEntry>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StoredEntry {
+pub(crate) struct StoredEntry {
     pub value: String,
     pub version: u64,
     #[serde(rename = "fixture-sha256")]
@@ -31,14 +31,14 @@ pub struct StoredEntry {
     pub updated: String,
 }
 
-pub struct FileProvider {
+pub(crate) struct FileProvider {
     path: PathBuf,
     _lock: Lock,
 }
 
 impl FileProvider {
     /// Opens the store at `path` and holds its lock (`<path>.lock`) until drop.
-    pub fn open(root: &Path, path: &Path) -> Result<FileProvider> {
+    pub(crate) fn open(root: &Path, path: &Path) -> Result<FileProvider> {
         guard::require_git_ignored(root, path, "the file store")?;
         let mut lock = path.as_os_str().to_owned();
         lock.push(".lock");
@@ -51,7 +51,7 @@ impl FileProvider {
 
 /// Reads a store file; a missing file is an empty store, a corrupt one an
 /// error (never silently replaced: it may hold a developer's values).
-pub fn load(path: &Path) -> Result<StoreFile> {
+pub(crate) fn load(path: &Path) -> Result<StoreFile> {
     let text = match std::fs::read_to_string(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let secrets = BTreeMap::new();

@@ -1,14 +1,14 @@
 //! Secret stores. Each backend is one file implementing [`SecretProvider`];
 //! planning, rendering and the CLI live elsewhere.
 
-pub mod azure;
-pub mod file;
-pub mod vault;
-pub mod vault_http;
+pub(crate) mod azure;
+pub(crate) mod file;
+pub(crate) mod vault;
+pub(crate) mod vault_http;
 mod vault_listing;
 mod vault_record;
 
-pub use vault_record::RECORD_NAME;
+pub(crate) use vault_record::RECORD_NAME;
 
 use std::collections::BTreeMap;
 
@@ -23,7 +23,7 @@ use crate::secrets::fixtures;
 
 /// What a store holds for one name.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Current {
+pub(crate) struct Current {
     /// sha256 of the `value` property; `None` when the entry has no string `value`.
     pub sha256: Option<String>,
     /// The entry's properties (Vault keys its data by property).
@@ -42,7 +42,7 @@ pub struct Current {
 
 /// One write the seed asks for.
 #[derive(Debug, Clone)]
-pub struct Write<'a> {
+pub(crate) struct Write<'a> {
     pub name: &'a str,
     pub value: &'a str,
     pub sha256: &'a str,
@@ -54,7 +54,7 @@ pub struct Write<'a> {
 
 /// How one write ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Written,
     /// The value landed but its checksum did not: a re-run restamps it.
     ValueOnly(String),
@@ -64,7 +64,7 @@ pub enum Outcome {
 }
 
 /// A store that the seed can fill and `check --live` can read.
-pub trait SecretProvider {
+pub(crate) trait SecretProvider {
     /// What it writes to, for humans: never holds a value or token.
     fn target(&self) -> String;
     /// The current state of `names` (absent names map to `None`).
@@ -87,7 +87,7 @@ pub trait SecretProvider {
 
 /// Opens the configured store. `allow_non_local` names a host (or kube
 /// context, or Azure vault) the guardrail may accept.
-pub fn open(cfg: &Config, allow_non_local: Option<&str>) -> Result<Box<dyn SecretProvider>> {
+pub(crate) fn open(cfg: &Config, allow_non_local: Option<&str>) -> Result<Box<dyn SecretProvider>> {
     Ok(match cfg.provider.value {
         ProviderKind::Vault => {
             let mut vault = vault::VaultProvider::connect(cfg, allow_non_local)?;
@@ -107,11 +107,11 @@ pub fn open(cfg: &Config, allow_non_local: Option<&str>) -> Result<Box<dyn Secre
 }
 
 /// Marker recorded next to every entry the seed writes.
-pub const MANAGED_BY: &str = "cargo-xtask-secrets";
+pub(crate) const MANAGED_BY: &str = "cargo-xtask-secrets";
 
 /// Stands in for the checksum the seed last wrote when the record's keyed
 /// digest is of another value than the one there now. Never equal to a sha256.
-pub const SEEDED_ANOTHER_VALUE: &str = "another value";
+pub(crate) const SEEDED_ANOTHER_VALUE: &str = "another value";
 
 /// A store's random HMAC key for the digests the seed records beside values,
 /// kept where only those who may read values can read it (docs/secrets.md,
@@ -129,10 +129,10 @@ impl std::fmt::Debug for DigestKey {
 impl DigestKey {
     /// HMAC-SHA256 keyed with the key's hex text, over `name NUL value`,
     /// first 128 bits in hex.
-    pub const FORMAT: &'static str = "hmac-sha256-128/1";
+    pub(crate) const FORMAT: &'static str = "hmac-sha256-128/1";
 
     /// A fresh random key (256 bits, hex).
-    pub fn generate() -> Result<DigestKey> {
+    pub(crate) fn generate() -> Result<DigestKey> {
         use std::io::Read;
         let mut bytes = [0u8; 32];
         std::fs::File::open("/dev/urandom")
@@ -142,7 +142,7 @@ impl DigestKey {
     }
 
     /// The key in a record entry's JSON, if the seed wrote it.
-    pub fn from_entry(data: &Value) -> Option<DigestKey> {
+    pub(crate) fn from_entry(data: &Value) -> Option<DigestKey> {
         if data["managed-by"].as_str() != Some(MANAGED_BY)
             || data["format"].as_str() != Some(Self::FORMAT)
         {
@@ -153,22 +153,22 @@ impl DigestKey {
     }
 
     /// The record entry that holds this key (KV v1 adds its digests).
-    pub fn entry(&self) -> Value {
+    pub(crate) fn entry(&self) -> Value {
         json!({"managed-by": MANAGED_BY, "format": Self::FORMAT, "key": self.0})
     }
 
     #[cfg(test)]
-    pub fn fixed(hex: &str) -> DigestKey {
+    pub(crate) fn fixed(hex: &str) -> DigestKey {
         DigestKey(hex.to_string())
     }
 
     /// Hex; tells two keys apart (compared, never shown).
-    pub fn hex(&self) -> &str {
+    pub(crate) fn hex(&self) -> &str {
         &self.0
     }
 
     /// The keyed digest of `value` under `name`: 32 hex digits.
-    pub fn digest(&self, name: &str, value: &str) -> String {
+    pub(crate) fn digest(&self, name: &str, value: &str) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(self.0.as_bytes())
             .expect("HMAC takes a key of any length");
         mac.update(name.as_bytes());
@@ -189,7 +189,7 @@ pub(crate) enum Stamp {
 
 impl Stamp {
     /// The stamp in a map of strings, if the seed wrote it.
-    pub fn read(fields: &Value) -> Option<Stamp> {
+    pub(crate) fn read(fields: &Value) -> Option<Stamp> {
         if fields["managed-by"].as_str() != Some(MANAGED_BY) {
             return None;
         }
@@ -204,7 +204,7 @@ impl Stamp {
     /// [`Current::seeded_sha256`] for `value` (sha256 `sha256`) under `name`:
     /// `sha256` when the digest is of it, [`SEEDED_ANOTHER_VALUE`] when not,
     /// `None` without the key; and whether the stamp must be renewed.
-    pub fn judge(
+    pub(crate) fn judge(
         &self,
         key: Option<&DigestKey>,
         name: &str,

@@ -36,12 +36,12 @@ use crate::secrets::fixtures::SecretSet;
 use crate::secrets::{guard, kube, port_forward};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KvVersion {
+pub(crate) enum KvVersion {
     V1,
     V2,
 }
 
-pub struct VaultProvider {
+pub(crate) struct VaultProvider {
     http: VaultHttp,
     mount: String,
     kv: KvVersion,
@@ -63,7 +63,7 @@ pub struct VaultProvider {
 }
 
 /// Where to reach Vault, and with which token.
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     pub addr: String,
     pub token: Setting<Secret>,
     pub port_forward: Option<port_forward::PortForward>,
@@ -78,7 +78,7 @@ pub struct Endpoint {
 /// context that does not look local (it may be a port-forward into that
 /// cluster) must be a dev server (in-memory storage) or be named the same
 /// way; the seed port-forwards only through a local context.
-pub fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<Endpoint> {
+pub(crate) fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<Endpoint> {
     let mut seal = None;
     let (addr, port_forward) = match &cfg.vault_addr {
         Some(addr) => {
@@ -174,7 +174,7 @@ fn seal_status(cfg: &Config, addr: &str) -> Result<SealStatus> {
 
 /// A client for `addr` with the configured namespace and CA certificate
 /// (relative to the project root).
-pub fn configured_http(
+pub(crate) fn configured_http(
     cfg: &Config,
     addr: &str,
     token: Secret,
@@ -198,7 +198,7 @@ pub fn configured_http(
 
 impl VaultProvider {
     /// Connects, checks the seal and the token, and finds the KV version.
-    pub fn connect(cfg: &Config, allow_non_local: Option<&str>) -> Result<VaultProvider> {
+    pub(crate) fn connect(cfg: &Config, allow_non_local: Option<&str>) -> Result<VaultProvider> {
         let endpoint = resolve_endpoint(cfg, allow_non_local)?;
         let concurrency = cfg.concurrency.value;
         let mut http = configured_http(
@@ -248,7 +248,7 @@ impl VaultProvider {
     }
 
     /// Requests, writes and retries so far.
-    pub fn stats(&self) -> (u64, u64, u64) {
+    pub(crate) fn stats(&self) -> (u64, u64, u64) {
         let s = &self.http.stats;
         (
             s.requests.load(Ordering::Relaxed),
@@ -260,18 +260,18 @@ impl VaultProvider {
     /// The values this run expects to find: the detailed listing then tells
     /// an entry that holds its value from the entry's stamp alone, and reads
     /// only the others. A hint: a stamp that does not match means a read.
-    pub fn expect(&mut self, desired: SecretSet) {
+    pub(crate) fn expect(&mut self, desired: SecretSet) {
         self.expected = desired;
     }
 
     /// The mount's KV version, found on connect.
-    pub fn kv_version(&self) -> KvVersion {
+    pub(crate) fn kv_version(&self) -> KvVersion {
         self.kv
     }
 
     /// Whether the token is refused the detailed listing that makes
     /// re-seeds read one page instead of every entry (KV v2 only).
-    pub fn detailed_listing_denied(&self) -> Result<bool> {
+    pub(crate) fn detailed_listing_denied(&self) -> Result<bool> {
         if self.kv != KvVersion::V2 {
             return Ok(false);
         }
@@ -323,7 +323,7 @@ impl VaultProvider {
 /// or `None` when nothing is. `sys/mounts` needs a sudo-less read a
 /// developer's policy may lack, so a refusal there falls back to the
 /// per-mount endpoint; a refusal there too is [`VaultError::Forbidden`].
-pub fn mount_info(http: &VaultHttp, mount: &str) -> Result<Option<Value>, VaultError> {
+pub(crate) fn mount_info(http: &VaultHttp, mount: &str) -> Result<Option<Value>, VaultError> {
     let key = format!("{mount}/");
     let reply = http.try_call(Method::Get, "sys/mounts", None)?;
     if reply.status == 200 {

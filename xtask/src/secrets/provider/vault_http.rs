@@ -12,7 +12,7 @@ use crate::output::Secret;
 
 /// What went wrong talking to Vault.
 #[derive(Debug, Clone, PartialEq)]
-pub enum VaultError {
+pub(crate) enum VaultError {
     /// No connection (after retries).
     Unreachable {
         addr: String,
@@ -41,7 +41,7 @@ pub enum VaultError {
 
 impl VaultError {
     /// Errors after which no further call can succeed: stop the run.
-    pub fn is_fatal(&self) -> bool {
+    pub(crate) fn is_fatal(&self) -> bool {
         matches!(
             self,
             VaultError::Unreachable { .. }
@@ -84,18 +84,18 @@ impl std::error::Error for VaultError {}
 /// The error of a call skipped because the run had stopped (a fatal error
 /// elsewhere): each such write's reason ends with it, so the seed groups
 /// them apart from the failure that stopped the run.
-pub const NOT_ATTEMPTED: &str = "not attempted: the run stopped";
+pub(crate) const NOT_ATTEMPTED: &str = "not attempted: the run stopped";
 
 /// A response with a status Vault uses for answers, not failures (2xx, 400, 404).
 #[derive(Debug)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: u16,
     pub body: Value,
 }
 
 impl Reply {
     /// Vault's `errors` array, joined.
-    pub fn errors(&self) -> String {
+    pub(crate) fn errors(&self) -> String {
         errors_of(&self.body)
     }
 }
@@ -116,14 +116,14 @@ fn errors_of(body: &Value) -> String {
 
 /// Counters for the summary and the benchmarks.
 #[derive(Debug, Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     pub requests: AtomicU64,
     pub writes: AtomicU64,
     pub retries: AtomicU64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Method {
+pub(crate) enum Method {
     Get,
     List,
     Post,
@@ -131,7 +131,7 @@ pub enum Method {
     Patch,
 }
 
-pub struct VaultHttp {
+pub(crate) struct VaultHttp {
     /// Shared with [`VaultHttp::with_token`]'s copies: one connection pool.
     agent: ureq::Agent,
     /// Where requests go: the address as configured, basic-auth user and
@@ -153,7 +153,7 @@ pub struct VaultHttp {
 /// Says why the way to Vault is gone for good (`Some`), such as a
 /// port-forward that failed twice: a call then stops at once with that
 /// reason instead of retrying.
-pub type Lifeline = std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>;
+pub(crate) type Lifeline = std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// Longest pause a `Retry-After` may ask for.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -163,7 +163,7 @@ const MAX_ANSWER_BYTES: u64 = 64 << 20;
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 
 impl VaultHttp {
-    pub fn new(
+    pub(crate) fn new(
         addr: &str,
         token: Secret,
         namespace: Option<String>,
@@ -236,7 +236,7 @@ impl VaultHttp {
     }
 
     /// Watch the way to Vault: see [`Lifeline`].
-    pub fn set_lifeline(&mut self, lifeline: Lifeline) {
+    pub(crate) fn set_lifeline(&mut self, lifeline: Lifeline) {
         self.lifeline = Some(lifeline);
     }
 
@@ -262,7 +262,7 @@ impl VaultHttp {
     }
 
     /// The address for messages (a user and password in it read `***`).
-    pub fn addr(&self) -> &str {
+    pub(crate) fn addr(&self) -> &str {
         &self.shown
     }
 
@@ -277,7 +277,7 @@ impl VaultHttp {
 
     /// The same server, connection settings and pool, with another token
     /// (reading as ESO's role would); its own counters.
-    pub fn with_token(&self, token: Secret) -> VaultHttp {
+    pub(crate) fn with_token(&self, token: Secret) -> VaultHttp {
         VaultHttp {
             agent: self.agent.clone(),
             base: self.base.clone(),
@@ -293,7 +293,7 @@ impl VaultHttp {
     }
 
     /// One API call with retries. `path` is below `/v1/`.
-    pub fn call(
+    pub(crate) fn call(
         &self,
         method: Method,
         path: &str,
@@ -306,7 +306,7 @@ impl VaultHttp {
     /// Like [`VaultHttp::call`], but 401/403 is an answer, not the end of the
     /// run: for optional endpoints or verbs a policy may not grant, so the
     /// caller can fall back.
-    pub fn try_call(
+    pub(crate) fn try_call(
         &self,
         method: Method,
         path: &str,
@@ -318,12 +318,17 @@ impl VaultHttp {
 
     /// [`VaultHttp::call`] with a body that is JSON text already: the seed's
     /// per-secret writes, built without a `Value` (see [`json_string`]).
-    pub fn call_text(&self, method: Method, path: &str, json: &str) -> Result<Reply, VaultError> {
+    pub(crate) fn call_text(
+        &self,
+        method: Method,
+        path: &str,
+        json: &str,
+    ) -> Result<Reply, VaultError> {
         self.call_with(method, path, Some(json), true)
     }
 
     /// [`VaultHttp::try_call`] with a body that is JSON text already.
-    pub fn try_call_text(
+    pub(crate) fn try_call_text(
         &self,
         method: Method,
         path: &str,
@@ -507,7 +512,7 @@ impl VaultHttp {
     }
 
     /// `GET sys/seal-status` without retries or token: `Some(sealed)`, or the error.
-    pub fn seal_status(&self) -> Result<SealStatus, VaultError> {
+    pub(crate) fn seal_status(&self) -> Result<SealStatus, VaultError> {
         let (status, _, body) = self
             .once(Method::Get, "sys/seal-status", None)
             .map_err(|e| self.transport_error("GET sys/seal-status", e))?;
@@ -527,7 +532,7 @@ impl VaultHttp {
 
     /// `GET sys/health`, read with our own struct: vaultrs 0.8 cannot parse
     /// OpenBao's answer, which has no `performance_standby` field.
-    pub fn health(&self) -> Result<Health, VaultError> {
+    pub(crate) fn health(&self) -> Result<Health, VaultError> {
         let path = "sys/health?standbyok=true&perfstandbyok=true&sealedcode=200&uninitcode=200";
         let (status, _, body) = self
             .once(Method::Get, path, None)
@@ -541,7 +546,7 @@ impl VaultHttp {
 }
 
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
-pub struct SealStatus {
+pub(crate) struct SealStatus {
     pub sealed: bool,
     #[serde(default)]
     pub initialized: bool,
@@ -553,7 +558,7 @@ pub struct SealStatus {
 }
 
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
-pub struct Health {
+pub(crate) struct Health {
     pub initialized: bool,
     pub sealed: bool,
     #[serde(default)]
@@ -566,7 +571,7 @@ pub struct Health {
 
 /// `s` as a JSON string, quotes and escapes included, by serde_json's own
 /// (optimised) code: for bodies built as text.
-pub fn json_string(s: &str) -> String {
+pub(crate) fn json_string(s: &str) -> String {
     Value::String(s.to_string()).to_string()
 }
 
@@ -623,7 +628,7 @@ fn transport(e: ureq::Error) -> Transport {
 }
 
 /// Exponential backoff with full jitter: a random pause in [0, base * 2^attempt].
-pub fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let cap = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(8));
     // 53 random bits: a fraction in [0, 1].
     let frac = (getrandom::u64().unwrap_or(0) >> 11) as f64 / ((1u64 << 53) - 1) as f64;

@@ -155,7 +155,7 @@ pub(super) fn create_key(http: &VaultHttp, mount: &str) -> Result<DigestKey> {
 /// The record entry's name in a KV v1 mount. The underscore keeps it out of
 /// the fixture namespace (`^[0-9a-zA-Z-]{1,127}$`), so no fixture can
 /// collide with it; listings and `check` leave it out.
-pub const RECORD_NAME: &str = "_cargo-xtask-secrets";
+pub(crate) const RECORD_NAME: &str = "_cargo-xtask-secrets";
 
 /// The record entry of a KV v1 mount: for each name, the digests of the
 /// values the seed may have written last (one after a clean run; more while
