@@ -24,14 +24,7 @@ use crate::secrets::scan::collect;
 pub(crate) fn run(flags: &flags::Check, process: &Process) -> Result<()> {
     let format = flags.output.unwrap_or(Format::Text);
     // The classes' names: what coverage's report and its JSON speak.
-    let fail_on: BTreeSet<String> = flags
-        .fail_on
-        .clone()
-        .unwrap_or_default()
-        .0
-        .iter()
-        .map(|c| c.to_string())
-        .collect();
+    let fail_on = flags.fail_on.clone().unwrap_or_default();
     let env = flags.env.clone().unwrap_or_else(|| "local".into());
     let root = process.root.clone();
     let cfg = Config::load(
@@ -107,7 +100,7 @@ pub(crate) fn run(flags: &flags::Check, process: &Process) -> Result<()> {
         Format::Json => {
             let mut value = serde_json::to_value(&report)?;
             value["fixtures"] = fixtures_shown.clone().into();
-            value["fail_on"] = serde_json::to_value(&fail_on)?;
+            value["fail_on"] = serde_json::to_value(&fail_on.0)?;
             value["failed"] = (!report.failures(&fail_on).is_empty()).into();
             value["elapsed_ms"] = (elapsed.as_millis() as u64).into();
             if let Some(a) = &as_eso {

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::flags::{FailClass, FailOn};
 use crate::fsutil;
 use crate::output::{count, xml_escape, NAMES_SHOWN};
 use crate::secrets::fixtures::{self, Entry, SecretSet};
@@ -45,14 +46,14 @@ impl Status {
     }
 
     /// Whether `--fail-on` (its classes: missing, drift, unused) fails on this status.
-    fn fails(self, fail_on: &BTreeSet<String>) -> bool {
+    fn fails(self, fail_on: &FailOn) -> bool {
         let class = match self {
-            Status::Missing | Status::WrongProperty | Status::MissingProperty => "missing",
-            Status::Drift => "drift",
-            Status::Unused => "unused",
+            Status::Missing | Status::WrongProperty | Status::MissingProperty => FailClass::Missing,
+            Status::Drift => FailClass::Drift,
+            Status::Unused => FailClass::Unused,
             Status::FindEmpty | Status::Ok => return false,
         };
-        fail_on.contains(class)
+        fail_on.0.contains(&class)
     }
 }
 
@@ -101,7 +102,7 @@ impl Report {
     }
 
     /// Findings that fail under `fail_on`.
-    pub(crate) fn failures(&self, fail_on: &BTreeSet<String>) -> Vec<&Finding> {
+    pub(crate) fn failures(&self, fail_on: &FailOn) -> Vec<&Finding> {
         self.findings
             .iter()
             .filter(|f| f.status.fails(fail_on))
@@ -145,22 +146,6 @@ pub(crate) fn read_live(
         entries: store.read(&wanted)?,
         names: store.list()?,
     })
-}
-
-pub(crate) fn parse_fail_on(value: Option<&str>) -> Result<BTreeSet<String>> {
-    let mut set = BTreeSet::new();
-    for part in value.unwrap_or("missing").split(',').map(str::trim) {
-        if part.is_empty() {
-            continue;
-        }
-        if !["missing", "drift", "unused"].contains(&part) {
-            crate::usage!(
-                "unknown --fail-on {part:?}: use missing, drift and/or unused, comma-separated"
-            );
-        }
-        set.insert(part.to_string());
-    }
-    Ok(set)
 }
 
 /// Compares the references with the fixtures and, if given, the live store.
@@ -317,7 +302,7 @@ fn live_problem(live: &Live, key: &str, fixture: Option<&Entry>) -> Option<(Stat
 pub(crate) fn render_text(
     report: &Report,
     fixtures: &str,
-    fail_on: &BTreeSet<String>,
+    fail_on: &FailOn,
     verbose: bool,
     quiet: bool,
     secs: f64,
@@ -406,17 +391,17 @@ pub(crate) fn render_text(
         report.count(Status::Drift),
         report.count(Status::FindEmpty),
         report.count(Status::Unused),
-        fail_on.iter().cloned().collect::<Vec<_>>().join(","),
+        fail_on.0.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(","),
         if failed { "FAIL" } else { "PASS" }
     );
     out
 }
 
 /// JUnit XML: one test case per required key, plus one per other finding.
-pub(crate) fn render_junit(report: &Report, fail_on: &BTreeSet<String>) -> String {
+pub(crate) fn render_junit(report: &Report, fail_on: &FailOn) -> String {
     let cases = report.findings.iter();
     let cases: Vec<&Finding> = cases
-        .filter(|f| f.status != Status::Unused || fail_on.contains("unused"))
+        .filter(|f| f.status != Status::Unused || fail_on.0.contains(&FailClass::Unused))
         .collect();
     let failures = cases.iter().filter(|f| f.status.fails(fail_on)).count();
     let (env, tests) = (xml_escape(&report.env), cases.len());
@@ -501,7 +486,7 @@ mod tests {
     #[test]
     fn text_snapshot() {
         let report = report(&[("app-url", "u"), ("spare", "s"), ("realm", "not json")]);
-        let fail_on = parse_fail_on(None).unwrap();
+        let fail_on = FailOn::default();
         let text = render_text(&report, "fixtures.json", &fail_on, true, false, 0.001);
         let expected = "check (static scan, env local): 1 file, 4 ExternalSecrets on ClusterSecretStore/ameide-vault, 3 required keys; against fixtures.json
 
@@ -526,7 +511,7 @@ UNUSED FIXTURES (info) (1)
 summary: 0 ok, 1 missing, 2 wrong property, 0 missing property, 0 drift, 1 find-empty, 1 unused; fail on missing: FAIL (0.001s)
 ";
         assert_eq!(text, expected);
-        assert!(parse_fail_on(Some("missing,bogus")).is_err());
+        assert!("missing,bogus".parse::<FailOn>().is_err());
         let junit = render_junit(&report, &fail_on);
         assert!(junit.contains("tests=\"4\" failures=\"3\""), "{junit}");
     }

@@ -377,7 +377,7 @@ fn coverage(ctx: &Ctx, to: ProviderKind) -> Result<String> {
     let desired = ctx.desired()?;
     let live = ctx.with_store(|store| coverage::read_live(store, &scan, desired))?;
     let report = coverage::compare(&scan, &ctx.env, desired, Some(&live));
-    let fail_on = coverage::parse_fail_on(Some("missing"))?;
+    let fail_on = crate::flags::FailOn::default();
     let failures = report.failures(&fail_on);
     if !failures.is_empty() {
         // Capped like output::capped, but "; " apart: a detail may hold a comma.
