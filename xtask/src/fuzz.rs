@@ -11,18 +11,19 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::{flags, project_root};
+use crate::flags;
+use crate::project::Process;
 
 pub(crate) const TARGETS: &[&str] = &["fixtures", "manifests", "flag_editor"];
 
-pub(crate) fn run(flags: &flags::Fuzz) -> Result<()> {
+pub(crate) fn run(flags: &flags::Fuzz, process: &Process) -> Result<()> {
     let targets: Vec<&str> = match flags.target.as_deref() {
         None => TARGETS.to_vec(),
         Some(t) if TARGETS.contains(&t) => vec![t],
         Some(t) => crate::usage!("unknown fuzz target {t:?}: use {}", TARGETS.join(", ")),
     };
     ensure_tools(true)?;
-    run_targets(&project_root(), &targets, flags.seconds.unwrap_or(10))
+    run_targets(&process.root, &targets, flags.seconds.unwrap_or(10))
 }
 
 /// Whether nightly and cargo-fuzz are there; with `install`, installs

@@ -32,6 +32,7 @@ mod tidy;
 
 use std::process::ExitCode;
 
+#[cfg(test)]
 use project::project_root;
 
 /// What the fuzz targets in `fuzz/` call: the parsers, and nothing else of
@@ -124,10 +125,10 @@ fn run_cli_inner() -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     }
     let result = match flags.subcommand {
-        flags::XtaskCmd::Tools(cmd) => tools::run(&cmd),
+        flags::XtaskCmd::Tools(cmd) => tools::run(&cmd, &state),
         flags::XtaskCmd::Test(cmd) => test_cmd::run(&cmd, &state),
         flags::XtaskCmd::Bench(cmd) => bench::run(&cmd, &state),
-        flags::XtaskCmd::Fuzz(cmd) => fuzz::run(&cmd),
+        flags::XtaskCmd::Fuzz(cmd) => fuzz::run(&cmd, &state),
         flags::XtaskCmd::Secrets(cmd) => secrets::run(cmd, &state),
     };
     match result {

@@ -76,8 +76,8 @@ impl Process {
     }
 }
 
-/// The repository root (see [`Process::read`]); prefer the `root` of the
-/// [`Process`] a command was given.
+/// The repository root, for unit tests (commands are given a [`Process`]).
+#[cfg(test)]
 pub(crate) fn project_root() -> PathBuf {
     Process::read().root
 }
@@ -156,21 +156,6 @@ fn environment_dirs(infra: &Path, keep: impl Fn(&Path) -> bool) -> Vec<String> {
         .collect();
     envs.sort();
     envs
-}
-
-/// `PATH` with the pinned tools first.
-pub(crate) fn path_with_tools(root: &Path) -> std::ffi::OsString {
-    let mut paths = vec![root.join(TOOLS_BIN)];
-    if let Some(path) = std::env::var_os("PATH") {
-        paths.extend(std::env::split_paths(&path));
-    }
-    std::env::join_paths(paths).expect("PATH entries have no separators")
-}
-
-/// A path as shown to humans: relative to the repository root when inside it
-/// (see [`shown_from`]).
-pub(crate) fn shown(path: &Path) -> String {
-    shown_from(&project_root(), path)
 }
 
 /// Removes `.` and `..` components without touching the file system, so

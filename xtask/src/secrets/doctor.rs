@@ -97,7 +97,7 @@ pub(crate) fn run(flags: &flags::Doctor, process: &Process) -> Result<()> {
     };
     // Read once for the Vault checks and the coverage check.
     let fixture_set = fixtures::load_configured(&cfg).map(|(_, set)| set);
-    let infra_scan = scan::collect(&root, &root.join(project::INFRA), &env, false);
+    let infra_scan = scan::collect(&cfg, &root.join(project::INFRA), &env, false);
     let flag_rel = project::flag_file(&env).display().to_string();
     let flag = std::fs::read_to_string(root.join(&flag_rel))
         .map_err(anyhow::Error::from)

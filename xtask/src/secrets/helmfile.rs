@@ -10,6 +10,7 @@ use anyhow::Result;
 
 use crate::process::{exit_text, Tool};
 use crate::project;
+use crate::secrets::config::Config;
 
 const INSTALL_HINT: &str = "run `cargo xtask tools` to install it into .tools/bin";
 
@@ -26,14 +27,15 @@ pub(crate) fn sync_display(env: &str) -> String {
 
 /// `helmfile sync` of layer 15 for `env`, killed after `deadline` (the
 /// error then names the setting to raise, once).
-pub(crate) fn sync(root: &Path, env: &str, deadline: Duration) -> Result<()> {
+pub(crate) fn sync(cfg: &Config, env: &str) -> Result<()> {
+    let root = &cfg.root;
     let tool = Tool::new("helmfile")
         .arg("--file")
         .arg(root.join(project::LAYER15_HELMFILE))
         .args(["--environment", env, "sync"])
         .dir(root)
-        .env("PATH", project::path_with_tools(root))
-        .deadline(deadline)
+        .env("PATH", &cfg.tools_path)
+        .deadline(cfg.helmfile_sync_timeout)
         .timeout_hint("raise helmfile.sync_timeout_secs in .local/secrets.toml");
     run(tool, &format!("`{}`", sync_display(env)))
 }
@@ -118,11 +120,21 @@ mod tests {
         dir
     }
 
+    /// The configuration of `root` with a `helmfile sync` deadline.
+    fn cfg(root: &Path, deadline: Duration) -> Config {
+        let path = std::env::var("PATH").unwrap_or_default();
+        let process = crate::project::Process::with(root, root, &[("PATH", &path)]);
+        let flags = crate::secrets::config::FlagValues::default();
+        let mut cfg = Config::load(&process, &flags).unwrap();
+        cfg.helmfile_sync_timeout = deadline;
+        cfg
+    }
+
     #[test]
     fn a_sync_past_its_deadline_is_stopped_and_names_the_setting_once() {
         let dir = fake_root("exec sleep 30");
         let t = std::time::Instant::now();
-        let err = sync(dir.path(), "local", Duration::from_millis(300)).unwrap_err();
+        let err = sync(&cfg(dir.path(), Duration::from_millis(300)), "local").unwrap_err();
         let err = format!("{err:#}");
         assert!(t.elapsed() < Duration::from_secs(10), "{err}");
         assert!(err.contains("did not finish within"), "{err}");
@@ -137,7 +149,7 @@ mod tests {
     fn a_failed_helmfile_says_how_it_ended_and_its_error() {
         for (end, said) in [("kill -9 $$", "killed by signal 9"), ("exit 3", "exit 3")] {
             let dir = fake_root(&format!("echo 'Error: boom' >&2; {end}"));
-            let err = sync(dir.path(), "local", Duration::from_secs(30)).unwrap_err();
+            let err = sync(&cfg(dir.path(), Duration::from_secs(30)), "local").unwrap_err();
             let want = format!("sync` failed ({said}):\n  Error: boom");
             assert!(format!("{err:#}").contains(&want), "{err:#}");
             let path = std::env::join_paths([dir.path().join(".tools/bin")]).unwrap();

@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::project;
+use crate::secrets::config::Config;
 use crate::yaml::{parse_documents, Node};
 
 /// The store every in-scope ExternalSecret must use.
@@ -616,11 +617,12 @@ pub(crate) fn scan_rendered(
 
 /// The ExternalSecrets to check: static or rendered, plus the contract,
 /// which always counts.
-pub(crate) fn collect(root: &Path, infra: &Path, env: &str, render: bool) -> Result<Scan> {
+pub(crate) fn collect(cfg: &Config, infra: &Path, env: &str, render: bool) -> Result<Scan> {
+    let root = &cfg.root;
     if !render {
         return scan_static(infra, root);
     }
-    let mut scan = scan_rendered(infra, root, env, &project::path_with_tools(root))?;
+    let mut scan = scan_rendered(infra, root, env, &cfg.tools_path)?;
     let contract: PathBuf = infra.join(project::CONTRACT_IN_INFRA);
     if contract.is_file() {
         let shown = shown(&contract, root);

@@ -131,7 +131,7 @@ pub(crate) fn run(flags: &flags::Seed, process: &Process) -> Result<()> {
             } else {
                 process.cli_path(out)
             };
-            manifests::write(&root, kind, &desired, &out)?;
+            manifests::write(&cfg, kind, &desired, &out)?;
             if show.text && !show.quiet && out.as_os_str() != "-" {
                 println!(
                     "rendered {} manifests to {} (mode 0600)",

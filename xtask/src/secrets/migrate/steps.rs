@@ -124,7 +124,7 @@ pub(super) fn describe(ctx: &Ctx, plan: &Plan, flag_text: &str, step: Step) -> R
 fn tool_version(ctx: &Ctx, tool: &str, args: &[&str]) -> Result<String> {
     Ok(Tool::new(tool)
         .args(args)
-        .env("PATH", project::path_with_tools(&ctx.root))
+        .env("PATH", &ctx.cfg.tools_path)
         .install_hint("run `cargo xtask tools` (kubectl: your cluster's)")
         .run()?
         .trim()
@@ -233,7 +233,7 @@ fn render_layer15(ctx: &Ctx) -> Result<Vec<scan::ExternalSecret>> {
         &ctx.root.join(project::LAYER15_HELMFILE),
         &ctx.env,
         &out.0,
-        &project::path_with_tools(&ctx.root),
+        &ctx.cfg.tools_path,
     )
     .with_context(|| {
         format!(
@@ -373,7 +373,7 @@ fn seed_target(ctx: &Ctx, to: ProviderKind) -> Result<String> {
 }
 
 fn coverage(ctx: &Ctx, to: ProviderKind) -> Result<String> {
-    let scan = scan::collect(&ctx.root, &ctx.root.join(project::INFRA), &ctx.env, true)?;
+    let scan = scan::collect(&ctx.cfg, &ctx.root.join(project::INFRA), &ctx.env, true)?;
     let desired = ctx.desired()?;
     let live = ctx.with_store(|store| coverage::read_live(store, &scan, desired))?;
     let report = coverage::compare(&scan, &ctx.env, desired, Some(&live));
@@ -486,7 +486,7 @@ fn write_keep_mode(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn sync(ctx: &Ctx) -> Result<String> {
-    helmfile::sync(&ctx.root, &ctx.env, ctx.cfg.helmfile_sync_timeout)?;
+    helmfile::sync(&ctx.cfg, &ctx.env)?;
     Ok("layer 15 synced".into())
 }
 
@@ -616,7 +616,7 @@ fn not_forced_lines(ctx: &Ctx, frozen: &[(EsStatus, String)]) -> Vec<String> {
         &ctx.root.join(project::INFRA),
         &ctx.root,
         &ctx.env,
-        &project::path_with_tools(&ctx.root),
+        &ctx.cfg.tools_path,
     )
     .map(|s| s.external_secrets)
     .unwrap_or_default();

@@ -33,6 +33,8 @@ pub(crate) struct StoredEntry {
 
 pub(crate) struct FileProvider {
     path: PathBuf,
+    /// The path as output shows it (from the repository root).
+    shown: String,
     _lock: Lock,
 }
 
@@ -45,6 +47,7 @@ impl FileProvider {
         Ok(FileProvider {
             _lock: Lock::acquire(Path::new(&lock), "seed of the file store")?,
             path: path.to_path_buf(),
+            shown: crate::project::shown_from(root, path),
         })
     }
 }
@@ -85,7 +88,7 @@ pub(crate) fn load(path: &Path) -> Result<StoreFile> {
 
 impl SecretProvider for FileProvider {
     fn target(&self) -> String {
-        format!("file {}", crate::project::shown(&self.path))
+        format!("file {}", self.shown)
     }
 
     fn read(&mut self, names: &[String]) -> Result<BTreeMap<String, Option<Current>>> {
