@@ -128,13 +128,9 @@ pub(crate) fn write(cfg: &Config, kind: RenderKind, set: &SecretSet, out: &Path)
         print!("{text}");
         return Ok(());
     }
-    let abs = if out.is_absolute() {
-        out.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(out)
-    };
-    guard::require_git_ignored_if_inside(root, &abs, "the rendered manifests")?;
-    fsutil::write_private_atomic(&abs, text.as_bytes())
+    // `out` is absolute: the command made it so from the working directory.
+    guard::require_git_ignored_if_inside(root, out, "the rendered manifests")?;
+    fsutil::write_private_atomic(out, text.as_bytes())
 }
 
 #[cfg(test)]
