@@ -69,8 +69,13 @@ pub(crate) fn load(
     }
     for (pairs, overridden) in layers {
         for (name, value) in pairs {
-            let mut others = set.entries.keys().filter(|_| overridden);
-            if let Some(other) = others.find(|k| *k != &name && k.eq_ignore_ascii_case(&name)) {
+            // Only an override can clash with another layer's spelling.
+            let clash = || {
+                set.entries
+                    .keys()
+                    .find(|k| *k != &name && k.eq_ignore_ascii_case(&name))
+            };
+            if let Some(other) = overridden.then(clash).flatten() {
                 bail!(
                     "{}: secret name {name:?} differs from the fixture {other:?} only in letter case; Azure Key \
                      Vault ignores case, so they are one secret. Spell it {other:?} in the overrides file.",
