@@ -360,11 +360,19 @@ impl Config {
             "the wait's sleep",
             "a number of seconds",
         )?;
-        if attempts.value == 0 || !(0.0..=600.0).contains(&sleep.value) {
-            return Err(bad_value(
-                &attempts.source,
-                "wait attempts must be at least 1 and the sleep 0 to 600 seconds".into(),
-            ));
+        if attempts.value == 0 {
+            let msg = format!(
+                "the wait's attempts must be at least 1 (from {})",
+                attempts.source
+            );
+            return Err(bad_value(&attempts.source, msg));
+        }
+        if !(0.0..=600.0).contains(&sleep.value) {
+            let msg = format!(
+                "the wait's sleep must be 0 to 600 seconds (from {})",
+                sleep.source
+            );
+            return Err(bad_value(&sleep.source, msg));
         }
         let port_forward = PortForward {
             namespace: set("vault.port_forward.namespace").value,
