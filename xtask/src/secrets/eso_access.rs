@@ -338,7 +338,7 @@ pub(crate) fn plan(http: &VaultHttp, names: &EsoNames, kubeconfig: &[PathBuf]) -
         State::Skipped(why) => State::Skipped(why.clone()),
         State::Ensure => config_state(names, kubeconfig, None, &mut outside),
         State::InPlace => match get(http, &config_name)? {
-            Found::Denied(why) => return Ok(skipped_rest(names, items, why)),
+            Found::Denied(why) => return Ok(skipped_rest(names, kubeconfig, items, why)),
             Found::Body(body) if body["data"].is_object() => {
                 let d = &body["data"];
                 let current = KubeConfig {
@@ -410,7 +410,12 @@ pub(crate) fn plan(http: &VaultHttp, names: &EsoNames, kubeconfig: &[PathBuf]) -
 }
 
 /// The items after the auth mount, all skipped for one reason.
-fn skipped_rest(names: &EsoNames, mut items: Vec<Item>, why: String) -> Plan {
+fn skipped_rest(
+    names: &EsoNames,
+    kubeconfig: &[PathBuf],
+    mut items: Vec<Item>,
+    why: String,
+) -> Plan {
     for (kind, name) in [
         ("config", format!("auth/{}/config", names.auth_mount)),
         ("policy", names.policy.clone()),
@@ -429,7 +434,7 @@ fn skipped_rest(names: &EsoNames, mut items: Vec<Item>, why: String) -> Plan {
         names: names.clone(),
         items,
         outside: None,
-        kubeconfig: Vec::new(),
+        kubeconfig: kubeconfig.to_vec(),
     }
 }
 
