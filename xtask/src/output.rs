@@ -9,12 +9,12 @@ use std::fmt;
 /// `permission denied`. Other text is left as it is.
 pub(crate) fn one_line_errors(text: &str) -> String {
     use std::sync::OnceLock;
-    static RE: OnceLock<regex::Regex> = OnceLock::new();
+    static RE: OnceLock<regex_lite::Regex> = OnceLock::new();
     let re = RE.get_or_init(|| {
-        regex::Regex::new(r"\d+ errors? occurred:\s*\n((?:[ \t]*\* [^\n]*(?:\n|$))+)\n*")
+        regex_lite::Regex::new(r"\d+ errors? occurred:\s*\n((?:[ \t]*\* [^\n]*(?:\n|$))+)\n*")
             .expect("a valid regexp")
     });
-    re.replace_all(text, |caps: &regex::Captures<'_>| {
+    re.replace_all(text, |caps: &regex_lite::Captures<'_>| {
         caps[1]
             .lines()
             .filter_map(|l| l.trim().strip_prefix("* "))

@@ -159,7 +159,7 @@ pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<
         for r in &es.refs {
             let mut found: Vec<(Status, String)> = Vec::new();
             if r.kind == RefKind::Find {
-                match regex::Regex::new(&r.key) {
+                match regex_lite::Regex::new(&r.key) {
                     Err(e) => found.push((
                         Status::WrongProperty,
                         format!("invalid dataFrom.find regexp: {e}"),

@@ -245,9 +245,9 @@ pub(crate) fn is_local_context(context: &str, patterns: &[String]) -> bool {
 
 /// `*` matches any run of characters; everything else matches itself.
 pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
-    let parts: Vec<String> = pattern.split('*').map(regex::escape).collect();
+    let parts: Vec<String> = pattern.split('*').map(regex_lite::escape).collect();
     let re = format!("(?s)^{}$", parts.join(".*"));
-    regex::Regex::new(&re).is_ok_and(|re| re.is_match(text))
+    regex_lite::Regex::new(&re).is_ok_and(|re| re.is_match(text))
 }
 
 /// Refuses to port-forward to Vault through a kube context that does not

@@ -85,7 +85,7 @@ pub(crate) fn plain_secrets(cfg: &Config, set: &SecretSet) -> Result<String> {
                     None => missing.push(r.key.clone()),
                 },
                 RefKind::Find => {
-                    if let Ok(re) = regex::Regex::new(&r.key) {
+                    if let Ok(re) = regex_lite::Regex::new(&r.key) {
                         for (n, e) in set.entries.iter().filter(|(n, _)| re.is_match(n)) {
                             data.push((n.clone(), e.value.clone()));
                         }

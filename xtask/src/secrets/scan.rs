@@ -235,10 +235,10 @@ fn literal_only(mut es: ExternalSecret) -> Option<ExternalSecret> {
 /// becomes [`TEMPLATED`].
 fn blank_actions(text: &str) -> String {
     const MARK: char = '\u{1}';
-    static ACTION: LazyLock<regex::Regex> =
-        LazyLock::new(|| regex::Regex::new(r"(?s)\{\{.*?(?:\}\}|\z)").unwrap());
+    static ACTION: LazyLock<regex_lite::Regex> =
+        LazyLock::new(|| regex_lite::Regex::new(r"(?s)\{\{.*?(?:\}\}|\z)").unwrap());
     // Each action becomes MARK, followed by the line breaks inside it.
-    let marked = ACTION.replace_all(text, |c: &regex::Captures| {
+    let marked = ACTION.replace_all(text, |c: &regex_lite::Captures| {
         format!("{MARK}{}", "\n".repeat(c[0].matches('\n').count()))
     });
     marked
