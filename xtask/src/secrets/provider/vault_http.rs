@@ -192,14 +192,10 @@ impl VaultHttp {
                 ureq::tls::RootCerts::new_with_certs(&certs)
             }
         };
-        // Every phase of an exchange has the timeout (connecting at most
-        // 5 s of it), never the whole call: with a whole-call or resolve
-        // timeout, ureq resolves the host on a new thread per request.
-        // A host that is an IP address (loopback, a port-forward) is not
-        // looked up at all. No proxy from the environment: Vault here is on
-        // loopback or a port-forward, and a corporate HTTP_PROXY must not
-        // see the token. At most `pool` idle connections are kept: one per
-        // worker of the seed's bounded pool (`crate::pool`).
+        // Each phase has the timeout, never the whole call: with a whole-call
+        // timeout ureq resolves the host on a thread per request. No proxy:
+        // a corporate HTTP_PROXY must not see the token. One idle connection
+        // per worker of the seed's pool (`crate::pool`).
         let phase = Some(timeout);
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -242,23 +238,13 @@ impl VaultHttp {
 
     /// A connection failure, with why the way to Vault is gone if it is.
     fn unreachable(&self, detail: String) -> (VaultError, bool) {
-        let detail = self.scrub(detail);
-        match self.lifeline.as_ref().and_then(|alive| alive()) {
-            Some(why) => (
-                VaultError::Unreachable {
-                    addr: self.shown.clone(),
-                    detail: format!("{detail}; {why}"),
-                },
-                true,
-            ),
-            None => (
-                VaultError::Unreachable {
-                    addr: self.shown.clone(),
-                    detail,
-                },
-                false,
-            ),
+        let mut detail = self.scrub(detail);
+        let gone = self.lifeline.as_ref().and_then(|alive| alive());
+        if let Some(why) = &gone {
+            detail = format!("{detail}; {why}");
         }
+        let addr = self.shown.clone();
+        (VaultError::Unreachable { addr, detail }, gone.is_some())
     }
 
     /// The address for messages (a user and password in it read `***`).
@@ -433,19 +419,20 @@ impl VaultHttp {
         }
     }
 
-    fn transport_error(&self, call: &str, e: Transport) -> VaultError {
-        match e {
-            Transport::Timeout => VaultError::Timeout {
-                call: call.into(),
-                secs: self.timeout.as_secs_f64(),
-            },
-            Transport::Failed(detail) => self.unreachable(detail).0,
-        }
-    }
-
     fn stop(&self, err: VaultError) -> VaultError {
         self.stopped.store(true, Ordering::Relaxed);
         err
+    }
+
+    /// The token, and the namespace if any, on a request.
+    fn headers<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        let request = request
+            .header("X-Vault-Token", self.token.expose())
+            .header("X-Vault-Request", "true");
+        match &self.namespace {
+            Some(ns) => request.header("X-Vault-Namespace", ns),
+            None => request,
+        }
     }
 
     /// One exchange, no retry: the status, `Retry-After` and the body
@@ -462,32 +449,17 @@ impl VaultHttp {
             Method::List => format!("{url}?list=true"),
             _ => url,
         };
-        let token = self.token.expose();
-        let namespace = self.namespace.as_deref();
+        let body = body.unwrap_or("{}").as_bytes();
         let sent = match method {
-            Method::Get | Method::List => {
-                let mut b = self.agent.get(&url);
-                b = b.header("X-Vault-Token", token);
-                b = b.header("X-Vault-Request", "true");
-                if let Some(ns) = namespace {
-                    b = b.header("X-Vault-Namespace", ns);
-                }
-                b.call()
-            }
-            Method::Post | Method::Patch => {
-                let (mut b, content_type) = if method == Method::Post {
-                    (self.agent.post(&url), "application/json")
-                } else {
-                    (self.agent.patch(&url), "application/merge-patch+json")
-                };
-                b = b.header("X-Vault-Token", token);
-                b = b.header("X-Vault-Request", "true");
-                if let Some(ns) = namespace {
-                    b = b.header("X-Vault-Namespace", ns);
-                }
-                b.header("Content-Type", content_type)
-                    .send(body.unwrap_or("{}").as_bytes())
-            }
+            Method::Get | Method::List => self.headers(self.agent.get(&url)).call(),
+            Method::Post => self
+                .headers(self.agent.post(&url))
+                .header("Content-Type", "application/json")
+                .send(body),
+            Method::Patch => self
+                .headers(self.agent.patch(&url))
+                .header("Content-Type", "application/merge-patch+json")
+                .send(body),
         };
         let mut answer = sent.map_err(transport)?;
         let retry_after = answer
@@ -511,37 +483,38 @@ impl VaultHttp {
         Ok((answer.status().as_u16(), retry_after, body))
     }
 
-    /// `GET sys/seal-status` without retries or token: `Some(sealed)`, or the error.
+    /// `GET sys/seal-status` without retries: a non-200 answer is an error.
     pub(crate) fn seal_status(&self) -> Result<SealStatus, VaultError> {
-        let (status, _, body) = self
-            .once(Method::Get, "sys/seal-status", None)
-            .map_err(|e| self.transport_error("GET sys/seal-status", e))?;
-        if status != 200 {
-            return Err(VaultError::Status {
-                call: "GET sys/seal-status".into(),
-                code: status,
-                errors: errors_of(&body),
-            });
-        }
-        serde_json::from_value(body).map_err(|e| VaultError::Status {
-            call: "GET sys/seal-status".into(),
-            code: status,
-            errors: format!("unexpected answer: {e}"),
-        })
+        self.status_read("sys/seal-status", true)
     }
 
     /// `GET sys/health`, read with our own struct: vaultrs 0.8 cannot parse
     /// OpenBao's answer, which has no `performance_standby` field.
     pub(crate) fn health(&self) -> Result<Health, VaultError> {
         let path = "sys/health?standbyok=true&perfstandbyok=true&sealedcode=200&uninitcode=200";
-        let (status, _, body) = self
-            .once(Method::Get, path, None)
-            .map_err(|e| self.transport_error("GET sys/health", e))?;
-        serde_json::from_value(body).map_err(|e| VaultError::Status {
-            call: "GET sys/health".into(),
-            code: status,
-            errors: format!("unexpected answer: {e}"),
-        })
+        self.status_read(path, false)
+    }
+
+    /// One unretried GET of a status endpoint, parsed into `T`.
+    fn status_read<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        only_200: bool,
+    ) -> Result<T, VaultError> {
+        let call = describe(Method::Get, path);
+        let (code, _, body) = self.once(Method::Get, path, None).map_err(|e| match e {
+            Transport::Timeout => VaultError::Timeout {
+                call: call.clone(),
+                secs: self.timeout.as_secs_f64(),
+            },
+            Transport::Failed(detail) => self.unreachable(detail).0,
+        })?;
+        let parsed = if code == 200 || !only_200 {
+            serde_json::from_value(body).map_err(|e| format!("unexpected answer: {e}"))
+        } else {
+            Err(errors_of(&body))
+        };
+        parsed.map_err(|errors| VaultError::Status { call, code, errors })
     }
 }
 
