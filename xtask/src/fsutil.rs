@@ -1,6 +1,6 @@
 //! Files that may hold secret values: checksums, atomic private writes, locks.
 
-use std::fs::{File, OpenOptions, Permissions};
+use std::fs::{File, OpenOptions, Permissions, TryLockError};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -95,7 +95,7 @@ fn parent_dir(path: &Path) -> &Path {
         .unwrap_or(Path::new("."))
 }
 
-/// Creates a folder (and parents) that only the owner can enter.
+/// Creates a folder (and parents) only the owner can enter.
 pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
@@ -107,14 +107,13 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("creating {}", dir.display()))
 }
 
-/// The mode bits of a file.
 #[cfg(test)]
 pub(crate) fn mode(path: &Path) -> Result<u32> {
     Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
 }
 
-/// An exclusive advisory lock on `<path>`, held until drop (or until the
-/// holder exits, however it exits). The file names the holder for a refused contender.
+/// An exclusive advisory lock on `<path>`, held until drop or the holder's
+/// exit. The file names the holder for a refused contender.
 pub(crate) struct Lock {
     file: File,
 }
@@ -135,32 +134,31 @@ impl Lock {
         for attempt in 0.. {
             match file.try_lock() {
                 Ok(()) => break,
-                Err(std::fs::TryLockError::WouldBlock) if attempt < 20 => {
+                Err(TryLockError::WouldBlock) if attempt < 20 => {
                     let now = std::fs::read_to_string(path).unwrap_or_default();
                     if !now.trim().is_empty() {
                         holder = now.trim().to_string();
                     }
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-                Err(std::fs::TryLockError::WouldBlock) => bail!(
-                    "another {what} is running ({}). Wait for it to finish; the lock {} frees itself when that process exits.",
-                    if holder.is_empty() { "holder unknown" } else { holder.as_str() },
-                    path.display()
-                ),
-                Err(std::fs::TryLockError::Error(e)) => {
+                Err(TryLockError::WouldBlock) => {
+                    let holder = if holder.is_empty() {
+                        "holder unknown"
+                    } else {
+                        &holder
+                    };
+                    let path = path.display();
+                    bail!("another {what} is running ({holder}). Wait for it to finish; the lock {path} frees itself when that process exits.")
+                }
+                Err(TryLockError::Error(e)) => {
                     return Err(e).with_context(|| format!("locking {}", path.display()));
                 }
             }
         }
         file.set_len(0)?;
         let args: Vec<String> = std::env::args().skip(1).take(4).collect();
-        writeln!(
-            file,
-            "pid {} `xtask {}` since {}",
-            std::process::id(),
-            args.join(" "),
-            now_rfc3339()
-        )?;
+        let (pid, args, since) = (std::process::id(), args.join(" "), now_rfc3339());
+        writeln!(file, "pid {pid} `xtask {args}` since {since}")?;
         file.sync_all()?;
         Ok(Lock { file })
     }
