@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use super::vault_http::{backoff, json_string, Method, SealStatus, VaultError, VaultHttp};
@@ -160,15 +160,8 @@ pub(crate) fn configured_http(
 ) -> Result<VaultHttp> {
     let namespace = cfg.vault_namespace.as_ref().map(|s| s.value.clone());
     let ca_cert = cfg.vault_ca_cert.as_ref().map(|c| cfg.abs(&c.value));
-    VaultHttp::new(
-        addr,
-        token,
-        namespace,
-        timeout,
-        retries,
-        pool,
-        ca_cert.as_deref(),
-    )
+    let ca_cert = ca_cert.as_deref();
+    VaultHttp::new(addr, token, namespace, timeout, retries, pool, ca_cert)
 }
 
 impl VaultProvider {
@@ -178,20 +171,14 @@ impl VaultProvider {
         let timeout = Duration::from_secs_f64(cfg.vault_timeout_secs);
         let token = endpoint.token.value.clone();
         let concurrency = cfg.concurrency.value;
-        let mut http = configured_http(
-            cfg,
-            &endpoint.addr,
-            token,
-            timeout,
-            cfg.vault_retries,
-            concurrency,
-        )?;
+        let retries = cfg.vault_retries;
+        let mut http = configured_http(cfg, &endpoint.addr, token, timeout, retries, concurrency)?;
         if let Some(pf) = &endpoint.port_forward {
             http.set_lifeline(std::sync::Arc::new(pf.lifeline()));
         }
         let seal = match (endpoint.seal, &endpoint.port_forward) {
             (Some(seal), _) => seal,
-            (None, Some(pf)) => first_seal_status(&http, pf, cfg.vault_retries)?,
+            (None, Some(pf)) => first_seal_status(&http, pf, retries)?,
             (None, None) => http.seal_status()?,
         };
         if seal.sealed {
@@ -317,9 +304,8 @@ fn kv_version(http: &VaultHttp, mount: &str) -> Result<KvVersion> {
     }
 }
 
-/// Reads one entry into a [`Current`]; whether the seed wrote its value is
-/// told on KV v1 by `record` (the mount's record entry), on KV v2 by the
-/// stamp, verified with `key`.
+/// One entry's [`Current`]; whether the seed wrote its value is told on KV v1
+/// by `record` (the mount's record entry), on KV v2 by the stamp and `key`.
 fn current_from(
     kv: KvVersion,
     name: &str,
@@ -331,15 +317,12 @@ fn current_from(
         KvVersion::V2 => (&reply["data"]["data"], &reply["data"]["metadata"]),
         KvVersion::V1 => (&reply["data"], &Value::Null),
     };
-    let properties = data
-        .as_object()
-        .map(|m| m.keys().cloned().collect())
-        .unwrap_or_default();
+    let properties = data.as_object().into_iter().flat_map(|m| m.keys().cloned());
     let value = data["value"].as_str();
     let sha256 = value.map(|v| sha256_hex(v.as_bytes()));
     let value_sha = value.zip(sha256.as_deref());
     let mut current = Current {
-        properties,
+        properties: properties.collect(),
         ..Current::default()
     };
     if kv == KvVersion::V1 {
@@ -407,36 +390,14 @@ impl SecretProvider for VaultProvider {
                 }
             }
         }
-        let (http, kv) = (&self.http, self.kv);
-        let (record, key) = (self.record.as_ref(), self.key.as_ref());
         // Each thread keeps only the small `Current`, not the whole reply.
         let currents = bounded(present, self.concurrency, |(name, path)| {
-            let reply = http.call(Method::Get, &path, None);
-            let current =
-                reply
-                    .map_err(anyhow::Error::from)
-                    .and_then(|reply| match reply.status {
-                        200 => Ok(Some(current_from(kv, &name, &reply.body, record, key))),
-                        // KV v2 answers 404 for a deleted latest version with its
-                        // metadata: re-creating needs that version for CAS.
-                        404 => Ok(reply.body["data"]["metadata"]["version"].as_u64().map(|v| {
-                            Current {
-                                version: Some(v),
-                                ..Current::default()
-                            }
-                        })),
-                        code => Err(anyhow!(
-                            "GET {path} failed with HTTP {code}: {}",
-                            reply.errors()
-                        )),
-                    });
+            let current = self.get_current(&name, &path);
             (name, current)
         });
         for (name, current) in currents {
-            out.insert(
-                name.clone(),
-                current.with_context(|| format!("reading {name}"))?,
-            );
+            let current = current.with_context(|| format!("reading {name}"))?;
+            out.insert(name, current);
         }
         Ok(out)
     }
@@ -464,11 +425,8 @@ impl SecretProvider for VaultProvider {
                 .map_or(&[][..], Vec::as_slice),
             seen_key: record.map(MountRecord::key),
         };
-        let intents: Vec<Change<'_>> = writes
-            .iter()
-            .filter(|w| !w.metadata_only)
-            .map(change)
-            .collect();
+        let values = writes.iter().filter(|w| !w.metadata_only);
+        let intents: Vec<Change<'_>> = values.map(change).collect();
         update_record(http, mount, lock, &intents, Phase::Intend).with_context(|| {
             format!("recording the values about to be written in {mount}/{RECORD_NAME} (KV v1); nothing was written")
         })?;
@@ -512,26 +470,40 @@ impl SecretProvider for VaultProvider {
 }
 
 impl VaultProvider {
+    fn get_current(&self, name: &str, path: &str) -> Result<Option<Current>> {
+        let reply = self.http.call(Method::Get, path, None)?;
+        let (record, key) = (self.record.as_ref(), self.key.as_ref());
+        match reply.status {
+            200 => Ok(Some(current_from(self.kv, name, &reply.body, record, key))),
+            // KV v2 answers 404 for a deleted latest version with its
+            // metadata: re-creating needs that version for CAS.
+            404 => {
+                let version = reply.body["data"]["metadata"]["version"].as_u64();
+                Ok(version.map(|v| Current {
+                    version: Some(v),
+                    ..Current::default()
+                }))
+            }
+            code => bail!("GET {path} failed with HTTP {code}: {}", reply.errors()),
+        }
+    }
+
     /// Writes each entry (on KV v2 with its stamp); one outcome per write.
     fn write_entries(&self, writes: &[Write<'_>]) -> Vec<(String, Outcome)> {
         let total = writes.len();
         let show = self.progress && total >= 200;
         let done = AtomicUsize::new(0);
-        bounded(
-            writes.iter().collect(),
-            self.concurrency,
-            |w: &Write<'_>| {
-                let outcome = self.write_one(w);
-                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if show && (n.is_multiple_of(100) || n == total) {
-                    eprint!("\r  writing {n}/{total}");
-                    if n == total {
-                        eprintln!();
-                    }
+        bounded(writes.iter().collect(), self.concurrency, |w| {
+            let outcome = self.write_one(w);
+            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+            if show && (n.is_multiple_of(100) || n == total) {
+                eprint!("\r  writing {n}/{total}");
+                if n == total {
+                    eprintln!();
                 }
-                (w.name.to_string(), outcome)
-            },
-        )
+            }
+            (w.name.to_string(), outcome)
+        })
     }
 
     fn write_one(&self, w: &Write<'_>) -> Outcome {

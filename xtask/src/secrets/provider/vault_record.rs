@@ -1,8 +1,7 @@
-//! What the seed records about the values it wrote, so that a later run can
-//! tell its own writes from hand edits: on KV v2 a stamp in each entry's
-//! `custom_metadata`, on KV v1 the digests in the mount's record entry
-//! ([`RECORD_NAME`]), which also holds the digests' key on both and which
-//! only those who may read values can read.
+//! What the seed records about the values it wrote, to tell them from hand
+//! edits: on KV v2 a stamp in each entry's `custom_metadata`, on KV v1 the
+//! digests in the mount's record entry ([`RECORD_NAME`]), which holds the
+//! digests' key on both.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,8 +14,8 @@ use super::vault_http::{backoff, json_string, Method, Reply, VaultError, VaultHt
 use super::{DigestKey, Stamp, MANAGED_BY, SEEDED_ANOTHER_VALUE};
 use crate::fsutil::Lock;
 
-/// The seed's record in a KV v2 entry's `custom_metadata`: its [`Stamp`],
-/// and the KV version that stamp describes (unknown: the next run renews it).
+/// The seed's [`Stamp`] in a KV v2 entry's `custom_metadata`, and the KV
+/// version it describes (unknown: the next run renews it).
 pub(super) struct Record {
     pub stamp: Stamp,
     pub version: Option<u64>,
@@ -24,13 +23,10 @@ pub(super) struct Record {
 
 impl Record {
     pub(super) fn read(custom: &Value) -> Option<Record> {
-        let version = custom["fixture-version"]
-            .as_str()
-            .and_then(|v| v.parse().ok());
-        Some(Record {
-            stamp: Stamp::read(custom)?,
-            version,
-        })
+        let stamp = Stamp::read(custom)?;
+        let version = custom["fixture-version"].as_str();
+        let version = version.and_then(|v| v.parse().ok());
+        Some(Record { stamp, version })
     }
 }
 
@@ -39,14 +35,10 @@ impl Record {
 /// `fixture-sha256` (a plain write replaces `custom_metadata` whole, and refuses a null).
 pub(super) fn stamp(digest: &str, version: Option<u64>, merge: bool) -> String {
     let (digest, managed_by) = (json_string(digest), json_string(MANAGED_BY));
-    let version = version
-        .map(|v| format!(r#","fixture-version":"{v}""#))
-        .unwrap_or_default();
-    let retire = if merge {
-        r#","fixture-sha256":null"#
-    } else {
-        ""
-    };
+    let version = version.map(|v| format!(r#","fixture-version":"{v}""#));
+    let version = version.unwrap_or_default();
+    const RETIRE: &str = r#","fixture-sha256":null"#;
+    let retire = if merge { RETIRE } else { "" };
     format!(
         r#"{{"custom_metadata":{{"managed-by":{managed_by},"fixture-hmac":{digest}{version}{retire}}}}}"#
     )
@@ -137,9 +129,8 @@ pub(super) fn create_key(http: &VaultHttp, mount: &str) -> Result<DigestKey> {
 /// namespace (`^[0-9a-zA-Z-]{1,127}$`); listings and `check` leave it out.
 pub(crate) const RECORD_NAME: &str = "_cargo-xtask-secrets";
 
-/// The record entry of a KV v1 mount: for each name, the digests of the
-/// values the seed may have written last (one after a clean run; more while
-/// a run is under way or after one stopped mid-way).
+/// A KV v1 mount's record entry: per name, the digests of the values the seed
+/// may have written last (more than one while a run is under way or stopped mid-way).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct MountRecord {
     /// Random per mount: the digests match nothing outside this record.
@@ -170,12 +161,9 @@ impl MountRecord {
     /// (`<name> <digest>[,<digest>...]`): OpenBao refuses a body with more
     /// than 1,000 JSON strings, and a mount holds more names than that.
     fn to_json(&self) -> Value {
-        let lines = self
-            .digests
-            .iter()
-            .map(|(name, ds)| format!("{name} {}\n", ds.join(",")));
         let mut entry = self.key.entry();
-        entry["digests"] = lines.collect::<String>().into();
+        let line = |(name, ds): (&String, &Vec<String>)| format!("{name} {}\n", ds.join(","));
+        entry["digests"] = self.digests.iter().map(line).collect::<String>().into();
         entry
     }
 
@@ -183,10 +171,8 @@ impl MountRecord {
         self.key.hex()
     }
 
-    /// What the record says about `value` (checksum `sha256`), now under
-    /// `name`: the checksum the seed last wrote there (the value's own, or
-    /// [`SEEDED_ANOTHER_VALUE`], or `None` when it knows nothing of the
-    /// name), and whether the record needs renewing (other candidates).
+    /// The checksum the seed last wrote under `name` as the record tells it
+    /// (see [`super::Stamp::judge`]), and whether it lists other candidates.
     pub(super) fn judge(&self, name: &str, value: &str, sha256: &str) -> (Option<String>, bool) {
         match self.digests.get(name) {
             None => (None, false),
@@ -207,8 +193,7 @@ pub(super) fn read_record(
     read_entry(http, &format!("{mount}/{RECORD_NAME}"), MountRecord::parse)
 }
 
-/// One name whose record changes: the value the seed writes (or found right),
-/// and the digests this run read for it (and under which key).
+/// One name's new value, and the digests this run read for it (under which key).
 pub(super) struct Change<'a> {
     pub name: &'a str,
     pub value: &'a str,
@@ -218,11 +203,9 @@ pub(super) struct Change<'a> {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Phase {
-    /// Before the values are written: add each new value's digest next to
-    /// what is there, so a run killed mid-way leaves every value recognised.
+    /// Before the writes: add each new value's digest (a killed run's values stay recognised).
     Intend,
-    /// After: each name written names its new value, without the digests
-    /// this run had read (others' concurrent additions stay).
+    /// After: drop the digests this run had read (others' concurrent additions stay).
     Settle,
 }
 
@@ -248,20 +231,17 @@ fn merge(
     rec
 }
 
-/// Whether `rec` holds the new digest of every change.
 fn holds(rec: &MountRecord, changes: &[Change<'_>]) -> bool {
     changes.iter().all(|c| {
         let digest = rec.key.digest(c.name, c.value);
-        rec.digests
-            .get(c.name)
-            .is_some_and(|ds| ds.contains(&digest))
+        let ds = rec.digests.get(c.name);
+        ds.is_some_and(|ds| ds.contains(&digest))
     })
 }
 
-/// Updates the mount's record entry with `changes`. KV v1 has no
-/// check-and-set, so: under a local lock (seeds from this checkout take
-/// turns), read, merge, write, read back, and start again if a concurrent
-/// writer's version replaced ours.
+/// Updates the record entry with `changes`. KV v1 has no check-and-set, so:
+/// under a local lock, read, merge, write, read back, and start again if a
+/// concurrent writer's version replaced ours.
 pub(super) fn update_record(
     http: &VaultHttp,
     mount: &str,
@@ -371,11 +351,8 @@ mod tests {
         assert_eq!(intended.digests["a"], vec![digest("old"), digest("new")]);
         // A concurrent seed added its own candidate meanwhile: it stays.
         let mut concurrent = intended.clone();
-        concurrent
-            .digests
-            .get_mut("a")
-            .unwrap()
-            .push(digest("theirs"));
+        let candidates = concurrent.digests.get_mut("a").unwrap();
+        candidates.push(digest("theirs"));
         let settled = merge(Some(concurrent), &key('u'), &change, Phase::Settle);
         assert_eq!(settled.digests["a"], vec![digest("new"), digest("theirs")]);
         assert!(holds(&settled, &change));
@@ -423,31 +400,19 @@ mod tests {
         assert_eq!(custom["fixture-version"], "7");
         assert_eq!(custom["managed-by"], MANAGED_BY);
         assert_eq!(custom["fixture-hmac"], "abc");
-        assert!(
-            custom.get("fixture-sha256").is_none(),
-            "a whole write carries no null"
-        );
+        let old = custom.get("fixture-sha256");
+        assert_eq!(old, None, "a whole write carries no null");
         let s: Value = stamp("a\"b", None, true).parse().unwrap();
         let custom = &s["custom_metadata"];
         assert!(custom.get("fixture-version").is_none());
         assert_eq!(custom["fixture-hmac"], "a\"b", "escaped");
-        assert_eq!(
-            custom.get("fixture-sha256"),
-            Some(&Value::Null),
-            "a merge drops an older release's plain checksum"
-        );
+        let old = custom.get("fixture-sha256");
+        assert_eq!(old, Some(&Value::Null), "a merge drops an older release's");
         // What the seed writes reads back as its record.
-        let record = Record::read(custom).unwrap();
-        assert_eq!(
-            (record.stamp, record.version),
-            (Stamp::Keyed("a\"b".into()), None)
-        );
+        let read = |custom: &Value| Record::read(custom).map(|r| (r.stamp, r.version));
+        assert_eq!(read(custom), Some((Stamp::Keyed("a\"b".into()), None)));
         let old =
             json!({"managed-by": MANAGED_BY, "fixture-sha256": "abc", "fixture-version": "2"});
-        let record = Record::read(&old).unwrap();
-        assert_eq!(
-            (record.stamp, record.version),
-            (Stamp::Sha256("abc".into()), Some(2))
-        );
+        assert_eq!(read(&old), Some((Stamp::Sha256("abc".into()), Some(2))));
     }
 }
