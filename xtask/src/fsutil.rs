@@ -90,9 +90,8 @@ fn write_atomic_via(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> Result<
 
 /// The folder a file sits in (`.` for a bare name).
 fn parent_dir(path: &Path) -> &Path {
-    path.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    parent.unwrap_or(Path::new("."))
 }
 
 /// Creates a folder (and parents) only the owner can enter.
@@ -114,9 +113,7 @@ pub(crate) fn mode(path: &Path) -> Result<u32> {
 
 /// An exclusive advisory lock on `<path>`, held until drop or the holder's
 /// exit. The file names the holder for a refused contender.
-pub(crate) struct Lock {
-    file: File,
-}
+pub(crate) struct Lock(File);
 
 impl Lock {
     /// Takes the lock within a second (a quick holder is done by then) or fails, naming the holder.
@@ -130,7 +127,7 @@ impl Lock {
             .mode(0o600)
             .open(path)
             .with_context(|| format!("opening lock {}", path.display()))?;
-        let mut holder = String::new();
+        let mut holder = "holder unknown".to_string();
         for attempt in 0.. {
             match file.try_lock() {
                 Ok(()) => break,
@@ -142,11 +139,6 @@ impl Lock {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
                 Err(TryLockError::WouldBlock) => {
-                    let holder = if holder.is_empty() {
-                        "holder unknown"
-                    } else {
-                        &holder
-                    };
                     let path = path.display();
                     bail!("another {what} is running ({holder}). Wait for it to finish; the lock {path} frees itself when that process exits.")
                 }
@@ -160,14 +152,14 @@ impl Lock {
         let (pid, args, since) = (std::process::id(), args.join(" "), now_rfc3339());
         writeln!(file, "pid {pid} `xtask {args}` since {since}")?;
         file.sync_all()?;
-        Ok(Lock { file })
+        Ok(Lock(file))
     }
 }
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        let _ = self.file.set_len(0);
-        let _ = self.file.unlock();
+        let _ = self.0.set_len(0);
+        let _ = self.0.unlock();
     }
 }
 
@@ -177,10 +169,8 @@ pub(crate) struct PrivateTempFile(NamedTempFile);
 
 impl PrivateTempFile {
     pub(crate) fn new(contents: &[u8]) -> Result<PrivateTempFile> {
-        let mut file = tempfile::Builder::new()
-            .prefix("xtask-secrets-")
-            .tempfile()
-            .context("creating a private temp file")?;
+        let file = tempfile::Builder::new().prefix("xtask-secrets-").tempfile();
+        let mut file = file.context("creating a private temp file")?;
         file.write_all(contents)?;
         file.as_file().sync_all()?;
         Ok(PrivateTempFile(file))
@@ -251,10 +241,7 @@ mod tests {
     #[test]
     fn now_is_rfc3339_to_the_second() {
         let now = now_rfc3339();
-        assert_eq!(
-            (now.len(), &now[10..11], &now[19..]),
-            (20, "T", "Z"),
-            "{now}"
-        );
+        let shape = (now.len(), &now[10..11], &now[19..]);
+        assert_eq!(shape, (20, "T", "Z"), "{now}");
     }
 }

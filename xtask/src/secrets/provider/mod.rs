@@ -122,19 +122,14 @@ impl DigestKey {
     pub(crate) fn generate() -> Result<DigestKey> {
         use std::io::Read;
         let mut bytes = [0u8; 32];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut bytes))
-            .context("reading /dev/urandom for the key of the seed's record")?;
+        let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+        random.context("reading /dev/urandom for the key of the seed's record")?;
         Ok(DigestKey(hex(&bytes)))
     }
 
     pub(crate) fn from_entry(data: &Value) -> Option<DigestKey> {
-        if data["managed-by"].as_str() != Some(MANAGED_BY)
-            || data["format"].as_str() != Some(Self::FORMAT)
-        {
-            return None;
-        }
-        let key = data["key"].as_str().filter(|k| k.len() >= 32)?;
+        let ours = data["managed-by"] == MANAGED_BY && data["format"] == Self::FORMAT;
+        let key = data["key"].as_str().filter(|k| ours && k.len() >= 32)?;
         Some(DigestKey(key.to_string()))
     }
 
@@ -173,7 +168,7 @@ pub(crate) enum Stamp {
 
 impl Stamp {
     pub(crate) fn read(fields: &Value) -> Option<Stamp> {
-        if fields["managed-by"].as_str() != Some(MANAGED_BY) {
+        if fields["managed-by"] != MANAGED_BY {
             return None;
         }
         if let Some(d) = fields["fixture-hmac"].as_str() {

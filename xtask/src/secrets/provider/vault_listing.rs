@@ -177,13 +177,13 @@ mod tests {
         let custom = json!({"managed-by": MANAGED_BY, "fixture-hmac": key.digest("n", "x"), "fixture-version": "2"});
         let at = |current: u64, custom: &Value, versions: &Value| {
             info(
-                json!({"current_version": current, "custom_metadata": custom, "versions": versions,
-                        "cas_required": false, "updated_time": "ignored"}),
+                json!({"current_version": current, "custom_metadata": custom, "versions": versions}),
             )
         };
-        let got = at(2, &custom, &live)
-            .known("n", Some(&key), &expected)
-            .unwrap();
+        let known = |current, custom: &Value, versions: &Value| {
+            at(current, custom, versions).known("n", Some(&key), &expected)
+        };
+        let got = known(2, &custom, &live).unwrap();
         assert_eq!(got.sha256.as_deref(), Some(sha.as_str()));
         assert_eq!(got.seeded_sha256.as_deref(), Some(sha.as_str()));
         assert_eq!((got.version, got.stamp_stale), (Some(2), false));
@@ -201,20 +201,13 @@ mod tests {
             assert!(at(2, &custom, &live).known("n", key, expected).is_none());
         }
 
-        let known = |current, custom: &Value, versions: &Value| {
-            at(current, custom, versions).known("n", Some(&key), &expected)
-        };
         // Written since the record (by hand, a rollback, a patch).
         assert!(known(3, &custom, &json!({"2": {}, "3": {}})).is_none());
         // The recorded version deleted or destroyed.
         let deleted = json!({"2": {"deletion_time": "2026-11-28T04:29:19Z", "destroyed": false}});
         assert!(known(2, &custom, &deleted).is_none());
-        assert!(known(
-            2,
-            &custom,
-            &json!({"2": {"deletion_time": "", "destroyed": true}})
-        )
-        .is_none());
+        let destroyed = json!({"2": {"deletion_time": "", "destroyed": true}});
+        assert!(known(2, &custom, &destroyed).is_none());
         // Somebody else's record, no record, or a record without a version.
         let mut foreign = custom.clone();
         foreign["managed-by"] = "someone".into();
@@ -227,12 +220,14 @@ mod tests {
 
     #[test]
     fn an_older_release_record_is_trusted_as_before_and_renewed() {
-        let live = json!({"2": {"deletion_time": "", "destroyed": false}});
         let old =
             json!({"managed-by": MANAGED_BY, "fixture-sha256": "abc", "fixture-version": "2"});
-        let got = info(json!({"current_version": 2, "custom_metadata": old, "versions": live}))
-            .known("n", None, &SecretSet::default())
-            .unwrap();
+        // Unknown fields are skipped.
+        let info = info(
+            json!({"current_version": 2, "custom_metadata": old, "versions": {"2": {}},
+                               "cas_required": false, "updated_time": "ignored"}),
+        );
+        let got = info.known("n", None, &SecretSet::default()).unwrap();
         assert_eq!(got.sha256.as_deref(), Some("abc"));
         assert_eq!(got.seeded_sha256.as_deref(), Some("abc"));
         assert!(got.stamp_stale, "renewed into a keyed stamp");
