@@ -39,9 +39,8 @@ pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
-/// Writes `bytes` to `path` atomically with mode 0600, in a folder only the
-/// owner can enter (created if missing). The temp file's name carries our
-/// pid: some callers (a manifest) write without a lock.
+/// Writes `bytes` to `path` atomically with mode 0600, in a private folder;
+/// the temp name carries our pid (some callers write without a lock).
 pub(crate) fn write_private_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = parent_dir(path);
     create_private_dir(dir)?;
@@ -50,17 +49,15 @@ pub(crate) fn write_private_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_via(path, &tmp, bytes, 0o600)
 }
 
-/// Writes `bytes` to `path` atomically with `mode` (a repository file the
-/// caller changes under its command's lock), through `<path>.xtask-tmp`.
+/// Writes `bytes` to `path` atomically with `mode`, under the caller's lock.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".xtask-tmp");
     write_atomic_via(path, Path::new(&tmp), bytes, mode)
 }
 
-/// Writes `bytes` to the temp file `tmp` beside `path` with `mode`, fsyncs
-/// it, renames it over `path` and fsyncs the folder: a crash leaves the old
-/// file or the new one, never half of either. A failure removes the temp file.
+/// Writes and fsyncs `tmp`, renames it over `path`, fsyncs the folder: a
+/// crash leaves the old file or the new one. A failure removes `tmp`.
 fn write_atomic_via(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let result = (|| -> Result<()> {
         let mut file = OpenOptions::new()
@@ -70,8 +67,7 @@ fn write_atomic_via(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> Result<
             .mode(mode)
             .open(tmp)
             .with_context(|| format!("creating {}", tmp.display()))?;
-        // An existing temp file keeps its old mode, and the umask narrows a
-        // new one's: set it explicitly.
+        // Neither an old temp file's mode nor the umask may stand.
         file.set_permissions(Permissions::from_mode(mode))?;
         file.write_all(bytes)?;
         file.sync_all()?;
@@ -163,8 +159,7 @@ impl Drop for Lock {
     }
 }
 
-/// A file only the owner can read (0600, a random name in the temp folder),
-/// deleted on drop: how a value reaches a child process without its argv.
+/// A 0600 temp file, deleted on drop: how a value reaches a child without its argv.
 pub(crate) struct PrivateTempFile(NamedTempFile);
 
 impl PrivateTempFile {

@@ -1,15 +1,13 @@
-//! Output rules shared by the commands: counts and capped lists, one-line
-//! errors, XML escaping, and the types that keep a secret out of output
-//! ([`Secret`], [`VaultAddr`]).
+//! Output rules shared by the commands, and the types that keep a secret out
+//! of output ([`Secret`], [`VaultAddr`]).
 
 use std::fmt;
 use std::sync::LazyLock;
 
 use regex_lite::Regex;
 
-/// Collapses Vault's multi-error text (`1 error occurred:\n\t* permission
-/// denied\n\n`, from hashicorp/go-multierror) into its items on one line:
-/// `permission denied`. Other text is left as it is.
+/// Collapses Vault's multi-error text (`1 error occurred:\n\t* a\n\n`) into
+/// its items on one line (`a`); other text is left as it is.
 pub(crate) fn one_line_errors(text: &str) -> String {
     const MULTI: &str = r"\d+ errors? occurred:\s*\n((?:[ \t]*\* [^\n]*(?:\n|$))+)\n*";
     static RE: LazyLock<Regex> = LazyLock::new(|| Regex::new(MULTI).expect("a valid regexp"));

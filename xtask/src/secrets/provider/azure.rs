@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
 use super::{Current, DigestKey, Outcome, SecretProvider, Stamp, Write, MANAGED_BY};
@@ -307,16 +307,15 @@ fn parse_key(stored: &str) -> Option<DigestKey> {
 
 /// The seed's key secret is no fixture's to take.
 fn refuse_key_name(names: &[String]) -> Result<()> {
-    if names.iter().any(|n| n.eq_ignore_ascii_case(KEY_NAME)) {
-        bail!(
-            "the secret name {KEY_NAME} is the seed's own on Azure Key Vault (the key of the digests it tags values \
-             with): rename that fixture or override"
-        );
-    }
+    let taken = names.iter().any(|n| n.eq_ignore_ascii_case(KEY_NAME));
+    ensure!(
+        !taken,
+        "the secret name {KEY_NAME} is the seed's own on Azure Key Vault (the key of the digests it tags values \
+         with): rename that fixture or override"
+    );
     Ok(())
 }
 
-// Stamps, keys and restamping: it/digests.rs; bare values: it/seed_azure.rs.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,11 +336,8 @@ mod tests {
             "",
         ] {
             let c = current_of("n", bare, &Value::Null, None);
-            assert_eq!(
-                (c.sha256, c.raw_sha256),
-                (None, Some(sha256_hex(bare.as_bytes()))),
-                "{bare}"
-            );
+            let raw = Some(sha256_hex(bare.as_bytes()));
+            assert_eq!((c.sha256, c.raw_sha256), (None, raw), "{bare}");
         }
     }
 

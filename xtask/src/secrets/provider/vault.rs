@@ -1,9 +1,6 @@
 //! HashiCorp Vault / OpenBao: one KV entry per secret, the value under the
-//! property `value` (what charts read with `remoteRef.property: value`).
-//! KV v2 (`<mount>/data/<name>`): written with check-and-set, stamped in
-//! `custom_metadata` ([`super::vault_record`]). KV v1 (`<mount>/<name>`): the
-//! mount's record entry says what the seed wrote. Reading: one paged
-//! detailed listing ([`super::vault_listing`]), else a LIST and a GET each.
+//! property `value`; KV v2 entries written with check-and-set. What the seed
+//! wrote: [`super::vault_record`]; reading a mount at once: [`super::vault_listing`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,11 +40,9 @@ pub(crate) struct VaultProvider {
     record: Option<MountRecord>,
     /// KV v2: the stamps' key, from the record entry (or made by the first write).
     key: Option<DigestKey>,
-    /// The values this run expects ([`VaultProvider::expect`]).
     expected: SecretSet,
     /// KV v1: the local lock that seeds from this checkout take to update the record.
     record_lock: std::path::PathBuf,
-    /// Held for the provider's lifetime; stopped on drop.
     _port_forward: Option<port_forward::PortForward>,
 }
 
@@ -61,9 +56,7 @@ pub(crate) struct Endpoint {
 }
 
 /// Resolves the address (config, else a port-forward through a local kube
-/// context) and the token, applying the guardrail: a non-loopback Vault
-/// needs `--allow-non-local <host>`; a loopback one under a context that
-/// does not look local must be a dev server (in-memory storage) or be named.
+/// context) and the token, applying the guardrail (`guard`).
 pub(crate) fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<Endpoint> {
     let mut seal = None;
     let (addr, port_forward) = match &cfg.vault_addr {
@@ -129,9 +122,8 @@ pub(crate) fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> R
     })
 }
 
-/// `sys/seal-status` through a just-started port-forward: a pod not yet
-/// listening makes kubectl exit and the watcher restart it, so an
-/// unreachable answer is retried while the forward lives; others are final.
+/// `sys/seal-status` through a just-started port-forward: unreachable (the
+/// pod not yet listening, the watcher restarting kubectl) is retried.
 fn first_seal_status(
     http: &VaultHttp,
     forward: &port_forward::PortForward,
@@ -209,8 +201,7 @@ impl VaultProvider {
         })
     }
 
-    /// The values this run expects: the detailed listing then tells an entry
-    /// that holds its value from its stamp alone (a hint: a mismatch means a read).
+    /// The values this run expects: a hint for the detailed listing.
     pub(crate) fn expect(&mut self, desired: SecretSet) {
         self.expected = desired;
     }
@@ -257,10 +248,8 @@ impl VaultProvider {
     }
 }
 
-/// What is mounted at `mount` (its `sys/mounts` entry: `type`, `options`),
-/// or `None`. A refused `sys/mounts` (it needs a read a developer's policy
-/// may lack) falls back to the per-mount endpoint; a refusal there too is
-/// [`VaultError::Forbidden`].
+/// The `sys/mounts` entry of `mount` (`type`, `options`), if any; when that
+/// read is refused, the per-mount endpoint's.
 pub(crate) fn mount_info(http: &VaultHttp, mount: &str) -> Result<Option<Value>, VaultError> {
     let key = format!("{mount}/");
     let reply = http.try_call(Method::Get, "sys/mounts", None)?;
@@ -336,9 +325,7 @@ fn current_from(
     current.version = meta["version"].as_u64();
     let (seeded_sha256, old_format) = match (&record, value_sha) {
         (Some(r), Some((value, sha))) => r.stamp.judge(key, name, value, sha),
-        // No string value: a keyed stamp matters not (the plan replaces such
-        // an entry only with --force), but an older release's checksum still
-        // names what it wrote.
+        // No string value: only an older release's checksum says what it wrote.
         (Some(r), None) => r.stamp.judge(None, name, "", ""),
         (None, _) => (None, false),
     };
@@ -413,8 +400,7 @@ impl SecretProvider for VaultProvider {
             }
             return Ok(self.write_entries(writes));
         }
-        // KV v1: before the values, the record learns each new value as a
-        // candidate, so a run killed mid-way leaves every value it wrote recognised.
+        // KV v1: the record learns each new value first (see `Phase`).
         let (http, mount, lock) = (&self.http, self.mount.as_str(), &self.record_lock);
         let record = self.record.as_ref();
         let change = |w: &Write<'a>| Change {
@@ -431,8 +417,7 @@ impl SecretProvider for VaultProvider {
             format!("recording the values about to be written in {mount}/{RECORD_NAME} (KV v1); nothing was written")
         })?;
         let mut outcomes = self.write_entries(writes);
-        // After: each name written names its new value alone. A value whose
-        // write failed keeps both candidates: it may have landed.
+        // After: a value whose write failed keeps both candidates (it may have landed).
         let by_name: BTreeMap<&str, &Write<'_>> = writes.iter().map(|w| (w.name, w)).collect();
         let written = |o: &Outcome| *o == Outcome::Written;
         let settle: Vec<Change<'_>> = (outcomes.iter().filter(|(_, o)| written(o)))
@@ -475,8 +460,7 @@ impl VaultProvider {
         let (record, key) = (self.record.as_ref(), self.key.as_ref());
         match reply.status {
             200 => Ok(Some(current_from(self.kv, name, &reply.body, record, key))),
-            // KV v2 answers 404 for a deleted latest version with its
-            // metadata: re-creating needs that version for CAS.
+            // A deleted latest version: its metadata has the version CAS needs.
             404 => {
                 let version = reply.body["data"]["metadata"]["version"].as_u64();
                 Ok(version.map(|v| Current {
@@ -525,8 +509,7 @@ impl VaultProvider {
                     version = r.body["data"]["version"].as_u64()
                 }
                 Ok(r) if r.status == 400 && r.errors().contains("check-and-set") => {
-                    // After a failover a retried write can lose to itself (the
-                    // old leader committed it and died before answering): if
+                    // After a failover a retried write can lose to itself: if
                     // the entry now holds exactly our value, the write is ours.
                     let landed = match self.http.call(Method::Get, &path, None) {
                         Ok(r) if r.status == 200 => r.body["data"]["data"]["value"]

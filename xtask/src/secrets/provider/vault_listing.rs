@@ -1,8 +1,6 @@
 //! Reading a whole KV v2 mount at once: `LIST <mount>/detailed-metadata/`
-//! (OpenBao 2.2 and later), paged, returns every key's current version,
-//! versions and `custom_metadata`. An entry whose seed record names its
-//! current, live version, with the keyed digest of the value this run
-//! expects, needs no read of its own.
+//! (OpenBao 2.2 and later), paged. An entry whose seed record names its
+//! current, live version and the value this run expects needs no read.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -13,7 +11,7 @@ use super::vault_record::Record;
 use super::{Current, DigestKey, Stamp};
 use crate::secrets::fixtures::SecretSet;
 
-/// Keys per page of the detailed listing: bounds the size of one reply.
+/// Keys per page: bounds the size of one reply.
 const DETAILED_PAGE: usize = 1000;
 
 #[derive(Deserialize, Default)]
@@ -41,9 +39,8 @@ struct VersionInfo {
 
 impl KeyInfo {
     /// The entry `name` as the seed left it, when its record names the
-    /// current, live version and says which value that is: a keyed digest
-    /// of the value `expected` holds (verified with `key`), or an older
-    /// release's plain checksum (then renewed). `None`: read the entry.
+    /// current, live version and the value `expected` holds (or is an older
+    /// release's checksum, then renewed). `None`: read the entry.
     fn known(&self, name: &str, key: Option<&DigestKey>, expected: &SecretSet) -> Option<Current> {
         let record = Record::read(&self.custom_metadata)?;
         let version = self.versions.get(&self.current_version.to_string());
@@ -81,10 +78,8 @@ fn query_escape(s: &str) -> String {
     s.bytes().map(escape).collect()
 }
 
-/// The keys of a KV v2 mount that `wanted` names, page by page: each with
-/// its state when the listing alone tells it ([`KeyInfo::known`]), else
-/// `None` (read the entry). `None` overall when the server has no detailed
-/// listing or the token may not use it: then list and read entry by entry.
+/// The keys `wanted` names, each with [`KeyInfo::known`]; `None` overall
+/// when the server has no detailed listing or the token may not use it.
 pub(super) fn detailed_listing(
     http: &VaultHttp,
     mount: &str,
@@ -116,8 +111,7 @@ pub(super) fn detailed_listing(
         };
         match reply.status {
             200 => {}
-            // 404 on the first page: an empty mount, or a server without the
-            // endpoint; the plain listing tells which. Later: past the end.
+            // 404 first: an empty mount or no endpoint (a plain LIST tells); later: the end.
             404 | 401 | 403 if first => return Ok(None),
             404 => return Ok(Some(out)),
             code => return Err(failed(code, reply.errors())),

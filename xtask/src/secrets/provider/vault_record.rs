@@ -30,9 +30,8 @@ impl Record {
     }
 }
 
-/// The metadata write (JSON text) that records `digest` at `version`.
-/// `merge`: for a merge PATCH, which also drops an older release's plain
-/// `fixture-sha256` (a plain write replaces `custom_metadata` whole, and refuses a null).
+/// The metadata write (JSON text) that records `digest` at `version`; a
+/// `merge` PATCH also drops an older release's `fixture-sha256`.
 pub(super) fn stamp(digest: &str, version: Option<u64>, merge: bool) -> String {
     let (digest, managed_by) = (json_string(digest), json_string(MANAGED_BY));
     let version = version.map(|v| format!(r#","fixture-version":"{v}""#));
@@ -44,10 +43,9 @@ pub(super) fn stamp(digest: &str, version: Option<u64>, merge: bool) -> String {
     )
 }
 
-/// Writes the stamp, merged into `custom_metadata` so keys a person added
-/// stay; returns the verb that answered. A plain write (replacing the whole
-/// map) stands in when the merge is refused: no `patch` capability, no
-/// PATCH, or a 404 from a Raft standby that has not applied the value yet.
+/// Writes the stamp merged into `custom_metadata` (keys a person added stay),
+/// else whole when the merge is refused (no `patch` capability, no PATCH, or
+/// a 404 from a Raft standby behind); returns the verb that answered.
 pub(super) fn write_stamp(
     http: &VaultHttp,
     meta_path: &str,
@@ -62,9 +60,8 @@ pub(super) fn write_stamp(
     }
 }
 
-/// GETs `path` and `parse`s the reply: `Ok(None)` when there is no entry,
-/// it is not the seed's, or the token may not read it (then every entry
-/// that differs from its fixture is a conflict, the safe side).
+/// GETs `path` and `parse`s its data: `Ok(None)` when there is none, it is
+/// not the seed's, or it is unreadable (then differences are conflicts).
 fn read_entry<T>(
     http: &VaultHttp,
     path: &str,
@@ -82,15 +79,14 @@ fn read_entry<T>(
     }
 }
 
-/// KV v2: the key in the mount's record entry (see [`read_entry`]). Only
-/// [`create_key`] makes one: reading never writes.
+/// KV v2: the key in the mount's record entry; reading never writes one.
 pub(super) fn read_key(http: &VaultHttp, mount: &str) -> Result<Option<DigestKey>, VaultError> {
     let path = format!("{mount}/data/{RECORD_NAME}");
     read_entry(http, &path, |data| DigestKey::from_entry(&data["data"]))
 }
 
-/// KV v2: creates the record entry with a new key, with check-and-set so
-/// that of two first seeds at once one key wins; returns the key there.
+/// KV v2: creates the record entry with a new key (check-and-set: of two
+/// first seeds one key wins); returns the key there.
 pub(super) fn create_key(http: &VaultHttp, mount: &str) -> Result<DigestKey> {
     let path = format!("{mount}/data/{RECORD_NAME}");
     let fresh = DigestKey::generate()?;
@@ -185,7 +181,6 @@ impl MountRecord {
     }
 }
 
-/// KV v1: the mount's record entry (see [`read_entry`]).
 pub(super) fn read_record(
     http: &VaultHttp,
     mount: &str,
