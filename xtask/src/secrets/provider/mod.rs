@@ -142,11 +142,6 @@ impl DigestKey {
         DigestKey(hex.to_string())
     }
 
-    /// Tells two keys apart (compared, never shown).
-    pub(crate) fn hex(&self) -> &str {
-        &self.0
-    }
-
     pub(crate) fn digest(&self, name: &str, value: &str) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(self.0.as_bytes())
             .expect("HMAC takes a key of any length");

@@ -12,8 +12,8 @@ use serde_json::Value;
 use super::vault_http::{backoff, json_string, Method, SealStatus, VaultError, VaultHttp};
 use super::vault_listing::detailed_listing;
 use super::vault_record::{
-    create_key, read_key, read_record, update_record, write_stamp, Change, MountRecord, Phase,
-    Record, RECORD_NAME,
+    create_key, read_key, read_record, update_record, write_stamp, MountRecord, Phase, Record,
+    RECORD_NAME,
 };
 use super::{Current, DigestKey, Outcome, SecretProvider, Write};
 use crate::fsutil::sha256_hex;
@@ -51,7 +51,7 @@ pub(crate) struct Endpoint {
     pub addr: String,
     pub token: Setting<Secret>,
     pub port_forward: Option<port_forward::PortForward>,
-    /// `sys/seal-status` as the guardrail read it (no token needed), so connecting does not ask again.
+    /// `sys/seal-status` as the guardrail read it, so connecting does not ask again.
     pub seal: Option<SealStatus>,
 }
 
@@ -391,39 +391,32 @@ impl SecretProvider for VaultProvider {
 
     fn write<'a>(&mut self, writes: &[Write<'a>]) -> Result<Vec<(String, Outcome)>> {
         if self.kv == KvVersion::V2 {
-            if writes.is_empty() {
-                return Ok(Vec::new());
-            }
-            if self.key.is_none() {
-                // Before any value: nothing is written without its stamp's key.
+            // Before any value: nothing is written without its stamp's key.
+            if self.key.is_none() && !writes.is_empty() {
                 self.key = Some(create_key(&self.http, &self.mount)?);
             }
             return Ok(self.write_entries(writes));
         }
         // KV v1: the record learns each new value first (see `Phase`).
         let (http, mount, lock) = (&self.http, self.mount.as_str(), &self.record_lock);
-        let record = self.record.as_ref();
-        let change = |w: &Write<'a>| Change {
-            name: w.name,
-            value: w.value,
-            seen: record
-                .and_then(|r| r.digests.get(w.name))
-                .map_or(&[][..], Vec::as_slice),
-            seen_key: record.map(MountRecord::key),
-        };
-        let values = writes.iter().filter(|w| !w.metadata_only);
-        let intents: Vec<Change<'_>> = values.map(change).collect();
-        update_record(http, mount, lock, &intents, Phase::Intend).with_context(|| {
+        let read = self.record.as_ref();
+        let change = |w: &Write<'a>| (w.name, w.value);
+        let intents: Vec<_> = writes
+            .iter()
+            .filter(|w| !w.metadata_only)
+            .map(change)
+            .collect();
+        update_record(http, mount, lock, read, &intents, Phase::Intend).with_context(|| {
             format!("recording the values about to be written in {mount}/{RECORD_NAME} (KV v1); nothing was written")
         })?;
         let mut outcomes = self.write_entries(writes);
         // After: a value whose write failed keeps both candidates (it may have landed).
         let by_name: BTreeMap<&str, &Write<'_>> = writes.iter().map(|w| (w.name, w)).collect();
         let written = |o: &Outcome| *o == Outcome::Written;
-        let settle: Vec<Change<'_>> = (outcomes.iter().filter(|(_, o)| written(o)))
+        let settle: Vec<_> = (outcomes.iter().filter(|(_, o)| written(o)))
             .map(|(name, _)| change(by_name[name.as_str()]))
             .collect();
-        if let Err(e) = update_record(http, mount, lock, &settle, Phase::Settle) {
+        if let Err(e) = update_record(http, mount, lock, read, &settle, Phase::Settle) {
             let reason = format!("{mount}/{RECORD_NAME} not updated: {e:#}");
             for (name, outcome) in outcomes.iter_mut().filter(|(_, o)| written(o)) {
                 *outcome = if by_name[name.as_str()].metadata_only {

@@ -163,10 +163,6 @@ impl MountRecord {
         entry
     }
 
-    pub(super) fn key(&self) -> &str {
-        self.key.hex()
-    }
-
     /// The checksum the seed last wrote under `name` as the record tells it
     /// (see [`super::Stamp::judge`]), and whether it lists other candidates.
     pub(super) fn judge(&self, name: &str, value: &str, sha256: &str) -> (Option<String>, bool) {
@@ -188,37 +184,31 @@ pub(super) fn read_record(
     read_entry(http, &format!("{mount}/{RECORD_NAME}"), MountRecord::parse)
 }
 
-/// One name's new value, and the digests this run read for it (under which key).
-pub(super) struct Change<'a> {
-    pub name: &'a str,
-    pub value: &'a str,
-    pub seen: &'a [String],
-    pub seen_key: Option<&'a str>,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Phase {
     /// Before the writes: add each new value's digest (a killed run's values stay recognised).
     Intend,
-    /// After: drop the digests this run had read (others' concurrent additions stay).
+    /// After: drop the digests this run had `read` (others' concurrent additions stay).
     Settle,
 }
 
-/// `fresh` (the record as it is now, or a new one with `key`) with `changes`.
+/// `fresh` (the record as it is now, or a new one with `key`) with each
+/// `(name, value)` of `changes`.
 fn merge(
     fresh: Option<MountRecord>,
     key: &DigestKey,
-    changes: &[Change<'_>],
+    read: Option<&MountRecord>,
+    changes: &[(&str, &str)],
     phase: Phase,
 ) -> MountRecord {
     let mut rec = fresh.unwrap_or_else(|| MountRecord::new(key.clone()));
-    for c in changes {
-        let digest = rec.key.digest(c.name, c.value);
-        let same_key = c.seen_key == Some(rec.key.hex());
-        let set = rec.digests.entry(c.name.to_string()).or_default();
-        if phase == Phase::Settle && same_key {
-            set.retain(|d| !c.seen.contains(d));
-        }
+    // Under another key (a concurrent first seed won the race), what this run read means nothing.
+    let read = read.filter(|r| phase == Phase::Settle && r.key == rec.key);
+    for &(name, value) in changes {
+        let digest = rec.key.digest(name, value);
+        let seen = read.and_then(|r| r.digests.get(name));
+        let set = rec.digests.entry(name.to_string()).or_default();
+        set.retain(|d| seen.is_none_or(|seen| !seen.contains(d)));
         if !set.contains(&digest) {
             set.push(digest);
         }
@@ -226,10 +216,10 @@ fn merge(
     rec
 }
 
-fn holds(rec: &MountRecord, changes: &[Change<'_>]) -> bool {
-    changes.iter().all(|c| {
-        let digest = rec.key.digest(c.name, c.value);
-        let ds = rec.digests.get(c.name);
+fn holds(rec: &MountRecord, changes: &[(&str, &str)]) -> bool {
+    changes.iter().all(|&(name, value)| {
+        let digest = rec.key.digest(name, value);
+        let ds = rec.digests.get(name);
         ds.is_some_and(|ds| ds.contains(&digest))
     })
 }
@@ -241,7 +231,8 @@ pub(super) fn update_record(
     http: &VaultHttp,
     mount: &str,
     lock: &Path,
-    changes: &[Change<'_>],
+    read: Option<&MountRecord>,
+    changes: &[(&str, &str)],
     phase: Phase,
 ) -> Result<()> {
     if changes.is_empty() {
@@ -253,7 +244,7 @@ pub(super) fn update_record(
     const ATTEMPTS: u32 = 5;
     for attempt in 0..ATTEMPTS {
         let fresh = read_for_update(http, &path)?;
-        let rec = merge(fresh.clone(), &key, changes, phase);
+        let rec = merge(fresh.clone(), &key, read, changes, phase);
         if fresh.as_ref() == Some(&rec) {
             return Ok(());
         }
@@ -335,30 +326,25 @@ mod tests {
         let mut start = MountRecord::new(k.clone());
         let digest = |value: &str| k.digest("a", value);
         start.digests.insert("a".into(), vec![digest("old")]);
-        let seen = vec![digest("old")];
-        let change = [Change {
-            name: "a",
-            value: "new",
-            seen: &seen,
-            seen_key: Some(k.hex()),
-        }];
-        let intended = merge(Some(start), &key('u'), &change, Phase::Intend);
+        let read = Some(&start);
+        let change = [("a", "new")];
+        let intended = merge(Some(start.clone()), &key('u'), read, &change, Phase::Intend);
         assert_eq!(intended.digests["a"], vec![digest("old"), digest("new")]);
         // A concurrent seed added its own candidate meanwhile: it stays.
         let mut concurrent = intended.clone();
         let candidates = concurrent.digests.get_mut("a").unwrap();
         candidates.push(digest("theirs"));
-        let settled = merge(Some(concurrent), &key('u'), &change, Phase::Settle);
+        let settled = merge(Some(concurrent), &key('u'), read, &change, Phase::Settle);
         assert_eq!(settled.digests["a"], vec![digest("new"), digest("theirs")]);
         assert!(holds(&settled, &change));
         // Under another key (a concurrent first seed won the race to create
         // the record), what this run read means nothing there: keep all.
         let other = MountRecord::new(key('o'));
-        let settled = merge(Some(other.clone()), &key('u'), &change, Phase::Settle);
+        let settled = merge(Some(other.clone()), &key('u'), read, &change, Phase::Settle);
         assert_eq!(settled.digests["a"], vec![other.key.digest("a", "new")]);
         // No record yet: a new one with the given key.
-        let created = merge(None, &k, &change, Phase::Intend);
-        assert_eq!(created.key(), k.hex());
+        let created = merge(None, &k, read, &change, Phase::Intend);
+        assert_eq!(created.key, k);
         assert_eq!(MountRecord::parse(&created.to_json()), Some(created));
     }
 
