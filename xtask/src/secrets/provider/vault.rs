@@ -177,9 +177,8 @@ impl VaultProvider {
             let addr = http.addr().to_string();
             return Err(VaultError::Sealed { addr }.into());
         }
-        if let Err(VaultError::Forbidden { .. }) =
-            http.call(Method::Get, "auth/token/lookup-self", None)
-        {
+        let lookup = http.call(Method::Get, "auth/token/lookup-self", None);
+        if let Err(VaultError::Forbidden { .. }) = lookup {
             let token_source = &endpoint.token.source;
             bail!(
                 "the Vault token from {token_source} is invalid or expired (permission denied on \
