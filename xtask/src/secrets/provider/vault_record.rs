@@ -312,8 +312,7 @@ mod tests {
         let another = Some(SEEDED_ANOTHER_VALUE.to_string());
         assert_eq!(judge(&rec, "n", "by-hand"), (another, false));
         assert_eq!(judge(&rec, "unknown", "x"), (None, false));
-        // Two candidates (a run stopped mid-way): either is ours, and the
-        // record needs renewing.
+        // Two candidates (a run stopped mid-way): either is ours; renew the record.
         let next = rec.key.digest("n", "next");
         rec.digests.insert("n".into(), vec![ours, next]);
         assert_eq!(judge(&rec, "n", "next"), (Some(sha256_hex(b"next")), true));
@@ -337,8 +336,7 @@ mod tests {
         let settled = merge(Some(concurrent), &key('u'), read, &change, Phase::Settle);
         assert_eq!(settled.digests["a"], vec![digest("new"), digest("theirs")]);
         assert!(holds(&settled, &change));
-        // Under another key (a concurrent first seed won the race to create
-        // the record), what this run read means nothing there: keep all.
+        // Under another key, what this run read means nothing: keep all.
         let other = MountRecord::new(key('o'));
         let settled = merge(Some(other.clone()), &key('u'), read, &change, Phase::Settle);
         assert_eq!(settled.digests["a"], vec![other.key.digest("a", "new")]);
