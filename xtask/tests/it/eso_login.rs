@@ -602,8 +602,8 @@ fn without_a_cluster_only_the_policy_is_checked_and_it_says_so() {
 
 /// Whether `text` holds something shaped like a JWT or a Vault token.
 fn holds_a_token(text: &str) -> Option<String> {
-    let jwt = regex_lite::Regex::new(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}").unwrap();
-    let vault = regex_lite::Regex::new(r"\b[sbhr]\.[A-Za-z0-9]{24}\b").unwrap();
+    let jwt = regex::Regex::new(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}").unwrap();
+    let vault = regex::Regex::new(r"\b[sbhr]\.[A-Za-z0-9]{24}\b").unwrap();
     jwt.find(text)
         .or_else(|| vault.find(text))
         .map(|m| m.as_str().to_string())
