@@ -1,6 +1,6 @@
 //! Files that may hold secret values: checksums, atomic private writes, locks.
 
-use std::fs::{File, OpenOptions, Permissions};
+use std::fs::{File, OpenOptions, Permissions, TryLockError};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -39,9 +39,8 @@ pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
-/// Writes `bytes` to `path` atomically with mode 0600, in a folder only the
-/// owner can enter (created if missing). The temp file's name carries our
-/// pid: some callers (a manifest) write without a lock.
+/// Writes `bytes` to `path` atomically with mode 0600, in a private folder;
+/// the temp name carries our pid (some callers write without a lock).
 pub(crate) fn write_private_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = parent_dir(path);
     create_private_dir(dir)?;
@@ -50,17 +49,15 @@ pub(crate) fn write_private_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_via(path, &tmp, bytes, 0o600)
 }
 
-/// Writes `bytes` to `path` atomically with `mode` (a repository file the
-/// caller changes under its command's lock), through `<path>.xtask-tmp`.
+/// Writes `bytes` to `path` atomically with `mode`, under the caller's lock.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".xtask-tmp");
     write_atomic_via(path, Path::new(&tmp), bytes, mode)
 }
 
-/// Writes `bytes` to the temp file `tmp` beside `path` with `mode`, fsyncs
-/// it, renames it over `path` and fsyncs the folder: a crash leaves the old
-/// file or the new one, never half of either. A failure removes the temp file.
+/// Writes and fsyncs `tmp`, renames it over `path`, fsyncs the folder: a
+/// crash leaves the old file or the new one. A failure removes `tmp`.
 fn write_atomic_via(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let result = (|| -> Result<()> {
         let mut file = OpenOptions::new()
@@ -70,8 +67,7 @@ fn write_atomic_via(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> Result<
             .mode(mode)
             .open(tmp)
             .with_context(|| format!("creating {}", tmp.display()))?;
-        // An existing temp file keeps its old mode, and the umask narrows a
-        // new one's: set it explicitly.
+        // Neither an old temp file's mode nor the umask may stand.
         file.set_permissions(Permissions::from_mode(mode))?;
         file.write_all(bytes)?;
         file.sync_all()?;
@@ -90,12 +86,11 @@ fn write_atomic_via(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> Result<
 
 /// The folder a file sits in (`.` for a bare name).
 fn parent_dir(path: &Path) -> &Path {
-    path.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    parent.unwrap_or(Path::new("."))
 }
 
-/// Creates a folder (and parents) that only the owner can enter.
+/// Creates a folder (and parents) only the owner can enter.
 pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
@@ -107,17 +102,14 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("creating {}", dir.display()))
 }
 
-/// The mode bits of a file.
 #[cfg(test)]
 pub(crate) fn mode(path: &Path) -> Result<u32> {
     Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
 }
 
-/// An exclusive advisory lock on `<path>`, held until drop (or until the
-/// holder exits, however it exits). The file names the holder for a refused contender.
-pub(crate) struct Lock {
-    file: File,
-}
+/// An exclusive advisory lock on `<path>`, held until drop or the holder's
+/// exit. The file names the holder for a refused contender.
+pub(crate) struct Lock(File);
 
 impl Lock {
     /// Takes the lock within a second (a quick holder is done by then) or fails, naming the holder.
@@ -131,58 +123,49 @@ impl Lock {
             .mode(0o600)
             .open(path)
             .with_context(|| format!("opening lock {}", path.display()))?;
-        let mut holder = String::new();
+        let mut holder = "holder unknown".to_string();
         for attempt in 0.. {
             match file.try_lock() {
                 Ok(()) => break,
-                Err(std::fs::TryLockError::WouldBlock) if attempt < 20 => {
+                Err(TryLockError::WouldBlock) if attempt < 20 => {
                     let now = std::fs::read_to_string(path).unwrap_or_default();
                     if !now.trim().is_empty() {
                         holder = now.trim().to_string();
                     }
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-                Err(std::fs::TryLockError::WouldBlock) => bail!(
-                    "another {what} is running ({}). Wait for it to finish; the lock {} frees itself when that process exits.",
-                    if holder.is_empty() { "holder unknown" } else { holder.as_str() },
-                    path.display()
-                ),
-                Err(std::fs::TryLockError::Error(e)) => {
+                Err(TryLockError::WouldBlock) => {
+                    let path = path.display();
+                    bail!("another {what} is running ({holder}). Wait for it to finish; the lock {path} frees itself when that process exits.")
+                }
+                Err(TryLockError::Error(e)) => {
                     return Err(e).with_context(|| format!("locking {}", path.display()));
                 }
             }
         }
         file.set_len(0)?;
         let args: Vec<String> = std::env::args().skip(1).take(4).collect();
-        writeln!(
-            file,
-            "pid {} `xtask {}` since {}",
-            std::process::id(),
-            args.join(" "),
-            now_rfc3339()
-        )?;
+        let (pid, args, since) = (std::process::id(), args.join(" "), now_rfc3339());
+        writeln!(file, "pid {pid} `xtask {args}` since {since}")?;
         file.sync_all()?;
-        Ok(Lock { file })
+        Ok(Lock(file))
     }
 }
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        let _ = self.file.set_len(0);
-        let _ = self.file.unlock();
+        let _ = self.0.set_len(0);
+        let _ = self.0.unlock();
     }
 }
 
-/// A file only the owner can read (0600, a random name in the temp folder),
-/// deleted on drop: how a value reaches a child process without its argv.
+/// A 0600 temp file, deleted on drop: how a value reaches a child without its argv.
 pub(crate) struct PrivateTempFile(NamedTempFile);
 
 impl PrivateTempFile {
     pub(crate) fn new(contents: &[u8]) -> Result<PrivateTempFile> {
-        let mut file = tempfile::Builder::new()
-            .prefix("xtask-secrets-")
-            .tempfile()
-            .context("creating a private temp file")?;
+        let file = tempfile::Builder::new().prefix("xtask-secrets-").tempfile();
+        let mut file = file.context("creating a private temp file")?;
         file.write_all(contents)?;
         file.as_file().sync_all()?;
         Ok(PrivateTempFile(file))
@@ -253,10 +236,7 @@ mod tests {
     #[test]
     fn now_is_rfc3339_to_the_second() {
         let now = now_rfc3339();
-        assert_eq!(
-            (now.len(), &now[10..11], &now[19..]),
-            (20, "T", "Z"),
-            "{now}"
-        );
+        let shape = (now.len(), &now[10..11], &now[19..]);
+        assert_eq!(shape, (20, "T", "Z"), "{now}");
     }
 }

@@ -1,29 +1,22 @@
-//! Output rules shared by the commands: counts and capped lists, one-line
-//! errors, XML escaping, and the types that keep a secret out of output
-//! ([`Secret`], [`VaultAddr`]).
+//! Output rules shared by the commands, and the types that keep a secret out
+//! of output ([`Secret`], [`VaultAddr`]).
 
 use std::fmt;
+use std::sync::LazyLock;
 
-/// Collapses Vault's multi-error text (`1 error occurred:\n\t* permission
-/// denied\n\n`, from hashicorp/go-multierror) into its items on one line:
-/// `permission denied`. Other text is left as it is.
+use regex_lite::Regex;
+
+/// Collapses Vault's multi-error text (`1 error occurred:\n\t* a\n\n`) into
+/// its items on one line (`a`); other text is left as it is.
 pub(crate) fn one_line_errors(text: &str) -> String {
-    use std::sync::OnceLock;
-    static RE: OnceLock<regex_lite::Regex> = OnceLock::new();
-    let re = RE.get_or_init(|| {
-        regex_lite::Regex::new(r"\d+ errors? occurred:\s*\n((?:[ \t]*\* [^\n]*(?:\n|$))+)\n*")
-            .expect("a valid regexp")
-    });
-    re.replace_all(text, |caps: &regex_lite::Captures<'_>| {
-        caps[1]
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("* "))
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ")
-    })
-    .into_owned()
+    const MULTI: &str = r"\d+ errors? occurred:\s*\n((?:[ \t]*\* [^\n]*(?:\n|$))+)\n*";
+    static RE: LazyLock<Regex> = LazyLock::new(|| Regex::new(MULTI).expect("a valid regexp"));
+    let one_line = |caps: &regex_lite::Captures<'_>| {
+        let items = caps[1].lines().filter_map(|l| l.trim().strip_prefix("* "));
+        let items: Vec<&str> = items.map(str::trim).filter(|l| !l.is_empty()).collect();
+        items.join("; ")
+    };
+    RE.replace_all(text, one_line).into_owned()
 }
 
 /// `1 secret`, `2 secrets`: a count with its noun.
@@ -34,8 +27,7 @@ pub(crate) fn count(n: usize, singular: &str, plural: &str) -> String {
 /// At most this many names per list in text output; `--output json` has them all.
 pub(crate) const NAMES_SHOWN: usize = 20;
 
-/// A list of names for text output: the first [`NAMES_SHOWN`], then
-/// `and N more`.
+/// A list of names for text output: the first [`NAMES_SHOWN`], then `and N more`.
 pub(crate) fn capped<S: AsRef<str>>(names: &[S]) -> String {
     let shown: Vec<&str> = names.iter().take(NAMES_SHOWN).map(AsRef::as_ref).collect();
     let mut out = shown.join(", ");
@@ -81,10 +73,8 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A Vault address. It may carry a user and password
-/// (`http://user:pass@host`, sent as HTTP basic auth): `Display`, `Debug`
-/// and `Serialize` show them as `***` ([`shown_addr`]); the address to
-/// connect to is [`VaultAddr::expose`] (or the `str` it derefs to).
+/// A Vault address, which may carry a user and password (basic auth):
+/// `Display`, `Debug` and `Serialize` show them as `***` ([`shown_addr`]).
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct VaultAddr(String);
 
@@ -122,8 +112,7 @@ impl serde::Serialize for VaultAddr {
     }
 }
 
-/// `addr` for messages: a user and password in it (`http://user:pass@host`,
-/// which the client sends as basic auth) read `***` (`http://***@host`).
+/// `addr` for messages: `http://user:pass@host` reads `http://***@host`.
 pub(crate) fn shown_addr(addr: &str) -> String {
     let (scheme, rest) = match addr.split_once("://") {
         Some((scheme, rest)) => (&addr[..scheme.len() + 3], rest),
@@ -142,15 +131,12 @@ mod tests {
 
     #[test]
     fn vault_multi_errors_fit_on_one_line() {
+        let one = "1 error occurred:\n\t* permission denied\n\n";
+        assert_eq!(one_line_errors(one), "permission denied");
+        let two = "denied for GET x (2 errors occurred:\n\t* a\n\t* b\n\n). Get a token.";
         assert_eq!(
-            one_line_errors("1 error occurred:\n\t* permission denied\n\n"),
-            "permission denied"
-        );
-        assert_eq!(
-            one_line_errors(
-                "permission denied for GET x (2 errors occurred:\n\t* a\n\t* b\n\n). Get a token."
-            ),
-            "permission denied for GET x (a; b). Get a token."
+            one_line_errors(two),
+            "denied for GET x (a; b). Get a token."
         );
         let helm = "helmfile template failed:\n  Error: boom";
         assert_eq!(one_line_errors(helm), helm, "other text is kept");

@@ -1,31 +1,27 @@
-//! Azure Key Vault through the `az` CLI: legacy and parity. Values travel in
-//! 0600 temp files (`--file`), never in argv. The seed's stamp is two tags:
-//! `managed-by` and `fixture-hmac`, a keyed digest of the value, which
-//! reaches `az` in a file too (az reads an argument `name=@path` from the
-//! file). Its key is the secret [`KEY_NAME`], which only those who may get
-//! values can read; whoever may only list sees tags.
-//!
-//! Each secret is the JSON document `{"value": "..."}`, as in Vault: ESO's
-//! Azure provider looks `remoteRef.property: value` up as a JSON path in the
-//! secret's value, so a bare value (the legacy script's) fails every lookup.
+//! Azure Key Vault through the `az` CLI. Values travel in 0600 temp files
+//! (`--file`), never in argv. The seed's stamp is two tags, `managed-by` and
+//! `fixture-hmac` (a keyed digest of the value, passed as `name=@path`, from
+//! a file too); its key is the secret [`KEY_NAME`], which only those who may
+//! get values can read. Each secret is the JSON document `{"value": "..."}`:
+//! ESO's Azure provider looks `remoteRef.property: value` up in it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
 use super::{Current, DigestKey, Outcome, SecretProvider, Stamp, Write, MANAGED_BY};
 use crate::fsutil::{sha256_hex, PrivateTempFile};
 use crate::process::Tool;
 use crate::secrets::config::Config;
+use crate::secrets::guard::azure_vault_name;
 use crate::secrets::provider::vault_http::backoff;
 
-/// The secret that holds the key of the digests in the tags (as JSON, like
-/// Vault's record entry). Key Vault names allow no underscore, so it could
-/// be a fixture's name: such a fixture is refused. Listings leave it out.
+/// The secret that holds the digests' key. Key Vault names allow no
+/// underscore, so a fixture of that name is refused; listings leave it out.
 pub(crate) const KEY_NAME: &str = "cargo-xtask-secrets-key";
 
 /// How long one `az` call may take (a token refresh can add to a few seconds).
@@ -50,22 +46,19 @@ impl AzureProvider {
                  own per-developer vault"
             );
         };
-        let Some(vault_name) = crate::secrets::guard::azure_vault_name(&name.value) else {
+        let (value, source) = (&name.value, &name.source);
+        let Some(vault_name) = azure_vault_name(value) else {
             bail!(
-                "{:?} (from {}) is not an Azure Key Vault name: use the name (3-24 letters, digits and dashes), \
-                 <name>.vault.azure.net or https://<name>.vault.azure.net/",
-                name.value,
-                name.source
+                "{value:?} (from {source}) is not an Azure Key Vault name: use the name (3-24 letters, digits and \
+                 dashes), <name>.vault.azure.net or https://<name>.vault.azure.net/"
             );
         };
         if let Some(env) = shared_env_using(&cfg.root, &vault_name) {
-            let allowed = allow_non_local.and_then(crate::secrets::guard::azure_vault_name);
-            if allowed.as_deref() != Some(vault_name.as_str()) {
+            if allow_non_local.and_then(azure_vault_name).as_deref() != Some(vault_name.as_str()) {
                 bail!(
-                    "refusing Azure Key Vault {vault_name:?} (from {}): the {env} environment uses it, and fixtures \
-                     are weak by design. Use your own per-developer vault, or pass --allow-non-local {vault_name} if \
-                     you really mean it.",
-                    name.source
+                    "refusing Azure Key Vault {vault_name:?} (from {source}): the {env} environment uses it, and \
+                     fixtures are weak by design. Use your own per-developer vault, or pass --allow-non-local \
+                     {vault_name} if you really mean it."
                 );
             }
         }
@@ -92,9 +85,8 @@ impl AzureProvider {
         loop {
             let out = tool.output()?;
             let stderr = String::from_utf8_lossy(&out.stderr).to_ascii_lowercase();
-            let throttled = ["429", "too many requests", "throttl"]
-                .iter()
-                .any(|s| stderr.contains(s));
+            let throttled = ["429", "too many requests", "throttl"];
+            let throttled = throttled.iter().any(|s| stderr.contains(s));
             if out.status.success() || !throttled || attempt >= self.retries {
                 return Ok(out);
             }
@@ -103,23 +95,23 @@ impl AzureProvider {
         }
     }
 
-    /// Sets `name` to the JSON `document`, through a private file, with `tags`.
-    fn set_document(&self, name: &str, document: &str, tags: &[&str]) -> Result<Output> {
-        let file = PrivateTempFile::new(document.as_bytes())?;
-        let path = file.path().to_string_lossy().to_string();
-        let mut args = vec!["--name", name, "--file", &path, "--encoding", "utf-8"];
-        args.extend([
-            "--content-type",
-            "application/json",
-            "--output",
-            "none",
-            "--tags",
-        ]);
+    /// Sets `name` to the JSON `document` through a private file (`None`:
+    /// only its tags), with `tags`.
+    fn set(&self, name: &str, document: Option<&str>, tags: &[&str]) -> Result<Output> {
+        let file = document.map(|d| PrivateTempFile::new(d.as_bytes()));
+        let file = file.transpose()?;
+        let path = file.as_ref().map(|f| f.path().to_string_lossy());
+        let mut args = vec!["--name", name];
+        if let Some(path) = &path {
+            args.extend(["--file", path, "--encoding", "utf-8"]);
+            args.extend(["--content-type", "application/json"]);
+        }
+        args.extend(["--output", "none", "--tags"]);
         args.extend(tags);
-        self.az("set", &args)
+        self.az(document.map_or("set-attributes", |_| "set"), &args)
     }
 
-    /// The stored text of `name` and its tags; `None` when there is no such secret.
+    /// The stored text of `name` and its tags, if there is such a secret.
     fn show_raw(&self, name: &str) -> Result<Option<(String, Value)>> {
         let out = self.az("show", &["--name", name, "--output", "json"])?;
         if !out.status.success() {
@@ -127,10 +119,8 @@ impl AzureProvider {
             if stderr.contains("SecretNotFound") || stderr.contains("was not found") {
                 return Ok(None);
             }
-            bail!(failed(
-                &format!("az keyvault secret show --name {name}"),
-                &out
-            ));
+            let call = format!("az keyvault secret show --name {name}");
+            bail!(failed(&call, &out));
         }
         let mut body: Value = serde_json::from_slice(&out.stdout)
             .context("`az keyvault secret show` printed no JSON")?;
@@ -138,7 +128,6 @@ impl AzureProvider {
         Ok(Some((stored, body["tags"].take())))
     }
 
-    /// Every secret's name, the seed's key among them.
     fn list_all(&self) -> Result<Vec<String>> {
         let out = self.az("list", &["--query", "[].name", "--output", "json"])?;
         if !out.status.success() {
@@ -151,72 +140,64 @@ impl AzureProvider {
 
     /// The digests' key: what [`KEY_NAME`] holds, made first if it is missing.
     /// Key Vault has no check-and-set: two first seeds at once may each write
-    /// one, and each uses what it reads back; stamps made under the key that
-    /// lost count as not the seed's, which makes a value that is not the
-    /// fixture's a conflict (the safe side).
+    /// one and use what they read back; stamps under the key that lost count
+    /// as not the seed's, so a value not the fixture's is a conflict (the safe side).
     fn ensure_key(&mut self) -> Result<DigestKey> {
         if let Some(key) = &self.key {
             return Ok(key.clone());
         }
-        // Made since the read (another seed), or never read.
+        // Made since the read (another seed), or never read?
         if let Some((stored, _)) = self.show_raw(KEY_NAME)? {
             self.key = parse_key(&stored);
             self.key_foreign = self.key.is_none();
         }
+        let vault_name = &self.vault_name;
         if self.key.is_none() {
             if self.key_foreign {
                 bail!(
-                    "Azure Key Vault {} holds a secret {KEY_NAME} that the seed did not write (the seed keeps the \
-                     key of the digests in its tags there). Rename or delete that secret, then re-run; nothing was \
-                     written.",
-                    self.vault_name
+                    "Azure Key Vault {vault_name} holds a secret {KEY_NAME} that the seed did not write (the seed \
+                     keeps the key of the digests in its tags there). Rename or delete that secret, then re-run; \
+                     nothing was written."
                 );
             }
             let entry = DigestKey::generate()?.entry().to_string();
-            let out =
-                self.set_document(KEY_NAME, &entry, &[&format!("managed-by={MANAGED_BY}")])?;
+            let out = self.set(KEY_NAME, Some(&entry), &[&managed_by_tag()])?;
             if !out.status.success() {
+                let why = failed(&format!("az keyvault secret set --name {KEY_NAME}"), &out);
                 bail!(
-                    "{} (the key of the digests the seed tags values with); nothing was written",
-                    failed(&format!("az keyvault secret set --name {KEY_NAME}"), &out)
+                    "{why} (the key of the digests the seed tags values with); nothing was written"
                 );
             }
             let stored = self.show_raw(KEY_NAME)?;
             self.key = stored.and_then(|(stored, _)| parse_key(&stored));
         }
         self.key.clone().with_context(|| {
-            format!(
-                "{KEY_NAME} in Azure Key Vault {} did not read back as the seed's key; re-run",
-                self.vault_name
-            )
+            format!("{KEY_NAME} in Azure Key Vault {vault_name} did not read back as the seed's key; re-run")
         })
     }
 
-    fn set(&self, key: &DigestKey, w: &Write<'_>) -> Outcome {
-        match self.try_set(key, w) {
+    fn write_one(&self, key: &DigestKey, w: &Write<'_>) -> Outcome {
+        let set = || {
+            // The digest is not a value, but derived from one: in a file too.
+            let digest = PrivateTempFile::new(key.digest(w.name, w.value).as_bytes())?;
+            let hmac = format!("fixture-hmac=@{}", digest.path().display());
+            let document = json!({ "value": w.value }).to_string();
+            let document = (!w.metadata_only).then_some(document.as_str());
+            self.set(w.name, document, &[&managed_by_tag(), &hmac])
+        };
+        match set() {
             Ok(out) if out.status.success() => Outcome::Written,
-            Ok(out) => Outcome::Failed(failed(
-                &format!("az keyvault secret set --name {}", w.name),
-                &out,
-            )),
+            Ok(out) => {
+                let call = format!("az keyvault secret set --name {}", w.name);
+                Outcome::Failed(failed(&call, &out))
+            }
             Err(e) => Outcome::Failed(format!("{e:#}")),
         }
     }
+}
 
-    fn try_set(&self, key: &DigestKey, w: &Write<'_>) -> Result<Output> {
-        // The digest is not a value, but derived from one: in a file too.
-        let digest = PrivateTempFile::new(key.digest(w.name, w.value).as_bytes())?;
-        let managed_by = format!("managed-by={MANAGED_BY}");
-        let hmac = format!("fixture-hmac=@{}", digest.path().display());
-        let tags = [managed_by.as_str(), hmac.as_str()];
-        if w.metadata_only {
-            let args = [
-                "--name", w.name, "--output", "none", "--tags", tags[0], tags[1],
-            ];
-            return self.az("set-attributes", &args);
-        }
-        self.set_document(w.name, &json!({ "value": w.value }).to_string(), &tags)
-    }
+fn managed_by_tag() -> String {
+    format!("managed-by={MANAGED_BY}")
 }
 
 /// What a stored secret holds: the checksum of a JSON document's string
@@ -230,10 +211,8 @@ fn current_of(name: &str, stored: &str, tags: &Value, key: Option<&DigestKey>) -
     };
     let value = doc.as_ref().and_then(|d| d["value"].as_str());
     let sha256 = sha256_hex(value.unwrap_or(stored).as_bytes());
-    let (seeded_sha256, stamp_stale) = match Stamp::read(tags) {
-        Some(stamp) => stamp.judge(key, name, value.unwrap_or(stored), &sha256),
-        None => (None, false),
-    };
+    let judged = Stamp::read(tags).map(|s| s.judge(key, name, value.unwrap_or(stored), &sha256));
+    let (seeded_sha256, stamp_stale) = judged.unwrap_or((None, false));
     let (sha256, raw_sha256) = match value {
         Some(_) => (Some(sha256), None),
         None => (None, Some(sha256)),
@@ -264,17 +243,12 @@ fn failed(call: &str, out: &Output) -> String {
 
 /// The shared (non-local) environment whose values name this vault, if any.
 fn shared_env_using(root: &Path, vault_name: &str) -> Option<String> {
-    let needle = format!(
-        "https://{}.vault.azure.net",
-        vault_name.to_ascii_lowercase()
-    );
-    crate::project::environments(root)
-        .into_iter()
-        .filter(|e| e != "local")
-        .find(|env| {
-            std::fs::read_to_string(root.join(crate::project::flag_file(env)))
-                .is_ok_and(|text| text.to_ascii_lowercase().contains(&needle))
-        })
+    let needle = format!("https://{vault_name}.vault.azure.net").to_ascii_lowercase();
+    let environments = crate::project::environments(root).into_iter();
+    environments.filter(|e| e != "local").find(|env| {
+        std::fs::read_to_string(root.join(crate::project::flag_file(env)))
+            .is_ok_and(|text| text.to_ascii_lowercase().contains(&needle))
+    })
 }
 
 impl SecretProvider for AzureProvider {
@@ -314,9 +288,8 @@ impl SecretProvider for AzureProvider {
         let names: Vec<String> = writes.iter().map(|w| w.name.to_string()).collect();
         refuse_key_name(&names)?;
         let key = self.ensure_key()?;
-        let outcomes = crate::pool::bounded(writes.iter().collect(), self.concurrency, |w| {
-            self.set(&key, w)
-        });
+        let write = |w| self.write_one(&key, w);
+        let outcomes = crate::pool::bounded(writes.iter().collect(), self.concurrency, write);
         Ok(names.into_iter().zip(outcomes).collect())
     }
 
@@ -334,16 +307,15 @@ fn parse_key(stored: &str) -> Option<DigestKey> {
 
 /// The seed's key secret is no fixture's to take.
 fn refuse_key_name(names: &[String]) -> Result<()> {
-    if names.iter().any(|n| n.eq_ignore_ascii_case(KEY_NAME)) {
-        bail!(
-            "the secret name {KEY_NAME} is the seed's own on Azure Key Vault (the key of the digests it tags values \
-             with): rename that fixture or override"
-        );
-    }
+    let taken = names.iter().any(|n| n.eq_ignore_ascii_case(KEY_NAME));
+    ensure!(
+        !taken,
+        "the secret name {KEY_NAME} is the seed's own on Azure Key Vault (the key of the digests it tags values \
+         with): rename that fixture or override"
+    );
     Ok(())
 }
 
-// Stamps, keys and restamping: it/digests.rs; bare values: it/seed_azure.rs.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,8 +336,8 @@ mod tests {
             "",
         ] {
             let c = current_of("n", bare, &Value::Null, None);
-            assert_eq!(c.sha256, None, "{bare}");
-            assert_eq!(c.raw_sha256, Some(sha256_hex(bare.as_bytes())), "{bare}");
+            let raw = Some(sha256_hex(bare.as_bytes()));
+            assert_eq!((c.sha256, c.raw_sha256), (None, raw), "{bare}");
         }
     }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::{Current, Outcome, SecretProvider, Write};
@@ -55,6 +55,7 @@ impl FileProvider {
 /// Reads a store file; a missing file is an empty store, a corrupt one an
 /// error (never silently replaced: it may hold a developer's values).
 pub(crate) fn load(path: &Path) -> Result<StoreFile> {
+    let shown = path.display();
     let text = match std::fs::read_to_string(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let secrets = BTreeMap::new();
@@ -63,26 +64,21 @@ pub(crate) fn load(path: &Path) -> Result<StoreFile> {
                 secrets,
             });
         }
-        read => read.with_context(|| format!("reading the file store {}", path.display()))?,
+        read => read.with_context(|| format!("reading the file store {shown}"))?,
     };
     let store: StoreFile = serde_json::from_str(&text).map_err(|e| {
-        let what = e.to_string();
+        let (line, column, what) = (e.line(), e.column(), e.to_string());
+        let what = what.rsplit_once(" at line ").map_or("", |(m, _)| m);
         anyhow::anyhow!(
-            "{}:{}:{}: the file store is corrupt ({}). Nothing was changed. Move it aside and seed again to \
-             recreate it; copy any values you need into .local/secrets/overrides.json first.",
-            path.display(),
-            e.line(),
-            e.column(),
-            what.rsplit_once(" at line ").map_or("", |(m, _)| m)
+            "{shown}:{line}:{column}: the file store is corrupt ({what}). Nothing was changed. Move it aside and \
+             seed again to recreate it; copy any values you need into .local/secrets/overrides.json first."
         )
     })?;
-    if store.format != FORMAT {
-        bail!(
-            "{}: unknown store format {:?}, expected {FORMAT:?}",
-            path.display(),
-            store.format
-        );
-    }
+    let format = &store.format;
+    ensure!(
+        format == FORMAT,
+        "{shown}: unknown store format {format:?}, expected {FORMAT:?}"
+    );
     Ok(store)
 }
 
@@ -120,11 +116,7 @@ impl SecretProvider for FileProvider {
             }
             let entry = StoredEntry {
                 value: w.value.to_string(),
-                version: if w.metadata_only {
-                    version
-                } else {
-                    version + 1
-                },
+                version: version + u64::from(!w.metadata_only),
                 fixture_sha256: w.sha256.to_string(),
                 updated: now.clone(),
             };

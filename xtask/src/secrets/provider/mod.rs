@@ -32,15 +32,12 @@ pub(crate) struct Current {
     pub version: Option<u64>,
     /// What the seed's record says it last wrote there: see [`Stamp::judge`].
     pub seeded_sha256: Option<String>,
-    /// The record names another version than the current one (or none), or
-    /// is an older release's: the value may be right, the record needs renewing.
+    /// The record names another version (or none), or is an older release's: renew it.
     pub stamp_stale: bool,
-    /// sha256 of a bare value stored where `{"value": ...}` belongs (Azure
-    /// entries written before values were wrapped); `sha256` is then `None`.
+    /// sha256 of a bare value where `{"value": ...}` belongs (older Azure entries).
     pub raw_sha256: Option<String>,
 }
 
-/// One write the seed asks for.
 #[derive(Debug, Clone)]
 pub(crate) struct Write<'a> {
     pub name: &'a str,
@@ -52,7 +49,6 @@ pub(crate) struct Write<'a> {
     pub metadata_only: bool,
 }
 
-/// How one write ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outcome {
     Written,
@@ -67,17 +63,14 @@ pub(crate) enum Outcome {
 pub(crate) trait SecretProvider {
     /// What it writes to, for humans: never holds a value or token.
     fn target(&self) -> String;
-    /// The current state of `names` (absent names map to `None`).
     fn read(&mut self, names: &[String]) -> Result<BTreeMap<String, Option<Current>>>;
     /// One outcome per write; an `Err` means nothing was attempted.
     fn write(&mut self, writes: &[Write<'_>]) -> Result<Vec<(String, Outcome)>>;
-    /// Every name the store holds.
     fn list(&mut self) -> Result<Vec<String>>;
     /// Requests, writes and retries so far, where the store counts them.
     fn stats(&self) -> Option<(u64, u64, u64)> {
         None
     }
-    /// Show progress on standard error during long writes.
     fn set_progress(&mut self, _on: bool) {}
     /// The Vault client, for what the seed sets up besides secrets (ESO's access).
     fn vault_http(&self) -> Option<&vault_http::VaultHttp> {
@@ -85,37 +78,32 @@ pub(crate) trait SecretProvider {
     }
 }
 
-/// Opens the configured store. `allow_non_local` names a host (or kube
-/// context, or Azure vault) the guardrail may accept.
+/// Opens the configured store; the guardrail accepts what `allow_non_local` names.
 pub(crate) fn open(cfg: &Config, allow_non_local: Option<&str>) -> Result<Box<dyn SecretProvider>> {
     Ok(match cfg.provider.value {
         ProviderKind::Vault => {
             let mut vault = vault::VaultProvider::connect(cfg, allow_non_local)?;
-            // A hint only: with the values this run expects, the listing tells
-            // an entry holding its fixture from its keyed record alone.
             if let Ok((_, desired)) = fixtures::load_configured(cfg) {
                 vault.expect(desired);
             }
             Box::new(vault)
         }
-        ProviderKind::File => Box::new(file::FileProvider::open(
-            &cfg.root,
-            &cfg.abs(&cfg.file_store.value),
-        )?),
+        ProviderKind::File => {
+            let path = cfg.abs(&cfg.file_store.value);
+            Box::new(file::FileProvider::open(&cfg.root, &path)?)
+        }
         ProviderKind::Azure => Box::new(azure::AzureProvider::open(cfg, allow_non_local)?),
     })
 }
 
-/// Marker recorded next to every entry the seed writes.
 pub(crate) const MANAGED_BY: &str = "cargo-xtask-secrets";
 
-/// Stands in for the checksum the seed last wrote when the record's keyed
-/// digest is of another value than the one there now. Never equal to a sha256.
+/// The checksum the seed last wrote, when its digest is of another value than
+/// the one there now. Never equal to a sha256.
 pub(crate) const SEEDED_ANOTHER_VALUE: &str = "another value";
 
 /// A store's random HMAC key for the digests the seed records beside values,
-/// kept where only those who may read values can read it (docs/secrets.md,
-/// "What the seed records"): whoever may only list names, tags or metadata
+/// kept where only those who may read values can: whoever may only list
 /// cannot test guesses, and equal values under two names look unrelated.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct DigestKey(String);
@@ -131,28 +119,20 @@ impl DigestKey {
     /// first 128 bits in hex.
     pub(crate) const FORMAT: &'static str = "hmac-sha256-128/1";
 
-    /// A fresh random key (256 bits, hex).
     pub(crate) fn generate() -> Result<DigestKey> {
         use std::io::Read;
         let mut bytes = [0u8; 32];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut bytes))
-            .context("reading /dev/urandom for the key of the seed's record")?;
+        let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+        random.context("reading /dev/urandom for the key of the seed's record")?;
         Ok(DigestKey(hex(&bytes)))
     }
 
-    /// The key in a record entry's JSON, if the seed wrote it.
     pub(crate) fn from_entry(data: &Value) -> Option<DigestKey> {
-        if data["managed-by"].as_str() != Some(MANAGED_BY)
-            || data["format"].as_str() != Some(Self::FORMAT)
-        {
-            return None;
-        }
-        let key = data["key"].as_str().filter(|k| k.len() >= 32)?;
+        let ours = data["managed-by"] == MANAGED_BY && data["format"] == Self::FORMAT;
+        let key = data["key"].as_str().filter(|k| ours && k.len() >= 32)?;
         Some(DigestKey(key.to_string()))
     }
 
-    /// The record entry that holds this key (KV v1 adds its digests).
     pub(crate) fn entry(&self) -> Value {
         json!({"managed-by": MANAGED_BY, "format": Self::FORMAT, "key": self.0})
     }
@@ -162,12 +142,6 @@ impl DigestKey {
         DigestKey(hex.to_string())
     }
 
-    /// Hex; tells two keys apart (compared, never shown).
-    pub(crate) fn hex(&self) -> &str {
-        &self.0
-    }
-
-    /// The keyed digest of `value` under `name`: 32 hex digits.
     pub(crate) fn digest(&self, name: &str, value: &str) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(self.0.as_bytes())
             .expect("HMAC takes a key of any length");
@@ -178,9 +152,9 @@ impl DigestKey {
     }
 }
 
-/// The seed's stamp beside one value (a KV v2 entry's `custom_metadata`, an
-/// Azure secret's tags): `managed-by` and the keyed `fixture-hmac`, or an
-/// older release's plain `fixture-sha256`, read (and renewed), never written.
+/// The seed's stamp beside one value (KV v2 `custom_metadata`, Azure tags):
+/// the keyed `fixture-hmac`, or an older release's plain `fixture-sha256`
+/// (read and renewed, never written).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Stamp {
     Keyed(String),
@@ -188,22 +162,19 @@ pub(crate) enum Stamp {
 }
 
 impl Stamp {
-    /// The stamp in a map of strings, if the seed wrote it.
     pub(crate) fn read(fields: &Value) -> Option<Stamp> {
-        if fields["managed-by"].as_str() != Some(MANAGED_BY) {
+        if fields["managed-by"] != MANAGED_BY {
             return None;
         }
         if let Some(d) = fields["fixture-hmac"].as_str() {
             return Some(Stamp::Keyed(d.to_string()));
         }
-        fields["fixture-sha256"]
-            .as_str()
-            .map(|s| Stamp::Sha256(s.to_string()))
+        let old = fields["fixture-sha256"].as_str();
+        old.map(|s| Stamp::Sha256(s.to_string()))
     }
 
-    /// [`Current::seeded_sha256`] for `value` (sha256 `sha256`) under `name`:
-    /// `sha256` when the digest is of it, [`SEEDED_ANOTHER_VALUE`] when not,
-    /// `None` without the key; and whether the stamp must be renewed.
+    /// [`Current::seeded_sha256`] for `value` (sha256 `sha256`) under `name`
+    /// (`None` without the key), and whether the stamp must be renewed.
     pub(crate) fn judge(
         &self,
         key: Option<&DigestKey>,
@@ -222,8 +193,6 @@ impl Stamp {
     }
 }
 
-// The digest's format, the key entry and older releases' stamps are checked
-// from outside by it/digests.rs; judging stamps by vault.rs's unit tests.
 #[cfg(test)]
 mod tests {
     use super::*;
