@@ -1,6 +1,5 @@
-//! Coverage: the keys the charts reference, against the fixtures and,
-//! with `--live`, the store. `check` prints the [`Report`]; `doctor` and
-//! `migrate`'s coverage step read its failures.
+//! Coverage: the keys the charts reference, against the fixtures and, with
+//! `--live`, the store. `check` prints the [`Report`]; `doctor` and `migrate` read its failures.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,17 +16,13 @@ use crate::secrets::scan::{self, ExternalSecret, RefKind, Scan};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum Status {
-    /// The key is not in the fixtures or the store.
     Missing,
     /// The reference reads a property the store does not keep, or extracts a non-object.
     WrongProperty,
     /// The store's entry has no string `value`.
     MissingProperty,
-    /// The store's value differs from the fixture's.
     Drift,
-    /// A `dataFrom.find` regexp matches nothing (warning).
     FindEmpty,
-    /// A fixture nothing references (info).
     Unused,
     Ok,
 }
@@ -45,7 +40,7 @@ impl Status {
         }
     }
 
-    /// Whether `--fail-on` (its classes: missing, drift, unused) fails on this status.
+    /// Whether `--fail-on` fails on this status.
     fn fails(self, fail_on: &FailOn) -> bool {
         let class = match self {
             Status::Missing | Status::WrongProperty | Status::MissingProperty => FailClass::Missing,
@@ -158,27 +153,25 @@ pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<
     for es in &in_scope {
         for r in &es.refs {
             let mut found: Vec<(Status, String)> = Vec::new();
+            let mut say = |status, detail: &str| found.push((status, detail.to_string()));
             if r.kind == RefKind::Find {
                 match regex_lite::Regex::new(&r.key) {
-                    Err(e) => found.push((
+                    Err(e) => say(
                         Status::WrongProperty,
-                        format!("invalid dataFrom.find regexp: {e}"),
-                    )),
+                        &format!("invalid dataFrom.find regexp: {e}"),
+                    ),
                     Ok(re) => {
                         let matched: Vec<&String> =
                             desired.entries.keys().filter(|n| re.is_match(n)).collect();
                         if matched.is_empty() {
-                            found.push((
-                                Status::FindEmpty,
-                                "dataFrom.find matches no fixture".into(),
-                            ));
+                            say(Status::FindEmpty, "dataFrom.find matches no fixture");
                         }
                         referenced.extend(matched.into_iter().cloned());
                         if live.is_some_and(|l| !l.names.iter().any(|n| re.is_match(n))) {
-                            found.push((
+                            say(
                                 Status::FindEmpty,
-                                "dataFrom.find matches nothing in the store".into(),
-                            ));
+                                "dataFrom.find matches nothing in the store",
+                            );
                         }
                     }
                 }
@@ -227,32 +220,31 @@ pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<
             }
         }
     }
-    let finding = |status, key: &str, detail: &str, sites| Finding {
-        status,
-        key: key.to_string(),
-        detail: detail.to_string(),
-        sites,
-    };
-    let mut findings: Vec<Finding> = by_key
-        .into_iter()
+    let problem_keys: BTreeSet<String> = by_key.keys().map(|(_, key, _)| key.clone()).collect();
+    let unused = (desired.entries.keys().filter(|n| !referenced.contains(*n))).map(|name| {
+        (
+            (
+                Status::Unused,
+                name.clone(),
+                "no ExternalSecret references it".into(),
+            ),
+            vec![],
+        )
+    });
+    let ok = (required.difference(&problem_keys))
+        .map(|key| ((Status::Ok, key.clone(), String::new()), vec![]));
+    let mut findings: Vec<Finding> = (by_key.into_iter().chain(unused).chain(ok))
         .map(|((status, key, detail), mut sites)| {
             sites.sort();
             sites.dedup();
-            finding(status, &key, &detail, sites)
+            Finding {
+                status,
+                key,
+                detail,
+                sites,
+            }
         })
         .collect();
-    let problem_keys: BTreeSet<String> = findings.iter().map(|f| f.key.clone()).collect();
-    for name in desired.entries.keys().filter(|n| !referenced.contains(*n)) {
-        findings.push(finding(
-            Status::Unused,
-            name,
-            "no ExternalSecret references it",
-            vec![],
-        ));
-    }
-    for key in required.difference(&problem_keys) {
-        findings.push(finding(Status::Ok, key, "", vec![]));
-    }
     findings.sort_by(|a, b| (a.status, &a.key).cmp(&(b.status, &b.key)));
     let out_of_scope = others.iter().map(|es| OutOfScope {
         external_secret: es.display_name(),
@@ -310,28 +302,27 @@ pub(crate) fn render_text(
     use std::fmt::Write;
     let mut out = String::new();
     if !quiet {
-        let _ =
-            writeln!(
+        let (mode, env) = (report.mode, &report.env);
+        let files = count(report.files, "file", "files");
+        let secrets = count(report.external_secrets, "ExternalSecret", "ExternalSecrets");
+        let keys = count(report.required_keys, "required key", "required keys");
+        let live = report
+            .live
+            .as_deref()
+            .map(|t| format!(" and {t}"))
+            .unwrap_or_default();
+        let store = scan::STORE_NAME;
+        let _ = writeln!(
             out,
-            "check ({} scan, env {}): {}, {} on ClusterSecretStore/{}, {}; against {fixtures}{}",
-            report.mode,
-            report.env,
-            count(report.files, "file", "files"),
-            count(report.external_secrets, "ExternalSecret", "ExternalSecrets"),
-            scan::STORE_NAME,
-            count(report.required_keys, "required key", "required keys"),
-            report.live.as_deref().map(|t| format!(" and {t}")).unwrap_or_default()
+            "check ({mode} scan, env {env}): {files}, {secrets} on ClusterSecretStore/{store}, {keys}; against \
+             {fixtures}{live}"
         );
     }
     let mut status: Option<Status> = None;
     let (mut unused_seen, unused) = (0, report.count(Status::Unused));
     for f in &report.findings {
-        let show = match f.status {
-            Status::Ok => verbose,
-            Status::Unused => !quiet,
-            _ => true,
-        };
-        if !show {
+        let hidden = (f.status == Status::Ok && !verbose) || (f.status == Status::Unused && quiet);
+        if hidden {
             continue;
         }
         if status != Some(f.status) {
@@ -352,47 +343,43 @@ pub(crate) fn render_text(
                 continue;
             }
         }
-        let detail = if f.detail.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", f.detail)
-        };
-        let _ = writeln!(out, "  {}{detail}", f.key);
+        let sep = if f.detail.is_empty() { "" } else { ": " };
+        let _ = writeln!(out, "  {}{sep}{}", f.key, f.detail);
         for s in &f.sites {
             let env = s.env.as_deref().unwrap_or("?");
             let extra = (s.release.as_ref()).map(|r| format!(" [release {r}, env {env}]"));
             let extra = extra.unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "      {}:{}  {}{extra}",
-                s.file, s.line, s.external_secret
-            );
+            let (file, line, es) = (&s.file, s.line, &s.external_secret);
+            let _ = writeln!(out, "      {file}:{line}  {es}{extra}");
         }
     }
     if !report.out_of_scope.is_empty() && !quiet {
-        let _ = writeln!(
-            out,
-            "\nOUT OF SCOPE (other stores, not checked) ({})",
-            report.out_of_scope.len()
-        );
+        let n = report.out_of_scope.len();
+        let _ = writeln!(out, "\nOUT OF SCOPE (other stores, not checked) ({n})");
         for o in &report.out_of_scope {
             let _ = writeln!(out, "  {}  uses {}  ({})", o.external_secret, o.store, o.at);
         }
     }
-    let failed = !report.failures(fail_on).is_empty();
+    let counts = [
+        (Status::Ok, "ok"),
+        (Status::Missing, "missing"),
+        (Status::WrongProperty, "wrong property"),
+        (Status::MissingProperty, "missing property"),
+        (Status::Drift, "drift"),
+        (Status::FindEmpty, "find-empty"),
+        (Status::Unused, "unused"),
+    ];
+    let counts = counts.map(|(status, name)| format!("{} {name}", report.count(status)));
+    let classes: Vec<&str> = fail_on.0.iter().map(|c| c.as_str()).collect();
+    let verdict = if report.failures(fail_on).is_empty() {
+        "PASS"
+    } else {
+        "FAIL"
+    };
+    let (counts, classes) = (counts.join(", "), classes.join(","));
     let _ = writeln!(
         out,
-        "\nsummary: {} ok, {} missing, {} wrong property, {} missing property, {} drift, {} find-empty, {} unused; \
-         fail on {}: {} ({secs:.3}s)",
-        report.count(Status::Ok),
-        report.count(Status::Missing),
-        report.count(Status::WrongProperty),
-        report.count(Status::MissingProperty),
-        report.count(Status::Drift),
-        report.count(Status::FindEmpty),
-        report.count(Status::Unused),
-        fail_on.0.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(","),
-        if failed { "FAIL" } else { "PASS" }
+        "\nsummary: {counts}; fail on {classes}: {verdict} ({secs:.3}s)"
     );
     out
 }

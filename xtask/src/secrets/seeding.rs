@@ -550,13 +550,9 @@ mod tests {
             ("same", "b"),
             ("stale", "c2"),
             ("edited", "d"),
+            ("unstamped", "e"),
+            ("deleted", "f"),
         ]);
-        let desired = SecretSet {
-            entries: (desired.entries.into_iter())
-                .chain(set(&[("unstamped", "e"), ("deleted", "f")]).entries)
-                .collect(),
-            ..SecretSet::default()
-        };
         let deleted = Some(Current {
             version: Some(7),
             ..Current::default()
