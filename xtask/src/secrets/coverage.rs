@@ -52,7 +52,6 @@ impl Status {
     }
 }
 
-/// Where a key is referenced.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Site {
     pub file: String,
@@ -96,7 +95,6 @@ impl Report {
         self.findings.iter().filter(|f| f.status == status).count()
     }
 
-    /// Findings that fail under `fail_on`.
     pub(crate) fn failures(&self, fail_on: &FailOn) -> Vec<&Finding> {
         self.findings
             .iter()
@@ -105,7 +103,6 @@ impl Report {
     }
 }
 
-/// What `--live` read from the store.
 pub(crate) struct Live {
     pub target: String,
     pub entries: BTreeMap<String, Option<Current>>,
@@ -121,7 +118,6 @@ fn named_keys(scan: &Scan) -> impl Iterator<Item = &String> {
     refs.map(|r| &r.key)
 }
 
-/// The keys ESO reads by name, sorted, each once.
 pub(crate) fn eso_keys(scan: &Scan) -> Vec<String> {
     let keys: BTreeSet<&String> = named_keys(scan).collect();
     keys.into_iter().cloned().collect()
@@ -143,8 +139,8 @@ pub(crate) fn read_live(
     })
 }
 
-/// Compares the references with the fixtures and, if given, the live store.
 pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<&Live>) -> Report {
+    // Sorted as the report lists them: by status, key, then detail.
     let mut by_key: BTreeMap<(Status, String, String), Vec<Site>> = BTreeMap::new();
     let mut referenced: BTreeSet<String> = BTreeSet::new();
     let mut required: BTreeSet<String> = BTreeSet::new();
@@ -153,25 +149,22 @@ pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<
     for es in &in_scope {
         for r in &es.refs {
             let mut found: Vec<(Status, String)> = Vec::new();
-            let mut say = |status, detail: &str| found.push((status, detail.to_string()));
+            let find_empty = |what| (Status::FindEmpty, format!("dataFrom.find matches {what}"));
             if r.kind == RefKind::Find {
                 match regex_lite::Regex::new(&r.key) {
-                    Err(e) => say(
+                    Err(e) => found.push((
                         Status::WrongProperty,
-                        &format!("invalid dataFrom.find regexp: {e}"),
-                    ),
+                        format!("invalid dataFrom.find regexp: {e}"),
+                    )),
                     Ok(re) => {
                         let matched: Vec<&String> =
                             desired.entries.keys().filter(|n| re.is_match(n)).collect();
                         if matched.is_empty() {
-                            say(Status::FindEmpty, "dataFrom.find matches no fixture");
+                            found.push(find_empty("no fixture"));
                         }
                         referenced.extend(matched.into_iter().cloned());
                         if live.is_some_and(|l| !l.names.iter().any(|n| re.is_match(n))) {
-                            say(
-                                Status::FindEmpty,
-                                "dataFrom.find matches nothing in the store",
-                            );
+                            found.push(find_empty("nothing in the store"));
                         }
                     }
                 }
@@ -213,27 +206,21 @@ pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<
                     release: es.release.clone(),
                     env: es.env.clone(),
                 };
-                by_key
-                    .entry((status, r.key.clone(), detail))
-                    .or_default()
-                    .push(site);
+                let sites = by_key.entry((status, r.key.clone(), detail)).or_default();
+                sites.push(site);
             }
         }
     }
     let problem_keys: BTreeSet<String> = by_key.keys().map(|(_, key, _)| key.clone()).collect();
-    let unused = (desired.entries.keys().filter(|n| !referenced.contains(*n))).map(|name| {
-        (
-            (
-                Status::Unused,
-                name.clone(),
-                "no ExternalSecret references it".into(),
-            ),
-            vec![],
-        )
-    });
-    let ok = (required.difference(&problem_keys))
-        .map(|key| ((Status::Ok, key.clone(), String::new()), vec![]));
-    let mut findings: Vec<Finding> = (by_key.into_iter().chain(unused).chain(ok))
+    for name in desired.entries.keys().filter(|n| !referenced.contains(*n)) {
+        let unused = "no ExternalSecret references it".to_string();
+        by_key.insert((Status::Unused, name.clone(), unused), vec![]);
+    }
+    for key in required.difference(&problem_keys) {
+        by_key.insert((Status::Ok, key.clone(), String::new()), vec![]);
+    }
+    let findings = by_key
+        .into_iter()
         .map(|((status, key, detail), mut sites)| {
             sites.sort();
             sites.dedup();
@@ -243,9 +230,7 @@ pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<
                 detail,
                 sites,
             }
-        })
-        .collect();
-    findings.sort_by(|a, b| (a.status, &a.key).cmp(&(b.status, &b.key)));
+        });
     let out_of_scope = others.iter().map(|es| OutOfScope {
         external_secret: es.display_name(),
         store: es.store.clone(),
@@ -258,7 +243,7 @@ pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<
         files: scan.files,
         external_secrets: in_scope.len(),
         required_keys: required.len(),
-        findings,
+        findings: findings.collect(),
         out_of_scope: out_of_scope.collect(),
     }
 }
@@ -266,10 +251,8 @@ pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<
 /// What the store holds for a referenced key, when that is a problem.
 fn live_problem(live: &Live, key: &str, fixture: Option<&Entry>) -> Option<(Status, String)> {
     let Some(cur) = live.entries.get(key).and_then(Option::as_ref) else {
-        return Some((
-            Status::Missing,
-            format!("not in the store ({})", live.target),
-        ));
+        let target = &live.target;
+        return Some((Status::Missing, format!("not in the store ({target})")));
     };
     if cur.raw_sha256.is_some() {
         let said = "the store holds a bare value, not {\"value\": ...}, so the property lookup fails: re-seed to \
@@ -282,10 +265,9 @@ fn live_problem(live: &Live, key: &str, fixture: Option<&Entry>) -> Option<(Stat
         return Some((Status::MissingProperty, said));
     };
     let f = fixture.filter(|f| f.sha256 != *sha)?;
+    let (store, fixture) = (fsutil::short(sha), fsutil::short(&f.sha256));
     let said = format!(
-        "store {} != fixture {}: changed by hand, or the seed is stale (re-seed)",
-        fsutil::short(sha),
-        fsutil::short(&f.sha256)
+        "store {store} != fixture {fixture}: changed by hand, or the seed is stale (re-seed)"
     );
     Some((Status::Drift, said))
 }

@@ -28,7 +28,6 @@ pub(crate) struct Entry {
     pub overridden: bool,
 }
 
-/// The desired state: secret name to value, sorted by name.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct SecretSet {
     pub entries: BTreeMap<String, Entry>,
@@ -50,7 +49,6 @@ pub fn valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-/// Loads the fixtures and, if the file exists, the overrides.
 pub(crate) fn load(
     root: &Path,
     fixtures: &Path,
@@ -139,7 +137,6 @@ pub(crate) fn parse_file(root: &Path, path: &Path, what: &str) -> Result<Vec<(St
     parse(&bytes).map_err(|e| anyhow::anyhow!("{shown}:{e}"))
 }
 
-/// A parse problem at a position: `line:col: message`.
 #[derive(Debug, PartialEq)]
 pub struct ParseError {
     pub line: usize,

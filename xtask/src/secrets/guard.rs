@@ -23,7 +23,7 @@ pub(crate) fn require_git_ignored_if_inside(root: &Path, path: &Path, what: &str
 
 fn check_ignored(root: &Path, path: &Path, what: &str, outside_ok: bool) -> Result<()> {
     let real_root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-    let literal = path.strip_prefix(root).ok();
+    let (literal, shown) = (path.strip_prefix(root).ok(), path.display());
     for real in real_locations(path) {
         let inside = real.strip_prefix(&real_root).ok();
         let via = if inside == literal {
@@ -36,9 +36,8 @@ fn check_ignored(root: &Path, path: &Path, what: &str, outside_ok: bool) -> Resu
                 continue;
             }
             bail!(
-                "{what} {}{via} is outside the repository, so git cannot say it is ignored. Keep it under .local/ \
-                 in the repository (ignored by its .gitignore), e.g. .local/secrets/.",
-                path.display()
+                "{what} {shown}{via} is outside the repository, so git cannot say it is ignored. Keep it under \
+                 .local/ in the repository (ignored by its .gitignore), e.g. .local/secrets/."
             );
         };
         let git = Tool::new("git")
@@ -48,24 +47,18 @@ fn check_ignored(root: &Path, path: &Path, what: &str, outside_ok: bool) -> Resu
             .arg(rel)
             .deadline(Duration::from_secs(20))
             .install_hint("install git");
-        let out = git.output().map_err(|e| {
-            anyhow::anyhow!(
-                "cannot check that git ignores {what} {}: {e:#}",
-                path.display()
-            )
-        })?;
+        let out = (git.output())
+            .map_err(|e| anyhow::anyhow!("cannot check that git ignores {what} {shown}: {e:#}"))?;
         match out.status.code() {
             Some(0) => {}
             Some(1) => bail!(
-                "{what} {}{via} is not ignored by git, so its secret values could be committed. Keep it under \
+                "{what} {shown}{via} is not ignored by git, so its secret values could be committed. Keep it under \
                  .local/ (ignored by the repository's .gitignore){}, or add {} to .gitignore.",
-                path.display(),
                 if via.is_empty() { "" } else { ", not behind a symlink that leads elsewhere" },
                 rel.display()
             ),
             _ => bail!(
-                "cannot tell whether git ignores {what} {}: {:#}. Run inside the repository's git checkout.",
-                path.display(),
+                "cannot tell whether git ignores {what} {shown}: {:#}. Run inside the repository's git checkout.",
                 git.failure(&out)
             ),
         }
@@ -100,7 +93,6 @@ pub(crate) fn require_local_env(env: &str) -> Result<()> {
     Ok(())
 }
 
-/// Is `host` this machine (loopback)?
 pub(crate) fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.eq_ignore_ascii_case("localhost") {
@@ -110,7 +102,6 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
         .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The host of an http(s) URL.
 pub(crate) fn url_host(addr: &str) -> Option<String> {
     let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
     let authority = rest.split(['/', '?', '#']).next()?;
@@ -219,7 +210,6 @@ pub(crate) fn azure_vault_name(input: &str) -> Option<String> {
     valid.then(|| s.to_string())
 }
 
-/// Does the kube context name look like a local cluster?
 pub(crate) fn is_local_context(context: &str, patterns: &[String]) -> bool {
     patterns.iter().any(|p| glob_match(p, context))
 }
@@ -243,7 +233,6 @@ pub(crate) fn check_port_forward_context(context: &str, patterns: &[String]) -> 
     )
 }
 
-/// Refuses a kube context that does not look local.
 pub(crate) fn check_context(context: &str, patterns: &[String]) -> Result<()> {
     check_context_saying(context, patterns, "", "")
 }

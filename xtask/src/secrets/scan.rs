@@ -45,7 +45,6 @@ pub enum RefKind {
     Find,
 }
 
-/// One reference to a store key.
 #[derive(Debug, Clone, Serialize)]
 pub struct KeyRef {
     pub key: String,
@@ -54,7 +53,6 @@ pub struct KeyRef {
     pub at: Location,
 }
 
-/// An ExternalSecret (or an entry in values that becomes one).
 #[derive(Debug, Clone, Serialize)]
 pub struct ExternalSecret {
     pub name: String,
@@ -83,7 +81,6 @@ impl ExternalSecret {
         is_our_store(&self.store)
     }
 
-    /// `namespace/name`, or the name alone.
     pub fn display_name(&self) -> String {
         match &self.namespace {
             Some(ns) => format!("{ns}/{}", self.name),
@@ -110,7 +107,6 @@ const ESO_KINDS: &[&str] = &[
     "ClusterPushSecret",
 ];
 
-/// `file` as reports show it: relative to `base` where it is inside.
 fn shown(file: &Path, base: &Path) -> String {
     file.strip_prefix(base)
         .unwrap_or(file)
@@ -122,7 +118,6 @@ fn read(file: &Path) -> Result<String> {
     std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
 }
 
-/// Static scan of `infra` (files relative to `base` in reports).
 pub(crate) fn scan_static(infra: &Path, base: &Path) -> Result<Scan> {
     let (mut files, mut templates) = (Vec::new(), Vec::new());
     collect_yaml(infra, false, &mut files, &mut templates)
