@@ -176,36 +176,30 @@ fn advice(failures: &[&Finding], fixtures: &str, overrides: &str, seed: &str) ->
     let unfixtured = keys(&|f| f.status == Status::Missing && !not_in_store(f));
     let unseeded =
         keys(&|f| f.status == Status::Missing && not_in_store(f) && !unfixtured.contains(&f.key));
+    let add = format!(
+        "not in the fixtures: add them to {fixtures} (or fix the references that name them), then `{seed}`"
+    );
+    let fix =
+        "fix the references shown above: the store keeps each secret under the property `value` \
+               (`remoteRef.property: value`)";
+    let force = format!(
+        "the store's entries lack a string `value` and were not written by the seed, so `seed` keeps them: \
+         `{seed} --force` writes the fixtures over them (and over every other entry changed outside the seed)"
+    );
+    let drift = format!(
+        "the store's values differ from the fixtures: to keep yours, put them in {overrides}; to use the \
+         fixtures', `{seed} --force` writes them over every entry changed outside the seed"
+    );
+    let unused = format!(
+        "nothing reads them: remove them from {fixtures} (or {overrides}), or reference them"
+    );
     let lines = [
-        (
-            unfixtured,
-            format!("not in the fixtures: add them to {fixtures} (or fix the references that name them), then `{seed}`"),
-        ),
+        (unfixtured, add),
         (unseeded, format!("not in the store: `{seed}` writes them")),
-        (
-            status(Status::WrongProperty),
-            "fix the references shown above: the store keeps each secret under the property `value` \
-             (`remoteRef.property: value`)"
-                .into(),
-        ),
-        (
-            status(Status::MissingProperty),
-            format!(
-                "the store's entries lack a string `value` and were not written by the seed, so `seed` keeps them: \
-                 `{seed} --force` writes the fixtures over them (and over every other entry changed outside the seed)"
-            ),
-        ),
-        (
-            status(Status::Drift),
-            format!(
-                "the store's values differ from the fixtures: to keep yours, put them in {overrides}; to use the \
-                 fixtures', `{seed} --force` writes them over every entry changed outside the seed"
-            ),
-        ),
-        (
-            status(Status::Unused),
-            format!("nothing reads them: remove them from {fixtures} (or {overrides}), or reference them"),
-        ),
+        (status(Status::WrongProperty), fix.to_string()),
+        (status(Status::MissingProperty), force),
+        (status(Status::Drift), drift),
+        (status(Status::Unused), unused),
     ];
     let lines = lines.into_iter().filter(|(names, _)| !names.is_empty());
     lines

@@ -234,7 +234,7 @@ pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<
     let out_of_scope = others.iter().map(|es| OutOfScope {
         external_secret: es.display_name(),
         store: es.store.clone(),
-        at: es.at.to_string(),
+        at: format!("{}:{}", es.at.file, es.at.line),
     });
     Report {
         mode: scan.mode,
@@ -381,20 +381,15 @@ pub(crate) fn render_junit(report: &Report, fail_on: &FailOn) -> String {
     for f in cases {
         let (key, detail) = (xml_escape(&f.key), xml_escape(&f.detail));
         let end = if f.status.fails(fail_on) {
-            let sites = f
-                .sites
-                .iter()
-                .map(|s| format!("{}:{} {}", s.file, s.line, s.external_secret));
-            let sites = xml_escape(&sites.collect::<Vec<_>>().join("\n"));
-            let status = f.status;
+            let site = |s: &Site| format!("{}:{} {}", s.file, s.line, s.external_secret);
+            let sites: Vec<String> = f.sites.iter().map(site).collect();
+            let (status, sites) = (f.status, xml_escape(&sites.join("\n")));
             format!(
                 "><failure type=\"{status:?}\" message=\"{detail}\">{sites}</failure></testcase>"
             )
         } else if f.status != Status::Ok {
-            format!(
-                "><system-out>{}: {detail}</system-out></testcase>",
-                f.status.heading()
-            )
+            let heading = f.status.heading();
+            format!("><system-out>{heading}: {detail}</system-out></testcase>")
         } else {
             "/>".into()
         };

@@ -49,17 +49,17 @@ pub fn valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-pub(crate) fn load(
-    root: &Path,
-    fixtures: &Path,
-    guarded: bool,
-    overrides: &Path,
-) -> Result<SecretSet> {
-    if guarded {
-        refuse_escaping_symlink(root, fixtures)?;
+/// The configured fixtures and, if the file exists, the overrides: the
+/// fixtures' path and the desired set.
+pub(crate) fn load_configured(cfg: &Config) -> Result<(PathBuf, SecretSet)> {
+    let (root, fixtures) = (&cfg.root, cfg.abs(&cfg.fixtures.value));
+    let overrides = &cfg.abs(&cfg.overrides.value);
+    // Only an explicit `--fixtures` may point anywhere.
+    if cfg.fixtures.source != Source::Flag("--fixtures") {
+        refuse_escaping_symlink(root, &fixtures)?;
     }
     let mut set = SecretSet::default();
-    let mut layers = vec![(parse_file(root, fixtures, "fixtures file")?, false)];
+    let mut layers = vec![(parse_file(root, &fixtures, "fixtures file")?, false)];
     if overrides.exists() {
         crate::secrets::guard::require_git_ignored(root, overrides, "the overrides file")?;
         layers.push((parse_file(root, overrides, "overrides file")?, true));
@@ -88,7 +88,7 @@ pub(crate) fn load(
             set.entries.insert(name, entry);
         }
     }
-    Ok(set)
+    Ok((fixtures, set))
 }
 
 /// The default fixtures must be a file in the repository: a symlink out of it
@@ -314,15 +314,6 @@ fn kind_of(v: &serde_json::Value) -> &'static str {
         serde_json::Value::Array(_) => "an array",
         serde_json::Value::Object(_) => "an object",
     }
-}
-
-/// The configured fixtures and overrides: the path and the desired set.
-pub(crate) fn load_configured(cfg: &Config) -> Result<(PathBuf, SecretSet)> {
-    // Only an explicit `--fixtures` may point anywhere.
-    let guarded = cfg.fixtures.source != Source::Flag("--fixtures");
-    let path = cfg.abs(&cfg.fixtures.value);
-    let set = load(&cfg.root, &path, guarded, &cfg.abs(&cfg.overrides.value))?;
-    Ok((path, set))
 }
 
 #[cfg(test)]

@@ -25,12 +25,6 @@ pub struct Location {
     pub line: usize,
 }
 
-impl std::fmt::Display for Location {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.file, self.line)
-    }
-}
-
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum RefKind {
@@ -241,6 +235,13 @@ struct Block {
     property: Option<String>,
 }
 
+impl Block {
+    fn into_ref(self, ctx: &Ctx) -> Option<KeyRef> {
+        let (key, line) = self.key?;
+        Some(ctx.data_ref(key, self.property, line))
+    }
+}
+
 /// Where a blanked template is not YAML (or not ESO's): every literal
 /// `remoteRef.key` (block or flow form), one ExternalSecret per document.
 /// The property reads as the YAML path reads it: `None` when absent,
@@ -258,16 +259,6 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
     let literal = |k: &String| !k.is_empty() && !templated(k);
     let (mut out, mut refs, mut doc_line) = (Vec::new(), Vec::new(), 1);
     let mut block: Option<Block> = None;
-    let close = |block: &mut Option<Block>, refs: &mut Vec<KeyRef>| {
-        if let Some(Block {
-            key: Some((key, line)),
-            property,
-            ..
-        }) = block.take()
-        {
-            refs.push(ctx.data_ref(key, property, line));
-        }
-    };
     let end_doc = |refs: &mut Vec<KeyRef>, out: &mut Vec<ExternalSecret>, line| {
         if !refs.is_empty() {
             out.push(ctx.es("(template)".into(), our_store(), line, std::mem::take(refs)));
@@ -282,7 +273,7 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
             .as_ref()
             .is_some_and(|b| !body.is_empty() && indent <= b.indent);
         if dedent || remote.is_some() {
-            close(&mut block, &mut refs);
+            refs.extend(block.take().and_then(|b| b.into_ref(&ctx)));
         }
         if line.starts_with("---") {
             end_doc(&mut refs, &mut out, doc_line);
@@ -313,7 +304,7 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
             }
         }
     }
-    close(&mut block, &mut refs);
+    refs.extend(block.take().and_then(|b| b.into_ref(&ctx)));
     end_doc(&mut refs, &mut out, doc_line);
     out
 }
