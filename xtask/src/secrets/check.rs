@@ -109,19 +109,16 @@ pub(crate) fn run(flags: &flags::Check, process: &Process) -> Result<()> {
         let mut problems = Vec::new();
         if !a.unreadable.is_empty() {
             let keys: Vec<&str> = a.unreadable.iter().map(|(k, _)| k.as_str()).collect();
-            problems.push(format!(
-                "{} keys ESO cannot read ({})",
-                keys.len(),
-                keys.join(", ")
-            ));
+            let (n, keys) = (keys.len(), keys.join(", "));
+            problems.push(format!("{n} keys ESO cannot read ({keys})"));
         }
         if !a.write_refused {
             problems.push(format!("ESO's policy lets it write: {}", a.write_answer));
         }
+        let problems = problems.join("; ");
         bail!(
-            "reading as ESO failed: {}. `cargo xtask secrets seed` restores ESO's policy and role and the \
-             missing keys; see docs/secrets.md#esos-access-to-vault",
-            problems.join("; ")
+            "reading as ESO failed: {problems}. `cargo xtask secrets seed` restores ESO's policy and role and \
+             the missing keys; see docs/secrets.md#esos-access-to-vault"
         );
     }
     if !failures.is_empty() {
@@ -134,11 +131,8 @@ pub(crate) fn run(flags: &flags::Check, process: &Process) -> Result<()> {
             .collect();
         let overrides = cfg.shown(&cfg.abs(&cfg.overrides.value));
         let advice = advice(&failures, &fixtures_shown, &overrides, &seed_command(flags));
-        bail!(
-            "coverage check failed: {}. To fix it:\n  {}",
-            parts.join(", "),
-            advice.join("\n  ")
-        );
+        let (parts, advice) = (parts.join(", "), advice.join("\n  "));
+        bail!("coverage check failed: {parts}. To fix it:\n  {advice}");
     }
     Ok(())
 }
