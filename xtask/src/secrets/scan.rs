@@ -339,15 +339,14 @@ fn scan_docs(text: &str, ctx: &Ctx, values: bool, out: &mut Vec<ExternalSecret>)
                 if !ESO_KINDS.contains(&kind) {
                     bail!("{file}:{line}: unknown kind {kind:?} in {api}");
                 }
-                let spec = doc.get("spec");
-                match kind {
-                    "ExternalSecret" => out.push(manifest_es(&doc, spec, ctx)?),
+                let spec = match kind {
+                    "ExternalSecret" => doc.get("spec"),
                     "ClusterExternalSecret" => {
-                        let spec = spec.and_then(|s| s.get("externalSecretSpec"));
-                        out.push(manifest_es(&doc, spec, ctx)?);
+                        doc.get("spec").and_then(|s| s.get("externalSecretSpec"))
                     }
-                    _ => {}
-                }
+                    _ => continue,
+                };
+                out.push(manifest_es(&doc, spec, ctx)?);
                 continue;
             }
             if doc.get("kind").is_some() {
@@ -412,12 +411,11 @@ fn string(node: &Node, key: &str) -> Option<String> {
 /// `Kind/name` of the store `node`'s `secretStoreRef` names, or the defaults.
 fn store_of(node: &Node, default_kind: &str, default_name: &str) -> String {
     let store_ref = node.get("secretStoreRef");
-    let kind = store_ref
-        .and_then(|s| s.str_at("kind"))
-        .unwrap_or(default_kind);
-    let name = store_ref
-        .and_then(|s| s.str_at("name"))
-        .unwrap_or(default_name);
+    let field = |name: &str| store_ref.and_then(|s| s.str_at(name));
+    let (kind, name) = (
+        field("kind").unwrap_or(default_kind),
+        field("name").unwrap_or(default_name),
+    );
     format!("{kind}/{name}")
 }
 

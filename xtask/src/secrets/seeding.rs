@@ -324,21 +324,15 @@ fn by_reason<'a>(entries: &[&'a NotWritten]) -> Vec<(String, Vec<&'a str>)> {
             true => NOT_ATTEMPTED.to_string(),
             false => generic_reason(&n.reason, &n.name),
         };
-        groups
-            .entry(reason)
-            .or_insert((&n.reason, vec![]))
-            .1
-            .push(&n.name);
+        let group = groups.entry(reason).or_insert((&n.reason, vec![]));
+        group.1.push(&n.name);
     }
     // A reason only one entry gives is shown as it was said.
-    let mut out: Vec<(String, Vec<&str>)> = (groups.into_iter())
-        .map(
-            |(generic, (first, names))| match names.len() == 1 && generic != NOT_ATTEMPTED {
-                true => (first.to_string(), names),
-                false => (generic, names),
-            },
-        )
-        .collect();
+    let mut out: Vec<(String, Vec<&str>)> = Vec::new();
+    for (generic, (first, names)) in groups {
+        let single = names.len() == 1 && generic != NOT_ATTEMPTED;
+        out.push((if single { first.to_string() } else { generic }, names));
+    }
     out.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
     out
 }
