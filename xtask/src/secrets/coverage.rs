@@ -402,7 +402,6 @@ pub(crate) fn render_junit(report: &Report, fail_on: &FailOn) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fsutil::sha256_hex;
 
     const VALUES: &str = "externalSecrets:
   - name: app
@@ -426,16 +425,6 @@ mod tests {
 ";
 
     fn report(fixtures: &[(&str, &str)]) -> Report {
-        let mut desired = SecretSet::default();
-        for (n, v) in fixtures {
-            let (value, sha256) = (v.to_string(), sha256_hex(v.as_bytes()));
-            let entry = Entry {
-                value,
-                sha256,
-                overridden: false,
-            };
-            desired.entries.insert(n.to_string(), entry);
-        }
         let mut scan = Scan {
             mode: "static",
             files: 1,
@@ -443,7 +432,7 @@ mod tests {
         };
         let es = &mut scan.external_secrets;
         scan::scan_text(VALUES, "values.yaml", None, None, true, es).unwrap();
-        compare(&scan, "local", &desired, None)
+        compare(&scan, "local", &SecretSet::of(fixtures), None)
     }
 
     /// Every static finding, in a snapshot of the human report and in JUnit.

@@ -28,6 +28,17 @@ pub(crate) struct Entry {
     pub overridden: bool,
 }
 
+impl Entry {
+    fn new(value: String, overridden: bool) -> Entry {
+        let sha256 = sha256_hex(value.as_bytes());
+        Entry {
+            value,
+            sha256,
+            overridden,
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub(crate) struct SecretSet {
     pub entries: BTreeMap<String, Entry>,
@@ -39,6 +50,17 @@ impl SecretSet {
     }
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Fixtures from (name, value) pairs, none overridden.
+    #[cfg(test)]
+    pub(crate) fn of(pairs: &[(&str, &str)]) -> SecretSet {
+        let entries = pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), Entry::new(v.to_string(), false)));
+        SecretSet {
+            entries: entries.collect(),
+        }
     }
 }
 
@@ -79,13 +101,7 @@ pub(crate) fn load_configured(cfg: &Config) -> Result<(PathBuf, SecretSet)> {
                     shown_from(root, overrides)
                 );
             }
-            let sha256 = sha256_hex(value.as_bytes());
-            let entry = Entry {
-                value,
-                sha256,
-                overridden,
-            };
-            set.entries.insert(name, entry);
+            set.entries.insert(name, Entry::new(value, overridden));
         }
     }
     Ok((fixtures, set))

@@ -124,19 +124,11 @@ pub(crate) fn write(cfg: &Config, kind: RenderKind, set: &SecretSet, out: &Path)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fsutil::sha256_hex;
-    use crate::secrets::fixtures::Entry;
 
     #[test]
     fn eso_fake_wraps_values_and_parses_back() {
-        let mut set = SecretSet::default();
         let value = "line1\nline2 \"quoted\" : @ #";
-        let entry = Entry {
-            value: value.into(),
-            sha256: sha256_hex(value.as_bytes()),
-            overridden: false,
-        };
-        set.entries.insert("k".into(), entry);
+        let set = SecretSet::of(&[("k", value)]);
         let text = eso_fake(&set);
         let docs = crate::yaml::parse_documents(&text).unwrap();
         let path = ["spec", "provider", "fake", "data"];

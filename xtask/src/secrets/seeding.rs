@@ -490,21 +490,6 @@ pub(crate) fn counts_line(c: &Counts) -> String {
 mod tests {
     use super::*;
     use crate::fsutil::sha256_hex;
-    use crate::secrets::fixtures::Entry;
-
-    fn set(pairs: &[(&str, &str)]) -> SecretSet {
-        let mut s = SecretSet::default();
-        for (n, v) in pairs {
-            let (value, sha256) = (v.to_string(), sha256_hex(v.as_bytes()));
-            let entry = Entry {
-                value,
-                sha256,
-                overridden: false,
-            };
-            s.entries.insert(n.to_string(), entry);
-        }
-        s
-    }
 
     fn sha(value: &str) -> Option<String> {
         Some(sha256_hex(value.as_bytes()))
@@ -536,7 +521,7 @@ mod tests {
 
     #[test]
     fn classifies_every_case() {
-        let desired = set(&[
+        let desired = SecretSet::of(&[
             ("new", "a"),
             ("same", "b"),
             ("stale", "c2"),
@@ -577,7 +562,7 @@ mod tests {
 
     #[test]
     fn bare_values_are_rewritten_only_when_ours_or_forced() {
-        let desired = set(&[
+        let desired = SecretSet::of(&[
             ("fixture", "f"),
             ("seeded", "s2"),
             ("foreign", "x"),
@@ -630,7 +615,7 @@ mod tests {
             "canary-bare",
             "canary-v1-hand-edit",
         ];
-        let desired = set(&[
+        let desired = SecretSet::of(&[
             ("created", values[0]),
             ("updated", values[1]),
             ("same", values[3]),
