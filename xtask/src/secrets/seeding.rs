@@ -17,7 +17,6 @@ use crate::{fsutil, PartialError};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "kind", content = "reason")]
 pub(crate) enum Action {
-    /// Not in the store.
     Create,
     /// In the store with a stale value the seed itself wrote.
     Update,
@@ -352,7 +351,6 @@ fn generic_reason(reason: &str, name: &str) -> String {
     out + rest
 }
 
-/// Reads the store and plans every fixture.
 pub(crate) fn plan_for(
     store: &mut dyn SecretProvider,
     desired: &SecretSet,
