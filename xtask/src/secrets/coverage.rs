@@ -1,6 +1,5 @@
-//! Coverage: the keys the charts reference, against the fixtures and,
-//! with `--live`, the store. `check` prints the [`Report`]; `doctor` and
-//! `migrate`'s coverage step read its failures.
+//! Coverage: the keys the charts reference, against the fixtures and, with
+//! `--live`, the store. `check` prints the [`Report`]; `doctor` and `migrate` read its failures.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,17 +16,13 @@ use crate::secrets::scan::{self, ExternalSecret, RefKind, Scan};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum Status {
-    /// The key is not in the fixtures or the store.
     Missing,
     /// The reference reads a property the store does not keep, or extracts a non-object.
     WrongProperty,
     /// The store's entry has no string `value`.
     MissingProperty,
-    /// The store's value differs from the fixture's.
     Drift,
-    /// A `dataFrom.find` regexp matches nothing (warning).
     FindEmpty,
-    /// A fixture nothing references (info).
     Unused,
     Ok,
 }
@@ -45,7 +40,7 @@ impl Status {
         }
     }
 
-    /// Whether `--fail-on` (its classes: missing, drift, unused) fails on this status.
+    /// Whether `--fail-on` fails on this status.
     fn fails(self, fail_on: &FailOn) -> bool {
         let class = match self {
             Status::Missing | Status::WrongProperty | Status::MissingProperty => FailClass::Missing,
@@ -57,7 +52,6 @@ impl Status {
     }
 }
 
-/// Where a key is referenced.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Site {
     pub file: String,
@@ -101,7 +95,6 @@ impl Report {
         self.findings.iter().filter(|f| f.status == status).count()
     }
 
-    /// Findings that fail under `fail_on`.
     pub(crate) fn failures(&self, fail_on: &FailOn) -> Vec<&Finding> {
         self.findings
             .iter()
@@ -110,7 +103,6 @@ impl Report {
     }
 }
 
-/// What `--live` read from the store.
 pub(crate) struct Live {
     pub target: String,
     pub entries: BTreeMap<String, Option<Current>>,
@@ -126,7 +118,6 @@ fn named_keys(scan: &Scan) -> impl Iterator<Item = &String> {
     refs.map(|r| &r.key)
 }
 
-/// The keys ESO reads by name, sorted, each once.
 pub(crate) fn eso_keys(scan: &Scan) -> Vec<String> {
     let keys: BTreeSet<&String> = named_keys(scan).collect();
     keys.into_iter().cloned().collect()
@@ -148,8 +139,8 @@ pub(crate) fn read_live(
     })
 }
 
-/// Compares the references with the fixtures and, if given, the live store.
 pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<&Live>) -> Report {
+    // Sorted as the report lists them: by status, key, then detail.
     let mut by_key: BTreeMap<(Status, String, String), Vec<Site>> = BTreeMap::new();
     let mut referenced: BTreeSet<String> = BTreeSet::new();
     let mut required: BTreeSet<String> = BTreeSet::new();
@@ -158,6 +149,7 @@ pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<
     for es in &in_scope {
         for r in &es.refs {
             let mut found: Vec<(Status, String)> = Vec::new();
+            let find_empty = |what| (Status::FindEmpty, format!("dataFrom.find matches {what}"));
             if r.kind == RefKind::Find {
                 match regex_lite::Regex::new(&r.key) {
                     Err(e) => found.push((
@@ -168,17 +160,11 @@ pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<
                         let matched: Vec<&String> =
                             desired.entries.keys().filter(|n| re.is_match(n)).collect();
                         if matched.is_empty() {
-                            found.push((
-                                Status::FindEmpty,
-                                "dataFrom.find matches no fixture".into(),
-                            ));
+                            found.push(find_empty("no fixture"));
                         }
                         referenced.extend(matched.into_iter().cloned());
                         if live.is_some_and(|l| !l.names.iter().any(|n| re.is_match(n))) {
-                            found.push((
-                                Status::FindEmpty,
-                                "dataFrom.find matches nothing in the store".into(),
-                            ));
+                            found.push(find_empty("nothing in the store"));
                         }
                     }
                 }
@@ -220,44 +206,35 @@ pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<
                     release: es.release.clone(),
                     env: es.env.clone(),
                 };
-                by_key
-                    .entry((status, r.key.clone(), detail))
-                    .or_default()
-                    .push(site);
+                let sites = by_key.entry((status, r.key.clone(), detail)).or_default();
+                sites.push(site);
             }
         }
     }
-    let finding = |status, key: &str, detail: &str, sites| Finding {
-        status,
-        key: key.to_string(),
-        detail: detail.to_string(),
-        sites,
-    };
-    let mut findings: Vec<Finding> = by_key
+    let problem_keys: BTreeSet<String> = by_key.keys().map(|(_, key, _)| key.clone()).collect();
+    for name in desired.entries.keys().filter(|n| !referenced.contains(*n)) {
+        let unused = "no ExternalSecret references it".to_string();
+        by_key.insert((Status::Unused, name.clone(), unused), vec![]);
+    }
+    for key in required.difference(&problem_keys) {
+        by_key.insert((Status::Ok, key.clone(), String::new()), vec![]);
+    }
+    let findings = by_key
         .into_iter()
         .map(|((status, key, detail), mut sites)| {
             sites.sort();
             sites.dedup();
-            finding(status, &key, &detail, sites)
-        })
-        .collect();
-    let problem_keys: BTreeSet<String> = findings.iter().map(|f| f.key.clone()).collect();
-    for name in desired.entries.keys().filter(|n| !referenced.contains(*n)) {
-        findings.push(finding(
-            Status::Unused,
-            name,
-            "no ExternalSecret references it",
-            vec![],
-        ));
-    }
-    for key in required.difference(&problem_keys) {
-        findings.push(finding(Status::Ok, key, "", vec![]));
-    }
-    findings.sort_by(|a, b| (a.status, &a.key).cmp(&(b.status, &b.key)));
+            Finding {
+                status,
+                key,
+                detail,
+                sites,
+            }
+        });
     let out_of_scope = others.iter().map(|es| OutOfScope {
         external_secret: es.display_name(),
         store: es.store.clone(),
-        at: es.at.to_string(),
+        at: format!("{}:{}", es.at.file, es.at.line),
     });
     Report {
         mode: scan.mode,
@@ -266,7 +243,7 @@ pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<
         files: scan.files,
         external_secrets: in_scope.len(),
         required_keys: required.len(),
-        findings,
+        findings: findings.collect(),
         out_of_scope: out_of_scope.collect(),
     }
 }
@@ -274,10 +251,8 @@ pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<
 /// What the store holds for a referenced key, when that is a problem.
 fn live_problem(live: &Live, key: &str, fixture: Option<&Entry>) -> Option<(Status, String)> {
     let Some(cur) = live.entries.get(key).and_then(Option::as_ref) else {
-        return Some((
-            Status::Missing,
-            format!("not in the store ({})", live.target),
-        ));
+        let target = &live.target;
+        return Some((Status::Missing, format!("not in the store ({target})")));
     };
     if cur.raw_sha256.is_some() {
         let said = "the store holds a bare value, not {\"value\": ...}, so the property lookup fails: re-seed to \
@@ -290,10 +265,9 @@ fn live_problem(live: &Live, key: &str, fixture: Option<&Entry>) -> Option<(Stat
         return Some((Status::MissingProperty, said));
     };
     let f = fixture.filter(|f| f.sha256 != *sha)?;
+    let (store, fixture) = (fsutil::short(sha), fsutil::short(&f.sha256));
     let said = format!(
-        "store {} != fixture {}: changed by hand, or the seed is stale (re-seed)",
-        fsutil::short(sha),
-        fsutil::short(&f.sha256)
+        "store {store} != fixture {fixture}: changed by hand, or the seed is stale (re-seed)"
     );
     Some((Status::Drift, said))
 }
@@ -310,28 +284,27 @@ pub(crate) fn render_text(
     use std::fmt::Write;
     let mut out = String::new();
     if !quiet {
-        let _ =
-            writeln!(
+        let (mode, env) = (report.mode, &report.env);
+        let files = count(report.files, "file", "files");
+        let secrets = count(report.external_secrets, "ExternalSecret", "ExternalSecrets");
+        let keys = count(report.required_keys, "required key", "required keys");
+        let live = report
+            .live
+            .as_deref()
+            .map(|t| format!(" and {t}"))
+            .unwrap_or_default();
+        let store = scan::STORE_NAME;
+        let _ = writeln!(
             out,
-            "check ({} scan, env {}): {}, {} on ClusterSecretStore/{}, {}; against {fixtures}{}",
-            report.mode,
-            report.env,
-            count(report.files, "file", "files"),
-            count(report.external_secrets, "ExternalSecret", "ExternalSecrets"),
-            scan::STORE_NAME,
-            count(report.required_keys, "required key", "required keys"),
-            report.live.as_deref().map(|t| format!(" and {t}")).unwrap_or_default()
+            "check ({mode} scan, env {env}): {files}, {secrets} on ClusterSecretStore/{store}, {keys}; against \
+             {fixtures}{live}"
         );
     }
     let mut status: Option<Status> = None;
     let (mut unused_seen, unused) = (0, report.count(Status::Unused));
     for f in &report.findings {
-        let show = match f.status {
-            Status::Ok => verbose,
-            Status::Unused => !quiet,
-            _ => true,
-        };
-        if !show {
+        let hidden = (f.status == Status::Ok && !verbose) || (f.status == Status::Unused && quiet);
+        if hidden {
             continue;
         }
         if status != Some(f.status) {
@@ -352,47 +325,43 @@ pub(crate) fn render_text(
                 continue;
             }
         }
-        let detail = if f.detail.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", f.detail)
-        };
-        let _ = writeln!(out, "  {}{detail}", f.key);
+        let sep = if f.detail.is_empty() { "" } else { ": " };
+        let _ = writeln!(out, "  {}{sep}{}", f.key, f.detail);
         for s in &f.sites {
             let env = s.env.as_deref().unwrap_or("?");
             let extra = (s.release.as_ref()).map(|r| format!(" [release {r}, env {env}]"));
             let extra = extra.unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "      {}:{}  {}{extra}",
-                s.file, s.line, s.external_secret
-            );
+            let (file, line, es) = (&s.file, s.line, &s.external_secret);
+            let _ = writeln!(out, "      {file}:{line}  {es}{extra}");
         }
     }
     if !report.out_of_scope.is_empty() && !quiet {
-        let _ = writeln!(
-            out,
-            "\nOUT OF SCOPE (other stores, not checked) ({})",
-            report.out_of_scope.len()
-        );
+        let n = report.out_of_scope.len();
+        let _ = writeln!(out, "\nOUT OF SCOPE (other stores, not checked) ({n})");
         for o in &report.out_of_scope {
             let _ = writeln!(out, "  {}  uses {}  ({})", o.external_secret, o.store, o.at);
         }
     }
-    let failed = !report.failures(fail_on).is_empty();
+    let counts = [
+        (Status::Ok, "ok"),
+        (Status::Missing, "missing"),
+        (Status::WrongProperty, "wrong property"),
+        (Status::MissingProperty, "missing property"),
+        (Status::Drift, "drift"),
+        (Status::FindEmpty, "find-empty"),
+        (Status::Unused, "unused"),
+    ];
+    let counts = counts.map(|(status, name)| format!("{} {name}", report.count(status)));
+    let classes: Vec<&str> = fail_on.0.iter().map(|c| c.as_str()).collect();
+    let verdict = if report.failures(fail_on).is_empty() {
+        "PASS"
+    } else {
+        "FAIL"
+    };
+    let (counts, classes) = (counts.join(", "), classes.join(","));
     let _ = writeln!(
         out,
-        "\nsummary: {} ok, {} missing, {} wrong property, {} missing property, {} drift, {} find-empty, {} unused; \
-         fail on {}: {} ({secs:.3}s)",
-        report.count(Status::Ok),
-        report.count(Status::Missing),
-        report.count(Status::WrongProperty),
-        report.count(Status::MissingProperty),
-        report.count(Status::Drift),
-        report.count(Status::FindEmpty),
-        report.count(Status::Unused),
-        fail_on.0.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(","),
-        if failed { "FAIL" } else { "PASS" }
+        "\nsummary: {counts}; fail on {classes}: {verdict} ({secs:.3}s)"
     );
     out
 }
@@ -412,20 +381,15 @@ pub(crate) fn render_junit(report: &Report, fail_on: &FailOn) -> String {
     for f in cases {
         let (key, detail) = (xml_escape(&f.key), xml_escape(&f.detail));
         let end = if f.status.fails(fail_on) {
-            let sites = f
-                .sites
-                .iter()
-                .map(|s| format!("{}:{} {}", s.file, s.line, s.external_secret));
-            let sites = xml_escape(&sites.collect::<Vec<_>>().join("\n"));
-            let status = f.status;
+            let site = |s: &Site| format!("{}:{} {}", s.file, s.line, s.external_secret);
+            let sites: Vec<String> = f.sites.iter().map(site).collect();
+            let (status, sites) = (f.status, xml_escape(&sites.join("\n")));
             format!(
                 "><failure type=\"{status:?}\" message=\"{detail}\">{sites}</failure></testcase>"
             )
         } else if f.status != Status::Ok {
-            format!(
-                "><system-out>{}: {detail}</system-out></testcase>",
-                f.status.heading()
-            )
+            let heading = f.status.heading();
+            format!("><system-out>{heading}: {detail}</system-out></testcase>")
         } else {
             "/>".into()
         };
@@ -438,7 +402,6 @@ pub(crate) fn render_junit(report: &Report, fail_on: &FailOn) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fsutil::sha256_hex;
 
     const VALUES: &str = "externalSecrets:
   - name: app
@@ -462,16 +425,6 @@ mod tests {
 ";
 
     fn report(fixtures: &[(&str, &str)]) -> Report {
-        let mut desired = SecretSet::default();
-        for (n, v) in fixtures {
-            let (value, sha256) = (v.to_string(), sha256_hex(v.as_bytes()));
-            let entry = Entry {
-                value,
-                sha256,
-                overridden: false,
-            };
-            desired.entries.insert(n.to_string(), entry);
-        }
         let mut scan = Scan {
             mode: "static",
             files: 1,
@@ -479,7 +432,7 @@ mod tests {
         };
         let es = &mut scan.external_secrets;
         scan::scan_text(VALUES, "values.yaml", None, None, true, es).unwrap();
-        compare(&scan, "local", &desired, None)
+        compare(&scan, "local", &SecretSet::of(fixtures), None)
     }
 
     /// Every static finding, in a snapshot of the human report and in JUnit.

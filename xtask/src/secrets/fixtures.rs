@@ -11,6 +11,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use crate::fsutil::sha256_hex;
 use crate::project::shown_from;
+use crate::secrets::config::{Config, Source};
 
 /// Azure Key Vault accepts values up to 25 KiB; keep parity.
 pub const MAX_VALUE_BYTES: usize = 25 * 1024;
@@ -27,12 +28,20 @@ pub(crate) struct Entry {
     pub overridden: bool,
 }
 
-/// The desired state: secret name to value, sorted by name.
+impl Entry {
+    fn new(value: String, overridden: bool) -> Entry {
+        let sha256 = sha256_hex(value.as_bytes());
+        Entry {
+            value,
+            sha256,
+            overridden,
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub(crate) struct SecretSet {
     pub entries: BTreeMap<String, Entry>,
-    /// Names the overrides file added that the fixtures do not have.
-    pub added_by_overrides: Vec<String>,
 }
 
 impl SecretSet {
@@ -41,6 +50,17 @@ impl SecretSet {
     }
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Fixtures from (name, value) pairs, none overridden.
+    #[cfg(test)]
+    pub(crate) fn of(pairs: &[(&str, &str)]) -> SecretSet {
+        let entries = pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), Entry::new(v.to_string(), false)));
+        SecretSet {
+            entries: entries.collect(),
+        }
     }
 }
 
@@ -51,18 +71,17 @@ pub fn valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-/// Loads the fixtures and, if the file exists, the overrides.
-pub(crate) fn load(
-    root: &Path,
-    fixtures: &Path,
-    guarded: bool,
-    overrides: &Path,
-) -> Result<SecretSet> {
-    if guarded {
-        refuse_escaping_symlink(root, fixtures)?;
+/// The configured fixtures and, if the file exists, the overrides: the
+/// fixtures' path and the desired set.
+pub(crate) fn load_configured(cfg: &Config) -> Result<(PathBuf, SecretSet)> {
+    let (root, fixtures) = (&cfg.root, cfg.abs(&cfg.fixtures.value));
+    let overrides = &cfg.abs(&cfg.overrides.value);
+    // Only an explicit `--fixtures` may point anywhere.
+    if cfg.fixtures.source != Source::Flag("--fixtures") {
+        refuse_escaping_symlink(root, &fixtures)?;
     }
     let mut set = SecretSet::default();
-    let mut layers = vec![(parse_file(root, fixtures, "fixtures file")?, false)];
+    let mut layers = vec![(parse_file(root, &fixtures, "fixtures file")?, false)];
     if overrides.exists() {
         crate::secrets::guard::require_git_ignored(root, overrides, "the overrides file")?;
         layers.push((parse_file(root, overrides, "overrides file")?, true));
@@ -82,19 +101,10 @@ pub(crate) fn load(
                     shown_from(root, overrides)
                 );
             }
-            if overridden && !set.entries.contains_key(&name) {
-                set.added_by_overrides.push(name.clone());
-            }
-            let sha256 = sha256_hex(value.as_bytes());
-            let entry = Entry {
-                value,
-                sha256,
-                overridden,
-            };
-            set.entries.insert(name, entry);
+            set.entries.insert(name, Entry::new(value, overridden));
         }
     }
-    Ok(set)
+    Ok((fixtures, set))
 }
 
 /// The default fixtures must be a file in the repository: a symlink out of it
@@ -123,38 +133,26 @@ fn refuse_escaping_symlink(root: &Path, path: &Path) -> Result<()> {
 /// Reads and validates one fixtures-format file; `what` names it in errors
 /// ("fixtures file", "overrides file").
 pub(crate) fn parse_file(root: &Path, path: &Path, what: &str) -> Result<Vec<(String, String)>> {
-    let shown = |p: &Path| shown_from(root, p);
+    let shown = shown_from(root, path);
     let flag = if what == "overrides file" {
         "--overrides"
     } else {
         "--fixtures"
     };
     let meta = std::fs::metadata(path).with_context(|| {
-        format!(
-            "cannot read {what} {}: check the path (see {flag}; a relative path is from the working directory)",
-            shown(path)
-        )
+        format!("cannot read {what} {shown}: check the path (see {flag}; a relative path is from the working directory)")
     })?;
     if meta.is_dir() {
-        bail!(
-            "the {what} {} is a directory; it must be a JSON file (see {flag})",
-            shown(path)
-        );
+        bail!("the {what} {shown} is a directory; it must be a JSON file (see {flag})");
     }
-    if meta.len() > MAX_FILE_BYTES {
-        bail!(
-            "{}: {} bytes is larger than the {} MiB limit for a {what}",
-            shown(path),
-            meta.len(),
-            MAX_FILE_BYTES >> 20
-        );
+    let (len, limit) = (meta.len(), MAX_FILE_BYTES >> 20);
+    if len > MAX_FILE_BYTES {
+        bail!("{shown}: {len} bytes is larger than the {limit} MiB limit for a {what}");
     }
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read {what} {}", shown(path)))?;
-    parse(&bytes).map_err(|e| anyhow::anyhow!("{}:{e}", shown(path)))
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {what} {shown}"))?;
+    parse(&bytes).map_err(|e| anyhow::anyhow!("{shown}:{e}"))
 }
 
-/// A parse problem at a position: `line:col: message`.
 #[derive(Debug, PartialEq)]
 pub struct ParseError {
     pub line: usize,
@@ -261,14 +259,9 @@ fn in_words(msg: &str) -> String {
 
 fn line_col(bytes: &[u8], offset: usize) -> (usize, usize) {
     let before = &bytes[..offset];
-    let line_start = before
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |p| p + 1);
-    (
-        before.iter().filter(|&&b| b == b'\n').count() + 1,
-        offset - line_start + 1,
-    )
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let col = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+    (line, col)
 }
 
 struct FixtureVisitor;
@@ -337,22 +330,6 @@ fn kind_of(v: &serde_json::Value) -> &'static str {
         serde_json::Value::Array(_) => "an array",
         serde_json::Value::Object(_) => "an object",
     }
-}
-
-/// The configured fixtures and overrides: the path and the desired set.
-pub(crate) fn load_configured(
-    cfg: &crate::secrets::config::Config,
-) -> Result<(PathBuf, SecretSet)> {
-    let (path, guarded) = resolve(cfg);
-    let set = load(&cfg.root, &path, guarded, &cfg.abs(&cfg.overrides.value))?;
-    Ok((path, set))
-}
-
-/// The fixtures path as configured, and whether the symlink guard applies:
-/// only an explicit `--fixtures` may point anywhere.
-pub(crate) fn resolve(cfg: &crate::secrets::config::Config) -> (PathBuf, bool) {
-    let guarded = cfg.fixtures.source != crate::secrets::config::Source::Flag("--fixtures");
-    (cfg.abs(&cfg.fixtures.value), guarded)
 }
 
 #[cfg(test)]

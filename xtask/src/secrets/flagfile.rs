@@ -3,7 +3,7 @@
 //! An edit changes the value's bytes only; a file that cannot be edited so
 //! is refused, never rewritten.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::secrets::config::ProviderKind;
 use crate::yaml::{parse_documents, Node};
@@ -25,25 +25,23 @@ pub fn find(text: &str, file: &str) -> Result<Flag> {
         bail!("{file}: expected one YAML document, found {}", docs.len());
     };
     let secrets = entries(doc, "secrets");
+    let n = secrets.len();
     let secrets = match secrets.as_slice() {
         [(_, one)] if one.is_map() => *one,
         [] => bail!(
             "{file}: no top-level `secrets:` mapping; add `secrets:` with `provider: vault|azure`"
         ),
         [_] => bail!("{file}: `secrets:` must be a mapping holding `provider: vault|azure`"),
-        _ => bail!(
-            "{file}: `secrets:` appears {} times; keep one",
-            secrets.len()
-        ),
+        _ => bail!("{file}: `secrets:` appears {n} times; keep one"),
     };
     let (key, value) = match entries(secrets, "provider").as_slice() {
         [one] => *one,
         [] => bail!("{file}: `secrets.provider` is missing; add `provider: vault` (or azure) under `secrets:`"),
-        many => bail!(
-            "{file}: `secrets.provider` appears {} times (lines {}); keep exactly one",
-            many.len(),
-            many.iter().map(|(k, _)| k.line().to_string()).collect::<Vec<_>>().join(", ")
-        ),
+        many => {
+            let lines: Vec<String> = many.iter().map(|(k, _)| k.line().to_string()).collect();
+            let (n, lines) = (many.len(), lines.join(", "));
+            bail!("{file}: `secrets.provider` appears {n} times (lines {lines}); keep exactly one")
+        }
     };
     let line = key.line();
     let Some(parsed) = value.as_str() else {
@@ -64,9 +62,7 @@ pub fn find(text: &str, file: &str) -> Result<Flag> {
         Some(q @ ('"' | '\'')) => {
             start += 1;
             let close = rest[1..].find(q);
-            close.ok_or_else(|| {
-                anyhow::anyhow!("{file}:{line}: unterminated quote in `provider:`")
-            })?
+            close.with_context(|| format!("{file}:{line}: unterminated quote in `provider:`"))?
         }
         _ => rest.find([' ', '\t', '#', '\r']).unwrap_or(rest.len()),
     };
@@ -102,22 +98,12 @@ pub(crate) fn provider(text: &str, file: &str) -> Result<ProviderKind> {
 /// The text with the flag set to `to`; every other byte unchanged.
 pub fn set(text: &str, file: &str, to: ProviderKind) -> Result<String> {
     let flag = find(text, file)?;
-    let out = format!(
-        "{}{}{}",
-        &text[..flag.start],
-        to.as_str(),
-        &text[flag.end..]
-    );
+    let (before, after, to) = (&text[..flag.start], &text[flag.end..], to.as_str());
+    let out = format!("{before}{to}{after}");
     // The edit must read back as the new value and nothing else.
     let check = find(&out, file)?;
-    if check.value != to.as_str()
-        || out[..check.start] != text[..flag.start]
-        || out[check.end..] != text[flag.end..]
-    {
-        bail!(
-            "{file}: the edit did not read back as `provider: {}`; nothing was written",
-            to.as_str()
-        );
+    if check.value != to || out[..check.start] != *before || out[check.end..] != *after {
+        bail!("{file}: the edit did not read back as `provider: {to}`; nothing was written");
     }
     Ok(out)
 }
@@ -126,16 +112,10 @@ pub fn set(text: &str, file: &str, to: ProviderKind) -> Result<String> {
 pub(crate) fn diff(text: &str, file: &str, to: ProviderKind) -> Result<String> {
     let flag = find(text, file)?;
     let (start, end) = line_span(text, flag.line);
-    let old = &text[start..end];
-    let new = format!(
-        "{}{}{}",
-        &text[start..flag.start],
-        to.as_str(),
-        &text[flag.end..end]
-    );
+    let (old, l, to) = (&text[start..end], flag.line, to.as_str());
+    let new = format!("{}{to}{}", &text[start..flag.start], &text[flag.end..end]);
     Ok(format!(
-        "--- a/{file}\n+++ b/{file}\n@@ -{l},1 +{l},1 @@\n-{old}\n+{new}\n",
-        l = flag.line
+        "--- a/{file}\n+++ b/{file}\n@@ -{l},1 +{l},1 @@\n-{old}\n+{new}\n"
     ))
 }
 

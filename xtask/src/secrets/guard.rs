@@ -11,21 +11,19 @@ use crate::output::shown_addr;
 use crate::process::Tool;
 
 /// Refuses unless git ignores `path` (files holding values must never be
-/// committable), asked where the file really is (every symlink on the way
-/// resolved). A path outside the repository is refused: git has no say there.
+/// committable), asked where the file really is (every symlink resolved).
 pub(crate) fn require_git_ignored(root: &Path, path: &Path, what: &str) -> Result<()> {
     check_ignored(root, path, what, false)
 }
 
-/// [`require_git_ignored`] for a file that may also live outside the
-/// repository (`--render --out`): outside it, git has no say.
+/// [`require_git_ignored`] for a file that may live outside the repository (`--render --out`).
 pub(crate) fn require_git_ignored_if_inside(root: &Path, path: &Path, what: &str) -> Result<()> {
     check_ignored(root, path, what, true)
 }
 
 fn check_ignored(root: &Path, path: &Path, what: &str, outside_ok: bool) -> Result<()> {
     let real_root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-    let literal = path.strip_prefix(root).ok();
+    let (literal, shown) = (path.strip_prefix(root).ok(), path.display());
     for real in real_locations(path) {
         let inside = real.strip_prefix(&real_root).ok();
         let via = if inside == literal {
@@ -38,9 +36,8 @@ fn check_ignored(root: &Path, path: &Path, what: &str, outside_ok: bool) -> Resu
                 continue;
             }
             bail!(
-                "{what} {}{via} is outside the repository, so git cannot say it is ignored. Keep it under .local/ \
-                 in the repository (ignored by its .gitignore), e.g. .local/secrets/.",
-                path.display()
+                "{what} {shown}{via} is outside the repository, so git cannot say it is ignored. Keep it under \
+                 .local/ in the repository (ignored by its .gitignore), e.g. .local/secrets/."
             );
         };
         let git = Tool::new("git")
@@ -50,24 +47,18 @@ fn check_ignored(root: &Path, path: &Path, what: &str, outside_ok: bool) -> Resu
             .arg(rel)
             .deadline(Duration::from_secs(20))
             .install_hint("install git");
-        let out = git.output().map_err(|e| {
-            anyhow::anyhow!(
-                "cannot check that git ignores {what} {}: {e:#}",
-                path.display()
-            )
-        })?;
+        let out = (git.output())
+            .map_err(|e| anyhow::anyhow!("cannot check that git ignores {what} {shown}: {e:#}"))?;
         match out.status.code() {
             Some(0) => {}
             Some(1) => bail!(
-                "{what} {}{via} is not ignored by git, so its secret values could be committed. Keep it under \
+                "{what} {shown}{via} is not ignored by git, so its secret values could be committed. Keep it under \
                  .local/ (ignored by the repository's .gitignore){}, or add {} to .gitignore.",
-                path.display(),
                 if via.is_empty() { "" } else { ", not behind a symlink that leads elsewhere" },
                 rel.display()
             ),
             _ => bail!(
-                "cannot tell whether git ignores {what} {}: {:#}. Run inside the repository's git checkout.",
-                path.display(),
+                "cannot tell whether git ignores {what} {shown}: {:#}. Run inside the repository's git checkout.",
                 git.failure(&out)
             ),
         }
@@ -102,7 +93,6 @@ pub(crate) fn require_local_env(env: &str) -> Result<()> {
     Ok(())
 }
 
-/// Is `host` this machine (loopback)?
 pub(crate) fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.eq_ignore_ascii_case("localhost") {
@@ -112,20 +102,15 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
         .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The host of an http(s) URL.
 pub(crate) fn url_host(addr: &str) -> Option<String> {
-    let rest = addr.split_once("://").map(|(_, r)| r).unwrap_or(addr);
+    let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
     let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority
-        .rsplit_once('@')
-        .map(|(_, a)| a)
-        .unwrap_or(authority);
-    let host = if let Some(stripped) = authority.strip_prefix('[') {
-        stripped.split(']').next()?.to_string()
-    } else {
-        authority.split(':').next()?.to_string()
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority.split(':').next()?,
     };
-    (!host.is_empty()).then_some(host)
+    (!host.is_empty()).then(|| host.to_string())
 }
 
 /// Refuses a Vault address that is not local unless `allow` names its host.
@@ -139,9 +124,8 @@ pub(crate) fn check_vault_addr(addr: &str, allow: Option<&str>) -> Result<()> {
     if is_loopback_host(&host) || allow.is_some_and(|a| a.eq_ignore_ascii_case(&host)) {
         return Ok(());
     }
-    let addr = shown;
     bail!(
-        "refusing Vault at {addr}: {host} is not local, and fixtures are weak by design. Use a loopback address \
+        "refusing Vault at {shown}: {host} is not local, and fixtures are weak by design. Use a loopback address \
          or a port-forward (unset VAULT_ADDR with a local kube context). If this really is your own dev Vault, \
          pass --allow-non-local {host}."
     )
@@ -181,8 +165,16 @@ pub(crate) fn require_dev_server_under(
     match context {
         KubeContext::None => Ok(()),
         KubeContext::Named(c) if is_local_context(c, local_contexts) => Ok(()),
-        KubeContext::Named(c) => require_dev_server(addr, host, c, storage_type),
-        KubeContext::Unknown { .. } if storage_type == Some("inmem") => Ok(()),
+        _ if storage_type == Some("inmem") => Ok(()),
+        KubeContext::Named(context) => bail!(
+            "refusing Vault at {} under kube context {context:?}: the context does not look like a local cluster, \
+             and this loopback Vault {}, so it may be a port-forward into that cluster (only a dev server, storage \
+             \"inmem\", is taken as this machine's). Fixtures are weak by design. Switch to your local cluster \
+             (`kubectl config use-context <local context>`), or, if this Vault really is your own, pass \
+             --allow-non-local {host}.",
+            shown_addr(addr),
+            storage_words(storage_type)
+        ),
         KubeContext::Unknown { why, fix } => bail!(
             "refusing Vault at {}: the current kube context cannot be known ({why}), and this loopback Vault {}, \
              so it may be a port-forward into a cluster that is not local (only a dev server, storage \"inmem\", \
@@ -199,26 +191,6 @@ fn storage_words(storage_type: Option<&str>) -> String {
         Some(s) => format!("keeps its data in {s:?} storage"),
         None => "does not report its storage type".to_string(),
     }
-}
-
-/// [`require_dev_server_under`] a named context that does not look local.
-pub(crate) fn require_dev_server(
-    addr: &str,
-    host: &str,
-    context: &str,
-    storage_type: Option<&str>,
-) -> Result<()> {
-    if storage_type == Some("inmem") {
-        return Ok(());
-    }
-    let (storage, addr) = (storage_words(storage_type), shown_addr(addr));
-    bail!(
-        "refusing Vault at {addr} under kube context {context:?}: the context does not look like a local cluster, \
-         and this loopback Vault {storage}, so it may be a port-forward into that cluster (only a dev server, \
-         storage \"inmem\", is taken as this machine's). Fixtures are weak by design. Switch to your local cluster \
-         (`kubectl config use-context <local context>`), or, if this Vault really is your own, pass \
-         --allow-non-local {host}."
-    )
 }
 
 /// An Azure Key Vault's name however it is written (name, host or URL, any
@@ -238,7 +210,6 @@ pub(crate) fn azure_vault_name(input: &str) -> Option<String> {
     valid.then(|| s.to_string())
 }
 
-/// Does the kube context name look like a local cluster?
 pub(crate) fn is_local_context(context: &str, patterns: &[String]) -> bool {
     patterns.iter().any(|p| glob_match(p, context))
 }
@@ -253,29 +224,28 @@ pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
 /// Refuses to port-forward to Vault through a kube context that does not
 /// look local. `--allow-non-local` names a Vault host, never a context.
 pub(crate) fn check_port_forward_context(context: &str, patterns: &[String]) -> Result<()> {
-    if is_local_context(context, patterns) {
-        return Ok(());
-    }
-    bail!(
-        "refusing kube context {context:?}: it does not look like a local cluster (local patterns: {}), and the seed \
-         would port-forward into its Vault. Switch with `kubectl config use-context <local context>`, or add your \
-         context's pattern to guardrail.local_contexts in .local/secrets.toml. --allow-non-local names a Vault \
-         host, not a context: for a Vault of that cluster that really is yours, port-forward it yourself, set \
-         VAULT_ADDR=http://127.0.0.1:<port> and pass --allow-non-local 127.0.0.1.",
-        patterns.join(", ")
+    check_context_saying(
+        context,
+        patterns,
+        ", and the seed would port-forward into its Vault",
+        " --allow-non-local names a Vault host, not a context: for a Vault of that cluster that really is yours, \
+         port-forward it yourself, set VAULT_ADDR=http://127.0.0.1:<port> and pass --allow-non-local 127.0.0.1.",
     )
 }
 
-/// Refuses a kube context that does not look local.
 pub(crate) fn check_context(context: &str, patterns: &[String]) -> Result<()> {
+    check_context_saying(context, patterns, "", "")
+}
+
+fn check_context_saying(context: &str, patterns: &[String], why: &str, after: &str) -> Result<()> {
     if is_local_context(context, patterns) {
         return Ok(());
     }
+    let patterns = patterns.join(", ");
     bail!(
-        "refusing kube context {context:?}: it does not look like a local cluster (local patterns: {}). Switch with \
-         `kubectl config use-context <local context>`, or add your context's pattern to guardrail.local_contexts in \
-         .local/secrets.toml.",
-        patterns.join(", ")
+        "refusing kube context {context:?}: it does not look like a local cluster (local patterns: {patterns}){why}. \
+         Switch with `kubectl config use-context <local context>`, or add your context's pattern to \
+         guardrail.local_contexts in .local/secrets.toml.{after}"
     )
 }
 

@@ -1,6 +1,5 @@
-//! helmfile, the one place it is run: `template` for `check --render` and
-//! `sync` of layer 15 for `migrate`, both on `process::Tool` with a
-//! deadline, and helmfile's error output said once.
+//! helmfile, the one place it is run (`template` for `check --render`, `sync`
+//! of layer 15 for `migrate`): with a deadline, its error output said once.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -25,8 +24,7 @@ pub(crate) fn sync_display(env: &str) -> String {
     )
 }
 
-/// `helmfile sync` of layer 15 for `env`, killed after `deadline` (the
-/// error then names the setting to raise, once).
+/// `helmfile sync` of layer 15 for `env`, killed after its deadline.
 pub(crate) fn sync(cfg: &Config, env: &str) -> Result<()> {
     let root = &cfg.root;
     let tool = Tool::new("helmfile")
@@ -40,16 +38,14 @@ pub(crate) fn sync(cfg: &Config, env: &str) -> Result<()> {
     run(tool, &format!("`{}`", sync_display(env)))
 }
 
-/// The `HELM_CACHE_HOME` that [`template`] gives helm for `out_dir`: a
-/// sibling, `<out_dir>.helm-cache`. The caller removes it with `out_dir`.
+/// The `HELM_CACHE_HOME` [`template`] gives helm: `<out_dir>.helm-cache`, for the caller to remove.
 pub(crate) fn helm_cache_dir(out_dir: &Path) -> PathBuf {
     let mut name = out_dir.as_os_str().to_owned();
     name.push(".helm-cache");
     PathBuf::from(name)
 }
 
-/// `helmfile template` of one helmfile into one folder per release, with
-/// helm's cache in [`helm_cache_dir`].
+/// `helmfile template` of one helmfile into one folder per release.
 pub(crate) fn template(helmfile: &Path, env: &str, out_dir: &Path, path_env: &OsStr) -> Result<()> {
     let tool = Tool::new("helmfile")
         .arg("--file")
@@ -78,8 +74,8 @@ fn run(tool: Tool, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// helmfile's error output, each line once: it repeats helm's error under
-/// STDERR and COMBINED OUTPUT. The last 8 lines, indented for a message.
+/// The last 8 lines of helmfile's error output, each once (it repeats helm's
+/// error under STDERR and COMBINED OUTPUT), indented for a message.
 pub(crate) fn errors(stderr: &str) -> String {
     let mut lines: Vec<&str> = Vec::new();
     for line in stderr.lines().map(str::trim) {
@@ -108,8 +104,7 @@ mod tests {
         );
     }
 
-    /// A project root in a temp folder with a fake `helmfile` in .tools/bin
-    /// that runs `script`.
+    /// A project root with a fake `helmfile` in .tools/bin that runs `script`.
     fn fake_root(script: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let bin = dir.path().join(".tools/bin");
@@ -120,7 +115,6 @@ mod tests {
         dir
     }
 
-    /// The configuration of `root` with a `helmfile sync` deadline.
     fn cfg(root: &Path, deadline: Duration) -> Config {
         let path = std::env::var("PATH").unwrap_or_default();
         let process = crate::project::Process::with(root, root, &[("PATH", &path)]);

@@ -18,7 +18,7 @@ use crate::secrets::config::Config;
 use crate::secrets::fixtures::SecretSet;
 use crate::secrets::guard;
 use crate::secrets::scan;
-use crate::secrets::scan::RefKind;
+use crate::secrets::scan::{ExternalSecret, RefKind};
 
 /// A JSON string is a valid YAML double-quoted scalar.
 fn q(s: &str) -> String {
@@ -34,12 +34,8 @@ pub(crate) fn eso_fake(set: &SecretSet) -> String {
     );
     for (name, entry) in &set.entries {
         let wrapped = serde_json::json!({ "value": entry.value }).to_string();
-        let _ = writeln!(
-            out,
-            "        - key: {}\n          value: {}",
-            q(name),
-            q(&wrapped)
-        );
+        let (name, wrapped) = (q(name), q(&wrapped));
+        let _ = writeln!(out, "        - key: {name}\n          value: {wrapped}");
     }
     out
 }
@@ -53,11 +49,8 @@ pub(crate) fn plain_secrets(cfg: &Config, set: &SecretSet) -> Result<String> {
          # Holds secret values: keep it out of git; apply with kubectl apply -f.\n",
     );
     let mut missing = Vec::new();
-    for es in scan
-        .external_secrets
-        .iter()
-        .filter(|e| e.in_scope() && e.release.is_some())
-    {
+    let in_scope = |e: &&ExternalSecret| e.in_scope() && e.release.is_some();
+    for es in scan.external_secrets.iter().filter(in_scope) {
         let mut data: Vec<(String, String)> = Vec::new();
         for r in &es.refs {
             match &r.kind {
@@ -71,14 +64,10 @@ pub(crate) fn plain_secrets(cfg: &Config, set: &SecretSet) -> Result<String> {
                 RefKind::Extract { property } => match set.entries.get(&r.key) {
                     Some(e) if property.as_deref() == Some("value") => {
                         if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(&e.value) {
-                            for (k, v) in map {
-                                data.push((
-                                    k,
-                                    v.as_str()
-                                        .map(String::from)
-                                        .unwrap_or_else(|| v.to_string()),
-                                ));
-                            }
+                            let text = |v: serde_json::Value| {
+                                v.as_str().map_or_else(|| v.to_string(), String::from)
+                            };
+                            data.extend(map.into_iter().map(|(k, v)| (k, text(v))));
                         }
                     }
                     Some(e) => data.push(("value".into(), e.value.clone())),
@@ -96,15 +85,13 @@ pub(crate) fn plain_secrets(cfg: &Config, set: &SecretSet) -> Result<String> {
                 } => {}
             }
         }
-        let _ = write!(
+        let name = q(es.target.as_deref().unwrap_or(&es.name));
+        let namespace = (es.namespace.as_deref()).map(|ns| format!("  namespace: {}\n", q(ns)));
+        let namespace = namespace.unwrap_or_default();
+        let _ = writeln!(
             out,
-            "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: {}\n",
-            q(es.target.as_deref().unwrap_or(&es.name))
+            "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n{namespace}type: Opaque\nstringData:"
         );
-        if let Some(ns) = &es.namespace {
-            let _ = writeln!(out, "  namespace: {}", q(ns));
-        }
-        let _ = writeln!(out, "type: Opaque\nstringData:");
         for (k, v) in data {
             let _ = writeln!(out, "  {}: {}", q(&k), q(&v));
         }
@@ -112,7 +99,8 @@ pub(crate) fn plain_secrets(cfg: &Config, set: &SecretSet) -> Result<String> {
     if !missing.is_empty() {
         missing.sort();
         missing.dedup();
-        bail!("the fixtures lack keys the local ExternalSecrets need: {}. Run `cargo xtask secrets check`.", missing.join(", "));
+        let missing = missing.join(", ");
+        bail!("the fixtures lack keys the local ExternalSecrets need: {missing}. Run `cargo xtask secrets check`.");
     }
     Ok(out)
 }
@@ -136,32 +124,17 @@ pub(crate) fn write(cfg: &Config, kind: RenderKind, set: &SecretSet, out: &Path)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fsutil::sha256_hex;
-    use crate::secrets::fixtures::Entry;
 
     #[test]
     fn eso_fake_wraps_values_and_parses_back() {
-        let mut set = SecretSet::default();
         let value = "line1\nline2 \"quoted\" : @ #";
-        set.entries.insert(
-            "k".into(),
-            Entry {
-                value: value.into(),
-                sha256: sha256_hex(value.as_bytes()),
-                overridden: false,
-            },
-        );
+        let set = SecretSet::of(&[("k", value)]);
         let text = eso_fake(&set);
         let docs = crate::yaml::parse_documents(&text).unwrap();
-        let data = docs[0]
-            .get("spec")
-            .unwrap()
-            .get("provider")
-            .unwrap()
-            .get("fake")
-            .unwrap()
-            .get("data")
-            .unwrap();
+        let path = ["spec", "provider", "fake", "data"];
+        let data = path
+            .iter()
+            .fold(&docs[0], |node, key| node.get(key).unwrap());
         let item = &data.as_seq()[0];
         assert_eq!(item.str_at("key"), Some("k"));
         let wrapped: serde_json::Value =

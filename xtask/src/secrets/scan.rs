@@ -1,18 +1,14 @@
 //! Finding the keys the charts need: every ExternalSecret in the infra tree.
-//!
-//! - static: values files and plain manifests, unrendered (conditionals count
-//!   as if enabled), plus ExternalSecrets written literally in chart
-//!   templates: read as YAML with `{{ ... }}` blanked, or, where that is not
-//!   YAML, searched for literal `remoteRef.key` lines. Keys the template
-//!   language builds are left for `--render`.
-//! - rendered: the real `helmfile template` of every layer for one
-//!   environment, honouring `installed:` toggles.
+//! Static: values files and manifests, unrendered (conditionals count as
+//! enabled), and ExternalSecrets written literally in chart templates (keys
+//! the template builds are left for `--render`). Rendered: the real
+//! `helmfile template` of every layer for one environment.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::LazyLock;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
 use crate::project;
@@ -29,12 +25,6 @@ pub struct Location {
     pub line: usize,
 }
 
-impl std::fmt::Display for Location {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.file, self.line)
-    }
-}
-
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum RefKind {
@@ -49,7 +39,6 @@ pub enum RefKind {
     Find,
 }
 
-/// One reference to a store key.
 #[derive(Debug, Clone, Serialize)]
 pub struct KeyRef {
     pub key: String,
@@ -58,7 +47,6 @@ pub struct KeyRef {
     pub at: Location,
 }
 
-/// An ExternalSecret (or an entry in values that becomes one).
 #[derive(Debug, Clone, Serialize)]
 pub struct ExternalSecret {
     pub name: String,
@@ -75,10 +63,7 @@ pub struct ExternalSecret {
 
 /// Whether `Kind/name` is the store every in-scope ExternalSecret uses.
 pub(crate) fn is_our_store(store: &str) -> bool {
-    store
-        .strip_prefix(STORE_KIND)
-        .and_then(|s| s.strip_prefix('/'))
-        == Some(STORE_NAME)
+    store == our_store()
 }
 
 fn our_store() -> String {
@@ -90,7 +75,6 @@ impl ExternalSecret {
         is_our_store(&self.store)
     }
 
-    /// `namespace/name`, or the name alone.
     pub fn display_name(&self) -> String {
         match &self.namespace {
             Some(ns) => format!("{ns}/{}", self.name),
@@ -117,7 +101,6 @@ const ESO_KINDS: &[&str] = &[
     "ClusterPushSecret",
 ];
 
-/// `file` as reports show it: relative to `base` where it is inside.
 fn shown(file: &Path, base: &Path) -> String {
     file.strip_prefix(base)
         .unwrap_or(file)
@@ -129,31 +112,26 @@ fn read(file: &Path) -> Result<String> {
     std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
 }
 
-/// Static scan of `infra` (files relative to `base` in reports).
 pub(crate) fn scan_static(infra: &Path, base: &Path) -> Result<Scan> {
     let (mut files, mut templates) = (Vec::new(), Vec::new());
     collect_yaml(infra, false, &mut files, &mut templates)
         .with_context(|| format!("listing {}", infra.display()))?;
     files.sort();
     templates.sort();
-    let mut scan = Scan {
-        mode: "static",
-        files: files.len() + templates.len(),
-        ..Scan::default()
-    };
+    let mut found = Vec::new();
     for file in &files {
         let (text, shown) = (read(file)?, shown(file, base));
-        scan_docs(
-            &text,
-            &Ctx::new(&shown, None, None),
-            true,
-            &mut scan.external_secrets,
-        )?;
+        scan_docs(&text, &Ctx::file(&shown), true, &mut found)?;
     }
     for file in &templates {
-        scan_template(&read(file)?, &shown(file, base), &mut scan.external_secrets);
+        scan_template(&read(file)?, &shown(file, base), &mut found);
     }
-    Ok(scan)
+    let files = files.len() + templates.len();
+    Ok(Scan {
+        mode: "static",
+        files,
+        external_secrets: found,
+    })
 }
 
 /// YAML files below `dir` into `out`, and chart template files (`.yaml`,
@@ -197,7 +175,7 @@ fn templated(s: &str) -> bool {
 pub(crate) fn scan_template(text: &str, file: &str, out: &mut Vec<ExternalSecret>) {
     let yaml = blank_actions(text);
     let mut found = Vec::new();
-    match scan_docs(&yaml, &Ctx::new(file, None, None), false, &mut found) {
+    match scan_docs(&yaml, &Ctx::file(file), false, &mut found) {
         Ok(()) => out.extend(found.into_iter().filter_map(literal_only)),
         Err(_) => out.extend(literal_refs(&yaml, file)),
     }
@@ -241,39 +219,35 @@ fn blank_actions(text: &str) -> String {
     let marked = ACTION.replace_all(text, |c: &regex_lite::Captures| {
         format!("{MARK}{}", "\n".repeat(c[0].matches('\n').count()))
     });
-    marked
-        .split_inclusive('\n')
-        .map(|line| {
-            if line.chars().all(|c| c.is_whitespace() || c == MARK) {
-                if line.ends_with('\n') { "\n" } else { "" }.to_string()
-            } else {
-                line.replace(MARK, TEMPLATED)
-            }
+    let blank = |line: &str| line.chars().all(|c| c.is_whitespace() || c == MARK);
+    (marked.split_inclusive('\n'))
+        .map(|line| match blank(line) {
+            true => if line.ends_with('\n') { "\n" } else { "" }.to_string(),
+            false => line.replace(MARK, TEMPLATED),
         })
         .collect()
 }
 
-/// An open block `remoteRef:` in the line search: its indent, its key (with
-/// its line) and its property.
+/// An open block `remoteRef:`: its indent, its key (with its line) and its property.
 struct Block {
     indent: usize,
     key: Option<(String, usize)>,
     property: Option<String>,
 }
 
-/// Where a blanked template is not YAML (or not ESO's): every literal `remoteRef.key`
-/// (block or flow form), one ExternalSecret per document. The property reads
-/// as the YAML path reads it: `None` when absent, `value` when templated.
+impl Block {
+    fn into_ref(self, ctx: &Ctx) -> Option<KeyRef> {
+        let (key, line) = self.key?;
+        Some(ctx.data_ref(key, self.property, line))
+    }
+}
+
+/// Where a blanked template is not YAML (or not ESO's): every literal
+/// `remoteRef.key` (block or flow form), one ExternalSecret per document.
+/// The property reads as the YAML path reads it: `None` when absent,
+/// `value` when templated.
 fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
-    let ctx = Ctx::new(file, None, None);
-    let data = |key: String, property: Option<String>, line| KeyRef {
-        key,
-        kind: RefKind::Data {
-            property,
-            secret_key: None,
-        },
-        at: ctx.loc(line),
-    };
+    let ctx = Ctx::file(file);
     let unquote = |v: &str| {
         let v = v.trim().split(" #").next().unwrap_or("").trim();
         v.trim_matches(|c| c == '"' || c == '\'').to_string()
@@ -285,14 +259,9 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
     let literal = |k: &String| !k.is_empty() && !templated(k);
     let (mut out, mut refs, mut doc_line) = (Vec::new(), Vec::new(), 1);
     let mut block: Option<Block> = None;
-    let close = |block: &mut Option<Block>, refs: &mut Vec<KeyRef>| {
-        if let Some(Block {
-            key: Some((key, line)),
-            property,
-            ..
-        }) = block.take()
-        {
-            refs.push(data(key, property, line));
+    let end_doc = |refs: &mut Vec<KeyRef>, out: &mut Vec<ExternalSecret>, line| {
+        if !refs.is_empty() {
+            out.push(ctx.es("(template)".into(), our_store(), line, std::mem::take(refs)));
         }
     };
     for (n, line) in (1..).zip(text.lines()) {
@@ -300,37 +269,32 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
         let indent = line.len() - body.len();
         let body = body.strip_prefix("- ").map_or(body, str::trim_start);
         let remote = body.strip_prefix("remoteRef:").map(str::trim);
-        if block
+        let dedent = block
             .as_ref()
-            .is_some_and(|b| !body.is_empty() && indent <= b.indent)
-            || remote.is_some()
-        {
-            close(&mut block, &mut refs);
+            .is_some_and(|b| !body.is_empty() && indent <= b.indent);
+        if dedent || remote.is_some() {
+            refs.extend(block.take().and_then(|b| b.into_ref(&ctx)));
         }
         if line.starts_with("---") {
-            if !refs.is_empty() {
-                let refs = std::mem::take(&mut refs);
-                out.push(ctx.es("(template)".into(), our_store(), doc_line, refs));
-            }
+            end_doc(&mut refs, &mut out, doc_line);
             doc_line = n + 1;
         } else if let Some(inner) = remote.and_then(|r| r.strip_prefix('{')) {
             // Flow form: remoteRef: {key: k, property: value}
             let inner = inner.trim_end_matches('}');
             let field = |name: &str| {
-                inner
-                    .split(',')
-                    .filter_map(|kv| kv.split_once(':'))
+                (inner.split(',').filter_map(|kv| kv.split_once(':')))
                     .find(|(k, _)| k.trim() == name)
                     .map(|(_, v)| unquote(v))
             };
             if let Some(key) = field("key").filter(literal) {
-                refs.push(data(key, field("property").and_then(property_of), n));
+                refs.push(ctx.data_ref(key, field("property").and_then(property_of), n));
             }
         } else if remote.is_some() {
+            let (key, property) = (None, None);
             block = Some(Block {
                 indent,
-                key: None,
-                property: None,
+                key,
+                property,
             });
         } else if let Some(Block { key, property, .. }) = &mut block {
             if let Some(k) = body.strip_prefix("key:").map(unquote).filter(literal) {
@@ -340,10 +304,8 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
             }
         }
     }
-    close(&mut block, &mut refs);
-    if !refs.is_empty() {
-        out.push(ctx.es("(template)".into(), our_store(), doc_line, refs));
-    }
+    refs.extend(block.take().and_then(|b| b.into_ref(&ctx)));
+    end_doc(&mut refs, &mut out, doc_line);
     out
 }
 
@@ -357,35 +319,34 @@ pub fn scan_text(
     values: bool,
     out: &mut Vec<ExternalSecret>,
 ) -> Result<()> {
-    scan_docs(text, &Ctx::new(file, release, env), values, out)
+    scan_docs(text, &Ctx { file, release, env }, values, out)
 }
 
 fn scan_docs(text: &str, ctx: &Ctx, values: bool, out: &mut Vec<ExternalSecret>) -> Result<()> {
     let file = ctx.file;
-    let docs = parse_documents(text)
-        .map_err(|e| anyhow::anyhow!("{file}:{e}: malformed YAML; fix the file"))?;
+    let docs =
+        parse_documents(text).map_err(|e| anyhow!("{file}:{e}: malformed YAML; fix the file"))?;
     for doc in docs {
+        let line = doc.line();
         if let Some(api) = doc.str_at("apiVersion") {
             let kind = doc.str_at("kind").unwrap_or("");
             if api.starts_with(ESO_GROUP) {
                 if !ESO_VERSIONS.contains(&api) {
                     bail!(
-                        "{file}:{}: unknown apiVersion {api:?} for {kind}: use external-secrets.io/v1 (or v1beta1)",
-                        doc.line()
+                        "{file}:{line}: unknown apiVersion {api:?} for {kind}: use external-secrets.io/v1 (or v1beta1)"
                     );
                 }
                 if !ESO_KINDS.contains(&kind) {
-                    bail!("{file}:{}: unknown kind {kind:?} in {api}", doc.line());
+                    bail!("{file}:{line}: unknown kind {kind:?} in {api}");
                 }
-                let spec = doc.get("spec");
-                match kind {
-                    "ExternalSecret" => out.push(manifest_es(&doc, spec, ctx)?),
+                let spec = match kind {
+                    "ExternalSecret" => doc.get("spec"),
                     "ClusterExternalSecret" => {
-                        let spec = spec.and_then(|s| s.get("externalSecretSpec"));
-                        out.push(manifest_es(&doc, spec, ctx)?);
+                        doc.get("spec").and_then(|s| s.get("externalSecretSpec"))
                     }
-                    _ => {}
-                }
+                    _ => continue,
+                };
+                out.push(manifest_es(&doc, spec, ctx)?);
                 continue;
             }
             if doc.get("kind").is_some() {
@@ -409,15 +370,24 @@ struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    fn new(file: &'a str, release: Option<&'a str>, env: Option<&'a str>) -> Self {
+    fn file(file: &'a str) -> Self {
+        let (release, env) = (None, None);
         Ctx { file, release, env }
     }
 
     fn loc(&self, line: usize) -> Location {
-        Location {
-            file: self.file.to_string(),
-            line,
-        }
+        let file = self.file.to_string();
+        Location { file, line }
+    }
+
+    fn data_ref(&self, key: String, property: Option<String>, line: usize) -> KeyRef {
+        let secret_key = None;
+        let at = self.loc(line);
+        let kind = RefKind::Data {
+            property,
+            secret_key,
+        };
+        KeyRef { key, kind, at }
     }
 
     fn es(&self, name: String, store: String, line: usize, refs: Vec<KeyRef>) -> ExternalSecret {
@@ -438,26 +408,25 @@ fn string(node: &Node, key: &str) -> Option<String> {
     node.str_at(key).map(String::from)
 }
 
-fn manifest_es(doc: &Node, spec: Option<&Rc<Node>>, ctx: &Ctx) -> Result<ExternalSecret> {
-    let meta = doc.get("metadata");
-    let name = meta.and_then(|m| string(m, "name"));
-    let name = name.unwrap_or_else(|| "(unnamed)".into());
-    let Some(spec) = spec else {
-        bail!(
-            "{}:{}: ExternalSecret {name} has no spec",
-            ctx.file,
-            doc.line()
-        );
-    };
-    let store_ref = spec.get("secretStoreRef");
-    let store = format!(
-        "{}/{}",
-        store_ref
-            .and_then(|s| s.str_at("kind"))
-            .unwrap_or("SecretStore"),
-        store_ref.and_then(|s| s.str_at("name")).unwrap_or("(none)")
+/// `Kind/name` of the store `node`'s `secretStoreRef` names, or the defaults.
+fn store_of(node: &Node, default_kind: &str, default_name: &str) -> String {
+    let store_ref = node.get("secretStoreRef");
+    let field = |name: &str| store_ref.and_then(|s| s.str_at(name));
+    let (kind, name) = (
+        field("kind").unwrap_or(default_kind),
+        field("name").unwrap_or(default_name),
     );
-    let mut es = ctx.es(name, store, doc.line(), spec_refs(spec, ctx));
+    format!("{kind}/{name}")
+}
+
+fn manifest_es(doc: &Node, spec: Option<&Rc<Node>>, ctx: &Ctx) -> Result<ExternalSecret> {
+    let (meta, line) = (doc.get("metadata"), doc.line());
+    let name = meta.and_then(|m| m.str_at("name")).unwrap_or("(unnamed)");
+    let Some(spec) = spec else {
+        bail!("{}:{line}: ExternalSecret {name} has no spec", ctx.file);
+    };
+    let store = store_of(spec, "SecretStore", "(none)");
+    let mut es = ctx.es(name.into(), store, line, spec_refs(spec, ctx));
     es.namespace = meta.and_then(|m| string(m, "namespace"));
     es.target = spec.get("target").and_then(|t| string(t, "name"));
     Ok(es)
@@ -475,17 +444,12 @@ fn item_refs(item: &Node, ctx: &Ctx) -> Vec<KeyRef> {
     let mut refs = Vec::new();
     let mut add = |key: Option<&Rc<Node>>, kind| {
         if let Some((node, key)) = key.and_then(|k| Some((k, k.as_str()?))) {
-            let at = ctx.loc(node.line());
-            refs.push(KeyRef {
-                key: key.into(),
-                kind,
-                at,
-            });
+            let (key, at) = (key.into(), ctx.loc(node.line()));
+            refs.push(KeyRef { key, kind, at });
         }
     };
     if let Some(remote) = item.get("remoteRef") {
-        let property = string(remote, "property");
-        let secret_key = string(item, "secretKey");
+        let (property, secret_key) = (string(remote, "property"), string(item, "secretKey"));
         add(
             remote.get("key"),
             RefKind::Data {
@@ -515,18 +479,9 @@ fn walk_values(
 ) {
     let children: Vec<(String, &Rc<Node>)> = match &**node {
         Node::Map(entries, _) => {
-            if let Some(name) = node
-                .str_at("name")
-                .filter(|_| node.get("data").is_some() || node.get("dataFrom").is_some())
-            {
-                let store_ref = node.get("secretStoreRef");
-                let store = format!(
-                    "{}/{}",
-                    store_ref
-                        .and_then(|s| s.str_at("kind"))
-                        .unwrap_or(STORE_KIND),
-                    store_ref.and_then(|s| s.str_at("name")).unwrap_or(store)
-                );
+            let shaped = node.get("data").is_some() || node.get("dataFrom").is_some();
+            if let Some(name) = node.str_at("name").filter(|_| shaped) {
+                let store = store_of(node, STORE_KIND, store);
                 let mut es = ctx.es(name.into(), store, node.line(), spec_refs(node, ctx));
                 es.namespace = string(node, "namespace");
                 es.target = string(node, "target")
@@ -537,9 +492,10 @@ fn walk_values(
             // Bare refs in values, like `realmImport.extract`.
             let refs = item_refs(node, ctx);
             if !refs.is_empty() {
-                let name = match path.is_empty() {
-                    true => "(values)".into(),
-                    false => path.join("."),
+                let name = if path.is_empty() {
+                    "(values)".into()
+                } else {
+                    path.join(".")
                 };
                 out.push(ctx.es(name, format!("{STORE_KIND}/{store}"), node.line(), refs));
                 return;
@@ -547,9 +503,7 @@ fn walk_values(
             let key = |k: &Rc<Node>| k.as_str().unwrap_or("?").to_string();
             entries.iter().map(|(k, v)| (key(k), v)).collect()
         }
-        Node::Seq(items, _) => items
-            .iter()
-            .enumerate()
+        Node::Seq(items, _) => (items.iter().enumerate())
             .map(|(i, v)| (i.to_string(), v))
             .collect(),
         Node::Scalar(..) => Vec::new(),
@@ -608,7 +562,11 @@ pub(crate) fn scan_rendered(
             let release = parts.next().map(|c| c.as_os_str().to_string_lossy());
             let release = release.unwrap_or_default().to_string();
             let label = format!("{shown} {release}: {}", parts.as_path().display());
-            let ctx = Ctx::new(&label, Some(&release), Some(env));
+            let ctx = Ctx {
+                file: &label,
+                release: Some(&release),
+                env: Some(env),
+            };
             scan_docs(&read(&file)?, &ctx, false, &mut scan.external_secrets)?;
         }
     }
@@ -623,10 +581,13 @@ pub(crate) fn collect(cfg: &Config, infra: &Path, env: &str, render: bool) -> Re
         return scan_static(infra, root);
     }
     let mut scan = scan_rendered(infra, root, env, &cfg.tools_path)?;
-    let contract: PathBuf = infra.join(project::CONTRACT_IN_INFRA);
+    let contract = infra.join(project::CONTRACT_IN_INFRA);
     if contract.is_file() {
         let shown = shown(&contract, root);
-        let ctx = Ctx::new(&shown, None, Some(env));
+        let ctx = Ctx {
+            env: Some(env),
+            ..Ctx::file(&shown)
+        };
         scan_docs(&read(&contract)?, &ctx, true, &mut scan.external_secrets)?;
         scan.files += 1;
     }

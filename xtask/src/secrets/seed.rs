@@ -1,7 +1,5 @@
 //! `cargo xtask secrets seed`: load the fixtures into the local store.
-//!
-//! Reads the store, plans (create, update, unchanged, restamp, conflict),
-//! prints the plan by name and checksum, then writes only what changed.
+//! Reads the store, prints the plan by name and checksum, then writes only what changed.
 
 use std::time::Instant;
 
@@ -14,9 +12,7 @@ use crate::output::count;
 use crate::project::Process;
 use crate::secrets::config::{Config, FlagValues, ProviderKind};
 use crate::secrets::provider;
-use crate::secrets::seeding::{
-    self, apply, counts_line, plan_for, render_plan, Counts, Item, NotWritten, SeedRun,
-};
+use crate::secrets::seeding::{self, counts_line, render_plan, Counts, Item, NotWritten, SeedRun};
 use crate::secrets::{eso_access, fixtures, guard, manifests};
 
 #[derive(Serialize)]
@@ -26,10 +22,10 @@ struct Report<'a> {
     fixtures: String,
     dry_run: bool,
     plan: &'a [Item],
-    counts: Counts,
-    written: Vec<String>,
-    not_written: Vec<NotWritten>,
-    unstamped: Vec<NotWritten>,
+    counts: &'a Counts,
+    written: &'a [String],
+    not_written: &'a [NotWritten],
+    unstamped: &'a [NotWritten],
     elapsed_ms: u128,
     #[serde(skip_serializing_if = "Option::is_none")]
     requests: Option<u64>,
@@ -45,28 +41,23 @@ struct Report<'a> {
 #[derive(Serialize)]
 struct EsoReport<'a> {
     plan: &'a [eso_access::Item],
-    applied: Option<eso_access::Applied>,
+    applied: Option<&'a eso_access::Applied>,
 }
 
 pub(crate) fn run(flags: &flags::Seed, process: &Process) -> Result<()> {
     let format = flags.output.unwrap_or(Format::Text);
-    let render = flags.render;
     let env = flags.env.as_deref().unwrap_or("local");
     guard::require_local_env(env)?;
-
-    let root = process.root.clone();
-    let cfg = Config::load(
-        process,
-        &FlagValues {
-            provider: flags.provider,
-            fixtures: flags.fixtures.clone(),
-            overrides: flags.overrides.clone(),
-            mount: flags.mount.clone(),
-            concurrency: flags.concurrency,
-            ..FlagValues::default()
-        },
-    )?;
-    if render.is_some() && cfg.provider.value != ProviderKind::File {
+    let flag_values = FlagValues {
+        provider: flags.provider,
+        fixtures: flags.fixtures.clone(),
+        overrides: flags.overrides.clone(),
+        mount: flags.mount.clone(),
+        concurrency: flags.concurrency,
+        ..FlagValues::default()
+    };
+    let cfg = Config::load(process, &flag_values)?;
+    if flags.render.is_some() && cfg.provider.value != ProviderKind::File {
         crate::usage!(
             "--render works with --provider file (the manifests carry the file store's values)"
         );
@@ -75,47 +66,41 @@ pub(crate) fn run(flags: &flags::Seed, process: &Process) -> Result<()> {
 
     let started = Instant::now();
     let mut store = provider::open(&cfg, flags.allow_non_local.as_deref())?;
-    let show = Show {
-        quiet: flags.verbosity() == Verbosity::Quiet,
-        verbose: flags.verbosity() == Verbosity::Verbose,
-        text: format == Format::Text,
-    };
+    let quiet = flags.verbosity() == Verbosity::Quiet;
+    let verbose = flags.verbosity() == Verbosity::Verbose;
+    // Text output that is not --quiet: the plan, progress and notes.
+    let chatty = format == Format::Text && !quiet;
     let fixtures_shown = cfg.shown(&fixtures_path);
-    let items = plan_for(store.as_mut(), &desired, flags.force)?;
+    let items = seeding::plan_for(store.as_mut(), &desired, flags.force)?;
     let counts = seeding::counts(&items);
     // Vault: ESO's way in (auth method, config, policy, role), planned like the secrets.
-    let eso = match store.vault_http() {
-        Some(http) => Some(eso_access::plan(
-            http,
-            &eso_access::EsoNames::load(&root, env)?,
-            &cfg.kubeconfig,
-        )?),
-        None => None,
-    };
-    if show.text && !show.quiet {
+    let eso = (store.vault_http())
+        .map(|http| {
+            let names = eso_access::EsoNames::load(&process.root, env)?;
+            eso_access::plan(http, &names, &cfg.kubeconfig)
+        })
+        .transpose()?;
+    if chatty {
+        let overridden = match counts.overridden {
+            0 => String::new(),
+            n => format!(" ({n} overridden)"),
+        };
+        let secrets = count(desired.len(), "secret", "secrets");
         println!(
-            "seed: {} from {fixtures_shown}{} -> {}",
-            count(desired.len(), "secret", "secrets"),
-            if counts.overridden > 0 {
-                format!(" ({} overridden)", counts.overridden)
-            } else {
-                String::new()
-            },
+            "seed: {secrets} from {fixtures_shown}{overridden} -> {}",
             store.target()
         );
-        print_plan(&items, show.verbose);
+        print!("{}", render_plan(&items, verbose));
         println!("plan: {}", counts_line(&counts));
         if let Some(eso) = &eso {
-            print!("{}", eso.render(show.verbose));
+            print!("{}", eso.render(verbose));
         }
     }
-    store.set_progress(show.text && !show.quiet && crate::process::stderr_is_terminal());
-    let result = if flags.dry_run {
-        SeedRun::planned(&items)
-    } else {
-        apply(store.as_mut(), &desired, &items)?
+    store.set_progress(chatty && crate::process::stderr_is_terminal());
+    let result = match flags.dry_run {
+        true => SeedRun::planned(&items),
+        false => seeding::apply(store.as_mut(), &desired, &items)?,
     };
-    let (written, not_written) = (result.written.clone(), result.not_written.clone());
     // After the secrets, and only when every write got through (a stopped run stays exit 3).
     let eso_done = match (&eso, store.vault_http()) {
         (Some(p), Some(http)) if !flags.dry_run && result.failed.is_empty() => {
@@ -123,22 +108,18 @@ pub(crate) fn run(flags: &flags::Seed, process: &Process) -> Result<()> {
         }
         _ => None,
     };
-    if !flags.dry_run {
-        if let Some(kind) = render {
-            let out = flags.out.as_deref().expect("checked above");
-            let out = if out.as_os_str() == "-" {
-                out.to_path_buf()
-            } else {
-                process.cli_path(out)
-            };
-            manifests::write(&cfg, kind, &desired, &out)?;
-            if show.text && !show.quiet && out.as_os_str() != "-" {
-                println!(
-                    "rendered {} manifests to {} (mode 0600)",
-                    kind.as_str(),
-                    cfg.shown(&out)
-                );
-            }
+    if let (Some(kind), false) = (flags.render, flags.dry_run) {
+        let out = flags.out.as_deref().expect("checked above");
+        let stdout = out.as_os_str() == "-";
+        let out = if stdout {
+            out.to_path_buf()
+        } else {
+            process.cli_path(out)
+        };
+        manifests::write(&cfg, kind, &desired, &out)?;
+        if chatty && !stdout {
+            let (kind, out) = (kind.as_str(), cfg.shown(&out));
+            println!("rendered {kind} manifests to {out} (mode 0600)");
         }
     }
     let elapsed = started.elapsed();
@@ -154,65 +135,53 @@ pub(crate) fn run(flags: &flags::Seed, process: &Process) -> Result<()> {
                 fixtures: fixtures_shown,
                 dry_run: flags.dry_run,
                 plan: &items,
-                counts: counts.clone(),
-                written: written.clone(),
-                not_written: not_written.clone(),
-                unstamped: result.unstamped.clone(),
+                counts: &counts,
+                written: &result.written,
+                not_written: &result.not_written,
+                unstamped: &result.unstamped,
                 elapsed_ms: elapsed.as_millis(),
                 requests: stats.map(|s| s.0),
                 writes: stats.map(|s| s.1),
                 retries: stats.map(|s| s.2),
                 eso_access: eso.as_ref().map(|p| EsoReport {
                     plan: &p.items,
-                    applied: eso_done.clone(),
+                    applied: eso_done.as_ref(),
                 }),
             };
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         _ if flags.dry_run => {
-            if show.quiet {
+            if quiet {
                 println!("plan: {}", counts_line(&counts));
             }
             println!("dry run: nothing written");
         }
-        // The summary, counts only: the error below names the cause and the
-        // names (at most 20 per list; `--output json` has every one).
+        // Counts only: the error below names the cause and the names.
         _ => println!(
             "done in {:.2}s: {} written, {} unchanged, {} not written{}",
             elapsed.as_secs_f64(),
-            written.len(),
+            result.written.len(),
             counts.unchanged,
-            not_written.len(),
+            result.not_written.len(),
             stats
                 .map(|(r, w, t)| format!(" ({r} requests, {w} writes, {t} retries)"))
                 .unwrap_or_default()
         ),
     }
     if let (Some(done), Format::Text) = (&eso_done, format) {
-        if !done.written.is_empty() && !show.quiet {
+        if !done.written.is_empty() && !quiet {
             println!("eso access: ensured {}", done.written.join(", "));
         }
-        for note in done.notes.iter().filter(|_| !show.quiet) {
+        for note in done.notes.iter().filter(|_| !quiet) {
             println!("eso access: {note}");
         }
         for (what, why) in &done.not_written {
             eprintln!("  eso access not set up: {what}: {why}");
         }
     }
-
     if flags.dry_run {
         return Ok(());
     }
     // The plan printed above already names its conflicts and why.
-    result.into_result_after_plan(show.text && !show.quiet)
-}
-
-struct Show {
-    quiet: bool,
-    verbose: bool,
-    text: bool,
-}
-
-fn print_plan(items: &[Item], verbose: bool) {
-    print!("{}", render_plan(items, verbose));
+    result.into_result_after_plan(chatty)
 }
