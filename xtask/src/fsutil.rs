@@ -207,11 +207,7 @@ mod tests {
                 }
             }
             assert_eq!(std::fs::read(path).unwrap(), b"two");
-            assert_eq!(
-                super::mode(path).unwrap(),
-                mode,
-                "not narrowed by the umask"
-            );
+            assert_eq!(super::mode(path).unwrap(), mode, "not narrowed by the umask");
         }
         // A folder where the file should be: the rename fails.
         let blocked = dir.path().join("sub/blocked.json");

@@ -134,10 +134,7 @@ mod tests {
         let one = "1 error occurred:\n\t* permission denied\n\n";
         assert_eq!(one_line_errors(one), "permission denied");
         let two = "denied for GET x (2 errors occurred:\n\t* a\n\t* b\n\n). Get a token.";
-        assert_eq!(
-            one_line_errors(two),
-            "denied for GET x (a; b). Get a token."
-        );
+        assert_eq!(one_line_errors(two), "denied for GET x (a; b). Get a token.");
         let helm = "helmfile template failed:\n  Error: boom";
         assert_eq!(one_line_errors(helm), helm, "other text is kept");
     }
@@ -149,10 +146,7 @@ mod tests {
         assert_eq!(count(2, "conflict", "conflicts"), "2 conflicts");
         let names: Vec<String> = (0..25).map(|i| format!("n{i}")).collect();
         let text = capped(&names);
-        assert!(
-            text.starts_with("n0, n1,") && text.ends_with("n19, and 5 more"),
-            "{text}"
-        );
+        assert!(text.starts_with("n0, n1,") && text.ends_with("n19, and 5 more"), "{text}");
         assert_eq!(capped(&["a", "b"]), "a, b");
         assert_eq!(xml_escape("a<b & \"c\"\u{1}"), "a&lt;b &amp; &quot;c&quot;");
     }

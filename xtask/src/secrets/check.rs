@@ -72,15 +72,10 @@ pub(crate) fn run(flags: &flags::Check, process: &Process) -> Result<()> {
     let failures = report.failures(&fail_on);
     match format {
         Format::Text => {
-            let (verbose, quiet) = (
-                flags.verbosity() == Verbosity::Verbose,
-                flags.verbosity() == Verbosity::Quiet,
-            );
+            let (verbose, quiet) =
+                (flags.verbosity() == Verbosity::Verbose, flags.verbosity() == Verbosity::Quiet);
             let secs = elapsed.as_secs_f64();
-            print!(
-                "{}",
-                render_text(&report, &fixtures_shown, &fail_on, verbose, quiet, secs)
-            );
+            print!("{}", render_text(&report, &fixtures_shown, &fail_on, verbose, quiet, secs));
         }
         Format::Json => {
             let mut value = serde_json::to_value(&report)?;
@@ -160,10 +155,8 @@ fn seed_command(flags: &flags::Check) -> String {
 fn advice(failures: &[&Finding], fixtures: &str, overrides: &str, seed: &str) -> Vec<String> {
     let not_in_store = |f: &Finding| f.detail.starts_with("not in the store");
     let keys = |keep: &dyn Fn(&Finding) -> bool| -> Vec<String> {
-        let set: BTreeSet<&str> = (failures.iter())
-            .filter(|f| keep(f))
-            .map(|f| f.key.as_str())
-            .collect();
+        let set: BTreeSet<&str> =
+            (failures.iter()).filter(|f| keep(f)).map(|f| f.key.as_str()).collect();
         set.into_iter().map(String::from).collect()
     };
     let status = |status| keys(&move |f| f.status == status);
@@ -196,7 +189,5 @@ fn advice(failures: &[&Finding], fixtures: &str, overrides: &str, seed: &str) ->
         (status(Status::Unused), unused),
     ];
     let lines = lines.into_iter().filter(|(names, _)| !names.is_empty());
-    lines
-        .map(|(names, what)| format!("{}: {what}", capped(&names)))
-        .collect()
+    lines.map(|(names, what)| format!("{}: {what}", capped(&names))).collect()
 }

@@ -96,10 +96,7 @@ impl Report {
     }
 
     pub(crate) fn failures(&self, fail_on: &FailOn) -> Vec<&Finding> {
-        self.findings
-            .iter()
-            .filter(|f| f.status.fails(fail_on))
-            .collect()
+        self.findings.iter().filter(|f| f.status.fails(fail_on)).collect()
     }
 }
 
@@ -132,11 +129,7 @@ pub(crate) fn read_live(
 ) -> Result<Live> {
     let wanted: BTreeSet<&String> = desired.entries.keys().chain(named_keys(scan)).collect();
     let wanted: Vec<String> = wanted.into_iter().cloned().collect();
-    Ok(Live {
-        target: store.target(),
-        entries: store.read(&wanted)?,
-        names: store.list()?,
-    })
+    Ok(Live { target: store.target(), entries: store.read(&wanted)?, names: store.list()? })
 }
 
 pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<&Live>) -> Report {
@@ -219,18 +212,11 @@ pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<
     for key in required.difference(&problem_keys) {
         by_key.insert((Status::Ok, key.clone(), String::new()), vec![]);
     }
-    let findings = by_key
-        .into_iter()
-        .map(|((status, key, detail), mut sites)| {
-            sites.sort();
-            sites.dedup();
-            Finding {
-                status,
-                key,
-                detail,
-                sites,
-            }
-        });
+    let findings = by_key.into_iter().map(|((status, key, detail), mut sites)| {
+        sites.sort();
+        sites.dedup();
+        Finding { status, key, detail, sites }
+    });
     let out_of_scope = others.iter().map(|es| OutOfScope {
         external_secret: es.display_name(),
         store: es.store.clone(),
@@ -288,11 +274,7 @@ pub(crate) fn render_text(
         let files = count(report.files, "file", "files");
         let secrets = count(report.external_secrets, "ExternalSecret", "ExternalSecrets");
         let keys = count(report.required_keys, "required key", "required keys");
-        let live = report
-            .live
-            .as_deref()
-            .map(|t| format!(" and {t}"))
-            .unwrap_or_default();
+        let live = report.live.as_deref().map(|t| format!(" and {t}")).unwrap_or_default();
         let store = scan::STORE_NAME;
         let _ = writeln!(
             out,
@@ -316,10 +298,7 @@ pub(crate) fn render_text(
             unused_seen += 1;
             if unused_seen == NAMES_SHOWN + 1 {
                 let more = unused - NAMES_SHOWN;
-                let _ = writeln!(
-                    out,
-                    "  (and {more} more; --verbose or --output json lists them)"
-                );
+                let _ = writeln!(out, "  (and {more} more; --verbose or --output json lists them)");
             }
             if unused_seen > NAMES_SHOWN {
                 continue;
@@ -353,16 +332,9 @@ pub(crate) fn render_text(
     ];
     let counts = counts.map(|(status, name)| format!("{} {name}", report.count(status)));
     let classes: Vec<&str> = fail_on.0.iter().map(|c| c.as_str()).collect();
-    let verdict = if report.failures(fail_on).is_empty() {
-        "PASS"
-    } else {
-        "FAIL"
-    };
+    let verdict = if report.failures(fail_on).is_empty() { "PASS" } else { "FAIL" };
     let (counts, classes) = (counts.join(", "), classes.join(","));
-    let _ = writeln!(
-        out,
-        "\nsummary: {counts}; fail on {classes}: {verdict} ({secs:.3}s)"
-    );
+    let _ = writeln!(out, "\nsummary: {counts}; fail on {classes}: {verdict} ({secs:.3}s)");
     out
 }
 
@@ -425,11 +397,7 @@ mod tests {
 ";
 
     fn report(fixtures: &[(&str, &str)]) -> Report {
-        let mut scan = Scan {
-            mode: "static",
-            files: 1,
-            ..Scan::default()
-        };
+        let mut scan = Scan { mode: "static", files: 1, ..Scan::default() };
         let es = &mut scan.external_secrets;
         scan::scan_text(VALUES, "values.yaml", None, None, true, es).unwrap();
         compare(&scan, "local", &SecretSet::of(fixtures), None)

@@ -31,11 +31,7 @@ pub(crate) struct Entry {
 impl Entry {
     fn new(value: String, overridden: bool) -> Entry {
         let sha256 = sha256_hex(value.as_bytes());
-        Entry {
-            value,
-            sha256,
-            overridden,
-        }
+        Entry { value, sha256, overridden }
     }
 }
 
@@ -55,12 +51,8 @@ impl SecretSet {
     /// Fixtures from (name, value) pairs, none overridden.
     #[cfg(test)]
     pub(crate) fn of(pairs: &[(&str, &str)]) -> SecretSet {
-        let entries = pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), Entry::new(v.to_string(), false)));
-        SecretSet {
-            entries: entries.collect(),
-        }
+        let entries = pairs.iter().map(|(n, v)| (n.to_string(), Entry::new(v.to_string(), false)));
+        SecretSet { entries: entries.collect() }
     }
 }
 
@@ -89,11 +81,8 @@ pub(crate) fn load_configured(cfg: &Config) -> Result<(PathBuf, SecretSet)> {
     for (pairs, overridden) in layers {
         for (name, value) in pairs {
             // Only an override can clash with another layer's spelling.
-            let clash = || {
-                set.entries
-                    .keys()
-                    .find(|k| *k != &name && k.eq_ignore_ascii_case(&name))
-            };
+            let clash =
+                || set.entries.keys().find(|k| *k != &name && k.eq_ignore_ascii_case(&name));
             if let Some(other) = overridden.then(clash).flatten() {
                 bail!(
                     "{}: secret name {name:?} differs from the fixture {other:?} only in letter case; Azure Key \
@@ -134,11 +123,7 @@ fn refuse_escaping_symlink(root: &Path, path: &Path) -> Result<()> {
 /// ("fixtures file", "overrides file").
 pub(crate) fn parse_file(root: &Path, path: &Path, what: &str) -> Result<Vec<(String, String)>> {
     let shown = shown_from(root, path);
-    let flag = if what == "overrides file" {
-        "--overrides"
-    } else {
-        "--fixtures"
-    };
+    let flag = if what == "overrides file" { "--overrides" } else { "--fixtures" };
     let meta = std::fs::metadata(path).with_context(|| {
         format!("cannot read {what} {shown}: check the path (see {flag}; a relative path is from the working directory)")
     })?;
@@ -168,11 +153,7 @@ impl fmt::Display for ParseError {
 
 /// Parses fixture bytes into (name, value) pairs in file order.
 pub fn parse(bytes: &[u8]) -> std::result::Result<Vec<(String, String)>, ParseError> {
-    let at = |(line, col), message: &str| ParseError {
-        line,
-        col,
-        message: message.into(),
-    };
+    let at = |(line, col), message: &str| ParseError { line, col, message: message.into() };
     if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
         let said =
             "the file starts with a UTF-8 byte order mark (BOM); save it as UTF-8 without BOM";
@@ -187,14 +168,10 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<Vec<(String, String)>, ParseEr
         return Err(at((1, 1), said));
     }
     let mut de = serde_json::Deserializer::from_str(text);
-    let pairs = de
-        .deserialize_map(FixtureVisitor)
-        .and_then(|p| de.end().map(|()| p));
+    let pairs = de.deserialize_map(FixtureVisitor).and_then(|p| de.end().map(|()| p));
     let pairs = pairs.map_err(|e| {
         let msg = e.to_string();
-        let msg = msg
-            .rsplit_once(" at line ")
-            .map_or(msg.as_str(), |(m, _)| m);
+        let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m);
         at((e.line(), e.column()), &in_words(msg))
     })?;
     if pairs.is_empty() {
@@ -345,10 +322,7 @@ mod tests {
         let pairs = parse(br#"{"b-key": "two", "a-key": "line1\nline2"}"#).unwrap();
         assert_eq!(
             pairs,
-            [
-                ("b-key".into(), "two".into()),
-                ("a-key".into(), "line1\nline2".into())
-            ]
+            [("b-key".into(), "two".into()), ("a-key".into(), "line1\nline2".into())]
         );
         assert!(valid_name(&"a".repeat(127)) && !valid_name("has.dot"));
     }
@@ -357,20 +331,11 @@ mod tests {
     #[test]
     fn parser_errors_are_said_in_words_with_their_position() {
         for (input, said) in [
-            (
-                "{\"a\": \"x\"",
-                "1:9: the file ends too early: a value or a closing `}` is missing",
-            ),
-            (
-                "{\"a\": \"x\" \"b\": \"y\"}",
-                "a comma is missing between two entries",
-            ),
+            ("{\"a\": \"x\"", "1:9: the file ends too early: a value or a closing `}` is missing"),
+            ("{\"a\": \"x\" \"b\": \"y\"}", "a comma is missing between two entries"),
             ("{a: \"x\"}", "must be a string in double quotes"),
             ("[\"a\"]", "the file holds a list"),
-            (
-                "{\"a\": \"b\"} x",
-                "trailing characters after the closing `}`",
-            ),
+            ("{\"a\": \"b\"} x", "trailing characters after the closing `}`"),
         ] {
             assert!(err(input).contains(said), "{input}: {}", err(input));
         }
@@ -395,10 +360,7 @@ mod tests {
         ] {
             let e = err(input);
             assert!(e.contains(said), "{input}: {e}");
-            assert!(
-                !e.contains("s3cr3t") && !e.contains("1415926"),
-                "{input}: {e}"
-            );
+            assert!(!e.contains("s3cr3t") && !e.contains("1415926"), "{input}: {e}");
         }
     }
 }

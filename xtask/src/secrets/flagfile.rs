@@ -74,12 +74,7 @@ pub fn find(text: &str, file: &str) -> Result<Flag> {
         );
     }
     let value = parsed.to_string();
-    Ok(Flag {
-        value,
-        start,
-        end,
-        line,
-    })
+    Ok(Flag { value, start, end, line })
 }
 
 /// The provider named by the flag.
@@ -87,11 +82,9 @@ pub(crate) fn provider(text: &str, file: &str) -> Result<ProviderKind> {
     let flag = find(text, file)?;
     match flag.value.parse::<ProviderKind>().ok() {
         Some(p @ (ProviderKind::Vault | ProviderKind::Azure)) => Ok(p),
-        _ => bail!(
-            "{file}:{}: `secrets.provider: {}` must be vault or azure",
-            flag.line,
-            flag.value
-        ),
+        _ => {
+            bail!("{file}:{}: `secrets.provider: {}` must be vault or azure", flag.line, flag.value)
+        }
     }
 }
 
@@ -114,27 +107,18 @@ pub(crate) fn diff(text: &str, file: &str, to: ProviderKind) -> Result<String> {
     let (start, end) = line_span(text, flag.line);
     let (old, l, to) = (&text[start..end], flag.line, to.as_str());
     let new = format!("{}{to}{}", &text[start..flag.start], &text[flag.end..end]);
-    Ok(format!(
-        "--- a/{file}\n+++ b/{file}\n@@ -{l},1 +{l},1 @@\n-{old}\n+{new}\n"
-    ))
+    Ok(format!("--- a/{file}\n+++ b/{file}\n@@ -{l},1 +{l},1 @@\n-{old}\n+{new}\n"))
 }
 
 /// The entries under `key` in a mapping, every one (YAML may repeat a key).
 fn entries<'a>(map: &'a Node, key: &str) -> Vec<(&'a Node, &'a Node)> {
-    let all = map
-        .entries()
-        .iter()
-        .filter(|(k, _)| k.as_str() == Some(key));
+    let all = map.entries().iter().filter(|(k, _)| k.as_str() == Some(key));
     all.map(|(k, v)| (&**k, &**v)).collect()
 }
 
 /// The byte range of a 1-based line of `text` (a line the parser reported), without its `\n`.
 fn line_span(text: &str, line: usize) -> (usize, usize) {
-    let start: usize = text
-        .split_inclusive('\n')
-        .take(line - 1)
-        .map(str::len)
-        .sum();
+    let start: usize = text.split_inclusive('\n').take(line - 1).map(str::len).sum();
     let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
     (start, end)
 }
@@ -149,20 +133,11 @@ mod tests {
     fn edits_change_only_the_value_keeping_quotes_and_crlf() {
         let crlf = "secrets:\r\n  provider: \"azure\"\r\n";
         let flow = "secrets: {provider: 'vault'}\n";
-        for (text, to) in [
-            (FILE, ProviderKind::Vault),
-            (crlf, ProviderKind::Vault),
-            (flow, ProviderKind::Azure),
-        ] {
-            let from = if to == ProviderKind::Vault {
-                "azure"
-            } else {
-                "vault"
-            };
-            assert_eq!(
-                set(text, "f", to).unwrap(),
-                text.replacen(from, to.as_str(), 1)
-            );
+        for (text, to) in
+            [(FILE, ProviderKind::Vault), (crlf, ProviderKind::Vault), (flow, ProviderKind::Azure)]
+        {
+            let from = if to == ProviderKind::Vault { "azure" } else { "vault" };
+            assert_eq!(set(text, "f", to).unwrap(), text.replacen(from, to.as_str(), 1));
         }
         let d = diff(FILE, "f.yaml", ProviderKind::Vault).unwrap();
         assert_eq!(d, "--- a/f.yaml\n+++ b/f.yaml\n@@ -4,1 +4,1 @@\n-  provider: azure   # feature flag\n+  provider: vault   # feature flag\n");
@@ -174,10 +149,7 @@ mod tests {
         for (text, said) in [
             ("secrets:\n  provider:\n    vault\n", "on one line"),
             ("secrets:\n  provider: [vault]\n", "single scalar"),
-            (
-                "secrets:\n  provider: \"va\\u0075lt\"\n",
-                "does not change safely",
-            ),
+            ("secrets:\n  provider: \"va\\u0075lt\"\n", "does not change safely"),
             ("secrets: [provider]\n", "must be a mapping"),
         ] {
             let err = find(text, "f").unwrap_err().to_string();

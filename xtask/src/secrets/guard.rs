@@ -98,8 +98,7 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
     if host.eq_ignore_ascii_case("localhost") {
         return true;
     }
-    host.parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_loopback())
+    host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 pub(crate) fn url_host(addr: &str) -> Option<String> {
@@ -262,11 +261,7 @@ mod tests {
             ("http://127.8.9.1", "127.8.9.1", true),
             ("http://LOCALHOST:1", "LOCALHOST", true),
             ("http://[::1]:8200", "::1", true),
-            (
-                "https://vault.shared.example:8200/v1",
-                "vault.shared.example",
-                false,
-            ),
+            ("https://vault.shared.example:8200/v1", "vault.shared.example", false),
             ("http://user@10.0.0.1:1", "10.0.0.1", false),
             ("0.0.0.0", "0.0.0.0", false),
         ] {

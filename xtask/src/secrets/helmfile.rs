@@ -18,10 +18,7 @@ const TEMPLATE_DEADLINE: Duration = Duration::from_secs(300);
 
 /// `helmfile ... sync` of layer 15 for `env`, as plans show it.
 pub(crate) fn sync_display(env: &str) -> String {
-    format!(
-        "helmfile --file {} --environment {env} sync",
-        project::LAYER15_HELMFILE
-    )
+    format!("helmfile --file {} --environment {env} sync", project::LAYER15_HELMFILE)
 }
 
 /// `helmfile sync` of layer 15 for `env`, killed after its deadline.
@@ -98,10 +95,7 @@ mod tests {
     #[test]
     fn errors_are_said_once() {
         let stderr = "in ./x.yaml: release \"r\" failed\nEXIT STATUS\n  1\nSTDERR:\n  Error: boom\nCOMBINED OUTPUT:\n  Error: boom\n";
-        assert_eq!(
-            errors(stderr),
-            "in ./x.yaml: release \"r\" failed\n  Error: boom"
-        );
+        assert_eq!(errors(stderr), "in ./x.yaml: release \"r\" failed\n  Error: boom");
     }
 
     /// A project root with a fake `helmfile` in .tools/bin that runs `script`.
@@ -132,11 +126,7 @@ mod tests {
         let err = format!("{err:#}");
         assert!(t.elapsed() < Duration::from_secs(10), "{err}");
         assert!(err.contains("did not finish within"), "{err}");
-        assert_eq!(
-            err.matches("helmfile.sync_timeout_secs").count(),
-            1,
-            "{err}"
-        );
+        assert_eq!(err.matches("helmfile.sync_timeout_secs").count(), 1, "{err}");
     }
 
     #[test]

@@ -54,10 +54,7 @@ pub(crate) fn plain_secrets(cfg: &Config, set: &SecretSet) -> Result<String> {
         let mut data: Vec<(String, String)> = Vec::new();
         for r in &es.refs {
             match &r.kind {
-                RefKind::Data {
-                    secret_key: Some(k),
-                    ..
-                } => match set.entries.get(&r.key) {
+                RefKind::Data { secret_key: Some(k), .. } => match set.entries.get(&r.key) {
                     Some(e) => data.push((k.clone(), e.value.clone())),
                     None => missing.push(r.key.clone()),
                 },
@@ -80,9 +77,7 @@ pub(crate) fn plain_secrets(cfg: &Config, set: &SecretSet) -> Result<String> {
                         }
                     }
                 }
-                RefKind::Data {
-                    secret_key: None, ..
-                } => {}
+                RefKind::Data { secret_key: None, .. } => {}
             }
         }
         let name = q(es.target.as_deref().unwrap_or(&es.name));
@@ -132,17 +127,12 @@ mod tests {
         let text = eso_fake(&set);
         let docs = crate::yaml::parse_documents(&text).unwrap();
         let path = ["spec", "provider", "fake", "data"];
-        let data = path
-            .iter()
-            .fold(&docs[0], |node, key| node.get(key).unwrap());
+        let data = path.iter().fold(&docs[0], |node, key| node.get(key).unwrap());
         let item = &data.as_seq()[0];
         assert_eq!(item.str_at("key"), Some("k"));
         let wrapped: serde_json::Value =
             serde_json::from_str(item.str_at("value").unwrap()).unwrap();
         assert_eq!(wrapped["value"], value);
-        assert_eq!(
-            docs[0].get("metadata").unwrap().str_at("name"),
-            Some("ameide-vault")
-        );
+        assert_eq!(docs[0].get("metadata").unwrap().str_at("name"), Some("ameide-vault"));
     }
 }

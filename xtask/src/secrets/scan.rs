@@ -29,10 +29,7 @@ pub struct Location {
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum RefKind {
     /// `data[].remoteRef`.
-    Data {
-        property: Option<String>,
-        secret_key: Option<String>,
-    },
+    Data { property: Option<String>, secret_key: Option<String> },
     /// `dataFrom[].extract`.
     Extract { property: Option<String> },
     /// `dataFrom[].find.name.regexp`: `key` holds the regexp.
@@ -102,10 +99,7 @@ const ESO_KINDS: &[&str] = &[
 ];
 
 fn shown(file: &Path, base: &Path) -> String {
-    file.strip_prefix(base)
-        .unwrap_or(file)
-        .display()
-        .to_string()
+    file.strip_prefix(base).unwrap_or(file).display().to_string()
 }
 
 fn read(file: &Path) -> Result<String> {
@@ -127,11 +121,7 @@ pub(crate) fn scan_static(infra: &Path, base: &Path) -> Result<Scan> {
         scan_template(&read(file)?, &shown(file, base), &mut found);
     }
     let files = files.len() + templates.len();
-    Ok(Scan {
-        mode: "static",
-        files,
-        external_secrets: found,
-    })
+    Ok(Scan { mode: "static", files, external_secrets: found })
 }
 
 /// YAML files below `dir` into `out`, and chart template files (`.yaml`,
@@ -269,9 +259,7 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
         let indent = line.len() - body.len();
         let body = body.strip_prefix("- ").map_or(body, str::trim_start);
         let remote = body.strip_prefix("remoteRef:").map(str::trim);
-        let dedent = block
-            .as_ref()
-            .is_some_and(|b| !body.is_empty() && indent <= b.indent);
+        let dedent = block.as_ref().is_some_and(|b| !body.is_empty() && indent <= b.indent);
         if dedent || remote.is_some() {
             refs.extend(block.take().and_then(|b| b.into_ref(&ctx)));
         }
@@ -291,11 +279,7 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
             }
         } else if remote.is_some() {
             let (key, property) = (None, None);
-            block = Some(Block {
-                indent,
-                key,
-                property,
-            });
+            block = Some(Block { indent, key, property });
         } else if let Some(Block { key, property, .. }) = &mut block {
             if let Some(k) = body.strip_prefix("key:").map(unquote).filter(literal) {
                 *key = Some((k, n));
@@ -383,10 +367,7 @@ impl<'a> Ctx<'a> {
     fn data_ref(&self, key: String, property: Option<String>, line: usize) -> KeyRef {
         let secret_key = None;
         let at = self.loc(line);
-        let kind = RefKind::Data {
-            property,
-            secret_key,
-        };
+        let kind = RefKind::Data { property, secret_key };
         KeyRef { key, kind, at }
     }
 
@@ -412,10 +393,8 @@ fn string(node: &Node, key: &str) -> Option<String> {
 fn store_of(node: &Node, default_kind: &str, default_name: &str) -> String {
     let store_ref = node.get("secretStoreRef");
     let field = |name: &str| store_ref.and_then(|s| s.str_at(name));
-    let (kind, name) = (
-        field("kind").unwrap_or(default_kind),
-        field("name").unwrap_or(default_name),
-    );
+    let (kind, name) =
+        (field("kind").unwrap_or(default_kind), field("name").unwrap_or(default_name));
     format!("{kind}/{name}")
 }
 
@@ -450,13 +429,7 @@ fn item_refs(item: &Node, ctx: &Ctx) -> Vec<KeyRef> {
     };
     if let Some(remote) = item.get("remoteRef") {
         let (property, secret_key) = (string(remote, "property"), string(item, "secretKey"));
-        add(
-            remote.get("key"),
-            RefKind::Data {
-                property,
-                secret_key,
-            },
-        );
+        add(remote.get("key"), RefKind::Data { property, secret_key });
     }
     if let Some(extract) = item.get("extract") {
         let property = string(extract, "property");
@@ -492,20 +465,16 @@ fn walk_values(
             // Bare refs in values, like `realmImport.extract`.
             let refs = item_refs(node, ctx);
             if !refs.is_empty() {
-                let name = if path.is_empty() {
-                    "(values)".into()
-                } else {
-                    path.join(".")
-                };
+                let name = if path.is_empty() { "(values)".into() } else { path.join(".") };
                 out.push(ctx.es(name, format!("{STORE_KIND}/{store}"), node.line(), refs));
                 return;
             }
             let key = |k: &Rc<Node>| k.as_str().unwrap_or("?").to_string();
             entries.iter().map(|(k, v)| (key(k), v)).collect()
         }
-        Node::Seq(items, _) => (items.iter().enumerate())
-            .map(|(i, v)| (i.to_string(), v))
-            .collect(),
+        Node::Seq(items, _) => {
+            (items.iter().enumerate()).map(|(i, v)| (i.to_string(), v)).collect()
+        }
         Node::Scalar(..) => Vec::new(),
     };
     for (key, child) in children {
@@ -528,10 +497,7 @@ pub(crate) fn scan_rendered(
         .with_context(|| format!("listing {}", helmfiles_dir.display()))?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
-            p.extension()
-                .is_some_and(|x| x == "yaml" || x == "yml" || x == "gotmpl")
-        })
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "gotmpl"))
         .collect();
     helmfiles.sort();
     // The rendered manifests and helm's cache (beside them), removed however this ends.
@@ -540,10 +506,7 @@ pub(crate) fn scan_rendered(
         .tempdir()
         .context("creating a temp folder to render into")?;
     let out_dir = scratch.path().join("out");
-    let mut scan = Scan {
-        mode: "rendered",
-        ..Scan::default()
-    };
+    let mut scan = Scan { mode: "rendered", ..Scan::default() };
     for helmfile in &helmfiles {
         let _ = std::fs::remove_dir_all(&out_dir);
         let shown = shown(helmfile, base);
@@ -562,11 +525,7 @@ pub(crate) fn scan_rendered(
             let release = parts.next().map(|c| c.as_os_str().to_string_lossy());
             let release = release.unwrap_or_default().to_string();
             let label = format!("{shown} {release}: {}", parts.as_path().display());
-            let ctx = Ctx {
-                file: &label,
-                release: Some(&release),
-                env: Some(env),
-            };
+            let ctx = Ctx { file: &label, release: Some(&release), env: Some(env) };
             scan_docs(&read(&file)?, &ctx, false, &mut scan.external_secrets)?;
         }
     }
@@ -584,10 +543,7 @@ pub(crate) fn collect(cfg: &Config, infra: &Path, env: &str, render: bool) -> Re
     let contract = infra.join(project::CONTRACT_IN_INFRA);
     if contract.is_file() {
         let shown = shown(&contract, root);
-        let ctx = Ctx {
-            env: Some(env),
-            ..Ctx::file(&shown)
-        };
+        let ctx = Ctx { env: Some(env), ..Ctx::file(&shown) };
         scan_docs(&read(&contract)?, &ctx, true, &mut scan.external_secrets)?;
         scan.files += 1;
     }
@@ -628,17 +584,11 @@ spec:
         assert!(es[0].in_scope() && !is_our_store("SecretStore/ameide-vault"));
         assert_eq!(es[0].display_name(), "ameide/graph-db");
         assert_eq!(es[0].target.as_deref(), Some("graph-db-credentials"));
-        let want = [
-            ("graph-db-password", 9),
-            ("graph-config", 11),
-            ("^graph-", 12),
-        ];
+        let want = [("graph-db-password", 9), ("graph-config", 11), ("^graph-", 12)];
         assert_eq!(keys(&es), want);
         let kinds: Vec<&RefKind> = es[0].refs.iter().map(|r| &r.kind).collect();
-        let data = RefKind::Data {
-            property: Some("value".into()),
-            secret_key: Some("password".into()),
-        };
+        let data =
+            RefKind::Data { property: Some("value".into()), secret_key: Some("password".into()) };
         let extract = RefKind::Extract { property: None };
         assert_eq!(kinds, [&data, &extract, &RefKind::Find]);
     }
@@ -678,10 +628,7 @@ realmImport:
         let got: Vec<(&str, bool)> = es.iter().map(|e| (e.name.as_str(), e.in_scope())).collect();
         let want = [("app", true), ("elsewhere", false), ("realmImport", true)];
         assert_eq!(got, want);
-        assert_eq!(
-            keys(&es),
-            [("app-url", 7), ("other-key", 12), ("realm-config", 15)]
-        );
+        assert_eq!(keys(&es), [("app-url", 7), ("other-key", 12), ("realm-config", 15)]);
         assert_eq!(es[0].target.as_deref(), Some("app-secret"));
     }
 

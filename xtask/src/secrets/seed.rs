@@ -86,10 +86,7 @@ pub(crate) fn run(flags: &flags::Seed, process: &Process) -> Result<()> {
             n => format!(" ({n} overridden)"),
         };
         let secrets = count(desired.len(), "secret", "secrets");
-        println!(
-            "seed: {secrets} from {fixtures_shown}{overridden} -> {}",
-            store.target()
-        );
+        println!("seed: {secrets} from {fixtures_shown}{overridden} -> {}", store.target());
         print!("{}", render_plan(&items, verbose));
         println!("plan: {}", counts_line(&counts));
         if let Some(eso) = &eso {
@@ -111,11 +108,7 @@ pub(crate) fn run(flags: &flags::Seed, process: &Process) -> Result<()> {
     if let (Some(kind), false) = (flags.render, flags.dry_run) {
         let out = flags.out.as_deref().expect("checked above");
         let stdout = out.as_os_str() == "-";
-        let out = if stdout {
-            out.to_path_buf()
-        } else {
-            process.cli_path(out)
-        };
+        let out = if stdout { out.to_path_buf() } else { process.cli_path(out) };
         manifests::write(&cfg, kind, &desired, &out)?;
         if chatty && !stdout {
             let (kind, out) = (kind.as_str(), cfg.shown(&out));
@@ -143,10 +136,9 @@ pub(crate) fn run(flags: &flags::Seed, process: &Process) -> Result<()> {
                 requests: stats.map(|s| s.0),
                 writes: stats.map(|s| s.1),
                 retries: stats.map(|s| s.2),
-                eso_access: eso.as_ref().map(|p| EsoReport {
-                    plan: &p.items,
-                    applied: eso_done.as_ref(),
-                }),
+                eso_access: eso
+                    .as_ref()
+                    .map(|p| EsoReport { plan: &p.items, applied: eso_done.as_ref() }),
             };
             println!("{}", serde_json::to_string_pretty(&report)?);
         }

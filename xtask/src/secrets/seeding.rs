@@ -81,11 +81,7 @@ pub(crate) fn plan(
         }
         if c.sha256.as_deref() == wanted {
             let stamped = c.seeded_sha256.as_deref() == wanted && !c.stamp_stale;
-            return if stamped {
-                Action::Unchanged
-            } else {
-                Action::Restamp
-            };
+            return if stamped { Action::Unchanged } else { Action::Restamp };
         }
         // The seed may replace only what it wrote itself and nobody touched since.
         match (c.sha256.is_some() && c.seeded_sha256 == c.sha256) || force {
@@ -119,12 +115,8 @@ const RAW_CONFLICT: &str = "holds a bare value where {\"value\": ...} belongs, a
                             replaces it, or copy your value into .local/secrets/overrides.json to keep it";
 
 fn conflict_reason(c: &Current) -> String {
-    let short = |s: &Option<String>| {
-        s.as_deref()
-            .map(fsutil::short)
-            .unwrap_or_default()
-            .to_string()
-    };
+    let short =
+        |s: &Option<String>| s.as_deref().map(fsutil::short).unwrap_or_default().to_string();
     let (store, seeded) = (short(&c.sha256), short(&c.seeded_sha256));
     // KV v1's record keeps keyed digests, not checksums: no last-seeded checksum to name.
     let seeded_checksum = c
@@ -228,10 +220,9 @@ impl SeedRun {
         let cause = cause_of(&[&failed[..], &unstamped].concat());
         let is_cause = |reason: &str| Some(reason) == cause.as_deref();
         let mut lines: Vec<String> = Vec::new();
-        for (what, entries) in [
-            ("not written", &failed),
-            ("written without their checksum", &unstamped),
-        ] {
+        for (what, entries) in
+            [("not written", &failed), ("written without their checksum", &unstamped)]
+        {
             // The cause's own group first, the writes skipped after it last.
             let mut groups = by_reason(entries);
             groups.sort_by_key(|(reason, _)| match reason.as_str() {
@@ -431,11 +422,8 @@ pub(crate) fn apply(
 /// The plan by name and 8-character checksum; never a value.
 pub(crate) fn render_plan(items: &[Item], verbose: bool) -> String {
     use std::fmt::Write;
-    let width = (items
-        .iter()
-        .map(|i| i.name.len() + if i.overridden { 11 } else { 0 }))
-    .max()
-    .unwrap_or(0);
+    let width =
+        (items.iter().map(|i| i.name.len() + if i.overridden { 11 } else { 0 })).max().unwrap_or(0);
     let mut out = String::new();
     let mut unchanged = 0;
     // Without --verbose, at most NAMES_SHOWN entries per action.
@@ -506,11 +494,7 @@ mod tests {
     /// A bare value where `{"value": ...}` belongs.
     fn raw(value: &str, seeded: Option<&str>) -> Option<Current> {
         let (raw_sha256, seeded_sha256) = (sha(value), seeded.and_then(sha));
-        Some(Current {
-            raw_sha256,
-            seeded_sha256,
-            ..Current::default()
-        })
+        Some(Current { raw_sha256, seeded_sha256, ..Current::default() })
     }
 
     fn state(pairs: Vec<(&str, Option<Current>)>) -> BTreeMap<String, Option<Current>> {
@@ -527,10 +511,7 @@ mod tests {
             ("unstamped", "e"),
             ("deleted", "f"),
         ]);
-        let deleted = Some(Current {
-            version: Some(7),
-            ..Current::default()
-        });
+        let deleted = Some(Current { version: Some(7), ..Current::default() });
         let current = state(vec![
             ("new", None),
             ("same", cur("b", Some("b"), 3)),
@@ -540,9 +521,8 @@ mod tests {
             ("deleted", deleted),
         ]);
         let items = plan(&desired, &current, false);
-        let got: Vec<_> = (items.iter())
-            .map(|i| (i.name.as_str(), i.action.label(), i.cas))
-            .collect();
+        let got: Vec<_> =
+            (items.iter()).map(|i| (i.name.as_str(), i.action.label(), i.cas)).collect();
         let want = [
             ("deleted", "create", Some(7)),
             ("edited", "conflict", Some(5)),
@@ -573,9 +553,7 @@ mod tests {
             ("stale-stamp", raw("by-hand", Some("t-old"))),
         ]);
         let items = plan(&desired, &current, false);
-        let labels: Vec<_> = (items.iter())
-            .map(|i| (i.name.as_str(), i.action.label()))
-            .collect();
+        let labels: Vec<_> = (items.iter()).map(|i| (i.name.as_str(), i.action.label())).collect();
         let want = [
             ("fixture", "update"),
             ("foreign", "conflict"),
@@ -585,13 +563,8 @@ mod tests {
         assert_eq!(labels, want);
         let forced = plan(&desired, &current, true);
         assert!(forced.iter().all(|i| i.action == Action::Update));
-        let Action::Conflict(reason) = &items[1].action else {
-            panic!("expected a conflict")
-        };
-        assert!(
-            reason.contains("bare value") && !reason.contains("by-hand"),
-            "{reason}"
-        );
+        let Action::Conflict(reason) = &items[1].action else { panic!("expected a conflict") };
+        assert!(reason.contains("bare value") && !reason.contains("by-hand"), "{reason}");
     }
 
     /// Every output built from a plan (the JSON of its items, the text
@@ -627,10 +600,7 @@ mod tests {
             seeded_sha256: Some(SEEDED_ANOTHER_VALUE.to_string()),
             ..cur(values[8], None, 0).unwrap()
         });
-        let no_value = Some(Current {
-            properties: vec!["password".into()],
-            ..Current::default()
-        });
+        let no_value = Some(Current { properties: vec!["password".into()], ..Current::default() });
         let current = state(vec![
             ("created", None),
             ("updated", cur(values[2], Some(values[2]), 2)),
@@ -644,9 +614,7 @@ mod tests {
         let mut outputs = Vec::new();
         for force in [false, true] {
             let items = plan(&desired, &current, force);
-            let conflicts = items
-                .iter()
-                .any(|i| matches!(i.action, Action::Conflict(_)));
+            let conflicts = items.iter().any(|i| matches!(i.action, Action::Conflict(_)));
             assert!(conflicts != force);
             outputs.push(serde_json::to_string_pretty(&items).unwrap());
             outputs.push(render_plan(&items, true));
@@ -664,10 +632,7 @@ mod tests {
             assert!(!all.contains(value), "the value {value} leaks:\n{all}");
             let digest = sha256_hex(value.as_bytes());
             let more_than_shown = &digest[..9];
-            assert!(
-                !all.contains(more_than_shown),
-                "more than 8 hex of {value}'s sha256:\n{all}"
-            );
+            assert!(!all.contains(more_than_shown), "more than 8 hex of {value}'s sha256:\n{all}");
         }
         let hex_runs = all.split(|c: char| !c.is_ascii_hexdigit());
         let longest = hex_runs.map(str::len).max().unwrap_or(0);
@@ -696,10 +661,7 @@ mod tests {
         let items = vec![
             item("graph-db-url", Action::Update, "new-url", Some("old-url")),
             item("keycloak-admin-password", conflict, "kc", Some("x")),
-            Item {
-                overridden: true,
-                ..item("platform-db-password", Action::Create, "pw", None)
-            },
+            Item { overridden: true, ..item("platform-db-password", Action::Create, "pw", None) },
             item("redis-password", Action::Unchanged, "r", Some("r")),
             item("minio-root-user", Action::Restamp, "m", Some("m")),
         ];
@@ -734,8 +696,7 @@ mod tests {
         };
         for i in 0..40 {
             let name = format!("k-{i:02}");
-            run.not_written
-                .push(nw(&name, if i < 3 { UNREACHABLE } else { NOT_ATTEMPTED }));
+            run.not_written.push(nw(&name, if i < 3 { UNREACHABLE } else { NOT_ATTEMPTED }));
             run.failed.push(name);
         }
         let err = run.into_result().unwrap_err();
@@ -813,15 +774,9 @@ mod tests {
         ];
         let refs: Vec<&NotWritten> = entries.iter().collect();
         let timed_out = "POST secret/data/<name> timed out after 2s.".to_string();
-        let want = [
-            (timed_out, vec!["a-1", "a-2"]),
-            (NOT_ATTEMPTED.to_string(), vec!["a"]),
-        ];
+        let want = [(timed_out, vec!["a-1", "a-2"]), (NOT_ATTEMPTED.to_string(), vec!["a"])];
         assert_eq!(by_reason(&refs), want);
-        assert_eq!(
-            generic_reason("x /a-1 /a /a)", "a"),
-            "x /a-1 /<name> /<name>)"
-        );
+        assert_eq!(generic_reason("x /a-1 /a /a)", "a"), "x /a-1 /<name> /<name>)");
     }
 
     /// Without --verbose, at most 20 entries per action in the plan.
@@ -833,14 +788,8 @@ mod tests {
             .collect();
         let text = render_plan(&items, false);
         assert_eq!(text.lines().count(), 20 + 3 + 1, "{text}");
-        assert!(
-            text.contains("  create     new-19") && !text.contains("new-20"),
-            "{text}"
-        );
-        assert!(
-            text.ends_with("  (and 5 more create; --verbose lists them)\n"),
-            "{text}"
-        );
+        assert!(text.contains("  create     new-19") && !text.contains("new-20"), "{text}");
+        assert!(text.ends_with("  (and 5 more create; --verbose lists them)\n"), "{text}");
         assert_eq!(render_plan(&items, true).lines().count(), 28);
     }
 }

@@ -217,14 +217,7 @@ fn current_of(name: &str, stored: &str, tags: &Value, key: Option<&DigestKey>) -
         Some(_) => (Some(sha256), None),
         None => (None, Some(sha256)),
     };
-    Current {
-        sha256,
-        properties,
-        seeded_sha256,
-        stamp_stale,
-        raw_sha256,
-        ..Current::default()
-    }
+    Current { sha256, properties, seeded_sha256, stamp_stale, raw_sha256, ..Current::default() }
 }
 
 /// "`<call>` failed: " az's first line, with the usual fix.
@@ -324,17 +317,8 @@ mod tests {
     fn reads_documents_and_bare_values() {
         let doc = current_of("n", r#"{"value":"s3cr3t"}"#, &Value::Null, None);
         assert_eq!(doc.sha256, Some(sha256_hex(b"s3cr3t")));
-        assert_eq!(
-            (doc.properties, doc.raw_sha256),
-            (vec!["value".into()], None)
-        );
-        for bare in [
-            "s3cr3t",
-            "12",
-            r#"{"realm":"ameide"}"#,
-            r#"{"value":7}"#,
-            "",
-        ] {
+        assert_eq!((doc.properties, doc.raw_sha256), (vec!["value".into()], None));
+        for bare in ["s3cr3t", "12", r#"{"realm":"ameide"}"#, r#"{"value":7}"#, ""] {
             let c = current_of("n", bare, &Value::Null, None);
             let raw = Some(sha256_hex(bare.as_bytes()));
             assert_eq!((c.sha256, c.raw_sha256), (None, raw), "{bare}");

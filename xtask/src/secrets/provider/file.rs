@@ -59,10 +59,7 @@ pub(crate) fn load(path: &Path) -> Result<StoreFile> {
     let text = match std::fs::read_to_string(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let secrets = BTreeMap::new();
-            return Ok(StoreFile {
-                format: FORMAT.into(),
-                secrets,
-            });
+            return Ok(StoreFile { format: FORMAT.into(), secrets });
         }
         read => read.with_context(|| format!("reading the file store {shown}"))?,
     };
@@ -75,10 +72,7 @@ pub(crate) fn load(path: &Path) -> Result<StoreFile> {
         )
     })?;
     let format = &store.format;
-    ensure!(
-        format == FORMAT,
-        "{shown}: unknown store format {format:?}, expected {FORMAT:?}"
-    );
+    ensure!(format == FORMAT, "{shown}: unknown store format {format:?}, expected {FORMAT:?}");
     Ok(store)
 }
 
@@ -96,9 +90,7 @@ impl SecretProvider for FileProvider {
             seeded_sha256: Some(e.fixture_sha256.clone()),
             ..Current::default()
         };
-        let read = names
-            .iter()
-            .map(|n| (n.clone(), store.secrets.get(n).map(current)));
+        let read = names.iter().map(|n| (n.clone(), store.secrets.get(n).map(current)));
         Ok(read.collect())
     }
 

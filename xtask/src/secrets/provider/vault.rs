@@ -114,12 +114,7 @@ pub(crate) fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> R
              .local/secrets.toml"
         ),
     };
-    Ok(Endpoint {
-        addr,
-        token,
-        port_forward,
-        seal,
-    })
+    Ok(Endpoint { addr, token, port_forward, seal })
 }
 
 /// `sys/seal-status` through a just-started port-forward: unreachable (the
@@ -262,10 +257,7 @@ pub(crate) fn mount_info(http: &VaultHttp, mount: &str) -> Result<Option<Value>,
         200 if r.body["data"]["path"].as_str() == Some(key.as_str()) => {
             Ok(Some(r.body["data"].clone()))
         }
-        401 | 403 => Err(VaultError::Forbidden {
-            call: format!("GET {path}"),
-            errors: r.errors(),
-        }),
+        401 | 403 => Err(VaultError::Forbidden { call: format!("GET {path}"), errors: r.errors() }),
         _ => Ok(None),
     }
 }
@@ -309,10 +301,7 @@ fn current_from(
     let value = data["value"].as_str();
     let sha256 = value.map(|v| sha256_hex(v.as_bytes()));
     let value_sha = value.zip(sha256.as_deref());
-    let mut current = Current {
-        properties: properties.collect(),
-        ..Current::default()
-    };
+    let mut current = Current { properties: properties.collect(), ..Current::default() };
     if kv == KvVersion::V1 {
         if let (Some(rec), Some((value, sha))) = (record, value_sha) {
             (current.seeded_sha256, current.stamp_stale) = rec.judge(name, value, sha);
@@ -400,11 +389,7 @@ impl SecretProvider for VaultProvider {
         let (http, mount, lock) = (&self.http, self.mount.as_str(), &self.record_lock);
         let read = self.record.as_ref();
         let change = |w: &Write<'a>| (w.name, w.value);
-        let intents: Vec<_> = writes
-            .iter()
-            .filter(|w| !w.metadata_only)
-            .map(change)
-            .collect();
+        let intents: Vec<_> = writes.iter().filter(|w| !w.metadata_only).map(change).collect();
         update_record(http, mount, lock, read, &intents, Phase::Intend).with_context(|| {
             format!("recording the values about to be written in {mount}/{RECORD_NAME} (KV v1); nothing was written")
         })?;
@@ -455,10 +440,7 @@ impl VaultProvider {
             // A deleted latest version: its metadata has the version CAS needs.
             404 => {
                 let version = reply.body["data"]["metadata"]["version"].as_u64();
-                Ok(version.map(|v| Current {
-                    version: Some(v),
-                    ..Current::default()
-                }))
+                Ok(version.map(|v| Current { version: Some(v), ..Current::default() }))
             }
             code => bail!("GET {path} failed with HTTP {code}: {}", reply.errors()),
         }

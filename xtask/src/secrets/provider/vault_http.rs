@@ -351,14 +351,7 @@ impl VaultHttp {
                 Ok((400, _, body))
                     if errors_of(&body).contains("Waiting for the primary to upgrade") =>
                 {
-                    (
-                        VaultError::Status {
-                            call: call(),
-                            code: 400,
-                            errors: errors_of(&body),
-                        },
-                        None,
-                    )
+                    (VaultError::Status { call: call(), code: 400, errors: errors_of(&body) }, None)
                 }
                 Ok((status, _, body))
                     if (200..300).contains(&status) || status == 400 || status == 404 =>
@@ -366,38 +359,28 @@ impl VaultHttp {
                     return Ok(Reply { status, body });
                 }
                 Ok((status, _, body)) if status == 503 && is_sealed(&body) => {
-                    return Err(self.stop(VaultError::Sealed {
-                        addr: self.shown.clone(),
-                    }));
+                    return Err(self.stop(VaultError::Sealed { addr: self.shown.clone() }));
                 }
                 Ok((status, _, body)) if (status == 401 || status == 403) && !forbidden_stops => {
                     return Ok(Reply { status, body });
                 }
                 Ok((status, _, body)) if status == 401 || status == 403 => {
-                    return Err(self.stop(VaultError::Forbidden {
-                        call: call(),
-                        errors: errors_of(&body),
-                    }));
+                    return Err(
+                        self.stop(VaultError::Forbidden { call: call(), errors: errors_of(&body) })
+                    );
                 }
                 Ok((status, retry_after, body)) => {
-                    let err = VaultError::Status {
-                        call: call(),
-                        code: status,
-                        errors: errors_of(&body),
-                    };
+                    let err =
+                        VaultError::Status { call: call(), code: status, errors: errors_of(&body) };
                     let transient = status == 429 || (500..600).contains(&status);
                     if !transient {
                         return Err(err);
                     }
                     (err, retry_after)
                 }
-                Err(Transport::Timeout) => (
-                    VaultError::Timeout {
-                        call: call(),
-                        secs: self.timeout.as_secs_f64(),
-                    },
-                    None,
-                ),
+                Err(Transport::Timeout) => {
+                    (VaultError::Timeout { call: call(), secs: self.timeout.as_secs_f64() }, None)
+                }
                 // Refused, reset, TLS, or a keep-alive connection the server
                 // closed under the request. A retry may send a POST the
                 // server acted on before it died: the seed's writes are safe
@@ -426,9 +409,8 @@ impl VaultHttp {
 
     /// The token, and the namespace if any, on a request.
     fn headers<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-        let request = request
-            .header("X-Vault-Token", self.token.expose())
-            .header("X-Vault-Request", "true");
+        let request =
+            request.header("X-Vault-Token", self.token.expose()).header("X-Vault-Request", "true");
         match &self.namespace {
             Some(ns) => request.header("X-Vault-Namespace", ns),
             None => request,
@@ -503,10 +485,9 @@ impl VaultHttp {
     ) -> Result<T, VaultError> {
         let call = describe(Method::Get, path);
         let (code, _, body) = self.once(Method::Get, path, None).map_err(|e| match e {
-            Transport::Timeout => VaultError::Timeout {
-                call: call.clone(),
-                secs: self.timeout.as_secs_f64(),
-            },
+            Transport::Timeout => {
+                VaultError::Timeout { call: call.clone(), secs: self.timeout.as_secs_f64() }
+            }
             Transport::Failed(detail) => self.unreachable(detail).0,
         })?;
         let parsed = if code == 200 || !only_200 {
@@ -620,10 +601,7 @@ mod tests {
         for attempt in 0..6 {
             let cap = BACKOFF_BASE.as_secs_f64() * f64::from(1u32 << attempt);
             let d = backoff(attempt).as_secs_f64();
-            assert!(
-                cap / 2.0 <= d && d <= cap,
-                "attempt {attempt}: {d} not in [{cap}/2, {cap}]"
-            );
+            assert!(cap / 2.0 <= d && d <= cap, "attempt {attempt}: {d} not in [{cap}/2, {cap}]");
         }
         assert!(backoff(30) <= BACKOFF_BASE * 256, "capped");
         // Jittered: pauses spread over the upper half of the step.
@@ -655,24 +633,14 @@ mod tests {
         assert!(matches!(err, VaultError::Timeout { .. }), "{err:?}");
         // A second of slack for a busy machine; an ignored timeout waits
         // out the server's 5 s.
-        assert!(
-            took >= timeout && took < timeout + Duration::from_secs(1),
-            "took {took:?}"
-        );
+        assert!(took >= timeout && took < timeout + Duration::from_secs(1), "took {took:?}");
     }
 
     #[test]
     fn error_messages_name_the_call_and_the_fix() {
-        let e = VaultError::Timeout {
-            call: "POST secret/data/x".into(),
-            secs: 2.0,
-        };
-        assert!(e
-            .to_string()
-            .contains("POST secret/data/x timed out after 2s"));
-        let e = VaultError::Sealed {
-            addr: "http://127.0.0.1:8200".into(),
-        };
+        let e = VaultError::Timeout { call: "POST secret/data/x".into(), secs: 2.0 };
+        assert!(e.to_string().contains("POST secret/data/x timed out after 2s"));
+        let e = VaultError::Sealed { addr: "http://127.0.0.1:8200".into() };
         assert!(e.to_string().contains("operator unseal") && e.is_fatal());
         let e = VaultError::Forbidden {
             call: "GET sys/mounts".into(),
@@ -683,22 +651,14 @@ mod tests {
 
     #[test]
     fn describes_calls_without_query() {
-        assert_eq!(
-            describe(Method::List, "secret/metadata/?list=true"),
-            "LIST secret/metadata/"
-        );
-        assert_eq!(
-            errors_of(&serde_json::json!({"errors": ["a", "b"]})),
-            "a; b"
-        );
+        assert_eq!(describe(Method::List, "secret/metadata/?list=true"), "LIST secret/metadata/");
+        assert_eq!(errors_of(&serde_json::json!({"errors": ["a", "b"]})), "a; b");
         assert_eq!(
             errors_of(
                 &serde_json::json!({"errors": ["1 error occurred:\n\t* permission denied\n\n"]})
             ),
             "permission denied"
         );
-        assert!(is_sealed(
-            &serde_json::json!({"errors": ["Vault is sealed"]})
-        ));
+        assert!(is_sealed(&serde_json::json!({"errors": ["Vault is sealed"]})));
     }
 }

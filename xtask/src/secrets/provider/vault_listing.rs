@@ -95,9 +95,7 @@ pub(super) fn detailed_listing(
     let mut out = BTreeMap::new();
     let mut after: Option<String> = None;
     loop {
-        let cursor = after
-            .as_deref()
-            .map(|a| format!("&after={}", query_escape(a)));
+        let cursor = after.as_deref().map(|a| format!("&after={}", query_escape(a)));
         let path = format!(
             "{mount}/detailed-metadata/?limit={DETAILED_PAGE}{}",
             cursor.unwrap_or_default()
@@ -122,14 +120,8 @@ pub(super) fn detailed_listing(
         let full = page.keys.len() >= DETAILED_PAGE;
         after = page.keys.last().cloned();
         let mut info = page.key_info;
-        for name in page
-            .keys
-            .into_iter()
-            .filter(|n| wanted.contains(n.as_str()))
-        {
-            let known = info
-                .remove(&name)
-                .and_then(|i| i.known(&name, key, expected));
+        for name in page.keys.into_iter().filter(|n| wanted.contains(n.as_str())) {
+            let known = info.remove(&name).and_then(|i| i.known(&name, key, expected));
             out.insert(name, known);
         }
         if !full || after.is_none() {
@@ -153,11 +145,7 @@ mod tests {
     fn expecting(name: &str, value: &str) -> SecretSet {
         let mut set = SecretSet::default();
         let sha256 = sha256_hex(value.as_bytes());
-        let entry = Entry {
-            value: value.into(),
-            sha256,
-            overridden: false,
-        };
+        let entry = Entry { value: value.into(), sha256, overridden: false };
         set.entries.insert(name.into(), entry);
         set
     }
@@ -217,10 +205,9 @@ mod tests {
         let old =
             json!({"managed-by": MANAGED_BY, "fixture-sha256": "abc", "fixture-version": "2"});
         // Unknown fields are skipped.
-        let info = info(
-            json!({"current_version": 2, "custom_metadata": old, "versions": {"2": {}},
-                               "cas_required": false, "updated_time": "ignored"}),
-        );
+        let info =
+            info(json!({"current_version": 2, "custom_metadata": old, "versions": {"2": {}},
+                               "cas_required": false, "updated_time": "ignored"}));
         let got = info.known("n", None, &SecretSet::default()).unwrap();
         assert_eq!(got.sha256.as_deref(), Some("abc"));
         assert_eq!(got.seeded_sha256.as_deref(), Some("abc"));

@@ -71,11 +71,9 @@ fn read_entry<T>(
     match reply.status {
         200 => Ok(parse(&reply.body["data"])),
         401 | 403 | 404 => Ok(None),
-        code => Err(VaultError::Status {
-            call: format!("GET {path}"),
-            code,
-            errors: reply.errors(),
-        }),
+        code => {
+            Err(VaultError::Status { call: format!("GET {path}"), code, errors: reply.errors() })
+        }
     }
 }
 
@@ -136,10 +134,7 @@ pub(super) struct MountRecord {
 
 impl MountRecord {
     fn new(key: DigestKey) -> MountRecord {
-        MountRecord {
-            key,
-            digests: BTreeMap::new(),
-        }
+        MountRecord { key, digests: BTreeMap::new() }
     }
 
     fn parse(data: &Value) -> Option<MountRecord> {
