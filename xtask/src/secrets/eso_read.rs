@@ -432,27 +432,28 @@ impl Why<'_> {
             Err(why) => unchecked.push(why),
         }
         let config_path = format!("auth/{mount}/config");
-        let reviewer =
-            match self.read(&config_path) {
-                Ok(Some(config)) => match self.config(&config_path, &config) {
-                    Ok(reviewer) => {
-                        let host = config["kubernetes_host"].as_str().unwrap_or("");
-                        fine.push(format!("{config_path} reviews at {host}"));
-                        Some(reviewer)
-                    }
-                    Err(refused) => return refused,
-                },
-                Ok(None) => return refused(
+        let reviewer = match self.read(&config_path) {
+            Ok(Some(config)) => match self.config(&config_path, &config) {
+                Ok(reviewer) => {
+                    let host = config["kubernetes_host"].as_str().unwrap_or("");
+                    fine.push(format!("{config_path} reviews at {host}"));
+                    Some(reviewer)
+                }
+                Err(refused) => return refused,
+            },
+            Ok(None) => {
+                return refused(
                     format!(
                         "{config_path} is not set: Vault has no API server to review tokens with"
                     ),
                     seed_fix("writes it"),
-                ),
-                Err(why) => {
-                    unchecked.push(why);
-                    None
-                }
-            };
+                )
+            }
+            Err(why) => {
+                unchecked.push(why);
+                None
+            }
+        };
         match &reviewer {
             Some(Reviewer::Jwt) => {
                 return refused(
