@@ -28,7 +28,6 @@ pub(crate) struct EsoNames {
     pub policy: String,
     /// `provider.vault.path`, the KV mount the store reads.
     pub kv_path: String,
-    /// `v1` or `v2`.
     pub kv_version: String,
     pub service_account: String,
     pub namespace: String,
@@ -113,7 +112,6 @@ impl EsoNames {
         )
     }
 
-    /// The path ESO reads `key` at.
     pub(crate) fn data_path(&self, key: &str) -> String {
         match self.kv_version.as_str() {
             "v1" => format!("{}/{key}", self.kv_path),
@@ -121,7 +119,6 @@ impl EsoNames {
         }
     }
 
-    /// `<namespace>/<name>` of ESO's service account.
     pub(crate) fn subject(&self) -> String {
         format!("{}/{}", self.namespace, self.service_account)
     }
@@ -166,10 +163,8 @@ pub(crate) enum State {
 pub(crate) struct Item {
     /// `auth`, `config`, `policy` or `role`.
     pub kind: &'static str,
-    /// What it is called in Vault.
     pub name: String,
     pub state: State,
-    /// The wanted state, for the plan.
     pub detail: String,
 }
 
@@ -180,7 +175,6 @@ impl Item {
     }
 }
 
-/// The auth config as Vault holds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct KubeConfig {
     host: String,
@@ -200,7 +194,6 @@ impl KubeConfig {
         }
     }
 
-    /// `host` and `ca_cert`, the rest unset.
     fn at(host: &str, ca_cert: &str) -> KubeConfig {
         let (host, ca_cert) = (host.to_string(), ca_cert.to_string());
         KubeConfig {
@@ -273,7 +266,6 @@ impl Plan {
         self.items.iter().filter(|i| i.state == state).count()
     }
 
-    /// Every piece is in place: ESO can log in and read.
     pub(crate) fn complete(&self) -> bool {
         self.items.iter().all(|i| i.state == State::InPlace)
     }
@@ -306,7 +298,7 @@ impl Plan {
     }
 }
 
-/// An answer that means "this token may not": 401 or 403.
+/// 401 or 403: this token may not.
 fn denied(reply: &Reply) -> bool {
     matches!(reply.status, 401 | 403)
 }
@@ -319,9 +311,7 @@ fn denial(call: &str, reply: &Reply) -> String {
     )
 }
 
-/// What a GET of one piece found.
 enum Found {
-    /// The token may not read it: the denial.
     Denied(String),
     Missing,
     Body(Value),
@@ -338,7 +328,6 @@ fn get(http: &VaultHttp, path: &str) -> Result<Found> {
     })
 }
 
-/// The state of a piece Vault holds `found`, in place when `as_wanted`.
 fn state_of(found: Found, as_wanted: impl FnOnce(&Value) -> bool) -> State {
     match found {
         Found::Denied(why) => State::Skipped(why),
@@ -352,7 +341,6 @@ pub(crate) fn mount_table(body: &Value) -> &Value {
     body.get("data").filter(|d| d.is_object()).unwrap_or(body)
 }
 
-/// Reads Vault and plans each piece of ESO's access.
 pub(crate) fn plan(http: &VaultHttp, names: &EsoNames, kubeconfig: &[PathBuf]) -> Result<Plan> {
     let mount = &names.auth_mount;
     let auth_state = match get(http, "sys/auth")? {
@@ -414,10 +402,8 @@ pub(crate) fn plan(http: &VaultHttp, names: &EsoNames, kubeconfig: &[PathBuf]) -
     Ok(plan)
 }
 
-/// Whether the config is as wanted: the in-pod one (the values' host, Vault's
-/// own CA and reviewer), or outside a pod the kube context's API server and CA,
-/// asked for only to compare with a config Vault holds. No kube context: no
-/// cluster whose ESO could log in.
+/// Whether the config is as wanted: the in-pod one, or outside a pod the kube
+/// context's API server and CA (asked for only to compare with a config Vault holds).
 fn decide_config(
     names: &EsoNames,
     current: Option<&KubeConfig>,
@@ -469,7 +455,6 @@ fn role_matches(names: &EsoNames, d: &Value) -> bool {
         && d["token_ttl"].as_u64() == Some(names.token_ttl_secs)
 }
 
-/// The kube context's API server, for a Vault outside a pod.
 #[derive(Debug, Clone)]
 pub(crate) struct ApiServer {
     pub server: String,
@@ -503,7 +488,6 @@ pub(crate) struct Applied {
     pub written: Vec<String>,
     /// Pieces not written, with the reason (a refused token): ESO cannot log in yet.
     pub not_written: Vec<(String, String)>,
-    /// Notes for humans (e.g. a Vault outside a pod).
     pub notes: Vec<String>,
 }
 

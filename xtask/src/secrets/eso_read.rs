@@ -1,10 +1,6 @@
-//! Reading Vault as ESO does (`check --live --as-eso`, `doctor`): ESO's login
-//! (a TokenRequest for the store's service account, `POST
-//! auth/<mountPath>/login`, Vault's TokenReview), its reads, a write that must
-//! be refused, and the token revoked. A refused login is explained
-//! ([`Refused`]). With no cluster to log in through, a token minted with the
-//! role's policies (`policy-only`) proves the policy only. The JWT and Vault
-//! tokens stay in memory: never in argv, output or errors.
+//! Reading Vault as ESO does (`check --live --as-eso`, `doctor`): its login,
+//! reads, a write that must be refused, the token revoked; a refused login is
+//! explained. The JWT and Vault tokens stay in memory: never in argv, output or errors.
 
 use std::path::{Path, PathBuf};
 
@@ -29,10 +25,11 @@ const TOKEN_DURATION: &str = "10m";
 const VAULT_SA: (&str, &str) = ("vault", "vault");
 
 /// How the check got its Vault token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum How {
     /// ESO's own login: TokenRequest, Vault login, TokenReview.
+    #[default]
     Login,
     /// No cluster to log in through: a token minted with the role's policies.
     PolicyOnly,
@@ -46,7 +43,7 @@ pub(crate) struct Refused {
 }
 
 /// What ESO could do: log in, read, write.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct AsEso {
     pub method: How,
     pub role: String,
@@ -79,13 +76,7 @@ impl AsEso {
             service_account: names.subject(),
             auth: format!("auth/{}", names.auth_mount),
             kube_context,
-            policy_only_reason: None,
-            login_refused: None,
-            policies: Vec::new(),
-            read: Vec::new(),
-            unreadable: Vec::new(),
-            write_refused: false,
-            write_answer: String::new(),
+            ..AsEso::default()
         }
     }
 
@@ -132,9 +123,8 @@ impl AsEso {
     }
 }
 
-/// Logs in as ESO does and reads `keys` with its token (or, with no cluster
-/// to log in through, with a token holding the role's policies), probes a
-/// write, and revokes the token. `root` and `env` locate the store's values.
+/// Logs in as ESO does (with no cluster to log in through: a token holding the
+/// role's policies) and [`probe`]s with its token.
 pub(crate) fn read_as_eso(
     http: &VaultHttp,
     names: &EsoNames,
@@ -154,7 +144,7 @@ pub(crate) fn read_as_eso(
     };
     let mut as_eso = AsEso::new(How::Login, names, Some(context.clone()));
     let (jwt, audiences) = match service_account_token(names, &audiences(root)?, &context)? {
-        Minted::Token { jwt, audiences } => (jwt, audiences),
+        Minted::Token(jwt, audiences) => (jwt, audiences),
         Minted::Refused(refused) => {
             as_eso.login_refused = Some(refused);
             return Ok(as_eso);
@@ -189,19 +179,18 @@ fn audiences(root: &Path) -> Result<Vec<String>> {
     let list = values
         .get("serviceAccount")
         .and_then(|s| s.get("audiences"));
-    let list = list.map(|a| {
-        a.as_seq()
-            .iter()
-            .filter_map(|n| n.as_str())
-            .map(String::from)
-    });
-    Ok(list.map(Iterator::collect).unwrap_or_default())
+    let list = list.map(|a| a.as_seq()).unwrap_or_default();
+    Ok(list
+        .iter()
+        .filter_map(|n| n.as_str())
+        .map(String::from)
+        .collect())
 }
 
 /// What the cluster answered to the TokenRequest.
 enum Minted {
     /// The JWT, and the audiences the API server gave it.
-    Token { jwt: Secret, audiences: Vec<String> },
+    Token(Secret, Vec<String>),
     /// The service account is missing, or the kube context may not create tokens.
     Refused(Refused),
     /// kubectl cannot reach the cluster.
@@ -223,8 +212,7 @@ fn unreachable(stderr: &str) -> bool {
     .any(|s| stderr.contains(s))
 }
 
-/// `kubectl create token`, as ESO's controller asks for one (10 minutes, the
-/// store's audiences).
+/// `kubectl create token`, as ESO's controller asks for one.
 fn service_account_token(names: &EsoNames, audiences: &[String], context: &str) -> Result<Minted> {
     let (sa, ns) = (&names.service_account, &names.namespace);
     let mut tool = kube::kubectl_tool()
@@ -243,7 +231,7 @@ fn service_account_token(names: &EsoNames, audiences: &[String], context: &str) 
     let said = crate::process::tail(&stderr, 1);
     if !out.status.success() {
         let subject = names.subject();
-        let refused = |cause, fix| Ok(Minted::Refused(Refused { cause, fix }));
+        let refused = |cause, fix| Ok(Minted::Refused(refused(cause, fix)));
         if unreachable(&stderr) {
             return Ok(Minted::NoCluster(unreached(said)));
         }
@@ -289,11 +277,8 @@ fn service_account_token(names: &EsoNames, audiences: &[String], context: &str) 
     let Some(jwt) = answer["status"]["token"].as_str().filter(|t| !t.is_empty()) else {
         bail!("`{shown}` answered without a token; run `kubectl version` to see which API server answered");
     };
-    let audiences = strings(&answer["spec"]["audiences"]);
-    Ok(Minted::Token {
-        jwt: Secret::new(jwt.to_string()),
-        audiences,
-    })
+    let jwt = Secret::new(jwt.to_string());
+    Ok(Minted::Token(jwt, strings(&answer["spec"]["audiences"])))
 }
 
 /// Names the cause of a refused login, reading with the caller's token.
@@ -308,7 +293,6 @@ fn seed_fix(what: &str) -> String {
     format!("`cargo xtask secrets seed` {what}")
 }
 
-/// `refused(cause, fix)`, for short call sites.
 fn refused(cause: String, fix: String) -> Refused {
     Refused { cause, fix }
 }
@@ -685,17 +669,6 @@ fn probe(
     mut into: AsEso,
 ) -> Result<AsEso> {
     let eso = http.with_token(Secret::new(token.to_string()));
-    let result = read_and_write(&eso, names, keys, &mut into);
-    let _ = eso.try_call(Method::Post, "auth/token/revoke-self", None);
-    result.map(|()| into)
-}
-
-fn read_and_write(
-    eso: &VaultHttp,
-    names: &EsoNames,
-    keys: &[String],
-    into: &mut AsEso,
-) -> Result<()> {
     let answers = bounded(keys.to_vec(), 8, |key| {
         let path = names.data_path(&key);
         let verdict = match eso.try_call(Method::Get, &path, None) {
@@ -725,8 +698,10 @@ fn read_and_write(
     into.read.sort();
     into.unreadable.sort();
     let target = keys.first().map_or("xtask-eso-write-probe", String::as_str);
-    (into.write_refused, into.write_answer) = write_probe(eso, names, target)?;
-    Ok(())
+    let written = write_probe(&eso, names, target);
+    let _ = eso.try_call(Method::Post, "auth/token/revoke-self", None);
+    (into.write_refused, into.write_answer) = written?;
+    Ok(into)
 }
 
 /// Tries a write that cannot land; `true` when the policy refused it.

@@ -86,11 +86,9 @@ fn kubeconfig_exists(kubeconfig: &[PathBuf]) -> bool {
 /// The current context with its cluster's CA inline (`--flatten` reads a CA
 /// file). It holds credentials: keep it in memory.
 pub(crate) fn raw_minified_config() -> Result<String> {
-    kubectl(
-        &"config view --minify --raw --flatten --output json"
-            .split(' ')
-            .collect::<Vec<_>>(),
-    )
+    kubectl_tool()
+        .args("config view --minify --raw --flatten --output json".split(' '))
+        .run()
 }
 
 /// ESO's API group, as `kubectl api-versions` lists it.
@@ -110,12 +108,10 @@ pub(crate) const ESO_UPGRADE: &str = "helm repo add external-secrets https://cha
      helm repo update external-secrets && helm upgrade external-secrets external-secrets/external-secrets \
      --namespace external-secrets --wait";
 
-/// What the cluster serves of ESO's API group.
+/// What the cluster serves of ESO's API group: nothing, versions older than v1, v1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum EsoApi {
-    /// No `external-secrets.io` version: ESO is not installed.
     Missing,
-    /// Versions, but not `v1`: an ESO older than 0.16.
     Old(Vec<String>),
     V1,
 }
@@ -124,10 +120,8 @@ impl EsoApi {
     /// From `kubectl api-versions`' output, one `group/version` a line.
     pub(crate) fn parse(api_versions: &str) -> EsoApi {
         let ours = api_versions.lines().map(str::trim);
-        let ours: Vec<String> = ours
-            .filter(|l| l.split_once('/').is_some_and(|(g, _)| g == ESO_GROUP))
-            .map(String::from)
-            .collect();
+        let ours = ours.filter(|l| l.split_once('/').is_some_and(|(g, _)| g == ESO_GROUP));
+        let ours: Vec<String> = ours.map(String::from).collect();
         if ours.iter().any(|v| v == ESO_V1) {
             EsoApi::V1
         } else if ours.is_empty() {
@@ -172,17 +166,15 @@ fn items(list: &Value) -> &[Value] {
     list["items"].as_array().map_or(&[], Vec::as_slice)
 }
 
-/// An object's Ready condition, as ESO writes it.
+/// An object's Ready condition, as ESO writes it (`ready` is `None` without one).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct Ready {
-    /// `None` when there is no Ready condition.
     pub ready: Option<bool>,
     pub reason: String,
     pub message: String,
 }
 
 impl Ready {
-    /// The Ready condition in `object["status"]["conditions"]`.
     pub(crate) fn of(object: &Value) -> Ready {
         let conditions = object["status"]["conditions"].as_array();
         match conditions.and_then(|c| c.iter().find(|c| c["type"] == "Ready")) {
@@ -218,9 +210,7 @@ pub(crate) struct EsStatus {
     pub refresh_time: Option<String>,
     /// The object version ESO last synced (changes with its annotations).
     pub synced_resource_version: Option<String>,
-    /// `spec.refreshInterval` as written (`1h`, `0`).
     pub refresh_interval: Option<String>,
-    /// `spec.refreshPolicy` (`Periodic`, `OnChange`, `CreatedOnce`).
     pub refresh_policy: Option<String>,
     /// The Secret it writes: `spec.target.name`, else its own name.
     pub target: String,
@@ -403,21 +393,20 @@ pub(crate) struct Event {
     pub object: String,
     pub reason: String,
     pub message: String,
-    /// When it last happened (RFC 3339, the cluster's clock).
+    /// When it last happened (RFC 3339); then `metadata.resourceVersion` orders.
     pub last: String,
-    /// `metadata.resourceVersion`, which orders events of the same second.
     pub version: u64,
 }
 
 impl Event {
     /// `ESO's last warning (Reason): message`, on one line (Vault's errors span several).
     pub(crate) fn said(&self) -> String {
-        let message: Vec<&str> = self.message.split_whitespace().collect();
-        format!(
-            "ESO's last warning ({}): {}",
-            self.reason,
-            message.join(" ")
-        )
+        let message = self
+            .message
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        format!("ESO's last warning ({}): {message}", self.reason)
     }
 }
 

@@ -144,8 +144,8 @@ impl ForwardSpec {
         let mut noted: Option<Instant> = None;
         loop {
             let list = self.pods_now(&selector)?;
-            let state = match Behind::of(&list) {
-                Behind::Runs(name) => {
+            let state = match behind(&list, &self.service, &selector) {
+                Ok(name) => {
                     if noted.is_some() {
                         let after = seconds(Duration::from_secs(began.elapsed().as_secs()));
                         eprintln!(
@@ -154,7 +154,7 @@ impl ForwardSpec {
                     }
                     return Ok(());
                 }
-                behind => behind.describe(&self.service, &selector),
+                Err(state) => state,
             };
             let now = Instant::now();
             let Some(left) = until.checked_duration_since(now).filter(|d| !d.is_zero()) else {
@@ -180,8 +180,11 @@ impl ForwardSpec {
     /// The error once the wait for a pod is over: what is true, and its fix.
     fn pod_wait_failure(&self, state: &str, list: &Value) -> String {
         let (ns, svc, waited) = (&self.namespace, &self.service, seconds(self.pod_wait));
-        let fix = match pods(list).first() {
-            Some(Pod { name, .. }) => format!(
+        let first = list["items"]
+            .get(0)
+            .map(|p| p["metadata"]["name"].as_str().unwrap_or("?"));
+        let fix = match first {
+            Some(name) => format!(
                 "`kubectl --namespace {ns} describe pod {name}` says why (its Events); if it is only slow (an \
                  image still pulling), raise vault.port_forward.pod_wait_secs ({waited}) in .local/secrets.toml"
             ),
@@ -250,7 +253,7 @@ impl ForwardSpec {
             match self.launch(local, stop) {
                 Err(LaunchError::Exited(why)) if Instant::now() < until => {
                     let pods = self.pods_now(&self.selector()?)?;
-                    if matches!(Behind::of(&pods), Behind::Runs(_)) {
+                    if behind(&pods, "", "").is_ok() {
                         return Err(LaunchError::Exited(why));
                     }
                 }
@@ -279,122 +282,84 @@ fn selector_of(service: &Value) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(","))
 }
 
-/// One pod behind the service, as far as forwarding to it goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Pod {
-    name: String,
-    phase: String,
-    /// Why it is not running: a container's waiting or terminated reason,
-    /// the scheduler's, or `Terminating`.
-    reason: Option<String>,
-    terminating: bool,
-}
-
-impl Pod {
-    fn of(p: &Value) -> Pod {
-        let status = &p["status"];
-        let terminating = !p["metadata"]["deletionTimestamp"].is_null();
-        let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
-        let reason_in = |key: &str| {
-            list(&status[key]).iter().find_map(|c| {
-                let state = &c["state"];
-                let reason = state["waiting"]["reason"].as_str();
-                reason
-                    .or(state["terminated"]["reason"].as_str())
-                    .map(String::from)
-            })
-        };
-        let conditions = list(&status["conditions"]);
-        let unscheduled = conditions
-            .iter()
-            .find(|c| c["type"] == "PodScheduled" && c["status"] == "False");
-        let unschedulable = unscheduled.map(|c| {
-            let reason = c["reason"].as_str().unwrap_or("Unschedulable");
-            match c["message"].as_str().filter(|m| !m.is_empty()) {
-                Some(m) if m.chars().count() > 160 => {
-                    format!("{reason}: {}...", m.chars().take(160).collect::<String>())
-                }
-                Some(m) => format!("{reason}: {m}"),
-                None => reason.to_string(),
+/// One pod behind the service: its name, whether kubectl can forward to it
+/// (Running, not on its way out), and `vault-0 is Pending (ContainerCreating)`.
+fn pod_state(p: &Value) -> (String, bool, String) {
+    let status = &p["status"];
+    let terminating = !p["metadata"]["deletionTimestamp"].is_null();
+    let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    // Why it is not running: a container's waiting or terminated reason, the
+    // scheduler's, or `Terminating`.
+    let reason_in = |key: &str| {
+        list(&status[key]).iter().find_map(|c| {
+            let state = &c["state"];
+            let reason = state["waiting"]["reason"].as_str();
+            reason
+                .or(state["terminated"]["reason"].as_str())
+                .map(String::from)
+        })
+    };
+    let conditions = list(&status["conditions"]);
+    let unscheduled = conditions
+        .iter()
+        .find(|c| c["type"] == "PodScheduled" && c["status"] == "False");
+    let unschedulable = unscheduled.map(|c| {
+        let reason = c["reason"].as_str().unwrap_or("Unschedulable");
+        match c["message"].as_str().filter(|m| !m.is_empty()) {
+            Some(m) if m.chars().count() > 160 => {
+                format!("{reason}: {}...", m.chars().take(160).collect::<String>())
             }
-        });
-        let reason = reason_in("initContainerStatuses")
-            .map(|r| format!("Init:{r}"))
-            .or_else(|| reason_in("containerStatuses"))
-            .or(unschedulable)
-            .or_else(|| status["reason"].as_str().map(String::from))
-            .or_else(|| terminating.then(|| "Terminating".to_string()));
-        Pod {
-            name: p["metadata"]["name"].as_str().unwrap_or("?").to_string(),
-            phase: status["phase"].as_str().unwrap_or("Pending").to_string(),
-            reason,
-            terminating,
+            Some(m) => format!("{reason}: {m}"),
+            None => reason.to_string(),
         }
-    }
-
-    /// `vault-0 is Pending (ContainerCreating)`.
-    fn describe(&self) -> String {
-        let (name, phase) = (&self.name, &self.phase);
-        match &self.reason {
-            Some(r) => format!("{name} is {phase} ({r})"),
-            None => format!("{name} is {phase}"),
-        }
-    }
+    });
+    let reason = reason_in("initContainerStatuses")
+        .map(|r| format!("Init:{r}"))
+        .or_else(|| reason_in("containerStatuses"))
+        .or(unschedulable)
+        .or_else(|| status["reason"].as_str().map(String::from))
+        .or_else(|| terminating.then(|| "Terminating".to_string()));
+    let name = p["metadata"]["name"].as_str().unwrap_or("?").to_string();
+    let phase = status["phase"].as_str().unwrap_or("Pending");
+    let described = match reason {
+        Some(r) => format!("{name} is {phase} ({r})"),
+        None => format!("{name} is {phase}"),
+    };
+    (name, phase == "Running" && !terminating, described)
 }
 
-/// The pods of a `kubectl get pods --output json` list.
-fn pods(list: &Value) -> Vec<Pod> {
-    list["items"]
+/// The name of a pod behind the service that runs, or what stands there
+/// instead: `svc/vault selects no pod (selector ...)`, `pod vault-0 is Pending
+/// (ContainerCreating)`, or the first few of several.
+fn behind(list: &Value, service: &str, selector: &str) -> Result<String, String> {
+    let pods: Vec<_> = list["items"]
         .as_array()
         .into_iter()
         .flatten()
-        .map(Pod::of)
-        .collect()
-}
-
-/// What stands behind the service.
-#[derive(Debug, PartialEq, Eq)]
-enum Behind {
-    /// A pod runs (phase Running, not on its way out): kubectl can forward to it.
-    Runs(String),
-    /// The selector matches no pod.
-    NoPod,
-    /// Pods, none of them running.
-    NotRunning(Vec<Pod>),
-}
-
-impl Behind {
-    fn of(list: &Value) -> Behind {
-        let pods = pods(list);
-        if let Some(p) = pods.iter().find(|p| p.phase == "Running" && !p.terminating) {
-            Behind::Runs(p.name.clone())
-        } else if pods.is_empty() {
-            Behind::NoPod
-        } else {
-            Behind::NotRunning(pods)
-        }
+        .map(pod_state)
+        .collect();
+    if let Some((name, ..)) = pods.iter().find(|(_, runs, _)| *runs) {
+        return Ok(name.clone());
     }
-
-    /// `svc/vault selects no pod (selector ...)`, `pod vault-0 is Pending
-    /// (ContainerCreating)`, or the first few of several.
-    fn describe(&self, service: &str, selector: &str) -> String {
-        match self {
-            Behind::Runs(name) => format!("pod {name} is Running"),
-            Behind::NoPod => format!("svc/{service} selects no pod (selector {selector})"),
-            Behind::NotRunning(pods) if pods.len() == 1 => format!("pod {}", pods[0].describe()),
-            Behind::NotRunning(pods) => {
-                let shown: Vec<String> = pods.iter().take(3).map(Pod::describe).collect();
-                let more = match pods.len().saturating_sub(3) {
-                    0 => String::new(),
-                    n => format!(" and {n} more"),
-                };
-                format!(
-                    "no pod of svc/{service} is running: {}{more}",
-                    shown.join(", ")
-                )
-            }
+    let shown: Vec<&str> = pods
+        .iter()
+        .take(3)
+        .map(|(.., described)| described.as_str())
+        .collect();
+    Err(match pods.len() {
+        0 => format!("svc/{service} selects no pod (selector {selector})"),
+        1 => format!("pod {}", shown[0]),
+        n => {
+            let more = match n.saturating_sub(3) {
+                0 => String::new(),
+                more => format!(" and {more} more"),
+            };
+            format!(
+                "no pod of svc/{service} is running: {}{more}",
+                shown.join(", ")
+            )
         }
-    }
+    })
 }
 
 /// "exited (exit 1)", "was killed by signal 13".
@@ -641,10 +606,11 @@ mod tests {
 
     #[test]
     fn says_what_stands_behind_the_service() {
+        let state = |reason: &str| json!([{"state": {"waiting": {"reason": reason}}}]);
         let creating = pod(
             "vault-0",
             "Pending",
-            json!({"containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]}),
+            json!({"containerStatuses": state("ContainerCreating")}),
         );
         let long = format!("0/1 nodes are available: {}", "x".repeat(200));
         let unschedulable = pod(
@@ -656,36 +622,39 @@ mod tests {
         let init = pod(
             "vault-2",
             "Pending",
-            json!({"initContainerStatuses": [{"state": {"waiting": {"reason": "PodInitializing"}}}]}),
+            json!({"initContainerStatuses": state("PodInitializing")}),
         );
         let list = json!({"items": [creating, unschedulable, init]});
         let clipped = &long[..160];
-        assert_eq!(
-            Behind::of(&list).describe("vault", "sel"),
-            format!(
-                "no pod of svc/vault is running: vault-0 is Pending (ContainerCreating), vault-1 is Pending \
-                 (Unschedulable: {clipped}...), vault-2 is Pending (Init:PodInitializing)"
-            )
+        let said = format!(
+            "no pod of svc/vault is running: vault-0 is Pending (ContainerCreating), vault-1 is Pending \
+             (Unschedulable: {clipped}...), vault-2 is Pending (Init:PodInitializing)"
         );
+        assert_eq!(behind(&list, "vault", "sel"), Err(said));
         // One Running pod among others is enough: kubectl picks it.
         let mut running = pod("vault-3", "Running", json!({}));
         let list = json!({"items": [list["items"][0], running]});
-        assert_eq!(Behind::of(&list), Behind::Runs("vault-3".into()));
+        assert_eq!(behind(&list, "vault", "sel"), Ok("vault-3".into()));
         // ... unless it is on its way out.
         running["metadata"]["deletionTimestamp"] = json!("2026-12-01T00:00:00Z");
+        let terminated = json!([{"state": {"terminated": {"reason": "Error", "exitCode": 1}}}]);
         let crashed = pod(
             "vault-4",
             "Failed",
-            json!({"containerStatuses": [{"state": {"terminated": {"reason": "Error", "exitCode": 1}}}]}),
+            json!({"containerStatuses": terminated}),
         );
-        for (pod, said) in [
-            (running, "pod vault-3 is Running (Terminating)"),
-            (crashed, "pod vault-4 is Failed (Error)"),
+        for (list, said) in [
+            (
+                json!({"items": [running]}),
+                "pod vault-3 is Running (Terminating)",
+            ),
+            (json!({"items": [crashed]}), "pod vault-4 is Failed (Error)"),
+            (
+                json!({"items": []}),
+                "svc/vault selects no pod (selector sel)",
+            ),
         ] {
-            assert_eq!(
-                Behind::of(&json!({"items": [pod]})).describe("vault", "sel"),
-                said
-            );
+            assert_eq!(behind(&list, "vault", "sel"), Err(said.into()));
         }
     }
 }
