@@ -438,26 +438,14 @@ impl Why<'_> {
                 None
             }
         };
-        match &reviewer {
-            Some(Reviewer::Jwt) => {
-                return refused(
-                    format!(
-                        "Vault reviews ESO's token with the token_reviewer_jwt set in {config_path}, whose service \
-                         account Vault does not show: it may lack system:auth-delegator, or the token may have \
-                         expired"
-                    ),
-                    seed_fix(
-                        "writes the config without a reviewer JWT (Vault then reviews with its own service account \
-                         in a pod, or with ESO's token outside one)",
-                    ),
-                )
-            }
-            Some(Reviewer::Account(ns, name, in_pod)) => match self.auth_delegator(ns, name) {
-                Ok(true) => fine.push(format!("the reviewer {ns}/{name} holds system:auth-delegator")),
-                Ok(false) => return self.unbound(ns, name, *in_pod),
+        if let Some((ns, name, in_pod)) = reviewer {
+            match self.auth_delegator(&ns, &name) {
+                Ok(true) => fine.push(format!(
+                    "the reviewer {ns}/{name} holds system:auth-delegator"
+                )),
+                Ok(false) => return self.unbound(&ns, &name, in_pod),
                 Err(why) => unchecked.push(why),
-            },
-            None => {}
+            }
         }
         let mut cause = "Vault refused the login (permission denied)".to_string();
         if !fine.is_empty() {
@@ -483,9 +471,9 @@ impl Why<'_> {
                  Ok(r) if r.status == 404 && r.errors().contains("no handler for route"))
     }
 
-    /// Checks the auth config against where Vault runs; answers who reviews
-    /// ESO's token.
-    fn config(&self, config_path: &str, config: &Value) -> Result<Reviewer, Refused> {
+    /// Checks the auth config against where Vault runs; answers whose service
+    /// account reviews ESO's token (namespace, name, in a pod).
+    fn config(&self, config_path: &str, config: &Value) -> Result<(String, String, bool), Refused> {
         let names = self.names;
         let (context, want_host) = (self.context, &names.kubernetes_host);
         let host = config["kubernetes_host"].as_str().unwrap_or("");
@@ -501,9 +489,21 @@ impl Why<'_> {
                 )),
             ))
         };
-        let reviewer = |(ns, name): (&str, &str), in_pod| match jwt_set {
-            true => Reviewer::Jwt,
-            false => Reviewer::Account(ns.into(), name.into(), in_pod),
+        let reviewer = |ns: &str, name: &str, in_pod| {
+            if !jwt_set {
+                return Ok((ns.to_string(), name.to_string(), in_pod));
+            }
+            // A reviewer JWT whose service account Vault does not show.
+            Err(refused(
+                format!(
+                    "Vault reviews ESO's token with the token_reviewer_jwt set in {config_path}, whose service \
+                     account Vault does not show: it may lack system:auth-delegator, or the token may have expired"
+                ),
+                seed_fix(
+                    "writes the config without a reviewer JWT (Vault then reviews with its own service account in \
+                     a pod, or with ESO's token outside one)",
+                ),
+            ))
         };
         if !own_ca {
             // In a pod: Vault's own CA and service account.
@@ -513,7 +513,7 @@ impl Why<'_> {
                      pods reach it)"
                 ));
             }
-            return Ok(reviewer(VAULT_SA, true));
+            return reviewer(VAULT_SA.0, VAULT_SA.1, true);
         }
         // Outside the cluster: the kube context's API server and CA.
         if let Ok(eso_access::ApiServer { server, ca_pem }) = eso_access::api_server_of_context() {
@@ -535,10 +535,7 @@ impl Why<'_> {
                 ));
             }
         }
-        Ok(reviewer(
-            (names.namespace.as_str(), names.service_account.as_str()),
-            false,
-        ))
+        reviewer(&names.namespace, &names.service_account, false)
     }
 
     /// Whether a ClusterRoleBinding lets service account `ns/name` create TokenReviews.
@@ -575,14 +572,6 @@ impl Why<'_> {
         );
         refused(cause, fix)
     }
-}
-
-/// Whose token Vault reviews ESO's token with.
-enum Reviewer {
-    /// The `token_reviewer_jwt` in the config.
-    Jwt,
-    /// Service account (namespace, name, in a pod): Vault's own in a pod, ESO's outside one.
-    Account(String, String, bool),
 }
 
 /// `service account names [a] in namespaces [b]` of a role.

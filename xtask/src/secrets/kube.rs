@@ -156,7 +156,6 @@ pub(crate) fn eso_api() -> Result<EsoApi> {
     Ok(EsoApi::parse(&kubectl(&["api-versions"])?))
 }
 
-/// A JSON string field, or empty.
 fn text(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_string()
 }
@@ -201,7 +200,6 @@ impl Ready {
 pub(crate) struct EsStatus {
     pub namespace: String,
     pub name: String,
-    /// `Kind/name` of its store.
     pub store: String,
     pub ready: Option<bool>,
     pub reason: String,
@@ -277,8 +275,7 @@ pub(crate) fn go_seconds(duration: &str) -> Option<f64> {
 }
 
 /// `kubectl get ARGS --output json` about ESO's objects: the command and its
-/// stdout, `None` for NotFound. A cluster without ESO (`the server doesn't have
-/// a resource type`, or a group the discovery cache still lists) is said so.
+/// stdout, `None` for NotFound; a cluster without ESO is said so.
 fn get_eso(args: &[&str]) -> Result<Option<(String, Vec<u8>)>> {
     let tool = kubectl_tool()
         .arg("get")
@@ -300,7 +297,6 @@ fn get_eso(args: &[&str]) -> Result<Option<(String, Vec<u8>)>> {
     anyhow::bail!("{what} (`{}`: {said}); {fix}", tool.display())
 }
 
-/// Every ExternalSecret in the cluster.
 pub(crate) fn external_secrets() -> Result<Vec<EsStatus>> {
     let Some((_, out)) = get_eso(&["externalsecrets", "--all-namespaces"])? else {
         return Ok(Vec::new());
@@ -370,7 +366,6 @@ fn annotate(object: &[&str], stamp: &str) -> Result<()> {
     Ok(())
 }
 
-/// Every namespace in the cluster.
 pub(crate) fn namespaces() -> Result<BTreeSet<String>> {
     let json = kubectl(&["get", "namespaces", "--output", "json"])?;
     let list: Value =
@@ -385,11 +380,9 @@ pub(crate) fn namespaces() -> Result<BTreeSet<String>> {
 /// Ready condition is generic: `could not get secret data from provider`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Event {
-    /// `metadata.name`.
     pub id: String,
     /// How many times it happened (identical events are counted in one).
     pub count: u64,
-    /// `involvedObject.name`.
     pub object: String,
     pub reason: String,
     pub message: String,
@@ -438,9 +431,8 @@ pub(crate) fn warning_events(
     events(namespace, kind, name, Some("Warning"))
 }
 
-/// Events about objects of `kind` in `namespace` (`None`: every namespace; a
-/// cluster-scoped object's live in `default`), about `name` and of `type_`
-/// only when given.
+/// Events about objects of `kind` in `namespace` (`None`: all; a cluster-scoped
+/// object's live in `default`), about `name` and of `type_` when given.
 pub(crate) fn events(
     namespace: Option<&str>,
     kind: &str,
@@ -500,7 +492,6 @@ fn instant(e: &Event) -> (String, u64) {
     (format!("{secs}.{frac:0<9}"), e.version)
 }
 
-/// The newest event about each object, by name.
 pub(crate) fn newest_by_object(events: Vec<Event>) -> BTreeMap<String, Event> {
     let mut newest: BTreeMap<String, Event> = BTreeMap::new();
     for e in events {

@@ -20,7 +20,6 @@ const POD_POLL: Duration = Duration::from_secs(1);
 /// How often the wait for a pod says so on stderr.
 const POD_NOTE_EVERY: Duration = Duration::from_secs(5);
 
-/// What to forward: `svc/<service>:<port>` in `namespace`.
 #[derive(Clone, Debug)]
 pub(crate) struct ForwardSpec {
     pub namespace: String,
@@ -34,7 +33,6 @@ pub(crate) struct ForwardSpec {
 
 /// Why kubectl did not start forwarding.
 enum LaunchError {
-    /// The forward was dropped meanwhile.
     Stopped,
     /// kubectl exited before forwarding: our message, with its words.
     Exited(String),
@@ -52,9 +50,8 @@ impl LaunchError {
 }
 
 impl ForwardSpec {
-    /// `kubectl port-forward ... svc/vault [LOCAL]:8200`: a free port the first
-    /// time, the same one on a restart. kubectl's own wait for a running pod is
-    /// kept within our deadline, so it says why it gave up.
+    /// `kubectl port-forward ... svc/vault [LOCAL]:8200`, with kubectl's own wait
+    /// for a running pod kept within our deadline (so it says why it gave up).
     fn tool(&self, local: Option<u16>) -> Tool {
         let local = local.map(|p| p.to_string()).unwrap_or_default();
         Tool::new("kubectl")
@@ -87,8 +84,7 @@ impl ForwardSpec {
         }
     }
 
-    /// `kubectl get ARGS --namespace NS --output json`: the object, `None`
-    /// for NotFound, or an error with kubectl's words.
+    /// `kubectl get ARGS --namespace NS --output json`; `None` for NotFound.
     fn get(&self, args: &[&str]) -> Result<Option<Value>, String> {
         let (ns, svc) = (&self.namespace, &self.service);
         let tool = kube::kubectl_tool().arg("get").args(args);
@@ -108,8 +104,7 @@ impl ForwardSpec {
             .map_err(|e| format!("`{shown}` printed no JSON: {e}"))
     }
 
-    /// The service's pod selector (`app.kubernetes.io/name=vault`), or what
-    /// is wrong with the service, with its fix.
+    /// The service's pod selector (`app.kubernetes.io/name=vault`), or what is wrong.
     fn selector(&self) -> Result<String, LaunchError> {
         let (ns, svc) = (&self.namespace, &self.service);
         let Some(service) = self.get(&["service", svc]).map_err(LaunchError::Failed)? else {
@@ -129,7 +124,6 @@ impl ForwardSpec {
         })
     }
 
-    /// `kubectl get pods --selector SELECTOR`: the list.
     fn pods_now(&self, selector: &str) -> Result<Value, LaunchError> {
         let list = self.get(&["pods", "--selector", selector]);
         list.map(Option::unwrap_or_default)
@@ -200,8 +194,7 @@ impl ForwardSpec {
         )
     }
 
-    /// Starts kubectl and waits for its `Forwarding from 127.0.0.1:N -> P`
-    /// line: the child and N, or kubectl's own words.
+    /// Starts kubectl and waits for its `Forwarding from 127.0.0.1:N -> P` line.
     fn launch(&self, local: Option<u16>, stop: &AtomicBool) -> Result<(Running, u16), LaunchError> {
         let tool = self.tool(local);
         let running = tool
@@ -271,8 +264,7 @@ fn go_duration(d: Duration) -> String {
     }
 }
 
-/// `app.kubernetes.io/name=vault,...` from a Service's `spec.selector`;
-/// `None` when it selects nothing (kubectl then cannot pick a pod).
+/// `app.kubernetes.io/name=vault,...` from a Service's `spec.selector`, if any.
 fn selector_of(service: &Value) -> Option<String> {
     let map = service["spec"]["selector"].as_object()?;
     let parts: Vec<String> = map
@@ -328,9 +320,7 @@ fn pod_state(p: &Value) -> (String, bool, String) {
     (name, phase == "Running" && !terminating, described)
 }
 
-/// The name of a pod behind the service that runs, or what stands there
-/// instead: `svc/vault selects no pod (selector ...)`, `pod vault-0 is Pending
-/// (ContainerCreating)`, or the first few of several.
+/// The name of a running pod behind the service, or what stands there instead.
 fn behind(list: &Value, service: &str, selector: &str) -> Result<String, String> {
     let pods: Vec<_> = list["items"]
         .as_array()
@@ -362,7 +352,6 @@ fn behind(list: &Value, service: &str, selector: &str) -> Result<String, String>
     })
 }
 
-/// "exited (exit 1)", "was killed by signal 13".
 fn ended(running: &Running) -> String {
     match running.exit_status() {
         Some(s) if s.starts_with("killed") => format!("was {s}"),
@@ -371,7 +360,6 @@ fn ended(running: &Running) -> String {
     }
 }
 
-/// What the forward's watcher shares with its owner.
 #[derive(Default)]
 struct Watch {
     /// Why the forward is gone for good, once it is.
@@ -418,7 +406,6 @@ pub(crate) struct PortForward {
 }
 
 impl PortForward {
-    /// Forwards a free loopback port to `svc/<service>:<port>`.
     pub(crate) fn start(spec: &ForwardSpec) -> Result<PortForward> {
         let watch = Arc::new(Watch::default());
         let (started, port) = std::sync::mpsc::channel();
@@ -451,7 +438,6 @@ impl PortForward {
         format!("http://127.0.0.1:{}", self.local_port)
     }
 
-    /// Whether the forward is gone for good (it failed twice).
     pub(crate) fn is_gone(&self) -> bool {
         self.watch.down().is_some()
     }
@@ -490,8 +476,7 @@ fn reports_broken(line: &str) -> bool {
     l.contains("an error occurred forwarding") || l.contains("lost connection to pod")
 }
 
-/// Watches one forward: restarts it once, and records why it is gone when it
-/// fails again.
+/// Watches one forward: restarts it once, and records why it is gone when it fails again.
 fn supervise(spec: &ForwardSpec, mut running: Running, port: u16, watch: &Watch) {
     let mut first_failure: Option<String> = None;
     let mut display = spec.tool(None).display();
@@ -550,8 +535,7 @@ fn supervise(spec: &ForwardSpec, mut running: Running, port: u16, watch: &Watch)
     }
 }
 
-/// Parses kubectl's `Forwarding from 127.0.0.1:41234 -> 8200` (or
-/// `[::1]:41234`): the listening host and port.
+/// The host and port of kubectl's `Forwarding from 127.0.0.1:41234 -> 8200` (or `[::1]:41234`).
 fn forwarding_from(line: &str) -> Option<(&str, u16)> {
     let rest = line.trim().strip_prefix("Forwarding from ")?;
     let (local, _remote) = rest.split_once(" -> ")?;

@@ -25,7 +25,6 @@ pub(crate) struct Held {
 }
 
 impl Held {
-    /// Counts `fixtures` among `listed` (the store's names).
     pub(crate) fn count(fixtures: &[String], listed: &[String]) -> Held {
         let listed: BTreeSet<&String> = listed.iter().collect();
         let mut missing: Vec<String> = fixtures
@@ -72,7 +71,6 @@ impl Held {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct Lack {
     pub path: String,
-    /// Capabilities needed and not granted.
     pub missing: Vec<String>,
     /// What the seed does there, for humans.
     pub why: &'static str,
