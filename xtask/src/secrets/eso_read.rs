@@ -21,9 +21,6 @@ const NO_SUCH_VERSION: u64 = (1 << 53) - 1;
 /// How long the service-account token lives: ESO's controller asks for 600 s.
 const TOKEN_DURATION: &str = "10m";
 
-/// The service account an in-cluster Vault reviews tokens with.
-const VAULT_SA: (&str, &str) = ("vault", "vault");
-
 /// How the check got its Vault token.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -506,14 +503,14 @@ impl Why<'_> {
             ))
         };
         if !own_ca {
-            // In a pod: Vault's own CA and service account.
+            // In a pod: Vault's own CA and service account (the vault chart's, vault/vault).
             if host != want_host {
                 return wrong(format!(
                     "{config_path} has Vault review ESO's token at {host}, not at {want_host} (the API server as \
                      pods reach it)"
                 ));
             }
-            return reviewer(VAULT_SA.0, VAULT_SA.1, true);
+            return reviewer("vault", "vault", true);
         }
         // Outside the cluster: the kube context's API server and CA.
         if let Ok(eso_access::ApiServer { server, ca_pem }) = eso_access::api_server_of_context() {
