@@ -1,8 +1,7 @@
-//! External Secrets Operator's way into Vault: the Kubernetes auth method
-//! at the store's `mountPath`, its config, a read-only policy on the store's
-//! KV path, and the role the store names, bound to ESO's service account.
-//! Names come from [`EsoNames::load`]; [`plan`] reads Vault and [`apply`]
-//! writes only what differs. A token that may not is reported, not an error.
+//! External Secrets Operator's way into Vault: the Kubernetes auth method at
+//! the store's `mountPath`, its config, a read-only policy on the store's KV
+//! path, and the role bound to ESO's service account. [`plan`] reads Vault,
+//! [`apply`] writes only what differs; a token that may not is reported.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -22,15 +21,13 @@ pub(crate) const STORE_CHART_VALUES: &str =
 /// What ESO logs in as and may read, from the store chart and layer 15.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct EsoNames {
-    /// `ClusterSecretStore/<store>`.
     pub store: String,
-    /// The auth method's mount (`auth.kubernetes.mountPath`), without slashes.
+    /// `auth.kubernetes.mountPath`, without slashes.
     pub auth_mount: String,
     pub role: String,
     pub policy: String,
-    /// The KV mount the store reads (`provider.vault.path`).
+    /// `provider.vault.path`, the KV mount the store reads.
     pub kv_path: String,
-    /// `v1` or `v2`.
     pub kv_version: String,
     pub service_account: String,
     pub namespace: String,
@@ -42,35 +39,35 @@ pub(crate) struct EsoNames {
 }
 
 impl EsoNames {
-    /// Reads the names for `env`: the store chart's values, overlaid with
-    /// `vault.store` from the environment's layer-15 values (as the helmfile passes them).
+    /// The store chart's values, overlaid with layer 15's `vault.store` for `env`.
     pub(crate) fn load(root: &Path, env: &str) -> Result<EsoNames> {
-        let chart = read_yaml(root, Path::new(STORE_CHART_VALUES))?;
+        let purpose = "ESO's access to Vault is set up from it";
+        let chart = read_yaml(root, Path::new(STORE_CHART_VALUES), purpose)?;
         let layer = project::flag_file(env);
-        let layer15 = read_yaml(root, &layer)?;
+        let layer15 = read_yaml(root, &layer, purpose)?;
         let store_over = layer15.get("vault").and_then(|v| v.get("store"));
+        let need = |value: Option<&str>, key: &str| -> Result<String> {
+            match value.map(str::trim) {
+                Some(v) if !v.is_empty() => Ok(v.to_string()),
+                _ => bail!(
+                    "{STORE_CHART_VALUES} has no `{key}`: ESO's access to Vault is set up from it. Restore it from git."
+                ),
+            }
+        };
         // Layer 15's `vault.store.<path>`, else the chart's `vault.<path>`.
-        let vault_value = |path: &[&str]| -> Option<String> {
+        let v = |path: &[&str]| {
             let walk = |mut node: Option<&Rc<yaml::Node>>| {
                 for key in path {
                     node = node.and_then(|n| n.get(key));
                 }
                 node.and_then(|n| n.as_str()).map(str::to_string)
             };
-            walk(store_over).or_else(|| walk(chart.get("vault")))
+            let value = walk(store_over).or_else(|| walk(chart.get("vault")));
+            need(value.as_deref(), &format!("vault.{}", path.join(".")))
         };
-        let need = |value: Option<String>, key: &str| -> Result<String> {
-            match value {
-                Some(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
-                _ => bail!(
-                    "{STORE_CHART_VALUES} has no `{key}`: ESO's access to Vault is set up from it. Restore it from git."
-                ),
-            }
-        };
-        let v = |path: &[&str]| need(vault_value(path), &format!("vault.{}", path.join(".")));
         let sa = |key: &str| {
             let value = chart.get("serviceAccount").and_then(|s| s.str_at(key));
-            need(value.map(String::from), &format!("serviceAccount.{key}"))
+            need(value, &format!("serviceAccount.{key}"))
         };
         let token_ttl = v(&["auth", "tokenTTL"])?;
         let token_ttl_secs = parse_duration(&token_ttl).with_context(|| {
@@ -84,7 +81,7 @@ impl EsoNames {
             );
         }
         Ok(EsoNames {
-            store: need(chart.str_at("storeName").map(String::from), "storeName")?,
+            store: need(chart.str_at("storeName"), "storeName")?,
             auth_mount: v(&["auth", "mountPath"])?.trim_matches('/').to_string(),
             role: v(&["role"])?,
             policy: v(&["auth", "policy"])?,
@@ -100,11 +97,10 @@ impl EsoNames {
 
     /// The policy: read the store's entries, read and list their metadata.
     pub(crate) fn policy_text(&self) -> String {
+        let (store, role, p) = (&self.store, &self.role, &self.kv_path);
         let header = format!(
-            "# Written by `cargo xtask secrets seed`: what ClusterSecretStore/{} (role {}) may do. Read only.\n",
-            self.store, self.role
+            "# Written by `cargo xtask secrets seed`: what ClusterSecretStore/{store} (role {role}) may do. Read only.\n"
         );
-        let p = &self.kv_path;
         if self.kv_version == "v1" {
             return format!(
                 "{header}path \"{p}/*\" {{\n  capabilities = [\"read\", \"list\"]\n}}\n"
@@ -116,7 +112,6 @@ impl EsoNames {
         )
     }
 
-    /// The path ESO reads `key` at.
     pub(crate) fn data_path(&self, key: &str) -> String {
         match self.kv_version.as_str() {
             "v1" => format!("{}/{key}", self.kv_path),
@@ -124,36 +119,28 @@ impl EsoNames {
         }
     }
 
-    /// `<namespace>/<name>` of ESO's service account.
     pub(crate) fn subject(&self) -> String {
         format!("{}/{}", self.namespace, self.service_account)
     }
 }
 
-fn read_yaml(root: &Path, rel: &Path) -> Result<Rc<yaml::Node>> {
-    let text = std::fs::read_to_string(root.join(rel)).with_context(|| {
-        format!(
-            "reading {} (ESO's access to Vault is set up from it)",
-            rel.display()
-        )
-    })?;
+/// The first document of `rel`; `purpose` says why it is read.
+pub(crate) fn read_yaml(root: &Path, rel: &Path, purpose: &str) -> Result<Rc<yaml::Node>> {
+    let shown = rel.display();
+    let text = std::fs::read_to_string(root.join(rel))
+        .with_context(|| format!("reading {shown} ({purpose})"))?;
     let docs = yaml::parse_documents(&text)
-        .map_err(|e| anyhow::anyhow!("{}:{}:{}: {}", rel.display(), e.line, e.col, e.message))?;
+        .map_err(|e| anyhow::anyhow!("{shown}:{}:{}: {}", e.line, e.col, e.message))?;
     docs.into_iter()
         .next()
-        .with_context(|| format!("{} is empty", rel.display()))
+        .with_context(|| format!("{shown} is empty"))
 }
 
-/// A token TTL in seconds: a Go duration (`15m`, `1h30m`) or bare seconds,
-/// as Vault takes it.
+/// A token TTL in seconds: a Go duration (`15m`, `1h30m`) or bare seconds.
 pub(crate) fn parse_duration(text: &str) -> Result<u64> {
     let t = text.trim();
-    let secs = t
-        .parse::<u64>()
-        .map(|n| n as f64)
-        .ok()
-        .or_else(|| kube::go_seconds(t));
-    match secs {
+    let secs = t.parse::<u64>().map(|n| n as f64).ok();
+    match secs.or_else(|| kube::go_seconds(t)) {
         Some(s) if s >= 1.0 => Ok(s as u64),
         Some(_) => bail!("{text:?}: a token TTL must be one second or more"),
         None => bail!("{text:?} is not a duration"),
@@ -164,7 +151,6 @@ pub(crate) fn parse_duration(text: &str) -> Result<u64> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum State {
-    /// Already as wanted: nothing written.
     InPlace,
     /// Missing or different: written by the seed.
     Ensure,
@@ -172,32 +158,50 @@ pub(crate) enum State {
     Skipped(String),
 }
 
-/// One piece of ESO's access: the auth method, its config, the policy, the role.
+/// One piece of ESO's access.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Item {
     /// `auth`, `config`, `policy` or `role`.
     pub kind: &'static str,
-    /// What it is called in Vault.
     pub name: String,
     pub state: State,
-    /// What the wanted state is, for the plan.
     pub detail: String,
 }
 
 impl Item {
-    /// The plan line's `<kind> <name>`, e.g. `auth kubernetes/`.
+    /// `<kind> <name>`, e.g. `auth kubernetes/`.
     pub(crate) fn label(&self) -> String {
         format!("{} {}", self.kind, self.name)
     }
 }
 
-/// The auth config as Vault holds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct KubeConfig {
     host: String,
     ca_cert: String,
     reviewer_jwt_set: bool,
     disable_local_ca_jwt: bool,
+}
+
+impl KubeConfig {
+    fn of(d: &Value) -> KubeConfig {
+        let text = |key: &str| d[key].as_str().unwrap_or_default();
+        KubeConfig {
+            host: text("kubernetes_host").to_string(),
+            ca_cert: text("kubernetes_ca_cert").trim().to_string(),
+            reviewer_jwt_set: d["token_reviewer_jwt_set"].as_bool().unwrap_or(false),
+            disable_local_ca_jwt: d["disable_local_ca_jwt"].as_bool().unwrap_or(false),
+        }
+    }
+
+    fn at(host: &str, ca_cert: &str) -> KubeConfig {
+        let (host, ca_cert) = (host.to_string(), ca_cert.to_string());
+        KubeConfig {
+            host,
+            ca_cert,
+            ..KubeConfig::default()
+        }
+    }
 }
 
 /// The plan: every piece, in the order [`apply`] writes them.
@@ -213,6 +217,47 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// Builds the four items from their states, in order: auth, config, policy, role.
+    fn new(names: &EsoNames, kubeconfig: &[PathBuf], states: [State; 4]) -> Plan {
+        let (mount, p, host) = (&names.auth_mount, &names.kv_path, &names.kubernetes_host);
+        let (subject, policy, ttl) = (names.subject(), &names.policy, &names.token_ttl);
+        let kinds = [
+            ("auth", format!("{mount}/"), "the kubernetes auth method ESO logs in with".into()),
+            (
+                "config",
+                format!("auth/{mount}/config"),
+                format!("kubernetes_host {host}; Vault's own service-account token and CA review ESO's token"),
+            ),
+            (
+                "policy",
+                policy.clone(),
+                match names.kv_version.as_str() {
+                    "v1" => format!("read and list {p}/*, nothing else"),
+                    _ => format!("read {p}/data/*, read and list {p}/metadata/*, nothing else"),
+                },
+            ),
+            (
+                "role",
+                names.role.clone(),
+                format!("service account {subject} only, policy {policy}, token TTL {ttl}"),
+            ),
+        ];
+        let items = kinds.into_iter().zip(states);
+        Plan {
+            names: names.clone(),
+            items: items
+                .map(|((kind, name, detail), state)| Item {
+                    kind,
+                    name,
+                    state,
+                    detail,
+                })
+                .collect(),
+            outside: None,
+            kubeconfig: kubeconfig.to_vec(),
+        }
+    }
+
     pub(crate) fn to_ensure(&self) -> usize {
         self.count(State::Ensure)
     }
@@ -221,22 +266,18 @@ impl Plan {
         self.items.iter().filter(|i| i.state == state).count()
     }
 
-    /// Every piece is in place: ESO can log in and read.
     pub(crate) fn complete(&self) -> bool {
         self.items.iter().all(|i| i.state == State::InPlace)
     }
 
-    /// The plan's lines: what is ensured, what was skipped and why, and
-    /// (verbose) what is already in place.
+    /// What is ensured, what was skipped and why, and (verbose) what is in place.
     pub(crate) fn render(&self, verbose: bool) -> String {
         let names = &self.names;
+        let (store, role, subject) = (&names.store, &names.role, names.subject());
+        let (ensure, in_place) = (self.to_ensure(), self.count(State::InPlace));
         let mut out = format!(
-            "eso access (ClusterSecretStore/{} -> role {}, service account {}): {} to ensure, {} in place\n",
-            names.store,
-            names.role,
-            names.subject(),
-            self.to_ensure(),
-            self.count(State::InPlace)
+            "eso access (ClusterSecretStore/{store} -> role {role}, service account {subject}): {ensure} to ensure, \
+             {in_place} in place\n"
         );
         let width = self
             .items
@@ -257,7 +298,7 @@ impl Plan {
     }
 }
 
-/// An answer that means "this token may not": 401 or 403.
+/// 401 or 403: this token may not.
 fn denied(reply: &Reply) -> bool {
     matches!(reply.status, 401 | 403)
 }
@@ -270,9 +311,7 @@ fn denial(call: &str, reply: &Reply) -> String {
     )
 }
 
-/// What a GET of one piece found.
 enum Found {
-    /// The token may not read it: the denial.
     Denied(String),
     Missing,
     Body(Value),
@@ -289,7 +328,6 @@ fn get(http: &VaultHttp, path: &str) -> Result<Found> {
     })
 }
 
-/// The state of a piece Vault holds `found`, in place when `as_wanted`.
 fn state_of(found: Found, as_wanted: impl FnOnce(&Value) -> bool) -> State {
     match found {
         Found::Denied(why) => State::Skipped(why),
@@ -298,162 +336,74 @@ fn state_of(found: Found, as_wanted: impl FnOnce(&Value) -> bool) -> State {
     }
 }
 
-/// The table a `sys/auth` read answers with, keyed by `<path>/`: under
-/// `data` when that is an object, else the body itself.
+/// The `sys/auth` table, keyed by `<path>/`: `data` when an object, else the body.
 pub(crate) fn mount_table(body: &Value) -> &Value {
     body.get("data").filter(|d| d.is_object()).unwrap_or(body)
 }
 
-/// Reads Vault and plans each piece of ESO's access.
 pub(crate) fn plan(http: &VaultHttp, names: &EsoNames, kubeconfig: &[PathBuf]) -> Result<Plan> {
     let mount = &names.auth_mount;
-    let auth_name = format!("{mount}/");
-    let mut outside = None;
     let auth_state = match get(http, "sys/auth")? {
         Found::Denied(why) => State::Skipped(why),
         Found::Missing => State::Ensure,
-        Found::Body(body) => match mount_table(&body).get(&auth_name) {
+        Found::Body(body) => match mount_table(&body).get(format!("{mount}/")) {
             None => State::Ensure,
             Some(m) if m["type"] == "kubernetes" => State::InPlace,
             Some(m) => bail!(
-                "the auth method at {auth_name} is {:?}, not kubernetes: ClusterSecretStore/{} logs in there with \
-                 Kubernetes auth. Disable it (`bao auth disable {mount}`) or change vault.auth.mountPath in {}",
+                "the auth method at {mount}/ is {:?}, not kubernetes: ClusterSecretStore/{} logs in there with \
+                 Kubernetes auth. Disable it (`bao auth disable {mount}`) or change vault.auth.mountPath in \
+                 {STORE_CHART_VALUES}",
                 m["type"].as_str().unwrap_or("unknown"),
-                names.store,
-                STORE_CHART_VALUES
+                names.store
             ),
         },
     };
-    let mut items = vec![Item {
-        kind: "auth",
-        name: auth_name,
-        state: auth_state.clone(),
-        detail: "the kubernetes auth method ESO logs in with".into(),
-    }];
-
-    // The config: in a pod, Vault reviews tokens with its own service
-    // account and CA; outside one, with the kube context's API server.
-    let config_name = format!("auth/{mount}/config");
+    let current = match auth_state {
+        State::InPlace => match get(http, &format!("auth/{mount}/config"))? {
+            Found::Denied(why) => {
+                // Nothing past the auth method is readable: all skipped, without details.
+                let skipped = State::Skipped(why);
+                let states = [auth_state, skipped.clone(), skipped.clone(), skipped];
+                let mut plan = Plan::new(names, kubeconfig, states);
+                plan.items[1..].iter_mut().for_each(|i| i.detail.clear());
+                return Ok(plan);
+            }
+            Found::Body(body) if body["data"].is_object() => Some(KubeConfig::of(&body["data"])),
+            Found::Body(_) | Found::Missing => None,
+        },
+        _ => None,
+    };
+    let mut outside = None;
     let config_state = match &auth_state {
         State::Skipped(why) => State::Skipped(why.clone()),
-        State::Ensure => config_state(names, kubeconfig, None, &mut outside),
-        State::InPlace => match get(http, &config_name)? {
-            Found::Denied(why) => return Ok(skipped_rest(names, kubeconfig, items, why)),
-            Found::Body(body) if body["data"].is_object() => {
-                let d = &body["data"];
-                let current = KubeConfig {
-                    host: d["kubernetes_host"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    ca_cert: d["kubernetes_ca_cert"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string(),
-                    reviewer_jwt_set: d["token_reviewer_jwt_set"].as_bool().unwrap_or(false),
-                    disable_local_ca_jwt: d["disable_local_ca_jwt"].as_bool().unwrap_or(false),
-                };
-                config_state(names, kubeconfig, Some(&current), &mut outside)
-            }
-            Found::Body(_) | Found::Missing => config_state(names, kubeconfig, None, &mut outside),
-        },
+        _ => {
+            let has_context = || kube::current_context(kubeconfig).is_some();
+            decide_config(
+                names,
+                current.as_ref(),
+                has_context,
+                api_server_of_context,
+                &mut outside,
+            )
+        }
     };
-    items.push(Item {
-        kind: "config",
-        name: config_name,
-        state: config_state,
-        detail: format!(
-            "kubernetes_host {}; Vault's own service-account token and CA review ESO's token",
-            names.kubernetes_host
-        ),
-    });
-
     let policy = get(http, &format!("sys/policies/acl/{}", names.policy))?;
     let policy_state = state_of(policy, |b| b["data"]["policy"] == names.policy_text());
-    let p = &names.kv_path;
-    items.push(Item {
-        kind: "policy",
-        name: names.policy.clone(),
-        state: policy_state,
-        detail: match names.kv_version.as_str() {
-            "v1" => format!("read and list {p}/*, nothing else"),
-            _ => format!("read {p}/data/*, read and list {p}/metadata/*, nothing else"),
-        },
-    });
-
     let role_state = match &auth_state {
-        State::Skipped(why) => State::Skipped(why.clone()),
-        State::Ensure => State::Ensure,
         State::InPlace => {
             let role = get(http, &format!("auth/{mount}/role/{}", names.role))?;
             state_of(role, |b| role_matches(names, &b["data"]))
         }
+        other => other.clone(),
     };
-    items.push(Item {
-        kind: "role",
-        name: names.role.clone(),
-        state: role_state,
-        detail: format!(
-            "service account {} only, policy {}, token TTL {}",
-            names.subject(),
-            names.policy,
-            names.token_ttl
-        ),
-    });
-    Ok(Plan {
-        names: names.clone(),
-        items,
-        outside,
-        kubeconfig: kubeconfig.to_vec(),
-    })
+    let states = [auth_state, config_state, policy_state, role_state];
+    let mut plan = Plan::new(names, kubeconfig, states);
+    plan.outside = outside;
+    Ok(plan)
 }
 
-/// The items after the auth mount, all skipped for one reason.
-fn skipped_rest(
-    names: &EsoNames,
-    kubeconfig: &[PathBuf],
-    mut items: Vec<Item>,
-    why: String,
-) -> Plan {
-    for (kind, name) in [
-        ("config", format!("auth/{}/config", names.auth_mount)),
-        ("policy", names.policy.clone()),
-        ("role", names.role.clone()),
-    ] {
-        let state = State::Skipped(why.clone());
-        let detail = String::new();
-        items.push(Item {
-            kind,
-            name,
-            state,
-            detail,
-        });
-    }
-    Plan {
-        names: names.clone(),
-        items,
-        outside: None,
-        kubeconfig: kubeconfig.to_vec(),
-    }
-}
-
-/// Whether the config is as wanted: the in-pod one (the values' host, no CA
-/// or reviewer JWT: Vault's own), or, for a Vault outside a pod, the kube
-/// context's API server and CA. Without a kube context there is no cluster
-/// whose ESO could log in.
-fn config_state(
-    names: &EsoNames,
-    kubeconfig: &[PathBuf],
-    current: Option<&KubeConfig>,
-    outside: &mut Option<ApiServer>,
-) -> State {
-    let has_context = || kube::current_context(kubeconfig).is_some();
-    decide_config(names, current, has_context, api_server_of_context, outside)
-}
-
-/// [`config_state`] with the kube context as calls: the API server is asked
-/// for (`kubectl config view --raw`) only to compare it with a config Vault holds.
+/// Whether the config is as wanted: the in-pod one, or outside a pod the kube
+/// context's API server and CA (asked for only to compare with a config Vault holds).
 fn decide_config(
     names: &EsoNames,
     current: Option<&KubeConfig>,
@@ -461,11 +411,7 @@ fn decide_config(
     context_api: impl FnOnce() -> Result<ApiServer>,
     outside: &mut Option<ApiServer>,
 ) -> State {
-    let in_pod = KubeConfig {
-        host: names.kubernetes_host.clone(),
-        ..KubeConfig::default()
-    };
-    if current == Some(&in_pod) {
+    if current == Some(&KubeConfig::at(&names.kubernetes_host, "")) {
         return State::InPlace;
     }
     if !has_context() {
@@ -475,20 +421,15 @@ fn decide_config(
                 .into(),
         );
     }
-    // No config yet (a first seed): it is written either way, and [`apply`]
-    // asks for the API server itself if Vault turns out to run outside a pod.
+    // A first seed writes it either way ([`apply`] asks for the API server if
+    // needed); without the context's API server only the in-pod config can be wanted.
     let Some(current) = current else {
         return State::Ensure;
     };
-    // Without it, only an in-pod config can be wanted.
     let Ok(api) = context_api() else {
         return State::Ensure;
     };
-    let wanted = KubeConfig {
-        host: api.server.clone(),
-        ca_cert: api.ca_pem.trim().to_string(),
-        ..KubeConfig::default()
-    };
+    let wanted = KubeConfig::at(&api.server, api.ca_pem.trim());
     *outside = Some(api);
     if *current == wanted {
         State::InPlace
@@ -497,8 +438,7 @@ fn decide_config(
     }
 }
 
-/// The strings in a JSON array (none when `v` is not one), as Vault lists
-/// policies, bound names and capabilities.
+/// The strings in a JSON array (none when `v` is not one).
 pub(crate) fn strings(v: &Value) -> Vec<String> {
     let all = v.as_array().map(Vec::as_slice).unwrap_or_default();
     all.iter()
@@ -515,7 +455,6 @@ fn role_matches(names: &EsoNames, d: &Value) -> bool {
         && d["token_ttl"].as_u64() == Some(names.token_ttl_secs)
 }
 
-/// The kube context's API server, for a Vault outside a pod.
 #[derive(Debug, Clone)]
 pub(crate) struct ApiServer {
     pub server: String,
@@ -524,6 +463,7 @@ pub(crate) struct ApiServer {
 
 /// The current kube context's server and CA (inline: kubectl reads a CA file).
 pub(crate) fn api_server_of_context() -> Result<ApiServer> {
+    use base64::Engine;
     let text = kube::raw_minified_config()?;
     let v: Value = serde_json::from_str(&text).context("kubectl config view printed no JSON")?;
     let cluster = &v["clusters"][0]["cluster"];
@@ -535,7 +475,6 @@ pub(crate) fn api_server_of_context() -> Result<ApiServer> {
     let Some(data) = cluster["certificate-authority-data"].as_str() else {
         bail!("the kube context has no CA for {server}: Vault needs one to review tokens there")
     };
-    use base64::Engine;
     let der = base64::engine::general_purpose::STANDARD
         .decode(data.trim())
         .context("certificate-authority-data is not base64")?;
@@ -549,49 +488,54 @@ pub(crate) struct Applied {
     pub written: Vec<String>,
     /// Pieces not written, with the reason (a refused token): ESO cannot log in yet.
     pub not_written: Vec<(String, String)>,
-    /// Notes for humans (e.g. a Vault outside a pod).
     pub notes: Vec<String>,
+}
+
+fn config_body(host: &str, ca_pem: &str) -> Value {
+    json!({"kubernetes_host": host, "kubernetes_ca_cert": ca_pem, "token_reviewer_jwt": "", "disable_local_ca_jwt": false})
 }
 
 /// Writes the pieces the plan marks `ensure`, in order.
 pub(crate) fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
     let names = &plan.names;
-    let mount = &names.auth_mount;
+    let (mount, store, policy, role) =
+        (&names.auth_mount, &names.store, &names.policy, &names.role);
     let mut done = Applied::default();
     for item in plan.items.iter().filter(|i| i.state == State::Ensure) {
+        let label = item.label();
         let (path, body) = match item.kind {
             "auth" => (
                 format!("sys/auth/{mount}"),
-                json!({"type": "kubernetes", "description": format!("ESO's login for ClusterSecretStore/{}", names.store)}),
+                json!({"type": "kubernetes", "description": format!("ESO's login for ClusterSecretStore/{store}")}),
             ),
             "config" => (
                 format!("auth/{mount}/config"),
-                json!({"kubernetes_host": names.kubernetes_host, "kubernetes_ca_cert": "", "token_reviewer_jwt": "",
-                       "disable_local_ca_jwt": false}),
+                config_body(&names.kubernetes_host, ""),
             ),
             "policy" => (
-                format!("sys/policies/acl/{}", names.policy),
+                format!("sys/policies/acl/{policy}"),
                 json!({"policy": names.policy_text()}),
             ),
             _ => (
-                format!("auth/{mount}/role/{}", names.role),
+                format!("auth/{mount}/role/{role}"),
                 json!({
                     "bound_service_account_names": [names.service_account],
                     "bound_service_account_namespaces": [names.namespace],
-                    "token_policies": [names.policy],
+                    "token_policies": [policy],
                     "token_ttl": names.token_ttl_secs,
                 }),
             ),
         };
-        let mut reply = http.try_call(Method::Post, &path, Some(&body))?;
-        // A Raft standby answers for a mount just enabled only once it has
-        // applied it: "no handler for route" until then.
+        let post = |body: &Value| http.try_call(Method::Post, &path, Some(body));
+        let mut reply = post(&body)?;
+        // A Raft standby says "no handler for route" for a mount just enabled
+        // until it has applied it.
         for _ in 0..50 {
             if reply.status != 404 || !reply.errors().contains("no handler for route") {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
-            reply = http.try_call(Method::Post, &path, Some(&body))?;
+            reply = post(&body)?;
         }
         // Outside a pod Vault has no service-account CA of its own: it then
         // reviews tokens with the kube context's API server and CA.
@@ -599,32 +543,22 @@ pub(crate) fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
             && reply.status == 400
             && reply.errors().contains("serviceaccount/ca.crt")
         {
-            let api = match plan
-                .outside
-                .clone()
-                .map(Ok)
-                .unwrap_or_else(api_server_of_context)
-            {
+            let api = match plan.outside.clone().map_or_else(api_server_of_context, Ok) {
                 Ok(api) => api,
                 Err(e) => {
                     let why = format!(
                         "Vault runs outside a pod and the kube context gives no API server: {e:#}"
                     );
-                    done.not_written.push((item.label(), why));
+                    done.not_written.push((label, why));
                     continue;
                 }
             };
-            let body = json!({"kubernetes_host": api.server, "kubernetes_ca_cert": api.ca_pem, "token_reviewer_jwt": "",
-                              "disable_local_ca_jwt": false});
-            reply = http.try_call(Method::Post, &path, Some(&body))?;
+            reply = post(&config_body(&api.server, &api.ca_pem))?;
+            let (server, subject, host) = (&api.server, names.subject(), &names.kubernetes_host);
             done.notes.push(format!(
-                "Vault runs outside a pod: {} reviews ESO's tokens with {} and the kube context's CA. \
-                 ESO's own token is then the reviewer, so service account {} needs a ClusterRoleBinding to \
-                 system:auth-delegator, and the store's server ({}) must be reachable from the pods",
-                item.label(),
-                api.server,
-                names.subject(),
-                names.kubernetes_host
+                "Vault runs outside a pod: {label} reviews ESO's tokens with {server} and the kube context's CA. \
+                 ESO's own token is then the reviewer, so service account {subject} needs a ClusterRoleBinding to \
+                 system:auth-delegator, and the store's server ({host}) must be reachable from the pods"
             ));
         }
         // A concurrent seed enabled it between our read and our write.
@@ -634,18 +568,14 @@ pub(crate) fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
                 continue;
             }
         }
+        let (status, errors) = (reply.status, reply.errors());
         if denied(&reply) {
-            let why = denial(&format!("write {path}"), &reply);
-            done.not_written.push((item.label(), why));
-        } else if (200..300).contains(&reply.status) {
-            done.written.push(item.label());
+            done.not_written
+                .push((label, denial(&format!("write {path}"), &reply)));
+        } else if (200..300).contains(&status) {
+            done.written.push(label);
         } else {
-            bail!(
-                "POST {path} ({}) failed with HTTP {}: {}",
-                item.label(),
-                reply.status,
-                reply.errors()
-            );
+            bail!("POST {path} ({label}) failed with HTTP {status}: {errors}");
         }
     }
     done.notes
@@ -654,8 +584,8 @@ pub(crate) fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
 }
 
 /// With a kube context: a note when the service account the role binds is
-/// not in the cluster (ESO installed under another name). Without one, or
-/// when kubectl cannot answer, nothing: `doctor` reports kubectl's trouble.
+/// not in the cluster. Without one, or when kubectl cannot answer, nothing:
+/// `doctor` reports kubectl's trouble.
 pub(crate) fn service_account_missing(names: &EsoNames, kubeconfig: &[PathBuf]) -> Option<String> {
     kube::current_context(kubeconfig)?;
     let field = format!("metadata.name={}", names.service_account);
@@ -664,26 +594,25 @@ pub(crate) fn service_account_missing(names: &EsoNames, kubeconfig: &[PathBuf]) 
         .args(["--field-selector", &field, "--output", "name"])
         .run()
         .ok()?;
+    let subject = names.subject();
     found.trim().is_empty().then(|| {
         format!(
-            "service account {} is not in the cluster, so ESO cannot log in as the role binds it. Find ESO's \
+            "service account {subject} is not in the cluster, so ESO cannot log in as the role binds it. Find ESO's \
              service account (`kubectl get serviceaccounts --all-namespaces | grep external-secrets`), set \
-             serviceAccount.name and serviceAccount.namespace in {STORE_CHART_VALUES}, and seed again",
-            names.subject()
+             serviceAccount.name and serviceAccount.namespace in {STORE_CHART_VALUES}, and seed again"
         )
     })
 }
 
-/// What to check when Vault says `permission denied` to ESO: the role's
-/// bound service account against the one the store logs in as, and the
-/// reviewer's TokenReview right. Names from the store chart and layer 15 of `env`.
+/// What to check when Vault says `permission denied` to ESO: the role's bound
+/// service account and the reviewer's TokenReview right.
 pub(crate) fn denied_checks(
-    root: &std::path::Path,
+    root: &Path,
     env: &str,
     cfg: &crate::secrets::config::Config,
 ) -> String {
     let (role, subject, mount) = match EsoNames::load(root, env) {
-        Ok(n) => (n.role.clone(), n.subject(), n.auth_mount.clone()),
+        Ok(n) => (n.role.clone(), n.subject(), n.auth_mount),
         Err(_) => (
             "external-secrets".to_string(),
             "external-secrets/external-secrets".to_string(),
@@ -691,6 +620,7 @@ pub(crate) fn denied_checks(
         ),
     };
     let vault_ns = &cfg.port_forward.namespace;
+    let sync = crate::secrets::helmfile::sync_display(env);
     format!(
         "Vault answers `permission denied` to every ESO login it refuses (a failed TokenReview included) and \
          to every read ESO's policy does not allow. Check (1) that role auth/{mount}/role/{role} binds the \
@@ -699,9 +629,8 @@ pub(crate) fn denied_checks(
          lines and `cargo xtask secrets seed` writes the role and ESO's policy again; (2) that Vault's \
          reviewer may create TokenReviews: `kubectl get clusterrolebindings --output wide | grep \
          system:auth-delegator` must list {vault_ns}/vault (a Vault outside the cluster reviews with ESO's own \
-         token: then {subject}); `{}` brings that binding, then `kubectl --namespace {vault_ns} delete pod \
-         vault-0` and `cargo xtask secrets seed`.",
-        crate::secrets::helmfile::sync_display(env)
+         token: then {subject}); `{sync}` brings that binding, then `kubectl --namespace {vault_ns} delete pod \
+         vault-0` and `cargo xtask secrets seed`."
     )
 }
 
@@ -742,9 +671,12 @@ mod tests {
     #[test]
     fn a_first_seed_plans_the_config_without_asking_kubectl_for_the_api_server() {
         let names = EsoNames::load(&crate::project_root(), "local").unwrap();
+        let server = "https://127.0.0.1:6443";
         let api = || {
-            let (server, ca_pem) = ("https://127.0.0.1:6443".into(), "PEM\n".into());
-            Ok(ApiServer { server, ca_pem })
+            Ok(ApiServer {
+                server: server.into(),
+                ca_pem: "PEM\n".into(),
+            })
         };
         let not_asked = || -> Result<ApiServer> { panic!("kubectl config view was run") };
         let mut outside = None;
@@ -752,11 +684,7 @@ mod tests {
         let state = decide_config(&names, None, || true, not_asked, &mut outside);
         assert_eq!((state, outside.is_none()), (State::Ensure, true));
         // The in-pod config in place: nothing asked.
-        let host = names.kubernetes_host.clone();
-        let in_pod = KubeConfig {
-            host,
-            ..KubeConfig::default()
-        };
+        let in_pod = KubeConfig::at(&names.kubernetes_host, "");
         let state = decide_config(
             &names,
             Some(&in_pod),
@@ -769,23 +697,11 @@ mod tests {
         let state = decide_config(&names, None, || false, not_asked, &mut outside);
         assert!(matches!(state, State::Skipped(why) if why.starts_with("no kube context")));
         // A config Vault holds is compared with the context's API server.
-        let (host, ca_cert) = ("https://127.0.0.1:6443".into(), "PEM".into());
-        let outside_cfg = KubeConfig {
-            host,
-            ca_cert,
-            ..KubeConfig::default()
-        };
+        let outside_cfg = KubeConfig::at(server, "PEM");
         let state = decide_config(&names, Some(&outside_cfg), || true, api, &mut outside);
         assert_eq!(state, State::InPlace);
-        assert_eq!(
-            outside.map(|a| a.server),
-            Some("https://127.0.0.1:6443".into())
-        );
-        let host = "https://10.0.0.1".into();
-        let stale = KubeConfig {
-            host,
-            ..KubeConfig::default()
-        };
+        assert_eq!(outside.map(|a| a.server), Some(server.into()));
+        let stale = KubeConfig::at("https://10.0.0.1", "");
         let state = decide_config(&names, Some(&stale), || true, api, &mut None);
         assert_eq!(state, State::Ensure);
     }
@@ -800,31 +716,15 @@ mod tests {
         }
     }
 
-    /// Snapshot of the plan lines.
     #[test]
     fn plan_snapshot() {
         let names = EsoNames::load(&crate::project_root(), "local").unwrap();
-        let item = |kind, name: &str, state| Item {
-            kind,
-            name: name.into(),
-            state,
-            detail: format!("{kind} detail"),
-        };
-        let plan = Plan {
-            names,
-            items: vec![
-                item("auth", "kubernetes/", State::Ensure),
-                item("config", "auth/kubernetes/config", State::InPlace),
-                item("policy", "external-secrets", State::Ensure),
-                item(
-                    "role",
-                    "external-secrets",
-                    State::Skipped("the token may not".into()),
-                ),
-            ],
-            outside: None,
-            kubeconfig: Vec::new(),
-        };
+        let skipped = State::Skipped("the token may not".into());
+        let states = [State::Ensure, State::InPlace, State::Ensure, skipped];
+        let mut plan = Plan::new(&names, &[], states);
+        for item in &mut plan.items {
+            item.detail = format!("{} detail", item.kind);
+        }
         let expected = "eso access (ClusterSecretStore/ameide-vault -> role external-secrets, service account \
                         external-secrets/external-secrets): 2 to ensure, 1 in place
   ensure     auth kubernetes/               auth detail

@@ -1,40 +1,32 @@
-//! Reading Vault as ESO does (`check --live --as-eso`, `doctor`): ESO's
-//! login (a TokenRequest for the store's service account, `POST
-//! auth/<mountPath>/login`, Vault's TokenReview), its reads, a write that
-//! must be refused, and the token revoked. A refused login is explained
-//! ([`Refused`]) from what the caller's token may read. With no cluster to
-//! log in through, a token minted with the role's policies (`policy-only`)
-//! proves the policy only. The JWT and Vault tokens stay in memory: no
-//! argv, output or error holds either. The write probe is a KV v2 write
-//! with a check-and-set version no entry has: it cannot land.
+//! Reading Vault as ESO does (`check --live --as-eso`, `doctor`): its login,
+//! reads, a write that must be refused, the token revoked; a refused login is
+//! explained. The JWT and Vault tokens stay in memory: never in argv, output or errors.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::output::Secret;
 use crate::pool::bounded;
-use crate::secrets::eso_access::{strings, EsoNames, STORE_CHART_VALUES};
+use crate::secrets::eso_access::{read_yaml, strings, EsoNames, STORE_CHART_VALUES};
 use crate::secrets::provider::vault_http::{Method, Reply, VaultHttp};
 use crate::secrets::{eso_access, helmfile, kube, vault_checks};
 
-/// A check-and-set version no KV entry reaches (2^53 - 1, exact in JSON).
+/// A check-and-set version no KV entry reaches (2^53 - 1, exact in JSON):
+/// the write probe cannot land.
 const NO_SUCH_VERSION: u64 = (1 << 53) - 1;
 
 /// How long the service-account token lives: ESO's controller asks for 600 s.
 const TOKEN_DURATION: &str = "10m";
 
-/// The service account an in-cluster Vault reviews tokens with (the vault
-/// chart's, in layer 15's `vault` namespace).
-const VAULT_SA: (&str, &str) = ("vault", "vault");
-
 /// How the check got its Vault token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum How {
     /// ESO's own login: TokenRequest, Vault login, TokenReview.
+    #[default]
     Login,
     /// No cluster to log in through: a token minted with the role's policies.
     PolicyOnly,
@@ -48,7 +40,7 @@ pub(crate) struct Refused {
 }
 
 /// What ESO could do: log in, read, write.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct AsEso {
     pub method: How,
     pub role: String,
@@ -56,7 +48,6 @@ pub(crate) struct AsEso {
     pub service_account: String,
     /// `auth/<mountPath>`.
     pub auth: String,
-    /// The kube context the login went through.
     pub kube_context: Option<String>,
     /// Policy only: why no login was tried.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,7 +62,6 @@ pub(crate) struct AsEso {
     pub unreadable: Vec<(String, String)>,
     /// The write probe was refused, as it must be.
     pub write_refused: bool,
-    /// What the write probe got.
     pub write_answer: String,
 }
 
@@ -83,13 +73,7 @@ impl AsEso {
             service_account: names.subject(),
             auth: format!("auth/{}", names.auth_mount),
             kube_context,
-            policy_only_reason: None,
-            login_refused: None,
-            policies: Vec::new(),
-            read: Vec::new(),
-            unreadable: Vec::new(),
-            write_refused: false,
-            write_answer: String::new(),
+            ..AsEso::default()
         }
     }
 
@@ -99,99 +83,76 @@ impl AsEso {
 
     /// One line for humans.
     pub(crate) fn summary(&self) -> String {
+        let (account, auth, role) = (&self.service_account, &self.auth, &self.role);
         if let Some(refused) = &self.login_refused {
+            let cause = &refused.cause;
             return format!(
-                "as ESO: the login as {} through {} (role {}) fails: {}",
-                self.service_account, self.auth, self.role, refused.cause
+                "as ESO: the login as {account} through {auth} (role {role}) fails: {cause}"
             );
         }
-        let how = match (self.method, &self.policy_only_reason) {
-            (How::Login, _) => format!(
-                "as ESO (logged in as {} through {}{}, role {}, policies {})",
-                self.service_account,
-                self.auth,
-                self.kube_context
-                    .as_deref()
-                    .map(|c| format!(" in kube context {c}"))
-                    .unwrap_or_default(),
-                self.role,
-                self.policies.join(", ")
-            ),
-            (How::PolicyOnly, why) => format!(
-                "as ESO, policy only: no cluster to log in through ({}) — this does not prove ESO's login (role {}, \
-                 policies {})",
-                why.as_deref().unwrap_or("no kube context"),
-                self.role,
-                self.policies.join(", ")
+        let policies = self.policies.join(", ");
+        let how = match self.method {
+            How::Login => {
+                let context = self.kube_context.as_deref();
+                let context = context.map(|c| format!(" in kube context {c}")).unwrap_or_default();
+                format!("as ESO (logged in as {account} through {auth}{context}, role {role}, policies {policies})")
+            }
+            How::PolicyOnly => format!(
+                "as ESO, policy only: no cluster to log in through ({}) — this does not prove ESO's login (role \
+                 {role}, policies {policies})",
+                self.policy_only_reason.as_deref().unwrap_or("no kube context")
             ),
         };
-        format!(
-            "{how}: {} of {} keys read, write {}",
-            self.read.len(),
-            self.read.len() + self.unreadable.len(),
-            if self.write_refused {
-                "refused".to_string()
-            } else {
-                format!("NOT refused ({})", self.write_answer)
-            }
-        )
+        let (read, total) = (self.read.len(), self.read.len() + self.unreadable.len());
+        let write = match self.write_refused {
+            true => "refused".to_string(),
+            false => format!("NOT refused ({})", self.write_answer),
+        };
+        format!("{how}: {read} of {total} keys read, write {write}")
     }
 
     /// What fixes a failed read: the login's own fix, else a re-seed.
     pub(crate) fn fix(&self) -> String {
         match &self.login_refused {
             Some(refused) => refused.fix.clone(),
-            None => {
-                "cargo xtask secrets check --live --as-eso; cargo xtask secrets seed".to_string()
-            }
+            None => "cargo xtask secrets check --live --as-eso; cargo xtask secrets seed".into(),
         }
     }
 }
 
-/// Logs in as ESO does and reads `keys` with the token it gets (or, with no
-/// cluster to log in through, with a token holding the role's policies),
-/// probes a write, and revokes the token. `root` and `env` locate the
-/// store's values and layer 15.
+/// Logs in as ESO does (with no cluster to log in through: a token holding the
+/// role's policies) and [`probe`]s with its token.
 pub(crate) fn read_as_eso(
     http: &VaultHttp,
     names: &EsoNames,
     keys: &[String],
     root: &Path,
     env: &str,
-    kubeconfig: &[std::path::PathBuf],
+    kubeconfig: &[PathBuf],
 ) -> Result<AsEso> {
+    let policy_only = |why: String| policy_only(http, names, keys, why);
     let context = match kube::context(kubeconfig) {
         Ok(Some(context)) => context,
         Ok(None) if crate::tools::which("kubectl").is_none() => {
-            return policy_only(http, names, keys, "kubectl is not installed".into())
+            return policy_only("kubectl is not installed".into())
         }
-        Ok(None) => return policy_only(http, names, keys, "no kube context".into()),
-        Err(e) => {
-            return policy_only(
-                http,
-                names,
-                keys,
-                format!("kubectl cannot read its kube context: {e:#}"),
-            )
-        }
+        Ok(None) => return policy_only("no kube context".into()),
+        Err(e) => return policy_only(format!("kubectl cannot read its kube context: {e:#}")),
     };
     let mut as_eso = AsEso::new(How::Login, names, Some(context.clone()));
     let (jwt, audiences) = match service_account_token(names, &audiences(root)?, &context)? {
-        Minted::Token { jwt, audiences } => (jwt, audiences),
+        Minted::Token(jwt, audiences) => (jwt, audiences),
         Minted::Refused(refused) => {
             as_eso.login_refused = Some(refused);
             return Ok(as_eso);
         }
-        Minted::NoCluster(why) => return policy_only(http, names, keys, why),
+        Minted::NoCluster(why) => return policy_only(why),
     };
     let login_path = format!("auth/{}/login", names.auth_mount);
+    let body = json!({"role": names.role, "jwt": jwt.expose()});
     let anonymous = http.with_token(Secret::new(String::new()));
-    let login = anonymous.try_call(
-        Method::Post,
-        &login_path,
-        Some(&json!({"role": names.role, "jwt": jwt.expose()})),
-    )?;
-    drop(jwt);
+    let login = anonymous.try_call(Method::Post, &login_path, Some(&body))?;
+    drop((body, jwt));
     let token = login.body["auth"]["client_token"].as_str().unwrap_or("");
     if login.status != 200 || token.is_empty() {
         let why = Why {
@@ -204,43 +165,30 @@ pub(crate) fn read_as_eso(
         return Ok(as_eso);
     }
     as_eso.policies = strings(&login.body["auth"]["policies"]);
-    probe(
-        &http.with_token(Secret::new(token.to_string())),
-        names,
-        keys,
-        &mut as_eso,
-    )?;
-    Ok(as_eso)
+    probe(http, token, names, keys, as_eso)
 }
 
-/// `serviceAccount.audiences` of the store chart's values: the audiences
-/// ESO asks for in its TokenRequest (none: the API server's own).
+/// `serviceAccount.audiences` of the store chart's values: the audiences ESO
+/// asks for in its TokenRequest (none: the API server's own).
 fn audiences(root: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(root.join(STORE_CHART_VALUES))
-        .with_context(|| format!("reading {STORE_CHART_VALUES} (ESO's login is set up from it)"))?;
-    let docs = crate::yaml::parse_documents(&text)
-        .map_err(|e| anyhow!("{STORE_CHART_VALUES}:{}:{}: {}", e.line, e.col, e.message))?;
-    let list = docs
-        .first()
-        .and_then(|d| d.get("serviceAccount"))
+    let purpose = "ESO's login is set up from it";
+    let values = read_yaml(root, Path::new(STORE_CHART_VALUES), purpose)?;
+    let list = values
+        .get("serviceAccount")
         .and_then(|s| s.get("audiences"));
+    let list = list.map(|a| a.as_seq()).unwrap_or_default();
     Ok(list
-        .map(|a| {
-            a.as_seq()
-                .iter()
-                .filter_map(|n| n.as_str())
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default())
+        .iter()
+        .filter_map(|n| n.as_str())
+        .map(String::from)
+        .collect())
 }
 
 /// What the cluster answered to the TokenRequest.
 enum Minted {
     /// The JWT, and the audiences the API server gave it.
-    Token { jwt: Secret, audiences: Vec<String> },
-    /// The cluster refused: the service account is missing, or the kube
-    /// context may not create tokens.
+    Token(Secret, Vec<String>),
+    /// The service account is missing, or the kube context may not create tokens.
     Refused(Refused),
     /// kubectl cannot reach the cluster.
     NoCluster(String),
@@ -261,86 +209,73 @@ fn unreachable(stderr: &str) -> bool {
     .any(|s| stderr.contains(s))
 }
 
-/// `kubectl create token <sa> --namespace <ns>`, as ESO's controller asks
-/// for one (a TokenRequest of 10 minutes, with the store's audiences).
+/// `kubectl create token`, as ESO's controller asks for one.
 fn service_account_token(names: &EsoNames, audiences: &[String], context: &str) -> Result<Minted> {
+    let (sa, ns) = (&names.service_account, &names.namespace);
     let mut tool = kube::kubectl_tool()
-        .args([
-            "create",
-            "token",
-            &names.service_account,
-            "--namespace",
-            &names.namespace,
-        ])
+        .args(["create", "token", sa, "--namespace", ns])
         .args(["--duration", TOKEN_DURATION, "--output", "json"]);
     for audience in audiences {
         tool = tool.args(["--audience", audience]);
     }
+    let unreached =
+        |said| format!("kubectl cannot reach the cluster of kube context {context}: {said}");
     let out = match tool.output() {
         Ok(out) => out,
-        Err(e) => {
-            return Ok(Minted::NoCluster(format!(
-                "kubectl cannot reach the cluster of kube context {context}: {e:#}"
-            )))
-        }
+        Err(e) => return Ok(Minted::NoCluster(unreached(format!("{e:#}")))),
     };
     let stderr = String::from_utf8_lossy(&out.stderr);
     let said = crate::process::tail(&stderr, 1);
     if !out.status.success() {
         let subject = names.subject();
-        return Ok(if unreachable(&stderr) {
-            Minted::NoCluster(format!(
-                "kubectl cannot reach the cluster of kube context {context}: {said}"
-            ))
-        } else if stderr.contains("forbidden") {
-            Minted::Refused(Refused {
-                cause: format!(
-                    "kube context {context} may not create a token for service account {subject} (kubectl: {said}), \
-                     so the login ESO's controller makes cannot be tried from here"
+        let refused = |cause, fix| Ok(Minted::Refused(refused(cause, fix)));
+        if unreachable(&stderr) {
+            return Ok(Minted::NoCluster(unreached(said)));
+        }
+        if stderr.contains("forbidden") {
+            return refused(
+                format!(
+                    "kube context {context} may not create a token for service account {subject} (kubectl: \
+                     {said}), so the login ESO's controller makes cannot be tried from here"
                 ),
-                fix: "switch to a kube context whose user may create service-account tokens, such as the cluster's \
-                      admin context (`kubectl config get-contexts` lists them, `kubectl config use-context <name>` \
-                      picks one), and run this again"
+                "switch to a kube context whose user may create service-account tokens, such as the cluster's \
+                 admin context (`kubectl config get-contexts` lists them, `kubectl config use-context <name>` \
+                 picks one), and run this again"
                     .into(),
-            })
-        } else if stderr.contains("not found") {
-            Minted::Refused(Refused {
-                cause: format!(
-                    "service account {subject} is not in the cluster of kube context {context} (kubectl: {said}), so \
-                     ESO's controller gets no token to log in with"
+            );
+        }
+        if stderr.contains("not found") {
+            return refused(
+                format!(
+                    "service account {subject} is not in the cluster of kube context {context} (kubectl: \
+                     {said}), so ESO's controller gets no token to log in with"
                 ),
-                fix: format!(
+                format!(
                     "if ESO runs under another service account, find it (`kubectl get serviceaccounts \
                      --all-namespaces | grep external-secrets`), set serviceAccount.name and \
-                     serviceAccount.namespace in {STORE_CHART_VALUES}, and run `cargo xtask secrets seed`; if ESO is \
-                     not installed: {}",
+                     serviceAccount.namespace in {STORE_CHART_VALUES}, and run `cargo xtask secrets seed`; if \
+                     ESO is not installed: {}",
                     kube::ESO_INSTALL
                 ),
-            })
-        } else {
-            bail!(
-                "{}. Run that command by hand to see what kubectl needs, fix it, and run this again",
-                tool.failure(&out)
-            )
-        });
+            );
+        }
+        bail!(
+            "{}. Run that command by hand to see what kubectl needs, fix it, and run this again",
+            tool.failure(&out)
+        );
     }
     // stdout holds the token: parse it here, never quote it.
+    let shown = tool.display();
     let answer: Value = serde_json::from_slice(&out.stdout).map_err(|_| {
         anyhow!(
-            "`{}` printed no TokenRequest: is kubectl 1.24 or later? Run `cargo xtask tools`",
-            tool.display()
+            "`{shown}` printed no TokenRequest: is kubectl 1.24 or later? Run `cargo xtask tools`"
         )
     })?;
     let Some(jwt) = answer["status"]["token"].as_str().filter(|t| !t.is_empty()) else {
-        bail!(
-            "`{}` answered without a token; run `kubectl version` to see which API server answered",
-            tool.display()
-        );
+        bail!("`{shown}` answered without a token; run `kubectl version` to see which API server answered");
     };
-    Ok(Minted::Token {
-        jwt: Secret::new(jwt.to_string()),
-        audiences: strings(&answer["spec"]["audiences"]),
-    })
+    let jwt = Secret::new(jwt.to_string());
+    Ok(Minted::Token(jwt, strings(&answer["spec"]["audiences"])))
 }
 
 /// Names the cause of a refused login, reading with the caller's token.
@@ -355,54 +290,58 @@ fn seed_fix(what: &str) -> String {
     format!("`cargo xtask secrets seed` {what}")
 }
 
+fn refused(cause: String, fix: String) -> Refused {
+    Refused { cause, fix }
+}
+
 impl Why<'_> {
     fn refused(&self, login: &Reply, audiences: &[String]) -> Refused {
         let names = self.names;
         let said = login.errors();
         let role_path = format!("auth/{}/role/{}", names.auth_mount, names.role);
+        let (store, role) = (&names.store, &names.role);
         if said.contains("invalid role name") {
-            return Refused {
-                cause: format!(
-                    "{role_path} does not exist: ESO cannot log in to Vault (ClusterSecretStore/{} names role {}; \
-                     Vault: {said})",
-                    names.store, names.role
+            return refused(
+                format!(
+                    "{role_path} does not exist: ESO cannot log in to Vault (ClusterSecretStore/{store} names role \
+                     {role}; Vault: {said})"
                 ),
-                fix: seed_fix("sets up ESO's access"),
-            };
+                seed_fix("sets up ESO's access"),
+            );
         }
         if said.contains("not authorized") {
             let bound = match self.read(&role_path) {
                 Ok(Some(role)) => bindings(&role),
                 _ => "another service account".into(),
             };
-            return Refused {
-                cause: format!(
-                    "role {} binds {bound}, not {}, the service account ClusterSecretStore/{} logs in as (Vault: \
-                     {said})",
-                    names.role,
-                    names.subject(),
-                    names.store
-                ),
-                fix: seed_fix(&format!(
-                    "binds the role to {} again, from the store's values",
-                    names.subject()
-                )),
-            };
+            return self.not_bound(&bound, &format!(" (Vault: {said})"));
         }
         if said.contains("invalid audience") {
             return self.audience(&role_path, audiences, &said);
         }
         if !said.contains("permission denied") {
-            return Refused {
-                cause: format!("Vault refused the login (HTTP {}: {said})", login.status),
-                fix: "see docs/secrets.md#esos-login-to-vault".into(),
-            };
+            return refused(
+                format!("Vault refused the login (HTTP {}: {said})", login.status),
+                "see docs/secrets.md#esos-login-to-vault".into(),
+            );
         }
         self.denied(&role_path)
     }
 
-    /// A path's `data`: `Ok(None)` when it does not exist, an error with
-    /// why when it cannot be read.
+    /// The role binds `bound`, not the store's service account.
+    fn not_bound(&self, bound: &str, vault_said: &str) -> Refused {
+        let (role, subject, store) = (&self.names.role, self.names.subject(), &self.names.store);
+        refused(
+            format!(
+                "role {role} binds {bound}, not {subject}, the service account ClusterSecretStore/{store} logs in \
+                 as{vault_said}"
+            ),
+            seed_fix(&format!("binds the role to {subject} again, from the store's values")),
+        )
+    }
+
+    /// A path's `data`: `Ok(None)` when it does not exist, an error with why
+    /// when it cannot be read.
     fn read(&self, path: &str) -> Result<Option<Value>, String> {
         match self.http.try_call(Method::Get, path, None) {
             Ok(r) if r.status == 200 => Ok(Some(r.body["data"].clone())),
@@ -414,7 +353,7 @@ impl Why<'_> {
     }
 
     fn audience(&self, role_path: &str, token: &[String], said: &str) -> Refused {
-        let names = self.names;
+        let role = &self.names.role;
         let wanted = match self.read(role_path) {
             Ok(Some(role)) => format!("{:?}", role["audience"].as_str().unwrap_or("")),
             _ => "an audience (not readable with this token)".into(),
@@ -422,119 +361,88 @@ impl Why<'_> {
         let set_to = token
             .iter()
             .find(|a| !a.starts_with("https://kubernetes.default.svc"))
-            .map(String::as_str)
-            .unwrap_or("");
-        Refused {
-            cause: format!(
-                "audience mismatch: role {} wants audience {wanted}, but the token ESO's controller gets carries {:?} \
-                 (Vault: {said})",
-                names.role, token
+            .map_or("", String::as_str);
+        refused(
+            format!(
+                "audience mismatch: role {role} wants audience {wanted}, but the token ESO's controller gets \
+                 carries {token:?} (Vault: {said})"
             ),
-            fix: format!(
+            format!(
                 "make the role accept the token's audience: `bao write {role_path} audience={set_to:?}` (with \
                  VAULT_ADDR and VAULT_TOKEN of this Vault), or give the store the role's audience in \
                  serviceAccount.audiences of {STORE_CHART_VALUES}"
             ),
-        }
+        )
     }
 
-    /// Vault said `permission denied`: the auth method, the role's
-    /// bindings, the auth config, the reviewer's right to review, in order.
+    /// Vault said `permission denied`: the auth method, the role's bindings,
+    /// the auth config, the reviewer's right to review, in order.
     fn denied(&self, role_path: &str) -> Refused {
         let names = self.names;
+        let (mount, store) = (&names.auth_mount, &names.store);
         // What was checked and found right, and what could not be read.
         let mut fine = Vec::new();
         let mut unchecked = Vec::new();
         match self.read(role_path) {
             Ok(Some(role)) => {
-                let name_ok = strings(&role["bound_service_account_names"])
-                    .iter()
-                    .any(|n| n == "*" || *n == names.service_account);
-                let ns_ok = strings(&role["bound_service_account_namespaces"])
-                    .iter()
-                    .any(|n| n == "*" || *n == names.namespace);
-                if !(name_ok && ns_ok) {
-                    return Refused {
-                        cause: format!(
-                            "role {} binds {}, not {}, the service account ClusterSecretStore/{} logs in as",
-                            names.role,
-                            bindings(&role),
-                            names.subject(),
-                            names.store
-                        ),
-                        fix: seed_fix(&format!(
-                            "binds the role to {} again, from the store's values",
-                            names.subject()
-                        )),
-                    };
+                let bound = |key: &str, want: &str| {
+                    strings(&role[key]).iter().any(|n| n == "*" || n == want)
+                };
+                if !(bound("bound_service_account_names", &names.service_account)
+                    && bound("bound_service_account_namespaces", &names.namespace))
+                {
+                    return self.not_bound(&bindings(&role), "");
                 }
                 fine.push(format!("role {} binds {}", names.role, names.subject()));
             }
             Ok(None) | Err(_) if self.mount_missing() => {
-                return Refused {
-                    cause: format!(
-                        "no auth method is enabled at auth/{}/, where ClusterSecretStore/{} logs in (Vault answers \
-                         that login with permission denied)",
-                        names.auth_mount, names.store
+                return refused(
+                    format!(
+                        "no auth method is enabled at auth/{mount}/, where ClusterSecretStore/{store} logs in \
+                         (Vault answers that login with permission denied)"
                     ),
-                    fix: seed_fix("sets up ESO's access"),
-                };
+                    seed_fix("sets up ESO's access"),
+                );
             }
             Ok(None) => {
-                return Refused {
-                    cause: format!("{role_path} does not exist: ESO cannot log in to Vault"),
-                    fix: seed_fix("sets up ESO's access"),
-                };
+                return refused(
+                    format!("{role_path} does not exist: ESO cannot log in to Vault"),
+                    seed_fix("sets up ESO's access"),
+                );
             }
             Err(why) => unchecked.push(why),
         }
-        let config_path = format!("auth/{}/config", names.auth_mount);
+        let config_path = format!("auth/{mount}/config");
         let reviewer = match self.read(&config_path) {
             Ok(Some(config)) => match self.config(&config_path, &config) {
                 Ok(reviewer) => {
-                    fine.push(format!(
-                        "{config_path} reviews at {}",
-                        config["kubernetes_host"].as_str().unwrap_or("")
-                    ));
+                    let host = config["kubernetes_host"].as_str().unwrap_or("");
+                    fine.push(format!("{config_path} reviews at {host}"));
                     Some(reviewer)
                 }
                 Err(refused) => return refused,
             },
             Ok(None) => {
-                return Refused {
-                    cause: format!(
+                return refused(
+                    format!(
                         "{config_path} is not set: Vault has no API server to review tokens with"
                     ),
-                    fix: seed_fix("writes it"),
-                }
+                    seed_fix("writes it"),
+                )
             }
             Err(why) => {
                 unchecked.push(why);
                 None
             }
         };
-        match &reviewer {
-            Some(Reviewer::Jwt) => {
-                return Refused {
-                    cause: format!(
-                        "Vault reviews ESO's token with the token_reviewer_jwt set in {config_path}, whose service \
-                         account Vault does not show: it may lack system:auth-delegator, or the token may have \
-                         expired"
-                    ),
-                    fix: seed_fix(
-                        "writes the config without a reviewer JWT (Vault then reviews with its own service account \
-                         in a pod, or with ESO's token outside one)",
-                    ),
-                }
-            }
-            Some(Reviewer::Account { ns, name, in_pod }) => match self.auth_delegator(ns, name) {
+        if let Some((ns, name, in_pod)) = reviewer {
+            match self.auth_delegator(&ns, &name) {
                 Ok(true) => fine.push(format!(
                     "the reviewer {ns}/{name} holds system:auth-delegator"
                 )),
-                Ok(false) => return self.unbound(ns, name, *in_pod),
+                Ok(false) => return self.unbound(&ns, &name, in_pod),
                 Err(why) => unchecked.push(why),
-            },
-            None => {}
+            }
         }
         let mut cause = "Vault refused the login (permission denied)".to_string();
         if !fine.is_empty() {
@@ -543,18 +451,14 @@ impl Why<'_> {
         if !unchecked.is_empty() {
             cause.push_str(&format!("; not checked: {}", unchecked.join("; ")));
         }
-        Refused {
-            cause,
-            fix: if unchecked.is_empty() {
-                "Vault's log says why (for the in-cluster Vault: `kubectl --namespace vault logs vault-0`); see \
-                 docs/secrets.md#esos-login-to-vault"
-                    .into()
-            } else {
-                "run this with a token that may read ESO's role and auth config (the dev chart's root token) to have \
-                 the cause named; see docs/secrets.md#esos-login-to-vault"
-                    .into()
-            },
-        }
+        let fix = if unchecked.is_empty() {
+            "Vault's log says why (for the in-cluster Vault: `kubectl --namespace vault logs vault-0`); see \
+             docs/secrets.md#esos-login-to-vault"
+        } else {
+            "run this with a token that may read ESO's role and auth config (the dev chart's root token) to have \
+             the cause named; see docs/secrets.md#esos-login-to-vault"
+        };
+        refused(cause, fix.into())
     }
 
     /// Whether nothing is mounted at the store's auth path.
@@ -564,89 +468,74 @@ impl Why<'_> {
                  Ok(r) if r.status == 404 && r.errors().contains("no handler for route"))
     }
 
-    /// Checks the auth config against where Vault runs; answers who reviews
-    /// ESO's token.
-    fn config(&self, config_path: &str, config: &Value) -> Result<Reviewer, Refused> {
+    /// Checks the auth config against where Vault runs; answers whose service
+    /// account reviews ESO's token (namespace, name, in a pod).
+    fn config(&self, config_path: &str, config: &Value) -> Result<(String, String, bool), Refused> {
         let names = self.names;
+        let (context, want_host) = (self.context, &names.kubernetes_host);
         let host = config["kubernetes_host"].as_str().unwrap_or("");
         let ca = config["kubernetes_ca_cert"].as_str().unwrap_or("").trim();
         let jwt_set = config["token_reviewer_jwt_set"].as_bool().unwrap_or(false);
         let own_ca = !ca.is_empty() || config["disable_local_ca_jwt"].as_bool().unwrap_or(false);
-        let fix = || {
-            seed_fix(&format!(
-                "writes {config_path} for where Vault runs (in a pod: {}; outside: the kube context's API server and \
-                 CA)",
-                names.kubernetes_host
+        let wrong = |cause| {
+            Err(refused(
+                cause,
+                seed_fix(&format!(
+                    "writes {config_path} for where Vault runs (in a pod: {want_host}; outside: the kube context's \
+                     API server and CA)"
+                )),
+            ))
+        };
+        let reviewer = |ns: &str, name: &str, in_pod| {
+            if !jwt_set {
+                return Ok((ns.to_string(), name.to_string(), in_pod));
+            }
+            // A reviewer JWT whose service account Vault does not show.
+            Err(refused(
+                format!(
+                    "Vault reviews ESO's token with the token_reviewer_jwt set in {config_path}, whose service \
+                     account Vault does not show: it may lack system:auth-delegator, or the token may have expired"
+                ),
+                seed_fix(
+                    "writes the config without a reviewer JWT (Vault then reviews with its own service account in \
+                     a pod, or with ESO's token outside one)",
+                ),
             ))
         };
         if !own_ca {
-            // In a pod: Vault's own CA and service account.
-            if host != names.kubernetes_host {
-                return Err(Refused {
-                    cause: format!(
-                        "{config_path} has Vault review ESO's token at {host}, not at {} (the API server as pods \
-                         reach it)",
-                        names.kubernetes_host
-                    ),
-                    fix: fix(),
-                });
+            // In a pod: Vault's own CA and service account (the vault chart's, vault/vault).
+            if host != want_host {
+                return wrong(format!(
+                    "{config_path} has Vault review ESO's token at {host}, not at {want_host} (the API server as \
+                     pods reach it)"
+                ));
             }
-            return Ok(if jwt_set {
-                Reviewer::Jwt
-            } else {
-                Reviewer::Account {
-                    ns: VAULT_SA.0.into(),
-                    name: VAULT_SA.1.into(),
-                    in_pod: true,
-                }
-            });
+            return reviewer("vault", "vault", true);
         }
         // Outside the cluster: the kube context's API server and CA.
-        if let Ok(eso_access::ApiServer {
-            server,
-            ca_pem: server_ca,
-        }) = eso_access::api_server_of_context()
-        {
-            let in_cluster = if host.contains(".svc") {
-                " (an in-cluster address, which only pods resolve)"
-            } else {
-                ""
+        if let Ok(eso_access::ApiServer { server, ca_pem }) = eso_access::api_server_of_context() {
+            let in_cluster = match host.contains(".svc") {
+                true => " (an in-cluster address, which only pods resolve)",
+                false => "",
             };
             if host.trim_end_matches('/') != server.trim_end_matches('/') {
-                return Err(Refused {
-                    cause: format!(
-                        "{config_path} has Vault review ESO's token at {host}{in_cluster}, but Vault runs outside \
-                         the cluster (the config carries a CA of its own) and kube context {} reaches the API server \
-                         at {server}",
-                        self.context
-                    ),
-                    fix: fix(),
-                });
+                return wrong(format!(
+                    "{config_path} has Vault review ESO's token at {host}{in_cluster}, but Vault runs outside the \
+                     cluster (the config carries a CA of its own) and kube context {context} reaches the API \
+                     server at {server}"
+                ));
             }
-            if ca != server_ca.trim() {
-                return Err(Refused {
-                    cause: format!(
-                        "the CA in {config_path} is not the CA of kube context {}'s API server ({server}): Vault \
-                         cannot verify the server it sends ESO's token to",
-                        self.context
-                    ),
-                    fix: fix(),
-                });
+            if ca != ca_pem.trim() {
+                return wrong(format!(
+                    "the CA in {config_path} is not the CA of kube context {context}'s API server ({server}): \
+                     Vault cannot verify the server it sends ESO's token to"
+                ));
             }
         }
-        Ok(if jwt_set {
-            Reviewer::Jwt
-        } else {
-            Reviewer::Account {
-                ns: names.namespace.clone(),
-                name: names.service_account.clone(),
-                in_pod: false,
-            }
-        })
+        reviewer(&names.namespace, &names.service_account, false)
     }
 
-    /// Whether a ClusterRoleBinding gives service account `ns/name` the
-    /// right to create TokenReviews.
+    /// Whether a ClusterRoleBinding lets service account `ns/name` create TokenReviews.
     fn auth_delegator(&self, ns: &str, name: &str) -> Result<bool, String> {
         let text = kube::kubectl(&["get", "clusterrolebindings", "--output", "json"])
             .map_err(|e| format!("the ClusterRoleBindings ({e:#})"))?;
@@ -657,12 +546,10 @@ impl Why<'_> {
 
     fn unbound(&self, ns: &str, name: &str, in_pod: bool) -> Refused {
         let (who, fix) = if in_pod {
+            let sync = helmfile::sync_display(self.env);
             (
                 format!("Vault's own service account {ns}/{name}"),
-                format!(
-                    "`{}` (the vault chart binds {ns}/{name} to system:auth-delegator)",
-                    helmfile::sync_display(self.env)
-                ),
+                format!("`{sync}` (the vault chart binds {ns}/{name} to system:auth-delegator)"),
             )
         } else {
             (
@@ -676,35 +563,19 @@ impl Why<'_> {
                 ),
             )
         };
-        Refused {
-            cause: format!(
-                "the reviewer, {who}, has no ClusterRoleBinding to system:auth-delegator, so the API server refuses \
-                 Vault's TokenReview of ESO's token and Vault answers permission denied"
-            ),
-            fix,
-        }
+        let cause = format!(
+            "the reviewer, {who}, has no ClusterRoleBinding to system:auth-delegator, so the API server refuses \
+             Vault's TokenReview of ESO's token and Vault answers permission denied"
+        );
+        refused(cause, fix)
     }
 }
 
-/// Whose token Vault reviews ESO's token with.
-enum Reviewer {
-    /// The `token_reviewer_jwt` in the config.
-    Jwt,
-    /// A service account: Vault's own in a pod, ESO's outside one.
-    Account {
-        ns: String,
-        name: String,
-        in_pod: bool,
-    },
-}
-
-/// `names [a] in namespaces [b]` of a role.
+/// `service account names [a] in namespaces [b]` of a role.
 fn bindings(role: &Value) -> String {
-    format!(
-        "service account names {:?} in namespaces {:?}",
-        strings(&role["bound_service_account_names"]),
-        strings(&role["bound_service_account_namespaces"])
-    )
+    let names = strings(&role["bound_service_account_names"]);
+    let namespaces = strings(&role["bound_service_account_namespaces"]);
+    format!("service account names {names:?} in namespaces {namespaces:?}")
 }
 
 /// Whether `list` (`kubectl get clusterrolebindings -o json`) binds service
@@ -715,14 +586,13 @@ fn reviews(list: &Value, ns: &str, name: &str) -> bool {
         "system:serviceaccounts".to_string(),
         format!("system:serviceaccounts:{ns}"),
     ];
-    list["items"].as_array().into_iter().flatten().any(|crb| {
+    let each = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    each(&list["items"]).iter().any(|crb| {
         let role = &crb["roleRef"];
         role["kind"] == "ClusterRole"
             && (role["name"] == "system:auth-delegator" || role["name"] == "cluster-admin")
-            && crb["subjects"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            && each(&crb["subjects"])
+                .iter()
                 .any(|s| match s["kind"].as_str() {
                     Some("ServiceAccount") => s["name"] == name && s["namespace"] == ns,
                     Some("Group") => groups.iter().any(|g| s["name"] == g.as_str()),
@@ -731,19 +601,17 @@ fn reviews(list: &Value, ns: &str, name: &str) -> bool {
     })
 }
 
-/// No cluster to log in through: mints a token with the role's policies
-/// (with the caller's token), reads `keys` with it, probes a write, and
-/// revokes it. Proves the policy, not the login.
+/// No cluster to log in through: mints a token with the role's policies (with
+/// the caller's token) and reads with it. Proves the policy, not the login.
 fn policy_only(http: &VaultHttp, names: &EsoNames, keys: &[String], why: String) -> Result<AsEso> {
-    let role_path = format!("auth/{}/role/{}", names.auth_mount, names.role);
+    let (store, role_name) = (&names.store, &names.role);
+    let role_path = format!("auth/{}/role/{role_name}", names.auth_mount);
     let role = http.try_call(Method::Get, &role_path, None)?;
     match role.status {
         200 => {}
         404 => bail!(
-            "{role_path} does not exist: ESO cannot log in to Vault (ClusterSecretStore/{} names role {}). \
-             Fix: `cargo xtask secrets seed` (it sets up ESO's access)",
-            names.store,
-            names.role
+            "{role_path} does not exist: ESO cannot log in to Vault (ClusterSecretStore/{store} names role \
+             {role_name}). Fix: `cargo xtask secrets seed` (it sets up ESO's access)"
         ),
         401 | 403 => bail!(
             "reading as ESO needs a token that may read {role_path} and create tokens with its policies \
@@ -755,22 +623,13 @@ fn policy_only(http: &VaultHttp, names: &EsoNames, keys: &[String], why: String)
     let data = &role.body["data"];
     let mut policies = strings(&data["token_policies"]);
     let no_default = data["token_no_default_policy"].as_bool().unwrap_or(false);
-    let created = http.try_call(
-        Method::Post,
-        "auth/token/create",
-        Some(&json!({
-            "policies": policies,
-            "no_default_policy": no_default,
-            "ttl": "2m",
-            "renewable": false,
-            "display_name": "xtask-as-eso",
-        })),
-    )?;
+    let body = json!({"policies": policies, "no_default_policy": no_default, "ttl": "2m", "renewable": false,
+                      "display_name": "xtask-as-eso"});
+    let created = http.try_call(Method::Post, "auth/token/create", Some(&body))?;
     if created.status != 200 {
         bail!(
-            "auth/token/create refused a token with the policies of role {} (HTTP {}: {}): reading as ESO needs \
-             a token that may create one (the dev chart's root token may)",
-            names.role,
+            "auth/token/create refused a token with the policies of role {role_name} (HTTP {}: {}): reading as \
+             ESO needs a token that may create one (the dev chart's root token may)",
             created.status,
             created.errors()
         );
@@ -784,41 +643,29 @@ fn policy_only(http: &VaultHttp, names: &EsoNames, keys: &[String], why: String)
     let mut as_eso = AsEso::new(How::PolicyOnly, names, None);
     as_eso.policy_only_reason = Some(why);
     as_eso.policies = policies;
-    probe(
-        &http.with_token(Secret::new(token.to_string())),
-        names,
-        keys,
-        &mut as_eso,
-    )?;
-    Ok(as_eso)
+    probe(http, token, names, keys, as_eso)
 }
 
-/// Reads `keys` with ESO's token, probes a write, then revokes the token.
-fn probe(eso: &VaultHttp, names: &EsoNames, keys: &[String], into: &mut AsEso) -> Result<()> {
-    let result = read_and_write(eso, names, keys, into);
-    let _ = eso.try_call(Method::Post, "auth/token/revoke-self", None);
-    result
-}
-
-fn read_and_write(
-    eso: &VaultHttp,
+/// Reads `keys` with `token` (ESO's), probes a write, then revokes the token.
+fn probe(
+    http: &VaultHttp,
+    token: &str,
     names: &EsoNames,
     keys: &[String],
-    into: &mut AsEso,
-) -> Result<()> {
+    mut into: AsEso,
+) -> Result<AsEso> {
+    let eso = http.with_token(Secret::new(token.to_string()));
     let answers = bounded(keys.to_vec(), 8, |key| {
         let path = names.data_path(&key);
         let verdict = match eso.try_call(Method::Get, &path, None) {
             Ok(r) if r.status == 200 => {
-                let data = if names.kv_version == "v1" {
-                    &r.body["data"]
-                } else {
-                    &r.body["data"]["data"]
+                let data = match names.kv_version.as_str() {
+                    "v1" => &r.body["data"],
+                    _ => &r.body["data"]["data"],
                 };
-                if data["value"].is_string() {
-                    Ok(())
-                } else {
-                    Err(format!("{path} has no string property `value`"))
+                match data["value"].is_string() {
+                    true => Ok(()),
+                    false => Err(format!("{path} has no string property `value`")),
                 }
             }
             Ok(r) if r.status == 404 => Err(format!("{path} is not in the store")),
@@ -837,8 +684,10 @@ fn read_and_write(
     into.read.sort();
     into.unreadable.sort();
     let target = keys.first().map_or("xtask-eso-write-probe", String::as_str);
-    (into.write_refused, into.write_answer) = write_probe(eso, names, target)?;
-    Ok(())
+    let written = write_probe(&eso, names, target);
+    let _ = eso.try_call(Method::Post, "auth/token/revoke-self", None);
+    (into.write_refused, into.write_answer) = written?;
+    Ok(into)
 }
 
 /// Tries a write that cannot land; `true` when the policy refused it.
@@ -846,11 +695,8 @@ fn write_probe(eso: &VaultHttp, names: &EsoNames, key: &str) -> Result<(bool, St
     let path = names.data_path(key);
     if names.kv_version == "v1" {
         // No check-and-set on KV v1: ask for the capabilities instead of writing.
-        let reply = eso.try_call(
-            Method::Post,
-            "sys/capabilities-self",
-            Some(&json!({"paths": [path]})),
-        )?;
+        let body = json!({"paths": [path]});
+        let reply = eso.try_call(Method::Post, "sys/capabilities-self", Some(&body))?;
         let caps = vault_checks::capabilities(&reply, &path);
         let writes = caps
             .iter()
@@ -864,13 +710,13 @@ fn write_probe(eso: &VaultHttp, names: &EsoNames, key: &str) -> Result<(bool, St
     let reply = eso.try_call(Method::Post, &path, Some(&body))?;
     Ok(match reply.status {
         401 | 403 => (true, format!("POST {path}: permission denied")),
-        code => (
-            false,
-            format!(
-                "POST {path} was allowed by the policy (HTTP {code}: {})",
-                reply.errors()
-            ),
-        ),
+        code => {
+            let errors = reply.errors();
+            (
+                false,
+                format!("POST {path} was allowed by the policy (HTTP {code}: {errors})"),
+            )
+        }
     })
 }
 
@@ -880,22 +726,19 @@ mod tests {
 
     #[test]
     fn a_binding_to_auth_delegator_lets_a_service_account_review() {
-        let crb = |role: &str, subject: Value| json!({"items": [{"roleRef": {"kind": "ClusterRole", "name": role}, "subjects": [subject]}]});
+        let crb = |role: &str, subject: &Value| json!({"items": [{"roleRef": {"kind": "ClusterRole", "name": role}, "subjects": [subject]}]});
         let sa = json!({"kind": "ServiceAccount", "name": "eso", "namespace": "es"});
-        assert!(reviews(
-            &crb("system:auth-delegator", sa.clone()),
-            "es",
-            "eso"
-        ));
-        assert!(!reviews(
-            &crb("system:auth-delegator", sa.clone()),
-            "other",
-            "eso"
-        ));
-        assert!(!reviews(&crb("view", sa), "es", "eso"));
         let group = json!({"kind": "Group", "name": "system:serviceaccounts:es"});
-        assert!(reviews(&crb("system:auth-delegator", group), "es", "eso"));
-        assert!(!reviews(&json!({"items": []}), "es", "eso"));
+        let delegator = "system:auth-delegator";
+        for (list, ns, reviews_it) in [
+            (crb(delegator, &sa), "es", true),
+            (crb(delegator, &sa), "other", false),
+            (crb("view", &sa), "es", false),
+            (crb(delegator, &group), "es", true),
+            (json!({"items": []}), "es", false),
+        ] {
+            assert_eq!(reviews(&list, ns, "eso"), reviews_it, "{list} {ns}");
+        }
     }
 
     #[test]

@@ -1,18 +1,16 @@
-//! kubectl: the current context, the kubeconfig, ESO's objects and events.
-//! Every call goes through `process::Tool`, with a deadline.
+//! kubectl: the current context, ESO's objects and events. Every call goes
+//! through `process::Tool`, with a deadline.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
-
-use std::path::PathBuf;
-
-use crate::secrets::guard::KubeContext;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
 
 use crate::process::Tool;
+use crate::secrets::guard::KubeContext;
 
 pub(crate) const INSTALL_HINT: &str =
     "install kubectl (https://kubernetes.io/docs/tasks/tools/) and put it on PATH";
@@ -27,36 +25,37 @@ pub(crate) fn kubectl_tool() -> Tool {
         )
 }
 
+/// Runs kubectl, returning stdout or an error with kubectl's own message.
+pub(crate) fn kubectl(args: &[&str]) -> Result<String> {
+    kubectl_tool().args(args).run()
+}
+
 /// The current kube context, or `None` when kubectl is missing, has none, or fails.
 pub(crate) fn current_context(kubeconfig: &[PathBuf]) -> Option<String> {
     context(kubeconfig).ok().flatten()
 }
 
-/// The current kube context: `Ok(None)` without kubectl or a context set;
-/// kubectl's words when it fails. Asked once per process (a run never
-/// changes the kubeconfig); later calls repeat the answer, error included.
+/// The current kube context: `Ok(None)` without kubectl or a context set.
+/// Asked once per process (a run never changes the kubeconfig).
 pub(crate) fn context(kubeconfig: &[PathBuf]) -> Result<Option<String>> {
     static CONTEXT: OnceLock<Result<Option<String>, String>> = OnceLock::new();
-    CONTEXT
-        .get_or_init(|| ask_context(kubeconfig).map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(anyhow::Error::msg)
-}
-
-fn ask_context(kubeconfig: &[PathBuf]) -> Result<Option<String>> {
-    if crate::tools::which("kubectl").is_none() || !kubeconfig_exists(kubeconfig) {
-        return Ok(None);
-    }
-    let tool = kubectl_tool().args(["config", "current-context"]);
-    let out = tool.output()?;
-    if !out.status.success() {
-        if String::from_utf8_lossy(&out.stderr).contains("current-context is not set") {
+    let ask = || -> Result<Option<String>> {
+        if crate::tools::which("kubectl").is_none() || !kubeconfig_exists(kubeconfig) {
             return Ok(None);
         }
-        return Err(tool.failure(&out));
-    }
-    let ctx = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    Ok((!ctx.is_empty()).then_some(ctx))
+        let tool = kubectl_tool().args(["config", "current-context"]);
+        let out = tool.output()?;
+        if !out.status.success() {
+            if String::from_utf8_lossy(&out.stderr).contains("current-context is not set") {
+                return Ok(None);
+            }
+            return Err(tool.failure(&out));
+        }
+        let ctx = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Ok((!ctx.is_empty()).then_some(ctx))
+    };
+    let answer = CONTEXT.get_or_init(|| ask().map_err(|e| format!("{e:#}")));
+    answer.clone().map_err(anyhow::Error::msg)
 }
 
 /// The current kube context as far as it can be known; kubectl missing or
@@ -67,7 +66,7 @@ pub(crate) fn guard_context(kubeconfig: &[PathBuf]) -> KubeContext {
         Ok(None) if crate::tools::which("kubectl").is_none() && kubeconfig_exists(kubeconfig) => {
             KubeContext::Unknown {
                 why: "kubectl is not on PATH to read your kubeconfig".into(),
-                fix: format!("To have the context checked, {}", INSTALL_HINT),
+                fix: format!("To have the context checked, {INSTALL_HINT}"),
             }
         }
         Ok(None) => KubeContext::None,
@@ -78,20 +77,14 @@ pub(crate) fn guard_context(kubeconfig: &[PathBuf]) -> KubeContext {
     }
 }
 
-/// Whether kubectl could find a kubeconfig (`Config::kubeconfig`: the
-/// paths of `KUBECONFIG`, else `~/.kube/config`): without one the answer
-/// costs no kubectl child. Where we cannot tell (no `HOME`), kubectl decides.
-pub(crate) fn kubeconfig_exists(kubeconfig: &[PathBuf]) -> bool {
+/// Whether kubectl could find a kubeconfig (the paths of `KUBECONFIG`, else
+/// `~/.kube/config`; none listed: kubectl decides). Without one, no child.
+fn kubeconfig_exists(kubeconfig: &[PathBuf]) -> bool {
     kubeconfig.is_empty() || kubeconfig.iter().any(|p| p.exists())
 }
 
-/// Runs kubectl, returning stdout or an error with kubectl's own message.
-pub(crate) fn kubectl(args: &[&str]) -> Result<String> {
-    kubectl_tool().args(args).run()
-}
-
 /// The current context with its cluster's CA inline (`--flatten` reads a CA
-/// file as kubectl does). It holds credentials: keep it in memory.
+/// file). It holds credentials: keep it in memory.
 pub(crate) fn raw_minified_config() -> Result<String> {
     kubectl_tool()
         .args("config view --minify --raw --flatten --output json".split(' '))
@@ -115,12 +108,10 @@ pub(crate) const ESO_UPGRADE: &str = "helm repo add external-secrets https://cha
      helm repo update external-secrets && helm upgrade external-secrets external-secrets/external-secrets \
      --namespace external-secrets --wait";
 
-/// What the cluster serves of ESO's API group.
+/// What the cluster serves of ESO's API group: nothing, versions older than v1, v1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum EsoApi {
-    /// No `external-secrets.io` version at all: ESO is not installed.
     Missing,
-    /// Versions, but not `v1`: an ESO older than 0.16.
     Old(Vec<String>),
     V1,
 }
@@ -128,12 +119,9 @@ pub(crate) enum EsoApi {
 impl EsoApi {
     /// From `kubectl api-versions`' output, one `group/version` a line.
     pub(crate) fn parse(api_versions: &str) -> EsoApi {
-        let ours: Vec<String> = api_versions
-            .lines()
-            .map(str::trim)
-            .filter(|l| l.split_once('/').is_some_and(|(g, _)| g == ESO_GROUP))
-            .map(String::from)
-            .collect();
+        let ours = api_versions.lines().map(str::trim);
+        let ours = ours.filter(|l| l.split_once('/').is_some_and(|(g, _)| g == ESO_GROUP));
+        let ours: Vec<String> = ours.map(String::from).collect();
         if ours.iter().any(|v| v == ESO_V1) {
             EsoApi::V1
         } else if ours.is_empty() {
@@ -168,30 +156,24 @@ pub(crate) fn eso_api() -> Result<EsoApi> {
     Ok(EsoApi::parse(&kubectl(&["api-versions"])?))
 }
 
-/// A JSON string field, or empty.
 fn text(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_string()
 }
 
 /// The `items` of a `kubectl get ... --output json` list.
 fn items(list: &Value) -> &[Value] {
-    list["items"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    list["items"].as_array().map_or(&[], Vec::as_slice)
 }
 
-/// An object's Ready condition, as ESO writes it.
+/// An object's Ready condition, as ESO writes it (`ready` is `None` without one).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct Ready {
-    /// `None` when there is no Ready condition.
     pub ready: Option<bool>,
     pub reason: String,
     pub message: String,
 }
 
 impl Ready {
-    /// The Ready condition in `object["status"]["conditions"]`.
     pub(crate) fn of(object: &Value) -> Ready {
         let conditions = object["status"]["conditions"].as_array();
         match conditions.and_then(|c| c.iter().find(|c| c["type"] == "Ready")) {
@@ -218,18 +200,15 @@ impl Ready {
 pub(crate) struct EsStatus {
     pub namespace: String,
     pub name: String,
-    /// `Kind/name` of its store.
     pub store: String,
     pub ready: Option<bool>,
     pub reason: String,
     pub message: String,
-    /// When ESO last synced it (RFC 3339, the cluster's clock), if it says.
+    /// When ESO last synced it (RFC 3339, the cluster's clock).
     pub refresh_time: Option<String>,
     /// The object version ESO last synced (changes with its annotations).
     pub synced_resource_version: Option<String>,
-    /// `spec.refreshInterval` as written (`1h`, `0`), if set.
     pub refresh_interval: Option<String>,
-    /// `spec.refreshPolicy` (`Periodic`, `OnChange`, `CreatedOnce`), if set.
     pub refresh_policy: Option<String>,
     /// The Secret it writes: `spec.target.name`, else its own name.
     pub target: String,
@@ -241,30 +220,30 @@ impl EsStatus {
     }
 
     /// Why ESO 0.16+ will not re-read it when its force-sync annotation
-    /// changes (`shouldRefresh`): once synced, `refreshPolicy: CreatedOnce`
-    /// or a periodic `refreshInterval: 0` is never read again.
+    /// changes: once synced, `refreshPolicy: CreatedOnce` or a periodic
+    /// `refreshInterval: 0` is never read again.
     pub(crate) fn ignores_force_sync(&self) -> Option<String> {
         let synced = self
             .synced_resource_version
             .as_deref()
             .is_some_and(|v| !v.is_empty());
-        match self.refresh_policy.as_deref() {
-            Some("CreatedOnce") => {
+        match (
+            self.refresh_policy.as_deref(),
+            self.refresh_interval.as_deref(),
+        ) {
+            (Some("CreatedOnce"), _) => {
                 (synced && self.refresh_time.is_some()).then(|| "refreshPolicy: CreatedOnce".into())
             }
-            Some("OnChange") => None,
-            _ => match self.refresh_interval.as_deref() {
-                Some(every) if synced && go_seconds(every).is_some_and(|s| s <= 0.0) => {
-                    Some(format!("refreshInterval: {every}"))
-                }
-                _ => None,
-            },
+            (Some("OnChange"), _) => None,
+            (_, Some(every)) if synced && go_seconds(every).is_some_and(|s| s <= 0.0) => {
+                Some(format!("refreshInterval: {every}"))
+            }
+            _ => None,
         }
     }
 }
 
-/// A Go duration (`time.ParseDuration`: `0`, `1h30m`, `500ms`, `-1.5h`) in
-/// seconds; `None` when it is not one.
+/// A Go duration (`0`, `1h30m`, `500ms`, `-1.5h`) in seconds; `None` when it is not one.
 pub(crate) fn go_seconds(duration: &str) -> Option<f64> {
     let d = duration.trim();
     let (sign, mut rest) = match d.strip_prefix('-') {
@@ -295,46 +274,48 @@ pub(crate) fn go_seconds(duration: &str) -> Option<f64> {
     total.map(|t| sign * t)
 }
 
-/// A failed kubectl call about ESO's objects: a cluster without ESO (`the
-/// server doesn't have a resource type`, or a group the discovery cache
-/// still lists) is said in those words, with the install command.
-fn eso_failure(tool: &Tool, out: &std::process::Output) -> anyhow::Error {
+/// `kubectl get ARGS --output json` about ESO's objects: the command and its
+/// stdout, `None` for NotFound; a cluster without ESO is said so.
+fn get_eso(args: &[&str]) -> Result<Option<(String, Vec<u8>)>> {
+    let tool = kubectl_tool()
+        .arg("get")
+        .args(args)
+        .args(["--output", "json"]);
+    let out = tool.output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if !stderr.contains("the server doesn't have a resource type")
+    if out.status.success() {
+        return Ok(Some((tool.display(), out.stdout)));
+    } else if stderr.contains("(NotFound)") {
+        return Ok(None);
+    } else if !stderr.contains("the server doesn't have a resource type")
         && !stderr.contains("the server could not find the requested resource")
     {
-        return tool.failure(out);
+        return Err(tool.failure(&out));
     }
     let (what, fix) = EsoApi::Missing.problem().expect("a problem");
     let said = crate::process::tail(&stderr, 1);
-    anyhow::anyhow!("{what} (`{}`: {said}); {fix}", tool.display())
+    anyhow::bail!("{what} (`{}`: {said}); {fix}", tool.display())
 }
 
-/// Every ExternalSecret in the cluster.
 pub(crate) fn external_secrets() -> Result<Vec<EsStatus>> {
-    let tool = kubectl_tool().args("get externalsecrets --all-namespaces --output json".split(' '));
-    let out = tool.output()?;
-    if !out.status.success() {
-        return Err(eso_failure(&tool, &out));
-    }
-    parse_external_secrets(&String::from_utf8_lossy(&out.stdout))
+    let Some((_, out)) = get_eso(&["externalsecrets", "--all-namespaces"])? else {
+        return Ok(Vec::new());
+    };
+    let list: Value = serde_json::from_slice(&out).context("kubectl printed no JSON list")?;
+    Ok(parse_external_secrets(&list))
 }
 
-pub(crate) fn parse_external_secrets(json: &str) -> Result<Vec<EsStatus>> {
-    let list: Value = serde_json::from_str(json).context("kubectl printed no JSON list")?;
+fn parse_external_secrets(list: &Value) -> Vec<EsStatus> {
     let opt = |v: &Value| v.as_str().map(String::from);
-    let statuses = items(&list).iter().map(|item| {
+    let statuses = items(list).iter().map(|item| {
         let (spec, status) = (&item["spec"], &item["status"]);
         let store_ref = &spec["secretStoreRef"];
+        let store_kind = store_ref["kind"].as_str().unwrap_or("SecretStore");
         let ready = Ready::of(item);
         let name = text(&item["metadata"]["name"]);
         EsStatus {
             namespace: text(&item["metadata"]["namespace"]),
-            store: format!(
-                "{}/{}",
-                store_ref["kind"].as_str().unwrap_or("SecretStore"),
-                text(&store_ref["name"])
-            ),
+            store: format!("{store_kind}/{}", text(&store_ref["name"])),
             ready: ready.ready,
             reason: ready.reason,
             message: ready.message,
@@ -347,58 +328,44 @@ pub(crate) fn parse_external_secrets(json: &str) -> Result<Vec<EsStatus>> {
             refresh_policy: opt(&spec["refreshPolicy"]),
             target: opt(&spec["target"]["name"])
                 .filter(|t| !t.is_empty())
-                .unwrap_or_else(|| name.clone()),
+                .unwrap_or(name.clone()),
             name,
         }
     });
-    Ok(statuses.collect())
+    statuses.collect()
 }
 
 /// `ClusterSecretStore/<name>`'s Ready condition; `None` when there is no such store.
 pub(crate) fn cluster_secret_store(name: &str) -> Result<Option<Ready>> {
-    let tool = kubectl_tool().args(["get", "clustersecretstore", name, "--output", "json"]);
-    let out = tool.output()?;
-    if !out.status.success() {
-        if String::from_utf8_lossy(&out.stderr).contains("(NotFound)") {
-            return Ok(None);
-        }
-        return Err(eso_failure(&tool, &out));
-    }
-    let object: Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("`{}` printed no JSON", tool.display()))?;
+    let Some((shown, out)) = get_eso(&["clustersecretstore", name])? else {
+        return Ok(None);
+    };
+    let object: Value =
+        serde_json::from_slice(&out).with_context(|| format!("`{shown}` printed no JSON"))?;
     Ok(Some(Ready::of(&object)))
 }
 
 /// Asks ESO to re-read an ExternalSecret now.
 pub(crate) fn force_sync(namespace: &str, name: &str, stamp: &str) -> Result<()> {
-    let stamp = format!("force-sync={stamp}");
-    kubectl(&[
-        "annotate",
-        "externalsecret",
-        name,
-        "--namespace",
-        namespace,
-        &stamp,
-        "--overwrite",
-    ])?;
-    Ok(())
+    annotate(&["externalsecret", name, "--namespace", namespace], stamp)
 }
 
 /// Asks ESO to validate a ClusterSecretStore now: any change to the object
 /// queues it at once, ahead of the backoff of a store that failed.
 pub(crate) fn force_sync_store(name: &str, stamp: &str) -> Result<()> {
+    annotate(&["clustersecretstore", name], stamp)
+}
+
+fn annotate(object: &[&str], stamp: &str) -> Result<()> {
     let stamp = format!("force-sync={stamp}");
-    kubectl(&[
-        "annotate",
-        "clustersecretstore",
-        name,
-        &stamp,
-        "--overwrite",
-    ])?;
+    kubectl_tool()
+        .arg("annotate")
+        .args(object)
+        .args([&stamp, "--overwrite"])
+        .run()?;
     Ok(())
 }
 
-/// Every namespace in the cluster.
 pub(crate) fn namespaces() -> Result<BTreeSet<String>> {
     let json = kubectl(&["get", "namespaces", "--output", "json"])?;
     let list: Value =
@@ -413,29 +380,34 @@ pub(crate) fn namespaces() -> Result<BTreeSet<String>> {
 /// Ready condition is generic: `could not get secret data from provider`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Event {
-    /// `metadata.name`.
     pub id: String,
     /// How many times it happened (identical events are counted in one).
     pub count: u64,
-    /// `involvedObject.name`.
     pub object: String,
     pub reason: String,
     pub message: String,
-    /// When it last happened (RFC 3339, the cluster's clock).
+    /// When it last happened (RFC 3339); then `metadata.resourceVersion` orders.
     pub last: String,
-    /// `metadata.resourceVersion`, which orders events of the same second.
     pub version: u64,
+}
+
+impl Event {
+    /// `ESO's last warning (Reason): message`, on one line (Vault's errors span several).
+    pub(crate) fn said(&self) -> String {
+        let message = self
+            .message
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        format!("ESO's last warning ({}): {message}", self.reason)
+    }
 }
 
 /// ESO's newest Warning Event about the store, if kubectl can tell.
 pub(crate) fn store_event() -> Option<Event> {
-    warning_events(
-        None,
-        "ClusterSecretStore",
-        Some(crate::secrets::scan::STORE_NAME),
-    )
-    .ok()
-    .and_then(|e| newest_by_object(e).remove(crate::secrets::scan::STORE_NAME))
+    let store = crate::secrets::scan::STORE_NAME;
+    let events = warning_events(None, "ClusterSecretStore", Some(store)).ok()?;
+    newest_by_object(events).remove(store)
 }
 
 /// `; ESO's last warning (Reason): message`, or nothing.
@@ -443,27 +415,14 @@ pub(crate) fn said(event: Option<&Event>) -> String {
     event.map(|e| format!("; {}", e.said())).unwrap_or_default()
 }
 
-/// Vault's answer to a login it refused (every failed TokenReview
-/// included) or a read its policy does not allow, in ESO's words.
+/// Vault's answer to a login it refused (every failed TokenReview included)
+/// or a read its policy does not allow, in ESO's words.
 pub(crate) fn permission_denied(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
     t.contains("permission denied") || t.contains("code: 403")
 }
 
-impl Event {
-    /// `ESO's last warning (Reason): message`, on one line (Vault's errors span several).
-    pub(crate) fn said(&self) -> String {
-        let message: Vec<&str> = self.message.split_whitespace().collect();
-        format!(
-            "ESO's last warning ({}): {}",
-            self.reason,
-            message.join(" ")
-        )
-    }
-}
-
-/// Warning Events about objects of `kind` in `namespace` (`None`: every
-/// namespace; a cluster-scoped object's live in `default`), about `name` only when given.
+/// Warning Events about objects of `kind`, as [`events`].
 pub(crate) fn warning_events(
     namespace: Option<&str>,
     kind: &str,
@@ -472,7 +431,8 @@ pub(crate) fn warning_events(
     events(namespace, kind, name, Some("Warning"))
 }
 
-/// Events about objects of `kind` (as [`warning_events`]), of `type_` only when given.
+/// Events about objects of `kind` in `namespace` (`None`: all; a cluster-scoped
+/// object's live in `default`), about `name` and of `type_` when given.
 pub(crate) fn events(
     namespace: Option<&str>,
     kind: &str,
@@ -495,45 +455,43 @@ pub(crate) fn events(
     parse_events(&kubectl(&args)?)
 }
 
-pub(crate) fn parse_events(json: &str) -> Result<Vec<Event>> {
+fn parse_events(json: &str) -> Result<Vec<Event>> {
     let list: Value =
         serde_json::from_str(json).context("kubectl get events printed no JSON list")?;
-    let events = items(&list).iter().map(|e| Event {
-        id: text(&e["metadata"]["name"]),
-        count: e["count"]
-            .as_u64()
-            .or(e["series"]["count"].as_u64())
-            .unwrap_or(1),
-        object: text(&e["involvedObject"]["name"]),
-        reason: text(&e["reason"]),
-        message: text(&e["message"]),
+    let events = items(&list).iter().map(|e| {
+        let count = e["count"].as_u64().or(e["series"]["count"].as_u64());
         // core/v1 Events carry lastTimestamp; events.k8s.io ones eventTime
         // (and a series); the creation time as a last resort.
-        last: [
+        let times = [
             &e["series"]["lastObservedTime"],
             &e["lastTimestamp"],
             &e["eventTime"],
             &e["metadata"]["creationTimestamp"],
-        ]
-        .into_iter()
-        .find_map(|v| v.as_str().filter(|t| !t.is_empty()))
-        .unwrap_or_default()
-        .to_string(),
-        version: text(&e["metadata"]["resourceVersion"]).parse().unwrap_or(0),
+        ];
+        let last = times
+            .into_iter()
+            .find_map(|v| v.as_str().filter(|t| !t.is_empty()));
+        Event {
+            id: text(&e["metadata"]["name"]),
+            count: count.unwrap_or(1),
+            object: text(&e["involvedObject"]["name"]),
+            reason: text(&e["reason"]),
+            message: text(&e["message"]),
+            last: last.unwrap_or_default().to_string(),
+            version: text(&e["metadata"]["resourceVersion"]).parse().unwrap_or(0),
+        }
     });
     Ok(events.collect())
 }
 
-/// When an event last happened, comparable: the API server writes UTC
-/// (`...:09Z`, `...:09.500000Z`), so the fraction padded to nanoseconds
-/// orders as text; then its resourceVersion for events of one second.
+/// When an event last happened, comparable: the API server writes UTC, so the
+/// fraction padded to nanoseconds orders as text; then its resourceVersion.
 fn instant(e: &Event) -> (String, u64) {
     let t = e.last.trim_end_matches('Z');
     let (secs, frac) = t.split_once('.').unwrap_or((t, ""));
     (format!("{secs}.{frac:0<9}"), e.version)
 }
 
-/// The newest event about each object, by name.
 pub(crate) fn newest_by_object(events: Vec<Event>) -> BTreeMap<String, Event> {
     let mut newest: BTreeMap<String, Event> = BTreeMap::new();
     for e in events {
@@ -571,7 +529,7 @@ mod tests {
 
     #[test]
     fn reads_what_decides_whether_eso_rereads_it() {
-        let text = r#"{"items": [
+        let list = serde_json::json!({"items": [
           {"metadata": {"namespace": "ameide", "name": "zero"},
            "spec": {"refreshInterval": 0, "target": {"name": "zero-secret"}},
            "status": {"refreshTime": "2026-11-28T03:00:00Z", "syncedResourceVersion": "1-abc"}},
@@ -585,24 +543,14 @@ mod tests {
           {"metadata": {"namespace": "ameide", "name": "periodic-zero"},
            "spec": {"refreshInterval": "0h0m0s", "refreshPolicy": "Periodic"},
            "status": {"syncedResourceVersion": "1-abc"}}
-        ]}"#;
-        let es = parse_external_secrets(text).unwrap();
+        ]});
+        let es = parse_external_secrets(&list);
         let ignored: Vec<Option<String>> = es.iter().map(EsStatus::ignores_force_sync).collect();
+        let zero = Some("refreshInterval: 0".to_string());
         let periodic = Some("refreshInterval: 0h0m0s".to_string());
-        assert_eq!(
-            ignored,
-            [
-                Some("refreshInterval: 0".into()),
-                None,
-                None,
-                None,
-                periodic
-            ]
-        );
-        assert_eq!(
-            (es[0].target.as_str(), es[1].target.as_str()),
-            ("zero-secret", "never-synced")
-        );
+        assert_eq!(ignored, [zero, None, None, None, periodic]);
+        let targets = (es[0].target.as_str(), es[1].target.as_str());
+        assert_eq!(targets, ("zero-secret", "never-synced"));
     }
 
     #[test]
@@ -628,9 +576,7 @@ mod tests {
     fn only_esos_own_group_counts() {
         let prefixed = "external-secrets.io.example/v1\napps/v1\n";
         assert_eq!(EsoApi::parse(prefixed), EsoApi::Missing);
-        assert_eq!(
-            EsoApi::parse("external-secrets.io/v1beta1\nexternal-secrets.io/v1\n"),
-            EsoApi::V1
-        );
+        let both = "external-secrets.io/v1beta1\nexternal-secrets.io/v1\n";
+        assert_eq!(EsoApi::parse(both), EsoApi::V1);
     }
 }

@@ -1,10 +1,9 @@
-//! The port-forward to the in-cluster Vault: the cluster is asked whether a
-//! pod behind `svc/vault` runs (waiting, with progress, for a Pending one),
-//! then `kubectl port-forward svc/vault` runs, watched, restarted once,
-//! stopped on drop.
+//! The port-forward to the in-cluster Vault: waits (with progress) for a pod
+//! behind `svc/vault` to run, then runs `kubectl port-forward svc/vault`,
+//! watched, restarted once, stopped on drop.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,6 @@ const POD_POLL: Duration = Duration::from_secs(1);
 /// How often the wait for a pod says so on stderr.
 const POD_NOTE_EVERY: Duration = Duration::from_secs(5);
 
-/// What to forward: `svc/<service>:<port>` in `namespace`.
 #[derive(Clone, Debug)]
 pub(crate) struct ForwardSpec {
     pub namespace: String,
@@ -35,7 +33,6 @@ pub(crate) struct ForwardSpec {
 
 /// Why kubectl did not start forwarding.
 enum LaunchError {
-    /// The forward was dropped meanwhile.
     Stopped,
     /// kubectl exited before forwarding: our message, with its words.
     Exited(String),
@@ -53,9 +50,8 @@ impl LaunchError {
 }
 
 impl ForwardSpec {
-    /// `kubectl port-forward ... svc/vault [LOCAL]:8200`: a free port the
-    /// first time, the same one on a restart. kubectl's own wait for a
-    /// running pod is kept within our deadline, so it says why it gave up.
+    /// `kubectl port-forward ... svc/vault [LOCAL]:8200`, with kubectl's own wait
+    /// for a running pod kept within our deadline (so it says why it gave up).
     fn tool(&self, local: Option<u16>) -> Tool {
         let local = local.map(|p| p.to_string()).unwrap_or_default();
         Tool::new("kubectl")
@@ -71,39 +67,29 @@ impl ForwardSpec {
             ])
     }
 
-    /// What to check when the forward does not start or does not last,
-    /// given what kubectl said.
+    /// What to check when the forward does not start or last, given what kubectl said.
     fn fix(&self, said: &str) -> String {
-        let ns = &self.namespace;
+        let (ns, port, svc) = (&self.namespace, self.port, &self.service);
         if said.contains("connection refused") {
             // The kubelet reached the pod, but nothing listens on the port.
             format!(
                 "Vault's pod runs but nothing in it listens on port {port} (Vault has not started yet, or \
-                 exited): `kubectl --namespace {ns} get pods`, then `kubectl --namespace {ns} logs <pod>`",
-                port = self.port
+                 exited): `kubectl --namespace {ns} get pods`, then `kubectl --namespace {ns} logs <pod>`"
             )
         } else {
             format!(
                 "Is Vault's pod running? `kubectl --namespace {ns} get pods`, `kubectl --namespace {ns} describe \
-                 svc {svc}`",
-                svc = self.service
+                 svc {svc}`"
             )
         }
     }
 
-    /// `kubectl get ARGS --namespace NS --output json`: the object, `None`
-    /// when the API says NotFound, or an error with kubectl's words.
+    /// `kubectl get ARGS --namespace NS --output json`; `None` for NotFound.
     fn get(&self, args: &[&str]) -> Result<Option<Value>, String> {
-        let tool = kube::kubectl_tool().arg("get").args(args).args([
-            "--namespace",
-            &self.namespace,
-            "--output",
-            "json",
-        ]);
-        let asking = format!(
-            "asking the cluster about svc/{} in namespace {}",
-            self.service, self.namespace
-        );
+        let (ns, svc) = (&self.namespace, &self.service);
+        let tool = kube::kubectl_tool().arg("get").args(args);
+        let tool = tool.args(["--namespace", ns, "--output", "json"]);
+        let asking = format!("asking the cluster about svc/{svc} in namespace {ns}");
         let out = tool.output().map_err(|e| format!("{asking}: {e:#}"))?;
         if !out.status.success() {
             if String::from_utf8_lossy(&out.stderr).contains("(NotFound)") {
@@ -111,33 +97,33 @@ impl ForwardSpec {
             }
             return Err(format!("{asking}: {:#}", tool.failure(&out)));
         }
-        serde_json::from_slice(&out.stdout)
+        let shown = tool.display();
+        let object = serde_json::from_slice(&out.stdout);
+        object
             .map(Some)
-            .map_err(|e| format!("`{}` printed no JSON: {e}", tool.display()))
+            .map_err(|e| format!("`{shown}` printed no JSON: {e}"))
     }
 
-    /// The service's pod selector (`app.kubernetes.io/name=vault`), or
-    /// what is wrong with the service, with its fix.
-    fn selector(&self) -> Result<String, String> {
+    /// The service's pod selector (`app.kubernetes.io/name=vault`), or what is wrong.
+    fn selector(&self) -> Result<String, LaunchError> {
         let (ns, svc) = (&self.namespace, &self.service);
-        let Some(service) = self.get(&["service", svc])? else {
-            return Err(format!(
+        let Some(service) = self.get(&["service", svc]).map_err(LaunchError::Failed)? else {
+            return Err(LaunchError::Failed(format!(
                 "svc/{svc} not found in namespace {ns} (kubectl: Error from server (NotFound): services \"{svc}\" \
                  not found): Vault is not deployed there. Deploy it with layer 15: `helmfile --file \
                  infra/kubernetes/helmfiles/15-secrets-certificates.yaml --environment local sync`; if it runs \
                  under another name, set namespace / service under [vault.port_forward] in .local/secrets.toml"
-            ));
+            )));
         };
         selector_of(&service).ok_or_else(|| {
-            format!(
+            LaunchError::Failed(format!(
                 "svc/{svc} in namespace {ns} has no pod selector, so kubectl cannot pick a pod behind it: set \
                  service under [vault.port_forward] in .local/secrets.toml to Vault's own service \
                  (`kubectl --namespace {ns} get svc`)"
-            )
+            ))
         })
     }
 
-    /// `kubectl get pods --selector SELECTOR`: the list.
     fn pods_now(&self, selector: &str) -> Result<Value, LaunchError> {
         let list = self.get(&["pods", "--selector", selector]);
         list.map(Option::unwrap_or_default)
@@ -147,13 +133,13 @@ impl ForwardSpec {
     /// Waits until a pod behind the service runs (kubectl refuses a Pending
     /// one at once), saying every few seconds on stderr what it waits for.
     fn wait_for_pod(&self, until: Instant, stop: &AtomicBool) -> Result<(), LaunchError> {
-        let selector = self.selector().map_err(LaunchError::Failed)?;
+        let selector = self.selector()?;
         let began = Instant::now();
         let mut noted: Option<Instant> = None;
         loop {
             let list = self.pods_now(&selector)?;
-            let state = match Behind::of(&list) {
-                Behind::Runs(name) => {
+            let state = match behind(&list, &self.service, &selector) {
+                Ok(name) => {
                     if noted.is_some() {
                         let after = seconds(Duration::from_secs(began.elapsed().as_secs()));
                         eprintln!(
@@ -162,16 +148,16 @@ impl ForwardSpec {
                     }
                     return Ok(());
                 }
-                behind => behind.describe(&self.service, &selector),
+                Err(state) => state,
             };
             let now = Instant::now();
             let Some(left) = until.checked_duration_since(now).filter(|d| !d.is_zero()) else {
                 return Err(LaunchError::Failed(self.pod_wait_failure(&state, &list)));
             };
             if noted.is_none_or(|t| now.duration_since(t) >= POD_NOTE_EVERY) {
+                let left_secs = left.as_secs_f64().ceil();
                 eprintln!(
-                    "waiting for Vault's pod: {state}; {} s left (vault.port_forward.pod_wait_secs)",
-                    left.as_secs_f64().ceil()
+                    "waiting for Vault's pod: {state}; {left_secs} s left (vault.port_forward.pod_wait_secs)"
                 );
                 noted = Some(now);
             }
@@ -187,13 +173,14 @@ impl ForwardSpec {
 
     /// The error once the wait for a pod is over: what is true, and its fix.
     fn pod_wait_failure(&self, state: &str, list: &Value) -> String {
-        let ns = &self.namespace;
-        let waited = seconds(self.pod_wait);
-        let fix = match pods(list).first() {
-            Some(pod) => format!(
+        let (ns, svc, waited) = (&self.namespace, &self.service, seconds(self.pod_wait));
+        let first = list["items"]
+            .get(0)
+            .map(|p| p["metadata"]["name"].as_str().unwrap_or("?"));
+        let fix = match first {
+            Some(name) => format!(
                 "`kubectl --namespace {ns} describe pod {name}` says why (its Events); if it is only slow (an \
-                 image still pulling), raise vault.port_forward.pod_wait_secs ({waited}) in .local/secrets.toml",
-                name = pod.name
+                 image still pulling), raise vault.port_forward.pod_wait_secs ({waited}) in .local/secrets.toml"
             ),
             None => format!(
                 "Vault's StatefulSet creates it: `kubectl --namespace {ns} get statefulsets,pods`, \
@@ -203,29 +190,25 @@ impl ForwardSpec {
         };
         format!(
             "{state}, after waiting {waited} for a pod behind svc/{svc} in namespace {ns} to run, so no \
-             port-forward was started. {fix}; then run the command again",
-            svc = self.service
+             port-forward was started. {fix}; then run the command again"
         )
     }
 
-    /// Starts kubectl and waits for its `Forwarding from 127.0.0.1:N -> P`
-    /// line: the child and N, or kubectl's own words.
+    /// Starts kubectl and waits for its `Forwarding from 127.0.0.1:N -> P` line.
     fn launch(&self, local: Option<u16>, stop: &AtomicBool) -> Result<(Running, u16), LaunchError> {
         let tool = self.tool(local);
         let running = tool
             .spawn()
             .map_err(|e| LaunchError::Failed(format!("{e:#}")))?;
         let until = Instant::now() + self.start_deadline;
+        let shown = tool.display();
         loop {
-            let said = || running.last_lines();
             let Some(left) = until.checked_duration_since(Instant::now()) else {
+                let (said, deadline) = (running.last_lines(), seconds(self.start_deadline));
+                let fix = self.fix(&said);
                 return Err(LaunchError::Failed(format!(
-                    "`{}` did not start forwarding within {} and was stopped; kubectl said: {}. {}. A slower \
-                     cluster: raise vault.port_forward.start_timeout_secs in .local/secrets.toml",
-                    tool.display(),
-                    seconds(self.start_deadline),
-                    said(),
-                    self.fix(&said())
+                    "`{shown}` did not start forwarding within {deadline} and was stopped; kubectl said: {said}. \
+                     {fix}. A slower cluster: raise vault.port_forward.start_timeout_secs in .local/secrets.toml"
                 )));
             };
             if stop.load(Ordering::Relaxed) {
@@ -239,13 +222,11 @@ impl ForwardSpec {
                 }
                 Next::Quiet => {}
                 Next::Ended => {
+                    let (how, said) = (ended(&running), running.last_lines());
+                    let fix = self.fix(&said);
                     return Err(LaunchError::Exited(format!(
-                        "`{}` {} before forwarding; kubectl said: {}. {}",
-                        tool.display(),
-                        ended(&running),
-                        said(),
-                        self.fix(&said())
-                    )))
+                        "`{shown}` {how} before forwarding; kubectl said: {said}. {fix}"
+                    )));
                 }
             }
         }
@@ -264,8 +245,8 @@ impl ForwardSpec {
             self.wait_for_pod(until, stop)?;
             match self.launch(local, stop) {
                 Err(LaunchError::Exited(why)) if Instant::now() < until => {
-                    let selector = self.selector().map_err(LaunchError::Failed)?;
-                    if matches!(Behind::of(&self.pods_now(&selector)?), Behind::Runs(_)) {
+                    let pods = self.pods_now(&self.selector()?)?;
+                    if behind(&pods, "", "").is_ok() {
                         return Err(LaunchError::Exited(why));
                     }
                 }
@@ -283,8 +264,7 @@ fn go_duration(d: Duration) -> String {
     }
 }
 
-/// `app.kubernetes.io/name=vault,...` from a Service's `spec.selector`;
-/// `None` when it selects nothing (kubectl then cannot pick a pod).
+/// `app.kubernetes.io/name=vault,...` from a Service's `spec.selector`, if any.
 fn selector_of(service: &Value) -> Option<String> {
     let map = service["spec"]["selector"].as_object()?;
     let parts: Vec<String> = map
@@ -294,41 +274,16 @@ fn selector_of(service: &Value) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(","))
 }
 
-/// One pod behind the service, as far as forwarding to it goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Pod {
-    name: String,
-    phase: String,
-    /// Why it is not running: a container's waiting or terminated reason,
-    /// the scheduler's, or `Terminating`.
-    reason: Option<String>,
-    terminating: bool,
-}
-
-impl Pod {
-    /// `vault-0 is Pending (ContainerCreating)`.
-    fn describe(&self) -> String {
-        match &self.reason {
-            Some(r) => format!("{} is {} ({r})", self.name, self.phase),
-            None => format!("{} is {}", self.name, self.phase),
-        }
-    }
-}
-
-/// The pods of a `kubectl get pods --output json` list.
-fn pods(list: &Value) -> Vec<Pod> {
-    let items = list["items"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    items.iter().map(pod).collect()
-}
-
-fn pod(p: &Value) -> Pod {
+/// One pod behind the service: its name, whether kubectl can forward to it
+/// (Running, not on its way out), and `vault-0 is Pending (ContainerCreating)`.
+fn pod_state(p: &Value) -> (String, bool, String) {
     let status = &p["status"];
     let terminating = !p["metadata"]["deletionTimestamp"].is_null();
-    let reason_in = |key: &str| -> Option<String> {
-        status[key].as_array()?.iter().find_map(|c| {
+    let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    // Why it is not running: a container's waiting or terminated reason, the
+    // scheduler's, or `Terminating`.
+    let reason_in = |key: &str| {
+        list(&status[key]).iter().find_map(|c| {
             let state = &c["state"];
             let reason = state["waiting"]["reason"].as_str();
             reason
@@ -336,84 +291,67 @@ fn pod(p: &Value) -> Pod {
                 .map(String::from)
         })
     };
-    let conditions = status["conditions"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let unschedulable = conditions
+    let conditions = list(&status["conditions"]);
+    let unscheduled = conditions
         .iter()
-        .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
-        .map(|c| {
-            let reason = c["reason"].as_str().unwrap_or("Unschedulable");
-            match c["message"].as_str().filter(|m| !m.is_empty()) {
-                Some(m) if m.chars().count() > 160 => {
-                    format!("{reason}: {}...", m.chars().take(160).collect::<String>())
-                }
-                Some(m) => format!("{reason}: {m}"),
-                None => reason.to_string(),
+        .find(|c| c["type"] == "PodScheduled" && c["status"] == "False");
+    let unschedulable = unscheduled.map(|c| {
+        let reason = c["reason"].as_str().unwrap_or("Unschedulable");
+        match c["message"].as_str().filter(|m| !m.is_empty()) {
+            Some(m) if m.chars().count() > 160 => {
+                format!("{reason}: {}...", m.chars().take(160).collect::<String>())
             }
-        });
+            Some(m) => format!("{reason}: {m}"),
+            None => reason.to_string(),
+        }
+    });
     let reason = reason_in("initContainerStatuses")
         .map(|r| format!("Init:{r}"))
         .or_else(|| reason_in("containerStatuses"))
         .or(unschedulable)
         .or_else(|| status["reason"].as_str().map(String::from))
         .or_else(|| terminating.then(|| "Terminating".to_string()));
-    Pod {
-        name: p["metadata"]["name"].as_str().unwrap_or("?").to_string(),
-        phase: status["phase"].as_str().unwrap_or("Pending").to_string(),
-        reason,
-        terminating,
-    }
+    let name = p["metadata"]["name"].as_str().unwrap_or("?").to_string();
+    let phase = status["phase"].as_str().unwrap_or("Pending");
+    let described = match reason {
+        Some(r) => format!("{name} is {phase} ({r})"),
+        None => format!("{name} is {phase}"),
+    };
+    (name, phase == "Running" && !terminating, described)
 }
 
-/// What stands behind the service.
-#[derive(Debug, PartialEq, Eq)]
-enum Behind {
-    /// A pod runs (phase Running, not on its way out): kubectl can forward to it.
-    Runs(String),
-    /// The selector matches no pod.
-    NoPod,
-    /// Pods, none of them running.
-    NotRunning(Vec<Pod>),
+/// The name of a running pod behind the service, or what stands there instead.
+fn behind(list: &Value, service: &str, selector: &str) -> Result<String, String> {
+    let pods: Vec<_> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(pod_state)
+        .collect();
+    if let Some((name, ..)) = pods.iter().find(|(_, runs, _)| *runs) {
+        return Ok(name.clone());
+    }
+    let shown: Vec<&str> = pods
+        .iter()
+        .take(3)
+        .map(|(.., described)| described.as_str())
+        .collect();
+    Err(match pods.len() {
+        0 => format!("svc/{service} selects no pod (selector {selector})"),
+        1 => format!("pod {}", shown[0]),
+        n => {
+            let more = match n.saturating_sub(3) {
+                0 => String::new(),
+                more => format!(" and {more} more"),
+            };
+            format!(
+                "no pod of svc/{service} is running: {}{more}",
+                shown.join(", ")
+            )
+        }
+    })
 }
 
-impl Behind {
-    fn of(list: &Value) -> Behind {
-        let pods = pods(list);
-        if let Some(p) = pods.iter().find(|p| p.phase == "Running" && !p.terminating) {
-            return Behind::Runs(p.name.clone());
-        }
-        if pods.is_empty() {
-            Behind::NoPod
-        } else {
-            Behind::NotRunning(pods)
-        }
-    }
-
-    /// `svc/vault selects no pod (selector ...)`, `pod vault-0 is Pending
-    /// (ContainerCreating)`, or the first few of several.
-    fn describe(&self, service: &str, selector: &str) -> String {
-        match self {
-            Behind::Runs(name) => format!("pod {name} is Running"),
-            Behind::NoPod => format!("svc/{service} selects no pod (selector {selector})"),
-            Behind::NotRunning(pods) if pods.len() == 1 => format!("pod {}", pods[0].describe()),
-            Behind::NotRunning(pods) => {
-                let shown: Vec<String> = pods.iter().take(3).map(Pod::describe).collect();
-                let more = match pods.len().saturating_sub(3) {
-                    0 => String::new(),
-                    n => format!(" and {n} more"),
-                };
-                format!(
-                    "no pod of svc/{service} is running: {}{more}",
-                    shown.join(", ")
-                )
-            }
-        }
-    }
-}
-
-/// "exited (exit 1)", "was killed by signal 13".
 fn ended(running: &Running) -> String {
     match running.exit_status() {
         Some(s) if s.starts_with("killed") => format!("was {s}"),
@@ -422,7 +360,6 @@ fn ended(running: &Running) -> String {
     }
 }
 
-/// What the forward's watcher shares with its owner.
 #[derive(Default)]
 struct Watch {
     /// Why the forward is gone for good, once it is.
@@ -433,31 +370,35 @@ struct Watch {
     stop: AtomicBool,
 }
 
+/// A poisoned lock still holds a usable value here.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Watch {
     fn down(&self) -> Option<String> {
-        self.down.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.down).clone()
     }
 
     fn set_down(&self, why: String) {
-        *self.down.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        *lock(&self.down) = Some(why);
     }
 
     fn set_restarting(&self, on: bool) {
-        *self.restarting.lock().unwrap_or_else(|e| e.into_inner()) = on;
+        *lock(&self.restarting) = on;
         self.restarted.notify_all();
     }
 }
 
 /// A running `kubectl port-forward` to the in-cluster Vault.
 ///
-/// A watcher thread reads kubectl's output for the forward's whole life (a
-/// Go program whose stdout is closed dies of SIGPIPE at its next `Handling
-/// connection` line) and keeps the last lines for messages. When kubectl
-/// fails (`An error occurred forwarding`, `lost connection to pod`, an
-/// exit), the watcher starts it once more on the same local port, after
-/// waiting for a running pod again; [`Self::lifeline`] holds failed calls
-/// until then. A second failure is final. Stopped on drop; a run killed
-/// outright takes kubectl with it (`Tool::die_with_parent`).
+/// A watcher thread reads kubectl's output for the forward's whole life (a Go
+/// program whose stdout is closed dies of SIGPIPE at its next `Handling
+/// connection` line). When kubectl fails (`An error occurred forwarding`,
+/// `lost connection to pod`, an exit), the watcher starts it once more on the
+/// same local port, after waiting for a running pod again; [`Self::lifeline`]
+/// holds failed calls until then. A second failure is final. Stopped on drop;
+/// a run killed outright takes kubectl with it (`Tool::die_with_parent`).
 pub(crate) struct PortForward {
     pub local_port: u16,
     watch: Arc<Watch>,
@@ -465,64 +406,52 @@ pub(crate) struct PortForward {
 }
 
 impl PortForward {
-    /// Forwards a free loopback port to `svc/<service>:<port>`.
     pub(crate) fn start(spec: &ForwardSpec) -> Result<PortForward> {
         let watch = Arc::new(Watch::default());
         let (started, port) = std::sync::mpsc::channel();
         // Every kubectl of this forward is started by its watcher thread, which
         // lives as long as the forward: `die_with_parent` is per thread.
-        let watcher = {
-            let spec = spec.clone();
-            let watch = Arc::clone(&watch);
-            std::thread::spawn(move || match spec.bring_up(None, &watch.stop) {
-                Ok((running, local_port)) => {
-                    let _ = started.send(Ok(local_port));
-                    supervise(&spec, running, local_port, &watch);
-                }
-                Err(e) => {
-                    let _ = started.send(Err(e.into_message()));
-                }
-            })
-        };
+        let (spec, shared) = (spec.clone(), Arc::clone(&watch));
+        let watcher = std::thread::spawn(move || match spec.bring_up(None, &shared.stop) {
+            Ok((running, local_port)) => {
+                let _ = started.send(Ok(local_port));
+                supervise(&spec, running, local_port, &shared);
+            }
+            Err(e) => {
+                let _ = started.send(Err(e.into_message()));
+            }
+        });
         let mut forward = PortForward {
             local_port: 0,
             watch,
             watcher: Some(watcher),
         };
-        match port.recv() {
-            Ok(Ok(local_port)) => {
-                forward.local_port = local_port;
-                Ok(forward)
-            }
-            Ok(Err(e)) => Err(anyhow::Error::msg(e)),
-            Err(_) => Err(anyhow::anyhow!(
-                "the port-forward's watcher stopped unexpectedly"
-            )),
-        }
+        forward.local_port = match port.recv() {
+            Ok(Ok(local_port)) => local_port,
+            Ok(Err(e)) => return Err(anyhow::Error::msg(e)),
+            Err(_) => anyhow::bail!("the port-forward's watcher stopped unexpectedly"),
+        };
+        Ok(forward)
     }
 
     pub(crate) fn addr(&self) -> String {
         format!("http://127.0.0.1:{}", self.local_port)
     }
 
-    /// Whether the forward is gone for good (it failed twice).
     pub(crate) fn is_gone(&self) -> bool {
         self.watch.down().is_some()
     }
 
     /// For the HTTP client, when a connection fails: waits while the watcher
-    /// restarts kubectl, then `None` (try again) or, once the forward is
-    /// gone for good, `Some(why)` in kubectl's words.
+    /// restarts kubectl, then `None` (try again) or, once the forward is gone
+    /// for good, `Some(why)` in kubectl's words.
     pub(crate) fn lifeline(&self) -> impl Fn() -> Option<String> + Send + Sync + 'static {
         let watch = Arc::clone(&self.watch);
         move || {
-            let mut restarting = watch.restarting.lock().unwrap_or_else(|e| e.into_inner());
+            let mut restarting = lock(&watch.restarting);
             while *restarting && !watch.stop.load(Ordering::Relaxed) {
-                restarting = watch
-                    .restarted
-                    .wait_timeout(restarting, POLL * 2)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                let waited = watch.restarted.wait_timeout(restarting, POLL * 2);
+                restarting = waited.unwrap_or_else(|e| e.into_inner()).0;
             }
             drop(restarting);
             watch.down()
@@ -547,11 +476,11 @@ fn reports_broken(line: &str) -> bool {
     l.contains("an error occurred forwarding") || l.contains("lost connection to pod")
 }
 
-/// Watches one forward: restarts it once, and records why it is gone when
-/// it fails again.
+/// Watches one forward: restarts it once, and records why it is gone when it fails again.
 fn supervise(spec: &ForwardSpec, mut running: Running, port: u16, watch: &Watch) {
     let mut first_failure: Option<String> = None;
     let mut display = spec.tool(None).display();
+    let (service, ns) = (&spec.service, &spec.namespace);
     loop {
         if watch.stop.load(Ordering::Relaxed) {
             return; // `running` is dropped: kubectl is killed
@@ -574,17 +503,14 @@ fn supervise(spec: &ForwardSpec, mut running: Running, port: u16, watch: &Watch)
         running.stop();
         let words = running.last_lines();
         let failure = format!("`{display}` {how}; kubectl said:\n  {words}");
-        let (service, ns) = (&spec.service, &spec.namespace);
         if let Some(first) = &first_failure {
+            let fix = spec.fix(&words);
             watch.set_down(format!(
                 "the port-forward to svc/{service} in namespace {ns} failed twice (it was restarted once).\n\
-                 First: {first}\nThen: {failure}\n{}; then run the command again",
-                spec.fix(&words)
+                 First: {first}\nThen: {failure}\n{fix}; then run the command again"
             ));
-            watch.set_restarting(false);
-            return;
         }
-        if watch.stop.load(Ordering::Relaxed) {
+        if first_failure.is_some() || watch.stop.load(Ordering::Relaxed) {
             watch.set_restarting(false);
             return;
         }
@@ -609,8 +535,7 @@ fn supervise(spec: &ForwardSpec, mut running: Running, port: u16, watch: &Watch)
     }
 }
 
-/// Parses kubectl's `Forwarding from 127.0.0.1:41234 -> 8200` (or
-/// `[::1]:41234`): the listening host and port.
+/// The host and port of kubectl's `Forwarding from 127.0.0.1:41234 -> 8200` (or `[::1]:41234`).
 fn forwarding_from(line: &str) -> Option<(&str, u16)> {
     let rest = line.trim().strip_prefix("Forwarding from ")?;
     let (local, _remote) = rest.split_once(" -> ")?;
@@ -665,10 +590,11 @@ mod tests {
 
     #[test]
     fn says_what_stands_behind_the_service() {
+        let state = |reason: &str| json!([{"state": {"waiting": {"reason": reason}}}]);
         let creating = pod(
             "vault-0",
             "Pending",
-            json!({"containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]}),
+            json!({"containerStatuses": state("ContainerCreating")}),
         );
         let long = format!("0/1 nodes are available: {}", "x".repeat(200));
         let unschedulable = pod(
@@ -680,36 +606,39 @@ mod tests {
         let init = pod(
             "vault-2",
             "Pending",
-            json!({"initContainerStatuses": [{"state": {"waiting": {"reason": "PodInitializing"}}}]}),
+            json!({"initContainerStatuses": state("PodInitializing")}),
         );
         let list = json!({"items": [creating, unschedulable, init]});
         let clipped = &long[..160];
-        assert_eq!(
-            Behind::of(&list).describe("vault", "sel"),
-            format!(
-                "no pod of svc/vault is running: vault-0 is Pending (ContainerCreating), vault-1 is Pending \
-                 (Unschedulable: {clipped}...), vault-2 is Pending (Init:PodInitializing)"
-            )
+        let said = format!(
+            "no pod of svc/vault is running: vault-0 is Pending (ContainerCreating), vault-1 is Pending \
+             (Unschedulable: {clipped}...), vault-2 is Pending (Init:PodInitializing)"
         );
+        assert_eq!(behind(&list, "vault", "sel"), Err(said));
         // One Running pod among others is enough: kubectl picks it.
         let mut running = pod("vault-3", "Running", json!({}));
         let list = json!({"items": [list["items"][0], running]});
-        assert_eq!(Behind::of(&list), Behind::Runs("vault-3".into()));
+        assert_eq!(behind(&list, "vault", "sel"), Ok("vault-3".into()));
         // ... unless it is on its way out.
         running["metadata"]["deletionTimestamp"] = json!("2026-12-01T00:00:00Z");
+        let terminated = json!([{"state": {"terminated": {"reason": "Error", "exitCode": 1}}}]);
         let crashed = pod(
             "vault-4",
             "Failed",
-            json!({"containerStatuses": [{"state": {"terminated": {"reason": "Error", "exitCode": 1}}}]}),
+            json!({"containerStatuses": terminated}),
         );
-        for (pod, said) in [
-            (running, "pod vault-3 is Running (Terminating)"),
-            (crashed, "pod vault-4 is Failed (Error)"),
+        for (list, said) in [
+            (
+                json!({"items": [running]}),
+                "pod vault-3 is Running (Terminating)",
+            ),
+            (json!({"items": [crashed]}), "pod vault-4 is Failed (Error)"),
+            (
+                json!({"items": []}),
+                "svc/vault selects no pod (selector sel)",
+            ),
         ] {
-            assert_eq!(
-                Behind::of(&json!({"items": [pod]})).describe("vault", "sel"),
-                said
-            );
+            assert_eq!(behind(&list, "vault", "sel"), Err(said.into()));
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use serde::Serialize;
 use serde_json::json;
 
@@ -25,7 +25,6 @@ pub(crate) struct Held {
 }
 
 impl Held {
-    /// Counts `fixtures` among `listed` (the store's names).
     pub(crate) fn count(fixtures: &[String], listed: &[String]) -> Held {
         let listed: BTreeSet<&String> = listed.iter().collect();
         let mut missing: Vec<String> = fixtures
@@ -58,17 +57,13 @@ impl Held {
                 self.total
             );
         }
-        let shown = &self.missing[..self.missing.len().min(10)];
-        let more = match self.missing.len() - shown.len() {
+        let shown = self.missing[..self.missing.len().min(10)].join(", ");
+        let more = match self.missing.len().saturating_sub(10) {
             0 => String::new(),
             n => format!(", and {n} more"),
         };
-        format!(
-            "holds {} of {} fixtures; missing: {}{more}",
-            self.present,
-            self.total,
-            shown.join(", ")
-        )
+        let (present, total) = (self.present, self.total);
+        format!("holds {present} of {total} fixtures; missing: {shown}{more}")
     }
 }
 
@@ -76,72 +71,73 @@ impl Held {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct Lack {
     pub path: String,
-    /// Capabilities needed and not granted.
     pub missing: Vec<String>,
     /// What the seed does there, for humans.
     pub why: &'static str,
 }
 
-/// The paths the seed writes: (path, capabilities needed, why, whether it
-/// is KV's), KV first, then ESO's access. `sample` is one fixture name.
+/// One path the seed writes: (path, capabilities needed, why, whether it is KV's).
+type SeedPath = (String, Vec<&'static str>, &'static str, bool);
+
+/// The paths the seed writes, KV first, then ESO's access. `sample` is one fixture name.
 pub(crate) fn seed_paths(
     mount: &str,
     kv_v2: bool,
     sample: &str,
     eso: Option<&EsoNames>,
-) -> Vec<(String, Vec<&'static str>, &'static str, bool)> {
+) -> Vec<SeedPath> {
     const WRITE: &[&str] = &["create", "update", "read"];
-    let kv = |path, caps: &[&'static str], why| (path, caps.to_vec(), why, true);
-    let mut paths = if kv_v2 {
-        vec![
-            kv(format!("{mount}/data/{sample}"), WRITE, "write each secret"),
-            kv(
+    const SET: &[&str] = &["create", "update"];
+    let list = "list what the store holds";
+    let kv: [(String, &[&'static str], &'static str); 3] = if kv_v2 {
+        [
+            (format!("{mount}/data/{sample}"), WRITE, "write each secret"),
+            (
                 format!("{mount}/metadata/{sample}"),
                 &["update", "read"],
                 "record each secret's checksum",
             ),
-            kv(
-                format!("{mount}/metadata/"),
-                &["list"],
-                "list what the store holds",
-            ),
+            (format!("{mount}/metadata/"), &["list"], list),
         ]
     } else {
-        vec![
-            kv(format!("{mount}/{sample}"), WRITE, "write each secret"),
-            kv(
+        [
+            (format!("{mount}/{sample}"), WRITE, "write each secret"),
+            (
                 format!("{mount}/{RECORD_NAME}"),
                 WRITE,
                 "record what the seed wrote (KV v1 has no metadata)",
             ),
-            kv(format!("{mount}/"), &["list"], "list what the store holds"),
+            (format!("{mount}/"), &["list"], list),
         ]
     };
+    let mut paths: Vec<SeedPath> = kv
+        .into_iter()
+        .map(|(p, caps, why)| (p, caps.to_vec(), why, true))
+        .collect();
     if let Some(n) = eso {
-        let m = &n.auth_mount;
-        let eso = |path, caps: &[&'static str], why| (path, caps.to_vec(), why, false);
-        paths.extend([
-            eso(
+        let (m, policy, role) = (&n.auth_mount, &n.policy, &n.role);
+        let eso: [(String, &[&'static str], &'static str); 4] = [
+            (
                 format!("sys/auth/{m}"),
                 &["create", "update", "sudo"],
                 "enable ESO's auth method",
             ),
-            eso(
+            (
                 format!("auth/{m}/config"),
-                &["create", "update"],
+                SET,
                 "configure ESO's auth method",
             ),
-            eso(
-                format!("sys/policies/acl/{}", n.policy),
-                &["create", "update"],
+            (
+                format!("sys/policies/acl/{policy}"),
+                SET,
                 "write ESO's policy",
             ),
-            eso(
-                format!("auth/{m}/role/{}", n.role),
-                &["create", "update"],
-                "write ESO's role",
-            ),
-        ]);
+            (format!("auth/{m}/role/{role}"), SET, "write ESO's role"),
+        ];
+        paths.extend(
+            eso.into_iter()
+                .map(|(p, caps, why)| (p, caps.to_vec(), why, false)),
+        );
     }
     paths
 }
@@ -158,13 +154,11 @@ pub(crate) fn lacking(
     let paths = seed_paths(mount, kv_v2, sample, eso);
     let body = json!({ "paths": paths.iter().map(|p| &p.0).collect::<Vec<_>>() });
     let reply = http.try_call(Method::Post, "sys/capabilities-self", Some(&body))?;
-    if reply.status != 200 {
-        anyhow::bail!(
-            "POST sys/capabilities-self failed with HTTP {}: {}",
-            reply.status,
-            reply.errors()
-        );
-    }
+    let (status, errors) = (reply.status, reply.errors());
+    ensure!(
+        status == 200,
+        "POST sys/capabilities-self failed with HTTP {status}: {errors}"
+    );
     let (mut kv, mut eso_lacks) = (Vec::new(), Vec::new());
     for (path, needed, why, is_kv) in paths {
         let caps = capabilities(&reply, &path);
@@ -176,12 +170,8 @@ pub(crate) fn lacking(
         if caps.iter().any(|c| c == "root") || missing.is_empty() {
             continue;
         }
-        let lack = Lack { path, missing, why };
-        if is_kv {
-            kv.push(lack)
-        } else {
-            eso_lacks.push(lack)
-        }
+        let lacks = if is_kv { &mut kv } else { &mut eso_lacks };
+        lacks.push(Lack { path, missing, why });
     }
     Ok((kv, eso_lacks))
 }
@@ -197,11 +187,10 @@ pub(crate) fn capabilities(reply: &Reply, path: &str) -> Vec<String> {
 
 /// `update on secret/data/x (write each secret); ...`
 pub(crate) fn describe_lacks(lacks: &[Lack]) -> String {
-    let each: Vec<String> = lacks
+    let each = lacks
         .iter()
-        .map(|l| format!("{} on {} ({})", l.missing.join("+"), l.path, l.why))
-        .collect();
-    each.join("; ")
+        .map(|l| format!("{} on {} ({})", l.missing.join("+"), l.path, l.why));
+    each.collect::<Vec<_>>().join("; ")
 }
 
 #[cfg(test)]
