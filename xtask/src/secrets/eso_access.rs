@@ -131,9 +131,7 @@ pub(crate) fn read_yaml(root: &Path, rel: &Path, purpose: &str) -> Result<Rc<yam
         .with_context(|| format!("reading {shown} ({purpose})"))?;
     let docs = yaml::parse_documents(&text)
         .map_err(|e| anyhow::anyhow!("{shown}:{}:{}: {}", e.line, e.col, e.message))?;
-    docs.into_iter()
-        .next()
-        .with_context(|| format!("{shown} is empty"))
+    docs.into_iter().next().with_context(|| format!("{shown} is empty"))
 }
 
 /// A token TTL in seconds: a Go duration (`15m`, `1h30m`) or bare seconds.
@@ -196,11 +194,7 @@ impl KubeConfig {
 
     fn at(host: &str, ca_cert: &str) -> KubeConfig {
         let (host, ca_cert) = (host.to_string(), ca_cert.to_string());
-        KubeConfig {
-            host,
-            ca_cert,
-            ..KubeConfig::default()
-        }
+        KubeConfig { host, ca_cert, ..KubeConfig::default() }
     }
 }
 
@@ -246,12 +240,7 @@ impl Plan {
         Plan {
             names: names.clone(),
             items: items
-                .map(|((kind, name, detail), state)| Item {
-                    kind,
-                    name,
-                    state,
-                    detail,
-                })
+                .map(|((kind, name, detail), state)| Item { kind, name, state, detail })
                 .collect(),
             outside: None,
             kubeconfig: kubeconfig.to_vec(),
@@ -279,12 +268,7 @@ impl Plan {
             "eso access (ClusterSecretStore/{store} -> role {role}, service account {subject}): {ensure} to ensure, \
              {in_place} in place\n"
         );
-        let width = self
-            .items
-            .iter()
-            .map(|i| i.label().len())
-            .max()
-            .unwrap_or(0);
+        let width = self.items.iter().map(|i| i.label().len()).max().unwrap_or(0);
         for i in &self.items {
             let (tag, detail) = match &i.state {
                 State::Ensure => ("ensure", &i.detail),
@@ -378,13 +362,7 @@ pub(crate) fn plan(http: &VaultHttp, names: &EsoNames, kubeconfig: &[PathBuf]) -
         State::Skipped(why) => State::Skipped(why.clone()),
         _ => {
             let has_context = || kube::current_context(kubeconfig).is_some();
-            decide_config(
-                names,
-                current.as_ref(),
-                has_context,
-                api_server_of_context,
-                &mut outside,
-            )
+            decide_config(names, current.as_ref(), has_context, api_server_of_context, &mut outside)
         }
     };
     let policy = get(http, &format!("sys/policies/acl/{}", names.policy))?;
@@ -441,10 +419,7 @@ fn decide_config(
 /// The strings in a JSON array (none when `v` is not one).
 pub(crate) fn strings(v: &Value) -> Vec<String> {
     let all = v.as_array().map(Vec::as_slice).unwrap_or_default();
-    all.iter()
-        .filter_map(Value::as_str)
-        .map(String::from)
-        .collect()
+    all.iter().filter_map(Value::as_str).map(String::from).collect()
 }
 
 fn role_matches(names: &EsoNames, d: &Value) -> bool {
@@ -508,14 +483,10 @@ pub(crate) fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
                 format!("sys/auth/{mount}"),
                 json!({"type": "kubernetes", "description": format!("ESO's login for ClusterSecretStore/{store}")}),
             ),
-            "config" => (
-                format!("auth/{mount}/config"),
-                config_body(&names.kubernetes_host, ""),
-            ),
-            "policy" => (
-                format!("sys/policies/acl/{policy}"),
-                json!({"policy": names.policy_text()}),
-            ),
+            "config" => (format!("auth/{mount}/config"), config_body(&names.kubernetes_host, "")),
+            "policy" => {
+                (format!("sys/policies/acl/{policy}"), json!({"policy": names.policy_text()}))
+            }
             _ => (
                 format!("auth/{mount}/role/{role}"),
                 json!({
@@ -570,16 +541,14 @@ pub(crate) fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
         }
         let (status, errors) = (reply.status, reply.errors());
         if denied(&reply) {
-            done.not_written
-                .push((label, denial(&format!("write {path}"), &reply)));
+            done.not_written.push((label, denial(&format!("write {path}"), &reply)));
         } else if (200..300).contains(&status) {
             done.written.push(label);
         } else {
             bail!("POST {path} ({label}) failed with HTTP {status}: {errors}");
         }
     }
-    done.notes
-        .extend(service_account_missing(names, &plan.kubeconfig));
+    done.notes.extend(service_account_missing(names, &plan.kubeconfig));
     Ok(done)
 }
 
@@ -652,10 +621,7 @@ mod tests {
         std::fs::write(&chart, text.replace("    policy: external-secrets\n", "")).unwrap();
         let err = EsoNames::load(&dir, "local").unwrap_err().to_string();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(
-            err.contains(STORE_CHART_VALUES) && err.contains("`vault.auth.policy`"),
-            "{err}"
-        );
+        assert!(err.contains(STORE_CHART_VALUES) && err.contains("`vault.auth.policy`"), "{err}");
     }
 
     #[test]
@@ -672,12 +638,7 @@ mod tests {
     fn a_first_seed_plans_the_config_without_asking_kubectl_for_the_api_server() {
         let names = EsoNames::load(&crate::project_root(), "local").unwrap();
         let server = "https://127.0.0.1:6443";
-        let api = || {
-            Ok(ApiServer {
-                server: server.into(),
-                ca_pem: "PEM\n".into(),
-            })
-        };
+        let api = || Ok(ApiServer { server: server.into(), ca_pem: "PEM\n".into() });
         let not_asked = || -> Result<ApiServer> { panic!("kubectl config view was run") };
         let mut outside = None;
         // Nothing configured yet: written, the API server left to apply.
@@ -685,13 +646,8 @@ mod tests {
         assert_eq!((state, outside.is_none()), (State::Ensure, true));
         // The in-pod config in place: nothing asked.
         let in_pod = KubeConfig::at(&names.kubernetes_host, "");
-        let state = decide_config(
-            &names,
-            Some(&in_pod),
-            || panic!("context"),
-            not_asked,
-            &mut outside,
-        );
+        let state =
+            decide_config(&names, Some(&in_pod), || panic!("context"), not_asked, &mut outside);
         assert_eq!(state, State::InPlace);
         // No kube context: skipped, whatever Vault holds.
         let state = decide_config(&names, None, || false, not_asked, &mut outside);

@@ -155,12 +155,7 @@ pub(crate) fn read_as_eso(
     drop((body, jwt));
     let token = login.body["auth"]["client_token"].as_str().unwrap_or("");
     if login.status != 200 || token.is_empty() {
-        let why = Why {
-            http,
-            names,
-            context: &context,
-            env,
-        };
+        let why = Why { http, names, context: &context, env };
         as_eso.login_refused = Some(why.refused(&login, &audiences));
         return Ok(as_eso);
     }
@@ -173,15 +168,9 @@ pub(crate) fn read_as_eso(
 fn audiences(root: &Path) -> Result<Vec<String>> {
     let purpose = "ESO's login is set up from it";
     let values = read_yaml(root, Path::new(STORE_CHART_VALUES), purpose)?;
-    let list = values
-        .get("serviceAccount")
-        .and_then(|s| s.get("audiences"));
+    let list = values.get("serviceAccount").and_then(|s| s.get("audiences"));
     let list = list.map(|a| a.as_seq()).unwrap_or_default();
-    Ok(list
-        .iter()
-        .filter_map(|n| n.as_str())
-        .map(String::from)
-        .collect())
+    Ok(list.iter().filter_map(|n| n.as_str()).map(String::from).collect())
 }
 
 /// What the cluster answered to the TokenRequest.
@@ -212,9 +201,12 @@ fn unreachable(stderr: &str) -> bool {
 /// `kubectl create token`, as ESO's controller asks for one.
 fn service_account_token(names: &EsoNames, audiences: &[String], context: &str) -> Result<Minted> {
     let (sa, ns) = (&names.service_account, &names.namespace);
-    let mut tool = kube::kubectl_tool()
-        .args(["create", "token", sa, "--namespace", ns])
-        .args(["--duration", TOKEN_DURATION, "--output", "json"]);
+    let mut tool = kube::kubectl_tool().args(["create", "token", sa, "--namespace", ns]).args([
+        "--duration",
+        TOKEN_DURATION,
+        "--output",
+        "json",
+    ]);
     for audience in audiences {
         tool = tool.args(["--audience", audience]);
     }
@@ -437,9 +429,9 @@ impl Why<'_> {
         };
         if let Some((ns, name, in_pod)) = reviewer {
             match self.auth_delegator(&ns, &name) {
-                Ok(true) => fine.push(format!(
-                    "the reviewer {ns}/{name} holds system:auth-delegator"
-                )),
+                Ok(true) => {
+                    fine.push(format!("the reviewer {ns}/{name} holds system:auth-delegator"))
+                }
                 Ok(false) => return self.unbound(&ns, &name, in_pod),
                 Err(why) => unchecked.push(why),
             }
@@ -582,22 +574,17 @@ fn bindings(role: &Value) -> String {
 /// account `ns/name`, or a group it is in, to `system:auth-delegator` (or
 /// `cluster-admin`).
 fn reviews(list: &Value, ns: &str, name: &str) -> bool {
-    let groups = [
-        "system:serviceaccounts".to_string(),
-        format!("system:serviceaccounts:{ns}"),
-    ];
+    let groups = ["system:serviceaccounts".to_string(), format!("system:serviceaccounts:{ns}")];
     let each = |v: &Value| v.as_array().cloned().unwrap_or_default();
     each(&list["items"]).iter().any(|crb| {
         let role = &crb["roleRef"];
         role["kind"] == "ClusterRole"
             && (role["name"] == "system:auth-delegator" || role["name"] == "cluster-admin")
-            && each(&crb["subjects"])
-                .iter()
-                .any(|s| match s["kind"].as_str() {
-                    Some("ServiceAccount") => s["name"] == name && s["namespace"] == ns,
-                    Some("Group") => groups.iter().any(|g| s["name"] == g.as_str()),
-                    _ => false,
-                })
+            && each(&crb["subjects"]).iter().any(|s| match s["kind"].as_str() {
+                Some("ServiceAccount") => s["name"] == name && s["namespace"] == ns,
+                Some("Group") => groups.iter().any(|g| s["name"] == g.as_str()),
+                _ => false,
+            })
     })
 }
 
@@ -698,13 +685,9 @@ fn write_probe(eso: &VaultHttp, names: &EsoNames, key: &str) -> Result<(bool, St
         let body = json!({"paths": [path]});
         let reply = eso.try_call(Method::Post, "sys/capabilities-self", Some(&body))?;
         let caps = vault_checks::capabilities(&reply, &path);
-        let writes = caps
-            .iter()
-            .any(|c| ["create", "update", "root", "sudo"].contains(&c.as_str()));
-        return Ok((
-            !writes,
-            format!("capabilities on {path}: {}", caps.join(", ")),
-        ));
+        let writes =
+            caps.iter().any(|c| ["create", "update", "root", "sudo"].contains(&c.as_str()));
+        return Ok((!writes, format!("capabilities on {path}: {}", caps.join(", "))));
     }
     let body = json!({"options": {"cas": NO_SUCH_VERSION}, "data": {"value": ""}});
     let reply = eso.try_call(Method::Post, &path, Some(&body))?;
@@ -712,10 +695,7 @@ fn write_probe(eso: &VaultHttp, names: &EsoNames, key: &str) -> Result<(bool, St
         401 | 403 => (true, format!("POST {path}: permission denied")),
         code => {
             let errors = reply.errors();
-            (
-                false,
-                format!("POST {path} was allowed by the policy (HTTP {code}: {errors})"),
-            )
+            (false, format!("POST {path} was allowed by the policy (HTTP {code}: {errors})"))
         }
     })
 }
@@ -746,8 +726,6 @@ mod tests {
         assert!(unreachable(
             "The connection to the server 127.0.0.1:1 was refused - did you specify the right host or port?"
         ));
-        assert!(!unreachable(
-            "error: failed to create token: serviceaccounts \"x\" not found"
-        ));
+        assert!(!unreachable("error: failed to create token: serviceaccounts \"x\" not found"));
     }
 }

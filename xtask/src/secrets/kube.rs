@@ -17,12 +17,9 @@ pub(crate) const INSTALL_HINT: &str =
 
 /// kubectl for one call (not the port-forward), with a 30 s deadline.
 pub(crate) fn kubectl_tool() -> Tool {
-    Tool::new("kubectl")
-        .deadline(Duration::from_secs(30))
-        .install_hint(INSTALL_HINT)
-        .timeout_hint(
-            "Is the cluster up and reachable? `kubectl cluster-info` shows where kubectl looks.",
-        )
+    Tool::new("kubectl").deadline(Duration::from_secs(30)).install_hint(INSTALL_HINT).timeout_hint(
+        "Is the cluster up and reachable? `kubectl cluster-info` shows where kubectl looks.",
+    )
 }
 
 /// Runs kubectl, returning stdout or an error with kubectl's own message.
@@ -86,9 +83,7 @@ fn kubeconfig_exists(kubeconfig: &[PathBuf]) -> bool {
 /// The current context with its cluster's CA inline (`--flatten` reads a CA
 /// file). It holds credentials: keep it in memory.
 pub(crate) fn raw_minified_config() -> Result<String> {
-    kubectl_tool()
-        .args("config view --minify --raw --flatten --output json".split(' '))
-        .run()
+    kubectl_tool().args("config view --minify --raw --flatten --output json".split(' ')).run()
 }
 
 /// ESO's API group, as `kubectl api-versions` lists it.
@@ -223,14 +218,8 @@ impl EsStatus {
     /// changes: once synced, `refreshPolicy: CreatedOnce` or a periodic
     /// `refreshInterval: 0` is never read again.
     pub(crate) fn ignores_force_sync(&self) -> Option<String> {
-        let synced = self
-            .synced_resource_version
-            .as_deref()
-            .is_some_and(|v| !v.is_empty());
-        match (
-            self.refresh_policy.as_deref(),
-            self.refresh_interval.as_deref(),
-        ) {
+        let synced = self.synced_resource_version.as_deref().is_some_and(|v| !v.is_empty());
+        match (self.refresh_policy.as_deref(), self.refresh_interval.as_deref()) {
             (Some("CreatedOnce"), _) => {
                 (synced && self.refresh_time.is_some()).then(|| "refreshPolicy: CreatedOnce".into())
             }
@@ -277,10 +266,7 @@ pub(crate) fn go_seconds(duration: &str) -> Option<f64> {
 /// `kubectl get ARGS --output json` about ESO's objects: the command and its
 /// stdout, `None` for NotFound; a cluster without ESO is said so.
 fn get_eso(args: &[&str]) -> Result<Option<(String, Vec<u8>)>> {
-    let tool = kubectl_tool()
-        .arg("get")
-        .args(args)
-        .args(["--output", "json"]);
+    let tool = kubectl_tool().arg("get").args(args).args(["--output", "json"]);
     let out = tool.output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if out.status.success() {
@@ -326,9 +312,7 @@ fn parse_external_secrets(list: &Value) -> Vec<EsStatus> {
                 v => opt(v),
             },
             refresh_policy: opt(&spec["refreshPolicy"]),
-            target: opt(&spec["target"]["name"])
-                .filter(|t| !t.is_empty())
-                .unwrap_or(name.clone()),
+            target: opt(&spec["target"]["name"]).filter(|t| !t.is_empty()).unwrap_or(name.clone()),
             name,
         }
     });
@@ -358,11 +342,7 @@ pub(crate) fn force_sync_store(name: &str, stamp: &str) -> Result<()> {
 
 fn annotate(object: &[&str], stamp: &str) -> Result<()> {
     let stamp = format!("force-sync={stamp}");
-    kubectl_tool()
-        .arg("annotate")
-        .args(object)
-        .args([&stamp, "--overwrite"])
-        .run()?;
+    kubectl_tool().arg("annotate").args(object).args([&stamp, "--overwrite"]).run()?;
     Ok(())
 }
 
@@ -370,10 +350,7 @@ pub(crate) fn namespaces() -> Result<BTreeSet<String>> {
     let json = kubectl(&["get", "namespaces", "--output", "json"])?;
     let list: Value =
         serde_json::from_str(&json).context("kubectl get namespaces printed no JSON list")?;
-    Ok(items(&list)
-        .iter()
-        .map(|n| text(&n["metadata"]["name"]))
-        .collect())
+    Ok(items(&list).iter().map(|n| text(&n["metadata"]["name"])).collect())
 }
 
 /// A Kubernetes Event about one object: where ESO says why it failed (its
@@ -394,11 +371,7 @@ pub(crate) struct Event {
 impl Event {
     /// `ESO's last warning (Reason): message`, on one line (Vault's errors span several).
     pub(crate) fn said(&self) -> String {
-        let message = self
-            .message
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
+        let message = self.message.split_whitespace().collect::<Vec<_>>().join(" ");
         format!("ESO's last warning ({}): {message}", self.reason)
     }
 }
@@ -468,9 +441,7 @@ fn parse_events(json: &str) -> Result<Vec<Event>> {
             &e["eventTime"],
             &e["metadata"]["creationTimestamp"],
         ];
-        let last = times
-            .into_iter()
-            .find_map(|v| v.as_str().filter(|t| !t.is_empty()));
+        let last = times.into_iter().find_map(|v| v.as_str().filter(|t| !t.is_empty()));
         Event {
             id: text(&e["metadata"]["name"]),
             count: count.unwrap_or(1),
@@ -495,10 +466,7 @@ fn instant(e: &Event) -> (String, u64) {
 pub(crate) fn newest_by_object(events: Vec<Event>) -> BTreeMap<String, Event> {
     let mut newest: BTreeMap<String, Event> = BTreeMap::new();
     for e in events {
-        if newest
-            .get(&e.object)
-            .is_none_or(|have| instant(have) < instant(&e))
-        {
+        if newest.get(&e.object).is_none_or(|have| instant(have) < instant(&e)) {
             newest.insert(e.object.clone(), e);
         }
     }

@@ -61,10 +61,7 @@ impl ForwardSpec {
             .args(["port-forward", "--namespace", &self.namespace])
             .args(["--address", "127.0.0.1", "--pod-running-timeout"])
             .arg(go_duration(self.start_deadline / 2))
-            .args([
-                format!("svc/{}", self.service),
-                format!("{local}:{}", self.port),
-            ])
+            .args([format!("svc/{}", self.service), format!("{local}:{}", self.port)])
     }
 
     /// What to check when the forward does not start or last, given what kubectl said.
@@ -99,9 +96,7 @@ impl ForwardSpec {
         }
         let shown = tool.display();
         let object = serde_json::from_slice(&out.stdout);
-        object
-            .map(Some)
-            .map_err(|e| format!("`{shown}` printed no JSON: {e}"))
+        object.map(Some).map_err(|e| format!("`{shown}` printed no JSON: {e}"))
     }
 
     /// The service's pod selector (`app.kubernetes.io/name=vault`), or what is wrong.
@@ -126,8 +121,7 @@ impl ForwardSpec {
 
     fn pods_now(&self, selector: &str) -> Result<Value, LaunchError> {
         let list = self.get(&["pods", "--selector", selector]);
-        list.map(Option::unwrap_or_default)
-            .map_err(LaunchError::Failed)
+        list.map(Option::unwrap_or_default).map_err(LaunchError::Failed)
     }
 
     /// Waits until a pod behind the service runs (kubectl refuses a Pending
@@ -174,9 +168,7 @@ impl ForwardSpec {
     /// The error once the wait for a pod is over: what is true, and its fix.
     fn pod_wait_failure(&self, state: &str, list: &Value) -> String {
         let (ns, svc, waited) = (&self.namespace, &self.service, seconds(self.pod_wait));
-        let first = list["items"]
-            .get(0)
-            .map(|p| p["metadata"]["name"].as_str().unwrap_or("?"));
+        let first = list["items"].get(0).map(|p| p["metadata"]["name"].as_str().unwrap_or("?"));
         let fix = match first {
             Some(name) => format!(
                 "`kubectl --namespace {ns} describe pod {name}` says why (its Events); if it is only slow (an \
@@ -197,9 +189,7 @@ impl ForwardSpec {
     /// Starts kubectl and waits for its `Forwarding from 127.0.0.1:N -> P` line.
     fn launch(&self, local: Option<u16>, stop: &AtomicBool) -> Result<(Running, u16), LaunchError> {
         let tool = self.tool(local);
-        let running = tool
-            .spawn()
-            .map_err(|e| LaunchError::Failed(format!("{e:#}")))?;
+        let running = tool.spawn().map_err(|e| LaunchError::Failed(format!("{e:#}")))?;
         let until = Instant::now() + self.start_deadline;
         let shown = tool.display();
         loop {
@@ -267,10 +257,8 @@ fn go_duration(d: Duration) -> String {
 /// `app.kubernetes.io/name=vault,...` from a Service's `spec.selector`, if any.
 fn selector_of(service: &Value) -> Option<String> {
     let map = service["spec"]["selector"].as_object()?;
-    let parts: Vec<String> = map
-        .iter()
-        .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
-        .collect();
+    let parts: Vec<String> =
+        map.iter().filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?))).collect();
     (!parts.is_empty()).then(|| parts.join(","))
 }
 
@@ -286,15 +274,12 @@ fn pod_state(p: &Value) -> (String, bool, String) {
         list(&status[key]).iter().find_map(|c| {
             let state = &c["state"];
             let reason = state["waiting"]["reason"].as_str();
-            reason
-                .or(state["terminated"]["reason"].as_str())
-                .map(String::from)
+            reason.or(state["terminated"]["reason"].as_str()).map(String::from)
         })
     };
     let conditions = list(&status["conditions"]);
-    let unscheduled = conditions
-        .iter()
-        .find(|c| c["type"] == "PodScheduled" && c["status"] == "False");
+    let unscheduled =
+        conditions.iter().find(|c| c["type"] == "PodScheduled" && c["status"] == "False");
     let unschedulable = unscheduled.map(|c| {
         let reason = c["reason"].as_str().unwrap_or("Unschedulable");
         match c["message"].as_str().filter(|m| !m.is_empty()) {
@@ -322,20 +307,11 @@ fn pod_state(p: &Value) -> (String, bool, String) {
 
 /// The name of a running pod behind the service, or what stands there instead.
 fn behind(list: &Value, service: &str, selector: &str) -> Result<String, String> {
-    let pods: Vec<_> = list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(pod_state)
-        .collect();
+    let pods: Vec<_> = list["items"].as_array().into_iter().flatten().map(pod_state).collect();
     if let Some((name, ..)) = pods.iter().find(|(_, runs, _)| *runs) {
         return Ok(name.clone());
     }
-    let shown: Vec<&str> = pods
-        .iter()
-        .take(3)
-        .map(|(.., described)| described.as_str())
-        .collect();
+    let shown: Vec<&str> = pods.iter().take(3).map(|(.., described)| described.as_str()).collect();
     Err(match pods.len() {
         0 => format!("svc/{service} selects no pod (selector {selector})"),
         1 => format!("pod {}", shown[0]),
@@ -344,10 +320,7 @@ fn behind(list: &Value, service: &str, selector: &str) -> Result<String, String>
                 0 => String::new(),
                 more => format!(" and {more} more"),
             };
-            format!(
-                "no pod of svc/{service} is running: {}{more}",
-                shown.join(", ")
-            )
+            format!("no pod of svc/{service} is running: {}{more}", shown.join(", "))
         }
     })
 }
@@ -421,11 +394,7 @@ impl PortForward {
                 let _ = started.send(Err(e.into_message()));
             }
         });
-        let mut forward = PortForward {
-            local_port: 0,
-            watch,
-            watcher: Some(watcher),
-        };
+        let mut forward = PortForward { local_port: 0, watch, watcher: Some(watcher) };
         forward.local_port = match port.recv() {
             Ok(Ok(local_port)) => local_port,
             Ok(Err(e)) => return Err(anyhow::Error::msg(e)),
@@ -552,10 +521,7 @@ mod tests {
     #[test]
     fn kubectls_lines() {
         for (line, from) in [
-            (
-                "Forwarding from 127.0.0.1:41234 -> 8200",
-                Some(("127.0.0.1", 41234)),
-            ),
+            ("Forwarding from 127.0.0.1:41234 -> 8200", Some(("127.0.0.1", 41234))),
             ("Forwarding from [::1]:41234 -> 8200", Some(("::1", 41234))),
             ("Forwarding from 127.0.0.1:x -> 8200", None),
             ("Handling connection for 41234", None),
@@ -576,10 +542,7 @@ mod tests {
         let svc = json!({"spec": {"selector": {"app.kubernetes.io/name": "vault", "component": "server"}}});
         let want = "app.kubernetes.io/name=vault,component=server";
         assert_eq!(selector_of(&svc).as_deref(), Some(want));
-        assert_eq!(
-            selector_of(&json!({"spec": {"type": "ExternalName"}})),
-            None
-        );
+        assert_eq!(selector_of(&json!({"spec": {"type": "ExternalName"}})), None);
         assert_eq!(selector_of(&json!({"spec": {"selector": {}}})), None);
     }
 
@@ -591,11 +554,8 @@ mod tests {
     #[test]
     fn says_what_stands_behind_the_service() {
         let state = |reason: &str| json!([{"state": {"waiting": {"reason": reason}}}]);
-        let creating = pod(
-            "vault-0",
-            "Pending",
-            json!({"containerStatuses": state("ContainerCreating")}),
-        );
+        let creating =
+            pod("vault-0", "Pending", json!({"containerStatuses": state("ContainerCreating")}));
         let long = format!("0/1 nodes are available: {}", "x".repeat(200));
         let unschedulable = pod(
             "vault-1",
@@ -603,11 +563,8 @@ mod tests {
             json!({"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                    "message": long}]}),
         );
-        let init = pod(
-            "vault-2",
-            "Pending",
-            json!({"initContainerStatuses": state("PodInitializing")}),
-        );
+        let init =
+            pod("vault-2", "Pending", json!({"initContainerStatuses": state("PodInitializing")}));
         let list = json!({"items": [creating, unschedulable, init]});
         let clipped = &long[..160];
         let said = format!(
@@ -622,21 +579,11 @@ mod tests {
         // ... unless it is on its way out.
         running["metadata"]["deletionTimestamp"] = json!("2026-12-01T00:00:00Z");
         let terminated = json!([{"state": {"terminated": {"reason": "Error", "exitCode": 1}}}]);
-        let crashed = pod(
-            "vault-4",
-            "Failed",
-            json!({"containerStatuses": terminated}),
-        );
+        let crashed = pod("vault-4", "Failed", json!({"containerStatuses": terminated}));
         for (list, said) in [
-            (
-                json!({"items": [running]}),
-                "pod vault-3 is Running (Terminating)",
-            ),
+            (json!({"items": [running]}), "pod vault-3 is Running (Terminating)"),
             (json!({"items": [crashed]}), "pod vault-4 is Failed (Error)"),
-            (
-                json!({"items": []}),
-                "svc/vault selects no pod (selector sel)",
-            ),
+            (json!({"items": []}), "svc/vault selects no pod (selector sel)"),
         ] {
             assert_eq!(behind(&list, "vault", "sel"), Err(said.into()));
         }

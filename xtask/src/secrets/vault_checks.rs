@@ -27,17 +27,10 @@ pub(crate) struct Held {
 impl Held {
     pub(crate) fn count(fixtures: &[String], listed: &[String]) -> Held {
         let listed: BTreeSet<&String> = listed.iter().collect();
-        let mut missing: Vec<String> = fixtures
-            .iter()
-            .filter(|n| !listed.contains(n))
-            .cloned()
-            .collect();
+        let mut missing: Vec<String> =
+            fixtures.iter().filter(|n| !listed.contains(n)).cloned().collect();
         missing.sort();
-        Held {
-            present: fixtures.len() - missing.len(),
-            total: fixtures.len(),
-            missing,
-        }
+        Held { present: fixtures.len() - missing.len(), total: fixtures.len(), missing }
     }
 
     pub(crate) fn complete(&self) -> bool {
@@ -110,34 +103,17 @@ pub(crate) fn seed_paths(
             (format!("{mount}/"), &["list"], list),
         ]
     };
-    let mut paths: Vec<SeedPath> = kv
-        .into_iter()
-        .map(|(p, caps, why)| (p, caps.to_vec(), why, true))
-        .collect();
+    let mut paths: Vec<SeedPath> =
+        kv.into_iter().map(|(p, caps, why)| (p, caps.to_vec(), why, true)).collect();
     if let Some(n) = eso {
         let (m, policy, role) = (&n.auth_mount, &n.policy, &n.role);
         let eso: [(String, &[&'static str], &'static str); 4] = [
-            (
-                format!("sys/auth/{m}"),
-                &["create", "update", "sudo"],
-                "enable ESO's auth method",
-            ),
-            (
-                format!("auth/{m}/config"),
-                SET,
-                "configure ESO's auth method",
-            ),
-            (
-                format!("sys/policies/acl/{policy}"),
-                SET,
-                "write ESO's policy",
-            ),
+            (format!("sys/auth/{m}"), &["create", "update", "sudo"], "enable ESO's auth method"),
+            (format!("auth/{m}/config"), SET, "configure ESO's auth method"),
+            (format!("sys/policies/acl/{policy}"), SET, "write ESO's policy"),
             (format!("auth/{m}/role/{role}"), SET, "write ESO's role"),
         ];
-        paths.extend(
-            eso.into_iter()
-                .map(|(p, caps, why)| (p, caps.to_vec(), why, false)),
-        );
+        paths.extend(eso.into_iter().map(|(p, caps, why)| (p, caps.to_vec(), why, false)));
     }
     paths
 }
@@ -155,10 +131,7 @@ pub(crate) fn lacking(
     let body = json!({ "paths": paths.iter().map(|p| &p.0).collect::<Vec<_>>() });
     let reply = http.try_call(Method::Post, "sys/capabilities-self", Some(&body))?;
     let (status, errors) = (reply.status, reply.errors());
-    ensure!(
-        status == 200,
-        "POST sys/capabilities-self failed with HTTP {status}: {errors}"
-    );
+    ensure!(status == 200, "POST sys/capabilities-self failed with HTTP {status}: {errors}");
     let (mut kv, mut eso_lacks) = (Vec::new(), Vec::new());
     for (path, needed, why, is_kv) in paths {
         let caps = capabilities(&reply, &path);
@@ -187,9 +160,7 @@ pub(crate) fn capabilities(reply: &Reply, path: &str) -> Vec<String> {
 
 /// `update on secret/data/x (write each secret); ...`
 pub(crate) fn describe_lacks(lacks: &[Lack]) -> String {
-    let each = lacks
-        .iter()
-        .map(|l| format!("{} on {} ({})", l.missing.join("+"), l.path, l.why));
+    let each = lacks.iter().map(|l| format!("{} on {} ({})", l.missing.join("+"), l.path, l.why));
     each.collect::<Vec<_>>().join("; ")
 }
 
@@ -214,11 +185,7 @@ mod tests {
         let write = &["create", "update", "read"][..];
         assert_eq!(
             got,
-            [
-                ("kv/x", write),
-                ("kv/_cargo-xtask-secrets", write),
-                ("kv/", &["list"][..])
-            ]
+            [("kv/x", write), ("kv/_cargo-xtask-secrets", write), ("kv/", &["list"][..])]
         );
         assert!(p.iter().all(|p| p.3), "every KV path is the seed's own");
     }
