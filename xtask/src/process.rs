@@ -1,11 +1,8 @@
-//! Every child process (kubectl, helmfile, az, git, bao): one way to run
-//! them, on duct, with a deadline, drained pipes, the tool's own words on
-//! failure, and long-running children killed on drop.
-//!
-//! Never put a secret value in [`Tool`]'s arguments or environment: pass it
-//! in a `fsutil::PrivateTempFile`; a child's stdin is `/dev/null`. No child inherits
-//! our Vault token ([`TOKEN_VARS`]); one that needs it (a `bao` CLI) gets it
-//! with an explicit [`Tool::env`].
+//! Every child process: on duct, with a deadline, drained pipes, the tool's
+//! own words on failure, and long-running children killed on drop. Never put
+//! a secret in [`Tool`]'s arguments or environment (pass a
+//! `fsutil::PrivateTempFile`); no child inherits our Vault token
+//! ([`TOKEN_VARS`]) unless given it with [`Tool::env`].
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
@@ -23,15 +20,13 @@ use anyhow::{anyhow, bail, Context, Result};
 /// The deadline of a call that does not set its own.
 pub(crate) const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Variables that hold a Vault token: removed from every child's
-/// environment unless the call sets them itself.
+/// Variables that hold a Vault token: removed from every child's environment.
 pub(crate) const TOKEN_VARS: [&str; 2] = ["VAULT_TOKEN", "BAO_TOKEN"];
 
 /// How many of a child's last output lines an error message quotes.
 const TAIL_LINES: usize = 8;
 
-/// One child process to run. Build it, then [`Tool::output`],
-/// [`Tool::run`] or [`Tool::spawn`].
+/// One child process to run.
 #[derive(Clone, Default)]
 pub(crate) struct Tool {
     program: OsString,
@@ -86,7 +81,7 @@ impl Tool {
         self
     }
 
-    /// What to do when the program is not installed, e.g. "run `cargo xtask tools`".
+    /// What to do when the program is not installed.
     pub(crate) fn install_hint(mut self, hint: impl Into<String>) -> Tool {
         self.install_hint = Some(hint.into());
         self
@@ -98,17 +93,15 @@ impl Tool {
         self
     }
 
-    /// Linux: the child gets SIGTERM when the thread that starts it ends,
-    /// however it ends, so a process killed with SIGKILL leaves no
-    /// long-running child behind. Elsewhere only [`Running`]'s drop stops it.
+    /// Linux: SIGTERM to the child when the thread that starts it ends, even
+    /// by SIGKILL. Elsewhere only [`Running`]'s drop stops it.
     pub(crate) fn die_with_parent(mut self) -> Tool {
         self.die_with_parent = true;
         self
     }
 
-    /// For [`Tool::spawn`]: lines that still reach [`Running::next_line`] but
-    /// are not kept for [`Running::last_lines`] (kubectl port-forward's
-    /// `Handling connection for N` would crowd out its error).
+    /// Lines not kept for [`Running::last_lines`] (they still reach
+    /// [`Running::next_line`]), such as `Handling connection for N`.
     pub(crate) fn noise(mut self, is_noise: fn(&str) -> bool) -> Tool {
         self.noise = Some(is_noise);
         self
@@ -117,19 +110,21 @@ impl Tool {
     /// `program arg arg ...` for messages (arguments never hold values).
     pub(crate) fn display(&self) -> String {
         let words = std::iter::once(&self.program).chain(&self.args);
-        let words: Vec<_> = words.map(|w| w.to_string_lossy()).collect();
-        words.join(" ")
+        words
+            .map(|w| w.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     fn expression(&self) -> duct::Expression {
         #[allow(clippy::disallowed_methods)] // The one place that builds a duct expression.
-        let mut e = duct::cmd(&self.program, &self.args).unchecked();
-        e = e.stdin_null();
+        let mut e = duct::cmd(&self.program, &self.args)
+            .unchecked()
+            .stdin_null();
         if let Some(dir) = &self.dir {
             e = e.dir(dir);
         }
-        // duct applies the outermost setting first: the explicit variables
-        // go on the inside, so they win over the token removal.
+        // duct applies the outermost setting first: explicit variables win.
         for (k, v) in &self.env {
             e = e.env(k, v);
         }
@@ -145,10 +140,8 @@ impl Tool {
 
     fn spawn_error(&self, err: std::io::Error) -> anyhow::Error {
         let program = self.program.to_string_lossy();
-        let hint = self
-            .install_hint
-            .clone()
-            .unwrap_or_else(|| format!("install {program} and put it on PATH"));
+        let default_hint = || format!("install {program} and put it on PATH");
+        let hint = self.install_hint.clone().unwrap_or_else(default_hint);
         if err.kind() == std::io::ErrorKind::NotFound {
             anyhow!("{program} is not installed or not on PATH: {hint}")
         } else {
@@ -157,8 +150,7 @@ impl Tool {
     }
 
     /// Runs to completion with both pipes captured, whatever the exit
-    /// status. Fails only when the program cannot start or outlives its
-    /// deadline (it is then killed).
+    /// status. Fails only when it cannot start or outlives its deadline.
     pub(crate) fn output(&self) -> Result<Output> {
         let handle = self
             .expression()
@@ -171,24 +163,18 @@ impl Tool {
             return Ok(out.clone());
         }
         let _ = handle.kill();
-        // What it said on stderr before it hung is often the reason. Never
-        // stdout, as in `failure`.
+        // What it said on stderr is often the reason; never stdout (see `failure`).
         let said = match handle.wait_timeout(Duration::from_secs(2)) {
             Ok(Some(out)) => tail(&String::from_utf8_lossy(&out.stderr), TAIL_LINES),
             _ => "no output".to_string(),
         };
-        bail!(
-            "`{}` did not finish within {} and was stopped (it said: {said}). {}",
-            self.display(),
-            seconds(self.deadline),
-            self.timeout_hint
-                .as_deref()
-                .unwrap_or("Run it by hand to see where it hangs.")
-        )
+        let (shown, within) = (self.display(), seconds(self.deadline));
+        let hint = self.timeout_hint.as_deref();
+        let hint = hint.unwrap_or("Run it by hand to see where it hangs.");
+        bail!("`{shown}` did not finish within {within} and was stopped (it said: {said}). {hint}")
     }
 
-    /// Runs to completion and returns stdout; a non-zero exit is an error
-    /// that quotes the last lines the tool wrote to stderr.
+    /// Runs to completion and returns stdout; a non-zero exit is [`Tool::failure`].
     pub(crate) fn run(&self) -> Result<String> {
         let out = self.output()?;
         if !out.status.success() {
@@ -198,21 +184,15 @@ impl Tool {
     }
 
     /// The error for a finished call that failed: exit code and the tail of
-    /// stderr. Never stdout: some children print what they read there
-    /// (`kubectl config view --raw`, `az keyvault secret show`).
+    /// stderr. Never stdout: some children print secrets they read there.
     pub(crate) fn failure(&self, out: &Output) -> anyhow::Error {
-        anyhow!(
-            "`{}` failed ({}): {}",
-            self.display(),
-            exit_text(out.status),
-            tail(&String::from_utf8_lossy(&out.stderr), TAIL_LINES)
-        )
+        let (shown, code) = (self.display(), exit_text(out.status));
+        let said = tail(&String::from_utf8_lossy(&out.stderr), TAIL_LINES);
+        anyhow!("`{shown}` failed ({code}): {said}")
     }
 
-    /// Starts a long-running child, killed on drop. Its stdout and stderr
-    /// are drained for its whole life (a Go program dies of SIGPIPE once its
-    /// stdout is closed) into [`Running::next_line`], the last few (less any
-    /// [`Tool::noise`]) kept for messages.
+    /// Starts a long-running child, killed on drop. Its output is drained for
+    /// its whole life (a Go program dies of SIGPIPE once stdout is closed).
     pub(crate) fn spawn(&self) -> Result<Running> {
         let reader = self
             .expression()
@@ -241,22 +221,21 @@ impl Tool {
                 let _ = tx.send(line);
             }
         });
+        let lines = rx;
         Ok(Running {
             reader,
             last,
-            lines: rx,
+            lines,
         })
     }
 }
 
-/// What a [`Running`] child did next.
+/// What a [`Running`] child did next: a line, nothing within the time
+/// given, or it closed its output (exited, every line read).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Next {
-    /// One line of its stdout or stderr.
     Line(String),
-    /// Nothing within the time given.
     Quiet,
-    /// It closed its output: it has exited, and every line was read.
     Ended,
 }
 
@@ -279,8 +258,7 @@ impl Running {
 
     /// How the child ended (`exit 1`, `killed by signal 13`), or `None` while it runs.
     pub(crate) fn exit_status(&self) -> Option<String> {
-        let out = self.reader.try_wait().ok().flatten();
-        out.map(|out| exit_text(out.status))
+        Some(exit_text(self.reader.try_wait().ok()??.status))
     }
 
     /// The last lines the child wrote (stdout and stderr), oldest first.
@@ -289,8 +267,8 @@ impl Running {
         tail(&Vec::from(last.clone()).join("\n"), TAIL_LINES)
     }
 
-    /// Kills the child and waits until every line is read and the child
-    /// reaped: 2 s at most, as a grandchild may hold the pipe open.
+    /// Kills the child and waits until every line is read: 2 s at most, as
+    /// a grandchild may hold the pipe open.
     pub(crate) fn stop(&mut self) {
         let _ = self.reader.kill();
         let until = Instant::now() + Duration::from_secs(2);
@@ -307,15 +285,11 @@ impl Drop for Running {
 /// `1.5 s`, `30 s`: a deadline for messages.
 pub(crate) fn seconds(d: Duration) -> String {
     let secs = d.as_secs_f64();
-    if secs.fract() == 0.0 {
-        format!("{secs:.0} s")
-    } else {
-        format!("{secs:.1} s")
-    }
+    let decimals = usize::from(secs.fract() != 0.0);
+    format!("{secs:.decimals$} s")
 }
 
-/// Between fork and exec: ask the kernel for SIGTERM when the parent thread
-/// ends, and give up if the parent is already gone.
+/// Between fork and exec: SIGTERM when the parent thread ends; give up if it is gone.
 #[cfg(target_os = "linux")]
 fn die_with_parent(cmd: &mut std::process::Command) -> std::io::Result<()> {
     use std::os::unix::process::CommandExt;
@@ -359,30 +333,24 @@ pub(crate) fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n  ")
 }
 
-/// Keeps a command that changes state (a seed that writes, `migrate`,
-/// `rollback`) running to its end and its real exit code when its output
-/// loses its reader: `| head` closed the pipe, or the terminal was closed.
-///
-/// SIGHUP is ignored; children inherit that, so a `helmfile sync` under way
-/// finishes too (their PR_SET_PDEATHSIG is untouched). Standard output and
-/// error are moved onto a pipe of ours whose thread copies to where they
-/// pointed and, once that fails, drops the rest, so `println!` never meets a
-/// closed pipe (it would panic). Both on one file (a terminal, `2>&1`) share
-/// one pipe, which keeps their order. Dropping it puts both back.
+/// Keeps a command that changes state running to its end and its real exit
+/// code when its output loses its reader (`| head`, a closed terminal).
+/// SIGHUP is ignored (children inherit that). Stdout and stderr are moved
+/// onto a pipe of ours whose thread copies to where they pointed and, once
+/// that fails, drops the rest, so `println!` never panics. Both on one file
+/// share one pipe, which keeps their order. Dropping it puts both back.
 pub(crate) struct FinishRegardless {
     copies: Vec<Copier>,
 }
 
-/// The descriptors moved onto one pipe, the file they pointed to, and the
-/// thread copying there.
+/// The descriptors moved onto one pipe, the file they pointed to, and its copier.
 struct Copier {
     fds: Vec<i32>,
     original: File,
     thread: std::thread::JoinHandle<()>,
 }
 
-/// Whether standard error was a terminal before [`finish_regardless`]
-/// moved it onto a pipe.
+/// Whether stderr was a terminal before [`finish_regardless`] moved it.
 static STDERR_TERMINAL: AtomicBool = AtomicBool::new(false);
 
 /// Starts [`FinishRegardless`] for the rest of the command.
@@ -416,8 +384,7 @@ pub(crate) fn finish_regardless() -> FinishRegardless {
     FinishRegardless { copies }
 }
 
-/// Whether standard error is (or, under [`finish_regardless`], was) a
-/// terminal: for progress lines.
+/// Whether stderr is (or, under [`finish_regardless`], was) a terminal.
 pub(crate) fn stderr_is_terminal() -> bool {
     STDERR_TERMINAL.load(Ordering::Relaxed) || std::io::stderr().is_terminal()
 }
@@ -470,17 +437,19 @@ impl Drop for FinishRegardless {
 mod tests {
     use super::*;
 
+    fn sh(script: &str) -> Tool {
+        Tool::new("sh").args(["-c", script])
+    }
+
     #[test]
     fn run_returns_stdout_and_fails_with_stderr_only() {
-        let out = Tool::new("sh")
-            .args(["-c", "echo \"${VAULT_TOKEN-unset} ${BAO_TOKEN-unset}\""])
-            .env("VAULT_TOKEN", "given")
-            .run()
-            .unwrap();
+        let out =
+            sh("echo \"${VAULT_TOKEN-unset} ${BAO_TOKEN-unset}\"").env("VAULT_TOKEN", "given");
+        let out = out.run().unwrap();
         assert_eq!(out, "given unset\n", "explicit token only");
         // Some children print what they read on stdout: a failure never repeats it.
-        let err = Tool::new("sh")
-            .args(["-c", "echo \"$V\"; echo first >&2; echo boom >&2; exit 3"])
+        let failing = sh("echo \"$V\"; echo first >&2; echo boom >&2; exit 3");
+        let err = failing
             .env("V", "canary-on-stdout")
             .run()
             .unwrap_err()
@@ -492,11 +461,7 @@ mod tests {
     #[test]
     fn a_call_past_its_deadline_is_killed_and_quotes_only_its_stderr() {
         let start = Instant::now();
-        let err = Tool::new("sh")
-            .args([
-                "-c",
-                "echo \"$V\"; echo waiting for the lock >&2; exec sleep 30",
-            ])
+        let err = sh("echo \"$V\"; echo waiting for the lock >&2; exec sleep 30")
             .env("V", "canary-on-stdout")
             .deadline(Duration::from_millis(300))
             .timeout_hint("raise helmfile.sync_timeout_secs")
@@ -513,27 +478,24 @@ mod tests {
 
     #[test]
     fn a_missing_program_says_how_to_install_it() {
-        let err = Tool::new("xtask-no-such-tool")
-            .install_hint("run `cargo xtask tools`")
-            .run()
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("not installed"), "{err}");
-        assert!(err.contains("cargo xtask tools"), "{err}");
+        let missing = Tool::new("xtask-no-such-tool").install_hint("run `cargo xtask tools`");
+        let err = missing.run().unwrap_err().to_string();
+        assert!(
+            err.contains("not installed") && err.contains("cargo xtask tools"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_spawned_child_is_drained_for_its_whole_life_and_killed_on_drop() {
         // About 120 KiB at once, more than a pipe holds (64 KiB), then a
         // marker, then a line every 5 ms: undrained, the writes would block.
-        let running = Tool::new("sh")
-            .args([
-                "-c",
-                "yes 0123456789012345678901234567890123456789 | head -n 3000; \
-                 echo marker; i=0; while :; do echo line $i; i=$((i+1)); sleep 0.005; done",
-            ])
-            .spawn()
-            .unwrap();
+        let running = sh(
+            "yes 0123456789012345678901234567890123456789 | head -n 3000; \
+             echo marker; i=0; while :; do echo line $i; i=$((i+1)); sleep 0.005; done",
+        )
+        .spawn()
+        .unwrap();
         let mut bytes = 0;
         loop {
             match running.next_line(Duration::from_secs(5)) {
@@ -544,36 +506,26 @@ mod tests {
         }
         assert!(bytes > 64 * 1024, "only {bytes} bytes before the marker");
         std::thread::sleep(Duration::from_millis(300));
-        assert!(
-            matches!(running.reader.try_wait(), Ok(None)),
-            "still running"
-        );
+        assert_eq!(running.exit_status(), None, "still running");
         assert!(running.last_lines().contains("line "));
         let pid = running.reader.pids()[0];
         drop(running);
-        assert!(
-            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-            "the child outlived its handle"
-        );
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        assert!(!alive, "the child outlived its handle");
     }
 
     #[test]
     fn a_spawned_child_reports_its_lines_its_quiet_its_end_and_its_exit() {
-        let running = Tool::new("sh")
-            .args([
-                "-c",
-                "echo one; echo noise 1; echo two >&2; sleep 1; exit 4",
-            ])
+        let child = sh("echo one; echo noise 1; echo two >&2; sleep 1; exit 4");
+        let running = child
             .noise(|line| line.starts_with("noise"))
             .spawn()
             .unwrap();
         let lines: Vec<Next> = (0..3)
             .map(|_| running.next_line(Duration::from_secs(5)))
             .collect();
-        assert_eq!(
-            lines,
-            ["one", "noise 1", "two"].map(|l| Next::Line(l.into()))
-        );
+        let want = ["one", "noise 1", "two"].map(|l| Next::Line(l.into()));
+        assert_eq!(lines, want);
         assert_eq!(running.next_line(Duration::from_millis(100)), Next::Quiet);
         assert_eq!(running.exit_status(), None);
         assert_eq!(running.next_line(Duration::from_secs(5)), Next::Ended);
