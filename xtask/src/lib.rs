@@ -76,7 +76,7 @@ macro_rules! usage {
 /// Parses the command line, runs the command, and maps errors to exit codes.
 /// A closed stdout or stderr ends a read-only command quietly with exit 0,
 /// as `rg` does: we catch `print!`'s broken-pipe panic (so destructors still
-/// run). A command that changes state finishes instead ([`changes_state`]).
+/// run). A command that changes state finishes instead ([`secrets_command`]).
 pub fn run_cli() -> ExitCode {
     quiet_broken_pipe_panics();
     match std::panic::catch_unwind(run_cli_inner) {
@@ -90,11 +90,10 @@ fn run_cli_inner() -> ExitCode {
     let flags = match flags::Xtask::from_env() {
         Ok(flags) => flags,
         Err(err) if err.is_help() => {
-            let path: Vec<String> = std::env::args()
+            let args = std::env::args()
                 .skip(1)
-                .take_while(|a| a != "--help" && a != "-h")
-                .filter(|a| !a.starts_with('-'))
-                .collect();
+                .take_while(|a| a != "--help" && a != "-h");
+            let path: Vec<String> = args.filter(|a| !a.starts_with('-')).collect();
             print!("{}", help::focused(&err.to_string(), &path));
             return ExitCode::SUCCESS;
         }
@@ -105,13 +104,17 @@ fn run_cli_inner() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let (env, known_here, changes_state) = secrets_command(&flags.subcommand);
     // Held to the end, past the error message: see `process::FinishRegardless`.
-    let _finish = changes_state(&flags.subcommand).then(process::finish_regardless);
+    let _finish = changes_state.then(process::finish_regardless);
     let state = project::Process::read();
-    if let Err(err) = flags
-        .validate()
-        .and_then(|()| check_env_flag(&flags.subcommand, &state.root))
-    {
+    // An `--env` the repository does not have is a usage error too.
+    let env_known = |()| {
+        env.map_or(Ok(()), |env| {
+            project::require_env(&state.root, env, known_here)
+        })
+    };
+    if let Err(err) = flags.validate().and_then(env_known) {
         say_error(&format!("{err:#}"));
         return ExitCode::from(EXIT_USAGE);
     }
@@ -133,35 +136,22 @@ fn run_cli_inner() -> ExitCode {
     }
 }
 
-/// Whether the command writes to a store, the flag file or the journal.
-fn changes_state(cmd: &flags::XtaskCmd) -> bool {
+/// Of a `secrets` command: its `--env`; whether that must name an
+/// environment of the repository (`check` may read another tree, `--infra`);
+/// and whether the command writes to a store, the flag file or the journal.
+fn secrets_command(cmd: &flags::XtaskCmd) -> (Option<&str>, bool, bool) {
+    use flags::SecretsCmd::*;
     let flags::XtaskCmd::Secrets(secrets) = cmd else {
-        return false;
+        return (None, true, false);
     };
     match &secrets.subcommand {
-        flags::SecretsCmd::Seed(f) => !f.dry_run,
-        flags::SecretsCmd::Migrate(f) => !f.dry_run,
-        flags::SecretsCmd::Rollback(f) => !f.dry_run,
-        _ => false,
+        Seed(f) => (f.env.as_deref(), true, !f.dry_run),
+        Migrate(f) => (f.env.as_deref(), true, !f.dry_run),
+        Rollback(f) => (f.env.as_deref(), true, !f.dry_run),
+        Status(f) => (f.env.as_deref(), true, false),
+        Doctor(f) => (f.env.as_deref(), true, false),
+        Check(f) => (f.env.as_deref(), false, false),
     }
-}
-
-/// Refuses an `--env` that names no environment of the repository (exit 2);
-/// for `check`, which may read another tree (`--infra`), only its form.
-fn check_env_flag(cmd: &flags::XtaskCmd, root: &std::path::Path) -> anyhow::Result<()> {
-    let flags::XtaskCmd::Secrets(secrets) = cmd else {
-        return Ok(());
-    };
-    let (env, known_here) = match &secrets.subcommand {
-        flags::SecretsCmd::Seed(f) => (&f.env, true),
-        flags::SecretsCmd::Migrate(f) => (&f.env, true),
-        flags::SecretsCmd::Rollback(f) => (&f.env, true),
-        flags::SecretsCmd::Status(f) => (&f.env, true),
-        flags::SecretsCmd::Doctor(f) => (&f.env, true),
-        flags::SecretsCmd::Check(f) => (&f.env, false),
-    };
-    env.as_ref()
-        .map_or(Ok(()), |env| project::require_env(root, env, known_here))
 }
 
 /// `error: ...` on stderr; a closed stderr must not change the exit code.

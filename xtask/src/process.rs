@@ -59,8 +59,8 @@ impl Tool {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args
-            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        let args = args.into_iter().map(|a| a.as_ref().to_owned());
+        self.args.extend(args);
         self
     }
 
@@ -70,8 +70,8 @@ impl Tool {
     }
 
     pub(crate) fn env(mut self, name: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Tool {
-        self.env
-            .push((name.as_ref().to_owned(), value.as_ref().to_owned()));
+        let (name, value) = (name.as_ref().to_owned(), value.as_ref().to_owned());
+        self.env.push((name, value));
         self
     }
 
@@ -110,17 +110,14 @@ impl Tool {
     /// `program arg arg ...` for messages (arguments never hold values).
     pub(crate) fn display(&self) -> String {
         let words = std::iter::once(&self.program).chain(&self.args);
-        words
-            .map(|w| w.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(" ")
+        let words: Vec<_> = words.map(|w| w.to_string_lossy()).collect();
+        words.join(" ")
     }
 
     fn expression(&self) -> duct::Expression {
         #[allow(clippy::disallowed_methods)] // The one place that builds a duct expression.
-        let mut e = duct::cmd(&self.program, &self.args)
-            .unchecked()
-            .stdin_null();
+        let mut e = duct::cmd(&self.program, &self.args).unchecked();
+        e = e.stdin_null();
         if let Some(dir) = &self.dir {
             e = e.dir(dir);
         }
@@ -152,12 +149,8 @@ impl Tool {
     /// Runs to completion with both pipes captured, whatever the exit
     /// status. Fails only when it cannot start or outlives its deadline.
     pub(crate) fn output(&self) -> Result<Output> {
-        let handle = self
-            .expression()
-            .stdout_capture()
-            .stderr_capture()
-            .start()
-            .map_err(|e| self.spawn_error(e))?;
+        let captured = self.expression().stdout_capture().stderr_capture();
+        let handle = captured.start().map_err(|e| self.spawn_error(e))?;
         let waited = handle.wait_timeout(self.deadline);
         if let Some(out) = waited.with_context(|| format!("waiting for `{}`", self.display()))? {
             return Ok(out.clone());
@@ -194,12 +187,8 @@ impl Tool {
     /// Starts a long-running child, killed on drop. Its output is drained for
     /// its whole life (a Go program dies of SIGPIPE once stdout is closed).
     pub(crate) fn spawn(&self) -> Result<Running> {
-        let reader = self
-            .expression()
-            .stderr_to_stdout()
-            .reader()
-            .map_err(|e| self.spawn_error(e))?;
-        let reader = Arc::new(reader);
+        let reader = self.expression().stderr_to_stdout().reader();
+        let reader = Arc::new(reader.map_err(|e| self.spawn_error(e))?);
         let last = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
         let (tx, rx) = mpsc::channel();
         let (drained, kept, noise) = (Arc::clone(&reader), Arc::clone(&last), self.noise);
@@ -207,9 +196,8 @@ impl Tool {
         std::thread::spawn(move || {
             for line in BufReader::new(&*drained).split(b'\n') {
                 let Ok(line) = line else { break };
-                let line = String::from_utf8_lossy(&line)
-                    .trim_end_matches('\r')
-                    .to_string();
+                let line = String::from_utf8_lossy(&line);
+                let line = line.trim_end_matches('\r').to_string();
                 if !noise.is_some_and(|is_noise| is_noise(&line)) {
                     let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
                     if kept.len() == TAIL_LINES {
@@ -294,9 +282,8 @@ pub(crate) fn seconds(d: Duration) -> String {
 fn die_with_parent(cmd: &mut std::process::Command) -> std::io::Result<()> {
     use std::os::unix::process::CommandExt;
     let parent = std::process::id();
-    // SAFETY: the closure runs in the forked child before exec and calls
-    // only async-signal-safe functions (prctl, getppid); it allocates
-    // nothing on success.
+    // SAFETY: runs in the forked child before exec; only async-signal-safe
+    // calls (prctl, getppid), no allocation on success.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
@@ -322,11 +309,8 @@ pub(crate) fn exit_text(status: std::process::ExitStatus) -> String {
 
 /// The last `n` non-empty lines of `text`, joined for one message.
 pub(crate) fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::trim_end)
-        .collect();
+    let lines = text.lines().filter(|l| !l.trim().is_empty());
+    let lines: Vec<&str> = lines.map(str::trim_end).collect();
     if lines.is_empty() {
         return "no output".to_string();
     }
@@ -361,27 +345,27 @@ pub(crate) fn finish_regardless() -> FinishRegardless {
     STDERR_TERMINAL.store(std::io::stderr().is_terminal(), Ordering::Relaxed);
     let _ = std::io::stdout().flush();
     // Which file each descriptor is, before either moves (a closed one stays).
-    let out = std::io::stdout()
-        .as_fd()
-        .try_clone_to_owned()
-        .map(File::from);
-    let err = std::io::stderr()
-        .as_fd()
-        .try_clone_to_owned()
-        .map(File::from);
+    let dup = |fd: std::os::fd::BorrowedFd| fd.try_clone_to_owned().map(File::from);
+    let (out, err) = (
+        dup(std::io::stdout().as_fd()),
+        dup(std::io::stderr().as_fd()),
+    );
     let id = |f: &File| f.metadata().ok().map(|m| (m.dev(), m.ino()));
     let groups: Vec<(Vec<i32>, File)> = match (out, err) {
         (Ok(out), Ok(err)) if id(&out).is_some() && id(&out) == id(&err) => vec![(vec![1, 2], out)],
-        (out, err) => [(1, out), (2, err)]
-            .into_iter()
-            .filter_map(|(fd, file)| Some((vec![fd], file.ok()?)))
-            .collect(),
+        (out, err) => {
+            let files = [(1, out), (2, err)].into_iter();
+            files
+                .filter_map(|(fd, file)| Some((vec![fd], file.ok()?)))
+                .collect()
+        }
     };
     let copies = groups
         .into_iter()
-        .filter_map(|(fds, original)| Copier::start(fds, original).ok())
-        .collect();
-    FinishRegardless { copies }
+        .map(|(fds, file)| Copier::start(fds, file));
+    FinishRegardless {
+        copies: copies.flatten().collect(),
+    }
 }
 
 /// Whether stderr is (or, under [`finish_regardless`], was) a terminal.
@@ -393,14 +377,13 @@ impl Copier {
     fn start(fds: Vec<i32>, original: File) -> std::io::Result<Copier> {
         let (mut from, writer) = std::io::pipe()?;
         let mut to = original.try_clone()?;
-        let thread = std::thread::Builder::new()
-            .name("output".into())
-            .spawn(move || {
-                // Once the reader of `to` is gone, read and drop the rest.
-                if std::io::copy(&mut from, &mut to).is_err() {
-                    let _ = std::io::copy(&mut from, &mut std::io::sink());
-                }
-            })?;
+        let thread = std::thread::Builder::new().name("output".into());
+        let thread = thread.spawn(move || {
+            // Once the reader of `to` is gone, read and drop the rest.
+            if std::io::copy(&mut from, &mut to).is_err() {
+                let _ = std::io::copy(&mut from, &mut std::io::sink());
+            }
+        })?;
         // SAFETY: dup2 onto a standard descriptor of ours; on failure it
         // keeps pointing where it did.
         let moved = |fd: &i32| unsafe { libc::dup2(writer.as_raw_fd(), *fd) } >= 0;

@@ -23,7 +23,6 @@ enum Package {
 
 pub(crate) struct Tool {
     pub name: &'static str,
-    /// The version the project pins.
     pub version: &'static str,
     /// What the tool's version output must contain to count as that version.
     version_match: &'static str,
@@ -133,9 +132,9 @@ pub(crate) fn ensure_all(root: &Path) -> Result<()> {
                 version = tool.version
             ),
             None => {
-                install(root, tool).with_context(|| {
-                    format!("installing {} {} into .tools/bin", tool.name, tool.version)
-                })?;
+                let (name, version) = (tool.name, tool.version);
+                let installing = || format!("installing {name} {version} into .tools/bin");
+                install(root, tool).with_context(installing)?;
                 Found::Pinned(pinned(root, tool))
             }
         };
@@ -144,10 +143,9 @@ pub(crate) fn ensure_all(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A verified binary in .tools/bin, or a matching version elsewhere on PATH.
 pub(crate) enum Found {
-    /// Verified in .tools/bin.
     Pinned(PathBuf),
-    /// A matching version elsewhere on PATH.
     OnPath(PathBuf),
 }
 
@@ -175,11 +173,8 @@ pub(crate) fn not_usable(root: &Path, tool: &Tool) -> String {
     let Ok(got) = sha256_file(&pinned) else {
         return "missing".to_string();
     };
-    let (shown, got, want) = (
-        project::shown_from(root, &pinned),
-        short(&got),
-        short(tool.sha256),
-    );
+    let shown = project::shown_from(root, &pinned);
+    let (got, want) = (short(&got), short(tool.sha256));
     format!("{shown} has the wrong sha256 ({got}, pinned {want})")
 }
 
@@ -220,13 +215,12 @@ fn install(root: &Path, tool: &Tool) -> Result<()> {
     std::fs::create_dir_all(&layers)?;
     for (i, (kind, member)) in tool.layers.iter().enumerate() {
         let out = layers.join(i.to_string());
-        cmd!(
+        let unpack = cmd!(
             sh,
             "python3 -c {EXTRACT_PY} {kind} {archive} {member} {out}"
-        )
-        .quiet()
-        .run()
-        .with_context(|| format!("unpacking {member} from {}", archive.display()))?;
+        );
+        let unpacking = || format!("unpacking {member} from {}", archive.display());
+        unpack.quiet().run().with_context(unpacking)?;
         archive = out;
     }
     check_sha256(&archive, tool.sha256)?;
@@ -265,11 +259,8 @@ fn check_sha256(path: &Path, want: &str) -> Result<()> {
 /// so later runs need not hash hundreds of megabytes again.
 fn fingerprint(bin: &Path) -> Option<(PathBuf, String)> {
     let meta = std::fs::metadata(bin).ok()?;
-    let mtime = meta
-        .modified()
-        .ok()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?;
+    let mtime = meta.modified().ok()?;
+    let mtime = mtime.duration_since(std::time::UNIX_EPOCH).ok()?;
     let name = bin.file_name()?.to_string_lossy();
     let stamp = bin.with_file_name(format!(".{name}.verified"));
     Some((stamp, format!("{} {}", meta.len(), mtime.as_nanos())))
@@ -282,14 +273,15 @@ fn stamp(bin: &Path) -> Result<()> {
 }
 
 fn verified(bin: &Path, tool: &Tool) -> bool {
-    let stamped = fingerprint(bin)
-        .is_some_and(|(path, fp)| std::fs::read_to_string(path).is_ok_and(|s| s == fp));
+    let stamp_matches =
+        |(path, fp): (PathBuf, String)| std::fs::read_to_string(path).is_ok_and(|s| s == fp);
+    let stamped = fingerprint(bin).is_some_and(stamp_matches);
     stamped || (sha256_file(bin).is_ok_and(|got| got == tool.sha256) && stamp(bin).is_ok())
 }
 
 fn version_matches(bin: &Path, tool: &Tool) -> bool {
-    let out = crate::process::Tool::new(bin)
-        .args(tool.version_args)
+    let version = crate::process::Tool::new(bin).args(tool.version_args);
+    let out = version
         .deadline(std::time::Duration::from_secs(30))
         .output();
     out.is_ok_and(|o| {

@@ -200,8 +200,8 @@ pub(crate) fn load(flags: &FlagValues) -> Result<Config> {
     Config::load(&Process::read(), flags)
 }
 
-/// The settings as found, by key: the raw text and its source.
-type Raw = Vec<(&'static str, Option<Setting<String>>)>;
+/// The settings found, by key: the raw text and its source.
+type Raw = BTreeMap<&'static str, Setting<String>>;
 
 impl Config {
     /// The one way a command loads its configuration: once, at its start.
@@ -218,7 +218,7 @@ impl Config {
         }
         let raw: Raw = SETTINGS
             .iter()
-            .map(|&(key, flag, env, default)| {
+            .filter_map(|&(key, flag, env, default)| {
                 let found = [
                     flags.get(flag).map(|v| (v, Source::Flag(flag))),
                     process.var(env).map(|v| (v.to_string(), Source::Env(env))),
@@ -226,15 +226,11 @@ impl Config {
                     repo.get(key).map(|v| (v.clone(), Source::RepoFile)),
                     (!default.is_empty()).then(|| (default.to_string(), Source::Builtin)),
                 ];
-                let first = found.into_iter().flatten().next();
-                (key, first.map(|(value, source)| Setting { value, source }))
+                let (value, source) = found.into_iter().flatten().next()?;
+                Some((key, Setting { value, source }))
             })
             .collect();
-        let get = |key: &str| {
-            raw.iter()
-                .find(|(k, _)| *k == key)
-                .and_then(|(_, s)| s.clone())
-        };
+        let get = |key: &str| raw.get(key).cloned();
         let set = |key: &str| get(key).expect("a setting with a built-in default");
         let secs_at = |key: &str| secs(&set(key), key);
         // A path from a flag or the environment is from the working directory.
@@ -279,10 +275,8 @@ impl Config {
             None => home.as_ref().and_then(|home| {
                 let path = home.join(".vault-token");
                 let token = std::fs::read_to_string(&path).unwrap_or_default();
-                let (value, source) = (
-                    Secret::new(token.trim().to_string()),
-                    Source::TokenFile(path),
-                );
+                let value = Secret::new(token.trim().to_string());
+                let source = Source::TokenFile(path);
                 (!token.trim().is_empty()).then_some(Setting { value, source })
             }),
         };
@@ -297,15 +291,13 @@ impl Config {
         let Setting { value: n, source } = &attempts;
         let msg = format!("the wait's attempts must be at least 1 (from {source})");
         ensure_value(*n != 0, source, msg)?;
-        let Setting {
-            value: secs,
-            source,
-        } = &sleep;
+        let source = &sleep.source;
         let msg = format!("the wait's sleep must be 0 to 600 seconds (from {source})");
-        ensure_value((0.0..=600.0).contains(secs), source, msg)?;
+        ensure_value((0.0..=600.0).contains(&sleep.value), source, msg)?;
+        let sleep = Duration::from_secs_f64(sleep.value);
         let wait = Wait {
             attempts: *n,
-            sleep: Duration::from_secs_f64(*secs),
+            sleep,
         };
         let port = "vault.port_forward.port";
         let port_forward = PortForward {
@@ -369,7 +361,7 @@ impl Config {
     fn list(&self, raw: &Raw) -> Vec<(String, String, String)> {
         let hidden = || "(set, not shown)".to_string();
         let builtin = || Source::Builtin.to_string();
-        let row = |key: &str, setting: &Option<Setting<String>>| match (key, setting) {
+        let row = |key: &str, setting: Option<&Setting<String>>| match (key, setting) {
             ("vault.token", _) => match &self.vault_token {
                 Some(t) => (hidden(), t.source.to_string()),
                 None => (
@@ -406,9 +398,11 @@ impl Config {
                 (value, s.source.to_string())
             }
         };
-        let rows = raw.iter().map(|(key, setting)| (key, row(key, setting)));
-        rows.map(|(key, (value, source))| (key.to_string(), value, source))
-            .collect()
+        let rows = SETTINGS
+            .iter()
+            .map(|(key, ..)| (key, row(key, raw.get(key))));
+        let rows = rows.map(|(key, (value, source))| (key.to_string(), value, source));
+        rows.collect()
     }
 }
 
@@ -528,9 +522,9 @@ mod tests {
         Config::load(&Process::with(root, &cwd, vars), flags)
     }
 
-    /// The error of loading `root`'s configuration without flags, in full.
-    fn load_err(root: &Path, vars: &[(&str, &str)]) -> anyhow::Error {
-        load(root, &FlagValues::default(), vars).unwrap_err()
+    /// `root`'s configuration without flags.
+    fn loaded(root: &Path, vars: &[(&str, &str)]) -> Config {
+        load(root, &FlagValues::default(), vars).unwrap()
     }
 
     fn write(root: &Path, file: &str, text: &str) {
@@ -544,21 +538,14 @@ mod tests {
         dir
     }
 
-    fn is_usage(err: &anyhow::Error) -> bool {
-        err.downcast_ref::<crate::UsageError>().is_some()
-    }
-
     #[test]
     fn precedence_is_flag_env_local_repo_builtin() {
         let root = scratch("precedence");
-        write(
-            &root,
-            "secrets.toml",
-            "provider = \"azure\"\n[vault]\nmount = \"repo\"\naddr = \"http://repo:8200\"\n",
-        );
+        let repo = "provider = \"azure\"\n[vault]\nmount = \"repo\"\naddr = \"http://repo:8200\"\n";
+        write(&root, "secrets.toml", repo);
         write(&root, ".local/secrets.toml", "[vault]\nmount = \"local\"\n");
         let env = [("SECRETS_PROVIDER", "file")];
-        let cfg = load(&root, &FlagValues::default(), &env).unwrap();
+        let cfg = loaded(&root, &env);
         assert_eq!(cfg.provider.value, ProviderKind::File);
         assert_eq!(cfg.provider.source, Source::Env("SECRETS_PROVIDER"));
         assert_eq!(cfg.vault_mount.value, "local");
@@ -566,11 +553,8 @@ mod tests {
         assert_eq!(cfg.vault_addr.as_ref().unwrap().source, Source::RepoFile);
         assert_eq!(cfg.concurrency.source, Source::Builtin);
 
-        let flags = FlagValues {
-            provider: Some(ProviderKind::Vault),
-            mount: Some("kv/".into()),
-            ..Default::default()
-        };
+        let mut flags = FlagValues::default();
+        (flags.provider, flags.mount) = (Some(ProviderKind::Vault), Some("kv/".into()));
         let cfg = load(&root, &flags, &env).unwrap();
         assert_eq!(cfg.provider.value, ProviderKind::Vault);
         assert_eq!(cfg.provider.source, Source::Flag("--provider"));
@@ -581,40 +565,30 @@ mod tests {
     #[test]
     fn wait_settings_come_from_flags_then_env_and_are_listed() {
         let root = scratch("wait");
-        let env = [
-            ("EXTERNALSECRET_WAIT_ATTEMPTS", "7"),
-            ("EXTERNALSECRET_WAIT_SLEEP", "0.5"),
-        ];
-        let cfg = load(&root, &FlagValues::default(), &env).unwrap();
+        let env = [(WAIT_ATTEMPTS, "7"), (WAIT_SLEEP, "0.5")];
+        let cfg = loaded(&root, &env);
         assert_eq!(
             (cfg.wait.attempts, cfg.wait.sleep),
             (7, Duration::from_millis(500))
         );
-        let flags = FlagValues {
-            wait_attempts: Some(3),
+        let wait_attempts = Some(3);
+        let mut flags = FlagValues {
+            wait_attempts,
             ..Default::default()
         };
         let cfg = load(&root, &flags, &env).unwrap();
         assert_eq!(cfg.wait.attempts, 3);
         let listed = cfg.describe();
         assert_eq!(listed.len(), SETTINGS.len(), "status lists every setting");
-        let row = (
+        let row = [
             "externalsecret.wait_sleep_secs",
             "0.5",
             "env EXTERNALSECRET_WAIT_SLEEP",
-        );
-        assert!(listed.contains(&(row.0.into(), row.1.into(), row.2.into())));
-        let flags = FlagValues {
-            wait_attempts: Some(0),
-            ..Default::default()
-        };
+        ];
+        assert!(listed.contains(&row.map(String::from).into()));
+        flags.wait_attempts = Some(0);
         let err = load(&root, &flags, &[]).unwrap_err();
-        assert!(is_usage(&err), "{err}");
-        let err = load_err(&root, &[("EXTERNALSECRET_WAIT_SLEEP", "soon")]);
-        assert!(
-            err.to_string().contains("env EXTERNALSECRET_WAIT_SLEEP"),
-            "{err}"
-        );
+        assert!(err.is::<crate::UsageError>(), "{err}");
         std::fs::remove_dir_all(&root).unwrap();
     }
 
@@ -622,22 +596,17 @@ mod tests {
     fn token_never_from_a_committed_file_and_never_shown() {
         let root = scratch("token");
         write(&root, "secrets.toml", "[vault]\ntoken = \"s.committed\"\n");
-        let err = load_err(&root, &[]).to_string();
-        assert!(
-            err.contains("must never hold a token") && !err.contains("s.committed"),
-            "{err}"
-        );
+        let err = load(&root, &FlagValues::default(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must never hold a token"), "{err}");
+        assert!(!err.contains("s.committed"), "{err}");
 
         std::fs::remove_file(root.join("secrets.toml")).unwrap();
         let home = root.join("home");
         std::fs::create_dir_all(&home).unwrap();
         write(&home, ".vault-token", "s.fromfile\n");
-        let cfg = load(
-            &root,
-            &FlagValues::default(),
-            &[("HOME", home.to_str().unwrap())],
-        )
-        .unwrap();
+        let cfg = loaded(&root, &[("HOME", home.to_str().unwrap())]);
         let token = cfg.vault_token.as_ref().unwrap();
         assert_eq!(token.value.expose(), "s.fromfile");
         assert_eq!(token.source, Source::TokenFile(home.join(".vault-token")));
@@ -649,64 +618,82 @@ mod tests {
     #[test]
     fn a_password_in_vault_addr_shows_only_as_stars() {
         let root = scratch("addr");
-        let env = [("VAULT_ADDR", "http://u:pw-x@127.0.0.1:8200")];
-        let cfg = load(&root, &FlagValues::default(), &env).unwrap();
+        let with_password = "http://u:pw-x@127.0.0.1:8200";
+        let cfg = loaded(&root, &[("VAULT_ADDR", with_password)]);
         let addr = &cfg.vault_addr.as_ref().unwrap().value;
-        assert_eq!(
-            addr.expose(),
-            "http://u:pw-x@127.0.0.1:8200",
-            "connecting keeps it"
-        );
+        assert_eq!(addr.expose(), with_password, "connecting keeps it");
         assert_eq!(addr.to_string(), "http://***@127.0.0.1:8200");
-        let shown = format!(
-            "{cfg:?} {:?} {}",
-            cfg.describe(),
-            serde_json::json!({ "addr": addr })
-        );
+        let json = serde_json::json!({ "addr": addr });
+        let shown = format!("{cfg:?} {:?} {json}", cfg.describe());
         assert!(!shown.contains("pw-x"), "{shown}");
         std::fs::remove_dir_all(&root).unwrap();
     }
 
+    /// A bad value names where it came from: from the environment it is a
+    /// usage error (exit 2), as a flag's is; from a config file that file's
+    /// error, and a token line is never quoted.
     #[test]
-    fn a_bad_value_in_a_config_file_is_that_files_error_never_a_usage_error() {
-        let root = scratch("file-errors");
-        for text in [
-            "concurrency = 0\n",
-            "[vault]\nmount = \"..\"\n",
-            "provider = \"consul\"\n",
-            "[vault]\ntoken = s.unquoted\n",
+    fn bad_values_and_typos_are_named_with_their_source() {
+        let root = scratch("bad-values");
+        for (vars, want) in [
+            ([(WAIT_SLEEP, "soon")], "env EXTERNALSECRET_WAIT_SLEEP"),
+            (
+                [("SECRETS_PROVIDER", "consul")],
+                "from env SECRETS_PROVIDER",
+            ),
         ] {
-            write(&root, ".local/secrets.toml", text);
-            let err = load_err(&root, &[]);
-            assert!(!is_usage(&err), "{text}: {err}");
+            let err = load(&root, &FlagValues::default(), &vars).unwrap_err();
+            assert!(err.is::<crate::UsageError>(), "{err}");
+            assert!(err.to_string().contains(want), "{err}");
+        }
+        let timeout = "vault.timeout_secs must be";
+        let pod_wait = "vault.port_forward.pod_wait_secs must be a number of seconds above 0";
+        for (file, text, want) in [
+            (
+                ".local",
+                "concurrency = 0\n",
+                "concurrency must be 1 to 256",
+            ),
+            (".local", "[vault]\nmount = \"..\"\n", "invalid Vault mount"),
+            (".local", "provider = \"consul\"\n", "unknown provider"),
+            (".local", "[vault]\ntoken = s.unquoted\n", ":2:9:"),
+            (
+                ".local",
+                "[vault]\nadress = \"x\"\n",
+                "unknown key vault.adress",
+            ),
+            (
+                ".local",
+                "[vault.port_forward]\npod_wait_secs = -1\n",
+                pod_wait,
+            ),
+            (
+                ".local",
+                "[helmfile]\nsync_timeout_secs = 0\n",
+                "helmfile.sync_timeout_secs must be",
+            ),
+            (".", "[vault]\ntimeout_secs = -1\n", timeout),
+            (".local", "[vault]\ntimeout_secs = nan\n", timeout),
+            (".local", "[vault]\ntimeout_secs = inf\n", timeout),
+            (".local", "[vault]\ntimeout_secs = 0\n", timeout),
+        ] {
+            let path = format!("{file}/secrets.toml");
+            write(&root, &path, text);
+            let err = load(&root, &FlagValues::default(), &[]).unwrap_err();
             let msg = format!("{err:#}");
-            assert!(msg.contains(".local/secrets.toml"), "{msg}");
+            assert!(!err.is::<crate::UsageError>(), "{text}: {msg}");
+            assert!(msg.contains(want), "{text}: {msg}");
+            let from = path.trim_start_matches("./");
+            assert!(
+                msg.contains(&format!("(from {from})")) || msg.contains(&format!("{from}:")),
+                "{msg}"
+            );
             assert!(
                 !msg.contains("s.unquoted"),
                 "a token line is never quoted: {msg}"
             );
+            std::fs::remove_file(root.join(&path)).unwrap();
         }
-        std::fs::remove_dir_all(&root).unwrap();
-    }
-
-    #[test]
-    fn typos_and_bad_values_are_named() {
-        let root = scratch("typo");
-        write(&root, ".local/secrets.toml", "[vault]\nadress = \"x\"\n");
-        let msg = format!("{:#}", load_err(&root, &[]));
-        assert!(
-            msg.contains(".local/secrets.toml") && msg.contains("adress"),
-            "{msg}"
-        );
-
-        std::fs::remove_file(root.join(".local/secrets.toml")).unwrap();
-        // From SECRETS_PROVIDER: a usage error (exit 2), as the flag's is.
-        let err = load_err(&root, &[("SECRETS_PROVIDER", "consul")]);
-        assert!(is_usage(&err), "{err}");
-        assert!(
-            err.to_string().contains("from env SECRETS_PROVIDER"),
-            "{err}"
-        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 
@@ -716,8 +703,9 @@ mod tests {
         let text = "overrides = \"mine/overrides.json\"\n[file]\nstore = \"mine/store.json\"\n";
         write(&root, ".local/secrets.toml", text);
         let cwd = std::env::current_dir().unwrap();
+        let fixtures = Some("../x.json".into());
         let flags = FlagValues {
-            fixtures: Some("../x.json".into()),
+            fixtures,
             ..Default::default()
         };
         let cfg = load(&root, &flags, &[]).unwrap();
@@ -727,78 +715,40 @@ mod tests {
         assert_eq!(cfg.abs(&cfg.file_store.value), root.join("mine/store.json"));
         assert_eq!(cfg.shown(&cfg.overrides.value), "mine/overrides.json");
         let unnormalized = root.join("infra/../scripts/a.json");
+        let shown = shown_from(&root, &unnormalized);
         assert_eq!(
-            shown_from(&root, &unnormalized),
-            "infra/../scripts/a.json",
+            shown, "infra/../scripts/a.json",
             "shown_from takes normalized paths"
         );
         assert_eq!(cfg.shown(&unnormalized), "scripts/a.json");
-        assert_eq!(
-            normalize(Path::new("/a/b/../c/./d")),
-            PathBuf::from("/a/c/d")
-        );
+        assert_eq!(normalize(Path::new("/a/b/../c/./d")), Path::new("/a/c/d"));
         std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
-    fn child_deadlines_come_from_the_files_and_must_be_positive() {
+    fn child_deadlines_come_from_the_files() {
         let root = scratch("deadlines");
         let deadlines = |cfg: Config| {
             let pf = cfg.port_forward;
-            (cfg.helmfile_sync_timeout, pf.start_timeout, pf.pod_wait)
+            (
+                cfg.helmfile_sync_timeout,
+                pf.start_timeout,
+                pf.pod_wait,
+                cfg.vault_timeout_secs,
+            )
         };
-        let cfg = load(&root, &FlagValues::default(), &[]).unwrap();
         let secs = Duration::from_secs_f64;
-        assert_eq!(deadlines(cfg), (secs(600.0), secs(30.0), secs(120.0)));
+        let want = (secs(600.0), secs(30.0), secs(120.0), 15.0);
+        assert_eq!(deadlines(loaded(&root, &[])), want);
 
-        write(&root, "secrets.toml", "[helmfile]\nsync_timeout_secs = 900\n[vault.port_forward]\nstart_timeout_secs = 5\npod_wait_secs = 60\n");
-        write(
-            &root,
-            ".local/secrets.toml",
-            "[helmfile]\nsync_timeout_secs = 1200.5\n[vault.port_forward]\npod_wait_secs = 2.5\n",
-        );
-        let cfg = load(&root, &FlagValues::default(), &[]).unwrap();
-        assert_eq!(deadlines(cfg), (secs(1200.5), secs(5.0), secs(2.5)));
-
-        for (text, want) in [
-            (
-                "[vault.port_forward]\npod_wait_secs = -1\n",
-                "vault.port_forward.pod_wait_secs must be a number of seconds above 0",
-            ),
-            (
-                "[helmfile]\nsync_timeout_secs = 0\n",
-                "helmfile.sync_timeout_secs must be",
-            ),
-        ] {
-            write(&root, ".local/secrets.toml", text);
-            let err = load_err(&root, &[]).to_string();
-            assert!(
-                err.contains(want) && err.contains("(from .local/secrets.toml)"),
-                "{err}"
-            );
-        }
-        std::fs::remove_dir_all(&root).unwrap();
-    }
-
-    #[test]
-    fn vault_timeout_must_be_a_positive_finite_number_of_seconds() {
-        let root = scratch("vault-timeout");
-        let cfg = load(&root, &FlagValues::default(), &[]).unwrap();
-        assert_eq!(cfg.vault_timeout_secs, 15.0);
-        write(&root, "secrets.toml", "[vault]\ntimeout_secs = 2.5\n");
-        let cfg = load(&root, &FlagValues::default(), &[]).unwrap();
-        assert_eq!(cfg.vault_timeout_secs, 2.5);
-        for (file, bad) in [
-            ("secrets.toml", "-1"),
-            (".local/secrets.toml", "nan"),
-            (".local/secrets.toml", "inf"),
-            (".local/secrets.toml", "0"),
-        ] {
-            write(&root, file, &format!("[vault]\ntimeout_secs = {bad}\n"));
-            let err = load_err(&root, &[]).to_string();
-            assert!(err.contains("vault.timeout_secs must be"), "{bad}: {err}");
-            assert!(err.contains(&format!("(from {file})")), "{bad}: {err}");
-        }
+        let repo = "[helmfile]\nsync_timeout_secs = 900\n[vault]\ntimeout_secs = 2.5\n\
+                    [vault.port_forward]\nstart_timeout_secs = 5\npod_wait_secs = 60\n";
+        write(&root, "secrets.toml", repo);
+        let local =
+            "[helmfile]\nsync_timeout_secs = 1200.5\n[vault.port_forward]\npod_wait_secs = 2.5\n";
+        write(&root, ".local/secrets.toml", local);
+        let want = (secs(1200.5), secs(5.0), secs(2.5), 2.5);
+        assert_eq!(deadlines(loaded(&root, &[])), want);
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
