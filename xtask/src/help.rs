@@ -11,20 +11,17 @@ pub(crate) fn focused(full: &str, path: &[String]) -> String {
     };
     let mut out = format!("{want}\n{}", body.trim_end_matches('\n'));
     let child = |(head, body): &(String, String)| {
-        let name = head
-            .strip_prefix(&want)?
-            .strip_prefix(' ')
-            .filter(|n| !n.contains(' '))?;
+        let name = head.strip_prefix(&want)?.strip_prefix(' ')?;
+        if name.contains(' ') {
+            return None;
+        }
         let first_line = body.lines().map(str::trim).find(|l| !l.is_empty());
         Some((name.to_string(), first_line.unwrap_or("").to_string()))
     };
     let children: Vec<(String, String)> = sections.iter().filter_map(child).collect();
     if !children.is_empty() {
-        out = out
-            .trim_end()
-            .trim_end_matches("SUBCOMMANDS:")
-            .trim_end()
-            .to_string();
+        let trimmed = out.trim_end().trim_end_matches("SUBCOMMANDS:");
+        out = trimmed.trim_end().to_string();
         out.push_str("\n\nCOMMANDS:\n");
         let width = children.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
         for (name, line) in children {

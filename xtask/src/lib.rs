@@ -42,30 +42,28 @@ pub const EXIT_USAGE: u8 = 2;
 /// Exit code when some writes landed and some did not: re-run to finish.
 pub const EXIT_PARTIAL: u8 = 3;
 
-/// Declares an error that is its message alone.
-macro_rules! message_error {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Debug)]
-        pub struct $name(pub String);
+/// A mistake in the command line (exit 2).
+#[derive(Debug)]
+pub struct UsageError(pub String);
 
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-        impl std::error::Error for $name {}
-    };
+/// Some of the work landed and some did not; the message lists both (exit 3).
+#[derive(Debug)]
+pub struct PartialError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
-message_error!(
-    /// A mistake in the command line (exit 2).
-    UsageError
-);
-message_error!(
-    /// Some of the work landed and some did not; the message lists both (exit 3).
-    PartialError
-);
+impl std::fmt::Display for PartialError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+impl std::error::Error for PartialError {}
 
 /// Shorthand for returning a [`UsageError`].
 #[macro_export]
@@ -90,17 +88,15 @@ fn run_cli_inner() -> ExitCode {
     let flags = match flags::Xtask::from_env() {
         Ok(flags) => flags,
         Err(err) if err.is_help() => {
-            let args = std::env::args()
-                .skip(1)
-                .take_while(|a| a != "--help" && a != "-h");
+            let args = std::env::args().skip(1);
+            let args = args.take_while(|a| a != "--help" && a != "-h");
             let path: Vec<String> = args.filter(|a| !a.starts_with('-')).collect();
             print!("{}", help::focused(&err.to_string(), &path));
             return ExitCode::SUCCESS;
         }
         Err(err) => {
-            say_error(&format!(
-                "{err}\nRun `cargo xtask --help` (or `cargo xtask secrets --help`) for usage."
-            ));
+            let hint = "Run `cargo xtask --help` (or `cargo xtask secrets --help`) for usage.";
+            say_error(&format!("{err}\n{hint}"));
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -109,11 +105,8 @@ fn run_cli_inner() -> ExitCode {
     let _finish = changes_state.then(process::finish_regardless);
     let state = project::Process::read();
     // An `--env` the repository does not have is a usage error too.
-    let env_known = |()| {
-        env.map_or(Ok(()), |env| {
-            project::require_env(&state.root, env, known_here)
-        })
-    };
+    let require_env = |env| project::require_env(&state.root, env, known_here);
+    let env_known = |()| env.map_or(Ok(()), require_env);
     if let Err(err) = flags.validate().and_then(env_known) {
         say_error(&format!("{err:#}"));
         return ExitCode::from(EXIT_USAGE);
@@ -162,18 +155,18 @@ fn say_error(message: &str) {
 
 /// The text of a panic payload (`panic!` with a literal or a format).
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    let text = payload.downcast_ref::<String>().map(String::as_str);
     payload
         .downcast_ref::<&str>()
         .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .or(text)
         .unwrap_or_default()
 }
 
 /// `print!`'s panic when the reader of stdout or stderr has gone away.
 fn is_broken_pipe(message: &str) -> bool {
-    (message.starts_with("failed printing to stdout")
-        || message.starts_with("failed printing to stderr"))
-        && message.contains("Broken pipe")
+    let printing = ["failed printing to stdout", "failed printing to stderr"];
+    printing.iter().any(|p| message.starts_with(p)) && message.contains("Broken pipe")
 }
 
 /// Keeps the default panic report for every panic but a broken pipe.
@@ -197,7 +190,7 @@ mod tests {
             ("failed printing to stderr: Broken pipe (os error 32)", true),
             ("index out of bounds", false),
             (
-                "failed printing to stdout: No space left on device (os error 28)",
+                "failed printing to stdout: No space left (os error 28)",
                 false,
             ),
         ] {

@@ -43,21 +43,18 @@ impl Process {
     /// A process with only `vars` in its environment (for tests).
     #[cfg(test)]
     pub(crate) fn with(root: &Path, cwd: &Path, vars: &[(&str, &str)]) -> Process {
-        let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let vars = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let (root, cwd) = (root.to_path_buf(), cwd.to_path_buf());
-        Process {
-            root,
-            cwd,
-            vars: vars.collect(),
-        }
+        Process { root, cwd, vars }
     }
 
     /// An environment variable; an empty one counts as unset.
     pub(crate) fn var(&self, name: &str) -> Option<&str> {
-        self.vars
-            .get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
+        let value = self.vars.get(name)?;
+        (!value.is_empty()).then_some(value.as_str())
     }
 
     /// A path from the command line or the environment, made absolute from
@@ -162,15 +159,13 @@ pub(crate) fn normalize(p: &Path) -> PathBuf {
 /// `path` relative to `root` when inside it (also when one of them is
 /// reached through a symlink, such as a temp folder), else as given.
 pub(crate) fn shown_from(root: &Path, path: &Path) -> String {
-    if let Ok(rel) = path.strip_prefix(root) {
-        return rel.display().to_string();
-    }
-    if let (Ok(root), Some(real)) = (std::fs::canonicalize(root), canonical_prefix(path)) {
-        if let Ok(rel) = real.strip_prefix(&root) {
-            return rel.display().to_string();
-        }
-    }
-    path.display().to_string()
+    let through_symlinks = || {
+        let (root, real) = (std::fs::canonicalize(root).ok()?, canonical_prefix(path)?);
+        Some(real.strip_prefix(root).ok()?.to_path_buf())
+    };
+    let rel = path.strip_prefix(root).map(Path::to_path_buf).ok();
+    let rel = rel.or_else(through_symlinks);
+    rel.as_deref().unwrap_or(path).display().to_string()
 }
 
 /// The canonical form of the longest existing ancestor of `path`, with the rest appended.
@@ -193,10 +188,8 @@ mod tests {
         for bad in ["../local", "/etc", "a/b", "..", ".", ""] {
             let err = require_env(root, bad, false).unwrap_err();
             assert!(err.is::<crate::UsageError>(), "{bad}");
-            assert!(
-                err.to_string().contains("local, production, staging"),
-                "{err}"
-            );
+            let listed = err.to_string().contains("local, production, staging");
+            assert!(listed, "{err}");
         }
         let err = require_env(root, "nope", true).unwrap_err();
         assert!(err.is::<crate::UsageError>());

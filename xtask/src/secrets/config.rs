@@ -567,10 +567,8 @@ mod tests {
         let root = scratch("wait");
         let env = [(WAIT_ATTEMPTS, "7"), (WAIT_SLEEP, "0.5")];
         let cfg = loaded(&root, &env);
-        assert_eq!(
-            (cfg.wait.attempts, cfg.wait.sleep),
-            (7, Duration::from_millis(500))
-        );
+        let wait = (cfg.wait.attempts, cfg.wait.sleep);
+        assert_eq!(wait, (7, Duration::from_millis(500)));
         let wait_attempts = Some(3);
         let mut flags = FlagValues {
             wait_attempts,
