@@ -450,37 +450,31 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
+    let path = path.display();
     // The error's position and message only: toml's own text quotes the
     // line, which may hold vault.token.
     let table: toml::Table = toml::from_str(&text).map_err(|e| {
         let (line, col) = e.span().map_or((1, 1), |span| line_col(&text, span.start));
         let message = e.message().trim_end();
         anyhow::anyhow!(
-            "{}:{line}:{col}: {message}. Fix the file (see secrets.toml for the keys)",
-            path.display()
+            "{path}:{line}:{col}: {message}. Fix the file (see secrets.toml for the keys)"
         )
     })?;
     let mut out = BTreeMap::new();
     flatten("", &table, &mut out);
     let known = |k: &str| !NOT_IN_FILES.contains(&k) && SETTINGS.iter().any(|s| s.0 == k);
     if let Some(unknown) = out.keys().find(|k| !known(k)) {
-        bail!(
-            "{}: unknown key {unknown}. Fix the file (see secrets.toml for the keys)",
-            path.display()
-        );
+        bail!("{path}: unknown key {unknown}. Fix the file (see secrets.toml for the keys)");
     }
     Ok(out)
 }
 
+/// `table`'s values into `out`, each under `prefix` (empty, or ending in `.`).
 fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>) {
     for (k, v) in table {
-        let key = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
+        let key = format!("{prefix}{k}");
         match v {
-            toml::Value::Table(t) => flatten(&key, t, out),
+            toml::Value::Table(t) => flatten(&format!("{key}."), t, out),
             toml::Value::Array(items) => {
                 out.insert(key, items.iter().map(scalar).collect::<Vec<_>>().join(", "));
             }
