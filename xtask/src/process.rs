@@ -420,23 +420,21 @@ impl Drop for FinishRegardless {
 mod tests {
     use super::*;
 
+    /// `script` in `sh`, with `$V` a value that must never reach a message.
     fn sh(script: &str) -> Tool {
-        Tool::new("sh").args(["-c", script])
+        Tool::new("sh")
+            .args(["-c", script])
+            .env("V", "canary-on-stdout")
     }
 
     #[test]
     fn run_returns_stdout_and_fails_with_stderr_only() {
-        let out =
-            sh("echo \"${VAULT_TOKEN-unset} ${BAO_TOKEN-unset}\"").env("VAULT_TOKEN", "given");
-        let out = out.run().unwrap();
+        let out = sh("echo \"${VAULT_TOKEN-unset} ${BAO_TOKEN-unset}\"");
+        let out = out.env("VAULT_TOKEN", "given").run().unwrap();
         assert_eq!(out, "given unset\n", "explicit token only");
         // Some children print what they read on stdout: a failure never repeats it.
         let failing = sh("echo \"$V\"; echo first >&2; echo boom >&2; exit 3");
-        let err = failing
-            .env("V", "canary-on-stdout")
-            .run()
-            .unwrap_err()
-            .to_string();
+        let err = failing.run().unwrap_err().to_string();
         assert!(err.contains("(exit 3): first\n  boom"), "{err}");
         assert!(!err.contains("canary-on-stdout"), "{err}");
     }
@@ -445,7 +443,6 @@ mod tests {
     fn a_call_past_its_deadline_is_killed_and_quotes_only_its_stderr() {
         let start = Instant::now();
         let err = sh("echo \"$V\"; echo waiting for the lock >&2; exec sleep 30")
-            .env("V", "canary-on-stdout")
             .deadline(Duration::from_millis(300))
             .timeout_hint("raise helmfile.sync_timeout_secs")
             .output()
@@ -463,10 +460,8 @@ mod tests {
     fn a_missing_program_says_how_to_install_it() {
         let missing = Tool::new("xtask-no-such-tool").install_hint("run `cargo xtask tools`");
         let err = missing.run().unwrap_err().to_string();
-        assert!(
-            err.contains("not installed") && err.contains("cargo xtask tools"),
-            "{err}"
-        );
+        assert!(err.contains("not installed"), "{err}");
+        assert!(err.contains("cargo xtask tools"), "{err}");
     }
 
     #[test]
