@@ -1,7 +1,5 @@
-//! `cargo xtask bench`: builds and runs the benchmark, the `xtask-bench`
-//! crate (`xtask/bench/`), a workspace member outside the product. It
-//! measures this very binary (`XTASK_BIN`), the one `cargo xtask` runs, as
-//! a user runs it; nothing in the product knows it is measured.
+//! `cargo xtask bench`: runs the `xtask-bench` crate (`xtask/bench/`), which
+//! measures this very binary (`XTASK_BIN`) as a user runs it.
 
 // A developer command: its children run through xshell (see clippy.toml).
 #![allow(clippy::disallowed_macros)]
@@ -24,12 +22,12 @@ pub(crate) fn run(flags: &flags::Bench, process: &Process) -> Result<()> {
     }
     let exe = std::env::current_exe()?;
     // Release: the ceiling is the bench's own client, at its fastest.
-    cmd!(
+    let bench = cmd!(
         sh,
         "cargo run --quiet --release -p xtask-bench -- {args...}"
-    )
-    .env("XTASK_BIN", exe)
-    .run()
-    .context("the benchmark failed")?;
-    Ok(())
+    );
+    bench
+        .env("XTASK_BIN", exe)
+        .run()
+        .context("the benchmark failed")
 }

@@ -1,14 +1,10 @@
-//! Command-line flags. The doc comments below are the `--help` text.
-//!
-//! Values with a fixed set of names (`--provider`, `--to`, ...) are enums
-//! declared with [`named!`]: one table of names per enum, which `Display`,
-//! `FromStr` and serde all read.
+//! Command-line flags. The doc comments below are the `--help` text; values
+//! with a fixed set of names are enums declared with [`named!`].
 
 use std::path::PathBuf;
 
-/// Declares an enum whose variants each have one name: the only table of
-/// them. It derives `as_str`, `ALL`, `Display`, `FromStr` (an unknown name
-/// is refused with the known ones listed) and serde as that name.
+/// An enum whose variants each have one name, which `as_str`, `ALL`,
+/// `Display`, `FromStr` (listing the known names) and serde all read.
 #[macro_export]
 macro_rules! named {
     ($(#[$meta:meta])* $vis:vis enum $name:ident ($what:literal) {
@@ -19,10 +15,8 @@ macro_rules! named {
         $vis enum $name { $($(#[$vmeta])* $variant,)+ }
 
         impl $name {
-            /// Every variant, in declaration order.
             $vis const ALL: &'static [$name] = &[$($name::$variant,)+];
 
-            /// The variant's one name.
             $vis fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $text,)+ }
             }
@@ -138,6 +132,7 @@ impl Xtask {
         let XtaskCmd::Secrets(secrets) = &self.subcommand else {
             return Ok(());
         };
+        const TEXT_JSON: &[Format] = &[Format::Text, Format::Json];
         let (quiet_verbose, output, formats) = match &secrets.subcommand {
             SecretsCmd::Seed(f) => {
                 if f.render.is_some() && f.out.is_none() {
@@ -148,14 +143,10 @@ impl Xtask {
                 if f.render.is_none() && f.out.is_some() {
                     crate::usage!("--out goes with --render eso-fake|secrets");
                 }
-                (
-                    f.quiet && f.verbose,
-                    f.output,
-                    &[Format::Text, Format::Json][..],
-                )
+                (f.quiet && f.verbose, f.output, TEXT_JSON)
             }
             SecretsCmd::Check(f) => (f.quiet && f.verbose, f.output, Format::ALL),
-            SecretsCmd::Status(f) => (false, f.output, &[Format::Text, Format::Json][..]),
+            SecretsCmd::Status(f) => (false, f.output, TEXT_JSON),
             _ => return Ok(()),
         };
         if quiet_verbose {
@@ -163,10 +154,8 @@ impl Xtask {
         }
         if let Some(format) = output.filter(|f| !formats.contains(f)) {
             let names: Vec<&str> = formats.iter().map(|f| f.as_str()).collect();
-            crate::usage!(
-                "--output {format} is not supported here: use {}",
-                names.join(", ")
-            );
+            let names = names.join(", ");
+            crate::usage!("--output {format} is not supported here: use {names}");
         }
         Ok(())
     }

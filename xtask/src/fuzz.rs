@@ -1,7 +1,6 @@
-//! `cargo xtask fuzz`: cargo fuzz (libFuzzer) over the fixture parser, the
-//! manifest scanner and the flag editor, seeded from `fuzz/corpus/`. New
-//! inputs go to a scratch folder, so the committed corpus only grows on
-//! purpose. Needs the nightly toolchain and cargo-fuzz (installed on demand).
+//! `cargo xtask fuzz`: cargo fuzz over the fixture parser, the manifest
+//! scanner and the flag editor, seeded from `fuzz/corpus/`; new inputs go to
+//! a scratch folder, so the committed corpus only grows on purpose.
 
 // A developer command: its children run through xshell (see clippy.toml).
 #![allow(clippy::disallowed_macros)]
@@ -73,11 +72,8 @@ pub(crate) fn run_targets(root: &Path, targets: &[&str], seconds: u64) -> Result
             )
         })?;
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let runs = stderr
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("Done "))
-            .unwrap_or("done");
+        let runs = stderr.lines().rev().find(|l| l.starts_with("Done "));
+        let runs = runs.unwrap_or("done");
         eprintln!("fuzz {target}: {runs}");
     }
     Ok(())

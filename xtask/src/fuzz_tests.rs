@@ -1,8 +1,6 @@
-//! Randomised robustness tests (deterministic seeds, so failures reproduce):
-//! the fixture parser, the manifest scanner and the flag editor never panic
-//! on mangled input, and the flag editor keeps every byte but the value or
-//! refuses. `cargo fuzz` needs a nightly toolchain this project cannot
-//! fetch; these run on every `cargo test` instead.
+//! Randomised robustness tests with fixed seeds, run on every `cargo test`:
+//! the parsers never panic on mangled input, and the flag editor keeps every
+//! byte but the value or refuses.
 
 use crate::secrets::config::ProviderKind;
 use crate::secrets::{fixtures, flagfile, scan};
@@ -28,8 +26,7 @@ fn mangle(rng: &mut Rng, seed: &str) -> String {
             1 if !s.is_empty() => {
                 let from = rng.usize(..s.len());
                 let end = (from + rng.usize(..12)).min(s.len());
-                let piece: Vec<char> = s[from..end].to_vec();
-                s.splice(at..at, piece);
+                s.splice(at..at, s[from..end].to_vec());
             }
             2 => drop(s.splice(at..at, WORDS[rng.usize(..WORDS.len())].chars())),
             _ => drop(s.splice(at..at, PIECES[rng.usize(..PIECES.len())].chars())),
@@ -51,16 +48,10 @@ fn flag_editor_keeps_every_other_byte_or_refuses() {
         };
         for to in [ProviderKind::Vault, ProviderKind::Azure] {
             if let Ok(out) = flagfile::set(&text, "f", to) {
-                assert_eq!(
-                    &out[..flag.start],
-                    &text[..flag.start],
-                    "prefix changed for {text:?}"
-                );
-                assert_eq!(
-                    &out[flag.start + to.as_str().len()..],
-                    &text[flag.end..],
-                    "suffix changed for {text:?}"
-                );
+                let (prefix, suffix) = out.split_at(flag.start);
+                assert_eq!(prefix, &text[..flag.start], "prefix changed for {text:?}");
+                let suffix = &suffix[to.as_str().len()..];
+                assert_eq!(suffix, &text[flag.end..], "suffix changed for {text:?}");
                 assert_eq!(flagfile::find(&out, "f").unwrap().value, to.as_str());
                 edited += 1;
             }

@@ -1,12 +1,6 @@
-//! `cargo xtask`: repository automation, in the style of rust-analyzer's xtask.
-//!
-//! [`run_cli`] parses flags and dispatches; each command lives in its own
-//! module with a `run`. See `flags.rs` for the `--help` text and DEVELOPERS.md
-//! for the layout. A library so the fuzz targets in `fuzz/` can call the
-//! parsers; `main.rs` is one line.
-
-// `unsafe` only where the process layer (signals, descriptors, prctl) needs
-// libc: every other module is refused it (workspace lint `unsafe_code`).
+//! `cargo xtask`: repository automation, in the style of rust-analyzer's
+//! xtask. [`run_cli`] parses flags and dispatches to each command's `run`;
+//! a library so the fuzz targets in `fuzz/` can call the parsers.
 
 mod bench;
 // xflags writes its structs `pub`; the module is private all the same.
@@ -17,7 +11,7 @@ mod fuzz;
 mod help;
 mod output;
 mod pool;
-#[allow(unsafe_code)]
+#[allow(unsafe_code)] // libc for signals, descriptors and prctl; nowhere else.
 mod process;
 mod project;
 mod secrets;
@@ -35,8 +29,7 @@ use std::process::ExitCode;
 #[cfg(test)]
 use project::project_root;
 
-/// What the fuzz targets in `fuzz/` call: the parsers, and nothing else of
-/// the crate is public.
+/// What the fuzz targets in `fuzz/` call: the only public part of the crate.
 pub mod fuzzing {
     pub use crate::flags::ProviderKind;
     pub use crate::secrets::fixtures::{parse as parse_fixtures, valid_name, MAX_VALUE_BYTES};
@@ -49,26 +42,27 @@ pub const EXIT_USAGE: u8 = 2;
 /// Exit code when some writes landed and some did not: re-run to finish.
 pub const EXIT_PARTIAL: u8 = 3;
 
-/// A mistake in the command line. Exits 2.
+/// A mistake in the command line (exit 2).
 #[derive(Debug)]
 pub struct UsageError(pub String);
+
+/// Some of the work landed and some did not; the message lists both (exit 3).
+#[derive(Debug)]
+pub struct PartialError(pub String);
 
 impl std::fmt::Display for UsageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
 }
-impl std::error::Error for UsageError {}
-
-/// Some of the work landed and some did not; the message lists both. Exits 3.
-#[derive(Debug)]
-pub struct PartialError(pub String);
 
 impl std::fmt::Display for PartialError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
 }
+
+impl std::error::Error for UsageError {}
 impl std::error::Error for PartialError {}
 
 /// Shorthand for returning a [`UsageError`].
@@ -78,13 +72,9 @@ macro_rules! usage {
 }
 
 /// Parses the command line, runs the command, and maps errors to exit codes.
-///
-/// A closed standard output or error (`status | head -1`) ends a command
-/// that only reads quietly with exit 0, as `rg` and `fd` do: `print!`
-/// panics on a broken pipe, and we catch that one panic (so destructors
-/// still stop any port-forward) and say nothing about it. A command that
-/// changes state finishes instead, whatever happens to its output or its
-/// terminal, and exits with its own code ([`changes_state`]).
+/// A closed stdout or stderr ends a read-only command quietly with exit 0,
+/// as `rg` does: we catch `print!`'s broken-pipe panic (so destructors still
+/// run). A command that changes state finishes instead ([`secrets_command`]).
 pub fn run_cli() -> ExitCode {
     quiet_broken_pipe_panics();
     match std::panic::catch_unwind(run_cli_inner) {
@@ -98,29 +88,26 @@ fn run_cli_inner() -> ExitCode {
     let flags = match flags::Xtask::from_env() {
         Ok(flags) => flags,
         Err(err) if err.is_help() => {
-            let path: Vec<String> = std::env::args()
-                .skip(1)
-                .take_while(|a| a != "--help" && a != "-h")
-                .filter(|a| !a.starts_with('-'))
-                .collect();
+            let args = std::env::args().skip(1);
+            let args = args.take_while(|a| a != "--help" && a != "-h");
+            let path: Vec<String> = args.filter(|a| !a.starts_with('-')).collect();
             print!("{}", help::focused(&err.to_string(), &path));
             return ExitCode::SUCCESS;
         }
         Err(err) => {
-            say_error(&format!(
-                "{err}\nRun `cargo xtask --help` (or `cargo xtask secrets --help`) for usage."
-            ));
+            let hint = "Run `cargo xtask --help` (or `cargo xtask secrets --help`) for usage.";
+            say_error(&format!("{err}\n{hint}"));
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let (env, known_here, changes_state) = secrets_command(&flags.subcommand);
     // Held to the end, past the error message: see `process::FinishRegardless`.
-    let _finish = changes_state(&flags.subcommand).then(process::finish_regardless);
-    // The process state every command reads: read once, here.
+    let _finish = changes_state.then(process::finish_regardless);
     let state = project::Process::read();
-    if let Err(err) = flags
-        .validate()
-        .and_then(|()| check_env_flag(&flags.subcommand, &state.root))
-    {
+    // An `--env` the repository does not have is a usage error too.
+    let require_env = |env| project::require_env(&state.root, env, known_here);
+    let env_known = |()| env.map_or(Ok(()), require_env);
+    if let Err(err) = flags.validate().and_then(env_known) {
         say_error(&format!("{err:#}"));
         return ExitCode::from(EXIT_USAGE);
     }
@@ -131,55 +118,32 @@ fn run_cli_inner() -> ExitCode {
         flags::XtaskCmd::Fuzz(cmd) => fuzz::run(&cmd, &state),
         flags::XtaskCmd::Secrets(cmd) => secrets::run(cmd, &state),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            let code = if err.downcast_ref::<UsageError>().is_some() {
-                EXIT_USAGE
-            } else if err.downcast_ref::<PartialError>().is_some() {
-                EXIT_PARTIAL
-            } else {
-                1
-            };
-            say_error(&output::one_line_errors(&format!("{err:#}")));
-            ExitCode::from(code)
-        }
+    let Err(err) = result else {
+        return ExitCode::SUCCESS;
+    };
+    say_error(&output::one_line_errors(&format!("{err:#}")));
+    match () {
+        _ if err.is::<UsageError>() => ExitCode::from(EXIT_USAGE),
+        _ if err.is::<PartialError>() => ExitCode::from(EXIT_PARTIAL),
+        _ => ExitCode::FAILURE,
     }
 }
 
-/// Whether the command writes to a store, the flag file or the journal: a
-/// seed that is not a dry run, `migrate` and `rollback`. Such a command
-/// runs to its end (or its rollback) when its output or terminal goes away.
-fn changes_state(cmd: &flags::XtaskCmd) -> bool {
+/// Of a `secrets` command: its `--env`; whether that must name an
+/// environment of the repository (`check` may read another tree, `--infra`);
+/// and whether the command writes to a store, the flag file or the journal.
+fn secrets_command(cmd: &flags::XtaskCmd) -> (Option<&str>, bool, bool) {
+    use flags::SecretsCmd::*;
     let flags::XtaskCmd::Secrets(secrets) = cmd else {
-        return false;
+        return (None, true, false);
     };
     match &secrets.subcommand {
-        flags::SecretsCmd::Seed(f) => !f.dry_run,
-        flags::SecretsCmd::Migrate(f) => !f.dry_run,
-        flags::SecretsCmd::Rollback(f) => !f.dry_run,
-        _ => false,
-    }
-}
-
-/// Refuses an `--env` that names no environment of the repository (exit 2).
-/// `check` may read another infra tree (`--infra`): there only the name's
-/// form is checked here, and `check` itself knows that tree's environments.
-fn check_env_flag(cmd: &flags::XtaskCmd, root: &std::path::Path) -> anyhow::Result<()> {
-    let flags::XtaskCmd::Secrets(secrets) = cmd else {
-        return Ok(());
-    };
-    let (env, known_here) = match &secrets.subcommand {
-        flags::SecretsCmd::Seed(f) => (&f.env, true),
-        flags::SecretsCmd::Migrate(f) => (&f.env, true),
-        flags::SecretsCmd::Rollback(f) => (&f.env, true),
-        flags::SecretsCmd::Status(f) => (&f.env, true),
-        flags::SecretsCmd::Doctor(f) => (&f.env, true),
-        flags::SecretsCmd::Check(f) => (&f.env, false),
-    };
-    match env {
-        Some(env) => project::require_env(root, env, known_here),
-        None => Ok(()),
+        Seed(f) => (f.env.as_deref(), true, !f.dry_run),
+        Migrate(f) => (f.env.as_deref(), true, !f.dry_run),
+        Rollback(f) => (f.env.as_deref(), true, !f.dry_run),
+        Status(f) => (f.env.as_deref(), true, false),
+        Doctor(f) => (f.env.as_deref(), true, false),
+        Check(f) => (f.env.as_deref(), false, false),
     }
 }
 
@@ -191,18 +155,18 @@ fn say_error(message: &str) {
 
 /// The text of a panic payload (`panic!` with a literal or a format).
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    let text = payload.downcast_ref::<String>().map(String::as_str);
     payload
         .downcast_ref::<&str>()
         .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .or(text)
         .unwrap_or_default()
 }
 
 /// `print!`'s panic when the reader of stdout or stderr has gone away.
 fn is_broken_pipe(message: &str) -> bool {
-    (message.starts_with("failed printing to stdout")
-        || message.starts_with("failed printing to stderr"))
-        && message.contains("Broken pipe")
+    let printing = ["failed printing to stdout", "failed printing to stderr"];
+    printing.iter().any(|p| message.starts_with(p)) && message.contains("Broken pipe")
 }
 
 /// Keeps the default panic report for every panic but a broken pipe.
@@ -221,15 +185,16 @@ mod tests {
 
     #[test]
     fn only_a_closed_pipe_is_quiet() {
-        assert!(is_broken_pipe(
-            "failed printing to stdout: Broken pipe (os error 32)"
-        ));
-        assert!(is_broken_pipe(
-            "failed printing to stderr: Broken pipe (os error 32)"
-        ));
-        assert!(!is_broken_pipe("index out of bounds"));
-        assert!(!is_broken_pipe(
-            "failed printing to stdout: No space left on device (os error 28)"
-        ));
+        for (message, quiet) in [
+            ("failed printing to stdout: Broken pipe (os error 32)", true),
+            ("failed printing to stderr: Broken pipe (os error 32)", true),
+            ("index out of bounds", false),
+            (
+                "failed printing to stdout: No space left (os error 28)",
+                false,
+            ),
+        ] {
+            assert_eq!(is_broken_pipe(message), quiet, "{message}");
+        }
     }
 }

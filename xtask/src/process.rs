@@ -1,11 +1,8 @@
-//! Every child process (kubectl, helmfile, az, git, bao): one way to run
-//! them, on duct, with a deadline, drained pipes, the tool's own words on
-//! failure, and long-running children killed on drop.
-//!
-//! Never put a secret value in [`Tool`]'s arguments or environment: pass it
-//! in a `fsutil::PrivateTempFile`; a child's stdin is `/dev/null`. No child inherits
-//! our Vault token ([`TOKEN_VARS`]); one that needs it (a `bao` CLI) gets it
-//! with an explicit [`Tool::env`].
+//! Every child process: on duct, with a deadline, drained pipes, the tool's
+//! own words on failure, and long-running children killed on drop. Never put
+//! a secret in [`Tool`]'s arguments or environment (pass a
+//! `fsutil::PrivateTempFile`); no child inherits our Vault token
+//! ([`TOKEN_VARS`]) unless given it with [`Tool::env`].
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
@@ -23,15 +20,13 @@ use anyhow::{anyhow, bail, Context, Result};
 /// The deadline of a call that does not set its own.
 pub(crate) const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Variables that hold a Vault token: removed from every child's
-/// environment unless the call sets them itself.
+/// Variables that hold a Vault token: removed from every child's environment.
 pub(crate) const TOKEN_VARS: [&str; 2] = ["VAULT_TOKEN", "BAO_TOKEN"];
 
 /// How many of a child's last output lines an error message quotes.
 const TAIL_LINES: usize = 8;
 
-/// One child process to run. Build it, then [`Tool::output`],
-/// [`Tool::run`] or [`Tool::spawn`].
+/// One child process to run.
 #[derive(Clone, Default)]
 pub(crate) struct Tool {
     program: OsString,
@@ -64,8 +59,8 @@ impl Tool {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args
-            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        let args = args.into_iter().map(|a| a.as_ref().to_owned());
+        self.args.extend(args);
         self
     }
 
@@ -75,8 +70,8 @@ impl Tool {
     }
 
     pub(crate) fn env(mut self, name: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Tool {
-        self.env
-            .push((name.as_ref().to_owned(), value.as_ref().to_owned()));
+        let (name, value) = (name.as_ref().to_owned(), value.as_ref().to_owned());
+        self.env.push((name, value));
         self
     }
 
@@ -86,7 +81,7 @@ impl Tool {
         self
     }
 
-    /// What to do when the program is not installed, e.g. "run `cargo xtask tools`".
+    /// What to do when the program is not installed.
     pub(crate) fn install_hint(mut self, hint: impl Into<String>) -> Tool {
         self.install_hint = Some(hint.into());
         self
@@ -98,17 +93,15 @@ impl Tool {
         self
     }
 
-    /// Linux: the child gets SIGTERM when the thread that starts it ends,
-    /// however it ends, so a process killed with SIGKILL leaves no
-    /// long-running child behind. Elsewhere only [`Running`]'s drop stops it.
+    /// Linux: SIGTERM to the child when the thread that starts it ends, even
+    /// by SIGKILL. Elsewhere only [`Running`]'s drop stops it.
     pub(crate) fn die_with_parent(mut self) -> Tool {
         self.die_with_parent = true;
         self
     }
 
-    /// For [`Tool::spawn`]: lines that still reach [`Running::next_line`] but
-    /// are not kept for [`Running::last_lines`] (kubectl port-forward's
-    /// `Handling connection for N` would crowd out its error).
+    /// Lines not kept for [`Running::last_lines`] (they still reach
+    /// [`Running::next_line`]), such as `Handling connection for N`.
     pub(crate) fn noise(mut self, is_noise: fn(&str) -> bool) -> Tool {
         self.noise = Some(is_noise);
         self
@@ -128,8 +121,7 @@ impl Tool {
         if let Some(dir) = &self.dir {
             e = e.dir(dir);
         }
-        // duct applies the outermost setting first: the explicit variables
-        // go on the inside, so they win over the token removal.
+        // duct applies the outermost setting first: explicit variables win.
         for (k, v) in &self.env {
             e = e.env(k, v);
         }
@@ -145,10 +137,8 @@ impl Tool {
 
     fn spawn_error(&self, err: std::io::Error) -> anyhow::Error {
         let program = self.program.to_string_lossy();
-        let hint = self
-            .install_hint
-            .clone()
-            .unwrap_or_else(|| format!("install {program} and put it on PATH"));
+        let default_hint = || format!("install {program} and put it on PATH");
+        let hint = self.install_hint.clone().unwrap_or_else(default_hint);
         if err.kind() == std::io::ErrorKind::NotFound {
             anyhow!("{program} is not installed or not on PATH: {hint}")
         } else {
@@ -157,38 +147,27 @@ impl Tool {
     }
 
     /// Runs to completion with both pipes captured, whatever the exit
-    /// status. Fails only when the program cannot start or outlives its
-    /// deadline (it is then killed).
+    /// status. Fails only when it cannot start or outlives its deadline.
     pub(crate) fn output(&self) -> Result<Output> {
-        let handle = self
-            .expression()
-            .stdout_capture()
-            .stderr_capture()
-            .start()
-            .map_err(|e| self.spawn_error(e))?;
+        let captured = self.expression().stdout_capture().stderr_capture();
+        let handle = captured.start().map_err(|e| self.spawn_error(e))?;
         let waited = handle.wait_timeout(self.deadline);
         if let Some(out) = waited.with_context(|| format!("waiting for `{}`", self.display()))? {
             return Ok(out.clone());
         }
         let _ = handle.kill();
-        // What it said on stderr before it hung is often the reason. Never
-        // stdout, as in `failure`.
+        // What it said on stderr is often the reason; never stdout (see `failure`).
         let said = match handle.wait_timeout(Duration::from_secs(2)) {
             Ok(Some(out)) => tail(&String::from_utf8_lossy(&out.stderr), TAIL_LINES),
             _ => "no output".to_string(),
         };
-        bail!(
-            "`{}` did not finish within {} and was stopped (it said: {said}). {}",
-            self.display(),
-            seconds(self.deadline),
-            self.timeout_hint
-                .as_deref()
-                .unwrap_or("Run it by hand to see where it hangs.")
-        )
+        let (shown, within) = (self.display(), seconds(self.deadline));
+        let hint = self.timeout_hint.as_deref();
+        let hint = hint.unwrap_or("Run it by hand to see where it hangs.");
+        bail!("`{shown}` did not finish within {within} and was stopped (it said: {said}). {hint}")
     }
 
-    /// Runs to completion and returns stdout; a non-zero exit is an error
-    /// that quotes the last lines the tool wrote to stderr.
+    /// Runs to completion and returns stdout; a non-zero exit is [`Tool::failure`].
     pub(crate) fn run(&self) -> Result<String> {
         let out = self.output()?;
         if !out.status.success() {
@@ -198,28 +177,18 @@ impl Tool {
     }
 
     /// The error for a finished call that failed: exit code and the tail of
-    /// stderr. Never stdout: some children print what they read there
-    /// (`kubectl config view --raw`, `az keyvault secret show`).
+    /// stderr. Never stdout: some children print secrets they read there.
     pub(crate) fn failure(&self, out: &Output) -> anyhow::Error {
-        anyhow!(
-            "`{}` failed ({}): {}",
-            self.display(),
-            exit_text(out.status),
-            tail(&String::from_utf8_lossy(&out.stderr), TAIL_LINES)
-        )
+        let (shown, code) = (self.display(), exit_text(out.status));
+        let said = tail(&String::from_utf8_lossy(&out.stderr), TAIL_LINES);
+        anyhow!("`{shown}` failed ({code}): {said}")
     }
 
-    /// Starts a long-running child, killed on drop. Its stdout and stderr
-    /// are drained for its whole life (a Go program dies of SIGPIPE once its
-    /// stdout is closed) into [`Running::next_line`], the last few (less any
-    /// [`Tool::noise`]) kept for messages.
+    /// Starts a long-running child, killed on drop. Its output is drained for
+    /// its whole life (a Go program dies of SIGPIPE once stdout is closed).
     pub(crate) fn spawn(&self) -> Result<Running> {
-        let reader = self
-            .expression()
-            .stderr_to_stdout()
-            .reader()
-            .map_err(|e| self.spawn_error(e))?;
-        let reader = Arc::new(reader);
+        let reader = self.expression().stderr_to_stdout().reader();
+        let reader = Arc::new(reader.map_err(|e| self.spawn_error(e))?);
         let last = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
         let (tx, rx) = mpsc::channel();
         let (drained, kept, noise) = (Arc::clone(&reader), Arc::clone(&last), self.noise);
@@ -227,9 +196,8 @@ impl Tool {
         std::thread::spawn(move || {
             for line in BufReader::new(&*drained).split(b'\n') {
                 let Ok(line) = line else { break };
-                let line = String::from_utf8_lossy(&line)
-                    .trim_end_matches('\r')
-                    .to_string();
+                let line = String::from_utf8_lossy(&line);
+                let line = line.trim_end_matches('\r').to_string();
                 if !noise.is_some_and(|is_noise| is_noise(&line)) {
                     let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
                     if kept.len() == TAIL_LINES {
@@ -241,22 +209,21 @@ impl Tool {
                 let _ = tx.send(line);
             }
         });
+        let lines = rx;
         Ok(Running {
             reader,
             last,
-            lines: rx,
+            lines,
         })
     }
 }
 
-/// What a [`Running`] child did next.
+/// What a [`Running`] child did next: a line, nothing within the time
+/// given, or it closed its output (exited, every line read).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Next {
-    /// One line of its stdout or stderr.
     Line(String),
-    /// Nothing within the time given.
     Quiet,
-    /// It closed its output: it has exited, and every line was read.
     Ended,
 }
 
@@ -279,8 +246,7 @@ impl Running {
 
     /// How the child ended (`exit 1`, `killed by signal 13`), or `None` while it runs.
     pub(crate) fn exit_status(&self) -> Option<String> {
-        let out = self.reader.try_wait().ok().flatten();
-        out.map(|out| exit_text(out.status))
+        Some(exit_text(self.reader.try_wait().ok()??.status))
     }
 
     /// The last lines the child wrote (stdout and stderr), oldest first.
@@ -289,8 +255,8 @@ impl Running {
         tail(&Vec::from(last.clone()).join("\n"), TAIL_LINES)
     }
 
-    /// Kills the child and waits until every line is read and the child
-    /// reaped: 2 s at most, as a grandchild may hold the pipe open.
+    /// Kills the child and waits until every line is read: 2 s at most, as
+    /// a grandchild may hold the pipe open.
     pub(crate) fn stop(&mut self) {
         let _ = self.reader.kill();
         let until = Instant::now() + Duration::from_secs(2);
@@ -307,22 +273,17 @@ impl Drop for Running {
 /// `1.5 s`, `30 s`: a deadline for messages.
 pub(crate) fn seconds(d: Duration) -> String {
     let secs = d.as_secs_f64();
-    if secs.fract() == 0.0 {
-        format!("{secs:.0} s")
-    } else {
-        format!("{secs:.1} s")
-    }
+    let decimals = usize::from(secs.fract() != 0.0);
+    format!("{secs:.decimals$} s")
 }
 
-/// Between fork and exec: ask the kernel for SIGTERM when the parent thread
-/// ends, and give up if the parent is already gone.
+/// Between fork and exec: SIGTERM when the parent thread ends; give up if it is gone.
 #[cfg(target_os = "linux")]
 fn die_with_parent(cmd: &mut std::process::Command) -> std::io::Result<()> {
     use std::os::unix::process::CommandExt;
     let parent = std::process::id();
-    // SAFETY: the closure runs in the forked child before exec and calls
-    // only async-signal-safe functions (prctl, getppid); it allocates
-    // nothing on success.
+    // SAFETY: runs in the forked child before exec; only async-signal-safe
+    // calls (prctl, getppid), no allocation on success.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
@@ -348,41 +309,32 @@ pub(crate) fn exit_text(status: std::process::ExitStatus) -> String {
 
 /// The last `n` non-empty lines of `text`, joined for one message.
 pub(crate) fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::trim_end)
-        .collect();
+    let lines = text.lines().filter(|l| !l.trim().is_empty());
+    let lines: Vec<&str> = lines.map(str::trim_end).collect();
     if lines.is_empty() {
         return "no output".to_string();
     }
     lines[lines.len().saturating_sub(n)..].join("\n  ")
 }
 
-/// Keeps a command that changes state (a seed that writes, `migrate`,
-/// `rollback`) running to its end and its real exit code when its output
-/// loses its reader: `| head` closed the pipe, or the terminal was closed.
-///
-/// SIGHUP is ignored; children inherit that, so a `helmfile sync` under way
-/// finishes too (their PR_SET_PDEATHSIG is untouched). Standard output and
-/// error are moved onto a pipe of ours whose thread copies to where they
-/// pointed and, once that fails, drops the rest, so `println!` never meets a
-/// closed pipe (it would panic). Both on one file (a terminal, `2>&1`) share
-/// one pipe, which keeps their order. Dropping it puts both back.
+/// Keeps a command that changes state running to its end and its real exit
+/// code when its output loses its reader (`| head`, a closed terminal).
+/// SIGHUP is ignored (children inherit that). Stdout and stderr are moved
+/// onto a pipe of ours whose thread copies to where they pointed and, once
+/// that fails, drops the rest, so `println!` never panics. Both on one file
+/// share one pipe, which keeps their order. Dropping it puts both back.
 pub(crate) struct FinishRegardless {
     copies: Vec<Copier>,
 }
 
-/// The descriptors moved onto one pipe, the file they pointed to, and the
-/// thread copying there.
+/// The descriptors moved onto one pipe, the file they pointed to, and its copier.
 struct Copier {
     fds: Vec<i32>,
     original: File,
     thread: std::thread::JoinHandle<()>,
 }
 
-/// Whether standard error was a terminal before [`finish_regardless`]
-/// moved it onto a pipe.
+/// Whether stderr was a terminal before [`finish_regardless`] moved it.
 static STDERR_TERMINAL: AtomicBool = AtomicBool::new(false);
 
 /// Starts [`FinishRegardless`] for the rest of the command.
@@ -393,31 +345,30 @@ pub(crate) fn finish_regardless() -> FinishRegardless {
     STDERR_TERMINAL.store(std::io::stderr().is_terminal(), Ordering::Relaxed);
     let _ = std::io::stdout().flush();
     // Which file each descriptor is, before either moves (a closed one stays).
-    let out = std::io::stdout()
-        .as_fd()
-        .try_clone_to_owned()
-        .map(File::from);
-    let err = std::io::stderr()
-        .as_fd()
-        .try_clone_to_owned()
-        .map(File::from);
+    let dup = |fd: std::os::fd::BorrowedFd| fd.try_clone_to_owned().map(File::from);
+    let (out, err) = (
+        dup(std::io::stdout().as_fd()),
+        dup(std::io::stderr().as_fd()),
+    );
     let id = |f: &File| f.metadata().ok().map(|m| (m.dev(), m.ino()));
     let groups: Vec<(Vec<i32>, File)> = match (out, err) {
         (Ok(out), Ok(err)) if id(&out).is_some() && id(&out) == id(&err) => vec![(vec![1, 2], out)],
-        (out, err) => [(1, out), (2, err)]
-            .into_iter()
-            .filter_map(|(fd, file)| Some((vec![fd], file.ok()?)))
-            .collect(),
+        (out, err) => {
+            let files = [(1, out), (2, err)].into_iter();
+            files
+                .filter_map(|(fd, file)| Some((vec![fd], file.ok()?)))
+                .collect()
+        }
     };
     let copies = groups
         .into_iter()
-        .filter_map(|(fds, original)| Copier::start(fds, original).ok())
-        .collect();
-    FinishRegardless { copies }
+        .map(|(fds, file)| Copier::start(fds, file));
+    FinishRegardless {
+        copies: copies.flatten().collect(),
+    }
 }
 
-/// Whether standard error is (or, under [`finish_regardless`], was) a
-/// terminal: for progress lines.
+/// Whether stderr is (or, under [`finish_regardless`], was) a terminal.
 pub(crate) fn stderr_is_terminal() -> bool {
     STDERR_TERMINAL.load(Ordering::Relaxed) || std::io::stderr().is_terminal()
 }
@@ -426,14 +377,13 @@ impl Copier {
     fn start(fds: Vec<i32>, original: File) -> std::io::Result<Copier> {
         let (mut from, writer) = std::io::pipe()?;
         let mut to = original.try_clone()?;
-        let thread = std::thread::Builder::new()
-            .name("output".into())
-            .spawn(move || {
-                // Once the reader of `to` is gone, read and drop the rest.
-                if std::io::copy(&mut from, &mut to).is_err() {
-                    let _ = std::io::copy(&mut from, &mut std::io::sink());
-                }
-            })?;
+        let thread = std::thread::Builder::new().name("output".into());
+        let thread = thread.spawn(move || {
+            // Once the reader of `to` is gone, read and drop the rest.
+            if std::io::copy(&mut from, &mut to).is_err() {
+                let _ = std::io::copy(&mut from, &mut std::io::sink());
+            }
+        })?;
         // SAFETY: dup2 onto a standard descriptor of ours; on failure it
         // keeps pointing where it did.
         let moved = |fd: &i32| unsafe { libc::dup2(writer.as_raw_fd(), *fd) } >= 0;
@@ -470,21 +420,21 @@ impl Drop for FinishRegardless {
 mod tests {
     use super::*;
 
+    /// `script` in `sh`, with `$V` a value that must never reach a message.
+    fn sh(script: &str) -> Tool {
+        Tool::new("sh")
+            .args(["-c", script])
+            .env("V", "canary-on-stdout")
+    }
+
     #[test]
     fn run_returns_stdout_and_fails_with_stderr_only() {
-        let out = Tool::new("sh")
-            .args(["-c", "echo \"${VAULT_TOKEN-unset} ${BAO_TOKEN-unset}\""])
-            .env("VAULT_TOKEN", "given")
-            .run()
-            .unwrap();
+        let out = sh("echo \"${VAULT_TOKEN-unset} ${BAO_TOKEN-unset}\"");
+        let out = out.env("VAULT_TOKEN", "given").run().unwrap();
         assert_eq!(out, "given unset\n", "explicit token only");
         // Some children print what they read on stdout: a failure never repeats it.
-        let err = Tool::new("sh")
-            .args(["-c", "echo \"$V\"; echo first >&2; echo boom >&2; exit 3"])
-            .env("V", "canary-on-stdout")
-            .run()
-            .unwrap_err()
-            .to_string();
+        let failing = sh("echo \"$V\"; echo first >&2; echo boom >&2; exit 3");
+        let err = failing.run().unwrap_err().to_string();
         assert!(err.contains("(exit 3): first\n  boom"), "{err}");
         assert!(!err.contains("canary-on-stdout"), "{err}");
     }
@@ -492,12 +442,7 @@ mod tests {
     #[test]
     fn a_call_past_its_deadline_is_killed_and_quotes_only_its_stderr() {
         let start = Instant::now();
-        let err = Tool::new("sh")
-            .args([
-                "-c",
-                "echo \"$V\"; echo waiting for the lock >&2; exec sleep 30",
-            ])
-            .env("V", "canary-on-stdout")
+        let err = sh("echo \"$V\"; echo waiting for the lock >&2; exec sleep 30")
             .deadline(Duration::from_millis(300))
             .timeout_hint("raise helmfile.sync_timeout_secs")
             .output()
@@ -513,11 +458,8 @@ mod tests {
 
     #[test]
     fn a_missing_program_says_how_to_install_it() {
-        let err = Tool::new("xtask-no-such-tool")
-            .install_hint("run `cargo xtask tools`")
-            .run()
-            .unwrap_err()
-            .to_string();
+        let missing = Tool::new("xtask-no-such-tool").install_hint("run `cargo xtask tools`");
+        let err = missing.run().unwrap_err().to_string();
         assert!(err.contains("not installed"), "{err}");
         assert!(err.contains("cargo xtask tools"), "{err}");
     }
@@ -526,14 +468,12 @@ mod tests {
     fn a_spawned_child_is_drained_for_its_whole_life_and_killed_on_drop() {
         // About 120 KiB at once, more than a pipe holds (64 KiB), then a
         // marker, then a line every 5 ms: undrained, the writes would block.
-        let running = Tool::new("sh")
-            .args([
-                "-c",
-                "yes 0123456789012345678901234567890123456789 | head -n 3000; \
-                 echo marker; i=0; while :; do echo line $i; i=$((i+1)); sleep 0.005; done",
-            ])
-            .spawn()
-            .unwrap();
+        let running = sh(
+            "yes 0123456789012345678901234567890123456789 | head -n 3000; \
+             echo marker; i=0; while :; do echo line $i; i=$((i+1)); sleep 0.005; done",
+        )
+        .spawn()
+        .unwrap();
         let mut bytes = 0;
         loop {
             match running.next_line(Duration::from_secs(5)) {
@@ -544,36 +484,26 @@ mod tests {
         }
         assert!(bytes > 64 * 1024, "only {bytes} bytes before the marker");
         std::thread::sleep(Duration::from_millis(300));
-        assert!(
-            matches!(running.reader.try_wait(), Ok(None)),
-            "still running"
-        );
+        assert_eq!(running.exit_status(), None, "still running");
         assert!(running.last_lines().contains("line "));
         let pid = running.reader.pids()[0];
         drop(running);
-        assert!(
-            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-            "the child outlived its handle"
-        );
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        assert!(!alive, "the child outlived its handle");
     }
 
     #[test]
     fn a_spawned_child_reports_its_lines_its_quiet_its_end_and_its_exit() {
-        let running = Tool::new("sh")
-            .args([
-                "-c",
-                "echo one; echo noise 1; echo two >&2; sleep 1; exit 4",
-            ])
+        let child = sh("echo one; echo noise 1; echo two >&2; sleep 1; exit 4");
+        let running = child
             .noise(|line| line.starts_with("noise"))
             .spawn()
             .unwrap();
         let lines: Vec<Next> = (0..3)
             .map(|_| running.next_line(Duration::from_secs(5)))
             .collect();
-        assert_eq!(
-            lines,
-            ["one", "noise 1", "two"].map(|l| Next::Line(l.into()))
-        );
+        let want = ["one", "noise 1", "two"].map(|l| Next::Line(l.into()));
+        assert_eq!(lines, want);
         assert_eq!(running.next_line(Duration::from_millis(100)), Next::Quiet);
         assert_eq!(running.exit_status(), None);
         assert_eq!(running.next_line(Duration::from_secs(5)), Next::Ended);

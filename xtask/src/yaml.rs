@@ -1,6 +1,5 @@
 //! YAML with line numbers: a small tree built from yaml-rust2's events.
-//! Aliases share their anchor's node, and a document expanding past a node
-//! budget through them (an alias bomb) is an error instead of a hang.
+//! Aliases share their anchor's node; an alias bomb is an error, not a hang.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -49,14 +48,12 @@ impl Node {
         if let Some((_, v)) = entries.iter().find(|(k, _)| k.as_str() == Some(key)) {
             return Some(v);
         }
-        entries
-            .iter()
-            .filter(|(k, _)| k.as_str() == Some("<<"))
-            .find_map(|(_, v)| match &**v {
-                Node::Map(..) => v.get(key),
-                Node::Seq(items, _) => items.iter().find_map(|m| m.get(key)),
-                _ => None,
-            })
+        let merged = entries.iter().filter(|(k, _)| k.as_str() == Some("<<"));
+        merged.map(|(_, v)| v).find_map(|v| match &**v {
+            Node::Map(..) => v.get(key),
+            Node::Seq(items, _) => items.iter().find_map(|m| m.get(key)),
+            _ => None,
+        })
     }
 
     /// A scalar under `key`.
@@ -90,7 +87,7 @@ impl std::fmt::Display for YamlError {
 pub(crate) const NODE_BUDGET: usize = 1_000_000;
 
 /// A sequence or mapping being read: its items (a mapping's keys and values
-/// alternate), its line and its anchor.
+/// alternate), line and anchor.
 enum Open {
     Seq(Vec<Rc<Node>>, usize, usize),
     Map(Vec<Rc<Node>>, usize, usize),
@@ -109,7 +106,7 @@ impl Builder {
             self.anchors.insert(anchor, node.clone());
         }
         match self.stack.last_mut() {
-            Some(Open::Seq(items, _, _)) | Some(Open::Map(items, _, _)) => items.push(node),
+            Some(Open::Seq(items, ..) | Open::Map(items, ..)) => items.push(node),
             None => self.docs.push(node),
         }
     }
@@ -157,11 +154,8 @@ pub(crate) fn parse_documents(text: &str) -> Result<Vec<Rc<Node>>, YamlError> {
         col: e.marker().col() + 1,
         message: e.info().to_string(),
     })?;
-    let docs: Vec<Rc<Node>> = builder
-        .docs
-        .into_iter()
-        .filter(|d| !matches!(&**d, Node::Scalar(s, _) if s.is_empty() || s == "~"))
-        .collect();
+    let empty = |d: &Rc<Node>| matches!(&**d, Node::Scalar(s, _) if s.is_empty() || s == "~");
+    let docs: Vec<Rc<Node>> = builder.docs.into_iter().filter(|d| !empty(d)).collect();
     match docs.iter().find(|doc| !within_budget(doc, &mut { NODE_BUDGET })) {
         Some(bomb) => Err(YamlError {
             line: bomb.line(),

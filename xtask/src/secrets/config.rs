@@ -1,16 +1,9 @@
-//! Effective configuration, and where each value came from.
-//!
-//! Every setting is a row of [`SETTINGS`]: its key in `secrets.toml`, and
-//! the flag and environment variable that may set it. Loading and
-//! `status`'s listing both read that table. Precedence, highest first:
-//! flag; environment; the developer's git-ignored `.local/secrets.toml`;
-//! the committed `secrets.toml`; built-in default. The Vault token may
-//! also come from `~/.vault-token`, and never from a committed file.
-//!
-//! Paths: one given on the command line or in the environment is relative
-//! to the working directory, as with every CLI; one in a config file is
-//! relative to the repository root. Output shows paths relative to the
-//! root ([`Config::shown`]).
+//! Effective configuration, and where each value came from. Precedence,
+//! highest first: flag; environment; the git-ignored `.local/secrets.toml`;
+//! the committed `secrets.toml`; built-in default. The Vault token may also
+//! come from `~/.vault-token`, never from a committed file. A path on the
+//! command line or in the environment is from the working directory; one in
+//! a config file is from the repository root.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -42,13 +35,12 @@ impl fmt::Display for Source {
             Source::Flag(flag) => write!(f, "flag {flag}"),
             Source::Env(var) => write!(f, "env {var}"),
             Source::LocalFile => write!(f, "{}/secrets.toml", project::LOCAL_DIR),
-            Source::RepoFile => write!(f, "{}", project::REPO_CONFIG),
+            Source::RepoFile => f.write_str(project::REPO_CONFIG),
             Source::TokenFile(p) => write!(f, "{}", p.display()),
-            Source::DevChart => write!(
-                f,
-                "dev chart default (infra/kubernetes/charts/platform/vault)"
-            ),
-            Source::Builtin => write!(f, "built-in default"),
+            Source::DevChart => {
+                f.write_str("dev chart default (infra/kubernetes/charts/platform/vault)")
+            }
+            Source::Builtin => f.write_str("built-in default"),
         }
     }
 }
@@ -59,99 +51,71 @@ pub(crate) struct Setting<T> {
     pub source: Source,
 }
 
-/// One setting: its key in the config files (`None`: not settable there),
-/// the flag and the environment variable that may set it, and its
-/// built-in default.
-struct Key {
-    key: &'static str,
-    in_files: bool,
-    flag: Option<&'static str>,
-    env: Option<&'static str>,
-    default: Option<&'static str>,
-}
-
-const fn key(key: &'static str, default: Option<&'static str>) -> Key {
-    Key {
-        key,
-        in_files: true,
-        flag: None,
-        env: None,
-        default,
+impl<T> Setting<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Setting<U> {
+        let source = self.source;
+        Setting {
+            value: f(self.value),
+            source,
+        }
     }
 }
 
-const fn flag(k: Key, flag: &'static str) -> Key {
-    Key {
-        flag: Some(flag),
-        ..k
-    }
-}
+/// One setting: its key in the config files, the flag and the environment
+/// variable that may set it, and its built-in default ("": none).
+type Key = (&'static str, &'static str, &'static str, &'static str);
 
-const fn env(k: Key, var: &'static str) -> Key {
-    Key {
-        env: Some(var),
-        ..k
-    }
-}
+const LOCAL_CONTEXTS: &str =
+    "k3d-*, kind-*, docker-desktop, minikube, rancher-desktop, orbstack, colima*";
+const WAIT_ATTEMPTS: &str = "EXTERNALSECRET_WAIT_ATTEMPTS";
+const WAIT_SLEEP: &str = "EXTERNALSECRET_WAIT_SLEEP";
 
 /// Every setting, in the order `status` lists them.
 const SETTINGS: &[Key] = &[
-    env(
-        flag(key("provider", Some("vault")), "--provider"),
-        "SECRETS_PROVIDER",
-    ),
-    flag(
-        key("fixtures", Some(project::DEFAULT_FIXTURES)),
-        "--fixtures",
-    ),
-    flag(
-        key("overrides", Some(".local/secrets/overrides.json")),
+    ("provider", "--provider", "SECRETS_PROVIDER", "vault"),
+    ("fixtures", "--fixtures", "", project::DEFAULT_FIXTURES),
+    (
+        "overrides",
         "--overrides",
+        "",
+        ".local/secrets/overrides.json",
     ),
-    flag(key("concurrency", Some("16")), "--concurrency"),
-    env(key("vault.addr", None), "VAULT_ADDR"),
-    env(key("vault.token", None), "VAULT_TOKEN"),
-    env(key("vault.namespace", None), "VAULT_NAMESPACE"),
-    env(key("vault.ca_cert", None), "VAULT_CACERT"),
-    flag(key("vault.mount", Some("secret")), "--mount"),
-    key("vault.timeout_secs", Some("15")),
-    key("vault.retries", Some("8")),
-    key("vault.port_forward.namespace", Some("vault")),
-    key("vault.port_forward.service", Some("vault")),
-    key("vault.port_forward.port", Some("8200")),
-    key("vault.port_forward.dev_root_token", Some("root")),
-    key("vault.port_forward.start_timeout_secs", Some("30")),
-    key("vault.port_forward.pod_wait_secs", Some("120")),
-    key("helmfile.sync_timeout_secs", Some("600")),
-    key("file.store", Some(".local/secrets/store.json")),
-    env(key("azure.vault_name", None), "AZURE_KEYVAULT_NAME"),
-    key(
-        "guardrail.local_contexts",
-        Some("k3d-*, kind-*, docker-desktop, minikube, rancher-desktop, orbstack, colima*"),
+    ("concurrency", "--concurrency", "", "16"),
+    ("vault.addr", "", "VAULT_ADDR", ""),
+    ("vault.token", "", "VAULT_TOKEN", ""),
+    ("vault.namespace", "", "VAULT_NAMESPACE", ""),
+    ("vault.ca_cert", "", "VAULT_CACERT", ""),
+    ("vault.mount", "--mount", "", "secret"),
+    ("vault.timeout_secs", "", "", "15"),
+    ("vault.retries", "", "", "8"),
+    ("vault.port_forward.namespace", "", "", "vault"),
+    ("vault.port_forward.service", "", "", "vault"),
+    ("vault.port_forward.port", "", "", "8200"),
+    ("vault.port_forward.dev_root_token", "", "", "root"),
+    ("vault.port_forward.start_timeout_secs", "", "", "30"),
+    ("vault.port_forward.pod_wait_secs", "", "", "120"),
+    ("helmfile.sync_timeout_secs", "", "", "600"),
+    ("file.store", "", "", ".local/secrets/store.json"),
+    ("azure.vault_name", "", "AZURE_KEYVAULT_NAME", ""),
+    ("guardrail.local_contexts", "", "", LOCAL_CONTEXTS),
+    (
+        "externalsecret.wait_attempts",
+        "--wait-attempts",
+        WAIT_ATTEMPTS,
+        "60",
     ),
-    env(
-        flag(
-            key("externalsecret.wait_attempts", Some("60")),
-            "--wait-attempts",
-        ),
-        "EXTERNALSECRET_WAIT_ATTEMPTS",
+    (
+        "externalsecret.wait_sleep_secs",
+        "--wait-sleep",
+        WAIT_SLEEP,
+        "5",
     ),
-    env(
-        flag(
-            key("externalsecret.wait_sleep_secs", Some("5")),
-            "--wait-sleep",
-        ),
-        "EXTERNALSECRET_WAIT_SLEEP",
-    ),
-    Key {
-        in_files: false,
-        ..env(key("kubeconfig", None), "KUBECONFIG")
-    },
-    Key {
-        in_files: false,
-        ..env(key("home", None), "HOME")
-    },
+    ("kubeconfig", "", "KUBECONFIG", ""),
+    ("home", "", "HOME", ""),
 ];
+
+/// The settings of [`SETTINGS`] that no config file may set.
+const NOT_IN_FILES: [&str; 2] = ["kubeconfig", "home"];
 
 /// Values the command line may set.
 #[derive(Default)]
@@ -188,11 +152,9 @@ pub(crate) struct PortForward {
     pub service: String,
     pub port: u16,
     pub dev_root_token: String,
-    /// How long kubectl may take to print `Forwarding from ...`, once a
-    /// pod behind the service runs.
+    /// How long kubectl may take to print `Forwarding from ...` once a pod runs.
     pub start_timeout: Duration,
-    /// How long to wait for a pod behind the service to run (none yet, or
-    /// Pending) before starting kubectl.
+    /// How long to wait for a pod behind the service to run before starting kubectl.
     pub pod_wait: Duration,
 }
 
@@ -219,7 +181,6 @@ pub(crate) struct Config {
     pub vault_timeout_secs: f64,
     pub vault_retries: u32,
     pub port_forward: PortForward,
-    /// The deadline of one `helmfile sync` (`helmfile.sync_timeout_secs`).
     pub helmfile_sync_timeout: Duration,
     pub file_store: Setting<PathBuf>,
     pub azure_vault_name: Option<Setting<String>>,
@@ -234,15 +195,16 @@ pub(crate) struct Config {
     listing: Vec<(String, String, String)>,
 }
 
-/// Loads the configuration of this process. Transitional: commands that
-/// were given a [`Process`] call [`Config::load`] with it.
+/// Loads the configuration of this process (for commands not given a [`Process`]).
 pub(crate) fn load(flags: &FlagValues) -> Result<Config> {
     Config::load(&Process::read(), flags)
 }
 
+/// The settings found, by key: the raw text and its source.
+type Raw = BTreeMap<&'static str, Setting<String>>;
+
 impl Config {
-    /// The one way a command loads its configuration: once, at its start,
-    /// from the process state read at the entry. Everything after reads it.
+    /// The one way a command loads its configuration: once, at its start.
     pub(crate) fn load(process: &Process, flags: &FlagValues) -> Result<Config> {
         let root = &process.root;
         let repo = read_file(&root.join(project::REPO_CONFIG))?;
@@ -254,28 +216,23 @@ impl Config {
                 project::REPO_CONFIG
             );
         }
-        let pick = |k: &Key| -> Option<Setting<String>> {
-            let from = |value: Option<String>, source: Source| {
-                value.map(|value| Setting { value, source })
-            };
-            k.flag
-                .and_then(|f| from(flags.get(f), Source::Flag(f)))
-                .or_else(|| {
-                    k.env
-                        .and_then(|v| from(process.var(v).map(String::from), Source::Env(v)))
-                })
-                .or_else(|| from(local.get(k.key).cloned(), Source::LocalFile))
-                .or_else(|| from(repo.get(k.key).cloned(), Source::RepoFile))
-                .or_else(|| from(k.default.map(String::from), Source::Builtin))
-        };
-        let raw: Vec<(&'static str, Option<Setting<String>>)> =
-            SETTINGS.iter().map(|k| (k.key, pick(k))).collect();
-        let get = |key: &str| -> Option<Setting<String>> {
-            raw.iter()
-                .find(|(k, _)| *k == key)
-                .and_then(|(_, s)| s.clone())
-        };
+        let raw: Raw = SETTINGS
+            .iter()
+            .filter_map(|&(key, flag, env, default)| {
+                let found = [
+                    flags.get(flag).map(|v| (v, Source::Flag(flag))),
+                    process.var(env).map(|v| (v.to_string(), Source::Env(env))),
+                    local.get(key).map(|v| (v.clone(), Source::LocalFile)),
+                    repo.get(key).map(|v| (v.clone(), Source::RepoFile)),
+                    (!default.is_empty()).then(|| (default.to_string(), Source::Builtin)),
+                ];
+                let (value, source) = found.into_iter().flatten().next()?;
+                Some((key, Setting { value, source }))
+            })
+            .collect();
+        let get = |key: &str| raw.get(key).cloned();
         let set = |key: &str| get(key).expect("a setting with a built-in default");
+        let secs_at = |key: &str| secs(&set(key), key);
         // A path from a flag or the environment is from the working directory.
         let path = |s: Setting<String>| Setting {
             value: match s.source {
@@ -285,19 +242,14 @@ impl Config {
             source: s.source,
         };
 
-        let provider_raw = set("provider");
-        let provider = Setting {
-            value: provider_raw.value.parse::<ProviderKind>().map_err(|_| {
-                bad_value(
-                    &provider_raw.source,
-                    format!(
-                        "unknown provider {:?} (from {}): use vault, file or azure",
-                        provider_raw.value, provider_raw.source
-                    ),
-                )
-            })?,
-            source: provider_raw.source,
+        let provider = set("provider");
+        let Ok(kind) = provider.value.parse::<ProviderKind>() else {
+            let Setting { value, source } = &provider;
+            let msg =
+                format!("unknown provider {value:?} (from {source}): use vault, file or azure");
+            return Err(bad_value(source, msg));
         };
+        let provider = provider.map(|_| kind);
         if flags.mount.is_some() && provider.value != ProviderKind::Vault {
             crate::usage!(
                 "--mount is a Vault KV mount, and the provider is {} (from {}): drop --mount, or use --provider vault",
@@ -306,117 +258,72 @@ impl Config {
             );
         }
         let concurrency = parsed::<usize>(&set("concurrency"), "concurrency", "1 to 256")?;
-        if !(1..=256).contains(&concurrency.value) {
-            return Err(bad_value(
-                &concurrency.source,
-                format!(
-                    "concurrency must be 1 to 256, got {} (from {})",
-                    concurrency.value, concurrency.source
-                ),
-            ));
-        }
+        let Setting { value: n, source } = &concurrency;
+        let msg = format!("concurrency must be 1 to 256, got {n} (from {source})");
+        ensure_value((1..=256).contains(n), source, msg)?;
         let mount = set("vault.mount");
-        let trimmed = mount.value.trim_matches('/');
-        if trimmed.is_empty() || trimmed.contains("..") {
-            return Err(bad_value(
-                &mount.source,
-                format!(
-                    "invalid Vault mount {:?} (from {}): name a KV mount such as secret",
-                    mount.value, mount.source
-                ),
-            ));
-        }
-        let vault_mount = Setting {
-            value: trimmed.to_string(),
-            source: mount.source,
-        };
-        let mut vault_token = get("vault.token").map(|s| Setting {
-            value: Secret::new(s.value),
-            source: s.source,
-        });
+        let Setting { value, source } = &mount;
+        let trimmed = value.trim_matches('/');
+        let msg = format!(
+            "invalid Vault mount {value:?} (from {source}): name a KV mount such as secret"
+        );
+        ensure_value(!trimmed.is_empty() && !trimmed.contains(".."), source, msg)?;
+        let vault_mount = mount.map(|m| m.trim_matches('/').to_string());
         let home = get("home").map(|s| PathBuf::from(s.value));
-        if vault_token.is_none() {
-            if let Some(path) = home.as_ref().map(|h| h.join(".vault-token")) {
+        let vault_token = match get("vault.token") {
+            Some(s) => Some(s.map(Secret::new)),
+            None => home.as_ref().and_then(|home| {
+                let path = home.join(".vault-token");
                 let token = std::fs::read_to_string(&path).unwrap_or_default();
-                if !token.trim().is_empty() {
-                    vault_token = Some(Setting {
-                        value: Secret::new(token.trim().to_string()),
-                        source: Source::TokenFile(path),
-                    });
-                }
-            }
-        }
+                let value = Secret::new(token.trim().to_string());
+                let source = Source::TokenFile(path);
+                (!token.trim().is_empty()).then_some(Setting { value, source })
+            }),
+        };
         let kubeconfig = match get("kubeconfig") {
             Some(list) => std::env::split_paths(&list.value).collect(),
             None => home.iter().map(|h| h.join(".kube/config")).collect(),
         };
-        let attempts = parsed::<u32>(
-            &set("externalsecret.wait_attempts"),
-            "the wait's attempts",
-            "a whole number",
-        )?;
-        let sleep = parsed::<f64>(
-            &set("externalsecret.wait_sleep_secs"),
-            "the wait's sleep",
-            "a number of seconds",
-        )?;
-        if attempts.value == 0 {
-            let msg = format!(
-                "the wait's attempts must be at least 1 (from {})",
-                attempts.source
-            );
-            return Err(bad_value(&attempts.source, msg));
-        }
-        if !(0.0..=600.0).contains(&sleep.value) {
-            let msg = format!(
-                "the wait's sleep must be 0 to 600 seconds (from {})",
-                sleep.source
-            );
-            return Err(bad_value(&sleep.source, msg));
-        }
+        let attempts = set("externalsecret.wait_attempts");
+        let attempts = parsed::<u32>(&attempts, "the wait's attempts", "a whole number")?;
+        let sleep = set("externalsecret.wait_sleep_secs");
+        let sleep = parsed::<f64>(&sleep, "the wait's sleep", "a number of seconds")?;
+        let Setting { value: n, source } = &attempts;
+        let msg = format!("the wait's attempts must be at least 1 (from {source})");
+        ensure_value(*n != 0, source, msg)?;
+        let source = &sleep.source;
+        let msg = format!("the wait's sleep must be 0 to 600 seconds (from {source})");
+        ensure_value((0.0..=600.0).contains(&sleep.value), source, msg)?;
+        let sleep = Duration::from_secs_f64(sleep.value);
+        let wait = Wait {
+            attempts: *n,
+            sleep,
+        };
+        let port = "vault.port_forward.port";
         let port_forward = PortForward {
             namespace: set("vault.port_forward.namespace").value,
             service: set("vault.port_forward.service").value,
-            port: parsed(
-                &set("vault.port_forward.port"),
-                "vault.port_forward.port",
-                "a port number",
-            )?
-            .value,
+            port: parsed(&set(port), port, "a port number")?.value,
             dev_root_token: set("vault.port_forward.dev_root_token").value,
-            start_timeout: secs(
-                &set("vault.port_forward.start_timeout_secs"),
-                "vault.port_forward.start_timeout_secs",
-            )?,
-            pod_wait: secs(
-                &set("vault.port_forward.pod_wait_secs"),
-                "vault.port_forward.pod_wait_secs",
-            )?,
+            start_timeout: secs_at("vault.port_forward.start_timeout_secs")?,
+            pod_wait: secs_at("vault.port_forward.pod_wait_secs")?,
         };
-        Ok(Config {
+        let mut cfg = Config {
             root: root.clone(),
             provider,
             fixtures: path(set("fixtures")),
             overrides: path(set("overrides")),
             concurrency,
-            vault_addr: get("vault.addr").map(|s| Setting {
-                value: VaultAddr::new(s.value),
-                source: s.source,
-            }),
+            vault_addr: get("vault.addr").map(|s| s.map(VaultAddr::new)),
             vault_token,
             vault_namespace: get("vault.namespace"),
             vault_ca_cert: get("vault.ca_cert").map(path),
             vault_mount,
-            // Checked here: a negative, NaN or infinite value would panic
-            // where the client turns it into a Duration.
-            vault_timeout_secs: secs(&set("vault.timeout_secs"), "vault.timeout_secs")?
-                .as_secs_f64(),
+            // Checked here: a negative, NaN or infinite value would panic as a Duration.
+            vault_timeout_secs: secs_at("vault.timeout_secs")?.as_secs_f64(),
             vault_retries: parsed(&set("vault.retries"), "vault.retries", "a whole number")?.value,
             port_forward,
-            helmfile_sync_timeout: secs(
-                &set("helmfile.sync_timeout_secs"),
-                "helmfile.sync_timeout_secs",
-            )?,
+            helmfile_sync_timeout: secs_at("helmfile.sync_timeout_secs")?,
             file_store: path(set("file.store")),
             azure_vault_name: get("azure.vault_name"),
             local_contexts: set("guardrail.local_contexts")
@@ -425,20 +332,16 @@ impl Config {
                 .map(|c| c.trim().to_string())
                 .filter(|c| !c.is_empty())
                 .collect(),
-            wait: Wait {
-                attempts: attempts.value,
-                sleep: Duration::from_secs_f64(sleep.value),
-            },
+            wait,
             kubeconfig,
             tools_path: process.path_with_tools(),
             listing: Vec::new(),
-        }
-        .listed(&raw))
+        };
+        cfg.listing = cfg.list(&raw);
+        Ok(cfg)
     }
 
-    /// A path from the configuration: flag and environment paths are
-    /// already absolute (from the working directory); a config file's are
-    /// relative to the repository root.
+    /// A path from the configuration: a config file's is relative to the root.
     pub(crate) fn abs(&self, p: &Path) -> PathBuf {
         normalize(&self.root.join(p))
     }
@@ -454,71 +357,57 @@ impl Config {
         self.listing.clone()
     }
 
-    /// `self` with its listing made from the settings as loaded (`raw`).
-    fn listed(mut self, raw: &[(&'static str, Option<Setting<String>>)]) -> Config {
-        self.listing = raw
+    /// The listing of [`Config::describe`], from the settings as loaded.
+    fn list(&self, raw: &Raw) -> Vec<(String, String, String)> {
+        let hidden = || "(set, not shown)".to_string();
+        let builtin = || Source::Builtin.to_string();
+        let row = |key: &str, setting: Option<&Setting<String>>| match (key, setting) {
+            ("vault.token", _) => match &self.vault_token {
+                Some(t) => (hidden(), t.source.to_string()),
+                None => (
+                    "(unset: dev chart token with a port-forward)".into(),
+                    builtin(),
+                ),
+            },
+            ("vault.addr", None) => {
+                let (service, namespace) =
+                    (&self.port_forward.service, &self.port_forward.namespace);
+                let unset = format!("(unset: port-forward svc/{service} in namespace {namespace})");
+                (unset, builtin())
+            }
+            ("kubeconfig", None) if !self.kubeconfig.is_empty() => {
+                let paths: Vec<_> = self
+                    .kubeconfig
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                (paths.join(":"), "built-in default (from HOME)".into())
+            }
+            (_, None) => ("(unset)".into(), builtin()),
+            (key, Some(s)) => {
+                let ca_cert = self.vault_ca_cert.as_ref();
+                let value = match key {
+                    k if k.ends_with("token") => hidden(),
+                    "vault.addr" => shown_addr(&s.value),
+                    "fixtures" => self.shown(&self.fixtures.value),
+                    "overrides" => self.shown(&self.overrides.value),
+                    "file.store" => self.shown(&self.file_store.value),
+                    "vault.ca_cert" => ca_cert.map_or(s.value.clone(), |c| self.shown(&c.value)),
+                    _ => s.value.clone(),
+                };
+                (value, s.source.to_string())
+            }
+        };
+        let rows = SETTINGS
             .iter()
-            .map(|(key, setting)| {
-                let Some(s) = setting else {
-                    let unset = match *key {
-                        "vault.addr" => format!(
-                            "(unset: port-forward svc/{} in namespace {})",
-                            self.port_forward.service, self.port_forward.namespace
-                        ),
-                        "vault.token" => match &self.vault_token {
-                            Some(t) => {
-                                return (
-                                    key.to_string(),
-                                    "(set, not shown)".into(),
-                                    t.source.to_string(),
-                                )
-                            }
-                            None => "(unset: dev chart token with a port-forward)".into(),
-                        },
-                        "kubeconfig" if !self.kubeconfig.is_empty() => {
-                            let paths: Vec<String> = self
-                                .kubeconfig
-                                .iter()
-                                .map(|p| p.display().to_string())
-                                .collect();
-                            return (
-                                key.to_string(),
-                                paths.join(":"),
-                                "built-in default (from HOME)".into(),
-                            );
-                        }
-                        _ => "(unset)".into(),
-                    };
-                    return (key.to_string(), unset, Source::Builtin.to_string());
-                };
-                let shown_path = |p: &Path| self.shown(p);
-                let (value, source) = match *key {
-                    "vault.token" => match &self.vault_token {
-                        Some(t) => ("(set, not shown)".to_string(), t.source.to_string()),
-                        None => ("(unset)".to_string(), Source::Builtin.to_string()),
-                    },
-                    k if k.ends_with("token") => ("(set, not shown)".into(), s.source.to_string()),
-                    "vault.addr" => (shown_addr(&s.value), s.source.to_string()),
-                    "fixtures" => (shown_path(&self.fixtures.value), s.source.to_string()),
-                    "overrides" => (shown_path(&self.overrides.value), s.source.to_string()),
-                    "file.store" => (shown_path(&self.file_store.value), s.source.to_string()),
-                    "vault.ca_cert" => match &self.vault_ca_cert {
-                        Some(c) => (shown_path(&c.value), s.source.to_string()),
-                        None => (s.value.clone(), s.source.to_string()),
-                    },
-                    _ => (s.value.clone(), s.source.to_string()),
-                };
-                (key.to_string(), value, source)
-            })
-            .collect();
-        self
+            .map(|(key, ..)| (key, row(key, raw.get(key))));
+        let rows = rows.map(|(key, (value, source))| (key.to_string(), value, source));
+        rows.collect()
     }
 }
 
-/// A bad value's error. From a flag or the environment (how this run was
-/// invoked) it is a usage error, exit 2; from `secrets.toml` or
-/// `.local/secrets.toml` it is that file's error, exit 1, like every other
-/// error in those files. `msg` names where the value came from.
+/// A bad value's error: from a flag or the environment a usage error (exit
+/// 2); from a config file that file's error (exit 1). `msg` names the source.
 fn bad_value(source: &Source, msg: String) -> anyhow::Error {
     if matches!(source, Source::Flag(_) | Source::Env(_)) {
         anyhow::Error::new(crate::UsageError(msg))
@@ -527,87 +416,72 @@ fn bad_value(source: &Source, msg: String) -> anyhow::Error {
     }
 }
 
+/// [`bad_value`] with `msg` unless `ok`.
+fn ensure_value(ok: bool, source: &Source, msg: String) -> Result<()> {
+    ok.then_some(()).ok_or_else(|| bad_value(source, msg))
+}
+
 /// `s` parsed as a `T`, or an error naming `what` it must be and its source.
 fn parsed<T: std::str::FromStr>(s: &Setting<String>, key: &str, what: &str) -> Result<Setting<T>> {
-    match s.value.trim().parse() {
-        Ok(value) => Ok(Setting {
-            value,
-            source: s.source.clone(),
-        }),
-        Err(_) => Err(bad_value(
-            &s.source,
-            format!(
-                "{key} must be {what}, got {:?} (from {})",
-                s.value, s.source
-            ),
-        )),
-    }
+    let Setting { value, source } = s;
+    let Ok(parsed) = value.trim().parse() else {
+        let msg = format!("{key} must be {what}, got {value:?} (from {source})");
+        return Err(bad_value(source, msg));
+    };
+    Ok(s.clone().map(|_| parsed))
 }
 
 /// A timeout in seconds: positive, finite, at most a day.
 fn secs(s: &Setting<String>, key: &str) -> Result<Duration> {
     let secs = parsed::<f64>(s, key, "a number of seconds")?.value;
-    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
-        return Err(bad_value(
-            &s.source,
-            format!(
-                "{key} must be a number of seconds above 0 (up to 86400), got {secs} (from {})",
-                s.source
-            ),
-        ));
-    }
+    let source = &s.source;
+    let msg = format!(
+        "{key} must be a number of seconds above 0 (up to 86400), got {secs} (from {source})"
+    );
+    ensure_value(secs > 0.0 && secs <= 86_400.0, source, msg)?;
     Ok(Duration::from_secs_f64(secs))
 }
 
 /// A config file's settings by dotted key, each value as text (a list
-/// joined with `, `); a missing file has none. A key [`SETTINGS`] does not
-/// have in the files is an error naming it.
+/// joined with `, `); a missing file has none; an unknown key is an error.
 fn read_file(path: &Path) -> Result<BTreeMap<String, String>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
+    let path = path.display();
     // The error's position and message only: toml's own text quotes the
     // line, which may hold vault.token.
     let table: toml::Table = toml::from_str(&text).map_err(|e| {
         let (line, col) = e.span().map_or((1, 1), |span| line_col(&text, span.start));
+        let message = e.message().trim_end();
         anyhow::anyhow!(
-            "{}:{line}:{col}: {}. Fix the file (see secrets.toml for the keys)",
-            path.display(),
-            e.message().trim_end()
+            "{path}:{line}:{col}: {message}. Fix the file (see secrets.toml for the keys)"
         )
     })?;
     let mut out = BTreeMap::new();
     flatten("", &table, &mut out);
-    if let Some(unknown) = out
-        .keys()
-        .find(|k| !SETTINGS.iter().any(|s| s.in_files && s.key == k.as_str()))
-    {
-        bail!(
-            "{}: unknown key {unknown}. Fix the file (see secrets.toml for the keys)",
-            path.display()
-        );
+    let known = |k: &str| !NOT_IN_FILES.contains(&k) && SETTINGS.iter().any(|s| s.0 == k);
+    if let Some(unknown) = out.keys().find(|k| !known(k)) {
+        bail!("{path}: unknown key {unknown}. Fix the file (see secrets.toml for the keys)");
     }
     Ok(out)
 }
 
+/// `table`'s values into `out`, each under `prefix` (empty, or ending in `.`).
 fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>) {
     for (k, v) in table {
-        let key = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
-        let text = match v {
-            toml::Value::Table(t) => {
-                flatten(&key, t, out);
-                continue;
+        let key = format!("{prefix}{k}");
+        match v {
+            toml::Value::Table(t) => flatten(&format!("{key}."), t, out),
+            toml::Value::Array(items) => {
+                out.insert(key, items.iter().map(scalar).collect::<Vec<_>>().join(", "));
             }
-            toml::Value::Array(items) => items.iter().map(scalar).collect::<Vec<_>>().join(", "),
-            other => scalar(other),
-        };
-        out.insert(key, text);
+            other => {
+                out.insert(key, scalar(other));
+            }
+        }
     }
 }
 
@@ -642,6 +516,15 @@ mod tests {
         Config::load(&Process::with(root, &cwd, vars), flags)
     }
 
+    /// `root`'s configuration without flags.
+    fn loaded(root: &Path, vars: &[(&str, &str)]) -> Config {
+        load(root, &FlagValues::default(), vars).unwrap()
+    }
+
+    fn write(root: &Path, file: &str, text: &str) {
+        std::fs::write(root.join(file), text).unwrap();
+    }
+
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("xtask-config-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -652,18 +535,11 @@ mod tests {
     #[test]
     fn precedence_is_flag_env_local_repo_builtin() {
         let root = scratch("precedence");
-        std::fs::write(
-            root.join("secrets.toml"),
-            "provider = \"azure\"\n[vault]\nmount = \"repo\"\naddr = \"http://repo:8200\"\n",
-        )
-        .unwrap();
-        std::fs::write(
-            root.join(".local/secrets.toml"),
-            "[vault]\nmount = \"local\"\n",
-        )
-        .unwrap();
+        let repo = "provider = \"azure\"\n[vault]\nmount = \"repo\"\naddr = \"http://repo:8200\"\n";
+        write(&root, "secrets.toml", repo);
+        write(&root, ".local/secrets.toml", "[vault]\nmount = \"local\"\n");
         let env = [("SECRETS_PROVIDER", "file")];
-        let cfg = load(&root, &FlagValues::default(), &env).unwrap();
+        let cfg = loaded(&root, &env);
         assert_eq!(cfg.provider.value, ProviderKind::File);
         assert_eq!(cfg.provider.source, Source::Env("SECRETS_PROVIDER"));
         assert_eq!(cfg.vault_mount.value, "local");
@@ -671,11 +547,8 @@ mod tests {
         assert_eq!(cfg.vault_addr.as_ref().unwrap().source, Source::RepoFile);
         assert_eq!(cfg.concurrency.source, Source::Builtin);
 
-        let flags = FlagValues {
-            provider: Some(ProviderKind::Vault),
-            mount: Some("kv/".into()),
-            ..Default::default()
-        };
+        let mut flags = FlagValues::default();
+        (flags.provider, flags.mount) = (Some(ProviderKind::Vault), Some("kv/".into()));
         let cfg = load(&root, &flags, &env).unwrap();
         assert_eq!(cfg.provider.value, ProviderKind::Vault);
         assert_eq!(cfg.provider.source, Source::Flag("--provider"));
@@ -686,65 +559,46 @@ mod tests {
     #[test]
     fn wait_settings_come_from_flags_then_env_and_are_listed() {
         let root = scratch("wait");
-        let env = [
-            ("EXTERNALSECRET_WAIT_ATTEMPTS", "7"),
-            ("EXTERNALSECRET_WAIT_SLEEP", "0.5"),
-        ];
-        let cfg = load(&root, &FlagValues::default(), &env).unwrap();
-        assert_eq!(
-            (cfg.wait.attempts, cfg.wait.sleep),
-            (7, Duration::from_millis(500))
-        );
-        let flags = FlagValues {
-            wait_attempts: Some(3),
+        let env = [(WAIT_ATTEMPTS, "7"), (WAIT_SLEEP, "0.5")];
+        let cfg = loaded(&root, &env);
+        let wait = (cfg.wait.attempts, cfg.wait.sleep);
+        assert_eq!(wait, (7, Duration::from_millis(500)));
+        let wait_attempts = Some(3);
+        let mut flags = FlagValues {
+            wait_attempts,
             ..Default::default()
         };
         let cfg = load(&root, &flags, &env).unwrap();
         assert_eq!(cfg.wait.attempts, 3);
         let listed = cfg.describe();
         assert_eq!(listed.len(), SETTINGS.len(), "status lists every setting");
-        assert!(listed.contains(&(
-            "externalsecret.wait_sleep_secs".into(),
-            "0.5".into(),
-            "env EXTERNALSECRET_WAIT_SLEEP".into()
-        )));
-        let flags = FlagValues {
-            wait_attempts: Some(0),
-            ..Default::default()
-        };
+        let row = [
+            "externalsecret.wait_sleep_secs",
+            "0.5",
+            "env EXTERNALSECRET_WAIT_SLEEP",
+        ];
+        assert!(listed.contains(&row.map(String::from).into()));
+        flags.wait_attempts = Some(0);
         let err = load(&root, &flags, &[]).unwrap_err();
-        assert!(err.downcast_ref::<crate::UsageError>().is_some(), "{err}");
-        let err = load(
-            &root,
-            &FlagValues::default(),
-            &[("EXTERNALSECRET_WAIT_SLEEP", "soon")],
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string().contains("env EXTERNALSECRET_WAIT_SLEEP"),
-            "{err}"
-        );
+        assert!(err.is::<crate::UsageError>(), "{err}");
         std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn token_never_from_a_committed_file_and_never_shown() {
         let root = scratch("token");
-        std::fs::write(
-            root.join("secrets.toml"),
-            "[vault]\ntoken = \"s.committed\"\n",
-        )
-        .unwrap();
-        let err = load(&root, &FlagValues::default(), &[]).unwrap_err();
-        assert!(err.to_string().contains("must never hold a token"), "{err}");
-        assert!(!err.to_string().contains("s.committed"));
+        write(&root, "secrets.toml", "[vault]\ntoken = \"s.committed\"\n");
+        let err = load(&root, &FlagValues::default(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must never hold a token"), "{err}");
+        assert!(!err.contains("s.committed"), "{err}");
 
         std::fs::remove_file(root.join("secrets.toml")).unwrap();
         let home = root.join("home");
         std::fs::create_dir_all(&home).unwrap();
-        std::fs::write(home.join(".vault-token"), "s.fromfile\n").unwrap();
-        let home_var = [("HOME", home.to_str().unwrap())];
-        let cfg = load(&root, &FlagValues::default(), &home_var).unwrap();
+        write(&home, ".vault-token", "s.fromfile\n");
+        let cfg = loaded(&root, &[("HOME", home.to_str().unwrap())]);
         let token = cfg.vault_token.as_ref().unwrap();
         assert_eq!(token.value.expose(), "s.fromfile");
         assert_eq!(token.source, Source::TokenFile(home.join(".vault-token")));
@@ -756,88 +610,94 @@ mod tests {
     #[test]
     fn a_password_in_vault_addr_shows_only_as_stars() {
         let root = scratch("addr");
-        let env = [("VAULT_ADDR", "http://u:pw-x@127.0.0.1:8200")];
-        let cfg = load(&root, &FlagValues::default(), &env).unwrap();
+        let with_password = "http://u:pw-x@127.0.0.1:8200";
+        let cfg = loaded(&root, &[("VAULT_ADDR", with_password)]);
         let addr = &cfg.vault_addr.as_ref().unwrap().value;
-        assert_eq!(
-            addr.expose(),
-            "http://u:pw-x@127.0.0.1:8200",
-            "connecting keeps it"
-        );
+        assert_eq!(addr.expose(), with_password, "connecting keeps it");
         assert_eq!(addr.to_string(), "http://***@127.0.0.1:8200");
-        let shown = format!(
-            "{:?} {:?} {}",
-            cfg,
-            cfg.describe(),
-            serde_json::json!({ "addr": addr })
-        );
+        let json = serde_json::json!({ "addr": addr });
+        let shown = format!("{cfg:?} {:?} {json}", cfg.describe());
         assert!(!shown.contains("pw-x"), "{shown}");
         std::fs::remove_dir_all(&root).unwrap();
     }
 
+    /// A bad value names where it came from: from the environment it is a
+    /// usage error (exit 2), as a flag's is; from a config file that file's
+    /// error, and a token line is never quoted.
     #[test]
-    fn a_bad_value_in_a_config_file_is_that_files_error_never_a_usage_error() {
-        let root = scratch("file-errors");
-        for text in [
-            "concurrency = 0\n",
-            "[vault]\nmount = \"..\"\n",
-            "provider = \"consul\"\n",
-            "[vault]\ntoken = s.unquoted\n",
+    fn bad_values_and_typos_are_named_with_their_source() {
+        let root = scratch("bad-values");
+        for (vars, want) in [
+            ([(WAIT_SLEEP, "soon")], "env EXTERNALSECRET_WAIT_SLEEP"),
+            (
+                [("SECRETS_PROVIDER", "consul")],
+                "from env SECRETS_PROVIDER",
+            ),
         ] {
-            std::fs::write(root.join(".local/secrets.toml"), text).unwrap();
+            let err = load(&root, &FlagValues::default(), &vars).unwrap_err();
+            assert!(err.is::<crate::UsageError>(), "{err}");
+            assert!(err.to_string().contains(want), "{err}");
+        }
+        let timeout = "vault.timeout_secs must be";
+        let pod_wait = "vault.port_forward.pod_wait_secs must be a number of seconds above 0";
+        for (file, text, want) in [
+            (
+                ".local",
+                "concurrency = 0\n",
+                "concurrency must be 1 to 256",
+            ),
+            (".local", "[vault]\nmount = \"..\"\n", "invalid Vault mount"),
+            (".local", "provider = \"consul\"\n", "unknown provider"),
+            (".local", "[vault]\ntoken = s.unquoted\n", ":2:9:"),
+            (
+                ".local",
+                "[vault]\nadress = \"x\"\n",
+                "unknown key vault.adress",
+            ),
+            (
+                ".local",
+                "[vault.port_forward]\npod_wait_secs = -1\n",
+                pod_wait,
+            ),
+            (
+                ".local",
+                "[helmfile]\nsync_timeout_secs = 0\n",
+                "helmfile.sync_timeout_secs must be",
+            ),
+            (".", "[vault]\ntimeout_secs = -1\n", timeout),
+            (".local", "[vault]\ntimeout_secs = nan\n", timeout),
+            (".local", "[vault]\ntimeout_secs = inf\n", timeout),
+            (".local", "[vault]\ntimeout_secs = 0\n", timeout),
+        ] {
+            let path = format!("{file}/secrets.toml");
+            write(&root, &path, text);
             let err = load(&root, &FlagValues::default(), &[]).unwrap_err();
-            assert!(
-                err.downcast_ref::<crate::UsageError>().is_none(),
-                "{text}: {err}"
-            );
             let msg = format!("{err:#}");
-            assert!(msg.contains(".local/secrets.toml"), "{msg}");
+            assert!(!err.is::<crate::UsageError>(), "{text}: {msg}");
+            assert!(msg.contains(want), "{text}: {msg}");
+            let from = path.trim_start_matches("./");
+            assert!(
+                msg.contains(&format!("(from {from})")) || msg.contains(&format!("{from}:")),
+                "{msg}"
+            );
             assert!(
                 !msg.contains("s.unquoted"),
                 "a token line is never quoted: {msg}"
             );
+            std::fs::remove_file(root.join(&path)).unwrap();
         }
-        std::fs::remove_dir_all(&root).unwrap();
-    }
-
-    #[test]
-    fn typos_and_bad_values_are_named() {
-        let root = scratch("typo");
-        std::fs::write(
-            root.join(".local/secrets.toml"),
-            "[vault]\nadress = \"x\"\n",
-        )
-        .unwrap();
-        let err = load(&root, &FlagValues::default(), &[]).unwrap_err();
-        let msg = format!("{err:#}");
-        assert!(
-            msg.contains(".local/secrets.toml") && msg.contains("adress"),
-            "{msg}"
-        );
-
-        std::fs::remove_file(root.join(".local/secrets.toml")).unwrap();
-        // From SECRETS_PROVIDER: a usage error (exit 2), as the flag's is.
-        let env = [("SECRETS_PROVIDER", "consul")];
-        let err = load(&root, &FlagValues::default(), &env).unwrap_err();
-        assert!(err.downcast_ref::<crate::UsageError>().is_some(), "{err}");
-        assert!(
-            err.to_string().contains("from env SECRETS_PROVIDER"),
-            "{err}"
-        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn flag_paths_are_from_the_working_directory_and_shown_from_the_root() {
         let root = scratch("paths");
-        std::fs::write(
-            root.join(".local/secrets.toml"),
-            "overrides = \"mine/overrides.json\"\n[file]\nstore = \"mine/store.json\"\n",
-        )
-        .unwrap();
+        let text = "overrides = \"mine/overrides.json\"\n[file]\nstore = \"mine/store.json\"\n";
+        write(&root, ".local/secrets.toml", text);
         let cwd = std::env::current_dir().unwrap();
+        let fixtures = Some("../x.json".into());
         let flags = FlagValues {
-            fixtures: Some("../x.json".into()),
+            fixtures,
             ..Default::default()
         };
         let cfg = load(&root, &flags, &[]).unwrap();
@@ -846,96 +706,41 @@ mod tests {
         // Config file paths stay relative to the root.
         assert_eq!(cfg.abs(&cfg.file_store.value), root.join("mine/store.json"));
         assert_eq!(cfg.shown(&cfg.overrides.value), "mine/overrides.json");
+        let unnormalized = root.join("infra/../scripts/a.json");
+        let shown = shown_from(&root, &unnormalized);
         assert_eq!(
-            shown_from(&root, &root.join("infra/../scripts/a.json")),
-            "infra/../scripts/a.json",
+            shown, "infra/../scripts/a.json",
             "shown_from takes normalized paths"
         );
-        assert_eq!(
-            cfg.shown(&root.join("infra/../scripts/a.json")),
-            "scripts/a.json"
-        );
-        assert_eq!(
-            normalize(Path::new("/a/b/../c/./d")),
-            PathBuf::from("/a/c/d")
-        );
+        assert_eq!(cfg.shown(&unnormalized), "scripts/a.json");
+        assert_eq!(normalize(Path::new("/a/b/../c/./d")), Path::new("/a/c/d"));
         std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
-    fn child_deadlines_come_from_the_files_and_must_be_positive() {
+    fn child_deadlines_come_from_the_files() {
         let root = scratch("deadlines");
-        let cfg = load(&root, &FlagValues::default(), &[]).unwrap();
-        assert_eq!(cfg.helmfile_sync_timeout, Duration::from_secs(600));
-        assert_eq!(cfg.port_forward.start_timeout, Duration::from_secs(30));
-        assert_eq!(cfg.port_forward.pod_wait, Duration::from_secs(120));
+        let deadlines = |cfg: Config| {
+            let pf = cfg.port_forward;
+            (
+                cfg.helmfile_sync_timeout,
+                pf.start_timeout,
+                pf.pod_wait,
+                cfg.vault_timeout_secs,
+            )
+        };
+        let secs = Duration::from_secs_f64;
+        let want = (secs(600.0), secs(30.0), secs(120.0), 15.0);
+        assert_eq!(deadlines(loaded(&root, &[])), want);
 
-        std::fs::write(
-            root.join("secrets.toml"),
-            "[helmfile]\nsync_timeout_secs = 900\n[vault.port_forward]\nstart_timeout_secs = 5\npod_wait_secs = 60\n",
-        )
-        .unwrap();
-        std::fs::write(
-            root.join(".local/secrets.toml"),
-            "[helmfile]\nsync_timeout_secs = 1200.5\n[vault.port_forward]\npod_wait_secs = 2.5\n",
-        )
-        .unwrap();
-        let cfg = load(&root, &FlagValues::default(), &[]).unwrap();
-        assert_eq!(cfg.helmfile_sync_timeout, Duration::from_secs_f64(1200.5));
-        assert_eq!(cfg.port_forward.start_timeout, Duration::from_secs(5));
-        assert_eq!(cfg.port_forward.pod_wait, Duration::from_secs_f64(2.5));
-
-        std::fs::write(
-            root.join(".local/secrets.toml"),
-            "[vault.port_forward]\npod_wait_secs = -1\n",
-        )
-        .unwrap();
-        let err = load(&root, &FlagValues::default(), &[]).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("vault.port_forward.pod_wait_secs must be a number of seconds above 0"),
-            "{err}"
-        );
-        assert!(
-            err.to_string().contains("(from .local/secrets.toml)"),
-            "{err}"
-        );
-
-        std::fs::write(
-            root.join(".local/secrets.toml"),
-            "[helmfile]\nsync_timeout_secs = 0\n",
-        )
-        .unwrap();
-        let err = load(&root, &FlagValues::default(), &[]).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("helmfile.sync_timeout_secs must be"),
-            "{err}"
-        );
-        std::fs::remove_dir_all(&root).unwrap();
-    }
-
-    #[test]
-    fn vault_timeout_must_be_a_positive_finite_number_of_seconds() {
-        let root = scratch("vault-timeout");
-        let cfg = load(&root, &FlagValues::default(), &[]).unwrap();
-        assert_eq!(cfg.vault_timeout_secs, 15.0);
-        std::fs::write(root.join("secrets.toml"), "[vault]\ntimeout_secs = 2.5\n").unwrap();
-        let cfg = load(&root, &FlagValues::default(), &[]).unwrap();
-        assert_eq!(cfg.vault_timeout_secs, 2.5);
-        for (file, bad) in [
-            ("secrets.toml", "-1"),
-            (".local/secrets.toml", "nan"),
-            (".local/secrets.toml", "inf"),
-            (".local/secrets.toml", "0"),
-        ] {
-            std::fs::write(root.join(file), format!("[vault]\ntimeout_secs = {bad}\n")).unwrap();
-            let err = load(&root, &FlagValues::default(), &[])
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains("vault.timeout_secs must be"), "{bad}: {err}");
-            assert!(err.contains(&format!("(from {file})")), "{bad}: {err}");
-        }
+        let repo = "[helmfile]\nsync_timeout_secs = 900\n[vault]\ntimeout_secs = 2.5\n\
+                    [vault.port_forward]\nstart_timeout_secs = 5\npod_wait_secs = 60\n";
+        write(&root, "secrets.toml", repo);
+        let local =
+            "[helmfile]\nsync_timeout_secs = 1200.5\n[vault.port_forward]\npod_wait_secs = 2.5\n";
+        write(&root, ".local/secrets.toml", local);
+        let want = (secs(1200.5), secs(5.0), secs(2.5), 2.5);
+        assert_eq!(deadlines(loaded(&root, &[])), want);
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
