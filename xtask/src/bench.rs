@@ -22,12 +22,6 @@ pub(crate) fn run(flags: &flags::Bench, process: &Process) -> Result<()> {
     }
     let exe = std::env::current_exe()?;
     // Release: the ceiling is the bench's own client, at its fastest.
-    let bench = cmd!(
-        sh,
-        "cargo run --quiet --release -p xtask-bench -- {args...}"
-    );
-    bench
-        .env("XTASK_BIN", exe)
-        .run()
-        .context("the benchmark failed")
+    let bench = cmd!(sh, "cargo run --quiet --release -p xtask-bench -- {args...}");
+    bench.env("XTASK_BIN", exe).run().context("the benchmark failed")
 }

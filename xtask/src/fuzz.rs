@@ -59,10 +59,7 @@ pub(crate) fn run_targets(root: &Path, targets: &[&str], seconds: u64) -> Result
         let corpus = root.join("fuzz/corpus").join(target);
         let max = format!("-max_total_time={seconds}");
         eprintln!("fuzz {target}: {seconds}s");
-        let fuzz = cmd!(
-            sh,
-            "cargo +nightly fuzz run {target} {scratch} {corpus} -- {max}"
-        );
+        let fuzz = cmd!(sh, "cargo +nightly fuzz run {target} {scratch} {corpus} -- {max}");
         let result = fuzz.quiet().ignore_stdout().output();
         let _ = std::fs::remove_dir_all(&scratch);
         let out = result.map_err(|e| {

@@ -57,10 +57,7 @@ fn flag_editor_keeps_every_other_byte_or_refuses() {
             }
         }
     }
-    assert!(
-        edited > 1000,
-        "the mangler still produces editable files ({edited})"
-    );
+    assert!(edited > 1000, "the mangler still produces editable files ({edited})");
 }
 
 #[test]
@@ -72,10 +69,7 @@ fn fixture_parser_never_panics_and_only_accepts_valid_sets() {
         if let Ok(pairs) = fixtures::parse(text.as_bytes()) {
             assert!(!pairs.is_empty());
             for (name, value) in &pairs {
-                assert!(
-                    fixtures::valid_name(name),
-                    "{name:?} accepted from {text:?}"
-                );
+                assert!(fixtures::valid_name(name), "{name:?} accepted from {text:?}");
                 assert!(value.len() <= fixtures::MAX_VALUE_BYTES);
             }
         }

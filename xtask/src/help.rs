@@ -69,14 +69,8 @@ mod tests {
             "xtask secrets\n  Secrets.\n\nCOMMANDS:\n    seed   Seed it.\n    check  Check it.\n\nRun `cargo xtask secrets <command> --help` for a command's flags and examples.\n"
         );
         let leaf = focused(FULL, &["secrets".to_string(), "seed".to_string()]);
-        assert!(
-            leaf.starts_with("xtask secrets seed\n  Seed it."),
-            "{leaf:?}"
-        );
-        assert!(
-            leaf.ends_with("--x\n") && !leaf.ends_with("\n\n"),
-            "{leaf:?}"
-        );
+        assert!(leaf.starts_with("xtask secrets seed\n  Seed it."), "{leaf:?}");
+        assert!(leaf.ends_with("--x\n") && !leaf.ends_with("\n\n"), "{leaf:?}");
         assert!(focused(FULL, &[]).contains("    secrets  Secrets."));
     }
 }

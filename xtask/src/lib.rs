@@ -156,11 +156,7 @@ fn say_error(message: &str) {
 /// The text of a panic payload (`panic!` with a literal or a format).
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
     let text = payload.downcast_ref::<String>().map(String::as_str);
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or(text)
-        .unwrap_or_default()
+    payload.downcast_ref::<&str>().copied().or(text).unwrap_or_default()
 }
 
 /// `print!`'s panic when the reader of stdout or stderr has gone away.
@@ -189,10 +185,7 @@ mod tests {
             ("failed printing to stdout: Broken pipe (os error 32)", true),
             ("failed printing to stderr: Broken pipe (os error 32)", true),
             ("index out of bounds", false),
-            (
-                "failed printing to stdout: No space left (os error 28)",
-                false,
-            ),
+            ("failed printing to stdout: No space left (os error 28)", false),
         ] {
             assert_eq!(is_broken_pipe(message), quiet, "{message}");
         }

@@ -43,11 +43,7 @@ pub(crate) fn bounded<T: Send, R: Send>(
         }
     });
     done.into_iter()
-        .map(|r| {
-            r.into_inner()
-                .unwrap_or_else(|e| e.into_inner())
-                .expect("every item ran")
-        })
+        .map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every item ran"))
         .collect()
 }
 

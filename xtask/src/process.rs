@@ -42,11 +42,7 @@ pub(crate) struct Tool {
 
 impl Tool {
     pub(crate) fn new(program: impl AsRef<OsStr>) -> Tool {
-        Tool {
-            program: program.as_ref().to_owned(),
-            deadline: DEFAULT_DEADLINE,
-            ..Tool::default()
-        }
+        Tool { program: program.as_ref().to_owned(), deadline: DEFAULT_DEADLINE, ..Tool::default() }
     }
 
     pub(crate) fn arg(mut self, arg: impl AsRef<OsStr>) -> Tool {
@@ -210,11 +206,7 @@ impl Tool {
             }
         });
         let lines = rx;
-        Ok(Running {
-            reader,
-            last,
-            lines,
-        })
+        Ok(Running { reader, last, lines })
     }
 }
 
@@ -346,26 +338,17 @@ pub(crate) fn finish_regardless() -> FinishRegardless {
     let _ = std::io::stdout().flush();
     // Which file each descriptor is, before either moves (a closed one stays).
     let dup = |fd: std::os::fd::BorrowedFd| fd.try_clone_to_owned().map(File::from);
-    let (out, err) = (
-        dup(std::io::stdout().as_fd()),
-        dup(std::io::stderr().as_fd()),
-    );
+    let (out, err) = (dup(std::io::stdout().as_fd()), dup(std::io::stderr().as_fd()));
     let id = |f: &File| f.metadata().ok().map(|m| (m.dev(), m.ino()));
     let groups: Vec<(Vec<i32>, File)> = match (out, err) {
         (Ok(out), Ok(err)) if id(&out).is_some() && id(&out) == id(&err) => vec![(vec![1, 2], out)],
         (out, err) => {
             let files = [(1, out), (2, err)].into_iter();
-            files
-                .filter_map(|(fd, file)| Some((vec![fd], file.ok()?)))
-                .collect()
+            files.filter_map(|(fd, file)| Some((vec![fd], file.ok()?))).collect()
         }
     };
-    let copies = groups
-        .into_iter()
-        .map(|(fds, file)| Copier::start(fds, file));
-    FinishRegardless {
-        copies: copies.flatten().collect(),
-    }
+    let copies = groups.into_iter().map(|(fds, file)| Copier::start(fds, file));
+    FinishRegardless { copies: copies.flatten().collect() }
 }
 
 /// Whether stderr is (or, under [`finish_regardless`], was) a terminal.
@@ -388,11 +371,7 @@ impl Copier {
         // keeps pointing where it did.
         let moved = |fd: &i32| unsafe { libc::dup2(writer.as_raw_fd(), *fd) } >= 0;
         let fds = fds.into_iter().filter(moved).collect();
-        Ok(Copier {
-            fds,
-            original,
-            thread,
-        })
+        Ok(Copier { fds, original, thread })
     }
 }
 
@@ -422,9 +401,7 @@ mod tests {
 
     /// `script` in `sh`, with `$V` a value that must never reach a message.
     fn sh(script: &str) -> Tool {
-        Tool::new("sh")
-            .args(["-c", script])
-            .env("V", "canary-on-stdout")
+        Tool::new("sh").args(["-c", script]).env("V", "canary-on-stdout")
     }
 
     #[test]
@@ -468,10 +445,8 @@ mod tests {
     fn a_spawned_child_is_drained_for_its_whole_life_and_killed_on_drop() {
         // About 120 KiB at once, more than a pipe holds (64 KiB), then a
         // marker, then a line every 5 ms: undrained, the writes would block.
-        let running = sh(
-            "yes 0123456789012345678901234567890123456789 | head -n 3000; \
-             echo marker; i=0; while :; do echo line $i; i=$((i+1)); sleep 0.005; done",
-        )
+        let running = sh("yes 0123456789012345678901234567890123456789 | head -n 3000; \
+             echo marker; i=0; while :; do echo line $i; i=$((i+1)); sleep 0.005; done")
         .spawn()
         .unwrap();
         let mut bytes = 0;
@@ -495,13 +470,8 @@ mod tests {
     #[test]
     fn a_spawned_child_reports_its_lines_its_quiet_its_end_and_its_exit() {
         let child = sh("echo one; echo noise 1; echo two >&2; sleep 1; exit 4");
-        let running = child
-            .noise(|line| line.starts_with("noise"))
-            .spawn()
-            .unwrap();
-        let lines: Vec<Next> = (0..3)
-            .map(|_| running.next_line(Duration::from_secs(5)))
-            .collect();
+        let running = child.noise(|line| line.starts_with("noise")).spawn().unwrap();
+        let lines: Vec<Next> = (0..3).map(|_| running.next_line(Duration::from_secs(5))).collect();
         let want = ["one", "noise 1", "two"].map(|l| Next::Line(l.into()));
         assert_eq!(lines, want);
         assert_eq!(running.next_line(Duration::from_millis(100)), Next::Quiet);

@@ -43,10 +43,7 @@ impl Process {
     /// A process with only `vars` in its environment (for tests).
     #[cfg(test)]
     pub(crate) fn with(root: &Path, cwd: &Path, vars: &[(&str, &str)]) -> Process {
-        let vars = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let (root, cwd) = (root.to_path_buf(), cwd.to_path_buf());
         Process { root, cwd, vars }
     }
@@ -95,9 +92,7 @@ pub(crate) fn flag_file(env: &str) -> PathBuf {
 
 /// The environments that have a layer 15 values file, sorted.
 pub(crate) fn environments(root: &Path) -> Vec<String> {
-    environment_dirs(&root.join(INFRA), |dir| {
-        dir.join("platform/15-secrets.values.yaml").is_file()
-    })
+    environment_dirs(&root.join(INFRA), |dir| dir.join("platform/15-secrets.values.yaml").is_file())
 }
 
 /// Refuses an `--env` the repository does not have (a usage error, exit 2):

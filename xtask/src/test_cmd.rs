@@ -31,10 +31,7 @@ pub(crate) fn run(flags: &flags::Test, process: &Process) -> Result<()> {
     cmd!(sh, "cargo fmt --all -- --check")
         .run()
         .context("formatting differs: run `cargo fmt --all`")?;
-    let clippy = cmd!(
-        sh,
-        "cargo clippy --workspace --all-targets --quiet -- -D warnings"
-    );
+    let clippy = cmd!(sh, "cargo clippy --workspace --all-targets --quiet -- -D warnings");
     clippy.run().context("clippy found problems (see above)")?;
     let args = &flags.args;
     // A filtered run is a developer's quick loop: no fuzzing. Without CI a
@@ -49,9 +46,8 @@ pub(crate) fn run(flags: &flags::Test, process: &Process) -> Result<()> {
     let skip_log = root.join("target/tool-test-skips.txt");
     let _ = std::fs::remove_file(&skip_log);
     sh.set_var(SKIP_LOG_ENV, &skip_log);
-    let tested = cmd!(sh, "cargo test --workspace {args...}")
-        .run()
-        .context("tests failed (see above)");
+    let tested =
+        cmd!(sh, "cargo test --workspace {args...}").run().context("tests failed (see above)");
     let skipped = std::fs::read_to_string(&skip_log).unwrap_or_default();
     print!("{}", skip_summary(&skipped));
     if fuzz_skipped {

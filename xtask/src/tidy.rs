@@ -29,8 +29,7 @@ fn rust_files(dir: &Path) -> Vec<(String, String)> {
 
 /// The text before the file's `#[cfg(test)]` module, if it has one.
 fn without_tests(text: &str) -> &str {
-    text.find("\n#[cfg(test)]\nmod ")
-        .map_or(text, |i| &text[..i])
+    text.find("\n#[cfg(test)]\nmod ").map_or(text, |i| &text[..i])
 }
 
 #[test]
@@ -61,11 +60,8 @@ fn only_the_dispatcher_imports_a_command() {
         for (n, line) in without_tests(&text).lines().enumerate() {
             let code = line.split("//").next().unwrap_or_default();
             for cmd in commands.iter().filter(|c| **c != own) {
-                let names = [
-                    format!("secrets::{cmd}::"),
-                    format!("secrets::{{{cmd}"),
-                    format!(" {cmd}::"),
-                ];
+                let names =
+                    [format!("secrets::{cmd}::"), format!("secrets::{{{cmd}"), format!(" {cmd}::")];
                 let named = names.iter().any(|p| code.contains(p.as_str()));
                 if named && !code.contains("migrate::journal") {
                     offenders.push(format!("{rel}:{}: {}", n + 1, code.trim()));

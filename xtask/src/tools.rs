@@ -215,10 +215,7 @@ fn install(root: &Path, tool: &Tool) -> Result<()> {
     std::fs::create_dir_all(&layers)?;
     for (i, (kind, member)) in tool.layers.iter().enumerate() {
         let out = layers.join(i.to_string());
-        let unpack = cmd!(
-            sh,
-            "python3 -c {EXTRACT_PY} {kind} {archive} {member} {out}"
-        );
+        let unpack = cmd!(sh, "python3 -c {EXTRACT_PY} {kind} {archive} {member} {out}");
         let unpacking = || format!("unpacking {member} from {}", archive.display());
         unpack.quiet().run().with_context(unpacking)?;
         archive = out;
@@ -281,9 +278,7 @@ fn verified(bin: &Path, tool: &Tool) -> bool {
 
 fn version_matches(bin: &Path, tool: &Tool) -> bool {
     let version = crate::process::Tool::new(bin).args(tool.version_args);
-    let out = version
-        .deadline(std::time::Duration::from_secs(30))
-        .output();
+    let out = version.deadline(std::time::Duration::from_secs(30)).output();
     out.is_ok_and(|o| {
         let text = String::from_utf8_lossy(&o.stdout) + String::from_utf8_lossy(&o.stderr);
         text.contains(tool.version_match)

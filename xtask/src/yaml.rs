@@ -128,9 +128,7 @@ impl MarkedEventReceiver for Builder {
             }
             Event::MappingEnd => {
                 if let Some(Open::Map(items, l, anchor)) = self.stack.pop() {
-                    let pairs = items
-                        .chunks_exact(2)
-                        .map(|kv| (kv[0].clone(), kv[1].clone()));
+                    let pairs = items.chunks_exact(2).map(|kv| (kv[0].clone(), kv[1].clone()));
                     self.push(Rc::new(Node::Map(pairs.collect(), l)), anchor);
                 }
             }
@@ -177,9 +175,9 @@ fn within_budget(node: &Node, budget: &mut usize) -> bool {
     match node {
         Node::Scalar(..) => true,
         Node::Seq(items, _) => items.iter().all(|n| within_budget(n, budget)),
-        Node::Map(entries, _) => entries
-            .iter()
-            .all(|(k, v)| within_budget(k, budget) && within_budget(v, budget)),
+        Node::Map(entries, _) => {
+            entries.iter().all(|(k, v)| within_budget(k, budget) && within_budget(v, budget))
+        }
     }
 }
 
@@ -193,15 +191,9 @@ mod tests {
         let docs = parse_documents("a: 1\nb:\n  c: two\n---\nx: [1, 2]\n").unwrap();
         assert_eq!(docs.len(), 2);
         let b = docs[0].get("b").unwrap();
-        assert_eq!(
-            (b.get("c").unwrap().line(), b.str_at("c")),
-            (3, Some("two"))
-        );
+        assert_eq!((b.get("c").unwrap().line(), b.str_at("c")), (3, Some("two")));
         assert_eq!(docs[1].get("x").unwrap().as_seq().len(), 2);
         let err = parse_documents("a: 1\nb: *nope\n").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "2:4: while parsing node, found unknown anchor"
-        );
+        assert_eq!(err.to_string(), "2:4: while parsing node, found unknown anchor");
     }
 }

@@ -54,10 +54,7 @@ pub(crate) struct Setting<T> {
 impl<T> Setting<T> {
     fn map<U>(self, f: impl FnOnce(T) -> U) -> Setting<U> {
         let source = self.source;
-        Setting {
-            value: f(self.value),
-            source,
-        }
+        Setting { value: f(self.value), source }
     }
 }
 
@@ -74,12 +71,7 @@ const WAIT_SLEEP: &str = "EXTERNALSECRET_WAIT_SLEEP";
 const SETTINGS: &[Key] = &[
     ("provider", "--provider", "SECRETS_PROVIDER", "vault"),
     ("fixtures", "--fixtures", "", project::DEFAULT_FIXTURES),
-    (
-        "overrides",
-        "--overrides",
-        "",
-        ".local/secrets/overrides.json",
-    ),
+    ("overrides", "--overrides", "", ".local/secrets/overrides.json"),
     ("concurrency", "--concurrency", "", "16"),
     ("vault.addr", "", "VAULT_ADDR", ""),
     ("vault.token", "", "VAULT_TOKEN", ""),
@@ -98,18 +90,8 @@ const SETTINGS: &[Key] = &[
     ("file.store", "", "", ".local/secrets/store.json"),
     ("azure.vault_name", "", "AZURE_KEYVAULT_NAME", ""),
     ("guardrail.local_contexts", "", "", LOCAL_CONTEXTS),
-    (
-        "externalsecret.wait_attempts",
-        "--wait-attempts",
-        WAIT_ATTEMPTS,
-        "60",
-    ),
-    (
-        "externalsecret.wait_sleep_secs",
-        "--wait-sleep",
-        WAIT_SLEEP,
-        "5",
-    ),
+    ("externalsecret.wait_attempts", "--wait-attempts", WAIT_ATTEMPTS, "60"),
+    ("externalsecret.wait_sleep_secs", "--wait-sleep", WAIT_SLEEP, "5"),
     ("kubeconfig", "", "KUBECONFIG", ""),
     ("home", "", "HOME", ""),
 ];
@@ -295,10 +277,7 @@ impl Config {
         let msg = format!("the wait's sleep must be 0 to 600 seconds (from {source})");
         ensure_value((0.0..=600.0).contains(&sleep.value), source, msg)?;
         let sleep = Duration::from_secs_f64(sleep.value);
-        let wait = Wait {
-            attempts: *n,
-            sleep,
-        };
+        let wait = Wait { attempts: *n, sleep };
         let port = "vault.port_forward.port";
         let port_forward = PortForward {
             namespace: set("vault.port_forward.namespace").value,
@@ -364,10 +343,7 @@ impl Config {
         let row = |key: &str, setting: Option<&Setting<String>>| match (key, setting) {
             ("vault.token", _) => match &self.vault_token {
                 Some(t) => (hidden(), t.source.to_string()),
-                None => (
-                    "(unset: dev chart token with a port-forward)".into(),
-                    builtin(),
-                ),
+                None => ("(unset: dev chart token with a port-forward)".into(), builtin()),
             },
             ("vault.addr", None) => {
                 let (service, namespace) =
@@ -376,11 +352,8 @@ impl Config {
                 (unset, builtin())
             }
             ("kubeconfig", None) if !self.kubeconfig.is_empty() => {
-                let paths: Vec<_> = self
-                    .kubeconfig
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect();
+                let paths: Vec<_> =
+                    self.kubeconfig.iter().map(|p| p.display().to_string()).collect();
                 (paths.join(":"), "built-in default (from HOME)".into())
             }
             (_, None) => ("(unset)".into(), builtin()),
@@ -398,9 +371,7 @@ impl Config {
                 (value, s.source.to_string())
             }
         };
-        let rows = SETTINGS
-            .iter()
-            .map(|(key, ..)| (key, row(key, raw.get(key))));
+        let rows = SETTINGS.iter().map(|(key, ..)| (key, row(key, raw.get(key))));
         let rows = rows.map(|(key, (value, source))| (key.to_string(), value, source));
         rows.collect()
     }
@@ -564,19 +535,12 @@ mod tests {
         let wait = (cfg.wait.attempts, cfg.wait.sleep);
         assert_eq!(wait, (7, Duration::from_millis(500)));
         let wait_attempts = Some(3);
-        let mut flags = FlagValues {
-            wait_attempts,
-            ..Default::default()
-        };
+        let mut flags = FlagValues { wait_attempts, ..Default::default() };
         let cfg = load(&root, &flags, &env).unwrap();
         assert_eq!(cfg.wait.attempts, 3);
         let listed = cfg.describe();
         assert_eq!(listed.len(), SETTINGS.len(), "status lists every setting");
-        let row = [
-            "externalsecret.wait_sleep_secs",
-            "0.5",
-            "env EXTERNALSECRET_WAIT_SLEEP",
-        ];
+        let row = ["externalsecret.wait_sleep_secs", "0.5", "env EXTERNALSECRET_WAIT_SLEEP"];
         assert!(listed.contains(&row.map(String::from).into()));
         flags.wait_attempts = Some(0);
         let err = load(&root, &flags, &[]).unwrap_err();
@@ -588,9 +552,7 @@ mod tests {
     fn token_never_from_a_committed_file_and_never_shown() {
         let root = scratch("token");
         write(&root, "secrets.toml", "[vault]\ntoken = \"s.committed\"\n");
-        let err = load(&root, &FlagValues::default(), &[])
-            .unwrap_err()
-            .to_string();
+        let err = load(&root, &FlagValues::default(), &[]).unwrap_err().to_string();
         assert!(err.contains("must never hold a token"), "{err}");
         assert!(!err.contains("s.committed"), "{err}");
 
@@ -629,10 +591,7 @@ mod tests {
         let root = scratch("bad-values");
         for (vars, want) in [
             ([(WAIT_SLEEP, "soon")], "env EXTERNALSECRET_WAIT_SLEEP"),
-            (
-                [("SECRETS_PROVIDER", "consul")],
-                "from env SECRETS_PROVIDER",
-            ),
+            ([("SECRETS_PROVIDER", "consul")], "from env SECRETS_PROVIDER"),
         ] {
             let err = load(&root, &FlagValues::default(), &vars).unwrap_err();
             assert!(err.is::<crate::UsageError>(), "{err}");
@@ -641,29 +600,13 @@ mod tests {
         let timeout = "vault.timeout_secs must be";
         let pod_wait = "vault.port_forward.pod_wait_secs must be a number of seconds above 0";
         for (file, text, want) in [
-            (
-                ".local",
-                "concurrency = 0\n",
-                "concurrency must be 1 to 256",
-            ),
+            (".local", "concurrency = 0\n", "concurrency must be 1 to 256"),
             (".local", "[vault]\nmount = \"..\"\n", "invalid Vault mount"),
             (".local", "provider = \"consul\"\n", "unknown provider"),
             (".local", "[vault]\ntoken = s.unquoted\n", ":2:9:"),
-            (
-                ".local",
-                "[vault]\nadress = \"x\"\n",
-                "unknown key vault.adress",
-            ),
-            (
-                ".local",
-                "[vault.port_forward]\npod_wait_secs = -1\n",
-                pod_wait,
-            ),
-            (
-                ".local",
-                "[helmfile]\nsync_timeout_secs = 0\n",
-                "helmfile.sync_timeout_secs must be",
-            ),
+            (".local", "[vault]\nadress = \"x\"\n", "unknown key vault.adress"),
+            (".local", "[vault.port_forward]\npod_wait_secs = -1\n", pod_wait),
+            (".local", "[helmfile]\nsync_timeout_secs = 0\n", "helmfile.sync_timeout_secs must be"),
             (".", "[vault]\ntimeout_secs = -1\n", timeout),
             (".local", "[vault]\ntimeout_secs = nan\n", timeout),
             (".local", "[vault]\ntimeout_secs = inf\n", timeout),
@@ -680,10 +623,7 @@ mod tests {
                 msg.contains(&format!("(from {from})")) || msg.contains(&format!("{from}:")),
                 "{msg}"
             );
-            assert!(
-                !msg.contains("s.unquoted"),
-                "a token line is never quoted: {msg}"
-            );
+            assert!(!msg.contains("s.unquoted"), "a token line is never quoted: {msg}");
             std::fs::remove_file(root.join(&path)).unwrap();
         }
         std::fs::remove_dir_all(&root).unwrap();
@@ -696,10 +636,7 @@ mod tests {
         write(&root, ".local/secrets.toml", text);
         let cwd = std::env::current_dir().unwrap();
         let fixtures = Some("../x.json".into());
-        let flags = FlagValues {
-            fixtures,
-            ..Default::default()
-        };
+        let flags = FlagValues { fixtures, ..Default::default() };
         let cfg = load(&root, &flags, &[]).unwrap();
         assert_eq!(cfg.fixtures.value, normalize(&cwd.join("../x.json")));
         assert!(!cfg.fixtures.value.starts_with(&root), "not from the root");
@@ -708,10 +645,7 @@ mod tests {
         assert_eq!(cfg.shown(&cfg.overrides.value), "mine/overrides.json");
         let unnormalized = root.join("infra/../scripts/a.json");
         let shown = shown_from(&root, &unnormalized);
-        assert_eq!(
-            shown, "infra/../scripts/a.json",
-            "shown_from takes normalized paths"
-        );
+        assert_eq!(shown, "infra/../scripts/a.json", "shown_from takes normalized paths");
         assert_eq!(cfg.shown(&unnormalized), "scripts/a.json");
         assert_eq!(normalize(Path::new("/a/b/../c/./d")), Path::new("/a/c/d"));
         std::fs::remove_dir_all(&root).unwrap();
@@ -722,12 +656,7 @@ mod tests {
         let root = scratch("deadlines");
         let deadlines = |cfg: Config| {
             let pf = cfg.port_forward;
-            (
-                cfg.helmfile_sync_timeout,
-                pf.start_timeout,
-                pf.pod_wait,
-                cfg.vault_timeout_secs,
-            )
+            (cfg.helmfile_sync_timeout, pf.start_timeout, pf.pod_wait, cfg.vault_timeout_secs)
         };
         let secs = Duration::from_secs_f64;
         let want = (secs(600.0), secs(30.0), secs(120.0), 15.0);

@@ -36,12 +36,7 @@ fn finding(
     fix: impl Into<String>,
 ) -> Finding {
     let (text, fix) = (text.into(), fix.into());
-    Finding {
-        level,
-        area,
-        text,
-        fix,
-    }
+    Finding { level, area, text, fix }
 }
 fn ok(area: &'static str, text: impl Into<String>) -> Finding {
     finding(Level::Ok, area, text, "")
@@ -63,10 +58,7 @@ pub(crate) fn run(flags: &flags::Doctor, process: &Process) -> Result<()> {
         out.push(match tools::locate(&root, tool) {
             Some(found) => ok(
                 "tools",
-                format!(
-                    "{name} {version} at {}",
-                    project::shown_from(&root, found.path())
-                ),
+                format!("{name} {version} at {}", project::shown_from(&root, found.path())),
             ),
             None => fail(
                 "tools",
@@ -75,10 +67,7 @@ pub(crate) fn run(flags: &flags::Doctor, process: &Process) -> Result<()> {
             ),
         });
     }
-    for (name, why) in [
-        ("kubectl", "to reach a cluster"),
-        ("az", "only for --provider azure"),
-    ] {
+    for (name, why) in [("kubectl", "to reach a cluster"), ("az", "only for --provider azure")] {
         if tools::which(name).is_none() {
             out.push(warn(
                 "tools",
@@ -135,10 +124,7 @@ pub(crate) fn run(flags: &flags::Doctor, process: &Process) -> Result<()> {
     if cfg.vault_addr.is_some() || local {
         match vault::VaultProvider::connect(&cfg, None) {
             Ok(mut p) => {
-                out.push(ok(
-                    "vault",
-                    format!("{} reachable, unsealed, token valid", p.target()),
-                ));
+                out.push(ok("vault", format!("{} reachable, unsealed, token valid", p.target())));
                 vault_findings(&mut out, &mut p, &cfg, &env, &fixture_set, &infra_scan);
                 if let Ok(true) = p.detailed_listing_denied() {
                     out.push(warn(
@@ -203,11 +189,9 @@ pub(crate) fn run(flags: &flags::Doctor, process: &Process) -> Result<()> {
     }
 
     match &fixture_set {
-        Err(e) => out.push(fail(
-            "fixtures",
-            format!("{e:#}"),
-            "fix the file at the position shown",
-        )),
+        Err(e) => {
+            out.push(fail("fixtures", format!("{e:#}"), "fix the file at the position shown"))
+        }
         Ok(set) => match &infra_scan {
             Err(e) => out.push(fail("coverage", format!("{e:#}"), "fix the file it names")),
             Ok(scan) => {
@@ -242,10 +226,7 @@ pub(crate) fn run(flags: &flags::Doctor, process: &Process) -> Result<()> {
             match loaded() {
                 Ok(s) => {
                     let n = s.secrets.len();
-                    ok(
-                        "file store",
-                        format!("{shown}: {n} secrets, 0600, git-ignored"),
-                    )
+                    ok("file store", format!("{shown}: {n} secrets, 0600, git-ignored"))
                 }
                 Err(e) => fail("file store", format!("{e:#}"), "see the message"),
             }
@@ -315,20 +296,14 @@ fn vault_findings(
                 ));
             }
         }
-        Err(e) => out.push(warn(
-            "vault",
-            format!("capabilities not checked: {e:#}"),
-            "see the message",
-        )),
+        Err(e) => {
+            out.push(warn("vault", format!("capabilities not checked: {e:#}"), "see the message"))
+        }
     }
     let names = match names {
         Ok(n) => n,
         Err(e) => {
-            out.push(fail(
-                "eso access",
-                format!("{e:#}"),
-                "restore the file it names from git",
-            ));
+            out.push(fail("eso access", format!("{e:#}"), "restore the file it names from git"));
             return;
         }
     };
@@ -396,11 +371,9 @@ fn vault_findings(
             }
             out.push(fail("eso access", text, a.fix()));
         }
-        Err(e) => out.push(warn(
-            "eso access",
-            format!("not read as ESO: {e:#}"),
-            "see the message",
-        )),
+        Err(e) => {
+            out.push(warn("eso access", format!("not read as ESO: {e:#}"), "see the message"))
+        }
     }
 }
 
@@ -430,9 +403,7 @@ fn store_finding(
         Some(true) => ok("eso", format!("ClusterSecretStore/{STORE_NAME} Ready")),
         Some(false) => {
             let denied_here = kube::permission_denied(&ready.message)
-                || event
-                    .as_ref()
-                    .is_some_and(|e| kube::permission_denied(&e.message));
+                || event.as_ref().is_some_and(|e| kube::permission_denied(&e.message));
             fail(
                 "eso",
                 format!(
@@ -465,18 +436,11 @@ fn external_secret_findings(out: &mut Vec<Finding>, denied: &str, env: &str) {
     let list = match kube::external_secrets() {
         Ok(list) => list,
         Err(e) => {
-            out.push(fail(
-                "eso",
-                format!("{e:#}"),
-                "check kubectl access: `kubectl cluster-info`",
-            ));
+            out.push(fail("eso", format!("{e:#}"), "check kubectl access: `kubectl cluster-info`"));
             return;
         }
     };
-    let ours: Vec<_> = list
-        .iter()
-        .filter(|e| scan::is_our_store(&e.store))
-        .collect();
+    let ours: Vec<_> = list.iter().filter(|e| scan::is_our_store(&e.store)).collect();
     let bad: Vec<_> = ours.iter().filter(|e| e.ready != Some(true)).collect();
     if ours.is_empty() {
         out.push(warn(
@@ -487,10 +451,7 @@ fn external_secret_findings(out: &mut Vec<Finding>, denied: &str, env: &str) {
         return;
     }
     if bad.is_empty() {
-        out.push(ok(
-            "eso",
-            format!("{} ExternalSecrets on {STORE_NAME} Ready", ours.len()),
-        ));
+        out.push(ok("eso", format!("{} ExternalSecrets on {STORE_NAME} Ready", ours.len())));
         return;
     }
     let mut events: BTreeMap<String, BTreeMap<String, kube::Event>> = BTreeMap::new();
@@ -508,11 +469,7 @@ fn external_secret_findings(out: &mut Vec<Finding>, denied: &str, env: &str) {
         let cause = event.map(|ev| ev.message.as_str()).unwrap_or(&e.message);
         out.push(fail(
             "eso",
-            format!(
-                "ExternalSecret {} not Ready: {state}{}",
-                e.id(),
-                kube::said(event)
-            ),
+            format!("ExternalSecret {} not Ready: {state}{}", e.id(), kube::said(event)),
             external_secret_fix(&e.namespace, &e.name, cause, denied, env),
         ));
     }
@@ -538,9 +495,7 @@ fn external_secret_fix(
     let resync = format!("kubectl annotate externalsecret {name} --namespace {namespace} force-sync=$(date +%s) --overwrite");
     if kube::permission_denied(&m) {
         format!("{denied} Then {resync}")
-    } else if m.contains(&format!(
-        "could not get clustersecretstore \"{STORE_NAME}\""
-    )) {
+    } else if m.contains(&format!("could not get clustersecretstore \"{STORE_NAME}\"")) {
         format!(
             "ClusterSecretStore/{STORE_NAME} is missing: {}; then {resync}",
             helmfile::sync_display(env)
@@ -600,19 +555,14 @@ fn journal_finding(root: &std::path::Path, env: &str, flag_rel: &str) -> Finding
     let Some(m) = journal.current() else {
         return ok("journal", format!("no migration of {env} journaled"));
     };
-    let text = format!(
-        "last {} of {env}: {} -> {}, {}",
-        m.kind, m.from, m.to, m.state
-    );
+    let text = format!("last {} of {env}: {} -> {}, {}", m.kind, m.from, m.to, m.state);
     let flag_now = std::fs::read_to_string(root.join(flag_rel))
         .ok()
         .and_then(|t| flagfile::provider(&t, flag_rel).ok());
     match m.next_step_text(flag_now) {
-        Some(next) => warn(
-            "journal",
-            format!("{text} (unfinished)"),
-            format!("finish it with {next}"),
-        ),
+        Some(next) => {
+            warn("journal", format!("{text} (unfinished)"), format!("finish it with {next}"))
+        }
         None => ok("journal", text),
     }
 }

@@ -31,10 +31,8 @@ pub(crate) fn run(flags: &flags::Status, process: &Process) -> Result<()> {
     }
     let flag_rel = project::flag_file(&env).display().to_string();
     let flag_text = std::fs::read_to_string(root.join(&flag_rel)).unwrap_or_default();
-    let flag_now = flags_by_env
-        .iter()
-        .find(|(e, _)| *e == env)
-        .map_or("?".to_string(), |(_, v)| v.clone());
+    let flag_now =
+        flags_by_env.iter().find(|(e, _)| *e == env).map_or("?".to_string(), |(_, v)| v.clone());
     // A journal that cannot be read is reported, not a reason to show nothing.
     let (journal, journal_error) = match Journal::load(&root, &env) {
         Ok(j) => (j, None),
@@ -42,13 +40,10 @@ pub(crate) fn run(flags: &flags::Status, process: &Process) -> Result<()> {
     };
     let last = journal.current().cloned();
     // Whether the flag file is where the journal's last entry left it.
-    let fits = last
-        .as_ref()
-        .map(|m| crate::secrets::migrate::journal::flag_fits(&journal, m, &flag_text));
+    let fits =
+        last.as_ref().map(|m| crate::secrets::migrate::journal::flag_fits(&journal, m, &flag_text));
     let context = kube::current_context(&cfg.kubeconfig);
-    let context_local = context
-        .as_ref()
-        .map(|c| guard::is_local_context(c, &cfg.local_contexts));
+    let context_local = context.as_ref().map(|c| guard::is_local_context(c, &cfg.local_contexts));
     let vault = vault_health(&cfg);
     let eso = match (&context, context_local) {
         (Some(_), Some(true)) => Some(kube::external_secrets().map_err(|e| format!("{e:#}"))),
@@ -59,10 +54,9 @@ pub(crate) fn run(flags: &flags::Status, process: &Process) -> Result<()> {
         Format::Json => {
             let eso_json = match &eso {
                 None => json!(null),
-                Some(Ok(list)) => json!(list
-                    .iter()
-                    .filter(|e| scan::is_our_store(&e.store))
-                    .collect::<Vec<_>>()),
+                Some(Ok(list)) => {
+                    json!(list.iter().filter(|e| scan::is_our_store(&e.store)).collect::<Vec<_>>())
+                }
                 Some(Err(e)) => json!({ "error": e }),
             };
             let cfg_rows: Vec<_> = cfg
@@ -146,15 +140,10 @@ pub(crate) fn run(flags: &flags::Status, process: &Process) -> Result<()> {
                 None => println!("external secrets: no local cluster reachable"),
                 Some(Err(e)) => println!("external secrets: {}", first_line(e)),
                 Some(Ok(list)) => {
-                    let ours: Vec<_> = list
-                        .iter()
-                        .filter(|e| scan::is_our_store(&e.store))
-                        .collect();
+                    let ours: Vec<_> =
+                        list.iter().filter(|e| scan::is_our_store(&e.store)).collect();
                     let ready = ours.iter().filter(|e| e.ready == Some(true)).count();
-                    println!(
-                        "external secrets on {STORE_NAME}: {ready}/{} Ready",
-                        ours.len()
-                    );
+                    println!("external secrets on {STORE_NAME}: {ready}/{} Ready", ours.len());
                     for e in ours.iter().filter(|e| e.ready != Some(true)) {
                         println!("  {}: {}: {}", e.id(), e.reason, e.message);
                     }
@@ -237,14 +226,9 @@ fn vault_health(cfg: &Config) -> serde_json::Value {
         )?;
         let health = http.health()?;
         let mount = &cfg.vault_mount.value;
-        let kv = if health.sealed {
-            "unknown (sealed)".to_string()
-        } else {
-            kv_version(&http, mount)
-        };
-        let held = (!health.sealed)
-            .then(|| fixtures_held(cfg, &http, &kv))
-            .flatten();
+        let kv =
+            if health.sealed { "unknown (sealed)".to_string() } else { kv_version(&http, mount) };
+        let held = (!health.sealed).then(|| fixtures_held(cfg, &http, &kv)).flatten();
         Ok(json!({
             "fixtures": held.as_ref().map(|h| json!({
                 "present": h.present, "total": h.total, "missing": h.missing,
@@ -295,10 +279,7 @@ fn kv_version(http: &VaultHttp, mount: &str) -> String {
     match info {
         None => "none: nothing is mounted there".into(),
         Some(i) if i["type"] != "kv" && i["type"] != "generic" => {
-            format!(
-                "none: a {} engine is mounted there",
-                i["type"].as_str().unwrap_or("?")
-            )
+            format!("none: a {} engine is mounted there", i["type"].as_str().unwrap_or("?"))
         }
         Some(i) => i["options"]["version"].as_str().unwrap_or("1").to_string(),
     }
@@ -312,29 +293,14 @@ mod tests {
     fn a_listing_gives_the_entries_not_the_folders() {
         let reply = |status, body| Reply { status, body };
         let keys = json!({"data": {"keys": ["b", "team/", "a", "_cargo-xtask-secrets"]}});
-        assert_eq!(
-            listed_names(&reply(200, keys)).unwrap(),
-            ["b", "a", "_cargo-xtask-secrets"]
-        );
-        assert_eq!(
-            listed_names(&reply(404, json!({"errors": []}))),
-            Some(vec![])
-        );
-        assert_eq!(
-            listed_names(&reply(403, json!({"errors": ["permission denied"]}))),
-            None
-        );
+        assert_eq!(listed_names(&reply(200, keys)).unwrap(), ["b", "a", "_cargo-xtask-secrets"]);
+        assert_eq!(listed_names(&reply(404, json!({"errors": []}))), Some(vec![]));
+        assert_eq!(listed_names(&reply(403, json!({"errors": ["permission denied"]}))), None);
         let held = vault_checks::Held::count(
             &["a".to_string(), "c".to_string()],
-            &listed_names(&reply(
-                200,
-                json!({"data": {"keys": ["a", "_cargo-xtask-secrets"]}}),
-            ))
-            .unwrap(),
+            &listed_names(&reply(200, json!({"data": {"keys": ["a", "_cargo-xtask-secrets"]}})))
+                .unwrap(),
         );
-        assert_eq!(
-            (held.present, held.total, held.missing),
-            (1, 2, vec!["c".to_string()])
-        );
+        assert_eq!((held.present, held.total, held.missing), (1, 2, vec!["c".to_string()]));
     }
 }

@@ -116,9 +116,7 @@ impl Ctx {
         if self.stop_at == Some(StopAt { step, at }) {
             // kill(1), a child like any other: SIGKILL lands while we wait for it.
             let pid = std::process::id().to_string();
-            let _ = crate::process::Tool::new("kill")
-                .args(["-s", "KILL", &pid])
-                .run();
+            let _ = crate::process::Tool::new("kill").args(["-s", "KILL", &pid]).run();
             std::process::abort();
         }
     }

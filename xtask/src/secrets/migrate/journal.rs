@@ -45,10 +45,7 @@ impl Step {
     /// A failure here leaves the cluster and the flag file as they were
     /// (the flip writes atomically, or not at all).
     pub(crate) fn fails_before_any_change(self) -> bool {
-        matches!(
-            self,
-            Step::Preflight | Step::Seed | Step::Coverage | Step::Flip
-        )
+        matches!(self, Step::Preflight | Step::Seed | Step::Coverage | Step::Flip)
     }
 }
 
@@ -256,8 +253,7 @@ pub(crate) struct Journal {
 }
 
 pub(crate) fn path(root: &Path, env: &str) -> PathBuf {
-    root.join(".local/secrets/journal")
-        .join(format!("{env}.json"))
+    root.join(".local/secrets/journal").join(format!("{env}.json"))
 }
 
 /// How to get past a journal that cannot be read.
@@ -270,8 +266,7 @@ pub(crate) fn unreadable_fix(root: &Path, env: &str) -> String {
 }
 
 pub(crate) fn lock_path(root: &Path, env: &str) -> PathBuf {
-    root.join(".local/secrets/journal")
-        .join(format!("{env}.lock"))
+    root.join(".local/secrets/journal").join(format!("{env}.lock"))
 }
 
 impl Journal {
@@ -316,10 +311,7 @@ impl Journal {
     pub(crate) fn undo_candidate(&self) -> Option<&Migration> {
         self.migrations.iter().find(|m| {
             m.kind == Kind::Migrate
-                && matches!(
-                    m.state,
-                    State::Completed | State::InProgress | State::RollbackFailed
-                )
+                && matches!(m.state, State::Completed | State::InProgress | State::RollbackFailed)
         })
     }
 
@@ -503,33 +495,18 @@ mod tests {
         j.set_flipped_to("rollback-1", "flipped").unwrap();
         assert!(j.set_flipped_to("rollback-0", "flipped").is_err());
         let now = now_rfc3339;
-        j.record("rollback-1", Step::Sync, now(), Outcome::Ok, "3")
-            .unwrap();
-        j.record(
-            "rollback-1",
-            Step::RollbackRestore,
-            now(),
-            Outcome::Failed,
-            "",
-        )
-        .unwrap();
+        j.record("rollback-1", Step::Sync, now(), Outcome::Ok, "3").unwrap();
+        j.record("rollback-1", Step::RollbackRestore, now(), Outcome::Failed, "").unwrap();
         assert_eq!(j.migrations[0].flag_sha_now(), "flipped");
-        j.record("rollback-1", Step::RollbackRestore, now(), Outcome::Ok, "")
-            .unwrap();
+        j.record("rollback-1", Step::RollbackRestore, now(), Outcome::Ok, "").unwrap();
         assert_eq!(j.migrations[0].flag_sha_now(), "x", "restored");
-        assert_eq!(
-            j.apply("rollback-1", Event::FailedAfterFlip).unwrap(),
-            State::RollbackFailed
-        );
+        assert_eq!(j.apply("rollback-1", Event::FailedAfterFlip).unwrap(), State::RollbackFailed);
         assert!(j.apply("rollback-1", Event::Undone).is_err());
         j.save(&root, "local").unwrap();
         let back = Journal::load(&root, "local").unwrap();
         let cur = back.current().unwrap();
         assert!(cur.step_ok(Step::Sync) && !cur.step_ok(Step::Wait));
-        assert_eq!(
-            (cur.state, cur.from, back.migrations.len()),
-            (State::RollbackFailed, Azure, 2)
-        );
+        assert_eq!((cur.state, cur.from, back.migrations.len()), (State::RollbackFailed, Azure, 2));
         assert!(cur.ended.is_some());
         assert_eq!(fsutil::mode(&path(&root, "local")).unwrap(), 0o600);
         // The spellings on disk, which journals written before must still load with.

@@ -84,10 +84,8 @@ pub(crate) fn run_migrate(flags: &flags::Migrate, process: &Process) -> Result<(
 }
 
 pub(crate) fn run_rollback(flags: &flags::Rollback, process: &Process) -> Result<()> {
-    let request = Request::Rollback {
-        to: flags.to.map(cluster_store).transpose()?,
-        resume: flags.resume,
-    };
+    let request =
+        Request::Rollback { to: flags.to.map(cluster_store).transpose()?, resume: flags.resume };
     run(
         request,
         Common {
@@ -114,10 +112,7 @@ fn run(request: Request, c: Common<'_>) -> Result<()> {
     let _lock = if c.dry_run {
         None
     } else {
-        Some(Lock::acquire(
-            &journal::lock_path(&root, &env),
-            &format!("migration of {env}"),
-        )?)
+        Some(Lock::acquire(&journal::lock_path(&root, &env), &format!("migration of {env}"))?)
     };
     let mut journal = Journal::load(&root, &env)?;
     let plan = match plan::build(request, &env, flag_now, &journal)? {
@@ -266,10 +261,7 @@ fn succeed(journal: &mut Journal, id: &str, plan: &Plan) -> Result<()> {
     journal.apply(id, plan.on_success)?;
     let undoes = journal.get(id).and_then(|m| m.undoes.clone());
     if let Some(undone) = undoes {
-        if journal
-            .get(&undone)
-            .is_some_and(|m| m.state != State::RolledBack)
-        {
+        if journal.get(&undone).is_some_and(|m| m.state != State::RolledBack) {
             journal.apply(&undone, Event::Undone)?;
         }
     }
@@ -440,10 +432,7 @@ mod tests {
             .unwrap_err()
             .downcast_ref::<crate::UsageError>()
             .is_some());
-        assert_eq!(
-            cluster_store(ProviderKind::Azure).unwrap(),
-            ProviderKind::Azure
-        );
+        assert_eq!(cluster_store(ProviderKind::Azure).unwrap(), ProviderKind::Azure);
     }
 }
 
@@ -455,11 +444,9 @@ mod engine_tests {
 
     fn ctx() -> Ctx {
         let root = crate::project_root();
-        let cfg = Config::load(
-            &crate::project::Process::with(&root, &root, &[]),
-            &FlagValues::default(),
-        )
-        .unwrap();
+        let cfg =
+            Config::load(&crate::project::Process::with(&root, &root, &[]), &FlagValues::default())
+                .unwrap();
         Ctx {
             wait: cfg.wait,
             cfg,
@@ -477,11 +464,8 @@ mod engine_tests {
     #[test]
     fn dry_run_snapshot() {
         let flag = "secrets:\n  provider: azure # the flag\n";
-        let request = Request::Migrate {
-            to: Some(ProviderKind::Vault),
-            resume: false,
-            auto_rollback: true,
-        };
+        let request =
+            Request::Migrate { to: Some(ProviderKind::Vault), resume: false, auto_rollback: true };
         let Decision::Run(migrate) =
             build(request, "local", ProviderKind::Azure, &Journal::default()).unwrap()
         else {

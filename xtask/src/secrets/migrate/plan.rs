@@ -8,51 +8,25 @@ use super::journal::{self, Event, Journal, Kind, Migration, State, Step};
 use crate::secrets::config::ProviderKind;
 
 /// The steps of a migration, in order.
-pub(super) const MIGRATE: [Step; 7] = [
-    Step::Preflight,
-    Step::Seed,
-    Step::Coverage,
-    Step::Flip,
-    Step::Sync,
-    Step::Wait,
-    Step::Record,
-];
+pub(super) const MIGRATE: [Step; 7] =
+    [Step::Preflight, Step::Seed, Step::Coverage, Step::Flip, Step::Sync, Step::Wait, Step::Record];
 /// A migration's automatic rollback after a failure past the flip.
-pub(super) const AUTO_ROLLBACK: [Step; 3] = [
-    Step::RollbackRestore,
-    Step::RollbackSync,
-    Step::RollbackWait,
-];
+pub(super) const AUTO_ROLLBACK: [Step; 3] =
+    [Step::RollbackRestore, Step::RollbackSync, Step::RollbackWait];
 /// Finishing a migration's failed automatic rollback.
-const RESUME_AUTO_ROLLBACK: [Step; 4] = [
-    Step::Preflight,
-    Step::RollbackRestore,
-    Step::RollbackSync,
-    Step::RollbackWait,
-];
+const RESUME_AUTO_ROLLBACK: [Step; 4] =
+    [Step::Preflight, Step::RollbackRestore, Step::RollbackSync, Step::RollbackWait];
 /// A rollback that sets the flag back.
-const ROLLBACK_WITH_FLIP: [Step; 5] = [
-    Step::Preflight,
-    Step::Flip,
-    Step::Sync,
-    Step::Wait,
-    Step::Record,
-];
+const ROLLBACK_WITH_FLIP: [Step; 5] =
+    [Step::Preflight, Step::Flip, Step::Sync, Step::Wait, Step::Record];
 /// A rollback whose flag already says where to: the cluster synced again.
 const ROLLBACK_NO_FLIP: [Step; 4] = [Step::Preflight, Step::Sync, Step::Wait, Step::Record];
 
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Request {
-    Migrate {
-        to: Option<ProviderKind>,
-        resume: bool,
-        auto_rollback: bool,
-    },
-    Rollback {
-        to: Option<ProviderKind>,
-        resume: bool,
-    },
+    Migrate { to: Option<ProviderKind>, resume: bool, auto_rollback: bool },
+    Rollback { to: Option<ProviderKind>, resume: bool },
 }
 
 /// A step of a plan; `done_earlier` when a resumed entry already has it.
@@ -112,12 +86,8 @@ pub(super) enum Decision {
 /// The plan's steps. On resume, what succeeded is not redone, except what
 /// must be re-checked: preflight, sync and wait (the cluster may have moved).
 fn planned(steps: &[Step], resumed: Option<&Migration>) -> Vec<Planned> {
-    let skippable = |step| {
-        matches!(
-            step,
-            Step::Seed | Step::Coverage | Step::Flip | Step::RollbackRestore
-        )
-    };
+    let skippable =
+        |step| matches!(step, Step::Seed | Step::Coverage | Step::Flip | Step::RollbackRestore);
     steps
         .iter()
         .map(|&step| Planned {
@@ -149,23 +119,10 @@ pub(super) fn build(
     let open = newest.filter(|m| m.state.is_open());
     let flag = Some(flag_now);
     let plan = |kind, entry, from, to, steps, on_success, on_failure, title| {
-        Ok(Decision::Run(Plan {
-            kind,
-            entry,
-            from,
-            to,
-            steps,
-            on_success,
-            on_failure,
-            title,
-        }))
+        Ok(Decision::Run(Plan { kind, entry, from, to, steps, on_success, on_failure, title }))
     };
     match request {
-        Request::Migrate {
-            to,
-            resume,
-            auto_rollback,
-        } => {
+        Request::Migrate { to, resume, auto_rollback } => {
             let on_failure = if auto_rollback {
                 OnFailure::AutoRollback(AUTO_ROLLBACK.to_vec())
             } else {
@@ -380,17 +337,11 @@ mod tests {
     }
 
     fn journal(entries: Vec<Migration>) -> Journal {
-        Journal {
-            migrations: entries,
-        }
+        Journal { migrations: entries }
     }
 
     const fn migrate(to: Option<ProviderKind>, resume: bool) -> Request {
-        Request::Migrate {
-            to,
-            resume,
-            auto_rollback: true,
-        }
+        Request::Migrate { to, resume, auto_rollback: true }
     }
     const fn rollback(to: Option<ProviderKind>, resume: bool) -> Request {
         Request::Rollback { to, resume }
@@ -409,21 +360,13 @@ mod tests {
             (
                 rollback(None, true),
                 Azure,
-                entry(
-                    Kind::Migrate,
-                    State::RollbackFailed,
-                    &[Step::Flip, Step::RollbackRestore],
-                ),
+                entry(Kind::Migrate, State::RollbackFailed, &[Step::Flip, Step::RollbackRestore]),
                 "preflight, rollback-restore (done), rollback-sync, rollback-wait",
             ),
             (
                 rollback(None, true),
                 Azure,
-                entry(
-                    Kind::Rollback,
-                    State::RollbackFailed,
-                    &[Step::Preflight, Step::Flip],
-                ),
+                entry(Kind::Rollback, State::RollbackFailed, &[Step::Preflight, Step::Flip]),
                 "preflight, flip (done), sync, wait, record",
             ),
         ];

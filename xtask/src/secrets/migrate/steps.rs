@@ -29,10 +29,7 @@ pub(super) struct Done {
 }
 
 fn done(detail: impl Into<String>) -> Done {
-    Done {
-        detail: detail.into(),
-        flipped_to: None,
-    }
+    Done { detail: detail.into(), flipped_to: None }
 }
 
 /// Runs one step of `plan`. `entry` is the journal entry, once there is one
@@ -52,10 +49,9 @@ pub(super) fn run(
         Step::Flip => flip(ctx, journal, entry()?, plan.to),
         Step::Sync | Step::RollbackSync => sync(ctx).map(done),
         Step::Wait | Step::RollbackWait => wait_ready(ctx).map(done),
-        Step::Record => Ok(done(project::shown_from(
-            &ctx.root,
-            &journal::path(&ctx.root, &ctx.env),
-        ))),
+        Step::Record => {
+            Ok(done(project::shown_from(&ctx.root, &journal::path(&ctx.root, &ctx.env))))
+        }
         Step::RollbackRestore => restore(ctx, entry()?).map(done),
     }
 }
@@ -140,9 +136,7 @@ fn preflight(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>, plan: &Pla
     let helmfile = tool_version(ctx, "helmfile", &["--version"])?;
     let kubectl = tool_version(ctx, "kubectl", &["version", "--client", "--output", "json"])?;
     let kubectl: serde_json::Value = serde_json::from_str(&kubectl).unwrap_or_default();
-    let kubectl = kubectl["clientVersion"]["gitVersion"]
-        .as_str()
-        .unwrap_or("unknown");
+    let kubectl = kubectl["clientVersion"]["gitVersion"].as_str().unwrap_or("unknown");
     let Some(context) = kube::context(&ctx.cfg.kubeconfig)? else {
         bail!("no kube context: point kubectl at your local cluster (`kubectl config use-context k3d-...`)");
     };
@@ -205,11 +199,7 @@ fn layer15_namespaces(ctx: &Ctx) -> Result<String> {
         );
     }
     let names: Vec<&String> = wanted.keys().collect();
-    Ok(if names.is_empty() {
-        "none".to_string()
-    } else {
-        output::capped(&names)
-    })
+    Ok(if names.is_empty() { "none".to_string() } else { output::capped(&names) })
 }
 
 /// The ExternalSecrets layer 15 renders for the environment, read by the
@@ -246,12 +236,7 @@ fn render_layer15(ctx: &Ctx) -> Result<Vec<scan::ExternalSecret>> {
     let mut files = Vec::new();
     let mut dirs = vec![out.0.clone()];
     while let Some(dir) = dirs.pop() {
-        for path in std::fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-        {
+        for path in std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.path()) {
             if path.is_dir() {
                 dirs.push(path);
             } else if path.extension().is_some_and(|x| x == "yaml" || x == "yml") {
@@ -268,14 +253,7 @@ fn render_layer15(ctx: &Ctx) -> Result<Vec<scan::ExternalSecret>> {
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;
         let label = format!("{} {}", project::LAYER15_HELMFILE, rel.display());
-        scan::scan_text(
-            &text,
-            &label,
-            release.as_deref(),
-            Some(&ctx.env),
-            false,
-            &mut found,
-        )?;
+        scan::scan_text(&text, &label, release.as_deref(), Some(&ctx.env), false, &mut found)?;
     }
     Ok(found)
 }
@@ -302,9 +280,7 @@ fn check_flag_file(
         }
         return Ok(());
     }
-    let newest_left_it = journal
-        .current()
-        .is_some_and(|m| flag_fits(journal, m, &text));
+    let newest_left_it = journal.current().is_some_and(|m| flag_fits(journal, m, &text));
     if newest_left_it
         || (plan.kind == Kind::Rollback
             && journal.migrations.iter().any(|m| m.flag_sha_now() == sha))
@@ -398,11 +374,7 @@ fn coverage(ctx: &Ctx, to: ProviderKind) -> Result<String> {
             to
         );
     }
-    Ok(format!(
-        "{} keys present in {}",
-        report.count(coverage::Status::Ok),
-        live.target
-    ))
+    Ok(format!("{} keys present in {}", report.count(coverage::Status::Ok), live.target))
 }
 
 /// Sets the flag to `to` (see [`flipped`]). A flag file that already holds
@@ -433,10 +405,7 @@ fn flip(ctx: &Ctx, journal: &Journal, entry: &Migration, to: ProviderKind) -> Re
         write_keep_mode(&ctx.flag_path(), new.as_bytes())?;
     }
     Ok(Done {
-        detail: format!(
-            "{f}: secrets.provider = {to} ({how}, {})",
-            fsutil::short(&after)
-        ),
+        detail: format!("{f}: secrets.provider = {to} ({how}, {})", fsutil::short(&after)),
         flipped_to: Some(after),
     })
 }
@@ -528,11 +497,7 @@ fn stamp() -> String {
 }
 
 fn polls(ctx: &Ctx) -> String {
-    format!(
-        "{} polls {} apart",
-        ctx.wait.attempts,
-        crate::process::seconds(ctx.wait.sleep)
-    )
+    format!("{} polls {} apart", ctx.wait.attempts, crate::process::seconds(ctx.wait.sleep))
 }
 
 /// What to check when ESO's login or read was denied.
@@ -578,9 +543,7 @@ fn wait_store(ctx: &Ctx, stamp: &str) -> Result<String> {
                 if r.ready == Some(true)
                     && (attempt >= 3 || attempt == ctx.wait.attempts || events() != seen) =>
             {
-                return Ok(format!(
-                    "ClusterSecretStore/{STORE_NAME} Ready (poll {attempt})"
-                ))
+                return Ok(format!("ClusterSecretStore/{STORE_NAME} Ready (poll {attempt})"))
             }
             Some(r) => last = r,
         }
@@ -627,11 +590,7 @@ fn not_forced_lines(ctx: &Ctx, frozen: &[(EsStatus, String)]) -> Vec<String> {
             let source = rendered.iter().find(|r| {
                 r.name == es.name && r.namespace.as_deref() == Some(es.namespace.as_str())
             });
-            format!(
-                "  {} ({why}): {}",
-                es.id(),
-                recreate_fix(&ctx.env, es, source)
-            )
+            format!("  {} ({why}): {}", es.id(), recreate_fix(&ctx.env, es, source))
         })
         .chain(
             (frozen.len() > output::NAMES_SHOWN)
@@ -644,10 +603,7 @@ fn not_forced_lines(ctx: &Ctx, frozen: &[(EsStatus, String)]) -> Vec<String> {
 /// and sync the helmfile release that renders it; helm creates it again
 /// (an upgrade creates what is missing), and ESO reads a new one at once.
 fn recreate_fix(env: &str, es: &EsStatus, source: Option<&scan::ExternalSecret>) -> String {
-    let delete = format!(
-        "kubectl delete externalsecret {} --namespace {}",
-        es.name, es.namespace
-    );
+    let delete = format!("kubectl delete externalsecret {} --namespace {}", es.name, es.namespace);
     // A rendered location reads `<helmfile> <release>: <template>`.
     let helmfile = source.and_then(|s| s.at.file.split_once(' ').map(|(h, _)| h.to_string()));
     match (helmfile, source.and_then(|s| s.release.as_deref())) {
@@ -668,15 +624,11 @@ fn wait_ready(ctx: &Ctx) -> Result<String> {
     let stamp = stamp();
     let store = wait_store(ctx, &stamp)?;
     let ours = |all: Vec<EsStatus>| -> Vec<EsStatus> {
-        all.into_iter()
-            .filter(|e| scan::is_our_store(&e.store))
-            .collect()
+        all.into_iter().filter(|e| scan::is_our_store(&e.store)).collect()
     };
     let listed = ours(kube::external_secrets()?);
     if listed.is_empty() {
-        return Ok(format!(
-            "{store}; no ExternalSecrets use ClusterSecretStore/{STORE_NAME} yet"
-        ));
+        return Ok(format!("{store}; no ExternalSecrets use ClusterSecretStore/{STORE_NAME} yet"));
     }
     let (mut frozen, mut forced) = (Vec::new(), Vec::new());
     for e in listed {
@@ -714,10 +666,8 @@ fn wait_ready(ctx: &Ctx) -> Result<String> {
         forced.len()
     );
     if !frozen.is_empty() {
-        let ids: Vec<String> = frozen
-            .iter()
-            .map(|(e, why)| format!("{} ({why})", e.id()))
-            .collect();
+        let ids: Vec<String> =
+            frozen.iter().map(|(e, why)| format!("{} ({why})", e.id())).collect();
         detail.push_str(&format!(
             "; not forced, as ESO does not re-read them: {}",
             output::capped(&ids)
@@ -792,12 +742,7 @@ mod tests {
             name: "a".into(),
             store: "ClusterSecretStore/ameide-vault".into(),
             ready: Some(ready),
-            reason: if ready {
-                "SecretSynced"
-            } else {
-                "SecretSyncedError"
-            }
-            .into(),
+            reason: if ready { "SecretSynced" } else { "SecretSyncedError" }.into(),
             message: "m".into(),
             refresh_time: refresh.map(String::from),
             synced_resource_version: rv.map(String::from),
