@@ -503,3 +503,34 @@ impl Xtask {
     }
 }
 // generated end
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `named!` gives each enum one table: every name parses back, prints,
+    /// and is its JSON spelling; a wrong name lists the right ones.
+    fn one_table<T>(all: &[T])
+    where
+        T: Copy + PartialEq + std::fmt::Debug + std::fmt::Display + std::str::FromStr<Err = String>,
+        T: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        for &v in all {
+            let name = v.to_string();
+            assert_eq!(name.parse::<T>(), Ok(v));
+            assert_eq!(serde_json::to_string(&v).unwrap(), format!("{name:?}"));
+            assert_eq!(serde_json::from_str::<T>(&format!("{name:?}")).unwrap(), v);
+        }
+        let err = "nope".parse::<T>().unwrap_err();
+        assert!(all.iter().all(|v| err.contains(&v.to_string())), "{err}");
+    }
+
+    #[test]
+    fn every_name_has_one_table() {
+        one_table(Format::ALL);
+        one_table(RenderKind::ALL);
+        one_table(FailClass::ALL);
+        one_table(ProviderKind::ALL);
+        one_table(crate::secrets::migrate::journal::Step::ALL);
+    }
+}
