@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use super::journal::Step;
+use super::plan::Plan;
 use crate::project::{self, Process};
 use crate::secrets::config::{Config, ProviderKind};
 use crate::secrets::fixtures::{self, SecretSet};
@@ -39,9 +40,10 @@ pub(super) fn stop_at(process: &Process) -> Result<Option<(Step, At)>> {
     }
 }
 
-/// What every step of one run shares: the configuration, loaded once, and
-/// the target store and fixtures, opened once on first use.
+/// What every step of one run shares: the plan, the configuration, loaded
+/// once, and the target store and fixtures, opened once on first use.
 pub(crate) struct Ctx {
+    pub(super) plan: Plan,
     pub(super) root: PathBuf,
     pub(super) env: String,
     pub(super) flag_rel: String,
@@ -54,12 +56,14 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     pub(super) fn new(
+        plan: Plan,
         cfg: Config,
         env: &str,
         allow_non_local: Option<&str>,
         stop_at: Option<(Step, At)>,
     ) -> Ctx {
         Ctx {
+            plan,
             root: cfg.root.clone(),
             env: env.to_string(),
             flag_rel: project::flag_file(env).display().to_string(),

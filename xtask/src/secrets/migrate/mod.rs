@@ -119,13 +119,14 @@ fn run(request: Request, c: Common<'_>, process: &Process) -> Result<()> {
         ..FlagValues::default()
     };
     let cfg = Config::load(process, &flags)?;
-    let ctx = Ctx::new(cfg, env, c.allow_non_local, stop_at);
+    let title = format!("{}?", plan.title);
+    let ctx = Ctx::new(plan, cfg, env, c.allow_non_local, stop_at);
     if c.dry_run {
-        print!("{}", render(&ctx, &plan, &text)?);
+        print!("{}", render(&ctx, &text)?);
         return Ok(());
     }
-    confirm(c.yes, &format!("{}?", plan.title))?;
-    execute(&ctx, &mut journal, &plan)
+    confirm(c.yes, &title)?;
+    execute(&ctx, &mut journal)
 }
 
 /// `[2/7] seed`: the label a step has in the dry run and the real run.
@@ -134,14 +135,14 @@ fn label(prefix: &str, i: usize, n: usize, step: Step) -> String {
 }
 
 /// The dry run: exactly the steps [`execute`] runs, each described.
-fn render(ctx: &Ctx, plan: &Plan, flag_text: &str) -> Result<String> {
-    let mut out = String::new();
+fn render(ctx: &Ctx, flag_text: &str) -> Result<String> {
+    let (mut out, plan) = (String::new(), &ctx.plan);
     writeln!(out, "plan: {} (dry run: nothing changes)", plan.title)?;
     for (i, p) in plan.steps.iter().enumerate() {
         let what = if p.done_earlier {
             "done earlier".to_string()
         } else {
-            steps::describe(ctx, plan, flag_text, p.step)?
+            steps::describe(ctx, flag_text, p.step)?
         };
         writeln!(out, "  {}: {what}", label("", i, plan.steps.len(), p.step))?;
     }
@@ -153,7 +154,7 @@ fn render(ctx: &Ctx, plan: &Plan, flag_text: &str) -> Result<String> {
                 "  on a failure after the flip, roll back to {to} (unless --no-rollback):"
             )?;
             for (i, &step) in back.iter().enumerate() {
-                let what = steps::describe(ctx, plan, flag_text, step)?;
+                let what = steps::describe(ctx, flag_text, step)?;
                 writeln!(out, "  {}: {what}", label("r", i, back.len(), step))?;
             }
         }
@@ -170,14 +171,13 @@ fn attempt(
     ctx: &Ctx,
     journal: &Journal,
     id: Option<&str>,
-    plan: &Plan,
     step: Step,
     label: &str,
 ) -> (String, Result<steps::Done>) {
     print!("  {label} ... ");
     let _ = std::io::stdout().flush();
     let (started, t) = (now_rfc3339(), Instant::now());
-    let result = steps::run(ctx, journal, id.and_then(|id| journal.get(id)), plan, step);
+    let result = steps::run(ctx, journal, id, step);
     let secs = t.elapsed().as_secs_f64();
     match &result {
         Ok(d) if d.detail.is_empty() => println!("ok ({secs:.1}s)"),
@@ -221,8 +221,8 @@ fn succeed(journal: &mut Journal, id: &str, plan: &Plan) -> Result<()> {
 
 /// Runs `plan`: each step, journaled after it finished; on a failure past
 /// the flip, the plan's automatic rollback or the event it names.
-fn execute(ctx: &Ctx, journal: &mut Journal, plan: &Plan) -> Result<()> {
-    let total = Instant::now();
+fn execute(ctx: &Ctx, journal: &mut Journal) -> Result<()> {
+    let (total, plan) = (Instant::now(), &ctx.plan);
     println!("{}", plan.title);
     let mut id = match &plan.entry {
         Entry::Continue { id } => Some(id.clone()),
@@ -235,7 +235,7 @@ fn execute(ctx: &Ctx, journal: &mut Journal, plan: &Plan) -> Result<()> {
             continue;
         }
         ctx.stop(p.step, At::Before);
-        let (started, result) = attempt(ctx, journal, id.as_deref(), plan, p.step, &label);
+        let (started, result) = attempt(ctx, journal, id.as_deref(), p.step, &label);
         ctx.stop(p.step, At::AfterEffect);
         if p.step == Step::Preflight {
             if let Err(err) = result {
@@ -264,7 +264,7 @@ fn execute(ctx: &Ctx, journal: &mut Journal, plan: &Plan) -> Result<()> {
         journal.save(&ctx.root, &ctx.env)?;
         ctx.stop(p.step, At::AfterRecord);
         if let Err(err) = result {
-            return Err(fail(ctx, journal, plan, &id, p.step, err));
+            return Err(fail(ctx, journal, &id, p.step, err));
         }
     }
     let id = id.expect("an entry exists after preflight");
@@ -299,12 +299,12 @@ fn execute(ctx: &Ctx, journal: &mut Journal, plan: &Plan) -> Result<()> {
 fn fail(
     ctx: &Ctx,
     journal: &mut Journal,
-    plan: &Plan,
     id: &str,
     step: Step,
     err: anyhow::Error,
 ) -> anyhow::Error {
-    let (kind, to, f) = (plan.kind, plan.to, &ctx.flag_rel);
+    let (plan, f) = (&ctx.plan, &ctx.flag_rel);
+    let (kind, to) = (plan.kind, plan.to);
     let what = format!("{kind} of {} to {to} stopped at {step}: {err:#}", ctx.env);
     let again = journal::command(&format!("{kind} --to {to} --yes"), &ctx.env);
     let mut result = || -> Result<String> {
@@ -333,7 +333,7 @@ fn fail(
         for (i, &rstep) in back.iter().enumerate() {
             let label = label("r", i, back.len(), rstep);
             ctx.stop(rstep, At::Before);
-            let (started, result) = attempt(ctx, journal, Some(id), plan, rstep, &label);
+            let (started, result) = attempt(ctx, journal, Some(id), rstep, &label);
             ctx.stop(rstep, At::AfterEffect);
             journal_step(journal, id, rstep, started, &result)?;
             if result.is_err() {
@@ -393,12 +393,6 @@ mod tests {
     fn dry_run_snapshot() {
         let root = crate::project_root();
         let process = Process::with(&root, &root, &[]);
-        let ctx = Ctx::new(
-            Config::load(&process, &FlagValues::default()).unwrap(),
-            "local",
-            None,
-            None,
-        );
         let flag = "secrets:\n  provider: azure # the flag\n";
         let request = Request::Migrate {
             to: Some(ProviderKind::Vault),
@@ -410,6 +404,8 @@ mod tests {
         else {
             panic!("a plan")
         };
+        let cfg = Config::load(&process, &FlagValues::default()).unwrap();
+        let ctx = Ctx::new(migrate, cfg, "local", None, None);
         let expected = "plan: migrate local: azure -> vault (dry run: nothing changes)
   [1/7] preflight: helm version --short; helmfile --version; kubectl version --client --output json;
       kubectl config current-context (must be local); kubectl api-versions (external-secrets.io/v1 served);
@@ -442,6 +438,6 @@ mod tests {
       poll `kubectl get externalsecrets --all-namespaces --output json` up to 60 times, 5 s apart,
       until each has a new status.refreshTime (or syncedResourceVersion) and Ready=True
 ";
-        assert_eq!(render(&ctx, &migrate, flag).unwrap(), expected);
+        assert_eq!(render(&ctx, flag).unwrap(), expected);
     }
 }

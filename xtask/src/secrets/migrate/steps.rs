@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::ctx::Ctx;
 use super::journal::{self, flag_fits, flipped, Journal, Kind, Migration, Step};
-use super::plan::{Entry, Plan};
+use super::plan::Entry;
 use crate::fsutil::{self, sha256_hex, short};
 use crate::output::{self, NAMES_SHOWN};
 use crate::process::Tool;
@@ -33,21 +33,18 @@ fn done(detail: impl Into<String>) -> Done {
     }
 }
 
-/// Runs one step of `plan`. `entry` is the journal entry, once there is one
+/// Runs one step of the plan. `id` is the journal entry's, once there is one
 /// (every step but a new plan's preflight).
-pub(super) fn run(
-    ctx: &Ctx,
-    journal: &Journal,
-    entry: Option<&Migration>,
-    plan: &Plan,
-    step: Step,
-) -> Result<Done> {
-    let entry = || entry.context("the journal entry exists after preflight");
+pub(super) fn run(ctx: &Ctx, journal: &Journal, id: Option<&str>, step: Step) -> Result<Done> {
+    let entry = || {
+        id.and_then(|id| journal.get(id))
+            .context("the journal entry exists after preflight")
+    };
     match step {
-        Step::Preflight => preflight(ctx, journal, entry().ok(), plan),
-        Step::Seed => seed_target(ctx, plan.to).map(done),
-        Step::Coverage => coverage(ctx, plan.to).map(done),
-        Step::Flip => flip(ctx, journal, entry()?, plan.to),
+        Step::Preflight => preflight(ctx, journal, entry().ok()),
+        Step::Seed => seed_target(ctx).map(done),
+        Step::Coverage => coverage(ctx).map(done),
+        Step::Flip => flip(ctx, journal, entry()?),
         Step::Sync | Step::RollbackSync => {
             helmfile::sync(&ctx.cfg, &ctx.env)?;
             Ok(done("layer 15 synced"))
@@ -63,12 +60,11 @@ fn journal_shown(ctx: &Ctx) -> String {
 }
 
 /// One or two lines saying what the step will do, for `--dry-run`.
-pub(super) fn describe(ctx: &Ctx, plan: &Plan, flag_text: &str, step: Step) -> Result<String> {
-    let (env, to, flag) = (&ctx.env, plan.to, &ctx.flag_rel);
-    let (n, every) = (
-        ctx.cfg.wait.attempts,
-        crate::process::seconds(ctx.cfg.wait.sleep),
-    );
+pub(super) fn describe(ctx: &Ctx, flag_text: &str, step: Step) -> Result<String> {
+    let (env, plan, flag) = (&ctx.env, &ctx.plan, &ctx.flag_rel);
+    let to = plan.to;
+    let n = ctx.cfg.wait.attempts;
+    let every = crate::process::seconds(ctx.cfg.wait.sleep);
     Ok(match step {
         Step::Preflight => {
             let expected = match &plan.entry {
@@ -79,7 +75,7 @@ pub(super) fn describe(ctx: &Ctx, plan: &Plan, flag_text: &str, step: Step) -> R
                 _ => "no uncommitted change, or as the journal left it",
             };
             let store = match plan.to {
-                _ if !needs_store(plan) => "",
+                _ if !needs_store(ctx) => "",
                 ProviderKind::Vault => ";\n      Vault reachable (sys/seal-status, auth/token/lookup-self, sys/mounts)",
                 _ => ";\n      Azure Key Vault reachable (az keyvault secret list)",
             };
@@ -122,8 +118,8 @@ pub(super) fn describe(ctx: &Ctx, plan: &Plan, flag_text: &str, step: Step) -> R
 
 /// Seeding and the coverage gate need the target store; a rollback only
 /// moves ESO back to a store ESO itself reaches.
-fn needs_store(plan: &Plan) -> bool {
-    plan.has(Step::Seed) || plan.has(Step::Coverage)
+fn needs_store(ctx: &Ctx) -> bool {
+    ctx.plan.has(Step::Seed) || ctx.plan.has(Step::Coverage)
 }
 
 fn tool_version(ctx: &Ctx, tool: &str, args: &[&str]) -> Result<String> {
@@ -136,7 +132,7 @@ fn tool_version(ctx: &Ctx, tool: &str, args: &[&str]) -> Result<String> {
 }
 
 /// Checks everything the plan needs; changes nothing.
-fn preflight(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>, plan: &Plan) -> Result<Done> {
+fn preflight(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>) -> Result<Done> {
     let helm = tool_version(ctx, "helm", &["version", "--short"])?;
     if !helm.starts_with("v3.") {
         bail!("helm {helm} found; helmfile 0.166 needs helm 3. Run `cargo xtask tools` and put .tools/bin first on PATH.");
@@ -161,12 +157,12 @@ fn preflight(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>, plan: &Pla
         }
         bail!("{what}. {fix}");
     }
-    check_flag_file(ctx, journal, entry, plan)?;
+    check_flag_file(ctx, journal, entry)?;
     let namespaces = layer15_namespaces(ctx)?;
     let mut store = String::new();
-    if needs_store(plan) {
+    if needs_store(ctx) {
         let target = ctx.with_store(|p| {
-            if plan.to == ProviderKind::Azure {
+            if ctx.plan.to == ProviderKind::Azure {
                 p.list()?;
             }
             Ok(p.target())
@@ -231,24 +227,16 @@ fn render_layer15(ctx: &Ctx) -> Result<Vec<scan::ExternalSecret>> {
             let _ = std::fs::remove_dir_all(helmfile::helm_cache_dir(&self.0));
         }
     }
-    let out = Scratch(std::env::temp_dir().join(format!(
-        "xtask-preflight-{}-{}",
-        std::process::id(),
-        ctx.env
-    )));
+    let env = &ctx.env;
+    let out = format!("xtask-preflight-{}-{env}", std::process::id());
+    let out = Scratch(std::env::temp_dir().join(out));
     let _ = std::fs::remove_dir_all(&out.0);
     let helmfile = project::LAYER15_HELMFILE;
-    helmfile::template(
-        &ctx.root.join(helmfile),
-        &ctx.env,
-        &out.0,
-        &ctx.cfg.tools_path,
-    )
-    .with_context(|| {
+    let tools = &ctx.cfg.tools_path;
+    helmfile::template(&ctx.root.join(helmfile), env, &out.0, tools).with_context(|| {
         format!(
-            "rendering {helmfile} for {} (to find the namespaces its ExternalSecrets need); \
-             `cargo xtask secrets check --render` shows the same error",
-            ctx.env
+            "rendering {helmfile} for {env} (to find the namespaces its ExternalSecrets need); \
+             `cargo xtask secrets check --render` shows the same error"
         )
     })?;
     let (mut files, mut dirs) = (Vec::new(), vec![out.0.clone()]);
@@ -275,14 +263,8 @@ fn render_layer15(ctx: &Ctx) -> Result<Vec<scan::ExternalSecret>> {
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;
         let label = format!("{helmfile} {}", rel.display());
-        scan::scan_text(
-            &text,
-            &label,
-            release.as_deref(),
-            Some(&ctx.env),
-            false,
-            &mut found,
-        )?;
+        let env = Some(env.as_str());
+        scan::scan_text(&text, &label, release.as_deref(), env, false, &mut found)?;
     }
     Ok(found)
 }
@@ -290,12 +272,7 @@ fn render_layer15(ctx: &Ctx) -> Result<Vec<scan::ExternalSecret>> {
 /// The flag file must be as the journal left it (a continued entry, see
 /// [`flag_fits`]), or committed, or as the journal's last operation left it
 /// (a new entry; for a rollback, as any entry left it).
-fn check_flag_file(
-    ctx: &Ctx,
-    journal: &Journal,
-    entry: Option<&Migration>,
-    plan: &Plan,
-) -> Result<()> {
+fn check_flag_file(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>) -> Result<()> {
     let (text, f) = (ctx.read_flag()?, &ctx.flag_rel);
     let sha = sha256_hex(text.as_bytes());
     if let Some(m) = entry {
@@ -312,7 +289,7 @@ fn check_flag_file(
         .current()
         .is_some_and(|m| flag_fits(journal, m, &text));
     let any_left_it = || journal.migrations.iter().any(|m| m.flag_sha_now() == sha);
-    if newest_left_it || (plan.kind == Kind::Rollback && any_left_it()) {
+    if newest_left_it || (ctx.plan.kind == Kind::Rollback && any_left_it()) {
         return Ok(());
     }
     if uncommitted(ctx)? {
@@ -327,23 +304,21 @@ fn check_flag_file(
 
 /// Whether the flag file differs from the committed one (`git status`).
 pub(super) fn uncommitted(ctx: &Ctx) -> Result<bool> {
-    let root = &ctx.root;
+    let root = ctx.root.display();
     let status = Tool::new("git")
         .arg("-C")
-        .arg(root)
+        .arg(&ctx.root)
         .args(["status", "--porcelain", "--"])
         .arg(&ctx.flag_rel)
         .run()
         .with_context(|| {
-            format!(
-                "running git status in {}: run the migration inside the repository",
-                root.display()
-            )
+            format!("running git status in {root}: run the migration inside the repository")
         })?;
     Ok(!status.trim().is_empty())
 }
 
-fn seed_target(ctx: &Ctx, to: ProviderKind) -> Result<String> {
+fn seed_target(ctx: &Ctx) -> Result<String> {
+    let to = ctx.plan.to;
     guard::require_local_env(&ctx.env)?;
     let desired = ctx.desired()?;
     let (items, run, eso) = ctx.with_store(|store| {
@@ -361,21 +336,15 @@ fn seed_target(ctx: &Ctx, to: ProviderKind) -> Result<String> {
         return Err(run.into_result().expect_err("failed writes are an error"));
     }
     let counts = seeding::counts(&items);
-    let mut detail = format!(
-        "{} written, {} unchanged in {to}",
-        run.written.len(),
-        counts.unchanged
-    );
+    let (written, unchanged) = (run.written.len(), counts.unchanged);
+    let mut detail = format!("{written} written, {unchanged} unchanged in {to}");
     if let Some(eso) = eso {
         detail.push_str(&format!("; {eso}"));
     }
     if counts.conflict > 0 {
         let kept: Vec<&str> = run.not_written.iter().map(|n| n.name.as_str()).collect();
-        detail.push_str(&format!(
-            "; kept {} changed by hand ({})",
-            kept.len(),
-            output::capped(&kept)
-        ));
+        let names = output::capped(&kept);
+        detail.push_str(&format!("; kept {} changed by hand ({names})", kept.len()));
     }
     Ok(detail)
 }
@@ -388,7 +357,8 @@ fn with_more(mut shown: Vec<String>, total: usize, indent: &str) -> Vec<String> 
     shown
 }
 
-fn coverage(ctx: &Ctx, to: ProviderKind) -> Result<String> {
+fn coverage(ctx: &Ctx) -> Result<String> {
+    let to = ctx.plan.to;
     let scan = scan::collect(&ctx.cfg, &ctx.root.join(project::INFRA), &ctx.env, true)?;
     let desired = ctx.desired()?;
     let live = ctx.with_store(|store| coverage::read_live(store, &scan, desired))?;
@@ -408,16 +378,15 @@ fn coverage(ctx: &Ctx, to: ProviderKind) -> Result<String> {
             failures.len()
         );
     }
-    Ok(format!(
-        "{} keys present in {target}",
-        report.count(coverage::Status::Ok)
-    ))
+    let present = report.count(coverage::Status::Ok);
+    Ok(format!("{present} keys present in {target}"))
 }
 
 /// Sets the flag to `to` (see [`flipped`]). A flag file that already holds
 /// what the flip writes is the flip's own work, from a run that died before
 /// its record.
-fn flip(ctx: &Ctx, journal: &Journal, entry: &Migration, to: ProviderKind) -> Result<Done> {
+fn flip(ctx: &Ctx, journal: &Journal, entry: &Migration) -> Result<Done> {
+    let to = ctx.plan.to;
     let (text, f) = (ctx.read_flag()?, &ctx.flag_rel);
     let sha = sha256_hex(text.as_bytes());
     let (new, how) = if sha == entry.before_sha256 {
@@ -456,10 +425,8 @@ fn restore(ctx: &Ctx, m: &Migration) -> Result<String> {
         return Ok(format!("{f} already as before ({before})"));
     }
     if m.after_sha256.as_deref() != Some(sha.as_str()) {
-        let (now, flipped) = (
-            short(&sha),
-            short(m.after_sha256.as_deref().unwrap_or("none")),
-        );
+        let now = short(&sha);
+        let flipped = short(m.after_sha256.as_deref().unwrap_or("none"));
         bail!(
             "{f} changed after the flip (checksum {now}, the flip wrote {flipped}): it was edited during the \
              migration, so the rollback does not overwrite it. Keep what you need of the edit (`git diff -- {f}` \
@@ -544,12 +511,9 @@ fn wait_store(ctx: &Ctx, stamp: &str) -> Result<String> {
     // before the sync is not taken for a new one. Events can be dropped
     // (client-go's spam filter): from the third poll on, the condition alone counts.
     let events = || -> BTreeMap<String, (u64, String)> {
-        let events =
-            kube::events(None, "ClusterSecretStore", Some(STORE_NAME), None).unwrap_or_default();
-        events
-            .into_iter()
-            .map(|e| (e.id, (e.count, e.last)))
-            .collect()
+        let found = kube::events(None, "ClusterSecretStore", Some(STORE_NAME), None);
+        let found = found.unwrap_or_default().into_iter();
+        found.map(|e| (e.id, (e.count, e.last))).collect()
     };
     let seen = events();
     kube::force_sync_store(STORE_NAME, stamp)?;
