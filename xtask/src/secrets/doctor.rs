@@ -229,8 +229,7 @@ pub(crate) fn run(flags: &flags::Doctor, process: &Process) -> Result<()> {
     report(out)
 }
 
-/// Past "reachable": the fixtures still there, the token's capabilities on
-/// what the seed writes, ESO's access, and reading as ESO.
+/// Past "reachable": the fixtures, the token's capabilities, ESO's access and reading as ESO.
 fn vault_findings(
     out: &mut Vec<Finding>,
     p: &mut vault::VaultProvider,
@@ -337,8 +336,7 @@ fn vault_findings(
         );
         out.push(ok("eso access", text));
     }
-    // Reading as ESO needs only the policy and the role; without the scan,
-    // the coverage finding names the file.
+    // Reading as ESO needs only the policy and the role.
     let needed = |i: &eso_access::Item| matches!(i.kind, "policy" | "role");
     if plan
         .items
@@ -364,10 +362,8 @@ fn vault_findings(
     );
 }
 
-/// The store's Ready condition, from `kubectl get clustersecretstore
-/// <STORE_NAME> --output json` (`got`), with ESO's last Warning Event about
-/// it (`event`: its condition says only `unable to validate store`); a
-/// failed get is fixed by syncing layer 15 of `env`.
+/// The store's Ready condition from `kubectl get` (`got`), with ESO's last
+/// Warning Event about it (the condition alone hides the cause).
 fn store_finding(
     got: Result<String>,
     event: Option<kube::Event>,
@@ -416,8 +412,7 @@ fn store_finding(
     }
 }
 
-/// ExternalSecrets on the store that ESO does not report Ready, with its
-/// reason and ESO's last Warning Event about each (the real cause).
+/// ExternalSecrets on the store that are not Ready, each with ESO's last Warning Event.
 fn external_secret_findings(out: &mut Vec<Finding>, denied: &str, env: &str) {
     let list = match kube::external_secrets() {
         Ok(list) => list,
@@ -476,8 +471,7 @@ fn external_secret_findings(out: &mut Vec<Finding>, denied: &str, env: &str) {
     }
 }
 
-/// The fix for an ExternalSecret's failure, from ESO's words (its last
-/// Warning Event, else its condition's message).
+/// The fix for an ExternalSecret's failure, from ESO's words.
 fn external_secret_fix(
     namespace: &str,
     name: &str,
@@ -507,9 +501,7 @@ fn external_secret_fix(
     }
 }
 
-/// How to repair a flag file the editor cannot read: put back the
-/// committed one when git has it and it differs, else edit it as the
-/// message says.
+/// How to repair a flag file that cannot be read: the committed one, if it differs.
 fn flag_fix(root: &Path, flag_rel: &str) -> String {
     let status = crate::process::Tool::new("git")
         .arg("-C")

@@ -163,14 +163,11 @@ fn ours(list: &[kube::EsStatus]) -> Vec<&kube::EsStatus> {
         .collect()
 }
 
-/// How many fixtures the configured Vault holds, listed through `http`
-/// (status's own client: 5 s, no retries) at the mount's KV version `kv`;
-/// `None` when it cannot tell (no token, a Vault the seed's guardrail
-/// refuses, a refused listing, no KV mount): the health line says enough then.
+/// How many fixtures the configured Vault holds at KV version `kv`; `None`
+/// when it cannot tell (the health line says enough then).
 fn fixtures_held(cfg: &Config, http: &VaultHttp, kv: &str) -> Option<vault_checks::Held> {
     let (_, desired) = fixtures::load_configured(cfg).ok()?;
-    // The seed's own rules for this address and token; connects to nothing
-    // (the address is set, so no port-forward).
+    // The seed's own rules for this address and token; connects to nothing.
     vault::resolve_endpoint(cfg, None).ok()?;
     let mount = &cfg.vault_mount.value;
     let path = match kv {
@@ -179,13 +176,11 @@ fn fixtures_held(cfg: &Config, http: &VaultHttp, kv: &str) -> Option<vault_check
         _ => return None,
     };
     let listed = listed_names(&http.try_call(Method::List, &path, None).ok()?)?;
-    // On KV v1 the listing holds the seed's record entry too; no fixture
-    // can have its name (`_` is not allowed in one), so it counts as nothing.
+    // On KV v1 the seed's record entry is listed too; no fixture has its name.
     Some(vault_checks::Held::count(&desired.names(), &listed))
 }
 
-/// The entry names a LIST answered with, sub-folders left out; a 404 is
-/// an empty mount, any other refusal `None`.
+/// The entry names a LIST answered with (no sub-folders); a 404 is an empty mount.
 fn listed_names(reply: &Reply) -> Option<Vec<String>> {
     match reply.status {
         404 => Some(Vec::new()),
@@ -201,8 +196,7 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or_default()
 }
 
-/// Vault health and seal status when an address is configured; status
-/// never starts a port-forward (it must not need a cluster).
+/// Vault health when an address is configured; never a port-forward.
 fn vault_health(cfg: &Config) -> serde_json::Value {
     let Some(addr) = &cfg.vault_addr else {
         return json!({"summary": "VAULT_ADDR unset (seed port-forwards through a local kube context; `cargo xtask secrets doctor` checks that Vault, and whether it still holds the fixtures)"});
@@ -256,8 +250,7 @@ fn vault_health(cfg: &Config) -> serde_json::Value {
     result.unwrap_or_else(|e| json!({"addr": at, "summary": format!("{at} unreachable: {e:#}")}))
 }
 
-/// The KV version of `mount` ("1", "2"), or why it is not known (see
-/// [`vault::mount_info`]).
+/// The KV version of `mount` ("1", "2"), or why it is not known.
 fn kv_version(http: &VaultHttp, mount: &str) -> String {
     match vault::mount_info(http, mount) {
         Err(VaultError::Forbidden { .. }) => "unknown (the token may not read the mount)".into(),
@@ -279,31 +272,20 @@ mod tests {
 
     #[test]
     fn a_listing_gives_the_entries_not_the_folders() {
-        let reply = |status, body| Reply { status, body };
+        let names = |status, body| listed_names(&Reply { status, body });
         let keys = json!({"data": {"keys": ["b", "team/", "a", "_cargo-xtask-secrets"]}});
         assert_eq!(
-            listed_names(&reply(200, keys)).unwrap(),
+            names(200, keys).unwrap(),
             ["b", "a", "_cargo-xtask-secrets"]
         );
-        assert_eq!(
-            listed_names(&reply(404, json!({"errors": []}))),
-            Some(vec![])
+        assert_eq!(names(404, json!({"errors": []})), Some(vec![]));
+        assert_eq!(names(403, json!({"errors": ["permission denied"]})), None);
+        let listed = names(
+            200,
+            json!({"data": {"keys": ["a", "_cargo-xtask-secrets"]}}),
         );
-        assert_eq!(
-            listed_names(&reply(403, json!({"errors": ["permission denied"]}))),
-            None
-        );
-        let held = vault_checks::Held::count(
-            &["a".to_string(), "c".to_string()],
-            &listed_names(&reply(
-                200,
-                json!({"data": {"keys": ["a", "_cargo-xtask-secrets"]}}),
-            ))
-            .unwrap(),
-        );
-        assert_eq!(
-            (held.present, held.total, held.missing),
-            (1, 2, vec!["c".to_string()])
-        );
+        let held = vault_checks::Held::count(&["a".to_string(), "c".to_string()], &listed.unwrap());
+        let missing = vec!["c".to_string()];
+        assert_eq!((held.present, held.total, held.missing), (1, 2, missing));
     }
 }

@@ -15,8 +15,7 @@ use crate::secrets::flagfile;
 use crate::secrets::provider::{self, SecretProvider};
 
 crate::named! {
-    /// Where in a step a run can be stopped: before it, after its effect and
-    /// before its journal record, or after that record was saved.
+    /// Where in a step a run can be stopped: before it, after its effect, or after its record.
     pub(super) enum At ("point") {
         Before = "before",
         AfterEffect = "after-effect",
@@ -26,8 +25,7 @@ crate::named! {
 
 const STOP_AT: &str = "XTASK_TEST_STOP_AT";
 
-/// The tests' interruption point, `XTASK_TEST_STOP_AT=<step>:<point>`, read
-/// once at the start; a value that names no point is a usage error.
+/// The tests' interruption point, `XTASK_TEST_STOP_AT=<step>:<point>`.
 pub(super) fn stop_at(process: &Process) -> Result<Option<(Step, At)>> {
     let Some(value) = process.var(STOP_AT) else {
         return Ok(None);
@@ -40,8 +38,7 @@ pub(super) fn stop_at(process: &Process) -> Result<Option<(Step, At)>> {
     }
 }
 
-/// What every step of one run shares: the plan, the configuration, loaded
-/// once, and the target store and fixtures, opened once on first use.
+/// What every step of one run shares; the store and fixtures open on first use.
 pub(crate) struct Ctx {
     pub(super) plan: Plan,
     pub(super) root: PathBuf,

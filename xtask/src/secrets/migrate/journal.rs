@@ -13,8 +13,7 @@ use crate::secrets::config::ProviderKind;
 use crate::secrets::flagfile;
 
 crate::named! {
-    /// One step of a migration or rollback; its name is the only spelling
-    /// the journal, the output and `--dry-run` use.
+    /// One step of a migration or rollback, spelled as the journal has it.
     pub(crate) enum Step ("step") {
         Preflight = "preflight",
         Seed = "seed",
@@ -30,8 +29,7 @@ crate::named! {
 }
 
 impl Step {
-    /// A failure here leaves the cluster and the flag file as they were
-    /// (the flip writes atomically, or not at all).
+    /// A failure here leaves the cluster and the flag file as they were (the flip is atomic).
     pub(crate) fn fails_before_any_change(self) -> bool {
         matches!(
             self,
@@ -69,8 +67,7 @@ impl State {
         matches!(self, State::InProgress | State::RollbackFailed)
     }
 
-    /// The state an entry of `kind` moves to on `event`; an error for a
-    /// transition the machine does not have.
+    /// The state an entry moves to on `event`; an error for a transition the machine lacks.
     pub(crate) fn next(self, kind: Kind, event: Event) -> Result<State> {
         use {Event as E, Kind as K, State as S};
         Ok(match (kind, self, event) {
@@ -183,8 +180,7 @@ impl Migration {
         last.is_some_and(|s| s.outcome == Outcome::Ok)
     }
 
-    /// The flag file's checksum where this entry left it: before the flip,
-    /// flipped, or restored by the automatic rollback.
+    /// The flag file's checksum where this entry left it.
     pub(crate) fn flag_sha_now(&self) -> &str {
         match &self.after_sha256 {
             Some(after) if !self.step_ok(Step::RollbackRestore) => after,
@@ -192,15 +188,13 @@ impl Migration {
         }
     }
 
-    /// The journal's copy of the flag file matches the checksum beside it
-    /// (a journal edited by hand, or damaged, may not).
+    /// The journal's copy of the flag file matches its checksum (an edited journal may not).
     pub(crate) fn copy_intact(&self) -> bool {
         fsutil::sha256_hex(self.before_content.as_bytes()) == self.before_sha256
     }
 
-    /// An unfinished migration whose automatic rollback began: its flip is
-    /// journaled and the flag file (naming `flag_now`) says `from` again,
-    /// restored by the rollback (journaled or not) or by hand.
+    /// An unfinished migration whose flip is journaled and whose flag file
+    /// (naming `flag_now`) says `from` again: its rollback began.
     pub(crate) fn rolling_back(&self, flag_now: Option<ProviderKind>) -> bool {
         self.kind == Kind::Migrate
             && self.state == State::InProgress
@@ -208,8 +202,7 @@ impl Migration {
             && flag_now == Some(self.from)
     }
 
-    /// The one command that finishes or follows up this entry, if any,
-    /// given the provider the flag file names now.
+    /// The one command that finishes or follows up this entry, if any.
     pub(crate) fn next_command(&self, flag_now: Option<ProviderKind>) -> Option<String> {
         let args = match (self.kind, self.state) {
             // Its copy of the flag file cannot be restored from: set the value instead.
@@ -228,8 +221,7 @@ impl Migration {
         Some(command(&args, &self.env))
     }
 
-    /// The command that finishes an open entry, in backticks, and for an
-    /// unfinished migration the way to undo it.
+    /// The command that finishes an open entry, and for a migration the way to undo it.
     pub(crate) fn next_step_text(&self, flag_now: Option<ProviderKind>) -> Option<String> {
         let next = self.next_command(flag_now)?;
         if (self.kind, self.state) == (Kind::Migrate, State::InProgress)
@@ -242,8 +234,7 @@ impl Migration {
     }
 }
 
-/// A `cargo xtask secrets` command line: `args`, then `--env <env>` unless
-/// it is `local` (the default).
+/// A `cargo xtask secrets` command line, with `--env` unless it is `local`.
 pub(crate) fn command(args: &str, env: &str) -> String {
     if env == "local" {
         format!("cargo xtask secrets {args}")
@@ -305,8 +296,7 @@ impl Journal {
             .with_context(|| format!("no entry {id} in the journal"))
     }
 
-    /// The newest migration a rollback would undo: completed, unfinished,
-    /// or whose automatic rollback failed.
+    /// The newest migration a rollback would undo.
     pub(crate) fn undo_candidate(&self) -> Option<&Migration> {
         let undoable = |m: &&Migration| m.state.is_open() || m.state == State::Completed;
         self.migrations
@@ -353,10 +343,9 @@ impl Journal {
     }
 }
 
-/// What `entry`'s flip writes over `text` (the flag file as the entry found
-/// it), and how: the value set to the entry's `to`, or, for a rollback
-/// undoing a migration whose flip `text` still is, that migration's copy of
-/// the file from before it, byte for byte, if the copy matches its checksum.
+/// What `entry`'s flip writes over `text`, and how: the value set, or, for a
+/// rollback undoing a migration whose flip `text` still is, that migration's
+/// intact copy of the file from before it.
 pub(crate) fn flipped(
     journal: &Journal,
     entry: &Migration,
@@ -377,8 +366,7 @@ pub(crate) fn flipped(
 }
 
 /// Whether the flag file (`text`) is where entry `m` left it, or where the
-/// step the run died in put it before its record: the flip's result, or
-/// (an automatic rollback) the file from before.
+/// step a killed run died in put it before its record.
 pub(crate) fn flag_fits(journal: &Journal, m: &Migration, text: &str) -> bool {
     let sha = sha256_hex(text.as_bytes());
     if sha == m.flag_sha_now() {

@@ -219,8 +219,7 @@ fn succeed(journal: &mut Journal, id: &str, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-/// Runs `plan`: each step, journaled after it finished; on a failure past
-/// the flip, the plan's automatic rollback or the event it names.
+/// Runs the plan, journaling each step after it finished.
 fn execute(ctx: &Ctx, journal: &mut Journal) -> Result<()> {
     let (total, plan) = (Instant::now(), &ctx.plan);
     println!("{}", plan.title);
@@ -243,15 +242,8 @@ fn execute(ctx: &Ctx, journal: &mut Journal) -> Result<()> {
                 bail!("{err:#}\nNothing in the cluster changed; {f} and the journal are as they were.");
             }
             if let Entry::New { undoes } = &plan.entry {
-                let (text, way) = (ctx.read_flag()?, (plan.from, plan.to));
-                let entry = Migration::new(
-                    plan.kind,
-                    &ctx.env,
-                    way,
-                    &ctx.flag_rel,
-                    &text,
-                    undoes.clone(),
-                );
+                let (text, undoes, way) = (ctx.read_flag()?, undoes.clone(), (plan.from, plan.to));
+                let entry = Migration::new(plan.kind, &ctx.env, way, &ctx.flag_rel, &text, undoes);
                 id = Some(entry.id.clone());
                 journal.begin(entry);
             }
@@ -294,8 +286,7 @@ fn execute(ctx: &Ctx, journal: &mut Journal) -> Result<()> {
     Ok(())
 }
 
-/// After `step` failed: journal the event, run the automatic rollback if
-/// the plan has one, and say what happened and the command that finishes.
+/// After `step` failed: journal it, run the automatic rollback if any, and name the way on.
 fn fail(
     ctx: &Ctx,
     journal: &mut Journal,

@@ -61,16 +61,14 @@ pub(crate) struct Planned {
     pub done_earlier: bool,
 }
 
-/// The journal entry a plan writes to: a new one, added once preflight has
-/// passed, or one already in the journal.
+/// The journal entry a plan writes to: new (added after preflight) or continued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Entry {
     New { undoes: Option<String> },
     Continue { id: String },
 }
 
-/// What happens when a step past the flip fails: a migration's automatic
-/// rollback, or this event recorded and a stop.
+/// What happens when a step past the flip fails.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum OnFailure {
     AutoRollback(Vec<Step>),
@@ -93,8 +91,7 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    /// A plan that continues `resumed`, or starts a new entry; it succeeds
-    /// with [`Event::Succeeded`] and stops on a failure after the flip.
+    /// A plan that continues `resumed`, or starts a new entry, and stops on a failure.
     fn new(
         kind: Kind,
         resumed: Option<&Migration>,
@@ -102,8 +99,7 @@ impl Plan {
         steps: &[Step],
         title: String,
     ) -> Plan {
-        // On resume, what succeeded is not redone, except what must be
-        // re-checked: preflight, sync and wait (the cluster may have moved).
+        // On resume, preflight, sync and wait are redone: the cluster may have moved.
         let skippable = |step| {
             matches!(
                 step,
@@ -140,8 +136,7 @@ pub(super) enum Decision {
     Nothing(String),
 }
 
-/// The journal's newest entry finished and left the flag file's provider
-/// where it is, so the cluster was synced to it.
+/// The journal's newest entry finished with the cluster synced to `flag`.
 fn synced_to_flag(newest: Option<&Migration>, flag: ProviderKind) -> bool {
     newest.is_some_and(|m| match m.state {
         State::Completed => m.to == flag,
@@ -150,8 +145,7 @@ fn synced_to_flag(newest: Option<&Migration>, flag: ProviderKind) -> bool {
     })
 }
 
-/// The plan for `request`, given the flag file's provider now and the
-/// journal. `migrate`, `rollback`, `--resume` and `--dry-run` all come here.
+/// The one plan for `request`, given the flag file's provider now and the journal.
 pub(super) fn build(
     request: Request,
     env: &str,
@@ -275,8 +269,7 @@ pub(super) fn build(
                 );
             };
             let undoes = candidate.filter(|m| m.from == to).map(|m| m.id.clone());
-            // The flag already says `to`: nothing to flip, but the cluster
-            // may not follow it (an unfinished or failed operation, no journal).
+            // The flag already says `to`: nothing to flip, but the cluster may not follow it.
             let steps: &[Step] = if to != flag_now {
                 &ROLLBACK_WITH_FLIP
             } else if !synced_to_flag(newest, flag_now) || undoes.is_some() {

@@ -33,8 +33,7 @@ fn done(detail: impl Into<String>) -> Done {
     }
 }
 
-/// Runs one step of the plan. `id` is the journal entry's, once there is one
-/// (every step but a new plan's preflight).
+/// Runs one step; `id` names the journal entry once there is one (after preflight).
 pub(super) fn run(ctx: &Ctx, journal: &Journal, id: Option<&str>, step: Step) -> Result<Done> {
     let entry = || {
         id.and_then(|id| journal.get(id))
@@ -175,9 +174,7 @@ fn preflight(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>) -> Result<
     )))
 }
 
-/// Every namespace of layer 15's ExternalSecrets must exist: helm creates
-/// only a release's own, so the sync (and the rollback's) would fail.
-/// Returns them, comma-separated.
+/// Layer 15's ExternalSecrets' namespaces, which must exist: helm creates only a release's own.
 fn layer15_namespaces(ctx: &Ctx) -> Result<String> {
     let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for es in render_layer15(ctx)? {
@@ -216,8 +213,7 @@ fn layer15_namespaces(ctx: &Ctx) -> Result<String> {
     })
 }
 
-/// The ExternalSecrets layer 15 renders (the real `helmfile template`) for
-/// the environment, read by the scanner of `check --render`.
+/// The ExternalSecrets `helmfile template` renders for layer 15, as `check --render` reads them.
 fn render_layer15(ctx: &Ctx) -> Result<Vec<scan::ExternalSecret>> {
     /// The output folder and helm's cache, removed however this ends.
     struct Scratch(std::path::PathBuf);
@@ -269,9 +265,7 @@ fn render_layer15(ctx: &Ctx) -> Result<Vec<scan::ExternalSecret>> {
     Ok(found)
 }
 
-/// The flag file must be as the journal left it (a continued entry, see
-/// [`flag_fits`]), or committed, or as the journal's last operation left it
-/// (a new entry; for a rollback, as any entry left it).
+/// The flag file must be as the journal (for a rollback, any entry) left it, or committed.
 fn check_flag_file(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>) -> Result<()> {
     let (text, f) = (ctx.read_flag()?, &ctx.flag_rel);
     let sha = sha256_hex(text.as_bytes());
@@ -382,9 +376,8 @@ fn coverage(ctx: &Ctx) -> Result<String> {
     Ok(format!("{present} keys present in {target}"))
 }
 
-/// Sets the flag to `to` (see [`flipped`]). A flag file that already holds
-/// what the flip writes is the flip's own work, from a run that died before
-/// its record.
+/// Sets the flag (see [`flipped`]); a file that already holds the result is
+/// the work of a run that died before its record.
 fn flip(ctx: &Ctx, journal: &Journal, entry: &Migration) -> Result<Done> {
     let to = ctx.plan.to;
     let (text, f) = (ctx.read_flag()?, &ctx.flag_rel);
@@ -415,8 +408,7 @@ fn flip(ctx: &Ctx, journal: &Journal, entry: &Migration) -> Result<Done> {
     })
 }
 
-/// Automatic rollback: the flag file back to the entry's before_content,
-/// which must match its checksum before it is written.
+/// The flag file back to the entry's before_content, if that matches its checksum.
 fn restore(ctx: &Ctx, m: &Migration) -> Result<String> {
     let f = &ctx.flag_rel;
     let sha = sha256_hex(ctx.read_flag()?.as_bytes());
@@ -457,9 +449,8 @@ fn write_keep_mode(path: &Path, bytes: &[u8]) -> Result<()> {
     fsutil::write_atomic(path, bytes, meta.permissions().mode() & 0o7777)
 }
 
-/// Why an ExternalSecret is not done yet. Fresh is judged by the cluster
-/// alone (its refreshTime or syncedResourceVersion moved since `before`,
-/// read before the force), never by the laptop's clock.
+/// Why an ExternalSecret is not done yet; fresh is the cluster's own values
+/// moving since `before`, never the laptop's clock.
 fn pending_reason(before: Option<&EsStatus>, es: &EsStatus) -> Option<String> {
     let moved = |now: &Option<String>, was: &Option<String>| now.is_some() && now != was;
     let fresh = match before {
@@ -491,10 +482,8 @@ fn denied(message: &str, event: Option<&kube::Event>) -> bool {
     kube::permission_denied(message) || event.is_some_and(|e| kube::permission_denied(&e.message))
 }
 
-/// Forces ESO to validate ClusterSecretStore/ameide-vault now (a store that
-/// failed, as after a Vault restart, is retried only after ESO's backoff,
-/// minutes later), then polls until it is Ready, forcing it again after
-/// each poll that finds it not Ready.
+/// Forces ESO to validate the store now (a failed one is retried only after
+/// a backoff of minutes), then polls until it is Ready, forcing it again.
 fn wait_store(ctx: &Ctx, stamp: &str) -> Result<String> {
     let missing = || {
         let sync = helmfile::sync_display(&ctx.env);
@@ -506,10 +495,8 @@ fn wait_store(ctx: &Ctx, stamp: &str) -> Result<String> {
     if kube::cluster_secret_store(STORE_NAME)?.is_none() {
         return Err(missing());
     }
-    // ESO records an Event each time it validates the store; a new one (or
-    // a higher count) says it did since the force, so a Ready left from
-    // before the sync is not taken for a new one. Events can be dropped
-    // (client-go's spam filter): from the third poll on, the condition alone counts.
+    // A new validation Event (or count) tells a fresh Ready from an old one;
+    // Events can be dropped, so from the third poll on the condition alone counts.
     let events = || -> BTreeMap<String, (u64, String)> {
         let found = kube::events(None, "ClusterSecretStore", Some(STORE_NAME), None);
         let found = found.unwrap_or_default().into_iter();
@@ -533,8 +520,7 @@ fn wait_store(ctx: &Ctx, stamp: &str) -> Result<String> {
             Some(r) => last = r,
         }
         if attempt < attempts {
-            // A new value: ESO validates a store at once on a change (such
-            // as Vault coming back meanwhile), not only after its backoff.
+            // A new value: ESO validates a changed store at once, not after its backoff.
             kube::force_sync_store(STORE_NAME, &format!("{stamp}-{attempt}"))?;
             std::thread::sleep(ctx.cfg.wait.sleep);
         }
@@ -557,12 +543,9 @@ fn wait_store(ctx: &Ctx, stamp: &str) -> Result<String> {
     )
 }
 
-/// The ExternalSecrets on our store that ESO does not re-read when forced
-/// (`refreshInterval: 0`, `refreshPolicy: CreatedOnce`): each with why and
-/// the fix, as lines for a warning.
+/// The ExternalSecrets ESO does not re-read when forced, each with why and the fix.
 fn not_forced_lines(ctx: &Ctx, frozen: &[(EsStatus, String)]) -> Vec<String> {
-    // Where each one comes from: every layer rendered, as `check --render`
-    // does, for the helmfile and release that make it again.
+    // Every layer rendered, for the helmfile and release that make each again.
     let rendered = scan::scan_rendered(
         &ctx.root.join(project::INFRA),
         &ctx.root,
@@ -584,9 +567,8 @@ fn not_forced_lines(ctx: &Ctx, frozen: &[(EsStatus, String)]) -> Vec<String> {
     with_more(lines.collect(), frozen.len(), "  ")
 }
 
-/// How to make ESO read an ExternalSecret it no longer refreshes: delete it
-/// and sync the helmfile release that renders it; helm creates it again
-/// (an upgrade creates what is missing), and ESO reads a new one at once.
+/// How to make ESO read an ExternalSecret it no longer refreshes: delete it and
+/// sync its release; helm creates it again and ESO reads a new one at once.
 fn recreate_fix(env: &str, es: &EsStatus, source: Option<&scan::ExternalSecret>) -> String {
     let delete = format!(
         "kubectl delete externalsecret {} --namespace {}",
@@ -605,12 +587,10 @@ fn recreate_fix(env: &str, es: &EsStatus, source: Option<&scan::ExternalSecret>)
     }
 }
 
-/// Forces ESO to validate the store and re-read every ExternalSecret on it,
-/// then polls until each has refreshed since the force and is Ready. Those
-/// ESO does not re-read when forced are named with their fix, not waited on.
+/// Forces ESO to re-read every ExternalSecret on the store, then polls until
+/// each has refreshed and is Ready; those it does not re-read are only named.
 fn wait_ready(ctx: &Ctx) -> Result<String> {
-    // A new value every time, so the annotation always changes and ESO
-    // always reconciles (its value is a label, never compared).
+    // A new value every time, so the annotation always changes and ESO reconciles.
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
     let stamp = now.unwrap_or_default().as_nanos().to_string();
     let store = wait_store(ctx, &stamp)?;
@@ -678,9 +658,8 @@ fn wait_ready(ctx: &Ctx) -> Result<String> {
     Ok(detail)
 }
 
-/// The wait's failure: each ExternalSecret still pending, with ESO's
-/// condition and, for one that failed, ESO's last Warning Event about it
-/// (the condition says only `could not get secret data from provider`).
+/// The wait's failure: each pending ExternalSecret with ESO's condition and
+/// last Warning Event (the condition alone hides the cause).
 fn not_ready(
     ctx: &Ctx,
     before: &BTreeMap<String, &EsStatus>,
