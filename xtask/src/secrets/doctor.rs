@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use anyhow::{bail, Result};
 
@@ -10,6 +11,7 @@ use crate::flags::FailOn;
 use crate::project::{self, Process};
 use crate::secrets::config::{Config, FlagValues};
 use crate::secrets::eso_access::{self, EsoNames};
+use crate::secrets::migrate::journal;
 use crate::secrets::provider::{file, vault, SecretProvider};
 use crate::secrets::scan::{self, STORE_NAME};
 use crate::secrets::{coverage, eso_read, fixtures, flagfile, guard, helmfile, kube, vault_checks};
@@ -48,91 +50,87 @@ fn fail(area: &'static str, text: impl Into<String>, fix: impl Into<String>) -> 
     finding(Level::Fail, area, text, fix)
 }
 
+const SEE: &str = "see the message";
+const CLUSTER_INFO: &str = "check kubectl access: `kubectl cluster-info`";
+const FIX_FILE: &str = "fix the file it names";
+
 pub(crate) fn run(flags: &flags::Doctor, process: &Process) -> Result<()> {
-    let env = flags.env.clone().unwrap_or_else(|| "local".into());
-    let root = process.root.clone();
+    let env = flags.env.as_deref().unwrap_or("local");
+    let root = &process.root;
     let mut out: Vec<Finding> = Vec::new();
 
     for tool in tools::TOOLS {
         let (name, version) = (tool.name, tool.version);
-        out.push(match tools::locate(&root, tool) {
-            Some(found) => ok(
-                "tools",
-                format!("{name} {version} at {}", project::shown_from(&root, found.path())),
-            ),
-            None => fail(
-                "tools",
-                format!("{name} {version} {}", tools::not_usable(&root, tool)),
-                "cargo xtask tools",
-            ),
+        out.push(match tools::locate(root, tool) {
+            Some(found) => {
+                let at = project::shown_from(root, found.path());
+                ok("tools", format!("{name} {version} at {at}"))
+            }
+            None => {
+                let text = format!("{name} {version} {}", tools::not_usable(root, tool));
+                fail("tools", text, "cargo xtask tools")
+            }
         });
     }
     for (name, why) in [("kubectl", "to reach a cluster"), ("az", "only for --provider azure")] {
         if tools::which(name).is_none() {
-            out.push(warn(
-                "tools",
-                format!("{name} not on PATH ({why})"),
-                format!("install {name} if you need it"),
-            ));
+            let fix = format!("install {name} if you need it");
+            out.push(warn("tools", format!("{name} not on PATH ({why})"), fix));
         }
     }
 
     let cfg = match crate::secrets::config::load(&FlagValues::default()) {
         Ok(cfg) => cfg,
         Err(e) => {
-            out.push(fail("config", format!("{e:#}"), "fix the file it names"));
+            out.push(fail("config", format!("{e:#}"), FIX_FILE));
             return report(out);
         }
     };
     // Read once for the Vault checks and the coverage check.
     let fixture_set = fixtures::load_configured(&cfg).map(|(_, set)| set);
-    let infra_scan = scan::collect(&cfg, &root.join(project::INFRA), &env, false);
-    let flag_rel = project::flag_file(&env).display().to_string();
+    let infra_scan = scan::collect(&cfg, &root.join(project::INFRA), env, false);
+    let flag_rel = project::flag_file(env).display().to_string();
     let flag = std::fs::read_to_string(root.join(&flag_rel))
         .map_err(anyhow::Error::from)
         .and_then(|t| flagfile::provider(&t, &flag_rel));
     out.push(match flag {
         Ok(p) => ok("flag", format!("{flag_rel}: secrets.provider = {p}")),
-        Err(e) => fail("flag", format!("{e:#}"), flag_fix(&root, &flag_rel)),
+        Err(e) => fail("flag", format!("{e:#}"), flag_fix(root, &flag_rel)),
     });
-    out.push(journal_finding(&root, &env, &flag_rel));
+    out.push(journal_finding(root, env, &flag_rel));
 
     let context = kube::current_context(&cfg.kubeconfig);
-    let local = match &context {
-        None => {
-            out.push(warn(
-                "cluster",
-                "no kube context",
-                "kubectl config use-context <your local cluster> (k3d-..., kind-...)",
-            ));
-            false
-        }
-        Some(c) if guard::is_local_context(c, &cfg.local_contexts) => {
-            out.push(ok("cluster", format!("context {c} is local")));
-            true
-        }
-        Some(c) => {
-            out.push(fail(
-                "cluster",
-                format!("context {c} does not look local: seed and migrate refuse it"),
-                "kubectl config use-context <local context>, or add it to guardrail.local_contexts in .local/secrets.toml",
-            ));
-            false
-        }
-    };
+    let local = context.as_ref().is_some_and(|c| guard::is_local_context(c, &cfg.local_contexts));
+    out.push(match &context {
+        None => warn(
+            "cluster",
+            "no kube context",
+            "kubectl config use-context <your local cluster> (k3d-..., kind-...)",
+        ),
+        Some(c) if local => ok("cluster", format!("context {c} is local")),
+        Some(c) => fail(
+            "cluster",
+            format!("context {c} does not look local: seed and migrate refuse it"),
+            "kubectl config use-context <local context>, or add it to guardrail.local_contexts in .local/secrets.toml",
+        ),
+    });
 
-    if cfg.vault_addr.is_some() || local {
+    if cfg.vault_addr.is_none() && !local {
+        out.push(warn(
+            "vault",
+            "not checked: no VAULT_ADDR and no local cluster",
+            "VAULT_ADDR=http://127.0.0.1:8200 VAULT_TOKEN=... (bao server -dev), or a local cluster",
+        ));
+    } else {
         match vault::VaultProvider::connect(&cfg, None) {
             Ok(mut p) => {
                 out.push(ok("vault", format!("{} reachable, unsealed, token valid", p.target())));
-                vault_findings(&mut out, &mut p, &cfg, &env, &fixture_set, &infra_scan);
+                vault_findings(&mut out, &mut p, &cfg, env, &fixture_set, &infra_scan);
                 if let Ok(true) = p.detailed_listing_denied() {
+                    let mount = &cfg.vault_mount.value;
                     out.push(warn(
                         "vault",
-                        format!(
-                            "the token may not list {}/detailed-metadata/: every re-seed reads each entry",
-                            cfg.vault_mount.value
-                        ),
+                        format!("the token may not list {mount}/detailed-metadata/: every re-seed reads each entry"),
                         "grant `list` on that path for one-request re-seeds (docs/secrets.md, how the seed reads Vault)",
                     ));
                 }
@@ -143,100 +141,74 @@ pub(crate) fn run(flags: &flags::Doctor, process: &Process) -> Result<()> {
                 "see the message; docs/secrets.md#troubleshooting",
             )),
         }
-    } else {
-        out.push(warn(
-            "vault",
-            "not checked: no VAULT_ADDR and no local cluster",
-            "VAULT_ADDR=http://127.0.0.1:8200 VAULT_TOKEN=... (bao server -dev), or a local cluster",
-        ));
     }
 
     if local {
-        let installed = match kube::eso_api() {
+        let served = format!("External Secrets Operator serves {}", kube::ESO_V1);
+        let (finding, installed) = match kube::eso_api() {
             Ok(api) => match api.problem() {
-                None => {
-                    out.push(ok(
-                        "eso",
-                        format!("External Secrets Operator serves {}", kube::ESO_V1),
-                    ));
-                    true
-                }
-                Some((what, fix)) => {
-                    out.push(fail("eso", what, fix));
-                    api != kube::EsoApi::Missing
-                }
+                None => (ok("eso", served), true),
+                Some((what, fix)) => (fail("eso", what, fix), api != kube::EsoApi::Missing),
             },
-            Err(e) => {
-                out.push(fail(
-                    "eso",
-                    format!("{e:#}"),
-                    "check kubectl access: `kubectl cluster-info`",
-                ));
-                false
-            }
+            Err(e) => (fail("eso", format!("{e:#}"), CLUSTER_INFO), false),
         };
+        out.push(finding);
         // Without ESO, every question about its objects has the answer above.
         if installed {
-            let denied = eso_access::denied_checks(&root, &env, &cfg);
-            out.push(store_finding(
-                kube::kubectl(&["get", "clustersecretstore", STORE_NAME, "--output", "json"]),
-                kube::store_event(),
-                &env,
-                &denied,
-            ));
-            external_secret_findings(&mut out, &denied, &env);
+            let denied = eso_access::denied_checks(root, env, &cfg);
+            let store =
+                kube::kubectl(&["get", "clustersecretstore", STORE_NAME, "--output", "json"]);
+            out.push(store_finding(store, kube::store_event(), env, &denied));
+            external_secret_findings(&mut out, &denied, env);
         }
     }
 
-    match &fixture_set {
-        Err(e) => {
-            out.push(fail("fixtures", format!("{e:#}"), "fix the file at the position shown"))
-        }
-        Ok(set) => match &infra_scan {
-            Err(e) => out.push(fail("coverage", format!("{e:#}"), "fix the file it names")),
-            Ok(scan) => {
-                let report = coverage::compare(scan, &env, set, None);
-                let missing = report.failures(&FailOn::default()).len();
-                out.push(if missing == 0 {
-                    let keys = report.required_keys;
-                    ok(
-                        "coverage",
-                        format!("{} fixtures cover {keys} required keys (static)", set.len()),
-                    )
-                } else {
-                    let text = format!("{missing} keys missing or unusable");
-                    fail("coverage", text, "cargo xtask secrets check")
-                });
+    out.push(match (&fixture_set, &infra_scan) {
+        (Err(e), _) => fail("fixtures", format!("{e:#}"), "fix the file at the position shown"),
+        (_, Err(e)) => fail("coverage", format!("{e:#}"), FIX_FILE),
+        (Ok(set), Ok(scan)) => {
+            let report = coverage::compare(scan, env, set, None);
+            let missing = report.failures(&FailOn::default()).len();
+            let keys = report.required_keys;
+            if missing == 0 {
+                ok(
+                    "coverage",
+                    format!("{} fixtures cover {keys} required keys (static)", set.len()),
+                )
+            } else {
+                fail(
+                    "coverage",
+                    format!("{missing} keys missing or unusable"),
+                    "cargo xtask secrets check",
+                )
             }
-        },
-    }
+        }
+    });
 
     let store = cfg.abs(&cfg.file_store.value);
     if store.exists() {
         let shown = cfg.shown(&store);
         let mode = std::fs::metadata(&store).map_or(0, |m| m.permissions().mode() & 0o777);
         let loaded = || {
-            guard::require_git_ignored(&root, &store, "the file store")
+            guard::require_git_ignored(root, &store, "the file store")
                 .and_then(|()| file::load(&store))
         };
         out.push(if mode & 0o077 != 0 {
-            let fix = format!("chmod 600 {shown}");
-            fail("file store", format!("{shown} has mode {mode:o}"), fix)
+            fail("file store", format!("{shown} has mode {mode:o}"), format!("chmod 600 {shown}"))
         } else {
             match loaded() {
-                Ok(s) => {
-                    let n = s.secrets.len();
-                    ok("file store", format!("{shown}: {n} secrets, 0600, git-ignored"))
-                }
-                Err(e) => fail("file store", format!("{e:#}"), "see the message"),
+                Ok(s) => ok(
+                    "file store",
+                    format!("{shown}: {} secrets, 0600, git-ignored", s.secrets.len()),
+                ),
+                Err(e) => fail("file store", format!("{e:#}"), SEE),
             }
         });
     }
     report(out)
 }
 
-/// Past "reachable": the fixtures still there, the token's capabilities on
-/// what the seed writes, ESO's access, and reading as ESO.
+/// Past "reachable": the fixtures, the token's capabilities, ESO's access and reading as ESO.
 fn vault_findings(
     out: &mut Vec<Finding>,
     p: &mut vault::VaultProvider,
@@ -245,7 +217,7 @@ fn vault_findings(
     fixture_set: &Result<fixtures::SecretSet>,
     infra_scan: &Result<scan::Scan>,
 ) {
-    let mount = cfg.vault_mount.value.clone();
+    let mount = &cfg.vault_mount.value;
     let kv_v2 = p.kv_version() == vault::KvVersion::V2;
     let fixtures = fixture_set.as_ref().map(|set| set.names());
     let names = EsoNames::load(&cfg.root, env);
@@ -270,117 +242,91 @@ fn vault_findings(
     let http = p.vault_http().expect("a vault store");
     let sample = fixtures.as_ref().ok().and_then(|f| f.first().cloned());
     let sample = sample.unwrap_or_else(|| "any".into());
-    match vault_checks::lacking(http, &mount, kv_v2, &sample, names.as_ref().ok()) {
+    match vault_checks::lacking(http, mount, kv_v2, &sample, names.as_ref().ok()) {
         Ok((kv, eso)) => {
             out.push(if kv.is_empty() {
                 ok("vault", format!("the token may write what the seed writes to {mount}/"))
             } else {
+                let lacks = vault_checks::describe_lacks(&kv);
                 fail(
                     "vault",
-                    format!(
-                        "the token lacks {}: the seed's writes would be refused (403)",
-                        vault_checks::describe_lacks(&kv)
-                    ),
+                    format!("the token lacks {lacks}: the seed's writes would be refused (403)"),
                     "use a token with the policy in docs/secrets.md (how the seed reads Vault); on a dev server, the \
                      root token",
                 )
             });
             if !eso.is_empty() {
+                let lacks = vault_checks::describe_lacks(&eso);
                 out.push(warn(
                     "vault",
-                    format!(
-                        "the token lacks {}: the seed cannot set up ESO's access with it",
-                        vault_checks::describe_lacks(&eso)
-                    ),
+                    format!("the token lacks {lacks}: the seed cannot set up ESO's access with it"),
                     "run the seed once with a root token (the port-forward uses the dev chart's)",
                 ));
             }
         }
-        Err(e) => {
-            out.push(warn("vault", format!("capabilities not checked: {e:#}"), "see the message"))
-        }
+        Err(e) => out.push(warn("vault", format!("capabilities not checked: {e:#}"), SEE)),
     }
     let names = match names {
         Ok(n) => n,
         Err(e) => {
-            out.push(fail("eso access", format!("{e:#}"), "restore the file it names from git"));
-            return;
+            return out.push(fail(
+                "eso access",
+                format!("{e:#}"),
+                "restore the file it names from git",
+            ))
         }
     };
     let plan = match eso_access::plan(http, &names, &cfg.kubeconfig) {
         Ok(plan) => plan,
-        Err(e) => {
-            out.push(fail("eso access", format!("{e:#}"), "see the message"));
-            return;
-        }
+        Err(e) => return out.push(fail("eso access", format!("{e:#}"), SEE)),
     };
     let mut missing = Vec::new();
     for item in &plan.items {
         match &item.state {
             eso_access::State::Ensure => missing.push(item.label()),
-            eso_access::State::Skipped(why) => out.push(warn(
-                "eso access",
-                format!("{}: not checked: {why}", item.label()),
-                "see the message",
-            )),
+            eso_access::State::Skipped(why) => {
+                out.push(warn("eso access", format!("{}: not checked: {why}", item.label()), SEE))
+            }
             _ => {}
         }
     }
     if !missing.is_empty() {
-        out.push(fail(
-            "eso access",
-            format!(
-                "ESO cannot log in to Vault as ClusterSecretStore/{} does: missing or different: {}",
-                names.store,
-                missing.join(", ")
-            ),
-            vault_checks::RESEED,
-        ));
-        return;
+        let (store, missing) = (&names.store, missing.join(", "));
+        let text = format!(
+            "ESO cannot log in to Vault as ClusterSecretStore/{store} does: missing or different: {missing}"
+        );
+        return out.push(fail("eso access", text, vault_checks::RESEED));
     }
     if plan.complete() {
-        out.push(ok(
-            "eso access",
-            format!(
-                "auth {}/, policy {}, role {} (service account {}) in place",
-                names.auth_mount,
-                names.policy,
-                names.role,
-                names.subject()
-            ),
-        ));
+        let (auth, policy, role, subject) =
+            (&names.auth_mount, &names.policy, &names.role, names.subject());
+        let text = format!(
+            "auth {auth}/, policy {policy}, role {role} (service account {subject}) in place"
+        );
+        out.push(ok("eso access", text));
     }
     // Reading as ESO needs only the policy and the role.
-    if plan
-        .items
-        .iter()
-        .any(|i| matches!(i.kind, "policy" | "role") && i.state != eso_access::State::InPlace)
-    {
+    let needed = |i: &eso_access::Item| matches!(i.kind, "policy" | "role");
+    if plan.items.iter().any(|i| needed(i) && i.state != eso_access::State::InPlace) {
         return;
     }
-    let keys = match infra_scan {
-        Ok(scan) => coverage::eso_keys(scan),
-        Err(_) => return, // the coverage finding below names the file
-    };
-    match eso_read::read_as_eso(http, &names, &keys, &cfg.root, env, &cfg.kubeconfig) {
-        Ok(a) if a.ok() => out.push(ok("eso access", a.summary())),
+    let Ok(scan) = infra_scan else { return };
+    let keys = coverage::eso_keys(scan);
+    out.push(match eso_read::read_as_eso(http, &names, &keys, &cfg.root, env, &cfg.kubeconfig) {
+        Ok(a) if a.ok() => ok("eso access", a.summary()),
         Ok(a) => {
             let mut text = a.summary();
             for (key, why) in a.unreadable.iter().take(10) {
                 text.push_str(&format!("\n{:<16}{key}: {why}", ""));
             }
-            out.push(fail("eso access", text, a.fix()));
+            fail("eso access", text, a.fix())
         }
-        Err(e) => {
-            out.push(warn("eso access", format!("not read as ESO: {e:#}"), "see the message"))
-        }
-    }
+        Err(e) => warn("eso access", format!("not read as ESO: {e:#}"), SEE),
+    });
 }
 
-/// The store's Ready condition, from `kubectl get clustersecretstore
-/// <STORE_NAME> --output json` (`got`), with ESO's last Warning Event about
-/// it (`event`: its condition says only `unable to validate store`); a
-/// failed get is fixed by syncing layer 15 of `env`.
+/// The store's Ready condition from `kubectl get` (`got`), with ESO's last
+/// Warning Event about it (the condition alone hides the cause).
 fn store_finding(
     got: Result<String>,
     event: Option<kube::Event>,
@@ -397,30 +343,23 @@ fn store_finding(
             )
         }
     };
-    let object: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
-    let ready = kube::Ready::of(&object);
+    let ready = kube::Ready::of(&serde_json::from_str(&json).unwrap_or_default());
     match ready.ready {
         Some(true) => ok("eso", format!("ClusterSecretStore/{STORE_NAME} Ready")),
         Some(false) => {
             let denied_here = kube::permission_denied(&ready.message)
                 || event.as_ref().is_some_and(|e| kube::permission_denied(&e.message));
-            fail(
-                "eso",
+            let fix = if denied_here {
+                denied.to_string()
+            } else {
                 format!(
-                    "ClusterSecretStore/{STORE_NAME} not Ready: {}{}",
-                    ready.describe(),
-                    kube::said(event.as_ref())
-                ),
-                if denied_here {
-                    denied.to_string()
-                } else {
-                    format!(
-                        "kubectl describe clustersecretstore {STORE_NAME}; docs/secrets.md#troubleshooting; once \
-                         fixed, `kubectl annotate clustersecretstore {STORE_NAME} force-sync=$(date +%s) \
-                         --overwrite` has ESO validate it at once"
-                    )
-                },
-            )
+                    "kubectl describe clustersecretstore {STORE_NAME}; docs/secrets.md#troubleshooting; once \
+                     fixed, `kubectl annotate clustersecretstore {STORE_NAME} force-sync=$(date +%s) \
+                     --overwrite` has ESO validate it at once"
+                )
+            };
+            let (describe, said) = (ready.describe(), kube::said(event.as_ref()));
+            fail("eso", format!("ClusterSecretStore/{STORE_NAME} not Ready: {describe}{said}"), fix)
         }
         None => warn(
             "eso",
@@ -430,60 +369,45 @@ fn store_finding(
     }
 }
 
-/// ExternalSecrets on the store that ESO does not report Ready, with its
-/// reason and ESO's last Warning Event about each (the real cause).
+/// ExternalSecrets on the store that are not Ready, each with ESO's last Warning Event.
 fn external_secret_findings(out: &mut Vec<Finding>, denied: &str, env: &str) {
     let list = match kube::external_secrets() {
         Ok(list) => list,
-        Err(e) => {
-            out.push(fail("eso", format!("{e:#}"), "check kubectl access: `kubectl cluster-info`"));
-            return;
-        }
+        Err(e) => return out.push(fail("eso", format!("{e:#}"), CLUSTER_INFO)),
     };
     let ours: Vec<_> = list.iter().filter(|e| scan::is_our_store(&e.store)).collect();
     let bad: Vec<_> = ours.iter().filter(|e| e.ready != Some(true)).collect();
     if ours.is_empty() {
-        out.push(warn(
-            "eso",
-            format!("no ExternalSecret on ClusterSecretStore/{STORE_NAME} in the cluster yet"),
-            "sync layer 15 and the services (helmfile ... sync)",
-        ));
-        return;
+        let text =
+            format!("no ExternalSecret on ClusterSecretStore/{STORE_NAME} in the cluster yet");
+        return out.push(warn("eso", text, "sync layer 15 and the services (helmfile ... sync)"));
     }
     if bad.is_empty() {
-        out.push(ok("eso", format!("{} ExternalSecrets on {STORE_NAME} Ready", ours.len())));
-        return;
+        return out
+            .push(ok("eso", format!("{} ExternalSecrets on {STORE_NAME} Ready", ours.len())));
     }
     let mut events: BTreeMap<String, BTreeMap<String, kube::Event>> = BTreeMap::new();
     for e in bad.iter().take(20) {
         let newest = events.entry(e.namespace.clone()).or_insert_with(|| {
-            kube::warning_events(Some(&e.namespace), "ExternalSecret", None)
-                .map(kube::newest_by_object)
-                .unwrap_or_default()
+            let found = kube::warning_events(Some(&e.namespace), "ExternalSecret", None);
+            found.map(kube::newest_by_object).unwrap_or_default()
         });
         let event = newest.get(&e.name).filter(|_| e.ready == Some(false));
         let state = match e.ready {
             None => "no Ready condition yet".into(),
             _ => format!("{}: {}", e.reason, e.message),
         };
-        let cause = event.map(|ev| ev.message.as_str()).unwrap_or(&e.message);
-        out.push(fail(
-            "eso",
-            format!("ExternalSecret {} not Ready: {state}{}", e.id(), kube::said(event)),
-            external_secret_fix(&e.namespace, &e.name, cause, denied, env),
-        ));
+        let cause = event.map_or(e.message.as_str(), |ev| ev.message.as_str());
+        let text = format!("ExternalSecret {} not Ready: {state}{}", e.id(), kube::said(event));
+        out.push(fail("eso", text, external_secret_fix(&e.namespace, &e.name, cause, denied, env)));
     }
     if bad.len() > 20 {
-        out.push(fail(
-            "eso",
-            format!("and {} more ExternalSecrets not Ready", bad.len() - 20),
-            "cargo xtask secrets status lists them all",
-        ));
+        let text = format!("and {} more ExternalSecrets not Ready", bad.len() - 20);
+        out.push(fail("eso", text, "cargo xtask secrets status lists them all"));
     }
 }
 
-/// The fix for an ExternalSecret's failure, from ESO's words (its last
-/// Warning Event, else its condition's message).
+/// The fix for an ExternalSecret's failure, from ESO's words.
 fn external_secret_fix(
     namespace: &str,
     name: &str,
@@ -492,40 +416,34 @@ fn external_secret_fix(
     env: &str,
 ) -> String {
     let m = message.to_ascii_lowercase();
-    let resync = format!("kubectl annotate externalsecret {name} --namespace {namespace} force-sync=$(date +%s) --overwrite");
+    let resync =
+        format!("kubectl annotate externalsecret {name} --namespace {namespace} force-sync=$(date +%s) --overwrite");
     if kube::permission_denied(&m) {
         format!("{denied} Then {resync}")
     } else if m.contains(&format!("could not get clustersecretstore \"{STORE_NAME}\"")) {
-        format!(
-            "ClusterSecretStore/{STORE_NAME} is missing: {}; then {resync}",
-            helmfile::sync_display(env)
-        )
+        let sync = helmfile::sync_display(env);
+        format!("ClusterSecretStore/{STORE_NAME} is missing: {sync}; then {resync}")
     } else if m.contains(&format!("\"{STORE_NAME}\" is not ready")) {
         format!(
             "the store's line above says why ClusterSecretStore/{STORE_NAME} is not Ready; once it is, {resync}"
         )
     } else if m.contains("does not exist") || m.contains("not found") || m.contains("404") {
-        format!(
-            "cargo xtask secrets check --live names the key; {}, then {resync}",
-            vault_checks::RESEED
-        )
+        let reseed = vault_checks::RESEED;
+        format!("cargo xtask secrets check --live names the key; {reseed}, then {resync}")
     } else {
         format!("kubectl describe externalsecret {name} --namespace {namespace}; docs/secrets.md#troubleshooting")
     }
 }
 
-/// How to repair a flag file the editor cannot read: put back the
-/// committed one when git has it and it differs, else edit it as the
-/// message says.
-fn flag_fix(root: &std::path::Path, flag_rel: &str) -> String {
+/// How to repair a flag file that cannot be read: the committed one, if it differs.
+fn flag_fix(root: &Path, flag_rel: &str) -> String {
     let status = crate::process::Tool::new("git")
         .arg("-C")
         .arg(root)
         .args(["status", "--porcelain", "--", flag_rel])
         .run()
         .unwrap_or_default();
-    let tracked_and_changed = !status.trim().is_empty() && !status.starts_with("??");
-    if tracked_and_changed {
+    if !status.trim().is_empty() && !status.starts_with("??") {
         format!(
             "`git checkout HEAD -- {flag_rel}` puts back the committed file (`git diff HEAD -- {flag_rel}` shows \
              what that drops)"
@@ -536,30 +454,21 @@ fn flag_fix(root: &std::path::Path, flag_rel: &str) -> String {
 }
 
 /// The migration journal: readable, and whether its last entry is finished.
-fn journal_finding(root: &std::path::Path, env: &str, flag_rel: &str) -> Finding {
-    use crate::secrets::migrate::journal;
+fn journal_finding(root: &Path, env: &str, flag_rel: &str) -> Finding {
     let journal = match journal::Journal::load(root, env) {
         Ok(j) => j,
         Err(e) => {
-            return fail(
-                "journal",
-                format!(
-                    "{} cannot be read as a journal: {}",
-                    project::shown_from(root, &journal::path(root, env)),
-                    e.root_cause()
-                ),
-                journal::unreadable_fix(root, env),
-            )
+            let shown = project::shown_from(root, &journal::path(root, env));
+            let text = format!("{shown} cannot be read as a journal: {}", e.root_cause());
+            return fail("journal", text, journal::unreadable_fix(root, env));
         }
     };
     let Some(m) = journal.current() else {
         return ok("journal", format!("no migration of {env} journaled"));
     };
     let text = format!("last {} of {env}: {} -> {}, {}", m.kind, m.from, m.to, m.state);
-    let flag_now = std::fs::read_to_string(root.join(flag_rel))
-        .ok()
-        .and_then(|t| flagfile::provider(&t, flag_rel).ok());
-    match m.next_step_text(flag_now) {
+    let flag_now = std::fs::read_to_string(root.join(flag_rel)).ok();
+    match m.next_step_text(flag_now.and_then(|t| flagfile::provider(&t, flag_rel).ok())) {
         Some(next) => {
             warn("journal", format!("{text} (unfinished)"), format!("finish it with {next}"))
         }
@@ -568,21 +477,18 @@ fn journal_finding(root: &std::path::Path, env: &str, flag_rel: &str) -> Finding
 }
 
 fn report(findings: Vec<Finding>) -> Result<()> {
-    let mut failed = 0;
     for f in &findings {
         let tag = match f.level {
             Level::Ok => "ok  ",
             Level::Warn => "warn",
-            Level::Fail => {
-                failed += 1;
-                "FAIL"
-            }
+            Level::Fail => "FAIL",
         };
         println!("{tag}  {:<10} {}", f.area, f.text);
         if !f.fix.is_empty() {
             println!("      {:<10} fix: {}", "", f.fix);
         }
     }
+    let failed = findings.iter().filter(|f| f.level == Level::Fail).count();
     if failed > 0 {
         bail!("{failed} checks failed; each FAIL above says how to fix it");
     }
@@ -606,13 +512,8 @@ mod tests {
         ] {
             let f = store_finding(Ok(pending.into()), None, "local", DENIED);
             assert!(f.level == Level::Warn, "{pending:?}: {}", f.text);
-            assert_eq!(
-                (f.text.as_str(), f.fix.as_str()),
-                (
-                    "ClusterSecretStore/ameide-vault has no Ready condition yet",
-                    "wait, then run doctor again"
-                )
-            );
+            assert_eq!(f.text, "ClusterSecretStore/ameide-vault has no Ready condition yet");
+            assert_eq!(f.fix, "wait, then run doctor again");
         }
         let f = store_finding(Err(anyhow::anyhow!("NotFound")), None, "dev", DENIED);
         assert!(f.level == Level::Fail);

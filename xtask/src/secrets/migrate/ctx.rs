@@ -1,5 +1,5 @@
 //! What every step of one migrate or rollback shares ([`Ctx`]), and the
-//! tests' interruption point ([`StopAt`]).
+//! tests' interruption point ([`stop_at`]).
 
 use std::cell::{OnceCell, RefCell};
 use std::path::PathBuf;
@@ -7,75 +7,72 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use super::journal::Step;
-use crate::project::Process;
-use crate::secrets::config::{Config, ProviderKind, Wait};
+use super::plan::Plan;
+use crate::project::{self, Process};
+use crate::secrets::config::{Config, ProviderKind};
 use crate::secrets::fixtures::{self, SecretSet};
 use crate::secrets::flagfile;
 use crate::secrets::provider::{self, SecretProvider};
 
-/// Where in a step a run can be stopped: before it, after its effect and
-/// before its journal record, or after that record was saved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum At {
-    Before,
-    AfterEffect,
-    AfterRecord,
-}
-
-/// The tests' interruption point, `XTASK_TEST_STOP_AT=<step>:<before|after-effect|after-record>`:
-/// the run has `kill -s KILL` stop it there, as `kill -9` or a closed laptop
-/// would (no destructor runs, nothing more is written). Read once, when the
-/// command starts; a value that names no point is a usage error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct StopAt {
-    pub(super) step: Step,
-    pub(super) at: At,
-}
-
-impl StopAt {
-    const VAR: &'static str = "XTASK_TEST_STOP_AT";
-
-    pub(super) fn from(process: &Process) -> Result<Option<StopAt>> {
-        let Some(value) = process.var(Self::VAR) else {
-            return Ok(None);
-        };
-        let parsed = value.split_once(':').and_then(|(step, at)| {
-            let step: Step = step.parse().ok()?;
-            let at = match at {
-                "before" => At::Before,
-                "after-effect" => At::AfterEffect,
-                "after-record" => At::AfterRecord,
-                _ => return None,
-            };
-            Some(StopAt { step, at })
-        });
-        match parsed {
-            Some(stop) => Ok(Some(stop)),
-            None => crate::usage!(
-                "{}={value:?} names no point: <step>:<before|after-effect|after-record>",
-                Self::VAR
-            ),
-        }
+crate::named! {
+    /// Where in a step a run can be stopped: before it, after its effect, or after its record.
+    pub(super) enum At ("point") {
+        Before = "before",
+        AfterEffect = "after-effect",
+        AfterRecord = "after-record",
     }
 }
 
-/// What every step of one run shares: the configuration, loaded once, and
-/// the target store and fixtures, opened once on first use.
+const STOP_AT: &str = "XTASK_TEST_STOP_AT";
+
+/// The tests' interruption point, `XTASK_TEST_STOP_AT=<step>:<point>`.
+pub(super) fn stop_at(process: &Process) -> Result<Option<(Step, At)>> {
+    let Some(value) = process.var(STOP_AT) else {
+        return Ok(None);
+    };
+    match value.split_once(':').map(|(s, at)| (s.parse(), at.parse())) {
+        Some((Ok(step), Ok(at))) => Ok(Some((step, at))),
+        _ => crate::usage!(
+            "{STOP_AT}={value:?} names no point: <step>:<before|after-effect|after-record>"
+        ),
+    }
+}
+
+/// What every step of one run shares; the store and fixtures open on first use.
 pub(crate) struct Ctx {
+    pub(super) plan: Plan,
     pub(super) root: PathBuf,
     pub(super) env: String,
     pub(super) flag_rel: String,
-    pub(super) wait: Wait,
-    pub(super) allow_non_local: Option<String>,
     pub(super) cfg: Config,
-    pub(super) store: RefCell<Option<Box<dyn SecretProvider>>>,
-    pub(super) desired: OnceCell<SecretSet>,
-    pub(super) stop_at: Option<StopAt>,
+    allow_non_local: Option<String>,
+    store: RefCell<Option<Box<dyn SecretProvider>>>,
+    desired: OnceCell<SecretSet>,
+    stop_at: Option<(Step, At)>,
 }
 
 impl Ctx {
-    /// Runs `f` with the target store, opening it on first use (a
-    /// port-forward is started once).
+    pub(super) fn new(
+        plan: Plan,
+        cfg: Config,
+        env: &str,
+        allow_non_local: Option<&str>,
+        stop_at: Option<(Step, At)>,
+    ) -> Ctx {
+        Ctx {
+            plan,
+            root: cfg.root.clone(),
+            env: env.to_string(),
+            flag_rel: project::flag_file(env).display().to_string(),
+            cfg,
+            allow_non_local: allow_non_local.map(String::from),
+            store: RefCell::new(None),
+            desired: OnceCell::new(),
+            stop_at,
+        }
+    }
+
+    /// Runs `f` with the target store, opening it (and a port-forward) once.
     pub(super) fn with_store<T>(
         &self,
         f: impl FnOnce(&mut dyn SecretProvider) -> Result<T>,
@@ -107,13 +104,12 @@ impl Ctx {
 
     /// The provider the flag file names now; `None` when it cannot be read.
     pub(super) fn flag_now(&self) -> Option<ProviderKind> {
-        let text = self.read_flag().ok()?;
-        flagfile::provider(&text, &self.flag_rel).ok()
+        flagfile::provider(&self.read_flag().ok()?, &self.flag_rel).ok()
     }
 
-    /// The tests' interruption point ([`StopAt`]): dies here if it is this one.
+    /// Dies here, as `kill -9` would, if this is the tests' interruption point.
     pub(super) fn stop(&self, step: Step, at: At) {
-        if self.stop_at == Some(StopAt { step, at }) {
+        if self.stop_at == Some((step, at)) {
             // kill(1), a child like any other: SIGKILL lands while we wait for it.
             let pid = std::process::id().to_string();
             let _ = crate::process::Tool::new("kill").args(["-s", "KILL", &pid]).run();

@@ -13,37 +13,23 @@ use crate::secrets::config::ProviderKind;
 use crate::secrets::flagfile;
 
 crate::named! {
-    /// One step of a migration or rollback. Its name is what the journal, the
-    /// output and `--dry-run` show; nothing else spells it.
+    /// One step of a migration or rollback, spelled as the journal has it.
     pub(crate) enum Step ("step") {
-        /// Tools, a local kube context, ESO's CRDs, the flag file as expected,
-        /// and (when seeding) the target store reachable. Changes nothing.
         Preflight = "preflight",
-        /// The fixtures into the target store.
         Seed = "seed",
-        /// Every key the charts need, present in the target store: a gate.
         Coverage = "coverage",
-        /// `secrets.provider` in the flag file set to the target.
         Flip = "flip",
-        /// `helmfile sync` of layer 15.
         Sync = "sync",
-        /// Force-sync every ExternalSecret on the store; wait until each has
-        /// refreshed and is Ready.
         Wait = "wait",
-        /// The journal marks the operation done.
         Record = "record",
-        /// Automatic rollback: the flag file back byte for byte.
         RollbackRestore = "rollback-restore",
-        /// Automatic rollback: `helmfile sync` of layer 15 on the restored flag.
         RollbackSync = "rollback-sync",
-        /// Automatic rollback: wait for the ExternalSecrets again.
         RollbackWait = "rollback-wait",
     }
 }
 
 impl Step {
-    /// A failure here leaves the cluster and the flag file as they were
-    /// (the flip writes atomically, or not at all).
+    /// A failure here leaves the cluster and the flag file as they were (the flip is atomic).
     pub(crate) fn fails_before_any_change(self) -> bool {
         matches!(self, Step::Preflight | Step::Seed | Step::Coverage | Step::Flip)
     }
@@ -58,20 +44,16 @@ crate::named! {
 }
 
 crate::named! {
-    /// Where an entry stands. See [`State::next`] for every transition.
+    /// Where an entry stands; [`State::next`] has every transition.
     pub(crate) enum State ("state") {
-        /// Running, interrupted, or stopped after the flip with
-        /// `--no-rollback`. `migrate --resume` continues a migration.
+        /// Running, interrupted, or stopped after the flip with `--no-rollback`.
         InProgress = "in-progress",
-        /// Every step succeeded.
         Completed = "completed",
         /// A step failed before the cluster changed: nothing to undo.
         Failed = "failed",
-        /// Undone: by its automatic rollback, `rollback --resume`, or a later
-        /// rollback that completed.
+        /// Undone: by its automatic rollback, `rollback --resume`, or a later rollback.
         RolledBack = "rolled-back",
-        /// The (automatic) rollback failed after the flag was restored or
-        /// flipped: `rollback --resume` re-runs sync and wait.
+        /// The (automatic) rollback failed after the flag was restored or flipped.
         RollbackFailed = "rollback-failed",
     }
 }
@@ -82,13 +64,10 @@ impl State {
         matches!(self, State::InProgress | State::RollbackFailed)
     }
 
-    /// The state an entry of `kind` moves to on `event`; an error for a
-    /// transition the machine does not have.
+    /// The state an entry moves to on `event`; an error for a transition the machine lacks.
     pub(crate) fn next(self, kind: Kind, event: Event) -> Result<State> {
-        use Event as E;
-        use Kind as K;
-        use State as S;
-        let to = match (kind, self, event) {
+        use {Event as E, Kind as K, State as S};
+        Ok(match (kind, self, event) {
             (_, S::InProgress, E::Succeeded) => S::Completed,
             (K::Rollback, S::RollbackFailed, E::Succeeded) => S::Completed,
             (_, S::InProgress, E::FailedBeforeFlip) => S::Failed,
@@ -104,15 +83,13 @@ impl State {
             (kind, state, event) => {
                 bail!("the journal has no transition from {state} on {event:?} for a {kind}")
             }
-        };
-        Ok(to)
+        })
     }
 }
 
 /// What happened to an entry, as the engine reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Event {
-    /// Every step of the plan succeeded.
     Succeeded,
     /// A step failed before the cluster changed.
     FailedBeforeFlip,
@@ -120,7 +97,6 @@ pub(crate) enum Event {
     FailedAfterFlip,
     /// The automatic rollback, or `rollback --resume`, put everything back.
     RollbackSucceeded,
-    /// The automatic rollback, or `rollback --resume`, failed.
     RollbackFailed,
     /// A later rollback that undoes this migration completed.
     Undone,
@@ -140,7 +116,6 @@ pub(crate) struct StepRecord {
     pub started: String,
     pub ended: String,
     pub outcome: Outcome,
-    /// What the step changed, or why it failed.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
 }
@@ -160,7 +135,6 @@ pub(crate) struct Migration {
     /// The flag file before the change, byte for byte (it holds no secret).
     pub before_content: String,
     pub before_sha256: String,
-    /// The flag file's checksum after the flip.
     pub after_sha256: Option<String>,
     /// For a rollback: the id of the migration it undoes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,16 +143,41 @@ pub(crate) struct Migration {
 }
 
 impl Migration {
-    pub(crate) fn step(&self, name: Step) -> Option<&StepRecord> {
-        self.steps.iter().rev().find(|s| s.name == name)
+    /// A new entry in progress, from the flag file's `text` before it.
+    pub(crate) fn new(
+        kind: Kind,
+        env: &str,
+        (from, to): (ProviderKind, ProviderKind),
+        flag_file: &str,
+        text: &str,
+        undoes: Option<String>,
+    ) -> Migration {
+        let started = now_rfc3339();
+        Migration {
+            id: format!("{kind}-{started}-{to}-{}", std::process::id()),
+            kind,
+            env: env.to_string(),
+            from,
+            to,
+            state: State::InProgress,
+            started,
+            ended: None,
+            flag_file: flag_file.to_string(),
+            before_content: text.to_string(),
+            before_sha256: sha256_hex(text.as_bytes()),
+            after_sha256: None,
+            undoes,
+            steps: Vec::new(),
+        }
     }
 
+    /// Whether the last run of step `name` succeeded.
     pub(crate) fn step_ok(&self, name: Step) -> bool {
-        self.step(name).is_some_and(|s| s.outcome == Outcome::Ok)
+        let last = self.steps.iter().rev().find(|s| s.name == name);
+        last.is_some_and(|s| s.outcome == Outcome::Ok)
     }
 
-    /// The flag file's checksum where this entry left it: before the flip,
-    /// flipped, or restored by the automatic rollback.
+    /// The flag file's checksum where this entry left it.
     pub(crate) fn flag_sha_now(&self) -> &str {
         match &self.after_sha256 {
             Some(after) if !self.step_ok(Step::RollbackRestore) => after,
@@ -186,15 +185,13 @@ impl Migration {
         }
     }
 
-    /// The journal's copy of the flag file matches the checksum beside it
-    /// (a journal edited by hand, or damaged, may not).
+    /// The journal's copy of the flag file matches its checksum (an edited journal may not).
     pub(crate) fn copy_intact(&self) -> bool {
         fsutil::sha256_hex(self.before_content.as_bytes()) == self.before_sha256
     }
 
-    /// An unfinished migration whose automatic rollback began: its flip is
-    /// journaled and the flag file (naming `flag_now`) says `from` again,
-    /// restored by the rollback (journaled or not) or by hand.
+    /// An unfinished migration whose flip is journaled and whose flag file
+    /// (naming `flag_now`) says `from` again: its rollback began.
     pub(crate) fn rolling_back(&self, flag_now: Option<ProviderKind>) -> bool {
         self.kind == Kind::Migrate
             && self.state == State::InProgress
@@ -202,8 +199,7 @@ impl Migration {
             && flag_now == Some(self.from)
     }
 
-    /// The one command that finishes or follows up this entry, if any,
-    /// given the provider the flag file names now.
+    /// The one command that finishes or follows up this entry, if any.
     pub(crate) fn next_command(&self, flag_now: Option<ProviderKind>) -> Option<String> {
         let args = match (self.kind, self.state) {
             // Its copy of the flag file cannot be restored from: set the value instead.
@@ -222,8 +218,7 @@ impl Migration {
         Some(command(&args, &self.env))
     }
 
-    /// The command that finishes an open entry, in backticks, and for an
-    /// unfinished migration the way to undo it.
+    /// The command that finishes an open entry, and for a migration the way to undo it.
     pub(crate) fn next_step_text(&self, flag_now: Option<ProviderKind>) -> Option<String> {
         let next = self.next_command(flag_now)?;
         if (self.kind, self.state) == (Kind::Migrate, State::InProgress)
@@ -236,8 +231,7 @@ impl Migration {
     }
 }
 
-/// A `cargo xtask secrets` command line: `args`, then `--env <env>` unless
-/// it is `local` (the default).
+/// A `cargo xtask secrets` command line, with `--env` unless it is `local`.
 pub(crate) fn command(args: &str, env: &str) -> String {
     if env == "local" {
         format!("cargo xtask secrets {args}")
@@ -253,7 +247,7 @@ pub(crate) struct Journal {
 }
 
 pub(crate) fn path(root: &Path, env: &str) -> PathBuf {
-    root.join(".local/secrets/journal").join(format!("{env}.json"))
+    root.join(format!(".local/secrets/journal/{env}.json"))
 }
 
 /// How to get past a journal that cannot be read.
@@ -265,20 +259,13 @@ pub(crate) fn unreadable_fix(root: &Path, env: &str) -> String {
     )
 }
 
-pub(crate) fn lock_path(root: &Path, env: &str) -> PathBuf {
-    root.join(".local/secrets/journal").join(format!("{env}.lock"))
-}
-
 impl Journal {
     pub(crate) fn load(root: &Path, env: &str) -> Result<Journal> {
         let p = path(root, env);
         match std::fs::read_to_string(&p) {
             Ok(text) => serde_json::from_str(&text).with_context(|| {
-                format!(
-                    "{} cannot be read as a journal; {}",
-                    p.display(),
-                    unreadable_fix(root, env)
-                )
+                let fix = unreadable_fix(root, env);
+                format!("{} cannot be read as a journal; {fix}", p.display())
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Journal::default()),
             Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
@@ -306,27 +293,21 @@ impl Journal {
             .with_context(|| format!("no entry {id} in the journal"))
     }
 
-    /// The newest migration a rollback would undo: completed, unfinished,
-    /// or whose automatic rollback failed.
+    /// The newest migration a rollback would undo.
     pub(crate) fn undo_candidate(&self) -> Option<&Migration> {
-        self.migrations.iter().find(|m| {
-            m.kind == Kind::Migrate
-                && matches!(m.state, State::Completed | State::InProgress | State::RollbackFailed)
-        })
+        let undoable = |m: &&Migration| m.state.is_open() || m.state == State::Completed;
+        self.migrations.iter().filter(|m| m.kind == Kind::Migrate).find(undoable)
     }
 
-    /// Records the flag file's checksum after entry `id`'s flip.
     pub(crate) fn set_flipped_to(&mut self, id: &str, sha: &str) -> Result<()> {
         self.get_mut(id)?.after_sha256 = Some(sha.to_string());
         Ok(())
     }
 
-    /// Adds a new entry (newest first).
     pub(crate) fn begin(&mut self, entry: Migration) {
         self.migrations.insert(0, entry);
     }
 
-    /// Appends a finished step to entry `id`.
     pub(crate) fn record(
         &mut self,
         id: &str,
@@ -345,7 +326,6 @@ impl Journal {
         Ok(())
     }
 
-    /// Moves entry `id` through the state machine.
     pub(crate) fn apply(&mut self, id: &str, event: Event) -> Result<State> {
         let m = self.get_mut(id)?;
         let next = m.state.next(m.kind, event)?;
@@ -357,23 +337,17 @@ impl Journal {
     }
 }
 
-/// What `entry`'s flip writes over `text` (the flag file as the entry found
-/// it), and how: the value set to `to`, or, for a rollback undoing a
-/// migration whose flip `text` still is, that migration's copy of the file
-/// from before it, byte for byte, if the copy matches its checksum.
+/// What `entry`'s flip writes over `text`, and how: the value set, or, for a
+/// rollback undoing a migration whose flip `text` still is, that migration's
+/// intact copy of the file from before it.
 pub(crate) fn flipped(
     journal: &Journal,
     entry: &Migration,
     text: &str,
-    flag_rel: &str,
-    to: ProviderKind,
 ) -> Result<(String, &'static str)> {
-    let sha = sha256_hex(text.as_bytes());
-    let undone = entry
-        .undoes
-        .as_deref()
-        .and_then(|id| journal.get(id))
-        .filter(|u| u.after_sha256.as_deref() == Some(sha.as_str()) && u.from == to);
+    let (sha, to, flag_rel) = (sha256_hex(text.as_bytes()), entry.to, &entry.flag_file);
+    let undone = entry.undoes.as_deref().and_then(|id| journal.get(id));
+    let undone = undone.filter(|u| u.after_sha256.as_deref() == Some(sha.as_str()) && u.from == to);
     Ok(match undone {
         Some(u) if u.copy_intact() => (u.before_content.clone(), "restored byte for byte"),
         Some(_) => (
@@ -386,8 +360,7 @@ pub(crate) fn flipped(
 }
 
 /// Whether the flag file (`text`) is where entry `m` left it, or where the
-/// step the run died in put it before its record: the flip's result, or
-/// (an automatic rollback) the file from before.
+/// step a killed run died in put it before its record.
 pub(crate) fn flag_fits(journal: &Journal, m: &Migration, text: &str) -> bool {
     let sha = sha256_hex(text.as_bytes());
     if sha == m.flag_sha_now() {
@@ -398,34 +371,32 @@ pub(crate) fn flag_fits(journal: &Journal, m: &Migration, text: &str) -> bool {
     }
     if !m.step_ok(Step::Flip) {
         return m.copy_intact()
-            && flipped(journal, m, &m.before_content, &m.flag_file, m.to)
+            && flipped(journal, m, &m.before_content)
                 .is_ok_and(|(new, _)| sha256_hex(new.as_bytes()) == sha);
     }
     m.kind == Kind::Migrate && !m.step_ok(Step::RollbackRestore) && sha == m.before_sha256
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use ProviderKind::{Azure, Vault};
 
-    fn entry(kind: Kind, state: State) -> Migration {
-        Migration {
-            id: format!("{kind}-1"),
-            kind,
-            env: "local".into(),
-            from: Azure,
-            to: Vault,
-            state,
-            started: now_rfc3339(),
-            ended: None,
-            flag_file: "f".into(),
-            before_content: "secrets:\n  provider: azure\n".into(),
-            before_sha256: "x".into(),
-            after_sha256: None,
-            undoes: None,
-            steps: vec![],
+    /// An entry of `kind` in `state` whose steps `ok` succeeded.
+    pub(crate) fn entry(kind: Kind, state: State, ok: &[Step]) -> Migration {
+        let (from, to) = match kind {
+            Kind::Migrate => (Azure, Vault),
+            Kind::Rollback => (Vault, Azure),
+        };
+        let text = "secrets:\n  provider: azure\n";
+        let mut m = Migration::new(kind, "local", (from, to), "f", text, None);
+        m.state = state;
+        for &name in ok {
+            let (started, ended) = (now_rfc3339(), now_rfc3339());
+            let detail = String::new();
+            m.steps.push(StepRecord { name, started, ended, outcome: Outcome::Ok, detail });
         }
+        m
     }
 
     const EVENTS: [Event; 6] = [
@@ -473,7 +444,7 @@ mod tests {
     /// The commands outside `local` carry `--env`; only open states have one.
     #[test]
     fn open_states_name_the_command_that_finishes_them() {
-        let mut m = entry(Kind::Migrate, State::InProgress);
+        let mut m = entry(Kind::Migrate, State::InProgress, &[]);
         m.env = "dev".into();
         assert_eq!(
             m.next_step_text(Some(Vault)).as_deref(),
@@ -489,25 +460,28 @@ mod tests {
     fn round_trips_records_outcomes_and_finds_what_to_undo() {
         let root = std::env::temp_dir().join(format!("xtask-journal-{}", std::process::id()));
         let mut j = Journal::default();
-        j.begin(entry(Kind::Migrate, State::Completed));
-        j.begin(entry(Kind::Rollback, State::InProgress));
+        j.begin(entry(Kind::Migrate, State::Completed, &[]));
+        j.begin(entry(Kind::Rollback, State::InProgress, &[]));
         assert_eq!(j.undo_candidate().unwrap().kind, Kind::Migrate);
-        j.set_flipped_to("rollback-1", "flipped").unwrap();
-        assert!(j.set_flipped_to("rollback-0", "flipped").is_err());
-        let now = now_rfc3339;
-        j.record("rollback-1", Step::Sync, now(), Outcome::Ok, "3").unwrap();
-        j.record("rollback-1", Step::RollbackRestore, now(), Outcome::Failed, "").unwrap();
-        assert_eq!(j.migrations[0].flag_sha_now(), "flipped");
-        j.record("rollback-1", Step::RollbackRestore, now(), Outcome::Ok, "").unwrap();
-        assert_eq!(j.migrations[0].flag_sha_now(), "x", "restored");
-        assert_eq!(j.apply("rollback-1", Event::FailedAfterFlip).unwrap(), State::RollbackFailed);
-        assert!(j.apply("rollback-1", Event::Undone).is_err());
+        let (id, before) = (j.migrations[0].id.clone(), j.migrations[0].before_sha256.clone());
+        j.set_flipped_to(&id, "flipped").unwrap();
+        assert!(j.set_flipped_to("no-such-entry", "flipped").is_err());
+        // A failed restore leaves the flipped file; a restore that succeeded, the one from before.
+        for (step, outcome, sha) in [
+            (Step::Sync, Outcome::Ok, "flipped"),
+            (Step::RollbackRestore, Outcome::Failed, "flipped"),
+            (Step::RollbackRestore, Outcome::Ok, before.as_str()),
+        ] {
+            j.record(&id, step, now_rfc3339(), outcome, "3").unwrap();
+            assert_eq!(j.migrations[0].flag_sha_now(), sha, "{step} {outcome}");
+        }
+        assert_eq!(j.apply(&id, Event::FailedAfterFlip).unwrap(), State::RollbackFailed);
+        assert!(j.apply(&id, Event::Undone).is_err());
         j.save(&root, "local").unwrap();
         let back = Journal::load(&root, "local").unwrap();
         let cur = back.current().unwrap();
-        assert!(cur.step_ok(Step::Sync) && !cur.step_ok(Step::Wait));
-        assert_eq!((cur.state, cur.from, back.migrations.len()), (State::RollbackFailed, Azure, 2));
-        assert!(cur.ended.is_some());
+        assert!(cur.step_ok(Step::Sync) && !cur.step_ok(Step::Wait) && cur.ended.is_some());
+        assert_eq!((cur.state, cur.from, back.migrations.len()), (State::RollbackFailed, Vault, 2));
         assert_eq!(fsutil::mode(&path(&root, "local")).unwrap(), 0o600);
         // The spellings on disk, which journals written before must still load with.
         let text = std::fs::read_to_string(path(&root, "local")).unwrap();

@@ -1,39 +1,34 @@
 //! `cargo xtask secrets migrate` and `rollback`: the command line and the
-//! engine. Each run builds one [`plan::Plan`] (`plan.rs`), prints it for
-//! `--dry-run` or runs its steps (`steps.rs`), journaling each outcome in
-//! `journal.rs` after the step finished.
+//! engine. Each run builds one [`plan::Plan`], prints it for `--dry-run` or
+//! runs its steps, journaling each outcome after the step finished.
 
 mod ctx;
 pub(crate) mod journal;
 mod plan;
 mod steps;
 
-use std::cell::{OnceCell, RefCell};
-use std::io::IsTerminal;
-
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{IsTerminal, Write as _};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::flags;
-use crate::fsutil::Lock;
-use crate::fsutil::{now_rfc3339, sha256_hex};
+use crate::fsutil::{now_rfc3339, Lock};
 use crate::project::{self, Process};
 use crate::secrets::config::{Config, FlagValues, ProviderKind};
 use crate::secrets::flagfile;
-use ctx::{At, Ctx, StopAt};
+use ctx::{At, Ctx};
 use journal::{Event, Journal, Kind, Migration, Outcome, State, Step};
 use plan::{Decision, Entry, OnFailure, Plan, Request};
 
 fn cluster_store(to: ProviderKind) -> Result<ProviderKind> {
-    match to {
-        ProviderKind::Vault | ProviderKind::Azure => Ok(to),
-        ProviderKind::File => crate::usage!(
+    if to == ProviderKind::File {
+        crate::usage!(
             "the file store is not a cluster store; for a cluster without Vault use `seed --provider file --render eso-fake`"
-        ),
+        );
     }
+    Ok(to)
 }
 
 fn confirm(yes: bool, question: &str) -> Result<()> {
@@ -57,102 +52,75 @@ struct Common<'a> {
     env: Option<&'a str>,
     wait_attempts: Option<u32>,
     wait_sleep: Option<f64>,
-    process: &'a Process,
     allow_non_local: Option<&'a str>,
     dry_run: bool,
     yes: bool,
 }
 
 pub(crate) fn run_migrate(flags: &flags::Migrate, process: &Process) -> Result<()> {
-    let request = Request::Migrate {
-        to: flags.to.map(cluster_store).transpose()?,
-        resume: flags.resume,
-        auto_rollback: !flags.no_rollback,
+    let to = flags.to.map(cluster_store).transpose()?;
+    let request = Request::Migrate { to, resume: flags.resume, auto_rollback: !flags.no_rollback };
+    let common = Common {
+        env: flags.env.as_deref(),
+        wait_attempts: flags.wait_attempts,
+        wait_sleep: flags.wait_sleep,
+        allow_non_local: flags.allow_non_local.as_deref(),
+        dry_run: flags.dry_run,
+        yes: flags.yes,
     };
-    run(
-        request,
-        Common {
-            env: flags.env.as_deref(),
-            wait_attempts: flags.wait_attempts,
-            wait_sleep: flags.wait_sleep,
-            process,
-            allow_non_local: flags.allow_non_local.as_deref(),
-            dry_run: flags.dry_run,
-            yes: flags.yes,
-        },
-    )
+    run(request, common, process)
 }
 
 pub(crate) fn run_rollback(flags: &flags::Rollback, process: &Process) -> Result<()> {
-    let request =
-        Request::Rollback { to: flags.to.map(cluster_store).transpose()?, resume: flags.resume };
-    run(
-        request,
-        Common {
-            env: flags.env.as_deref(),
-            wait_attempts: flags.wait_attempts,
-            wait_sleep: flags.wait_sleep,
-            process,
-            allow_non_local: None,
-            dry_run: flags.dry_run,
-            yes: flags.yes,
-        },
-    )
+    let to = flags.to.map(cluster_store).transpose()?;
+    let request = Request::Rollback { to, resume: flags.resume };
+    let common = Common {
+        env: flags.env.as_deref(),
+        wait_attempts: flags.wait_attempts,
+        wait_sleep: flags.wait_sleep,
+        allow_non_local: None,
+        dry_run: flags.dry_run,
+        yes: flags.yes,
+    };
+    run(request, common, process)
 }
 
-fn run(request: Request, c: Common<'_>) -> Result<()> {
-    let stop_at = StopAt::from(c.process)?;
-    let root = c.process.root.clone();
-    let env = c.env.unwrap_or("local").to_string();
-    let flag_rel = project::flag_file(&env).display().to_string();
+fn run(request: Request, c: Common<'_>, process: &Process) -> Result<()> {
+    let stop_at = ctx::stop_at(process)?;
+    let root = &process.root;
+    let env = c.env.unwrap_or("local");
+    let flag_rel = project::flag_file(env).display().to_string();
     let text = std::fs::read_to_string(root.join(&flag_rel))
         .with_context(|| format!("reading {flag_rel}: is --env {env} right?"))?;
     let flag_now = flagfile::provider(&text, &flag_rel)?;
     // The lock is held from the plan to the last step; a dry run takes none.
-    let _lock = if c.dry_run {
-        None
-    } else {
-        Some(Lock::acquire(&journal::lock_path(&root, &env), &format!("migration of {env}"))?)
-    };
-    let mut journal = Journal::load(&root, &env)?;
-    let plan = match plan::build(request, &env, flag_now, &journal)? {
+    let lock_path = journal::path(root, env).with_extension("lock");
+    let lock = || Lock::acquire(&lock_path, &format!("migration of {env}"));
+    let _lock = if c.dry_run { None } else { Some(lock()?) };
+    let mut journal = Journal::load(root, env)?;
+    let plan = match plan::build(request, env, flag_now, &journal)? {
         Decision::Run(plan) => plan,
         Decision::Nothing(why) => {
             println!("{why} ({flag_rel})");
             return Ok(());
         }
     };
-    let cfg = Config::load(
-        c.process,
-        &FlagValues {
-            provider: Some(plan.to),
-            wait_attempts: c.wait_attempts,
-            wait_sleep: c.wait_sleep,
-            ..FlagValues::default()
-        },
-    )?;
-    let ctx = Ctx {
-        root,
-        env,
-        flag_rel,
-        wait: cfg.wait,
-        allow_non_local: c.allow_non_local.map(String::from),
-        cfg,
-        store: RefCell::new(None),
-        desired: OnceCell::new(),
-        stop_at,
+    let flags = FlagValues {
+        provider: Some(plan.to),
+        wait_attempts: c.wait_attempts,
+        wait_sleep: c.wait_sleep,
+        ..FlagValues::default()
     };
+    let cfg = Config::load(process, &flags)?;
+    let title = format!("{}?", plan.title);
+    let ctx = Ctx::new(plan, cfg, env, c.allow_non_local, stop_at);
     if c.dry_run {
-        print!("{}", render(&ctx, &plan, &text)?);
+        print!("{}", render(&ctx, &text)?);
         return Ok(());
     }
-    confirm(c.yes, &format!("{}?", plan.title))?;
-    execute(&ctx, &mut journal, &plan)
+    confirm(c.yes, &title)?;
+    execute(&ctx, &mut journal)
 }
-
-// The engine: runs a plan step by step and journals each outcome after the
-// step finished; `render` prints the same plan for `--dry-run`. A plan that
-// stops at preflight leaves the journal as it was, byte for byte.
 
 /// `[2/7] seed`: the label a step has in the dry run and the real run.
 fn label(prefix: &str, i: usize, n: usize, step: Step) -> String {
@@ -160,17 +128,16 @@ fn label(prefix: &str, i: usize, n: usize, step: Step) -> String {
 }
 
 /// The dry run: exactly the steps [`execute`] runs, each described.
-pub(crate) fn render(ctx: &Ctx, plan: &Plan, flag_text: &str) -> Result<String> {
-    let mut out = String::new();
+fn render(ctx: &Ctx, flag_text: &str) -> Result<String> {
+    let (mut out, plan) = (String::new(), &ctx.plan);
     writeln!(out, "plan: {} (dry run: nothing changes)", plan.title)?;
-    let n = plan.steps.len();
     for (i, p) in plan.steps.iter().enumerate() {
         let what = if p.done_earlier {
             "done earlier".to_string()
         } else {
-            steps::describe(ctx, plan, flag_text, p.step)?
+            steps::describe(ctx, flag_text, p.step)?
         };
-        writeln!(out, "  {}: {what}", label("", i, n, p.step))?;
+        writeln!(out, "  {}: {what}", label("", i, plan.steps.len(), p.step))?;
     }
     match &plan.on_failure {
         OnFailure::AutoRollback(back) => {
@@ -180,7 +147,7 @@ pub(crate) fn render(ctx: &Ctx, plan: &Plan, flag_text: &str) -> Result<String> 
                 "  on a failure after the flip, roll back to {to} (unless --no-rollback):"
             )?;
             for (i, &step) in back.iter().enumerate() {
-                let what = steps::describe(ctx, plan, flag_text, step)?;
+                let what = steps::describe(ctx, flag_text, step)?;
                 writeln!(out, "  {}: {what}", label("r", i, back.len(), step))?;
             }
         }
@@ -192,41 +159,18 @@ pub(crate) fn render(ctx: &Ctx, plan: &Plan, flag_text: &str) -> Result<String> 
     Ok(out)
 }
 
-fn new_entry(ctx: &Ctx, plan: &Plan, text: &str, undoes: Option<String>) -> Migration {
-    let started = now_rfc3339();
-    Migration {
-        id: format!("{}-{started}-{}-{}", plan.kind, plan.to, std::process::id()),
-        kind: plan.kind,
-        env: ctx.env.clone(),
-        from: plan.from,
-        to: plan.to,
-        state: State::InProgress,
-        started,
-        ended: None,
-        flag_file: ctx.flag_rel.clone(),
-        before_content: text.to_string(),
-        before_sha256: sha256_hex(text.as_bytes()),
-        after_sha256: None,
-        undoes,
-        steps: Vec::new(),
-    }
-}
-
 /// Runs one step with its progress line; journals nothing.
 fn attempt(
     ctx: &Ctx,
     journal: &Journal,
     id: Option<&str>,
-    plan: &Plan,
     step: Step,
     label: &str,
 ) -> (String, Result<steps::Done>) {
     print!("  {label} ... ");
     let _ = std::io::stdout().flush();
-    let started = now_rfc3339();
-    let t = Instant::now();
-    let entry = id.and_then(|id| journal.get(id));
-    let result = steps::run(ctx, journal, entry, plan, step);
+    let (started, t) = (now_rfc3339(), Instant::now());
+    let result = steps::run(ctx, journal, id, step);
     let secs = t.elapsed().as_secs_f64();
     match &result {
         Ok(d) if d.detail.is_empty() => println!("ok ({secs:.1}s)"),
@@ -236,7 +180,7 @@ fn attempt(
     (started, result)
 }
 
-/// Writes a step's outcome (and a flip's checksum) and saves.
+/// Writes a step's outcome (and a flip's checksum).
 fn journal_step(
     journal: &mut Journal,
     id: &str,
@@ -259,43 +203,40 @@ fn journal_step(
 /// The success transitions: the entry's own, and the migration it undoes.
 fn succeed(journal: &mut Journal, id: &str, plan: &Plan) -> Result<()> {
     journal.apply(id, plan.on_success)?;
-    let undoes = journal.get(id).and_then(|m| m.undoes.clone());
-    if let Some(undone) = undoes {
-        if journal.get(&undone).is_some_and(|m| m.state != State::RolledBack) {
-            journal.apply(&undone, Event::Undone)?;
-        }
+    let undone = journal.get(id).and_then(|m| m.undoes.clone());
+    if let Some(undone) =
+        undone.filter(|u| journal.get(u).is_some_and(|m| m.state != State::RolledBack))
+    {
+        journal.apply(&undone, Event::Undone)?;
     }
     Ok(())
 }
 
-/// Runs `plan`: each step, journaled after it finished; on a failure past
-/// the flip, the plan's automatic rollback or the event it names.
-pub(crate) fn execute(ctx: &Ctx, journal: &mut Journal, plan: &Plan) -> Result<()> {
-    let total = Instant::now();
+/// Runs the plan, journaling each step after it finished.
+fn execute(ctx: &Ctx, journal: &mut Journal) -> Result<()> {
+    let (total, plan) = (Instant::now(), &ctx.plan);
     println!("{}", plan.title);
     let mut id = match &plan.entry {
         Entry::Continue { id } => Some(id.clone()),
         Entry::New { .. } => None,
     };
-    let n = plan.steps.len();
     for (i, p) in plan.steps.iter().enumerate() {
-        let label = label("", i, n, p.step);
+        let label = label("", i, plan.steps.len(), p.step);
         if p.done_earlier {
             println!("  {label}: done earlier");
             continue;
         }
         ctx.stop(p.step, At::Before);
-        let (started, result) = attempt(ctx, journal, id.as_deref(), plan, p.step, &label);
+        let (started, result) = attempt(ctx, journal, id.as_deref(), p.step, &label);
         ctx.stop(p.step, At::AfterEffect);
         if p.step == Step::Preflight {
             if let Err(err) = result {
-                return Err(anyhow!(
-                    "{err:#}\nNothing in the cluster changed; {} and the journal are as they were.",
-                    ctx.flag_rel
-                ));
+                let f = &ctx.flag_rel;
+                bail!("{err:#}\nNothing in the cluster changed; {f} and the journal are as they were.");
             }
             if let Entry::New { undoes } = &plan.entry {
-                let entry = new_entry(ctx, plan, &ctx.read_flag()?, undoes.clone());
+                let (text, undoes, way) = (ctx.read_flag()?, undoes.clone(), (plan.from, plan.to));
+                let entry = Migration::new(plan.kind, &ctx.env, way, &ctx.flag_rel, &text, undoes);
                 id = Some(entry.id.clone());
                 journal.begin(entry);
             }
@@ -308,7 +249,7 @@ pub(crate) fn execute(ctx: &Ctx, journal: &mut Journal, plan: &Plan) -> Result<(
         journal.save(&ctx.root, &ctx.env)?;
         ctx.stop(p.step, At::AfterRecord);
         if let Err(err) = result {
-            return Err(fail(ctx, journal, plan, &id, p.step, err));
+            return Err(fail(ctx, journal, &id, p.step, err));
         }
     }
     let id = id.expect("an entry exists after preflight");
@@ -317,71 +258,62 @@ pub(crate) fn execute(ctx: &Ctx, journal: &mut Journal, plan: &Plan) -> Result<(
         journal.save(&ctx.root, &ctx.env)?;
     }
     let m = journal.get(&id).expect("the entry is in the journal");
+    let f = &ctx.flag_rel;
     // Nothing to commit when the flag file is the committed one again.
     let commit = if steps::uncommitted(ctx).unwrap_or(true) {
-        format!("Commit {} to share the switch", ctx.flag_rel)
+        format!("Commit {f} to share the switch")
     } else {
-        format!("{} is the committed one", ctx.flag_rel)
+        format!("{f} is the committed one")
     };
-    let done = if m.state == State::RolledBack || plan.kind == Kind::Rollback {
-        "rolled back"
-    } else {
-        "migrated"
-    };
+    let rolled_back = m.state == State::RolledBack || plan.kind == Kind::Rollback;
+    let done = if rolled_back { "rolled back" } else { "migrated" };
+    let (env, to, secs, state) = (&ctx.env, plan.to, total.elapsed().as_secs_f64(), m.state);
+    let journal_path = project::shown_from(&ctx.root, &journal::path(&ctx.root, env));
     println!(
-        "{done} {} to {} in {:.1}s ({}). {commit}; the journal is {}.",
-        ctx.env,
-        plan.to,
-        total.elapsed().as_secs_f64(),
-        m.state,
-        project::shown_from(&ctx.root, &journal::path(&ctx.root, &ctx.env))
+        "{done} {env} to {to} in {secs:.1}s ({state}). {commit}; the journal is {journal_path}."
     );
     Ok(())
 }
 
-/// After `step` failed: journal the event, run the automatic rollback if
-/// the plan has one, and say what happened and the command that finishes.
+/// After `step` failed: journal it, run the automatic rollback if any, and name the way on.
 fn fail(
     ctx: &Ctx,
     journal: &mut Journal,
-    plan: &Plan,
     id: &str,
     step: Step,
     err: anyhow::Error,
 ) -> anyhow::Error {
+    let (plan, f) = (&ctx.plan, &ctx.flag_rel);
     let (kind, to) = (plan.kind, plan.to);
     let what = format!("{kind} of {} to {to} stopped at {step}: {err:#}", ctx.env);
     let again = journal::command(&format!("{kind} --to {to} --yes"), &ctx.env);
-    let result = (|| -> Result<String> {
+    let mut result = || -> Result<String> {
         if step.fails_before_any_change() {
             journal.apply(id, Event::FailedBeforeFlip)?;
             journal.save(&ctx.root, &ctx.env)?;
             return Ok(format!(
-                "Nothing in the cluster changed and {} is as it was; fix the cause and run `{again}` again.",
-                ctx.flag_rel
+                "Nothing in the cluster changed and {f} is as it was; fix the cause and run `{again}` again."
             ));
         }
         let back = match &plan.on_failure {
+            OnFailure::AutoRollback(back) => back,
             OnFailure::Stop(event) => {
                 journal.apply(id, *event)?;
                 journal.save(&ctx.root, &ctx.env)?;
                 let m = journal.get(id).expect("the entry is in the journal");
                 let flag = ctx.flag_now();
+                let (state, next) = (m.state, m.next_step_text(flag).unwrap_or_default());
+                let provider = flag.map_or("?".into(), |p| p.to_string());
                 return Ok(format!(
-                    "The journal marks it {}. {} says secrets.provider = {}. Fix the cause, then finish with {}.",
-                    m.state,
-                    ctx.flag_rel,
-                    flag.map_or("?".into(), |p| p.to_string()),
-                    m.next_step_text(flag).unwrap_or_default()
+                    "The journal marks it {state}. {f} says secrets.provider = {provider}. Fix the cause, then finish with {next}."
                 ));
             }
-            OnFailure::AutoRollback(back) => back,
         };
         println!("  rolling back to {}", plan.from);
         for (i, &rstep) in back.iter().enumerate() {
             let label = label("r", i, back.len(), rstep);
             ctx.stop(rstep, At::Before);
-            let (started, result) = attempt(ctx, journal, Some(id), plan, rstep, &label);
+            let (started, result) = attempt(ctx, journal, Some(id), rstep, &label);
             ctx.stop(rstep, At::AfterEffect);
             journal_step(journal, id, rstep, started, &result)?;
             if result.is_err() {
@@ -396,25 +328,22 @@ fn fail(
                 } else {
                     "is NOT restored"
                 };
+                let (state, next) = (m.state, m.next_step_text(ctx.flag_now()).unwrap_or_default());
                 return Ok(format!(
-                    "The automatic rollback failed too, at {rstep}: {e:#}\nThe journal marks the migration {}; \
-                     {} {restored}; `cargo xtask secrets status` shows where things stand. Fix the cause, then \
-                     finish with {}.",
-                    m.state,
-                    ctx.flag_rel,
-                    m.next_step_text(ctx.flag_now()).unwrap_or_default()
+                    "The automatic rollback failed too, at {rstep}: {e:#}\nThe journal marks the migration {state}; \
+                     {f} {restored}; `cargo xtask secrets status` shows where things stand. Fix the cause, then \
+                     finish with {next}."
                 ));
             }
         }
         journal.apply(id, Event::RollbackSucceeded)?;
         journal.save(&ctx.root, &ctx.env)?;
         Ok(format!(
-            "The migration was rolled back: {} restored byte for byte, synced, and the ExternalSecrets are Ready \
-             again. Fix the cause and run `{again}` again.",
-            ctx.flag_rel
+            "The migration was rolled back: {f} restored byte for byte, synced, and the ExternalSecrets are Ready \
+             again. Fix the cause and run `{again}` again."
         ))
-    })();
-    match result {
+    };
+    match result() {
         Ok(next) => anyhow!("{what}\n{next}"),
         Err(journal_err) => anyhow!(
             "{what}\nWriting the journal failed too: {journal_err:#}. See `cargo xtask secrets status`."
@@ -428,49 +357,26 @@ mod tests {
 
     #[test]
     fn only_cluster_stores_are_targets() {
-        assert!(cluster_store(ProviderKind::File)
-            .unwrap_err()
-            .downcast_ref::<crate::UsageError>()
-            .is_some());
+        let file = cluster_store(ProviderKind::File).unwrap_err();
+        assert!(file.downcast_ref::<crate::UsageError>().is_some());
         assert_eq!(cluster_store(ProviderKind::Azure).unwrap(), ProviderKind::Azure);
-    }
-}
-
-#[cfg(test)]
-mod engine_tests {
-    use super::*;
-    use crate::secrets::config::{Config, FlagValues, ProviderKind};
-    use crate::secrets::migrate::plan::{build, Decision, Request};
-
-    fn ctx() -> Ctx {
-        let root = crate::project_root();
-        let cfg =
-            Config::load(&crate::project::Process::with(&root, &root, &[]), &FlagValues::default())
-                .unwrap();
-        Ctx {
-            wait: cfg.wait,
-            cfg,
-            root,
-            env: "local".into(),
-            flag_rel: crate::project::flag_file("local").display().to_string(),
-            allow_non_local: None,
-            store: Default::default(),
-            desired: Default::default(),
-            stop_at: None,
-        }
     }
 
     /// Snapshot of the dry run: every step the engine runs, described.
     #[test]
     fn dry_run_snapshot() {
+        let root = crate::project_root();
+        let process = Process::with(&root, &root, &[]);
         let flag = "secrets:\n  provider: azure # the flag\n";
         let request =
             Request::Migrate { to: Some(ProviderKind::Vault), resume: false, auto_rollback: true };
         let Decision::Run(migrate) =
-            build(request, "local", ProviderKind::Azure, &Journal::default()).unwrap()
+            plan::build(request, "local", ProviderKind::Azure, &Journal::default()).unwrap()
         else {
             panic!("a plan")
         };
+        let cfg = Config::load(&process, &FlagValues::default()).unwrap();
+        let ctx = Ctx::new(migrate, cfg, "local", None, None);
         let expected = "plan: migrate local: azure -> vault (dry run: nothing changes)
   [1/7] preflight: helm version --short; helmfile --version; kubectl version --client --output json;
       kubectl config current-context (must be local); kubectl api-versions (external-secrets.io/v1 served);
@@ -503,6 +409,6 @@ mod engine_tests {
       poll `kubectl get externalsecrets --all-namespaces --output json` up to 60 times, 5 s apart,
       until each has a new status.refreshTime (or syncedResourceVersion) and Ready=True
 ";
-        assert_eq!(render(&ctx(), &migrate, flag).unwrap(), expected);
+        assert_eq!(render(&ctx, flag).unwrap(), expected);
     }
 }

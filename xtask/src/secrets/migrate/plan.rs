@@ -11,12 +11,10 @@ use crate::secrets::config::ProviderKind;
 pub(super) const MIGRATE: [Step; 7] =
     [Step::Preflight, Step::Seed, Step::Coverage, Step::Flip, Step::Sync, Step::Wait, Step::Record];
 /// A migration's automatic rollback after a failure past the flip.
-pub(super) const AUTO_ROLLBACK: [Step; 3] =
-    [Step::RollbackRestore, Step::RollbackSync, Step::RollbackWait];
+const AUTO_ROLLBACK: [Step; 3] = [Step::RollbackRestore, Step::RollbackSync, Step::RollbackWait];
 /// Finishing a migration's failed automatic rollback.
 const RESUME_AUTO_ROLLBACK: [Step; 4] =
     [Step::Preflight, Step::RollbackRestore, Step::RollbackSync, Step::RollbackWait];
-/// A rollback that sets the flag back.
 const ROLLBACK_WITH_FLIP: [Step; 5] =
     [Step::Preflight, Step::Flip, Step::Sync, Step::Wait, Step::Record];
 /// A rollback whose flag already says where to: the cluster synced again.
@@ -36,21 +34,17 @@ pub(crate) struct Planned {
     pub done_earlier: bool,
 }
 
-/// The journal entry a plan writes to.
+/// The journal entry a plan writes to: new (added after preflight) or continued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Entry {
-    /// A new entry, added once preflight has passed.
     New { undoes: Option<String> },
-    /// An entry already in the journal, continued.
     Continue { id: String },
 }
 
 /// What happens when a step past the flip fails.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum OnFailure {
-    /// Run these steps to put things back (a migration's automatic rollback).
     AutoRollback(Vec<Step>),
-    /// Record this event and stop.
     Stop(Event),
 }
 
@@ -59,8 +53,7 @@ pub(crate) enum OnFailure {
 pub(crate) struct Plan {
     pub kind: Kind,
     pub entry: Entry,
-    /// Where the entry started (the flag before it); an automatic rollback
-    /// goes back here.
+    /// Where the entry started; an automatic rollback goes back here.
     pub from: ProviderKind,
     pub to: ProviderKind,
     pub steps: Vec<Planned>,
@@ -71,6 +64,34 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// A plan that continues `resumed`, or starts a new entry, and stops on a failure.
+    fn new(
+        kind: Kind,
+        resumed: Option<&Migration>,
+        (from, to): (ProviderKind, ProviderKind),
+        steps: &[Step],
+        title: String,
+    ) -> Plan {
+        // On resume, preflight, sync and wait are redone: the cluster may have moved.
+        let skippable =
+            |step| matches!(step, Step::Seed | Step::Coverage | Step::Flip | Step::RollbackRestore);
+        let steps = steps.iter().map(|&step| Planned {
+            step,
+            done_earlier: skippable(step) && resumed.is_some_and(|m| m.step_ok(step)),
+        });
+        Plan {
+            kind,
+            entry: resumed
+                .map_or(Entry::New { undoes: None }, |m| Entry::Continue { id: m.id.clone() }),
+            from,
+            to,
+            steps: steps.collect(),
+            on_success: Event::Succeeded,
+            on_failure: OnFailure::Stop(Event::FailedAfterFlip),
+            title,
+        }
+    }
+
     pub(crate) fn has(&self, step: Step) -> bool {
         self.steps.iter().any(|p| p.step == step && !p.done_earlier)
     }
@@ -83,22 +104,7 @@ pub(super) enum Decision {
     Nothing(String),
 }
 
-/// The plan's steps. On resume, what succeeded is not redone, except what
-/// must be re-checked: preflight, sync and wait (the cluster may have moved).
-fn planned(steps: &[Step], resumed: Option<&Migration>) -> Vec<Planned> {
-    let skippable =
-        |step| matches!(step, Step::Seed | Step::Coverage | Step::Flip | Step::RollbackRestore);
-    steps
-        .iter()
-        .map(|&step| Planned {
-            step,
-            done_earlier: skippable(step) && resumed.is_some_and(|m| m.step_ok(step)),
-        })
-        .collect()
-}
-
-/// The journal's newest entry finished and left the flag file's provider
-/// where it is, so the cluster was synced to it.
+/// The journal's newest entry finished with the cluster synced to `flag`.
 fn synced_to_flag(newest: Option<&Migration>, flag: ProviderKind) -> bool {
     newest.is_some_and(|m| match m.state {
         State::Completed => m.to == flag,
@@ -107,8 +113,7 @@ fn synced_to_flag(newest: Option<&Migration>, flag: ProviderKind) -> bool {
     })
 }
 
-/// The plan for `request`, given the flag file's provider now and the
-/// journal. `migrate`, `rollback`, `--resume` and `--dry-run` all come here.
+/// The one plan for `request`, given the flag file's provider now and the journal.
 pub(super) fn build(
     request: Request,
     env: &str,
@@ -118,35 +123,22 @@ pub(super) fn build(
     let newest = journal.current();
     let open = newest.filter(|m| m.state.is_open());
     let flag = Some(flag_now);
-    let plan = |kind, entry, from, to, steps, on_success, on_failure, title| {
-        Ok(Decision::Run(Plan { kind, entry, from, to, steps, on_success, on_failure, title }))
-    };
-    match request {
+    let next = |m: &Migration| m.next_step_text(flag).unwrap_or_default();
+    let plan = match request {
         Request::Migrate { to, resume, auto_rollback } => {
-            let on_failure = if auto_rollback {
-                OnFailure::AutoRollback(AUTO_ROLLBACK.to_vec())
-            } else {
-                OnFailure::Stop(Event::FailedAfterFlip)
-            };
-            match (open, resume) {
+            let plan = match (open, resume) {
                 (Some(m), false) => bail!(
                     "an unfinished {} of {env} to {} is in the journal ({}, last step: {}). Finish it first: {}.",
                     m.kind,
                     m.to,
                     m.state,
                     m.steps.last().map_or("none", |s| s.name.as_str()),
-                    m.next_step_text(flag).unwrap_or_default()
+                    next(m)
                 ),
-                (None, true) => bail!(
-                    "nothing to resume: the journal has no unfinished migration of {env}"
-                ),
+                (None, true) => bail!("nothing to resume: the journal has no unfinished migration of {env}"),
                 (Some(m), true) => {
                     if m.kind != Kind::Migrate || m.state != State::InProgress {
-                        bail!(
-                            "the unfinished operation is a rollback ({}): finish it with {}",
-                            m.state,
-                            m.next_step_text(flag).unwrap_or_default()
-                        );
+                        bail!("the unfinished operation is a rollback ({}): finish it with {}", m.state, next(m));
                     }
                     if m.rolling_back(flag) {
                         bail!(
@@ -154,50 +146,38 @@ pub(super) fn build(
                              finish the rollback with {}",
                             m.flag_file,
                             m.from,
-                            m.next_step_text(flag).unwrap_or_default()
+                            next(m)
                         );
                     }
                     if let Some(t) = to.filter(|t| *t != m.to) {
                         bail!("the unfinished migration goes to {}, not {t}", m.to);
                     }
-                    plan(
-                        Kind::Migrate,
-                        Entry::Continue { id: m.id.clone() },
-                        m.from,
-                        m.to,
-                        planned(&MIGRATE, Some(m)),
-                        Event::Succeeded,
-                        on_failure,
-                        format!("resume the migration of {env} to {} ({})", m.to, m.id),
-                    )
+                    let title = format!("resume the migration of {env} to {} ({})", m.to, m.id);
+                    Plan::new(Kind::Migrate, Some(m), (m.from, m.to), &MIGRATE, title)
                 }
                 (None, false) => {
                     let Some(to) = to else {
                         crate::usage!("say where to: --to vault or --to azure (or --resume an unfinished migration)");
                     };
                     if to == flag_now && synced_to_flag(newest, flag_now) {
-                        return Ok(Decision::Nothing(format!(
-                            "{env} already uses {to}: nothing to migrate"
-                        )));
+                        return Ok(Decision::Nothing(format!("{env} already uses {to}: nothing to migrate")));
                     }
                     if to == flag_now {
+                        let sync = journal::command(&format!("rollback --to {to} --yes"), env);
                         return Ok(Decision::Nothing(format!(
                             "the flag file already says {to}, but the journal does not show the cluster \
-                             synced to it: `{}` syncs layer 15 and waits for the ExternalSecrets",
-                            journal::command(&format!("rollback --to {to} --yes"), env)
+                             synced to it: `{sync}` syncs layer 15 and waits for the ExternalSecrets"
                         )));
                     }
-                    plan(
-                        Kind::Migrate,
-                        Entry::New { undoes: None },
-                        flag_now,
-                        to,
-                        planned(&MIGRATE, None),
-                        Event::Succeeded,
-                        on_failure,
-                        format!("migrate {env}: {flag_now} -> {to}"),
-                    )
+                    let title = format!("migrate {env}: {flag_now} -> {to}");
+                    Plan::new(Kind::Migrate, None, (flag_now, to), &MIGRATE, title)
                 }
+            };
+            if auto_rollback {
+                let on_failure = OnFailure::AutoRollback(AUTO_ROLLBACK.to_vec());
+                Plan { on_failure, ..plan }
+            } else {
+                plan
             }
         }
         Request::Rollback { to, resume: true } => {
@@ -208,32 +188,18 @@ pub(super) fn build(
                 bail!("nothing to resume: the journal has no unfinished rollback of {env}");
             };
             match m.kind {
-                Kind::Migrate if m.state == State::RollbackFailed || m.rolling_back(flag) => plan(
-                    Kind::Migrate,
-                    Entry::Continue { id: m.id.clone() },
-                    m.from,
-                    m.from,
-                    planned(&RESUME_AUTO_ROLLBACK, Some(m)),
-                    Event::RollbackSucceeded,
-                    OnFailure::Stop(Event::RollbackFailed),
-                    format!("finish the rollback of {env} to {} ({})", m.from, m.id),
-                ),
+                Kind::Migrate if m.state == State::RollbackFailed || m.rolling_back(flag) => {
+                    let title = format!("finish the rollback of {env} to {} ({})", m.from, m.id);
+                    Plan {
+                        on_success: Event::RollbackSucceeded,
+                        on_failure: OnFailure::Stop(Event::RollbackFailed),
+                        ..Plan::new(Kind::Migrate, Some(m), (m.from, m.from), &RESUME_AUTO_ROLLBACK, title)
+                    }
+                }
                 Kind::Rollback => {
-                    let steps: &[Step] = if m.from == m.to {
-                        &ROLLBACK_NO_FLIP
-                    } else {
-                        &ROLLBACK_WITH_FLIP
-                    };
-                    plan(
-                        Kind::Rollback,
-                        Entry::Continue { id: m.id.clone() },
-                        m.from,
-                        m.to,
-                        planned(steps, Some(m)),
-                        Event::Succeeded,
-                        OnFailure::Stop(Event::FailedAfterFlip),
-                        format!("finish the rollback of {env} to {} ({})", m.to, m.id),
-                    )
+                    let steps: &[Step] = if m.from == m.to { &ROLLBACK_NO_FLIP } else { &ROLLBACK_WITH_FLIP };
+                    let title = format!("finish the rollback of {env} to {} ({})", m.to, m.id);
+                    Plan::new(Kind::Rollback, Some(m), (m.from, m.to), steps, title)
                 }
                 Kind::Migrate => bail!(
                     "the unfinished operation is a migration whose automatic rollback has not begun: continue it \
@@ -245,12 +211,8 @@ pub(super) fn build(
         }
         Request::Rollback { to, resume: false } => {
             if let Some(m) = open.filter(|m| m.kind == Kind::Rollback) {
-                bail!(
-                    "an unfinished rollback of {env} to {} is in the journal ({}): finish it with {}",
-                    m.to,
-                    m.state,
-                    m.next_step_text(flag).unwrap_or_default()
-                );
+                let (to, state) = (m.to, m.state);
+                bail!("an unfinished rollback of {env} to {to} is in the journal ({state}): finish it with {}", next(m));
             }
             let candidate = journal.undo_candidate();
             if let Some(m) =
@@ -271,9 +233,7 @@ pub(super) fn build(
                 );
             };
             let undoes = candidate.filter(|m| m.from == to).map(|m| m.id.clone());
-            // The flag already says `to`: nothing to flip, but the cluster
-            // may not follow it (an unfinished or failed operation, no
-            // journal): sync it.
+            // The flag already says `to`: nothing to flip, but the cluster may not follow it.
             let steps: &[Step] = if to != flag_now {
                 &ROLLBACK_WITH_FLIP
             } else if !synced_to_flag(newest, flag_now) || undoes.is_some() {
@@ -283,61 +243,24 @@ pub(super) fn build(
                     "{env} already uses {to} and the journal's last operation finished: nothing to roll back"
                 )));
             };
-            plan(
-                Kind::Rollback,
-                Entry::New { undoes },
-                flag_now,
-                to,
-                planned(steps, None),
-                Event::Succeeded,
-                OnFailure::Stop(Event::FailedAfterFlip),
-                format!("rollback {env}: {flag_now} -> {to}"),
-            )
+            let title = format!("rollback {env}: {flag_now} -> {to}");
+            Plan {
+                entry: Entry::New { undoes },
+                ..Plan::new(Kind::Rollback, None, (flag_now, to), steps, title)
+            }
         }
-    }
+    };
+    Ok(Decision::Run(plan))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::journal::{Outcome, StepRecord};
+    use super::journal::tests::entry;
     use super::*;
-    use crate::fsutil::now_rfc3339;
     use ProviderKind::{Azure, Vault};
 
-    fn entry(kind: Kind, state: State, ok: &[Step]) -> Migration {
-        let (from, to) = match kind {
-            Kind::Migrate => (Azure, Vault),
-            Kind::Rollback => (Vault, Azure),
-        };
-        Migration {
-            id: format!("{kind}-{from}-{to}"),
-            kind,
-            env: "local".into(),
-            from,
-            to,
-            state,
-            started: now_rfc3339(),
-            ended: None,
-            flag_file: "f".into(),
-            before_content: String::new(),
-            before_sha256: crate::fsutil::sha256_hex(b""),
-            after_sha256: None,
-            undoes: None,
-            steps: ok
-                .iter()
-                .map(|&name| StepRecord {
-                    name,
-                    started: now_rfc3339(),
-                    ended: now_rfc3339(),
-                    outcome: Outcome::Ok,
-                    detail: String::new(),
-                })
-                .collect(),
-        }
-    }
-
-    fn journal(entries: Vec<Migration>) -> Journal {
-        Journal { migrations: entries }
+    fn journal(migrations: Vec<Migration>) -> Journal {
+        Journal { migrations }
     }
 
     const fn migrate(to: Option<ProviderKind>, resume: bool) -> Request {

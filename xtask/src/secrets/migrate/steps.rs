@@ -5,26 +5,24 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use super::ctx::Ctx;
 use super::journal::{self, flag_fits, flipped, Journal, Kind, Migration, Step};
-use super::plan::{Entry, Plan};
-use crate::fsutil::{self, sha256_hex};
-use crate::output;
+use super::plan::Entry;
+use crate::fsutil::{self, sha256_hex, short};
+use crate::output::{self, NAMES_SHOWN};
 use crate::process::Tool;
 use crate::project;
 use crate::secrets::config::ProviderKind;
 use crate::secrets::kube::{self, EsStatus, ESO_V1};
 use crate::secrets::scan::{self, STORE_NAME};
-use crate::secrets::{coverage, flagfile, guard, helmfile, seeding};
+use crate::secrets::{coverage, eso_access, flagfile, guard, helmfile, seeding};
 
-/// What a step did.
+/// What a step did: what changed, and the flag file's checksum after a flip.
 #[derive(Debug, Default)]
 pub(super) struct Done {
-    /// What changed, for the output and the journal.
     pub detail: String,
-    /// The flag file's checksum after a flip.
     pub flipped_to: Option<String>,
 }
 
@@ -32,57 +30,56 @@ fn done(detail: impl Into<String>) -> Done {
     Done { detail: detail.into(), flipped_to: None }
 }
 
-/// Runs one step of `plan`. `entry` is the journal entry, once there is one
-/// (every step but a new plan's preflight).
-pub(super) fn run(
-    ctx: &Ctx,
-    journal: &Journal,
-    entry: Option<&Migration>,
-    plan: &Plan,
-    step: Step,
-) -> Result<Done> {
-    let entry = || entry.context("the journal entry exists after preflight");
+/// Runs one step; `id` names the journal entry once there is one (after preflight).
+pub(super) fn run(ctx: &Ctx, journal: &Journal, id: Option<&str>, step: Step) -> Result<Done> {
+    let entry =
+        || id.and_then(|id| journal.get(id)).context("the journal entry exists after preflight");
     match step {
-        Step::Preflight => preflight(ctx, journal, entry().ok(), plan),
-        Step::Seed => seed_target(ctx, plan.to).map(done),
-        Step::Coverage => coverage(ctx, plan.to).map(done),
-        Step::Flip => flip(ctx, journal, entry()?, plan.to),
-        Step::Sync | Step::RollbackSync => sync(ctx).map(done),
-        Step::Wait | Step::RollbackWait => wait_ready(ctx).map(done),
-        Step::Record => {
-            Ok(done(project::shown_from(&ctx.root, &journal::path(&ctx.root, &ctx.env))))
+        Step::Preflight => preflight(ctx, journal, entry().ok()),
+        Step::Seed => seed_target(ctx).map(done),
+        Step::Coverage => coverage(ctx).map(done),
+        Step::Flip => flip(ctx, journal, entry()?),
+        Step::Sync | Step::RollbackSync => {
+            helmfile::sync(&ctx.cfg, &ctx.env)?;
+            Ok(done("layer 15 synced"))
         }
+        Step::Wait | Step::RollbackWait => wait_ready(ctx).map(done),
+        Step::Record => Ok(done(journal_shown(ctx))),
         Step::RollbackRestore => restore(ctx, entry()?).map(done),
     }
 }
 
+fn journal_shown(ctx: &Ctx) -> String {
+    project::shown_from(&ctx.root, &journal::path(&ctx.root, &ctx.env))
+}
+
 /// One or two lines saying what the step will do, for `--dry-run`.
-pub(super) fn describe(ctx: &Ctx, plan: &Plan, flag_text: &str, step: Step) -> Result<String> {
-    let env = &ctx.env;
+pub(super) fn describe(ctx: &Ctx, flag_text: &str, step: Step) -> Result<String> {
+    let (env, plan, flag) = (&ctx.env, &ctx.plan, &ctx.flag_rel);
     let to = plan.to;
-    let flag = &ctx.flag_rel;
+    let n = ctx.cfg.wait.attempts;
+    let every = crate::process::seconds(ctx.cfg.wait.sleep);
     Ok(match step {
-        Step::Preflight => format!(
-            "helm version --short; helmfile --version; kubectl version --client --output json;\n      \
-             kubectl config current-context (must be local); kubectl api-versions ({ESO_V1} served);\n      \
-             {flag}: {};\n      \
-             every namespace of layer 15's ExternalSecrets exists (helmfile ... template; kubectl get namespaces --output json){}",
-            match &plan.entry {
+        Step::Preflight => {
+            let expected = match &plan.entry {
                 Entry::Continue { .. } => "as the journal left it",
                 _ if plan.kind == Kind::Migrate => {
                     "no uncommitted change (git status --porcelain), or as the journal's last operation left it"
                 }
                 _ => "no uncommitted change, or as the journal left it",
-            },
-            if plan.has(Step::Seed) || plan.has(Step::Coverage) {
-                match plan.to {
-                    ProviderKind::Vault => ";\n      Vault reachable (sys/seal-status, auth/token/lookup-self, sys/mounts)",
-                    _ => ";\n      Azure Key Vault reachable (az keyvault secret list)",
-                }
-            } else {
-                ""
-            }
-        ),
+            };
+            let store = match plan.to {
+                _ if !needs_store(ctx) => "",
+                ProviderKind::Vault => ";\n      Vault reachable (sys/seal-status, auth/token/lookup-self, sys/mounts)",
+                _ => ";\n      Azure Key Vault reachable (az keyvault secret list)",
+            };
+            format!(
+                "helm version --short; helmfile --version; kubectl version --client --output json;\n      \
+                 kubectl config current-context (must be local); kubectl api-versions ({ESO_V1} served);\n      \
+                 {flag}: {expected};\n      \
+                 every namespace of layer 15's ExternalSecrets exists (helmfile ... template; kubectl get namespaces --output json){store}"
+            )
+        }
         Step::Seed => format!("the equivalent of `cargo xtask secrets seed --provider {to} --env {env}`"),
         Step::Coverage => format!(
             "the equivalent of `cargo xtask secrets check --render --live --provider {to} --env {env}` (gate)"
@@ -100,35 +97,36 @@ pub(super) fn describe(ctx: &Ctx, plan: &Plan, flag_text: &str, step: Step) -> R
              force-sync=<new value> --overwrite\n      \
              (refreshInterval: 0 and refreshPolicy: CreatedOnce are named with their fix, not waited on);\n      \
              poll `kubectl get externalsecrets --all-namespaces --output json` up to {n} times, {every} apart,\n      \
-             until each has a new status.refreshTime (or syncedResourceVersion) and Ready=True",
-            n = ctx.wait.attempts,
-            every = crate::process::seconds(ctx.wait.sleep)
+             until each has a new status.refreshTime (or syncedResourceVersion) and Ready=True"
         ),
-        Step::Record => format!(
-            "mark the {} completed{} in {}",
-            plan.kind,
-            match &plan.entry {
+        Step::Record => {
+            let undone = match &plan.entry {
                 Entry::New { undoes: Some(id) } => format!(" and {id} rolled back"),
                 _ => String::new(),
-            },
-            project::shown_from(&ctx.root, &journal::path(&ctx.root, env))
-        ),
+            };
+            format!("mark the {} completed{undone} in {}", plan.kind, journal_shown(ctx))
+        }
         Step::RollbackRestore => format!("{flag} back to the journal's before_content, byte for byte"),
     })
 }
 
+/// Seeding and the coverage gate need the target store; a rollback only
+/// moves ESO back to a store ESO itself reaches.
+fn needs_store(ctx: &Ctx) -> bool {
+    ctx.plan.has(Step::Seed) || ctx.plan.has(Step::Coverage)
+}
+
 fn tool_version(ctx: &Ctx, tool: &str, args: &[&str]) -> Result<String> {
-    Ok(Tool::new(tool)
+    let out = Tool::new(tool)
         .args(args)
         .env("PATH", &ctx.cfg.tools_path)
         .install_hint("run `cargo xtask tools` (kubectl: your cluster's)")
-        .run()?
-        .trim()
-        .to_string())
+        .run()?;
+    Ok(out.trim().to_string())
 }
 
 /// Checks everything the plan needs; changes nothing.
-fn preflight(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>, plan: &Plan) -> Result<Done> {
+fn preflight(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>) -> Result<Done> {
     let helm = tool_version(ctx, "helm", &["version", "--short"])?;
     if !helm.starts_with("v3.") {
         bail!("helm {helm} found; helmfile 0.166 needs helm 3. Run `cargo xtask tools` and put .tools/bin first on PATH.");
@@ -151,30 +149,25 @@ fn preflight(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>, plan: &Pla
         }
         bail!("{what}. {fix}");
     }
-    check_flag_file(ctx, journal, entry, plan)?;
+    check_flag_file(ctx, journal, entry)?;
     let namespaces = layer15_namespaces(ctx)?;
-    // Seeding and the coverage gate need the target store; a rollback only
-    // moves ESO back to a store ESO itself reaches.
-    let store = if plan.has(Step::Seed) || plan.has(Step::Coverage) {
+    let mut store = String::new();
+    if needs_store(ctx) {
         let target = ctx.with_store(|p| {
-            if plan.to == ProviderKind::Azure {
+            if ctx.plan.to == ProviderKind::Azure {
                 p.list()?;
             }
             Ok(p.target())
         })?;
-        format!("; {target} reachable")
-    } else {
-        String::new()
-    };
+        store = format!("; {target} reachable");
+    }
     Ok(done(format!(
         "context {context}; helm {helm}; {helmfile}; kubectl {kubectl}{store}; {ESO_V1} served; \
          layer 15's namespaces exist ({namespaces})"
     )))
 }
 
-/// Every namespace of layer 15's ExternalSecrets (rendered with the real
-/// `helmfile template`) must exist: helm creates only a release's own, so
-/// the sync (and the rollback's) would fail. Returns them, comma-separated.
+/// Layer 15's ExternalSecrets' namespaces, which must exist: helm creates only a release's own.
 fn layer15_namespaces(ctx: &Ctx) -> Result<String> {
     let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for es in render_layer15(ctx)? {
@@ -183,12 +176,14 @@ fn layer15_namespaces(ctx: &Ctx) -> Result<String> {
         }
     }
     let have = kube::namespaces().context("listing the cluster's namespaces")?;
-    let (mut named, mut create) = (Vec::new(), Vec::new());
-    for (ns, names) in wanted.iter().filter(|(ns, _)| !have.contains(*ns)) {
-        named.push(format!("{ns} (ExternalSecret {})", output::capped(names)));
-        create.push(format!("kubectl create namespace {ns}"));
-    }
-    if !named.is_empty() {
+    let missing: Vec<_> = wanted.iter().filter(|(ns, _)| !have.contains(*ns)).collect();
+    if !missing.is_empty() {
+        let named: Vec<_> = missing
+            .iter()
+            .map(|(ns, names)| format!("{ns} (ExternalSecret {})", output::capped(names)))
+            .collect();
+        let create: Vec<_> =
+            missing.iter().map(|(ns, _)| format!("kubectl create namespace {ns}")).collect();
         bail!(
             "layer 15 puts ExternalSecrets in namespaces the cluster does not have: {}. helm creates only a \
              release's own namespace, so `{}` would fail, and so would the rollback's. Create them first \
@@ -202,8 +197,7 @@ fn layer15_namespaces(ctx: &Ctx) -> Result<String> {
     Ok(if names.is_empty() { "none".to_string() } else { output::capped(&names) })
 }
 
-/// The ExternalSecrets layer 15 renders for the environment, read by the
-/// scanner of `check --render`.
+/// The ExternalSecrets `helmfile template` renders for layer 15, as `check --render` reads them.
 fn render_layer15(ctx: &Ctx) -> Result<Vec<scan::ExternalSecret>> {
     /// The output folder and helm's cache, removed however this ends.
     struct Scratch(std::path::PathBuf);
@@ -213,28 +207,19 @@ fn render_layer15(ctx: &Ctx) -> Result<Vec<scan::ExternalSecret>> {
             let _ = std::fs::remove_dir_all(helmfile::helm_cache_dir(&self.0));
         }
     }
-    let out = Scratch(std::env::temp_dir().join(format!(
-        "xtask-preflight-{}-{}",
-        std::process::id(),
-        ctx.env
-    )));
+    let env = &ctx.env;
+    let out = format!("xtask-preflight-{}-{env}", std::process::id());
+    let out = Scratch(std::env::temp_dir().join(out));
     let _ = std::fs::remove_dir_all(&out.0);
-    helmfile::template(
-        &ctx.root.join(project::LAYER15_HELMFILE),
-        &ctx.env,
-        &out.0,
-        &ctx.cfg.tools_path,
-    )
-    .with_context(|| {
+    let helmfile = project::LAYER15_HELMFILE;
+    let tools = &ctx.cfg.tools_path;
+    helmfile::template(&ctx.root.join(helmfile), env, &out.0, tools).with_context(|| {
         format!(
-            "rendering {} for {} (to find the namespaces its ExternalSecrets need); \
-             `cargo xtask secrets check --render` shows the same error",
-            project::LAYER15_HELMFILE,
-            ctx.env
+            "rendering {helmfile} for {env} (to find the namespaces its ExternalSecrets need); \
+             `cargo xtask secrets check --render` shows the same error"
         )
     })?;
-    let mut files = Vec::new();
-    let mut dirs = vec![out.0.clone()];
+    let (mut files, mut dirs) = (Vec::new(), vec![out.0.clone()]);
     while let Some(dir) = dirs.pop() {
         for path in std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.path()) {
             if path.is_dir() {
@@ -252,39 +237,30 @@ fn render_layer15(ctx: &Ctx) -> Result<Vec<scan::ExternalSecret>> {
         let release = rel.iter().next().map(|c| c.to_string_lossy().into_owned());
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;
-        let label = format!("{} {}", project::LAYER15_HELMFILE, rel.display());
-        scan::scan_text(&text, &label, release.as_deref(), Some(&ctx.env), false, &mut found)?;
+        let label = format!("{helmfile} {}", rel.display());
+        let env = Some(env.as_str());
+        scan::scan_text(&text, &label, release.as_deref(), env, false, &mut found)?;
     }
     Ok(found)
 }
 
-/// The flag file must be as the journal left it (a continued entry, see
-/// [`flag_fits`]), or committed, or as the journal's last operation left it
-/// (a new entry; for a rollback, as any entry left it).
-fn check_flag_file(
-    ctx: &Ctx,
-    journal: &Journal,
-    entry: Option<&Migration>,
-    plan: &Plan,
-) -> Result<()> {
+/// The flag file must be as the journal (for a rollback, any entry) left it, or committed.
+fn check_flag_file(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>) -> Result<()> {
     let (text, f) = (ctx.read_flag()?, &ctx.flag_rel);
     let sha = sha256_hex(text.as_bytes());
     if let Some(m) = entry {
         if !flag_fits(journal, m, &text) {
+            let (now, expected) = (short(&sha), short(m.flag_sha_now()));
             bail!(
-                "{f} changed since the journal's last step (checksum {}, the journal expects {}): put it back \
-                 (`git diff -- {f}` shows what changed) and run the same command again",
-                fsutil::short(&sha),
-                fsutil::short(m.flag_sha_now()),
+                "{f} changed since the journal's last step (checksum {now}, the journal expects {expected}): put it \
+                 back (`git diff -- {f}` shows what changed) and run the same command again"
             );
         }
         return Ok(());
     }
     let newest_left_it = journal.current().is_some_and(|m| flag_fits(journal, m, &text));
-    if newest_left_it
-        || (plan.kind == Kind::Rollback
-            && journal.migrations.iter().any(|m| m.flag_sha_now() == sha))
-    {
+    let any_left_it = || journal.migrations.iter().any(|m| m.flag_sha_now() == sha);
+    if newest_left_it || (ctx.plan.kind == Kind::Rollback && any_left_it()) {
         return Ok(());
     }
     if uncommitted(ctx)? {
@@ -299,6 +275,7 @@ fn check_flag_file(
 
 /// Whether the flag file differs from the committed one (`git status`).
 pub(super) fn uncommitted(ctx: &Ctx) -> Result<bool> {
+    let root = ctx.root.display();
     let status = Tool::new("git")
         .arg("-C")
         .arg(&ctx.root)
@@ -306,15 +283,13 @@ pub(super) fn uncommitted(ctx: &Ctx) -> Result<bool> {
         .arg(&ctx.flag_rel)
         .run()
         .with_context(|| {
-            format!(
-                "running git status in {}: run the migration inside the repository",
-                ctx.root.display()
-            )
+            format!("running git status in {root}: run the migration inside the repository")
         })?;
     Ok(!status.trim().is_empty())
 }
 
-fn seed_target(ctx: &Ctx, to: ProviderKind) -> Result<String> {
+fn seed_target(ctx: &Ctx) -> Result<String> {
+    let to = ctx.plan.to;
     guard::require_local_env(&ctx.env)?;
     let desired = ctx.desired()?;
     let (items, run, eso) = ctx.with_store(|store| {
@@ -332,108 +307,102 @@ fn seed_target(ctx: &Ctx, to: ProviderKind) -> Result<String> {
         return Err(run.into_result().expect_err("failed writes are an error"));
     }
     let counts = seeding::counts(&items);
-    let written = run.written.len();
-    let mut detail = format!("{written} written, {} unchanged in {to}", counts.unchanged);
+    let (written, unchanged) = (run.written.len(), counts.unchanged);
+    let mut detail = format!("{written} written, {unchanged} unchanged in {to}");
     if let Some(eso) = eso {
         detail.push_str(&format!("; {eso}"));
     }
     if counts.conflict > 0 {
         let kept: Vec<&str> = run.not_written.iter().map(|n| n.name.as_str()).collect();
-        detail.push_str(&format!(
-            "; kept {} changed by hand ({})",
-            kept.len(),
-            output::capped(&kept)
-        ));
+        let names = output::capped(&kept);
+        detail.push_str(&format!("; kept {} changed by hand ({names})", kept.len()));
     }
     Ok(detail)
 }
 
-fn coverage(ctx: &Ctx, to: ProviderKind) -> Result<String> {
+/// The first [`NAMES_SHOWN`] of `total` lines, then `{indent}and N more`.
+fn with_more(mut shown: Vec<String>, total: usize, indent: &str) -> Vec<String> {
+    if total > NAMES_SHOWN {
+        shown.push(format!("{indent}and {} more", total - NAMES_SHOWN));
+    }
+    shown
+}
+
+fn coverage(ctx: &Ctx) -> Result<String> {
+    let to = ctx.plan.to;
     let scan = scan::collect(&ctx.cfg, &ctx.root.join(project::INFRA), &ctx.env, true)?;
     let desired = ctx.desired()?;
     let live = ctx.with_store(|store| coverage::read_live(store, &scan, desired))?;
     let report = coverage::compare(&scan, &ctx.env, desired, Some(&live));
-    let fail_on = crate::flags::FailOn::default();
-    let failures = report.failures(&fail_on);
+    let failures = report.failures(&crate::flags::FailOn::default());
+    let target = &live.target;
     if !failures.is_empty() {
-        // Capped like output::capped, but "; " apart: a detail may hold a comma.
-        let mut keys: Vec<String> = failures
-            .iter()
-            .take(output::NAMES_SHOWN)
-            .map(|f| format!("{} ({})", f.key, f.detail))
-            .collect();
-        if failures.len() > output::NAMES_SHOWN {
-            keys.push(format!("and {} more", failures.len() - output::NAMES_SHOWN));
-        }
+        // "; " apart, not capped's ", ": a detail may hold a comma.
+        let keys = failures.iter().take(NAMES_SHOWN).map(|f| format!("{} ({})", f.key, f.detail));
+        let keys = with_more(keys.collect(), failures.len(), "").join("; ");
         bail!(
-            "{} keys the charts need are not usable in {}: {}. Run `cargo xtask secrets check --render --live --provider {}` \
-             for every reference.",
-            failures.len(),
-            live.target,
-            keys.join("; "),
-            to
+            "{} keys the charts need are not usable in {target}: {keys}. Run `cargo xtask secrets check --render \
+             --live --provider {to}` for every reference.",
+            failures.len()
         );
     }
-    Ok(format!("{} keys present in {}", report.count(coverage::Status::Ok), live.target))
+    let present = report.count(coverage::Status::Ok);
+    Ok(format!("{present} keys present in {target}"))
 }
 
-/// Sets the flag to `to` (see [`flipped`]). A flag file that already holds
-/// what the flip writes is the flip's own work, from a run that died before
-/// its record.
-fn flip(ctx: &Ctx, journal: &Journal, entry: &Migration, to: ProviderKind) -> Result<Done> {
+/// Sets the flag (see [`flipped`]); a file that already holds the result is
+/// the work of a run that died before its record.
+fn flip(ctx: &Ctx, journal: &Journal, entry: &Migration) -> Result<Done> {
+    let to = ctx.plan.to;
     let (text, f) = (ctx.read_flag()?, &ctx.flag_rel);
     let sha = sha256_hex(text.as_bytes());
     let (new, how) = if sha == entry.before_sha256 {
-        flipped(journal, entry, &text, f, to)?
+        flipped(journal, entry, &text)?
     } else if entry.copy_intact()
-        && flipped(journal, entry, &entry.before_content, f, to)
+        && flipped(journal, entry, &entry.before_content)
             .is_ok_and(|(new, _)| sha256_hex(new.as_bytes()) == sha)
     {
         (text, "already written by the interrupted run")
     } else {
+        let (kind, now, started) = (entry.kind, short(&sha), short(&entry.before_sha256));
         bail!(
-            "{f} changed since the {} started (checksum {}, it started from {}): it was edited meanwhile, so the \
-             flip does not touch it. Commit the edit or drop it (`git diff -- {f}` shows it), then run the same \
-             command again",
-            entry.kind,
-            fsutil::short(&sha),
-            fsutil::short(&entry.before_sha256),
+            "{f} changed since the {kind} started (checksum {now}, it started from {started}): it was edited \
+             meanwhile, so the flip does not touch it. Commit the edit or drop it (`git diff -- {f}` shows it), then \
+             run the same command again"
         );
     };
     let after = sha256_hex(new.as_bytes());
     if after != sha {
         write_keep_mode(&ctx.flag_path(), new.as_bytes())?;
     }
-    Ok(Done {
-        detail: format!("{f}: secrets.provider = {to} ({how}, {})", fsutil::short(&after)),
-        flipped_to: Some(after),
-    })
+    let detail = format!("{f}: secrets.provider = {to} ({how}, {})", short(&after));
+    Ok(Done { detail, flipped_to: Some(after) })
 }
 
-/// Automatic rollback: the flag file back to the entry's before_content,
-/// which must match its checksum before it is written.
+/// The flag file back to the entry's before_content, if that matches its checksum.
 fn restore(ctx: &Ctx, m: &Migration) -> Result<String> {
     let f = &ctx.flag_rel;
     let sha = sha256_hex(ctx.read_flag()?.as_bytes());
-    let before = fsutil::short(&m.before_sha256);
+    let before = short(&m.before_sha256);
     if sha == m.before_sha256 {
         return Ok(format!("{f} already as before ({before})"));
     }
     if m.after_sha256.as_deref() != Some(sha.as_str()) {
+        let now = short(&sha);
+        let flipped = short(m.after_sha256.as_deref().unwrap_or("none"));
         bail!(
-            "{f} changed after the flip (checksum {}, the flip wrote {}): it was edited during the migration, so \
-             the rollback does not overwrite it. Keep what you need of the edit (`git diff -- {f}` shows it), then \
-             put back the file the migration started from: `git checkout -- {f}`",
-            fsutil::short(&sha),
-            fsutil::short(m.after_sha256.as_deref().unwrap_or("none")),
+            "{f} changed after the flip (checksum {now}, the flip wrote {flipped}): it was edited during the \
+             migration, so the rollback does not overwrite it. Keep what you need of the edit (`git diff -- {f}` \
+             shows it), then put back the file the migration started from: `git checkout -- {f}`"
         );
     }
     if !m.copy_intact() {
+        let copy = sha256_hex(m.before_content.as_bytes());
+        let copy = short(&copy);
         bail!(
-            "the journal's copy of {f} from before the migration does not match its checksum (checksum {}, \
+            "the journal's copy of {f} from before the migration does not match its checksum (checksum {copy}, \
              before_sha256 {before}): the journal was edited or damaged, so the copy is not written, and {f} stays \
-             as the flip left it",
-            fsutil::short(&sha256_hex(m.before_content.as_bytes())),
+             as the flip left it"
         );
     }
     write_keep_mode(&ctx.flag_path(), m.before_content.as_bytes())?;
@@ -446,38 +415,23 @@ fn restore(ctx: &Ctx, m: &Migration) -> Result<String> {
 /// Writes a non-secret repository file atomically, keeping its mode.
 fn write_keep_mode(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .with_context(|| format!("reading the mode of {}", path.display()))?
-        .permissions()
-        .mode()
-        & 0o7777;
-    fsutil::write_atomic(path, bytes, mode)
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("reading the mode of {}", path.display()))?;
+    fsutil::write_atomic(path, bytes, meta.permissions().mode() & 0o7777)
 }
 
-fn sync(ctx: &Ctx) -> Result<String> {
-    helmfile::sync(&ctx.cfg, &ctx.env)?;
-    Ok("layer 15 synced".into())
-}
-
-/// What the cluster said about an ExternalSecret before the force: its
-/// `refreshTime` and `syncedResourceVersion`.
-type Seen = (Option<String>, Option<String>);
-
-fn seen(es: &EsStatus) -> Seen {
-    (es.refresh_time.clone(), es.synced_resource_version.clone())
-}
-
-/// Whether ESO has synced `now` since `before` was read, judged by the
-/// cluster alone (either value moved), never by the laptop's clock.
-fn refreshed(before: &Seen, now: &EsStatus) -> bool {
+/// Why an ExternalSecret is not done yet; fresh is the cluster's own values
+/// moving since `before`, never the laptop's clock.
+fn pending_reason(before: Option<&EsStatus>, es: &EsStatus) -> Option<String> {
     let moved = |now: &Option<String>, was: &Option<String>| now.is_some() && now != was;
-    moved(&now.refresh_time, &before.0) || moved(&now.synced_resource_version, &before.1)
-}
-
-/// Why an ExternalSecret is not done yet.
-fn pending_reason(before: Option<&Seen>, es: &EsStatus) -> Option<String> {
-    // One that appeared after the force was first synced after it.
-    let fresh = before.map_or(es.refresh_time.is_some(), |b| refreshed(b, es));
+    let fresh = match before {
+        Some(b) => {
+            moved(&es.refresh_time, &b.refresh_time)
+                || moved(&es.synced_resource_version, &b.synced_resource_version)
+        }
+        // One that appeared after the force was first synced after it.
+        None => es.refresh_time.is_some(),
+    };
     match (es.ready, fresh) {
         (Some(true), true) => None,
         (Some(true), false) => Some(format!(
@@ -489,92 +443,75 @@ fn pending_reason(before: Option<&Seen>, es: &EsStatus) -> Option<String> {
     }
 }
 
-/// A new value every time, so the annotation always changes and ESO
-/// always reconciles (its value is a label, never compared).
-fn stamp() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    now.unwrap_or_default().as_nanos().to_string()
-}
-
 fn polls(ctx: &Ctx) -> String {
-    format!("{} polls {} apart", ctx.wait.attempts, crate::process::seconds(ctx.wait.sleep))
+    let every = crate::process::seconds(ctx.cfg.wait.sleep);
+    format!("{} polls {every} apart", ctx.cfg.wait.attempts)
 }
 
-/// What to check when ESO's login or read was denied.
-fn denied_checks(ctx: &Ctx) -> String {
-    crate::secrets::eso_access::denied_checks(&ctx.root, &ctx.env, &ctx.cfg)
+/// Whether Vault denied ESO's login or read, by the condition or the Event.
+fn denied(message: &str, event: Option<&kube::Event>) -> bool {
+    kube::permission_denied(message) || event.is_some_and(|e| kube::permission_denied(&e.message))
 }
 
-/// Forces ESO to validate ClusterSecretStore/ameide-vault now (a store that
-/// failed, as after a Vault restart, is retried only after ESO's backoff,
-/// minutes later), then polls until it is Ready, forcing it again after
-/// each poll that finds it not Ready. Every ExternalSecret on it waits for
-/// that.
+/// Forces ESO to validate the store now (a failed one is retried only after
+/// a backoff of minutes), then polls until it is Ready, forcing it again.
 fn wait_store(ctx: &Ctx, stamp: &str) -> Result<String> {
     let missing = || {
-        anyhow::anyhow!(
+        let sync = helmfile::sync_display(&ctx.env);
+        anyhow!(
             "ClusterSecretStore/{STORE_NAME} is not in the cluster after the sync of layer 15 \
-             (`kubectl get clustersecretstore {STORE_NAME}`): sync it again with `{}`",
-            helmfile::sync_display(&ctx.env)
+             (`kubectl get clustersecretstore {STORE_NAME}`): sync it again with `{sync}`"
         )
     };
     if kube::cluster_secret_store(STORE_NAME)?.is_none() {
         return Err(missing());
     }
-    // ESO records an Event each time it validates the store ("store
-    // validated", or why not); a new one (or a higher count) says it has
-    // validated it since the force, so a Ready left from before the sync
-    // is not taken for a new one. Events can be dropped (client-go's spam
-    // filter): from the third poll on, the condition alone counts.
+    // A new validation Event (or count) tells a fresh Ready from an old one;
+    // Events can be dropped, so from the third poll on the condition alone counts.
     let events = || -> BTreeMap<String, (u64, String)> {
-        kube::events(None, "ClusterSecretStore", Some(STORE_NAME), None)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|e| (e.id, (e.count, e.last)))
-            .collect()
+        let found = kube::events(None, "ClusterSecretStore", Some(STORE_NAME), None);
+        let found = found.unwrap_or_default().into_iter();
+        found.map(|e| (e.id, (e.count, e.last))).collect()
     };
     let seen = events();
     kube::force_sync_store(STORE_NAME, stamp)?;
+    let attempts = ctx.cfg.wait.attempts;
     let mut last = kube::Ready::default();
-    for attempt in 1..=ctx.wait.attempts {
+    for attempt in 1..=attempts {
         match kube::cluster_secret_store(STORE_NAME)? {
             None => return Err(missing()),
             Some(r)
                 if r.ready == Some(true)
-                    && (attempt >= 3 || attempt == ctx.wait.attempts || events() != seen) =>
+                    && (attempt >= 3 || attempt == attempts || events() != seen) =>
             {
                 return Ok(format!("ClusterSecretStore/{STORE_NAME} Ready (poll {attempt})"))
             }
             Some(r) => last = r,
         }
-        if attempt < ctx.wait.attempts {
-            // Again, with a new value: ESO retries a store that failed
-            // only after a backoff that grows to minutes, but validates it
-            // at once on a change, such as Vault coming back meanwhile.
+        if attempt < attempts {
+            // A new value: ESO validates a changed store at once, not after its backoff.
             kube::force_sync_store(STORE_NAME, &format!("{stamp}-{attempt}"))?;
-            std::thread::sleep(ctx.wait.sleep);
+            std::thread::sleep(ctx.cfg.wait.sleep);
         }
     }
     let event = kube::store_event();
-    let denied = event.iter().any(|e| kube::permission_denied(&e.message))
-        || kube::permission_denied(&last.message);
+    let mut checks = String::new();
+    if denied(&last.message, event.as_ref()) {
+        checks = format!("\n{}", eso_access::denied_checks(&ctx.root, &ctx.env, &ctx.cfg));
+    }
     bail!(
         "ClusterSecretStore/{STORE_NAME} not Ready after {} (forced with force-sync={stamp}): {}{}. Its \
          ExternalSecrets cannot sync until it is; `kubectl describe clustersecretstore {STORE_NAME}` shows \
-         ESO's events.{}\nSee docs/secrets.md#troubleshooting.",
+         ESO's events.{checks}\nSee docs/secrets.md#troubleshooting.",
         polls(ctx),
         last.describe(),
-        kube::said(event.as_ref()),
-        if denied { format!("\n{}", denied_checks(ctx)) } else { String::new() }
+        kube::said(event.as_ref())
     )
 }
 
-/// The ExternalSecrets on our store that ESO does not re-read when forced
-/// (`refreshInterval: 0`, `refreshPolicy: CreatedOnce`): each with why and
-/// the fix, as lines for a warning.
+/// The ExternalSecrets ESO does not re-read when forced, each with why and the fix.
 fn not_forced_lines(ctx: &Ctx, frozen: &[(EsStatus, String)]) -> Vec<String> {
-    // Where each one comes from: every layer rendered, as `check --render`
-    // does, for the helmfile and release that make it again.
+    // Every layer rendered, for the helmfile and release that make each again.
     let rendered = scan::scan_rendered(
         &ctx.root.join(project::INFRA),
         &ctx.root,
@@ -583,25 +520,17 @@ fn not_forced_lines(ctx: &Ctx, frozen: &[(EsStatus, String)]) -> Vec<String> {
     )
     .map(|s| s.external_secrets)
     .unwrap_or_default();
-    frozen
-        .iter()
-        .take(output::NAMES_SHOWN)
-        .map(|(es, why)| {
-            let source = rendered.iter().find(|r| {
-                r.name == es.name && r.namespace.as_deref() == Some(es.namespace.as_str())
-            });
-            format!("  {} ({why}): {}", es.id(), recreate_fix(&ctx.env, es, source))
-        })
-        .chain(
-            (frozen.len() > output::NAMES_SHOWN)
-                .then(|| format!("  and {} more", frozen.len() - output::NAMES_SHOWN)),
-        )
-        .collect()
+    let lines = frozen.iter().take(NAMES_SHOWN).map(|(es, why)| {
+        let source = rendered
+            .iter()
+            .find(|r| r.name == es.name && r.namespace.as_ref() == Some(&es.namespace));
+        format!("  {} ({why}): {}", es.id(), recreate_fix(&ctx.env, es, source))
+    });
+    with_more(lines.collect(), frozen.len(), "  ")
 }
 
-/// How to make ESO read an ExternalSecret it no longer refreshes: delete it
-/// and sync the helmfile release that renders it; helm creates it again
-/// (an upgrade creates what is missing), and ESO reads a new one at once.
+/// How to make ESO read an ExternalSecret it no longer refreshes: delete it and
+/// sync its release; helm creates it again and ESO reads a new one at once.
 fn recreate_fix(env: &str, es: &EsStatus, source: Option<&scan::ExternalSecret>) -> String {
     let delete = format!("kubectl delete externalsecret {} --namespace {}", es.name, es.namespace);
     // A rendered location reads `<helmfile> <release>: <template>`.
@@ -617,45 +546,44 @@ fn recreate_fix(env: &str, es: &EsStatus, source: Option<&scan::ExternalSecret>)
     }
 }
 
-/// Forces ESO to validate the store and re-read every ExternalSecret on it,
-/// then polls until each has refreshed since the force and is Ready. Those
-/// ESO does not re-read when forced are named with their fix, not waited on.
+/// Forces ESO to re-read every ExternalSecret on the store, then polls until
+/// each has refreshed and is Ready; those it does not re-read are only named.
 fn wait_ready(ctx: &Ctx) -> Result<String> {
-    let stamp = stamp();
+    // A new value every time, so the annotation always changes and ESO reconciles.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    let stamp = now.unwrap_or_default().as_nanos().to_string();
     let store = wait_store(ctx, &stamp)?;
-    let ours = |all: Vec<EsStatus>| -> Vec<EsStatus> {
-        all.into_iter().filter(|e| scan::is_our_store(&e.store)).collect()
+    let ours = || -> Result<Vec<EsStatus>> {
+        Ok(kube::external_secrets()?.into_iter().filter(|e| scan::is_our_store(&e.store)).collect())
     };
-    let listed = ours(kube::external_secrets()?);
-    if listed.is_empty() {
-        return Ok(format!("{store}; no ExternalSecrets use ClusterSecretStore/{STORE_NAME} yet"));
-    }
     let (mut frozen, mut forced) = (Vec::new(), Vec::new());
-    for e in listed {
+    for e in ours()? {
         match e.ignores_force_sync() {
             Some(why) => frozen.push((e, why)),
             None => forced.push(e),
         }
     }
+    if frozen.is_empty() && forced.is_empty() {
+        return Ok(format!("{store}; no ExternalSecrets use ClusterSecretStore/{STORE_NAME} yet"));
+    }
     let skipped: BTreeSet<String> = frozen.iter().map(|(e, _)| e.id()).collect();
-    let before: BTreeMap<String, Seen> = forced.iter().map(|e| (e.id(), seen(e))).collect();
+    let before: BTreeMap<String, &EsStatus> = forced.iter().map(|e| (e.id(), e)).collect();
     for es in &forced {
         kube::force_sync(&es.namespace, &es.name, &stamp)?;
     }
-    let mut pending: Vec<EsStatus> = Vec::new();
+    let mut pending = Vec::new();
     let mut done_at = None;
-    for attempt in 1..=ctx.wait.attempts {
-        pending = ours(kube::external_secrets()?)
-            .into_iter()
-            .filter(|e| !skipped.contains(&e.id()))
-            .filter(|e| pending_reason(before.get(&e.id()), e).is_some())
-            .collect();
+    for attempt in 1..=ctx.cfg.wait.attempts {
+        pending = ours()?;
+        pending.retain(|e| {
+            !skipped.contains(&e.id()) && pending_reason(before.get(&e.id()).copied(), e).is_some()
+        });
         if pending.is_empty() {
             done_at = Some(attempt);
             break;
         }
-        if attempt < ctx.wait.attempts {
-            std::thread::sleep(ctx.wait.sleep);
+        if attempt < ctx.cfg.wait.attempts {
+            std::thread::sleep(ctx.cfg.wait.sleep);
         }
     }
     let Some(attempt) = done_at else {
@@ -682,53 +610,49 @@ fn wait_ready(ctx: &Ctx) -> Result<String> {
     Ok(detail)
 }
 
-/// The wait's failure: each ExternalSecret still pending, with ESO's
-/// condition and, for one that failed, ESO's last Warning Event about it
-/// (the condition says only `could not get secret data from provider`).
-fn not_ready(ctx: &Ctx, before: &BTreeMap<String, Seen>, pending: &[EsStatus]) -> anyhow::Error {
-    let shown = &pending[..pending.len().min(output::NAMES_SHOWN)];
-    let mut events: BTreeMap<String, BTreeMap<String, kube::Event>> = BTreeMap::new();
+/// The wait's failure: each pending ExternalSecret with ESO's condition and
+/// last Warning Event (the condition alone hides the cause).
+fn not_ready(
+    ctx: &Ctx,
+    before: &BTreeMap<String, &EsStatus>,
+    pending: &[EsStatus],
+) -> anyhow::Error {
+    let shown = &pending[..pending.len().min(NAMES_SHOWN)];
+    let mut events: BTreeMap<&str, BTreeMap<String, kube::Event>> = BTreeMap::new();
     for es in shown.iter().filter(|e| e.ready == Some(false)) {
-        if !events.contains_key(&es.namespace) {
-            let newest = kube::warning_events(Some(&es.namespace), "ExternalSecret", None)
-                .map(kube::newest_by_object)
-                .unwrap_or_default();
-            events.insert(es.namespace.clone(), newest);
-        }
+        events.entry(&es.namespace).or_insert_with(|| {
+            let found = kube::warning_events(Some(&es.namespace), "ExternalSecret", None);
+            found.map(kube::newest_by_object).unwrap_or_default()
+        });
     }
-    let mut denied = false;
-    let mut lines: Vec<String> = Vec::new();
+    let (mut lines, mut any_denied) = (Vec::new(), false);
     for es in shown {
-        let why = pending_reason(before.get(&es.id()), es).unwrap_or_default();
-        let event = events.get(&es.namespace).and_then(|n| n.get(&es.name));
-        denied |= kube::permission_denied(&es.message)
-            || event.is_some_and(|e| kube::permission_denied(&e.message));
+        let event = events.get(es.namespace.as_str()).and_then(|n| n.get(&es.name));
+        let why = pending_reason(before.get(&es.id()).copied(), es).unwrap_or_default();
+        any_denied |= denied(&es.message, event);
         lines.push(format!("  {}: {why}{}", es.id(), kube::said(event)));
     }
-    if pending.len() > shown.len() {
-        lines.push(format!("  and {} more", pending.len() - shown.len()));
-    }
+    let mut lines = with_more(lines, pending.len(), "  ");
     // They wait for the store: say why it is not Ready.
     let blocked = format!("\"{STORE_NAME}\" is not ready");
     if lines.iter().any(|l| l.contains(&blocked)) {
         if let Ok(Some(store)) = kube::cluster_secret_store(STORE_NAME) {
             let event = kube::store_event();
-            denied |= event.iter().any(|e| kube::permission_denied(&e.message))
-                || kube::permission_denied(&store.message);
-            lines.push(format!(
-                "  ClusterSecretStore/{STORE_NAME}: {}{}",
-                store.describe(),
-                kube::said(event.as_ref())
-            ));
+            any_denied |= denied(&store.message, event.as_ref());
+            let said = kube::said(event.as_ref());
+            lines.push(format!("  ClusterSecretStore/{STORE_NAME}: {}{said}", store.describe()));
         }
     }
-    anyhow::anyhow!(
-        "{} ExternalSecrets not refreshed and Ready after {}:\n{}\n{}See docs/secrets.md#troubleshooting for each \
+    let mut checks = String::new();
+    if any_denied {
+        checks = format!("{}\n", eso_access::denied_checks(&ctx.root, &ctx.env, &ctx.cfg));
+    }
+    anyhow!(
+        "{} ExternalSecrets not refreshed and Ready after {}:\n{}\n{checks}See docs/secrets.md#troubleshooting for each \
          reason; `kubectl describe externalsecret <name> --namespace <ns>` shows ESO's events.",
         pending.len(),
         polls(ctx),
-        lines.join("\n"),
-        if denied { format!("{}\n", denied_checks(ctx)) } else { String::new() }
+        lines.join("\n")
     )
 }
 
@@ -757,8 +681,8 @@ mod tests {
     fn freshness_is_the_clusters_own_value_moving() {
         const T: Option<&str> = Some("2026-11-29T10:00:00Z");
         const OLD: Option<&str> = Some("2020-01-01T00:00:00Z");
-        let before = seen(&es(true, T, Some("1-aaaa")));
-        let never = seen(&es(false, None, None));
+        let before = es(true, T, Some("1-aaaa"));
+        let never = es(false, None, None);
         let stale = "Ready, but not refreshed since the force-sync (status.refreshTime still 2026-11-29T10:00:00Z)";
         let cases = [
             (Some(&before), es(true, T, Some("1-aaaa")), Some(stale)),
