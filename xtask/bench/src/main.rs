@@ -63,18 +63,12 @@ fn main() {
 }
 
 fn parse_flags() -> Result<Flags> {
-    let mut flags = Flags {
-        secrets: Vec::new(),
-        concurrency: None,
-    };
+    let mut flags = Flags { secrets: Vec::new(), concurrency: None };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut number = || -> Result<usize> {
-            let v = args
-                .next()
-                .with_context(|| format!("{arg} needs a number"))?;
-            v.parse()
-                .with_context(|| format!("{arg} {v}: not a number"))
+            let v = args.next().with_context(|| format!("{arg} needs a number"))?;
+            v.parse().with_context(|| format!("{arg} {v}: not a number"))
         };
         match arg.as_str() {
             "--secrets" => flags.secrets.push(number()?),
@@ -114,11 +108,7 @@ struct Row {
 
 fn run(flags: &Flags) -> Result<()> {
     let root = project_root();
-    let sizes = if flags.secrets.is_empty() {
-        vec![1000, 10_000]
-    } else {
-        flags.secrets.clone()
-    };
+    let sizes = if flags.secrets.is_empty() { vec![1000, 10_000] } else { flags.secrets.clone() };
     let concurrency = flags.concurrency.unwrap_or(16);
     let dir = root.join("target/bench");
     let _ = std::fs::remove_dir_all(&dir);
@@ -143,11 +133,7 @@ fn run(flags: &Flags) -> Result<()> {
         write_fixtures(&fixtures, n, 0)?;
 
         let ceiling_of = |mix: raw::Mix, round: usize| -> Result<raw::Ceiling> {
-            let kind = if mix == raw::Mix::Recorded {
-                "recorded"
-            } else {
-                "bare"
-            };
+            let kind = if mix == raw::Mix::Recorded { "recorded" } else { "bare" };
             let mount = format!("ceiling-{n}-{kind}-{round}");
             bao.enable_kv2(&mount)?;
             raw::ceiling(&bao.addr, &bao.token, &mount, n, concurrency, mix, &|i| {
@@ -269,11 +255,7 @@ fn run(flags: &Flags) -> Result<()> {
         let changed = dir.join(format!("fixtures-{n}-changed.json"));
         write_fixtures(&changed, n, 10)?;
         let ten = measure(&exe, &seed_args(&mount), &changed, &bao, &dir)?;
-        rows.push(ten.row(
-            "seed, 10% changed",
-            n,
-            "check-and-set updates of the changed tenth",
-        ));
+        rows.push(ten.row("seed, 10% changed", n, "check-and-set updates of the changed tenth"));
         let recorded_cpu = per_request(recorded.cpu, recorded.requests);
         ratios.insert(
             format!("{n}"),
@@ -333,13 +315,7 @@ fn run(flags: &Flags) -> Result<()> {
     for _ in 0..5 {
         let m = measure(
             &exe,
-            &strings(&[
-                "secrets",
-                "check",
-                "--infra",
-                &infra.display().to_string(),
-                "--quiet",
-            ]),
+            &strings(&["secrets", "check", "--infra", &infra.display().to_string(), "--quiet"]),
             &fixtures,
             &bao,
             &dir,
@@ -355,9 +331,7 @@ fn run(flags: &Flags) -> Result<()> {
     );
     rows.push(row);
     let repo = timed(
-        Command::new(&exe)
-            .args(["secrets", "check", "--quiet"])
-            .env("XTASK_PROJECT_ROOT", &root),
+        Command::new(&exe).args(["secrets", "check", "--quiet"]).env("XTASK_PROJECT_ROOT", &root),
     )
     .context("the repository's own static check")?
     .wall;
@@ -368,13 +342,7 @@ fn run(flags: &Flags) -> Result<()> {
         ..Row::default()
     });
 
-    peer_rows(
-        &mut rows,
-        &root,
-        &dir,
-        &bao,
-        sizes.iter().copied().min().unwrap_or(1000).min(1000),
-    )?;
+    peer_rows(&mut rows, &root, &dir, &bao, sizes.iter().copied().min().unwrap_or(1000).min(1000))?;
 
     print_table(&rows);
     println!("\nratios (targets in parentheses):");
@@ -403,10 +371,7 @@ fn run(flags: &Flags) -> Result<()> {
     });
     let out = dir.join("results.json");
     std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
-    println!(
-        "\nwrote {}",
-        out.strip_prefix(&root).unwrap_or(&out).display()
-    );
+    println!("\nwrote {}", out.strip_prefix(&root).unwrap_or(&out).display());
     Ok(())
 }
 
@@ -456,19 +421,12 @@ fn peer_rows(rows: &mut Vec<Row>, root: &Path, dir: &Path, bao: &Bao, n: usize) 
             "peer: hvac, one request at a time",
             "the legacy Python pattern: one client, value (cas) then metadata POST per secret",
         ),
-        (
-            16,
-            "peer: hvac, 16 threads",
-            "the same requests, a client per thread",
-        ),
+        (16, "peer: hvac, 16 threads", "the same requests, a client per thread"),
     ] {
         let mount = format!("hvac-{threads}");
         bao.enable_kv2(&mount)?;
         let mut cmd = peers::hvac_command(&python, dir, &mount, n, threads)?;
-        let m = timed(
-            cmd.env("VAULT_ADDR", &bao.addr)
-                .env("VAULT_TOKEN", &bao.token),
-        )?;
+        let m = timed(cmd.env("VAULT_ADDR", &bao.addr).env("VAULT_TOKEN", &bao.token))?;
         let requests = 2 * n as u64;
         rows.push(Row {
             name: name.into(),
@@ -577,12 +535,7 @@ fn timed(cmd: &mut Command) -> Result<Timed> {
         );
     }
     let peak = peak.load(Ordering::Relaxed);
-    Ok(Timed {
-        wall,
-        cpu,
-        peak_rss_kib: (peak > 0).then_some(peak),
-        stdout,
-    })
+    Ok(Timed { wall, cpu, peak_rss_kib: (peak > 0).then_some(peak), stdout })
 }
 
 /// Both pipes of `child` read to their end, then its exit.
@@ -638,9 +591,7 @@ impl Measured {
             cpu_ms: Some(ms(self.cpu)),
             // Per request only where requests are the work: a run of a
             // few requests is mostly start-up.
-            cpu_us_per_request: self
-                .cpu_per_request()
-                .filter(|_| self.writes.unwrap_or(0) >= 100),
+            cpu_us_per_request: self.cpu_per_request().filter(|_| self.writes.unwrap_or(0) >= 100),
             threads_started: None,
             note: note.into(),
         }
@@ -670,9 +621,8 @@ fn measure(
     let run = timed(&mut xtask(exe, args, fixtures, bao, dir))?;
     let reply = serde_json::from_slice::<serde_json::Value>(&run.stdout).ok();
     let counter = |k: &str| reply.as_ref().and_then(|v| v[k].as_u64());
-    let kib = run
-        .peak_rss_kib
-        .context("no peak RSS read for the measured run (is /proc mounted?)")?;
+    let kib =
+        run.peak_rss_kib.context("no peak RSS read for the measured run (is /proc mounted?)")?;
     Ok(Measured {
         wall: run.wall,
         cpu: run.cpu,
@@ -731,10 +681,7 @@ fn write_fixtures(path: &Path, n: usize, changed_pct: usize) -> Result<()> {
     let mut map = serde_json::Map::new();
     for i in 0..n {
         let changed = changed_pct > 0 && i % (100 / changed_pct) == 0;
-        map.insert(
-            format!("bench-secret-{i:06}"),
-            bench_value(i, changed).into(),
-        );
+        map.insert(format!("bench-secret-{i:06}"), bench_value(i, changed).into());
     }
     std::fs::write(path, serde_json::to_vec(&map)?)?;
     Ok(())
@@ -742,11 +689,7 @@ fn write_fixtures(path: &Path, n: usize, changed_pct: usize) -> Result<()> {
 
 /// The synthetic value of secret `i` (`changed`: its second version).
 fn bench_value(i: usize, changed: bool) -> String {
-    format!(
-        "bench-value-{i:06}-{}-{}",
-        if changed { "v2" } else { "v1" },
-        "x".repeat(48)
-    )
+    format!("bench-value-{i:06}-{}-{}", if changed { "v2" } else { "v1" }, "x".repeat(48))
 }
 
 /// A synthetic infra tree: `es` ExternalSecrets in values files, referencing
@@ -788,17 +731,9 @@ fn print_table(rows: &[Row]) {
         println!(
             "{:<36} {:>7} {:>10.1} {:>9} {:>7} {:>7} {:>8} {:>9} {:>8}  {}",
             r.name,
-            if r.secrets == 0 {
-                "-".into()
-            } else {
-                r.secrets.to_string()
-            },
+            if r.secrets == 0 { "-".into() } else { r.secrets.to_string() },
             r.wall_ms,
-            if r.per_sec == 0.0 {
-                "-".into()
-            } else {
-                format!("{:.0}", r.per_sec)
-            },
+            if r.per_sec == 0.0 { "-".into() } else { format!("{:.0}", r.per_sec) },
             opt(r.peak_rss_mb.map(|m| format!("{m:.1}"))),
             opt(r.writes.map(|w| w.to_string())),
             opt(r.cpu_ms.map(|c| format!("{c:.0}"))),
@@ -829,14 +764,8 @@ impl Bao {
     fn start(root: &Path, dir: &Path) -> Result<Bao> {
         // `cargo xtask tools` puts the pinned bao in .tools/bin; else PATH's.
         let pinned = root.join(".tools/bin/bao");
-        let bin = if pinned.exists() {
-            pinned
-        } else {
-            PathBuf::from("bao")
-        };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let bin = if pinned.exists() { pinned } else { PathBuf::from("bao") };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let token = format!("bench-{port}");
         let log = dir.join("bao.log");
         let out = std::fs::File::create(&log)?;
@@ -857,20 +786,12 @@ impl Bao {
         while Instant::now() < deadline && matches!(server.try_wait(), Ok(None)) {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 std::thread::sleep(Duration::from_millis(200));
-                return Ok(Bao {
-                    server,
-                    bin,
-                    addr: format!("http://127.0.0.1:{port}"),
-                    token,
-                });
+                return Ok(Bao { server, bin, addr: format!("http://127.0.0.1:{port}"), token });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = server.kill();
-        bail!(
-            "OpenBao did not start on 127.0.0.1:{port}; its log: {}",
-            log.display()
-        )
+        bail!("OpenBao did not start on 127.0.0.1:{port}; its log: {}", log.display())
     }
 
     /// Mounts a KV v2 engine at `mount`, through the bench's own client.
@@ -882,11 +803,7 @@ impl Bao {
             br#"{"type":"kv","options":{"version":"2"}}"#,
         )?;
         if !(200..300).contains(&a.status) {
-            bail!(
-                "enabling {mount}: HTTP {}: {}",
-                a.status,
-                String::from_utf8_lossy(&a.body)
-            );
+            bail!("enabling {mount}: HTTP {}: {}", a.status, String::from_utf8_lossy(&a.body));
         }
         // A new KV v2 mount upgrades itself for a moment: wait until it
         // takes a read, so no measured run sees the upgrade.
@@ -912,17 +829,10 @@ impl Bao {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()?;
-        child
-            .stdin
-            .take()
-            .context("stdin is piped")?
-            .write_all(value.as_bytes())?;
+        child.stdin.take().context("stdin is piped")?.write_all(value.as_bytes())?;
         let out = child.wait_with_output()?;
         if !out.status.success() {
-            bail!(
-                "bao kv put {name} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("bao kv put {name} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(())
     }

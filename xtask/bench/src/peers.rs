@@ -74,11 +74,7 @@ pub(crate) fn hvac_python(root: &Path) -> Result<PathBuf> {
 fn run(cmd: &mut Command) -> Result<()> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -94,7 +90,6 @@ pub(crate) fn hvac_command(
     let script = dir.join("hvac_peer.py");
     std::fs::write(&script, HVAC_SCRIPT)?;
     let mut cmd = Command::new(python);
-    cmd.arg(&script)
-        .args([mount.to_string(), n.to_string(), threads.to_string()]);
+    cmd.arg(&script).args([mount.to_string(), n.to_string(), threads.to_string()]);
     Ok(cmd)
 }

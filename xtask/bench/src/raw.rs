@@ -47,11 +47,8 @@ impl Conn {
 
     /// `method /v1/path` with `body` (JSON, or a JSON merge patch for PATCH).
     pub(crate) fn send(&mut self, method: &str, path: &str, body: &[u8]) -> Result<Answer> {
-        let content_type = if method == "PATCH" {
-            "application/merge-patch+json"
-        } else {
-            "application/json"
-        };
+        let content_type =
+            if method == "PATCH" { "application/merge-patch+json" } else { "application/json" };
         self.request.clear();
         write!(
             self.request,
@@ -62,11 +59,8 @@ impl Conn {
             body.len()
         )?;
         self.request.extend_from_slice(body);
-        self.writer
-            .write_all(&self.request)
-            .with_context(|| format!("sending {method} {path}"))?;
-        self.read_answer()
-            .with_context(|| format!("reading the answer to {method} {path}"))
+        self.writer.write_all(&self.request).with_context(|| format!("sending {method} {path}"))?;
+        self.read_answer().with_context(|| format!("reading the answer to {method} {path}"))
     }
 
     /// Reads one response: status line, headers, then a body framed by
@@ -217,10 +211,7 @@ pub(crate) fn ceiling(
             .collect();
         workers
             .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| bail!("a ceiling thread panicked"))
-            })
+            .map(|w| w.join().unwrap_or_else(|_| bail!("a ceiling thread panicked")))
             .collect()
     });
     let wall = started.elapsed();
@@ -230,11 +221,7 @@ pub(crate) fn ceiling(
         requests += q;
         cpu += c;
     }
-    Ok(Ceiling {
-        wall,
-        requests,
-        cpu,
-    })
+    Ok(Ceiling { wall, requests, cpu })
 }
 
 /// This thread's CPU time so far (user + system).

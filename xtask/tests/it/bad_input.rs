@@ -17,11 +17,7 @@ fn every_bad_fixture_fails_with_its_error_and_writes_nothing() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n != "expected.json")
         .collect();
-    assert_eq!(
-        files.len(),
-        expected.len(),
-        "every corpus file has an expected error"
-    );
+    assert_eq!(files.len(), expected.len(), "every corpus file has an expected error");
     let mut wrong = Vec::new();
     for (file, want) in &expected {
         let path = dir.join(file);
@@ -33,10 +29,7 @@ fn every_bad_fixture_fails_with_its_error_and_writes_nothing() {
                 run.stderr.trim()
             ));
         }
-        assert!(
-            !sb.path(".local/secrets/store.json").exists(),
-            "{file}: nothing is written"
-        );
+        assert!(!sb.path(".local/secrets/store.json").exists(), "{file}: nothing is written");
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 
@@ -44,9 +37,7 @@ fn every_bad_fixture_fails_with_its_error_and_writes_nothing() {
     let huge = sb.path("huge.json");
     let f = std::fs::File::create(&huge).unwrap();
     f.set_len(17 * 1024 * 1024).unwrap();
-    let run = sb
-        .seed_file(&["--fixtures", huge.to_str().unwrap()])
-        .code(1);
+    let run = sb.seed_file(&["--fixtures", huge.to_str().unwrap()]).code(1);
     assert_contains(&run.stderr, "larger than the 16 MiB limit");
 }
 
@@ -102,28 +93,15 @@ fn a_flag_file_without_exactly_one_provider_is_refused() {
     let flag = "infra/kubernetes/environments/local/platform/15-secrets.values.yaml";
     for (file, want) in [
         ("provider-missing.yaml", "`secrets.provider` is missing"),
-        (
-            "provider-duplicated.yaml",
-            "`secrets.provider` appears 2 times (lines 2, 4)",
-        ),
+        ("provider-duplicated.yaml", "`secrets.provider` appears 2 times (lines 2, 4)"),
     ] {
         let original = sb.read(flag);
         sb.write(flag, &sb.read(&format!("fixtures/bad/flags/{file}")));
-        let run = sb
-            .xtask(&["secrets", "migrate", "--to", "vault", "--dry-run"])
-            .code(1);
+        let run = sb.xtask(&["secrets", "migrate", "--to", "vault", "--dry-run"]).code(1);
         assert!(run.stderr.contains(want), "{file}: {}", run.stderr);
         let run = sb.xtask(&["secrets", "status"]).ok();
-        assert!(
-            run.stdout.contains("local        error:"),
-            "{file}: {}",
-            run.stdout
-        );
-        assert_eq!(
-            sb.read(flag),
-            sb.read(&format!("fixtures/bad/flags/{file}")),
-            "untouched"
-        );
+        assert!(run.stdout.contains("local        error:"), "{file}: {}", run.stdout);
+        assert_eq!(sb.read(flag), sb.read(&format!("fixtures/bad/flags/{file}")), "untouched");
         sb.write(flag, &original);
     }
 }
@@ -155,10 +133,7 @@ fn shared_azure_vaults_are_refused_however_they_are_spelled() {
     let run = sb
         .xtask_env(
             &["secrets", "seed", "--provider", "azure", "--dry-run"],
-            &[(
-                "AZURE_KEYVAULT_NAME",
-                " https://KV-Dev-Bob.vault.azure.net/ ",
-            )],
+            &[("AZURE_KEYVAULT_NAME", " https://KV-Dev-Bob.vault.azure.net/ ")],
         )
         .ok();
     assert_contains(&run.stdout, "-> azure key vault kv-dev-bob");

@@ -33,10 +33,7 @@ fn plant(sb: &Sandbox) {
         "scripts/azure/default-local-keyvault-secrets.json",
         &serde_json::to_string_pretty(&fx).unwrap(),
     );
-    sb.write(
-        ".local/secrets/overrides.json",
-        &json!({"redis-password": IN_OVERRIDE}).to_string(),
-    );
+    sb.write(".local/secrets/overrides.json", &json!({"redis-password": IN_OVERRIDE}).to_string());
     // Failed writes fail fast.
     sb.write(".local/secrets.toml", "[vault]\nretries = 1\n");
 }
@@ -56,11 +53,8 @@ fn change_a_fixture(sb: &Sandbox) {
 /// `.local/secrets/` that are not the user's values, or in what the fakes
 /// recorded.
 fn assert_no_canary(sb: &Sandbox, outputs: &[String]) {
-    let mut texts: Vec<(String, String)> = outputs
-        .iter()
-        .enumerate()
-        .map(|(i, o)| (format!("output {i}"), o.clone()))
-        .collect();
+    let mut texts: Vec<(String, String)> =
+        outputs.iter().enumerate().map(|(i, o)| (format!("output {i}"), o.clone())).collect();
     let mut files = Vec::new();
     walk(&sb.path(".local/secrets"), &mut files);
     for f in files {
@@ -68,10 +62,7 @@ fn assert_no_canary(sb: &Sandbox, outputs: &[String]) {
         if name == "overrides.json" || name == "store.json" {
             continue;
         }
-        texts.push((
-            f.display().to_string(),
-            std::fs::read_to_string(&f).unwrap_or_default(),
-        ));
+        texts.push((f.display().to_string(), std::fs::read_to_string(&f).unwrap_or_default()));
     }
     for c in sb.calls() {
         texts.push((format!("{} argv", c.tool), c.argv.join(" ")));
@@ -102,10 +93,7 @@ fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 /// A proxy in front of `bao` that answers `status` to every data write of
 /// `names`, as a Vault that refuses it would.
 fn failing_writes(bao: &OpenBao, names: &[&str], status: u16) -> Proxy {
-    let paths: Vec<String> = names
-        .iter()
-        .map(|n| format!("/v1/secret/data/{n}"))
-        .collect();
+    let paths: Vec<String> = names.iter().map(|n| format!("/v1/secret/data/{n}")).collect();
     Proxy::start(
         bao.port,
         Arc::new(move |req| {
@@ -137,9 +125,7 @@ fn a_canary_never_shows_in_a_drift_a_conflict_or_a_failed_write_on_vault() {
         return;
     };
     plant(&sb);
-    let seeded = sb
-        .xtask_env(&["secrets", "seed", "--provider", "vault"], &bao.env())
-        .ok();
+    let seeded = sb.xtask_env(&["secrets", "seed", "--provider", "vault"], &bao.env()).ok();
     let mut outputs = vec![seeded.all()];
     // Someone puts another canary where the fixture's was.
     bao.hand_edit("graph-db-password", IN_STORE);
@@ -151,58 +137,12 @@ fn a_canary_never_shows_in_a_drift_a_conflict_or_a_failed_write_on_vault() {
         &env,
         &[
             &["secrets", "check", "--live", "--provider", "vault"],
-            &[
-                "secrets",
-                "check",
-                "--live",
-                "--provider",
-                "vault",
-                "--verbose",
-            ],
-            &[
-                "secrets",
-                "check",
-                "--live",
-                "--provider",
-                "vault",
-                "--output",
-                "json",
-            ],
-            &[
-                "secrets",
-                "check",
-                "--live",
-                "--provider",
-                "vault",
-                "--output",
-                "junit",
-            ],
-            &[
-                "secrets",
-                "check",
-                "--live",
-                "--provider",
-                "vault",
-                "--fail-on",
-                "drift",
-            ],
-            &[
-                "secrets",
-                "seed",
-                "--provider",
-                "vault",
-                "--dry-run",
-                "--verbose",
-            ],
-            &[
-                "secrets",
-                "seed",
-                "--provider",
-                "vault",
-                "--output",
-                "json",
-                "--dry-run",
-            ],
+            &["secrets", "check", "--live", "--provider", "vault", "--verbose"],
+            &["secrets", "check", "--live", "--provider", "vault", "--output", "json"],
+            &["secrets", "check", "--live", "--provider", "vault", "--output", "junit"],
+            &["secrets", "check", "--live", "--provider", "vault", "--fail-on", "drift"],
+            &["secrets", "seed", "--provider", "vault", "--dry-run", "--verbose"],
+            &["secrets", "seed", "--provider", "vault", "--output", "json", "--dry-run"],
         ],
         &mut outputs,
     );
@@ -214,29 +154,11 @@ fn a_canary_never_shows_in_a_drift_a_conflict_or_a_failed_write_on_vault() {
 
     // The writes fail: the update, and the conflict forced.
     let refusing = failing_writes(&bao, &["keycloak-admin-password", "graph-db-password"], 500);
-    let env = [
-        ("VAULT_ADDR", refusing.addr()),
-        ("VAULT_TOKEN", bao.token.clone()),
-    ];
+    let env = [("VAULT_ADDR", refusing.addr()), ("VAULT_TOKEN", bao.token.clone())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     for args in [
-        &[
-            "secrets",
-            "seed",
-            "--provider",
-            "vault",
-            "--force",
-            "--verbose",
-        ][..],
-        &[
-            "secrets",
-            "seed",
-            "--provider",
-            "vault",
-            "--force",
-            "--output",
-            "json",
-        ][..],
+        &["secrets", "seed", "--provider", "vault", "--force", "--verbose"][..],
+        &["secrets", "seed", "--provider", "vault", "--force", "--output", "json"][..],
     ] {
         let run = sb.xtask_env(args, &env);
         assert_ne!(run.code, 0, "{}", run.all());
@@ -247,10 +169,7 @@ fn a_canary_never_shows_in_a_drift_a_conflict_or_a_failed_write_on_vault() {
     let forbidding = failing_writes(&bao, &["keycloak-admin-password"], 403);
     let run = sb.xtask_env(
         &["secrets", "seed", "--provider", "vault", "--force"],
-        &[
-            ("VAULT_ADDR", &forbidding.addr()),
-            ("VAULT_TOKEN", &bao.token),
-        ],
+        &[("VAULT_ADDR", &forbidding.addr()), ("VAULT_TOKEN", &bao.token)],
     );
     assert_ne!(run.code, 0, "{}", run.all());
     outputs.push(run.all());
@@ -283,17 +202,11 @@ fn a_failed_write_names_the_entry_and_the_cause_but_not_the_value() {
             }
         }),
     );
-    let env = [
-        ("VAULT_ADDR", refusing.addr()),
-        ("VAULT_TOKEN", bao.token.clone()),
-    ];
+    let env = [("VAULT_ADDR", refusing.addr()), ("VAULT_TOKEN", bao.token.clone())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let run = sb.xtask_env(&["secrets", "seed", "--provider", "vault"], &env);
     assert_eq!(run.code, 3, "the rest landed: {}", run.all());
-    for (name, code) in [
-        ("graph-db-password", "HTTP 500"),
-        ("redis-password", "HTTP 400"),
-    ] {
+    for (name, code) in [("graph-db-password", "HTTP 500"), ("redis-password", "HTTP 400")] {
         let line = run
             .stderr
             .lines()
@@ -301,10 +214,7 @@ fn a_failed_write_names_the_entry_and_the_cause_but_not_the_value() {
             .unwrap_or_else(|| panic!("no {code} line for {name}:\n{}", run.stderr));
         assert_contains(line, "storage refused the write");
     }
-    let json = sb.xtask_env(
-        &["secrets", "seed", "--provider", "vault", "--output", "json"],
-        &env,
-    );
+    let json = sb.xtask_env(&["secrets", "seed", "--provider", "vault", "--output", "json"], &env);
     let report: Value =
         serde_json::from_str(&json.stdout).unwrap_or_else(|e| panic!("{e}: {}", json.all()));
     let reasons = report["not_written"].to_string();
@@ -313,10 +223,7 @@ fn a_failed_write_names_the_entry_and_the_cause_but_not_the_value() {
     for out in [run.all(), json.all()] {
         for canary in [IN_FIXTURE, IN_OVERRIDE] {
             assert!(!out.contains(canary), "{canary}:\n{out}");
-            assert!(
-                !out.contains(&sha256_hex(canary)),
-                "{canary}'s sha256:\n{out}"
-            );
+            assert!(!out.contains(&sha256_hex(canary)), "{canary}'s sha256:\n{out}");
         }
     }
 }
@@ -326,9 +233,7 @@ fn a_canary_never_shows_in_a_drift_a_conflict_or_a_failed_write_on_azure() {
     let sb = Sandbox::new();
     plant(&sb);
     let env = [("AZURE_KEYVAULT_NAME", "kv-dev-erin")];
-    let seeded = sb
-        .xtask_env(&["secrets", "seed", "--provider", "azure"], &env)
-        .ok();
+    let seeded = sb.xtask_env(&["secrets", "seed", "--provider", "azure"], &env).ok();
     let mut outputs = vec![seeded.all()];
     // Someone puts another canary where the fixture's was.
     let state = sb.fake_dir.join("keyvault.json");
@@ -340,23 +245,8 @@ fn a_canary_never_shows_in_a_drift_a_conflict_or_a_failed_write_on_azure() {
         &sb,
         &env,
         &[
-            &[
-                "secrets",
-                "check",
-                "--live",
-                "--provider",
-                "azure",
-                "--verbose",
-            ],
-            &[
-                "secrets",
-                "check",
-                "--live",
-                "--provider",
-                "azure",
-                "--output",
-                "json",
-            ],
+            &["secrets", "check", "--live", "--provider", "azure", "--verbose"],
+            &["secrets", "check", "--live", "--provider", "azure", "--output", "json"],
             &["secrets", "seed", "--provider", "azure", "--verbose"],
             &["secrets", "seed", "--provider", "azure", "--output", "json"],
         ],
@@ -368,15 +258,7 @@ fn a_canary_never_shows_in_a_drift_a_conflict_or_a_failed_write_on_azure() {
     sb.scenario(json!({"az": {"fail": {"set": "(Forbidden) The user does not have secrets set permission on key vault 'kv-dev-erin'."}}}));
     for args in [
         &["secrets", "seed", "--provider", "azure", "--force"][..],
-        &[
-            "secrets",
-            "seed",
-            "--provider",
-            "azure",
-            "--force",
-            "--output",
-            "json",
-        ][..],
+        &["secrets", "seed", "--provider", "azure", "--force", "--output", "json"][..],
     ] {
         let run = sb.xtask_env(args, &env);
         assert_ne!(run.code, 0, "{}", run.all());
@@ -392,41 +274,18 @@ fn esos_policy_on_a_kv1_mount_cannot_write() {
         return;
     };
     let out = bao.bao(&["secrets", "enable", "-path=kv1", "-version=1", "kv"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Layer 15 points the store at the KV v1 mount.
     let layer = "infra/kubernetes/environments/local/platform/15-secrets.values.yaml";
     let values = sb.read(layer);
-    assert!(
-        values.contains("    path: secret\n    version: v2\n"),
-        "{values}"
-    );
+    assert!(values.contains("    path: secret\n    version: v2\n"), "{values}");
     sb.write(
         layer,
-        &values.replace(
-            "    path: secret\n    version: v2\n",
-            "    path: kv1\n    version: v1\n",
-        ),
+        &values.replace("    path: secret\n    version: v2\n", "    path: kv1\n    version: v1\n"),
     );
-    sb.xtask_env(
-        &["secrets", "seed", "--provider", "vault", "--mount", "kv1"],
-        &bao.env(),
-    )
-    .ok();
-    let out = bao.bao(&[
-        "token",
-        "create",
-        "-policy=external-secrets",
-        "-field=token",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sb.xtask_env(&["secrets", "seed", "--provider", "vault", "--mount", "kv1"], &bao.env()).ok();
+    let out = bao.bao(&["token", "create", "-policy=external-secrets", "-field=token"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let eso = crate::support::vault_client(&bao.addr, String::from_utf8_lossy(&out.stdout).trim());
     // ESO reads...
     let read: HashMap<String, String> =
@@ -461,8 +320,7 @@ fn mount_state(bao: &OpenBao) -> BTreeMap<String, String> {
                 "v{} updated {} custom {:?}",
                 meta.current_version,
                 meta.updated_time,
-                meta.custom_metadata
-                    .map(|m| m.into_iter().collect::<BTreeMap<_, _>>())
+                meta.custom_metadata.map(|m| m.into_iter().collect::<BTreeMap<_, _>>())
             );
             (n, state)
         })
@@ -489,10 +347,7 @@ fn seed_dry_run_writes_nothing_to_vault() {
     let dry = |sb: &Sandbox, extra: &[&str]| -> Run {
         let mut args = vec!["secrets", "seed", "--provider", "vault", "--dry-run"];
         args.extend_from_slice(extra);
-        sb.xtask_env(
-            &args,
-            &[("VAULT_ADDR", &proxy.addr()), ("VAULT_TOKEN", &bao.token)],
-        )
+        sb.xtask_env(&args, &[("VAULT_ADDR", &proxy.addr()), ("VAULT_TOKEN", &bao.token)])
     };
     // An empty Vault stays empty: no entry, no record, no policy for ESO.
     let policies = acl_policies(&bao);
@@ -503,17 +358,11 @@ fn seed_dry_run_writes_nothing_to_vault() {
 
     // A seeded one with something for every action: a changed fixture, a
     // hand edit, a deleted entry, a record to renew.
-    sb.xtask_env(&["secrets", "seed", "--provider", "vault"], &bao.env())
-        .ok();
+    sb.xtask_env(&["secrets", "seed", "--provider", "vault"], &bao.env()).ok();
     change_a_fixture(&sb);
     let client = bao.client();
     bao.hand_edit("redis-password", "edited-by-hand");
-    block_on(vaultrs::kv2::delete_metadata(
-        &client,
-        "secret",
-        "graph-db-password",
-    ))
-    .unwrap();
+    block_on(vaultrs::kv2::delete_metadata(&client, "secret", "graph-db-password")).unwrap();
     let out = bao.bao(&[
         "kv",
         "metadata",
@@ -522,11 +371,7 @@ fn seed_dry_run_writes_nothing_to_vault() {
         "-custom-metadata=owner=me",
         "graph-db-url",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let before = mount_state(&bao);
     let policies = acl_policies(&bao);
     writes(&seen);

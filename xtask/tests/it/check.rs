@@ -5,9 +5,7 @@ use std::collections::HashMap;
 use crate::support::{assert_contains, block_on, with_bao, Sandbox};
 
 fn tree(sb: &Sandbox, name: &str) -> String {
-    sb.path(&format!("fixtures/check/{name}"))
-        .display()
-        .to_string()
+    sb.path(&format!("fixtures/check/{name}")).display().to_string()
 }
 
 #[test]
@@ -25,11 +23,8 @@ fn shipped_fixtures_cover_every_rendered_environment() {
     }
     let sb = Sandbox::new();
     for env in ["local", "staging", "production"] {
-        let run = sb
-            .xtask(&[
-                "secrets", "check", "--render", "--env", env, "--output", "json",
-            ])
-            .ok();
+        let run =
+            sb.xtask(&["secrets", "check", "--render", "--env", env, "--output", "json"]).ok();
         let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
         assert_eq!(report["mode"], "rendered");
         assert_eq!(report["failed"], false, "{env}: {}", run.stdout);
@@ -44,9 +39,7 @@ fn shipped_fixtures_cover_every_rendered_environment() {
 #[test]
 fn names_each_missing_key_with_every_reference() {
     let sb = Sandbox::new();
-    let run = sb
-        .xtask(&["secrets", "check", "--infra", &tree(&sb, "coverage")])
-        .code(1);
+    let run = sb.xtask(&["secrets", "check", "--infra", &tree(&sb, "coverage")]).code(1);
     let out = &run.stdout;
     assert!(
         out.contains("MISSING (1)\n  graph-db-replica-password: not in the fixtures\n"),
@@ -54,55 +47,25 @@ fn names_each_missing_key_with_every_reference() {
     );
     assert!(out.contains("fixtures/check/coverage/manifests/externalsecrets.yaml:15  ameide/db-migrations-credentials"), "{out}");
     assert!(out.contains("fixtures/check/coverage/values/platform/azure-keyvault-secrets.yaml:13  ameide/graph-db-credentials"), "{out}");
-    assert!(
-        out.contains("redis-password: reads property \"password\""),
-        "{out}"
-    );
-    assert!(
-        out.contains("^tempo-admin-: dataFrom.find matches no fixture"),
-        "{out}"
-    );
-    assert!(
-        out.contains("team-a/team-tokens  uses SecretStore/team-a-store"),
-        "{out}"
-    );
+    assert!(out.contains("redis-password: reads property \"password\""), "{out}");
+    assert!(out.contains("^tempo-admin-: dataFrom.find matches no fixture"), "{out}");
+    assert!(out.contains("team-a/team-tokens  uses SecretStore/team-a-store"), "{out}");
     assert!(
         !out.contains("team-a-token-not-in-fixtures"),
         "out of scope keys are not required: {out}"
     );
-    assert_contains(
-        &run.stderr,
-        "coverage check failed: 1 missing, 1 wrong property",
-    );
+    assert_contains(&run.stderr, "coverage check failed: 1 missing, 1 wrong property");
 
     let run = sb
-        .xtask(&[
-            "secrets",
-            "check",
-            "--infra",
-            &tree(&sb, "coverage"),
-            "--output",
-            "junit",
-        ])
+        .xtask(&["secrets", "check", "--infra", &tree(&sb, "coverage"), "--output", "junit"])
         .code(1);
     assert!(run.stdout.contains("<testcase classname=\"secrets.local.static\" name=\"graph-db-replica-password\"><failure"), "{}", run.stdout);
     let run = sb
-        .xtask(&[
-            "secrets",
-            "check",
-            "--infra",
-            &tree(&sb, "coverage"),
-            "--output",
-            "json",
-        ])
+        .xtask(&["secrets", "check", "--infra", &tree(&sb, "coverage"), "--output", "json"])
         .code(1);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    let missing = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["status"] == "missing")
-        .unwrap();
+    let missing =
+        report["findings"].as_array().unwrap().iter().find(|f| f["status"] == "missing").unwrap();
     assert_eq!(missing["sites"].as_array().unwrap().len(), 2);
 }
 
@@ -113,59 +76,32 @@ fn installed_false_bundles_do_not_count_when_rendered() {
     }
     let sb = Sandbox::new();
     let infra = tree(&sb, "installed-toggle");
-    let run = sb
-        .xtask(&["secrets", "check", "--infra", &infra, "--render"])
-        .ok();
-    assert!(
-        !run.stdout.contains("only-in-a-disabled-bundle"),
-        "{}",
-        run.stdout
-    );
+    let run = sb.xtask(&["secrets", "check", "--infra", &infra, "--render"]).ok();
+    assert!(!run.stdout.contains("only-in-a-disabled-bundle"), "{}", run.stdout);
     assert!(run.stdout.contains("1 required key;"), "{}", run.stdout);
     // The static scan cannot evaluate toggles, so it counts the key.
     let run = sb.xtask(&["secrets", "check", "--infra", &infra]).code(1);
-    assert_contains(
-        &run.stdout,
-        "only-in-a-disabled-bundle: not in the fixtures",
-    );
+    assert_contains(&run.stdout, "only-in-a-disabled-bundle: not in the fixtures");
     // Enabling the bundle makes the render see it, with release and environment.
     sb.write(
         "fixtures/check/installed-toggle/environments/local/values.yaml",
         "bundles:\n  enabled:\n    installed: true\n  disabled:\n    installed: true\n",
     );
-    let run = sb
-        .xtask(&["secrets", "check", "--infra", &infra, "--render"])
-        .code(1);
+    let run = sb.xtask(&["secrets", "check", "--infra", &infra, "--render"]).code(1);
     assert_contains(&run.stdout, "[release disabled-bundle, env local]");
 }
 
 #[test]
 fn bad_input_is_an_error_never_a_pass() {
     let sb = Sandbox::new();
-    let run = sb
-        .xtask(&["secrets", "check", "--infra", &tree(&sb, "malformed")])
-        .code(1);
-    assert_contains(
-        &run.stderr,
-        "fixtures/check/malformed/values/broken.yaml:6:",
-    );
+    let run = sb.xtask(&["secrets", "check", "--infra", &tree(&sb, "malformed")]).code(1);
+    assert_contains(&run.stderr, "fixtures/check/malformed/values/broken.yaml:6:");
     assert!(run.stderr.contains("malformed YAML"), "{}", run.stderr);
-    let run = sb
-        .xtask(&["secrets", "check", "--infra", &tree(&sb, "bad-api")])
-        .code(1);
-    assert_contains(
-        &run.stderr,
-        "unknown apiVersion \"external-secrets.io/v2alpha1\"",
-    );
+    let run = sb.xtask(&["secrets", "check", "--infra", &tree(&sb, "bad-api")]).code(1);
+    assert_contains(&run.stderr, "unknown apiVersion \"external-secrets.io/v2alpha1\"");
     if crate::support::require_tools(&["helm", "helmfile"]) {
         let run = sb
-            .xtask(&[
-                "secrets",
-                "check",
-                "--infra",
-                &tree(&sb, "broken-chart"),
-                "--render",
-            ])
+            .xtask(&["secrets", "check", "--infra", &tree(&sb, "broken-chart"), "--render"])
             .code(1);
         assert!(
             run.stderr.contains(
@@ -179,12 +115,7 @@ fn bad_input_is_an_error_never_a_pass() {
             "the chart is named: {}",
             run.stderr
         );
-        assert_eq!(
-            run.stderr.matches("nil pointer").count(),
-            1,
-            "said once: {}",
-            run.stderr
-        );
+        assert_eq!(run.stderr.matches("nil pointer").count(), 1, "said once: {}", run.stderr);
     }
 }
 
@@ -194,27 +125,16 @@ fn live_check_finds_drift_missing_entries_and_properties() {
         return;
     };
     let env = bao.env();
-    let run = sb
-        .xtask_env(&["secrets", "check", "--live", "--provider", "vault"], &env)
-        .code(1);
+    let run = sb.xtask_env(&["secrets", "check", "--live", "--provider", "vault"], &env).code(1);
     assert!(
         run.stdout.contains("graph-db-url: not in the store (vault"),
         "before seeding: {}",
         run.stdout
     );
 
-    sb.xtask_env(&["secrets", "seed", "--provider", "vault"], &env)
-        .ok();
+    sb.xtask_env(&["secrets", "seed", "--provider", "vault"], &env).ok();
     sb.xtask_env(
-        &[
-            "secrets",
-            "check",
-            "--live",
-            "--provider",
-            "vault",
-            "--fail-on",
-            "missing,drift",
-        ],
+        &["secrets", "check", "--live", "--provider", "vault", "--fail-on", "missing,drift"],
         &env,
     )
     .ok();
@@ -222,41 +142,18 @@ fn live_check_finds_drift_missing_entries_and_properties() {
     let client = bao.client();
     let mut edited = HashMap::new();
     edited.insert("value", "changed-by-hand");
-    block_on(vaultrs::kv2::set(
-        &client,
-        "secret",
-        "graph-db-url",
-        &edited,
-    ))
-    .unwrap();
+    block_on(vaultrs::kv2::set(&client, "secret", "graph-db-url", &edited)).unwrap();
     let mut wrong = HashMap::new();
     wrong.insert("password", "no-value-property");
-    block_on(vaultrs::kv2::set(
-        &client,
-        "secret",
-        "redis-password",
-        &wrong,
-    ))
-    .unwrap();
+    block_on(vaultrs::kv2::set(&client, "secret", "redis-password", &wrong)).unwrap();
 
     let run = sb
         .xtask_env(
-            &[
-                "secrets",
-                "check",
-                "--live",
-                "--provider",
-                "vault",
-                "--fail-on",
-                "drift",
-            ],
+            &["secrets", "check", "--live", "--provider", "vault", "--fail-on", "drift"],
             &env,
         )
         .code(1);
-    assert_contains(
-        &run.stdout,
-        "DRIFT (store differs from fixtures) (1)\n  graph-db-url: store ",
-    );
+    assert_contains(&run.stdout, "DRIFT (store differs from fixtures) (1)\n  graph-db-url: store ");
     assert!(
         run.stdout.contains(
             "redis-password: the store's entry has no string property \"value\" (has: password)"
@@ -266,9 +163,7 @@ fn live_check_finds_drift_missing_entries_and_properties() {
     );
     assert!(!run.all().contains("changed-by-hand") && !run.all().contains("no-value-property"));
     // Drift alone does not fail the default gate; the missing property does.
-    let run = sb
-        .xtask_env(&["secrets", "check", "--live", "--provider", "vault"], &env)
-        .code(1);
+    let run = sb.xtask_env(&["secrets", "check", "--live", "--provider", "vault"], &env).code(1);
     assert_contains(&run.stderr, "1 missing property (store)");
 }
 
@@ -279,21 +174,12 @@ fn live_check_finds_drift_missing_entries_and_properties() {
 fn the_static_scan_finds_literal_keys_in_chart_templates() {
     let sb = Sandbox::new();
     let run = sb
-        .xtask(&[
-            "secrets",
-            "check",
-            "--infra",
-            &tree(&sb, "chart-templates"),
-            "--verbose",
-        ])
+        .xtask(&["secrets", "check", "--infra", &tree(&sb, "chart-templates"), "--verbose"])
         .code(1);
     let out = &run.stdout;
     let at = "fixtures/check/chart-templates/charts/app/templates";
     for (key, site) in [
-        (
-            "app-template-only-key",
-            format!("{at}/externalsecret.yaml:16"),
-        ),
+        ("app-template-only-key", format!("{at}/externalsecret.yaml:16")),
         ("app-odd-template-key", format!("{at}/odd.yaml:10")),
         ("app-helper-key", format!("{at}/_helpers.tpl:16")),
     ] {
@@ -307,14 +193,9 @@ fn the_static_scan_finds_literal_keys_in_chart_templates() {
         out.contains("3 ExternalSecrets on ClusterSecretStore/ameide-vault, 4 required keys"),
         "{out}"
     );
-    assert!(
-        !out.contains("templated__") && !out.contains("built-by-the-template"),
-        "{out}"
-    );
+    assert!(!out.contains("templated__") && !out.contains("built-by-the-template"), "{out}");
     // Unused fixtures: 20 names without --verbose.
-    let run = sb
-        .xtask(&["secrets", "check", "--infra", &tree(&sb, "chart-templates")])
-        .code(1);
+    let run = sb.xtask(&["secrets", "check", "--infra", &tree(&sb, "chart-templates")]).code(1);
     assert!(
         run.stdout.contains("UNUSED FIXTURES (info) (46)")
             && run.stdout.contains("  (and 26 more; --verbose"),
@@ -327,13 +208,8 @@ fn the_static_scan_finds_literal_keys_in_chart_templates() {
 fn an_infra_tree_without_external_secrets_warns() {
     let sb = Sandbox::new();
     sb.write("empty-infra/values/readme.yaml", "nothing: here\n");
-    let run = sb
-        .xtask(&["secrets", "check", "--infra", "empty-infra"])
-        .ok();
-    assert_contains(
-        &run.stderr,
-        "warning: no ExternalSecret found in empty-infra (1 file read)",
-    );
+    let run = sb.xtask(&["secrets", "check", "--infra", "empty-infra"]).ok();
+    assert_contains(&run.stderr, "warning: no ExternalSecret found in empty-infra (1 file read)");
     let run = sb.xtask(&["secrets", "check"]).ok();
     assert!(!run.stderr.contains("warning"), "{}", run.stderr);
 }
@@ -377,10 +253,7 @@ fn each_failure_kind_gets_advice_that_works_when_followed() {
     let edit_fixtures = |f: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
         let mut fixtures = crate::support::fixtures(&sb);
         f(&mut fixtures);
-        sb.write(
-            fixtures_file,
-            &serde_json::to_string_pretty(&fixtures).unwrap(),
-        );
+        sb.write(fixtures_file, &serde_json::to_string_pretty(&fixtures).unwrap());
     };
 
     // Not in the fixtures, and a reference to the wrong property.
@@ -397,11 +270,7 @@ fn each_failure_kind_gets_advice_that_works_when_followed() {
         f.insert("graph-db-replica-password".into(), "replica-local".into());
     });
     let values = "fixtures/check/coverage/values/platform/azure-keyvault-secrets.yaml";
-    sb.write(
-        values,
-        &sb.read(values)
-            .replace("property: password", "property: value"),
-    );
+    sb.write(values, &sb.read(values).replace("property: password", "property: value"));
     sb.xtask(&["secrets", "check", "--infra", &infra]).ok();
 
     // Not in the store: the seed it names writes them.
@@ -436,10 +305,7 @@ fn each_failure_kind_gets_advice_that_works_when_followed() {
          writes them over every entry changed outside the seed",
     );
     let force = advised(&run.stderr, "graph-db-url");
-    sb.write(
-        ".local/secrets/overrides.json",
-        "{\"graph-db-url\": \"changed-by-hand\"}",
-    );
+    sb.write(".local/secrets/overrides.json", "{\"graph-db-url\": \"changed-by-hand\"}");
     live(&["--fail-on", "drift"]).ok();
     std::fs::remove_file(sb.path(".local/secrets/overrides.json")).unwrap();
     live(&["--fail-on", "drift"]).code(1);
@@ -455,20 +321,14 @@ fn each_failure_kind_gets_advice_that_works_when_followed() {
          keeps them: `cargo xtask secrets seed --provider vault --force` writes the fixtures over them (and over \
          every other entry changed outside the seed)",
     );
-    let seed_plain = run_env(&[
-        "secrets".into(),
-        "seed".into(),
-        "--provider".into(),
-        "vault".into(),
-    ]);
+    let seed_plain =
+        run_env(&["secrets".into(), "seed".into(), "--provider".into(), "vault".into()]);
     assert_contains(&seed_plain.all(), "conflict");
     run_env(&advised(&run.stderr, "redis-password")).ok();
     live(&["--fail-on", "missing,drift"]).ok();
 
     // Unused fixtures (the one added above among them): remove them.
-    let run = sb
-        .xtask(&["secrets", "check", "--fail-on", "unused"])
-        .code(1);
+    let run = sb.xtask(&["secrets", "check", "--fail-on", "unused"]).code(1);
     assert_contains(
         &run.stderr,
         "  graph-db-replica-password, threads-openai-api-key: nothing reads them: remove them from \

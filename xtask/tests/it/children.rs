@@ -7,15 +7,11 @@ use crate::support::Sandbox;
 fn no_child_is_handed_the_vault_token() {
     let sb = Sandbox::new();
     sb.scenario(serde_json::json!({"az": {}, "kubectl": {"context": "k3d-ameide"}}));
-    let tokens = [
-        ("VAULT_TOKEN", "tok-never-for-az"),
-        ("BAO_TOKEN", "tok-never-for-az"),
-    ];
+    let tokens = [("VAULT_TOKEN", "tok-never-for-az"), ("BAO_TOKEN", "tok-never-for-az")];
     // az: the whole Azure seed.
     let mut env = vec![("AZURE_KEYVAULT_NAME", "kv-dev-carol")];
     env.extend(tokens);
-    sb.xtask_env(&["secrets", "seed", "--provider", "azure"], &env)
-        .ok();
+    sb.xtask_env(&["secrets", "seed", "--provider", "azure"], &env).ok();
     // kubectl: doctor asks for the context, the CRDs and the store.
     sb.xtask_env(&["secrets", "doctor"], &tokens);
     let calls = sb.calls();

@@ -15,8 +15,7 @@ fn help_lists_every_secrets_command() {
     }
     let run = sb.xtask(&["secrets", "seed", "--help"]).ok();
     assert!(
-        run.stdout
-            .contains("cargo xtask secrets seed --provider file"),
+        run.stdout.contains("cargo xtask secrets seed --provider file"),
         "help has an example:\n{}",
         run.stdout
     );
@@ -36,24 +35,12 @@ fn usage_errors_exit_2() {
         &["secrets", "seed", "-q", "-v"],
         &["secrets", "check", "--quiet", "--verbose"],
         &["secrets", "seed", "--provider", "file", "--mount", "kv"],
-        &[
-            "secrets",
-            "check",
-            "--live",
-            "--provider",
-            "file",
-            "--mount",
-            "kv",
-        ],
+        &["secrets", "check", "--live", "--provider", "file", "--mount", "kv"],
         &["secrets", "check", "--env", "prod"],
     ] {
         let run = sb.xtask(args);
         assert_eq!(run.code, 2, "{args:?}: {}", run.all());
-        assert!(
-            run.stderr.starts_with("error: "),
-            "{args:?}: {}",
-            run.stderr
-        );
+        assert!(run.stderr.starts_with("error: "), "{args:?}: {}", run.stderr);
     }
 }
 
@@ -62,10 +49,7 @@ fn an_unknown_provider_from_the_environment_exits_2_like_the_flag() {
     let sb = Sandbox::new();
     let run = sb.xtask_env(&["secrets", "seed"], &[("SECRETS_PROVIDER", "consul")]);
     assert_eq!(run.code, 2, "{}", run.all());
-    assert_contains(
-        &run.stderr,
-        "unknown provider \"consul\" (from env SECRETS_PROVIDER)",
-    );
+    assert_contains(&run.stderr, "unknown provider \"consul\" (from env SECRETS_PROVIDER)");
 }
 
 #[test]
@@ -110,14 +94,7 @@ fn a_closed_pipe_ends_every_command_quietly() {
     for args in [
         &["secrets", "status"][..],
         &["secrets", "check", "--verbose"],
-        &[
-            "secrets",
-            "seed",
-            "--provider",
-            "file",
-            "--dry-run",
-            "--verbose",
-        ],
+        &["secrets", "seed", "--provider", "file", "--dry-run", "--verbose"],
         &["secrets", "seed", "--help"],
     ] {
         let mut child = sb
@@ -143,12 +120,7 @@ fn counts_of_one_are_singular() {
     let sb = Sandbox::new();
     sb.write(".local/one.json", "{\"only-key\": \"v\"}");
     let run = sb.seed_file(&["--fixtures", ".local/one.json"]).ok();
-    assert!(
-        run.stdout
-            .starts_with("seed: 1 secret from .local/one.json"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.starts_with("seed: 1 secret from .local/one.json"), "{}", run.stdout);
 }
 
 #[test]
@@ -157,11 +129,7 @@ fn a_pinned_tool_with_the_wrong_checksum_is_named_so() {
     sb.write(".tools/bin/helm", "#!/bin/sh\necho not helm\n");
     let run = sb.xtask_env(&["tools", "--check"], &[("PATH", "/usr/bin:/bin")]);
     assert_eq!(run.code, 1, "{}", run.all());
-    let helm = run
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("helm "))
-        .unwrap_or_default();
+    let helm = run.stdout.lines().find(|l| l.starts_with("helm ")).unwrap_or_default();
     assert!(
         helm.contains(".tools/bin/helm has the wrong sha256") && !helm.contains("missing"),
         "{}",
@@ -183,10 +151,7 @@ fn an_overrides_directory_is_called_the_overrides_file() {
 #[test]
 fn an_override_differing_from_a_fixture_only_in_case_is_refused() {
     let sb = Sandbox::new();
-    sb.write(
-        ".local/secrets/overrides.json",
-        "{\"Redis-Password\": \"mine\"}",
-    );
+    sb.write(".local/secrets/overrides.json", "{\"Redis-Password\": \"mine\"}");
     let run = sb.seed_file(&["--dry-run"]).code(1);
     assert_contains(&run.stderr, ".local/secrets/overrides.json: secret name \"Redis-Password\" differs from the fixture \"redis-password\" only in letter case");
 }

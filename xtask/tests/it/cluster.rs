@@ -179,10 +179,7 @@ pub(crate) fn kubeconfig(
     let mut entry = json!({"server": server, "certificate-authority": ca_file});
     if let Some(extra) = cluster.as_object() {
         if extra.contains_key("certificate-authority-data") {
-            entry
-                .as_object_mut()
-                .unwrap()
-                .remove("certificate-authority");
+            entry.as_object_mut().unwrap().remove("certificate-authority");
         }
         for (k, v) in extra {
             entry[k] = v.clone();
@@ -293,23 +290,16 @@ pub(crate) fn external_secret(ns: &str, name: &str, store: &str) -> Value {
 /// changes knobs and adds what is missing.
 pub(crate) fn apply(sb: &Sandbox, cluster: &Cluster, sc: &Value) {
     let context = sc["context"].as_str();
-    let user = if sc["user"].is_object() {
-        sc["user"].clone()
-    } else {
-        json!({"token": cluster.token})
-    };
+    let user =
+        if sc["user"].is_object() { sc["user"].clone() } else { json!({"token": cluster.token}) };
     let server = sc["cluster"]["server"].as_str().unwrap_or(&cluster.url);
     let config = kubeconfig(context, server, &cluster.ca_file, &user, &sc["cluster"]);
-    std::fs::write(
-        sb.home.join(".kube/config"),
-        serde_json::to_string_pretty(&config).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(sb.home.join(".kube/config"), serde_json::to_string_pretty(&config).unwrap())
+        .unwrap();
 
     let have = cluster.objects();
     let has = |kind: &str, name: &str| {
-        have.iter()
-            .any(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        have.iter().any(|o| o["kind"] == kind && o["metadata"]["name"] == name)
     };
     let mut objects = Vec::new();
     for ns in ["vault", "external-secrets", "ameide", "team", "other"] {
@@ -328,9 +318,7 @@ pub(crate) fn apply(sb: &Sandbox, cluster: &Cluster, sc: &Value) {
             let phase = pf["pod_phase"].as_str().unwrap_or("Running");
             objects.push(pod("vault", service_name, 8200, phase));
         }
-        let upstream = addr
-            .trim_start_matches("http://")
-            .trim_start_matches("https://");
+        let upstream = addr.trim_start_matches("http://").trim_start_matches("https://");
         cluster.knobs(json!({"upstreams": {format!("vault/{service_name}-0"): upstream}}));
     }
     let mut portforward = json!({"websocket": true, "refuse": false, "die_after": [null]});
@@ -364,11 +352,7 @@ pub(crate) fn apply(sb: &Sandbox, cluster: &Cluster, sc: &Value) {
             let provider = eso["provider"].as_str().unwrap_or("vault");
             objects.push(store(provider, None));
         }
-        for e in eso["externalsecrets"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-        {
+        for e in eso["externalsecrets"].as_array().cloned().unwrap_or_default() {
             let name = e["name"].as_str().unwrap();
             if has("ExternalSecret", name) {
                 continue;
@@ -376,9 +360,7 @@ pub(crate) fn apply(sb: &Sandbox, cluster: &Cluster, sc: &Value) {
             let mut o = external_secret(
                 e["namespace"].as_str().unwrap_or("ameide"),
                 name,
-                e["store"]
-                    .as_str()
-                    .unwrap_or("ClusterSecretStore/ameide-vault"),
+                e["store"].as_str().unwrap_or("ClusterSecretStore/ameide-vault"),
             );
             for key in ["refreshInterval", "refreshPolicy"] {
                 if !e[key].is_null() {
@@ -422,10 +404,7 @@ pub(crate) fn wait_settled(cluster: &Cluster) {
         if pending.is_empty() {
             return;
         }
-        assert!(
-            Instant::now() < until,
-            "ESO did not reconcile {pending:?} within 10 s"
-        );
+        assert!(Instant::now() < until, "ESO did not reconcile {pending:?} within 10 s");
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -28,18 +28,12 @@ fn keyed(key: &str, name: &str, value: &str) -> String {
     mac.update(name.as_bytes());
     mac.update(&[0]);
     mac.update(value.as_bytes());
-    mac.finalize().into_bytes()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    mac.finalize().into_bytes()[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The longest run of hex digits in `text`.
 fn longest_hex_run(text: &str) -> usize {
-    text.split(|c: char| !c.is_ascii_hexdigit())
-        .map(str::len)
-        .max()
-        .unwrap_or(0)
+    text.split(|c: char| !c.is_ascii_hexdigit()).map(str::len).max().unwrap_or(0)
 }
 
 /// The KV v2 mount's key, read as anyone who may read values would.
@@ -52,19 +46,12 @@ fn vault_key(bao: &OpenBao) -> String {
 
 fn custom_metadata(bao: &OpenBao, name: &str) -> (u64, HashMap<String, String>) {
     let meta = block_on(vaultrs::kv2::read_metadata(&bao.client(), "secret", name)).unwrap();
-    (
-        meta.current_version,
-        meta.custom_metadata.unwrap_or_default(),
-    )
+    (meta.current_version, meta.custom_metadata.unwrap_or_default())
 }
 
 fn bao_ok(bao: &OpenBao, args: &[&str]) -> String {
     let out = bao.bao(args);
-    assert!(
-        out.status.success(),
-        "bao {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "bao {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -108,39 +95,17 @@ fn kv2_metadata_holds_a_keyed_digest_that_a_metadata_reader_cannot_test() {
         "path \"secret/metadata/*\" { capabilities = [\"read\", \"list\"] }\n",
     );
     let policy = sb.path("meta-only.hcl");
-    bao_ok(
-        &bao,
-        &["policy", "write", "meta-only", policy.to_str().unwrap()],
-    );
-    let token = bao_ok(
-        &bao,
-        &["token", "create", "-policy=meta-only", "-field=token"],
-    );
+    bao_ok(&bao, &["policy", "write", "meta-only", policy.to_str().unwrap()]);
+    let token = bao_ok(&bao, &["token", "create", "-policy=meta-only", "-field=token"]);
     let reader = crate::support::vault_client(&bao.addr, token.trim());
-    let meta = block_on(vaultrs::kv2::read_metadata(
-        &reader,
-        "secret",
-        "redis-password",
-    ));
+    let meta = block_on(vaultrs::kv2::read_metadata(&reader, "secret", "redis-password"));
     assert!(meta.is_ok(), "{meta:?}");
     let denied: Result<HashMap<String, String>, _> =
         block_on(vaultrs::kv2::read(&reader, "secret", RECORD));
-    assert!(
-        format!("{denied:?}").contains("403"),
-        "a metadata reader reads the key: {denied:?}"
-    );
+    assert!(format!("{denied:?}").contains("403"), "a metadata reader reads the key: {denied:?}");
     // `check --live` neither reports the record entry nor counts it.
-    let check = sb.xtask_env(
-        &[
-            "secrets",
-            "check",
-            "--live",
-            "--provider",
-            "vault",
-            "--verbose",
-        ],
-        &bao.env(),
-    );
+    let check = sb
+        .xtask_env(&["secrets", "check", "--live", "--provider", "vault", "--verbose"], &bao.env());
     assert!(!check.all().contains(RECORD), "{}", check.all());
 }
 
@@ -149,8 +114,7 @@ fn azure_tags_and_az_argv_carry_no_unkeyed_digest() {
     let sb = Sandbox::new();
     let fx = fixtures(&sb);
     let env = [("AZURE_KEYVAULT_NAME", "kv-dev-carol")];
-    sb.xtask_env(&["secrets", "seed", "--provider", "azure"], &env)
-        .ok();
+    sb.xtask_env(&["secrets", "seed", "--provider", "azure"], &env).ok();
     let kv = keyvault(&sb);
     let vault = &kv["kv-dev-carol"];
     let key_doc: Value = serde_json::from_str(vault[AZ_KEY]["value"].as_str().unwrap()).unwrap();
@@ -162,16 +126,11 @@ fn azure_tags_and_az_argv_carry_no_unkeyed_digest() {
         assert_eq!(tags["managed-by"], MANAGED_BY, "{name}");
         assert_eq!(tags["fixture-hmac"], keyed(key, name, value), "{name}");
         assert!(tags.get("fixture-sha256").is_none(), "{name}: {tags}");
-        assert!(
-            !tags.to_string().contains(&sha256_hex(value)[..16]),
-            "{name}: {tags}"
-        );
+        assert!(!tags.to_string().contains(&sha256_hex(value)[..16]), "{name}: {tags}");
     }
     // No digest of any kind in argv: the keyed one goes through a file too.
     let calls = sb.calls();
-    assert!(calls
-        .iter()
-        .any(|c| c.argv.iter().any(|a| a.starts_with("fixture-hmac=@"))));
+    assert!(calls.iter().any(|c| c.argv.iter().any(|a| a.starts_with("fixture-hmac=@"))));
     for c in &calls {
         let argv = c.argv.join(" ");
         assert!(longest_hex_run(&argv) < 16, "a digest in az's argv: {argv}");
@@ -182,17 +141,8 @@ fn azure_tags_and_az_argv_carry_no_unkeyed_digest() {
         }
     }
     // Listings leave the key out.
-    let check = sb.xtask_env(
-        &[
-            "secrets",
-            "check",
-            "--live",
-            "--provider",
-            "azure",
-            "--verbose",
-        ],
-        &env,
-    );
+    let check =
+        sb.xtask_env(&["secrets", "check", "--live", "--provider", "azure", "--verbose"], &env);
     assert!(!check.all().contains(AZ_KEY), "{}", check.all());
 }
 
@@ -221,13 +171,7 @@ fn seed_like_the_release_before(bao: &OpenBao, fx: &serde_json::Map<String, Valu
         .collect();
         let mut request = vaultrs::api::kv2::requests::SetSecretMetadataRequest::builder();
         request.custom_metadata(custom);
-        block_on(vaultrs::kv2::set_metadata(
-            &client,
-            "secret",
-            name,
-            Some(&mut request),
-        ))
-        .unwrap();
+        block_on(vaultrs::kv2::set_metadata(&client, "secret", name, Some(&mut request))).unwrap();
     }
 }
 
@@ -239,10 +183,7 @@ fn a_kv2_store_from_the_release_before_is_restamped_keyed_without_conflicts() {
     let mut fx = fixtures(&sb);
     // The release before seeded an older fixture for graph-db-password.
     let mut before = fx.clone();
-    before.insert(
-        "graph-db-password".into(),
-        "fixture-of-the-release-before".into(),
-    );
+    before.insert("graph-db-password".into(), "fixture-of-the-release-before".into());
     seed_like_the_release_before(&bao, &before);
     let client = bao.client();
     // Then someone edited redis-password by hand.
@@ -264,10 +205,8 @@ fn a_kv2_store_from_the_release_before_is_restamped_keyed_without_conflicts() {
     assert_eq!(action(&took, "redis-password"), "conflict");
     assert_eq!(took["counts"]["conflict"], 1, "only the hand edit");
     let calls = std::mem::take(&mut *seen.lock().unwrap());
-    let value_writes: Vec<&String> = calls
-        .iter()
-        .filter(|c| c.starts_with("POST /v1/secret/data/"))
-        .collect();
+    let value_writes: Vec<&String> =
+        calls.iter().filter(|c| c.starts_with("POST /v1/secret/data/")).collect();
     assert_eq!(
         value_writes,
         [
@@ -283,16 +222,8 @@ fn a_kv2_store_from_the_release_before_is_restamped_keyed_without_conflicts() {
         let (version, custom) = custom_metadata(&bao, name);
         let want_version = if name == "graph-db-password" { 2 } else { 1 };
         assert_eq!(version, want_version, "{name}");
-        assert_eq!(
-            custom["fixture-hmac"],
-            keyed(&key, name, value.as_str().unwrap()),
-            "{name}"
-        );
-        assert_eq!(
-            custom["fixture-version"],
-            want_version.to_string(),
-            "{name}"
-        );
+        assert_eq!(custom["fixture-hmac"], keyed(&key, name, value.as_str().unwrap()), "{name}");
+        assert_eq!(custom["fixture-version"], want_version.to_string(), "{name}");
         assert!(!custom.contains_key("fixture-sha256"), "{name}: {custom:?}");
     }
     let kept: HashMap<String, String> =
@@ -327,11 +258,7 @@ fn an_azure_vault_from_the_release_before_is_restamped_keyed_without_conflicts()
     let mut vault = serde_json::Map::new();
     for (name, value) in &fx {
         let value = value.as_str().unwrap();
-        let stored = if name == "redis-password" {
-            "edited-by-hand"
-        } else {
-            value
-        };
+        let stored = if name == "redis-password" { "edited-by-hand" } else { value };
         vault.insert(
             name.clone(),
             json!({"value": json!({"value": stored}).to_string(), "version": 1,
@@ -339,18 +266,11 @@ fn an_azure_vault_from_the_release_before_is_restamped_keyed_without_conflicts()
                    "tags": {"managed-by": MANAGED_BY, "fixture-sha256": sha256_hex(value)}}),
         );
     }
-    std::fs::write(
-        sb.fake_dir.join("keyvault.json"),
-        json!({ "kv-dev-dave": vault }).to_string(),
-    )
-    .unwrap();
+    std::fs::write(sb.fake_dir.join("keyvault.json"), json!({ "kv-dev-dave": vault }).to_string())
+        .unwrap();
     let env = [("AZURE_KEYVAULT_NAME", "kv-dev-dave")];
-    let run = sb
-        .xtask_env(
-            &["secrets", "seed", "--provider", "azure", "--output", "json"],
-            &env,
-        )
-        .code(1);
+    let run =
+        sb.xtask_env(&["secrets", "seed", "--provider", "azure", "--output", "json"], &env).code(1);
     let took = report(&run);
     assert_eq!(took["counts"]["restamp"], fx.len() - 1, "{}", run.all());
     assert_eq!(action(&took, "redis-password"), "conflict");
@@ -370,10 +290,7 @@ fn an_azure_vault_from_the_release_before_is_restamped_keyed_without_conflicts()
     for (name, value) in fx.iter().filter(|(n, _)| *n != "redis-password") {
         let entry = &vault[name];
         assert_eq!(entry["version"], 1, "{name}: no value written");
-        assert_eq!(
-            entry["tags"]["fixture-hmac"],
-            keyed(key, name, value.as_str().unwrap())
-        );
+        assert_eq!(entry["tags"]["fixture-hmac"], keyed(key, name, value.as_str().unwrap()));
         assert!(entry["tags"].get("fixture-sha256").is_none(), "{name}");
     }
     assert_eq!(
@@ -389,22 +306,14 @@ fn an_azure_vault_from_the_release_before_is_restamped_keyed_without_conflicts()
     // The next run writes nothing; the hand edit is still a conflict.
     let before = sb.calls().len();
     let again = report(
-        &sb.xtask_env(
-            &["secrets", "seed", "--provider", "azure", "--output", "json"],
-            &env,
-        )
-        .code(1),
+        &sb.xtask_env(&["secrets", "seed", "--provider", "azure", "--output", "json"], &env)
+            .code(1),
     );
     assert_eq!(again["counts"]["unchanged"], fx.len() - 1);
     assert_eq!(action(&again, "redis-password"), "conflict");
     let writes = sb.calls()[before..]
         .iter()
-        .filter(|c| {
-            matches!(
-                c.argv.get(2).map(String::as_str),
-                Some("set" | "set-attributes")
-            )
-        })
+        .filter(|c| matches!(c.argv.get(2).map(String::as_str), Some("set" | "set-attributes")))
         .count();
     assert_eq!(writes, 0, "a no-op re-seed writes nothing");
 }

@@ -87,8 +87,5 @@ fn every_quickstart_command_works_on_a_clean_copy() {
 #[test]
 fn finds_commands_in_sh_blocks_only() {
     let md = "text\n```sh\ncargo xtask a   # comment\n\n# only a comment\n```\n```toml\nx = 1\n```\n```sh\nVAULT_ADDR=x cargo xtask b\n```\n";
-    assert_eq!(
-        commands(md),
-        ["cargo xtask a", "VAULT_ADDR=x cargo xtask b"]
-    );
+    assert_eq!(commands(md), ["cargo xtask a", "VAULT_ADDR=x cargo xtask b"]);
 }

@@ -38,15 +38,9 @@ fn doctor_tools() -> bool {
 /// controller makes); the API server reviews it as its own.
 fn mint(sb: &Sandbox, ns: &str, name: &str) -> String {
     let kubectl = crate::support::find_on(&crate::support::tools_path(), "kubectl").unwrap();
-    let out = sb
-        .command_of(&kubectl, &["create", "token", name, "--namespace", ns])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl create token: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        sb.command_of(&kubectl, &["create", "token", name, "--namespace", ns]).output().unwrap();
+    assert!(out.status.success(), "kubectl create token: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -116,28 +110,18 @@ fn sandbox_with_cluster() -> Sandbox {
 /// `bao read -format=json <path>`'s `data`.
 fn bao_read(bao: &OpenBao, path: &str) -> Value {
     let out = bao.bao(&["read", "-format=json", path]);
-    assert!(
-        out.status.success(),
-        "bao read {path}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "bao read {path}: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice::<Value>(&out.stdout).unwrap()["data"].clone()
 }
 
 fn bao_ok(bao: &OpenBao, args: &[&str]) -> String {
     let out = bao.bao(args);
-    assert!(
-        out.status.success(),
-        "bao {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "bao {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn is_write(call: &str) -> bool {
-    ["POST ", "PUT ", "PATCH ", "DELETE "]
-        .iter()
-        .any(|v| call.starts_with(v))
+    ["POST ", "PUT ", "PATCH ", "DELETE "].iter().any(|v| call.starts_with(v))
 }
 
 #[test]
@@ -159,10 +143,7 @@ fn a_seed_sets_up_esos_access_and_a_second_seed_writes_nothing() {
     ] {
         assert!(dry.stdout.contains(line), "{line}:\n{}", dry.stdout);
     }
-    assert!(
-        !bao_ok(&bao, &["auth", "list"]).contains("kubernetes/"),
-        "a dry run enables nothing"
-    );
+    assert!(!bao_ok(&bao, &["auth", "list"]).contains("kubernetes/"), "a dry run enables nothing");
 
     let (proxy, seen) = recording(&bao);
     let seeded = vault_seed(&sb, &proxy.addr(), &bao.token, &[]).ok();
@@ -189,19 +170,9 @@ fn a_seed_sets_up_esos_access_and_a_second_seed_writes_nothing() {
     assert_eq!(auths["kubernetes/"]["type"], "kubernetes", "{auths}");
     let config = bao_read(&bao, "auth/kubernetes/config");
     // Outside a pod (this is `bao server -dev`), the kube context's server and CA.
-    assert_eq!(
-        config["kubernetes_host"],
-        sb.cluster().url.as_str(),
-        "{config}"
-    );
-    assert!(config["kubernetes_ca_cert"]
-        .as_str()
-        .unwrap()
-        .contains("BEGIN CERTIFICATE"));
-    assert_eq!(
-        config["token_reviewer_jwt_set"], false,
-        "Vault's own reviewer"
-    );
+    assert_eq!(config["kubernetes_host"], sb.cluster().url.as_str(), "{config}");
+    assert!(config["kubernetes_ca_cert"].as_str().unwrap().contains("BEGIN CERTIFICATE"));
+    assert_eq!(config["token_reviewer_jwt_set"], false, "Vault's own reviewer");
     let policy = bao_ok(&bao, &["policy", "read", "external-secrets"]);
     assert!(
         policy.contains("path \"secret/data/*\" {\n  capabilities = [\"read\"]\n}"),
@@ -212,14 +183,8 @@ fn a_seed_sets_up_esos_access_and_a_second_seed_writes_nothing() {
         "{policy}"
     );
     let role = bao_read(&bao, "auth/kubernetes/role/external-secrets");
-    assert_eq!(
-        role["bound_service_account_names"],
-        json!(["external-secrets"])
-    );
-    assert_eq!(
-        role["bound_service_account_namespaces"],
-        json!(["external-secrets"])
-    );
+    assert_eq!(role["bound_service_account_names"], json!(["external-secrets"]));
+    assert_eq!(role["bound_service_account_namespaces"], json!(["external-secrets"]));
     assert_eq!(role["token_policies"], json!(["external-secrets"]));
     assert_eq!(role["token_ttl"], 900, "15m from the store chart's values");
 
@@ -237,10 +202,7 @@ fn a_seed_sets_up_esos_access_and_a_second_seed_writes_nothing() {
     let writes: Vec<&String> = calls.iter().filter(|c| is_write(c)).collect();
     assert!(writes.is_empty(), "a second seed wrote: {writes:#?}");
     // The guardrail's seal-status answer is the one connecting uses.
-    let seals = calls
-        .iter()
-        .filter(|c| c.contains("sys/seal-status"))
-        .count();
+    let seals = calls.iter().filter(|c| c.contains("sys/seal-status")).count();
     assert_eq!(seals, 1, "{calls:#?}");
 
     // Someone loosens the policy by hand: the next seed puts it back, and only it.
@@ -249,28 +211,13 @@ fn a_seed_sets_up_esos_access_and_a_second_seed_writes_nothing() {
         "path \"secret/*\" { capabilities = [\"create\", \"read\", \"update\"] }\n",
     )
     .unwrap();
-    bao_ok(
-        &bao,
-        &[
-            "policy",
-            "write",
-            "external-secrets",
-            sb.path("loose.hcl").to_str().unwrap(),
-        ],
-    );
+    bao_ok(&bao, &["policy", "write", "external-secrets", sb.path("loose.hcl").to_str().unwrap()]);
     seen.lock().unwrap().clear();
     let fixed = report(&vault_seed(&sb, &proxy.addr(), &bao.token, &[]).ok());
-    assert_eq!(
-        fixed["eso_access"]["applied"]["written"],
-        json!(["policy external-secrets"])
-    );
+    assert_eq!(fixed["eso_access"]["applied"]["written"], json!(["policy external-secrets"]));
     let calls = seen.lock().unwrap().clone();
     let writes: Vec<&String> = calls.iter().filter(|c| is_write(c)).collect();
-    assert_eq!(
-        writes,
-        ["POST /v1/sys/policies/acl/external-secrets"],
-        "{calls:#?}"
-    );
+    assert_eq!(writes, ["POST /v1/sys/policies/acl/external-secrets"], "{calls:#?}");
 }
 
 #[test]
@@ -292,8 +239,7 @@ fn names_come_from_the_values_not_the_code() {
     let layer = "infra/kubernetes/environments/local/platform/15-secrets.values.yaml";
     sb.write(
         layer,
-        &sb.read(layer)
-            .replace("    role: external-secrets\n", "    role: eso-reader\n"),
+        &sb.read(layer).replace("    role: external-secrets\n", "    role: eso-reader\n"),
     );
     vault_seed(&sb, &bao.addr, &bao.token, &[]).ok();
     let role = bao_read(&bao, "auth/k8s-eso/role/eso-reader");
@@ -316,23 +262,14 @@ fn a_real_login_is_bound_to_esos_service_account_and_reads_only() {
     // Vault runs outside the cluster: ESO's own token is the reviewer, so
     // without system:auth-delegator every login is refused at review.
     let jwt = mint(&sb, "external-secrets", "external-secrets");
-    let login = block_on(vaultrs::auth::kubernetes::login(
-        &anon,
-        "kubernetes",
-        "external-secrets",
-        &jwt,
-    ));
+    let login =
+        block_on(vaultrs::auth::kubernetes::login(&anon, "kubernetes", "external-secrets", &jwt));
     assert_forbidden(&login, "a login whose reviewer may not review");
     assert_eq!(reviews(&sb), 1, "OpenBao asked the API server");
-    sb.cluster()
-        .put(&[auth_delegator("external-secrets", "external-secrets")]);
-    let auth = block_on(vaultrs::auth::kubernetes::login(
-        &anon,
-        "kubernetes",
-        "external-secrets",
-        &jwt,
-    ))
-    .expect("ESO's service account logs in");
+    sb.cluster().put(&[auth_delegator("external-secrets", "external-secrets")]);
+    let auth =
+        block_on(vaultrs::auth::kubernetes::login(&anon, "kubernetes", "external-secrets", &jwt))
+            .expect("ESO's service account logs in");
     let mut policies = auth.policies.clone();
     policies.sort();
     assert_eq!(policies, ["default", "external-secrets"]);
@@ -362,14 +299,8 @@ fn a_real_login_is_bound_to_esos_service_account_and_reads_only() {
 
     // The role's bindings: another service account, or ESO's name in
     // another namespace, is refused, though the API server knows both.
-    sb.cluster().put(&[crate::cluster::service_account(
-        "ameide",
-        "external-secrets",
-    )]);
-    for (ns, name) in [
-        ("external-secrets", "default"),
-        ("ameide", "external-secrets"),
-    ] {
+    sb.cluster().put(&[crate::cluster::service_account("ameide", "external-secrets")]);
+    for (ns, name) in [("external-secrets", "default"), ("ameide", "external-secrets")] {
         let other = mint(&sb, ns, name);
         let login = block_on(vaultrs::auth::kubernetes::login(
             &anon,
@@ -406,8 +337,7 @@ fn check_as_eso_reads_every_key_and_fails_on_a_policy_that_writes() {
     let env = bao.env();
     vault_seed(&sb, &bao.addr, &bao.token, &[]).ok();
     // ESO's own token reviews itself (OpenBao runs outside the cluster).
-    sb.cluster()
-        .put(&[auth_delegator("external-secrets", "external-secrets")]);
+    sb.cluster().put(&[auth_delegator("external-secrets", "external-secrets")]);
     let check = |extra: &[&str]| {
         let mut args = vec!["secrets", "check", "--live", "--as-eso"];
         args.extend_from_slice(extra);
@@ -425,15 +355,7 @@ fn check_as_eso_reads_every_key_and_fails_on_a_policy_that_writes() {
         "path \"secret/data/*\" { capabilities = [\"create\", \"read\", \"update\"] }\n\
          path \"secret/data/redis-password\" { capabilities = [\"deny\"] }\n",
     );
-    bao_ok(
-        &bao,
-        &[
-            "policy",
-            "write",
-            "external-secrets",
-            sb.path("wide.hcl").to_str().unwrap(),
-        ],
-    );
+    bao_ok(&bao, &["policy", "write", "external-secrets", sb.path("wide.hcl").to_str().unwrap()]);
     let before = block_on(vaultrs::kv2::read_metadata(
         &bao.client(),
         "secret",
@@ -451,8 +373,7 @@ fn check_as_eso_reads_every_key_and_fails_on_a_policy_that_writes() {
         bad.stdout
     );
     assert!(
-        bad.stderr
-            .contains("1 keys ESO cannot read (redis-password)")
+        bad.stderr.contains("1 keys ESO cannot read (redis-password)")
             && bad.stderr.contains("ESO's policy lets it write")
             && bad.stderr.contains("cargo xtask secrets seed"),
         "{}",
@@ -469,11 +390,7 @@ fn check_as_eso_reads_every_key_and_fails_on_a_policy_that_writes() {
     // No lingering tokens: the probe's token is revoked.
     let accessors = bao_ok(&bao, &["list", "-format=json", "auth/token/accessors"]);
     assert_eq!(
-        serde_json::from_str::<Value>(&accessors)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .len(),
+        serde_json::from_str::<Value>(&accessors).unwrap().as_array().unwrap().len(),
         1,
         "only the root token: {accessors}"
     );
@@ -485,8 +402,7 @@ fn check_as_eso_reads_every_key_and_fails_on_a_policy_that_writes() {
     bao_ok(&bao, &["delete", "auth/kubernetes/role/external-secrets"]);
     let gone = check(&[]).code(1);
     assert!(
-        gone.stderr
-            .contains("auth/kubernetes/role/external-secrets does not exist")
+        gone.stderr.contains("auth/kubernetes/role/external-secrets does not exist")
             && gone.stderr.contains("cargo xtask secrets seed"),
         "{}",
         gone.stderr
@@ -505,23 +421,12 @@ fn a_token_that_may_not_manage_auth_still_seeds_and_says_what_it_skipped() {
         "path \"secret/data/*\" { capabilities = [\"create\", \"read\", \"update\"] }\n\
          path \"secret/metadata/*\" { capabilities = [\"create\", \"read\", \"update\", \"patch\", \"list\"] }\n",
     );
-    bao_ok(
-        &bao,
-        &[
-            "policy",
-            "write",
-            "seeder",
-            sb.path("seeder.hcl").to_str().unwrap(),
-        ],
-    );
+    bao_ok(&bao, &["policy", "write", "seeder", sb.path("seeder.hcl").to_str().unwrap()]);
     let token = bao_ok(&bao, &["token", "create", "-policy=seeder", "-field=token"]);
     let run = sb
         .xtask_env(
             &["secrets", "seed"],
-            &[
-                ("VAULT_ADDR", bao.addr.as_str()),
-                ("VAULT_TOKEN", token.trim()),
-            ],
+            &[("VAULT_ADDR", bao.addr.as_str()), ("VAULT_TOKEN", token.trim())],
         )
         .ok();
     assert!(
@@ -542,14 +447,8 @@ fn status_and_doctor_notice_a_vault_that_forgot_everything() {
     let bao = OpenBao::start();
     vault_seed(&sb, &bao.addr, &bao.token, &[]).ok();
     // ESO's own token reviews itself (OpenBao runs outside the cluster).
-    sb.cluster()
-        .put(&[auth_delegator("external-secrets", "external-secrets")]);
-    let env = |b: &OpenBao| {
-        [
-            ("VAULT_ADDR", b.addr.clone()),
-            ("VAULT_TOKEN", b.token.clone()),
-        ]
-    };
+    sb.cluster().put(&[auth_delegator("external-secrets", "external-secrets")]);
+    let env = |b: &OpenBao| [("VAULT_ADDR", b.addr.clone()), ("VAULT_TOKEN", b.token.clone())];
     let run = |args: &[&str], b: &OpenBao| {
         let e = env(b);
         let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -559,9 +458,7 @@ fn status_and_doctor_notice_a_vault_that_forgot_everything() {
     assert_contains(&status.stdout, "secret/ holds all 47 fixtures");
     let doctor = run(&["secrets", "doctor"], &bao).ok();
     assert!(
-        doctor
-            .stdout
-            .contains("ok    vault      secret/ holds all 47 fixtures"),
+        doctor.stdout.contains("ok    vault      secret/ holds all 47 fixtures"),
         "{}",
         doctor.stdout
     );
@@ -584,9 +481,7 @@ fn status_and_doctor_notice_a_vault_that_forgot_everything() {
     let restarted = OpenBao::start();
     let status = run(&["secrets", "status"], &restarted).ok();
     assert!(
-        status
-            .stdout
-            .contains("secret/ holds none of the 47 fixtures: it forgot them")
+        status.stdout.contains("secret/ holds none of the 47 fixtures: it forgot them")
             && status.stdout.contains("Fix: cargo xtask secrets seed"),
         "{}",
         status.stdout
@@ -599,14 +494,8 @@ fn status_and_doctor_notice_a_vault_that_forgot_everything() {
         doctor
             .stdout
             .contains("FAIL  vault      secret/ holds none of the 47 fixtures: it forgot them")
-            && doctor
-                .stdout
-                .contains("FAIL  eso access ESO cannot log in to Vault")
-            && doctor
-                .stdout
-                .matches("fix: cargo xtask secrets seed")
-                .count()
-                == 2,
+            && doctor.stdout.contains("FAIL  eso access ESO cannot log in to Vault")
+            && doctor.stdout.matches("fix: cargo xtask secrets seed").count() == 2,
         "{}",
         doctor.stdout
     );
@@ -629,20 +518,9 @@ fn doctor_names_the_capabilities_a_read_only_token_lacks() {
         "path \"secret/data/*\" { capabilities = [\"read\"] }\n\
          path \"secret/metadata/*\" { capabilities = [\"read\", \"list\"] }\n",
     );
-    bao_ok(
-        &bao,
-        &[
-            "policy",
-            "write",
-            "reader",
-            sb.path("reader.hcl").to_str().unwrap(),
-        ],
-    );
+    bao_ok(&bao, &["policy", "write", "reader", sb.path("reader.hcl").to_str().unwrap()]);
     let token = bao_ok(&bao, &["token", "create", "-policy=reader", "-field=token"]);
-    let env = [
-        ("VAULT_ADDR", bao.addr.as_str()),
-        ("VAULT_TOKEN", token.trim()),
-    ];
+    let env = [("VAULT_ADDR", bao.addr.as_str()), ("VAULT_TOKEN", token.trim())];
     let doctor = sb.xtask_env(&["secrets", "doctor"], &env).code(1);
     assert!(doctor.stdout.contains("token valid"), "{}", doctor.stdout);
     assert!(
@@ -662,10 +540,7 @@ fn doctor_names_the_capabilities_a_read_only_token_lacks() {
         doctor.stdout
     );
     // And the seed does fail as doctor said it would, once it has a write to make.
-    bao_ok(
-        &bao,
-        &["kv", "put", "secret/redis-password", "value=by-hand"],
-    );
+    bao_ok(&bao, &["kv", "put", "secret/redis-password", "value=by-hand"]);
     let seed = sb.xtask_env(&["secrets", "seed", "--force"], &env).code(1);
     assert!(seed.stderr.contains("permission denied"), "{}", seed.stderr);
 }
@@ -679,8 +554,7 @@ fn doctor_reports_external_secrets_that_are_not_ready_with_esos_reason() {
     let sb = sandbox_with_cluster();
     vault_seed(&sb, &bao.addr, &bao.token, &[]).ok();
     // ESO's own token reviews itself (OpenBao runs outside the cluster).
-    sb.cluster()
-        .put(&[auth_delegator("external-secrets", "external-secrets")]);
+    sb.cluster().put(&[auth_delegator("external-secrets", "external-secrets")]);
     // As ESO leaves them: a generic condition, the cause in a Warning
     // Event on the ExternalSecret. Frozen, so the stand-in's ESO keeps them.
     let es = |ns: &str, name: &str, store: &str, ready: bool| {
@@ -701,8 +575,7 @@ fn doctor_reports_external_secrets_that_are_not_ready_with_esos_reason() {
                "firstTimestamp": "2026-12-03T08:00:00Z", "lastTimestamp": "2026-12-03T08:05:00Z",
                "source": {"component": "external-secrets"}})
     };
-    sb.cluster()
-        .knobs(json!({"eso": {"running": true, "frozen": [
+    sb.cluster().knobs(json!({"eso": {"running": true, "frozen": [
         "ameide/graph-db", "ameide/keycloak-admin", "ameide/threads-db", "other/elsewhere"]}}));
     sb.cluster().put(&[
         es("ameide", "graph-db", "ameide-vault", true),
@@ -727,11 +600,7 @@ fn doctor_reports_external_secrets_that_are_not_ready_with_esos_reason() {
         ),
         "{out}"
     );
-    let fix = out
-        .lines()
-        .skip_while(|l| !l.contains("ameide/keycloak-admin"))
-        .nth(1)
-        .unwrap();
+    let fix = out.lines().skip_while(|l| !l.contains("ameide/keycloak-admin")).nth(1).unwrap();
     for needle in [
         "auth/kubernetes/role/external-secrets",
         "external-secrets/external-secrets",
@@ -744,10 +613,7 @@ fn doctor_reports_external_secrets_that_are_not_ready_with_esos_reason() {
             && out.contains("fix: cargo xtask secrets check --live names the key"),
         "{out}"
     );
-    assert!(
-        !out.contains("other/elsewhere"),
-        "another store's is not ours:\n{out}"
-    );
+    assert!(!out.contains("other/elsewhere"), "another store's is not ours:\n{out}");
     assert_contains(&doctor.stderr, "2 checks failed");
 }
 
@@ -766,30 +632,16 @@ fn without_a_kubeconfig_the_seed_starts_no_kubectl() {
     let config = std::fs::read_to_string(sb.home.join(".kube/config")).unwrap();
     std::fs::remove_file(sb.home.join(".kube/config")).unwrap();
     let run = sb.xtask_env(&["secrets", "seed", "--dry-run"], &env).ok();
-    assert!(
-        run.stdout
-            .contains("skipped    config auth/kubernetes/config"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("skipped    config auth/kubernetes/config"), "{}", run.stdout);
     assert_eq!(kubectl_calls(&sb), 0, "{:?}", sb.calls());
 
     // A kubeconfig named by KUBECONFIG (a list; the first one missing): kubectl is asked.
     std::fs::write(sb.home.join("kc"), config).unwrap();
-    let list = format!(
-        "{}:{}",
-        sb.home.join("missing").display(),
-        sb.home.join("kc").display()
-    );
+    let list = format!("{}:{}", sb.home.join("missing").display(), sb.home.join("kc").display());
     let mut env2 = env.to_vec();
     env2.push(("KUBECONFIG", list.as_str()));
     let run = sb.xtask_env(&["secrets", "seed", "--dry-run"], &env2).ok();
-    assert!(
-        run.stdout
-            .contains("ensure     config auth/kubernetes/config"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("ensure     config auth/kubernetes/config"), "{}", run.stdout);
     assert!(kubectl_calls(&sb) > 0, "{:?}", sb.calls());
 }
 
@@ -799,10 +651,7 @@ fn assert_forbidden<T: std::fmt::Debug>(
     what: &str,
 ) {
     assert!(
-        matches!(
-            result,
-            Err(vaultrs::error::ClientError::APIError { code: 403, .. })
-        ),
+        matches!(result, Err(vaultrs::error::ClientError::APIError { code: 403, .. })),
         "{what}: {result:?}"
     );
 }
@@ -824,16 +673,9 @@ fn a_relative_certificate_authority_is_read_from_the_kubeconfigs_folder() {
     std::fs::write(&path, config.to_string()).unwrap();
 
     let seeded = vault_seed(&sb, &bao.addr, &bao.token, &[]).ok();
-    assert!(
-        !seeded.all().contains("not set up"),
-        "ESO's access is set up: {}",
-        seeded.all()
-    );
+    assert!(!seeded.all().contains("not set up"), "ESO's access is set up: {}", seeded.all());
     let written = bao_read(&bao, "auth/kubernetes/config");
-    assert_eq!(
-        written["kubernetes_ca_cert"].as_str().unwrap().trim(),
-        ca.trim()
-    );
+    assert_eq!(written["kubernetes_ca_cert"].as_str().unwrap().trim(), ca.trim());
     assert_eq!(written["kubernetes_host"], sb.cluster().url.as_str());
 }
 
@@ -845,15 +687,8 @@ fn the_seed_names_esos_service_account_when_the_cluster_lacks_it() {
     let bao = OpenBao::start();
     let sb = sandbox_with_cluster();
     let note = "service account external-secrets/external-secrets is not in the cluster";
-    sb.cluster().delete(
-        "v1",
-        "ServiceAccount",
-        Some("external-secrets"),
-        "external-secrets",
-    );
-    let run = sb
-        .xtask_env(&["secrets", "seed", "--provider", "vault"], &bao.env())
-        .ok();
+    sb.cluster().delete("v1", "ServiceAccount", Some("external-secrets"), "external-secrets");
+    let run = sb.xtask_env(&["secrets", "seed", "--provider", "vault"], &bao.env()).ok();
     assert_contains(&run.stdout, note);
     assert_contains(
         &run.stdout,
@@ -863,10 +698,8 @@ fn the_seed_names_esos_service_account_when_the_cluster_lacks_it() {
 
     // ESO installed under another name: following the advice binds the
     // role to it, and the note goes.
-    sb.cluster().put(&[crate::cluster::service_account(
-        "foundation",
-        "foundation-external-secrets",
-    )]);
+    sb.cluster()
+        .put(&[crate::cluster::service_account("foundation", "foundation-external-secrets")]);
     let values = "infra/kubernetes/charts/platform/vault-secret-store/values.yaml";
     let text = sb.read(values).replace(
         "serviceAccount:\n  name: external-secrets\n  namespace: external-secrets\n",
@@ -874,21 +707,9 @@ fn the_seed_names_esos_service_account_when_the_cluster_lacks_it() {
     );
     assert!(text.contains("foundation-external-secrets"));
     sb.write(values, &text);
-    let run = sb
-        .xtask_env(&["secrets", "seed", "--provider", "vault"], &bao.env())
-        .ok();
-    assert!(
-        !run.stdout.contains("is not in the cluster"),
-        "{}",
-        run.stdout
-    );
+    let run = sb.xtask_env(&["secrets", "seed", "--provider", "vault"], &bao.env()).ok();
+    assert!(!run.stdout.contains("is not in the cluster"), "{}", run.stdout);
     let role = bao_read(&bao, "auth/kubernetes/role/external-secrets");
-    assert_eq!(
-        role["bound_service_account_names"],
-        json!(["foundation-external-secrets"])
-    );
-    assert_eq!(
-        role["bound_service_account_namespaces"],
-        json!(["foundation"])
-    );
+    assert_eq!(role["bound_service_account_names"], json!(["foundation-external-secrets"]));
+    assert_eq!(role["bound_service_account_namespaces"], json!(["foundation"]));
 }

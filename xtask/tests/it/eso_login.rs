@@ -46,11 +46,7 @@ fn auth_delegator(ns: &str, name: &str) -> Value {
 
 fn bao_ok(bao: &OpenBao, args: &[&str]) -> String {
     let out = bao.bao(args);
-    assert!(
-        out.status.success(),
-        "bao {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "bao {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -68,8 +64,7 @@ fn seeded(bound: bool) -> (OpenBao, Sandbox) {
     let sb = sandbox_with_cluster();
     vault_seed(&sb, &bao.addr, &bao.token, &[]).ok();
     if bound {
-        sb.cluster()
-            .put(&[auth_delegator("external-secrets", "external-secrets")]);
+        sb.cluster().put(&[auth_delegator("external-secrets", "external-secrets")]);
     }
     (bao, sb)
 }
@@ -81,10 +76,8 @@ const LOGGED_IN: &str = "as ESO (logged in as external-secrets/external-secrets 
 
 /// The command between the backticks that follow `Fix: ` in `text`.
 fn fix_command(text: &str) -> Vec<String> {
-    let after = text
-        .split_once("Fix: `")
-        .unwrap_or_else(|| panic!("no `Fix: ` command in:\n{text}"))
-        .1;
+    let after =
+        text.split_once("Fix: `").unwrap_or_else(|| panic!("no `Fix: ` command in:\n{text}")).1;
     let command = after.split_once('`').unwrap().0;
     command.split_whitespace().map(String::from).collect()
 }
@@ -93,17 +86,9 @@ fn fix_command(text: &str) -> Vec<String> {
 /// would (`args` may start with `kubectl`).
 fn run_kubectl(sb: &Sandbox, args: &[String]) {
     let kubectl = crate::support::find_on(&crate::support::tools_path(), "kubectl").unwrap();
-    let args: Vec<&str> = args
-        .iter()
-        .map(String::as_str)
-        .skip_while(|a| *a == "kubectl")
-        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).skip_while(|a| *a == "kubectl").collect();
     let out = sb.command_of(&kubectl, &args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The stand-in's request log: how many TokenRequests and TokenReviews.
@@ -124,11 +109,7 @@ fn a_login_through_the_cluster_reads_every_key_and_revokes_its_token() {
     let (bao, sb) = seeded(true);
     let run = check(&sb, &bao, &[]).ok();
     assert_contains(&run.stdout, LOGGED_IN);
-    assert_eq!(
-        token_calls(&sb),
-        (1, 1),
-        "one TokenRequest, one TokenReview"
-    );
+    assert_eq!(token_calls(&sb), (1, 1), "one TokenRequest, one TokenReview");
     let j = report(&check(&sb, &bao, &["--output", "json"]).ok());
     let a = &j["as_eso"];
     assert_eq!(a["method"], "login", "{a}");
@@ -138,11 +119,9 @@ fn a_login_through_the_cluster_reads_every_key_and_revokes_its_token() {
     assert_eq!(a["read"].as_array().unwrap().len(), 44);
     assert_eq!(a["write_refused"], true);
     // ESO's Vault tokens were revoked: only the root token is left.
-    let accessors: Value = serde_json::from_str(&bao_ok(
-        &bao,
-        &["list", "-format=json", "auth/token/accessors"],
-    ))
-    .unwrap();
+    let accessors: Value =
+        serde_json::from_str(&bao_ok(&bao, &["list", "-format=json", "auth/token/accessors"]))
+            .unwrap();
     assert_eq!(accessors.as_array().unwrap().len(), 1, "{accessors}");
 }
 
@@ -170,11 +149,7 @@ fn an_unbound_reviewer_is_named_with_the_binding_to_create_and_doctor_agrees() {
         &run.stderr,
         &format!("error: ESO cannot log in to Vault: {cause}. Fix: {fix}"),
     );
-    assert!(
-        !run.all().contains("keys read"),
-        "nothing was read:\n{}",
-        run.all()
-    );
+    assert!(!run.all().contains("keys read"), "nothing was read:\n{}", run.all());
     let j = report(&check(&sb, &bao, &["--output", "json"]).code(1));
     assert_eq!(j["as_eso"]["method"], "login");
     assert_eq!(j["as_eso"]["login_refused"]["cause"], cause);
@@ -209,21 +184,10 @@ fn a_token_that_may_not_read_esos_role_says_what_it_could_not_check() {
          path \"secret/metadata/\" { capabilities = [\"list\"] }\n",
     );
     let policy = sb.path("developer.hcl");
-    bao_ok(
-        &bao,
-        &["policy", "write", "developer", policy.to_str().unwrap()],
-    );
-    let token = bao_ok(
-        &bao,
-        &["token", "create", "-policy=developer", "-field=token"],
-    );
-    let env = [
-        ("VAULT_ADDR", bao.addr.as_str()),
-        ("VAULT_TOKEN", token.trim()),
-    ];
-    let run = sb
-        .xtask_env(&["secrets", "check", "--live", "--as-eso"], &env)
-        .code(1);
+    bao_ok(&bao, &["policy", "write", "developer", policy.to_str().unwrap()]);
+    let token = bao_ok(&bao, &["token", "create", "-policy=developer", "-field=token"]);
+    let env = [("VAULT_ADDR", bao.addr.as_str()), ("VAULT_TOKEN", token.trim())];
+    let run = sb.xtask_env(&["secrets", "check", "--live", "--as-eso"], &env).code(1);
     assert_contains(
         &run.stderr,
         "error: ESO cannot log in to Vault: Vault refused the login (permission denied); not checked: the token \
@@ -245,12 +209,7 @@ fn a_missing_service_account_is_named_and_following_the_fix_logs_in() {
         return;
     }
     let (bao, sb) = seeded(true);
-    sb.cluster().delete(
-        "v1",
-        "ServiceAccount",
-        Some("external-secrets"),
-        "external-secrets",
-    );
+    sb.cluster().delete("v1", "ServiceAccount", Some("external-secrets"), "external-secrets");
     let run = check(&sb, &bao, &[]).code(1);
     assert_contains(
         &run.stderr,
@@ -264,10 +223,8 @@ fn a_missing_service_account_is_named_and_following_the_fix_logs_in() {
 
     // ESO runs as foundation/foundation-external-secrets: the values name
     // it, the seed binds the role to it, and it reviews itself once bound.
-    sb.cluster().put(&[crate::cluster::service_account(
-        "foundation",
-        "foundation-external-secrets",
-    )]);
+    sb.cluster()
+        .put(&[crate::cluster::service_account("foundation", "foundation-external-secrets")]);
     let values = "infra/kubernetes/charts/platform/vault-secret-store/values.yaml";
     let text = sb.read(values).replace(
         "serviceAccount:\n  name: external-secrets\n  namespace: external-secrets\n",
@@ -371,28 +328,14 @@ fn an_auth_config_vault_cannot_use_is_named_and_the_seed_writes_it_again() {
     // a CA changed after a login would not be used until it reconnects.)
     let other = sb.path("other-ca.pem");
     let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=other",
-        ])
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=other"])
         .arg("-keyout")
         .arg(sb.path("other-ca.key"))
         .arg("-out")
         .arg(&other)
         .output()
         .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     bao_ok(
         &bao,
         &[
@@ -415,20 +358,9 @@ fn an_auth_config_vault_cannot_use_is_named_and_the_seed_writes_it_again() {
 
     for (host, note) in [
         ("https://127.0.0.1:1", ""),
-        (
-            "https://kubernetes.default.svc",
-            " (an in-cluster address, which only pods resolve)",
-        ),
+        ("https://kubernetes.default.svc", " (an in-cluster address, which only pods resolve)"),
     ] {
-        bao_ok(
-            &bao,
-            &[
-                "write",
-                "auth/kubernetes/config",
-                &format!("kubernetes_host={host}"),
-                &ca,
-            ],
-        );
+        bao_ok(&bao, &["write", "auth/kubernetes/config", &format!("kubernetes_host={host}"), &ca]);
         let run = check(&sb, &bao, &[]).code(1);
         assert_contains(
             &run.stderr,
@@ -445,10 +377,7 @@ fn an_auth_config_vault_cannot_use_is_named_and_the_seed_writes_it_again() {
     // A reviewer JWT set by hand, of a service account that may not review.
     let kubectl = crate::support::find_on(&crate::support::tools_path(), "kubectl").unwrap();
     let out = sb
-        .command_of(
-            &kubectl,
-            &["create", "token", "default", "--namespace", "ameide"],
-        )
+        .command_of(&kubectl, &["create", "token", "default", "--namespace", "ameide"])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -480,14 +409,7 @@ fn an_audience_mismatch_is_named_with_both_audiences() {
         return;
     }
     let (bao, sb) = seeded(true);
-    bao_ok(
-        &bao,
-        &[
-            "write",
-            "auth/kubernetes/role/external-secrets",
-            "audience=vault",
-        ],
-    );
+    bao_ok(&bao, &["write", "auth/kubernetes/role/external-secrets", "audience=vault"]);
     let run = check(&sb, &bao, &[]).code(1);
     assert_contains(
         &run.stderr,
@@ -497,14 +419,7 @@ fn an_audience_mismatch_is_named_with_both_audiences() {
          accept the token's audience: `bao write auth/kubernetes/role/external-secrets audience=\"\"`",
     );
     // `audience=""` in a shell is an empty value.
-    bao_ok(
-        &bao,
-        &[
-            "write",
-            "auth/kubernetes/role/external-secrets",
-            "audience=",
-        ],
-    );
+    bao_ok(&bao, &["write", "auth/kubernetes/role/external-secrets", "audience="]);
     assert_contains(&check(&sb, &bao, &[]).ok().stdout, LOGGED_IN);
 }
 
@@ -516,14 +431,10 @@ fn a_kube_context_that_may_not_create_tokens_is_named_and_switching_context_logs
     let (bao, sb) = seeded(true);
     // A second context whose user is a service account: it may create
     // TokenReviews at most, not tokens.
-    sb.cluster()
-        .put(&[crate::cluster::service_account("ameide", "reader")]);
+    sb.cluster().put(&[crate::cluster::service_account("ameide", "reader")]);
     let kubectl = crate::support::find_on(&crate::support::tools_path(), "kubectl").unwrap();
     let out = sb
-        .command_of(
-            &kubectl,
-            &["create", "token", "reader", "--namespace", "ameide"],
-        )
+        .command_of(&kubectl, &["create", "token", "reader", "--namespace", "ameide"])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -553,10 +464,7 @@ fn a_kube_context_that_may_not_create_tokens_is_named_and_switching_context_logs
          `kubectl config use-context <name>` picks one), and run this again",
     );
     assert!(!run.all().contains(&reader_token));
-    run_kubectl(
-        &sb,
-        &["config".into(), "use-context".into(), "k3d-eso".into()],
-    );
+    run_kubectl(&sb, &["config".into(), "use-context".into(), "k3d-eso".into()]);
     assert_contains(&check(&sb, &bao, &[]).ok().stdout, LOGGED_IN);
 }
 
@@ -604,9 +512,7 @@ fn without_a_cluster_only_the_policy_is_checked_and_it_says_so() {
 fn holds_a_token(text: &str) -> Option<String> {
     let jwt = regex_lite::Regex::new(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}").unwrap();
     let vault = regex_lite::Regex::new(r"\b[sbhr]\.[A-Za-z0-9]{24}\b").unwrap();
-    jwt.find(text)
-        .or_else(|| vault.find(text))
-        .map(|m| m.as_str().to_string())
+    jwt.find(text).or_else(|| vault.find(text)).map(|m| m.as_str().to_string())
 }
 
 #[test]
@@ -618,10 +524,7 @@ fn no_token_reaches_any_output_or_kubectls_argv() {
     // The patterns catch the real thing: a JWT from the stand-in, a token from OpenBao.
     let kubectl = crate::support::find_on(&crate::support::tools_path(), "kubectl").unwrap();
     let jwt = sb
-        .command_of(
-            &kubectl,
-            &["create", "token", "default", "--namespace", "ameide"],
-        )
+        .command_of(&kubectl, &["create", "token", "default", "--namespace", "ameide"])
         .output()
         .unwrap()
         .stdout;
@@ -633,8 +536,7 @@ fn no_token_reaches_any_output_or_kubectls_argv() {
     // Refused (no binding), then logged in; text, JSON, verbose, doctor.
     for bound in [false, true] {
         if bound {
-            sb.cluster()
-                .put(&[auth_delegator("external-secrets", "external-secrets")]);
+            sb.cluster().put(&[auth_delegator("external-secrets", "external-secrets")]);
         }
         for extra in [&[][..], &["--output", "json"], &["--verbose"]] {
             outputs.push(check(&sb, &bao, extra).all());

@@ -17,9 +17,7 @@ use crate::support::{
 /// `xtask` with `args` and `envs`, stdout and stderr piped, started.
 fn spawn(sb: &Sandbox, args: &[&str], envs: &[(&str, &str)]) -> Child {
     let mut cmd = sb.command(args);
-    cmd.envs(envs.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.envs(envs.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.spawn().unwrap()
 }
 
@@ -27,9 +25,7 @@ fn spawn(sb: &Sandbox, args: &[&str], envs: &[(&str, &str)]) -> Child {
 /// `| head -1` does.
 fn close_stdout_after_first_line(child: &mut Child) -> String {
     let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
     first
 }
 
@@ -39,32 +35,19 @@ fn missing_in(bao: &OpenBao, expected: &[String]) -> Vec<String> {
     let out = bao.bao(&["kv", "list", "-format=json", "secret/"]);
     let names: Vec<String> = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let names: std::collections::HashSet<String> = names.into_iter().collect();
-    expected
-        .iter()
-        .filter(|n| !names.contains(*n))
-        .cloned()
-        .collect()
+    expected.iter().filter(|n| !names.contains(*n)).cloned().collect()
 }
 
 /// `n` synthetic fixtures whose `--verbose` plan is far longer than a pipe
 /// holds (64 KiB), so the seed is still printing it when the reader goes.
 fn many_fixtures(sb: &Sandbox, n: usize) -> Vec<String> {
-    let names: Vec<String> = (0..n)
-        .map(|i| format!("synthetic-fail-closed-secret-{i:05}"))
-        .collect();
+    let names: Vec<String> =
+        (0..n).map(|i| format!("synthetic-fail-closed-secret-{i:05}")).collect();
     let body: serde_json::Map<String, serde_json::Value> = names
         .iter()
-        .map(|n| {
-            (
-                n.clone(),
-                serde_json::Value::String(format!("value-of-{n}")),
-            )
-        })
+        .map(|n| (n.clone(), serde_json::Value::String(format!("value-of-{n}"))))
         .collect();
-    sb.write(
-        ".local/many.json",
-        &serde_json::Value::Object(body).to_string(),
-    );
+    sb.write(".local/many.json", &serde_json::Value::Object(body).to_string());
     names
 }
 
@@ -74,15 +57,8 @@ fn a_seed_whose_stdout_closes_after_the_first_line_writes_everything_and_exits_0
         return;
     };
     let names = many_fixtures(&sb, 3000);
-    let args = [
-        "secrets",
-        "seed",
-        "--provider",
-        "vault",
-        "--verbose",
-        "--fixtures",
-        ".local/many.json",
-    ];
+    let args =
+        ["secrets", "seed", "--provider", "vault", "--verbose", "--fixtures", ".local/many.json"];
     let mut child = spawn(&sb, &args, &bao.env());
     let first = close_stdout_after_first_line(&mut child);
     assert!(first.starts_with("seed: 3000 secrets"), "{first}");
@@ -101,10 +77,7 @@ fn a_seed_whose_stdout_closes_after_the_first_line_writes_everything_and_exits_0
     let expected: Vec<String> = fixtures(&sb).keys().cloned().collect();
     assert_eq!(missing_in(&bao, &expected), Vec::<String>::new());
     // ESO's access came after the secrets, as in any seed.
-    assert!(bao
-        .bao(&["read", "auth/kubernetes/role/external-secrets"])
-        .status
-        .success());
+    assert!(bao.bao(&["read", "auth/kubernetes/role/external-secrets"]).status.success());
 }
 
 #[test]
@@ -128,26 +101,10 @@ fn a_seed_sent_sighup_mid_way_finishes() {
         }),
     );
     let addr = proxy.addr();
-    let args = [
-        "secrets",
-        "seed",
-        "--provider",
-        "vault",
-        "--concurrency",
-        "2",
-    ];
-    let child = spawn(
-        &sb,
-        &args,
-        &[("VAULT_ADDR", &addr), ("VAULT_TOKEN", &bao.token)],
-    );
-    writing
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the seed began writing");
-    let hup = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let args = ["secrets", "seed", "--provider", "vault", "--concurrency", "2"];
+    let child = spawn(&sb, &args, &[("VAULT_ADDR", &addr), ("VAULT_TOKEN", &bao.token)]);
+    writing.recv_timeout(Duration::from_secs(30)).expect("the seed began writing");
+    let hup = Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
     assert!(hup.success());
     let run: Run = child.wait_with_output().unwrap().into();
     assert_eq!(run.code, 0, "SIGHUP must not stop a seed: {}", run.all());
@@ -160,9 +117,7 @@ fn a_seed_sent_sighup_mid_way_finishes() {
 /// as `migrate.rs` sets one up.
 fn on_azure() -> Sandbox {
     let sb = Sandbox::new();
-    let text = sb
-        .read(crate::migrate::FLAG)
-        .replace("  provider: vault\n", "  provider: azure\n");
+    let text = sb.read(crate::migrate::FLAG).replace("  provider: vault\n", "  provider: azure\n");
     sb.write(crate::migrate::FLAG, &text);
     let out = Command::new("git")
         .args(["-c", "user.name=t", "-c", "user.email=t@t.invalid"])
@@ -187,20 +142,13 @@ fn migrate_and_rollback_with_stdout_closed_run_to_the_end() {
         ("EXTERNALSECRET_WAIT_SLEEP", "0.1"),
         ("EXTERNALSECRET_WAIT_ATTEMPTS", "15"),
     ];
-    let mut child = spawn(
-        &sb,
-        &["secrets", "migrate", "--to", "vault", "--yes"],
-        &envs,
-    );
+    let mut child = spawn(&sb, &["secrets", "migrate", "--to", "vault", "--yes"], &envs);
     let first = close_stdout_after_first_line(&mut child);
     let run: Run = child.wait_with_output().unwrap().into();
     assert_eq!(run.code, 0, "after {first:?}: {}", run.stderr);
     let j = crate::migrate::journal(&sb);
     assert_eq!(j["migrations"][0]["state"], "completed", "{j:#}");
-    assert_eq!(
-        crate::migrate::steps(&j["migrations"][0]),
-        crate::migrate::MIGRATED
-    );
+    assert_eq!(crate::migrate::steps(&j["migrations"][0]), crate::migrate::MIGRATED);
     assert_contains(&sb.read(crate::migrate::FLAG), "  provider: vault\n");
 
     let mut child = spawn(&sb, &["secrets", "rollback", "--yes"], &envs);
@@ -255,19 +203,12 @@ fn default_fixtures_behind_a_symlinked_folder_outside_the_repo_are_refused() {
     std::fs::rename(sb.path("scripts/azure"), outside.0.join("azure")).unwrap();
     symlink(&outside.0.join("azure"), &sb.path("scripts/azure"));
     let run = sb.seed_file(&[]).code(1);
-    assert_contains(
-        &run.stderr,
-        "scripts/azure/default-local-keyvault-secrets.json leads to ",
-    );
+    assert_contains(&run.stderr, "scripts/azure/default-local-keyvault-secrets.json leads to ");
     assert_contains(&run.stderr, "outside the repository, through a symlink");
     assert_contains(&run.stderr, "--fixtures");
     assert!(!sb.path(".local/secrets/store.json").exists());
     // The advice works: named explicitly, the same path is read.
-    sb.seed_file(&[
-        "--fixtures",
-        "scripts/azure/default-local-keyvault-secrets.json",
-    ])
-    .ok();
+    sb.seed_file(&["--fixtures", "scripts/azure/default-local-keyvault-secrets.json"]).ok();
 }
 
 #[test]
@@ -276,9 +217,7 @@ fn a_values_file_outside_the_repo_is_refused_for_what_it_is() {
     let outside = TempDir::new("fail-closed-overrides");
     let overrides = outside.0.join("overrides.json");
     std::fs::write(&overrides, r#"{"graph-db-password": "mine"}"#).unwrap();
-    let run = sb
-        .seed_file(&["--dry-run", "--overrides", overrides.to_str().unwrap()])
-        .code(1);
+    let run = sb.seed_file(&["--dry-run", "--overrides", overrides.to_str().unwrap()]).code(1);
     assert_contains(&run.stderr, "the overrides file ");
     assert_contains(
         &run.stderr,
@@ -307,13 +246,8 @@ fn a_fixtures_file_holding_one_value_is_named_by_its_type_only() {
         ("true", "a single JSON boolean"),
     ] {
         sb.write(".local/one.json", content);
-        let run = sb
-            .seed_file(&["--dry-run", "--fixtures", ".local/one.json"])
-            .code(1);
-        assert_contains(
-            &run.stderr,
-            &format!("the file holds {kind}; expected a JSON object"),
-        );
+        let run = sb.seed_file(&["--dry-run", "--fixtures", ".local/one.json"]).code(1);
+        assert_contains(&run.stderr, &format!("the file holds {kind}; expected a JSON object"));
         for part in ["s3cr3t", "8675309", "86753"] {
             assert!(!run.all().contains(part), "{content}: {}", run.all());
         }
@@ -327,43 +261,24 @@ fn a_password_in_vault_addr_is_never_shown() {
     };
     let addr = format!("http://alice:pw-s3cr3t@127.0.0.1:{}", bao.port);
     let env = [("VAULT_ADDR", addr.as_str()), ("VAULT_TOKEN", &bao.token)];
-    let seed = sb
-        .xtask_env(&["secrets", "seed", "--provider", "vault"], &env)
-        .ok();
-    assert_contains(
-        &seed.stdout,
-        &format!("-> vault http://***@127.0.0.1:{}", bao.port),
-    );
+    let seed = sb.xtask_env(&["secrets", "seed", "--provider", "vault"], &env).ok();
+    assert_contains(&seed.stdout, &format!("-> vault http://***@127.0.0.1:{}", bao.port));
     let status = sb.xtask_env(&["secrets", "status"], &env).ok();
-    let status_json = sb
-        .xtask_env(&["secrets", "status", "--output", "json"], &env)
-        .ok();
+    let status_json = sb.xtask_env(&["secrets", "status", "--output", "json"], &env).ok();
     let live = sb.xtask_env(&["secrets", "check", "--live", "--provider", "vault"], &env);
     let unreachable = sb.xtask_env(
         &["secrets", "seed", "--provider", "vault"],
-        &[
-            ("VAULT_ADDR", "http://alice:pw-s3cr3t@127.0.0.1:9"),
-            ("VAULT_TOKEN", "t"),
-        ],
+        &[("VAULT_ADDR", "http://alice:pw-s3cr3t@127.0.0.1:9"), ("VAULT_TOKEN", "t")],
     );
-    assert_contains(
-        &unreachable.stderr,
-        "cannot reach Vault at http://***@127.0.0.1:9",
-    );
+    assert_contains(&unreachable.stderr, "cannot reach Vault at http://***@127.0.0.1:9");
     let remote = sb.xtask_env(
         &["secrets", "seed", "--provider", "vault"],
         &[
-            (
-                "VAULT_ADDR",
-                "https://alice:pw-s3cr3t@vault.example.invalid:8200",
-            ),
+            ("VAULT_ADDR", "https://alice:pw-s3cr3t@vault.example.invalid:8200"),
             ("VAULT_TOKEN", "t"),
         ],
     );
-    assert_contains(
-        &remote.stderr,
-        "refusing Vault at https://***@vault.example.invalid:8200",
-    );
+    assert_contains(&remote.stderr, "refusing Vault at https://***@vault.example.invalid:8200");
     for run in [&seed, &status, &status_json, &live, &unreachable, &remote] {
         assert!(!run.all().contains("pw-s3cr3t"), "{}", run.all());
     }
@@ -378,25 +293,15 @@ fn an_error_in_the_local_config_file_exits_1_whatever_the_key() {
         ("[vault]\nmount = \"..\"\n", "invalid Vault mount"),
         ("provider = \"consul\"\n", "unknown provider"),
         ("[vault]\ntimeout_secs = -1\n", "vault.timeout_secs must be"),
-        (
-            "[helmfile]\nsync_timeout_secs = 0\n",
-            "helmfile.sync_timeout_secs must be",
-        ),
+        ("[helmfile]\nsync_timeout_secs = 0\n", "helmfile.sync_timeout_secs must be"),
         ("adress = \"x\"\n", "adress"),
-        (
-            "[vault]\ntoken = s.unquoted-t0ken\n",
-            ".local/secrets.toml:2:9: ",
-        ),
+        ("[vault]\ntoken = s.unquoted-t0ken\n", ".local/secrets.toml:2:9: "),
     ] {
         sb.write(".local/secrets.toml", text);
         let run = sb.xtask(&["secrets", "status"]).code(1);
         assert_contains(&run.stderr, ".local/secrets.toml");
         assert_contains(&run.stderr, says);
-        assert!(
-            !run.stderr.contains("t0ken"),
-            "a token is never quoted: {}",
-            run.stderr
-        );
+        assert!(!run.stderr.contains("t0ken"), "a token is never quoted: {}", run.stderr);
     }
     std::fs::remove_file(sb.path(".local/secrets.toml")).unwrap();
     // On the command line the same mistake is a usage error.
@@ -421,10 +326,7 @@ fn an_unknown_or_path_like_env_is_a_usage_error_on_every_command() {
             all.extend(["--env", env]);
             let run = sb.xtask(&all);
             assert_eq!(run.code, 2, "{all:?}: {}", run.all());
-            assert_contains(
-                &run.stderr,
-                "known environments are local, production, staging",
-            );
+            assert_contains(&run.stderr, "known environments are local, production, staging");
         }
     }
 }
@@ -432,10 +334,7 @@ fn an_unknown_or_path_like_env_is_a_usage_error_on_every_command() {
 #[test]
 fn the_cargo_alias_shows_the_build_and_the_docs_say_what_ci_adds() {
     let config = std::fs::read_to_string(repo_root().join(".cargo/config.toml")).unwrap();
-    let alias = config
-        .lines()
-        .find(|l| l.trim_start().starts_with("xtask"))
-        .unwrap();
+    let alias = config.lines().find(|l| l.trim_start().starts_with("xtask")).unwrap();
     assert!(
         !alias.contains("--quiet") && !alias.contains("-q "),
         "the first build takes minutes: cargo must show it ({alias})"
@@ -446,8 +345,5 @@ fn the_cargo_alias_shows_the_build_and_the_docs_say_what_ci_adds() {
     let test_cmd = std::fs::read_to_string(repo_root().join("xtask/src/test_cmd.rs")).unwrap();
     assert!(test_cmd.contains("SKIPPED fuzzing"));
     assert_contains(&readme, "SKIPPED fuzzing");
-    assert!(
-        !readme.contains("exactly what CI runs"),
-        "it is not exactly"
-    );
+    assert!(!readme.contains("exactly what CI runs"), "it is not exactly");
 }

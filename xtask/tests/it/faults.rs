@@ -28,10 +28,7 @@ fn versions(bao: &OpenBao) -> HashMap<String, u64> {
 }
 
 fn fast_failing(sb: &Sandbox) {
-    sb.write(
-        ".local/secrets.toml",
-        "[vault]\nretries = 1\ntimeout_secs = 2\n",
-    );
+    sb.write(".local/secrets.toml", "[vault]\nretries = 1\ntimeout_secs = 2\n");
 }
 
 #[test]
@@ -77,10 +74,7 @@ fn throttling_is_retried_honouring_retry_after_and_bounded() {
     assert_eq!(r["counts"]["create"], 47);
     assert_eq!(r["written"].as_array().unwrap().len(), 47);
     let retries = r["retries"].as_u64().unwrap();
-    assert!(
-        retries > 0 && retries <= 47,
-        "one retry per throttled write at most, got {retries}"
-    );
+    assert!(retries > 0 && retries <= 47, "one retry per throttled write at most, got {retries}");
     // A retry after a 429 waited at least its Retry-After.
     let seen = seen.lock().unwrap();
     let mut by_path: HashMap<&str, Vec<Instant>> = HashMap::new();
@@ -89,16 +83,8 @@ fn throttling_is_retried_honouring_retry_after_and_bounded() {
     }
     let first = &seen[0].0;
     let times = &by_path[first.as_str()];
-    assert_eq!(
-        times.len(),
-        2,
-        "the first write was throttled once, then retried"
-    );
-    assert!(
-        times[1] - times[0] >= Duration::from_millis(280),
-        "waited {:?}",
-        times[1] - times[0]
-    );
+    assert_eq!(times.len(), 2, "the first write was throttled once, then retried");
+    assert!(times[1] - times[0] >= Duration::from_millis(280), "waited {:?}", times[1] - times[0]);
     for v in versions(&bao).values() {
         assert_eq!(*v, 1, "no duplicate versions from retries");
     }
@@ -110,10 +96,7 @@ fn a_server_outage_mid_seed_exits_3_with_exact_lists_and_a_rerun_finishes() {
         return;
     };
     fast_failing(&sb);
-    sb.write(
-        ".local/secrets.toml",
-        "concurrency = 1\n[vault]\nretries = 1\ntimeout_secs = 2\n",
-    );
+    sb.write(".local/secrets.toml", "concurrency = 1\n[vault]\nretries = 1\ntimeout_secs = 2\n");
     let writes = Arc::new(AtomicUsize::new(0));
     let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (w, d) = (writes.clone(), down.clone());
@@ -125,23 +108,15 @@ fn a_server_outage_mid_seed_exits_3_with_exact_lists_and_a_rerun_finishes() {
             }
             if d.load(Ordering::SeqCst) {
                 // The server is gone: no answer at all.
-                return Action::Reply {
-                    status: 0,
-                    headers: vec![],
-                    body: String::new(),
-                };
+                return Action::Reply { status: 0, headers: vec![], body: String::new() };
             }
             Action::Forward
         }),
     );
     let run = vault_seed(&sb, &proxy.addr(), &bao.token, &[]).code(3);
     let r = report(&run);
-    let written: Vec<String> = r["written"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
+    let written: Vec<String> =
+        r["written"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
     let not_written: Vec<String> = r["not_written"]
         .as_array()
         .unwrap()
@@ -171,10 +146,7 @@ fn a_killed_server_is_reported_as_unreachable() {
     let Some((mut bao, sb)) = with_bao() else {
         return;
     };
-    sb.write(
-        ".local/secrets.toml",
-        "concurrency = 1\n[vault]\nretries = 1\ntimeout_secs = 2\n",
-    );
+    sb.write(".local/secrets.toml", "concurrency = 1\n[vault]\nretries = 1\ntimeout_secs = 2\n");
     let proxy = killing_at_write(&bao, 10);
     let run = vault_seed(&sb, &proxy.addr(), &bao.token, &[]);
     bao.kill();
@@ -182,15 +154,10 @@ fn a_killed_server_is_reported_as_unreachable() {
     assert_contains(&run.stderr, "10 written");
     assert_contains(&run.stderr, "cannot reach Vault");
     let r = report(&run);
-    assert_eq!(
-        r["written"].as_array().unwrap().len(),
-        10,
-        "the ten writes before the kill"
-    );
+    assert_eq!(r["written"].as_array().unwrap().len(), 10, "the ten writes before the kill");
     assert_eq!(r["not_written"].as_array().unwrap().len(), 37);
     assert!(
-        run.stderr
-            .contains("error: partial seed: cannot reach Vault"),
+        run.stderr.contains("error: partial seed: cannot reach Vault"),
         "the cause comes first: {}",
         run.stderr
     );
@@ -201,10 +168,7 @@ fn a_value_written_without_its_checksum_is_reported_and_restamped() {
     let Some((bao, sb)) = with_bao() else {
         return;
     };
-    sb.write(
-        ".local/secrets.toml",
-        "concurrency = 1\n[vault]\nretries = 0\n",
-    );
+    sb.write(".local/secrets.toml", "concurrency = 1\n[vault]\nretries = 0\n");
     let fail_meta = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let f = fail_meta.clone();
     let proxy = Proxy::start(
@@ -225,11 +189,7 @@ fn a_value_written_without_its_checksum_is_reported_and_restamped() {
     );
     let run = vault_seed(&sb, &proxy.addr(), &bao.token, &[]).code(3);
     let r = report(&run);
-    assert_eq!(
-        r["written"].as_array().unwrap().len(),
-        47,
-        "the value landed"
-    );
+    assert_eq!(r["written"].as_array().unwrap().len(), 47, "the value landed");
     assert_eq!(r["unstamped"][0]["name"], "graph-db-url");
     assert_contains(
         &run.stderr,
@@ -239,11 +199,7 @@ fn a_value_written_without_its_checksum_is_reported_and_restamped() {
     let again = report(&vault_seed(&sb, &proxy.addr(), &bao.token, &[]).ok());
     assert_eq!(again["counts"]["restamp"], 1);
     assert_eq!(again["counts"]["unchanged"], 46);
-    assert_eq!(
-        versions(&bao)["graph-db-url"],
-        1,
-        "restamping writes no new version"
-    );
+    assert_eq!(versions(&bao)["graph-db-url"], 1, "restamping writes no new version");
 }
 
 #[test]
@@ -290,16 +246,8 @@ fn sealing_or_revoking_the_token_mid_run_stops_cleanly() {
         let run = vault_seed(&sb, &proxy.addr(), &child, &[]);
         assert_eq!(run.code, 3, "{fault}: {}", run.all());
         let expected = "error: partial seed: ";
-        let expected_cause = if fault == "seal" {
-            "is sealed"
-        } else {
-            "permission denied"
-        };
-        assert!(
-            run.stderr.contains(expected_cause),
-            "{fault}: {}",
-            run.stderr
-        );
+        let expected_cause = if fault == "seal" { "is sealed" } else { "permission denied" };
+        assert!(run.stderr.contains(expected_cause), "{fault}: {}", run.stderr);
         assert!(run.stderr.contains(expected), "{fault}: {}", run.stderr);
         assert_contains(&run.stderr, "Re-run the same command to finish");
         let attempted = writes.load(Ordering::SeqCst);
@@ -316,10 +264,7 @@ fn a_slow_server_times_out_naming_the_call() {
     let Some((bao, sb)) = with_bao() else {
         return;
     };
-    sb.write(
-        ".local/secrets.toml",
-        "[vault]\nretries = 0\ntimeout_secs = 0.5\n",
-    );
+    sb.write(".local/secrets.toml", "[vault]\nretries = 0\ntimeout_secs = 0.5\n");
     let proxy = Proxy::start(
         bao.port,
         Arc::new(|req| {

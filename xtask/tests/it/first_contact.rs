@@ -28,16 +28,10 @@ fn a_cluster_without_eso_is_told_how_to_install_it() {
         return;
     };
     let before = sb.read(FLAG);
-    let objects: Vec<Value> = objects()
-        .into_iter()
-        .filter(|o| o["kind"] == "Namespace")
-        .collect();
+    let objects: Vec<Value> = objects().into_iter().filter(|o| o["kind"] == "Namespace").collect();
     sb.scenario(json!({"kubectl": {"context": "k3d-ameide", "objects": objects}}));
     for crd in [crate::cluster::ESO_CRD, crate::cluster::STORE_CRD] {
-        assert!(sb
-            .cluster()
-            .object("CustomResourceDefinition", None, crd)
-            .is_none());
+        assert!(sb.cluster().object("CustomResourceDefinition", None, crd).is_none());
     }
     // What kubectl itself says.
     let raw = shell(&sb, "kubectl get externalsecrets --all-namespaces").code(1);
@@ -112,10 +106,7 @@ fn an_eso_older_than_0_16_is_told_to_upgrade() {
         "FAIL  eso        External Secrets Operator is older than 0.16: the cluster serves \
          external-secrets.io/v1beta1 but not external-secrets.io/v1",
     );
-    assert_contains(
-        &run.stdout,
-        &format!("fix: upgrade it to 0.16 or later: {UPGRADE}\n"),
-    );
+    assert_contains(&run.stdout, &format!("fix: upgrade it to 0.16 or later: {UPGRADE}\n"));
 }
 
 /// Layer 15 puts ExternalSecrets in namespaces that helm does not create
@@ -129,10 +120,8 @@ fn a_namespace_layer_15_needs_is_named_with_the_command_that_creates_it() {
     };
     let before = sb.read(FLAG);
     let mut sc = cluster("k3d-ameide", eso(0, healthy()), sync_ok());
-    sc["kubectl"]["objects"] = json!(objects()
-        .into_iter()
-        .filter(|o| o["kind"] != "Namespace")
-        .collect::<Vec<_>>());
+    sc["kubectl"]["objects"] =
+        json!(objects().into_iter().filter(|o| o["kind"] != "Namespace").collect::<Vec<_>>());
     sb.scenario(sc);
     let run = to_vault(&sb, &bao).code(1);
     assert_contains(

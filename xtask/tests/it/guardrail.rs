@@ -28,12 +28,7 @@ impl PersistentBao {
         let child = spawn_raft_node(&bao, &dir.0, "solo", port, cluster);
         let addr = format!("http://127.0.0.1:{port}");
         // Owned before the setup, so a failed setup still stops the server.
-        let mut server = PersistentBao {
-            child,
-            addr,
-            token: String::new(),
-            _dir: dir,
-        };
+        let mut server = PersistentBao { child, addr, token: String::new(), _dir: dir };
         let (_, token) = init_and_unseal(&bao, &server._dir.0, &server.addr);
         enable_kv2(&bao, &server._dir.0, &server.addr, &token);
         server.token = token;
@@ -88,17 +83,9 @@ fn a_persistent_loopback_vault_under_a_non_local_context_is_refused_unless_named
         "port-forward",
         "--allow-non-local 127.0.0.1",
     ] {
-        assert!(
-            run.stderr.contains(part),
-            "missing {part:?}:\n{}",
-            run.stderr
-        );
+        assert!(run.stderr.contains(part), "missing {part:?}:\n{}", run.stderr);
     }
-    assert!(
-        bao.names().is_empty(),
-        "nothing was written: {:?}",
-        bao.names()
-    );
+    assert!(bao.names().is_empty(), "nothing was written: {:?}", bao.names());
 
     // A kube context name is not what the flag takes, nor another host.
     for wrong in ["aks-ameide-prod", "localhost"] {
@@ -111,25 +98,11 @@ fn a_persistent_loopback_vault_under_a_non_local_context_is_refused_unless_named
         &["secrets", "check", "--live", "--provider", "vault"],
         &[("VAULT_ADDR", &bao.addr), ("VAULT_TOKEN", &bao.token)],
     );
-    assert!(
-        check.stderr.contains("--allow-non-local 127.0.0.1"),
-        "{}",
-        check.all()
-    );
+    assert!(check.stderr.contains("--allow-non-local 127.0.0.1"), "{}", check.all());
 
     // Named exactly: accepted.
-    let run = seed(
-        &sb,
-        &bao.addr,
-        &bao.token,
-        &["--allow-non-local", "127.0.0.1"],
-    )
-    .ok();
-    assert!(
-        run.stdout.contains("-> vault http://127.0.0.1:"),
-        "{}",
-        run.stdout
-    );
+    let run = seed(&sb, &bao.addr, &bao.token, &["--allow-non-local", "127.0.0.1"]).ok();
+    assert!(run.stdout.contains("-> vault http://127.0.0.1:"), "{}", run.stdout);
     assert!(!bao.names().is_empty());
 
     // Under a local context the same server needs no flag.
@@ -146,11 +119,7 @@ fn a_dev_server_under_a_non_local_context_is_accepted() {
     let sb = Sandbox::new();
     sb.scenario(serde_json::json!({"kubectl": {"context": "aks-ameide-prod"}}));
     let run = seed(&sb, &bao.addr, &bao.token, &[]).ok();
-    assert!(
-        run.stdout.contains("-> vault http://127.0.0.1:"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("-> vault http://127.0.0.1:"), "{}", run.stdout);
 }
 
 #[test]
@@ -169,16 +138,13 @@ fn the_port_forward_refuses_a_non_local_context_and_takes_no_context_as_allowed(
         let run = sb.xtask_env(&args, &[("VAULT_TOKEN", &bao.token)]);
         assert_eq!(run.code, 1, "{extra:?}: {}", run.all());
         assert!(
-            run.stderr
-                .contains("refusing kube context \"aks-ameide-prod\"")
+            run.stderr.contains("refusing kube context \"aks-ameide-prod\"")
                 && run.stderr.contains("--allow-non-local 127.0.0.1"),
             "{extra:?}: {}",
             run.stderr
         );
         assert!(
-            !sb.calls()
-                .iter()
-                .any(|c| c.argv.first().map(String::as_str) == Some("port-forward")),
+            !sb.calls().iter().any(|c| c.argv.first().map(String::as_str) == Some("port-forward")),
             "no port-forward was started"
         );
     }
@@ -195,10 +161,7 @@ users:\n- name: prod\n  user: {}\n";
 fn seed_on_path(sb: &Sandbox, addr: &str, token: &str, extra: &[&str], path: &str) -> Run {
     let mut args = vec!["secrets", "seed", "--provider", "vault"];
     args.extend_from_slice(extra);
-    sb.xtask_env(
-        &args,
-        &[("VAULT_ADDR", addr), ("VAULT_TOKEN", token), ("PATH", path)],
-    )
+    sb.xtask_env(&args, &[("VAULT_ADDR", addr), ("VAULT_TOKEN", token), ("PATH", path)])
 }
 
 #[test]
@@ -227,17 +190,9 @@ fn an_unknown_kube_context_takes_only_a_dev_server_or_a_named_host() {
         "To have the context checked, install kubectl",
         "--allow-non-local 127.0.0.1",
     ] {
-        assert!(
-            run.stderr.contains(part),
-            "missing {part:?}:\n{}",
-            run.stderr
-        );
+        assert!(run.stderr.contains(part), "missing {part:?}:\n{}", run.stderr);
     }
-    assert!(
-        bao.names().is_empty(),
-        "nothing was written: {:?}",
-        bao.names()
-    );
+    assert!(bao.names().is_empty(), "nothing was written: {:?}", bao.names());
     seed_on_path(&sb, &dev.addr, &dev.token, &[], &no_kubectl).ok();
 
     // kubectl is there but cannot parse the kubeconfig.
@@ -254,35 +209,14 @@ fn an_unknown_kube_context_takes_only_a_dev_server_or_a_named_host() {
         "Fix the kubeconfig until `kubectl config current-context` answers",
         "--allow-non-local 127.0.0.1",
     ] {
-        assert!(
-            run.stderr.contains(part),
-            "missing {part:?}:\n{}",
-            run.stderr
-        );
+        assert!(run.stderr.contains(part), "missing {part:?}:\n{}", run.stderr);
     }
-    assert!(
-        bao.names().is_empty(),
-        "nothing was written: {:?}",
-        bao.names()
-    );
+    assert!(bao.names().is_empty(), "nothing was written: {:?}", bao.names());
     seed(&sb, &dev.addr, &dev.token, &[]).ok();
 
     // Named exactly: accepted, in either case.
-    seed(
-        &sb,
-        &bao.addr,
-        &bao.token,
-        &["--allow-non-local", "127.0.0.1"],
-    )
-    .ok();
+    seed(&sb, &bao.addr, &bao.token, &["--allow-non-local", "127.0.0.1"]).ok();
     assert!(!bao.names().is_empty());
     std::fs::write(&kubeconfig, PROD_KUBECONFIG).unwrap();
-    seed_on_path(
-        &sb,
-        &bao.addr,
-        &bao.token,
-        &["--allow-non-local", "127.0.0.1"],
-        &no_kubectl,
-    )
-    .ok();
+    seed_on_path(&sb, &bao.addr, &bao.token, &["--allow-non-local", "127.0.0.1"], &no_kubectl).ok();
 }

@@ -21,11 +21,7 @@ fn without_tools(test: &str, skip: bool, log: &std::path::Path) -> (bool, String
     let out = cmd.output().unwrap();
     (
         out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
     )
 }
 
@@ -43,10 +39,7 @@ fn a_test_without_its_tools_fails_naming_them_or_is_a_logged_skip() {
 
     let (ok, out) = without_tools(test, false, &log);
     assert!(!ok, "passed without bao:\n{out}");
-    assert!(
-        out.contains("needs bao") && out.contains("cargo xtask tools"),
-        "{out}"
-    );
+    assert!(out.contains("needs bao") && out.contains("cargo xtask tools"), "{out}");
     assert!(out.contains("XTASK_SKIP_TOOL_TESTS=1"), "{out}");
     assert!(!log.exists(), "a failure is not a skip");
 

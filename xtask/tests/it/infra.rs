@@ -21,12 +21,7 @@ fn run(cmd: &str, args: &[&str], sb: &Sandbox) -> (bool, String, String) {
 
 /// `helmfile -f <layer 15> -e <env>` with `args`.
 fn helmfile_layer15(sb: &Sandbox, env: &str, args: &[&str]) -> (bool, String, String) {
-    let mut all = vec![
-        "-f",
-        "infra/kubernetes/helmfiles/15-secrets-certificates.yaml",
-        "-e",
-        env,
-    ];
+    let mut all = vec!["-f", "infra/kubernetes/helmfiles/15-secrets-certificates.yaml", "-e", env];
     all.extend_from_slice(args);
     run("helmfile", &all, sb)
 }
@@ -66,14 +61,8 @@ fn layer15_renders_the_store_for_every_environment_and_flag_value() {
             let (ok, out, err) = helmfile_layer15(&sb, env, &["template", "--skip-deps"]);
             assert!(ok, "{env}/{provider}: {err}");
             let store = store_doc(&out);
-            assert!(
-                store.contains("name: ameide-vault"),
-                "{env}/{provider}: {store}"
-            );
-            assert!(
-                store.contains(&format!("ameide.io/secrets-provider: {provider}")),
-                "{store}"
-            );
+            assert!(store.contains("name: ameide-vault"), "{env}/{provider}: {store}");
+            assert!(store.contains(&format!("ameide.io/secrets-provider: {provider}")), "{store}");
             match provider {
                 "vault" => {
                     assert!(
@@ -105,33 +94,22 @@ fn presync_hook_seeds_the_selected_provider_in_local_only() {
     assert!(out.contains("presync"), "{out}");
     let lines: Vec<&str> = out.lines().map(str::trim).collect();
     assert!(
-        lines
-            .windows(4)
-            .any(|w| w == ["- seed", "- --provider", "- vault", "- --env"]),
+        lines.windows(4).any(|w| w == ["- seed", "- --provider", "- vault", "- --env"]),
         "{out}"
     );
     // With the flag on azure, the same hook seeds azure: one command, branched by the flag.
     let flag = "infra/kubernetes/environments/local/platform/15-secrets.values.yaml";
-    sb.write(
-        flag,
-        &sb.read(flag)
-            .replace("  provider: vault\n", "  provider: azure\n"),
-    );
+    sb.write(flag, &sb.read(flag).replace("  provider: vault\n", "  provider: azure\n"));
     let (ok, out, err) = helmfile_layer15(&sb, "local", &["build"]);
     assert!(ok, "{err}");
     let lines: Vec<&str> = out.lines().map(str::trim).collect();
     assert!(
-        lines
-            .windows(4)
-            .any(|w| w == ["- seed", "- --provider", "- azure", "- --env"]),
+        lines.windows(4).any(|w| w == ["- seed", "- --provider", "- azure", "- --env"]),
         "{out}"
     );
     let (ok, out, err) = helmfile_layer15(&sb, "staging", &["build"]);
     assert!(ok, "{err}");
-    assert!(
-        !out.contains("presync"),
-        "fixtures never seed a shared environment:\n{out}"
-    );
+    assert!(!out.contains("presync"), "fixtures never seed a shared environment:\n{out}");
 }
 
 #[test]
@@ -143,11 +121,8 @@ fn every_chart_lints() {
     let charts = sb.path("infra/kubernetes/charts/platform");
     let mut n = 0;
     for chart in std::fs::read_dir(&charts).unwrap().flatten() {
-        let (ok, out, err) = run(
-            "helm",
-            &["lint", "--strict", chart.path().to_str().unwrap()],
-            &sb,
-        );
+        let (ok, out, err) =
+            run("helm", &["lint", "--strict", chart.path().to_str().unwrap()], &sb);
         assert!(ok, "{}: {out}{err}", chart.path().display());
         n += 1;
     }
@@ -155,10 +130,7 @@ fn every_chart_lints() {
 }
 /// The documents of `kind` in a rendering.
 fn docs_of<'a>(rendered: &'a str, kind: &str) -> Vec<&'a str> {
-    rendered
-        .split("\n---")
-        .filter(|d| d.contains(&format!("\nkind: {kind}\n")))
-        .collect()
+    rendered.split("\n---").filter(|d| d.contains(&format!("\nkind: {kind}\n"))).collect()
 }
 
 #[test]

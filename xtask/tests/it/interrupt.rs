@@ -52,11 +52,8 @@ const MIGRATE: Points = &[
 /// `migrate --to vault` whose sync fails: its automatic rollback. Before
 /// the restore nothing was put back, so the migration continues; from the
 /// restore's write on, only the rollback is finished.
-const AUTO_ROLLBACK: Points = &[
-    ("rollback-restore", [M, R, R]),
-    ("rollback-sync", [R, R, R]),
-    ("rollback-wait", [R, R, R]),
-];
+const AUTO_ROLLBACK: Points =
+    &[("rollback-restore", [M, R, R]), ("rollback-sync", [R, R, R]), ("rollback-wait", [R, R, R])];
 
 /// `rollback` of a completed migration.
 const ROLLBACK: Points = &[
@@ -89,10 +86,7 @@ fn records(sb: &Sandbox, step: &str) -> usize {
 
 /// The provider ClusterSecretStore/ameide-vault uses in the cluster.
 fn store(sb: &Sandbox) -> &'static str {
-    let o = sb
-        .cluster()
-        .object("ClusterSecretStore", None, "ameide-vault")
-        .unwrap();
+    let o = sb.cluster().object("ClusterSecretStore", None, "ameide-vault").unwrap();
     if o["spec"]["provider"]["vault"].is_object() {
         "vault"
     } else {
@@ -140,10 +134,7 @@ fn status_names(
     let provider = if flag == flags.azure {
         "azure"
     } else {
-        assert_eq!(
-            flag, flags.vault,
-            "{point}: the flag file is one of the two"
-        );
+        assert_eq!(flag, flags.vault, "{point}: the flag file is one of the two");
         "vault"
     };
     assert!(
@@ -178,22 +169,15 @@ fn status_names(
 fn settled(sb: &Sandbox, point: &str, flags: &Flags) -> &'static str {
     let flag = sb.read(FLAG);
     let newest = journal_bytes(sb).map(|_| journal(sb)["migrations"][0].clone());
-    let state = newest.as_ref().map(|m| {
-        format!(
-            "{} {}",
-            m["kind"].as_str().unwrap(),
-            m["state"].as_str().unwrap()
-        )
-    });
+    let state = newest
+        .as_ref()
+        .map(|m| format!("{} {}", m["kind"].as_str().unwrap(), m["state"].as_str().unwrap()));
     if flag == flags.vault {
         assert_eq!(store(sb), "vault", "{point}");
         assert_eq!(state.as_deref(), Some("migrate completed"), "{point}");
         "vault"
     } else {
-        assert_eq!(
-            flag, flags.azure,
-            "{point}: the committed flag file, byte for byte"
-        );
+        assert_eq!(flag, flags.azure, "{point}: the committed flag file, byte for byte");
         assert_eq!(store(sb), "azure", "{point}");
         assert!(
             matches!(
@@ -236,12 +220,7 @@ impl Group<'_> {
         stopped(sb, bao, args, &format!("{step}:{when}"));
         // A step is journaled after it ended, and only then.
         let recorded = usize::from(when == "after-record");
-        assert_eq!(
-            records(sb, step),
-            had + recorded,
-            "{point}: {:?}",
-            journal_bytes(sb)
-        );
+        assert_eq!(records(sb, step), had + recorded, "{point}: {:?}", journal_bytes(sb));
         // The stop comes after the effect: the flag file shows it.
         if when == "after-effect" {
             let want_flag = match (args[0], step) {
@@ -314,13 +293,7 @@ fn an_interrupted_migration_ends_consistent_at_every_point() {
         return;
     };
     let setup = |sb: &Sandbox| fresh(sb, &flags, json!([{"exit": 0}]));
-    let group = Group {
-        sb: &sb,
-        bao: &bao,
-        flags: &flags,
-        args: MIGRATE_ARGS,
-        setup: &setup,
-    };
+    let group = Group { sb: &sb, bao: &bao, flags: &flags, args: MIGRATE_ARGS, setup: &setup };
     group.every(MIGRATE);
 }
 
@@ -330,13 +303,7 @@ fn an_interrupted_automatic_rollback_ends_consistent_at_every_point() {
         return;
     };
     let setup = |sb: &Sandbox| fresh(sb, &flags, json!([sync_fails(), {"exit": 0}]));
-    let group = Group {
-        sb: &sb,
-        bao: &bao,
-        flags: &flags,
-        args: MIGRATE_ARGS,
-        setup: &setup,
-    };
+    let group = Group { sb: &sb, bao: &bao, flags: &flags, args: MIGRATE_ARGS, setup: &setup };
     group.every(AUTO_ROLLBACK);
 }
 
@@ -357,13 +324,7 @@ fn the_undo_status_offers_works_wherever_a_migration_stopped() {
         ("sync", "after-effect", &ok),
         ("rollback-restore", "before", &failing),
     ] {
-        let group = Group {
-            sb: &sb,
-            bao: &bao,
-            flags: &flags,
-            args: MIGRATE_ARGS,
-            setup,
-        };
+        let group = Group { sb: &sb, bao: &bao, flags: &flags, args: MIGRATE_ARGS, setup };
         group.stop(step, when, Named::MigrateResume, true);
     }
 }
@@ -386,12 +347,7 @@ fn an_interrupted_rollback_ends_consistent_at_every_point() {
         sb.scenario(sc);
         assert_eq!(store(sb), "vault");
     };
-    let group = Group {
-        sb: &sb,
-        bao: &bao,
-        flags: &flags,
-        args: &["rollback", "--yes"],
-        setup: &setup,
-    };
+    let group =
+        Group { sb: &sb, bao: &bao, flags: &flags, args: &["rollback", "--yes"], setup: &setup };
     group.every(ROLLBACK);
 }

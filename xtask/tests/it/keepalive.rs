@@ -30,14 +30,8 @@ fn a_closed_keep_alive_connection_costs_a_retry_and_loses_nothing() {
         }),
     );
     let report = json(&vault_seed(&sb, &proxy.addr(), &bao.token, &[]).ok());
-    assert!(
-        closed.load(Ordering::SeqCst) >= 5,
-        "the proxy closed connections"
-    );
-    assert!(
-        report["not_written"].as_array().unwrap().is_empty(),
-        "{report}"
-    );
+    assert!(closed.load(Ordering::SeqCst) >= 5, "the proxy closed connections");
+    assert!(report["not_written"].as_array().unwrap().is_empty(), "{report}");
     // ureq cannot tell a request the server never answered from one it
     // acted on, so the seed's own retry resends it: once per closed
     // connection, no more.

@@ -14,18 +14,8 @@ const RECORD: &str = "_cargo-xtask-secrets";
 
 fn kv1_server() -> OpenBao {
     let bao = OpenBao::start();
-    let out = bao.bao(&[
-        "secrets",
-        "enable",
-        &format!("-path={MOUNT}"),
-        "-version=1",
-        "kv",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = bao.bao(&["secrets", "enable", &format!("-path={MOUNT}"), "-version=1", "kv"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     bao
 }
 
@@ -61,10 +51,7 @@ fn assert_no_value_or_digest(out: &str, values: &[&str], names: &[&str]) {
     for v in values {
         let in_a_name = names.iter().any(|n| n.contains(v));
         assert!(in_a_name || !out.contains(v), "a value leaks: {v}\n{out}");
-        assert!(
-            !out.contains(&sha256_hex(v)),
-            "the sha256 of a value leaks ({v}):\n{out}"
-        );
+        assert!(!out.contains(&sha256_hex(v)), "the sha256 of a value leaks ({v}):\n{out}");
     }
 }
 
@@ -86,73 +73,33 @@ fn kv1_hand_edits_are_conflicts_until_forced_and_stale_values_update() {
     let record: serde_json::Value =
         block_on(vaultrs::kv1::get(&bao.client(), MOUNT, RECORD)).unwrap();
     assert_eq!(record["managed-by"], "cargo-xtask-secrets");
-    assert_eq!(
-        record["digests"].as_str().unwrap().lines().count(),
-        fx.len()
-    );
-    let owned: Vec<String> = fx
-        .values()
-        .filter_map(|v| v.as_str())
-        .map(String::from)
-        .collect();
+    assert_eq!(record["digests"].as_str().unwrap().lines().count(), fx.len());
+    let owned: Vec<String> = fx.values().filter_map(|v| v.as_str()).map(String::from).collect();
     let values: Vec<&str> = owned.iter().map(String::as_str).collect();
     let names_owned: Vec<String> = fx.keys().cloned().collect();
     let names: Vec<&str> = names_owned.iter().map(String::as_str).collect();
     assert_no_value_or_digest(&record.to_string(), &values, &names);
 
     // A hand edit, as a person makes it, and a fixture the repo changes.
-    let out = bao.bao(&[
-        "kv",
-        "put",
-        &format!("{MOUNT}/redis-password"),
-        "value=mine-by-hand",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = bao.bao(&["kv", "put", &format!("{MOUNT}/redis-password"), "value=mine-by-hand"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     fx.insert("graph-db-password".into(), "rotated-fixture-value".into());
-    write_fixtures(
-        &sb,
-        "scripts/azure/default-local-keyvault-secrets.json",
-        &fx,
-    );
+    write_fixtures(&sb, "scripts/azure/default-local-keyvault-secrets.json", &fx);
 
     let run = seed(&sb, &bao, &["--output", "json"]).code(1);
     let report = json(&run);
     let action = |name: &str| {
-        report["plan"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["name"] == name)
-            .unwrap()
-            .clone()
+        report["plan"].as_array().unwrap().iter().find(|i| i["name"] == name).unwrap().clone()
     };
-    assert_eq!(
-        action("redis-password")["action"]["kind"],
-        "conflict",
-        "{}",
-        run.stdout
-    );
-    assert_eq!(
-        action("graph-db-password")["action"]["kind"],
-        "update",
-        "{}",
-        run.stdout
-    );
+    assert_eq!(action("redis-password")["action"]["kind"], "conflict", "{}", run.stdout);
+    assert_eq!(action("graph-db-password")["action"]["kind"], "update", "{}", run.stdout);
     assert_eq!(
         action("redis-password")["current_checksum"],
         &sha256_hex("mine-by-hand")[..8],
         "JSON shows the 8-hex checksum"
     );
     assert_eq!(report["written"], serde_json::json!(["graph-db-password"]));
-    assert_eq!(
-        value(&bao, "redis-password"),
-        "mine-by-hand",
-        "the hand edit is kept"
-    );
+    assert_eq!(value(&bao, "redis-password"), "mine-by-hand", "the hand edit is kept");
     assert_eq!(value(&bao, "graph-db-password"), "rotated-fixture-value");
     let mut secret_values = values.clone();
     secret_values.extend(["mine-by-hand", "rotated-fixture-value"]);
@@ -165,10 +112,7 @@ fn kv1_hand_edits_are_conflicts_until_forced_and_stale_values_update() {
 
     // --force overwrites; then a re-seed has nothing to do.
     seed(&sb, &bao, &["--force"]).ok();
-    assert_eq!(
-        value(&bao, "redis-password"),
-        fx["redis-password"].as_str().unwrap()
-    );
+    assert_eq!(value(&bao, "redis-password"), fx["redis-password"].as_str().unwrap());
     let after = json(&seed(&sb, &bao, &["--output", "json"]).ok());
     assert_eq!(after["writes"], 0, "{after}");
 
@@ -201,19 +145,13 @@ fn kv1_hand_edits_are_conflicts_until_forced_and_stale_values_update() {
     assert!(!shipped.all().contains(RECORD), "{}", shipped.all());
     let report = json(&shipped);
     assert!(
-        report["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|f| f["status"] != "drift"),
+        report["findings"].as_array().unwrap().iter().all(|f| f["status"] != "drift"),
         "{}",
         shipped.stdout
     );
     let probe = check(&["--infra", sb.path("infra-kv1").to_str().unwrap()]);
     assert!(
-        probe
-            .stdout
-            .contains("dataFrom.find matches nothing in the store"),
+        probe.stdout.contains("dataFrom.find matches nothing in the store"),
         "the record entry is not listed as a store entry:\n{}",
         probe.all()
     );
@@ -226,14 +164,9 @@ fn a_kv1_seed_stopped_mid_way_leaves_every_value_it_wrote_recognised() {
     }
     let bao = kv1_server();
     let sb = Sandbox::new();
-    sb.write(
-        ".local/secrets.toml",
-        "[vault]\nretries = 1\ntimeout_secs = 2\n",
-    );
+    sb.write(".local/secrets.toml", "[vault]\nretries = 1\ntimeout_secs = 2\n");
     let version = |v: &str| -> serde_json::Map<String, serde_json::Value> {
-        (0..40)
-            .map(|i| (format!("stop-{i:02}"), format!("value-{i}-{v}").into()))
-            .collect()
+        (0..40).map(|i| (format!("stop-{i:02}"), format!("value-{i}-{v}").into())).collect()
     };
     let first = write_fixtures(&sb, "kv1-a.json", &version("a"));
     seed(&sb, &bao, &["--fixtures", &first]).ok();
@@ -241,21 +174,14 @@ fn a_kv1_seed_stopped_mid_way_leaves_every_value_it_wrote_recognised() {
     // The second version's run loses its server after ten value writes:
     // nothing after that (and so no record update) reaches it.
     let second = write_fixtures(&sb, "kv1-b.json", &version("b"));
-    let (writes, dead) = (
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicBool::new(false)),
-    );
+    let (writes, dead) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
     let (w, d) = (writes.clone(), dead.clone());
     let data_prefix = format!("/v1/{MOUNT}/stop-");
     let proxy = Proxy::start(
         bao.port,
         Arc::new(move |req| {
             if d.load(Ordering::SeqCst) {
-                return Action::Reply {
-                    status: 0,
-                    headers: vec![],
-                    body: String::new(),
-                };
+                return Action::Reply { status: 0, headers: vec![], body: String::new() };
             }
             if req.method == "POST"
                 && req.path.starts_with(&data_prefix)
@@ -266,12 +192,8 @@ fn a_kv1_seed_stopped_mid_way_leaves_every_value_it_wrote_recognised() {
             Action::Forward
         }),
     );
-    let stopped = seed_at(
-        &sb,
-        &proxy.addr(),
-        &bao.token,
-        &["--fixtures", &second, "--concurrency", "1"],
-    );
+    let stopped =
+        seed_at(&sb, &proxy.addr(), &bao.token, &["--fixtures", &second, "--concurrency", "1"]);
     assert_eq!(stopped.code, 3, "a partial run:\n{}", stopped.all());
     let landed: Vec<String> = (0..40)
         .map(|i| format!("stop-{i:02}"))
@@ -302,24 +224,15 @@ fn concurrent_kv1_seeds_keep_each_others_records() {
     let bao = kv1_server();
     let sb = Sandbox::new();
     let set = |prefix: &str, v: &str| -> serde_json::Map<String, serde_json::Value> {
-        (0..600)
-            .map(|i| {
-                (
-                    format!("{prefix}-{i:03}"),
-                    format!("{prefix}-{i}-{v}").into(),
-                )
-            })
-            .collect()
+        (0..600).map(|i| (format!("{prefix}-{i:03}"), format!("{prefix}-{i}-{v}").into())).collect()
     };
     let files: Vec<String> = ["left", "right"]
         .iter()
         .map(|p| write_fixtures(&sb, &format!("kv1-{p}-1.json"), &set(p, "1")))
         .collect();
     std::thread::scope(|s| {
-        let runs: Vec<_> = files
-            .iter()
-            .map(|f| s.spawn(|| seed(&sb, &bao, &["--fixtures", f])))
-            .collect();
+        let runs: Vec<_> =
+            files.iter().map(|f| s.spawn(|| seed(&sb, &bao, &["--fixtures", f]))).collect();
         for r in runs {
             r.join().unwrap().ok();
         }

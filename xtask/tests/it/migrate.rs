@@ -64,13 +64,7 @@ pub(crate) fn objects() -> Vec<Value> {
         "platform-db-password",
         json!({}),
     ));
-    o.push(external_secret(
-        "team",
-        "elsewhere",
-        "SecretStore/team",
-        "team-key",
-        json!({}),
-    ));
+    o.push(external_secret("team", "elsewhere", "SecretStore/team", "team-key", json!({})));
     o
 }
 
@@ -120,9 +114,7 @@ pub(crate) fn sync_fails() -> Value {
 /// A sandbox whose local environment starts on Azure Key Vault (committed).
 pub(crate) fn on_azure() -> Sandbox {
     let sb = Sandbox::new();
-    let text = sb
-        .read(FLAG)
-        .replace("  provider: vault\n", "  provider: azure\n");
+    let text = sb.read(FLAG).replace("  provider: vault\n", "  provider: azure\n");
     sb.write(FLAG, &text);
     commit(&sb, "local on azure");
     sb
@@ -130,15 +122,7 @@ pub(crate) fn on_azure() -> Sandbox {
 
 pub(crate) fn commit(sb: &Sandbox, msg: &str) {
     let out = std::process::Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t.invalid",
-            "commit",
-            "-qam",
-            msg,
-        ])
+        .args(["-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qam", msg])
         .current_dir(&sb.root)
         .output()
         .unwrap();
@@ -190,22 +174,12 @@ pub(crate) fn steps(entry: &Value) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| {
-            format!(
-                "{} {}",
-                s["name"].as_str().unwrap(),
-                s["outcome"].as_str().unwrap()
-            )
-        })
+        .map(|s| format!("{} {}", s["name"].as_str().unwrap(), s["outcome"].as_str().unwrap()))
         .collect()
 }
 
 pub(crate) fn argvs(sb: &Sandbox, tool: &str) -> Vec<Vec<String>> {
-    sb.calls()
-        .into_iter()
-        .filter(|c| c.tool == tool)
-        .map(|c| c.argv)
-        .collect()
+    sb.calls().into_iter().filter(|c| c.tool == tool).map(|c| c.argv).collect()
 }
 
 /// The step labels a run printed, `[1/7] preflight`, in order.
@@ -215,10 +189,8 @@ pub(crate) fn labels(out: &str) -> Vec<String> {
             let l = l.trim_start();
             let rest = l.strip_prefix('[')?;
             let (n, rest) = rest.split_once("] ")?;
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_lowercase() || *c == '-')
-                .collect();
+            let name: String =
+                rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '-').collect();
             Some(format!("[{n}] {name}"))
         })
         .collect()
@@ -265,17 +237,10 @@ fn store_provider(sb: &Sandbox) -> String {
         .env("HELM_CACHE_HOME", sb.home.join("cache"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let doc = text
-        .split("\n---")
-        .find(|d| d.contains("kind: ClusterSecretStore"))
-        .unwrap()
-        .to_string();
+    let doc =
+        text.split("\n---").find(|d| d.contains("kind: ClusterSecretStore")).unwrap().to_string();
     assert!(doc.contains("name: ameide-vault"));
     if doc.contains("    vault:\n") {
         "vault".into()
@@ -286,15 +251,8 @@ fn store_provider(sb: &Sandbox) -> String {
     }
 }
 
-pub(crate) const MIGRATED: [&str; 7] = [
-    "preflight ok",
-    "seed ok",
-    "coverage ok",
-    "flip ok",
-    "sync ok",
-    "wait ok",
-    "record ok",
-];
+pub(crate) const MIGRATED: [&str; 7] =
+    ["preflight ok", "seed ok", "coverage ok", "flip ok", "sync ok", "wait ok", "record ok"];
 
 #[test]
 fn migrates_to_vault_and_back_when_everything_is_ready() {
@@ -313,40 +271,20 @@ fn migrates_to_vault_and_back_when_everything_is_ready() {
         before.replace("  provider: azure\n", "  provider: vault\n"),
         "only the value's bytes change"
     );
-    assert_eq!(
-        store_provider(&sb),
-        "vault",
-        "real helmfile renders the new provider"
-    );
+    assert_eq!(store_provider(&sb), "vault", "real helmfile renders the new provider");
 
     let j = journal(&sb);
     let m = &j["migrations"][0];
     assert_eq!(
-        (
-            m["kind"].as_str(),
-            m["from"].as_str(),
-            m["to"].as_str(),
-            m["state"].as_str()
-        ),
-        (
-            Some("migrate"),
-            Some("azure"),
-            Some("vault"),
-            Some("completed")
-        )
+        (m["kind"].as_str(), m["from"].as_str(), m["to"].as_str(), m["state"].as_str()),
+        (Some("migrate"), Some("azure"), Some("vault"), Some("completed"))
     );
     assert_eq!(steps(m), MIGRATED);
     assert_eq!(m["before_content"].as_str().unwrap(), before);
     // The seed step lets ESO in too (eso_access.rs tests the details).
     let seeded = m["steps"][1]["detail"].as_str().unwrap();
-    assert!(
-        seeded.contains("ESO's access: ensured auth kubernetes/"),
-        "{seeded}"
-    );
-    assert!(bao
-        .bao(&["read", "auth/kubernetes/role/external-secrets"])
-        .status
-        .success());
+    assert!(seeded.contains("ESO's access: ensured auth kubernetes/"), "{seeded}");
+    assert!(bao.bao(&["read", "auth/kubernetes/role/external-secrets"]).status.success());
 
     assert_eq!(
         argvs(&sb, "helmfile"),
@@ -376,12 +314,9 @@ fn migrates_to_vault_and_back_when_everything_is_ready() {
     );
     // The seed really happened.
     let client = bao.client();
-    let meta = crate::support::block_on(vaultrs::kv2::read_metadata(
-        &client,
-        "secret",
-        "graph-db-url",
-    ))
-    .unwrap();
+    let meta =
+        crate::support::block_on(vaultrs::kv2::read_metadata(&client, "secret", "graph-db-url"))
+            .unwrap();
     assert_eq!(meta.current_version, 1);
 
     // Undo it: the flag file comes back byte for byte.
@@ -413,11 +348,7 @@ fn a_migration_succeeds_whatever_the_cluster_clock_says() {
         let sb = on_azure();
         sb.scenario(cluster("k3d-ameide", eso(offset, healthy()), sync_ok()));
         let run = to_vault(&sb, &bao).ok();
-        assert!(
-            run.stdout.contains("migrated local to vault"),
-            "{offset}: {}",
-            run.stdout
-        );
+        assert!(run.stdout.contains("migrated local to vault"), "{offset}: {}", run.stdout);
         assert_eq!(steps(&journal(&sb)["migrations"][0]), MIGRATED, "{offset}");
     }
 }
@@ -475,10 +406,7 @@ fn advice_for(stderr: &str, id: &str) -> String {
 /// recording wrapper) against the stand-in, the fake helmfile sync, the
 /// real helmfile for everything else.
 pub(crate) fn shell(sb: &Sandbox, command: &str) -> Run {
-    sb.command_of(std::path::Path::new("sh"), &["-c", command])
-        .output()
-        .unwrap()
-        .into()
+    sb.command_of(std::path::Path::new("sh"), &["-c", command]).output().unwrap().into()
 }
 
 /// ESO 0.16+ does not re-read an ExternalSecret with `refreshInterval: 0`
@@ -495,10 +423,7 @@ fn external_secrets_eso_does_not_reread_are_named_with_a_fix_not_waited_on() {
         local(healthy()),
         &[
             ("graph-db-credentials", json!({"refreshInterval": "0"})),
-            (
-                "platform-db-credentials",
-                json!({"refreshPolicy": "CreatedOnce"}),
-            ),
+            ("platform-db-credentials", json!({"refreshPolicy": "CreatedOnce"})),
         ],
     ));
     let run = to_vault(&sb, &bao).ok();
@@ -543,18 +468,12 @@ fn external_secrets_eso_does_not_reread_are_named_with_a_fix_not_waited_on() {
 
     // The advice works. The selector picks the release that renders it
     // (the real helmfile, rendering instead of syncing) ...
-    let template = fix
-        .split(" && ")
-        .nth(1)
-        .unwrap()
-        .replace(" sync", " template --skip-deps");
+    let template = fix.split(" && ").nth(1).unwrap().replace(" sync", " template --skip-deps");
     let rendered = shell(&sb, &template).ok();
     assert_contains(&rendered.stdout, "name: graph-db-credentials\n");
     // ... the real kubectl deletes it, the sync runs ...
-    let old = sb
-        .cluster()
-        .object("ExternalSecret", Some("ameide"), "graph-db-credentials")
-        .unwrap();
+    let old =
+        sb.cluster().object("ExternalSecret", Some("ameide"), "graph-db-credentials").unwrap();
     shell(&sb, &fix).ok();
     assert!(sb
         .cluster()
@@ -562,23 +481,20 @@ fn external_secrets_eso_does_not_reread_are_named_with_a_fix_not_waited_on() {
         .is_none());
     // ... helm creates it again (the fake sync does not: the stand-in plays
     // helm), and ESO reads the new one at once, from the store in use.
-    let again = with_specs(
-        local(healthy()),
-        &[("graph-db-credentials", json!({"refreshInterval": "0"}))],
-    )["kubectl"]["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["metadata"]["name"] == "graph-db-credentials")
-        .unwrap()
-        .clone();
+    let again =
+        with_specs(local(healthy()), &[("graph-db-credentials", json!({"refreshInterval": "0"}))])
+            ["kubectl"]["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["metadata"]["name"] == "graph-db-credentials")
+            .unwrap()
+            .clone();
     sb.cluster().put(&[again]);
     let until = Instant::now() + Duration::from_secs(10);
     let new = loop {
-        let o = sb
-            .cluster()
-            .object("ExternalSecret", Some("ameide"), "graph-db-credentials")
-            .unwrap();
+        let o =
+            sb.cluster().object("ExternalSecret", Some("ameide"), "graph-db-credentials").unwrap();
         if o["status"]["refreshTime"].is_string() {
             break o;
         }
@@ -593,10 +509,8 @@ fn external_secrets_eso_does_not_reread_are_named_with_a_fix_not_waited_on() {
         .find(|c| c["type"] == "Ready")
         .unwrap();
     assert_eq!(ready["status"], "True", "{new}");
-    assert!(sb
-        .cluster()
-        .object("ClusterSecretStore", None, "ameide-vault")
-        .unwrap()["spec"]["provider"]["vault"]
+    assert!(sb.cluster().object("ClusterSecretStore", None, "ameide-vault").unwrap()["spec"]
+        ["provider"]["vault"]
         .is_object());
 }
 
@@ -625,28 +539,21 @@ fn a_store_in_esos_backoff_is_forced_before_the_external_secrets() {
         .unwrap();
     let until = Instant::now() + Duration::from_secs(60);
     loop {
-        let store = sb
-            .cluster()
-            .object("ClusterSecretStore", None, "ameide-vault");
+        let store = sb.cluster().object("ClusterSecretStore", None, "ameide-vault");
         let failed_on_vault = store.as_ref().is_some_and(|s| {
             s["spec"]["provider"]["vault"].is_object()
                 && s["status"]["conditions"].as_array().is_some_and(|c| {
-                    c.iter()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "False")
+                    c.iter().any(|c| c["type"] == "Ready" && c["status"] == "False")
                 })
         });
         if failed_on_vault {
             break;
         }
-        assert!(
-            Instant::now() < until,
-            "the store never failed on vault: {store:?}"
-        );
+        assert!(Instant::now() < until, "the store never failed on vault: {store:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
     // Vault is back; ESO would retry the store only after its backoff.
-    sb.cluster()
-        .knobs(json!({"store_health": {"vault": {"ready": true, "backoff": true}}}));
+    sb.cluster().knobs(json!({"store_health": {"vault": {"ready": true, "backoff": true}}}));
     let run: Run = child.wait_with_output().unwrap().into();
     let run = run.ok();
     assert_contains(&run.stdout, "migrated local to vault");
@@ -664,15 +571,9 @@ fn a_store_in_esos_backoff_is_forced_before_the_external_secrets() {
         .filter(|a| a[0] == "annotate")
         .map(|a| a[1].clone())
         .collect();
-    let first_es = annotations
-        .iter()
-        .position(|k| k == "externalsecret")
-        .unwrap();
+    let first_es = annotations.iter().position(|k| k == "externalsecret").unwrap();
     assert!(
-        first_es > 0
-            && annotations[..first_es]
-                .iter()
-                .all(|k| k == "clustersecretstore"),
+        first_es > 0 && annotations[..first_es].iter().all(|k| k == "clustersecretstore"),
         "{annotations:?}"
     );
 }
@@ -821,11 +722,7 @@ const CASES: &[Case] = &[
     Case {
         name: "the automatic rollback's sync",
         break_it: |sb| {
-            sb.scenario(cluster(
-                "k3d-ameide",
-                eso(0, healthy()),
-                json!([sync_fails()]),
-            ));
+            sb.scenario(cluster("k3d-ameide", eso(0, healthy()), json!([sync_fails()])));
         },
         fix_it: |sb| sb.scenario(local(healthy())),
         steps: &[
@@ -891,12 +788,7 @@ fn fail_and_finish(name: &str) {
         let m = &journal(&sb)["migrations"][0];
         assert_eq!(steps(m), case.steps, "{}:\n{}", case.name, run.stderr);
         assert_eq!(m["state"], case.state, "{}", case.name);
-        assert_eq!(
-            sb.read(FLAG),
-            before,
-            "{}: the committed flag, byte for byte",
-            case.name
-        );
+        assert_eq!(sb.read(FLAG), before, "{}: the committed flag, byte for byte", case.name);
         if case.state == "rollback-failed" {
             assert_eq!(
                 named_command(&run.stderr),
@@ -906,9 +798,7 @@ fn fail_and_finish(name: &str) {
             );
             let status = xt(&sb, &bao, &["secrets", "status"]).ok();
             assert!(
-                status
-                    .stdout
-                    .contains("migrate azure -> vault: rollback-failed")
+                status.stdout.contains("migrate azure -> vault: rollback-failed")
                     && status
                         .stdout
                         .contains("finish it with `cargo xtask secrets rollback --resume --yes`"),
@@ -920,10 +810,8 @@ fn fail_and_finish(name: &str) {
         (case.fix_it)(&sb);
         let done = run_named(&sb, &bao, &run.stderr);
         assert_eq!(done.code, 0, "{}: {}", case.name, done.all());
-        let target = before.replace(
-            "  provider: azure\n",
-            &format!("  provider: {}\n", case.finishes_on),
-        );
+        let target =
+            before.replace("  provider: azure\n", &format!("  provider: {}\n", case.finishes_on));
         assert_eq!(sb.read(FLAG), target, "{}", case.name);
         let j = journal(&sb);
         let newest = &j["migrations"][0];
@@ -937,11 +825,7 @@ fn fail_and_finish(name: &str) {
             assert!(!run.stdout.contains("finish it with"), "{}", run.stdout);
         } else {
             assert_eq!(steps(newest), MIGRATED, "{}", case.name);
-            assert_eq!(
-                j["migrations"][1]["state"], case.state,
-                "{}: history kept",
-                case.name
-            );
+            assert_eq!(j["migrations"][1]["state"], case.state, "{}: history kept", case.name);
         }
     }
 }
@@ -1008,11 +892,7 @@ fn a_refused_rollback_records_nothing() {
             "{}",
             run.stderr
         );
-        assert_eq!(
-            journal_bytes(&sb),
-            journal_before,
-            "the journal is untouched"
-        );
+        assert_eq!(journal_bytes(&sb), journal_before, "the journal is untouched");
         assert_eq!(sb.read(FLAG), flipped);
     }
 
@@ -1042,36 +922,19 @@ fn a_failed_rollback_is_finished_by_the_command_it_names() {
     assert_eq!(steps(&j["migrations"][0]), ["preflight ok", "flip failed"]);
     assert_eq!(j["migrations"][0]["state"], "failed");
     assert_eq!(j["migrations"][1]["state"], "completed");
-    assert_eq!(
-        sb.read(FLAG),
-        flipped,
-        "the migration's target, byte for byte"
-    );
-    assert_eq!(
-        named_command(&run.stderr),
-        ["secrets", "rollback", "--to", "azure", "--yes"]
-    );
+    assert_eq!(sb.read(FLAG), flipped, "the migration's target, byte for byte");
+    assert_eq!(named_command(&run.stderr), ["secrets", "rollback", "--to", "azure", "--yes"]);
     std::fs::remove_dir_all(tmp_path(&sb)).unwrap();
 
     // Its sync fails.
-    sb.scenario(cluster(
-        "k3d-ameide",
-        eso(0, healthy()),
-        json!([sync_fails()]),
-    ));
+    sb.scenario(cluster("k3d-ameide", eso(0, healthy()), json!([sync_fails()])));
     let run = rollback(&sb, &bao, &["--yes"]).code(1);
     let j = journal(&sb);
-    assert_eq!(
-        steps(&j["migrations"][0]),
-        ["preflight ok", "flip ok", "sync failed"]
-    );
+    assert_eq!(steps(&j["migrations"][0]), ["preflight ok", "flip ok", "sync failed"]);
     assert_eq!(j["migrations"][0]["state"], "rollback-failed");
     assert_eq!(j["migrations"][2]["state"], "completed", "not undone yet");
     assert_eq!(sb.read(FLAG), before);
-    assert_eq!(
-        named_command(&run.stderr),
-        ["secrets", "rollback", "--resume", "--yes"]
-    );
+    assert_eq!(named_command(&run.stderr), ["secrets", "rollback", "--resume", "--yes"]);
     // Then its wait fails (Azure Key Vault is down): still rollback-failed.
     sb.scenario(local(unhealthy("azure")));
     let run = run_named(&sb, &bao, &run.stderr).code(1);
@@ -1097,28 +960,17 @@ fn rollback_to_the_restored_provider_still_syncs() {
         return;
     };
     let before = sb.read(FLAG);
-    sb.scenario(cluster(
-        "k3d-ameide",
-        eso(0, healthy()),
-        json!([sync_fails()]),
-    ));
+    sb.scenario(cluster("k3d-ameide", eso(0, healthy()), json!([sync_fails()])));
     to_vault(&sb, &bao).code(1);
     assert_eq!(journal(&sb)["migrations"][0]["state"], "rollback-failed");
 
     sb.scenario(local(healthy()));
     let synced = argvs(&sb, "helmfile").len();
     let run = rollback(&sb, &bao, &["--to", "azure", "--yes"]).ok();
-    assert!(
-        !run.stdout.contains("nothing to roll back"),
-        "{}",
-        run.stdout
-    );
+    assert!(!run.stdout.contains("nothing to roll back"), "{}", run.stdout);
     assert_eq!(argvs(&sb, "helmfile").len(), synced + 1, "synced layer 15");
     let j = journal(&sb);
-    assert_eq!(
-        steps(&j["migrations"][0]),
-        ["preflight ok", "sync ok", "wait ok", "record ok"]
-    );
+    assert_eq!(steps(&j["migrations"][0]), ["preflight ok", "sync ok", "wait ok", "record ok"]);
     assert_eq!(j["migrations"][1]["state"], "rolled-back");
     assert_eq!(sb.read(FLAG), before);
     // Now settled: nothing to roll back.
@@ -1167,10 +1019,7 @@ fn dry_run_prints_the_plan_the_real_run_executes() {
         "{}",
         run.stderr
     );
-    assert!(
-        sb.read(FLAG).contains("  provider: vault\n"),
-        "left flipped"
-    );
+    assert!(sb.read(FLAG).contains("  provider: vault\n"), "left flipped");
     sb.scenario(local(healthy()));
     let dry = migrate(&sb, &bao, &["--resume", "--dry-run"]).ok();
     let real = migrate(&sb, &bao, &["--resume", "--yes"]).ok();
@@ -1185,21 +1034,11 @@ fn dry_run_prints_the_plan_the_real_run_executes() {
 
     // A rollback's own plan: five steps, no seed or coverage gate.
     let dry = rollback(&sb, &bao, &["--dry-run"]).ok();
-    assert!(
-        !dry.stdout.contains("seed") && !dry.stdout.contains("reachable"),
-        "{}",
-        dry.stdout
-    );
+    assert!(!dry.stdout.contains("seed") && !dry.stdout.contains("reachable"), "{}", dry.stdout);
     let real = rollback(&sb, &bao, &["--yes"]).ok();
     assert_eq!(
         labels(&dry.stdout),
-        [
-            "[1/5] preflight",
-            "[2/5] flip",
-            "[3/5] sync",
-            "[4/5] wait",
-            "[5/5] record"
-        ]
+        ["[1/5] preflight", "[2/5] flip", "[3/5] sync", "[4/5] wait", "[5/5] record"]
     );
     assert_eq!(labels(&real.stdout), labels(&dry.stdout));
 }
@@ -1209,11 +1048,7 @@ fn an_interrupted_migration_resumes_and_a_second_one_is_refused() {
     let Some((bao, sb)) = start() else {
         return;
     };
-    sb.scenario(cluster(
-        "k3d-ameide",
-        eso(0, healthy()),
-        json!([{"sleep": 30}]),
-    ));
+    sb.scenario(cluster("k3d-ameide", eso(0, healthy()), json!([{"sleep": 30}])));
     let mut first = sb
         .command(&["secrets", "migrate", "--to", "vault", "--yes"])
         .env("VAULT_ADDR", &bao.addr)
@@ -1235,19 +1070,13 @@ fn an_interrupted_migration_resumes_and_a_second_one_is_refused() {
         if flipped && sb.fake_dir.join("helmfile.pid").exists() {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the migration never reached sync"
-        );
+        assert!(Instant::now() < deadline, "the migration never reached sync");
         std::thread::sleep(Duration::from_millis(50));
     }
     // While it runs, a second migration is refused and told who holds the lock.
     let run = to_vault(&sb, &bao).code(1);
     assert!(
-        run.stderr.contains(&format!(
-            "another migration of local is running (pid {}",
-            first.id()
-        )),
+        run.stderr.contains(&format!("another migration of local is running (pid {}", first.id())),
         "{}",
         run.stderr
     );
@@ -1256,14 +1085,8 @@ fn an_interrupted_migration_resumes_and_a_second_one_is_refused() {
     first.kill().unwrap();
     first.wait().unwrap();
     let pid = std::fs::read_to_string(sb.fake_dir.join("helmfile.pid")).unwrap();
-    let _ = std::process::Command::new("kill")
-        .arg("-9")
-        .arg(pid.trim())
-        .status();
-    assert!(
-        sb.read(FLAG).contains("  provider: vault\n"),
-        "interrupted after the flip"
-    );
+    let _ = std::process::Command::new("kill").arg("-9").arg(pid.trim()).status();
+    assert!(sb.read(FLAG).contains("  provider: vault\n"), "interrupted after the flip");
     let m = &journal(&sb)["migrations"][0];
     assert_eq!(m["state"], "in-progress");
     assert_eq!(steps(m), MIGRATED[..4], "only finished steps are journaled");
@@ -1312,10 +1135,7 @@ fn dry_run_changes_nothing_and_preflight_refuses_unsafe_states() {
         "{}",
         run.stderr
     );
-    assert!(
-        !sb.path(JOURNAL).exists(),
-        "a refused preflight journals nothing"
-    );
+    assert!(!sb.path(JOURNAL).exists(), "a refused preflight journals nothing");
 
     // ESO goes away, every CRD of its group (first_contact.rs has the details).
     for crd in sb.cluster().objects() {
@@ -1323,12 +1143,7 @@ fn dry_run_changes_nothing_and_preflight_refuses_unsafe_states() {
             && crd["spec"]["group"] == "external-secrets.io"
         {
             let name = crd["metadata"]["name"].as_str().unwrap();
-            sb.cluster().delete(
-                "apiextensions.k8s.io/v1",
-                "CustomResourceDefinition",
-                None,
-                name,
-            );
+            sb.cluster().delete("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, name);
         }
     }
     sb.scenario(json!({"kubectl": {"context": "kind-dev"}}));
@@ -1341,10 +1156,7 @@ fn dry_run_changes_nothing_and_preflight_refuses_unsafe_states() {
     assert_contains(&run.stderr, "has an uncommitted change");
     assert_eq!(sb.read(FLAG), format!("{before}# my local tweak\n"));
     assert!(argvs(&sb, "helmfile").is_empty(), "nothing synced");
-    assert!(
-        !sb.path(JOURNAL).exists(),
-        "a refused preflight journals nothing"
-    );
+    assert!(!sb.path(JOURNAL).exists(), "a refused preflight journals nothing");
 }
 
 #[test]
@@ -1358,25 +1170,14 @@ fn status_shows_flags_migration_and_config_sources() {
     assert!(out.contains("  local        azure   <-"), "{out}");
     assert!(out.contains("  staging      azure"), "{out}");
     assert!(out.contains("unsealed"), "{out}");
-    assert!(
-        out.contains("external secrets on ameide-vault: 0/2 Ready"),
-        "{out}"
-    );
-    assert!(
-        out.contains("ameide/graph-db-credentials: SecretSyncedError"),
-        "{out}"
-    );
+    assert!(out.contains("external secrets on ameide-vault: 0/2 Ready"), "{out}");
+    assert!(out.contains("ameide/graph-db-credentials: SecretSyncedError"), "{out}");
     assert!(
         out.contains("vault.token        (set, not shown)") && out.contains("env VAULT_TOKEN"),
         "{out}"
     );
-    assert!(
-        !out.contains(&bao.token),
-        "the token is shown by source only"
-    );
-    let run = sb
-        .xtask_env(&["secrets", "status", "--output", "json"], &bao.env())
-        .ok();
+    assert!(!out.contains(&bao.token), "the token is shown by source only");
+    let run = sb.xtask_env(&["secrets", "status", "--output", "json"], &bao.env()).ok();
     let v: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(v["vault"]["sealed"], false);
     assert_eq!(v["kube_context_local"], true);
@@ -1445,20 +1246,13 @@ fn doctor_reports_each_finding_with_its_fix() {
     let denied = "unable to log in to auth method: unable to log in with Kubernetes auth: Error making API request.\n\nURL: PUT \
                   http://vault.vault.svc.cluster.local:8200/v1/auth/kubernetes/login\nCode: 403. Errors:\n\n* \
                   permission denied";
-    sb.cluster()
-        .knobs(json!({"store_health": {"vault": {"ready": false, "message": denied}}}));
+    sb.cluster().knobs(json!({"store_health": {"vault": {"ready": false, "message": denied}}}));
     shell(
         &sb,
         "kubectl annotate externalsecret graph-db-credentials --namespace ameide force-sync=1 --overwrite",
     )
     .ok();
-    wait_condition(
-        &sb,
-        "ExternalSecret",
-        Some("ameide"),
-        "graph-db-credentials",
-        "False",
-    );
+    wait_condition(&sb, "ExternalSecret", Some("ameide"), "graph-db-credentials", "False");
     let run = sb.xtask_env(&["secrets", "doctor"], &env).code(1);
     let one_line: Vec<&str> = denied.split_whitespace().collect();
     assert_contains(
@@ -1478,11 +1272,7 @@ fn doctor_reports_each_finding_with_its_fix() {
         &run.stdout,
         "`kubectl get clusterrolebindings --output wide | grep system:auth-delegator` must list vault/vault",
     );
-    assert!(
-        !run.stdout.contains("check kubectl access"),
-        "{}",
-        run.stdout
-    );
+    assert!(!run.stdout.contains("check kubectl access"), "{}", run.stdout);
 
     // Then the store is validated again and fails: its own condition and
     // ESO's event about it; the ExternalSecrets point at it.
@@ -1497,13 +1287,7 @@ fn doctor_reports_each_finding_with_its_fix() {
     )
     .ok();
     wait_condition(&sb, "ClusterSecretStore", None, "ameide-vault", "False");
-    wait_condition(
-        &sb,
-        "ExternalSecret",
-        Some("ameide"),
-        "platform-db-credentials",
-        "False",
-    );
+    wait_condition(&sb, "ExternalSecret", Some("ameide"), "platform-db-credentials", "False");
     let run = sb.xtask_env(&["secrets", "doctor"], &env).code(1);
     assert_contains(
         &run.stdout,
@@ -1528,25 +1312,17 @@ fn doctor_reports_each_finding_with_its_fix() {
     sb.cluster().knobs(
         json!({"store_health": {"vault": {"ready": false, "backoff": true, "message": "sealed"}}}),
     );
-    shell(
-        &sb,
-        "kubectl annotate clustersecretstore ameide-vault force-sync=3 --overwrite",
-    )
-    .ok();
+    shell(&sb, "kubectl annotate clustersecretstore ameide-vault force-sync=3 --overwrite").ok();
     let until = Instant::now() + Duration::from_secs(10);
     while !sb
         .xtask_env(&["secrets", "doctor"], &env)
         .stdout
         .contains("ESO's last warning (ValidationFailed): sealed")
     {
-        assert!(
-            Instant::now() < until,
-            "ESO never validated the store again"
-        );
+        assert!(Instant::now() < until, "ESO never validated the store again");
         std::thread::sleep(Duration::from_millis(100));
     }
-    sb.cluster()
-        .knobs(json!({"store_health": {"vault": {"ready": true, "backoff": true}}}));
+    sb.cluster().knobs(json!({"store_health": {"vault": {"ready": true, "backoff": true}}}));
     std::thread::sleep(Duration::from_millis(600));
     let run = sb.xtask_env(&["secrets", "doctor"], &env).code(1);
     let fix = run
@@ -1565,10 +1341,7 @@ fn doctor_reports_each_finding_with_its_fix() {
     wait_condition(&sb, "ClusterSecretStore", None, "ameide-vault", "True");
     // (The ExternalSecrets follow as ESO retries them.)
     let run = sb.xtask_env(&["secrets", "doctor"], &env);
-    assert_contains(
-        &run.stdout,
-        "ok    eso        ClusterSecretStore/ameide-vault Ready",
-    );
+    assert_contains(&run.stdout, "ok    eso        ClusterSecretStore/ameide-vault Ready");
 }
 
 #[test]
@@ -1579,10 +1352,7 @@ fn a_canary_never_reaches_the_journal_output_or_any_child() {
     let canary = "CANARY-migrate-5d6e7f";
     let bao = OpenBao::start();
     let sb = on_azure();
-    sb.write(
-        ".local/secrets/overrides.json",
-        &format!("{{\"graph-db-password\": \"{canary}\"}}"),
-    );
+    sb.write(".local/secrets/overrides.json", &format!("{{\"graph-db-password\": \"{canary}\"}}"));
     // The first run rolls back (Vault's store is not Ready), the second completes.
     sb.scenario(local(unhealthy("vault")));
     let mut outputs = vec![to_vault(&sb, &bao).code(1).all()];
@@ -1590,12 +1360,9 @@ fn a_canary_never_reaches_the_journal_output_or_any_child() {
     outputs.push(to_vault(&sb, &bao).ok().all());
     // The canary did go through the pipeline: Vault holds it, read back
     // independently.
-    let held: std::collections::HashMap<String, String> = block_on(vaultrs::kv2::read(
-        &bao.client(),
-        "secret",
-        "graph-db-password",
-    ))
-    .expect("graph-db-password is in Vault");
+    let held: std::collections::HashMap<String, String> =
+        block_on(vaultrs::kv2::read(&bao.client(), "secret", "graph-db-password"))
+            .expect("graph-db-password is in Vault");
     assert!(
         held.get("value").map(String::as_str) == Some(canary),
         "Vault holds the override for graph-db-password"
@@ -1641,11 +1408,7 @@ fn a_hung_sync_is_stopped_at_its_deadline() {
     };
     let before = sb.read(FLAG);
     sb.write(".local/secrets.toml", "[helmfile]\nsync_timeout_secs = 2\n");
-    sb.scenario(cluster(
-        "k3d-ameide",
-        eso(0, healthy()),
-        json!([{"sleep": 60}, {"exit": 0}]),
-    ));
+    sb.scenario(cluster("k3d-ameide", eso(0, healthy()), json!([{"sleep": 60}, {"exit": 0}])));
     let t = Instant::now();
     let run = to_vault(&sb, &bao).code(1);
     assert!(t.elapsed() < Duration::from_secs(50), "{:?}", t.elapsed());
@@ -1726,11 +1489,7 @@ fn rollback_never_writes_a_tampered_journal_into_the_flag_file() {
         "secrets.provider = azure (set; the journal's copy of the file from before the migration does not \
          match its checksum, so it is not used",
     );
-    assert_eq!(
-        sb.read(FLAG),
-        before,
-        "the committed flag file, byte for byte"
-    );
+    assert_eq!(sb.read(FLAG), before, "the committed flag file, byte for byte");
     let j = journal(&sb);
     assert_eq!(j["migrations"][0]["state"], "completed");
     assert_eq!(j["migrations"][1]["state"], "rolled-back");
@@ -1748,19 +1507,10 @@ fn the_automatic_rollback_never_writes_a_tampered_journal_into_the_flag_file() {
     let before = sb.read(FLAG);
     sb.scenario(local(healthy()));
     // Killed before its sync, then the journal is edited.
-    killed_at(
-        &sb,
-        &bao,
-        &["migrate", "--to", "vault", "--yes"],
-        "sync:before",
-    );
+    killed_at(&sb, &bao, &["migrate", "--to", "vault", "--yes"], "sync:before");
     let flipped = sb.read(FLAG);
     tamper_journal(&sb);
-    sb.scenario(cluster(
-        "k3d-ameide",
-        eso(0, healthy()),
-        json!([sync_fails(), {"exit": 0}]),
-    ));
+    sb.scenario(cluster("k3d-ameide", eso(0, healthy()), json!([sync_fails(), {"exit": 0}])));
     let run = migrate(&sb, &bao, &["--resume", "--yes"]).code(1);
     assert_contains(
         &run.stderr,
@@ -1788,11 +1538,7 @@ fn the_automatic_rollback_never_writes_a_tampered_journal_into_the_flag_file() {
         "unfinished: finish it with `cargo xtask secrets rollback --to azure --yes`",
     );
     run_named(&sb, &bao, &run.stderr).ok();
-    assert_eq!(
-        sb.read(FLAG),
-        before,
-        "the committed flag file, byte for byte"
-    );
+    assert_eq!(sb.read(FLAG), before, "the committed flag file, byte for byte");
     let j = journal(&sb);
     assert_eq!(j["migrations"][0]["state"], "completed");
     assert_eq!(j["migrations"][1]["state"], "rolled-back");
@@ -1808,11 +1554,7 @@ fn the_automatic_rollback_never_overwrites_an_edit_made_during_the_sync() {
     let before = sb.read(FLAG);
     let mut slow_failure = sync_fails();
     slow_failure["sleep"] = json!(3);
-    sb.scenario(cluster(
-        "k3d-ameide",
-        eso(0, healthy()),
-        json!([slow_failure, {"exit": 0}]),
-    ));
+    sb.scenario(cluster("k3d-ameide", eso(0, healthy()), json!([slow_failure, {"exit": 0}])));
     let child = sb
         .command(&["secrets", "migrate", "--to", "vault", "--yes"])
         .env("VAULT_ADDR", &bao.addr)
@@ -1824,10 +1566,7 @@ fn the_automatic_rollback_never_overwrites_an_edit_made_during_the_sync() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !sb.fake_dir.join("helmfile.pid").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the migration never reached sync"
-        );
+        assert!(Instant::now() < deadline, "the migration never reached sync");
         std::thread::sleep(Duration::from_millis(20));
     }
     let edited = format!("{}# edited during the sync\n", sb.read(FLAG));
@@ -1889,9 +1628,7 @@ fn the_flip_never_overwrites_an_edit_made_since_the_migration_started() {
         ("EXTERNALSECRET_WAIT_SLEEP", "0.1".into()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let run = sb
-        .xtask_env(&["secrets", "migrate", "--to", "vault", "--yes"], &env)
-        .code(1);
+    let run = sb.xtask_env(&["secrets", "migrate", "--to", "vault", "--yes"], &env).code(1);
     assert_contains(
         &run.stderr,
         &format!("migrate of local to vault stopped at flip: {FLAG} changed since the migrate started (checksum "),
@@ -1911,20 +1648,12 @@ fn the_flip_never_overwrites_an_edit_made_since_the_migration_started() {
     assert!(argvs(&sb, "helmfile").is_empty(), "nothing synced");
     let m = &journal(&sb)["migrations"][0];
     assert_eq!(m["state"], "failed");
-    assert_eq!(
-        steps(m),
-        ["preflight ok", "seed ok", "coverage ok", "flip failed"]
-    );
+    assert_eq!(steps(m), ["preflight ok", "seed ok", "coverage ok", "flip failed"]);
     // Committed, the edit is where the next migration starts from.
     commit(&sb, "the edit");
-    let run = sb
-        .xtask_env(&["secrets", "migrate", "--to", "vault", "--yes"], &env)
-        .ok();
+    let run = sb.xtask_env(&["secrets", "migrate", "--to", "vault", "--yes"], &env).ok();
     assert_contains(&run.stdout, "migrated local to vault");
-    assert_eq!(
-        sb.read(FLAG),
-        edited.replace("  provider: azure\n", "  provider: vault\n")
-    );
+    assert_eq!(sb.read(FLAG), edited.replace("  provider: azure\n", "  provider: vault\n"));
 }
 
 /// The advice around an uncommitted flag file works when followed. It
@@ -1939,10 +1668,7 @@ fn every_way_out_of_an_uncommitted_flag_file_works() {
     sb.scenario(local(healthy()));
     to_vault(&sb, &bao).ok();
     let store_provider = |sb: &Sandbox| {
-        let o = sb
-            .cluster()
-            .object("ClusterSecretStore", None, "ameide-vault")
-            .unwrap();
+        let o = sb.cluster().object("ClusterSecretStore", None, "ameide-vault").unwrap();
         if o["spec"]["provider"]["vault"].is_object() {
             "vault"
         } else {
@@ -1982,11 +1708,8 @@ fn every_way_out_of_an_uncommitted_flag_file_works() {
     let start = run.stderr.find("(`git commit").unwrap() + 2;
     let commit = &run.stderr[start..start + run.stderr[start..].find('`').unwrap()];
     // (as a developer's git would, with who they are)
-    std::fs::write(
-        sb.home.join(".gitconfig"),
-        "[user]\n\tname = t\n\temail = t@t.invalid\n",
-    )
-    .unwrap();
+    std::fs::write(sb.home.join(".gitconfig"), "[user]\n\tname = t\n\temail = t@t.invalid\n")
+        .unwrap();
     shell(&sb, commit).ok();
     to_vault(&sb, &bao).ok();
     assert_eq!(store_provider(&sb), "vault");
@@ -2001,11 +1724,7 @@ fn every_way_out_of_an_uncommitted_flag_file_works() {
         "the flag file already says azure, but the journal does not show the cluster synced to it: `cargo xtask \
          secrets rollback --to azure --yes` syncs layer 15 and waits for the ExternalSecrets",
     );
-    assert_eq!(
-        store_provider(&sb),
-        "vault",
-        "as the run said, nothing changed"
-    );
+    assert_eq!(store_provider(&sb), "vault", "as the run said, nothing changed");
     run_named(&sb, &bao, &run.stdout).ok();
     assert_eq!(store_provider(&sb), "azure");
     let run = to_azure().ok();

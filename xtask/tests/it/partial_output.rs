@@ -11,31 +11,14 @@ const KILL_AFTER: usize = 200;
 fn seed_killed_midway(extra: &[&str]) -> Run {
     let mut bao = OpenBao::start();
     let sb = Sandbox::new();
-    sb.write(
-        ".local/secrets.toml",
-        "[vault]\nretries = 1\ntimeout_secs = 2\n",
-    );
-    let fixtures: serde_json::Map<String, serde_json::Value> = (0..SECRETS)
-        .map(|i| (format!("generated-{i:05}"), format!("value-{i}").into()))
-        .collect();
-    sb.write(
-        ".local/many.json",
-        &serde_json::to_string(&fixtures).unwrap(),
-    );
+    sb.write(".local/secrets.toml", "[vault]\nretries = 1\ntimeout_secs = 2\n");
+    let fixtures: serde_json::Map<String, serde_json::Value> =
+        (0..SECRETS).map(|i| (format!("generated-{i:05}"), format!("value-{i}").into())).collect();
+    sb.write(".local/many.json", &serde_json::to_string(&fixtures).unwrap());
     let proxy = killing_at_write(&bao, KILL_AFTER);
-    let mut args = vec![
-        "secrets",
-        "seed",
-        "--provider",
-        "vault",
-        "--fixtures",
-        ".local/many.json",
-    ];
+    let mut args = vec!["secrets", "seed", "--provider", "vault", "--fixtures", ".local/many.json"];
     args.extend_from_slice(extra);
-    let run = sb.xtask_env(
-        &args,
-        &[("VAULT_ADDR", &proxy.addr()), ("VAULT_TOKEN", &bao.token)],
-    );
+    let run = sb.xtask_env(&args, &[("VAULT_ADDR", &proxy.addr()), ("VAULT_TOKEN", &bao.token)]);
     bao.kill();
     run
 }
@@ -51,16 +34,9 @@ fn check_common(run: &Run) {
     assert!(!run.all().contains("the run stopped\n"), "{}", run.stderr);
     // Every list is capped: no line names more than 20 generated secrets.
     for line in run.all().lines() {
-        assert!(
-            line.matches("generated-").count() <= 20,
-            "a line with more than 20 names: {line}"
-        );
+        assert!(line.matches("generated-").count() <= 20, "a line with more than 20 names: {line}");
     }
-    assert!(
-        run.stderr.contains("and ") && run.stderr.contains(" more"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("and ") && run.stderr.contains(" more"), "{}", run.stderr);
 }
 
 #[test]
@@ -71,17 +47,9 @@ fn a_server_killed_mid_seed_of_many_secrets_gives_short_output_cause_first() {
     let run = seed_killed_midway(&[]);
     check_common(&run);
     let bytes = run.stdout.len() + run.stderr.len();
-    eprintln!(
-        "output after a killed {SECRETS}-secret seed: {bytes} bytes\n{}",
-        run.all()
-    );
+    eprintln!("output after a killed {SECRETS}-secret seed: {bytes} bytes\n{}", run.all());
     assert!(bytes < 6_000, "{bytes} bytes:\n{}", run.all());
-    assert!(
-        run.stdout
-            .contains("(and 2980 more create; --verbose lists them)"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("(and 2980 more create; --verbose lists them)"), "{}", run.stdout);
 
     // -q: the summary and the errors only.
     let run = seed_killed_midway(&["-q"]);
@@ -104,17 +72,9 @@ fn a_server_error_is_one_line() {
     let bao = OpenBao::start();
     let dir = crate::support::TempDir::new("policy");
     let policy = dir.0.join("readonly.hcl");
-    std::fs::write(
-        &policy,
-        "path \"secret/*\" { capabilities = [\"read\", \"list\"] }\n",
-    )
-    .unwrap();
+    std::fs::write(&policy, "path \"secret/*\" { capabilities = [\"read\", \"list\"] }\n").unwrap();
     let out = bao.bao(&["policy", "write", "readonly", policy.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = bao.bao(&["token", "create", "-policy=readonly", "-field=token"]);
     let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let sb = Sandbox::new();
@@ -124,8 +84,7 @@ fn a_server_error_is_one_line() {
         let run = sb.xtask_env(&args, &[("VAULT_ADDR", &bao.addr), ("VAULT_TOKEN", &token)]);
         assert_eq!(run.code, 1, "{}", run.all());
         assert!(
-            run.stderr
-                .starts_with("error: permission denied for POST secret/data/")
+            run.stderr.starts_with("error: permission denied for POST secret/data/")
                 && run.stderr.contains("(permission denied). The token"),
             "{}",
             run.stderr

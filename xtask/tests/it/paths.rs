@@ -5,11 +5,7 @@ use crate::support::{assert_contains, Run, Sandbox};
 
 /// Runs the binary with `cwd` (relative to the sandbox root) as its working directory.
 fn xtask_in(sb: &Sandbox, cwd: &str, args: &[&str]) -> Run {
-    sb.command(args)
-        .current_dir(sb.path(cwd))
-        .output()
-        .unwrap()
-        .into()
+    sb.command(args).current_dir(sb.path(cwd)).output().unwrap().into()
 }
 
 /// `secrets seed --provider file` with `extra` flags, run from `cwd`.
@@ -25,11 +21,7 @@ fn fixtures_from_a_subdirectory_are_read_from_there() {
     let run = seed_file_in(
         &sb,
         "infra",
-        &[
-            "--dry-run",
-            "--fixtures",
-            "../scripts/azure/default-local-keyvault-secrets.json",
-        ],
+        &["--dry-run", "--fixtures", "../scripts/azure/default-local-keyvault-secrets.json"],
     )
     .ok();
     assert!(
@@ -73,42 +65,20 @@ fn overrides_infra_and_out_are_read_from_the_working_directory() {
     )
     .ok();
     assert!(run.stdout.contains("(1 overridden)"), "{}", run.stdout);
-    assert_contains(
-        &run.stdout,
-        "rendered eso-fake manifests to .local/eso.yaml (mode 0600)",
-    );
+    assert_contains(&run.stdout, "rendered eso-fake manifests to .local/eso.yaml (mode 0600)");
     assert!(sb.path(".local/eso.yaml").is_file());
-    assert!(
-        !sb.path("scripts/.local").exists(),
-        "nothing lands below the subdirectory"
-    );
+    assert!(!sb.path("scripts/.local").exists(), "nothing lands below the subdirectory");
 
     // --infra from infra/: the same tree as the default, shown from the root.
-    let run = xtask_in(
-        &sb,
-        "infra",
-        &[
-            "secrets",
-            "check",
-            "--infra",
-            "kubernetes",
-            "--output",
-            "json",
-        ],
-    )
-    .ok();
+    let run =
+        xtask_in(&sb, "infra", &["secrets", "check", "--infra", "kubernetes", "--output", "json"])
+            .ok();
     let from_sub: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    let from_root: serde_json::Value = serde_json::from_str(
-        &sb.xtask(&["secrets", "check", "--output", "json"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
+    let from_root: serde_json::Value =
+        serde_json::from_str(&sb.xtask(&["secrets", "check", "--output", "json"]).ok().stdout)
+            .unwrap();
     assert_eq!(from_sub["required_keys"], from_root["required_keys"]);
-    assert_eq!(
-        from_sub["fixtures"],
-        "scripts/azure/default-local-keyvault-secrets.json"
-    );
+    assert_eq!(from_sub["fixtures"], "scripts/azure/default-local-keyvault-secrets.json");
     let run = xtask_in(&sb, "infra", &["secrets", "check", "--infra", "nowhere"]).code(2);
     assert_contains(&run.stderr, "no infra tree at infra/nowhere");
 }

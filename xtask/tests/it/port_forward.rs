@@ -33,11 +33,7 @@ fn assert_every_fixture_written(sb: &Sandbox, bao: &OpenBao) {
     for (name, value) in &fixtures(sb) {
         let data: HashMap<String, String> = block_on(vaultrs::kv2::read(&client, "secret", name))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(
-            data.get("value").map(String::as_str),
-            value.as_str(),
-            "{name}"
-        );
+        assert_eq!(data.get("value").map(String::as_str), value.as_str(), "{name}");
     }
 }
 
@@ -139,12 +135,7 @@ fn a_seed_through_a_kubectl_faithful_port_forward_writes_every_fixture() {
     sb.scenario(scenario(&bao, json!({})));
     let run = seed_via_kube(&sb, &bao).ok();
     let report = json(&run);
-    assert_eq!(
-        report["counts"]["create"],
-        fixtures(&sb).len(),
-        "{}",
-        run.all()
-    );
+    assert_eq!(report["counts"]["create"], fixtures(&sb).len(), "{}", run.all());
     assert_every_fixture_written(&sb, &bao);
     assert_eq!(sb.port_forward_pids().len(), 1, "no restart was needed");
     // The pod runs: nothing to wait for, nothing to say.
@@ -152,13 +143,7 @@ fn a_seed_through_a_kubectl_faithful_port_forward_writes_every_fixture() {
     assert_no_forward_left(&sb);
     // kubectl has no use for the Vault token: it does not get it.
     for call in sb.calls() {
-        assert!(
-            call.env.is_empty(),
-            "{} {:?} got {:?}",
-            call.tool,
-            call.argv,
-            call.env
-        );
+        assert!(call.env.is_empty(), "{} {:?} got {:?}", call.tool, call.argv, call.env);
     }
 }
 
@@ -194,28 +179,17 @@ fn a_forward_that_dies_at_its_first_connection_is_restarted_too() {
     // the restarted forward lives.
     sb.scenario(scenario(&bao, json!({"die_after": [0, null]})));
     let run = seed_via_kube(&sb, &bao).ok();
-    assert_contains(
-        &run.stderr,
-        &format!("note: `{PF} :8200` exited (exit 1); kubectl said:"),
-    );
+    assert_contains(&run.stderr, &format!("note: `{PF} :8200` exited (exit 1); kubectl said:"));
     assert_contains(&run.stderr, "error: lost connection to pod");
     assert_contains(
         &run.stderr,
         &format!("restarting it once, on the same port {}", local_port(&run)),
     );
-    assert_eq!(
-        json(&run)["counts"]["create"],
-        fixtures(&sb).len(),
-        "{}",
-        run.all()
-    );
+    assert_eq!(json(&run)["counts"]["create"], fixtures(&sb).len(), "{}", run.all());
     assert_every_fixture_written(&sb, &bao);
     let argv = port_forward_argv(&sb);
     assert_eq!(argv.len(), 2, "one restart: {argv:?}");
-    assert_eq!(
-        argv[1].last().unwrap(),
-        &format!("{}:8200", local_port(&run))
-    );
+    assert_eq!(argv[1].last().unwrap(), &format!("{}:8200", local_port(&run)));
     assert_no_forward_left(&sb);
 }
 
@@ -238,10 +212,7 @@ fn a_pod_that_refuses_the_first_connection_is_forwarded_to_again() {
     cluster
         .knobs(json!({"portforward": {"websocket": true, "refuse": false, "die_after": [null]}}));
     let run = seed.finish().ok();
-    assert_contains(
-        &run.stderr,
-        &format!("note: `{PF} :8200` exited (exit 1); kubectl said:"),
-    );
+    assert_contains(&run.stderr, &format!("note: `{PF} :8200` exited (exit 1); kubectl said:"));
     // kubectl 1.37's own words for a connection the pod refused.
     assert_contains(
         &run.stderr,
@@ -272,30 +243,17 @@ fn a_forward_that_keeps_dying_fails_with_kubectls_own_words() {
         all,
         "the port-forward to svc/vault in namespace vault failed twice (it was restarted once).",
     );
+    assert_contains(all, &format!("First: `{PF} :8200` exited (exit 1); kubectl said:"));
     assert_contains(
         all,
-        &format!("First: `{PF} :8200` exited (exit 1); kubectl said:"),
-    );
-    assert_contains(
-        all,
-        &format!(
-            "Then: `{PF} {}:8200` exited (exit 1); kubectl said:",
-            local_port(&run)
-        ),
+        &format!("Then: `{PF} {}:8200` exited (exit 1); kubectl said:", local_port(&run)),
     );
     // A pod that goes away: kubectl says that it lost it.
     assert_contains(all, "error: lost connection to pod");
-    assert_contains(
-        all,
-        "Is Vault's pod running? `kubectl --namespace vault get pods`",
-    );
+    assert_contains(all, "Is Vault's pod running? `kubectl --namespace vault get pods`");
     assert_eq!(sb.port_forward_pids().len(), 2, "restarted once, not more");
     // The HTTP client stops at once instead of retrying a dead forward.
-    assert!(
-        start.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
     assert_no_forward_left(&sb);
 }
 
@@ -317,18 +275,11 @@ fn a_pod_that_refuses_every_connection_fails_with_kubectls_own_words() {
             >= 3,
         "{all}"
     );
-    assert_contains(
-        all,
-        "Vault's pod runs but nothing in it listens on port 8200",
-    );
+    assert_contains(all, "Vault's pod runs but nothing in it listens on port 8200");
     assert_contains(all, "connect: connection refused");
     assert_contains(all, "error: lost connection to pod");
     assert_eq!(sb.port_forward_pids().len(), 2, "restarted once, not more");
-    assert!(
-        start.elapsed() < Duration::from_secs(15),
-        "took {:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(15), "took {:?}", start.elapsed());
     assert_no_forward_left(&sb);
 }
 
@@ -340,10 +291,7 @@ fn a_missing_service_is_named_with_its_fix_and_no_forward_starts() {
     }
     sb.scenario(json!({"kubectl": {"context": "k3d-ameide"}}));
     let run = sb
-        .xtask_env(
-            &["secrets", "seed", "--provider", "vault"],
-            &[("VAULT_TOKEN", "unused")],
-        )
+        .xtask_env(&["secrets", "seed", "--provider", "vault"], &[("VAULT_TOKEN", "unused")])
         .code(1);
     assert_contains(
         &run.stderr,
@@ -354,10 +302,7 @@ fn a_missing_service_is_named_with_its_fix_and_no_forward_starts() {
         "helmfile --file infra/kubernetes/helmfiles/15-secrets-certificates.yaml --environment local sync",
     );
     assert_contains(&run.stderr, "[vault.port_forward]");
-    assert!(
-        sb.port_forward_pids().is_empty(),
-        "no kubectl port-forward was started"
-    );
+    assert!(sb.port_forward_pids().is_empty(), "no kubectl port-forward was started");
 }
 
 #[test]
@@ -366,18 +311,11 @@ fn a_service_with_no_pod_is_waited_for_then_named_with_its_selector() {
         return;
     };
     // kubectl itself would wait 60 s without a word (--pod-running-timeout).
-    sb.write(
-        ".local/secrets.toml",
-        "[vault.port_forward]\npod_wait_secs = 3\n",
-    );
+    sb.write(".local/secrets.toml", "[vault.port_forward]\npod_wait_secs = 3\n");
     sb.scenario(scenario(&bao, json!({"no_pod": true})));
     let start = Instant::now();
     let run = seed_via_kube(&sb, &bao).code(1);
-    assert!(
-        start.elapsed() < Duration::from_secs(15),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(15), "{:?}", start.elapsed());
     assert!(
         waiting_lines(
             &run.stderr,
@@ -391,14 +329,8 @@ fn a_service_with_no_pod_is_waited_for_then_named_with_its_selector() {
         "svc/vault selects no pod (selector app.kubernetes.io/name=vault), after waiting 3 s for a pod behind \
          svc/vault in namespace vault to run, so no port-forward was started.",
     );
-    assert_contains(
-        &run.stderr,
-        "kubectl --namespace vault get statefulsets,pods",
-    );
-    assert!(
-        sb.port_forward_pids().is_empty(),
-        "no kubectl port-forward was started"
-    );
+    assert_contains(&run.stderr, "kubectl --namespace vault get statefulsets,pods");
+    assert!(sb.port_forward_pids().is_empty(), "no kubectl port-forward was started");
 }
 
 #[test]
@@ -428,11 +360,7 @@ fn a_pending_pod_that_turns_running_is_waited_for_and_the_seed_completes() {
     assert_contains(&run.stderr, "pod vault-0 is Running (after ");
     assert_contains(&run.stderr, "); starting the port-forward");
     assert_every_fixture_written(&sb, &bao);
-    assert_eq!(
-        sb.port_forward_pids().len(),
-        1,
-        "kubectl started once, when the pod ran"
-    );
+    assert_eq!(sb.port_forward_pids().len(), 1, "kubectl started once, when the pod ran");
     assert_no_forward_left(&sb);
 }
 
@@ -441,18 +369,11 @@ fn a_pending_pod_that_never_runs_is_named_with_its_reason() {
     let Some((bao, sb)) = with_bao() else {
         return;
     };
-    sb.write(
-        ".local/secrets.toml",
-        "[vault.port_forward]\npod_wait_secs = 8\n",
-    );
+    sb.write(".local/secrets.toml", "[vault.port_forward]\npod_wait_secs = 8\n");
     sb.scenario(scenario(&bao, json!({"pod_phase": "Pending"})));
     let start = Instant::now();
     let run = seed_via_kube(&sb, &bao).code(1);
-    assert!(
-        start.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
     // A line at once and one about every 5 s: the pod, its phase and reason, the time left.
     assert_eq!(
         waiting_lines(&run.stderr, "pod vault-0 is Pending (ContainerCreating)"),
@@ -467,10 +388,7 @@ fn a_pending_pod_that_never_runs_is_named_with_its_reason() {
          (its Events); if it is only slow (an image still pulling), raise vault.port_forward.pod_wait_secs (8 s) \
          in .local/secrets.toml; then run the command again",
     );
-    assert!(
-        sb.port_forward_pids().is_empty(),
-        "no kubectl port-forward was started"
-    );
+    assert!(sb.port_forward_pids().is_empty(), "no kubectl port-forward was started");
 }
 
 #[test]
@@ -482,11 +400,7 @@ fn migrate_to_vault_goes_through_the_port_forward_too() {
     let sb = Sandbox::new();
     // The local environment starts on Azure Key Vault (committed).
     let flag = "infra/kubernetes/environments/local/platform/15-secrets.values.yaml";
-    sb.write(
-        flag,
-        &sb.read(flag)
-            .replace("  provider: vault\n", "  provider: azure\n"),
-    );
+    sb.write(flag, &sb.read(flag).replace("  provider: vault\n", "  provider: azure\n"));
     let git = std::process::Command::new("git")
         .args(["-c", "user.name=t", "-c", "user.email=t@t.invalid"])
         .args(["commit", "-qam", "local on azure"])
@@ -503,25 +417,13 @@ fn migrate_to_vault_goes_through_the_port_forward_too() {
     let run = sb
         .xtask_env(
             &["secrets", "migrate", "--to", "vault", "--yes"],
-            &[
-                ("VAULT_TOKEN", &bao.token),
-                ("EXTERNALSECRET_WAIT_SLEEP", "0"),
-            ],
+            &[("VAULT_TOKEN", &bao.token), ("EXTERNALSECRET_WAIT_SLEEP", "0")],
         )
         .ok();
-    assert!(
-        run.stdout.contains("migrated local to vault"),
-        "{}",
-        run.all()
-    );
+    assert!(run.stdout.contains("migrated local to vault"), "{}", run.all());
     assert!(sb.read(flag).contains("  provider: vault\n"));
     assert_every_fixture_written(&sb, &bao);
-    assert_eq!(
-        sb.port_forward_pids().len(),
-        2,
-        "one restart: {}",
-        run.stderr
-    );
+    assert_eq!(sb.port_forward_pids().len(), 2, "one restart: {}", run.stderr);
     assert_no_forward_left(&sb);
 }
 
@@ -550,22 +452,14 @@ fn a_seed_killed_outright_takes_its_forward_with_it() {
         .unwrap();
     let until = Instant::now() + Duration::from_secs(20);
     let kubectl = loop {
-        if let Some(pid) = sb
-            .port_forward_pids()
-            .first()
-            .copied()
-            .filter(|p| alive(*p))
-        {
+        if let Some(pid) = sb.port_forward_pids().first().copied().filter(|p| alive(*p)) {
             break pid;
         }
         assert!(Instant::now() < until, "no port-forward started");
         std::thread::sleep(Duration::from_millis(20));
     };
     std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        seed.try_wait().unwrap().is_none(),
-        "the seed is still running"
-    );
+    assert!(seed.try_wait().unwrap().is_none(), "the seed is still running");
     seed.kill().unwrap(); // SIGKILL: no drop, no cleanup of ours runs
     seed.wait().unwrap();
     let until = Instant::now() + Duration::from_secs(5);
@@ -575,12 +469,7 @@ fn a_seed_killed_outright_takes_its_forward_with_it() {
     let left = alive(kubectl);
     if left {
         // Do not leave it behind for the next test run.
-        let _ = std::process::Command::new("kill")
-            .arg(kubectl.to_string())
-            .status();
+        let _ = std::process::Command::new("kill").arg(kubectl.to_string()).status();
     }
-    assert!(
-        !left,
-        "kubectl port-forward {kubectl} outlived a killed seed"
-    );
+    assert!(!left, "kubectl port-forward {kubectl} outlived a killed seed");
 }

@@ -8,14 +8,7 @@ use std::sync::Arc;
 use crate::support::{block_on, Action, Proxy, RaftCluster, Sandbox};
 
 fn fixtures(n: usize, version: &str) -> serde_json::Map<String, serde_json::Value> {
-    (0..n)
-        .map(|i| {
-            (
-                format!("raft-secret-{i:05}"),
-                format!("value-{i}-{version}").into(),
-            )
-        })
-        .collect()
+    (0..n).map(|i| (format!("raft-secret-{i:05}"), format!("value-{i}-{version}").into())).collect()
 }
 
 #[test]
@@ -27,29 +20,18 @@ fn seeds_through_a_standby_and_through_a_leader_failover() {
     let sb = Sandbox::new();
     let leader = cluster.leader().expect("a leader");
     let standby = (leader + 1) % 3;
-    let env = |addr: &str| {
-        vec![
-            ("VAULT_ADDR", addr.to_string()),
-            ("VAULT_TOKEN", cluster.token.clone()),
-        ]
-    };
+    let env =
+        |addr: &str| vec![("VAULT_ADDR", addr.to_string()), ("VAULT_TOKEN", cluster.token.clone())];
     let run = |addr: &str, file: &str| {
         let e = env(addr);
         let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        sb.xtask_env(
-            &["secrets", "seed", "--provider", "vault", "--fixtures", file],
-            &e,
-        )
+        sb.xtask_env(&["secrets", "seed", "--provider", "vault", "--fixtures", file], &e)
     };
 
     // Through a standby: it forwards to the leader.
     let first = fixtures(200, "v1");
     sb.write("raft-v1.json", &serde_json::to_string(&first).unwrap());
-    let out = run(
-        &cluster.addrs[standby],
-        sb.path("raft-v1.json").to_str().unwrap(),
-    )
-    .ok();
+    let out = run(&cluster.addrs[standby], sb.path("raft-v1.json").to_str().unwrap()).ok();
     assert!(out.stdout.contains("200 written"), "{}", out.stdout);
 
     // Kill the leader mid-seed; the seed goes through the surviving standby.
@@ -65,21 +47,13 @@ fn seeds_through_a_standby_and_through_a_leader_failover() {
                 && req.path.starts_with("/v1/secret/data/")
                 && w.fetch_add(1, Ordering::SeqCst) == 300
             {
-                let _ = std::process::Command::new("kill")
-                    .arg("-9")
-                    .arg(pid.to_string())
-                    .status();
+                let _ = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
             }
             Action::Forward
         }),
     );
     let out = run(&proxy.addr(), sb.path("raft-v2.json").to_str().unwrap());
-    assert_eq!(
-        out.code,
-        0,
-        "the seed finishes after re-election:\n{}",
-        out.all()
-    );
+    assert_eq!(out.code, 0, "the seed finishes after re-election:\n{}", out.all());
     assert!(out.stdout.contains("retries)"), "{}", out.stdout);
     cluster.kill(leader);
     let new_leader = cluster.leader().expect("a new leader was elected");
@@ -88,10 +62,6 @@ fn seeds_through_a_standby_and_through_a_leader_failover() {
     for (name, value) in &second {
         let data: HashMap<String, String> =
             block_on(vaultrs::kv2::read(&client, "secret", name)).unwrap();
-        assert_eq!(
-            data["value"],
-            value.as_str().unwrap(),
-            "{name} is correct after the failover"
-        );
+        assert_eq!(data["value"], value.as_str().unwrap(), "{name} is correct after the failover");
     }
 }

@@ -5,11 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use crate::support::{assert_contains, Sandbox};
 
 fn mode(sb: &Sandbox, rel: &str) -> u32 {
-    std::fs::metadata(sb.path(rel))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777
+    std::fs::metadata(sb.path(rel)).unwrap().permissions().mode() & 0o777
 }
 
 #[test]
@@ -17,10 +13,7 @@ fn seeds_a_private_store_idempotently() {
     let sb = Sandbox::new();
     let run = sb.seed_file(&[]).ok();
     assert_contains(&run.stdout, "-> file .local/secrets/store.json");
-    assert_contains(
-        &run.stdout,
-        "plan: 47 create, 0 update, 0 unchanged, 0 restamp, 0 conflict",
-    );
+    assert_contains(&run.stdout, "plan: 47 create, 0 update, 0 unchanged, 0 restamp, 0 conflict");
     assert_eq!(mode(&sb, ".local/secrets/store.json"), 0o600);
     let store: serde_json::Value =
         serde_json::from_str(&sb.read(".local/secrets/store.json")).unwrap();
@@ -68,8 +61,7 @@ fn hand_edits_conflict_and_corrupt_stores_are_kept() {
     assert_contains(&run.stderr, ".local/secrets/store.json:1:");
     assert_contains(&run.stderr, "is corrupt");
     assert!(
-        sb.read(".local/secrets/store.json")
-            .ends_with("{\"secrets\": {")
+        sb.read(".local/secrets/store.json").ends_with("{\"secrets\": {")
             || sb.read(".local/secrets/store.json").len() < 80
     );
 }
@@ -88,16 +80,8 @@ fn bad_fixtures_are_reported_with_position_and_nothing_is_written() {
             b"{\"a\": \"1\",\n \"a\": \"2\"}",
             "dup.json:2:4: duplicate secret name \"a\"",
         ),
-        (
-            "number.json",
-            b"{\"port\": 5432}",
-            "the value of \"port\" is a number",
-        ),
-        (
-            "name.json",
-            b"{\"db_password\": \"x\"}",
-            "invalid secret name \"db_password\"",
-        ),
+        ("number.json", b"{\"port\": 5432}", "the value of \"port\" is a number"),
+        ("name.json", b"{\"db_password\": \"x\"}", "invalid secret name \"db_password\""),
         ("empty.json", b"", "empty.json:1:1: the file is empty"),
         ("bom.json", b"\xEF\xBB\xBF{\"a\": \"b\"}", "byte order mark"),
         ("latin1.json", b"{\"a\": \"caf\xe9\"}", "not valid UTF-8"),
@@ -106,14 +90,9 @@ fn bad_fixtures_are_reported_with_position_and_nothing_is_written() {
         let path = sb.path(&format!("bad/{file}"));
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, bytes).unwrap();
-        let run = sb
-            .seed_file(&["--fixtures", path.to_str().unwrap()])
-            .code(1);
+        let run = sb.seed_file(&["--fixtures", path.to_str().unwrap()]).code(1);
         assert!(run.stderr.contains(expected), "{file}: {}", run.stderr);
-        assert!(
-            !sb.path(".local/secrets/store.json").exists(),
-            "{file}: nothing is written"
-        );
+        assert!(!sb.path(".local/secrets/store.json").exists(), "{file}: nothing is written");
     }
     let run = sb.seed_file(&["--fixtures", "does/not/exist.json"]).code(1);
     assert_contains(&run.stderr, "cannot read fixtures file");
@@ -130,8 +109,7 @@ fn default_fixtures_may_not_link_outside_the_repo() {
     let run = sb.seed_file(&[]).code(1);
     assert_contains(&run.stderr, "outside the repository");
     // An explicit path may be anywhere.
-    sb.seed_file(&["--fixtures", outside.to_str().unwrap()])
-        .ok();
+    sb.seed_file(&["--fixtures", outside.to_str().unwrap()]).ok();
 }
 
 #[test]
@@ -162,8 +140,7 @@ fn renders_eso_fake_and_plain_secrets() {
         return;
     }
     let sb = Sandbox::new();
-    sb.seed_file(&["--render", "eso-fake", "--out", ".local/eso-fake.yaml"])
-        .ok();
+    sb.seed_file(&["--render", "eso-fake", "--out", ".local/eso-fake.yaml"]).ok();
     assert_eq!(mode(&sb, ".local/eso-fake.yaml"), 0o600);
     let text = sb.read(".local/eso-fake.yaml");
     assert!(text.contains("kind: ClusterSecretStore") && text.contains("name: ameide-vault"));
@@ -171,14 +148,9 @@ fn renders_eso_fake_and_plain_secrets() {
 
     let run = sb.seed_file(&["--render", "secrets", "--out", "-"]).ok();
     assert_contains(&run.stdout, "name: \"graph-db-credentials\"");
-    assert!(
-        run.stdout.contains("\"realm\": \"ameide\""),
-        "extracted JSON keys become Secret keys"
-    );
+    assert!(run.stdout.contains("\"realm\": \"ameide\""), "extracted JSON keys become Secret keys");
 
-    let run = sb
-        .seed_file(&["--render", "eso-fake", "--out", "committed.yaml"])
-        .code(1);
+    let run = sb.seed_file(&["--render", "eso-fake", "--out", "committed.yaml"]).code(1);
     assert_contains(&run.stderr, "is not ignored by git");
     let run = sb.seed_file(&["--render", "eso-fake"]).code(2);
     assert_contains(&run.stderr, "--render needs --out");
@@ -205,9 +177,6 @@ fn a_held_lock_is_refused_and_names_its_holder() {
     let _ = holder.kill();
     let _ = holder.wait();
     assert_eq!(run.code, 1, "{}", run.all());
-    assert_contains(
-        &run.stderr,
-        "another seed of the file store is running (pid 4242",
-    );
+    assert_contains(&run.stderr, "another seed of the file store is running (pid 4242");
     sb.seed_file(&[]).ok();
 }

@@ -28,14 +28,7 @@ fn seeded() -> Seeded {
     let n = cold["counts"]["create"].as_u64().unwrap() as usize;
     assert!(n > 40, "{cold}");
     let cold_calls = taken(&seen);
-    Seeded {
-        bao,
-        sb,
-        proxy,
-        seen,
-        n,
-        cold_calls,
-    }
+    Seeded { bao, sb, proxy, seen, n, cold_calls }
 }
 
 fn taken(seen: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
@@ -58,10 +51,7 @@ fn entry_reads(calls: &[String]) -> Vec<String> {
 }
 
 fn listings(calls: &[String]) -> usize {
-    calls
-        .iter()
-        .filter(|c| c.contains("/v1/secret/detailed-metadata/"))
-        .count()
+    calls.iter().filter(|c| c.contains("/v1/secret/detailed-metadata/")).count()
 }
 
 /// Writes to the KV mount: POST of a value, PATCH of a record (ESO's
@@ -78,29 +68,15 @@ fn a_no_op_re_seed_reads_one_listing_and_no_entry() {
     if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
-    let Seeded {
-        bao,
-        sb,
-        proxy,
-        seen,
-        n,
-        cold_calls: calls,
-    } = seeded();
-    assert_eq!(
-        entry_reads(&calls),
-        Vec::<String>::new(),
-        "nothing to read in an empty mount"
-    );
+    let Seeded { bao, sb, proxy, seen, n, cold_calls: calls } = seeded();
+    assert_eq!(entry_reads(&calls), Vec::<String>::new(), "nothing to read in an empty mount");
     assert_eq!(
         writes(&calls),
         2 * n + 1,
         "a value and its record per secret, and the mount's record entry (the key) once"
     );
     assert_eq!(
-        calls
-            .iter()
-            .filter(|c| *c == &format!("GET /v1/secret/data/{RECORD}"))
-            .count(),
+        calls.iter().filter(|c| *c == &format!("GET /v1/secret/data/{RECORD}")).count(),
         1,
         "the key is read once: {calls:#?}"
     );
@@ -118,20 +94,10 @@ fn a_no_op_re_seed_reads_one_listing_and_no_entry() {
     let client = bao.client();
     bao.hand_edit("redis-password", "edited-by-hand");
     let ok = |out: std::process::Output| {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     };
     ok(bao.bao(&["kv", "delete", "-mount=secret", "graph-db-password"]));
-    ok(bao.bao(&[
-        "kv",
-        "destroy",
-        "-mount=secret",
-        "-versions=1",
-        "keycloak-admin-password",
-    ]));
+    ok(bao.bao(&["kv", "destroy", "-mount=secret", "-versions=1", "keycloak-admin-password"]));
     ok(bao.bao(&[
         "kv",
         "metadata",
@@ -145,12 +111,7 @@ fn a_no_op_re_seed_reads_one_listing_and_no_entry() {
     let calls = taken(&seen);
     assert_eq!(
         entry_reads(&calls),
-        vec![
-            "graph-db-password",
-            "graph-db-url",
-            "keycloak-admin-password",
-            "redis-password"
-        ],
+        vec!["graph-db-password", "graph-db-url", "keycloak-admin-password", "redis-password"],
         "{calls:#?}"
     );
     let action = |name: &str| {
@@ -170,17 +131,9 @@ fn a_no_op_re_seed_reads_one_listing_and_no_entry() {
     let kept: HashMap<String, String> =
         block_on(vaultrs::kv2::read(&client, "secret", "redis-password")).unwrap();
     assert_eq!(kept["value"], "edited-by-hand");
-    let meta = block_on(vaultrs::kv2::read_metadata(
-        &client,
-        "secret",
-        "graph-db-url",
-    ))
-    .unwrap();
+    let meta = block_on(vaultrs::kv2::read_metadata(&client, "secret", "graph-db-url")).unwrap();
     let custom = meta.custom_metadata.unwrap();
-    assert_eq!(
-        custom["owner"], "me",
-        "a key someone added survives the restamp"
-    );
+    assert_eq!(custom["owner"], "me", "a key someone added survives the restamp");
     assert_eq!(custom["fixture-version"], "1");
     let back: HashMap<String, String> =
         block_on(vaultrs::kv2::read(&client, "secret", "graph-db-password")).unwrap();
@@ -188,10 +141,7 @@ fn a_no_op_re_seed_reads_one_listing_and_no_entry() {
 }
 
 fn sb_fixture(sb: &Sandbox, name: &str) -> String {
-    crate::support::fixtures(sb)[name]
-        .as_str()
-        .unwrap()
-        .to_string()
+    crate::support::fixtures(sb)[name].as_str().unwrap().to_string()
 }
 
 #[test]
@@ -209,13 +159,7 @@ fn listing_pages_past_a_thousand_keys() {
     for i in (0..1800).step_by(6) {
         let mut v = HashMap::new();
         v.insert("value", "not-ours");
-        block_on(vaultrs::kv2::set(
-            &client,
-            "secret",
-            &format!("paged-{i:05}x"),
-            &v,
-        ))
-        .unwrap();
+        block_on(vaultrs::kv2::set(&client, "secret", &format!("paged-{i:05}x"), &v)).unwrap();
     }
     let (proxy, seen) = recording(&bao);
     let fixtures = ["--fixtures", "fixtures-1500.json", "--concurrency", "32"];
@@ -224,11 +168,7 @@ fn listing_pages_past_a_thousand_keys() {
     let again = report(&vault_seed(&sb, &proxy.addr(), &bao.token, &fixtures).ok());
     assert_eq!(again["counts"]["unchanged"], 1500, "{again}");
     let calls = taken(&seen);
-    assert_eq!(
-        listings(&calls),
-        2,
-        "1,800 keys in pages of 1,000: {calls:#?}"
-    );
+    assert_eq!(listings(&calls), 2, "1,800 keys in pages of 1,000: {calls:#?}");
     assert!(
         calls.iter().any(|c| c.contains("after=paged-")),
         "the second page starts after the first: {calls:#?}"
@@ -254,17 +194,9 @@ path "secret/metadata/" { capabilities = ["list"] }
     sb.write("seeder.hcl", policy);
     let file = sb.path("seeder.hcl");
     let out = bao.bao(&["policy", "write", "seeder", file.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = bao.bao(&["token", "create", "-policy=seeder", "-field=token"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
 
     let (proxy, seen) = recording(&bao);
@@ -278,12 +210,8 @@ path "secret/metadata/" { capabilities = ["list"] }
     assert_eq!(listings(&calls), 1, "tried once: {calls:#?}");
     assert_eq!(entry_reads(&calls).len(), n, "then one read per entry");
     // Without the `patch` capability the record is written whole instead.
-    let meta = block_on(vaultrs::kv2::read_metadata(
-        &bao.client(),
-        "secret",
-        "redis-password",
-    ))
-    .unwrap();
+    let meta =
+        block_on(vaultrs::kv2::read_metadata(&bao.client(), "secret", "redis-password")).unwrap();
     assert_eq!(meta.custom_metadata.unwrap()["fixture-version"], "1");
 
     // doctor names the missing grant and the fix; with a full token it is quiet.
@@ -312,14 +240,7 @@ fn records_from_before_versions_are_renewed_once() {
     if !crate::support::require_tools(&["bao", "kubectl"]) {
         return;
     }
-    let Seeded {
-        bao,
-        sb,
-        proxy,
-        seen,
-        n,
-        ..
-    } = seeded();
+    let Seeded { bao, sb, proxy, seen, n, .. } = seeded();
     // Rewrite three records as an earlier release left them: no version.
     let fx = crate::support::fixtures(&sb);
     let old = ["graph-db-url", "redis-password", "threads-db-password"];
@@ -334,11 +255,7 @@ fn records_from_before_versions_are_renewed_once() {
             &format!("-custom-metadata=fixture-sha256={sha}"),
             name,
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     taken(&seen);
     let renew = report(&vault_seed(&sb, &proxy.addr(), &bao.token, &[]).ok());
@@ -347,16 +264,11 @@ fn records_from_before_versions_are_renewed_once() {
     let calls = taken(&seen);
     assert_eq!(entry_reads(&calls), old.to_vec());
     assert!(
-        !calls
-            .iter()
-            .any(|c| c.contains("/v1/secret/data/") && !c.starts_with("GET ")),
+        !calls.iter().any(|c| c.contains("/v1/secret/data/") && !c.starts_with("GET ")),
         "a renewal writes no value: {calls:#?}"
     );
     assert_eq!(
-        calls
-            .iter()
-            .filter(|c| c.starts_with("PATCH /v1/secret/metadata/"))
-            .count(),
+        calls.iter().filter(|c| c.starts_with("PATCH /v1/secret/metadata/")).count(),
         3,
         "{calls:#?}"
     );

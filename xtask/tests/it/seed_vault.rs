@@ -30,11 +30,7 @@ fn seeds_kv2_once_then_writes_nothing() {
     for (name, value) in &fx {
         let data: HashMap<String, String> =
             block_on(vaultrs::kv2::read(&client, "secret", name)).unwrap();
-        assert_eq!(
-            data.get("value").map(String::as_str),
-            value.as_str(),
-            "{name}"
-        );
+        assert_eq!(data.get("value").map(String::as_str), value.as_str(), "{name}");
         assert_eq!(data.len(), 1, "only the `value` property: {name}");
         let meta = block_on(vaultrs::kv2::read_metadata(&client, "secret", name)).unwrap();
         assert_eq!(meta.current_version, 1);
@@ -58,10 +54,7 @@ fn seeds_kv2_once_then_writes_nothing() {
         assert_eq!(meta.current_version, 1, "no new version for {name}");
     }
     let text = seed(&sb, &bao, &[]).ok();
-    assert_contains(
-        &text.stdout,
-        &format!("({} unchanged; --verbose lists them)", fx.len()),
-    );
+    assert_contains(&text.stdout, &format!("({} unchanged; --verbose lists them)", fx.len()));
 }
 
 #[test]
@@ -71,11 +64,7 @@ fn kv1_mount_is_written_without_data_prefix() {
     }
     let bao = OpenBao::start();
     let out = bao.bao(&["secrets", "enable", "-path=legacy", "-version=1", "kv"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let sb = Sandbox::new();
     let run = seed(&sb, &bao, &["--mount", "legacy"]).ok();
     assert!(run.stdout.contains("mount legacy, kv v1"), "{}", run.stdout);
@@ -110,22 +99,12 @@ fn stale_values_update_and_hand_edits_conflict_until_forced() {
     let run = seed(&sb, &bao, &[]).code(1);
     assert_contains(&run.stdout, "update     graph-db-password");
     assert_contains(&run.stdout, "conflict   redis-password");
-    assert_contains(
-        &run.stderr,
-        "1 conflict not written (listed in the plan above)",
-    );
+    assert_contains(&run.stderr, "1 conflict not written (listed in the plan above)");
     let kept: HashMap<String, String> =
         block_on(vaultrs::kv2::read(&client, "secret", "redis-password")).unwrap();
-    assert_eq!(
-        kept["value"], "edited-by-hand",
-        "a hand edit is never clobbered without --force"
-    );
-    let meta = block_on(vaultrs::kv2::read_metadata(
-        &client,
-        "secret",
-        "graph-db-password",
-    ))
-    .unwrap();
+    assert_eq!(kept["value"], "edited-by-hand", "a hand edit is never clobbered without --force");
+    let meta =
+        block_on(vaultrs::kv2::read_metadata(&client, "secret", "graph-db-password")).unwrap();
     assert_eq!(meta.current_version, 2);
 
     seed(&sb, &bao, &["--force"]).ok();
@@ -141,10 +120,7 @@ fn concurrent_edit_between_read_and_write_is_a_conflict() {
     };
     seed(&sb, &bao, &[]).ok();
     let mut fx = fixtures(&sb);
-    fx.insert(
-        "graph-db-url".into(),
-        "postgres://graph:new@db:5432/graph".into(),
-    );
+    fx.insert("graph-db-url".into(), "postgres://graph:new@db:5432/graph".into());
     sb.write(
         "scripts/azure/default-local-keyvault-secrets.json",
         &serde_json::to_string_pretty(&fx).unwrap(),
@@ -179,10 +155,7 @@ fn concurrent_edit_between_read_and_write_is_a_conflict() {
     let client = bao.client();
     let kept: HashMap<String, String> =
         block_on(vaultrs::kv2::read(&client, "secret", "graph-db-url")).unwrap();
-    assert_eq!(
-        kept["value"], "racing-writer",
-        "check-and-set kept the concurrent write"
-    );
+    assert_eq!(kept["value"], "racing-writer", "check-and-set kept the concurrent write");
 }
 
 #[test]
@@ -200,21 +173,14 @@ fn errors_name_the_problem_and_the_fix() {
     );
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("invalid or expired"), "{}", run.stderr);
-    assert!(
-        !run.all().contains("not-a-token"),
-        "the token is never printed"
-    );
+    assert!(!run.all().contains("not-a-token"), "the token is never printed");
 
     bao.bao(&["secrets", "enable", "-path=pki", "pki"]);
     let run = seed(&sb, &bao, &["--mount", "pki"]).code(1);
     assert_contains(&run.stderr, "is a \"pki\" engine, not kv");
 
     let out = bao.bao(&["operator", "seal"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run = seed(&sb, &bao, &[]).code(1);
     assert!(
         run.stderr.contains("is sealed") && run.stderr.contains("operator unseal"),
@@ -228,10 +194,7 @@ fn guardrail_refuses_a_vault_that_is_not_local() {
     let sb = Sandbox::new();
     let run = sb.xtask_env(
         &["secrets", "seed", "--provider", "vault"],
-        &[
-            ("VAULT_ADDR", "https://vault.shared.example:8200"),
-            ("VAULT_TOKEN", "t"),
-        ],
+        &[("VAULT_ADDR", "https://vault.shared.example:8200"), ("VAULT_TOKEN", "t")],
     );
     assert_eq!(run.code, 1, "{}", run.all());
     assert_contains(&run.stderr, "--allow-non-local vault.shared.example");
@@ -247,10 +210,7 @@ fn port_forwards_through_a_local_kube_context_and_cleans_up() {
     };
     sb.scenario(serde_json::json!({"kubectl": {"context": "k3d-ameide", "vault_addr": bao.addr}}));
     let run = sb
-        .xtask_env(
-            &["secrets", "seed", "--provider", "vault"],
-            &[("VAULT_TOKEN", &bao.token)],
-        )
+        .xtask_env(&["secrets", "seed", "--provider", "vault"], &[("VAULT_TOKEN", &bao.token)])
         .ok();
     assert_contains(&run.stdout, "-> vault http://127.0.0.1:");
     let calls = sb.calls();
@@ -260,30 +220,18 @@ fn port_forwards_through_a_local_kube_context_and_cleans_up() {
         .expect("port-forward");
     // Loopback only, to the service, on a port kubectl picks.
     let argv = pf.argv.join(" ");
-    assert!(
-        argv.starts_with("port-forward --namespace vault --address 127.0.0.1 "),
-        "{argv}"
-    );
+    assert!(argv.starts_with("port-forward --namespace vault --address 127.0.0.1 "), "{argv}");
     assert!(argv.ends_with(" svc/vault :8200"), "{argv}");
     let pids = sb.port_forward_pids();
     assert_eq!(pids.len(), 1, "one forward, no restart");
-    assert!(
-        !crate::support::alive(pids[0]),
-        "the port-forward was stopped"
-    );
-    assert_eq!(
-        sb.cluster().forwards().len(),
-        1,
-        "the kubelet served one session"
-    );
+    assert!(!crate::support::alive(pids[0]), "the port-forward was stopped");
+    assert_eq!(sb.cluster().forwards().len(), 1, "the kubelet served one session");
 
     sb.scenario(
         serde_json::json!({"kubectl": {"context": "aks-ameide-prod", "vault_addr": bao.addr}}),
     );
-    let run = sb.xtask_env(
-        &["secrets", "seed", "--provider", "vault"],
-        &[("VAULT_TOKEN", &bao.token)],
-    );
+    let run =
+        sb.xtask_env(&["secrets", "seed", "--provider", "vault"], &[("VAULT_TOKEN", &bao.token)]);
     assert_eq!(run.code, 1);
     assert_contains(&run.stderr, "refusing kube context \"aks-ameide-prod\"");
 }
@@ -296,49 +244,15 @@ fn a_canary_value_never_reaches_output_or_argv() {
     let canary = "CANARY-7f3e9d1c-never-print-me";
     let bao = OpenBao::start();
     let sb = Sandbox::new();
-    sb.write(
-        ".local/secrets/overrides.json",
-        &format!("{{\"graph-db-password\": \"{canary}\"}}"),
-    );
+    sb.write(".local/secrets/overrides.json", &format!("{{\"graph-db-password\": \"{canary}\"}}"));
     let mut outputs = Vec::new();
     for args in [
         vec!["secrets", "seed", "--provider", "vault", "--dry-run"],
         vec!["secrets", "seed", "--provider", "vault"],
-        vec![
-            "secrets",
-            "seed",
-            "--provider",
-            "vault",
-            "--output",
-            "json",
-            "--verbose",
-        ],
-        vec![
-            "secrets",
-            "check",
-            "--live",
-            "--provider",
-            "vault",
-            "--verbose",
-        ],
-        vec![
-            "secrets",
-            "check",
-            "--live",
-            "--provider",
-            "vault",
-            "--output",
-            "json",
-        ],
-        vec![
-            "secrets",
-            "check",
-            "--live",
-            "--provider",
-            "vault",
-            "--output",
-            "junit",
-        ],
+        vec!["secrets", "seed", "--provider", "vault", "--output", "json", "--verbose"],
+        vec!["secrets", "check", "--live", "--provider", "vault", "--verbose"],
+        vec!["secrets", "check", "--live", "--provider", "vault", "--output", "json"],
+        vec!["secrets", "check", "--live", "--provider", "vault", "--output", "junit"],
     ] {
         let run = sb.xtask_env(&args, &bao.env());
         outputs.push(run.all());
@@ -373,10 +287,7 @@ fn two_seeds_at_once_lose_no_update_and_corrupt_nothing() {
         let codes = [a.status.code().unwrap(), b.status.code().unwrap()];
         // Each may win some keys' check-and-set races and lose others: both
         // may then exit 1, but never anything worse.
-        assert!(
-            codes.iter().all(|c| *c == 0 || *c == 1),
-            "{provider}: {codes:?}"
-        );
+        assert!(codes.iter().all(|c| *c == 0 || *c == 1), "{provider}: {codes:?}");
         for out in [&a, &b] {
             let err = String::from_utf8_lossy(&out.stderr);
             if out.status.code() != Some(0) {
@@ -390,14 +301,7 @@ fn two_seeds_at_once_lose_no_update_and_corrupt_nothing() {
         }
         // Whatever the interleaving, a third run finds everything in place.
         let again = json(&sb.xtask_env(
-            &[
-                "secrets",
-                "seed",
-                "--provider",
-                provider,
-                "--output",
-                "json",
-            ],
+            &["secrets", "seed", "--provider", provider, "--output", "json"],
             &bao.env(),
         ));
         assert_eq!(again["counts"]["create"], 0, "{provider}: nothing lost");
@@ -409,10 +313,7 @@ fn two_seeds_at_once_lose_no_update_and_corrupt_nothing() {
             block_on(vaultrs::kv2::read(&client, "secret", &name)).unwrap();
         assert_eq!(data["value"], value.as_str().unwrap());
         let meta = block_on(vaultrs::kv2::read_metadata(&client, "secret", &name)).unwrap();
-        assert_eq!(
-            meta.current_version, 1,
-            "{name}: one version, no clobbering"
-        );
+        assert_eq!(meta.current_version, 1, "{name}: one version, no clobbering");
     }
     let store: serde_json::Value = serde_json::from_str(&sb.read(".local/secrets/store.json"))
         .expect("the file store is valid JSON");
@@ -428,9 +329,7 @@ fn an_https_vault_with_its_own_ca_needs_vault_cacert() {
     let ca = bao.ca_cert.clone().unwrap();
     let sb = Sandbox::new();
     let env = bao.env();
-    let run = sb
-        .xtask_env(&["secrets", "seed", "--provider", "vault"], &env)
-        .code(1);
+    let run = sb.xtask_env(&["secrets", "seed", "--provider", "vault"], &env).code(1);
     assert!(
         run.stderr.contains("certificate")
             && run.stderr.contains("export VAULT_CACERT=<its CA file>"),
@@ -440,11 +339,8 @@ fn an_https_vault_with_its_own_ca_needs_vault_cacert() {
     let ca = ca.to_str().unwrap();
     let with_ca = [env[0], env[1], ("VAULT_CACERT", ca)];
     let seeded = json(
-        &sb.xtask_env(
-            &["secrets", "seed", "--provider", "vault", "--output", "json"],
-            &with_ca,
-        )
-        .ok(),
+        &sb.xtask_env(&["secrets", "seed", "--provider", "vault", "--output", "json"], &with_ca)
+            .ok(),
     );
     assert_eq!(seeded["counts"]["create"], fixtures(&sb).len());
     let status = sb.xtask_env(&["secrets", "status"], &with_ca).ok();

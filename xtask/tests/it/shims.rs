@@ -17,8 +17,7 @@ fn shim_in(
     envs: &[(&str, &str)],
 ) -> crate::support::Run {
     let mut cmd = sb.command_of(&sb.path(script), args);
-    cmd.current_dir(sb.path(cwd))
-        .env("XTASK_BIN", env!("CARGO_BIN_EXE_xtask"));
+    cmd.current_dir(sb.path(cwd)).env("XTASK_BIN", env!("CARGO_BIN_EXE_xtask"));
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -36,27 +35,14 @@ fn the_azure_script_delegates_with_its_old_flags() {
     )
     .ok();
     assert_eq!(
-        run.stderr
-            .lines()
-            .filter(|l| l.contains("deprecated"))
-            .count(),
+        run.stderr.lines().filter(|l| l.contains("deprecated")).count(),
         1,
         "{}",
         run.stderr
     );
-    assert!(
-        run.stdout.contains("-> azure key vault kv-dev-bob"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("-> azure key vault kv-dev-bob"), "{}", run.stdout);
     assert!(run.stdout.contains("dry run: nothing written"));
-    let run = shim(
-        &sb,
-        "scripts/azure/sync-local-keyvault-secrets.sh",
-        &["--bogus"],
-        &[],
-    )
-    .code(2);
+    let run = shim(&sb, "scripts/azure/sync-local-keyvault-secrets.sh", &["--bogus"], &[]).code(2);
     assert!(run.stderr.contains("unknown option: --bogus"));
     // A refusal keeps its exit code through the shim.
     shim(
@@ -82,19 +68,9 @@ fn the_vault_script_delegates_with_its_old_flags() {
         &[("VAULT_TOKEN", &bao.token)],
     )
     .ok();
-    assert!(
-        run.stderr.contains("ensure-local-secrets.py is deprecated"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("ensure-local-secrets.py is deprecated"), "{}", run.stderr);
     assert!(run.stdout.contains("47 written"), "{}", run.stdout);
-    shim(
-        &sb,
-        "scripts/vault/ensure-local-secrets.py",
-        &["--nope"],
-        &[],
-    )
-    .code(2);
+    shim(&sb, "scripts/vault/ensure-local-secrets.py", &["--nope"], &[]).code(2);
 }
 
 /// Both shims read a relative --secrets-file from where the caller stands,
@@ -103,29 +79,16 @@ fn the_vault_script_delegates_with_its_old_flags() {
 fn the_shims_pass_paths_from_the_callers_directory() {
     let sb = Sandbox::new();
     sb.write("x.json", "{\"only-at-the-root\": \"v\"}");
-    sb.write(
-        "infra/x.json",
-        "{\"one-in-infra\": \"v\", \"two-in-infra\": \"w\"}",
-    );
+    sb.write("infra/x.json", "{\"one-in-infra\": \"v\", \"two-in-infra\": \"w\"}");
     let run = shim_in(
         &sb,
         "infra",
         "scripts/azure/sync-local-keyvault-secrets.sh",
-        &[
-            "--vault-name",
-            "kv-dev-bob",
-            "--dry-run",
-            "--secrets-file",
-            "x.json",
-        ],
+        &["--vault-name", "kv-dev-bob", "--dry-run", "--secrets-file", "x.json"],
         &[],
     )
     .ok();
-    assert!(
-        run.stdout.contains("seed: 2 secrets from infra/x.json"),
-        "{}",
-        run.all()
-    );
+    assert!(run.stdout.contains("seed: 2 secrets from infra/x.json"), "{}", run.all());
     let run = shim_in(
         &sb,
         "infra",
@@ -151,13 +114,7 @@ fn the_shims_pass_paths_from_the_callers_directory() {
         &sb,
         "infra",
         "scripts/vault/ensure-local-secrets.py",
-        &[
-            "--vault-addr",
-            "http://127.0.0.1:9",
-            "--dry-run",
-            "--secrets-file",
-            "missing.json",
-        ],
+        &["--vault-addr", "http://127.0.0.1:9", "--dry-run", "--secrets-file", "missing.json"],
         &[("VAULT_TOKEN", "t")],
     )
     .code(1);

@@ -9,30 +9,16 @@ fn status_shows_the_kv_version_of_the_mount() {
     }
     let bao = OpenBao::start();
     let out = bao.bao(&["secrets", "enable", "-path=kv1", "-version=1", "kv"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let sb = Sandbox::new();
     let env = bao.env();
     let run = sb.xtask_env(&["secrets", "status"], &env).ok();
-    assert!(
-        run.stdout.contains("; mount secret/: KV v2;"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("; mount secret/: KV v2;"), "{}", run.stdout);
 
     sb.write(".local/secrets.toml", "[vault]\nmount = \"kv1\"\n");
     let run = sb.xtask_env(&["secrets", "status"], &env).ok();
-    assert!(
-        run.stdout.contains("; mount kv1/: KV v1;"),
-        "{}",
-        run.stdout
-    );
-    let run = sb
-        .xtask_env(&["secrets", "status", "--output", "json"], &env)
-        .ok();
+    assert!(run.stdout.contains("; mount kv1/: KV v1;"), "{}", run.stdout);
+    let run = sb.xtask_env(&["secrets", "status", "--output", "json"], &env).ok();
     let v = json(&run);
     assert_eq!(v["vault"]["kv_version"], "1", "{}", run.stdout);
     assert_eq!(v["vault"]["mount"], "kv1");
@@ -40,8 +26,7 @@ fn status_shows_the_kv_version_of_the_mount() {
     sb.write(".local/secrets.toml", "[vault]\nmount = \"nothing-here\"\n");
     let run = sb.xtask_env(&["secrets", "status"], &env).ok();
     assert!(
-        run.stdout
-            .contains("mount nothing-here/: KV version none: nothing is mounted there"),
+        run.stdout.contains("mount nothing-here/: KV version none: nothing is mounted there"),
         "{}",
         run.stdout
     );
@@ -73,10 +58,7 @@ fn a_corrupt_journal_is_reported_and_its_way_out_works() {
         )),
         "{out}"
     );
-    let v = json(
-        &sb.xtask_env(&["secrets", "status", "--output", "json"], &env)
-            .ok(),
-    );
+    let v = json(&sb.xtask_env(&["secrets", "status", "--output", "json"], &env).ok());
     assert!(v["journal_error"].is_string(), "{v}");
     assert!(v["providers"].as_array().unwrap().len() >= 3, "{v}");
 
@@ -88,27 +70,17 @@ fn a_corrupt_journal_is_reported_and_its_way_out_works() {
         "{}",
         run.stdout
     );
-    let fix = run
-        .stdout
-        .lines()
-        .skip_while(|l| !l.starts_with("FAIL  journal"))
-        .nth(1)
-        .unwrap();
+    let fix = run.stdout.lines().skip_while(|l| !l.starts_with("FAIL  journal")).nth(1).unwrap();
     let start = fix.find("(`").unwrap() + 2;
     let mv = &fix[start..start + fix[start..].find('`').unwrap()];
     let out = crate::migrate::shell(&sb, mv).ok();
     assert!(out.stderr.is_empty(), "{}", out.stderr);
 
     let run = sb.xtask_env(&["secrets", "status"], &env).ok();
-    assert!(
-        run.stdout.contains(&format!("  none in {journal}")),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains(&format!("  none in {journal}")), "{}", run.stdout);
     let run = sb.xtask_env(&["secrets", "doctor"], &env);
     assert!(
-        run.stdout
-            .contains("ok    journal    no migration of local journaled"),
+        run.stdout.contains("ok    journal    no migration of local journaled"),
         "{}",
         run.stdout
     );
@@ -122,25 +94,14 @@ fn doctors_fix_for_a_broken_flag_file_works() {
     let sb = Sandbox::new();
     let flag = "infra/kubernetes/environments/local/platform/15-secrets.values.yaml";
     let good = sb.read(flag);
-    sb.write(
-        flag,
-        &good.replace(
-            "  provider: vault\n",
-            "  provider: vault\n  provider: azure\n",
-        ),
-    );
+    sb.write(flag, &good.replace("  provider: vault\n", "  provider: vault\n  provider: azure\n"));
     let run = sb.xtask(&["secrets", "doctor"]).code(1);
     assert!(
         run.stdout.contains("FAIL  flag       ") && run.stdout.contains("appears 2 times"),
         "{}",
         run.stdout
     );
-    let fix = run
-        .stdout
-        .lines()
-        .skip_while(|l| !l.starts_with("FAIL  flag"))
-        .nth(1)
-        .unwrap();
+    let fix = run.stdout.lines().skip_while(|l| !l.starts_with("FAIL  flag")).nth(1).unwrap();
     assert!(
         fix.ends_with(&format!(
             "fix: `git checkout HEAD -- {flag}` puts back the committed file (`git diff HEAD -- {flag}` shows what \
@@ -154,21 +115,13 @@ fn doctors_fix_for_a_broken_flag_file_works() {
     assert_eq!(sb.read(flag), good);
     let run = sb.xtask(&["secrets", "doctor"]);
     assert!(
-        run.stdout.contains(&format!(
-            "ok    flag       {flag}: secrets.provider = vault"
-        )),
+        run.stdout.contains(&format!("ok    flag       {flag}: secrets.provider = vault")),
         "{}",
         run.stdout
     );
 
     // Committed broken: git has nothing better, so no `git checkout`.
-    sb.write(
-        flag,
-        &good.replace(
-            "  provider: vault\n",
-            "  provider: vault\n  provider: azure\n",
-        ),
-    );
+    sb.write(flag, &good.replace("  provider: vault\n", "  provider: vault\n  provider: azure\n"));
     crate::migrate::commit(&sb, "broken");
     let run = sb.xtask(&["secrets", "doctor"]).code(1);
     assert!(!run.stdout.contains("git checkout"), "{}", run.stdout);

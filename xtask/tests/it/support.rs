@@ -13,10 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub(crate) fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 pub(crate) fn fakes_dir() -> PathBuf {
@@ -37,9 +34,7 @@ pub(crate) fn tools_path() -> String {
 
 /// The first file `name` in the `:`-separated `path`.
 pub(crate) fn find_on(path: &str, name: &str) -> Option<PathBuf> {
-    path.split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
+    path.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
 }
 
 /// The variable that turns tests needing tools we lack into visible skips.
@@ -62,10 +57,7 @@ pub(crate) fn require_tools(names: &[&str]) -> bool {
     }
     if std::env::var(SKIP_TOOL_TESTS).is_ok_and(|v| v == "1") {
         let missing = missing_tools(names);
-        let test = std::thread::current()
-            .name()
-            .unwrap_or("an unnamed test")
-            .to_string();
+        let test = std::thread::current().name().unwrap_or("an unnamed test").to_string();
         let line = format!("{test}: needs {}", missing.join(", "));
         println!("SKIPPED {line} ({SKIP_TOOL_TESTS}=1)");
         eprintln!("SKIPPED {line} ({SKIP_TOOL_TESTS}=1)");
@@ -85,11 +77,7 @@ pub(crate) fn require_tools(names: &[&str]) -> bool {
 
 fn missing_tools<'a>(names: &[&'a str]) -> Vec<&'a str> {
     let path = tools_path();
-    names
-        .iter()
-        .copied()
-        .filter(|n| find_on(&path, n).is_none())
-        .collect()
+    names.iter().copied().filter(|n| find_on(&path, n).is_none()).collect()
 }
 
 /// Runs `xtask tools` once per test process; every later caller waits for
@@ -131,22 +119,14 @@ fn record_skip(line: &str) {
     if let Some(dir) = log.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-    {
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&log) {
         let _ = writeln!(f, "{line}");
     }
 }
 
 /// A loopback port free at the time of asking.
 pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -206,8 +186,7 @@ impl OpenBao {
                 .arg(format!("-dev-listen-address=127.0.0.1:{port}"));
             if tls {
                 std::fs::create_dir_all(&certs).unwrap();
-                cmd.arg("-dev-tls")
-                    .arg(format!("-dev-tls-cert-dir={}", certs.display()));
+                cmd.arg("-dev-tls").arg(format!("-dev-tls-cert-dir={}", certs.display()));
             }
             let child = cmd
                 .env("HOME", &dir.0)
@@ -308,21 +287,12 @@ pub(crate) fn http_status(port: u16, path: &str) -> Option<u16> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf).ok()?;
-    std::str::from_utf8(&buf[..n])
-        .ok()?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    std::str::from_utf8(&buf[..n]).ok()?.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A block_on for vaultrs calls in tests.
 pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 }
 
 /// The result of one `xtask` run.
@@ -390,10 +360,7 @@ pub(crate) fn fixtures(sb: &Sandbox) -> serde_json::Map<String, serde_json::Valu
 /// sha256 in hex, computed here rather than by the code under test.
 pub(crate) fn sha256_hex(s: &str) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `secrets seed --provider vault --output json` against `addr`.
@@ -449,36 +416,17 @@ impl Sandbox {
         let src = repo_root();
         for item in ["infra", "scripts", "fixtures", ".gitignore", "secrets.toml"] {
             if src.join(item).exists() {
-                let ok = Command::new("cp")
-                    .arg("-R")
-                    .arg(src.join(item))
-                    .arg(&root)
-                    .status()
-                    .unwrap();
+                let ok =
+                    Command::new("cp").arg("-R").arg(src.join(item)).arg(&root).status().unwrap();
                 assert!(ok.success());
             }
         }
         let git = |args: &[&str]| {
-            let out = Command::new("git")
-                .args(args)
-                .current_dir(&root)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "git {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let out = Command::new("git").args(args).current_dir(&root).output().unwrap();
+            assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         };
         git(&["init", "-q"]);
-        git(&[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t.invalid",
-            "add",
-            "-A",
-        ]);
+        git(&["-c", "user.name=t", "-c", "user.email=t@t.invalid", "add", "-A"]);
         git(&[
             "-c",
             "user.name=t",
@@ -489,13 +437,7 @@ impl Sandbox {
             "-m",
             "scratch",
         ]);
-        Sandbox {
-            root,
-            fake_dir,
-            home,
-            cluster: std::sync::OnceLock::new(),
-            _dir: dir,
-        }
+        Sandbox { root, fake_dir, home, cluster: std::sync::OnceLock::new(), _dir: dir }
     }
 
     /// What the fakes (helmfile sync, az) replay, and the cluster that the
@@ -515,8 +457,7 @@ impl Sandbox {
 
     /// The sandbox's cluster stand-in, started on first use.
     pub(crate) fn cluster(&self) -> &crate::cluster::Cluster {
-        self.cluster
-            .get_or_init(|| crate::cluster::Cluster::start(&self.fake_dir.join("cluster")))
+        self.cluster.get_or_init(|| crate::cluster::Cluster::start(&self.fake_dir.join("cluster")))
     }
 
     /// The built `xtask` with `args`, run as [`Sandbox::command_of`] runs
@@ -534,10 +475,7 @@ impl Sandbox {
         cmd.args(args)
             .current_dir(&self.root)
             .env("XTASK_PROJECT_ROOT", &self.root)
-            .env(
-                "PATH",
-                format!("{}:{}", fakes_dir().display(), tools_path()),
-            )
+            .env("PATH", format!("{}:{}", fakes_dir().display(), tools_path()))
             .env("FAKE_DIR", &self.fake_dir)
             .env("HOME", &self.home)
             .env_remove("KUBECONFIG")
@@ -669,9 +607,7 @@ pub(crate) fn recording(bao: &OpenBao) -> (Proxy, Arc<Mutex<Vec<String>>>) {
     let proxy = Proxy::start(
         bao.port,
         Arc::new(move |req| {
-            log.lock()
-                .unwrap()
-                .push(format!("{} {}", req.method, req.path));
+            log.lock().unwrap().push(format!("{} {}", req.method, req.path));
             Action::Forward
         }),
     );
@@ -711,11 +647,7 @@ fn serve(mut client: TcpStream, upstream: u16, hook: Hook) -> std::io::Result<()
         let Some((head, body)) = read_message(&mut reader, true)? else {
             return Ok(());
         };
-        let first = String::from_utf8_lossy(&head)
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let first = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
         let mut parts = first.split_whitespace();
         let req = Request {
             method: parts.next().unwrap_or_default().to_string(),
@@ -724,15 +656,9 @@ fn serve(mut client: TcpStream, upstream: u16, hook: Hook) -> std::io::Result<()
         };
         match hook(&req) {
             Action::Close => return Ok(()),
-            Action::Reply {
-                status,
-                headers,
-                body,
-            } => {
-                let mut resp = format!(
-                    "HTTP/1.1 {status} Hooked\r\nContent-Length: {}\r\n",
-                    body.len()
-                );
+            Action::Reply { status, headers, body } => {
+                let mut resp =
+                    format!("HTTP/1.1 {status} Hooked\r\nContent-Length: {}\r\n", body.len());
                 for (k, v) in headers {
                     resp.push_str(&format!("{k}: {v}\r\n"));
                 }
@@ -790,10 +716,7 @@ fn read_message<R: std::io::BufRead>(
     }
     let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
     let header = |name: &str| {
-        text.lines().find_map(|l| {
-            l.strip_prefix(&format!("{name}:"))
-                .map(|v| v.trim().to_string())
-        })
+        text.lines().find_map(|l| l.strip_prefix(&format!("{name}:")).map(|v| v.trim().to_string()))
     };
     let status_no_body = !request && {
         let code = text.split_whitespace().nth(1).unwrap_or("");
@@ -877,63 +800,32 @@ pub(crate) fn init_and_unseal(bin: &Path, home: &Path, addr: &str) -> (String, S
     let deadline = Instant::now() + Duration::from_secs(60);
     let until = |what: &str, f: &dyn Fn() -> bool| {
         while !f() {
-            assert!(
-                Instant::now() < deadline,
-                "OpenBao at {addr}: timed out waiting for {what}"
-            );
+            assert!(Instant::now() < deadline, "OpenBao at {addr}: timed out waiting for {what}");
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    until("it to listen", &|| {
-        http_status(port, "/v1/sys/health").is_some()
-    });
+    until("it to listen", &|| http_status(port, "/v1/sys/health").is_some());
     let init = bao_at(
         bin,
         home,
         addr,
         None,
-        &[
-            "operator",
-            "init",
-            "-key-shares=1",
-            "-key-threshold=1",
-            "-format=json",
-        ],
+        &["operator", "init", "-key-shares=1", "-key-threshold=1", "-format=json"],
     );
-    assert!(
-        init.status.success(),
-        "init: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    assert!(init.status.success(), "init: {}", String::from_utf8_lossy(&init.stderr));
     let init: serde_json::Value = serde_json::from_slice(&init.stdout).unwrap();
     let key = init["unseal_keys_b64"][0].as_str().unwrap().to_string();
     let token = init["root_token"].as_str().unwrap().to_string();
     let out = bao_at(bin, home, addr, None, &["operator", "unseal", &key]);
-    assert!(
-        out.status.success(),
-        "unseal: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    until("it to be active", &|| {
-        http_status(port, "/v1/sys/health") == Some(200)
-    });
+    assert!(out.status.success(), "unseal: {}", String::from_utf8_lossy(&out.stderr));
+    until("it to be active", &|| http_status(port, "/v1/sys/health") == Some(200));
     (key, token)
 }
 
 /// Enables KV v2 at `secret/` on the OpenBao at `addr`.
 pub(crate) fn enable_kv2(bin: &Path, home: &Path, addr: &str, token: &str) {
-    let out = bao_at(
-        bin,
-        home,
-        addr,
-        Some(token),
-        &["secrets", "enable", "-path=secret", "kv-v2"],
-    );
-    assert!(
-        out.status.success(),
-        "enable kv: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = bao_at(bin, home, addr, Some(token), &["secrets", "enable", "-path=secret", "kv-v2"]);
+    assert!(out.status.success(), "enable kv: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A 3-node OpenBao cluster with integrated Raft storage on loopback:
@@ -963,10 +855,7 @@ impl RaftCluster {
         let until = |what: &str, f: &dyn Fn() -> bool| {
             let deadline = Instant::now() + Duration::from_secs(60);
             while !f() {
-                assert!(
-                    Instant::now() < deadline,
-                    "raft cluster: timed out waiting for {what}"
-                );
+                assert!(Instant::now() < deadline, "raft cluster: timed out waiting for {what}");
                 std::thread::sleep(Duration::from_millis(200));
             }
         };
@@ -975,61 +864,31 @@ impl RaftCluster {
         let out = run(
             &addrs[0],
             Some(&token),
-            &[
-                "operator",
-                "raft",
-                "autopilot",
-                "set-config",
-                "-server-stabilization-time=1s",
-            ],
+            &["operator", "raft", "autopilot", "set-config", "-server-stabilization-time=1s"],
         );
-        assert!(
-            out.status.success(),
-            "autopilot: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "autopilot: {}", String::from_utf8_lossy(&out.stderr));
         for addr in &addrs[1..] {
-            until("a node to listen", &|| {
-                http_status(port_of(addr), "/v1/sys/health").is_some()
-            });
+            until("a node to listen", &|| http_status(port_of(addr), "/v1/sys/health").is_some());
             let out = run(addr, None, &["operator", "raft", "join", &addrs[0]]);
-            assert!(
-                out.status.success(),
-                "join: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(run(addr, None, &["operator", "unseal", &key])
-                .status
-                .success());
+            assert!(out.status.success(), "join: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(run(addr, None, &["operator", "unseal", &key]).status.success());
         }
         until("three voters", &|| {
-            let out = run(
-                &addrs[0],
-                Some(&token),
-                &["operator", "raft", "list-peers", "-format=json"],
-            );
-            serde_json::from_slice::<serde_json::Value>(&out.stdout)
-                .ok()
-                .is_some_and(|v| {
-                    v["data"]["config"]["servers"]
-                        .as_array()
-                        .is_some_and(|s| s.len() == 3 && s.iter().all(|n| n["voter"] == true))
-                })
+            let out =
+                run(&addrs[0], Some(&token), &["operator", "raft", "list-peers", "-format=json"]);
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).ok().is_some_and(|v| {
+                v["data"]["config"]["servers"]
+                    .as_array()
+                    .is_some_and(|s| s.len() == 3 && s.iter().all(|n| n["voter"] == true))
+            })
         });
         enable_kv2(&bao, &dir.0, &addrs[0], &token);
-        RaftCluster {
-            nodes,
-            addrs,
-            token,
-            _dir: dir,
-        }
+        RaftCluster { nodes, addrs, token, _dir: dir }
     }
 
     /// Index of the active node (sys/health 200).
     pub(crate) fn leader(&self) -> Option<usize> {
-        self.addrs
-            .iter()
-            .position(|a| http_status(port_of(a), "/v1/sys/health") == Some(200))
+        self.addrs.iter().position(|a| http_status(port_of(a), "/v1/sys/health") == Some(200))
     }
 
     pub(crate) fn kill(&mut self, i: usize) {

@@ -16,13 +16,9 @@ fn a_seed_starts_a_bounded_number_of_threads() {
     // of its own to the count (this counts the seed's).
     std::fs::remove_file(sb.home.join(".kube/config")).unwrap();
     let n = 300;
-    let fixtures: serde_json::Map<String, serde_json::Value> = (0..n)
-        .map(|i| (format!("threads-{i:04}"), format!("value-{i}").into()))
-        .collect();
-    sb.write(
-        "threads-fixtures.json",
-        &serde_json::to_string(&fixtures).unwrap(),
-    );
+    let fixtures: serde_json::Map<String, serde_json::Value> =
+        (0..n).map(|i| (format!("threads-{i:04}"), format!("value-{i}").into())).collect();
+    sb.write("threads-fixtures.json", &serde_json::to_string(&fixtures).unwrap());
     let fixtures_path = sb.path("threads-fixtures.json");
     let inner = sb.command(&[
         "secrets",
@@ -42,10 +38,7 @@ fn a_seed_starts_a_bounded_number_of_threads() {
     // `cat`, not the shell's `read`: a sysctl file answers only its first
     // read call, and `read` takes one byte per call.
     let script = r#""$@" >"$OUT" || exit $?; cat /proc/sys/kernel/ns_last_pid"#;
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
     let mut cmd = Command::new("unshare");
     if !root {
         // Unprivileged: a user namespace of our own may make the PID one.
@@ -71,11 +64,7 @@ fn a_seed_starts_a_bounded_number_of_threads() {
         "the seed failed, or this machine cannot make a PID namespace (`unshare --pid`, as root or in a user namespace): {stderr}"
     );
     let report: serde_json::Value = serde_json::from_str(&sb.read("seed.json")).unwrap();
-    assert_eq!(
-        report["written"].as_array().map(Vec::len),
-        Some(n),
-        "{report}"
-    );
+    assert_eq!(report["written"].as_array().map(Vec::len), Some(n), "{report}");
     let last: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     let started = last - 3; // not sh, the seed's main thread, nor cat
     assert!(
