@@ -1,24 +1,16 @@
-//! A bounded parallel map on scoped threads: the Vault seed's writes and
-//! reads, the Azure CLI calls and the benchmark's ceiling client. Blocking
-//! I/O on a handful of threads needs no async runtime, and keeps the build
-//! small.
+//! A bounded parallel map on scoped threads: blocking I/O on a handful of threads
+//! needs no async runtime, and keeps the build small.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-/// Most threads one map starts, whatever `--concurrency` asks (up to 256):
-/// with the main thread and a port-forward's few, a seed stays within 64
-/// (`tests/it/threads.rs`).
+/// Most threads one map starts, whatever `--concurrency` asks: a seed stays
+/// within 64 (`tests/it/threads.rs`).
 pub(crate) const MAX_THREADS: usize = 48;
 
-/// Runs `f` over `items` on at most `limit` (and [`MAX_THREADS`]) threads and returns the results
-/// in the order of `items`. Threads take the next item as they finish one,
-/// so a slow item never holds up the rest.
-///
-/// The next item is an atomic counter and every item and result has a slot
-/// of its own, so the threads never wait on one another: with 16 threads on
-/// two cores, a shared queue lock made them sleep and wake on futexes for
-/// every item.
+/// Runs `f` over `items` on at most `limit` (and [`MAX_THREADS`]) threads; results
+/// in the order of `items`. An atomic counter hands out items and each has its own
+/// slot, so threads never wait on one another (a shared queue lock cost futex waits).
 pub(crate) fn bounded<T: Send, R: Send>(
     items: Vec<T>,
     limit: usize,
@@ -43,11 +35,7 @@ pub(crate) fn bounded<T: Send, R: Send>(
         }
     });
     done.into_iter()
-        .map(|r| {
-            r.into_inner()
-                .unwrap_or_else(|e| e.into_inner())
-                .expect("every item ran")
-        })
+        .map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every item ran"))
         .collect()
 }
 

@@ -1,9 +1,6 @@
-//! Azure Key Vault through the `az` CLI. Values travel in 0600 temp files
-//! (`--file`), never in argv. The seed's stamp is two tags, `managed-by` and
-//! `fixture-hmac` (a keyed digest of the value, passed as `name=@path`, from
-//! a file too); its key is the secret [`KEY_NAME`], which only those who may
-//! get values can read. Each secret is the JSON document `{"value": "..."}`:
-//! ESO's Azure provider looks `remoteRef.property: value` up in it.
+//! Azure Key Vault through the `az` CLI. Values (and their digests) travel in 0600
+//! temp files, never in argv. The stamp is two tags, `managed-by` and `fixture-hmac`,
+//! keyed by the secret [`KEY_NAME`]. Each secret is the document `{"value": "..."}`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -85,8 +82,8 @@ impl AzureProvider {
         loop {
             let out = tool.output()?;
             let stderr = String::from_utf8_lossy(&out.stderr).to_ascii_lowercase();
-            let throttled = ["429", "too many requests", "throttl"];
-            let throttled = throttled.iter().any(|s| stderr.contains(s));
+            let throttled =
+                ["429", "too many requests", "throttl"].iter().any(|s| stderr.contains(s));
             if out.status.success() || !throttled || attempt >= self.retries {
                 return Ok(out);
             }
@@ -98,8 +95,7 @@ impl AzureProvider {
     /// Sets `name` to the JSON `document` through a private file (`None`:
     /// only its tags), with `tags`.
     fn set(&self, name: &str, document: Option<&str>, tags: &[&str]) -> Result<Output> {
-        let file = document.map(|d| PrivateTempFile::new(d.as_bytes()));
-        let file = file.transpose()?;
+        let file = document.map(|d| PrivateTempFile::new(d.as_bytes())).transpose()?;
         let path = file.as_ref().map(|f| f.path().to_string_lossy());
         let mut args = vec!["--name", name];
         if let Some(path) = &path {
@@ -119,8 +115,7 @@ impl AzureProvider {
             if stderr.contains("SecretNotFound") || stderr.contains("was not found") {
                 return Ok(None);
             }
-            let call = format!("az keyvault secret show --name {name}");
-            bail!(failed(&call, &out));
+            bail!(failed(&format!("az keyvault secret show --name {name}"), &out));
         }
         let mut body: Value = serde_json::from_slice(&out.stdout)
             .context("`az keyvault secret show` printed no JSON")?;
@@ -131,17 +126,17 @@ impl AzureProvider {
     fn list_all(&self) -> Result<Vec<String>> {
         let out = self.az("list", &["--query", "[].name", "--output", "json"])?;
         if !out.status.success() {
-            let call = format!("az keyvault secret list --vault-name {}", self.vault_name);
-            bail!(failed(&call, &out));
+            bail!(failed(
+                &format!("az keyvault secret list --vault-name {}", self.vault_name),
+                &out
+            ));
         }
         serde_json::from_slice(&out.stdout)
             .context("`az keyvault secret list` printed no JSON list of names")
     }
 
-    /// The digests' key: what [`KEY_NAME`] holds, made first if it is missing.
-    /// Key Vault has no check-and-set: two first seeds at once may each write
-    /// one and use what they read back; stamps under the key that lost count
-    /// as not the seed's, so a value not the fixture's is a conflict (the safe side).
+    /// The digests' key, made first if missing. Without check-and-set, two first
+    /// seeds may race: stamps under the losing key read as not the seed's (safe side).
     fn ensure_key(&mut self) -> Result<DigestKey> {
         if let Some(key) = &self.key {
             return Ok(key.clone());
@@ -168,8 +163,7 @@ impl AzureProvider {
                     "{why} (the key of the digests the seed tags values with); nothing was written"
                 );
             }
-            let stored = self.show_raw(KEY_NAME)?;
-            self.key = stored.and_then(|(stored, _)| parse_key(&stored));
+            self.key = self.show_raw(KEY_NAME)?.and_then(|(stored, _)| parse_key(&stored));
         }
         self.key.clone().with_context(|| {
             format!("{KEY_NAME} in Azure Key Vault {vault_name} did not read back as the seed's key; re-run")
@@ -200,9 +194,8 @@ fn managed_by_tag() -> String {
     format!("managed-by={MANAGED_BY}")
 }
 
-/// What a stored secret holds: the checksum of a JSON document's string
-/// `value`, or else of the stored text as a bare value (what the legacy
-/// script wrote); and what its tags say the seed wrote there.
+/// The checksum of a document's string `value`, else of the stored text as a bare
+/// value (what the legacy script wrote); and what the tags say the seed wrote.
 fn current_of(name: &str, stored: &str, tags: &Value, key: Option<&DigestKey>) -> Current {
     let doc = serde_json::from_str::<Value>(stored).ok();
     let properties = match &doc {
@@ -237,8 +230,7 @@ fn failed(call: &str, out: &Output) -> String {
 /// The shared (non-local) environment whose values name this vault, if any.
 fn shared_env_using(root: &Path, vault_name: &str) -> Option<String> {
     let needle = format!("https://{vault_name}.vault.azure.net").to_ascii_lowercase();
-    let environments = crate::project::environments(root).into_iter();
-    environments.filter(|e| e != "local").find(|env| {
+    crate::project::environments(root).into_iter().filter(|e| e != "local").find(|env| {
         std::fs::read_to_string(root.join(crate::project::flag_file(env)))
             .is_ok_and(|text| text.to_ascii_lowercase().contains(&needle))
     })
@@ -300,9 +292,8 @@ fn parse_key(stored: &str) -> Option<DigestKey> {
 
 /// The seed's key secret is no fixture's to take.
 fn refuse_key_name(names: &[String]) -> Result<()> {
-    let taken = names.iter().any(|n| n.eq_ignore_ascii_case(KEY_NAME));
     ensure!(
-        !taken,
+        !names.iter().any(|n| n.eq_ignore_ascii_case(KEY_NAME)),
         "the secret name {KEY_NAME} is the seed's own on Azure Key Vault (the key of the digests it tags values \
          with): rename that fixture or override"
     );
