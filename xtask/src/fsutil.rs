@@ -65,9 +65,7 @@ fn write_atomic_via(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> Result<
         file.sync_all()?;
         std::fs::rename(tmp, path)
             .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-        if let Ok(d) = File::open(parent_dir(path)) {
-            let _ = d.sync_all();
-        }
+        let _ = File::open(parent_dir(path)).and_then(|dir| dir.sync_all());
         Ok(())
     })();
     if result.is_err() {
@@ -78,8 +76,7 @@ fn write_atomic_via(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> Result<
 
 /// The folder a file sits in (`.` for a bare name).
 fn parent_dir(path: &Path) -> &Path {
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-    parent.unwrap_or(Path::new("."))
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 /// Creates a folder (and parents) only the owner can enter.
@@ -167,12 +164,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sha256_matches_known_vector() {
-        assert_eq!(
-            sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        assert_eq!(short("ba7816bf8f01"), "ba7816bf");
+    fn checksums_and_timestamps_have_their_shape() {
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(sha256_hex(b"abc"), abc);
+        assert_eq!(short(abc), "ba7816bf");
+        let now = now_rfc3339();
+        assert_eq!((now.len(), &now[10..11], &now[19..]), (20, "T", "Z"), "{now}");
     }
 
     #[test]
@@ -208,12 +205,5 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"value");
         drop(f);
         assert!(!path.exists());
-    }
-
-    #[test]
-    fn now_is_rfc3339_to_the_second() {
-        let now = now_rfc3339();
-        let shape = (now.len(), &now[10..11], &now[19..]);
-        assert_eq!(shape, (20, "T", "Z"), "{now}");
     }
 }

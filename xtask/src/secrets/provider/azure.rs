@@ -59,13 +59,8 @@ impl AzureProvider {
                 );
             }
         }
-        Ok(AzureProvider {
-            vault_name,
-            concurrency: cfg.concurrency.value.min(8),
-            retries: cfg.vault_retries,
-            key: None,
-            key_foreign: false,
-        })
+        let (concurrency, retries) = (cfg.concurrency.value.min(8), cfg.vault_retries);
+        Ok(AzureProvider { vault_name, concurrency, retries, key: None, key_foreign: false })
     }
 
     /// `az keyvault secret <verb> --vault-name <vault> <args>`, retried while throttled.
@@ -99,8 +94,14 @@ impl AzureProvider {
         let path = file.as_ref().map(|f| f.path().to_string_lossy());
         let mut args = vec!["--name", name];
         if let Some(path) = &path {
-            args.extend(["--file", path, "--encoding", "utf-8"]);
-            args.extend(["--content-type", "application/json"]);
+            args.extend([
+                "--file",
+                path,
+                "--encoding",
+                "utf-8",
+                "--content-type",
+                "application/json",
+            ]);
         }
         args.extend(["--output", "none", "--tags"]);
         args.extend(tags);
@@ -125,12 +126,8 @@ impl AzureProvider {
 
     fn list_all(&self) -> Result<Vec<String>> {
         let out = self.az("list", &["--query", "[].name", "--output", "json"])?;
-        if !out.status.success() {
-            bail!(failed(
-                &format!("az keyvault secret list --vault-name {}", self.vault_name),
-                &out
-            ));
-        }
+        let call = format!("az keyvault secret list --vault-name {}", self.vault_name);
+        ensure!(out.status.success(), failed(&call, &out));
         serde_json::from_slice(&out.stdout)
             .context("`az keyvault secret list` printed no JSON list of names")
     }
@@ -157,12 +154,9 @@ impl AzureProvider {
             }
             let entry = DigestKey::generate()?.entry().to_string();
             let out = self.set(KEY_NAME, Some(&entry), &[&managed_by_tag()])?;
-            if !out.status.success() {
-                let why = failed(&format!("az keyvault secret set --name {KEY_NAME}"), &out);
-                bail!(
-                    "{why} (the key of the digests the seed tags values with); nothing was written"
-                );
-            }
+            let call = format!("az keyvault secret set --name {KEY_NAME}");
+            let what = "(the key of the digests the seed tags values with); nothing was written";
+            ensure!(out.status.success(), "{} {what}", failed(&call, &out));
             self.key = self.show_raw(KEY_NAME)?.and_then(|(stored, _)| parse_key(&stored));
         }
         self.key.clone().with_context(|| {
@@ -206,10 +200,8 @@ fn current_of(name: &str, stored: &str, tags: &Value, key: Option<&DigestKey>) -
     let sha256 = sha256_hex(value.unwrap_or(stored).as_bytes());
     let judged = Stamp::read(tags).map(|s| s.judge(key, name, value.unwrap_or(stored), &sha256));
     let (seeded_sha256, stamp_stale) = judged.unwrap_or((None, false));
-    let (sha256, raw_sha256) = match value {
-        Some(_) => (Some(sha256), None),
-        None => (None, Some(sha256)),
-    };
+    let (sha256, raw_sha256) =
+        if value.is_some() { (Some(sha256), None) } else { (None, Some(sha256)) };
     Current { sha256, properties, seeded_sha256, stamp_stale, raw_sha256, ..Current::default() }
 }
 
@@ -279,9 +271,7 @@ impl SecretProvider for AzureProvider {
     }
 
     fn list(&mut self) -> Result<Vec<String>> {
-        let mut names = self.list_all()?;
-        names.retain(|n| n != KEY_NAME);
-        Ok(names)
+        Ok(self.list_all()?.into_iter().filter(|n| n != KEY_NAME).collect())
     }
 }
 

@@ -157,11 +157,8 @@ impl Stamp {
         if fields["managed-by"] != MANAGED_BY {
             return None;
         }
-        if let Some(d) = fields["fixture-hmac"].as_str() {
-            return Some(Stamp::Keyed(d.to_string()));
-        }
-        let old = fields["fixture-sha256"].as_str();
-        old.map(|s| Stamp::Sha256(s.to_string()))
+        let keyed = fields["fixture-hmac"].as_str().map(|d| Stamp::Keyed(d.to_string()));
+        keyed.or_else(|| fields["fixture-sha256"].as_str().map(|s| Stamp::Sha256(s.to_string())))
     }
 
     /// [`Current::seeded_sha256`] for `value` under `name`, and whether to renew the stamp.

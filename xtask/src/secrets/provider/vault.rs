@@ -140,8 +140,7 @@ impl VaultProvider {
         let endpoint = resolve_endpoint(cfg, allow_non_local)?;
         let timeout = Duration::from_secs_f64(cfg.vault_timeout_secs);
         let token = endpoint.token.value.clone();
-        let concurrency = cfg.concurrency.value;
-        let retries = cfg.vault_retries;
+        let (concurrency, retries) = (cfg.concurrency.value, cfg.vault_retries);
         let mut http = configured_http(cfg, &endpoint.addr, token, timeout, retries, concurrency)?;
         if let Some(pf) = &endpoint.port_forward {
             http.set_lifeline(std::sync::Arc::new(pf.lifeline()));
@@ -373,21 +372,17 @@ impl SecretProvider for VaultProvider {
         if let Err(e) = update_record(http, mount, lock, read, &settle, Phase::Settle) {
             let reason = format!("{mount}/{RECORD_NAME} not updated: {e:#}");
             for (name, outcome) in outcomes.iter_mut().filter(|(_, o)| written(o)) {
-                *outcome = if by_name[name.as_str()].metadata_only {
-                    Outcome::Failed(reason.clone())
-                } else {
-                    // The value landed and is recognised (the intent above): a re-run restamps it.
-                    Outcome::ValueOnly(reason.clone())
-                };
+                // A landed value is recognised (the intent above): a re-run restamps it.
+                let (landed, reason) = (!by_name[name.as_str()].metadata_only, reason.clone());
+                *outcome =
+                    if landed { Outcome::ValueOnly(reason) } else { Outcome::Failed(reason) };
             }
         }
         Ok(outcomes)
     }
 
     fn list(&mut self) -> Result<Vec<String>> {
-        let mut names = self.list_names()?;
-        names.retain(|n| n != RECORD_NAME);
-        Ok(names)
+        Ok(self.list_names()?.into_iter().filter(|n| n != RECORD_NAME).collect())
     }
 
     fn stats(&self) -> Option<(u64, u64, u64)> {
@@ -424,10 +419,7 @@ impl VaultProvider {
             let outcome = self.write_one(w);
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
             if show && (n.is_multiple_of(100) || n == total) {
-                eprint!("\r  writing {n}/{total}");
-                if n == total {
-                    eprintln!();
-                }
+                eprint!("\r  writing {n}/{total}{}", if n == total { "\n" } else { "" });
             }
             (w.name.to_string(), outcome)
         })
@@ -521,14 +513,11 @@ mod tests {
     #[test]
     fn a_record_without_the_read_version_is_stale() {
         let key = DigestKey::fixed(&"k".repeat(64));
-        for (version, stale) in [(Some("3"), false), (Some("2"), true), (None, true)] {
-            let mut custom =
-                json!({"managed-by": MANAGED_BY, "fixture-hmac": key.digest("n", "x")});
-            if let Some(v) = version {
-                custom["fixture-version"] = v.into();
-            }
-            let c = v2("x", 3, &custom, Some(&key));
-            assert_eq!(c.stamp_stale, stale, "{version:?}");
+        let hmac = key.digest("n", "x");
+        for (version, stale) in [(json!("3"), false), (json!("2"), true), (Value::Null, true)] {
+            let custom =
+                json!({"managed-by": MANAGED_BY, "fixture-hmac": hmac, "fixture-version": version});
+            assert_eq!(v2("x", 3, &custom, Some(&key)).stamp_stale, stale, "{version:?}");
         }
         let v1 = json!({"data": {"value": "x"}});
         assert!(!current_from(KvVersion::V1, "n", &v1, None, None).stamp_stale);

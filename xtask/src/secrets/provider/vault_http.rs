@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::Value;
+use ureq::tls::{parse_pem, PemItem, RootCerts, TlsConfig, TlsProvider};
 
 use crate::output::Secret;
 
@@ -48,29 +49,26 @@ impl VaultError {
 
 impl std::fmt::Display for VaultError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            VaultError::Unreachable { addr, detail } => write!(
-                f,
+        let text = match self {
+            VaultError::Unreachable { addr, detail } => format!(
                 "cannot reach Vault at {addr} ({detail}). Is it running? Locally: `bao server -dev`, or check the \
                  port-forward / VAULT_ADDR."
             ),
-            VaultError::Timeout { call, secs } => write!(
-                f,
+            VaultError::Timeout { call, secs } => format!(
                 "{call} timed out after {secs}s. Vault is overloaded or stuck; retry, or raise vault.timeout_secs in \
                  .local/secrets.toml."
             ),
-            VaultError::Sealed { addr } => write!(
-                f,
+            VaultError::Sealed { addr } => format!(
                 "Vault at {addr} is sealed. Unseal it with `bao operator unseal` (or `vault operator unseal`); the \
                  local dev chart unseals itself on restart: `kubectl -n vault delete pod vault-0`."
             ),
-            VaultError::Forbidden { call, errors } => write!(
-                f,
+            VaultError::Forbidden { call, errors } => format!(
                 "permission denied for {call} ({errors}). The token is invalid, expired, or lacks a policy for this \
                  path: get a fresh one (`bao login`, or export VAULT_TOKEN) with create/read/update on the mount."
             ),
-            VaultError::Status { call, code, errors } => write!(f, "{call} failed with HTTP {code}: {errors}"),
-        }
+            VaultError::Status { call, code, errors } => format!("{call} failed with HTTP {code}: {errors}"),
+        };
+        f.write_str(&text)
     }
 }
 
@@ -85,6 +83,9 @@ pub(crate) struct Reply {
     pub status: u16,
     pub body: Value,
 }
+
+/// What a call comes to: an answer, or why there is none.
+type Answer = Result<Reply, VaultError>;
 
 impl Reply {
     pub(crate) fn errors(&self) -> String {
@@ -158,32 +159,31 @@ impl VaultHttp {
         ca_cert: Option<&std::path::Path>,
     ) -> anyhow::Result<VaultHttp> {
         let roots = match ca_cert {
-            None => ureq::tls::RootCerts::PlatformVerifier,
+            None => RootCerts::PlatformVerifier,
             Some(path) => {
+                let shown = path.display();
                 let pem = std::fs::read(path).with_context(|| {
                     format!(
-                        "reading the Vault CA certificate {} (VAULT_CACERT or vault.ca_cert)",
-                        path.display()
+                        "reading the Vault CA certificate {shown} (VAULT_CACERT or vault.ca_cert)"
                     )
                 })?;
-                let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-                    .filter_map(|item| match item {
-                        Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                        _ => None,
-                    })
-                    .collect();
+                let certificate = |item| match item {
+                    Ok(PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                };
+                let certs: Vec<_> = parse_pem(&pem).filter_map(certificate).collect();
                 anyhow::ensure!(
                     !certs.is_empty(),
-                    "{} holds no PEM certificate; point VAULT_CACERT at the CA file your Vault prints (for \
-                     `bao server -dev-tls`, vault-ca.pem in its -dev-tls-cert-dir)",
-                    path.display()
+                    "{shown} holds no PEM certificate; point VAULT_CACERT at the CA file your Vault prints (for \
+                     `bao server -dev-tls`, vault-ca.pem in its -dev-tls-cert-dir)"
                 );
-                ureq::tls::RootCerts::new_with_certs(&certs)
+                RootCerts::new_with_certs(&certs)
             }
         };
         // A timeout per phase (a whole-call one costs a thread per request); no
         // proxy: a corporate HTTP_PROXY must not see the token.
         let phase = Some(timeout);
+        let tls = TlsConfig::builder().provider(TlsProvider::NativeTls).root_certs(roots).build();
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .proxy(None)
@@ -195,12 +195,7 @@ impl VaultHttp {
             .max_idle_connections_per_host(pool.max(1))
             .max_idle_connections(pool.max(1))
             .no_delay(true)
-            .tls_config(
-                ureq::tls::TlsConfig::builder()
-                    .provider(ureq::tls::TlsProvider::NativeTls)
-                    .root_certs(roots)
-                    .build(),
-            )
+            .tls_config(tls)
             .build()
             .new_agent();
         let addr = addr.trim_end_matches('/').to_string();
@@ -229,8 +224,7 @@ impl VaultHttp {
         if let Some(why) = &gone {
             detail = format!("{detail}; {why}");
         }
-        let addr = self.shown.clone();
-        (VaultError::Unreachable { addr, detail }, gone.is_some())
+        (VaultError::Unreachable { addr: self.shown.clone(), detail }, gone.is_some())
     }
 
     /// The address for messages (a user and password in it read `***`).
@@ -255,22 +249,12 @@ impl VaultHttp {
     }
 
     /// One API call with retries. `path` is below `/v1/`.
-    pub(crate) fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Reply, VaultError> {
+    pub(crate) fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Answer {
         self.call_with(method, path, body.map(Value::to_string).as_deref(), true)
     }
 
     /// Like [`VaultHttp::call`], but 401/403 is an answer the caller can fall back on.
-    pub(crate) fn try_call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Reply, VaultError> {
+    pub(crate) fn try_call(&self, method: Method, path: &str, body: Option<&Value>) -> Answer {
         self.call_with(method, path, body.map(Value::to_string).as_deref(), false)
     }
 
@@ -282,17 +266,14 @@ impl VaultHttp {
         path: &str,
         body: Option<&str>,
         forbidden_stops: bool,
-    ) -> Result<Reply, VaultError> {
+    ) -> Answer {
         // Named only on failure: this runs for every request.
         let call = || describe(method, path);
         let mut attempt = 0u32;
         loop {
             if self.stopped.load(Ordering::Relaxed) {
-                return Err(VaultError::Status {
-                    call: call(),
-                    code: 0,
-                    errors: NOT_ATTEMPTED.into(),
-                });
+                let errors = NOT_ATTEMPTED.into();
+                return Err(VaultError::Status { call: call(), code: 0, errors });
             }
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             if matches!(method, Method::Post | Method::Patch) {
@@ -390,20 +371,13 @@ impl VaultHttp {
                 .send(body),
         };
         let mut answer = sent.map_err(transport)?;
-        let retry_after = answer
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(|s| Duration::from_secs_f64(s).min(MAX_RETRY_AFTER));
+        let header = answer.headers().get("retry-after").and_then(|v| v.to_str().ok());
+        let seconds: Option<f64> = header.and_then(|v| v.trim().parse().ok());
+        let seconds = seconds.filter(|s| s.is_finite() && *s >= 0.0);
+        let retry_after = seconds.map(|s| Duration::from_secs_f64(s).min(MAX_RETRY_AFTER));
         let bytes = answer.body_mut().with_config().limit(MAX_ANSWER_BYTES).read_to_vec();
         let bytes = bytes.map_err(transport)?;
-        let body = std::str::from_utf8(&bytes)
-            .ok()
-            .filter(|text| !text.is_empty())
-            .and_then(|text| text.parse::<Value>().ok())
-            .unwrap_or(Value::Null);
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok((answer.status().as_u16(), retry_after, body))
     }
 
@@ -441,10 +415,6 @@ impl VaultHttp {
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 pub(crate) struct SealStatus {
     pub sealed: bool,
-    #[serde(default)]
-    pub initialized: bool,
-    #[serde(default)]
-    pub version: Option<String>,
     /// `inmem` for a dev server (`bao server -dev`), else `raft`, `file`, ...
     #[serde(default)]
     pub storage_type: Option<String>,
@@ -458,8 +428,6 @@ pub(crate) struct Health {
     pub standby: bool,
     #[serde(default)]
     pub version: Option<String>,
-    #[serde(default)]
-    pub cluster_name: Option<String>,
 }
 
 /// `s` as a JSON string, quotes and escapes included: for bodies built as text.
@@ -472,12 +440,7 @@ fn is_sealed(body: &Value) -> bool {
 }
 
 fn describe(method: Method, path: &str) -> String {
-    let verb = match method {
-        Method::Get => "GET",
-        Method::List => "LIST",
-        Method::Post => "POST",
-        Method::Patch => "PATCH",
-    };
+    let verb = format!("{method:?}").to_ascii_uppercase();
     format!("{verb} {}", path.split('?').next().unwrap_or(path))
 }
 
@@ -518,6 +481,7 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn backoff_grows_and_stays_jittered() {
@@ -535,23 +499,16 @@ mod tests {
     }
 
     #[test]
-    fn error_messages_name_the_call_and_the_fix() {
+    fn describes_calls_and_errors_with_the_fix() {
+        assert_eq!(describe(Method::List, "secret/metadata/?list=true"), "LIST secret/metadata/");
+        assert_eq!(describe(Method::Patch, "secret/metadata/a"), "PATCH secret/metadata/a");
+        assert_eq!(errors_of(&json!({"errors": ["a", "b"]})), "a; b");
+        let multi = json!({"errors": ["1 error occurred:\n\t* permission denied\n\n"]});
+        assert_eq!(errors_of(&multi), "permission denied");
+        assert!(is_sealed(&json!({"errors": ["Vault is sealed"]})));
         let e = VaultError::Sealed { addr: "http://127.0.0.1:8200".into() };
         assert!(e.to_string().contains("operator unseal") && e.is_fatal());
         let e = VaultError::Forbidden { call: "GET sys/mounts".into(), errors: "denied".into() };
         assert!(e.to_string().contains("VAULT_TOKEN") && e.is_fatal());
-    }
-
-    #[test]
-    fn describes_calls_without_query() {
-        assert_eq!(describe(Method::List, "secret/metadata/?list=true"), "LIST secret/metadata/");
-        assert_eq!(errors_of(&serde_json::json!({"errors": ["a", "b"]})), "a; b");
-        assert_eq!(
-            errors_of(
-                &serde_json::json!({"errors": ["1 error occurred:\n\t* permission denied\n\n"]})
-            ),
-            "permission denied"
-        );
-        assert!(is_sealed(&serde_json::json!({"errors": ["Vault is sealed"]})));
     }
 }

@@ -51,10 +51,7 @@ impl KeyInfo {
         let (sha, stamp_stale) = match record.stamp {
             Stamp::Keyed(digest) => {
                 let want = expected.entries.get(name)?;
-                if digest != key?.digest(name, &want.value) {
-                    return None;
-                }
-                (want.sha256.clone(), false)
+                (digest == key?.digest(name, &want.value)).then(|| (want.sha256.clone(), false))?
             }
             Stamp::Sha256(sha) => (sha, true),
         };
@@ -83,19 +80,14 @@ pub(super) fn detailed_listing(
     key: Option<&DigestKey>,
     expected: &SecretSet,
 ) -> Result<Option<BTreeMap<String, Option<Current>>>, VaultError> {
-    let failed = |code, errors| VaultError::Status {
-        call: format!("LIST {mount}/detailed-metadata/"),
-        code,
-        errors,
-    };
+    let call = format!("LIST {mount}/detailed-metadata/");
+    let failed = |code, errors| VaultError::Status { call: call.clone(), code, errors };
     let mut out = BTreeMap::new();
     let mut after: Option<String> = None;
     loop {
         let cursor = after.as_deref().map(|a| format!("&after={}", query_escape(a)));
-        let path = format!(
-            "{mount}/detailed-metadata/?limit={DETAILED_PAGE}{}",
-            cursor.unwrap_or_default()
-        );
+        let cursor = cursor.unwrap_or_default();
+        let path = format!("{mount}/detailed-metadata/?limit={DETAILED_PAGE}{cursor}");
         let first = after.is_none();
         let reply = match http.try_call(Method::List, &path, None) {
             Ok(r) => r,
@@ -160,11 +152,10 @@ mod tests {
         let known = |current, custom: &Value, versions: &Value| {
             info(current, custom, versions).known("n", Some(&key), &expected)
         };
-        let got = known(2, &custom, &live).unwrap();
-        assert_eq!(got.sha256.as_deref(), Some(sha.as_str()));
-        assert_eq!(got.seeded_sha256.as_deref(), Some(sha.as_str()));
-        assert_eq!((got.version, got.stamp_stale), (Some(2), false));
-        assert_eq!(got.properties, vec!["value".to_string()]);
+        let (sha256, seeded_sha256) = (Some(sha.clone()), Some(sha));
+        let properties = vec!["value".into()];
+        let want = Current { sha256, seeded_sha256, properties, ..Current::default() };
+        assert_eq!(known(2, &custom, &live), Some(Current { version: Some(2), ..want }));
 
         // The stamp is of another value than the expected one (the fixture
         // changed), or nothing is expected, or there is no key or another: read it.

@@ -90,13 +90,9 @@ pub(super) fn create_key(http: &VaultHttp, mount: &str) -> Result<DigestKey> {
         code => bail!("POST {path} failed with HTTP {code}: {}", reply.errors()),
     }
     let reply = http.try_call(Method::Get, &path, None)?;
-    match reply.status {
-        200 => {
-            if let Some(key) = DigestKey::from_entry(&reply.body["data"]["data"]) {
-                return Ok(key);
-            }
-        }
-        401 | 403 => return Err(forbidden("GET", &reply).into()),
+    match (reply.status, DigestKey::from_entry(&reply.body["data"]["data"])) {
+        (200, Some(key)) => return Ok(key),
+        (401 | 403, _) => return Err(forbidden("GET", &reply).into()),
         _ => {}
     }
     bail!(
@@ -279,10 +275,8 @@ mod tests {
         let judge = |rec: &MountRecord, name: &str, value: &str| {
             rec.judge(name, value, &sha256_hex(value.as_bytes()))
         };
-        let seeded = Some(sha256_hex(b"seeded"));
-        assert_eq!(judge(&rec, "n", "seeded"), (seeded, false));
-        let another = Some(SEEDED_ANOTHER_VALUE.to_string());
-        assert_eq!(judge(&rec, "n", "by-hand"), (another, false));
+        assert_eq!(judge(&rec, "n", "seeded"), (Some(sha256_hex(b"seeded")), false));
+        assert_eq!(judge(&rec, "n", "by-hand"), (Some(SEEDED_ANOTHER_VALUE.into()), false));
         assert_eq!(judge(&rec, "unknown", "x"), (None, false));
         // Two candidates (a run stopped mid-way): either is ours; renew the record.
         let next = rec.key.digest("n", "next");
@@ -303,8 +297,7 @@ mod tests {
         assert_eq!(intended.digests["a"], vec![digest("old"), digest("new")]);
         // A concurrent seed added its own candidate meanwhile: it stays.
         let mut concurrent = intended.clone();
-        let candidates = concurrent.digests.get_mut("a").unwrap();
-        candidates.push(digest("theirs"));
+        concurrent.digests.get_mut("a").unwrap().push(digest("theirs"));
         let settled = merge(Some(concurrent), &key('u'), read, &change, Phase::Settle);
         assert_eq!(settled.digests["a"], vec![digest("new"), digest("theirs")]);
         assert!(holds(&settled, &change));
