@@ -77,8 +77,8 @@ impl AzureProvider {
         loop {
             let out = tool.output()?;
             let stderr = String::from_utf8_lossy(&out.stderr).to_ascii_lowercase();
-            let throttled =
-                ["429", "too many requests", "throttl"].iter().any(|s| stderr.contains(s));
+            let throttled = ["429", "too many requests", "throttl"];
+            let throttled = throttled.iter().any(|s| stderr.contains(s));
             if out.status.success() || !throttled || attempt >= self.retries {
                 return Ok(out);
             }
@@ -94,14 +94,8 @@ impl AzureProvider {
         let path = file.as_ref().map(|f| f.path().to_string_lossy());
         let mut args = vec!["--name", name];
         if let Some(path) = &path {
-            args.extend([
-                "--file",
-                path,
-                "--encoding",
-                "utf-8",
-                "--content-type",
-                "application/json",
-            ]);
+            args.extend(["--file", path, "--encoding", "utf-8"]);
+            args.extend(["--content-type", "application/json"]);
         }
         args.extend(["--output", "none", "--tags"]);
         args.extend(tags);

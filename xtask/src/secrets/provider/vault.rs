@@ -55,7 +55,7 @@ pub(crate) struct Endpoint {
 /// The address (config, else a port-forward) and the token, past the guardrail.
 pub(crate) fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<Endpoint> {
     let mut seal = None;
-    let (p, contexts) = (&cfg.port_forward, &cfg.local_contexts);
+    let (fwd, contexts) = (&cfg.port_forward, &cfg.local_contexts);
     let (addr, port_forward) = match &cfg.vault_addr {
         Some(setting) => {
             let addr = setting.value.expose();
@@ -76,7 +76,7 @@ pub(crate) fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> R
         }
         None => {
             let Some(context) = kube::context(&cfg.kubeconfig)? else {
-                let (service, namespace) = (&p.service, &p.namespace);
+                let (service, namespace) = (&fwd.service, &fwd.namespace);
                 bail!(
                     "no Vault address: set VAULT_ADDR (for example http://127.0.0.1:8200 for `bao server -dev`), or \
                      point kubectl at your local cluster so the seed can port-forward to svc/{service} in namespace \
@@ -84,15 +84,15 @@ pub(crate) fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> R
                 );
             };
             guard::check_port_forward_context(&context, contexts)?;
-            let (namespace, service, port) = (p.namespace.clone(), p.service.clone(), p.port);
-            let (start_deadline, pod_wait) = (p.start_timeout, p.pod_wait);
+            let (namespace, service, port) = (fwd.namespace.clone(), fwd.service.clone(), fwd.port);
+            let (start_deadline, pod_wait) = (fwd.start_timeout, fwd.pod_wait);
             let spec =
                 port_forward::ForwardSpec { namespace, service, port, start_deadline, pod_wait };
             let pf = port_forward::PortForward::start(&spec)?;
             (pf.addr(), Some(pf))
         }
     };
-    let dev_token = Secret::new(p.dev_root_token.clone());
+    let dev_token = Secret::new(fwd.dev_root_token.clone());
     let token = match (&cfg.vault_token, &port_forward) {
         (Some(t), _) => t.clone(),
         (None, Some(_)) => Setting { value: dev_token, source: Source::DevChart },

@@ -4,7 +4,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
 use serde_json::Value;
 use ureq::tls::{parse_pem, PemItem, RootCerts, TlsConfig, TlsProvider};
 
@@ -162,10 +161,8 @@ impl VaultHttp {
             None => RootCerts::PlatformVerifier,
             Some(path) => {
                 let shown = path.display();
-                let pem = std::fs::read(path).with_context(|| {
-                    format!(
-                        "reading the Vault CA certificate {shown} (VAULT_CACERT or vault.ca_cert)"
-                    )
+                let pem = std::fs::read(path).map_err(|e| {
+                    anyhow::anyhow!("reading the Vault CA certificate {shown} (VAULT_CACERT or vault.ca_cert): {e}")
                 })?;
                 let certificate = |item| match item {
                     Ok(PemItem::Certificate(c)) => Some(c),
