@@ -1,6 +1,6 @@
 //! Files that may hold secret values: checksums, atomic private writes, locks.
 
-use std::fs::{File, OpenOptions, Permissions, TryLockError};
+use std::fs::{File, Permissions, TryLockError};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -9,13 +9,11 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
-/// Hex sha256 of some bytes.
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
-/// Lowercase hex, by table: this runs for every secret of a seed, and
-/// `format!("{b:02x}")` per byte costs more than the hash in the dev build.
+/// Lowercase hex, by table: `format!("{b:02x}")` costs more than the hash in a dev build.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
@@ -31,7 +29,6 @@ pub(crate) fn short(sha: &str) -> &str {
     &sha[..sha.len().min(8)]
 }
 
-/// Hex sha256 of a file, streamed.
 pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut hasher = Sha256::new();
@@ -39,8 +36,8 @@ pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
-/// Writes `bytes` to `path` atomically with mode 0600, in a private folder;
-/// the temp name carries our pid (some callers write without a lock).
+/// Writes `bytes` to `path` atomically with mode 0600, in a private folder; the
+/// temp name carries our pid (some callers write without a lock).
 pub(crate) fn write_private_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = parent_dir(path);
     create_private_dir(dir)?;
@@ -60,22 +57,15 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 /// crash leaves the old file or the new one. A failure removes `tmp`.
 fn write_atomic_via(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let result = (|| -> Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
+        let file = File::options().write(true).create(true).truncate(true).mode(mode).open(tmp);
+        let mut file = file.with_context(|| format!("creating {}", tmp.display()))?;
         // Neither an old temp file's mode nor the umask may stand.
         file.set_permissions(Permissions::from_mode(mode))?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(tmp, path)
             .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-        if let Ok(d) = File::open(parent_dir(path)) {
-            let _ = d.sync_all();
-        }
+        let _ = File::open(parent_dir(path)).and_then(|dir| dir.sync_all());
         Ok(())
     })();
     if result.is_err() {
@@ -86,20 +76,16 @@ fn write_atomic_via(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> Result<
 
 /// The folder a file sits in (`.` for a bare name).
 fn parent_dir(path: &Path) -> &Path {
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-    parent.unwrap_or(Path::new("."))
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 /// Creates a folder (and parents) only the owner can enter.
-pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
+fn create_private_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))
+    let created = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir);
+    created.with_context(|| format!("creating {}", dir.display()))
 }
 
 #[cfg(test)]
@@ -107,22 +93,15 @@ pub(crate) fn mode(path: &Path) -> Result<u32> {
     Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
 }
 
-/// An exclusive advisory lock on `<path>`, held until drop or the holder's
-/// exit. The file names the holder for a refused contender.
+/// An exclusive advisory lock on `<path>` until drop; the file names the holder.
 pub(crate) struct Lock(File);
 
 impl Lock {
     /// Takes the lock within a second (a quick holder is done by then) or fails, naming the holder.
     pub(crate) fn acquire(path: &Path, what: &str) -> Result<Lock> {
         create_private_dir(parent_dir(path))?;
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("opening lock {}", path.display()))?;
+        let file = File::options().write(true).create(true).truncate(false).mode(0o600).open(path);
+        let mut file = file.with_context(|| format!("opening lock {}", path.display()))?;
         let mut holder = "holder unknown".to_string();
         for attempt in 0.. {
             match file.try_lock() {
@@ -176,7 +155,6 @@ impl PrivateTempFile {
     }
 }
 
-/// The current UTC time as RFC 3339, to the second.
 pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
@@ -186,12 +164,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sha256_matches_known_vector() {
-        assert_eq!(
-            sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        assert_eq!(short("ba7816bf8f01"), "ba7816bf");
+    fn checksums_and_timestamps_have_their_shape() {
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(sha256_hex(b"abc"), abc);
+        assert_eq!(short(abc), "ba7816bf");
+        let now = now_rfc3339();
+        assert_eq!((now.len(), &now[10..11], &now[19..]), (20, "T", "Z"), "{now}");
     }
 
     #[test]
@@ -227,12 +205,5 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"value");
         drop(f);
         assert!(!path.exists());
-    }
-
-    #[test]
-    fn now_is_rfc3339_to_the_second() {
-        let now = now_rfc3339();
-        let shape = (now.len(), &now[10..11], &now[19..]);
-        assert_eq!(shape, (20, "T", "Z"), "{now}");
     }
 }

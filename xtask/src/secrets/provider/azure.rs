@@ -1,9 +1,6 @@
-//! Azure Key Vault through the `az` CLI. Values travel in 0600 temp files
-//! (`--file`), never in argv. The seed's stamp is two tags, `managed-by` and
-//! `fixture-hmac` (a keyed digest of the value, passed as `name=@path`, from
-//! a file too); its key is the secret [`KEY_NAME`], which only those who may
-//! get values can read. Each secret is the JSON document `{"value": "..."}`:
-//! ESO's Azure provider looks `remoteRef.property: value` up in it.
+//! Azure Key Vault through the `az` CLI. Values (and their digests) travel in 0600
+//! temp files, never in argv. The stamp is two tags, `managed-by` and `fixture-hmac`,
+//! keyed by the secret [`KEY_NAME`]. Each secret is the document `{"value": "..."}`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -62,13 +59,8 @@ impl AzureProvider {
                 );
             }
         }
-        Ok(AzureProvider {
-            vault_name,
-            concurrency: cfg.concurrency.value.min(8),
-            retries: cfg.vault_retries,
-            key: None,
-            key_foreign: false,
-        })
+        let (concurrency, retries) = (cfg.concurrency.value.min(8), cfg.vault_retries);
+        Ok(AzureProvider { vault_name, concurrency, retries, key: None, key_foreign: false })
     }
 
     /// `az keyvault secret <verb> --vault-name <vault> <args>`, retried while throttled.
@@ -98,8 +90,7 @@ impl AzureProvider {
     /// Sets `name` to the JSON `document` through a private file (`None`:
     /// only its tags), with `tags`.
     fn set(&self, name: &str, document: Option<&str>, tags: &[&str]) -> Result<Output> {
-        let file = document.map(|d| PrivateTempFile::new(d.as_bytes()));
-        let file = file.transpose()?;
+        let file = document.map(|d| PrivateTempFile::new(d.as_bytes())).transpose()?;
         let path = file.as_ref().map(|f| f.path().to_string_lossy());
         let mut args = vec!["--name", name];
         if let Some(path) = &path {
@@ -119,8 +110,7 @@ impl AzureProvider {
             if stderr.contains("SecretNotFound") || stderr.contains("was not found") {
                 return Ok(None);
             }
-            let call = format!("az keyvault secret show --name {name}");
-            bail!(failed(&call, &out));
+            bail!(failed(&format!("az keyvault secret show --name {name}"), &out));
         }
         let mut body: Value = serde_json::from_slice(&out.stdout)
             .context("`az keyvault secret show` printed no JSON")?;
@@ -130,18 +120,14 @@ impl AzureProvider {
 
     fn list_all(&self) -> Result<Vec<String>> {
         let out = self.az("list", &["--query", "[].name", "--output", "json"])?;
-        if !out.status.success() {
-            let call = format!("az keyvault secret list --vault-name {}", self.vault_name);
-            bail!(failed(&call, &out));
-        }
+        let call = format!("az keyvault secret list --vault-name {}", self.vault_name);
+        ensure!(out.status.success(), failed(&call, &out));
         serde_json::from_slice(&out.stdout)
             .context("`az keyvault secret list` printed no JSON list of names")
     }
 
-    /// The digests' key: what [`KEY_NAME`] holds, made first if it is missing.
-    /// Key Vault has no check-and-set: two first seeds at once may each write
-    /// one and use what they read back; stamps under the key that lost count
-    /// as not the seed's, so a value not the fixture's is a conflict (the safe side).
+    /// The digests' key, made first if missing. Without check-and-set, two first
+    /// seeds may race: stamps under the losing key read as not the seed's (safe side).
     fn ensure_key(&mut self) -> Result<DigestKey> {
         if let Some(key) = &self.key {
             return Ok(key.clone());
@@ -162,14 +148,10 @@ impl AzureProvider {
             }
             let entry = DigestKey::generate()?.entry().to_string();
             let out = self.set(KEY_NAME, Some(&entry), &[&managed_by_tag()])?;
-            if !out.status.success() {
-                let why = failed(&format!("az keyvault secret set --name {KEY_NAME}"), &out);
-                bail!(
-                    "{why} (the key of the digests the seed tags values with); nothing was written"
-                );
-            }
-            let stored = self.show_raw(KEY_NAME)?;
-            self.key = stored.and_then(|(stored, _)| parse_key(&stored));
+            let call = format!("az keyvault secret set --name {KEY_NAME}");
+            let what = "(the key of the digests the seed tags values with); nothing was written";
+            ensure!(out.status.success(), "{} {what}", failed(&call, &out));
+            self.key = self.show_raw(KEY_NAME)?.and_then(|(stored, _)| parse_key(&stored));
         }
         self.key.clone().with_context(|| {
             format!("{KEY_NAME} in Azure Key Vault {vault_name} did not read back as the seed's key; re-run")
@@ -200,9 +182,8 @@ fn managed_by_tag() -> String {
     format!("managed-by={MANAGED_BY}")
 }
 
-/// What a stored secret holds: the checksum of a JSON document's string
-/// `value`, or else of the stored text as a bare value (what the legacy
-/// script wrote); and what its tags say the seed wrote there.
+/// The checksum of a document's string `value`, else of the stored text as a bare
+/// value (what the legacy script wrote); and what the tags say the seed wrote.
 fn current_of(name: &str, stored: &str, tags: &Value, key: Option<&DigestKey>) -> Current {
     let doc = serde_json::from_str::<Value>(stored).ok();
     let properties = match &doc {
@@ -213,10 +194,8 @@ fn current_of(name: &str, stored: &str, tags: &Value, key: Option<&DigestKey>) -
     let sha256 = sha256_hex(value.unwrap_or(stored).as_bytes());
     let judged = Stamp::read(tags).map(|s| s.judge(key, name, value.unwrap_or(stored), &sha256));
     let (seeded_sha256, stamp_stale) = judged.unwrap_or((None, false));
-    let (sha256, raw_sha256) = match value {
-        Some(_) => (Some(sha256), None),
-        None => (None, Some(sha256)),
-    };
+    let (sha256, raw_sha256) =
+        if value.is_some() { (Some(sha256), None) } else { (None, Some(sha256)) };
     Current { sha256, properties, seeded_sha256, stamp_stale, raw_sha256, ..Current::default() }
 }
 
@@ -237,8 +216,7 @@ fn failed(call: &str, out: &Output) -> String {
 /// The shared (non-local) environment whose values name this vault, if any.
 fn shared_env_using(root: &Path, vault_name: &str) -> Option<String> {
     let needle = format!("https://{vault_name}.vault.azure.net").to_ascii_lowercase();
-    let environments = crate::project::environments(root).into_iter();
-    environments.filter(|e| e != "local").find(|env| {
+    crate::project::environments(root).into_iter().filter(|e| e != "local").find(|env| {
         std::fs::read_to_string(root.join(crate::project::flag_file(env)))
             .is_ok_and(|text| text.to_ascii_lowercase().contains(&needle))
     })
@@ -287,9 +265,7 @@ impl SecretProvider for AzureProvider {
     }
 
     fn list(&mut self) -> Result<Vec<String>> {
-        let mut names = self.list_all()?;
-        names.retain(|n| n != KEY_NAME);
-        Ok(names)
+        Ok(self.list_all()?.into_iter().filter(|n| n != KEY_NAME).collect())
     }
 }
 
@@ -300,9 +276,8 @@ fn parse_key(stored: &str) -> Option<DigestKey> {
 
 /// The seed's key secret is no fixture's to take.
 fn refuse_key_name(names: &[String]) -> Result<()> {
-    let taken = names.iter().any(|n| n.eq_ignore_ascii_case(KEY_NAME));
     ensure!(
-        !taken,
+        !names.iter().any(|n| n.eq_ignore_ascii_case(KEY_NAME)),
         "the secret name {KEY_NAME} is the seed's own on Azure Key Vault (the key of the digests it tags values \
          with): rename that fixture or override"
     );

@@ -58,8 +58,7 @@ pub(crate) fn load(path: &Path) -> Result<StoreFile> {
     let shown = path.display();
     let text = match std::fs::read_to_string(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let secrets = BTreeMap::new();
-            return Ok(StoreFile { format: FORMAT.into(), secrets });
+            return Ok(StoreFile { format: FORMAT.into(), secrets: BTreeMap::new() });
         }
         read => read.with_context(|| format!("reading the file store {shown}"))?,
     };

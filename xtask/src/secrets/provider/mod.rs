@@ -21,14 +21,11 @@ use crate::fsutil::hex;
 use crate::secrets::config::{Config, ProviderKind};
 use crate::secrets::fixtures;
 
-/// What a store holds for one name.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct Current {
     /// sha256 of the `value` property; `None` when the entry has no string `value`.
     pub sha256: Option<String>,
-    /// The entry's properties (Vault keys its data by property).
     pub properties: Vec<String>,
-    /// The store's version of the entry, for check-and-set.
     pub version: Option<u64>,
     /// What the seed's record says it last wrote there: see [`Stamp::judge`].
     pub seeded_sha256: Option<String>,
@@ -54,12 +51,10 @@ pub(crate) enum Outcome {
     Written,
     /// The value landed but its checksum did not: a re-run restamps it.
     ValueOnly(String),
-    /// Someone else changed the entry between our read and our write.
     Conflict(String),
     Failed(String),
 }
 
-/// A store that the seed can fill and `check --live` can read.
 pub(crate) trait SecretProvider {
     /// What it writes to, for humans: never holds a value or token.
     fn target(&self) -> String;
@@ -98,12 +93,10 @@ pub(crate) fn open(cfg: &Config, allow_non_local: Option<&str>) -> Result<Box<dy
 
 pub(crate) const MANAGED_BY: &str = "cargo-xtask-secrets";
 
-/// The checksum the seed last wrote, when its digest is of another value than
-/// the one there now. Never equal to a sha256.
+/// The seeded checksum when the digest is of another value: never a sha256.
 pub(crate) const SEEDED_ANOTHER_VALUE: &str = "another value";
 
-/// A store's random HMAC key for the digests the seed records beside values,
-/// kept where only those who may read values can: whoever may only list
+/// A store's random HMAC key, readable only by who may read values: a lister
 /// cannot test guesses, and equal values under two names look unrelated.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct DigestKey(String);
@@ -115,8 +108,7 @@ impl std::fmt::Debug for DigestKey {
 }
 
 impl DigestKey {
-    /// HMAC-SHA256 keyed with the key's hex text, over `name NUL value`,
-    /// first 128 bits in hex.
+    /// HMAC-SHA256 keyed with the hex text, over `name NUL value`, first 128 bits.
     pub(crate) const FORMAT: &'static str = "hmac-sha256-128/1";
 
     pub(crate) fn generate() -> Result<DigestKey> {
@@ -152,9 +144,8 @@ impl DigestKey {
     }
 }
 
-/// The seed's stamp beside one value (KV v2 `custom_metadata`, Azure tags):
-/// the keyed `fixture-hmac`, or an older release's plain `fixture-sha256`
-/// (read and renewed, never written).
+/// The seed's stamp beside one value: the keyed `fixture-hmac`, or an older
+/// release's plain `fixture-sha256` (read and renewed, never written).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Stamp {
     Keyed(String),
@@ -166,15 +157,11 @@ impl Stamp {
         if fields["managed-by"] != MANAGED_BY {
             return None;
         }
-        if let Some(d) = fields["fixture-hmac"].as_str() {
-            return Some(Stamp::Keyed(d.to_string()));
-        }
-        let old = fields["fixture-sha256"].as_str();
-        old.map(|s| Stamp::Sha256(s.to_string()))
+        let keyed = fields["fixture-hmac"].as_str().map(|d| Stamp::Keyed(d.to_string()));
+        keyed.or_else(|| fields["fixture-sha256"].as_str().map(|s| Stamp::Sha256(s.to_string())))
     }
 
-    /// [`Current::seeded_sha256`] for `value` (sha256 `sha256`) under `name`
-    /// (`None` without the key), and whether the stamp must be renewed.
+    /// [`Current::seeded_sha256`] for `value` under `name`, and whether to renew the stamp.
     pub(crate) fn judge(
         &self,
         key: Option<&DigestKey>,

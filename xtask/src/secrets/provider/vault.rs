@@ -1,12 +1,11 @@
-//! HashiCorp Vault / OpenBao: one KV entry per secret, the value under the
-//! property `value`; KV v2 entries written with check-and-set. What the seed
-//! wrote: [`super::vault_record`]; reading a mount at once: [`super::vault_listing`].
+//! HashiCorp Vault / OpenBao: one KV entry per secret, the value under the property
+//! `value`; KV v2 entries written with check-and-set.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 use super::vault_http::{backoff, json_string, Method, SealStatus, VaultError, VaultHttp};
@@ -34,19 +33,17 @@ pub(crate) struct VaultProvider {
     mount: String,
     kv: KvVersion,
     concurrency: usize,
-    /// Progress on standard error while writing (a TTY and a long run).
     progress: bool,
     /// KV v1: the mount's record entry as `read` found it.
     record: Option<MountRecord>,
     /// KV v2: the stamps' key, from the record entry (or made by the first write).
     key: Option<DigestKey>,
     expected: SecretSet,
-    /// KV v1: the local lock that seeds from this checkout take to update the record.
+    /// KV v1: this checkout's lock for updates of the record.
     record_lock: std::path::PathBuf,
     _port_forward: Option<port_forward::PortForward>,
 }
 
-/// Where to reach Vault, and with which token.
 pub(crate) struct Endpoint {
     pub addr: String,
     pub token: Setting<Secret>,
@@ -55,60 +52,50 @@ pub(crate) struct Endpoint {
     pub seal: Option<SealStatus>,
 }
 
-/// Resolves the address (config, else a port-forward through a local kube
-/// context) and the token, applying the guardrail (`guard`).
+/// The address (config, else a port-forward) and the token, past the guardrail.
 pub(crate) fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> Result<Endpoint> {
     let mut seal = None;
+    let (fwd, contexts) = (&cfg.port_forward, &cfg.local_contexts);
     let (addr, port_forward) = match &cfg.vault_addr {
-        Some(addr) => {
-            let addr_value = addr.value.expose();
-            guard::check_vault_addr(addr_value, allow_non_local)
-                .with_context(|| format!("Vault address from {}", addr.source))?;
-            if let Some(host) = guard::unvouched_loopback(addr_value, allow_non_local) {
-                // A dev server passes under any context for one seal-status
-                // call; an unknowable context (no kubectl) fails closed.
+        Some(setting) => {
+            let addr = setting.value.expose();
+            guard::check_vault_addr(addr, allow_non_local)
+                .with_context(|| format!("Vault address from {}", setting.source))?;
+            if let Some(host) = guard::unvouched_loopback(addr, allow_non_local) {
+                // A dev server passes under any context; an unknowable one fails closed.
                 let timeout = Duration::from_secs_f64(cfg.vault_timeout_secs);
-                let anonymous = Secret::new(String::new());
-                seal = configured_http(cfg, addr_value, anonymous, timeout, 0, 1)
-                    .ok()
-                    .and_then(|http| http.seal_status().ok());
+                let http = configured_http(cfg, addr, Secret::new(String::new()), timeout, 0, 1);
+                seal = http.ok().and_then(|http| http.seal_status().ok());
                 let storage = seal.as_ref().and_then(|s| s.storage_type.as_deref());
                 if storage != Some("inmem") {
                     let context = kube::guard_context(&cfg.kubeconfig);
-                    guard::require_dev_server_under(
-                        addr_value,
-                        &host,
-                        &context,
-                        &cfg.local_contexts,
-                        storage,
-                    )?;
+                    guard::require_dev_server_under(addr, &host, &context, contexts, storage)?;
                 }
             }
-            (addr_value.to_string(), None)
+            (addr.to_string(), None)
         }
         None => {
             let Some(context) = kube::context(&cfg.kubeconfig)? else {
-                let (service, namespace) = (&cfg.port_forward.service, &cfg.port_forward.namespace);
+                let (service, namespace) = (&fwd.service, &fwd.namespace);
                 bail!(
                     "no Vault address: set VAULT_ADDR (for example http://127.0.0.1:8200 for `bao server -dev`), or \
                      point kubectl at your local cluster so the seed can port-forward to svc/{service} in namespace \
                      {namespace}. For a store with no Vault at all: --provider file."
                 );
             };
-            guard::check_port_forward_context(&context, &cfg.local_contexts)?;
-            let pf = port_forward::PortForward::start(&port_forward::ForwardSpec {
-                namespace: cfg.port_forward.namespace.clone(),
-                service: cfg.port_forward.service.clone(),
-                port: cfg.port_forward.port,
-                start_deadline: cfg.port_forward.start_timeout,
-                pod_wait: cfg.port_forward.pod_wait,
-            })?;
+            guard::check_port_forward_context(&context, contexts)?;
+            let (namespace, service, port) = (fwd.namespace.clone(), fwd.service.clone(), fwd.port);
+            let (start_deadline, pod_wait) = (fwd.start_timeout, fwd.pod_wait);
+            let spec =
+                port_forward::ForwardSpec { namespace, service, port, start_deadline, pod_wait };
+            let pf = port_forward::PortForward::start(&spec)?;
             (pf.addr(), Some(pf))
         }
     };
+    let dev_token = Secret::new(fwd.dev_root_token.clone());
     let token = match (&cfg.vault_token, &port_forward) {
         (Some(t), _) => t.clone(),
-        (None, Some(_)) => Setting { value: Secret::new(cfg.port_forward.dev_root_token.clone()), source: Source::DevChart },
+        (None, Some(_)) => Setting { value: dev_token, source: Source::DevChart },
         (None, None) => bail!(
             "no Vault token: set VAULT_TOKEN, run `bao login` (it writes ~/.vault-token), or set vault.token in \
              .local/secrets.toml"
@@ -117,8 +104,7 @@ pub(crate) fn resolve_endpoint(cfg: &Config, allow_non_local: Option<&str>) -> R
     Ok(Endpoint { addr, token, port_forward, seal })
 }
 
-/// `sys/seal-status` through a just-started port-forward: unreachable (the
-/// pod not yet listening, the watcher restarting kubectl) is retried.
+/// `sys/seal-status` through a just-started port-forward, retried while unreachable.
 fn first_seal_status(
     http: &VaultHttp,
     forward: &port_forward::PortForward,
@@ -136,7 +122,6 @@ fn first_seal_status(
     }
 }
 
-/// A client for `addr` with the configured namespace and CA certificate.
 pub(crate) fn configured_http(
     cfg: &Config,
     addr: &str,
@@ -147,18 +132,15 @@ pub(crate) fn configured_http(
 ) -> Result<VaultHttp> {
     let namespace = cfg.vault_namespace.as_ref().map(|s| s.value.clone());
     let ca_cert = cfg.vault_ca_cert.as_ref().map(|c| cfg.abs(&c.value));
-    let ca_cert = ca_cert.as_deref();
-    VaultHttp::new(addr, token, namespace, timeout, retries, pool, ca_cert)
+    VaultHttp::new(addr, token, namespace, timeout, retries, pool, ca_cert.as_deref())
 }
 
 impl VaultProvider {
-    /// Connects, checks the seal and the token, and finds the KV version.
     pub(crate) fn connect(cfg: &Config, allow_non_local: Option<&str>) -> Result<VaultProvider> {
         let endpoint = resolve_endpoint(cfg, allow_non_local)?;
         let timeout = Duration::from_secs_f64(cfg.vault_timeout_secs);
         let token = endpoint.token.value.clone();
-        let concurrency = cfg.concurrency.value;
-        let retries = cfg.vault_retries;
+        let (concurrency, retries) = (cfg.concurrency.value, cfg.vault_retries);
         let mut http = configured_http(cfg, &endpoint.addr, token, timeout, retries, concurrency)?;
         if let Some(pf) = &endpoint.port_forward {
             http.set_lifeline(std::sync::Arc::new(pf.lifeline()));
@@ -168,18 +150,14 @@ impl VaultProvider {
             (None, Some(pf)) => first_seal_status(&http, pf, retries)?,
             (None, None) => http.seal_status()?,
         };
-        if seal.sealed {
-            let addr = http.addr().to_string();
-            return Err(VaultError::Sealed { addr }.into());
-        }
+        ensure!(!seal.sealed, VaultError::Sealed { addr: http.addr().to_string() });
         let lookup = http.call(Method::Get, "auth/token/lookup-self", None);
-        if let Err(VaultError::Forbidden { .. }) = lookup {
-            let token_source = &endpoint.token.source;
-            bail!(
-                "the Vault token from {token_source} is invalid or expired (permission denied on \
-                 auth/token/lookup-self). Get a fresh one: `bao login`, or export VAULT_TOKEN."
-            );
-        }
+        let token_source = &endpoint.token.source;
+        ensure!(
+            !matches!(lookup, Err(VaultError::Forbidden { .. })),
+            "the Vault token from {token_source} is invalid or expired (permission denied on \
+             auth/token/lookup-self). Get a fresh one: `bao login`, or export VAULT_TOKEN."
+        );
         let mount = cfg.vault_mount.value.clone();
         Ok(VaultProvider {
             kv: kv_version(&http, &mount)?,
@@ -195,7 +173,7 @@ impl VaultProvider {
         })
     }
 
-    /// The values this run expects: a hint for the detailed listing.
+    /// A hint for the detailed listing.
     pub(crate) fn expect(&mut self, desired: SecretSet) {
         self.expected = desired;
     }
@@ -221,7 +199,6 @@ impl VaultProvider {
         }
     }
 
-    /// The mount's entry names (without folders); none when it is empty.
     fn list_names(&self) -> Result<Vec<String>, VaultError> {
         let path = match self.kv {
             KvVersion::V2 => format!("{}/metadata/", self.mount),
@@ -231,10 +208,7 @@ impl VaultProvider {
         match reply.status {
             200 => {}
             404 => return Ok(Vec::new()),
-            code => {
-                let (call, errors) = (format!("LIST {path}"), reply.errors());
-                return Err(VaultError::Status { call, code, errors });
-            }
+            _ => return Err(reply.failed(format!("LIST {path}"))),
         }
         let keys = reply.body["data"]["keys"].as_array().into_iter().flatten();
         let names = keys.filter_map(Value::as_str).filter(|k| !k.ends_with('/'));
@@ -242,8 +216,7 @@ impl VaultProvider {
     }
 }
 
-/// The `sys/mounts` entry of `mount` (`type`, `options`), if any; when that
-/// read is refused, the per-mount endpoint's.
+/// The `sys/mounts` entry of `mount`, if any, else the per-mount endpoint's.
 pub(crate) fn mount_info(http: &VaultHttp, mount: &str) -> Result<Option<Value>, VaultError> {
     let key = format!("{mount}/");
     let reply = http.try_call(Method::Get, "sys/mounts", None)?;
@@ -284,8 +257,7 @@ fn kv_version(http: &VaultHttp, mount: &str) -> Result<KvVersion> {
     }
 }
 
-/// One entry's [`Current`]; whether the seed wrote its value is told on KV v1
-/// by `record` (the mount's record entry), on KV v2 by the stamp and `key`.
+/// One entry's [`Current`], judged on KV v1 by `record`, on KV v2 by the stamp.
 fn current_from(
     kv: KvVersion,
     name: &str,
@@ -297,11 +269,11 @@ fn current_from(
         KvVersion::V2 => (&reply["data"]["data"], &reply["data"]["metadata"]),
         KvVersion::V1 => (&reply["data"], &Value::Null),
     };
-    let properties = data.as_object().into_iter().flat_map(|m| m.keys().cloned());
+    let properties = data.as_object().into_iter().flat_map(|m| m.keys().cloned()).collect();
     let value = data["value"].as_str();
     let sha256 = value.map(|v| sha256_hex(v.as_bytes()));
     let value_sha = value.zip(sha256.as_deref());
-    let mut current = Current { properties: properties.collect(), ..Current::default() };
+    let mut current = Current { properties, ..Current::default() };
     if kv == KvVersion::V1 {
         if let (Some(rec), Some((value, sha))) = (record, value_sha) {
             (current.seeded_sha256, current.stamp_stale) = rec.judge(name, value, sha);
@@ -326,10 +298,7 @@ fn current_from(
 
 impl SecretProvider for VaultProvider {
     fn target(&self) -> String {
-        let kv = match self.kv {
-            KvVersion::V1 => "kv v1",
-            KvVersion::V2 => "kv v2",
-        };
+        let kv = if self.kv == KvVersion::V1 { "kv v1" } else { "kv v2" };
         format!("vault {} (mount {}, {kv})", self.http.addr(), self.mount)
     }
 
@@ -403,21 +372,17 @@ impl SecretProvider for VaultProvider {
         if let Err(e) = update_record(http, mount, lock, read, &settle, Phase::Settle) {
             let reason = format!("{mount}/{RECORD_NAME} not updated: {e:#}");
             for (name, outcome) in outcomes.iter_mut().filter(|(_, o)| written(o)) {
-                *outcome = if by_name[name.as_str()].metadata_only {
-                    Outcome::Failed(reason.clone())
-                } else {
-                    // The value landed and is recognised (the intent above): a re-run restamps it.
-                    Outcome::ValueOnly(reason.clone())
-                };
+                // A landed value is recognised (the intent above): a re-run restamps it.
+                let (landed, reason) = (!by_name[name.as_str()].metadata_only, reason.clone());
+                *outcome =
+                    if landed { Outcome::ValueOnly(reason) } else { Outcome::Failed(reason) };
             }
         }
         Ok(outcomes)
     }
 
     fn list(&mut self) -> Result<Vec<String>> {
-        let mut names = self.list_names()?;
-        names.retain(|n| n != RECORD_NAME);
-        Ok(names)
+        Ok(self.list_names()?.into_iter().filter(|n| n != RECORD_NAME).collect())
     }
 
     fn stats(&self) -> Option<(u64, u64, u64)> {
@@ -446,7 +411,6 @@ impl VaultProvider {
         }
     }
 
-    /// Writes each entry (on KV v2 with its stamp); one outcome per write.
     fn write_entries(&self, writes: &[Write<'_>]) -> Vec<(String, Outcome)> {
         let total = writes.len();
         let show = self.progress && total >= 200;
@@ -455,10 +419,7 @@ impl VaultProvider {
             let outcome = self.write_one(w);
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
             if show && (n.is_multiple_of(100) || n == total) {
-                eprint!("\r  writing {n}/{total}");
-                if n == total {
-                    eprintln!();
-                }
+                eprint!("\r  writing {n}/{total}{}", if n == total { "\n" } else { "" });
             }
             (w.name.to_string(), outcome)
         })
@@ -478,13 +439,12 @@ impl VaultProvider {
                 (KvVersion::V2, None) => format!(r#"{{"data":{{"value":{value}}}}}"#),
                 (KvVersion::V1, _) => format!(r#"{{"value":{value}}}"#),
             };
-            match self.http.call_text(Method::Post, &path, &data) {
+            match self.http.call_with(Method::Post, &path, Some(&data), true) {
                 Ok(r) if (200..300).contains(&r.status) => {
                     version = r.body["data"]["version"].as_u64()
                 }
                 Ok(r) if r.status == 400 && r.errors().contains("check-and-set") => {
-                    // After a failover a retried write can lose to itself: if
-                    // the entry now holds exactly our value, the write is ours.
+                    // A retried write can lose to itself: our exact value there is ours.
                     let landed = match self.http.call(Method::Get, &path, None) {
                         Ok(r) if r.status == 200 => r.body["data"]["data"]["value"]
                             .as_str()
@@ -501,12 +461,7 @@ impl VaultProvider {
                     };
                     version = landed;
                 }
-                Ok(r) => {
-                    let (status, errors) = (r.status, r.errors());
-                    return Outcome::Failed(format!(
-                        "POST {path} failed with HTTP {status}: {errors}"
-                    ));
-                }
+                Ok(r) => return Outcome::Failed(r.failed(format!("POST {path}")).to_string()),
                 Err(e) => return Outcome::Failed(e.to_string()),
             }
         }
@@ -519,10 +474,7 @@ impl VaultProvider {
             (_, Ok(r)) if (200..300).contains(&r.status) => Outcome::Written,
             // The value is written; only the checksum is missing. A re-run restamps it.
             (verb, Ok(r)) => {
-                let (status, errors) = (r.status, r.errors());
-                Outcome::ValueOnly(format!(
-                    "{verb} {meta_path} failed with HTTP {status}: {errors}"
-                ))
+                Outcome::ValueOnly(r.failed(format!("{verb} {meta_path}")).to_string())
             }
             (_, Err(e)) => Outcome::ValueOnly(e.to_string()),
         }
@@ -559,28 +511,13 @@ mod tests {
     }
 
     #[test]
-    fn an_older_release_stamp_counts_and_is_renewed() {
-        let sha = sha256_hex(b"x");
-        let old = json!({"managed-by": MANAGED_BY, "fixture-sha256": sha, "fixture-version": "3"});
-        let key = DigestKey::fixed(&"k".repeat(64));
-        let c = v2("x", 3, &old, Some(&key));
-        assert_eq!(c.seeded_sha256.as_deref(), Some(sha.as_str()));
-        assert!(c.stamp_stale, "renewed into a keyed stamp");
-        let c = v2("y", 4, &old, None);
-        assert_eq!(c.seeded_sha256, Some(sha), "what it says it wrote");
-    }
-
-    #[test]
     fn a_record_without_the_read_version_is_stale() {
         let key = DigestKey::fixed(&"k".repeat(64));
-        for (version, stale) in [(Some("3"), false), (Some("2"), true), (None, true)] {
-            let mut custom =
-                json!({"managed-by": MANAGED_BY, "fixture-hmac": key.digest("n", "x")});
-            if let Some(v) = version {
-                custom["fixture-version"] = v.into();
-            }
-            let c = v2("x", 3, &custom, Some(&key));
-            assert_eq!(c.stamp_stale, stale, "{version:?}");
+        let hmac = key.digest("n", "x");
+        for (version, stale) in [(json!("3"), false), (json!("2"), true), (Value::Null, true)] {
+            let custom =
+                json!({"managed-by": MANAGED_BY, "fixture-hmac": hmac, "fixture-version": version});
+            assert_eq!(v2("x", 3, &custom, Some(&key)).stamp_stale, stale, "{version:?}");
         }
         let v1 = json!({"data": {"value": "x"}});
         assert!(!current_from(KvVersion::V1, "n", &v1, None, None).stamp_stale);

@@ -1,21 +1,18 @@
-//! What the seed records about the values it wrote, to tell them from hand
-//! edits: on KV v2 a stamp in each entry's `custom_metadata`, on KV v1 the
-//! digests in the mount's record entry ([`RECORD_NAME`]), which holds the
-//! digests' key on both.
+//! What the seed records of the values it wrote, to tell them from hand edits: a
+//! KV v2 stamp per entry, KV v1 digests in the record entry ([`RECORD_NAME`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 use super::vault_http::{backoff, json_string, Method, Reply, VaultError, VaultHttp};
 use super::{DigestKey, Stamp, MANAGED_BY, SEEDED_ANOTHER_VALUE};
 use crate::fsutil::Lock;
 
-/// The seed's [`Stamp`] in a KV v2 entry's `custom_metadata`, and the KV
-/// version it describes (unknown: the next run renews it).
+/// The seed's [`Stamp`] in a KV v2 entry's `custom_metadata`, and its KV version.
 pub(super) struct Record {
     pub stamp: Stamp,
     pub version: Option<u64>,
@@ -23,10 +20,8 @@ pub(super) struct Record {
 
 impl Record {
     pub(super) fn read(custom: &Value) -> Option<Record> {
-        let stamp = Stamp::read(custom)?;
-        let version = custom["fixture-version"].as_str();
-        let version = version.and_then(|v| v.parse().ok());
-        Some(Record { stamp, version })
+        let version = custom["fixture-version"].as_str().and_then(|v| v.parse().ok());
+        Some(Record { stamp: Stamp::read(custom)?, version })
     }
 }
 
@@ -34,34 +29,31 @@ impl Record {
 /// `merge` PATCH also drops an older release's `fixture-sha256`.
 pub(super) fn stamp(digest: &str, version: Option<u64>, merge: bool) -> String {
     let (digest, managed_by) = (json_string(digest), json_string(MANAGED_BY));
-    let version = version.map(|v| format!(r#","fixture-version":"{v}""#));
-    let version = version.unwrap_or_default();
-    const RETIRE: &str = r#","fixture-sha256":null"#;
-    let retire = if merge { RETIRE } else { "" };
+    let version = version.map(|v| format!(r#","fixture-version":"{v}""#)).unwrap_or_default();
+    let retire = if merge { r#","fixture-sha256":null"# } else { "" };
     format!(
         r#"{{"custom_metadata":{{"managed-by":{managed_by},"fixture-hmac":{digest}{version}{retire}}}}}"#
     )
 }
 
-/// Writes the stamp merged into `custom_metadata` (keys a person added stay),
-/// else whole when the merge is refused (no `patch` capability, no PATCH, or
-/// a 404 from a Raft standby behind); returns the verb that answered.
+/// Writes the stamp merged into `custom_metadata` (keys a person added stay), else
+/// whole when the merge is refused (401/403, 405, a lagging standby's 404).
 pub(super) fn write_stamp(
     http: &VaultHttp,
     meta_path: &str,
     digest: &str,
     version: Option<u64>,
 ) -> (&'static str, Result<Reply, VaultError>) {
-    let whole = || http.call_text(Method::Post, meta_path, &stamp(digest, version, false));
-    match http.try_call_text(Method::Patch, meta_path, &stamp(digest, version, true)) {
+    let whole =
+        || http.call_with(Method::Post, meta_path, Some(&stamp(digest, version, false)), true);
+    match http.call_with(Method::Patch, meta_path, Some(&stamp(digest, version, true)), false) {
         Ok(r) if matches!(r.status, 401 | 403 | 404) => ("POST", whole()),
         Err(VaultError::Status { code: 405, .. }) => ("POST", whole()),
         other => ("PATCH", other),
     }
 }
 
-/// GETs `path` and `parse`s its data: `Ok(None)` when there is none, it is
-/// not the seed's, or it is unreadable (then differences are conflicts).
+/// `parse` of `path`'s data; `None` when absent, foreign or unreadable (conflicts).
 fn read_entry<T>(
     http: &VaultHttp,
     path: &str,
@@ -71,9 +63,7 @@ fn read_entry<T>(
     match reply.status {
         200 => Ok(parse(&reply.body["data"])),
         401 | 403 | 404 => Ok(None),
-        code => {
-            Err(VaultError::Status { call: format!("GET {path}"), code, errors: reply.errors() })
-        }
+        _ => Err(reply.failed(format!("GET {path}"))),
     }
 }
 
@@ -83,8 +73,7 @@ pub(super) fn read_key(http: &VaultHttp, mount: &str) -> Result<Option<DigestKey
     read_entry(http, &path, |data| DigestKey::from_entry(&data["data"]))
 }
 
-/// KV v2: creates the record entry with a new key (check-and-set: of two
-/// first seeds one key wins); returns the key there.
+/// KV v2: creates the record entry with a new key (check-and-set: one first seed wins).
 pub(super) fn create_key(http: &VaultHttp, mount: &str) -> Result<DigestKey> {
     let path = format!("{mount}/data/{RECORD_NAME}");
     let fresh = DigestKey::generate()?;
@@ -96,19 +85,14 @@ pub(super) fn create_key(http: &VaultHttp, mount: &str) -> Result<DigestKey> {
     };
     match reply.status {
         200..=299 => return Ok(fresh),
-        // Vault's own words and the usual fix: the token may not write here.
         401 | 403 => return Err(forbidden("POST", &reply).into()),
         400 if reply.errors().contains("check-and-set") => {}
         code => bail!("POST {path} failed with HTTP {code}: {}", reply.errors()),
     }
     let reply = http.try_call(Method::Get, &path, None)?;
-    match reply.status {
-        200 => {
-            if let Some(key) = DigestKey::from_entry(&reply.body["data"]["data"]) {
-                return Ok(key);
-            }
-        }
-        401 | 403 => return Err(forbidden("GET", &reply).into()),
+    match (reply.status, DigestKey::from_entry(&reply.body["data"]["data"])) {
+        (200, Some(key)) => return Ok(key),
+        (401 | 403, _) => return Err(forbidden("GET", &reply).into()),
         _ => {}
     }
     bail!(
@@ -119,12 +103,11 @@ pub(super) fn create_key(http: &VaultHttp, mount: &str) -> Result<DigestKey> {
     )
 }
 
-/// The record entry's name. The underscore keeps it out of the fixture
-/// namespace (`^[0-9a-zA-Z-]{1,127}$`); listings and `check` leave it out.
+/// The record entry's name: the underscore keeps it out of the fixture namespace.
 pub(crate) const RECORD_NAME: &str = "_cargo-xtask-secrets";
 
-/// A KV v1 mount's record entry: per name, the digests of the values the seed
-/// may have written last (more than one while a run is under way or stopped mid-way).
+/// A KV v1 mount's record entry: per name, the digests of the values the seed may
+/// have written last (several while a run is under way or stopped mid-way).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct MountRecord {
     /// Random per mount: the digests match nothing outside this record.
@@ -148,9 +131,8 @@ impl MountRecord {
         Some(MountRecord { key, digests })
     }
 
-    /// The entry's data. The digests are one string, a line per name
-    /// (`<name> <digest>[,<digest>...]`): OpenBao refuses a body with more
-    /// than 1,000 JSON strings, and a mount holds more names than that.
+    /// The entry's data; the digests one string, a line per name: OpenBao refuses
+    /// a body of over 1,000 JSON strings.
     fn to_json(&self) -> Value {
         let mut entry = self.key.entry();
         let line = |(name, ds): (&String, &Vec<String>)| format!("{name} {}\n", ds.join(","));
@@ -158,8 +140,7 @@ impl MountRecord {
         entry
     }
 
-    /// The checksum the seed last wrote under `name` as the record tells it
-    /// (see [`super::Stamp::judge`]), and whether it lists other candidates.
+    /// As [`super::Stamp::judge`]; `true` when the record lists other candidates.
     pub(super) fn judge(&self, name: &str, value: &str, sha256: &str) -> (Option<String>, bool) {
         match self.digests.get(name) {
             None => (None, false),
@@ -187,8 +168,7 @@ pub(super) enum Phase {
     Settle,
 }
 
-/// `fresh` (the record as it is now, or a new one with `key`) with each
-/// `(name, value)` of `changes`.
+/// `fresh` (or a new record with `key`) with each `(name, value)` of `changes`.
 fn merge(
     fresh: Option<MountRecord>,
     key: &DigestKey,
@@ -213,15 +193,12 @@ fn merge(
 
 fn holds(rec: &MountRecord, changes: &[(&str, &str)]) -> bool {
     changes.iter().all(|&(name, value)| {
-        let digest = rec.key.digest(name, value);
-        let ds = rec.digests.get(name);
-        ds.is_some_and(|ds| ds.contains(&digest))
+        rec.digests.get(name).is_some_and(|ds| ds.contains(&rec.key.digest(name, value)))
     })
 }
 
-/// Updates the record entry with `changes`. KV v1 has no check-and-set, so:
-/// under a local lock, read, merge, write, read back, and start again if a
-/// concurrent writer's version replaced ours.
+/// Updates the record entry. Without check-and-set on KV v1: under a local lock,
+/// read, merge, write, read back, and again if a concurrent writer replaced ours.
 pub(super) fn update_record(
     http: &VaultHttp,
     mount: &str,
@@ -244,12 +221,11 @@ pub(super) fn update_record(
             return Ok(());
         }
         let reply = http.call(Method::Post, &path, Some(&rec.to_json()))?;
-        if !(200..300).contains(&reply.status) {
-            let (status, errors) = (reply.status, reply.errors());
-            bail!(
-                "POST {path} (the seed's record of what it wrote on this KV v1 mount) failed with HTTP {status}: {errors}"
-            );
-        }
+        let (status, errors) = (reply.status, reply.errors());
+        ensure!(
+            (200..300).contains(&status),
+            "POST {path} (the seed's record of what it wrote on this KV v1 mount) failed with HTTP {status}: {errors}"
+        );
         if read_for_update(http, &path)?.is_some_and(|now| holds(&now, changes)) {
             return Ok(());
         }
@@ -258,18 +234,16 @@ pub(super) fn update_record(
     bail!("the seed record {path} kept changing under concurrent writers ({ATTEMPTS} attempts); re-run the seed")
 }
 
-/// Like [`read_record`], but an entry that is not the seed's, or a token
-/// that may not read it, stops the update.
+/// Like [`read_record`], but a foreign entry or a refused read stops the update.
 fn read_for_update(http: &VaultHttp, path: &str) -> Result<Option<MountRecord>> {
     let reply = http.try_call(Method::Get, path, None)?;
     match reply.status {
-        200 => match MountRecord::parse(&reply.body["data"]) {
-            Some(rec) => Ok(Some(rec)),
-            None => bail!(
+        200 => MountRecord::parse(&reply.body["data"]).map(Some).with_context(|| {
+            format!(
                 "{path} holds something that is not the seed's record (the seed keeps the checksums of what it \
                  wrote to a KV v1 mount there). Move that entry elsewhere, then re-run."
-            ),
-        },
+            )
+        }),
         404 => Ok(None),
         401 | 403 => bail!(
             "permission denied reading {path} ({}). On a KV v1 mount the seed records what it wrote in that entry: \
@@ -294,18 +268,15 @@ mod tests {
     #[test]
     fn judges_values_against_the_record() {
         let mut rec = MountRecord::new(key('k'));
-        // What the release before wrote (its own HMAC, checked against RFC
-        // 4231), here from Python's hmac: records it wrote still verify.
+        // From Python's hmac: records of the release before still verify.
         let ours = rec.key.digest("n", "seeded");
         assert_eq!(ours, "ad500f2fde10aa64b37c39ee9e2fa278");
         rec.digests.insert("n".into(), vec![ours.clone()]);
         let judge = |rec: &MountRecord, name: &str, value: &str| {
             rec.judge(name, value, &sha256_hex(value.as_bytes()))
         };
-        let seeded = Some(sha256_hex(b"seeded"));
-        assert_eq!(judge(&rec, "n", "seeded"), (seeded, false));
-        let another = Some(SEEDED_ANOTHER_VALUE.to_string());
-        assert_eq!(judge(&rec, "n", "by-hand"), (another, false));
+        assert_eq!(judge(&rec, "n", "seeded"), (Some(sha256_hex(b"seeded")), false));
+        assert_eq!(judge(&rec, "n", "by-hand"), (Some(SEEDED_ANOTHER_VALUE.into()), false));
         assert_eq!(judge(&rec, "unknown", "x"), (None, false));
         // Two candidates (a run stopped mid-way): either is ours; renew the record.
         let next = rec.key.digest("n", "next");
@@ -326,8 +297,7 @@ mod tests {
         assert_eq!(intended.digests["a"], vec![digest("old"), digest("new")]);
         // A concurrent seed added its own candidate meanwhile: it stays.
         let mut concurrent = intended.clone();
-        let candidates = concurrent.digests.get_mut("a").unwrap();
-        candidates.push(digest("theirs"));
+        concurrent.digests.get_mut("a").unwrap().push(digest("theirs"));
         let settled = merge(Some(concurrent), &key('u'), read, &change, Phase::Settle);
         assert_eq!(settled.digests["a"], vec![digest("new"), digest("theirs")]);
         assert!(holds(&settled, &change));
@@ -369,19 +339,14 @@ mod tests {
 
     #[test]
     fn records_name_the_version_when_known() {
-        let s: Value = stamp("abc", Some(7), false).parse().unwrap();
-        let custom = &s["custom_metadata"];
-        assert_eq!(custom["fixture-version"], "7");
-        assert_eq!(custom["managed-by"], MANAGED_BY);
-        assert_eq!(custom["fixture-hmac"], "abc");
-        let old = custom.get("fixture-sha256");
-        assert_eq!(old, None, "a whole write carries no null");
+        // A whole write carries no null; a merge drops an older release's checksum.
+        let want = json!({"managed-by": MANAGED_BY, "fixture-hmac": "abc", "fixture-version": "7"});
+        assert_eq!(stamp("abc", Some(7), false).parse::<Value>().unwrap()["custom_metadata"], want);
         let s: Value = stamp("a\"b", None, true).parse().unwrap();
         let custom = &s["custom_metadata"];
-        assert!(custom.get("fixture-version").is_none());
-        assert_eq!(custom["fixture-hmac"], "a\"b", "escaped");
-        let old = custom.get("fixture-sha256");
-        assert_eq!(old, Some(&Value::Null), "a merge drops an older release's");
+        let want =
+            json!({"managed-by": MANAGED_BY, "fixture-hmac": "a\"b", "fixture-sha256": null});
+        assert_eq!(custom, &want, "escaped");
         // What the seed writes reads back as its record.
         let read = |custom: &Value| Record::read(custom).map(|r| (r.stamp, r.version));
         assert_eq!(read(custom), Some((Stamp::Keyed("a\"b".into()), None)));
