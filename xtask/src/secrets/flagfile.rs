@@ -1,7 +1,5 @@
-//! The feature flag `secrets.provider` in
-//! `infra/kubernetes/environments/<env>/platform/15-secrets.values.yaml`.
-//! An edit changes the value's bytes only; a file that cannot be edited so
-//! is refused, never rewritten.
+//! The flag `secrets.provider` in `environments/<env>/platform/15-secrets.values.yaml`. An edit
+//! changes the value's bytes only; a file that cannot be edited so is refused, never rewritten.
 
 use anyhow::{bail, Context, Result};
 
@@ -25,14 +23,13 @@ pub fn find(text: &str, file: &str) -> Result<Flag> {
         bail!("{file}: expected one YAML document, found {}", docs.len());
     };
     let secrets = entries(doc, "secrets");
-    let n = secrets.len();
     let secrets = match secrets.as_slice() {
         [(_, one)] if one.is_map() => *one,
         [] => bail!(
             "{file}: no top-level `secrets:` mapping; add `secrets:` with `provider: vault|azure`"
         ),
         [_] => bail!("{file}: `secrets:` must be a mapping holding `provider: vault|azure`"),
-        _ => bail!("{file}: `secrets:` appears {n} times; keep one"),
+        many => bail!("{file}: `secrets:` appears {} times; keep one", many.len()),
     };
     let (key, value) = match entries(secrets, "provider").as_slice() {
         [one] => *one,
@@ -73,8 +70,7 @@ pub fn find(text: &str, file: &str) -> Result<Flag> {
              it as `provider: vault`"
         );
     }
-    let value = parsed.to_string();
-    Ok(Flag { value, start, end, line })
+    Ok(Flag { value: parsed.to_string(), start, end, line })
 }
 
 /// The provider named by the flag.

@@ -1,9 +1,7 @@
-//! Finding the keys the charts need: every ExternalSecret in the infra tree.
-//! Static: values files and manifests, unrendered (conditionals count as
-//! enabled), and ExternalSecrets written literally in chart templates (keys
-//! the template builds are left for `--render`). Rendered: the real
-//! `helmfile template` of every layer for one environment.
+//! Every ExternalSecret in the infra tree. Static: values, manifests and literal keys in chart
+//! templates, unrendered. Rendered: `helmfile template` of every layer for one environment.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::LazyLock;
@@ -124,9 +122,8 @@ pub(crate) fn scan_static(infra: &Path, base: &Path) -> Result<Scan> {
     Ok(Scan { mode: "static", files, external_secrets: found })
 }
 
-/// YAML files below `dir` into `out`, and chart template files (`.yaml`,
-/// `.yml`, `.tpl` below a chart's `templates/`) into `templates`. Helmfiles
-/// (`helmfiles/`) are Go templates of releases, not of manifests: skipped.
+/// YAML files below `dir` into `out`, a chart's `templates/` files (`.yaml`, `.yml`, `.tpl`)
+/// into `templates`. `helmfiles/` (Go templates of releases, not manifests) is skipped.
 fn collect_yaml(
     dir: &Path,
     in_templates: bool,
@@ -152,8 +149,7 @@ fn collect_yaml(
     Ok(())
 }
 
-/// What a template action becomes when a template is read as YAML: a plain
-/// word no key contains, so a key the template builds is recognised.
+/// A template action read as YAML: a word no key contains, so built keys are recognised.
 const TEMPLATED: &str = "__templated__";
 
 fn templated(s: &str) -> bool {
@@ -198,9 +194,8 @@ fn literal_only(mut es: ExternalSecret) -> Option<ExternalSecret> {
     Some(es)
 }
 
-/// The template with every action blanked, keeping line numbers: a line of
-/// only actions (`{{- end }}`) becomes empty, an action inside a line
-/// becomes [`TEMPLATED`].
+/// Every action blanked, keeping line numbers: a line of only actions becomes empty, an action
+/// inside a line [`TEMPLATED`].
 fn blank_actions(text: &str) -> String {
     const MARK: char = '\u{1}';
     static ACTION: LazyLock<regex_lite::Regex> =
@@ -232,10 +227,8 @@ impl Block {
     }
 }
 
-/// Where a blanked template is not YAML (or not ESO's): every literal
-/// `remoteRef.key` (block or flow form), one ExternalSecret per document.
-/// The property reads as the YAML path reads it: `None` when absent,
-/// `value` when templated.
+/// Where a blanked template is not YAML: every literal `remoteRef.key` (block or flow form), one
+/// ExternalSecret per document; properties read as the YAML path reads them.
 fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
     let ctx = Ctx::file(file);
     let unquote = |v: &str| {
@@ -278,8 +271,7 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
                 refs.push(ctx.data_ref(key, field("property").and_then(property_of), n));
             }
         } else if remote.is_some() {
-            let (key, property) = (None, None);
-            block = Some(Block { indent, key, property });
+            block = Some(Block { indent, key: None, property: None });
         } else if let Some(Block { key, property, .. }) = &mut block {
             if let Some(k) = body.strip_prefix("key:").map(unquote).filter(literal) {
                 *key = Some((k, n));
@@ -293,8 +285,7 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
     out
 }
 
-/// Scans one file's text. `values` also reads ExternalSecret-shaped entries
-/// in Helm values (not only manifests).
+/// Scans one file's text; `values` also reads ExternalSecret-shaped entries in Helm values.
 pub fn scan_text(
     text: &str,
     file: &str,
@@ -355,20 +346,15 @@ struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     fn file(file: &'a str) -> Self {
-        let (release, env) = (None, None);
-        Ctx { file, release, env }
+        Ctx { file, release: None, env: None }
     }
 
     fn loc(&self, line: usize) -> Location {
-        let file = self.file.to_string();
-        Location { file, line }
+        Location { file: self.file.to_string(), line }
     }
 
     fn data_ref(&self, key: String, property: Option<String>, line: usize) -> KeyRef {
-        let secret_key = None;
-        let at = self.loc(line);
-        let kind = RefKind::Data { property, secret_key };
-        KeyRef { key, kind, at }
+        KeyRef { key, kind: RefKind::Data { property, secret_key: None }, at: self.loc(line) }
     }
 
     fn es(&self, name: String, store: String, line: usize, refs: Vec<KeyRef>) -> ExternalSecret {
@@ -391,11 +377,8 @@ fn string(node: &Node, key: &str) -> Option<String> {
 
 /// `Kind/name` of the store `node`'s `secretStoreRef` names, or the defaults.
 fn store_of(node: &Node, default_kind: &str, default_name: &str) -> String {
-    let store_ref = node.get("secretStoreRef");
-    let field = |name: &str| store_ref.and_then(|s| s.str_at(name));
-    let (kind, name) =
-        (field("kind").unwrap_or(default_kind), field("name").unwrap_or(default_name));
-    format!("{kind}/{name}")
+    let field = |name: &str| node.get("secretStoreRef").and_then(|s| s.str_at(name));
+    format!("{}/{}", field("kind").unwrap_or(default_kind), field("name").unwrap_or(default_name))
 }
 
 fn manifest_es(doc: &Node, spec: Option<&Rc<Node>>, ctx: &Ctx) -> Result<ExternalSecret> {
@@ -440,9 +423,8 @@ fn item_refs(item: &Node, ctx: &Ctx) -> Vec<KeyRef> {
     refs
 }
 
-/// Walks Helm values for ExternalSecret-shaped entries. An entry is the
-/// nearest mapping with a `name`; refs outside any entry are named by their
-/// values path.
+/// Walks Helm values for ExternalSecret-shaped entries (the nearest mapping with a `name`); refs
+/// outside any entry are named by their values path.
 fn walk_values(
     node: &Rc<Node>,
     ctx: &Ctx,
@@ -490,7 +472,7 @@ pub(crate) fn scan_rendered(
     infra: &Path,
     base: &Path,
     env: &str,
-    path_env: &std::ffi::OsStr,
+    path_env: &OsStr,
 ) -> Result<Scan> {
     let helmfiles_dir = infra.join("helmfiles");
     let mut helmfiles: Vec<PathBuf> = std::fs::read_dir(&helmfiles_dir)
@@ -501,10 +483,8 @@ pub(crate) fn scan_rendered(
         .collect();
     helmfiles.sort();
     // The rendered manifests and helm's cache (beside them), removed however this ends.
-    let scratch = tempfile::Builder::new()
-        .prefix("xtask-render-")
-        .tempdir()
-        .context("creating a temp folder to render into")?;
+    let scratch = tempfile::Builder::new().prefix("xtask-render-").tempdir();
+    let scratch = scratch.context("creating a temp folder to render into")?;
     let out_dir = scratch.path().join("out");
     let mut scan = Scan { mode: "rendered", ..Scan::default() };
     for helmfile in &helmfiles {
@@ -532,8 +512,7 @@ pub(crate) fn scan_rendered(
     Ok(scan)
 }
 
-/// The ExternalSecrets to check: static or rendered, plus the contract,
-/// which always counts.
+/// The ExternalSecrets to check: static or rendered, plus the contract, which always counts.
 pub(crate) fn collect(cfg: &Config, infra: &Path, env: &str, render: bool) -> Result<Scan> {
     let root = &cfg.root;
     if !render {
@@ -655,12 +634,5 @@ realmImport:
             ("flow-templated", 22, Some("value")),
         ];
         assert_eq!(props, want);
-    }
-
-    #[test]
-    fn blanking_keeps_line_numbers() {
-        let blanked =
-            blank_actions("a: 1\n{{- if x }}\nb: {{ .v }}-x\n{{/* multi\nline */}}\nc: 3\n{{ open");
-        assert_eq!(blanked, "a: 1\n\nb: __templated__-x\n\n\nc: 3\n");
     }
 }
