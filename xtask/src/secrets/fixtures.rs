@@ -337,21 +337,11 @@ mod tests {
         }
     }
 
+    /// A file that is one string, number or boolean: it/fail_closed.rs.
     #[test]
     fn errors_never_echo_values() {
         let e = err(r#"{"name": "s3cr3t-value", "name": "s3cr3t-value"}"#);
         assert!(!e.contains("s3cr3t"), "{e}");
-        // A file that is one value: its type is named, never its content.
-        for (input, said) in [
-            ("\"s3cr3t-value\"", "a single JSON string"),
-            ("31415926", "a single JSON number"),
-            ("-3.1415926", "a single JSON number"),
-            ("false", "a single JSON boolean"),
-            ("null", "the file holds null"),
-        ] {
-            let e = err(input);
-            assert!(e.contains(said), "{input}: {e}");
-            assert!(!e.contains("s3cr3t") && !e.contains("1415926"), "{input}: {e}");
-        }
+        assert!(err("null").contains("the file holds null"), "{}", err("null"));
     }
 }

@@ -13,7 +13,6 @@ use crate::project;
 use crate::secrets::config::Config;
 use crate::yaml::{parse_documents, Node};
 
-/// The store every in-scope ExternalSecret must use.
 pub(crate) const STORE_NAME: &str = "ameide-vault";
 const STORE_KIND: &str = "ClusterSecretStore";
 
@@ -46,7 +45,6 @@ pub struct KeyRef {
 pub struct ExternalSecret {
     pub name: String,
     pub namespace: Option<String>,
-    /// The Kubernetes Secret it produces.
     pub target: Option<String>,
     /// `Kind/name` of the store it reads.
     pub store: String,
@@ -56,7 +54,6 @@ pub struct ExternalSecret {
     pub refs: Vec<KeyRef>,
 }
 
-/// Whether `Kind/name` is the store every in-scope ExternalSecret uses.
 pub(crate) fn is_our_store(store: &str) -> bool {
     store == our_store()
 }
@@ -156,8 +153,7 @@ fn templated(s: &str) -> bool {
     s.contains(TEMPLATED)
 }
 
-/// Reads a chart template statically: the ExternalSecrets written in it
-/// with literal keys. Never fails: what cannot be read is left for `--render`.
+/// A chart template's ExternalSecrets with literal keys; never fails (the rest is for `--render`).
 pub(crate) fn scan_template(text: &str, file: &str, out: &mut Vec<ExternalSecret>) {
     let yaml = blank_actions(text);
     let mut found = Vec::new();
@@ -167,8 +163,7 @@ pub(crate) fn scan_template(text: &str, file: &str, out: &mut Vec<ExternalSecret
     }
 }
 
-/// Drops the references whose key the template builds; `None` when none
-/// is left. A store the template names counts as ours (conservative).
+/// Drops the references with built keys (`None` if none is left); a built store counts as ours.
 fn literal_only(mut es: ExternalSecret) -> Option<ExternalSecret> {
     es.refs.retain(|r| !templated(&r.key) && !r.key.is_empty());
     if es.refs.is_empty() {
@@ -336,8 +331,7 @@ fn scan_docs(text: &str, ctx: &Ctx, values: bool, out: &mut Vec<ExternalSecret>)
     Ok(())
 }
 
-/// Where references are read: the file (as reports name it), and the
-/// release and environment of a rendered one.
+/// Where references are read: the file as shown, and a rendered one's release and environment.
 struct Ctx<'a> {
     file: &'a str,
     release: Option<&'a str>,
@@ -375,7 +369,6 @@ fn string(node: &Node, key: &str) -> Option<String> {
     node.str_at(key).map(String::from)
 }
 
-/// `Kind/name` of the store `node`'s `secretStoreRef` names, or the defaults.
 fn store_of(node: &Node, default_kind: &str, default_name: &str) -> String {
     let field = |name: &str| node.get("secretStoreRef").and_then(|s| s.str_at(name));
     format!("{}/{}", field("kind").unwrap_or(default_kind), field("name").unwrap_or(default_name))
@@ -400,8 +393,7 @@ fn spec_refs(spec: &Node, ctx: &Ctx) -> Vec<KeyRef> {
     items.flat_map(|item| item_refs(item, ctx)).collect()
 }
 
-/// The references of one `data[]` or `dataFrom[]` item (or of a bare
-/// mapping in values): `remoteRef`, `extract`, `find.name.regexp`.
+/// The references of one `data[]` or `dataFrom[]` item, or of a bare mapping in values.
 fn item_refs(item: &Node, ctx: &Ctx) -> Vec<KeyRef> {
     let mut refs = Vec::new();
     let mut add = |key: Option<&Rc<Node>>, kind| {
@@ -466,8 +458,7 @@ fn walk_values(
     }
 }
 
-/// Renders every helmfile in `infra/helmfiles` for `env` with the real
-/// helmfile (offline: local charts only) and scans the ExternalSecrets.
+/// Renders every helmfile in `infra/helmfiles` for `env` (local charts only) and scans the result.
 pub(crate) fn scan_rendered(
     infra: &Path,
     base: &Path,
@@ -545,34 +536,6 @@ mod tests {
     }
 
     #[test]
-    fn reads_manifest_refs_with_lines() {
-        let text = "apiVersion: external-secrets.io/v1
-kind: ExternalSecret
-metadata: {name: graph-db, namespace: ameide}
-spec:
-  secretStoreRef: {kind: ClusterSecretStore, name: ameide-vault}
-  target: {name: graph-db-credentials}
-  data:
-    - secretKey: password
-      remoteRef: {key: graph-db-password, property: value}
-  dataFrom:
-    - extract: {key: graph-config}
-    - find: {name: {regexp: \"^graph-\"}}
-";
-        let es = scan(text, false).unwrap();
-        assert!(es[0].in_scope() && !is_our_store("SecretStore/ameide-vault"));
-        assert_eq!(es[0].display_name(), "ameide/graph-db");
-        assert_eq!(es[0].target.as_deref(), Some("graph-db-credentials"));
-        let want = [("graph-db-password", 9), ("graph-config", 11), ("^graph-", 12)];
-        assert_eq!(keys(&es), want);
-        let kinds: Vec<&RefKind> = es[0].refs.iter().map(|r| &r.kind).collect();
-        let data =
-            RefKind::Data { property: Some("value".into()), secret_key: Some("password".into()) };
-        let extract = RefKind::Extract { property: None };
-        assert_eq!(kinds, [&data, &extract, &RefKind::Find]);
-    }
-
-    #[test]
     fn unknown_kinds_of_external_secrets_io_are_errors() {
         for (api, kind, said) in [
             ("v2alpha9", "ExternalSecret", "unknown apiVersion"),
@@ -613,10 +576,8 @@ realmImport:
 
     #[test]
     fn the_line_by_line_search_reads_properties_as_the_yaml_path_does() {
-        // Not YAML (an unclosed flow sequence): searched line by line. A
-        // remoteRef without a property has none (check reports it), a
-        // templated one is assumed `value`, a literal one is kept, in either
-        // order and either form; a templated key is left for --render.
+        // Not YAML, so searched line by line: a missing property is none, a templated one `value`,
+        // in either order and form; a templated key is left for --render.
         let text = "kind: ExternalSecret\nspec:\n  data:\n    - secretKey: a\n      remoteRef:\n        key: no-property\n    - secretKey: b\n      remoteRef:\n        key: \"templated-property\"\n        property: {{ .p }}\n    - secretKey: c\n      remoteRef:\n        property: first\n        key: property-first\n    - secretKey: d\n      remoteRef:\n        key: {{ .k }}\n        property: not-for-another-key\n    - secretKey: e\n      remoteRef: {key: flow-no-property}\n    - secretKey: f\n      remoteRef: {key: flow-templated, property: {{ .p }}}\n  broken: [unclosed\n";
         let mut out = Vec::new();
         scan_template(text, "t.yaml", &mut out);

@@ -148,17 +148,13 @@ pub(crate) fn run(flags: &flags::Seed, process: &Process) -> Result<()> {
             }
             println!("dry run: nothing written");
         }
-        // Counts only: the error below names the cause and the names.
-        _ => println!(
-            "done in {:.2}s: {} written, {} unchanged, {} not written{}",
-            elapsed.as_secs_f64(),
-            result.written.len(),
-            counts.unchanged,
-            result.not_written.len(),
-            stats
-                .map(|(r, w, t)| format!(" ({r} requests, {w} writes, {t} retries)"))
-                .unwrap_or_default()
-        ),
+        _ => {
+            let (secs, written, not_written) =
+                (elapsed.as_secs_f64(), result.written.len(), result.not_written.len());
+            let stats = stats.map(|(r, w, t)| format!(" ({r} requests, {w} writes, {t} retries)"));
+            let (unchanged, stats) = (counts.unchanged, stats.unwrap_or_default());
+            println!("done in {secs:.2}s: {written} written, {unchanged} unchanged, {not_written} not written{stats}");
+        }
     }
     if let (Some(done), Format::Text) = (&eso_done, format) {
         if !done.written.is_empty() && !quiet {
