@@ -60,10 +60,8 @@ pub(crate) fn run(flags: &flags::Check, process: &Process) -> Result<()> {
         live = Some(read_live(store.as_mut(), &scan, &desired)?);
         if flags.as_eso {
             let http = store.vault_http().expect("a vault store");
-            let names = EsoNames::load(root, &env)?;
-            let keys = eso_keys(&scan);
-            let read = eso_read::read_as_eso(http, &names, &keys, root, &env, &cfg.kubeconfig)?;
-            as_eso = Some(read);
+            let (names, keys) = (EsoNames::load(root, &env)?, eso_keys(&scan));
+            as_eso = Some(eso_read::read_as_eso(http, &names, &keys, root, &env, &cfg.kubeconfig)?);
         }
     }
     let report = compare(&scan, &env, &desired, live.as_ref());
@@ -104,8 +102,7 @@ pub(crate) fn run(flags: &flags::Check, process: &Process) -> Result<()> {
         let mut problems = Vec::new();
         if !a.unreadable.is_empty() {
             let keys: Vec<&str> = a.unreadable.iter().map(|(k, _)| k.as_str()).collect();
-            let (n, keys) = (keys.len(), keys.join(", "));
-            problems.push(format!("{n} keys ESO cannot read ({keys})"));
+            problems.push(format!("{} keys ESO cannot read ({})", keys.len(), keys.join(", ")));
         }
         if !a.write_refused {
             problems.push(format!("ESO's policy lets it write: {}", a.write_answer));

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{bail, Result};
+use serde_json::Value;
 
 use crate::flags::RenderKind;
 use crate::fsutil;
@@ -53,22 +54,20 @@ pub(crate) fn plain_secrets(cfg: &Config, set: &SecretSet) -> Result<String> {
                 },
                 RefKind::Extract { property } => match set.entries.get(&r.key) {
                     Some(e) if property.as_deref() == Some("value") => {
-                        if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(&e.value) {
-                            let text = |v: serde_json::Value| {
-                                v.as_str().map_or_else(|| v.to_string(), String::from)
-                            };
-                            data.extend(map.into_iter().map(|(k, v)| (k, text(v))));
-                        }
+                        let Ok(Value::Object(map)) = serde_json::from_str(&e.value) else {
+                            continue;
+                        };
+                        let text =
+                            |v: Value| v.as_str().map_or_else(|| v.to_string(), String::from);
+                        data.extend(map.into_iter().map(|(k, v)| (k, text(v))));
                     }
                     Some(e) => data.push(("value".into(), e.value.clone())),
                     None => missing.push(r.key.clone()),
                 },
                 RefKind::Find => {
-                    if let Ok(re) = regex_lite::Regex::new(&r.key) {
-                        for (n, e) in set.entries.iter().filter(|(n, _)| re.is_match(n)) {
-                            data.push((n.clone(), e.value.clone()));
-                        }
-                    }
+                    let Ok(re) = regex_lite::Regex::new(&r.key) else { continue };
+                    let found = set.entries.iter().filter(|(n, _)| re.is_match(n));
+                    data.extend(found.map(|(n, e)| (n.clone(), e.value.clone())));
                 }
                 RefKind::Data { secret_key: None, .. } => {}
             }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::LazyLock;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde::Serialize;
 
 use crate::project;
@@ -109,14 +109,12 @@ pub(crate) fn scan_static(infra: &Path, base: &Path) -> Result<Scan> {
     templates.sort();
     let mut found = Vec::new();
     for file in &files {
-        let (text, shown) = (read(file)?, shown(file, base));
-        scan_docs(&text, &Ctx::file(&shown), true, &mut found)?;
+        scan_docs(&read(file)?, &Ctx::file(&shown(file, base)), true, &mut found)?;
     }
     for file in &templates {
         scan_template(&read(file)?, &shown(file, base), &mut found);
     }
-    let files = files.len() + templates.len();
-    Ok(Scan { mode: "static", files, external_secrets: found })
+    Ok(Scan { mode: "static", files: files.len() + templates.len(), external_secrets: found })
 }
 
 /// YAML files below `dir` into `out`, a chart's `templates/` files (`.yaml`, `.yml`, `.tpl`)
@@ -297,18 +295,14 @@ fn scan_docs(text: &str, ctx: &Ctx, values: bool, out: &mut Vec<ExternalSecret>)
     let docs =
         parse_documents(text).map_err(|e| anyhow!("{file}:{e}: malformed YAML; fix the file"))?;
     for doc in docs {
-        let line = doc.line();
-        if let Some(api) = doc.str_at("apiVersion") {
-            let kind = doc.str_at("kind").unwrap_or("");
-            if api.starts_with(ESO_GROUP) {
-                if !ESO_VERSIONS.contains(&api) {
-                    bail!(
-                        "{file}:{line}: unknown apiVersion {api:?} for {kind}: use external-secrets.io/v1 (or v1beta1)"
-                    );
-                }
-                if !ESO_KINDS.contains(&kind) {
-                    bail!("{file}:{line}: unknown kind {kind:?} in {api}");
-                }
+        let (line, kind) = (doc.line(), doc.str_at("kind").unwrap_or(""));
+        match doc.str_at("apiVersion") {
+            Some(api) if api.starts_with(ESO_GROUP) => {
+                ensure!(
+                    ESO_VERSIONS.contains(&api),
+                    "{file}:{line}: unknown apiVersion {api:?} for {kind}: use external-secrets.io/v1 (or v1beta1)"
+                );
+                ensure!(ESO_KINDS.contains(&kind), "{file}:{line}: unknown kind {kind:?} in {api}");
                 let spec = match kind {
                     "ExternalSecret" => doc.get("spec"),
                     "ClusterExternalSecret" => {
@@ -317,15 +311,14 @@ fn scan_docs(text: &str, ctx: &Ctx, values: bool, out: &mut Vec<ExternalSecret>)
                     _ => continue,
                 };
                 out.push(manifest_es(&doc, spec, ctx)?);
-                continue;
             }
-            if doc.get("kind").is_some() {
-                continue; // some other Kubernetes object
+            // Some other Kubernetes object.
+            Some(_) if doc.get("kind").is_some() => {}
+            _ if values => {
+                let store = doc.str_at("storeName").unwrap_or(STORE_NAME);
+                walk_values(&doc, ctx, store, &mut Vec::new(), out);
             }
-        }
-        if values {
-            let store = doc.str_at("storeName").unwrap_or(STORE_NAME);
-            walk_values(&doc, ctx, store, &mut Vec::new(), out);
+            _ => {}
         }
     }
     Ok(())

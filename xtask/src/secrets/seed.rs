@@ -66,8 +66,8 @@ pub(crate) fn run(flags: &flags::Seed, process: &Process) -> Result<()> {
 
     let started = Instant::now();
     let mut store = provider::open(&cfg, flags.allow_non_local.as_deref())?;
-    let quiet = flags.verbosity() == Verbosity::Quiet;
-    let verbose = flags.verbosity() == Verbosity::Verbose;
+    let (quiet, verbose) =
+        (flags.verbosity() == Verbosity::Quiet, flags.verbosity() == Verbosity::Verbose);
     // Text output that is not --quiet: the plan, progress and notes.
     let chatty = format == Format::Text && !quiet;
     let fixtures_shown = cfg.shown(&fixtures_path);
@@ -115,9 +115,7 @@ pub(crate) fn run(flags: &flags::Seed, process: &Process) -> Result<()> {
             println!("rendered {kind} manifests to {out} (mode 0600)");
         }
     }
-    let elapsed = started.elapsed();
-    let stats = store.stats();
-    let target = store.target();
+    let (elapsed, stats, target) = (started.elapsed(), store.stats(), store.target());
     drop(store);
 
     match format {
