@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use crate::fsutil::sha256_hex;
@@ -104,15 +104,14 @@ fn refuse_escaping_symlink(root: &Path, path: &Path) -> Result<()> {
     let real_root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
     let escapes =
         !real.starts_with(&real_root) && (path.starts_with(root) || meta.file_type().is_symlink());
-    if escapes {
-        bail!(
-            "{} leads to {}, outside the repository, through a symlink (the file's or a folder's on the way). \
-             Replace the symlink with the real file or folder, or pass the path explicitly with --fixtures if you \
-             mean it.",
-            shown_from(root, path),
-            real.display()
-        );
-    }
+    ensure!(
+        !escapes,
+        "{} leads to {}, outside the repository, through a symlink (the file's or a folder's on the way). \
+         Replace the symlink with the real file or folder, or pass the path explicitly with --fixtures if you \
+         mean it.",
+        shown_from(root, path),
+        real.display()
+    );
     Ok(())
 }
 

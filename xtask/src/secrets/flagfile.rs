@@ -1,7 +1,7 @@
 //! The flag `secrets.provider` in `environments/<env>/platform/15-secrets.values.yaml`. An edit
 //! changes the value's bytes only; a file that cannot be edited so is refused, never rewritten.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::secrets::config::ProviderKind;
 use crate::yaml::{parse_documents, Node};
@@ -64,12 +64,11 @@ pub fn find(text: &str, file: &str) -> Result<Flag> {
         _ => rest.find([' ', '\t', '#', '\r']).unwrap_or(rest.len()),
     };
     let end = start + len;
-    if &text[start..end] != parsed {
-        bail!(
-            "{file}:{line}: `provider:` uses YAML the editor does not change safely (escapes, block scalars); write \
-             it as `provider: vault`"
-        );
-    }
+    ensure!(
+        &text[start..end] == parsed,
+        "{file}:{line}: `provider:` uses YAML the editor does not change safely (escapes, block scalars); write it \
+         as `provider: vault`"
+    );
     Ok(Flag { value: parsed.to_string(), start, end, line })
 }
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 
 use crate::output::shown_addr;
 use crate::process::Tool;
@@ -81,12 +81,11 @@ fn real_locations(path: &Path) -> Vec<PathBuf> {
 
 /// Seeding writes fixtures, which only belong in local environments.
 pub(crate) fn require_local_env(env: &str) -> Result<()> {
-    if env != "local" {
-        bail!(
-            "refusing to seed fixtures for environment {env:?}: fixtures are weak by design and only seed local \
-             clusters. Shared environments keep their own secrets in Azure Key Vault."
-        );
-    }
+    ensure!(
+        env == "local",
+        "refusing to seed fixtures for environment {env:?}: fixtures are weak by design and only seed local \
+         clusters. Shared environments keep their own secrets in Azure Key Vault."
+    );
     Ok(())
 }
 
@@ -154,34 +153,28 @@ pub(crate) fn require_dev_server_under(
     local_contexts: &[String],
     storage_type: Option<&str>,
 ) -> Result<()> {
+    let shown = shown_addr(addr);
+    let storage = match storage_type {
+        Some(s) => format!("keeps its data in {s:?} storage"),
+        None => "does not report its storage type".to_string(),
+    };
     match context {
         KubeContext::None => Ok(()),
         KubeContext::Named(c) if is_local_context(c, local_contexts) => Ok(()),
         _ if storage_type == Some("inmem") => Ok(()),
         KubeContext::Named(context) => bail!(
-            "refusing Vault at {} under kube context {context:?}: the context does not look like a local cluster, \
-             and this loopback Vault {}, so it may be a port-forward into that cluster (only a dev server, storage \
+            "refusing Vault at {shown} under kube context {context:?}: the context does not look like a local \
+             cluster, and this loopback Vault {storage}, so it may be a port-forward into that cluster (only a dev server, storage \
              \"inmem\", is taken as this machine's). Fixtures are weak by design. Switch to your local cluster \
              (`kubectl config use-context <local context>`), or, if this Vault really is your own, pass \
-             --allow-non-local {host}.",
-            shown_addr(addr),
-            storage_words(storage_type)
+             --allow-non-local {host}."
         ),
         KubeContext::Unknown { why, fix } => bail!(
-            "refusing Vault at {}: the current kube context cannot be known ({why}), and this loopback Vault {}, \
-             so it may be a port-forward into a cluster that is not local (only a dev server, storage \"inmem\", \
+            "refusing Vault at {shown}: the current kube context cannot be known ({why}), and this loopback Vault \
+             {storage}, so it may be a port-forward into a cluster that is not local (only a dev server, storage \"inmem\", \
              is taken as this machine's then). Fixtures are weak by design. {fix}; or, if this Vault really is your \
-             own, pass --allow-non-local {host}.",
-            shown_addr(addr),
-            storage_words(storage_type)
+             own, pass --allow-non-local {host}."
         ),
-    }
-}
-
-fn storage_words(storage_type: Option<&str>) -> String {
-    match storage_type {
-        Some(s) => format!("keeps its data in {s:?} storage"),
-        None => "does not report its storage type".to_string(),
     }
 }
 
@@ -226,15 +219,15 @@ pub(crate) fn check_context(context: &str, patterns: &[String]) -> Result<()> {
 }
 
 fn check_context_saying(context: &str, patterns: &[String], why: &str, after: &str) -> Result<()> {
-    if is_local_context(context, patterns) {
-        return Ok(());
-    }
+    let local = is_local_context(context, patterns);
     let patterns = patterns.join(", ");
-    bail!(
+    ensure!(
+        local,
         "refusing kube context {context:?}: it does not look like a local cluster (local patterns: {patterns}){why}. \
          Switch with `kubectl config use-context <local context>`, or add your context's pattern to \
          guardrail.local_contexts in .local/secrets.toml.{after}"
-    )
+    );
+    Ok(())
 }
 
 #[cfg(test)]
