@@ -133,8 +133,7 @@ pub(crate) fn read_live(
 pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<&Live>) -> Report {
     // Sorted as the report lists them: by status, key, then detail.
     let mut by_key: BTreeMap<(Status, String, String), Vec<Site>> = BTreeMap::new();
-    let mut referenced: BTreeSet<String> = BTreeSet::new();
-    let mut required: BTreeSet<String> = BTreeSet::new();
+    let (mut referenced, mut required): (BTreeSet<String>, BTreeSet<String>) = Default::default();
     let (in_scope, others): (Vec<&ExternalSecret>, Vec<&ExternalSecret>) =
         scan.external_secrets.iter().partition(|e| e.in_scope());
     for es in &in_scope {

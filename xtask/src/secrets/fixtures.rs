@@ -96,9 +96,8 @@ pub(crate) fn load_configured(cfg: &Config) -> Result<(PathBuf, SecretSet)> {
 
 /// The default fixtures stay in the repository: a symlink out of it could feed anything to a seed.
 fn refuse_escaping_symlink(root: &Path, path: &Path) -> Result<()> {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return Ok(()); // missing: reading it says so
-    };
+    // Missing: reading it says so.
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(()) };
     let real = std::fs::canonicalize(path)
         .with_context(|| format!("{} is a dangling symlink", path.display()))?;
     let real_root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());

@@ -370,9 +370,7 @@ fn store_of(node: &Node, default_kind: &str, default_name: &str) -> String {
 fn manifest_es(doc: &Node, spec: Option<&Rc<Node>>, ctx: &Ctx) -> Result<ExternalSecret> {
     let (meta, line) = (doc.get("metadata"), doc.line());
     let name = meta.and_then(|m| m.str_at("name")).unwrap_or("(unnamed)");
-    let Some(spec) = spec else {
-        bail!("{}:{line}: ExternalSecret {name} has no spec", ctx.file);
-    };
+    let Some(spec) = spec else { bail!("{}:{line}: ExternalSecret {name} has no spec", ctx.file) };
     let store = store_of(spec, "SecretStore", "(none)");
     let mut es = ctx.es(name.into(), store, line, spec_refs(spec, ctx));
     es.namespace = meta.and_then(|m| string(m, "namespace"));

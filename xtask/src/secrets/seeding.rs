@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use anyhow::{anyhow, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 
 use crate::output::{capped, count, NAMES_SHOWN};
@@ -256,9 +256,8 @@ impl SeedRun {
         if !conflicts.is_empty() && (!failed.is_empty() || !unstamped.is_empty()) {
             lines.push(format!("  {conflict_line}"));
         }
-        lines.extend(
-            (listed.iter().take(NAMES_SHOWN)).map(|n| format!("  {}: {}", n.name, n.reason)),
-        );
+        let shown = listed.iter().take(NAMES_SHOWN);
+        lines.extend(shown.map(|n| format!("  {}: {}", n.name, n.reason)));
         if let Some(hidden) = listed.len().checked_sub(NAMES_SHOWN).filter(|n| *n > 0) {
             lines.push(format!("  and {hidden} more conflicts"));
         }
@@ -280,12 +279,10 @@ impl SeedRun {
         }
         if !self.failed.is_empty() {
             let secrets = count(self.failed.len(), "secret", "secrets");
-            return Err(anyhow!(
-                "{cause}\n  {secrets} not written; the store is unchanged.{more}\n{body}"
-            ));
+            bail!("{cause}\n  {secrets} not written; the store is unchanged.{more}\n{body}");
         }
         let sep = if body.is_empty() { "" } else { "\n" };
-        Err(anyhow!("{conflict_line}{more}{sep}{body}"))
+        bail!("{conflict_line}{more}{sep}{body}")
     }
 }
 
@@ -350,9 +347,7 @@ pub(crate) fn ensure_eso_access(
     cfg: &Config,
     env: &str,
 ) -> Result<Option<String>> {
-    let Some(http) = store.vault_http() else {
-        return Ok(None);
-    };
+    let Some(http) = store.vault_http() else { return Ok(None) };
     let names = eso_access::EsoNames::load(&cfg.root, env)?;
     let plan = eso_access::plan(http, &names, &cfg.kubeconfig)?;
     let done = eso_access::apply(http, &plan)?;
