@@ -57,8 +57,7 @@ impl SecretSet {
 
 /// Is `name` a valid Azure Key Vault secret name (`^[0-9a-zA-Z-]{1,127}$`)?
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
+    (1..=MAX_NAME_LEN).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 

@@ -111,8 +111,7 @@ mod tests {
     fn cfg(root: &Path) -> Config {
         let path = std::env::var("PATH").unwrap_or_default();
         let process = crate::project::Process::with(root, root, &[("PATH", &path)]);
-        let flags = crate::secrets::config::FlagValues::default();
-        Config::load(&process, &flags).unwrap()
+        Config::load(&process, &Default::default()).unwrap()
     }
 
     #[test]
