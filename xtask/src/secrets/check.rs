@@ -1,7 +1,7 @@
 //! `cargo xtask secrets check`: every key the charts need exists in the
 //! fixtures and, with `--live`, in the store with the fixture's value.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Instant;
 
@@ -60,10 +60,8 @@ pub(crate) fn run(flags: &flags::Check, process: &Process) -> Result<()> {
         live = Some(read_live(store.as_mut(), &scan, &desired)?);
         if flags.as_eso {
             let http = store.vault_http().expect("a vault store");
-            let names = EsoNames::load(root, &env)?;
-            let keys = eso_keys(&scan);
-            let read = eso_read::read_as_eso(http, &names, &keys, root, &env, &cfg.kubeconfig)?;
-            as_eso = Some(read);
+            let (names, keys) = (EsoNames::load(root, &env)?, eso_keys(&scan));
+            as_eso = Some(eso_read::read_as_eso(http, &names, &keys, root, &env, &cfg.kubeconfig)?);
         }
     }
     let report = compare(&scan, &env, &desired, live.as_ref());
@@ -104,8 +102,7 @@ pub(crate) fn run(flags: &flags::Check, process: &Process) -> Result<()> {
         let mut problems = Vec::new();
         if !a.unreadable.is_empty() {
             let keys: Vec<&str> = a.unreadable.iter().map(|(k, _)| k.as_str()).collect();
-            let (n, keys) = (keys.len(), keys.join(", "));
-            problems.push(format!("{n} keys ESO cannot read ({keys})"));
+            problems.push(format!("{} keys ESO cannot read ({})", keys.len(), keys.join(", ")));
         }
         if !a.write_refused {
             problems.push(format!("ESO's policy lets it write: {}", a.write_answer));
@@ -117,12 +114,10 @@ pub(crate) fn run(flags: &flags::Check, process: &Process) -> Result<()> {
         );
     }
     if !failures.is_empty() {
-        let mut by_status: BTreeMap<Status, usize> = BTreeMap::new();
-        for f in &failures {
-            *by_status.entry(f.status).or_default() += 1;
-        }
-        let parts: Vec<String> = (by_status.iter())
-            .map(|(s, n)| format!("{n} {}", s.heading().to_lowercase()))
+        // Every finding of a failing status is a failure.
+        let statuses: BTreeSet<Status> = failures.iter().map(|f| f.status).collect();
+        let parts: Vec<String> = (statuses.into_iter())
+            .map(|s| format!("{} {}", report.count(s), s.heading().to_lowercase()))
             .collect();
         let overrides = cfg.shown(&cfg.abs(&cfg.overrides.value));
         let advice = advice(&failures, &fixtures_shown, &overrides, &seed_command(flags));
@@ -135,23 +130,18 @@ pub(crate) fn run(flags: &flags::Check, process: &Process) -> Result<()> {
 /// `cargo xtask secrets seed` with this check's flags that name the store and the fixtures.
 fn seed_command(flags: &flags::Check) -> String {
     let path = |p: &Path| p.display().to_string();
-    let mut cmd = "cargo xtask secrets seed".to_string();
-    for (flag, value) in [
+    let named = [
         ("--provider", flags.provider.map(|p| p.to_string())),
         ("--fixtures", flags.fixtures.as_deref().map(path)),
         ("--overrides", flags.overrides.as_deref().map(path)),
         ("--mount", flags.mount.clone()),
         ("--allow-non-local", flags.allow_non_local.clone()),
-    ] {
-        if let Some(value) = value {
-            cmd.push_str(&format!(" {flag} {value}"));
-        }
-    }
-    cmd
+    ];
+    let named = named.into_iter().filter_map(|(flag, value)| Some(format!(" {flag} {}", value?)));
+    format!("cargo xtask secrets seed{}", named.collect::<String>())
 }
 
-/// What fixes each kind of failure, one line per kind: the seed writes
-/// only what the fixtures hold and keeps what it did not write.
+/// What fixes each kind of failure, one line per kind.
 fn advice(failures: &[&Finding], fixtures: &str, overrides: &str, seed: &str) -> Vec<String> {
     let not_in_store = |f: &Finding| f.detail.starts_with("not in the store");
     let keys = |keep: &dyn Fn(&Finding) -> bool| -> Vec<String> {

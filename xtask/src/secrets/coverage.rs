@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Result;
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::flags::{FailClass, FailOn};
 use crate::fsutil;
@@ -40,7 +41,6 @@ impl Status {
         }
     }
 
-    /// Whether `--fail-on` fails on this status.
     fn fails(self, fail_on: &FailOn) -> bool {
         let class = match self {
             Status::Missing | Status::WrongProperty | Status::MissingProperty => FailClass::Missing,
@@ -106,8 +106,7 @@ pub(crate) struct Live {
     pub names: Vec<String>,
 }
 
-/// The keys in-scope ExternalSecrets name (every `remoteRef.key` and
-/// `extract`; a `find` lists instead), valid store names only.
+/// The valid keys in-scope ExternalSecrets name (a `find` lists instead).
 fn named_keys(scan: &Scan) -> impl Iterator<Item = &String> {
     let refs = scan.external_secrets.iter().filter(|e| e.in_scope());
     let refs = refs.flat_map(|e| e.refs.iter());
@@ -120,8 +119,7 @@ pub(crate) fn eso_keys(scan: &Scan) -> Vec<String> {
     keys.into_iter().cloned().collect()
 }
 
-/// Reads what `compare` needs from the store: every fixture and every key
-/// an in-scope ExternalSecret names, plus the listing (for `dataFrom.find`).
+/// Every fixture and named key in the store, plus the listing (for `dataFrom.find`).
 pub(crate) fn read_live(
     store: &mut dyn SecretProvider,
     scan: &Scan,
@@ -135,20 +133,17 @@ pub(crate) fn read_live(
 pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<&Live>) -> Report {
     // Sorted as the report lists them: by status, key, then detail.
     let mut by_key: BTreeMap<(Status, String, String), Vec<Site>> = BTreeMap::new();
-    let mut referenced: BTreeSet<String> = BTreeSet::new();
-    let mut required: BTreeSet<String> = BTreeSet::new();
+    let (mut referenced, mut required): (BTreeSet<String>, BTreeSet<String>) = Default::default();
     let (in_scope, others): (Vec<&ExternalSecret>, Vec<&ExternalSecret>) =
         scan.external_secrets.iter().partition(|e| e.in_scope());
     for es in &in_scope {
         for r in &es.refs {
             let mut found: Vec<(Status, String)> = Vec::new();
             let find_empty = |what| (Status::FindEmpty, format!("dataFrom.find matches {what}"));
+            let invalid = |e| (Status::WrongProperty, format!("invalid dataFrom.find regexp: {e}"));
             if r.kind == RefKind::Find {
                 match regex_lite::Regex::new(&r.key) {
-                    Err(e) => found.push((
-                        Status::WrongProperty,
-                        format!("invalid dataFrom.find regexp: {e}"),
-                    )),
+                    Err(e) => found.push(invalid(e)),
                     Ok(re) => {
                         let matched: Vec<&String> =
                             desired.entries.keys().filter(|n| re.is_match(n)).collect();
@@ -171,12 +166,9 @@ pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<
                 let wrong = |what: &str, p: &str| {
                     format!("{what} property {p:?}; the store keeps each secret under \"value\"")
                 };
-                let not_object = || {
-                    fixture.is_some_and(|f| {
-                        !serde_json::from_str::<serde_json::Value>(&f.value)
-                            .is_ok_and(|v| v.is_object())
-                    })
-                };
+                let object =
+                    |f: &Entry| serde_json::from_str(&f.value).is_ok_and(|v: Value| v.is_object());
+                let not_object = || fixture.is_some_and(|f| !object(f));
                 let wrong = match &r.kind {
                     RefKind::Data { property: Some(p), .. } if p != "value" => Some(wrong("reads", p)),
                     RefKind::Data { property: None, .. } => Some(
@@ -191,16 +183,15 @@ pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<
                 found.extend(wrong.map(|d| (Status::WrongProperty, d)));
                 found.extend(live.and_then(|l| live_problem(l, &r.key, fixture)));
             }
+            let site = Site {
+                file: r.at.file.clone(),
+                line: r.at.line,
+                external_secret: es.display_name(),
+                release: es.release.clone(),
+                env: es.env.clone(),
+            };
             for (status, detail) in found {
-                let site = Site {
-                    file: r.at.file.clone(),
-                    line: r.at.line,
-                    external_secret: es.display_name(),
-                    release: es.release.clone(),
-                    env: es.env.clone(),
-                };
-                let sites = by_key.entry((status, r.key.clone(), detail)).or_default();
-                sites.push(site);
+                by_key.entry((status, r.key.clone(), detail)).or_default().push(site.clone());
             }
         }
     }
@@ -258,7 +249,6 @@ fn live_problem(live: &Live, key: &str, fixture: Option<&Entry>) -> Option<(Stat
     Some((Status::Drift, said))
 }
 
-/// The human report: grouped by status, each key with every place it is referenced.
 pub(crate) fn render_text(
     report: &Report,
     fixtures: &str,
@@ -285,8 +275,7 @@ pub(crate) fn render_text(
     let mut status: Option<Status> = None;
     let (mut unused_seen, unused) = (0, report.count(Status::Unused));
     for f in &report.findings {
-        let hidden = (f.status == Status::Ok && !verbose) || (f.status == Status::Unused && quiet);
-        if hidden {
+        if (f.status == Status::Ok && !verbose) || (f.status == Status::Unused && quiet) {
             continue;
         }
         if status != Some(f.status) {
@@ -308,10 +297,9 @@ pub(crate) fn render_text(
         let _ = writeln!(out, "  {}{sep}{}", f.key, f.detail);
         for s in &f.sites {
             let env = s.env.as_deref().unwrap_or("?");
-            let extra = (s.release.as_ref()).map(|r| format!(" [release {r}, env {env}]"));
-            let extra = extra.unwrap_or_default();
+            let extra = s.release.as_ref().map(|r| format!(" [release {r}, env {env}]"));
             let (file, line, es) = (&s.file, s.line, &s.external_secret);
-            let _ = writeln!(out, "      {file}:{line}  {es}{extra}");
+            let _ = writeln!(out, "      {file}:{line}  {es}{}", extra.unwrap_or_default());
         }
     }
     if !report.out_of_scope.is_empty() && !quiet {
@@ -340,10 +328,9 @@ pub(crate) fn render_text(
 
 /// JUnit XML: one test case per required key, plus one per other finding.
 pub(crate) fn render_junit(report: &Report, fail_on: &FailOn) -> String {
-    let cases = report.findings.iter();
-    let cases: Vec<&Finding> = cases
-        .filter(|f| f.status != Status::Unused || fail_on.0.contains(&FailClass::Unused))
-        .collect();
+    let listed =
+        |f: &&Finding| f.status != Status::Unused || fail_on.0.contains(&FailClass::Unused);
+    let cases: Vec<&Finding> = report.findings.iter().filter(listed).collect();
     let failures = cases.iter().filter(|f| f.status.fails(fail_on)).count();
     let (env, tests) = (xml_escape(&report.env), cases.len());
     let mut out = format!(
@@ -403,7 +390,6 @@ mod tests {
         compare(&scan, "local", &SecretSet::of(fixtures), None)
     }
 
-    /// Every static finding, in a snapshot of the human report and in JUnit.
     #[test]
     fn text_snapshot() {
         let report = report(&[("app-url", "u"), ("spare", "s"), ("realm", "not json")]);

@@ -1,9 +1,7 @@
-//! The feature flag `secrets.provider` in
-//! `infra/kubernetes/environments/<env>/platform/15-secrets.values.yaml`.
-//! An edit changes the value's bytes only; a file that cannot be edited so
-//! is refused, never rewritten.
+//! The flag `secrets.provider` in `environments/<env>/platform/15-secrets.values.yaml`. An edit
+//! changes the value's bytes only; a file that cannot be edited so is refused, never rewritten.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::secrets::config::ProviderKind;
 use crate::yaml::{parse_documents, Node};
@@ -25,14 +23,13 @@ pub fn find(text: &str, file: &str) -> Result<Flag> {
         bail!("{file}: expected one YAML document, found {}", docs.len());
     };
     let secrets = entries(doc, "secrets");
-    let n = secrets.len();
     let secrets = match secrets.as_slice() {
         [(_, one)] if one.is_map() => *one,
         [] => bail!(
             "{file}: no top-level `secrets:` mapping; add `secrets:` with `provider: vault|azure`"
         ),
         [_] => bail!("{file}: `secrets:` must be a mapping holding `provider: vault|azure`"),
-        _ => bail!("{file}: `secrets:` appears {n} times; keep one"),
+        many => bail!("{file}: `secrets:` appears {} times; keep one", many.len()),
     };
     let (key, value) = match entries(secrets, "provider").as_slice() {
         [one] => *one,
@@ -67,14 +64,12 @@ pub fn find(text: &str, file: &str) -> Result<Flag> {
         _ => rest.find([' ', '\t', '#', '\r']).unwrap_or(rest.len()),
     };
     let end = start + len;
-    if &text[start..end] != parsed {
-        bail!(
-            "{file}:{line}: `provider:` uses YAML the editor does not change safely (escapes, block scalars); write \
-             it as `provider: vault`"
-        );
-    }
-    let value = parsed.to_string();
-    Ok(Flag { value, start, end, line })
+    ensure!(
+        &text[start..end] == parsed,
+        "{file}:{line}: `provider:` uses YAML the editor does not change safely (escapes, block scalars); write it \
+         as `provider: vault`"
+    );
+    Ok(Flag { value: parsed.to_string(), start, end, line })
 }
 
 /// The provider named by the flag.

@@ -1,17 +1,15 @@
-//! Guardrails: fixtures are weak by design and must only reach stores on the
-//! developer's machine or local cluster, and files holding values must stay
-//! out of git.
+//! Guardrails: fixtures are weak by design, so they reach only stores on this machine or a local
+//! cluster, and files holding values stay out of git.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 
 use crate::output::shown_addr;
 use crate::process::Tool;
 
-/// Refuses unless git ignores `path` (files holding values must never be
-/// committable), asked where the file really is (every symlink resolved).
+/// Refuses unless git ignores `path` where it really is (files holding values are never committable).
 pub(crate) fn require_git_ignored(root: &Path, path: &Path, what: &str) -> Result<()> {
     check_ignored(root, path, what, false)
 }
@@ -26,10 +24,9 @@ fn check_ignored(root: &Path, path: &Path, what: &str, outside_ok: bool) -> Resu
     let (literal, shown) = (path.strip_prefix(root).ok(), path.display());
     for real in real_locations(path) {
         let inside = real.strip_prefix(&real_root).ok();
-        let via = if inside == literal {
-            String::new()
-        } else {
-            format!(" (through a symlink, it is {})", real.display())
+        let via = match inside == literal {
+            true => String::new(),
+            false => format!(" (through a symlink, it is {})", real.display()),
         };
         let Some(rel) = inside else {
             if outside_ok {
@@ -66,8 +63,8 @@ fn check_ignored(root: &Path, path: &Path, what: &str, outside_ok: bool) -> Resu
     Ok(())
 }
 
-/// Where a file at `path` really is: its resolved folder plus its name (an
-/// atomic write replaces a symlink there), and where the name leads (a read follows it).
+/// Where `path` really is: its resolved folder plus its name (an atomic write replaces a symlink
+/// there), and where the name leads (a read follows it).
 fn real_locations(path: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
@@ -84,21 +81,18 @@ fn real_locations(path: &Path) -> Vec<PathBuf> {
 
 /// Seeding writes fixtures, which only belong in local environments.
 pub(crate) fn require_local_env(env: &str) -> Result<()> {
-    if env != "local" {
-        bail!(
-            "refusing to seed fixtures for environment {env:?}: fixtures are weak by design and only seed local \
-             clusters. Shared environments keep their own secrets in Azure Key Vault."
-        );
-    }
+    ensure!(
+        env == "local",
+        "refusing to seed fixtures for environment {env:?}: fixtures are weak by design and only seed local \
+         clusters. Shared environments keep their own secrets in Azure Key Vault."
+    );
     Ok(())
 }
 
 pub(crate) fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 pub(crate) fn url_host(addr: &str) -> Option<String> {
@@ -130,8 +124,7 @@ pub(crate) fn check_vault_addr(addr: &str, allow: Option<&str>) -> Result<()> {
     )
 }
 
-/// The host of a loopback Vault address that `--allow-non-local` does not
-/// name: such a Vault may be a port-forward, so the kube context matters.
+/// The host of a loopback Vault address `--allow-non-local` does not name: maybe a port-forward.
 pub(crate) fn unvouched_loopback(addr: &str, allow: Option<&str>) -> Option<String> {
     let host = url_host(addr)?;
     (is_loopback_host(&host) && !allow.is_some_and(|a| a.eq_ignore_ascii_case(&host)))
@@ -151,9 +144,8 @@ pub(crate) enum KubeContext {
     },
 }
 
-/// A loopback Vault under a kube context that does not look local, or cannot
-/// be known, is taken only as a dev server (storage in memory): anything else
-/// may be `kubectl port-forward` into a cluster that is not local.
+/// A loopback Vault under a kube context that is not local, or not known, is taken only as a dev
+/// server (storage in memory): anything else may be a port-forward into that cluster.
 pub(crate) fn require_dev_server_under(
     addr: &str,
     host: &str,
@@ -161,45 +153,36 @@ pub(crate) fn require_dev_server_under(
     local_contexts: &[String],
     storage_type: Option<&str>,
 ) -> Result<()> {
+    let shown = shown_addr(addr);
+    let storage = match storage_type {
+        Some(s) => format!("keeps its data in {s:?} storage"),
+        None => "does not report its storage type".to_string(),
+    };
     match context {
         KubeContext::None => Ok(()),
         KubeContext::Named(c) if is_local_context(c, local_contexts) => Ok(()),
         _ if storage_type == Some("inmem") => Ok(()),
         KubeContext::Named(context) => bail!(
-            "refusing Vault at {} under kube context {context:?}: the context does not look like a local cluster, \
-             and this loopback Vault {}, so it may be a port-forward into that cluster (only a dev server, storage \
+            "refusing Vault at {shown} under kube context {context:?}: the context does not look like a local \
+             cluster, and this loopback Vault {storage}, so it may be a port-forward into that cluster (only a dev server, storage \
              \"inmem\", is taken as this machine's). Fixtures are weak by design. Switch to your local cluster \
              (`kubectl config use-context <local context>`), or, if this Vault really is your own, pass \
-             --allow-non-local {host}.",
-            shown_addr(addr),
-            storage_words(storage_type)
+             --allow-non-local {host}."
         ),
         KubeContext::Unknown { why, fix } => bail!(
-            "refusing Vault at {}: the current kube context cannot be known ({why}), and this loopback Vault {}, \
-             so it may be a port-forward into a cluster that is not local (only a dev server, storage \"inmem\", \
+            "refusing Vault at {shown}: the current kube context cannot be known ({why}), and this loopback Vault \
+             {storage}, so it may be a port-forward into a cluster that is not local (only a dev server, storage \"inmem\", \
              is taken as this machine's then). Fixtures are weak by design. {fix}; or, if this Vault really is your \
-             own, pass --allow-non-local {host}.",
-            shown_addr(addr),
-            storage_words(storage_type)
+             own, pass --allow-non-local {host}."
         ),
     }
 }
 
-fn storage_words(storage_type: Option<&str>) -> String {
-    match storage_type {
-        Some(s) => format!("keeps its data in {s:?} storage"),
-        None => "does not report its storage type".to_string(),
-    }
-}
-
-/// An Azure Key Vault's name however it is written (name, host or URL, any
-/// case, spaces around); `None` unless a vault name (3-24 of a-z, 0-9, `-`).
+/// An Azure Key Vault's name however written (name, host or URL, any case); `None` if invalid.
 pub(crate) fn azure_vault_name(input: &str) -> Option<String> {
     let mut s = input.trim().to_ascii_lowercase();
     for scheme in ["https://", "http://"] {
-        if let Some(rest) = s.strip_prefix(scheme) {
-            s = rest.to_string();
-        }
+        s = s.strip_prefix(scheme).unwrap_or(&s).to_string();
     }
     let s = s.trim_end_matches('/');
     let s = s.strip_suffix(".vault.azure.net").unwrap_or(s);
@@ -220,8 +203,7 @@ pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     regex_lite::Regex::new(&re).is_ok_and(|re| re.is_match(text))
 }
 
-/// Refuses to port-forward to Vault through a kube context that does not
-/// look local. `--allow-non-local` names a Vault host, never a context.
+/// Refuses to port-forward through a kube context that is not local; `--allow-non-local` names a host.
 pub(crate) fn check_port_forward_context(context: &str, patterns: &[String]) -> Result<()> {
     check_context_saying(
         context,
@@ -237,23 +219,22 @@ pub(crate) fn check_context(context: &str, patterns: &[String]) -> Result<()> {
 }
 
 fn check_context_saying(context: &str, patterns: &[String], why: &str, after: &str) -> Result<()> {
-    if is_local_context(context, patterns) {
-        return Ok(());
-    }
+    let local = is_local_context(context, patterns);
     let patterns = patterns.join(", ");
-    bail!(
+    ensure!(
+        local,
         "refusing kube context {context:?}: it does not look like a local cluster (local patterns: {patterns}){why}. \
          Switch with `kubectl config use-context <local context>`, or add your context's pattern to \
          guardrail.local_contexts in .local/secrets.toml.{after}"
-    )
+    );
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The refusals themselves are guarded by it/guardrail.rs, seed_vault.rs,
-    /// fail_closed.rs and bad_input.rs.
+    /// The refusals: it/guardrail.rs, seed_vault.rs, fail_closed.rs and bad_input.rs.
     #[test]
     fn hosts_from_urls_and_which_are_loopback() {
         for (url, host, loopback) in [
@@ -271,10 +252,7 @@ mod tests {
         assert_eq!(url_host("http://"), None);
         assert!(is_loopback_host("[::1]"));
         let unvouched = |addr, allow| unvouched_loopback(addr, allow);
-        assert_eq!(
-            unvouched("http://localhost:8200", Some("127.0.0.1")).as_deref(),
-            Some("localhost")
-        );
+        assert_eq!(unvouched("http://localhost:8200", Some("127.0.0.1")), Some("localhost".into()));
         assert_eq!(unvouched("http://[::1]:8200", Some("::1")), None);
         assert_eq!(unvouched("https://vault.example:8200", None), None);
     }
@@ -294,9 +272,7 @@ mod tests {
             assert_eq!(is_local_context(context, &p), local, "{context}");
         }
         assert!(glob_match("a*b*c", "aXXbYYc") && !glob_match("a*b*c", "acb"));
-        assert!(
-            glob_match("a.*", "a.b") && !glob_match("a.*", "ab"),
-            "regex characters are literal"
-        );
+        // Regex characters are literal.
+        assert!(glob_match("a.*", "a.b") && !glob_match("a.*", "ab"));
     }
 }

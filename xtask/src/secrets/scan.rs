@@ -1,21 +1,18 @@
-//! Finding the keys the charts need: every ExternalSecret in the infra tree.
-//! Static: values files and manifests, unrendered (conditionals count as
-//! enabled), and ExternalSecrets written literally in chart templates (keys
-//! the template builds are left for `--render`). Rendered: the real
-//! `helmfile template` of every layer for one environment.
+//! Every ExternalSecret in the infra tree. Static: values, manifests and literal keys in chart
+//! templates, unrendered. Rendered: `helmfile template` of every layer for one environment.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::LazyLock;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde::Serialize;
 
 use crate::project;
 use crate::secrets::config::Config;
 use crate::yaml::{parse_documents, Node};
 
-/// The store every in-scope ExternalSecret must use.
 pub(crate) const STORE_NAME: &str = "ameide-vault";
 const STORE_KIND: &str = "ClusterSecretStore";
 
@@ -48,7 +45,6 @@ pub struct KeyRef {
 pub struct ExternalSecret {
     pub name: String,
     pub namespace: Option<String>,
-    /// The Kubernetes Secret it produces.
     pub target: Option<String>,
     /// `Kind/name` of the store it reads.
     pub store: String,
@@ -58,7 +54,6 @@ pub struct ExternalSecret {
     pub refs: Vec<KeyRef>,
 }
 
-/// Whether `Kind/name` is the store every in-scope ExternalSecret uses.
 pub(crate) fn is_our_store(store: &str) -> bool {
     store == our_store()
 }
@@ -114,19 +109,16 @@ pub(crate) fn scan_static(infra: &Path, base: &Path) -> Result<Scan> {
     templates.sort();
     let mut found = Vec::new();
     for file in &files {
-        let (text, shown) = (read(file)?, shown(file, base));
-        scan_docs(&text, &Ctx::file(&shown), true, &mut found)?;
+        scan_docs(&read(file)?, &Ctx::file(&shown(file, base)), true, &mut found)?;
     }
     for file in &templates {
         scan_template(&read(file)?, &shown(file, base), &mut found);
     }
-    let files = files.len() + templates.len();
-    Ok(Scan { mode: "static", files, external_secrets: found })
+    Ok(Scan { mode: "static", files: files.len() + templates.len(), external_secrets: found })
 }
 
-/// YAML files below `dir` into `out`, and chart template files (`.yaml`,
-/// `.yml`, `.tpl` below a chart's `templates/`) into `templates`. Helmfiles
-/// (`helmfiles/`) are Go templates of releases, not of manifests: skipped.
+/// YAML files below `dir` into `out`, a chart's `templates/` files (`.yaml`, `.yml`, `.tpl`)
+/// into `templates`. `helmfiles/` (Go templates of releases, not manifests) is skipped.
 fn collect_yaml(
     dir: &Path,
     in_templates: bool,
@@ -152,16 +144,14 @@ fn collect_yaml(
     Ok(())
 }
 
-/// What a template action becomes when a template is read as YAML: a plain
-/// word no key contains, so a key the template builds is recognised.
+/// A template action read as YAML: a word no key contains, so built keys are recognised.
 const TEMPLATED: &str = "__templated__";
 
 fn templated(s: &str) -> bool {
     s.contains(TEMPLATED)
 }
 
-/// Reads a chart template statically: the ExternalSecrets written in it
-/// with literal keys. Never fails: what cannot be read is left for `--render`.
+/// A chart template's ExternalSecrets with literal keys; never fails (the rest is for `--render`).
 pub(crate) fn scan_template(text: &str, file: &str, out: &mut Vec<ExternalSecret>) {
     let yaml = blank_actions(text);
     let mut found = Vec::new();
@@ -171,8 +161,7 @@ pub(crate) fn scan_template(text: &str, file: &str, out: &mut Vec<ExternalSecret
     }
 }
 
-/// Drops the references whose key the template builds; `None` when none
-/// is left. A store the template names counts as ours (conservative).
+/// Drops the references with built keys (`None` if none is left); a built store counts as ours.
 fn literal_only(mut es: ExternalSecret) -> Option<ExternalSecret> {
     es.refs.retain(|r| !templated(&r.key) && !r.key.is_empty());
     if es.refs.is_empty() {
@@ -198,9 +187,8 @@ fn literal_only(mut es: ExternalSecret) -> Option<ExternalSecret> {
     Some(es)
 }
 
-/// The template with every action blanked, keeping line numbers: a line of
-/// only actions (`{{- end }}`) becomes empty, an action inside a line
-/// becomes [`TEMPLATED`].
+/// Every action blanked, keeping line numbers: a line of only actions becomes empty, an action
+/// inside a line [`TEMPLATED`].
 fn blank_actions(text: &str) -> String {
     const MARK: char = '\u{1}';
     static ACTION: LazyLock<regex_lite::Regex> =
@@ -232,10 +220,8 @@ impl Block {
     }
 }
 
-/// Where a blanked template is not YAML (or not ESO's): every literal
-/// `remoteRef.key` (block or flow form), one ExternalSecret per document.
-/// The property reads as the YAML path reads it: `None` when absent,
-/// `value` when templated.
+/// Where a blanked template is not YAML: every literal `remoteRef.key` (block or flow form), one
+/// ExternalSecret per document; properties read as the YAML path reads them.
 fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
     let ctx = Ctx::file(file);
     let unquote = |v: &str| {
@@ -278,8 +264,7 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
                 refs.push(ctx.data_ref(key, field("property").and_then(property_of), n));
             }
         } else if remote.is_some() {
-            let (key, property) = (None, None);
-            block = Some(Block { indent, key, property });
+            block = Some(Block { indent, key: None, property: None });
         } else if let Some(Block { key, property, .. }) = &mut block {
             if let Some(k) = body.strip_prefix("key:").map(unquote).filter(literal) {
                 *key = Some((k, n));
@@ -293,8 +278,7 @@ fn literal_refs(text: &str, file: &str) -> Vec<ExternalSecret> {
     out
 }
 
-/// Scans one file's text. `values` also reads ExternalSecret-shaped entries
-/// in Helm values (not only manifests).
+/// Scans one file's text; `values` also reads ExternalSecret-shaped entries in Helm values.
 pub fn scan_text(
     text: &str,
     file: &str,
@@ -311,18 +295,14 @@ fn scan_docs(text: &str, ctx: &Ctx, values: bool, out: &mut Vec<ExternalSecret>)
     let docs =
         parse_documents(text).map_err(|e| anyhow!("{file}:{e}: malformed YAML; fix the file"))?;
     for doc in docs {
-        let line = doc.line();
-        if let Some(api) = doc.str_at("apiVersion") {
-            let kind = doc.str_at("kind").unwrap_or("");
-            if api.starts_with(ESO_GROUP) {
-                if !ESO_VERSIONS.contains(&api) {
-                    bail!(
-                        "{file}:{line}: unknown apiVersion {api:?} for {kind}: use external-secrets.io/v1 (or v1beta1)"
-                    );
-                }
-                if !ESO_KINDS.contains(&kind) {
-                    bail!("{file}:{line}: unknown kind {kind:?} in {api}");
-                }
+        let (line, kind) = (doc.line(), doc.str_at("kind").unwrap_or(""));
+        match doc.str_at("apiVersion") {
+            Some(api) if api.starts_with(ESO_GROUP) => {
+                ensure!(
+                    ESO_VERSIONS.contains(&api),
+                    "{file}:{line}: unknown apiVersion {api:?} for {kind}: use external-secrets.io/v1 (or v1beta1)"
+                );
+                ensure!(ESO_KINDS.contains(&kind), "{file}:{line}: unknown kind {kind:?} in {api}");
                 let spec = match kind {
                     "ExternalSecret" => doc.get("spec"),
                     "ClusterExternalSecret" => {
@@ -331,22 +311,20 @@ fn scan_docs(text: &str, ctx: &Ctx, values: bool, out: &mut Vec<ExternalSecret>)
                     _ => continue,
                 };
                 out.push(manifest_es(&doc, spec, ctx)?);
-                continue;
             }
-            if doc.get("kind").is_some() {
-                continue; // some other Kubernetes object
+            // Some other Kubernetes object.
+            Some(_) if doc.get("kind").is_some() => {}
+            _ if values => {
+                let store = doc.str_at("storeName").unwrap_or(STORE_NAME);
+                walk_values(&doc, ctx, store, &mut Vec::new(), out);
             }
-        }
-        if values {
-            let store = doc.str_at("storeName").unwrap_or(STORE_NAME);
-            walk_values(&doc, ctx, store, &mut Vec::new(), out);
+            _ => {}
         }
     }
     Ok(())
 }
 
-/// Where references are read: the file (as reports name it), and the
-/// release and environment of a rendered one.
+/// Where references are read: the file as shown, and a rendered one's release and environment.
 struct Ctx<'a> {
     file: &'a str,
     release: Option<&'a str>,
@@ -355,20 +333,15 @@ struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     fn file(file: &'a str) -> Self {
-        let (release, env) = (None, None);
-        Ctx { file, release, env }
+        Ctx { file, release: None, env: None }
     }
 
     fn loc(&self, line: usize) -> Location {
-        let file = self.file.to_string();
-        Location { file, line }
+        Location { file: self.file.to_string(), line }
     }
 
     fn data_ref(&self, key: String, property: Option<String>, line: usize) -> KeyRef {
-        let secret_key = None;
-        let at = self.loc(line);
-        let kind = RefKind::Data { property, secret_key };
-        KeyRef { key, kind, at }
+        KeyRef { key, kind: RefKind::Data { property, secret_key: None }, at: self.loc(line) }
     }
 
     fn es(&self, name: String, store: String, line: usize, refs: Vec<KeyRef>) -> ExternalSecret {
@@ -389,21 +362,15 @@ fn string(node: &Node, key: &str) -> Option<String> {
     node.str_at(key).map(String::from)
 }
 
-/// `Kind/name` of the store `node`'s `secretStoreRef` names, or the defaults.
 fn store_of(node: &Node, default_kind: &str, default_name: &str) -> String {
-    let store_ref = node.get("secretStoreRef");
-    let field = |name: &str| store_ref.and_then(|s| s.str_at(name));
-    let (kind, name) =
-        (field("kind").unwrap_or(default_kind), field("name").unwrap_or(default_name));
-    format!("{kind}/{name}")
+    let field = |name: &str| node.get("secretStoreRef").and_then(|s| s.str_at(name));
+    format!("{}/{}", field("kind").unwrap_or(default_kind), field("name").unwrap_or(default_name))
 }
 
 fn manifest_es(doc: &Node, spec: Option<&Rc<Node>>, ctx: &Ctx) -> Result<ExternalSecret> {
     let (meta, line) = (doc.get("metadata"), doc.line());
     let name = meta.and_then(|m| m.str_at("name")).unwrap_or("(unnamed)");
-    let Some(spec) = spec else {
-        bail!("{}:{line}: ExternalSecret {name} has no spec", ctx.file);
-    };
+    let Some(spec) = spec else { bail!("{}:{line}: ExternalSecret {name} has no spec", ctx.file) };
     let store = store_of(spec, "SecretStore", "(none)");
     let mut es = ctx.es(name.into(), store, line, spec_refs(spec, ctx));
     es.namespace = meta.and_then(|m| string(m, "namespace"));
@@ -417,8 +384,7 @@ fn spec_refs(spec: &Node, ctx: &Ctx) -> Vec<KeyRef> {
     items.flat_map(|item| item_refs(item, ctx)).collect()
 }
 
-/// The references of one `data[]` or `dataFrom[]` item (or of a bare
-/// mapping in values): `remoteRef`, `extract`, `find.name.regexp`.
+/// The references of one `data[]` or `dataFrom[]` item, or of a bare mapping in values.
 fn item_refs(item: &Node, ctx: &Ctx) -> Vec<KeyRef> {
     let mut refs = Vec::new();
     let mut add = |key: Option<&Rc<Node>>, kind| {
@@ -440,9 +406,8 @@ fn item_refs(item: &Node, ctx: &Ctx) -> Vec<KeyRef> {
     refs
 }
 
-/// Walks Helm values for ExternalSecret-shaped entries. An entry is the
-/// nearest mapping with a `name`; refs outside any entry are named by their
-/// values path.
+/// Walks Helm values for ExternalSecret-shaped entries (the nearest mapping with a `name`); refs
+/// outside any entry are named by their values path.
 fn walk_values(
     node: &Rc<Node>,
     ctx: &Ctx,
@@ -484,13 +449,12 @@ fn walk_values(
     }
 }
 
-/// Renders every helmfile in `infra/helmfiles` for `env` with the real
-/// helmfile (offline: local charts only) and scans the ExternalSecrets.
+/// Renders every helmfile in `infra/helmfiles` for `env` (local charts only) and scans the result.
 pub(crate) fn scan_rendered(
     infra: &Path,
     base: &Path,
     env: &str,
-    path_env: &std::ffi::OsStr,
+    path_env: &OsStr,
 ) -> Result<Scan> {
     let helmfiles_dir = infra.join("helmfiles");
     let mut helmfiles: Vec<PathBuf> = std::fs::read_dir(&helmfiles_dir)
@@ -501,10 +465,8 @@ pub(crate) fn scan_rendered(
         .collect();
     helmfiles.sort();
     // The rendered manifests and helm's cache (beside them), removed however this ends.
-    let scratch = tempfile::Builder::new()
-        .prefix("xtask-render-")
-        .tempdir()
-        .context("creating a temp folder to render into")?;
+    let scratch = tempfile::Builder::new().prefix("xtask-render-").tempdir();
+    let scratch = scratch.context("creating a temp folder to render into")?;
     let out_dir = scratch.path().join("out");
     let mut scan = Scan { mode: "rendered", ..Scan::default() };
     for helmfile in &helmfiles {
@@ -532,8 +494,7 @@ pub(crate) fn scan_rendered(
     Ok(scan)
 }
 
-/// The ExternalSecrets to check: static or rendered, plus the contract,
-/// which always counts.
+/// The ExternalSecrets to check: static or rendered, plus the contract, which always counts.
 pub(crate) fn collect(cfg: &Config, infra: &Path, env: &str, render: bool) -> Result<Scan> {
     let root = &cfg.root;
     if !render {
@@ -563,34 +524,6 @@ mod tests {
     fn keys(es: &[ExternalSecret]) -> Vec<(&str, usize)> {
         let refs = es.iter().flat_map(|e| &e.refs);
         refs.map(|r| (r.key.as_str(), r.at.line)).collect()
-    }
-
-    #[test]
-    fn reads_manifest_refs_with_lines() {
-        let text = "apiVersion: external-secrets.io/v1
-kind: ExternalSecret
-metadata: {name: graph-db, namespace: ameide}
-spec:
-  secretStoreRef: {kind: ClusterSecretStore, name: ameide-vault}
-  target: {name: graph-db-credentials}
-  data:
-    - secretKey: password
-      remoteRef: {key: graph-db-password, property: value}
-  dataFrom:
-    - extract: {key: graph-config}
-    - find: {name: {regexp: \"^graph-\"}}
-";
-        let es = scan(text, false).unwrap();
-        assert!(es[0].in_scope() && !is_our_store("SecretStore/ameide-vault"));
-        assert_eq!(es[0].display_name(), "ameide/graph-db");
-        assert_eq!(es[0].target.as_deref(), Some("graph-db-credentials"));
-        let want = [("graph-db-password", 9), ("graph-config", 11), ("^graph-", 12)];
-        assert_eq!(keys(&es), want);
-        let kinds: Vec<&RefKind> = es[0].refs.iter().map(|r| &r.kind).collect();
-        let data =
-            RefKind::Data { property: Some("value".into()), secret_key: Some("password".into()) };
-        let extract = RefKind::Extract { property: None };
-        assert_eq!(kinds, [&data, &extract, &RefKind::Find]);
     }
 
     #[test]
@@ -634,10 +567,8 @@ realmImport:
 
     #[test]
     fn the_line_by_line_search_reads_properties_as_the_yaml_path_does() {
-        // Not YAML (an unclosed flow sequence): searched line by line. A
-        // remoteRef without a property has none (check reports it), a
-        // templated one is assumed `value`, a literal one is kept, in either
-        // order and either form; a templated key is left for --render.
+        // Not YAML, so searched line by line: a missing property is none, a templated one `value`,
+        // in either order and form; a templated key is left for --render.
         let text = "kind: ExternalSecret\nspec:\n  data:\n    - secretKey: a\n      remoteRef:\n        key: no-property\n    - secretKey: b\n      remoteRef:\n        key: \"templated-property\"\n        property: {{ .p }}\n    - secretKey: c\n      remoteRef:\n        property: first\n        key: property-first\n    - secretKey: d\n      remoteRef:\n        key: {{ .k }}\n        property: not-for-another-key\n    - secretKey: e\n      remoteRef: {key: flow-no-property}\n    - secretKey: f\n      remoteRef: {key: flow-templated, property: {{ .p }}}\n  broken: [unclosed\n";
         let mut out = Vec::new();
         scan_template(text, "t.yaml", &mut out);
@@ -655,12 +586,5 @@ realmImport:
             ("flow-templated", 22, Some("value")),
         ];
         assert_eq!(props, want);
-    }
-
-    #[test]
-    fn blanking_keeps_line_numbers() {
-        let blanked =
-            blank_actions("a: 1\n{{- if x }}\nb: {{ .v }}-x\n{{/* multi\nline */}}\nc: 3\n{{ open");
-        assert_eq!(blanked, "a: 1\n\nb: __templated__-x\n\n\nc: 3\n");
     }
 }

@@ -66,8 +66,8 @@ pub(crate) fn run(flags: &flags::Seed, process: &Process) -> Result<()> {
 
     let started = Instant::now();
     let mut store = provider::open(&cfg, flags.allow_non_local.as_deref())?;
-    let quiet = flags.verbosity() == Verbosity::Quiet;
-    let verbose = flags.verbosity() == Verbosity::Verbose;
+    let (quiet, verbose) =
+        (flags.verbosity() == Verbosity::Quiet, flags.verbosity() == Verbosity::Verbose);
     // Text output that is not --quiet: the plan, progress and notes.
     let chatty = format == Format::Text && !quiet;
     let fixtures_shown = cfg.shown(&fixtures_path);
@@ -115,9 +115,7 @@ pub(crate) fn run(flags: &flags::Seed, process: &Process) -> Result<()> {
             println!("rendered {kind} manifests to {out} (mode 0600)");
         }
     }
-    let elapsed = started.elapsed();
-    let stats = store.stats();
-    let target = store.target();
+    let (elapsed, stats, target) = (started.elapsed(), store.stats(), store.target());
     drop(store);
 
     match format {
@@ -148,17 +146,13 @@ pub(crate) fn run(flags: &flags::Seed, process: &Process) -> Result<()> {
             }
             println!("dry run: nothing written");
         }
-        // Counts only: the error below names the cause and the names.
-        _ => println!(
-            "done in {:.2}s: {} written, {} unchanged, {} not written{}",
-            elapsed.as_secs_f64(),
-            result.written.len(),
-            counts.unchanged,
-            result.not_written.len(),
-            stats
-                .map(|(r, w, t)| format!(" ({r} requests, {w} writes, {t} retries)"))
-                .unwrap_or_default()
-        ),
+        _ => {
+            let (secs, written, not_written) =
+                (elapsed.as_secs_f64(), result.written.len(), result.not_written.len());
+            let stats = stats.map(|(r, w, t)| format!(" ({r} requests, {w} writes, {t} retries)"));
+            let (unchanged, stats) = (counts.unchanged, stats.unwrap_or_default());
+            println!("done in {secs:.2}s: {written} written, {unchanged} unchanged, {not_written} not written{stats}");
+        }
     }
     if let (Some(done), Format::Text) = (&eso_done, format) {
         if !done.written.is_empty() && !quiet {

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use anyhow::{anyhow, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 
 use crate::output::{capped, count, NAMES_SHOWN};
@@ -44,8 +44,7 @@ pub(crate) struct Item {
     pub name: String,
     pub action: Action,
     pub overridden: bool,
-    /// Output shows 8 hex digits only: a full, unsalted sha256 of a weak
-    /// value gives the value away to a dictionary.
+    /// 8 hex digits only: a full, unsalted sha256 of a weak value gives it away.
     #[serde(rename = "checksum", serialize_with = "short_checksum")]
     pub sha256: String,
     #[serde(rename = "current_checksum", serialize_with = "short_checksum_opt")]
@@ -70,13 +69,13 @@ pub(crate) fn plan(
 ) -> Vec<Item> {
     let plan_one = |entry: &crate::secrets::fixtures::Entry, c: &Current| {
         let wanted = Some(entry.sha256.as_str());
-        // A bare value where `{"value": ...}` belongs: rewrite it when it is
-        // the fixture's or the seed's own, else it is someone's.
+        // A bare value where `{"value": ...}` belongs: rewritten when the fixture's or the seed's.
         if c.raw_sha256.is_some() {
             let ours = c.raw_sha256.as_deref() == wanted || c.raw_sha256 == c.seeded_sha256;
-            return match ours || force {
-                true => Action::Update,
-                false => Action::Conflict(RAW_CONFLICT.to_string()),
+            return if ours || force {
+                Action::Update
+            } else {
+                Action::Conflict(RAW_CONFLICT.into())
             };
         }
         if c.sha256.as_deref() == wanted {
@@ -84,9 +83,11 @@ pub(crate) fn plan(
             return if stamped { Action::Unchanged } else { Action::Restamp };
         }
         // The seed may replace only what it wrote itself and nobody touched since.
-        match (c.sha256.is_some() && c.seeded_sha256 == c.sha256) || force {
-            true => Action::Update,
-            false => Action::Conflict(conflict_reason(c)),
+        let ours = c.sha256.is_some() && c.seeded_sha256 == c.sha256;
+        if ours || force {
+            Action::Update
+        } else {
+            Action::Conflict(conflict_reason(c))
         }
     };
     let items = desired.entries.iter().map(|(name, entry)| {
@@ -173,7 +174,6 @@ pub(crate) struct NotWritten {
     pub reason: String,
 }
 
-/// What a seed did: written, and not written with the reason.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SeedRun {
     pub written: Vec<String>,
@@ -193,16 +193,14 @@ impl SeedRun {
         for i in items {
             if let Action::Conflict(reason) = &i.action {
                 run.planned_conflicts.push(i.name.clone());
-                let (name, reason) = (i.name.clone(), reason.clone());
-                run.not_written.push(NotWritten { name, reason });
+                run.not_written.push(NotWritten { name: i.name.clone(), reason: reason.clone() });
             }
         }
         run
     }
 
-    /// Exit status: partial (3) when some writes failed after others landed,
-    /// failed (1) when nothing landed or conflicts remain, ok otherwise. The
-    /// cause first, then a line per kind of failure with at most 20 names.
+    /// Partial (exit 3) when some writes failed after others landed, failed
+    /// (1) when nothing landed or conflicts remain; the cause first.
     pub(crate) fn into_result(self) -> Result<()> {
         self.into_result_after_plan(false)
     }
@@ -258,24 +256,20 @@ impl SeedRun {
         if !conflicts.is_empty() && (!failed.is_empty() || !unstamped.is_empty()) {
             lines.push(format!("  {conflict_line}"));
         }
-        lines.extend(
-            (listed.iter().take(NAMES_SHOWN)).map(|n| format!("  {}: {}", n.name, n.reason)),
-        );
+        let shown = listed.iter().take(NAMES_SHOWN);
+        lines.extend(shown.map(|n| format!("  {}: {}", n.name, n.reason)));
         if let Some(hidden) = listed.len().checked_sub(NAMES_SHOWN).filter(|n| *n > 0) {
             lines.push(format!("  and {hidden} more conflicts"));
         }
-        let more = match self.not_written.len() + self.unstamped.len() > NAMES_SHOWN {
-            true => " `--output json` lists every name.",
-            false => "",
-        };
+        let many = self.not_written.len() + self.unstamped.len() > NAMES_SHOWN;
+        let more = if many { " `--output json` lists every name." } else { "" };
         let body = lines.join("\n");
         let cause = cause.unwrap_or_default();
         let (written, not_written) = (self.written.len(), self.not_written.len());
         if written > 0 && (!self.failed.is_empty() || !self.unstamped.is_empty()) {
-            let without = match self.unstamped.len() {
-                0 => String::new(),
-                n => format!(" ({n} without their checksum)"),
-            };
+            let n = self.unstamped.len();
+            let without =
+                if n > 0 { format!(" ({n} without their checksum)") } else { String::new() };
             return Err(PartialError(format!(
                 "partial seed: {cause}\n  {written} written{without}, {not_written} not written. Re-run the same \
                  command to finish: it writes only what is still missing, and records missing checksums.{more}\n\
@@ -285,12 +279,10 @@ impl SeedRun {
         }
         if !self.failed.is_empty() {
             let secrets = count(self.failed.len(), "secret", "secrets");
-            return Err(anyhow!(
-                "{cause}\n  {secrets} not written; the store is unchanged.{more}\n{body}"
-            ));
+            bail!("{cause}\n  {secrets} not written; the store is unchanged.{more}\n{body}");
         }
         let sep = if body.is_empty() { "" } else { "\n" };
-        Err(anyhow!("{conflict_line}{more}{sep}{body}"))
+        bail!("{conflict_line}{more}{sep}{body}")
     }
 }
 
@@ -304,9 +296,8 @@ fn cause_of(failed: &[&NotWritten]) -> Option<String> {
         .or_else(|| (!failed.is_empty()).then(|| NOT_ATTEMPTED.to_string()))
 }
 
-/// Names grouped by reason, the largest group first (then by reason). A
-/// reason naming its entry's path (`POST secret/data/<name> ...`) is grouped
-/// with the same reason for other entries.
+/// Names grouped by reason, largest group first; a reason naming its entry's path
+/// (`POST secret/data/<name> ...`) groups with the same reason for other entries.
 fn by_reason<'a>(entries: &[&'a NotWritten]) -> Vec<(String, Vec<&'a str>)> {
     let mut groups: BTreeMap<String, (&str, Vec<&str>)> = BTreeMap::new();
     for n in entries {
@@ -318,11 +309,10 @@ fn by_reason<'a>(entries: &[&'a NotWritten]) -> Vec<(String, Vec<&'a str>)> {
         group.1.push(&n.name);
     }
     // A reason only one entry gives is shown as it was said.
-    let mut out: Vec<(String, Vec<&str>)> = Vec::new();
-    for (generic, (first, names)) in groups {
-        let single = names.len() == 1 && generic != NOT_ATTEMPTED;
-        out.push((if single { first.to_string() } else { generic }, names));
-    }
+    let single = |generic: &String, names: &Vec<&str>| names.len() == 1 && generic != NOT_ATTEMPTED;
+    let mut out: Vec<(String, Vec<&str>)> = (groups.into_iter())
+        .map(|(g, (first, names))| (if single(&g, &names) { first.to_string() } else { g }, names))
+        .collect();
     out.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
     out
 }
@@ -351,16 +341,13 @@ pub(crate) fn plan_for(
     Ok(plan(desired, &current, force))
 }
 
-/// ESO's access to a Vault store, planned and applied in one go (`migrate`
-/// prints no plan): what it did, for the journal. `None` for other stores.
+/// ESO's access to a Vault store, planned and applied (`migrate` prints no plan): for the journal.
 pub(crate) fn ensure_eso_access(
     store: &dyn SecretProvider,
     cfg: &Config,
     env: &str,
 ) -> Result<Option<String>> {
-    let Some(http) = store.vault_http() else {
-        return Ok(None);
-    };
+    let Some(http) = store.vault_http() else { return Ok(None) };
     let names = eso_access::EsoNames::load(&cfg.root, env)?;
     let plan = eso_access::plan(http, &names, &cfg.kubeconfig)?;
     let done = eso_access::apply(http, &plan)?;
@@ -385,8 +372,7 @@ pub(crate) fn apply(
     items: &[Item],
 ) -> Result<SeedRun> {
     let mut run = SeedRun::planned(items);
-    let writes: Vec<Write<'_>> = items
-        .iter()
+    let writes: Vec<Write<'_>> = (items.iter())
         .filter(|i| matches!(i.action, Action::Create | Action::Update | Action::Restamp))
         .map(|i| Write {
             name: &i.name,
@@ -444,10 +430,7 @@ pub(crate) fn render_plan(items: &[Item], verbose: bool) -> String {
             }
             continue;
         }
-        let name = match i.overridden {
-            true => format!("{} (override)", i.name),
-            false => i.name.clone(),
-        };
+        let name = if i.overridden { format!("{} (override)", i.name) } else { i.name.clone() };
         let sha = fsutil::short(&i.sha256);
         let detail = match (&i.action, &i.current_sha256) {
             (Action::Update, Some(cur)) => format!("{} -> {sha}", fsutil::short(cur)),
@@ -491,7 +474,6 @@ mod tests {
         })
     }
 
-    /// A bare value where `{"value": ...}` belongs.
     fn raw(value: &str, seeded: Option<&str>) -> Option<Current> {
         let (raw_sha256, seeded_sha256) = (sha(value), seeded.and_then(sha));
         Some(Current { raw_sha256, seeded_sha256, ..Current::default() })
@@ -501,113 +483,70 @@ mod tests {
         pairs.into_iter().map(|(n, c)| (n.to_string(), c)).collect()
     }
 
+    /// (name, fixture value, store, action, action with --force, cas): bare values are rewritten
+    /// only when they are the fixture's or the seed's own.
     #[test]
     fn classifies_every_case() {
-        let desired = SecretSet::of(&[
-            ("new", "a"),
-            ("same", "b"),
-            ("stale", "c2"),
-            ("edited", "d"),
-            ("unstamped", "e"),
-            ("deleted", "f"),
-        ]);
         let deleted = Some(Current { version: Some(7), ..Current::default() });
-        let current = state(vec![
-            ("new", None),
-            ("same", cur("b", Some("b"), 3)),
-            ("stale", cur("c1", Some("c1"), 2)),
-            ("edited", cur("d-by-hand", Some("d-old"), 5)),
-            ("unstamped", cur("e", None, 1)),
-            ("deleted", deleted),
-        ]);
-        let items = plan(&desired, &current, false);
-        let got: Vec<_> =
-            (items.iter()).map(|i| (i.name.as_str(), i.action.label(), i.cas)).collect();
-        let want = [
-            ("deleted", "create", Some(7)),
-            ("edited", "conflict", Some(5)),
-            ("new", "create", Some(0)),
-            ("same", "unchanged", Some(3)),
-            ("stale", "update", Some(2)),
-            ("unstamped", "restamp", Some(1)),
+        let cases = [
+            ("new", "a", None, "create", "create", Some(0)),
+            ("same", "b", cur("b", Some("b"), 3), "unchanged", "unchanged", Some(3)),
+            ("stale", "c2", cur("c1", Some("c1"), 2), "update", "update", Some(2)),
+            ("edited", "d", cur("d-by-hand", Some("d-old"), 5), "conflict", "update", Some(5)),
+            ("unstamped", "e", cur("e", None, 1), "restamp", "restamp", Some(1)),
+            ("deleted", "f", deleted, "create", "create", Some(7)),
+            ("bare-fixture", "f", raw("f", None), "update", "update", None),
+            ("bare-seeded", "s2", raw("s1", Some("s1")), "update", "update", None),
+            ("bare-foreign", "x", raw("by-hand", None), "conflict", "update", None),
+            ("bare-stale-stamp", "t", raw("by-hand", Some("t-old")), "conflict", "update", None),
         ];
-        assert_eq!(got, want);
-        assert_eq!(plan(&desired, &current, true)[1].action, Action::Update);
-        let c = counts(&items);
-        let got = (c.create, c.update, c.unchanged, c.restamp, c.conflict);
-        assert_eq!(got, (2, 1, 1, 1, 1));
+        let desired = SecretSet::of(&cases.iter().map(|c| (c.0, c.1)).collect::<Vec<_>>());
+        let current = state(cases.iter().map(|c| (c.0, c.2.clone())).collect());
+        for force in [false, true] {
+            for i in plan(&desired, &current, force) {
+                let (.., action, forced, cas) = cases.iter().find(|c| c.0 == i.name).unwrap();
+                let want = if force { forced } else { action };
+                assert_eq!((i.action.label(), i.cas), (*want, *cas), "{} {force}", i.name);
+                if let (Action::Conflict(reason), "bare-foreign") = (&i.action, i.name.as_str()) {
+                    assert!(
+                        reason.contains("bare value") && !reason.contains("by-hand"),
+                        "{reason}"
+                    );
+                }
+            }
+        }
+        let c = counts(&plan(&desired, &current, false));
+        assert_eq!((c.create, c.update, c.unchanged, c.restamp, c.conflict), (2, 3, 1, 1, 3));
     }
 
-    #[test]
-    fn bare_values_are_rewritten_only_when_ours_or_forced() {
-        let desired = SecretSet::of(&[
-            ("fixture", "f"),
-            ("seeded", "s2"),
-            ("foreign", "x"),
-            ("stale-stamp", "t"),
-        ]);
-        let current = state(vec![
-            ("fixture", raw("f", None)),
-            ("seeded", raw("s1", Some("s1"))),
-            ("foreign", raw("by-hand", None)),
-            ("stale-stamp", raw("by-hand", Some("t-old"))),
-        ]);
-        let items = plan(&desired, &current, false);
-        let labels: Vec<_> = (items.iter()).map(|i| (i.name.as_str(), i.action.label())).collect();
-        let want = [
-            ("fixture", "update"),
-            ("foreign", "conflict"),
-            ("seeded", "update"),
-            ("stale-stamp", "conflict"),
-        ];
-        assert_eq!(labels, want);
-        let forced = plan(&desired, &current, true);
-        assert!(forced.iter().all(|i| i.action == Action::Update));
-        let Action::Conflict(reason) = &items[1].action else { panic!("expected a conflict") };
-        assert!(reason.contains("bare value") && !reason.contains("by-hand"), "{reason}");
-    }
-
-    /// Every output built from a plan (the JSON of its items, the text
-    /// plan, conflict reasons, the run's error) over known values: none
-    /// holds a value, its full sha256, or any hex run longer than the 8
-    /// digits output shows.
+    /// No output built from a plan (its items' JSON, the text plan, conflict reasons, the run's
+    /// error) holds a value or more of a sha256 than the 8 digits shown.
     #[test]
     fn no_output_carries_a_value_or_a_full_digest() {
         use crate::secrets::provider::SEEDED_ANOTHER_VALUE;
 
-        let values = [
-            "canary-create",
-            "canary-fixture-2",
-            "canary-seeded-1",
-            "canary-same",
-            "canary-hand-edit",
-            "canary-last-seeded",
-            "canary-restamp",
-            "canary-bare",
-            "canary-v1-hand-edit",
-        ];
+        let fixture = "canary-fixture";
         let desired = SecretSet::of(&[
-            ("created", values[0]),
-            ("updated", values[1]),
-            ("same", values[3]),
-            ("edited", values[1]),
-            ("restamped", values[6]),
-            ("bare", values[1]),
-            ("v1-edited", values[1]),
-            ("no-value", values[1]),
+            ("created", "canary-create"),
+            ("updated", fixture),
+            ("same", "canary-same"),
+            ("edited", fixture),
+            ("restamped", "canary-restamp"),
+            ("bare", fixture),
+            ("v1-edited", fixture),
+            ("no-value", fixture),
         ]);
-        let v1_edited = Some(Current {
-            seeded_sha256: Some(SEEDED_ANOTHER_VALUE.to_string()),
-            ..cur(values[8], None, 0).unwrap()
-        });
+        let seeded = Some(SEEDED_ANOTHER_VALUE.to_string());
+        let v1_edited =
+            Some(Current { seeded_sha256: seeded, ..cur("canary-v1-edit", None, 0).unwrap() });
         let no_value = Some(Current { properties: vec!["password".into()], ..Current::default() });
         let current = state(vec![
             ("created", None),
-            ("updated", cur(values[2], Some(values[2]), 2)),
-            ("same", cur(values[3], Some(values[3]), 1)),
-            ("edited", cur(values[4], Some(values[5]), 4)),
-            ("restamped", cur(values[6], None, 1)),
-            ("bare", raw(values[7], None)),
+            ("updated", cur("canary-seeded-1", Some("canary-seeded-1"), 2)),
+            ("same", cur("canary-same", Some("canary-same"), 1)),
+            ("edited", cur("canary-hand-edit", Some("canary-last-seeded"), 4)),
+            ("restamped", cur("canary-restamp", None, 1)),
+            ("bare", raw("canary-bare", None)),
             ("v1-edited", v1_edited),
             ("no-value", no_value),
         ]);
@@ -618,8 +557,6 @@ mod tests {
             assert!(conflicts != force);
             outputs.push(serde_json::to_string_pretty(&items).unwrap());
             outputs.push(render_plan(&items, true));
-            outputs.push(render_plan(&items, false));
-            outputs.push(counts_line(&counts(&items)));
             let run = SeedRun::planned(&items);
             outputs.push(serde_json::to_string(&run.not_written).unwrap());
             if let Err(e) = run.into_result() {
@@ -627,18 +564,12 @@ mod tests {
             }
         }
         let all = outputs.join("\n");
-        assert!(all.contains("\"checksum\""), "{all}");
-        for value in values {
-            assert!(!all.contains(value), "the value {value} leaks:\n{all}");
-            let digest = sha256_hex(value.as_bytes());
-            let more_than_shown = &digest[..9];
-            assert!(!all.contains(more_than_shown), "more than 8 hex of {value}'s sha256:\n{all}");
-        }
+        assert!(all.contains("\"checksum\"") && !all.contains("canary"), "{all}");
         let hex_runs = all.split(|c: char| !c.is_ascii_hexdigit());
         let longest = hex_runs.map(str::len).max().unwrap_or(0);
         assert!(longest <= 8, "a hex run of {longest} digits:\n{all}");
         // The 8-digit prefix is what output shows, the store's in a conflict's reason too.
-        for shown in [values[1], values[4]] {
+        for shown in [fixture, "canary-hand-edit"] {
             assert!(all.contains(&sha256_hex(shown.as_bytes())[..8]), "{all}");
         }
     }
@@ -654,7 +585,6 @@ mod tests {
         }
     }
 
-    /// Snapshot of the human plan: names and short checksums only.
     #[test]
     fn plan_snapshot() {
         let conflict = Action::Conflict("changed outside the seed".into());
@@ -672,40 +602,11 @@ mod tests {
   (1 unchanged; --verbose lists them)
 ";
         assert_eq!(render_plan(&items, false), expected);
-        for secret in ["new-url", "old-url", "kc", "pw"] {
-            assert!(!render_plan(&items, true).contains(&format!(" {secret}\n")));
-        }
         assert!(render_plan(&items, true).contains("unchanged  redis-password"));
     }
 
     fn nw(name: &str, reason: &str) -> NotWritten {
-        let (name, reason) = (name.into(), reason.into());
-        NotWritten { name, reason }
-    }
-
-    const UNREACHABLE: &str =
-        "cannot reach Vault at http://127.0.0.1:9 (Connection refused). Is it running?";
-
-    /// A run killed mid-way: the cause first, counts, at most 20 names a
-    /// line, no name twice, and the skipped writes not blamed for it.
-    #[test]
-    fn partial_error_snapshot() {
-        let mut run = SeedRun {
-            written: (0..30).map(|i| format!("done-{i:02}")).collect(),
-            ..SeedRun::default()
-        };
-        for i in 0..40 {
-            let name = format!("k-{i:02}");
-            run.not_written.push(nw(&name, if i < 3 { UNREACHABLE } else { NOT_ATTEMPTED }));
-            run.failed.push(name);
-        }
-        let err = run.into_result().unwrap_err();
-        assert!(err.downcast_ref::<PartialError>().is_some());
-        let expected = "partial seed: cannot reach Vault at http://127.0.0.1:9 (Connection refused). Is it running?
-  30 written, 40 not written. Re-run the same command to finish: it writes only what is still missing, and records missing checksums. `--output json` lists every name.
-  not written, for that reason (3): k-00, k-01, k-02
-  not written, not attempted after that failure (37): k-03, k-04, k-05, k-06, k-07, k-08, k-09, k-10, k-11, k-12, k-13, k-14, k-15, k-16, k-17, k-18, k-19, k-20, k-21, k-22, and 17 more";
-        assert_eq!(err.to_string(), expected);
+        NotWritten { name: name.into(), reason: reason.into() }
     }
 
     #[test]
@@ -750,18 +651,6 @@ mod tests {
              own values in .local/secrets/overrides.json, or overwrite with --force.
   raced: changed by someone else between the read and the write"
         );
-        let hiccup = "PATCH secret/metadata/a failed with HTTP 500: storage hiccup";
-        let run = SeedRun {
-            written: vec!["a".into(), "b".into()],
-            unstamped: vec![nw("a", hiccup)],
-            ..SeedRun::default()
-        };
-        assert_eq!(
-            run.into_result().unwrap_err().to_string(),
-            "partial seed: PATCH secret/metadata/a failed with HTTP 500: storage hiccup
-  2 written (1 without their checksum), 0 not written. Re-run the same command to finish: it writes only what is still missing, and records missing checksums.
-  written without their checksum, for that reason (1): a"
-        );
     }
 
     #[test]
@@ -777,19 +666,5 @@ mod tests {
         let want = [(timed_out, vec!["a-1", "a-2"]), (NOT_ATTEMPTED.to_string(), vec!["a"])];
         assert_eq!(by_reason(&refs), want);
         assert_eq!(generic_reason("x /a-1 /a /a)", "a"), "x /a-1 /<name> /<name>)");
-    }
-
-    /// Without --verbose, at most 20 entries per action in the plan.
-    #[test]
-    fn long_plans_are_capped_per_action() {
-        let items: Vec<Item> = (0..25)
-            .map(|i| item(&format!("new-{i:02}"), Action::Create, "v", None))
-            .chain((0..3).map(|i| item(&format!("old-{i}"), Action::Update, "n", Some("o"))))
-            .collect();
-        let text = render_plan(&items, false);
-        assert_eq!(text.lines().count(), 20 + 3 + 1, "{text}");
-        assert!(text.contains("  create     new-19") && !text.contains("new-20"), "{text}");
-        assert!(text.ends_with("  (and 5 more create; --verbose lists them)\n"), "{text}");
-        assert_eq!(render_plan(&items, true).lines().count(), 28);
     }
 }
