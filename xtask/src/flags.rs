@@ -105,25 +105,21 @@ pub(crate) enum Verbosity {
     Verbose,
 }
 
-fn verbosity(quiet: bool, verbose: bool) -> Verbosity {
-    match (quiet, verbose) {
-        (true, _) => Verbosity::Quiet,
-        (_, true) => Verbosity::Verbose,
-        _ => Verbosity::Normal,
-    }
+/// `verbosity()` of the commands with `-q` and `-v`.
+macro_rules! verbosity {
+    ($($cmd:ident),+) => {$(
+        impl $cmd {
+            pub(crate) fn verbosity(&self) -> Verbosity {
+                match (self.quiet, self.verbose) {
+                    (true, _) => Verbosity::Quiet,
+                    (_, true) => Verbosity::Verbose,
+                    _ => Verbosity::Normal,
+                }
+            }
+        }
+    )+};
 }
-
-impl Seed {
-    pub(crate) fn verbosity(&self) -> Verbosity {
-        verbosity(self.quiet, self.verbose)
-    }
-}
-
-impl Check {
-    pub(crate) fn verbosity(&self) -> Verbosity {
-        verbosity(self.quiet, self.verbose)
-    }
-}
+verbosity!(Seed, Check);
 
 impl Xtask {
     /// What xflags cannot check: flags that contradict each other, need

@@ -50,20 +50,18 @@ pub struct UsageError(pub String);
 #[derive(Debug)]
 pub struct PartialError(pub String);
 
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+/// Each error shows its message as is.
+macro_rules! message_errors {
+    ($($error:ident),+) => {$(
+        impl std::fmt::Display for $error {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::error::Error for $error {}
+    )+};
 }
-
-impl std::fmt::Display for PartialError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-impl std::error::Error for PartialError {}
+message_errors!(UsageError, PartialError);
 
 /// Shorthand for returning a [`UsageError`].
 #[macro_export]

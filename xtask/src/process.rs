@@ -50,13 +50,8 @@ impl Tool {
         self
     }
 
-    pub(crate) fn args<I, S>(mut self, args: I) -> Tool
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        let args = args.into_iter().map(|a| a.as_ref().to_owned());
-        self.args.extend(args);
+    pub(crate) fn args(mut self, args: impl IntoIterator<Item = impl AsRef<OsStr>>) -> Tool {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
@@ -66,18 +61,15 @@ impl Tool {
     }
 
     pub(crate) fn env(mut self, name: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Tool {
-        let (name, value) = (name.as_ref().to_owned(), value.as_ref().to_owned());
-        self.env.push((name, value));
+        self.env.push((name.as_ref().to_owned(), value.as_ref().to_owned()));
         self
     }
 
-    /// Kill the child and fail when it runs longer than this.
     pub(crate) fn deadline(mut self, deadline: Duration) -> Tool {
         self.deadline = deadline;
         self
     }
 
-    /// What to do when the program is not installed.
     pub(crate) fn install_hint(mut self, hint: impl Into<String>) -> Tool {
         self.install_hint = Some(hint.into());
         self
@@ -89,8 +81,7 @@ impl Tool {
         self
     }
 
-    /// Linux: SIGTERM to the child when the thread that starts it ends, even
-    /// by SIGKILL. Elsewhere only [`Running`]'s drop stops it.
+    /// Linux: SIGTERM to the child when the thread that starts it ends (even by SIGKILL).
     pub(crate) fn die_with_parent(mut self) -> Tool {
         self.die_with_parent = true;
         self
@@ -106,14 +97,12 @@ impl Tool {
     /// `program arg arg ...` for messages (arguments never hold values).
     pub(crate) fn display(&self) -> String {
         let words = std::iter::once(&self.program).chain(&self.args);
-        let words: Vec<_> = words.map(|w| w.to_string_lossy()).collect();
-        words.join(" ")
+        words.map(|w| w.to_string_lossy()).collect::<Vec<_>>().join(" ")
     }
 
     fn expression(&self) -> duct::Expression {
         #[allow(clippy::disallowed_methods)] // The one place that builds a duct expression.
-        let mut e = duct::cmd(&self.program, &self.args).unchecked();
-        e = e.stdin_null();
+        let mut e = duct::cmd(&self.program, &self.args).unchecked().stdin_null();
         if let Some(dir) = &self.dir {
             e = e.dir(dir);
         }
@@ -158,8 +147,7 @@ impl Tool {
             _ => "no output".to_string(),
         };
         let (shown, within) = (self.display(), seconds(self.deadline));
-        let hint = self.timeout_hint.as_deref();
-        let hint = hint.unwrap_or("Run it by hand to see where it hangs.");
+        let hint = self.timeout_hint.as_deref().unwrap_or("Run it by hand to see where it hangs.");
         bail!("`{shown}` did not finish within {within} and was stopped (it said: {said}). {hint}")
     }
 
@@ -205,8 +193,7 @@ impl Tool {
                 let _ = tx.send(line);
             }
         });
-        let lines = rx;
-        Ok(Running { reader, last, lines })
+        Ok(Running { reader, last, lines: rx })
     }
 }
 
@@ -236,7 +223,7 @@ impl Running {
         }
     }
 
-    /// How the child ended (`exit 1`, `killed by signal 13`), or `None` while it runs.
+    /// How the child ended ([`exit_text`]), or `None` while it runs.
     pub(crate) fn exit_status(&self) -> Option<String> {
         Some(exit_text(self.reader.try_wait().ok()??.status))
     }

@@ -123,22 +123,20 @@ pub(crate) fn run(flags: &flags::Tools, process: &Process) -> Result<()> {
 /// Installs whatever is missing; prints one line per tool.
 pub(crate) fn ensure_all(root: &Path) -> Result<()> {
     for tool in TOOLS {
+        let (name, version) = (tool.name, tool.version);
         let found = match locate(root, tool) {
             Some(found) => found,
             None if !(cfg!(target_os = "linux") && cfg!(target_arch = "x86_64")) => bail!(
                 "{name} {version} is pinned for linux x86_64 only. Install {name} {version} with your package \
-                 manager, put it on PATH, and check with `cargo xtask tools --check`.",
-                name = tool.name,
-                version = tool.version
+                 manager, put it on PATH, and check with `cargo xtask tools --check`."
             ),
             None => {
-                let (name, version) = (tool.name, tool.version);
                 let installing = || format!("installing {name} {version} into .tools/bin");
                 install(root, tool).with_context(installing)?;
                 Found::Pinned(pinned(root, tool))
             }
         };
-        eprintln!("{:<9} {:<8} {}", tool.name, tool.version, found.describe());
+        eprintln!("{name:<9} {version:<8} {}", found.describe());
     }
     Ok(())
 }
