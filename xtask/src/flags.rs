@@ -125,9 +125,7 @@ impl Xtask {
     /// What xflags cannot check: flags that contradict each other, need
     /// another, or name an `--output` the command does not print. Exit 2.
     pub(crate) fn validate(&self) -> anyhow::Result<()> {
-        let XtaskCmd::Secrets(secrets) = &self.subcommand else {
-            return Ok(());
-        };
+        let XtaskCmd::Secrets(secrets) = &self.subcommand else { return Ok(()) };
         const TEXT_JSON: &[Format] = &[Format::Text, Format::Json];
         let (quiet_verbose, output, formats) = match &secrets.subcommand {
             SecretsCmd::Seed(f) => {

@@ -41,9 +41,8 @@ pub(crate) fn ensure_tools(install: bool) -> Result<bool> {
             return Ok(false);
         }
         eprintln!("installing cargo-fuzz from crates.io ...");
-        cmd!(sh, "cargo install cargo-fuzz --locked --quiet")
-            .run()
-            .context("installing cargo-fuzz")?;
+        let install = cmd!(sh, "cargo install cargo-fuzz --locked --quiet");
+        install.run().context("installing cargo-fuzz")?;
     }
     Ok(true)
 }
@@ -69,8 +68,7 @@ pub(crate) fn run_targets(root: &Path, targets: &[&str], seconds: u64) -> Result
             )
         })?;
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let runs = stderr.lines().rev().find(|l| l.starts_with("Done "));
-        let runs = runs.unwrap_or("done");
+        let runs = stderr.lines().rev().find(|l| l.starts_with("Done ")).unwrap_or("done");
         eprintln!("fuzz {target}: {runs}");
     }
     Ok(())

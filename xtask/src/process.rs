@@ -1,8 +1,6 @@
-//! Every child process: on duct, with a deadline, drained pipes, the tool's
-//! own words on failure, and long-running children killed on drop. Never put
-//! a secret in [`Tool`]'s arguments or environment (pass a
-//! `fsutil::PrivateTempFile`); no child inherits our Vault token
-//! ([`TOKEN_VARS`]) unless given it with [`Tool::env`].
+//! Every child process: with a deadline, drained pipes, its stderr on failure,
+//! killed on drop. Never put a secret in a [`Tool`]'s arguments or environment
+//! (pass a `fsutil::PrivateTempFile`); no child inherits [`TOKEN_VARS`].
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
@@ -87,8 +85,7 @@ impl Tool {
         self
     }
 
-    /// Lines not kept for [`Running::last_lines`] (they still reach
-    /// [`Running::next_line`]), such as `Handling connection for N`.
+    /// Lines not kept for [`Running::last_lines`], such as `Handling connection for N`.
     pub(crate) fn noise(mut self, is_noise: fn(&str) -> bool) -> Tool {
         self.noise = Some(is_noise);
         self
@@ -131,8 +128,7 @@ impl Tool {
         }
     }
 
-    /// Runs to completion with both pipes captured, whatever the exit
-    /// status. Fails only when it cannot start or outlives its deadline.
+    /// Runs to completion, whatever the exit status; fails to start or past its deadline.
     pub(crate) fn output(&self) -> Result<Output> {
         let captured = self.expression().stdout_capture().stderr_capture();
         let handle = captured.start().map_err(|e| self.spawn_error(e))?;
@@ -197,8 +193,7 @@ impl Tool {
     }
 }
 
-/// What a [`Running`] child did next: a line, nothing within the time
-/// given, or it closed its output (exited, every line read).
+/// What a [`Running`] child did next: a line, nothing in time, or closed its output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Next {
     Line(String),
@@ -234,8 +229,7 @@ impl Running {
         tail(&Vec::from(last.clone()).join("\n"), TAIL_LINES)
     }
 
-    /// Kills the child and waits until every line is read: 2 s at most, as
-    /// a grandchild may hold the pipe open.
+    /// Kills the child and reads every line: 2 s at most (a grandchild may hold the pipe).
     pub(crate) fn stop(&mut self) {
         let _ = self.reader.kill();
         let until = Instant::now() + Duration::from_secs(2);
@@ -296,12 +290,9 @@ pub(crate) fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n  ")
 }
 
-/// Keeps a command that changes state running to its end and its real exit
-/// code when its output loses its reader (`| head`, a closed terminal).
-/// SIGHUP is ignored (children inherit that). Stdout and stderr are moved
-/// onto a pipe of ours whose thread copies to where they pointed and, once
-/// that fails, drops the rest, so `println!` never panics. Both on one file
-/// share one pipe, which keeps their order. Dropping it puts both back.
+/// Keeps a command that changes state running to its end when its output
+/// loses its reader (`| head`): SIGHUP is ignored, and stdout and stderr go
+/// through a pipe of ours whose thread drops what can no longer be written.
 pub(crate) struct FinishRegardless {
     copies: Vec<Copier>,
 }

@@ -28,9 +28,8 @@ pub(crate) fn run(flags: &flags::Test, process: &Process) -> Result<()> {
     let sh = Shell::new()?;
     sh.change_dir(root);
     sh.set_var("PATH", process.path_with_tools());
-    cmd!(sh, "cargo fmt --all -- --check")
-        .run()
-        .context("formatting differs: run `cargo fmt --all`")?;
+    let fmt = cmd!(sh, "cargo fmt --all -- --check");
+    fmt.run().context("formatting differs: run `cargo fmt --all`")?;
     let clippy = cmd!(sh, "cargo clippy --workspace --all-targets --quiet -- -D warnings");
     clippy.run().context("clippy found problems (see above)")?;
     let args = &flags.args;

@@ -168,9 +168,7 @@ fn pinned(root: &Path, tool: &Tool) -> PathBuf {
 /// Why [`locate`] found no usable tool: missing, or the wrong checksum.
 pub(crate) fn not_usable(root: &Path, tool: &Tool) -> String {
     let pinned = pinned(root, tool);
-    let Ok(got) = sha256_file(&pinned) else {
-        return "missing".to_string();
-    };
+    let Ok(got) = sha256_file(&pinned) else { return "missing".to_string() };
     let shown = project::shown_from(root, &pinned);
     let (got, want) = (short(&got), short(tool.sha256));
     format!("{shown} has the wrong sha256 ({got}, pinned {want})")

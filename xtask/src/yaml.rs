@@ -42,9 +42,7 @@ impl Node {
 
     /// The value under `key` in a mapping, honouring `<<` merge keys.
     pub(crate) fn get(&self, key: &str) -> Option<&Rc<Node>> {
-        let Node::Map(entries, _) = self else {
-            return None;
-        };
+        let Node::Map(entries, _) = self else { return None };
         if let Some((_, v)) = entries.iter().find(|(k, _)| k.as_str() == Some(key)) {
             return Some(v);
         }

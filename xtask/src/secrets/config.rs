@@ -1,9 +1,6 @@
-//! Effective configuration, and where each value came from. Precedence,
-//! highest first: flag; environment; the git-ignored `.local/secrets.toml`;
-//! the committed `secrets.toml`; built-in default. The Vault token may also
-//! come from `~/.vault-token`, never from a committed file. A path on the
-//! command line or in the environment is from the working directory; one in
-//! a config file is from the repository root.
+//! Effective configuration and each value's source: flag, environment,
+//! `.local/secrets.toml`, `secrets.toml`, built-in default (highest first).
+//! The Vault token may also come from `~/.vault-token`, never a committed file.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -58,8 +55,7 @@ impl<T> Setting<T> {
     }
 }
 
-/// One setting: its key in the config files, the flag and the environment
-/// variable that may set it, and its built-in default ("": none).
+/// A setting's key in the config files, flag, environment variable and default ("": none).
 type Key = (&'static str, &'static str, &'static str, &'static str);
 
 const LOCAL_CONTEXTS: &str =
@@ -168,8 +164,7 @@ pub(crate) struct Config {
     pub azure_vault_name: Option<Setting<String>>,
     pub local_contexts: Vec<String>,
     pub wait: Wait,
-    /// The kubeconfig files kubectl reads: `KUBECONFIG` (a `:`-separated
-    /// list), else `~/.kube/config`; empty when neither can be known.
+    /// The kubeconfig files kubectl reads: `KUBECONFIG`, else `~/.kube/config`.
     pub kubeconfig: Vec<PathBuf>,
     /// `PATH` with the pinned tools first: every child of `secrets` gets it.
     pub tools_path: std::ffi::OsString,
@@ -215,12 +210,9 @@ impl Config {
         let set = |key: &str| get(key).expect("a setting with a built-in default");
         let secs_at = |key: &str| secs(&set(key), key);
         // A path from a flag or the environment is from the working directory.
-        let path = |s: Setting<String>| Setting {
-            value: match s.source {
-                Source::Flag(_) | Source::Env(_) => process.cli_path(Path::new(&s.value)),
-                _ => PathBuf::from(&s.value),
-            },
-            source: s.source,
+        let path = |s: Setting<String>| {
+            let from_cli = matches!(s.source, Source::Flag(_) | Source::Env(_));
+            s.map(|v| if from_cli { process.cli_path(Path::new(&v)) } else { PathBuf::from(v) })
         };
 
         let provider = set("provider");
@@ -326,8 +318,7 @@ impl Config {
         shown_from(&self.root, &self.abs(p))
     }
 
-    /// Every setting of [`SETTINGS`], in its order: key, value as shown,
-    /// source. A token by its source only; an address without its password.
+    /// Every setting as key, value as shown, source: a token by its source only.
     pub(crate) fn describe(&self) -> Vec<(String, String, String)> {
         self.listing.clone()
     }
@@ -370,8 +361,7 @@ impl Config {
     }
 }
 
-/// A bad value's error: from a flag or the environment a usage error (exit
-/// 2); from a config file that file's error (exit 1). `msg` names the source.
+/// A bad value's error: from a flag or the environment a usage error (exit 2).
 fn bad_value(source: &Source, msg: String) -> anyhow::Error {
     if matches!(source, Source::Flag(_) | Source::Env(_)) {
         anyhow::Error::new(crate::UsageError(msg))
@@ -406,8 +396,7 @@ fn secs(s: &Setting<String>, key: &str) -> Result<Duration> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// A config file's settings by dotted key, each value as text (a list
-/// joined with `, `); a missing file has none; an unknown key is an error.
+/// A config file's settings by dotted key, as text; a missing file has none.
 fn read_file(path: &Path) -> Result<BTreeMap<String, String>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -562,9 +551,7 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 
-    /// A bad value names where it came from: from the environment it is a
-    /// usage error (exit 2), as a flag's is; from a config file that file's
-    /// error, and a token line is never quoted.
+    /// A bad value names its source: the environment's is a usage error; a token line is never quoted.
     #[test]
     fn bad_values_and_typos_are_named_with_their_source() {
         let root = scratch("bad-values");
@@ -598,24 +585,16 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 
+    /// A flag's path is from the working directory: it/paths.rs.
     #[test]
-    fn flag_paths_are_from_the_working_directory_and_shown_from_the_root() {
+    fn config_file_paths_are_from_the_root() {
         let root = scratch("paths");
         let text = "overrides = \"mine/overrides.json\"\n[file]\nstore = \"mine/store.json\"\n";
         write(&root, ".local/secrets.toml", text);
-        let cwd = std::env::current_dir().unwrap();
-        let fixtures = Some("../x.json".into());
-        let flags = FlagValues { fixtures, ..Default::default() };
-        let cfg = load(&root, &flags, &[]).unwrap();
-        assert_eq!(cfg.fixtures.value, normalize(&cwd.join("../x.json")));
-        assert!(!cfg.fixtures.value.starts_with(&root), "not from the root");
-        // Config file paths stay relative to the root.
+        let cfg = loaded(&root, &[]);
         assert_eq!(cfg.abs(&cfg.file_store.value), root.join("mine/store.json"));
         assert_eq!(cfg.shown(&cfg.overrides.value), "mine/overrides.json");
-        let unnormalized = root.join("infra/../scripts/a.json");
-        let shown = shown_from(&root, &unnormalized);
-        assert_eq!(shown, "infra/../scripts/a.json", "shown_from takes normalized paths");
-        assert_eq!(cfg.shown(&unnormalized), "scripts/a.json");
+        assert_eq!(cfg.shown(&root.join("infra/../scripts/a.json")), "scripts/a.json");
         assert_eq!(normalize(Path::new("/a/b/../c/./d")), Path::new("/a/c/d"));
         std::fs::remove_dir_all(&root).unwrap();
     }
