@@ -147,8 +147,7 @@ impl Xtask {
             crate::usage!("--quiet and --verbose contradict each other: pass one of them");
         }
         if let Some(format) = output.filter(|f| !formats.contains(f)) {
-            let names: Vec<&str> = formats.iter().map(|f| f.as_str()).collect();
-            let names = names.join(", ");
+            let names = formats.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", ");
             crate::usage!("--output {format} is not supported here: use {names}");
         }
         Ok(())

@@ -176,8 +176,7 @@ impl Tool {
         std::thread::spawn(move || {
             for line in BufReader::new(&*drained).split(b'\n') {
                 let Ok(line) = line else { break };
-                let line = String::from_utf8_lossy(&line);
-                let line = line.trim_end_matches('\r').to_string();
+                let line = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
                 if !noise.is_some_and(|is_noise| is_noise(&line)) {
                     let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
                     if kept.len() == TAIL_LINES {
@@ -282,8 +281,8 @@ pub(crate) fn exit_text(status: std::process::ExitStatus) -> String {
 
 /// The last `n` non-empty lines of `text`, joined for one message.
 pub(crate) fn tail(text: &str, n: usize) -> String {
-    let lines = text.lines().filter(|l| !l.trim().is_empty());
-    let lines: Vec<&str> = lines.map(str::trim_end).collect();
+    let lines: Vec<&str> =
+        text.lines().filter(|l| !l.trim().is_empty()).map(str::trim_end).collect();
     if lines.is_empty() {
         return "no output".to_string();
     }
@@ -441,8 +440,7 @@ mod tests {
         assert!(running.last_lines().contains("line "));
         let pid = running.reader.pids()[0];
         drop(running);
-        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
-        assert!(!alive, "the child outlived its handle");
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the child outlived it");
     }
 
     #[test]

@@ -252,8 +252,7 @@ fn check_sha256(path: &Path, want: &str) -> Result<()> {
 /// so later runs need not hash hundreds of megabytes again.
 fn fingerprint(bin: &Path) -> Option<(PathBuf, String)> {
     let meta = std::fs::metadata(bin).ok()?;
-    let mtime = meta.modified().ok()?;
-    let mtime = mtime.duration_since(std::time::UNIX_EPOCH).ok()?;
+    let mtime = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
     let name = bin.file_name()?.to_string_lossy();
     let stamp = bin.with_file_name(format!(".{name}.verified"));
     Some((stamp, format!("{} {}", meta.len(), mtime.as_nanos())))
@@ -261,8 +260,7 @@ fn fingerprint(bin: &Path) -> Option<(PathBuf, String)> {
 
 fn stamp(bin: &Path) -> Result<()> {
     let (path, fingerprint) = fingerprint(bin).context("reading the installed binary")?;
-    std::fs::write(path, fingerprint)?;
-    Ok(())
+    Ok(std::fs::write(path, fingerprint)?)
 }
 
 fn verified(bin: &Path, tool: &Tool) -> bool {

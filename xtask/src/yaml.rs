@@ -152,17 +152,14 @@ pub(crate) fn parse_documents(text: &str) -> Result<Vec<Rc<Node>>, YamlError> {
     })?;
     let empty = |d: &Rc<Node>| matches!(&**d, Node::Scalar(s, _) if s.is_empty() || s == "~");
     let docs: Vec<Rc<Node>> = builder.docs.into_iter().filter(|d| !empty(d)).collect();
-    match docs.iter().find(|doc| !within_budget(doc, &mut { NODE_BUDGET })) {
-        Some(bomb) => Err(YamlError {
-            line: bomb.line(),
-            col: 1,
-            message: format!(
-                "the document expands to more than {NODE_BUDGET} nodes through aliases (a YAML bomb?); \
-                 refusing to read it"
-            ),
-        }),
-        None => Ok(docs),
+    if let Some(bomb) = docs.iter().find(|doc| !within_budget(doc, &mut { NODE_BUDGET })) {
+        let message = format!(
+            "the document expands to more than {NODE_BUDGET} nodes through aliases (a YAML bomb?); \
+             refusing to read it"
+        );
+        return Err(YamlError { line: bomb.line(), col: 1, message });
     }
+    Ok(docs)
 }
 
 fn within_budget(node: &Node, budget: &mut usize) -> bool {

@@ -225,7 +225,10 @@ impl Config {
         let provider = provider.map(|_| kind);
         let Setting { value: kind, source } = &provider;
         if flags.mount.is_some() && *kind != ProviderKind::Vault {
-            crate::usage!("--mount is a Vault KV mount, and the provider is {kind} (from {source}): drop --mount, or use --provider vault");
+            crate::usage!(
+                "--mount is a Vault KV mount, and the provider is {kind} (from {source}): drop --mount, \
+                 or use --provider vault"
+            );
         }
         let concurrency = parsed::<usize>(&set("concurrency"), "concurrency", "1 to 256")?;
         let Setting { value: n, source } = &concurrency;
@@ -551,7 +554,7 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 
-    /// A bad value names its source: the environment's is a usage error; a token line is never quoted.
+    /// A bad value names its source; the environment's is a usage error.
     #[test]
     fn bad_values_and_typos_are_named_with_their_source() {
         let root = scratch("bad-values");
