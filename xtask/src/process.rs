@@ -292,9 +292,7 @@ pub(crate) fn tail(text: &str, n: usize) -> String {
 /// Keeps a command that changes state running to its end when its output
 /// loses its reader (`| head`): SIGHUP is ignored, and stdout and stderr go
 /// through a pipe of ours whose thread drops what can no longer be written.
-pub(crate) struct FinishRegardless {
-    copies: Vec<Copier>,
-}
+pub(crate) struct FinishRegardless(Vec<Copier>);
 
 /// The descriptors moved onto one pipe, the file they pointed to, and its copier.
 struct Copier {
@@ -325,7 +323,7 @@ pub(crate) fn finish_regardless() -> FinishRegardless {
         }
     };
     let copies = groups.into_iter().map(|(fds, file)| Copier::start(fds, file));
-    FinishRegardless { copies: copies.flatten().collect() }
+    FinishRegardless(copies.flatten().collect())
 }
 
 /// Whether stderr is (or, under [`finish_regardless`], was) a terminal.
@@ -344,8 +342,7 @@ impl Copier {
                 let _ = std::io::copy(&mut from, &mut std::io::sink());
             }
         })?;
-        // SAFETY: dup2 onto a standard descriptor of ours; on failure it
-        // keeps pointing where it did.
+        // SAFETY: dup2 onto our own standard descriptor; a failure leaves it as it was.
         let moved = |fd: &i32| unsafe { libc::dup2(writer.as_raw_fd(), *fd) } >= 0;
         let fds = fds.into_iter().filter(moved).collect();
         Ok(Copier { fds, original, thread })
@@ -355,16 +352,15 @@ impl Copier {
 impl Drop for FinishRegardless {
     fn drop(&mut self) {
         let _ = std::io::stdout().flush();
-        for copier in &self.copies {
+        for copier in &self.0 {
             for fd in &copier.fds {
-                // SAFETY: puts the standard descriptor back where it pointed,
-                // which closes our pipe's write end there.
+                // SAFETY: points the standard descriptor back, closing our pipe's end there.
                 unsafe { libc::dup2(copier.original.as_raw_fd(), *fd) };
             }
         }
         // A child that inherited the pipe could hold it open: wait 2 s at most.
         let until = Instant::now() + Duration::from_secs(2);
-        for copier in &self.copies {
+        for copier in &self.0 {
             while !copier.thread.is_finished() && Instant::now() < until {
                 std::thread::sleep(Duration::from_millis(5));
             }

@@ -88,7 +88,9 @@ pub(crate) fn flag_file(env: &str) -> PathBuf {
 
 /// The environments that have a layer 15 values file, sorted.
 pub(crate) fn environments(root: &Path) -> Vec<String> {
-    environment_dirs(&root.join(INFRA), |dir| dir.join("platform/15-secrets.values.yaml").is_file())
+    let mut envs = environment_folders(&root.join(INFRA));
+    envs.retain(|env| root.join(flag_file(env)).is_file());
+    envs
 }
 
 /// Refuses (exit 2) an `--env` with a path in it, and with `known_here` one
@@ -115,16 +117,11 @@ pub(crate) fn require_env(root: &Path, env: &str, known_here: bool) -> anyhow::R
 
 /// Every folder under an infra tree's `environments/`, sorted.
 pub(crate) fn environment_folders(infra: &Path) -> Vec<String> {
-    environment_dirs(infra, Path::is_dir)
-}
-
-/// The names of the entries under `infra/environments` that `keep`, sorted.
-fn environment_dirs(infra: &Path, keep: impl Fn(&Path) -> bool) -> Vec<String> {
     let mut envs: Vec<String> = std::fs::read_dir(infra.join("environments"))
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| keep(&e.path()))
+        .filter(|e| e.path().is_dir())
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
     envs.sort();

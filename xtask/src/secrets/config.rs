@@ -517,10 +517,8 @@ mod tests {
         let root = scratch("wait");
         let env = [(WAIT_ATTEMPTS, "7"), (WAIT_SLEEP, "0.5")];
         let cfg = loaded(&root, &env);
-        let wait = (cfg.wait.attempts, cfg.wait.sleep);
-        assert_eq!(wait, (7, Duration::from_millis(500)));
-        let wait_attempts = Some(3);
-        let mut flags = FlagValues { wait_attempts, ..Default::default() };
+        assert_eq!((cfg.wait.attempts, cfg.wait.sleep), (7, Duration::from_millis(500)));
+        let mut flags = FlagValues { wait_attempts: Some(3), ..Default::default() };
         let cfg = load(&root, &flags, &env).unwrap();
         assert_eq!(cfg.wait.attempts, 3);
         let listed = cfg.describe();
@@ -542,13 +540,11 @@ mod tests {
         assert!(!err.contains("s.committed"), "{err}");
 
         std::fs::remove_file(root.join("secrets.toml")).unwrap();
-        let home = root.join("home");
-        std::fs::create_dir_all(&home).unwrap();
-        write(&home, ".vault-token", "s.fromfile\n");
-        let cfg = loaded(&root, &[("HOME", home.to_str().unwrap())]);
+        write(&root, ".vault-token", "s.fromfile\n");
+        let cfg = loaded(&root, &[("HOME", root.to_str().unwrap())]);
         let token = cfg.vault_token.as_ref().unwrap();
         assert_eq!(token.value.expose(), "s.fromfile");
-        assert_eq!(token.source, Source::TokenFile(home.join(".vault-token")));
+        assert_eq!(token.source, Source::TokenFile(root.join(".vault-token")));
         let shown = format!("{:?} {:?}", cfg.describe(), cfg);
         assert!(!shown.contains("s.fromfile"), "{shown}");
         std::fs::remove_dir_all(&root).unwrap();
