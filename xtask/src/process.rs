@@ -150,10 +150,8 @@ impl Tool {
     /// Runs to completion and returns stdout; a non-zero exit is [`Tool::failure`].
     pub(crate) fn run(&self) -> Result<String> {
         let out = self.output()?;
-        if !out.status.success() {
-            return Err(self.failure(&out));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let stdout = || String::from_utf8_lossy(&out.stdout).into_owned();
+        out.status.success().then(stdout).ok_or_else(|| self.failure(&out))
     }
 
     /// The error for a finished call that failed: exit code and the tail of

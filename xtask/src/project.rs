@@ -40,14 +40,12 @@ impl Process {
     #[cfg(test)]
     pub(crate) fn with(root: &Path, cwd: &Path, vars: &[(&str, &str)]) -> Process {
         let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let (root, cwd) = (root.to_path_buf(), cwd.to_path_buf());
-        Process { root, cwd, vars }
+        Process { root: root.to_path_buf(), cwd: cwd.to_path_buf(), vars }
     }
 
     /// An environment variable; an empty one counts as unset.
     pub(crate) fn var(&self, name: &str) -> Option<&str> {
-        let value = self.vars.get(name)?;
-        (!value.is_empty()).then_some(value.as_str())
+        self.vars.get(name).map(String::as_str).filter(|v| !v.is_empty())
     }
 
     /// A path from the command line or the environment, made absolute from
@@ -149,8 +147,7 @@ pub(crate) fn shown_from(root: &Path, path: &Path) -> String {
         let (root, real) = (std::fs::canonicalize(root).ok()?, canonical_prefix(path)?);
         Some(real.strip_prefix(root).ok()?.to_path_buf())
     };
-    let rel = path.strip_prefix(root).map(Path::to_path_buf).ok();
-    let rel = rel.or_else(through_symlinks);
+    let rel = path.strip_prefix(root).map(Path::to_path_buf).ok().or_else(through_symlinks);
     rel.as_deref().unwrap_or(path).display().to_string()
 }
 

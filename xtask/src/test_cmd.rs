@@ -68,11 +68,10 @@ fn skip_summary(log: &str) -> String {
         return String::new();
     }
     let count = names.len();
-    let mut out = format!(
-        "\nSKIPPED {count} tests for missing tools (XTASK_SKIP_TOOL_TESTS=1; `cargo xtask tools` installs them):\n"
-    );
-    names.iter().for_each(|n| out.push_str(&format!("  {n}\n")));
-    out
+    let lines: String = names.iter().map(|n| format!("  {n}\n")).collect();
+    format!(
+        "\nSKIPPED {count} tests for missing tools (XTASK_SKIP_TOOL_TESTS=1; `cargo xtask tools` installs them):\n{lines}"
+    )
 }
 
 #[cfg(test)]

@@ -23,17 +23,13 @@ impl Node {
     }
 
     pub(crate) fn as_str(&self) -> Option<&str> {
-        match self {
-            Node::Scalar(s, _) => Some(s),
-            _ => None,
-        }
+        let Node::Scalar(s, _) = self else { return None };
+        Some(s)
     }
 
     pub(crate) fn as_seq(&self) -> &[Rc<Node>] {
-        match self {
-            Node::Seq(items, _) => items,
-            _ => &[],
-        }
+        let Node::Seq(items, _) = self else { return &[] };
+        items
     }
 
     pub(crate) fn is_map(&self) -> bool {
@@ -60,10 +56,8 @@ impl Node {
     }
 
     pub(crate) fn entries(&self) -> &[(Rc<Node>, Rc<Node>)] {
-        match self {
-            Node::Map(entries, _) => entries,
-            _ => &[],
-        }
+        let Node::Map(entries, _) = self else { return &[] };
+        entries
     }
 }
 

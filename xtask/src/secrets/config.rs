@@ -50,8 +50,7 @@ pub(crate) struct Setting<T> {
 
 impl<T> Setting<T> {
     fn map<U>(self, f: impl FnOnce(T) -> U) -> Setting<U> {
-        let source = self.source;
-        Setting { value: f(self.value), source }
+        Setting { value: f(self.value), source: self.source }
     }
 }
 
@@ -247,10 +246,9 @@ impl Config {
             Some(s) => Some(s.map(Secret::new)),
             None => home.as_ref().and_then(|home| {
                 let path = home.join(".vault-token");
-                let token = std::fs::read_to_string(&path).unwrap_or_default();
-                let value = Secret::new(token.trim().to_string());
+                let token = std::fs::read_to_string(&path).unwrap_or_default().trim().to_string();
                 let source = Source::TokenFile(path);
-                (!token.trim().is_empty()).then_some(Setting { value, source })
+                (!token.is_empty()).then(|| Setting { value: Secret::new(token), source })
             }),
         };
         let kubeconfig = match get("kubeconfig") {
