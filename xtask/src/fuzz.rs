@@ -25,8 +25,7 @@ pub(crate) fn run(flags: &flags::Fuzz, process: &Process) -> Result<()> {
     run_targets(&process.root, &targets, flags.seconds.unwrap_or(10))
 }
 
-/// Whether nightly and cargo-fuzz are there; with `install`, installs
-/// cargo-fuzz from crates.io when missing.
+/// Whether nightly and cargo-fuzz are there; `install` installs a missing cargo-fuzz.
 pub(crate) fn ensure_tools(install: bool) -> Result<bool> {
     let sh = Shell::new()?;
     let works = |cmd: xshell::Cmd| cmd.quiet().ignore_stdout().ignore_stderr().run().is_ok();

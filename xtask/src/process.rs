@@ -416,10 +416,9 @@ mod tests {
     fn a_spawned_child_is_drained_for_its_whole_life_and_killed_on_drop() {
         // About 120 KiB at once, more than a pipe holds (64 KiB), then a
         // marker, then a line every 5 ms: undrained, the writes would block.
-        let running = sh("yes 0123456789012345678901234567890123456789 | head -n 3000; \
-             echo marker; i=0; while :; do echo line $i; i=$((i+1)); sleep 0.005; done")
-        .spawn()
-        .unwrap();
+        let script = "yes 0123456789012345678901234567890123456789 | head -n 3000; \
+             echo marker; i=0; while :; do echo line $i; i=$((i+1)); sleep 0.005; done";
+        let running = sh(script).spawn().unwrap();
         let mut bytes = 0;
         loop {
             match running.next_line(Duration::from_secs(5)) {

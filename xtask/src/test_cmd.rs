@@ -14,8 +14,7 @@ use crate::{flags, fuzz, tools};
 /// Seconds of fuzzing per target in a full test run.
 const FUZZ_SECONDS: u64 = 10;
 
-/// Where the integration harness lists tests it skipped for missing tools
-/// (`xtask/tests/it/support.rs` reads the same variable).
+/// Where `xtask/tests/it/support.rs` lists the tests it skipped for missing tools.
 const SKIP_LOG_ENV: &str = "XTASK_TOOL_SKIP_LOG";
 
 pub(crate) fn run(flags: &flags::Test, process: &Process) -> Result<()> {
@@ -33,8 +32,7 @@ pub(crate) fn run(flags: &flags::Test, process: &Process) -> Result<()> {
     let clippy = cmd!(sh, "cargo clippy --workspace --all-targets --quiet -- -D warnings");
     clippy.run().context("clippy found problems (see above)")?;
     let args = &flags.args;
-    // A filtered run is a developer's quick loop: no fuzzing. Without CI a
-    // missing toolchain skips it (said now and at the end); CI=true fails.
+    // No fuzzing in a filtered run; without its toolchain only CI=true fails.
     let ci = matches!(process.var("CI"), Some("true" | "1"));
     let fuzz_skipped = args.is_empty() && !fuzz::ensure_tools(ci)?;
     if fuzz_skipped {

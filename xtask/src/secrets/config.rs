@@ -427,15 +427,15 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, String>> {
 fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>) {
     for (k, v) in table {
         let key = format!("{prefix}{k}");
-        match v {
-            toml::Value::Table(t) => flatten(&format!("{key}."), t, out),
-            toml::Value::Array(items) => {
-                out.insert(key, items.iter().map(scalar).collect::<Vec<_>>().join(", "));
+        let value = match v {
+            toml::Value::Table(t) => {
+                flatten(&format!("{key}."), t, out);
+                continue;
             }
-            other => {
-                out.insert(key, scalar(other));
-            }
-        }
+            toml::Value::Array(items) => items.iter().map(scalar).collect::<Vec<_>>().join(", "),
+            other => scalar(other),
+        };
+        out.insert(key, value);
     }
 }
 
