@@ -24,7 +24,6 @@ pub(crate) const TOKEN_VARS: [&str; 2] = ["VAULT_TOKEN", "BAO_TOKEN"];
 /// How many of a child's last output lines an error message quotes.
 const TAIL_LINES: usize = 8;
 
-/// One child process to run.
 #[derive(Clone, Default)]
 pub(crate) struct Tool {
     program: OsString,
@@ -302,7 +301,6 @@ struct Copier {
 /// Whether stderr was a terminal before [`finish_regardless`] moved it.
 static STDERR_TERMINAL: AtomicBool = AtomicBool::new(false);
 
-/// Starts [`FinishRegardless`] for the rest of the command.
 pub(crate) fn finish_regardless() -> FinishRegardless {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: SIG_IGN installs no handler; nothing runs in signal context.

