@@ -105,33 +105,27 @@ pub(crate) enum Verbosity {
     Verbose,
 }
 
-fn verbosity(quiet: bool, verbose: bool) -> Verbosity {
-    match (quiet, verbose) {
-        (true, _) => Verbosity::Quiet,
-        (_, true) => Verbosity::Verbose,
-        _ => Verbosity::Normal,
-    }
+/// `verbosity()` of the commands with `-q` and `-v`.
+macro_rules! verbosity {
+    ($($cmd:ident),+) => {$(
+        impl $cmd {
+            pub(crate) fn verbosity(&self) -> Verbosity {
+                match (self.quiet, self.verbose) {
+                    (true, _) => Verbosity::Quiet,
+                    (_, true) => Verbosity::Verbose,
+                    _ => Verbosity::Normal,
+                }
+            }
+        }
+    )+};
 }
-
-impl Seed {
-    pub(crate) fn verbosity(&self) -> Verbosity {
-        verbosity(self.quiet, self.verbose)
-    }
-}
-
-impl Check {
-    pub(crate) fn verbosity(&self) -> Verbosity {
-        verbosity(self.quiet, self.verbose)
-    }
-}
+verbosity!(Seed, Check);
 
 impl Xtask {
     /// What xflags cannot check: flags that contradict each other, need
     /// another, or name an `--output` the command does not print. Exit 2.
     pub(crate) fn validate(&self) -> anyhow::Result<()> {
-        let XtaskCmd::Secrets(secrets) = &self.subcommand else {
-            return Ok(());
-        };
+        let XtaskCmd::Secrets(secrets) = &self.subcommand else { return Ok(()) };
         const TEXT_JSON: &[Format] = &[Format::Text, Format::Json];
         let (quiet_verbose, output, formats) = match &secrets.subcommand {
             SecretsCmd::Seed(f) => {
@@ -153,8 +147,7 @@ impl Xtask {
             crate::usage!("--quiet and --verbose contradict each other: pass one of them");
         }
         if let Some(format) = output.filter(|f| !formats.contains(f)) {
-            let names: Vec<&str> = formats.iter().map(|f| f.as_str()).collect();
-            let names = names.join(", ");
+            let names = formats.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", ");
             crate::usage!("--output {format} is not supported here: use {names}");
         }
         Ok(())

@@ -25,8 +25,7 @@ pub(crate) fn run(flags: &flags::Fuzz, process: &Process) -> Result<()> {
     run_targets(&process.root, &targets, flags.seconds.unwrap_or(10))
 }
 
-/// Whether nightly and cargo-fuzz are there; with `install`, installs
-/// cargo-fuzz from crates.io when missing.
+/// Whether nightly and cargo-fuzz are there; `install` installs a missing cargo-fuzz.
 pub(crate) fn ensure_tools(install: bool) -> Result<bool> {
     let sh = Shell::new()?;
     let works = |cmd: xshell::Cmd| cmd.quiet().ignore_stdout().ignore_stderr().run().is_ok();
@@ -41,9 +40,8 @@ pub(crate) fn ensure_tools(install: bool) -> Result<bool> {
             return Ok(false);
         }
         eprintln!("installing cargo-fuzz from crates.io ...");
-        cmd!(sh, "cargo install cargo-fuzz --locked --quiet")
-            .run()
-            .context("installing cargo-fuzz")?;
+        let install = cmd!(sh, "cargo install cargo-fuzz --locked --quiet");
+        install.run().context("installing cargo-fuzz")?;
     }
     Ok(true)
 }
@@ -69,8 +67,7 @@ pub(crate) fn run_targets(root: &Path, targets: &[&str], seconds: u64) -> Result
             )
         })?;
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let runs = stderr.lines().rev().find(|l| l.starts_with("Done "));
-        let runs = runs.unwrap_or("done");
+        let runs = stderr.lines().rev().find(|l| l.starts_with("Done ")).unwrap_or("done");
         eprintln!("fuzz {target}: {runs}");
     }
     Ok(())

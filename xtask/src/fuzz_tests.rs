@@ -43,9 +43,7 @@ fn flag_editor_keeps_every_other_byte_or_refuses() {
     let mut edited = 0;
     for _ in 0..4000 {
         let text = mangle(&mut rng, FLAG);
-        let Ok(flag) = flagfile::find(&text, "f") else {
-            continue;
-        };
+        let Ok(flag) = flagfile::find(&text, "f") else { continue };
         for to in [ProviderKind::Vault, ProviderKind::Azure] {
             if let Ok(out) = flagfile::set(&text, "f", to) {
                 let (prefix, suffix) = out.split_at(flag.start);

@@ -20,8 +20,7 @@ pub(crate) fn focused(full: &str, path: &[String]) -> String {
     };
     let children: Vec<(String, String)> = sections.iter().filter_map(child).collect();
     if !children.is_empty() {
-        let trimmed = out.trim_end().trim_end_matches("SUBCOMMANDS:");
-        out = trimmed.trim_end().to_string();
+        out = out.trim_end().trim_end_matches("SUBCOMMANDS:").trim_end().to_string();
         out.push_str("\n\nCOMMANDS:\n");
         let width = children.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
         for (name, line) in children {

@@ -1,6 +1,5 @@
 //! `cargo xtask`: repository automation, in the style of rust-analyzer's
-//! xtask. [`run_cli`] parses flags and dispatches to each command's `run`;
-//! a library so the fuzz targets in `fuzz/` can call the parsers.
+//! xtask; a library so the fuzz targets in `fuzz/` can call the parsers.
 
 mod bench;
 // xflags writes its structs `pub`; the module is private all the same.
@@ -50,20 +49,18 @@ pub struct UsageError(pub String);
 #[derive(Debug)]
 pub struct PartialError(pub String);
 
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+/// Each error shows its message as is.
+macro_rules! message_errors {
+    ($($error:ident),+) => {$(
+        impl std::fmt::Display for $error {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::error::Error for $error {}
+    )+};
 }
-
-impl std::fmt::Display for PartialError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-impl std::error::Error for PartialError {}
+message_errors!(UsageError, PartialError);
 
 /// Shorthand for returning a [`UsageError`].
 #[macro_export]
@@ -71,10 +68,8 @@ macro_rules! usage {
     ($($arg:tt)*) => { return Err(anyhow::Error::new($crate::UsageError(format!($($arg)*)))) };
 }
 
-/// Parses the command line, runs the command, and maps errors to exit codes.
-/// A closed stdout or stderr ends a read-only command quietly with exit 0,
-/// as `rg` does: we catch `print!`'s broken-pipe panic (so destructors still
-/// run). A command that changes state finishes instead ([`secrets_command`]).
+/// Runs the command line. A closed stdout or stderr ends a read-only command
+/// quietly with exit 0 (as `rg` does) by catching `print!`'s panic.
 pub fn run_cli() -> ExitCode {
     quiet_broken_pipe_panics();
     match std::panic::catch_unwind(run_cli_inner) {
@@ -118,9 +113,7 @@ fn run_cli_inner() -> ExitCode {
         flags::XtaskCmd::Fuzz(cmd) => fuzz::run(&cmd, &state),
         flags::XtaskCmd::Secrets(cmd) => secrets::run(cmd, &state),
     };
-    let Err(err) = result else {
-        return ExitCode::SUCCESS;
-    };
+    let Err(err) = result else { return ExitCode::SUCCESS };
     say_error(&output::one_line_errors(&format!("{err:#}")));
     match () {
         _ if err.is::<UsageError>() => ExitCode::from(EXIT_USAGE),
@@ -129,14 +122,11 @@ fn run_cli_inner() -> ExitCode {
     }
 }
 
-/// Of a `secrets` command: its `--env`; whether that must name an
-/// environment of the repository (`check` may read another tree, `--infra`);
-/// and whether the command writes to a store, the flag file or the journal.
+/// A `secrets` command's `--env`; whether it must be the repository's (not for
+/// `check`, which may read another tree); whether the command changes state.
 fn secrets_command(cmd: &flags::XtaskCmd) -> (Option<&str>, bool, bool) {
     use flags::SecretsCmd::*;
-    let flags::XtaskCmd::Secrets(secrets) = cmd else {
-        return (None, true, false);
-    };
+    let flags::XtaskCmd::Secrets(secrets) = cmd else { return (None, true, false) };
     match &secrets.subcommand {
         Seed(f) => (f.env.as_deref(), true, !f.dry_run),
         Migrate(f) => (f.env.as_deref(), true, !f.dry_run),

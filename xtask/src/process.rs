@@ -1,8 +1,6 @@
-//! Every child process: on duct, with a deadline, drained pipes, the tool's
-//! own words on failure, and long-running children killed on drop. Never put
-//! a secret in [`Tool`]'s arguments or environment (pass a
-//! `fsutil::PrivateTempFile`); no child inherits our Vault token
-//! ([`TOKEN_VARS`]) unless given it with [`Tool::env`].
+//! Every child process: with a deadline, drained pipes, its stderr on failure,
+//! killed on drop. Never put a secret in a [`Tool`]'s arguments or environment
+//! (pass a `fsutil::PrivateTempFile`); no child inherits [`TOKEN_VARS`].
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
@@ -26,7 +24,6 @@ pub(crate) const TOKEN_VARS: [&str; 2] = ["VAULT_TOKEN", "BAO_TOKEN"];
 /// How many of a child's last output lines an error message quotes.
 const TAIL_LINES: usize = 8;
 
-/// One child process to run.
 #[derive(Clone, Default)]
 pub(crate) struct Tool {
     program: OsString,
@@ -50,13 +47,8 @@ impl Tool {
         self
     }
 
-    pub(crate) fn args<I, S>(mut self, args: I) -> Tool
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        let args = args.into_iter().map(|a| a.as_ref().to_owned());
-        self.args.extend(args);
+    pub(crate) fn args(mut self, args: impl IntoIterator<Item = impl AsRef<OsStr>>) -> Tool {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
@@ -66,18 +58,15 @@ impl Tool {
     }
 
     pub(crate) fn env(mut self, name: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Tool {
-        let (name, value) = (name.as_ref().to_owned(), value.as_ref().to_owned());
-        self.env.push((name, value));
+        self.env.push((name.as_ref().to_owned(), value.as_ref().to_owned()));
         self
     }
 
-    /// Kill the child and fail when it runs longer than this.
     pub(crate) fn deadline(mut self, deadline: Duration) -> Tool {
         self.deadline = deadline;
         self
     }
 
-    /// What to do when the program is not installed.
     pub(crate) fn install_hint(mut self, hint: impl Into<String>) -> Tool {
         self.install_hint = Some(hint.into());
         self
@@ -89,15 +78,13 @@ impl Tool {
         self
     }
 
-    /// Linux: SIGTERM to the child when the thread that starts it ends, even
-    /// by SIGKILL. Elsewhere only [`Running`]'s drop stops it.
+    /// Linux: SIGTERM to the child when the thread that starts it ends (even by SIGKILL).
     pub(crate) fn die_with_parent(mut self) -> Tool {
         self.die_with_parent = true;
         self
     }
 
-    /// Lines not kept for [`Running::last_lines`] (they still reach
-    /// [`Running::next_line`]), such as `Handling connection for N`.
+    /// Lines not kept for [`Running::last_lines`], such as `Handling connection for N`.
     pub(crate) fn noise(mut self, is_noise: fn(&str) -> bool) -> Tool {
         self.noise = Some(is_noise);
         self
@@ -106,14 +93,12 @@ impl Tool {
     /// `program arg arg ...` for messages (arguments never hold values).
     pub(crate) fn display(&self) -> String {
         let words = std::iter::once(&self.program).chain(&self.args);
-        let words: Vec<_> = words.map(|w| w.to_string_lossy()).collect();
-        words.join(" ")
+        words.map(|w| w.to_string_lossy()).collect::<Vec<_>>().join(" ")
     }
 
     fn expression(&self) -> duct::Expression {
         #[allow(clippy::disallowed_methods)] // The one place that builds a duct expression.
-        let mut e = duct::cmd(&self.program, &self.args).unchecked();
-        e = e.stdin_null();
+        let mut e = duct::cmd(&self.program, &self.args).unchecked().stdin_null();
         if let Some(dir) = &self.dir {
             e = e.dir(dir);
         }
@@ -142,8 +127,7 @@ impl Tool {
         }
     }
 
-    /// Runs to completion with both pipes captured, whatever the exit
-    /// status. Fails only when it cannot start or outlives its deadline.
+    /// Runs to completion, whatever the exit status; fails to start or past its deadline.
     pub(crate) fn output(&self) -> Result<Output> {
         let captured = self.expression().stdout_capture().stderr_capture();
         let handle = captured.start().map_err(|e| self.spawn_error(e))?;
@@ -158,18 +142,15 @@ impl Tool {
             _ => "no output".to_string(),
         };
         let (shown, within) = (self.display(), seconds(self.deadline));
-        let hint = self.timeout_hint.as_deref();
-        let hint = hint.unwrap_or("Run it by hand to see where it hangs.");
+        let hint = self.timeout_hint.as_deref().unwrap_or("Run it by hand to see where it hangs.");
         bail!("`{shown}` did not finish within {within} and was stopped (it said: {said}). {hint}")
     }
 
     /// Runs to completion and returns stdout; a non-zero exit is [`Tool::failure`].
     pub(crate) fn run(&self) -> Result<String> {
         let out = self.output()?;
-        if !out.status.success() {
-            return Err(self.failure(&out));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let stdout = || String::from_utf8_lossy(&out.stdout).into_owned();
+        out.status.success().then(stdout).ok_or_else(|| self.failure(&out))
     }
 
     /// The error for a finished call that failed: exit code and the tail of
@@ -192,8 +173,7 @@ impl Tool {
         std::thread::spawn(move || {
             for line in BufReader::new(&*drained).split(b'\n') {
                 let Ok(line) = line else { break };
-                let line = String::from_utf8_lossy(&line);
-                let line = line.trim_end_matches('\r').to_string();
+                let line = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
                 if !noise.is_some_and(|is_noise| is_noise(&line)) {
                     let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
                     if kept.len() == TAIL_LINES {
@@ -205,13 +185,11 @@ impl Tool {
                 let _ = tx.send(line);
             }
         });
-        let lines = rx;
-        Ok(Running { reader, last, lines })
+        Ok(Running { reader, last, lines: rx })
     }
 }
 
-/// What a [`Running`] child did next: a line, nothing within the time
-/// given, or it closed its output (exited, every line read).
+/// What a [`Running`] child did next: a line, nothing in time, or closed its output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Next {
     Line(String),
@@ -236,7 +214,7 @@ impl Running {
         }
     }
 
-    /// How the child ended (`exit 1`, `killed by signal 13`), or `None` while it runs.
+    /// How the child ended ([`exit_text`]), or `None` while it runs.
     pub(crate) fn exit_status(&self) -> Option<String> {
         Some(exit_text(self.reader.try_wait().ok()??.status))
     }
@@ -247,8 +225,7 @@ impl Running {
         tail(&Vec::from(last.clone()).join("\n"), TAIL_LINES)
     }
 
-    /// Kills the child and waits until every line is read: 2 s at most, as
-    /// a grandchild may hold the pipe open.
+    /// Kills the child and reads every line: 2 s at most (a grandchild may hold the pipe).
     pub(crate) fn stop(&mut self) {
         let _ = self.reader.kill();
         let until = Instant::now() + Duration::from_secs(2);
@@ -301,23 +278,18 @@ pub(crate) fn exit_text(status: std::process::ExitStatus) -> String {
 
 /// The last `n` non-empty lines of `text`, joined for one message.
 pub(crate) fn tail(text: &str, n: usize) -> String {
-    let lines = text.lines().filter(|l| !l.trim().is_empty());
-    let lines: Vec<&str> = lines.map(str::trim_end).collect();
+    let lines: Vec<&str> =
+        text.lines().filter(|l| !l.trim().is_empty()).map(str::trim_end).collect();
     if lines.is_empty() {
         return "no output".to_string();
     }
     lines[lines.len().saturating_sub(n)..].join("\n  ")
 }
 
-/// Keeps a command that changes state running to its end and its real exit
-/// code when its output loses its reader (`| head`, a closed terminal).
-/// SIGHUP is ignored (children inherit that). Stdout and stderr are moved
-/// onto a pipe of ours whose thread copies to where they pointed and, once
-/// that fails, drops the rest, so `println!` never panics. Both on one file
-/// share one pipe, which keeps their order. Dropping it puts both back.
-pub(crate) struct FinishRegardless {
-    copies: Vec<Copier>,
-}
+/// Keeps a command that changes state running to its end when its output
+/// loses its reader (`| head`): SIGHUP is ignored, and stdout and stderr go
+/// through a pipe of ours whose thread drops what can no longer be written.
+pub(crate) struct FinishRegardless(Vec<Copier>);
 
 /// The descriptors moved onto one pipe, the file they pointed to, and its copier.
 struct Copier {
@@ -329,7 +301,6 @@ struct Copier {
 /// Whether stderr was a terminal before [`finish_regardless`] moved it.
 static STDERR_TERMINAL: AtomicBool = AtomicBool::new(false);
 
-/// Starts [`FinishRegardless`] for the rest of the command.
 pub(crate) fn finish_regardless() -> FinishRegardless {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: SIG_IGN installs no handler; nothing runs in signal context.
@@ -348,7 +319,7 @@ pub(crate) fn finish_regardless() -> FinishRegardless {
         }
     };
     let copies = groups.into_iter().map(|(fds, file)| Copier::start(fds, file));
-    FinishRegardless { copies: copies.flatten().collect() }
+    FinishRegardless(copies.flatten().collect())
 }
 
 /// Whether stderr is (or, under [`finish_regardless`], was) a terminal.
@@ -367,8 +338,7 @@ impl Copier {
                 let _ = std::io::copy(&mut from, &mut std::io::sink());
             }
         })?;
-        // SAFETY: dup2 onto a standard descriptor of ours; on failure it
-        // keeps pointing where it did.
+        // SAFETY: dup2 onto our own standard descriptor; a failure leaves it as it was.
         let moved = |fd: &i32| unsafe { libc::dup2(writer.as_raw_fd(), *fd) } >= 0;
         let fds = fds.into_iter().filter(moved).collect();
         Ok(Copier { fds, original, thread })
@@ -378,16 +348,15 @@ impl Copier {
 impl Drop for FinishRegardless {
     fn drop(&mut self) {
         let _ = std::io::stdout().flush();
-        for copier in &self.copies {
+        for copier in &self.0 {
             for fd in &copier.fds {
-                // SAFETY: puts the standard descriptor back where it pointed,
-                // which closes our pipe's write end there.
+                // SAFETY: points the standard descriptor back, closing our pipe's end there.
                 unsafe { libc::dup2(copier.original.as_raw_fd(), *fd) };
             }
         }
         // A child that inherited the pipe could hold it open: wait 2 s at most.
         let until = Instant::now() + Duration::from_secs(2);
-        for copier in &self.copies {
+        for copier in &self.0 {
             while !copier.thread.is_finished() && Instant::now() < until {
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -445,10 +414,9 @@ mod tests {
     fn a_spawned_child_is_drained_for_its_whole_life_and_killed_on_drop() {
         // About 120 KiB at once, more than a pipe holds (64 KiB), then a
         // marker, then a line every 5 ms: undrained, the writes would block.
-        let running = sh("yes 0123456789012345678901234567890123456789 | head -n 3000; \
-             echo marker; i=0; while :; do echo line $i; i=$((i+1)); sleep 0.005; done")
-        .spawn()
-        .unwrap();
+        let script = "yes 0123456789012345678901234567890123456789 | head -n 3000; \
+             echo marker; i=0; while :; do echo line $i; i=$((i+1)); sleep 0.005; done";
+        let running = sh(script).spawn().unwrap();
         let mut bytes = 0;
         loop {
             match running.next_line(Duration::from_secs(5)) {
@@ -463,8 +431,7 @@ mod tests {
         assert!(running.last_lines().contains("line "));
         let pid = running.reader.pids()[0];
         drop(running);
-        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
-        assert!(!alive, "the child outlived its handle");
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the child outlived it");
     }
 
     #[test]

@@ -3,8 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// What a run reads from its process, once, at its start: the repository
-/// root, the working directory and the environment.
+/// What a run reads from its process, once, at its start.
 #[derive(Clone)]
 pub(crate) struct Process {
     pub root: PathBuf,
@@ -31,10 +30,7 @@ impl Process {
             .collect();
         let root = match vars.get("XTASK_PROJECT_ROOT").filter(|r| !r.is_empty()) {
             Some(root) => PathBuf::from(root),
-            None => Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("xtask lives one level below the root")
-                .to_path_buf(),
+            None => normalize(&Path::new(env!("CARGO_MANIFEST_DIR")).join("..")),
         };
         let cwd = std::env::current_dir().unwrap_or_else(|_| root.clone());
         Process { root, cwd, vars }
@@ -44,14 +40,12 @@ impl Process {
     #[cfg(test)]
     pub(crate) fn with(root: &Path, cwd: &Path, vars: &[(&str, &str)]) -> Process {
         let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let (root, cwd) = (root.to_path_buf(), cwd.to_path_buf());
-        Process { root, cwd, vars }
+        Process { root: root.to_path_buf(), cwd: cwd.to_path_buf(), vars }
     }
 
     /// An environment variable; an empty one counts as unset.
     pub(crate) fn var(&self, name: &str) -> Option<&str> {
-        let value = self.vars.get(name)?;
-        (!value.is_empty()).then_some(value.as_str())
+        self.vars.get(name).map(String::as_str).filter(|v| !v.is_empty())
     }
 
     /// A path from the command line or the environment, made absolute from
@@ -92,12 +86,13 @@ pub(crate) fn flag_file(env: &str) -> PathBuf {
 
 /// The environments that have a layer 15 values file, sorted.
 pub(crate) fn environments(root: &Path) -> Vec<String> {
-    environment_dirs(&root.join(INFRA), |dir| dir.join("platform/15-secrets.values.yaml").is_file())
+    let mut envs = environment_folders(&root.join(INFRA));
+    envs.retain(|env| root.join(flag_file(env)).is_file());
+    envs
 }
 
-/// Refuses an `--env` the repository does not have (a usage error, exit 2):
-/// a name with a path in it (`../x`, `a/b`) always; with `known_here`, any
-/// name but the [`environments`] of `root`. The message lists them.
+/// Refuses (exit 2) an `--env` with a path in it, and with `known_here` one
+/// not among the [`environments`] of `root`.
 pub(crate) fn require_env(root: &Path, env: &str, known_here: bool) -> anyhow::Result<()> {
     let known = environments(root);
     let listed = if known.is_empty() {
@@ -120,16 +115,11 @@ pub(crate) fn require_env(root: &Path, env: &str, known_here: bool) -> anyhow::R
 
 /// Every folder under an infra tree's `environments/`, sorted.
 pub(crate) fn environment_folders(infra: &Path) -> Vec<String> {
-    environment_dirs(infra, Path::is_dir)
-}
-
-/// The names of the entries under `infra/environments` that `keep`, sorted.
-fn environment_dirs(infra: &Path, keep: impl Fn(&Path) -> bool) -> Vec<String> {
     let mut envs: Vec<String> = std::fs::read_dir(infra.join("environments"))
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| keep(&e.path()))
+        .filter(|e| e.path().is_dir())
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
     envs.sort();
@@ -151,15 +141,13 @@ pub(crate) fn normalize(p: &Path) -> PathBuf {
     out
 }
 
-/// `path` relative to `root` when inside it (also when one of them is
-/// reached through a symlink, such as a temp folder), else as given.
+/// `path` relative to `root` when inside it (also through a symlink), else as given.
 pub(crate) fn shown_from(root: &Path, path: &Path) -> String {
     let through_symlinks = || {
         let (root, real) = (std::fs::canonicalize(root).ok()?, canonical_prefix(path)?);
         Some(real.strip_prefix(root).ok()?.to_path_buf())
     };
-    let rel = path.strip_prefix(root).map(Path::to_path_buf).ok();
-    let rel = rel.or_else(through_symlinks);
+    let rel = path.strip_prefix(root).map(Path::to_path_buf).ok().or_else(through_symlinks);
     rel.as_deref().unwrap_or(path).display().to_string()
 }
 
@@ -177,22 +165,15 @@ mod tests {
 
     #[test]
     fn an_env_must_be_a_known_name_not_a_path() {
+        // Every command's refusal of `nope`, `../local` and `/etc`: it/fail_closed.rs.
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        assert!(require_env(root, "local", true).is_ok());
         assert!(require_env(root, "staging", true).is_ok());
-        for bad in ["../local", "/etc", "a/b", "..", ".", ""] {
-            let err = require_env(root, bad, false).unwrap_err();
-            assert!(err.is::<crate::UsageError>(), "{bad}");
-            let listed = err.to_string().contains("local, production, staging");
-            assert!(listed, "{err}");
+        assert!(require_env(root, "nope", false).is_ok(), "check decides for its own tree");
+        for bad in ["a/b", "..", ".", ""] {
+            assert!(require_env(root, bad, false).unwrap_err().is::<crate::UsageError>(), "{bad}");
         }
-        let err = require_env(root, "nope", true).unwrap_err();
-        assert!(err.is::<crate::UsageError>());
-        assert_eq!(
-            err.to_string(),
-            "unknown environment \"nope\" (--env): known environments are local, production, staging"
-        );
-        let other_tree = require_env(root, "nope", false);
-        assert!(other_tree.is_ok(), "check decides for its own tree");
+        let err = require_env(root, "nope", true).unwrap_err().to_string();
+        let known = "known environments are local, production, staging";
+        assert_eq!(err, format!("unknown environment \"nope\" (--env): {known}"));
     }
 }

@@ -14,8 +14,7 @@ use crate::{flags, fuzz, tools};
 /// Seconds of fuzzing per target in a full test run.
 const FUZZ_SECONDS: u64 = 10;
 
-/// Where the integration harness lists tests it skipped for missing tools
-/// (`xtask/tests/it/support.rs` reads the same variable).
+/// Where `xtask/tests/it/support.rs` lists the tests it skipped for missing tools.
 const SKIP_LOG_ENV: &str = "XTASK_TOOL_SKIP_LOG";
 
 pub(crate) fn run(flags: &flags::Test, process: &Process) -> Result<()> {
@@ -28,14 +27,12 @@ pub(crate) fn run(flags: &flags::Test, process: &Process) -> Result<()> {
     let sh = Shell::new()?;
     sh.change_dir(root);
     sh.set_var("PATH", process.path_with_tools());
-    cmd!(sh, "cargo fmt --all -- --check")
-        .run()
-        .context("formatting differs: run `cargo fmt --all`")?;
+    let fmt = cmd!(sh, "cargo fmt --all -- --check");
+    fmt.run().context("formatting differs: run `cargo fmt --all`")?;
     let clippy = cmd!(sh, "cargo clippy --workspace --all-targets --quiet -- -D warnings");
     clippy.run().context("clippy found problems (see above)")?;
     let args = &flags.args;
-    // A filtered run is a developer's quick loop: no fuzzing. Without CI a
-    // missing toolchain skips it (said now and at the end); CI=true fails.
+    // No fuzzing in a filtered run; without its toolchain only CI=true fails.
     let ci = matches!(process.var("CI"), Some("true" | "1"));
     let fuzz_skipped = args.is_empty() && !fuzz::ensure_tools(ci)?;
     if fuzz_skipped {
@@ -69,11 +66,10 @@ fn skip_summary(log: &str) -> String {
         return String::new();
     }
     let count = names.len();
-    let mut out = format!(
-        "\nSKIPPED {count} tests for missing tools (XTASK_SKIP_TOOL_TESTS=1; `cargo xtask tools` installs them):\n"
-    );
-    names.iter().for_each(|n| out.push_str(&format!("  {n}\n")));
-    out
+    let lines: String = names.iter().map(|n| format!("  {n}\n")).collect();
+    format!(
+        "\nSKIPPED {count} tests for missing tools (XTASK_SKIP_TOOL_TESTS=1; `cargo xtask tools` installs them):\n{lines}"
+    )
 }
 
 #[cfg(test)]

@@ -27,11 +27,6 @@ fn rust_files(dir: &Path) -> Vec<(String, String)> {
     out
 }
 
-/// The text before the file's `#[cfg(test)]` module, if it has one.
-fn without_tests(text: &str) -> &str {
-    text.find("\n#[cfg(test)]\nmod ").map_or(text, |i| &text[..i])
-}
-
 #[test]
 fn every_module_starts_with_a_doc_line() {
     let files = rust_files(&src());
@@ -57,7 +52,9 @@ fn only_the_dispatcher_imports_a_command() {
             continue;
         }
         let own = rel.trim_start_matches("secrets/").trim_end_matches(".rs");
-        for (n, line) in without_tests(&text).lines().enumerate() {
+        // Unit tests may name any command.
+        let not_tests = text.find("\n#[cfg(test)]\nmod ").map_or(&text[..], |i| &text[..i]);
+        for (n, line) in not_tests.lines().enumerate() {
             let code = line.split("//").next().unwrap_or_default();
             for cmd in commands.iter().filter(|c| **c != own) {
                 let names =

