@@ -1,10 +1,9 @@
-//! Reading Vault as ESO does (`check --live --as-eso`, `doctor`): its login,
-//! reads, a write that must be refused, the token revoked; a refused login is
-//! explained. The JWT and Vault tokens stay in memory: never in argv, output or errors.
+//! Reading Vault as ESO does (`check --live --as-eso`, `doctor`): login, reads, a refused write.
+//! The JWT and Vault tokens stay in memory: never in argv, output or errors.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -14,14 +13,12 @@ use crate::secrets::eso_access::{read_yaml, strings, EsoNames, STORE_CHART_VALUE
 use crate::secrets::provider::vault_http::{Method, Reply, VaultHttp};
 use crate::secrets::{eso_access, helmfile, kube, vault_checks};
 
-/// A check-and-set version no KV entry reaches (2^53 - 1, exact in JSON):
-/// the write probe cannot land.
+/// A check-and-set version no KV entry reaches (exact in JSON): the write probe cannot land.
 const NO_SUCH_VERSION: u64 = (1 << 53) - 1;
 
 /// How long the service-account token lives: ESO's controller asks for 600 s.
 const TOKEN_DURATION: &str = "10m";
 
-/// How the check got its Vault token.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum How {
@@ -32,7 +29,6 @@ pub(crate) enum How {
     PolicyOnly,
 }
 
-/// Why ESO's login fails, and what fixes it.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Refused {
     pub cause: String,
@@ -46,7 +42,6 @@ pub(crate) struct AsEso {
     pub role: String,
     /// `<namespace>/<name>` of the service account ESO logs in as.
     pub service_account: String,
-    /// `auth/<mountPath>`.
     pub auth: String,
     pub kube_context: Option<String>,
     /// Policy only: why no login was tried.
@@ -54,13 +49,10 @@ pub(crate) struct AsEso {
     pub policy_only_reason: Option<String>,
     /// The login failed: why, and the fix. Nothing was read then.
     pub login_refused: Option<Refused>,
-    /// The policies the token held.
     pub policies: Vec<String>,
-    /// Keys read back with a string `value`.
     pub read: Vec<String>,
     /// Keys not read, with why (refused, missing, no `value`).
     pub unreadable: Vec<(String, String)>,
-    /// The write probe was refused, as it must be.
     pub write_refused: bool,
     pub write_answer: String,
 }
@@ -81,7 +73,6 @@ impl AsEso {
         self.login_refused.is_none() && self.unreadable.is_empty() && self.write_refused
     }
 
-    /// One line for humans.
     pub(crate) fn summary(&self) -> String {
         let (account, auth, role) = (&self.service_account, &self.auth, &self.role);
         if let Some(refused) = &self.login_refused {
@@ -120,8 +111,7 @@ impl AsEso {
     }
 }
 
-/// Logs in as ESO does (with no cluster to log in through: a token holding the
-/// role's policies) and [`probe`]s with its token.
+/// Logs in as ESO does (no cluster: [`policy_only`]) and [`probe`]s with its token.
 pub(crate) fn read_as_eso(
     http: &VaultHttp,
     names: &EsoNames,
@@ -163,8 +153,7 @@ pub(crate) fn read_as_eso(
     probe(http, token, names, keys, as_eso)
 }
 
-/// `serviceAccount.audiences` of the store chart's values: the audiences ESO
-/// asks for in its TokenRequest (none: the API server's own).
+/// `serviceAccount.audiences` of the store chart: what ESO's TokenRequest asks for.
 fn audiences(root: &Path) -> Result<Vec<String>> {
     let purpose = "ESO's login is set up from it";
     let values = read_yaml(root, Path::new(STORE_CHART_VALUES), purpose)?;
@@ -177,9 +166,7 @@ fn audiences(root: &Path) -> Result<Vec<String>> {
 enum Minted {
     /// The JWT, and the audiences the API server gave it.
     Token(Secret, Vec<String>),
-    /// The service account is missing, or the kube context may not create tokens.
     Refused(Refused),
-    /// kubectl cannot reach the cluster.
     NoCluster(String),
 }
 
@@ -201,12 +188,8 @@ fn unreachable(stderr: &str) -> bool {
 /// `kubectl create token`, as ESO's controller asks for one.
 fn service_account_token(names: &EsoNames, audiences: &[String], context: &str) -> Result<Minted> {
     let (sa, ns) = (&names.service_account, &names.namespace);
-    let mut tool = kube::kubectl_tool().args(["create", "token", sa, "--namespace", ns]).args([
-        "--duration",
-        TOKEN_DURATION,
-        "--output",
-        "json",
-    ]);
+    let mut tool = kube::kubectl_tool().args(["create", "token", sa, "--namespace", ns]);
+    tool = tool.args(["--duration", TOKEN_DURATION, "--output", "json"]);
     for audience in audiences {
         tool = tool.args(["--audience", audience]);
     }
@@ -332,8 +315,7 @@ impl Why<'_> {
         )
     }
 
-    /// A path's `data`: `Ok(None)` when it does not exist, an error with why
-    /// when it cannot be read.
+    /// A path's `data`: `Ok(None)` when it does not exist, `Err(why)` when not readable.
     fn read(&self, path: &str) -> Result<Option<Value>, String> {
         match self.http.try_call(Method::Get, path, None) {
             Ok(r) if r.status == 200 => Ok(Some(r.body["data"].clone())),
@@ -367,14 +349,12 @@ impl Why<'_> {
         )
     }
 
-    /// Vault said `permission denied`: the auth method, the role's bindings,
-    /// the auth config, the reviewer's right to review, in order.
+    /// Vault said `permission denied`: checks auth method, role, config and reviewer, in order.
     fn denied(&self, role_path: &str) -> Refused {
         let names = self.names;
         let (mount, store) = (&names.auth_mount, &names.store);
         // What was checked and found right, and what could not be read.
-        let mut fine = Vec::new();
-        let mut unchecked = Vec::new();
+        let (mut fine, mut unchecked) = (Vec::new(), Vec::new());
         match self.read(role_path) {
             Ok(Some(role)) => {
                 let bound = |key: &str, want: &str| {
@@ -453,15 +433,13 @@ impl Why<'_> {
         refused(cause, fix.into())
     }
 
-    /// Whether nothing is mounted at the store's auth path.
     fn mount_missing(&self) -> bool {
         let path = format!("auth/{}/role/{}", self.names.auth_mount, self.names.role);
         matches!(self.http.try_call(Method::Get, &path, None),
                  Ok(r) if r.status == 404 && r.errors().contains("no handler for route"))
     }
 
-    /// Checks the auth config against where Vault runs; answers whose service
-    /// account reviews ESO's token (namespace, name, in a pod).
+    /// Checks the auth config against where Vault runs; answers who reviews (ns, name, in a pod).
     fn config(&self, config_path: &str, config: &Value) -> Result<(String, String, bool), Refused> {
         let names = self.names;
         let (context, want_host) = (self.context, &names.kubernetes_host);
@@ -570,9 +548,7 @@ fn bindings(role: &Value) -> String {
     format!("service account names {names:?} in namespaces {namespaces:?}")
 }
 
-/// Whether `list` (`kubectl get clusterrolebindings -o json`) binds service
-/// account `ns/name`, or a group it is in, to `system:auth-delegator` (or
-/// `cluster-admin`).
+/// Whether ClusterRoleBindings `list` bind `ns/name` (or its group) to a reviewing role.
 fn reviews(list: &Value, ns: &str, name: &str) -> bool {
     let groups = ["system:serviceaccounts".to_string(), format!("system:serviceaccounts:{ns}")];
     let each = |v: &Value| v.as_array().cloned().unwrap_or_default();
@@ -588,8 +564,7 @@ fn reviews(list: &Value, ns: &str, name: &str) -> bool {
     })
 }
 
-/// No cluster to log in through: mints a token with the role's policies (with
-/// the caller's token) and reads with it. Proves the policy, not the login.
+/// No cluster to log in through: reads with a token minted with the role's policies.
 fn policy_only(http: &VaultHttp, names: &EsoNames, keys: &[String], why: String) -> Result<AsEso> {
     let (store, role_name) = (&names.store, &names.role);
     let role_path = format!("auth/{}/role/{role_name}", names.auth_mount);
@@ -613,14 +588,12 @@ fn policy_only(http: &VaultHttp, names: &EsoNames, keys: &[String], why: String)
     let body = json!({"policies": policies, "no_default_policy": no_default, "ttl": "2m", "renewable": false,
                       "display_name": "xtask-as-eso"});
     let created = http.try_call(Method::Post, "auth/token/create", Some(&body))?;
-    if created.status != 200 {
-        bail!(
-            "auth/token/create refused a token with the policies of role {role_name} (HTTP {}: {}): reading as \
-             ESO needs a token that may create one (the dev chart's root token may)",
-            created.status,
-            created.errors()
-        );
-    }
+    let (status, errors) = (created.status, created.errors());
+    ensure!(
+        status == 200,
+        "auth/token/create refused a token with the policies of role {role_name} (HTTP {status}: {errors}): \
+         reading as ESO needs a token that may create one (the dev chart's root token may)"
+    );
     let Some(token) = created.body["auth"]["client_token"].as_str() else {
         bail!("auth/token/create answered without a token");
     };

@@ -1,6 +1,5 @@
-//! What `doctor` and `status` ask a reachable Vault beyond "up and
-//! unsealed": does it still hold the fixtures (a dev-mode Vault forgets
-//! them on a pod restart), and may the token write what the seed writes.
+//! What `doctor` and `status` ask a reachable Vault: does it still hold the fixtures (a dev-mode
+//! Vault forgets them on a restart), and may the token write what the seed writes.
 
 use std::collections::BTreeSet;
 
@@ -15,7 +14,6 @@ use crate::secrets::provider::RECORD_NAME;
 /// The one command that puts back what a restarted dev-mode Vault forgot.
 pub(crate) const RESEED: &str = "cargo xtask secrets seed";
 
-/// How many of the fixtures the store holds.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Held {
     pub present: usize,
@@ -60,12 +58,11 @@ impl Held {
     }
 }
 
-/// A capability the seed needs on a path, and whether the token has it.
+/// Capabilities the seed needs on a path and the token lacks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct Lack {
     pub path: String,
     pub missing: Vec<String>,
-    /// What the seed does there, for humans.
     pub why: &'static str,
 }
 
@@ -118,8 +115,7 @@ pub(crate) fn seed_paths(
     paths
 }
 
-/// What the token lacks on the seed's paths, split into the secrets' paths
-/// (the seed fails with 403) and ESO's (the seed skips them).
+/// What the token lacks on the secrets' paths (the seed fails) and ESO's (the seed skips them).
 pub(crate) fn lacking(
     http: &VaultHttp,
     mount: &str,
@@ -149,8 +145,7 @@ pub(crate) fn lacking(
     Ok((kv, eso_lacks))
 }
 
-/// The capabilities a `sys/capabilities-self` answer grants on `path`: at
-/// the top level of the body, else under `data`.
+/// What a `sys/capabilities-self` answer grants on `path`: at the top level, else under `data`.
 pub(crate) fn capabilities(reply: &Reply, path: &str) -> Vec<String> {
     match &reply.body[path] {
         list if list.is_array() => strings(list),
