@@ -223,14 +223,9 @@ impl Plan {
             ),
         ];
         let items = kinds.into_iter().zip(states);
-        Plan {
-            names: names.clone(),
-            items: items
-                .map(|((kind, name, detail), state)| Item { kind, name, state, detail })
-                .collect(),
-            outside: None,
-            kubeconfig: kubeconfig.to_vec(),
-        }
+        let items = items.map(|((kind, name, detail), state)| Item { kind, name, state, detail });
+        let (names, kubeconfig) = (names.clone(), kubeconfig.to_vec());
+        Plan { names, items: items.collect(), outside: None, kubeconfig }
     }
 
     pub(crate) fn to_ensure(&self) -> usize {
@@ -267,10 +262,6 @@ impl Plan {
     }
 }
 
-fn denied(reply: &Reply) -> bool {
-    matches!(reply.status, 401 | 403)
-}
-
 fn denial(call: &str, reply: &Reply) -> String {
     format!(
         "the token may not {call} ({}); run the seed once with a token that may (the dev chart's root token, or \
@@ -289,7 +280,7 @@ enum Found {
 fn get(http: &VaultHttp, path: &str) -> Result<Found> {
     let reply = http.try_call(Method::Get, path, None)?;
     Ok(match reply.status {
-        _ if denied(&reply) => Found::Denied(denial(&format!("read {path}"), &reply)),
+        401 | 403 => Found::Denied(denial(&format!("read {path}"), &reply)),
         404 => Found::Missing,
         200 => Found::Body(reply.body),
         code => bail!("GET {path} failed with HTTP {code}: {}", reply.errors()),
@@ -359,9 +350,7 @@ pub(crate) fn plan(http: &VaultHttp, names: &EsoNames, kubeconfig: &[PathBuf]) -
         other => other.clone(),
     };
     let states = [auth_state, config_state, policy_state, role_state];
-    let mut plan = Plan::new(names, kubeconfig, states);
-    plan.outside = outside;
-    Ok(plan)
+    Ok(Plan { outside, ..Plan::new(names, kubeconfig, states) })
 }
 
 /// Whether the config is the in-pod one or the kube context's (asked for only to compare).
@@ -513,7 +502,7 @@ pub(crate) fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
             }
         }
         let (status, errors) = (reply.status, reply.errors());
-        if denied(&reply) {
+        if matches!(status, 401 | 403) {
             done.not_written.push((label, denial(&format!("write {path}"), &reply)));
         } else if (200..300).contains(&status) {
             done.written.push(label);

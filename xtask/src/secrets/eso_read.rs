@@ -203,7 +203,7 @@ fn service_account_token(names: &EsoNames, audiences: &[String], context: &str) 
     let said = crate::process::tail(&stderr, 1);
     if !out.status.success() {
         let subject = names.subject();
-        let refused = |cause, fix| Ok(Minted::Refused(refused(cause, fix)));
+        let refused = |cause, fix| Ok(Minted::Refused(Refused { cause, fix }));
         if unreachable(&stderr) {
             return Ok(Minted::NoCluster(unreached(said)));
         }
@@ -265,10 +265,6 @@ fn seed_fix(what: &str) -> String {
     format!("`cargo xtask secrets seed` {what}")
 }
 
-fn refused(cause: String, fix: String) -> Refused {
-    Refused { cause, fix }
-}
-
 impl Why<'_> {
     fn refused(&self, login: &Reply, audiences: &[String]) -> Refused {
         let names = self.names;
@@ -276,13 +272,13 @@ impl Why<'_> {
         let role_path = format!("auth/{}/role/{}", names.auth_mount, names.role);
         let (store, role) = (&names.store, &names.role);
         if said.contains("invalid role name") {
-            return refused(
-                format!(
+            return Refused {
+                cause: format!(
                     "{role_path} does not exist: ESO cannot log in to Vault (ClusterSecretStore/{store} names role \
                      {role}; Vault: {said})"
                 ),
-                seed_fix("sets up ESO's access"),
-            );
+                fix: seed_fix("sets up ESO's access"),
+            };
         }
         if said.contains("not authorized") {
             let bound = match self.read(&role_path) {
@@ -295,10 +291,10 @@ impl Why<'_> {
             return self.audience(&role_path, audiences, &said);
         }
         if !said.contains("permission denied") {
-            return refused(
-                format!("Vault refused the login (HTTP {}: {said})", login.status),
-                "see docs/secrets.md#esos-login-to-vault".into(),
-            );
+            return Refused {
+                cause: format!("Vault refused the login (HTTP {}: {said})", login.status),
+                fix: "see docs/secrets.md#esos-login-to-vault".into(),
+            };
         }
         self.denied(&role_path)
     }
@@ -306,13 +302,13 @@ impl Why<'_> {
     /// The role binds `bound`, not the store's service account.
     fn not_bound(&self, bound: &str, vault_said: &str) -> Refused {
         let (role, subject, store) = (&self.names.role, self.names.subject(), &self.names.store);
-        refused(
-            format!(
+        Refused {
+            cause: format!(
                 "role {role} binds {bound}, not {subject}, the service account ClusterSecretStore/{store} logs in \
                  as{vault_said}"
             ),
-            seed_fix(&format!("binds the role to {subject} again, from the store's values")),
-        )
+            fix: seed_fix(&format!("binds the role to {subject} again, from the store's values")),
+        }
     }
 
     /// A path's `data`: `Ok(None)` when it does not exist, `Err(why)` when not readable.
@@ -336,17 +332,17 @@ impl Why<'_> {
             .iter()
             .find(|a| !a.starts_with("https://kubernetes.default.svc"))
             .map_or("", String::as_str);
-        refused(
-            format!(
+        Refused {
+            cause: format!(
                 "audience mismatch: role {role} wants audience {wanted}, but the token ESO's controller gets \
                  carries {token:?} (Vault: {said})"
             ),
-            format!(
+            fix: format!(
                 "make the role accept the token's audience: `bao write {role_path} audience={set_to:?}` (with \
                  VAULT_ADDR and VAULT_TOKEN of this Vault), or give the store the role's audience in \
                  serviceAccount.audiences of {STORE_CHART_VALUES}"
             ),
-        )
+        }
     }
 
     /// Vault said `permission denied`: checks auth method, role, config and reviewer, in order.
@@ -368,19 +364,17 @@ impl Why<'_> {
                 fine.push(format!("role {} binds {}", names.role, names.subject()));
             }
             Ok(None) | Err(_) if self.mount_missing() => {
-                return refused(
-                    format!(
+                return Refused {
+                    cause: format!(
                         "no auth method is enabled at auth/{mount}/, where ClusterSecretStore/{store} logs in \
                          (Vault answers that login with permission denied)"
                     ),
-                    seed_fix("sets up ESO's access"),
-                );
+                    fix: seed_fix("sets up ESO's access"),
+                };
             }
             Ok(None) => {
-                return refused(
-                    format!("{role_path} does not exist: ESO cannot log in to Vault"),
-                    seed_fix("sets up ESO's access"),
-                );
+                let cause = format!("{role_path} does not exist: ESO cannot log in to Vault");
+                return Refused { cause, fix: seed_fix("sets up ESO's access") };
             }
             Err(why) => unchecked.push(why),
         }
@@ -395,12 +389,12 @@ impl Why<'_> {
                 Err(refused) => return refused,
             },
             Ok(None) => {
-                return refused(
-                    format!(
+                return Refused {
+                    cause: format!(
                         "{config_path} is not set: Vault has no API server to review tokens with"
                     ),
-                    seed_fix("writes it"),
-                )
+                    fix: seed_fix("writes it"),
+                }
             }
             Err(why) => {
                 unchecked.push(why);
@@ -430,7 +424,7 @@ impl Why<'_> {
             "run this with a token that may read ESO's role and auth config (the dev chart's root token) to have \
              the cause named; see docs/secrets.md#esos-login-to-vault"
         };
-        refused(cause, fix.into())
+        Refused { cause, fix: fix.into() }
     }
 
     fn mount_missing(&self) -> bool {
@@ -448,29 +442,27 @@ impl Why<'_> {
         let jwt_set = config["token_reviewer_jwt_set"].as_bool().unwrap_or(false);
         let own_ca = !ca.is_empty() || config["disable_local_ca_jwt"].as_bool().unwrap_or(false);
         let wrong = |cause| {
-            Err(refused(
-                cause,
-                seed_fix(&format!(
-                    "writes {config_path} for where Vault runs (in a pod: {want_host}; outside: the kube context's \
-                     API server and CA)"
-                )),
-            ))
+            let fix = seed_fix(&format!(
+                "writes {config_path} for where Vault runs (in a pod: {want_host}; outside: the kube context's \
+                 API server and CA)"
+            ));
+            Err(Refused { cause, fix })
         };
         let reviewer = |ns: &str, name: &str, in_pod| {
             if !jwt_set {
                 return Ok((ns.to_string(), name.to_string(), in_pod));
             }
             // A reviewer JWT whose service account Vault does not show.
-            Err(refused(
-                format!(
+            Err(Refused {
+                cause: format!(
                     "Vault reviews ESO's token with the token_reviewer_jwt set in {config_path}, whose service \
                      account Vault does not show: it may lack system:auth-delegator, or the token may have expired"
                 ),
-                seed_fix(
+                fix: seed_fix(
                     "writes the config without a reviewer JWT (Vault then reviews with its own service account in \
                      a pod, or with ESO's token outside one)",
                 ),
-            ))
+            })
         };
         if !own_ca {
             // In a pod: Vault's own CA and service account (the vault chart's, vault/vault).
@@ -537,7 +529,7 @@ impl Why<'_> {
             "the reviewer, {who}, has no ClusterRoleBinding to system:auth-delegator, so the API server refuses \
              Vault's TokenReview of ESO's token and Vault answers permission denied"
         );
-        refused(cause, fix)
+        Refused { cause, fix }
     }
 }
 

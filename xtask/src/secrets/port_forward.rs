@@ -363,7 +363,7 @@ impl PortForward {
     pub(crate) fn start(spec: &ForwardSpec) -> Result<PortForward> {
         let watch = Arc::new(Watch::default());
         let (started, port) = std::sync::mpsc::channel();
-        // `die_with_parent` is per thread: the watcher, living as long as the forward, starts kubectl.
+        // `die_with_parent` is per thread: the forward's own watcher thread starts every kubectl.
         let (spec, shared) = (spec.clone(), Arc::clone(&watch));
         let watcher = std::thread::spawn(move || match spec.bring_up(None, &shared.stop) {
             Ok((running, local_port)) => {

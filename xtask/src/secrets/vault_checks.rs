@@ -177,11 +177,8 @@ mod tests {
     fn kv1_seed_paths_include_the_record_entry() {
         let p = seed_paths("kv", false, "x", None);
         let got: Vec<(&str, &[&str])> = p.iter().map(|p| (p.0.as_str(), &p.1[..])).collect();
-        let write = &["create", "update", "read"][..];
-        assert_eq!(
-            got,
-            [("kv/x", write), ("kv/_cargo-xtask-secrets", write), ("kv/", &["list"][..])]
-        );
+        let (write, list) = (&["create", "update", "read"][..], &["list"][..]);
+        assert_eq!(got, [("kv/x", write), ("kv/_cargo-xtask-secrets", write), ("kv/", list)]);
         assert!(p.iter().all(|p| p.3), "every KV path is the seed's own");
     }
 }
