@@ -181,8 +181,7 @@ impl KubeConfig {
     }
 
     fn at(host: &str, ca_cert: &str) -> KubeConfig {
-        let (host, ca_cert) = (host.to_string(), ca_cert.to_string());
-        KubeConfig { host, ca_cert, ..KubeConfig::default() }
+        KubeConfig { host: host.into(), ca_cert: ca_cert.into(), ..KubeConfig::default() }
     }
 }
 
@@ -405,7 +404,7 @@ pub(crate) struct ApiServer {
 
 /// The current kube context's server and CA (inline: kubectl reads a CA file).
 pub(crate) fn api_server_of_context() -> Result<ApiServer> {
-    use base64::Engine;
+    use base64::{engine::general_purpose::STANDARD, Engine};
     let text = kube::raw_minified_config()?;
     let v: Value = serde_json::from_str(&text).context("kubectl config view printed no JSON")?;
     let cluster = &v["clusters"][0]["cluster"];
@@ -417,9 +416,7 @@ pub(crate) fn api_server_of_context() -> Result<ApiServer> {
     let Some(data) = cluster["certificate-authority-data"].as_str() else {
         bail!("the kube context has no CA for {server}: Vault needs one to review tokens there")
     };
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(data.trim())
-        .context("certificate-authority-data is not base64")?;
+    let der = STANDARD.decode(data.trim()).context("certificate-authority-data is not base64")?;
     let ca_pem = String::from_utf8(der).context("certificate-authority-data is not PEM text")?;
     Ok(ApiServer { server, ca_pem })
 }
@@ -436,7 +433,6 @@ fn config_body(host: &str, ca_pem: &str) -> Value {
     json!({"kubernetes_host": host, "kubernetes_ca_cert": ca_pem, "token_reviewer_jwt": "", "disable_local_ca_jwt": false})
 }
 
-/// Writes the pieces the plan marks `ensure`, in order.
 pub(crate) fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
     let names = &plan.names;
     let (mount, store, policy, role) =

@@ -35,7 +35,6 @@ pub(crate) struct Refused {
     pub fix: String,
 }
 
-/// What ESO could do: log in, read, write.
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct AsEso {
     pub method: How,
@@ -102,7 +101,6 @@ impl AsEso {
         format!("{how}: {read} of {total} keys read, write {write}")
     }
 
-    /// What fixes a failed read: the login's own fix, else a re-seed.
     pub(crate) fn fix(&self) -> String {
         match &self.login_refused {
             Some(refused) => refused.fix.clone(),
@@ -162,7 +160,6 @@ fn audiences(root: &Path) -> Result<Vec<String>> {
     Ok(list.iter().filter_map(|n| n.as_str()).map(String::from).collect())
 }
 
-/// What the cluster answered to the TokenRequest.
 enum Minted {
     /// The JWT, and the audiences the API server gave it.
     Token(Secret, Vec<String>),
@@ -185,7 +182,6 @@ fn unreachable(stderr: &str) -> bool {
     .any(|s| stderr.contains(s))
 }
 
-/// `kubectl create token`, as ESO's controller asks for one.
 fn service_account_token(names: &EsoNames, audiences: &[String], context: &str) -> Result<Minted> {
     let (sa, ns) = (&names.service_account, &names.namespace);
     let mut tool = kube::kubectl_tool().args(["create", "token", sa, "--namespace", ns]);
@@ -299,7 +295,6 @@ impl Why<'_> {
         self.denied(&role_path)
     }
 
-    /// The role binds `bound`, not the store's service account.
     fn not_bound(&self, bound: &str, vault_said: &str) -> Refused {
         let (role, subject, store) = (&self.names.role, self.names.subject(), &self.names.store);
         Refused {
@@ -497,7 +492,6 @@ impl Why<'_> {
         reviewer(&names.namespace, &names.service_account, false)
     }
 
-    /// Whether a ClusterRoleBinding lets service account `ns/name` create TokenReviews.
     fn auth_delegator(&self, ns: &str, name: &str) -> Result<bool, String> {
         let text = kube::kubectl(&["get", "clusterrolebindings", "--output", "json"])
             .map_err(|e| format!("the ClusterRoleBindings ({e:#})"))?;
@@ -533,7 +527,6 @@ impl Why<'_> {
     }
 }
 
-/// `service account names [a] in namespaces [b]` of a role.
 fn bindings(role: &Value) -> String {
     let names = strings(&role["bound_service_account_names"]);
     let namespaces = strings(&role["bound_service_account_namespaces"]);

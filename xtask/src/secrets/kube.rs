@@ -21,7 +21,6 @@ pub(crate) fn kubectl_tool() -> Tool {
     )
 }
 
-/// kubectl's stdout, or an error with kubectl's own message.
 pub(crate) fn kubectl(args: &[&str]) -> Result<String> {
     kubectl_tool().args(args).run()
 }
@@ -95,7 +94,6 @@ pub(crate) const ESO_UPGRADE: &str = "helm repo add external-secrets https://cha
      helm repo update external-secrets && helm upgrade external-secrets external-secrets/external-secrets \
      --namespace external-secrets --wait";
 
-/// What the cluster serves of ESO's API group: nothing, versions older than v1, v1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum EsoApi {
     Missing,
@@ -108,16 +106,13 @@ impl EsoApi {
         let ours = api_versions.lines().map(str::trim);
         let ours = ours.filter(|l| l.split_once('/').is_some_and(|(g, _)| g == ESO_GROUP));
         let ours: Vec<String> = ours.map(String::from).collect();
-        if ours.iter().any(|v| v == ESO_V1) {
-            EsoApi::V1
-        } else if ours.is_empty() {
-            EsoApi::Missing
-        } else {
-            EsoApi::Old(ours)
+        match ours.iter().any(|v| v == ESO_V1) {
+            true => EsoApi::V1,
+            false if ours.is_empty() => EsoApi::Missing,
+            false => EsoApi::Old(ours),
         }
     }
 
-    /// What is wrong and the command that fixes it; `None` when v1 is served.
     pub(crate) fn problem(&self) -> Option<(String, String)> {
         match self {
             EsoApi::V1 => None,
@@ -150,7 +145,6 @@ fn items(list: &Value) -> &[Value] {
     list["items"].as_array().map_or(&[], Vec::as_slice)
 }
 
-/// An object's Ready condition, as ESO writes it (`ready` is `None` without one).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct Ready {
     pub ready: Option<bool>,
@@ -302,7 +296,6 @@ fn parse_external_secrets(list: &Value) -> Vec<EsStatus> {
     statuses.collect()
 }
 
-/// `ClusterSecretStore/<name>`'s Ready condition; `None` when there is no such store.
 pub(crate) fn cluster_secret_store(name: &str) -> Result<Option<Ready>> {
     let Some((shown, out)) = get_eso(&["clustersecretstore", name])? else {
         return Ok(None);
@@ -312,7 +305,6 @@ pub(crate) fn cluster_secret_store(name: &str) -> Result<Option<Ready>> {
     Ok(Some(Ready::of(&object)))
 }
 
-/// Asks ESO to re-read an ExternalSecret now.
 pub(crate) fn force_sync(namespace: &str, name: &str, stamp: &str) -> Result<()> {
     annotate(&["externalsecret", name, "--namespace", namespace], stamp)
 }
@@ -355,14 +347,12 @@ impl Event {
     }
 }
 
-/// ESO's newest Warning Event about the store, if kubectl can tell.
 pub(crate) fn store_event() -> Option<Event> {
     let store = crate::secrets::scan::STORE_NAME;
     let events = warning_events(None, "ClusterSecretStore", Some(store)).ok()?;
     newest_by_object(events).remove(store)
 }
 
-/// `; ESO's last warning (Reason): message`, or nothing.
 pub(crate) fn said(event: Option<&Event>) -> String {
     event.map(|e| format!("; {}", e.said())).unwrap_or_default()
 }
@@ -373,7 +363,6 @@ pub(crate) fn permission_denied(text: &str) -> bool {
     t.contains("permission denied") || t.contains("code: 403")
 }
 
-/// Warning Events about objects of `kind`, as [`events`].
 pub(crate) fn warning_events(
     namespace: Option<&str>,
     kind: &str,

@@ -18,7 +18,6 @@ pub(crate) const RESEED: &str = "cargo xtask secrets seed";
 pub(crate) struct Held {
     pub present: usize,
     pub total: usize,
-    /// Fixture names the store lacks, sorted.
     pub missing: Vec<String>,
 }
 
@@ -35,7 +34,6 @@ impl Held {
         self.missing.is_empty()
     }
 
-    /// `holds all 47 fixtures`, or what is missing and why it may be.
     pub(crate) fn describe(&self) -> String {
         if self.complete() {
             return format!("holds all {} fixtures", self.total);
@@ -131,11 +129,8 @@ pub(crate) fn lacking(
     let (mut kv, mut eso_lacks) = (Vec::new(), Vec::new());
     for (path, needed, why, is_kv) in paths {
         let caps = capabilities(&reply, &path);
-        let missing: Vec<String> = needed
-            .iter()
-            .filter(|c| !caps.iter().any(|held| held == *c))
-            .map(|c| c.to_string())
-            .collect();
+        let unheld = needed.iter().filter(|c| !caps.iter().any(|held| held == *c));
+        let missing: Vec<String> = unheld.map(|c| c.to_string()).collect();
         if caps.iter().any(|c| c == "root") || missing.is_empty() {
             continue;
         }
