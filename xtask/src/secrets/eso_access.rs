@@ -1,7 +1,5 @@
-//! External Secrets Operator's way into Vault: the Kubernetes auth method at
-//! the store's `mountPath`, its config, a read-only policy on the store's KV
-//! path, and the role bound to ESO's service account. [`plan`] reads Vault,
-//! [`apply`] writes only what differs; a token that may not is reported.
+//! ESO's way into Vault: Kubernetes auth at the store's `mountPath`, its config, a read-only
+//! policy and the role bound to ESO's service account. [`apply`] writes only what differs.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -10,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::secrets::kube;
 use crate::secrets::provider::vault_http::{Method, Reply, VaultHttp};
+use crate::secrets::{config::Config, kube};
 use crate::{project, yaml};
 
 /// The store chart, whose defaults the layer-15 values overlay.
@@ -26,12 +24,10 @@ pub(crate) struct EsoNames {
     pub auth_mount: String,
     pub role: String,
     pub policy: String,
-    /// `provider.vault.path`, the KV mount the store reads.
     pub kv_path: String,
     pub kv_version: String,
     pub service_account: String,
     pub namespace: String,
-    /// The API server an in-cluster Vault sends ESO's token to for review.
     pub kubernetes_host: String,
     /// As written in the values (e.g. `15m`), and in seconds.
     pub token_ttl: String,
@@ -39,7 +35,6 @@ pub(crate) struct EsoNames {
 }
 
 impl EsoNames {
-    /// The store chart's values, overlaid with layer 15's `vault.store` for `env`.
     pub(crate) fn load(root: &Path, env: &str) -> Result<EsoNames> {
         let purpose = "ESO's access to Vault is set up from it";
         let chart = read_yaml(root, Path::new(STORE_CHART_VALUES), purpose)?;
@@ -75,10 +70,8 @@ impl EsoNames {
         })?;
         let kv_version = v(&["version"])?;
         if kv_version != "v1" && kv_version != "v2" {
-            bail!(
-                "vault.version is {kv_version:?} in {}: the store knows v1 and v2",
-                layer.display()
-            );
+            let layer = layer.display();
+            bail!("vault.version is {kv_version:?} in {layer}: the store knows v1 and v2");
         }
         Ok(EsoNames {
             store: need(chart.str_at("storeName"), "storeName")?,
@@ -95,7 +88,6 @@ impl EsoNames {
         })
     }
 
-    /// The policy: read the store's entries, read and list their metadata.
     pub(crate) fn policy_text(&self) -> String {
         let (store, role, p) = (&self.store, &self.role, &self.kv_path);
         let header = format!(
@@ -145,18 +137,15 @@ pub(crate) fn parse_duration(text: &str) -> Result<u64> {
     }
 }
 
-/// What the seed does for one piece of ESO's access.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum State {
     InPlace,
-    /// Missing or different: written by the seed.
     Ensure,
     /// Not done, and why (a token without the right, no cluster).
     Skipped(String),
 }
 
-/// One piece of ESO's access.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Item {
     /// `auth`, `config`, `policy` or `role`.
@@ -167,7 +156,6 @@ pub(crate) struct Item {
 }
 
 impl Item {
-    /// `<kind> <name>`, e.g. `auth kubernetes/`.
     pub(crate) fn label(&self) -> String {
         format!("{} {}", self.kind, self.name)
     }
@@ -193,12 +181,10 @@ impl KubeConfig {
     }
 
     fn at(host: &str, ca_cert: &str) -> KubeConfig {
-        let (host, ca_cert) = (host.to_string(), ca_cert.to_string());
-        KubeConfig { host, ca_cert, ..KubeConfig::default() }
+        KubeConfig { host: host.into(), ca_cert: ca_cert.into(), ..KubeConfig::default() }
     }
 }
 
-/// The plan: every piece, in the order [`apply`] writes them.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Plan {
     pub names: EsoNames,
@@ -211,7 +197,6 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    /// Builds the four items from their states, in order: auth, config, policy, role.
     fn new(names: &EsoNames, kubeconfig: &[PathBuf], states: [State; 4]) -> Plan {
         let (mount, p, host) = (&names.auth_mount, &names.kv_path, &names.kubernetes_host);
         let (subject, policy, ttl) = (names.subject(), &names.policy, &names.token_ttl);
@@ -237,14 +222,9 @@ impl Plan {
             ),
         ];
         let items = kinds.into_iter().zip(states);
-        Plan {
-            names: names.clone(),
-            items: items
-                .map(|((kind, name, detail), state)| Item { kind, name, state, detail })
-                .collect(),
-            outside: None,
-            kubeconfig: kubeconfig.to_vec(),
-        }
+        let items = items.map(|((kind, name, detail), state)| Item { kind, name, state, detail });
+        let (names, kubeconfig) = (names.clone(), kubeconfig.to_vec());
+        Plan { names, items: items.collect(), outside: None, kubeconfig }
     }
 
     pub(crate) fn to_ensure(&self) -> usize {
@@ -259,7 +239,6 @@ impl Plan {
         self.items.iter().all(|i| i.state == State::InPlace)
     }
 
-    /// What is ensured, what was skipped and why, and (verbose) what is in place.
     pub(crate) fn render(&self, verbose: bool) -> String {
         let names = &self.names;
         let (store, role, subject) = (&names.store, &names.role, names.subject());
@@ -282,11 +261,6 @@ impl Plan {
     }
 }
 
-/// 401 or 403: this token may not.
-fn denied(reply: &Reply) -> bool {
-    matches!(reply.status, 401 | 403)
-}
-
 fn denial(call: &str, reply: &Reply) -> String {
     format!(
         "the token may not {call} ({}); run the seed once with a token that may (the dev chart's root token, or \
@@ -305,7 +279,7 @@ enum Found {
 fn get(http: &VaultHttp, path: &str) -> Result<Found> {
     let reply = http.try_call(Method::Get, path, None)?;
     Ok(match reply.status {
-        _ if denied(&reply) => Found::Denied(denial(&format!("read {path}"), &reply)),
+        401 | 403 => Found::Denied(denial(&format!("read {path}"), &reply)),
         404 => Found::Missing,
         200 => Found::Body(reply.body),
         code => bail!("GET {path} failed with HTTP {code}: {}", reply.errors()),
@@ -375,13 +349,10 @@ pub(crate) fn plan(http: &VaultHttp, names: &EsoNames, kubeconfig: &[PathBuf]) -
         other => other.clone(),
     };
     let states = [auth_state, config_state, policy_state, role_state];
-    let mut plan = Plan::new(names, kubeconfig, states);
-    plan.outside = outside;
-    Ok(plan)
+    Ok(Plan { outside, ..Plan::new(names, kubeconfig, states) })
 }
 
-/// Whether the config is as wanted: the in-pod one, or outside a pod the kube
-/// context's API server and CA (asked for only to compare with a config Vault holds).
+/// Whether the config is the in-pod one or the kube context's (asked for only to compare).
 fn decide_config(
     names: &EsoNames,
     current: Option<&KubeConfig>,
@@ -399,24 +370,19 @@ fn decide_config(
                 .into(),
         );
     }
-    // A first seed writes it either way ([`apply`] asks for the API server if
-    // needed); without the context's API server only the in-pod config can be wanted.
-    let Some(current) = current else {
+    // Nothing to compare (a first seed) or no API server: [`apply`] writes it either way.
+    let Some(api) = current.and_then(|_| context_api().ok()) else {
         return State::Ensure;
     };
-    let Ok(api) = context_api() else {
-        return State::Ensure;
-    };
-    let wanted = KubeConfig::at(&api.server, api.ca_pem.trim());
+    let in_place = current == Some(&KubeConfig::at(&api.server, api.ca_pem.trim()));
     *outside = Some(api);
-    if *current == wanted {
+    if in_place {
         State::InPlace
     } else {
         State::Ensure
     }
 }
 
-/// The strings in a JSON array (none when `v` is not one).
 pub(crate) fn strings(v: &Value) -> Vec<String> {
     let all = v.as_array().map(Vec::as_slice).unwrap_or_default();
     all.iter().filter_map(Value::as_str).map(String::from).collect()
@@ -438,7 +404,7 @@ pub(crate) struct ApiServer {
 
 /// The current kube context's server and CA (inline: kubectl reads a CA file).
 pub(crate) fn api_server_of_context() -> Result<ApiServer> {
-    use base64::Engine;
+    use base64::{engine::general_purpose::STANDARD, Engine};
     let text = kube::raw_minified_config()?;
     let v: Value = serde_json::from_str(&text).context("kubectl config view printed no JSON")?;
     let cluster = &v["clusters"][0]["cluster"];
@@ -450,14 +416,11 @@ pub(crate) fn api_server_of_context() -> Result<ApiServer> {
     let Some(data) = cluster["certificate-authority-data"].as_str() else {
         bail!("the kube context has no CA for {server}: Vault needs one to review tokens there")
     };
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(data.trim())
-        .context("certificate-authority-data is not base64")?;
+    let der = STANDARD.decode(data.trim()).context("certificate-authority-data is not base64")?;
     let ca_pem = String::from_utf8(der).context("certificate-authority-data is not PEM text")?;
     Ok(ApiServer { server, ca_pem })
 }
 
-/// What [`apply`] did, one line per piece it touched.
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Applied {
     pub written: Vec<String>,
@@ -470,7 +433,6 @@ fn config_body(host: &str, ca_pem: &str) -> Value {
     json!({"kubernetes_host": host, "kubernetes_ca_cert": ca_pem, "token_reviewer_jwt": "", "disable_local_ca_jwt": false})
 }
 
-/// Writes the pieces the plan marks `ensure`, in order.
 pub(crate) fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
     let names = &plan.names;
     let (mount, store, policy, role) =
@@ -499,8 +461,7 @@ pub(crate) fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
         };
         let post = |body: &Value| http.try_call(Method::Post, &path, Some(body));
         let mut reply = post(&body)?;
-        // A Raft standby says "no handler for route" for a mount just enabled
-        // until it has applied it.
+        // A Raft standby says "no handler for route" until it applied a new mount.
         for _ in 0..50 {
             if reply.status != 404 || !reply.errors().contains("no handler for route") {
                 break;
@@ -508,8 +469,7 @@ pub(crate) fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
             std::thread::sleep(std::time::Duration::from_millis(100));
             reply = post(&body)?;
         }
-        // Outside a pod Vault has no service-account CA of its own: it then
-        // reviews tokens with the kube context's API server and CA.
+        // Outside a pod Vault has no service-account CA: it reviews with the kube context's.
         if item.kind == "config"
             && reply.status == 400
             && reply.errors().contains("serviceaccount/ca.crt")
@@ -517,10 +477,8 @@ pub(crate) fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
             let api = match plan.outside.clone().map_or_else(api_server_of_context, Ok) {
                 Ok(api) => api,
                 Err(e) => {
-                    let why = format!(
-                        "Vault runs outside a pod and the kube context gives no API server: {e:#}"
-                    );
-                    done.not_written.push((label, why));
+                    let why = "Vault runs outside a pod and the kube context gives no API server";
+                    done.not_written.push((label, format!("{why}: {e:#}")));
                     continue;
                 }
             };
@@ -540,7 +498,7 @@ pub(crate) fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
             }
         }
         let (status, errors) = (reply.status, reply.errors());
-        if denied(&reply) {
+        if matches!(status, 401 | 403) {
             done.not_written.push((label, denial(&format!("write {path}"), &reply)));
         } else if (200..300).contains(&status) {
             done.written.push(label);
@@ -552,9 +510,8 @@ pub(crate) fn apply(http: &VaultHttp, plan: &Plan) -> Result<Applied> {
     Ok(done)
 }
 
-/// With a kube context: a note when the service account the role binds is
-/// not in the cluster. Without one, or when kubectl cannot answer, nothing:
-/// `doctor` reports kubectl's trouble.
+/// A note when the service account the role binds is not in the cluster; nothing
+/// without a kube context or an answer (`doctor` reports kubectl's trouble).
 pub(crate) fn service_account_missing(names: &EsoNames, kubeconfig: &[PathBuf]) -> Option<String> {
     kube::current_context(kubeconfig)?;
     let field = format!("metadata.name={}", names.service_account);
@@ -573,13 +530,8 @@ pub(crate) fn service_account_missing(names: &EsoNames, kubeconfig: &[PathBuf]) 
     })
 }
 
-/// What to check when Vault says `permission denied` to ESO: the role's bound
-/// service account and the reviewer's TokenReview right.
-pub(crate) fn denied_checks(
-    root: &Path,
-    env: &str,
-    cfg: &crate::secrets::config::Config,
-) -> String {
+/// What to check when Vault says `permission denied` to ESO.
+pub(crate) fn denied_checks(root: &Path, env: &str, cfg: &Config) -> String {
     let (role, subject, mount) = match EsoNames::load(root, env) {
         Ok(n) => (n.role.clone(), n.subject(), n.auth_mount),
         Err(_) => (

@@ -1,10 +1,9 @@
-//! Reading Vault as ESO does (`check --live --as-eso`, `doctor`): its login,
-//! reads, a write that must be refused, the token revoked; a refused login is
-//! explained. The JWT and Vault tokens stay in memory: never in argv, output or errors.
+//! Reading Vault as ESO does (`check --live --as-eso`, `doctor`): login, reads, a refused write.
+//! The JWT and Vault tokens stay in memory: never in argv, output or errors.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -14,14 +13,12 @@ use crate::secrets::eso_access::{read_yaml, strings, EsoNames, STORE_CHART_VALUE
 use crate::secrets::provider::vault_http::{Method, Reply, VaultHttp};
 use crate::secrets::{eso_access, helmfile, kube, vault_checks};
 
-/// A check-and-set version no KV entry reaches (2^53 - 1, exact in JSON):
-/// the write probe cannot land.
+/// A check-and-set version no KV entry reaches (exact in JSON): the write probe cannot land.
 const NO_SUCH_VERSION: u64 = (1 << 53) - 1;
 
 /// How long the service-account token lives: ESO's controller asks for 600 s.
 const TOKEN_DURATION: &str = "10m";
 
-/// How the check got its Vault token.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum How {
@@ -32,21 +29,18 @@ pub(crate) enum How {
     PolicyOnly,
 }
 
-/// Why ESO's login fails, and what fixes it.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Refused {
     pub cause: String,
     pub fix: String,
 }
 
-/// What ESO could do: log in, read, write.
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct AsEso {
     pub method: How,
     pub role: String,
     /// `<namespace>/<name>` of the service account ESO logs in as.
     pub service_account: String,
-    /// `auth/<mountPath>`.
     pub auth: String,
     pub kube_context: Option<String>,
     /// Policy only: why no login was tried.
@@ -54,13 +48,10 @@ pub(crate) struct AsEso {
     pub policy_only_reason: Option<String>,
     /// The login failed: why, and the fix. Nothing was read then.
     pub login_refused: Option<Refused>,
-    /// The policies the token held.
     pub policies: Vec<String>,
-    /// Keys read back with a string `value`.
     pub read: Vec<String>,
     /// Keys not read, with why (refused, missing, no `value`).
     pub unreadable: Vec<(String, String)>,
-    /// The write probe was refused, as it must be.
     pub write_refused: bool,
     pub write_answer: String,
 }
@@ -81,7 +72,6 @@ impl AsEso {
         self.login_refused.is_none() && self.unreadable.is_empty() && self.write_refused
     }
 
-    /// One line for humans.
     pub(crate) fn summary(&self) -> String {
         let (account, auth, role) = (&self.service_account, &self.auth, &self.role);
         if let Some(refused) = &self.login_refused {
@@ -111,7 +101,6 @@ impl AsEso {
         format!("{how}: {read} of {total} keys read, write {write}")
     }
 
-    /// What fixes a failed read: the login's own fix, else a re-seed.
     pub(crate) fn fix(&self) -> String {
         match &self.login_refused {
             Some(refused) => refused.fix.clone(),
@@ -120,8 +109,7 @@ impl AsEso {
     }
 }
 
-/// Logs in as ESO does (with no cluster to log in through: a token holding the
-/// role's policies) and [`probe`]s with its token.
+/// Logs in as ESO does (no cluster: [`policy_only`]) and [`probe`]s with its token.
 pub(crate) fn read_as_eso(
     http: &VaultHttp,
     names: &EsoNames,
@@ -163,8 +151,7 @@ pub(crate) fn read_as_eso(
     probe(http, token, names, keys, as_eso)
 }
 
-/// `serviceAccount.audiences` of the store chart's values: the audiences ESO
-/// asks for in its TokenRequest (none: the API server's own).
+/// `serviceAccount.audiences` of the store chart: what ESO's TokenRequest asks for.
 fn audiences(root: &Path) -> Result<Vec<String>> {
     let purpose = "ESO's login is set up from it";
     let values = read_yaml(root, Path::new(STORE_CHART_VALUES), purpose)?;
@@ -173,13 +160,10 @@ fn audiences(root: &Path) -> Result<Vec<String>> {
     Ok(list.iter().filter_map(|n| n.as_str()).map(String::from).collect())
 }
 
-/// What the cluster answered to the TokenRequest.
 enum Minted {
     /// The JWT, and the audiences the API server gave it.
     Token(Secret, Vec<String>),
-    /// The service account is missing, or the kube context may not create tokens.
     Refused(Refused),
-    /// kubectl cannot reach the cluster.
     NoCluster(String),
 }
 
@@ -198,15 +182,10 @@ fn unreachable(stderr: &str) -> bool {
     .any(|s| stderr.contains(s))
 }
 
-/// `kubectl create token`, as ESO's controller asks for one.
 fn service_account_token(names: &EsoNames, audiences: &[String], context: &str) -> Result<Minted> {
     let (sa, ns) = (&names.service_account, &names.namespace);
-    let mut tool = kube::kubectl_tool().args(["create", "token", sa, "--namespace", ns]).args([
-        "--duration",
-        TOKEN_DURATION,
-        "--output",
-        "json",
-    ]);
+    let mut tool = kube::kubectl_tool().args(["create", "token", sa, "--namespace", ns]);
+    tool = tool.args(["--duration", TOKEN_DURATION, "--output", "json"]);
     for audience in audiences {
         tool = tool.args(["--audience", audience]);
     }
@@ -220,7 +199,7 @@ fn service_account_token(names: &EsoNames, audiences: &[String], context: &str) 
     let said = crate::process::tail(&stderr, 1);
     if !out.status.success() {
         let subject = names.subject();
-        let refused = |cause, fix| Ok(Minted::Refused(refused(cause, fix)));
+        let refused = |cause, fix| Ok(Minted::Refused(Refused { cause, fix }));
         if unreachable(&stderr) {
             return Ok(Minted::NoCluster(unreached(said)));
         }
@@ -282,10 +261,6 @@ fn seed_fix(what: &str) -> String {
     format!("`cargo xtask secrets seed` {what}")
 }
 
-fn refused(cause: String, fix: String) -> Refused {
-    Refused { cause, fix }
-}
-
 impl Why<'_> {
     fn refused(&self, login: &Reply, audiences: &[String]) -> Refused {
         let names = self.names;
@@ -293,13 +268,13 @@ impl Why<'_> {
         let role_path = format!("auth/{}/role/{}", names.auth_mount, names.role);
         let (store, role) = (&names.store, &names.role);
         if said.contains("invalid role name") {
-            return refused(
-                format!(
+            return Refused {
+                cause: format!(
                     "{role_path} does not exist: ESO cannot log in to Vault (ClusterSecretStore/{store} names role \
                      {role}; Vault: {said})"
                 ),
-                seed_fix("sets up ESO's access"),
-            );
+                fix: seed_fix("sets up ESO's access"),
+            };
         }
         if said.contains("not authorized") {
             let bound = match self.read(&role_path) {
@@ -312,28 +287,26 @@ impl Why<'_> {
             return self.audience(&role_path, audiences, &said);
         }
         if !said.contains("permission denied") {
-            return refused(
-                format!("Vault refused the login (HTTP {}: {said})", login.status),
-                "see docs/secrets.md#esos-login-to-vault".into(),
-            );
+            return Refused {
+                cause: format!("Vault refused the login (HTTP {}: {said})", login.status),
+                fix: "see docs/secrets.md#esos-login-to-vault".into(),
+            };
         }
         self.denied(&role_path)
     }
 
-    /// The role binds `bound`, not the store's service account.
     fn not_bound(&self, bound: &str, vault_said: &str) -> Refused {
         let (role, subject, store) = (&self.names.role, self.names.subject(), &self.names.store);
-        refused(
-            format!(
+        Refused {
+            cause: format!(
                 "role {role} binds {bound}, not {subject}, the service account ClusterSecretStore/{store} logs in \
                  as{vault_said}"
             ),
-            seed_fix(&format!("binds the role to {subject} again, from the store's values")),
-        )
+            fix: seed_fix(&format!("binds the role to {subject} again, from the store's values")),
+        }
     }
 
-    /// A path's `data`: `Ok(None)` when it does not exist, an error with why
-    /// when it cannot be read.
+    /// A path's `data`: `Ok(None)` when it does not exist, `Err(why)` when not readable.
     fn read(&self, path: &str) -> Result<Option<Value>, String> {
         match self.http.try_call(Method::Get, path, None) {
             Ok(r) if r.status == 200 => Ok(Some(r.body["data"].clone())),
@@ -354,27 +327,25 @@ impl Why<'_> {
             .iter()
             .find(|a| !a.starts_with("https://kubernetes.default.svc"))
             .map_or("", String::as_str);
-        refused(
-            format!(
+        Refused {
+            cause: format!(
                 "audience mismatch: role {role} wants audience {wanted}, but the token ESO's controller gets \
                  carries {token:?} (Vault: {said})"
             ),
-            format!(
+            fix: format!(
                 "make the role accept the token's audience: `bao write {role_path} audience={set_to:?}` (with \
                  VAULT_ADDR and VAULT_TOKEN of this Vault), or give the store the role's audience in \
                  serviceAccount.audiences of {STORE_CHART_VALUES}"
             ),
-        )
+        }
     }
 
-    /// Vault said `permission denied`: the auth method, the role's bindings,
-    /// the auth config, the reviewer's right to review, in order.
+    /// Vault said `permission denied`: checks auth method, role, config and reviewer, in order.
     fn denied(&self, role_path: &str) -> Refused {
         let names = self.names;
         let (mount, store) = (&names.auth_mount, &names.store);
         // What was checked and found right, and what could not be read.
-        let mut fine = Vec::new();
-        let mut unchecked = Vec::new();
+        let (mut fine, mut unchecked) = (Vec::new(), Vec::new());
         match self.read(role_path) {
             Ok(Some(role)) => {
                 let bound = |key: &str, want: &str| {
@@ -388,19 +359,17 @@ impl Why<'_> {
                 fine.push(format!("role {} binds {}", names.role, names.subject()));
             }
             Ok(None) | Err(_) if self.mount_missing() => {
-                return refused(
-                    format!(
+                return Refused {
+                    cause: format!(
                         "no auth method is enabled at auth/{mount}/, where ClusterSecretStore/{store} logs in \
                          (Vault answers that login with permission denied)"
                     ),
-                    seed_fix("sets up ESO's access"),
-                );
+                    fix: seed_fix("sets up ESO's access"),
+                };
             }
             Ok(None) => {
-                return refused(
-                    format!("{role_path} does not exist: ESO cannot log in to Vault"),
-                    seed_fix("sets up ESO's access"),
-                );
+                let cause = format!("{role_path} does not exist: ESO cannot log in to Vault");
+                return Refused { cause, fix: seed_fix("sets up ESO's access") };
             }
             Err(why) => unchecked.push(why),
         }
@@ -415,12 +384,12 @@ impl Why<'_> {
                 Err(refused) => return refused,
             },
             Ok(None) => {
-                return refused(
-                    format!(
+                return Refused {
+                    cause: format!(
                         "{config_path} is not set: Vault has no API server to review tokens with"
                     ),
-                    seed_fix("writes it"),
-                )
+                    fix: seed_fix("writes it"),
+                }
             }
             Err(why) => {
                 unchecked.push(why);
@@ -450,18 +419,16 @@ impl Why<'_> {
             "run this with a token that may read ESO's role and auth config (the dev chart's root token) to have \
              the cause named; see docs/secrets.md#esos-login-to-vault"
         };
-        refused(cause, fix.into())
+        Refused { cause, fix: fix.into() }
     }
 
-    /// Whether nothing is mounted at the store's auth path.
     fn mount_missing(&self) -> bool {
         let path = format!("auth/{}/role/{}", self.names.auth_mount, self.names.role);
         matches!(self.http.try_call(Method::Get, &path, None),
                  Ok(r) if r.status == 404 && r.errors().contains("no handler for route"))
     }
 
-    /// Checks the auth config against where Vault runs; answers whose service
-    /// account reviews ESO's token (namespace, name, in a pod).
+    /// Checks the auth config against where Vault runs; answers who reviews (ns, name, in a pod).
     fn config(&self, config_path: &str, config: &Value) -> Result<(String, String, bool), Refused> {
         let names = self.names;
         let (context, want_host) = (self.context, &names.kubernetes_host);
@@ -470,29 +437,27 @@ impl Why<'_> {
         let jwt_set = config["token_reviewer_jwt_set"].as_bool().unwrap_or(false);
         let own_ca = !ca.is_empty() || config["disable_local_ca_jwt"].as_bool().unwrap_or(false);
         let wrong = |cause| {
-            Err(refused(
-                cause,
-                seed_fix(&format!(
-                    "writes {config_path} for where Vault runs (in a pod: {want_host}; outside: the kube context's \
-                     API server and CA)"
-                )),
-            ))
+            let fix = seed_fix(&format!(
+                "writes {config_path} for where Vault runs (in a pod: {want_host}; outside: the kube context's \
+                 API server and CA)"
+            ));
+            Err(Refused { cause, fix })
         };
         let reviewer = |ns: &str, name: &str, in_pod| {
             if !jwt_set {
                 return Ok((ns.to_string(), name.to_string(), in_pod));
             }
             // A reviewer JWT whose service account Vault does not show.
-            Err(refused(
-                format!(
+            Err(Refused {
+                cause: format!(
                     "Vault reviews ESO's token with the token_reviewer_jwt set in {config_path}, whose service \
                      account Vault does not show: it may lack system:auth-delegator, or the token may have expired"
                 ),
-                seed_fix(
+                fix: seed_fix(
                     "writes the config without a reviewer JWT (Vault then reviews with its own service account in \
                      a pod, or with ESO's token outside one)",
                 ),
-            ))
+            })
         };
         if !own_ca {
             // In a pod: Vault's own CA and service account (the vault chart's, vault/vault).
@@ -527,7 +492,6 @@ impl Why<'_> {
         reviewer(&names.namespace, &names.service_account, false)
     }
 
-    /// Whether a ClusterRoleBinding lets service account `ns/name` create TokenReviews.
     fn auth_delegator(&self, ns: &str, name: &str) -> Result<bool, String> {
         let text = kube::kubectl(&["get", "clusterrolebindings", "--output", "json"])
             .map_err(|e| format!("the ClusterRoleBindings ({e:#})"))?;
@@ -559,20 +523,17 @@ impl Why<'_> {
             "the reviewer, {who}, has no ClusterRoleBinding to system:auth-delegator, so the API server refuses \
              Vault's TokenReview of ESO's token and Vault answers permission denied"
         );
-        refused(cause, fix)
+        Refused { cause, fix }
     }
 }
 
-/// `service account names [a] in namespaces [b]` of a role.
 fn bindings(role: &Value) -> String {
     let names = strings(&role["bound_service_account_names"]);
     let namespaces = strings(&role["bound_service_account_namespaces"]);
     format!("service account names {names:?} in namespaces {namespaces:?}")
 }
 
-/// Whether `list` (`kubectl get clusterrolebindings -o json`) binds service
-/// account `ns/name`, or a group it is in, to `system:auth-delegator` (or
-/// `cluster-admin`).
+/// Whether ClusterRoleBindings `list` bind `ns/name` (or its group) to a reviewing role.
 fn reviews(list: &Value, ns: &str, name: &str) -> bool {
     let groups = ["system:serviceaccounts".to_string(), format!("system:serviceaccounts:{ns}")];
     let each = |v: &Value| v.as_array().cloned().unwrap_or_default();
@@ -588,8 +549,7 @@ fn reviews(list: &Value, ns: &str, name: &str) -> bool {
     })
 }
 
-/// No cluster to log in through: mints a token with the role's policies (with
-/// the caller's token) and reads with it. Proves the policy, not the login.
+/// No cluster to log in through: reads with a token minted with the role's policies.
 fn policy_only(http: &VaultHttp, names: &EsoNames, keys: &[String], why: String) -> Result<AsEso> {
     let (store, role_name) = (&names.store, &names.role);
     let role_path = format!("auth/{}/role/{role_name}", names.auth_mount);
@@ -613,14 +573,12 @@ fn policy_only(http: &VaultHttp, names: &EsoNames, keys: &[String], why: String)
     let body = json!({"policies": policies, "no_default_policy": no_default, "ttl": "2m", "renewable": false,
                       "display_name": "xtask-as-eso"});
     let created = http.try_call(Method::Post, "auth/token/create", Some(&body))?;
-    if created.status != 200 {
-        bail!(
-            "auth/token/create refused a token with the policies of role {role_name} (HTTP {}: {}): reading as \
-             ESO needs a token that may create one (the dev chart's root token may)",
-            created.status,
-            created.errors()
-        );
-    }
+    let (status, errors) = (created.status, created.errors());
+    ensure!(
+        status == 200,
+        "auth/token/create refused a token with the policies of role {role_name} (HTTP {status}: {errors}): \
+         reading as ESO needs a token that may create one (the dev chart's root token may)"
+    );
     let Some(token) = created.body["auth"]["client_token"].as_str() else {
         bail!("auth/token/create answered without a token");
     };

@@ -1,5 +1,4 @@
-//! kubectl: the current context, ESO's objects and events. Every call goes
-//! through `process::Tool`, with a deadline.
+//! kubectl (through `process::Tool`, with a deadline): the current context, ESO's objects, events.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -22,7 +21,6 @@ pub(crate) fn kubectl_tool() -> Tool {
     )
 }
 
-/// Runs kubectl, returning stdout or an error with kubectl's own message.
 pub(crate) fn kubectl(args: &[&str]) -> Result<String> {
     kubectl_tool().args(args).run()
 }
@@ -32,8 +30,7 @@ pub(crate) fn current_context(kubeconfig: &[PathBuf]) -> Option<String> {
     context(kubeconfig).ok().flatten()
 }
 
-/// The current kube context: `Ok(None)` without kubectl or a context set.
-/// Asked once per process (a run never changes the kubeconfig).
+/// The current kube context (`Ok(None)`: no kubectl or none set), asked once per process.
 pub(crate) fn context(kubeconfig: &[PathBuf]) -> Result<Option<String>> {
     static CONTEXT: OnceLock<Result<Option<String>, String>> = OnceLock::new();
     let ask = || -> Result<Option<String>> {
@@ -55,8 +52,7 @@ pub(crate) fn context(kubeconfig: &[PathBuf]) -> Result<Option<String>> {
     answer.clone().map_err(anyhow::Error::msg)
 }
 
-/// The current kube context as far as it can be known; kubectl missing or
-/// failing beside a kubeconfig is `Unknown`, and the guardrail fails closed.
+/// The kube context for the guardrail: kubectl missing or failing beside a kubeconfig is `Unknown`.
 pub(crate) fn guard_context(kubeconfig: &[PathBuf]) -> KubeContext {
     match context(kubeconfig) {
         Ok(Some(context)) => KubeContext::Named(context),
@@ -74,36 +70,30 @@ pub(crate) fn guard_context(kubeconfig: &[PathBuf]) -> KubeContext {
     }
 }
 
-/// Whether kubectl could find a kubeconfig (the paths of `KUBECONFIG`, else
-/// `~/.kube/config`; none listed: kubectl decides). Without one, no child.
+/// Whether kubectl could find a kubeconfig (none listed: kubectl decides). Without one, no child.
 fn kubeconfig_exists(kubeconfig: &[PathBuf]) -> bool {
     kubeconfig.is_empty() || kubeconfig.iter().any(|p| p.exists())
 }
 
-/// The current context with its cluster's CA inline (`--flatten` reads a CA
-/// file). It holds credentials: keep it in memory.
+/// The current context with its CA inline. It holds credentials: keep it in memory.
 pub(crate) fn raw_minified_config() -> Result<String> {
     kubectl_tool().args("config view --minify --raw --flatten --output json".split(' ')).run()
 }
 
-/// ESO's API group, as `kubectl api-versions` lists it.
 pub(crate) const ESO_GROUP: &str = "external-secrets.io";
 
 /// The version of ESO's API that layer 15's manifests use (ESO 0.16+).
 pub(crate) const ESO_V1: &str = "external-secrets.io/v1";
 
-/// Installs External Secrets Operator with its official Helm chart.
 pub(crate) const ESO_INSTALL: &str =
     "helm repo add external-secrets https://charts.external-secrets.io && \
      helm install external-secrets external-secrets/external-secrets --namespace external-secrets \
      --create-namespace --wait";
 
-/// Upgrades an ESO the official Helm chart installed to the chart's latest.
 pub(crate) const ESO_UPGRADE: &str = "helm repo add external-secrets https://charts.external-secrets.io; \
      helm repo update external-secrets && helm upgrade external-secrets external-secrets/external-secrets \
      --namespace external-secrets --wait";
 
-/// What the cluster serves of ESO's API group: nothing, versions older than v1, v1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum EsoApi {
     Missing,
@@ -112,21 +102,17 @@ pub(crate) enum EsoApi {
 }
 
 impl EsoApi {
-    /// From `kubectl api-versions`' output, one `group/version` a line.
     pub(crate) fn parse(api_versions: &str) -> EsoApi {
         let ours = api_versions.lines().map(str::trim);
         let ours = ours.filter(|l| l.split_once('/').is_some_and(|(g, _)| g == ESO_GROUP));
         let ours: Vec<String> = ours.map(String::from).collect();
-        if ours.iter().any(|v| v == ESO_V1) {
-            EsoApi::V1
-        } else if ours.is_empty() {
-            EsoApi::Missing
-        } else {
-            EsoApi::Old(ours)
+        match ours.iter().any(|v| v == ESO_V1) {
+            true => EsoApi::V1,
+            false if ours.is_empty() => EsoApi::Missing,
+            false => EsoApi::Old(ours),
         }
     }
 
-    /// What is wrong and the command that fixes it; `None` when v1 is served.
     pub(crate) fn problem(&self) -> Option<(String, String)> {
         match self {
             EsoApi::V1 => None,
@@ -155,12 +141,10 @@ fn text(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_string()
 }
 
-/// The `items` of a `kubectl get ... --output json` list.
 fn items(list: &Value) -> &[Value] {
     list["items"].as_array().map_or(&[], Vec::as_slice)
 }
 
-/// An object's Ready condition, as ESO writes it (`ready` is `None` without one).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct Ready {
     pub ready: Option<bool>,
@@ -181,7 +165,6 @@ impl Ready {
         }
     }
 
-    /// `reason: message`, or that there is no condition yet.
     pub(crate) fn describe(&self) -> String {
         match self.ready {
             None => "no Ready condition yet".to_string(),
@@ -190,7 +173,6 @@ impl Ready {
     }
 }
 
-/// One ExternalSecret's readiness, as ESO reports it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct EsStatus {
     pub namespace: String,
@@ -199,9 +181,7 @@ pub(crate) struct EsStatus {
     pub ready: Option<bool>,
     pub reason: String,
     pub message: String,
-    /// When ESO last synced it (RFC 3339, the cluster's clock).
     pub refresh_time: Option<String>,
-    /// The object version ESO last synced (changes with its annotations).
     pub synced_resource_version: Option<String>,
     pub refresh_interval: Option<String>,
     pub refresh_policy: Option<String>,
@@ -214,9 +194,7 @@ impl EsStatus {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// Why ESO 0.16+ will not re-read it when its force-sync annotation
-    /// changes: once synced, `refreshPolicy: CreatedOnce` or a periodic
-    /// `refreshInterval: 0` is never read again.
+    /// Why ESO 0.16+ ignores a force-sync once synced: `CreatedOnce`, or periodic every 0.
     pub(crate) fn ignores_force_sync(&self) -> Option<String> {
         let synced = self.synced_resource_version.as_deref().is_some_and(|v| !v.is_empty());
         match (self.refresh_policy.as_deref(), self.refresh_interval.as_deref()) {
@@ -263,8 +241,7 @@ pub(crate) fn go_seconds(duration: &str) -> Option<f64> {
     total.map(|t| sign * t)
 }
 
-/// `kubectl get ARGS --output json` about ESO's objects: the command and its
-/// stdout, `None` for NotFound; a cluster without ESO is said so.
+/// `kubectl get ARGS --output json` (shown, stdout) about ESO's objects; `None` for NotFound.
 fn get_eso(args: &[&str]) -> Result<Option<(String, Vec<u8>)>> {
     let tool = kubectl_tool().arg("get").args(args).args(["--output", "json"]);
     let out = tool.output()?;
@@ -319,7 +296,6 @@ fn parse_external_secrets(list: &Value) -> Vec<EsStatus> {
     statuses.collect()
 }
 
-/// `ClusterSecretStore/<name>`'s Ready condition; `None` when there is no such store.
 pub(crate) fn cluster_secret_store(name: &str) -> Result<Option<Ready>> {
     let Some((shown, out)) = get_eso(&["clustersecretstore", name])? else {
         return Ok(None);
@@ -329,21 +305,18 @@ pub(crate) fn cluster_secret_store(name: &str) -> Result<Option<Ready>> {
     Ok(Some(Ready::of(&object)))
 }
 
-/// Asks ESO to re-read an ExternalSecret now.
 pub(crate) fn force_sync(namespace: &str, name: &str, stamp: &str) -> Result<()> {
     annotate(&["externalsecret", name, "--namespace", namespace], stamp)
 }
 
-/// Asks ESO to validate a ClusterSecretStore now: any change to the object
-/// queues it at once, ahead of the backoff of a store that failed.
+/// Asks ESO to validate a ClusterSecretStore now, ahead of a failed store's backoff.
 pub(crate) fn force_sync_store(name: &str, stamp: &str) -> Result<()> {
     annotate(&["clustersecretstore", name], stamp)
 }
 
 fn annotate(object: &[&str], stamp: &str) -> Result<()> {
     let stamp = format!("force-sync={stamp}");
-    kubectl_tool().arg("annotate").args(object).args([&stamp, "--overwrite"]).run()?;
-    Ok(())
+    kubectl_tool().arg("annotate").args(object).args([&stamp, "--overwrite"]).run().map(drop)
 }
 
 pub(crate) fn namespaces() -> Result<BTreeSet<String>> {
@@ -353,12 +326,10 @@ pub(crate) fn namespaces() -> Result<BTreeSet<String>> {
     Ok(items(&list).iter().map(|n| text(&n["metadata"]["name"])).collect())
 }
 
-/// A Kubernetes Event about one object: where ESO says why it failed (its
-/// Ready condition is generic: `could not get secret data from provider`).
+/// An Event about one object: where ESO says why it failed (its Ready condition is generic).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Event {
     pub id: String,
-    /// How many times it happened (identical events are counted in one).
     pub count: u64,
     pub object: String,
     pub reason: String,
@@ -376,26 +347,22 @@ impl Event {
     }
 }
 
-/// ESO's newest Warning Event about the store, if kubectl can tell.
 pub(crate) fn store_event() -> Option<Event> {
     let store = crate::secrets::scan::STORE_NAME;
     let events = warning_events(None, "ClusterSecretStore", Some(store)).ok()?;
     newest_by_object(events).remove(store)
 }
 
-/// `; ESO's last warning (Reason): message`, or nothing.
 pub(crate) fn said(event: Option<&Event>) -> String {
     event.map(|e| format!("; {}", e.said())).unwrap_or_default()
 }
 
-/// Vault's answer to a login it refused (every failed TokenReview included)
-/// or a read its policy does not allow, in ESO's words.
+/// Vault refusing a login (a failed TokenReview too) or a read, in ESO's words.
 pub(crate) fn permission_denied(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
     t.contains("permission denied") || t.contains("code: 403")
 }
 
-/// Warning Events about objects of `kind`, as [`events`].
 pub(crate) fn warning_events(
     namespace: Option<&str>,
     kind: &str,
@@ -404,21 +371,16 @@ pub(crate) fn warning_events(
     events(namespace, kind, name, Some("Warning"))
 }
 
-/// Events about objects of `kind` in `namespace` (`None`: all; a cluster-scoped
-/// object's live in `default`), about `name` and of `type_` when given.
+/// Events about `kind` objects in `namespace` (`None`: all), about `name` and of `type_` if given.
 pub(crate) fn events(
     namespace: Option<&str>,
     kind: &str,
     name: Option<&str>,
     type_: Option<&str>,
 ) -> Result<Vec<Event>> {
-    let mut selector = format!("involvedObject.kind={kind}");
-    if let Some(name) = name {
-        selector.push_str(&format!(",involvedObject.name={name}"));
-    }
-    if let Some(t) = type_ {
-        selector.push_str(&format!(",type={t}"));
-    }
+    let name = name.map(|name| format!(",involvedObject.name={name}")).unwrap_or_default();
+    let type_ = type_.map(|t| format!(",type={t}")).unwrap_or_default();
+    let selector = format!("involvedObject.kind={kind}{name}{type_}");
     let mut args = vec!["get", "events"];
     match namespace {
         Some(ns) => args.extend(["--namespace", ns]),
@@ -433,8 +395,7 @@ fn parse_events(json: &str) -> Result<Vec<Event>> {
         serde_json::from_str(json).context("kubectl get events printed no JSON list")?;
     let events = items(&list).iter().map(|e| {
         let count = e["count"].as_u64().or(e["series"]["count"].as_u64());
-        // core/v1 Events carry lastTimestamp; events.k8s.io ones eventTime
-        // (and a series); the creation time as a last resort.
+        // core/v1 Events carry lastTimestamp, events.k8s.io ones eventTime (and a series).
         let times = [
             &e["series"]["lastObservedTime"],
             &e["lastTimestamp"],
@@ -455,8 +416,7 @@ fn parse_events(json: &str) -> Result<Vec<Event>> {
     Ok(events.collect())
 }
 
-/// When an event last happened, comparable: the API server writes UTC, so the
-/// fraction padded to nanoseconds orders as text; then its resourceVersion.
+/// When an event last happened, comparable: UTC, its fraction padded to 9 digits; then its version.
 fn instant(e: &Event) -> (String, u64) {
     let t = e.last.trim_end_matches('Z');
     let (secs, frac) = t.split_once('.').unwrap_or((t, ""));

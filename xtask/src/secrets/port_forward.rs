@@ -1,6 +1,4 @@
-//! The port-forward to the in-cluster Vault: waits (with progress) for a pod
-//! behind `svc/vault` to run, then runs `kubectl port-forward svc/vault`,
-//! watched, restarted once, stopped on drop.
+//! `kubectl port-forward svc/vault`, once a pod behind it runs: watched, restarted once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -31,14 +29,14 @@ pub(crate) struct ForwardSpec {
     pub pod_wait: Duration,
 }
 
-/// Why kubectl did not start forwarding.
 enum LaunchError {
     Stopped,
     /// kubectl exited before forwarding: our message, with its words.
     Exited(String),
-    /// It could not start, or missed its deadline.
     Failed(String),
 }
+
+type Launched = Result<(Running, u16), LaunchError>;
 
 impl LaunchError {
     fn into_message(self) -> String {
@@ -50,8 +48,7 @@ impl LaunchError {
 }
 
 impl ForwardSpec {
-    /// `kubectl port-forward ... svc/vault [LOCAL]:8200`, with kubectl's own wait
-    /// for a running pod kept within our deadline (so it says why it gave up).
+    /// kubectl's own wait for a running pod stays within our deadline, so it says why it gave up.
     fn tool(&self, local: Option<u16>) -> Tool {
         let local = local.map(|p| p.to_string()).unwrap_or_default();
         Tool::new("kubectl")
@@ -68,7 +65,6 @@ impl ForwardSpec {
     fn fix(&self, said: &str) -> String {
         let (ns, port, svc) = (&self.namespace, self.port, &self.service);
         if said.contains("connection refused") {
-            // The kubelet reached the pod, but nothing listens on the port.
             format!(
                 "Vault's pod runs but nothing in it listens on port {port} (Vault has not started yet, or \
                  exited): `kubectl --namespace {ns} get pods`, then `kubectl --namespace {ns} logs <pod>`"
@@ -124,8 +120,7 @@ impl ForwardSpec {
         list.map(Option::unwrap_or_default).map_err(LaunchError::Failed)
     }
 
-    /// Waits until a pod behind the service runs (kubectl refuses a Pending
-    /// one at once), saying every few seconds on stderr what it waits for.
+    /// Waits until a pod behind the service runs (kubectl refuses a Pending one), with notes.
     fn wait_for_pod(&self, until: Instant, stop: &AtomicBool) -> Result<(), LaunchError> {
         let selector = self.selector()?;
         let began = Instant::now();
@@ -165,7 +160,6 @@ impl ForwardSpec {
         }
     }
 
-    /// The error once the wait for a pod is over: what is true, and its fix.
     fn pod_wait_failure(&self, state: &str, list: &Value) -> String {
         let (ns, svc, waited) = (&self.namespace, &self.service, seconds(self.pod_wait));
         let first = list["items"].get(0).map(|p| p["metadata"]["name"].as_str().unwrap_or("?"));
@@ -187,7 +181,7 @@ impl ForwardSpec {
     }
 
     /// Starts kubectl and waits for its `Forwarding from 127.0.0.1:N -> P` line.
-    fn launch(&self, local: Option<u16>, stop: &AtomicBool) -> Result<(Running, u16), LaunchError> {
+    fn launch(&self, local: Option<u16>, stop: &AtomicBool) -> Launched {
         let tool = self.tool(local);
         let running = tool.spawn().map_err(|e| LaunchError::Failed(format!("{e:#}")))?;
         let until = Instant::now() + self.start_deadline;
@@ -222,14 +216,8 @@ impl ForwardSpec {
         }
     }
 
-    /// Waits for a running pod, then starts kubectl. A kubectl that exits
-    /// before forwarding because the pod stopped running meanwhile sends us
-    /// back to waiting, within the same `pod_wait`.
-    fn bring_up(
-        &self,
-        local: Option<u16>,
-        stop: &AtomicBool,
-    ) -> Result<(Running, u16), LaunchError> {
+    /// Waits for a running pod, then starts kubectl; back to waiting if the pod stopped meanwhile.
+    fn bring_up(&self, local: Option<u16>, stop: &AtomicBool) -> Launched {
         let until = Instant::now() + self.pod_wait;
         loop {
             self.wait_for_pod(until, stop)?;
@@ -262,14 +250,11 @@ fn selector_of(service: &Value) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(","))
 }
 
-/// One pod behind the service: its name, whether kubectl can forward to it
-/// (Running, not on its way out), and `vault-0 is Pending (ContainerCreating)`.
+/// A pod's name, whether it can be forwarded to, and `vault-0 is Pending (ContainerCreating)`.
 fn pod_state(p: &Value) -> (String, bool, String) {
     let status = &p["status"];
     let terminating = !p["metadata"]["deletionTimestamp"].is_null();
     let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
-    // Why it is not running: a container's waiting or terminated reason, the
-    // scheduler's, or `Terminating`.
     let reason_in = |key: &str| {
         list(&status[key]).iter().find_map(|c| {
             let state = &c["state"];
@@ -305,7 +290,6 @@ fn pod_state(p: &Value) -> (String, bool, String) {
     (name, phase == "Running" && !terminating, described)
 }
 
-/// The name of a running pod behind the service, or what stands there instead.
 fn behind(list: &Value, service: &str, selector: &str) -> Result<String, String> {
     let pods: Vec<_> = list["items"].as_array().into_iter().flatten().map(pod_state).collect();
     if let Some((name, ..)) = pods.iter().find(|(_, runs, _)| *runs) {
@@ -335,7 +319,6 @@ fn ended(running: &Running) -> String {
 
 #[derive(Default)]
 struct Watch {
-    /// Why the forward is gone for good, once it is.
     down: Mutex<Option<String>>,
     /// While the watcher brings kubectl back after a failure.
     restarting: Mutex<bool>,
@@ -363,15 +346,10 @@ impl Watch {
     }
 }
 
-/// A running `kubectl port-forward` to the in-cluster Vault.
-///
-/// A watcher thread reads kubectl's output for the forward's whole life (a Go
-/// program whose stdout is closed dies of SIGPIPE at its next `Handling
-/// connection` line). When kubectl fails (`An error occurred forwarding`,
-/// `lost connection to pod`, an exit), the watcher starts it once more on the
-/// same local port, after waiting for a running pod again; [`Self::lifeline`]
-/// holds failed calls until then. A second failure is final. Stopped on drop;
-/// a run killed outright takes kubectl with it (`Tool::die_with_parent`).
+/// A running `kubectl port-forward` to the in-cluster Vault. A watcher thread reads kubectl's
+/// output all along (closed, kubectl dies of SIGPIPE at its next `Handling connection` line) and
+/// restarts a failed kubectl once on the same port, after a running pod again; [`Self::lifeline`]
+/// holds failed calls until then. Stopped on drop, and with a run killed outright.
 pub(crate) struct PortForward {
     pub local_port: u16,
     watch: Arc<Watch>,
@@ -382,8 +360,7 @@ impl PortForward {
     pub(crate) fn start(spec: &ForwardSpec) -> Result<PortForward> {
         let watch = Arc::new(Watch::default());
         let (started, port) = std::sync::mpsc::channel();
-        // Every kubectl of this forward is started by its watcher thread, which
-        // lives as long as the forward: `die_with_parent` is per thread.
+        // `die_with_parent` is per thread: the forward's own watcher thread starts every kubectl.
         let (spec, shared) = (spec.clone(), Arc::clone(&watch));
         let watcher = std::thread::spawn(move || match spec.bring_up(None, &shared.stop) {
             Ok((running, local_port)) => {
@@ -411,9 +388,7 @@ impl PortForward {
         self.watch.down().is_some()
     }
 
-    /// For the HTTP client, when a connection fails: waits while the watcher
-    /// restarts kubectl, then `None` (try again) or, once the forward is gone
-    /// for good, `Some(why)` in kubectl's words.
+    /// For a failed connection: waits out a restart, then `None` (retry) or `Some(why)` (gone).
     pub(crate) fn lifeline(&self) -> impl Fn() -> Option<String> + Send + Sync + 'static {
         let watch = Arc::clone(&self.watch);
         move || {
@@ -438,8 +413,7 @@ impl Drop for PortForward {
     }
 }
 
-/// Does this line of kubectl's say the forward is broken? kubectl 1.22 and
-/// earlier keep running after it (and write `an error occurred forwarding`).
+/// Whether kubectl's line says the forward broke (kubectl 1.22 and earlier keep running).
 fn reports_broken(line: &str) -> bool {
     let l = line.to_ascii_lowercase();
     l.contains("an error occurred forwarding") || l.contains("lost connection to pod")
@@ -583,7 +557,6 @@ mod tests {
         for (list, said) in [
             (json!({"items": [running]}), "pod vault-3 is Running (Terminating)"),
             (json!({"items": [crashed]}), "pod vault-4 is Failed (Error)"),
-            (json!({"items": []}), "svc/vault selects no pod (selector sel)"),
         ] {
             assert_eq!(behind(&list, "vault", "sel"), Err(said.into()));
         }

@@ -1,6 +1,5 @@
-//! What `doctor` and `status` ask a reachable Vault beyond "up and
-//! unsealed": does it still hold the fixtures (a dev-mode Vault forgets
-//! them on a pod restart), and may the token write what the seed writes.
+//! What `doctor` and `status` ask a reachable Vault: does it still hold the fixtures (a dev-mode
+//! Vault forgets them on a restart), and may the token write what the seed writes.
 
 use std::collections::BTreeSet;
 
@@ -15,12 +14,10 @@ use crate::secrets::provider::RECORD_NAME;
 /// The one command that puts back what a restarted dev-mode Vault forgot.
 pub(crate) const RESEED: &str = "cargo xtask secrets seed";
 
-/// How many of the fixtures the store holds.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Held {
     pub present: usize,
     pub total: usize,
-    /// Fixture names the store lacks, sorted.
     pub missing: Vec<String>,
 }
 
@@ -37,7 +34,6 @@ impl Held {
         self.missing.is_empty()
     }
 
-    /// `holds all 47 fixtures`, or what is missing and why it may be.
     pub(crate) fn describe(&self) -> String {
         if self.complete() {
             return format!("holds all {} fixtures", self.total);
@@ -60,12 +56,11 @@ impl Held {
     }
 }
 
-/// A capability the seed needs on a path, and whether the token has it.
+/// Capabilities the seed needs on a path and the token lacks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct Lack {
     pub path: String,
     pub missing: Vec<String>,
-    /// What the seed does there, for humans.
     pub why: &'static str,
 }
 
@@ -118,8 +113,7 @@ pub(crate) fn seed_paths(
     paths
 }
 
-/// What the token lacks on the seed's paths, split into the secrets' paths
-/// (the seed fails with 403) and ESO's (the seed skips them).
+/// What the token lacks on the secrets' paths (the seed fails) and ESO's (the seed skips them).
 pub(crate) fn lacking(
     http: &VaultHttp,
     mount: &str,
@@ -135,11 +129,8 @@ pub(crate) fn lacking(
     let (mut kv, mut eso_lacks) = (Vec::new(), Vec::new());
     for (path, needed, why, is_kv) in paths {
         let caps = capabilities(&reply, &path);
-        let missing: Vec<String> = needed
-            .iter()
-            .filter(|c| !caps.iter().any(|held| held == *c))
-            .map(|c| c.to_string())
-            .collect();
+        let unheld = needed.iter().filter(|c| !caps.iter().any(|held| held == *c));
+        let missing: Vec<String> = unheld.map(|c| c.to_string()).collect();
         if caps.iter().any(|c| c == "root") || missing.is_empty() {
             continue;
         }
@@ -149,8 +140,7 @@ pub(crate) fn lacking(
     Ok((kv, eso_lacks))
 }
 
-/// The capabilities a `sys/capabilities-self` answer grants on `path`: at
-/// the top level of the body, else under `data`.
+/// What a `sys/capabilities-self` answer grants on `path`: at the top level, else under `data`.
 pub(crate) fn capabilities(reply: &Reply, path: &str) -> Vec<String> {
     match &reply.body[path] {
         list if list.is_array() => strings(list),
@@ -182,11 +172,8 @@ mod tests {
     fn kv1_seed_paths_include_the_record_entry() {
         let p = seed_paths("kv", false, "x", None);
         let got: Vec<(&str, &[&str])> = p.iter().map(|p| (p.0.as_str(), &p.1[..])).collect();
-        let write = &["create", "update", "read"][..];
-        assert_eq!(
-            got,
-            [("kv/x", write), ("kv/_cargo-xtask-secrets", write), ("kv/", &["list"][..])]
-        );
+        let (write, list) = (&["create", "update", "read"][..], &["list"][..]);
+        assert_eq!(got, [("kv/x", write), ("kv/_cargo-xtask-secrets", write), ("kv/", list)]);
         assert!(p.iter().all(|p| p.3), "every KV path is the seed's own");
     }
 }
