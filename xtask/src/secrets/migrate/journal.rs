@@ -206,13 +206,10 @@ impl Migration {
             (Kind::Migrate, State::RollbackFailed) if !self.copy_intact() => {
                 format!("rollback --to {} --yes", self.from)
             }
-            (_, State::RollbackFailed) | (Kind::Rollback, State::InProgress) => {
-                "rollback --resume --yes".into()
+            (Kind::Migrate, State::InProgress) if !self.rolling_back(flag_now) => {
+                "migrate --resume --yes".into()
             }
-            (Kind::Migrate, State::InProgress) if self.rolling_back(flag_now) => {
-                "rollback --resume --yes".into()
-            }
-            (Kind::Migrate, State::InProgress) => "migrate --resume --yes".into(),
+            (_, State::RollbackFailed | State::InProgress) => "rollback --resume --yes".into(),
             _ => return None,
         };
         Some(command(&args, &self.env))
@@ -233,11 +230,8 @@ impl Migration {
 
 /// A `cargo xtask secrets` command line, with `--env` unless it is `local`.
 pub(crate) fn command(args: &str, env: &str) -> String {
-    if env == "local" {
-        format!("cargo xtask secrets {args}")
-    } else {
-        format!("cargo xtask secrets {args} --env {env}")
-    }
+    let env = if env == "local" { String::new() } else { format!(" --env {env}") };
+    format!("cargo xtask secrets {args}{env}")
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -252,10 +246,10 @@ pub(crate) fn path(root: &Path, env: &str) -> PathBuf {
 
 /// How to get past a journal that cannot be read.
 pub(crate) fn unreadable_fix(root: &Path, env: &str) -> String {
+    let p = path(root, env).display().to_string();
     format!(
         "move it aside (`mv {p} {p}.unreadable`): the tool then starts a new journal, and `cargo xtask secrets \
-         status` shows the flag files and the cluster",
-        p = path(root, env).display()
+         status` shows the flag files and the cluster"
     )
 }
 
@@ -316,13 +310,8 @@ impl Journal {
         outcome: Outcome,
         detail: &str,
     ) -> Result<()> {
-        self.get_mut(id)?.steps.push(StepRecord {
-            name,
-            started,
-            ended: now_rfc3339(),
-            outcome,
-            detail: detail.to_string(),
-        });
+        let (ended, detail) = (now_rfc3339(), detail.to_string());
+        self.get_mut(id)?.steps.push(StepRecord { name, started, ended, outcome, detail });
         Ok(())
     }
 

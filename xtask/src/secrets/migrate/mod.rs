@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Error, Result};
 
 use crate::flags;
 use crate::fsutil::{now_rfc3339, Lock};
@@ -276,13 +276,7 @@ fn execute(ctx: &Ctx, journal: &mut Journal) -> Result<()> {
 }
 
 /// After `step` failed: journal it, run the automatic rollback if any, and name the way on.
-fn fail(
-    ctx: &Ctx,
-    journal: &mut Journal,
-    id: &str,
-    step: Step,
-    err: anyhow::Error,
-) -> anyhow::Error {
+fn fail(ctx: &Ctx, journal: &mut Journal, id: &str, step: Step, err: Error) -> Error {
     let (plan, f) = (&ctx.plan, &ctx.flag_rel);
     let (kind, to) = (plan.kind, plan.to);
     let what = format!("{kind} of {} to {to} stopped at {step}: {err:#}", ctx.env);

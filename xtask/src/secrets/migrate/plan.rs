@@ -141,12 +141,10 @@ pub(super) fn build(
                         bail!("the unfinished operation is a rollback ({}): finish it with {}", m.state, next(m));
                     }
                     if m.rolling_back(flag) {
+                        let (file, from, next) = (&m.flag_file, m.from, next(m));
                         bail!(
-                            "the migration's automatic rollback began ({} says {} again), so it is not continued: \
-                             finish the rollback with {}",
-                            m.flag_file,
-                            m.from,
-                            next(m)
+                            "the migration's automatic rollback began ({file} says {from} again), so it is not \
+                             continued: finish the rollback with {next}"
                         );
                     }
                     if let Some(t) = to.filter(|t| *t != m.to) {
@@ -218,13 +216,12 @@ pub(super) fn build(
             if let Some(m) =
                 candidate.filter(|m| to.is_none() && !m.copy_intact() && flag_now != m.from)
             {
+                let (file, id) = (&m.flag_file, &m.id);
+                let set = journal::command(&format!("rollback --to {} --yes", m.from), env);
                 bail!(
-                    "the journal's copy of {} from before {} does not match the checksum stored beside it (the \
+                    "the journal's copy of {file} from before {id} does not match the checksum stored beside it (the \
                      journal was edited or damaged): `rollback` restores that copy byte for byte, so it refuses, and \
-                     nothing changed. `{}` sets only the value instead",
-                    m.flag_file,
-                    m.id,
-                    journal::command(&format!("rollback --to {} --yes", m.from), env)
+                     nothing changed. `{set}` sets only the value instead"
                 );
             }
             let Some(to) = to.or(candidate.map(|m| m.from)) else {

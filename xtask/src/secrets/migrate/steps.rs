@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Error, Result};
 
 use super::ctx::Ctx;
 use super::journal::{self, flag_fits, flipped, Journal, Kind, Migration, Step};
@@ -178,19 +178,17 @@ fn layer15_namespaces(ctx: &Ctx) -> Result<String> {
     let have = kube::namespaces().context("listing the cluster's namespaces")?;
     let missing: Vec<_> = wanted.iter().filter(|(ns, _)| !have.contains(*ns)).collect();
     if !missing.is_empty() {
-        let named: Vec<_> = missing
+        let named = missing
             .iter()
-            .map(|(ns, names)| format!("{ns} (ExternalSecret {})", output::capped(names)))
-            .collect();
-        let create: Vec<_> =
-            missing.iter().map(|(ns, _)| format!("kubectl create namespace {ns}")).collect();
+            .map(|(ns, names)| format!("{ns} (ExternalSecret {})", output::capped(names)));
+        let named = named.collect::<Vec<_>>().join("; ");
+        let create = missing.iter().map(|(ns, _)| format!("kubectl create namespace {ns}"));
+        let (create, sync) =
+            (create.collect::<Vec<_>>().join(" && "), helmfile::sync_display(&ctx.env));
         bail!(
-            "layer 15 puts ExternalSecrets in namespaces the cluster does not have: {}. helm creates only a \
-             release's own namespace, so `{}` would fail, and so would the rollback's. Create them first \
-             (`{}`), then run the same command again.",
-            named.join("; "),
-            helmfile::sync_display(&ctx.env),
-            create.join(" && ")
+            "layer 15 puts ExternalSecrets in namespaces the cluster does not have: {named}. helm creates only a \
+             release's own namespace, so `{sync}` would fail, and so would the rollback's. Create them first \
+             (`{create}`), then run the same command again."
         );
     }
     let names: Vec<&String> = wanted.keys().collect();
@@ -199,27 +197,20 @@ fn layer15_namespaces(ctx: &Ctx) -> Result<String> {
 
 /// The ExternalSecrets `helmfile template` renders for layer 15, as `check --render` reads them.
 fn render_layer15(ctx: &Ctx) -> Result<Vec<scan::ExternalSecret>> {
-    /// The output folder and helm's cache, removed however this ends.
-    struct Scratch(std::path::PathBuf);
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-            let _ = std::fs::remove_dir_all(helmfile::helm_cache_dir(&self.0));
-        }
-    }
     let env = &ctx.env;
-    let out = format!("xtask-preflight-{}-{env}", std::process::id());
-    let out = Scratch(std::env::temp_dir().join(out));
-    let _ = std::fs::remove_dir_all(&out.0);
+    // The output folder and helm's cache (beside it), removed however this ends.
+    let scratch = tempfile::Builder::new().prefix("xtask-preflight-").tempdir();
+    let scratch = scratch.context("creating a temp folder to render into")?;
+    let out = scratch.path().join("out");
     let helmfile = project::LAYER15_HELMFILE;
     let tools = &ctx.cfg.tools_path;
-    helmfile::template(&ctx.root.join(helmfile), env, &out.0, tools).with_context(|| {
+    helmfile::template(&ctx.root.join(helmfile), env, &out, tools).with_context(|| {
         format!(
             "rendering {helmfile} for {env} (to find the namespaces its ExternalSecrets need); \
              `cargo xtask secrets check --render` shows the same error"
         )
     })?;
-    let (mut files, mut dirs) = (Vec::new(), vec![out.0.clone()]);
+    let (mut files, mut dirs) = (Vec::new(), vec![out.clone()]);
     while let Some(dir) = dirs.pop() {
         for path in std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.path()) {
             if path.is_dir() {
@@ -232,7 +223,7 @@ fn render_layer15(ctx: &Ctx) -> Result<Vec<scan::ExternalSecret>> {
     files.sort();
     let mut found = Vec::new();
     for file in files {
-        let rel = file.strip_prefix(&out.0).unwrap_or(&file);
+        let rel = file.strip_prefix(&out).unwrap_or(&file);
         // `helmfile template` writes <out>/<release>/.../<manifest>.yaml.
         let release = rel.iter().next().map(|c| c.to_string_lossy().into_owned());
         let text = std::fs::read_to_string(&file)
@@ -295,17 +286,13 @@ fn seed_target(ctx: &Ctx) -> Result<String> {
     let (items, run, eso) = ctx.with_store(|store| {
         let items = seeding::plan_for(store, desired, false)?;
         let run = seeding::apply(store, desired, &items)?;
+        if !run.failed.is_empty() {
+            return Err(run.into_result().expect_err("failed writes are an error"));
+        }
         // ESO's way in, as `seed` sets it up (the presync hook does too).
-        let eso = if run.failed.is_empty() {
-            seeding::ensure_eso_access(store, &ctx.cfg, &ctx.env)?
-        } else {
-            None
-        };
+        let eso = seeding::ensure_eso_access(store, &ctx.cfg, &ctx.env)?;
         Ok((items, run, eso))
     })?;
-    if !run.failed.is_empty() {
-        return Err(run.into_result().expect_err("failed writes are an error"));
-    }
     let counts = seeding::counts(&items);
     let (written, unchanged) = (run.written.len(), counts.unchanged);
     let mut detail = format!("{written} written, {unchanged} unchanged in {to}");
@@ -340,10 +327,10 @@ fn coverage(ctx: &Ctx) -> Result<String> {
         // "; " apart, not capped's ", ": a detail may hold a comma.
         let keys = failures.iter().take(NAMES_SHOWN).map(|f| format!("{} ({})", f.key, f.detail));
         let keys = with_more(keys.collect(), failures.len(), "").join("; ");
+        let n = failures.len();
         bail!(
-            "{} keys the charts need are not usable in {target}: {keys}. Run `cargo xtask secrets check --render \
-             --live --provider {to}` for every reference.",
-            failures.len()
+            "{n} keys the charts need are not usable in {target}: {keys}. Run `cargo xtask secrets check --render \
+             --live --provider {to}` for every reference."
         );
     }
     let present = report.count(coverage::Status::Ok);
@@ -499,27 +486,20 @@ fn wait_store(ctx: &Ctx, stamp: &str) -> Result<String> {
     if denied(&last.message, event.as_ref()) {
         checks = format!("\n{}", eso_access::denied_checks(&ctx.root, &ctx.env, &ctx.cfg));
     }
+    let (polls, last, said) = (polls(ctx), last.describe(), kube::said(event.as_ref()));
     bail!(
-        "ClusterSecretStore/{STORE_NAME} not Ready after {} (forced with force-sync={stamp}): {}{}. Its \
+        "ClusterSecretStore/{STORE_NAME} not Ready after {polls} (forced with force-sync={stamp}): {last}{said}. Its \
          ExternalSecrets cannot sync until it is; `kubectl describe clustersecretstore {STORE_NAME}` shows \
-         ESO's events.{checks}\nSee docs/secrets.md#troubleshooting.",
-        polls(ctx),
-        last.describe(),
-        kube::said(event.as_ref())
+         ESO's events.{checks}\nSee docs/secrets.md#troubleshooting."
     )
 }
 
 /// The ExternalSecrets ESO does not re-read when forced, each with why and the fix.
 fn not_forced_lines(ctx: &Ctx, frozen: &[(EsStatus, String)]) -> Vec<String> {
     // Every layer rendered, for the helmfile and release that make each again.
-    let rendered = scan::scan_rendered(
-        &ctx.root.join(project::INFRA),
-        &ctx.root,
-        &ctx.env,
-        &ctx.cfg.tools_path,
-    )
-    .map(|s| s.external_secrets)
-    .unwrap_or_default();
+    let infra = ctx.root.join(project::INFRA);
+    let rendered = scan::scan_rendered(&infra, &ctx.root, &ctx.env, &ctx.cfg.tools_path);
+    let rendered = rendered.map(|s| s.external_secrets).unwrap_or_default();
     let lines = frozen.iter().take(NAMES_SHOWN).map(|(es, why)| {
         let source = rendered
             .iter()
@@ -596,10 +576,8 @@ fn wait_ready(ctx: &Ctx) -> Result<String> {
     if !frozen.is_empty() {
         let ids: Vec<String> =
             frozen.iter().map(|(e, why)| format!("{} ({why})", e.id())).collect();
-        detail.push_str(&format!(
-            "; not forced, as ESO does not re-read them: {}",
-            output::capped(&ids)
-        ));
+        let ids = output::capped(&ids);
+        detail.push_str(&format!("; not forced, as ESO does not re-read them: {ids}"));
         eprintln!(
             "warning: ESO does not re-read {} ExternalSecret(s) on {STORE_NAME} when forced, so each keeps what \
              it read from the store it used before; to read the store in use now:\n{}",
@@ -612,11 +590,7 @@ fn wait_ready(ctx: &Ctx) -> Result<String> {
 
 /// The wait's failure: each pending ExternalSecret with ESO's condition and
 /// last Warning Event (the condition alone hides the cause).
-fn not_ready(
-    ctx: &Ctx,
-    before: &BTreeMap<String, &EsStatus>,
-    pending: &[EsStatus],
-) -> anyhow::Error {
+fn not_ready(ctx: &Ctx, before: &BTreeMap<String, &EsStatus>, pending: &[EsStatus]) -> Error {
     let shown = &pending[..pending.len().min(NAMES_SHOWN)];
     let mut events: BTreeMap<&str, BTreeMap<String, kube::Event>> = BTreeMap::new();
     for es in shown.iter().filter(|e| e.ready == Some(false)) {
@@ -647,12 +621,10 @@ fn not_ready(
     if any_denied {
         checks = format!("{}\n", eso_access::denied_checks(&ctx.root, &ctx.env, &ctx.cfg));
     }
+    let (n, polls, lines) = (pending.len(), polls(ctx), lines.join("\n"));
     anyhow!(
-        "{} ExternalSecrets not refreshed and Ready after {}:\n{}\n{checks}See docs/secrets.md#troubleshooting for each \
-         reason; `kubectl describe externalsecret <name> --namespace <ns>` shows ESO's events.",
-        pending.len(),
-        polls(ctx),
-        lines.join("\n")
+        "{n} ExternalSecrets not refreshed and Ready after {polls}:\n{lines}\n{checks}See docs/secrets.md#troubleshooting \
+         for each reason; `kubectl describe externalsecret <name> --namespace <ns>` shows ESO's events."
     )
 }
 
