@@ -295,8 +295,7 @@ fn vault_findings(
     });
 }
 
-/// The store's Ready condition from `kubectl get` (`got`), with ESO's last
-/// Warning Event about it (the condition alone hides the cause).
+/// The store's Ready condition from `kubectl get` (`got`), with ESO's last Warning Event.
 fn store_finding(
     got: Result<String>,
     event: Option<kube::Event>,

@@ -39,7 +39,6 @@ pub(crate) fn run(flags: &flags::Status, process: &Process) -> Result<()> {
         Err(e) => (Journal::default(), Some(format!("{e:#}"))),
     };
     let (last, journal_path) = (journal.current(), journal::path(root, env));
-    // Whether the flag file is where the journal's last entry left it.
     let fits = last.map(|m| journal::flag_fits(&journal, m, &flag_text));
     let context = kube::current_context(&cfg.kubeconfig);
     let context_local = context.as_ref().map(|c| guard::is_local_context(c, &cfg.local_contexts));
@@ -132,13 +131,11 @@ pub(crate) fn run(flags: &flags::Status, process: &Process) -> Result<()> {
     Ok(())
 }
 
-/// The ExternalSecrets on our store.
 fn ours(list: &[kube::EsStatus]) -> Vec<&kube::EsStatus> {
     list.iter().filter(|e| scan::is_our_store(&e.store)).collect()
 }
 
-/// How many fixtures the configured Vault holds at KV version `kv`; `None`
-/// when it cannot tell (the health line says enough then).
+/// How many fixtures the configured Vault holds at KV version `kv`; `None` when unknown.
 fn fixtures_held(cfg: &Config, http: &VaultHttp, kv: &str) -> Option<vault_checks::Held> {
     let (_, desired) = fixtures::load_configured(cfg).ok()?;
     // The seed's own rules for this address and token; connects to nothing.

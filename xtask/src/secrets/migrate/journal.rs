@@ -1,7 +1,6 @@
-//! The migration journal, `.local/secrets/journal/<env>.json`: one entry per
-//! migrate or rollback, newest first, each a state machine ([`State::next`]).
-//! A step is written after it finished; it holds checksums and the flag
-//! file's bytes from before, never a secret value.
+//! The migration journal, `.local/secrets/journal/<env>.json`: one entry per migrate or
+//! rollback, newest first, each a state machine ([`State::next`]). A step is written after it
+//! finished; it holds checksums and the flag file's bytes from before, never a secret value.
 
 use std::path::{Path, PathBuf};
 
@@ -87,19 +86,20 @@ impl State {
     }
 }
 
-/// What happened to an entry, as the engine reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Event {
-    Succeeded,
-    /// A step failed before the cluster changed.
-    FailedBeforeFlip,
-    /// A step failed after the flip, and nothing rolls it back.
-    FailedAfterFlip,
-    /// The automatic rollback, or `rollback --resume`, put everything back.
-    RollbackSucceeded,
-    RollbackFailed,
-    /// A later rollback that undoes this migration completed.
-    Undone,
+crate::named! {
+    /// What happened to an entry, as the engine reports it.
+    pub(crate) enum Event ("event") {
+        Succeeded = "succeeded",
+        /// A step failed before the cluster changed.
+        FailedBeforeFlip = "failed-before-flip",
+        /// A step failed after the flip, and nothing rolls it back.
+        FailedAfterFlip = "failed-after-flip",
+        /// The automatic rollback, or `rollback --resume`, put everything back.
+        RollbackSucceeded = "rollback-succeeded",
+        RollbackFailed = "rollback-failed",
+        /// A later rollback that undoes this migration completed.
+        Undone = "undone",
+    }
 }
 
 crate::named! {
@@ -109,7 +109,6 @@ crate::named! {
     }
 }
 
-/// One finished step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct StepRecord {
     pub name: Step,
@@ -120,7 +119,6 @@ pub(crate) struct StepRecord {
     pub detail: String,
 }
 
-/// One migrate or rollback.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Migration {
     pub id: String,
@@ -190,8 +188,7 @@ impl Migration {
         fsutil::sha256_hex(self.before_content.as_bytes()) == self.before_sha256
     }
 
-    /// An unfinished migration whose flip is journaled and whose flag file
-    /// (naming `flag_now`) says `from` again: its rollback began.
+    /// An unfinished migration whose flip is journaled and whose flag says `from` again.
     pub(crate) fn rolling_back(&self, flag_now: Option<ProviderKind>) -> bool {
         self.kind == Kind::Migrate
             && self.state == State::InProgress
@@ -244,7 +241,6 @@ pub(crate) fn path(root: &Path, env: &str) -> PathBuf {
     root.join(format!(".local/secrets/journal/{env}.json"))
 }
 
-/// How to get past a journal that cannot be read.
 pub(crate) fn unreadable_fix(root: &Path, env: &str) -> String {
     let p = path(root, env).display().to_string();
     format!(
@@ -326,9 +322,8 @@ impl Journal {
     }
 }
 
-/// What `entry`'s flip writes over `text`, and how: the value set, or, for a
-/// rollback undoing a migration whose flip `text` still is, that migration's
-/// intact copy of the file from before it.
+/// What `entry`'s flip writes over `text`, and how: the value set, or for a rollback of a
+/// migration whose flip `text` still is, that migration's intact copy of the file before it.
 pub(crate) fn flipped(
     journal: &Journal,
     entry: &Migration,
@@ -348,8 +343,7 @@ pub(crate) fn flipped(
     })
 }
 
-/// Whether the flag file (`text`) is where entry `m` left it, or where the
-/// step a killed run died in put it before its record.
+/// Whether the flag file (`text`) is where `m` left it, or where a killed run's step put it.
 pub(crate) fn flag_fits(journal: &Journal, m: &Migration, text: &str) -> bool {
     let sha = sha256_hex(text.as_bytes());
     if sha == m.flag_sha_now() {
@@ -388,22 +382,13 @@ pub(super) mod tests {
         m
     }
 
-    const EVENTS: [Event; 6] = [
-        Event::Succeeded,
-        Event::FailedBeforeFlip,
-        Event::FailedAfterFlip,
-        Event::RollbackSucceeded,
-        Event::RollbackFailed,
-        Event::Undone,
-    ];
-
     /// Every transition the machine has, and that it has no other.
     #[test]
     fn every_transition_and_no_other() {
         let mut got = Vec::new();
         for &kind in Kind::ALL {
             for &state in State::ALL {
-                for event in EVENTS {
+                for &event in Event::ALL {
                     if let Ok(to) = state.next(kind, event) {
                         got.push(format!("{kind} {state} {event:?} -> {to}"));
                     }

@@ -1,13 +1,11 @@
-//! [`build`]: the one function that turns a request (migrate, rollback,
-//! rollback `--to`, `--resume`) and the journal into the [`Plan`] that both
-//! `--dry-run` prints and the engine runs.
+//! [`build`] turns a request (migrate, rollback, rollback `--to`, `--resume`) and the journal
+//! into the [`Plan`] that both `--dry-run` prints and the engine runs.
 
 use anyhow::{bail, Result};
 
 use super::journal::{self, Event, Journal, Kind, Migration, State, Step};
 use crate::secrets::config::ProviderKind;
 
-/// The steps of a migration, in order.
 pub(super) const MIGRATE: [Step; 7] =
     [Step::Preflight, Step::Seed, Step::Coverage, Step::Flip, Step::Sync, Step::Wait, Step::Record];
 /// A migration's automatic rollback after a failure past the flip.
@@ -20,7 +18,6 @@ const ROLLBACK_WITH_FLIP: [Step; 5] =
 /// A rollback whose flag already says where to: the cluster synced again.
 const ROLLBACK_NO_FLIP: [Step; 4] = [Step::Preflight, Step::Sync, Step::Wait, Step::Record];
 
-/// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Request {
     Migrate { to: Option<ProviderKind>, resume: bool, auto_rollback: bool },

@@ -1,6 +1,5 @@
-//! What each [`Step`] does ([`run`]) and how `--dry-run` describes it
-//! ([`describe`]). A step changes at most one thing and returns what it
-//! changed; the engine journals it.
+//! What each [`Step`] does ([`run`]) and how `--dry-run` describes it ([`describe`]).
+//! A step changes at most one thing and returns what it changed; the engine journals it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -110,8 +109,7 @@ pub(super) fn describe(ctx: &Ctx, flag_text: &str, step: Step) -> Result<String>
     })
 }
 
-/// Seeding and the coverage gate need the target store; a rollback only
-/// moves ESO back to a store ESO itself reaches.
+/// Seeding and the coverage gate need the target store; a rollback goes back to ESO's own.
 fn needs_store(ctx: &Ctx) -> bool {
     ctx.plan.has(Step::Seed) || ctx.plan.has(Step::Coverage)
 }
@@ -337,8 +335,7 @@ fn coverage(ctx: &Ctx) -> Result<String> {
     Ok(format!("{present} keys present in {target}"))
 }
 
-/// Sets the flag (see [`flipped`]); a file that already holds the result is
-/// the work of a run that died before its record.
+/// Sets the flag (see [`flipped`]); a file already flipped is a run killed before its record.
 fn flip(ctx: &Ctx, journal: &Journal, entry: &Migration) -> Result<Done> {
     let to = ctx.plan.to;
     let (text, f) = (ctx.read_flag()?, &ctx.flag_rel);
@@ -407,8 +404,7 @@ fn write_keep_mode(path: &Path, bytes: &[u8]) -> Result<()> {
     fsutil::write_atomic(path, bytes, meta.permissions().mode() & 0o7777)
 }
 
-/// Why an ExternalSecret is not done yet; fresh is the cluster's own values
-/// moving since `before`, never the laptop's clock.
+/// Why an ExternalSecret is not done yet; fresh is its values moving since `before`, not a clock.
 fn pending_reason(before: Option<&EsStatus>, es: &EsStatus) -> Option<String> {
     let moved = |now: &Option<String>, was: &Option<String>| now.is_some() && now != was;
     let fresh = match before {
@@ -440,8 +436,7 @@ fn denied(message: &str, event: Option<&kube::Event>) -> bool {
     kube::permission_denied(message) || event.is_some_and(|e| kube::permission_denied(&e.message))
 }
 
-/// Forces ESO to validate the store now (a failed one is retried only after
-/// a backoff of minutes), then polls until it is Ready, forcing it again.
+/// Forces ESO to validate the store now (not after minutes of backoff), polling until Ready.
 fn wait_store(ctx: &Ctx, stamp: &str) -> Result<String> {
     let missing = || {
         let sync = helmfile::sync_display(&ctx.env);
@@ -453,8 +448,7 @@ fn wait_store(ctx: &Ctx, stamp: &str) -> Result<String> {
     if kube::cluster_secret_store(STORE_NAME)?.is_none() {
         return Err(missing());
     }
-    // A new validation Event (or count) tells a fresh Ready from an old one;
-    // Events can be dropped, so from the third poll on the condition alone counts.
+    // A new Event tells a fresh Ready from an old; Events drop, so from poll 3 Ready alone counts.
     let events = || -> BTreeMap<String, (u64, String)> {
         let found = kube::events(None, "ClusterSecretStore", Some(STORE_NAME), None);
         let found = found.unwrap_or_default().into_iter();
@@ -509,8 +503,7 @@ fn not_forced_lines(ctx: &Ctx, frozen: &[(EsStatus, String)]) -> Vec<String> {
     with_more(lines.collect(), frozen.len(), "  ")
 }
 
-/// How to make ESO read an ExternalSecret it no longer refreshes: delete it and
-/// sync its release; helm creates it again and ESO reads a new one at once.
+/// How to make ESO read an ExternalSecret it no longer refreshes: delete it, sync its release.
 fn recreate_fix(env: &str, es: &EsStatus, source: Option<&scan::ExternalSecret>) -> String {
     let delete = format!("kubectl delete externalsecret {} --namespace {}", es.name, es.namespace);
     // A rendered location reads `<helmfile> <release>: <template>`.
@@ -526,8 +519,7 @@ fn recreate_fix(env: &str, es: &EsStatus, source: Option<&scan::ExternalSecret>)
     }
 }
 
-/// Forces ESO to re-read every ExternalSecret on the store, then polls until
-/// each has refreshed and is Ready; those it does not re-read are only named.
+/// Forces ESO to re-read each ExternalSecret on the store, polling until fresh and Ready.
 fn wait_ready(ctx: &Ctx) -> Result<String> {
     // A new value every time, so the annotation always changes and ESO reconciles.
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
@@ -588,8 +580,7 @@ fn wait_ready(ctx: &Ctx) -> Result<String> {
     Ok(detail)
 }
 
-/// The wait's failure: each pending ExternalSecret with ESO's condition and
-/// last Warning Event (the condition alone hides the cause).
+/// The wait's failure: each pending ExternalSecret with its condition and last Warning Event.
 fn not_ready(ctx: &Ctx, before: &BTreeMap<String, &EsStatus>, pending: &[EsStatus]) -> Error {
     let shown = &pending[..pending.len().min(NAMES_SHOWN)];
     let mut events: BTreeMap<&str, BTreeMap<String, kube::Event>> = BTreeMap::new();
