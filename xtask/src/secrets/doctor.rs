@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{ensure, Result};
 
 use crate::flags::FailOn;
 use crate::project::{self, Process};
@@ -450,9 +450,7 @@ fn report(findings: Vec<Finding>) -> Result<()> {
         }
     }
     let failed = findings.iter().filter(|f| f.tag == "FAIL").count();
-    if failed > 0 {
-        bail!("{failed} checks failed; each FAIL above says how to fix it");
-    }
+    ensure!(failed == 0, "{failed} checks failed; each FAIL above says how to fix it");
     println!("all checks passed");
     Ok(())
 }

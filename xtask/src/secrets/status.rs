@@ -188,11 +188,7 @@ fn vault_health(cfg: &Config) -> serde_json::Value {
         let seal = if health.sealed { "SEALED" } else { "unsealed" };
         let standby = if health.standby { ", standby" } else { "" };
         let version = health.version.as_deref().unwrap_or("?");
-        let kv_shown = if kv.starts_with(char::is_numeric) {
-            format!("KV v{kv}")
-        } else {
-            format!("KV version {kv}")
-        };
+        let kv_is = if kv.starts_with(char::is_numeric) { "KV v" } else { "KV version " };
         let fixtures = match &held {
             Some(h) if h.complete() => format!("; {mount}/ {}", h.describe()),
             Some(h) => format!("; {mount}/ {}. Fix: {}", h.describe(), vault_checks::RESEED),
@@ -210,7 +206,7 @@ fn vault_health(cfg: &Config) -> serde_json::Value {
             "version": health.version,
             "mount": mount,
             "kv_version": kv,
-            "summary": format!("{at} ({source}): {seal}{standby}, version {version}; mount {mount}/: {kv_shown}{fixtures}"),
+            "summary": format!("{at} ({source}): {seal}{standby}, version {version}; mount {mount}/: {kv_is}{kv}{fixtures}"),
         }))
     })();
     result.unwrap_or_else(|e| json!({"addr": at, "summary": format!("{at} unreachable: {e:#}")}))

@@ -294,10 +294,6 @@ impl Journal {
         Ok(())
     }
 
-    pub(crate) fn begin(&mut self, entry: Migration) {
-        self.migrations.insert(0, entry);
-    }
-
     pub(crate) fn record(
         &mut self,
         id: &str,
@@ -433,9 +429,9 @@ pub(super) mod tests {
     #[test]
     fn round_trips_records_outcomes_and_finds_what_to_undo() {
         let root = std::env::temp_dir().join(format!("xtask-journal-{}", std::process::id()));
-        let mut j = Journal::default();
-        j.begin(entry(Kind::Migrate, State::Completed, &[]));
-        j.begin(entry(Kind::Rollback, State::InProgress, &[]));
+        let migration = entry(Kind::Migrate, State::Completed, &[]);
+        let mut j =
+            Journal { migrations: vec![entry(Kind::Rollback, State::InProgress, &[]), migration] };
         assert_eq!(j.undo_candidate().unwrap().kind, Kind::Migrate);
         let (id, before) = (j.migrations[0].id.clone(), j.migrations[0].before_sha256.clone());
         j.set_flipped_to(&id, "flipped").unwrap();

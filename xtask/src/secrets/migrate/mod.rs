@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Error, Result};
+use anyhow::{anyhow, bail, ensure, Context, Error, Result};
 
 use crate::flags;
 use crate::fsutil::{now_rfc3339, Lock};
@@ -40,9 +40,7 @@ fn confirm(yes: bool, question: &str) -> Result<()> {
     eprint!("{question} [y/N] ");
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer)?;
-    if !matches!(answer.trim(), "y" | "Y" | "yes") {
-        bail!("cancelled; nothing changed");
-    }
+    ensure!(matches!(answer.trim(), "y" | "Y" | "yes"), "cancelled; nothing changed");
     Ok(())
 }
 
@@ -218,7 +216,7 @@ fn execute(ctx: &Ctx, journal: &mut Journal) -> Result<()> {
                 let (text, undoes, way) = (ctx.read_flag()?, undoes.clone(), (plan.from, plan.to));
                 let entry = Migration::new(plan.kind, &ctx.env, way, &ctx.flag_rel, &text, undoes);
                 id = Some(entry.id.clone());
-                journal.begin(entry);
+                journal.migrations.insert(0, entry); // The newest first.
             }
         }
         let id = id.clone().expect("an entry exists after preflight");

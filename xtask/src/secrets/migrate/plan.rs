@@ -1,7 +1,7 @@
 //! [`build`] turns a request (migrate, rollback, rollback `--to`, `--resume`) and the journal
 //! into the [`Plan`] that both `--dry-run` prints and the engine runs.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 
 use super::journal::{self, Event, Journal, Kind, Migration, State, Step};
 use crate::secrets::config::ProviderKind;
@@ -134,11 +134,10 @@ pub(super) fn build(
                 ),
                 (None, true) => bail!("nothing to resume: the journal has no unfinished migration of {env}"),
                 (Some(m), true) => {
-                    if m.kind != Kind::Migrate || m.state != State::InProgress {
-                        bail!("the unfinished operation is a rollback ({}): finish it with {}", m.state, next(m));
-                    }
+                    let (state, next) = (m.state, next(m));
+                    ensure!(m.kind == Kind::Migrate && state == State::InProgress, "the unfinished operation is a rollback ({state}): finish it with {next}");
                     if m.rolling_back(flag) {
-                        let (file, from, next) = (&m.flag_file, m.from, next(m));
+                        let (file, from) = (&m.flag_file, m.from);
                         bail!(
                             "the migration's automatic rollback began ({file} says {from} again), so it is not \
                              continued: finish the rollback with {next}"
@@ -292,12 +291,9 @@ mod tests {
             else {
                 panic!("{request:?}: nothing to do");
             };
-            let steps: Vec<String> = plan
-                .steps
-                .iter()
-                .map(|s| format!("{}{}", s.step, if s.done_earlier { " (done)" } else { "" }))
-                .collect();
-            assert_eq!(steps.join(", "), want);
+            let done = |s: &Planned| if s.done_earlier { " (done)" } else { "" };
+            let steps = plan.steps.iter().map(|s| format!("{}{}", s.step, done(s)));
+            assert_eq!(steps.collect::<Vec<_>>().join(", "), want);
         }
     }
 

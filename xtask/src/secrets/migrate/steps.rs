@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Error, Result};
+use anyhow::{anyhow, bail, ensure, Context, Error, Result};
 
 use super::ctx::Ctx;
 use super::journal::{self, flag_fits, flipped, Journal, Kind, Migration, Step};
@@ -54,10 +54,8 @@ fn journal_shown(ctx: &Ctx) -> String {
 
 /// One or two lines saying what the step will do, for `--dry-run`.
 pub(super) fn describe(ctx: &Ctx, flag_text: &str, step: Step) -> Result<String> {
-    let (env, plan, flag) = (&ctx.env, &ctx.plan, &ctx.flag_rel);
-    let to = plan.to;
-    let n = ctx.cfg.wait.attempts;
-    let every = crate::process::seconds(ctx.cfg.wait.sleep);
+    let (env, plan, flag, to) = (&ctx.env, &ctx.plan, &ctx.flag_rel, ctx.plan.to);
+    let (n, every) = (ctx.cfg.wait.attempts, crate::process::seconds(ctx.cfg.wait.sleep));
     Ok(match step {
         Step::Preflight => {
             let expected = match &plan.entry {
@@ -126,9 +124,7 @@ fn tool_version(ctx: &Ctx, tool: &str, args: &[&str]) -> Result<String> {
 /// Checks everything the plan needs; changes nothing.
 fn preflight(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>) -> Result<Done> {
     let helm = tool_version(ctx, "helm", &["version", "--short"])?;
-    if !helm.starts_with("v3.") {
-        bail!("helm {helm} found; helmfile 0.166 needs helm 3. Run `cargo xtask tools` and put .tools/bin first on PATH.");
-    }
+    ensure!(helm.starts_with("v3."), "helm {helm} found; helmfile 0.166 needs helm 3. Run `cargo xtask tools` and put .tools/bin first on PATH.");
     let helmfile = tool_version(ctx, "helmfile", &["--version"])?;
     let kubectl = tool_version(ctx, "kubectl", &["version", "--client", "--output", "json"])?;
     let kubectl: serde_json::Value = serde_json::from_str(&kubectl).unwrap_or_default();
@@ -175,20 +171,19 @@ fn layer15_namespaces(ctx: &Ctx) -> Result<String> {
     }
     let have = kube::namespaces().context("listing the cluster's namespaces")?;
     let missing: Vec<_> = wanted.iter().filter(|(ns, _)| !have.contains(*ns)).collect();
-    if !missing.is_empty() {
-        let named = missing
-            .iter()
-            .map(|(ns, names)| format!("{ns} (ExternalSecret {})", output::capped(names)));
-        let named = named.collect::<Vec<_>>().join("; ");
-        let create = missing.iter().map(|(ns, _)| format!("kubectl create namespace {ns}"));
-        let (create, sync) =
-            (create.collect::<Vec<_>>().join(" && "), helmfile::sync_display(&ctx.env));
-        bail!(
-            "layer 15 puts ExternalSecrets in namespaces the cluster does not have: {named}. helm creates only a \
-             release's own namespace, so `{sync}` would fail, and so would the rollback's. Create them first \
-             (`{create}`), then run the same command again."
-        );
-    }
+    let named = missing
+        .iter()
+        .map(|(ns, names)| format!("{ns} (ExternalSecret {})", output::capped(names)));
+    let named = named.collect::<Vec<_>>().join("; ");
+    let create = missing.iter().map(|(ns, _)| format!("kubectl create namespace {ns}"));
+    let (create, sync) =
+        (create.collect::<Vec<_>>().join(" && "), helmfile::sync_display(&ctx.env));
+    ensure!(
+        missing.is_empty(),
+        "layer 15 puts ExternalSecrets in namespaces the cluster does not have: {named}. helm creates only a \
+         release's own namespace, so `{sync}` would fail, and so would the rollback's. Create them first \
+         (`{create}`), then run the same command again."
+    );
     let names: Vec<&String> = wanted.keys().collect();
     Ok(if names.is_empty() { "none".to_string() } else { output::capped(&names) })
 }
@@ -238,27 +233,23 @@ fn check_flag_file(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>) -> R
     let (text, f) = (ctx.read_flag()?, &ctx.flag_rel);
     let sha = sha256_hex(text.as_bytes());
     if let Some(m) = entry {
-        if !flag_fits(journal, m, &text) {
-            let (now, expected) = (short(&sha), short(m.flag_sha_now()));
-            bail!(
-                "{f} changed since the journal's last step (checksum {now}, the journal expects {expected}): put it \
-                 back (`git diff -- {f}` shows what changed) and run the same command again"
-            );
-        }
+        let (now, expected) = (short(&sha), short(m.flag_sha_now()));
+        ensure!(
+            flag_fits(journal, m, &text),
+            "{f} changed since the journal's last step (checksum {now}, the journal expects {expected}): put it \
+             back (`git diff -- {f}` shows what changed) and run the same command again"
+        );
         return Ok(());
     }
     let newest_left_it = journal.current().is_some_and(|m| flag_fits(journal, m, &text));
     let any_left_it = || journal.migrations.iter().any(|m| m.flag_sha_now() == sha);
-    if newest_left_it || (ctx.plan.kind == Kind::Rollback && any_left_it()) {
-        return Ok(());
-    }
-    if uncommitted(ctx)? {
-        bail!(
-            "{f} has an uncommitted change that no migration in the journal made: commit it first (`git commit \
-             --message \"secrets flag\" -- {f}`), so the migration's edit is the only one, then run the same command \
-             again"
-        );
-    }
+    let left_it = newest_left_it || (ctx.plan.kind == Kind::Rollback && any_left_it());
+    ensure!(
+        left_it || !uncommitted(ctx)?,
+        "{f} has an uncommitted change that no migration in the journal made: commit it first (`git commit \
+         --message \"secrets flag\" -- {f}`), so the migration's edit is the only one, then run the same command \
+         again"
+    );
     Ok(())
 }
 
@@ -321,16 +312,14 @@ fn coverage(ctx: &Ctx) -> Result<String> {
     let report = coverage::compare(&scan, &ctx.env, desired, Some(&live));
     let failures = report.failures(&crate::flags::FailOn::default());
     let target = &live.target;
-    if !failures.is_empty() {
-        // "; " apart, not capped's ", ": a detail may hold a comma.
-        let keys = failures.iter().take(NAMES_SHOWN).map(|f| format!("{} ({})", f.key, f.detail));
-        let keys = with_more(keys.collect(), failures.len(), "").join("; ");
-        let n = failures.len();
-        bail!(
-            "{n} keys the charts need are not usable in {target}: {keys}. Run `cargo xtask secrets check --render \
-             --live --provider {to}` for every reference."
-        );
-    }
+    // "; " apart, not capped's ", ": a detail may hold a comma.
+    let keys = failures.iter().take(NAMES_SHOWN).map(|f| format!("{} ({})", f.key, f.detail));
+    let (keys, n) = (with_more(keys.collect(), failures.len(), "").join("; "), failures.len());
+    ensure!(
+        n == 0,
+        "{n} keys the charts need are not usable in {target}: {keys}. Run `cargo xtask secrets check --render \
+         --live --provider {to}` for every reference."
+    );
     let present = report.count(coverage::Status::Ok);
     Ok(format!("{present} keys present in {target}"))
 }
@@ -371,28 +360,24 @@ fn restore(ctx: &Ctx, m: &Migration) -> Result<String> {
     if sha == m.before_sha256 {
         return Ok(format!("{f} already as before ({before})"));
     }
-    if m.after_sha256.as_deref() != Some(sha.as_str()) {
-        let now = short(&sha);
-        let flipped = short(m.after_sha256.as_deref().unwrap_or("none"));
-        bail!(
-            "{f} changed after the flip (checksum {now}, the flip wrote {flipped}): it was edited during the \
-             migration, so the rollback does not overwrite it. Keep what you need of the edit (`git diff -- {f}` \
-             shows it), then put back the file the migration started from: `git checkout -- {f}`"
-        );
-    }
-    if !m.copy_intact() {
-        let copy = sha256_hex(m.before_content.as_bytes());
-        let copy = short(&copy);
-        bail!(
-            "the journal's copy of {f} from before the migration does not match its checksum (checksum {copy}, \
-             before_sha256 {before}): the journal was edited or damaged, so the copy is not written, and {f} stays \
-             as the flip left it"
-        );
-    }
+    let (now, flipped) = (short(&sha), short(m.after_sha256.as_deref().unwrap_or("none")));
+    ensure!(
+        m.after_sha256.as_deref() == Some(sha.as_str()),
+        "{f} changed after the flip (checksum {now}, the flip wrote {flipped}): it was edited during the \
+         migration, so the rollback does not overwrite it. Keep what you need of the edit (`git diff -- {f}` \
+         shows it), then put back the file the migration started from: `git checkout -- {f}`"
+    );
+    let copy = sha256_hex(m.before_content.as_bytes());
+    let copy = short(&copy);
+    ensure!(
+        m.copy_intact(),
+        "the journal's copy of {f} from before the migration does not match its checksum (checksum {copy}, \
+         before_sha256 {before}): the journal was edited or damaged, so the copy is not written, and {f} stays \
+         as the flip left it"
+    );
     write_keep_mode(&ctx.flag_path(), m.before_content.as_bytes())?;
-    if sha256_hex(ctx.read_flag()?.as_bytes()) != m.before_sha256 {
-        bail!("{f} does not read back as before");
-    }
+    let back = sha256_hex(ctx.read_flag()?.as_bytes());
+    ensure!(back == m.before_sha256, "{f} does not read back as before");
     Ok(format!("{f} restored byte for byte ({before})"))
 }
 
