@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{ensure, Result};
 
 use crate::flags::FailOn;
 use crate::project::{self, Process};
@@ -17,37 +17,22 @@ use crate::secrets::scan::{self, STORE_NAME};
 use crate::secrets::{coverage, eso_read, fixtures, flagfile, guard, helmfile, kube, vault_checks};
 use crate::{flags, tools};
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Level {
-    Ok,
-    Warn,
-    Fail,
-}
-
+/// One check's result; `tag` is how the report marks it: "ok  ", "warn" or "FAIL".
 struct Finding {
-    level: Level,
+    tag: &'static str,
     area: &'static str,
     text: String,
     fix: String,
 }
 
-fn finding(
-    level: Level,
-    area: &'static str,
-    text: impl Into<String>,
-    fix: impl Into<String>,
-) -> Finding {
-    let (text, fix) = (text.into(), fix.into());
-    Finding { level, area, text, fix }
-}
 fn ok(area: &'static str, text: impl Into<String>) -> Finding {
-    finding(Level::Ok, area, text, "")
+    Finding { tag: "ok  ", area, text: text.into(), fix: String::new() }
 }
 fn warn(area: &'static str, text: impl Into<String>, fix: impl Into<String>) -> Finding {
-    finding(Level::Warn, area, text, fix)
+    Finding { tag: "warn", area, text: text.into(), fix: fix.into() }
 }
 fn fail(area: &'static str, text: impl Into<String>, fix: impl Into<String>) -> Finding {
-    finding(Level::Fail, area, text, fix)
+    Finding { tag: "FAIL", area, text: text.into(), fix: fix.into() }
 }
 
 const SEE: &str = "see the message";
@@ -135,11 +120,10 @@ pub(crate) fn run(flags: &flags::Doctor, process: &Process) -> Result<()> {
                     ));
                 }
             }
-            Err(e) => out.push(fail(
-                "vault",
-                format!("{e:#}"),
-                "see the message; docs/secrets.md#troubleshooting",
-            )),
+            Err(e) => {
+                let fix = "see the message; docs/secrets.md#troubleshooting";
+                out.push(fail("vault", format!("{e:#}"), fix))
+            }
         }
     }
 
@@ -169,18 +153,12 @@ pub(crate) fn run(flags: &flags::Doctor, process: &Process) -> Result<()> {
         (Ok(set), Ok(scan)) => {
             let report = coverage::compare(scan, env, set, None);
             let missing = report.failures(&FailOn::default()).len();
-            let keys = report.required_keys;
+            let (keys, n) = (report.required_keys, set.len());
+            let fix = "cargo xtask secrets check";
             if missing == 0 {
-                ok(
-                    "coverage",
-                    format!("{} fixtures cover {keys} required keys (static)", set.len()),
-                )
+                ok("coverage", format!("{n} fixtures cover {keys} required keys (static)"))
             } else {
-                fail(
-                    "coverage",
-                    format!("{missing} keys missing or unusable"),
-                    "cargo xtask secrets check",
-                )
+                fail("coverage", format!("{missing} keys missing or unusable"), fix)
             }
         }
     });
@@ -196,11 +174,8 @@ pub(crate) fn run(flags: &flags::Doctor, process: &Process) -> Result<()> {
         out.push(if mode & 0o077 != 0 {
             fail("file store", format!("{shown} has mode {mode:o}"), format!("chmod 600 {shown}"))
         } else {
-            match loaded() {
-                Ok(s) => ok(
-                    "file store",
-                    format!("{shown}: {} secrets, 0600, git-ignored", s.secrets.len()),
-                ),
+            match loaded().map(|s| s.secrets.len()) {
+                Ok(n) => ok("file store", format!("{shown}: {n} secrets, 0600, git-ignored")),
                 Err(e) => fail("file store", format!("{e:#}"), SEE),
             }
         });
@@ -266,15 +241,10 @@ fn vault_findings(
         }
         Err(e) => out.push(warn("vault", format!("capabilities not checked: {e:#}"), SEE)),
     }
+    let restore = "restore the file it names from git";
     let names = match names {
         Ok(n) => n,
-        Err(e) => {
-            return out.push(fail(
-                "eso access",
-                format!("{e:#}"),
-                "restore the file it names from git",
-            ))
-        }
+        Err(e) => return out.push(fail("eso access", format!("{e:#}"), restore)),
     };
     let plan = match eso_access::plan(http, &names, &cfg.kubeconfig) {
         Ok(plan) => plan,
@@ -298,8 +268,8 @@ fn vault_findings(
         return out.push(fail("eso access", text, vault_checks::RESEED));
     }
     if plan.complete() {
-        let (auth, policy, role, subject) =
-            (&names.auth_mount, &names.policy, &names.role, names.subject());
+        let (auth, policy, role) = (&names.auth_mount, &names.policy, &names.role);
+        let subject = names.subject();
         let text = format!(
             "auth {auth}/, policy {policy}, role {role} (service account {subject}) in place"
         );
@@ -325,8 +295,7 @@ fn vault_findings(
     });
 }
 
-/// The store's Ready condition from `kubectl get` (`got`), with ESO's last
-/// Warning Event about it (the condition alone hides the cause).
+/// The store's Ready condition from `kubectl get` (`got`), with ESO's last Warning Event.
 fn store_finding(
     got: Result<String>,
     event: Option<kube::Event>,
@@ -336,11 +305,8 @@ fn store_finding(
     let json = match got {
         Ok(json) => json,
         Err(e) => {
-            return fail(
-                "eso",
-                format!("ClusterSecretStore/{STORE_NAME}: {e:#}"),
-                helmfile::sync_display(env),
-            )
+            let text = format!("ClusterSecretStore/{STORE_NAME}: {e:#}");
+            return fail("eso", text, helmfile::sync_display(env));
         }
     };
     let ready = kube::Ready::of(&serde_json::from_str(&json).unwrap_or_default());
@@ -383,8 +349,8 @@ fn external_secret_findings(out: &mut Vec<Finding>, denied: &str, env: &str) {
         return out.push(warn("eso", text, "sync layer 15 and the services (helmfile ... sync)"));
     }
     if bad.is_empty() {
-        return out
-            .push(ok("eso", format!("{} ExternalSecrets on {STORE_NAME} Ready", ours.len())));
+        let n = ours.len();
+        return out.push(ok("eso", format!("{n} ExternalSecrets on {STORE_NAME} Ready")));
     }
     let mut events: BTreeMap<String, BTreeMap<String, kube::Event>> = BTreeMap::new();
     for e in bad.iter().take(20) {
@@ -478,20 +444,13 @@ fn journal_finding(root: &Path, env: &str, flag_rel: &str) -> Finding {
 
 fn report(findings: Vec<Finding>) -> Result<()> {
     for f in &findings {
-        let tag = match f.level {
-            Level::Ok => "ok  ",
-            Level::Warn => "warn",
-            Level::Fail => "FAIL",
-        };
-        println!("{tag}  {:<10} {}", f.area, f.text);
+        println!("{}  {:<10} {}", f.tag, f.area, f.text);
         if !f.fix.is_empty() {
             println!("      {:<10} fix: {}", "", f.fix);
         }
     }
-    let failed = findings.iter().filter(|f| f.level == Level::Fail).count();
-    if failed > 0 {
-        bail!("{failed} checks failed; each FAIL above says how to fix it");
-    }
+    let failed = findings.iter().filter(|f| f.tag == "FAIL").count();
+    ensure!(failed == 0, "{failed} checks failed; each FAIL above says how to fix it");
     println!("all checks passed");
     Ok(())
 }
@@ -511,12 +470,12 @@ mod tests {
             "not json",
         ] {
             let f = store_finding(Ok(pending.into()), None, "local", DENIED);
-            assert!(f.level == Level::Warn, "{pending:?}: {}", f.text);
+            assert!(f.tag == "warn", "{pending:?}: {}", f.text);
             assert_eq!(f.text, "ClusterSecretStore/ameide-vault has no Ready condition yet");
             assert_eq!(f.fix, "wait, then run doctor again");
         }
         let f = store_finding(Err(anyhow::anyhow!("NotFound")), None, "dev", DENIED);
-        assert!(f.level == Level::Fail);
+        assert!(f.tag == "FAIL");
         assert_eq!(f.text, "ClusterSecretStore/ameide-vault: NotFound");
         assert_eq!(
             f.fix,

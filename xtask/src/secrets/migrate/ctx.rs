@@ -23,17 +23,15 @@ crate::named! {
     }
 }
 
-const STOP_AT: &str = "XTASK_TEST_STOP_AT";
-
 /// The tests' interruption point, `XTASK_TEST_STOP_AT=<step>:<point>`.
 pub(super) fn stop_at(process: &Process) -> Result<Option<(Step, At)>> {
-    let Some(value) = process.var(STOP_AT) else {
+    let Some(value) = process.var("XTASK_TEST_STOP_AT") else {
         return Ok(None);
     };
     match value.split_once(':').map(|(s, at)| (s.parse(), at.parse())) {
         Some((Ok(step), Ok(at))) => Ok(Some((step, at))),
         _ => crate::usage!(
-            "{STOP_AT}={value:?} names no point: <step>:<before|after-effect|after-record>"
+            "XTASK_TEST_STOP_AT={value:?} names no point: <step>:<before|after-effect|after-record>"
         ),
     }
 }

@@ -1,7 +1,6 @@
-//! The migration journal, `.local/secrets/journal/<env>.json`: one entry per
-//! migrate or rollback, newest first, each a state machine ([`State::next`]).
-//! A step is written after it finished; it holds checksums and the flag
-//! file's bytes from before, never a secret value.
+//! The migration journal, `.local/secrets/journal/<env>.json`: one entry per migrate or
+//! rollback, newest first, each a state machine ([`State::next`]). A step is written after it
+//! finished; it holds checksums and the flag file's bytes from before, never a secret value.
 
 use std::path::{Path, PathBuf};
 
@@ -87,19 +86,20 @@ impl State {
     }
 }
 
-/// What happened to an entry, as the engine reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Event {
-    Succeeded,
-    /// A step failed before the cluster changed.
-    FailedBeforeFlip,
-    /// A step failed after the flip, and nothing rolls it back.
-    FailedAfterFlip,
-    /// The automatic rollback, or `rollback --resume`, put everything back.
-    RollbackSucceeded,
-    RollbackFailed,
-    /// A later rollback that undoes this migration completed.
-    Undone,
+crate::named! {
+    /// What happened to an entry, as the engine reports it.
+    pub(crate) enum Event ("event") {
+        Succeeded = "succeeded",
+        /// A step failed before the cluster changed.
+        FailedBeforeFlip = "failed-before-flip",
+        /// A step failed after the flip, and nothing rolls it back.
+        FailedAfterFlip = "failed-after-flip",
+        /// The automatic rollback, or `rollback --resume`, put everything back.
+        RollbackSucceeded = "rollback-succeeded",
+        RollbackFailed = "rollback-failed",
+        /// A later rollback that undoes this migration completed.
+        Undone = "undone",
+    }
 }
 
 crate::named! {
@@ -109,7 +109,6 @@ crate::named! {
     }
 }
 
-/// One finished step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct StepRecord {
     pub name: Step,
@@ -120,7 +119,6 @@ pub(crate) struct StepRecord {
     pub detail: String,
 }
 
-/// One migrate or rollback.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Migration {
     pub id: String,
@@ -190,8 +188,7 @@ impl Migration {
         fsutil::sha256_hex(self.before_content.as_bytes()) == self.before_sha256
     }
 
-    /// An unfinished migration whose flip is journaled and whose flag file
-    /// (naming `flag_now`) says `from` again: its rollback began.
+    /// An unfinished migration whose flip is journaled and whose flag says `from` again.
     pub(crate) fn rolling_back(&self, flag_now: Option<ProviderKind>) -> bool {
         self.kind == Kind::Migrate
             && self.state == State::InProgress
@@ -206,13 +203,10 @@ impl Migration {
             (Kind::Migrate, State::RollbackFailed) if !self.copy_intact() => {
                 format!("rollback --to {} --yes", self.from)
             }
-            (_, State::RollbackFailed) | (Kind::Rollback, State::InProgress) => {
-                "rollback --resume --yes".into()
+            (Kind::Migrate, State::InProgress) if !self.rolling_back(flag_now) => {
+                "migrate --resume --yes".into()
             }
-            (Kind::Migrate, State::InProgress) if self.rolling_back(flag_now) => {
-                "rollback --resume --yes".into()
-            }
-            (Kind::Migrate, State::InProgress) => "migrate --resume --yes".into(),
+            (_, State::RollbackFailed | State::InProgress) => "rollback --resume --yes".into(),
             _ => return None,
         };
         Some(command(&args, &self.env))
@@ -233,11 +227,8 @@ impl Migration {
 
 /// A `cargo xtask secrets` command line, with `--env` unless it is `local`.
 pub(crate) fn command(args: &str, env: &str) -> String {
-    if env == "local" {
-        format!("cargo xtask secrets {args}")
-    } else {
-        format!("cargo xtask secrets {args} --env {env}")
-    }
+    let env = if env == "local" { String::new() } else { format!(" --env {env}") };
+    format!("cargo xtask secrets {args}{env}")
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -250,12 +241,11 @@ pub(crate) fn path(root: &Path, env: &str) -> PathBuf {
     root.join(format!(".local/secrets/journal/{env}.json"))
 }
 
-/// How to get past a journal that cannot be read.
 pub(crate) fn unreadable_fix(root: &Path, env: &str) -> String {
+    let p = path(root, env).display().to_string();
     format!(
         "move it aside (`mv {p} {p}.unreadable`): the tool then starts a new journal, and `cargo xtask secrets \
-         status` shows the flag files and the cluster",
-        p = path(root, env).display()
+         status` shows the flag files and the cluster"
     )
 }
 
@@ -304,10 +294,6 @@ impl Journal {
         Ok(())
     }
 
-    pub(crate) fn begin(&mut self, entry: Migration) {
-        self.migrations.insert(0, entry);
-    }
-
     pub(crate) fn record(
         &mut self,
         id: &str,
@@ -316,13 +302,8 @@ impl Journal {
         outcome: Outcome,
         detail: &str,
     ) -> Result<()> {
-        self.get_mut(id)?.steps.push(StepRecord {
-            name,
-            started,
-            ended: now_rfc3339(),
-            outcome,
-            detail: detail.to_string(),
-        });
+        let (ended, detail) = (now_rfc3339(), detail.to_string());
+        self.get_mut(id)?.steps.push(StepRecord { name, started, ended, outcome, detail });
         Ok(())
     }
 
@@ -337,9 +318,8 @@ impl Journal {
     }
 }
 
-/// What `entry`'s flip writes over `text`, and how: the value set, or, for a
-/// rollback undoing a migration whose flip `text` still is, that migration's
-/// intact copy of the file from before it.
+/// What `entry`'s flip writes over `text`, and how: the value set, or for a rollback of a
+/// migration whose flip `text` still is, that migration's intact copy of the file before it.
 pub(crate) fn flipped(
     journal: &Journal,
     entry: &Migration,
@@ -359,8 +339,7 @@ pub(crate) fn flipped(
     })
 }
 
-/// Whether the flag file (`text`) is where entry `m` left it, or where the
-/// step a killed run died in put it before its record.
+/// Whether the flag file (`text`) is where `m` left it, or where a killed run's step put it.
 pub(crate) fn flag_fits(journal: &Journal, m: &Migration, text: &str) -> bool {
     let sha = sha256_hex(text.as_bytes());
     if sha == m.flag_sha_now() {
@@ -399,22 +378,13 @@ pub(super) mod tests {
         m
     }
 
-    const EVENTS: [Event; 6] = [
-        Event::Succeeded,
-        Event::FailedBeforeFlip,
-        Event::FailedAfterFlip,
-        Event::RollbackSucceeded,
-        Event::RollbackFailed,
-        Event::Undone,
-    ];
-
     /// Every transition the machine has, and that it has no other.
     #[test]
     fn every_transition_and_no_other() {
         let mut got = Vec::new();
         for &kind in Kind::ALL {
             for &state in State::ALL {
-                for event in EVENTS {
+                for &event in Event::ALL {
                     if let Ok(to) = state.next(kind, event) {
                         got.push(format!("{kind} {state} {event:?} -> {to}"));
                     }
@@ -459,9 +429,9 @@ pub(super) mod tests {
     #[test]
     fn round_trips_records_outcomes_and_finds_what_to_undo() {
         let root = std::env::temp_dir().join(format!("xtask-journal-{}", std::process::id()));
-        let mut j = Journal::default();
-        j.begin(entry(Kind::Migrate, State::Completed, &[]));
-        j.begin(entry(Kind::Rollback, State::InProgress, &[]));
+        let migration = entry(Kind::Migrate, State::Completed, &[]);
+        let mut j =
+            Journal { migrations: vec![entry(Kind::Rollback, State::InProgress, &[]), migration] };
         assert_eq!(j.undo_candidate().unwrap().kind, Kind::Migrate);
         let (id, before) = (j.migrations[0].id.clone(), j.migrations[0].before_sha256.clone());
         j.set_flipped_to(&id, "flipped").unwrap();

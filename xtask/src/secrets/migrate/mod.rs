@@ -1,6 +1,5 @@
-//! `cargo xtask secrets migrate` and `rollback`: the command line and the
-//! engine. Each run builds one [`plan::Plan`], prints it for `--dry-run` or
-//! runs its steps, journaling each outcome after the step finished.
+//! `cargo xtask secrets migrate` and `rollback`: each run builds one [`plan::Plan`], prints it
+//! for `--dry-run` or runs its steps, journaling each outcome after the step finished.
 
 mod ctx;
 pub(crate) mod journal;
@@ -11,7 +10,7 @@ use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Error, Result};
 
 use crate::flags;
 use crate::fsutil::{now_rfc3339, Lock};
@@ -41,54 +40,39 @@ fn confirm(yes: bool, question: &str) -> Result<()> {
     eprint!("{question} [y/N] ");
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer)?;
-    if !matches!(answer.trim(), "y" | "Y" | "yes") {
-        bail!("cancelled; nothing changed");
-    }
+    ensure!(matches!(answer.trim(), "y" | "Y" | "yes"), "cancelled; nothing changed");
     Ok(())
-}
-
-/// What both commands pass on.
-struct Common<'a> {
-    env: Option<&'a str>,
-    wait_attempts: Option<u32>,
-    wait_sleep: Option<f64>,
-    allow_non_local: Option<&'a str>,
-    dry_run: bool,
-    yes: bool,
 }
 
 pub(crate) fn run_migrate(flags: &flags::Migrate, process: &Process) -> Result<()> {
     let to = flags.to.map(cluster_store).transpose()?;
     let request = Request::Migrate { to, resume: flags.resume, auto_rollback: !flags.no_rollback };
-    let common = Common {
-        env: flags.env.as_deref(),
-        wait_attempts: flags.wait_attempts,
-        wait_sleep: flags.wait_sleep,
-        allow_non_local: flags.allow_non_local.as_deref(),
-        dry_run: flags.dry_run,
-        yes: flags.yes,
-    };
-    run(request, common, process)
+    run(request, flags, process)
 }
 
 pub(crate) fn run_rollback(flags: &flags::Rollback, process: &Process) -> Result<()> {
     let to = flags.to.map(cluster_store).transpose()?;
     let request = Request::Rollback { to, resume: flags.resume };
-    let common = Common {
-        env: flags.env.as_deref(),
+    // The flags a rollback shares with a migration; the rest stay unset.
+    let shared = flags::Migrate {
+        to,
+        env: flags.env.clone(),
+        dry_run: flags.dry_run,
+        yes: flags.yes,
+        resume: flags.resume,
+        no_rollback: false,
         wait_attempts: flags.wait_attempts,
         wait_sleep: flags.wait_sleep,
         allow_non_local: None,
-        dry_run: flags.dry_run,
-        yes: flags.yes,
     };
-    run(request, common, process)
+    run(request, &shared, process)
 }
 
-fn run(request: Request, c: Common<'_>, process: &Process) -> Result<()> {
+/// Both commands; `request` says which, `c` carries the flags they share.
+fn run(request: Request, c: &flags::Migrate, process: &Process) -> Result<()> {
     let stop_at = ctx::stop_at(process)?;
     let root = &process.root;
-    let env = c.env.unwrap_or("local");
+    let env = c.env.as_deref().unwrap_or("local");
     let flag_rel = project::flag_file(env).display().to_string();
     let text = std::fs::read_to_string(root.join(&flag_rel))
         .with_context(|| format!("reading {flag_rel}: is --env {env} right?"))?;
@@ -105,15 +89,11 @@ fn run(request: Request, c: Common<'_>, process: &Process) -> Result<()> {
             return Ok(());
         }
     };
-    let flags = FlagValues {
-        provider: Some(plan.to),
-        wait_attempts: c.wait_attempts,
-        wait_sleep: c.wait_sleep,
-        ..FlagValues::default()
-    };
+    let (provider, wait_attempts, wait_sleep) = (Some(plan.to), c.wait_attempts, c.wait_sleep);
+    let flags = FlagValues { provider, wait_attempts, wait_sleep, ..Default::default() };
     let cfg = Config::load(process, &flags)?;
     let title = format!("{}?", plan.title);
-    let ctx = Ctx::new(plan, cfg, env, c.allow_non_local, stop_at);
+    let ctx = Ctx::new(plan, cfg, env, c.allow_non_local.as_deref(), stop_at);
     if c.dry_run {
         print!("{}", render(&ctx, &text)?);
         return Ok(());
@@ -159,7 +139,7 @@ fn render(ctx: &Ctx, flag_text: &str) -> Result<String> {
     Ok(out)
 }
 
-/// Runs one step with its progress line; journals nothing.
+/// Runs one step with its progress line and the tests' stop points; journals nothing.
 fn attempt(
     ctx: &Ctx,
     journal: &Journal,
@@ -167,6 +147,7 @@ fn attempt(
     step: Step,
     label: &str,
 ) -> (String, Result<steps::Done>) {
+    ctx.stop(step, At::Before);
     print!("  {label} ... ");
     let _ = std::io::stdout().flush();
     let (started, t) = (now_rfc3339(), Instant::now());
@@ -177,6 +158,7 @@ fn attempt(
         Ok(d) => println!("ok ({secs:.1}s): {}", d.detail),
         Err(_) => println!("FAILED"),
     }
+    ctx.stop(step, At::AfterEffect);
     (started, result)
 }
 
@@ -204,15 +186,13 @@ fn journal_step(
 fn succeed(journal: &mut Journal, id: &str, plan: &Plan) -> Result<()> {
     journal.apply(id, plan.on_success)?;
     let undone = journal.get(id).and_then(|m| m.undoes.clone());
-    if let Some(undone) =
-        undone.filter(|u| journal.get(u).is_some_and(|m| m.state != State::RolledBack))
-    {
+    let open = undone.filter(|u| journal.get(u).is_some_and(|m| m.state != State::RolledBack));
+    if let Some(undone) = open {
         journal.apply(&undone, Event::Undone)?;
     }
     Ok(())
 }
 
-/// Runs the plan, journaling each step after it finished.
 fn execute(ctx: &Ctx, journal: &mut Journal) -> Result<()> {
     let (total, plan) = (Instant::now(), &ctx.plan);
     println!("{}", plan.title);
@@ -226,9 +206,7 @@ fn execute(ctx: &Ctx, journal: &mut Journal) -> Result<()> {
             println!("  {label}: done earlier");
             continue;
         }
-        ctx.stop(p.step, At::Before);
         let (started, result) = attempt(ctx, journal, id.as_deref(), p.step, &label);
-        ctx.stop(p.step, At::AfterEffect);
         if p.step == Step::Preflight {
             if let Err(err) = result {
                 let f = &ctx.flag_rel;
@@ -238,7 +216,7 @@ fn execute(ctx: &Ctx, journal: &mut Journal) -> Result<()> {
                 let (text, undoes, way) = (ctx.read_flag()?, undoes.clone(), (plan.from, plan.to));
                 let entry = Migration::new(plan.kind, &ctx.env, way, &ctx.flag_rel, &text, undoes);
                 id = Some(entry.id.clone());
-                journal.begin(entry);
+                journal.migrations.insert(0, entry); // The newest first.
             }
         }
         let id = id.clone().expect("an entry exists after preflight");
@@ -268,21 +246,13 @@ fn execute(ctx: &Ctx, journal: &mut Journal) -> Result<()> {
     let rolled_back = m.state == State::RolledBack || plan.kind == Kind::Rollback;
     let done = if rolled_back { "rolled back" } else { "migrated" };
     let (env, to, secs, state) = (&ctx.env, plan.to, total.elapsed().as_secs_f64(), m.state);
-    let journal_path = project::shown_from(&ctx.root, &journal::path(&ctx.root, env));
-    println!(
-        "{done} {env} to {to} in {secs:.1}s ({state}). {commit}; the journal is {journal_path}."
-    );
+    let shown = project::shown_from(&ctx.root, &journal::path(&ctx.root, env));
+    println!("{done} {env} to {to} in {secs:.1}s ({state}). {commit}; the journal is {shown}.");
     Ok(())
 }
 
 /// After `step` failed: journal it, run the automatic rollback if any, and name the way on.
-fn fail(
-    ctx: &Ctx,
-    journal: &mut Journal,
-    id: &str,
-    step: Step,
-    err: anyhow::Error,
-) -> anyhow::Error {
+fn fail(ctx: &Ctx, journal: &mut Journal, id: &str, step: Step, err: Error) -> Error {
     let (plan, f) = (&ctx.plan, &ctx.flag_rel);
     let (kind, to) = (plan.kind, plan.to);
     let what = format!("{kind} of {} to {to} stopped at {step}: {err:#}", ctx.env);
@@ -312,9 +282,7 @@ fn fail(
         println!("  rolling back to {}", plan.from);
         for (i, &rstep) in back.iter().enumerate() {
             let label = label("r", i, back.len(), rstep);
-            ctx.stop(rstep, At::Before);
             let (started, result) = attempt(ctx, journal, Some(id), rstep, &label);
-            ctx.stop(rstep, At::AfterEffect);
             journal_step(journal, id, rstep, started, &result)?;
             if result.is_err() {
                 journal.apply(id, Event::RollbackFailed)?;

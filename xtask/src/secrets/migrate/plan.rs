@@ -1,13 +1,11 @@
-//! [`build`]: the one function that turns a request (migrate, rollback,
-//! rollback `--to`, `--resume`) and the journal into the [`Plan`] that both
-//! `--dry-run` prints and the engine runs.
+//! [`build`] turns a request (migrate, rollback, rollback `--to`, `--resume`) and the journal
+//! into the [`Plan`] that both `--dry-run` prints and the engine runs.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 
 use super::journal::{self, Event, Journal, Kind, Migration, State, Step};
 use crate::secrets::config::ProviderKind;
 
-/// The steps of a migration, in order.
 pub(super) const MIGRATE: [Step; 7] =
     [Step::Preflight, Step::Seed, Step::Coverage, Step::Flip, Step::Sync, Step::Wait, Step::Record];
 /// A migration's automatic rollback after a failure past the flip.
@@ -20,7 +18,6 @@ const ROLLBACK_WITH_FLIP: [Step; 5] =
 /// A rollback whose flag already says where to: the cluster synced again.
 const ROLLBACK_NO_FLIP: [Step; 4] = [Step::Preflight, Step::Sync, Step::Wait, Step::Record];
 
-/// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Request {
     Migrate { to: Option<ProviderKind>, resume: bool, auto_rollback: bool },
@@ -137,16 +134,13 @@ pub(super) fn build(
                 ),
                 (None, true) => bail!("nothing to resume: the journal has no unfinished migration of {env}"),
                 (Some(m), true) => {
-                    if m.kind != Kind::Migrate || m.state != State::InProgress {
-                        bail!("the unfinished operation is a rollback ({}): finish it with {}", m.state, next(m));
-                    }
+                    let (state, next) = (m.state, next(m));
+                    ensure!(m.kind == Kind::Migrate && state == State::InProgress, "the unfinished operation is a rollback ({state}): finish it with {next}");
                     if m.rolling_back(flag) {
+                        let (file, from) = (&m.flag_file, m.from);
                         bail!(
-                            "the migration's automatic rollback began ({} says {} again), so it is not continued: \
-                             finish the rollback with {}",
-                            m.flag_file,
-                            m.from,
-                            next(m)
+                            "the migration's automatic rollback began ({file} says {from} again), so it is not \
+                             continued: finish the rollback with {next}"
                         );
                     }
                     if let Some(t) = to.filter(|t| *t != m.to) {
@@ -218,13 +212,12 @@ pub(super) fn build(
             if let Some(m) =
                 candidate.filter(|m| to.is_none() && !m.copy_intact() && flag_now != m.from)
             {
+                let (file, id) = (&m.flag_file, &m.id);
+                let set = journal::command(&format!("rollback --to {} --yes", m.from), env);
                 bail!(
-                    "the journal's copy of {} from before {} does not match the checksum stored beside it (the \
+                    "the journal's copy of {file} from before {id} does not match the checksum stored beside it (the \
                      journal was edited or damaged): `rollback` restores that copy byte for byte, so it refuses, and \
-                     nothing changed. `{}` sets only the value instead",
-                    m.flag_file,
-                    m.id,
-                    journal::command(&format!("rollback --to {} --yes", m.from), env)
+                     nothing changed. `{set}` sets only the value instead"
                 );
             }
             let Some(to) = to.or(candidate.map(|m| m.from)) else {
@@ -298,12 +291,9 @@ mod tests {
             else {
                 panic!("{request:?}: nothing to do");
             };
-            let steps: Vec<String> = plan
-                .steps
-                .iter()
-                .map(|s| format!("{}{}", s.step, if s.done_earlier { " (done)" } else { "" }))
-                .collect();
-            assert_eq!(steps.join(", "), want);
+            let done = |s: &Planned| if s.done_earlier { " (done)" } else { "" };
+            let steps = plan.steps.iter().map(|s| format!("{}{}", s.step, done(s)));
+            assert_eq!(steps.collect::<Vec<_>>().join(", "), want);
         }
     }
 

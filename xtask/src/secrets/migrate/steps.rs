@@ -1,11 +1,10 @@
-//! What each [`Step`] does ([`run`]) and how `--dry-run` describes it
-//! ([`describe`]). A step changes at most one thing and returns what it
-//! changed; the engine journals it.
+//! What each [`Step`] does ([`run`]) and how `--dry-run` describes it ([`describe`]).
+//! A step changes at most one thing and returns what it changed; the engine journals it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Error, Result};
 
 use super::ctx::Ctx;
 use super::journal::{self, flag_fits, flipped, Journal, Kind, Migration, Step};
@@ -55,10 +54,8 @@ fn journal_shown(ctx: &Ctx) -> String {
 
 /// One or two lines saying what the step will do, for `--dry-run`.
 pub(super) fn describe(ctx: &Ctx, flag_text: &str, step: Step) -> Result<String> {
-    let (env, plan, flag) = (&ctx.env, &ctx.plan, &ctx.flag_rel);
-    let to = plan.to;
-    let n = ctx.cfg.wait.attempts;
-    let every = crate::process::seconds(ctx.cfg.wait.sleep);
+    let (env, plan, flag, to) = (&ctx.env, &ctx.plan, &ctx.flag_rel, ctx.plan.to);
+    let (n, every) = (ctx.cfg.wait.attempts, crate::process::seconds(ctx.cfg.wait.sleep));
     Ok(match step {
         Step::Preflight => {
             let expected = match &plan.entry {
@@ -110,8 +107,7 @@ pub(super) fn describe(ctx: &Ctx, flag_text: &str, step: Step) -> Result<String>
     })
 }
 
-/// Seeding and the coverage gate need the target store; a rollback only
-/// moves ESO back to a store ESO itself reaches.
+/// Seeding and the coverage gate need the target store; a rollback goes back to ESO's own.
 fn needs_store(ctx: &Ctx) -> bool {
     ctx.plan.has(Step::Seed) || ctx.plan.has(Step::Coverage)
 }
@@ -128,9 +124,7 @@ fn tool_version(ctx: &Ctx, tool: &str, args: &[&str]) -> Result<String> {
 /// Checks everything the plan needs; changes nothing.
 fn preflight(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>) -> Result<Done> {
     let helm = tool_version(ctx, "helm", &["version", "--short"])?;
-    if !helm.starts_with("v3.") {
-        bail!("helm {helm} found; helmfile 0.166 needs helm 3. Run `cargo xtask tools` and put .tools/bin first on PATH.");
-    }
+    ensure!(helm.starts_with("v3."), "helm {helm} found; helmfile 0.166 needs helm 3. Run `cargo xtask tools` and put .tools/bin first on PATH.");
     let helmfile = tool_version(ctx, "helmfile", &["--version"])?;
     let kubectl = tool_version(ctx, "kubectl", &["version", "--client", "--output", "json"])?;
     let kubectl: serde_json::Value = serde_json::from_str(&kubectl).unwrap_or_default();
@@ -177,49 +171,39 @@ fn layer15_namespaces(ctx: &Ctx) -> Result<String> {
     }
     let have = kube::namespaces().context("listing the cluster's namespaces")?;
     let missing: Vec<_> = wanted.iter().filter(|(ns, _)| !have.contains(*ns)).collect();
-    if !missing.is_empty() {
-        let named: Vec<_> = missing
-            .iter()
-            .map(|(ns, names)| format!("{ns} (ExternalSecret {})", output::capped(names)))
-            .collect();
-        let create: Vec<_> =
-            missing.iter().map(|(ns, _)| format!("kubectl create namespace {ns}")).collect();
-        bail!(
-            "layer 15 puts ExternalSecrets in namespaces the cluster does not have: {}. helm creates only a \
-             release's own namespace, so `{}` would fail, and so would the rollback's. Create them first \
-             (`{}`), then run the same command again.",
-            named.join("; "),
-            helmfile::sync_display(&ctx.env),
-            create.join(" && ")
-        );
-    }
+    let named = missing
+        .iter()
+        .map(|(ns, names)| format!("{ns} (ExternalSecret {})", output::capped(names)));
+    let named = named.collect::<Vec<_>>().join("; ");
+    let create = missing.iter().map(|(ns, _)| format!("kubectl create namespace {ns}"));
+    let (create, sync) =
+        (create.collect::<Vec<_>>().join(" && "), helmfile::sync_display(&ctx.env));
+    ensure!(
+        missing.is_empty(),
+        "layer 15 puts ExternalSecrets in namespaces the cluster does not have: {named}. helm creates only a \
+         release's own namespace, so `{sync}` would fail, and so would the rollback's. Create them first \
+         (`{create}`), then run the same command again."
+    );
     let names: Vec<&String> = wanted.keys().collect();
     Ok(if names.is_empty() { "none".to_string() } else { output::capped(&names) })
 }
 
 /// The ExternalSecrets `helmfile template` renders for layer 15, as `check --render` reads them.
 fn render_layer15(ctx: &Ctx) -> Result<Vec<scan::ExternalSecret>> {
-    /// The output folder and helm's cache, removed however this ends.
-    struct Scratch(std::path::PathBuf);
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-            let _ = std::fs::remove_dir_all(helmfile::helm_cache_dir(&self.0));
-        }
-    }
     let env = &ctx.env;
-    let out = format!("xtask-preflight-{}-{env}", std::process::id());
-    let out = Scratch(std::env::temp_dir().join(out));
-    let _ = std::fs::remove_dir_all(&out.0);
+    // The output folder and helm's cache (beside it), removed however this ends.
+    let scratch = tempfile::Builder::new().prefix("xtask-preflight-").tempdir();
+    let scratch = scratch.context("creating a temp folder to render into")?;
+    let out = scratch.path().join("out");
     let helmfile = project::LAYER15_HELMFILE;
     let tools = &ctx.cfg.tools_path;
-    helmfile::template(&ctx.root.join(helmfile), env, &out.0, tools).with_context(|| {
+    helmfile::template(&ctx.root.join(helmfile), env, &out, tools).with_context(|| {
         format!(
             "rendering {helmfile} for {env} (to find the namespaces its ExternalSecrets need); \
              `cargo xtask secrets check --render` shows the same error"
         )
     })?;
-    let (mut files, mut dirs) = (Vec::new(), vec![out.0.clone()]);
+    let (mut files, mut dirs) = (Vec::new(), vec![out.clone()]);
     while let Some(dir) = dirs.pop() {
         for path in std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.path()) {
             if path.is_dir() {
@@ -232,7 +216,7 @@ fn render_layer15(ctx: &Ctx) -> Result<Vec<scan::ExternalSecret>> {
     files.sort();
     let mut found = Vec::new();
     for file in files {
-        let rel = file.strip_prefix(&out.0).unwrap_or(&file);
+        let rel = file.strip_prefix(&out).unwrap_or(&file);
         // `helmfile template` writes <out>/<release>/.../<manifest>.yaml.
         let release = rel.iter().next().map(|c| c.to_string_lossy().into_owned());
         let text = std::fs::read_to_string(&file)
@@ -249,27 +233,23 @@ fn check_flag_file(ctx: &Ctx, journal: &Journal, entry: Option<&Migration>) -> R
     let (text, f) = (ctx.read_flag()?, &ctx.flag_rel);
     let sha = sha256_hex(text.as_bytes());
     if let Some(m) = entry {
-        if !flag_fits(journal, m, &text) {
-            let (now, expected) = (short(&sha), short(m.flag_sha_now()));
-            bail!(
-                "{f} changed since the journal's last step (checksum {now}, the journal expects {expected}): put it \
-                 back (`git diff -- {f}` shows what changed) and run the same command again"
-            );
-        }
+        let (now, expected) = (short(&sha), short(m.flag_sha_now()));
+        ensure!(
+            flag_fits(journal, m, &text),
+            "{f} changed since the journal's last step (checksum {now}, the journal expects {expected}): put it \
+             back (`git diff -- {f}` shows what changed) and run the same command again"
+        );
         return Ok(());
     }
     let newest_left_it = journal.current().is_some_and(|m| flag_fits(journal, m, &text));
     let any_left_it = || journal.migrations.iter().any(|m| m.flag_sha_now() == sha);
-    if newest_left_it || (ctx.plan.kind == Kind::Rollback && any_left_it()) {
-        return Ok(());
-    }
-    if uncommitted(ctx)? {
-        bail!(
-            "{f} has an uncommitted change that no migration in the journal made: commit it first (`git commit \
-             --message \"secrets flag\" -- {f}`), so the migration's edit is the only one, then run the same command \
-             again"
-        );
-    }
+    let left_it = newest_left_it || (ctx.plan.kind == Kind::Rollback && any_left_it());
+    ensure!(
+        left_it || !uncommitted(ctx)?,
+        "{f} has an uncommitted change that no migration in the journal made: commit it first (`git commit \
+         --message \"secrets flag\" -- {f}`), so the migration's edit is the only one, then run the same command \
+         again"
+    );
     Ok(())
 }
 
@@ -295,17 +275,13 @@ fn seed_target(ctx: &Ctx) -> Result<String> {
     let (items, run, eso) = ctx.with_store(|store| {
         let items = seeding::plan_for(store, desired, false)?;
         let run = seeding::apply(store, desired, &items)?;
+        if !run.failed.is_empty() {
+            return Err(run.into_result().expect_err("failed writes are an error"));
+        }
         // ESO's way in, as `seed` sets it up (the presync hook does too).
-        let eso = if run.failed.is_empty() {
-            seeding::ensure_eso_access(store, &ctx.cfg, &ctx.env)?
-        } else {
-            None
-        };
+        let eso = seeding::ensure_eso_access(store, &ctx.cfg, &ctx.env)?;
         Ok((items, run, eso))
     })?;
-    if !run.failed.is_empty() {
-        return Err(run.into_result().expect_err("failed writes are an error"));
-    }
     let counts = seeding::counts(&items);
     let (written, unchanged) = (run.written.len(), counts.unchanged);
     let mut detail = format!("{written} written, {unchanged} unchanged in {to}");
@@ -336,22 +312,19 @@ fn coverage(ctx: &Ctx) -> Result<String> {
     let report = coverage::compare(&scan, &ctx.env, desired, Some(&live));
     let failures = report.failures(&crate::flags::FailOn::default());
     let target = &live.target;
-    if !failures.is_empty() {
-        // "; " apart, not capped's ", ": a detail may hold a comma.
-        let keys = failures.iter().take(NAMES_SHOWN).map(|f| format!("{} ({})", f.key, f.detail));
-        let keys = with_more(keys.collect(), failures.len(), "").join("; ");
-        bail!(
-            "{} keys the charts need are not usable in {target}: {keys}. Run `cargo xtask secrets check --render \
-             --live --provider {to}` for every reference.",
-            failures.len()
-        );
-    }
+    // "; " apart, not capped's ", ": a detail may hold a comma.
+    let keys = failures.iter().take(NAMES_SHOWN).map(|f| format!("{} ({})", f.key, f.detail));
+    let (keys, n) = (with_more(keys.collect(), failures.len(), "").join("; "), failures.len());
+    ensure!(
+        n == 0,
+        "{n} keys the charts need are not usable in {target}: {keys}. Run `cargo xtask secrets check --render \
+         --live --provider {to}` for every reference."
+    );
     let present = report.count(coverage::Status::Ok);
     Ok(format!("{present} keys present in {target}"))
 }
 
-/// Sets the flag (see [`flipped`]); a file that already holds the result is
-/// the work of a run that died before its record.
+/// Sets the flag (see [`flipped`]); a file already flipped is a run killed before its record.
 fn flip(ctx: &Ctx, journal: &Journal, entry: &Migration) -> Result<Done> {
     let to = ctx.plan.to;
     let (text, f) = (ctx.read_flag()?, &ctx.flag_rel);
@@ -387,28 +360,24 @@ fn restore(ctx: &Ctx, m: &Migration) -> Result<String> {
     if sha == m.before_sha256 {
         return Ok(format!("{f} already as before ({before})"));
     }
-    if m.after_sha256.as_deref() != Some(sha.as_str()) {
-        let now = short(&sha);
-        let flipped = short(m.after_sha256.as_deref().unwrap_or("none"));
-        bail!(
-            "{f} changed after the flip (checksum {now}, the flip wrote {flipped}): it was edited during the \
-             migration, so the rollback does not overwrite it. Keep what you need of the edit (`git diff -- {f}` \
-             shows it), then put back the file the migration started from: `git checkout -- {f}`"
-        );
-    }
-    if !m.copy_intact() {
-        let copy = sha256_hex(m.before_content.as_bytes());
-        let copy = short(&copy);
-        bail!(
-            "the journal's copy of {f} from before the migration does not match its checksum (checksum {copy}, \
-             before_sha256 {before}): the journal was edited or damaged, so the copy is not written, and {f} stays \
-             as the flip left it"
-        );
-    }
+    let (now, flipped) = (short(&sha), short(m.after_sha256.as_deref().unwrap_or("none")));
+    ensure!(
+        m.after_sha256.as_deref() == Some(sha.as_str()),
+        "{f} changed after the flip (checksum {now}, the flip wrote {flipped}): it was edited during the \
+         migration, so the rollback does not overwrite it. Keep what you need of the edit (`git diff -- {f}` \
+         shows it), then put back the file the migration started from: `git checkout -- {f}`"
+    );
+    let copy = sha256_hex(m.before_content.as_bytes());
+    let copy = short(&copy);
+    ensure!(
+        m.copy_intact(),
+        "the journal's copy of {f} from before the migration does not match its checksum (checksum {copy}, \
+         before_sha256 {before}): the journal was edited or damaged, so the copy is not written, and {f} stays \
+         as the flip left it"
+    );
     write_keep_mode(&ctx.flag_path(), m.before_content.as_bytes())?;
-    if sha256_hex(ctx.read_flag()?.as_bytes()) != m.before_sha256 {
-        bail!("{f} does not read back as before");
-    }
+    let back = sha256_hex(ctx.read_flag()?.as_bytes());
+    ensure!(back == m.before_sha256, "{f} does not read back as before");
     Ok(format!("{f} restored byte for byte ({before})"))
 }
 
@@ -420,8 +389,7 @@ fn write_keep_mode(path: &Path, bytes: &[u8]) -> Result<()> {
     fsutil::write_atomic(path, bytes, meta.permissions().mode() & 0o7777)
 }
 
-/// Why an ExternalSecret is not done yet; fresh is the cluster's own values
-/// moving since `before`, never the laptop's clock.
+/// Why an ExternalSecret is not done yet; fresh is its values moving since `before`, not a clock.
 fn pending_reason(before: Option<&EsStatus>, es: &EsStatus) -> Option<String> {
     let moved = |now: &Option<String>, was: &Option<String>| now.is_some() && now != was;
     let fresh = match before {
@@ -453,8 +421,7 @@ fn denied(message: &str, event: Option<&kube::Event>) -> bool {
     kube::permission_denied(message) || event.is_some_and(|e| kube::permission_denied(&e.message))
 }
 
-/// Forces ESO to validate the store now (a failed one is retried only after
-/// a backoff of minutes), then polls until it is Ready, forcing it again.
+/// Forces ESO to validate the store now (not after minutes of backoff), polling until Ready.
 fn wait_store(ctx: &Ctx, stamp: &str) -> Result<String> {
     let missing = || {
         let sync = helmfile::sync_display(&ctx.env);
@@ -466,8 +433,7 @@ fn wait_store(ctx: &Ctx, stamp: &str) -> Result<String> {
     if kube::cluster_secret_store(STORE_NAME)?.is_none() {
         return Err(missing());
     }
-    // A new validation Event (or count) tells a fresh Ready from an old one;
-    // Events can be dropped, so from the third poll on the condition alone counts.
+    // A new Event tells a fresh Ready from an old; Events drop, so from poll 3 Ready alone counts.
     let events = || -> BTreeMap<String, (u64, String)> {
         let found = kube::events(None, "ClusterSecretStore", Some(STORE_NAME), None);
         let found = found.unwrap_or_default().into_iter();
@@ -499,27 +465,20 @@ fn wait_store(ctx: &Ctx, stamp: &str) -> Result<String> {
     if denied(&last.message, event.as_ref()) {
         checks = format!("\n{}", eso_access::denied_checks(&ctx.root, &ctx.env, &ctx.cfg));
     }
+    let (polls, last, said) = (polls(ctx), last.describe(), kube::said(event.as_ref()));
     bail!(
-        "ClusterSecretStore/{STORE_NAME} not Ready after {} (forced with force-sync={stamp}): {}{}. Its \
+        "ClusterSecretStore/{STORE_NAME} not Ready after {polls} (forced with force-sync={stamp}): {last}{said}. Its \
          ExternalSecrets cannot sync until it is; `kubectl describe clustersecretstore {STORE_NAME}` shows \
-         ESO's events.{checks}\nSee docs/secrets.md#troubleshooting.",
-        polls(ctx),
-        last.describe(),
-        kube::said(event.as_ref())
+         ESO's events.{checks}\nSee docs/secrets.md#troubleshooting."
     )
 }
 
 /// The ExternalSecrets ESO does not re-read when forced, each with why and the fix.
 fn not_forced_lines(ctx: &Ctx, frozen: &[(EsStatus, String)]) -> Vec<String> {
     // Every layer rendered, for the helmfile and release that make each again.
-    let rendered = scan::scan_rendered(
-        &ctx.root.join(project::INFRA),
-        &ctx.root,
-        &ctx.env,
-        &ctx.cfg.tools_path,
-    )
-    .map(|s| s.external_secrets)
-    .unwrap_or_default();
+    let infra = ctx.root.join(project::INFRA);
+    let rendered = scan::scan_rendered(&infra, &ctx.root, &ctx.env, &ctx.cfg.tools_path);
+    let rendered = rendered.map(|s| s.external_secrets).unwrap_or_default();
     let lines = frozen.iter().take(NAMES_SHOWN).map(|(es, why)| {
         let source = rendered
             .iter()
@@ -529,8 +488,7 @@ fn not_forced_lines(ctx: &Ctx, frozen: &[(EsStatus, String)]) -> Vec<String> {
     with_more(lines.collect(), frozen.len(), "  ")
 }
 
-/// How to make ESO read an ExternalSecret it no longer refreshes: delete it and
-/// sync its release; helm creates it again and ESO reads a new one at once.
+/// How to make ESO read an ExternalSecret it no longer refreshes: delete it, sync its release.
 fn recreate_fix(env: &str, es: &EsStatus, source: Option<&scan::ExternalSecret>) -> String {
     let delete = format!("kubectl delete externalsecret {} --namespace {}", es.name, es.namespace);
     // A rendered location reads `<helmfile> <release>: <template>`.
@@ -546,8 +504,7 @@ fn recreate_fix(env: &str, es: &EsStatus, source: Option<&scan::ExternalSecret>)
     }
 }
 
-/// Forces ESO to re-read every ExternalSecret on the store, then polls until
-/// each has refreshed and is Ready; those it does not re-read are only named.
+/// Forces ESO to re-read each ExternalSecret on the store, polling until fresh and Ready.
 fn wait_ready(ctx: &Ctx) -> Result<String> {
     // A new value every time, so the annotation always changes and ESO reconciles.
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
@@ -596,10 +553,8 @@ fn wait_ready(ctx: &Ctx) -> Result<String> {
     if !frozen.is_empty() {
         let ids: Vec<String> =
             frozen.iter().map(|(e, why)| format!("{} ({why})", e.id())).collect();
-        detail.push_str(&format!(
-            "; not forced, as ESO does not re-read them: {}",
-            output::capped(&ids)
-        ));
+        let ids = output::capped(&ids);
+        detail.push_str(&format!("; not forced, as ESO does not re-read them: {ids}"));
         eprintln!(
             "warning: ESO does not re-read {} ExternalSecret(s) on {STORE_NAME} when forced, so each keeps what \
              it read from the store it used before; to read the store in use now:\n{}",
@@ -610,13 +565,8 @@ fn wait_ready(ctx: &Ctx) -> Result<String> {
     Ok(detail)
 }
 
-/// The wait's failure: each pending ExternalSecret with ESO's condition and
-/// last Warning Event (the condition alone hides the cause).
-fn not_ready(
-    ctx: &Ctx,
-    before: &BTreeMap<String, &EsStatus>,
-    pending: &[EsStatus],
-) -> anyhow::Error {
+/// The wait's failure: each pending ExternalSecret with its condition and last Warning Event.
+fn not_ready(ctx: &Ctx, before: &BTreeMap<String, &EsStatus>, pending: &[EsStatus]) -> Error {
     let shown = &pending[..pending.len().min(NAMES_SHOWN)];
     let mut events: BTreeMap<&str, BTreeMap<String, kube::Event>> = BTreeMap::new();
     for es in shown.iter().filter(|e| e.ready == Some(false)) {
@@ -647,12 +597,10 @@ fn not_ready(
     if any_denied {
         checks = format!("{}\n", eso_access::denied_checks(&ctx.root, &ctx.env, &ctx.cfg));
     }
+    let (n, polls, lines) = (pending.len(), polls(ctx), lines.join("\n"));
     anyhow!(
-        "{} ExternalSecrets not refreshed and Ready after {}:\n{}\n{checks}See docs/secrets.md#troubleshooting for each \
-         reason; `kubectl describe externalsecret <name> --namespace <ns>` shows ESO's events.",
-        pending.len(),
-        polls(ctx),
-        lines.join("\n")
+        "{n} ExternalSecrets not refreshed and Ready after {polls}:\n{lines}\n{checks}See docs/secrets.md#troubleshooting \
+         for each reason; `kubectl describe externalsecret <name> --namespace <ns>` shows ESO's events."
     )
 }
 
