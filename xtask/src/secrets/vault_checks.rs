@@ -169,6 +169,14 @@ mod tests {
     }
 
     #[test]
+    fn only_fixtures_count_as_held() {
+        let s = |v: &[&str]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let listed = s(&["c", "_cargo-xtask-secrets", "a", "not-a-fixture"]);
+        let held = Held::count(&s(&["b", "a", "c"]), &listed);
+        assert_eq!((held.present, held.total, held.missing), (2, 3, s(&["b"])));
+    }
+
+    #[test]
     fn kv1_seed_paths_include_the_record_entry() {
         let p = seed_paths("kv", false, "x", None);
         let got: Vec<(&str, &[&str])> = p.iter().map(|p| (p.0.as_str(), &p.1[..])).collect();
