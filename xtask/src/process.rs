@@ -149,8 +149,10 @@ impl Tool {
     /// Runs to completion and returns stdout; a non-zero exit is [`Tool::failure`].
     pub(crate) fn run(&self) -> Result<String> {
         let out = self.output()?;
-        let stdout = || String::from_utf8_lossy(&out.stdout).into_owned();
-        out.status.success().then(stdout).ok_or_else(|| self.failure(&out))
+        if !out.status.success() {
+            return Err(self.failure(&out));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// The error for a finished call that failed: exit code and the tail of
@@ -242,8 +244,11 @@ impl Drop for Running {
 /// `1.5 s`, `30 s`: a deadline for messages.
 pub(crate) fn seconds(d: Duration) -> String {
     let secs = d.as_secs_f64();
-    let decimals = usize::from(secs.fract() != 0.0);
-    format!("{secs:.decimals$} s")
+    if secs.fract() == 0.0 {
+        format!("{secs:.0} s")
+    } else {
+        format!("{secs:.1} s")
+    }
 }
 
 /// Between fork and exec: SIGTERM when the parent thread ends; give up if it is gone.
