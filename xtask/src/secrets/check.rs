@@ -7,8 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
-use crate::flags;
-use crate::flags::{Format, Verbosity};
+use crate::flags::{self, Format, Verbosity};
 use crate::output::{capped, count};
 use crate::project::{self, Process};
 use crate::secrets::config::{Config, FlagValues, ProviderKind};
@@ -57,7 +56,8 @@ pub(crate) fn run(flags: &flags::Check, process: &Process) -> Result<()> {
     let (mut live, mut as_eso) = (None, None);
     if flags.live || flags.as_eso {
         let mut store = provider::open(&cfg, flags.allow_non_local.as_deref())?;
-        live = Some(read_live(store.as_mut(), &scan, &desired)?);
+        let key = provider::DigestKey::local(&cfg.root)?;
+        live = Some(read_live(store.as_mut(), &scan, &desired, key)?);
         if flags.as_eso {
             let http = store.vault_http().expect("a vault store");
             let (names, keys) = (EsoNames::load(root, &env)?, eso_keys(&scan));

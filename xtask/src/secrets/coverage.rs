@@ -8,10 +8,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::flags::{FailClass, FailOn};
-use crate::fsutil;
 use crate::output::{count, xml_escape, NAMES_SHOWN};
 use crate::secrets::fixtures::{self, Entry, SecretSet};
-use crate::secrets::provider::{Current, SecretProvider};
+use crate::secrets::provider::{Current, DigestKey, SecretProvider};
 use crate::secrets::scan::{self, ExternalSecret, RefKind, Scan};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -104,6 +103,8 @@ pub(crate) struct Live {
     pub target: String,
     pub entries: BTreeMap<String, Option<Current>>,
     pub names: Vec<String>,
+    /// The key of the checksums a drift shows.
+    pub key: DigestKey,
 }
 
 /// The valid keys in-scope ExternalSecrets name (a `find` lists instead).
@@ -124,10 +125,11 @@ pub(crate) fn read_live(
     store: &mut dyn SecretProvider,
     scan: &Scan,
     desired: &SecretSet,
+    key: DigestKey,
 ) -> Result<Live> {
     let wanted: BTreeSet<&String> = desired.entries.keys().chain(named_keys(scan)).collect();
     let wanted: Vec<String> = wanted.into_iter().cloned().collect();
-    Ok(Live { target: store.target(), entries: store.read(&wanted)?, names: store.list()? })
+    Ok(Live { target: store.target(), entries: store.read(&wanted)?, names: store.list()?, key })
 }
 
 pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<&Live>) -> Report {
@@ -242,7 +244,7 @@ fn live_problem(live: &Live, key: &str, fixture: Option<&Entry>) -> Option<(Stat
         return Some((Status::MissingProperty, said));
     };
     let f = fixture.filter(|f| f.sha256 != *sha)?;
-    let (store, fixture) = (fsutil::short(sha), fsutil::short(&f.sha256));
+    let (store, fixture) = (live.key.shown(sha), live.key.shown(&f.sha256));
     let said = format!(
         "store {store} != fixture {fixture}: changed by hand, or the seed is stale (re-seed)"
     );

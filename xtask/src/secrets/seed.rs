@@ -6,8 +6,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::flags;
-use crate::flags::{Format, Verbosity};
+use crate::flags::{self, Format, Verbosity};
 use crate::output::count;
 use crate::project::Process;
 use crate::secrets::config::{Config, FlagValues, ProviderKind};
@@ -71,7 +70,8 @@ pub(crate) fn run(flags: &flags::Seed, process: &Process) -> Result<()> {
     // Text output that is not --quiet: the plan, progress and notes.
     let chatty = format == Format::Text && !quiet;
     let fixtures_shown = cfg.shown(&fixtures_path);
-    let items = seeding::plan_for(store.as_mut(), &desired, flags.force)?;
+    let key = provider::DigestKey::local(&cfg.root)?;
+    let items = seeding::plan_for(store.as_mut(), &desired, flags.force, &key)?;
     let counts = seeding::counts(&items);
     // Vault: ESO's way in (auth method, config, policy, role), planned like the secrets.
     let eso = (store.vault_http())

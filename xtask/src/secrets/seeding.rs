@@ -11,8 +11,8 @@ use crate::secrets::config::Config;
 use crate::secrets::eso_access;
 use crate::secrets::fixtures::SecretSet;
 use crate::secrets::provider::vault_http::NOT_ATTEMPTED;
-use crate::secrets::provider::{Current, Outcome, SecretProvider, Write};
-use crate::{fsutil, PartialError};
+use crate::secrets::provider::{Current, DigestKey, Outcome, SecretProvider, Write};
+use crate::PartialError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "kind", content = "reason")]
@@ -44,21 +44,14 @@ pub(crate) struct Item {
     pub name: String,
     pub action: Action,
     pub overridden: bool,
-    /// 8 hex digits only: a full, unsalted sha256 of a weak value gives it away.
-    #[serde(rename = "checksum", serialize_with = "short_checksum")]
+    /// The desired and the stored value's checksums, keyed ([`DigestKey::shown`]): even
+    /// 8 digits of a plain sha256 let anyone test a guess at a weak value.
+    pub checksum: String,
+    pub current_checksum: Option<String>,
+    #[serde(skip)]
     pub sha256: String,
-    #[serde(rename = "current_checksum", serialize_with = "short_checksum_opt")]
-    pub current_sha256: Option<String>,
     #[serde(skip)]
     pub cas: Option<u64>,
-}
-
-fn short_checksum<S: serde::Serializer>(sha: &str, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(fsutil::short(sha))
-}
-
-fn short_checksum_opt<S: serde::Serializer>(sha: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
-    sha.as_deref().map(fsutil::short).serialize(s)
 }
 
 /// Plans every desired entry. `force` turns conflicts into updates.
@@ -66,6 +59,7 @@ pub(crate) fn plan(
     desired: &SecretSet,
     current: &BTreeMap<String, Option<Current>>,
     force: bool,
+    key: &DigestKey,
 ) -> Vec<Item> {
     let plan_one = |entry: &crate::secrets::fixtures::Entry, c: &Current| {
         let wanted = Some(entry.sha256.as_str());
@@ -87,7 +81,7 @@ pub(crate) fn plan(
         if ours || force {
             Action::Update
         } else {
-            Action::Conflict(conflict_reason(c))
+            Action::Conflict(conflict_reason(c, key))
         }
     };
     let items = desired.entries.iter().map(|(name, entry)| {
@@ -104,8 +98,9 @@ pub(crate) fn plan(
             name: name.clone(),
             action,
             overridden: entry.overridden,
+            checksum: key.shown(&entry.sha256),
+            current_checksum: cur.and_then(|c| c.sha256).map(|sha| key.shown(&sha)),
             sha256: entry.sha256.clone(),
-            current_sha256: cur.and_then(|c| c.sha256),
             cas,
         }
     });
@@ -115,10 +110,9 @@ pub(crate) fn plan(
 const RAW_CONFLICT: &str = "holds a bare value where {\"value\": ...} belongs, and not the fixture's; --force \
                             replaces it, or copy your value into .local/secrets/overrides.json to keep it";
 
-fn conflict_reason(c: &Current) -> String {
-    let short =
-        |s: &Option<String>| s.as_deref().map(fsutil::short).unwrap_or_default().to_string();
-    let (store, seeded) = (short(&c.sha256), short(&c.seeded_sha256));
+fn conflict_reason(c: &Current, key: &DigestKey) -> String {
+    let shown = |s: &Option<String>| s.as_deref().map(|s| key.shown(s)).unwrap_or_default();
+    let (store, seeded) = (shown(&c.sha256), shown(&c.seeded_sha256));
     // KV v1's record keeps keyed digests, not checksums: no last-seeded checksum to name.
     let seeded_checksum = c
         .seeded_sha256
@@ -336,9 +330,10 @@ pub(crate) fn plan_for(
     store: &mut dyn SecretProvider,
     desired: &SecretSet,
     force: bool,
+    key: &DigestKey,
 ) -> Result<Vec<Item>> {
     let current = store.read(&desired.names())?;
-    Ok(plan(desired, &current, force))
+    Ok(plan(desired, &current, force, key))
 }
 
 /// ESO's access to a Vault store, planned and applied (`migrate` prints no plan): for the journal.
@@ -431,11 +426,11 @@ pub(crate) fn render_plan(items: &[Item], verbose: bool) -> String {
             continue;
         }
         let name = if i.overridden { format!("{} (override)", i.name) } else { i.name.clone() };
-        let sha = fsutil::short(&i.sha256);
-        let detail = match (&i.action, &i.current_sha256) {
-            (Action::Update, Some(cur)) => format!("{} -> {sha}", fsutil::short(cur)),
-            (Action::Conflict(reason), _) => format!("{sha}: {reason}"),
-            _ => sha.to_string(),
+        let sum = &i.checksum;
+        let detail = match (&i.action, &i.current_checksum) {
+            (Action::Update, Some(cur)) => format!("{cur} -> {sum}"),
+            (Action::Conflict(reason), _) => format!("{sum}: {reason}"),
+            _ => sum.clone(),
         };
         let _ = writeln!(out, "  {label:<10} {name:<width$}  {detail}");
     }
@@ -459,6 +454,10 @@ pub(crate) fn counts_line(c: &Counts) -> String {
 mod tests {
     use super::*;
     use crate::fsutil::sha256_hex;
+
+    fn key() -> DigestKey {
+        DigestKey::fixed("0123456789abcdef0123456789abcdef")
+    }
 
     fn sha(value: &str) -> Option<String> {
         Some(sha256_hex(value.as_bytes()))
@@ -503,7 +502,7 @@ mod tests {
         let desired = SecretSet::of(&cases.iter().map(|c| (c.0, c.1)).collect::<Vec<_>>());
         let current = state(cases.iter().map(|c| (c.0, c.2.clone())).collect());
         for force in [false, true] {
-            for i in plan(&desired, &current, force) {
+            for i in plan(&desired, &current, force, &key()) {
                 let (.., action, forced, cas) = cases.iter().find(|c| c.0 == i.name).unwrap();
                 let want = if force { forced } else { action };
                 assert_eq!((i.action.label(), i.cas), (*want, *cas), "{} {force}", i.name);
@@ -515,7 +514,7 @@ mod tests {
                 }
             }
         }
-        let c = counts(&plan(&desired, &current, false));
+        let c = counts(&plan(&desired, &current, false, &key()));
         assert_eq!((c.create, c.update, c.unchanged, c.restamp, c.conflict), (2, 3, 1, 1, 3));
     }
 
@@ -552,7 +551,7 @@ mod tests {
         ]);
         let mut outputs = Vec::new();
         for force in [false, true] {
-            let items = plan(&desired, &current, force);
+            let items = plan(&desired, &current, force, &key());
             let conflicts = items.iter().any(|i| matches!(i.action, Action::Conflict(_)));
             assert!(conflicts != force);
             outputs.push(serde_json::to_string_pretty(&items).unwrap());
@@ -568,9 +567,12 @@ mod tests {
         let hex_runs = all.split(|c: char| !c.is_ascii_hexdigit());
         let longest = hex_runs.map(str::len).max().unwrap_or(0);
         assert!(longest <= 8, "a hex run of {longest} digits:\n{all}");
-        // The 8-digit prefix is what output shows, the store's in a conflict's reason too.
+        // Output shows 8 digits of a keyed digest, the store's in a conflict's reason too,
+        // and never the plain sha256's: that would let anyone test a guess.
         for shown in [fixture, "canary-hand-edit"] {
-            assert!(all.contains(&sha256_hex(shown.as_bytes())[..8]), "{all}");
+            let sha = sha256_hex(shown.as_bytes());
+            assert!(all.contains(&key().shown(&sha)), "{all}");
+            assert!(!all.contains(&sha[..8]), "{all}");
         }
     }
 
@@ -579,8 +581,9 @@ mod tests {
             name: name.into(),
             action,
             overridden: false,
+            checksum: key().shown(&sha256_hex(value.as_bytes())),
+            current_checksum: current.and_then(sha).map(|s| key().shown(&s)),
             sha256: sha256_hex(value.as_bytes()),
-            current_sha256: current.and_then(sha),
             cas: None,
         }
     }
@@ -595,10 +598,10 @@ mod tests {
             item("redis-password", Action::Unchanged, "r", Some("r")),
             item("minio-root-user", Action::Restamp, "m", Some("m")),
         ];
-        let expected = "  update     graph-db-url                     abc0e78b -> 2aa8f121
-  conflict   keycloak-admin-password          ad9cdbef: changed outside the seed
-  create     platform-db-password (override)  30c952fa
-  restamp    minio-root-user                  62c66a7a
+        let expected = "  update     graph-db-url                     bce5cdce -> 2de4b988
+  conflict   keycloak-admin-password          d7ef8e02: changed outside the seed
+  create     platform-db-password (override)  19421b08
+  restamp    minio-root-user                  63450483
   (1 unchanged; --verbose lists them)
 ";
         assert_eq!(render_plan(&items, false), expected);

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::support::{block_on, fixtures, json, sha256_hex, Action, OpenBao, Proxy, Run, Sandbox};
+use crate::support::{
+    block_on, fixtures, json, sha256_hex, shown_checksum, Action, OpenBao, Proxy, Run, Sandbox,
+};
 
 const MOUNT: &str = "kv1";
 const RECORD: &str = "_cargo-xtask-secrets";
@@ -95,8 +97,8 @@ fn kv1_hand_edits_are_conflicts_until_forced_and_stale_values_update() {
     assert_eq!(action("graph-db-password")["action"]["kind"], "update", "{}", run.stdout);
     assert_eq!(
         action("redis-password")["current_checksum"],
-        &sha256_hex("mine-by-hand")[..8],
-        "JSON shows the 8-hex checksum"
+        shown_checksum(&sb, "mine-by-hand").as_str(),
+        "JSON shows the 8-hex keyed checksum"
     );
     assert_eq!(report["written"], serde_json::json!(["graph-db-password"]));
     assert_eq!(value(&bao, "redis-password"), "mine-by-hand", "the hand edit is kept");

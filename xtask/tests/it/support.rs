@@ -363,6 +363,19 @@ pub(crate) fn sha256_hex(s: &str) -> String {
     sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What output shows of `value` in `sb`: 8 hex digits of HMAC-SHA256 keyed with the
+/// sandbox's `.local/secrets/checksum-key.json`, over `checksum NUL <sha256 of value>`.
+pub(crate) fn shown_checksum(sb: &Sandbox, value: &str) -> String {
+    use hmac::Mac;
+    let entry: serde_json::Value =
+        serde_json::from_str(&sb.read(".local/secrets/checksum-key.json")).unwrap();
+    let key = entry["key"].as_str().unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(b"checksum\0");
+    mac.update(sha256_hex(value).as_bytes());
+    mac.finalize().into_bytes()[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// `secrets seed --provider vault --output json` against `addr`.
 pub(crate) fn vault_seed(sb: &Sandbox, addr: &str, token: &str, extra: &[&str]) -> Run {
     let mut args = vec!["secrets", "seed", "--provider", "vault", "--output", "json"];

@@ -15,6 +15,7 @@ use crate::process::Tool;
 use crate::project;
 use crate::secrets::config::ProviderKind;
 use crate::secrets::kube::{self, EsStatus, ESO_V1};
+use crate::secrets::provider::DigestKey;
 use crate::secrets::scan::{self, STORE_NAME};
 use crate::secrets::{coverage, eso_access, flagfile, guard, helmfile, seeding};
 
@@ -272,8 +273,9 @@ fn seed_target(ctx: &Ctx) -> Result<String> {
     let to = ctx.plan.to;
     guard::require_local_env(&ctx.env)?;
     let desired = ctx.desired()?;
+    let key = DigestKey::local(&ctx.root)?;
     let (items, run, eso) = ctx.with_store(|store| {
-        let items = seeding::plan_for(store, desired, false)?;
+        let items = seeding::plan_for(store, desired, false, &key)?;
         let run = seeding::apply(store, desired, &items)?;
         if !run.failed.is_empty() {
             return Err(run.into_result().expect_err("failed writes are an error"));
@@ -308,7 +310,8 @@ fn coverage(ctx: &Ctx) -> Result<String> {
     let to = ctx.plan.to;
     let scan = scan::collect(&ctx.cfg, &ctx.root.join(project::INFRA), &ctx.env, true)?;
     let desired = ctx.desired()?;
-    let live = ctx.with_store(|store| coverage::read_live(store, &scan, desired))?;
+    let key = DigestKey::local(&ctx.root)?;
+    let live = ctx.with_store(|store| coverage::read_live(store, &scan, desired, key))?;
     let report = coverage::compare(&scan, &ctx.env, desired, Some(&live));
     let failures = report.failures(&crate::flags::FailOn::default());
     let target = &live.target;

@@ -93,6 +93,9 @@ pub(crate) fn open(cfg: &Config, allow_non_local: Option<&str>) -> Result<Box<dy
 
 pub(crate) const MANAGED_BY: &str = "cargo-xtask-secrets";
 
+/// This machine's key of the checksums humans see (never a plain sha256 of a value).
+pub(crate) const LOCAL_CHECKSUM_KEY: &str = ".local/secrets/checksum-key.json";
+
 /// The seeded checksum when the digest is of another value: never a sha256.
 pub(crate) const SEEDED_ANOTHER_VALUE: &str = "another value";
 
@@ -132,6 +135,33 @@ impl DigestKey {
     #[cfg(test)]
     pub(crate) fn fixed(hex: &str) -> DigestKey {
         DigestKey(hex.to_string())
+    }
+
+    /// The key of the checksums output shows ([`LOCAL_CHECKSUM_KEY`]), made on first use:
+    /// a value shows the same checksum on this machine, and output pasted elsewhere lets
+    /// no one test a guess against it.
+    pub(crate) fn local(root: &std::path::Path) -> Result<DigestKey> {
+        let path = root.join(LOCAL_CHECKSUM_KEY);
+        let shown = path.display();
+        match std::fs::read_to_string(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = DigestKey::generate()?;
+                crate::fsutil::write_private_atomic(&path, key.entry().to_string().as_bytes())?;
+                Ok(key)
+            }
+            text => {
+                let text = text.with_context(|| format!("reading {shown}"))?;
+                let key = serde_json::from_str(&text).ok().as_ref().and_then(DigestKey::from_entry);
+                key.with_context(|| {
+                    format!("{shown} is damaged: delete it and re-run (a new key is made)")
+                })
+            }
+        }
+    }
+
+    /// What output shows of a value, from its sha256: 8 hex digits of a keyed digest.
+    pub(crate) fn shown(&self, sha256: &str) -> String {
+        self.digest("checksum", sha256)[..8].to_string()
     }
 
     pub(crate) fn digest(&self, name: &str, value: &str) -> String {
@@ -195,5 +225,21 @@ mod tests {
         let both = json!({"managed-by": MANAGED_BY, "fixture-sha256": "s", "fixture-hmac": "d"});
         assert_eq!(Stamp::read(&both), Some(Stamp::Keyed("d".into())));
         assert_eq!(Stamp::read(&json!({"fixture-hmac": "d"})), None);
+    }
+
+    #[test]
+    fn the_local_checksum_key_is_made_once_private_and_a_damaged_one_is_named() {
+        let root = tempfile::tempdir().unwrap();
+        let key = DigestKey::local(root.path()).unwrap();
+        let path = root.path().join(LOCAL_CHECKSUM_KEY);
+        assert_eq!(crate::fsutil::mode(&path).unwrap() & 0o777, 0o600);
+        assert_eq!(DigestKey::local(root.path()).unwrap(), key, "made once, then read");
+        let sha = crate::fsutil::sha256_hex(b"true");
+        assert!(key.shown(&sha).len() == 8 && key.shown(&sha) != sha[..8], "keyed, not plain");
+        let other = DigestKey::local(tempfile::tempdir().unwrap().path()).unwrap();
+        assert_ne!(other.shown(&sha), key.shown(&sha), "another machine's key");
+        std::fs::write(&path, "{}").unwrap();
+        let err = DigestKey::local(root.path()).unwrap_err().to_string();
+        assert!(err.contains("checksum-key.json is damaged: delete it and re-run"), "{err}");
     }
 }
