@@ -104,7 +104,7 @@ pub(crate) struct Live {
     pub entries: BTreeMap<String, Option<Current>>,
     pub names: Vec<String>,
     /// The key of the checksums a drift shows.
-    pub key: DigestKey,
+    pub checksums: DigestKey,
 }
 
 /// The valid keys in-scope ExternalSecrets name (a `find` lists instead).
@@ -125,11 +125,12 @@ pub(crate) fn read_live(
     store: &mut dyn SecretProvider,
     scan: &Scan,
     desired: &SecretSet,
-    key: DigestKey,
+    checksums: DigestKey,
 ) -> Result<Live> {
     let wanted: BTreeSet<&String> = desired.entries.keys().chain(named_keys(scan)).collect();
     let wanted: Vec<String> = wanted.into_iter().cloned().collect();
-    Ok(Live { target: store.target(), entries: store.read(&wanted)?, names: store.list()?, key })
+    let (entries, names) = (store.read(&wanted)?, store.list()?);
+    Ok(Live { target: store.target(), entries, names, checksums })
 }
 
 pub(crate) fn compare(scan: &Scan, env: &str, desired: &SecretSet, live: Option<&Live>) -> Report {
@@ -244,7 +245,7 @@ fn live_problem(live: &Live, key: &str, fixture: Option<&Entry>) -> Option<(Stat
         return Some((Status::MissingProperty, said));
     };
     let f = fixture.filter(|f| f.sha256 != *sha)?;
-    let (store, fixture) = (live.key.shown(sha), live.key.shown(&f.sha256));
+    let (store, fixture) = (live.checksums.shown(sha), live.checksums.shown(&f.sha256));
     let said = format!(
         "store {store} != fixture {fixture}: changed by hand, or the seed is stale (re-seed)"
     );

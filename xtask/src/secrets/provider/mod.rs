@@ -137,9 +137,8 @@ impl DigestKey {
         DigestKey(hex.to_string())
     }
 
-    /// The key of the checksums output shows ([`LOCAL_CHECKSUM_KEY`]), made on first use:
-    /// a value shows the same checksum on this machine, and output pasted elsewhere lets
-    /// no one test a guess against it.
+    /// The key of the checksums output shows ([`LOCAL_CHECKSUM_KEY`]), made on first use: a
+    /// value shows one checksum on this machine, and pasted output lets no one test a guess.
     pub(crate) fn local(root: &std::path::Path) -> Result<DigestKey> {
         let path = root.join(LOCAL_CHECKSUM_KEY);
         let shown = path.display();
