@@ -32,10 +32,6 @@ impl Node {
         items
     }
 
-    pub(crate) fn is_map(&self) -> bool {
-        matches!(self, Node::Map(..))
-    }
-
     /// The value under `key` in a mapping, honouring `<<` merge keys.
     pub(crate) fn get(&self, key: &str) -> Option<&Rc<Node>> {
         let Node::Map(entries, _) = self else { return None };

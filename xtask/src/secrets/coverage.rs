@@ -129,7 +129,7 @@ pub(crate) fn read_live(
 ) -> Result<Live> {
     let wanted: BTreeSet<&String> = desired.entries.keys().chain(named_keys(scan)).collect();
     let wanted: Vec<String> = wanted.into_iter().cloned().collect();
-    let (entries, names) = (store.read(&wanted)?, store.list()?);
+    let (entries, names) = (store.read(&wanted, desired)?, store.list()?);
     Ok(Live { target: store.target(), entries, names, checksums })
 }
 

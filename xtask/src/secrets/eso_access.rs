@@ -227,10 +227,6 @@ impl Plan {
         Plan { names, items: items.collect(), outside: None, kubeconfig }
     }
 
-    pub(crate) fn to_ensure(&self) -> usize {
-        self.count(State::Ensure)
-    }
-
     fn count(&self, state: State) -> usize {
         self.items.iter().filter(|i| i.state == state).count()
     }
@@ -242,7 +238,7 @@ impl Plan {
     pub(crate) fn render(&self, verbose: bool) -> String {
         let names = &self.names;
         let (store, role, subject) = (&names.store, &names.role, names.subject());
-        let (ensure, in_place) = (self.to_ensure(), self.count(State::InPlace));
+        let (ensure, in_place) = (self.count(State::Ensure), self.count(State::InPlace));
         let mut out = format!(
             "eso access (ClusterSecretStore/{store} -> role {role}, service account {subject}): {ensure} to ensure, \
              {in_place} in place\n"

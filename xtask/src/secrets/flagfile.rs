@@ -24,7 +24,7 @@ pub fn find(text: &str, file: &str) -> Result<Flag> {
     };
     let secrets = entries(doc, "secrets");
     let secrets = match secrets.as_slice() {
-        [(_, one)] if one.is_map() => *one,
+        [(_, one)] if matches!(one, Node::Map(..)) => *one,
         [] => bail!(
             "{file}: no top-level `secrets:` mapping; add `secrets:` with `provider: vault|azure`"
         ),

@@ -305,16 +305,8 @@ pub(crate) fn cluster_secret_store(name: &str) -> Result<Option<Ready>> {
     Ok(Some(Ready::of(&object)))
 }
 
-pub(crate) fn force_sync(namespace: &str, name: &str, stamp: &str) -> Result<()> {
-    annotate(&["externalsecret", name, "--namespace", namespace], stamp)
-}
-
-/// Asks ESO to validate a ClusterSecretStore now, ahead of a failed store's backoff.
-pub(crate) fn force_sync_store(name: &str, stamp: &str) -> Result<()> {
-    annotate(&["clustersecretstore", name], stamp)
-}
-
-fn annotate(object: &[&str], stamp: &str) -> Result<()> {
+/// Asks ESO to re-read an ExternalSecret, or to validate a ClusterSecretStore ahead of its backoff.
+pub(crate) fn force_sync(object: &[&str], stamp: &str) -> Result<()> {
     let stamp = format!("force-sync={stamp}");
     kubectl_tool().arg("annotate").args(object).args([&stamp, "--overwrite"]).run().map(drop)
 }

@@ -332,7 +332,7 @@ pub(crate) fn plan_for(
     force: bool,
     key: &DigestKey,
 ) -> Result<Vec<Item>> {
-    let current = store.read(&desired.names())?;
+    let current = store.read(&desired.names(), desired)?;
     Ok(plan(desired, &current, force, key))
 }
 

@@ -443,7 +443,7 @@ fn wait_store(ctx: &Ctx, stamp: &str) -> Result<String> {
         found.map(|e| (e.id, (e.count, e.last))).collect()
     };
     let seen = events();
-    kube::force_sync_store(STORE_NAME, stamp)?;
+    kube::force_sync(&["clustersecretstore", STORE_NAME], stamp)?;
     let attempts = ctx.cfg.wait.attempts;
     let mut last = kube::Ready::default();
     for attempt in 1..=attempts {
@@ -459,7 +459,7 @@ fn wait_store(ctx: &Ctx, stamp: &str) -> Result<String> {
         }
         if attempt < attempts {
             // A new value: ESO validates a changed store at once, not after its backoff.
-            kube::force_sync_store(STORE_NAME, &format!("{stamp}-{attempt}"))?;
+            kube::force_sync(&["clustersecretstore", STORE_NAME], &format!("{stamp}-{attempt}"))?;
             std::thread::sleep(ctx.cfg.wait.sleep);
         }
     }
@@ -529,7 +529,7 @@ fn wait_ready(ctx: &Ctx) -> Result<String> {
     let skipped: BTreeSet<String> = frozen.iter().map(|(e, _)| e.id()).collect();
     let before: BTreeMap<String, &EsStatus> = forced.iter().map(|e| (e.id(), e)).collect();
     for es in &forced {
-        kube::force_sync(&es.namespace, &es.name, &stamp)?;
+        kube::force_sync(&["externalsecret", &es.name, "--namespace", &es.namespace], &stamp)?;
     }
     let mut pending = Vec::new();
     let mut done_at = None;

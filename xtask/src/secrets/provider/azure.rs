@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
-use super::{Current, DigestKey, Outcome, SecretProvider, Stamp, Write, MANAGED_BY};
+use super::{
+    Current, Currents, DigestKey, Outcome, SecretProvider, SecretSet, Stamp, Write, MANAGED_BY,
+};
 use crate::fsutil::{sha256_hex, PrivateTempFile};
 use crate::process::Tool;
 use crate::secrets::config::Config;
@@ -227,7 +229,7 @@ impl SecretProvider for AzureProvider {
         format!("azure key vault {}", self.vault_name)
     }
 
-    fn read(&mut self, names: &[String]) -> Result<BTreeMap<String, Option<Current>>> {
+    fn read(&mut self, names: &[String], _expected: &SecretSet) -> Result<Currents> {
         refuse_key_name(names)?;
         let existing: HashSet<String> = self.list_all()?.into_iter().collect();
         // The key is read with the entries: one more call in the same batch.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{Current, Outcome, SecretProvider, Write};
+use super::{Current, Currents, Outcome, SecretProvider, SecretSet, Write};
 use crate::fsutil::{self, sha256_hex, Lock};
 use crate::secrets::guard;
 
@@ -80,7 +80,7 @@ impl SecretProvider for FileProvider {
         format!("file {}", self.shown)
     }
 
-    fn read(&mut self, names: &[String]) -> Result<BTreeMap<String, Option<Current>>> {
+    fn read(&mut self, names: &[String], _expected: &SecretSet) -> Result<Currents> {
         let store = load(&self.path)?;
         let current = |e: &StoredEntry| Current {
             sha256: Some(sha256_hex(e.value.as_bytes())),

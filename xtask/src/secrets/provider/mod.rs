@@ -19,7 +19,7 @@ use sha2::Sha256;
 
 use crate::fsutil::hex;
 use crate::secrets::config::{Config, ProviderKind};
-use crate::secrets::fixtures;
+use crate::secrets::fixtures::SecretSet;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct Current {
@@ -55,10 +55,14 @@ pub(crate) enum Outcome {
     Failed(String),
 }
 
+/// Per name, what a store holds (`None`: nothing).
+pub(crate) type Currents = BTreeMap<String, Option<Current>>;
+
 pub(crate) trait SecretProvider {
     /// What it writes to, for humans: never holds a value or token.
     fn target(&self) -> String;
-    fn read(&mut self, names: &[String]) -> Result<BTreeMap<String, Option<Current>>>;
+    /// What the store holds under `names`; it may trust what it knows of the `expected` values.
+    fn read(&mut self, names: &[String], expected: &SecretSet) -> Result<Currents>;
     /// One outcome per write; an `Err` means nothing was attempted.
     fn write(&mut self, writes: &[Write<'_>]) -> Result<Vec<(String, Outcome)>>;
     fn list(&mut self) -> Result<Vec<String>>;
@@ -76,13 +80,7 @@ pub(crate) trait SecretProvider {
 /// Opens the configured store; the guardrail accepts what `allow_non_local` names.
 pub(crate) fn open(cfg: &Config, allow_non_local: Option<&str>) -> Result<Box<dyn SecretProvider>> {
     Ok(match cfg.provider.value {
-        ProviderKind::Vault => {
-            let mut vault = vault::VaultProvider::connect(cfg, allow_non_local)?;
-            if let Ok((_, desired)) = fixtures::load_configured(cfg) {
-                vault.expect(desired);
-            }
-            Box::new(vault)
-        }
+        ProviderKind::Vault => Box::new(vault::VaultProvider::connect(cfg, allow_non_local)?),
         ProviderKind::File => {
             let path = cfg.abs(&cfg.file_store.value);
             Box::new(file::FileProvider::open(&cfg.root, &path)?)
@@ -101,8 +99,20 @@ pub(crate) const SEEDED_ANOTHER_VALUE: &str = "another value";
 
 /// A store's random HMAC key, readable only by who may read values: a lister
 /// cannot test guesses, and equal values under two names look unrelated.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct DigestKey(String);
+#[derive(Clone)]
+pub(crate) struct DigestKey {
+    hex: String,
+    /// Keyed once: a digest clones it (a seed makes one or two per secret).
+    mac: Hmac<Sha256>,
+}
+
+impl PartialEq for DigestKey {
+    fn eq(&self, other: &DigestKey) -> bool {
+        self.hex == other.hex
+    }
+}
+
+impl Eq for DigestKey {}
 
 impl std::fmt::Debug for DigestKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,26 +125,29 @@ impl DigestKey {
     pub(crate) const FORMAT: &'static str = "hmac-sha256-128/1";
 
     pub(crate) fn generate() -> Result<DigestKey> {
-        use std::io::Read;
         let mut bytes = [0u8; 32];
-        let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-        random.context("reading /dev/urandom for the key of the seed's record")?;
-        Ok(DigestKey(hex(&bytes)))
+        getrandom::fill(&mut bytes).context("reading the OS's random source for a new HMAC key")?;
+        Ok(DigestKey::new(hex(&bytes)))
+    }
+
+    fn new(hex: String) -> DigestKey {
+        let mac = Hmac::new_from_slice(hex.as_bytes()).expect("HMAC takes a key of any length");
+        DigestKey { hex, mac }
     }
 
     pub(crate) fn from_entry(data: &Value) -> Option<DigestKey> {
         let ours = data["managed-by"] == MANAGED_BY && data["format"] == Self::FORMAT;
         let key = data["key"].as_str().filter(|k| ours && k.len() >= 32)?;
-        Some(DigestKey(key.to_string()))
+        Some(DigestKey::new(key.to_string()))
     }
 
     pub(crate) fn entry(&self) -> Value {
-        json!({"managed-by": MANAGED_BY, "format": Self::FORMAT, "key": self.0})
+        json!({"managed-by": MANAGED_BY, "format": Self::FORMAT, "key": self.hex})
     }
 
     #[cfg(test)]
     pub(crate) fn fixed(hex: &str) -> DigestKey {
-        DigestKey(hex.to_string())
+        DigestKey::new(hex.to_string())
     }
 
     /// The key of the checksums output shows ([`LOCAL_CHECKSUM_KEY`]), made on first use: a
@@ -164,8 +177,7 @@ impl DigestKey {
     }
 
     pub(crate) fn digest(&self, name: &str, value: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(self.0.as_bytes())
-            .expect("HMAC takes a key of any length");
+        let mut mac = self.mac.clone();
         mac.update(name.as_bytes());
         mac.update(&[0]);
         mac.update(value.as_bytes());

@@ -14,7 +14,7 @@ use super::vault_record::{
     create_key, read_key, read_record, update_record, write_stamp, MountRecord, Phase, Record,
     RECORD_NAME,
 };
-use super::{Current, DigestKey, Outcome, SecretProvider, Write};
+use super::{Current, Currents, DigestKey, Outcome, SecretProvider, Write};
 use crate::fsutil::sha256_hex;
 use crate::output::Secret;
 use crate::pool::bounded;
@@ -38,7 +38,6 @@ pub(crate) struct VaultProvider {
     record: Option<MountRecord>,
     /// KV v2: the stamps' key, from the record entry (or made by the first write).
     key: Option<DigestKey>,
-    expected: SecretSet,
     /// KV v1: this checkout's lock for updates of the record.
     record_lock: std::path::PathBuf,
     _port_forward: Option<port_forward::PortForward>,
@@ -167,15 +166,9 @@ impl VaultProvider {
             progress: false,
             record: None,
             key: None,
-            expected: SecretSet::default(),
             record_lock: cfg.root.join(".local/secrets/kv1-record.lock"),
             _port_forward: endpoint.port_forward,
         })
-    }
-
-    /// A hint for the detailed listing.
-    pub(crate) fn expect(&mut self, desired: SecretSet) {
-        self.expected = desired;
     }
 
     pub(crate) fn kv_version(&self) -> KvVersion {
@@ -306,13 +299,13 @@ impl SecretProvider for VaultProvider {
         Some(&self.http)
     }
 
-    fn read(&mut self, names: &[String]) -> Result<BTreeMap<String, Option<Current>>> {
+    fn read(&mut self, names: &[String], expected: &SecretSet) -> Result<Currents> {
         let detailed = match self.kv {
             KvVersion::V2 => {
                 self.key = read_key(&self.http, &self.mount)?;
                 let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
                 let key = self.key.as_ref();
-                detailed_listing(&self.http, &self.mount, &wanted, key, &self.expected)?
+                detailed_listing(&self.http, &self.mount, &wanted, key, expected)?
             }
             KvVersion::V1 => {
                 self.record = read_record(&self.http, &self.mount)?;

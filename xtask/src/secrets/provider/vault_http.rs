@@ -456,6 +456,10 @@ fn transport(e: ureq::Error) -> Transport {
             return Transport::Timeout
         }
         ureq::Error::Io(io) => io.to_string(),
+        ureq::Error::RedirectFailed => "redirected, which a write cannot follow: a Vault standby sends calls to its \
+            active node. Point VAULT_ADDR at the active node (`bao status` names it), or re-run once the cluster has \
+            a leader"
+            .into(),
         other => other.to_string(),
     };
     Transport::Failed(if detail.contains("certificate") {
@@ -506,6 +510,8 @@ mod tests {
         assert!(is_sealed(&json!({"errors": ["Vault is sealed"]})));
         let e = VaultError::Sealed { addr: "http://127.0.0.1:8200".into() };
         assert!(e.to_string().contains("operator unseal") && e.is_fatal());
+        let Transport::Failed(standby) = transport(ureq::Error::RedirectFailed) else { panic!() };
+        assert!(standby.contains("Point VAULT_ADDR at the active node (`bao status` names it)"));
         let e = VaultError::Forbidden { call: "GET sys/mounts".into(), errors: "denied".into() };
         assert!(e.to_string().contains("VAULT_TOKEN") && e.is_fatal());
     }
