@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::flags::{FailClass, FailOn};
 use crate::output::{count, xml_escape, NAMES_SHOWN};
 use crate::secrets::fixtures::{self, Entry, SecretSet};
-use crate::secrets::provider::{Current, DigestKey, SecretProvider};
+use crate::secrets::provider::{Currents, DigestKey, SecretProvider};
 use crate::secrets::scan::{self, ExternalSecret, RefKind, Scan};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -101,7 +101,7 @@ impl Report {
 
 pub(crate) struct Live {
     pub target: String,
-    pub entries: BTreeMap<String, Option<Current>>,
+    pub entries: Currents,
     pub names: Vec<String>,
     /// The key of the checksums a drift shows.
     pub checksums: DigestKey,

@@ -11,7 +11,7 @@ use crate::secrets::config::Config;
 use crate::secrets::eso_access;
 use crate::secrets::fixtures::SecretSet;
 use crate::secrets::provider::vault_http::NOT_ATTEMPTED;
-use crate::secrets::provider::{Current, DigestKey, Outcome, SecretProvider, Write};
+use crate::secrets::provider::{Current, Currents, DigestKey, Outcome, SecretProvider, Write};
 use crate::PartialError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -57,7 +57,7 @@ pub(crate) struct Item {
 /// Plans every desired entry. `force` turns conflicts into updates.
 pub(crate) fn plan(
     desired: &SecretSet,
-    current: &BTreeMap<String, Option<Current>>,
+    current: &Currents,
     force: bool,
     key: &DigestKey,
 ) -> Vec<Item> {
@@ -478,7 +478,7 @@ mod tests {
         Some(Current { raw_sha256, seeded_sha256, ..Current::default() })
     }
 
-    fn state(pairs: Vec<(&str, Option<Current>)>) -> BTreeMap<String, Option<Current>> {
+    fn state(pairs: Vec<(&str, Option<Current>)>) -> Currents {
         pairs.into_iter().map(|(n, c)| (n.to_string(), c)).collect()
     }
 

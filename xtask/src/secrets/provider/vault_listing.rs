@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::vault_http::{Method, VaultError, VaultHttp};
 use super::vault_record::Record;
-use super::{Current, DigestKey, Stamp};
+use super::{Current, Currents, DigestKey, Stamp};
 use crate::secrets::fixtures::SecretSet;
 
 /// Keys per page: bounds the size of one reply.
@@ -79,7 +79,7 @@ pub(super) fn detailed_listing(
     wanted: &HashSet<&str>,
     key: Option<&DigestKey>,
     expected: &SecretSet,
-) -> Result<Option<BTreeMap<String, Option<Current>>>, VaultError> {
+) -> Result<Option<Currents>, VaultError> {
     let call = format!("LIST {mount}/detailed-metadata/");
     let failed = |code, errors| VaultError::Status { call: call.clone(), code, errors };
     let mut out = BTreeMap::new();
